@@ -1,0 +1,32 @@
+# One library target per top-level folder; sources are globbed so that adding a
+# file needs no CMake edit. CUDA sources (*.cu) join the target only when nvcc exists.
+function(agentrt_add_library name folder)
+  file(GLOB_RECURSE _srcs CONFIGURE_DEPENDS
+       ${CMAKE_CURRENT_SOURCE_DIR}/*.cc ${CMAKE_CURRENT_SOURCE_DIR}/*.cpp)
+  list(FILTER _srcs EXCLUDE REGEX ".*/cuda/.*")
+  if(NOT _srcs)
+    set(_srcs ${CMAKE_SOURCE_DIR}/cmake/empty.cc)
+  endif()
+  add_library(${name} STATIC ${_srcs})
+  target_include_directories(${name} PUBLIC
+    $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}>
+    $<INSTALL_INTERFACE:include/agentrt>)
+  target_compile_features(${name} PUBLIC cxx_std_20)
+endfunction()
+
+# One GoogleTest executable per folder of tests/.
+function(agentrt_add_test_folder name)
+  file(GLOB _srcs CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/*_test.cc)
+  if(NOT _srcs)
+    return()
+  endif()
+  add_executable(${name} ${_srcs})
+  target_link_libraries(${name} PRIVATE ${ARGN} GTest::gtest GTest::gtest_main GTest::gmock)
+  target_compile_definitions(${name} PRIVATE
+    AGENTRT_SOURCE_DIR="${CMAKE_SOURCE_DIR}"
+    AGENTRT_SHARED_DATA="${AGENTRT_SHARED_DATA}"
+    AGENTRT_HOME="${AGENTRT_HOME}"
+    AGENTRT_BINARY_DIR="${CMAKE_BINARY_DIR}")
+  gtest_discover_tests(${name} DISCOVERY_TIMEOUT 60
+    PROPERTIES ENVIRONMENT "AGENTRT_HOME=${AGENTRT_HOME}")
+endfunction()
