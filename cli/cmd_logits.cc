@@ -14,9 +14,4 @@ int cmd_generate(const Args&) {
   return 2;
 }
 
-int cmd_model(const Args&) {
-  std::fprintf(stderr, "agentrt model: not implemented yet\n");
-  return 2;
-}
-
 }  // namespace agentrt::cli
