@@ -14,9 +14,4 @@ int cmd_chat(const Args&) {
   return 2;
 }
 
-int cmd_bench(const Args&) {
-  std::fprintf(stderr, "agentrt bench: not implemented yet\n");
-  return 2;
-}
-
 }  // namespace agentrt::cli
