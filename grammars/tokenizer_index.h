@@ -1,0 +1,40 @@
+// The tokenizer vocabulary as the grammar matcher needs it: token bytes in a byte trie.
+// Built once per tokenizer and shared (immutable) by every compiled grammar.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "grammars/byte_trie.h"
+
+namespace agentrt::grammars {
+
+// From the tokenizer, engine-agnostic.
+struct Vocabulary {
+  std::vector<std::string> token_bytes;  // exact bytes of each token id
+  std::vector<int32_t> stop_tokens;      // e.g. EOS: allowed exactly when the grammar may end
+  std::vector<int32_t> special_tokens;   // never matched as text (BOS, pad, <｜User｜>...)
+};
+
+class TokenizerIndex {
+ public:
+  static std::shared_ptr<const TokenizerIndex> build(Vocabulary vocab);
+
+  size_t vocab_size() const { return vocab_.token_bytes.size(); }
+  size_t mask_words() const { return (vocab_size() + 31) / 32; }
+  const Vocabulary& vocabulary() const { return vocab_; }
+  // Every non-empty, non-special, non-stop token, keyed by its bytes.
+  const ByteTrie& trie() const { return trie_; }
+  bool is_stop(int32_t id) const { return kind_[id] == TokenKind::kStop; }
+  bool is_special(int32_t id) const { return kind_[id] == TokenKind::kSpecial; }
+
+ private:
+  enum class TokenKind : uint8_t { kText, kStop, kSpecial, kEmpty };
+  Vocabulary vocab_;
+  std::vector<TokenKind> kind_;
+  ByteTrie trie_;
+};
+
+}  // namespace agentrt::grammars
