@@ -71,3 +71,14 @@ if ! tok_ok; then
     cp "$tmp/package/models/$f" "$tok_dir/$f"
   done
 fi
+
+# The official OpenAI client, for the HTTP API compatibility test (tests/openai_compat).
+node_dir="$repo/build/node"
+if [[ ! -f "$node_dir/node_modules/openai/package.json" ]]; then
+  mkdir -p "$node_dir"
+  if ! (cd "$node_dir" && npm install --silent --no-audit --no-fund --prefix "$node_dir" openai@6 >/dev/null 2>"$node_dir/npm.log"); then
+    echo "setup: error: could not install the openai npm package (offline?):" >&2
+    tail -5 "$node_dir/npm.log" >&2
+    exit 1
+  fi
+fi
