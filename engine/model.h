@@ -1,0 +1,54 @@
+// The public face of the DeepSeek-V4 engine: an immutable Model (weights, shared by every sequence
+// and thread) and a per-sequence ModelSequence holding the caches (sliding-window KV, compressor
+// and indexer state). The runtime and the CUDA backend code against this header only.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "engine/config.h"
+
+namespace agentrt::engine {
+
+enum class Device { cpu, cuda };
+
+struct LoadOptions {
+  Device device = Device::cpu;
+  int threads = 0;  // 0 = all cores
+};
+
+// Per-sequence state. Not thread-safe: one per sequence, used by one thread at a time.
+class ModelSequence {
+ public:
+  virtual ~ModelSequence() = default;
+  // Appends tokens (prefill or decode) and returns logits: every position ([n][vocab] row-major)
+  // if all_positions, else only the last row. Throws on an out-of-range token id.
+  virtual std::vector<float> forward(std::span<const int32_t> tokens,
+                                     bool all_positions = false) = 0;
+  virtual int64_t length() const = 0;
+  // Rewinds to an earlier length (0 <= new_length <= length()); a later forward() continues
+  // from there exactly as if the dropped tokens had never been fed.
+  virtual void truncate(int64_t new_length) = 0;
+};
+
+class Model {
+ public:
+  virtual ~Model() = default;
+  // Loads config.json + *.safetensors from dir. Device::cuda throws unless the CUDA backend is
+  // built and a GPU is present.
+  static std::shared_ptr<const Model> load(const std::filesystem::path& dir,
+                                           const LoadOptions& options = {});
+
+  virtual const ModelConfig& config() const = 0;
+  virtual int32_t vocab_size() const = 0;
+  virtual std::unique_ptr<ModelSequence> new_sequence() const = 0;
+  // Continuous batching hook: one decode step for several sequences (each fed one token);
+  // returns one logits row per sequence. The sequences must be distinct and made by this model.
+  virtual std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
+                                                       std::span<const int32_t> tokens) const = 0;
+};
+
+}  // namespace agentrt::engine
