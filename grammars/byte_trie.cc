@@ -10,9 +10,8 @@ ByteTrie::ByteTrie(const std::vector<std::string_view>& keys, const std::vector<
   if (keys.size() != values.size()) throw std::invalid_argument("ByteTrie: keys/values size");
   std::vector<uint32_t> order(keys.size());
   std::iota(order.begin(), order.end(), 0u);
-  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) {
-    return keys[a] != keys[b] ? keys[a] < keys[b] : a < b;
-  });
+  std::sort(order.begin(), order.end(),
+            [&](uint32_t a, uint32_t b) { return keys[a] != keys[b] ? keys[a] < keys[b] : a < b; });
   nodes_.push_back(Node{});
   values_.reserve(keys.size());
   // Path of node indices from the root for the previous key; sorted keys share prefixes with it.

@@ -12,11 +12,11 @@ namespace agentrt::grammars {
 class ByteTrie {
  public:
   struct Node {
-    uint32_t end = 0;            // index one past this node's subtree
-    uint32_t values_begin = 0;   // values ending exactly here: values()[begin, end)
+    uint32_t end = 0;           // index one past this node's subtree
+    uint32_t values_begin = 0;  // values ending exactly here: values()[begin, end)
     uint32_t values_end = 0;
-    uint16_t depth = 0;          // bytes from the root (root = 0)
-    uint8_t byte = 0;            // the byte leading here (unused for the root)
+    uint16_t depth = 0;  // bytes from the root (root = 0)
+    uint8_t byte = 0;    // the byte leading here (unused for the root)
   };
 
   ByteTrie() = default;

@@ -35,12 +35,12 @@ class GrammarMatcher {
   // Bit i of word i/32 (LSB first) = token i allowed. Writes all mask_words() words.
   void fill_next_token_bitmask(uint32_t* mask) const;
   bool is_token_allowed(int32_t id) const;
-  bool accept_token(int32_t id);              // false (state unchanged) if not allowed
-  bool accept_bytes(std::string_view bytes);  // false (state unchanged) if not a valid prefix
-  void rollback(int num_tokens);              // undoes accept_token / accept_bytes calls
-  int num_accepted() const;                   // calls that rollback can undo
-  bool is_terminated() const;                 // a stop token was accepted
-  bool can_end() const;                       // the grammar is complete here
+  bool accept_token(int32_t id);                // false (state unchanged) if not allowed
+  bool accept_bytes(std::string_view bytes);    // false (state unchanged) if not a valid prefix
+  void rollback(int num_tokens);                // undoes accept_token / accept_bytes calls
+  int num_accepted() const;                     // calls that rollback can undo
+  bool is_terminated() const;                   // a stop token was accepted
+  bool can_end() const;                         // the grammar is complete here
   std::string find_jump_forward_bytes() const;  // forced continuation ("" if none)
   bool triggered() const;                       // lazy mode: constraint active
   void reset();

@@ -1,0 +1,311 @@
+#include "grammars/matcher.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "grammars/parse_stacks.h"
+#include "grammars/position_masks.h"
+
+namespace agentrt::grammars {
+namespace {
+
+void set_bit(uint32_t* mask, int32_t id) { mask[id >> 5] |= 1u << (id & 31); }
+
+// One entry per accepted token (or byte string); rollback pops them.
+struct Snapshot {
+  StackSet stacks;
+  bool terminated = false;
+  bool triggered = false;
+  size_t free_text_len = 0;  // lazy mode: bytes of free text so far
+};
+
+}  // namespace
+
+struct GrammarMatcher::State {
+  State(std::shared_ptr<const CompiledGrammar> g, std::optional<TriggerOptions> l)
+      : grammar(std::move(g)), lazy(std::move(l)), stepper(grammar->automaton(), arena) {}
+
+  std::shared_ptr<const CompiledGrammar> grammar;
+  std::optional<TriggerOptions> lazy;
+  StackArena arena;
+  StackStepper stepper;
+  std::vector<Snapshot> history;  // front: the start; back: now
+  std::string free_text;
+  std::vector<uint32_t> free_text_mask;  // lazy mode before the trigger, built on first use
+  // Scratch.
+  StackSet a, b;
+  std::vector<StackSet> levels;
+  std::vector<int32_t> one;
+
+  const TokenizerIndex& tokenizer() const { return grammar->tokenizer(); }
+  const Snapshot& now() const { return history.back(); }
+
+  void start() {
+    history.clear();
+    free_text.clear();
+    Snapshot s;
+    s.triggered = !lazy.has_value();
+    if (s.triggered) stepper.initial(s.stacks);
+    history.push_back(std::move(s));
+  }
+
+  // Runs bytes from `from`; on success `out` holds the result.
+  bool run(const StackSet& from, std::string_view bytes, StackSet& out) {
+    if (bytes.empty()) {
+      out = from;
+      return true;
+    }
+    const StackSet* cur = &from;
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      StackSet& next = (i % 2 == 0) ? a : b;
+      stepper.advance(*cur, static_cast<uint8_t>(bytes[i]), next);
+      if (next.dead() && !(i + 1 == bytes.size() && next.can_end)) return false;
+      cur = &next;
+    }
+    out = *cur;
+    return true;
+  }
+
+  bool is_trigger_token(int32_t id) const {
+    const auto& t = lazy->trigger_tokens;
+    return std::find(t.begin(), t.end(), id) != t.end();
+  }
+
+  // Lazy mode, before the trigger: appends free text, switching to the grammar at a trigger.
+  bool accept_free_text(std::string_view bytes) {
+    std::string text = free_text;
+    size_t old_len = text.size();
+    text.append(bytes);
+    size_t best = std::string::npos;
+    for (const std::string& trig : lazy->trigger_strings) {
+      if (trig.empty()) continue;
+      size_t from = old_len >= trig.size() ? old_len - trig.size() + 1 : 0;
+      size_t p = text.find(trig, from);
+      if (p != std::string::npos && p < best) best = p;
+    }
+    Snapshot s;
+    s.free_text_len = text.size();
+    if (best != std::string::npos) {
+      StackSet init;
+      stepper.initial(init);
+      if (!run(init, std::string_view(text).substr(best), s.stacks)) return false;
+      s.triggered = true;
+    }
+    free_text = std::move(text);
+    history.push_back(std::move(s));
+    return true;
+  }
+
+  bool accept(int32_t id, bool commit) {
+    const TokenizerIndex& tok = tokenizer();
+    if (id < 0 || static_cast<size_t>(id) >= tok.vocab_size()) return false;
+    const Snapshot& cur = now();
+    if (cur.terminated) return false;
+    Snapshot s;
+    s.free_text_len = cur.free_text_len;
+    if (!cur.triggered) {
+      if (tok.is_stop(id)) {
+        s.terminated = true;
+      } else if (is_trigger_token(id)) {
+        s.triggered = true;
+        stepper.initial(s.stacks);
+      } else if (tok.is_special(id)) {
+        return false;
+      } else {
+        if (!commit) return true;
+        return accept_free_text(tok.vocabulary().token_bytes[id]);
+      }
+      if (commit) history.push_back(std::move(s));
+      return true;
+    }
+    s.triggered = true;
+    if (tok.is_stop(id)) {
+      if (!cur.stacks.can_end) return false;
+      s.terminated = true;
+      s.stacks = cur.stacks;
+    } else if (tok.is_special(id)) {
+      return false;
+    } else if (!run(cur.stacks, tok.vocabulary().token_bytes[id], s.stacks)) {
+      return false;
+    }
+    if (commit) history.push_back(std::move(s));
+    return true;
+  }
+
+  void fill_free_text_mask(uint32_t* mask) {
+    if (free_text_mask.empty()) {
+      const TokenizerIndex& tok = tokenizer();
+      free_text_mask.assign(tok.mask_words(), 0);
+      for (size_t i = 0; i < tok.vocab_size(); ++i) {
+        auto id = static_cast<int32_t>(i);
+        if (!tok.is_special(id) || is_trigger_token(id)) set_bit(free_text_mask.data(), id);
+      }
+    }
+    std::memcpy(mask, free_text_mask.data(), free_text_mask.size() * sizeof(uint32_t));
+  }
+
+  // Tokens whose remainder after returning from the top's rule fits the real stack below.
+  void check_return_suffixes(const ByteTrie& suffixes, int32_t parent, uint32_t* mask) {
+    one.assign(1, parent);
+    const std::vector<ByteTrie::Node>& nodes = suffixes.nodes();
+    const std::vector<int32_t>& values = suffixes.values();
+    size_t max_depth = 1;
+    if (levels.empty()) levels.resize(8);
+    stepper.close(one, levels[0]);
+    size_t i = 1;
+    while (i < nodes.size()) {
+      const ByteTrie::Node& node = nodes[i];
+      size_t d = node.depth;
+      if (d + 1 > levels.size()) levels.resize(d + 8);
+      max_depth = std::max(max_depth, d);
+      StackSet& cur = levels[d];
+      stepper.advance(levels[d - 1], node.byte, cur);
+      if (cur.dead()) {
+        if (cur.can_end) {
+          for (uint32_t v = node.values_begin; v < node.values_end; ++v) set_bit(mask, values[v]);
+        }
+        i = node.end;
+        continue;
+      }
+      for (uint32_t v = node.values_begin; v < node.values_end; ++v) set_bit(mask, values[v]);
+      ++i;
+    }
+  }
+
+  void fill(uint32_t* mask) {
+    const TokenizerIndex& tok = tokenizer();
+    const Snapshot& cur = now();
+    if (cur.terminated) {
+      std::memset(mask, 0, tok.mask_words() * sizeof(uint32_t));
+      return;
+    }
+    if (!cur.triggered) {
+      fill_free_text_mask(mask);
+      return;
+    }
+    std::memset(mask, 0, tok.mask_words() * sizeof(uint32_t));
+    // Copied: closing stacks below may grow the history's neighbours' buffers.
+    std::vector<int32_t> tops = cur.stacks.tops;
+    for (int32_t top : tops) {
+      const PositionMasks& pm = grammar->position_masks(arena.state(top));
+      pm.add_accepted_to(mask);
+      int32_t parent = arena.parent(top);
+      if (pm.has_suffixes && parent >= 0) check_return_suffixes(pm.return_suffixes, parent, mask);
+    }
+    if (cur.stacks.can_end) {
+      for (int32_t id : tok.vocabulary().stop_tokens) set_bit(mask, id);
+    }
+  }
+
+  std::string jump_forward() {
+    const Snapshot& cur = now();
+    std::string out;
+    if (cur.terminated || !cur.triggered) return out;
+    StackSet set = cur.stacks;
+    constexpr size_t kMaxForced = 1 << 16;
+    while (!set.can_end && !set.dead() && out.size() < kMaxForced) {
+      int only = -1;
+      bool unique = true;
+      for (int32_t top : set.tops) {
+        for (const PdaByteEdge& e : grammar->automaton().states[arena.state(top)].bytes) {
+          if (e.lo != e.hi || (only >= 0 && only != e.lo)) {
+            unique = false;
+            break;
+          }
+          only = e.lo;
+        }
+        if (!unique) break;
+      }
+      if (!unique || only < 0) break;
+      StackSet next;
+      stepper.advance(set, static_cast<uint8_t>(only), next);
+      out += static_cast<char>(only);
+      set = std::move(next);
+    }
+    return out;
+  }
+};
+
+GrammarMatcher::GrammarMatcher(std::shared_ptr<const CompiledGrammar> grammar,
+                               std::optional<TriggerOptions> lazy) {
+  if (!grammar) throw std::invalid_argument("GrammarMatcher: no compiled grammar");
+  state_ = std::make_unique<State>(std::move(grammar), std::move(lazy));
+  state_->start();
+}
+
+GrammarMatcher::~GrammarMatcher() = default;
+GrammarMatcher::GrammarMatcher(GrammarMatcher&&) noexcept = default;
+GrammarMatcher& GrammarMatcher::operator=(GrammarMatcher&&) noexcept = default;
+
+size_t GrammarMatcher::mask_words() const { return state_->tokenizer().mask_words(); }
+
+void GrammarMatcher::fill_next_token_bitmask(uint32_t* mask) const { state_->fill(mask); }
+
+bool GrammarMatcher::is_token_allowed(int32_t id) const { return state_->accept(id, false); }
+
+bool GrammarMatcher::accept_token(int32_t id) { return state_->accept(id, true); }
+
+bool GrammarMatcher::accept_bytes(std::string_view bytes) {
+  State& s = *state_;
+  const Snapshot& cur = s.now();
+  if (cur.terminated) return false;
+  if (!cur.triggered) return s.accept_free_text(bytes);
+  Snapshot next;
+  next.triggered = true;
+  next.free_text_len = cur.free_text_len;
+  if (!s.run(cur.stacks, bytes, next.stacks)) return false;
+  s.history.push_back(std::move(next));
+  return true;
+}
+
+void GrammarMatcher::rollback(int num_tokens) {
+  State& s = *state_;
+  if (num_tokens < 0 || static_cast<size_t>(num_tokens) >= s.history.size()) {
+    throw std::out_of_range("GrammarMatcher::rollback: " + std::to_string(num_tokens) +
+                            " tokens requested, " + std::to_string(s.history.size() - 1) +
+                            " accepted");
+  }
+  s.history.resize(s.history.size() - num_tokens);
+  s.free_text.resize(s.history.back().free_text_len);
+}
+
+int GrammarMatcher::num_accepted() const { return static_cast<int>(state_->history.size() - 1); }
+
+bool GrammarMatcher::is_terminated() const { return state_->now().terminated; }
+
+bool GrammarMatcher::can_end() const {
+  const Snapshot& s = state_->now();
+  return !s.triggered || s.stacks.can_end;
+}
+
+std::string GrammarMatcher::find_jump_forward_bytes() const { return state_->jump_forward(); }
+
+bool GrammarMatcher::triggered() const { return state_->now().triggered; }
+
+void GrammarMatcher::reset() { state_->start(); }
+
+const CompiledGrammar& GrammarMatcher::grammar() const { return *state_->grammar; }
+
+void fill_next_token_bitmask_batch(std::span<GrammarMatcher* const> matchers, uint32_t* masks,
+                                   int threads) {
+  if (matchers.empty()) return;
+  size_t words = matchers[0]->mask_words();
+  size_t n = matchers.size();
+  size_t workers = std::clamp<size_t>(threads, 1, n);
+  auto work = [&](size_t w) {
+    for (size_t i = w; i < n; i += workers) {
+      matchers[i]->fill_next_token_bitmask(masks + i * words);
+    }
+  };
+  if (workers == 1) {
+    work(0);
+    return;
+  }
+  std::vector<std::jthread> pool;
+  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work, w);
+  work(0);
+}
+
+}  // namespace agentrt::grammars
