@@ -1,0 +1,320 @@
+#include "engine/forward_weights.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <stdexcept>
+
+namespace agentrt::engine {
+
+namespace {
+
+struct Tensor {
+  std::string dtype;
+  std::vector<int64_t> shape;
+  const char* data = nullptr;
+  int64_t bytes = 0;
+  std::string file;
+};
+
+// One read-only mapping; unmapped on destruction.
+class Mapping {
+ public:
+  explicit Mapping(const std::filesystem::path& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw std::runtime_error(path.string() + ": cannot open");
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      throw std::runtime_error(path.string() + ": cannot stat");
+    }
+    size_ = size_t(st.st_size);
+    if (size_ > 0) {
+      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p == MAP_FAILED) {
+        ::close(fd);
+        throw std::runtime_error(path.string() + ": mmap failed");
+      }
+      data_ = static_cast<const char*>(p);
+    }
+    ::close(fd);
+  }
+  ~Mapping() {
+    if (data_) ::munmap(const_cast<char*>(data_), size_);
+  }
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  const char* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  const char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+int64_t dtype_size(const std::string& d) {
+  if (d == "F32" || d == "I32") return 4;
+  if (d == "BF16" || d == "F16" || d == "I16") return 2;
+  if (d == "I64" || d == "F64") return 8;
+  if (d == "F8_E4M3" || d == "I8" || d == "U8") return 1;
+  return 0;
+}
+
+// Upstream name for a tensor however it was spelled (see the header).
+std::string canonical_name(std::string n) {
+  if (n.rfind("model.", 0) == 0) n = n.substr(6);
+  if (n == "embed_tokens.weight") return "embed.weight";
+  if (n == "lm_head.weight") return "head.weight";
+  if (n == "hc_head.hc_fn") return "hc_head_fn";
+  if (n == "hc_head.hc_base") return "hc_head_base";
+  if (n == "hc_head.hc_scale") return "hc_head_scale";
+  return n;
+}
+
+}  // namespace
+
+class SafetensorsFiles {
+ public:
+  explicit SafetensorsFiles(const std::filesystem::path& dir) {
+    std::vector<std::filesystem::path> files;
+    if (!std::filesystem::is_directory(dir))
+      throw std::runtime_error(dir.string() + ": not a model directory");
+    for (const auto& e : std::filesystem::directory_iterator(dir))
+      if (e.path().extension() == ".safetensors") files.push_back(e.path());
+    std::sort(files.begin(), files.end());
+    if (files.empty()) throw std::runtime_error(dir.string() + ": no .safetensors files");
+    for (const auto& f : files) add(f);
+  }
+
+  const Tensor* find(const std::string& name) const {
+    auto it = tensors_.find(name);
+    return it == tensors_.end() ? nullptr : &it->second;
+  }
+
+ private:
+  void add(const std::filesystem::path& path) {
+    maps_.push_back(std::make_unique<Mapping>(path));
+    const Mapping& m = *maps_.back();
+    const std::string where = path.string();
+    if (m.size() < 8) throw std::runtime_error(where + ": too short for a safetensors header");
+    uint64_t header_len;
+    std::memcpy(&header_len, m.data(), 8);
+    if (header_len > m.size() - 8)
+      throw std::runtime_error(where + ": header length " + std::to_string(header_len) +
+                               " runs past the end of the file");
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(m.data() + 8, m.data() + 8 + header_len);
+    } catch (const nlohmann::json::exception& e) {
+      throw std::runtime_error(where + ": invalid safetensors header: " + e.what());
+    }
+    const char* base = m.data() + 8 + header_len;
+    const uint64_t data_len = m.size() - 8 - header_len;
+    for (auto it = header.begin(); it != header.end(); ++it) {
+      if (it.key() == "__metadata__") continue;
+      Tensor t;
+      t.file = where;
+      t.dtype = it.value().at("dtype").get<std::string>();
+      t.shape = it.value().at("shape").get<std::vector<int64_t>>();
+      const auto offs = it.value().at("data_offsets").get<std::vector<uint64_t>>();
+      if (offs.size() != 2 || offs[0] > offs[1] || offs[1] > data_len)
+        throw std::runtime_error(where + ": tensor '" + it.key() + "' has bad data_offsets");
+      int64_t count = 1;
+      for (int64_t d : t.shape) count *= d;
+      const int64_t es = dtype_size(t.dtype);
+      if (es == 0) throw std::runtime_error(where + ": tensor '" + it.key() + "' has unsupported dtype " + t.dtype);
+      if (int64_t(offs[1] - offs[0]) != count * es)
+        throw std::runtime_error(where + ": tensor '" + it.key() + "' size does not match its shape");
+      t.data = base + offs[0];
+      t.bytes = int64_t(offs[1] - offs[0]);
+      tensors_[canonical_name(it.key())] = t;
+    }
+  }
+
+  std::vector<std::unique_ptr<Mapping>> maps_;
+  std::map<std::string, Tensor> tensors_;
+};
+
+namespace {
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+class Reader {
+ public:
+  explicit Reader(const SafetensorsFiles& files) : files_(files) {}
+
+  const Tensor& get(const std::string& name, std::vector<int64_t> shape) const {
+    const Tensor* t = files_.find(name);
+    if (!t) throw std::runtime_error("checkpoint: missing tensor '" + name + "'");
+    if (t->shape != shape)
+      throw std::runtime_error(t->file + ": tensor '" + name + "' has shape " + shape_str(t->shape) +
+                               ", expected " + shape_str(shape));
+    return *t;
+  }
+
+  WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    const Tensor& t = get(name, {rows, cols});
+    WeightMatrix w;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = t.data;
+    if (t.dtype == "F32") w.type = WeightType::f32;
+    else if (t.dtype == "BF16") w.type = WeightType::bf16;
+    else if (t.dtype == "F16") w.type = WeightType::f16;
+    else
+      throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype +
+                               "; the CPU forward pass reads F32, BF16 or F16 matrices");
+    return w;
+  }
+
+  std::vector<float> floats(const std::string& name, std::vector<int64_t> shape) const {
+    const Tensor& t = get(name, shape);
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<float> out(n);
+    WeightMatrix w;
+    w.rows = 1;
+    w.cols = n;
+    w.data = t.data;
+    if (t.dtype == "F32") w.type = WeightType::f32;
+    else if (t.dtype == "BF16") w.type = WeightType::bf16;
+    else if (t.dtype == "F16") w.type = WeightType::f16;
+    else throw std::runtime_error(t.file + ": tensor '" + name + "' has non-float dtype " + t.dtype);
+    decode_weight_row(w, 0, out.data());
+    return out;
+  }
+
+  std::vector<int32_t> ints(const std::string& name, std::vector<int64_t> shape) const {
+    const Tensor& t = get(name, shape);
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<int32_t> out(n);
+    if (t.dtype == "I64") {
+      for (int64_t i = 0; i < n; ++i) {
+        int64_t v;
+        std::memcpy(&v, t.data + 8 * i, 8);
+        out[i] = int32_t(v);
+      }
+    } else if (t.dtype == "I32") {
+      std::memcpy(out.data(), t.data, 4 * n);
+    } else {
+      throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype + ", expected I64 or I32");
+    }
+    return out;
+  }
+
+ private:
+  const SafetensorsFiles& files_;
+};
+
+CompressorWeights load_compressor(const Reader& r, const std::string& p, int64_t dim, int64_t hidden,
+                                  int64_t rate, bool overlap, float eps_unused) {
+  (void)eps_unused;
+  CompressorWeights c;
+  const int64_t coff = overlap ? 2 : 1;
+  c.dim = dim;
+  c.rate = rate;
+  c.overlap = overlap;
+  c.wkv = r.matrix(p + "wkv.weight", coff * dim, hidden);
+  c.wgate = r.matrix(p + "wgate.weight", coff * dim, hidden);
+  c.ape = r.floats(p + "ape", {rate, coff * dim});
+  c.norm = r.floats(p + "norm.weight", {dim});
+  return c;
+}
+
+ExpertWeights load_expert(const Reader& r, const std::string& p, int64_t inter, int64_t hidden) {
+  return {r.matrix(p + "w1.weight", inter, hidden), r.matrix(p + "w2.weight", hidden, inter),
+          r.matrix(p + "w3.weight", inter, hidden)};
+}
+
+}  // namespace
+
+ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const ForwardConfig& c) {
+  auto files = std::make_shared<const SafetensorsFiles>(dir);
+  Reader r(*files);
+  ForwardWeights w;
+  w.storage = files;
+  const int64_t H = c.hidden, hc = c.hc_mult, mix = (2 + hc) * hc;
+  w.embed = r.matrix("embed.weight", c.vocab_size, H);
+  w.head = r.matrix("head.weight", c.vocab_size, H);
+  w.norm = r.floats("norm.weight", {H});
+  w.hc_head_fn = r.floats("hc_head_fn", {hc, hc * H});
+  w.hc_head_base = r.floats("hc_head_base", {hc});
+  w.hc_head_scale = r.floats("hc_head_scale", {1});
+  for (size_t i = 0; i < c.layers.size(); ++i) {
+    const ForwardLayer& lc = c.layers[i];
+    const std::string p = "layers." + std::to_string(i) + ".";
+    LayerWeights l;
+    for (auto [hw, name] : {std::pair{&l.attn_hc, "hc_attn_"}, std::pair{&l.ffn_hc, "hc_ffn_"}}) {
+      hw->fn = r.floats(p + name + "fn", {mix, hc * H});
+      hw->base = r.floats(p + name + "base", {mix});
+      hw->scale = r.floats(p + name + "scale", {3});
+    }
+    l.attn_norm = r.floats(p + "attn_norm.weight", {H});
+    l.ffn_norm = r.floats(p + "ffn_norm.weight", {H});
+    AttentionWeights& a = l.attn;
+    const std::string ap = p + "attn.";
+    a.wq_a = r.matrix(ap + "wq_a.weight", c.q_lora_rank, H);
+    a.q_norm = r.floats(ap + "q_norm.weight", {c.q_lora_rank});
+    a.wq_b = r.matrix(ap + "wq_b.weight", c.heads * c.head_dim, c.q_lora_rank);
+    a.wkv = r.matrix(ap + "wkv.weight", c.head_dim, H);
+    a.kv_norm = r.floats(ap + "norm.weight", {c.head_dim});
+    a.wo_a = r.matrix(ap + "wo_a.weight", c.o_groups * c.o_lora_rank, c.heads * c.head_dim / c.o_groups);
+    a.wo_b = r.matrix(ap + "wo_b.weight", H, c.o_groups * c.o_lora_rank);
+    a.sinks = r.floats(ap + "attn_sink", {c.heads});
+    if (lc.attention != AttentionKind::sliding) {
+      const bool csa = lc.attention == AttentionKind::csa;
+      a.compressor = load_compressor(r, ap + "compressor.", c.head_dim, H, lc.compress_rate, csa, c.rms_eps);
+      if (csa) {
+        IndexerWeights ix;
+        ix.compressor = load_compressor(r, ap + "indexer.compressor.", c.index_head_dim, H,
+                                        lc.compress_rate, true, c.rms_eps);
+        ix.wq_b = r.matrix(ap + "indexer.wq_b.weight", c.index_heads * c.index_head_dim, c.q_lora_rank);
+        ix.weights_proj = r.matrix(ap + "indexer.weights_proj.weight", c.index_heads, H);
+        a.indexer = std::move(ix);
+      }
+    }
+    MoeWeights& m = l.moe;
+    const std::string fp = p + "ffn.";
+    m.gate = r.matrix(fp + "gate.weight", c.experts, H);
+    if (lc.router == RouterKind::hash) {
+      m.tid2eid = r.ints(fp + "gate.tid2eid", {c.vocab_size, c.experts_per_token});
+      for (int32_t e : m.tid2eid)
+        if (e < 0 || e >= c.experts)
+          throw std::runtime_error("checkpoint: tensor '" + fp + "gate.tid2eid' holds expert id " +
+                                   std::to_string(e) + " outside [0, " + std::to_string(c.experts) + ")");
+    } else {
+      m.bias = r.floats(fp + "gate.bias", {c.experts});
+    }
+    for (int64_t e = 0; e < c.experts; ++e)
+      m.experts.push_back(load_expert(r, fp + "experts." + std::to_string(e) + ".", c.moe_intermediate, H));
+    m.shared = load_expert(r, fp + "shared_experts.", c.moe_intermediate, H);
+    w.layers.push_back(std::move(l));
+  }
+  return w;
+}
+
+int64_t ForwardWeights::matrix_bytes() const {
+  int64_t b = embed.bytes() / embed.rows + head.bytes();  // one embedding row per token
+  for (const auto& l : layers) {
+    const auto& a = l.attn;
+    b += a.wq_a.bytes() + a.wq_b.bytes() + a.wkv.bytes() + a.wo_a.bytes() + a.wo_b.bytes();
+    if (a.compressor) b += a.compressor->wkv.bytes() + a.compressor->wgate.bytes();
+    if (a.indexer)
+      b += a.indexer->compressor.wkv.bytes() + a.indexer->compressor.wgate.bytes() +
+           a.indexer->wq_b.bytes() + a.indexer->weights_proj.bytes();
+    b += l.moe.gate.bytes() + l.moe.shared.w1.bytes() + l.moe.shared.w2.bytes() + l.moe.shared.w3.bytes();
+  }
+  return b;
+}
+
+}  // namespace agentrt::engine

@@ -1,0 +1,40 @@
+// y = x W^T for a weight matrix stored row-major [rows][cols] in float32, bfloat16 or float16.
+// The fast kernel converts weights to float32 inside the inner loop (never expanding the matrix in
+// memory) and spreads output rows over the Parallel; matmul_reference is the plain loop it is
+// tested against.
+#pragma once
+
+#include <cstdint>
+
+#include "engine/parallel.h"
+
+namespace agentrt::engine {
+
+enum class WeightType { f32, bf16, f16 };
+
+struct WeightMatrix {
+  WeightType type = WeightType::f32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const void* data = nullptr;
+
+  // A view of rows [begin, begin + count).
+  WeightMatrix slice_rows(int64_t begin, int64_t count) const;
+  int64_t bytes() const;
+};
+
+// Converts one weight row to float32.
+void decode_weight_row(const WeightMatrix& w, int64_t row, float* out);
+
+// dot(w[row], x) with the conversion fused into the loop.
+float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x);
+
+// y[t][r] = sum_c x[t][c] * w[r][c] for t < n; x is [n][cols], y is [n][rows].
+void matmul(const float* x, int64_t n, const WeightMatrix& w, float* y, const Parallel& par);
+
+void matmul_reference(const float* x, int64_t n, const WeightMatrix& w, float* y);
+
+// Plain float32 dot product (vectorised).
+float dot_f32(const float* a, const float* b, int64_t n);
+
+}  // namespace agentrt::engine
