@@ -1,0 +1,106 @@
+// Arrays: prefixItems (or the draft-4 tuple form of items), items / additionalItems for the
+// rest, minItems / maxItems and contains. uniqueItems is not enforced (docs/json_schema.md).
+#include "grammars/json_schema_compiler.h"
+#include "grammars/schema_merge.h"
+
+namespace agentrt::grammars {
+namespace {
+
+std::string repeat_suffix(size_t lo, std::optional<size_t> hi) {
+  if (!hi) return lo == 0 ? "*" : lo == 1 ? "+" : "{" + std::to_string(lo) + ",}";
+  if (lo == 0 && *hi == 1) return "?";
+  if (lo == *hi) return "{" + std::to_string(lo) + "}";
+  return "{" + std::to_string(lo) + "," + std::to_string(*hi) + "}";
+}
+
+}  // namespace
+
+std::optional<std::string> JsonSchemaCompiler::compile_array(const SchemaJson& s,
+                                                             const std::string& path) {
+  const std::string where = display_path(path);
+  auto fail = [&](const std::string& what) -> std::optional<std::string> {
+    throw GrammarError(where + ": " + what);
+  };
+  std::vector<SchemaJson> prefix;
+  SchemaJson rest = true;
+  std::string prefix_key = "prefixItems", rest_key = "items";
+  if (s.contains("prefixItems")) {
+    if (!s["prefixItems"].is_array()) fail("'prefixItems' must be an array");
+    for (const auto& p : s["prefixItems"]) prefix.push_back(p);
+    rest = s.value("items", SchemaJson(true));
+  } else if (s.contains("items") && s["items"].is_array()) {
+    prefix_key = "items";
+    rest_key = "additionalItems";
+    for (const auto& p : s["items"]) prefix.push_back(p);
+    rest = s.value("additionalItems", SchemaJson(true));
+  } else {
+    rest = s.value("items", SchemaJson(true));
+  }
+  auto count_at = [&](const char* key) -> std::optional<size_t> {
+    auto it = s.find(key);
+    if (it == s.end()) return std::nullopt;
+    if (!it->is_number() || it->get<double>() < 0) fail(std::string("'") + key + "' must be a non-negative integer");
+    return static_cast<size_t>(it->get<double>());
+  };
+  const size_t min_items = count_at("minItems").value_or(0);
+  std::optional<size_t> max_items = count_at("maxItems");
+  if (max_items && *max_items < min_items) return std::nullopt;
+
+  std::vector<std::string> prefix_exprs;
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    if (max_items && i >= *max_items) break;
+    auto e = compile(prefix[i], path + "/" + prefix_key + "/" + std::to_string(i));
+    if (!e) {  // no valid item here: the array ends before position i
+      max_items = max_items ? std::min(*max_items, i) : i;
+      break;
+    }
+    prefix_exprs.push_back(*e);
+  }
+  if (max_items && *max_items < min_items) return std::nullopt;
+  std::optional<std::string> rest_expr;
+  if (!max_items || *max_items > prefix_exprs.size()) rest_expr = compile(rest, path + "/" + rest_key);
+  const std::string w = ws();
+
+  if (s.contains("contains")) {
+    if (!prefix.empty() || min_items > 1 || max_items) {
+      fail("'contains' together with prefixItems, minItems > 1 or maxItems is not supported");
+    }
+    if (!rest_expr) return std::nullopt;
+    const std::string cpath = path + "/contains";
+    auto c = compile(merge_schemas(rest, inline_refs(s["contains"], cpath), cpath), cpath);
+    if (!c) return std::nullopt;
+    return "\"[\" " + w + "(" + *rest_expr + " " + sep() + ")* " + *c + " (" + sep() + *rest_expr +
+           ")* " + w + "\"]\"";
+  }
+
+  const size_t k = prefix_exprs.size();
+  std::string body;
+  // The items after the prefix.
+  const size_t tail_min = min_items > k ? min_items - k : 0;
+  std::optional<size_t> tail_max;
+  if (max_items) tail_max = *max_items - k;
+  if (!rest_expr) {
+    if (tail_min > 0) return std::nullopt;
+  } else if (!(tail_max && *tail_max == 0)) {
+    const std::string item = *rest_expr;
+    if (k == 0) {
+      std::optional<size_t> more_max;
+      if (tail_max) more_max = *tail_max - 1;
+      std::string more = "(" + sep() + item + ")" + repeat_suffix(tail_min > 0 ? tail_min - 1 : 0, more_max);
+      if (more_max && *more_max == 0) more.clear();
+      body = item + (more.empty() ? "" : " " + more);
+      if (tail_min == 0) body = "(" + body + ")?";
+    } else {
+      body = "(" + sep() + item + ")" + repeat_suffix(tail_min, tail_max);
+    }
+  }
+  for (size_t i = k; i-- > 0;) {
+    std::string elem = (i > 0 ? sep() : "") + prefix_exprs[i] + (body.empty() ? "" : " " + body);
+    body = i >= min_items ? "(" + elem + ")?" : elem;
+  }
+  std::string expr = "\"[\" " + w + (body.empty() ? "" : body + " ") + w + "\"]\"";
+  if (expr.size() > 80) return new_rule(path.empty() ? "root-array" : path + "-array", expr);
+  return expr;
+}
+
+}  // namespace agentrt::grammars

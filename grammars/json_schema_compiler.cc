@@ -1,0 +1,539 @@
+#include "grammars/json_schema_compiler.h"
+
+#include <algorithm>
+
+#include "grammars/schema_formats.h"
+#include "grammars/schema_merge.h"
+#include "grammars/schema_numbers.h"
+#include "grammars/schema_pattern.h"
+#include "grammars/schema_validate.h"
+
+namespace agentrt::grammars {
+namespace {
+
+constexpr int kMaxDepth = 200;
+constexpr size_t kInlineLimit = 80;  // longer expressions get a rule of their own
+
+const std::vector<std::string>& all_types() {
+  static const std::vector<std::string> t = {"null", "boolean", "object", "array", "string", "number"};
+  return t;
+}
+
+// Vocabulary keywords we do not implement: a schema using them does not compile.
+bool is_unsupported_keyword(const std::string& k, const SchemaJson& schema) {
+  if (k == "if") return schema.contains("then") || schema.contains("else");
+  return k == "$dynamicRef" || k == "$recursiveRef" || k == "unevaluatedProperties" ||
+         k == "unevaluatedItems" || k == "minContains" || k == "maxContains";
+}
+
+bool is_trivial(const SchemaJson& s) {
+  if (s.is_boolean()) return s.get<bool>();
+  if (!s.is_object()) return false;
+  for (const auto& [k, v] : s.items()) {
+    if (is_vocabulary_keyword(k) && !is_annotation_keyword(k)) return false;
+  }
+  return true;
+}
+
+bool has_constraints(const SchemaJson& s, const char* except) {
+  for (const auto& [k, v] : s.items()) {
+    if (k != except && is_vocabulary_keyword(k) && !is_annotation_keyword(k)) return true;
+  }
+  return false;
+}
+
+std::string join_alternatives(const std::vector<std::string>& alts) {
+  if (alts.size() == 1) return alts[0];
+  std::string out = "(";
+  for (size_t i = 0; i < alts.size(); ++i) out += (i ? " | " : "") + alts[i];
+  return out + ")";
+}
+
+std::vector<std::string> types_of(const SchemaJson& schema, const std::string& path) {
+  auto it = schema.find("type");
+  if (it == schema.end()) return all_types();
+  std::vector<std::string> out;
+  auto add = [&](const SchemaJson& t) {
+    if (!t.is_string()) throw GrammarError(display_path(path) + ": 'type' must be a string or array of strings");
+    std::string name = t.get<std::string>();
+    static const std::set<std::string> known = {"null", "boolean", "object", "array", "string", "number", "integer"};
+    if (!known.count(name)) throw GrammarError(display_path(path) + ": unknown type '" + name + "'");
+    out.push_back(name);
+  };
+  if (it->is_array()) {
+    for (const auto& t : *it) add(t);
+  } else {
+    add(*it);
+  }
+  // "number" already covers "integer".
+  if (std::find(out.begin(), out.end(), "number") != out.end()) {
+    out.erase(std::remove(out.begin(), out.end(), "integer"), out.end());
+  }
+  return out;
+}
+
+}  // namespace
+
+JsonSchemaCompiler::JsonSchemaCompiler(const SchemaJson& root, JsonSchemaOptions options,
+                                       std::string rule_prefix)
+    : root_(root), options_(options), prefix_(std::move(rule_prefix)), refs_(root) {
+  names_.insert("root");
+  if (options_.whitespace == JsonSchemaOptions::Whitespace::flexible) generic("ws");
+}
+
+std::string JsonSchemaCompiler::rules_text() const {
+  std::string out;
+  for (const auto& [name, body] : rules_) out += name + " ::= " + body + "\n";
+  return out;
+}
+
+std::string JsonSchemaCompiler::reserve_name(const std::string& hint) {
+  std::string base = prefix_;
+  for (char c : hint) {
+    if (std::isalnum(static_cast<unsigned char>(c))) {
+      base += c;
+    } else if (base.size() > prefix_.size() && base.back() != '-') {
+      base += '-';
+    }
+    if (base.size() > prefix_.size() + 40) break;
+  }
+  while (base.size() > prefix_.size() && base.back() == '-') base.pop_back();
+  if (base.size() == prefix_.size()) base += "s";
+  std::string name = base;
+  for (int i = 2; names_.count(name); ++i) name = base + "-" + std::to_string(i);
+  names_.insert(name);
+  return name;
+}
+
+void JsonSchemaCompiler::define(const std::string& name, const std::string& body) {
+  rules_.emplace_back(name, body);
+}
+
+std::string JsonSchemaCompiler::new_rule(const std::string& hint, const std::string& body) {
+  std::string name = reserve_name(hint);
+  define(name, body);
+  return name;
+}
+
+std::string JsonSchemaCompiler::ws() const {
+  return options_.whitespace == JsonSchemaOptions::Whitespace::flexible ? prefix_ + "json-ws " : "";
+}
+
+std::string JsonSchemaCompiler::sep() const { return ws() + "\",\" " + ws(); }
+
+std::string JsonSchemaCompiler::kv(const std::string& key_expr, const std::string& value_expr) const {
+  return key_expr + " " + ws() + "\":\" " + ws() + value_expr;
+}
+
+std::string JsonSchemaCompiler::generic(const std::string& which) {
+  const std::string name = prefix_ + "json-" + which;
+  if (generics_.insert(which).second) {
+    names_.insert(name);
+    const std::string w = ws();
+    if (which == "value") {
+      define(name, "(" + generic("object") + " | " + generic("array") + " | " + generic("string") +
+                       " | " + generic("number") + " | \"true\" | \"false\" | \"null\")");
+    } else if (which == "object") {
+      const std::string member = generic("string") + " " + w + "\":\" " + w + generic("value");
+      define(name, "\"{\" " + w + "(" + member + " (" + sep() + member + ")*)? " + w + "\"}\"");
+    } else if (which == "array") {
+      const std::string v = generic("value");
+      define(name, "\"[\" " + w + "(" + v + " (" + sep() + v + ")*)? " + w + "\"]\"");
+    } else if (which == "string") {
+      define(name, "\"\\\"\" ([^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4}))* \"\\\"\"");
+    } else if (which == "number") {
+      std::vector<std::pair<std::string, std::string>> none;
+      define(name, *number_ebnf(NumberConstraints{}, prefix_, none));
+    } else if (which == "ws") {
+      define(name, "[ \\t\\n\\r]{0," + std::to_string(options_.max_whitespace) + "}");
+    }
+  }
+  return name;
+}
+
+std::string JsonSchemaCompiler::value_literal(const SchemaJson& v) {
+  const std::string w = ws();
+  if (w.empty() || !(v.is_object() || v.is_array()) || v.empty()) return ebnf_literal(v.dump());
+  std::string out;
+  if (v.is_object()) {
+    out = "\"{\" " + w;
+    bool first = true;
+    for (const auto& [k, x] : v.items()) {
+      if (!first) out += sep();
+      first = false;
+      out += kv(ebnf_literal(SchemaJson(k).dump()), value_literal(x)) + " ";
+    }
+    return out + w + "\"}\"";
+  }
+  out = "\"[\" " + w;
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? sep() : "") + value_literal(v[i]) + " ";
+  return out + w + "\"]\"";
+}
+
+std::string JsonSchemaCompiler::ref_rule(const std::string& ref, const std::string& path) {
+  auto target = refs_.resolve(ref, path);
+  auto it = ref_rules_.find(target.pointer);
+  if (it != ref_rules_.end()) return it->second;
+  std::string name = reserve_name(target.pointer.empty() ? "root-ref" : "ref" + target.pointer);
+  ref_rules_[target.pointer] = name;
+  auto body = compile(*target.schema, target.pointer);
+  if (!body) {
+    throw GrammarError(display_path(path) + ": $ref '" + ref + "' points to a schema that no value satisfies");
+  }
+  define(name, *body);
+  return name;
+}
+
+SchemaJson JsonSchemaCompiler::inline_refs(const SchemaJson& schema, const std::string& path) {
+  SchemaJson s = schema;
+  for (int hops = 0; s.is_object() && s.contains("$ref"); ++hops) {
+    if (hops > 32) throw GrammarError(display_path(path) + ": $ref chain too long or cyclic");
+    if (!s["$ref"].is_string()) throw GrammarError(display_path(path) + ": '$ref' must be a string");
+    SchemaJson target = *refs_.resolve(s["$ref"].get<std::string>(), path).schema;
+    s.erase("$ref");
+    s = has_constraints(s, "") ? merge_schemas(target, s, path) : target;
+  }
+  return s;
+}
+
+SchemaJson JsonSchemaCompiler::normalise(const SchemaJson& schema, const std::string& path) {
+  SchemaJson s = expand_dependencies(schema, path);
+  // $ref with sibling keywords applies both (2020-12 semantics).
+  if (s.contains("$ref") && has_constraints(s, "$ref")) {
+    SchemaJson ref = SchemaJson{{"$ref", s["$ref"]}};
+    s.erase("$ref");
+    if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
+    s["allOf"].push_back(ref);
+  }
+  for (int round = 0; s.is_object() && s.contains("allOf"); ++round) {
+    if (round > 64) throw GrammarError(display_path(path) + ": allOf nesting too deep");
+    if (!s["allOf"].is_array()) throw GrammarError(display_path(path) + ": 'allOf' must be an array");
+    SchemaJson members = s["allOf"];
+    s.erase("allOf");
+    for (size_t i = 0; i < members.size() && !s.is_boolean(); ++i) {
+      const std::string mpath = path + "/allOf/" + std::to_string(i);
+      s = merge_schemas(s, inline_refs(expand_dependencies(members[i], mpath), mpath), path);
+    }
+  }
+  return s;
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
+                                                       const std::string& path) {
+  if (schema.is_boolean()) {
+    if (!schema.get<bool>()) return std::nullopt;
+    return generic("value");
+  }
+  if (!schema.is_object()) throw GrammarError(display_path(path) + ": a schema must be an object or a boolean");
+  if (++depth_ > kMaxDepth) throw GrammarError(display_path(path) + ": schema nesting too deep");
+  struct DepthGuard {
+    int& d;
+    ~DepthGuard() { --d; }
+  } guard{depth_};
+  for (const auto& [k, v] : schema.items()) {
+    if (is_unsupported_keyword(k, schema)) {
+      throw GrammarError(display_path(path) + ": unsupported keyword '" + k + "'");
+    }
+  }
+  if (schema.contains("$ref") && !has_constraints(schema, "$ref") &&
+      !schema.contains("dependencies")) {
+    if (!schema["$ref"].is_string()) throw GrammarError(display_path(path) + ": '$ref' must be a string");
+    return ref_rule(schema["$ref"].get<std::string>(), path);
+  }
+  SchemaJson s = normalise(schema, path);
+  if (s.is_boolean()) return compile(s, path);
+  for (const auto& [k, v] : s.items()) {
+    if (is_unsupported_keyword(k, s)) {
+      throw GrammarError(display_path(path) + ": unsupported keyword '" + k + "'");
+    }
+  }
+  // anyOf / oneOf: one alternative per branch, each merged with the sibling keywords. oneOf is
+  // compiled as anyOf (exclusivity is not enforced; docs/json_schema.md).
+  for (const char* key : {"anyOf", "oneOf"}) {
+    if (!s.contains(key)) continue;
+    if (!s[key].is_array() || s[key].empty()) {
+      throw GrammarError(display_path(path) + ": '" + key + "' must be a non-empty array");
+    }
+    SchemaJson rest = s;
+    rest.erase(key);
+    std::vector<std::string> alts;
+    for (size_t i = 0; i < s[key].size(); ++i) {
+      const std::string bpath = path + "/" + key + "/" + std::to_string(i);
+      const SchemaJson& branch = s[key][i];
+      std::optional<std::string> e;
+      if (is_trivial(rest)) {
+        e = compile(branch, bpath);
+      } else {
+        e = compile(merge_schemas(rest, inline_refs(branch, bpath), bpath), bpath);
+      }
+      if (e && std::find(alts.begin(), alts.end(), *e) == alts.end()) alts.push_back(*e);
+    }
+    if (alts.empty()) return std::nullopt;
+    std::string expr = join_alternatives(alts);
+    if (expr.size() > kInlineLimit) return new_rule(path.empty() ? "root-alt" : path, expr);
+    return expr;
+  }
+  if (s.contains("$ref")) return compile(s, path);
+  // enum/const: the listed values that satisfy every other keyword (not included).
+  if (s.contains("enum") || s.contains("const")) return compile_enum(s, path);
+  std::vector<SchemaJson> excluded;
+  // `not`: the decidable forms become restrictions of the remaining keywords.
+  while (s.contains("not")) {
+    SchemaJson n = inline_refs(s["not"], path + "/not");
+    s.erase("not");
+    if (is_trivial(n)) return std::nullopt;
+    if (n.is_boolean()) continue;  // not false
+    if (n.size() == 1 && n.contains("type")) {
+      auto drop = types_of(n, path + "/not");
+      std::vector<std::string> keep;
+      for (const auto& t : types_of(s, path)) {
+        bool dropped = std::find(drop.begin(), drop.end(), t) != drop.end() ||
+                       (t == "integer" && std::find(drop.begin(), drop.end(), "number") != drop.end());
+        if (t == "number" && !dropped && std::find(drop.begin(), drop.end(), "integer") != drop.end()) {
+          throw GrammarError(display_path(path) + ": 'not' an integer among numbers is not supported");
+        }
+        if (!dropped) keep.push_back(t);
+      }
+      if (keep.empty()) return std::nullopt;
+      s["type"] = keep;
+    } else if (n.size() == 1 && (n.contains("enum") || n.contains("const"))) {
+      if (n.contains("const")) {
+        excluded.push_back(n["const"]);
+      } else {
+        for (const auto& v : n["enum"]) excluded.push_back(v);
+      }
+    } else if (n.size() == 1 && n.contains("required") && n["required"].is_array() &&
+               n["required"].size() == 1) {
+      s = merge_schemas(s, SchemaJson{{"properties", {{n["required"][0].get<std::string>(), false}}}}, path);
+      if (s.is_boolean()) return compile(s, path);
+    } else if (n.size() == 1 && n.contains("anyOf") && n["anyOf"].is_array()) {
+      for (const auto& b : n["anyOf"]) {
+        if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
+        s["allOf"].push_back(SchemaJson{{"not", b}});
+      }
+      return compile(s, path);
+    } else {
+      throw GrammarError(display_path(path) + "/not: unsupported form of 'not' (supported: type, enum, const, a single required name, anyOf of those)");
+    }
+  }
+  if (s.contains("allOf")) return compile(s, path);
+  return compile_flat(s, path, excluded);
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile_enum(const SchemaJson& s,
+                                                            const std::string& path) {
+  SchemaJson candidates = SchemaJson::array();
+  if (s.contains("enum")) {
+    if (!s["enum"].is_array()) throw GrammarError(display_path(path) + ": 'enum' must be an array");
+    candidates = s["enum"];
+  }
+  if (s.contains("const")) {
+    if (s.contains("enum")) {
+      bool in = false;
+      for (const auto& v : candidates) in = in || json_equal(v, s["const"]);
+      if (!in) return std::nullopt;
+    }
+    candidates = SchemaJson::array({s["const"]});
+  }
+  SchemaJson rest = s;
+  rest.erase("enum");
+  rest.erase("const");
+  std::vector<std::string> alts;
+  for (const auto& v : candidates) {
+    bool ok;
+    try {
+      ok = schema_accepts(rest, v);
+    } catch (const std::invalid_argument& e) {
+      throw GrammarError(display_path(path) + ": cannot check enum/const values against the sibling keywords: " + e.what());
+    }
+    if (!ok) continue;
+    std::string lit = value_literal(v);
+    if (std::find(alts.begin(), alts.end(), lit) == alts.end()) alts.push_back(lit);
+  }
+  if (alts.empty()) return std::nullopt;
+  std::string expr = join_alternatives(alts);
+  if (expr.size() > kInlineLimit) return new_rule(path.empty() ? "root-enum" : path + "-enum", expr);
+  return expr;
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile_flat(const SchemaJson& s,
+                                                            const std::string& path,
+                                                            const std::vector<SchemaJson>& excluded) {
+  std::vector<std::string> alts;
+  for (const auto& t : types_of(s, path)) {
+    auto e = compile_type(t, s, path, excluded);
+    if (e) alts.push_back(*e);
+  }
+  if (alts.empty()) return std::nullopt;
+  return join_alternatives(alts);
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile_type(const std::string& type,
+                                                            const SchemaJson& s,
+                                                            const std::string& path,
+                                                            const std::vector<SchemaJson>& excluded) {
+  auto is_excluded = [&](const SchemaJson& v) {
+    return std::any_of(excluded.begin(), excluded.end(), [&](const SchemaJson& e) { return json_equal(e, v); });
+  };
+  if (type == "null") {
+    return is_excluded(SchemaJson(nullptr)) ? std::nullopt : std::optional<std::string>("\"null\"");
+  }
+  if (type == "boolean") {
+    std::vector<std::string> alts;
+    if (!is_excluded(SchemaJson(true))) alts.push_back("\"true\"");
+    if (!is_excluded(SchemaJson(false))) alts.push_back("\"false\"");
+    if (alts.empty()) return std::nullopt;
+    return join_alternatives(alts);
+  }
+  if (type == "string") return compile_string(s, path, excluded, StringEncoding::json);
+  for (const auto& e : excluded) {
+    if ((e.is_number() && (type == "number" || type == "integer")) ||
+        (e.is_object() && type == "object") || (e.is_array() && type == "array")) {
+      throw GrammarError(display_path(path) + ": 'not' excluding " + type + " values is not supported");
+    }
+  }
+  if (type == "number" || type == "integer") return compile_number(s, path, type == "integer");
+  if (type == "object") return compile_object(s, path);
+  return compile_array(s, path);
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile_number(const SchemaJson& s,
+                                                              const std::string& path, bool integer) {
+  NumberConstraints c;
+  try {
+    c = number_constraints(s, integer, display_path(path));
+  } catch (const std::invalid_argument& e) {
+    throw GrammarError(e.what());
+  }
+  if (!c.lower && !c.upper && !c.divisor && c.max_fraction_digits < 0 && !c.integer) {
+    return generic("number");
+  }
+  std::vector<std::pair<std::string, std::string>> extra;
+  std::optional<std::string> e;
+  try {
+    e = number_ebnf(c, reserve_name(path.empty() ? "root-num" : path + "-num"), extra);
+  } catch (const std::invalid_argument& err) {
+    throw GrammarError(display_path(path) + ": " + err.what());
+  }
+  for (auto& [name, body] : extra) {
+    names_.insert(name);
+    define(name, body);
+  }
+  if (e && e->size() > kInlineLimit) return new_rule(path.empty() ? "root-number" : path + "-number", *e);
+  return e;
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile_string(const SchemaJson& s,
+                                                              const std::string& path,
+                                                              const std::vector<SchemaJson>& excluded,
+                                                              StringEncoding encoding) {
+  auto fail = [&](const std::string& what) -> std::optional<std::string> {
+    throw GrammarError(display_path(path) + ": " + what);
+  };
+  auto size_at = [&](const char* key) -> std::optional<int64_t> {
+    auto it = s.find(key);
+    if (it == s.end()) return std::nullopt;
+    if (!it->is_number() || it->get<double>() < 0) fail(std::string("'") + key + "' must be a non-negative integer");
+    return static_cast<int64_t>(it->get<double>());
+  };
+  const auto min_len = size_at("minLength");
+  const auto max_len = size_at("maxLength");
+  int64_t lo = min_len.value_or(0);
+  std::optional<int64_t> hi = max_len;
+  if (hi && *hi < lo) return std::nullopt;
+  std::optional<std::string> pattern;
+  if (s.contains("pattern")) {
+    if (!s["pattern"].is_string()) fail("'pattern' must be a string");
+    pattern = s["pattern"].get<std::string>();
+  }
+  if (s.contains("format") && s["format"].is_string()) {
+    if (auto re = format_regex(s["format"].get<std::string>())) {
+      if (pattern) fail("'format' together with 'pattern' is not supported");
+      pattern = *re;
+    }
+  }
+  std::vector<std::string> excluded_strings;
+  for (const auto& e : excluded) {
+    if (e.is_string()) excluded_strings.push_back(e.get<std::string>());
+  }
+  const std::string quote = encoding == StringEncoding::json ? "\"\\\"\" " : "";
+  const std::string end_quote = encoding == StringEncoding::json ? " \"\\\"\"" : "";
+  auto wrap = [&](const std::string& content) { return quote + content + end_quote; };
+  auto repeat = [](const std::string& unit, int64_t a, std::optional<int64_t> b) {
+    if (!b) return "(" + unit + ")" + (a == 0 ? "*" : a == 1 ? "+" : "{" + std::to_string(a) + ",}");
+    if (*b == 0) return std::string();
+    if (a == *b) return "(" + unit + "){" + std::to_string(a) + "}";
+    return "(" + unit + "){" + std::to_string(a) + "," + std::to_string(*b) + "}";
+  };
+  if (!excluded_strings.empty()) {
+    if (pattern || min_len || max_len || encoding != StringEncoding::json) {
+      fail("'not' with string values together with other string keywords is not supported");
+    }
+    return wrap(json_string_content_excluding(excluded_strings));
+  }
+  std::string content;
+  try {
+    if (pattern) {
+      if (min_len || max_len) {
+        auto cr = pattern_as_class_repeat(*pattern);
+        if (!cr) fail("'pattern' together with minLength/maxLength is only supported for a single repeated character class");
+        int64_t a = std::max<int64_t>(lo, cr->min);
+        std::optional<int64_t> b = hi;
+        if (cr->max >= 0) b = b ? std::min<int64_t>(*b, cr->max) : cr->max;
+        if (b && *b < a) return std::nullopt;
+        std::string unit = json_string_unit(cr->chars, encoding);
+        if (unit.empty()) return a == 0 ? std::optional<std::string>(wrap("")) : std::nullopt;
+        content = repeat(unit, a, b);
+      } else {
+        content = pattern_to_json_content(*pattern, encoding);
+      }
+    } else if (min_len || max_len) {
+      content = repeat(json_string_unit(CodepointSet::all(), encoding), lo, hi);
+    } else if (encoding == StringEncoding::json) {
+      return generic("string");
+    } else {
+      // Raw text without "</": '<' only when followed by neither '/' nor the end.
+      content = "([^<] | \"<\"+ [^/<])*";
+    }
+  } catch (const std::invalid_argument& e) {
+    fail(e.what());
+  }
+  std::string expr = content.empty() ? (quote.empty() ? "" : "\"\\\"\\\"\"") : wrap(content);
+  if (expr.empty()) return expr;
+  if (expr.size() > kInlineLimit) return new_rule(path.empty() ? "root-string" : path + "-string", expr);
+  return expr;
+}
+
+std::optional<std::string> JsonSchemaCompiler::compile_raw_string(const SchemaJson& schema,
+                                                                  const std::string& path) {
+  SchemaJson s = schema;
+  if (s.is_object() && s.contains("$ref") && !has_constraints(s, "$ref")) s = inline_refs(s, path);
+  if (s.is_object()) s = normalise(s, path);
+  if (!s.is_object() || s.contains("anyOf") || s.contains("oneOf") || s.contains("not")) return std::nullopt;
+  auto types = types_of(s, path);
+  if (!s.contains("type") || types.size() != 1 || types[0] != "string") return std::nullopt;
+  if (s.contains("enum") || s.contains("const")) {
+    SchemaJson candidates = s.contains("const") ? SchemaJson::array({s["const"]}) : s["enum"];
+    SchemaJson rest = s;
+    rest.erase("enum");
+    rest.erase("const");
+    std::vector<std::string> alts;
+    for (const auto& v : candidates) {
+      if (!v.is_string()) continue;
+      bool ok;
+      try {
+        ok = schema_accepts(rest, v);
+      } catch (const std::invalid_argument& e) {
+        throw GrammarError(display_path(path) + ": " + e.what());
+      }
+      const std::string text = v.get<std::string>();
+      if (!ok || text.empty() || text.find("</") != std::string::npos) continue;
+      alts.push_back(ebnf_literal(text));
+    }
+    if (alts.empty()) return std::nullopt;
+    return join_alternatives(alts);
+  }
+  return compile_string(s, path, {}, StringEncoding::raw);
+}
+
+}  // namespace agentrt::grammars

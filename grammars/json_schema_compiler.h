@@ -1,0 +1,81 @@
+// The JSON Schema compiler behind json_schema.h: turns (sub)schemas into EBNF expressions and
+// rules. Shared by json_schema_to_ebnf and the tool-call grammar builder, which compiles several
+// schemas into one grammar (distinct rule prefixes) and needs raw-string parameter values.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "grammars/json_schema.h"
+#include "grammars/schema_refs.h"
+#include "grammars/schema_strings.h"
+
+namespace agentrt::grammars {
+
+class JsonSchemaCompiler {
+ public:
+  // `root` must outlive the compiler. Rule names start with `rule_prefix`.
+  JsonSchemaCompiler(const SchemaJson& root, JsonSchemaOptions options, std::string rule_prefix);
+
+  // EBNF expression for the JSON text of instances of `schema` (a subschema of the root, or the
+  // root), or nullopt when no instance exists. Throws GrammarError naming `path`.
+  std::optional<std::string> compile(const SchemaJson& schema, const std::string& path);
+
+  // EBNF for a string-typed schema's value written raw (not JSON-escaped, no quotes), as a
+  // DSML parameter value: never contains "</". nullopt when the schema is not string-only.
+  std::optional<std::string> compile_raw_string(const SchemaJson& schema, const std::string& path);
+
+  // All rules created so far, as "name ::= body" lines.
+  std::string rules_text() const;
+
+ private:
+  friend class ObjectGrammarBuilder;
+
+  std::optional<std::string> compile_flat(const SchemaJson& schema, const std::string& path,
+                                          const std::vector<SchemaJson>& excluded);
+  std::optional<std::string> compile_type(const std::string& type, const SchemaJson& schema,
+                                          const std::string& path,
+                                          const std::vector<SchemaJson>& excluded);
+  std::optional<std::string> compile_string(const SchemaJson& schema, const std::string& path,
+                                            const std::vector<SchemaJson>& excluded,
+                                            StringEncoding encoding);
+  std::optional<std::string> compile_number(const SchemaJson& schema, const std::string& path,
+                                            bool integer);
+  std::optional<std::string> compile_object(const SchemaJson& schema, const std::string& path);
+  std::optional<std::string> compile_array(const SchemaJson& schema, const std::string& path);
+  std::optional<std::string> compile_enum(const SchemaJson& schema, const std::string& path);
+  std::string ref_rule(const std::string& ref, const std::string& path);
+
+  // Resolves a schema that is a pure $ref (following chains) for merging.
+  SchemaJson inline_refs(const SchemaJson& schema, const std::string& path);
+  // Rewrites allOf, $ref siblings, dependencies and anyOf/oneOf siblings; see the .cc file.
+  SchemaJson normalise(const SchemaJson& schema, const std::string& path);
+
+  std::string value_literal(const SchemaJson& value);  // a constant, whitespace-aware
+  std::string generic(const std::string& which);      // j-value, j-string, ... (emitted on use)
+  std::string new_rule(const std::string& hint, const std::string& body);
+  std::string reserve_name(const std::string& hint);
+  void define(const std::string& name, const std::string& body);
+  std::string ws() const;  // "" in compact mode, else the whitespace rule followed by a space
+  std::string sep() const;  // the element separator: ws "," ws
+  std::string kv(const std::string& key_expr, const std::string& value_expr) const;
+
+  const SchemaJson& root_;
+  JsonSchemaOptions options_;
+  std::string prefix_;
+  SchemaRefResolver refs_;
+  std::vector<std::pair<std::string, std::string>> rules_;
+  std::set<std::string> names_;
+  std::map<std::string, std::string> ref_rules_;  // JSON pointer → rule name
+  std::set<std::string> generics_;
+  int depth_ = 0;
+};
+
+// "/" for the root, else the JSON pointer.
+inline std::string display_path(const std::string& path) { return path.empty() ? "/" : path; }
+
+}  // namespace agentrt::grammars

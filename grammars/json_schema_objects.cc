@@ -1,0 +1,256 @@
+// Objects: properties in `properties` order, required ones present, additional and pattern
+// properties interleaved anywhere, and min/maxProperties counted, as a chain of rules
+// S(i, c) = "named property i is next, c members written so far (saturating)".
+#include <algorithm>
+
+#include "grammars/json_schema_compiler.h"
+#include "grammars/schema_merge.h"
+#include "grammars/schema_pattern.h"
+#include "grammars/schema_validate.h"
+
+namespace agentrt::grammars {
+namespace {
+
+bool is_trivial_schema(const SchemaJson& s) {
+  if (s.is_boolean()) return s.get<bool>();
+  if (!s.is_object()) return false;
+  for (const auto& [k, v] : s.items()) {
+    if (is_vocabulary_keyword(k) && !is_annotation_keyword(k)) return false;
+  }
+  return true;
+}
+
+bool is_false_schema(const SchemaJson& s) { return s.is_boolean() && !s.get<bool>(); }
+
+std::string join(const std::vector<std::string>& alts) {
+  if (alts.size() == 1) return alts[0];
+  std::string out = "(";
+  for (size_t i = 0; i < alts.size(); ++i) out += (i ? " | " : "") + alts[i];
+  return out + ")";
+}
+
+SchemaJson all_of(std::vector<SchemaJson> parts) {
+  if (parts.size() == 1) return parts[0];
+  return SchemaJson{{"allOf", SchemaJson(parts)}};
+}
+
+}  // namespace
+
+std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& s,
+                                                              const std::string& path) {
+  const std::string where = display_path(path);
+  auto fail = [&](const std::string& what) -> std::optional<std::string> {
+    throw GrammarError(where + ": " + what);
+  };
+  auto object_at = [&](const char* key) {
+    auto it = s.find(key);
+    if (it == s.end()) return SchemaJson::object();
+    if (!it->is_object()) fail(std::string("'") + key + "' must be an object");
+    return *it;
+  };
+  const SchemaJson props = object_at("properties");
+  const SchemaJson pattern_props = object_at("patternProperties");
+  std::vector<std::string> required;
+  if (s.contains("required")) {
+    if (!s["required"].is_array()) fail("'required' must be an array");
+    for (const auto& r : s["required"]) {
+      if (!r.is_string()) fail("'required' must list strings");
+      if (std::find(required.begin(), required.end(), r.get<std::string>()) == required.end()) {
+        required.push_back(r.get<std::string>());
+      }
+    }
+  }
+  const SchemaJson addl = s.contains("additionalProperties")
+                              ? s["additionalProperties"]
+                              : SchemaJson(options_.allow_additional_by_default);
+  const SchemaJson names = s.value("propertyNames", SchemaJson(true));
+  auto count_at = [&](const char* key) -> std::optional<size_t> {
+    auto it = s.find(key);
+    if (it == s.end()) return std::nullopt;
+    if (!it->is_number() || it->get<double>() < 0) fail(std::string("'") + key + "' must be a non-negative integer");
+    return static_cast<size_t>(it->get<double>());
+  };
+  const size_t min_props = count_at("minProperties").value_or(0);
+  const std::optional<size_t> max_props = count_at("maxProperties");
+  if (max_props && *max_props < min_props) return std::nullopt;
+
+  struct Pattern {
+    std::string source;
+    ParsedPattern parsed;
+    SchemaJson schema;
+  };
+  std::vector<Pattern> patterns;
+  for (const auto& [p, ps] : pattern_props.items()) {
+    try {
+      patterns.push_back({p, parse_pattern(p), ps});
+    } catch (const std::invalid_argument& e) {
+      fail(std::string("patternProperties: ") + e.what());
+    }
+  }
+  auto matching = [&](const std::string& key) {
+    std::vector<SchemaJson> out;
+    for (const auto& p : patterns) {
+      if (pattern_matches(p.parsed, key)) out.push_back(p.schema);
+    }
+    return out;
+  };
+  auto name_ok = [&](const std::string& key) {
+    if (is_trivial_schema(names)) return true;
+    try {
+      return schema_accepts(names, SchemaJson(key));
+    } catch (const std::invalid_argument& e) {
+      throw GrammarError(where + "/propertyNames: " + e.what());
+    }
+  };
+
+  struct Named {
+    std::string member;  // EBNF for "key":value
+    bool required;
+  };
+  std::vector<Named> named;
+  std::vector<std::string> named_keys;
+  auto add_named = [&](const std::string& key, const SchemaJson& value_schema, bool req,
+                       const std::string& vpath) -> bool {
+    if (!name_ok(key)) return !req;
+    auto e = compile(value_schema, vpath);
+    if (!e) return !req;
+    named.push_back({kv(ebnf_literal(SchemaJson(key).dump()), *e), req});
+    return true;
+  };
+  for (const auto& [key, ps] : props.items()) {
+    named_keys.push_back(key);
+    const bool req = std::find(required.begin(), required.end(), key) != required.end();
+    std::vector<SchemaJson> parts = {ps};
+    auto m = matching(key);
+    if (!m.empty()) {
+      // The pattern alternative below can also produce this key, with the pattern schema only.
+      if (!is_trivial_schema(ps)) {
+        fail("property '" + key + "' also matches patternProperties; only supported when its own schema is empty");
+      }
+      parts = m;
+    }
+    if (!add_named(key, all_of(parts), req, path + "/properties/" + pointer_token(key))) {
+      return std::nullopt;
+    }
+  }
+  for (const auto& key : required) {
+    if (props.contains(key)) continue;
+    named_keys.push_back(key);
+    auto m = matching(key);
+    if (!add_named(key, m.empty() ? addl : all_of(m), true, path + "/required")) return std::nullopt;
+  }
+
+  // Members other than the named ones.
+  std::vector<std::string> extras;
+  const std::string quote = "\"\\\"\"";
+  if (!patterns.empty()) {
+    if (!is_trivial_schema(names)) fail("propertyNames together with patternProperties is not supported");
+    for (const auto& p : patterns) {
+      if (!(p.schema == patterns[0].schema)) {
+        fail("several patternProperties with different schemas are not supported");
+      }
+    }
+    if (!is_false_schema(addl) && !is_trivial_schema(patterns[0].schema)) {
+      fail("additionalProperties together with non-empty patternProperties schemas is not supported");
+    }
+    auto value = compile(patterns[0].schema, path + "/patternProperties");
+    if (value) {
+      for (const auto& p : patterns) {
+        std::string content;
+        try {
+          content = regex_to_json_content(p.parsed.root);
+        } catch (const std::invalid_argument& e) {
+          fail(std::string("patternProperties: ") + e.what());
+        }
+        extras.push_back(kv(quote + " " + content + " " + quote, *value));
+      }
+    }
+  }
+  if (!is_false_schema(addl)) {
+    auto value = compile(addl, path + "/additionalProperties");
+    if (value) {
+      std::optional<std::string> key;
+      if (!is_trivial_schema(names)) {
+        if (!named_keys.empty()) fail("propertyNames together with properties and additional properties is not supported");
+        key = compile(merge_schemas(SchemaJson{{"type", "string"}}, names, path), path + "/propertyNames");
+      } else if (named_keys.empty()) {
+        key = generic("string");
+      } else {
+        key = new_rule(path + "-key", quote + " " + json_string_content_excluding(named_keys) + " " + quote);
+      }
+      if (key) extras.push_back(kv(*key, *value));
+    }
+  }
+  std::optional<std::string> extra;
+  if (!extras.empty()) {
+    extra = join(extras);
+    if (extra->size() > 60) extra = new_rule(path + "-extra", *extra);
+  }
+
+  // States (i, c): i = next named property, c = members so far, saturating at `cap`.
+  const size_t n = named.size();
+  const size_t cap = max_props ? *max_props : std::max<size_t>(min_props, 1);
+  auto idx = [&](size_t i, size_t c) { return i * (cap + 1) + c; };
+  auto next_count = [&](size_t c) -> std::optional<size_t> {
+    if (max_props) {
+      if (c + 1 > *max_props) return std::nullopt;
+      return c + 1;
+    }
+    return std::min(c + 1, cap);
+  };
+  std::vector<char> live((n + 1) * (cap + 1), 0);
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t i = n + 1; i-- > 0;) {
+      for (size_t c = cap + 1; c-- > 0;) {
+        if (live[idx(i, c)]) continue;
+        bool l = (i == n && c >= min_props);
+        auto nc = next_count(c);
+        if (i < n && nc && live[idx(i + 1, *nc)]) l = true;
+        if (i < n && !named[i].required && live[idx(i + 1, c)]) l = true;
+        if (extra && nc && live[idx(i, *nc)]) l = true;
+        if (l) {
+          live[idx(i, c)] = 1;
+          changed = true;
+        }
+      }
+    }
+  }
+  if (!live[idx(0, 0)]) return std::nullopt;
+  const std::string w = ws();
+  std::map<size_t, std::string> state_names;
+  std::vector<std::pair<size_t, size_t>> todo = {{0, 0}};
+  // Names first (states refer to each other), bodies after.
+  auto state_ref = [&](size_t i, size_t c) {
+    auto [it, inserted] = state_names.emplace(idx(i, c), "");
+    if (inserted) {
+      it->second = reserve_name(path + "-o" + std::to_string(i) + "c" + std::to_string(c));
+      todo.emplace_back(i, c);
+    }
+    return it->second;
+  };
+  std::string start = state_ref(0, 0);
+  todo.erase(todo.begin());
+  todo.insert(todo.begin(), {0, 0});
+  for (size_t t = 0; t < todo.size(); ++t) {
+    const auto [i, c] = todo[t];
+    std::vector<std::string> alts;
+    const std::string lead = c == 0 ? "" : sep();
+    auto nc = next_count(c);
+    if (i < n && nc && live[idx(i + 1, *nc)]) alts.push_back(lead + named[i].member + " " + state_ref(i + 1, *nc));
+    if (i < n && !named[i].required && live[idx(i + 1, c)]) alts.push_back(state_ref(i + 1, c));
+    if (extra && nc && live[idx(i, *nc)]) alts.push_back(lead + *extra + " " + state_ref(i, *nc));
+    const bool eps = i == n && c >= min_props;
+    std::string body;
+    if (alts.empty()) {
+      body = "\"\"";
+    } else {
+      body = join(alts);
+      if (eps) body = (alts.size() == 1 ? "(" + body + ")" : body) + "?";
+    }
+    define(state_names[idx(i, c)], body);
+  }
+  return "\"{\" " + w + start + " " + w + "\"}\"";
+}
+
+}  // namespace agentrt::grammars

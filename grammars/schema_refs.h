@@ -1,0 +1,37 @@
+// $ref resolution within one JSON Schema document: JSON pointers ("#/$defs/a"), anchors
+// ("#name", $anchor) and embedded $id documents. Remote references are rejected.
+#pragma once
+
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace agentrt::grammars {
+
+using SchemaJson = nlohmann::ordered_json;
+
+class SchemaRefResolver {
+ public:
+  explicit SchemaRefResolver(const SchemaJson& root);
+
+  struct Target {
+    const SchemaJson* schema = nullptr;
+    std::string pointer;  // canonical JSON pointer of the target within the root document
+  };
+  // Throws GrammarError naming `path` when the reference cannot be resolved.
+  Target resolve(const std::string& ref, const std::string& path) const;
+
+ private:
+  void index(const SchemaJson& node, const std::string& pointer);
+  const SchemaJson* at_pointer(const std::string& pointer) const;
+
+  const SchemaJson& root_;
+  std::map<std::string, std::string> ids_;      // $id / id → pointer
+  std::map<std::string, std::string> anchors_;  // $anchor → pointer
+};
+
+// "/a~1b/c" style escaping of one pointer token.
+std::string pointer_token(const std::string& key);
+
+}  // namespace agentrt::grammars

@@ -1,0 +1,298 @@
+#include "grammars/schema_strings.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <stdexcept>
+
+namespace agentrt::grammars {
+
+CodepointSet CodepointSet::range(uint32_t lo, uint32_t hi) {
+  CodepointSet s;
+  s.add(lo, hi);
+  return s;
+}
+
+void CodepointSet::add(uint32_t lo, uint32_t hi) {
+  if (lo > hi) return;
+  ranges_.emplace_back(lo, std::min(hi, kMaxCodepoint));
+  normalise();
+}
+
+void CodepointSet::add(const CodepointSet& other) {
+  ranges_.insert(ranges_.end(), other.ranges_.begin(), other.ranges_.end());
+  normalise();
+}
+
+void CodepointSet::normalise() {
+  std::sort(ranges_.begin(), ranges_.end());
+  std::vector<std::pair<uint32_t, uint32_t>> merged;
+  for (const auto& r : ranges_) {
+    if (!merged.empty() && r.first <= merged.back().second + 1) {
+      merged.back().second = std::max(merged.back().second, r.second);
+    } else {
+      merged.push_back(r);
+    }
+  }
+  ranges_ = std::move(merged);
+}
+
+CodepointSet CodepointSet::complement() const {
+  CodepointSet out;
+  uint32_t next = 0;
+  for (const auto& [lo, hi] : ranges_) {
+    if (lo > next) out.ranges_.emplace_back(next, lo - 1);
+    next = hi + 1;
+  }
+  if (next <= kMaxCodepoint) out.ranges_.emplace_back(next, kMaxCodepoint);
+  return out;
+}
+
+CodepointSet CodepointSet::minus(const CodepointSet& other) const {
+  // A \ B = complement(complement(A) ∪ B)
+  CodepointSet c = complement();
+  c.add(other);
+  return c.complement();
+}
+
+bool CodepointSet::contains(uint32_t cp) const {
+  for (const auto& [lo, hi] : ranges_) {
+    if (cp >= lo && cp <= hi) return true;
+  }
+  return false;
+}
+
+std::string utf8_encode(uint32_t cp) {
+  std::string out;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else if (cp < 0x800) {
+    out += static_cast<char>(0xC0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else if (cp < 0x10000) {
+    out += static_cast<char>(0xE0 | (cp >> 12));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  } else {
+    out += static_cast<char>(0xF0 | (cp >> 18));
+    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+    out += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return out;
+}
+
+std::vector<uint32_t> utf8_codepoints(std::string_view text) {
+  std::vector<uint32_t> out;
+  size_t i = 0;
+  while (i < text.size()) {
+    const auto b = static_cast<unsigned char>(text[i]);
+    int len = b < 0x80 ? 1 : (b >> 5) == 6 ? 2 : (b >> 4) == 14 ? 3 : (b >> 3) == 30 ? 4 : 0;
+    if (len == 0 || i + len > text.size()) {
+      throw std::invalid_argument("malformed UTF-8 at byte offset " + std::to_string(i));
+    }
+    uint32_t cp = len == 1 ? b : len == 2 ? (b & 0x1F) : len == 3 ? (b & 0x0F) : (b & 0x07);
+    for (int k = 1; k < len; ++k) {
+      const auto c = static_cast<unsigned char>(text[i + k]);
+      if ((c >> 6) != 2) {
+        throw std::invalid_argument("malformed UTF-8 at byte offset " + std::to_string(i + k));
+      }
+      cp = (cp << 6) | (c & 0x3F);
+    }
+    out.push_back(cp);
+    i += len;
+  }
+  return out;
+}
+
+namespace {
+
+std::string hex2(unsigned v) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%02x", v);
+  return buf;
+}
+
+// One code point written inside an EBNF char class.
+std::string class_char(uint32_t cp) {
+  if (cp == ']' || cp == '[' || cp == '\\' || cp == '^' || cp == '-') {
+    return std::string("\\") + static_cast<char>(cp);
+  }
+  if (cp < 0x20 || cp == 0x7F) return "\\x" + hex2(cp);
+  if (cp < 0x80) return std::string(1, static_cast<char>(cp));
+  if (cp >= 0xD800 && cp <= 0xDFFF) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "\\u%04X", cp);
+    return buf;
+  }
+  return utf8_encode(cp);
+}
+
+// The canonical escape of a control character (< 0x20), json.dumps style.
+std::string control_escape(uint32_t cp) {
+  switch (cp) {
+    case 0x08: return "\\b";
+    case 0x09: return "\\t";
+    case 0x0A: return "\\n";
+    case 0x0C: return "\\f";
+    case 0x0D: return "\\r";
+    default: return "\\u00" + hex2(cp);
+  }
+}
+
+}  // namespace
+
+std::string ebnf_literal(std::string_view bytes) {
+  std::string out = "\"";
+  for (char ch : bytes) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c < 0x20 || c == 0x7F) {
+      out += "\\x" + hex2(c);
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+std::string ebnf_char_class(const CodepointSet& set) {
+  if (set.empty()) throw std::logic_error("ebnf_char_class: empty code point set");
+  std::string out = "[";
+  for (const auto& [lo, hi] : set.ranges()) {
+    out += class_char(lo);
+    if (hi != lo) {
+      if (hi != lo + 1) out += "-";
+      out += class_char(hi);
+    }
+  }
+  return out + "]";
+}
+
+std::string json_string_unit(const CodepointSet& set, StringEncoding encoding) {
+  if (encoding == StringEncoding::raw) {
+    CodepointSet raw = set.minus(CodepointSet::single('<')).minus(CodepointSet::range(0xD800, 0xDFFF));
+    return raw.empty() ? "" : ebnf_char_class(raw);
+  }
+  static const CodepointSet kSpecial = [] {
+    CodepointSet s = CodepointSet::range(0, 0x1F);
+    s.add('"', '"');
+    s.add('\\', '\\');
+    s.add(0xD800, 0xDFFF);  // lone surrogates cannot appear raw in UTF-8 text
+    return s;
+  }();
+  std::vector<std::string> alts;
+  CodepointSet raw = set.minus(kSpecial);
+  if (!raw.empty()) alts.push_back(ebnf_char_class(raw));
+  if (set.contains('"')) alts.push_back(ebnf_literal("\\\""));
+  if (set.contains('\\')) alts.push_back(ebnf_literal("\\\\"));
+  // Control characters: group the \u00xx ones into one class-based expression when many.
+  std::string short_escapes;
+  CodepointSet hex_controls;
+  for (uint32_t cp = 0; cp < 0x20; ++cp) {
+    if (!set.contains(cp)) continue;
+    std::string e = control_escape(cp);
+    if (e.size() == 2) {
+      short_escapes += e[1];
+    } else {
+      hex_controls.add(cp, cp);
+    }
+  }
+  if (!short_escapes.empty()) {
+    alts.push_back("\"\\\\\" " + ebnf_char_class([&] {
+                     CodepointSet s;
+                     for (char c : short_escapes) s.add(c, c);
+                     return s;
+                   }()));
+  }
+  if (!hex_controls.empty()) {
+    CodepointSet lo_digit, hi_digit;  // \u000X and \u001X
+    std::vector<std::string> parts;
+    for (uint32_t cp = 0; cp < 0x20; ++cp) {
+      if (!hex_controls.contains(cp)) continue;
+      const uint32_t d = cp & 0xF;
+      const uint32_t ch = d < 10 ? '0' + d : 'a' + d - 10;
+      (cp < 0x10 ? lo_digit : hi_digit).add(ch, ch);
+    }
+    if (!lo_digit.empty()) parts.push_back("\"\\\\u000\" " + ebnf_char_class(lo_digit));
+    if (!hi_digit.empty()) parts.push_back("\"\\\\u001\" " + ebnf_char_class(hi_digit));
+    for (auto& p : parts) alts.push_back(p);
+  }
+  if (alts.empty()) return "";
+  if (alts.size() == 1) return alts[0];
+  std::string out = "(";
+  for (size_t i = 0; i < alts.size(); ++i) out += (i ? " | " : "") + alts[i];
+  return out + ")";
+}
+
+std::string json_escape_content(std::string_view text) {
+  std::string out;
+  for (char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c < 0x20) {
+      out += control_escape(c);
+    } else {
+      out += ch;
+    }
+  }
+  return out;
+}
+
+namespace {
+
+struct TrieNode {
+  bool terminal = false;
+  std::map<uint32_t, std::unique_ptr<TrieNode>> children;
+};
+
+std::string trie_excluding(const TrieNode& node, const std::string& any_rest) {
+  std::vector<std::string> alts;
+  CodepointSet used;
+  for (const auto& [cp, child] : node.children) {
+    used.add(cp, cp);
+    alts.push_back(json_string_unit(CodepointSet::single(cp)) + " " +
+                   trie_excluding(*child, any_rest));
+  }
+  std::string other = json_string_unit(CodepointSet::all().minus(used));
+  if (!other.empty()) alts.push_back(other + " " + any_rest);
+  std::string out = "(";
+  for (size_t i = 0; i < alts.size(); ++i) out += (i ? " | " : "") + alts[i];
+  out += ")";
+  // The empty continuation is allowed unless the string so far is one of the excluded.
+  if (!node.terminal) out += "?";
+  return out;
+}
+
+}  // namespace
+
+std::string json_string_content_excluding(const std::vector<std::string>& excluded) {
+  const std::string any_rest = json_string_unit(CodepointSet::all()) + "*";
+  if (excluded.empty()) return any_rest;
+  TrieNode root;
+  for (const auto& s : excluded) {
+    TrieNode* n = &root;
+    for (uint32_t cp : utf8_codepoints(s)) {
+      auto& child = n->children[cp];
+      if (!child) child = std::make_unique<TrieNode>();
+      n = child.get();
+    }
+    n->terminal = true;
+  }
+  return trie_excluding(root, any_rest);
+}
+
+}  // namespace agentrt::grammars

@@ -1,0 +1,64 @@
+// Building blocks for JSON-string grammars: sets of code points, their canonical JSON encoding
+// as EBNF, EBNF literals, and "any string except these" exclusion grammars.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace agentrt::grammars {
+
+inline constexpr uint32_t kMaxCodepoint = 0x10FFFF;
+
+// A set of Unicode code points as sorted, disjoint, non-adjacent closed ranges.
+class CodepointSet {
+ public:
+  CodepointSet() = default;
+  static CodepointSet single(uint32_t cp) { return range(cp, cp); }
+  static CodepointSet range(uint32_t lo, uint32_t hi);
+  static CodepointSet all() { return range(0, kMaxCodepoint); }
+
+  void add(uint32_t lo, uint32_t hi);
+  void add(const CodepointSet& other);
+  CodepointSet complement() const;
+  CodepointSet minus(const CodepointSet& other) const;
+  bool contains(uint32_t cp) const;
+  bool empty() const { return ranges_.empty(); }
+  const std::vector<std::pair<uint32_t, uint32_t>>& ranges() const { return ranges_; }
+
+ private:
+  void normalise();
+  std::vector<std::pair<uint32_t, uint32_t>> ranges_;
+};
+
+// EBNF literal "..." for raw bytes (escapes ", \, control bytes; keeps UTF-8 as is).
+std::string ebnf_literal(std::string_view bytes);
+
+// EBNF char class [...] over code points; the set must be non-empty.
+std::string ebnf_char_class(const CodepointSet& set);
+
+// How string characters are written: JSON-escaped inside quotes, or raw (DSML parameter
+// values, where '<' is excluded so that a closing tag can never occur inside a value).
+enum class StringEncoding { json, raw };
+
+// EBNF expression matching the canonical JSON-string encoding (inside the quotes) of exactly
+// one code point of `set`: raw UTF-8 for ordinary characters, \" and \\ for the quote and the
+// backslash, \b \t \n \f \r or \u00xx for control characters (json.dumps / nlohmann style).
+// Returns an empty string when the set is empty.
+std::string json_string_unit(const CodepointSet& set,
+                             StringEncoding encoding = StringEncoding::json);
+
+// The JSON-string content (without the quotes) of `text`, canonically escaped.
+std::string json_escape_content(std::string_view text);
+
+// Decodes UTF-8 into code points; throws std::invalid_argument on malformed input.
+std::vector<uint32_t> utf8_codepoints(std::string_view text);
+std::string utf8_encode(uint32_t cp);
+
+// EBNF for the content (without quotes) of any canonical JSON string whose decoded value is
+// not one of `excluded`; every string is allowed when `excluded` is empty.
+std::string json_string_content_excluding(const std::vector<std::string>& excluded);
+
+}  // namespace agentrt::grammars
