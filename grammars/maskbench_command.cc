@@ -1,0 +1,63 @@
+#include "grammars/maskbench_command.h"
+
+#include <chrono>
+#include <ostream>
+#include <stdexcept>
+
+#include "grammars/hf_vocabulary.h"
+
+namespace agentrt::grammars {
+
+int run_maskbench_command(const std::vector<std::string>& args,
+                          const std::string& default_tokenizer_json, const TokenizeFn& tokenize,
+                          std::ostream& out, std::ostream& err) {
+  std::string dir, tokenizer_json = default_tokenizer_json;
+  MaskBenchOptions options;
+  bool verbose = false;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    auto value = [&]() -> const std::string& {
+      if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
+      return args[++i];
+    };
+    if (a == "--limit") {
+      options.limit = std::stoul(value());
+    } else if (a == "--timeout-ms") {
+      options.timeout_ms = std::stod(value());
+    } else if (a == "--tokenizer") {
+      tokenizer_json = value();
+    } else if (a == "--verbose") {
+      verbose = true;
+    } else if (!a.empty() && a[0] == '-') {
+      throw std::invalid_argument("unknown option " + a);
+    } else if (dir.empty()) {
+      dir = a;
+    } else {
+      throw std::invalid_argument("unexpected argument " + a);
+    }
+  }
+  if (dir.empty()) {
+    throw std::invalid_argument(
+        "usage: bench DIR [--limit N] [--timeout-ms MS] [--tokenizer tokenizer.json] [--verbose]");
+  }
+  if (verbose) options.log = &err;
+  std::vector<std::string> files = list_maskbench_files(dir);
+  auto t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<const TokenizerIndex> index =
+      TokenizerIndex::build(load_hf_vocabulary(tokenizer_json));
+  double load_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  TokenizeFn tok = tokenize ? tokenize : [&](std::string_view text) {
+    return longest_match_tokenize(*index, text);
+  };
+  MaskBenchReport report = run_maskbench(files, index, tok, options);
+  out << "MaskBench: " << dir << " (" << report.schemas << " schemas, vocabulary "
+      << index->vocab_size() << " tokens from " << tokenizer_json << ", loaded in "
+      << static_cast<int>(load_ms)
+      << " ms; tokenization: " << (tokenize ? "tokenizer" : "longest match")
+      << "; single thread)\n\n";
+  out << report.table();
+  return 0;
+}
+
+}  // namespace agentrt::grammars
