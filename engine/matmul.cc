@@ -112,8 +112,11 @@ float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x) {
   return 0.0f;
 }
 
-void matmul(const float* x, int64_t n, const WeightMatrix& w, float* y, const Parallel& par) {
+void matmul(const float* x, int64_t n, const WeightMatrix& w, float* y, const Parallel& par_in) {
   const int64_t rows = w.rows, cols = w.cols;
+  // Small products are not worth waking the other threads for.
+  static const Serial serial;
+  const Parallel& par = n * rows * cols < (int64_t(1) << 17) ? serial : par_in;
   if (n <= 2) {
     // Decode-sized: memory bound on the weights; fused conversion, rows split over threads.
     const int64_t grain = 16;

@@ -1,22 +1,19 @@
 #include "engine/parallel.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 
 namespace agentrt::engine {
 namespace {
 
-// Piece `index` of `parts` equal pieces of [0, n).
-std::pair<int64_t, int64_t> piece(int64_t n, int parts, int index) {
-  const int64_t base = n / parts, extra = n % parts;
-  const int64_t begin = index * base + std::min<int64_t>(index, extra);
-  return {begin, begin + base + (index < extra ? 1 : 0)};
-}
+constexpr int kSpins = 4000;  // a few microseconds of spinning before sleeping / yielding
 
 }  // namespace
 
 WorkerPool::WorkerPool(int threads) {
   if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
-  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
 WorkerPool::~WorkerPool() {
@@ -28,25 +25,34 @@ WorkerPool::~WorkerPool() {
   for (auto& t : workers_) t.join();
 }
 
-void WorkerPool::worker_loop(int index) {
-  uint64_t seen = 0;
+void WorkerPool::run_chunks() const {
   for (;;) {
-    const std::function<void(int64_t, int64_t)>* job;
-    int64_t n;
-    {
+    const int64_t c = next_.fetch_add(1);
+    if (c >= chunks_) return;
+    const int64_t begin = job_n_ * c / chunks_, end = job_n_ * (c + 1) / chunks_;
+    if (begin < end) (*job_)(begin, end);
+  }
+}
+
+void WorkerPool::worker_loop() {
+  uint64_t seen = generation_.load();
+  for (;;) {
+    int spins = 0;
+    while (generation_.load() == seen && !stop_.load() && spins < kSpins) {
+      _mm_pause();
+      ++spins;
+    }
+    if (generation_.load() == seen && !stop_.load()) {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      job = job_;
-      n = job_n_;
+      wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
     }
-    auto [begin, end] = piece(n, threads(), index);
-    if (begin < end) (*job)(begin, end);
-    {
-      std::lock_guard lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
-    }
+    if (stop_.load()) return;
+    seen = generation_.load();
+    // Register before checking the job is still open: the caller closes it and then waits for
+    // active_ to drain, so a late worker either sees it closed or is waited for.
+    active_.fetch_add(1);
+    if (open_.load() && generation_.load() == seen) run_chunks();
+    active_.fetch_sub(1);
   }
 }
 
@@ -57,18 +63,24 @@ void WorkerPool::for_range(int64_t n, const std::function<void(int64_t, int64_t)
     return;
   }
   std::lock_guard call(call_mutex_);
+  job_ = &fn;
+  job_n_ = n;
+  chunks_ = std::min<int64_t>(n, 4 * threads());
+  next_.store(0);
+  open_.store(true);
   {
+    // Under the mutex so a worker between its predicate check and its wait cannot miss it.
     std::lock_guard lock(mutex_);
-    job_ = &fn;
-    job_n_ = n;
-    pending_ = int(workers_.size());
-    ++generation_;
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
-  auto [begin, end] = piece(n, threads(), 0);
-  if (begin < end) fn(begin, end);
-  std::unique_lock lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  run_chunks();
+  open_.store(false);
+  int spins = 0;
+  while (active_.load() != 0) {
+    if (++spins < kSpins) _mm_pause();
+    else std::this_thread::yield();
+  }
 }
 
 }  // namespace agentrt::engine
