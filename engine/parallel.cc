@@ -38,9 +38,11 @@ void WorkerPool::worker_loop() {
   uint64_t seen = generation_.load();
   for (;;) {
     int spins = 0;
+    // Spin, yielding the core now and then: on a busy machine the thread we wait for may share
+    // our core, and pure spinning would starve it.
     while (generation_.load() == seen && !stop_.load() && spins < kSpins) {
-      _mm_pause();
-      ++spins;
+      if (++spins % 64 == 0) std::this_thread::yield();
+      else _mm_pause();
     }
     if (generation_.load() == seen && !stop_.load()) {
       std::unique_lock lock(mutex_);
@@ -78,8 +80,8 @@ void WorkerPool::for_range(int64_t n, const std::function<void(int64_t, int64_t)
   open_.store(false);
   int spins = 0;
   while (active_.load() != 0) {
-    if (++spins < kSpins) _mm_pause();
-    else std::this_thread::yield();
+    if (++spins % 64 == 0) std::this_thread::yield();
+    else _mm_pause();
   }
 }
 

@@ -101,7 +101,7 @@ TEST_P(CacheTest, BatchedRowsOfDifferentSequencesMatchSingleSequences) {
     for (int i = 0; i < 3; ++i) {
       caches[i].length += 1;
       const auto single = feed(m.pass, singles[i], std::span(&ids[starts[i] + step], 1), par);
-      EXPECT_LE(testing::rel_l2(&batched[i * V], single.data(), V), 1e-6) << "sequence " << i << " step " << step;
+      EXPECT_LE(testing::rel_l2(&batched[i * V], single.data(), V), 1e-5) << "sequence " << i << " step " << step;
     }
   }
 }
