@@ -61,7 +61,7 @@ int64_t dtype_size(const std::string& d) {
   if (d == "F32" || d == "I32") return 4;
   if (d == "BF16" || d == "F16" || d == "I16") return 2;
   if (d == "I64" || d == "F64") return 8;
-  if (d == "F8_E4M3" || d == "I8" || d == "U8") return 1;
+  if (d == "F8_E4M3" || d == "F8_E8M0" || d == "I8" || d == "U8") return 1;
   return 0;
 }
 
@@ -170,10 +170,34 @@ class Reader {
     if (t.dtype == "F32") w.type = WeightType::f32;
     else if (t.dtype == "BF16") w.type = WeightType::bf16;
     else if (t.dtype == "F16") w.type = WeightType::f16;
+    else if (t.dtype == "F8_E4M3") fp8_scales(name, t, w);
     else
       throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype +
-                               "; the CPU forward pass reads F32, BF16 or F16 matrices");
+                               "; the CPU forward pass reads F32, BF16, F16 or block-scaled "
+                               "F8_E4M3 matrices");
     return w;
+  }
+
+  // FP8 weights carry one scale per 128x128 block, as `<base>.scale` (upstream DeepSeek) or
+  // `<name>_scale_inv` (transformers' FP8 naming).
+  void fp8_scales(const std::string& name, const Tensor& t, WeightMatrix& w) const {
+    w.type = WeightType::f8_e4m3;
+    const std::string base = name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
+    const std::vector<std::string> candidates = {base + ".scale", name + "_scale_inv", base + ".weight_scale_inv"};
+    for (const std::string& sn : candidates) {
+      const Tensor* s = files_.find(sn);
+      if (!s) continue;
+      const std::vector<int64_t> want = {(w.rows + 127) / 128, (w.cols + 127) / 128};
+      if (s->shape != want)
+        throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has shape " + shape_str(s->shape) +
+                                 ", expected " + shape_str(want));
+      if (s->dtype == "F32") w.scale_type = ScaleType::f32;
+      else if (s->dtype == "F8_E8M0" || s->dtype == "U8") w.scale_type = ScaleType::e8m0;
+      else throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has dtype " + s->dtype + ", expected F32 or F8_E8M0");
+      w.scale = s->data;
+      return;
+    }
+    throw std::runtime_error(t.file + ": FP8 tensor '" + name + "' has no block scales ('" + base + ".scale')");
   }
 
   std::vector<float> floats(const std::string& name, std::vector<int64_t> shape) const {

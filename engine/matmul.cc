@@ -3,13 +3,73 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 namespace agentrt::engine {
 namespace {
 
-int64_t element_size(WeightType t) { return t == WeightType::f32 ? 4 : 2; }
+int64_t element_size(WeightType t) {
+  switch (t) {
+    case WeightType::f32:
+      return 4;
+    case WeightType::bf16:
+    case WeightType::f16:
+      return 2;
+    case WeightType::f8_e4m3:
+      return 1;
+  }
+  return 4;
+}
+
+constexpr int64_t kFp8Block = 128;
+
+// All 256 e4m3 values (OCP FP8: bias 7, no infinities, S.1111.111 is NaN).
+struct E4m3Table {
+  float v[256];
+  E4m3Table() {
+    for (int b = 0; b < 256; ++b) {
+      const int sign = b >> 7, exp = (b >> 3) & 15, man = b & 7;
+      float mag;
+      if (exp == 15 && man == 7) mag = NAN;
+      else if (exp == 0) mag = std::ldexp(float(man) / 8.0f, -6);
+      else mag = std::ldexp(1.0f + float(man) / 8.0f, exp - 7);
+      v[b] = sign ? -mag : mag;
+    }
+  }
+};
+const E4m3Table kE4m3;  // immutable lookup table
+
+float fp8_scale(const WeightMatrix& w, int64_t row, int64_t col_block) {
+  const int64_t col_blocks = (w.cols + kFp8Block - 1) / kFp8Block;
+  const int64_t i = ((w.row_offset + row) / kFp8Block) * col_blocks + col_block;
+  if (w.scale_type == ScaleType::f32) return static_cast<const float*>(w.scale)[i];
+  const uint8_t e = static_cast<const uint8_t*>(w.scale)[i];
+  return e == 255 ? NAN : std::ldexp(1.0f, int(e) - 127);
+}
+
+__m256 load_e4m3x8(const uint8_t* p) {
+  const __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_i32gather_ps(kE4m3.v, idx, 4);
+}
+
+float hsum(__m256 v);
+
+float dot_fp8(const WeightMatrix& w, int64_t row, const float* x) {
+  const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * w.cols;
+  float total = 0;
+  for (int64_t c0 = 0, blk = 0; c0 < w.cols; c0 += kFp8Block, ++blk) {
+    const int64_t c1 = std::min(w.cols, c0 + kFp8Block);
+    __m256 acc = _mm256_setzero_ps();
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) acc = _mm256_fmadd_ps(load_e4m3x8(p + c), _mm256_loadu_ps(x + c), acc);
+    float s = hsum(acc);
+    for (; c < c1; ++c) s += kE4m3.v[p[c]] * x[c];
+    total += s * fp8_scale(w, row, blk);
+  }
+  return total;
+}
 
 float bf16_to_f32(uint16_t v) {
   uint32_t bits = uint32_t(v) << 16;
@@ -89,6 +149,7 @@ WeightMatrix WeightMatrix::slice_rows(int64_t begin, int64_t count) const {
   WeightMatrix out = *this;
   out.rows = count;
   out.data = static_cast<const char*>(data) + begin * cols * element_size(type);
+  out.row_offset = row_offset + begin;
   return out;
 }
 
@@ -123,6 +184,11 @@ void decode_weight_row(const WeightMatrix& w, int64_t row, float* out) {
       for (int64_t i = 0; i < w.cols; ++i) out[i] = _cvtsh_ss(p[i]);
       return;
     }
+    case WeightType::f8_e4m3: {
+      const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * w.cols;
+      for (int64_t i = 0; i < w.cols; ++i) out[i] = kE4m3.v[p[i]] * fp8_scale(w, row, i / kFp8Block);
+      return;
+    }
   }
 }
 
@@ -136,6 +202,8 @@ float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x) {
     case WeightType::f16:
       return dot_half<load_f16x8, f16_scalar>(
           static_cast<const uint16_t*>(w.data) + row * w.cols, x, w.cols);
+    case WeightType::f8_e4m3:
+      return dot_fp8(w, row, x);
   }
   return 0.0f;
 }

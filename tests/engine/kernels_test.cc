@@ -131,3 +131,74 @@ TEST(Indexer, TiesGoToTheLowerIndex) {
 
 }  // namespace
 }  // namespace agentrt::engine
+
+namespace agentrt::engine {
+namespace {
+
+float kE4m3ForTest(uint8_t b) {
+  const int exp = (b >> 3) & 15, man = b & 7;
+  float v = exp == 0 ? std::ldexp(man / 8.0f, -6) : std::ldexp(1.0f + man / 8.0f, exp - 7);
+  return (b & 0x80) ? -v : v;
+}
+
+// Nearest e4m3 byte for a float (exhaustive search: test-only).
+uint8_t to_e4m3(float f) {
+  uint8_t best = 0;
+  float err = INFINITY;
+  for (int b = 0; b < 256; ++b) {
+    if ((b & 0x7f) == 0x7f) continue;  // NaN
+    const int exp = (b >> 3) & 15, man = b & 7;
+    float v = exp == 0 ? std::ldexp(man / 8.0f, -6) : std::ldexp(1.0f + man / 8.0f, exp - 7);
+    if (b & 0x80) v = -v;
+    if (std::abs(v - f) < err) err = std::abs(v - f), best = uint8_t(b);
+  }
+  return best;
+}
+
+TEST(Matmul, Fp8BlockScaledMatchesReferenceAndSlices) {
+  std::mt19937 rng(9);
+  for (auto [n, rows, cols] : {std::tuple{1, 300, 257}, {5, 130, 128}, {2, 129, 1}, {7, 256, 300}}) {
+    const auto x = random_vec(rng, size_t(n) * cols);
+    const auto wf = random_vec(rng, size_t(rows) * cols, 3.0f);
+    std::vector<uint8_t> q(wf.size());
+    for (size_t i = 0; i < wf.size(); ++i) q[i] = to_e4m3(wf[i]);
+    const int64_t rb = (rows + 127) / 128, cb = (cols + 127) / 128;
+    std::vector<float> scales(rb * cb);
+    std::vector<uint8_t> e8(rb * cb);
+    for (int64_t i = 0; i < rb * cb; ++i) {
+      e8[i] = uint8_t(127 + int(i % 5) - 2);
+      scales[i] = std::ldexp(1.0f, int(e8[i]) - 127);
+    }
+    for (auto [stype, sdata] : {std::pair<ScaleType, const void*>{ScaleType::f32, scales.data()},
+                                {ScaleType::e8m0, e8.data()}}) {
+      WeightMatrix w{WeightType::f8_e4m3, rows, cols, q.data(), sdata, stype, 0};
+      // Expected: decode by hand (scale of the element's block) and multiply in double.
+      std::vector<float> want(size_t(n) * rows), got(want.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        std::vector<float> row(cols);
+        decode_weight_row(w, r, row.data());
+        for (int64_t c = 0; c < cols; ++c) {
+          const float v = kE4m3ForTest(q[r * cols + c]) * scales[(r / 128) * cb + c / 128];
+          ASSERT_EQ(row[c], v) << r << "," << c;
+        }
+      }
+      matmul_reference(x.data(), n, w, want.data());
+      WorkerPool pool(2);
+      matmul(x.data(), n, w, got.data(), pool);
+      EXPECT_LE(max_rel(got, want), 1e-5) << n << "x" << rows << "x" << cols;
+      // A row slice starting past the first scale block row reads the right scales.
+      if (rows > 130) {
+        const WeightMatrix s = w.slice_rows(129, 2);
+        std::vector<float> part(size_t(n) * 2);
+        matmul_reference(x.data(), n, s, part.data());
+        for (int t = 0; t < n; ++t) {
+          EXPECT_NEAR(part[t * 2], want[t * rows + 129], 1e-4 * (1 + std::abs(want[t * rows + 129])));
+          EXPECT_NEAR(part[t * 2 + 1], want[t * rows + 130], 1e-4 * (1 + std::abs(want[t * rows + 130])));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace agentrt::engine
