@@ -31,7 +31,8 @@ void attend(const float* q, int64_t dim, float scale, float sink, const float* c
     const float* k = keys[i];
     int64_t d = 0;
     for (; d + 8 <= dim; d += 8)
-      _mm256_storeu_ps(out + d, _mm256_fmadd_ps(p, _mm256_loadu_ps(k + d), _mm256_loadu_ps(out + d)));
+      _mm256_storeu_ps(out + d,
+                       _mm256_fmadd_ps(p, _mm256_loadu_ps(k + d), _mm256_loadu_ps(out + d)));
     for (; d < dim; ++d) out[d] += scratch[i] * inv * k[d];
   }
 }

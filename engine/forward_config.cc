@@ -35,7 +35,8 @@ RopeParams parse_rope(const json& r, double theta_fallback, int dim, const std::
   RopeParams p;
   p.dim = dim;
   p.theta = optional<double>(r, "rope_theta", theta_fallback);
-  const std::string type = optional<std::string>(r, "rope_type", optional<std::string>(r, "type", "default"));
+  const std::string type =
+      optional<std::string>(r, "rope_type", optional<std::string>(r, "type", "default"));
   if (type == "yarn") {
     p.kind = RopeParams::Kind::yarn;
     p.factor = required<double>(r, "factor", where);
@@ -72,16 +73,22 @@ ForwardConfig ForwardConfig::from_json(const json& j, const std::string& where) 
   c.hc_sinkhorn_iters = optional<int>(j, "hc_sinkhorn_iters", 20);
   c.hc_eps = optional<float>(j, "hc_eps", 1e-6f);
   c.rms_eps = optional<float>(j, "rms_norm_eps", 1e-6f);
-  c.experts = optional<int64_t>(j, "n_routed_experts", optional<int64_t>(j, "num_local_experts", 0));
+  c.experts =
+      optional<int64_t>(j, "n_routed_experts", optional<int64_t>(j, "num_local_experts", 0));
   c.experts_per_token = required<int64_t>(j, "num_experts_per_tok", where);
-  c.moe_intermediate = optional<int64_t>(j, "moe_intermediate_size", optional<int64_t>(j, "intermediate_size", 0));
+  c.moe_intermediate =
+      optional<int64_t>(j, "moe_intermediate_size", optional<int64_t>(j, "intermediate_size", 0));
   c.routed_scaling = optional<float>(j, "routed_scaling_factor", 1.0f);
   c.swiglu_limit = optional<float>(j, "swiglu_limit", 0.0f);
   const std::string score = optional<std::string>(j, "scoring_func", "sqrtsoftplus");
-  if (score == "sqrtsoftplus") c.score_func = ScoreFunc::sqrtsoftplus;
-  else if (score == "softmax") c.score_func = ScoreFunc::softmax;
-  else if (score == "sigmoid") c.score_func = ScoreFunc::sigmoid;
-  else fail(where, "unknown scoring_func '" + score + "'");
+  if (score == "sqrtsoftplus")
+    c.score_func = ScoreFunc::sqrtsoftplus;
+  else if (score == "softmax")
+    c.score_func = ScoreFunc::softmax;
+  else if (score == "sigmoid")
+    c.score_func = ScoreFunc::sigmoid;
+  else
+    fail(where, "unknown scoring_func '" + score + "'");
   c.index_heads = optional<int64_t>(j, "index_n_heads", 0);
   c.index_head_dim = optional<int64_t>(j, "index_head_dim", 0);
   c.index_topk = optional<int64_t>(j, "index_topk", 0);
@@ -95,12 +102,16 @@ ForwardConfig ForwardConfig::from_json(const json& j, const std::string& where) 
   const double rope_theta = optional<double>(j, "rope_theta", 10000.0);
   const double compress_theta = optional<double>(j, "compress_rope_theta", 160000.0);
   const json empty = json::object();
-  const json& rp = j.contains("rope_parameters") && j["rope_parameters"].is_object()
-                       ? j["rope_parameters"]
-                       : (j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"] : empty);
+  const json& rp =
+      j.contains("rope_parameters") && j["rope_parameters"].is_object()
+          ? j["rope_parameters"]
+          : (j.contains("rope_scaling") && j["rope_scaling"].is_object() ? j["rope_scaling"]
+                                                                         : empty);
   if (rp.contains("main") && rp["main"].is_object()) {
-    c.rope_main = parse_rope(rp["main"], rope_theta, int(c.rope_dim), where + " rope_parameters.main");
-    c.rope_compress = parse_rope(rp["compress"], compress_theta, int(c.rope_dim), where + " rope_parameters.compress");
+    c.rope_main =
+        parse_rope(rp["main"], rope_theta, int(c.rope_dim), where + " rope_parameters.main");
+    c.rope_compress = parse_rope(rp["compress"], compress_theta, int(c.rope_dim),
+                                 where + " rope_parameters.compress");
   } else {
     // Flat form: the scaling (if any) applies to the compress rope only (DeepseekV4Config).
     c.rope_main.dim = int(c.rope_dim);
@@ -120,34 +131,46 @@ ForwardConfig ForwardConfig::from_json(const json& j, const std::string& where) 
   hca_rate = optional<int>(j, "compress_rate_hca", hca_rate);
   std::vector<AttentionKind> kinds;
   if (j.contains("layer_types") && j["layer_types"].is_array()) {
-    for (const auto& t : j["layer_types"]) kinds.push_back(parse_layer_type(t.get<std::string>(), where));
+    for (const auto& t : j["layer_types"])
+      kinds.push_back(parse_layer_type(t.get<std::string>(), where));
   } else if (j.contains("compress_ratios") && j["compress_ratios"].is_array()) {
     for (const auto& r : j["compress_ratios"]) {
       const int v = r.get<int>();
-      kinds.push_back(v == 0 ? AttentionKind::sliding : v == 4 ? AttentionKind::csa : AttentionKind::hca);
+      kinds.push_back(v == 0   ? AttentionKind::sliding
+                      : v == 4 ? AttentionKind::csa
+                               : AttentionKind::hca);
     }
   } else {
     for (int64_t i = 0; i < n; ++i)
-      kinds.push_back(i < 2 ? AttentionKind::hca : (i % 2 ? AttentionKind::csa : AttentionKind::hca));
+      kinds.push_back(i < 2 ? AttentionKind::hca
+                            : (i % 2 ? AttentionKind::csa : AttentionKind::hca));
   }
-  if (int64_t(kinds.size()) < n) fail(where, "layer_types has fewer entries than num_hidden_layers");
+  if (int64_t(kinds.size()) < n)
+    fail(where, "layer_types has fewer entries than num_hidden_layers");
   std::vector<RouterKind> routers;
   if (j.contains("mlp_layer_types") && j["mlp_layer_types"].is_array()) {
     for (const auto& t : j["mlp_layer_types"]) {
       const std::string s = t.get<std::string>();
-      if (s == "hash_moe") routers.push_back(RouterKind::hash);
-      else if (s == "moe") routers.push_back(RouterKind::topk);
-      else fail(where, "unknown mlp layer type '" + s + "'");
+      if (s == "hash_moe")
+        routers.push_back(RouterKind::hash);
+      else if (s == "moe")
+        routers.push_back(RouterKind::topk);
+      else
+        fail(where, "unknown mlp layer type '" + s + "'");
     }
   } else {
     const int64_t hash = optional<int64_t>(j, "num_hash_layers", 3);
-    for (int64_t i = 0; i < n; ++i) routers.push_back(i < hash ? RouterKind::hash : RouterKind::topk);
+    for (int64_t i = 0; i < n; ++i)
+      routers.push_back(i < hash ? RouterKind::hash : RouterKind::topk);
   }
-  if (int64_t(routers.size()) < n) fail(where, "mlp_layer_types has fewer entries than num_hidden_layers");
+  if (int64_t(routers.size()) < n)
+    fail(where, "mlp_layer_types has fewer entries than num_hidden_layers");
   for (int64_t i = 0; i < n; ++i) {
     ForwardLayer l;
     l.attention = kinds[i];
-    l.compress_rate = kinds[i] == AttentionKind::csa ? csa_rate : kinds[i] == AttentionKind::hca ? hca_rate : 0;
+    l.compress_rate = kinds[i] == AttentionKind::csa   ? csa_rate
+                      : kinds[i] == AttentionKind::hca ? hca_rate
+                                                       : 0;
     l.router = routers[i];
     c.layers.push_back(l);
   }
@@ -184,9 +207,11 @@ void ForwardConfig::validate(const std::string& where) const {
   positive(experts_per_token, "num_experts_per_tok");
   positive(moe_intermediate, "moe_intermediate_size");
   if (rope_dim <= 0 || rope_dim > head_dim || rope_dim % 2)
-    fail(where, "rope dim (head_dim * partial_rotary_factor) must be even and in (0, head_dim], got " +
-                    std::to_string(rope_dim));
-  if ((heads * head_dim) % o_groups) fail(where, "num_attention_heads * head_dim must be divisible by o_groups");
+    fail(where,
+         "rope dim (head_dim * partial_rotary_factor) must be even and in (0, head_dim], got " +
+             std::to_string(rope_dim));
+  if ((heads * head_dim) % o_groups)
+    fail(where, "num_attention_heads * head_dim must be divisible by o_groups");
   if (experts_per_token > experts) fail(where, "num_experts_per_tok exceeds n_routed_experts");
   if (hc_sinkhorn_iters < 1) fail(where, "hc_sinkhorn_iters must be >= 1");
   for (size_t i = 0; i < layers.size(); ++i) {
@@ -197,7 +222,8 @@ void ForwardConfig::validate(const std::string& where) const {
       positive(index_heads, "index_n_heads");
       positive(index_topk, "index_topk");
       if (index_head_dim < rope_dim)
-        fail(where, "index_head_dim must be at least the rope dim (" + std::to_string(rope_dim) + ")");
+        fail(where,
+             "index_head_dim must be at least the rope dim (" + std::to_string(rope_dim) + ")");
     }
   }
   if (layers.empty()) fail(where, "num_hidden_layers must be positive");

@@ -6,16 +6,19 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 #include "engine/rope.h"
 
 namespace agentrt::engine {
 
-enum class AttentionKind { sliding, csa, hca };  // sliding only / compressed sparse / heavily compressed
+enum class AttentionKind {
+  sliding,
+  csa,
+  hca
+};  // sliding only / compressed sparse / heavily compressed
 enum class RouterKind { hash, topk };
 enum class ScoreFunc { sqrtsoftplus, softmax, sigmoid };
 

@@ -127,9 +127,12 @@ class SafetensorsFiles {
       int64_t count = 1;
       for (int64_t d : t.shape) count *= d;
       const int64_t es = dtype_size(t.dtype);
-      if (es == 0) throw std::runtime_error(where + ": tensor '" + it.key() + "' has unsupported dtype " + t.dtype);
+      if (es == 0)
+        throw std::runtime_error(where + ": tensor '" + it.key() + "' has unsupported dtype " +
+                                 t.dtype);
       if (int64_t(offs[1] - offs[0]) != count * es)
-        throw std::runtime_error(where + ": tensor '" + it.key() + "' size does not match its shape");
+        throw std::runtime_error(where + ": tensor '" + it.key() +
+                                 "' size does not match its shape");
       t.data = base + offs[0];
       t.bytes = int64_t(offs[1] - offs[0]);
       tensors_[canonical_name(it.key())] = t;
@@ -156,8 +159,8 @@ class Reader {
     const Tensor* t = files_.find(name);
     if (!t) throw std::runtime_error("checkpoint: missing tensor '" + name + "'");
     if (t->shape != shape)
-      throw std::runtime_error(t->file + ": tensor '" + name + "' has shape " + shape_str(t->shape) +
-                               ", expected " + shape_str(shape));
+      throw std::runtime_error(t->file + ": tensor '" + name + "' has shape " +
+                               shape_str(t->shape) + ", expected " + shape_str(shape));
     return *t;
   }
 
@@ -167,10 +170,14 @@ class Reader {
     w.rows = rows;
     w.cols = cols;
     w.data = t.data;
-    if (t.dtype == "F32") w.type = WeightType::f32;
-    else if (t.dtype == "BF16") w.type = WeightType::bf16;
-    else if (t.dtype == "F16") w.type = WeightType::f16;
-    else if (t.dtype == "F8_E4M3") fp8_scales(name, t, w);
+    if (t.dtype == "F32")
+      w.type = WeightType::f32;
+    else if (t.dtype == "BF16")
+      w.type = WeightType::bf16;
+    else if (t.dtype == "F16")
+      w.type = WeightType::f16;
+    else if (t.dtype == "F8_E4M3")
+      fp8_scales(name, t, w);
     else
       throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype +
                                "; the CPU forward pass reads F32, BF16, F16 or block-scaled "
@@ -182,22 +189,29 @@ class Reader {
   // `<name>_scale_inv` (transformers' FP8 naming).
   void fp8_scales(const std::string& name, const Tensor& t, WeightMatrix& w) const {
     w.type = WeightType::f8_e4m3;
-    const std::string base = name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
-    const std::vector<std::string> candidates = {base + ".scale", name + "_scale_inv", base + ".weight_scale_inv"};
+    const std::string base =
+        name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
+    const std::vector<std::string> candidates = {base + ".scale", name + "_scale_inv",
+                                                 base + ".weight_scale_inv"};
     for (const std::string& sn : candidates) {
       const Tensor* s = files_.find(sn);
       if (!s) continue;
       const std::vector<int64_t> want = {(w.rows + 127) / 128, (w.cols + 127) / 128};
       if (s->shape != want)
-        throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has shape " + shape_str(s->shape) +
-                                 ", expected " + shape_str(want));
-      if (s->dtype == "F32") w.scale_type = ScaleType::f32;
-      else if (s->dtype == "F8_E8M0" || s->dtype == "U8") w.scale_type = ScaleType::e8m0;
-      else throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has dtype " + s->dtype + ", expected F32 or F8_E8M0");
+        throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has shape " +
+                                 shape_str(s->shape) + ", expected " + shape_str(want));
+      if (s->dtype == "F32")
+        w.scale_type = ScaleType::f32;
+      else if (s->dtype == "F8_E8M0" || s->dtype == "U8")
+        w.scale_type = ScaleType::e8m0;
+      else
+        throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has dtype " + s->dtype +
+                                 ", expected F32 or F8_E8M0");
       w.scale = s->data;
       return;
     }
-    throw std::runtime_error(t.file + ": FP8 tensor '" + name + "' has no block scales ('" + base + ".scale')");
+    throw std::runtime_error(t.file + ": FP8 tensor '" + name + "' has no block scales ('" + base +
+                             ".scale')");
   }
 
   std::vector<float> floats(const std::string& name, std::vector<int64_t> shape) const {
@@ -209,10 +223,14 @@ class Reader {
     w.rows = 1;
     w.cols = n;
     w.data = t.data;
-    if (t.dtype == "F32") w.type = WeightType::f32;
-    else if (t.dtype == "BF16") w.type = WeightType::bf16;
-    else if (t.dtype == "F16") w.type = WeightType::f16;
-    else throw std::runtime_error(t.file + ": tensor '" + name + "' has non-float dtype " + t.dtype);
+    if (t.dtype == "F32")
+      w.type = WeightType::f32;
+    else if (t.dtype == "BF16")
+      w.type = WeightType::bf16;
+    else if (t.dtype == "F16")
+      w.type = WeightType::f16;
+    else
+      throw std::runtime_error(t.file + ": tensor '" + name + "' has non-float dtype " + t.dtype);
     decode_weight_row(w, 0, out.data());
     return out;
   }
@@ -231,7 +249,8 @@ class Reader {
     } else if (t.dtype == "I32") {
       std::memcpy(out.data(), t.data, 4 * n);
     } else {
-      throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype + ", expected I64 or I32");
+      throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype +
+                               ", expected I64 or I32");
     }
     return out;
   }
@@ -240,8 +259,8 @@ class Reader {
   const SafetensorsFiles& files_;
 };
 
-CompressorWeights load_compressor(const Reader& r, const std::string& p, int64_t dim, int64_t hidden,
-                                  int64_t rate, bool overlap, float eps_unused) {
+CompressorWeights load_compressor(const Reader& r, const std::string& p, int64_t dim,
+                                  int64_t hidden, int64_t rate, bool overlap, float eps_unused) {
   (void)eps_unused;
   CompressorWeights c;
   const int64_t coff = overlap ? 2 : 1;
@@ -292,17 +311,20 @@ ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const Forw
     a.wq_b = r.matrix(ap + "wq_b.weight", c.heads * c.head_dim, c.q_lora_rank);
     a.wkv = r.matrix(ap + "wkv.weight", c.head_dim, H);
     a.kv_norm = r.floats(ap + "norm.weight", {c.head_dim});
-    a.wo_a = r.matrix(ap + "wo_a.weight", c.o_groups * c.o_lora_rank, c.heads * c.head_dim / c.o_groups);
+    a.wo_a =
+        r.matrix(ap + "wo_a.weight", c.o_groups * c.o_lora_rank, c.heads * c.head_dim / c.o_groups);
     a.wo_b = r.matrix(ap + "wo_b.weight", H, c.o_groups * c.o_lora_rank);
     a.sinks = r.floats(ap + "attn_sink", {c.heads});
     if (lc.attention != AttentionKind::sliding) {
       const bool csa = lc.attention == AttentionKind::csa;
-      a.compressor = load_compressor(r, ap + "compressor.", c.head_dim, H, lc.compress_rate, csa, c.rms_eps);
+      a.compressor =
+          load_compressor(r, ap + "compressor.", c.head_dim, H, lc.compress_rate, csa, c.rms_eps);
       if (csa) {
         IndexerWeights ix;
         ix.compressor = load_compressor(r, ap + "indexer.compressor.", c.index_head_dim, H,
                                         lc.compress_rate, true, c.rms_eps);
-        ix.wq_b = r.matrix(ap + "indexer.wq_b.weight", c.index_heads * c.index_head_dim, c.q_lora_rank);
+        ix.wq_b =
+            r.matrix(ap + "indexer.wq_b.weight", c.index_heads * c.index_head_dim, c.q_lora_rank);
         ix.weights_proj = r.matrix(ap + "indexer.weights_proj.weight", c.index_heads, H);
         a.indexer = std::move(ix);
       }
@@ -315,12 +337,14 @@ ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const Forw
       for (int32_t e : m.tid2eid)
         if (e < 0 || e >= c.experts)
           throw std::runtime_error("checkpoint: tensor '" + fp + "gate.tid2eid' holds expert id " +
-                                   std::to_string(e) + " outside [0, " + std::to_string(c.experts) + ")");
+                                   std::to_string(e) + " outside [0, " + std::to_string(c.experts) +
+                                   ")");
     } else {
       m.bias = r.floats(fp + "gate.bias", {c.experts});
     }
     for (int64_t e = 0; e < c.experts; ++e)
-      m.experts.push_back(load_expert(r, fp + "experts." + std::to_string(e) + ".", c.moe_intermediate, H));
+      m.experts.push_back(
+          load_expert(r, fp + "experts." + std::to_string(e) + ".", c.moe_intermediate, H));
     m.shared = load_expert(r, fp + "shared_experts.", c.moe_intermediate, H);
     w.layers.push_back(std::move(l));
   }
@@ -336,7 +360,8 @@ int64_t ForwardWeights::matrix_bytes() const {
     if (a.indexer)
       b += a.indexer->compressor.wkv.bytes() + a.indexer->compressor.wgate.bytes() +
            a.indexer->wq_b.bytes() + a.indexer->weights_proj.bytes();
-    b += l.moe.gate.bytes() + l.moe.shared.w1.bytes() + l.moe.shared.w2.bytes() + l.moe.shared.w3.bytes();
+    b += l.moe.gate.bytes() + l.moe.shared.w1.bytes() + l.moe.shared.w2.bytes() +
+         l.moe.shared.w3.bytes();
   }
   return b;
 }

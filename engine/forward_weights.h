@@ -20,25 +20,25 @@
 namespace agentrt::engine {
 
 struct CompressorWeights {
-  WeightMatrix wkv;                // [coff * dim][hidden], coff = 2 for CSA (two series), 1 for HCA
-  WeightMatrix wgate;              // same shape
-  std::vector<float> ape;          // position bias [rate][coff * dim]
-  std::vector<float> norm;         // [dim]
+  WeightMatrix wkv;         // [coff * dim][hidden], coff = 2 for CSA (two series), 1 for HCA
+  WeightMatrix wgate;       // same shape
+  std::vector<float> ape;   // position bias [rate][coff * dim]
+  std::vector<float> norm;  // [dim]
   int64_t dim = 0;
   int64_t rate = 0;
-  bool overlap = false;            // CSA: entry w mixes window w-1's first series with window w's second
+  bool overlap = false;  // CSA: entry w mixes window w-1's first series with window w's second
 };
 
 struct IndexerWeights {
-  CompressorWeights compressor;    // at index_head_dim
-  WeightMatrix wq_b;               // [index_heads * index_head_dim][q_lora_rank]
-  WeightMatrix weights_proj;       // [index_heads][hidden]
+  CompressorWeights compressor;  // at index_head_dim
+  WeightMatrix wq_b;             // [index_heads * index_head_dim][q_lora_rank]
+  WeightMatrix weights_proj;     // [index_heads][hidden]
 };
 
 struct HyperWeights {
-  std::vector<float> fn;           // [(2 + hc) * hc][hc * hidden]
-  std::vector<float> base;         // [(2 + hc) * hc]
-  std::vector<float> scale;        // [3]
+  std::vector<float> fn;     // [(2 + hc) * hc][hc * hidden]
+  std::vector<float> base;   // [(2 + hc) * hc]
+  std::vector<float> scale;  // [3]
 };
 
 struct AttentionWeights {
@@ -49,13 +49,13 @@ struct AttentionWeights {
 };
 
 struct ExpertWeights {
-  WeightMatrix w1, w2, w3;         // gate [inter][hidden], down [hidden][inter], up [inter][hidden]
+  WeightMatrix w1, w2, w3;  // gate [inter][hidden], down [hidden][inter], up [inter][hidden]
 };
 
 struct MoeWeights {
-  WeightMatrix gate;               // router [experts][hidden]
-  std::vector<float> bias;         // e_score_correction_bias (top-k layers; selection only)
-  std::vector<int32_t> tid2eid;    // [vocab][experts_per_token] (hash layers)
+  WeightMatrix gate;             // router [experts][hidden]
+  std::vector<float> bias;       // e_score_correction_bias (top-k layers; selection only)
+  std::vector<int32_t> tid2eid;  // [vocab][experts_per_token] (hash layers)
   std::vector<ExpertWeights> experts;
   ExpertWeights shared;
 };

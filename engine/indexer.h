@@ -1,5 +1,6 @@
 // The Lightning Indexer of CSA layers: scores every visible compressed entry s for a query,
-//   score(s) = sum_h w_h * relu(q_h . k_s) * index_head_dim^-0.5,   w_h = weights_proj(x)_h * heads^-0.5
+//   score(s) = sum_h w_h * relu(q_h . k_s) * index_head_dim^-0.5,   w_h = weights_proj(x)_h *
+//   heads^-0.5
 // and keeps the top index_topk. transformers DeepseekV4Indexer / DeepseekV4IndexerScorer. Ties
 // (frequent: a sum of ReLUs is often exactly 0) are broken towards the lower entry index, so the
 // choice is deterministic across machines.

@@ -46,7 +46,7 @@ struct CompressorCache {
 };
 
 struct LayerCache {
-  RowStore kv;  // [position][head_dim]: normed + rotated, read as both key and value
+  RowStore kv;                 // [position][head_dim]: normed + rotated, read as both key and value
   CompressorCache compressor;  // CSA / HCA layers
   CompressorCache indexer;     // CSA layers
 

@@ -32,9 +32,12 @@ struct E4m3Table {
     for (int b = 0; b < 256; ++b) {
       const int sign = b >> 7, exp = (b >> 3) & 15, man = b & 7;
       float mag;
-      if (exp == 15 && man == 7) mag = NAN;
-      else if (exp == 0) mag = std::ldexp(float(man) / 8.0f, -6);
-      else mag = std::ldexp(1.0f + float(man) / 8.0f, exp - 7);
+      if (exp == 15 && man == 7)
+        mag = NAN;
+      else if (exp == 0)
+        mag = std::ldexp(float(man) / 8.0f, -6);
+      else
+        mag = std::ldexp(1.0f + float(man) / 8.0f, exp - 7);
       v[b] = sign ? -mag : mag;
     }
   }
@@ -63,7 +66,8 @@ float dot_fp8(const WeightMatrix& w, int64_t row, const float* x) {
     const int64_t c1 = std::min(w.cols, c0 + kFp8Block);
     __m256 acc = _mm256_setzero_ps();
     int64_t c = c0;
-    for (; c + 8 <= c1; c += 8) acc = _mm256_fmadd_ps(load_e4m3x8(p + c), _mm256_loadu_ps(x + c), acc);
+    for (; c + 8 <= c1; c += 8)
+      acc = _mm256_fmadd_ps(load_e4m3x8(p + c), _mm256_loadu_ps(x + c), acc);
     float s = hsum(acc);
     for (; c < c1; ++c) s += kE4m3.v[p[c]] * x[c];
     total += s * fp8_scale(w, row, blk);
@@ -122,7 +126,8 @@ void tile_4x3(const float* w, const float* x, int64_t cols, int64_t nt, float ou
   const float* x2 = nt > 2 ? x + 2 * cols : x;
   int64_t k = 0;
   for (; k + 8 <= cols; k += 8) {
-    const __m256 a = _mm256_loadu_ps(x0 + k), b = _mm256_loadu_ps(x1 + k), c = _mm256_loadu_ps(x2 + k);
+    const __m256 a = _mm256_loadu_ps(x0 + k), b = _mm256_loadu_ps(x1 + k),
+                 c = _mm256_loadu_ps(x2 + k);
     for (int r = 0; r < 4; ++r) {
       const __m256 wr = _mm256_loadu_ps(w + r * cols + k);
       acc[r][0] = _mm256_fmadd_ps(wr, a, acc[r][0]);
@@ -176,17 +181,22 @@ void decode_weight_row(const WeightMatrix& w, int64_t row, float* out) {
       return;
     case WeightType::bf16: {
       const uint16_t* p = static_cast<const uint16_t*>(w.data) + row * w.cols;
-      for (int64_t i = 0; i < w.cols; ++i) out[i] = bf16_to_f32(p[i]);
+      int64_t i = 0;
+      for (; i + 8 <= w.cols; i += 8) _mm256_storeu_ps(out + i, load_bf16x8(p + i));
+      for (; i < w.cols; ++i) out[i] = bf16_to_f32(p[i]);
       return;
     }
     case WeightType::f16: {
       const uint16_t* p = static_cast<const uint16_t*>(w.data) + row * w.cols;
-      for (int64_t i = 0; i < w.cols; ++i) out[i] = _cvtsh_ss(p[i]);
+      int64_t i = 0;
+      for (; i + 8 <= w.cols; i += 8) _mm256_storeu_ps(out + i, load_f16x8(p + i));
+      for (; i < w.cols; ++i) out[i] = _cvtsh_ss(p[i]);
       return;
     }
     case WeightType::f8_e4m3: {
       const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * w.cols;
-      for (int64_t i = 0; i < w.cols; ++i) out[i] = kE4m3.v[p[i]] * fp8_scale(w, row, i / kFp8Block);
+      for (int64_t i = 0; i < w.cols; ++i)
+        out[i] = kE4m3.v[p[i]] * fp8_scale(w, row, i / kFp8Block);
       return;
     }
   }
@@ -197,11 +207,11 @@ float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x) {
     case WeightType::f32:
       return dot_f32(static_cast<const float*>(w.data) + row * w.cols, x, w.cols);
     case WeightType::bf16:
-      return dot_half<load_bf16x8, bf16_to_f32>(
-          static_cast<const uint16_t*>(w.data) + row * w.cols, x, w.cols);
+      return dot_half<load_bf16x8, bf16_to_f32>(static_cast<const uint16_t*>(w.data) + row * w.cols,
+                                                x, w.cols);
     case WeightType::f16:
-      return dot_half<load_f16x8, f16_scalar>(
-          static_cast<const uint16_t*>(w.data) + row * w.cols, x, w.cols);
+      return dot_half<load_f16x8, f16_scalar>(static_cast<const uint16_t*>(w.data) + row * w.cols,
+                                              x, w.cols);
     case WeightType::f8_e4m3:
       return dot_fp8(w, row, x);
   }
@@ -245,7 +255,8 @@ void matmul(const float* x, int64_t n, const WeightMatrix& w, float* y, const Pa
         }
       }
       for (; i < nr; ++i)
-        for (int64_t t = 0; t < n; ++t) y[t * rows + r0 + i] = dot_f32(wr + i * cols, x + t * cols, cols);
+        for (int64_t t = 0; t < n; ++t)
+          y[t * rows + r0 + i] = dot_f32(wr + i * cols, x + t * cols, cols);
     }
   });
 }

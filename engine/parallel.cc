@@ -41,8 +41,10 @@ void WorkerPool::worker_loop() {
     // Spin, yielding the core now and then: on a busy machine the thread we wait for may share
     // our core, and pure spinning would starve it.
     while (generation_.load() == seen && !stop_.load() && spins < kSpins) {
-      if (++spins % 64 == 0) std::this_thread::yield();
-      else _mm_pause();
+      if (++spins % 64 == 0)
+        std::this_thread::yield();
+      else
+        _mm_pause();
     }
     if (generation_.load() == seen && !stop_.load()) {
       std::unique_lock lock(mutex_);
@@ -80,8 +82,10 @@ void WorkerPool::for_range(int64_t n, const std::function<void(int64_t, int64_t)
   open_.store(false);
   int spins = 0;
   while (active_.load() != 0) {
-    if (++spins % 64 == 0) std::this_thread::yield();
-    else _mm_pause();
+    if (++spins % 64 == 0)
+      std::this_thread::yield();
+    else
+      _mm_pause();
   }
 }
 

@@ -1,7 +1,8 @@
 // The forward pass (below the Model API) against the transformers golden fixtures.
+#include "engine/forward.h"
+
 #include <gtest/gtest.h>
 
-#include "engine/forward.h"
 #include "tests/engine/golden_fixture.h"
 
 namespace agentrt::engine {
@@ -10,8 +11,9 @@ namespace {
 using testing::GoldenFixture;
 
 // Feeds ids[begin, end) into the cache, returns [end-begin][vocab] logits.
-std::vector<float> feed(const ForwardPass& fp, SequenceCache& cache, const std::vector<int32_t>& ids,
-                        int64_t begin, int64_t end, const Parallel& par) {
+std::vector<float> feed(const ForwardPass& fp, SequenceCache& cache,
+                        const std::vector<int32_t>& ids, int64_t begin, int64_t end,
+                        const Parallel& par) {
   std::vector<ForwardRow> rows;
   for (int64_t p = begin; p < end; ++p) rows.push_back({&cache, p, ids[p], true});
   std::vector<float> logits((end - begin) * fp.config().vocab_size);

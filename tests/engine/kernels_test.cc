@@ -1,6 +1,5 @@
 // Fast kernels against their plain references on random inputs of awkward sizes.
 #include <gtest/gtest.h>
-
 #include <immintrin.h>
 
 #include <cmath>
@@ -43,8 +42,13 @@ TEST(Matmul, MatchesReferenceOnAwkwardSizes) {
   std::mt19937 rng(7);
   WorkerPool pool(3);
   Serial serial;
-  for (auto [n, rows, cols] : {std::tuple{1, 37, 129}, {2, 5, 7}, {3, 64, 48}, {17, 33, 255},
-                               {40, 9, 1000}, {1, 1, 1}, {5, 130, 15}}) {
+  for (auto [n, rows, cols] : {std::tuple{1, 37, 129},
+                               {2, 5, 7},
+                               {3, 64, 48},
+                               {17, 33, 255},
+                               {40, 9, 1000},
+                               {1, 1, 1},
+                               {5, 130, 15}}) {
     const auto x = random_vec(rng, size_t(n) * cols);
     const auto wf = random_vec(rng, size_t(rows) * cols);
     std::vector<uint16_t> wb(wf.size()), wh(wf.size());
@@ -53,13 +57,15 @@ TEST(Matmul, MatchesReferenceOnAwkwardSizes) {
       wh[i] = _cvtss_sh(wf[i], 0);
     }
     for (auto [type, data] : {std::pair<WeightType, const void*>{WeightType::f32, wf.data()},
-                              {WeightType::bf16, wb.data()}, {WeightType::f16, wh.data()}}) {
+                              {WeightType::bf16, wb.data()},
+                              {WeightType::f16, wh.data()}}) {
       WeightMatrix w{type, rows, cols, data};
       std::vector<float> want(size_t(n) * rows), got(want.size()), got1(want.size());
       matmul_reference(x.data(), n, w, want.data());
       matmul(x.data(), n, w, got.data(), pool);
       matmul(x.data(), n, w, got1.data(), serial);
-      EXPECT_LE(max_rel(got, want), 1e-5) << n << "x" << rows << "x" << cols << " type " << int(type);
+      EXPECT_LE(max_rel(got, want), 1e-5)
+          << n << "x" << rows << "x" << cols << " type " << int(type);
       EXPECT_LE(max_rel(got1, want), 1e-5);
     }
   }
@@ -157,7 +163,8 @@ uint8_t to_e4m3(float f) {
 
 TEST(Matmul, Fp8BlockScaledMatchesReferenceAndSlices) {
   std::mt19937 rng(9);
-  for (auto [n, rows, cols] : {std::tuple{1, 300, 257}, {5, 130, 128}, {2, 129, 1}, {7, 256, 300}}) {
+  for (auto [n, rows, cols] :
+       {std::tuple{1, 300, 257}, {5, 130, 128}, {2, 129, 1}, {7, 256, 300}}) {
     const auto x = random_vec(rng, size_t(n) * cols);
     const auto wf = random_vec(rng, size_t(rows) * cols, 3.0f);
     std::vector<uint8_t> q(wf.size());
@@ -192,8 +199,10 @@ TEST(Matmul, Fp8BlockScaledMatchesReferenceAndSlices) {
         std::vector<float> part(size_t(n) * 2);
         matmul_reference(x.data(), n, s, part.data());
         for (int t = 0; t < n; ++t) {
-          EXPECT_NEAR(part[t * 2], want[t * rows + 129], 1e-4 * (1 + std::abs(want[t * rows + 129])));
-          EXPECT_NEAR(part[t * 2 + 1], want[t * rows + 130], 1e-4 * (1 + std::abs(want[t * rows + 130])));
+          EXPECT_NEAR(part[t * 2], want[t * rows + 129],
+                      1e-4 * (1 + std::abs(want[t * rows + 129])));
+          EXPECT_NEAR(part[t * 2 + 1], want[t * rows + 130],
+                      1e-4 * (1 + std::abs(want[t * rows + 130])));
         }
       }
     }

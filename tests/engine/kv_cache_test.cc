@@ -14,7 +14,8 @@ struct Loaded {
   explicit Loaded(const std::string& name)
       : fixture(testing::GoldenFixture::load(name)),
         pass(ForwardConfig::from_file(fixture.dir / "config.json"),
-             ForwardWeights::load(fixture.dir, ForwardConfig::from_file(fixture.dir / "config.json"))) {}
+             ForwardWeights::load(fixture.dir,
+                                  ForwardConfig::from_file(fixture.dir / "config.json"))) {}
   testing::GoldenFixture fixture;
   ForwardPass pass;
 };
@@ -22,7 +23,8 @@ struct Loaded {
 std::vector<float> feed(const ForwardPass& fp, SequenceCache& cache, std::span<const int32_t> ids,
                         const Parallel& par) {
   std::vector<ForwardRow> rows;
-  for (size_t i = 0; i < ids.size(); ++i) rows.push_back({&cache, cache.length + int64_t(i), ids[i], true});
+  for (size_t i = 0; i < ids.size(); ++i)
+    rows.push_back({&cache, cache.length + int64_t(i), ids[i], true});
   std::vector<float> logits(ids.size() * fp.config().vocab_size);
   fp.run(rows, logits.data(), par);
   cache.length += int64_t(ids.size());
@@ -95,13 +97,15 @@ TEST_P(CacheTest, BatchedRowsOfDifferentSequencesMatchSingleSequences) {
   }
   for (int step = 0; step < 6; ++step) {
     std::vector<ForwardRow> rows;
-    for (int i = 0; i < 3; ++i) rows.push_back({&caches[i], caches[i].length, ids[starts[i] + step], true});
+    for (int i = 0; i < 3; ++i)
+      rows.push_back({&caches[i], caches[i].length, ids[starts[i] + step], true});
     std::vector<float> batched(3 * V);
     m.pass.run(rows, batched.data(), par);
     for (int i = 0; i < 3; ++i) {
       caches[i].length += 1;
       const auto single = feed(m.pass, singles[i], std::span(&ids[starts[i] + step], 1), par);
-      EXPECT_LE(testing::rel_l2(&batched[i * V], single.data(), V), 1e-5) << "sequence " << i << " step " << step;
+      EXPECT_LE(testing::rel_l2(&batched[i * V], single.data(), V), 1e-5)
+          << "sequence " << i << " step " << step;
     }
   }
 }

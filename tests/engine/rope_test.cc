@@ -1,11 +1,12 @@
 // Our rope tables against transformers' (dumped by scripts/make_engine_fixtures.py).
+#include "engine/rope.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/forward_config.h"
-#include "engine/rope.h"
 #include "tests/engine/golden_fixture.h"
 
 namespace agentrt::engine {
@@ -23,7 +24,8 @@ TEST(Rope, InvFreqMatchesTransformersPlainAndYarn) {
       const RopeTable rope(params);
       ASSERT_EQ(rope.inv_freq().size(), want.size()) << name << " " << key;
       for (size_t i = 0; i < want.size(); ++i)
-        EXPECT_NEAR(rope.inv_freq()[i], want[i], 2e-7 * std::abs(want[i])) << name << " " << key << " " << i;
+        EXPECT_NEAR(rope.inv_freq()[i], want[i], 2e-7 * std::abs(want[i]))
+            << name << " " << key << " " << i;
       EXPECT_FLOAT_EQ(j[key]["attention_scaling"].get<float>(), 1.0f);
     }
   }
