@@ -46,6 +46,7 @@ ByteTrie::ByteTrie(const std::vector<std::string_view>& keys, const std::vector<
     prev = key;
   }
   close_to(0);
+  for (const Node& n : nodes_) max_depth_ = std::max<size_t>(max_depth_, n.depth);
   nodes_[0].end = static_cast<uint32_t>(nodes_.size());
 }
 

@@ -26,11 +26,13 @@ class ByteTrie {
   const std::vector<Node>& nodes() const { return nodes_; }
   const std::vector<int32_t>& values() const { return values_; }
   size_t size() const { return nodes_.size(); }
+  size_t max_depth() const { return max_depth_; }
   bool empty() const { return nodes_.size() <= 1 && values_.empty(); }
 
  private:
   std::vector<Node> nodes_;
   std::vector<int32_t> values_;
+  size_t max_depth_ = 0;
 };
 
 }  // namespace agentrt::grammars

@@ -2,45 +2,93 @@
 
 #include <atomic>
 #include <mutex>
+#include <unordered_map>
 
 #include "grammars/position_masks.h"
 
 namespace agentrt::grammars {
 
-// Lazily filled, per-state slots: readers take an acquire load; a builder publishes under the
-// mutex (two threads may build the same entry; one copy is kept).
-struct CompiledGrammar::Cache {
-  explicit Cache(size_t n) : slots(new std::atomic<const PositionMasks*>[n]) {
-    for (size_t i = 0; i < n; ++i) slots[i].store(nullptr, std::memory_order_relaxed);
+// Lazily filled, per-state slots: readers take an acquire load; builders work outside the lock
+// and publish under it.
+class MaskSlots {
+ public:
+  explicit MaskSlots(size_t n) : slots_(new std::atomic<const PositionMasks*>[n]) {
+    for (size_t i = 0; i < n; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
   }
-  std::unique_ptr<std::atomic<const PositionMasks*>[]> slots;
+  // `resolve` returns a pointer that stays valid for the grammar's lifetime; if two threads
+  // race, both results are valid and the slot keeps one.
+  template <typename Resolve>
+  const PositionMasks& get(size_t i, Resolve resolve) {
+    if (const PositionMasks* p = slots_[i].load(std::memory_order_acquire)) return *p;
+    const PositionMasks* p = resolve();
+    slots_[i].store(p, std::memory_order_release);
+    return *p;
+  }
+
+ private:
+  std::unique_ptr<std::atomic<const PositionMasks*>[]> slots_;
+};
+
+struct CompiledGrammar::Cache {
+  Cache(const PushdownAutomaton& pda)
+      : short_masks(pda.states.size()),
+        long_masks(pda.states.size()),
+        signatures(pda, static_cast<int>(TokenizerIndex::kShortTokenBytes)) {}
+  MaskSlots short_masks;  // per state, pointing into by_signature's entries
+  MaskSlots long_masks;   // per state
   std::mutex mu;
   std::vector<std::unique_ptr<PositionMasks>> owned;
+  // Guarded by mu.
+  PositionSignatures signatures;
+  std::unordered_map<PositionSignature, const PositionMasks*, PositionSignatureHash> by_signature;
 };
 
 CompiledGrammar::CompiledGrammar(PushdownAutomaton pda,
                                  std::shared_ptr<const TokenizerIndex> tokenizer)
     : pda_(std::move(pda)),
       tokenizer_(std::move(tokenizer)),
-      cache_(std::make_unique<Cache>(pda_.states.size())) {}
+      cache_(std::make_unique<Cache>(pda_)) {}
 
 CompiledGrammar::~CompiledGrammar() = default;
 
-const PositionMasks& CompiledGrammar::position_masks(int32_t state) const {
-  std::atomic<const PositionMasks*>& slot = cache_->slots[state];
-  if (const PositionMasks* p = slot.load(std::memory_order_acquire)) return *p;
-  auto built = std::make_unique<PositionMasks>(build_position_masks(pda_, *tokenizer_, state));
+const PositionMasks& CompiledGrammar::short_token_masks(int32_t state) const {
+  return cache_->short_masks.get(state, [&]() -> const PositionMasks* {
+    Cache& c = *cache_;
+    PositionSignature sig;
+    {
+      std::lock_guard<std::mutex> lock(c.mu);
+      sig = c.signatures.of(state);
+      if (auto it = c.by_signature.find(sig); it != c.by_signature.end()) return it->second;
+    }
+    auto built = std::make_unique<PositionMasks>(
+        build_position_masks(pda_, *tokenizer_, tokenizer_->short_trie(), state));
+    std::lock_guard<std::mutex> lock(c.mu);
+    auto [it, inserted] = c.by_signature.emplace(sig, built.get());
+    if (inserted) c.owned.push_back(std::move(built));
+    return it->second;
+  });
+}
+
+const PositionMasks& CompiledGrammar::long_token_masks(int32_t state) const {
+  return cache_->long_masks.get(state, [&]() -> const PositionMasks* {
+    auto built = std::make_unique<PositionMasks>(
+        build_position_masks(pda_, *tokenizer_, tokenizer_->long_trie(), state));
+    std::lock_guard<std::mutex> lock(cache_->mu);
+    cache_->owned.push_back(std::move(built));
+    return cache_->owned.back().get();
+  });
+}
+
+size_t CompiledGrammar::num_short_token_masks() const {
   std::lock_guard<std::mutex> lock(cache_->mu);
-  if (const PositionMasks* p = slot.load(std::memory_order_acquire)) return *p;
-  const PositionMasks* p = built.get();
-  cache_->owned.push_back(std::move(built));
-  slot.store(p, std::memory_order_release);
-  return *p;
+  return cache_->by_signature.size();
 }
 
 void CompiledGrammar::precompute_all() const {
   for (size_t s = 0; s < pda_.states.size(); ++s) {
-    if (!pda_.states[s].bytes.empty()) position_masks(static_cast<int32_t>(s));
+    if (pda_.states[s].bytes.empty()) continue;
+    short_token_masks(static_cast<int32_t>(s));
+    long_token_masks(static_cast<int32_t>(s));
   }
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "grammars/grammar.h"
+#include "grammars/position_classes.h"
 #include "grammars/pushdown_automaton.h"
 #include "grammars/tokenizer_index.h"
 
@@ -21,8 +22,13 @@ class CompiledGrammar {
   const PushdownAutomaton& automaton() const { return pda_; }
   const TokenizerIndex& tokenizer() const { return *tokenizer_; }
   const std::shared_ptr<const TokenizerIndex>& tokenizer_ptr() const { return tokenizer_; }
-  // Tokens classified for a stack whose top is at `state` (built on first use; thread-safe).
-  const PositionMasks& position_masks(int32_t state) const;
+  // Tokens classified for a stack whose top is at `state` (built on first use; thread-safe):
+  // the short tokens (shared by all states alike for them, see position_classes.h) and the
+  // long ones (per state).
+  const PositionMasks& short_token_masks(int32_t state) const;
+  const PositionMasks& long_token_masks(int32_t state) const;
+  // Distinct short-token classifications built so far.
+  size_t num_short_token_masks() const;
   // Builds the cache for every state now (moves cost from the first masks to compile time).
   void precompute_all() const;
 

@@ -22,6 +22,8 @@ int run_maskbench_command(const std::vector<std::string>& args,
     };
     if (a == "--limit") {
       options.limit = std::stoul(value());
+    } else if (a == "--every") {
+      options.every = std::stoul(value());
     } else if (a == "--timeout-ms") {
       options.timeout_ms = std::stod(value());
     } else if (a == "--tokenizer") {
@@ -38,7 +40,8 @@ int run_maskbench_command(const std::vector<std::string>& args,
   }
   if (dir.empty()) {
     throw std::invalid_argument(
-        "usage: bench DIR [--limit N] [--timeout-ms MS] [--tokenizer tokenizer.json] [--verbose]");
+        "usage: bench DIR [--limit N] [--every K] [--timeout-ms MS] [--tokenizer tokenizer.json] "
+        "[--verbose]");
   }
   if (verbose) options.log = &err;
   std::vector<std::string> files = list_maskbench_files(dir);

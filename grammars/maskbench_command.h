@@ -1,4 +1,4 @@
-// `agentrt grammar bench DIR [--limit N] [--timeout-ms MS] [--tokenizer tokenizer.json]
+// `agentrt grammar bench DIR [--limit N] [--every K] [--timeout-ms MS] [--tokenizer tokenizer.json]
 // [--verbose]` and bench_maskbench share this entry point.
 #pragma once
 

@@ -326,8 +326,10 @@ MaskBenchReport run_maskbench(const std::vector<std::string>& files,
                               const std::shared_ptr<const TokenizerIndex>& tokenizer,
                               const TokenizeFn& tokenize, const MaskBenchOptions& options) {
   MaskBenchReport report;
-  size_t n = options.limit ? std::min(options.limit, files.size()) : files.size();
-  for (size_t i = 0; i < n; ++i) {
+  size_t step = std::max<size_t>(options.every, 1);
+  size_t taken = 0;
+  for (size_t i = 0; i < files.size(); i += step) {
+    if (options.limit && taken++ >= options.limit) break;
     std::string name = std::filesystem::path(files[i]).filename().string();
     SchemaOutcome outcome;
     try {

@@ -24,6 +24,7 @@ using TokenizeFn = std::function<std::vector<int32_t>(std::string_view text)>;
 
 struct MaskBenchOptions {
   size_t limit = 0;           // files to run (0 = all), taken in sorted name order
+  size_t every = 1;           // take every n-th file (a spread-out subset)
   double timeout_ms = 60000;  // per schema, checked between tokens
   JsonSchemaOptions schema_options = [] {
     JsonSchemaOptions o;

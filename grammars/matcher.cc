@@ -4,6 +4,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <thread>
+#include <unordered_set>
 
 #include "grammars/parse_stacks.h"
 #include "grammars/position_masks.h"
@@ -38,6 +39,7 @@ struct GrammarMatcher::State {
   StackSet a, b;
   std::vector<StackSet> levels;
   std::vector<int32_t> one;
+  std::unordered_set<const PositionMasks*> seen_masks;
 
   const TokenizerIndex& tokenizer() const { return grammar->tokenizer(); }
   const Snapshot& now() const { return history.back(); }
@@ -187,12 +189,21 @@ struct GrammarMatcher::State {
     }
     std::memset(mask, 0, tok.mask_words() * sizeof(uint32_t));
     // Copied: closing stacks below may grow the history's neighbours' buffers.
+    // Tokens accepted whatever lies below a top depend only on its state (its class for short
+    // tokens): add each once. Return suffixes depend on the real stack: check each top.
     std::vector<int32_t> tops = cur.stacks.tops;
+    seen_masks.clear();
     for (int32_t top : tops) {
-      const PositionMasks& pm = grammar->position_masks(arena.state(top));
-      pm.add_accepted_to(mask);
+      int32_t state = arena.state(top);
       int32_t parent = arena.parent(top);
-      if (pm.has_suffixes && parent >= 0) check_return_suffixes(pm.return_suffixes, parent, mask);
+      const PositionMasks& short_masks = grammar->short_token_masks(state);
+      const PositionMasks& long_masks = grammar->long_token_masks(state);
+      if (seen_masks.insert(&short_masks).second) short_masks.add_accepted_to(mask);
+      if (seen_masks.insert(&long_masks).second) long_masks.add_accepted_to(mask);
+      if (parent < 0) continue;
+      if (short_masks.has_suffixes)
+        check_return_suffixes(short_masks.return_suffixes, parent, mask);
+      if (long_masks.has_suffixes) check_return_suffixes(long_masks.return_suffixes, parent, mask);
     }
     if (cur.stacks.can_end) {
       for (int32_t id : tok.vocabulary().stop_tokens) set_bit(mask, id);
@@ -287,6 +298,8 @@ bool GrammarMatcher::triggered() const { return state_->now().triggered; }
 void GrammarMatcher::reset() { state_->start(); }
 
 const CompiledGrammar& GrammarMatcher::grammar() const { return *state_->grammar; }
+
+size_t GrammarMatcher::num_stacks() const { return state_->now().stacks.tops.size(); }
 
 void fill_next_token_bitmask_batch(std::span<GrammarMatcher* const> matchers, uint32_t* masks,
                                    int threads) {

@@ -46,6 +46,8 @@ class GrammarMatcher {
   void reset();
 
   const CompiledGrammar& grammar() const;
+  // Parse stacks alive now (a measure of the grammar's ambiguity at this point).
+  size_t num_stacks() const;
 
  private:
   struct State;

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 #include "grammars/pushdown_automaton.h"
@@ -27,8 +26,14 @@ class StackArena {
   struct Node {
     int32_t state, parent;
   };
+  void grow();
+
   std::vector<Node> nodes_;
-  std::unordered_map<uint64_t, int32_t> index_;
+  // Open addressing (linear probing) from (state, parent) to node id; -1 = empty slot.
+  std::vector<int32_t> table_;
+  size_t mask_ = 0;
+  // Nodes right above kBottom / kOpenBottom, by state: the common case, without hashing.
+  std::vector<int32_t> above_bottom_, above_open_;
 };
 
 // Stacks whose top state has byte edges (the only ones that can consume input), plus flags.

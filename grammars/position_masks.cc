@@ -15,36 +15,60 @@ void PositionMasks::add_accepted_to(uint32_t* mask) const {
 }
 
 PositionMasks build_position_masks(const PushdownAutomaton& pda, const TokenizerIndex& tokenizer,
-                                   int32_t state) {
+                                   const ByteTrie& trie, int32_t state) {
   PositionMasks out;
-  const ByteTrie& trie = tokenizer.trie();
   const std::vector<ByteTrie::Node>& nodes = trie.nodes();
   const std::vector<int32_t>& values = trie.values();
   const Vocabulary& vocab = tokenizer.vocabulary();
+  const std::vector<PdaState>& states = pda.states;
+  // A state that neither enters rules nor may return: a stack with it on top over the open
+  // bottom steps by plain automaton transitions (the common case inside strings and numbers).
+  auto plain = [&](int32_t s) { return states[s].refs.empty() && !states[s].final; };
 
   StackArena arena;
   StackStepper stepper(pda, arena);
-  size_t max_depth = 1;
-  for (const ByteTrie::Node& n : nodes) max_depth = std::max<size_t>(max_depth, n.depth + 1);
+  size_t max_depth = trie.max_depth() + 1;
   std::vector<StackSet> level(max_depth);
+  // simple[d] >= 0: level d is exactly that plain state over the open bottom (level[d] unused).
+  std::vector<int32_t> simple(max_depth, -1);
   // pops[d]: the rule may return right after the d-th byte of the current path.
   std::vector<uint8_t> pops(max_depth, 0);
   std::vector<uint16_t> pop_count(max_depth, 0);
   // Depth 0: the top itself, without expansion (its expansions are separate tops at match time).
-  level[0].tops.push_back(arena.intern(state, StackArena::kOpenBottom));
+  simple[0] = state;
 
-  std::vector<int32_t> accepted;
+  size_t words = tokenizer.mask_words();
+  std::vector<uint32_t> accepted(words, 0);
+  size_t num_accepted = 0;
   std::vector<std::string_view> suffix_keys;
   std::vector<int32_t> suffix_ids;
+  std::vector<int32_t> seed(1);
   size_t i = 1;
   while (i < nodes.size()) {
     const ByteTrie::Node& node = nodes[i];
     size_t d = node.depth;
-    StackSet& cur = level[d];
-    stepper.advance(level[d - 1], node.byte, cur);
-    pops[d] = cur.popped_open;
-    pop_count[d] = pop_count[d - 1] + (cur.popped_open ? 1 : 0);
-    if (cur.dead() && pop_count[d] == 0) {
+    bool alive = false, popped = false;
+    simple[d] = -1;
+    if (simple[d - 1] >= 0) {
+      int32_t next = states[simple[d - 1]].next(node.byte);
+      if (next >= 0 && plain(next)) {
+        simple[d] = next;
+        alive = true;
+      } else if (next >= 0) {
+        seed[0] = arena.intern(next, StackArena::kOpenBottom);
+        stepper.close(seed, level[d]);
+        alive = !level[d].dead();
+        popped = level[d].popped_open;
+      }
+    } else {
+      stepper.advance(level[d - 1], node.byte, level[d]);
+      alive = !level[d].dead();
+      popped = level[d].popped_open;
+    }
+    if (!alive && simple[d] < 0) level[d].tops.clear();
+    pops[d] = popped;
+    pop_count[d] = pop_count[d - 1] + (popped ? 1 : 0);
+    if (!alive && pop_count[d] == 0) {
       i = node.end;
       continue;
     }
@@ -52,8 +76,9 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
       int32_t id = values[v];
       // Ending exactly where the rule may return is valid whatever the context: returning is
       // always possible and every automaton state is live.
-      if (!cur.dead() || pops[d]) {
-        accepted.push_back(id);
+      if (alive || popped) {
+        accepted[id >> 5] |= 1u << (id & 31);
+        ++num_accepted;
         continue;
       }
       std::string_view bytes = vocab.token_bytes[id];
@@ -66,12 +91,14 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
     }
     ++i;
   }
-  size_t words = tokenizer.mask_words();
-  if (accepted.size() > words) {
-    out.accepted_bits.assign(words, 0);
-    for (int32_t id : accepted) out.accepted_bits[id >> 5] |= 1u << (id & 31);
+  if (num_accepted > words) {
+    out.accepted_bits = std::move(accepted);
   } else {
-    out.accepted_ids = std::move(accepted);
+    for (size_t w = 0; w < words; ++w) {
+      for (uint32_t bits = accepted[w]; bits; bits &= bits - 1) {
+        out.accepted_ids.push_back(static_cast<int32_t>(w * 32 + __builtin_ctz(bits)));
+      }
+    }
   }
   if (!suffix_keys.empty()) {
     out.return_suffixes = ByteTrie(suffix_keys, suffix_ids);

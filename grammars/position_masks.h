@@ -25,7 +25,8 @@ struct PositionMasks {
   void add_accepted_to(uint32_t* mask) const;
 };
 
+// Classifies the tokens of `trie` (tokenizer.short_trie() or long_trie()) for `state`.
 PositionMasks build_position_masks(const PushdownAutomaton& pda, const TokenizerIndex& tokenizer,
-                                   int32_t state);
+                                   const ByteTrie& trie, int32_t state);
 
 }  // namespace agentrt::grammars

@@ -16,9 +16,26 @@ namespace {
 constexpr size_t kMaxNfaStates = 4'000'000;
 constexpr size_t kMaxDfaStatesPerRule = 400'000;
 
-bool is_simple(const Expr& e) {
-  return e.kind == Expr::Kind::kLiteral || e.kind == Expr::Kind::kCharClass ||
-         e.kind == Expr::Kind::kRuleRef;
+// Rough automaton size of an expression, for deciding what to copy.
+size_t estimated_size(const Expr& e) {
+  switch (e.kind) {
+    case Expr::Kind::kLiteral:
+      return e.text.size() + 1;
+    case Expr::Kind::kCharClass:
+      return 2 + 3 * e.ranges.size();
+    case Expr::Kind::kRuleRef:
+      return 2;
+    case Expr::Kind::kRepeat: {
+      size_t item = estimated_size(e.children[0]);
+      size_t copies = e.max == Expr::kUnbounded ? e.min + 1 : e.max;
+      return std::min<size_t>(item * std::max<size_t>(copies, 1), 1u << 30);
+    }
+    default: {
+      size_t n = 2;
+      for (const Expr& c : e.children) n = std::min<size_t>(n + estimated_size(c), 1u << 30);
+      return n;
+    }
+  }
 }
 
 // Moves the bodies of repeated complex expressions into rules of their own, so that a bounded
@@ -40,7 +57,13 @@ class RepeatHoister {
     if (e.kind != Expr::Kind::kRepeat) return;
     Expr& item = e.children[0];
     uint64_t copies = e.max == Expr::kUnbounded ? uint64_t{e.min} + 1 : e.max;
-    if (copies <= 1 || is_simple(item)) return;
+    // Small items are copied inline (their states then need no rule push per repetition, which
+    // keeps matching fast); large ones become a rule referenced from each copy.
+    size_t item_size = estimated_size(item);
+    if (copies <= 1 || item.kind == Expr::Kind::kRuleRef ||
+        (item_size <= 512 && item_size * copies <= 400000)) {
+      return;
+    }
     std::string name = owner + "_rep" + std::to_string(counter_++);
     rules_.push_back(GrammarRule{name, std::move(item)});
     item = Expr::rule_ref(static_cast<int32_t>(rules_.size() - 1));

@@ -38,6 +38,15 @@ std::shared_ptr<const TokenizerIndex> TokenizerIndex::build(Vocabulary vocab) {
   keys.clear();
   for (int32_t id : ids) keys.push_back(index->vocab_.token_bytes[id]);
   index->trie_ = ByteTrie(keys, ids);
+  std::vector<std::string_view> short_keys, long_keys;
+  std::vector<int32_t> short_ids, long_ids;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    bool is_short = keys[i].size() <= kShortTokenBytes;
+    (is_short ? short_keys : long_keys).push_back(keys[i]);
+    (is_short ? short_ids : long_ids).push_back(ids[i]);
+  }
+  index->short_trie_ = ByteTrie(short_keys, short_ids);
+  index->long_trie_ = ByteTrie(long_keys, long_ids);
   return index;
 }
 

@@ -25,8 +25,15 @@ class TokenizerIndex {
   size_t vocab_size() const { return vocab_.token_bytes.size(); }
   size_t mask_words() const { return (vocab_size() + 31) / 32; }
   const Vocabulary& vocabulary() const { return vocab_; }
+  // Tokens up to this many bytes are classified per class of equivalent automaton positions
+  // (position_classes.h); longer ones (few) per position.
+  static constexpr size_t kShortTokenBytes = 32;
+
   // Every non-empty, non-special, non-stop token, keyed by its bytes.
   const ByteTrie& trie() const { return trie_; }
+  // The same tokens split by length: at most kShortTokenBytes, and longer.
+  const ByteTrie& short_trie() const { return short_trie_; }
+  const ByteTrie& long_trie() const { return long_trie_; }
   bool is_stop(int32_t id) const { return kind_[id] == TokenKind::kStop; }
   bool is_special(int32_t id) const { return kind_[id] == TokenKind::kSpecial; }
 
@@ -34,7 +41,7 @@ class TokenizerIndex {
   enum class TokenKind : uint8_t { kText, kStop, kSpecial, kEmpty };
   Vocabulary vocab_;
   std::vector<TokenKind> kind_;
-  ByteTrie trie_;
+  ByteTrie trie_, short_trie_, long_trie_;
 };
 
 }  // namespace agentrt::grammars

@@ -1,0 +1,62 @@
+#include "grammars/position_classes.h"
+
+namespace agentrt::grammars {
+namespace {
+
+struct Hasher {
+  uint64_t a = 0x9E3779B97F4A7C15ull, b = 0xC2B2AE3D27D4EB4Full;
+  void add(uint64_t x) {
+    a = (a ^ x) * 0x100000001B3ull;
+    a ^= a >> 29;
+    b = (b + x) * 0xFF51AFD7ED558CCDull;
+    b ^= b >> 32;
+  }
+  void add(const PositionSignature& s) {
+    add(s.a);
+    add(s.b);
+  }
+};
+
+// Past this recursion (long chains of nullable rule references) a state is identified by its
+// id, which is conservative: it only prevents sharing.
+constexpr int kMaxRecursion = 4000;
+
+}  // namespace
+
+PositionSignature PositionSignatures::compute(int32_t state, int depth, int recursion) {
+  uint64_t key = static_cast<uint64_t>(state) * 64 + static_cast<uint64_t>(depth);
+  if (auto it = memo_.find(key); it != memo_.end()) return it->second;
+  const PdaState& st = pda_.states[state];
+  Hasher h;
+  h.add(st.final);
+  if (depth > 0) {
+    // On a cycle of nullable references, or too deep: the state's identity stands in (sound:
+    // equal signatures still imply equal behaviour).
+    if (recursion > kMaxRecursion || in_progress_[key]) {
+      h.add(0xABCDull);
+      h.add(static_cast<uint64_t>(state));
+      return PositionSignature{h.a, h.b};
+    }
+    in_progress_[key] = true;
+    for (const PdaByteEdge& e : st.bytes) {
+      h.add((uint64_t{e.lo} << 8) | e.hi);
+      h.add(compute(e.target, depth - 1, recursion + 1));
+    }
+    h.add(0xFFFF'FFFFull);
+    for (const PdaRefEdge& r : st.refs) {
+      h.add(static_cast<uint64_t>(r.rule));
+      // A nullable rule may return at once, so its continuation is compared at the same depth.
+      h.add(compute(r.target, pda_.rules[r.rule].nullable ? depth : depth - 1, recursion + 1));
+    }
+    in_progress_[key] = false;
+  } else {
+    // Depth 0 still needs the entered rules: a top's expansions are part of its behaviour only
+    // through later bytes, so nothing else is compared.
+    h.add(0x5555ull);
+  }
+  PositionSignature sig{h.a, h.b};
+  memo_.emplace(key, sig);
+  return sig;
+}
+
+}  // namespace agentrt::grammars
