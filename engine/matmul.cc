@@ -58,6 +58,9 @@ __m256 load_e4m3x8(const uint8_t* p) {
 }
 
 float hsum(__m256 v);
+}  // namespace
+float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x);
+namespace {
 
 float dot_fp8(const WeightMatrix& w, int64_t row, const float* x) {
   const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * w.cols;
@@ -144,6 +147,37 @@ void tile_4x3(const float* w, const float* x, int64_t cols, int64_t nt, float ou
     }
 }
 
+// out[t] = dot(w row, x[t]) for t < nt <= 4, converting each 8 weights once for all tokens (the
+// few-token decode path: batched decode streams the weights once per step).
+template <__m256 (*Load)(const uint16_t*), float (*Scalar)(uint16_t)>
+void dot_multi_half(const uint16_t* w, const float* x, int64_t cols, int64_t nt, float* out) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+  int64_t k = 0;
+  for (; k + 8 <= cols; k += 8) {
+    const __m256 wv = Load(w + k);
+    for (int64_t t = 0; t < nt; ++t)
+      acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * cols + k), acc[t]);
+  }
+  for (int64_t t = 0; t < nt; ++t) {
+    float v = hsum(acc[t]);
+    for (int64_t j = k; j < cols; ++j) v += Scalar(w[j]) * x[t * cols + j];
+    out[t] = v;
+  }
+}
+
+void dot_multi(const WeightMatrix& w, int64_t row, const float* x, int64_t nt, float* out) {
+  const auto* p16 = static_cast<const uint16_t*>(w.data) + row * w.cols;
+  switch (w.type) {
+    case WeightType::bf16:
+      return dot_multi_half<load_bf16x8, bf16_to_f32>(p16, x, w.cols, nt, out);
+    case WeightType::f16:
+      return dot_multi_half<load_f16x8, f16_scalar>(p16, x, w.cols, nt, out);
+    default:
+      for (int64_t t = 0; t < nt; ++t) out[t] = dot_weight_row(w, row, x + t * w.cols);
+  }
+}
+
 // Rows decoded per block in the many-token path: the block stays in L1/L2 while every token's
 // activations stream past it once.
 constexpr int64_t kRowBlock = 8;
@@ -223,12 +257,15 @@ void matmul(const float* x, int64_t n, const WeightMatrix& w, float* y, const Pa
   // Small products are not worth waking the other threads for.
   static const Serial serial;
   const Parallel& par = n * rows * cols < (int64_t(1) << 17) ? serial : par_in;
-  if (n <= 2) {
+  if (n <= 4) {
     // Decode-sized: memory bound on the weights; fused conversion, rows split over threads.
     const int64_t grain = 16;
     par.for_range((rows + grain - 1) / grain, [&](int64_t b, int64_t e) {
-      for (int64_t r = b * grain; r < std::min(rows, e * grain); ++r)
-        for (int64_t t = 0; t < n; ++t) y[t * rows + r] = dot_weight_row(w, r, x + t * cols);
+      float out[4];
+      for (int64_t r = b * grain; r < std::min(rows, e * grain); ++r) {
+        dot_multi(w, r, x, n, out);
+        for (int64_t t = 0; t < n; ++t) y[t * rows + r] = out[t];
+      }
     });
     return;
   }
