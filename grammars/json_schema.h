@@ -16,8 +16,9 @@ struct JsonSchemaOptions {
   // max_whitespace whitespace characters around each structural token.
   Whitespace whitespace = Whitespace::compact;
   int max_whitespace = 4;
-  // Properties appear in `properties` order (the only mode implemented; see the docs).
-  bool strict_property_order = true;
+  // true: properties appear in `properties` order. false (default): objects with at most 6
+  // named properties take them in any order (each at most once), larger ones keep the order.
+  bool strict_property_order = false;
   // additionalProperties when a schema does not say: true per JSON Schema; the tool-call
   // builder passes false so that models cannot invent parameters.
   bool allow_additional_by_default = true;

@@ -1,6 +1,7 @@
 #include "grammars/json_schema_compiler.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "grammars/schema_formats.h"
 #include "grammars/schema_merge.h"
@@ -70,6 +71,83 @@ std::vector<std::string> types_of(const SchemaJson& schema, const std::string& p
     out.erase(std::remove(out.begin(), out.end(), "integer"), out.end());
   }
   return out;
+}
+
+std::set<std::string> type_names(const SchemaJson& s) {
+  std::set<std::string> out;
+  auto it = s.find("type");
+  if (it == s.end()) return {"null", "boolean", "object", "array", "string", "number", "integer"};
+  auto add = [&](const SchemaJson& t) {
+    if (!t.is_string()) return;
+    out.insert(t.get<std::string>());
+    if (t == "number") out.insert("integer");
+  };
+  if (it->is_array()) {
+    for (const auto& t : *it) add(t);
+  } else {
+    add(*it);
+  }
+  return out;
+}
+
+// The values listed by enum/const, or nullopt when the schema lists none.
+std::optional<std::vector<SchemaJson>> listed_values(const SchemaJson& s) {
+  if (!s.is_object()) return std::nullopt;
+  if (s.contains("const")) return std::vector<SchemaJson>{s["const"]};
+  if (s.contains("enum") && s["enum"].is_array()) return std::vector<SchemaJson>(s["enum"].begin(), s["enum"].end());
+  return std::nullopt;
+}
+
+bool value_has_type(const SchemaJson& v, const std::set<std::string>& types) {
+  if (v.is_null()) return types.count("null");
+  if (v.is_boolean()) return types.count("boolean");
+  if (v.is_object()) return types.count("object");
+  if (v.is_array()) return types.count("array");
+  if (v.is_string()) return types.count("string");
+  if (v.is_number_integer() || (v.is_number_float() && v.get<double>() == std::floor(v.get<double>()))) {
+    return types.count("integer") || types.count("number");
+  }
+  return types.count("number");
+}
+
+bool values_disjoint(const std::vector<SchemaJson>& a, const std::vector<SchemaJson>& b) {
+  for (const auto& x : a) {
+    for (const auto& y : b) {
+      if (json_equal(x, y)) return false;
+    }
+  }
+  return true;
+}
+
+bool required_in(const SchemaJson& s, const std::string& key) {
+  if (!s.contains("required") || !s["required"].is_array()) return false;
+  for (const auto& r : s["required"]) {
+    if (r == key) return true;
+  }
+  return false;
+}
+
+// True when no instance can satisfy both schemas (a cheap, incomplete check used for oneOf).
+bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
+  if (!a.is_object() || !b.is_object()) return a == SchemaJson(false) || b == SchemaJson(false);
+  const auto ta = type_names(a), tb = type_names(b);
+  bool common = false;
+  for (const auto& t : ta) common = common || tb.count(t);
+  if (!common) return true;
+  auto va = listed_values(a), vb = listed_values(b);
+  if (va && vb && values_disjoint(*va, *vb)) return true;
+  if (va && std::none_of(va->begin(), va->end(), [&](const SchemaJson& v) { return value_has_type(v, tb); })) return true;
+  if (vb && std::none_of(vb->begin(), vb->end(), [&](const SchemaJson& v) { return value_has_type(v, ta); })) return true;
+  // Objects told apart by a required property with disjoint listed values (a discriminator).
+  if (a.contains("properties") && b.contains("properties") && a["properties"].is_object() &&
+      b["properties"].is_object() && !ta.count("null") && ta.size() == 1 && ta.count("object")) {
+    for (const auto& [key, pa] : a["properties"].items()) {
+      if (!b["properties"].contains(key) || !required_in(a, key) || !required_in(b, key)) continue;
+      auto xa = listed_values(pa), xb = listed_values(b["properties"][key]);
+      if (xa && xb && values_disjoint(*xa, *xb)) return true;
+    }
+  }
+  return false;
 }
 
 }  // namespace
@@ -257,11 +335,38 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
     SchemaJson rest = s;
     rest.erase(key);
     std::vector<std::string> alts;
+    const bool one_of = std::string(key) == "oneOf";
     for (size_t i = 0; i < s[key].size(); ++i) {
       const std::string bpath = path + "/" + key + "/" + std::to_string(i);
       const SchemaJson& branch = s[key][i];
       std::optional<std::string> e;
-      if (is_trivial(rest)) {
+      bool exclusive = false;
+      if (one_of) {
+        // oneOf: this branch and none of the others that could overlap with it, when those
+        // negations are supported; otherwise compiled as anyOf (docs/json_schema.md).
+        SchemaJson mine = inline_refs(branch, bpath);
+        SchemaJson parts = SchemaJson::array({mine});
+        for (size_t j = 0; j < s[key].size(); ++j) {
+          if (j == i) continue;
+          SchemaJson other = inline_refs(s[key][j], path + "/" + key + "/" + std::to_string(j));
+          if (!provably_disjoint(mine, other)) parts.push_back(SchemaJson{{"not", other}});
+        }
+        if (parts.size() == 1) {
+          exclusive = true;
+        } else if (parts.size() <= 5) {
+          SchemaJson combined = rest;
+          combined["allOf"] = parts;
+          try {
+            e = compile(combined, bpath);
+            exclusive = true;
+          } catch (const GrammarError&) {
+            exclusive = false;  // a negation we cannot express: fall back to anyOf
+          }
+        }
+      }
+      if (exclusive && e) {
+        // compiled above
+      } else if (is_trivial(rest)) {
         e = compile(branch, bpath);
       } else {
         e = compile(merge_schemas(rest, inline_refs(branch, bpath), bpath), bpath);
@@ -303,9 +408,15 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
         for (const auto& v : n["enum"]) excluded.push_back(v);
       }
     } else if (n.size() == 1 && n.contains("required") && n["required"].is_array() &&
-               n["required"].size() == 1) {
-      s = merge_schemas(s, SchemaJson{{"properties", {{n["required"][0].get<std::string>(), false}}}}, path);
-      if (s.is_boolean()) return compile(s, path);
+               !n["required"].empty()) {
+      // Not all of the names present: at least one of them absent.
+      SchemaJson absent = SchemaJson::array();
+      for (const auto& r : n["required"]) {
+        absent.push_back(SchemaJson{{"properties", {{r.get<std::string>(), false}}}});
+      }
+      if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
+      s["allOf"].push_back(absent.size() == 1 ? absent[0] : SchemaJson{{"anyOf", absent}});
+      return compile(s, path);
     } else if (n.size() == 1 && n.contains("anyOf") && n["anyOf"].is_array()) {
       for (const auto& b : n["anyOf"]) {
         if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();

@@ -33,8 +33,6 @@ class JsonSchemaCompiler {
   std::string rules_text() const;
 
  private:
-  friend class ObjectGrammarBuilder;
-
   std::optional<std::string> compile_flat(const SchemaJson& schema, const std::string& path,
                                           const std::vector<SchemaJson>& excluded);
   std::optional<std::string> compile_type(const std::string& type, const SchemaJson& schema,
@@ -46,6 +44,9 @@ class JsonSchemaCompiler {
   std::optional<std::string> compile_number(const SchemaJson& schema, const std::string& path,
                                             bool integer);
   std::optional<std::string> compile_object(const SchemaJson& schema, const std::string& path);
+  std::optional<std::string> order_free_object(
+      const std::vector<std::pair<std::string, bool>>& named, const std::optional<std::string>& extra,
+      size_t min_props, std::optional<size_t> max_props, const std::string& path);
   std::optional<std::string> compile_array(const SchemaJson& schema, const std::string& path);
   std::optional<std::string> compile_enum(const SchemaJson& schema, const std::string& path);
   std::string ref_rule(const std::string& ref, const std::string& path);

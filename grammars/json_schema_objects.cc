@@ -20,6 +20,9 @@ bool is_trivial_schema(const SchemaJson& s) {
   return true;
 }
 
+// Objects with at most this many named properties accept them in any order (2^n states).
+constexpr size_t kMaxOrderFree = 6;
+
 bool is_false_schema(const SchemaJson& s) { return s.is_boolean() && !s.get<bool>(); }
 
 std::string join(const std::vector<std::string>& alts) {
@@ -35,6 +38,86 @@ SchemaJson all_of(std::vector<SchemaJson> parts) {
 }
 
 }  // namespace
+
+std::optional<std::string> JsonSchemaCompiler::order_free_object(
+    const std::vector<std::pair<std::string, bool>>& named, const std::optional<std::string>& extra,
+    size_t min_props, std::optional<size_t> max_props, const std::string& path) {
+  // States (mask, c): mask = named properties written so far (each at most once, any order),
+  // c = members so far, saturating at `cap`.
+  const size_t n = named.size();
+  const size_t masks = size_t{1} << n;
+  size_t required_mask = 0;
+  for (size_t j = 0; j < n; ++j) {
+    if (named[j].second) required_mask |= size_t{1} << j;
+  }
+  const size_t cap = max_props ? *max_props : std::max<size_t>(min_props, 1);
+  auto idx = [&](size_t mask, size_t c) { return mask * (cap + 1) + c; };
+  auto next_count = [&](size_t c) -> std::optional<size_t> {
+    if (max_props) {
+      if (c + 1 > *max_props) return std::nullopt;
+      return c + 1;
+    }
+    return std::min(c + 1, cap);
+  };
+  auto can_end = [&](size_t mask, size_t c) {
+    return (mask & required_mask) == required_mask && c >= min_props;
+  };
+  std::vector<char> live(masks * (cap + 1), 0);
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (size_t mask = masks; mask-- > 0;) {
+      for (size_t c = cap + 1; c-- > 0;) {
+        if (live[idx(mask, c)]) continue;
+        bool l = can_end(mask, c);
+        if (auto nc = next_count(c)) {
+          for (size_t j = 0; j < n && !l; ++j) {
+            if (!(mask >> j & 1)) l = live[idx(mask | size_t{1} << j, *nc)];
+          }
+          if (extra && live[idx(mask, *nc)]) l = true;
+        }
+        if (l) {
+          live[idx(mask, c)] = 1;
+          changed = true;
+        }
+      }
+    }
+  }
+  if (!live[idx(0, 0)]) return std::nullopt;
+  std::map<size_t, std::string> state_names;
+  std::vector<std::pair<size_t, size_t>> todo;
+  auto state_ref = [&](size_t mask, size_t c) {
+    auto [it, inserted] = state_names.emplace(idx(mask, c), "");
+    if (inserted) {
+      it->second = reserve_name(path + "-m" + std::to_string(mask) + "c" + std::to_string(c));
+      todo.emplace_back(mask, c);
+    }
+    return it->second;
+  };
+  const std::string start = state_ref(0, 0);
+  for (size_t t = 0; t < todo.size(); ++t) {
+    const auto [mask, c] = todo[t];
+    std::vector<std::string> alts;
+    const std::string lead = c == 0 ? "" : sep();
+    if (auto nc = next_count(c)) {
+      for (size_t j = 0; j < n; ++j) {
+        const size_t next = mask | size_t{1} << j;
+        if (!(mask >> j & 1) && live[idx(next, *nc)]) {
+          alts.push_back(lead + named[j].first + " " + state_ref(next, *nc));
+        }
+      }
+      if (extra && live[idx(mask, *nc)]) alts.push_back(lead + *extra + " " + state_ref(mask, *nc));
+    }
+    std::string body;
+    if (alts.empty()) {
+      body = "\"\"";
+    } else {
+      body = join(alts);
+      if (can_end(mask, c)) body = (alts.size() == 1 ? "(" + body + ")" : body) + "?";
+    }
+    define(state_names[idx(mask, c)], body);
+  }
+  return "\"{\" " + ws() + start + " " + ws() + "\"}\"";
+}
 
 std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& s,
                                                               const std::string& path) {
@@ -187,7 +270,14 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     if (extra->size() > 60) extra = new_rule(path + "-extra", *extra);
   }
 
-  // States (i, c): i = next named property, c = members so far, saturating at `cap`.
+  if (!options_.strict_property_order && named.size() > 1 && named.size() <= kMaxOrderFree) {
+    std::vector<std::pair<std::string, bool>> members;
+    for (const auto& m : named) members.emplace_back(m.member, m.required);
+    return order_free_object(members, extra, min_props, max_props, path);
+  }
+  // States (i, c): named properties before i are settled, c = members so far (saturating at
+  // `cap`). From (i, c) the next member is a named property j >= i (skipping optional ones) or
+  // an extra member (staying at i), so every object text has exactly one derivation.
   const size_t n = named.size();
   const size_t cap = max_props ? *max_props : std::max<size_t>(min_props, 1);
   auto idx = [&](size_t i, size_t c) { return i * (cap + 1) + c; };
@@ -198,17 +288,26 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     }
     return std::min(c + 1, cap);
   };
+  // last_choice[i]: the last j >= i reachable by skipping optional properties (the first
+  // required one, or n - 1); all_optional[i]: every property from i on is optional.
+  std::vector<size_t> last_choice(n + 1, n);
+  std::vector<char> all_optional(n + 1, 1);
+  for (size_t i = n; i-- > 0;) {
+    last_choice[i] = named[i].required ? i : (i + 1 < n ? last_choice[i + 1] : i);
+    all_optional[i] = !named[i].required && all_optional[i + 1];
+  }
   std::vector<char> live((n + 1) * (cap + 1), 0);
   for (bool changed = true; changed;) {
     changed = false;
     for (size_t i = n + 1; i-- > 0;) {
       for (size_t c = cap + 1; c-- > 0;) {
         if (live[idx(i, c)]) continue;
-        bool l = (i == n && c >= min_props);
+        bool l = all_optional[i] && c >= min_props;
         auto nc = next_count(c);
-        if (i < n && nc && live[idx(i + 1, *nc)]) l = true;
-        if (i < n && !named[i].required && live[idx(i + 1, c)]) l = true;
-        if (extra && nc && live[idx(i, *nc)]) l = true;
+        if (nc) {
+          for (size_t j = i; j < n && j <= last_choice[i] && !l; ++j) l = live[idx(j + 1, *nc)];
+          if (extra && live[idx(i, *nc)]) l = true;
+        }
         if (l) {
           live[idx(i, c)] = 1;
           changed = true;
@@ -219,8 +318,7 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
   if (!live[idx(0, 0)]) return std::nullopt;
   const std::string w = ws();
   std::map<size_t, std::string> state_names;
-  std::vector<std::pair<size_t, size_t>> todo = {{0, 0}};
-  // Names first (states refer to each other), bodies after.
+  std::vector<std::pair<size_t, size_t>> todo;
   auto state_ref = [&](size_t i, size_t c) {
     auto [it, inserted] = state_names.emplace(idx(i, c), "");
     if (inserted) {
@@ -229,18 +327,19 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     }
     return it->second;
   };
-  std::string start = state_ref(0, 0);
-  todo.erase(todo.begin());
-  todo.insert(todo.begin(), {0, 0});
+  const std::string start = state_ref(0, 0);
   for (size_t t = 0; t < todo.size(); ++t) {
     const auto [i, c] = todo[t];
     std::vector<std::string> alts;
     const std::string lead = c == 0 ? "" : sep();
     auto nc = next_count(c);
-    if (i < n && nc && live[idx(i + 1, *nc)]) alts.push_back(lead + named[i].member + " " + state_ref(i + 1, *nc));
-    if (i < n && !named[i].required && live[idx(i + 1, c)]) alts.push_back(state_ref(i + 1, c));
-    if (extra && nc && live[idx(i, *nc)]) alts.push_back(lead + *extra + " " + state_ref(i, *nc));
-    const bool eps = i == n && c >= min_props;
+    if (nc) {
+      for (size_t j = i; j < n && j <= last_choice[i]; ++j) {
+        if (live[idx(j + 1, *nc)]) alts.push_back(lead + named[j].member + " " + state_ref(j + 1, *nc));
+      }
+      if (extra && live[idx(i, *nc)]) alts.push_back(lead + *extra + " " + state_ref(i, *nc));
+    }
+    const bool eps = all_optional[i] && c >= min_props;
     std::string body;
     if (alts.empty()) {
       body = "\"\"";

@@ -181,11 +181,13 @@ SchemaJson merge_schemas(const SchemaJson& a, const SchemaJson& b, const std::st
       fail("additionalProperties together with patternProperties across allOf is not supported");
     }
     const SchemaJson own = side.value("properties", SchemaJson::object());
-    for (const auto& [pk, ps] : other.value("properties", SchemaJson::object()).items()) {
+    const SchemaJson other_props = other.value("properties", SchemaJson::object());
+    for (const auto& [pk, ps] : other_props.items()) {
       if (!own.contains(pk)) out["properties"][pk] = all_of(out["properties"][pk], *addl);
     }
     // Required names of the other side that are not properties of this side, too.
-    for (const auto& r : other.value("required", SchemaJson::array())) {
+    const SchemaJson other_required = other.value("required", SchemaJson::array());
+    for (const auto& r : other_required) {
       const std::string name = r.get<std::string>();
       if (!own.contains(name) && !out["properties"].contains(name)) out["properties"][name] = *addl;
     }
