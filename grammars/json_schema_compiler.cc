@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "grammars/schema_formats.h"
 #include "grammars/schema_merge.h"
@@ -150,6 +151,29 @@ bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
   return false;
 }
 
+// For a one-keyword bound schema, the type it applies to and the bound that negates it:
+// not {minimum: x} holds for numbers below x, not {minLength: n} for strings shorter than n.
+std::optional<std::pair<std::string, SchemaJson>> flipped_bound(const SchemaJson& n) {
+  const auto& [key, v] = *n.items().begin();
+  if (!v.is_number()) return std::nullopt;
+  if (key == "minimum") return std::make_pair("number", SchemaJson{{"exclusiveMaximum", v}});
+  if (key == "maximum") return std::make_pair("number", SchemaJson{{"exclusiveMinimum", v}});
+  if (key == "exclusiveMinimum") return std::make_pair("number", SchemaJson{{"maximum", v}});
+  if (key == "exclusiveMaximum") return std::make_pair("number", SchemaJson{{"minimum", v}});
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) return std::nullopt;
+  const int64_t k = v.get<int64_t>();
+  static const std::map<std::string, std::tuple<std::string, std::string, bool>> counts = {
+      {"minLength", {"string", "maxLength", false}}, {"maxLength", {"string", "minLength", true}},
+      {"minItems", {"array", "maxItems", false}},    {"maxItems", {"array", "minItems", true}},
+      {"minProperties", {"object", "maxProperties", false}},
+      {"maxProperties", {"object", "minProperties", true}}};
+  auto it = counts.find(key);
+  if (it == counts.end()) return std::nullopt;
+  const auto& [type, other, up] = it->second;
+  if (!up && k == 0) return std::make_pair(type, SchemaJson(false));  // not {minLength: 0}: never
+  return std::make_pair(type, SchemaJson{{other, up ? k + 1 : k - 1}});
+}
+
 }  // namespace
 
 JsonSchemaCompiler::JsonSchemaCompiler(const SchemaJson& root, JsonSchemaOptions options,
@@ -230,8 +254,9 @@ std::string JsonSchemaCompiler::generic(const std::string& which) {
 }
 
 std::string JsonSchemaCompiler::value_literal(const SchemaJson& v) {
+  if (v.is_number()) return number_literal_ebnf(v.dump());
   const std::string w = ws();
-  if (w.empty() || !(v.is_object() || v.is_array()) || v.empty()) return ebnf_literal(v.dump());
+  if (!(v.is_object() || v.is_array()) || v.empty()) return ebnf_literal(v.dump());
   std::string out;
   if (v.is_object()) {
     out = "\"{\" " + w;
@@ -340,7 +365,7 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       const std::string bpath = path + "/" + key + "/" + std::to_string(i);
       const SchemaJson& branch = s[key][i];
       std::optional<std::string> e;
-      bool exclusive = false;
+      bool exclusive = false, parts_compiled = false;
       if (one_of) {
         // oneOf: this branch and none of the others that could overlap with it, when those
         // negations are supported; otherwise compiled as anyOf (docs/json_schema.md).
@@ -352,20 +377,20 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
           if (!provably_disjoint(mine, other)) parts.push_back(SchemaJson{{"not", other}});
         }
         if (parts.size() == 1) {
-          exclusive = true;
+          exclusive = false;  // disjoint from all others: the plain branch is exact
         } else if (parts.size() <= 5) {
           SchemaJson combined = rest;
           combined["allOf"] = parts;
           try {
             e = compile(combined, bpath);
-            exclusive = true;
+            exclusive = parts_compiled = true;
           } catch (const GrammarError&) {
             exclusive = false;  // a negation we cannot express: fall back to anyOf
           }
         }
       }
-      if (exclusive && e) {
-        // compiled above
+      if (exclusive && parts_compiled) {
+        // compiled above, possibly to nothing
       } else if (is_trivial(rest)) {
         e = compile(branch, bpath);
       } else {
@@ -416,6 +441,17 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       }
       if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
       s["allOf"].push_back(absent.size() == 1 ? absent[0] : SchemaJson{{"anyOf", absent}});
+      return compile(s, path);
+    } else if (n.size() == 1 && flipped_bound(n)) {
+      // not {minimum: x} = a non-number, or a number below x; likewise for the other bounds.
+      auto [type, flipped] = *flipped_bound(n);
+      SchemaJson others = SchemaJson::array();
+      for (const char* t : {"null", "boolean", "object", "array", "string", "number"}) {
+        if (t != type) others.push_back(t);
+      }
+      if (flipped.is_object()) flipped["type"] = type;
+      if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
+      s["allOf"].push_back(SchemaJson{{"anyOf", {SchemaJson{{"type", others}}, flipped}}});
       return compile(s, path);
     } else if (n.size() == 1 && n.contains("anyOf") && n["anyOf"].is_array()) {
       for (const auto& b : n["anyOf"]) {

@@ -120,7 +120,25 @@ SchemaJson merge_schemas(const SchemaJson& a, const SchemaJson& b, const std::st
     throw GrammarError((path.empty() ? "/" : path) + ": allOf: " + what);
   };
   SchemaJson out = a;
+  // items applies after the same schema's prefixItems, so the two merge position by position.
+  const bool a_prefix = a.contains("prefixItems"), b_prefix = b.contains("prefixItems");
+  if ((a_prefix || b_prefix) && a != b &&
+      (a.contains("items") || b.contains("items") || (a_prefix && b_prefix))) {
+    const SchemaJson pa = a.value("prefixItems", SchemaJson::array());
+    const SchemaJson pb = b.value("prefixItems", SchemaJson::array());
+    const SchemaJson ia = a.value("items", SchemaJson(true)), ib = b.value("items", SchemaJson(true));
+    if (!pa.is_array() || !pb.is_array() || ia.is_array() || ib.is_array()) {
+      fail("prefixItems together with array-form items cannot be intersected");
+    }
+    SchemaJson prefix = SchemaJson::array();
+    for (size_t i = 0; i < std::max(pa.size(), pb.size()); ++i) {
+      prefix.push_back(all_of(i < pa.size() ? pa[i] : ia, i < pb.size() ? pb[i] : ib));
+    }
+    out["prefixItems"] = prefix;
+    out["items"] = all_of(ia, ib);
+  }
   for (const auto& [k, vb] : b.items()) {
+    if ((k == "prefixItems" || k == "items") && out.contains("prefixItems") && (a_prefix || b_prefix)) continue;
     auto ia = a.find(k);
     if (ia == a.end()) {
       out[k] = vb;

@@ -262,6 +262,14 @@ void magnitude_pieces(const DecBound& lo, const std::optional<DecBound>& hi, boo
 
 }  // namespace
 
+std::string number_literal_ebnf(const std::string& json_text) {
+  Decimal d = parse_decimal(json_text);
+  if (d.int_part.size() + d.frac.size() > 40) return "\"" + json_text + "\"";  // keep it literal
+  std::string out = d.negative ? "\"-" + d.int_part : "\"" + d.int_part;
+  if (d.frac.empty()) return out + "\" (\".\" \"0\"+)?";
+  return out + "." + d.frac + "\" \"0\"*";
+}
+
 std::string digit_range_ebnf(const std::string& lo, const std::optional<std::string>& hi) {
   std::vector<std::string> alts;
   if (hi && lo.size() == hi->size()) return range_same_length(lo, *hi);

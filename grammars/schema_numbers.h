@@ -39,6 +39,10 @@ std::optional<std::string> number_ebnf(
     const NumberConstraints& c, const std::string& rule_prefix,
     std::vector<std::pair<std::string, std::string>>& extra_rules);
 
+// EBNF for the plain decimal spellings of the number written `json_text` ("2" also as "2.0",
+// "2.50" as "2.5"); JSON Schema compares numbers by value.
+std::string number_literal_ebnf(const std::string& json_text);
+
 // EBNF for canonical decimal integers in [lo, hi] (both >= 0; no hi = unbounded).
 std::string digit_range_ebnf(const std::string& lo, const std::optional<std::string>& hi);
 

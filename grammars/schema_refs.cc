@@ -51,7 +51,7 @@ void SchemaRefResolver::index(const SchemaJson& node, const std::string& pointer
       if (it != node.end() && it->is_string()) {
         std::string id = it->get<std::string>();
         if (!id.empty() && id[0] == '#') {
-          anchors_.emplace(id.substr(1), pointer);  // draft-06 style plain-name fragment id
+          add_anchor(id.substr(1), pointer);  // draft-06 style plain-name fragment id
         } else {
           size_t hash = id.find('#');
           ids_.emplace(hash == std::string::npos ? id : id.substr(0, hash), pointer);
@@ -59,7 +59,7 @@ void SchemaRefResolver::index(const SchemaJson& node, const std::string& pointer
       }
     }
     auto anchor = node.find("$anchor");
-    if (anchor != node.end() && anchor->is_string()) anchors_.emplace(anchor->get<std::string>(), pointer);
+    if (anchor != node.end() && anchor->is_string()) add_anchor(anchor->get<std::string>(), pointer);
     for (const auto& [k, v] : node.items()) {
       // Values of these keywords are data, not schemas.
       if (k == "enum" || k == "const" || k == "default" || k == "examples") continue;
@@ -68,6 +68,13 @@ void SchemaRefResolver::index(const SchemaJson& node, const std::string& pointer
   } else if (node.is_array()) {
     for (size_t i = 0; i < node.size(); ++i) index(node[i], pointer + "/" + std::to_string(i));
   }
+}
+
+void SchemaRefResolver::add_anchor(const std::string& name, const std::string& pointer) {
+  // The same anchor under different base URIs needs URI resolution we do not do: mark it
+  // ambiguous so that references to it fail instead of picking one.
+  auto [it, inserted] = anchors_.emplace(name, pointer);
+  if (!inserted && it->second != pointer) it->second = kAmbiguous;
 }
 
 const SchemaJson* SchemaRefResolver::at_pointer(const std::string& pointer) const {
@@ -134,6 +141,7 @@ SchemaRefResolver::Target SchemaRefResolver::resolve(const std::string& ref,
   } else {
     auto it = anchors_.find(frag);
     if (it == anchors_.end()) fail("unknown anchor '" + frag + "'");
+    if (it->second == kAmbiguous) fail("anchor '" + frag + "' is defined more than once");
     pointer = it->second;
   }
   const SchemaJson* target = at_pointer(pointer);

@@ -24,6 +24,8 @@ class SchemaRefResolver {
 
  private:
   void index(const SchemaJson& node, const std::string& pointer);
+  void add_anchor(const std::string& name, const std::string& pointer);
+  static constexpr const char* kAmbiguous = "<ambiguous>";
   const SchemaJson* at_pointer(const std::string& pointer) const;
 
   const SchemaJson& root_;
