@@ -1,0 +1,51 @@
+// The fast mask against the brute-force one on the real 128K DeepSeek vocabulary.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "grammar_sampler.h"
+#include "grammar_test_support.h"
+#include "grammars/hf_vocabulary.h"
+#include "grammars/maskbench_runner.h"
+
+namespace agentrt::grammars {
+namespace {
+
+class RealVocabularyTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string path = std::string(AGENTRT_HOME) + "/models/deepseek-v3-tokenizer/tokenizer.json";
+    if (std::filesystem::exists(path)) index_ = TokenizerIndex::build(load_hf_vocabulary(path));
+  }
+  void SetUp() override {
+    if (!index_) GTEST_SKIP() << "no DeepSeek tokenizer (scripts/setup.sh fetches it)";
+  }
+  static inline std::shared_ptr<const TokenizerIndex> index_;
+};
+
+TEST_F(RealVocabularyTest, JsonMasksMatchBruteForce) {
+  Grammar g = Grammar::from_ebnf(testing::read_fixture("json.gbnf"));
+  auto cg = compile(g, index_);
+  testing::GrammarSampler sampler(g, 11);
+  size_t vocab = index_->vocab_size();
+  int checked = 0;
+  std::string doc;
+  for (int n = 0; n < 6 && checked < 24; ++n) {
+    if (!sampler.sample(doc)) continue;
+    std::vector<int32_t> tokens = longest_match_tokenize(*index_, doc);
+    GrammarMatcher m(cg);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (i % 3 == 0 && checked < 24) {
+        ASSERT_EQ(testing::fast_mask(m), testing::reference_mask(m, vocab))
+            << "after " << i << " tokens of " << doc;
+        ++checked;
+      }
+      ASSERT_TRUE(m.accept_token(tokens[i])) << doc;
+    }
+    EXPECT_TRUE(m.can_end());
+  }
+  EXPECT_GT(checked, 5);
+}
+
+}  // namespace
+}  // namespace agentrt::grammars
