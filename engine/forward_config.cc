@@ -213,6 +213,11 @@ void ForwardConfig::validate(const std::string& where) const {
   if ((heads * head_dim) % o_groups)
     fail(where, "num_attention_heads * head_dim must be divisible by o_groups");
   if (experts_per_token > experts) fail(where, "num_experts_per_tok exceeds n_routed_experts");
+  // Fixed-size scratch in the kernels (hyper_connection.h, compressor.cc).
+  if (hc_mult > 16)
+    fail(where, "hc_mult above 16 is not supported, got " + std::to_string(hc_mult));
+  if (rope_dim > 512)
+    fail(where, "rope dim above 512 is not supported, got " + std::to_string(rope_dim));
   if (hc_sinkhorn_iters < 1) fail(where, "hc_sinkhorn_iters must be >= 1");
   for (size_t i = 0; i < layers.size(); ++i) {
     const auto& l = layers[i];
