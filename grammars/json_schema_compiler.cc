@@ -174,6 +174,30 @@ std::optional<std::pair<std::string, SchemaJson>> flipped_bound(const SchemaJson
   return std::make_pair(type, SchemaJson{{other, up ? k + 1 : k - 1}});
 }
 
+// A schema whose instances all fail `b` (a subset of "not b" that compile() can express), used
+// to make oneOf branches exclusive; nullopt when none is at hand.
+std::optional<SchemaJson> negation_subset(const SchemaJson& b) {
+  if (b.is_boolean()) return SchemaJson(!b.get<bool>());
+  if (!b.is_object()) return std::nullopt;
+  if (is_trivial(b)) return SchemaJson(false);
+  std::vector<std::string> keys;
+  for (const auto& [k, v] : b.items()) {
+    if (is_vocabulary_keyword(k) && !is_annotation_keyword(k)) keys.push_back(k);
+  }
+  static const std::set<std::string> negatable = {"type", "enum", "const", "required", "minimum",
+      "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
+      "maxItems", "minProperties", "maxProperties"};
+  if (keys.size() == 1 && negatable.count(keys[0])) return SchemaJson{{"not", SchemaJson{{keys[0], b[keys[0]]}}}};
+  // Objects lacking a name that b requires fail b.
+  if (b.contains("required") && b["required"].is_array() && !b["required"].empty()) {
+    return SchemaJson{{"type", "object"}, {"not", SchemaJson{{"required", b["required"]}}}};
+  }
+  if (b.contains("type")) return SchemaJson{{"not", SchemaJson{{"type", b["type"]}}}};
+  if (b.contains("const")) return SchemaJson{{"not", SchemaJson{{"const", b["const"]}}}};
+  if (b.contains("enum")) return SchemaJson{{"not", SchemaJson{{"enum", b["enum"]}}}};
+  return std::nullopt;
+}
+
 }  // namespace
 
 JsonSchemaCompiler::JsonSchemaCompiler(const SchemaJson& root, JsonSchemaOptions options,
@@ -308,14 +332,31 @@ SchemaJson JsonSchemaCompiler::normalise(const SchemaJson& schema, const std::st
     if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
     s["allOf"].push_back(ref);
   }
+  // Members that repeat a combinator s already has (anyOf, oneOf, not) stay in allOf: compile()
+  // distributes them after consuming the combinator of s.
   for (int round = 0; s.is_object() && s.contains("allOf"); ++round) {
     if (round > 64) throw GrammarError(display_path(path) + ": allOf nesting too deep");
     if (!s["allOf"].is_array()) throw GrammarError(display_path(path) + ": 'allOf' must be an array");
     SchemaJson members = s["allOf"];
     s.erase("allOf");
+    SchemaJson deferred = SchemaJson::array();
     for (size_t i = 0; i < members.size() && !s.is_boolean(); ++i) {
       const std::string mpath = path + "/allOf/" + std::to_string(i);
-      s = merge_schemas(s, inline_refs(expand_dependencies(members[i], mpath), mpath), path);
+      SchemaJson m = inline_refs(expand_dependencies(members[i], mpath), mpath);
+      if (m.is_object() && m.size() == 1 && s.contains(m.begin().key()) &&
+          (m.contains("anyOf") || m.contains("oneOf") || m.contains("not"))) {
+        deferred.push_back(m);
+        continue;
+      }
+      s = merge_schemas(s, m, path);
+    }
+    if (!deferred.empty() && s.is_object()) {
+      if (s.contains("allOf")) {
+        for (const auto& d : deferred) s["allOf"].push_back(d);
+      } else {
+        s["allOf"] = deferred;
+        break;
+      }
     }
   }
   return s;
@@ -371,16 +412,24 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
         // negations are supported; otherwise compiled as anyOf (docs/json_schema.md).
         SchemaJson mine = inline_refs(branch, bpath);
         SchemaJson parts = SchemaJson::array({mine});
+        bool negatable = true;
         for (size_t j = 0; j < s[key].size(); ++j) {
           if (j == i) continue;
           SchemaJson other = inline_refs(s[key][j], path + "/" + key + "/" + std::to_string(j));
-          if (!provably_disjoint(mine, other)) parts.push_back(SchemaJson{{"not", other}});
+          if (provably_disjoint(mine, other)) continue;
+          auto neg = negation_subset(other);
+          if (!neg) {
+            negatable = false;
+            break;
+          }
+          parts.push_back(*neg);
         }
         if (parts.size() == 1) {
           exclusive = false;  // disjoint from all others: the plain branch is exact
-        } else if (parts.size() <= 5) {
+        } else if (negatable && parts.size() <= 5) {
           SchemaJson combined = rest;
-          combined["allOf"] = parts;
+          if (!combined.contains("allOf")) combined["allOf"] = SchemaJson::array();
+          for (const auto& p : parts) combined["allOf"].push_back(p);
           try {
             e = compile(combined, bpath);
             exclusive = parts_compiled = true;
