@@ -88,8 +88,6 @@ TEST(ForwardWeights, BadOffsetsAreRejected) {
 TEST(ForwardWeights, OutOfRangeExpertIdInTid2eidIsRejected) {
   // tid2eid of layer 0 is I64; point it at bytes of a float tensor so ids are garbage.
   const auto dir = edited_copy("tid2eid", [](nlohmann::json& j) {
-    j["model.layers.0.ffn.gate.tid2eid"]["data_offsets"] =
-        j["model.embed_tokens.weight"]["data_offsets"];
     const auto& off = j["model.embed_tokens.weight"]["data_offsets"];
     const uint64_t begin = off[0].get<uint64_t>();
     j["model.layers.0.ffn.gate.tid2eid"]["data_offsets"] = {begin, begin + 600 * 3 * 8};
