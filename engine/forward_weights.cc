@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <stdexcept>
 
 namespace agentrt::engine {
@@ -96,6 +97,8 @@ class SafetensorsFiles {
     return it == tensors_.end() ? nullptr : &it->second;
   }
 
+  const std::map<std::string, Tensor>& tensors() const { return tensors_; }
+
  private:
   void add(const std::filesystem::path& path) {
     maps_.push_back(std::make_unique<Mapping>(path));
@@ -155,8 +158,17 @@ class Reader {
  public:
   explicit Reader(const SafetensorsFiles& files) : files_(files) {}
 
+  // Every tensor of the checkpoint must have been read, except the multi-token-prediction layers
+  // (`mtp.*`), which transformers ignores too.
+  void check_all_used() const {
+    for (const auto& [name, t] : files_.tensors())
+      if (!used_.count(name) && name.rfind("mtp.", 0) != 0)
+        throw std::runtime_error(t.file + ": unexpected tensor '" + name + "' for this config");
+  }
+
   const Tensor& get(const std::string& name, std::vector<int64_t> shape) const {
     const Tensor* t = files_.find(name);
+    used_.insert(name);
     if (!t) throw std::runtime_error("checkpoint: missing tensor '" + name + "'");
     if (t->shape != shape)
       throw std::runtime_error(t->file + ": tensor '" + name + "' has shape " +
@@ -196,6 +208,7 @@ class Reader {
     for (const std::string& sn : candidates) {
       const Tensor* s = files_.find(sn);
       if (!s) continue;
+      used_.insert(sn);
       const std::vector<int64_t> want = {(w.rows + 127) / 128, (w.cols + 127) / 128};
       if (s->shape != want)
         throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has shape " +
@@ -257,11 +270,11 @@ class Reader {
 
  private:
   const SafetensorsFiles& files_;
+  mutable std::set<std::string> used_;
 };
 
 CompressorWeights load_compressor(const Reader& r, const std::string& p, int64_t dim,
-                                  int64_t hidden, int64_t rate, bool overlap, float eps_unused) {
-  (void)eps_unused;
+                                  int64_t hidden, int64_t rate, bool overlap) {
   CompressorWeights c;
   const int64_t coff = overlap ? 2 : 1;
   c.dim = dim;
@@ -317,12 +330,11 @@ ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const Forw
     a.sinks = r.floats(ap + "attn_sink", {c.heads});
     if (lc.attention != AttentionKind::sliding) {
       const bool csa = lc.attention == AttentionKind::csa;
-      a.compressor =
-          load_compressor(r, ap + "compressor.", c.head_dim, H, lc.compress_rate, csa, c.rms_eps);
+      a.compressor = load_compressor(r, ap + "compressor.", c.head_dim, H, lc.compress_rate, csa);
       if (csa) {
         IndexerWeights ix;
         ix.compressor = load_compressor(r, ap + "indexer.compressor.", c.index_head_dim, H,
-                                        lc.compress_rate, true, c.rms_eps);
+                                        lc.compress_rate, true);
         ix.wq_b =
             r.matrix(ap + "indexer.wq_b.weight", c.index_heads * c.index_head_dim, c.q_lora_rank);
         ix.weights_proj = r.matrix(ap + "indexer.weights_proj.weight", c.index_heads, H);
@@ -348,6 +360,7 @@ ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const Forw
     m.shared = load_expert(r, fp + "shared_experts.", c.moe_intermediate, H);
     w.layers.push_back(std::move(l));
   }
+  r.check_all_used();
   return w;
 }
 

@@ -97,3 +97,17 @@ TEST(ForwardWeights, OutOfRangeExpertIdInTid2eidIsRejected) {
 
 }  // namespace
 }  // namespace agentrt::engine
+
+namespace agentrt::engine {
+namespace {
+
+TEST(ForwardWeights, UnexpectedTensorIsNamed) {
+  const auto dir = edited_copy("extra", [](nlohmann::json& j) {
+    j["model.layers.9.attn.wkv.weight"] = j["model.norm.weight"];
+  });
+  EXPECT_NE(load_error(dir).find("unexpected tensor 'layers.9.attn.wkv.weight'"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
