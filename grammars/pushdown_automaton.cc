@@ -182,98 +182,138 @@ class NfaBuilder {
   const std::string& rule_;
 };
 
-struct VectorHash {
-  size_t operator()(const std::vector<int32_t>& v) const {
-    size_t h = v.size();
-    for (int32_t x : v) h = h * 1000003u ^ static_cast<size_t>(x);
-    return h;
-  }
-};
-
 // Subset construction of one rule's NFA; appends the DFA states to `out` and returns its start.
-int32_t determinize(const NfaBuilder& nfa, NfaBuilder::Fragment frag, int32_t rule_id,
-                    const std::string& rule_name, std::vector<PdaState>& out) {
-  const std::vector<NfaState>& ns = nfa.states;
-  std::vector<uint32_t> stamp(ns.size(), 0);
-  uint32_t gen = 0;
-  auto closure = [&](std::vector<int32_t> seeds) {
-    ++gen;
-    std::vector<int32_t> result;
-    while (!seeds.empty()) {
-      int32_t s = seeds.back();
-      seeds.pop_back();
-      if (stamp[s] == gen) continue;
-      stamp[s] = gen;
-      result.push_back(s);
-      for (int32_t t : ns[s].eps) seeds.push_back(t);
+// Subsets live in one flat pool and are found by hash, and all scratch buffers are reused:
+// compile time is most of the time to first mask.
+class Determinizer {
+ public:
+  Determinizer(const NfaBuilder& nfa, NfaBuilder::Fragment frag, int32_t rule_id,
+               const std::string& rule_name, std::vector<PdaState>& out)
+      : ns_(nfa.states),
+        frag_(frag),
+        rule_id_(rule_id),
+        rule_name_(rule_name),
+        out_(out),
+        stamp_(ns_.size(), 0) {}
+
+  int32_t run() {
+    base_ = static_cast<int32_t>(out_.size());
+    seeds_.assign(1, frag_.start);
+    int32_t start = intern_closure();
+    for (size_t k = 0; k < offsets_.size(); ++k) expand(k);
+    return start;
+  }
+
+ private:
+  // Closure of seeds_ into set_ (sorted, only states that matter), then its DFA id.
+  int32_t intern_closure() {
+    if (++gen_ == 0) {
+      std::fill(stamp_.begin(), stamp_.end(), 0);
+      gen_ = 1;
     }
-    // Only states with outgoing symbols or the end distinguish subsets.
-    std::erase_if(result, [&](int32_t s) {
-      return ns[s].bytes.empty() && ns[s].refs.empty() && s != frag.end;
-    });
-    std::sort(result.begin(), result.end());
-    return result;
-  };
-  std::unordered_map<std::vector<int32_t>, int32_t, VectorHash> ids;
-  std::vector<std::vector<int32_t>> sets;
-  auto intern = [&](std::vector<int32_t> set) {
-    auto it = ids.find(set);
-    if (it != ids.end()) return it->second;
-    if (sets.size() >= kMaxDfaStatesPerRule) {
-      throw GrammarError("rule '" + rule_name + "' is too large (over " +
+    set_.clear();
+    while (!seeds_.empty()) {
+      int32_t s = seeds_.back();
+      seeds_.pop_back();
+      if (stamp_[s] == gen_) continue;
+      stamp_[s] = gen_;
+      const NfaState& st = ns_[s];
+      if (!st.bytes.empty() || !st.refs.empty() || s == frag_.end) set_.push_back(s);
+      for (int32_t t : st.eps) seeds_.push_back(t);
+    }
+    std::sort(set_.begin(), set_.end());
+    uint64_t h = set_.size();
+    for (int32_t x : set_) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001B3ull;
+    auto range = ids_.equal_range(h);
+    for (auto it = range.first; it != range.second; ++it) {
+      size_t k = it->second;
+      if (subset_end(k) - offsets_[k] == set_.size() &&
+          std::equal(set_.begin(), set_.end(), pool_.begin() + offsets_[k])) {
+        return base_ + static_cast<int32_t>(k);
+      }
+    }
+    if (offsets_.size() >= kMaxDfaStatesPerRule) {
+      throw GrammarError("rule '" + rule_name_ + "' is too large (over " +
                          std::to_string(kMaxDfaStatesPerRule) + " automaton states)");
     }
-    int32_t id = static_cast<int32_t>(out.size());
-    ids.emplace(set, id);
-    sets.push_back(std::move(set));
+    size_t k = offsets_.size();
+    offsets_.push_back(pool_.size());
+    pool_.insert(pool_.end(), set_.begin(), set_.end());
+    ids_.emplace(h, k);
     PdaState st;
-    st.rule = rule_id;
-    out.push_back(std::move(st));
-    return id;
-  };
-  int32_t base = static_cast<int32_t>(out.size());
-  int32_t start = intern(closure({frag.start}));
-  for (size_t k = 0; k < sets.size(); ++k) {
-    std::vector<int32_t> set = sets[k];
-    int32_t id = base + static_cast<int32_t>(k);
-    bool final = std::binary_search(set.begin(), set.end(), frag.end);
-    // Byte edges: split into elementary intervals.
-    std::vector<int> bounds;
-    std::map<int32_t, std::vector<int32_t>> ref_targets;
-    for (int32_t s : set) {
-      for (const PdaByteEdge& e : ns[s].bytes) {
-        bounds.push_back(e.lo);
-        bounds.push_back(e.hi + 1);
+    st.rule = rule_id_;
+    out_.push_back(std::move(st));
+    return base_ + static_cast<int32_t>(k);
+  }
+
+  size_t subset_end(size_t k) const {
+    return k + 1 < offsets_.size() ? offsets_[k + 1] : pool_.size();
+  }
+
+  void expand(size_t k) {
+    members_.assign(pool_.begin() + offsets_[k], pool_.begin() + subset_end(k));
+    bool final = std::binary_search(members_.begin(), members_.end(), frag_.end);
+    bounds_.clear();
+    refs_.clear();
+    for (int32_t s : members_) {
+      for (const PdaByteEdge& e : ns_[s].bytes) {
+        bounds_.push_back(e.lo);
+        bounds_.push_back(e.hi + 1);
       }
-      for (const PdaRefEdge& r : ns[s].refs) ref_targets[r.rule].push_back(r.target);
+      for (const PdaRefEdge& r : ns_[s].refs) refs_.push_back(r);
     }
-    std::sort(bounds.begin(), bounds.end());
-    bounds.erase(std::unique(bounds.begin(), bounds.end()), bounds.end());
+    std::sort(bounds_.begin(), bounds_.end());
+    bounds_.erase(std::unique(bounds_.begin(), bounds_.end()), bounds_.end());
     std::vector<PdaByteEdge> edges;
-    for (size_t i = 0; i + 1 < bounds.size(); ++i) {
-      int lo = bounds[i], hi = bounds[i + 1] - 1;
-      std::vector<int32_t> targets;
-      for (int32_t s : set) {
-        for (const PdaByteEdge& e : ns[s].bytes) {
-          if (e.lo <= lo && hi <= e.hi) targets.push_back(e.target);
+    for (size_t i = 0; i + 1 < bounds_.size(); ++i) {
+      int lo = bounds_[i], hi = bounds_[i + 1] - 1;
+      seeds_.clear();
+      for (int32_t s : members_) {
+        for (const PdaByteEdge& e : ns_[s].bytes) {
+          if (e.lo <= lo && hi <= e.hi) seeds_.push_back(e.target);
         }
       }
-      if (targets.empty()) continue;
-      int32_t t = intern(closure(std::move(targets)));
+      if (seeds_.empty()) continue;
+      int32_t t = intern_closure();
       if (!edges.empty() && edges.back().target == t && edges.back().hi + 1 == lo) {
         edges.back().hi = static_cast<uint8_t>(hi);
       } else {
         edges.push_back({static_cast<uint8_t>(lo), static_cast<uint8_t>(hi), t});
       }
     }
+    std::sort(refs_.begin(), refs_.end(), [](const PdaRefEdge& a, const PdaRefEdge& b) {
+      return a.rule != b.rule ? a.rule < b.rule : a.target < b.target;
+    });
     std::vector<PdaRefEdge> refs;
-    for (auto& [rule, targets] : ref_targets) refs.push_back({rule, intern(closure(targets))});
-    out[id].final = final;
-    out[id].bytes = std::move(edges);
-    out[id].refs = std::move(refs);
+    for (size_t i = 0; i < refs_.size();) {
+      size_t j = i;
+      seeds_.clear();
+      while (j < refs_.size() && refs_[j].rule == refs_[i].rule)
+        seeds_.push_back(refs_[j++].target);
+      refs.push_back({refs_[i].rule, intern_closure()});
+      i = j;
+    }
+    PdaState& st = out_[base_ + k];
+    st.final = final;
+    st.bytes = std::move(edges);
+    st.refs = std::move(refs);
   }
-  return start;
-}
+
+  const std::vector<NfaState>& ns_;
+  NfaBuilder::Fragment frag_;
+  int32_t rule_id_;
+  const std::string& rule_name_;
+  std::vector<PdaState>& out_;
+  int32_t base_ = 0;
+  std::vector<uint32_t> stamp_;
+  uint32_t gen_ = 0;
+  std::vector<int32_t> pool_;    // all subsets, back to back
+  std::vector<size_t> offsets_;  // subset k starts at pool_[offsets_[k]]
+  std::unordered_multimap<uint64_t, size_t> ids_;
+  std::vector<int32_t> seeds_, set_, members_;
+  std::vector<int> bounds_;
+  std::vector<PdaRefEdge> refs_;
+};
 
 void collect_refs(const Expr& e, std::vector<int32_t>& out) {
   if (e.kind == Expr::Kind::kRuleRef) out.push_back(e.rule);
@@ -310,33 +350,51 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
     for (NfaState& s : nfa.states) {
       for (PdaRefEdge& r : s.refs) r.rule = pda_index[r.rule];
     }
-    int32_t start = determinize(nfa, frag, static_cast<int32_t>(i), rule.name, pda.states);
+    int32_t start = Determinizer(nfa, frag, static_cast<int32_t>(i), rule.name, pda.states).run();
     pda.rules.push_back(PdaRule{rule.name, start, false});
   }
 
-  // Productive rules (match at least one string) and co-reachable states, to a fixed point.
+  // Productive rules (match at least one string) and co-reachable states: a worklist over
+  // reverse edges, linear in the automaton's size.
   size_t n = pda.states.size();
   std::vector<bool> productive(pda.rules.size(), false);
   std::vector<bool> live(n, false);
-  for (bool changed = true; changed;) {
-    changed = false;
-    for (size_t s = 0; s < n; ++s) {
-      if (live[s]) continue;
-      const PdaState& st = pda.states[s];
-      bool l = st.final;
-      for (const PdaByteEdge& e : st.bytes) l = l || live[e.target];
-      for (const PdaRefEdge& r : st.refs) l = l || (productive[r.rule] && live[r.target]);
-      if (l) {
-        live[s] = true;
-        changed = true;
-      }
+  std::vector<std::vector<int32_t>> preds(n), rule_users(pda.rules.size());
+  std::vector<int32_t> rule_of_start(n, -1);
+  for (size_t r = 0; r < pda.rules.size(); ++r)
+    rule_of_start[pda.rules[r].start] = static_cast<int32_t>(r);
+  std::vector<int32_t> work;
+  for (size_t s = 0; s < n; ++s) {
+    const PdaState& st = pda.states[s];
+    for (const PdaByteEdge& e : st.bytes) preds[e.target].push_back(static_cast<int32_t>(s));
+    for (const PdaRefEdge& r : st.refs) {
+      preds[r.target].push_back(static_cast<int32_t>(s));
+      rule_users[r.rule].push_back(static_cast<int32_t>(s));
     }
-    for (size_t r = 0; r < pda.rules.size(); ++r) {
-      if (!productive[r] && live[pda.rules[r].start]) {
-        productive[r] = true;
-        changed = true;
-      }
+    if (st.final) {
+      live[s] = true;
+      work.push_back(static_cast<int32_t>(s));
     }
+  }
+  auto check = [&](int32_t s) {
+    if (live[s]) return;
+    const PdaState& st = pda.states[s];
+    bool l = false;
+    for (const PdaByteEdge& e : st.bytes) l = l || live[e.target];
+    for (const PdaRefEdge& r : st.refs) l = l || (productive[r.rule] && live[r.target]);
+    if (l) {
+      live[s] = true;
+      work.push_back(s);
+    }
+  };
+  while (!work.empty()) {
+    int32_t s = work.back();
+    work.pop_back();
+    if (int32_t r = rule_of_start[s]; r >= 0 && !productive[r]) {
+      productive[r] = true;
+      for (int32_t u : rule_users[r]) check(u);
+    }
+    for (int32_t p : preds[s]) check(p);
   }
   if (!productive[pda.root]) {
     throw GrammarError("grammar matches no string (rule '" + pda.rules[pda.root].name + "')");
