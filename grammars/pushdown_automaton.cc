@@ -46,7 +46,9 @@ class RepeatHoister {
   void run() {
     for (size_t i = 0; i < rules_.size(); ++i) {
       Expr body = std::move(rules_[i].body);
-      visit(body, rules_[i].name);
+      // A copy: hoisting appends to rules_, which may move the names.
+      std::string owner = rules_[i].name;
+      visit(body, owner);
       rules_[i].body = std::move(body);
     }
   }
