@@ -148,20 +148,18 @@ struct GrammarMatcher::State {
     std::memcpy(mask, free_text_mask.data(), free_text_mask.size() * sizeof(uint32_t));
   }
 
-  // Tokens whose remainder after returning from the top's rule fits the real stack below.
-  void check_return_suffixes(const ByteTrie& suffixes, int32_t parent, uint32_t* mask) {
-    one.assign(1, parent);
-    const std::vector<ByteTrie::Node>& nodes = suffixes.nodes();
-    const std::vector<int32_t>& values = suffixes.values();
-    size_t max_depth = 1;
-    if (levels.empty()) levels.resize(8);
-    stepper.close(one, levels[0]);
-    size_t i = 1;
-    while (i < nodes.size()) {
+  // Tokens below trie node `point` whose rest (after the node) fits the stacks in levels[0]
+  // (the closed stack below the top): the tokens that continue past a return from the top's rule.
+  void check_return_point(const ByteTrie& trie, uint32_t point, uint32_t* mask) {
+    const std::vector<ByteTrie::Node>& nodes = trie.nodes();
+    const std::vector<int32_t>& values = trie.values();
+    size_t base = nodes[point].depth;
+    size_t i = point + 1;
+    size_t end = nodes[point].end;
+    while (i < end) {
       const ByteTrie::Node& node = nodes[i];
-      size_t d = node.depth;
+      size_t d = node.depth - base;
       if (d + 1 > levels.size()) levels.resize(d + 8);
-      max_depth = std::max(max_depth, d);
       StackSet& cur = levels[d];
       stepper.advance(levels[d - 1], node.byte, cur);
       if (cur.dead()) {
@@ -200,10 +198,14 @@ struct GrammarMatcher::State {
       const PositionMasks& long_masks = grammar->long_token_masks(state);
       if (seen_masks.insert(&short_masks).second) short_masks.add_accepted_to(mask);
       if (seen_masks.insert(&long_masks).second) long_masks.add_accepted_to(mask);
-      if (parent < 0) continue;
-      if (short_masks.has_suffixes)
-        check_return_suffixes(short_masks.return_suffixes, parent, mask);
-      if (long_masks.has_suffixes) check_return_suffixes(long_masks.return_suffixes, parent, mask);
+      if (parent < 0) continue;  // returning from the root ends the document: nothing may follow
+      if (short_masks.return_points.empty() && long_masks.return_points.empty()) continue;
+      const TokenizerIndex& index = grammar->tokenizer();
+      if (levels.size() < 8) levels.resize(8);
+      one.assign(1, parent);
+      stepper.close(one, levels[0]);
+      for (uint32_t p : short_masks.return_points) check_return_point(index.short_trie(), p, mask);
+      for (uint32_t p : long_masks.return_points) check_return_point(index.long_trie(), p, mask);
     }
     if (cur.stacks.can_end) {
       for (int32_t id : tok.vocabulary().stop_tokens) set_bit(mask, id);

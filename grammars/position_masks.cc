@@ -19,7 +19,6 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
   PositionMasks out;
   const std::vector<ByteTrie::Node>& nodes = trie.nodes();
   const std::vector<int32_t>& values = trie.values();
-  const Vocabulary& vocab = tokenizer.vocabulary();
   const std::vector<PdaState>& states = pda.states;
   // A state that neither enters rules nor may return: a stack with it on top over the open
   // bottom steps by plain automaton transitions (the common case inside strings and numbers).
@@ -31,17 +30,12 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
   std::vector<StackSet> level(max_depth);
   // simple[d] >= 0: level d is exactly that plain state over the open bottom (level[d] unused).
   std::vector<int32_t> simple(max_depth, -1);
-  // pops[d]: the rule may return right after the d-th byte of the current path.
-  std::vector<uint8_t> pops(max_depth, 0);
-  std::vector<uint16_t> pop_count(max_depth, 0);
   // Depth 0: the top itself, without expansion (its expansions are separate tops at match time).
   simple[0] = state;
 
   size_t words = tokenizer.mask_words();
   std::vector<uint32_t> accepted(words, 0);
   size_t num_accepted = 0;
-  std::vector<std::string_view> suffix_keys;
-  std::vector<int32_t> suffix_ids;
   std::vector<int32_t> seed(1);
   size_t i = 1;
   while (i < nodes.size()) {
@@ -65,29 +59,21 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
       alive = !level[d].dead();
       popped = level[d].popped_open;
     }
-    if (!alive && simple[d] < 0) level[d].tops.clear();
-    pops[d] = popped;
-    pop_count[d] = pop_count[d - 1] + (popped ? 1 : 0);
-    if (!alive && pop_count[d] == 0) {
-      i = node.end;
-      continue;
-    }
-    for (uint32_t v = node.values_begin; v < node.values_end; ++v) {
-      int32_t id = values[v];
-      // Ending exactly where the rule may return is valid whatever the context: returning is
-      // always possible and every automaton state is live.
-      if (alive || popped) {
+    // (A leaf has no longer tokens below it: nothing to check after the return.)
+    if (popped && node.end > i + 1) out.return_points.push_back(static_cast<uint32_t>(i));
+    // Ending exactly where the rule may return is valid whatever the context: returning is
+    // always possible and every automaton state is live.
+    if (alive || popped) {
+      for (uint32_t v = node.values_begin; v < node.values_end; ++v) {
+        int32_t id = values[v];
         accepted[id >> 5] |= 1u << (id & 31);
         ++num_accepted;
-        continue;
       }
-      std::string_view bytes = vocab.token_bytes[id];
-      for (size_t k = 1; k < d; ++k) {
-        if (pops[k]) {
-          suffix_keys.push_back(bytes.substr(k));
-          suffix_ids.push_back(id);
-        }
-      }
+    }
+    if (!alive) {
+      if (simple[d] < 0) level[d].tops.clear();
+      i = node.end;  // longer tokens here continue only past a return: see return_points
+      continue;
     }
     ++i;
   }
@@ -99,10 +85,6 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
         out.accepted_ids.push_back(static_cast<int32_t>(w * 32 + __builtin_ctz(bits)));
       }
     }
-  }
-  if (!suffix_keys.empty()) {
-    out.return_suffixes = ByteTrie(suffix_keys, suffix_ids);
-    out.has_suffixes = true;
   }
   return out;
 }

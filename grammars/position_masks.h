@@ -1,8 +1,8 @@
 // Per automaton position (the state on top of a stack), the vocabulary classified once:
-// tokens accepted whatever lies below the top (context-independent), and tokens that can only be
-// valid by returning from the top's rule, stored as the suffix left after that return. At mask
-// time, the accepted set is copied and only the suffixes are checked against the real stack
-// (the adaptive token mask cache idea of XGrammar, with suffixes shared in a trie).
+// tokens accepted whatever lies below the top (context-independent), and the trie nodes after
+// which the top's rule may return. At mask time, the accepted set is copied and only the
+// subtrees below those nodes are walked from the real stack (the adaptive token mask cache idea
+// of XGrammar, with the context-dependent tokens kept as trie subtrees).
 #pragma once
 
 #include <cstdint>
@@ -18,9 +18,9 @@ struct PositionMasks {
   // Either a full bitmask (many accepted) or a list of ids (few), whichever is smaller.
   std::vector<uint32_t> accepted_bits;
   std::vector<int32_t> accepted_ids;
-  // Keys: the bytes after the rule returns; values: token ids.
-  ByteTrie return_suffixes;
-  bool has_suffixes = false;
+  // Nodes of the classified trie right after which the rule may return: the tokens below such a
+  // node are valid if their rest (the path from the node down) fits the real stack below.
+  std::vector<uint32_t> return_points;
 
   void add_accepted_to(uint32_t* mask) const;
 };
