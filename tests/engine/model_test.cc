@@ -1,0 +1,106 @@
+// Model / ModelSequence API contracts beyond the numerics: errors and
+// bookkeeping.
+#include "engine/model.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "tests/engine/golden_fixture.h"
+
+namespace agentrt::engine {
+namespace {
+
+std::shared_ptr<const Model> tiny() {
+  return Model::load(testing::golden_dir("tiny_b"), {Device::cpu, 1});
+}
+
+TEST(Model, CudaWithoutBackendSaysSo) {
+#ifndef AGENTRT_HAVE_CUDA
+  try {
+    Model::load(testing::golden_dir("tiny_b"), {Device::cuda, 0});
+    FAIL() << "expected an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA backend not built/available"), std::string::npos)
+        << e.what();
+  }
+#else
+  GTEST_SKIP() << "built with the CUDA backend";
+#endif
+}
+
+TEST(Model, MissingDirectoryNamesIt) {
+  try {
+    Model::load("/nonexistent/model-dir");
+    FAIL() << "expected an error";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/model-dir"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Model, BadTokenThrowsAndLeavesTheSequenceUsable) {
+  auto model = tiny();
+  auto seq = model->new_sequence();
+  const std::vector<int32_t> ok = {1, 2, 3};
+  const auto before = seq->forward(ok);
+  const std::vector<int32_t> bad = {4, model->vocab_size()};
+  EXPECT_THROW(seq->forward(bad), std::out_of_range);
+  EXPECT_EQ(seq->length(), 3);
+  auto other = model->new_sequence();
+  const std::vector<int32_t> more = {1, 2, 3, 4};
+  const auto want = other->forward(more);
+  const std::vector<int32_t> four = {4};
+  const auto got = seq->forward(four);
+  EXPECT_LE(testing::rel_l2(got.data(), want.data(), model->vocab_size()), 1e-6);
+}
+
+TEST(Model, TruncateOutOfRangeThrows) {
+  auto model = tiny();
+  auto seq = model->new_sequence();
+  const std::vector<int32_t> ids = {5, 6, 7};
+  seq->forward(ids);
+  EXPECT_THROW(seq->truncate(4), std::out_of_range);
+  EXPECT_THROW(seq->truncate(-1), std::out_of_range);
+  seq->truncate(3);
+  EXPECT_EQ(seq->length(), 3);
+}
+
+TEST(Model, DecodeBatchRejectsMismatchedOrRepeatedSequences) {
+  auto model = tiny();
+  auto a = model->new_sequence();
+  std::vector<ModelSequence*> seqs = {a.get(), a.get()};
+  const std::vector<int32_t> two = {1, 2}, one = {1};
+  EXPECT_THROW(model->decode_batch(seqs, two), std::invalid_argument);
+  EXPECT_THROW(model->decode_batch(seqs, one), std::invalid_argument);
+  auto other_model = tiny();
+  auto b = other_model->new_sequence();
+  std::vector<ModelSequence*> foreign = {b.get()};
+  EXPECT_THROW(model->decode_batch(foreign, one), std::invalid_argument);
+}
+
+TEST(Model, SequencesOnSeveralThreadsShareOneModel) {
+  auto model = tiny();
+  const auto f = testing::GoldenFixture::load("tiny_b");
+  const int64_t V = model->vocab_size();
+  std::vector<std::vector<float>> results(3);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 3; ++i)
+    threads.emplace_back([&, i] {
+      auto seq = model->new_sequence();
+      results[i] = seq->forward(std::span(f.ids).first(60 + i), true);
+    });
+  for (auto& t : threads) t.join();
+  for (int i = 0; i < 3; ++i)
+    for (int p = 0; p < 60 + i; ++p)
+      EXPECT_LE(testing::rel_l2(&results[i][p * V], &f.prefill[p * V], V), 1e-4) << i << " " << p;
+}
+
+TEST(Model, EmptyForwardIsANoOp) {
+  auto model = tiny();
+  auto seq = model->new_sequence();
+  EXPECT_TRUE(seq->forward({}).empty());
+  EXPECT_EQ(seq->length(), 0);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
