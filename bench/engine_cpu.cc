@@ -3,7 +3,8 @@
 // machine's measured memory read bandwidth and the decode bound it implies
 // (bandwidth / weight bytes streamed per decoded token).
 //
-//   bench_engine_cpu [--threads N] [--prefill 256] [--decode 32] [--dtype bf16|fp8] [--keep DIR]
+//   bench_engine_cpu [--threads N] [--prefill 256] [--decode 32] [--dtype bf16|fp8] [--vocab 16384]
+//                    [--keep DIR]   (--keep: write the random checkpoint there and keep it)
 #include <immintrin.h>
 #include <unistd.h>
 
@@ -35,10 +36,10 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-nlohmann::json bench_config() {
+nlohmann::json bench_config(int64_t vocab) {
   return {{"architectures", {"DeepseekV4ForCausalLM"}},
           {"model_type", "deepseek_v4"},
-          {"vocab_size", 16384},
+          {"vocab_size", vocab},
           {"hidden_size", 1024},
           {"num_hidden_layers", 7},
           {"num_attention_heads", 8},
@@ -303,6 +304,7 @@ int main(int argc, char** argv) {
   int threads = int(std::max(1u, std::thread::hardware_concurrency()));
   int prefill = 256, decode = 32;
   std::string keep, dtype = "bf16";
+  int64_t vocab = 16384;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--threads")
@@ -313,6 +315,8 @@ int main(int argc, char** argv) {
       decode = std::stoi(argv[i + 1]);
     else if (a == "--keep")
       keep = argv[i + 1];
+    else if (a == "--vocab")
+      vocab = std::stoll(argv[i + 1]);
     else if (a == "--dtype")
       dtype = argv[i + 1];
     else {
@@ -323,7 +327,7 @@ int main(int argc, char** argv) {
   const fs::path dir = keep.empty() ? fs::temp_directory_path() /
                                           ("agentrt-bench-engine-" + std::to_string(::getpid()))
                                     : fs::path(keep);
-  const nlohmann::json cj = bench_config();
+  const nlohmann::json cj = bench_config(vocab);
   if (dtype != "bf16" && dtype != "fp8") {
     std::fprintf(stderr, "--dtype must be bf16 or fp8\n");
     return 2;
