@@ -37,7 +37,7 @@ struct CompiledGrammar::Cache {
   MaskSlots short_masks;  // per state, pointing into by_signature's entries
   MaskSlots long_masks;   // per state
   std::mutex mu;
-  std::vector<std::unique_ptr<PositionMasks>> owned;
+  std::vector<std::shared_ptr<const PositionMasks>> owned;
   // Guarded by mu.
   PositionSignatures signatures;
   std::unordered_map<PositionSignature, const PositionMasks*, PositionSignatureHash> by_signature;
@@ -60,18 +60,24 @@ const PositionMasks& CompiledGrammar::short_token_masks(int32_t state) const {
       sig = c.signatures.of(state);
       if (auto it = c.by_signature.find(sig); it != c.by_signature.end()) return it->second;
     }
-    auto built = std::make_unique<PositionMasks>(
-        build_position_masks(pda_, *tokenizer_, tokenizer_->short_trie(), state));
+    // Grammar-independent positions may have been classified by an earlier grammar.
+    std::shared_ptr<const PositionMasks> masks;
+    if (sig.pure) masks = tokenizer_->shared_masks().find(sig);
+    if (!masks) {
+      masks = std::make_shared<const PositionMasks>(
+          build_position_masks(pda_, *tokenizer_, tokenizer_->short_trie(), state));
+      if (sig.pure) masks = tokenizer_->shared_masks().insert(sig, masks);
+    }
     std::lock_guard<std::mutex> lock(c.mu);
-    auto [it, inserted] = c.by_signature.emplace(sig, built.get());
-    if (inserted) c.owned.push_back(std::move(built));
+    auto [it, inserted] = c.by_signature.emplace(sig, masks.get());
+    if (inserted) c.owned.push_back(std::move(masks));
     return it->second;
   });
 }
 
 const PositionMasks& CompiledGrammar::long_token_masks(int32_t state) const {
   return cache_->long_masks.get(state, [&]() -> const PositionMasks* {
-    auto built = std::make_unique<PositionMasks>(
+    auto built = std::make_shared<const PositionMasks>(
         build_position_masks(pda_, *tokenizer_, tokenizer_->long_trie(), state));
     std::lock_guard<std::mutex> lock(cache_->mu);
     cache_->owned.push_back(std::move(built));

@@ -14,6 +14,7 @@ struct Hasher {
   void add(const PositionSignature& s) {
     add(s.a);
     add(s.b);
+    add(s.pure);
   }
 };
 
@@ -28,6 +29,7 @@ PositionSignature PositionSignatures::compute(int32_t state, int depth, int recu
   if (auto it = memo_.find(key); it != memo_.end()) return it->second;
   const PdaState& st = pda_.states[state];
   Hasher h;
+  bool pure = true;
   h.add(st.final);
   if (depth > 0) {
     // On a cycle of nullable references, or too deep: the state's identity stands in (sound:
@@ -35,18 +37,21 @@ PositionSignature PositionSignatures::compute(int32_t state, int depth, int recu
     if (recursion > kMaxRecursion || in_progress_[key]) {
       h.add(0xABCDull);
       h.add(static_cast<uint64_t>(state));
-      return PositionSignature{h.a, h.b};
+      return PositionSignature{h.a, h.b, false};
     }
     in_progress_[key] = true;
     for (const PdaByteEdge& e : st.bytes) {
       h.add((uint64_t{e.lo} << 8) | e.hi);
-      h.add(compute(e.target, depth - 1, recursion + 1));
+      PositionSignature t = compute(e.target, depth - 1, recursion + 1);
+      h.add(t);
+      pure = pure && t.pure;
     }
     h.add(0xFFFF'FFFFull);
     for (const PdaRefEdge& r : st.refs) {
       h.add(static_cast<uint64_t>(r.rule));
       // A nullable rule may return at once, so its continuation is compared at the same depth.
       h.add(compute(r.target, pda_.rules[r.rule].nullable ? depth : depth - 1, recursion + 1));
+      pure = false;
     }
     in_progress_[key] = false;
   } else {
@@ -54,7 +59,7 @@ PositionSignature PositionSignatures::compute(int32_t state, int depth, int recu
     // through later bytes, so nothing else is compared.
     h.add(0x5555ull);
   }
-  PositionSignature sig{h.a, h.b};
+  PositionSignature sig{h.a, h.b, pure};
   memo_.emplace(key, sig);
   return sig;
 }

@@ -15,7 +15,12 @@ namespace agentrt::grammars {
 
 struct PositionSignature {
   uint64_t a = 0, b = 0;  // 128-bit hash of the unrolled behaviour
-  bool operator==(const PositionSignature& o) const { return a == o.a && b == o.b; }
+  // No rule is entered within `depth` bytes (and no state id stood in): the hash then depends
+  // only on bytes and returns, so it means the same in every grammar.
+  bool pure = true;
+  bool operator==(const PositionSignature& o) const {
+    return a == o.a && b == o.b && pure == o.pure;
+  }
 };
 struct PositionSignatureHash {
   size_t operator()(const PositionSignature& s) const { return s.a ^ (s.b * 31); }

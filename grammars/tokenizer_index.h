@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "grammars/byte_trie.h"
+#include "grammars/shared_position_masks.h"
 
 namespace agentrt::grammars {
 
@@ -36,12 +37,16 @@ class TokenizerIndex {
   const ByteTrie& long_trie() const { return long_trie_; }
   bool is_stop(int32_t id) const { return kind_[id] == TokenKind::kStop; }
   bool is_special(int32_t id) const { return kind_[id] == TokenKind::kSpecial; }
+  // Classifications of grammar-independent positions, shared by every grammar compiled against
+  // this tokenizer (a cache: filled through a const index, hence a pointer).
+  SharedPositionMasks& shared_masks() const { return *shared_masks_; }
 
  private:
   enum class TokenKind : uint8_t { kText, kStop, kSpecial, kEmpty };
   Vocabulary vocab_;
   std::vector<TokenKind> kind_;
   ByteTrie trie_, short_trie_, long_trie_;
+  std::unique_ptr<SharedPositionMasks> shared_masks_ = std::make_unique<SharedPositionMasks>(4096);
 };
 
 }  // namespace agentrt::grammars

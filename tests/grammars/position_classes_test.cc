@@ -74,3 +74,31 @@ TEST(PositionClasses, SignaturesSeparateDifferentBehaviour) {
 
 }  // namespace
 }  // namespace agentrt::grammars
+
+namespace agentrt::grammars {
+namespace {
+
+TEST(PositionClasses, GrammarsShareTokenizerLevelMasksExactly) {
+  Vocabulary vocab = testing::small_vocabulary(testing::json_like_tokens());
+  auto index = TokenizerIndex::build(vocab);
+  const std::string str = R"("\"" [^"\\]* "\"")";
+  auto first = compile(Grammar::from_ebnf("root ::= \"[\" s \"]\"\ns ::= " + str), index);
+  auto second =
+      compile(Grammar::from_ebnf("root ::= \"{\" s \":\" [0-9]+ \"}\"\ns ::= " + str), index);
+  GrammarMatcher a(first);
+  ASSERT_TRUE(a.accept_bytes("[\"ab"));
+  ASSERT_EQ(fast_mask(a), reference_mask(a, vocab.token_bytes.size()));
+  size_t shared = index->shared_masks().size();
+  EXPECT_GT(shared, 0u);
+  GrammarMatcher b(second);
+  ASSERT_TRUE(b.accept_bytes("{\"ab"));
+  // The string content position is reused from the first grammar, with the second grammar's
+  // context below it deciding the tokens that close the string.
+  ASSERT_EQ(fast_mask(b), reference_mask(b, vocab.token_bytes.size()));
+  EXPECT_EQ(index->shared_masks().size(), shared);
+  EXPECT_TRUE(bit(fast_mask(b), 256 + 1));   // "\":" closes the string and opens the value
+  EXPECT_FALSE(bit(fast_mask(a), 256 + 1));  // but not in the array
+}
+
+}  // namespace
+}  // namespace agentrt::grammars
