@@ -1,0 +1,31 @@
+// The model maker behind `agentrt model init`: a random-weight DeepSeek-V4 checkpoint
+// (config.json in transformers' spelling + model.safetensors + the tokenizer files) that both
+// our engine and transformers' DeepseekV4ForCausalLM load. Every parameter and buffer is
+// randomised (norms, sinks, ape, hc base/scale, correction bias, tid2eid with distinct experts
+// per token), so no code path hides behind a zero.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace agentrt::engine {
+
+struct ModelInitOptions {
+  std::string preset = "tiny";             // "tiny" (tests, demo) or "small" (~100M, benchmark)
+  std::filesystem::path tokenizer_dir;     // copied into the checkpoint; sets vocab if vocab == 0
+  int64_t vocab_size = 0;                  // 0: 129280 (the real model's padded vocabulary)
+  std::string dtype = "bf16";              // "bf16" or "f32"
+  uint64_t seed = 0;
+};
+
+// The config.json of a preset (transformers DeepseekV4Config spelling).
+nlohmann::json preset_config(const std::string& preset, int64_t vocab_size);
+
+// Writes config.json, model.safetensors and (if tokenizer_dir is set) tokenizer.json and
+// tokenizer_config.json into out_dir, which is created. Throws naming the path on failure.
+void write_random_model(const std::filesystem::path& out_dir, const ModelInitOptions& options);
+
+}  // namespace agentrt::engine

@@ -1,0 +1,54 @@
+// Token sampling: greedy, temperature, top-k, top-p, min-p, seeded; an allowed-token bitmask
+// (the grammar hook) applied before anything else; log-probabilities of the choice.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace agentrt::engine {
+
+struct SamplingParams {
+  float temperature = 1.0f;  // <= 0: greedy
+  int top_k = 0;             // 0: off
+  float top_p = 1.0f;        // 1: off
+  float min_p = 0.0f;        // 0: off; keep tokens with p >= min_p * p_max
+  uint64_t seed = 0;
+  bool greedy() const { return temperature <= 0.0f; }
+};
+
+// Bit i of word i/32 (least significant bit first) says token i is allowed; tokens past the
+// mask's coverage (mask_words * 32) are disallowed. A null mask allows everything.
+struct TokenMask {
+  const uint32_t* words = nullptr;
+  size_t num_words = 0;
+  bool allows(int64_t id) const {
+    if (!words) return true;
+    const size_t w = static_cast<size_t>(id) >> 5;
+    return w < num_words && ((words[w] >> (id & 31)) & 1u);
+  }
+};
+
+class Sampler {
+ public:
+  explicit Sampler(SamplingParams params);
+
+  struct Sample {
+    int32_t token;
+    float logprob;  // log p(token) under the temperature-scaled, masked distribution
+  };
+  // Throws std::invalid_argument if the mask allows no token.
+  Sample sample(std::span<const float> logits, TokenMask mask = {});
+  // The n most likely allowed tokens with their log-probabilities (temperature 1).
+  static std::vector<std::pair<int32_t, float>> top_logprobs(std::span<const float> logits, int n,
+                                                            TokenMask mask = {});
+  const SamplingParams& params() const { return params_; }
+
+ private:
+  SamplingParams params_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace agentrt::engine

@@ -1,0 +1,58 @@
+#include "engine/model_init.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "engine/model.h"
+
+namespace agentrt::engine {
+namespace {
+
+TEST(ModelInit, TinyPresetLoadsAndRuns) {
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_model_init_test";
+  std::filesystem::remove_all(dir);
+  ModelInitOptions options;
+  options.vocab_size = 1024;
+  options.seed = 3;
+  write_random_model(dir, options);
+  ASSERT_TRUE(std::filesystem::exists(dir / "config.json"));
+  const auto model = Model::load(dir);
+  EXPECT_EQ(model->vocab_size(), 1024);
+  auto seq = model->new_sequence();
+  const std::vector<int32_t> ids = {5, 17, 400, 2, 999, 63};
+  const auto logits = seq->forward(ids, true);
+  ASSERT_EQ(logits.size(), ids.size() * 1024);
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  // Random weights: the rows differ from position to position.
+  EXPECT_NE(logits[0], logits[1024]);
+  std::filesystem::remove_all(dir);
+}
+
+TEST(ModelInit, SameSeedSameWeights) {
+  const auto a = std::filesystem::temp_directory_path() / "agentrt_model_init_a";
+  const auto b = std::filesystem::temp_directory_path() / "agentrt_model_init_b";
+  ModelInitOptions options;
+  options.vocab_size = 256;
+  options.seed = 9;
+  write_random_model(a, options);
+  write_random_model(b, options);
+  EXPECT_EQ(std::filesystem::file_size(a / "model.safetensors"), std::filesystem::file_size(b / "model.safetensors"));
+  const auto ma = Model::load(a), mb = Model::load(b);
+  const std::vector<int32_t> ids = {1, 2, 3};
+  EXPECT_EQ(ma->new_sequence()->forward(ids), mb->new_sequence()->forward(ids));
+  std::filesystem::remove_all(a);
+  std::filesystem::remove_all(b);
+}
+
+TEST(ModelInit, UnknownPresetOrDtypeIsAnError) {
+  ModelInitOptions options;
+  options.preset = "huge";
+  EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options), std::invalid_argument);
+  options.preset = "tiny";
+  options.dtype = "f8";
+  EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
