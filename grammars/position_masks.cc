@@ -1,5 +1,6 @@
 #include "grammars/position_masks.h"
 
+#include <array>
 #include <string_view>
 
 #include "grammars/parse_stacks.h"
@@ -23,6 +24,29 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
   // A state that neither enters rules nor may return: a stack with it on top over the open
   // bottom steps by plain automaton transitions (the common case inside strings and numbers).
   auto plain = [&](int32_t s) { return states[s].refs.empty() && !states[s].final; };
+  // Byte -> next state tables for the few states the walk sits in most (a string's content
+  // and the middle of its UTF-8 characters): the hot loop is one lookup per trie node. Entries
+  // are the next state, with kNotPlain added when it is not plain; -1 when there is none.
+  constexpr int32_t kNotPlain = 1 << 30;
+  struct NextTable {
+    int32_t state = -1;
+    std::array<int32_t, 256> next;
+  };
+  std::array<NextTable, 4> tables;
+  size_t table_victim = 0;
+  auto table_for = [&](int32_t s) -> const NextTable& {
+    for (const NextTable& t : tables) {
+      if (t.state == s) return t;
+    }
+    NextTable& t = tables[table_victim++ % tables.size()];
+    t.state = s;
+    t.next.fill(-1);
+    for (const PdaByteEdge& e : states[s].bytes) {
+      int32_t v = plain(e.target) ? e.target : e.target + kNotPlain;
+      for (int b = e.lo; b <= e.hi; ++b) t.next[b] = v;
+    }
+    return t;
+  };
 
   StackArena arena;
   StackStepper stepper(pda, arena);
@@ -44,12 +68,12 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
     bool alive = false, popped = false;
     simple[d] = -1;
     if (simple[d - 1] >= 0) {
-      int32_t next = states[simple[d - 1]].next(node.byte);
-      if (next >= 0 && plain(next)) {
+      int32_t next = table_for(simple[d - 1]).next[node.byte];
+      if (next >= 0 && next < kNotPlain) {
         simple[d] = next;
         alive = true;
       } else if (next >= 0) {
-        seed[0] = arena.intern(next, StackArena::kOpenBottom);
+        seed[0] = arena.intern(next - kNotPlain, StackArena::kOpenBottom);
         stepper.close(seed, level[d]);
         alive = !level[d].dead();
         popped = level[d].popped_open;
