@@ -31,7 +31,7 @@ struct ToolChoice {
 
 struct GenerationRequest {
   std::vector<chat::Message> messages;
-  nlohmann::json tools = nlohmann::json::array();  // OpenAI tools array
+  nlohmann::ordered_json tools = nlohmann::ordered_json::array();  // OpenAI tools array (order kept)
   ToolChoice tool_choice;
   bool parallel_tool_calls = true;
   // OpenAI response_format: {"type":"json_schema","json_schema":{"name":..,"schema":{..}}} or
