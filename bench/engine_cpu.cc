@@ -4,7 +4,9 @@
 // (bandwidth / weight bytes streamed per decoded token).
 //
 //   bench_engine_cpu [--threads N] [--prefill 256] [--decode 32] [--dtype bf16|fp8] [--vocab 16384]
-//                    [--keep DIR]   (--keep: write the random checkpoint there and keep it)
+//                    [--keep DIR | --model DIR]
+// --keep writes the random checkpoint there and keeps it; --model measures an existing bf16
+// checkpoint instead (e.g. `agentrt model init --preset small`).
 #include <immintrin.h>
 #include <unistd.h>
 
@@ -305,6 +307,7 @@ int main(int argc, char** argv) {
   int prefill = 256, decode = 32;
   std::string keep, dtype = "bf16";
   int64_t vocab = 16384;
+  std::string model_dir;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--threads")
@@ -315,6 +318,8 @@ int main(int argc, char** argv) {
       decode = std::stoi(argv[i + 1]);
     else if (a == "--keep")
       keep = argv[i + 1];
+    else if (a == "--model")
+      model_dir = argv[i + 1];
     else if (a == "--vocab")
       vocab = std::stoll(argv[i + 1]);
     else if (a == "--dtype")
@@ -324,17 +329,31 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const fs::path dir = keep.empty() ? fs::temp_directory_path() /
-                                          ("agentrt-bench-engine-" + std::to_string(::getpid()))
-                                    : fs::path(keep);
-  const nlohmann::json cj = bench_config(vocab);
   if (dtype != "bf16" && dtype != "fp8") {
     std::fprintf(stderr, "--dtype must be bf16 or fp8\n");
     return 2;
   }
   const bool fp8 = dtype == "fp8";
-  const int64_t params = write_random_checkpoint(dir, cj, fp8);
-  const ForwardConfig c = ForwardConfig::from_json(cj, "bench config");
+  // --model: an existing bf16 checkpoint (e.g. `agentrt model init --preset small`); otherwise
+  // a random one written here.
+  const bool own = model_dir.empty();
+  const fs::path dir = !own           ? fs::path(model_dir)
+                       : keep.empty() ? fs::temp_directory_path() /
+                                            ("agentrt-bench-engine-" + std::to_string(::getpid()))
+                                      : fs::path(keep);
+  const nlohmann::json cj = bench_config(vocab);
+  const ForwardConfig c = own ? ForwardConfig::from_json(cj, "bench config")
+                              : ForwardConfig::from_file(dir / "config.json");
+  int64_t params = 0;
+  if (own) {
+    params = write_random_checkpoint(dir, cj, fp8);
+  } else {
+    for (const auto& sp : tensor_specs(c)) {
+      int64_t n = 1;
+      for (int64_t d : sp.shape) n *= d;
+      params += n;
+    }
+  }
 
   // Bytes one decode step streams: every non-expert matrix (and its scales), k routed experts
   // + the shared one per layer, lm_head, one embedding row.
@@ -406,6 +425,6 @@ int main(int argc, char** argv) {
     std::printf("%7d %12.1f %14.1f %12.1f %16.1f %14.1f\n", nt, bw, bw * 1e9 / double(streamed),
                 decode_best, batch_best, prefill_best);
   }
-  if (keep.empty()) fs::remove_all(dir);
+  if (own && keep.empty()) fs::remove_all(dir);
   return 0;
 }

@@ -17,7 +17,6 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -25,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "engine/model.h"
+#include "engine/sampler.h"
 #include "engine/tokenizer.h"
 
 namespace agentrt::cli {
@@ -90,20 +90,6 @@ std::vector<int64_t> parse_chunks(const std::string& s) {
   return out;
 }
 
-// Greedy at temperature 0, else a draw from softmax(logits / temperature). (Engine A's Sampler,
-// with top-k/top-p and the grammar mask, is what the runtime uses; this keeps the CLI standalone.)
-int32_t sample(const std::vector<float>& logits, float temperature, std::mt19937_64& rng) {
-  const auto best = std::max_element(logits.begin(), logits.end());
-  if (temperature == 0.0f) return int32_t(best - logits.begin());
-  std::vector<double> p(logits.size());
-  double sum = 0;
-  for (size_t i = 0; i < p.size(); ++i) sum += (p[i] = std::exp((logits[i] - *best) / temperature));
-  double u = std::uniform_real_distribution<double>(0.0, sum)(rng);
-  for (size_t i = 0; i < p.size(); ++i)
-    if ((u -= p[i]) <= 0) return int32_t(i);
-  return int32_t(best - logits.begin());
-}
-
 engine::LoadOptions load_options(const Flags& f) {
   engine::LoadOptions o;
   if (const auto* t = f.find("threads")) o.threads = int(parse_int(*t, "--threads"));
@@ -167,17 +153,16 @@ int cmd_generate(const Args& args) {
   const std::string prompt = f.required("prompt");
   const int64_t max_tokens =
       f.find("max-tokens") ? parse_int(*f.find("max-tokens"), "--max-tokens") : 64;
-  float temperature = 1.0f;
-  uint64_t seed = 0;
+  engine::SamplingParams sampling;
   if (const auto* t = f.find("temperature")) {
     try {
-      temperature = std::stof(*t);
+      sampling.temperature = std::stof(*t);
     } catch (const std::exception&) {
       throw std::invalid_argument("--temperature: '" + *t + "' is not a number");
     }
-    if (!(temperature >= 0)) throw std::invalid_argument("--temperature must be >= 0");
+    if (!(sampling.temperature >= 0)) throw std::invalid_argument("--temperature must be >= 0");
   }
-  if (const auto* s = f.find("seed")) seed = uint64_t(parse_int(*s, "--seed"));
+  if (const auto* s = f.find("seed")) sampling.seed = uint64_t(parse_int(*s, "--seed"));
   // The tokenizer: --tokenizer, else the model folder's tokenizer.json, else the fetched one
   // under $AGENTRT_HOME.
   std::filesystem::path tok_path;
@@ -200,11 +185,11 @@ int cmd_generate(const Args& args) {
                                " is outside the model's vocabulary (" +
                                std::to_string(model->vocab_size()) + ")");
   auto seq = model->new_sequence();
-  std::mt19937_64 rng(seed);
+  engine::Sampler sampler(sampling);
   engine::StreamingDecoder decoder(tokenizer);
   std::vector<float> logits = seq->forward(ids);
   for (int64_t i = 0; i < max_tokens; ++i) {
-    const int32_t next = sample(logits, temperature, rng);
+    const int32_t next = sampler.sample(logits).token;
     if (next == tokenizer->eos_id()) break;
     const std::string text = decoder.push(next);
     std::fwrite(text.data(), 1, text.size(), stdout);
