@@ -3,9 +3,12 @@
 #include "engine/model.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cmath>
 #include <thread>
 
+#include "engine/model_init.h"
 #include "tests/engine/golden_fixture.h"
 
 namespace agentrt::engine {
@@ -93,6 +96,30 @@ TEST(Model, SequencesOnSeveralThreadsShareOneModel) {
   for (int i = 0; i < 3; ++i)
     for (int p = 0; p < 60 + i; ++p)
       EXPECT_LE(testing::rel_l2(&results[i][p * V], &f.prefill[p * V], V), 1e-4) << i << " " << p;
+}
+
+TEST(Model, LoadsWhatModelInitWrites) {
+  // Engine A's random-model maker and this engine must agree on names, shapes and config.
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("agentrt-model-init-" + std::to_string(::getpid()));
+  ModelInitOptions o;
+  o.preset = "tiny";
+  o.vocab_size = 1000;
+  o.seed = 5;
+  write_random_model(dir, o);
+  auto model = Model::load(dir, {Device::cpu, 1});
+  EXPECT_EQ(model->vocab_size(), 1000);
+  auto seq = model->new_sequence();
+  std::vector<int32_t> ids(70);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 37) % 1000);
+  const auto logits = seq->forward(ids, true);
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  // Chunked through the cache gives the same rows.
+  auto seq2 = model->new_sequence();
+  const auto a = seq2->forward(std::span(ids).first(33), true);
+  const auto b = seq2->forward(std::span(ids).subspan(33), true);
+  EXPECT_LE(testing::rel_l2(b.data() + 10 * 1000, logits.data() + 43 * 1000, 1000), 1e-5);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Model, EmptyForwardIsANoOp) {
