@@ -171,6 +171,29 @@ void dot_multi_half(const uint16_t* w, const float* x, int64_t cols, int64_t nt,
   }
 }
 
+// The FP8 version: per 128-column block, accumulate unscaled, then apply the block's scale.
+void dot_multi_fp8(const WeightMatrix& w, int64_t row, const float* x, int64_t nt, float* out) {
+  const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * w.cols;
+  for (int64_t t = 0; t < nt; ++t) out[t] = 0;
+  for (int64_t c0 = 0, blk = 0; c0 < w.cols; c0 += kFp8Block, ++blk) {
+    const int64_t c1 = std::min(w.cols, c0 + kFp8Block);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    int64_t c = c0;
+    for (; c + 8 <= c1; c += 8) {
+      const __m256 wv = load_e4m3x8_div256(p + c);
+      for (int64_t t = 0; t < nt; ++t)
+        acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * w.cols + c), acc[t]);
+    }
+    const float scale = fp8_scale(w, row, blk);
+    for (int64_t t = 0; t < nt; ++t) {
+      float v = hsum(acc[t]) * 256.0f;
+      for (int64_t j = c; j < c1; ++j) v += kE4m3.v[p[j]] * x[t * w.cols + j];
+      out[t] += v * scale;
+    }
+  }
+}
+
 void dot_multi(const WeightMatrix& w, int64_t row, const float* x, int64_t nt, float* out) {
   const auto* p16 = static_cast<const uint16_t*>(w.data) + row * w.cols;
   switch (w.type) {
@@ -178,7 +201,9 @@ void dot_multi(const WeightMatrix& w, int64_t row, const float* x, int64_t nt, f
       return dot_multi_half<load_bf16x8, bf16_to_f32>(p16, x, w.cols, nt, out);
     case WeightType::f16:
       return dot_multi_half<load_f16x8, f16_scalar>(p16, x, w.cols, nt, out);
-    default:
+    case WeightType::f8_e4m3:
+      return dot_multi_fp8(w, row, x, nt, out);
+    case WeightType::f32:
       for (int64_t t = 0; t < nt; ++t) out[t] = dot_weight_row(w, row, x + t * w.cols);
   }
 }
