@@ -57,9 +57,8 @@ float fp8_scale(const WeightMatrix& w, int64_t row, int64_t col_block) {
 // instruction. (The e4m3 NaN code decodes as 480 here; checkpoints do not hold NaNs.)
 __m256 load_e4m3x8_div256(const uint8_t* p) {
   const __m128i b = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
-  const __m128i mag = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7);
-  const __m128i sign = _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8);
-  return _mm256_cvtph_ps(_mm_or_si128(mag, sign));
+  const __m128i t = _mm_slli_epi16(b, 7);  // see load_e4m3x16_div256
+  return _mm256_cvtph_ps(_mm_add_epi16(t, _mm_and_si128(t, _mm_set1_epi16(0x4000))));
 }
 
 float hsum(__m256 v);
@@ -67,20 +66,40 @@ float hsum(__m256 v);
 float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x);
 namespace {
 
+// Sixteen at a time: one widening, one mask/shift pass over 256 bits, two F16C conversions.
+void load_e4m3x16_div256(const uint8_t* p, __m256& lo, __m256& hi) {
+  const __m256i b = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  // b << 7 puts exponent and mantissa in place and the sign at bit 14; adding bit 14 to itself
+  // carries it into bit 15 (the float16 sign) and clears it.
+  const __m256i t = _mm256_slli_epi16(b, 7);
+  const __m256i h = _mm256_add_epi16(t, _mm256_and_si256(t, _mm256_set1_epi16(0x4000)));
+  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
+  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
+}
+
 float dot_fp8(const WeightMatrix& w, int64_t row, const float* x) {
   const uint8_t* p = static_cast<const uint8_t*>(w.data) + row * w.cols;
-  float total = 0;
+  __m256 total = _mm256_setzero_ps();
+  float tail = 0;
   for (int64_t c0 = 0, blk = 0; c0 < w.cols; c0 += kFp8Block, ++blk) {
     const int64_t c1 = std::min(w.cols, c0 + kFp8Block);
-    __m256 acc = _mm256_setzero_ps();
+    const float scale = fp8_scale(w, row, blk);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     int64_t c = c0;
+    for (; c + 16 <= c1; c += 16) {
+      __m256 lo, hi;
+      load_e4m3x16_div256(p + c, lo, hi);
+      a0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + c), a0);
+      a1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + c + 8), a1);
+    }
     for (; c + 8 <= c1; c += 8)
-      acc = _mm256_fmadd_ps(load_e4m3x8_div256(p + c), _mm256_loadu_ps(x + c), acc);
-    float s = hsum(acc) * 256.0f;
+      a0 = _mm256_fmadd_ps(load_e4m3x8_div256(p + c), _mm256_loadu_ps(x + c), a0);
+    total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(scale * 256.0f), total);
+    float s = 0;
     for (; c < c1; ++c) s += kE4m3.v[p[c]] * x[c];
-    total += s * fp8_scale(w, row, blk);
+    tail += s * scale;
   }
-  return total;
+  return hsum(total) + tail;
 }
 
 float bf16_to_f32(uint16_t v) {
