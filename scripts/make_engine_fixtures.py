@@ -13,7 +13,8 @@ schedule.json, logits_prefill.bin and logits_chunked.bin (float32 little-endian,
 [positions][vocab]), rope.json (transformers' inv_freq per rope type, for the rope unit test),
 meta.json (what the config exercises, the top-k margins seen by the indexer).
 
-Usage (on a machine with torch + transformers 5.17):
+Usage (on a machine with torch + transformers 5.17; scripts/device_engine.sh does this on the
+GPU machine and packs $OUT/golden.tar, which unpacks into tests/engine/fixtures/golden/):
   python3 scripts/make_engine_fixtures.py --out /tmp/golden [--tar /tmp/golden.tar]
 """
 
@@ -241,6 +242,9 @@ def build(name, spec, out_dir):
     d = os.path.join(out_dir, name)
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d, safe_serialization=True)
+    gen = os.path.join(d, "generation_config.json")  # not needed by the engine or the tests
+    if os.path.exists(gen):
+        os.remove(gen)
     # The checkpoint must reload into the same model.
     back = DeepseekV4ForCausalLM.from_pretrained(d, dtype=torch.float32).eval().to(torch.float64)
     back.config._attn_implementation = "eager"
