@@ -61,7 +61,7 @@ void attention_forward(const AttentionContext& ctx, std::span<const AttentionRow
   const ForwardConfig& c = ctx.config;
   const AttentionWeights& w = ctx.weights;
   const Parallel& par = ctx.par;
-  const int64_t n = int64_t(rows.size()), H = c.hidden, hd = c.head_dim, heads = c.heads;
+  const int64_t n = int64_t(rows.size()), hd = c.head_dim, heads = c.heads;
   const int64_t half = c.rope_dim / 2;
 
   // Queries: low-rank q (its normed residual also feeds the indexer), per-head unweighted norm.
@@ -181,7 +181,6 @@ void attention_forward(const AttentionContext& ctx, std::span<const AttentionRow
       std::copy_n(gout.data() + t * r, r, grouped.data() + t * c.o_groups * r + g * r);
   }
   matmul(grouped.data(), n, w.wo_b, out, par);
-  (void)H;
 }
 
 }  // namespace agentrt::engine
