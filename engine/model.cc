@@ -130,11 +130,23 @@ void CpuSequence::forward_slices(std::span<const int32_t> tokens, bool all_posit
 
 }  // namespace
 
+#ifdef AGENTRT_HAVE_CUDA
+// The CUDA backend's entry point, defined in engine/cuda/ (built only with nvcc). It throws a
+// clear error when no GPU is present.
+std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
+                                             const LoadOptions& options);
+#endif
+
 std::shared_ptr<const Model> Model::load(const std::filesystem::path& dir,
                                          const LoadOptions& options) {
-  if (options.device == Device::cuda)
+  if (options.device == Device::cuda) {
+#ifdef AGENTRT_HAVE_CUDA
+    return load_cuda_model(dir, options);
+#else
     throw std::runtime_error("Model::load(" + dir.string() +
                              "): CUDA backend not built/available in this build");
+#endif
+  }
   ForwardConfig fconfig = ForwardConfig::from_file(dir / "config.json");
   ForwardWeights weights = ForwardWeights::load(dir, fconfig);
   return std::make_shared<CpuModel>(std::move(fconfig), std::move(weights), options.threads);
