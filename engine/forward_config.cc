@@ -92,6 +92,7 @@ ForwardConfig ForwardConfig::from_json(const json& j, const std::string& where) 
   c.index_heads = optional<int64_t>(j, "index_n_heads", 0);
   c.index_head_dim = optional<int64_t>(j, "index_head_dim", 0);
   c.index_topk = optional<int64_t>(j, "index_topk", 0);
+  c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", false);
 
   // Rope dim: partial_rotary_factor * head_dim, or the legacy qk_rope_head_dim.
   if (j.contains("qk_rope_head_dim") && !j["qk_rope_head_dim"].is_null()) {

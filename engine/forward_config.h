@@ -51,6 +51,7 @@ struct ForwardConfig {
   int64_t index_heads = 0;
   int64_t index_head_dim = 0;
   int64_t index_topk = 0;
+  bool tie_word_embeddings = false;  // lm_head reuses the embedding
   RopeParams rope_main;
   RopeParams rope_compress;
   std::vector<ForwardLayer> layers;

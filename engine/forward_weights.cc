@@ -301,7 +301,7 @@ ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const Forw
   w.storage = files;
   const int64_t H = c.hidden, hc = c.hc_mult, mix = (2 + hc) * hc;
   w.embed = r.matrix("embed.weight", c.vocab_size, H);
-  w.head = r.matrix("head.weight", c.vocab_size, H);
+  w.head = c.tie_word_embeddings ? w.embed : r.matrix("head.weight", c.vocab_size, H);
   w.norm = r.floats("norm.weight", {H});
   w.hc_head_fn = r.floats("hc_head_fn", {hc, hc * H});
   w.hc_head_base = r.floats("hc_head_base", {hc});

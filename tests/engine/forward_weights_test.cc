@@ -111,3 +111,24 @@ TEST(ForwardWeights, UnexpectedTensorIsNamed) {
 
 }  // namespace
 }  // namespace agentrt::engine
+
+namespace agentrt::engine {
+namespace {
+
+TEST(ForwardWeights, TiedEmbeddingsNeedNoHead) {
+  const auto dir = edited_copy("tied", [](nlohmann::json& j) { j.erase("head.weight"); });
+  EXPECT_NE(load_error(edited_copy("untied", [](nlohmann::json& j) { j.erase("head.weight"); }))
+                .find("head.weight"),
+            std::string::npos);
+  std::ifstream in(dir / "config.json");
+  auto cfg = nlohmann::json::parse(in);
+  cfg["tie_word_embeddings"] = true;
+  std::ofstream(dir / "config.json") << cfg.dump();
+  const ForwardConfig c = ForwardConfig::from_file(dir / "config.json");
+  const ForwardWeights w = ForwardWeights::load(dir, c);
+  EXPECT_EQ(w.head.data, w.embed.data);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
