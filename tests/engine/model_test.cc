@@ -122,6 +122,24 @@ TEST(Model, LoadsWhatModelInitWrites) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(Model, LongPromptIsSlicedWithoutChangingTheResult) {
+  // Over 512 rows, forward() runs in slices; the rows must equal a run in other chunk sizes.
+  auto model = tiny();
+  const int64_t V = model->vocab_size();
+  std::vector<int32_t> ids(1100);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = int32_t((i * 7919 + 13) % V);
+  auto one = model->new_sequence();
+  const auto all = one->forward(ids, true);
+  auto chunked = model->new_sequence();
+  for (size_t pos = 0; pos < ids.size(); pos += 300) {
+    const size_t n = std::min<size_t>(300, ids.size() - pos);
+    const auto part = chunked->forward(std::span(ids).subspan(pos, n), true);
+    for (size_t i = 0; i < n; i += 37)
+      ASSERT_LE(testing::rel_l2(&part[i * V], &all[(pos + i) * V], V), 1e-5) << pos + i;
+  }
+  EXPECT_EQ(one->length(), 1100);
+}
+
 TEST(Model, EmptyForwardIsANoOp) {
   auto model = tiny();
   auto seq = model->new_sequence();
