@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <functional>
 #include <map>
+#include <span>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -74,10 +75,11 @@ class RepeatHoister {
   int counter_ = 0;
 };
 
+// A state's edges, as views into the builder's packed arrays (see NfaBuilder::finish).
 struct NfaState {
-  std::vector<int32_t> eps;
-  std::vector<PdaByteEdge> bytes;
-  std::vector<PdaRefEdge> refs;
+  std::span<const int32_t> eps;
+  std::span<const PdaByteEdge> bytes;
+  std::span<const PdaRefEdge> refs;
 };
 
 class NfaBuilder {
@@ -89,32 +91,62 @@ class NfaBuilder {
   };
 
   int32_t add() {
-    if (states.size() >= kMaxNfaStates) {
+    if (num_states_ >= kMaxNfaStates) {
       throw GrammarError("rule '" + rule_ + "' is too large (over " +
                          std::to_string(kMaxNfaStates) + " automaton states)");
     }
-    states.emplace_back();
-    return static_cast<int32_t>(states.size() - 1);
+    return static_cast<int32_t>(num_states_++);
+  }
+  void eps(int32_t from, int32_t to) { eps_.push_back({from, to}); }
+  void byte(int32_t from, uint8_t lo, uint8_t hi, int32_t to) {
+    bytes_.push_back({from, PdaByteEdge{lo, hi, to}});
+  }
+  void ref(int32_t from, int32_t rule, int32_t to) {
+    refs_.push_back({from, PdaRefEdge{rule, to}});
+  }
+  // Rule references are renumbered before finish().
+  template <typename Renumber>
+  void renumber_refs(Renumber f) {
+    for (auto& [from, r] : refs_) r.rule = f(r.rule);
+  }
+
+  // Packs the edges by source state (counting sort) and fills `states` with views of them.
+  void finish() {
+    pack(eps_, eps_packed_, [](const std::pair<int32_t, int32_t>& e) { return e.second; });
+    pack(bytes_, bytes_packed_, [](const std::pair<int32_t, PdaByteEdge>& e) { return e.second; });
+    pack(refs_, refs_packed_, [](const std::pair<int32_t, PdaRefEdge>& e) { return e.second; });
+    states.assign(num_states_, NfaState{});
+    for (size_t s = 0; s < num_states_; ++s) {
+      states[s].eps = view(eps_packed_, s);
+      states[s].bytes = view(bytes_packed_, s);
+      states[s].refs = view(refs_packed_, s);
+    }
   }
 
   Fragment build(const Expr& e) {
     switch (e.kind) {
       case Expr::Kind::kSequence: {
-        int32_t s = add();
-        int32_t cur = s;
-        for (const Expr& c : e.children) {
-          Fragment f = build(c);
-          states[cur].eps.push_back(f.start);
+        if (e.children.empty()) {
+          int32_t s = add();
+          return {s, s};
+        }
+        // Starts where the first item starts: no construction adds edges out of a fragment's
+        // start, so it can be shared.
+        Fragment first = build(e.children[0]);
+        int32_t cur = first.end;
+        for (size_t i = 1; i < e.children.size(); ++i) {
+          Fragment f = build(e.children[i]);
+          eps(cur, f.start);
           cur = f.end;
         }
-        return {s, cur};
+        return {first.start, cur};
       }
       case Expr::Kind::kAlternation: {
         int32_t s = add(), t = add();
         for (const Expr& c : e.children) {
           Fragment f = build(c);
-          states[s].eps.push_back(f.start);
-          states[f.end].eps.push_back(t);
+          eps(s, f.start);
+          eps(f.end, t);
         }
         return {s, t};
       }
@@ -124,7 +156,7 @@ class NfaBuilder {
         for (char ch : e.text) {
           int32_t n = add();
           auto b = static_cast<uint8_t>(ch);
-          states[cur].bytes.push_back({b, b, n});
+          byte(cur, b, b, n);
           cur = n;
         }
         return {s, cur};
@@ -136,7 +168,7 @@ class NfaBuilder {
             int32_t cur = s;
             for (size_t i = 0; i < seq.size(); ++i) {
               int32_t n = i + 1 == seq.size() ? t : add();
-              states[cur].bytes.push_back({seq[i].lo, seq[i].hi, n});
+              byte(cur, seq[i].lo, seq[i].hi, n);
               cur = n;
             }
           }
@@ -145,7 +177,7 @@ class NfaBuilder {
       }
       case Expr::Kind::kRuleRef: {
         int32_t s = add(), t = add();
-        states[s].refs.push_back({e.rule, t});
+        ref(s, e.rule, t);
         return {s, t};
       }
       case Expr::Kind::kRepeat: {
@@ -154,24 +186,24 @@ class NfaBuilder {
         int32_t cur = s;
         for (uint32_t i = 0; i < e.min; ++i) {
           Fragment f = build(item);
-          states[cur].eps.push_back(f.start);
+          eps(cur, f.start);
           cur = f.end;
         }
         if (e.max == Expr::kUnbounded) {
           Fragment f = build(item);
-          states[cur].eps.push_back(f.start);
-          states[f.end].eps.push_back(cur);
+          eps(cur, f.start);
+          eps(f.end, cur);
           return {s, cur};
         }
         // Nested optionals (x (x (x)?)?)? rather than x? x? x?: determinises without blow-up.
         int32_t t = add();
         for (uint32_t i = e.min; i < e.max; ++i) {
           Fragment f = build(item);
-          states[cur].eps.push_back(f.start);
-          states[cur].eps.push_back(t);
+          eps(cur, f.start);
+          eps(cur, t);
           cur = f.end;
         }
-        states[cur].eps.push_back(t);
+        eps(cur, t);
         return {s, t};
       }
     }
@@ -181,7 +213,35 @@ class NfaBuilder {
   std::vector<NfaState> states;
 
  private:
+  template <typename T>
+  struct Packed {
+    std::vector<uint32_t> offsets;  // per state + 1
+    std::vector<T> items;
+  };
+  template <typename Edge, typename T, typename Get>
+  void pack(const std::vector<Edge>& edges, Packed<T>& out, Get get) {
+    out.offsets.assign(num_states_ + 1, 0);
+    for (const Edge& e : edges) ++out.offsets[e.first + 1];
+    for (size_t s = 0; s < num_states_; ++s) out.offsets[s + 1] += out.offsets[s];
+    out.items.resize(edges.size());
+    std::vector<uint32_t> next(out.offsets.begin(), out.offsets.end() - 1);
+    // Keeps the insertion order per state (the determinizer does not depend on it, but tests
+    // and error messages stay stable).
+    for (const Edge& e : edges) out.items[next[e.first]++] = get(e);
+  }
+  template <typename T>
+  static std::span<const T> view(const Packed<T>& p, size_t s) {
+    return std::span<const T>(p.items.data() + p.offsets[s], p.offsets[s + 1] - p.offsets[s]);
+  }
+
   const std::string& rule_;
+  size_t num_states_ = 0;
+  std::vector<std::pair<int32_t, int32_t>> eps_;
+  std::vector<std::pair<int32_t, PdaByteEdge>> bytes_;
+  std::vector<std::pair<int32_t, PdaRefEdge>> refs_;
+  Packed<int32_t> eps_packed_;
+  Packed<PdaByteEdge> bytes_packed_;
+  Packed<PdaRefEdge> refs_packed_;
 };
 
 // Subset construction of one rule's NFA; appends the DFA states to `out` and returns its start.
@@ -349,9 +409,8 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
     const GrammarRule& rule = rules[order[i]];
     NfaBuilder nfa(rule.name);
     NfaBuilder::Fragment frag = nfa.build(rule.body);
-    for (NfaState& s : nfa.states) {
-      for (PdaRefEdge& r : s.refs) r.rule = pda_index[r.rule];
-    }
+    nfa.renumber_refs([&](int32_t r) { return pda_index[r]; });
+    nfa.finish();
     int32_t start = Determinizer(nfa, frag, static_cast<int32_t>(i), rule.name, pda.states).run();
     pda.rules.push_back(PdaRule{rule.name, start, false});
   }
