@@ -27,7 +27,7 @@ class ProgressPrinter {
         std::fflush(stdout);
         break;
       case AgentEvent::Kind::tool_call_end:
-        std::fprintf(stderr, "\n  [step %d.%d] call %s %s\n", step_index + 1, e.step, e.name.c_str(), e.data.dump().c_str());
+        std::fprintf(stderr, "\n  [step %d.%d] call %s %s\n", step_index + 1, e.step, e.name.c_str(), e.data.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
         break;
       case AgentEvent::Kind::tool_result: {
         const bool ok = e.data.value("ok", false);
@@ -89,7 +89,7 @@ int cmd_run(const Args& args) {
     if (json) {
       nlohmann::json j = to_json(e);
       j["workflow_step"] = step;
-      std::cout << j.dump() << "\n" << std::flush;
+      std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n" << std::flush;
       return;
     }
     if (step != current) {
@@ -102,7 +102,7 @@ int cmd_run(const Args& args) {
     const auto& r = result.steps[i];
     if (json) {
       std::cout << nlohmann::json{{"type", "step_result"}, {"workflow_step", i}, {"stop", std::string(to_string(r.stop))}, {"final", r.final_text},
-                                  {"steps", r.steps}, {"tool_calls", r.tool_calls}, {"error", r.error}}.dump()
+                                  {"steps", r.steps}, {"tool_calls", r.tool_calls}, {"error", r.error}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
                 << "\n";
     } else {
       std::fprintf(stderr, "\nstep %zu: %s after %d model turn(s), %d tool call(s)%s%s\n", i + 1, std::string(to_string(r.stop)).c_str(), r.steps,

@@ -135,6 +135,7 @@ class LoopSession : public Session {
       }
       request.encoding = options_.encoding;
       request.constrained = options_.constrained;
+      request.value_bounds = options_.value_bounds;
       result.steps = step;
 
       GenerationResult generated;
@@ -216,7 +217,7 @@ class LoopSession : public Session {
  private:
   void append(const chat::Message& m) {
     messages_.push_back(m);
-    if (transcript_) transcript_->write({{"type", "message"}, {"message", nlohmann::json::parse(chat::to_openai(m).dump())}});
+    if (transcript_) transcript_->write({{"type", "message"}, {"message", nlohmann::json::parse(chat::to_openai(m).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))}});
   }
 
   std::shared_ptr<Backend> backend_;

@@ -64,6 +64,7 @@ struct AgentOptions {
   tools::ToolContext tool_context;  // workspace, network, sandbox limits, timeouts
   chat::EncodeOptions encoding;
   bool constrained = true;
+  GenerationRequest::ValueBounds value_bounds;
 };
 
 struct TurnOptions {

@@ -40,6 +40,14 @@ struct GenerationRequest {
   engine::SamplingParams sampling;
   int max_tokens = 1024;
   chat::EncodeOptions encoding;
+  // A random or weak model can write a string, number or array forever. Bounds set here (0 =
+  // off) are added to tool parameter schemas that have none, so every call the grammar allows
+  // also ends. The toolcall benchmark and the demo's random model use them.
+  struct ValueBounds {
+    int max_string_chars = 0;
+    int max_array_items = 0;
+    int64_t max_abs_integer = 0;
+  } value_bounds;
   // Native: mask every sampled token with the grammar. Remote: send the grammar as the
   // server's guided-decoding parameter. Off only for measurements (bench --unconstrained).
   bool constrained = true;

@@ -21,7 +21,7 @@ TranscriptWriter::~TranscriptWriter() {
 }
 
 void TranscriptWriter::write(const nlohmann::json& record) {
-  const std::string line = record.dump() + "\n";
+  const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::lock_guard lock(mutex_);
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
     throw std::runtime_error(path_.string() + ": transcript write failed (disk full?)");

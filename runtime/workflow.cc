@@ -91,7 +91,7 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
   Reader r(file);
   Workflow w;
   w.file = file;
-  r.only(root, "", {"model", "system", "tools", "sandbox", "workspace", "limits", "sampling", "tool_choice", "parallel_tool_calls", "thinking", "steps", "output"});
+  r.only(root, "", {"model", "system", "tools", "sandbox", "workspace", "limits", "sampling", "tool_choice", "parallel_tool_calls", "thinking", "steps", "output", "bounded_values"});
   if (const auto m = root["model"]) {
     r.only(m, "model", {"backend", "path", "device", "threads", "url", "name", "api_key_env", "guided_decoding"});
     if (m["backend"]) w.backend.kind = r.get<std::string>(m["backend"], "model.backend");
@@ -162,6 +162,9 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
     }
   };
   if (root["tool_choice"]) w.options.tool_choice = tool_choice(root["tool_choice"], "tool_choice");
+  if (root["bounded_values"] && r.get<bool>(root["bounded_values"], "bounded_values")) {
+    w.options.value_bounds = {48, 4, 1000000};
+  }
   if (root["parallel_tool_calls"]) w.options.parallel_tool_calls = r.get<bool>(root["parallel_tool_calls"], "parallel_tool_calls");
   if (root["thinking"]) {
     w.options.encoding.thinking = r.get<bool>(root["thinking"], "thinking") ? chat::ThinkingMode::thinking : chat::ThinkingMode::non_thinking;
