@@ -74,11 +74,20 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
       ojson props = ojson::object();
       for (const auto& [pk, pv] : v.items()) props[pk] = normalize(pv, b);
       out[k] = props;
+    } else if (k == "optional") {
+      continue;  // BFCL annotation; optionality is what `required` says
     } else if (k == "description" || k == "title" || k == "default" || k == "examples") {
       out[k] = v;
     } else {
       out[k] = normalize(v, b);
     }
+  }
+  // Bounded mode writes an unconstrained value ("any", Java container types) as a short string:
+  // any value is valid there, and a string ends.
+  if (b.max_string_chars > 0 && !out.contains("type")) {
+    bool shaped = false;
+    for (const char* kw : {"anyOf", "oneOf", "allOf", "enum", "const", "$ref", "properties", "items", "not"}) shaped = shaped || out.contains(kw);
+    if (!shaped) out["type"] = "string";
   }
   const std::string type = out.contains("type") && out["type"].is_string() ? out["type"].get<std::string>() : "";
   const bool closed = out.contains("enum") || out.contains("const");
@@ -86,7 +95,12 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
     out["maxLength"] = b.max_string_chars;
   }
   if (!closed && type == "array" && b.max_array_items > 0 && !out.contains("maxItems")) out["maxItems"] = b.max_array_items;
-  if (!closed && type == "integer" && b.max_abs_integer > 0) {
+  // Bounded mode writes unbounded numbers as bounded integers: still valid numbers, and they end.
+  if (!closed && type == "number" && b.max_abs_integer > 0 && !out.contains("minimum") && !out.contains("maximum") &&
+      !out.contains("exclusiveMinimum") && !out.contains("exclusiveMaximum") && !out.contains("multipleOf")) {
+    out["type"] = "integer";
+  }
+  if (!closed && (type == "integer" || out.value("type", "") == "integer") && b.max_abs_integer > 0) {
     if (!out.contains("minimum") && !out.contains("exclusiveMinimum")) out["minimum"] = -b.max_abs_integer;
     if (!out.contains("maximum") && !out.contains("exclusiveMaximum")) out["maximum"] = b.max_abs_integer;
   }
@@ -95,7 +109,15 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
 
 }  // namespace
 
-nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schema) { return normalize(schema); }
+nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schema, const GenerationRequest::ValueBounds& bounds) {
+  // The parameters themselves are always an object, whatever the bounds do to untyped values.
+  ojson out = normalize(schema, bounds);
+  if (out.is_object() && (!schema.contains("type") || out.value("type", "") == "string")) {
+    out["type"] = "object";
+    out.erase("maxLength");
+  }
+  return out;
+}
 
 NativeBackend::NativeBackend(const std::filesystem::path& model_dir, const NativeBackendOptions& options) {
   std::filesystem::path tok_dir = options.tokenizer_dir.empty() ? model_dir : options.tokenizer_dir;
@@ -170,7 +192,7 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
       std::vector<grammars::ToolSignature> signatures;
       for (const auto& tool : request.tools) {
         const ojson& fn = tool.contains("function") ? tool["function"] : tool;
-        signatures.push_back({fn.at("name").get<std::string>(), normalize(fn.value("parameters", ojson{{"type", "object"}}), request.value_bounds)});
+        signatures.push_back({fn.at("name").get<std::string>(), normalize_tool_schema(fn.value("parameters", ojson{{"type", "object"}}), request.value_bounds)});
       }
       grammars::ToolCallGrammarOptions options;
       options.parallel_calls = request.parallel_tool_calls;

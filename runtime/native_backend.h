@@ -55,6 +55,8 @@ class NativeBackend : public Backend {
 
 // Converts BFCL / loose tool schemas to standard JSON Schema ("dict" -> object, "float" ->
 // number, "tuple" -> array, "any" -> {}), as the grammar compiler needs.
-nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schema);
+// With bounds, unbounded values get limits that keep their validity (see GenerationRequest).
+nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schema,
+                                             const GenerationRequest::ValueBounds& bounds = {});
 
 }  // namespace agentrt
