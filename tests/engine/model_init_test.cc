@@ -1,6 +1,10 @@
 #include "engine/model_init.h"
 
+#include <cmath>
 #include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
 
 #include <gtest/gtest.h>
 
@@ -52,6 +56,41 @@ TEST(ModelInit, UnknownPresetOrDtypeIsAnError) {
   options.preset = "tiny";
   options.dtype = "f8";
   EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options), std::invalid_argument);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
+
+namespace agentrt::engine {
+namespace {
+
+TEST(ModelInit, TransformersLoadsTheCheckpointAndAgreesWithOurEngine) {
+  const auto fixture = std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/engine/fixtures/model_init";
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_model_init_golden";
+  std::filesystem::remove_all(dir);
+  ModelInitOptions options;
+  options.vocab_size = 2048;
+  options.dtype = "f32";
+  options.seed = 11;
+  write_random_model(dir, options);
+  std::ifstream ids_in(fixture / "ids.json");
+  const auto ids = nlohmann::json::parse(ids_in).get<std::vector<int32_t>>();
+  std::ifstream ref_in(fixture / "transformers_logits.bin", std::ios::binary);
+  std::vector<float> ref(ids.size() * 2048);
+  ref_in.read(reinterpret_cast<char*>(ref.data()), static_cast<std::streamsize>(ref.size() * 4));
+  ASSERT_TRUE(ref_in);
+  const auto ours = Model::load(dir)->new_sequence()->forward(ids, true);
+  ASSERT_EQ(ours.size(), ref.size());
+  for (size_t p = 0; p < ids.size(); ++p) {
+    double num = 0, den = 0;
+    for (size_t v = 0; v < 2048; ++v) {
+      const double d = ours[p * 2048 + v] - ref[p * 2048 + v];
+      num += d * d;
+      den += static_cast<double>(ref[p * 2048 + v]) * ref[p * 2048 + v];
+    }
+    EXPECT_LT(std::sqrt(num / den), 1e-4) << "position " << p;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
