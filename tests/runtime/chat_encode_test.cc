@@ -71,3 +71,24 @@ TEST(Messages, ErrorsNameTheIndexAndField) {
 
 }  // namespace
 }  // namespace agentrt::chat
+
+#include "runtime/chat/encode_v3.h"
+
+namespace agentrt::chat {
+namespace {
+
+TEST(EncodeV3, ByteIdenticalToTheV3ChatTemplate) {
+  const auto path = std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/runtime/fixtures/encoding/v3_cases.json";
+  std::ifstream in(path);
+  const auto cases = nlohmann::json::parse(in)["cases"];
+  ASSERT_GE(cases.size(), 8u);
+  for (const auto& c : cases) {
+    const auto messages = parse_messages(c["messages"]);
+    EncodeV3Options options;
+    options.add_generation_prompt = c["add_generation_prompt"];
+    EXPECT_EQ(encode_v3(messages, options), c["expected"].get<std::string>()) << c["name"];
+  }
+}
+
+}  // namespace
+}  // namespace agentrt::chat
