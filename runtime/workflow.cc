@@ -110,7 +110,21 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
   }
   if (root["system"]) w.options.system_prompt = r.get<std::string>(root["system"], "system");
   if (const auto t = root["tools"]) {
-    r.only(t, "tools", {"builtin", "network", "http_allow", "http_allow_private"});
+    r.only(t, "tools", {"builtin", "mcp", "network", "http_allow", "http_allow_private"});
+    if (t["mcp"]) {
+      if (!t["mcp"].IsSequence()) r.fail("tools.mcp", "expected a list of {command: [...], prefix: NAME}");
+      for (size_t i = 0; i < t["mcp"].size(); ++i) {
+        const std::string path = "tools.mcp[" + std::to_string(i) + "]";
+        r.only(t["mcp"][i], path, {"command", "prefix", "timeout"});
+        tools::McpServerConfig server;
+        if (!t["mcp"][i]["command"]) r.fail(path + ".command", "missing");
+        server.command = r.get<std::vector<std::string>>(t["mcp"][i]["command"], path + ".command");
+        if (server.command.empty()) r.fail(path + ".command", "empty");
+        server.prefix = t["mcp"][i]["prefix"] ? r.get<std::string>(t["mcp"][i]["prefix"], path + ".prefix") : "mcp" + std::to_string(i);
+        if (t["mcp"][i]["timeout"]) server.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(r.get<double>(t["mcp"][i]["timeout"], path + ".timeout") * 1000));
+        w.mcp_servers.push_back(std::move(server));
+      }
+    }
     if (t["builtin"]) {
       if (!t["builtin"].IsSequence()) r.fail("tools.builtin", "expected a list of tool names");
       const auto known = tools::builtin_tool_names();
@@ -225,6 +239,8 @@ std::string expand_step_prompt(const std::string& prompt, const std::vector<std:
 WorkflowResult run_workflow(const Workflow& w, std::shared_ptr<Backend> backend, const std::function<void(int, const AgentEvent&)>& on_event) {
   auto registry = std::make_shared<tools::ToolRegistry>();
   if (!w.builtin_tools.empty()) tools::register_builtin_tools(*registry, w.builtin_tools);
+  std::vector<std::shared_ptr<tools::McpClient>> mcp;  // alive for the whole run
+  for (const auto& server : w.mcp_servers) mcp.push_back(tools::register_mcp_tools(*registry, server));
   fs::create_directories(w.options.tool_context.workspace);
   Agent agent(std::move(backend), registry, w.options);
   auto session = agent.new_session(w.transcript);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/agent.h"
+#include "tools/mcp_client.h"
 
 namespace agentrt {
 
@@ -38,6 +39,7 @@ struct Workflow {
   std::filesystem::path file;
   BackendConfig backend;
   std::vector<std::string> builtin_tools;
+  std::vector<tools::McpServerConfig> mcp_servers;
   AgentOptions options;
   std::vector<WorkflowStep> steps;
   std::optional<std::filesystem::path> final_output;
