@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <stdexcept>
 
 #include "engine/sampler.h"
@@ -76,10 +77,20 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
       out[k] = props;
     } else if (k == "optional") {
       continue;  // BFCL annotation; optionality is what `required` says
-    } else if (k == "description" || k == "title" || k == "default" || k == "examples") {
+    } else if (k == "default" || k == "examples") {
+      continue;  // annotations; a generated value need not equal them
+    } else if (k == "description" || k == "title") {
       out[k] = v;
     } else {
       out[k] = normalize(v, b);
+    }
+  }
+  // Required names that `properties` does not describe are still allowed (JSON Schema's default
+  // additionalProperties): declare them, or a grammar that closes objects could never write them.
+  if (out.contains("required") && out["required"].is_array()) {
+    if (!out.contains("properties") || !out["properties"].is_object()) out["properties"] = ojson::object();
+    for (const auto& name : out["required"]) {
+      if (name.is_string() && !out["properties"].contains(name.get<std::string>())) out["properties"][name.get<std::string>()] = normalize(ojson::object(), b);
     }
   }
   // Bounded mode writes an unconstrained value ("any", Java container types) as a short string:
@@ -101,8 +112,18 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
     out["type"] = "integer";
   }
   if (!closed && (type == "integer" || out.value("type", "") == "integer") && b.max_abs_integer > 0) {
-    if (!out.contains("minimum") && !out.contains("exclusiveMinimum")) out["minimum"] = -b.max_abs_integer;
-    if (!out.contains("maximum") && !out.contains("exclusiveMaximum")) out["maximum"] = b.max_abs_integer;
+    // Bound the open side only, relative to the closed one, so the range never becomes empty.
+    const bool has_min = out.contains("minimum") || out.contains("exclusiveMinimum");
+    const bool has_max = out.contains("maximum") || out.contains("exclusiveMaximum");
+    const auto bound = [&](const char* a, const char* b2) { return out.contains(a) ? out[a].get<double>() : out[b2].get<double>(); };
+    if (!has_min && !has_max) {
+      out["minimum"] = -b.max_abs_integer;
+      out["maximum"] = b.max_abs_integer;
+    } else if (has_min && !has_max) {
+      out["maximum"] = static_cast<int64_t>(std::ceil(bound("minimum", "exclusiveMinimum"))) + b.max_abs_integer;
+    } else if (!has_min && has_max) {
+      out["minimum"] = static_cast<int64_t>(std::floor(bound("maximum", "exclusiveMaximum"))) - b.max_abs_integer;
+    }
   }
   return out;
 }
