@@ -20,9 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
-#include <cmath>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -67,7 +68,8 @@ struct Pipe {
 };
 Pipe make_pipe() {
   int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw SandboxError(std::string("pipe: ") + std::strerror(errno));
+  if (::pipe2(fds, O_CLOEXEC) != 0)
+    throw SandboxError(std::string("pipe: ") + std::strerror(errno));
   return {Fd(fds[0]), Fd(fds[1])};
 }
 
@@ -101,7 +103,9 @@ void loopback_up() {
 }
 
 void set_limit(int resource, rlim_t value) {
-  struct rlimit r {value, value};
+  struct rlimit r {
+    value, value
+  };
   ::setrlimit(resource, &r);
 }
 
@@ -115,19 +119,23 @@ void set_limit(int resource, rlim_t value) {
   if (c.limits.cpu_seconds > 0) {
     // SIGXCPU at the soft limit (reportable), SIGKILL a second later if it is ignored.
     const rlim_t soft = static_cast<rlim_t>(std::ceil(c.limits.cpu_seconds));
-    struct rlimit r {soft, soft + 1};
+    struct rlimit r {
+      soft, soft + 1
+    };
     ::setrlimit(RLIMIT_CPU, &r);
   }
   // With a memory cgroup the kernel's OOM killer enforces the limit and we can report it;
   // RLIMIT_AS is the fallback (allocation failures, not reportable as a limit).
-  if (c.limits.memory_bytes && !a.memory_cgroup) set_limit(RLIMIT_AS, c.limits.memory_bytes + (64ull << 20));
+  if (c.limits.memory_bytes && !a.memory_cgroup)
+    set_limit(RLIMIT_AS, c.limits.memory_bytes + (64ull << 20));
   if (c.limits.file_size_bytes) set_limit(RLIMIT_FSIZE, c.limits.file_size_bytes);
   if (c.limits.max_open_files) set_limit(RLIMIT_NOFILE, c.limits.max_open_files);
   if (c.limits.max_processes) set_limit(RLIMIT_NPROC, c.limits.max_processes);
   set_limit(RLIMIT_CORE, 0);
   std::string cwd = c.cwd.empty() ? (c.workspace.empty() ? "/" : c.workspace_inside) : c.cwd;
   if (::chdir(cwd.c_str()) != 0) {
-    dprintf(2, "sandbox: cannot enter working directory %s: %s\n", cwd.c_str(), std::strerror(errno));
+    dprintf(2, "sandbox: cannot enter working directory %s: %s\n", cwd.c_str(),
+            std::strerror(errno));
     ::_exit(126);
   }
   // All capabilities dropped: bounding set, ambient, then the sets themselves.
@@ -141,8 +149,10 @@ void set_limit(int resource, rlim_t value) {
       ::_exit(126);
     }
   }
-  struct __user_cap_header_struct hdr {_LINUX_CAPABILITY_VERSION_3, 0};
-  struct __user_cap_data_struct data[2] {};
+  struct __user_cap_header_struct hdr {
+    _LINUX_CAPABILITY_VERSION_3, 0
+  };
+  struct __user_cap_data_struct data[2]{};
   ::syscall(SYS_capset, &hdr, data);
   ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
   if (const std::string e = install_seccomp_policy(); !e.empty()) {
@@ -159,14 +169,31 @@ void set_limit(int resource, rlim_t value) {
   ::_exit(127);
 }
 
+// Closes every descriptor from `first` up except those in `keep`: close_range over the gaps
+// (a few syscalls, and no upper bound a busy host process could exceed), one close per fd
+// where the kernel lacks close_range.
+void close_all_but(int first, std::array<int, 5> keep) {
+  std::sort(keep.begin(), keep.end());
+  unsigned lo = static_cast<unsigned>(first);
+  const auto close_span = [](unsigned from, unsigned to) {
+    if (from > to) return;
+    if (::syscall(SYS_close_range, from, to, 0) == 0) return;
+    for (unsigned fd = from; fd <= std::min(to, 65535u); ++fd) ::close(static_cast<int>(fd));
+  };
+  for (int fd : keep) {
+    if (fd < first) continue;
+    if (static_cast<unsigned>(fd) > lo) close_span(lo, static_cast<unsigned>(fd) - 1);
+    lo = std::max(lo, static_cast<unsigned>(fd) + 1);
+  }
+  close_span(lo, ~0u);
+}
+
 int init_main(void* arg) {
   const InitArgs& a = *static_cast<const InitArgs*>(arg);
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   // The parent's other descriptors (notably our end of the stdin pipe) must not stay open
   // here, or the command would never see end-of-file.
-  for (int fd = 3; fd < 4096; ++fd) {
-    if (fd != a.stdin_fd && fd != a.stdout_fd && fd != a.stderr_fd && fd != a.sync_fd && fd != a.status_fd) ::close(fd);
-  }
+  close_all_but(3, {a.stdin_fd, a.stdout_fd, a.stderr_fd, a.sync_fd, a.status_fd});
   char go = 0;
   if (::read(a.sync_fd, &go, 1) != 1 || go != 'G') ::_exit(127);
   if (a.userns) {
@@ -175,8 +202,10 @@ int init_main(void* arg) {
   }
   ::sethostname("sandbox", 7);
   if (!a.config->network) loopback_up();
-  if (const std::string e = build_minimal_root(*a.config, a.staging, true); !e.empty()) init_fail(a, e);
-  if (a.userns && (::setresgid(kInsideGid, kInsideGid, kInsideGid) != 0 || ::setresuid(kInsideUid, kInsideUid, kInsideUid) != 0)) {
+  if (const std::string e = build_minimal_root(*a.config, a.staging, true); !e.empty())
+    init_fail(a, e);
+  if (a.userns && (::setresgid(kInsideGid, kInsideGid, kInsideGid) != 0 ||
+                   ::setresuid(kInsideUid, kInsideUid, kInsideUid) != 0)) {
     init_fail(a, std::string("setresuid: ") + std::strerror(errno));
   }
   const pid_t child = ::fork();
@@ -202,8 +231,10 @@ int init_main(void* arg) {
 }
 
 std::vector<std::string> make_env(const SandboxConfig& c) {
-  std::vector<std::string> env = {"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + (c.workspace.empty() ? std::string("/tmp") : c.workspace_inside),
-                                  "LANG=C.UTF-8", "TERM=dumb", "USER=sandbox"};
+  std::vector<std::string> env = {
+      "PATH=/usr/local/bin:/usr/bin:/bin",
+      "HOME=" + (c.workspace.empty() ? std::string("/tmp") : c.workspace_inside), "LANG=C.UTF-8",
+      "TERM=dumb", "USER=sandbox"};
   for (const auto& [k, v] : c.env) env.push_back(k + "=" + v);
   return env;
 }
@@ -246,16 +277,20 @@ std::vector<LayerStatus> probe_layers() {
   const int base = userns ? CLONE_NEWUSER : 0;
   const auto ns = [&](Layer l, int flag, const char* name) {
     const bool ok = (userns || root) && unshare_usable(base | flag);
-    out.push_back({l, ok, ok ? std::string(name) + " namespace available" : std::string("cannot unshare ") + name});
+    out.push_back(
+        {l, ok,
+         ok ? std::string(name) + " namespace available" : std::string("cannot unshare ") + name});
   };
-  out.push_back({Layer::user_namespace, userns, userns ? "unprivileged user namespaces work" : "unshare(CLONE_NEWUSER) refused"});
+  out.push_back({Layer::user_namespace, userns,
+                 userns ? "unprivileged user namespaces work" : "unshare(CLONE_NEWUSER) refused"});
   ns(Layer::mount_namespace, CLONE_NEWNS, "mount");
   ns(Layer::pid_namespace, CLONE_NEWPID, "pid");
   ns(Layer::network_namespace, CLONE_NEWNET, "network");
   ns(Layer::ipc_namespace, CLONE_NEWIPC, "ipc");
   ns(Layer::uts_namespace, CLONE_NEWUTS, "uts");
   out.push_back({Layer::no_new_privs, true, "prctl(PR_SET_NO_NEW_PRIVS)"});
-  out.push_back({Layer::capabilities_dropped, true, "bounding, ambient and effective sets cleared"});
+  out.push_back(
+      {Layer::capabilities_dropped, true, "bounding, ambient and effective sets cleared"});
   {
     const pid_t pid = ::fork();
     if (pid == 0) {
@@ -269,9 +304,12 @@ std::vector<LayerStatus> probe_layers() {
   }
   out.push_back({Layer::rlimits, true, "setrlimit"});
   RunCgroup probe("probe-" + unique_name(), {1ull << 30, 64, 1.0});
-  out.push_back({Layer::cgroup_memory, probe.memory_active(), probe.memory_active() ? "writable memory cgroup" : probe.why_inactive()});
-  out.push_back({Layer::cgroup_pids, probe.pids_active(), probe.pids_active() ? "writable pids cgroup" : probe.why_inactive()});
-  out.push_back({Layer::cgroup_cpu, probe.cpu_active(), probe.cpu_active() ? "writable cpu cgroup" : "no writable cpu cgroup"});
+  out.push_back({Layer::cgroup_memory, probe.memory_active(),
+                 probe.memory_active() ? "writable memory cgroup" : probe.why_inactive()});
+  out.push_back({Layer::cgroup_pids, probe.pids_active(),
+                 probe.pids_active() ? "writable pids cgroup" : probe.why_inactive()});
+  out.push_back({Layer::cgroup_cpu, probe.cpu_active(),
+                 probe.cpu_active() ? "writable cpu cgroup" : "no writable cpu cgroup"});
   return out;
 }
 
@@ -282,7 +320,8 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
     throw SandboxError("sandbox: workspace '" + config.workspace.string() + "' is not a directory");
   }
   for (const auto& b : config.binds) {
-    if (!fs::exists(b.host, ec)) throw SandboxError("sandbox: bind source '" + b.host.string() + "' does not exist");
+    if (!fs::exists(b.host, ec))
+      throw SandboxError("sandbox: bind source '" + b.host.string() + "' does not exist");
   }
   SandboxResult result;
   const auto start = Clock::now();
@@ -300,37 +339,75 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   for (Layer l : kAllLayers) {
     LayerStatus s{l, false, ""};
     switch (l) {
-      case Layer::user_namespace: s.active = userns; s.detail = userns ? "uid 1000 inside" : "unavailable"; break;
-      case Layer::mount_namespace: case Layer::pid_namespace: case Layer::ipc_namespace: case Layer::uts_namespace:
-        s.active = namespaces; break;
-      case Layer::network_namespace: s.active = namespaces && !config.network; s.detail = config.network ? "network allowed for this run" : "loopback only"; break;
-      case Layer::no_new_privs: case Layer::capabilities_dropped: case Layer::seccomp: case Layer::rlimits: s.active = true; break;
-      case Layer::cgroup_memory: s.active = cgroup.memory_active(); s.detail = s.active ? "" : cgroup.why_inactive(); break;
-      case Layer::cgroup_pids: s.active = cgroup.pids_active(); s.detail = s.active ? "" : cgroup.why_inactive(); break;
-      case Layer::cgroup_cpu: s.active = cgroup.cpu_active(); break;
+      case Layer::user_namespace:
+        s.active = userns;
+        s.detail = userns ? "uid 1000 inside" : "unavailable";
+        break;
+      case Layer::mount_namespace:
+      case Layer::pid_namespace:
+      case Layer::ipc_namespace:
+      case Layer::uts_namespace:
+        s.active = namespaces;
+        break;
+      case Layer::network_namespace:
+        s.active = namespaces && !config.network;
+        s.detail = config.network ? "network allowed for this run" : "loopback only";
+        break;
+      case Layer::no_new_privs:
+      case Layer::capabilities_dropped:
+      case Layer::seccomp:
+      case Layer::rlimits:
+        s.active = true;
+        break;
+      case Layer::cgroup_memory:
+        s.active = cgroup.memory_active();
+        s.detail = s.active ? "" : cgroup.why_inactive();
+        break;
+      case Layer::cgroup_pids:
+        s.active = cgroup.pids_active();
+        s.detail = s.active ? "" : cgroup.why_inactive();
+        break;
+      case Layer::cgroup_cpu:
+        s.active = cgroup.cpu_active();
+        break;
     }
     result.layers.push_back(s);
   }
   for (Layer required : config.required_layers) {
     for (const auto& s : result.layers) {
       if (s.layer == required && !s.active) {
-        throw SandboxError("sandbox: required layer " + std::string(to_string(required)) + " is unavailable here (" + s.detail + ")");
+        throw SandboxError("sandbox: required layer " + std::string(to_string(required)) +
+                           " is unavailable here (" + s.detail + ")");
       }
     }
   }
-  if (!namespaces) throw SandboxError("sandbox: neither user namespaces nor root: cannot isolate (run agentrt sandbox doctor)");
+  if (!namespaces)
+    throw SandboxError(
+        "sandbox: neither user namespaces nor root: cannot isolate (run agentrt sandbox doctor)");
 
   const fs::path staging = fs::temp_directory_path() / ("agentrt-root-" + name);
   fs::create_directories(staging);
   struct StagingCleanup {
     fs::path p;
-    ~StagingCleanup() { std::error_code e; fs::remove(p, e); }
+    ~StagingCleanup() {
+      std::error_code e;
+      fs::remove(p, e);
+    }
   } staging_cleanup{staging};
 
-  Pipe in = make_pipe(), out = make_pipe(), err = make_pipe(), sync = make_pipe(), status = make_pipe();
-  InitArgs args{&config, staging.string(), in.read.fd,
-                config.passthrough_output ? 1 : out.write.fd, config.passthrough_output ? 2 : err.write.fd,
-                sync.read.fd, status.write.fd, userns, !config.network, cgroup.memory_active(), make_env(config)};
+  Pipe in = make_pipe(), out = make_pipe(), err = make_pipe(), sync = make_pipe(),
+       status = make_pipe();
+  InitArgs args{&config,
+                staging.string(),
+                in.read.fd,
+                config.passthrough_output ? 1 : out.write.fd,
+                config.passthrough_output ? 2 : err.write.fd,
+                sync.read.fd,
+                status.write.fd,
+                userns,
+                !config.network,
+                cgroup.memory_active(),
+                make_env(config)};
   // The child must not inherit the ends it does not use; CLOEXEC covers exec, and the init
   // only uses the fds named above.
   int flags = SIGCHLD | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
@@ -339,7 +416,8 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   constexpr size_t kStack = 1 << 20;
   std::unique_ptr<char[]> stack(new char[kStack]);
   pid_t init = ::clone(init_main, stack.get() + kStack, flags, &args);
-  if (init < 0 && root && (errno == EPERM || errno == EINVAL || errno == ENOSPC || errno == EUSERS)) {
+  if (init < 0 && root &&
+      (errno == EPERM || errno == EINVAL || errno == ENOSPC || errno == EUSERS)) {
     userns = args.userns = false;
     init = ::clone(init_main, stack.get() + kStack, flags & ~CLONE_NEWUSER, &args);
   }
@@ -347,7 +425,8 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   for (auto& l : result.layers) {
     if (l.layer == Layer::user_namespace) {
       l.active = userns;
-      l.detail = userns ? "uid 1000 inside" : "refused by the kernel; running as root dropping to uid 65534";
+      l.detail = userns ? "uid 1000 inside"
+                        : "refused by the kernel; running as root dropping to uid 65534";
     }
   }
   in.read.reset();
@@ -357,7 +436,6 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   status.write.reset();
 
   if (userns) {
-    const uid_t outside_uid = root ? (config.workspace.empty() ? 65534 : fs::status(config.workspace).permissions() != fs::perms::none ? 0 : 0) : ::geteuid();
     struct stat st {};
     uid_t map_uid = ::geteuid();
     gid_t map_gid = ::getegid();
@@ -366,11 +444,12 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
       map_uid = st.st_uid;
       map_gid = st.st_gid;
     }
-    (void)outside_uid;
     const std::string proc = "/proc/" + std::to_string(init);
     write_text(proc + "/setgroups", "deny");
-    const bool mapped = write_text(proc + "/uid_map", std::to_string(kInsideUid) + " " + std::to_string(map_uid) + " 1\n") &&
-                        write_text(proc + "/gid_map", std::to_string(kInsideGid) + " " + std::to_string(map_gid) + " 1\n");
+    const bool mapped = write_text(proc + "/uid_map", std::to_string(kInsideUid) + " " +
+                                                          std::to_string(map_uid) + " 1\n") &&
+                        write_text(proc + "/gid_map", std::to_string(kInsideGid) + " " +
+                                                          std::to_string(map_gid) + " 1\n");
     if (!mapped) {
       ::kill(init, SIGKILL);
       ::waitpid(init, nullptr, 0);
@@ -383,9 +462,13 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
 
   // Pump: stdin in, stdout/stderr out with caps; watch the clock and the cancel flag.
   size_t stdin_off = 0;
-  if (config.stdin_data.empty()) in.write.reset();
-  else ::fcntl(in.write.fd, F_SETFL, O_NONBLOCK);
-  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(config.limits.wall_seconds > 0 ? config.limits.wall_seconds : 1e9));
+  if (config.stdin_data.empty())
+    in.write.reset();
+  else
+    ::fcntl(in.write.fd, F_SETFL, O_NONBLOCK);
+  const auto deadline =
+      start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
+                  config.limits.wall_seconds > 0 ? config.limits.wall_seconds : 1e9));
   std::string status_text;
   bool killed = false;
   size_t out_total = 0, err_total = 0;
@@ -414,7 +497,8 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
       if (!fds[i].revents) continue;
       const int fd = fds[i].fd;
       if (fd == in.write.fd) {
-        const ssize_t w = ::write(fd, config.stdin_data.data() + stdin_off, config.stdin_data.size() - stdin_off);
+        const ssize_t w =
+            ::write(fd, config.stdin_data.data() + stdin_off, config.stdin_data.size() - stdin_off);
         if (w > 0) stdin_off += static_cast<size_t>(w);
         if (w < 0 && errno != EAGAIN) in.write.reset();
         if (stdin_off >= config.stdin_data.size()) in.write.reset();
@@ -423,9 +507,12 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
       char buf[65536];
       const ssize_t r = ::read(fd, buf, sizeof buf);
       if (r <= 0) {
-        if (fd == out.read.fd) out.read.reset();
-        else if (fd == err.read.fd) err.read.reset();
-        else status.read.reset();
+        if (fd == out.read.fd)
+          out.read.reset();
+        else if (fd == err.read.fd)
+          err.read.reset();
+        else
+          status.read.reset();
         continue;
       }
       if (fd == status.read.fd) {
@@ -441,13 +528,16 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
       if (total > cap) {
         (is_out ? result.stdout_truncated : result.stderr_truncated) = true;
         // Keep draining a while (the command may finish); a flood far past the cap is ended.
-        if (total > cap * 8 + (1 << 20)) kill_all(LimitHit::output, "output exceeded its cap; command killed");
+        if (total > cap * 8 + (1 << 20))
+          kill_all(LimitHit::output, "output exceeded its cap; command killed");
       }
     }
     if (cancel && cancel->load()) kill_all(LimitHit::none, "cancelled");
     if (Clock::now() > deadline && !killed) {
       result.timed_out = true;
-      kill_all(LimitHit::wall_timeout, "wall-clock timeout after " + std::to_string(config.limits.wall_seconds) + " s; process tree killed");
+      kill_all(LimitHit::wall_timeout, "wall-clock timeout after " +
+                                           std::to_string(config.limits.wall_seconds) +
+                                           " s; process tree killed");
     }
   }
   struct rusage usage {};
@@ -456,7 +546,8 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   }
   result.duration_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   result.peak_memory_bytes = cgroup.peak_memory();
-  if (!result.peak_memory_bytes) result.peak_memory_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;
+  if (!result.peak_memory_bytes)
+    result.peak_memory_bytes = static_cast<uint64_t>(usage.ru_maxrss) * 1024;
 
   if (!status_text.empty() && status_text[0] == 'E') {
     throw SandboxError("sandbox setup failed: " + status_text.substr(1));
@@ -481,7 +572,8 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
     } else if (cgroup.pids_limit_hit()) {
       result.limit = LimitHit::processes;
       result.message = "process limit reached";
-    } else if (result.signal == SIGKILL && config.limits.cpu_seconds > 0 && usage.ru_utime.tv_sec + usage.ru_stime.tv_sec >= config.limits.cpu_seconds) {
+    } else if (result.signal == SIGKILL && config.limits.cpu_seconds > 0 &&
+               usage.ru_utime.tv_sec + usage.ru_stime.tv_sec >= config.limits.cpu_seconds) {
       result.limit = LimitHit::cpu_time;
       result.message = "CPU time limit reached";
     }
