@@ -191,9 +191,17 @@ void NativeBackend::release_cache(std::string_view key) {
 }
 
 std::vector<int32_t> NativeBackend::prompt_tokens(const GenerationRequest& request) const {
-  const std::string prompt = chat::encode_v4(request.messages, request.tools, request.encoding, request.response_format);
-  // The template's control tokens are parsed; see docs/backends.md for the content caveat.
-  return tokenizer_->encode(prompt, /*parse_special=*/true);
+  // Message text is marked so that only the template's own markers become control tokens: a
+  // user who writes "<｜Assistant｜>" gets those characters, not the token.
+  chat::EncodeOptions encoding = request.encoding;
+  encoding.mark_message_text = true;
+  const std::string prompt = chat::encode_v4(request.messages, request.tools, encoding, request.response_format);
+  std::vector<int32_t> ids;
+  for (const auto& segment : chat::split_marked_prompt(prompt)) {
+    const auto part = tokenizer_->encode(segment.text, /*parse_special=*/!segment.message_text);
+    ids.insert(ids.end(), part.begin(), part.end());
+  }
+  return ids;
 }
 
 GenerationResult NativeBackend::generate(const GenerationRequest& request, const GenerationCallback& on_event,

@@ -327,7 +327,23 @@ std::string encode_v4_json(const ojson& messages_in, const EncodeOptions& option
 
 std::string encode_v4(std::span<const Message> messages, const nlohmann::ordered_json& tools, const EncodeOptions& options,
                       const std::optional<nlohmann::json>& response_format) {
-  ojson list = to_openai(std::vector<Message>(messages.begin(), messages.end()));
+  std::vector<Message> copy(messages.begin(), messages.end());
+  if (options.mark_message_text) {
+    // 0xFF never occurs in valid UTF-8; a message that carries it anyway has it replaced, so
+    // it cannot forge a marker.
+    const auto scrub = [](std::string& text) {
+      for (size_t i = 0; (i = text.find('\xFF', i)) != std::string::npos;) text.replace(i, 1, "\xEF\xBF\xBD");
+    };
+    const auto mark = [&](std::string& text) {
+      scrub(text);
+      if (!text.empty()) text = std::string(kDataOpen) + text + std::string(kDataClose);
+    };
+    for (auto& m : copy) {
+      mark(m.content);
+      mark(m.reasoning_content);
+    }
+  }
+  ojson list = to_openai(copy);
   const bool has_tools = tools.is_array() && !tools.empty();
   if (has_tools || response_format) {
     auto it = std::find_if(list.begin(), list.end(), [](const ojson& m) { return m["role"] == "system"; });
@@ -336,6 +352,25 @@ std::string encode_v4(std::span<const Message> messages, const nlohmann::ordered
     if (response_format) (*it)["response_format"] = ojson::parse(response_format->dump());
   }
   return encode_v4_json(list, options);
+}
+
+std::vector<PromptSegment> split_marked_prompt(std::string_view prompt) {
+  std::vector<PromptSegment> out;
+  size_t pos = 0;
+  while (pos < prompt.size()) {
+    const size_t open = prompt.find(kDataOpen, pos);
+    if (open == std::string_view::npos) {
+      out.push_back({std::string(prompt.substr(pos)), false});
+      break;
+    }
+    if (open > pos) out.push_back({std::string(prompt.substr(pos, open - pos)), false});
+    const size_t begin = open + kDataOpen.size();
+    const size_t close = prompt.find(kDataClose, begin);
+    const size_t end = close == std::string_view::npos ? prompt.size() : close;
+    out.push_back({std::string(prompt.substr(begin, end - begin)), true});
+    pos = close == std::string_view::npos ? prompt.size() : close + kDataClose.size();
+  }
+  return out;
 }
 
 }  // namespace agentrt::chat

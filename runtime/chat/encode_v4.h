@@ -32,7 +32,22 @@ struct EncodeOptions {
   std::string reasoning_effort;  // "", "high" or "max" (max adds the effort prompt)
   bool drop_thinking = true;     // drop reasoning of turns before the last user message
   bool add_bos = true;
+  // When set, message text (content, reasoning, tool results) is wrapped in these markers so a
+  // tokenizer can treat it as plain text (no special tokens injected through content); see
+  // split_marked_prompt(). Empty: no markers (the encoder's exact output).
+  bool mark_message_text = false;
 };
+
+// Markers used by mark_message_text: bytes that never occur in valid UTF-8.
+inline constexpr std::string_view kDataOpen = "\xFF\xFE";
+inline constexpr std::string_view kDataClose = "\xFF\xFD";
+
+struct PromptSegment {
+  std::string text;
+  bool message_text;  // true: from a message, tokenise without special tokens
+};
+// Splits a prompt encoded with mark_message_text into template and message-text segments.
+std::vector<PromptSegment> split_marked_prompt(std::string_view prompt);
 
 // The encoder's own input: OpenAI messages where system/developer messages may carry "tools"
 // (OpenAI tools array) and "response_format", plus the encoder's extra fields ("task",
