@@ -188,18 +188,11 @@ void close_all_but(int first, std::array<int, 5> keep) {
   close_span(lo, ~0u);
 }
 
-int init_main(void* arg) {
-  const InitArgs& a = *static_cast<const InitArgs*>(arg);
+[[noreturn]] void init_main(const InitArgs& a) {
   ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   // The parent's other descriptors (notably our end of the stdin pipe) must not stay open
   // here, or the command would never see end-of-file.
   close_all_but(3, {a.stdin_fd, a.stdout_fd, a.stderr_fd, a.sync_fd, a.status_fd});
-  char go = 0;
-  if (::read(a.sync_fd, &go, 1) != 1 || go != 'G') ::_exit(127);
-  if (a.userns) {
-    // The init is root of the new user namespace until it execs nothing; the command runs
-    // as kInsideUid (ids were mapped by the parent).
-  }
   ::sethostname("sandbox", 7);
   if (!a.config->network) loopback_up();
   if (const std::string e = build_minimal_root(*a.config, a.staging, true); !e.empty())
@@ -228,6 +221,38 @@ int init_main(void* arg) {
   const std::string msg = "S" + std::to_string(command_status);
   (void)!::write(a.status_fd, msg.data(), msg.size());
   ::_exit(0);  // the pid namespace dies with its init: leftover processes are killed
+}
+
+// Forked, not cloned: fork() leaves malloc and stdio locks usable in the child of a
+// multithreaded caller, which raw clone() does not (parallel runs deadlocked in the init).
+// This process unshares the namespaces, reports on `ready_fd` whether the user namespace
+// took, waits for the parent's go (ids mapped, cgroups joined), then forks the init, which
+// is pid 1 of the new pid namespace.
+[[noreturn]] void namespace_parent_main(InitArgs& a, int flags, int ready_fd) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  bool userns = (flags & CLONE_NEWUSER) != 0;
+  if (::unshare(flags) != 0) {
+    const int e = errno;
+    if (!userns || ::geteuid() != 0 || ::unshare(flags & ~CLONE_NEWUSER) != 0) {
+      dprintf(ready_fd, "x%d", e);
+      ::_exit(127);
+    }
+    userns = false;
+  }
+  a.userns = userns;
+  (void)!::write(ready_fd, userns ? "u" : "r", 1);
+  ::close(ready_fd);
+  char go = 0;
+  if (::read(a.sync_fd, &go, 1) != 1 || go != 'G') ::_exit(127);
+  const pid_t init = ::fork();
+  if (init < 0) init_fail(a, std::string("fork: ") + std::strerror(errno));
+  if (init == 0) init_main(a);
+  // Hold no pipe ends: the parent sees end-of-file when the init is gone.
+  ::syscall(SYS_close_range, 0u, ~0u, 0);
+  int status = 0;
+  while (::waitpid(init, &status, 0) < 0 && errno == EINTR) {
+  }
+  ::_exit(0);
 }
 
 std::vector<std::string> make_env(const SandboxConfig& c) {
@@ -413,15 +438,24 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   int flags = SIGCHLD | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
   if (userns) flags |= CLONE_NEWUSER;
   if (!config.network) flags |= CLONE_NEWNET;
-  constexpr size_t kStack = 1 << 20;
-  std::unique_ptr<char[]> stack(new char[kStack]);
-  pid_t init = ::clone(init_main, stack.get() + kStack, flags, &args);
-  if (init < 0 && root &&
-      (errno == EPERM || errno == EINVAL || errno == ENOSPC || errno == EUSERS)) {
-    userns = args.userns = false;
-    init = ::clone(init_main, stack.get() + kStack, flags & ~CLONE_NEWUSER, &args);
+  Pipe ready = make_pipe();
+  const pid_t init = ::fork();
+  if (init < 0) throw SandboxError(std::string("sandbox: fork: ") + std::strerror(errno));
+  if (init == 0) namespace_parent_main(args, flags & ~SIGCHLD, ready.write.fd);
+  ready.write.reset();
+  char ready_text[32] = {};
+  ssize_t ready_len;
+  while ((ready_len = ::read(ready.read.fd, ready_text, sizeof ready_text - 1)) < 0 &&
+         errno == EINTR) {
   }
-  if (init < 0) throw SandboxError(std::string("sandbox: clone: ") + std::strerror(errno));
+  if (ready_len <= 0 || ready_text[0] == 'x') {
+    ::kill(init, SIGKILL);
+    ::waitpid(init, nullptr, 0);
+    const int e = ready_len > 0 ? std::atoi(ready_text + 1) : 0;
+    throw SandboxError(std::string("sandbox: unshare of the namespaces failed: ") +
+                       (e ? std::strerror(e) : "setup process died"));
+  }
+  userns = args.userns = ready_text[0] == 'u';
   for (auto& l : result.layers) {
     if (l.layer == Layer::user_namespace) {
       l.active = userns;
