@@ -82,6 +82,7 @@ struct InitArgs {
   int status_fd;  // init writes the command's wait status, or a setup error message
   bool userns, netns, memory_cgroup;
   std::vector<std::string> env;
+  const std::vector<sock_filter>* seccomp = nullptr;
 };
 
 [[noreturn]] void init_fail(const InitArgs& a, const std::string& what) {
@@ -155,8 +156,8 @@ void set_limit(int resource, rlim_t value) {
   struct __user_cap_data_struct data[2]{};
   ::syscall(SYS_capset, &hdr, data);
   ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-  if (const std::string e = install_seccomp_policy(); !e.empty()) {
-    dprintf(2, "sandbox: %s\n", e.c_str());
+  if (!install_seccomp_program(*a.seccomp)) {
+    dprintf(2, "sandbox: loading the seccomp filter failed: %s\n", std::strerror(errno));
     ::_exit(126);
   }
   std::vector<char*> argv, envp;
@@ -438,6 +439,13 @@ SandboxResult run(const SandboxConfig& config, const std::atomic<bool>* cancel) 
   int flags = SIGCHLD | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS;
   if (userns) flags |= CLONE_NEWUSER;
   if (!config.network) flags |= CLONE_NEWNET;
+  std::vector<sock_filter> seccomp;
+  try {
+    seccomp = compile_seccomp_policy();
+  } catch (const std::exception& e) {
+    throw SandboxError(std::string("sandbox: ") + e.what());
+  }
+  args.seccomp = &seccomp;
   Pipe ready = make_pipe();
   const pid_t init = ::fork();
   if (init < 0) throw SandboxError(std::string("sandbox: fork: ") + std::strerror(errno));
