@@ -202,7 +202,7 @@ void close_all_but(int first, std::array<int, 5> keep) {
                    ::setresuid(kInsideUid, kInsideUid, kInsideUid) != 0)) {
     init_fail(a, std::string("setresuid: ") + std::strerror(errno));
   }
-  const pid_t child = ::fork();
+  const pid_t child = ::vfork();  // single-threaded init: no page-table copy of a large binary
   if (child < 0) init_fail(a, std::string("fork: ") + std::strerror(errno));
   if (child == 0) exec_command(a);
   // Reap everything; report the command's status once it ends.
