@@ -202,7 +202,10 @@ void close_all_but(int first, std::array<int, 5> keep) {
                    ::setresuid(kInsideUid, kInsideUid, kInsideUid) != 0)) {
     init_fail(a, std::string("setresuid: ") + std::strerror(errno));
   }
-  const pid_t child = ::vfork();  // single-threaded init: no page-table copy of a large binary
+  // vfork: no page-table copy of a large caller. Safe here: the init is single-threaded and
+  // suspended until the exec, and the child only touches per-process state (rlimits, creds,
+  // cwd, seccomp); what it allocates is merely left in the init's heap.
+  const pid_t child = ::vfork();
   if (child < 0) init_fail(a, std::string("fork: ") + std::strerror(errno));
   if (child == 0) exec_command(a);
   // Reap everything; report the command's status once it ends.
