@@ -63,8 +63,11 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
   for (const auto& [k, v] : s.items()) {
     if (k == "type" && v.is_string()) {
       const std::string t = v.get<std::string>();
-      if (t == "any" || t == "HashMap" || t == "ArrayList" || t == "Array" || t.empty()) continue;  // unconstrained
-      if (t == "dict") out[k] = "object";
+      if (t == "any" || t.empty()) continue;  // unconstrained
+      if (t == "HashMap") out[k] = "object";  // BFCL's Java container types
+      else if (t == "ArrayList" || t == "Array")
+        out[k] = "array";
+      else if (t == "dict") out[k] = "object";
       else if (t == "float" || t == "double") out[k] = "number";
       else if (t == "tuple") out[k] = "array";
       else if (t == "String" || t == "char") out[k] = "string";
