@@ -314,20 +314,29 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
       break;
     }
     std::vector<int32_t> feed = {s.token};
-    emit_token_text(s.token);
-    // Jump-forward: bytes the grammar forces go through the model in one prefill.
+    // Jump-forward: bytes the grammar forces go through the model in one prefill. The sampled
+    // token and the forced bytes are re-tokenised together (the token may merge with what
+    // follows), rolling the matcher back over the sampled token to accept the canonical ids.
     if (matcher && matcher->triggered()) {
       const std::string forced = matcher->find_jump_forward_bytes();
       if (!forced.empty()) {
-        for (int32_t id : tokenizer_->encode(forced)) {
-          if (produced >= request.max_tokens || !matcher->accept_token(id)) break;
-          feed.push_back(id);
-          ++produced;
-          emit_token_text(id);
+        const std::vector<int32_t> canonical = tokenizer_->encode(tokenizer_->token_bytes()[s.token] + forced);
+        matcher->rollback(1);
+        std::vector<int32_t> accepted;
+        for (int32_t id : canonical) {
+          if (produced + static_cast<int>(accepted.size()) > request.max_tokens || !matcher->accept_token(id)) break;
+          accepted.push_back(id);
+        }
+        if (accepted.empty()) {
+          matcher->accept_token(s.token);  // re-tokenising bought nothing: keep the sample
+        } else {
+          feed = accepted;
+          produced += static_cast<int>(accepted.size()) - 1;
         }
       }
       if (matcher->is_terminated()) stopped = true;
     }
+    for (int32_t id : feed) emit_token_text(id);
     logits = cached->sequence->forward(feed);
     cached->tokens.insert(cached->tokens.end(), feed.begin(), feed.end());
   }
