@@ -12,7 +12,7 @@ packages=(
   libboost-dev libboost-system-dev nlohmann-json3-dev libre2-dev
   libcurl4-openssl-dev libssl-dev libseccomp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev googletest
-  nodejs npm python3 bubblewrap clang libclang-rt-14-dev
+  nodejs npm python3 curl bubblewrap clang libclang-rt-14-dev
 )
 
 missing=()
