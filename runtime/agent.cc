@@ -184,7 +184,13 @@ class LoopSession : public Session {
         }
         tools::ToolContext ctx = options_.tool_context;
         ctx.cancel = &cancel_;
-        return tools_->call(calls[i].name, args, ctx);
+        // Retry policy: a call that timed out is retried (up to max_call_retries) before its
+        // result goes back to the model; other failures go back at once.
+        tools::ToolResult r = tools_->call(calls[i].name, args, ctx);
+        for (int retry = 0; retry < options_.limits.max_call_retries && r.error_kind == "timeout" && !cancel_.load(); ++retry) {
+          r = tools_->call(calls[i].name, args, ctx);
+        }
+        return r;
       };
       if (options_.parallel_tool_calls && calls.size() > 1) {
         std::vector<std::future<tools::ToolResult>> futures;

@@ -50,7 +50,7 @@ struct LoopLimits {
   int max_steps = 16;              // model turns per send()
   int64_t max_total_tokens = 0;    // prompt + completion over the turn; 0 = none
   double max_seconds = 0;          // wall clock for the turn; 0 = none
-  int max_call_retries = 1;        // a failing call may be retried by the model this many times
+  int max_call_retries = 1;        // a call that timed out is retried this many times before the model sees it
   int max_identical_failures = 2;  // the same failing call (name + args) repeated: stop
 };
 

@@ -197,3 +197,26 @@ TEST(AgentLoop, TranscriptResumesIncludingACrashMidStep) {
 
 }  // namespace
 }  // namespace agentrt
+
+namespace agentrt {
+namespace {
+
+TEST(AgentLoop, TimedOutCallsAreRetriedByPolicy) {
+  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{call({{"flaky", "{}"}}), answer("ok")});
+  auto reg = std::make_shared<tools::ToolRegistry>();
+  std::atomic<int> attempts{0};
+  reg->add({"flaky", "times out once", nlohmann::ordered_json::parse(R"({"type":"object"})")}, [&attempts](const nlohmann::json&, const tools::ToolContext&) {
+    if (attempts++ == 0) return tools::ToolResult::error("timeout", "too slow");
+    tools::ToolResult r;
+    r.content = "done";
+    return r;
+  });
+  Agent agent(backend, reg, {.limits = {.max_call_retries = 1}});
+  auto session = agent.new_session();
+  EXPECT_EQ(session->send("go").final_text, "ok");
+  EXPECT_EQ(attempts.load(), 2);
+  EXPECT_EQ(session->messages()[2].content, "done");
+}
+
+}  // namespace
+}  // namespace agentrt
