@@ -213,6 +213,8 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
 }  // namespace
 
 void run_realtime_session(tcp::socket socket, const beast::http::request<beast::http::string_body>& req, beast::flat_buffer& buffer, RealtimeContext ctx) {
+  // Clients speak only after the handshake answer, so the HTTP read left no frame bytes behind.
+  (void)buffer;
   websocket::stream<tcp::socket> ws(std::move(socket));
   ws.read_message_max(ctx.options.max_message_bytes);
   beast::error_code ec;
