@@ -1,5 +1,7 @@
 // Spawn-to-exit overhead of `true` in our sandbox vs `bwrap --unshare-all` (bubblewrap), on
 // this machine. Prints mean / p50 / p99 milliseconds.  bench_sandbox [--runs N]
+#include "sandbox/sandbox.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,8 +11,6 @@
 #include <functional>
 #include <string>
 #include <vector>
-
-#include "sandbox/sandbox.h"
 
 namespace {
 
@@ -23,7 +23,8 @@ Stats measure(int runs, const std::function<bool()>& once) {
   for (int i = 0; i < runs; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     if (!once()) return {-1, -1, -1};
-    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
   }
   std::sort(ms.begin(), ms.end());
   double sum = 0;
@@ -34,9 +35,10 @@ Stats measure(int runs, const std::function<bool()>& once) {
 bool run_bwrap() {
   const pid_t pid = ::fork();
   if (pid == 0) {
-    execlp("bwrap", "bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin",
-           "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64", "--proc", "/proc", "--dev", "/dev",
-           "--tmpfs", "/tmp", "true", static_cast<char*>(nullptr));
+    execlp("bwrap", "bwrap", "--unshare-all", "--die-with-parent", "--ro-bind", "/usr", "/usr",
+           "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64",
+           "/lib64", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true",
+           static_cast<char*>(nullptr));
     _exit(127);
   }
   int status = 0;
@@ -53,9 +55,15 @@ int main(int argc, char** argv) {
   config.argv = {"true"};
   const Stats ours = measure(runs, [&] { return agentrt::sandbox::run(config).exit_code == 0; });
   const Stats bwrap = measure(runs, run_bwrap);
-  std::printf("| sandbox (spawn-to-exit of `true`, %d runs) | mean ms | p50 ms | p99 ms |\n|---|---:|---:|---:|\n", runs);
-  std::printf("| agentrt (all 13 layers incl. cgroups + seccomp) | %.2f | %.2f | %.2f |\n", ours.mean, ours.p50, ours.p99);
-  if (bwrap.mean < 0) std::printf("| bwrap --unshare-all | failed to run here | | |\n");
-  else std::printf("| bwrap --unshare-all | %.2f | %.2f | %.2f |\n", bwrap.mean, bwrap.p50, bwrap.p99);
+  std::printf(
+      "| sandbox (spawn-to-exit of `true`, %d runs) | mean ms | p50 ms | p99 ms "
+      "|\n|---|---:|---:|---:|\n",
+      runs);
+  std::printf("| agentrt (all 13 layers incl. cgroups + seccomp) | %.2f | %.2f | %.2f |\n",
+              ours.mean, ours.p50, ours.p99);
+  if (bwrap.mean < 0)
+    std::printf("| bwrap --unshare-all | failed to run here | | |\n");
+  else
+    std::printf("| bwrap --unshare-all | %.2f | %.2f | %.2f |\n", bwrap.mean, bwrap.p50, bwrap.p99);
   return 0;
 }

@@ -2,15 +2,15 @@
 // turn on a tiny model; prints throughput, p50/p99 of event inter-arrival and first-event latency,
 // server memory, and whether every session finished.
 //   bench_server_load --model DIR [--idle 1000] [--active 64] [--max-tokens 32]
-#include <sys/resource.h>
-
+// Boost 1.74 Asio uses std::exchange without including <utility>.
 #include <utility>
 
+#include <sys/resource.h>
+
+#include <algorithm>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
-
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -54,12 +54,18 @@ int main(int argc, char** argv) {
   int idle = 1000, active = 64, max_tokens = 32;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
-    if (a == "--model") model = argv[i + 1];
-    else if (a == "--idle") idle = std::stoi(argv[i + 1]);
-    else if (a == "--active") active = std::stoi(argv[i + 1]);
-    else if (a == "--max-tokens") max_tokens = std::stoi(argv[i + 1]);
+    if (a == "--model")
+      model = argv[i + 1];
+    else if (a == "--idle")
+      idle = std::stoi(argv[i + 1]);
+    else if (a == "--active")
+      active = std::stoi(argv[i + 1]);
+    else if (a == "--max-tokens")
+      max_tokens = std::stoi(argv[i + 1]);
   }
-  struct rlimit nofile {65536, 65536};
+  struct rlimit nofile {
+    65536, 65536
+  };
   setrlimit(RLIMIT_NOFILE, &nofile);
   agentrt::AgentOptions defaults;
   defaults.max_tokens_per_step = max_tokens;
@@ -69,7 +75,8 @@ int main(int argc, char** argv) {
   options.log = false;
   options.max_sessions = static_cast<size_t>(idle + active + 10);
   const long rss_before = rss_kb();
-  agentrt::server::Server server(std::make_shared<agentrt::NativeBackend>(model), nullptr, defaults, options);
+  agentrt::server::Server server(std::make_shared<agentrt::NativeBackend>(model), nullptr, defaults,
+                                 options);
   const uint16_t port = server.start();
   const long rss_loaded = rss_kb();
 
@@ -100,7 +107,9 @@ int main(int argc, char** argv) {
       asio::io_context local;
       websocket::stream<tcp::socket> ws(local);
       connect(ws);
-      const std::string item = R"({"type":"conversation.item.create","item":{"type":"message","content":"Say something, session )" + std::to_string(i) + R"("}})";
+      const std::string item =
+          R"({"type":"conversation.item.create","item":{"type":"message","content":"Say something, session )" +
+          std::to_string(i) + R"("}})";
       ws.write(asio::buffer(item));
       const auto sent = Clock::now();
       ws.write(asio::buffer(std::string(R"({"type":"response.create"})")));
@@ -115,8 +124,10 @@ int main(int argc, char** argv) {
         if (ec) break;
         const auto now = Clock::now();
         ++my_events;
-        if (first < 0) first = std::chrono::duration<double, std::milli>(now - sent).count();
-        else my_gaps.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+        if (first < 0)
+          first = std::chrono::duration<double, std::milli>(now - sent).count();
+        else
+          my_gaps.push_back(std::chrono::duration<double, std::milli>(now - last).count());
         last = now;
         if (beast::buffers_to_string(b.data()).find("\"response.done\"") != std::string::npos) {
           std::lock_guard lock(mutex);
@@ -137,12 +148,19 @@ int main(int argc, char** argv) {
   std::printf("| idle sessions opened | %d in %.2f s |\n", idle, idle_seconds);
   std::printf("| active sessions finished | %d / %d |\n", finished, active);
   std::printf("| active phase wall time | %.2f s |\n", active_seconds);
-  std::printf("| events delivered | %lld (%.0f /s) |\n", static_cast<long long>(events), events / active_seconds);
-  std::printf("| tokens generated | %lld (%.0f tok/s) |\n", static_cast<long long>(m.completion_tokens.load()), m.completion_tokens.load() / active_seconds);
-  std::printf("| first event after response.create p50 / p99 | %.1f / %.1f ms |\n", percentile(first_ms, 0.5), percentile(first_ms, 0.99));
-  std::printf("| event inter-arrival p50 / p99 | %.2f / %.2f ms |\n", percentile(gaps_ms, 0.5), percentile(gaps_ms, 0.99));
-  std::printf("| server process RSS: start / model loaded / +idle sessions / end | %ld / %ld / %ld / %ld MB |\n", rss_before / 1024, rss_loaded / 1024,
-              rss_idle / 1024, rss_kb() / 1024);
+  std::printf("| events delivered | %lld (%.0f /s) |\n", static_cast<long long>(events),
+              events / active_seconds);
+  std::printf("| tokens generated | %lld (%.0f tok/s) |\n",
+              static_cast<long long>(m.completion_tokens.load()),
+              m.completion_tokens.load() / active_seconds);
+  std::printf("| first event after response.create p50 / p99 | %.1f / %.1f ms |\n",
+              percentile(first_ms, 0.5), percentile(first_ms, 0.99));
+  std::printf("| event inter-arrival p50 / p99 | %.2f / %.2f ms |\n", percentile(gaps_ms, 0.5),
+              percentile(gaps_ms, 0.99));
+  std::printf(
+      "| server process RSS: start / model loaded / +idle sessions / end | %ld / %ld / %ld / %ld "
+      "MB |\n",
+      rss_before / 1024, rss_loaded / 1024, rss_idle / 1024, rss_kb() / 1024);
   idle_sessions.clear();
   server.stop();
   return finished == active ? 0 : 1;

@@ -23,17 +23,25 @@ int cmd_model(const Args& args) {
       if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
       return args[++i];
     };
-    if (a == "--preset") options.preset = value();
-    else if (a == "--vocab-from") options.tokenizer_dir = value();
-    else if (a == "--out") out = value();
-    else if (a == "--vocab") options.vocab_size = std::stoll(value());
-    else if (a == "--dtype") options.dtype = value();
-    else if (a == "--seed") options.seed = std::stoull(value());
-    else throw std::invalid_argument("model init: unknown argument '" + a + "'");
+    if (a == "--preset")
+      options.preset = value();
+    else if (a == "--vocab-from")
+      options.tokenizer_dir = value();
+    else if (a == "--out")
+      out = value();
+    else if (a == "--vocab")
+      options.vocab_size = std::stoll(value());
+    else if (a == "--dtype")
+      options.dtype = value();
+    else if (a == "--seed")
+      options.seed = std::stoull(value());
+    else
+      throw std::invalid_argument("model init: unknown argument '" + a + "'");
   }
   if (out.empty()) throw std::invalid_argument("model init: --out DIR is required");
   engine::write_random_model(out, options);
-  std::fprintf(stderr, "wrote %s model (%s) to %s\n", options.preset.c_str(), options.dtype.c_str(), out.c_str());
+  std::fprintf(stderr, "wrote %s model (%s) to %s\n", options.preset.c_str(), options.dtype.c_str(),
+               out.c_str());
   return 0;
 }
 

@@ -17,8 +17,8 @@ int sandbox_doctor() {
   int active = 0;
   const auto layers = sandbox::probe_layers();
   for (const auto& l : layers) {
-    std::printf("%-22s %-8s %s\n", std::string(sandbox::to_string(l.layer)).c_str(), l.active ? "active" : "MISSING",
-                l.detail.c_str());
+    std::printf("%-22s %-8s %s\n", std::string(sandbox::to_string(l.layer)).c_str(),
+                l.active ? "active" : "MISSING", l.detail.c_str());
     active += l.active;
   }
   std::printf("%d of %zu layers available\n", active, layers.size());
@@ -39,17 +39,28 @@ int sandbox_run(const Args& args) {
       ++i;
       break;
     }
-    if (a == "--workspace") config.workspace = value();
-    else if (a == "--timeout") config.limits.wall_seconds = std::stod(value());
-    else if (a == "--memory") config.limits.memory_bytes = static_cast<uint64_t>(std::stod(value()) * (1 << 20));
-    else if (a == "--network") config.network = true;
-    else if (a == "--ro") config.binds.push_back({value(), args[i], false});
-    else if (a == "--rw") config.binds.push_back({value(), args[i], true});
-    else if (a == "--require") config.required_layers.push_back(sandbox::parse_layer(value()));
-    else throw std::invalid_argument("sandbox run: unknown argument '" + a + "' (the command goes after --)");
+    if (a == "--workspace")
+      config.workspace = value();
+    else if (a == "--timeout")
+      config.limits.wall_seconds = std::stod(value());
+    else if (a == "--memory")
+      config.limits.memory_bytes = static_cast<uint64_t>(std::stod(value()) * (1 << 20));
+    else if (a == "--network")
+      config.network = true;
+    else if (a == "--ro")
+      config.binds.push_back({value(), args[i], false});
+    else if (a == "--rw")
+      config.binds.push_back({value(), args[i], true});
+    else if (a == "--require")
+      config.required_layers.push_back(sandbox::parse_layer(value()));
+    else
+      throw std::invalid_argument("sandbox run: unknown argument '" + a +
+                                  "' (the command goes after --)");
   }
   for (; i < args.size(); ++i) config.argv.push_back(args[i]);
-  if (config.argv.empty()) throw std::invalid_argument("sandbox run: no command (usage: agentrt sandbox run [flags] -- CMD ARGS...)");
+  if (config.argv.empty())
+    throw std::invalid_argument(
+        "sandbox run: no command (usage: agentrt sandbox run [flags] -- CMD ARGS...)");
   for (auto& b : config.binds) b.inside = std::filesystem::absolute(b.host);
   if (!config.workspace.empty()) config.workspace = std::filesystem::absolute(config.workspace);
   const auto result = sandbox::run(config);
@@ -58,7 +69,8 @@ int sandbox_run(const Args& args) {
     return 124;
   }
   if (result.limit != sandbox::LimitHit::none) {
-    std::fprintf(stderr, "agentrt sandbox: %s (limit: %s)\n", result.message.c_str(), std::string(sandbox::to_string(result.limit)).c_str());
+    std::fprintf(stderr, "agentrt sandbox: %s (limit: %s)\n", result.message.c_str(),
+                 std::string(sandbox::to_string(result.limit)).c_str());
     return 137;
   }
   if (result.signal) return 128 + result.signal;
@@ -70,7 +82,9 @@ int sandbox_run(const Args& args) {
 int cmd_sandbox(const Args& args) {
   if (!args.empty() && args[0] == "doctor") return sandbox_doctor();
   if (!args.empty() && args[0] == "run") return sandbox_run(Args(args.begin() + 1, args.end()));
-  throw std::invalid_argument("usage: agentrt sandbox run [--workspace DIR] [--timeout SEC] [--memory MB] [--network] [--ro PATH]... [--rw PATH]... -- CMD ARGS... | agentrt sandbox doctor");
+  throw std::invalid_argument(
+      "usage: agentrt sandbox run [--workspace DIR] [--timeout SEC] [--memory MB] [--network] "
+      "[--ro PATH]... [--rw PATH]... -- CMD ARGS... | agentrt sandbox doctor");
 }
 
 }  // namespace agentrt::cli

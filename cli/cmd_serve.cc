@@ -26,8 +26,10 @@ int cmd_serve(const Args& args) {
       if (i + 1 >= args.size()) throw std::invalid_argument(a + " needs a value");
       return args[++i];
     };
-    if (a == "--host") options.host = value();
-    else if (a == "--port") options.port = static_cast<uint16_t>(std::stoi(value()));
+    if (a == "--host")
+      options.host = value();
+    else if (a == "--port")
+      options.port = static_cast<uint16_t>(std::stoi(value()));
     else if (a == "--model") {
       backend.kind = "native";
       backend.model_path = value();
@@ -40,10 +42,14 @@ int cmd_serve(const Args& args) {
       for (std::string line; std::getline(in, line);) {
         if (!line.empty() && line[0] != '#') options.api_keys.push_back(line);
       }
-    } else if (a == "--max-sessions") options.max_sessions = std::stoul(value());
-    else if (a == "--workspace") defaults.tool_context.workspace = std::filesystem::absolute(value());
-    else if (a == "--origin") options.allowed_origins.push_back(value());
-    else throw std::invalid_argument("serve: unknown argument '" + a + "'");
+    } else if (a == "--max-sessions")
+      options.max_sessions = std::stoul(value());
+    else if (a == "--workspace")
+      defaults.tool_context.workspace = std::filesystem::absolute(value());
+    else if (a == "--origin")
+      options.allowed_origins.push_back(value());
+    else
+      throw std::invalid_argument("serve: unknown argument '" + a + "'");
   }
   if (const char* keys = std::getenv("AGENTRT_API_KEYS"); keys && *keys) {
     std::string k;
@@ -57,7 +63,8 @@ int cmd_serve(const Args& args) {
       }
     }
   }
-  if (backend.kind == "native" && backend.model_path.empty()) throw std::invalid_argument("serve: --model DIR or --remote URL is required");
+  if (backend.kind == "native" && backend.model_path.empty())
+    throw std::invalid_argument("serve: --model DIR or --remote URL is required");
   std::filesystem::create_directories(defaults.tool_context.workspace);
   auto builtins = std::make_shared<tools::ToolRegistry>();
   tools::register_builtin_tools(*builtins);
@@ -69,7 +76,8 @@ int cmd_serve(const Args& args) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   server::Server server(make_backend(backend), builtins, defaults, options);
   const uint16_t port = server.start();
-  std::fprintf(stderr, "agentrt serve: ready on http://%s:%u (ws://%s:%u/v1/sessions)\n", options.host.c_str(), port, options.host.c_str(), port);
+  std::fprintf(stderr, "agentrt serve: ready on http://%s:%u (ws://%s:%u/v1/sessions)\n",
+               options.host.c_str(), port, options.host.c_str(), port);
   int sig = 0;
   sigwait(&signals, &sig);
   std::fprintf(stderr, "agentrt serve: signal %d, stopping\n", sig);

@@ -3,10 +3,9 @@
 #include <cstdio>
 #include <iostream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/tokenizer_path.h"
@@ -29,8 +28,9 @@ TokenizeFlags parse_flags(const Args& args, bool allow_special, const char* comm
     } else if (allow_special && args[i] == "--special") {
       flags.special = true;
     } else {
-      throw std::invalid_argument(std::string("unknown argument '") + args[i] + "' (usage: agentrt " + command +
-                                  " [--tokenizer DIR]" + (allow_special ? " [--special]" : "") + ")");
+      throw std::invalid_argument(std::string("unknown argument '") + args[i] +
+                                  "' (usage: agentrt " + command + " [--tokenizer DIR]" +
+                                  (allow_special ? " [--special]" : "") + ")");
     }
   }
   return flags;

@@ -3,18 +3,19 @@
 // `agentrt tools call NAME --args JSON [--workspace DIR] [--network] [--allow-host H]...` runs one
 // call and prints the result JSON (exit 0 when the tool succeeded, 1 when it reported an error).
 #include <iostream>
+#include <sstream>
 #include <stdexcept>
 
 #include "cli/commands.h"
 #include "tools/mcp_client.h"
 #include "tools/registry.h"
 
-#include <sstream>
-
 namespace agentrt::cli {
 
 int cmd_tools(const Args& args) {
-  if (args.empty()) throw std::invalid_argument("usage: agentrt tools list | agentrt tools call NAME --args JSON [--workspace DIR]");
+  if (args.empty())
+    throw std::invalid_argument(
+        "usage: agentrt tools list | agentrt tools call NAME --args JSON [--workspace DIR]");
   tools::ToolRegistry registry;
   tools::register_builtin_tools(registry);
   std::vector<std::shared_ptr<tools::McpClient>> servers;
@@ -36,7 +37,8 @@ int cmd_tools(const Args& args) {
     std::cout << registry.openai_tools().dump(2) << "\n";
     return 0;
   }
-  if (args[0] != "call" || args.size() < 2) throw std::invalid_argument("usage: agentrt tools call NAME --args JSON [--workspace DIR]");
+  if (args[0] != "call" || args.size() < 2)
+    throw std::invalid_argument("usage: agentrt tools call NAME --args JSON [--workspace DIR]");
   tools::ToolContext context;
   context.workspace = std::filesystem::current_path();
   nlohmann::json arguments = nlohmann::json::object();

@@ -33,8 +33,8 @@ void print_help() {
   std::printf("usage: agentrt <subcommand> [args...]\n\nsubcommands:\n");
   std::printf("  %-11s %s\n", "help", "list the subcommands");
   for (const auto& sub : kSubcommands) {
-    std::printf("  %-11s %.*s\n", std::string(sub.name).c_str(), static_cast<int>(sub.summary.size()),
-                sub.summary.data());
+    std::printf("  %-11s %.*s\n", std::string(sub.name).c_str(),
+                static_cast<int>(sub.summary.size()), sub.summary.data());
   }
 }
 

@@ -32,21 +32,34 @@ nlohmann::json preset_config(const std::string& preset, int64_t vocab) {
   c["o_groups"] = small ? 4 : 2;
   c["o_lora_rank"] = small ? 64 : 16;
   c["sliding_window"] = small ? 128 : 32;
-  c["layer_types"] = small ? nlohmann::ordered_json{"sliding_attention", "compressed_sparse_attention",
-                                                    "heavily_compressed_attention", "compressed_sparse_attention",
-                                                    "heavily_compressed_attention", "compressed_sparse_attention"}
-                           : nlohmann::ordered_json{"sliding_attention", "compressed_sparse_attention",
-                                                    "heavily_compressed_attention", "compressed_sparse_attention"};
-  c["mlp_layer_types"] = small ? nlohmann::ordered_json{"hash_moe", "hash_moe", "moe", "moe", "moe", "moe"}
-                               : nlohmann::ordered_json{"hash_moe", "moe", "moe", "moe"};
-  c["compress_rates"] = {{"compressed_sparse_attention", 4}, {"heavily_compressed_attention", small ? 32 : 16}};
+  c["layer_types"] =
+      small ? nlohmann::ordered_json{"sliding_attention",
+                                     "compressed_sparse_attention",
+                                     "heavily_compressed_attention",
+                                     "compressed_sparse_attention",
+                                     "heavily_compressed_attention",
+                                     "compressed_sparse_attention"}
+            : nlohmann::ordered_json{"sliding_attention", "compressed_sparse_attention",
+                                     "heavily_compressed_attention", "compressed_sparse_attention"};
+  c["mlp_layer_types"] =
+      small ? nlohmann::ordered_json{"hash_moe", "hash_moe", "moe", "moe", "moe", "moe"}
+            : nlohmann::ordered_json{"hash_moe", "moe", "moe", "moe"};
+  c["compress_rates"] = {{"compressed_sparse_attention", 4},
+                         {"heavily_compressed_attention", small ? 32 : 16}};
   c["compress_rope_theta"] = 160000.0;
   c["rope_theta"] = 10000.0;
   c["rope_parameters"] = {
-      {"main", {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.25}}},
+      {"main",
+       {{"rope_type", "default"}, {"rope_theta", 10000.0}, {"partial_rotary_factor", 0.25}}},
       {"compress",
-       {{"rope_type", "yarn"}, {"rope_theta", 160000.0}, {"factor", 4.0}, {"original_max_position_embeddings", 4096},
-        {"beta_fast", 32.0}, {"beta_slow", 1.0}, {"attention_factor", 1.0}, {"partial_rotary_factor", 0.25}}}};
+       {{"rope_type", "yarn"},
+        {"rope_theta", 160000.0},
+        {"factor", 4.0},
+        {"original_max_position_embeddings", 4096},
+        {"beta_fast", 32.0},
+        {"beta_slow", 1.0},
+        {"attention_factor", 1.0},
+        {"partial_rotary_factor", 0.25}}}};
   c["hc_mult"] = small ? 4 : 2;
   c["hc_sinkhorn_iters"] = 20;
   c["hc_eps"] = 1e-6;
@@ -82,7 +95,8 @@ class RandomTensors {
   RandomTensors(uint64_t seed, std::string dtype) : rng_(seed), dtype_(std::move(dtype)) {}
 
   // Gaussian values: mean + std * N(0, 1).
-  void normal(const std::string& name, std::vector<int64_t> shape, float mean, float std, bool keep_f32 = false) {
+  void normal(const std::string& name, std::vector<int64_t> shape, float mean, float std,
+              bool keep_f32 = false) {
     const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
     std::normal_distribution<float> dist(0.0f, 1.0f);
     TensorToWrite t{name, keep_f32 || dtype_ == "f32" ? "F32" : "BF16", std::move(shape), {}};
@@ -136,14 +150,19 @@ int64_t get(const nlohmann::json& c, const char* key) { return c.at(key).get<int
 
 void write_random_model(const std::filesystem::path& out_dir, const ModelInitOptions& options) {
   if (options.dtype != "bf16" && options.dtype != "f32") {
-    throw std::invalid_argument("model init: --dtype must be bf16 or f32, not '" + options.dtype + "'");
+    throw std::invalid_argument("model init: --dtype must be bf16 or f32, not '" + options.dtype +
+                                "'");
   }
   int64_t vocab = options.vocab_size > 0 ? options.vocab_size : 129280;
   const nlohmann::json c = preset_config(options.preset, vocab);
-  const int64_t H = get(c, "hidden_size"), L = get(c, "num_hidden_layers"), heads = get(c, "num_attention_heads");
-  const int64_t hd = get(c, "head_dim"), qr = get(c, "q_lora_rank"), og = get(c, "o_groups"), orank = get(c, "o_lora_rank");
-  const int64_t hc = get(c, "hc_mult"), E = get(c, "n_routed_experts"), k = get(c, "num_experts_per_tok");
-  const int64_t inter = get(c, "moe_intermediate_size"), ih = get(c, "index_n_heads"), ihd = get(c, "index_head_dim");
+  const int64_t H = get(c, "hidden_size"), L = get(c, "num_hidden_layers"),
+                heads = get(c, "num_attention_heads");
+  const int64_t hd = get(c, "head_dim"), qr = get(c, "q_lora_rank"), og = get(c, "o_groups"),
+                orank = get(c, "o_lora_rank");
+  const int64_t hc = get(c, "hc_mult"), E = get(c, "n_routed_experts"),
+                k = get(c, "num_experts_per_tok");
+  const int64_t inter = get(c, "moe_intermediate_size"), ih = get(c, "index_n_heads"),
+                ihd = get(c, "index_head_dim");
   const int64_t mix = (2 + hc) * hc;
 
   RandomTensors r(options.seed, options.dtype);
@@ -217,8 +236,10 @@ void write_random_model(const std::filesystem::path& out_dir, const ModelInitOpt
   if (!options.tokenizer_dir.empty()) {
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
       const auto from = options.tokenizer_dir / f;
-      if (!std::filesystem::exists(from)) throw std::runtime_error(from.string() + ": not found (--vocab-from)");
-      std::filesystem::copy_file(from, out_dir / f, std::filesystem::copy_options::overwrite_existing);
+      if (!std::filesystem::exists(from))
+        throw std::runtime_error(from.string() + ": not found (--vocab-from)");
+      std::filesystem::copy_file(from, out_dir / f,
+                                 std::filesystem::copy_options::overwrite_existing);
     }
   }
 }

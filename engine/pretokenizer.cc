@@ -128,8 +128,8 @@ void pretokenize(std::string_view text, const UnicodeClasses& classes,
   chars.reserve(text.size());
   for (size_t pos = 0; pos < text.size();) {
     const DecodedChar d = decode_utf8_char(text, pos);
-    chars.push_back({d.cp, static_cast<uint32_t>(pos), classes.of(d.cp),
-                     !d.invalid && is_regex_space(d.cp)});
+    chars.push_back(
+        {d.cp, static_cast<uint32_t>(pos), classes.of(d.cp), !d.invalid && is_regex_space(d.cp)});
     pos += d.len;
   }
   std::vector<size_t> a{0, chars.size()}, b;

@@ -2,9 +2,8 @@
 
 #include <cstring>
 #include <fstream>
-#include <stdexcept>
-
 #include <nlohmann/json.hpp>
+#include <stdexcept>
 
 namespace agentrt::engine {
 
@@ -28,7 +27,8 @@ uint16_t float_to_bf16(float value) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-void write_safetensors(const std::filesystem::path& file, const std::vector<TensorToWrite>& tensors) {
+void write_safetensors(const std::filesystem::path& file,
+                       const std::vector<TensorToWrite>& tensors) {
   nlohmann::ordered_json header;
   header["__metadata__"] = {{"format", "pt"}};
   uint64_t offset = 0;
@@ -40,7 +40,9 @@ void write_safetensors(const std::filesystem::path& file, const std::vector<Tens
                                   std::to_string(t.bytes.size()) + " bytes, its shape needs " +
                                   std::to_string(count * dtype_size(t.dtype)));
     }
-    header[t.name] = {{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes.size()}}};
+    header[t.name] = {{"dtype", t.dtype},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + t.bytes.size()}}};
     offset += t.bytes.size();
   }
   std::string text = header.dump();
@@ -50,7 +52,9 @@ void write_safetensors(const std::filesystem::path& file, const std::vector<Tens
   const uint64_t length = text.size();
   out.write(reinterpret_cast<const char*>(&length), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  for (const auto& t : tensors) out.write(reinterpret_cast<const char*>(t.bytes.data()), static_cast<std::streamsize>(t.bytes.size()));
+  for (const auto& t : tensors)
+    out.write(reinterpret_cast<const char*>(t.bytes.data()),
+              static_cast<std::streamsize>(t.bytes.size()));
   if (!out) throw std::runtime_error(file.string() + ": write failed (disk full?)");
 }
 

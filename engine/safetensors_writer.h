@@ -18,7 +18,8 @@ struct TensorToWrite {
 };
 
 // Throws naming the file if it cannot be written or a tensor's byte size mismatches its shape.
-void write_safetensors(const std::filesystem::path& file, const std::vector<TensorToWrite>& tensors);
+void write_safetensors(const std::filesystem::path& file,
+                       const std::vector<TensorToWrite>& tensors);
 
 // float32 -> bfloat16 with round-to-nearest-even.
 uint16_t float_to_bf16(float value);

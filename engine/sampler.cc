@@ -29,17 +29,21 @@ Sampler::Sample Sampler::sample(std::span<const float> logits, TokenMask mask) {
   }
 
   const double inv_t = 1.0 / params_.temperature;
-  std::sort(cand.begin(), cand.end(),
-            [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
-  if (params_.top_k > 0 && cand.size() > static_cast<size_t>(params_.top_k)) cand.resize(params_.top_k);
+  std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  if (params_.top_k > 0 && cand.size() > static_cast<size_t>(params_.top_k))
+    cand.resize(params_.top_k);
   std::vector<double> p(cand.size());
   double z = 0;
-  for (size_t i = 0; i < cand.size(); ++i) z += p[i] = std::exp((cand[i].first - cand[0].first) * inv_t);
+  for (size_t i = 0; i < cand.size(); ++i)
+    z += p[i] = std::exp((cand[i].first - cand[0].first) * inv_t);
   for (double& v : p) v /= z;
   size_t keep = cand.size();
   if (params_.min_p > 0) {
     const double floor = params_.min_p * p[0];
-    keep = std::max<size_t>(1, std::count_if(p.begin(), p.begin() + keep, [&](double v) { return v >= floor; }));
+    keep = std::max<size_t>(
+        1, std::count_if(p.begin(), p.begin() + keep, [&](double v) { return v >= floor; }));
   }
   if (params_.top_p < 1.0f) {
     double acc = 0;
@@ -66,7 +70,8 @@ Sampler::Sample Sampler::sample(std::span<const float> logits, TokenMask mask) {
   return {cand[chosen].second, static_cast<float>(std::log(p[chosen] / kept))};
 }
 
-std::vector<std::pair<int32_t, float>> Sampler::top_logprobs(std::span<const float> logits, int n, TokenMask mask) {
+std::vector<std::pair<int32_t, float>> Sampler::top_logprobs(std::span<const float> logits, int n,
+                                                             TokenMask mask) {
   std::vector<std::pair<float, int32_t>> cand;
   float max_logit = -std::numeric_limits<float>::infinity();
   for (size_t i = 0; i < logits.size(); ++i) {
@@ -77,8 +82,9 @@ std::vector<std::pair<int32_t, float>> Sampler::top_logprobs(std::span<const flo
   double z = 0;
   for (const auto& c : cand) z += std::exp(double(c.first) - max_logit);
   const size_t k = std::min<size_t>(std::max(n, 0), cand.size());
-  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(),
-                    [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); });
+  std::partial_sort(cand.begin(), cand.begin() + k, cand.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
   std::vector<std::pair<int32_t, float>> out;
   for (size_t i = 0; i < k; ++i) {
     out.push_back({cand[i].second, static_cast<float>(cand[i].first - max_logit - std::log(z))});

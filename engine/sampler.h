@@ -43,7 +43,7 @@ class Sampler {
   Sample sample(std::span<const float> logits, TokenMask mask = {});
   // The n most likely allowed tokens with their log-probabilities (temperature 1).
   static std::vector<std::pair<int32_t, float>> top_logprobs(std::span<const float> logits, int n,
-                                                            TokenMask mask = {});
+                                                             TokenMask mask = {});
   const SamplingParams& params() const { return params_; }
 
  private:

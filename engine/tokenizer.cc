@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <queue>
 #include <sstream>
 #include <stdexcept>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/pretokenizer.h"
 
@@ -24,7 +23,8 @@ std::vector<int> byte_level_decoder_table() {
   std::vector<int> cp_to_byte(512, -1);
   int shifted = 0;
   for (int b = 0; b < 256; ++b) {
-    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const bool printable =
+        (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
     const int cp = printable ? b : 256 + shifted++;
     cp_to_byte[cp] = b;
   }
@@ -118,7 +118,8 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::filesystem::path& di
   }
   for (int b = 0; b < 256; ++b) {
     auto it = tok->bytes_to_id_.find(std::string(1, static_cast<char>(b)));
-    if (it == tok->bytes_to_id_.end()) fail(file, "vocab lacks the token for byte " + std::to_string(b));
+    if (it == tok->bytes_to_id_.end())
+      fail(file, "vocab lacks the token for byte " + std::to_string(b));
     tok->byte_token_[b] = it->second;
   }
 
@@ -128,7 +129,8 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::filesystem::path& di
     if (merge.is_string()) {
       const std::string s = merge.get<std::string>();
       const size_t space = s.find(' ');
-      if (space == std::string::npos) fail(file, "model.merges[" + std::to_string(rank) + "]: no space");
+      if (space == std::string::npos)
+        fail(file, "model.merges[" + std::to_string(rank) + "]: no space");
       left = s.substr(0, space);
       right = s.substr(space + 1);
     } else if (merge.is_array() && merge.size() == 2) {
@@ -146,7 +148,8 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::filesystem::path& di
       fail(file, "model.merges[" + std::to_string(rank) + "]: \"" + left + " " + right +
                      "\" refers to tokens missing from the vocab");
     }
-    const uint64_t key = (static_cast<uint64_t>(li->second) << 32) | static_cast<uint32_t>(ri->second);
+    const uint64_t key =
+        (static_cast<uint64_t>(li->second) << 32) | static_cast<uint32_t>(ri->second);
     tok->merges_.try_emplace(key, Merge{rank, mi->second});
     ++rank;
   }
@@ -161,7 +164,8 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::filesystem::path& di
 
   if (std::filesystem::exists(config_file)) {
     const nlohmann::json config = read_json(config_file);
-    for (auto [key, slot] : {std::pair{"bos_token", &tok->bos_id_}, std::pair{"eos_token", &tok->eos_id_}}) {
+    for (auto [key, slot] :
+         {std::pair{"bos_token", &tok->bos_id_}, std::pair{"eos_token", &tok->eos_id_}}) {
       if (!config.contains(key) || config[key].is_null()) continue;
       const auto text = token_text(config[key]);
       if (!text) fail(config_file, std::string(key) + ": expected a string or {\"content\": ...}");
@@ -249,12 +253,15 @@ void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
   next[n - 1] = -1;
   struct Candidate {
     int32_t rank, pos, left, right;
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
   const auto push = [&](int32_t pos) {
     if (pos < 0 || next[pos] < 0) return;
-    const uint64_t key = (static_cast<uint64_t>(id[pos]) << 32) | static_cast<uint32_t>(id[next[pos]]);
+    const uint64_t key =
+        (static_cast<uint64_t>(id[pos]) << 32) | static_cast<uint32_t>(id[next[pos]]);
     auto it = merges_.find(key);
     if (it != merges_.end()) heap.push({it->second.rank, pos, id[pos], id[next[pos]]});
   };
@@ -264,7 +271,8 @@ void Tokenizer::bpe(std::string_view piece, std::vector<int32_t>& out) const {
     heap.pop();
     const int32_t right = next[c.pos];
     if (id[c.pos] != c.left || right < 0 || id[right] != c.right) continue;  // stale
-    id[c.pos] = merges_.at((static_cast<uint64_t>(c.left) << 32) | static_cast<uint32_t>(c.right)).merged;
+    id[c.pos] =
+        merges_.at((static_cast<uint64_t>(c.left) << 32) | static_cast<uint32_t>(c.right)).merged;
     id[right] = -1;
     next[c.pos] = next[right];
     if (next[right] >= 0) prev[next[right]] = c.pos;
@@ -278,8 +286,9 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
   std::string out;
   for (int32_t id : ids) {
     if (id < 0 || id >= vocab_size()) {
-      throw std::out_of_range("decode: token id " + std::to_string(id) + " outside the vocabulary (size " +
-                              std::to_string(vocab_size()) + ")");
+      throw std::out_of_range("decode: token id " + std::to_string(id) +
+                              " outside the vocabulary (size " + std::to_string(vocab_size()) +
+                              ")");
     }
     if (skip_special && is_special(id)) continue;
     out += token_bytes_[id];
@@ -315,7 +324,10 @@ size_t complete_utf8_prefix(std::string_view bytes) {
   for (size_t back = 1; back <= 3 && back <= n; ++back) {
     const unsigned char b = static_cast<unsigned char>(bytes[n - back]);
     if ((b & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
-    const size_t need = b >= 0xF0 && b <= 0xF4 ? 4 : b >= 0xE0 && b <= 0xEF ? 3 : b >= 0xC2 && b <= 0xDF ? 2 : 1;
+    const size_t need = b >= 0xF0 && b <= 0xF4   ? 4
+                        : b >= 0xE0 && b <= 0xEF ? 3
+                        : b >= 0xC2 && b <= 0xDF ? 2
+                                                 : 1;
     if (need > back && could_complete(bytes.substr(n - back))) return n - back;
     return n;
   }

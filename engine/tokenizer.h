@@ -64,9 +64,9 @@ class Tokenizer {
   std::unordered_map<std::string, int32_t> bytes_to_id_;  // merges-based vocab only
   std::unordered_map<uint64_t, Merge> merges_;            // (left id << 32 | right id)
   int32_t byte_token_[256] = {};
-  std::vector<AddedToken> added_;                         // sorted by content
-  std::vector<uint8_t> added_first_byte_;                 // 256 flags: some added token starts so
-  std::vector<uint8_t> special_flags_;                    // per id: 1 added, 2 special
+  std::vector<AddedToken> added_;          // sorted by content
+  std::vector<uint8_t> added_first_byte_;  // 256 flags: some added token starts so
+  std::vector<uint8_t> special_flags_;     // per id: 1 added, 2 special
   UnicodeClasses classes_;
   int32_t bos_id_ = 0;
   int32_t eos_id_ = 1;

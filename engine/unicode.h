@@ -9,7 +9,14 @@
 
 namespace agentrt::engine {
 
-enum class CharClass : uint8_t { other = 0, letter = 1, mark = 2, number = 3, punct = 4, symbol = 5 };
+enum class CharClass : uint8_t {
+  other = 0,
+  letter = 1,
+  mark = 2,
+  number = 3,
+  punct = 4,
+  symbol = 5
+};
 
 // A decoded character: its code point and its byte length in the input. Invalid UTF-8 bytes
 // decode one at a time with `invalid` set (code point U+FFFD, the character Python would see).
@@ -28,7 +35,9 @@ bool is_regex_space(char32_t cp);
 class UnicodeClasses {
  public:
   UnicodeClasses();
-  CharClass of(char32_t cp) const { return cp < table_.size() ? CharClass(table_[cp]) : CharClass::other; }
+  CharClass of(char32_t cp) const {
+    return cp < table_.size() ? CharClass(table_[cp]) : CharClass::other;
+  }
 
  private:
   std::vector<uint8_t> table_;

@@ -1,9 +1,9 @@
 // Model output is untrusted: the streaming DSML parser must survive any bytes, split anywhere.
+#include "runtime/chat/dsml_parser.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
-
-#include "runtime/chat/dsml_parser.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;

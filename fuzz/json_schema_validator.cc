@@ -1,8 +1,8 @@
 // Tool schemas and arguments both come from outside: validate any pair.
+#include "tools/json_schema_validator.h"
+
 #include <cstddef>
 #include <cstdint>
-
-#include "tools/json_schema_validator.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto json = nlohmann::json::parse(data, data + size, nullptr, false);

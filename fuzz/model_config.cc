@@ -1,7 +1,6 @@
 // config.json of a checkpoint.
 #include <cstddef>
 #include <cstdint>
-
 #include <nlohmann/json.hpp>
 
 #include "engine/forward_config.h"

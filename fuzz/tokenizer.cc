@@ -1,11 +1,11 @@
 // Arbitrary bytes through the tokenizer (AGENTRT_TOKENIZER names a tokenizer.json folder):
 // encode must not crash and decode(encode(x)) == x.
+#include "engine/tokenizer.h"
+
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
-
-#include "engine/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::shared_ptr<const agentrt::engine::Tokenizer> tokenizer = [] {

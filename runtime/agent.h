@@ -9,11 +9,10 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "runtime/backend.h"
 #include "tools/registry.h"
@@ -47,10 +46,11 @@ nlohmann::json to_json(const AgentEvent& event);
 using AgentEventCallback = std::function<void(const AgentEvent&)>;
 
 struct LoopLimits {
-  int max_steps = 16;              // model turns per send()
-  int64_t max_total_tokens = 0;    // prompt + completion over the turn; 0 = none
-  double max_seconds = 0;          // wall clock for the turn; 0 = none
-  int max_call_retries = 1;        // a call that timed out is retried this many times before the model sees it
+  int max_steps = 16;            // model turns per send()
+  int64_t max_total_tokens = 0;  // prompt + completion over the turn; 0 = none
+  double max_seconds = 0;        // wall clock for the turn; 0 = none
+  int max_call_retries =
+      1;  // a call that timed out is retried this many times before the model sees it
   int max_identical_failures = 2;  // the same failing call (name + args) repeated: stop
 };
 
@@ -72,7 +72,15 @@ struct TurnOptions {
   std::optional<ToolChoice> tool_choice;          // overrides AgentOptions for this turn
 };
 
-enum class StopReason { final_answer, max_steps, token_budget, time_budget, cancelled, repeated_failure, error };
+enum class StopReason {
+  final_answer,
+  max_steps,
+  token_budget,
+  time_budget,
+  cancelled,
+  repeated_failure,
+  error
+};
 std::string_view to_string(StopReason reason);
 
 struct TurnResult {

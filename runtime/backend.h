@@ -5,12 +5,11 @@
 
 #include <atomic>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "engine/sampler.h"
 #include "runtime/chat/dsml_parser.h"
@@ -31,7 +30,8 @@ struct ToolChoice {
 
 struct GenerationRequest {
   std::vector<chat::Message> messages;
-  nlohmann::ordered_json tools = nlohmann::ordered_json::array();  // OpenAI tools array (order kept)
+  nlohmann::ordered_json tools =
+      nlohmann::ordered_json::array();  // OpenAI tools array (order kept)
   ToolChoice tool_choice;
   bool parallel_tool_calls = true;
   // OpenAI response_format: {"type":"json_schema","json_schema":{"name":..,"schema":{..}}} or

@@ -11,8 +11,10 @@ std::shared_ptr<Backend> make_backend(const BackendConfig& config) {
   if (config.kind == "native") {
     NativeBackendOptions options;
     options.load.threads = config.threads;
-    if (config.device == "cuda") options.load.device = engine::Device::cuda;
-    else if (config.device != "cpu") throw std::invalid_argument("model.device must be cpu or cuda, not '" + config.device + "'");
+    if (config.device == "cuda")
+      options.load.device = engine::Device::cuda;
+    else if (config.device != "cpu")
+      throw std::invalid_argument("model.device must be cpu or cuda, not '" + config.device + "'");
     return std::make_shared<NativeBackend>(config.model_path, options);
   }
   if (config.kind == "remote") {

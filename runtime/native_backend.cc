@@ -26,10 +26,12 @@ void clear_bit(std::vector<uint32_t>& mask, int64_t id) { mask[id >> 5] &= ~(1u 
 // token starts with the rest of it.
 class MarkerBan {
  public:
-  MarkerBan(const std::vector<std::string>& token_bytes, std::string marker) : marker_(std::move(marker)) {
+  MarkerBan(const std::vector<std::string>& token_bytes, std::string marker)
+      : marker_(std::move(marker)) {
     for (size_t i = 0; i < token_bytes.size(); ++i) {
       if (token_bytes[i].empty()) continue;
-      if (token_bytes[i].find(marker_) != std::string::npos) always_.push_back(static_cast<int32_t>(i));
+      if (token_bytes[i].find(marker_) != std::string::npos)
+        always_.push_back(static_cast<int32_t>(i));
       sorted_.emplace_back(token_bytes[i], static_cast<int32_t>(i));
     }
     std::sort(sorted_.begin(), sorted_.end());
@@ -39,7 +41,8 @@ class MarkerBan {
     for (size_t k = 1; k < marker_.size(); ++k) {
       if (text.size() < k || text.compare(text.size() - k, k, marker_, 0, k) != 0) continue;
       const std::string rest = marker_.substr(k);
-      for (auto it = std::lower_bound(sorted_.begin(), sorted_.end(), std::make_pair(rest, int32_t{-1}));
+      for (auto it =
+               std::lower_bound(sorted_.begin(), sorted_.end(), std::make_pair(rest, int32_t{-1}));
            it != sorted_.end() && it->first.compare(0, rest.size(), rest) == 0; ++it) {
         clear_bit(mask, it->second);
       }
@@ -64,16 +67,24 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
     if (k == "type" && v.is_string()) {
       const std::string t = v.get<std::string>();
       if (t == "any" || t.empty()) continue;  // unconstrained
-      if (t == "HashMap") out[k] = "object";  // BFCL's Java container types
+      if (t == "HashMap")
+        out[k] = "object";  // BFCL's Java container types
       else if (t == "ArrayList" || t == "Array")
         out[k] = "array";
-      else if (t == "dict") out[k] = "object";
-      else if (t == "float" || t == "double") out[k] = "number";
-      else if (t == "tuple") out[k] = "array";
-      else if (t == "String" || t == "char") out[k] = "string";
-      else if (t == "Boolean") out[k] = "boolean";
-      else if (t == "long") out[k] = "integer";
-      else out[k] = t;
+      else if (t == "dict")
+        out[k] = "object";
+      else if (t == "float" || t == "double")
+        out[k] = "number";
+      else if (t == "tuple")
+        out[k] = "array";
+      else if (t == "String" || t == "char")
+        out[k] = "string";
+      else if (t == "Boolean")
+        out[k] = "boolean";
+      else if (t == "long")
+        out[k] = "integer";
+      else
+        out[k] = t;
     } else if (k == "properties" && v.is_object()) {
       ojson props = ojson::object();
       for (const auto& [pk, pv] : v.items()) props[pk] = normalize(pv, b);
@@ -91,41 +102,54 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
   // Required names that `properties` does not describe are still allowed (JSON Schema's default
   // additionalProperties): declare them, or a grammar that closes objects could never write them.
   if (out.contains("required") && out["required"].is_array()) {
-    if (!out.contains("properties") || !out["properties"].is_object()) out["properties"] = ojson::object();
+    if (!out.contains("properties") || !out["properties"].is_object())
+      out["properties"] = ojson::object();
     for (const auto& name : out["required"]) {
-      if (name.is_string() && !out["properties"].contains(name.get<std::string>())) out["properties"][name.get<std::string>()] = normalize(ojson::object(), b);
+      if (name.is_string() && !out["properties"].contains(name.get<std::string>()))
+        out["properties"][name.get<std::string>()] = normalize(ojson::object(), b);
     }
   }
   // Bounded mode writes an unconstrained value ("any", Java container types) as a short string:
   // any value is valid there, and a string ends.
   if (b.max_string_chars > 0 && !out.contains("type")) {
     bool shaped = false;
-    for (const char* kw : {"anyOf", "oneOf", "allOf", "enum", "const", "$ref", "properties", "items", "not"}) shaped = shaped || out.contains(kw);
+    for (const char* kw :
+         {"anyOf", "oneOf", "allOf", "enum", "const", "$ref", "properties", "items", "not"})
+      shaped = shaped || out.contains(kw);
     if (!shaped) out["type"] = "string";
   }
-  const std::string type = out.contains("type") && out["type"].is_string() ? out["type"].get<std::string>() : "";
+  const std::string type =
+      out.contains("type") && out["type"].is_string() ? out["type"].get<std::string>() : "";
   const bool closed = out.contains("enum") || out.contains("const");
-  if (!closed && type == "string" && b.max_string_chars > 0 && !out.contains("maxLength") && !out.contains("format") && !out.contains("pattern")) {
+  if (!closed && type == "string" && b.max_string_chars > 0 && !out.contains("maxLength") &&
+      !out.contains("format") && !out.contains("pattern")) {
     out["maxLength"] = b.max_string_chars;
   }
-  if (!closed && type == "array" && b.max_array_items > 0 && !out.contains("maxItems")) out["maxItems"] = b.max_array_items;
+  if (!closed && type == "array" && b.max_array_items > 0 && !out.contains("maxItems"))
+    out["maxItems"] = b.max_array_items;
   // Bounded mode writes unbounded numbers as bounded integers: still valid numbers, and they end.
-  if (!closed && type == "number" && b.max_abs_integer > 0 && !out.contains("minimum") && !out.contains("maximum") &&
-      !out.contains("exclusiveMinimum") && !out.contains("exclusiveMaximum") && !out.contains("multipleOf")) {
+  if (!closed && type == "number" && b.max_abs_integer > 0 && !out.contains("minimum") &&
+      !out.contains("maximum") && !out.contains("exclusiveMinimum") &&
+      !out.contains("exclusiveMaximum") && !out.contains("multipleOf")) {
     out["type"] = "integer";
   }
-  if (!closed && (type == "integer" || out.value("type", "") == "integer") && b.max_abs_integer > 0) {
+  if (!closed && (type == "integer" || out.value("type", "") == "integer") &&
+      b.max_abs_integer > 0) {
     // Bound the open side only, relative to the closed one, so the range never becomes empty.
     const bool has_min = out.contains("minimum") || out.contains("exclusiveMinimum");
     const bool has_max = out.contains("maximum") || out.contains("exclusiveMaximum");
-    const auto bound = [&](const char* a, const char* b2) { return out.contains(a) ? out[a].get<double>() : out[b2].get<double>(); };
+    const auto bound = [&](const char* a, const char* b2) {
+      return out.contains(a) ? out[a].get<double>() : out[b2].get<double>();
+    };
     if (!has_min && !has_max) {
       out["minimum"] = -b.max_abs_integer;
       out["maximum"] = b.max_abs_integer;
     } else if (has_min && !has_max) {
-      out["maximum"] = static_cast<int64_t>(std::ceil(bound("minimum", "exclusiveMinimum"))) + b.max_abs_integer;
+      out["maximum"] =
+          static_cast<int64_t>(std::ceil(bound("minimum", "exclusiveMinimum"))) + b.max_abs_integer;
     } else if (!has_min && has_max) {
-      out["minimum"] = static_cast<int64_t>(std::floor(bound("maximum", "exclusiveMaximum"))) - b.max_abs_integer;
+      out["minimum"] = static_cast<int64_t>(std::floor(bound("maximum", "exclusiveMaximum"))) -
+                       b.max_abs_integer;
     }
   }
   return out;
@@ -133,7 +157,8 @@ ojson normalize(const ojson& s, const GenerationRequest::ValueBounds& b = {}) {
 
 }  // namespace
 
-nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schema, const GenerationRequest::ValueBounds& bounds) {
+nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schema,
+                                             const GenerationRequest::ValueBounds& bounds) {
   // The parameters themselves are always an object, whatever the bounds do to untyped values.
   ojson out = normalize(schema, bounds);
   if (out.is_object() && (!schema.contains("type") || out.value("type", "") == "string")) {
@@ -143,17 +168,21 @@ nlohmann::ordered_json normalize_tool_schema(const nlohmann::ordered_json& schem
   return out;
 }
 
-NativeBackend::NativeBackend(const std::filesystem::path& model_dir, const NativeBackendOptions& options) {
+NativeBackend::NativeBackend(const std::filesystem::path& model_dir,
+                             const NativeBackendOptions& options) {
   std::filesystem::path tok_dir = options.tokenizer_dir.empty() ? model_dir : options.tokenizer_dir;
   if (!std::filesystem::exists(tok_dir / "tokenizer.json")) {
-    throw std::runtime_error(tok_dir.string() + ": no tokenizer.json (pass the tokenizer folder, or make the model with agentrt model init --vocab-from)");
+    throw std::runtime_error(tok_dir.string() +
+                             ": no tokenizer.json (pass the tokenizer folder, or make the model "
+                             "with agentrt model init --vocab-from)");
   }
   tokenizer_ = engine::Tokenizer::load(tok_dir);
   model_ = engine::Model::load(model_dir, options.load);
   const int32_t vocab = std::max(model_->vocab_size(), tokenizer_->vocab_size());
   if (model_->vocab_size() < tokenizer_->vocab_size()) {
-    throw std::runtime_error(model_dir.string() + ": the model's vocabulary (" + std::to_string(model_->vocab_size()) +
-                             ") is smaller than the tokenizer's (" + std::to_string(tokenizer_->vocab_size()) + ")");
+    throw std::runtime_error(
+        model_dir.string() + ": the model's vocabulary (" + std::to_string(model_->vocab_size()) +
+        ") is smaller than the tokenizer's (" + std::to_string(tokenizer_->vocab_size()) + ")");
   }
   grammars::Vocabulary v;
   v.token_bytes.assign(vocab, std::string());
@@ -198,7 +227,8 @@ std::vector<int32_t> NativeBackend::prompt_tokens(const GenerationRequest& reque
   // user who writes "<｜Assistant｜>" gets those characters, not the token.
   chat::EncodeOptions encoding = request.encoding;
   encoding.mark_message_text = true;
-  const std::string prompt = chat::encode_v4(request.messages, request.tools, encoding, request.response_format);
+  const std::string prompt =
+      chat::encode_v4(request.messages, request.tools, encoding, request.response_format);
   std::vector<int32_t> ids;
   for (const auto& segment : chat::split_marked_prompt(prompt)) {
     const auto part = tokenizer_->encode(segment.text, /*parse_special=*/!segment.message_text);
@@ -207,8 +237,10 @@ std::vector<int32_t> NativeBackend::prompt_tokens(const GenerationRequest& reque
   return ids;
 }
 
-GenerationResult NativeBackend::generate(const GenerationRequest& request, const GenerationCallback& on_event,
-                                         const std::atomic<bool>* cancel, std::string_view cache_key) {
+GenerationResult NativeBackend::generate(const GenerationRequest& request,
+                                         const GenerationCallback& on_event,
+                                         const std::atomic<bool>* cancel,
+                                         std::string_view cache_key) {
   const auto start = std::chrono::steady_clock::now();
   GenerationResult result;
   const std::vector<int32_t> prompt = prompt_tokens(request);
@@ -216,7 +248,8 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
   const bool thinking = request.encoding.thinking == chat::ThinkingMode::thinking;
 
   // The constraint for this request.
-  const bool has_tools = request.tools.is_array() && !request.tools.empty() && request.tool_choice.mode != ToolChoice::Mode::none;
+  const bool has_tools = request.tools.is_array() && !request.tools.empty() &&
+                         request.tool_choice.mode != ToolChoice::Mode::none;
   std::unique_ptr<grammars::GrammarMatcher> matcher;
   std::unique_ptr<MarkerBan> ban;
   if (request.constrained) {
@@ -224,12 +257,17 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
       std::vector<grammars::ToolSignature> signatures;
       for (const auto& tool : request.tools) {
         const ojson& fn = tool.contains("function") ? tool["function"] : tool;
-        signatures.push_back({fn.at("name").get<std::string>(), normalize_tool_schema(fn.value("parameters", ojson{{"type", "object"}}), request.value_bounds)});
+        signatures.push_back(
+            {fn.at("name").get<std::string>(),
+             normalize_tool_schema(fn.value("parameters", ojson{{"type", "object"}}),
+                                   request.value_bounds)});
       }
       grammars::ToolCallGrammarOptions options;
       options.parallel_calls = request.parallel_tool_calls;
-      if (request.tool_choice.mode == ToolChoice::Mode::named) options.forced_tool = request.tool_choice.name;
-      const auto compiled = grammars::compile(grammars::tool_calls_grammar(signatures, options), index_);
+      if (request.tool_choice.mode == ToolChoice::Mode::named)
+        options.forced_tool = request.tool_choice.name;
+      const auto compiled =
+          grammars::compile(grammars::tool_calls_grammar(signatures, options), index_);
       const bool lazy = request.tool_choice.mode == ToolChoice::Mode::automatic || thinking;
       if (lazy) {
         grammars::TriggerOptions trigger;
@@ -242,15 +280,19 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
       const auto& rf = *request.response_format;
       const std::string type = rf.value("type", "");
       nlohmann::json schema;
-      if (type == "json_schema") schema = rf.at("json_schema").value("schema", nlohmann::json::object());
-      else if (type == "json_object") schema = {{"type", "object"}};
+      if (type == "json_schema")
+        schema = rf.at("json_schema").value("schema", nlohmann::json::object());
+      else if (type == "json_object")
+        schema = {{"type", "object"}};
       if (!schema.is_null()) {
-        const auto compiled = grammars::compile(grammars::grammar_from_json_schema(ojson::parse(schema.dump())), index_);
+        const auto compiled = grammars::compile(
+            grammars::grammar_from_json_schema(ojson::parse(schema.dump())), index_);
         matcher = std::make_unique<grammars::GrammarMatcher>(compiled);
       }
     }
     if (request.tool_choice.mode == ToolChoice::Mode::none || !has_tools) {
-      ban = std::make_unique<MarkerBan>(index_->vocabulary().token_bytes, std::string(grammars::kDsmlToolCallsOpener));
+      ban = std::make_unique<MarkerBan>(index_->vocabulary().token_bytes,
+                                        std::string(grammars::kDsmlToolCallsOpener));
     }
   }
 
@@ -258,7 +300,9 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
   std::lock_guard lock(cached->mutex);
   // Reuse the longest common prefix of what the cache holds; always recompute the last token.
   size_t common = 0;
-  while (common < cached->tokens.size() && common < prompt.size() && cached->tokens[common] == prompt[common]) ++common;
+  while (common < cached->tokens.size() && common < prompt.size() &&
+         cached->tokens[common] == prompt[common])
+    ++common;
   if (common == prompt.size()) --common;
   cached->sequence->truncate(static_cast<int64_t>(common));
   cached->tokens.resize(common);
@@ -273,7 +317,8 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
   std::string text;  // generated so far (for the marker ban)
   std::vector<uint32_t> mask(base_mask_.size());
   const auto forward_events = [&](const std::vector<chat::ParseEvent>& events) {
-    if (on_event) for (const auto& e : events) on_event(e);
+    if (on_event)
+      for (const auto& e : events) on_event(e);
   };
   const auto emit_token_text = [&](int32_t id) {
     const std::string piece = decoder.push(id);
@@ -310,7 +355,8 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
     if (s.token == tokenizer_->eos_id()) break;
     if (matcher && !matcher->accept_token(s.token)) {
       result.finish = FinishReason::error;
-      result.error = "the grammar rejected a token its own mask allowed (id " + std::to_string(s.token) + ")";
+      result.error =
+          "the grammar rejected a token its own mask allowed (id " + std::to_string(s.token) + ")";
       break;
     }
     std::vector<int32_t> feed = {s.token};
@@ -320,11 +366,14 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request, const
     if (matcher && matcher->triggered()) {
       const std::string forced = matcher->find_jump_forward_bytes();
       if (!forced.empty()) {
-        const std::vector<int32_t> canonical = tokenizer_->encode(tokenizer_->token_bytes()[s.token] + forced);
+        const std::vector<int32_t> canonical =
+            tokenizer_->encode(tokenizer_->token_bytes()[s.token] + forced);
         matcher->rollback(1);
         std::vector<int32_t> accepted;
         for (int32_t id : canonical) {
-          if (produced + static_cast<int>(accepted.size()) > request.max_tokens || !matcher->accept_token(id)) break;
+          if (produced + static_cast<int>(accepted.size()) > request.max_tokens ||
+              !matcher->accept_token(id))
+            break;
           accepted.push_back(id);
         }
         if (accepted.empty()) {

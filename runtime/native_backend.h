@@ -30,7 +30,8 @@ class NativeBackend : public Backend {
   NativeBackend(const std::filesystem::path& model_dir, const NativeBackendOptions& options = {});
   std::string name() const override { return "native"; }
   GenerationResult generate(const GenerationRequest& request, const GenerationCallback& on_event,
-                            const std::atomic<bool>* cancel, std::string_view cache_key = {}) override;
+                            const std::atomic<bool>* cancel,
+                            std::string_view cache_key = {}) override;
   void release_cache(std::string_view cache_key) override;
 
   const engine::Tokenizer& tokenizer() const { return *tokenizer_; }

@@ -20,8 +20,8 @@ namespace {
 struct StreamState {
   const GenerationCallback* on_event;
   const std::atomic<bool>* cancel;
-  std::string pending;  // bytes not yet forming a whole line
-  std::string raw_body; // for non-SSE (error) bodies
+  std::string pending;   // bytes not yet forming a whole line
+  std::string raw_body;  // for non-SSE (error) bodies
   bool any_data = false;
   bool done = false;
   std::string content, reasoning, finish_reason;
@@ -55,10 +55,14 @@ struct StreamState {
       usage.prompt_tokens = chunk["usage"].value("prompt_tokens", int64_t{0});
       usage.completion_tokens = chunk["usage"].value("completion_tokens", int64_t{0});
     }
-    if (!chunk.contains("choices") || !chunk["choices"].is_array() || chunk["choices"].empty()) return;
+    if (!chunk.contains("choices") || !chunk["choices"].is_array() || chunk["choices"].empty())
+      return;
     const auto& choice = chunk["choices"][0];
-    if (choice.contains("finish_reason") && choice["finish_reason"].is_string()) finish_reason = choice["finish_reason"];
-    const nlohmann::json delta = choice.contains("delta") ? choice["delta"] : choice.value("message", nlohmann::json::object());
+    if (choice.contains("finish_reason") && choice["finish_reason"].is_string())
+      finish_reason = choice["finish_reason"];
+    const nlohmann::json delta = choice.contains("delta")
+                                     ? choice["delta"]
+                                     : choice.value("message", nlohmann::json::object());
     if (delta.contains("reasoning_content") && delta["reasoning_content"].is_string()) {
       const std::string t = delta["reasoning_content"];
       reasoning += t;
@@ -77,12 +81,15 @@ struct StreamState {
         if (tc.contains("id") && tc["id"].is_string()) call.id = tc["id"];
         if (tc.contains("function")) {
           const auto& fn = tc["function"];
-          if (fn.contains("name") && fn["name"].is_string()) call.name += fn["name"].get<std::string>();
-          if (is_new && !call.name.empty()) emit({chat::ParseEvent::Kind::tool_call_start, index, "", call.id, call.name});
+          if (fn.contains("name") && fn["name"].is_string())
+            call.name += fn["name"].get<std::string>();
+          if (is_new && !call.name.empty())
+            emit({chat::ParseEvent::Kind::tool_call_start, index, "", call.id, call.name});
           if (fn.contains("arguments") && fn["arguments"].is_string()) {
             const std::string piece = fn["arguments"];
             call.arguments += piece;
-            emit({chat::ParseEvent::Kind::tool_call_arguments_delta, index, piece, call.id, call.name});
+            emit({chat::ParseEvent::Kind::tool_call_arguments_delta, index, piece, call.id,
+                  call.name});
           }
         }
       }
@@ -94,7 +101,8 @@ size_t on_write(char* ptr, size_t size, size_t n, void* user) {
   auto* s = static_cast<StreamState*>(user);
   const size_t len = size * n;
   s->pending.append(ptr, len);
-  if (s->raw_body.size() < 65536) s->raw_body.append(ptr, std::min(len, 65536 - s->raw_body.size()));
+  if (s->raw_body.size() < 65536)
+    s->raw_body.append(ptr, std::min(len, 65536 - s->raw_body.size()));
   for (size_t nl; (nl = s->pending.find('\n')) != std::string::npos;) {
     std::string line = s->pending.substr(0, nl);
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -113,8 +121,10 @@ int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 
 RemoteBackend::RemoteBackend(RemoteBackendOptions options) : options_(std::move(options)) {
   if (options_.base_url.empty()) throw std::invalid_argument("remote backend: base URL is empty");
-  while (!options_.base_url.empty() && options_.base_url.back() == '/') options_.base_url.pop_back();
-  if (options_.guided_decoding != "none" && options_.guided_decoding != "vllm" && options_.guided_decoding != "sglang") {
+  while (!options_.base_url.empty() && options_.base_url.back() == '/')
+    options_.base_url.pop_back();
+  if (options_.guided_decoding != "none" && options_.guided_decoding != "vllm" &&
+      options_.guided_decoding != "sglang") {
     throw std::invalid_argument("remote backend: guided_decoding must be none, vllm or sglang");
   }
 }
@@ -122,7 +132,9 @@ RemoteBackend::RemoteBackend(RemoteBackendOptions options) : options_(std::move(
 nlohmann::json RemoteBackend::request_body(const GenerationRequest& request) const {
   nlohmann::json body;
   body["model"] = options_.model.empty() ? "default" : options_.model;
-  body["messages"] = nlohmann::json::parse(chat::to_openai(request.messages).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+  body["messages"] =
+      nlohmann::json::parse(chat::to_openai(request.messages)
+                                .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   body["stream"] = true;
   body["stream_options"] = {{"include_usage", true}};
   body["max_tokens"] = request.max_tokens;
@@ -140,30 +152,39 @@ nlohmann::json RemoteBackend::request_body(const GenerationRequest& request) con
     body["parallel_tool_calls"] = request.parallel_tool_calls;
   }
   if (request.response_format) body["response_format"] = *request.response_format;
-  if (request.constrained && has_tools && options_.guided_decoding != "none" && request.tool_choice.mode != ToolChoice::Mode::none &&
+  if (request.constrained && has_tools && options_.guided_decoding != "none" &&
+      request.tool_choice.mode != ToolChoice::Mode::none &&
       request.tool_choice.mode != ToolChoice::Mode::automatic) {
     // Forced calls: the DSML grammar constrains the raw text on servers that take a grammar.
     std::vector<grammars::ToolSignature> signatures;
     for (const auto& tool : request.tools) {
       const auto& fn = tool.contains("function") ? tool["function"] : tool;
-      signatures.push_back({fn.at("name").get<std::string>(), normalize_tool_schema(fn.value("parameters", nlohmann::ordered_json::object()))});
+      signatures.push_back(
+          {fn.at("name").get<std::string>(),
+           normalize_tool_schema(fn.value("parameters", nlohmann::ordered_json::object()))});
     }
     grammars::ToolCallGrammarOptions go;
     go.parallel_calls = request.parallel_tool_calls;
-    if (request.tool_choice.mode == ToolChoice::Mode::named) go.forced_tool = request.tool_choice.name;
+    if (request.tool_choice.mode == ToolChoice::Mode::named)
+      go.forced_tool = request.tool_choice.name;
     const std::string ebnf = grammars::tool_calls_ebnf(signatures, go);
-    if (options_.guided_decoding == "vllm") body["structured_outputs"] = {{"grammar", ebnf}};
-    else body["ebnf"] = ebnf;
+    if (options_.guided_decoding == "vllm")
+      body["structured_outputs"] = {{"grammar", ebnf}};
+    else
+      body["ebnf"] = ebnf;
   }
   return body;
 }
 
-GenerationResult RemoteBackend::generate(const GenerationRequest& request, const GenerationCallback& on_event,
+GenerationResult RemoteBackend::generate(const GenerationRequest& request,
+                                         const GenerationCallback& on_event,
                                          const std::atomic<bool>* cancel, std::string_view) {
   const auto start = std::chrono::steady_clock::now();
-  const std::string body = request_body(request).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  const std::string body =
+      request_body(request).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   std::string auth;
-  if (const char* key = std::getenv(options_.api_key_env.c_str()); key && *key) auth = std::string("Authorization: Bearer ") + key;
+  if (const char* key = std::getenv(options_.api_key_env.c_str()); key && *key)
+    auth = std::string("Authorization: Bearer ") + key;
   GenerationResult result;
   std::string last_error;
   for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {
@@ -186,8 +207,10 @@ GenerationResult RemoteBackend::generate(const GenerationRequest& request, const
     curl_easy_setopt(curl.get(), CURLOPT_XFERINFODATA, &state);
     curl_easy_setopt(curl.get(), CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count()));
-    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, static_cast<long>(options_.total_timeout.count()));
+    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS,
+                     static_cast<long>(options_.connect_timeout.count()));
+    curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS,
+                     static_cast<long>(options_.total_timeout.count()));
     const CURLcode rc = curl_easy_perform(curl.get());
     long status = 0;
     curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &status);
@@ -195,10 +218,12 @@ GenerationResult RemoteBackend::generate(const GenerationRequest& request, const
       result.finish = FinishReason::cancelled;
       return result;
     }
-    const bool retryable = (rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT) || status == 429 || status >= 500;
+    const bool retryable =
+        (rc != CURLE_OK && rc != CURLE_OPERATION_TIMEDOUT) || status == 429 || status >= 500;
     if (rc != CURLE_OK || status >= 400) {
-      last_error = rc != CURLE_OK ? std::string(curl_easy_strerror(rc))
-                                  : "HTTP " + std::to_string(status) + ": " + state.raw_body.substr(0, 300);
+      last_error = rc != CURLE_OK
+                       ? std::string(curl_easy_strerror(rc))
+                       : "HTTP " + std::to_string(status) + ": " + state.raw_body.substr(0, 300);
       if (retryable && !state.any_data) continue;
       break;
     }
@@ -221,10 +246,13 @@ GenerationResult RemoteBackend::generate(const GenerationRequest& request, const
       if (call.id.empty()) call.id = "call_" + std::to_string(index);
       if (call.arguments.empty()) call.arguments = "{}";
       result.message.tool_calls.push_back({call.id, call.name, call.arguments});
-      if (on_event) on_event({chat::ParseEvent::Kind::tool_call_end, index, call.arguments, call.id, call.name});
+      if (on_event)
+        on_event(
+            {chat::ParseEvent::Kind::tool_call_end, index, call.arguments, call.id, call.name});
     }
     // Servers without a tool parser return DSML in the content: parse it here.
-    if (result.message.tool_calls.empty() && state.content.find(grammars::kDsmlToolCallsOpener) != std::string::npos) {
+    if (result.message.tool_calls.empty() &&
+        state.content.find(grammars::kDsmlToolCallsOpener) != std::string::npos) {
       chat::DsmlStreamParser parser(false);
       parser.feed(state.content);
       const auto final = parser.finish(state.finish_reason == "length");
@@ -244,7 +272,9 @@ GenerationResult RemoteBackend::generate(const GenerationRequest& request, const
         problem = "unknown tool '" + call.name + "'";
       } else {
         try {
-          const auto errors = tools::validate(nlohmann::json::parse(normalize_tool_schema(*schema).dump()), nlohmann::json::parse(call.arguments_json));
+          const auto errors =
+              tools::validate(nlohmann::json::parse(normalize_tool_schema(*schema).dump()),
+                              nlohmann::json::parse(call.arguments_json));
           if (!errors.empty()) problem = call.name + ": " + tools::describe(errors);
         } catch (const std::exception& e) {
           problem = call.name + ": " + e.what();
@@ -254,9 +284,10 @@ GenerationResult RemoteBackend::generate(const GenerationRequest& request, const
     }
     result.usage = state.usage;
     result.finish = !result.message.tool_calls.empty() ? FinishReason::tool_calls
-                    : state.finish_reason == "length"   ? FinishReason::length
-                                                        : FinishReason::stop;
-    result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+                    : state.finish_reason == "length"  ? FinishReason::length
+                                                       : FinishReason::stop;
+    result.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return result;
   }
   result.finish = FinishReason::error;

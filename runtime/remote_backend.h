@@ -14,8 +14,8 @@
 namespace agentrt {
 
 struct RemoteBackendOptions {
-  std::string base_url;                 // e.g. http://127.0.0.1:8000/v1
-  std::string model;                    // the request's "model"
+  std::string base_url;  // e.g. http://127.0.0.1:8000/v1
+  std::string model;     // the request's "model"
   std::string api_key_env = "OPENAI_API_KEY";
   std::string guided_decoding = "none";  // none | vllm | sglang
   int max_attempts = 4;
@@ -29,7 +29,8 @@ class RemoteBackend : public Backend {
   explicit RemoteBackend(RemoteBackendOptions options);
   std::string name() const override { return "remote"; }
   GenerationResult generate(const GenerationRequest& request, const GenerationCallback& on_event,
-                            const std::atomic<bool>* cancel, std::string_view cache_key = {}) override;
+                            const std::atomic<bool>* cancel,
+                            std::string_view cache_key = {}) override;
   // The JSON body sent for a request (exposed for tests).
   nlohmann::json request_body(const GenerationRequest& request) const;
 

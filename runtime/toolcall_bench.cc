@@ -10,9 +10,10 @@
 
 namespace agentrt {
 
-std::vector<ToolcallFileResult> run_toolcall_bench(Backend& backend, const std::vector<std::filesystem::path>& files,
-                                                   const ToolcallBenchOptions& options,
-                                                   const std::function<void(const ToolcallFileResult&)>& on_file) {
+std::vector<ToolcallFileResult> run_toolcall_bench(
+    Backend& backend, const std::vector<std::filesystem::path>& files,
+    const ToolcallBenchOptions& options,
+    const std::function<void(const ToolcallFileResult&)>& on_file) {
   std::vector<ToolcallFileResult> results;
   for (const auto& file : files) {
     std::ifstream in(file);
@@ -28,10 +29,12 @@ std::vector<ToolcallFileResult> run_toolcall_bench(Backend& backend, const std::
       try {
         entry = nlohmann::ordered_json::parse(line);
       } catch (const nlohmann::json::exception& e) {
-        throw std::runtime_error(file.string() + ":" + std::to_string(line_no) + ": not JSON: " + e.what());
+        throw std::runtime_error(file.string() + ":" + std::to_string(line_no) +
+                                 ": not JSON: " + e.what());
       }
       if (!entry.contains("question") || !entry.contains("function")) {
-        throw std::runtime_error(file.string() + ":" + std::to_string(line_no) + ": needs 'question' and 'function'");
+        throw std::runtime_error(file.string() + ":" + std::to_string(line_no) +
+                                 ": needs 'question' and 'function'");
       }
       GenerationRequest request;
       // BFCL questions: a list of turns, each a list of messages; the first turn is used.
@@ -39,7 +42,8 @@ std::vector<ToolcallFileResult> run_toolcall_bench(Backend& backend, const std::
       if (turn.is_array() && !turn.empty() && turn[0].is_array()) turn = turn[0];
       request.messages = chat::parse_messages(turn);
       request.tools = nlohmann::ordered_json::array();
-      for (const auto& fn : entry["function"]) request.tools.push_back({{"type", "function"}, {"function", fn}});
+      for (const auto& fn : entry["function"])
+        request.tools.push_back({{"type", "function"}, {"function", fn}});
       request.tool_choice = options.tool_choice;
       request.constrained = options.constrained;
       request.max_tokens = options.max_tokens;
@@ -56,7 +60,9 @@ std::vector<ToolcallFileResult> run_toolcall_bench(Backend& backend, const std::
         continue;
       }
       if (g.message.tool_calls.empty()) {
-        if (std::getenv("AGENTRT_BENCH_VERBOSE")) std::fprintf(stderr, "%s:%d no call (%s): %s\n", r.file.c_str(), line_no, std::string(to_string(g.finish)).c_str(), g.error.c_str());
+        if (std::getenv("AGENTRT_BENCH_VERBOSE"))
+          std::fprintf(stderr, "%s:%d no call (%s): %s\n", r.file.c_str(), line_no,
+                       std::string(to_string(g.finish)).c_str(), g.error.c_str());
         continue;
       }
       ++r.called;
@@ -75,11 +81,16 @@ std::vector<ToolcallFileResult> run_toolcall_bench(Backend& backend, const std::
           const auto errors = tools::validate(nlohmann::json::parse(schema->dump()), args);
           if (!errors.empty()) {
             all_valid = false;
-            if (std::getenv("AGENTRT_BENCH_VERBOSE")) std::fprintf(stderr, "%s:%d %s: %s | %s\n", r.file.c_str(), line_no, call.name.c_str(), tools::describe(errors).c_str(), call.arguments_json.c_str());
+            if (std::getenv("AGENTRT_BENCH_VERBOSE"))
+              std::fprintf(stderr, "%s:%d %s: %s | %s\n", r.file.c_str(), line_no,
+                           call.name.c_str(), tools::describe(errors).c_str(),
+                           call.arguments_json.c_str());
           }
         } catch (const std::exception& e) {
           all_valid = false;
-          if (std::getenv("AGENTRT_BENCH_VERBOSE")) std::fprintf(stderr, "%s:%d %s: %s | %s\n", r.file.c_str(), line_no, call.name.c_str(), e.what(), call.arguments_json.c_str());
+          if (std::getenv("AGENTRT_BENCH_VERBOSE"))
+            std::fprintf(stderr, "%s:%d %s: %s | %s\n", r.file.c_str(), line_no, call.name.c_str(),
+                         e.what(), call.arguments_json.c_str());
         }
       }
       r.valid += all_valid;

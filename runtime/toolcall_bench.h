@@ -31,8 +31,9 @@ struct ToolcallFileResult {
   double seconds = 0;
 };
 
-std::vector<ToolcallFileResult> run_toolcall_bench(Backend& backend, const std::vector<std::filesystem::path>& files,
-                                                   const ToolcallBenchOptions& options,
-                                                   const std::function<void(const ToolcallFileResult&)>& on_file = {});
+std::vector<ToolcallFileResult> run_toolcall_bench(
+    Backend& backend, const std::vector<std::filesystem::path>& files,
+    const ToolcallBenchOptions& options,
+    const std::function<void(const ToolcallFileResult&)>& on_file = {});
 
 }  // namespace agentrt

@@ -21,7 +21,8 @@ TranscriptWriter::~TranscriptWriter() {
 }
 
 void TranscriptWriter::write(const nlohmann::json& record) {
-  const std::string line = record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const std::string line =
+      record.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   std::lock_guard lock(mutex_);
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
     throw std::runtime_error(path_.string() + ": transcript write failed (disk full?)");
@@ -42,7 +43,8 @@ LoadedTranscript load_transcript(const std::filesystem::path& path) {
       record = nlohmann::json::parse(lines[i]);
     } catch (const nlohmann::json::exception& e) {
       if (i + 1 == lines.size()) break;  // torn last line from a crash
-      throw std::runtime_error(path.string() + ":" + std::to_string(i + 1) + ": malformed transcript record: " + e.what());
+      throw std::runtime_error(path.string() + ":" + std::to_string(i + 1) +
+                               ": malformed transcript record: " + e.what());
     }
     const std::string type = record.value("type", "");
     if (type == "session") {
@@ -62,7 +64,8 @@ LoadedTranscript load_transcript(const std::filesystem::path& path) {
     for (const auto& call : m.tool_calls) {
       bool answered = false;
       for (size_t j = i + 1; j < out.messages.size(); ++j) {
-        answered = answered || (out.messages[j].role == chat::Message::Role::tool && out.messages[j].tool_call_id == call.id);
+        answered = answered || (out.messages[j].role == chat::Message::Role::tool &&
+                                out.messages[j].tool_call_id == call.id);
       }
       if (!answered) out.unanswered_calls.push_back(call);
     }

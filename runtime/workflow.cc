@@ -91,20 +91,29 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
   Reader r(file);
   Workflow w;
   w.file = file;
-  r.only(root, "", {"model", "system", "tools", "sandbox", "workspace", "limits", "sampling", "tool_choice", "parallel_tool_calls", "thinking", "steps", "output", "bounded_values"});
+  r.only(root, "",
+         {"model", "system", "tools", "sandbox", "workspace", "limits", "sampling", "tool_choice",
+          "parallel_tool_calls", "thinking", "steps", "output", "bounded_values"});
   if (const auto m = root["model"]) {
-    r.only(m, "model", {"backend", "path", "device", "threads", "url", "name", "api_key_env", "guided_decoding"});
+    r.only(
+        m, "model",
+        {"backend", "path", "device", "threads", "url", "name", "api_key_env", "guided_decoding"});
     if (m["backend"]) w.backend.kind = r.get<std::string>(m["backend"], "model.backend");
-    if (w.backend.kind != "native" && w.backend.kind != "remote") r.fail("model.backend", "must be native or remote");
+    if (w.backend.kind != "native" && w.backend.kind != "remote")
+      r.fail("model.backend", "must be native or remote");
     if (m["path"]) w.backend.model_path = r.path_value(m["path"], "model.path");
     if (m["device"]) w.backend.device = r.get<std::string>(m["device"], "model.device");
     if (m["threads"]) w.backend.threads = r.get<int>(m["threads"], "model.threads");
     if (m["url"]) w.backend.url = r.get<std::string>(m["url"], "model.url");
     if (m["name"]) w.backend.model_name = r.get<std::string>(m["name"], "model.name");
-    if (m["api_key_env"]) w.backend.api_key_env = r.get<std::string>(m["api_key_env"], "model.api_key_env");
-    if (m["guided_decoding"]) w.backend.guided_decoding = r.get<std::string>(m["guided_decoding"], "model.guided_decoding");
-    if (w.backend.kind == "native" && w.backend.model_path.empty()) r.fail("model.path", "required for the native backend");
-    if (w.backend.kind == "remote" && w.backend.url.empty()) r.fail("model.url", "required for the remote backend");
+    if (m["api_key_env"])
+      w.backend.api_key_env = r.get<std::string>(m["api_key_env"], "model.api_key_env");
+    if (m["guided_decoding"])
+      w.backend.guided_decoding = r.get<std::string>(m["guided_decoding"], "model.guided_decoding");
+    if (w.backend.kind == "native" && w.backend.model_path.empty())
+      r.fail("model.path", "required for the native backend");
+    if (w.backend.kind == "remote" && w.backend.url.empty())
+      r.fail("model.url", "required for the remote backend");
   } else {
     r.fail("model", "missing");
   }
@@ -112,7 +121,8 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
   if (const auto t = root["tools"]) {
     r.only(t, "tools", {"builtin", "mcp", "network", "http_allow", "http_allow_private"});
     if (t["mcp"]) {
-      if (!t["mcp"].IsSequence()) r.fail("tools.mcp", "expected a list of {command: [...], prefix: NAME}");
+      if (!t["mcp"].IsSequence())
+        r.fail("tools.mcp", "expected a list of {command: [...], prefix: NAME}");
       for (size_t i = 0; i < t["mcp"].size(); ++i) {
         const std::string path = "tools.mcp[" + std::to_string(i) + "]";
         r.only(t["mcp"][i], path, {"command", "prefix", "timeout"});
@@ -120,8 +130,12 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
         if (!t["mcp"][i]["command"]) r.fail(path + ".command", "missing");
         server.command = r.get<std::vector<std::string>>(t["mcp"][i]["command"], path + ".command");
         if (server.command.empty()) r.fail(path + ".command", "empty");
-        server.prefix = t["mcp"][i]["prefix"] ? r.get<std::string>(t["mcp"][i]["prefix"], path + ".prefix") : "mcp" + std::to_string(i);
-        if (t["mcp"][i]["timeout"]) server.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(r.get<double>(t["mcp"][i]["timeout"], path + ".timeout") * 1000));
+        server.prefix = t["mcp"][i]["prefix"]
+                            ? r.get<std::string>(t["mcp"][i]["prefix"], path + ".prefix")
+                            : "mcp" + std::to_string(i);
+        if (t["mcp"][i]["timeout"])
+          server.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(
+              r.get<double>(t["mcp"][i]["timeout"], path + ".timeout") * 1000));
         w.mcp_servers.push_back(std::move(server));
       }
     }
@@ -129,40 +143,64 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
       if (!t["builtin"].IsSequence()) r.fail("tools.builtin", "expected a list of tool names");
       const auto known = tools::builtin_tool_names();
       for (size_t i = 0; i < t["builtin"].size(); ++i) {
-        const std::string name = r.get<std::string>(t["builtin"][i], "tools.builtin[" + std::to_string(i) + "]");
-        if (std::find(known.begin(), known.end(), name) == known.end()) r.fail("tools.builtin[" + std::to_string(i) + "]", "unknown built-in tool '" + name + "'");
+        const std::string name =
+            r.get<std::string>(t["builtin"][i], "tools.builtin[" + std::to_string(i) + "]");
+        if (std::find(known.begin(), known.end(), name) == known.end())
+          r.fail("tools.builtin[" + std::to_string(i) + "]",
+                 "unknown built-in tool '" + name + "'");
         w.builtin_tools.push_back(name);
       }
     }
     if (t["network"]) w.options.tool_context.network = r.get<bool>(t["network"], "tools.network");
-    if (t["http_allow"]) w.options.tool_context.http_allow_hosts = r.get<std::vector<std::string>>(t["http_allow"], "tools.http_allow");
-    if (t["http_allow_private"]) w.options.tool_context.http_allow_private = r.get<bool>(t["http_allow_private"], "tools.http_allow_private");
+    if (t["http_allow"])
+      w.options.tool_context.http_allow_hosts =
+          r.get<std::vector<std::string>>(t["http_allow"], "tools.http_allow");
+    if (t["http_allow_private"])
+      w.options.tool_context.http_allow_private =
+          r.get<bool>(t["http_allow_private"], "tools.http_allow_private");
   }
   if (const auto s = root["sandbox"]) {
     r.only(s, "sandbox", {"timeout", "memory_mb", "cpu_seconds", "max_processes", "file_size_mb"});
     auto& l = w.options.tool_context.limits;
     if (s["timeout"]) {
       l.wall_seconds = r.get<double>(s["timeout"], "sandbox.timeout");
-      w.options.tool_context.timeout = std::chrono::milliseconds(static_cast<int64_t>(l.wall_seconds * 1000));
+      w.options.tool_context.timeout =
+          std::chrono::milliseconds(static_cast<int64_t>(l.wall_seconds * 1000));
     }
-    if (s["memory_mb"]) l.memory_bytes = static_cast<uint64_t>(r.get<double>(s["memory_mb"], "sandbox.memory_mb") * (1 << 20));
+    if (s["memory_mb"])
+      l.memory_bytes =
+          static_cast<uint64_t>(r.get<double>(s["memory_mb"], "sandbox.memory_mb") * (1 << 20));
     if (s["cpu_seconds"]) l.cpu_seconds = r.get<double>(s["cpu_seconds"], "sandbox.cpu_seconds");
-    if (s["max_processes"]) l.max_processes = r.get<int>(s["max_processes"], "sandbox.max_processes");
-    if (s["file_size_mb"]) l.file_size_bytes = static_cast<uint64_t>(r.get<double>(s["file_size_mb"], "sandbox.file_size_mb") * (1 << 20));
+    if (s["max_processes"])
+      l.max_processes = r.get<int>(s["max_processes"], "sandbox.max_processes");
+    if (s["file_size_mb"])
+      l.file_size_bytes = static_cast<uint64_t>(
+          r.get<double>(s["file_size_mb"], "sandbox.file_size_mb") * (1 << 20));
   }
-  if (root["workspace"]) w.options.tool_context.workspace = r.path_value(root["workspace"], "workspace");
-  else w.options.tool_context.workspace = file.parent_path() / "workspace";
+  if (root["workspace"])
+    w.options.tool_context.workspace = r.path_value(root["workspace"], "workspace");
+  else
+    w.options.tool_context.workspace = file.parent_path() / "workspace";
   if (const auto l = root["limits"]) {
-    r.only(l, "limits", {"max_steps", "max_tokens", "max_seconds", "max_tokens_per_step", "max_identical_failures"});
+    r.only(l, "limits",
+           {"max_steps", "max_tokens", "max_seconds", "max_tokens_per_step",
+            "max_identical_failures"});
     if (l["max_steps"]) w.options.limits.max_steps = r.get<int>(l["max_steps"], "limits.max_steps");
-    if (l["max_tokens"]) w.options.limits.max_total_tokens = r.get<int64_t>(l["max_tokens"], "limits.max_tokens");
-    if (l["max_seconds"]) w.options.limits.max_seconds = r.get<double>(l["max_seconds"], "limits.max_seconds");
-    if (l["max_tokens_per_step"]) w.options.max_tokens_per_step = r.get<int>(l["max_tokens_per_step"], "limits.max_tokens_per_step");
-    if (l["max_identical_failures"]) w.options.limits.max_identical_failures = r.get<int>(l["max_identical_failures"], "limits.max_identical_failures");
+    if (l["max_tokens"])
+      w.options.limits.max_total_tokens = r.get<int64_t>(l["max_tokens"], "limits.max_tokens");
+    if (l["max_seconds"])
+      w.options.limits.max_seconds = r.get<double>(l["max_seconds"], "limits.max_seconds");
+    if (l["max_tokens_per_step"])
+      w.options.max_tokens_per_step =
+          r.get<int>(l["max_tokens_per_step"], "limits.max_tokens_per_step");
+    if (l["max_identical_failures"])
+      w.options.limits.max_identical_failures =
+          r.get<int>(l["max_identical_failures"], "limits.max_identical_failures");
   }
   if (const auto s = root["sampling"]) {
     r.only(s, "sampling", {"temperature", "top_p", "top_k", "min_p", "seed"});
-    if (s["temperature"]) w.options.sampling.temperature = r.get<float>(s["temperature"], "sampling.temperature");
+    if (s["temperature"])
+      w.options.sampling.temperature = r.get<float>(s["temperature"], "sampling.temperature");
     if (s["top_p"]) w.options.sampling.top_p = r.get<float>(s["top_p"], "sampling.top_p");
     if (s["top_k"]) w.options.sampling.top_k = r.get<int>(s["top_k"], "sampling.top_k");
     if (s["min_p"]) w.options.sampling.min_p = r.get<float>(s["min_p"], "sampling.min_p");
@@ -179,12 +217,16 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
   if (root["bounded_values"] && r.get<bool>(root["bounded_values"], "bounded_values")) {
     w.options.value_bounds = {48, 4, 1000000};
   }
-  if (root["parallel_tool_calls"]) w.options.parallel_tool_calls = r.get<bool>(root["parallel_tool_calls"], "parallel_tool_calls");
+  if (root["parallel_tool_calls"])
+    w.options.parallel_tool_calls = r.get<bool>(root["parallel_tool_calls"], "parallel_tool_calls");
   if (root["thinking"]) {
-    w.options.encoding.thinking = r.get<bool>(root["thinking"], "thinking") ? chat::ThinkingMode::thinking : chat::ThinkingMode::non_thinking;
+    w.options.encoding.thinking = r.get<bool>(root["thinking"], "thinking")
+                                      ? chat::ThinkingMode::thinking
+                                      : chat::ThinkingMode::non_thinking;
   }
   const auto steps = root["steps"];
-  if (!steps || !steps.IsSequence() || steps.size() == 0) r.fail("steps", "expected a non-empty list of steps");
+  if (!steps || !steps.IsSequence() || steps.size() == 0)
+    r.fail("steps", "expected a non-empty list of steps");
   for (size_t i = 0; i < steps.size(); ++i) {
     const std::string path = "steps[" + std::to_string(i) + "]";
     WorkflowStep step;
@@ -194,8 +236,10 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
       r.only(steps[i], path, {"prompt", "response_format", "tool_choice"});
       if (!steps[i]["prompt"]) r.fail(path + ".prompt", "missing");
       step.prompt = r.get<std::string>(steps[i]["prompt"], path + ".prompt");
-      if (steps[i]["response_format"]) step.response_format = r.to_json(steps[i]["response_format"]);
-      if (steps[i]["tool_choice"]) step.tool_choice = tool_choice(steps[i]["tool_choice"], path + ".tool_choice");
+      if (steps[i]["response_format"])
+        step.response_format = r.to_json(steps[i]["response_format"]);
+      if (steps[i]["tool_choice"])
+        step.tool_choice = tool_choice(steps[i]["tool_choice"], path + ".tool_choice");
     }
     for (const auto& ref : std::vector<std::string>{}) (void)ref;
     try {
@@ -229,18 +273,22 @@ std::string expand_step_prompt(const std::string& prompt, const std::vector<std:
   size_t last = 0;
   for (auto it = begin; it != std::sregex_iterator(); ++it) {
     const size_t index = std::stoul((*it)[1]);
-    if (index >= outputs.size()) throw std::invalid_argument("{{steps." + std::to_string(index) + ".output}} refers to a step that has not run yet");
+    if (index >= outputs.size())
+      throw std::invalid_argument("{{steps." + std::to_string(index) +
+                                  ".output}} refers to a step that has not run yet");
     out += prompt.substr(last, it->position() - last) + outputs[index];
     last = it->position() + it->length();
   }
   return out + prompt.substr(last);
 }
 
-WorkflowResult run_workflow(const Workflow& w, std::shared_ptr<Backend> backend, const std::function<void(int, const AgentEvent&)>& on_event) {
+WorkflowResult run_workflow(const Workflow& w, std::shared_ptr<Backend> backend,
+                            const std::function<void(int, const AgentEvent&)>& on_event) {
   auto registry = std::make_shared<tools::ToolRegistry>();
   if (!w.builtin_tools.empty()) tools::register_builtin_tools(*registry, w.builtin_tools);
   std::vector<std::shared_ptr<tools::McpClient>> mcp;  // alive for the whole run
-  for (const auto& server : w.mcp_servers) mcp.push_back(tools::register_mcp_tools(*registry, server));
+  for (const auto& server : w.mcp_servers)
+    mcp.push_back(tools::register_mcp_tools(*registry, server));
   fs::create_directories(w.options.tool_context.workspace);
   Agent agent(std::move(backend), registry, w.options);
   auto session = agent.new_session(w.transcript);
@@ -251,7 +299,12 @@ WorkflowResult run_workflow(const Workflow& w, std::shared_ptr<Backend> backend,
     turn.response_format = w.steps[i].response_format;
     turn.tool_choice = w.steps[i].tool_choice;
     const std::string prompt = expand_step_prompt(w.steps[i].prompt, outputs);
-    TurnResult r = session->send(prompt, [&](const AgentEvent& e) { if (on_event) on_event(static_cast<int>(i), e); }, turn);
+    TurnResult r = session->send(
+        prompt,
+        [&](const AgentEvent& e) {
+          if (on_event) on_event(static_cast<int>(i), e);
+        },
+        turn);
     outputs.push_back(r.structured ? r.structured->dump() : r.final_text);
     result.ok = result.ok && r.stop == StopReason::final_answer;
     result.steps.push_back(std::move(r));

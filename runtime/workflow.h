@@ -7,11 +7,10 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "runtime/agent.h"
 #include "tools/mcp_client.h"
@@ -19,12 +18,12 @@
 namespace agentrt {
 
 struct BackendConfig {
-  std::string kind = "native";        // native | remote
-  std::filesystem::path model_path;   // native: checkpoint folder
-  std::string device = "cpu";         // native: cpu | cuda
+  std::string kind = "native";       // native | remote
+  std::filesystem::path model_path;  // native: checkpoint folder
+  std::string device = "cpu";        // native: cpu | cuda
   int threads = 0;
-  std::string url;                    // remote: base URL of an OpenAI-compatible server
-  std::string model_name;             // remote: "model" field
+  std::string url;         // remote: base URL of an OpenAI-compatible server
+  std::string model_name;  // remote: "model" field
   std::string api_key_env = "OPENAI_API_KEY";
   std::string guided_decoding = "none";  // remote: none | vllm | sglang
 };

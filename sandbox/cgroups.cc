@@ -30,7 +30,8 @@ std::string read_file(const fs::path& file) {
 }
 
 // A child group under `parent`/agentrt, or empty if it cannot be made writable.
-fs::path make_group(const fs::path& parent, const std::string& name, std::vector<fs::path>& created) {
+fs::path make_group(const fs::path& parent, const std::string& name,
+                    std::vector<fs::path>& created) {
   std::error_code ec;
   if (!fs::exists(parent / "cgroup.procs", ec)) return {};
   const fs::path base = parent / "agentrt";
@@ -72,12 +73,16 @@ RunCgroup::RunCgroup(const std::string& name, const CgroupLimits& limits) {
       return;
     }
     write_file(root / "agentrt" / "cgroup.subtree_control", "+memory +pids +cpu");
-    if (limits.memory_bytes && write_file(dir / "memory.max", std::to_string(limits.memory_bytes))) {
+    if (limits.memory_bytes &&
+        write_file(dir / "memory.max", std::to_string(limits.memory_bytes))) {
       write_file(dir / "memory.swap.max", "0");
       memory_dir_ = dir;
     }
-    if (limits.max_processes && write_file(dir / "pids.max", std::to_string(limits.max_processes))) pids_dir_ = dir;
-    if (write_file(dir / "cpu.max", std::to_string(static_cast<int>(limits.cpus * 100000)) + " 100000")) cpu_dir_ = dir;
+    if (limits.max_processes && write_file(dir / "pids.max", std::to_string(limits.max_processes)))
+      pids_dir_ = dir;
+    if (write_file(dir / "cpu.max",
+                   std::to_string(static_cast<int>(limits.cpus * 100000)) + " 100000"))
+      cpu_dir_ = dir;
     if (!memory_dir_.empty() || !pids_dir_.empty()) return;
     why_ = "cgroup v2 controllers not delegated";
     return;
@@ -85,25 +90,29 @@ RunCgroup::RunCgroup(const std::string& name, const CgroupLimits& limits) {
   // cgroup v1: one hierarchy per controller.
   if (limits.memory_bytes) {
     const fs::path dir = make_group(root / "memory", name, created_);
-    if (!dir.empty() && write_file(dir / "memory.limit_in_bytes", std::to_string(limits.memory_bytes))) {
+    if (!dir.empty() &&
+        write_file(dir / "memory.limit_in_bytes", std::to_string(limits.memory_bytes))) {
       write_file(dir / "memory.memsw.limit_in_bytes", std::to_string(limits.memory_bytes));
       memory_dir_ = dir;
     }
   }
   if (limits.max_processes) {
     const fs::path dir = make_group(root / "pids", name, created_);
-    if (!dir.empty() && write_file(dir / "pids.max", std::to_string(limits.max_processes))) pids_dir_ = dir;
+    if (!dir.empty() && write_file(dir / "pids.max", std::to_string(limits.max_processes)))
+      pids_dir_ = dir;
   }
   {
     fs::path cpu_root = root / "cpu";
     if (!fs::exists(cpu_root, ec)) cpu_root = root / "cpu,cpuacct";
     const fs::path dir = make_group(cpu_root, name, created_);
     if (!dir.empty() && write_file(dir / "cpu.cfs_period_us", "100000") &&
-        write_file(dir / "cpu.cfs_quota_us", std::to_string(static_cast<int>(limits.cpus * 100000)))) {
+        write_file(dir / "cpu.cfs_quota_us",
+                   std::to_string(static_cast<int>(limits.cpus * 100000)))) {
       cpu_dir_ = dir;
     }
   }
-  if (memory_dir_.empty() && pids_dir_.empty()) why_ = "no writable cgroup v1 memory/pids hierarchy";
+  if (memory_dir_.empty() && pids_dir_.empty())
+    why_ = "no writable cgroup v1 memory/pids hierarchy";
 }
 
 RunCgroup::~RunCgroup() {
@@ -131,13 +140,17 @@ void RunCgroup::kill_all() {
 
 uint64_t RunCgroup::peak_memory() const {
   if (memory_dir_.empty()) return 0;
-  return v2_ ? read_number(memory_dir_ / "memory.peak") : read_number(memory_dir_ / "memory.max_usage_in_bytes");
+  return v2_ ? read_number(memory_dir_ / "memory.peak")
+             : read_number(memory_dir_ / "memory.max_usage_in_bytes");
 }
 
 bool RunCgroup::memory_limit_hit() const {
   if (memory_dir_.empty()) return false;
-  if (v2_) return read_key(memory_dir_ / "memory.events", "oom_kill") > 0 || read_key(memory_dir_ / "memory.events", "max") > 0;
-  return read_key(memory_dir_ / "memory.oom_control", "oom_kill") > 0 || read_number(memory_dir_ / "memory.failcnt") > 0;
+  if (v2_)
+    return read_key(memory_dir_ / "memory.events", "oom_kill") > 0 ||
+           read_key(memory_dir_ / "memory.events", "max") > 0;
+  return read_key(memory_dir_ / "memory.oom_control", "oom_kill") > 0 ||
+         read_number(memory_dir_ / "memory.failcnt") > 0;
 }
 
 bool RunCgroup::pids_limit_hit() const {

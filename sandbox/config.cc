@@ -7,12 +7,18 @@ namespace agentrt::sandbox {
 namespace {
 
 constexpr std::pair<Layer, std::string_view> kLayerNames[] = {
-    {Layer::user_namespace, "user_namespace"},   {Layer::mount_namespace, "mount_namespace"},
-    {Layer::pid_namespace, "pid_namespace"},     {Layer::network_namespace, "network_namespace"},
-    {Layer::ipc_namespace, "ipc_namespace"},     {Layer::uts_namespace, "uts_namespace"},
-    {Layer::no_new_privs, "no_new_privs"},       {Layer::capabilities_dropped, "capabilities_dropped"},
-    {Layer::seccomp, "seccomp"},                 {Layer::rlimits, "rlimits"},
-    {Layer::cgroup_memory, "cgroup_memory"},     {Layer::cgroup_pids, "cgroup_pids"},
+    {Layer::user_namespace, "user_namespace"},
+    {Layer::mount_namespace, "mount_namespace"},
+    {Layer::pid_namespace, "pid_namespace"},
+    {Layer::network_namespace, "network_namespace"},
+    {Layer::ipc_namespace, "ipc_namespace"},
+    {Layer::uts_namespace, "uts_namespace"},
+    {Layer::no_new_privs, "no_new_privs"},
+    {Layer::capabilities_dropped, "capabilities_dropped"},
+    {Layer::seccomp, "seccomp"},
+    {Layer::rlimits, "rlimits"},
+    {Layer::cgroup_memory, "cgroup_memory"},
+    {Layer::cgroup_pids, "cgroup_pids"},
     {Layer::cgroup_cpu, "cgroup_cpu"},
 };
 
@@ -54,13 +60,20 @@ Layer parse_layer(std::string_view name) {
 
 std::string_view to_string(LimitHit hit) {
   switch (hit) {
-    case LimitHit::none: return "none";
-    case LimitHit::wall_timeout: return "wall_timeout";
-    case LimitHit::cpu_time: return "cpu_time";
-    case LimitHit::memory: return "memory";
-    case LimitHit::file_size: return "file_size";
-    case LimitHit::processes: return "processes";
-    case LimitHit::output: return "output";
+    case LimitHit::none:
+      return "none";
+    case LimitHit::wall_timeout:
+      return "wall_timeout";
+    case LimitHit::cpu_time:
+      return "cpu_time";
+    case LimitHit::memory:
+      return "memory";
+    case LimitHit::file_size:
+      return "file_size";
+    case LimitHit::processes:
+      return "processes";
+    case LimitHit::output:
+      return "output";
   }
   return "none";
 }
@@ -79,7 +92,8 @@ SandboxConfig parse_config(const nlohmann::json& j) {
       c.workspace = get<std::string>(value, key);
     } else if (key == "workspace_inside") {
       c.workspace_inside = get<std::string>(value, key);
-      if (c.workspace_inside.empty() || c.workspace_inside[0] != '/') bad(key, "must be an absolute path");
+      if (c.workspace_inside.empty() || c.workspace_inside[0] != '/')
+        bad(key, "must be an absolute path");
     } else if (key == "cwd") {
       c.cwd = get<std::string>(value, key);
     } else if (key == "network") {
@@ -98,27 +112,39 @@ SandboxConfig parse_config(const nlohmann::json& j) {
       for (size_t i = 0; i < value.size(); ++i) {
         const auto& b = value[i];
         const std::string f = "binds[" + std::to_string(i) + "]";
-        if (!b.is_object() || !b.contains("host") || !b["host"].is_string()) bad(f + ".host", "missing");
-        Bind bind{b["host"].get<std::string>(), b.value("inside", b["host"].get<std::string>()), b.value("writable", false)};
+        if (!b.is_object() || !b.contains("host") || !b["host"].is_string())
+          bad(f + ".host", "missing");
+        Bind bind{b["host"].get<std::string>(), b.value("inside", b["host"].get<std::string>()),
+                  b.value("writable", false)};
         if (!bind.inside.is_absolute()) bad(f + ".inside", "must be an absolute path");
         c.binds.push_back(bind);
       }
     } else if (key == "required_layers") {
       if (!value.is_array()) bad(key, "expected an array of layer names");
-      for (const auto& l : value) c.required_layers.push_back(parse_layer(get<std::string>(l, key)));
+      for (const auto& l : value)
+        c.required_layers.push_back(parse_layer(get<std::string>(l, key)));
     } else if (key == "limits") {
       if (!value.is_object()) bad("limits", "expected an object");
       for (const auto& [lk, lv] : value.items()) {
         const std::string f = "limits." + lk;
-        if (lk == "wall_seconds") c.limits.wall_seconds = non_negative(lv, f);
-        else if (lk == "cpu_seconds") c.limits.cpu_seconds = non_negative(lv, f);
-        else if (lk == "memory_bytes") c.limits.memory_bytes = static_cast<uint64_t>(non_negative(lv, f));
-        else if (lk == "file_size_bytes") c.limits.file_size_bytes = static_cast<uint64_t>(non_negative(lv, f));
-        else if (lk == "max_processes") c.limits.max_processes = static_cast<int>(non_negative(lv, f));
-        else if (lk == "max_open_files") c.limits.max_open_files = static_cast<int>(non_negative(lv, f));
-        else if (lk == "stdout_cap") c.limits.stdout_cap = static_cast<size_t>(non_negative(lv, f));
-        else if (lk == "stderr_cap") c.limits.stderr_cap = static_cast<size_t>(non_negative(lv, f));
-        else bad(f, "unknown limit");
+        if (lk == "wall_seconds")
+          c.limits.wall_seconds = non_negative(lv, f);
+        else if (lk == "cpu_seconds")
+          c.limits.cpu_seconds = non_negative(lv, f);
+        else if (lk == "memory_bytes")
+          c.limits.memory_bytes = static_cast<uint64_t>(non_negative(lv, f));
+        else if (lk == "file_size_bytes")
+          c.limits.file_size_bytes = static_cast<uint64_t>(non_negative(lv, f));
+        else if (lk == "max_processes")
+          c.limits.max_processes = static_cast<int>(non_negative(lv, f));
+        else if (lk == "max_open_files")
+          c.limits.max_open_files = static_cast<int>(non_negative(lv, f));
+        else if (lk == "stdout_cap")
+          c.limits.stdout_cap = static_cast<size_t>(non_negative(lv, f));
+        else if (lk == "stderr_cap")
+          c.limits.stderr_cap = static_cast<size_t>(non_negative(lv, f));
+        else
+          bad(f, "unknown limit");
       }
     } else {
       bad(key, "unknown field");

@@ -12,6 +12,7 @@
 namespace agentrt::sandbox {
 
 // Runs in the sandbox's init process. Returns "" on success, else what failed (errno text).
-std::string build_minimal_root(const SandboxConfig& config, const std::string& staging_dir, bool mount_proc);
+std::string build_minimal_root(const SandboxConfig& config, const std::string& staging_dir,
+                               bool mount_proc);
 
 }  // namespace agentrt::sandbox

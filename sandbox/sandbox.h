@@ -9,12 +9,11 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace agentrt::sandbox {
 
@@ -36,9 +35,10 @@ enum class Layer {
 std::string_view to_string(Layer layer);
 Layer parse_layer(std::string_view name);  // throws naming the unknown layer
 inline constexpr Layer kAllLayers[] = {
-    Layer::user_namespace, Layer::mount_namespace, Layer::pid_namespace, Layer::network_namespace,
-    Layer::ipc_namespace,  Layer::uts_namespace,   Layer::no_new_privs,  Layer::capabilities_dropped,
-    Layer::seccomp,        Layer::rlimits,         Layer::cgroup_memory, Layer::cgroup_pids,
+    Layer::user_namespace,    Layer::mount_namespace,      Layer::pid_namespace,
+    Layer::network_namespace, Layer::ipc_namespace,        Layer::uts_namespace,
+    Layer::no_new_privs,      Layer::capabilities_dropped, Layer::seccomp,
+    Layer::rlimits,           Layer::cgroup_memory,        Layer::cgroup_pids,
     Layer::cgroup_cpu};
 
 struct LayerStatus {

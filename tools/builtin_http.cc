@@ -23,7 +23,8 @@ bool is_private_address(const std::string& ip) {
   if (inet_pton(AF_INET, ip.c_str(), &v4) == 1) {
     const uint32_t a = ntohl(v4.s_addr);
     return (a >> 24) == 127 || (a >> 24) == 10 || (a >> 24) == 0 || (a >> 20) == (172 << 4 | 1) ||
-           (a >> 16) == (192 << 8 | 168) || (a >> 16) == (169 << 8 | 254) || (a >> 22) == (100 << 2 | 1) || a == 0xFFFFFFFF;
+           (a >> 16) == (192 << 8 | 168) || (a >> 16) == (169 << 8 | 254) ||
+           (a >> 22) == (100 << 2 | 1) || a == 0xFFFFFFFF;
   }
   in6_addr v6{};
   if (inet_pton(AF_INET6, ip.c_str(), &v6) == 1) {
@@ -85,7 +86,8 @@ int on_progress(void* user, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
 
 std::string host_of(const std::string& url, std::string* scheme) {
   std::unique_ptr<CURLU, void (*)(CURLU*)> u(curl_url(), curl_url_cleanup);
-  if (curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK) throw std::invalid_argument("invalid URL '" + url + "'");
+  if (curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0) != CURLUE_OK)
+    throw std::invalid_argument("invalid URL '" + url + "'");
   char* host = nullptr;
   char* sch = nullptr;
   curl_url_get(u.get(), CURLUPART_HOST, &host, 0);
@@ -103,10 +105,12 @@ ToolResult http_get(const nlohmann::json& a, const ToolContext& c) {
   for (int hop = 0; hop <= 3; ++hop) {
     std::string scheme;
     const std::string host = host_of(url, &scheme);
-    if (scheme != "http" && scheme != "https") return ToolResult::error("execution", "only http and https URLs are allowed");
+    if (scheme != "http" && scheme != "https")
+      return ToolResult::error("execution", "only http and https URLs are allowed");
     bool allowed = false;
     for (const auto& h : c.http_allow_hosts) allowed = allowed || h == "*" || h == host;
-    if (!allowed) return ToolResult::error("execution", "host '" + host + "' is not in the allow-list");
+    if (!allowed)
+      return ToolResult::error("execution", "host '" + host + "' is not in the allow-list");
     std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
     Transfer t{"", cap, false, c.http_allow_private, "", c.cancel};
     curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
@@ -120,13 +124,19 @@ ToolResult http_get(const nlohmann::json& a, const ToolContext& c) {
     curl_easy_setopt(curl.get(), CURLOPT_XFERINFODATA, &t);
     curl_easy_setopt(curl.get(), CURLOPT_NOPROGRESS, 0L);
     curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS, static_cast<long>(c.timeout.count()));
-    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(std::min<int64_t>(c.timeout.count(), 10000)));
+    curl_easy_setopt(curl.get(), CURLOPT_CONNECTTIMEOUT_MS,
+                     static_cast<long>(std::min<int64_t>(c.timeout.count(), 10000)));
     curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(curl.get(), CURLOPT_USERAGENT, "agentrt-http_get/0.1");
     const CURLcode rc = curl_easy_perform(curl.get());
-    if (!t.refused_ip.empty()) return ToolResult::error("execution", "refused: " + host + " resolves to a private or loopback address (" + t.refused_ip + ")");
+    if (!t.refused_ip.empty())
+      return ToolResult::error(
+          "execution",
+          "refused: " + host + " resolves to a private or loopback address (" + t.refused_ip + ")");
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && t.truncated)) {
-      return ToolResult::error(rc == CURLE_OPERATION_TIMEDOUT ? "timeout" : (rc == CURLE_ABORTED_BY_CALLBACK ? "cancelled" : "execution"),
+      return ToolResult::error(rc == CURLE_OPERATION_TIMEDOUT
+                                   ? "timeout"
+                                   : (rc == CURLE_ABORTED_BY_CALLBACK ? "cancelled" : "execution"),
                                std::string("http_get failed: ") + curl_easy_strerror(rc));
     }
     long status = 0;
@@ -152,11 +162,15 @@ ToolResult http_get(const nlohmann::json& a, const ToolContext& c) {
 }  // namespace
 
 void register_http_tools(ToolRegistry& r, const std::vector<std::string>& names) {
-  const auto want = [&](const char* n) { return names.empty() || std::find(names.begin(), names.end(), n) != names.end(); };
+  const auto want = [&](const char* n) {
+    return names.empty() || std::find(names.begin(), names.end(), n) != names.end();
+  };
   if (!want("http_get")) return;
-  r.add({"http_get", "Fetch a URL over HTTP(S) (hosts from the workflow's allow-list only).",
-         ojson::parse(R"({"type":"object","properties":{"url":{"type":"string","minLength":1},"max_bytes":{"type":"integer","minimum":1}},"required":["url"]})")},
-        http_get);
+  r.add(
+      {"http_get", "Fetch a URL over HTTP(S) (hosts from the workflow's allow-list only).",
+       ojson::parse(
+           R"({"type":"object","properties":{"url":{"type":"string","minLength":1},"max_bytes":{"type":"integer","minimum":1}},"required":["url"]})")},
+      http_get);
 }
 
 }  // namespace agentrt::tools

@@ -4,10 +4,9 @@
 // documented mapping: "dict" -> object, "float" -> number, "tuple" -> array, "any" -> anything.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace agentrt::tools {
 

@@ -32,7 +32,8 @@ McpClient::~McpClient() { stop(); }
 
 void McpClient::start() {
   int in_pipe[2], out_pipe[2];
-  if (::pipe2(in_pipe, O_CLOEXEC) != 0 || ::pipe2(out_pipe, O_CLOEXEC) != 0) throw McpError("MCP: pipe failed");
+  if (::pipe2(in_pipe, O_CLOEXEC) != 0 || ::pipe2(out_pipe, O_CLOEXEC) != 0)
+    throw McpError("MCP: pipe failed");
   pid_ = ::fork();
   if (pid_ < 0) throw McpError("MCP: fork failed");
   if (pid_ == 0) {
@@ -71,11 +72,13 @@ void McpClient::stop() {
 }
 
 void McpClient::send(const nlohmann::json& message) {
-  const std::string line = message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  const std::string line =
+      message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   size_t off = 0;
   while (off < line.size()) {
     const ssize_t n = ::write(to_server_, line.data() + off, line.size() - off);
-    if (n <= 0) throw McpError("MCP server " + config_.command[0] + ": write failed (server gone?)");
+    if (n <= 0)
+      throw McpError("MCP server " + config_.command[0] + ": write failed (server gone?)");
     off += static_cast<size_t>(n);
   }
 }
@@ -88,7 +91,8 @@ nlohmann::json McpClient::read_response(int64_t id, std::chrono::milliseconds ti
       buffer_.erase(0, nl + 1);
       if (line.find_first_not_of(" \r\t") == std::string::npos) continue;
       const auto msg = nlohmann::json::parse(line, nullptr, false);
-      if (msg.is_discarded() || !msg.is_object()) throw McpError("MCP server sent a malformed message: '" + line.substr(0, 120) + "'");
+      if (msg.is_discarded() || !msg.is_object())
+        throw McpError("MCP server sent a malformed message: '" + line.substr(0, 120) + "'");
       if (!msg.contains("id") || msg["id"] != id) continue;  // notifications and stray replies
       if (msg.contains("error")) {
         throw std::runtime_error("MCP error " + msg["error"].value("message", msg["error"].dump()));
@@ -96,8 +100,11 @@ nlohmann::json McpClient::read_response(int64_t id, std::chrono::milliseconds ti
       if (!msg.contains("result")) throw McpError("MCP response without a result");
       return msg["result"];
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) throw McpError("MCP server " + config_.command[0] + " did not answer within " + std::to_string(timeout.count()) + " ms");
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
+    if (left <= 0)
+      throw McpError("MCP server " + config_.command[0] + " did not answer within " +
+                     std::to_string(timeout.count()) + " ms");
     pollfd p{from_server_, POLLIN, 0};
     if (::poll(&p, 1, static_cast<int>(left)) <= 0) continue;
     char buf[65536];
@@ -108,7 +115,8 @@ nlohmann::json McpClient::read_response(int64_t id, std::chrono::milliseconds ti
   }
 }
 
-nlohmann::json McpClient::request(const std::string& method, const nlohmann::json& params, std::chrono::milliseconds timeout) {
+nlohmann::json McpClient::request(const std::string& method, const nlohmann::json& params,
+                                  std::chrono::milliseconds timeout) {
   const int64_t id = next_id_++;
   send({{"jsonrpc", "2.0"}, {"id", id}, {"method", method}, {"params", params}});
   return read_response(id, timeout);
@@ -127,32 +135,42 @@ std::vector<nlohmann::json> McpClient::list_tools() {
   return tools;
 }
 
-ToolResult McpClient::call_tool(const std::string& name, const nlohmann::json& arguments, std::chrono::milliseconds timeout) {
+ToolResult McpClient::call_tool(const std::string& name, const nlohmann::json& arguments,
+                                std::chrono::milliseconds timeout) {
   std::lock_guard lock(mutex_);
   for (int attempt = 0;; ++attempt) {
     try {
-      const auto result = request("tools/call", {{"name", name}, {"arguments", arguments}}, timeout);
+      const auto result =
+          request("tools/call", {{"name", name}, {"arguments", arguments}}, timeout);
       ToolResult r;
       r.ok = !result.value("isError", false);
       if (!r.ok) r.error_kind = "execution";
       for (const auto& c : result.value("content", nlohmann::json::array())) {
         if (!r.content.empty()) r.content += "\n";
         const std::string type = c.value("type", "");
-        if (type == "text") r.content += c.value("text", "");
-        else if (type == "json" || type == "resource") r.content += c.dump();
-        else r.content += "[" + type + " content]";
+        if (type == "text")
+          r.content += c.value("text", "");
+        else if (type == "json" || type == "resource")
+          r.content += c.dump();
+        else
+          r.content += "[" + type + " content]";
       }
       if (result.contains("structuredContent")) r.data = result["structuredContent"];
       return r;
     } catch (const McpError& e) {
       // Crashed, hung or garbled: restart once, then give up with the reason.
       stop();
-      if (attempt >= 1) return ToolResult::error(std::string(e.what()).find("did not answer") != std::string::npos ? "timeout" : "execution", e.what());
+      if (attempt >= 1)
+        return ToolResult::error(std::string(e.what()).find("did not answer") != std::string::npos
+                                     ? "timeout"
+                                     : "execution",
+                                 e.what());
       try {
         ++restarts_;
         start();
       } catch (const std::exception& e2) {
-        return ToolResult::error("execution", std::string("MCP server restart failed: ") + e2.what());
+        return ToolResult::error("execution",
+                                 std::string("MCP server restart failed: ") + e2.what());
       }
     } catch (const std::exception& e) {
       return ToolResult::error("execution", e.what());
@@ -160,7 +178,8 @@ ToolResult McpClient::call_tool(const std::string& name, const nlohmann::json& a
   }
 }
 
-std::shared_ptr<McpClient> register_mcp_tools(ToolRegistry& registry, const McpServerConfig& config) {
+std::shared_ptr<McpClient> register_mcp_tools(ToolRegistry& registry,
+                                              const McpServerConfig& config) {
   auto client = std::make_shared<McpClient>(config);
   for (const auto& t : client->list_tools()) {
     if (!t.contains("name") || !t["name"].is_string()) continue;
@@ -168,11 +187,13 @@ std::shared_ptr<McpClient> register_mcp_tools(ToolRegistry& registry, const McpS
     const std::string remote_name = t["name"];
     spec.name = config.prefix.empty() ? remote_name : config.prefix + "__" + remote_name;
     spec.description = t.value("description", "");
-    if (t.contains("inputSchema") && t["inputSchema"].is_object()) spec.parameters = nlohmann::ordered_json::parse(t["inputSchema"].dump());
+    if (t.contains("inputSchema") && t["inputSchema"].is_object())
+      spec.parameters = nlohmann::ordered_json::parse(t["inputSchema"].dump());
     const auto timeout = config.call_timeout;
-    registry.add(spec, [client, remote_name, timeout](const nlohmann::json& args, const ToolContext& ctx) {
-      return client->call_tool(remote_name, args, std::min(timeout, ctx.timeout));
-    });
+    registry.add(
+        spec, [client, remote_name, timeout](const nlohmann::json& args, const ToolContext& ctx) {
+          return client->call_tool(remote_name, args, std::min(timeout, ctx.timeout));
+        });
   }
   return client;
 }

@@ -10,10 +10,9 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "tools/registry.h"
 
@@ -28,20 +27,23 @@ struct McpServerConfig {
 
 class McpClient {
  public:
-  explicit McpClient(McpServerConfig config);  // starts and initializes; throws with the server's stderr tail
+  explicit McpClient(
+      McpServerConfig config);  // starts and initializes; throws with the server's stderr tail
   ~McpClient();
   McpClient(const McpClient&) = delete;
   McpClient& operator=(const McpClient&) = delete;
 
   std::vector<nlohmann::json> list_tools();  // every page
-  ToolResult call_tool(const std::string& name, const nlohmann::json& arguments, std::chrono::milliseconds timeout);
+  ToolResult call_tool(const std::string& name, const nlohmann::json& arguments,
+                       std::chrono::milliseconds timeout);
   const nlohmann::json& server_info() const { return server_info_; }
   int restarts() const { return restarts_; }
 
  private:
   void start();
   void stop();
-  nlohmann::json request(const std::string& method, const nlohmann::json& params, std::chrono::milliseconds timeout);
+  nlohmann::json request(const std::string& method, const nlohmann::json& params,
+                         std::chrono::milliseconds timeout);
   void send(const nlohmann::json& message);
   nlohmann::json read_response(int64_t id, std::chrono::milliseconds timeout);
 
@@ -56,6 +58,7 @@ class McpClient {
 };
 
 // Starts the server, lists its tools and registers them; the client lives as long as the tools.
-std::shared_ptr<McpClient> register_mcp_tools(ToolRegistry& registry, const McpServerConfig& config);
+std::shared_ptr<McpClient> register_mcp_tools(ToolRegistry& registry,
+                                              const McpServerConfig& config);
 
 }  // namespace agentrt::tools

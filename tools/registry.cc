@@ -9,10 +9,13 @@ namespace agentrt::tools {
 
 void ToolRegistry::add(ToolSpec spec, ToolFunction fn) {
   if (spec.name.empty()) throw std::invalid_argument("tool without a name");
-  if (!spec.parameters.is_object()) throw std::invalid_argument("tool '" + spec.name + "': parameters must be a JSON Schema object");
+  if (!spec.parameters.is_object())
+    throw std::invalid_argument("tool '" + spec.name +
+                                "': parameters must be a JSON Schema object");
   std::lock_guard lock(mutex_);
   for (const auto& e : entries_) {
-    if (e->spec.name == spec.name) throw std::invalid_argument("tool '" + spec.name + "' is already registered");
+    if (e->spec.name == spec.name)
+      throw std::invalid_argument("tool '" + spec.name + "' is already registered");
   }
   entries_.push_back(std::make_shared<const Entry>(Entry{std::move(spec), std::move(fn)}));
 }
@@ -47,7 +50,8 @@ std::shared_ptr<ToolRegistry> ToolRegistry::extended() const {
   return copy;
 }
 
-ToolResult ToolRegistry::call(std::string_view name, const nlohmann::json& arguments, const ToolContext& context) const {
+ToolResult ToolRegistry::call(std::string_view name, const nlohmann::json& arguments,
+                              const ToolContext& context) const {
   const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<const Entry> entry;
   {
@@ -65,7 +69,8 @@ ToolResult ToolRegistry::call(std::string_view name, const nlohmann::json& argum
     try {
       const auto errors = validate(nlohmann::json::parse(entry->spec.parameters.dump()), arguments);
       if (!errors.empty()) {
-        result = ToolResult::error("validation", "invalid arguments for '" + std::string(name) + "': " + describe(errors));
+        result = ToolResult::error(
+            "validation", "invalid arguments for '" + std::string(name) + "': " + describe(errors));
       } else {
         result = entry->fn(arguments, context);
       }
@@ -76,7 +81,8 @@ ToolResult ToolRegistry::call(std::string_view name, const nlohmann::json& argum
   bool cut = false;
   result.content = cap_text(std::move(result.content), context.result_cap, &cut);
   result.truncated = result.truncated || cut;
-  result.duration_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  result.duration_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;
 }
 

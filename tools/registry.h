@@ -22,7 +22,8 @@ class ToolRegistry {
   const ToolSpec* find(std::string_view name) const;
   std::vector<ToolSpec> specs() const;
   nlohmann::ordered_json openai_tools() const;
-  ToolResult call(std::string_view name, const nlohmann::json& arguments, const ToolContext& context) const;
+  ToolResult call(std::string_view name, const nlohmann::json& arguments,
+                  const ToolContext& context) const;
   // A registry with this one's tools plus others (session-local tools); entries are shared.
   std::shared_ptr<ToolRegistry> extended() const;
 

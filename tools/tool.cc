@@ -17,9 +17,11 @@ ToolSpec ToolSpec::from_openai(const nlohmann::ordered_json& value) {
   }
   ToolSpec spec;
   spec.name = fn["name"].get<std::string>();
-  if (fn.contains("description") && fn["description"].is_string()) spec.description = fn["description"];
+  if (fn.contains("description") && fn["description"].is_string())
+    spec.description = fn["description"];
   if (fn.contains("parameters") && !fn["parameters"].is_null()) {
-    if (!fn["parameters"].is_object()) throw std::invalid_argument("tool '" + spec.name + "': 'parameters' must be an object");
+    if (!fn["parameters"].is_object())
+      throw std::invalid_argument("tool '" + spec.name + "': 'parameters' must be an object");
     spec.parameters = fn["parameters"];
   }
   return spec;
@@ -34,7 +36,10 @@ ToolResult ToolResult::error(std::string kind, std::string message) {
 }
 
 nlohmann::json ToolResult::to_json() const {
-  nlohmann::json j = {{"ok", ok}, {"content", content}, {"truncated", truncated}, {"duration_seconds", duration_seconds}};
+  nlohmann::json j = {{"ok", ok},
+                      {"content", content},
+                      {"truncated", truncated},
+                      {"duration_seconds", duration_seconds}};
   if (!ok) j["error"] = error_kind;
   if (data) j["data"] = *data;
   return j;

@@ -6,11 +6,10 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "sandbox/sandbox.h"
 
@@ -19,7 +18,8 @@ namespace agentrt::tools {
 struct ToolSpec {
   std::string name;
   std::string description;
-  nlohmann::ordered_json parameters = nlohmann::ordered_json{{"type", "object"}, {"properties", nlohmann::ordered_json::object()}};
+  nlohmann::ordered_json parameters =
+      nlohmann::ordered_json{{"type", "object"}, {"properties", nlohmann::ordered_json::object()}};
 
   nlohmann::ordered_json to_openai() const;  // {"type":"function","function":{...}}
   // Accepts {"type":"function","function":{...}} or the bare function object; throws naming

@@ -10,7 +10,9 @@ fs::path confine_path(const fs::path& workspace, const std::string& path, bool f
   if (workspace.empty()) throw std::invalid_argument("no workspace is configured");
   if (path.find('\0') != std::string::npos) throw std::invalid_argument("path contains a NUL byte");
   const fs::path p(path.empty() ? "." : path);
-  if (p.is_absolute()) throw std::invalid_argument("absolute paths are refused ('" + path + "'); use a path relative to the workspace");
+  if (p.is_absolute())
+    throw std::invalid_argument("absolute paths are refused ('" + path +
+                                "'); use a path relative to the workspace");
   for (const auto& part : p) {
     if (part == "..") throw std::invalid_argument("'..' is refused in paths ('" + path + "')");
   }
@@ -26,7 +28,8 @@ fs::path confine_path(const fs::path& workspace, const std::string& path, bool f
     throw std::invalid_argument("'" + path + "' does not exist");
   }
   const auto rel = real.lexically_relative(root);
-  if (rel.empty() || *rel.begin() == "..") throw std::invalid_argument("'" + path + "' leads outside the workspace (symlink?)");
+  if (rel.empty() || *rel.begin() == "..")
+    throw std::invalid_argument("'" + path + "' leads outside the workspace (symlink?)");
   return real;
 }
 

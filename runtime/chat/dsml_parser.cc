@@ -29,8 +29,10 @@ bool is_space(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; 
 
 }  // namespace
 
-DsmlStreamParser::DsmlStreamParser(bool starts_in_thinking, std::function<std::string()> make_call_id)
-    : make_call_id_(std::move(make_call_id)), state_(starts_in_thinking ? State::reasoning : State::content) {
+DsmlStreamParser::DsmlStreamParser(bool starts_in_thinking,
+                                   std::function<std::string()> make_call_id)
+    : make_call_id_(std::move(make_call_id)),
+      state_(starts_in_thinking ? State::reasoning : State::content) {
   if (!make_call_id_) make_call_id_ = [this] { return "call_" + std::to_string(calls_made_); };
 }
 
@@ -54,7 +56,8 @@ void DsmlStreamParser::fail(std::vector<ParseEvent>& events, const std::string& 
   buf_.clear();
 }
 
-void DsmlStreamParser::emit_text(std::vector<ParseEvent>& events, ParseEvent::Kind kind, std::string_view text) {
+void DsmlStreamParser::emit_text(std::vector<ParseEvent>& events, ParseEvent::Kind kind,
+                                 std::string_view text) {
   if (text.empty()) return;
   (kind == ParseEvent::Kind::reasoning_delta ? reasoning_ : content_).append(text);
   if (!events.empty() && events.back().kind == kind) {
@@ -69,10 +72,12 @@ void DsmlStreamParser::emit_args(std::vector<ParseEvent>& events, std::string_vi
   ToolCall& call = calls_.back();
   call.arguments_json.append(text);
   const int index = static_cast<int>(calls_.size()) - 1;
-  if (!events.empty() && events.back().kind == ParseEvent::Kind::tool_call_arguments_delta && events.back().index == index) {
+  if (!events.empty() && events.back().kind == ParseEvent::Kind::tool_call_arguments_delta &&
+      events.back().index == index) {
     events.back().text.append(text);
   } else {
-    events.push_back({ParseEvent::Kind::tool_call_arguments_delta, index, std::string(text), call.id, call.name});
+    events.push_back({ParseEvent::Kind::tool_call_arguments_delta, index, std::string(text),
+                      call.id, call.name});
   }
 }
 
@@ -87,7 +92,8 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
         return true;
       }
       const size_t hold = finishing_ ? 0 : partial_marker_suffix(buf_, kThinkEnd);
-      emit_text(events, ParseEvent::Kind::reasoning_delta, std::string_view(buf_).substr(0, buf_.size() - hold));
+      emit_text(events, ParseEvent::Kind::reasoning_delta,
+                std::string_view(buf_).substr(0, buf_.size() - hold));
       buf_.erase(0, buf_.size() - hold);
       return false;
     }
@@ -104,13 +110,16 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
       }
       size_t hold = 0;
       if (!finishing_) {
-        hold = std::max(partial_marker_suffix(buf_, kToolCallsStart), partial_marker_suffix(buf_, kBlockOpen));
+        hold = std::max(partial_marker_suffix(buf_, kToolCallsStart),
+                        partial_marker_suffix(buf_, kBlockOpen));
         // Trailing newlines may precede a block opener still to come.
         size_t newlines = 0;
-        while (newlines < 2 && newlines < buf_.size() && buf_[buf_.size() - 1 - newlines] == '\n') ++newlines;
+        while (newlines < 2 && newlines < buf_.size() && buf_[buf_.size() - 1 - newlines] == '\n')
+          ++newlines;
         hold = std::max(hold, newlines);
       }
-      emit_text(events, ParseEvent::Kind::content_delta, std::string_view(buf_).substr(0, buf_.size() - hold));
+      emit_text(events, ParseEvent::Kind::content_delta,
+                std::string_view(buf_).substr(0, buf_.size() - hold));
       buf_.erase(0, buf_.size() - hold);
       return false;
     }
@@ -147,7 +156,8 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
         return true;
       }
       if (close.starts_with(buf_) || open.starts_with(buf_)) return false;  // need more
-      fail(events, std::string("expected '") + open + "' or '" + close + "', got '" + buf_.substr(0, 40) + "'");
+      fail(events, std::string("expected '") + open + "' or '" + close + "', got '" +
+                       buf_.substr(0, 40) + "'");
       return false;
     }
     case State::invoke_name: {
@@ -169,7 +179,8 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
       ++calls_made_;
       calls_.push_back(call);
       first_param_ = true;
-      events.push_back({ParseEvent::Kind::tool_call_start, static_cast<int>(calls_.size()) - 1, "", call.id, call.name});
+      events.push_back({ParseEvent::Kind::tool_call_start, static_cast<int>(calls_.size()) - 1, "",
+                        call.id, call.name});
       state_ = State::invoke_body;
       return true;
     }
@@ -195,15 +206,18 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
       param_is_string_ = flag == "true";
       param_raw_.clear();
       buf_.erase(0, end + 2);
-      emit_args(events, std::string(first_param_ ? "{" : ", ") + python_json_string(param_name_) + ": " +
-                            (param_is_string_ ? "\"" : ""));
+      emit_args(events, std::string(first_param_ ? "{" : ", ") + python_json_string(param_name_) +
+                            ": " + (param_is_string_ ? "\"" : ""));
       first_param_ = false;
       state_ = State::param_value;
       return true;
     }
     case State::param_value: {
       const size_t end = buf_.find(kParamClose);
-      const size_t take = end != std::string::npos ? end : buf_.size() - (finishing_ ? 0 : partial_marker_suffix(buf_, kParamClose));
+      const size_t take =
+          end != std::string::npos
+              ? end
+              : buf_.size() - (finishing_ ? 0 : partial_marker_suffix(buf_, kParamClose));
       const std::string_view piece = std::string_view(buf_).substr(0, take);
       if (param_is_string_) {
         const std::string quoted = python_json_string(piece);
@@ -222,7 +236,8 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
           (void)nlohmann::json::parse(param_raw_);
         } catch (const nlohmann::json::exception&) {
           fail(events, "tool call '" + calls_.back().name + "': parameter '" + param_name_ +
-                           "' has string=\"false\" but its value is not JSON: '" + param_raw_.substr(0, 80) + "'");
+                           "' has string=\"false\" but its value is not JSON: '" +
+                           param_raw_.substr(0, 80) + "'");
           return false;
         }
       }
@@ -240,10 +255,12 @@ DsmlStreamParser::Final DsmlStreamParser::finish(bool hit_max_tokens) {
   finishing_ = true;
   std::vector<ParseEvent> events;
   run(events);
-  const bool in_block = state_ == State::block || state_ == State::invoke_name || state_ == State::invoke_body ||
-                        state_ == State::param_header || state_ == State::param_value;
+  const bool in_block = state_ == State::block || state_ == State::invoke_name ||
+                        state_ == State::invoke_body || state_ == State::param_header ||
+                        state_ == State::param_value;
   if (in_block) {
-    const std::string what = std::string("output ended inside the tool-call block") + (hit_max_tokens ? " (max tokens)" : "");
+    const std::string what = std::string("output ended inside the tool-call block") +
+                             (hit_max_tokens ? " (max tokens)" : "");
     error_ = what;
     events.push_back({ParseEvent::Kind::error, static_cast<int>(calls_.size()) - 1, what, "", ""});
     // A call whose invoke did not close is not returned.

@@ -35,7 +35,8 @@ class DsmlStreamParser {
  public:
   // starts_in_thinking: the prompt ended with <think>, so output begins with reasoning.
   // make_call_id: ids for tool calls (default "call_<n>" counting from 0 per parser).
-  explicit DsmlStreamParser(bool starts_in_thinking, std::function<std::string()> make_call_id = {});
+  explicit DsmlStreamParser(bool starts_in_thinking,
+                            std::function<std::string()> make_call_id = {});
 
   std::vector<ParseEvent> feed(std::string_view text);
 

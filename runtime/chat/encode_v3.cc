@@ -15,7 +15,8 @@ std::string encode_v3(std::span<const Message> messages, const EncodeV3Options& 
   std::string out = (options.add_bos ? std::string(kBos) : "") + system;
   bool is_first = false, is_tool = false, is_output_first = true;
   const auto call_text = [](const ToolCall& call) {
-    return std::string("function<｜tool▁sep｜>") + call.name + "\n```json\n" + call.arguments_json + "\n```<｜tool▁call▁end｜>";
+    return std::string("function<｜tool▁sep｜>") + call.name + "\n```json\n" + call.arguments_json +
+           "\n```<｜tool▁call▁end｜>";
   };
   for (const auto& m : messages) {
     switch (m.role) {
@@ -31,7 +32,8 @@ std::string encode_v3(std::span<const Message> messages, const EncodeV3Options& 
               out += "<｜Assistant｜><｜tool▁calls▁begin｜><｜tool▁call▁begin｜>" + call_text(call);
               is_first = true;
             } else {
-              out += "\n<｜tool▁call▁begin｜>" + call_text(call) + "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>";
+              out += "\n<｜tool▁call▁begin｜>" + call_text(call) +
+                     "<｜tool▁calls▁end｜><｜end▁of▁sentence｜>";
             }
           }
         } else {
@@ -46,7 +48,8 @@ std::string encode_v3(std::span<const Message> messages, const EncodeV3Options& 
       case Message::Role::tool:
         is_tool = true;
         if (is_output_first) {
-          out += "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>" + m.content + "<｜tool▁output▁end｜>";
+          out += "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>" + m.content +
+                 "<｜tool▁output▁end｜>";
           is_output_first = false;
         } else {
           out += "\n<｜tool▁output▁begin｜>" + m.content + "<｜tool▁output▁end｜>";

@@ -13,11 +13,15 @@ using ojson = nlohmann::ordered_json;
 
 constexpr std::string_view kReasoningEffortMax =
     "Reasoning Effort: Absolute maximum with no shortcuts permitted.\n"
-    "You MUST be very thorough in your thinking and comprehensively decompose the problem to resolve the root "
-    "cause, rigorously stress-testing your logic against all potential paths, edge cases, and adversarial "
+    "You MUST be very thorough in your thinking and comprehensively decompose the problem to "
+    "resolve the root "
+    "cause, rigorously stress-testing your logic against all potential paths, edge cases, and "
+    "adversarial "
     "scenarios.\n"
-    "Explicitly write out your entire deliberation process, documenting every intermediate step, considered "
-    "alternative, and rejected hypothesis to ensure absolutely no assumption is left unchecked.\n\n";
+    "Explicitly write out your entire deliberation process, documenting every intermediate step, "
+    "considered "
+    "alternative, and rejected hypothesis to ensure absolutely no assumption is left "
+    "unchecked.\n\n";
 
 constexpr std::string_view kLatestReminderToken = "<｜latest_reminder｜>";
 
@@ -28,12 +32,14 @@ std::string task_token(const std::string& task) {
   for (const auto& [name, token] : kTasks) {
     if (name == task) return std::string(token);
   }
-  throw std::invalid_argument("message task '" + task + "' is not one of action, query, authority, domain, title, read_url");
+  throw std::invalid_argument("message task '" + task +
+                              "' is not one of action, query, authority, domain, title, read_url");
 }
 
 std::string str(const ojson& m, const char* key) {
   if (!m.contains(key) || m[key].is_null()) return "";
-  if (!m[key].is_string()) throw std::invalid_argument(std::string("message field '") + key + "' must be a string");
+  if (!m[key].is_string())
+    throw std::invalid_argument(std::string("message field '") + key + "' must be a string");
   return m[key].get<std::string>();
 }
 
@@ -48,25 +54,37 @@ bool truthy(const ojson& m, const char* key) {
 std::string render_tools(const ojson& tools) {
   std::string schemas;
   for (size_t i = 0; i < tools.size(); ++i) {
-    if (!tools[i].contains("function")) throw std::invalid_argument("tools[" + std::to_string(i) + "]: missing 'function'");
+    if (!tools[i].contains("function"))
+      throw std::invalid_argument("tools[" + std::to_string(i) + "]: missing 'function'");
     if (i) schemas += "\n";
     schemas += python_json_dumps(tools[i]["function"]);
   }
   const std::string d(kDsml);
-  return "## Tools\n\nYou have access to a set of tools to help answer the user's question. You can invoke tools by "
-         "writing a \"<" + d + "tool_calls>\" block like the following:\n\n<" + d + "tool_calls>\n<" + d +
-         "invoke name=\"$TOOL_NAME\">\n<" + d + "parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</" +
-         d + "parameter>\n...\n</" + d + "invoke>\n<" + d + "invoke name=\"$TOOL_NAME2\">\n...\n</" + d + "invoke>\n</" + d +
-         "tool_calls>\n\nString parameters should be specified as is and set `string=\"true\"`. For all other types "
-         "(numbers, booleans, arrays, objects), pass the value in JSON format and set `string=\"false\"`.\n\nIf "
-         "thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning inside "
-         "<think>...</think> BEFORE any tool calls or final response.\n\nOtherwise, output directly after </think> "
-         "with tool calls or final response.\n\n### Available Tool Schemas\n\n" + schemas +
-         "\n\nYou MUST strictly follow the above defined tool name and parameter schemas to invoke tool calls.\n";
+  return "## Tools\n\nYou have access to a set of tools to help answer the user's question. You "
+         "can invoke tools by "
+         "writing a \"<" +
+         d + "tool_calls>\" block like the following:\n\n<" + d + "tool_calls>\n<" + d +
+         "invoke name=\"$TOOL_NAME\">\n<" + d +
+         "parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</" + d +
+         "parameter>\n...\n</" + d + "invoke>\n<" + d + "invoke name=\"$TOOL_NAME2\">\n...\n</" +
+         d + "invoke>\n</" + d +
+         "tool_calls>\n\nString parameters should be specified as is and set `string=\"true\"`. "
+         "For all other types "
+         "(numbers, booleans, arrays, objects), pass the value in JSON format and set "
+         "`string=\"false\"`.\n\nIf "
+         "thinking_mode is enabled (triggered by <think>), you MUST output your complete reasoning "
+         "inside "
+         "<think>...</think> BEFORE any tool calls or final response.\n\nOtherwise, output "
+         "directly after </think> "
+         "with tool calls or final response.\n\n### Available Tool Schemas\n\n" +
+         schemas +
+         "\n\nYou MUST strictly follow the above defined tool name and parameter schemas to invoke "
+         "tool calls.\n";
 }
 
 std::string render_response_format(const ojson& format) {
-  return "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n" + python_json_dumps(format);
+  return "## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n" +
+         python_json_dumps(format);
 }
 
 int last_user_index(const ojson& messages) {
@@ -82,9 +100,12 @@ ojson merge_tool_messages(const ojson& messages) {
   ojson merged = ojson::array();
   for (const auto& msg : messages) {
     const std::string role = str(msg, "role");
-    const bool prev_user_blocks = !merged.empty() && str(merged.back(), "role") == "user" && merged.back().contains("content_blocks");
+    const bool prev_user_blocks = !merged.empty() && str(merged.back(), "role") == "user" &&
+                                  merged.back().contains("content_blocks");
     if (role == "tool") {
-      ojson block = {{"type", "tool_result"}, {"tool_use_id", str(msg, "tool_call_id")}, {"content", msg.value("content", ojson(""))}};
+      ojson block = {{"type", "tool_result"},
+                     {"tool_use_id", str(msg, "tool_call_id")},
+                     {"content", msg.value("content", ojson(""))}};
       if (prev_user_blocks) {
         merged.back()["content_blocks"].push_back(block);
       } else {
@@ -92,10 +113,13 @@ ojson merge_tool_messages(const ojson& messages) {
       }
     } else if (role == "user") {
       ojson text_block = {{"type", "text"}, {"text", msg.value("content", ojson(""))}};
-      if (prev_user_blocks && (!merged.back().contains("task") || merged.back()["task"].is_null())) {
+      if (prev_user_blocks &&
+          (!merged.back().contains("task") || merged.back()["task"].is_null())) {
         merged.back()["content_blocks"].push_back(text_block);
       } else {
-        ojson m = {{"role", "user"}, {"content", msg.value("content", ojson(""))}, {"content_blocks", ojson::array({text_block})}};
+        ojson m = {{"role", "user"},
+                   {"content", msg.value("content", ojson(""))},
+                   {"content_blocks", ojson::array({text_block})}};
         for (const char* key : {"task", "wo_eos", "mask"}) {
           if (msg.contains(key)) m[key] = msg[key];
         }
@@ -123,8 +147,10 @@ void sort_tool_results(ojson& messages) {
       order.clear();
       int idx = 0;
       for (const auto& tc : msg["tool_calls"]) {
-        std::string id = tc.contains("id") && tc["id"].is_string() ? tc["id"].get<std::string>() : "";
-        if (id.empty() && tc.contains("function") && tc["function"].contains("id")) id = tc["function"]["id"].get<std::string>();
+        std::string id =
+            tc.contains("id") && tc["id"].is_string() ? tc["id"].get<std::string>() : "";
+        if (id.empty() && tc.contains("function") && tc["function"].contains("id"))
+          id = tc["function"]["id"].get<std::string>();
         if (!id.empty()) order.emplace_back(id, idx);
         ++idx;
       }
@@ -134,9 +160,10 @@ void sort_tool_results(ojson& messages) {
         if (str(b, "type") == "tool_result") tool_blocks.push_back(b);
       }
       if (tool_blocks.size() > 1 && !order.empty()) {
-        std::stable_sort(tool_blocks.begin(), tool_blocks.end(), [&](const ojson& a, const ojson& b) {
-          return rank(str(a, "tool_use_id")) < rank(str(b, "tool_use_id"));
-        });
+        std::stable_sort(tool_blocks.begin(), tool_blocks.end(),
+                         [&](const ojson& a, const ojson& b) {
+                           return rank(str(a, "tool_use_id")) < rank(str(b, "tool_use_id"));
+                         });
         size_t k = 0;
         for (auto& b : msg["content_blocks"]) {
           if (str(b, "type") == "tool_result") b = tool_blocks[k++];
@@ -188,14 +215,16 @@ std::string render_message(int index, const ojson& messages, bool thinking, bool
 
   const auto tools_and_format = [&](std::string& out) {
     if (truthy(msg, "tools")) out += "\n\n" + render_tools(msg["tools"]);
-    if (truthy(msg, "response_format")) out += "\n\n" + render_response_format(msg["response_format"]);
+    if (truthy(msg, "response_format"))
+      out += "\n\n" + render_response_format(msg["response_format"]);
   };
 
   if (role == "system") {
     prompt += str(msg, "content");
     tools_and_format(prompt);
   } else if (role == "developer") {
-    if (str(msg, "content").empty()) throw std::invalid_argument("developer message without content");
+    if (str(msg, "content").empty())
+      throw std::invalid_argument("developer message without content");
     std::string text = std::string(kUserToken) + str(msg, "content");
     tools_and_format(text);
     prompt += text;
@@ -207,9 +236,15 @@ std::string render_message(int index, const ojson& messages, bool thinking, bool
         if (!first) prompt += "\n\n";
         first = false;
         const std::string type = str(block, "type");
-        if (type == "text") prompt += block.contains("text") && block["text"].is_string() ? block["text"].get<std::string>() : "";
-        else if (type == "tool_result") prompt += "<tool_result>" + tool_result_text(block.value("content", ojson(""))) + "</tool_result>";
-        else prompt += "[Unsupported " + type + "]";
+        if (type == "text")
+          prompt += block.contains("text") && block["text"].is_string()
+                        ? block["text"].get<std::string>()
+                        : "";
+        else if (type == "tool_result")
+          prompt += "<tool_result>" + tool_result_text(block.value("content", ojson(""))) +
+                    "</tool_result>";
+        else
+          prompt += "[Unsupported " + type + "]";
       }
     } else {
       prompt += str(msg, "content");
@@ -227,13 +262,16 @@ std::string render_message(int index, const ojson& messages, bool thinking, bool
         if (!first) invokes += "\n";
         first = false;
         const auto& fn = tc.at("function");
-        const std::string args = fn.contains("arguments") && fn["arguments"].is_string() ? fn["arguments"].get<std::string>() : python_json_dumps(fn.value("arguments", ojson::object()));
+        const std::string args = fn.contains("arguments") && fn["arguments"].is_string()
+                                     ? fn["arguments"].get<std::string>()
+                                     : python_json_dumps(fn.value("arguments", ojson::object()));
         invokes += render_dsml_invoke(str(fn, "name"), args);
       }
       const std::string d(kDsml);
       tool_calls = "\n\n<" + d + "tool_calls>\n" + invokes + "\n</" + d + "tool_calls>";
     }
-    const bool prev_has_task = index >= 1 && messages[index - 1].contains("task") && !messages[index - 1]["task"].is_null();
+    const bool prev_has_task = index >= 1 && messages[index - 1].contains("task") &&
+                               !messages[index - 1]["task"].is_null();
     std::string thinking_part;
     if (thinking && !prev_has_task && (!drop_thinking || index > last_user)) {
       thinking_part = str(msg, "reasoning_content") + std::string(kThinkEnd);
@@ -254,7 +292,8 @@ std::string render_message(int index, const ojson& messages, bool thinking, bool
     if (task != "action") {
       prompt += token;
     } else {
-      prompt += std::string(kAssistantToken) + std::string(thinking ? kThinkStart : kThinkEnd) + token;
+      prompt +=
+          std::string(kAssistantToken) + std::string(thinking ? kThinkStart : kThinkEnd) + token;
     }
   } else if (role == "user" || role == "developer") {
     prompt += kAssistantToken;
@@ -273,7 +312,9 @@ std::string render_dsml_invoke(std::string_view name, std::string_view arguments
   } catch (const nlohmann::json::exception&) {
     args = ojson{{"arguments", std::string(arguments_json)}};
   }
-  if (!args.is_object()) throw std::invalid_argument("tool call '" + std::string(name) + "': arguments must be a JSON object");
+  if (!args.is_object())
+    throw std::invalid_argument("tool call '" + std::string(name) +
+                                "': arguments must be a JSON object");
   const std::string d(kDsml);
   std::string params;
   bool first = true;
@@ -281,16 +322,21 @@ std::string render_dsml_invoke(std::string_view name, std::string_view arguments
     if (!first) params += "\n";
     first = false;
     const bool is_string = value.is_string();
-    params += "<" + d + "parameter name=\"" + key + "\" string=\"" + (is_string ? "true" : "false") + "\">" +
-              (is_string ? value.get<std::string>() : python_json_dumps(value)) + "</" + d + "parameter>";
+    params += "<" + d + "parameter name=\"" + key + "\" string=\"" +
+              (is_string ? "true" : "false") + "\">" +
+              (is_string ? value.get<std::string>() : python_json_dumps(value)) + "</" + d +
+              "parameter>";
   }
   return "<" + d + "invoke name=\"" + std::string(name) + "\">\n" + params + "\n</" + d + "invoke>";
 }
 
-std::string encode_v4_json(const ojson& messages_in, const EncodeOptions& options, const ojson& context_in) {
+std::string encode_v4_json(const ojson& messages_in, const EncodeOptions& options,
+                           const ojson& context_in) {
   const bool thinking = options.thinking == ThinkingMode::thinking;
-  if (!options.reasoning_effort.empty() && options.reasoning_effort != "max" && options.reasoning_effort != "high") {
-    throw std::invalid_argument("reasoning_effort must be \"high\" or \"max\", not '" + options.reasoning_effort + "'");
+  if (!options.reasoning_effort.empty() && options.reasoning_effort != "max" &&
+      options.reasoning_effort != "high") {
+    throw std::invalid_argument("reasoning_effort must be \"high\" or \"max\", not '" +
+                                options.reasoning_effort + "'");
   }
   ojson context = context_in.is_array() ? context_in : ojson::array();
   ojson messages = merge_tool_messages(messages_in);
@@ -320,19 +366,22 @@ std::string encode_v4_json(const ojson& messages_in, const EncodeOptions& option
     context_len = full.size() - to_render;
   }
   for (size_t i = 0; i < to_render; ++i) {
-    prompt += render_message(static_cast<int>(i + context_len), full, thinking, drop, options.reasoning_effort);
+    prompt += render_message(static_cast<int>(i + context_len), full, thinking, drop,
+                             options.reasoning_effort);
   }
   return prompt;
 }
 
-std::string encode_v4(std::span<const Message> messages, const nlohmann::ordered_json& tools, const EncodeOptions& options,
+std::string encode_v4(std::span<const Message> messages, const nlohmann::ordered_json& tools,
+                      const EncodeOptions& options,
                       const std::optional<nlohmann::json>& response_format) {
   std::vector<Message> copy(messages.begin(), messages.end());
   if (options.mark_message_text) {
     // 0xFF never occurs in valid UTF-8; a message that carries it anyway has it replaced, so
     // it cannot forge a marker.
     const auto scrub = [](std::string& text) {
-      for (size_t i = 0; (i = text.find('\xFF', i)) != std::string::npos;) text.replace(i, 1, "\xEF\xBF\xBD");
+      for (size_t i = 0; (i = text.find('\xFF', i)) != std::string::npos;)
+        text.replace(i, 1, "\xEF\xBF\xBD");
     };
     const auto mark = [&](std::string& text) {
       scrub(text);
@@ -346,8 +395,10 @@ std::string encode_v4(std::span<const Message> messages, const nlohmann::ordered
   ojson list = to_openai(copy);
   const bool has_tools = tools.is_array() && !tools.empty();
   if (has_tools || response_format) {
-    auto it = std::find_if(list.begin(), list.end(), [](const ojson& m) { return m["role"] == "system"; });
-    if (it == list.end()) it = list.insert(list.begin(), ojson{{"role", "system"}, {"content", ""}});
+    auto it = std::find_if(list.begin(), list.end(),
+                           [](const ojson& m) { return m["role"] == "system"; });
+    if (it == list.end())
+      it = list.insert(list.begin(), ojson{{"role", "system"}, {"content", ""}});
     if (has_tools) (*it)["tools"] = tools;
     if (response_format) (*it)["response_format"] = ojson::parse(response_format->dump());
   }

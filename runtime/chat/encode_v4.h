@@ -4,12 +4,11 @@
 // following user turn as <tool_result> blocks in call order, historical reasoning dropped.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
-
-#include <nlohmann/json.hpp>
 
 #include "runtime/chat/messages.h"
 

@@ -7,8 +7,8 @@ namespace agentrt::chat {
 namespace {
 
 [[noreturn]] void fail(size_t index, const std::string& field, const std::string& what) {
-  throw std::invalid_argument("messages[" + std::to_string(index) + "]" + (field.empty() ? "" : "." + field) +
-                              ": " + what);
+  throw std::invalid_argument("messages[" + std::to_string(index) + "]" +
+                              (field.empty() ? "" : "." + field) + ": " + what);
 }
 
 // OpenAI content: a string, null, or a list of {"type":"text","text":...} parts.
@@ -19,8 +19,10 @@ std::string content_text(const nlohmann::json& value, size_t index) {
     std::string text;
     for (size_t i = 0; i < value.size(); ++i) {
       const auto& part = value[i];
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
-        fail(index, "content[" + std::to_string(i) + "]", "only {\"type\":\"text\",\"text\":...} parts are supported");
+      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+          !part["text"].is_string()) {
+        fail(index, "content[" + std::to_string(i) + "]",
+             "only {\"type\":\"text\",\"text\":...} parts are supported");
       }
       text += part["text"].get<std::string>();
     }
@@ -33,11 +35,16 @@ std::string content_text(const nlohmann::json& value, size_t index) {
 
 std::string_view to_string(Message::Role role) {
   switch (role) {
-    case Message::Role::system: return "system";
-    case Message::Role::developer: return "developer";
-    case Message::Role::user: return "user";
-    case Message::Role::assistant: return "assistant";
-    case Message::Role::tool: return "tool";
+    case Message::Role::system:
+      return "system";
+    case Message::Role::developer:
+      return "developer";
+    case Message::Role::user:
+      return "user";
+    case Message::Role::assistant:
+      return "assistant";
+    case Message::Role::tool:
+      return "tool";
   }
   return "user";
 }
@@ -55,23 +62,27 @@ Message parse_message(const nlohmann::json& m, size_t index) {
   if (!m.is_object()) fail(index, "", "expected an object");
   if (!m.contains("role") || !m["role"].is_string()) fail(index, "role", "missing or not a string");
   Message msg;
-  msg.role = parse_role(m["role"].get<std::string>(), "messages[" + std::to_string(index) + "].role");
+  msg.role =
+      parse_role(m["role"].get<std::string>(), "messages[" + std::to_string(index) + "].role");
   if (m.contains("content")) msg.content = content_text(m["content"], index);
   if (m.contains("reasoning_content") && !m["reasoning_content"].is_null()) {
     if (!m["reasoning_content"].is_string()) fail(index, "reasoning_content", "expected a string");
     msg.reasoning_content = m["reasoning_content"].get<std::string>();
   }
   if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
-    if (msg.role != Message::Role::assistant) fail(index, "tool_calls", "only assistant messages carry tool calls");
+    if (msg.role != Message::Role::assistant)
+      fail(index, "tool_calls", "only assistant messages carry tool calls");
     if (!m["tool_calls"].is_array()) fail(index, "tool_calls", "expected an array");
     for (size_t i = 0; i < m["tool_calls"].size(); ++i) {
       const auto& tc = m["tool_calls"][i];
       const std::string field = "tool_calls[" + std::to_string(i) + "]";
       if (!tc.is_object() || !tc.contains("function") || !tc["function"].is_object()) {
-        fail(index, field, "expected {\"id\", \"type\":\"function\", \"function\":{\"name\",\"arguments\"}}");
+        fail(index, field,
+             "expected {\"id\", \"type\":\"function\", \"function\":{\"name\",\"arguments\"}}");
       }
       const auto& fn = tc["function"];
-      if (!fn.contains("name") || !fn["name"].is_string()) fail(index, field + ".function.name", "missing");
+      if (!fn.contains("name") || !fn["name"].is_string())
+        fail(index, field + ".function.name", "missing");
       ToolCall call;
       call.id = tc.value("id", "");
       call.name = fn["name"].get<std::string>();
@@ -88,7 +99,8 @@ Message parse_message(const nlohmann::json& m, size_t index) {
     }
   }
   if (msg.role == Message::Role::tool) {
-    if (!m.contains("tool_call_id") || !m["tool_call_id"].is_string()) fail(index, "tool_call_id", "missing");
+    if (!m.contains("tool_call_id") || !m["tool_call_id"].is_string())
+      fail(index, "tool_call_id", "missing");
     msg.tool_call_id = m["tool_call_id"].get<std::string>();
     if (m.contains("name") && m["name"].is_string()) msg.name = m["name"].get<std::string>();
   }
@@ -99,7 +111,8 @@ std::vector<Message> parse_messages(const nlohmann::json& openai_messages) {
   if (!openai_messages.is_array()) throw std::invalid_argument("messages: expected an array");
   std::vector<Message> out;
   out.reserve(openai_messages.size());
-  for (size_t i = 0; i < openai_messages.size(); ++i) out.push_back(parse_message(openai_messages[i], i));
+  for (size_t i = 0; i < openai_messages.size(); ++i)
+    out.push_back(parse_message(openai_messages[i], i));
   return out;
 }
 
@@ -112,7 +125,9 @@ nlohmann::ordered_json to_openai(const Message& m) {
     j["tool_calls"] = nlohmann::ordered_json::array();
     for (const auto& tc : m.tool_calls) {
       j["tool_calls"].push_back(
-          {{"id", tc.id}, {"type", "function"}, {"function", {{"name", tc.name}, {"arguments", tc.arguments_json}}}});
+          {{"id", tc.id},
+           {"type", "function"},
+           {"function", {{"name", tc.name}, {"arguments", tc.arguments_json}}}});
     }
   }
   if (m.role == Message::Role::tool) {

@@ -3,10 +3,9 @@
 // the message index and field.
 #pragma once
 
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace agentrt::chat {
 

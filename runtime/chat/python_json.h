@@ -4,9 +4,8 @@
 // byte for byte.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace agentrt::chat {
 

@@ -2,7 +2,6 @@
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
-
 #include <chrono>
 #include <random>
 
@@ -23,14 +22,19 @@ std::string completion_id() {
 
 std::string finish_name(const GenerationResult& g) {
   switch (g.finish) {
-    case FinishReason::tool_calls: return "tool_calls";
-    case FinishReason::length: return "length";
-    default: return "stop";
+    case FinishReason::tool_calls:
+      return "tool_calls";
+    case FinishReason::length:
+      return "length";
+    default:
+      return "stop";
   }
 }
 
 nlohmann::json usage_json(const Usage& u) {
-  return {{"prompt_tokens", u.prompt_tokens}, {"completion_tokens", u.completion_tokens}, {"total_tokens", u.prompt_tokens + u.completion_tokens},
+  return {{"prompt_tokens", u.prompt_tokens},
+          {"completion_tokens", u.completion_tokens},
+          {"total_tokens", u.prompt_tokens + u.completion_tokens},
           {"prompt_tokens_details", {{"cached_tokens", u.cached_prompt_tokens}}}};
 }
 
@@ -57,15 +61,18 @@ GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool
     if (!j["tools"].is_array()) throw std::invalid_argument("'tools' must be an array");
     r.tools = j["tools"];
   }
-  if (j.contains("tool_choice")) r.tool_choice = ToolChoice::from_json(nlohmann::json::parse(j["tool_choice"].dump()));
-  if (j.contains("parallel_tool_calls")) r.parallel_tool_calls = j["parallel_tool_calls"].get<bool>();
+  if (j.contains("tool_choice"))
+    r.tool_choice = ToolChoice::from_json(nlohmann::json::parse(j["tool_choice"].dump()));
+  if (j.contains("parallel_tool_calls"))
+    r.parallel_tool_calls = j["parallel_tool_calls"].get<bool>();
   if (j.contains("response_format") && !j["response_format"].is_null()) {
     r.response_format = nlohmann::json::parse(j["response_format"].dump());
     if (r.response_format->value("type", "") == "text") r.response_format.reset();
   }
   const auto number = [&](const char* key) -> std::optional<double> {
     if (!j.contains(key) || j[key].is_null()) return std::nullopt;
-    if (!j[key].is_number()) throw std::invalid_argument(std::string("'") + key + "' must be a number");
+    if (!j[key].is_number())
+      throw std::invalid_argument(std::string("'") + key + "' must be a number");
     return j[key].get<double>();
   };
   r.sampling.temperature = static_cast<float>(number("temperature").value_or(1.0));
@@ -79,7 +86,8 @@ GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool
   return r;
 }
 
-void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::string& body, const CompletionContext& ctx) {
+void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::string& body,
+                           const CompletionContext& ctx) {
   bool stream = false, include_usage = false;
   GenerationRequest request;
   const auto send_error = [&](http::status status, const std::string& message) {
@@ -87,7 +95,8 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
     http::response<http::string_body> res{status, 11};
     res.set(http::field::content_type, "application/json");
     res.keep_alive(false);
-    res.body() = nlohmann::json{{"error", {{"message", message}, {"type", "invalid_request_error"}}}}.dump();
+    res.body() =
+        nlohmann::json{{"error", {{"message", message}, {"type", "invalid_request_error"}}}}.dump();
     res.prepare_payload();
     beast::error_code ec;
     http::write(socket, res, ec);
@@ -99,30 +108,51 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
     return;
   }
   const std::string id = completion_id();
-  const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  const int64_t created = std::chrono::duration_cast<std::chrono::seconds>(
+                              std::chrono::system_clock::now().time_since_epoch())
+                              .count();
   const auto chunk = [&](nlohmann::json delta, nlohmann::json finish = nullptr) {
-    return "data: " + nlohmann::json{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", ctx.model_name},
-                                     {"choices", {{{"index", 0}, {"delta", std::move(delta)}, {"finish_reason", std::move(finish)}}}}}
-                          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
+    return "data: " +
+           nlohmann::json{{"id", id},
+                          {"object", "chat.completion.chunk"},
+                          {"created", created},
+                          {"model", ctx.model_name},
+                          {"choices",
+                           {{{"index", 0},
+                             {"delta", std::move(delta)},
+                             {"finish_reason", std::move(finish)}}}}}
+               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
            "\n\n";
   };
   std::atomic<bool> cancel{false};
   GenerationCallback on_event;
   if (stream) {
-    write_all(socket, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n");
+    write_all(socket,
+              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
+              "no-cache\r\nConnection: close\r\n\r\n");
     write_all(socket, chunk({{"role", "assistant"}, {"content", ""}}));
     on_event = [&](const chat::ParseEvent& e) {
       std::string out;
       switch (e.kind) {
-        case chat::ParseEvent::Kind::content_delta: out = chunk({{"content", e.text}}); break;
-        case chat::ParseEvent::Kind::reasoning_delta: out = chunk({{"reasoning_content", e.text}}); break;
+        case chat::ParseEvent::Kind::content_delta:
+          out = chunk({{"content", e.text}});
+          break;
+        case chat::ParseEvent::Kind::reasoning_delta:
+          out = chunk({{"reasoning_content", e.text}});
+          break;
         case chat::ParseEvent::Kind::tool_call_start:
-          out = chunk({{"tool_calls", {{{"index", e.index}, {"id", e.id}, {"type", "function"}, {"function", {{"name", e.name}, {"arguments", ""}}}}}}});
+          out = chunk({{"tool_calls",
+                        {{{"index", e.index},
+                          {"id", e.id},
+                          {"type", "function"},
+                          {"function", {{"name", e.name}, {"arguments", ""}}}}}}});
           break;
         case chat::ParseEvent::Kind::tool_call_arguments_delta:
-          out = chunk({{"tool_calls", {{{"index", e.index}, {"function", {{"arguments", e.text}}}}}}});
+          out = chunk(
+              {{"tool_calls", {{{"index", e.index}, {"function", {{"arguments", e.text}}}}}}});
           break;
-        default: break;
+        default:
+          break;
       }
       // A client that went away cancels its generation (and frees its cache).
       if (!out.empty() && !write_all(socket, out)) cancel = true;
@@ -133,38 +163,60 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
   try {
     g = ctx.backend.generate(request, on_event, &cancel, {});
   } catch (const std::exception& e) {
-    if (stream) write_all(socket, "data: " + nlohmann::json{{"error", {{"message", e.what()}}}}.dump() + "\n\n");
-    else send_error(http::status::bad_request, e.what());
+    if (stream)
+      write_all(socket,
+                "data: " + nlohmann::json{{"error", {{"message", e.what()}}}}.dump() + "\n\n");
+    else
+      send_error(http::status::bad_request, e.what());
     return;
   }
   ctx.metrics.prompt_tokens += g.usage.prompt_tokens;
   ctx.metrics.completion_tokens += g.usage.completion_tokens;
   ctx.metrics.tool_calls += static_cast<int64_t>(g.message.tool_calls.size());
-  ctx.metrics.latency_ms_total += std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
+  ctx.metrics.latency_ms_total += std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - start)
+                                      .count();
   ++ctx.metrics.latency_count;
   if (stream) {
     write_all(socket, chunk(nlohmann::json::object(), finish_name(g)));
     if (include_usage) {
-      write_all(socket, "data: " + nlohmann::json{{"id", id}, {"object", "chat.completion.chunk"}, {"created", created}, {"model", ctx.model_name},
-                                                  {"choices", nlohmann::json::array()}, {"usage", usage_json(g.usage)}}.dump() + "\n\n");
+      write_all(socket, "data: " +
+                            nlohmann::json{{"id", id},
+                                           {"object", "chat.completion.chunk"},
+                                           {"created", created},
+                                           {"model", ctx.model_name},
+                                           {"choices", nlohmann::json::array()},
+                                           {"usage", usage_json(g.usage)}}
+                                .dump() +
+                            "\n\n");
     }
     write_all(socket, "data: [DONE]\n\n");
     return;
   }
   nlohmann::json message = {{"role", "assistant"}, {"content", g.message.content}};
-  if (!g.message.reasoning_content.empty()) message["reasoning_content"] = g.message.reasoning_content;
+  if (!g.message.reasoning_content.empty())
+    message["reasoning_content"] = g.message.reasoning_content;
   if (!g.message.tool_calls.empty()) {
     message["tool_calls"] = nlohmann::json::array();
     for (const auto& c : g.message.tool_calls) {
-      message["tool_calls"].push_back({{"id", c.id}, {"type", "function"}, {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
+      message["tool_calls"].push_back(
+          {{"id", c.id},
+           {"type", "function"},
+           {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
     }
   }
   http::response<http::string_body> res{http::status::ok, 11};
   res.set(http::field::content_type, "application/json");
   res.keep_alive(false);
-  res.body() = nlohmann::json{{"id", id}, {"object", "chat.completion"}, {"created", created}, {"model", ctx.model_name},
-                              {"choices", {{{"index", 0}, {"message", message}, {"finish_reason", finish_name(g)}}}}, {"usage", usage_json(g.usage)}}
-                   .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  res.body() =
+      nlohmann::json{
+          {"id", id},
+          {"object", "chat.completion"},
+          {"created", created},
+          {"model", ctx.model_name},
+          {"choices", {{{"index", 0}, {"message", message}, {"finish_reason", finish_name(g)}}}},
+          {"usage", usage_json(g.usage)}}
+          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   res.prepare_payload();
   beast::error_code ec;
   http::write(socket, res, ec);

@@ -4,7 +4,6 @@
 #pragma once
 
 #include <boost/asio/ip/tcp.hpp>
-
 #include <string>
 
 #include "runtime/backend.h"
@@ -22,6 +21,7 @@ struct CompletionContext {
 // the field. Sets `stream` from the body.
 GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool& include_usage);
 
-void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::string& body, const CompletionContext& ctx);
+void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::string& body,
+                           const CompletionContext& ctx);
 
 }  // namespace agentrt::server

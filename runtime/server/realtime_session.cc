@@ -2,7 +2,6 @@
 
 #include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/websocket.hpp>
-
 #include <condition_variable>
 #include <deque>
 #include <filesystem>
@@ -28,7 +27,8 @@ struct SessionState {
   std::thread turn;
   // Client-side tool calls waiting for function_call_output, by call id.
   std::map<std::string, std::shared_ptr<std::promise<std::string>>> waiting;
-  std::multimap<std::string, std::string> call_ids;  // name + "\n" + args -> call id (from the stream)
+  std::multimap<std::string, std::string>
+      call_ids;  // name + "\n" + args -> call id (from the stream)
 };
 
 std::shared_ptr<SessionState> SessionDirectory::find(const std::string& id) {
@@ -57,8 +57,10 @@ void SessionDirectory::cancel_all() {
 nlohmann::json parse_client_event(const std::string& text) {
   const auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded()) throw std::invalid_argument("invalid_json: the message is not JSON");
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string()) throw std::invalid_argument("invalid_event: an event needs a string 'type'");
-  static const char* kKnown[] = {"session.update", "conversation.item.create", "response.create", "response.cancel"};
+  if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
+    throw std::invalid_argument("invalid_event: an event needs a string 'type'");
+  static const char* kKnown[] = {"session.update", "conversation.item.create", "response.create",
+                                 "response.cancel"};
   const std::string type = j["type"];
   for (const char* k : kKnown) {
     if (type == k) return j;
@@ -84,7 +86,9 @@ class Writer {
     if (closed_) return false;
     beast::error_code ec;
     ws_.text(true);
-    ws_.write(boost::asio::buffer(event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)), ec);
+    ws_.write(
+        boost::asio::buffer(event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)),
+        ec);
     if (ec) closed_ = true;
     return !ec;
   }
@@ -99,11 +103,15 @@ class Writer {
   bool closed_ = false;
 };
 
-void apply_session_update(SessionState& s, const nlohmann::json& session, const RealtimeContext& ctx) {
-  if (session.contains("instructions")) s.options.system_prompt = session["instructions"].get<std::string>();
-  if (session.contains("tool_choice")) s.options.tool_choice = ToolChoice::from_json(session["tool_choice"]);
+void apply_session_update(SessionState& s, const nlohmann::json& session,
+                          const RealtimeContext& ctx) {
+  if (session.contains("instructions"))
+    s.options.system_prompt = session["instructions"].get<std::string>();
+  if (session.contains("tool_choice"))
+    s.options.tool_choice = ToolChoice::from_json(session["tool_choice"]);
   if (session.contains("max_steps")) s.options.limits.max_steps = session["max_steps"].get<int>();
-  if (session.contains("max_tokens")) s.options.max_tokens_per_step = session["max_tokens"].get<int>();
+  if (session.contains("max_tokens"))
+    s.options.max_tokens_per_step = session["max_tokens"].get<int>();
   if (session.contains("tools")) {
     s.builtin_names.clear();
     s.client_tools = nlohmann::json::array();
@@ -111,10 +119,12 @@ void apply_session_update(SessionState& s, const nlohmann::json& session, const 
       const std::string type = t.value("type", "function");
       if (type == "builtin") {
         const std::string name = t.at("name").get<std::string>();
-        if (!ctx.builtins->contains(name)) throw std::invalid_argument("invalid_tool: no server-side tool named '" + name + "'");
+        if (!ctx.builtins->contains(name))
+          throw std::invalid_argument("invalid_tool: no server-side tool named '" + name + "'");
         s.builtin_names.push_back(name);
       } else if (type == "function") {
-        if (!t.contains("name")) throw std::invalid_argument("invalid_tool: a client tool needs a name");
+        if (!t.contains("name"))
+          throw std::invalid_argument("invalid_tool: a client tool needs a name");
         s.client_tools.push_back(t);
       } else {
         throw std::invalid_argument("invalid_tool: tool type must be 'builtin' or 'function'");
@@ -124,7 +134,8 @@ void apply_session_update(SessionState& s, const nlohmann::json& session, const 
 }
 
 // Runs one response (the agent loop over the pending user input) on its own thread.
-void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const RealtimeContext& ctx, const std::string& event_id) {
+void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const RealtimeContext& ctx,
+                const std::string& event_id) {
   std::string user;
   {
     std::lock_guard lock(s->mutex);
@@ -133,15 +144,21 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
   }
   auto registry = std::make_shared<tools::ToolRegistry>();
   for (const auto& spec : ctx.builtins->specs()) {
-    if (std::find(s->builtin_names.begin(), s->builtin_names.end(), spec.name) == s->builtin_names.end()) continue;
+    if (std::find(s->builtin_names.begin(), s->builtin_names.end(), spec.name) ==
+        s->builtin_names.end())
+      continue;
     auto builtins = ctx.builtins;
-    registry->add(spec, [builtins, name = spec.name](const nlohmann::json& args, const tools::ToolContext& c) { return builtins->call(name, args, c); });
+    registry->add(spec, [builtins, name = spec.name](const nlohmann::json& args,
+                                                     const tools::ToolContext& c) {
+      return builtins->call(name, args, c);
+    });
   }
   std::weak_ptr<SessionState> weak = s;
   for (const auto& t : s->client_tools) {
     tools::ToolSpec spec = tools::ToolSpec::from_openai(nlohmann::ordered_json::parse(t.dump()));
     const auto timeout = ctx.options.client_tool_timeout;
-    registry->add(spec, [weak, &writer, timeout, name = spec.name](const nlohmann::json& args, const tools::ToolContext&) {
+    registry->add(spec, [weak, &writer, timeout, name = spec.name](const nlohmann::json& args,
+                                                                   const tools::ToolContext&) {
       auto state = weak.lock();
       if (!state) return tools::ToolResult::error("execution", "session closed");
       auto promise = std::make_shared<std::promise<std::string>>();
@@ -153,12 +170,17 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
         if (it != state->call_ids.end()) state->call_ids.erase(it);
         state->waiting[call_id] = promise;
       }
-      writer.send({{"type", "response.function_call_arguments.done"}, {"call_id", call_id}, {"name", name}, {"arguments", args.dump()}, {"client_side", true}});
+      writer.send({{"type", "response.function_call_arguments.done"},
+                   {"call_id", call_id},
+                   {"name", name},
+                   {"arguments", args.dump()},
+                   {"client_side", true}});
       auto future = promise->get_future();
       if (future.wait_for(timeout) != std::future_status::ready) {
         std::lock_guard lock(state->mutex);
         state->waiting.erase(call_id);
-        return tools::ToolResult::error("timeout", "the client did not answer call " + call_id + " in time");
+        return tools::ToolResult::error("timeout",
+                                        "the client did not answer call " + call_id + " in time");
       }
       tools::ToolResult r;
       r.content = future.get();
@@ -167,19 +189,35 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
   }
   Agent agent(ctx.backend, registry, s->options);
   std::shared_ptr<Session> session =
-      std::filesystem::exists(s->transcript) ? std::shared_ptr<Session>(agent.resume_session(s->transcript)) : std::shared_ptr<Session>(agent.new_session(s->transcript));
+      std::filesystem::exists(s->transcript)
+          ? std::shared_ptr<Session>(agent.resume_session(s->transcript))
+          : std::shared_ptr<Session>(agent.new_session(s->transcript));
   {
     std::lock_guard lock(s->mutex);
     s->running = session;
   }
   const std::string response_id = new_id("resp_");
-  writer.send({{"type", "response.created"}, {"response", {{"id", response_id}, {"status", "in_progress"}}}, {"event_id", event_id}});
+  writer.send({{"type", "response.created"},
+               {"response", {{"id", response_id}, {"status", "in_progress"}}},
+               {"event_id", event_id}});
   const TurnResult result = session->send(user, [&, s](const AgentEvent& e) {
     switch (e.kind) {
-      case AgentEvent::Kind::text_delta: writer.send({{"type", "response.output_text.delta"}, {"response_id", response_id}, {"delta", e.text}}); break;
-      case AgentEvent::Kind::reasoning_delta: writer.send({{"type", "response.reasoning.delta"}, {"response_id", response_id}, {"delta", e.text}}); break;
+      case AgentEvent::Kind::text_delta:
+        writer.send({{"type", "response.output_text.delta"},
+                     {"response_id", response_id},
+                     {"delta", e.text}});
+        break;
+      case AgentEvent::Kind::reasoning_delta:
+        writer.send({{"type", "response.reasoning.delta"},
+                     {"response_id", response_id},
+                     {"delta", e.text}});
+        break;
       case AgentEvent::Kind::tool_call_arguments_delta:
-        writer.send({{"type", "response.function_call_arguments.delta"}, {"response_id", response_id}, {"call_id", e.call_id}, {"name", e.name}, {"delta", e.text}});
+        writer.send({{"type", "response.function_call_arguments.delta"},
+                     {"response_id", response_id},
+                     {"call_id", e.call_id},
+                     {"name", e.name},
+                     {"delta", e.text}});
         break;
       case AgentEvent::Kind::tool_call_end: {
         std::lock_guard lock(s->mutex);
@@ -189,7 +227,11 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
       }
       case AgentEvent::Kind::tool_result:
         if (ctx.builtins->contains(e.name)) {
-          writer.send({{"type", "response.tool_result"}, {"response_id", response_id}, {"call_id", e.call_id}, {"name", e.name}, {"output", e.text},
+          writer.send({{"type", "response.tool_result"},
+                       {"response_id", response_id},
+                       {"call_id", e.call_id},
+                       {"name", e.name},
+                       {"output", e.text},
                        {"ok", e.data.value("ok", false)}});
         }
         break;
@@ -197,7 +239,8 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
         ctx.metrics.prompt_tokens += e.data.value("prompt_tokens", int64_t{0});
         ctx.metrics.completion_tokens += e.data.value("completion_tokens", int64_t{0});
         break;
-      default: break;
+      default:
+        break;
     }
   });
   {
@@ -205,14 +248,22 @@ void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const Re
     s->running.reset();
   }
   writer.send({{"type", "response.done"},
-               {"response", {{"id", response_id}, {"status", result.stop == StopReason::cancelled ? "cancelled" : "completed"},
-                             {"stop_reason", std::string(to_string(result.stop))}, {"output_text", result.final_text}, {"error", result.error},
-                             {"usage", {{"input_tokens", result.usage.prompt_tokens}, {"output_tokens", result.usage.completion_tokens}}}}}});
+               {"response",
+                {{"id", response_id},
+                 {"status", result.stop == StopReason::cancelled ? "cancelled" : "completed"},
+                 {"stop_reason", std::string(to_string(result.stop))},
+                 {"output_text", result.final_text},
+                 {"error", result.error},
+                 {"usage",
+                  {{"input_tokens", result.usage.prompt_tokens},
+                   {"output_tokens", result.usage.completion_tokens}}}}}});
 }
 
 }  // namespace
 
-void run_realtime_session(tcp::socket socket, const beast::http::request<beast::http::string_body>& req, beast::flat_buffer& buffer, RealtimeContext ctx) {
+void run_realtime_session(tcp::socket socket,
+                          const beast::http::request<beast::http::string_body>& req,
+                          beast::flat_buffer& buffer, RealtimeContext ctx) {
   // Clients speak only after the handshake answer, so the HTTP read left no frame bytes behind.
   (void)buffer;
   websocket::stream<tcp::socket> ws(std::move(socket));
@@ -227,25 +278,35 @@ void run_realtime_session(tcp::socket socket, const beast::http::request<beast::
   if (const auto q = target.find("session_id="); q != std::string::npos) {
     state = ctx.sessions.find(target.substr(q + 11));
     if (!state) {
-      writer.send({{"type", "error"}, {"error", {{"code", "session_not_found"}, {"message", "no session " + target.substr(q + 11) + " (expired?)"}}}});
+      writer.send({{"type", "error"},
+                   {"error",
+                    {{"code", "session_not_found"},
+                     {"message", "no session " + target.substr(q + 11) + " (expired?)"}}}});
       ws.close(websocket::close_code::policy_error, ec);
       return;
     }
   } else {
     if (ctx.sessions.size() >= ctx.options.max_sessions) {
-      writer.send({{"type", "error"}, {"error", {{"code", "too_many_sessions"}, {"message", "the server's session limit is reached"}}}});
+      writer.send({{"type", "error"},
+                   {"error",
+                    {{"code", "too_many_sessions"},
+                     {"message", "the server's session limit is reached"}}}});
       ws.close(websocket::close_code::try_again_later, ec);
       return;
     }
     state = std::make_shared<SessionState>();
     state->id = new_id("sess_");
     state->options = ctx.defaults;
-    state->transcript = std::filesystem::temp_directory_path() / ("agentrt-sessions") / (state->id + ".jsonl");
+    state->transcript =
+        std::filesystem::temp_directory_path() / ("agentrt-sessions") / (state->id + ".jsonl");
     ctx.sessions.add(state);
     ++ctx.metrics.sessions_total;
   }
   ++ctx.metrics.sessions_open;
-  writer.send({{"type", "session.created"}, {"session", {{"id", state->id}, {"resumed", target.find("session_id=") != std::string::npos}}}});
+  writer.send(
+      {{"type", "session.created"},
+       {"session",
+        {{"id", state->id}, {"resumed", target.find("session_id=") != std::string::npos}}}});
   for (;;) {
     beast::flat_buffer message;
     ws.read(message, ec);
@@ -268,24 +329,32 @@ void run_realtime_session(tcp::socket socket, const beast::http::request<beast::
           std::lock_guard lock(state->mutex);
           const std::string call_id = item.at("call_id").get<std::string>();
           auto it = state->waiting.find(call_id);
-          if (it == state->waiting.end()) throw std::invalid_argument("unknown_call: no pending client-side call " + call_id);
+          if (it == state->waiting.end())
+            throw std::invalid_argument("unknown_call: no pending client-side call " + call_id);
           it->second->set_value(item.value("output", ""));
           state->waiting.erase(it);
         } else {
           std::string content;
-          if (item.contains("content") && item["content"].is_string()) content = item["content"];
-          else for (const auto& part : item.value("content", nlohmann::json::array())) content += part.value("text", "");
+          if (item.contains("content") && item["content"].is_string())
+            content = item["content"];
+          else
+            for (const auto& part : item.value("content", nlohmann::json::array()))
+              content += part.value("text", "");
           std::lock_guard lock(state->mutex);
           state->pending_user.push_back(content);
         }
       } else if (type == "response.create") {
         std::lock_guard lock(state->mutex);
         if (state->running || state->turn.joinable()) {
-          if (!state->running && state->turn.joinable()) state->turn.join();
-          else throw std::invalid_argument("response_in_progress: a response is already running");
+          if (!state->running && state->turn.joinable())
+            state->turn.join();
+          else
+            throw std::invalid_argument("response_in_progress: a response is already running");
         }
-        if (state->pending_user.empty()) throw std::invalid_argument("no_input: add a user message first");
-        state->turn = std::thread([state, &writer, ctx, event_id] { start_turn(state, writer, ctx, event_id); });
+        if (state->pending_user.empty())
+          throw std::invalid_argument("no_input: add a user message first");
+        state->turn = std::thread(
+            [state, &writer, ctx, event_id] { start_turn(state, writer, ctx, event_id); });
       } else if (type == "response.cancel") {
         std::lock_guard lock(state->mutex);
         if (state->running) state->running->cancel();
@@ -296,8 +365,11 @@ void run_realtime_session(tcp::socket socket, const beast::http::request<beast::
       ++ctx.metrics.errors;
       const std::string what = e.what();
       const auto colon = what.find(": ");
-      const std::string code = colon != std::string::npos && what.find(' ') > colon ? what.substr(0, colon) : "invalid_event";
-      writer.send({{"type", "error"}, {"error", {{"code", code}, {"message", what}, {"event_id", event_id}}}});
+      const std::string code = colon != std::string::npos && what.find(' ') > colon
+                                   ? what.substr(0, colon)
+                                   : "invalid_event";
+      writer.send({{"type", "error"},
+                   {"error", {{"code", code}, {"message", what}, {"event_id", event_id}}}});
     }
   }
   writer.mark_closed();

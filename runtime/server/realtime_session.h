@@ -8,7 +8,6 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
-
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,7 +41,8 @@ struct RealtimeContext {
   std::atomic<bool>& stopping;
 };
 
-void run_realtime_session(boost::asio::ip::tcp::socket socket, const boost::beast::http::request<boost::beast::http::string_body>& req,
+void run_realtime_session(boost::asio::ip::tcp::socket socket,
+                          const boost::beast::http::request<boost::beast::http::string_body>& req,
                           boost::beast::flat_buffer& buffer, RealtimeContext ctx);
 
 // Validates a client event; throws std::invalid_argument with a protocol error message.

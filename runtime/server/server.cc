@@ -1,10 +1,11 @@
 #include "runtime/server/server.h"
 
+#include <sys/socket.h>
+
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
-
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -14,8 +15,6 @@
 #include <mutex>
 #include <random>
 #include <set>
-
-#include <sys/socket.h>
 #include <sstream>
 #include <thread>
 
@@ -32,7 +31,8 @@ using tcp = asio::ip::tcp;
 std::string ServerMetrics::prometheus() const {
   std::ostringstream o;
   const auto line = [&](const char* name, const char* help, const char* type, int64_t v) {
-    o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n" << name << " " << v << "\n";
+    o << "# HELP " << name << " " << help << "\n# TYPE " << name << " " << type << "\n"
+      << name << " " << v << "\n";
   };
   line("agentrt_http_requests_total", "HTTP requests served", "counter", http_requests);
   line("agentrt_sessions_open", "WebSocket sessions open now", "gauge", sessions_open);
@@ -41,7 +41,8 @@ std::string ServerMetrics::prometheus() const {
   line("agentrt_completion_tokens_total", "tokens generated", "counter", completion_tokens);
   line("agentrt_tool_calls_total", "tool calls executed or sent to clients", "counter", tool_calls);
   line("agentrt_errors_total", "requests or events that ended in an error", "counter", errors);
-  line("agentrt_generation_latency_ms_sum", "sum of generation latencies", "counter", latency_ms_total);
+  line("agentrt_generation_latency_ms_sum", "sum of generation latencies", "counter",
+       latency_ms_total);
   line("agentrt_generation_latency_count", "generations measured", "counter", latency_count);
   return o.str();
 }
@@ -85,7 +86,8 @@ struct Server::Impl {
     return false;
   }
 
-  static void respond(tcp::socket& socket, http::status status, const std::string& body, const std::string& type = "application/json") {
+  static void respond(tcp::socket& socket, http::status status, const std::string& body,
+                      const std::string& type = "application/json") {
     http::response<http::string_body> res{status, 11};
     res.set(http::field::content_type, type);
     res.set(http::field::server, "agentrt");
@@ -107,7 +109,9 @@ struct Server::Impl {
     parser.body_limit(options.max_message_bytes);
     http::read(socket, buffer, parser, ec);
     if (ec) {
-      if (ec == http::error::body_limit) respond(socket, http::status::payload_too_large, error_json("request body too large", "invalid_request_error"));
+      if (ec == http::error::body_limit)
+        respond(socket, http::status::payload_too_large,
+                error_json("request body too large", "invalid_request_error"));
       return;
     }
     auto req = parser.release();
@@ -121,38 +125,48 @@ struct Server::Impl {
     const bool public_path = target == "/health";
     if (!public_path && !authorized(req)) {
       ++metrics.errors;
-      respond(socket, http::status::unauthorized, error_json("missing or invalid API key", "authentication_error"));
+      respond(socket, http::status::unauthorized,
+              error_json("missing or invalid API key", "authentication_error"));
       return;
     }
     if (beast::websocket::is_upgrade(req)) {
       if (target.rfind("/v1/sessions", 0) != 0) {
-        respond(socket, http::status::not_found, error_json("WebSocket sessions live at /v1/sessions", "not_found"));
+        respond(socket, http::status::not_found,
+                error_json("WebSocket sessions live at /v1/sessions", "not_found"));
         return;
       }
-      run_realtime_session(std::move(socket), req, buffer, {backend, builtins, defaults, options, metrics, sessions, stopping});
+      run_realtime_session(std::move(socket), req, buffer,
+                           {backend, builtins, defaults, options, metrics, sessions, stopping});
       return;
     }
     if (req.method() == http::verb::get && target == "/health") {
       respond(socket, http::status::ok, R"({"status":"ok"})");
     } else if (req.method() == http::verb::get && target == "/v1/models") {
       respond(socket, http::status::ok,
-              nlohmann::json{{"object", "list"}, {"data", {{{"id", options.model_name}, {"object", "model"}, {"owned_by", "agentrt"}}}}}.dump());
+              nlohmann::json{
+                  {"object", "list"},
+                  {"data",
+                   {{{"id", options.model_name}, {"object", "model"}, {"owned_by", "agentrt"}}}}}
+                  .dump());
     } else if (req.method() == http::verb::get && target == "/metrics") {
       respond(socket, http::status::ok, metrics.prometheus(), "text/plain; version=0.0.4");
     } else if (req.method() == http::verb::post && target == "/v1/chat/completions") {
       serve_chat_completion(socket, req.body(), {*backend, options.model_name, metrics});
     } else {
-      respond(socket, http::status::not_found, error_json("no route for " + std::string(req.method_string()) + " " + target, "not_found"));
+      respond(socket, http::status::not_found,
+              error_json("no route for " + std::string(req.method_string()) + " " + target,
+                         "not_found"));
     }
     socket.shutdown(tcp::socket::shutdown_send, ec);
   }
 };
 
-Server::Server(std::shared_ptr<Backend> backend, std::shared_ptr<tools::ToolRegistry> builtin_tools, AgentOptions defaults,
-               ServerOptions options)
+Server::Server(std::shared_ptr<Backend> backend, std::shared_ptr<tools::ToolRegistry> builtin_tools,
+               AgentOptions defaults, ServerOptions options)
     : impl_(std::make_unique<Impl>()) {
   impl_->backend = std::move(backend);
-  impl_->builtins = builtin_tools ? std::move(builtin_tools) : std::make_shared<tools::ToolRegistry>();
+  impl_->builtins =
+      builtin_tools ? std::move(builtin_tools) : std::make_shared<tools::ToolRegistry>();
   impl_->defaults = std::move(defaults);
   impl_->options = std::move(options);
 }

@@ -17,9 +17,10 @@ namespace agentrt::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  uint16_t port = 8080;                  // 0: any free port (start() returns it)
-  std::vector<std::string> api_keys;     // empty: no auth
-  std::vector<std::string> allowed_origins;  // browsers: empty allows none but same-origin-less clients
+  uint16_t port = 8080;               // 0: any free port (start() returns it)
+  std::vector<std::string> api_keys;  // empty: no auth
+  std::vector<std::string>
+      allowed_origins;  // browsers: empty allows none but same-origin-less clients
   size_t max_sessions = 256;
   size_t max_message_bytes = 1 << 20;
   std::string model_name = "agentrt";
@@ -28,16 +29,16 @@ struct ServerOptions {
 };
 
 struct ServerMetrics {
-  std::atomic<int64_t> http_requests{0}, sessions_open{0}, sessions_total{0}, prompt_tokens{0}, completion_tokens{0},
-      tool_calls{0}, errors{0};
+  std::atomic<int64_t> http_requests{0}, sessions_open{0}, sessions_total{0}, prompt_tokens{0},
+      completion_tokens{0}, tool_calls{0}, errors{0};
   std::atomic<int64_t> latency_ms_total{0}, latency_count{0};
   std::string prometheus() const;
 };
 
 class Server {
  public:
-  Server(std::shared_ptr<Backend> backend, std::shared_ptr<tools::ToolRegistry> builtin_tools, AgentOptions defaults,
-         ServerOptions options);
+  Server(std::shared_ptr<Backend> backend, std::shared_ptr<tools::ToolRegistry> builtin_tools,
+         AgentOptions defaults, ServerOptions options);
   ~Server();
   uint16_t start();  // binds and starts accepting on a background thread; returns the port
   void stop();       // stops accepting, cancels running sessions, joins threads

@@ -12,7 +12,8 @@ TEST(SandboxCli, ExitStatusContract) {
   const auto timeout = run_cli("sandbox run --timeout 1 -- sh -c 'while :; do :; done'", "", true);
   EXPECT_EQ(timeout.exit_code, 124);
   EXPECT_NE(timeout.out.find("timeout"), std::string::npos) << timeout.out;
-  const auto memory = run_cli("sandbox run --memory 32 -- python3 -c 'x = bytearray(300 * 2**20)'", "", true);
+  const auto memory =
+      run_cli("sandbox run --memory 32 -- python3 -c 'x = bytearray(300 * 2**20)'", "", true);
   EXPECT_NE(memory.exit_code, 0);
   EXPECT_EQ(run_cli("sandbox run -- echo passthrough").out, "passthrough\n");
 }

@@ -1,6 +1,5 @@
-#include <unistd.h>
-
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "tests/cli/cli_test_support.h"
 
@@ -11,7 +10,8 @@ using agentrt::testing::run_cli;
 const std::string kTokenizer = std::string(AGENTRT_HOME) + "/models/deepseek-v3-tokenizer";
 
 TEST(TokenizeCli, TextToIdsAndBack) {
-  if (!std::filesystem::exists(kTokenizer + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer at " << kTokenizer;
+  if (!std::filesystem::exists(kTokenizer + "/tokenizer.json"))
+    GTEST_SKIP() << "no tokenizer at " << kTokenizer;
   const auto ids = run_cli("tokenize --tokenizer " + kTokenizer, "Hello, world!");
   ASSERT_EQ(ids.exit_code, 0);
   EXPECT_EQ(ids.out, "[19923,14,2058,3]\n");
@@ -21,8 +21,10 @@ TEST(TokenizeCli, TextToIdsAndBack) {
 }
 
 TEST(TokenizeCli, SpecialFlagParsesControlTokens) {
-  if (!std::filesystem::exists(kTokenizer + "/tokenizer.json")) GTEST_SKIP() << "no tokenizer at " << kTokenizer;
-  EXPECT_EQ(run_cli("tokenize --special --tokenizer " + kTokenizer, "<｜end▁of▁sentence｜>").out, "[1]\n");
+  if (!std::filesystem::exists(kTokenizer + "/tokenizer.json"))
+    GTEST_SKIP() << "no tokenizer at " << kTokenizer;
+  EXPECT_EQ(run_cli("tokenize --special --tokenizer " + kTokenizer, "<｜end▁of▁sentence｜>").out,
+            "[1]\n");
   EXPECT_NE(run_cli("tokenize --tokenizer " + kTokenizer, "<｜end▁of▁sentence｜>").out, "[1]\n");
 }
 

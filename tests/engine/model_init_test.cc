@@ -1,12 +1,11 @@
 #include "engine/model_init.h"
 
+#include <gtest/gtest.h>
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
-
-#include <gtest/gtest.h>
 
 #include "engine/model.h"
 
@@ -41,7 +40,8 @@ TEST(ModelInit, SameSeedSameWeights) {
   options.seed = 9;
   write_random_model(a, options);
   write_random_model(b, options);
-  EXPECT_EQ(std::filesystem::file_size(a / "model.safetensors"), std::filesystem::file_size(b / "model.safetensors"));
+  EXPECT_EQ(std::filesystem::file_size(a / "model.safetensors"),
+            std::filesystem::file_size(b / "model.safetensors"));
   const auto ma = Model::load(a), mb = Model::load(b);
   const std::vector<int32_t> ids = {1, 2, 3};
   EXPECT_EQ(ma->new_sequence()->forward(ids), mb->new_sequence()->forward(ids));
@@ -52,10 +52,12 @@ TEST(ModelInit, SameSeedSameWeights) {
 TEST(ModelInit, UnknownPresetOrDtypeIsAnError) {
   ModelInitOptions options;
   options.preset = "huge";
-  EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options), std::invalid_argument);
+  EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options),
+               std::invalid_argument);
   options.preset = "tiny";
   options.dtype = "f8";
-  EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options), std::invalid_argument);
+  EXPECT_THROW(write_random_model(std::filesystem::temp_directory_path() / "agentrt_x", options),
+               std::invalid_argument);
 }
 
 }  // namespace
@@ -65,7 +67,8 @@ namespace agentrt::engine {
 namespace {
 
 TEST(ModelInit, TransformersLoadsTheCheckpointAndAgreesWithOurEngine) {
-  const auto fixture = std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/engine/fixtures/model_init";
+  const auto fixture =
+      std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/engine/fixtures/model_init";
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_model_init_golden";
   std::filesystem::remove_all(dir);
   ModelInitOptions options;

@@ -1,12 +1,12 @@
 #include "engine/tokenizer.h"
 
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 namespace agentrt::engine {
 namespace {
@@ -17,17 +17,20 @@ const std::filesystem::path kTokenizerDir =
 class TokenizerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    if (std::filesystem::exists(kTokenizerDir / "tokenizer.json")) tokenizer_ = Tokenizer::load(kTokenizerDir);
+    if (std::filesystem::exists(kTokenizerDir / "tokenizer.json"))
+      tokenizer_ = Tokenizer::load(kTokenizerDir);
   }
   void SetUp() override {
-    if (!tokenizer_) GTEST_SKIP() << "tokenizer not found at " << kTokenizerDir << " (run scripts/setup.sh)";
+    if (!tokenizer_)
+      GTEST_SKIP() << "tokenizer not found at " << kTokenizerDir << " (run scripts/setup.sh)";
   }
   static std::shared_ptr<const Tokenizer> tokenizer_;
 };
 std::shared_ptr<const Tokenizer> TokenizerTest::tokenizer_;
 
 std::string base64_decode(const std::string& in) {
-  static const std::string chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  static const std::string chars =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   std::string out;
   int val = 0, bits = -8;
   for (char c : in) {
@@ -44,7 +47,8 @@ std::string base64_decode(const std::string& in) {
 }
 
 TEST_F(TokenizerTest, MatchesHuggingFaceTokenizersGolden) {
-  const auto path = std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/engine/fixtures/tokenizer/golden.json";
+  const auto path =
+      std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/engine/fixtures/tokenizer/golden.json";
   std::ifstream in(path);
   ASSERT_TRUE(in) << path;
   const auto doc = nlohmann::json::parse(in);
@@ -93,10 +97,14 @@ TEST_F(TokenizerTest, InvalidUtf8RoundTripsByteExactly) {
     const int n = 1 + rng() % 40;
     for (int i = 0; i < n; ++i) {
       const int kind = rng() % 4;
-      if (kind == 0) s.push_back(static_cast<char>(rng() % 256));
-      else if (kind == 1) s += "é";
-      else if (kind == 2) s += "\xF0\x9F";  // a truncated 4-byte sequence
-      else s += " ab";
+      if (kind == 0)
+        s.push_back(static_cast<char>(rng() % 256));
+      else if (kind == 1)
+        s += "é";
+      else if (kind == 2)
+        s += "\xF0\x9F";  // a truncated 4-byte sequence
+      else
+        s += " ab";
     }
     EXPECT_EQ(tokenizer_->decode(tokenizer_->encode(s)), s);
   }
@@ -142,7 +150,8 @@ TEST(TokenizerLoad, MissingOrCorruptFileIsNamedInTheError) {
     EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos);
     EXPECT_NE(std::string(e.what()).find("invalid JSON"), std::string::npos);
   }
-  std::ofstream(dir / "tokenizer.json") << R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
+  std::ofstream(dir / "tokenizer.json")
+      << R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}})";
   EXPECT_THROW(Tokenizer::load(dir), std::runtime_error);  // lacks byte tokens
   std::filesystem::remove_all(dir);
 }

@@ -1,9 +1,9 @@
 // The loop end to end with a scripted backend: exact sequences of model turns.
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-
-#include <gtest/gtest.h>
 
 #include "runtime/agent.h"
 #include "runtime/transcript.h"
@@ -16,8 +16,8 @@ class ScriptedBackend : public Backend {
  public:
   explicit ScriptedBackend(std::vector<chat::Message> script) : script_(std::move(script)) {}
   std::string name() const override { return "scripted"; }
-  GenerationResult generate(const GenerationRequest& request, const GenerationCallback& on_event, const std::atomic<bool>* cancel,
-                            std::string_view) override {
+  GenerationResult generate(const GenerationRequest& request, const GenerationCallback& on_event,
+                            const std::atomic<bool>* cancel, std::string_view) override {
     std::lock_guard lock(mutex_);
     requests.push_back(request);
     GenerationResult r;
@@ -27,7 +27,8 @@ class ScriptedBackend : public Backend {
     }
     if (next_ >= script_.size()) throw std::runtime_error("script exhausted");
     r.message = script_[next_++];
-    if (on_event && !r.message.content.empty()) on_event({chat::ParseEvent::Kind::content_delta, -1, r.message.content, "", ""});
+    if (on_event && !r.message.content.empty())
+      on_event({chat::ParseEvent::Kind::content_delta, -1, r.message.content, "", ""});
     r.finish = r.message.tool_calls.empty() ? FinishReason::stop : FinishReason::tool_calls;
     r.usage.prompt_tokens = 10;
     r.usage.completion_tokens = 5;
@@ -41,12 +42,14 @@ class ScriptedBackend : public Backend {
   std::mutex mutex_;
 };
 
-chat::Message call(std::vector<std::pair<std::string, std::string>> calls, std::string content = "") {
+chat::Message call(std::vector<std::pair<std::string, std::string>> calls,
+                   std::string content = "") {
   chat::Message m;
   m.role = chat::Message::Role::assistant;
   m.content = std::move(content);
   int i = 0;
-  for (auto& [name, args] : calls) m.tool_calls.push_back({"call_" + std::to_string(i++), name, args});
+  for (auto& [name, args] : calls)
+    m.tool_calls.push_back({"call_" + std::to_string(i++), name, args});
   return m;
 }
 chat::Message answer(std::string text) {
@@ -58,25 +61,34 @@ chat::Message answer(std::string text) {
 
 std::shared_ptr<tools::ToolRegistry> test_tools(std::atomic<int>* counter = nullptr) {
   auto reg = std::make_shared<tools::ToolRegistry>();
-  reg->add({"add", "add two integers", nlohmann::ordered_json::parse(R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"]})")},
-           [counter](const nlohmann::json& a, const tools::ToolContext&) {
-             if (counter) ++*counter;
-             tools::ToolResult r;
-             r.content = std::to_string(a["a"].get<int>() + a["b"].get<int>());
-             return r;
+  reg->add(
+      {"add", "add two integers",
+       nlohmann::ordered_json::parse(
+           R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"]})")},
+      [counter](const nlohmann::json& a, const tools::ToolContext&) {
+        if (counter) ++*counter;
+        tools::ToolResult r;
+        r.content = std::to_string(a["a"].get<int>() + a["b"].get<int>());
+        return r;
+      });
+  reg->add({"fail", "always fails",
+            nlohmann::ordered_json::parse(R"({"type":"object","properties":{}})")},
+           [](const nlohmann::json&, const tools::ToolContext&) {
+             return tools::ToolResult::error("execution", "boom");
            });
-  reg->add({"fail", "always fails", nlohmann::ordered_json::parse(R"({"type":"object","properties":{}})")},
-           [](const nlohmann::json&, const tools::ToolContext&) { return tools::ToolResult::error("execution", "boom"); });
   return reg;
 }
 
 TEST(AgentLoop, MultiStepChainFeedsResultsBack) {
   auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{
-      call({{"add", R"({"a": 2, "b": 3})"}}), call({{"add", R"({"a": 5, "b": 10})"}}), answer("The total is 15.")});
+      call({{"add", R"({"a": 2, "b": 3})"}}), call({{"add", R"({"a": 5, "b": 10})"}}),
+      answer("The total is 15.")});
   Agent agent(backend, test_tools(), {.system_prompt = "Be exact."});
   auto session = agent.new_session();
   std::vector<std::string> kinds;
-  const auto r = session->send("add 2 and 3, then add 10", [&](const AgentEvent& e) { kinds.push_back(std::string(to_string(e.kind))); });
+  const auto r = session->send("add 2 and 3, then add 10", [&](const AgentEvent& e) {
+    kinds.push_back(std::string(to_string(e.kind)));
+  });
   EXPECT_EQ(r.stop, StopReason::final_answer);
   EXPECT_EQ(r.final_text, "The total is 15.");
   EXPECT_EQ(r.steps, 3);
@@ -95,8 +107,11 @@ TEST(AgentLoop, MultiStepChainFeedsResultsBack) {
 
 TEST(AgentLoop, ParallelCallsRunAndResultsKeepCallOrder) {
   std::atomic<int> counter{0};
-  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{
-      call({{"add", R"({"a": 1, "b": 1})"}, {"add", R"({"a": 2, "b": 2})"}, {"add", R"({"a": 3, "b": 3})"}}), answer("done")});
+  auto backend = std::make_shared<ScriptedBackend>(
+      std::vector<chat::Message>{call({{"add", R"({"a": 1, "b": 1})"},
+                                       {"add", R"({"a": 2, "b": 2})"},
+                                       {"add", R"({"a": 3, "b": 3})"}}),
+                                 answer("done")});
   Agent agent(backend, test_tools(&counter), {});
   auto session = agent.new_session();
   const auto r = session->send("three sums");
@@ -110,8 +125,9 @@ TEST(AgentLoop, ParallelCallsRunAndResultsKeepCallOrder) {
 }
 
 TEST(AgentLoop, ErrorsAndValidationFailuresGoBackToTheModel) {
-  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{
-      call({{"add", R"({"a": "two", "b": 3})"}}), call({{"nope", "{}"}}), call({{"add", "{not json"}}), answer("gave up politely")});
+  auto backend = std::make_shared<ScriptedBackend>(
+      std::vector<chat::Message>{call({{"add", R"({"a": "two", "b": 3})"}}), call({{"nope", "{}"}}),
+                                 call({{"add", "{not json"}}), answer("gave up politely")});
   Agent agent(backend, test_tools(), {});
   auto session = agent.new_session();
   const auto r = session->send("try");
@@ -124,8 +140,9 @@ TEST(AgentLoop, ErrorsAndValidationFailuresGoBackToTheModel) {
 }
 
 TEST(AgentLoop, RepeatedIdenticalFailuresStop) {
-  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{call({{"fail", "{}"}}), call({{"fail", "{}"}}), call({{"fail", "{}"}}),
-                                                                             call({{"fail", "{}"}}), answer("never reached")});
+  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{
+      call({{"fail", "{}"}}), call({{"fail", "{}"}}), call({{"fail", "{}"}}),
+      call({{"fail", "{}"}}), answer("never reached")});
   Agent agent(backend, test_tools(), {.limits = {.max_identical_failures = 2}});
   const auto r = agent.new_session()->send("x");
   EXPECT_EQ(r.stop, StopReason::repeated_failure);
@@ -145,23 +162,27 @@ TEST(AgentLoop, BudgetsStopTheLoop) {
 }
 
 TEST(AgentLoop, CancellationStopsBeforeTheNextStep) {
-  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{call({{"add", R"({"a": 1, "b": 1})"}}), answer("x")});
+  auto backend = std::make_shared<ScriptedBackend>(
+      std::vector<chat::Message>{call({{"add", R"({"a": 1, "b": 1})"}}), answer("x")});
   auto reg = test_tools();
   Agent agent(backend, reg, {});
   auto session = agent.new_session();
   Session* raw = session.get();
-  session->add_tool({"cancel_me", "", nlohmann::ordered_json::parse(R"({"type":"object"})")}, [raw](const nlohmann::json&, const tools::ToolContext&) {
-    raw->cancel();
-    return tools::ToolResult{};
-  });
-  auto backend_calls = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{call({{"cancel_me", "{}"}}), answer("x")});
+  session->add_tool({"cancel_me", "", nlohmann::ordered_json::parse(R"({"type":"object"})")},
+                    [raw](const nlohmann::json&, const tools::ToolContext&) {
+                      raw->cancel();
+                      return tools::ToolResult{};
+                    });
+  auto backend_calls = std::make_shared<ScriptedBackend>(
+      std::vector<chat::Message>{call({{"cancel_me", "{}"}}), answer("x")});
   Agent agent2(backend_calls, reg, {});
   auto s2 = agent2.new_session();
   Session* raw2 = s2.get();
-  s2->add_tool({"cancel_me", "", nlohmann::ordered_json::parse(R"({"type":"object"})")}, [raw2](const nlohmann::json&, const tools::ToolContext&) {
-    raw2->cancel();
-    return tools::ToolResult{};
-  });
+  s2->add_tool({"cancel_me", "", nlohmann::ordered_json::parse(R"({"type":"object"})")},
+               [raw2](const nlohmann::json&, const tools::ToolContext&) {
+                 raw2->cancel();
+                 return tools::ToolResult{};
+               });
   EXPECT_EQ(s2->send("go").stop, StopReason::cancelled);
   EXPECT_EQ(backend_calls->requests.size(), 1u);
   // Session-local tools do not leak into the agent's shared registry.
@@ -169,18 +190,23 @@ TEST(AgentLoop, CancellationStopsBeforeTheNextStep) {
 }
 
 TEST(AgentLoop, TranscriptResumesIncludingACrashMidStep) {
-  const auto path = std::filesystem::temp_directory_path() / ("agentrt-transcript-" + std::to_string(::getpid()) + ".jsonl");
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("agentrt-transcript-" + std::to_string(::getpid()) + ".jsonl");
   std::filesystem::remove(path);
   {
-    auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{call({{"add", R"({"a": 1, "b": 2})"}}), answer("3")});
+    auto backend = std::make_shared<ScriptedBackend>(
+        std::vector<chat::Message>{call({{"add", R"({"a": 1, "b": 2})"}}), answer("3")});
     Agent agent(backend, test_tools(), {});
     EXPECT_EQ(agent.new_session(path)->send("1+2?").final_text, "3");
   }
   {
-    // Simulate a crash mid-step: an assistant call recorded, its result never written, and a torn line.
+    // Simulate a crash mid-step: an assistant call recorded, its result never written, and a torn
+    // line.
     std::ofstream out(path, std::ios::app);
-    out << R"({"type":"message","message":{"role":"user","content":"and 4+4?"}})" << "\n";
-    out << R"({"type":"message","message":{"role":"assistant","content":"","tool_calls":[{"id":"c9","type":"function","function":{"name":"add","arguments":"{\"a\":4,\"b\":4}"}}]}})" << "\n";
+    out << R"({"type":"message","message":{"role":"user","content":"and 4+4?"}})"
+        << "\n";
+    out << R"({"type":"message","message":{"role":"assistant","content":"","tool_calls":[{"id":"c9","type":"function","function":{"name":"add","arguments":"{\"a\":4,\"b\":4}"}}]}})"
+        << "\n";
     out << R"({"type":"mess)";
   }
   auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{answer("8")});
@@ -202,15 +228,17 @@ namespace agentrt {
 namespace {
 
 TEST(AgentLoop, TimedOutCallsAreRetriedByPolicy) {
-  auto backend = std::make_shared<ScriptedBackend>(std::vector<chat::Message>{call({{"flaky", "{}"}}), answer("ok")});
+  auto backend = std::make_shared<ScriptedBackend>(
+      std::vector<chat::Message>{call({{"flaky", "{}"}}), answer("ok")});
   auto reg = std::make_shared<tools::ToolRegistry>();
   std::atomic<int> attempts{0};
-  reg->add({"flaky", "times out once", nlohmann::ordered_json::parse(R"({"type":"object"})")}, [&attempts](const nlohmann::json&, const tools::ToolContext&) {
-    if (attempts++ == 0) return tools::ToolResult::error("timeout", "too slow");
-    tools::ToolResult r;
-    r.content = "done";
-    return r;
-  });
+  reg->add({"flaky", "times out once", nlohmann::ordered_json::parse(R"({"type":"object"})")},
+           [&attempts](const nlohmann::json&, const tools::ToolContext&) {
+             if (attempts++ == 0) return tools::ToolResult::error("timeout", "too slow");
+             tools::ToolResult r;
+             r.content = "done";
+             return r;
+           });
   Agent agent(backend, reg, {.limits = {.max_call_retries = 1}});
   auto session = agent.new_session();
   EXPECT_EQ(session->send("go").final_text, "ok");

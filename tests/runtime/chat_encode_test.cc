@@ -1,7 +1,7 @@
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "runtime/chat/encode_v4.h"
 #include "runtime/chat/python_json.h"
@@ -12,7 +12,8 @@ namespace {
 using ojson = nlohmann::ordered_json;
 
 ojson load_cases() {
-  const auto path = std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/runtime/fixtures/encoding/cases.json";
+  const auto path =
+      std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/runtime/fixtures/encoding/cases.json";
   std::ifstream in(path);
   return ojson::parse(in)["cases"];
 }
@@ -22,12 +23,15 @@ TEST(EncodeV4, ByteIdenticalToDeepSeekEncoder) {
   ASSERT_GE(cases.size(), 25u);
   for (const auto& c : cases) {
     EncodeOptions options;
-    options.thinking = c.value("thinking_mode", "chat") == "thinking" ? ThinkingMode::thinking : ThinkingMode::non_thinking;
+    options.thinking = c.value("thinking_mode", "chat") == "thinking" ? ThinkingMode::thinking
+                                                                      : ThinkingMode::non_thinking;
     options.drop_thinking = c.value("drop_thinking", true);
     options.add_bos = c.value("add_default_bos_token", true);
-    if (c.contains("reasoning_effort") && c["reasoning_effort"].is_string()) options.reasoning_effort = c["reasoning_effort"];
+    if (c.contains("reasoning_effort") && c["reasoning_effort"].is_string())
+      options.reasoning_effort = c["reasoning_effort"];
     const ojson context = c.contains("context") ? c["context"] : ojson::array();
-    EXPECT_EQ(encode_v4_json(c["messages"], options, context), c["expected"].get<std::string>()) << "case " << c["name"];
+    EXPECT_EQ(encode_v4_json(c["messages"], options, context), c["expected"].get<std::string>())
+        << "case " << c["name"];
   }
 }
 
@@ -62,7 +66,8 @@ TEST(Messages, ErrorsNameTheIndexAndField) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("messages[1].role"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(parse_messages(nlohmann::json::parse(R"([{"role":"tool","content":"x"}])")), std::invalid_argument);
+  EXPECT_THROW(parse_messages(nlohmann::json::parse(R"([{"role":"tool","content":"x"}])")),
+               std::invalid_argument);
   const auto m = parse_messages(nlohmann::json::parse(
       R"([{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}])"));
   ASSERT_EQ(m[0].tool_calls.size(), 1u);
@@ -78,7 +83,8 @@ namespace agentrt::chat {
 namespace {
 
 TEST(EncodeV3, ByteIdenticalToTheV3ChatTemplate) {
-  const auto path = std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/runtime/fixtures/encoding/v3_cases.json";
+  const auto path =
+      std::filesystem::path(AGENTRT_SOURCE_DIR) / "tests/runtime/fixtures/encoding/v3_cases.json";
   std::ifstream in(path);
   const auto cases = nlohmann::json::parse(in)["cases"];
   ASSERT_GE(cases.size(), 8u);

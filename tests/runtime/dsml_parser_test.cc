@@ -1,9 +1,9 @@
 #include "runtime/chat/dsml_parser.h"
 
-#include <random>
-
 #include <gtest/gtest.h>
+
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "runtime/chat/encode_v4.h"
 
@@ -17,7 +17,8 @@ const std::string kTwoCalls =
     "<｜DSML｜parameter name=\"days\" string=\"false\">3</｜DSML｜parameter>\n"
     "</｜DSML｜invoke>\n"
     "<｜DSML｜invoke name=\"search\">\n"
-    "<｜DSML｜parameter name=\"filters\" string=\"false\">{\"site\": \"x.org\", \"n\": [1, 2]}</｜DSML｜parameter>\n"
+    "<｜DSML｜parameter name=\"filters\" string=\"false\">{\"site\": \"x.org\", \"n\": [1, "
+    "2]}</｜DSML｜parameter>\n"
     "</｜DSML｜invoke>\n"
     "</｜DSML｜tool_calls>";
 
@@ -28,18 +29,32 @@ struct Collected {
   int errors = 0;
 };
 
-Collected parse_in_chunks(const std::string& text, const std::vector<size_t>& cuts, bool thinking = false) {
+Collected parse_in_chunks(const std::string& text, const std::vector<size_t>& cuts,
+                          bool thinking = false) {
   DsmlStreamParser parser(thinking);
   Collected c;
   const auto consume = [&](const std::vector<ParseEvent>& events) {
     for (const auto& e : events) {
       switch (e.kind) {
-        case ParseEvent::Kind::content_delta: c.content += e.text; break;
-        case ParseEvent::Kind::reasoning_delta: c.reasoning += e.text; break;
-        case ParseEvent::Kind::tool_call_start: c.names.push_back(e.name); c.args.emplace_back(); break;
-        case ParseEvent::Kind::tool_call_arguments_delta: c.args.at(e.index) += e.text; break;
-        case ParseEvent::Kind::tool_call_end: EXPECT_EQ(c.args.at(e.index), e.text); break;
-        case ParseEvent::Kind::error: ++c.errors; break;
+        case ParseEvent::Kind::content_delta:
+          c.content += e.text;
+          break;
+        case ParseEvent::Kind::reasoning_delta:
+          c.reasoning += e.text;
+          break;
+        case ParseEvent::Kind::tool_call_start:
+          c.names.push_back(e.name);
+          c.args.emplace_back();
+          break;
+        case ParseEvent::Kind::tool_call_arguments_delta:
+          c.args.at(e.index) += e.text;
+          break;
+        case ParseEvent::Kind::tool_call_end:
+          EXPECT_EQ(c.args.at(e.index), e.text);
+          break;
+        case ParseEvent::Kind::error:
+          ++c.errors;
+          break;
       }
     }
   };
@@ -94,14 +109,17 @@ TEST(DsmlParser, RandomChunkings) {
 TEST(DsmlParser, ArgumentsMatchWhatTheEncoderWouldRender) {
   // Round trip: encoder renders a call, parser recovers the same arguments object.
   const std::string args = R"({"query": "a \"b\" <c>", "limit": 5, "opts": {"x": [1.5, null]}})";
-  const std::string text = std::string(kToolCallsStart) + "\n" + render_dsml_invoke("search", args) + "\n</｜DSML｜tool_calls>";
+  const std::string text = std::string(kToolCallsStart) + "\n" +
+                           render_dsml_invoke("search", args) + "\n</｜DSML｜tool_calls>";
   const auto c = parse_in_chunks(text, {});
   ASSERT_EQ(c.final.tool_calls.size(), 1u);
-  EXPECT_EQ(nlohmann::json::parse(c.final.tool_calls[0].arguments_json), nlohmann::json::parse(args));
+  EXPECT_EQ(nlohmann::json::parse(c.final.tool_calls[0].arguments_json),
+            nlohmann::json::parse(args));
 }
 
 TEST(DsmlParser, ReasoningThenContent) {
-  const auto c = parse_in_chunks("I think so.</think>The answer is 4.", {3, 14, 15}, /*thinking=*/true);
+  const auto c =
+      parse_in_chunks("I think so.</think>The answer is 4.", {3, 14, 15}, /*thinking=*/true);
   EXPECT_EQ(c.reasoning, "I think so.");
   EXPECT_EQ(c.content, "The answer is 4.");
   EXPECT_TRUE(c.final.tool_calls.empty());
@@ -116,7 +134,9 @@ TEST(DsmlParser, PlainContentWithMarkerLikeText) {
 
 TEST(DsmlParser, TruncatedCallIsReported) {
   DsmlStreamParser parser(false);
-  parser.feed("x\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" string=\"true\">par");
+  parser.feed(
+      "x\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" "
+      "string=\"true\">par");
   const auto final = parser.finish(true);
   EXPECT_TRUE(final.truncated);
   EXPECT_TRUE(final.tool_calls.empty());
@@ -126,8 +146,10 @@ TEST(DsmlParser, TruncatedCallIsReported) {
 TEST(DsmlParser, MalformedIsAnErrorNotACrash) {
   for (const std::string bad : {
            "\n\n<｜DSML｜tool_calls>\ngarbage",
-           "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" string=\"maybe\">1</｜DSML｜parameter>",
-           "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" string=\"false\">{bad</｜DSML｜parameter>",
+           "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" "
+           "string=\"maybe\">1</｜DSML｜parameter>",
+           "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"f\">\n<｜DSML｜parameter name=\"a\" "
+           "string=\"false\">{bad</｜DSML｜parameter>",
            "\n\n<｜DSML｜tool_calls>\n</｜DSML｜tool_calls> trailing",
        }) {
     const auto c = parse_in_chunks(bad, {});
@@ -137,7 +159,10 @@ TEST(DsmlParser, MalformedIsAnErrorNotACrash) {
 }
 
 TEST(DsmlParser, NoParameterCall) {
-  const auto c = parse_in_chunks("\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"now\">\n\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>", {});
+  const auto c = parse_in_chunks(
+      "\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke "
+      "name=\"now\">\n\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>",
+      {});
   ASSERT_EQ(c.final.tool_calls.size(), 1u);
   EXPECT_EQ(c.final.tool_calls[0].arguments_json, "{}");
   EXPECT_EQ(c.content, "");

@@ -1,11 +1,12 @@
 // The native backend on a tiny random-weight V4 model with the real DeepSeek tokenizer: tool
 // calls are schema-valid by construction whatever the (random) model prefers.
-#include <filesystem>
+#include "runtime/native_backend.h"
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+
 #include "engine/model_init.h"
-#include "runtime/native_backend.h"
 #include "runtime/toolcall_bench.h"
 #include "tools/json_schema_validator.h"
 
@@ -56,24 +57,28 @@ TEST_F(NativeBackendTest, RequiredToolChoiceYieldsValidCalls) {
     r.tool_choice.mode = ToolChoice::Mode::required;
     r.sampling.seed = seed;
     std::vector<chat::ParseEvent> events;
-    const auto g = backend_->generate(r, [&](const chat::ParseEvent& e) { events.push_back(e); }, nullptr);
+    const auto g = backend_->generate(
+        r, [&](const chat::ParseEvent& e) { events.push_back(e); }, nullptr);
     ASSERT_FALSE(g.message.tool_calls.empty()) << g.error;
     EXPECT_EQ(g.finish, FinishReason::tool_calls);
     for (const auto& call : g.message.tool_calls) {
       ASSERT_TRUE(call.name == "get_weather" || call.name == "now") << call.name;
       const auto args = nlohmann::json::parse(call.arguments_json);
       const auto& fn = call.name == "now" ? r.tools[1]["function"] : r.tools[0]["function"];
-      EXPECT_TRUE(tools::validate(nlohmann::json::parse(fn["parameters"].dump()), args).empty()) << call.arguments_json;
+      EXPECT_TRUE(tools::validate(nlohmann::json::parse(fn["parameters"].dump()), args).empty())
+          << call.arguments_json;
     }
     bool saw_start = false;
-    for (const auto& e : events) saw_start = saw_start || e.kind == chat::ParseEvent::Kind::tool_call_start;
+    for (const auto& e : events)
+      saw_start = saw_start || e.kind == chat::ParseEvent::Kind::tool_call_start;
     EXPECT_TRUE(saw_start);
   }
 }
 
 TEST_F(NativeBackendTest, NamedToolChoiceCallsThatTool) {
   auto r = weather_request();
-  r.tool_choice = ToolChoice::from_json(nlohmann::json::parse(R"({"type":"function","function":{"name":"get_weather"}})"));
+  r.tool_choice = ToolChoice::from_json(
+      nlohmann::json::parse(R"({"type":"function","function":{"name":"get_weather"}})"));
   r.parallel_tool_calls = false;
   const auto g = backend_->generate(r, {}, nullptr);
   ASSERT_EQ(g.message.tool_calls.size(), 1u) << g.error;
@@ -94,7 +99,8 @@ TEST_F(NativeBackendTest, ResponseFormatConstrainsTheAnswer) {
   chat::Message user;
   user.content = "Give me a city.";
   r.messages = {user};
-  r.response_format = nlohmann::json::parse(R"({"type":"json_schema","json_schema":{"name":"c","schema":{"type":"object","properties":{
+  r.response_format = nlohmann::json::parse(
+      R"({"type":"json_schema","json_schema":{"name":"c","schema":{"type":"object","properties":{
       "name":{"type":"string","maxLength":10},"rank":{"type":"integer","minimum":0,"maximum":99}},"required":["name","rank"],"additionalProperties":false}}})");
   r.max_tokens = 96;
   const auto g = backend_->generate(r, {}, nullptr);
@@ -122,8 +128,11 @@ TEST_F(NativeBackendTest, BfclSampleIsFullyValidWithTheGrammar) {
   if (!fs::exists(bfcl)) GTEST_SKIP() << "BFCL data not found at " << bfcl;
   ToolcallBenchOptions options;
   options.limit_per_file = 3;
-  const auto results = run_toolcall_bench(*backend_, {bfcl / "BFCL_v4_simple_python.json", bfcl / "BFCL_v4_parallel_multiple.json",
-                                                      bfcl / "BFCL_v4_simple_java.json"}, options);
+  const auto results = run_toolcall_bench(
+      *backend_,
+      {bfcl / "BFCL_v4_simple_python.json", bfcl / "BFCL_v4_parallel_multiple.json",
+       bfcl / "BFCL_v4_simple_java.json"},
+      options);
   for (const auto& r : results) {
     EXPECT_EQ(r.valid, r.entries) << r.file;
     EXPECT_EQ(r.called, r.entries) << r.file;

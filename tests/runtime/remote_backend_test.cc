@@ -1,4 +1,7 @@
 // The remote backend against a fake OpenAI-compatible server on 127.0.0.1.
+#include "runtime/remote_backend.h"
+
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -6,10 +9,6 @@
 #include <deque>
 #include <mutex>
 #include <thread>
-
-#include <gtest/gtest.h>
-
-#include "runtime/remote_backend.h"
 
 namespace agentrt {
 namespace {
@@ -23,7 +22,8 @@ struct CannedResponse {
 
 class FakeOpenAiServer {
  public:
-  explicit FakeOpenAiServer(std::deque<CannedResponse> responses) : responses_(std::move(responses)) {
+  explicit FakeOpenAiServer(std::deque<CannedResponse> responses)
+      : responses_(std::move(responses)) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
     int one = 1;
     ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
@@ -64,7 +64,8 @@ class FakeOpenAiServer {
         const size_t headers_end = request.find("\r\n\r\n");
         if (headers_end != std::string::npos && need == std::string::npos) {
           const size_t cl = request.find("Content-Length: ");
-          need = headers_end + 4 + (cl != std::string::npos ? std::stoul(request.substr(cl + 16)) : 0);
+          need =
+              headers_end + 4 + (cl != std::string::npos ? std::stoul(request.substr(cl + 16)) : 0);
         }
         if (need != std::string::npos && request.size() >= need) break;
       }
@@ -78,8 +79,10 @@ class FakeOpenAiServer {
         }
       }
       if (r.delay_ms) std::this_thread::sleep_for(std::chrono::milliseconds(r.delay_ms));
-      const std::string out = "HTTP/1.1 " + std::to_string(r.status) + " X\r\nContent-Type: " + r.content_type +
-                              "\r\nContent-Length: " + std::to_string(r.body.size()) + "\r\nConnection: close\r\n\r\n" + r.body;
+      const std::string out = "HTTP/1.1 " + std::to_string(r.status) +
+                              " X\r\nContent-Type: " + r.content_type +
+                              "\r\nContent-Length: " + std::to_string(r.body.size()) +
+                              "\r\nConnection: close\r\n\r\n" + r.body;
       (void)!::write(c, out.data(), out.size());
       ::close(c);
     }
@@ -120,17 +123,22 @@ RemoteBackendOptions fast_options(const std::string& url) {
 TEST(RemoteBackend, StreamsContentAndToolCallsAfterARetry) {
   FakeOpenAiServer server({
       {429, R"({"error":"slow down"})", 0, "application/json"},
-      {200, sse({R"({"choices":[{"delta":{"content":"Checking"}}]})", R"({"choices":[{"delta":{"content":" now."}}]})",
-                 R"({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{\"ci"}}]}}]})",
-                 R"({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ty\": \"Paris\"}"}}]},"finish_reason":"tool_calls"}]})",
-                 R"({"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":9}})"})},
+      {200,
+       sse({R"({"choices":[{"delta":{"content":"Checking"}}]})",
+            R"({"choices":[{"delta":{"content":" now."}}]})",
+            R"({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c1","function":{"name":"get_weather","arguments":"{\"ci"}}]}}]})",
+            R"({"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":"ty\": \"Paris\"}"}}]},"finish_reason":"tool_calls"}]})",
+            R"({"choices":[],"usage":{"prompt_tokens":12,"completion_tokens":9}})"})},
   });
   RemoteBackend backend(fast_options(server.url()));
   std::string text, args;
-  const auto r = backend.generate(weather_request(), [&](const chat::ParseEvent& e) {
-    if (e.kind == chat::ParseEvent::Kind::content_delta) text += e.text;
-    if (e.kind == chat::ParseEvent::Kind::tool_call_arguments_delta) args += e.text;
-  }, nullptr);
+  const auto r = backend.generate(
+      weather_request(),
+      [&](const chat::ParseEvent& e) {
+        if (e.kind == chat::ParseEvent::Kind::content_delta) text += e.text;
+        if (e.kind == chat::ParseEvent::Kind::tool_call_arguments_delta) args += e.text;
+      },
+      nullptr);
   EXPECT_EQ(r.finish, FinishReason::tool_calls) << r.error;
   EXPECT_EQ(text, "Checking now.");
   ASSERT_EQ(r.message.tool_calls.size(), 1u);
@@ -148,15 +156,21 @@ TEST(RemoteBackend, StreamsContentAndToolCallsAfterARetry) {
 }
 
 TEST(RemoteBackend, InvalidArgumentsAreReported) {
-  FakeOpenAiServer server({{200, sse({R"({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"x","function":{"name":"get_weather","arguments":"{\"town\": 3}"}}]}}]})"})}});
+  FakeOpenAiServer server(
+      {{200,
+        sse({R"({"choices":[{"delta":{"tool_calls":[{"index":0,"id":"x","function":{"name":"get_weather","arguments":"{\"town\": 3}"}}]}}]})"})}});
   RemoteBackend backend(fast_options(server.url()));
   const auto r = backend.generate(weather_request(), {}, nullptr);
   ASSERT_EQ(r.message.tool_calls.size(), 1u);
-  EXPECT_NE(r.error.find("arguments/city: required property missing"), std::string::npos) << r.error;
+  EXPECT_NE(r.error.find("arguments/city: required property missing"), std::string::npos)
+      << r.error;
 }
 
 TEST(RemoteBackend, ServerErrorsExhaustRetriesAndTimeoutsAreErrors) {
-  FakeOpenAiServer server({{500, "boom", 0, "text/plain"}, {502, "bad gateway", 0, "text/plain"}, {503, "busy", 0, "text/plain"}, {500, "again", 0, "text/plain"}});
+  FakeOpenAiServer server({{500, "boom", 0, "text/plain"},
+                           {502, "bad gateway", 0, "text/plain"},
+                           {503, "busy", 0, "text/plain"},
+                           {500, "again", 0, "text/plain"}});
   auto options = fast_options(server.url());
   options.max_attempts = 3;
   RemoteBackend backend(options);
@@ -176,9 +190,11 @@ TEST(RemoteBackend, ServerErrorsExhaustRetriesAndTimeoutsAreErrors) {
 
 TEST(RemoteBackend, MalformedSseAndDsmlInContent) {
   FakeOpenAiServer bad({{200, "data: {not json\n\n"}});
-  EXPECT_EQ(RemoteBackend(fast_options(bad.url())).generate(weather_request(), {}, nullptr).finish, FinishReason::error);
+  EXPECT_EQ(RemoteBackend(fast_options(bad.url())).generate(weather_request(), {}, nullptr).finish,
+            FinishReason::error);
   // A server without a tool parser returns the model's DSML as content: parsed here.
-  const std::string dsml = R"(\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">Oslo</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>)";
+  const std::string dsml =
+      R"(\n\n<｜DSML｜tool_calls>\n<｜DSML｜invoke name=\"get_weather\">\n<｜DSML｜parameter name=\"city\" string=\"true\">Oslo</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜tool_calls>)";
   const std::string chunk = R"({"choices":[{"delta":{"content":")" + dsml + R"("}}]})";
   FakeOpenAiServer raw({{200, sse({chunk.c_str()})}});
   const auto r = RemoteBackend(fast_options(raw.url())).generate(weather_request(), {}, nullptr);
@@ -193,7 +209,8 @@ TEST(RemoteBackend, GuidedDecodingSendsTheGrammar) {
   request.tool_choice.mode = ToolChoice::Mode::required;
   const auto body = RemoteBackend(o).request_body(request);
   ASSERT_TRUE(body.contains("structured_outputs"));
-  EXPECT_NE(body["structured_outputs"]["grammar"].get<std::string>().find("get_weather"), std::string::npos);
+  EXPECT_NE(body["structured_outputs"]["grammar"].get<std::string>().find("get_weather"),
+            std::string::npos);
   o.guided_decoding = "sglang";
   EXPECT_TRUE(RemoteBackend(o).request_body(request).contains("ebnf"));
 }

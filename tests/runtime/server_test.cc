@@ -1,18 +1,16 @@
 // Protocol tests: a real Beast HTTP/WebSocket client against the server on 127.0.0.1, with a
 // scripted backend for exact sequences.
-#include <utility>
+#include "runtime/server/server.h"
+
+#include <gtest/gtest.h>
 
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
-
 #include <deque>
 #include <mutex>
-
-#include <gtest/gtest.h>
-
-#include "runtime/server/server.h"
+#include <utility>
 
 namespace agentrt::server {
 namespace {
@@ -27,7 +25,8 @@ class Scripted : public Backend {
  public:
   explicit Scripted(std::deque<chat::Message> script) : script_(std::move(script)) {}
   std::string name() const override { return "scripted"; }
-  GenerationResult generate(const GenerationRequest&, const GenerationCallback& on_event, const std::atomic<bool>* cancel, std::string_view) override {
+  GenerationResult generate(const GenerationRequest&, const GenerationCallback& on_event,
+                            const std::atomic<bool>* cancel, std::string_view) override {
     std::lock_guard lock(mutex_);
     GenerationResult r;
     if ((cancel && cancel->load()) || script_.empty()) {
@@ -37,13 +36,16 @@ class Scripted : public Backend {
     }
     r.message = script_.front();
     script_.pop_front();
-    if (on_event && !r.message.content.empty()) on_event({chat::ParseEvent::Kind::content_delta, -1, r.message.content, "", ""});
+    if (on_event && !r.message.content.empty())
+      on_event({chat::ParseEvent::Kind::content_delta, -1, r.message.content, "", ""});
     for (size_t i = 0; i < r.message.tool_calls.size(); ++i) {
       const auto& c = r.message.tool_calls[i];
       if (!on_event) continue;
       on_event({chat::ParseEvent::Kind::tool_call_start, static_cast<int>(i), "", c.id, c.name});
-      on_event({chat::ParseEvent::Kind::tool_call_arguments_delta, static_cast<int>(i), c.arguments_json, c.id, c.name});
-      on_event({chat::ParseEvent::Kind::tool_call_end, static_cast<int>(i), c.arguments_json, c.id, c.name});
+      on_event({chat::ParseEvent::Kind::tool_call_arguments_delta, static_cast<int>(i),
+                c.arguments_json, c.id, c.name});
+      on_event({chat::ParseEvent::Kind::tool_call_end, static_cast<int>(i), c.arguments_json, c.id,
+                c.name});
     }
     r.finish = r.message.tool_calls.empty() ? FinishReason::stop : FinishReason::tool_calls;
     r.usage = {7, 3, 0};
@@ -73,24 +75,29 @@ struct Fixture {
   uint16_t port = 0;
   Fixture(std::deque<chat::Message> script, std::vector<std::string> keys = {"sekret"}) {
     auto tools = std::make_shared<tools::ToolRegistry>();
-    tools->add({"add", "a+b", nlohmann::ordered_json::parse(R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"]})")},
-               [](const nlohmann::json& a, const tools::ToolContext&) {
-                 tools::ToolResult r;
-                 r.content = std::to_string(a["a"].get<int>() + a["b"].get<int>());
-                 return r;
-               });
+    tools->add(
+        {"add", "a+b",
+         nlohmann::ordered_json::parse(
+             R"({"type":"object","properties":{"a":{"type":"integer"},"b":{"type":"integer"}},"required":["a","b"]})")},
+        [](const nlohmann::json& a, const tools::ToolContext&) {
+          tools::ToolResult r;
+          r.content = std::to_string(a["a"].get<int>() + a["b"].get<int>());
+          return r;
+        });
     ServerOptions options;
     options.port = 0;
     options.api_keys = std::move(keys);
     options.log = false;
     options.max_message_bytes = 64 * 1024;
     options.client_tool_timeout = std::chrono::milliseconds(3000);
-    server = std::make_unique<Server>(std::make_shared<Scripted>(std::move(script)), tools, AgentOptions{}, options);
+    server = std::make_unique<Server>(std::make_shared<Scripted>(std::move(script)), tools,
+                                      AgentOptions{}, options);
     port = server->start();
   }
   ~Fixture() { server->stop(); }
 
-  http::response<http::string_body> request(http::verb verb, const std::string& target, const std::string& body = "", bool auth = true) {
+  http::response<http::string_body> request(http::verb verb, const std::string& target,
+                                            const std::string& body = "", bool auth = true) {
     asio::io_context io;
     tcp::socket socket(io);
     socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
@@ -112,7 +119,8 @@ struct Fixture {
 struct WsClient {
   asio::io_context io;
   websocket::stream<tcp::socket> ws{io};
-  explicit WsClient(uint16_t port, const std::string& target = "/v1/sessions", const std::string& key = "sekret") {
+  explicit WsClient(uint16_t port, const std::string& target = "/v1/sessions",
+                    const std::string& key = "sekret") {
     ws.next_layer().connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
     ws.set_option(websocket::stream_base::decorator([key](websocket::request_type& req) {
       if (!key.empty()) req.set(http::field::authorization, "Bearer " + key);
@@ -134,23 +142,29 @@ struct WsClient {
   }
 };
 
-const std::string kTools = R"([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])";
+const std::string kTools =
+    R"([{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}])";
 
 TEST(ServerHttp, HealthModelsAuthAndMetrics) {
   Fixture f({});
   EXPECT_EQ(f.request(http::verb::get, "/health", "", false).result(), http::status::ok);
-  EXPECT_EQ(f.request(http::verb::get, "/v1/models", "", false).result(), http::status::unauthorized);
+  EXPECT_EQ(f.request(http::verb::get, "/v1/models", "", false).result(),
+            http::status::unauthorized);
   const auto models = nlohmann::json::parse(f.request(http::verb::get, "/v1/models").body());
   EXPECT_EQ(models["data"][0]["id"], "agentrt");
-  EXPECT_NE(f.request(http::verb::get, "/metrics").body().find("agentrt_http_requests_total"), std::string::npos);
-  EXPECT_EQ(f.request(http::verb::post, "/v1/chat/completions", "{not json").result(), http::status::bad_request);
+  EXPECT_NE(f.request(http::verb::get, "/metrics").body().find("agentrt_http_requests_total"),
+            std::string::npos);
+  EXPECT_EQ(f.request(http::verb::post, "/v1/chat/completions", "{not json").result(),
+            http::status::bad_request);
   EXPECT_EQ(f.request(http::verb::get, "/nope").result(), http::status::not_found);
 }
 
 TEST(ServerHttp, ChatCompletionWithToolCalls) {
   Fixture f({call("call_1", "get_weather", R"({"city": "Paris"})")});
-  const auto res = f.request(http::verb::post, "/v1/chat/completions",
-                             R"({"model":"agentrt","messages":[{"role":"user","content":"weather?"}],"tools":)" + kTools + R"(,"tool_choice":"required"})");
+  const auto res =
+      f.request(http::verb::post, "/v1/chat/completions",
+                R"({"model":"agentrt","messages":[{"role":"user","content":"weather?"}],"tools":)" +
+                    kTools + R"(,"tool_choice":"required"})");
   ASSERT_EQ(res.result(), http::status::ok) << res.body();
   const auto j = nlohmann::json::parse(res.body());
   EXPECT_EQ(j["object"], "chat.completion");
@@ -162,9 +176,14 @@ TEST(ServerHttp, ChatCompletionWithToolCalls) {
 TEST(ServerHttp, StreamingSendsSseChunksAndDone) {
   Fixture f({call("call_9", "get_weather", R"({"city": "Oslo"})")});
   const auto res = f.request(http::verb::post, "/v1/chat/completions",
-                             R"({"messages":[{"role":"user","content":"w"}],"tools":)" + kTools + R"(,"stream":true,"stream_options":{"include_usage":true}})");
+                             R"({"messages":[{"role":"user","content":"w"}],"tools":)" + kTools +
+                                 R"(,"stream":true,"stream_options":{"include_usage":true}})");
   const std::string body = res.body();
-  EXPECT_NE(body.find(R"("tool_calls":[{"function":{"arguments":"","name":"get_weather"},"id":"call_9","index":0,"type":"function"}])"), std::string::npos) << body;
+  EXPECT_NE(
+      body.find(
+          R"("tool_calls":[{"function":{"arguments":"","name":"get_weather"},"id":"call_9","index":0,"type":"function"}])"),
+      std::string::npos)
+      << body;
   EXPECT_NE(body.find(R"("finish_reason":"tool_calls")"), std::string::npos);
   EXPECT_NE(body.find(R"("usage":)"), std::string::npos);
   EXPECT_NE(body.find("data: [DONE]"), std::string::npos);
@@ -175,18 +194,26 @@ TEST(ServerWebSocket, MultiStepSessionWithServerSideTools) {
   WsClient c(f.port);
   const auto created = c.next();
   ASSERT_EQ(created["type"], "session.created");
-  c.send({{"type", "session.update"}, {"session", {{"instructions", "math"}, {"tools", {{{"type", "builtin"}, {"name", "add"}}}}}}});
+  c.send({{"type", "session.update"},
+          {"session",
+           {{"instructions", "math"}, {"tools", {{{"type", "builtin"}, {"name", "add"}}}}}}});
   EXPECT_EQ(c.next()["type"], "session.updated");
-  c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", {{{"type", "input_text"}, {"text", "2+3?"}}}}}}});
+  c.send({{"type", "conversation.item.create"},
+          {"item",
+           {{"type", "message"},
+            {"role", "user"},
+            {"content", {{{"type", "input_text"}, {"text", "2+3?"}}}}}}});
   c.send({{"type", "response.create"}, {"event_id", "e1"}});
   std::vector<nlohmann::json> seen;
   const auto done = c.until("response.done", &seen);
   EXPECT_EQ(done["response"]["output_text"], "It is 5.");
   bool tool_result = false;
-  for (const auto& e : seen) tool_result = tool_result || (e["type"] == "response.tool_result" && e["output"] == "5");
+  for (const auto& e : seen)
+    tool_result = tool_result || (e["type"] == "response.tool_result" && e["output"] == "5");
   EXPECT_TRUE(tool_result);
   // A second turn in the same session keeps the conversation.
-  c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"role", "user"}, {"content", "again?"}}}});
+  c.send({{"type", "conversation.item.create"},
+          {"item", {{"type", "message"}, {"role", "user"}, {"content", "again?"}}}});
   c.send({{"type", "response.create"}});
   EXPECT_EQ(c.until("response.done")["response"]["output_text"], "Still 5.");
 }
@@ -195,14 +222,20 @@ TEST(ServerWebSocket, ClientSideToolsPauseTheLoopUntilTheClientAnswers) {
   Fixture f({call("c7", "lookup", R"({"q": "x"})"), say("The client said 42.")});
   WsClient c(f.port);
   c.next();
-  c.send({{"type", "session.update"}, {"session", {{"tools", {{{"type", "function"}, {"name", "lookup"}, {"parameters", {{"type", "object"}}}}}}}}});
+  c.send(
+      {{"type", "session.update"},
+       {"session",
+        {{"tools",
+          {{{"type", "function"}, {"name", "lookup"}, {"parameters", {{"type", "object"}}}}}}}}});
   c.next();
-  c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "look it up"}}}});
+  c.send({{"type", "conversation.item.create"},
+          {"item", {{"type", "message"}, {"content", "look it up"}}}});
   c.send({{"type", "response.create"}});
   const auto call_event = c.until("response.function_call_arguments.done");
   EXPECT_EQ(call_event["name"], "lookup");
   EXPECT_EQ(call_event["call_id"], "c7");
-  c.send({{"type", "conversation.item.create"}, {"item", {{"type", "function_call_output"}, {"call_id", "c7"}, {"output", "42"}}}});
+  c.send({{"type", "conversation.item.create"},
+          {"item", {{"type", "function_call_output"}, {"call_id", "c7"}, {"output", "42"}}}});
   EXPECT_EQ(c.until("response.done")["response"]["output_text"], "The client said 42.");
 }
 
@@ -221,7 +254,8 @@ TEST(ServerWebSocket, ErrorsKeepTheSessionAlive) {
   e = c.next();
   EXPECT_EQ(e["error"]["code"], "no_input");
   EXPECT_EQ(e["error"]["event_id"], "ev10");
-  c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "hi"}}}});
+  c.send(
+      {{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "hi"}}}});
   c.send({{"type", "response.create"}});
   EXPECT_EQ(c.until("response.done")["response"]["output_text"], "fine");
 }
@@ -247,7 +281,8 @@ TEST(ServerWebSocket, ResumeByIdAfterADroppedConnection) {
   {
     WsClient c(f.port);
     id = c.next()["session"]["id"];
-    c.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "one"}}}});
+    c.send({{"type", "conversation.item.create"},
+            {"item", {{"type", "message"}, {"content", "one"}}}});
     c.send({{"type", "response.create"}});
     c.until("response.done");
   }
@@ -255,7 +290,8 @@ TEST(ServerWebSocket, ResumeByIdAfterADroppedConnection) {
   const auto created = again.next();
   EXPECT_EQ(created["session"]["id"], id);
   EXPECT_TRUE(created["session"]["resumed"].get<bool>());
-  again.send({{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "two"}}}});
+  again.send(
+      {{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "two"}}}});
   again.send({{"type", "response.create"}});
   EXPECT_EQ(again.until("response.done")["response"]["output_text"], "second");
 }

@@ -24,7 +24,8 @@ steps:
     response_format: {type: json_schema, json_schema: {name: x, schema: {type: object}}}
     tool_choice: {type: function, function: {name: shell}}
 output: {final: out/answer.txt, transcript: out/t.jsonl}
-)", "/flows/w.yaml");
+)",
+                                "/flows/w.yaml");
   EXPECT_EQ(w.backend.model_path, "/flows/models/tiny");
   EXPECT_EQ(w.builtin_tools, (std::vector<std::string>{"shell", "read_file"}));
   ASSERT_EQ(w.mcp_servers.size(), 1u);
@@ -53,10 +54,13 @@ TEST(Workflow, ErrorsNameTheFileAndKeyPath) {
   };
   expect_error("model: {backend: native, path: m}\nsteps: [a]\nbogus: 1", "bogus: unknown key");
   expect_error("model: {backend: carrier-pigeon}\nsteps: [a]", "model.backend");
-  expect_error("model: {backend: native, path: m}\nsteps: [a]\ntools: {builtin: [teleport]}", "tools.builtin[0]");
+  expect_error("model: {backend: native, path: m}\nsteps: [a]\ntools: {builtin: [teleport]}",
+               "tools.builtin[0]");
   expect_error("model: {backend: native, path: m}\nsteps: []", "steps");
-  expect_error("model: {backend: native, path: m}\nsteps: ['{{steps.3.output}}']", "steps[0].prompt");
-  expect_error("model: {backend: native, path: m}\nsteps: [a]\nlimits: {max_steps: many}", "limits.max_steps");
+  expect_error("model: {backend: native, path: m}\nsteps: ['{{steps.3.output}}']",
+               "steps[0].prompt");
+  expect_error("model: {backend: native, path: m}\nsteps: [a]\nlimits: {max_steps: many}",
+               "limits.max_steps");
   expect_error("model: [unclosed", "invalid YAML");
 }
 

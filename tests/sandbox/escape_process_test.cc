@@ -8,7 +8,8 @@ namespace agentrt::sandbox::testing {
 namespace {
 
 TEST_F(SandboxTest, CommandIsNotPidOneAndRunsUnprivileged) {
-  const auto r = run(shell("echo $$; id -u; grep CapEff /proc/self/status; grep Seccomp: /proc/self/status"));
+  const auto r =
+      run(shell("echo $$; id -u; grep CapEff /proc/self/status; grep Seccomp: /proc/self/status"));
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.stdout_data.rfind("2\n", 0), std::string::npos) << r.stdout_data;
   EXPECT_NE(r.stdout_data.find("1000"), std::string::npos);
@@ -17,20 +18,25 @@ TEST_F(SandboxTest, CommandIsNotPidOneAndRunsUnprivileged) {
 }
 
 TEST_F(SandboxTest, PtraceIsDenied) {
-  const auto r = run(shell("sleep 5 & python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); print(l.ptrace(16, int(sys.argv[1]), 0, 0))' $!"));
+  const auto r =
+      run(shell("sleep 5 & python3 -c 'import ctypes,sys; l=ctypes.CDLL(None); print(l.ptrace(16, "
+                "int(sys.argv[1]), 0, 0))' $!"));
   EXPECT_NE(r.stdout_data.find("-1"), std::string::npos) << r.stdout_data << r.stderr_data;
 }
 
 TEST_F(SandboxTest, MountAndUnshareAreDenied) {
-  const auto r = run(shell("mount -t tmpfs none /tmp 2>/dev/null || echo nomount; unshare -r true 2>/dev/null || echo nounshare;"
-                           " unshare -n true 2>/dev/null || echo nonet"));
+  const auto r =
+      run(shell("mount -t tmpfs none /tmp 2>/dev/null || echo nomount; unshare -r true 2>/dev/null "
+                "|| echo nounshare;"
+                " unshare -n true 2>/dev/null || echo nonet"));
   EXPECT_NE(r.stdout_data.find("nomount"), std::string::npos);
   EXPECT_NE(r.stdout_data.find("nounshare"), std::string::npos);
   EXPECT_NE(r.stdout_data.find("nonet"), std::string::npos);
 }
 
 TEST_F(SandboxTest, ProcessesOutsideCannotBeSignalled) {
-  const auto r = run(shell("kill -0 " + std::to_string(::getpid()) + " 2>/dev/null && echo reached || echo unreachable"));
+  const auto r = run(shell("kill -0 " + std::to_string(::getpid()) +
+                           " 2>/dev/null && echo reached || echo unreachable"));
   EXPECT_NE(r.stdout_data.find("unreachable"), std::string::npos);
 }
 

@@ -34,7 +34,8 @@ TEST_F(SandboxTest, MemoryBombIsKilledAndReported) {
   const auto r = run(config);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_EQ(r.stdout_data.find("419430400"), std::string::npos);
-  if (!layer_active(r, Layer::cgroup_memory)) GTEST_SKIP() << "no memory cgroup: RLIMIT_AS contained it, unreported";
+  if (!layer_active(r, Layer::cgroup_memory))
+    GTEST_SKIP() << "no memory cgroup: RLIMIT_AS contained it, unreported";
   EXPECT_EQ(r.limit, LimitHit::memory);
 }
 

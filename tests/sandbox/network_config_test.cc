@@ -29,7 +29,8 @@ struct Listener {
 
 TEST_F(SandboxTest, HostLoopbackIsUnreachableWithoutNetwork) {
   Listener listener;
-  const std::string script = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(listener.port) + " && echo connected || echo refused";
+  const std::string script = "exec 3<>/dev/tcp/127.0.0.1/" + std::to_string(listener.port) +
+                             " && echo connected || echo refused";
   const auto off = run(shell(script));
   EXPECT_NE(off.stdout_data.find("refused"), std::string::npos) << off.stdout_data;
   auto config = shell(script);
@@ -52,21 +53,35 @@ TEST(SandboxConfigParse, FieldsAndErrors) {
   } catch (const SandboxError& e) {
     EXPECT_NE(std::string(e.what()).find("limits.wall_seconds"), std::string::npos);
   }
-  EXPECT_THROW(parse_config(nlohmann::json::parse(R"({"argv": ["ls"], "bogus": 1})")), SandboxError);
+  EXPECT_THROW(parse_config(nlohmann::json::parse(R"({"argv": ["ls"], "bogus": 1})")),
+               SandboxError);
   EXPECT_THROW(parse_config(nlohmann::json::parse(R"({"argv": []})")), SandboxError);
   EXPECT_THROW(parse_layer("teleport"), SandboxError);
 }
 
 TEST(SandboxConfigParse, RandomMutationsNeverCrash) {
   std::mt19937 rng(17);
-  const nlohmann::json values[] = {nullptr, true, -1, 0, 3.5, 1e300, "", "x", nlohmann::json::array(), nlohmann::json::object(),
-                                   nlohmann::json::array({"a", 1}), nlohmann::json::object({{"host", 3}})};
-  const char* keys[] = {"argv", "workspace", "workspace_inside", "cwd", "network", "stdin", "env", "binds", "required_layers", "limits", "zzz"};
+  const nlohmann::json values[] = {nullptr,
+                                   true,
+                                   -1,
+                                   0,
+                                   3.5,
+                                   1e300,
+                                   "",
+                                   "x",
+                                   nlohmann::json::array(),
+                                   nlohmann::json::object(),
+                                   nlohmann::json::array({"a", 1}),
+                                   nlohmann::json::object({{"host", 3}})};
+  const char* keys[] = {"argv", "workspace", "workspace_inside", "cwd",    "network", "stdin",
+                        "env",  "binds",     "required_layers",  "limits", "zzz"};
   for (int i = 0; i < 2000; ++i) {
     nlohmann::json j = nlohmann::json::object();
     const int n = rng() % 5;
-    for (int k = 0; k < n; ++k) j[keys[rng() % std::size(keys)]] = values[rng() % std::size(values)];
-    if (rng() % 2) j["limits"] = nlohmann::json::object({{"wall_seconds", values[rng() % std::size(values)]}});
+    for (int k = 0; k < n; ++k)
+      j[keys[rng() % std::size(keys)]] = values[rng() % std::size(values)];
+    if (rng() % 2)
+      j["limits"] = nlohmann::json::object({{"wall_seconds", values[rng() % std::size(values)]}});
     try {
       parse_config(j);
     } catch (const SandboxError&) {

@@ -1,13 +1,12 @@
 // Helpers for the escape and fault battery: a fresh workspace per test and a shell runner.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <filesystem>
 #include <random>
 #include <string>
-
-#include <gtest/gtest.h>
 
 #include "sandbox/sandbox.h"
 
@@ -16,14 +15,17 @@ namespace agentrt::sandbox::testing {
 class SandboxTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    workspace_ = std::filesystem::temp_directory_path() /
-                 ("agentrt-sbx-test-" + std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()));
+    workspace_ =
+        std::filesystem::temp_directory_path() / ("agentrt-sbx-test-" + std::to_string(::getpid()) +
+                                                  "-" + std::to_string(std::random_device{}()));
     std::filesystem::create_directories(workspace_);
     bool ok = false;
     for (const auto& l : probe_layers()) {
       if (l.layer == Layer::mount_namespace) ok = l.active;
     }
-    if (!ok) GTEST_SKIP() << "namespaces unavailable on this machine: the sandbox refuses to run (see agentrt sandbox doctor)";
+    if (!ok)
+      GTEST_SKIP() << "namespaces unavailable on this machine: the sandbox refuses to run (see "
+                      "agentrt sandbox doctor)";
   }
   void TearDown() override {
     std::error_code ec;

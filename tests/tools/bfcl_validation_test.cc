@@ -1,9 +1,9 @@
 // Every BFCL function declaration goes through the registry's validator; ground-truth calls
 // (possible_answer/) validate and mutated ones do not.
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "tools/json_schema_validator.h"
 #include "tools/tool.h"
@@ -21,7 +21,8 @@ json concrete(const json& value) {
   if (value.is_object()) {
     json out = json::object();
     for (const auto& [k, v] : value.items()) {
-      if (v.is_array() && !v.empty() && !(v[0].is_string() && v[0].get<std::string>().empty())) out[k] = first_option(v);
+      if (v.is_array() && !v.empty() && !(v[0].is_string() && v[0].get<std::string>().empty()))
+        out[k] = first_option(v);
     }
     return out;
   }
@@ -61,8 +62,11 @@ TEST(Bfcl, GroundTruthValidatesAndMutationsDoNot) {
         if (file.find("java") != std::string::npos) continue;
         ++checked;
         const auto errors = validate(*schema, args);
-        if (errors.empty()) ++valid;
-        else std::printf("BFCL ground truth that does not match its own declaration: %s: %s\n", q["id"].dump().c_str(), describe(errors).c_str());
+        if (errors.empty())
+          ++valid;
+        else
+          std::printf("BFCL ground truth that does not match its own declaration: %s: %s\n",
+                      q["id"].dump().c_str(), describe(errors).c_str());
         // Mutation: drop a required parameter, or give the first property a value of a wrong type.
         json mutated = args;
         if (schema->contains("required") && !(*schema)["required"].empty()) {
@@ -77,7 +81,8 @@ TEST(Bfcl, GroundTruthValidatesAndMutationsDoNot) {
       }
     }
   }
-  std::printf("BFCL: %d declarations; ground truth valid %d/%d; mutants rejected %d/%d\n", declarations, valid, checked, rejected, mutants);
+  std::printf("BFCL: %d declarations; ground truth valid %d/%d; mutants rejected %d/%d\n",
+              declarations, valid, checked, rejected, mutants);
   // A handful of BFCL entries contradict their own declarations (e.g. integers given as names).
   EXPECT_GE(valid, checked * 99 / 100);
   EXPECT_GT(checked, 1000);
@@ -90,15 +95,26 @@ TEST(Validator, Keywords) {
     "kind": {"enum": ["a", "b"]}, "when": {"type": "string", "format": "date"}, "name": {"type": "string", "minLength": 2, "maxLength": 3},
     "x": {"oneOf": [{"type": "integer"}, {"type": "string"}]}, "m": {"type": "number", "multipleOf": 0.5}},
     "required": ["n"], "additionalProperties": false})");
-  EXPECT_TRUE(validate(schema, json::parse(R"({"n": 3, "tags": ["a", "b"], "kind": "a", "when": "2024-02-29", "name": "éé", "x": 1, "m": 1.5})")).empty());
-  for (const char* bad : {R"({"n": 0})", R"({"n": 1, "tags": ["a", "a"]})", R"({"n": 1, "tags": ["A"]})", R"({"n": 1, "kind": "c"})",
-                          R"({"n": 1, "when": "2024-13-01"})", R"({"n": 1, "name": "abcd"})", R"({"n": 1, "extra": 1})", R"({})",
-                          R"({"n": 1, "x": 1.5})", R"({"n": 1, "m": 0.3})", R"({"n": 1, "tags": ["a","b","c","d"]})"}) {
+  EXPECT_TRUE(
+      validate(
+          schema,
+          json::parse(
+              R"({"n": 3, "tags": ["a", "b"], "kind": "a", "when": "2024-02-29", "name": "éé", "x": 1, "m": 1.5})"))
+          .empty());
+  for (const char* bad :
+       {R"({"n": 0})", R"({"n": 1, "tags": ["a", "a"]})", R"({"n": 1, "tags": ["A"]})",
+        R"({"n": 1, "kind": "c"})", R"({"n": 1, "when": "2024-13-01"})",
+        R"({"n": 1, "name": "abcd"})", R"({"n": 1, "extra": 1})", R"({})", R"({"n": 1, "x": 1.5})",
+        R"({"n": 1, "m": 0.3})", R"({"n": 1, "tags": ["a","b","c","d"]})"}) {
     EXPECT_FALSE(validate(schema, json::parse(bad)).empty()) << bad;
   }
   EXPECT_THROW(validate(json::parse(R"({"$ref": "#/nope"})"), 1), std::invalid_argument);
-  EXPECT_TRUE(validate(json::parse(R"({"type": "dict", "properties": {"f": {"type": "float"}, "t": {"type": "tuple"}, "a": {"type": "any"}}})"),
-                       json::parse(R"({"f": 2, "t": [1], "a": null})")).empty());
+  EXPECT_TRUE(
+      validate(
+          json::parse(
+              R"({"type": "dict", "properties": {"f": {"type": "float"}, "t": {"type": "tuple"}, "a": {"type": "any"}}})"),
+          json::parse(R"({"f": 2, "t": [1], "a": null})"))
+          .empty());
 }
 
 }  // namespace

@@ -1,13 +1,12 @@
-#include <filesystem>
-#include <fstream>
-#include <random>
-#include <thread>
-
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <gtest/gtest.h>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
 
 #include "tools/registry.h"
 #include "tools/workspace_paths.h"
@@ -20,7 +19,8 @@ namespace fs = std::filesystem;
 class ToolsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ws_ = fs::temp_directory_path() / ("agentrt-tools-" + std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()));
+    ws_ = fs::temp_directory_path() / ("agentrt-tools-" + std::to_string(::getpid()) + "-" +
+                                       std::to_string(std::random_device{}()));
     fs::create_directories(ws_ / "sub");
     std::ofstream(ws_ / "a.txt") << "line one\nline two\nline three\n";
     std::ofstream(ws_ / "sub" / "b.txt") << "needle here\nnothing\n";
@@ -29,7 +29,9 @@ class ToolsTest : public ::testing::Test {
     ctx_.timeout = std::chrono::milliseconds(10000);
   }
   void TearDown() override { fs::remove_all(ws_); }
-  ToolResult call(const std::string& name, const std::string& args) { return registry_.call(name, nlohmann::json::parse(args), ctx_); }
+  ToolResult call(const std::string& name, const std::string& args) {
+    return registry_.call(name, nlohmann::json::parse(args), ctx_);
+  }
   fs::path ws_;
   ToolRegistry registry_;
   ToolContext ctx_;
@@ -50,25 +52,32 @@ TEST_F(ToolsTest, ValidationFailureNamesTheField) {
   EXPECT_EQ(r.error_kind, "validation");
   EXPECT_NE(r.content.find("arguments/path"), std::string::npos) << r.content;
   const auto missing = call("write_file", R"({"path": "x"})");
-  EXPECT_NE(missing.content.find("arguments/content: required property missing"), std::string::npos) << missing.content;
+  EXPECT_NE(missing.content.find("arguments/content: required property missing"), std::string::npos)
+      << missing.content;
 }
 
 TEST_F(ToolsTest, ReadWriteEditListSearch) {
-  EXPECT_EQ(call("read_file", R"({"path": "a.txt", "offset": 2, "limit": 1})").content, "line two\n");
+  EXPECT_EQ(call("read_file", R"({"path": "a.txt", "offset": 2, "limit": 1})").content,
+            "line two\n");
   EXPECT_TRUE(call("write_file", R"({"path": "new/c.txt", "content": "x = 1\nx = 1\n"})").ok);
-  const auto ambiguous = call("edit_file", R"({"path": "new/c.txt", "old_string": "x = 1", "new_string": "y"})");
+  const auto ambiguous =
+      call("edit_file", R"({"path": "new/c.txt", "old_string": "x = 1", "new_string": "y"})");
   EXPECT_FALSE(ambiguous.ok);
   EXPECT_NE(ambiguous.content.find("more than once"), std::string::npos);
-  EXPECT_TRUE(call("edit_file", R"({"path": "a.txt", "old_string": "line two", "new_string": "LINE 2"})").ok);
+  EXPECT_TRUE(
+      call("edit_file", R"({"path": "a.txt", "old_string": "line two", "new_string": "LINE 2"})")
+          .ok);
   EXPECT_EQ(call("read_file", R"({"path": "a.txt", "offset": 2, "limit": 1})").content, "LINE 2\n");
   EXPECT_EQ(call("list_dir", "{}").content, "a.txt\nnew/\nsub/\n");
-  EXPECT_EQ(call("search_files", R"({"pattern": "need+le"})").content, "sub/b.txt:1: needle here\n");
+  EXPECT_EQ(call("search_files", R"({"pattern": "need+le"})").content,
+            "sub/b.txt:1: needle here\n");
   EXPECT_FALSE(call("search_files", R"({"pattern": "("})").ok);
 }
 
 TEST_F(ToolsTest, PathsAreConfinedToTheWorkspace) {
   fs::create_symlink("/etc", ws_ / "etc_link");
-  for (const char* bad : {R"({"path": "/etc/passwd"})", R"({"path": "../x"})", R"({"path": "sub/../../x"})", R"({"path": "etc_link/passwd"})"}) {
+  for (const char* bad : {R"({"path": "/etc/passwd"})", R"({"path": "../x"})",
+                          R"({"path": "sub/../../x"})", R"({"path": "etc_link/passwd"})"}) {
     const auto r = call("read_file", bad);
     EXPECT_FALSE(r.ok) << bad;
   }
@@ -105,7 +114,8 @@ TEST_F(ToolsTest, PythonToolRunsScripts) {
 }
 
 TEST_F(ToolsTest, HttpGetRefusesHostsOutsideTheAllowListAndPrivateAddresses) {
-  EXPECT_NE(call("http_get", R"({"url": "http://example.com/"})").content.find("allow-list"), std::string::npos);
+  EXPECT_NE(call("http_get", R"({"url": "http://example.com/"})").content.find("allow-list"),
+            std::string::npos);
   ctx_.http_allow_hosts = {"127.0.0.1"};
   const auto r = call("http_get", R"({"url": "http://127.0.0.1:9/"})");
   EXPECT_FALSE(r.ok);
@@ -159,7 +169,8 @@ TEST_F(ToolsTest, HttpGetFetchesFromAnAllowedPrivateHostWhenExplicitlyAllowed) {
   OneShotServer server("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello from loopback");
   ctx_.http_allow_hosts = {"127.0.0.1"};
   ctx_.http_allow_private = true;
-  const auto r = call("http_get", R"({"url": "http://127.0.0.1:)" + std::to_string(server.port) + R"(/x", "max_bytes": 10})");
+  const auto r = call("http_get", R"({"url": "http://127.0.0.1:)" + std::to_string(server.port) +
+                                      R"(/x", "max_bytes": 10})");
   EXPECT_TRUE(r.ok) << r.content;
   EXPECT_TRUE(r.truncated);
   EXPECT_EQ(r.content.substr(0, 10), "hello from");
