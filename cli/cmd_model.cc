@@ -1,5 +1,6 @@
 // `agentrt model init --preset tiny|small --vocab-from TOKENIZER_DIR --out DIR [--vocab N]
-//  [--dtype bf16|f32] [--seed S]`: writes a random-weight DeepSeek-V4 checkpoint.
+//  [--dtype bf16|f32|fp8] [--expert-dtype fp4|fp8|bf16|f32] [--seed S]`: writes a random-weight
+//  DeepSeek-V4 checkpoint.
 #include <cstdio>
 #include <stdexcept>
 #include <string>
@@ -13,7 +14,7 @@ int cmd_model(const Args& args) {
   if (args.empty() || args[0] != "init") {
     throw std::invalid_argument(
         "usage: agentrt model init --preset tiny|small --vocab-from TOKENIZER_DIR --out DIR "
-        "[--vocab N] [--dtype bf16|f32] [--seed S]");
+        "[--vocab N] [--dtype bf16|f32|fp8] [--expert-dtype fp4|fp8|bf16|f32] [--seed S]");
   }
   engine::ModelInitOptions options;
   std::string out;
@@ -33,6 +34,8 @@ int cmd_model(const Args& args) {
       options.vocab_size = std::stoll(value());
     else if (a == "--dtype")
       options.dtype = value();
+    else if (a == "--expert-dtype")
+      options.expert_dtype = value();
     else if (a == "--seed")
       options.seed = std::stoull(value());
     else

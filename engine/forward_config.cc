@@ -93,6 +93,20 @@ ForwardConfig ForwardConfig::from_json(const json& j, const std::string& where) 
   c.index_head_dim = optional<int64_t>(j, "index_head_dim", 0);
   c.index_topk = optional<int64_t>(j, "index_topk", 0);
   c.tie_word_embeddings = optional<bool>(j, "tie_word_embeddings", false);
+  // Real V4 checkpoints say how their routed experts are stored: "fp4" (MXFP4, V4-Flash) or "fp8"
+  // (block-scaled, the Base models); the loader holds the expert tensors to it.
+  std::string expert_dtype = optional<std::string>(j, "expert_dtype", "");
+  if (expert_dtype.empty() && j.contains("quantization_config") &&
+      j["quantization_config"].is_object())
+    expert_dtype = optional<std::string>(j["quantization_config"], "expert_dtype", "");
+  if (expert_dtype == "fp4")
+    c.expert_dtype = ExpertDtype::fp4;
+  else if (expert_dtype == "fp8")
+    c.expert_dtype = ExpertDtype::fp8;
+  else if (expert_dtype == "bf16" || expert_dtype == "bfloat16")
+    c.expert_dtype = ExpertDtype::bf16;
+  else if (!expert_dtype.empty())
+    fail(where, "unknown expert_dtype '" + expert_dtype + "' (expected fp4, fp8 or bf16)");
 
   // Rope dim: partial_rotary_factor * head_dim, or the legacy qk_rope_head_dim.
   if (j.contains("qk_rope_head_dim") && !j["qk_rope_head_dim"].is_null()) {

@@ -1,7 +1,7 @@
-// The shape of a DeepSeek-V4 model as the CPU forward pass needs it, parsed from a Hugging Face
-// config.json (transformers DeepseekV4Config field names, including its legacy aliases
-// compress_ratios / compress_rate_csa / compress_rate_hca / num_hash_layers / qk_rope_head_dim).
-// Kept apart from ModelConfig (engine/config.h) so the numerics depend only on what they use.
+// The model config: the shape of a DeepSeek-V4 model as the forward passes (CPU and CUDA) need it,
+// parsed from a Hugging Face config.json (transformers DeepseekV4Config field names, including
+// its legacy aliases compress_ratios / compress_rate_csa / compress_rate_hca / num_hash_layers /
+// qk_rope_head_dim, and the upstream expert_dtype). ModelConfig is the public name.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,8 @@ enum class AttentionKind {
 };  // sliding only / compressed sparse / heavily compressed
 enum class RouterKind { hash, topk };
 enum class ScoreFunc { sqrtsoftplus, softmax, sigmoid };
+// How config.json says the routed experts are stored; unspecified accepts any supported dtype.
+enum class ExpertDtype { unspecified, bf16, fp8, fp4 };
 
 struct ForwardLayer {
   AttentionKind attention = AttentionKind::sliding;
@@ -52,6 +54,7 @@ struct ForwardConfig {
   int64_t index_head_dim = 0;
   int64_t index_topk = 0;
   bool tie_word_embeddings = false;  // lm_head reuses the embedding
+  ExpertDtype expert_dtype = ExpertDtype::unspecified;
   RopeParams rope_main;
   RopeParams rope_compress;
   std::vector<ForwardLayer> layers;
@@ -61,5 +64,7 @@ struct ForwardConfig {
   // Throws naming the first inconsistent field.
   void validate(const std::string& where) const;
 };
+
+using ModelConfig = ForwardConfig;
 
 }  // namespace agentrt::engine

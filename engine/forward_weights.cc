@@ -129,11 +129,15 @@ class SafetensorsFiles {
         throw std::runtime_error(where + ": tensor '" + it.key() + "' has bad data_offsets");
       int64_t count = 1;
       for (int64_t d : t.shape) count *= d;
+      const int64_t bytes = int64_t(offs[1] - offs[0]);
       const int64_t es = dtype_size(t.dtype);
-      if (es == 0)
+      // F4 packs two values per byte; writers count its shape in values or in bytes.
+      const bool size_ok =
+          t.dtype == "F4" ? bytes == (count + 1) / 2 || bytes == count : bytes == count * es;
+      if (es == 0 && t.dtype != "F4")
         throw std::runtime_error(where + ": tensor '" + it.key() + "' has unsupported dtype " +
                                  t.dtype);
-      if (int64_t(offs[1] - offs[0]) != count * es)
+      if (!size_ok)
         throw std::runtime_error(where + ": tensor '" + it.key() +
                                  "' size does not match its shape");
       t.data = base + offs[0];
@@ -177,6 +181,9 @@ class Reader {
   }
 
   WeightMatrix matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    const Tensor* packed = files_.find(name);
+    if (packed && (packed->dtype == "I8" || packed->dtype == "U8" || packed->dtype == "F4"))
+      return fp4_matrix(name, rows, cols);
     const Tensor& t = get(name, {rows, cols});
     WeightMatrix w;
     w.rows = rows;
@@ -192,17 +199,60 @@ class Reader {
       fp8_scales(name, t, w);
     else
       throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype +
-                               "; the CPU forward pass reads F32, BF16, F16 or block-scaled "
-                               "F8_E4M3 matrices");
+                               "; the forward pass reads F32, BF16, F16, block-scaled F8_E4M3 or "
+                               "MXFP4 (I8/U8/F4) matrices");
     return w;
+  }
+
+  // MXFP4: two E2M1 values per byte, stored as I8/U8 [rows][cols / 2] (upstream DeepSeek) or F4,
+  // with one ue8m0 scale per 32 columns in `<base>.scale` [rows][cols / 32].
+  WeightMatrix fp4_matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    const Tensor* t = files_.find(name);
+    used_.insert(name);
+    if (cols % 32 != 0)
+      throw std::runtime_error(t->file + ": FP4 tensor '" + name + "' has " + std::to_string(cols) +
+                               " columns, not a multiple of the 32-column scale group");
+    const bool shape_ok = t->shape == std::vector<int64_t>{rows, cols / 2} ||
+                          (t->dtype == "F4" && t->shape == std::vector<int64_t>{rows, cols});
+    if (!shape_ok || t->bytes != rows * cols / 2)
+      throw std::runtime_error(t->file + ": FP4 tensor '" + name + "' has shape " +
+                               shape_str(t->shape) + ", expected " + shape_str({rows, cols / 2}) +
+                               " (two values per byte)");
+    WeightMatrix w;
+    w.type = WeightType::f4_e2m1;
+    w.rows = rows;
+    w.cols = cols;
+    w.data = t->data;
+    w.scale_type = ScaleType::e8m0;
+    const std::string base = scale_base(name);
+    for (const std::string& sn : {base + ".scale", name + "_scale_inv", base + ".weight_scale"}) {
+      const Tensor* s = files_.find(sn);
+      if (!s) continue;
+      used_.insert(sn);
+      const std::vector<int64_t> want = {rows, cols / 32};
+      if (s->shape != want)
+        throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has shape " +
+                                 shape_str(s->shape) + ", expected " + shape_str(want) +
+                                 " (one per 32 columns)");
+      if (s->dtype != "F8_E8M0" && s->dtype != "U8" && s->dtype != "I8")
+        throw std::runtime_error(s->file + ": scale tensor '" + sn + "' has dtype " + s->dtype +
+                                 ", expected F8_E8M0 for an FP4 weight");
+      w.scale = s->data;
+      return w;
+    }
+    throw std::runtime_error(t->file + ": FP4 tensor '" + name + "' has no scales ('" + base +
+                             ".scale')");
+  }
+
+  static std::string scale_base(const std::string& name) {
+    return name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
   }
 
   // FP8 weights carry one scale per 128x128 block, as `<base>.scale` (upstream DeepSeek) or
   // `<name>_scale_inv` (transformers' FP8 naming).
   void fp8_scales(const std::string& name, const Tensor& t, WeightMatrix& w) const {
     w.type = WeightType::f8_e4m3;
-    const std::string base =
-        name.size() > 7 && name.ends_with(".weight") ? name.substr(0, name.size() - 7) : name;
+    const std::string base = scale_base(name);
     const std::vector<std::string> candidates = {base + ".scale", name + "_scale_inv",
                                                  base + ".weight_scale_inv"};
     for (const std::string& sn : candidates) {
@@ -292,6 +342,23 @@ ExpertWeights load_expert(const Reader& r, const std::string& p, int64_t inter, 
           r.matrix(p + "w3.weight", inter, hidden)};
 }
 
+// config.json's expert_dtype must describe the routed experts actually stored.
+void check_expert_dtype(const ExpertWeights& e, ExpertDtype want, const std::string& p) {
+  if (want == ExpertDtype::unspecified) return;
+  const WeightType expected = want == ExpertDtype::fp4   ? WeightType::f4_e2m1
+                              : want == ExpertDtype::fp8 ? WeightType::f8_e4m3
+                                                         : WeightType::bf16;
+  const char* names[] = {"w1", "w2", "w3"};
+  const WeightMatrix* ws[] = {&e.w1, &e.w2, &e.w3};
+  for (int i = 0; i < 3; ++i)
+    if (ws[i]->type != expected)
+      throw std::runtime_error("checkpoint: config.json says expert_dtype " +
+                               std::string(want == ExpertDtype::fp4   ? "fp4"
+                                           : want == ExpertDtype::fp8 ? "fp8"
+                                                                      : "bf16") +
+                               " but tensor '" + p + names[i] + ".weight' is stored otherwise");
+}
+
 }  // namespace
 
 ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const ForwardConfig& c) {
@@ -354,9 +421,11 @@ ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const Forw
     } else {
       m.bias = r.floats(fp + "gate.bias", {c.experts});
     }
-    for (int64_t e = 0; e < c.experts; ++e)
-      m.experts.push_back(
-          load_expert(r, fp + "experts." + std::to_string(e) + ".", c.moe_intermediate, H));
+    for (int64_t e = 0; e < c.experts; ++e) {
+      const std::string ep = fp + "experts." + std::to_string(e) + ".";
+      m.experts.push_back(load_expert(r, ep, c.moe_intermediate, H));
+      check_expert_dtype(m.experts.back(), c.expert_dtype, ep);
+    }
     m.shared = load_expert(r, fp + "shared_experts.", c.moe_intermediate, H);
     w.layers.push_back(std::move(l));
   }

@@ -7,20 +7,24 @@
 #include <cstring>
 #include <vector>
 
+#include "engine/matmul_fp4.h"
+
 namespace agentrt::engine {
 namespace {
 
-int64_t element_size(WeightType t) {
+int64_t row_bytes_of(WeightType t, int64_t cols) {
   switch (t) {
     case WeightType::f32:
-      return 4;
+      return 4 * cols;
     case WeightType::bf16:
     case WeightType::f16:
-      return 2;
+      return 2 * cols;
     case WeightType::f8_e4m3:
-      return 1;
+      return cols;
+    case WeightType::f4_e2m1:
+      return cols / 2;
   }
-  return 4;
+  return 4 * cols;
 }
 
 constexpr int64_t kFp8Block = 128;
@@ -222,6 +226,8 @@ void dot_multi(const WeightMatrix& w, int64_t row, const float* x, int64_t nt, f
       return dot_multi_half<load_f16x8, f16_scalar>(p16, x, w.cols, nt, out);
     case WeightType::f8_e4m3:
       return dot_multi_fp8(w, row, x, nt, out);
+    case WeightType::f4_e2m1:
+      return dot_multi_fp4(w, row, x, nt, out);
     case WeightType::f32:
       for (int64_t t = 0; t < nt; ++t) out[t] = dot_weight_row(w, row, x + t * w.cols);
   }
@@ -236,12 +242,14 @@ constexpr int64_t kRowBlock = 8;
 WeightMatrix WeightMatrix::slice_rows(int64_t begin, int64_t count) const {
   WeightMatrix out = *this;
   out.rows = count;
-  out.data = static_cast<const char*>(data) + begin * cols * element_size(type);
+  out.data = static_cast<const char*>(data) + begin * row_bytes();
   out.row_offset = row_offset + begin;
   return out;
 }
 
-int64_t WeightMatrix::bytes() const { return rows * cols * element_size(type); }
+int64_t WeightMatrix::row_bytes() const { return row_bytes_of(type, cols); }
+
+int64_t WeightMatrix::bytes() const { return rows * row_bytes(); }
 
 float dot_f32(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
@@ -289,6 +297,8 @@ void decode_weight_row(const WeightMatrix& w, int64_t row, float* out) {
       }
       return;
     }
+    case WeightType::f4_e2m1:
+      return decode_fp4_row(w, row, out);
   }
 }
 
@@ -304,6 +314,8 @@ float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x) {
                                               x, w.cols);
     case WeightType::f8_e4m3:
       return dot_fp8(w, row, x);
+    case WeightType::f4_e2m1:
+      return dot_fp4(w, row, x);
   }
   return 0.0f;
 }

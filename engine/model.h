@@ -42,9 +42,8 @@ class Model {
   static std::shared_ptr<const Model> load(const std::filesystem::path& dir,
                                            const LoadOptions& options = {});
 
-  // The model's shape as the forward pass reads it (parsed from config.json). Engine A's
-  // ModelConfig (engine/config.h) was not available when this was written; see the report.
-  virtual const ForwardConfig& config() const = 0;
+  // The model's shape as the forward pass reads it (parsed from config.json).
+  virtual const ModelConfig& config() const = 0;
   virtual int32_t vocab_size() const = 0;
   virtual std::unique_ptr<ModelSequence> new_sequence() const = 0;
   // Continuous batching hook: one decode step for several sequences (each fed one token);

@@ -8,6 +8,7 @@
 #include <random>
 #include <stdexcept>
 
+#include "engine/quantize.h"
 #include "engine/safetensors_writer.h"
 
 namespace agentrt::engine {
@@ -95,11 +96,13 @@ class RandomTensors {
   RandomTensors(uint64_t seed, std::string dtype) : rng_(seed), dtype_(std::move(dtype)) {}
 
   // Gaussian values: mean + std * N(0, 1).
+  // storage: "F32", "BF16" or "" for the model's default.
   void normal(const std::string& name, std::vector<int64_t> shape, float mean, float std,
-              bool keep_f32 = false) {
+              const std::string& storage = "") {
     const int64_t n = std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>());
     std::normal_distribution<float> dist(0.0f, 1.0f);
-    TensorToWrite t{name, keep_f32 || dtype_ == "f32" ? "F32" : "BF16", std::move(shape), {}};
+    const std::string dt = !storage.empty() ? storage : dtype_ == "f32" ? "F32" : "BF16";
+    TensorToWrite t{name, dt, std::move(shape), {}};
     if (t.dtype == "F32") {
       t.bytes.resize(n * 4);
       for (int64_t i = 0; i < n; ++i) {
@@ -116,9 +119,30 @@ class RandomTensors {
     tensors_.push_back(std::move(t));
   }
 
-  // A weight matrix [rows][cols] scaled so activations keep their size: std 1/sqrt(cols).
-  void matrix(const std::string& name, int64_t rows, int64_t cols) {
-    normal(name, {rows, cols}, 0.0f, 1.0f / std::sqrt(static_cast<float>(cols)));
+  // A weight matrix [rows][cols] scaled so activations keep their size: std 1/sqrt(cols), stored
+  // as `dtype` (the default dtype, or "fp8" block-scaled / "fp4" MXFP4 with `<base>.scale`).
+  void matrix(const std::string& name, int64_t rows, int64_t cols, const std::string& dtype = "") {
+    const float std = 1.0f / std::sqrt(static_cast<float>(cols));
+    if (dtype != "fp8" && dtype != "fp4") {
+      normal(name, {rows, cols}, 0.0f, std, dtype == "f32" ? "F32" : dtype == "bf16" ? "BF16" : "");
+      return;
+    }
+    std::normal_distribution<float> dist(0.0f, std);
+    std::vector<float> v(rows * cols);
+    for (float& x : v) x = dist(rng_);
+    const std::string base = name.substr(0, name.size() - std::string(".weight").size());
+    if (dtype == "fp8") {
+      QuantizedMatrix q = quantize_fp8_blocks(v.data(), rows, cols);
+      tensors_.push_back({name, "F8_E4M3", {rows, cols}, std::move(q.data)});
+      tensors_.push_back({base + ".scale",
+                          "F8_E8M0",
+                          {(rows + 127) / 128, (cols + 127) / 128},
+                          std::move(q.scales)});
+    } else {
+      QuantizedMatrix q = quantize_mxfp4(v.data(), rows, cols);
+      tensors_.push_back({name, "I8", {rows, cols / 2}, std::move(q.data)});
+      tensors_.push_back({base + ".scale", "F8_E8M0", {rows, cols / 32}, std::move(q.scales)});
+    }
   }
 
   // Hash routing table: for each token, k distinct experts.
@@ -149,10 +173,19 @@ int64_t get(const nlohmann::json& c, const char* key) { return c.at(key).get<int
 }  // namespace
 
 void write_random_model(const std::filesystem::path& out_dir, const ModelInitOptions& options) {
-  if (options.dtype != "bf16" && options.dtype != "f32") {
-    throw std::invalid_argument("model init: --dtype must be bf16 or f32, not '" + options.dtype +
-                                "'");
+  if (options.dtype != "bf16" && options.dtype != "f32" && options.dtype != "fp8") {
+    throw std::invalid_argument("model init: --dtype must be bf16, f32 or fp8, not '" +
+                                options.dtype + "'");
   }
+  const std::string& expert_dtype =
+      options.expert_dtype.empty() ? options.dtype : options.expert_dtype;
+  if (expert_dtype != "bf16" && expert_dtype != "f32" && expert_dtype != "fp8" &&
+      expert_dtype != "fp4") {
+    throw std::invalid_argument("model init: --expert-dtype must be bf16, f32, fp8 or fp4, not '" +
+                                expert_dtype + "'");
+  }
+  // Matrices in the chosen dtype; fp8 keeps embedding and head in bf16, as real checkpoints do.
+  const std::string linear = options.dtype == "fp8" ? "fp8" : "";
   int64_t vocab = options.vocab_size > 0 ? options.vocab_size : 129280;
   const nlohmann::json c = preset_config(options.preset, vocab);
   const int64_t H = get(c, "hidden_size"), L = get(c, "num_hidden_layers"),
@@ -165,63 +198,63 @@ void write_random_model(const std::filesystem::path& out_dir, const ModelInitOpt
                 ihd = get(c, "index_head_dim");
   const int64_t mix = (2 + hc) * hc;
 
-  RandomTensors r(options.seed, options.dtype);
+  RandomTensors r(options.seed, options.dtype == "f32" ? "f32" : "bf16");
   r.matrix("model.embed_tokens.weight", vocab, H);
   r.matrix("head.weight", vocab, H);
-  r.normal("model.norm.weight", {H}, 1.0f, 0.1f, true);
-  r.normal("model.hc_head.hc_fn", {hc, hc * H}, 0.0f, 0.02f, true);
-  r.normal("model.hc_head.hc_base", {hc}, 0.0f, 0.5f, true);
-  r.normal("model.hc_head.hc_scale", {1}, 1.0f, 0.1f, true);
+  r.normal("model.norm.weight", {H}, 1.0f, 0.1f, "F32");
+  r.normal("model.hc_head.hc_fn", {hc, hc * H}, 0.0f, 0.02f, "F32");
+  r.normal("model.hc_head.hc_base", {hc}, 0.0f, 0.5f, "F32");
+  r.normal("model.hc_head.hc_scale", {1}, 1.0f, 0.1f, "F32");
   for (int64_t l = 0; l < L; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     const std::string type = c["layer_types"][l].get<std::string>();
     for (const char* which : {"attn", "ffn"}) {
-      r.normal(p + "hc_" + which + "_fn", {mix, hc * H}, 0.0f, 0.02f, true);
-      r.normal(p + "hc_" + which + "_base", {mix}, 0.0f, 0.5f, true);
-      r.normal(p + "hc_" + which + "_scale", {3}, 1.0f, 0.1f, true);
+      r.normal(p + "hc_" + which + "_fn", {mix, hc * H}, 0.0f, 0.02f, "F32");
+      r.normal(p + "hc_" + which + "_base", {mix}, 0.0f, 0.5f, "F32");
+      r.normal(p + "hc_" + which + "_scale", {3}, 1.0f, 0.1f, "F32");
     }
-    r.normal(p + "attn_norm.weight", {H}, 1.0f, 0.1f, true);
-    r.normal(p + "ffn_norm.weight", {H}, 1.0f, 0.1f, true);
-    r.matrix(p + "attn.wq_a.weight", qr, H);
-    r.normal(p + "attn.q_norm.weight", {qr}, 1.0f, 0.1f, true);
-    r.matrix(p + "attn.wq_b.weight", heads * hd, qr);
-    r.matrix(p + "attn.wkv.weight", hd, H);
-    r.normal(p + "attn.norm.weight", {hd}, 1.0f, 0.1f, true);
-    r.matrix(p + "attn.wo_a.weight", og * orank, heads * hd / og);
-    r.matrix(p + "attn.wo_b.weight", H, og * orank);
-    r.normal(p + "attn.attn_sink", {heads}, 0.0f, 1.0f, true);
+    r.normal(p + "attn_norm.weight", {H}, 1.0f, 0.1f, "F32");
+    r.normal(p + "ffn_norm.weight", {H}, 1.0f, 0.1f, "F32");
+    r.matrix(p + "attn.wq_a.weight", qr, H, linear);
+    r.normal(p + "attn.q_norm.weight", {qr}, 1.0f, 0.1f, "F32");
+    r.matrix(p + "attn.wq_b.weight", heads * hd, qr, linear);
+    r.matrix(p + "attn.wkv.weight", hd, H, linear);
+    r.normal(p + "attn.norm.weight", {hd}, 1.0f, 0.1f, "F32");
+    r.matrix(p + "attn.wo_a.weight", og * orank, heads * hd / og, linear);
+    r.matrix(p + "attn.wo_b.weight", H, og * orank, linear);
+    r.normal(p + "attn.attn_sink", {heads}, 0.0f, 1.0f, "F32");
     if (type != "sliding_attention") {
       const bool csa = type == "compressed_sparse_attention";
       const int64_t rate = c["compress_rates"][type].get<int64_t>();
       const int64_t coff = csa ? 2 : 1;
-      r.matrix(p + "attn.compressor.wkv.weight", coff * hd, H);
-      r.matrix(p + "attn.compressor.wgate.weight", coff * hd, H);
-      r.normal(p + "attn.compressor.ape", {rate, coff * hd}, 0.0f, 0.5f, true);
-      r.normal(p + "attn.compressor.norm.weight", {hd}, 1.0f, 0.1f, true);
+      r.matrix(p + "attn.compressor.wkv.weight", coff * hd, H, linear);
+      r.matrix(p + "attn.compressor.wgate.weight", coff * hd, H, linear);
+      r.normal(p + "attn.compressor.ape", {rate, coff * hd}, 0.0f, 0.5f, "F32");
+      r.normal(p + "attn.compressor.norm.weight", {hd}, 1.0f, 0.1f, "F32");
       if (csa) {
-        r.matrix(p + "attn.indexer.compressor.wkv.weight", 2 * ihd, H);
-        r.matrix(p + "attn.indexer.compressor.wgate.weight", 2 * ihd, H);
-        r.normal(p + "attn.indexer.compressor.ape", {rate, 2 * ihd}, 0.0f, 0.5f, true);
-        r.normal(p + "attn.indexer.compressor.norm.weight", {ihd}, 1.0f, 0.1f, true);
-        r.matrix(p + "attn.indexer.wq_b.weight", ih * ihd, qr);
-        r.matrix(p + "attn.indexer.weights_proj.weight", ih, H);
+        r.matrix(p + "attn.indexer.compressor.wkv.weight", 2 * ihd, H, linear);
+        r.matrix(p + "attn.indexer.compressor.wgate.weight", 2 * ihd, H, linear);
+        r.normal(p + "attn.indexer.compressor.ape", {rate, 2 * ihd}, 0.0f, 0.5f, "F32");
+        r.normal(p + "attn.indexer.compressor.norm.weight", {ihd}, 1.0f, 0.1f, "F32");
+        r.matrix(p + "attn.indexer.wq_b.weight", ih * ihd, qr, linear);
+        r.matrix(p + "attn.indexer.weights_proj.weight", ih, H, linear);
       }
     }
     r.matrix(p + "ffn.gate.weight", E, H);
     if (c["mlp_layer_types"][l] == "hash_moe") {
       r.tid2eid(p + "ffn.gate.tid2eid", vocab, E, k);
     } else {
-      r.normal(p + "ffn.gate.bias", {E}, 0.0f, 0.1f, true);
+      r.normal(p + "ffn.gate.bias", {E}, 0.0f, 0.1f, "F32");
     }
     for (int64_t e = 0; e < E; ++e) {
       const std::string ep = p + "ffn.experts." + std::to_string(e) + ".";
-      r.matrix(ep + "w1.weight", inter, H);
-      r.matrix(ep + "w2.weight", H, inter);
-      r.matrix(ep + "w3.weight", inter, H);
+      r.matrix(ep + "w1.weight", inter, H, expert_dtype);
+      r.matrix(ep + "w2.weight", H, inter, expert_dtype);
+      r.matrix(ep + "w3.weight", inter, H, expert_dtype);
     }
-    r.matrix(p + "ffn.shared_experts.w1.weight", inter, H);
-    r.matrix(p + "ffn.shared_experts.w2.weight", H, inter);
-    r.matrix(p + "ffn.shared_experts.w3.weight", inter, H);
+    r.matrix(p + "ffn.shared_experts.w1.weight", inter, H, linear);
+    r.matrix(p + "ffn.shared_experts.w2.weight", H, inter, linear);
+    r.matrix(p + "ffn.shared_experts.w3.weight", inter, H, linear);
   }
 
   std::filesystem::create_directories(out_dir);
@@ -230,6 +263,7 @@ void write_random_model(const std::filesystem::path& out_dir, const ModelInitOpt
     if (!out) throw std::runtime_error((out_dir / "config.json").string() + ": cannot write");
     nlohmann::ordered_json cfg = nlohmann::ordered_json::parse(c.dump());
     if (options.dtype == "f32") cfg["dtype"] = "float32";
+    if (expert_dtype == "fp4" || expert_dtype == "fp8") cfg["expert_dtype"] = expert_dtype;
     out << cfg.dump(2) << "\n";
   }
   write_safetensors(out_dir / "model.safetensors", r.tensors());

@@ -16,7 +16,8 @@ struct ModelInitOptions {
   std::string preset = "tiny";          // "tiny" (tests, demo) or "small" (~100M, benchmark)
   std::filesystem::path tokenizer_dir;  // copied into the checkpoint; sets vocab if vocab == 0
   int64_t vocab_size = 0;               // 0: 129280 (the real model's padded vocabulary)
-  std::string dtype = "bf16";           // "bf16" or "f32"
+  std::string dtype = "bf16";           // "bf16", "f32" or "fp8" (block-scaled linears)
+  std::string expert_dtype;             // routed experts: "" (as dtype), "fp4" (MXFP4), "fp8", ...
   uint64_t seed = 0;
 };
 
