@@ -3,8 +3,10 @@
 // machine's measured memory read bandwidth and the decode bound it implies
 // (bandwidth / weight bytes streamed per decoded token).
 //
-//   bench_engine_cpu [--threads N] [--prefill 256] [--decode 32] [--dtype bf16|fp8] [--vocab 16384]
-//                    [--keep DIR | --model DIR]
+//   bench_engine_cpu [--threads N] [--prefill 256] [--decode 32] [--dtype bf16|fp8|fp8-fp4]
+//                    [--vocab 16384] [--keep DIR | --model DIR]
+// fp8: FP8 block-scaled matrices (embed/head bf16); fp8-fp4: the same with MXFP4 routed experts,
+// the mix real V4-Flash checkpoints ship.
 // --keep writes the random checkpoint there and keeps it; --model measures an existing bf16
 // checkpoint instead (e.g. `agentrt model init --preset small`).
 #include <immintrin.h>
@@ -27,6 +29,7 @@
 #include "engine/forward_config.h"
 #include "engine/model.h"
 #include "engine/parallel.h"
+#include "engine/quantize.h"
 
 namespace fs = std::filesystem;
 using agentrt::engine::AttentionKind;
@@ -171,27 +174,11 @@ uint16_t to_bf16(float f) {
   return uint16_t((b + 0x7fff + ((b >> 16) & 1)) >> 16);
 }
 
-// Writes config.json + model.safetensors with random, sensibly scaled values;
-// returns params.
-// Nearest e4m3 code of a finite float (positive codes 0..126 are increasing).
-uint8_t to_e4m3(float f) {
-  static const std::vector<float> table = [] {
-    std::vector<float> t(127);
-    for (int b = 0; b < 127; ++b) {
-      const int exp = b >> 3, man = b & 7;
-      t[b] = exp == 0 ? std::ldexp(man / 8.0f, -6) : std::ldexp(1.0f + man / 8.0f, exp - 7);
-    }
-    return t;
-  }();
-  const float a = std::min(std::abs(f), 448.0f);
-  auto it = std::lower_bound(table.begin(), table.end(), a);
-  int b = int(it - table.begin());
-  if (b > 0 && (b == 127 || a - table[b - 1] < table[b] - a)) --b;
-  return uint8_t(b | (f < 0 ? 0x80 : 0));
-}
-
-int64_t write_random_checkpoint(const fs::path& dir, const nlohmann::json& cj, bool fp8) {
+// Writes config.json + model.safetensors with random, sensibly scaled values; returns params.
+int64_t write_random_checkpoint(const fs::path& dir, nlohmann::json cj, bool fp8,
+                                bool fp4_experts) {
   fs::create_directories(dir);
+  if (fp4_experts) cj["expert_dtype"] = "fp4";
   std::ofstream(dir / "config.json") << cj.dump(1);
   const ForwardConfig c = ForwardConfig::from_json(cj, "bench config");
   const auto specs = tensor_specs(c);
@@ -210,28 +197,25 @@ int64_t write_random_checkpoint(const fs::path& dir, const nlohmann::json& cj, b
     const char* dtype = "F32";
     const bool quantise =
         fp8 && sp.kind == Spec::bf16 && sp.name != "embed.weight" && sp.name != "head.weight";
+    const bool as_fp4 = quantise && fp4_experts && sp.name.find(".experts.") != std::string::npos;
     if (quantise) {
-      // FP8 e4m3 with one float32 scale per 128x128 block (DeepSeek's layout).
-      dtype = "F8_E4M3";
+      // FP8 e4m3 with one ue8m0 scale per 128x128 block, or MXFP4 experts (DeepSeek's layouts).
       const int64_t rows = sp.shape[0], cols = sp.shape[1];
-      const int64_t rb = (rows + 127) / 128, cb = (cols + 127) / 128;
       std::vector<float> w(n);
       for (auto& v : w) v = normal(rng) * scale;
-      std::vector<float> scales(rb * cb, 0.0f);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c2 = 0; c2 < cols; ++c2) {
-          float& m = scales[(r / 128) * cb + c2 / 128];
-          m = std::max(m, std::abs(w[r * cols + c2]) / 448.0f);
-        }
-      blob.resize(n);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c2 = 0; c2 < cols; ++c2)
-          blob[r * cols + c2] = char(to_e4m3(w[r * cols + c2] / scales[(r / 128) * cb + c2 / 128]));
-      std::vector<char> sblob(scales.size() * 4);
-      std::memcpy(sblob.data(), scales.data(), sblob.size());
+      agentrt::engine::QuantizedMatrix q =
+          as_fp4 ? agentrt::engine::quantize_mxfp4(w.data(), rows, cols)
+                 : agentrt::engine::quantize_fp8_blocks(w.data(), rows, cols);
+      dtype = as_fp4 ? "I8" : "F8_E4M3";
+      blob.assign(q.data.begin(), q.data.end());
+      const std::vector<int64_t> sshape =
+          as_fp4 ? std::vector<int64_t>{rows, cols / 32}
+                 : std::vector<int64_t>{(rows + 127) / 128, (cols + 127) / 128};
+      std::vector<char> sblob(q.scales.begin(), q.scales.end());
       const std::string sname = sp.name.substr(0, sp.name.size() - 7) + ".scale";
-      header[sname] = {
-          {"dtype", "F32"}, {"shape", {rb, cb}}, {"data_offsets", {offset, offset + sblob.size()}}};
+      header[sname] = {{"dtype", "F8_E8M0"},
+                       {"shape", sshape},
+                       {"data_offsets", {offset, offset + sblob.size()}}};
       offset += sblob.size();
       blobs.push_back(std::move(sblob));
     } else if (sp.kind == Spec::bf16) {
@@ -253,8 +237,10 @@ int64_t write_random_checkpoint(const fs::path& dir, const nlohmann::json& cj, b
       for (int64_t i = 0; i < n; ++i)
         p[i] = sp.kind == Spec::f32_norm ? 1.0f + 0.1f * normal(rng) : normal(rng) * scale;
     }
+    const std::vector<int64_t> shape =
+        as_fp4 ? std::vector<int64_t>{sp.shape[0], sp.shape[1] / 2} : sp.shape;
     header[sp.name] = {
-        {"dtype", dtype}, {"shape", sp.shape}, {"data_offsets", {offset, offset + blob.size()}}};
+        {"dtype", dtype}, {"shape", shape}, {"data_offsets", {offset, offset + blob.size()}}};
     offset += blob.size();
     blobs.push_back(std::move(blob));
   }
@@ -329,11 +315,11 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (dtype != "bf16" && dtype != "fp8") {
-    std::fprintf(stderr, "--dtype must be bf16 or fp8\n");
+  if (dtype != "bf16" && dtype != "fp8" && dtype != "fp8-fp4") {
+    std::fprintf(stderr, "--dtype must be bf16, fp8 or fp8-fp4\n");
     return 2;
   }
-  const bool fp8 = dtype == "fp8";
+  const bool fp8 = dtype != "bf16", fp4_experts = dtype == "fp8-fp4";
   // --model: an existing bf16 checkpoint (e.g. `agentrt model init --preset small`); otherwise
   // a random one written here.
   const bool own = model_dir.empty();
@@ -346,7 +332,7 @@ int main(int argc, char** argv) {
                               : ForwardConfig::from_file(dir / "config.json");
   int64_t params = 0;
   if (own) {
-    params = write_random_checkpoint(dir, cj, fp8);
+    params = write_random_checkpoint(dir, cj, fp8, fp4_experts);
   } else {
     for (const auto& sp : tensor_specs(c)) {
       int64_t n = 1;
@@ -363,7 +349,7 @@ int main(int argc, char** argv) {
     int64_t n = 1;
     for (int64_t d : sp.shape) n *= d;
     const bool q = fp8 && sp.kind == Spec::bf16 && sp.name != "head.weight";
-    const int64_t b = q ? n + 4 * ((sp.shape[0] + 127) / 128) * ((sp.shape[1] + 127) / 128)
+    const int64_t b = q ? n + ((sp.shape[0] + 127) / 128) * ((sp.shape[1] + 127) / 128)
                       : sp.kind == Spec::bf16        ? 2 * n
                       : sp.kind == Spec::i64_experts ? 0
                                                      : 4 * n;
@@ -371,8 +357,10 @@ int main(int argc, char** argv) {
     if (sp.name == "embed.weight") continue;
     streamed += b;
   }
-  streamed += int64_t(c.layers.size()) * c.experts_per_token * 3 * c.moe_intermediate * c.hidden *
-              (fp8 ? 1 : 2);
+  // Routed experts: bf16 2 bytes/value, FP8 1 (+ block scales), MXFP4 0.5 + 1/32 scale byte.
+  const double expert_bytes = fp4_experts ? 0.5 + 1.0 / 32 : fp8 ? 1.0 + 1.0 / 16384 : 2.0;
+  streamed += int64_t(double(c.layers.size()) * c.experts_per_token * 3 * c.moe_intermediate *
+                      c.hidden * expert_bytes);
   streamed += c.hidden * 2;
 
   std::mt19937 rng(7);
@@ -383,8 +371,11 @@ int main(int argc, char** argv) {
   std::printf(
       "DeepSeek-V4-shaped model: %.1fM parameters (%s matrices), %zu layers, hidden %lld, "
       "%lld experts (top %lld), vocab %lld; %.1f MB of weights streamed per decoded token\n",
-      params / 1e6, fp8 ? "fp8 e4m3 block-scaled; embed/head bf16" : "bf16", c.layers.size(),
-      (long long)c.hidden, (long long)c.experts, (long long)c.experts_per_token,
+      params / 1e6,
+      fp4_experts ? "fp8 e4m3 block-scaled, MXFP4 routed experts; embed/head bf16"
+      : fp8       ? "fp8 e4m3 block-scaled; embed/head bf16"
+                  : "bf16",
+      c.layers.size(), (long long)c.hidden, (long long)c.experts, (long long)c.experts_per_token,
       (long long)c.vocab_size, streamed / 1e6);
   std::printf("best of 3 runs each; prefill of %d tokens, %d decode steps after it\n", prefill,
               decode);
