@@ -1,70 +1,18 @@
 #include "engine/forward_weights.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <stdexcept>
 
+#include "engine/safetensors_reader.h"
+
 namespace agentrt::engine {
 
 namespace {
 
-struct Tensor {
-  std::string dtype;
-  std::vector<int64_t> shape;
-  const char* data = nullptr;
-  int64_t bytes = 0;
-  std::string file;
-};
-
-// One read-only mapping; unmapped on destruction.
-class Mapping {
- public:
-  explicit Mapping(const std::filesystem::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw std::runtime_error(path.string() + ": cannot open");
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-      ::close(fd);
-      throw std::runtime_error(path.string() + ": cannot stat");
-    }
-    size_ = size_t(st.st_size);
-    if (size_ > 0) {
-      void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p == MAP_FAILED) {
-        ::close(fd);
-        throw std::runtime_error(path.string() + ": mmap failed");
-      }
-      data_ = static_cast<const char*>(p);
-    }
-    ::close(fd);
-  }
-  ~Mapping() {
-    if (data_) ::munmap(const_cast<char*>(data_), size_);
-  }
-  Mapping(const Mapping&) = delete;
-  Mapping& operator=(const Mapping&) = delete;
-  const char* data() const { return data_; }
-  size_t size() const { return size_; }
-
- private:
-  const char* data_ = nullptr;
-  size_t size_ = 0;
-};
-
-int64_t dtype_size(const std::string& d) {
-  if (d == "F32" || d == "I32") return 4;
-  if (d == "BF16" || d == "F16" || d == "I16") return 2;
-  if (d == "I64" || d == "F64") return 8;
-  if (d == "F8_E4M3" || d == "F8_E8M0" || d == "I8" || d == "U8") return 1;
-  return 0;
-}
+using Tensor = StoredTensor;
 
 // Upstream name for a tensor however it was spelled (see the header).
 std::string canonical_name(std::string n) {
@@ -78,77 +26,6 @@ std::string canonical_name(std::string n) {
 }
 
 }  // namespace
-
-class SafetensorsFiles {
- public:
-  explicit SafetensorsFiles(const std::filesystem::path& dir) {
-    std::vector<std::filesystem::path> files;
-    if (!std::filesystem::is_directory(dir))
-      throw std::runtime_error(dir.string() + ": not a model directory");
-    for (const auto& e : std::filesystem::directory_iterator(dir))
-      if (e.path().extension() == ".safetensors") files.push_back(e.path());
-    std::sort(files.begin(), files.end());
-    if (files.empty()) throw std::runtime_error(dir.string() + ": no .safetensors files");
-    for (const auto& f : files) add(f);
-  }
-
-  const Tensor* find(const std::string& name) const {
-    auto it = tensors_.find(name);
-    return it == tensors_.end() ? nullptr : &it->second;
-  }
-
-  const std::map<std::string, Tensor>& tensors() const { return tensors_; }
-
- private:
-  void add(const std::filesystem::path& path) {
-    maps_.push_back(std::make_unique<Mapping>(path));
-    const Mapping& m = *maps_.back();
-    const std::string where = path.string();
-    if (m.size() < 8) throw std::runtime_error(where + ": too short for a safetensors header");
-    uint64_t header_len;
-    std::memcpy(&header_len, m.data(), 8);
-    if (header_len > m.size() - 8)
-      throw std::runtime_error(where + ": header length " + std::to_string(header_len) +
-                               " runs past the end of the file");
-    nlohmann::json header;
-    try {
-      header = nlohmann::json::parse(m.data() + 8, m.data() + 8 + header_len);
-    } catch (const nlohmann::json::exception& e) {
-      throw std::runtime_error(where + ": invalid safetensors header: " + e.what());
-    }
-    const char* base = m.data() + 8 + header_len;
-    const uint64_t data_len = m.size() - 8 - header_len;
-    for (auto it = header.begin(); it != header.end(); ++it) {
-      if (it.key() == "__metadata__") continue;
-      Tensor t;
-      t.file = where;
-      t.dtype = it.value().at("dtype").get<std::string>();
-      t.shape = it.value().at("shape").get<std::vector<int64_t>>();
-      const auto offs = it.value().at("data_offsets").get<std::vector<uint64_t>>();
-      if (offs.size() != 2 || offs[0] > offs[1] || offs[1] > data_len)
-        throw std::runtime_error(where + ": tensor '" + it.key() + "' has bad data_offsets");
-      int64_t count = 1;
-      for (int64_t d : t.shape) count *= d;
-      const int64_t bytes = int64_t(offs[1] - offs[0]);
-      const int64_t es = dtype_size(t.dtype);
-      // F4 packs two values per byte; writers count its shape in values or in bytes.
-      const bool size_ok =
-          t.dtype == "F4" ? bytes == (count + 1) / 2 || bytes == count : bytes == count * es;
-      if (es == 0 && t.dtype != "F4")
-        throw std::runtime_error(where + ": tensor '" + it.key() + "' has unsupported dtype " +
-                                 t.dtype);
-      if (!size_ok)
-        throw std::runtime_error(where + ": tensor '" + it.key() +
-                                 "' size does not match its shape");
-      t.data = base + offs[0];
-      t.bytes = int64_t(offs[1] - offs[0]);
-      tensors_[canonical_name(it.key())] = t;
-    }
-  }
-
-  std::vector<std::unique_ptr<Mapping>> maps_;
-  std::map<std::string, Tensor> tensors_;
-};
 
 namespace {
 
@@ -362,7 +239,7 @@ void check_expert_dtype(const ExpertWeights& e, ExpertDtype want, const std::str
 }  // namespace
 
 ForwardWeights ForwardWeights::load(const std::filesystem::path& dir, const ForwardConfig& c) {
-  auto files = std::make_shared<const SafetensorsFiles>(dir);
+  auto files = std::make_shared<const SafetensorsFiles>(dir, canonical_name);
   Reader r(*files);
   ForwardWeights w;
   w.storage = files;
