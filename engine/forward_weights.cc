@@ -22,6 +22,9 @@ std::string canonical_name(std::string n) {
   if (n == "hc_head.hc_fn") return "hc_head_fn";
   if (n == "hc_head.hc_base") return "hc_head_base";
   if (n == "hc_head.hc_scale") return "hc_head_scale";
+  // The Hub checkpoints' name for the router's correction bias.
+  const std::string bias = ".gate.e_score_correction_bias";
+  if (n.ends_with(bias)) return n.substr(0, n.size() - bias.size()) + ".gate.bias";
   return n;
 }
 

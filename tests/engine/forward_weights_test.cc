@@ -132,3 +132,30 @@ TEST(ForwardWeights, TiedEmbeddingsNeedNoHead) {
 
 }  // namespace
 }  // namespace agentrt::engine
+
+namespace agentrt::engine {
+namespace {
+
+// The Hub checkpoints spell names without `model.` and call the router bias
+// e_score_correction_bias; both load like transformers' spelling.
+TEST(ForwardWeights, HubSpellingsLoad) {
+  const auto dir = edited_copy("hub", [](nlohmann::json& j) {
+    nlohmann::json renamed = nlohmann::json::object();
+    for (auto& [k, v] : j.items()) {
+      std::string n = k.rfind("model.", 0) == 0 ? k.substr(6) : k;
+      if (n.ends_with(".gate.bias")) n = n.substr(0, n.size() - 5) + ".e_score_correction_bias";
+      if (n == "embed_tokens.weight") n = "embed.weight";
+      renamed[n] = v;
+    }
+    j = renamed;
+  });
+  const ForwardConfig c = ForwardConfig::from_file(dir / "config.json");
+  const ForwardWeights w = ForwardWeights::load(dir, c);
+  bool some_bias = false;
+  for (const auto& l : w.layers) some_bias |= !l.moe.bias.empty();
+  EXPECT_TRUE(some_bias);
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
