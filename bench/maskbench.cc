@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/tokenizer.h"
 #include "grammars/maskbench_command.h"
 
 int main(int argc, char** argv) {
@@ -18,7 +19,13 @@ int main(int argc, char** argv) {
   std::string tokenizer = std::string(home && *home ? home : AGENTRT_HOME) +
                           "/models/deepseek-v3-tokenizer/tokenizer.json";
   try {
-    return agentrt::grammars::run_maskbench_command(args, tokenizer, {}, std::cout, std::cerr);
+    // Instances are tokenized with the real BPE tokenizer, as MaskBench does.
+    auto bpe = [](const std::string& tokenizer_json) -> agentrt::grammars::TokenizeFn {
+      std::shared_ptr<const agentrt::engine::Tokenizer> t =
+          agentrt::engine::Tokenizer::load(tokenizer_json);
+      return [t](std::string_view text) { return t->encode(text); };
+    };
+    return agentrt::grammars::run_maskbench_command(args, tokenizer, bpe, std::cout, std::cerr);
   } catch (const std::exception& e) {
     std::cerr << "bench_maskbench: error: " << e.what() << "\n";
     return 2;

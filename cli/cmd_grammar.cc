@@ -1,6 +1,5 @@
 // `agentrt grammar check|bench`: a thin layer over grammars/ (grammar_check.h,
 // maskbench_command.h).
-#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -9,6 +8,8 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/tokenizer_path.h"
+#include "engine/tokenizer.h"
 #include "grammars/grammar_check.h"
 #include "grammars/json_schema.h"
 #include "grammars/maskbench_command.h"
@@ -20,7 +21,8 @@ constexpr const char* kUsage =
     "usage: agentrt grammar check (--schema FILE | --ebnf FILE | --regex PATTERN) --instance FILE\n"
     "                             [--root RULE] [--compact]\n"
     "       agentrt grammar bench DIR [--limit N] [--every K] [--timeout-ms MS]\n"
-    "                             [--tokenizer tokenizer.json] [--verbose]";
+    "                             [--tokenizer tokenizer.json] [--longest-match]\n"
+    "                             [--per-schema FILE.tsv] [--verbose]";
 
 std::string read_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -30,10 +32,11 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-std::string default_tokenizer_json() {
-  const char* home = std::getenv("AGENTRT_HOME");
-  std::string root = home && *home ? home : AGENTRT_HOME_DEFAULT;
-  return root + "/models/deepseek-v3-tokenizer/tokenizer.json";
+// MaskBench tokenizes instances with the model's own BPE tokenizer; grammars/ cannot reach the
+// engine, so the CLI plugs it in.
+grammars::TokenizeFn bpe_tokenizer(const std::string& tokenizer_json) {
+  std::shared_ptr<const engine::Tokenizer> tokenizer = engine::Tokenizer::load(tokenizer_json);
+  return [tokenizer](std::string_view text) { return tokenizer->encode(text); };
 }
 
 int grammar_check(const Args& args) {
@@ -93,8 +96,9 @@ int cmd_grammar(const Args& args) {
   if (args[0] == "check") return grammar_check(args);
   if (args[0] == "bench") {
     Args rest(args.begin() + 1, args.end());
-    return grammars::run_maskbench_command(rest, default_tokenizer_json(), {}, std::cout,
-                                           std::cerr);
+    return grammars::run_maskbench_command(rest,
+                                           (default_tokenizer_dir() / "tokenizer.json").string(),
+                                           bpe_tokenizer, std::cout, std::cerr);
   }
   throw std::invalid_argument("unknown grammar subcommand '" + args[0] + "'\n" + kUsage);
 }

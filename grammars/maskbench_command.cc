@@ -1,6 +1,7 @@
 #include "grammars/maskbench_command.h"
 
 #include <chrono>
+#include <fstream>
 #include <ostream>
 #include <stdexcept>
 
@@ -9,11 +10,13 @@
 namespace agentrt::grammars {
 
 int run_maskbench_command(const std::vector<std::string>& args,
-                          const std::string& default_tokenizer_json, const TokenizeFn& tokenize,
-                          std::ostream& out, std::ostream& err) {
+                          const std::string& default_tokenizer_json,
+                          const TokenizerFactory& make_tokenizer, std::ostream& out,
+                          std::ostream& err) {
   std::string dir, tokenizer_json = default_tokenizer_json;
   MaskBenchOptions options;
-  bool verbose = false;
+  bool verbose = false, longest_match = !make_tokenizer;
+  std::string per_schema_path;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> const std::string& {
@@ -28,6 +31,10 @@ int run_maskbench_command(const std::vector<std::string>& args,
       options.timeout_ms = std::stod(value());
     } else if (a == "--tokenizer") {
       tokenizer_json = value();
+    } else if (a == "--per-schema") {
+      per_schema_path = value();
+    } else if (a == "--longest-match") {
+      longest_match = true;
     } else if (a == "--verbose") {
       verbose = true;
     } else if (!a.empty() && a[0] == '-') {
@@ -41,23 +48,30 @@ int run_maskbench_command(const std::vector<std::string>& args,
   if (dir.empty()) {
     throw std::invalid_argument(
         "usage: bench DIR [--limit N] [--every K] [--timeout-ms MS] [--tokenizer tokenizer.json] "
-        "[--verbose]");
+        "[--longest-match] [--per-schema FILE.tsv] [--verbose]");
   }
   if (verbose) options.log = &err;
+  std::ofstream per_schema;
+  if (!per_schema_path.empty()) {
+    per_schema.open(per_schema_path);
+    if (!per_schema) throw std::invalid_argument("cannot write " + per_schema_path);
+    options.per_schema = &per_schema;
+  }
   std::vector<std::string> files = list_maskbench_files(dir);
   auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<const TokenizerIndex> index =
       TokenizerIndex::build(load_hf_vocabulary(tokenizer_json));
   double load_ms =
       std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-  TokenizeFn tok = tokenize ? tokenize : [&](std::string_view text) {
-    return longest_match_tokenize(*index, text);
-  };
+  TokenizeFn tok =
+      longest_match
+          ? TokenizeFn([&](std::string_view text) { return longest_match_tokenize(*index, text); })
+          : make_tokenizer(tokenizer_json);
   MaskBenchReport report = run_maskbench(files, index, tok, options);
   out << "MaskBench: " << dir << " (" << report.schemas << " schemas, vocabulary "
       << index->vocab_size() << " tokens from " << tokenizer_json << ", loaded in "
       << static_cast<int>(load_ms)
-      << " ms; tokenization: " << (tokenize ? "tokenizer" : "longest match")
+      << " ms; tokenization: " << (longest_match ? "longest match" : "BPE tokenizer")
       << "; single thread)\n\n";
   out << report.table();
   return 0;

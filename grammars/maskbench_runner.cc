@@ -342,9 +342,19 @@ MaskBenchReport run_maskbench(const std::vector<std::string>& files,
       outcome.status = SchemaOutcome::Status::kCrash;
       outcome.detail = e.what();
     }
+    static const char* kNames[] = {
+        "passed", "compile error", "validation error", "invalidation error", "timeout", "crash"};
+    if (options.per_schema) {
+      double max_tbm = 0, total_tbm = 0;
+      for (double t : outcome.tbm_us) {
+        max_tbm = std::max(max_tbm, t);
+        total_tbm += t;
+      }
+      *options.per_schema << name << '\t' << kNames[static_cast<int>(outcome.status)] << '\t'
+                          << outcome.ttfm_us << '\t' << outcome.tbm_us.size() << '\t' << max_tbm
+                          << '\t' << total_tbm << '\n';
+    }
     if (options.log && outcome.status != SchemaOutcome::Status::kPassed) {
-      static const char* kNames[] = {
-          "passed", "compile error", "validation error", "invalidation error", "timeout", "crash"};
       *options.log << name << ": " << kNames[static_cast<int>(outcome.status)] << ": "
                    << outcome.detail.substr(0, 300) << "\n";
     }
