@@ -2,9 +2,8 @@
 // Coverage and the documented approximations are in docs/json_schema.md.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "grammars/grammar.h"
 
@@ -17,11 +16,19 @@ struct JsonSchemaOptions {
   Whitespace whitespace = Whitespace::compact;
   int max_whitespace = 4;
   // true: properties appear in `properties` order. false (default): objects with at most 6
-  // named properties take them in any order (each at most once), larger ones keep the order.
+  // named properties take them in any order, each at most once; larger ones take them in any
+  // order when they have at most 7 required properties and no minProperties (required ones at
+  // most once, optional ones possibly repeated), else in `properties` order.
   bool strict_property_order = false;
   // additionalProperties when a schema does not say: true per JSON Schema; the tool-call
   // builder passes false so that models cannot invent parameters.
   bool allow_additional_by_default = true;
+  // Keywords the grammar can only approximate: uniqueItems over items with more than a few
+  // possible values, and oneOf whose branches may overlap but cannot be negated. false
+  // (default): a compile error naming the schema path, so that a grammar never accepts an
+  // instance the schema rejects. true: uniqueItems is not enforced and such oneOf is anyOf
+  // (the tool-call builder: a slightly loose tool grammar beats none).
+  bool approximate = false;
 };
 
 // Throws GrammarError naming the schema path, e.g. "/properties/a/items: unsupported keyword
@@ -30,10 +37,12 @@ struct JsonSchemaOptions {
 // object keys, so with it properties are expected in sorted order).
 std::string json_schema_to_ebnf(const nlohmann::ordered_json& schema,
                                 const JsonSchemaOptions& options = {});
-std::string json_schema_to_ebnf(const nlohmann::json& schema, const JsonSchemaOptions& options = {});
+std::string json_schema_to_ebnf(const nlohmann::json& schema,
+                                const JsonSchemaOptions& options = {});
 
 Grammar grammar_from_json_schema(const nlohmann::ordered_json& schema,
                                  const JsonSchemaOptions& options = {});
-Grammar grammar_from_json_schema(const nlohmann::json& schema, const JsonSchemaOptions& options = {});
+Grammar grammar_from_json_schema(const nlohmann::json& schema,
+                                 const JsonSchemaOptions& options = {});
 
 }  // namespace agentrt::grammars

@@ -1,7 +1,12 @@
 // Arrays: prefixItems (or the draft-4 tuple form of items), items / additionalItems for the
-// rest, minItems / maxItems and contains. uniqueItems is not enforced (docs/json_schema.md).
+// rest, minItems / maxItems and contains. uniqueItems is exact when items have a few possible
+// values (enum, const, boolean, null), else an error or, with options.approximate, not enforced
+// (docs/grammars.md).
+#include <bit>
+
 #include "grammars/json_schema_compiler.h"
 #include "grammars/schema_merge.h"
+#include "grammars/schema_validate.h"
 
 namespace agentrt::grammars {
 namespace {
@@ -13,7 +18,101 @@ std::string repeat_suffix(size_t lo, std::optional<size_t> hi) {
   return "{" + std::to_string(lo) + "," + std::to_string(*hi) + "}";
 }
 
+// Sets of used values are grammar states: past this many the grammar would be too large.
+constexpr size_t kMaxUniqueStates = 2048;
+
+// The distinct values an item schema allows when it lists them (enum, const) or its types have
+// few values (boolean, null); nullopt otherwise.
+std::optional<std::vector<SchemaJson>> finite_item_values(const SchemaJson& item) {
+  if (!item.is_object()) return std::nullopt;
+  std::vector<SchemaJson> candidates;
+  if (item.contains("const")) {
+    candidates.push_back(item["const"]);
+  } else if (item.contains("enum") && item["enum"].is_array()) {
+    candidates.assign(item["enum"].begin(), item["enum"].end());
+  } else if (item.contains("type")) {
+    const SchemaJson& t = item["type"];
+    for (const auto& name : t.is_array() ? t : SchemaJson::array({t})) {
+      if (name == "boolean") {
+        candidates.push_back(true);
+        candidates.push_back(false);
+      } else if (name == "null") {
+        candidates.push_back(nullptr);
+      } else {
+        return std::nullopt;
+      }
+    }
+  } else {
+    return std::nullopt;
+  }
+  std::vector<SchemaJson> out;
+  for (const auto& v : candidates) {
+    try {
+      if (!schema_accepts(item, v)) continue;
+    } catch (const std::invalid_argument&) {
+      return std::nullopt;  // a keyword the validator cannot check: not known to be finite
+    }
+    bool seen = false;
+    for (const auto& o : out) seen = seen || json_equal(o, v);
+    if (!seen) out.push_back(v);
+  }
+  return out;
+}
+
 }  // namespace
+
+std::optional<std::string> JsonSchemaCompiler::unique_items_array(
+    const std::vector<SchemaJson>& values, size_t min_items, std::optional<size_t> max_items,
+    const std::string& path) {
+  const size_t k = values.size();
+  const size_t hi = std::min(max_items.value_or(k), k);
+  if (min_items > hi) return std::nullopt;
+  // States: the set of values written so far (a bitmask), at most `hi` of them.
+  size_t states = 0;
+  if (k < 63) {
+    for (uint64_t set = 0; set < (uint64_t{1} << k) && states <= kMaxUniqueStates; ++set) {
+      states += static_cast<size_t>(std::popcount(set)) <= hi ? 1 : 0;
+    }
+  }
+  if (k >= 63 || states > kMaxUniqueStates) {
+    throw GrammarError(display_path(path) + ": uniqueItems over " + std::to_string(k) +
+                       " possible item values is too large to enforce");
+  }
+  std::vector<std::string> literals;
+  for (const auto& v : values) literals.push_back(value_literal(v));
+  std::map<uint64_t, std::string> names;
+  std::vector<uint64_t> todo;
+  auto state_ref = [&](uint64_t set) {
+    auto [it, inserted] = names.emplace(set, "");
+    if (inserted) {
+      it->second = reserve_name(path + "-u" + std::to_string(set));
+      todo.push_back(set);
+    }
+    return it->second;
+  };
+  const std::string start = state_ref(0);
+  for (size_t t = 0; t < todo.size(); ++t) {
+    const uint64_t set = todo[t];
+    const size_t used = static_cast<size_t>(std::popcount(set));
+    std::vector<std::string> alts;
+    if (used < hi) {
+      for (size_t j = 0; j < k; ++j) {
+        if (set >> j & 1) continue;
+        alts.push_back((used ? sep() : "") + literals[j] + " " + state_ref(set | uint64_t{1} << j));
+      }
+    }
+    std::string body = "\"\"";
+    if (!alts.empty()) {
+      body = "(";
+      for (size_t i = 0; i < alts.size(); ++i) body += (i ? " | " : "") + alts[i];
+      body += ")";
+      if (used >= min_items) body += "?";
+    }
+    define(names[set], body);
+  }
+  const std::string w = ws();
+  return "\"[\" " + w + start + " " + w + "\"]\"";
+}
 
 std::optional<std::string> JsonSchemaCompiler::compile_array(const SchemaJson& s,
                                                              const std::string& path) {
@@ -39,7 +138,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_array(const SchemaJson& s
   auto count_at = [&](const char* key) -> std::optional<size_t> {
     auto it = s.find(key);
     if (it == s.end()) return std::nullopt;
-    if (!it->is_number() || it->get<double>() < 0) fail(std::string("'") + key + "' must be a non-negative integer");
+    if (!it->is_number() || it->get<double>() < 0)
+      fail(std::string("'") + key + "' must be a non-negative integer");
     return static_cast<size_t>(it->get<double>());
   };
   const size_t min_items = count_at("minItems").value_or(0);
@@ -57,8 +157,23 @@ std::optional<std::string> JsonSchemaCompiler::compile_array(const SchemaJson& s
     prefix_exprs.push_back(*e);
   }
   if (max_items && *max_items < min_items) return std::nullopt;
+  // uniqueItems: nothing to enforce for at most one item; exact over a few item values.
+  if (s.value("uniqueItems", SchemaJson(false)) == SchemaJson(true) &&
+      !(max_items && *max_items <= 1)) {
+    std::optional<std::vector<SchemaJson>> values;
+    if (prefix.empty() && !s.contains("contains")) {
+      values = finite_item_values(inline_refs(rest, path + "/" + rest_key));
+    }
+    if (values) return unique_items_array(*values, min_items, max_items, path);
+    if (!options_.approximate) {
+      fail(
+          "uniqueItems is only enforced for items with a few possible values (enum, const, "
+          "boolean, null) and no prefixItems or contains");
+    }
+  }
   std::optional<std::string> rest_expr;
-  if (!max_items || *max_items > prefix_exprs.size()) rest_expr = compile(rest, path + "/" + rest_key);
+  if (!max_items || *max_items > prefix_exprs.size())
+    rest_expr = compile(rest, path + "/" + rest_key);
   const std::string w = ws();
 
   if (s.contains("contains")) {
@@ -86,7 +201,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_array(const SchemaJson& s
     if (k == 0) {
       std::optional<size_t> more_max;
       if (tail_max) more_max = *tail_max - 1;
-      std::string more = "(" + sep() + item + ")" + repeat_suffix(tail_min > 0 ? tail_min - 1 : 0, more_max);
+      std::string more =
+          "(" + sep() + item + ")" + repeat_suffix(tail_min > 0 ? tail_min - 1 : 0, more_max);
       if (more_max && *more_max == 0) more.clear();
       body = item + (more.empty() ? "" : " " + more);
       if (tail_min == 0) body = "(" + body + ")?";

@@ -391,8 +391,9 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       throw GrammarError(display_path(path) + ": unsupported keyword '" + k + "'");
     }
   }
-  // anyOf / oneOf: one alternative per branch, each merged with the sibling keywords. oneOf is
-  // compiled as anyOf (exclusivity is not enforced; docs/json_schema.md).
+  // anyOf / oneOf: one alternative per branch, each merged with the sibling keywords. A oneOf
+  // branch excludes the others it may overlap with; where that cannot be expressed it is an
+  // error, or anyOf with options_.approximate (docs/grammars.md).
   for (const char* key : {"anyOf", "oneOf"}) {
     if (!s.contains(key)) continue;
     if (!s[key].is_array() || s[key].empty()) {
@@ -407,9 +408,10 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       const SchemaJson& branch = s[key][i];
       std::optional<std::string> e;
       bool exclusive = false, parts_compiled = false;
+      bool exact = !one_of;  // oneOf: this branch's alternative excludes the other branches
       if (one_of) {
         // oneOf: this branch and none of the others that could overlap with it, when those
-        // negations are supported; otherwise compiled as anyOf (docs/json_schema.md).
+        // negations are supported.
         SchemaJson mine = inline_refs(branch, bpath);
         SchemaJson parts = SchemaJson::array({mine});
         bool negatable = true;
@@ -424,19 +426,25 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
           }
           parts.push_back(*neg);
         }
-        if (parts.size() == 1) {
+        if (negatable && parts.size() == 1) {
           exclusive = false;  // disjoint from all others: the plain branch is exact
-        } else if (negatable && parts.size() <= 5) {
+          exact = true;
+        } else if (negatable && parts.size() <= 12) {
           SchemaJson combined = rest;
           if (!combined.contains("allOf")) combined["allOf"] = SchemaJson::array();
           for (const auto& p : parts) combined["allOf"].push_back(p);
           try {
             e = compile(combined, bpath);
-            exclusive = parts_compiled = true;
+            exclusive = parts_compiled = exact = true;
           } catch (const GrammarError&) {
-            exclusive = false;  // a negation we cannot express: fall back to anyOf
+            exclusive = false;  // a negation we cannot express
           }
         }
+      }
+      if (!exact && !options_.approximate) {
+        throw GrammarError(display_path(bpath) +
+                           ": oneOf branch may overlap another branch whose negation is not "
+                           "supported (exclusivity cannot be enforced)");
       }
       if (exclusive && parts_compiled) {
         // compiled above, possibly to nothing
@@ -643,6 +651,9 @@ std::optional<std::string> JsonSchemaCompiler::compile_string(const SchemaJson& 
     pattern = s["pattern"].get<std::string>();
   }
   if (s.contains("format") && s["format"].is_string()) {
+    if (is_unsupported_format(s["format"].get<std::string>())) {
+      fail("format '" + s["format"].get<std::string>() + "' is not supported");
+    }
     if (auto re = format_regex(s["format"].get<std::string>())) {
       if (pattern) fail("'format' together with 'pattern' is not supported");
       pattern = *re;

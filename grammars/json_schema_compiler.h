@@ -44,10 +44,20 @@ class JsonSchemaCompiler {
   std::optional<std::string> compile_number(const SchemaJson& schema, const std::string& path,
                                             bool integer);
   std::optional<std::string> compile_object(const SchemaJson& schema, const std::string& path);
-  std::optional<std::string> order_free_object(
-      const std::vector<std::pair<std::string, bool>>& named, const std::optional<std::string>& extra,
-      size_t min_props, std::optional<size_t> max_props, const std::string& path);
+  struct OrderFreeMember {
+    std::string member;  // EBNF for "key":value
+    bool required;
+    bool tracked;  // at most once
+  };
+  std::optional<std::string> order_free_object(const std::vector<OrderFreeMember>& named,
+                                               const std::optional<std::string>& extra,
+                                               size_t min_props, std::optional<size_t> max_props,
+                                               const std::string& path);
   std::optional<std::string> compile_array(const SchemaJson& schema, const std::string& path);
+  // uniqueItems over items drawn from `values` (distinct): one state per set of values used.
+  std::optional<std::string> unique_items_array(const std::vector<SchemaJson>& values,
+                                                size_t min_items, std::optional<size_t> max_items,
+                                                const std::string& path);
   std::optional<std::string> compile_enum(const SchemaJson& schema, const std::string& path);
   std::string ref_rule(const std::string& ref, const std::string& path);
 
@@ -57,11 +67,11 @@ class JsonSchemaCompiler {
   SchemaJson normalise(const SchemaJson& schema, const std::string& path);
 
   std::string value_literal(const SchemaJson& value);  // a constant, whitespace-aware
-  std::string generic(const std::string& which);      // j-value, j-string, ... (emitted on use)
+  std::string generic(const std::string& which);       // j-value, j-string, ... (emitted on use)
   std::string new_rule(const std::string& hint, const std::string& body);
   std::string reserve_name(const std::string& hint);
   void define(const std::string& name, const std::string& body);
-  std::string ws() const;  // "" in compact mode, else the whitespace rule followed by a space
+  std::string ws() const;   // "" in compact mode, else the whitespace rule followed by a space
   std::string sep() const;  // the element separator: ws "," ws
   std::string kv(const std::string& key_expr, const std::string& value_expr) const;
 

@@ -22,6 +22,8 @@ bool is_trivial_schema(const SchemaJson& s) {
 
 // Objects with at most this many named properties accept them in any order (2^n states).
 constexpr size_t kMaxOrderFree = 6;
+// Larger objects track only their required properties, up to this many (2^n states).
+constexpr size_t kMaxTrackedRequired = 7;
 
 bool is_false_schema(const SchemaJson& s) { return s.is_boolean() && !s.get<bool>(); }
 
@@ -40,16 +42,19 @@ SchemaJson all_of(std::vector<SchemaJson> parts) {
 }  // namespace
 
 std::optional<std::string> JsonSchemaCompiler::order_free_object(
-    const std::vector<std::pair<std::string, bool>>& named, const std::optional<std::string>& extra,
+    const std::vector<OrderFreeMember>& named, const std::optional<std::string>& extra,
     size_t min_props, std::optional<size_t> max_props, const std::string& path) {
-  // States (mask, c): mask = named properties written so far (each at most once, any order),
-  // c = members so far, saturating at `cap`.
+  // States (mask, c): mask = tracked properties written so far (each at most once, any order),
+  // c = members so far, saturating at `cap`. Untracked properties may come any time.
   const size_t n = named.size();
-  const size_t masks = size_t{1} << n;
-  size_t required_mask = 0;
+  std::vector<size_t> bit(n, 0);
+  size_t tracked = 0, required_mask = 0;
   for (size_t j = 0; j < n; ++j) {
-    if (named[j].second) required_mask |= size_t{1} << j;
+    if (!named[j].tracked) continue;
+    bit[j] = size_t{1} << tracked++;
+    if (named[j].required) required_mask |= bit[j];
   }
+  const size_t masks = size_t{1} << tracked;
   const size_t cap = max_props ? *max_props : std::max<size_t>(min_props, 1);
   auto idx = [&](size_t mask, size_t c) { return mask * (cap + 1) + c; };
   auto next_count = [&](size_t c) -> std::optional<size_t> {
@@ -71,7 +76,7 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
         bool l = can_end(mask, c);
         if (auto nc = next_count(c)) {
           for (size_t j = 0; j < n && !l; ++j) {
-            if (!(mask >> j & 1)) l = live[idx(mask | size_t{1} << j, *nc)];
+            if (!(mask & bit[j])) l = live[idx(mask | bit[j], *nc)];
           }
           if (extra && live[idx(mask, *nc)]) l = true;
         }
@@ -100,9 +105,9 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
     const std::string lead = c == 0 ? "" : sep();
     if (auto nc = next_count(c)) {
       for (size_t j = 0; j < n; ++j) {
-        const size_t next = mask | size_t{1} << j;
-        if (!(mask >> j & 1) && live[idx(next, *nc)]) {
-          alts.push_back(lead + named[j].first + " " + state_ref(next, *nc));
+        const size_t next = mask | bit[j];
+        if (!(mask & bit[j]) && live[idx(next, *nc)]) {
+          alts.push_back(lead + named[j].member + " " + state_ref(next, *nc));
         }
       }
       if (extra && live[idx(mask, *nc)]) alts.push_back(lead + *extra + " " + state_ref(mask, *nc));
@@ -270,10 +275,19 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     if (extra->size() > 60) extra = new_rule(path + "-extra", *extra);
   }
 
-  if (!options_.strict_property_order && named.size() > 1 && named.size() <= kMaxOrderFree) {
-    std::vector<std::pair<std::string, bool>> members;
-    for (const auto& m : named) members.emplace_back(m.member, m.required);
-    return order_free_object(members, extra, min_props, max_props, path);
+  if (!options_.strict_property_order && named.size() > 1) {
+    size_t required_count = 0;
+    for (const auto& m : named) required_count += m.required ? 1 : 0;
+    // Small objects: every property at most once, any order. Larger ones without
+    // minProperties: required properties at most once, optional ones any number of times (a
+    // repeated key is valid JSON for the schema: its value is valid whichever one a parser
+    // keeps); else `properties` order.
+    const bool track_all = named.size() <= kMaxOrderFree;
+    if (track_all || (required_count <= kMaxTrackedRequired && min_props == 0)) {
+      std::vector<OrderFreeMember> members;
+      for (const auto& m : named) members.push_back({m.member, m.required, track_all || m.required});
+      return order_free_object(members, extra, min_props, max_props, path);
+    }
   }
   // States (i, c): named properties before i are settled, c = members so far (saturating at
   // `cap`). From (i, c) the next member is a named property j >= i (skipping optional ones) or

@@ -11,7 +11,8 @@ constexpr std::string_view kMonthDay =
 constexpr std::string_view kLeapYear =
     "(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)";
 constexpr std::string_view kTime =
-    "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?(?:[Zz]|[+\\-](?:[01][0-9]|2[0-3]):[0-5][0-9])";
+    "(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\\.[0-9]+)?(?:[Zz]|[+\\-](?:[01][0-9]|2[0-3]):[0-"
+    "5][0-9])";
 // RFC 3986 characters allowed in paths, queries and fragments (pct-encoded separately).
 constexpr std::string_view kUriChar = "(?:[A-Za-z0-9\\-._~!$&'()*+,;=:@/?]|%[0-9A-Fa-f]{2})";
 constexpr std::string_view kHostLabel = "[A-Za-z0-9](?:[A-Za-z0-9\\-]{0,61}[A-Za-z0-9])?";
@@ -23,9 +24,9 @@ std::string date() {
 std::string ipv6() {
   const std::string h = "[0-9a-fA-F]{1,4}";
   return "(?:(?:" + h + ":){7}" + h + "|(?:" + h + ":){1,7}:|(?:" + h + ":){1,6}:" + h +
-         "|(?:" + h + ":){1,5}(?::" + h + "){1,2}|(?:" + h + ":){1,4}(?::" + h + "){1,3}|(?:" +
-         h + ":){1,3}(?::" + h + "){1,4}|(?:" + h + ":){1,2}(?::" + h + "){1,5}|" + h +
-         ":(?::" + h + "){1,6}|:(?:(?::" + h + "){1,7}|:))";
+         "|(?:" + h + ":){1,5}(?::" + h + "){1,2}|(?:" + h + ":){1,4}(?::" + h + "){1,3}|(?:" + h +
+         ":){1,3}(?::" + h + "){1,4}|(?:" + h + ":){1,2}(?::" + h + "){1,5}|" + h + ":(?::" + h +
+         "){1,6}|:(?:(?::" + h + "){1,7}|:))";
 }
 
 std::string uri() {
@@ -43,8 +44,7 @@ std::optional<std::string> format_regex(std::string_view format) {
   if (format == "date") return "^" + date() + "$";
   if (format == "time") return "^" + std::string(kTime) + "$";
   if (format == "duration") {
-    const std::string time =
-        "T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)";
+    const std::string time = "T(?:[0-9]+H(?:[0-9]+M(?:[0-9]+S)?)?|[0-9]+M(?:[0-9]+S)?|[0-9]+S)";
     return "^P(?:(?:[0-9]+Y(?:[0-9]+M(?:[0-9]+D)?)?|[0-9]+M(?:[0-9]+D)?|[0-9]+D)(?:" + time +
            ")?|" + time + "|[0-9]+W)$";
   }
@@ -75,6 +75,12 @@ std::optional<std::string> format_regex(std::string_view format) {
     return "^(?:" + uri() + "|" + relative + ")$";
   }
   return std::nullopt;
+}
+
+bool is_unsupported_format(std::string_view format) {
+  return format == "regex" || format == "json-pointer" || format == "relative-json-pointer" ||
+         format == "uri-template" || format == "iri" || format == "iri-reference" ||
+         format == "idn-email" || format == "idn-hostname" || format == "color";
 }
 
 }  // namespace agentrt::grammars

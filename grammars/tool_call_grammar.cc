@@ -33,6 +33,7 @@ std::string invoke_rule(const ToolSignature& tool, size_t index, std::string& ru
   }
   JsonSchemaOptions options;
   options.allow_additional_by_default = false;
+  options.approximate = true;
   const nlohmann::ordered_json& params = tool.parameters;
   nlohmann::ordered_json properties = nlohmann::ordered_json::object();
   std::vector<std::string> required;

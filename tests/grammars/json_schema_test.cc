@@ -92,8 +92,9 @@ TEST(JsonSchemaStrings, Formats) {
                    {R"("/relative/path")", R"("http://a b")"});
   expect_instances(R"({"format":"uri-reference"})", {R"("/relative/path?x=1")", R"("http://x.y")", R"("#frag")"},
                    {R"("a b")", R"("x#a#b")"});
-  // Unknown formats are annotations.
+  // Unknown formats are annotations; formats validators assert but we cannot are errors.
   expect_instances(R"({"type":"string","format":"int32"})", {R"("anything")"}, {"1"});
+  EXPECT_EQ(compile_error(R"({"type":"string","format":"regex"})"), "/: format 'regex' is not supported");
 }
 
 TEST(JsonSchemaNumbers, IntegerRangesAreExact) {
@@ -128,6 +129,15 @@ TEST(JsonSchemaObjects, PropertiesRequiredAdditional) {
   expect_instances(R"({"type":"object"})", {R"({"anything":[1]})"}, {"[]"});
 }
 
+// Objects with more than six properties take them in any order when few are required
+// (MaskBench instances list properties in their own order).
+TEST(JsonSchemaObjects, LargeObjectsTakePropertiesInAnyOrder) {
+  const std::string schema = R"({"type":"object","properties":{"a":{},"b":{},"c":{},"d":{},"e":{},
+      "f":{},"g":{"type":"integer"},"h":{}},"required":["g","a"],"additionalProperties":false})";
+  expect_instances(schema, {R"({"a":1,"g":2})", R"({"h":1,"g":2,"b":3,"a":4})", R"({"g":1,"a":2,"f":3})"},
+                   {R"({"a":1})", R"({"a":1,"g":2,"g":3})", R"({"a":1,"g":"x"})", R"({"a":1,"g":2,"z":3})"});
+}
+
 TEST(JsonSchemaObjects, StrictOrderFollowsProperties) {
   JsonSchemaOptions strict;
   strict.strict_property_order = true;
@@ -155,6 +165,25 @@ TEST(JsonSchemaArrays, ItemsPrefixItemsCountsContains) {
   expect_instances(R"({"type":"array","contains":{"const":5}})", {"[5]", "[1,5,2]"}, {"[]", "[1,2]"});
 }
 
+// MaskBench JsonSchemaStore---behat.json and others accepted arrays with repeated items.
+TEST(JsonSchemaArrays, UniqueItemsExactOverFewValuesElseAnError) {
+  expect_instances(R"({"type":"array","items":{"enum":["a","b","c"]},"uniqueItems":true})",
+                   {"[]", R"(["a","c"])", R"(["c","b","a"])"},
+                   {R"(["a","a"])", R"(["a","b","a"])", R"(["d"])"});
+  expect_instances(R"({"items":{"type":"boolean"},"uniqueItems":true,"minItems":2})",
+                   {"[true,false]", "[false,true]"}, {"[true]", "[true,true]", "[true,false,true]"});
+  // Equal values are one value: 1 and 1.0.
+  expect_instances(R"({"items":{"enum":[1,1.0,2]},"uniqueItems":true})", {"[1,2]"}, {"[1,1]", "[2,1,2]"});
+  // At most one item: nothing to enforce.
+  expect_instances(R"({"items":{"type":"string"},"uniqueItems":true,"maxItems":1})", {R"(["x"])", "[]"},
+                   {R"(["x","y"])"});
+  const std::string strings = R"({"items":{"type":"string"},"uniqueItems":true})";
+  EXPECT_EQ(compile_error(strings).find("/: uniqueItems"), 0u) << compile_error(strings);
+  JsonSchemaOptions approximate;
+  approximate.approximate = true;
+  expect_instances(strings, {R"(["x","x"])"}, {"[1]"}, approximate);  // not enforced
+}
+
 TEST(JsonSchemaValues, EnumConst) {
   expect_instances(R"({"enum":["a",1,null,{"k":[true]}]})", {R"("a")", "1", "null", R"({"k":[true]})"}, {R"("b")", "2"});
   expect_instances(R"({"type":"string","enum":["a",1,"bb"],"maxLength":1})", {R"("a")"}, {"1", R"("bb")"});
@@ -166,6 +195,18 @@ TEST(JsonSchemaCombinators, AnyOfOneOfAllOfNot) {
   // Exclusivity is enforced where the branches are required-name sets.
   expect_instances(R"({"type":"object","oneOf":[{"required":["a"]},{"required":["b"]}]})", {R"({"a":1})", R"({"b":1})"},
                    {R"({"a":1,"b":2})", R"({})"});
+  // MaskBench Github_hard---o38403.json: nine required-name branches, one exactly.
+  expect_instances(R"({"type":"object","oneOf":[{"required":["a"]},{"required":["b"]},{"required":["c"]},
+      {"required":["d"]},{"required":["e"]},{"required":["f"]},{"required":["g"]}]})",
+                   {R"({"a":1})", R"({"g":1,"x":2})"}, {R"({"a":1,"g":2})", R"({"x":1})"});
+  // Overlapping branches whose negation is not expressible: an error unless approximating
+  // (then anyOf). MaskBench JsonSchemaStore---tye-schema.json accepted an instance matching two.
+  const std::string overlapping =
+      R"({"type":"string","oneOf":[{"pattern":"a"},{"pattern":"b"}]})";
+  EXPECT_EQ(compile_error(overlapping).find("/oneOf/0: oneOf branch may overlap"), 0u) << compile_error(overlapping);
+  JsonSchemaOptions approximate;
+  approximate.approximate = true;
+  expect_instances(overlapping, {R"("a")", R"("b")", R"("ab")"}, {R"("c")"}, approximate);
   expect_instances(R"({"allOf":[{"type":"integer","minimum":0},{"maximum":10}]})", {"0", "10"}, {"-1", "11", "1.5"});
   expect_instances(R"({"properties":{"a":{"type":"string"}},"allOf":[{"required":["a"]}]})", {R"({"a":"x"})"}, {R"({})"});
   expect_instances(R"({"not":{"type":"string"}})", {"1", "null", "[]"}, {R"("a")"});
