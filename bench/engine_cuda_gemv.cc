@@ -1,0 +1,135 @@
+// GPU weight products at DeepSeek-V4-Flash shapes, the memory-bound core of batch-1 decode: for
+// each stored dtype, microseconds per product, GB/s of weights (+ scales) read, and the fraction
+// of the card's copy bandwidth measured in the same run (cudaMemcpy device-to-device, bytes read +
+// written). Each row cycles over enough matrices to defeat the L2 cache.
+//
+//   bench_engine_cuda_gemv [--reps 20]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/matmul.h"
+
+#ifdef AGENTRT_HAVE_CUDA
+#include "engine/cuda/device_matrix.h"
+#endif
+
+namespace {
+
+#ifdef AGENTRT_HAVE_CUDA
+using agentrt::engine::ScaleType;
+using agentrt::engine::WeightMatrix;
+using agentrt::engine::WeightType;
+namespace cuda = agentrt::engine::cuda;
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Random bytes without NaN codes (e4m3 0x7f/0xff), good for every dtype's bandwidth.
+void fill(std::vector<uint8_t>& v, uint64_t seed, bool scales) {
+  uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& b : v) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    b = scales ? uint8_t(120 + s % 8) : uint8_t(s & 0x7e);
+  }
+}
+
+struct Row {
+  const char* what;
+  WeightType type;
+  int64_t rows, cols;
+};
+
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+#ifndef AGENTRT_HAVE_CUDA
+  (void)argc;
+  (void)argv;
+  std::fprintf(stderr, "bench_engine_cuda_gemv: built without CUDA\n");
+  return 2;
+#else
+  int reps = 20;
+  for (int i = 1; i + 1 < argc; i += 2)
+    if (std::string(argv[i]) == "--reps") reps = std::stoi(argv[i + 1]);
+  std::string why;
+  if (!cuda::device_available(&why)) {
+    std::fprintf(stderr, "bench_engine_cuda_gemv: %s\n", why.c_str());
+    return 2;
+  }
+  // Copy bandwidth: 1 GiB device to device.
+  const int64_t copy_bytes = int64_t(1) << 30;
+  float* a = cuda::device_floats(copy_bytes / 4);
+  float* b = cuda::device_floats(copy_bytes / 4);
+  double copy_best = 0;
+  for (int r = 0; r < 5; ++r) {
+    cuda::synchronize();
+    const double t0 = now();
+    cuda::copy_device_to_device(b, a, copy_bytes);
+    cuda::synchronize();
+    copy_best = std::max(copy_best, 2.0 * copy_bytes / (now() - t0) / 1e9);
+  }
+  cuda::free_device(a);
+  cuda::free_device(b);
+  std::printf("copy bandwidth (device to device, read + written): %.0f GB/s\n", copy_best);
+  std::printf("%-34s %6s %6s %10s %9s %8s\n", "matrix (V4-Flash shape)", "dtype", "tokens",
+              "us/product", "GB/s", "of copy");
+
+  const Row table[] = {
+      {"attn.wq_b 32768x1024", WeightType::f8_e4m3, 32768, 1024},
+      {"attn.wo_b 4096x8192", WeightType::f8_e4m3, 4096, 8192},
+      {"attn.wq_a 1024x4096", WeightType::f8_e4m3, 1024, 4096},
+      {"expert w1/w3 2048x4096", WeightType::f4_e2m1, 2048, 4096},
+      {"expert w2 4096x2048", WeightType::f4_e2m1, 4096, 2048},
+      {"expert w1 2048x4096 as fp8", WeightType::f8_e4m3, 2048, 4096},
+      {"expert w1 2048x4096 as bf16", WeightType::bf16, 2048, 4096},
+      {"lm_head 129280x4096", WeightType::bf16, 129280, 4096},
+  };
+  for (const Row& row : table) {
+    const WeightMatrix shape{row.type, row.rows, row.cols, nullptr, nullptr, ScaleType::e8m0, 0};
+    const int64_t bytes = shape.bytes();
+    // Enough copies to exceed the L2 (50-60 MB) several times over.
+    const int copies = int(std::clamp<int64_t>((int64_t(512) << 20) / bytes, 1, 64));
+    std::vector<uint8_t> data(bytes), scales;
+    if (row.type == WeightType::f8_e4m3)
+      scales.resize(((row.rows + 127) / 128) * ((row.cols + 127) / 128));
+    if (row.type == WeightType::f4_e2m1) scales.resize(row.rows * row.cols / 32);
+    fill(data, 1, false);
+    fill(scales, 2, true);
+    WeightMatrix host = shape;
+    host.data = data.data();
+    host.scale = scales.empty() ? nullptr : scales.data();
+    std::vector<std::unique_ptr<cuda::DeviceMatrix> > mats;
+    for (int c = 0; c < copies; ++c) mats.push_back(std::make_unique<cuda::DeviceMatrix>(host));
+    const int64_t read = bytes + int64_t(scales.size());
+    for (int64_t n : {1, 8}) {
+      float* x = cuda::device_floats(n * row.cols);
+      float* y = cuda::device_floats(n * row.rows);
+      cuda::zero_device(x, n * row.cols * 4);
+      for (auto& m : mats) cuda::gemv(m->view(), x, n, y);  // warm up
+      cuda::synchronize();
+      const double t0 = now();
+      for (int r = 0; r < reps; ++r)
+        for (auto& m : mats) cuda::gemv(m->view(), x, n, y);
+      cuda::synchronize();
+      const double per = (now() - t0) / (double(reps) * copies);
+      const double gbs = read / per / 1e9;
+      std::printf("%-34s %6s %6lld %10.1f %9.0f %7.0f%%\n", row.what,
+                  row.type == WeightType::f4_e2m1   ? "fp4"
+                  : row.type == WeightType::f8_e4m3 ? "fp8"
+                                                    : "bf16",
+                  (long long)n, per * 1e6, gbs, 100.0 * gbs / copy_best);
+      cuda::free_device(x);
+      cuda::free_device(y);
+    }
+  }
+  return 0;
+#endif
+}

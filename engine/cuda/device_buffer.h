@@ -1,0 +1,65 @@
+// Owned device memory (RAII over cudaMalloc/cudaFree), typed views of it, and growth that keeps
+// the first `keep` bytes (caches growing with the sequence).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <utility>
+
+#include "engine/cuda/cuda_check.h"
+
+namespace agentrt::engine::cuda {
+
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(int64_t bytes) { allocate(bytes); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  template <typename T = float>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  void* get() const { return ptr_; }
+  int64_t bytes() const { return bytes_; }
+
+  // Makes the buffer at least `bytes` long; the first `keep` bytes survive a reallocation.
+  void reserve(int64_t bytes, int64_t keep = 0, cudaStream_t stream = nullptr) {
+    if (bytes <= bytes_) return;
+    DeviceBuffer bigger(bytes);
+    if (keep > 0 && ptr_)
+      AGENTRT_CUDA_CHECK(
+          cudaMemcpyAsync(bigger.ptr_, ptr_, keep, cudaMemcpyDeviceToDevice, stream));
+    if (stream) AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
+    *this = std::move(bigger);
+  }
+
+ private:
+  void allocate(int64_t bytes) {
+    if (bytes <= 0) return;
+    AGENTRT_CUDA_CHECK(cudaMalloc(&ptr_, size_t(bytes)));
+    bytes_ = bytes;
+  }
+  void release() {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  void* ptr_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
+}  // namespace agentrt::engine::cuda

@@ -1,0 +1,60 @@
+// Weight matrices on the GPU and the decode-sized product with them (y = x W^T for a few tokens),
+// the memory-bound heart of batch-1 decoding. Weights keep their stored dtype on the device
+// (f32, bf16, f16, FP8 e4m3 with 128x128 block scales, MXFP4 with one ue8m0 scale per 32
+// columns) and are decoded inside the kernel: each warp streams one row with 16-byte loads.
+// The interface has no CUDA types, so plain C++ (tests, benchmarks) can use it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "engine/matmul.h"
+
+namespace agentrt::engine::cuda {
+
+// Whether a usable CUDA device is present; if not, `why` says what is missing.
+bool device_available(std::string* why = nullptr);
+
+// A WeightMatrix copied to device memory (data and scales), freed on destruction.
+class DeviceMatrix {
+ public:
+  explicit DeviceMatrix(const WeightMatrix& host);
+  ~DeviceMatrix();
+  DeviceMatrix(const DeviceMatrix&) = delete;
+  DeviceMatrix& operator=(const DeviceMatrix&) = delete;
+
+  // The device-side view (data and scale point to device memory).
+  const WeightMatrix& view() const { return view_; }
+  int64_t device_bytes() const { return data_bytes_ + scale_bytes_; }
+
+ private:
+  WeightMatrix view_;
+  void* data_ = nullptr;
+  void* scale_ = nullptr;
+  int64_t data_bytes_ = 0;
+  int64_t scale_bytes_ = 0;
+};
+
+// y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
+// memory; runs on `stream` (a cudaStream_t, nullptr for the default stream).
+void gemv(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
+          void* stream = nullptr);
+
+// The same with row strides (in floats) for x and y, e.g. a column slice of a wider activation.
+void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
+                  float* y, int64_t y_stride, void* stream = nullptr);
+
+// The plain version it is tested against: one thread per output, scalar decoding.
+void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
+                    void* stream = nullptr);
+
+// Small device-buffer helpers for tests and benchmarks.
+float* device_floats(int64_t count);
+void free_device(void* p);
+void copy_to_device(void* dst, const void* src, int64_t bytes);
+void copy_to_host(void* dst, const void* src, int64_t bytes);
+void copy_device_to_device(void* dst, const void* src, int64_t bytes);
+void zero_device(void* p, int64_t bytes);
+void synchronize();
+
+}  // namespace agentrt::engine::cuda

@@ -1,0 +1,46 @@
+// y = x W^T on the GPU for any number of rows: the decode GEMV (device_matrix.h, weights decoded
+// in the kernel) for a few rows, cuBLAS for many (the weight dequantised to bf16 — or float32 in
+// the exact mode the golden tests use — into a scratch buffer, activations likewise, float32
+// accumulation and output). Strides are in floats, so column slices of activations work.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/device_buffer.h"
+#include "engine/matmul.h"
+
+namespace agentrt::engine::cuda {
+
+enum class GemmPrecision {
+  bf16,  // tensor cores, bf16 inputs (the speed path; ~1e-3 relative on logits)
+  f32,   // float32 SGEMM, no TF32 (the exact path)
+};
+
+class LinearRunner {
+ public:
+  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows);
+  ~LinearRunner();
+  LinearRunner(const LinearRunner&) = delete;
+  LinearRunner& operator=(const LinearRunner&) = delete;
+
+  void run(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
+           int64_t y_stride, cudaStream_t stream);
+  void run(const WeightMatrix& w, const float* x, int64_t n, float* y, cudaStream_t stream) {
+    run(w, x, w.cols, n, y, w.rows, stream);
+  }
+
+ private:
+  GemmPrecision precision_;
+  int64_t gemv_max_rows_;
+  cublasHandle_t handle_ = nullptr;
+  DeviceBuffer weight_scratch_, act_scratch_;
+};
+
+// Dequantises a whole weight matrix into bf16 (to_bf16) or float32; used by the GEMM path and
+// its test.
+void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t stream);
+
+}  // namespace agentrt::engine::cuda
