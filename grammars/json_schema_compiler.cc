@@ -17,7 +17,8 @@ constexpr int kMaxDepth = 200;
 constexpr size_t kInlineLimit = 80;  // longer expressions get a rule of their own
 
 const std::vector<std::string>& all_types() {
-  static const std::vector<std::string> t = {"null", "boolean", "object", "array", "string", "number"};
+  static const std::vector<std::string> t = {"null",  "boolean", "object",
+                                             "array", "string",  "number"};
   return t;
 }
 
@@ -56,10 +57,13 @@ std::vector<std::string> types_of(const SchemaJson& schema, const std::string& p
   if (it == schema.end()) return all_types();
   std::vector<std::string> out;
   auto add = [&](const SchemaJson& t) {
-    if (!t.is_string()) throw GrammarError(display_path(path) + ": 'type' must be a string or array of strings");
+    if (!t.is_string())
+      throw GrammarError(display_path(path) + ": 'type' must be a string or array of strings");
     std::string name = t.get<std::string>();
-    static const std::set<std::string> known = {"null", "boolean", "object", "array", "string", "number", "integer"};
-    if (!known.count(name)) throw GrammarError(display_path(path) + ": unknown type '" + name + "'");
+    static const std::set<std::string> known = {"null",   "boolean", "object", "array",
+                                                "string", "number",  "integer"};
+    if (!known.count(name))
+      throw GrammarError(display_path(path) + ": unknown type '" + name + "'");
     out.push_back(name);
   };
   if (it->is_array()) {
@@ -95,7 +99,8 @@ std::set<std::string> type_names(const SchemaJson& s) {
 std::optional<std::vector<SchemaJson>> listed_values(const SchemaJson& s) {
   if (!s.is_object()) return std::nullopt;
   if (s.contains("const")) return std::vector<SchemaJson>{s["const"]};
-  if (s.contains("enum") && s["enum"].is_array()) return std::vector<SchemaJson>(s["enum"].begin(), s["enum"].end());
+  if (s.contains("enum") && s["enum"].is_array())
+    return std::vector<SchemaJson>(s["enum"].begin(), s["enum"].end());
   return std::nullopt;
 }
 
@@ -105,7 +110,8 @@ bool value_has_type(const SchemaJson& v, const std::set<std::string>& types) {
   if (v.is_object()) return types.count("object");
   if (v.is_array()) return types.count("array");
   if (v.is_string()) return types.count("string");
-  if (v.is_number_integer() || (v.is_number_float() && v.get<double>() == std::floor(v.get<double>()))) {
+  if (v.is_number_integer() ||
+      (v.is_number_float() && v.get<double>() == std::floor(v.get<double>()))) {
     return types.count("integer") || types.count("number");
   }
   return types.count("number");
@@ -128,6 +134,54 @@ bool required_in(const SchemaJson& s, const std::string& key) {
   return false;
 }
 
+// Drafts 3 to 7 ignore the keywords beside a $ref; validators follow the draft that $schema
+// names (MaskBench's instances were labelled so), 2019-09 on apply both.
+bool declares_draft_before_2019(const SchemaJson& root) {
+  if (!root.is_object() || !root.contains("$schema") || !root["$schema"].is_string()) return false;
+  const std::string uri = root["$schema"].get<std::string>();
+  for (const char* draft : {"draft-03", "draft-04", "draft-06", "draft-07"}) {
+    if (uri.find(draft) != std::string::npos) return true;
+  }
+  return false;
+}
+
+// True when `a` requires a property name that `b` forbids (additionalProperties false without
+// it in properties or patternProperties, or its property schema false), and the two share no
+// type but objects: then no instance satisfies both.
+bool requires_what_other_forbids(const SchemaJson& a, const SchemaJson& b,
+                                 const std::set<std::string>& common_types) {
+  if (common_types.size() != 1 || !common_types.count("object")) return false;
+  if (!a.contains("required") || !a["required"].is_array()) return false;
+  const SchemaJson no_props = SchemaJson::object();
+  const SchemaJson& props =
+      b.contains("properties") && b["properties"].is_object() ? b["properties"] : no_props;
+  const bool closed = b.contains("additionalProperties") && b["additionalProperties"] == false &&
+                      !b.contains("patternProperties");
+  for (const auto& r : a["required"]) {
+    if (!r.is_string()) continue;
+    const std::string key = r.get<std::string>();
+    if (props.contains(key) ? props[key] == false : closed) return true;
+  }
+  return false;
+}
+
+// A schema without a type whose keywords apply to objects only: every non-object satisfies it.
+bool constrains_only_objects(const SchemaJson& s) {
+  if (!s.is_object() || s.contains("type")) return false;
+  static const std::set<std::string> object_keywords = {
+      "properties",        "required",      "additionalProperties",
+      "patternProperties", "propertyNames", "minProperties",
+      "maxProperties",     "dependencies",  "dependentRequired"};
+  bool any = false;
+  for (const auto& [k, v] : s.items()) {
+    if (is_vocabulary_keyword(k) && !is_annotation_keyword(k)) {
+      if (!object_keywords.count(k)) return false;
+      any = true;
+    }
+  }
+  return any;
+}
+
 // True when no instance can satisfy both schemas (a cheap, incomplete check used for oneOf).
 bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
   if (!a.is_object() || !b.is_object()) return a == SchemaJson(false) || b == SchemaJson(false);
@@ -135,10 +189,22 @@ bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
   bool common = false;
   for (const auto& t : ta) common = common || tb.count(t);
   if (!common) return true;
+  std::set<std::string> common_types;
+  for (const auto& t : ta) {
+    if (tb.count(t)) common_types.insert(t);
+  }
+  if (requires_what_other_forbids(a, b, common_types) ||
+      requires_what_other_forbids(b, a, common_types)) {
+    return true;
+  }
   auto va = listed_values(a), vb = listed_values(b);
   if (va && vb && values_disjoint(*va, *vb)) return true;
-  if (va && std::none_of(va->begin(), va->end(), [&](const SchemaJson& v) { return value_has_type(v, tb); })) return true;
-  if (vb && std::none_of(vb->begin(), vb->end(), [&](const SchemaJson& v) { return value_has_type(v, ta); })) return true;
+  if (va && std::none_of(va->begin(), va->end(),
+                         [&](const SchemaJson& v) { return value_has_type(v, tb); }))
+    return true;
+  if (vb && std::none_of(vb->begin(), vb->end(),
+                         [&](const SchemaJson& v) { return value_has_type(v, ta); }))
+    return true;
   // Objects told apart by a required property with disjoint listed values (a discriminator).
   if (a.contains("properties") && b.contains("properties") && a["properties"].is_object() &&
       b["properties"].is_object() && !ta.count("null") && ta.size() == 1 && ta.count("object")) {
@@ -160,11 +226,14 @@ std::optional<std::pair<std::string, SchemaJson>> flipped_bound(const SchemaJson
   if (key == "maximum") return std::make_pair("number", SchemaJson{{"exclusiveMinimum", v}});
   if (key == "exclusiveMinimum") return std::make_pair("number", SchemaJson{{"maximum", v}});
   if (key == "exclusiveMaximum") return std::make_pair("number", SchemaJson{{"minimum", v}});
-  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0)) return std::nullopt;
+  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
+    return std::nullopt;
   const int64_t k = v.get<int64_t>();
   static const std::map<std::string, std::tuple<std::string, std::string, bool>> counts = {
-      {"minLength", {"string", "maxLength", false}}, {"maxLength", {"string", "minLength", true}},
-      {"minItems", {"array", "maxItems", false}},    {"maxItems", {"array", "minItems", true}},
+      {"minLength", {"string", "maxLength", false}},
+      {"maxLength", {"string", "minLength", true}},
+      {"minItems", {"array", "maxItems", false}},
+      {"maxItems", {"array", "minItems", true}},
       {"minProperties", {"object", "maxProperties", false}},
       {"maxProperties", {"object", "minProperties", true}}};
   auto it = counts.find(key);
@@ -184,10 +253,22 @@ std::optional<SchemaJson> negation_subset(const SchemaJson& b) {
   for (const auto& [k, v] : b.items()) {
     if (is_vocabulary_keyword(k) && !is_annotation_keyword(k)) keys.push_back(k);
   }
-  static const std::set<std::string> negatable = {"type", "enum", "const", "required", "minimum",
-      "maximum", "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "minItems",
-      "maxItems", "minProperties", "maxProperties"};
-  if (keys.size() == 1 && negatable.count(keys[0])) return SchemaJson{{"not", SchemaJson{{keys[0], b[keys[0]]}}}};
+  static const std::set<std::string> negatable = {"type",
+                                                  "enum",
+                                                  "const",
+                                                  "required",
+                                                  "minimum",
+                                                  "maximum",
+                                                  "exclusiveMinimum",
+                                                  "exclusiveMaximum",
+                                                  "minLength",
+                                                  "maxLength",
+                                                  "minItems",
+                                                  "maxItems",
+                                                  "minProperties",
+                                                  "maxProperties"};
+  if (keys.size() == 1 && negatable.count(keys[0]))
+    return SchemaJson{{"not", SchemaJson{{keys[0], b[keys[0]]}}}};
   // Objects lacking a name that b requires fail b.
   if (b.contains("required") && b["required"].is_array() && !b["required"].empty()) {
     return SchemaJson{{"type", "object"}, {"not", SchemaJson{{"required", b["required"]}}}};
@@ -202,7 +283,11 @@ std::optional<SchemaJson> negation_subset(const SchemaJson& b) {
 
 JsonSchemaCompiler::JsonSchemaCompiler(const SchemaJson& root, JsonSchemaOptions options,
                                        std::string rule_prefix)
-    : root_(root), options_(options), prefix_(std::move(rule_prefix)), refs_(root) {
+    : root_(root),
+      options_(options),
+      prefix_(std::move(rule_prefix)),
+      refs_(root),
+      ref_hides_siblings_(declares_draft_before_2019(root)) {
   names_.insert("root");
   if (options_.whitespace == JsonSchemaOptions::Whitespace::flexible) generic("ws");
 }
@@ -247,7 +332,8 @@ std::string JsonSchemaCompiler::ws() const {
 
 std::string JsonSchemaCompiler::sep() const { return ws() + "\",\" " + ws(); }
 
-std::string JsonSchemaCompiler::kv(const std::string& key_expr, const std::string& value_expr) const {
+std::string JsonSchemaCompiler::kv(const std::string& key_expr,
+                                   const std::string& value_expr) const {
   return key_expr + " " + ws() + "\":\" " + ws() + value_expr;
 }
 
@@ -266,7 +352,9 @@ std::string JsonSchemaCompiler::generic(const std::string& which) {
       const std::string v = generic("value");
       define(name, "\"[\" " + w + "(" + v + " (" + sep() + v + ")*)? " + w + "\"]\"");
     } else if (which == "string") {
-      define(name, "\"\\\"\" ([^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4}))* \"\\\"\"");
+      define(name,
+             "\"\\\"\" ([^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4}))* "
+             "\"\\\"\"");
     } else if (which == "number") {
       std::vector<std::pair<std::string, std::string>> none;
       define(name, *number_ebnf(NumberConstraints{}, prefix_, none));
@@ -305,7 +393,8 @@ std::string JsonSchemaCompiler::ref_rule(const std::string& ref, const std::stri
   ref_rules_[target.pointer] = name;
   auto body = compile(*target.schema, target.pointer);
   if (!body) {
-    throw GrammarError(display_path(path) + ": $ref '" + ref + "' points to a schema that no value satisfies");
+    throw GrammarError(display_path(path) + ": $ref '" + ref +
+                       "' points to a schema that no value satisfies");
   }
   define(name, *body);
   return name;
@@ -315,10 +404,11 @@ SchemaJson JsonSchemaCompiler::inline_refs(const SchemaJson& schema, const std::
   SchemaJson s = schema;
   for (int hops = 0; s.is_object() && s.contains("$ref"); ++hops) {
     if (hops > 32) throw GrammarError(display_path(path) + ": $ref chain too long or cyclic");
-    if (!s["$ref"].is_string()) throw GrammarError(display_path(path) + ": '$ref' must be a string");
+    if (!s["$ref"].is_string())
+      throw GrammarError(display_path(path) + ": '$ref' must be a string");
     SchemaJson target = *refs_.resolve(s["$ref"].get<std::string>(), path).schema;
     s.erase("$ref");
-    s = has_constraints(s, "") ? merge_schemas(target, s, path) : target;
+    s = has_constraints(s, "") && !ref_hides_siblings_ ? merge_schemas(target, s, path) : target;
   }
   return s;
 }
@@ -336,7 +426,8 @@ SchemaJson JsonSchemaCompiler::normalise(const SchemaJson& schema, const std::st
   // distributes them after consuming the combinator of s.
   for (int round = 0; s.is_object() && s.contains("allOf"); ++round) {
     if (round > 64) throw GrammarError(display_path(path) + ": allOf nesting too deep");
-    if (!s["allOf"].is_array()) throw GrammarError(display_path(path) + ": 'allOf' must be an array");
+    if (!s["allOf"].is_array())
+      throw GrammarError(display_path(path) + ": 'allOf' must be an array");
     SchemaJson members = s["allOf"];
     s.erase("allOf");
     SchemaJson deferred = SchemaJson::array();
@@ -368,7 +459,11 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
     if (!schema.get<bool>()) return std::nullopt;
     return generic("value");
   }
-  if (!schema.is_object()) throw GrammarError(display_path(path) + ": a schema must be an object or a boolean");
+  if (!schema.is_object())
+    throw GrammarError(display_path(path) + ": a schema must be an object or a boolean");
+  if (ref_hides_siblings_ && schema.contains("$ref") && schema.size() > 1) {
+    return compile(SchemaJson{{"$ref", schema["$ref"]}}, path);
+  }
   if (++depth_ > kMaxDepth) throw GrammarError(display_path(path) + ": schema nesting too deep");
   struct DepthGuard {
     int& d;
@@ -381,7 +476,8 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
   }
   if (schema.contains("$ref") && !has_constraints(schema, "$ref") &&
       !schema.contains("dependencies")) {
-    if (!schema["$ref"].is_string()) throw GrammarError(display_path(path) + ": '$ref' must be a string");
+    if (!schema["$ref"].is_string())
+      throw GrammarError(display_path(path) + ": '$ref' must be a string");
     return ref_rule(schema["$ref"].get<std::string>(), path);
   }
   SchemaJson s = normalise(schema, path);
@@ -413,13 +509,45 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
         // oneOf: this branch and none of the others that could overlap with it, when those
         // negations are supported.
         SchemaJson mine = inline_refs(branch, bpath);
+        try {
+          mine = normalise(mine, bpath);
+        } catch (const GrammarError&) {
+        }
         SchemaJson parts = SchemaJson::array({mine});
         bool negatable = true;
         for (size_t j = 0; j < s[key].size(); ++j) {
           if (j == i) continue;
-          SchemaJson other = inline_refs(s[key][j], path + "/" + key + "/" + std::to_string(j));
+          const std::string opath = path + "/" + key + "/" + std::to_string(j);
+          SchemaJson other = inline_refs(s[key][j], opath);
+          try {
+            // allOf members merged: their required names and types become visible.
+            other = normalise(other, opath);
+          } catch (const GrammarError&) {
+          }
+          // An other branch that only constrains objects accepts every non-object, which this
+          // branch must then exclude: the rest of the comparison is between objects.
+          if (constrains_only_objects(other) && type_names(mine).size() > 1) {
+            const SchemaJson objects = {{"type", "object"}};
+            try {
+              mine = merge_schemas(mine, objects, bpath);
+            } catch (const GrammarError&) {
+              negatable = false;
+              break;
+            }
+            parts.push_back(objects);
+          }
           if (provably_disjoint(mine, other)) continue;
           auto neg = negation_subset(other);
+          // "not the other's type" stands for "not the other" only when the type is all the
+          // other asks; else, if this branch has no other type, it would leave nothing valid.
+          if (neg && neg->size() == 1 && neg->contains("not") && (*neg)["not"].contains("type") &&
+              has_constraints(other, "type")) {
+            const auto mine_types = type_names(mine), other_types = type_names(other);
+            if (std::all_of(mine_types.begin(), mine_types.end(),
+                            [&](const std::string& t) { return other_types.count(t) > 0; })) {
+              neg.reset();
+            }
+          }
           if (!neg) {
             negatable = false;
             break;
@@ -474,10 +602,13 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       auto drop = types_of(n, path + "/not");
       std::vector<std::string> keep;
       for (const auto& t : types_of(s, path)) {
-        bool dropped = std::find(drop.begin(), drop.end(), t) != drop.end() ||
-                       (t == "integer" && std::find(drop.begin(), drop.end(), "number") != drop.end());
-        if (t == "number" && !dropped && std::find(drop.begin(), drop.end(), "integer") != drop.end()) {
-          throw GrammarError(display_path(path) + ": 'not' an integer among numbers is not supported");
+        bool dropped =
+            std::find(drop.begin(), drop.end(), t) != drop.end() ||
+            (t == "integer" && std::find(drop.begin(), drop.end(), "number") != drop.end());
+        if (t == "number" && !dropped &&
+            std::find(drop.begin(), drop.end(), "integer") != drop.end()) {
+          throw GrammarError(display_path(path) +
+                             ": 'not' an integer among numbers is not supported");
         }
         if (!dropped) keep.push_back(t);
       }
@@ -517,7 +648,9 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       }
       return compile(s, path);
     } else {
-      throw GrammarError(display_path(path) + "/not: unsupported form of 'not' (supported: type, enum, const, a single required name, anyOf of those)");
+      throw GrammarError(display_path(path) +
+                         "/not: unsupported form of 'not' (supported: type, enum, const, a single "
+                         "required name, anyOf of those)");
     }
   }
   if (s.contains("allOf")) return compile(s, path);
@@ -548,7 +681,9 @@ std::optional<std::string> JsonSchemaCompiler::compile_enum(const SchemaJson& s,
     try {
       ok = schema_accepts(rest, v);
     } catch (const std::invalid_argument& e) {
-      throw GrammarError(display_path(path) + ": cannot check enum/const values against the sibling keywords: " + e.what());
+      throw GrammarError(
+          display_path(path) +
+          ": cannot check enum/const values against the sibling keywords: " + e.what());
     }
     if (!ok) continue;
     std::string lit = value_literal(v);
@@ -556,13 +691,13 @@ std::optional<std::string> JsonSchemaCompiler::compile_enum(const SchemaJson& s,
   }
   if (alts.empty()) return std::nullopt;
   std::string expr = join_alternatives(alts);
-  if (expr.size() > kInlineLimit) return new_rule(path.empty() ? "root-enum" : path + "-enum", expr);
+  if (expr.size() > kInlineLimit)
+    return new_rule(path.empty() ? "root-enum" : path + "-enum", expr);
   return expr;
 }
 
-std::optional<std::string> JsonSchemaCompiler::compile_flat(const SchemaJson& s,
-                                                            const std::string& path,
-                                                            const std::vector<SchemaJson>& excluded) {
+std::optional<std::string> JsonSchemaCompiler::compile_flat(
+    const SchemaJson& s, const std::string& path, const std::vector<SchemaJson>& excluded) {
   std::vector<std::string> alts;
   for (const auto& t : types_of(s, path)) {
     auto e = compile_type(t, s, path, excluded);
@@ -572,12 +707,12 @@ std::optional<std::string> JsonSchemaCompiler::compile_flat(const SchemaJson& s,
   return join_alternatives(alts);
 }
 
-std::optional<std::string> JsonSchemaCompiler::compile_type(const std::string& type,
-                                                            const SchemaJson& s,
-                                                            const std::string& path,
-                                                            const std::vector<SchemaJson>& excluded) {
+std::optional<std::string> JsonSchemaCompiler::compile_type(
+    const std::string& type, const SchemaJson& s, const std::string& path,
+    const std::vector<SchemaJson>& excluded) {
   auto is_excluded = [&](const SchemaJson& v) {
-    return std::any_of(excluded.begin(), excluded.end(), [&](const SchemaJson& e) { return json_equal(e, v); });
+    return std::any_of(excluded.begin(), excluded.end(),
+                       [&](const SchemaJson& e) { return json_equal(e, v); });
   };
   if (type == "null") {
     return is_excluded(SchemaJson(nullptr)) ? std::nullopt : std::optional<std::string>("\"null\"");
@@ -593,7 +728,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_type(const std::string& t
   for (const auto& e : excluded) {
     if ((e.is_number() && (type == "number" || type == "integer")) ||
         (e.is_object() && type == "object") || (e.is_array() && type == "array")) {
-      throw GrammarError(display_path(path) + ": 'not' excluding " + type + " values is not supported");
+      throw GrammarError(display_path(path) + ": 'not' excluding " + type +
+                         " values is not supported");
     }
   }
   if (type == "number" || type == "integer") return compile_number(s, path, type == "integer");
@@ -602,7 +738,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_type(const std::string& t
 }
 
 std::optional<std::string> JsonSchemaCompiler::compile_number(const SchemaJson& s,
-                                                              const std::string& path, bool integer) {
+                                                              const std::string& path,
+                                                              bool integer) {
   NumberConstraints c;
   try {
     c = number_constraints(s, integer, display_path(path));
@@ -623,21 +760,22 @@ std::optional<std::string> JsonSchemaCompiler::compile_number(const SchemaJson& 
     names_.insert(name);
     define(name, body);
   }
-  if (e && e->size() > kInlineLimit) return new_rule(path.empty() ? "root-number" : path + "-number", *e);
+  if (e && e->size() > kInlineLimit)
+    return new_rule(path.empty() ? "root-number" : path + "-number", *e);
   return e;
 }
 
-std::optional<std::string> JsonSchemaCompiler::compile_string(const SchemaJson& s,
-                                                              const std::string& path,
-                                                              const std::vector<SchemaJson>& excluded,
-                                                              StringEncoding encoding) {
+std::optional<std::string> JsonSchemaCompiler::compile_string(
+    const SchemaJson& s, const std::string& path, const std::vector<SchemaJson>& excluded,
+    StringEncoding encoding) {
   auto fail = [&](const std::string& what) -> std::optional<std::string> {
     throw GrammarError(display_path(path) + ": " + what);
   };
   auto size_at = [&](const char* key) -> std::optional<int64_t> {
     auto it = s.find(key);
     if (it == s.end()) return std::nullopt;
-    if (!it->is_number() || it->get<double>() < 0) fail(std::string("'") + key + "' must be a non-negative integer");
+    if (!it->is_number() || it->get<double>() < 0)
+      fail(std::string("'") + key + "' must be a non-negative integer");
     return static_cast<int64_t>(it->get<double>());
   };
   const auto min_len = size_at("minLength");
@@ -667,7 +805,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_string(const SchemaJson& 
   const std::string end_quote = encoding == StringEncoding::json ? " \"\\\"\"" : "";
   auto wrap = [&](const std::string& content) { return quote + content + end_quote; };
   auto repeat = [](const std::string& unit, int64_t a, std::optional<int64_t> b) {
-    if (!b) return "(" + unit + ")" + (a == 0 ? "*" : a == 1 ? "+" : "{" + std::to_string(a) + ",}");
+    if (!b)
+      return "(" + unit + ")" + (a == 0 ? "*" : a == 1 ? "+" : "{" + std::to_string(a) + ",}");
     if (*b == 0) return std::string();
     if (a == *b) return "(" + unit + "){" + std::to_string(a) + "}";
     return "(" + unit + "){" + std::to_string(a) + "," + std::to_string(*b) + "}";
@@ -683,7 +822,10 @@ std::optional<std::string> JsonSchemaCompiler::compile_string(const SchemaJson& 
     if (pattern) {
       if (min_len || max_len) {
         auto cr = pattern_as_class_repeat(*pattern);
-        if (!cr) fail("'pattern' together with minLength/maxLength is only supported for a single repeated character class");
+        if (!cr)
+          fail(
+              "'pattern' together with minLength/maxLength is only supported for a single repeated "
+              "character class");
         int64_t a = std::max<int64_t>(lo, cr->min);
         std::optional<int64_t> b = hi;
         if (cr->max >= 0) b = b ? std::min<int64_t>(*b, cr->max) : cr->max;
@@ -707,7 +849,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_string(const SchemaJson& 
   }
   std::string expr = content.empty() ? (quote.empty() ? "" : "\"\\\"\\\"\"") : wrap(content);
   if (expr.empty()) return expr;
-  if (expr.size() > kInlineLimit) return new_rule(path.empty() ? "root-string" : path + "-string", expr);
+  if (expr.size() > kInlineLimit)
+    return new_rule(path.empty() ? "root-string" : path + "-string", expr);
   return expr;
 }
 
@@ -716,7 +859,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_raw_string(const SchemaJs
   SchemaJson s = schema;
   if (s.is_object() && s.contains("$ref") && !has_constraints(s, "$ref")) s = inline_refs(s, path);
   if (s.is_object()) s = normalise(s, path);
-  if (!s.is_object() || s.contains("anyOf") || s.contains("oneOf") || s.contains("not")) return std::nullopt;
+  if (!s.is_object() || s.contains("anyOf") || s.contains("oneOf") || s.contains("not"))
+    return std::nullopt;
   auto types = types_of(s, path);
   if (!s.contains("type") || types.size() != 1 || types[0] != "string") return std::nullopt;
   if (s.contains("enum") || s.contains("const")) {

@@ -79,6 +79,7 @@ class JsonSchemaCompiler {
   JsonSchemaOptions options_;
   std::string prefix_;
   SchemaRefResolver refs_;
+  const bool ref_hides_siblings_;  // the root declares a draft before 2019-09
   std::vector<std::pair<std::string, std::string>> rules_;
   std::set<std::string> names_;
   std::map<std::string, std::string> ref_rules_;  // JSON pointer → rule name

@@ -207,6 +207,15 @@ TEST(JsonSchemaCombinators, AnyOfOneOfAllOfNot) {
   JsonSchemaOptions approximate;
   approximate.approximate = true;
   expect_instances(overlapping, {R"("a")", R"("b")", R"("ab")"}, {R"("c")"}, approximate);
+  // MaskBench Github_medium---o53111.json: a branch requiring a name the other forbids.
+  expect_instances(R"({"oneOf":[{"type":"object","properties":{"g":{}},"required":["g"],"additionalProperties":false},
+      {"type":"object","properties":{"gs":{},"id":{}},"additionalProperties":false}]})",
+                   {R"({"g":1})", R"({"gs":1})", "{}"}, {R"({"g":1,"gs":2})", R"({"x":1})"});
+  // MaskBench Github_medium---o26217.json: untyped branches told apart by a discriminator
+  // among objects; non-objects satisfy both, so neither.
+  expect_instances(R"({"oneOf":[{"properties":{"t":{"enum":["a"]}},"required":["t"]},
+      {"properties":{"t":{"enum":["b"]}},"required":["t"]}]})",
+                   {R"({"t":"a"})", R"({"t":"b","x":1})"}, {R"({"t":"c"})", R"("s")", "1"});
   expect_instances(R"({"allOf":[{"type":"integer","minimum":0},{"maximum":10}]})", {"0", "10"}, {"-1", "11", "1.5"});
   expect_instances(R"({"properties":{"a":{"type":"string"}},"allOf":[{"required":["a"]}]})", {R"({"a":"x"})"}, {R"({})"});
   expect_instances(R"({"not":{"type":"string"}})", {"1", "null", "[]"}, {R"("a")"});
@@ -225,6 +234,15 @@ TEST(JsonSchemaRefs, DefsDefinitionsRecursionAndPointers) {
                    {R"({"x":1,"y":2})"}, {R"({"y":"s"})"});
   expect_instances(R"({"type":"array","items":{"$ref":"#"},"maxItems":2})", {"[]", "[[],[[]]]"}, {"[1]"});
   EXPECT_NE(compile_error(R"({"$ref":"http://example.com/x.json"})").find("/: $ref"), std::string::npos);
+}
+
+// Drafts before 2019-09 ignore the keywords beside $ref (MaskBench Github_medium---o14421.json:
+// {"type": "string", "$ref": ...} under draft-04 is the referenced object schema).
+TEST(JsonSchemaRefs, OlderDraftsIgnoreSiblingsOfRef) {
+  const std::string body = R"("definitions":{"o":{"type":"object"}},"properties":{"s":{"type":"string","$ref":"#/definitions/o"}}})";
+  expect_instances(R"({"$schema":"http://json-schema.org/draft-04/schema#",)" + body, {R"({"s":{}})"}, {R"({"s":"x"})"});
+  expect_instances(R"({"$schema":"https://json-schema.org/draft/2020-12/schema",)" + body, {"{}"},
+                   {R"({"s":{}})", R"({"s":"x"})"});
 }
 
 TEST(JsonSchemaErrors, UnsupportedKeywordsNameThePath) {
