@@ -199,6 +199,20 @@ NativeBackend::NativeBackend(const std::filesystem::path& model_dir,
   v.stop_tokens = {tokenizer_->eos_id()};
   set_bit(base_mask_, tokenizer_->eos_id());
   index_ = grammars::TokenizerIndex::build(std::move(v));
+  if (options.batching) batcher_ = std::make_unique<DecodeBatcher>(model_, *options.batching);
+}
+
+std::vector<float> NativeBackend::feed(engine::ModelSequence& sequence,
+                                       std::span<const int32_t> tokens) {
+  if (!batcher_) return sequence.forward(tokens);
+  const int64_t before = sequence.length();
+  try {
+    return batcher_->forward(sequence, tokens);
+  } catch (...) {
+    // A chunked prefill may have fed part of the tokens before the failure.
+    if (sequence.length() > before) sequence.truncate(before);
+    throw;
+  }
 }
 
 std::shared_ptr<NativeBackend::CachedSequence> NativeBackend::sequence_for(std::string_view key) {
@@ -298,6 +312,8 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
 
   auto cached = sequence_for(cache_key);
   std::lock_guard lock(cached->mutex);
+  std::optional<DecodeBatcher::Activity> activity;
+  if (batcher_) activity.emplace(*batcher_);
   // Reuse the longest common prefix of what the cache holds; always recompute the last token.
   size_t common = 0;
   while (common < cached->tokens.size() && common < prompt.size() &&
@@ -306,7 +322,7 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
   if (common == prompt.size()) --common;
   cached->sequence->truncate(static_cast<int64_t>(common));
   cached->tokens.resize(common);
-  std::vector<float> logits = cached->sequence->forward(std::span(prompt).subspan(common));
+  std::vector<float> logits = feed(*cached->sequence, std::span(prompt).subspan(common));
   cached->tokens.insert(cached->tokens.end(), prompt.begin() + common, prompt.end());
   result.usage.prompt_tokens = static_cast<int64_t>(prompt.size());
   result.usage.cached_prompt_tokens = static_cast<int64_t>(common);
@@ -359,7 +375,7 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
           "the grammar rejected a token its own mask allowed (id " + std::to_string(s.token) + ")";
       break;
     }
-    std::vector<int32_t> feed = {s.token};
+    std::vector<int32_t> fed = {s.token};
     // Jump-forward: bytes the grammar forces go through the model in one prefill. The sampled
     // token and the forced bytes are re-tokenised together (the token may merge with what
     // follows), rolling the matcher back over the sampled token to accept the canonical ids.
@@ -379,15 +395,15 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
         if (accepted.empty()) {
           matcher->accept_token(s.token);  // re-tokenising bought nothing: keep the sample
         } else {
-          feed = accepted;
+          fed = accepted;
           produced += static_cast<int>(accepted.size()) - 1;
         }
       }
       if (matcher->is_terminated()) stopped = true;
     }
-    for (int32_t id : feed) emit_token_text(id);
-    logits = cached->sequence->forward(feed);
-    cached->tokens.insert(cached->tokens.end(), feed.begin(), feed.end());
+    for (int32_t id : fed) emit_token_text(id);
+    logits = this->feed(*cached->sequence, fed);
+    cached->tokens.insert(cached->tokens.end(), fed.begin(), fed.end());
   }
   {
     const std::string rest = decoder.flush();

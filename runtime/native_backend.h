@@ -12,17 +12,22 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 
 #include "engine/model.h"
 #include "engine/tokenizer.h"
 #include "grammars/tokenizer_index.h"
 #include "runtime/backend.h"
+#include "runtime/decode_batcher.h"
 
 namespace agentrt {
 
 struct NativeBackendOptions {
   engine::LoadOptions load;
   std::filesystem::path tokenizer_dir;  // default: the model folder
+  // Set (a server): every model call of every generation goes through one DecodeBatcher, so
+  // concurrent generations share forward passes. Unset (CLI run/chat): direct calls.
+  std::optional<DecodeBatcherOptions> batching;
 };
 
 class NativeBackend : public Backend {
@@ -37,6 +42,8 @@ class NativeBackend : public Backend {
   const engine::Tokenizer& tokenizer() const { return *tokenizer_; }
   // The prompt token ids for a request (exposed for tests and the toolcall benchmark).
   std::vector<int32_t> prompt_tokens(const GenerationRequest& request) const;
+  // The batcher when batching is configured (its counters show batching happened), else null.
+  const DecodeBatcher* batcher() const { return batcher_.get(); }
 
  private:
   struct CachedSequence {
@@ -45,6 +52,9 @@ class NativeBackend : public Backend {
     std::mutex mutex;
   };
   std::shared_ptr<CachedSequence> sequence_for(std::string_view key);
+  // Feeds tokens through the batcher or directly; on failure the sequence is rewound to where it
+  // was, so the cached token list stays true.
+  std::vector<float> feed(engine::ModelSequence& sequence, std::span<const int32_t> tokens);
 
   std::shared_ptr<const engine::Tokenizer> tokenizer_;
   std::shared_ptr<const engine::Model> model_;
@@ -52,6 +62,7 @@ class NativeBackend : public Backend {
   std::vector<uint32_t> base_mask_;  // text tokens + EOS: special and padding ids masked out
   std::mutex sessions_mutex_;
   std::map<std::string, std::shared_ptr<CachedSequence>, std::less<>> sessions_;
+  std::unique_ptr<DecodeBatcher> batcher_;  // declared last: stopped before the model goes
 };
 
 // Converts BFCL / loose tool schemas to standard JSON Schema ("dict" -> object, "float" ->

@@ -4,6 +4,7 @@
 #include <boost/beast/http.hpp>
 #include <chrono>
 #include <random>
+#include <sstream>
 
 namespace agentrt::server {
 
@@ -38,13 +39,20 @@ nlohmann::json usage_json(const Usage& u) {
           {"prompt_tokens_details", {{"cached_tokens", u.cached_prompt_tokens}}}};
 }
 
-bool write_all(boost::asio::ip::tcp::socket& socket, const std::string& data) {
-  beast::error_code ec;
-  boost::asio::write(socket, boost::asio::buffer(data), ec);
-  return !ec;
-}
-
 }  // namespace
+
+std::string http_response(unsigned status, const std::string& body,
+                          const std::string& content_type) {
+  http::response<http::string_body> res{static_cast<http::status>(status), 11};
+  res.set(http::field::content_type, content_type);
+  res.set(http::field::server, "agentrt");
+  res.keep_alive(false);
+  res.body() = body;
+  res.prepare_payload();
+  std::ostringstream out;
+  out << res;
+  return out.str();
+}
 
 GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool& include_usage) {
   nlohmann::ordered_json j;
@@ -86,20 +94,16 @@ GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool
   return r;
 }
 
-void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::string& body,
-                           const CompletionContext& ctx) {
+void serve_chat_completion(const std::string& body, const CompletionContext& ctx,
+                           const ByteSink& write_all) {
   bool stream = false, include_usage = false;
   GenerationRequest request;
   const auto send_error = [&](http::status status, const std::string& message) {
     ++ctx.metrics.errors;
-    http::response<http::string_body> res{status, 11};
-    res.set(http::field::content_type, "application/json");
-    res.keep_alive(false);
-    res.body() =
-        nlohmann::json{{"error", {{"message", message}, {"type", "invalid_request_error"}}}}.dump();
-    res.prepare_payload();
-    beast::error_code ec;
-    http::write(socket, res, ec);
+    write_all(http_response(
+        static_cast<unsigned>(status),
+        nlohmann::json{{"error", {{"message", message}, {"type", "invalid_request_error"}}}}
+            .dump()));
   };
   try {
     request = parse_chat_request(body, stream, include_usage);
@@ -127,10 +131,10 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
   std::atomic<bool> cancel{false};
   GenerationCallback on_event;
   if (stream) {
-    write_all(socket,
-              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
-              "no-cache\r\nConnection: close\r\n\r\n");
-    write_all(socket, chunk({{"role", "assistant"}, {"content", ""}}));
+    write_all(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: "
+        "no-cache\r\nConnection: close\r\n\r\n");
+    write_all(chunk({{"role", "assistant"}, {"content", ""}}));
     on_event = [&](const chat::ParseEvent& e) {
       std::string out;
       switch (e.kind) {
@@ -155,7 +159,7 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
           break;
       }
       // A client that went away cancels its generation (and frees its cache).
-      if (!out.empty() && !write_all(socket, out)) cancel = true;
+      if (!out.empty() && !write_all(out)) cancel = true;
     };
   }
   const auto start = std::chrono::steady_clock::now();
@@ -164,8 +168,7 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
     g = ctx.backend.generate(request, on_event, &cancel, {});
   } catch (const std::exception& e) {
     if (stream)
-      write_all(socket,
-                "data: " + nlohmann::json{{"error", {{"message", e.what()}}}}.dump() + "\n\n");
+      write_all("data: " + nlohmann::json{{"error", {{"message", e.what()}}}}.dump() + "\n\n");
     else
       send_error(http::status::bad_request, e.what());
     return;
@@ -178,19 +181,19 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
                                       .count();
   ++ctx.metrics.latency_count;
   if (stream) {
-    write_all(socket, chunk(nlohmann::json::object(), finish_name(g)));
+    write_all(chunk(nlohmann::json::object(), finish_name(g)));
     if (include_usage) {
-      write_all(socket, "data: " +
-                            nlohmann::json{{"id", id},
-                                           {"object", "chat.completion.chunk"},
-                                           {"created", created},
-                                           {"model", ctx.model_name},
-                                           {"choices", nlohmann::json::array()},
-                                           {"usage", usage_json(g.usage)}}
-                                .dump() +
-                            "\n\n");
+      write_all("data: " +
+                nlohmann::json{{"id", id},
+                               {"object", "chat.completion.chunk"},
+                               {"created", created},
+                               {"model", ctx.model_name},
+                               {"choices", nlohmann::json::array()},
+                               {"usage", usage_json(g.usage)}}
+                    .dump() +
+                "\n\n");
     }
-    write_all(socket, "data: [DONE]\n\n");
+    write_all("data: [DONE]\n\n");
     return;
   }
   nlohmann::json message = {{"role", "assistant"}, {"content", g.message.content}};
@@ -205,10 +208,8 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
            {"function", {{"name", c.name}, {"arguments", c.arguments_json}}}});
     }
   }
-  http::response<http::string_body> res{http::status::ok, 11};
-  res.set(http::field::content_type, "application/json");
-  res.keep_alive(false);
-  res.body() =
+  write_all(http_response(
+      200,
       nlohmann::json{
           {"id", id},
           {"object", "chat.completion"},
@@ -216,10 +217,7 @@ void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::stri
           {"model", ctx.model_name},
           {"choices", {{{"index", 0}, {"message", message}, {"finish_reason", finish_name(g)}}}},
           {"usage", usage_json(g.usage)}}
-          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  res.prepare_payload();
-  beast::error_code ec;
-  http::write(socket, res, ec);
+          .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)));
 }
 
 }  // namespace agentrt::server

@@ -3,7 +3,7 @@
 // finish_reason, usage, [DONE]).
 #pragma once
 
-#include <boost/asio/ip/tcp.hpp>
+#include <functional>
 #include <string>
 
 #include "runtime/backend.h"
@@ -21,7 +21,16 @@ struct CompletionContext {
 // the field. Sets `stream` from the body.
 GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool& include_usage);
 
-void serve_chat_completion(boost::asio::ip::tcp::socket& socket, const std::string& body,
-                           const CompletionContext& ctx);
+// Writes the raw bytes of an HTTP response; false once the client is gone (the generation is
+// then cancelled, freeing its cache). May wait while the client reads slowly (backpressure).
+using ByteSink = std::function<bool(std::string)>;
+
+// Runs on a work thread (it blocks in the backend): the whole HTTP response goes to `write`.
+void serve_chat_completion(const std::string& body, const CompletionContext& ctx,
+                           const ByteSink& write);
+
+// A complete HTTP/1.1 response with Connection: close.
+std::string http_response(unsigned status, const std::string& body,
+                          const std::string& content_type = "application/json");
 
 }  // namespace agentrt::server

@@ -1,387 +1,377 @@
+// Boost 1.74 Asio uses std::exchange without including <utility>.
 #include "runtime/server/realtime_session.h"
 
+#include <array>
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/ssl.hpp>
 #include <boost/beast/websocket.hpp>
-#include <condition_variable>
-#include <deque>
+#include <boost/beast/websocket/ssl.hpp>
 #include <filesystem>
-#include <future>
 #include <random>
-#include <thread>
+#include <utility>
+
+#include "runtime/server/turn_runner.h"
 
 namespace agentrt::server {
 
+namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace websocket = beast::websocket;
-using tcp = boost::asio::ip::tcp;
-
-struct SessionState {
-  std::string id;
-  std::filesystem::path transcript;
-  std::mutex mutex;
-  AgentOptions options;
-  std::vector<std::string> builtin_names;
-  nlohmann::json client_tools = nlohmann::json::array();  // OpenAI-style function specs
-  std::vector<std::string> pending_user;
-  std::shared_ptr<Session> running;  // the turn in progress
-  std::thread turn;
-  // Client-side tool calls waiting for function_call_output, by call id.
-  std::map<std::string, std::shared_ptr<std::promise<std::string>>> waiting;
-  std::multimap<std::string, std::string>
-      call_ids;  // name + "\n" + args -> call id (from the stream)
-};
-
-std::shared_ptr<SessionState> SessionDirectory::find(const std::string& id) {
-  std::lock_guard lock(mutex_);
-  auto it = sessions_.find(id);
-  return it == sessions_.end() ? nullptr : it->second;
-}
-void SessionDirectory::add(const std::shared_ptr<SessionState>& s) {
-  std::lock_guard lock(mutex_);
-  sessions_[s->id] = s;
-}
-size_t SessionDirectory::size() {
-  std::lock_guard lock(mutex_);
-  return sessions_.size();
-}
-void SessionDirectory::cancel_all() {
-  std::lock_guard lock(mutex_);
-  for (auto& [id, s] : sessions_) {
-    std::lock_guard l(s->mutex);
-    if (s->running) s->running->cancel();
-    for (auto& [cid, p] : s->waiting) p->set_value("error: server shutting down");
-    s->waiting.clear();
-  }
-}
-
-nlohmann::json parse_client_event(const std::string& text) {
-  const auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded()) throw std::invalid_argument("invalid_json: the message is not JSON");
-  if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
-    throw std::invalid_argument("invalid_event: an event needs a string 'type'");
-  static const char* kKnown[] = {"session.update", "conversation.item.create", "response.create",
-                                 "response.cancel"};
-  const std::string type = j["type"];
-  for (const char* k : kKnown) {
-    if (type == k) return j;
-  }
-  throw std::invalid_argument("unknown_event: unknown event type '" + type + "'");
-}
 
 namespace {
 
-std::string new_id(const char* prefix) {
-  std::random_device rd;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = prefix;
-  for (int i = 0; i < 16; ++i) id += kHex[rd() % 16];
-  return id;
+nlohmann::json error_event(const std::string& code, const std::string& message,
+                           const std::string& event_id = "") {
+  return {{"type", "error"},
+          {"error", {{"code", code}, {"message", message}, {"event_id", event_id}}}};
 }
 
-class Writer {
+std::string dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+template <class Stream>
+class RealtimeConnection final : public Closable,
+                                 public std::enable_shared_from_this<RealtimeConnection<Stream>> {
  public:
-  explicit Writer(websocket::stream<tcp::socket>& ws) : ws_(ws) {}
-  bool send(const nlohmann::json& event) {
-    std::lock_guard lock(mutex_);
-    if (closed_) return false;
-    beast::error_code ec;
-    ws_.text(true);
-    ws_.write(
-        boost::asio::buffer(event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)),
-        ec);
-    if (ec) closed_ = true;
-    return !ec;
+  RealtimeConnection(Stream stream, ServerContext& ctx, std::string api_key)
+      : ws_(std::move(stream)),
+        ctx_(ctx),
+        api_key_(std::move(api_key)),
+        idle_timer_(ws_.get_executor()),
+        life_timer_(ws_.get_executor()),
+        close_timer_(ws_.get_executor()) {}
+
+  ~RealtimeConnection() override {
+    if (registered_) ctx_.connections.remove(registry_id_);
   }
-  void mark_closed() {
-    std::lock_guard lock(mutex_);
-    closed_ = true;
+
+  void start(beast::http::request<beast::http::string_body> req) {
+    auto self = this->shared_from_this();
+    std::weak_ptr<RealtimeConnection> weak = self;
+    const auto executor = ws_.get_executor();
+    outbox_ = std::make_shared<Outbox>(ctx_.outbox_limits(), [weak, executor] {
+      if (auto c = weak.lock()) asio::post(executor, [c] { c->write_next(); });
+    });
+    registry_id_ = ctx_.connections.add(weak);
+    registered_ = true;
+    target_ = std::string(req.target());
+    ws_.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+    // The message limit is enforced here, piece by piece (do_read), rather than by Beast's
+    // read_message_max: Beast fails the connection and closes the socket while the client may
+    // still be sending the oversized frame, which then sees a reset instead of close code 1009.
+    ws_.read_message_max(0);
+    ws_.async_accept(req, [self](beast::error_code ec) { self->on_accept(ec); });
+  }
+
+  void close_gracefully(const std::string& reason) override {
+    asio::post(ws_.get_executor(), [self = this->shared_from_this(), reason] {
+      self->outbox_->finish(static_cast<uint16_t>(websocket::close_code::going_away), reason);
+    });
   }
 
  private:
-  websocket::stream<tcp::socket>& ws_;
-  std::mutex mutex_;
-  bool closed_ = false;
-};
-
-void apply_session_update(SessionState& s, const nlohmann::json& session,
-                          const RealtimeContext& ctx) {
-  if (session.contains("instructions"))
-    s.options.system_prompt = session["instructions"].get<std::string>();
-  if (session.contains("tool_choice"))
-    s.options.tool_choice = ToolChoice::from_json(session["tool_choice"]);
-  if (session.contains("max_steps")) s.options.limits.max_steps = session["max_steps"].get<int>();
-  if (session.contains("max_tokens"))
-    s.options.max_tokens_per_step = session["max_tokens"].get<int>();
-  if (session.contains("tools")) {
-    s.builtin_names.clear();
-    s.client_tools = nlohmann::json::array();
-    for (const auto& t : session["tools"]) {
-      const std::string type = t.value("type", "function");
-      if (type == "builtin") {
-        const std::string name = t.at("name").get<std::string>();
-        if (!ctx.builtins->contains(name))
-          throw std::invalid_argument("invalid_tool: no server-side tool named '" + name + "'");
-        s.builtin_names.push_back(name);
-      } else if (type == "function") {
-        if (!t.contains("name"))
-          throw std::invalid_argument("invalid_tool: a client tool needs a name");
-        s.client_tools.push_back(t);
-      } else {
-        throw std::invalid_argument("invalid_tool: tool type must be 'builtin' or 'function'");
-      }
-    }
-  }
-}
-
-// Runs one response (the agent loop over the pending user input) on its own thread.
-void start_turn(const std::shared_ptr<SessionState>& s, Writer& writer, const RealtimeContext& ctx,
-                const std::string& event_id) {
-  std::string user;
-  {
-    std::lock_guard lock(s->mutex);
-    for (const auto& u : s->pending_user) user += (user.empty() ? "" : "\n\n") + u;
-    s->pending_user.clear();
-  }
-  auto registry = std::make_shared<tools::ToolRegistry>();
-  for (const auto& spec : ctx.builtins->specs()) {
-    if (std::find(s->builtin_names.begin(), s->builtin_names.end(), spec.name) ==
-        s->builtin_names.end())
-      continue;
-    auto builtins = ctx.builtins;
-    registry->add(spec, [builtins, name = spec.name](const nlohmann::json& args,
-                                                     const tools::ToolContext& c) {
-      return builtins->call(name, args, c);
-    });
-  }
-  std::weak_ptr<SessionState> weak = s;
-  for (const auto& t : s->client_tools) {
-    tools::ToolSpec spec = tools::ToolSpec::from_openai(nlohmann::ordered_json::parse(t.dump()));
-    const auto timeout = ctx.options.client_tool_timeout;
-    registry->add(spec, [weak, &writer, timeout, name = spec.name](const nlohmann::json& args,
-                                                                   const tools::ToolContext&) {
-      auto state = weak.lock();
-      if (!state) return tools::ToolResult::error("execution", "session closed");
-      auto promise = std::make_shared<std::promise<std::string>>();
-      std::string call_id;
-      {
-        std::lock_guard lock(state->mutex);
-        auto it = state->call_ids.find(name + "\n" + args.dump());
-        call_id = it != state->call_ids.end() ? it->second : new_id("call_");
-        if (it != state->call_ids.end()) state->call_ids.erase(it);
-        state->waiting[call_id] = promise;
-      }
-      writer.send({{"type", "response.function_call_arguments.done"},
-                   {"call_id", call_id},
-                   {"name", name},
-                   {"arguments", args.dump()},
-                   {"client_side", true}});
-      auto future = promise->get_future();
-      if (future.wait_for(timeout) != std::future_status::ready) {
-        std::lock_guard lock(state->mutex);
-        state->waiting.erase(call_id);
-        return tools::ToolResult::error("timeout",
-                                        "the client did not answer call " + call_id + " in time");
-      }
-      tools::ToolResult r;
-      r.content = future.get();
-      return r;
-    });
-  }
-  Agent agent(ctx.backend, registry, s->options);
-  std::shared_ptr<Session> session =
-      std::filesystem::exists(s->transcript)
-          ? std::shared_ptr<Session>(agent.resume_session(s->transcript))
-          : std::shared_ptr<Session>(agent.new_session(s->transcript));
-  {
-    std::lock_guard lock(s->mutex);
-    s->running = session;
-  }
-  const std::string response_id = new_id("resp_");
-  writer.send({{"type", "response.created"},
-               {"response", {{"id", response_id}, {"status", "in_progress"}}},
-               {"event_id", event_id}});
-  const TurnResult result = session->send(user, [&, s](const AgentEvent& e) {
-    switch (e.kind) {
-      case AgentEvent::Kind::text_delta:
-        writer.send({{"type", "response.output_text.delta"},
-                     {"response_id", response_id},
-                     {"delta", e.text}});
-        break;
-      case AgentEvent::Kind::reasoning_delta:
-        writer.send({{"type", "response.reasoning.delta"},
-                     {"response_id", response_id},
-                     {"delta", e.text}});
-        break;
-      case AgentEvent::Kind::tool_call_arguments_delta:
-        writer.send({{"type", "response.function_call_arguments.delta"},
-                     {"response_id", response_id},
-                     {"call_id", e.call_id},
-                     {"name", e.name},
-                     {"delta", e.text}});
-        break;
-      case AgentEvent::Kind::tool_call_end: {
-        std::lock_guard lock(s->mutex);
-        s->call_ids.emplace(e.name + "\n" + e.data.dump(), e.call_id);
-        ++ctx.metrics.tool_calls;
-        break;
-      }
-      case AgentEvent::Kind::tool_result:
-        if (ctx.builtins->contains(e.name)) {
-          writer.send({{"type", "response.tool_result"},
-                       {"response_id", response_id},
-                       {"call_id", e.call_id},
-                       {"name", e.name},
-                       {"output", e.text},
-                       {"ok", e.data.value("ok", false)}});
+  void on_accept(beast::error_code ec) {
+    if (ec) return;
+    const bool resume = target_.find("session_id=") != std::string::npos;
+    if (resume) {
+      const std::string id = target_.substr(target_.find("session_id=") + 11);
+      state_ = ctx_.sessions.find(id, ctx_.defaults, *ctx_.builtins);
+      if (state_) {
+        std::lock_guard lock(state_->mutex);
+        if (state_->attached) {
+          state_.reset();  // not ours to detach
+          refuse("session_in_use", "session " + id + " is open on another connection");
+          return;
         }
-        break;
-      case AgentEvent::Kind::step:
-        ctx.metrics.prompt_tokens += e.data.value("prompt_tokens", int64_t{0});
-        ctx.metrics.completion_tokens += e.data.value("completion_tokens", int64_t{0});
-        break;
-      default:
-        break;
+        state_->attached = true;
+      } else {
+        refuse("session_not_found", "no session " + id + " (expired?)");
+        return;
+      }
+    } else {
+      if (ctx_.stopping) {
+        refuse("server_shutting_down", "the server is shutting down",
+               websocket::close_code::going_away);
+        return;
+      }
+      if (ctx_.sessions.size() >= ctx_.options.max_sessions) {
+        ++ctx_.metrics.rejected_requests;
+        refuse("too_many_sessions", "the server's session limit is reached",
+               websocket::close_code::try_again_later);
+        return;
+      }
+      state_ = ctx_.sessions.create(ctx_.defaults);
+      ++ctx_.metrics.sessions_total;
     }
-  });
-  {
-    std::lock_guard lock(s->mutex);
-    s->running.reset();
+    ++ctx_.metrics.sessions_open;
+    counted_open_ = true;
+    ctx_.log("session " + state_->id + (resume ? " resumed" : " created"));
+    send({{"type", "session.created"}, {"session", {{"id", state_->id}, {"resumed", resume}}}});
+    arm_idle_timer();
+    if (ctx_.options.max_session_time.count() > 0) {
+      life_timer_.expires_after(ctx_.options.max_session_time);
+      life_timer_.async_wait([self = this->shared_from_this()](beast::error_code e) {
+        if (!e)
+          self->close_for_limit("session_time_limit",
+                                "session time limit of " +
+                                    std::to_string(ctx_ms(self->ctx_.options.max_session_time)) +
+                                    " ms reached",
+                                websocket::close_code::policy_error);
+      });
+    }
+    do_read();
   }
-  writer.send({{"type", "response.done"},
-               {"response",
-                {{"id", response_id},
-                 {"status", result.stop == StopReason::cancelled ? "cancelled" : "completed"},
-                 {"stop_reason", std::string(to_string(result.stop))},
-                 {"output_text", result.final_text},
-                 {"error", result.error},
-                 {"usage",
-                  {{"input_tokens", result.usage.prompt_tokens},
-                   {"output_tokens", result.usage.completion_tokens}}}}}});
-}
 
-}  // namespace
+  static long long ctx_ms(std::chrono::milliseconds d) { return d.count(); }
 
-void run_realtime_session(tcp::socket socket,
-                          const beast::http::request<beast::http::string_body>& req,
-                          beast::flat_buffer& buffer, RealtimeContext ctx) {
-  // Clients speak only after the handshake answer, so the HTTP read left no frame bytes behind.
-  (void)buffer;
-  websocket::stream<tcp::socket> ws(std::move(socket));
-  ws.read_message_max(ctx.options.max_message_bytes);
-  beast::error_code ec;
-  ws.accept(req, ec);
-  if (ec) return;
-  Writer writer(ws);
-  // Resume by id, or a new session.
-  std::shared_ptr<SessionState> state;
-  const std::string target(req.target());
-  if (const auto q = target.find("session_id="); q != std::string::npos) {
-    state = ctx.sessions.find(target.substr(q + 11));
-    if (!state) {
-      writer.send({{"type", "error"},
-                   {"error",
-                    {{"code", "session_not_found"},
-                     {"message", "no session " + target.substr(q + 11) + " (expired?)"}}}});
-      ws.close(websocket::close_code::policy_error, ec);
+  void refuse(const std::string& code, const std::string& message,
+              websocket::close_code close = websocket::close_code::policy_error) {
+    send(error_event(code, message));
+    outbox_->finish(static_cast<uint16_t>(close), message);
+  }
+
+  void send(const nlohmann::json& event) { outbox_->push(dump(event)); }
+
+  void arm_idle_timer() {
+    if (ctx_.options.idle_timeout.count() <= 0) return;
+    idle_timer_.expires_after(ctx_.options.idle_timeout);
+    idle_timer_.async_wait([self = this->shared_from_this()](beast::error_code e) {
+      if (e) return;  // re-armed or closed
+      bool busy;
+      {
+        std::lock_guard lock(self->state_->mutex);
+        busy = self->state_->turn_active;
+      }
+      if (busy) {
+        self->arm_idle_timer();  // a running turn is not idleness
+        return;
+      }
+      self->close_for_limit("idle_timeout",
+                            "idle timeout: no client event for " +
+                                std::to_string(ctx_ms(self->ctx_.options.idle_timeout)) + " ms",
+                            websocket::close_code::going_away);
+    });
+  }
+
+  void close_for_limit(const std::string& code, const std::string& message,
+                       websocket::close_code close) {
+    ++ctx_.metrics.timeout_closes;
+    ctx_.log("session " + state_->id + " closed: " + message);
+    {
+      std::lock_guard lock(state_->mutex);
+      state_->cancel_turn_locked(message);
+    }
+    outbox_->finish(static_cast<uint16_t>(close), message, dump(error_event(code, message)));
+  }
+
+  void do_read() {
+    ws_.async_read_some(
+        buffer_, 64 * 1024,
+        [self = this->shared_from_this()](beast::error_code ec, size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec) {
+      on_closed(ec);
       return;
     }
-  } else {
-    if (ctx.sessions.size() >= ctx.options.max_sessions) {
-      writer.send({{"type", "error"},
-                   {"error",
-                    {{"code", "too_many_sessions"},
-                     {"message", "the server's session limit is reached"}}}});
-      ws.close(websocket::close_code::try_again_later, ec);
+    if (buffer_.size() > ctx_.options.max_message_bytes) {
+      // async_close discards the rest of the frame while it waits for the client's close.
+      ++ctx_.metrics.errors;
+      ctx_.log("session " + (state_ ? state_->id : std::string("?")) + " closed: message over " +
+               std::to_string(ctx_.options.max_message_bytes) + " bytes");
+      buffer_.consume(buffer_.size());
+      outbox_->finish(
+          static_cast<uint16_t>(websocket::close_code::too_big),
+          "message larger than " + std::to_string(ctx_.options.max_message_bytes) + " bytes");
+      do_read();  // completes with `closed` once the close handshake is done
       return;
     }
-    state = std::make_shared<SessionState>();
-    state->id = new_id("sess_");
-    state->options = ctx.defaults;
-    state->transcript =
-        std::filesystem::temp_directory_path() / ("agentrt-sessions") / (state->id + ".jsonl");
-    ctx.sessions.add(state);
-    ++ctx.metrics.sessions_total;
+    if (!ws_.is_message_done()) {
+      do_read();
+      return;
+    }
+    const std::string text = beast::buffers_to_string(buffer_.data());
+    buffer_.consume(buffer_.size());
+    arm_idle_timer();
+    handle(text);
+    do_read();
   }
-  ++ctx.metrics.sessions_open;
-  writer.send(
-      {{"type", "session.created"},
-       {"session",
-        {{"id", state->id}, {"resumed", target.find("session_id=") != std::string::npos}}}});
-  for (;;) {
-    beast::flat_buffer message;
-    ws.read(message, ec);
-    if (ec) break;  // closed, dropped, or too big (Beast closes with 1009)
-    const std::string text = beast::buffers_to_string(message.data());
-    nlohmann::json event;
+
+  void handle(const std::string& text) {
     std::string event_id;
     try {
-      event = parse_client_event(text);
-      event_id = event.value("event_id", "");
-      const std::string type = event["type"];
-      if (type == "session.update") {
-        std::lock_guard lock(state->mutex);
-        apply_session_update(*state, event.value("session", nlohmann::json::object()), ctx);
-        writer.send({{"type", "session.updated"}, {"event_id", event_id}});
-      } else if (type == "conversation.item.create") {
-        const auto& item = event.at("item");
-        const std::string item_type = item.value("type", "message");
-        if (item_type == "function_call_output") {
-          std::lock_guard lock(state->mutex);
-          const std::string call_id = item.at("call_id").get<std::string>();
-          auto it = state->waiting.find(call_id);
-          if (it == state->waiting.end())
-            throw std::invalid_argument("unknown_call: no pending client-side call " + call_id);
-          it->second->set_value(item.value("output", ""));
-          state->waiting.erase(it);
-        } else {
-          std::string content;
-          if (item.contains("content") && item["content"].is_string())
-            content = item["content"];
-          else
-            for (const auto& part : item.value("content", nlohmann::json::array()))
-              content += part.value("text", "");
-          std::lock_guard lock(state->mutex);
-          state->pending_user.push_back(content);
+      const ClientEvent event = parse_client_event(text);
+      event_id = event.event_id;
+      switch (event.type) {
+        case ClientEventType::session_update: {
+          const auto raw =
+              event.body.contains("session") ? event.body["session"] : nlohmann::json::object();
+          const SessionUpdate update = parse_session_update(raw);
+          std::lock_guard lock(state_->mutex);
+          state_->apply_locked(update, raw, *ctx_.builtins);
+          SessionDirectory::checkpoint(*state_);
+          send({{"type", "session.updated"}, {"event_id", event_id}});
+          break;
         }
-      } else if (type == "response.create") {
-        std::lock_guard lock(state->mutex);
-        if (state->running || state->turn.joinable()) {
-          if (!state->running && state->turn.joinable())
-            state->turn.join();
-          else
-            throw std::invalid_argument("response_in_progress: a response is already running");
+        case ClientEventType::item_create: {
+          if (!event.body.contains("item"))
+            throw std::invalid_argument("invalid_event: conversation.item.create needs an item");
+          const ConversationItem item = parse_conversation_item(event.body["item"]);
+          std::lock_guard lock(state_->mutex);
+          if (item.kind == ConversationItem::Kind::function_call_output) {
+            auto it = state_->waiting.find(item.call_id);
+            if (it == state_->waiting.end())
+              throw std::invalid_argument("unknown_call: no pending client-side call " +
+                                          item.call_id);
+            it->second->set_value(item.text);
+            state_->waiting.erase(it);
+          } else {
+            state_->pending_user.push_back(item.text);
+          }
+          break;
         }
-        if (state->pending_user.empty())
-          throw std::invalid_argument("no_input: add a user message first");
-        state->turn = std::thread(
-            [state, &writer, ctx, event_id] { start_turn(state, writer, ctx, event_id); });
-      } else if (type == "response.cancel") {
-        std::lock_guard lock(state->mutex);
-        if (state->running) state->running->cancel();
-        for (auto& [cid, p] : state->waiting) p->set_value("error: cancelled");
-        state->waiting.clear();
+        case ClientEventType::response_create:
+          start_response(event_id);
+          break;
+        case ClientEventType::response_cancel: {
+          std::lock_guard lock(state_->mutex);
+          state_->cancel_turn_locked("cancelled");
+          break;
+        }
       }
     } catch (const std::exception& e) {
-      ++ctx.metrics.errors;
+      ++ctx_.metrics.errors;
       const std::string what = e.what();
       const auto colon = what.find(": ");
       const std::string code = colon != std::string::npos && what.find(' ') > colon
                                    ? what.substr(0, colon)
                                    : "invalid_event";
-      writer.send({{"type", "error"},
-                   {"error", {{"code", code}, {"message", what}, {"event_id", event_id}}}});
+      send(error_event(code, what, event_id));
     }
   }
-  writer.mark_closed();
-  // A client that disconnects cancels its generation; the state stays for a resume.
-  {
-    std::lock_guard lock(state->mutex);
-    if (state->running) state->running->cancel();
-    for (auto& [cid, p] : state->waiting) p->set_value("error: client disconnected");
-    state->waiting.clear();
+
+  void start_response(const std::string& event_id) {
+    if (ctx_.stopping)
+      throw std::invalid_argument("server_shutting_down: no new responses while shutting down");
+    {
+      std::lock_guard lock(state_->mutex);
+      if (state_->turn_active)
+        throw std::invalid_argument("response_in_progress: a response is already running");
+      if (state_->pending_user.empty())
+        throw std::invalid_argument("no_input: add a user message first");
+    }
+    auto permit = ctx_.key_limits.try_acquire(api_key_);
+    if (!permit) {
+      ++ctx_.metrics.rejected_requests;
+      throw std::invalid_argument("rate_limited: this API key already runs " +
+                                  std::to_string(ctx_.key_limits.limit()) +
+                                  " requests; retry when one finishes");
+    }
+    {
+      std::lock_guard lock(state_->mutex);
+      state_->turn_active = true;
+    }
+    ctx_.log("session " + state_->id + " response started");
+    auto outbox = outbox_;
+    auto state = state_;
+    ServerContext& ctx = ctx_;
+    ctx_.work.spawn([outbox, state, &ctx, event_id, permit] {
+      run_turn(state, *outbox, ctx, event_id);
+      ctx.log("session " + state->id + " response finished");
+    });
   }
-  if (state->turn.joinable()) state->turn.join();
-  --ctx.metrics.sessions_open;
+
+  void write_next() {
+    if (writing_ || closing_) return;
+    if (auto message = outbox_->take()) {
+      writing_ = true;
+      current_ = std::move(*message);
+      ws_.text(true);
+      ws_.async_write(asio::buffer(current_),
+                      [self = this->shared_from_this()](beast::error_code ec, size_t) {
+                        self->writing_ = false;
+                        self->outbox_->written(self->current_.size());
+                        if (ec) {
+                          self->outbox_->abort();
+                          return;  // the read side sees the failure too and cleans up
+                        }
+                        self->write_next();
+                      });
+      return;
+    }
+    if (outbox_->drained_and_finished()) start_close();
+  }
+
+  void start_close() {
+    closing_ = true;
+    if (outbox_->stalled()) {
+      ++ctx_.metrics.slow_client_closes;
+      if (state_) ctx_.log("session " + state_->id + " closed: " + outbox_->close_reason());
+    }
+    // A client that does not answer the close handshake loses the socket after a while.
+    close_timer_.expires_after(std::chrono::seconds(5));
+    close_timer_.async_wait([self = this->shared_from_this()](beast::error_code e) {
+      if (!e) beast::get_lowest_layer(self->ws_).close();
+    });
+    ws_.async_close(
+        websocket::close_reason(static_cast<websocket::close_code>(outbox_->close_code()),
+                                outbox_->close_reason()),
+        [self = this->shared_from_this()](beast::error_code) {});
+  }
+
+  void on_closed(beast::error_code) {
+    idle_timer_.cancel();
+    life_timer_.cancel();
+    close_timer_.cancel();
+    outbox_->abort();
+    if (!state_) return;
+    {
+      // A client that disconnects cancels its generation (the turn's Session then frees its
+      // cache); the state stays for a resume within the grace period.
+      std::lock_guard lock(state_->mutex);
+      state_->cancel_turn_locked("client disconnected");
+      state_->attached = false;
+      state_->detached_at = std::chrono::steady_clock::now();
+    }
+    if (counted_open_) --ctx_.metrics.sessions_open;
+    counted_open_ = false;
+    ctx_.log("session " + state_->id + " disconnected");
+  }
+
+  websocket::stream<Stream> ws_;
+  ServerContext& ctx_;
+  std::string api_key_;
+  std::string target_;
+  std::shared_ptr<Outbox> outbox_;
+  std::shared_ptr<SessionState> state_;
+  beast::flat_buffer buffer_;
+  std::string current_;
+  bool writing_ = false, closing_ = false, registered_ = false, counted_open_ = false;
+  uint64_t registry_id_ = 0;
+  asio::steady_timer idle_timer_, life_timer_, close_timer_;
+};
+
+}  // namespace
+
+template <class Stream>
+void start_realtime_session(Stream stream, beast::http::request<beast::http::string_body> req,
+                            ServerContext& ctx, std::string api_key) {
+  beast::get_lowest_layer(stream).expires_never();  // the WebSocket has its own timeouts
+  std::make_shared<RealtimeConnection<Stream>>(std::move(stream), ctx, std::move(api_key))
+      ->start(std::move(req));
 }
+
+template void start_realtime_session<PlainStream>(PlainStream,
+                                                  beast::http::request<beast::http::string_body>,
+                                                  ServerContext&, std::string);
+template void start_realtime_session<TlsStream>(TlsStream,
+                                                beast::http::request<beast::http::string_body>,
+                                                ServerContext&, std::string);
 
 }  // namespace agentrt::server

@@ -1,25 +1,15 @@
+// Boost 1.74 Asio uses std::exchange without including <utility>.
 #include "runtime/server/server.h"
 
-#include <sys/socket.h>
-
 #include <boost/asio.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
-#include <boost/beast/websocket.hpp>
-#include <chrono>
-#include <condition_variable>
-#include <cstdio>
-#include <future>
-#include <list>
-#include <map>
-#include <mutex>
-#include <random>
-#include <set>
+#include <boost/beast/ssl.hpp>
 #include <sstream>
 #include <thread>
+#include <utility>
 
-#include "runtime/server/chat_completions.h"
-#include "runtime/server/realtime_session.h"
+#include "runtime/server/http_connection.h"
 
 namespace agentrt::server {
 
@@ -41,6 +31,12 @@ std::string ServerMetrics::prometheus() const {
   line("agentrt_completion_tokens_total", "tokens generated", "counter", completion_tokens);
   line("agentrt_tool_calls_total", "tool calls executed or sent to clients", "counter", tool_calls);
   line("agentrt_errors_total", "requests or events that ended in an error", "counter", errors);
+  line("agentrt_rejected_requests_total", "refused by a limit (sessions, per-key requests)",
+       "counter", rejected_requests);
+  line("agentrt_slow_client_closes_total", "connections dropped for not reading", "counter",
+       slow_client_closes);
+  line("agentrt_timeout_closes_total", "sessions closed by the idle or total time limit", "counter",
+       timeout_closes);
   line("agentrt_generation_latency_ms_sum", "sum of generation latencies", "counter",
        latency_ms_total);
   line("agentrt_generation_latency_count", "generations measured", "counter", latency_count);
@@ -48,188 +44,124 @@ std::string ServerMetrics::prometheus() const {
 }
 
 struct Server::Impl {
-  std::shared_ptr<Backend> backend;
-  std::shared_ptr<tools::ToolRegistry> builtins;
-  AgentOptions defaults;
-  ServerOptions options;
-  ServerMetrics metrics;
+  // Declared first, destroyed last: connections (owned by handlers in `io`) refer to it.
+  ServerContext ctx;
   asio::io_context io;
+  std::optional<asio::ssl::context> tls;
   std::unique_ptr<tcp::acceptor> acceptor;
-  std::thread accept_thread;
-  std::atomic<bool> stopping{false};
-  std::mutex mutex;
-  std::list<std::thread> connections;
-  std::set<int> live_fds;
-  SessionDirectory sessions;
+  std::vector<std::thread> io_threads;
+  bool stopped = false;
 
-  void log(const std::string& line) {
-    if (options.log) std::fprintf(stderr, "agentrt serve: %s\n", line.c_str());
+  Impl(std::shared_ptr<Backend> backend, std::shared_ptr<tools::ToolRegistry> builtins,
+       AgentOptions defaults, ServerOptions options)
+      : ctx(std::move(backend), std::move(builtins), std::move(defaults), std::move(options)) {}
+
+  void accept() {
+    acceptor->async_accept(asio::make_strand(io), [this](beast::error_code ec, tcp::socket socket) {
+      if (ctx.stopping || !acceptor->is_open()) return;
+      if (!ec) on_accepted(std::move(socket));
+      accept();
+    });
   }
 
-  bool authorized(const http::request<http::string_body>& req) const {
-    if (options.api_keys.empty()) return true;
-    const auto it = req.find(http::field::authorization);
-    if (it == req.end()) return false;
-    const std::string value(it->value());
-    for (const auto& key : options.api_keys) {
-      if (value == "Bearer " + key) return true;
-    }
-    return false;
-  }
-
-  bool origin_allowed(const http::request<http::string_body>& req) const {
-    const auto it = req.find(http::field::origin);
-    if (it == req.end()) return true;  // not a browser
-    for (const auto& o : options.allowed_origins) {
-      if (o == it->value() || o == "*") return true;
-    }
-    return false;
-  }
-
-  static void respond(tcp::socket& socket, http::status status, const std::string& body,
-                      const std::string& type = "application/json") {
-    http::response<http::string_body> res{status, 11};
-    res.set(http::field::content_type, type);
-    res.set(http::field::server, "agentrt");
-    res.keep_alive(false);
-    res.body() = body;
-    res.prepare_payload();
-    beast::error_code ec;
-    http::write(socket, res, ec);
-  }
-
-  static std::string error_json(const std::string& message, const std::string& type) {
-    return nlohmann::json{{"error", {{"message", message}, {"type", type}}}}.dump();
-  }
-
-  void serve_connection(tcp::socket socket) {
-    beast::error_code ec;
-    beast::flat_buffer buffer;
-    http::request_parser<http::string_body> parser;
-    parser.body_limit(options.max_message_bytes);
-    http::read(socket, buffer, parser, ec);
-    if (ec) {
-      if (ec == http::error::body_limit)
-        respond(socket, http::status::payload_too_large,
-                error_json("request body too large", "invalid_request_error"));
+  void on_accepted(tcp::socket socket) {
+    if (!tls) {
+      start_http_connection(PlainStream(std::move(socket)), ctx);
       return;
     }
-    auto req = parser.release();
-    const std::string target(req.target());
-    ++metrics.http_requests;
-    log(std::string(req.method_string()) + " " + target);
-    if (!origin_allowed(req)) {
-      respond(socket, http::status::forbidden, error_json("origin not allowed", "forbidden"));
-      return;
-    }
-    const bool public_path = target == "/health";
-    if (!public_path && !authorized(req)) {
-      ++metrics.errors;
-      respond(socket, http::status::unauthorized,
-              error_json("missing or invalid API key", "authentication_error"));
-      return;
-    }
-    if (beast::websocket::is_upgrade(req)) {
-      if (target.rfind("/v1/sessions", 0) != 0) {
-        respond(socket, http::status::not_found,
-                error_json("WebSocket sessions live at /v1/sessions", "not_found"));
+    auto stream = std::make_shared<TlsStream>(PlainStream(std::move(socket)), *tls);
+    beast::get_lowest_layer(*stream).expires_after(ctx.options.request_timeout);
+    stream->async_handshake(asio::ssl::stream_base::server, [this, stream](beast::error_code ec) {
+      if (ec) {
+        ctx.log(std::string("TLS handshake failed: ") + ec.message());
         return;
       }
-      run_realtime_session(std::move(socket), req, buffer,
-                           {backend, builtins, defaults, options, metrics, sessions, stopping});
-      return;
-    }
-    if (req.method() == http::verb::get && target == "/health") {
-      respond(socket, http::status::ok, R"({"status":"ok"})");
-    } else if (req.method() == http::verb::get && target == "/v1/models") {
-      respond(socket, http::status::ok,
-              nlohmann::json{
-                  {"object", "list"},
-                  {"data",
-                   {{{"id", options.model_name}, {"object", "model"}, {"owned_by", "agentrt"}}}}}
-                  .dump());
-    } else if (req.method() == http::verb::get && target == "/metrics") {
-      respond(socket, http::status::ok, metrics.prometheus(), "text/plain; version=0.0.4");
-    } else if (req.method() == http::verb::post && target == "/v1/chat/completions") {
-      serve_chat_completion(socket, req.body(), {*backend, options.model_name, metrics});
-    } else {
-      respond(socket, http::status::not_found,
-              error_json("no route for " + std::string(req.method_string()) + " " + target,
-                         "not_found"));
-    }
-    socket.shutdown(tcp::socket::shutdown_send, ec);
+      start_http_connection(std::move(*stream), ctx);
+    });
   }
 };
 
 Server::Server(std::shared_ptr<Backend> backend, std::shared_ptr<tools::ToolRegistry> builtin_tools,
                AgentOptions defaults, ServerOptions options)
-    : impl_(std::make_unique<Impl>()) {
-  impl_->backend = std::move(backend);
-  impl_->builtins =
-      builtin_tools ? std::move(builtin_tools) : std::make_shared<tools::ToolRegistry>();
-  impl_->defaults = std::move(defaults);
-  impl_->options = std::move(options);
-}
+    : impl_(std::make_unique<Impl>(
+          std::move(backend),
+          builtin_tools ? std::move(builtin_tools) : std::make_shared<tools::ToolRegistry>(),
+          std::move(defaults), std::move(options))) {}
 
 Server::~Server() { stop(); }
 
-const ServerMetrics& Server::metrics() const { return impl_->metrics; }
+const ServerMetrics& Server::metrics() const { return impl_->ctx.metrics; }
 
 uint16_t Server::start() {
   Impl& s = *impl_;
-  tcp::endpoint endpoint(asio::ip::make_address(s.options.host), s.options.port);
-  s.acceptor = std::make_unique<tcp::acceptor>(s.io);
+  const ServerOptions& o = s.ctx.options;
+  if (o.tls_cert.empty() != o.tls_key.empty())
+    throw std::invalid_argument("TLS needs both a certificate (--tls-cert) and a key (--tls-key)");
+  if (!o.tls_cert.empty()) {
+    s.tls.emplace(asio::ssl::context::tls_server);
+    s.tls->set_options(asio::ssl::context::default_workarounds | asio::ssl::context::no_sslv2 |
+                       asio::ssl::context::no_sslv3 | asio::ssl::context::no_tlsv1 |
+                       asio::ssl::context::no_tlsv1_1);
+    try {
+      s.tls->use_certificate_chain_file(o.tls_cert);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("TLS certificate " + o.tls_cert + ": " + e.what());
+    }
+    try {
+      s.tls->use_private_key_file(o.tls_key, asio::ssl::context::pem);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("TLS key " + o.tls_key + ": " + e.what());
+    }
+  }
+  std::filesystem::create_directories(s.ctx.sessions.dir());
+  tcp::endpoint endpoint(asio::ip::make_address(o.host), o.port);
+  s.acceptor = std::make_unique<tcp::acceptor>(asio::make_strand(s.io));
   s.acceptor->open(endpoint.protocol());
   s.acceptor->set_option(asio::socket_base::reuse_address(true));
   s.acceptor->bind(endpoint);
-  s.acceptor->listen();
+  s.acceptor->listen(asio::socket_base::max_listen_connections);
   const uint16_t port = s.acceptor->local_endpoint().port();
-  s.log("listening on " + s.options.host + ":" + std::to_string(port));
-  s.acceptor->non_blocking(true);
-  s.accept_thread = std::thread([&s] {
-    while (!s.stopping) {
-      beast::error_code ec;
-      tcp::socket socket(s.io);
-      s.acceptor->accept(socket, ec);
-      if (ec) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-        continue;
-      }
-      socket.non_blocking(false);
-      std::lock_guard lock(s.mutex);
-      const int fd = socket.native_handle();
-      s.live_fds.insert(fd);
-      s.connections.emplace_back([&s, fd, sock = std::move(socket)]() mutable {
-        s.serve_connection(std::move(sock));
-        std::lock_guard l(s.mutex);
-        s.live_fds.erase(fd);
-      });
-    }
-  });
+  s.ctx.log("listening on " + std::string(s.tls ? "https://" : "http://") + o.host + ":" +
+            std::to_string(port) + " (" + std::to_string(std::max<size_t>(1, o.io_threads)) +
+            " io threads)");
+  s.accept();
+  for (size_t i = 0; i < std::max<size_t>(1, o.io_threads); ++i)
+    s.io_threads.emplace_back([&s] { s.io.run(); });
   return port;
 }
 
 void Server::stop() {
   Impl& s = *impl_;
-  if (!s.acceptor || s.stopping.exchange(true)) return;
-  s.log("shutting down: cancelling running sessions");
-  if (s.accept_thread.joinable()) s.accept_thread.join();
-  beast::error_code ec;
-  s.acceptor->close(ec);
-  s.sessions.cancel_all();
-  {
-    // Blocked reads of open connections return once their sockets are shut down.
-    std::lock_guard lock(s.mutex);
-    for (int fd : s.live_fds) ::shutdown(fd, SHUT_RDWR);
+  if (!s.acceptor || s.stopped) return;
+  s.stopped = true;
+  ServerContext& ctx = s.ctx;
+  ctx.stopping = true;
+  asio::post(s.acceptor->get_executor(), [&s] {
+    beast::error_code ec;
+    s.acceptor->close(ec);
+  });
+  // Running turns may finish within the grace period; then the rest is cancelled (at the next
+  // token or tool boundary) and every session checkpointed, so clients resume after a restart.
+  const auto grace_end = std::chrono::steady_clock::now() + ctx.options.shutdown_grace;
+  const size_t running = ctx.work.running();
+  ctx.log("shutting down: " + std::to_string(running) + " running turns get " +
+          std::to_string(ctx.options.shutdown_grace.count()) + " ms");
+  if (!ctx.work.wait_idle(grace_end)) {
+    ctx.log("grace period over: cancelling " + std::to_string(ctx.work.running()) + " turns");
+    ctx.sessions.cancel_all("server shutting down");
+    ctx.work.wait_idle(std::chrono::steady_clock::time_point::max());
   }
-  std::list<std::thread> threads;
-  {
-    std::lock_guard lock(s.mutex);
-    threads.swap(s.connections);
+  try {
+    ctx.sessions.checkpoint_all();
+  } catch (const std::exception& e) {
+    ctx.log(std::string("checkpoint failed: ") + e.what());
   }
-  for (auto& t : threads) {
-    if (t.joinable()) t.join();
-  }
+  ctx.connections.close_all("server shutting down; resume with /v1/sessions?session_id=ID");
+  ctx.connections.wait_empty(std::chrono::steady_clock::now() + std::chrono::seconds(3));
+  s.io.stop();
+  for (auto& t : s.io_threads) t.join();
+  s.io_threads.clear();
+  ctx.log("stopped");
 }
 
 }  // namespace agentrt::server
