@@ -1,6 +1,9 @@
 // `agentrt serve [--host 127.0.0.1] [--port 8080] [--model DIR | --remote URL] [--api-keys FILE]
-//  [--max-sessions N] [--workspace DIR] [--origin O]...`: OpenAI-compatible HTTP and WebSocket
-// sessions; a line per request/session event on stderr; SIGINT/SIGTERM stop it cleanly.
+//  [--max-sessions N] [--workspace DIR] [--origin O]... [--max-requests-per-key N]
+//  [--idle-timeout-ms MS] [--max-session-ms MS] [--shutdown-grace-ms MS] [--sessions-dir DIR]
+//  [--tls-cert FILE --tls-key FILE] [--io-threads N] [--max-batch N]`: OpenAI-compatible HTTP
+// and WebSocket sessions; a line per request/session event on stderr; SIGINT/SIGTERM let running
+// turns finish (within the grace period), checkpoint the sessions and exit 0.
 #include <signal.h>
 
 #include <cstdio>
@@ -10,6 +13,7 @@
 
 #include "cli/commands.h"
 #include "runtime/backend_factory.h"
+#include "runtime/native_backend.h"
 #include "runtime/server/server.h"
 #include "tools/registry.h"
 
@@ -19,6 +23,7 @@ int cmd_serve(const Args& args) {
   server::ServerOptions options;
   BackendConfig backend;
   AgentOptions defaults;
+  DecodeBatcherOptions batching;
   defaults.tool_context.workspace = std::filesystem::current_path() / "workspace";
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -48,6 +53,24 @@ int cmd_serve(const Args& args) {
       defaults.tool_context.workspace = std::filesystem::absolute(value());
     else if (a == "--origin")
       options.allowed_origins.push_back(value());
+    else if (a == "--max-requests-per-key")
+      options.max_requests_per_key = std::stoul(value());
+    else if (a == "--idle-timeout-ms")
+      options.idle_timeout = std::chrono::milliseconds(std::stoll(value()));
+    else if (a == "--max-session-ms")
+      options.max_session_time = std::chrono::milliseconds(std::stoll(value()));
+    else if (a == "--shutdown-grace-ms")
+      options.shutdown_grace = std::chrono::milliseconds(std::stoll(value()));
+    else if (a == "--sessions-dir")
+      options.sessions_dir = std::filesystem::absolute(value());
+    else if (a == "--tls-cert")
+      options.tls_cert = value();
+    else if (a == "--tls-key")
+      options.tls_key = value();
+    else if (a == "--io-threads")
+      options.io_threads = std::stoul(value());
+    else if (a == "--max-batch")
+      batching.max_batch = std::stoul(value());
     else
       throw std::invalid_argument("serve: unknown argument '" + a + "'");
   }
@@ -74,7 +97,18 @@ int cmd_serve(const Args& args) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  server::Server server(make_backend(backend), builtins, defaults, options);
+  // The native engine batches the decode steps of all sessions (continuous batching).
+  std::shared_ptr<Backend> model_backend;
+  if (backend.kind == "native") {
+    NativeBackendOptions native;
+    native.batching = batching;
+    native.load.threads = backend.threads;
+    if (backend.device == "cuda") native.load.device = engine::Device::cuda;
+    model_backend = std::make_shared<NativeBackend>(backend.model_path, native);
+  } else {
+    model_backend = make_backend(backend);
+  }
+  server::Server server(model_backend, builtins, defaults, options);
   const uint16_t port = server.start();
   std::fprintf(stderr, "agentrt serve: ready on http://%s:%u (ws://%s:%u/v1/sessions)\n",
                options.host.c_str(), port, options.host.c_str(), port);

@@ -162,9 +162,12 @@ class HttpConnection final : public Closable,
     // The work holds the connection: nothing else is pending on it while the model runs.
     ctx_.work.spawn(
         [self = this->shared_from_this(), outbox, &ctx, body = std::move(body), permit] {
-          serve_chat_completion(
-              body, {*ctx.backend, ctx.options.model_name, ctx.metrics},
-              [&](std::string bytes) { return outbox->push_blocking(std::move(bytes)); });
+          serve_chat_completion(body, {*ctx.backend, ctx.options.model_name, ctx.metrics},
+                                [&](std::string bytes) {
+                                  if (outbox->push_blocking(std::move(bytes))) return true;
+                                  if (outbox->stalled()) ++ctx.metrics.slow_client_closes;
+                                  return false;
+                                });
           outbox->finish(1000, "");
         });
   }
@@ -188,7 +191,6 @@ class HttpConnection final : public Closable,
     }
     if (outbox_->drained_and_finished()) {
       closing_ = true;
-      if (outbox_->stalled()) ++ctx_.metrics.slow_client_closes;
       shutdown_stream(stream_, [self = this->shared_from_this()] {});
     }
   }

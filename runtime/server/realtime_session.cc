@@ -310,10 +310,8 @@ class RealtimeConnection final : public Closable,
 
   void start_close() {
     closing_ = true;
-    if (outbox_->stalled()) {
-      ++ctx_.metrics.slow_client_closes;
-      if (state_) ctx_.log("session " + state_->id + " closed: " + outbox_->close_reason());
-    }
+    if (outbox_->stalled() && state_)
+      ctx_.log("session " + state_->id + " closed: " + outbox_->close_reason());
     // A client that does not answer the close handshake loses the socket after a while.
     close_timer_.expires_after(std::chrono::seconds(5));
     close_timer_.async_wait([self = this->shared_from_this()](beast::error_code e) {

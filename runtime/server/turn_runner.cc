@@ -19,12 +19,14 @@ std::string new_id(const char* prefix) {
 // gone or too slow (the generation stops at its next token and frees its cache).
 class EventSender {
  public:
-  EventSender(Outbox& outbox, SessionState& state) : outbox_(outbox), state_(state) {}
+  EventSender(Outbox& outbox, SessionState& state, ServerMetrics& metrics)
+      : outbox_(outbox), state_(state), metrics_(metrics) {}
   void operator()(const nlohmann::json& event) {
     if (gone_) return;
     if (!outbox_.push_blocking(
             event.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace))) {
       gone_ = true;
+      if (outbox_.stalled()) ++metrics_.slow_client_closes;
       std::lock_guard lock(state_.mutex);
       state_.cancel_turn_locked("client gone");
     }
@@ -33,6 +35,7 @@ class EventSender {
  private:
   Outbox& outbox_;
   SessionState& state_;
+  ServerMetrics& metrics_;
   bool gone_ = false;
 };
 
@@ -99,7 +102,7 @@ void run_turn(const std::shared_ptr<SessionState>& s, Outbox& outbox, ServerCont
       s.turn_active = false;
     }
   } turn_end{*s};
-  EventSender send(outbox, *s);
+  EventSender send(outbox, *s, ctx.metrics);
   std::string user;
   std::shared_ptr<tools::ToolRegistry> registry;
   AgentOptions options;
