@@ -1,21 +1,28 @@
 #!/usr/bin/env bash
-# What runs on the GPU machine (device tool) for the CUDA backend, in one call. The machine lacks
-# this project's -dev packages, so the binaries are built here (nvcc, sm_90a) and carried:
-#   cmake --build build --target engine_tests bench_engine_cuda_gemv
-#   mkdir -p .device-carry-cuda && cp build/tests/engine/engine_tests \
-#     build/bench/bench_engine_cuda_gemv .device-carry-cuda/
-# then, through the device tool: bash scripts/device_cuda.sh  (carry: .device-carry-cuda)
-# It runs the GPU tests (plain and under compute-sanitizer) and the weight-product benchmark,
-# writing logs to $OUT.
+# Everything the CUDA backend runs on the GPU machine, in one call (docs/cuda.md):
+#   scripts/device_cuda.sh [tests|bench|all]
+# Binaries are built on the dev box (the device lacks our -dev libraries) and carried in
+# .device-carry-cuda/ (engine_tests, bench_engine_cuda); the working tree brings the fixtures.
+#   tests: the GPU tests (golden fixtures on the GPU, GPU vs CPU, per-kernel) -> $OUT/tests.log
+#   bench: a V4-Flash-shaped random checkpoint written on the device (torch), our engine's
+#          benchmark, then transformers' DeepseekV4ForCausalLM on the same weights -> $OUT/bench.log
 set -uo pipefail
 OUT=${OUT:?set OUT}
-BIN=${BIN:-.device-carry-cuda}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-"$BIN/engine_tests" --gtest_filter='Cuda*' 2>&1 | tee "$OUT/cuda_tests.log"
-tests_rc=${PIPESTATUS[0]}
-if command -v compute-sanitizer >/dev/null; then
-  compute-sanitizer --tool memcheck "$BIN/engine_tests" --gtest_filter='CudaGemv.RowSlices*:CudaGemv.Unaligned*' \
-    2>&1 | tail -20 | tee "$OUT/sanitizer.log"
+MODE=${1:-all}
+CARRY=.device-carry-cuda
+# The test binary was compiled with AGENTRT_SOURCE_DIR=/work/main (fixture paths).
+if [[ ! -e /work/main ]]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
+CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
+status=0
+if [[ $MODE == tests || $MODE == all ]]; then
+  "$CARRY/engine_tests" --gtest_filter='*Cuda*:Golden*' 2>&1 | tee "$OUT/tests.log" || status=1
 fi
-"$BIN/bench_engine_cuda_gemv" --reps 20 2>&1 | tee "$OUT/bench_gemv.txt"
-exit "$tests_rc"
+if [[ $MODE == bench || $MODE == all ]]; then
+  CKPT=/tmp/v4flash
+  PYTHONUNBUFFERED=1 python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" 2>&1 | tee "$OUT/bench.log"
+  "$CARRY/bench_engine_cuda" "$CKPT" 2>&1 | tee -a "$OUT/bench.log" || status=1
+  PYTHONUNBUFFERED=1 python3 scripts/bench_transformers_v4.py "$CKPT" 2>&1 | tee -a "$OUT/bench.log" || status=1
+fi
+exit $status

@@ -1,20 +1,130 @@
-// The CUDA Model entry point. The GPU kernels landed so far are the weight products
-// (device_matrix.h); the forward pass itself is not ported yet, so loading on Device::cuda says
-// so plainly instead of silently running on the CPU.
+#include "engine/cuda/cuda_model.h"
+
+#include <mutex>
 #include <stdexcept>
+#include <string>
+#include <unordered_set>
 
 #include "engine/cuda/device_matrix.h"
-#include "engine/model.h"
 
 namespace agentrt::engine {
+namespace {
 
-std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir, const LoadOptions&) {
+class CudaModel;
+
+class CudaSequence final : public ModelSequence {
+ public:
+  CudaSequence(const CudaModel& model, const ForwardConfig& config)
+      : model_(model), cache_(config) {}
+
+  std::vector<float> forward(std::span<const int32_t> tokens, bool all_positions) override;
+  int64_t length() const override { return cache_.length; }
+  void truncate(int64_t new_length) override {
+    if (new_length < 0 || new_length > cache_.length)
+      throw std::out_of_range("ModelSequence::truncate: length " + std::to_string(new_length) +
+                              " outside [0, " + std::to_string(cache_.length) + "]");
+    cache_.length = new_length;  // later rows overwrite; entries derive from raw rows only
+  }
+
+  const CudaModel& model() const { return model_; }
+  cuda::DeviceSequenceCache& cache() { return cache_; }
+
+ private:
+  const CudaModel& model_;
+  cuda::DeviceSequenceCache cache_;
+};
+
+class CudaModel final : public Model {
+ public:
+  CudaModel(ForwardConfig config, const ForwardWeights& weights, const cuda::CudaOptions& options)
+      : pass_(std::move(config), weights, options) {}
+
+  const ForwardConfig& config() const override { return pass_.config(); }
+  int32_t vocab_size() const override { return int32_t(pass_.config().vocab_size); }
+  std::unique_ptr<ModelSequence> new_sequence() const override {
+    return std::make_unique<CudaSequence>(*this, pass_.config());
+  }
+
+  std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
+                                               std::span<const int32_t> tokens) const override {
+    if (seqs.size() != tokens.size())
+      throw std::invalid_argument("decode_batch: " + std::to_string(seqs.size()) +
+                                  " sequences but " + std::to_string(tokens.size()) + " tokens");
+    std::vector<cuda::DeviceRow> rows;
+    std::unordered_set<const ModelSequence*> seen;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      auto* s = dynamic_cast<CudaSequence*>(seqs[i]);
+      if (!s || &s->model() != this)
+        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
+                                    " was not made by this model");
+      if (!seen.insert(s).second)
+        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
+                                    " appears twice");
+      rows.push_back({&s->cache(), s->cache().length, tokens[i], true});
+    }
+    const int64_t V = vocab_size();
+    std::vector<float> flat(rows.size() * V);
+    run(rows, flat.data());
+    std::vector<std::vector<float>> out;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      rows[i].cache->length += 1;
+      out.emplace_back(flat.begin() + i * V, flat.begin() + (i + 1) * V);
+    }
+    return out;
+  }
+
+  // One forward at a time: the workspace and the stream are shared.
+  void run(std::span<const cuda::DeviceRow> rows, float* logits) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pass_.run(rows, logits);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  mutable cuda::DeviceForward pass_;
+};
+
+std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {
+  if (tokens.empty()) return {};
+  // Slices bound the activations; the caches make the result the same as one pass.
+  constexpr int64_t kMaxRows = 512;
+  const int64_t n = int64_t(tokens.size()), V = model_.vocab_size();
+  std::vector<float> logits((all_positions ? n : 1) * V);
+  const int64_t start = cache_.length;
+  try {
+    for (int64_t begin = 0; begin < n; begin += kMaxRows) {
+      const int64_t end = std::min(n, begin + kMaxRows);
+      std::vector<cuda::DeviceRow> rows;
+      for (int64_t i = begin; i < end; ++i)
+        rows.push_back(
+            {&cache_, cache_.length + (i - begin), tokens[i], all_positions || i == n - 1});
+      model_.run(rows, all_positions ? logits.data() + begin * V : logits.data());
+      cache_.length += end - begin;
+    }
+  } catch (...) {
+    cache_.length = start;  // all or nothing
+    throw;
+  }
+  return logits;
+}
+
+}  // namespace
+
+std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
+                                             const LoadOptions& options,
+                                             const cuda::CudaOptions& cuda_options) {
   std::string why;
   if (!cuda::device_available(&why))
     throw std::runtime_error("Model::load(" + dir.string() + ", cuda): " + why);
-  throw std::runtime_error("Model::load(" + dir.string() +
-                           ", cuda): the CUDA forward pass is not implemented yet (only the "
-                           "weight-product kernels are); use --device cpu");
+  (void)options;  // threads: the GPU path uses none
+  ForwardConfig config = ForwardConfig::from_file(dir / "config.json");
+  const ForwardWeights weights = ForwardWeights::load(dir, config);
+  return std::make_shared<CudaModel>(std::move(config), weights, cuda_options);
+}
+
+std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
+                                             const LoadOptions& options) {
+  return load_cuda_model(dir, options, cuda::CudaOptions{});
 }
 
 }  // namespace agentrt::engine

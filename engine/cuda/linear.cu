@@ -1,5 +1,3 @@
-#include "engine/cuda/linear.h"
-
 #include <cuda_bf16.h>
 
 #include <stdexcept>
@@ -7,6 +5,7 @@
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/linear.h"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -30,17 +29,33 @@ __global__ void dequantize_kernel(WeightMatrix w, void* out, bool to_bf16) {
   }
 }
 
+// hi = bf16(x); lo = bf16(x - hi) when lo is set.
 __global__ void rows_to_bf16(const float* x, int64_t stride, int64_t n, int64_t cols,
-                             __nv_bfloat16* out) {
+                             __nv_bfloat16* hi, __nv_bfloat16* lo) {
   const int64_t total = n * cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = __float2bfloat16(x[(i / cols) * stride + i % cols]);
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float v = x[(i / cols) * stride + i % cols];
+    hi[i] = __float2bfloat16(v);
+    if (lo) lo[i] = __float2bfloat16(v - __bfloat162float(hi[i]));
+  }
 }
 
-unsigned grid_for(int64_t total) {
-  return unsigned(std::min<int64_t>((total + 255) / 256, 65536));
+__global__ void split_bf16(const float* x, int64_t count, __nv_bfloat16* hi, __nv_bfloat16* lo) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    hi[i] = __float2bfloat16(x[i]);
+    lo[i] = __float2bfloat16(x[i] - __bfloat162float(hi[i]));
+  }
 }
+
+// Whether every decoded value of w is exactly a bf16.
+bool exact_in_bf16(const WeightMatrix& w) {
+  return w.type == WeightType::bf16 || w.type == WeightType::f4_e2m1 ||
+         (w.type == WeightType::f8_e4m3 && w.scale_type == ScaleType::e8m0);
+}
+
+unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 65536)); }
 
 }  // namespace
 
@@ -58,8 +73,8 @@ LinearRunner::~LinearRunner() {
   if (handle_) cublasDestroy(handle_);
 }
 
-void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n,
-                       float* y, int64_t y_stride, cudaStream_t stream) {
+void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
+                       int64_t y_stride, cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
     gemv_strided(w, x, x_stride, n, y, y_stride, stream);
@@ -80,21 +95,41 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
                  "cublasSgemm");
     return;
   }
+  const bool split_x = precision_ == GemmPrecision::bf16x2;
+  const bool split_w = split_x && !exact_in_bf16(w);
+  const int64_t wcount = w.rows * w.cols;
   const void* wb = w.data;
+  const void* wl = nullptr;
   if (w.type != WeightType::bf16) {
-    weight_scratch_.reserve(w.rows * w.cols * 2);
-    dequantize(w, weight_scratch_.get(), true, stream);
-    wb = weight_scratch_.get();
+    weight_scratch_.reserve(wcount * (split_w ? 8 : 2));
+    auto* hi = weight_scratch_.as<__nv_bfloat16>();
+    if (split_w) {
+      float* full = reinterpret_cast<float*>(hi + 2 * wcount);
+      dequantize(w, full, false, stream);
+      split_bf16<<<grid_for(wcount), 256, 0, stream>>>(full, wcount, hi, hi + wcount);
+      wl = hi + wcount;
+    } else {
+      dequantize(w, hi, true, stream);
+    }
+    wb = hi;
   }
-  act_scratch_.reserve(n * w.cols * 2);
-  rows_to_bf16<<<grid_for(n * w.cols), 256, 0, stream>>>(x, x_stride, n, w.cols,
-                                                         act_scratch_.as<__nv_bfloat16>());
+  const int64_t xcount = n * w.cols;
+  act_scratch_.reserve(xcount * (split_x ? 4 : 2));
+  auto* xh = act_scratch_.as<__nv_bfloat16>();
+  auto* xl = split_x ? xh + xcount : nullptr;
+  rows_to_bf16<<<grid_for(xcount), 256, 0, stream>>>(x, x_stride, n, w.cols, xh, xl);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols),
-                            &one, wb, CUDA_R_16BF, int(w.cols), act_scratch_.get(), CUDA_R_16BF,
-                            int(w.cols), &zero, y, CUDA_R_32F, int(y_stride), CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT),
-               "cublasGemmEx(bf16)");
+  auto gemm = [&](const void* a, const void* b, float beta) {
+    check_cublas(
+        cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols), &one, a,
+                     CUDA_R_16BF, int(w.cols), b, CUDA_R_16BF, int(w.cols), &beta, y, CUDA_R_32F,
+                     int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx(bf16)");
+  };
+  gemm(wb, xh, 0.0f);
+  if (xl) gemm(wb, xl, 1.0f);
+  if (wl) gemm(wl, xh, 1.0f);
+  (void)zero;
 }
 
 }  // namespace agentrt::engine::cuda

@@ -1,7 +1,6 @@
 // y = x W^T on the GPU for any number of rows: the decode GEMV (device_matrix.h, weights decoded
-// in the kernel) for a few rows, cuBLAS for many (the weight dequantised to bf16 — or float32 in
-// the exact mode the golden tests use — into a scratch buffer, activations likewise, float32
-// accumulation and output). Strides are in floats, so column slices of activations work.
+// in the kernel) for a few rows, cuBLAS for many (the weight dequantised into a scratch buffer,
+// float32 accumulation and output). Strides are in floats, so column slices of activations work.
 #pragma once
 
 #include <cublas_v2.h>
@@ -15,8 +14,12 @@
 namespace agentrt::engine::cuda {
 
 enum class GemmPrecision {
-  bf16,  // tensor cores, bf16 inputs (the speed path; ~1e-3 relative on logits)
-  f32,   // float32 SGEMM, no TF32 (the exact path)
+  // Tensor cores with activations split into two bf16 terms (hi + lo, ~16 significant bits):
+  // two bf16 products, float32-like results where the weights are exact in bf16 (bf16, FP8
+  // with ue8m0 scales, FP4); other weights are split too (a third product). The default.
+  bf16x2,
+  bf16,  // one bf16 product: fastest, ~1e-2 relative on logits of small models
+  f32,   // float32 SGEMM, no TF32
 };
 
 class LinearRunner {

@@ -1,0 +1,315 @@
+// CUDA engine throughput on a DeepSeek-V4-Flash-shaped checkpoint (scripts/
+// make_v4_flash_checkpoint.py writes one with random weights in the native precisions), next to
+// the card's limits measured in the same run: device-to-device copy bandwidth and cuBLAS's bf16
+// GEMM rate. Prints one table:
+//   - batch-1 decode at each context: tokens/s, the bytes a decode step must read (weights of
+//     the dense parts and of the 6 + 1 active experts, lm_head, the KV rows attended and the
+//     indexer keys scanned), and that traffic over the copy bandwidth;
+//   - prefill of each context: tokens/s and matrix + attention TFLOP/s against the GEMM peak;
+//   - batched decode (8, 32, 64 sequences at --batch-context) throughput;
+//   - peak GPU memory.
+//
+//   bench_engine_cuda MODEL_DIR [--contexts 1024,16384,65536] [--steps 16]
+//                     [--batches 8,32,64] [--batch-context 1024] [--precision bf16x2|bf16|f32]
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#ifndef AGENTRT_HAVE_CUDA
+int main() {
+  std::fprintf(stderr, "bench_engine_cuda: the CUDA backend is not built (no nvcc)\n");
+  return 1;
+}
+#else
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <random>
+#include <sstream>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/cuda_model.h"
+#include "engine/forward_weights.h"
+
+namespace {
+
+using namespace agentrt::engine;
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::vector<int64_t> parse_list(const std::string& s) {
+  std::vector<int64_t> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) out.push_back(std::stoll(item));
+  return out;
+}
+
+// Device-to-device copy: bytes read + bytes written per second.
+double copy_bandwidth() {
+  const size_t bytes = size_t(2) << 30;
+  void *a = nullptr, *b = nullptr;
+  AGENTRT_CUDA_CHECK(cudaMalloc(&a, bytes));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&b, bytes));
+  AGENTRT_CUDA_CHECK(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  cudaEventCreate(&e0);
+  cudaEventCreate(&e1);
+  for (int i = 0; i < 2; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  const int reps = 10;
+  cudaEventRecord(e0);
+  for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaEventRecord(e1);
+  cudaEventSynchronize(e1);
+  float ms = 0;
+  cudaEventElapsedTime(&ms, e0, e1);
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * double(bytes) * reps / (ms / 1e3);
+}
+
+// cuBLAS bf16 GEMM (fp32 accumulate) on 8192^3: FLOP/s.
+double gemm_peak() {
+  const int n = 8192;
+  void *a, *b, *c;
+  AGENTRT_CUDA_CHECK(cudaMalloc(&a, size_t(n) * n * 2));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&b, size_t(n) * n * 2));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&c, size_t(n) * n * 2));
+  cudaMemset(a, 0x3c, size_t(n) * n * 2);  // small finite bf16 values
+  cudaMemset(b, 0x3c, size_t(n) * n * 2);
+  cublasHandle_t h;
+  cublasCreate(&h);
+  const float one = 1, zero = 0;
+  auto run = [&] {
+    cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, n, n, n, &one, a, CUDA_R_16BF, n, b, CUDA_R_16BF, n,
+                 &zero, c, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  };
+  for (int i = 0; i < 3; ++i) run();
+  cudaDeviceSynchronize();
+  const int reps = 10;
+  const double t0 = now();
+  for (int i = 0; i < reps; ++i) run();
+  cudaDeviceSynchronize();
+  const double dt = now() - t0;
+  cublasDestroy(h);
+  cudaFree(a);
+  cudaFree(b);
+  cudaFree(c);
+  return 2.0 * double(n) * n * n * reps / dt;
+}
+
+int64_t stored_bytes(const WeightMatrix& w) {
+  int64_t scales = 0;
+  if (w.type == WeightType::f8_e4m3)
+    scales =
+        ((w.rows + 127) / 128) * ((w.cols + 127) / 128) * (w.scale_type == ScaleType::f32 ? 4 : 1);
+  if (w.type == WeightType::f4_e2m1) scales = w.rows * (w.cols / 32);
+  return w.bytes() + scales;
+}
+
+struct Costs {
+  double weight_bytes = 0;  // per decode token: dense + active experts + lm_head
+  double matrix_flops = 0;  // per token, excluding lm_head
+};
+
+Costs weight_costs(const ForwardConfig& c, const ForwardWeights& w) {
+  Costs k;
+  auto add = [&](const WeightMatrix& m) {
+    k.weight_bytes += double(stored_bytes(m));
+    k.matrix_flops += 2.0 * double(m.rows) * double(m.cols);
+  };
+  k.weight_bytes += double(w.embed.row_bytes());
+  for (const LayerWeights& l : w.layers) {
+    const AttentionWeights& a = l.attn;
+    for (const WeightMatrix* m : {&a.wq_a, &a.wq_b, &a.wkv, &a.wo_a, &a.wo_b}) add(*m);
+    if (a.compressor) {
+      add(a.compressor->wkv);
+      add(a.compressor->wgate);
+    }
+    if (a.indexer) {
+      add(a.indexer->compressor.wkv);
+      add(a.indexer->compressor.wgate);
+      add(a.indexer->wq_b);
+      add(a.indexer->weights_proj);
+    }
+    add(l.moe.gate);
+    for (const WeightMatrix* m : {&l.moe.shared.w1, &l.moe.shared.w2, &l.moe.shared.w3}) add(*m);
+    for (int64_t e = 0; e < c.experts_per_token; ++e)
+      for (const WeightMatrix* m :
+           {&l.moe.experts[e].w1, &l.moe.experts[e].w2, &l.moe.experts[e].w3})
+        add(*m);
+    k.weight_bytes += 4.0 * double(l.attn_hc.fn.size() + l.ffn_hc.fn.size());
+  }
+  k.weight_bytes += double(stored_bytes(w.head)) + 4.0 * double(w.hc_head_fn.size());
+  return k;
+}
+
+// Cache bytes a decode step at position `pos` reads, and its attention + indexer FLOPs.
+void attention_costs(const ForwardConfig& c, int64_t pos, double* bytes, double* flops) {
+  *bytes = 0;
+  *flops = 0;
+  for (const ForwardLayer& l : c.layers) {
+    double keys = double(std::min<int64_t>(pos + 1, c.sliding_window));
+    const int64_t visible = l.compress_rate ? (pos + 1) / l.compress_rate : 0;
+    if (l.attention == AttentionKind::csa) {
+      keys += double(std::min<int64_t>(visible, c.index_topk));
+      *bytes += double(visible) * double(c.index_head_dim) * 4;  // indexer scan
+      *flops += 2.0 * double(visible) * double(c.index_heads * c.index_head_dim);
+    } else if (l.attention == AttentionKind::hca) {
+      keys += double(visible);
+    }
+    *bytes += keys * double(c.head_dim) * 4;
+    *flops += 4.0 * keys * double(c.heads * c.head_dim);
+  }
+}
+
+struct Memory {
+  size_t peak = 0;
+  void sample() {
+    size_t free = 0, total = 0;
+    cudaMemGetInfo(&free, &total);
+    peak = std::max(peak, total - free);
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench_engine_cuda MODEL_DIR [options]\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  std::vector<int64_t> contexts = {1024, 16384, 65536}, batches = {8, 32, 64};
+  int64_t steps = 16, batch_context = 1024;
+  cuda::CudaOptions options;
+  std::string precision = "bf16x2";
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--contexts")
+      contexts = parse_list(v);
+    else if (k == "--batches")
+      batches = parse_list(v);
+    else if (k == "--steps")
+      steps = std::stoll(v);
+    else if (k == "--batch-context")
+      batch_context = std::stoll(v);
+    else if (k == "--precision")
+      precision = v;
+    else {
+      std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
+      return 2;
+    }
+  }
+  options.precision = precision == "f32"    ? cuda::GemmPrecision::f32
+                      : precision == "bf16" ? cuda::GemmPrecision::bf16
+                                            : cuda::GemmPrecision::bf16x2;
+  try {
+    cudaDeviceProp prop{};
+    cudaGetDeviceProperties(&prop, 0);
+    Memory mem;
+    mem.sample();
+    const size_t baseline = mem.peak;
+    const double bw = copy_bandwidth();
+    const double peak = gemm_peak();
+    std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    std::printf(
+        "measured: copy bandwidth %.0f GB/s (read + write), cuBLAS bf16 GEMM %.0f TFLOP/s\n",
+        bw / 1e9, peak / 1e12);
+
+    const ForwardConfig config = ForwardConfig::from_file(dir + "/config.json");
+    const ForwardWeights host = ForwardWeights::load(dir, config);
+    const Costs costs = weight_costs(config, host);
+    double t0 = now();
+    auto model = load_cuda_model(dir, {Device::cuda}, options);
+    std::printf(
+        "model: %zu layers, hidden %lld, %lld experts (%lld active), load %.1f s, "
+        "prefill GEMMs %s\n",
+        config.layers.size(), (long long)config.hidden, (long long)config.experts,
+        (long long)config.experts_per_token, now() - t0, precision.c_str());
+    mem.sample();
+
+    std::mt19937 rng(1);
+    auto random_ids = [&](int64_t n) {
+      std::vector<int32_t> ids(n);
+      for (auto& t : ids) t = int32_t(rng() % uint32_t(config.vocab_size));
+      return ids;
+    };
+
+    std::printf("\n%-28s %12s %12s %14s %12s\n", "measurement", "tokens/s", "TFLOP/s",
+                "bytes/token", "of bound");
+    for (int64_t ctx : contexts) {
+      auto seq = model->new_sequence();
+      const auto ids = random_ids(ctx);
+      t0 = now();
+      seq->forward(ids);
+      const double prefill_s = now() - t0;
+      mem.sample();
+      double flops = 0;
+      for (int64_t p = 0; p < ctx; p += std::max<int64_t>(1, ctx / 64)) {
+        double b, f;
+        attention_costs(config, p, &b, &f);
+        flops += (f + costs.matrix_flops) * double(std::max<int64_t>(1, ctx / 64));
+      }
+      const double prefill_tflops = flops / prefill_s / 1e12;
+      std::printf("%-28s %12.0f %12.1f %14s %11.1f%%\n", ("prefill " + std::to_string(ctx)).c_str(),
+                  double(ctx) / prefill_s, prefill_tflops, "",
+                  100.0 * prefill_tflops * 1e12 / peak);
+      for (int i = 0; i < 2; ++i) seq->forward(random_ids(1));
+      t0 = now();
+      for (int64_t i = 0; i < steps; ++i) seq->forward(random_ids(1));
+      const double dt = (now() - t0) / double(steps);
+      double cache_bytes, f;
+      attention_costs(config, ctx + 2 + steps / 2, &cache_bytes, &f);
+      const double bytes = costs.weight_bytes + cache_bytes;
+      std::printf("%-28s %12.1f %12s %12.0f MB %11.1f%%\n",
+                  ("decode @ " + std::to_string(ctx)).c_str(), 1.0 / dt, "", bytes / 1e6,
+                  100.0 * bytes / dt / bw);
+      mem.sample();
+    }
+
+    if (!batches.empty()) {
+      const int64_t bmax = *std::max_element(batches.begin(), batches.end());
+      std::vector<std::unique_ptr<ModelSequence> > seqs;
+      t0 = now();
+      for (int64_t b = 0; b < bmax; ++b) {
+        seqs.push_back(model->new_sequence());
+        seqs.back()->forward(random_ids(batch_context));
+      }
+      const double fill = now() - t0;
+      std::printf(
+          "%-28s %12.0f\n",
+          ("prefill " + std::to_string(bmax) + " x " + std::to_string(batch_context)).c_str(),
+          double(bmax * batch_context) / fill);
+      for (int64_t b : batches) {
+        std::vector<ModelSequence*> ptrs;
+        for (int64_t i = 0; i < b; ++i) ptrs.push_back(seqs[i].get());
+        model->decode_batch(ptrs, random_ids(b));
+        const int64_t bsteps = std::max<int64_t>(4, steps / 2);
+        t0 = now();
+        for (int64_t i = 0; i < bsteps; ++i) model->decode_batch(ptrs, random_ids(b));
+        const double dt = (now() - t0) / double(bsteps);
+        std::printf(
+            "%-28s %12.1f %12s %14s %12s   (%.1f steps/s)\n",
+            ("decode batch " + std::to_string(b) + " @ " + std::to_string(batch_context)).c_str(),
+            double(b) / dt, "", "", "", 1.0 / dt);
+        mem.sample();
+      }
+    }
+    std::printf("\npeak GPU memory in use: %.1f GB (%.1f GB before loading)\n", mem.peak / 1e9,
+                baseline / 1e9);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_engine_cuda: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
+
+#endif

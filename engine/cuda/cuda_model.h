@@ -1,0 +1,19 @@
+// The CUDA implementation of engine/model.h's Model and ModelSequence, and its loader.
+// Model::load(dir, {Device::cuda}) calls load_cuda_model with the default CudaOptions; tests and
+// the benchmark pick the GEMM precision here.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include "engine/cuda/device_forward.h"
+#include "engine/model.h"
+
+namespace agentrt::engine {
+
+// Throws (saying why) when no usable GPU is present.
+std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
+                                             const LoadOptions& options,
+                                             const cuda::CudaOptions& cuda_options);
+
+}  // namespace agentrt::engine

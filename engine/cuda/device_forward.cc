@@ -1,0 +1,306 @@
+#include "engine/cuda/device_forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+
+namespace agentrt::engine::cuda {
+
+// Activations and per-call metadata, grown to the largest batch seen and reused.
+struct DeviceForward::Workspace {
+  DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, iq, iw, scores, chosen, n_chosen,
+      attn, grouped, router, route_experts, route_weights, gate, up, act, moe_scratch, head_streams,
+      head_x, logits, meta;
+  // This call's metadata (device pointers into `meta`).
+  const int32_t* tokens = nullptr;
+  const int64_t* pos = nullptr;
+  struct LayerMeta {
+    const LayerRow* rows = nullptr;
+    const CompressJob* comp_jobs = nullptr;
+    const CompressJob* idx_jobs = nullptr;
+    int64_t n_comp_jobs = 0, n_idx_jobs = 0;
+    int64_t max_keys = 0, max_visible = 0;
+  };
+  std::vector<LayerMeta> layers;
+};
+
+namespace {
+
+float* floats(DeviceBuffer& b, int64_t count) {
+  b.reserve(std::max<int64_t>(count, 1) * 4);
+  return b.as<float>();
+}
+
+// Host-side packing of everything uploaded per call, 16-byte aligned pieces.
+struct MetaPacker {
+  std::vector<char> bytes;
+  template <typename T>
+  size_t add(const std::vector<T>& v) {
+    const size_t off = (bytes.size() + 15) / 16 * 16;
+    bytes.resize(off + v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(bytes.data() + off, v.data(), v.size() * sizeof(T));
+    return off;
+  }
+};
+
+}  // namespace
+
+DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
+                             const CudaOptions& options)
+    : config_(std::move(config)),
+      weights_(WeightsOnDevice::upload(config_, host)),
+      linear_(options.precision, options.gemv_max_rows),
+      ws_(std::make_unique<Workspace>()) {
+  AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+}
+
+DeviceForward::~DeviceForward() {
+  if (stream_) {
+    cudaStreamSynchronize(stream_);
+    cudaStreamDestroy(stream_);
+  }
+}
+
+void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
+  const ForwardConfig& c = config_;
+  Workspace& w = *ws_;
+  const int64_t n = int64_t(rows.size()), H = c.hidden, hc = c.hc_mult,
+                L = int64_t(c.layers.size());
+  if (n == 0) return;
+
+  // Rows of one cache must extend it in order; reserve room for them.
+  std::map<DeviceSequenceCache*, int64_t> next;  // cache -> next expected position
+  std::vector<DeviceSequenceCache*> order;       // distinct caches, first-seen order
+  std::vector<int32_t> tokens(n);
+  std::vector<int64_t> pos(n);
+  for (int64_t t = 0; t < n; ++t) {
+    const DeviceRow& r = rows[t];
+    if (r.token < 0 || r.token >= c.vocab_size)
+      throw std::out_of_range("cuda forward: token id " + std::to_string(r.token) +
+                              " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
+    auto [it, fresh] = next.try_emplace(r.cache, r.cache->length);
+    if (fresh) order.push_back(r.cache);
+    if (r.pos != it->second)
+      throw std::logic_error("cuda forward: row at position " + std::to_string(r.pos) +
+                             " does not extend a cache at position " + std::to_string(it->second));
+    ++it->second;
+    tokens[t] = r.token;
+    pos[t] = r.pos;
+  }
+  for (auto* cache : order) cache->reserve(next[cache], stream_);
+
+  // Per-layer row views and compressed entries to emit.
+  MetaPacker pack;
+  const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos);
+  struct LayerOffsets {
+    size_t rows, comp, idx;
+  };
+  std::vector<LayerOffsets> offs(L);
+  w.layers.assign(L, {});
+  for (int64_t l = 0; l < L; ++l) {
+    const ForwardLayer& fl = c.layers[l];
+    const int64_t rate = fl.compress_rate;
+    std::vector<LayerRow> lrows(n);
+    Workspace::LayerMeta& m = w.layers[l];
+    for (int64_t t = 0; t < n; ++t) {
+      DeviceLayerCache& lc = rows[t].cache->layer(l);
+      LayerRow& r = lrows[t];
+      r.kv = lc.kv.as<float>();
+      r.comp_kv = lc.comp_kv.as<float>();
+      r.comp_gate = lc.comp_gate.as<float>();
+      r.comp_entries = lc.comp_entries.as<float>();
+      r.idx_kv = lc.idx_kv.as<float>();
+      r.idx_gate = lc.idx_gate.as<float>();
+      r.idx_entries = lc.idx_entries.as<float>();
+      r.pos = pos[t];
+      r.visible = rate ? int32_t((pos[t] + 1) / rate) : 0;
+      int64_t keys = std::min(pos[t] + 1, c.sliding_window);
+      if (fl.attention == AttentionKind::csa) keys += std::min<int64_t>(r.visible, c.index_topk);
+      if (fl.attention == AttentionKind::hca) keys += r.visible;
+      m.max_keys = std::max(m.max_keys, keys);
+      m.max_visible = std::max<int64_t>(m.max_visible, r.visible);
+    }
+    std::vector<CompressJob> comp, idx;
+    if (rate)
+      for (auto* cache : order) {
+        DeviceLayerCache& lc = cache->layer(l);
+        for (int64_t e = cache->length / rate; e < next[cache] / rate; ++e) {
+          comp.push_back(
+              {lc.comp_kv.as<float>(), lc.comp_gate.as<float>(), lc.comp_entries.as<float>(), e});
+          if (fl.attention == AttentionKind::csa)
+            idx.push_back(
+                {lc.idx_kv.as<float>(), lc.idx_gate.as<float>(), lc.idx_entries.as<float>(), e});
+        }
+      }
+    offs[l] = {pack.add(lrows), pack.add(comp), pack.add(idx)};
+    m.n_comp_jobs = int64_t(comp.size());
+    m.n_idx_jobs = int64_t(idx.size());
+  }
+  w.meta.reserve(int64_t(pack.bytes.size()));
+  char* meta = w.meta.as<char>();
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(meta, pack.bytes.data(), pack.bytes.size(), cudaMemcpyHostToDevice, stream_));
+  w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
+  w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
+  for (int64_t l = 0; l < L; ++l) {
+    w.layers[l].rows = reinterpret_cast<const LayerRow*>(meta + offs[l].rows);
+    w.layers[l].comp_jobs = reinterpret_cast<const CompressJob*>(meta + offs[l].comp);
+    w.layers[l].idx_jobs = reinterpret_cast<const CompressJob*>(meta + offs[l].idx);
+  }
+
+  float* streams = floats(w.streams, n * hc * H);
+  float* mix = floats(w.mix, n * hyper_mix_width(hc));
+  float* x = floats(w.x, n * H);
+  float* y = floats(w.y, n * H);
+  embed_rows(weights_.embed->view(), w.tokens, n, hc, streams, stream_);
+  for (int64_t l = 0; l < L; ++l) {
+    const LayerOnDevice& lw = weights_.layers[l];
+    hyper_pre(lw.attn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
+              lw.attn_norm.as<float>(), false, mix, x, stream_);
+    attention(size_t(l), n, y);
+    hyper_post(mix, y, n, hc, H, streams, stream_);
+    hyper_pre(lw.ffn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
+              lw.ffn_norm.as<float>(), false, mix, x, stream_);
+    moe(size_t(l), n, y);
+    hyper_post(mix, y, n, hc, H, streams, stream_);
+  }
+
+  std::vector<int64_t> wanted;
+  for (int64_t t = 0; t < n; ++t)
+    if (rows[t].want_logits) wanted.push_back(t);
+  const int64_t m = int64_t(wanted.size());
+  if (m == 0) {
+    AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return;
+  }
+  const float* head_in = streams;
+  if (m < n) {
+    float* hs = floats(w.head_streams, m * hc * H);
+    for (int64_t i = 0; i < m; ++i)
+      AGENTRT_CUDA_CHECK(cudaMemcpyAsync(hs + i * hc * H, streams + wanted[i] * hc * H, hc * H * 4,
+                                         cudaMemcpyDeviceToDevice, stream_));
+    head_in = hs;
+  }
+  float* hx = floats(w.head_x, m * H);
+  hyper_pre(weights_.head_hyper(), head_in, m, hc, H, 0, c.hc_eps, c.rms_eps,
+            weights_.norm.as<float>(), true, nullptr, hx, stream_);
+  float* out = floats(w.logits, m * c.vocab_size);
+  linear_.run(weights_.head, hx, m, out, stream_);
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(logits, out, m * c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+}
+
+void DeviceForward::attention(size_t l, int64_t n, float* out) {
+  const ForwardConfig& c = config_;
+  const ForwardLayer& fl = c.layers[l];
+  const LayerOnDevice& lw = weights_.layers[l];
+  Workspace& w = *ws_;
+  const Workspace::LayerMeta& m = w.layers[l];
+  const int64_t hd = c.head_dim, heads = c.heads;
+  const float* x = w.x.as<float>();
+  const DeviceRope& rope =
+      fl.attention == AttentionKind::sliding ? weights_.rope_main : weights_.rope_compress;
+
+  float* q_res = floats(w.q_res, n * c.q_lora_rank);
+  float* q = floats(w.q, n * heads * hd);
+  float* kv = floats(w.kv, n * hd);
+  linear_.run(lw.wq_a->view(), x, n, q_res, stream_);
+  rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
+  linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
+  linear_.run(lw.wkv->view(), x, n, kv, stream_);
+  rms_norm_rows(q, nullptr, n * heads, hd, c.rms_eps, q, stream_);
+  apply_rope(q, n, heads, hd, w.pos, rope, false, stream_);
+  rms_norm_rows(kv, lw.kv_norm.as<float>(), n, hd, c.rms_eps, kv, stream_);
+  apply_rope(kv, n, 1, hd, w.pos, rope, false, stream_);
+  append_rows(m.rows, CacheField::kv, kv, hd, n, stream_);
+
+  auto raw = [&](const CompressorOnDevice& comp, CacheField kv_field, CacheField gate_field,
+                 const CompressJob* jobs, int64_t n_jobs) {
+    const int64_t width = comp.wkv->view().rows;
+    float* rkv = floats(w.raw_kv, n * width);
+    float* rgate = floats(w.raw_gate, n * width);
+    linear_.run(comp.wkv->view(), x, n, rkv, stream_);
+    linear_.run(comp.wgate->view(), x, n, rgate, stream_);
+    append_rows(m.rows, kv_field, rkv, width, n, stream_);
+    append_rows(m.rows, gate_field, rgate, width, n, stream_);
+    compress_entries(comp.view, jobs, n_jobs, weights_.rope_compress, c.rms_eps, stream_);
+  };
+  if (lw.compressor)
+    raw(*lw.compressor, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs, m.n_comp_jobs);
+  if (lw.indexer)
+    raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs, m.n_idx_jobs);
+
+  const int32_t* chosen = nullptr;
+  const int32_t* n_chosen = nullptr;
+  if (lw.indexer) {
+    const int64_t ih = c.index_heads, ihd = c.index_head_dim;
+    float* iq = floats(w.iq, n * ih * ihd);
+    float* iw = floats(w.iw, n * ih);
+    linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
+    apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_);
+    linear_.run(lw.indexer->weights_proj->view(), x, n, iw, stream_);
+    const int64_t stride = std::max<int64_t>(m.max_visible, 1);
+    float* scores = floats(w.scores, n * stride);
+    w.chosen.reserve(std::max<int64_t>(n * c.index_topk, 1) * 4);
+    w.n_chosen.reserve(std::max<int64_t>(n, 1) * 4);
+    indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible, scores,
+                   stride, stream_);
+    select_topk(scores, stride, m.rows, n, c.index_topk, w.chosen.as<int32_t>(),
+                w.n_chosen.as<int32_t>(), stream_);
+    chosen = w.chosen.as<int32_t>();
+    n_chosen = w.n_chosen.as<int32_t>();
+  }
+
+  float* attn = floats(w.attn, n * heads * hd);
+  attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+              fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys, attn,
+              stream_);
+  apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
+
+  // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
+  const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;
+  float* grouped = floats(w.grouped, n * c.o_groups * r);
+  for (int64_t g = 0; g < c.o_groups; ++g)
+    linear_.run(lw.wo_a->view().slice_rows(g * r, r), attn + g * group_in, heads * hd, n,
+                grouped + g * r, c.o_groups * r, stream_);
+  linear_.run(lw.wo_b->view(), grouped, n, out, stream_);
+}
+
+void DeviceForward::moe(size_t l, int64_t n, float* out) {
+  const ForwardConfig& c = config_;
+  const ForwardLayer& fl = c.layers[l];
+  const LayerOnDevice& lw = weights_.layers[l];
+  Workspace& w = *ws_;
+  const float* x = w.x.as<float>();
+  const int64_t E = c.experts, k = c.experts_per_token, H = c.hidden;
+
+  float* router = floats(w.router, n * E);
+  linear_.run(lw.gate->view(), x, n, router, stream_);
+  w.route_experts.reserve(n * k * 4);
+  float* rweights = floats(w.route_weights, n * k);
+  route_rows(router, w.tokens, fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr,
+             lw.bias.as<float>(), n, E, k, c.score_func, c.routed_scaling,
+             w.route_experts.as<int32_t>(), rweights, stream_);
+
+  const int64_t si = lw.shared.w1->view().rows;
+  float* g = floats(w.gate, n * si);
+  float* u = floats(w.up, n * si);
+  float* a = floats(w.act, n * si);
+  linear_.run(lw.shared.w1->view(), x, n, g, stream_);
+  linear_.run(lw.shared.w3->view(), x, n, u, stream_);
+  swiglu(g, u, n * si, c.swiglu_limit, a, stream_);
+  linear_.run(lw.shared.w2->view(), a, n, out, stream_);
+
+  w.moe_scratch.reserve(moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
+  routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
+                 c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_);
+}
+
+}  // namespace agentrt::engine::cuda

@@ -1,0 +1,61 @@
+// The DeepSeek-V4 forward pass on the GPU, the same steps as engine/forward.h's ForwardPass:
+//   embed -> per layer (mHC collapse + norm, attention, mHC expand, mHC collapse + norm, MoE,
+//   mHC expand) -> hyper-head, norm, lm_head
+// over a batch of rows (a prefill chunk of one sequence, or one decode row per sequence). The
+// host only builds the rows' cache pointers and the list of compressed entries to emit (both
+// known from the lengths) and uploads them once per call; the one synchronisation is the read of
+// the logits.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "engine/cuda/device_cache.h"
+#include "engine/cuda/device_weights.h"
+#include "engine/cuda/linear.h"
+
+namespace agentrt::engine::cuda {
+
+struct CudaOptions {
+  GemmPrecision precision = GemmPrecision::bf16x2;
+  int64_t gemv_max_rows = 16;  // up to this many rows a product streams the stored weights
+};
+
+struct DeviceRow {
+  DeviceSequenceCache* cache;
+  int64_t pos;
+  int32_t token;
+  bool want_logits;
+};
+
+class DeviceForward {
+ public:
+  DeviceForward(ForwardConfig config, const ForwardWeights& host, const CudaOptions& options);
+  ~DeviceForward();
+  DeviceForward(const DeviceForward&) = delete;
+  DeviceForward& operator=(const DeviceForward&) = delete;
+
+  const ForwardConfig& config() const { return config_; }
+  int64_t weight_bytes() const { return weights_.bytes; }
+  cudaStream_t stream() const { return stream_; }
+
+  // Runs the rows (caches reserved here; the caller bumps lengths) and writes one logits row per
+  // row with want_logits into `logits` (host memory), in row order. Not thread-safe.
+  void run(std::span<const DeviceRow> rows, float* logits);
+
+ private:
+  struct Workspace;
+  void attention(size_t l, int64_t n, float* out);
+  void moe(size_t l, int64_t n, float* out);
+
+  ForwardConfig config_;
+  WeightsOnDevice weights_;
+  cudaStream_t stream_ = nullptr;
+  LinearRunner linear_;
+  std::unique_ptr<Workspace> ws_;
+};
+
+}  // namespace agentrt::engine::cuda

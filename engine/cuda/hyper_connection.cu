@@ -1,0 +1,149 @@
+// mHC on the GPU (engine/hyper_connection.h): one block per row computes the mixing weights
+// (the projection of the RMS-normed streams, sigmoid gates, row softmax + Sinkhorn on the tiny
+// hc x hc matrix in shared memory), collapses the streams and normalises the block input.
+#include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+#include "engine/hyper_connection.h"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__device__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// transformers DeepseekV4HyperConnection: row softmax (+eps), then Sinkhorn starting with a
+// column normalisation, alternating rows/columns, each with + eps in the denominator.
+__device__ void sinkhorn(float* comb, int64_t hc, int iters, float eps) {
+  for (int64_t r = 0; r < hc; ++r) {
+    float* row = comb + r * hc;
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < hc; ++c) mx = fmaxf(mx, row[c]);
+    float s = 0;
+    for (int64_t c = 0; c < hc; ++c) s += (row[c] = expf(row[c] - mx));
+    for (int64_t c = 0; c < hc; ++c) row[c] = row[c] / s + eps;
+  }
+  auto columns = [&] {
+    for (int64_t c = 0; c < hc; ++c) {
+      float s = 0;
+      for (int64_t r = 0; r < hc; ++r) s += comb[r * hc + c];
+      for (int64_t r = 0; r < hc; ++r) comb[r * hc + c] /= s + eps;
+    }
+  };
+  auto rows = [&] {
+    for (int64_t r = 0; r < hc; ++r) {
+      float s = 0;
+      for (int64_t c = 0; c < hc; ++c) s += comb[r * hc + c];
+      for (int64_t c = 0; c < hc; ++c) comb[r * hc + c] /= s + eps;
+    }
+  };
+  columns();
+  for (int it = 1; it < iters; ++it) {
+    rows();
+    columns();
+  }
+}
+
+__global__ void hyper_pre_kernel(HyperDevice w, const float* streams, int64_t hc, int64_t hidden,
+                                 int iters, float hc_eps, float rms_eps, const float* norm,
+                                 bool head, float* mix, float* x) {
+  __shared__ float red[32];
+  __shared__ float mixes[(2 + kMaxHcMult) * kMaxHcMult];
+  __shared__ float weights[2 * kMaxHcMult + kMaxHcMult * kMaxHcMult];  // pre, post, comb
+  const int64_t row = blockIdx.x, width = hc * hidden;
+  const float* s = streams + row * width;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ss = fmaf(s[i], s[i], ss);
+  const float inv = rsqrtf(block_sum(ss, red) / float(width) + rms_eps);
+
+  const int64_t outputs = head ? hc : (2 + hc) * hc;
+  const bool vec = width % 4 == 0;
+  for (int64_t o = warp; o < outputs; o += warps) {
+    const float* f = w.fn + o * width;
+    float acc = 0.0f;
+    if (vec) {
+      for (int64_t i = lane; i < width / 4; i += 32) {
+        const float4 a = reinterpret_cast<const float4*>(f)[i];
+        const float4 b = reinterpret_cast<const float4*>(s)[i];
+        acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+    } else {
+      for (int64_t i = lane; i < width; i += 32) acc = fmaf(f[i], s[i], acc);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) mixes[o] = acc * inv;
+  }
+  __syncthreads();
+  float* pre = weights;
+  float* post = weights + hc;
+  float* comb = weights + 2 * hc;
+  if (threadIdx.x == 0) {
+    for (int64_t i = 0; i < hc; ++i) {
+      pre[i] = sigmoidf(mixes[i] * w.scale[0] + w.base[i]) + hc_eps;
+      if (!head) post[i] = 2.0f * sigmoidf(mixes[hc + i] * w.scale[1] + w.base[hc + i]);
+    }
+    if (!head) {
+      for (int64_t i = 0; i < hc * hc; ++i)
+        comb[i] = mixes[2 * hc + i] * w.scale[2] + w.base[2 * hc + i];
+      sinkhorn(comb, hc, iters, hc_eps);
+    }
+  }
+  __syncthreads();
+  if (!head && mix)
+    for (int64_t i = threadIdx.x; i < hyper_mix_width(hc); i += blockDim.x)
+      mix[row * hyper_mix_width(hc) + i] = weights[i];
+
+  float* xr = x + row * hidden;
+  float ss2 = 0.0f;
+  for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
+    float v = 0.0f;
+    for (int64_t i = 0; i < hc; ++i) v = fmaf(pre[i], s[i * hidden + d], v);
+    xr[d] = v;
+    ss2 = fmaf(v, v, ss2);
+  }
+  const float inv2 = rsqrtf(block_sum(ss2, red) / float(hidden) + rms_eps);
+  for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) xr[d] = xr[d] * inv2 * norm[d];
+}
+
+__global__ void hyper_post_kernel(const float* mix, const float* block_out, int64_t hc,
+                                  int64_t hidden, float* streams) {
+  const int64_t row = blockIdx.y;
+  const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (d >= hidden) return;
+  const float* m = mix + row * hyper_mix_width(hc);
+  const float* post = m + hc;
+  const float* comb = m + 2 * hc;
+  float* s = streams + row * hc * hidden;
+  float old[kMaxHcMult];
+  for (int64_t j = 0; j < hc; ++j) old[j] = s[j * hidden + d];
+  const float y = block_out[row * hidden + d];
+  for (int64_t k = 0; k < hc; ++k) {
+    float v = post[k] * y;
+    for (int64_t j = 0; j < hc; ++j) v = fmaf(comb[j * hc + k], old[j], v);
+    s[k * hidden + d] = v;
+  }
+}
+
+}  // namespace
+
+void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
+               int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
+               float* mix, float* x, cudaStream_t stream) {
+  if (n <= 0) return;
+  hyper_pre_kernel<<<unsigned(n), kThreads, 0, stream>>>(w, streams, hc, hidden, sinkhorn_iters,
+                                                         hc_eps, rms_eps, norm, head, mix, x);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
+                float* streams, cudaStream_t stream) {
+  if (n <= 0) return;
+  const dim3 grid(unsigned((hidden + 255) / 256), unsigned(n));
+  hyper_post_kernel<<<grid, 256, 0, stream>>>(mix, block_out, hc, hidden, streams);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace agentrt::engine::cuda

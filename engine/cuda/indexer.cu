@@ -1,0 +1,136 @@
+// The Lightning Indexer on the GPU (engine/indexer.h): per row, scores of its visible compressed
+// entries (sum over heads of weight * relu(q . k) / sqrt(dim)), then an exact top-k by radix
+// select on the score bits — ties broken towards the lower index, as the CPU's partial_sort
+// comparator does — written out in ascending index order.
+#include <cub/block/block_scan.cuh>
+
+#include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kScoreWarps = 8;
+constexpr int kEntriesPerBlock = 64;
+constexpr int kSelectThreads = 1024;
+
+__global__ void scores_kernel(const float* q, const float* head_weights, float weight_scale,
+                              const LayerRow* rows, int64_t heads, int64_t hd, float* scores,
+                              int64_t stride) {
+  extern __shared__ float smem[];  // q [heads][hd + 1], keys [warps][hd]
+  const int64_t t = blockIdx.y;
+  const LayerRow row = rows[t];
+  const int64_t e0 = int64_t(blockIdx.x) * kEntriesPerBlock;
+  if (e0 >= row.visible) return;
+  const int64_t qs_stride = hd + 1;  // padding: lanes read different heads' rows
+  float* qs = smem;
+  float* kbuf = smem + heads * qs_stride;
+  for (int64_t i = threadIdx.x; i < heads * hd; i += blockDim.x)
+    qs[(i / hd) * qs_stride + i % hd] = q[t * heads * hd + i];
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* k = kbuf + warp * hd;
+  const float scale = rsqrtf(float(hd));
+  const float* w = head_weights + t * heads;
+  const int64_t e1 = min(e0 + kEntriesPerBlock, int64_t(row.visible));
+  for (int64_t e = e0 + warp; e < e1; e += kScoreWarps) {
+    const float* src = row.idx_entries + e * hd;
+    for (int64_t d = lane; d < hd; d += 32) k[d] = src[d];
+    __syncwarp();
+    float acc = 0.0f;
+    for (int64_t h = lane; h < heads; h += 32) {
+      const float* qh = qs + h * qs_stride;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < hd; ++d) dot = fmaf(qh[d], k[d], dot);
+      acc += w[h] * weight_scale * (fmaxf(dot, 0.0f) * scale);
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) scores[t * stride + e] = acc;
+    __syncwarp();
+  }
+}
+
+__device__ __forceinline__ uint32_t order_key(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ int block_count(int v, int* shared) {
+  return int(block_sum(float(v), reinterpret_cast<float*>(shared)));  // counts < 2^24: exact
+}
+
+__global__ void select_kernel(const float* scores, int64_t stride, const LayerRow* rows,
+                              int64_t topk, int32_t* chosen, int32_t* n_chosen) {
+  using Scan = cub::BlockScan<int, kSelectThreads>;
+  __shared__ typename Scan::TempStorage scan_tmp;
+  __shared__ int red[32];
+  __shared__ int running[2];
+  const int64_t t = blockIdx.x;
+  const int64_t visible = rows[t].visible;
+  int32_t* out = chosen + t * topk;
+  if (visible <= topk) {
+    for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) out[i] = int32_t(i);
+    if (threadIdx.x == 0) n_chosen[t] = int32_t(visible);
+    return;
+  }
+  const float* s = scores + t * stride;
+  uint32_t T = 0;
+  for (int bit = 31; bit >= 0; --bit) {
+    const uint32_t cand = T | (1u << bit);
+    int c = 0;
+    for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) c += order_key(s[i]) >= cand;
+    if (block_count(c, red) >= topk) T = cand;
+  }
+  int gt = 0;
+  for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) gt += order_key(s[i]) > T;
+  const int need = int(topk) - block_count(gt, red);  // ties at T to take, lowest index first
+  if (threadIdx.x == 0) running[0] = running[1] = 0;  // ties seen, outputs written
+  __syncthreads();
+  for (int64_t base = 0; base < visible; base += blockDim.x) {
+    const int64_t i = base + threadIdx.x;
+    const uint32_t key = i < visible ? order_key(s[i]) : 0;
+    const int is_gt = i < visible && key > T;
+    const int is_eq = i < visible && key == T;
+    int tie_before, ties;
+    Scan(scan_tmp).ExclusiveSum(is_eq, tie_before, ties);
+    __syncthreads();
+    const int take = is_gt || (is_eq && running[0] + tie_before < need);
+    int out_before, taken;
+    Scan(scan_tmp).ExclusiveSum(take, out_before, taken);
+    if (take) out[running[1] + out_before] = int32_t(i);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      running[0] += ties;
+      running[1] += taken;
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) n_chosen[t] = int32_t(topk);
+}
+
+}  // namespace
+
+void indexer_scores(const float* q, const float* head_weights, float weight_scale,
+                    const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                    int64_t max_visible, float* scores, int64_t stride, cudaStream_t stream) {
+  if (n <= 0 || max_visible <= 0) return;
+  const size_t shared = size_t(heads * (head_dim + 1) + kScoreWarps * head_dim) * 4;
+  if (shared > 48 * 1024)
+    AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
+        scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  const dim3 grid(unsigned((max_visible + kEntriesPerBlock - 1) / kEntriesPerBlock), unsigned(n));
+  scores_kernel<<<grid, kScoreWarps * 32, shared, stream>>>(q, head_weights, weight_scale, rows,
+                                                            heads, head_dim, scores, stride);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
+                 int32_t* chosen, int32_t* n_chosen, cudaStream_t stream) {
+  if (n <= 0) return;
+  select_kernel<<<unsigned(n), kSelectThreads, 0, stream>>>(scores, stride, rows, topk, chosen,
+                                                            n_chosen);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace agentrt::engine::cuda

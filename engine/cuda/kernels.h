@@ -1,0 +1,108 @@
+// The small kernels of the CUDA forward pass (everything but the weight products), each the GPU
+// twin of a CPU engine function named beside it. All run on `stream` and read and write device
+// memory only; the tests in tests/engine/cuda_kernels_test.cc compare them with the CPU engine.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/layer_rows.h"
+#include "engine/forward_config.h"
+#include "engine/matmul.h"
+
+namespace agentrt::engine::cuda {
+
+// Rope tables on the device: inv_freq [dim/2] and the attention scaling (rope.h's RopeTable).
+struct DeviceRope {
+  const float* inv_freq = nullptr;
+  int dim = 0;
+  float scaling = 1.0f;
+};
+
+// --- norm_rope.cu ---
+// rms_norm_rows (engine/rmsnorm.h); weight may be null.
+void rms_norm_rows(const float* x, const float* weight, int64_t rows, int64_t dim, float eps,
+                   float* out, cudaStream_t stream);
+// RopeTable::apply on the trailing rope.dim channels of each of `heads` heads of every row
+// (x: [rows][heads][head_dim]), at positions pos[row] (device).
+void apply_rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, const int64_t* pos,
+                const DeviceRope& rope, bool inverse, cudaStream_t stream);
+// streams[t][i] = embed[tokens[t]] for every i < hc.
+void embed_rows(const WeightMatrix& embed, const int32_t* tokens, int64_t n, int64_t hc,
+                float* streams, cudaStream_t stream);
+// out = silu(min(g, limit)) * clamp(u, -limit, limit) (limit <= 0: no clamp), elementwise.
+void swiglu(const float* gate, const float* up, int64_t count, float limit, float* out,
+            cudaStream_t stream);
+// Appends each row's `width` floats to its cache buffer `field` at the row's position.
+void append_rows(const LayerRow* rows, CacheField field, const float* src, int64_t width, int64_t n,
+                 cudaStream_t stream);
+
+// --- hyper_connection.cu ---
+// Width of one row's mixing weights: pre [hc], post [hc], comb [hc][hc].
+constexpr int64_t hyper_mix_width(int64_t hc) { return 2 * hc + hc * hc; }
+struct HyperDevice {
+  const float* fn;     // [(2 + hc) * hc][hc * hidden] (head: [hc][hc * hidden])
+  const float* base;   // [(2 + hc) * hc] (head: [hc])
+  const float* scale;  // [3] (head: [1])
+};
+// hyper_mix + hyper_collapse + rms_norm(norm) per row: x [n][hidden], mix [n][mix width].
+// head = true: hyper_head (pre only; mix may be null).
+void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
+               int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
+               float* mix, float* x, cudaStream_t stream);
+// hyper_expand per row, in place on streams [n][hc][hidden].
+void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
+                float* streams, cudaStream_t stream);
+
+// --- compressor.cu ---
+// compress_entry for each job: softmax-gated pooling, RMSNorm, rope at w * rate.
+struct CompressorDevice {
+  const float* ape;   // [rate][coff * dim]
+  const float* norm;  // [dim]
+  int64_t dim = 0;
+  int64_t rate = 0;
+  bool overlap = false;
+};
+void compress_entries(const CompressorDevice& c, const CompressJob* jobs, int64_t n_jobs,
+                      const DeviceRope& rope, float rms_eps, cudaStream_t stream);
+
+// --- attention.cu ---
+// attend() for every (row, head): keys are the sliding window (pos - window, pos] of rows[t].kv
+// plus compressed entries: chosen[t][0 .. n_chosen[t]) if chosen is set (CSA), else all
+// rows[t].visible entries if use_entries (HCA). q, out: [n][heads][head_dim]. max_keys bounds
+// window + entries over the rows.
+void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                 int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
+                 const int32_t* n_chosen, int64_t topk, int64_t max_keys, float* out,
+                 cudaStream_t stream);
+
+// --- indexer.cu ---
+// indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].
+// head_weights are the raw weights_proj outputs; weight_scale (1/sqrt(heads)) multiplies them.
+void indexer_scores(const float* q, const float* head_weights, float weight_scale,
+                    const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                    int64_t max_visible, float* scores, int64_t stride, cudaStream_t stream);
+// indexer_select: the topk best of each row's visible scores (ties: lower index first), in
+// ascending index order; all visible entries when they are at most topk.
+void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
+                 int32_t* chosen, int32_t* n_chosen, cudaStream_t stream);
+
+// --- moe.cu ---
+struct ExpertsDevice {
+  const WeightMatrix* w1;  // [experts] device arrays of device views
+  const WeightMatrix* w2;
+  const WeightMatrix* w3;
+};
+// route(): logits [n][experts] -> experts [n][k], weights [n][k]. tid2eid set: hash routing.
+void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
+                const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
+                float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
+// Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows:
+// out[t] += sum_j weights[t][j] * expert_{chosen[t][j]}(h[t]). scratch: see moe_scratch_bytes.
+int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden);
+void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+                    const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
+                    int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream);
+
+}  // namespace agentrt::engine::cuda

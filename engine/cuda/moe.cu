@@ -1,0 +1,265 @@
+// The routed experts on the GPU (engine/moe.h): routing per row, then the (row, expert) pairs
+// grouped by expert on the device and each used expert's weights streamed once for all its rows
+// (gate and up fused with the SwiGLU clamps, then down scaled by the routing weight), then a
+// fixed-order sum per row. Grids are sized by min(experts, pairs) and idle blocks exit, so no
+// count ever travels to the host (the step can be captured in a CUDA graph).
+#include <algorithm>
+
+#include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+#include "engine/cuda/weight_decode.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+
+__device__ float score_of(ScoreFunc f, float x) {
+  switch (f) {
+    case ScoreFunc::sqrtsoftplus:
+      return sqrtf(x > 20.0f ? x : log1pf(expf(x)));  // torch softplus threshold 20
+    case ScoreFunc::sigmoid:
+      return 1.0f / (1.0f + expf(-x));
+    case ScoreFunc::softmax:
+      return x;
+  }
+  return x;
+}
+
+__global__ void route_kernel(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
+                             const float* bias, int64_t E, int64_t k, ScoreFunc func, float scaling,
+                             int32_t* chosen, float* weights) {
+  extern __shared__ float smem[];  // scores [E], biased [E]
+  __shared__ float red[32];
+  const int64_t t = blockIdx.x;
+  float* scores = smem;
+  float* biased = smem + E;
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x)
+    scores[e] = score_of(func, logits[t * E + e]);
+  if (func == ScoreFunc::softmax) {
+    float mx = -INFINITY;
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) mx = fmaxf(mx, scores[e]);
+    mx = block_max(mx, red);
+    float s = 0.0f;
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) s += (scores[e] = expf(scores[e] - mx));
+    s = block_sum(s, red);
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) scores[e] /= s;
+  }
+  if (!tid2eid)
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) biased[e] = scores[e] + bias[e];
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  int32_t* out = chosen + t * k;
+  if (tid2eid) {
+    for (int64_t i = 0; i < k; ++i) out[i] = tid2eid[int64_t(tokens[t]) * k + i];
+  } else {
+    // k rounds of argmax; strict > keeps the lower index on ties (the CPU comparator).
+    for (int64_t i = 0; i < k; ++i) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int64_t j = 0; j < i; ++j) taken |= out[j] == e;
+        if (!taken && (best < 0 || biased[e] > biased[best])) best = e;
+      }
+      out[i] = int32_t(best);
+    }
+  }
+  float sum = 0.0f;
+  for (int64_t i = 0; i < k; ++i) sum += scores[out[i]];
+  for (int64_t i = 0; i < k; ++i) weights[t * k + i] = scores[out[i]] / (sum + 1e-20f) * scaling;
+}
+
+struct Groups {
+  int32_t* order;      // [P] pair indices sorted by expert (stable)
+  int32_t* slot;       // [P] position of each pair in `order`
+  int32_t* active;     // [E] experts with at least one pair
+  int32_t* seg_start;  // [E + 1] their segments in `order`
+  int32_t* n_active;   // [1]
+  float* act;          // [P][inter]
+  float* pair_out;     // [P][hidden]
+};
+
+size_t align16(size_t b) { return (b + 15) / 16 * 16; }
+
+Groups carve(void* scratch, int64_t P, int64_t E, int64_t inter) {
+  char* p = static_cast<char*>(scratch);
+  Groups g;
+  g.order = reinterpret_cast<int32_t*>(p);
+  p += align16(P * 4);
+  g.slot = reinterpret_cast<int32_t*>(p);
+  p += align16(P * 4);
+  g.active = reinterpret_cast<int32_t*>(p);
+  p += align16(E * 4);
+  g.seg_start = reinterpret_cast<int32_t*>(p);
+  p += align16((E + 1) * 4);
+  g.n_active = reinterpret_cast<int32_t*>(p);
+  p += 16;
+  g.act = reinterpret_cast<float*>(p);
+  p += align16(P * inter * 4);
+  g.pair_out = reinterpret_cast<float*>(p);
+  return g;
+}
+
+__global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Groups g) {
+  extern __shared__ int32_t counts[];  // [E]
+  for (int64_t e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
+  __syncthreads();
+  for (int64_t p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&counts[experts[p]], 1);
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  int32_t na = 0, start = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int32_t c = counts[e];
+    counts[e] = start;  // becomes the fill cursor
+    if (c > 0) {
+      g.active[na] = int32_t(e);
+      g.seg_start[na] = start;
+      ++na;
+    }
+    start += c;
+  }
+  g.seg_start[na] = start;
+  *g.n_active = na;
+  for (int64_t p = 0; p < P; ++p) {
+    const int32_t s = counts[experts[p]]++;
+    g.order[s] = int32_t(p);
+    g.slot[p] = s;
+  }
+}
+
+template <int NT>
+__device__ void up_chunk(const WeightMatrix& w1, const WeightMatrix& w3, int64_t r, const float* h,
+                         int64_t hidden, int64_t k, const int32_t* order, int64_t i0, float limit,
+                         float* act, int64_t inter) {
+  const float* xs[NT];
+  for (int t = 0; t < NT; ++t) xs[t] = h + int64_t(order[i0 + t] / k) * hidden;
+  float g[NT], u[NT];
+  warp_row_dot<NT>(w1, r, xs, g);
+  warp_row_dot<NT>(w3, r, xs, u);
+  if ((threadIdx.x & 31) == 0)
+    for (int t = 0; t < NT; ++t) {
+      float gv = g[t], uv = u[t];
+      if (limit > 0) {
+        gv = fminf(gv, limit);
+        uv = fminf(fmaxf(uv, -limit), limit);
+      }
+      act[(i0 + t) * inter + r] = gv / (1.0f + expf(-gv)) * uv;
+    }
+}
+
+__global__ void up_kernel(ExpertsDevice e, Groups g, const float* h, int64_t hidden, int64_t k,
+                          int64_t inter, float limit) {
+  const int64_t a = blockIdx.y;
+  if (a >= *g.n_active) return;
+  const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (r >= inter) return;
+  const int32_t ex = g.active[a];
+  const WeightMatrix w1 = e.w1[ex], w3 = e.w3[ex];
+  const int64_t s1 = g.seg_start[a + 1];
+  for (int64_t i = g.seg_start[a]; i < s1;) {
+    const int64_t left = s1 - i;
+    if (left >= 8) {
+      up_chunk<8>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+      i += 8;
+    } else if (left >= 4) {
+      up_chunk<4>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+      i += 4;
+    } else if (left >= 2) {
+      up_chunk<2>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+      i += 2;
+    } else {
+      up_chunk<1>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+      i += 1;
+    }
+  }
+}
+
+template <int NT>
+__device__ void down_chunk(const WeightMatrix& w2, int64_t r, const Groups& g, const float* weights,
+                           int64_t i0, int64_t inter, int64_t hidden) {
+  const float* xs[NT];
+  for (int t = 0; t < NT; ++t) xs[t] = g.act + (i0 + t) * inter;
+  float y[NT];
+  warp_row_dot<NT>(w2, r, xs, y);
+  if ((threadIdx.x & 31) == 0)
+    for (int t = 0; t < NT; ++t)
+      g.pair_out[(i0 + t) * hidden + r] = weights[g.order[i0 + t]] * y[t];
+}
+
+__global__ void down_kernel(ExpertsDevice e, Groups g, const float* weights, int64_t hidden,
+                            int64_t inter) {
+  const int64_t a = blockIdx.y;
+  if (a >= *g.n_active) return;
+  const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  if (r >= hidden) return;
+  const WeightMatrix w2 = e.w2[g.active[a]];
+  const int64_t s1 = g.seg_start[a + 1];
+  for (int64_t i = g.seg_start[a]; i < s1;) {
+    const int64_t left = s1 - i;
+    if (left >= 8) {
+      down_chunk<8>(w2, r, g, weights, i, inter, hidden);
+      i += 8;
+    } else if (left >= 4) {
+      down_chunk<4>(w2, r, g, weights, i, inter, hidden);
+      i += 4;
+    } else if (left >= 2) {
+      down_chunk<2>(w2, r, g, weights, i, inter, hidden);
+      i += 2;
+    } else {
+      down_chunk<1>(w2, r, g, weights, i, inter, hidden);
+      i += 1;
+    }
+  }
+}
+
+__global__ void combine_kernel(Groups g, int64_t n, int64_t k, int64_t hidden, float* out) {
+  const int64_t total = n * hidden;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / hidden, d = i % hidden;
+    float v = out[i];
+    for (int64_t j = 0; j < k; ++j) v += g.pair_out[int64_t(g.slot[t * k + j]) * hidden + d];
+    out[i] = v;
+  }
+}
+
+}  // namespace
+
+void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
+                const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
+                float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream) {
+  if (n <= 0) return;
+  route_kernel<<<unsigned(n), 256, size_t(2 * experts) * 4, stream>>>(
+      logits, tokens, tid2eid, bias, experts, k, score, routed_scaling, chosen, weights);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden) {
+  const int64_t P = n * k;
+  return int64_t(align16(P * 4) * 2 + align16(experts * 4) + align16((experts + 1) * 4) + 16 +
+                 align16(P * inter * 4) + align16(P * hidden * 4));
+}
+
+void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+                    const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
+                    int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  const int64_t P = n * k;
+  const Groups g = carve(scratch, P, experts, inter);
+  group_kernel<<<1, 1024, size_t(experts) * 4, stream>>>(chosen, P, experts, g);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  const unsigned max_active = unsigned(std::min(experts, P));
+  up_kernel<<<dim3(unsigned((inter + kWarps - 1) / kWarps), max_active), kWarps * 32, 0, stream>>>(
+      e, g, h, hidden, k, inter, limit);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  down_kernel<<<dim3(unsigned((hidden + kWarps - 1) / kWarps), max_active), kWarps * 32, 0,
+                stream>>>(e, g, weights, hidden, inter);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  const int64_t total = n * hidden;
+  combine_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 1 << 20)), 256, 0, stream>>>(
+      g, n, k, hidden, out);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace agentrt::engine::cuda
