@@ -1,10 +1,8 @@
 // WebSocket load on loopback: N idle sessions held open plus M active sessions that each run one
 // turn on a tiny model; prints throughput, p50/p99 of event inter-arrival and first-event latency,
 // server memory, and whether every session finished.
-//   bench_server_load --model DIR [--idle 1000] [--active 64] [--max-tokens 32]
+//   bench_server_load --model DIR [--idle 1000] [--active 64] [--max-tokens 32] [--batching off]
 // Boost 1.74 Asio uses std::exchange without including <utility>.
-#include <utility>
-
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -16,6 +14,7 @@
 #include <fstream>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "runtime/native_backend.h"
 #include "runtime/server/server.h"
@@ -52,6 +51,7 @@ double percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   std::string model = std::string(AGENTRT_HOME) + "/models/tiny-v4";
   int idle = 1000, active = 64, max_tokens = 32;
+  bool batching = true;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i];
     if (a == "--model")
@@ -62,6 +62,8 @@ int main(int argc, char** argv) {
       active = std::stoi(argv[i + 1]);
     else if (a == "--max-tokens")
       max_tokens = std::stoi(argv[i + 1]);
+    else if (a == "--batching")
+      batching = std::string(argv[i + 1]) != "off";
   }
   struct rlimit nofile {
     65536, 65536
@@ -75,8 +77,11 @@ int main(int argc, char** argv) {
   options.log = false;
   options.max_sessions = static_cast<size_t>(idle + active + 10);
   const long rss_before = rss_kb();
-  agentrt::server::Server server(std::make_shared<agentrt::NativeBackend>(model), nullptr, defaults,
-                                 options);
+  // The server's configuration: continuous batching of every session's decode steps.
+  agentrt::NativeBackendOptions native;
+  if (batching) native.batching = agentrt::DecodeBatcherOptions{};
+  auto backend = std::make_shared<agentrt::NativeBackend>(model, native);
+  agentrt::server::Server server(backend, nullptr, defaults, options);
   const uint16_t port = server.start();
   const long rss_loaded = rss_kb();
 
@@ -157,6 +162,12 @@ int main(int argc, char** argv) {
               percentile(first_ms, 0.5), percentile(first_ms, 0.99));
   std::printf("| event inter-arrival p50 / p99 | %.2f / %.2f ms |\n", percentile(gaps_ms, 0.5),
               percentile(gaps_ms, 0.99));
+  const auto batch =
+      backend->batcher() ? backend->batcher()->stats() : agentrt::DecodeBatcherStats{};
+  std::printf("| decode passes / steps / mean batch / max batch | %lld / %lld / %.1f / %lld |\n",
+              static_cast<long long>(batch.passes), static_cast<long long>(batch.decode_steps),
+              batch.passes ? double(batch.decode_steps) / batch.passes : 0.0,
+              static_cast<long long>(batch.max_batch_seen));
   std::printf(
       "| server process RSS: start / model loaded / +idle sessions / end | %ld / %ld / %ld / %ld "
       "MB |\n",
