@@ -34,8 +34,9 @@ struct CompiledGrammar::Cache {
       : short_masks(pda.states.size()),
         long_masks(pda.states.size()),
         signatures(pda, static_cast<int>(TokenizerIndex::kShortTokenBytes)) {}
-  MaskSlots short_masks;  // per state, pointing into by_signature's entries
-  MaskSlots long_masks;   // per state
+  MaskSlots short_masks;             // per state, pointing into by_signature's entries
+  MaskSlots long_masks;              // per state
+  SubtreeMasksCache short_subtrees;  // walks below nodes where a position entered a rule
   std::mutex mu;
   std::vector<std::shared_ptr<const PositionMasks>> owned;
   // Guarded by mu.
@@ -65,7 +66,8 @@ const PositionMasks& CompiledGrammar::short_token_masks(int32_t state) const {
     if (sig.pure) masks = tokenizer_->shared_masks().find(sig);
     if (!masks) {
       masks = std::make_shared<const PositionMasks>(
-          build_position_masks(pda_, *tokenizer_, tokenizer_->short_trie(), state));
+          build_position_masks(pda_, *tokenizer_, tokenizer_->short_trie(), state,
+                               sig.pure ? nullptr : &c.short_subtrees));
       if (sig.pure) masks = tokenizer_->shared_masks().insert(sig, masks);
     }
     std::lock_guard<std::mutex> lock(c.mu);

@@ -311,7 +311,11 @@ std::string JsonSchemaCompiler::reserve_name(const std::string& hint) {
   while (base.size() > prefix_.size() && base.back() == '-') base.pop_back();
   if (base.size() == prefix_.size()) base += "s";
   std::string name = base;
-  for (int i = 2; names_.count(name); ++i) name = base + "-" + std::to_string(i);
+  // Hints are cut to 40 characters, so thousands of rules may share a base (the definitions of
+  // a Kubernetes schema): number them from where the last one stopped.
+  int& next = next_suffix_[base];
+  if (next < 2) next = 2;
+  while (names_.count(name)) name = base + "-" + std::to_string(next++);
   names_.insert(name);
   return name;
 }
@@ -355,6 +359,9 @@ std::string JsonSchemaCompiler::generic(const std::string& which) {
       define(name,
              "\"\\\"\" ([^\"\\\\\\x00-\\x1f] | \"\\\\\" ([\"\\\\/bfnrt] | \"u\" [0-9a-fA-F]{4}))* "
              "\"\\\"\"");
+    } else if (which == "string-tail") {
+      // Canonical escapes only, as json_string_tail_excluding's units.
+      define(name, "(" + json_string_unit(CodepointSet::all()) + ")* \"\\\"\"");
     } else if (which == "number") {
       std::vector<std::pair<std::string, std::string>> none;
       define(name, *number_ebnf(NumberConstraints{}, prefix_, none));

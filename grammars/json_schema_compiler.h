@@ -7,6 +7,8 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -81,8 +83,9 @@ class JsonSchemaCompiler {
   SchemaRefResolver refs_;
   const bool ref_hides_siblings_;  // the root declares a draft before 2019-09
   std::vector<std::pair<std::string, std::string>> rules_;
-  std::set<std::string> names_;
-  std::map<std::string, std::string> ref_rules_;  // JSON pointer → rule name
+  std::unordered_set<std::string> names_;
+  std::unordered_map<std::string, int> next_suffix_;  // base name → next number to try
+  std::map<std::string, std::string> ref_rules_;      // JSON pointer → rule name
   std::set<std::string> generics_;
   int depth_ = 0;
 };

@@ -24,6 +24,8 @@ bool is_trivial_schema(const SchemaJson& s) {
 constexpr size_t kMaxOrderFree = 6;
 // Larger objects track only their required properties, up to this many (2^n states).
 constexpr size_t kMaxTrackedRequired = 7;
+// Members longer than this (EBNF characters) are rules of their own in order-free objects.
+constexpr size_t kMaxInlineMember = 60;
 
 bool is_false_schema(const SchemaJson& s) { return s.is_boolean() && !s.get<bool>(); }
 
@@ -56,6 +58,15 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
   }
   const size_t masks = size_t{1} << tracked;
   const size_t cap = max_props ? *max_props : std::max<size_t>(min_props, 1);
+  // Every state lists the members it may take next: long members become rules, written once
+  // instead of once per state (objects of Kubernetes schemas made megabytes of EBNF).
+  std::vector<std::string> member(n);
+  for (size_t j = 0; j < n; ++j) {
+    member[j] = named[j].member;
+    if (masks * (cap + 1) >= 8 && member[j].size() > kMaxInlineMember) {
+      member[j] = new_rule(path + "-member" + std::to_string(j), member[j]);
+    }
+  }
   auto idx = [&](size_t mask, size_t c) { return mask * (cap + 1) + c; };
   auto next_count = [&](size_t c) -> std::optional<size_t> {
     if (max_props) {
@@ -107,7 +118,7 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
       for (size_t j = 0; j < n; ++j) {
         const size_t next = mask | bit[j];
         if (!(mask & bit[j]) && live[idx(next, *nc)]) {
-          alts.push_back(lead + named[j].member + " " + state_ref(next, *nc));
+          alts.push_back(lead + member[j] + " " + state_ref(next, *nc));
         }
       }
       if (extra && live[idx(mask, *nc)]) alts.push_back(lead + *extra + " " + state_ref(mask, *nc));
@@ -155,7 +166,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
   auto count_at = [&](const char* key) -> std::optional<size_t> {
     auto it = s.find(key);
     if (it == s.end()) return std::nullopt;
-    if (!it->is_number() || it->get<double>() < 0) fail(std::string("'") + key + "' must be a non-negative integer");
+    if (!it->is_number() || it->get<double>() < 0)
+      fail(std::string("'") + key + "' must be a non-negative integer");
     return static_cast<size_t>(it->get<double>());
   };
   const size_t min_props = count_at("minProperties").value_or(0);
@@ -213,7 +225,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     if (!m.empty()) {
       // The pattern alternative below can also produce this key, with the pattern schema only.
       if (!is_trivial_schema(ps)) {
-        fail("property '" + key + "' also matches patternProperties; only supported when its own schema is empty");
+        fail("property '" + key +
+             "' also matches patternProperties; only supported when its own schema is empty");
       }
       parts = m;
     }
@@ -225,21 +238,25 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     if (props.contains(key)) continue;
     named_keys.push_back(key);
     auto m = matching(key);
-    if (!add_named(key, m.empty() ? addl : all_of(m), true, path + "/required")) return std::nullopt;
+    if (!add_named(key, m.empty() ? addl : all_of(m), true, path + "/required"))
+      return std::nullopt;
   }
 
   // Members other than the named ones.
   std::vector<std::string> extras;
   const std::string quote = "\"\\\"\"";
   if (!patterns.empty()) {
-    if (!is_trivial_schema(names)) fail("propertyNames together with patternProperties is not supported");
+    if (!is_trivial_schema(names))
+      fail("propertyNames together with patternProperties is not supported");
     for (const auto& p : patterns) {
       if (!(p.schema == patterns[0].schema)) {
         fail("several patternProperties with different schemas are not supported");
       }
     }
     if (!is_false_schema(addl) && !is_trivial_schema(patterns[0].schema)) {
-      fail("additionalProperties together with non-empty patternProperties schemas is not supported");
+      fail(
+          "additionalProperties together with non-empty patternProperties schemas is not "
+          "supported");
     }
     auto value = compile(patterns[0].schema, path + "/patternProperties");
     if (value) {
@@ -259,12 +276,16 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     if (value) {
       std::optional<std::string> key;
       if (!is_trivial_schema(names)) {
-        if (!named_keys.empty()) fail("propertyNames together with properties and additional properties is not supported");
-        key = compile(merge_schemas(SchemaJson{{"type", "string"}}, names, path), path + "/propertyNames");
+        if (!named_keys.empty())
+          fail("propertyNames together with properties and additional properties is not supported");
+        key = compile(merge_schemas(SchemaJson{{"type", "string"}}, names, path),
+                      path + "/propertyNames");
       } else if (named_keys.empty()) {
         key = generic("string");
       } else {
-        key = new_rule(path + "-key", quote + " " + json_string_content_excluding(named_keys) + " " + quote);
+        key =
+            new_rule(path + "-key",
+                     quote + " " + json_string_tail_excluding(named_keys, generic("string-tail")));
       }
       if (key) extras.push_back(kv(*key, *value));
     }
@@ -285,7 +306,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     const bool track_all = named.size() <= kMaxOrderFree;
     if (track_all || (required_count <= kMaxTrackedRequired && min_props == 0)) {
       std::vector<OrderFreeMember> members;
-      for (const auto& m : named) members.push_back({m.member, m.required, track_all || m.required});
+      for (const auto& m : named)
+        members.push_back({m.member, m.required, track_all || m.required});
       return order_free_object(members, extra, min_props, max_props, path);
     }
   }
@@ -349,7 +371,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     auto nc = next_count(c);
     if (nc) {
       for (size_t j = i; j < n && j <= last_choice[i]; ++j) {
-        if (live[idx(j + 1, *nc)]) alts.push_back(lead + named[j].member + " " + state_ref(j + 1, *nc));
+        if (live[idx(j + 1, *nc)])
+          alts.push_back(lead + named[j].member + " " + state_ref(j + 1, *nc));
       }
       if (extra && live[idx(i, *nc)]) alts.push_back(lead + *extra + " " + state_ref(i, *nc));
     }

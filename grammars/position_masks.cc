@@ -6,6 +6,186 @@
 #include "grammars/parse_stacks.h"
 
 namespace agentrt::grammars {
+namespace {
+
+// Subtrees smaller than this (trie nodes) are walked, not cached: the lookup would cost more.
+constexpr uint32_t kMinCachedSubtree = 32;
+
+// Where the walk's results go: accepted token ids (as a bitmask or a list) and return points.
+struct WalkSink {
+  std::vector<uint32_t>* bits = nullptr;  // either this
+  std::vector<int32_t>* ids = nullptr;    // or this
+  std::vector<uint32_t>* return_points = nullptr;
+  size_t count = 0;
+
+  void accept(int32_t id) {
+    if (bits) {
+      (*bits)[id >> 5] |= 1u << (id & 31);
+    } else {
+      ids->push_back(id);
+    }
+    ++count;
+  }
+};
+
+// Walks the trie in preorder with a set of stacks per depth (level[d]: the stacks after the
+// first d bytes of the current path), skipping dead subtrees.
+class TrieWalk {
+ public:
+  TrieWalk(const PushdownAutomaton& pda, const ByteTrie& trie, SubtreeMasksCache* subtrees)
+      : states_(pda.states),
+        nodes_(trie.nodes()),
+        values_(trie.values()),
+        subtrees_(subtrees),
+        stepper_(pda, arena_),
+        level_(trie.max_depth() + 1),
+        simple_(trie.max_depth() + 1, -1),
+        simple_parent_(trie.max_depth() + 1, StackArena::kOpenBottom) {}
+
+  // The whole trie from `state` (depth 0: the top itself, without expansion; its expansions
+  // are separate tops at match time).
+  void walk_all(int32_t state, WalkSink& sink) {
+    simple_[0] = state;
+    simple_parent_[0] = StackArena::kOpenBottom;
+    walk(1, static_cast<uint32_t>(nodes_.size()), sink, true);
+  }
+
+ private:
+  // A state that neither enters rules nor may return: a stack with it on top steps by plain
+  // automaton transitions (the common case inside strings and numbers).
+  bool plain(int32_t s) const { return states_[s].refs.empty() && !states_[s].final; }
+
+  // Byte -> next state tables for the few states the walk sits in most (a string's content
+  // and the middle of its UTF-8 characters): the hot loop is one lookup per trie node. Entries
+  // are the next state, with kNotPlain added when it is not plain; -1 when there is none.
+  static constexpr int32_t kNotPlain = 1 << 30;
+  struct NextTable {
+    int32_t state = -1;
+    std::array<int32_t, 256> next;
+  };
+  const NextTable& table_for(int32_t s) {
+    for (const NextTable& t : tables_) {
+      if (t.state == s) return t;
+    }
+    NextTable& t = tables_[table_victim_++ % tables_.size()];
+    t.state = s;
+    t.next.fill(-1);
+    for (const PdaByteEdge& e : states_[s].bytes) {
+      int32_t v = plain(e.target) ? e.target : e.target + kNotPlain;
+      for (int b = e.lo; b <= e.hi; ++b) t.next[b] = v;
+    }
+    return t;
+  }
+
+  void accept_values(const ByteTrie::Node& node, WalkSink& sink) {
+    for (uint32_t v = node.values_begin; v < node.values_end; ++v) sink.accept(values_[v]);
+  }
+
+  // Walks nodes [first, end), all below one node whose level (depth of `first` minus one) is
+  // set. `use_cache`: subtrees where the walk sits in a rule it entered come from subtrees_.
+  void walk(uint32_t first, uint32_t end, WalkSink& sink, bool use_cache) {
+    uint32_t i = first;
+    while (i < end) {
+      const ByteTrie::Node& node = nodes_[i];
+      const size_t d = node.depth;
+      bool alive = false, popped = false;
+      simple_[d] = -1;
+      if (simple_[d - 1] >= 0) {
+        int32_t next = table_for(simple_[d - 1]).next[node.byte];
+        if (next >= 0 && next < kNotPlain) {
+          simple_[d] = next;
+          simple_parent_[d] = simple_parent_[d - 1];
+          alive = true;
+        } else if (next >= 0) {
+          seed_[0] = arena_.intern(next - kNotPlain, simple_parent_[d - 1]);
+          stepper_.close(seed_, level_[d]);
+          alive = !level_[d].dead();
+          popped = level_[d].popped_open;
+        }
+      } else {
+        stepper_.advance(level_[d - 1], node.byte, level_[d]);
+        alive = !level_[d].dead();
+        popped = level_[d].popped_open;
+      }
+      // One stack left (its expansions done by close): continue from it on the fast path.
+      if (simple_[d] < 0 && level_[d].tops.size() == 1) {
+        simple_[d] = arena_.state(level_[d].tops[0]);
+        simple_parent_[d] = arena_.parent(level_[d].tops[0]);
+      }
+      // (A leaf has no longer tokens below it: nothing to check after the return.)
+      if (popped && node.end > i + 1) sink.return_points->push_back(i);
+      // Ending exactly where the rule may return is valid whatever the context: returning is
+      // always possible and every automaton state is live.
+      if (alive || popped) accept_values(node, sink);
+      if (!alive) {
+        if (simple_[d] < 0) level_[d].tops.clear();
+        i = node.end;  // longer tokens here continue only past a return: see return_points
+        continue;
+      }
+      if (use_cache && subtrees_ && simple_[d] >= 0 && simple_parent_[d] >= 0 &&
+          node.end - i > kMinCachedSubtree) {
+        below_entered_rule(i, sink);
+        i = node.end;
+        continue;
+      }
+      ++i;
+    }
+  }
+
+  // The tokens below `node`, where the walk is one stack: a state of a rule it entered over
+  // the stack to return to. Below the node the rule's own part is the same for every position
+  // that gets there (cached); what follows its returns is walked from the real stack.
+  void below_entered_rule(uint32_t node, WalkSink& sink) {
+    const size_t d = nodes_[node].depth;
+    const int32_t state = simple_[d];
+    const int32_t parent = simple_parent_[d];
+    std::shared_ptr<const SubtreeMasks> cached = subtrees_->find(state, node);
+    if (!cached) {
+      auto built = std::make_shared<SubtreeMasks>();
+      WalkSink inner;
+      inner.ids = &built->accepted;
+      inner.return_points = &built->return_points;
+      simple_parent_[d] = StackArena::kOpenBottom;
+      walk(node + 1, nodes_[node].end, inner, false);
+      cached = built;
+      subtrees_->insert(state, node, cached);
+    }
+    for (int32_t id : cached->accepted) sink.accept(id);
+    // After each return: the stack below, from there on (the tokens ending at the return are
+    // accepted above). Walks at deeper levels only, so the levels above stay as they were.
+    for (uint32_t r : cached->return_points) {
+      const size_t dr = nodes_[r].depth;
+      seed_[0] = parent;
+      stepper_.close(seed_, level_[dr]);
+      simple_[dr] = -1;
+      if (level_[dr].popped_open) sink.return_points->push_back(r);
+      if (level_[dr].dead()) continue;
+      if (level_[dr].tops.size() == 1) {
+        simple_[dr] = arena_.state(level_[dr].tops[0]);
+        simple_parent_[dr] = arena_.parent(level_[dr].tops[0]);
+      }
+      walk(r + 1, nodes_[r].end, sink, true);
+    }
+  }
+
+  const std::vector<PdaState>& states_;
+  const std::vector<ByteTrie::Node>& nodes_;
+  const std::vector<int32_t>& values_;
+  SubtreeMasksCache* subtrees_;
+  StackArena arena_;
+  StackStepper stepper_;
+  std::vector<StackSet> level_;
+  // simple_[d] >= 0: level d is exactly one stack, that state over simple_parent_[d] (level_[d]
+  // unused). Steps from it are a table lookup while they reach plain states: inside a string
+  // the walk over most of the vocabulary stays there, also in a rule entered on the way.
+  std::vector<int32_t> simple_;
+  std::vector<int32_t> simple_parent_;
+  std::vector<int32_t> seed_ = std::vector<int32_t>(1);
+  std::array<NextTable, 4> tables_;
+  size_t table_victim_ = 0;
+};
+
+}  // namespace
 
 void PositionMasks::add_accepted_to(uint32_t* mask) const {
   if (!accepted_bits.empty()) {
@@ -16,92 +196,18 @@ void PositionMasks::add_accepted_to(uint32_t* mask) const {
 }
 
 PositionMasks build_position_masks(const PushdownAutomaton& pda, const TokenizerIndex& tokenizer,
-                                   const ByteTrie& trie, int32_t state) {
+                                   const ByteTrie& trie, int32_t state,
+                                   SubtreeMasksCache* subtrees) {
   PositionMasks out;
-  const std::vector<ByteTrie::Node>& nodes = trie.nodes();
-  const std::vector<int32_t>& values = trie.values();
-  const std::vector<PdaState>& states = pda.states;
-  // A state that neither enters rules nor may return: a stack with it on top over the open
-  // bottom steps by plain automaton transitions (the common case inside strings and numbers).
-  auto plain = [&](int32_t s) { return states[s].refs.empty() && !states[s].final; };
-  // Byte -> next state tables for the few states the walk sits in most (a string's content
-  // and the middle of its UTF-8 characters): the hot loop is one lookup per trie node. Entries
-  // are the next state, with kNotPlain added when it is not plain; -1 when there is none.
-  constexpr int32_t kNotPlain = 1 << 30;
-  struct NextTable {
-    int32_t state = -1;
-    std::array<int32_t, 256> next;
-  };
-  std::array<NextTable, 4> tables;
-  size_t table_victim = 0;
-  auto table_for = [&](int32_t s) -> const NextTable& {
-    for (const NextTable& t : tables) {
-      if (t.state == s) return t;
-    }
-    NextTable& t = tables[table_victim++ % tables.size()];
-    t.state = s;
-    t.next.fill(-1);
-    for (const PdaByteEdge& e : states[s].bytes) {
-      int32_t v = plain(e.target) ? e.target : e.target + kNotPlain;
-      for (int b = e.lo; b <= e.hi; ++b) t.next[b] = v;
-    }
-    return t;
-  };
-
-  StackArena arena;
-  StackStepper stepper(pda, arena);
-  size_t max_depth = trie.max_depth() + 1;
-  std::vector<StackSet> level(max_depth);
-  // simple[d] >= 0: level d is exactly that plain state over the open bottom (level[d] unused).
-  std::vector<int32_t> simple(max_depth, -1);
-  // Depth 0: the top itself, without expansion (its expansions are separate tops at match time).
-  simple[0] = state;
-
-  size_t words = tokenizer.mask_words();
+  const size_t words = tokenizer.mask_words();
   std::vector<uint32_t> accepted(words, 0);
-  size_t num_accepted = 0;
-  std::vector<int32_t> seed(1);
-  size_t i = 1;
-  while (i < nodes.size()) {
-    const ByteTrie::Node& node = nodes[i];
-    size_t d = node.depth;
-    bool alive = false, popped = false;
-    simple[d] = -1;
-    if (simple[d - 1] >= 0) {
-      int32_t next = table_for(simple[d - 1]).next[node.byte];
-      if (next >= 0 && next < kNotPlain) {
-        simple[d] = next;
-        alive = true;
-      } else if (next >= 0) {
-        seed[0] = arena.intern(next - kNotPlain, StackArena::kOpenBottom);
-        stepper.close(seed, level[d]);
-        alive = !level[d].dead();
-        popped = level[d].popped_open;
-      }
-    } else {
-      stepper.advance(level[d - 1], node.byte, level[d]);
-      alive = !level[d].dead();
-      popped = level[d].popped_open;
-    }
-    // (A leaf has no longer tokens below it: nothing to check after the return.)
-    if (popped && node.end > i + 1) out.return_points.push_back(static_cast<uint32_t>(i));
-    // Ending exactly where the rule may return is valid whatever the context: returning is
-    // always possible and every automaton state is live.
-    if (alive || popped) {
-      for (uint32_t v = node.values_begin; v < node.values_end; ++v) {
-        int32_t id = values[v];
-        accepted[id >> 5] |= 1u << (id & 31);
-        ++num_accepted;
-      }
-    }
-    if (!alive) {
-      if (simple[d] < 0) level[d].tops.clear();
-      i = node.end;  // longer tokens here continue only past a return: see return_points
-      continue;
-    }
-    ++i;
-  }
-  if (num_accepted > words) {
+  WalkSink sink;
+  sink.bits = &accepted;
+  sink.return_points = &out.return_points;
+  TrieWalk(pda, trie, subtrees).walk_all(state, sink);
+  // A token may be counted twice (accepted both inside a cached subtree's rule and after its
+  // return): the count only chooses the representation.
+  if (sink.count > words) {
     out.accepted_bits = std::move(accepted);
   } else {
     for (size_t w = 0; w < words; ++w) {

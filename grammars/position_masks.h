@@ -6,6 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "grammars/byte_trie.h"
@@ -25,8 +28,42 @@ struct PositionMasks {
   void add_accepted_to(uint32_t* mask) const;
 };
 
+// The tokens below one trie node, walked from one automaton state over an unknown context:
+// those accepted, and the nodes after which that state's rule returned (the tokens below them
+// depend on what lies under it).
+struct SubtreeMasks {
+  std::vector<int32_t> accepted;
+  std::vector<uint32_t> return_points;
+};
+
+// SubtreeMasks by (state, node), for one grammar and one trie. Many positions of a grammar enter
+// the same rule on their first bytes (every position in an object key that may still become an
+// additional property enters the rest-of-string rule): the walk below such a node is then done
+// once per grammar instead of once per position. Thread-safe.
+class SubtreeMasksCache {
+ public:
+  std::shared_ptr<const SubtreeMasks> find(int32_t state, uint32_t node) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(key(state, node));
+    return it == entries_.end() ? nullptr : it->second;
+  }
+  void insert(int32_t state, uint32_t node, std::shared_ptr<const SubtreeMasks> masks) {
+    std::lock_guard<std::mutex> lock(mu_);
+    entries_.emplace(key(state, node), std::move(masks));
+  }
+
+ private:
+  static uint64_t key(int32_t state, uint32_t node) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(state)) << 32) | node;
+  }
+  mutable std::mutex mu_;
+  std::unordered_map<uint64_t, std::shared_ptr<const SubtreeMasks>> entries_;
+};
+
 // Classifies the tokens of `trie` (tokenizer.short_trie() or long_trie()) for `state`.
+// `subtrees` (may be null) caches walks below nodes where the walk entered another rule.
 PositionMasks build_position_masks(const PushdownAutomaton& pda, const TokenizerIndex& tokenizer,
-                                   const ByteTrie& trie, int32_t state);
+                                   const ByteTrie& trie, int32_t state,
+                                   SubtreeMasksCache* subtrees = nullptr);
 
 }  // namespace agentrt::grammars

@@ -132,12 +132,18 @@ std::string class_char(uint32_t cp) {
 // The canonical escape of a control character (< 0x20), json.dumps style.
 std::string control_escape(uint32_t cp) {
   switch (cp) {
-    case 0x08: return "\\b";
-    case 0x09: return "\\t";
-    case 0x0A: return "\\n";
-    case 0x0C: return "\\f";
-    case 0x0D: return "\\r";
-    default: return "\\u00" + hex2(cp);
+    case 0x08:
+      return "\\b";
+    case 0x09:
+      return "\\t";
+    case 0x0A:
+      return "\\n";
+    case 0x0C:
+      return "\\f";
+    case 0x0D:
+      return "\\r";
+    default:
+      return "\\u00" + hex2(cp);
   }
 }
 
@@ -181,7 +187,8 @@ std::string ebnf_char_class(const CodepointSet& set) {
 
 std::string json_string_unit(const CodepointSet& set, StringEncoding encoding) {
   if (encoding == StringEncoding::raw) {
-    CodepointSet raw = set.minus(CodepointSet::single('<')).minus(CodepointSet::range(0xD800, 0xDFFF));
+    CodepointSet raw =
+        set.minus(CodepointSet::single('<')).minus(CodepointSet::range(0xD800, 0xDFFF));
     return raw.empty() ? "" : ebnf_char_class(raw);
   }
   static const CodepointSet kSpecial = [] {
@@ -259,29 +266,29 @@ struct TrieNode {
   std::map<uint32_t, std::unique_ptr<TrieNode>> children;
 };
 
-std::string trie_excluding(const TrieNode& node, const std::string& any_rest) {
+// `closing` empty: the content of the string (the end is where the caller puts the quote);
+// else the string's tail up to and including `closing`, and `any_rest` must include it too.
+std::string trie_excluding(const TrieNode& node, const std::string& any_rest,
+                           const std::string& closing) {
   std::vector<std::string> alts;
   CodepointSet used;
   for (const auto& [cp, child] : node.children) {
     used.add(cp, cp);
     alts.push_back(json_string_unit(CodepointSet::single(cp)) + " " +
-                   trie_excluding(*child, any_rest));
+                   trie_excluding(*child, any_rest, closing));
   }
   std::string other = json_string_unit(CodepointSet::all().minus(used));
   if (!other.empty()) alts.push_back(other + " " + any_rest);
+  // Ending here is allowed unless the string so far is one of the excluded.
+  if (!closing.empty() && !node.terminal) alts.push_back(closing);
   std::string out = "(";
   for (size_t i = 0; i < alts.size(); ++i) out += (i ? " | " : "") + alts[i];
   out += ")";
-  // The empty continuation is allowed unless the string so far is one of the excluded.
-  if (!node.terminal) out += "?";
+  if (closing.empty() && !node.terminal) out += "?";
   return out;
 }
 
-}  // namespace
-
-std::string json_string_content_excluding(const std::vector<std::string>& excluded) {
-  const std::string any_rest = json_string_unit(CodepointSet::all()) + "*";
-  if (excluded.empty()) return any_rest;
+TrieNode excluded_trie(const std::vector<std::string>& excluded) {
   TrieNode root;
   for (const auto& s : excluded) {
     TrieNode* n = &root;
@@ -292,7 +299,23 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
     }
     n->terminal = true;
   }
-  return trie_excluding(root, any_rest);
+  return root;
+}
+
+}  // namespace
+
+std::string json_string_content_excluding(const std::vector<std::string>& excluded,
+                                          const std::string& any_rest_rule) {
+  const std::string any_rest =
+      any_rest_rule.empty() ? json_string_unit(CodepointSet::all()) + "*" : any_rest_rule;
+  if (excluded.empty()) return any_rest;
+  return trie_excluding(excluded_trie(excluded), any_rest, "");
+}
+
+std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
+                                       const std::string& tail_rule) {
+  if (excluded.empty()) return tail_rule;
+  return trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"");
 }
 
 }  // namespace agentrt::grammars

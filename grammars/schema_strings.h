@@ -58,7 +58,16 @@ std::vector<uint32_t> utf8_codepoints(std::string_view text);
 std::string utf8_encode(uint32_t cp);
 
 // EBNF for the content (without quotes) of any canonical JSON string whose decoded value is
-// not one of `excluded`; every string is allowed when `excluded` is empty.
-std::string json_string_content_excluding(const std::vector<std::string>& excluded);
+// not one of `excluded`; every string is allowed when `excluded` is empty. `any_rest` (when not
+// empty) names a rule for any canonical content, written where the string has left every
+// excluded one: without it that expression is repeated at every such point.
+std::string json_string_content_excluding(const std::vector<std::string>& excluded,
+                                          const std::string& any_rest = "");
+// The same as the tail of a string: content then the closing quote, with `tail_rule` naming a
+// rule for any canonical content and the closing quote. Where a string has left the excluded
+// ones the grammar is in that one rule, whose loop state cannot return: the token walk there
+// stays on its fast path (position_masks.cc), and its positions are shared between grammars.
+std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
+                                       const std::string& tail_rule);
 
 }  // namespace agentrt::grammars

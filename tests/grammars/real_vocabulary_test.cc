@@ -6,6 +6,7 @@
 #include "grammar_sampler.h"
 #include "grammar_test_support.h"
 #include "grammars/hf_vocabulary.h"
+#include "grammars/json_schema.h"
 #include "grammars/maskbench_runner.h"
 
 namespace agentrt::grammars {
@@ -45,6 +46,30 @@ TEST_F(RealVocabularyTest, JsonMasksMatchBruteForce) {
     EXPECT_TRUE(m.can_end());
   }
   EXPECT_GT(checked, 5);
+}
+
+// Object keys that may still become additional properties enter the rest-of-string rule on
+// their first bytes: those walks are cached per grammar (position_masks.h SubtreeMasksCache)
+// and continued from the real stack after the string ends.
+TEST_F(RealVocabularyTest, SchemaKeyMasksMatchBruteForce) {
+  auto schema = nlohmann::ordered_json::parse(R"({"type":"object","properties":{
+      "alpha":{"type":"integer"},"alphabet":{"type":"string"},"beta":{"enum":["x","y"]}},
+      "additionalProperties":{"type":"boolean"}})");
+  JsonSchemaOptions options;
+  options.whitespace = JsonSchemaOptions::Whitespace::flexible;
+  auto cg = compile(grammar_from_json_schema(schema, options), index_);
+  size_t vocab = index_->vocab_size();
+  for (const std::string doc : {R"({"alphabet": "ab\"c", "alpha": 12, "al": true, "beta": "y"})",
+                                R"({"gamma": false, "beta": "x", "été": true, "a\\nb": false})"}) {
+    std::vector<int32_t> tokens = longest_match_tokenize(*index_, doc);
+    GrammarMatcher m(cg);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      ASSERT_EQ(testing::fast_mask(m), testing::reference_mask(m, vocab))
+          << "after " << i << " tokens of " << doc;
+      ASSERT_TRUE(m.accept_token(tokens[i])) << doc;
+    }
+    EXPECT_TRUE(m.can_end());
+  }
 }
 
 }  // namespace
