@@ -99,21 +99,20 @@ void DecodeBatcher::schedule() {
       prefill = std::move(prefills_.front());
       prefills_.pop_front();
     }
-    lock.unlock();
-    if (!batch.empty()) run_decode_pass(batch);
-    if (prefill) run_prefill_chunk(prefill);
-    lock.lock();
+    // Counted before the work runs, so a caller that got its result sees its pass counted.
     if (!batch.empty()) {
       ++stats_.passes;
       stats_.decode_steps += static_cast<int64_t>(batch.size());
       if (batch.size() > 1) ++stats_.batched_passes;
       stats_.max_batch_seen = std::max<int64_t>(stats_.max_batch_seen, batch.size());
     }
-    if (prefill) {
-      ++stats_.prefill_chunks;
-      // Unfinished prompts go to the back: prefills advance round-robin.
-      if (prefill->fed < prefill->tokens.size()) prefills_.push_back(std::move(prefill));
-    }
+    if (prefill) ++stats_.prefill_chunks;
+    lock.unlock();
+    if (!batch.empty()) run_decode_pass(batch);
+    if (prefill) run_prefill_chunk(prefill);
+    lock.lock();
+    // Unfinished prompts go to the back: prefills advance round-robin.
+    if (prefill && prefill->fed < prefill->tokens.size()) prefills_.push_back(std::move(prefill));
   }
 }
 
