@@ -87,6 +87,11 @@ const PositionMasks& CompiledGrammar::long_token_masks(int32_t state) const {
   });
 }
 
+PositionSignature CompiledGrammar::short_signature(int32_t state) const {
+  std::lock_guard<std::mutex> lock(cache_->mu);
+  return cache_->signatures.of(state);
+}
+
 size_t CompiledGrammar::num_short_token_masks() const {
   std::lock_guard<std::mutex> lock(cache_->mu);
   return cache_->by_signature.size();

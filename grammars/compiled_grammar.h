@@ -29,6 +29,8 @@ class CompiledGrammar {
   const PositionMasks& long_token_masks(int32_t state) const;
   // Distinct short-token classifications built so far.
   size_t num_short_token_masks() const;
+  // The behaviour of `state` on inputs of up to kShortTokenBytes bytes (position_classes.h).
+  PositionSignature short_signature(int32_t state) const;
   // Builds the cache for every state now (moves cost from the first masks to compile time).
   void precompute_all() const;
 

@@ -40,6 +40,15 @@ struct GrammarMatcher::State {
   std::vector<StackSet> levels;
   std::vector<int32_t> one;
   std::unordered_set<const PositionMasks*> seen_masks;
+  struct PastReturns {
+    const PositionMasks* masks = nullptr;
+    int32_t below = -1;            // long tokens: the stack; short: the stack below its top
+    PositionSignature signature;   // short tokens: of the stack's top
+    std::vector<uint32_t> tokens;  // bitmask
+  };
+  static constexpr size_t kPastReturnsKept = 8;
+  std::vector<PastReturns> past_returns;
+  size_t past_returns_victim = 0;
 
   const TokenizerIndex& tokenizer() const { return grammar->tokenizer(); }
   const Snapshot& now() const { return history.back(); }
@@ -174,6 +183,43 @@ struct GrammarMatcher::State {
     }
   }
 
+  // The tokens of `trie` that continue past a return from a top's rule (at `masks`' return
+  // points) into the stack `parent` (an arena node: equal ids are equal stacks). Inside a
+  // string or a list the top changes with every token but its masks and the stack below mostly
+  // do not: the last few results are kept. Short tokens go at most kShortTokenBytes past the
+  // return, within which the stack acts as its top's signature says over the same rest: stacks
+  // differing only in positions no short token tells apart (the count inside x{0,5000}, where
+  // each x is a rule of its own) share a result. Long tokens need the very stack.
+  const std::vector<uint32_t>& tokens_past_returns(const PositionMasks& masks, bool short_trie,
+                                                   int32_t parent) {
+    PositionSignature sig;
+    int32_t below = parent;
+    if (short_trie) {
+      sig = grammar->short_signature(arena.state(parent));
+      below = arena.parent(parent);
+    }
+    for (const PastReturns& e : past_returns) {
+      if (e.masks == &masks && e.below == below &&
+          (short_trie ? e.signature == sig : e.below == parent)) {
+        return e.tokens;
+      }
+    }
+    if (past_returns.size() < kPastReturnsKept) past_returns.emplace_back();
+    PastReturns& e = past_returns[past_returns_victim++ % past_returns.size()];
+    e.masks = &masks;
+    e.below = below;
+    e.signature = sig;
+    e.tokens.assign(tokenizer().mask_words(), 0);
+    const TokenizerIndex& index = grammar->tokenizer();
+    if (levels.size() < 8) levels.resize(8);
+    one.assign(1, parent);
+    stepper.close(one, levels[0]);
+    for (uint32_t p : masks.return_points) {
+      check_return_point(short_trie ? index.short_trie() : index.long_trie(), p, e.tokens.data());
+    }
+    return e.tokens;
+  }
+
   void fill(uint32_t* mask) {
     const TokenizerIndex& tok = tokenizer();
     const Snapshot& cur = now();
@@ -200,12 +246,14 @@ struct GrammarMatcher::State {
       if (seen_masks.insert(&long_masks).second) long_masks.add_accepted_to(mask);
       if (parent < 0) continue;  // returning from the root ends the document: nothing may follow
       if (short_masks.return_points.empty() && long_masks.return_points.empty()) continue;
-      const TokenizerIndex& index = grammar->tokenizer();
-      if (levels.size() < 8) levels.resize(8);
-      one.assign(1, parent);
-      stepper.close(one, levels[0]);
-      for (uint32_t p : short_masks.return_points) check_return_point(index.short_trie(), p, mask);
-      for (uint32_t p : long_masks.return_points) check_return_point(index.long_trie(), p, mask);
+      if (!short_masks.return_points.empty()) {
+        const std::vector<uint32_t>& past = tokens_past_returns(short_masks, true, parent);
+        for (size_t w = 0; w < past.size(); ++w) mask[w] |= past[w];
+      }
+      if (!long_masks.return_points.empty()) {
+        const std::vector<uint32_t>& past = tokens_past_returns(long_masks, false, parent);
+        for (size_t w = 0; w < past.size(); ++w) mask[w] |= past[w];
+      }
     }
     if (cur.stacks.can_end) {
       for (int32_t id : tok.vocabulary().stop_tokens) set_bit(mask, id);

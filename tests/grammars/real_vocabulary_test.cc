@@ -72,5 +72,27 @@ TEST_F(RealVocabularyTest, SchemaKeyMasksMatchBruteForce) {
   }
 }
 
+// Long counted strings repeat a rule per character (pushdown_automaton.cc RepeatHoister): the
+// tokens past the return from that rule are kept per signature of the stack below
+// (matcher.cc tokens_past_returns), checked here at every token of long values.
+TEST_F(RealVocabularyTest, CountedStringMasksMatchBruteForce) {
+  auto schema = nlohmann::ordered_json::parse(R"({"type":"object","properties":{
+      "d":{"type":"string","maxLength":30000},"c":{"type":"string","minLength":40,"maxLength":30000}},
+      "required":["d","c"],"additionalProperties":false})");
+  JsonSchemaOptions options;
+  options.whitespace = JsonSchemaOptions::Whitespace::flexible;
+  auto cg = compile(grammar_from_json_schema(schema, options), index_);
+  const std::string doc =
+      R"({"d": "This is an example certificate.", "c": "-----BEGIN CERTIFICATE-----\nMIIDdTCCAl2gAwIBAgIVAMIIujU9wQIBADANBgkq"})";
+  std::vector<int32_t> tokens = longest_match_tokenize(*index_, doc);
+  GrammarMatcher m(cg);
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    ASSERT_EQ(testing::fast_mask(m), testing::reference_mask(m, index_->vocab_size()))
+        << "after " << i << " tokens of " << doc;
+    ASSERT_TRUE(m.accept_token(tokens[i])) << doc;
+  }
+  EXPECT_TRUE(m.can_end());
+}
+
 }  // namespace
 }  // namespace agentrt::grammars
