@@ -11,6 +11,7 @@
 //
 //   bench_engine_cuda MODEL_DIR [--contexts 1024,16384,65536] [--steps 16]
 //                     [--batches 8,32,64] [--batch-context 1024] [--precision bf16x2|bf16|f32]
+//                     [--profile 1]   (GPU time per stage of a decode step, CUDA events)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -186,6 +187,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: bench_engine_cuda MODEL_DIR [options]\n");
     return 2;
   }
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout kill
   const std::string dir = argv[1];
   std::vector<int64_t> contexts = {1024, 16384, 65536}, batches = {8, 32, 64};
   int64_t steps = 16, batch_context = 1024;
@@ -203,6 +205,8 @@ int main(int argc, char** argv) {
       batch_context = std::stoll(v);
     else if (k == "--precision")
       precision = v;
+    else if (k == "--profile")
+      options.profile = v == "1";
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;
@@ -263,9 +267,19 @@ int main(int argc, char** argv) {
                   double(ctx) / prefill_s, prefill_tflops, "",
                   100.0 * prefill_tflops * 1e12 / peak);
       for (int i = 0; i < 2; ++i) seq->forward(random_ids(1));
+      const auto before = cuda_stage_ms(*model);
       t0 = now();
       for (int64_t i = 0; i < steps; ++i) seq->forward(random_ids(1));
       const double dt = (now() - t0) / double(steps);
+      if (options.profile) {
+        std::printf("  GPU ms per decode step:");
+        for (const auto& [name, ms] : cuda_stage_ms(*model)) {
+          const auto it = before.find(name);
+          std::printf(" %s %.3f", name.c_str(),
+                      (ms - (it == before.end() ? 0.0 : it->second)) / double(steps));
+        }
+        std::printf(" (wall %.3f)\n", dt * 1e3);
+      }
       double cache_bytes, f;
       attention_costs(config, ctx + 2 + steps / 2, &cache_bytes, &f);
       const double bytes = costs.weight_bytes + cache_bytes;

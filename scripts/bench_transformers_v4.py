@@ -44,6 +44,66 @@ def dequantise(f, name, keys):
     return t
 
 
+def tokens(name):
+    return set(name.replace("_", ".").split("."))
+
+
+def layer_of(name):
+    parts = name.split(".")
+    return parts[parts.index("layers") + 1] if "layers" in parts else None
+
+
+def match_names(params, model_dir):
+    """Copies checkpoint tensors into transformers' parameters. transformers renames the upstream
+    names when it loads (q_a_proj for wq_a, fused expert tensors, ...); we match by name, else by
+    layer + shape with the most shared name tokens, and stack routed experts into fused tensors."""
+    copied = set()
+    with safe_open(os.path.join(model_dir, "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+        sources = [k for k in keys if not (k.endswith(".scale") and k[:-6] + ".weight" in keys)]
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in sources}
+        for k in sources:  # FP4 stores [rows][cols/2]
+            if k in keys and k[:-7] + ".scale" in keys and f.get_slice(k).get_dtype() in ("I8", "U8"):
+                shapes[k] = (shapes[k][0], shapes[k][1] * 2)
+        used = set()
+        for name, p in params.items():
+            target = tuple(p.shape)
+            if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+                prefix = name[: -len("gate_up_proj")] if name.endswith("gate_up_proj") else name[: -len("down_proj")]
+                src_prefix = prefix.replace(".mlp.", ".ffn.")
+                E = target[0]
+                mats = []
+                for e in range(E):
+                    ws = ["w1", "w3"] if name.endswith("gate_up_proj") else ["w2"]
+                    parts = [dequantise(f, f"{src_prefix}{e}.{w}.weight", keys) for w in ws]
+                    m = torch.cat(parts, 0)
+                    if tuple(m.shape) != target[1:]:
+                        m = m.t()
+                    mats.append(m)
+                with torch.no_grad():
+                    p.copy_(torch.stack(mats).to(p.dtype).view(target))
+                copied.add(name)
+                continue
+            cand = name if name in shapes else None
+            if cand is None:
+                best = None
+                for k in sources:
+                    if k in used or layer_of(k) != layer_of(name) or shapes[k] != target:
+                        continue
+                    score = len(tokens(k) & tokens(name))
+                    if best is None or score > best[0]:
+                        best = (score, k)
+                cand = best[1] if best else None
+            if cand is None:
+                continue
+            w = dequantise(f, cand, keys)
+            with torch.no_grad():
+                p.copy_(w.view(target).to(p.dtype))
+            used.add(cand)
+            copied.add(name)
+    return used, copied
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -63,27 +123,11 @@ def main():
     with torch.device("cuda"):
         model = DeepseekV4ForCausalLM(cfg).eval()
     params = dict(model.named_parameters())
-    matched, missing = 0, []
-    with safe_open(os.path.join(a.model, "model.safetensors"), framework="pt") as f:
-        keys = set(f.keys())
-        for name in keys:
-            if name.endswith(".scale") and name[: -len(".scale")] + ".weight" in keys:
-                continue
-            target = params.get(name)
-            if target is None:
-                missing.append(name)
-                continue
-            w = dequantise(f, name, keys)
-            if w.numel() != target.numel():
-                missing.append(f"{name} {tuple(w.shape)} vs {tuple(target.shape)}")
-                continue
-            with torch.no_grad():
-                target.copy_(w.view(target.shape).to(target.dtype))
-            matched += 1
-    unset = [n for n in params if n not in keys]
-    print(f"load: {time.time() - t0:.1f} s; {matched} checkpoint tensors copied into "
-          f"{len(params)} parameters; unmatched checkpoint tensors {len(missing)} "
-          f"(first: {missing[:4]}); parameters left random {len(unset)} (first: {unset[:4]})")
+    matched, copied = match_names(params, a.model)
+    print(f"load: {time.time() - t0:.1f} s; {len(copied)} of {len(params)} parameters "
+          f"({sum(params[n].numel() for n in copied) / 1e9:.2f} of "
+          f"{sum(p.numel() for p in params.values()) / 1e9:.2f} G values) hold the checkpoint's "
+          f"weights; the rest stay random: {[n for n in params if n not in copied][:6]}")
     torch.cuda.synchronize()
     V = cfg.vocab_size
     gen = torch.Generator(device="cuda").manual_seed(1)

@@ -22,7 +22,10 @@ fi
 if [[ $MODE == bench || $MODE == all ]]; then
   CKPT=/tmp/v4flash
   PYTHONUNBUFFERED=1 python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" 2>&1 | tee "$OUT/bench.log"
-  "$CARRY/bench_engine_cuda" "$CKPT" 2>&1 | tee -a "$OUT/bench.log" || status=1
-  PYTHONUNBUFFERED=1 python3 scripts/bench_transformers_v4.py "$CKPT" 2>&1 | tee -a "$OUT/bench.log" || status=1
+  timeout "${BENCH_TIMEOUT:-280}" "$CARRY/bench_engine_cuda" "$CKPT" ${BENCH_ARGS:-} 2>&1 |
+    tee -a "$OUT/bench.log" || status=1
+  [[ -n ${SKIP_HF:-} ]] && exit $status
+  PYTHONUNBUFFERED=1 timeout "${HF_TIMEOUT:-320}" python3 scripts/bench_transformers_v4.py "$CKPT" \
+    --budget-s "${HF_BUDGET:-150}" ${HF_ARGS:-} 2>&1 | tee -a "$OUT/bench.log" || status=1
 fi
 exit $status

@@ -1,7 +1,9 @@
 // Sliding-window + compressed attention with sinks (engine/attention.h's attend) for every
-// (row, head): one block each. Its warps score the keys (one key per warp at a time, the query
-// in shared memory), the block takes the softmax with the sink, then each thread sums its output
-// channels over the keys. Keys are the values (shared-KV MQA).
+// (row, head): one block each. The fast kernel splits the keys over the block's warps; each warp
+// streams its keys once (a lane holds 4..16 channels of the query and of the key in registers)
+// with an online softmax, and the warps' partial (max, sum, output) are merged with the sink at
+// the end. The plain kernel (attend_rows_reference) scores all keys into shared memory, takes
+// the softmax, then sums each output channel over the keys. Keys are the values (shared-KV MQA).
 #include <stdexcept>
 #include <string>
 
@@ -76,12 +78,127 @@ __global__ void attend_kernel(const float* q, const LayerRow* rows, int64_t head
   }
 }
 
+constexpr int kFastWarps = 8;
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+template <int J>  // float4 chunks per lane: head_dim <= 128 * J
+__global__ void attend_fast_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t hd,
+                                   int64_t window, const float* sinks, bool use_entries,
+                                   const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                                   float scale, float* out) {
+  __shared__ float wm[kFastWarps], wl[kFastWarps];
+  __shared__ float4 wacc[kFastWarps][32 * J];
+  const int64_t t = blockIdx.y, h = blockIdx.x;
+  const LayerRow row = rows[t];
+  KeyList keys;
+  keys.kv = row.kv;
+  keys.entries = row.comp_entries;
+  keys.first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
+  keys.n_window = row.pos - keys.first + 1;
+  keys.chosen = chosen ? chosen + t * topk : nullptr;
+  keys.n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
+  const int64_t n_keys = keys.n_window + keys.n_entries;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int nchunk = int(hd / 4);
+  const float4 zero = make_float4(0, 0, 0, 0);
+  const float4* qv = reinterpret_cast<const float4*>(q + (t * heads + h) * hd);
+  float4 qr[J], acc[J];
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    qr[j] = c < nchunk ? qv[c] : zero;
+    acc[j] = zero;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (int64_t i = warp; i < n_keys; i += kFastWarps) {
+    const float4* k = reinterpret_cast<const float4*>(keys.key(i, hd));
+    float4 kr[J];
+    for (int j = 0; j < J; ++j) {
+      const int c = lane + 32 * j;
+      kr[j] = c < nchunk ? __ldg(k + c) : zero;
+    }
+    float s = 0.0f;
+    for (int j = 0; j < J; ++j) s += dot4(qr[j], kr[j]);
+    s = warp_sum(s) * scale;
+    const float m_new = fmaxf(m, s);
+    const float corr = expf(m - m_new), p = expf(s - m_new);
+    l = l * corr + p;
+    for (int j = 0; j < J; ++j) {
+      acc[j].x = acc[j].x * corr + p * kr[j].x;
+      acc[j].y = acc[j].y * corr + p * kr[j].y;
+      acc[j].z = acc[j].z * corr + p * kr[j].z;
+      acc[j].w = acc[j].w * corr + p * kr[j].w;
+    }
+    m = m_new;
+  }
+  if (lane == 0) {
+    wm[warp] = m;
+    wl[warp] = l;
+  }
+  for (int j = 0; j < J; ++j) wacc[warp][lane + 32 * j] = acc[j];
+  __syncthreads();
+  const float sink = sinks[h];
+  float M = sink;
+  for (int w = 0; w < kFastWarps; ++w) M = fmaxf(M, wm[w]);
+  float L = expf(sink - M);
+  float f[kFastWarps];
+  for (int w = 0; w < kFastWarps; ++w) {
+    f[w] = wm[w] == -INFINITY ? 0.0f : expf(wm[w] - M);
+    L += wl[w] * f[w];
+  }
+  const float inv = 1.0f / L;
+  float4* o = reinterpret_cast<float4*>(out + (t * heads + h) * hd);
+  for (int c = threadIdx.x; c < nchunk; c += blockDim.x) {
+    float4 v = zero;
+    for (int w = 0; w < kFastWarps; ++w) {
+      const float4 a = wacc[w][c];
+      v.x += a.x * f[w];
+      v.y += a.y * f[w];
+      v.z += a.z * f[w];
+      v.w += a.w * f[w];
+    }
+    v.x *= inv;
+    v.y *= inv;
+    v.z *= inv;
+    v.w *= inv;
+    o[c] = v;
+  }
+}
+
 }  // namespace
 
 void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
                  int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
                  const int32_t* n_chosen, int64_t topk, int64_t max_keys, float* out,
                  cudaStream_t stream) {
+  if (n <= 0) return;
+  if (head_dim % 4 != 0 || head_dim > 512) {
+    attend_rows_reference(q, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen,
+                          topk, max_keys, out, stream);
+    return;
+  }
+  const dim3 grid{unsigned(heads), unsigned(n)};
+  const float scale = 1.0f / sqrtf(float(head_dim));
+  const int64_t J = (head_dim + 127) / 128;
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, kFastWarps * 32, 0, stream>>>(q, rows, heads, head_dim, window, sinks,
+                                                 use_entries, chosen, n_chosen, topk, scale, out);
+  };
+  if (J <= 1)
+    launch(attend_fast_kernel<1>);
+  else if (J == 2)
+    launch(attend_fast_kernel<2>);
+  else
+    launch(attend_fast_kernel<4>);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                           int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                           const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                           int64_t max_keys, float* out, cudaStream_t stream) {
   if (n <= 0) return;
   const size_t shared = size_t(head_dim + max_keys) * 4;
   if (shared > 200 * 1024)

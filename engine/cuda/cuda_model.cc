@@ -73,6 +73,11 @@ class CudaModel final : public Model {
     return out;
   }
 
+  std::map<std::string, double> stage_ms() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pass_.stage_ms();
+  }
+
   // One forward at a time: the workspace and the stream are shared.
   void run(std::span<const cuda::DeviceRow> rows, float* logits) const {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -120,6 +125,11 @@ std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
   ForwardConfig config = ForwardConfig::from_file(dir / "config.json");
   const ForwardWeights weights = ForwardWeights::load(dir, config);
   return std::make_shared<CudaModel>(std::move(config), weights, cuda_options);
+}
+
+std::map<std::string, double> cuda_stage_ms(const Model& model) {
+  const auto* m = dynamic_cast<const CudaModel*>(&model);
+  return m ? m->stage_ms() : std::map<std::string, double>{};
 }
 
 std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,

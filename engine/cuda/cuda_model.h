@@ -4,7 +4,9 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
+#include <string>
 
 #include "engine/cuda/device_forward.h"
 #include "engine/model.h"
@@ -15,5 +17,9 @@ namespace agentrt::engine {
 std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
                                              const LoadOptions& options,
                                              const cuda::CudaOptions& cuda_options);
+
+// GPU milliseconds per forward stage, summed since load, for a model made by load_cuda_model
+// with CudaOptions::profile (empty otherwise). For benchmarks.
+std::map<std::string, double> cuda_stage_ms(const Model& model);
 
 }  // namespace agentrt::engine

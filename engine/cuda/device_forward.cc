@@ -16,7 +16,7 @@ namespace agentrt::engine::cuda {
 struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, iq, iw, scores, chosen, n_chosen,
       attn, grouped, router, route_experts, route_weights, gate, up, act, moe_scratch, head_streams,
-      head_x, logits, meta;
+      head_x, logits, meta, projected;
   // This call's metadata (device pointers into `meta`).
   const int32_t* tokens = nullptr;
   const int64_t* pos = nullptr;
@@ -56,11 +56,14 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     : config_(std::move(config)),
       weights_(WeightsOnDevice::upload(config_, host)),
       linear_(options.precision, options.gemv_max_rows),
-      ws_(std::make_unique<Workspace>()) {
+      ws_(std::make_unique<Workspace>()),
+      profile_(options.profile) {
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
 DeviceForward::~DeviceForward() {
+  if (pinned_) cudaFreeHost(pinned_);
+  for (auto& m : marks_) cudaEventDestroy(m.second);
   if (stream_) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -142,6 +145,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     m.n_comp_jobs = int64_t(comp.size());
     m.n_idx_jobs = int64_t(idx.size());
   }
+  stage("start");
   w.meta.reserve(int64_t(pack.bytes.size()));
   char* meta = w.meta.as<char>();
   AGENTRT_CUDA_CHECK(
@@ -158,17 +162,23 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   float* mix = floats(w.mix, n * hyper_mix_width(hc));
   float* x = floats(w.x, n * H);
   float* y = floats(w.y, n * H);
+  float* projected = floats(w.projected, n * (2 + hc) * hc);
   embed_rows(weights_.embed->view(), w.tokens, n, hc, streams, stream_);
   for (int64_t l = 0; l < L; ++l) {
     const LayerOnDevice& lw = weights_.layers[l];
     hyper_pre(lw.attn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-              lw.attn_norm.as<float>(), false, mix, x, stream_);
+              lw.attn_norm.as<float>(), false, mix, x, projected, stream_);
+    stage("mHC");
     attention(size_t(l), n, y);
+    stage("attention");
     hyper_post(mix, y, n, hc, H, streams, stream_);
     hyper_pre(lw.ffn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-              lw.ffn_norm.as<float>(), false, mix, x, stream_);
+              lw.ffn_norm.as<float>(), false, mix, x, projected, stream_);
+    stage("mHC");
     moe(size_t(l), n, y);
+    stage("MoE");
     hyper_post(mix, y, n, hc, H, streams, stream_);
+    stage("mHC");
   }
 
   std::vector<int64_t> wanted;
@@ -177,6 +187,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   const int64_t m = int64_t(wanted.size());
   if (m == 0) {
     AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    collect_stages();
     return;
   }
   const float* head_in = streams;
@@ -189,12 +200,41 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   }
   float* hx = floats(w.head_x, m * H);
   hyper_pre(weights_.head_hyper(), head_in, m, hc, H, 0, c.hc_eps, c.rms_eps,
-            weights_.norm.as<float>(), true, nullptr, hx, stream_);
+            weights_.norm.as<float>(), true, nullptr, hx, projected, stream_);
   float* out = floats(w.logits, m * c.vocab_size);
   linear_.run(weights_.head, hx, m, out, stream_);
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(logits, out, m * c.vocab_size * 4, cudaMemcpyDeviceToHost, stream_));
+  stage("head");
+  // Through pinned memory: a pageable copy would stage through the driver's own buffer.
+  const int64_t bytes = m * c.vocab_size * 4;
+  if (pinned_bytes_ < bytes) {
+    if (pinned_) cudaFreeHost(pinned_);
+    pinned_ = nullptr;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_, size_t(bytes)));
+    pinned_bytes_ = bytes;
+  }
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(pinned_, out, bytes, cudaMemcpyDeviceToHost, stream_));
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::memcpy(logits, pinned_, size_t(bytes));
+  collect_stages();
+}
+
+void DeviceForward::stage(const char* name) {
+  if (!profile_) return;
+  cudaEvent_t e;
+  AGENTRT_CUDA_CHECK(cudaEventCreate(&e));
+  AGENTRT_CUDA_CHECK(cudaEventRecord(e, stream_));
+  marks_.push_back({name, e});
+}
+
+void DeviceForward::collect_stages() {
+  if (!profile_ || marks_.empty()) return;
+  for (size_t i = 1; i < marks_.size(); ++i) {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, marks_[i - 1].second, marks_[i].second);
+    stage_ms_[marks_[i].first] += ms;
+  }
+  for (auto& m : marks_) cudaEventDestroy(m.second);
+  marks_.clear();
 }
 
 void DeviceForward::attention(size_t l, int64_t n, float* out) {

@@ -10,7 +10,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/cuda/device_cache.h"
@@ -22,6 +25,7 @@ namespace agentrt::engine::cuda {
 struct CudaOptions {
   GemmPrecision precision = GemmPrecision::bf16x2;
   int64_t gemv_max_rows = 16;  // up to this many rows a product streams the stored weights
+  bool profile = false;        // time the stages with CUDA events (stage_ms)
 };
 
 struct DeviceRow {
@@ -46,16 +50,26 @@ class DeviceForward {
   // row with want_logits into `logits` (host memory), in row order. Not thread-safe.
   void run(std::span<const DeviceRow> rows, float* logits);
 
+  // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
+  const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
+
  private:
   struct Workspace;
   void attention(size_t l, int64_t n, float* out);
   void moe(size_t l, int64_t n, float* out);
+  void stage(const char* name);
+  void collect_stages();
 
   ForwardConfig config_;
   WeightsOnDevice weights_;
   cudaStream_t stream_ = nullptr;
   LinearRunner linear_;
   std::unique_ptr<Workspace> ws_;
+  bool profile_ = false;
+  std::vector<std::pair<std::string, cudaEvent_t>> marks_;
+  std::map<std::string, double> stage_ms_;
+  void* pinned_ = nullptr;  // page-locked staging for the logits
+  int64_t pinned_bytes_ = 0;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -45,37 +45,44 @@ __device__ void sinkhorn(float* comb, int64_t hc, int iters, float eps) {
   }
 }
 
-__global__ void hyper_pre_kernel(HyperDevice w, const float* streams, int64_t hc, int64_t hidden,
-                                 int iters, float hc_eps, float rms_eps, const float* norm,
-                                 bool head, float* mix, float* x) {
+// mixes[row][o] = fn[o] . rms_norm(streams[row]): one block per (output, row), so even a
+// single decode row spreads the projection over many SMs.
+__global__ void hyper_project_kernel(const float* fn, const float* streams, int64_t width,
+                                     int64_t outputs, float rms_eps, float* mixes) {
+  __shared__ float red[32];
+  const int64_t o = blockIdx.x, row = blockIdx.y;
+  const float* s = streams + row * width;
+  const float* f = fn + o * width;
+  float ss = 0.0f, acc = 0.0f;
+  if (width % 4 == 0) {
+    for (int64_t i = threadIdx.x; i < width / 4; i += blockDim.x) {
+      const float4 a = reinterpret_cast<const float4*>(f)[i];
+      const float4 b = reinterpret_cast<const float4*>(s)[i];
+      acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      ss += b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+      acc = fmaf(f[i], s[i], acc);
+      ss = fmaf(s[i], s[i], ss);
+    }
+  }
+  ss = block_sum(ss, red);
+  acc = block_sum(acc, red);
+  if (threadIdx.x == 0) mixes[row * outputs + o] = acc * rsqrtf(ss / float(width) + rms_eps);
+}
+
+__global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const float* projected,
+                                 int64_t hc, int64_t hidden, int iters, float hc_eps, float rms_eps,
+                                 const float* norm, bool head, float* mix, float* x) {
   __shared__ float red[32];
   __shared__ float mixes[(2 + kMaxHcMult) * kMaxHcMult];
   __shared__ float weights[2 * kMaxHcMult + kMaxHcMult * kMaxHcMult];  // pre, post, comb
   const int64_t row = blockIdx.x, width = hc * hidden;
   const float* s = streams + row * width;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ss = fmaf(s[i], s[i], ss);
-  const float inv = rsqrtf(block_sum(ss, red) / float(width) + rms_eps);
-
   const int64_t outputs = head ? hc : (2 + hc) * hc;
-  const bool vec = width % 4 == 0;
-  for (int64_t o = warp; o < outputs; o += warps) {
-    const float* f = w.fn + o * width;
-    float acc = 0.0f;
-    if (vec) {
-      for (int64_t i = lane; i < width / 4; i += 32) {
-        const float4 a = reinterpret_cast<const float4*>(f)[i];
-        const float4 b = reinterpret_cast<const float4*>(s)[i];
-        acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
-      }
-    } else {
-      for (int64_t i = lane; i < width; i += 32) acc = fmaf(f[i], s[i], acc);
-    }
-    acc = warp_sum(acc);
-    if (lane == 0) mixes[o] = acc * inv;
-  }
+  for (int64_t o = threadIdx.x; o < outputs; o += blockDim.x)
+    mixes[o] = projected[row * outputs + o];
   __syncthreads();
   float* pre = weights;
   float* post = weights + hc;
@@ -131,10 +138,14 @@ __global__ void hyper_post_kernel(const float* mix, const float* block_out, int6
 
 void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
                int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
-               float* mix, float* x, cudaStream_t stream) {
+               float* mix, float* x, float* projected, cudaStream_t stream) {
   if (n <= 0) return;
-  hyper_pre_kernel<<<unsigned(n), kThreads, 0, stream>>>(w, streams, hc, hidden, sinkhorn_iters,
-                                                         hc_eps, rms_eps, norm, head, mix, x);
+  const int64_t outputs = head ? hc : (2 + hc) * hc;
+  hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n)}, kThreads, 0, stream>>>(
+      w.fn, streams, hc * hidden, outputs, rms_eps, projected);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  hyper_pre_kernel<<<unsigned(n), kThreads, 0, stream>>>(
+      w, streams, projected, hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

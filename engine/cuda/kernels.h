@@ -47,10 +47,10 @@ struct HyperDevice {
   const float* scale;  // [3] (head: [1])
 };
 // hyper_mix + hyper_collapse + rms_norm(norm) per row: x [n][hidden], mix [n][mix width].
-// head = true: hyper_head (pre only; mix may be null).
+// head = true: hyper_head (pre only; mix may be null). projected: scratch [n][(2 + hc) * hc].
 void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
                int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
-               float* mix, float* x, cudaStream_t stream);
+               float* mix, float* x, float* projected, cudaStream_t stream);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);
@@ -76,6 +76,11 @@ void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                  int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
                  const int32_t* n_chosen, int64_t topk, int64_t max_keys, float* out,
                  cudaStream_t stream);
+// The plain kernel attend_rows is tested against (scores in shared memory, then the sum).
+void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                           int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                           const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                           int64_t max_keys, float* out, cudaStream_t stream);
 
 // --- indexer.cu ---
 // indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].

@@ -105,9 +105,16 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
   (void)dim;
 }
 
+void attention_case(int64_t hd, bool fast);
+
 TEST_F(CudaKernels, AttentionMatchesAttendReference) {
+  for (const int64_t hd : {int64_t(72), int64_t(512), int64_t(30)})  // fast x2, plain fallback
+    for (const bool fast : {true, false}) attention_case(hd, fast);
+}
+
+void attention_case(int64_t hd, bool fast) {
   std::mt19937 rng(5);
-  const int64_t heads = 3, hd = 72, window = 9, topk = 6, positions = 40, entries = 10;
+  const int64_t heads = 3, window = 9, topk = 6, positions = 40, entries = 10;
   const std::vector<int64_t> pos = {0, 5, 39};
   const int64_t n = int64_t(pos.size());
   const auto kv = randn(positions * hd, rng), ent = randn(entries * hd, rng);
@@ -127,10 +134,10 @@ TEST_F(CudaKernels, AttentionMatchesAttendReference) {
   auto d_rows = upload(rows), d_chosen = upload(chosen), d_nc = upload(n_chosen);
   DeviceBuffer out(n * heads * hd * 4);
   for (bool csa : {true, false}) {
-    cuda::attend_rows(d_q.as<float>(), d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
-                      d_sinks.as<float>(), !csa, csa ? d_chosen.as<int32_t>() : nullptr,
-                      csa ? d_nc.as<int32_t>() : nullptr, topk, window + entries, out.as<float>(),
-                      nullptr);
+    (fast ? cuda::attend_rows : cuda::attend_rows_reference)(
+        d_q.as<float>(), d_rows.as<cuda::LayerRow>(), n, heads, hd, window, d_sinks.as<float>(),
+        !csa, csa ? d_chosen.as<int32_t>() : nullptr, csa ? d_nc.as<int32_t>() : nullptr, topk,
+        window + entries, out.as<float>(), nullptr);
     const auto got = download<float>(out, n * heads * hd);
     for (int64_t t = 0; t < n; ++t) {
       std::vector<const float*> keys;
@@ -146,7 +153,8 @@ TEST_F(CudaKernels, AttentionMatchesAttendReference) {
         attend_reference(q.data() + (t * heads + h) * hd, hd, 1.0f / std::sqrt(float(hd)), sinks[h],
                          keys.data(), int64_t(keys.size()), want.data());
         EXPECT_LE(testing::rel_l2(got.data() + (t * heads + h) * hd, want.data(), hd), 1e-5)
-            << (csa ? "csa" : "hca") << " row " << t << " head " << h;
+            << (csa ? "csa" : "hca") << (fast ? " fast" : " plain") << " head_dim " << hd << " row "
+            << t << " head " << h;
       }
     }
   }
@@ -160,10 +168,10 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
   const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f);
   auto d_fn = upload(w.fn), d_base = upload(w.base), d_scale = upload(w.scale);
   auto d_streams = upload(streams), d_norm = upload(norm);
-  DeviceBuffer mix(n * cuda::hyper_mix_width(hc) * 4), x(n * H * 4);
+  DeviceBuffer mix(n * cuda::hyper_mix_width(hc) * 4), x(n * H * 4), projected(n * mixn * 4);
   cuda::hyper_pre({d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()},
                   d_streams.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f, d_norm.as<float>(), false,
-                  mix.as<float>(), x.as<float>(), nullptr);
+                  mix.as<float>(), x.as<float>(), projected.as<float>(), nullptr);
   const auto got_x = download<float>(x, n * H);
   const auto got_mix = download<float>(mix, n * cuda::hyper_mix_width(hc));
   for (int64_t t = 0; t < n; ++t) {
