@@ -8,9 +8,10 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-__global__ void compress_kernel(CompressorDevice c, const CompressJob* jobs, DeviceRope rope,
-                                float eps) {
-  extern __shared__ float out[];  // [dim]
+__global__ void compress_kernel(CompressorDevice c, const CompressJob* jobs, const int32_t* count,
+                                DeviceRope rope, float eps) {
+  if (int(blockIdx.x) >= *count) return;  // padded slots (fixed grid for graph capture)
+  extern __shared__ float out[];          // [dim]
   __shared__ float red[32];
   const CompressJob job = jobs[blockIdx.x];
   const int64_t dim = c.dim, rate = c.rate, w = job.w;
@@ -61,10 +62,11 @@ __global__ void compress_kernel(CompressorDevice c, const CompressJob* jobs, Dev
 
 }  // namespace
 
-void compress_entries(const CompressorDevice& c, const CompressJob* jobs, int64_t n_jobs,
-                      const DeviceRope& rope, float rms_eps, cudaStream_t stream) {
-  if (n_jobs <= 0) return;
-  compress_kernel<<<unsigned(n_jobs), 128, size_t(c.dim) * 4, stream>>>(c, jobs, rope, rms_eps);
+void compress_entries(const CompressorDevice& c, const CompressJob* jobs, const int32_t* count,
+                      int64_t slots, const DeviceRope& rope, float rms_eps, cudaStream_t stream) {
+  if (slots <= 0) return;
+  compress_kernel<<<unsigned(slots), 128, size_t(c.dim) * 4, stream>>>(c, jobs, count, rope,
+                                                                       rms_eps);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

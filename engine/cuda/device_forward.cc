@@ -17,6 +17,17 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, iq, iw, scores, chosen, n_chosen,
       attn, grouped, router, route_experts, route_weights, gate, up, act, moe_scratch, head_streams,
       head_x, logits, meta, projected;
+  // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
+  uint64_t generation = 0;
+  float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
+  void* grow(DeviceBuffer& b, int64_t bytes) {
+    bytes = std::max<int64_t>(bytes, 4);
+    if (b.bytes() < bytes) {
+      b.reserve(bytes);
+      ++generation;
+    }
+    return b.get();
+  }
   // This call's metadata (device pointers into `meta`).
   const int32_t* tokens = nullptr;
   const int64_t* pos = nullptr;
@@ -24,18 +35,14 @@ struct DeviceForward::Workspace {
     const LayerRow* rows = nullptr;
     const CompressJob* comp_jobs = nullptr;
     const CompressJob* idx_jobs = nullptr;
-    int64_t n_comp_jobs = 0, n_idx_jobs = 0;
+    const int32_t* job_counts = nullptr;  // device: [compressor, indexer]
+    int64_t job_slots = 0;                // grid size of the compress kernels
     int64_t max_keys = 0, max_visible = 0;
   };
   std::vector<LayerMeta> layers;
 };
 
 namespace {
-
-float* floats(DeviceBuffer& b, int64_t count) {
-  b.reserve(std::max<int64_t>(count, 1) * 4);
-  return b.as<float>();
-}
 
 // Host-side packing of everything uploaded per call, 16-byte aligned pieces.
 struct MetaPacker {
@@ -57,11 +64,14 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       weights_(WeightsOnDevice::upload(config_, host)),
       linear_(options.precision, options.gemv_max_rows),
       ws_(std::make_unique<Workspace>()),
-      profile_(options.profile) {
+      profile_(options.profile),
+      graphs_(options.graphs),
+      gemv_max_rows_(options.gemv_max_rows) {
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
 DeviceForward::~DeviceForward() {
+  for (auto& [key, step] : graphs_by_shape_) cudaGraphExecDestroy(step.exec);
   if (pinned_) cudaFreeHost(pinned_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
   if (stream_) {
@@ -98,11 +108,24 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   }
   for (auto* cache : order) cache->reserve(next[cache], stream_);
 
+  // A decode-sized batch that wants every row's logits replays a captured CUDA graph: its
+  // shapes are fixed by the row count and an upper bound on the compressed entries visible
+  // (from the caches' capacity), everything else travels in the metadata upload.
+  std::vector<int64_t> wanted;
+  for (int64_t t = 0; t < n; ++t)
+    if (rows[t].want_logits) wanted.push_back(t);
+  bool graph = graphs_ && !profile_ && n <= gemv_max_rows_ && int64_t(wanted.size()) == n;
+  int64_t visible_bound = 0;
+  for (const ForwardLayer& fl : c.layers)
+    if (fl.compress_rate)
+      for (auto* cache : order)
+        visible_bound = std::max(visible_bound, cache->capacity() / fl.compress_rate + 1);
+
   // Per-layer row views and compressed entries to emit.
   MetaPacker pack;
   const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos);
   struct LayerOffsets {
-    size_t rows, comp, idx;
+    size_t rows, comp, idx, counts;
   };
   std::vector<LayerOffsets> offs(L);
   w.layers.assign(L, {});
@@ -141,13 +164,23 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
                 {lc.idx_kv.as<float>(), lc.idx_gate.as<float>(), lc.idx_entries.as<float>(), e});
         }
       }
-    offs[l] = {pack.add(lrows), pack.add(comp), pack.add(idx)};
-    m.n_comp_jobs = int64_t(comp.size());
-    m.n_idx_jobs = int64_t(idx.size());
+    const std::vector<int32_t> counts = {int32_t(comp.size()), int32_t(idx.size())};
+    m.job_slots = int64_t(std::max(comp.size(), idx.size()));
+    if (graph) {
+      if (m.job_slots > n) graph = false;  // cannot happen with rates >= 2; stay eager if so
+      m.job_slots = n;
+      comp.resize(n, CompressJob{});
+      idx.resize(n, CompressJob{});
+    }
+    offs[l] = {pack.add(lrows), pack.add(comp), pack.add(idx), pack.add(counts)};
   }
+  if (graph)
+    for (int64_t l = 0; l < L; ++l) {
+      w.layers[l].max_visible = visible_bound;
+      w.layers[l].max_keys = c.sliding_window + visible_bound;
+    }
   stage("start");
-  w.meta.reserve(int64_t(pack.bytes.size()));
-  char* meta = w.meta.as<char>();
+  char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.bytes.size())));
   AGENTRT_CUDA_CHECK(
       cudaMemcpyAsync(meta, pack.bytes.data(), pack.bytes.size(), cudaMemcpyHostToDevice, stream_));
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
@@ -156,13 +189,69 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     w.layers[l].rows = reinterpret_cast<const LayerRow*>(meta + offs[l].rows);
     w.layers[l].comp_jobs = reinterpret_cast<const CompressJob*>(meta + offs[l].comp);
     w.layers[l].idx_jobs = reinterpret_cast<const CompressJob*>(meta + offs[l].idx);
+    w.layers[l].job_counts = reinterpret_cast<const int32_t*>(meta + offs[l].counts);
   }
 
-  float* streams = floats(w.streams, n * hc * H);
-  float* mix = floats(w.mix, n * hyper_mix_width(hc));
-  float* x = floats(w.x, n * H);
-  float* y = floats(w.y, n * H);
-  float* projected = floats(w.projected, n * (2 + hc) * hc);
+  const int64_t m = int64_t(wanted.size());
+  if (graph) {
+    const std::pair<int64_t, int64_t> key{n, visible_bound};
+    auto it = graphs_by_shape_.find(key);
+    if (it != graphs_by_shape_.end() && it->second.generation == w.generation) {
+      AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+    } else {
+      // Run eagerly (sizing every buffer), then capture the same work for the next steps.
+      enqueue(n, wanted);
+      AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      cudaGraph_t g = nullptr;
+      AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueue(n, wanted);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &g);
+        if (g) cudaGraphDestroy(g);
+        throw;
+      }
+      AGENTRT_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+      CapturedStep step;
+      step.generation = w.generation;
+      const cudaError_t err = cudaGraphInstantiate(&step.exec, g, 0);
+      cudaGraphDestroy(g);
+      AGENTRT_CUDA_CHECK(err);
+      if (it != graphs_by_shape_.end()) cudaGraphExecDestroy(it->second.exec);
+      graphs_by_shape_[key] = step;
+    }
+  } else {
+    enqueue(n, wanted);
+  }
+  if (m == 0) {
+    AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    collect_stages();
+    return;
+  }
+  // Through pinned memory: a pageable copy would stage through the driver's own buffer.
+  const int64_t bytes = m * c.vocab_size * 4;
+  if (pinned_bytes_ < bytes) {
+    if (pinned_) cudaFreeHost(pinned_);
+    pinned_ = nullptr;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_, size_t(bytes)));
+    pinned_bytes_ = bytes;
+  }
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(pinned_, w.logits.get(), bytes, cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::memcpy(logits, pinned_, size_t(bytes));
+  collect_stages();
+}
+
+void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
+  const ForwardConfig& c = config_;
+  Workspace& w = *ws_;
+  const int64_t H = c.hidden, hc = c.hc_mult, L = int64_t(c.layers.size());
+  float* streams = w.f(w.streams, n * hc * H);
+  float* mix = w.f(w.mix, n * hyper_mix_width(hc));
+  float* x = w.f(w.x, n * H);
+  float* y = w.f(w.y, n * H);
+  float* projected = w.f(w.projected, n * (2 + hc) * hc);
   embed_rows(weights_.embed->view(), w.tokens, n, hc, streams, stream_);
   for (int64_t l = 0; l < L; ++l) {
     const LayerOnDevice& lw = weights_.layers[l];
@@ -180,42 +269,22 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     hyper_post(mix, y, n, hc, H, streams, stream_);
     stage("mHC");
   }
-
-  std::vector<int64_t> wanted;
-  for (int64_t t = 0; t < n; ++t)
-    if (rows[t].want_logits) wanted.push_back(t);
   const int64_t m = int64_t(wanted.size());
-  if (m == 0) {
-    AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    collect_stages();
-    return;
-  }
+  if (m == 0) return;
   const float* head_in = streams;
   if (m < n) {
-    float* hs = floats(w.head_streams, m * hc * H);
+    float* hs = w.f(w.head_streams, m * hc * H);
     for (int64_t i = 0; i < m; ++i)
       AGENTRT_CUDA_CHECK(cudaMemcpyAsync(hs + i * hc * H, streams + wanted[i] * hc * H, hc * H * 4,
                                          cudaMemcpyDeviceToDevice, stream_));
     head_in = hs;
   }
-  float* hx = floats(w.head_x, m * H);
+  float* hx = w.f(w.head_x, m * H);
   hyper_pre(weights_.head_hyper(), head_in, m, hc, H, 0, c.hc_eps, c.rms_eps,
             weights_.norm.as<float>(), true, nullptr, hx, projected, stream_);
-  float* out = floats(w.logits, m * c.vocab_size);
+  float* out = w.f(w.logits, m * c.vocab_size);
   linear_.run(weights_.head, hx, m, out, stream_);
   stage("head");
-  // Through pinned memory: a pageable copy would stage through the driver's own buffer.
-  const int64_t bytes = m * c.vocab_size * 4;
-  if (pinned_bytes_ < bytes) {
-    if (pinned_) cudaFreeHost(pinned_);
-    pinned_ = nullptr;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_, size_t(bytes)));
-    pinned_bytes_ = bytes;
-  }
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(pinned_, out, bytes, cudaMemcpyDeviceToHost, stream_));
-  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::memcpy(logits, pinned_, size_t(bytes));
-  collect_stages();
 }
 
 void DeviceForward::stage(const char* name) {
@@ -248,9 +317,9 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   const DeviceRope& rope =
       fl.attention == AttentionKind::sliding ? weights_.rope_main : weights_.rope_compress;
 
-  float* q_res = floats(w.q_res, n * c.q_lora_rank);
-  float* q = floats(w.q, n * heads * hd);
-  float* kv = floats(w.kv, n * hd);
+  float* q_res = w.f(w.q_res, n * c.q_lora_rank);
+  float* q = w.f(w.q, n * heads * hd);
+  float* kv = w.f(w.kv, n * hd);
   linear_.run(lw.wq_a->view(), x, n, q_res, stream_);
   rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
   linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
@@ -262,34 +331,36 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   append_rows(m.rows, CacheField::kv, kv, hd, n, stream_);
 
   auto raw = [&](const CompressorOnDevice& comp, CacheField kv_field, CacheField gate_field,
-                 const CompressJob* jobs, int64_t n_jobs) {
+                 const CompressJob* jobs, const int32_t* count) {
     const int64_t width = comp.wkv->view().rows;
-    float* rkv = floats(w.raw_kv, n * width);
-    float* rgate = floats(w.raw_gate, n * width);
+    float* rkv = w.f(w.raw_kv, n * width);
+    float* rgate = w.f(w.raw_gate, n * width);
     linear_.run(comp.wkv->view(), x, n, rkv, stream_);
     linear_.run(comp.wgate->view(), x, n, rgate, stream_);
     append_rows(m.rows, kv_field, rkv, width, n, stream_);
     append_rows(m.rows, gate_field, rgate, width, n, stream_);
-    compress_entries(comp.view, jobs, n_jobs, weights_.rope_compress, c.rms_eps, stream_);
+    compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps,
+                     stream_);
   };
   if (lw.compressor)
-    raw(*lw.compressor, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs, m.n_comp_jobs);
+    raw(*lw.compressor, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs, m.job_counts);
   if (lw.indexer)
-    raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs, m.n_idx_jobs);
+    raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
+        m.job_counts + 1);
 
   const int32_t* chosen = nullptr;
   const int32_t* n_chosen = nullptr;
   if (lw.indexer) {
     const int64_t ih = c.index_heads, ihd = c.index_head_dim;
-    float* iq = floats(w.iq, n * ih * ihd);
-    float* iw = floats(w.iw, n * ih);
+    float* iq = w.f(w.iq, n * ih * ihd);
+    float* iw = w.f(w.iw, n * ih);
     linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
     apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_);
     linear_.run(lw.indexer->weights_proj->view(), x, n, iw, stream_);
     const int64_t stride = std::max<int64_t>(m.max_visible, 1);
-    float* scores = floats(w.scores, n * stride);
-    w.chosen.reserve(std::max<int64_t>(n * c.index_topk, 1) * 4);
-    w.n_chosen.reserve(std::max<int64_t>(n, 1) * 4);
+    float* scores = w.f(w.scores, n * stride);
+    w.grow(w.chosen, n * c.index_topk * 4);
+    w.grow(w.n_chosen, n * 4);
     indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible, scores,
                    stride, stream_);
     select_topk(scores, stride, m.rows, n, c.index_topk, w.chosen.as<int32_t>(),
@@ -298,7 +369,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     n_chosen = w.n_chosen.as<int32_t>();
   }
 
-  float* attn = floats(w.attn, n * heads * hd);
+  float* attn = w.f(w.attn, n * heads * hd);
   attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
               fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys, attn,
               stream_);
@@ -306,7 +377,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
 
   // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
   const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;
-  float* grouped = floats(w.grouped, n * c.o_groups * r);
+  float* grouped = w.f(w.grouped, n * c.o_groups * r);
   for (int64_t g = 0; g < c.o_groups; ++g)
     linear_.run(lw.wo_a->view().slice_rows(g * r, r), attn + g * group_in, heads * hd, n,
                 grouped + g * r, c.o_groups * r, stream_);
@@ -321,24 +392,24 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   const float* x = w.x.as<float>();
   const int64_t E = c.experts, k = c.experts_per_token, H = c.hidden;
 
-  float* router = floats(w.router, n * E);
+  float* router = w.f(w.router, n * E);
   linear_.run(lw.gate->view(), x, n, router, stream_);
-  w.route_experts.reserve(n * k * 4);
-  float* rweights = floats(w.route_weights, n * k);
+  w.grow(w.route_experts, n * k * 4);
+  float* rweights = w.f(w.route_weights, n * k);
   route_rows(router, w.tokens, fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr,
              lw.bias.as<float>(), n, E, k, c.score_func, c.routed_scaling,
              w.route_experts.as<int32_t>(), rweights, stream_);
 
   const int64_t si = lw.shared.w1->view().rows;
-  float* g = floats(w.gate, n * si);
-  float* u = floats(w.up, n * si);
-  float* a = floats(w.act, n * si);
+  float* g = w.f(w.gate, n * si);
+  float* u = w.f(w.up, n * si);
+  float* a = w.f(w.act, n * si);
   linear_.run(lw.shared.w1->view(), x, n, g, stream_);
   linear_.run(lw.shared.w3->view(), x, n, u, stream_);
   swiglu(g, u, n * si, c.swiglu_limit, a, stream_);
   linear_.run(lw.shared.w2->view(), a, n, out, stream_);
 
-  w.moe_scratch.reserve(moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
+  w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
   routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                  c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_);
 }

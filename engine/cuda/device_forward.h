@@ -25,7 +25,8 @@ namespace agentrt::engine::cuda {
 struct CudaOptions {
   GemmPrecision precision = GemmPrecision::bf16x2;
   int64_t gemv_max_rows = 16;  // up to this many rows a product streams the stored weights
-  bool profile = false;        // time the stages with CUDA events (stage_ms)
+  bool profile = false;        // time the stages with CUDA events (stage_ms); no graphs then
+  bool graphs = true;          // replay decode steps (<= gemv_max_rows rows) as CUDA graphs
 };
 
 struct DeviceRow {
@@ -57,6 +58,7 @@ class DeviceForward {
   struct Workspace;
   void attention(size_t l, int64_t n, float* out);
   void moe(size_t l, int64_t n, float* out);
+  void enqueue(int64_t n, const std::vector<int64_t>& wanted);
   void stage(const char* name);
   void collect_stages();
 
@@ -66,6 +68,13 @@ class DeviceForward {
   LinearRunner linear_;
   std::unique_ptr<Workspace> ws_;
   bool profile_ = false;
+  bool graphs_ = true;
+  int64_t gemv_max_rows_ = 16;
+  struct CapturedStep {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t generation = 0;  // the workspace generation it was captured with
+  };
+  std::map<std::pair<int64_t, int64_t>, CapturedStep> graphs_by_shape_;
   std::vector<std::pair<std::string, cudaEvent_t>> marks_;
   std::map<std::string, double> stage_ms_;
   void* pinned_ = nullptr;  // page-locked staging for the logits

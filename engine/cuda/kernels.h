@@ -64,8 +64,9 @@ struct CompressorDevice {
   int64_t rate = 0;
   bool overlap = false;
 };
-void compress_entries(const CompressorDevice& c, const CompressJob* jobs, int64_t n_jobs,
-                      const DeviceRope& rope, float rms_eps, cudaStream_t stream);
+// jobs: `slots` entries of which the first *count (device) are real.
+void compress_entries(const CompressorDevice& c, const CompressJob* jobs, const int32_t* count,
+                      int64_t slots, const DeviceRope& rope, float rms_eps, cudaStream_t stream);
 
 // --- attention.cu ---
 // attend() for every (row, head): keys are the sliding window (pos - window, pos] of rows[t].kv

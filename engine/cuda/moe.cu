@@ -4,6 +4,7 @@
 // fixed-order sum per row. Grids are sized by min(experts, pairs) and idle blocks exit, so no
 // count ever travels to the host (the step can be captured in a CUDA graph).
 #include <algorithm>
+#include <climits>
 
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
@@ -49,22 +50,39 @@ __global__ void route_kernel(const float* logits, const int32_t* tokens, const i
   if (!tid2eid)
     for (int64_t e = threadIdx.x; e < E; e += blockDim.x) biased[e] = scores[e] + bias[e];
   __syncthreads();
-  if (threadIdx.x != 0) return;
   int32_t* out = chosen + t * k;
   if (tid2eid) {
-    for (int64_t i = 0; i < k; ++i) out[i] = tid2eid[int64_t(tokens[t]) * k + i];
-  } else {
-    // k rounds of argmax; strict > keeps the lower index on ties (the CPU comparator).
+    if (threadIdx.x == 0)
+      for (int64_t i = 0; i < k; ++i) out[i] = tid2eid[int64_t(tokens[t]) * k + i];
+  } else if (threadIdx.x < 32) {
+    // k rounds of a warp argmax; ties go to the lower index (the CPU comparator). Chosen
+    // experts are marked by -inf in `biased` (read only for selection).
+    const int lane = threadIdx.x;
     for (int64_t i = 0; i < k; ++i) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int64_t j = 0; j < i; ++j) taken |= out[j] == e;
-        if (!taken && (best < 0 || biased[e] > biased[best])) best = e;
+      float bv = -INFINITY;
+      int be = INT_MAX;
+      for (int64_t e = lane; e < E; e += 32)
+        if (biased[e] > bv || (biased[e] == bv && int(e) < be)) {
+          bv = biased[e];
+          be = int(e);
+        }
+      for (int off = 16; off > 0; off >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+        const int oe = __shfl_xor_sync(0xffffffffu, be, off);
+        if (ov > bv || (ov == bv && oe < be)) {
+          bv = ov;
+          be = oe;
+        }
       }
-      out[i] = int32_t(best);
+      if (lane == 0) {
+        out[i] = int32_t(be);
+        biased[be] = -INFINITY;
+      }
+      __syncwarp();
     }
   }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
   float sum = 0.0f;
   for (int64_t i = 0; i < k; ++i) sum += scores[out[i]];
   for (int64_t i = 0; i < k; ++i) weights[t * k + i] = scores[out[i]] / (sum + 1e-20f) * scaling;
