@@ -1,5 +1,5 @@
 // JSON Schema → EBNF (GBNF dialect of grammar.h) for grammar-constrained decoding of JSON.
-// Coverage and the documented approximations are in docs/json_schema.md.
+// Coverage and the documented approximations are in docs/grammars.md.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -17,8 +17,9 @@ struct JsonSchemaOptions {
   int max_whitespace = 4;
   // true: properties appear in `properties` order. false (default): objects with at most 6
   // named properties take them in any order, each at most once; larger ones take them in any
-  // order when they have at most 7 required properties and no minProperties (required ones at
-  // most once, optional ones possibly repeated), else in `properties` order.
+  // order when they have at most 9 required properties, no minProperties and the grammar stays
+  // small (required ones at most once, optional ones possibly repeated), else in `properties`
+  // order.
   bool strict_property_order = false;
   // additionalProperties when a schema does not say: true per JSON Schema; the tool-call
   // builder passes false so that models cannot invent parameters.

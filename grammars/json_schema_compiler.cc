@@ -1,6 +1,7 @@
 #include "grammars/json_schema_compiler.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <tuple>
 
@@ -182,6 +183,23 @@ bool constrains_only_objects(const SchemaJson& s) {
   return any;
 }
 
+// The values a property schema allows when it lists them (enum, const) or is a string whose
+// pattern is one literal (jsend's "status": {"pattern": "^success$"}); nullopt otherwise.
+std::optional<std::vector<SchemaJson>> discriminator_values(const SchemaJson& s) {
+  if (auto v = listed_values(s)) return v;
+  if (!s.is_object() || !s.contains("pattern") || !s["pattern"].is_string()) return std::nullopt;
+  if (!s.contains("type") || s["type"] != "string") return std::nullopt;
+  const std::string p = s["pattern"].get<std::string>();
+  if (p.size() < 2 || p.front() != '^' || p.back() != '$') return std::nullopt;
+  const std::string literal = p.substr(1, p.size() - 2);
+  for (char c : literal) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '-' && c != ' ') {
+      return std::nullopt;
+    }
+  }
+  return std::vector<SchemaJson>{SchemaJson(literal)};
+}
+
 // True when no instance can satisfy both schemas (a cheap, incomplete check used for oneOf).
 bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
   if (!a.is_object() || !b.is_object()) return a == SchemaJson(false) || b == SchemaJson(false);
@@ -210,7 +228,7 @@ bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
       b["properties"].is_object() && !ta.count("null") && ta.size() == 1 && ta.count("object")) {
     for (const auto& [key, pa] : a["properties"].items()) {
       if (!b["properties"].contains(key) || !required_in(a, key) || !required_in(b, key)) continue;
-      auto xa = listed_values(pa), xb = listed_values(b["properties"][key]);
+      auto xa = discriminator_values(pa), xb = discriminator_values(b["properties"][key]);
       if (xa && xb && values_disjoint(*xa, *xb)) return true;
     }
   }
@@ -245,7 +263,7 @@ std::optional<std::pair<std::string, SchemaJson>> flipped_bound(const SchemaJson
 
 // A schema whose instances all fail `b` (a subset of "not b" that compile() can express), used
 // to make oneOf branches exclusive; nullopt when none is at hand.
-std::optional<SchemaJson> negation_subset(const SchemaJson& b) {
+std::optional<SchemaJson> negation_subset(const SchemaJson& b, const SchemaJson& mine) {
   if (b.is_boolean()) return SchemaJson(!b.get<bool>());
   if (!b.is_object()) return std::nullopt;
   if (is_trivial(b)) return SchemaJson(false);
@@ -271,6 +289,13 @@ std::optional<SchemaJson> negation_subset(const SchemaJson& b) {
     return SchemaJson{{"not", SchemaJson{{keys[0], b[keys[0]]}}}};
   // Objects lacking a name that b requires fail b.
   if (b.contains("required") && b["required"].is_array() && !b["required"].empty()) {
+    // Only a part of "not b" (b asks more than these names): of no use to a branch that
+    // requires them all, which it would leave empty.
+    const bool mine_requires_all =
+        std::all_of(b["required"].begin(), b["required"].end(), [&](const SchemaJson& r) {
+          return r.is_string() && required_in(mine, r.get<std::string>());
+        });
+    if (mine_requires_all) return std::nullopt;
     return SchemaJson{{"type", "object"}, {"not", SchemaJson{{"required", b["required"]}}}};
   }
   if (b.contains("type")) return SchemaJson{{"not", SchemaJson{{"type", b["type"]}}}};
@@ -544,7 +569,7 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
             parts.push_back(objects);
           }
           if (provably_disjoint(mine, other)) continue;
-          auto neg = negation_subset(other);
+          auto neg = negation_subset(other, mine);
           // "not the other's type" stands for "not the other" only when the type is all the
           // other asks; else, if this branch has no other type, it would leave nothing valid.
           if (neg && neg->size() == 1 && neg->contains("not") && (*neg)["not"].contains("type") &&

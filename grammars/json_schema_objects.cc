@@ -23,7 +23,9 @@ bool is_trivial_schema(const SchemaJson& s) {
 // Objects with at most this many named properties accept them in any order (2^n states).
 constexpr size_t kMaxOrderFree = 6;
 // Larger objects track only their required properties, up to this many (2^n states).
-constexpr size_t kMaxTrackedRequired = 7;
+constexpr size_t kMaxTrackedRequired = 9;
+// ... and while the grammar stays this small (alternatives over all states).
+constexpr size_t kMaxOrderFreeAlternatives = 16384;
 // Members longer than this (EBNF characters) are rules of their own in order-free objects.
 constexpr size_t kMaxInlineMember = 60;
 
@@ -304,7 +306,11 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     // repeated key is valid JSON for the schema: its value is valid whichever one a parser
     // keeps); else `properties` order.
     const bool track_all = named.size() <= kMaxOrderFree;
-    if (track_all || (required_count <= kMaxTrackedRequired && min_props == 0)) {
+    const size_t cap = max_props ? *max_props : 1;
+    const bool small_enough =
+        required_count <= kMaxTrackedRequired &&
+        (size_t{1} << required_count) * (cap + 1) * named.size() <= kMaxOrderFreeAlternatives;
+    if (track_all || (small_enough && min_props == 0)) {
       std::vector<OrderFreeMember> members;
       for (const auto& m : named)
         members.push_back({m.member, m.required, track_all || m.required});

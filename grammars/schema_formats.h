@@ -1,5 +1,5 @@
 // The JSON Schema `format` values we enforce, as anchored ECMAScript-subset regexes over the
-// decoded string. Each is a sound subset of the RFC grammar it names (docs/json_schema.md lists
+// decoded string. Each is a sound subset of the RFC grammar it names (docs/grammars.md lists
 // the simplifications); unknown formats are annotations and are not enforced.
 #pragma once
 

@@ -1,6 +1,6 @@
 // JSON-number grammars with bounds: exact digit-range grammars for integers (any size, bounds
 // held as decimal strings), exact bounds for numbers when the bounds are integers (fractional
-// bounds are rounded inward, see docs/json_schema.md), decimal-step multipleOf and integer
+// bounds are rounded inward, see docs/grammars.md), decimal-step multipleOf and integer
 // divisibility automata.
 #pragma once
 

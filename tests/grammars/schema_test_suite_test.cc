@@ -2,7 +2,7 @@
 // every schema we compile must accept exactly the instances the suite marks valid, each
 // serialised compactly. Schemas using unsupported keywords fail to compile and are counted as
 // skipped. Disagreements are failures except the documented best-effort cases in kKnownGaps
-// (docs/json_schema.md explains each).
+// (docs/grammars.md explains each).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -19,7 +19,7 @@ namespace {
 
 using ojson = nlohmann::ordered_json;
 
-// Documented approximations (docs/json_schema.md), as "file | schema description" (every test
+// Documented approximations (docs/grammars.md), as "file | schema description" (every test
 // of the group) or "file | schema description | test description".
 const std::set<std::string>& known_gaps() {
   static const std::set<std::string> gaps = {
