@@ -78,7 +78,7 @@ __global__ void attend_kernel(const float* q, const LayerRow* rows, int64_t head
   }
 }
 
-constexpr int kFastWarps = 8;
+constexpr int kFastWarps = 16;
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
@@ -112,13 +112,14 @@ __global__ void attend_fast_kernel(const float* q, const LayerRow* rows, int64_t
     acc[j] = zero;
   }
   float m = -INFINITY, l = 0.0f;
-  for (int64_t i = warp; i < n_keys; i += kFastWarps) {
+  auto load = [&](int64_t i, float4(&kr)[J]) {
     const float4* k = reinterpret_cast<const float4*>(keys.key(i, hd));
-    float4 kr[J];
     for (int j = 0; j < J; ++j) {
       const int c = lane + 32 * j;
       kr[j] = c < nchunk ? __ldg(k + c) : zero;
     }
+  };
+  auto consume = [&](const float4(&kr)[J]) {
     float s = 0.0f;
     for (int j = 0; j < J; ++j) s += dot4(qr[j], kr[j]);
     s = warp_sum(s) * scale;
@@ -132,6 +133,15 @@ __global__ void attend_fast_kernel(const float* q, const LayerRow* rows, int64_t
       acc[j].w = acc[j].w * corr + p * kr[j].w;
     }
     m = m_new;
+  };
+  // Two keys in flight per warp: both loads are issued before either is used.
+  for (int64_t i = warp; i < n_keys; i += 2 * kFastWarps) {
+    float4 ka[J], kb[J];
+    const bool second = i + kFastWarps < n_keys;
+    load(i, ka);
+    if (second) load(i + kFastWarps, kb);
+    consume(ka);
+    if (second) consume(kb);
   }
   if (lane == 0) {
     wm[warp] = m;

@@ -122,6 +122,87 @@ __device__ __forceinline__ int decode_chunk(const WeightMatrix& w, int64_t row, 
   return 0;
 }
 
+// E2M1 by building the float's bits (no table, no branches on the value's magnitude).
+__device__ __forceinline__ float e2m1_fast(uint32_t v) {
+  const uint32_t e = (v >> 1) & 3, m = v & 1;
+  const uint32_t bits = e ? (((e + 126) << 23) | (m << 22)) : (m ? 0x3f000000u : 0u);
+  return __uint_as_float(bits | ((v & 8u) << 28));
+}
+
+// Values per 16-byte chunk of a stored row.
+template <WeightType T>
+constexpr int chunk_values() {
+  return T == WeightType::f32       ? 4
+         : T == WeightType::f8_e4m3 ? 16
+         : T == WeightType::f4_e2m1 ? 32
+                                    : 8;
+}
+
+// Decodes one 16-byte chunk without its block scale (applied once per chunk by the caller).
+template <WeightType T>
+__device__ __forceinline__ void decode_raw(uint4 raw, float (&vals)[chunk_values<T>()]) {
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  if constexpr (T == WeightType::f32) {
+    for (int i = 0; i < 4; ++i) vals[i] = __uint_as_float(words[i]);
+  } else if constexpr (T == WeightType::bf16) {
+    for (int i = 0; i < 4; ++i) {
+      vals[2 * i] = __uint_as_float(words[i] << 16);
+      vals[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+    }
+  } else if constexpr (T == WeightType::f16) {
+    for (int i = 0; i < 4; ++i) {
+      vals[2 * i] = f16_bits(uint16_t(words[i] & 0xffff));
+      vals[2 * i + 1] = f16_bits(uint16_t(words[i] >> 16));
+    }
+  } else if constexpr (T == WeightType::f8_e4m3) {
+    for (int i = 0; i < 16; ++i) vals[i] = e4m3_bits(uint8_t(words[i / 4] >> (8 * (i % 4))));
+  } else {
+    for (int i = 0; i < 32; ++i) vals[i] = e2m1_fast((words[i / 8] >> (4 * (i % 8))) & 15);
+  }
+}
+
+// The fast path of warp_row_dot for one stored type: each lane loads kUnroll chunks before
+// using them (more bytes in flight per warp), decodes in registers, and scales each chunk's dot
+// product once.
+template <WeightType T, int NT>
+__device__ __forceinline__ void warp_row_dot_typed(const WeightMatrix& w, int64_t row,
+                                                   const char* p, int64_t chunks,
+                                                   const float* const (&x)[NT], float (&acc)[NT]) {
+  constexpr int V = chunk_values<T>();
+  constexpr int kUnroll = 4;
+  const int lane = threadIdx.x & 31;
+  const uint4* src = reinterpret_cast<const uint4*>(p);
+  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+    uint4 raw[kUnroll];
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = c0 + 32 * u;
+      raw[u] = c < chunks ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
+    }
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = c0 + 32 * u;
+      if (c >= chunks) break;
+      float vals[V];
+      decode_raw<T>(raw[u], vals);
+      const int64_t col0 = c * V;
+      const float scale = (T == WeightType::f8_e4m3 || T == WeightType::f4_e2m1)
+                              ? block_scale(w, row, col0)  // never straddles a block
+                              : 1.0f;
+      for (int t = 0; t < NT; ++t) {
+        const float4* xt = reinterpret_cast<const float4*>(x[t] + col0);
+        float s = 0.0f;
+        for (int i = 0; i < V / 4; ++i) {
+          const float4 v = xt[i];
+          s = fmaf(vals[4 * i], v.x, s);
+          s = fmaf(vals[4 * i + 1], v.y, s);
+          s = fmaf(vals[4 * i + 2], v.z, s);
+          s = fmaf(vals[4 * i + 3], v.w, s);
+        }
+        acc[t] = fmaf(s, scale, acc[t]);
+      }
+    }
+  }
+}
+
 // acc[t] = dot(w[row], x[t]) for t < NT, summed over the warp (every lane gets the result).
 // x[t] points at token t's activations (w.cols floats).
 template <int NT>
@@ -131,31 +212,26 @@ __device__ __forceinline__ void warp_row_dot(const WeightMatrix& w, int64_t row,
   const int64_t row_bytes = w.cols * value_bytes_x2(w.type) / 2;
   const char* p = static_cast<const char*>(w.data) + row * row_bytes;
   for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-  const bool vector_ok = row_bytes % 16 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+  bool vector_ok = row_bytes % 16 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+  for (int t = 0; t < NT; ++t) vector_ok &= (reinterpret_cast<uintptr_t>(x[t]) & 15) == 0;
   if (vector_ok) {
-    const int64_t per_chunk = 32 / value_bytes_x2(w.type);  // values per 16 bytes
     const int64_t chunks = row_bytes / 16;
-    for (int64_t c = lane; c < chunks; c += 32) {
-      const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p) + c);
-      float vals[32];
-      const int64_t col0 = c * per_chunk;
-      const int k = decode_chunk(w, row, col0, raw, vals);
-      for (int t = 0; t < NT; ++t) {
-        const float* xt = x[t] + col0;
-        float s = 0.0f;
-        if (k % 4 == 0 && (reinterpret_cast<uintptr_t>(xt) & 15) == 0) {
-          for (int i = 0; i < k; i += 4) {
-            const float4 v = *reinterpret_cast<const float4*>(xt + i);
-            s = fmaf(vals[i], v.x, s);
-            s = fmaf(vals[i + 1], v.y, s);
-            s = fmaf(vals[i + 2], v.z, s);
-            s = fmaf(vals[i + 3], v.w, s);
-          }
-        } else {
-          for (int i = 0; i < k; ++i) s = fmaf(vals[i], xt[i], s);
-        }
-        acc[t] += s;
-      }
+    switch (w.type) {
+      case WeightType::f32:
+        warp_row_dot_typed<WeightType::f32, NT>(w, row, p, chunks, x, acc);
+        break;
+      case WeightType::bf16:
+        warp_row_dot_typed<WeightType::bf16, NT>(w, row, p, chunks, x, acc);
+        break;
+      case WeightType::f16:
+        warp_row_dot_typed<WeightType::f16, NT>(w, row, p, chunks, x, acc);
+        break;
+      case WeightType::f8_e4m3:
+        warp_row_dot_typed<WeightType::f8_e4m3, NT>(w, row, p, chunks, x, acc);
+        break;
+      case WeightType::f4_e2m1:
+        warp_row_dot_typed<WeightType::f4_e2m1, NT>(w, row, p, chunks, x, acc);
+        break;
     }
   } else {
     for (int64_t c = lane; c < w.cols; c += 32) {
