@@ -251,7 +251,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   float* mix = w.f(w.mix, n * hyper_mix_width(hc));
   float* x = w.f(w.x, n * H);
   float* y = w.f(w.y, n * H);
-  float* projected = w.f(w.projected, n * (2 + hc) * hc);
+  float* projected = w.f(w.projected, hyper_projected_floats(n, hc));
   embed_rows(weights_.embed->view(), w.tokens, n, hc, streams, stream_);
   for (int64_t l = 0; l < L; ++l) {
     const LayerOnDevice& lw = weights_.layers[l];
@@ -259,13 +259,13 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
               lw.attn_norm.as<float>(), false, mix, x, projected, stream_);
     stage("mHC");
     attention(size_t(l), n, y);
-    stage("attention");
+    stage("attn.out");
     hyper_post(mix, y, n, hc, H, streams, stream_);
     hyper_pre(lw.ffn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
               lw.ffn_norm.as<float>(), false, mix, x, projected, stream_);
     stage("mHC");
     moe(size_t(l), n, y);
-    stage("MoE");
+    stage("moe.routed");
     hyper_post(mix, y, n, hc, H, streams, stream_);
     stage("mHC");
   }
@@ -329,6 +329,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   rms_norm_rows(kv, lw.kv_norm.as<float>(), n, hd, c.rms_eps, kv, stream_);
   apply_rope(kv, n, 1, hd, w.pos, rope, false, stream_);
   append_rows(m.rows, CacheField::kv, kv, hd, n, stream_);
+  stage("attn.qkv");
 
   auto raw = [&](const CompressorOnDevice& comp, CacheField kv_field, CacheField gate_field,
                  const CompressJob* jobs, const int32_t* count) {
@@ -348,6 +349,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
         m.job_counts + 1);
 
+  stage("attn.compress");
   const int32_t* chosen = nullptr;
   const int32_t* n_chosen = nullptr;
   if (lw.indexer) {
@@ -369,11 +371,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     n_chosen = w.n_chosen.as<int32_t>();
   }
 
+  stage("attn.indexer");
   float* attn = w.f(w.attn, n * heads * hd);
   attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
               fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys, attn,
               stream_);
   apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
+  stage("attn.core");
 
   // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
   const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;
@@ -400,6 +404,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
              lw.bias.as<float>(), n, E, k, c.score_func, c.routed_scaling,
              w.route_experts.as<int32_t>(), rweights, stream_);
 
+  stage("moe.router");
   const int64_t si = lw.shared.w1->view().rows;
   float* g = w.f(w.gate, n * si);
   float* u = w.f(w.up, n * si);
@@ -409,6 +414,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   swiglu(g, u, n * si, c.swiglu_limit, a, stream_);
   linear_.run(lw.shared.w2->view(), a, n, out, stream_);
 
+  stage("moe.shared");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
   routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                  c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_);

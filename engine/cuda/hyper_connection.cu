@@ -45,31 +45,39 @@ __device__ void sinkhorn(float* comb, int64_t hc, int iters, float eps) {
   }
 }
 
-// mixes[row][o] = fn[o] . rms_norm(streams[row]): one block per (output, row), so even a
-// single decode row spreads the projection over many SMs.
+constexpr int kSplits = 8;  // the projection's width is split over this many blocks
+
+// Partial sums of fn[o] . streams[row] and of streams[row]^2 over one of kSplits slices of the
+// width: one block per (output, row, slice), so even a single decode row fills the GPU.
 __global__ void hyper_project_kernel(const float* fn, const float* streams, int64_t width,
-                                     int64_t outputs, float rms_eps, float* mixes) {
+                                     int64_t outputs, float* partial) {
   __shared__ float red[32];
-  const int64_t o = blockIdx.x, row = blockIdx.y;
+  const int64_t o = blockIdx.x, row = blockIdx.y, slice = blockIdx.z;
+  const int64_t len = (width + kSplits - 1) / kSplits, begin = slice * len;
+  const int64_t end = begin + len < width ? begin + len : width;
   const float* s = streams + row * width;
   const float* f = fn + o * width;
   float ss = 0.0f, acc = 0.0f;
-  if (width % 4 == 0) {
-    for (int64_t i = threadIdx.x; i < width / 4; i += blockDim.x) {
-      const float4 a = reinterpret_cast<const float4*>(f)[i];
+  if (width % 4 == 0 && len % 4 == 0) {
+    for (int64_t i = begin / 4 + threadIdx.x; i < end / 4; i += blockDim.x) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(f) + i);
       const float4 b = reinterpret_cast<const float4*>(s)[i];
       acc += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
       ss += b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
     }
   } else {
-    for (int64_t i = threadIdx.x; i < width; i += blockDim.x) {
+    for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
       acc = fmaf(f[i], s[i], acc);
       ss = fmaf(s[i], s[i], ss);
     }
   }
   ss = block_sum(ss, red);
   acc = block_sum(acc, red);
-  if (threadIdx.x == 0) mixes[row * outputs + o] = acc * rsqrtf(ss / float(width) + rms_eps);
+  if (threadIdx.x == 0) {
+    float* p = partial + (row * (outputs + 1)) * kSplits;
+    p[o * kSplits + slice] = acc;
+    if (o == 0) p[outputs * kSplits + slice] = ss;  // the row's sum of squares, per slice
+  }
 }
 
 __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const float* projected,
@@ -81,8 +89,17 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
   const int64_t row = blockIdx.x, width = hc * hidden;
   const float* s = streams + row * width;
   const int64_t outputs = head ? hc : (2 + hc) * hc;
-  for (int64_t o = threadIdx.x; o < outputs; o += blockDim.x)
-    mixes[o] = projected[row * outputs + o];
+  {
+    const float* p = projected + row * (outputs + 1) * kSplits;
+    float ss = 0.0f;
+    for (int k = 0; k < kSplits; ++k) ss += p[outputs * kSplits + k];
+    const float inv = rsqrtf(ss / float(width) + rms_eps);
+    for (int64_t o = threadIdx.x; o < outputs; o += blockDim.x) {
+      float v = 0.0f;
+      for (int k = 0; k < kSplits; ++k) v += p[o * kSplits + k];
+      mixes[o] = v * inv;
+    }
+  }
   __syncthreads();
   float* pre = weights;
   float* post = weights + hc;
@@ -141,8 +158,8 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
                float* mix, float* x, float* projected, cudaStream_t stream) {
   if (n <= 0) return;
   const int64_t outputs = head ? hc : (2 + hc) * hc;
-  hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n)}, kThreads, 0, stream>>>(
-      w.fn, streams, hc * hidden, outputs, rms_eps, projected);
+  hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)}, kThreads, 0,
+                         stream>>>(w.fn, streams, hc * hidden, outputs, projected);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   hyper_pre_kernel<<<unsigned(n), kThreads, 0, stream>>>(
       w, streams, projected, hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);

@@ -41,13 +41,17 @@ void append_rows(const LayerRow* rows, CacheField field, const float* src, int64
 // --- hyper_connection.cu ---
 // Width of one row's mixing weights: pre [hc], post [hc], comb [hc][hc].
 constexpr int64_t hyper_mix_width(int64_t hc) { return 2 * hc + hc * hc; }
+constexpr int64_t hyper_projected_floats(int64_t n, int64_t hc) {
+  return n * ((2 + hc) * hc + 1) * 8;  // partial sums per output (+ sum of squares) per slice
+}
 struct HyperDevice {
   const float* fn;     // [(2 + hc) * hc][hc * hidden] (head: [hc][hc * hidden])
   const float* base;   // [(2 + hc) * hc] (head: [hc])
   const float* scale;  // [3] (head: [1])
 };
 // hyper_mix + hyper_collapse + rms_norm(norm) per row: x [n][hidden], mix [n][mix width].
-// head = true: hyper_head (pre only; mix may be null). projected: scratch [n][(2 + hc) * hc].
+// head = true: hyper_head (pre only; mix may be null). projected: scratch of
+// hyper_projected_floats(n, hc) floats.
 void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
                int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
                float* mix, float* x, float* projected, cudaStream_t stream);

@@ -172,11 +172,16 @@ __device__ __forceinline__ void warp_row_dot_typed(const WeightMatrix& w, int64_
   constexpr int kUnroll = 4;
   const int lane = threadIdx.x & 31;
   const uint4* src = reinterpret_cast<const uint4*>(p);
+  constexpr bool scaled = T == WeightType::f8_e4m3 || T == WeightType::f4_e2m1;
   for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
+    // Issue every load of the group (data, block scales, activations) before the arithmetic.
     uint4 raw[kUnroll];
+    float scale[kUnroll];
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + 32 * u;
-      raw[u] = c < chunks ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
+      const bool ok = c < chunks;
+      raw[u] = ok ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
+      scale[u] = ok && scaled ? block_scale(w, row, c * V) : 1.0f;  // never straddles a block
     }
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = c0 + 32 * u;
@@ -184,20 +189,18 @@ __device__ __forceinline__ void warp_row_dot_typed(const WeightMatrix& w, int64_
       float vals[V];
       decode_raw<T>(raw[u], vals);
       const int64_t col0 = c * V;
-      const float scale = (T == WeightType::f8_e4m3 || T == WeightType::f4_e2m1)
-                              ? block_scale(w, row, col0)  // never straddles a block
-                              : 1.0f;
       for (int t = 0; t < NT; ++t) {
         const float4* xt = reinterpret_cast<const float4*>(x[t] + col0);
+        float4 xv[V / 4];
+        for (int i = 0; i < V / 4; ++i) xv[i] = __ldg(xt + i);
         float s = 0.0f;
         for (int i = 0; i < V / 4; ++i) {
-          const float4 v = xt[i];
-          s = fmaf(vals[4 * i], v.x, s);
-          s = fmaf(vals[4 * i + 1], v.y, s);
-          s = fmaf(vals[4 * i + 2], v.z, s);
-          s = fmaf(vals[4 * i + 3], v.w, s);
+          s = fmaf(vals[4 * i], xv[i].x, s);
+          s = fmaf(vals[4 * i + 1], xv[i].y, s);
+          s = fmaf(vals[4 * i + 2], xv[i].z, s);
+          s = fmaf(vals[4 * i + 3], xv[i].w, s);
         }
-        acc[t] = fmaf(s, scale, acc[t]);
+        acc[t] = fmaf(s, scale[u], acc[t]);
       }
     }
   }

@@ -168,7 +168,8 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
   const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f);
   auto d_fn = upload(w.fn), d_base = upload(w.base), d_scale = upload(w.scale);
   auto d_streams = upload(streams), d_norm = upload(norm);
-  DeviceBuffer mix(n * cuda::hyper_mix_width(hc) * 4), x(n * H * 4), projected(n * mixn * 4);
+  DeviceBuffer mix(n * cuda::hyper_mix_width(hc) * 4), x(n * H * 4),
+      projected(cuda::hyper_projected_floats(n, hc) * 4);
   cuda::hyper_pre({d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()},
                   d_streams.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f, d_norm.as<float>(), false,
                   mix.as<float>(), x.as<float>(), projected.as<float>(), nullptr);

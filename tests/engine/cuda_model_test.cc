@@ -138,11 +138,12 @@ TEST_P(CudaVsCpu, DecodeBatch) {
 
 INSTANTIATE_TEST_SUITE_P(
     Random, CudaVsCpu,
-    // Not fp8/fp4 with bf16x2: on the device this random model turned its ~1e-5 differences into
-    // a flipped discrete choice early on (median 5e-3 over positions) while fp8/fp8 and bf16 stayed
-    // at 1.6e-5; the FP4 path itself is checked exactly by fp8_fp4_f32 and the kernel tests.
-    ::testing::Values(Case{"fp8", "fp4", "f32"}, Case{"fp8", "fp8", "bf16x2"},
-                      Case{"bf16", "bf16", "bf16x2"}),
+    // float32 prefill products only: on the device these random models turned the split-bf16
+    // GEMMs' ~1e-5 differences into flipped discrete choices (indexer top-k or experts) at some
+    // positions and some kernel versions (median 2e-3 then, 1.6e-5 otherwise), so they cannot pin
+    // kernels down; the golden fixtures check bf16x2 against transformers instead.
+    ::testing::Values(Case{"fp8", "fp4", "f32"}, Case{"fp8", "fp8", "f32"},
+                      Case{"bf16", "bf16", "f32"}),
     case_name);
 
 }  // namespace
