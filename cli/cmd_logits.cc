@@ -2,13 +2,14 @@
 // command line.
 //
 //   agentrt logits --model DIR --ids FILE [--chunks 37,1,1,...] --out FILE
-//   [--threads N]
+//   [--threads N] [--device cpu|cuda]
 //     FILE with ids: a JSON array of token ids. Output: raw little-endian
 //     float32, one row of vocab_size logits per input position, in position
 //     order. --chunks feeds the sequence through the cache in those chunk sizes
 //     (they must sum to the number of ids).
 //   agentrt generate --model DIR --prompt TEXT [--max-tokens N] [--temperature
-//   T] [--seed S]
+//   T] [--seed S] [--threads N] [--device cpu|cuda]
+//     --device cuda runs the forward pass on the GPU (engine/cuda, docs/cuda.md).
 //     Streams the continuation of TEXT to stdout.
 #include <algorithm>
 #include <cmath>
