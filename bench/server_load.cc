@@ -2,7 +2,11 @@
 // turn on a tiny model; prints throughput, p50/p99 of event inter-arrival and first-event latency,
 // server memory, and whether every session finished.
 //   bench_server_load --model DIR [--idle 1000] [--active 64] [--max-tokens 32] [--batching off]
-// Boost 1.74 Asio uses std::exchange without including <utility>.
+// Boost 1.74 Asio uses std::exchange without including <utility>, so it comes first.
+// clang-format off
+#include <utility>
+// clang-format on
+
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -14,7 +18,6 @@
 #include <fstream>
 #include <mutex>
 #include <thread>
-#include <utility>
 
 #include "runtime/native_backend.h"
 #include "runtime/server/server.h"
