@@ -2,15 +2,9 @@
 // turn on a tiny model; prints throughput, p50/p99 of event inter-arrival and first-event latency,
 // server memory, and whether every session finished.
 //   bench_server_load --model DIR [--idle 1000] [--active 64] [--max-tokens 32] [--batching off]
-// Boost 1.74 Asio uses std::exchange without including <utility>, so it comes first.
-// clang-format off
-#include <utility>
-// clang-format on
-
 #include <sys/resource.h>
 
 #include <algorithm>
-#include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/websocket.hpp>
 #include <chrono>
@@ -20,6 +14,7 @@
 #include <thread>
 
 #include "runtime/native_backend.h"
+#include "runtime/server/asio.h"
 #include "runtime/server/server.h"
 
 namespace asio = boost::asio;

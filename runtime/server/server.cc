@@ -1,7 +1,5 @@
-// Boost 1.74 Asio uses std::exchange without including <utility>.
 #include "runtime/server/server.h"
 
-#include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/ssl.hpp>
@@ -9,6 +7,7 @@
 #include <thread>
 #include <utility>
 
+#include "runtime/server/asio.h"
 #include "runtime/server/http_connection.h"
 
 namespace agentrt::server {

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <boost/asio.hpp>
 #include <boost/asio/ssl.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -16,6 +15,7 @@
 #include <thread>
 #include <utility>
 
+#include "runtime/server/asio.h"
 #include "runtime/server/server.h"
 
 namespace agentrt::server {

@@ -4,13 +4,17 @@
 
 #include <gtest/gtest.h>
 
-#include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
+#include <chrono>
 #include <deque>
+#include <memory>
 #include <mutex>
+#include <thread>
 #include <utility>
+
+#include "runtime/server/asio.h"
 
 namespace agentrt::server {
 namespace {
@@ -286,14 +290,22 @@ TEST(ServerWebSocket, ResumeByIdAfterADroppedConnection) {
     c.send({{"type", "response.create"}});
     c.until("response.done");
   }
-  WsClient again(f.port, "/v1/sessions?session_id=" + id);
-  const auto created = again.next();
+  // The server sees the dropped socket asynchronously; until it has, a resume is refused as
+  // session_in_use (the old connection still holds the session), so reconnect until it is free.
+  std::unique_ptr<WsClient> again;
+  nlohmann::json created;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    again = std::make_unique<WsClient>(f.port, "/v1/sessions?session_id=" + id);
+    created = again->next();
+    if (created["type"] != "error" || created["error"]["code"] != "session_in_use") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   EXPECT_EQ(created["session"]["id"], id);
   EXPECT_TRUE(created["session"]["resumed"].get<bool>());
-  again.send(
+  again->send(
       {{"type", "conversation.item.create"}, {"item", {{"type", "message"}, {"content", "two"}}}});
-  again.send({{"type", "response.create"}});
-  EXPECT_EQ(again.until("response.done")["response"]["output_text"], "second");
+  again->send({{"type", "response.create"}});
+  EXPECT_EQ(again->until("response.done")["response"]["output_text"], "second");
 }
 
 }  // namespace
