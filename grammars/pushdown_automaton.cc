@@ -163,14 +163,25 @@ class NfaBuilder {
       }
       case Expr::Kind::kCharClass: {
         int32_t s = add(), t = add();
+        // Sequences with the same remaining bytes share the state before them (E1-EC and
+        // EE-EF both continue with two 80-BF bytes): fewer subsets to determinise, and the
+        // automaton has one state per distinct rest instead of one per sequence.
+        suffix_states_.clear();
         for (CodePointRange r : e.ranges) {
           for (const std::vector<ByteRange>& seq : utf8_sequences(r.lo, r.hi)) {
-            int32_t cur = s;
-            for (size_t i = 0; i < seq.size(); ++i) {
-              int32_t n = i + 1 == seq.size() ? t : add();
-              byte(cur, seq[i].lo, seq[i].hi, n);
-              cur = n;
+            int32_t next = t;
+            for (size_t i = seq.size(); i-- > 1;) {
+              const uint64_t key = suffix_key(seq, i, next);
+              auto it = std::find_if(suffix_states_.begin(), suffix_states_.end(),
+                                     [&](const auto& kv) { return kv.first == key; });
+              if (it == suffix_states_.end()) {
+                suffix_states_.emplace_back(key, add());
+                it = suffix_states_.end() - 1;
+                byte(it->second, seq[i].lo, seq[i].hi, next);
+              }
+              next = it->second;
             }
+            byte(s, seq[0].lo, seq[0].hi, next);
           }
         }
         return {s, t};
@@ -234,7 +245,15 @@ class NfaBuilder {
     return std::span<const T>(p.items.data() + p.offsets[s], p.offsets[s + 1] - p.offsets[s]);
   }
 
+  // The state reading seq[i] and then going to `next`: built from the back, so (byte range,
+  // next state) identifies the rest of the sequence.
+  static uint64_t suffix_key(const std::vector<ByteRange>& seq, size_t i, int32_t next) {
+    return (static_cast<uint64_t>(seq[i].lo) << 40) | (static_cast<uint64_t>(seq[i].hi) << 32) |
+           static_cast<uint32_t>(next);
+  }
+
   const std::string& rule_;
+  std::vector<std::pair<uint64_t, int32_t>> suffix_states_;  // scratch of the char class case
   size_t num_states_ = 0;
   std::vector<std::pair<int32_t, int32_t>> eps_;
   std::vector<std::pair<int32_t, PdaByteEdge>> bytes_;
@@ -286,10 +305,13 @@ class Determinizer {
     std::sort(set_.begin(), set_.end());
     uint64_t h = set_.size();
     for (int32_t x : set_) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001B3ull;
-    auto range = ids_.equal_range(h);
-    for (auto it = range.first; it != range.second; ++it) {
-      size_t k = it->second;
-      if (subset_end(k) - offsets_[k] == set_.size() &&
+    h = (h ^ (h >> 32)) * 0x9E3779B97F4A7C15ull;  // the table uses the low bits
+    h ^= h >> 32;
+    if ((offsets_.size() + 1) * 2 > slots_.size()) grow_slots();
+    size_t slot = h & (slots_.size() - 1);
+    for (; slots_[slot] >= 0; slot = (slot + 1) & (slots_.size() - 1)) {
+      const auto k = static_cast<size_t>(slots_[slot]);
+      if (hashes_[k] == h && subset_end(k) - offsets_[k] == set_.size() &&
           std::equal(set_.begin(), set_.end(), pool_.begin() + offsets_[k])) {
         return base_ + static_cast<int32_t>(k);
       }
@@ -301,11 +323,22 @@ class Determinizer {
     size_t k = offsets_.size();
     offsets_.push_back(pool_.size());
     pool_.insert(pool_.end(), set_.begin(), set_.end());
-    ids_.emplace(h, k);
+    hashes_.push_back(h);
+    slots_[slot] = static_cast<int32_t>(k);
     PdaState st;
     st.rule = rule_id_;
     out_.push_back(std::move(st));
     return base_ + static_cast<int32_t>(k);
+  }
+
+  // Open addressing from subset hash to subset id (-1: empty), at most half full.
+  void grow_slots() {
+    slots_.assign(std::max<size_t>(slots_.size() * 2, 64), -1);
+    for (size_t k = 0; k < hashes_.size(); ++k) {
+      size_t slot = hashes_[k] & (slots_.size() - 1);
+      while (slots_[slot] >= 0) slot = (slot + 1) & (slots_.size() - 1);
+      slots_[slot] = static_cast<int32_t>(k);
+    }
   }
 
   size_t subset_end(size_t k) const {
@@ -369,12 +402,33 @@ class Determinizer {
   int32_t base_ = 0;
   std::vector<uint32_t> stamp_;
   uint32_t gen_ = 0;
-  std::vector<int32_t> pool_;    // all subsets, back to back
-  std::vector<size_t> offsets_;  // subset k starts at pool_[offsets_[k]]
-  std::unordered_multimap<uint64_t, size_t> ids_;
+  std::vector<int32_t> pool_;     // all subsets, back to back
+  std::vector<size_t> offsets_;   // subset k starts at pool_[offsets_[k]]
+  std::vector<uint64_t> hashes_;  // per subset
+  std::vector<int32_t> slots_;
   std::vector<int32_t> seeds_, set_, members_;
   std::vector<int> bounds_;
   std::vector<PdaRefEdge> refs_;
+};
+
+// Lists of ints per key, packed in one array: count() every item, allocate(), then add() them.
+class PackedLists {
+ public:
+  explicit PackedLists(size_t keys) : offsets_(keys + 1, 0) {}
+  void count(int32_t key) { ++offsets_[key + 1]; }
+  void allocate() {
+    for (size_t k = 1; k < offsets_.size(); ++k) offsets_[k] += offsets_[k - 1];
+    items_.resize(offsets_.back());
+    fill_.assign(offsets_.begin(), offsets_.end() - 1);
+  }
+  void add(int32_t key, int32_t item) { items_[fill_[key]++] = item; }
+  std::span<const int32_t> of(int32_t key) const {
+    return {items_.data() + offsets_[key], offsets_[key + 1] - offsets_[key]};
+  }
+
+ private:
+  std::vector<uint32_t> offsets_, fill_;
+  std::vector<int32_t> items_;
 };
 
 void collect_refs(const Expr& e, std::vector<int32_t>& out) {
@@ -420,17 +474,28 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   size_t n = pda.states.size();
   std::vector<bool> productive(pda.rules.size(), false);
   std::vector<bool> live(n, false);
-  std::vector<std::vector<int32_t>> preds(n), rule_users(pda.rules.size());
+  // Predecessors and users of each rule, packed (one allocation each, not one per state).
+  PackedLists preds(n), rule_users(pda.rules.size());
+  for (size_t s = 0; s < n; ++s) {
+    const PdaState& st = pda.states[s];
+    for (const PdaByteEdge& e : st.bytes) preds.count(e.target);
+    for (const PdaRefEdge& r : st.refs) {
+      preds.count(r.target);
+      rule_users.count(r.rule);
+    }
+  }
+  preds.allocate();
+  rule_users.allocate();
   std::vector<int32_t> rule_of_start(n, -1);
   for (size_t r = 0; r < pda.rules.size(); ++r)
     rule_of_start[pda.rules[r].start] = static_cast<int32_t>(r);
   std::vector<int32_t> work;
   for (size_t s = 0; s < n; ++s) {
     const PdaState& st = pda.states[s];
-    for (const PdaByteEdge& e : st.bytes) preds[e.target].push_back(static_cast<int32_t>(s));
+    for (const PdaByteEdge& e : st.bytes) preds.add(e.target, static_cast<int32_t>(s));
     for (const PdaRefEdge& r : st.refs) {
-      preds[r.target].push_back(static_cast<int32_t>(s));
-      rule_users[r.rule].push_back(static_cast<int32_t>(s));
+      preds.add(r.target, static_cast<int32_t>(s));
+      rule_users.add(r.rule, static_cast<int32_t>(s));
     }
     if (st.final) {
       live[s] = true;
@@ -453,9 +518,9 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
     work.pop_back();
     if (int32_t r = rule_of_start[s]; r >= 0 && !productive[r]) {
       productive[r] = true;
-      for (int32_t u : rule_users[r]) check(u);
+      for (int32_t u : rule_users.of(r)) check(u);
     }
-    for (int32_t p : preds[s]) check(p);
+    for (int32_t p : preds.of(s)) check(p);
   }
   if (!productive[pda.root]) {
     throw GrammarError("grammar matches no string (rule '" + pda.rules[pda.root].name + "')");
@@ -468,15 +533,22 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
 
   // Nullable rules: the start reaches a final state through nullable rule references only.
   std::vector<bool> nullable(pda.rules.size(), false);
-  auto reach_via_nullable = [&](int32_t start, const std::function<void(int32_t)>& on_state) {
-    std::vector<int32_t> todo{start};
-    std::unordered_set<int32_t> seen{start};
+  std::vector<uint32_t> seen(n, 0);  // == visit: reached in the current walk
+  uint32_t visit = 0;
+  std::vector<int32_t> todo;
+  auto reach_via_nullable = [&](int32_t start, const auto& on_state) {
+    ++visit;
+    todo.assign(1, start);
+    seen[start] = visit;
     while (!todo.empty()) {
       int32_t s = todo.back();
       todo.pop_back();
       on_state(s);
       for (const PdaRefEdge& r : pda.states[s].refs) {
-        if (nullable[r.rule] && seen.insert(r.target).second) todo.push_back(r.target);
+        if (nullable[r.rule] && seen[r.target] != visit) {
+          seen[r.target] = visit;
+          todo.push_back(r.target);
+        }
       }
     }
   };
