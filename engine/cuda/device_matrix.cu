@@ -7,20 +7,40 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-constexpr int kWarpsPerBlock = 8;
-
+// Rows per lane group: more rows share each activation load; fewer keep registers for many tokens.
 template <int NT>
-__global__ void gemv_kernel(WeightMatrix w, const float* __restrict__ x, int64_t x_stride,
-                            float* __restrict__ y, int64_t y_stride) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
-  if (row >= w.rows) return;
+constexpr int rows_per_group() {
+  return NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
+}
+
+constexpr int kThreads = 256;
+
+// Each group of `parts` lanes computes R consecutive rows.
+template <int NT>
+__global__ void __launch_bounds__(kThreads, 2) gemv_kernel(WeightMatrix w, const float* __restrict__ x, int64_t x_stride,
+                            float* __restrict__ y, int64_t y_stride, int parts) {
+  constexpr int R = rows_per_group<NT>();
+  const int64_t group = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts;
+  const int64_t row0 = group * R;
+  if (row0 >= w.rows) return;  // whole groups leave together (no shuffle partner missing)
+  WeightMatrix ws[R];
+  int64_t rows[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    ws[r] = w;
+    rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: recompute the last
+  }
   const float* xs[NT];
+#pragma unroll
   for (int t = 0; t < NT; ++t) xs[t] = x + t * x_stride;
-  float acc[NT];
-  warp_row_dot<NT>(w, row, xs, acc);
-  if (lane == 0)
-    for (int t = 0; t < NT; ++t) y[t * y_stride + row] = acc[t];
+  float acc[R][NT];
+  rows_dot<NT, R>(ws, rows, xs, parts, acc);
+  if ((int(threadIdx.x) & (parts - 1)) == 0)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      if (row0 + r < w.rows)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) y[t * y_stride + row0 + r] = acc[r][t];
 }
 
 __global__ void gemv_reference_kernel(WeightMatrix w, const float* x, int64_t n, float* y) {
@@ -35,8 +55,10 @@ __global__ void gemv_reference_kernel(WeightMatrix w, const float* x, int64_t n,
 template <int NT>
 void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
             cudaStream_t stream) {
-  const unsigned blocks = unsigned((w.rows + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  gemv_kernel<NT><<<blocks, 32 * kWarpsPerBlock, 0, stream>>>(w, x, xs, y, ys);
+  const int parts = rows_dot_parts(w.type, w.cols);
+  const int64_t groups = (w.rows + rows_per_group<NT>() - 1) / rows_per_group<NT>();
+  const unsigned blocks = unsigned((groups * parts + kThreads - 1) / kThreads);
+  gemv_kernel<NT><<<blocks, kThreads, 0, stream>>>(w, x, xs, y, ys, parts);
 }
 
 }  // namespace

@@ -14,29 +14,45 @@ constexpr int kThreads = 256;
 __device__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // transformers DeepseekV4HyperConnection: row softmax (+eps), then Sinkhorn starting with a
-// column normalisation, alternating rows/columns, each with + eps in the denominator.
+// column normalisation, alternating rows/columns, each with + eps in the denominator. Thread i <
+// hc * hc of the block owns element i (hc * hc <= kThreads); every sum runs in the CPU's order.
+// Called by the whole block (it synchronises).
 __device__ void sinkhorn(float* comb, int64_t hc, int iters, float eps) {
-  for (int64_t r = 0; r < hc; ++r) {
-    float* row = comb + r * hc;
+  const int64_t i = threadIdx.x, r = i / hc, c = i % hc;
+  const bool own = i < hc * hc;
+  auto store = [&](float v) {
+    __syncthreads();
+    if (own) comb[i] = v;
+    __syncthreads();
+  };
+  float v = 0.0f;
+  if (own) {
     float mx = -INFINITY;
-    for (int64_t c = 0; c < hc; ++c) mx = fmaxf(mx, row[c]);
-    float s = 0;
-    for (int64_t c = 0; c < hc; ++c) s += (row[c] = expf(row[c] - mx));
-    for (int64_t c = 0; c < hc; ++c) row[c] = row[c] / s + eps;
+    for (int64_t j = 0; j < hc; ++j) mx = fmaxf(mx, comb[r * hc + j]);
+    v = expf(comb[i] - mx);
   }
+  store(v);
+  if (own) {
+    float s = 0;
+    for (int64_t j = 0; j < hc; ++j) s += comb[r * hc + j];
+    v = comb[i] / s + eps;
+  }
+  store(v);
   auto columns = [&] {
-    for (int64_t c = 0; c < hc; ++c) {
+    if (own) {
       float s = 0;
-      for (int64_t r = 0; r < hc; ++r) s += comb[r * hc + c];
-      for (int64_t r = 0; r < hc; ++r) comb[r * hc + c] /= s + eps;
+      for (int64_t j = 0; j < hc; ++j) s += comb[j * hc + c];
+      v = comb[i] / (s + eps);
     }
+    store(v);
   };
   auto rows = [&] {
-    for (int64_t r = 0; r < hc; ++r) {
+    if (own) {
       float s = 0;
-      for (int64_t c = 0; c < hc; ++c) s += comb[r * hc + c];
-      for (int64_t c = 0; c < hc; ++c) comb[r * hc + c] /= s + eps;
+      for (int64_t j = 0; j < hc; ++j) s += comb[r * hc + j];
+      v = comb[i] / (s + eps);
     }
+    store(v);
   };
   columns();
   for (int it = 1; it < iters; ++it) {
@@ -104,16 +120,14 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
   float* pre = weights;
   float* post = weights + hc;
   float* comb = weights + 2 * hc;
-  if (threadIdx.x == 0) {
-    for (int64_t i = 0; i < hc; ++i) {
-      pre[i] = sigmoidf(mixes[i] * w.scale[0] + w.base[i]) + hc_eps;
-      if (!head) post[i] = 2.0f * sigmoidf(mixes[hc + i] * w.scale[1] + w.base[hc + i]);
-    }
-    if (!head) {
-      for (int64_t i = 0; i < hc * hc; ++i)
-        comb[i] = mixes[2 * hc + i] * w.scale[2] + w.base[2 * hc + i];
-      sinkhorn(comb, hc, iters, hc_eps);
-    }
+  for (int64_t i = threadIdx.x; i < hc; i += blockDim.x) {
+    pre[i] = sigmoidf(mixes[i] * w.scale[0] + w.base[i]) + hc_eps;
+    if (!head) post[i] = 2.0f * sigmoidf(mixes[hc + i] * w.scale[1] + w.base[hc + i]);
+  }
+  if (!head) {
+    for (int64_t i = threadIdx.x; i < hc * hc; i += blockDim.x)
+      comb[i] = mixes[2 * hc + i] * w.scale[2] + w.base[2 * hc + i];
+    sinkhorn(comb, hc, iters, hc_eps);  // synchronises the block
   }
   __syncthreads();
   if (!head && mix)

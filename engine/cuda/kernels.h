@@ -103,6 +103,9 @@ struct ExpertsDevice {
   const WeightMatrix* w1;  // [experts] device arrays of device views
   const WeightMatrix* w2;
   const WeightMatrix* w3;
+  // The stored types of every expert's gate/up and down weights (sizes the GEMV blocks).
+  WeightType w1_type = WeightType::f32;
+  WeightType w2_type = WeightType::f32;
 };
 // route(): logits [n][experts] -> experts [n][k], weights [n][k]. tid2eid set: hash routing.
 void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,

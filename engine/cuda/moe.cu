@@ -14,8 +14,6 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-constexpr int kWarps = 8;
-
 __device__ float score_of(ScoreFunc f, float x) {
   switch (f) {
     case ScoreFunc::sqrtsoftplus:
@@ -119,26 +117,58 @@ Groups carve(void* scratch, int64_t P, int64_t E, int64_t inter) {
   return g;
 }
 
+// Inclusive sums over the block of (a, b), in place; blockDim.x is a multiple of 32 (<= 1024).
+__device__ void block_scan2(int32_t& a, int32_t& b, int32_t* tot_a, int32_t* tot_b) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int off = 1; off < 32; off <<= 1) {
+    const int32_t na = __shfl_up_sync(0xffffffffu, a, off),
+                  nb = __shfl_up_sync(0xffffffffu, b, off);
+    if (lane >= off) a += na, b += nb;
+  }
+  if (lane == 31) tot_a[warp] = a, tot_b[warp] = b;
+  __syncthreads();
+  if (warp == 0) {
+    int32_t ta = lane < warps ? tot_a[lane] : 0, tb = lane < warps ? tot_b[lane] : 0;
+    for (int off = 1; off < 32; off <<= 1) {
+      const int32_t na = __shfl_up_sync(0xffffffffu, ta, off),
+                    nb = __shfl_up_sync(0xffffffffu, tb, off);
+      if (lane >= off) ta += na, tb += nb;
+    }
+    if (lane < warps) tot_a[lane] = ta, tot_b[lane] = tb;
+  }
+  __syncthreads();
+  if (warp > 0) a += tot_a[warp - 1], b += tot_b[warp - 1];
+}
+
+// Counts the pairs per expert, lays the used experts' segments out in expert order (a block scan
+// over the experts), then fills each segment in pair order (one thread: the order must be stable).
 __global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Groups g) {
   extern __shared__ int32_t counts[];  // [E]
+  __shared__ int32_t tot_a[32], tot_b[32], carry[2];
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
+  if (threadIdx.x == 0) carry[0] = carry[1] = 0;
   __syncthreads();
   for (int64_t p = threadIdx.x; p < P; p += blockDim.x) atomicAdd(&counts[experts[p]], 1);
   __syncthreads();
-  if (threadIdx.x != 0) return;
-  int32_t na = 0, start = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int32_t c = counts[e];
-    counts[e] = start;  // becomes the fill cursor
+  for (int64_t base = 0; base < E; base += blockDim.x) {
+    const int64_t e = base + threadIdx.x;
+    const int32_t c = e < E ? counts[e] : 0;
+    int32_t start = c, slot = c > 0;
+    block_scan2(start, slot, tot_a, tot_b);
+    start += carry[0] - c;  // exclusive
+    slot += carry[1] - (c > 0);
     if (c > 0) {
-      g.active[na] = int32_t(e);
-      g.seg_start[na] = start;
-      ++na;
+      g.active[slot] = int32_t(e);
+      g.seg_start[slot] = start;
     }
-    start += c;
+    if (e < E) counts[e] = start;  // becomes the fill cursor
+    __syncthreads();
+    if (threadIdx.x == blockDim.x - 1) carry[0] = start + c, carry[1] = slot + (c > 0);
+    __syncthreads();
   }
-  g.seg_start[na] = start;
-  *g.n_active = na;
+  if (threadIdx.x != 0) return;
+  g.seg_start[carry[1]] = carry[0];
+  *g.n_active = carry[1];
   for (int64_t p = 0; p < P; ++p) {
     const int32_t s = counts[experts[p]]++;
     g.order[s] = int32_t(p);
@@ -146,86 +176,144 @@ __global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Group
   }
 }
 
+// Weight rows per lane group in the expert products: the gate and up rows of kPairs
+// intermediate rows share each activation load (so do kDownRows rows of the down projection).
+constexpr int kPairs = 2;
+constexpr int kDownRows = 4;
+constexpr int kThreads = 256;
+
+// Gate/up rows r .. r + P - 1 of one expert for NT of its rows.
+template <int NT, int P>
+__device__ void up_rows(const WeightMatrix& w1, const WeightMatrix& w3, int64_t r,
+                        const float* const (&xs)[NT], float limit, float* act, int64_t i0,
+                        int64_t inter, int parts) {
+  WeightMatrix ws[2 * P];
+  int64_t rows[2 * P];
+#pragma unroll
+  for (int q = 0; q < P; ++q) {
+    ws[2 * q] = w1, ws[2 * q + 1] = w3;
+    rows[2 * q] = rows[2 * q + 1] = r + q < inter ? r + q : inter - 1;
+  }
+  float acc[2 * P][NT];
+  rows_dot<NT, 2 * P>(ws, rows, xs, parts, acc);
+  if ((int(threadIdx.x) & (parts - 1)) == 0)
+#pragma unroll
+    for (int q = 0; q < P; ++q)
+      if (r + q < inter)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          float gv = acc[2 * q][t], uv = acc[2 * q + 1][t];
+          if (limit > 0) {
+            gv = fminf(gv, limit);
+            uv = fminf(fmaxf(uv, -limit), limit);
+          }
+          act[(i0 + t) * inter + r + q] = gv / (1.0f + expf(-gv)) * uv;
+        }
+}
+
 template <int NT>
 __device__ void up_chunk(const WeightMatrix& w1, const WeightMatrix& w3, int64_t r, const float* h,
                          int64_t hidden, int64_t k, const int32_t* order, int64_t i0, float limit,
-                         float* act, int64_t inter) {
+                         float* act, int64_t inter, int parts) {
   const float* xs[NT];
+#pragma unroll
   for (int t = 0; t < NT; ++t) xs[t] = h + int64_t(order[i0 + t] / k) * hidden;
-  float g[NT], u[NT];
-  warp_row_dot<NT>(w1, r, xs, g);
-  warp_row_dot<NT>(w3, r, xs, u);
-  if ((threadIdx.x & 31) == 0)
-    for (int t = 0; t < NT; ++t) {
-      float gv = g[t], uv = u[t];
-      if (limit > 0) {
-        gv = fminf(gv, limit);
-        uv = fminf(fmaxf(uv, -limit), limit);
-      }
-      act[(i0 + t) * inter + r] = gv / (1.0f + expf(-gv)) * uv;
-    }
+  if constexpr (NT <= 2) {
+    up_rows<NT, kPairs>(w1, w3, r, xs, limit, act, i0, inter, parts);
+  } else {
+#pragma unroll
+    for (int q = 0; q < kPairs; ++q)
+      up_rows<NT, 1>(w1, w3, r + q, xs, limit, act, i0, inter, parts);
+  }
 }
 
-__global__ void up_kernel(ExpertsDevice e, Groups g, const float* h, int64_t hidden, int64_t k,
-                          int64_t inter, float limit) {
+// MaxNT: the most rows of one expert fed to one pass over its weights (more rows need more
+// registers; single-row decode wants the fewest). Each group of `parts` lanes owns kPairs
+// intermediate rows of the expert blockIdx.y.
+template <int MaxNT>
+__global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1) up_kernel(ExpertsDevice e, Groups g, const float* h, int64_t hidden, int64_t k,
+                          int64_t inter, float limit, int parts) {
   const int64_t a = blockIdx.y;
   if (a >= *g.n_active) return;
-  const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
-  if (r >= inter) return;
+  const int64_t r = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts * kPairs;
+  if (r >= inter) return;  // whole groups leave together
   const int32_t ex = g.active[a];
   const WeightMatrix w1 = e.w1[ex], w3 = e.w3[ex];
   const int64_t s1 = g.seg_start[a + 1];
   for (int64_t i = g.seg_start[a]; i < s1;) {
     const int64_t left = s1 - i;
-    if (left >= 8) {
-      up_chunk<8>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+    if (MaxNT >= 8 && left >= 8) {
+      up_chunk<8>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
       i += 8;
-    } else if (left >= 4) {
-      up_chunk<4>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+    } else if (MaxNT >= 4 && left >= 4) {
+      up_chunk<4>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
       i += 4;
-    } else if (left >= 2) {
-      up_chunk<2>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+    } else if (MaxNT >= 2 && left >= 2) {
+      up_chunk<2>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
       i += 2;
     } else {
-      up_chunk<1>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter);
+      up_chunk<1>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
       i += 1;
     }
   }
 }
 
-template <int NT>
-__device__ void down_chunk(const WeightMatrix& w2, int64_t r, const Groups& g, const float* weights,
-                           int64_t i0, int64_t inter, int64_t hidden) {
-  const float* xs[NT];
-  for (int t = 0; t < NT; ++t) xs[t] = g.act + (i0 + t) * inter;
-  float y[NT];
-  warp_row_dot<NT>(w2, r, xs, y);
-  if ((threadIdx.x & 31) == 0)
-    for (int t = 0; t < NT; ++t)
-      g.pair_out[(i0 + t) * hidden + r] = weights[g.order[i0 + t]] * y[t];
+template <int NT, int R>
+__device__ void down_rows(const WeightMatrix& w2, int64_t r, const float* const (&xs)[NT],
+                          const Groups& g, const float* weights, int64_t i0, int64_t hidden,
+                          int parts) {
+  WeightMatrix ws[R];
+  int64_t rows[R];
+#pragma unroll
+  for (int q = 0; q < R; ++q) ws[q] = w2, rows[q] = r + q < hidden ? r + q : hidden - 1;
+  float y[R][NT];
+  rows_dot<NT, R>(ws, rows, xs, parts, y);
+  if ((int(threadIdx.x) & (parts - 1)) == 0)
+#pragma unroll
+    for (int q = 0; q < R; ++q)
+      if (r + q < hidden)
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          g.pair_out[(i0 + t) * hidden + r + q] = weights[g.order[i0 + t]] * y[q][t];
 }
 
-__global__ void down_kernel(ExpertsDevice e, Groups g, const float* weights, int64_t hidden,
-                            int64_t inter) {
+template <int NT>
+__device__ void down_chunk(const WeightMatrix& w2, int64_t r, const Groups& g, const float* weights,
+                           int64_t i0, int64_t inter, int64_t hidden, int parts) {
+  const float* xs[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) xs[t] = g.act + (i0 + t) * inter;
+  if constexpr (NT <= 2) {
+    down_rows<NT, kDownRows>(w2, r, xs, g, weights, i0, hidden, parts);
+  } else {
+#pragma unroll
+    for (int q = 0; q < kDownRows; ++q)
+      down_rows<NT, 1>(w2, r + q, xs, g, weights, i0, hidden, parts);
+  }
+}
+
+template <int MaxNT>
+__global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1) down_kernel(ExpertsDevice e, Groups g, const float* weights, int64_t hidden,
+                            int64_t inter, int parts) {
   const int64_t a = blockIdx.y;
   if (a >= *g.n_active) return;
-  const int64_t r = int64_t(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int64_t r = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts * kDownRows;
   if (r >= hidden) return;
   const WeightMatrix w2 = e.w2[g.active[a]];
   const int64_t s1 = g.seg_start[a + 1];
   for (int64_t i = g.seg_start[a]; i < s1;) {
     const int64_t left = s1 - i;
-    if (left >= 8) {
-      down_chunk<8>(w2, r, g, weights, i, inter, hidden);
+    if (MaxNT >= 8 && left >= 8) {
+      down_chunk<8>(w2, r, g, weights, i, inter, hidden, parts);
       i += 8;
-    } else if (left >= 4) {
-      down_chunk<4>(w2, r, g, weights, i, inter, hidden);
+    } else if (MaxNT >= 4 && left >= 4) {
+      down_chunk<4>(w2, r, g, weights, i, inter, hidden, parts);
       i += 4;
-    } else if (left >= 2) {
-      down_chunk<2>(w2, r, g, weights, i, inter, hidden);
+    } else if (MaxNT >= 2 && left >= 2) {
+      down_chunk<2>(w2, r, g, weights, i, inter, hidden, parts);
       i += 2;
     } else {
-      down_chunk<1>(w2, r, g, weights, i, inter, hidden);
+      down_chunk<1>(w2, r, g, weights, i, inter, hidden, parts);
       i += 1;
     }
   }
@@ -265,14 +353,27 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
-  group_kernel<<<1, 1024, size_t(experts) * 4, stream>>>(chosen, P, experts, g);
+  const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
+  group_kernel<<<1, group_threads, size_t(experts) * 4, stream>>>(chosen, P, experts, g);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   const unsigned max_active = unsigned(std::min(experts, P));
-  up_kernel<<<dim3(unsigned((inter + kWarps - 1) / kWarps), max_active), kWarps * 32, 0, stream>>>(
-      e, g, h, hidden, k, inter, limit);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
-  down_kernel<<<dim3(unsigned((hidden + kWarps - 1) / kWarps), max_active), kWarps * 32, 0,
-                stream>>>(e, g, weights, hidden, inter);
+  // Every expert of a model shares its type and widths.
+  const int up_parts = rows_dot_parts(e.w1_type, hidden),
+            down_parts = rows_dot_parts(e.w2_type, inter);
+  const int64_t up_groups = (inter + kPairs - 1) / kPairs,
+                down_groups = (hidden + kDownRows - 1) / kDownRows;
+  const dim3 up_grid(unsigned((up_groups * up_parts + kThreads - 1) / kThreads), max_active),
+      down_grid(unsigned((down_groups * down_parts + kThreads - 1) / kThreads), max_active);
+  if (n == 1) {  // one row: every expert sees it at most once
+    up_kernel<1><<<up_grid, kThreads, 0, stream>>>(e, g, h, hidden, k, inter, limit, up_parts);
+    down_kernel<1><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
+  } else if (n <= 64) {  // batched decode: a few rows per expert
+    up_kernel<2><<<up_grid, kThreads, 0, stream>>>(e, g, h, hidden, k, inter, limit, up_parts);
+    down_kernel<2><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
+  } else {
+    up_kernel<8><<<up_grid, kThreads, 0, stream>>>(e, g, h, hidden, k, inter, limit, up_parts);
+    down_kernel<8><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
+  }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   const int64_t total = n * hidden;
   combine_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 1 << 20)), 256, 0, stream>>>(

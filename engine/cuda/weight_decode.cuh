@@ -88,47 +88,6 @@ __device__ __forceinline__ float decode_one(const WeightMatrix& w, int64_t row, 
   return 0.0f;
 }
 
-// Decodes one 16-byte chunk starting at value `col0` into vals[]; returns how many values.
-__device__ __forceinline__ int decode_chunk(const WeightMatrix& w, int64_t row, int64_t col0,
-                                            uint4 raw, float vals[32]) {
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-  switch (w.type) {
-    case WeightType::f32:
-      for (int i = 0; i < 4; ++i) vals[i] = __uint_as_float(words[i]);
-      return 4;
-    case WeightType::bf16:
-      for (int i = 0; i < 4; ++i) {
-        vals[2 * i] = bf16_bits(uint16_t(words[i] & 0xffff));
-        vals[2 * i + 1] = bf16_bits(uint16_t(words[i] >> 16));
-      }
-      return 8;
-    case WeightType::f16:
-      for (int i = 0; i < 4; ++i) {
-        vals[2 * i] = f16_bits(uint16_t(words[i] & 0xffff));
-        vals[2 * i + 1] = f16_bits(uint16_t(words[i] >> 16));
-      }
-      return 8;
-    case WeightType::f8_e4m3: {
-      const float s = block_scale(w, row, col0);  // 16 values never straddle a 128-block
-      for (int i = 0; i < 16; ++i) vals[i] = e4m3_bits(uint8_t(words[i / 4] >> (8 * (i % 4)))) * s;
-      return 16;
-    }
-    case WeightType::f4_e2m1: {
-      const float s = block_scale(w, row, col0);  // exactly one 32-value group
-      for (int i = 0; i < 32; ++i) vals[i] = e2m1_bits((words[i / 8] >> (4 * (i % 8))) & 15) * s;
-      return 32;
-    }
-  }
-  return 0;
-}
-
-// E2M1 by building the float's bits (no table, no branches on the value's magnitude).
-__device__ __forceinline__ float e2m1_fast(uint32_t v) {
-  const uint32_t e = (v >> 1) & 3, m = v & 1;
-  const uint32_t bits = e ? (((e + 126) << 23) | (m << 22)) : (m ? 0x3f000000u : 0u);
-  return __uint_as_float(bits | ((v & 8u) << 28));
-}
-
 // Values per 16-byte chunk of a stored row.
 template <WeightType T>
 constexpr int chunk_values() {
@@ -138,112 +97,242 @@ constexpr int chunk_values() {
                                     : 8;
 }
 
-// Decodes one 16-byte chunk without its block scale (applied once per chunk by the caller).
+// FP8 / FP4 by placing the bits into a float32 (sign to bit 31, exponent and mantissa just below
+// the float's exponent field): one shift, one arithmetic shift and one mask per value, no
+// conversion instructions. The result is the true value times 2^-120 (e4m3) or 2^-126 (e2m1);
+// subnormals become float subnormals, so it is exact. The products would be subnormal too, so
+// the activations are scaled up by kXScale instead and the chunk sums back down by kOutScale.
+template <int K>
+__device__ __forceinline__ float e4m3_placed(uint32_t w) {  // byte K of w
+  const int32_t t = int32_t(w << (24 - 8 * K));
+  return __int_as_float((t >> 4) & int32_t(0x87f00000u));
+}
+template <int K>
+__device__ __forceinline__ float e2m1_placed(uint32_t w) {  // nibble K of w
+  const int32_t t = int32_t(w << (28 - 4 * K));
+  return __int_as_float((t >> 6) & int32_t(0x81c00000u));
+}
+
 template <WeightType T>
-__device__ __forceinline__ void decode_raw(uint4 raw, float (&vals)[chunk_values<T>()]) {
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+constexpr float x_scale() {
+  return T == WeightType::f8_e4m3 ? 0x1p60f : T == WeightType::f4_e2m1 ? 0x1p63f : 1.0f;
+}
+template <WeightType T>
+constexpr float out_scale() {  // 2^120 / 2^60 and 2^126 / 2^63
+  return x_scale<T>();
+}
+
+// Values per 32-bit word of a stored row.
+template <WeightType T>
+constexpr int word_values() {
+  return chunk_values<T>() / 4;
+}
+
+// The values of one stored word (FP8/FP4 times their placement factor, see above).
+template <WeightType T>
+__device__ __forceinline__ void decode_word(uint32_t w, float (&v)[word_values<T>()]) {
   if constexpr (T == WeightType::f32) {
-    for (int i = 0; i < 4; ++i) vals[i] = __uint_as_float(words[i]);
+    v[0] = __uint_as_float(w);
   } else if constexpr (T == WeightType::bf16) {
-    for (int i = 0; i < 4; ++i) {
-      vals[2 * i] = __uint_as_float(words[i] << 16);
-      vals[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
-    }
+    v[0] = __uint_as_float(w << 16);
+    v[1] = __uint_as_float(w & 0xffff0000u);
   } else if constexpr (T == WeightType::f16) {
-    for (int i = 0; i < 4; ++i) {
-      vals[2 * i] = f16_bits(uint16_t(words[i] & 0xffff));
-      vals[2 * i + 1] = f16_bits(uint16_t(words[i] >> 16));
-    }
+    v[0] = f16_bits(uint16_t(w & 0xffff));
+    v[1] = f16_bits(uint16_t(w >> 16));
   } else if constexpr (T == WeightType::f8_e4m3) {
-    for (int i = 0; i < 16; ++i) vals[i] = e4m3_bits(uint8_t(words[i / 4] >> (8 * (i % 4))));
+    v[0] = e4m3_placed<0>(w);
+    v[1] = e4m3_placed<1>(w);
+    v[2] = e4m3_placed<2>(w);
+    v[3] = e4m3_placed<3>(w);
   } else {
-    for (int i = 0; i < 32; ++i) vals[i] = e2m1_fast((words[i / 8] >> (4 * (i % 8))) & 15);
+    v[0] = e2m1_placed<0>(w);
+    v[1] = e2m1_placed<1>(w);
+    v[2] = e2m1_placed<2>(w);
+    v[3] = e2m1_placed<3>(w);
+    v[4] = e2m1_placed<4>(w);
+    v[5] = e2m1_placed<5>(w);
+    v[6] = e2m1_placed<6>(w);
+    v[7] = e2m1_placed<7>(w);
   }
 }
 
-// The fast path of warp_row_dot for one stored type: each lane loads kUnroll chunks before
-// using them (more bytes in flight per warp), decodes in registers, and scales each chunk's dot
-// product once.
-template <WeightType T, int NT>
-__device__ __forceinline__ void warp_row_dot_typed(const WeightMatrix& w, int64_t row,
-                                                   const char* p, int64_t chunks,
-                                                   const float* const (&x)[NT], float (&acc)[NT]) {
-  constexpr int V = chunk_values<T>();
-  constexpr int kUnroll = 4;
-  const int lane = threadIdx.x & 31;
-  const uint4* src = reinterpret_cast<const uint4*>(p);
-  constexpr bool scaled = T == WeightType::f8_e4m3 || T == WeightType::f4_e2m1;
-  for (int64_t c0 = lane; c0 < chunks; c0 += 32 * kUnroll) {
-    // Issue every load of the group (data, block scales, activations) before the arithmetic.
-    uint4 raw[kUnroll];
-    float scale[kUnroll];
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-      const bool ok = c < chunks;
-      raw[u] = ok ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
-      scale[u] = ok && scaled ? block_scale(w, row, c * V) : 1.0f;  // never straddles a block
+// The activations under one stored word, times x_scale<T>().
+template <WeightType T>
+__device__ __forceinline__ void load_x(const float* x, float (&v)[word_values<T>()]) {
+  constexpr int n = word_values<T>();
+  if constexpr (n == 1) {
+    v[0] = __ldg(x);
+  } else if constexpr (n == 2) {
+    const float2 a = __ldg(reinterpret_cast<const float2*>(x));
+    v[0] = a.x, v[1] = a.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < n / 4; ++i) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(x) + i);
+      v[4 * i] = a.x, v[4 * i + 1] = a.y, v[4 * i + 2] = a.z, v[4 * i + 3] = a.w;
     }
+  }
+  if constexpr (x_scale<T>() != 1.0f)
+#pragma unroll
+    for (int i = 0; i < n; ++i) v[i] *= x_scale<T>();
+}
+
+// One stored row as the fast path reads it: its 16-byte chunks and, for FP8/FP4, the block
+// scales under each chunk (FP8: one per 8 chunks of a 128-column block; FP4: one per chunk).
+struct RowView {
+  const uint4* chunks = nullptr;
+  const void* scales = nullptr;
+};
+
+__device__ __forceinline__ RowView row_view(const WeightMatrix& w, int64_t row, int64_t row_bytes) {
+  RowView v;
+  v.chunks = reinterpret_cast<const uint4*>(static_cast<const char*>(w.data) + row * row_bytes);
+  const int64_t scale_size = w.scale_type == ScaleType::f32 ? 4 : 1;
+  if (w.type == WeightType::f8_e4m3)
+    v.scales = static_cast<const char*>(w.scale) +
+               ((w.row_offset + row) / 128) * ((w.cols + 127) / 128) * scale_size;
+  else if (w.type == WeightType::f4_e2m1)
+    v.scales = static_cast<const uint8_t*>(w.scale) + (w.row_offset + row) * (w.cols / 32);
+  return v;
+}
+
+// The fast path of rows_dot for one stored type. Thread `part` of a group of `parts` lanes owns
+// chunks part, part + parts, ... of R rows at the same columns; it loads kUnroll chunks of every
+// row before using them (bytes in flight) and each activation once for all R rows: memory-bound
+// decode needs few instructions per weight byte, and the activations (4 to 32 floats per 16
+// weight bytes) would otherwise cost more cache bandwidth than the weights.
+template <WeightType T, int NT, int R>
+__device__ __forceinline__ void rows_dot_typed(const RowView (&rv)[R], bool f32_scales, int chunks,
+                                               int part, int parts, const float* const (&x)[NT],
+                                               float (&acc)[R][NT]) {
+  constexpr int V = chunk_values<T>(), W = word_values<T>();
+  constexpr int kUnroll = R >= 4 ? 2 : 4;
+  constexpr bool scaled = T == WeightType::f8_e4m3 || T == WeightType::f4_e2m1;
+  for (int c0 = part; c0 < chunks; c0 += parts * kUnroll) {
+    uint4 raw[kUnroll][R];
+    float scale[kUnroll][R];
+#pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t c = c0 + 32 * u;
-      if (c >= chunks) break;
-      float vals[V];
-      decode_raw<T>(raw[u], vals);
-      const int64_t col0 = c * V;
-      for (int t = 0; t < NT; ++t) {
-        const float4* xt = reinterpret_cast<const float4*>(x[t] + col0);
-        float4 xv[V / 4];
-        for (int i = 0; i < V / 4; ++i) xv[i] = __ldg(xt + i);
-        float s = 0.0f;
-        for (int i = 0; i < V / 4; ++i) {
-          s = fmaf(vals[4 * i], xv[i].x, s);
-          s = fmaf(vals[4 * i + 1], xv[i].y, s);
-          s = fmaf(vals[4 * i + 2], xv[i].z, s);
-          s = fmaf(vals[4 * i + 3], xv[i].w, s);
+      const int c = c0 + parts * u;
+      const bool ok = c < chunks;
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        raw[u][r] = ok ? __ldg(rv[r].chunks + c) : make_uint4(0, 0, 0, 0);
+        if constexpr (scaled) {  // a chunk never straddles a scale block
+          const int si = T == WeightType::f8_e4m3 ? c >> 3 : c;
+          float sc = 0.0f;
+          if (ok)
+            sc = T == WeightType::f8_e4m3 && f32_scales
+                     ? __ldg(static_cast<const float*>(rv[r].scales) + si)
+                     : e8m0(__ldg(static_cast<const uint8_t*>(rv[r].scales) + si));
+          scale[u][r] = sc * out_scale<T>();
         }
-        acc[t] = fmaf(s, scale[u], acc[t]);
       }
     }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int c = c0 + parts * u;
+      if (c >= chunks) break;
+      float s[R][NT];
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) s[r][t] = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        float xv[NT][W];
+#pragma unroll
+        for (int t = 0; t < NT; ++t) load_x<T>(x[t] + c * V + j * W, xv[t]);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint4 q = raw[u][r];
+          float v[W];
+          decode_word<T>(j == 0 ? q.x : j == 1 ? q.y : j == 2 ? q.z : q.w, v);
+#pragma unroll
+          for (int t = 0; t < NT; ++t)
+#pragma unroll
+            for (int i = 0; i < W; ++i) s[r][t] = fmaf(v[i], xv[t][i], s[r][t]);
+        }
+      }
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int t = 0; t < NT; ++t)
+          acc[r][t] = scaled ? fmaf(s[r][t], scale[u][r], acc[r][t]) : acc[r][t] + s[r][t];
+    }
   }
 }
 
-// acc[t] = dot(w[row], x[t]) for t < NT, summed over the warp (every lane gets the result).
-// x[t] points at token t's activations (w.cols floats).
-template <int NT>
-__device__ __forceinline__ void warp_row_dot(const WeightMatrix& w, int64_t row,
-                                             const float* const (&x)[NT], float (&acc)[NT]) {
-  const int lane = threadIdx.x & 31;
-  const int64_t row_bytes = w.cols * value_bytes_x2(w.type) / 2;
-  const char* p = static_cast<const char*>(w.data) + row * row_bytes;
-  for (int t = 0; t < NT; ++t) acc[t] = 0.0f;
-  bool vector_ok = row_bytes % 16 == 0 && (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+// acc[r][t] = dot(w[r] row row[r], x[t]) for r < R, t < NT, computed by a group of `parts`
+// consecutive lanes of one warp (parts a power of two <= 32, groups aligned to it; every lane of
+// the group gets the results). Narrow rows want small groups (enough chunks per lane to amortise
+// the setup), wide ones whole warps. The R matrices share type and width (rows of one matrix, or
+// the same row of the gate and up projections); x[t] points at token t's activations.
+template <int NT, int R>
+__device__ __forceinline__ void rows_dot(const WeightMatrix (&w)[R], const int64_t (&row)[R],
+                                         const float* const (&x)[NT], int parts,
+                                         float (&acc)[R][NT]) {
+  const int part = int(threadIdx.x) & (parts - 1);
+  const WeightType type = w[0].type;
+  const int64_t row_bytes = w[0].cols * value_bytes_x2(type) / 2;
+  RowView rv[R];
+  bool vector_ok = row_bytes % 16 == 0;
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    rv[r] = row_view(w[r], row[r], row_bytes);
+    vector_ok &= (reinterpret_cast<uintptr_t>(rv[r].chunks) & 15) == 0;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0.0f;
+  }
+#pragma unroll
   for (int t = 0; t < NT; ++t) vector_ok &= (reinterpret_cast<uintptr_t>(x[t]) & 15) == 0;
   if (vector_ok) {
-    const int64_t chunks = row_bytes / 16;
-    switch (w.type) {
+    const int chunks = int(row_bytes / 16);
+    const bool f32_scales = w[0].scale_type == ScaleType::f32;
+    switch (type) {
       case WeightType::f32:
-        warp_row_dot_typed<WeightType::f32, NT>(w, row, p, chunks, x, acc);
+        rows_dot_typed<WeightType::f32, NT, R>(rv, f32_scales, chunks, part, parts, x, acc);
         break;
       case WeightType::bf16:
-        warp_row_dot_typed<WeightType::bf16, NT>(w, row, p, chunks, x, acc);
+        rows_dot_typed<WeightType::bf16, NT, R>(rv, f32_scales, chunks, part, parts, x, acc);
         break;
       case WeightType::f16:
-        warp_row_dot_typed<WeightType::f16, NT>(w, row, p, chunks, x, acc);
+        rows_dot_typed<WeightType::f16, NT, R>(rv, f32_scales, chunks, part, parts, x, acc);
         break;
       case WeightType::f8_e4m3:
-        warp_row_dot_typed<WeightType::f8_e4m3, NT>(w, row, p, chunks, x, acc);
+        rows_dot_typed<WeightType::f8_e4m3, NT, R>(rv, f32_scales, chunks, part, parts, x, acc);
         break;
       case WeightType::f4_e2m1:
-        warp_row_dot_typed<WeightType::f4_e2m1, NT>(w, row, p, chunks, x, acc);
+        rows_dot_typed<WeightType::f4_e2m1, NT, R>(rv, f32_scales, chunks, part, parts, x, acc);
         break;
     }
   } else {
-    for (int64_t c = lane; c < w.cols; c += 32) {
-      const float v = decode_one(w, row, c);
-      for (int t = 0; t < NT; ++t) acc[t] = fmaf(v, x[t][c], acc[t]);
-    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+      for (int64_t c = part; c < w[r].cols; c += parts) {
+        const float v = decode_one(w[r], row[r], c);
+#pragma unroll
+        for (int t = 0; t < NT; ++t) acc[r][t] = fmaf(v, x[t][c], acc[r][t]);
+      }
   }
-  for (int t = 0; t < NT; ++t)
-    for (int off = 16; off > 0; off >>= 1) acc[t] += __shfl_xor_sync(0xffffffffu, acc[t], off);
+  const unsigned lane = threadIdx.x & 31;
+  const unsigned group_mask =
+      parts == 32 ? 0xffffffffu : ((1u << parts) - 1) << (lane & ~unsigned(parts - 1));
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      for (int off = parts >> 1; off > 0; off >>= 1)
+        acc[r][t] += __shfl_xor_sync(group_mask, acc[r][t], off);
+}
+
+// Lanes per row group for rows of `cols` values of type t: at least 4 chunks per lane (to
+// amortise the setup and the reduction), 1 to 32.
+inline int rows_dot_parts(WeightType t, int64_t cols) {
+  const int64_t chunks = cols * value_bytes_x2(t) / 32;
+  int parts = 1;
+  while (parts < 32 && parts * 8 <= chunks) parts *= 2;
+  return parts;
 }
 
 }  // namespace agentrt::engine::cuda

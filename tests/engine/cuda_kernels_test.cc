@@ -233,7 +233,8 @@ TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) {
   DeviceBuffer scratch(cuda::moe_scratch_bytes(n, k, E, inter, H));
   std::vector<float> zeros(n * H, 0.0f);
   auto out = upload(zeros);
-  cuda::routed_experts({v, v + E, v + 2 * E}, d_chosen.as<int32_t>(), d_weights.as<float>(),
+  cuda::routed_experts({v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1},
+                       d_chosen.as<int32_t>(), d_weights.as<float>(),
                        d_h.as<float>(), n, k, E, inter, H, limit, scratch.get(), out.as<float>(),
                        nullptr);
   const auto got = download<float>(out, n * H);
