@@ -382,9 +382,12 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
   const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;
   float* grouped = w.f(w.grouped, n * c.o_groups * r);
-  for (int64_t g = 0; g < c.o_groups; ++g)
-    linear_.run(lw.wo_a->view().slice_rows(g * r, r), attn + g * group_in, heads * hd, n,
-                grouped + g * r, c.o_groups * r, stream_);
+  const WeightMatrix wo_a = lw.wo_a->view();
+  if (wo_a.cols != group_in || wo_a.rows != c.o_groups * r)
+    throw std::runtime_error("attention output: wo_a is " + std::to_string(wo_a.rows) + " x " +
+                             std::to_string(wo_a.cols) + ", expected " +
+                             std::to_string(c.o_groups * r) + " x " + std::to_string(group_in));
+  linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
   linear_.run(lw.wo_b->view(), grouped, n, out, stream_);
 }
 

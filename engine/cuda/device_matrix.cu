@@ -1,4 +1,6 @@
 #include <algorithm>
+#include <stdexcept>
+#include <string>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
@@ -7,19 +9,20 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-// Rows per lane group: more rows share each activation load; fewer keep registers for many tokens.
-template <int NT>
-constexpr int rows_per_group() {
-  return NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
-}
-
 constexpr int kThreads = 256;
 
-// Each group of `parts` lanes computes R consecutive rows.
-template <int NT>
-__global__ void __launch_bounds__(kThreads, 2) gemv_kernel(WeightMatrix w, const float* __restrict__ x, int64_t x_stride,
-                            float* __restrict__ y, int64_t y_stride, int parts) {
-  constexpr int R = rows_per_group<NT>();
+// Row groups of a block-diagonal product (the grouped attention output): rows
+// [g * rows, (g + 1) * rows) read x + g * x_offset. rows = 0: one group.
+struct RowGroups {
+  int64_t rows = 0;
+  int64_t x_offset = 0;
+};
+
+// Each group of `parts` lanes computes R consecutive rows (R rows share each activation load).
+template <int NT, int R>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemv_kernel(WeightMatrix w, const float* __restrict__ x, int64_t x_stride,
+                float* __restrict__ y, int64_t y_stride, int parts, RowGroups groups) {
   const int64_t group = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts;
   const int64_t row0 = group * R;
   if (row0 >= w.rows) return;  // whole groups leave together (no shuffle partner missing)
@@ -30,6 +33,7 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_kernel(WeightMatrix w, const
     ws[r] = w;
     rows[r] = row0 + r < w.rows ? row0 + r : w.rows - 1;  // past the end: recompute the last
   }
+  if (groups.rows > 0) x += (row0 / groups.rows) * groups.x_offset;  // R divides groups.rows
   const float* xs[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) xs[t] = x + t * x_stride;
@@ -52,13 +56,50 @@ __global__ void gemv_reference_kernel(WeightMatrix w, const float* x, int64_t n,
   y[t * w.rows + row] = float(s);
 }
 
+template <int NT, int R>
+void launch_rows(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
+                 RowGroups groups, cudaStream_t stream) {
+  const int parts = rows_dot_parts(w.type, w.cols);
+  const int64_t lane_groups = (w.rows + R - 1) / R;
+  const unsigned blocks = unsigned((lane_groups * parts + kThreads - 1) / kThreads);
+  gemv_kernel<NT, R><<<blocks, kThreads, 0, stream>>>(w, x, xs, y, ys, parts, groups);
+}
+
+// Several rows per lane group only where the matrix has rows enough to fill the GPU with them
+// (the head, the query up-projection); smaller ones need every lane group they can get.
 template <int NT>
 void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
-            cudaStream_t stream) {
-  const int parts = rows_dot_parts(w.type, w.cols);
-  const int64_t groups = (w.rows + rows_per_group<NT>() - 1) / rows_per_group<NT>();
-  const unsigned blocks = unsigned((groups * parts + kThreads - 1) / kThreads);
-  gemv_kernel<NT><<<blocks, kThreads, 0, stream>>>(w, x, xs, y, ys, parts);
+            RowGroups groups, cudaStream_t stream) {
+  constexpr int kMany = NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
+  const bool many = w.rows >= 16384 && (groups.rows == 0 || groups.rows % kMany == 0);
+  if (many)
+    launch_rows<NT, kMany>(w, x, xs, y, ys, groups, stream);
+  else
+    launch_rows<NT, 1>(w, x, xs, y, ys, groups, stream);
+}
+
+void gemv_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
+               int64_t y_stride, RowGroups groups, cudaStream_t stream) {
+  for (int64_t t0 = 0; t0 < n;) {
+    const int64_t left = n - t0;
+    const float* xt = x + t0 * x_stride;
+    float* yt = y + t0 * y_stride;
+    // Whole chunks of 8, then 4/2/1: every token set reads the matrix once.
+    if (left >= 8) {
+      launch<8>(w, xt, x_stride, yt, y_stride, groups, stream);
+      t0 += 8;
+    } else if (left >= 4) {
+      launch<4>(w, xt, x_stride, yt, y_stride, groups, stream);
+      t0 += 4;
+    } else if (left >= 2) {
+      launch<2>(w, xt, x_stride, yt, y_stride, groups, stream);
+      t0 += 2;
+    } else {
+      launch<1>(w, xt, x_stride, yt, y_stride, groups, stream);
+      t0 += 1;
+    }
+  }
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -112,28 +153,19 @@ void gemv(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stre
 }
 
 void gemv_strided(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
-                  int64_t y_stride, void* stream_ptr) {
-  const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  for (int64_t t0 = 0; t0 < n;) {
-    const int64_t left = n - t0;
-    const float* xt = x + t0 * x_stride;
-    float* yt = y + t0 * y_stride;
-    // Whole chunks of 8, then 4/2/1: every token set reads the matrix once.
-    if (left >= 8) {
-      launch<8>(w, xt, x_stride, yt, y_stride, stream);
-      t0 += 8;
-    } else if (left >= 4) {
-      launch<4>(w, xt, x_stride, yt, y_stride, stream);
-      t0 += 4;
-    } else if (left >= 2) {
-      launch<2>(w, xt, x_stride, yt, y_stride, stream);
-      t0 += 2;
-    } else {
-      launch<1>(w, xt, x_stride, yt, y_stride, stream);
-      t0 += 1;
-    }
-  }
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
+                  int64_t y_stride, void* stream) {
+  gemv_rows(w, x, x_stride, n, y, y_stride, {}, static_cast<cudaStream_t>(stream));
+}
+
+void gemv_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
+                  int64_t n, float* y, int64_t y_stride, void* stream) {
+  if (groups <= 0 || w.rows % groups != 0 || w.cols * groups > x_stride)
+    throw std::invalid_argument("gemv_grouped: " + std::to_string(w.rows) + " rows in " +
+                                std::to_string(groups) + " groups of " + std::to_string(w.cols) +
+                                " columns do not fit an activation row of " +
+                                std::to_string(x_stride));
+  gemv_rows(w, x, x_stride, n, y, y_stride, {w.rows / groups, w.cols},
+            static_cast<cudaStream_t>(stream));
 }
 
 void gemv_reference(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream_ptr) {

@@ -44,6 +44,11 @@ void gemv(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
 void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
                   float* y, int64_t y_stride, void* stream = nullptr);
 
+// A block-diagonal product: the rows form `groups` equal groups, group g reading columns
+// [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.
+void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,
+                  int64_t n, float* y, int64_t y_stride, void* stream = nullptr);
+
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
                     void* stream = nullptr);

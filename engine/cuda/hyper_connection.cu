@@ -10,6 +10,8 @@ namespace agentrt::engine::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// One block per row combines the streams: wide, so one decode row's loads go out at once.
+constexpr int kPreThreads = 1024;
 
 __device__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -137,8 +139,13 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
   float* xr = x + row * hidden;
   float ss2 = 0.0f;
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) {
+    float sv[kMaxHcMult];  // every stream's load in flight at once
+#pragma unroll
+    for (int64_t i = 0; i < kMaxHcMult; ++i) sv[i] = i < hc ? s[i * hidden + d] : 0.0f;
     float v = 0.0f;
-    for (int64_t i = 0; i < hc; ++i) v = fmaf(pre[i], s[i * hidden + d], v);
+#pragma unroll
+    for (int64_t i = 0; i < kMaxHcMult; ++i)
+      if (i < hc) v = fmaf(pre[i], sv[i], v);
     xr[d] = v;
     ss2 = fmaf(v, v, ss2);
   }
@@ -175,7 +182,7 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
   hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)}, kThreads, 0,
                          stream>>>(w.fn, streams, hc * hidden, outputs, projected);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  hyper_pre_kernel<<<unsigned(n), kThreads, 0, stream>>>(
+  hyper_pre_kernel<<<unsigned(n), kPreThreads, 0, stream>>>(
       w, streams, projected, hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }

@@ -132,4 +132,17 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
   (void)zero;
 }
 
+void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const float* x,
+                               int64_t x_stride, int64_t n, float* y, int64_t y_stride,
+                               cudaStream_t stream) {
+  if (n <= 0) return;
+  if (n <= gemv_max_rows_) {
+    gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream);
+    return;
+  }
+  const int64_t r = w.rows / groups;
+  for (int64_t g = 0; g < groups; ++g)
+    run(w.slice_rows(g * r, r), x + g * w.cols, x_stride, n, y + g * r, y_stride, stream);
+}
+
 }  // namespace agentrt::engine::cuda

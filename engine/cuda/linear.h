@@ -34,6 +34,10 @@ class LinearRunner {
   void run(const WeightMatrix& w, const float* x, int64_t n, float* y, cudaStream_t stream) {
     run(w, x, w.cols, n, y, w.rows, stream);
   }
+  // Block-diagonal: w's rows in `groups` equal groups, group g reading columns [g * w.cols,
+  // (g + 1) * w.cols) of x's rows and writing its rows of y (one launch when decoding).
+  void run_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
+                   int64_t n, float* y, int64_t y_stride, cudaStream_t stream);
 
  private:
   GemmPrecision precision_;

@@ -231,8 +231,9 @@ __device__ void up_chunk(const WeightMatrix& w1, const WeightMatrix& w3, int64_t
 // registers; single-row decode wants the fewest). Each group of `parts` lanes owns kPairs
 // intermediate rows of the expert blockIdx.y.
 template <int MaxNT>
-__global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1) up_kernel(ExpertsDevice e, Groups g, const float* h, int64_t hidden, int64_t k,
-                          int64_t inter, float limit, int parts) {
+__global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1)
+    up_kernel(ExpertsDevice e, Groups g, const float* h, int64_t hidden, int64_t k, int64_t inter,
+              float limit, int parts) {
   const int64_t a = blockIdx.y;
   if (a >= *g.n_active) return;
   const int64_t r = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts * kPairs;
@@ -293,8 +294,9 @@ __device__ void down_chunk(const WeightMatrix& w2, int64_t r, const Groups& g, c
 }
 
 template <int MaxNT>
-__global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1) down_kernel(ExpertsDevice e, Groups g, const float* weights, int64_t hidden,
-                            int64_t inter, int parts) {
+__global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1)
+    down_kernel(ExpertsDevice e, Groups g, const float* weights, int64_t hidden, int64_t inter,
+                int parts) {
   const int64_t a = blockIdx.y;
   if (a >= *g.n_active) return;
   const int64_t r = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts * kDownRows;

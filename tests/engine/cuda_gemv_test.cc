@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "engine/matmul.h"
@@ -147,6 +148,38 @@ TEST_F(CudaGemv, RowSlicesKeepTheirScales) {
   check(fp8.view.slice_rows(130, 200), 2, "fp8 slice");
   const HostMatrix fp4 = make(WeightType::f4_e2m1, 64, 256, 7);
   check(fp4.view.slice_rows(10, 20), 3, "fp4 slice");
+}
+
+// Tall matrices take several rows per lane group (and a partial last group).
+TEST_F(CudaGemv, TallMatricesShareActivationLoadsAcrossRows) {
+  for (auto type : {WeightType::bf16, WeightType::f8_e4m3, WeightType::f4_e2m1}) {
+    const HostMatrix m = make(type, 16386, 256, 9);
+    for (int64_t n : {1, 2, 4, 8}) check(m.view, n, "tall");
+  }
+}
+
+TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
+  const int64_t groups = 4, rows = 96, cols = 128, n = 3, stride = groups * cols + 32;
+  const HostMatrix m = make(WeightType::f8_e4m3, groups * rows, cols, 11);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * stride), got(n * groups * rows), want(n * groups * rows);
+  for (float& v : x) v = dist(rng);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < rows; ++r)
+        want[t * groups * rows + g * rows + r] =
+            dot_weight_row(m.view, g * rows + r, x.data() + t * stride + g * cols);
+  cuda::DeviceMatrix dm(m.view);
+  float* dx = cuda::device_floats(x.size());
+  float* dy = cuda::device_floats(got.size());
+  cuda::copy_to_device(dx, x.data(), x.size() * 4);
+  cuda::gemv_grouped(dm.view(), groups, dx, stride, n, dy, groups * rows);
+  cuda::copy_to_host(got.data(), dy, got.size() * 4);
+  cuda::free_device(dx);
+  cuda::free_device(dy);
+  EXPECT_LE(rel_l2(got, want), 1e-5);
+  EXPECT_THROW(cuda::gemv_grouped(dm.view(), 5, dx, stride, n, dy, 0), std::invalid_argument);
 }
 
 #endif  // AGENTRT_HAVE_CUDA
