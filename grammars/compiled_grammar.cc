@@ -4,6 +4,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "grammars/past_return_tokens.h"
 #include "grammars/position_masks.h"
 
 namespace agentrt::grammars {
@@ -29,6 +30,10 @@ class MaskSlots {
   std::unique_ptr<std::atomic<const PositionMasks*>[]> slots_;
 };
 
+// Entries are short id lists (the tokens that fit after a return are few): a bound only
+// against pathological grammars.
+constexpr size_t kMaxPastReturnEntries = 1 << 18;
+
 struct CompiledGrammar::Cache {
   Cache(const PushdownAutomaton& pda)
       : short_masks(pda.states.size()),
@@ -37,6 +42,7 @@ struct CompiledGrammar::Cache {
   MaskSlots short_masks;             // per state, pointing into by_signature's entries
   MaskSlots long_masks;              // per state
   SubtreeMasksCache short_subtrees;  // walks below nodes where a position entered a rule
+  PastReturnTokens past_returns{kMaxPastReturnEntries};
   std::mutex mu;
   std::vector<std::shared_ptr<const PositionMasks>> owned;
   // Guarded by mu.
@@ -91,6 +97,8 @@ PositionSignature CompiledGrammar::short_signature(int32_t state) const {
   std::lock_guard<std::mutex> lock(cache_->mu);
   return cache_->signatures.of(state);
 }
+
+PastReturnTokens& CompiledGrammar::past_return_tokens() const { return cache_->past_returns; }
 
 size_t CompiledGrammar::num_short_token_masks() const {
   std::lock_guard<std::mutex> lock(cache_->mu);

@@ -12,7 +12,8 @@
 
 namespace agentrt::grammars {
 
-struct PositionMasks;  // position_masks.h
+struct PositionMasks;    // position_masks.h
+class PastReturnTokens;  // past_return_tokens.h
 
 class CompiledGrammar {
  public:
@@ -31,6 +32,8 @@ class CompiledGrammar {
   size_t num_short_token_masks() const;
   // The behaviour of `state` on inputs of up to kShortTokenBytes bytes (position_classes.h).
   PositionSignature short_signature(int32_t state) const;
+  // Tokens past returns, shared by the matchers of this grammar (a cache, hence through const).
+  PastReturnTokens& past_return_tokens() const;
   // Builds the cache for every state now (moves cost from the first masks to compile time).
   void precompute_all() const;
 

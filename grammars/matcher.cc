@@ -7,6 +7,7 @@
 #include <unordered_set>
 
 #include "grammars/parse_stacks.h"
+#include "grammars/past_return_tokens.h"
 #include "grammars/position_masks.h"
 
 namespace agentrt::grammars {
@@ -47,6 +48,8 @@ struct GrammarMatcher::State {
     std::vector<uint32_t> tokens;  // bitmask
   };
   static constexpr size_t kPastReturnsKept = 8;
+  PastReturnKey key;               // scratch
+  std::vector<int32_t> found_ids;  // scratch
   std::vector<PastReturns> past_returns;
   size_t past_returns_victim = 0;
 
@@ -159,7 +162,7 @@ struct GrammarMatcher::State {
 
   // Tokens below trie node `point` whose rest (after the node) fits the stacks in levels[0]
   // (the closed stack below the top): the tokens that continue past a return from the top's rule.
-  void check_return_point(const ByteTrie& trie, uint32_t point, uint32_t* mask) {
+  void check_return_point(const ByteTrie& trie, uint32_t point, std::vector<int32_t>& out) {
     const std::vector<ByteTrie::Node>& nodes = trie.nodes();
     const std::vector<int32_t>& values = trie.values();
     size_t base = nodes[point].depth;
@@ -172,24 +175,33 @@ struct GrammarMatcher::State {
       StackSet& cur = levels[d];
       stepper.advance(levels[d - 1], node.byte, cur);
       if (cur.dead()) {
-        if (cur.can_end) {
-          for (uint32_t v = node.values_begin; v < node.values_end; ++v) set_bit(mask, values[v]);
-        }
+        if (cur.can_end)
+          out.insert(out.end(), values.begin() + node.values_begin,
+                     values.begin() + node.values_end);
         i = node.end;
         continue;
       }
-      for (uint32_t v = node.values_begin; v < node.values_end; ++v) set_bit(mask, values[v]);
+      out.insert(out.end(), values.begin() + node.values_begin, values.begin() + node.values_end);
       ++i;
     }
   }
 
-  // The tokens of `trie` that continue past a return from a top's rule (at `masks`' return
-  // points) into the stack `parent` (an arena node: equal ids are equal stacks). Inside a
-  // string or a list the top changes with every token but its masks and the stack below mostly
-  // do not: the last few results are kept. Short tokens go at most kShortTokenBytes past the
-  // return, within which the stack acts as its top's signature says over the same rest: stacks
-  // differing only in positions no short token tells apart (the count inside x{0,5000}, where
-  // each x is a rule of its own) share a result. Long tokens need the very stack.
+  // The stack `node` as the shared cache knows it, top first: state ids (long tokens) or
+  // signatures (short ones); the bottom marker last.
+  void stack_key(int32_t node, bool short_trie, PastReturnKey& out) const {
+    out.long_trie = !short_trie;
+    out.states.clear();
+    out.signatures.clear();
+    for (; node >= 0; node = arena.parent(node)) {
+      if (short_trie) {
+        out.signatures.push_back(grammar->short_signature(arena.state(node)));
+      } else {
+        out.states.push_back(arena.state(node));
+      }
+    }
+    out.states.push_back(node);
+  }
+
   const std::vector<uint32_t>& tokens_past_returns(const PositionMasks& masks, bool short_trie,
                                                    int32_t parent) {
     PositionSignature sig;
@@ -211,11 +223,33 @@ struct GrammarMatcher::State {
     e.signature = sig;
     e.tokens.assign(tokenizer().mask_words(), 0);
     const TokenizerIndex& index = grammar->tokenizer();
-    if (levels.size() < 8) levels.resize(8);
-    one.assign(1, parent);
-    stepper.close(one, levels[0]);
+    const ByteTrie& trie = short_trie ? index.short_trie() : index.long_trie();
+    PastReturnTokens& shared = grammar->past_return_tokens();
+    stack_key(parent, short_trie, key);
+    bool closed = false;
     for (uint32_t p : masks.return_points) {
-      check_return_point(short_trie ? index.short_trie() : index.long_trie(), p, e.tokens.data());
+      key.node = p;
+      std::shared_ptr<const TokenSet> tokens = shared.find(key);
+      if (!tokens) {
+        if (!closed) {
+          if (levels.size() < 8) levels.resize(8);
+          one.assign(1, parent);
+          stepper.close(one, levels[0]);
+          closed = true;
+        }
+        found_ids.clear();
+        check_return_point(trie, p, found_ids);
+        auto found = std::make_shared<TokenSet>();
+        if (found_ids.size() > e.tokens.size()) {
+          found->bits.assign(e.tokens.size(), 0);
+          for (int32_t id : found_ids) set_bit(found->bits.data(), id);
+        } else {
+          found->ids = found_ids;
+        }
+        tokens = found;
+        shared.insert(key, tokens);
+      }
+      tokens->add_to(e.tokens.data());
     }
     return e.tokens;
   }

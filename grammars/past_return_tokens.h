@@ -1,0 +1,81 @@
+// Tokens that continue past a return from a position's rule, per return point and stack below,
+// shared by all matchers of one grammar. A position's classification keeps the trie nodes after
+// which its rule may return (position_masks.h); which tokens below such a node are valid depends
+// on the stack the rule returns into, so the matcher walks them from there. Many positions share
+// those walks: every position inside an object key returns through the same closing-quote node
+// into the same stack, every element of a long array returns into stacks that differ only in
+// the count, and every request with the same schema meets the same stacks again. Long tokens
+// need the very stack, identified by its states (arena ids are per matcher); short tokens go at
+// most kShortTokenBytes past the return, where a stack acts as the signatures of its states say
+// (each state's behaviour up to that depth, returns included, position_classes.h), so those
+// stand in for the states. Thread-safe; bounded.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "grammars/position_classes.h"
+
+namespace agentrt::grammars {
+
+struct PastReturnKey {
+  bool long_trie = false;
+  uint32_t node = 0;  // the return point, a node of the short or the long trie
+  // The stack returned into, top first: long tokens by state ids, short ones by signatures.
+  std::vector<int32_t> states;
+  std::vector<PositionSignature> signatures;
+  bool operator==(const PastReturnKey& o) const {
+    return long_trie == o.long_trie && node == o.node && states == o.states &&
+           signatures == o.signatures;
+  }
+};
+
+// Token ids as a list (few) or a bitmask of the vocabulary (many), whichever is smaller.
+struct TokenSet {
+  std::vector<int32_t> ids;
+  std::vector<uint32_t> bits;
+
+  void add_to(uint32_t* mask) const {
+    if (!bits.empty()) {
+      for (size_t w = 0; w < bits.size(); ++w) mask[w] |= bits[w];
+    } else {
+      for (int32_t id : ids) mask[id >> 5] |= 1u << (id & 31);
+    }
+  }
+};
+
+struct PastReturnKeyHash {
+  size_t operator()(const PastReturnKey& k) const {
+    uint64_t h = (uint64_t{k.node} << 1) ^ k.long_trie;
+    for (int32_t s : k.states) h = (h ^ static_cast<uint32_t>(s)) * 0x100000001B3ull;
+    for (const PositionSignature& s : k.signatures) h = (h ^ s.a) * 0x100000001B3ull;
+    return h ^ (h >> 29);
+  }
+};
+
+class PastReturnTokens {
+ public:
+  explicit PastReturnTokens(size_t capacity) : capacity_(capacity) {}
+
+  std::shared_ptr<const TokenSet> find(const PastReturnKey& key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(key);
+    return it == entries_.end() ? nullptr : it->second;
+  }
+  // Keeps nothing once full (the caller still has its result).
+  void insert(const PastReturnKey& key, std::shared_ptr<const TokenSet> tokens) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (entries_.size() < capacity_) entries_.emplace(key, std::move(tokens));
+  }
+
+ private:
+  size_t capacity_;
+  mutable std::mutex mu_;
+  std::unordered_map<PastReturnKey, std::shared_ptr<const TokenSet>, PastReturnKeyHash> entries_;
+};
+
+}  // namespace agentrt::grammars
