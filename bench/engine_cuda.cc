@@ -286,6 +286,18 @@ int main(int argc, char** argv) {
       std::printf("%-28s %12.1f %12s %12.0f MB %11.1f%%\n",
                   ("decode @ " + std::to_string(ctx)).c_str(), 1.0 / dt, "", bytes / 1e6,
                   100.0 * bytes / dt / bw);
+      {
+        // The generation loop's step: decode + greedy pick under a grammar mask on the GPU
+        // (only the token comes back), against decode + the whole logits row to the host.
+        std::vector<uint32_t> mask(size_t((config.vocab_size + 31) / 32), 0x5555'5555u);
+        Sampler greedy(SamplingParams{.temperature = 0.0f});
+        int32_t next = random_ids(1)[0];
+        t0 = now();
+        for (int64_t i = 0; i < steps; ++i)
+          next = seq->forward_and_sample({&next, 1}, greedy, {mask.data(), mask.size()}).token;
+        const double dts = (now() - t0) / double(steps);
+        std::printf("%-28s %12.1f\n", ("decode+pick @ " + std::to_string(ctx)).c_str(), 1.0 / dts);
+      }
       mem.sample();
     }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "engine/forward_config.h"
+#include "engine/sampler.h"
 
 namespace agentrt::engine {
 
@@ -28,6 +29,15 @@ class ModelSequence {
   // if all_positions, else only the last row. Throws on an out-of-range token id.
   virtual std::vector<float> forward(std::span<const int32_t> tokens,
                                      bool all_positions = false) = 0;
+  // Appends tokens and samples the next token from the last position, the mask applied first
+  // (Sampler::sample's contract; throws std::invalid_argument when the mask allows nothing).
+  // The CUDA backend makes greedy choices on the GPU and reads back only the token; otherwise
+  // this is forward() followed by sampler.sample() on the host.
+  virtual Sampler::Sample forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
+                                             TokenMask mask = {}) {
+    const std::vector<float> logits = forward(tokens);
+    return sampler.sample(logits, mask);
+  }
   virtual int64_t length() const = 0;
   // Rewinds to an earlier length (0 <= new_length <= length()); a later forward() continues
   // from there exactly as if the dropped tokens had never been fed.

@@ -322,12 +322,37 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
   if (common == prompt.size()) --common;
   cached->sequence->truncate(static_cast<int64_t>(common));
   cached->tokens.resize(common);
-  std::vector<float> logits = feed(*cached->sequence, std::span(prompt).subspan(common));
-  cached->tokens.insert(cached->tokens.end(), prompt.begin() + common, prompt.end());
   result.usage.prompt_tokens = static_cast<int64_t>(prompt.size());
   result.usage.cached_prompt_tokens = static_cast<int64_t>(common);
 
   engine::Sampler sampler(request.sampling);
+  // Tokens not yet fed: the prompt's uncached rest, then each step's choice. A step feeds them
+  // and samples from the last position; without the batcher the sequence does both at once, so
+  // a GPU sequence picks greedy tokens on the device and returns only the token.
+  std::vector<int32_t> pending(prompt.begin() + static_cast<std::ptrdiff_t>(common), prompt.end());
+  const auto step = [&](engine::TokenMask tm) -> engine::Sampler::Sample {
+    engine::ModelSequence& seq = *cached->sequence;
+    const int64_t before = seq.length();
+    const auto fed_ok = [&] {
+      cached->tokens.insert(cached->tokens.end(), pending.begin(), pending.end());
+      pending.clear();
+    };
+    try {
+      if (batcher_) {
+        const std::vector<float> logits = feed(seq, pending);
+        fed_ok();
+        return sampler.sample(logits, tm);
+      }
+      const auto s = seq.forward_and_sample(pending, sampler, tm);
+      fed_ok();
+      return s;
+    } catch (const std::invalid_argument& e) {
+      // Only "the mask allows no token" may reach the caller as invalid_argument.
+      if (seq.length() == before) throw std::runtime_error(std::string("model: ") + e.what());
+      if (!pending.empty()) fed_ok();  // fed, then the mask allowed nothing
+      throw;
+    }
+  };
   engine::StreamingDecoder decoder(tokenizer_);
   chat::DsmlStreamParser parser(thinking);
   std::string text;  // generated so far (for the marker ban)
@@ -361,7 +386,7 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
     if (ban && !(matcher && matcher->triggered())) ban->apply(text, mask);
     engine::Sampler::Sample s;
     try {
-      s = sampler.sample(logits, {mask.data(), mask.size()});
+      s = step({mask.data(), mask.size()});
     } catch (const std::invalid_argument&) {
       result.finish = FinishReason::error;
       result.error = "the grammar allows no token here (a grammar bug); generation stopped";
@@ -402,8 +427,7 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
       if (matcher->is_terminated()) stopped = true;
     }
     for (int32_t id : fed) emit_token_text(id);
-    logits = this->feed(*cached->sequence, fed);
-    cached->tokens.insert(cached->tokens.end(), fed.begin(), fed.end());
+    pending = fed;
   }
   {
     const std::string rest = decoder.flush();

@@ -1,5 +1,6 @@
 #include "engine/cuda/cuda_model.h"
 
+#include <cmath>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -18,6 +19,8 @@ class CudaSequence final : public ModelSequence {
       : model_(model), cache_(config) {}
 
   std::vector<float> forward(std::span<const int32_t> tokens, bool all_positions) override;
+  Sampler::Sample forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
+                                     TokenMask mask) override;
   int64_t length() const override { return cache_.length; }
   void truncate(int64_t new_length) override {
     if (new_length < 0 || new_length > cache_.length)
@@ -83,6 +86,14 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     pass_.run(rows, logits);
   }
+  // run() with the logits left on the device, then the greedy pick there (under the same lock:
+  // another sequence's run would overwrite them).
+  cuda::MaskedPick run_and_pick(std::span<const cuda::DeviceRow> rows, TokenMask mask,
+                                float inv_t) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pass_.run(rows, nullptr);
+    return pass_.pick_last(mask.words, int64_t(mask.num_words), inv_t);
+  }
 
  private:
   mutable std::mutex mutex_;
@@ -111,6 +122,33 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
     throw;
   }
   return logits;
+}
+
+Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
+                                                 TokenMask mask) {
+  if (tokens.empty() || !sampler.params().greedy())
+    return ModelSequence::forward_and_sample(tokens, sampler, mask);
+  constexpr int64_t kMaxRows = 512;  // as forward(): slices bound the activations
+  const int64_t n = int64_t(tokens.size()), start = cache_.length;
+  cuda::MaskedPick pick{};
+  try {
+    for (int64_t begin = 0; begin < n; begin += kMaxRows) {
+      const int64_t end = std::min(n, begin + kMaxRows);
+      std::vector<cuda::DeviceRow> rows;
+      for (int64_t i = begin; i < end; ++i)
+        rows.push_back({&cache_, cache_.length + (i - begin), tokens[i], i == n - 1});
+      if (end == n)
+        pick = model_.run_and_pick(rows, mask, 1.0f);
+      else
+        model_.run(rows, nullptr);
+      cache_.length += end - begin;
+    }
+  } catch (...) {
+    cache_.length = start;  // all or nothing
+    throw;
+  }
+  if (pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
+  return {pick.token, float(-std::log(pick.z))};
 }
 
 }  // namespace

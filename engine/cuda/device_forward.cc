@@ -73,6 +73,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
 DeviceForward::~DeviceForward() {
   for (auto& [key, step] : graphs_by_shape_) cudaGraphExecDestroy(step.exec);
   if (pinned_) cudaFreeHost(pinned_);
+  if (pinned_mask_) cudaFreeHost(pinned_mask_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
   if (stream_) {
     cudaStreamSynchronize(stream_);
@@ -223,8 +224,9 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   } else {
     enqueue(n, wanted);
   }
-  if (m == 0) {
-    AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  last_wanted_ = m;
+  if (m == 0 || !logits) {
+    if (m == 0 || profile_) AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
     collect_stages();
     return;
   }
@@ -241,6 +243,40 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
   std::memcpy(logits, pinned_, size_t(bytes));
   collect_stages();
+}
+
+MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, float inv_t) {
+  if (last_wanted_ == 0)
+    throw std::logic_error("cuda pick_last: the last run left no logits on the device");
+  const int64_t V = config_.vocab_size;
+  const float* logits = ws_->logits.as<float>() + (last_wanted_ - 1) * V;
+  // The mask goes through pinned memory (an asynchronous copy), the pick comes back through it.
+  const int64_t mask_bytes = mask ? mask_words * 4 : 0;
+  const int64_t staging = int64_t(sizeof(MaskedPick)) + mask_bytes;
+  if (pinned_mask_bytes_ < staging) {
+    if (pinned_mask_) cudaFreeHost(pinned_mask_);
+    pinned_mask_ = nullptr;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_mask_, size_t(staging)));
+    pinned_mask_bytes_ = staging;
+  }
+  auto* picked = static_cast<MaskedPick*>(pinned_mask_);
+  const uint32_t* device_mask = nullptr;
+  if (mask) {
+    char* host_words = static_cast<char*>(pinned_mask_) + sizeof(MaskedPick);
+    std::memcpy(host_words, mask, size_t(mask_bytes));
+    mask_.reserve(std::max<int64_t>(mask_bytes, 4));
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), host_words, size_t(mask_bytes),
+                                       cudaMemcpyHostToDevice, stream_));
+    device_mask = mask_.as<uint32_t>();
+  }
+  pick_scratch_.reserve(masked_pick_scratch_bytes());
+  pick_.reserve(sizeof(MaskedPick));
+  masked_pick(logits, V, device_mask, mask ? mask_words : 0, inv_t, pick_scratch_.get(),
+              pick_.as<MaskedPick>(), stream_);
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(picked, pick_.get(), sizeof(MaskedPick), cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  return *picked;
 }
 
 void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {

@@ -18,6 +18,7 @@
 
 #include "engine/cuda/device_cache.h"
 #include "engine/cuda/device_weights.h"
+#include "engine/cuda/kernels.h"
 #include "engine/cuda/linear.h"
 
 namespace agentrt::engine::cuda {
@@ -48,8 +49,14 @@ class DeviceForward {
   cudaStream_t stream() const { return stream_; }
 
   // Runs the rows (caches reserved here; the caller bumps lengths) and writes one logits row per
-  // row with want_logits into `logits` (host memory), in row order. Not thread-safe.
+  // row with want_logits into `logits` (host memory), in row order; logits = nullptr leaves them
+  // on the device for pick_last(). Not thread-safe.
   void run(std::span<const DeviceRow> rows, float* logits);
+
+  // After run(rows, nullptr): the greedy choice over the last wanted row's logits under a token
+  // bitmask (mask_words words of host memory; nullptr allows every token), made on the device;
+  // only the choice is read back.
+  MaskedPick pick_last(const uint32_t* mask, int64_t mask_words, float inv_t);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
@@ -79,6 +86,10 @@ class DeviceForward {
   std::map<std::string, double> stage_ms_;
   void* pinned_ = nullptr;  // page-locked staging for the logits
   int64_t pinned_bytes_ = 0;
+  int64_t last_wanted_ = 0;  // logits rows the last run left on the device
+  DeviceBuffer mask_, pick_scratch_, pick_;
+  void* pinned_mask_ = nullptr;  // page-locked staging for the mask and the pick
+  int64_t pinned_mask_bytes_ = 0;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -71,9 +71,12 @@ template <int NT>
 void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
             RowGroups groups, cudaStream_t stream) {
   constexpr int kMany = NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
-  const bool many = w.rows >= 16384 && (groups.rows == 0 || groups.rows % kMany == 0);
-  if (many)
+  constexpr int kSome = NT <= 4 ? 2 : 1;
+  auto fits = [&](int r) { return groups.rows == 0 || groups.rows % r == 0; };
+  if (w.rows >= 16384 && fits(kMany))
     launch_rows<NT, kMany>(w, x, xs, y, ys, groups, stream);
+  else if (w.rows >= 4096 && fits(kSome))
+    launch_rows<NT, kSome>(w, x, xs, y, ys, groups, stream);
   else
     launch_rows<NT, 1>(w, x, xs, y, ys, groups, stream);
 }

@@ -16,10 +16,38 @@ constexpr int kPreThreads = 1024;
 __device__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // transformers DeepseekV4HyperConnection: row softmax (+eps), then Sinkhorn starting with a
-// column normalisation, alternating rows/columns, each with + eps in the denominator. Thread i <
-// hc * hc of the block owns element i (hc * hc <= kThreads); every sum runs in the CPU's order.
-// Called by the whole block (it synchronises).
-__device__ void sinkhorn(float* comb, int64_t hc, int iters, float eps) {
+// column normalisation, alternating rows/columns, each with + eps in the denominator. Lane i <
+// hc * hc of the first warp owns element i (hc * hc <= 32) and reads the others of its row or
+// column by shuffles, in the CPU's order; the rest of the block waits at the caller's barrier.
+__device__ void sinkhorn_warp(float* comb, int64_t hc, int iters, float eps) {
+  const int i = int(threadIdx.x), n = int(hc * hc), r = i / int(hc), c = i % int(hc);
+  const bool own = i < n;
+  float v = own ? comb[i] : 0.0f;
+  auto row_sum = [&](float x) {
+    float s = 0.0f;
+    for (int j = 0; j < hc; ++j) s += __shfl_sync(0xffffffffu, x, own ? r * int(hc) + j : 0);
+    return s;
+  };
+  auto col_sum = [&](float x) {
+    float s = 0.0f;
+    for (int j = 0; j < hc; ++j) s += __shfl_sync(0xffffffffu, x, own ? j * int(hc) + c : 0);
+    return s;
+  };
+  float mx = -INFINITY;
+  for (int j = 0; j < hc; ++j)
+    mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, own ? r * int(hc) + j : 0));
+  v = expf(v - mx);
+  v = v / row_sum(v) + eps;
+  v = v / (col_sum(v) + eps);
+  for (int it = 1; it < iters; ++it) {
+    v = v / (row_sum(v) + eps);
+    v = v / (col_sum(v) + eps);
+  }
+  if (own) comb[i] = v;
+}
+
+// The same for hc * hc <= blockDim.x: thread i owns element i; called by the whole block.
+__device__ void sinkhorn_block(float* comb, int64_t hc, int iters, float eps) {
   const int64_t i = threadIdx.x, r = i / hc, c = i % hc;
   const bool own = i < hc * hc;
   auto store = [&](float v) {
@@ -129,7 +157,12 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
   if (!head) {
     for (int64_t i = threadIdx.x; i < hc * hc; i += blockDim.x)
       comb[i] = mixes[2 * hc + i] * w.scale[2] + w.base[2 * hc + i];
-    sinkhorn(comb, hc, iters, hc_eps);  // synchronises the block
+    if (hc * hc <= 32) {
+      __syncthreads();
+      if (threadIdx.x < 32) sinkhorn_warp(comb, hc, iters, hc_eps);
+    } else {
+      sinkhorn_block(comb, hc, iters, hc_eps);  // synchronises the block
+    }
   }
   __syncthreads();
   if (!head && mix)

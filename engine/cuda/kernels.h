@@ -98,6 +98,20 @@ void indexer_scores(const float* q, const float* head_weights, float weight_scal
 void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
                  int32_t* chosen, int32_t* n_chosen, cudaStream_t stream);
 
+// --- sampling.cu ---
+// The greedy choice among allowed tokens (mask bit set, or no mask; logit finite): the largest
+// logit (ties: lower id), and z = sum over allowed of exp((logit - best) * inv_t). allowed = 0:
+// nothing allowed (token and z meaningless). scratch: masked_pick_scratch_bytes().
+struct MaskedPick {
+  int32_t token;
+  int32_t allowed;
+  float best;
+  double z;
+};
+int64_t masked_pick_scratch_bytes();
+void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                 float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
+
 // --- moe.cu ---
 struct ExpertsDevice {
   const WeightMatrix* w1;  // [experts] device arrays of device views

@@ -1,0 +1,101 @@
+// Greedy sampling on the GPU (engine/sampler.h's greedy branch): the allowed token (the grammar
+// bitmask, finite logits) with the largest logit, ties to the lower id, and the softmax
+// normaliser z = sum over allowed tokens of exp((logit - best) * inv_t), so the host reads back
+// one small struct instead of the whole vocabulary's logits. One pass keeps an online
+// (max, sum) per thread, blocks combine them, and one block combines the blocks.
+#include <cmath>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kMaxBlocks = 256;
+
+struct Partial {
+  float best;
+  int32_t token;
+  int32_t allowed;
+  double z;  // relative to best
+};
+
+__device__ Partial combine(Partial a, Partial b, float inv_t) {
+  if (b.allowed == 0) return a;
+  if (a.allowed == 0) return b;
+  Partial o;
+  o.allowed = a.allowed + b.allowed;
+  if (a.best > b.best || (a.best == b.best && a.token < b.token)) {
+    o.best = a.best, o.token = a.token;
+  } else {
+    o.best = b.best, o.token = b.token;
+  }
+  o.z = a.z * exp(double(a.best - o.best) * inv_t) + b.z * exp(double(b.best - o.best) * inv_t);
+  return o;
+}
+
+__device__ Partial block_combine(Partial p, float inv_t, Partial* shared) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int off = 16; off > 0; off >>= 1) {
+    Partial q;
+    q.best = __shfl_down_sync(0xffffffffu, p.best, off);
+    q.token = __shfl_down_sync(0xffffffffu, p.token, off);
+    q.allowed = __shfl_down_sync(0xffffffffu, p.allowed, off);
+    q.z = __shfl_down_sync(0xffffffffu, p.z, off);
+    if (lane + off < 32) p = combine(p, q, inv_t);
+  }
+  if (lane == 0) shared[warp] = p;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    p = shared[0];
+    for (int i = 1; i < warps; ++i) p = combine(p, shared[i], inv_t);
+  }
+  return p;  // valid in thread 0
+}
+
+__global__ void pick_blocks(const float* logits, int64_t vocab, const uint32_t* mask,
+                            int64_t mask_words, float inv_t, Partial* partials) {
+  __shared__ Partial shared[kThreads / 32];
+  Partial p{-INFINITY, 0, 0, 0.0};
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float l = logits[i];
+    const int64_t wi = i >> 5;
+    const bool ok =
+        isfinite(l) && (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
+    if (!ok) continue;
+    p = combine(p, Partial{l, int32_t(i), 1, 1.0}, inv_t);
+  }
+  p = block_combine(p, inv_t, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = p;
+}
+
+__global__ void pick_final(const Partial* partials, int blocks, float inv_t, MaskedPick* out) {
+  __shared__ Partial shared[kThreads / 32];
+  Partial p{-INFINITY, 0, 0, 0.0};
+  for (int i = threadIdx.x; i < blocks; i += blockDim.x) p = combine(p, partials[i], inv_t);
+  p = block_combine(p, inv_t, shared);
+  if (threadIdx.x == 0) *out = MaskedPick{p.token, p.allowed, p.best, p.z};
+}
+
+int pick_grid(int64_t vocab) {
+  const int64_t blocks = (vocab + kThreads * 8 - 1) / (kThreads * 8);
+  return int(blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
+}
+
+}  // namespace
+
+int64_t masked_pick_scratch_bytes() { return int64_t(sizeof(Partial)) * kMaxBlocks; }
+
+void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                 float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream) {
+  const int blocks = pick_grid(vocab);
+  auto* partials = static_cast<Partial*>(scratch);
+  pick_blocks<<<blocks, kThreads, 0, stream>>>(logits, vocab, mask, mask_words, inv_t, partials);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  pick_final<<<1, kThreads, 0, stream>>>(partials, blocks, inv_t, out);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace agentrt::engine::cuda
