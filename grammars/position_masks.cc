@@ -26,14 +26,32 @@ struct WalkSink {
     }
     ++count;
   }
+  void accept_all(const SubtreeMasks& m) {
+    if (m.accepted_bits.empty()) {
+      for (int32_t id : m.accepted) accept(id);
+      return;
+    }
+    if (!bits) {
+      for (size_t w = 0; w < m.accepted_bits.size(); ++w) {
+        for (uint32_t b = m.accepted_bits[w]; b; b &= b - 1) {
+          ids->push_back(static_cast<int32_t>(w * 32 + __builtin_ctz(b)));
+        }
+      }
+    } else {
+      for (size_t w = 0; w < m.accepted_bits.size(); ++w) (*bits)[w] |= m.accepted_bits[w];
+    }
+    count += m.num_accepted;
+  }
 };
 
 // Walks the trie in preorder with a set of stacks per depth (level[d]: the stacks after the
 // first d bytes of the current path), skipping dead subtrees.
 class TrieWalk {
  public:
-  TrieWalk(const PushdownAutomaton& pda, const ByteTrie& trie, SubtreeMasksCache* subtrees)
-      : states_(pda.states),
+  TrieWalk(const PushdownAutomaton& pda, const ByteTrie& trie, size_t words,
+           SubtreeMasksCache* subtrees)
+      : words_(words),
+        states_(pda.states),
         nodes_(trie.nodes()),
         values_(trie.values()),
         subtrees_(subtrees),
@@ -122,8 +140,7 @@ class TrieWalk {
         i = node.end;  // longer tokens here continue only past a return: see return_points
         continue;
       }
-      if (use_cache && subtrees_ && simple_[d] >= 0 && simple_parent_[d] >= 0 &&
-          node.end - i > kMinCachedSubtree) {
+      if (use_cache && subtrees_ && simple_[d] >= 0 && node.end - i > kMinCachedSubtree) {
         below_entered_rule(i, sink);
         i = node.end;
         continue;
@@ -133,8 +150,11 @@ class TrieWalk {
   }
 
   // The tokens below `node`, where the walk is one stack: a state of a rule it entered over
-  // the stack to return to. Below the node the rule's own part is the same for every position
-  // that gets there (cached); what follows its returns is walked from the real stack.
+  // the stack to return to, or a state of the classified position's own rule over the unknown
+  // context. Below the node the rule's own part is the same for every position that gets there
+  // (cached); what follows its returns is walked from the real stack. (Positions meet in their
+  // own rule where the automaton merged equivalent states: every node of an object key's
+  // exclusion trie reaches the same middle-of-a-character states.)
   void below_entered_rule(uint32_t node, WalkSink& sink) {
     const size_t d = nodes_[node].depth;
     const int32_t state = simple_[d];
@@ -147,10 +167,22 @@ class TrieWalk {
       inner.return_points = &built->return_points;
       simple_parent_[d] = StackArena::kOpenBottom;
       walk(node + 1, nodes_[node].end, inner, false);
+      built->num_accepted = built->accepted.size();
+      if (built->accepted.size() > words_) {
+        built->accepted_bits.assign(words_, 0);
+        for (int32_t id : built->accepted) built->accepted_bits[id >> 5] |= 1u << (id & 31);
+        built->accepted = {};
+      }
       cached = built;
       subtrees_->insert(state, node, cached);
     }
-    for (int32_t id : cached->accepted) sink.accept(id);
+    sink.accept_all(*cached);
+    if (parent == StackArena::kOpenBottom) {
+      // Still in the classified position's own rule: its returns are the position's.
+      sink.return_points->insert(sink.return_points->end(), cached->return_points.begin(),
+                                 cached->return_points.end());
+      return;
+    }
     // After each return: the stack below, from there on (the tokens ending at the return are
     // accepted above). Walks at deeper levels only, so the levels above stay as they were.
     for (uint32_t r : cached->return_points) {
@@ -168,6 +200,7 @@ class TrieWalk {
     }
   }
 
+  size_t words_;  // of a vocabulary bitmask
   const std::vector<PdaState>& states_;
   const std::vector<ByteTrie::Node>& nodes_;
   const std::vector<int32_t>& values_;
@@ -204,7 +237,7 @@ PositionMasks build_position_masks(const PushdownAutomaton& pda, const Tokenizer
   WalkSink sink;
   sink.bits = &accepted;
   sink.return_points = &out.return_points;
-  TrieWalk(pda, trie, subtrees).walk_all(state, sink);
+  TrieWalk(pda, trie, words, subtrees).walk_all(state, sink);
   // A token may be counted twice (accepted both inside a cached subtree's rule and after its
   // return): the count only chooses the representation.
   if (sink.count > words) {

@@ -32,7 +32,11 @@ struct PositionMasks {
 // those accepted, and the nodes after which that state's rule returned (the tokens below them
 // depend on what lies under it).
 struct SubtreeMasks {
+  // Accepted as ids, or as a bitmask of the vocabulary when that is smaller: below a position's
+  // first byte there may be tens of thousands, added to every position entering the rule there.
   std::vector<int32_t> accepted;
+  std::vector<uint32_t> accepted_bits;
+  size_t num_accepted = 0;
   std::vector<uint32_t> return_points;
 };
 

@@ -1,6 +1,7 @@
 #include "grammars/pushdown_automaton.h"
 
 #include <algorithm>
+#include <bit>
 #include <functional>
 #include <map>
 #include <span>
@@ -282,10 +283,129 @@ class Determinizer {
     seeds_.assign(1, frag_.start);
     int32_t start = intern_closure();
     for (size_t k = 0; k < offsets_.size(); ++k) expand(k);
-    return start;
+    return merge_equivalent(start);
   }
 
  private:
+  // Merges states with the same behaviour locally: equal finality and edges to the same
+  // (merged) targets. Subsets of different NFA states can be equivalent: every node of an
+  // object key's exclusion trie has its own copy of "one more character, then the rest of the
+  // string", and without merging each copy's middle-of-UTF-8 states are positions of their own
+  // (a classification walk each). One pass in reverse creation order: subset construction
+  // creates a state before its successors, so most targets are final by the time they are
+  // compared (loops are left alone). Returns the start's new id.
+  int32_t merge_equivalent(int32_t start) {
+    const size_t n = out_.size() - base_;
+    rep_.resize(n);
+    for (size_t k = 0; k < n; ++k) rep_[k] = static_cast<int32_t>(k);
+    merge_slots_.assign(std::max<size_t>(64, std::bit_ceil(n * 2)), -1);
+    const size_t mask = merge_slots_.size() - 1;
+    bool merged_any = false;
+    post_order(start - base_);
+    for (int32_t k : order_) {
+      PdaState& st = out_[base_ + k];
+      remap_targets(st);
+      uint64_t h = st.final ? 0x9E37u : 0x7F4Au;
+      for (const PdaByteEdge& e : st.bytes) {
+        h = (h ^
+             ((uint64_t{e.lo} << 40) | (uint64_t{e.hi} << 32) | static_cast<uint32_t>(e.target))) *
+            0x100000001B3ull;
+      }
+      for (const PdaRefEdge& r : st.refs) {
+        h = (h ^ ((static_cast<uint64_t>(r.rule) << 32) | static_cast<uint32_t>(r.target))) *
+            0x100000001B3ull;
+      }
+      h ^= h >> 31;
+      size_t slot = (h * 0x9E3779B97F4A7C15ull) >> 20 & mask;
+      for (; merge_slots_[slot] >= 0; slot = (slot + 1) & mask) {
+        const PdaState& other = out_[base_ + merge_slots_[slot]];
+        if (other.final == st.final && same_edges(other, st)) break;
+      }
+      if (merge_slots_[slot] >= 0) {
+        rep_[k] = merge_slots_[slot];
+        merged_any = true;
+      } else {
+        merge_slots_[slot] = static_cast<int32_t>(k);
+      }
+    }
+    if (!merged_any) return start;
+    // Renumber the kept states (in order) and drop the others.
+    new_id_.assign(n, -1);
+    int32_t kept = 0;
+    for (size_t k = 0; k < n; ++k) {
+      if (rep_[k] == static_cast<int32_t>(k)) new_id_[k] = base_ + kept++;
+    }
+    for (size_t k = 0; k < n; ++k) {
+      if (rep_[k] != static_cast<int32_t>(k)) continue;
+      PdaState& st = out_[base_ + k];
+      remap_targets(st);
+      for (PdaByteEdge& e : st.bytes) e.target = new_id_[e.target - base_];
+      for (PdaRefEdge& r : st.refs) r.target = new_id_[r.target - base_];
+      if (new_id_[k] != base_ + static_cast<int32_t>(k)) out_[new_id_[k]] = std::move(st);
+    }
+    out_.resize(base_ + kept);
+    return new_id_[rep_[start - base_]];
+  }
+
+  // The rule's states (local ids) in DFS post-order from `start`: successors before the
+  // states reaching them, except along loops.
+  void post_order(int32_t start) {
+    const size_t n = out_.size() - base_;
+    order_.clear();
+    visited_.assign(n, 0);
+    stack_.assign(1, {start, 0});
+    visited_[start] = 1;
+    while (!stack_.empty()) {
+      auto& [k, next] = stack_.back();
+      const PdaState& st = out_[base_ + k];
+      const size_t edges = st.bytes.size() + st.refs.size();
+      if (next < edges) {
+        int32_t t = (next < st.bytes.size() ? st.bytes[next].target
+                                            : st.refs[next - st.bytes.size()].target) -
+                    base_;
+        ++next;
+        if (!visited_[t]) {
+          visited_[t] = 1;
+          stack_.push_back({t, 0});
+        }
+        continue;
+      }
+      order_.push_back(k);
+      stack_.pop_back();
+    }
+  }
+
+  // Points edges at their targets' representatives, joining byte ranges that now meet.
+  void remap_targets(PdaState& st) {
+    auto rep = [&](int32_t t) { return base_ + rep_[t - base_]; };
+    size_t w = 0;
+    for (size_t i = 0; i < st.bytes.size(); ++i) {
+      PdaByteEdge e = st.bytes[i];
+      e.target = rep(e.target);
+      if (w > 0 && st.bytes[w - 1].target == e.target && st.bytes[w - 1].hi + 1 == e.lo) {
+        st.bytes[w - 1].hi = e.hi;
+      } else {
+        st.bytes[w++] = e;
+      }
+    }
+    st.bytes.resize(w);
+    for (PdaRefEdge& r : st.refs) r.target = rep(r.target);
+  }
+
+  static bool same_edges(const PdaState& a, const PdaState& b) {
+    if (a.bytes.size() != b.bytes.size() || a.refs.size() != b.refs.size()) return false;
+    for (size_t i = 0; i < a.bytes.size(); ++i) {
+      if (a.bytes[i].lo != b.bytes[i].lo || a.bytes[i].hi != b.bytes[i].hi ||
+          a.bytes[i].target != b.bytes[i].target) {
+        return false;
+      }
+    }
+    for (size_t i = 0; i < a.refs.size(); ++i) {
+      if (a.refs[i].rule != b.refs[i].rule || a.refs[i].target != b.refs[i].target) return false;
+    }
+    return true;
+  }
+
   // Closure of seeds_ into set_ (sorted, only states that matter), then its DFA id.
   int32_t intern_closure() {
     if (++gen_ == 0) {
@@ -409,6 +529,10 @@ class Determinizer {
   std::vector<int32_t> seeds_, set_, members_;
   std::vector<int> bounds_;
   std::vector<PdaRefEdge> refs_;
+  // merge_equivalent's scratch.
+  std::vector<int32_t> rep_, new_id_, merge_slots_, order_;
+  std::vector<uint8_t> visited_;
+  std::vector<std::pair<int32_t, size_t>> stack_;
 };
 
 // Lists of ints per key, packed in one array: count() every item, allocate(), then add() them.
