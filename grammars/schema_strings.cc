@@ -109,9 +109,8 @@ std::vector<uint32_t> utf8_codepoints(std::string_view text) {
 namespace {
 
 std::string hex2(unsigned v) {
-  char buf[8];
-  std::snprintf(buf, sizeof buf, "%02x", v);
-  return buf;
+  static constexpr char kDigits[] = "0123456789abcdef";
+  return {kDigits[(v >> 4) & 0xF], kDigits[v & 0xF]};
 }
 
 // One code point written inside an EBNF char class.
@@ -204,36 +203,30 @@ std::string json_string_unit(const CodepointSet& set, StringEncoding encoding) {
   if (set.contains('"')) alts.push_back(ebnf_literal("\\\""));
   if (set.contains('\\')) alts.push_back(ebnf_literal("\\\\"));
   // Control characters: group the \u00xx ones into one class-based expression when many.
-  std::string short_escapes;
-  CodepointSet hex_controls;
-  for (uint32_t cp = 0; cp < 0x20; ++cp) {
-    if (!set.contains(cp)) continue;
-    std::string e = control_escape(cp);
-    if (e.size() == 2) {
-      short_escapes += e[1];
-    } else {
-      hex_controls.add(cp, cp);
-    }
+  uint32_t controls = 0;  // bit cp: control character cp is in the set
+  for (const auto& [lo, hi] : set.ranges()) {
+    for (uint32_t cp = lo; cp <= hi && cp < 0x20; ++cp) controls |= 1u << cp;
   }
-  if (!short_escapes.empty()) {
-    alts.push_back("\"\\\\\" " + ebnf_char_class([&] {
-                     CodepointSet s;
-                     for (char c : short_escapes) s.add(c, c);
-                     return s;
-                   }()));
-  }
-  if (!hex_controls.empty()) {
-    CodepointSet lo_digit, hi_digit;  // \u000X and \u001X
-    std::vector<std::string> parts;
+  // \b \t \n \f \r, as control_escape writes them; the other controls as \u00xx.
+  constexpr uint32_t kShort =
+      (1u << 0x08) | (1u << 0x09) | (1u << 0x0A) | (1u << 0x0C) | (1u << 0x0D);
+  if (controls & kShort) {
+    CodepointSet letters;
     for (uint32_t cp = 0; cp < 0x20; ++cp) {
-      if (!hex_controls.contains(cp)) continue;
+      if ((kShort & controls) >> cp & 1u) letters.add(control_escape(cp)[1], control_escape(cp)[1]);
+    }
+    alts.push_back("\"\\\\\" " + ebnf_char_class(letters));
+  }
+  if (const uint32_t hex = controls & ~kShort) {
+    CodepointSet lo_digit, hi_digit;  // \u000X and \u001X
+    for (uint32_t cp = 0; cp < 0x20; ++cp) {
+      if (!(hex >> cp & 1u)) continue;
       const uint32_t d = cp & 0xF;
       const uint32_t ch = d < 10 ? '0' + d : 'a' + d - 10;
       (cp < 0x10 ? lo_digit : hi_digit).add(ch, ch);
     }
-    if (!lo_digit.empty()) parts.push_back("\"\\\\u000\" " + ebnf_char_class(lo_digit));
-    if (!hi_digit.empty()) parts.push_back("\"\\\\u001\" " + ebnf_char_class(hi_digit));
-    for (auto& p : parts) alts.push_back(p);
+    if (!lo_digit.empty()) alts.push_back("\"\\\\u000\" " + ebnf_char_class(lo_digit));
+    if (!hi_digit.empty()) alts.push_back("\"\\\\u001\" " + ebnf_char_class(hi_digit));
   }
   if (alts.empty()) return "";
   if (alts.size() == 1) return alts[0];
