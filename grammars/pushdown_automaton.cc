@@ -45,6 +45,13 @@ size_t estimated_size(const Expr& e) {
 class RepeatHoister {
  public:
   explicit RepeatHoister(std::vector<GrammarRule>& rules) : rules_(rules) {}
+  static bool needed(const std::vector<GrammarRule>& rules) {
+    for (const GrammarRule& r : rules) {
+      if (any_hoisted(r.body)) return true;
+    }
+    return false;
+  }
+
   void run() {
     for (size_t i = 0; i < rules_.size(); ++i) {
       Expr body = std::move(rules_[i].body);
@@ -56,18 +63,28 @@ class RepeatHoister {
   }
 
  private:
+  // Small items are copied inline (their states then need no rule push per repetition, which
+  // keeps matching fast); large ones become a rule referenced from each copy.
+  static bool hoisted(const Expr& e) {
+    if (e.kind != Expr::Kind::kRepeat) return false;
+    const Expr& item = e.children[0];
+    uint64_t copies = e.max == Expr::kUnbounded ? uint64_t{e.min} + 1 : e.max;
+    size_t item_size = estimated_size(item);
+    return !(copies <= 1 || item.kind == Expr::Kind::kRuleRef ||
+             (item_size <= 512 && item_size * copies <= 400000));
+  }
+  static bool any_hoisted(const Expr& e) {
+    if (hoisted(e)) return true;
+    for (const Expr& c : e.children) {
+      if (any_hoisted(c)) return true;
+    }
+    return false;
+  }
+
   void visit(Expr& e, const std::string& owner) {
     for (Expr& c : e.children) visit(c, owner);
-    if (e.kind != Expr::Kind::kRepeat) return;
+    if (!hoisted(e)) return;
     Expr& item = e.children[0];
-    uint64_t copies = e.max == Expr::kUnbounded ? uint64_t{e.min} + 1 : e.max;
-    // Small items are copied inline (their states then need no rule push per repetition, which
-    // keeps matching fast); large ones become a rule referenced from each copy.
-    size_t item_size = estimated_size(item);
-    if (copies <= 1 || item.kind == Expr::Kind::kRuleRef ||
-        (item_size <= 512 && item_size * copies <= 400000)) {
-      return;
-    }
     std::string name = owner + "_rep" + std::to_string(counter_++);
     rules_.push_back(GrammarRule{name, std::move(item)});
     item = Expr::rule_ref(static_cast<int32_t>(rules_.size() - 1));
@@ -563,8 +580,15 @@ void collect_refs(const Expr& e, std::vector<int32_t>& out) {
 }  // namespace
 
 PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
-  std::vector<GrammarRule> rules = grammar.rules();
-  RepeatHoister(rules).run();
+  // Copied (a deep copy of every expression) only when some repetition is hoisted.
+  std::vector<GrammarRule> hoisted;
+  const std::vector<GrammarRule>* lowered = &grammar.rules();
+  if (RepeatHoister::needed(grammar.rules())) {
+    hoisted = grammar.rules();
+    RepeatHoister(hoisted).run();
+    lowered = &hoisted;
+  }
+  const std::vector<GrammarRule>& rules = *lowered;
 
   // Only rules reachable from the root are lowered.
   std::vector<int32_t> pda_index(rules.size(), -1);
