@@ -78,17 +78,26 @@ class RealtimeConnection final : public Closable,
   void on_accept(beast::error_code ec) {
     if (ec) return;
     const bool resume = target_.find("session_id=") != std::string::npos;
+    bool taken_over = false;
     if (resume) {
       const std::string id = target_.substr(target_.find("session_id=") + 11);
       state_ = ctx_.sessions.find(id, ctx_.defaults, *ctx_.builtins);
       if (state_) {
-        std::lock_guard lock(state_->mutex);
-        if (state_->attached) {
-          state_.reset();  // not ours to detach
-          refuse("session_in_use", "session " + id + " is open on another connection");
-          return;
+        // A resume takes the session over from a connection that still holds it: usually one
+        // whose client is gone without the server having seen it yet (no FIN). That connection
+        // is closed and its turn cancelled; it no longer touches the session.
+        std::shared_ptr<Closable> previous;
+        {
+          std::lock_guard lock(state_->mutex);
+          if (state_->attached) {
+            previous = state_->holder.lock();
+            state_->cancel_turn_locked("session resumed on another connection");
+            taken_over = true;
+          }
+          state_->attached = true;
+          state_->holder = std::static_pointer_cast<Closable>(this->shared_from_this());
         }
-        state_->attached = true;
+        if (previous) previous->close_gracefully("session resumed on another connection");
       } else {
         refuse("session_not_found", "no session " + id + " (expired?)");
         return;
@@ -106,12 +115,17 @@ class RealtimeConnection final : public Closable,
         return;
       }
       state_ = ctx_.sessions.create(ctx_.defaults);
+      {
+        std::lock_guard lock(state_->mutex);
+        state_->holder = std::static_pointer_cast<Closable>(this->shared_from_this());
+      }
       ++ctx_.metrics.sessions_total;
     }
     ++ctx_.metrics.sessions_open;
     counted_open_ = true;
     ctx_.log("session " + state_->id + (resume ? " resumed" : " created"));
-    send({{"type", "session.created"}, {"session", {{"id", state_->id}, {"resumed", resume}}}});
+    send({{"type", "session.created"},
+          {"session", {{"id", state_->id}, {"resumed", resume}, {"taken_over", taken_over}}}});
     arm_idle_timer();
     if (ctx_.options.max_session_time.count() > 0) {
       life_timer_.expires_after(ctx_.options.max_session_time);
@@ -164,7 +178,7 @@ class RealtimeConnection final : public Closable,
     ctx_.log("session " + state_->id + " closed: " + message);
     {
       std::lock_guard lock(state_->mutex);
-      state_->cancel_turn_locked(message);
+      if (holds_locked()) state_->cancel_turn_locked(message);
     }
     outbox_->finish(static_cast<uint16_t>(close), message, dump(error_event(code, message)));
   }
@@ -203,8 +217,21 @@ class RealtimeConnection final : public Closable,
     do_read();
   }
 
+  // Under state_->mutex: whether this connection still holds its session.
+  bool holds_locked() const {
+    return state_->holder.lock().get() == static_cast<const Closable*>(this);
+  }
+
   void handle(const std::string& text) {
     std::string event_id;
+    {
+      std::lock_guard lock(state_->mutex);
+      if (!holds_locked()) {
+        send(error_event("session_taken_over",
+                         "session " + state_->id + " was resumed on another connection"));
+        return;
+      }
+    }
     try {
       const ClientEvent event = parse_client_event(text);
       event_id = event.event_id;
@@ -333,9 +360,12 @@ class RealtimeConnection final : public Closable,
       // A client that disconnects cancels its generation (the turn's Session then frees its
       // cache); the state stays for a resume within the grace period.
       std::lock_guard lock(state_->mutex);
-      state_->cancel_turn_locked("client disconnected");
-      state_->attached = false;
-      state_->detached_at = std::chrono::steady_clock::now();
+      if (holds_locked()) {  // else a resume has taken the session over
+        state_->cancel_turn_locked("client disconnected");
+        state_->attached = false;
+        state_->holder.reset();
+        state_->detached_at = std::chrono::steady_clock::now();
+      }
     }
     if (counted_open_) --ctx_.metrics.sessions_open;
     counted_open_ = false;

@@ -19,6 +19,8 @@
 
 namespace agentrt::server {
 
+class Closable;  // server_context.h
+
 struct SessionState {
   std::string id;
   std::filesystem::path transcript;
@@ -34,6 +36,7 @@ struct SessionState {
   std::map<std::string, std::shared_ptr<std::promise<std::string>>> waiting;
   std::multimap<std::string, std::string> call_ids;  // name + "\n" + args -> call id
   bool attached = false;
+  std::weak_ptr<Closable> holder;  // the connection it is attached to
   std::chrono::steady_clock::time_point detached_at;
 
   // Under `mutex`: stops the running turn and answers waiting client-side calls with `why`.
