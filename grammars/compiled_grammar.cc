@@ -35,13 +35,18 @@ class MaskSlots {
 constexpr size_t kMaxPastReturnEntries = 1 << 18;
 
 struct CompiledGrammar::Cache {
-  Cache(const PushdownAutomaton& pda)
+  Cache(const PushdownAutomaton& pda, const TokenizerIndex& tokenizer)
       : short_masks(pda.states.size()),
         long_masks(pda.states.size()),
+        short_subtrees(&tokenizer.shared_subtrees(),
+                       [this](int32_t state) {
+                         std::lock_guard<std::mutex> lock(mu);
+                         return signatures.of(state);
+                       }),
         signatures(pda, static_cast<int>(TokenizerIndex::kShortTokenBytes)) {}
   MaskSlots short_masks;             // per state, pointing into by_signature's entries
   MaskSlots long_masks;              // per state
-  SubtreeMasksCache short_subtrees;  // walks below nodes where a position entered a rule
+  SubtreeMasksCache short_subtrees;  // walks below trie nodes (some shared with other grammars)
   PastReturnTokens past_returns{kMaxPastReturnEntries};
   std::mutex mu;
   std::vector<std::shared_ptr<const PositionMasks>> owned;
@@ -54,7 +59,7 @@ CompiledGrammar::CompiledGrammar(PushdownAutomaton pda,
                                  std::shared_ptr<const TokenizerIndex> tokenizer)
     : pda_(std::move(pda)),
       tokenizer_(std::move(tokenizer)),
-      cache_(std::make_unique<Cache>(pda_)) {}
+      cache_(std::make_unique<Cache>(pda_, *tokenizer_)) {}
 
 CompiledGrammar::~CompiledGrammar() = default;
 

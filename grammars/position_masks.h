@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <unordered_map>
@@ -43,15 +44,38 @@ struct SubtreeMasks {
 // SubtreeMasks by (state, node), for one grammar and one trie. Many positions of a grammar enter
 // the same rule on their first bytes (every position in an object key that may still become an
 // additional property enters the rest-of-string rule): the walk below such a node is then done
-// once per grammar instead of once per position. Thread-safe.
+// once per grammar instead of once per position. When given `shared` (the short trie's, owned by
+// the TokenizerIndex) and the grammar's signatures, walks from states with a pure signature
+// (grammar-independent, position_classes.h) are shared with every grammar of the tokenizer.
+// Thread-safe.
 class SubtreeMasksCache {
  public:
-  std::shared_ptr<const SubtreeMasks> find(int32_t state, uint32_t node) const {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = entries_.find(key(state, node));
-    return it == entries_.end() ? nullptr : it->second;
+  using SignatureOf = std::function<PositionSignature(int32_t state)>;
+  SubtreeMasksCache() = default;
+  SubtreeMasksCache(SharedSubtreeMasks* shared, SignatureOf signature_of)
+      : shared_(shared), signature_of_(std::move(signature_of)) {}
+
+  std::shared_ptr<const SubtreeMasks> find(int32_t state, uint32_t node) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = entries_.find(key(state, node));
+      if (it != entries_.end()) return it->second;
+    }
+    if (!shared_) return nullptr;
+    PositionSignature sig = signature_of_(state);
+    if (!sig.pure) return nullptr;
+    std::shared_ptr<const SubtreeMasks> found = shared_->find(sig, node);
+    if (found) {
+      std::lock_guard<std::mutex> lock(mu_);
+      entries_.emplace(key(state, node), found);
+    }
+    return found;
   }
   void insert(int32_t state, uint32_t node, std::shared_ptr<const SubtreeMasks> masks) {
+    if (shared_) {
+      PositionSignature sig = signature_of_(state);
+      if (sig.pure) shared_->insert(sig, node, masks);
+    }
     std::lock_guard<std::mutex> lock(mu_);
     entries_.emplace(key(state, node), std::move(masks));
   }
@@ -60,6 +84,8 @@ class SubtreeMasksCache {
   static uint64_t key(int32_t state, uint32_t node) {
     return (static_cast<uint64_t>(static_cast<uint32_t>(state)) << 32) | node;
   }
+  SharedSubtreeMasks* shared_ = nullptr;
+  SignatureOf signature_of_;
   mutable std::mutex mu_;
   std::unordered_map<uint64_t, std::shared_ptr<const SubtreeMasks>> entries_;
 };

@@ -14,6 +14,7 @@
 namespace agentrt::grammars {
 
 struct PositionMasks;
+struct SubtreeMasks;
 
 class SharedPositionMasks {
  public:
@@ -42,6 +43,41 @@ class SharedPositionMasks {
   mutable std::mutex mu_;
   std::unordered_map<PositionSignature, std::shared_ptr<const PositionMasks>, PositionSignatureHash>
       entries_;
+};
+
+// Walks below one trie node from a state whose signature is pure (position_masks.h,
+// SubtreeMasksCache): the first byte of an additional property's key enters the rest-of-string
+// rule, the same in every grammar, so the walks below each first byte serve every schema.
+class SharedSubtreeMasks {
+ public:
+  explicit SharedSubtreeMasks(size_t capacity) : capacity_(capacity) {}
+
+  std::shared_ptr<const SubtreeMasks> find(const PositionSignature& sig, uint32_t node) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(Key{sig, node});
+    return it == entries_.end() ? nullptr : it->second;
+  }
+  // Keeps nothing when full.
+  void insert(const PositionSignature& sig, uint32_t node,
+              std::shared_ptr<const SubtreeMasks> masks) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (entries_.size() < capacity_) entries_.emplace(Key{sig, node}, std::move(masks));
+  }
+
+ private:
+  struct Key {
+    PositionSignature sig;
+    uint32_t node;
+    bool operator==(const Key& o) const { return sig == o.sig && node == o.node; }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      return PositionSignatureHash()(k.sig) ^ (uint64_t{k.node} * 0x9E3779B97F4A7C15ull);
+    }
+  };
+  size_t capacity_;
+  mutable std::mutex mu_;
+  std::unordered_map<Key, std::shared_ptr<const SubtreeMasks>, KeyHash> entries_;
 };
 
 }  // namespace agentrt::grammars

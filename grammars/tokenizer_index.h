@@ -40,6 +40,8 @@ class TokenizerIndex {
   // Classifications of grammar-independent positions, shared by every grammar compiled against
   // this tokenizer (a cache: filled through a const index, hence a pointer).
   SharedPositionMasks& shared_masks() const { return *shared_masks_; }
+  // Walks below trie nodes from grammar-independent states (SubtreeMasksCache), likewise.
+  SharedSubtreeMasks& shared_subtrees() const { return *shared_subtrees_; }
 
  private:
   enum class TokenKind : uint8_t { kText, kStop, kSpecial, kEmpty };
@@ -47,6 +49,8 @@ class TokenizerIndex {
   std::vector<TokenKind> kind_;
   ByteTrie trie_, short_trie_, long_trie_;
   std::unique_ptr<SharedPositionMasks> shared_masks_ = std::make_unique<SharedPositionMasks>(4096);
+  std::unique_ptr<SharedSubtreeMasks> shared_subtrees_ =
+      std::make_unique<SharedSubtreeMasks>(1 << 16);
 };
 
 }  // namespace agentrt::grammars
