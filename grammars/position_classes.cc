@@ -26,7 +26,11 @@ constexpr int kMaxRecursion = 4000;
 
 PositionSignature PositionSignatures::compute(int32_t state, int depth, int recursion) {
   uint64_t key = static_cast<uint64_t>(state) * 64 + static_cast<uint64_t>(depth);
-  if (auto it = memo_.find(key); it != memo_.end()) return it->second;
+  // One lookup: a new entry is marked in progress until computed (references into an
+  // unordered_map stay valid while it grows).
+  auto [it, inserted] = memo_.try_emplace(key);
+  Memo& memo = it->second;
+  if (memo.done) return memo.signature;
   const PdaState& st = pda_.states[state];
   Hasher h;
   bool pure = true;
@@ -34,12 +38,12 @@ PositionSignature PositionSignatures::compute(int32_t state, int depth, int recu
   if (depth > 0) {
     // On a cycle of nullable references, or too deep: the state's identity stands in (sound:
     // equal signatures still imply equal behaviour).
-    if (recursion > kMaxRecursion || in_progress_[key]) {
+    if (recursion > kMaxRecursion || !inserted) {
+      if (inserted) memo_.erase(it);
       h.add(0xABCDull);
       h.add(static_cast<uint64_t>(state));
       return PositionSignature{h.a, h.b, false};
     }
-    in_progress_[key] = true;
     for (const PdaByteEdge& e : st.bytes) {
       h.add((uint64_t{e.lo} << 8) | e.hi);
       PositionSignature t = compute(e.target, depth - 1, recursion + 1);
@@ -53,14 +57,14 @@ PositionSignature PositionSignatures::compute(int32_t state, int depth, int recu
       h.add(compute(r.target, pda_.rules[r.rule].nullable ? depth : depth - 1, recursion + 1));
       pure = false;
     }
-    in_progress_[key] = false;
   } else {
     // Depth 0 still needs the entered rules: a top's expansions are part of its behaviour only
     // through later bytes, so nothing else is compared.
     h.add(0x5555ull);
   }
   PositionSignature sig{h.a, h.b, pure};
-  memo_.emplace(key, sig);
+  memo.signature = sig;
+  memo.done = true;
   return sig;
 }
 

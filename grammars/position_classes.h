@@ -37,8 +37,11 @@ class PositionSignatures {
 
   const PushdownAutomaton& pda_;
   int depth_;
-  std::unordered_map<uint64_t, PositionSignature> memo_;  // key: state * 64 + depth
-  std::unordered_map<uint64_t, bool> in_progress_;
+  struct Memo {
+    PositionSignature signature;
+    bool done = false;  // false: being computed (a cycle if met again)
+  };
+  std::unordered_map<uint64_t, Memo> memo_;  // key: state * 64 + depth
 };
 
 }  // namespace agentrt::grammars
