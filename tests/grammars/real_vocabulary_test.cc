@@ -94,5 +94,44 @@ TEST_F(RealVocabularyTest, CountedStringMasksMatchBruteForce) {
   EXPECT_TRUE(m.can_end());
 }
 
+// Results shared beyond one position: walks below trie nodes from grammar-independent states
+// (the rest-of-string rule of additional-property keys) across grammars, and tokens past a
+// return per return point and stack signatures across positions and matchers
+// (past_return_tokens.h). Two schemas with different keys compiled against one tokenizer, each
+// document checked twice (the second matcher meets warm caches); arrays of objects make many
+// positions return into stacks that differ only deep down.
+TEST_F(RealVocabularyTest, SharedWalksMatchBruteForce) {
+  JsonSchemaOptions options;
+  options.whitespace = JsonSchemaOptions::Whitespace::flexible;
+  struct Case {
+    const char* schema;
+    const char* doc;
+  };
+  const Case cases[] = {
+      {R"({"type":"array","items":{"type":"object","properties":{"name":{"type":"string"},
+          "size":{"type":"integer"}},"additionalProperties":{"type":"string"}}})",
+       R"([{"name": "a b", "size": 3, "nam": "x\"y"}, {"size": 4, "zé": "", "name": "c"}])"},
+      {R"({"type":"object","properties":{"nested":{"type":"object","properties":{
+          "key":{"type":"boolean"}},"additionalProperties":{"type":"number"}},
+          "tags":{"type":"array","items":{"type":"string","maxLength":64}}},
+          "additionalProperties":{"type":"array","items":{"type":"integer"}}})",
+       R"({"tags": ["one", "two words", ""], "nested": {"ke": 1.5, "key": true}, "x": [1, 2]})"},
+  };
+  for (const Case& c : cases) {
+    auto cg =
+        compile(grammar_from_json_schema(nlohmann::ordered_json::parse(c.schema), options), index_);
+    std::vector<int32_t> tokens = longest_match_tokenize(*index_, c.doc);
+    for (int round = 0; round < 2; ++round) {
+      GrammarMatcher m(cg);
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        ASSERT_EQ(testing::fast_mask(m), testing::reference_mask(m, index_->vocab_size()))
+            << "round " << round << ", after " << i << " tokens of " << c.doc;
+        ASSERT_TRUE(m.accept_token(tokens[i])) << c.doc;
+      }
+      EXPECT_TRUE(m.can_end()) << c.doc;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace agentrt::grammars
