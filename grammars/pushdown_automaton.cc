@@ -102,7 +102,14 @@ struct NfaState {
 
 class NfaBuilder {
  public:
-  explicit NfaBuilder(const std::string& rule) : rule_(rule) {}
+  // Starts a new rule; the buffers are kept (one builder serves every rule of a grammar).
+  void reset(const std::string& rule) {
+    rule_ = &rule;
+    num_states_ = 0;
+    eps_.clear();
+    bytes_.clear();
+    refs_.clear();
+  }
 
   struct Fragment {
     int32_t start, end;
@@ -110,7 +117,7 @@ class NfaBuilder {
 
   int32_t add() {
     if (num_states_ >= kMaxNfaStates) {
-      throw GrammarError("rule '" + rule_ + "' is too large (over " +
+      throw GrammarError("rule '" + *rule_ + "' is too large (over " +
                          std::to_string(kMaxNfaStates) + " automaton states)");
     }
     return static_cast<int32_t>(num_states_++);
@@ -270,7 +277,7 @@ class NfaBuilder {
            static_cast<uint32_t>(next);
   }
 
-  const std::string& rule_;
+  const std::string* rule_ = nullptr;
   std::vector<std::pair<uint64_t, int32_t>> suffix_states_;  // scratch of the char class case
   size_t num_states_ = 0;
   std::vector<std::pair<int32_t, int32_t>> eps_;
@@ -286,16 +293,20 @@ class NfaBuilder {
 // compile time is most of the time to first mask.
 class Determinizer {
  public:
-  Determinizer(const NfaBuilder& nfa, NfaBuilder::Fragment frag, int32_t rule_id,
-               const std::string& rule_name, std::vector<PdaState>& out)
-      : ns_(nfa.states),
-        frag_(frag),
-        rule_id_(rule_id),
-        rule_name_(rule_name),
-        out_(out),
-        stamp_(ns_.size(), 0) {}
+  explicit Determinizer(std::vector<PdaState>& out) : out_(out) {}
 
-  int32_t run() {
+  // Appends the DFA of one rule's NFA; the scratch buffers are kept for the next rule.
+  int32_t run(const NfaBuilder& nfa, NfaBuilder::Fragment frag, int32_t rule_id,
+              const std::string& rule_name) {
+    ns_ = &nfa.states;
+    frag_ = frag;
+    rule_id_ = rule_id;
+    rule_name_ = &rule_name;
+    if (stamp_.size() < ns_->size()) stamp_.resize(ns_->size(), 0);  // old stamps are < gen_
+    pool_.clear();
+    offsets_.clear();
+    hashes_.clear();
+    slots_.clear();
     base_ = static_cast<int32_t>(out_.size());
     seeds_.assign(1, frag_.start);
     int32_t start = intern_closure();
@@ -425,21 +436,16 @@ class Determinizer {
 
   // Closure of seeds_ into set_ (sorted, only states that matter), then its DFA id.
   int32_t intern_closure() {
-    if (++gen_ == 0) {
-      std::fill(stamp_.begin(), stamp_.end(), 0);
-      gen_ = 1;
-    }
     set_.clear();
-    while (!seeds_.empty()) {
-      int32_t s = seeds_.back();
-      seeds_.pop_back();
-      if (stamp_[s] == gen_) continue;
-      stamp_[s] = gen_;
-      const NfaState& st = ns_[s];
+    if (seeds_.size() == 1 && (*ns_)[seeds_[0]].eps.empty()) {
+      // One state without epsilon edges (inside literals and characters): its own closure.
+      const int32_t s = seeds_[0];
+      seeds_.clear();
+      const NfaState& st = (*ns_)[s];
       if (!st.bytes.empty() || !st.refs.empty() || s == frag_.end) set_.push_back(s);
-      for (int32_t t : st.eps) seeds_.push_back(t);
+    } else {
+      close_seeds();
     }
-    std::sort(set_.begin(), set_.end());
     uint64_t h = set_.size();
     for (int32_t x : set_) h = (h ^ static_cast<uint64_t>(x)) * 0x100000001B3ull;
     h = (h ^ (h >> 32)) * 0x9E3779B97F4A7C15ull;  // the table uses the low bits
@@ -454,7 +460,7 @@ class Determinizer {
       }
     }
     if (offsets_.size() >= kMaxDfaStatesPerRule) {
-      throw GrammarError("rule '" + rule_name_ + "' is too large (over " +
+      throw GrammarError("rule '" + *rule_name_ + "' is too large (over " +
                          std::to_string(kMaxDfaStatesPerRule) + " automaton states)");
     }
     size_t k = offsets_.size();
@@ -478,6 +484,24 @@ class Determinizer {
     }
   }
 
+  // The epsilon closure of seeds_ into set_ (sorted, only states that matter).
+  void close_seeds() {
+    if (++gen_ == 0) {
+      std::fill(stamp_.begin(), stamp_.end(), 0);
+      gen_ = 1;
+    }
+    while (!seeds_.empty()) {
+      int32_t s = seeds_.back();
+      seeds_.pop_back();
+      if (stamp_[s] == gen_) continue;
+      stamp_[s] = gen_;
+      const NfaState& st = (*ns_)[s];
+      if (!st.bytes.empty() || !st.refs.empty() || s == frag_.end) set_.push_back(s);
+      for (int32_t t : st.eps) seeds_.push_back(t);
+    }
+    std::sort(set_.begin(), set_.end());
+  }
+
   size_t subset_end(size_t k) const {
     return k + 1 < offsets_.size() ? offsets_[k + 1] : pool_.size();
   }
@@ -487,21 +511,42 @@ class Determinizer {
     bool final = std::binary_search(members_.begin(), members_.end(), frag_.end);
     bounds_.clear();
     refs_.clear();
+    all_edges_.clear();
     for (int32_t s : members_) {
-      for (const PdaByteEdge& e : ns_[s].bytes) {
-        bounds_.push_back(e.lo);
-        bounds_.push_back(e.hi + 1);
+      all_edges_.insert(all_edges_.end(), (*ns_)[s].bytes.begin(), (*ns_)[s].bytes.end());
+      for (const PdaRefEdge& r : (*ns_)[s].refs) refs_.push_back(r);
+    }
+    std::sort(all_edges_.begin(), all_edges_.end(),
+              [](const PdaByteEdge& a, const PdaByteEdge& b) { return a.lo < b.lo; });
+    bool disjoint = true;
+    for (size_t i = 1; i < all_edges_.size() && disjoint; ++i) {
+      disjoint = all_edges_[i - 1].hi < all_edges_[i].lo;
+    }
+    std::vector<PdaByteEdge> edges;
+    if (disjoint) {
+      // The common case (literals, classes, alternatives with distinct first bytes): each
+      // edge's target alone, without splitting the byte range.
+      for (const PdaByteEdge& e : all_edges_) {
+        seeds_.assign(1, e.target);
+        int32_t t = intern_closure();
+        if (!edges.empty() && edges.back().target == t && edges.back().hi + 1 == e.lo) {
+          edges.back().hi = e.hi;
+        } else {
+          edges.push_back({e.lo, e.hi, t});
+        }
       }
-      for (const PdaRefEdge& r : ns_[s].refs) refs_.push_back(r);
+    }
+    for (const PdaByteEdge& e : disjoint ? std::span<const PdaByteEdge>() : all_edges_) {
+      bounds_.push_back(e.lo);
+      bounds_.push_back(e.hi + 1);
     }
     std::sort(bounds_.begin(), bounds_.end());
     bounds_.erase(std::unique(bounds_.begin(), bounds_.end()), bounds_.end());
-    std::vector<PdaByteEdge> edges;
     for (size_t i = 0; i + 1 < bounds_.size(); ++i) {
       int lo = bounds_[i], hi = bounds_[i + 1] - 1;
       seeds_.clear();
       for (int32_t s : members_) {
-        for (const PdaByteEdge& e : ns_[s].bytes) {
+        for (const PdaByteEdge& e : (*ns_)[s].bytes) {
           if (e.lo <= lo && hi <= e.hi) seeds_.push_back(e.target);
         }
       }
@@ -531,10 +576,10 @@ class Determinizer {
     st.refs = std::move(refs);
   }
 
-  const std::vector<NfaState>& ns_;
-  NfaBuilder::Fragment frag_;
-  int32_t rule_id_;
-  const std::string& rule_name_;
+  const std::vector<NfaState>* ns_ = nullptr;
+  NfaBuilder::Fragment frag_{};
+  int32_t rule_id_ = 0;
+  const std::string* rule_name_ = nullptr;
   std::vector<PdaState>& out_;
   int32_t base_ = 0;
   std::vector<uint32_t> stamp_;
@@ -545,6 +590,7 @@ class Determinizer {
   std::vector<int32_t> slots_;
   std::vector<int32_t> seeds_, set_, members_;
   std::vector<int> bounds_;
+  std::vector<PdaByteEdge> all_edges_;
   std::vector<PdaRefEdge> refs_;
   // merge_equivalent's scratch.
   std::vector<int32_t> rep_, new_id_, merge_slots_, order_;
@@ -607,13 +653,15 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
 
   PushdownAutomaton pda;
   pda.root = 0;
+  NfaBuilder nfa;
+  Determinizer determinizer(pda.states);
   for (size_t i = 0; i < order.size(); ++i) {
     const GrammarRule& rule = rules[order[i]];
-    NfaBuilder nfa(rule.name);
+    nfa.reset(rule.name);
     NfaBuilder::Fragment frag = nfa.build(rule.body);
     nfa.renumber_refs([&](int32_t r) { return pda_index[r]; });
     nfa.finish();
-    int32_t start = Determinizer(nfa, frag, static_cast<int32_t>(i), rule.name, pda.states).run();
+    int32_t start = determinizer.run(nfa, frag, static_cast<int32_t>(i), rule.name);
     pda.rules.push_back(PdaRule{rule.name, start, false});
   }
 
