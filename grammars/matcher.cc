@@ -48,7 +48,7 @@ struct GrammarMatcher::State {
     std::vector<uint32_t> tokens;  // bitmask
   };
   static constexpr size_t kPastReturnsKept = 8;
-  PastReturnKey key;               // scratch
+  PastReturnStack key;             // scratch
   std::vector<int32_t> found_ids;  // scratch
   std::vector<PastReturns> past_returns;
   size_t past_returns_victim = 0;
@@ -188,7 +188,7 @@ struct GrammarMatcher::State {
 
   // The stack `node` as the shared cache knows it, top first: state ids (long tokens) or
   // signatures (short ones); the bottom marker last.
-  void stack_key(int32_t node, bool short_trie, PastReturnKey& out) const {
+  void stack_key(int32_t node, bool short_trie, PastReturnStack& out) const {
     out.long_trie = !short_trie;
     out.states.clear();
     out.signatures.clear();
@@ -226,10 +226,10 @@ struct GrammarMatcher::State {
     const ByteTrie& trie = short_trie ? index.short_trie() : index.long_trie();
     PastReturnTokens& shared = grammar->past_return_tokens();
     stack_key(parent, short_trie, key);
+    const int64_t stack = shared.stack_id(key);
     bool closed = false;
     for (uint32_t p : masks.return_points) {
-      key.node = p;
-      std::shared_ptr<const TokenSet> tokens = shared.find(key);
+      std::shared_ptr<const TokenSet> tokens = stack >= 0 ? shared.find(stack, p) : nullptr;
       if (!tokens) {
         if (!closed) {
           if (levels.size() < 8) levels.resize(8);
@@ -247,7 +247,7 @@ struct GrammarMatcher::State {
           found->ids = found_ids;
         }
         tokens = found;
-        shared.insert(key, tokens);
+        if (stack >= 0) shared.insert(stack, p, tokens);
       }
       tokens->add_to(e.tokens.data());
     }

@@ -22,15 +22,22 @@
 
 namespace agentrt::grammars {
 
-struct PastReturnKey {
+// The stack returned into, top first: long tokens by state ids, short ones by signatures.
+struct PastReturnStack {
   bool long_trie = false;
-  uint32_t node = 0;  // the return point, a node of the short or the long trie
-  // The stack returned into, top first: long tokens by state ids, short ones by signatures.
   std::vector<int32_t> states;
   std::vector<PositionSignature> signatures;
-  bool operator==(const PastReturnKey& o) const {
-    return long_trie == o.long_trie && node == o.node && states == o.states &&
-           signatures == o.signatures;
+  bool operator==(const PastReturnStack& o) const {
+    return long_trie == o.long_trie && states == o.states && signatures == o.signatures;
+  }
+};
+
+struct PastReturnStackHash {
+  size_t operator()(const PastReturnStack& k) const {
+    uint64_t h = k.long_trie;
+    for (int32_t s : k.states) h = (h ^ static_cast<uint32_t>(s)) * 0x100000001B3ull;
+    for (const PositionSignature& s : k.signatures) h = (h ^ s.a) * 0x100000001B3ull;
+    return h ^ (h >> 29);
   }
 };
 
@@ -48,34 +55,41 @@ struct TokenSet {
   }
 };
 
-struct PastReturnKeyHash {
-  size_t operator()(const PastReturnKey& k) const {
-    uint64_t h = (uint64_t{k.node} << 1) ^ k.long_trie;
-    for (int32_t s : k.states) h = (h ^ static_cast<uint32_t>(s)) * 0x100000001B3ull;
-    for (const PositionSignature& s : k.signatures) h = (h ^ s.a) * 0x100000001B3ull;
-    return h ^ (h >> 29);
-  }
-};
-
+// Stacks are numbered once (a position has many return points into one stack), then results
+// are kept by (stack number, return point).
 class PastReturnTokens {
  public:
   explicit PastReturnTokens(size_t capacity) : capacity_(capacity) {}
 
-  std::shared_ptr<const TokenSet> find(const PastReturnKey& key) const {
+  // The stack's number, or -1 when the cache is full and has not seen it.
+  int64_t stack_id(const PastReturnStack& stack) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = entries_.find(key);
+    auto it = stacks_.find(stack);
+    if (it != stacks_.end()) return it->second;
+    if (stacks_.size() >= capacity_) return -1;
+    const auto id = static_cast<int64_t>(stacks_.size());
+    stacks_.emplace(stack, id);
+    return id;
+  }
+  std::shared_ptr<const TokenSet> find(int64_t stack, uint32_t node) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = entries_.find(key(stack, node));
     return it == entries_.end() ? nullptr : it->second;
   }
   // Keeps nothing once full (the caller still has its result).
-  void insert(const PastReturnKey& key, std::shared_ptr<const TokenSet> tokens) {
+  void insert(int64_t stack, uint32_t node, std::shared_ptr<const TokenSet> tokens) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (entries_.size() < capacity_) entries_.emplace(key, std::move(tokens));
+    if (entries_.size() < capacity_) entries_.emplace(key(stack, node), std::move(tokens));
   }
 
  private:
+  static uint64_t key(int64_t stack, uint32_t node) {
+    return (static_cast<uint64_t>(stack) << 32) | node;
+  }
   size_t capacity_;
   mutable std::mutex mu_;
-  std::unordered_map<PastReturnKey, std::shared_ptr<const TokenSet>, PastReturnKeyHash> entries_;
+  std::unordered_map<PastReturnStack, int64_t, PastReturnStackHash> stacks_;
+  std::unordered_map<uint64_t, std::shared_ptr<const TokenSet>> entries_;
 };
 
 }  // namespace agentrt::grammars
