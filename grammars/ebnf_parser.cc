@@ -88,13 +88,14 @@ class EbnfParser {
   }
 
   int32_t rule_id(const std::string& name, size_t use_pos) {
-    auto [it, inserted] = ids_.emplace(name, static_cast<int32_t>(rules_.size()));
-    if (inserted) {
-      rules_.push_back(GrammarRule{name, Expr::sequence({})});
-      defined_.push_back(false);
-      first_use_.push_back(use_pos);
-    }
-    return it->second;
+    // find() first: emplace() would allocate a node for every reference.
+    if (auto it = ids_.find(name); it != ids_.end()) return it->second;
+    const auto id = static_cast<int32_t>(rules_.size());
+    ids_.emplace(name, id);
+    rules_.push_back(GrammarRule{name, Expr::sequence({})});
+    defined_.push_back(false);
+    first_use_.push_back(use_pos);
+    return id;
   }
 
   // True if a `name ::=` starts at pos_ (the end of the current rule).
