@@ -30,9 +30,9 @@ class MaskSlots {
   std::unique_ptr<std::atomic<const PositionMasks*>[]> slots_;
 };
 
-// Entries are short id lists (the tokens that fit after a return are few): a bound only
+// Entries are mostly short id lists (the tokens that fit after a return are few): a bound
 // against pathological grammars.
-constexpr size_t kMaxPastReturnEntries = 1 << 18;
+constexpr size_t kMaxPastReturnBytes = size_t{64} << 20;
 
 struct CompiledGrammar::Cache {
   Cache(const PushdownAutomaton& pda, const TokenizerIndex& tokenizer)
@@ -47,7 +47,7 @@ struct CompiledGrammar::Cache {
   MaskSlots short_masks;             // per state, pointing into by_signature's entries
   MaskSlots long_masks;              // per state
   SubtreeMasksCache short_subtrees;  // walks below trie nodes (some shared with other grammars)
-  PastReturnTokens past_returns{kMaxPastReturnEntries};
+  PastReturnTokens past_returns{kMaxPastReturnBytes};
   std::mutex mu;
   std::vector<std::shared_ptr<const PositionMasks>> owned;
   // Guarded by mu.

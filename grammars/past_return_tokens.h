@@ -59,14 +59,17 @@ struct TokenSet {
 // are kept by (stack number, return point).
 class PastReturnTokens {
  public:
-  explicit PastReturnTokens(size_t capacity) : capacity_(capacity) {}
+  // Bounded by the bytes of what it keeps (stack keys and token sets).
+  explicit PastReturnTokens(size_t max_bytes) : max_bytes_(max_bytes) {}
 
   // The stack's number, or -1 when the cache is full and has not seen it.
   int64_t stack_id(const PastReturnStack& stack) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = stacks_.find(stack);
     if (it != stacks_.end()) return it->second;
-    if (stacks_.size() >= capacity_) return -1;
+    const size_t bytes = (stack.states.size() + 4 * stack.signatures.size() + 8) * 4;
+    if (bytes_ + bytes > max_bytes_) return -1;
+    bytes_ += bytes;
     const auto id = static_cast<int64_t>(stacks_.size());
     stacks_.emplace(stack, id);
     return id;
@@ -78,15 +81,18 @@ class PastReturnTokens {
   }
   // Keeps nothing once full (the caller still has its result).
   void insert(int64_t stack, uint32_t node, std::shared_ptr<const TokenSet> tokens) {
+    const size_t bytes = (tokens->ids.size() + tokens->bits.size() + 8) * 4;
     std::lock_guard<std::mutex> lock(mu_);
-    if (entries_.size() < capacity_) entries_.emplace(key(stack, node), std::move(tokens));
+    if (bytes_ + bytes > max_bytes_) return;
+    if (entries_.emplace(key(stack, node), std::move(tokens)).second) bytes_ += bytes;
   }
 
  private:
   static uint64_t key(int64_t stack, uint32_t node) {
     return (static_cast<uint64_t>(stack) << 32) | node;
   }
-  size_t capacity_;
+  size_t max_bytes_;
+  size_t bytes_ = 0;  // guarded by mu_
   mutable std::mutex mu_;
   std::unordered_map<PastReturnStack, int64_t, PastReturnStackHash> stacks_;
   std::unordered_map<uint64_t, std::shared_ptr<const TokenSet>> entries_;

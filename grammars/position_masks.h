@@ -74,7 +74,10 @@ class SubtreeMasksCache {
   void insert(int32_t state, uint32_t node, std::shared_ptr<const SubtreeMasks> masks) {
     if (shared_) {
       PositionSignature sig = signature_of_(state);
-      if (sig.pure) shared_->insert(sig, node, masks);
+      const size_t bytes = (masks->accepted.size() + masks->accepted_bits.size() +
+                            masks->return_points.size() + 16) *
+                           4;
+      if (sig.pure) shared_->insert(sig, node, masks, bytes);
     }
     std::lock_guard<std::mutex> lock(mu_);
     entries_.emplace(key(state, node), std::move(masks));

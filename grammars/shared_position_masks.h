@@ -50,7 +50,8 @@ class SharedPositionMasks {
 // rule, the same in every grammar, so the walks below each first byte serve every schema.
 class SharedSubtreeMasks {
  public:
-  explicit SharedSubtreeMasks(size_t capacity) : capacity_(capacity) {}
+  // Bounded by the bytes of what it keeps (the caller says how many an entry holds).
+  explicit SharedSubtreeMasks(size_t max_bytes) : max_bytes_(max_bytes) {}
 
   std::shared_ptr<const SubtreeMasks> find(const PositionSignature& sig, uint32_t node) const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -59,9 +60,10 @@ class SharedSubtreeMasks {
   }
   // Keeps nothing when full.
   void insert(const PositionSignature& sig, uint32_t node,
-              std::shared_ptr<const SubtreeMasks> masks) {
+              std::shared_ptr<const SubtreeMasks> masks, size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    if (entries_.size() < capacity_) entries_.emplace(Key{sig, node}, std::move(masks));
+    if (bytes_ + bytes > max_bytes_) return;
+    if (entries_.emplace(Key{sig, node}, std::move(masks)).second) bytes_ += bytes;
   }
 
  private:
@@ -75,7 +77,8 @@ class SharedSubtreeMasks {
       return PositionSignatureHash()(k.sig) ^ (uint64_t{k.node} * 0x9E3779B97F4A7C15ull);
     }
   };
-  size_t capacity_;
+  size_t max_bytes_;
+  size_t bytes_ = 0;  // guarded by mu_
   mutable std::mutex mu_;
   std::unordered_map<Key, std::shared_ptr<const SubtreeMasks>, KeyHash> entries_;
 };

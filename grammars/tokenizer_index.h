@@ -50,7 +50,7 @@ class TokenizerIndex {
   ByteTrie trie_, short_trie_, long_trie_;
   std::unique_ptr<SharedPositionMasks> shared_masks_ = std::make_unique<SharedPositionMasks>(4096);
   std::unique_ptr<SharedSubtreeMasks> shared_subtrees_ =
-      std::make_unique<SharedSubtreeMasks>(1 << 16);
+      std::make_unique<SharedSubtreeMasks>(size_t{128} << 20);
 };
 
 }  // namespace agentrt::grammars
