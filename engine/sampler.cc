@@ -28,16 +28,34 @@ Sampler::Sample Sampler::sample(std::span<const float> logits, TokenMask mask) {
     return {best.second, static_cast<float>(-std::log(z))};
   }
 
-  const double inv_t = 1.0 / params_.temperature;
   std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   });
+  return sample_sorted(cand, 0.0);
+}
+
+Sampler::Sample Sampler::sample_candidates(std::vector<std::pair<float, int32_t>> cand,
+                                           double z_all) {
+  if (cand.empty()) throw std::invalid_argument("sampler: the token mask allows no token");
+  if (params_.greedy()) throw std::logic_error("sampler: sample_candidates is for sampling");
+  std::sort(cand.begin(), cand.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  return sample_sorted(cand, z_all);
+}
+
+Sampler::Sample Sampler::sample_sorted(std::vector<std::pair<float, int32_t>>& cand, double z_all) {
+  const double inv_t = 1.0 / params_.temperature;
+  const bool truncated_by_k =
+      params_.top_k > 0 && cand.size() >= static_cast<size_t>(params_.top_k);
   if (params_.top_k > 0 && cand.size() > static_cast<size_t>(params_.top_k))
     cand.resize(params_.top_k);
   std::vector<double> p(cand.size());
   double z = 0;
   for (size_t i = 0; i < cand.size(); ++i)
     z += p[i] = std::exp((cand[i].first - cand[0].first) * inv_t);
+  // A partial list normalises by the mass of every allowed token (unless top_k cut it anyway).
+  if (z_all > 0 && !truncated_by_k) z = std::max(z, z_all);
   for (double& v : p) v /= z;
   size_t keep = cand.size();
   if (params_.min_p > 0) {

@@ -41,12 +41,20 @@ class Sampler {
   };
   // Throws std::invalid_argument if the mask allows no token.
   Sample sample(std::span<const float> logits, TokenMask mask = {});
+  // Sampling (not greedy) from a list of (logit, id) holding every allowed token that could
+  // matter, in any order: the GPU path collects the allowed tokens within 20 temperatures of the
+  // best (relative probability >= e^-20) and z_all, the sum over every allowed token of
+  // exp((logit - best) / temperature), normalises the probabilities as sample() would over the
+  // whole vocabulary (when top_k does not cut the list anyway). Draws like sample().
+  Sample sample_candidates(std::vector<std::pair<float, int32_t>> cand, double z_all);
   // The n most likely allowed tokens with their log-probabilities (temperature 1).
   static std::vector<std::pair<int32_t, float>> top_logprobs(std::span<const float> logits, int n,
                                                              TokenMask mask = {});
   const SamplingParams& params() const { return params_; }
 
  private:
+  // The sampling steps after the candidates are sorted (best first); z_all > 0 as above.
+  Sample sample_sorted(std::vector<std::pair<float, int32_t>>& cand, double z_all);
   SamplingParams params_;
   std::mt19937_64 rng_;
 };

@@ -86,13 +86,13 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     pass_.run(rows, logits);
   }
-  // run() with the logits left on the device, then the greedy pick there (under the same lock:
-  // another sequence's run would overwrite them).
-  cuda::MaskedPick run_and_pick(std::span<const cuda::DeviceRow> rows, TokenMask mask,
-                                float inv_t) const {
+  // run() with the logits left on the device, then `then(pass)` on them, under the same lock
+  // (another sequence's run would overwrite them).
+  template <class Then>
+  auto run_then(std::span<const cuda::DeviceRow> rows, Then then) const {
     std::lock_guard<std::mutex> lock(mutex_);
     pass_.run(rows, nullptr);
-    return pass_.pick_last(mask.words, int64_t(mask.num_words), inv_t);
+    return then(pass_);
   }
 
  private:
@@ -124,31 +124,59 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
   return logits;
 }
 
+// The allowed tokens within this many temperatures of the best are collected for sampling:
+// anything further has relative probability < e^-20 (2e-9) and is left out; if more than
+// kNearCapacity tokens are that close, the whole row comes to the host instead.
+constexpr float kNearTemperatures = 20.0f;
+constexpr int32_t kNearCapacity = 4096;
+
 Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
                                                  TokenMask mask) {
-  if (tokens.empty() || !sampler.params().greedy())
-    return ModelSequence::forward_and_sample(tokens, sampler, mask);
+  if (tokens.empty()) return ModelSequence::forward_and_sample(tokens, sampler, mask);
+  const SamplingParams& params = sampler.params();
+  const int64_t words = mask.words ? int64_t(mask.num_words) : 0;
+  // The last slice's run and the choice on its logits (under the model's lock).
+  auto choose = [&](cuda::DeviceForward& pass) -> Sampler::Sample {
+    if (params.greedy()) {
+      const cuda::MaskedPick pick = pass.pick_last(mask.words, words, 1.0f);
+      if (pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
+      return {pick.token, float(-std::log(pick.z))};
+    }
+    const auto near = pass.near_best_last(mask.words, words, 1.0f / params.temperature,
+                                          kNearTemperatures * params.temperature, kNearCapacity);
+    if (near.pick.allowed == 0)
+      throw std::invalid_argument("sampler: the token mask allows no token");
+    if (near.total <= kNearCapacity) return sampler.sample_candidates(near.cand, near.pick.z);
+    std::vector<float> logits(size_t(model_.vocab_size()));
+    pass.copy_last_logits(logits.data());
+    return sampler.sample(logits, mask);
+  };
   constexpr int64_t kMaxRows = 512;  // as forward(): slices bound the activations
   const int64_t n = int64_t(tokens.size()), start = cache_.length;
-  cuda::MaskedPick pick{};
+  Sampler::Sample chosen{};
+  bool fed = false;
   try {
     for (int64_t begin = 0; begin < n; begin += kMaxRows) {
       const int64_t end = std::min(n, begin + kMaxRows);
       std::vector<cuda::DeviceRow> rows;
       for (int64_t i = begin; i < end; ++i)
         rows.push_back({&cache_, cache_.length + (i - begin), tokens[i], i == n - 1});
-      if (end == n)
-        pick = model_.run_and_pick(rows, mask, 1.0f);
-      else
+      if (end == n) {
+        chosen = model_.run_then(rows, [&](cuda::DeviceForward& pass) {
+          cache_.length += end - begin;  // fed, whatever the choice does
+          fed = true;
+          return choose(pass);
+        });
+      } else {
         model_.run(rows, nullptr);
-      cache_.length += end - begin;
+        cache_.length += end - begin;
+      }
     }
   } catch (...) {
-    cache_.length = start;  // all or nothing
+    if (!fed) cache_.length = start;  // all or nothing; a failed choice keeps what was fed
     throw;
   }
-  if (pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
-  return {pick.token, float(-std::log(pick.z))};
+  return chosen;
 }
 
 }  // namespace

@@ -245,38 +245,88 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   collect_stages();
 }
 
-MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, float inv_t) {
-  if (last_wanted_ == 0)
-    throw std::logic_error("cuda pick_last: the last run left no logits on the device");
-  const int64_t V = config_.vocab_size;
-  const float* logits = ws_->logits.as<float>() + (last_wanted_ - 1) * V;
-  // The mask goes through pinned memory (an asynchronous copy), the pick comes back through it.
-  const int64_t mask_bytes = mask ? mask_words * 4 : 0;
-  const int64_t staging = int64_t(sizeof(MaskedPick)) + mask_bytes;
-  if (pinned_mask_bytes_ < staging) {
+char* DeviceForward::staging(int64_t bytes) {
+  if (pinned_mask_bytes_ < bytes) {
     if (pinned_mask_) cudaFreeHost(pinned_mask_);
     pinned_mask_ = nullptr;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_mask_, size_t(staging)));
-    pinned_mask_bytes_ = staging;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_mask_, size_t(bytes)));
+    pinned_mask_bytes_ = bytes;
   }
-  auto* picked = static_cast<MaskedPick*>(pinned_mask_);
-  const uint32_t* device_mask = nullptr;
-  if (mask) {
-    char* host_words = static_cast<char*>(pinned_mask_) + sizeof(MaskedPick);
-    std::memcpy(host_words, mask, size_t(mask_bytes));
-    mask_.reserve(std::max<int64_t>(mask_bytes, 4));
-    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), host_words, size_t(mask_bytes),
-                                       cudaMemcpyHostToDevice, stream_));
-    device_mask = mask_.as<uint32_t>();
-  }
+  return static_cast<char*>(pinned_mask_);
+}
+
+const float* DeviceForward::last_logits() const {
+  if (last_wanted_ == 0)
+    throw std::logic_error("cuda sampling: the last run left no logits on the device");
+  return ws_->logits.as<float>() + (last_wanted_ - 1) * config_.vocab_size;
+}
+
+// The mask goes through pinned memory (`staged`, mask_words * 4 bytes): an asynchronous copy.
+const uint32_t* DeviceForward::upload_mask(const uint32_t* mask, int64_t mask_words, char* staged) {
+  if (!mask) return nullptr;
+  std::memcpy(staged, mask, size_t(mask_words * 4));
+  mask_.reserve(std::max<int64_t>(mask_words * 4, 4));
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(mask_words * 4),
+                                     cudaMemcpyHostToDevice, stream_));
+  return mask_.as<uint32_t>();
+}
+
+MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, float inv_t) {
+  const float* logits = last_logits();
+  const int64_t words = mask ? mask_words : 0;
+  char* host = staging(int64_t(sizeof(MaskedPick)) + words * 4);
+  const uint32_t* device_mask = upload_mask(mask, words, host + sizeof(MaskedPick));
   pick_scratch_.reserve(masked_pick_scratch_bytes());
   pick_.reserve(sizeof(MaskedPick));
-  masked_pick(logits, V, device_mask, mask ? mask_words : 0, inv_t, pick_scratch_.get(),
+  masked_pick(logits, config_.vocab_size, device_mask, words, inv_t, pick_scratch_.get(),
               pick_.as<MaskedPick>(), stream_);
   AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(picked, pick_.get(), sizeof(MaskedPick), cudaMemcpyDeviceToHost, stream_));
+      cudaMemcpyAsync(host, pick_.get(), sizeof(MaskedPick), cudaMemcpyDeviceToHost, stream_));
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  return *picked;
+  MaskedPick out;
+  std::memcpy(&out, host, sizeof(out));
+  return out;
+}
+
+DeviceForward::NearBest DeviceForward::near_best_last(const uint32_t* mask, int64_t mask_words,
+                                                      float inv_t, float delta, int32_t capacity) {
+  const float* logits = last_logits();
+  const int64_t words = mask ? mask_words : 0;
+  // Device and host layout: pick, count (padded to 16 bytes), ids[capacity], values[capacity].
+  const int64_t head = 32, results = head + int64_t(capacity) * 8;
+  char* host = staging(results + words * 4);
+  const uint32_t* device_mask = upload_mask(mask, words, host + results);
+  pick_scratch_.reserve(masked_pick_scratch_bytes());
+  near_.reserve(results);
+  char* dev = static_cast<char*>(near_.get());
+  auto* pick = reinterpret_cast<MaskedPick*>(dev);
+  auto* count = reinterpret_cast<int32_t*>(dev + 24);
+  auto* ids = reinterpret_cast<int32_t*>(dev + head);
+  auto* values = reinterpret_cast<float*>(dev + head + int64_t(capacity) * 4);
+  masked_pick(logits, config_.vocab_size, device_mask, words, inv_t, pick_scratch_.get(), pick,
+              stream_);
+  collect_near_best(logits, config_.vocab_size, device_mask, words, pick, delta, capacity, count,
+                    ids, values, stream_);
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  NearBest out;
+  std::memcpy(&out.pick, host, sizeof(MaskedPick));
+  std::memcpy(&out.total, host + 24, 4);
+  const int32_t n = std::min(out.total, capacity);
+  const auto* hid = reinterpret_cast<const int32_t*>(host + head);
+  const auto* hval = reinterpret_cast<const float*>(host + head + int64_t(capacity) * 4);
+  out.cand.reserve(size_t(n));
+  for (int32_t i = 0; i < n; ++i) out.cand.push_back({hval[i], hid[i]});
+  return out;
+}
+
+void DeviceForward::copy_last_logits(float* out) {
+  const float* logits = last_logits();
+  const int64_t bytes = config_.vocab_size * 4;
+  char* host = staging(bytes);
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, logits, size_t(bytes), cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::memcpy(out, host, size_t(bytes));
 }
 
 void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {

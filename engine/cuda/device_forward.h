@@ -14,6 +14,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/cuda/device_cache.h"
@@ -58,6 +59,19 @@ class DeviceForward {
   // only the choice is read back.
   MaskedPick pick_last(const uint32_t* mask, int64_t mask_words, float inv_t);
 
+  // After run(rows, nullptr), for sampling at a temperature: the pick (z at 1 / inv_t) and the
+  // allowed tokens within `delta` logits of the best as (logit, id), read back instead of the
+  // row; `total` is how many there are (more than `capacity`: cand is incomplete).
+  struct NearBest {
+    MaskedPick pick;
+    int32_t total = 0;
+    std::vector<std::pair<float, int32_t>> cand;
+  };
+  NearBest near_best_last(const uint32_t* mask, int64_t mask_words, float inv_t, float delta,
+                          int32_t capacity);
+  // After run(rows, nullptr): the last wanted logits row, to host memory (vocab floats).
+  void copy_last_logits(float* out);
+
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
 
@@ -66,6 +80,11 @@ class DeviceForward {
   void attention(size_t l, int64_t n, float* out);
   void moe(size_t l, int64_t n, float* out);
   void enqueue(int64_t n, const std::vector<int64_t>& wanted);
+  // Pinned staging of at least `bytes` (mask upload, results back).
+  char* staging(int64_t bytes);
+  // The last wanted logits row on the device; the mask copied to the device (nullptr: none).
+  const float* last_logits() const;
+  const uint32_t* upload_mask(const uint32_t* mask, int64_t mask_words, char* staged);
   void stage(const char* name);
   void collect_stages();
 
@@ -87,7 +106,7 @@ class DeviceForward {
   void* pinned_ = nullptr;  // page-locked staging for the logits
   int64_t pinned_bytes_ = 0;
   int64_t last_wanted_ = 0;  // logits rows the last run left on the device
-  DeviceBuffer mask_, pick_scratch_, pick_;
+  DeviceBuffer mask_, pick_scratch_, pick_, near_;
   void* pinned_mask_ = nullptr;  // page-locked staging for the mask and the pick
   int64_t pinned_mask_bytes_ = 0;
 };

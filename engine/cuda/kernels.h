@@ -108,7 +108,13 @@ struct MaskedPick {
   float best;
   double z;
 };
+static_assert(sizeof(MaskedPick) <= 24, "device_forward.cc lays results out after 24 bytes");
 int64_t masked_pick_scratch_bytes();
+// After masked_pick into `pick` (device): the allowed tokens with logit >= pick->best - delta,
+// in no order, the first `capacity` into ids/values; *count = how many there are in all.
+void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                       const MaskedPick* pick, float delta, int32_t capacity, int32_t* count,
+                       int32_t* ids, float* values, cudaStream_t stream);
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
 

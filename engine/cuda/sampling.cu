@@ -1,8 +1,10 @@
-// Greedy sampling on the GPU (engine/sampler.h's greedy branch): the allowed token (the grammar
+// Sampling on the GPU (engine/sampler.h). Greedy: the allowed token (the grammar
 // bitmask, finite logits) with the largest logit, ties to the lower id, and the softmax
 // normaliser z = sum over allowed tokens of exp((logit - best) * inv_t), so the host reads back
 // one small struct instead of the whole vocabulary's logits. One pass keeps an online
-// (max, sum) per thread, blocks combine them, and one block combines the blocks.
+// (max, sum) per thread, blocks combine them, and one block combines the blocks. Sampling: the
+// same normaliser at the temperature, plus the allowed tokens near the best (the only ones with a
+// chance to matter), collected for the host's Sampler::sample_candidates.
 #include <cmath>
 
 #include "engine/cuda/cuda_check.h"
@@ -84,7 +86,38 @@ int pick_grid(int64_t vocab) {
   return int(blocks < 1 ? 1 : blocks > kMaxBlocks ? kMaxBlocks : blocks);
 }
 
+// Appends every allowed token whose logit is within `delta` of the best (read from the pick) to
+// ids/values (in no particular order) while there is room; count ends as the number of such
+// tokens, room or not.
+__global__ void collect_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
+                               int64_t mask_words, const MaskedPick* pick, float delta,
+                               int32_t capacity, int32_t* count, int32_t* ids, float* values) {
+  const float threshold = pick->best - delta;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float l = logits[i];
+    const int64_t wi = i >> 5;
+    const bool ok = isfinite(l) && l >= threshold &&
+                    (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
+    if (!ok) continue;
+    const int32_t slot = atomicAdd(count, 1);
+    if (slot < capacity) {
+      ids[slot] = int32_t(i);
+      values[slot] = l;
+    }
+  }
+}
+
 }  // namespace
+
+void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                       const MaskedPick* pick, float delta, int32_t capacity, int32_t* count,
+                       int32_t* ids, float* values, cudaStream_t stream) {
+  AGENTRT_CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int32_t), stream));
+  collect_kernel<<<pick_grid(vocab), kThreads, 0, stream>>>(logits, vocab, mask, mask_words, pick,
+                                                            delta, capacity, count, ids, values);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
 
 int64_t masked_pick_scratch_bytes() { return int64_t(sizeof(Partial)) * kMaxBlocks; }
 

@@ -1,13 +1,14 @@
-// Greedy sampling on the GPU against the host Sampler: the masked pick kernel on random logits
-// (ties, non-finite values, masks shorter than the vocabulary, a mask that allows nothing), and
-// ModelSequence::forward_and_sample on a CUDA model against forward() + Sampler::sample on the
-// same model. Skips without a GPU.
+// Sampling on the GPU against the host Sampler: the masked pick kernel on random logits (ties,
+// non-finite values, masks shorter than the vocabulary, a mask that allows nothing), and
+// ModelSequence::forward_and_sample on a CUDA model (greedy; temperature, top-k, top-p, min-p)
+// against forward() + Sampler::sample on the same model. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <limits>
 #include <random>
+#include <stdexcept>
 #include <vector>
 
 #include "engine/model.h"
@@ -104,10 +105,28 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
     feed_a = feed_b = {got.token};
   }
   EXPECT_EQ(a->length(), b->length());
-  // Non-greedy sampling takes the host path and consumes the generator the same way.
-  Sampler ta(SamplingParams{.temperature = 0.8f, .top_k = 20, .seed = 4}),
-      tb(SamplingParams{.temperature = 0.8f, .top_k = 20, .seed = 4});
-  EXPECT_EQ(a->forward_and_sample(feed_a, ta).token, tb.sample(b->forward(feed_b)).token);
+  // Sampling: the GPU collects the tokens near the best, the host draws from them; the same
+  // seeds give the same tokens as the whole row on the host.
+  const SamplingParams cases[] = {{.temperature = 0.8f, .seed = 4},
+                                  {.temperature = 1.0f, .top_k = 20, .seed = 5},
+                                  {.temperature = 1.2f, .top_p = 0.9f, .min_p = 0.01f, .seed = 6}};
+  for (const SamplingParams& p : cases) {
+    Sampler ta(p), tb(p);
+    for (int step = 0; step < 6; ++step) {
+      const TokenMask tm = step % 2 ? TokenMask{mask.data(), mask.size()} : TokenMask{};
+      const Sampler::Sample got = a->forward_and_sample(feed_a, ta, tm);
+      const Sampler::Sample want = tb.sample(b->forward(feed_b), tm);
+      ASSERT_EQ(got.token, want.token) << "temperature " << p.temperature << " step " << step;
+      EXPECT_NEAR(got.logprob, want.logprob, 1e-4);
+      feed_a = feed_b = {got.token};
+    }
+  }
+  // A mask that allows nothing: the tokens are still fed, the call throws.
+  std::vector<uint32_t> none(mask.size(), 0u);
+  const int64_t before = a->length();
+  EXPECT_THROW(a->forward_and_sample(feed_a, sa, {none.data(), none.size()}),
+               std::invalid_argument);
+  EXPECT_EQ(a->length(), before + 1);
   std::filesystem::remove_all(dir);
 }
 

@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
+#include <random>
+#include <vector>
 
 namespace agentrt::engine {
 namespace {
@@ -66,6 +69,52 @@ TEST(Sampler, TopLogprobsAreNormalised) {
   double total = 0;
   for (const auto& [id, lp] : top) total += std::exp(lp);
   EXPECT_NEAR(total, 1.0, 1e-5);
+}
+
+}  // namespace
+}  // namespace agentrt::engine
+
+namespace agentrt::engine {
+namespace {
+
+// The GPU path's contract: the allowed tokens within 20 temperatures of the best plus the
+// normaliser over all of them draw the same tokens as sample() on the whole row.
+TEST(Sampler, CandidatesNearTheBestDrawLikeTheWholeRow) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist(0.0f, 4.0f);
+  std::vector<float> logits(5000);
+  for (auto& v : logits) v = dist(rng);
+  std::vector<uint32_t> mask((logits.size() + 31) / 32, 0);
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (rng() % 3) mask[i >> 5] |= 1u << (i & 31);
+  const TokenMask tm{mask.data(), mask.size()};
+  const SamplingParams cases[] = {{.temperature = 0.7f, .seed = 1},
+                                  {.temperature = 1.0f, .top_k = 40, .seed = 2},
+                                  {.temperature = 1.3f, .top_p = 0.9f, .seed = 3},
+                                  {.temperature = 0.9f, .min_p = 0.05f, .seed = 4},
+                                  {.temperature = 2.0f, .top_k = 3000, .top_p = 0.95f, .seed = 5}};
+  for (const SamplingParams& p : cases) {
+    float best = -INFINITY;
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (tm.allows(int64_t(i))) best = std::max(best, logits[i]);
+    std::vector<std::pair<float, int32_t>> near;
+    double z_all = 0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+      if (!tm.allows(int64_t(i))) continue;
+      z_all += std::exp(double(logits[i] - best) / p.temperature);
+      if (logits[i] >= best - 20.0f * p.temperature) near.push_back({logits[i], int32_t(i)});
+    }
+    std::shuffle(near.begin(), near.end(), rng);  // the GPU collects in no order
+    Sampler whole(p), from_near(p);
+    for (int draw = 0; draw < 200; ++draw) {
+      const auto a = whole.sample(logits, tm);
+      const auto b = from_near.sample_candidates(near, z_all);
+      ASSERT_EQ(a.token, b.token) << "temperature " << p.temperature << " draw " << draw;
+      EXPECT_NEAR(a.logprob, b.logprob, 1e-5);
+    }
+  }
+  Sampler s({.temperature = 1.0f});
+  EXPECT_THROW(s.sample_candidates({}, 1.0), std::invalid_argument);
 }
 
 }  // namespace
