@@ -252,10 +252,20 @@ int main(int argc, char** argv) {
     for (int64_t ctx : contexts) {
       auto seq = model->new_sequence();
       const auto ids = random_ids(ctx);
+      const auto before_prefill = cuda_stage_ms(*model);
       t0 = now();
       seq->forward(ids);
       const double prefill_s = now() - t0;
       mem.sample();
+      if (options.profile) {
+        std::printf("  GPU ms of the prefill:");
+        for (const auto& [name, ms] : cuda_stage_ms(*model)) {
+          const auto it = before_prefill.find(name);
+          std::printf(" %s %.1f", name.c_str(),
+                      ms - (it == before_prefill.end() ? 0.0 : it->second));
+        }
+        std::printf(" (wall %.1f)\n", prefill_s * 1e3);
+      }
       double flops = 0;
       for (int64_t p = 0; p < ctx; p += std::max<int64_t>(1, ctx / 64)) {
         double b, f;

@@ -63,6 +63,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     : config_(std::move(config)),
       weights_(WeightsOnDevice::upload(config_, host)),
       linear_(options.precision, options.gemv_max_rows),
+      expert_gemm_(options.precision),
       ws_(std::make_unique<Workspace>()),
       profile_(options.profile),
       graphs_(options.graphs),
@@ -84,8 +85,7 @@ DeviceForward::~DeviceForward() {
 void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   const ForwardConfig& c = config_;
   Workspace& w = *ws_;
-  const int64_t n = int64_t(rows.size()), H = c.hidden, hc = c.hc_mult,
-                L = int64_t(c.layers.size());
+  const int64_t n = int64_t(rows.size()), L = int64_t(c.layers.size());
   if (n == 0) return;
 
   // Rows of one cache must extend it in order; reserve room for them.
@@ -506,7 +506,8 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   stage("moe.shared");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
   routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
-                 c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_);
+                 c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
+                 &expert_gemm_);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -21,6 +21,7 @@
 #include "engine/cuda/device_weights.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/linear.h"
+#include "engine/cuda/moe_gemm.h"
 
 namespace agentrt::engine::cuda {
 
@@ -92,6 +93,7 @@ class DeviceForward {
   WeightsOnDevice weights_;
   cudaStream_t stream_ = nullptr;
   LinearRunner linear_;
+  ExpertGemm expert_gemm_;  // routed experts of prefill-sized passes
   std::unique_ptr<Workspace> ws_;
   bool profile_ = false;
   bool graphs_ = true;

@@ -89,9 +89,12 @@ WeightsOnDevice WeightsOnDevice::upload(const ForwardConfig& c, const ForwardWei
     }
     l.expert_views = up.vec(views);
     const WeightMatrix* v = l.expert_views.as<WeightMatrix>();
-    l.experts_view = {v, v + m.experts.size(), v + 2 * m.experts.size(),
+    l.experts_view = {v,
+                      v + m.experts.size(),
+                      v + 2 * m.experts.size(),
                       views.empty() ? WeightType::f32 : views.front().type,
-                      views.empty() ? WeightType::f32 : views[m.experts.size()].type};
+                      views.empty() ? WeightType::f32 : views[m.experts.size()].type,
+                      views.empty() ? ScaleType::f32 : views.front().scale_type};
     l.shared = up.expert(m.shared);
     out.layers.push_back(std::move(l));
   }

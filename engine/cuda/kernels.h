@@ -126,16 +126,20 @@ struct ExpertsDevice {
   // The stored types of every expert's gate/up and down weights (sizes the GEMV blocks).
   WeightType w1_type = WeightType::f32;
   WeightType w2_type = WeightType::f32;
+  ScaleType scale_type = ScaleType::f32;  // of FP8 experts' block scales
 };
+class ExpertGemm;  // moe_gemm.h
 // route(): logits [n][experts] -> experts [n][k], weights [n][k]. tid2eid set: hash routing.
 void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
-// Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows:
+// Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows
+// (through `gemm`, on tensor cores, where it applies):
 // out[t] += sum_j weights[t][j] * expert_{chosen[t][j]}(h[t]). scratch: see moe_scratch_bytes.
 int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden);
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
-                    int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream);
+                    int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
+                    ExpertGemm* gemm = nullptr);
 
 }  // namespace agentrt::engine::cuda

@@ -9,6 +9,7 @@
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -349,15 +350,14 @@ int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, 
                  align16(P * inter * 4) + align16(P * hidden * 4));
 }
 
-void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
-                    const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
-                    int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream) {
-  if (n <= 0) return;
+namespace {
+
+// The expert products on the CUDA cores: each used expert's stored weights streamed once per
+// few of its rows.
+void products(const ExpertsDevice& e, const Groups& g, const float* h, const float* weights,
+              int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden, float limit,
+              cudaStream_t stream) {
   const int64_t P = n * k;
-  const Groups g = carve(scratch, P, experts, inter);
-  const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
-  group_kernel<<<1, group_threads, size_t(experts) * 4, stream>>>(chosen, P, experts, g);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
   const unsigned max_active = unsigned(std::min(experts, P));
   // Every expert of a model shares its type and widths.
   const int up_parts = rows_dot_parts(e.w1_type, hidden),
@@ -377,6 +377,25 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
     down_kernel<8><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
   }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+                    const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
+                    int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
+                    ExpertGemm* gemm) {
+  if (n <= 0) return;
+  const int64_t P = n * k;
+  const Groups g = carve(scratch, P, experts, inter);
+  const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
+  group_kernel<<<1, group_threads, size_t(experts) * 4, stream>>>(chosen, P, experts, g);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  if (gemm && gemm->applies(e, n, inter, hidden, stream))
+    gemm->run(e, {g.order, g.active, g.seg_start, g.n_active, experts}, h, weights, k, inter,
+              hidden, limit, g.pair_out, stream);
+  else
+    products(e, g, h, weights, n, k, experts, inter, hidden, limit, stream);
   const int64_t total = n * hidden;
   combine_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 1 << 20)), 256, 0, stream>>>(
       g, n, k, hidden, out);

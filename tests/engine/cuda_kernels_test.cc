@@ -22,6 +22,7 @@
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/moe_gemm.h"
 #endif
 
 namespace agentrt::engine {
@@ -188,11 +189,12 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
   }
 }
 
-TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) {
+// Routed experts with MXFP4 weights (quantised on the host the way the checkpoint writer does)
+// against the CPU's swiglu_expert, through the CUDA-core path (gemm = nullptr) or tensor cores.
+void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance) {
   std::mt19937 rng(13);
-  const int64_t E = 5, k = 2, H = 96, inter = 64, n = 11;
+  const int64_t E = 5, k = 2, H = 96, inter = 64;
   const float limit = 0.7f;
-  // MXFP4 experts (quantised on the host the way the checkpoint writer does).
   std::vector<QuantizedMatrix> stored;
   std::vector<ExpertWeights> host(E);
   std::vector<std::unique_ptr<cuda::DeviceMatrix> > dev;
@@ -230,13 +232,16 @@ TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) {
   auto d_views = upload(views), d_h = upload(h), d_chosen = upload(chosen),
        d_weights = upload(weights);
   const WeightMatrix* v = d_views.as<WeightMatrix>();
+  const cuda::ExpertsDevice experts{
+      v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
+  if (gemm) {
+    ASSERT_TRUE(gemm->applies(experts, n, inter, H, nullptr));
+  }
   DeviceBuffer scratch(cuda::moe_scratch_bytes(n, k, E, inter, H));
   std::vector<float> zeros(n * H, 0.0f);
   auto out = upload(zeros);
-  cuda::routed_experts({v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1},
-                       d_chosen.as<int32_t>(), d_weights.as<float>(),
-                       d_h.as<float>(), n, k, E, inter, H, limit, scratch.get(), out.as<float>(),
-                       nullptr);
+  cuda::routed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(), n,
+                       k, E, inter, H, limit, scratch.get(), out.as<float>(), nullptr, gemm);
   const auto got = download<float>(out, n * H);
   Serial serial;
   for (int64_t t = 0; t < n; ++t) {
@@ -245,8 +250,25 @@ TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) {
       swiglu_expert(host[chosen[t * k + j]], limit, h.data() + t * H, 1, y.data(), serial);
       for (int64_t d = 0; d < H; ++d) want[d] += weights[t * k + j] * y[d];
     }
-    EXPECT_LE(testing::rel_l2(got.data() + t * H, want.data(), H), 1e-5) << "row " << t;
+    EXPECT_LE(testing::rel_l2(got.data() + t * H, want.data(), H), tolerance) << "row " << t;
   }
+}
+
+TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) { check_routed_experts(11, nullptr, 1e-5); }
+
+TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
+  // Two rows short of, then well past, one chunk of decoded experts (two experts per chunk).
+  const int64_t chunk_bytes = 2 * 3 * 64 * 96 * 2;
+  cuda::ExpertGemm split(cuda::GemmPrecision::bf16x2, 128, chunk_bytes);
+  check_routed_experts(160, &split, 1e-4);
+  check_routed_experts(700, &split, 1e-4);
+  cuda::ExpertGemm plain(cuda::GemmPrecision::bf16, 128, chunk_bytes);
+  check_routed_experts(300, &plain, 2e-2);
+  cuda::ExpertGemm f32(cuda::GemmPrecision::f32, 128);
+  const cuda::ExpertsDevice none{
+      nullptr, nullptr, nullptr, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
+  EXPECT_FALSE(f32.applies(none, 1000, 64, 96, nullptr));
+  EXPECT_FALSE(split.applies(none, 100, 64, 96, nullptr));  // too few rows
 }
 
 #endif

@@ -1,0 +1,282 @@
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/weight_decode.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+void check_cublas(cublasStatus_t s, const char* what) {
+  if (s != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string("cuBLAS ") + what +
+                             " (routed experts) failed with status " + std::to_string(int(s)));
+}
+
+unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 8192)); }
+
+bool exact_in_bf16(WeightType t, ScaleType s) {
+  return t == WeightType::bf16 || t == WeightType::f4_e2m1 ||
+         (t == WeightType::f8_e4m3 && s == ScaleType::e8m0);
+}
+
+// Experts active[a0 + blockIdx.y] of the chunk to bf16, one stored 16-byte chunk per thread and
+// step (T: the experts' stored type, exact in bf16): blockIdx.z 0 and 1 write gate (w1) and up
+// (w3) as one [2 * inter][hidden] matrix, 2 writes down (w2) [hidden][inter].
+template <WeightType T>
+__global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, int64_t a0,
+                                      int64_t inter, int64_t hidden, __nv_bfloat16* w13,
+                                      __nv_bfloat16* w2) {
+  constexpr int V = chunk_values<T>();
+  const int64_t j = blockIdx.y;
+  const int32_t ex = active[a0 + j];
+  const int which = int(blockIdx.z);
+  const WeightMatrix w = which == 0 ? e.w1[ex] : which == 1 ? e.w3[ex] : e.w2[ex];
+  const int64_t per = inter * hidden;
+  __nv_bfloat16* out = which == 2 ? w2 + j * per : w13 + (2 * j + which) * per;
+  const int64_t per_row = w.cols / V, chunks = w.rows * per_row;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < chunks;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / per_row, c = i - row * per_row;
+    const RowView rv = row_view(w, row, w.cols * value_bytes_x2(T) / 2);
+    const uint4 raw = rv.chunks[c];
+    uint4* dst = reinterpret_cast<uint4*>(out + row * w.cols + c * V);
+    if constexpr (T == WeightType::bf16) {
+      *dst = raw;
+    } else {
+      // The placed values times 2^120 / 2^126 are the stored values; the ue8m0 block scale is a
+      // power of two, so every product is exact in bf16.
+      const float scale = T == WeightType::f4_e2m1
+                              ? e8m0(static_cast<const uint8_t*>(rv.scales)[c])
+                              : e8m0(static_cast<const uint8_t*>(rv.scales)[(c * V) / 128]);
+      constexpr float unplace = T == WeightType::f4_e2m1 ? 0x1p126f : 0x1p120f;
+      const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+      __align__(16) __nv_bfloat16 v[V];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        float f[word_values<T>()];
+        decode_word<T>(words[q], f);
+#pragma unroll
+        for (int r = 0; r < word_values<T>(); ++r)
+          v[q * word_values<T>() + r] = __float2bfloat16(f[r] * unplace * scale);
+      }
+#pragma unroll
+      for (int q = 0; q < V / 8; ++q) dst[q] = reinterpret_cast<const uint4*>(v)[q];
+    }
+  }
+}
+
+// Where each grouped pair of the chunk (local row r = pair s0 + r) sits in the stacked buffers:
+// expert a's rows r0 .. r0 + n - 1 take rows copies * r0 .. copies * r0 + copies * n - 1, first
+// the bf16 high parts, then (copies = 2) the low parts, so one GEMM per expert covers both.
+struct RowPlace {
+  int32_t hi;  // row of the high part; the low part is hi + n
+  int32_t n;   // rows of this expert
+};
+
+__global__ void place_rows_kernel(const int32_t* seg_start, int64_t a0, int64_t a1, int64_t rows,
+                                  int copies, RowPlace* place) {
+  const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= rows) return;
+  const int32_t s0 = seg_start[a0], pair = s0 + int32_t(r);
+  int64_t lo = a0, hi = a1 - 1;  // the last a with seg_start[a] <= pair
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (seg_start[mid] <= pair)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const int32_t r0 = seg_start[lo] - s0;
+  place[r] = {copies * r0 + (int32_t(r) - r0), seg_start[lo + 1] - seg_start[lo]};
+}
+
+// x rows of the chunk's pairs: h[order[s0 + r] / k] as bf16 (+ the low parts), one block a row.
+__global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t s0, int64_t k,
+                                   int64_t hidden, const RowPlace* place, bool split,
+                                   __nv_bfloat16* x) {
+  const int64_t r = blockIdx.x;
+  const RowPlace p = place[r];
+  const float* src = h + int64_t(order[s0 + r] / k) * hidden;
+  __nv_bfloat16* hi = x + int64_t(p.hi) * hidden;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
+    const float v = src[c];
+    const __nv_bfloat16 b = __float2bfloat16(v);
+    hi[c] = b;
+    if (split) hi[int64_t(p.n) * hidden + c] = __float2bfloat16(v - __bfloat162float(b));
+  }
+}
+
+// act = weight of the pair * silu(clamp(gate)) * clamp(up) from the stacked gate/up products
+// (high + low parts summed), stacked the same way. The routing weight goes in here: the down
+// product is linear, so scaling its input scales its output.
+__global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
+                                    const float* weights, int64_t s0, int64_t inter, float limit,
+                                    const RowPlace* place, bool split, __nv_bfloat16* act) {
+  const int64_t r = blockIdx.x;
+  const RowPlace p = place[r];
+  const float* gu = gate_up + int64_t(p.hi) * 2 * inter;
+  const float* gu_lo = split ? gu + int64_t(p.n) * 2 * inter : nullptr;
+  const float weight = weights[order[s0 + r]];
+  __nv_bfloat16* out = act + int64_t(p.hi) * inter;
+  for (int64_t c = threadIdx.x; c < inter; c += blockDim.x) {
+    float g = gu[c], u = gu[inter + c];
+    if (split) g += gu_lo[c], u += gu_lo[inter + c];
+    if (limit > 0) {
+      g = fminf(g, limit);
+      u = fminf(fmaxf(u, -limit), limit);
+    }
+    const float v = weight * (g / (1.0f + expf(-g)) * u);
+    const __nv_bfloat16 b = __float2bfloat16(v);
+    out[c] = b;
+    if (split) out[int64_t(p.n) * inter + c] = __float2bfloat16(v - __bfloat162float(b));
+  }
+}
+
+// pair_out[s0 + r] = the high + low parts of the stacked down products.
+__global__ void sum_parts_kernel(const float* y, int64_t s0, int64_t hidden, const RowPlace* place,
+                                 float* pair_out) {
+  const int64_t r = blockIdx.x;
+  const RowPlace p = place[r];
+  const float* hi = y + int64_t(p.hi) * hidden;
+  const float* lo = hi + int64_t(p.n) * hidden;
+  float* out = pair_out + (s0 + r) * hidden;
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) out[c] = hi[c] + lo[c];
+}
+
+}  // namespace
+
+ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes)
+    : precision_(precision), min_rows_(min_rows), chunk_bytes_(chunk_bytes) {
+  check_cublas(cublasCreate(&handle_), "cublasCreate");
+}
+
+ExpertGemm::~ExpertGemm() {
+  if (handle_) cublasDestroy(handle_);
+  if (host_) cudaFreeHost(host_);
+}
+
+bool ExpertGemm::applies(const ExpertsDevice& e, int64_t n, int64_t inter, int64_t hidden,
+                         cudaStream_t stream) const {
+  if (precision_ == GemmPrecision::f32 || n < min_rows_) return false;
+  // Whole 16-byte chunks per row; one stored type for all three matrices (as checkpoints have).
+  if (inter % 32 != 0 || hidden % 32 != 0 || e.w1_type != e.w2_type) return false;
+  // FP8 scales must be powers of two for the decoded weights to be exact in bf16.
+  if (!exact_in_bf16(e.w1_type, ScaleType::e8m0) ||
+      (e.w1_type == WeightType::f8_e4m3 && e.scale_type != ScaleType::e8m0))
+    return false;
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  AGENTRT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capturing));
+  return capturing == cudaStreamCaptureStatusNone;
+}
+
+void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const float* h,
+                     const float* weights, int64_t k, int64_t inter, int64_t hidden, float limit,
+                     float* pair_out, cudaStream_t stream) {
+  const int64_t E = s.experts;
+  if (host_ints_ < E + 2) {
+    if (host_) cudaFreeHost(host_);
+    host_ = nullptr;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&host_, size_t(E + 2) * 4));
+    host_ints_ = E + 2;
+  }
+  int32_t* n_active = host_;
+  int32_t* seg = host_ + 1;
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(n_active, s.n_active, 4, cudaMemcpyDeviceToHost, stream));
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(seg, s.seg_start, size_t(E + 1) * 4, cudaMemcpyDeviceToHost, stream));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const int64_t used = *n_active;
+  if (used <= 0) return;
+
+  const bool split = precision_ == GemmPrecision::bf16x2;
+  const int copies = split ? 2 : 1;
+  const int64_t per = inter * hidden;  // values per matrix
+  const int64_t chunk = std::clamp<int64_t>(chunk_bytes_ / (3 * per * 2), 1, used);
+  w13_.reserve(chunk * 2 * per * 2);
+  w2_.reserve(chunk * per * 2);
+  auto* w13 = w13_.as<__nv_bfloat16>();
+  auto* w2 = w2_.as<__nv_bfloat16>();
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  // y (rows x n column-major, ld ldy) = w^T x, w: [rows][cols] bf16, x: [n][cols] bf16.
+  auto gemm = [&](const __nv_bfloat16* w, int64_t rows, int64_t cols, const __nv_bfloat16* x,
+                  int64_t n, float* y, int64_t ldy) {
+    check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n), int(cols), &one,
+                              w, CUDA_R_16BF, int(cols), x, CUDA_R_16BF, int(cols), &zero, y,
+                              CUDA_R_32F, int(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx");
+  };
+  auto decode = [&](int64_t a0, int64_t count) {
+    const int values = e.w1_type == WeightType::f4_e2m1   ? 32
+                       : e.w1_type == WeightType::f8_e4m3 ? 16
+                                                          : 8;
+    const dim3 grid(grid_for(per / values), unsigned(count), 3);
+    switch (e.w1_type) {
+      case WeightType::f4_e2m1:
+        decode_experts_kernel<WeightType::f4_e2m1>
+            <<<grid, 256, 0, stream>>>(e, s.active, a0, inter, hidden, w13, w2);
+        break;
+      case WeightType::f8_e4m3:
+        decode_experts_kernel<WeightType::f8_e4m3>
+            <<<grid, 256, 0, stream>>>(e, s.active, a0, inter, hidden, w13, w2);
+        break;
+      default:
+        decode_experts_kernel<WeightType::bf16>
+            <<<grid, 256, 0, stream>>>(e, s.active, a0, inter, hidden, w13, w2);
+    }
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  };
+
+  for (int64_t a0 = 0; a0 < used; a0 += chunk) {
+    const int64_t a1 = std::min(used, a0 + chunk), s0 = seg[a0], rows = seg[a1] - s0;
+    if (rows <= 0) continue;
+    decode(a0, a1 - a0);
+    place_.reserve(rows * int64_t(sizeof(RowPlace)));
+    auto* place = place_.as<RowPlace>();
+    place_rows_kernel<<<unsigned((rows + 255) / 256), 256, 0, stream>>>(s.seg_start, a0, a1, rows,
+                                                                        copies, place);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    const int64_t stacked = copies * rows;
+    x_.reserve(stacked * hidden * 2);
+    auto* x = x_.as<__nv_bfloat16>();
+    gather_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(h, s.order, s0, k, hidden, place, split,
+                                                           x);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    gate_up_.reserve(stacked * 2 * inter * 4);
+    float* gu = gate_up_.as<float>();
+    for (int64_t a = a0; a < a1; ++a) {
+      const int64_t r0 = copies * (seg[a] - s0), n = copies * (seg[a + 1] - seg[a]);
+      if (n > 0)
+        gemm(w13 + (a - a0) * 2 * per, 2 * inter, hidden, x + r0 * hidden, n, gu + r0 * 2 * inter,
+             2 * inter);
+    }
+    act_.reserve(stacked * inter * 2);
+    auto* act = act_.as<__nv_bfloat16>();
+    swiglu_pairs_kernel<<<unsigned(rows), 256, 0, stream>>>(gu, s.order, weights, s0, inter, limit,
+                                                            place, split, act);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    // Without low parts the down products land in pair_out directly.
+    float* y = pair_out + s0 * hidden;
+    if (split) {
+      down_.reserve(stacked * hidden * 4);
+      y = down_.as<float>();
+    }
+    for (int64_t a = a0; a < a1; ++a) {
+      const int64_t r0 = copies * (seg[a] - s0), n = copies * (seg[a + 1] - seg[a]);
+      if (n > 0)
+        gemm(w2 + (a - a0) * per, hidden, inter, act + r0 * inter, n, y + r0 * hidden, hidden);
+    }
+    if (split) {
+      sum_parts_kernel<<<unsigned(rows), 256, 0, stream>>>(y, s0, hidden, place, pair_out);
+      AGENTRT_CUDA_CHECK(cudaGetLastError());
+    }
+  }
+}
+
+}  // namespace agentrt::engine::cuda

@@ -1,0 +1,58 @@
+// The routed experts' products for many rows (prefill) on tensor cores: the pairs already grouped
+// by expert (moe.cu), a chunk of used experts' weights decoded to bf16 at a time, then one cuBLAS
+// GEMM per expert and matrix over that expert's rows. The decode-sized path (moe.cu) streams
+// the stored weights once per few rows instead, which for hundreds of rows per expert costs
+// hundreds of passes of FP4 decoding on the CUDA cores.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/device_buffer.h"
+#include "engine/cuda/kernels.h"
+#include "engine/cuda/linear.h"
+
+namespace agentrt::engine::cuda {
+
+// The (row, expert) pairs of one call grouped by expert, in device memory (moe.cu's grouping).
+struct ExpertSegments {
+  const int32_t* order;      // [P] pair indices (row * k + j) sorted by expert
+  const int32_t* active;     // [experts] the used experts
+  const int32_t* seg_start;  // [experts + 1] their segments in `order`
+  const int32_t* n_active;   // [1]
+  int64_t experts = 0;
+};
+
+class ExpertGemm {
+ public:
+  // chunk_bytes bounds the decoded weights held at once (whole experts, at least one).
+  explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
+                      int64_t chunk_bytes = int64_t(1) << 30);
+  ~ExpertGemm();
+  ExpertGemm(const ExpertGemm&) = delete;
+  ExpertGemm& operator=(const ExpertGemm&) = delete;
+
+  // Whether n rows of these experts take this path: enough rows, weights exact in bf16 (bf16,
+  // FP4, FP8 with power-of-two scales) unless the precision is f32, widths that decode in
+  // 8-value pieces, and no graph capture under way (the path reads the segment sizes back).
+  bool applies(const ExpertsDevice& e, int64_t n, int64_t inter, int64_t hidden,
+               cudaStream_t stream) const;
+
+  // pair_out[i] = weights[order[i]] * expert(h[order[i] / k]) for every grouped pair i, with the
+  // SwiGLU clamps of `limit` (0: none). Synchronises the stream once (segment sizes).
+  void run(const ExpertsDevice& e, const ExpertSegments& s, const float* h, const float* weights,
+           int64_t k, int64_t inter, int64_t hidden, float limit, float* pair_out,
+           cudaStream_t stream);
+
+ private:
+  GemmPrecision precision_;
+  int64_t min_rows_, chunk_bytes_;
+  cublasHandle_t handle_ = nullptr;
+  DeviceBuffer w13_, w2_, place_, x_, gate_up_, act_, down_;
+  int32_t* host_ = nullptr;  // pinned: n_active, seg_start
+  int64_t host_ints_ = 0;
+};
+
+}  // namespace agentrt::engine::cuda
