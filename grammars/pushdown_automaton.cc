@@ -4,11 +4,13 @@
 #include <bit>
 #include <functional>
 #include <map>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "grammars/grammar.h"
+#include "grammars/repeat_lowering.h"
 #include "grammars/utf8.h"
 
 namespace agentrt::grammars {
@@ -17,81 +19,6 @@ namespace {
 // Limits that keep hostile grammars from exhausting memory; errors name them.
 constexpr size_t kMaxNfaStates = 4'000'000;
 constexpr size_t kMaxDfaStatesPerRule = 400'000;
-
-// Rough automaton size of an expression, for deciding what to copy.
-size_t estimated_size(const Expr& e) {
-  switch (e.kind) {
-    case Expr::Kind::kLiteral:
-      return e.text.size() + 1;
-    case Expr::Kind::kCharClass:
-      return 2 + 3 * e.ranges.size();
-    case Expr::Kind::kRuleRef:
-      return 2;
-    case Expr::Kind::kRepeat: {
-      size_t item = estimated_size(e.children[0]);
-      size_t copies = e.max == Expr::kUnbounded ? e.min + 1 : e.max;
-      return std::min<size_t>(item * std::max<size_t>(copies, 1), 1u << 30);
-    }
-    default: {
-      size_t n = 2;
-      for (const Expr& c : e.children) n = std::min<size_t>(n + estimated_size(c), 1u << 30);
-      return n;
-    }
-  }
-}
-
-// Moves the bodies of repeated complex expressions into rules of their own, so that a bounded
-// repetition copies one rule reference instead of the whole sub-automaton.
-class RepeatHoister {
- public:
-  explicit RepeatHoister(std::vector<GrammarRule>& rules) : rules_(rules) {}
-  static bool needed(const std::vector<GrammarRule>& rules) {
-    for (const GrammarRule& r : rules) {
-      if (any_hoisted(r.body)) return true;
-    }
-    return false;
-  }
-
-  void run() {
-    for (size_t i = 0; i < rules_.size(); ++i) {
-      Expr body = std::move(rules_[i].body);
-      // A copy: hoisting appends to rules_, which may move the names.
-      std::string owner = rules_[i].name;
-      visit(body, owner);
-      rules_[i].body = std::move(body);
-    }
-  }
-
- private:
-  // Small items are copied inline (their states then need no rule push per repetition, which
-  // keeps matching fast); large ones become a rule referenced from each copy.
-  static bool hoisted(const Expr& e) {
-    if (e.kind != Expr::Kind::kRepeat) return false;
-    const Expr& item = e.children[0];
-    uint64_t copies = e.max == Expr::kUnbounded ? uint64_t{e.min} + 1 : e.max;
-    size_t item_size = estimated_size(item);
-    return !(copies <= 1 || item.kind == Expr::Kind::kRuleRef ||
-             (item_size <= 512 && item_size * copies <= 400000));
-  }
-  static bool any_hoisted(const Expr& e) {
-    if (hoisted(e)) return true;
-    for (const Expr& c : e.children) {
-      if (any_hoisted(c)) return true;
-    }
-    return false;
-  }
-
-  void visit(Expr& e, const std::string& owner) {
-    for (Expr& c : e.children) visit(c, owner);
-    if (!hoisted(e)) return;
-    Expr& item = e.children[0];
-    std::string name = owner + "_rep" + std::to_string(counter_++);
-    rules_.push_back(GrammarRule{name, std::move(item)});
-    item = Expr::rule_ref(static_cast<int32_t>(rules_.size() - 1));
-  }
-  std::vector<GrammarRule>& rules_;
-  int counter_ = 0;
-};
 
 // A state's edges, as views into the builder's packed arrays (see NfaBuilder::finish).
 struct NfaState {
@@ -150,22 +77,8 @@ class NfaBuilder {
 
   Fragment build(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::kSequence: {
-        if (e.children.empty()) {
-          int32_t s = add();
-          return {s, s};
-        }
-        // Starts where the first item starts: no construction adds edges out of a fragment's
-        // start, so it can be shared.
-        Fragment first = build(e.children[0]);
-        int32_t cur = first.end;
-        for (size_t i = 1; i < e.children.size(); ++i) {
-          Fragment f = build(e.children[i]);
-          eps(cur, f.start);
-          cur = f.end;
-        }
-        return {first.start, cur};
-      }
+      case Expr::Kind::kSequence:
+        return build_sequence(e.children);
       case Expr::Kind::kAlternation: {
         int32_t s = add(), t = add();
         for (const Expr& c : e.children) {
@@ -244,6 +157,23 @@ class NfaBuilder {
       }
     }
     return {add(), add()};
+  }
+
+  Fragment build_sequence(std::span<const Expr> items) {
+    if (items.empty()) {
+      int32_t s = add();
+      return {s, s};
+    }
+    // Starts where the first item starts: no construction adds edges out of a fragment's
+    // start, so it can be shared.
+    Fragment first = build(items[0]);
+    int32_t cur = first.end;
+    for (size_t i = 1; i < items.size(); ++i) {
+      Fragment f = build(items[i]);
+      eps(cur, f.start);
+      cur = f.end;
+    }
+    return {first.start, cur};
   }
 
   std::vector<NfaState> states;
@@ -627,13 +557,8 @@ void collect_refs(const Expr& e, std::vector<int32_t>& out) {
 
 PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   // Copied (a deep copy of every expression) only when some repetition is hoisted.
-  std::vector<GrammarRule> hoisted;
-  const std::vector<GrammarRule>* lowered = &grammar.rules();
-  if (RepeatHoister::needed(grammar.rules())) {
-    hoisted = grammar.rules();
-    RepeatHoister(hoisted).run();
-    lowered = &hoisted;
-  }
+  std::optional<std::vector<GrammarRule>> hoisted = hoist_repeats(grammar.rules());
+  const std::vector<GrammarRule>* lowered = hoisted ? &*hoisted : &grammar.rules();
   const std::vector<GrammarRule>& rules = *lowered;
 
   // Only rules reachable from the root are lowered.
@@ -657,12 +582,26 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   Determinizer determinizer(pda.states);
   for (size_t i = 0; i < order.size(); ++i) {
     const GrammarRule& rule = rules[order[i]];
-    nfa.reset(rule.name);
-    NfaBuilder::Fragment frag = nfa.build(rule.body);
-    nfa.renumber_refs([&](int32_t r) { return pda_index[r]; });
-    nfa.finish();
-    int32_t start = determinizer.run(nfa, frag, static_cast<int32_t>(i), rule.name);
-    pda.rules.push_back(PdaRule{rule.name, start, false});
+    const auto rule_id = static_cast<int32_t>(i);
+    auto lower = [&](std::span<const Expr> items) {
+      nfa.reset(rule.name);
+      NfaBuilder::Fragment frag = nfa.build_sequence(items);
+      nfa.renumber_refs([&](int32_t r) { return pda_index[r]; });
+      nfa.finish();
+      return determinizer.run(nfa, frag, rule_id, rule.name);
+    };
+    // A long repetition: its item and the rest are determinised once, then copies stamped.
+    std::optional<int32_t> start;
+    if (std::span<const Expr> seq = stamped_sequence(rule.body); !seq.empty()) {
+      const size_t tail_base = pda.states.size();
+      const int32_t tail_start = lower(seq.subspan(1));
+      const size_t item_base = pda.states.size();
+      const int32_t item_start = lower(seq.first(1).front().children);
+      start = stamp_repeat(pda.states, item_base, item_start, seq[0].min, seq[0].max, tail_start);
+      if (!start) pda.states.resize(tail_base);
+    }
+    if (!start) start = lower(std::span<const Expr>(&rule.body, 1));
+    pda.rules.push_back(PdaRule{rule.name, *start, false});
   }
 
   // Productive rules (match at least one string) and co-reachable states: a worklist over

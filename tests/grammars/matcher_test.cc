@@ -115,6 +115,14 @@ TEST_F(MatcherTest, MaskMatchesBruteForceOnRegexTerminals) {
                 60, 6);
 }
 
+TEST_F(MatcherTest, MaskMatchesBruteForceOnStampedRepetitions) {
+  // Long counted strings, digits and rule calls (repeat_lowering.h), shared and not.
+  property_test(R"(root ::= "{\"s\": " str ", \"n\": " [0-9]{1,250} ", \"l\": [" item{0,600} "]}"
+str ::= "\"" ([^"\\] | "\\" ["\\nt]){0,300} "\""
+item ::= "\"" ([^"\\] | "\\" ["\\nt]){0,300} "\"" ", ")",
+                60, 7);
+}
+
 TEST_F(MatcherTest, AcceptRollbackAndTermination) {
   GrammarMatcher m(compiled(R"(root ::= "true" | "false")"));
   EXPECT_FALSE(m.can_end());
