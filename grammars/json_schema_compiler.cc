@@ -387,6 +387,8 @@ std::string JsonSchemaCompiler::generic(const std::string& which) {
     } else if (which == "string-tail") {
       // Canonical escapes only, as json_string_tail_excluding's units.
       define(name, "(" + json_string_unit(CodepointSet::all()) + ")* \"\\\"\"");
+    } else if (which == "string-other-tail") {
+      define(name, json_string_other_tail());
     } else if (which == "number") {
       std::vector<std::pair<std::string, std::string>> none;
       define(name, *number_ebnf(NumberConstraints{}, prefix_, none));

@@ -285,9 +285,10 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
       } else if (named_keys.empty()) {
         key = generic("string");
       } else {
-        key =
-            new_rule(path + "-key",
-                     quote + " " + json_string_tail_excluding(named_keys, generic("string-tail")));
+        key = new_rule(path + "-key",
+                       quote + " " +
+                           json_string_tail_excluding(named_keys, generic("string-tail"),
+                                                      generic("string-other-tail")));
       }
       if (key) extras.push_back(kv(*key, *value));
     }

@@ -259,19 +259,34 @@ struct TrieNode {
   std::map<uint32_t, std::unique_ptr<TrieNode>> children;
 };
 
+// Characters written as themselves in one byte: what a key's characters almost always are.
+const CodepointSet& plain_ascii() {
+  static const CodepointSet kPlain = CodepointSet::range(0x20, 0x7F)
+                                         .minus(CodepointSet::single('"'))
+                                         .minus(CodepointSet::single('\\'));
+  return kPlain;
+}
+
 // `closing` empty: the content of the string (the end is where the caller puts the quote);
 // else the string's tail up to and including `closing`, and `any_rest` must include it too.
+// `other_rest` (may be empty): see json_string_tail_excluding.
 std::string trie_excluding(const TrieNode& node, const std::string& any_rest,
-                           const std::string& closing) {
+                           const std::string& closing, const std::string& other_rest) {
   std::vector<std::string> alts;
   CodepointSet used;
   for (const auto& [cp, child] : node.children) {
     used.add(cp, cp);
     alts.push_back(json_string_unit(CodepointSet::single(cp)) + " " +
-                   trie_excluding(*child, any_rest, closing));
+                   trie_excluding(*child, any_rest, closing, other_rest));
   }
-  std::string other = json_string_unit(CodepointSet::all().minus(used));
-  if (!other.empty()) alts.push_back(other + " " + any_rest);
+  if (!other_rest.empty() && used.minus(plain_ascii()).empty()) {
+    const CodepointSet ascii = plain_ascii().minus(used);
+    if (!ascii.empty()) alts.push_back(ebnf_char_class(ascii) + " " + any_rest);
+    alts.push_back(other_rest);
+  } else if (std::string other = json_string_unit(CodepointSet::all().minus(used));
+             !other.empty()) {
+    alts.push_back(other + " " + any_rest);
+  }
   // Ending here is allowed unless the string so far is one of the excluded.
   if (!closing.empty() && !node.terminal) alts.push_back(closing);
   std::string out = "(";
@@ -302,13 +317,19 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
   const std::string any_rest =
       any_rest_rule.empty() ? json_string_unit(CodepointSet::all()) + "*" : any_rest_rule;
   if (excluded.empty()) return any_rest;
-  return trie_excluding(excluded_trie(excluded), any_rest, "");
+  return trie_excluding(excluded_trie(excluded), any_rest, "", "");
 }
 
 std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
-                                       const std::string& tail_rule) {
+                                       const std::string& tail_rule,
+                                       const std::string& other_tail_rule) {
   if (excluded.empty()) return tail_rule;
-  return trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"");
+  return trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule);
+}
+
+std::string json_string_other_tail() {
+  return json_string_unit(CodepointSet::all().minus(plain_ascii())) + " (" +
+         json_string_unit(CodepointSet::all()) + ")* \"\\\"\"";
 }
 
 }  // namespace agentrt::grammars

@@ -67,7 +67,16 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
 // rule for any canonical content and the closing quote. Where a string has left the excluded
 // ones the grammar is in that one rule, whose loop state cannot return: the token walk there
 // stays on its fast path (position_masks.cc), and its positions are shared between grammars.
+// `other_tail_rule` (when not empty) names a rule for json_string_other_tail(): where the
+// excluded strings go on with plain ASCII characters only, the grammar then writes the plain
+// characters that leave them and that one rule, instead of all of Unicode and the escapes at
+// every point (which was most of the text and automaton of schemas with many objects).
 std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
-                                       const std::string& tail_rule);
+                                       const std::string& tail_rule,
+                                       const std::string& other_tail_rule = "");
+// A string's tail (content and closing quote) whose first character is not plain ASCII: a
+// non-ASCII one, or one written as an escape. Written out in full (no rule references), so that
+// its positions are alike to those of the plain tail and shared between grammars.
+std::string json_string_other_tail();
 
 }  // namespace agentrt::grammars

@@ -152,6 +152,21 @@ TEST(JsonSchemaObjects, PropertiesRequiredAdditional) {
   expect_instances(R"({"type":"object"})", {R"({"anything":[1]})"}, {"[]"});
 }
 
+// Additional keys leave the named ones with plain ASCII characters, non-ASCII ones or escapes
+// (a shared rule where the named keys go on in plain ASCII, the full unit where they do not).
+TEST(JsonSchemaObjects, AdditionalKeysLeaveNamedOnesAnyWay) {
+  const std::string schema = R"({"properties":{"ab":{"type":"integer"},"n\u00e4":{"type":"integer"},
+      "q\"":{"type":"integer"}},"additionalProperties":{"type":"boolean"}})";
+  expect_instances(
+      schema,
+      {R"({"ab":1})", R"({"a":true})", R"({"abc":true})", R"({"a\u0001":true})", R"({"a\"":true})",
+       R"({"a\\b":true})", "{\"a\x7f\":true}", "{\"a\xc3\xa9\":true}", "{\"\xe6\x97\xa5\":true}",
+       R"({"n":true})", "{\"n\xc3\xa4\":1}", "{\"n\xc3\xa4x\":true}", "{\"n\xc3\xa5\":true}",
+       R"({"q\"":1})", R"({"q":true})", R"({"q\\":true})", R"({"":true})"},
+      {R"({"ab":true})", "{\"n\xc3\xa4\":true}", R"({"q\"":true})", R"({"a\u0022":true})",
+       R"({"a\/":true})", R"({"a":1})", R"({"abc":1})"});
+}
+
 // Objects with more than six properties take them in any order when few are required
 // (MaskBench instances list properties in their own order).
 TEST(JsonSchemaObjects, LargeObjectsTakePropertiesInAnyOrder) {
