@@ -27,8 +27,31 @@ struct NfaState {
   std::span<const PdaRefEdge> refs;
 };
 
+// The automaton's rules: those reachable from the root, numbered as first referenced (the
+// root is 0). Numbered while lowering, so that no separate walk over the grammar finds them.
+class RuleNumbering {
+ public:
+  RuleNumbering(size_t grammar_rules, int32_t root) : index_(grammar_rules, -1) { number(root); }
+  int32_t number(int32_t grammar_rule) {
+    int32_t& i = index_[grammar_rule];
+    if (i < 0) {
+      i = static_cast<int32_t>(order_.size());
+      order_.push_back(grammar_rule);
+    }
+    return i;
+  }
+  // Grows while rules are lowered.
+  const std::vector<int32_t>& grammar_rules() const { return order_; }
+
+ private:
+  std::vector<int32_t> index_;  // grammar rule → automaton rule, -1 until referenced
+  std::vector<int32_t> order_;  // automaton rule → grammar rule
+};
+
 class NfaBuilder {
  public:
+  explicit NfaBuilder(RuleNumbering& numbering) : numbering_(numbering) {}
+
   // Starts a new rule; the buffers are kept (one builder serves every rule of a grammar).
   void reset(const std::string& rule) {
     rule_ = &rule;
@@ -53,13 +76,9 @@ class NfaBuilder {
   void byte(int32_t from, uint8_t lo, uint8_t hi, int32_t to) {
     bytes_.push_back({from, PdaByteEdge{lo, hi, to}});
   }
+  // `rule` is the grammar's; the edge holds the automaton's number.
   void ref(int32_t from, int32_t rule, int32_t to) {
-    refs_.push_back({from, PdaRefEdge{rule, to}});
-  }
-  // Rule references are renumbered before finish().
-  template <typename Renumber>
-  void renumber_refs(Renumber f) {
-    for (auto& [from, r] : refs_) r.rule = f(r.rule);
+    refs_.push_back({from, PdaRefEdge{numbering_.number(rule), to}});
   }
 
   // Packs the edges by source state (counting sort) and fills `states` with views of them.
@@ -207,6 +226,7 @@ class NfaBuilder {
            static_cast<uint32_t>(next);
   }
 
+  RuleNumbering& numbering_;
   const std::string* rule_ = nullptr;
   std::vector<std::pair<uint64_t, int32_t>> suffix_states_;  // scratch of the char class case
   size_t num_states_ = 0;
@@ -548,11 +568,6 @@ class PackedLists {
   std::vector<int32_t> items_;
 };
 
-void collect_refs(const Expr& e, std::vector<int32_t>& out) {
-  if (e.kind == Expr::Kind::kRuleRef) out.push_back(e.rule);
-  for (const Expr& c : e.children) collect_refs(c, out);
-}
-
 }  // namespace
 
 PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
@@ -562,31 +577,17 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   const std::vector<GrammarRule>& rules = *lowered;
 
   // Only rules reachable from the root are lowered.
-  std::vector<int32_t> pda_index(rules.size(), -1);
-  std::vector<int32_t> order{grammar.root()};
-  pda_index[grammar.root()] = 0;
-  for (size_t i = 0; i < order.size(); ++i) {
-    std::vector<int32_t> refs;
-    collect_refs(rules[order[i]].body, refs);
-    for (int32_t r : refs) {
-      if (pda_index[r] < 0) {
-        pda_index[r] = static_cast<int32_t>(order.size());
-        order.push_back(r);
-      }
-    }
-  }
-
+  RuleNumbering numbering(rules.size(), grammar.root());
   PushdownAutomaton pda;
   pda.root = 0;
-  NfaBuilder nfa;
+  NfaBuilder nfa(numbering);
   Determinizer determinizer(pda.states);
-  for (size_t i = 0; i < order.size(); ++i) {
-    const GrammarRule& rule = rules[order[i]];
+  for (size_t i = 0; i < numbering.grammar_rules().size(); ++i) {
+    const GrammarRule& rule = rules[numbering.grammar_rules()[i]];
     const auto rule_id = static_cast<int32_t>(i);
     auto lower = [&](std::span<const Expr> items) {
       nfa.reset(rule.name);
       NfaBuilder::Fragment frag = nfa.build_sequence(items);
-      nfa.renumber_refs([&](int32_t r) { return pda_index[r]; });
       nfa.finish();
       return determinizer.run(nfa, frag, rule_id, rule.name);
     };
