@@ -222,7 +222,10 @@ std::optional<int32_t> stamp_repeat(std::vector<PdaState>& states, size_t item_b
   std::vector<PdaState> item(std::make_move_iterator(states.begin() + item_base),
                              std::make_move_iterator(states.end()));
   states.resize(item_base);
-  states.reserve(item_base + copies * per_copy);
+  // Grown geometrically: reserving the exact size would move every state for each repetition.
+  if (const size_t need = item_base + copies * per_copy; need > states.capacity()) {
+    states.reserve(std::max(need, 2 * states.capacity()));
+  }
   const int32_t rule = item[start].rule;
   for (uint64_t c = 0; c < copies; ++c) {
     const auto level = static_cast<int32_t>(item_base + c * per_copy);
