@@ -580,6 +580,9 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   RuleNumbering numbering(rules.size(), grammar.root());
   PushdownAutomaton pda;
   pda.root = 0;
+  // Schema grammars average a few dozen states per rule: growing the vector from empty moved
+  // every state several times (and touched fresh pages each time).
+  pda.states.reserve(std::min<size_t>(rules.size() * 64, size_t{1} << 20));
   NfaBuilder nfa(numbering);
   Determinizer determinizer(pda.states);
   for (size_t i = 0; i < numbering.grammar_rules().size(); ++i) {
@@ -608,8 +611,9 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   // Productive rules (match at least one string) and co-reachable states: a worklist over
   // reverse edges, linear in the automaton's size.
   size_t n = pda.states.size();
-  std::vector<bool> productive(pda.rules.size(), false);
-  std::vector<bool> live(n, false);
+  // Bytes rather than vector<bool>: these are read in the innermost loops.
+  std::vector<uint8_t> productive(pda.rules.size(), 0);
+  std::vector<uint8_t> live(n, 0);
   // Predecessors and users of each rule, packed (one allocation each, not one per state).
   PackedLists preds(n), rule_users(pda.rules.size());
   for (size_t s = 0; s < n; ++s) {
@@ -668,7 +672,7 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   }
 
   // Nullable rules: the start reaches a final state through nullable rule references only.
-  std::vector<bool> nullable(pda.rules.size(), false);
+  std::vector<uint8_t> nullable(pda.rules.size(), 0);
   std::vector<uint32_t> seen(n, 0);  // == visit: reached in the current walk
   uint32_t visit = 0;
   std::vector<int32_t> todo;
