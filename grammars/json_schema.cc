@@ -9,7 +9,7 @@ std::string json_schema_to_ebnf(const nlohmann::ordered_json& schema,
   JsonSchemaCompiler compiler(schema, options, "");
   auto root = compiler.compile(schema, "");
   if (!root) throw GrammarError("/: the schema is unsatisfiable (no JSON value satisfies it)");
-  return "root ::= " + *root + "\n" + compiler.rules_text();
+  return compiler.rules_text("root ::= " + *root + "\n");
 }
 
 std::string json_schema_to_ebnf(const nlohmann::json& schema, const JsonSchemaOptions& options) {

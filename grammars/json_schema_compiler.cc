@@ -317,9 +317,19 @@ JsonSchemaCompiler::JsonSchemaCompiler(const SchemaJson& root, JsonSchemaOptions
   if (options_.whitespace == JsonSchemaOptions::Whitespace::flexible) generic("ws");
 }
 
-std::string JsonSchemaCompiler::rules_text() const {
+std::string JsonSchemaCompiler::rules_text(std::string_view first_line) const {
+  // Sized once: a megabyte of rules grown by doubling is copied and paged in several times.
+  size_t size = first_line.size();
+  for (const auto& [name, body] : rules_) size += name.size() + body.size() + 6;
   std::string out;
-  for (const auto& [name, body] : rules_) out += name + " ::= " + body + "\n";
+  out.reserve(size);
+  out += first_line;
+  for (const auto& [name, body] : rules_) {
+    out += name;
+    out += " ::= ";
+    out += body;
+    out += '\n';
+  }
   return out;
 }
 

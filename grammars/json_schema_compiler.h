@@ -7,6 +7,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -31,8 +32,8 @@ class JsonSchemaCompiler {
   // DSML parameter value: never contains "</". nullopt when the schema is not string-only.
   std::optional<std::string> compile_raw_string(const SchemaJson& schema, const std::string& path);
 
-  // All rules created so far, as "name ::= body" lines.
-  std::string rules_text() const;
+  // All rules created so far, as "name ::= body" lines, after `first_line`.
+  std::string rules_text(std::string_view first_line = "") const;
 
  private:
   std::optional<std::string> compile_flat(const SchemaJson& schema, const std::string& path,
