@@ -69,6 +69,18 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
       member[j] = new_rule(path + "-member" + std::to_string(j), member[j]);
     }
   }
+  // The untracked members and additional properties may come in every state, each going to the
+  // state with one more member: one rule for all of them, written once instead of once per state
+  // (in large objects they were most of the text and automaton).
+  std::optional<std::string> any_member;
+  {
+    std::vector<std::string> untracked;
+    for (size_t j = 0; j < n; ++j) {
+      if (!named[j].tracked) untracked.push_back(member[j]);
+    }
+    if (extra) untracked.push_back(*extra);
+    if (untracked.size() >= 2) any_member = new_rule(path + "-any-member", join(untracked));
+  }
   auto idx = [&](size_t mask, size_t c) { return mask * (cap + 1) + c; };
   auto next_count = [&](size_t c) -> std::optional<size_t> {
     if (max_props) {
@@ -114,16 +126,33 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
   const std::string start = state_ref(0, 0);
   for (size_t t = 0; t < todo.size(); ++t) {
     const auto [mask, c] = todo[t];
-    std::vector<std::string> alts;
-    const std::string lead = c == 0 ? "" : sep();
+    // Members going to the same state share the separator and the state: `lead (a | b) next`,
+    // not `lead a next | lead b next` (the same language; in large objects the untracked
+    // members all go to one state, and the repeats were much of the text and the automaton).
+    std::vector<std::pair<std::string, std::vector<std::string>>> by_next;
+    auto add = [&](const std::string& what, size_t next_mask, size_t next_c) {
+      const std::string next = state_ref(next_mask, next_c);
+      auto it = std::find_if(by_next.begin(), by_next.end(),
+                             [&](const auto& group) { return group.first == next; });
+      if (it == by_next.end()) it = by_next.insert(by_next.end(), {next, {}});
+      it->second.push_back(what);
+    };
     if (auto nc = next_count(c)) {
       for (size_t j = 0; j < n; ++j) {
+        if (any_member && !named[j].tracked) continue;
         const size_t next = mask | bit[j];
-        if (!(mask & bit[j]) && live[idx(next, *nc)]) {
-          alts.push_back(lead + member[j] + " " + state_ref(next, *nc));
-        }
+        if (!(mask & bit[j]) && live[idx(next, *nc)]) add(member[j], next, *nc);
       }
-      if (extra && live[idx(mask, *nc)]) alts.push_back(lead + *extra + " " + state_ref(mask, *nc));
+      if (any_member && live[idx(mask, *nc)]) {
+        add(*any_member, mask, *nc);
+      } else if (!any_member && extra && live[idx(mask, *nc)]) {
+        add(*extra, mask, *nc);
+      }
+    }
+    const std::string lead = c == 0 ? "" : sep();
+    std::vector<std::string> alts;
+    for (const auto& [next, members] : by_next) {
+      alts.push_back(lead + join(members) + " " + next);
     }
     std::string body;
     if (alts.empty()) {

@@ -175,6 +175,15 @@ TEST(JsonSchemaObjects, LargeObjectsTakePropertiesInAnyOrder) {
   expect_instances(
       schema, {R"({"a":1,"g":2})", R"({"h":1,"g":2,"b":3,"a":4})", R"({"g":1,"a":2,"f":3})"},
       {R"({"a":1})", R"({"a":1,"g":2,"g":3})", R"({"a":1,"g":"x"})", R"({"a":1,"g":2,"z":3})"});
+  // The optional members and additional keys share one rule between the object's states.
+  const std::string open = R"({"type":"object","properties":{"a":{},"b":{},"c":{},"d":{},"e":{},
+      "f":{},"g":{"type":"integer"},"h":{"type":"string"}},"required":["g"],
+      "additionalProperties":{"type":"boolean"}})";
+  expect_instances(open,
+                   {R"({"g":1})", R"({"z":true,"g":2,"h":"x"})",
+                    R"({"h":"y","g":2,"b":3,"hh":false})", R"({"g":1,"a":null,"a":[1]})"},
+                   {R"({})", R"({"z":true})", R"({"g":1,"g":2})", R"({"g":1,"h":2})",
+                    R"({"g":1,"z":1})", R"({"g":1,"z":true,"h":3})"});
 }
 
 // MaskBench Github_medium---o57617.json: eight required properties, written in another order.
