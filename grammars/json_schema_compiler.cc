@@ -46,6 +46,12 @@ bool has_constraints(const SchemaJson& s, const char* except) {
   return false;
 }
 
+// Whether normalise() changes `s` (dependencies, allOf, $ref beside other keywords).
+bool needs_rewrite(const SchemaJson& s) {
+  return s.contains("allOf") || s.contains("dependencies") || s.contains("dependentRequired") ||
+         s.contains("dependentSchemas") || (s.contains("$ref") && has_constraints(s, "$ref"));
+}
+
 std::string join_alternatives(const std::vector<std::string>& alts) {
   if (alts.size() == 1) return alts[0];
   std::string out = "(";
@@ -524,7 +530,11 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       throw GrammarError(display_path(path) + ": '$ref' must be a string");
     return ref_rule(schema["$ref"].get<std::string>(), path);
   }
-  SchemaJson s = normalise(schema, path);
+  // Most subschemas need no rewriting and are read in place: a copy per level made compiling
+  // a deep schema quadratic in its size. `not` is rewritten below, so it takes the copy too.
+  const bool rewrite = needs_rewrite(schema) || schema.contains("not");
+  SchemaJson rewritten = rewrite ? normalise(schema, path) : SchemaJson();
+  const SchemaJson& s = rewrite ? rewritten : schema;
   if (s.is_boolean()) return compile(s, path);
   for (const auto& [k, v] : s.items()) {
     if (is_unsupported_keyword(k, s)) {
@@ -639,7 +649,7 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
   // `not`: the decidable forms become restrictions of the remaining keywords.
   while (s.contains("not")) {
     SchemaJson n = inline_refs(s["not"], path + "/not");
-    s.erase("not");
+    rewritten.erase("not");
     if (is_trivial(n)) return std::nullopt;
     if (n.is_boolean()) continue;  // not false
     if (n.size() == 1 && n.contains("type")) {
@@ -657,7 +667,7 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
         if (!dropped) keep.push_back(t);
       }
       if (keep.empty()) return std::nullopt;
-      s["type"] = keep;
+      rewritten["type"] = keep;
     } else if (n.size() == 1 && (n.contains("enum") || n.contains("const"))) {
       if (n.contains("const")) {
         excluded.push_back(n["const"]);
@@ -671,8 +681,8 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       for (const auto& r : n["required"]) {
         absent.push_back(SchemaJson{{"properties", {{r.get<std::string>(), false}}}});
       }
-      if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
-      s["allOf"].push_back(absent.size() == 1 ? absent[0] : SchemaJson{{"anyOf", absent}});
+      if (!s.contains("allOf")) rewritten["allOf"] = SchemaJson::array();
+      rewritten["allOf"].push_back(absent.size() == 1 ? absent[0] : SchemaJson{{"anyOf", absent}});
       return compile(s, path);
     } else if (n.size() == 1 && flipped_bound(n)) {
       // not {minimum: x} = a non-number, or a number below x; likewise for the other bounds.
@@ -682,13 +692,13 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
         if (t != type) others.push_back(t);
       }
       if (flipped.is_object()) flipped["type"] = type;
-      if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
-      s["allOf"].push_back(SchemaJson{{"anyOf", {SchemaJson{{"type", others}}, flipped}}});
+      if (!s.contains("allOf")) rewritten["allOf"] = SchemaJson::array();
+      rewritten["allOf"].push_back(SchemaJson{{"anyOf", {SchemaJson{{"type", others}}, flipped}}});
       return compile(s, path);
     } else if (n.size() == 1 && n.contains("anyOf") && n["anyOf"].is_array()) {
       for (const auto& b : n["anyOf"]) {
-        if (!s.contains("allOf")) s["allOf"] = SchemaJson::array();
-        s["allOf"].push_back(SchemaJson{{"not", b}});
+        if (!s.contains("allOf")) rewritten["allOf"] = SchemaJson::array();
+        rewritten["allOf"].push_back(SchemaJson{{"not", b}});
       }
       return compile(s, path);
     } else {
