@@ -283,7 +283,7 @@ class EbnfParser {
         ranges.push_back({lo, hi});
       }
       ++pos_;
-      return Expr::char_class(negated ? complement_ranges(ranges) : ranges);
+      return Expr::char_class(negated ? complement_ranges(ranges) : std::move(ranges));
     }
     if (c == '.') {
       ++pos_;

@@ -53,6 +53,15 @@ Expr Expr::repeat(Expr item, uint32_t min, uint32_t max) {
 }
 
 std::vector<CodePointRange> normalize_ranges(std::vector<CodePointRange> ranges) {
+  // Already sorted, disjoint, apart and without surrogates (most classes, e.g. [a] and the
+  // ones schema compilers write): kept as they are.
+  bool normal = true;
+  for (size_t i = 0; i < ranges.size() && normal; ++i) {
+    const CodePointRange r = ranges[i];
+    normal = r.lo <= r.hi && r.hi <= kMaxCodePoint && (r.hi < 0xD800 || r.lo > 0xDFFF) &&
+             (i == 0 || ranges[i - 1].hi + 1 < r.lo);
+  }
+  if (normal) return ranges;
   std::vector<CodePointRange> split;
   for (CodePointRange r : ranges) {
     if (r.lo > r.hi) continue;

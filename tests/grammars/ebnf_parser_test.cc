@@ -77,6 +77,25 @@ TEST(EbnfParser, EscapesAndClasses) {
   EXPECT_TRUE(accepts(R"(root ::= [\]\-\\]+)", "]-\\"));
 }
 
+// Classes are kept sorted, disjoint and apart, without surrogates, whether they come in that
+// way (kept as they are) or not (sorted and merged).
+TEST(EbnfParser, ClassRangesAreNormalised) {
+  using R = std::vector<CodePointRange>;
+  auto same = [](const R& a, const R& b) {
+    return a.size() == b.size() &&
+           std::equal(a.begin(), a.end(), b.begin(), [](CodePointRange x, CodePointRange y) {
+             return x.lo == y.lo && x.hi == y.hi;
+           });
+  };
+  EXPECT_TRUE(same(normalize_ranges({{'a', 'a'}, {'c', 'f'}}), R{{'a', 'a'}, {'c', 'f'}}));
+  EXPECT_TRUE(same(normalize_ranges({{'c', 'f'}, {'a', 'b'}}), R{{'a', 'f'}}));
+  EXPECT_TRUE(same(normalize_ranges({{'a', 'b'}, {'b', 'd'}}), R{{'a', 'd'}}));
+  EXPECT_TRUE(same(normalize_ranges({{0xD000, 0xE100}}), R{{0xD000, 0xD7FF}, {0xE000, 0xE100}}));
+  EXPECT_TRUE(same(normalize_ranges({{0xD900, 0xDA00}, {'z', 'y'}}), R{}));
+  EXPECT_TRUE(accepts(R"(root ::= [c-fa]+)", "acef"));
+  EXPECT_FALSE(accepts(R"(root ::= [c-fa]+)", "b"));
+}
+
 TEST(EbnfParser, Repetitions) {
   EXPECT_TRUE(accepts(R"(root ::= "a"{3})", "aaa"));
   EXPECT_FALSE(accepts(R"(root ::= "a"{3})", "aa"));
