@@ -247,6 +247,16 @@ int main(int argc, char** argv) {
       return ids;
     };
 
+    {
+      // One warm-up prefill long enough for every prefill path (cuBLAS loads its kernels on
+      // first use), not measured.
+      t0 = now();
+      auto warm = model->new_sequence();
+      warm->forward(
+          random_ids(std::min<int64_t>(4096, *std::max_element(contexts.begin(), contexts.end()))));
+      std::printf("warm-up prefill: %.1f s\n", now() - t0);
+    }
+
     std::printf("\n%-28s %12s %12s %14s %12s\n", "measurement", "tokens/s", "TFLOP/s",
                 "bytes/token", "of bound");
     for (int64_t ctx : contexts) {

@@ -4,6 +4,7 @@
 // with an online softmax, and the warps' partial (max, sum, output) are merged with the sink at
 // the end. The plain kernel (attend_rows_reference) scores all keys into shared memory, takes
 // the softmax, then sums each output channel over the keys. Keys are the values (shared-KV MQA).
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -15,6 +16,9 @@ namespace agentrt::engine::cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// From this many rows on (prefill), attend_rows takes the by-row kernel: enough blocks to fill
+// the GPU with each warp walking all of its row's keys; decode batches split the keys over warps.
+constexpr int64_t kHeadsKernelRows = 256;
 
 struct KeyList {
   const float* kv;
@@ -177,6 +181,126 @@ __global__ void attend_fast_kernel(const float* q, const LayerRow* rows, int64_t
   }
 }
 
+// Many rows (prefill): one block per row and group of G heads, one warp per head. The block
+// loads each tile of keys into shared memory once for its G heads (keys are shared by every
+// head), and each warp runs an online softmax over the tile with its head's query in registers.
+constexpr int kTileKeys = 16;
+
+template <int J>  // float4 chunks per lane: head_dim <= 128 * J
+__global__ void attend_heads_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t hd,
+                                    int64_t window, const float* sinks, bool use_entries,
+                                    const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                                    float scale, float* out) {
+  __shared__ float4 tile[kTileKeys][32 * J];
+  const int G = int(blockDim.x) >> 5;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t t = blockIdx.y, h = int64_t(blockIdx.x) * G + warp;
+  const LayerRow row = rows[t];
+  KeyList keys;
+  keys.kv = row.kv;
+  keys.entries = row.comp_entries;
+  keys.first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
+  keys.n_window = row.pos - keys.first + 1;
+  keys.chosen = chosen ? chosen + t * topk : nullptr;
+  keys.n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
+  const int64_t n_keys = keys.n_window + keys.n_entries;
+  const int nchunk = int(hd / 4);
+  const float4 zero = make_float4(0, 0, 0, 0);
+  const float4* qv = reinterpret_cast<const float4*>(q + (t * heads + h) * hd);
+  float4 qr[J], acc[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    qr[j] = c < nchunk ? qv[c] : zero;
+    qr[j].x *= scale, qr[j].y *= scale, qr[j].z *= scale, qr[j].w *= scale;
+    acc[j] = zero;
+  }
+  // The sink only adds exp(sink - max) to the denominator: start the softmax from it.
+  float m = sinks[h], l = 1.0f;
+  for (int64_t base = 0; base < n_keys; base += kTileKeys) {
+    const int count = int(min(int64_t(kTileKeys), n_keys - base));
+    __syncthreads();  // the previous tile is consumed
+    for (int idx = threadIdx.x; idx < count * nchunk; idx += blockDim.x) {
+      const int i = idx / nchunk, c = idx - i * nchunk;
+      tile[i][c] = __ldg(reinterpret_cast<const float4*>(keys.key(base + i, hd)) + c);
+    }
+    __syncthreads();
+    // Two keys per step: their dot products and shuffle reductions are independent chains.
+    int i = 0;
+    for (; i + 1 < count; i += 2) {
+      float4 ka[J], kb[J];
+      float sa = 0.0f, sb = 0.0f;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int c = lane + 32 * j;
+        ka[j] = c < nchunk ? tile[i][c] : zero;
+        kb[j] = c < nchunk ? tile[i + 1][c] : zero;
+        sa += dot4(qr[j], ka[j]);
+        sb += dot4(qr[j], kb[j]);
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        sa += __shfl_xor_sync(0xffffffffu, sa, off);
+        sb += __shfl_xor_sync(0xffffffffu, sb, off);
+      }
+      const float mx = fmaxf(sa, sb);
+      if (mx > m) {  // warp-uniform
+        const float corr = expf(m - mx);
+        l *= corr;
+#pragma unroll
+        for (int j = 0; j < J; ++j)
+          acc[j].x *= corr, acc[j].y *= corr, acc[j].z *= corr, acc[j].w *= corr;
+        m = mx;
+      }
+      const float pa = expf(sa - m), pb = expf(sb - m);
+      l += pa + pb;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        acc[j].x = fmaf(pa, ka[j].x, fmaf(pb, kb[j].x, acc[j].x));
+        acc[j].y = fmaf(pa, ka[j].y, fmaf(pb, kb[j].y, acc[j].y));
+        acc[j].z = fmaf(pa, ka[j].z, fmaf(pb, kb[j].z, acc[j].z));
+        acc[j].w = fmaf(pa, ka[j].w, fmaf(pb, kb[j].w, acc[j].w));
+      }
+    }
+    if (i < count) {
+      float4 kr[J];
+      float s = 0.0f;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int c = lane + 32 * j;
+        kr[j] = c < nchunk ? tile[i][c] : zero;
+        s += dot4(qr[j], kr[j]);
+      }
+      s = warp_sum(s);
+      if (s > m) {
+        const float corr = expf(m - s);
+        l *= corr;
+#pragma unroll
+        for (int j = 0; j < J; ++j)
+          acc[j].x *= corr, acc[j].y *= corr, acc[j].z *= corr, acc[j].w *= corr;
+        m = s;
+      }
+      const float p = expf(s - m);
+      l += p;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        acc[j].x = fmaf(p, kr[j].x, acc[j].x);
+        acc[j].y = fmaf(p, kr[j].y, acc[j].y);
+        acc[j].z = fmaf(p, kr[j].z, acc[j].z);
+        acc[j].w = fmaf(p, kr[j].w, acc[j].w);
+      }
+    }
+  }
+  const float inv = 1.0f / l;
+  float4* o = reinterpret_cast<float4*>(out + (t * heads + h) * hd);
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < nchunk)
+      o[c] = make_float4(acc[j].x * inv, acc[j].y * inv, acc[j].z * inv, acc[j].w * inv);
+  }
+}
+
 }  // namespace
 
 void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
@@ -187,6 +311,11 @@ void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
   if (head_dim % 4 != 0 || head_dim > 512) {
     attend_rows_reference(q, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen,
                           topk, max_keys, out, stream);
+    return;
+  }
+  if (n >= kHeadsKernelRows) {
+    attend_rows_by_row(q, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen,
+                       topk, out, stream);
     return;
   }
   const dim3 grid{unsigned(heads), unsigned(n)};
@@ -203,6 +332,40 @@ void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
   else
     launch(attend_fast_kernel<4>);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void attend_rows_by_row(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float* out,
+                        cudaStream_t stream) {
+  if (n <= 0) return;
+  if (head_dim % 4 != 0 || head_dim > 512)
+    throw std::invalid_argument("cuda attention: head_dim " + std::to_string(head_dim) +
+                                " is not a multiple of 4 up to 512");
+  int G = 8;  // heads per block: the largest of 8, 4, 2, 1 dividing heads
+  while (heads % G != 0) G /= 2;
+  const float scale = 1.0f / sqrtf(float(head_dim));
+  const int64_t J = (head_dim + 127) / 128;
+  constexpr int64_t kMaxGridRows = 65535;
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
+    const int64_t m = std::min(kMaxGridRows, n - r0);
+    const dim3 grid{unsigned(heads / G), unsigned(m)};
+    const float* qs = q + r0 * heads * head_dim;
+    float* os = out + r0 * heads * head_dim;
+    const int32_t* cs = chosen ? chosen + r0 * topk : nullptr;
+    const int32_t* ns = n_chosen ? n_chosen + r0 : nullptr;
+    auto launch = [&](auto kernel) {
+      kernel<<<grid, unsigned(32 * G), 0, stream>>>(qs, rows + r0, heads, head_dim, window, sinks,
+                                                    use_entries, cs, ns, topk, scale, os);
+    };
+    if (J <= 1)
+      launch(attend_heads_kernel<1>);
+    else if (J == 2)
+      launch(attend_heads_kernel<2>);
+    else
+      launch(attend_heads_kernel<4>);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int64_t heads,

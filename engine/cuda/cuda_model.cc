@@ -103,7 +103,7 @@ class CudaModel final : public Model {
 // Rows per device pass when prefilling: bounds the activations (~0.6 MB a row for V4-Flash
 // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
 // weight (every pass decodes the used experts again).
-constexpr int64_t kPassRows = 4096;
+constexpr int64_t kPassRows = 8192;
 
 std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {
   if (tokens.empty()) return {};

@@ -38,11 +38,16 @@ struct DeviceForward::Workspace {
     const int32_t* job_counts = nullptr;  // device: [compressor, indexer]
     int64_t job_slots = 0;                // grid size of the compress kernels
     int64_t max_keys = 0, max_visible = 0;
+    // The indexer entries every row reads when the rows are of one sequence, else nullptr.
+    const float* shared_idx_entries = nullptr;
   };
   std::vector<LayerMeta> layers;
 };
 
 namespace {
+
+// From this many rows of one sequence on, the indexer scores are a GEMM (indexer_gemm.h).
+constexpr int64_t kIndexerGemmRows = 256;
 
 // Host-side packing of everything uploaded per call, 16-byte aligned pieces.
 struct MetaPacker {
@@ -64,11 +69,17 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       weights_(WeightsOnDevice::upload(config_, host)),
       linear_(options.precision, options.gemv_max_rows),
       expert_gemm_(options.precision),
+      indexer_gemm_(),
       ws_(std::make_unique<Workspace>()),
       profile_(options.profile),
       graphs_(options.graphs),
       gemv_max_rows_(options.gemv_max_rows) {
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (options.side_stream) {
+    AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
+  }
 }
 
 DeviceForward::~DeviceForward() {
@@ -76,6 +87,12 @@ DeviceForward::~DeviceForward() {
   if (pinned_) cudaFreeHost(pinned_);
   if (pinned_mask_) cudaFreeHost(pinned_mask_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
+  if (side_) {
+    cudaStreamSynchronize(side_);
+    cudaStreamDestroy(side_);
+  }
+  if (fork_) cudaEventDestroy(fork_);
+  if (join_) cudaEventDestroy(join_);
   if (stream_) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -153,6 +170,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       m.max_keys = std::max(m.max_keys, keys);
       m.max_visible = std::max<int64_t>(m.max_visible, r.visible);
     }
+    if (order.size() == 1) m.shared_idx_entries = order[0]->layer(l).idx_entries.as<float>();
     std::vector<CompressJob> comp, idx;
     if (rate)
       for (auto* cache : order) {
@@ -330,6 +348,7 @@ void DeviceForward::copy_last_logits(float* out) {
 }
 
 void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
+  current_rows_ = n;
   const ForwardConfig& c = config_;
   Workspace& w = *ws_;
   const int64_t H = c.hidden, hc = c.hc_mult, L = int64_t(c.layers.size());
@@ -371,6 +390,23 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   float* out = w.f(w.logits, m * c.vocab_size);
   linear_.run(weights_.head, hx, m, out, stream_);
   stage("head");
+}
+
+// Decode-sized passes run independent work on a side stream (captured into the same graph as
+// parallel branches): small products alone cannot fill the GPU. Prefill-sized passes stay on one
+// stream, as their cuBLAS products share the LinearRunner's scratch.
+cudaStream_t DeviceForward::fork() {
+  // Profiling times stages in stream order, so it keeps everything on one stream.
+  if (!side_ || profile_ || current_rows_ > gemv_max_rows_) return stream_;
+  AGENTRT_CUDA_CHECK(cudaEventRecord(fork_, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(side_, fork_, 0));
+  return side_;
+}
+
+void DeviceForward::join(cudaStream_t side) {
+  if (side == stream_) return;
+  AGENTRT_CUDA_CHECK(cudaEventRecord(join_, side));
+  AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }
 
 void DeviceForward::stage(const char* name) {
@@ -417,23 +453,25 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   append_rows(m.rows, CacheField::kv, kv, hd, n, stream_);
   stage("attn.qkv");
 
+  // The compressors read only x and their own state: beside the query and KV path.
+  const cudaStream_t cs = fork();
   auto raw = [&](const CompressorOnDevice& comp, CacheField kv_field, CacheField gate_field,
                  const CompressJob* jobs, const int32_t* count) {
     const int64_t width = comp.wkv->view().rows;
     float* rkv = w.f(w.raw_kv, n * width);
     float* rgate = w.f(w.raw_gate, n * width);
-    linear_.run(comp.wkv->view(), x, n, rkv, stream_);
-    linear_.run(comp.wgate->view(), x, n, rgate, stream_);
-    append_rows(m.rows, kv_field, rkv, width, n, stream_);
-    append_rows(m.rows, gate_field, rgate, width, n, stream_);
-    compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps,
-                     stream_);
+    linear_.run(comp.wkv->view(), x, n, rkv, cs);
+    linear_.run(comp.wgate->view(), x, n, rgate, cs);
+    append_rows(m.rows, kv_field, rkv, width, n, cs);
+    append_rows(m.rows, gate_field, rgate, width, n, cs);
+    compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps, cs);
   };
   if (lw.compressor)
     raw(*lw.compressor, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs, m.job_counts);
   if (lw.indexer)
     raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
         m.job_counts + 1);
+  join(cs);
 
   stage("attn.compress");
   const int32_t* chosen = nullptr;
@@ -449,8 +487,12 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     float* scores = w.f(w.scores, n * stride);
     w.grow(w.chosen, n * c.index_topk * 4);
     w.grow(w.n_chosen, n * 4);
-    indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible, scores,
-                   stride, stream_);
+    if (n >= kIndexerGemmRows && m.shared_idx_entries)
+      indexer_gemm_.run(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
+                        m.shared_idx_entries, m.max_visible, scores, stride, stream_);
+    else
+      indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible, scores,
+                     stride, stream_);
     select_topk(scores, stride, m.rows, n, c.index_topk, w.chosen.as<int32_t>(),
                 w.n_chosen.as<int32_t>(), stream_);
     chosen = w.chosen.as<int32_t>();
@@ -485,6 +527,20 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   const float* x = w.x.as<float>();
   const int64_t E = c.experts, k = c.experts_per_token, H = c.hidden;
 
+  // The shared expert runs beside the routing and the routed products; the routed sum waits for
+  // it before adding to `out`, which the shared expert writes.
+  const cudaStream_t ss = fork();
+  const int64_t si = lw.shared.w1->view().rows;
+  float* g = w.f(w.gate, n * si);
+  float* u = w.f(w.up, n * si);
+  float* a = w.f(w.act, n * si);
+  linear_.run(lw.shared.w1->view(), x, n, g, ss);
+  linear_.run(lw.shared.w3->view(), x, n, u, ss);
+  swiglu(g, u, n * si, c.swiglu_limit, a, ss);
+  linear_.run(lw.shared.w2->view(), a, n, out, ss);
+
+  if (ss != stream_) AGENTRT_CUDA_CHECK(cudaEventRecord(join_, ss));
+  stage("moe.shared");
   float* router = w.f(w.router, n * E);
   linear_.run(lw.gate->view(), x, n, router, stream_);
   w.grow(w.route_experts, n * k * 4);
@@ -494,20 +550,11 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
              w.route_experts.as<int32_t>(), rweights, stream_);
 
   stage("moe.router");
-  const int64_t si = lw.shared.w1->view().rows;
-  float* g = w.f(w.gate, n * si);
-  float* u = w.f(w.up, n * si);
-  float* a = w.f(w.act, n * si);
-  linear_.run(lw.shared.w1->view(), x, n, g, stream_);
-  linear_.run(lw.shared.w3->view(), x, n, u, stream_);
-  swiglu(g, u, n * si, c.swiglu_limit, a, stream_);
-  linear_.run(lw.shared.w2->view(), a, n, out, stream_);
-
-  stage("moe.shared");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
   routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                  c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                 &expert_gemm_);
+                 &expert_gemm_, ss != stream_ ? join_ : nullptr);
+  if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }
 
 }  // namespace agentrt::engine::cuda

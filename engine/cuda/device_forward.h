@@ -19,6 +19,7 @@
 
 #include "engine/cuda/device_cache.h"
 #include "engine/cuda/device_weights.h"
+#include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/moe_gemm.h"
@@ -30,6 +31,7 @@ struct CudaOptions {
   int64_t gemv_max_rows = 16;  // up to this many rows a product streams the stored weights
   bool profile = false;        // time the stages with CUDA events (stage_ms); no graphs then
   bool graphs = true;          // replay decode steps (<= gemv_max_rows rows) as CUDA graphs
+  bool side_stream = true;     // decode steps run independent products on a second stream
 };
 
 struct DeviceRow {
@@ -86,14 +88,22 @@ class DeviceForward {
   // The last wanted logits row on the device; the mask copied to the device (nullptr: none).
   const float* last_logits() const;
   const uint32_t* upload_mask(const uint32_t* mask, int64_t mask_words, char* staged);
+  // A stream for work independent of what follows on stream_ until join(): the side stream
+  // (after an event on stream_) or stream_ itself when not decoding.
+  cudaStream_t fork();
+  void join(cudaStream_t side);
   void stage(const char* name);
   void collect_stages();
 
   ForwardConfig config_;
   WeightsOnDevice weights_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t side_ = nullptr;
+  cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  int64_t current_rows_ = 0;  // rows of the pass being enqueued
   LinearRunner linear_;
-  ExpertGemm expert_gemm_;  // routed experts of prefill-sized passes
+  ExpertGemm expert_gemm_;          // routed experts of prefill-sized passes
+  IndexerScoresGemm indexer_gemm_;  // indexer scores of prefill-sized passes of one sequence
   std::unique_ptr<Workspace> ws_;
   bool profile_ = false;
   bool graphs_ = true;

@@ -126,6 +126,40 @@ __global__ void hyper_project_kernel(const float* fn, const float* streams, int6
   }
 }
 
+// The same partial sums for many rows: one block per row, warp w owning slice w (kSplits warps),
+// so each row's streams are read once for all outputs instead of once per output.
+constexpr int kRowMaxOutputs = 24;  // (2 + 4) * 4: hc = 4
+
+__global__ void hyper_project_rows_kernel(const float* fn, const float* streams, int64_t width,
+                                          int64_t outputs, float* partial) {
+  const int64_t row = blockIdx.x;
+  const int lane = threadIdx.x & 31, slice = threadIdx.x >> 5;
+  const int64_t len = width / kSplits, begin = slice * len;  // width % (4 * kSplits) == 0
+  const float4* s = reinterpret_cast<const float4*>(streams + row * width + begin);
+  float acc[kRowMaxOutputs], ss = 0.0f;
+#pragma unroll
+  for (int o = 0; o < kRowMaxOutputs; ++o) acc[o] = 0.0f;
+  for (int64_t i = lane; i < len / 4; i += 32) {
+    const float4 b = s[i];
+    ss += b.x * b.x + b.y * b.y + b.z * b.z + b.w * b.w;
+#pragma unroll
+    for (int o = 0; o < kRowMaxOutputs; ++o)
+      if (o < outputs) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(fn + o * width + begin) + i);
+        acc[o] += a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+      }
+  }
+  float* p = partial + (row * (outputs + 1)) * kSplits;
+#pragma unroll
+  for (int o = 0; o < kRowMaxOutputs; ++o)
+    if (o < outputs) {
+      const float v = warp_sum(acc[o]);
+      if (lane == 0) p[o * kSplits + slice] = v;
+    }
+  ss = warp_sum(ss);
+  if (lane == 0) p[outputs * kSplits + slice] = ss;
+}
+
 __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const float* projected,
                                  int64_t hc, int64_t hidden, int iters, float hc_eps, float rms_eps,
                                  const float* norm, bool head, float* mix, float* x) {
@@ -212,8 +246,14 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
                float* mix, float* x, float* projected, cudaStream_t stream) {
   if (n <= 0) return;
   const int64_t outputs = head ? hc : (2 + hc) * hc;
-  hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)}, kThreads, 0,
-                         stream>>>(w.fn, streams, hc * hidden, outputs, projected);
+  const int64_t width = hc * hidden;
+  // Decode batches keep the per-output blocks: one block per row would leave the GPU idle.
+  if (n >= 256 && outputs <= kRowMaxOutputs && width % (4 * kSplits) == 0)
+    hyper_project_rows_kernel<<<unsigned(n), 32 * kSplits, 0, stream>>>(w.fn, streams, width,
+                                                                        outputs, projected);
+  else
+    hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)}, kThreads, 0,
+                           stream>>>(w.fn, streams, width, outputs, projected);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   hyper_pre_kernel<<<unsigned(n), kPreThreads, 0, stream>>>(
       w, streams, projected, hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);

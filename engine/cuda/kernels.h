@@ -81,6 +81,12 @@ void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                  int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
                  const int32_t* n_chosen, int64_t topk, int64_t max_keys, float* out,
                  cudaStream_t stream);
+// The kernel attend_rows takes for many rows: one block per row and group of heads, the keys
+// loaded once per group (head_dim a multiple of 4, at most 512).
+void attend_rows_by_row(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float* out,
+                        cudaStream_t stream);
 // The plain kernel attend_rows is tested against (scores in shared memory, then the sum).
 void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                            int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
@@ -134,12 +140,13 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
 // Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows
-// (through `gemm`, on tensor cores, where it applies):
+// (through `gemm`, on tensor cores, where it applies); the sum into `out` waits for
+// `before_sum` when set (another stream writing `out` first):
 // out[t] += sum_j weights[t][j] * expert_{chosen[t][j]}(h[t]). scratch: see moe_scratch_bytes.
 int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden);
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
-                    ExpertGemm* gemm = nullptr);
+                    ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr);
 
 }  // namespace agentrt::engine::cuda

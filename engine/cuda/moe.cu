@@ -384,7 +384,7 @@ void products(const ExpertsDevice& e, const Groups& g, const float* h, const flo
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
-                    ExpertGemm* gemm) {
+                    ExpertGemm* gemm, cudaEvent_t before_sum) {
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
@@ -396,6 +396,7 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
               hidden, limit, g.pair_out, stream);
   else
     products(e, g, h, weights, n, k, experts, inter, hidden, limit, stream);
+  if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
   const int64_t total = n * hidden;
   combine_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 1 << 20)), 256, 0, stream>>>(
       g, n, k, hidden, out);

@@ -71,16 +71,17 @@ __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, in
   }
 }
 
-// Where each grouped pair of the chunk (local row r = pair s0 + r) sits in the stacked buffers:
-// expert a's rows r0 .. r0 + n - 1 take rows copies * r0 .. copies * r0 + copies * n - 1, first
-// the bf16 high parts, then (copies = 2) the low parts, so one GEMM per expert covers both.
+// Where each grouped pair of the chunk (local row r = pair s0 + r) sits in the padded, stacked
+// buffers: the chunk's j-th expert owns rows j * copies * slot .. (j + 1) * copies * slot - 1,
+// its pairs' bf16 high parts first, then (copies = 2) their low parts `slot` rows later, so one
+// strided batched GEMM covers every expert of the chunk and both parts.
 struct RowPlace {
-  int32_t hi;  // row of the high part; the low part is hi + n
-  int32_t n;   // rows of this expert
+  int32_t hi;   // row of the high part
+  int32_t low;  // rows from it to the low part
 };
 
 __global__ void place_rows_kernel(const int32_t* seg_start, int64_t a0, int64_t a1, int64_t rows,
-                                  int copies, RowPlace* place) {
+                                  int copies, int32_t slot, RowPlace* place) {
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const int32_t s0 = seg_start[a0], pair = s0 + int32_t(r);
@@ -92,8 +93,7 @@ __global__ void place_rows_kernel(const int32_t* seg_start, int64_t a0, int64_t 
     else
       hi = mid - 1;
   }
-  const int32_t r0 = seg_start[lo] - s0;
-  place[r] = {copies * r0 + (int32_t(r) - r0), seg_start[lo + 1] - seg_start[lo]};
+  place[r] = {int32_t(lo - a0) * copies * slot + (pair - seg_start[lo]), slot};
 }
 
 // x rows of the chunk's pairs: h[order[s0 + r] / k] as bf16 (+ the low parts), one block a row.
@@ -108,7 +108,7 @@ __global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t
     const float v = src[c];
     const __nv_bfloat16 b = __float2bfloat16(v);
     hi[c] = b;
-    if (split) hi[int64_t(p.n) * hidden + c] = __float2bfloat16(v - __bfloat162float(b));
+    if (split) hi[int64_t(p.low) * hidden + c] = __float2bfloat16(v - __bfloat162float(b));
   }
 }
 
@@ -121,7 +121,7 @@ __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
   const int64_t r = blockIdx.x;
   const RowPlace p = place[r];
   const float* gu = gate_up + int64_t(p.hi) * 2 * inter;
-  const float* gu_lo = split ? gu + int64_t(p.n) * 2 * inter : nullptr;
+  const float* gu_lo = split ? gu + int64_t(p.low) * 2 * inter : nullptr;
   const float weight = weights[order[s0 + r]];
   __nv_bfloat16* out = act + int64_t(p.hi) * inter;
   for (int64_t c = threadIdx.x; c < inter; c += blockDim.x) {
@@ -134,19 +134,19 @@ __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
     const float v = weight * (g / (1.0f + expf(-g)) * u);
     const __nv_bfloat16 b = __float2bfloat16(v);
     out[c] = b;
-    if (split) out[int64_t(p.n) * inter + c] = __float2bfloat16(v - __bfloat162float(b));
+    if (split) out[int64_t(p.low) * inter + c] = __float2bfloat16(v - __bfloat162float(b));
   }
 }
 
-// pair_out[s0 + r] = the high + low parts of the stacked down products.
-__global__ void sum_parts_kernel(const float* y, int64_t s0, int64_t hidden, const RowPlace* place,
-                                 float* pair_out) {
+// pair_out[s0 + r] = the down product of pair s0 + r (high + low parts when split).
+__global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
+                                    const RowPlace* place, bool split, float* pair_out) {
   const int64_t r = blockIdx.x;
   const RowPlace p = place[r];
   const float* hi = y + int64_t(p.hi) * hidden;
-  const float* lo = hi + int64_t(p.n) * hidden;
+  const float* lo = hi + int64_t(p.low) * hidden;
   float* out = pair_out + (s0 + r) * hidden;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) out[c] = hi[c] + lo[c];
+  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) out[c] = split ? hi[c] + lo[c] : hi[c];
 }
 
 }  // namespace
@@ -204,13 +204,16 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   auto* w2 = w2_.as<__nv_bfloat16>();
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
   const float one = 1.0f, zero = 0.0f;
-  // y (rows x n column-major, ld ldy) = w^T x, w: [rows][cols] bf16, x: [n][cols] bf16.
-  auto gemm = [&](const __nv_bfloat16* w, int64_t rows, int64_t cols, const __nv_bfloat16* x,
-                  int64_t n, float* y, int64_t ldy) {
-    check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n), int(cols), &one,
-                              w, CUDA_R_16BF, int(cols), x, CUDA_R_16BF, int(cols), &zero, y,
-                              CUDA_R_32F, int(ldy), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmEx");
+  // For each of `count` experts j: y_j (rows x n column-major) = w_j^T x_j, w_j: [rows][cols]
+  // bf16 `w_stride` values apart, x_j: n rows of cols bf16, y_j: n rows of `rows` floats.
+  auto gemm = [&](const __nv_bfloat16* w, int64_t rows, int64_t cols, int64_t w_stride,
+                  const __nv_bfloat16* x, int64_t n, float* y, int64_t count) {
+    check_cublas(
+        cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(rows), int(n), int(cols),
+                                   &one, w, CUDA_R_16BF, int(cols), w_stride, x, CUDA_R_16BF,
+                                   int(cols), n * cols, &zero, y, CUDA_R_32F, int(rows), n * rows,
+                                   int(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx");
   };
   auto decode = [&](int64_t a0, int64_t count) {
     const int values = e.w1_type == WeightType::f4_e2m1   ? 32
@@ -236,46 +239,36 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   for (int64_t a0 = 0; a0 < used; a0 += chunk) {
     const int64_t a1 = std::min(used, a0 + chunk), s0 = seg[a0], rows = seg[a1] - s0;
     if (rows <= 0) continue;
-    decode(a0, a1 - a0);
+    int32_t most = 0;
+    for (int64_t a = a0; a < a1; ++a) most = std::max(most, seg[a + 1] - seg[a]);
+    const int64_t count = a1 - a0, slot_rows = copies * int64_t(most), stacked = count * slot_rows;
+    decode(a0, count);
     place_.reserve(rows * int64_t(sizeof(RowPlace)));
     auto* place = place_.as<RowPlace>();
     place_rows_kernel<<<unsigned((rows + 255) / 256), 256, 0, stream>>>(s.seg_start, a0, a1, rows,
-                                                                        copies, place);
+                                                                        copies, most, place);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
-    const int64_t stacked = copies * rows;
+    // Padding rows stay zero (their products are computed and never read).
     x_.reserve(stacked * hidden * 2);
     auto* x = x_.as<__nv_bfloat16>();
+    AGENTRT_CUDA_CHECK(cudaMemsetAsync(x, 0, size_t(stacked * hidden * 2), stream));
     gather_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(h, s.order, s0, k, hidden, place, split,
                                                            x);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     gate_up_.reserve(stacked * 2 * inter * 4);
     float* gu = gate_up_.as<float>();
-    for (int64_t a = a0; a < a1; ++a) {
-      const int64_t r0 = copies * (seg[a] - s0), n = copies * (seg[a + 1] - seg[a]);
-      if (n > 0)
-        gemm(w13 + (a - a0) * 2 * per, 2 * inter, hidden, x + r0 * hidden, n, gu + r0 * 2 * inter,
-             2 * inter);
-    }
+    gemm(w13, 2 * inter, hidden, 2 * per, x, slot_rows, gu, count);
     act_.reserve(stacked * inter * 2);
     auto* act = act_.as<__nv_bfloat16>();
+    AGENTRT_CUDA_CHECK(cudaMemsetAsync(act, 0, size_t(stacked * inter * 2), stream));
     swiglu_pairs_kernel<<<unsigned(rows), 256, 0, stream>>>(gu, s.order, weights, s0, inter, limit,
                                                             place, split, act);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
-    // Without low parts the down products land in pair_out directly.
-    float* y = pair_out + s0 * hidden;
-    if (split) {
-      down_.reserve(stacked * hidden * 4);
-      y = down_.as<float>();
-    }
-    for (int64_t a = a0; a < a1; ++a) {
-      const int64_t r0 = copies * (seg[a] - s0), n = copies * (seg[a + 1] - seg[a]);
-      if (n > 0)
-        gemm(w2 + (a - a0) * per, hidden, inter, act + r0 * inter, n, y + r0 * hidden, hidden);
-    }
-    if (split) {
-      sum_parts_kernel<<<unsigned(rows), 256, 0, stream>>>(y, s0, hidden, place, pair_out);
-      AGENTRT_CUDA_CHECK(cudaGetLastError());
-    }
+    down_.reserve(stacked * hidden * 4);
+    float* y = down_.as<float>();
+    gemm(w2, hidden, inter, per, act, slot_rows, y, count);
+    scatter_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(y, s0, hidden, place, split, pair_out);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }
 

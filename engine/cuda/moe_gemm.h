@@ -1,8 +1,9 @@
 // The routed experts' products for many rows (prefill) on tensor cores: the pairs already grouped
-// by expert (moe.cu), a chunk of used experts' weights decoded to bf16 at a time, then one cuBLAS
-// GEMM per expert and matrix over that expert's rows. The decode-sized path (moe.cu) streams
-// the stored weights once per few rows instead, which for hundreds of rows per expert costs
-// hundreds of passes of FP4 decoding on the CUDA cores.
+// by expert (moe.cu), a chunk of used experts' weights decoded to bf16 at a time, then one
+// strided batched cuBLAS GEMM per chunk and matrix, every expert's rows padded to the chunk's
+// largest count (one GEMM per expert would give each too few thread blocks to fill the GPU).
+// The decode-sized path (moe.cu) streams the stored weights once per few rows instead, which for
+// hundreds of rows per expert costs hundreds of passes of FP4 decoding on the CUDA cores.
 #pragma once
 
 #include <cublas_v2.h>

@@ -21,6 +21,7 @@
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/moe_gemm.h"
 #endif
@@ -106,17 +107,51 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
   (void)dim;
 }
 
-void attention_case(int64_t hd, bool fast);
+TEST_F(CudaKernels, IndexerScoresByGemmMatchTheKernel) {
+  std::mt19937 rng(4);
+  const int64_t heads = 6, dim = 40, entries = 300, n = 70, stride = 301;
+  const auto q = randn(n * heads * dim, rng), w = randn(n * heads, rng),
+             ent = randn(entries * dim, rng);
+  auto d_q = upload(q), d_w = upload(w), d_ent = upload(ent);
+  std::vector<cuda::LayerRow> rows(n);
+  int64_t max_visible = 0;
+  for (int64_t t = 0; t < n; ++t) {
+    rows[t].idx_entries = d_ent.as<float>();
+    rows[t].visible = int32_t((t * 37) % (entries + 1));
+    max_visible = std::max<int64_t>(max_visible, rows[t].visible);
+  }
+  auto d_rows = upload(rows);
+  std::vector<float> init(n * stride, -7.0f);  // entries a row does not see stay untouched
+  auto want = upload(init), got = upload(init);
+  cuda::indexer_scores(d_q.as<float>(), d_w.as<float>(), 0.4f, d_rows.as<cuda::LayerRow>(), n,
+                       heads, dim, max_visible, want.as<float>(), stride, nullptr);
+  cuda::IndexerScoresGemm gemm(int64_t(heads) * max_visible * 4 * 16);  // slices of 16 rows
+  gemm.run(d_q.as<float>(), d_w.as<float>(), 0.4f, d_rows.as<cuda::LayerRow>(), n, heads, dim,
+           d_ent.as<float>(), max_visible, got.as<float>(), stride, nullptr);
+  const auto a = download<float>(want, n * stride), b = download<float>(got, n * stride);
+  for (int64_t i = 0; i < n * stride; ++i)
+    ASSERT_NEAR(b[i], a[i], 1e-4f * (1.0f + std::fabs(a[i])))
+        << "row " << i / stride << " entry " << i % stride;
+}
+
+enum class AttentionKernel { per_head, plain, by_row };
+void hyper_connection_case(int64_t H, int64_t n);
+void attention_case(int64_t hd, AttentionKernel kernel, int64_t heads);
 
 TEST_F(CudaKernels, AttentionMatchesAttendReference) {
   for (const int64_t hd : {int64_t(72), int64_t(512), int64_t(30)})  // fast x2, plain fallback
-    for (const bool fast : {true, false}) attention_case(hd, fast);
+    for (const auto kernel : {AttentionKernel::per_head, AttentionKernel::plain})
+      attention_case(hd, kernel, 3);
+  // The many-rows kernel: heads in groups of 8, 4 (12 heads) and 1 (3 heads).
+  for (const int64_t hd : {int64_t(72), int64_t(256), int64_t(512)})
+    for (const int64_t heads : {int64_t(8), int64_t(12), int64_t(3)})
+      attention_case(hd, AttentionKernel::by_row, heads);
 }
 
-void attention_case(int64_t hd, bool fast) {
+void attention_case(int64_t hd, AttentionKernel kernel, int64_t heads) {
   std::mt19937 rng(5);
-  const int64_t heads = 3, window = 9, topk = 6, positions = 40, entries = 10;
-  const std::vector<int64_t> pos = {0, 5, 39};
+  const int64_t window = 9, topk = 6, positions = 40, entries = 10;
+  const std::vector<int64_t> pos = {0, 5, 39, 38, 17, 1, 12};
   const int64_t n = int64_t(pos.size());
   const auto kv = randn(positions * hd, rng), ent = randn(entries * hd, rng);
   const auto q = randn(n * heads * hd, rng), sinks = randn(heads, rng);
@@ -135,10 +170,16 @@ void attention_case(int64_t hd, bool fast) {
   auto d_rows = upload(rows), d_chosen = upload(chosen), d_nc = upload(n_chosen);
   DeviceBuffer out(n * heads * hd * 4);
   for (bool csa : {true, false}) {
-    (fast ? cuda::attend_rows : cuda::attend_rows_reference)(
-        d_q.as<float>(), d_rows.as<cuda::LayerRow>(), n, heads, hd, window, d_sinks.as<float>(),
-        !csa, csa ? d_chosen.as<int32_t>() : nullptr, csa ? d_nc.as<int32_t>() : nullptr, topk,
-        window + entries, out.as<float>(), nullptr);
+    const int32_t* c = csa ? d_chosen.as<int32_t>() : nullptr;
+    const int32_t* nc = csa ? d_nc.as<int32_t>() : nullptr;
+    const auto* r = d_rows.as<cuda::LayerRow>();
+    if (kernel == AttentionKernel::by_row)
+      cuda::attend_rows_by_row(d_q.as<float>(), r, n, heads, hd, window, d_sinks.as<float>(), !csa,
+                               c, nc, topk, out.as<float>(), nullptr);
+    else
+      (kernel == AttentionKernel::per_head ? cuda::attend_rows : cuda::attend_rows_reference)(
+          d_q.as<float>(), r, n, heads, hd, window, d_sinks.as<float>(), !csa, c, nc, topk,
+          window + entries, out.as<float>(), nullptr);
     const auto got = download<float>(out, n * heads * hd);
     for (int64_t t = 0; t < n; ++t) {
       std::vector<const float*> keys;
@@ -154,16 +195,22 @@ void attention_case(int64_t hd, bool fast) {
         attend_reference(q.data() + (t * heads + h) * hd, hd, 1.0f / std::sqrt(float(hd)), sinks[h],
                          keys.data(), int64_t(keys.size()), want.data());
         EXPECT_LE(testing::rel_l2(got.data() + (t * heads + h) * hd, want.data(), hd), 1e-5)
-            << (csa ? "csa" : "hca") << (fast ? " fast" : " plain") << " head_dim " << hd << " row "
-            << t << " head " << h;
+            << (csa ? "csa" : "hca") << " kernel " << int(kernel) << " head_dim " << hd << " heads "
+            << heads << " row " << t << " head " << h;
       }
     }
   }
 }
 
 TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
+  // A few rows (one block per output and slice), then many (one block per row).
+  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{67, 3}, {96, 260}})
+    hyper_connection_case(H, n);
+}
+
+void hyper_connection_case(int64_t H, int64_t n) {
   std::mt19937 rng(9);
-  const int64_t hc = 4, H = 67, n = 3, mixn = (2 + hc) * hc;
+  const int64_t hc = 4, mixn = (2 + hc) * hc;
   HyperWeights w{randn(mixn * hc * H, rng, 0.05f), randn(mixn, rng, 0.5f), randn(3, rng, 0.3f)};
   for (auto& s : w.scale) s += 1.0f;
   const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f);
@@ -182,7 +229,8 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
     std::vector<float> want(H);
     hyper_collapse(m.pre, streams.data() + t * hc * H, hc, H, want.data());
     rms_norm(want.data(), norm.data(), H, 1e-6f, want.data());
-    EXPECT_LE(testing::rel_l2(got_x.data() + t * H, want.data(), H), 1e-5) << "row " << t;
+    EXPECT_LE(testing::rel_l2(got_x.data() + t * H, want.data(), H), 1e-5)
+        << "hidden " << H << " rows " << n << " row " << t;
     const float* gm = got_mix.data() + t * cuda::hyper_mix_width(hc);
     for (int64_t i = 0; i < hc * hc; ++i) EXPECT_NEAR(gm[2 * hc + i], m.comb[i], 1e-5);
     for (int64_t i = 0; i < hc; ++i) EXPECT_NEAR(gm[hc + i], m.post[i], 1e-5);
