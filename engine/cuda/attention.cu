@@ -225,44 +225,7 @@ __global__ void attend_heads_kernel(const float* q, const LayerRow* rows, int64_
       tile[i][c] = __ldg(reinterpret_cast<const float4*>(keys.key(base + i, hd)) + c);
     }
     __syncthreads();
-    // Two keys per step: their dot products and shuffle reductions are independent chains.
-    int i = 0;
-    for (; i + 1 < count; i += 2) {
-      float4 ka[J], kb[J];
-      float sa = 0.0f, sb = 0.0f;
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int c = lane + 32 * j;
-        ka[j] = c < nchunk ? tile[i][c] : zero;
-        kb[j] = c < nchunk ? tile[i + 1][c] : zero;
-        sa += dot4(qr[j], ka[j]);
-        sb += dot4(qr[j], kb[j]);
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) {
-        sa += __shfl_xor_sync(0xffffffffu, sa, off);
-        sb += __shfl_xor_sync(0xffffffffu, sb, off);
-      }
-      const float mx = fmaxf(sa, sb);
-      if (mx > m) {  // warp-uniform
-        const float corr = expf(m - mx);
-        l *= corr;
-#pragma unroll
-        for (int j = 0; j < J; ++j)
-          acc[j].x *= corr, acc[j].y *= corr, acc[j].z *= corr, acc[j].w *= corr;
-        m = mx;
-      }
-      const float pa = expf(sa - m), pb = expf(sb - m);
-      l += pa + pb;
-#pragma unroll
-      for (int j = 0; j < J; ++j) {
-        acc[j].x = fmaf(pa, ka[j].x, fmaf(pb, kb[j].x, acc[j].x));
-        acc[j].y = fmaf(pa, ka[j].y, fmaf(pb, kb[j].y, acc[j].y));
-        acc[j].z = fmaf(pa, ka[j].z, fmaf(pb, kb[j].z, acc[j].z));
-        acc[j].w = fmaf(pa, ka[j].w, fmaf(pb, kb[j].w, acc[j].w));
-      }
-    }
-    if (i < count) {
+    for (int i = 0; i < count; ++i) {
       float4 kr[J];
       float s = 0.0f;
 #pragma unroll

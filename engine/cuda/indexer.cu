@@ -1,7 +1,7 @@
 // The Lightning Indexer on the GPU (engine/indexer.h): per row, scores of its visible compressed
 // entries (sum over heads of weight * relu(q . k) / sqrt(dim)), then an exact top-k by radix
-// select on the score bits — ties broken towards the lower index, as the CPU's partial_sort
-// comparator does — written out in ascending index order.
+// select on the score bits (8 bits per pass) — ties broken towards the lower index, as the CPU's
+// partial_sort comparator does — written out in ascending index order.
 #include <cub/block/block_scan.cuh>
 
 #include "engine/cuda/block_reduce.cuh"
@@ -75,13 +75,32 @@ __global__ void select_kernel(const float* scores, int64_t stride, const LayerRo
     return;
   }
   const float* s = scores + t * stride;
-  uint32_t T = 0;
-  for (int bit = 31; bit >= 0; --bit) {
-    const uint32_t cand = T | (1u << bit);
-    int c = 0;
-    for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) c += order_key(s[i]) >= cand;
-    if (block_count(c, red) >= topk) T = cand;
+  // T = the topk-th largest key, one 8-bit digit per pass: a histogram of the digit among the
+  // keys that share the digits found so far, then the bin where the wanted rank falls.
+  __shared__ int hist[256];
+  __shared__ uint32_t found[2];  // prefix, wanted rank within it (1 = largest)
+  uint32_t prefix = 0;
+  int want = int(topk);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
+    __syncthreads();
+    const uint32_t high = shift == 24 ? 0u : 0xffffffffu << (shift + 8);
+    for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) {
+      const uint32_t key = order_key(s[i]);
+      if ((key & high) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int above = 0, d = 255;
+      for (; d > 0 && above + hist[d] < want; --d) above += hist[d];
+      found[0] = prefix | (uint32_t(d) << shift);
+      found[1] = uint32_t(want - above);
+    }
+    __syncthreads();
+    prefix = found[0];
+    want = int(found[1]);
   }
+  const uint32_t T = prefix;
   int gt = 0;
   for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) gt += order_key(s[i]) > T;
   const int need = int(topk) - block_count(gt, red);  // ties at T to take, lowest index first
