@@ -18,8 +18,8 @@ namespace {
 
 // Accumulates a streamed response: SSE lines become OpenAI deltas, forwarded as parse events.
 struct StreamState {
-  const GenerationCallback* on_event;
-  const std::atomic<bool>* cancel;
+  const GenerationCallback* on_event = nullptr;
+  const std::atomic<bool>* cancel = nullptr;
   std::string pending;   // bytes not yet forming a whole line
   std::string raw_body;  // for non-SSE (error) bodies
   bool any_data = false;
@@ -189,7 +189,9 @@ GenerationResult RemoteBackend::generate(const GenerationRequest& request,
   std::string last_error;
   for (int attempt = 0; attempt < options_.max_attempts; ++attempt) {
     if (attempt > 0) std::this_thread::sleep_for(options_.backoff * (1 << (attempt - 1)));
-    StreamState state{&on_event, cancel};
+    StreamState state;
+    state.on_event = &on_event;
+    state.cancel = cancel;
     std::unique_ptr<CURL, void (*)(CURL*)> curl(curl_easy_init(), curl_easy_cleanup);
     std::unique_ptr<curl_slist, void (*)(curl_slist*)> headers(nullptr, curl_slist_free_all);
     curl_slist* h = curl_slist_append(nullptr, "Content-Type: application/json");
