@@ -152,4 +152,34 @@ std::shared_ptr<const Model> Model::load(const std::filesystem::path& dir,
   return std::make_shared<CpuModel>(std::move(fconfig), std::move(weights), options.threads);
 }
 
+void check_batch_choice_args(size_t sequences, std::span<Sampler* const> samplers,
+                             std::span<const TokenMask> masks) {
+  if (samplers.size() != sequences)
+    throw std::invalid_argument("decode_batch_and_sample: " + std::to_string(sequences) +
+                                " sequences but " + std::to_string(samplers.size()) + " samplers");
+  if (!masks.empty() && masks.size() != sequences)
+    throw std::invalid_argument("decode_batch_and_sample: " + std::to_string(sequences) +
+                                " sequences but " + std::to_string(masks.size()) + " masks");
+  for (size_t i = 0; i < samplers.size(); ++i)
+    if (!samplers[i])
+      throw std::invalid_argument("decode_batch_and_sample: sampler " + std::to_string(i) +
+                                  " is null");
+}
+
+std::vector<Model::BatchChoice> Model::decode_batch_and_sample(
+    std::span<ModelSequence* const> seqs, std::span<const int32_t> tokens,
+    std::span<Sampler* const> samplers, std::span<const TokenMask> masks) const {
+  check_batch_choice_args(seqs.size(), samplers, masks);
+  const std::vector<std::vector<float>> rows = decode_batch(seqs, tokens);
+  std::vector<BatchChoice> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    try {
+      out[i].sample = samplers[i]->sample(rows[i], masks.empty() ? TokenMask{} : masks[i]);
+    } catch (...) {
+      out[i].error = std::current_exception();
+    }
+  }
+  return out;
+}
+
 }  // namespace agentrt::engine

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <span>
@@ -60,6 +61,25 @@ class Model {
   // returns one logits row per sequence. The sequences must be distinct and made by this model.
   virtual std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
                                                        std::span<const int32_t> tokens) const = 0;
+
+  // decode_batch with each sequence's next token chosen by samplers[i] under masks[i] (masks
+  // empty: none), where the backend can without bringing the logits rows back (the CUDA backend
+  // picks greedy rows on the GPU, one read back for the whole batch). Every token is fed even
+  // where a choice fails: that row's `error` holds the exception (e.g. a mask that allows
+  // nothing) and the others are unaffected.
+  struct BatchChoice {
+    Sampler::Sample sample{};
+    std::exception_ptr error;
+  };
+  virtual std::vector<BatchChoice> decode_batch_and_sample(std::span<ModelSequence* const> seqs,
+                                                           std::span<const int32_t> tokens,
+                                                           std::span<Sampler* const> samplers,
+                                                           std::span<const TokenMask> masks) const;
 };
+
+// Throws std::invalid_argument unless there is one sampler (non-null) per sequence and no masks
+// or one per sequence.
+void check_batch_choice_args(size_t sequences, std::span<Sampler* const> samplers,
+                             std::span<const TokenMask> masks);
 
 }  // namespace agentrt::engine

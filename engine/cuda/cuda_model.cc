@@ -13,6 +13,33 @@ namespace {
 
 class CudaModel;
 
+// The allowed tokens within this many temperatures of the best are collected for sampling:
+// anything further has relative probability < e^-20 (2e-9) and is left out; if more than
+// kNearCapacity tokens are that close, the whole row comes to the host instead.
+constexpr float kNearTemperatures = 20.0f;
+constexpr int32_t kNearCapacity = 4096;
+
+// The sampler's choice on logits row `row` of the last run (-1: the last row), made on the
+// device where it can be: greedy picks there, sampling draws from the tokens near the best.
+Sampler::Sample choose_on_row(cuda::DeviceForward& pass, int64_t row, Sampler& sampler,
+                              TokenMask mask, int64_t vocab) {
+  const SamplingParams& params = sampler.params();
+  const int64_t words = mask.words ? int64_t(mask.num_words) : 0;
+  if (params.greedy()) {
+    const cuda::MaskedPick pick = pass.pick_last(mask.words, words, 1.0f, row);
+    if (pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
+    return {pick.token, float(-std::log(pick.z))};
+  }
+  const auto near = pass.near_best_last(mask.words, words, 1.0f / params.temperature,
+                                        kNearTemperatures * params.temperature, kNearCapacity, row);
+  if (near.pick.allowed == 0)
+    throw std::invalid_argument("sampler: the token mask allows no token");
+  if (near.total <= kNearCapacity) return sampler.sample_candidates(near.cand, near.pick.z);
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  pass.copy_last_logits(logits.data(), row);
+  return sampler.sample(logits, mask);
+}
+
 class CudaSequence final : public ModelSequence {
  public:
   CudaSequence(const CudaModel& model, const ForwardConfig& config)
@@ -50,21 +77,7 @@ class CudaModel final : public Model {
 
   std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
                                                std::span<const int32_t> tokens) const override {
-    if (seqs.size() != tokens.size())
-      throw std::invalid_argument("decode_batch: " + std::to_string(seqs.size()) +
-                                  " sequences but " + std::to_string(tokens.size()) + " tokens");
-    std::vector<cuda::DeviceRow> rows;
-    std::unordered_set<const ModelSequence*> seen;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      auto* s = dynamic_cast<CudaSequence*>(seqs[i]);
-      if (!s || &s->model() != this)
-        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
-                                    " was not made by this model");
-      if (!seen.insert(s).second)
-        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
-                                    " appears twice");
-      rows.push_back({&s->cache(), s->cache().length, tokens[i], true});
-    }
+    std::vector<cuda::DeviceRow> rows = batch_rows(seqs, tokens);
     const int64_t V = vocab_size();
     std::vector<float> flat(rows.size() * V);
     run(rows, flat.data());
@@ -72,6 +85,48 @@ class CudaModel final : public Model {
     for (size_t i = 0; i < rows.size(); ++i) {
       rows[i].cache->length += 1;
       out.emplace_back(flat.begin() + i * V, flat.begin() + (i + 1) * V);
+    }
+    return out;
+  }
+
+  std::vector<BatchChoice> decode_batch_and_sample(
+      std::span<ModelSequence* const> seqs, std::span<const int32_t> tokens,
+      std::span<Sampler* const> samplers, std::span<const TokenMask> masks) const override {
+    check_batch_choice_args(seqs.size(), samplers, masks);
+    std::vector<cuda::DeviceRow> rows = batch_rows(seqs, tokens);
+    const size_t n = rows.size();
+    std::vector<BatchChoice> out(n);
+    std::lock_guard<std::mutex> lock(mutex_);
+    pass_.run(rows, nullptr);
+    for (auto& r : rows) r.cache->length += 1;  // fed, whatever the choices do
+    // Greedy rows: one launch each, one read back for all.
+    std::vector<TokenMask> greedy_masks;
+    std::vector<size_t> greedy;
+    for (size_t i = 0; i < n; ++i)
+      if (samplers[i]->params().greedy()) {
+        greedy.push_back(i);
+        greedy_masks.push_back(masks.empty() ? TokenMask{} : masks[i]);
+      }
+    // pick_rows works on logits rows 0 .. k - 1: greedy rows first when all are greedy (the
+    // common serving case); otherwise each row on its own.
+    if (greedy.size() == n) {
+      const std::vector<cuda::MaskedPick> picks = pass_.pick_rows(greedy_masks);
+      for (size_t i = 0; i < n; ++i) {
+        if (picks[i].allowed == 0)
+          out[i].error = std::make_exception_ptr(
+              std::invalid_argument("sampler: the token mask allows no token"));
+        else
+          out[i].sample = {picks[i].token, float(-std::log(picks[i].z))};
+      }
+      return out;
+    }
+    for (size_t i = 0; i < n; ++i) {
+      try {
+        out[i].sample = choose_on_row(pass_, int64_t(i), *samplers[i],
+                                      masks.empty() ? TokenMask{} : masks[i], vocab_size());
+      } catch (...) {
+        out[i].error = std::current_exception();
+      }
     }
     return out;
   }
@@ -96,6 +151,27 @@ class CudaModel final : public Model {
   }
 
  private:
+  // One row per sequence, each fed one token; the sequences distinct and made by this model.
+  std::vector<cuda::DeviceRow> batch_rows(std::span<ModelSequence* const> seqs,
+                                          std::span<const int32_t> tokens) const {
+    if (seqs.size() != tokens.size())
+      throw std::invalid_argument("decode_batch: " + std::to_string(seqs.size()) +
+                                  " sequences but " + std::to_string(tokens.size()) + " tokens");
+    std::vector<cuda::DeviceRow> rows;
+    std::unordered_set<const ModelSequence*> seen;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      auto* s = dynamic_cast<CudaSequence*>(seqs[i]);
+      if (!s || &s->model() != this)
+        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
+                                    " was not made by this model");
+      if (!seen.insert(s).second)
+        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
+                                    " appears twice");
+      rows.push_back({&s->cache(), s->cache().length, tokens[i], true});
+    }
+    return rows;
+  }
+
   mutable std::mutex mutex_;
   mutable cuda::DeviceForward pass_;
 };
@@ -128,32 +204,12 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
   return logits;
 }
 
-// The allowed tokens within this many temperatures of the best are collected for sampling:
-// anything further has relative probability < e^-20 (2e-9) and is left out; if more than
-// kNearCapacity tokens are that close, the whole row comes to the host instead.
-constexpr float kNearTemperatures = 20.0f;
-constexpr int32_t kNearCapacity = 4096;
-
 Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
                                                  TokenMask mask) {
   if (tokens.empty()) return ModelSequence::forward_and_sample(tokens, sampler, mask);
-  const SamplingParams& params = sampler.params();
-  const int64_t words = mask.words ? int64_t(mask.num_words) : 0;
   // The last slice's run and the choice on its logits (under the model's lock).
-  auto choose = [&](cuda::DeviceForward& pass) -> Sampler::Sample {
-    if (params.greedy()) {
-      const cuda::MaskedPick pick = pass.pick_last(mask.words, words, 1.0f);
-      if (pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
-      return {pick.token, float(-std::log(pick.z))};
-    }
-    const auto near = pass.near_best_last(mask.words, words, 1.0f / params.temperature,
-                                          kNearTemperatures * params.temperature, kNearCapacity);
-    if (near.pick.allowed == 0)
-      throw std::invalid_argument("sampler: the token mask allows no token");
-    if (near.total <= kNearCapacity) return sampler.sample_candidates(near.cand, near.pick.z);
-    std::vector<float> logits(size_t(model_.vocab_size()));
-    pass.copy_last_logits(logits.data());
-    return sampler.sample(logits, mask);
+  auto choose = [&](cuda::DeviceForward& pass) {
+    return choose_on_row(pass, -1, sampler, mask, model_.vocab_size());
   };
   const int64_t n = int64_t(tokens.size()), start = cache_.length;
   Sampler::Sample chosen{};

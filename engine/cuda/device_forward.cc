@@ -273,10 +273,12 @@ char* DeviceForward::staging(int64_t bytes) {
   return static_cast<char*>(pinned_mask_);
 }
 
-const float* DeviceForward::last_logits() const {
-  if (last_wanted_ == 0)
-    throw std::logic_error("cuda sampling: the last run left no logits on the device");
-  return ws_->logits.as<float>() + (last_wanted_ - 1) * config_.vocab_size;
+const float* DeviceForward::logits_row(int64_t row) const {
+  if (row < 0) row = last_wanted_ - 1;
+  if (row < 0 || row >= last_wanted_)
+    throw std::logic_error("cuda sampling: logits row " + std::to_string(row) + " of " +
+                           std::to_string(last_wanted_) + " the last run left on the device");
+  return ws_->logits.as<float>() + row * config_.vocab_size;
 }
 
 // The mask goes through pinned memory (`staged`, mask_words * 4 bytes): an asynchronous copy.
@@ -289,8 +291,9 @@ const uint32_t* DeviceForward::upload_mask(const uint32_t* mask, int64_t mask_wo
   return mask_.as<uint32_t>();
 }
 
-MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, float inv_t) {
-  const float* logits = last_logits();
+MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, float inv_t,
+                                    int64_t row) {
+  const float* logits = logits_row(row);
   const int64_t words = mask ? mask_words : 0;
   char* host = staging(int64_t(sizeof(MaskedPick)) + words * 4);
   const uint32_t* device_mask = upload_mask(mask, words, host + sizeof(MaskedPick));
@@ -307,8 +310,9 @@ MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, fl
 }
 
 DeviceForward::NearBest DeviceForward::near_best_last(const uint32_t* mask, int64_t mask_words,
-                                                      float inv_t, float delta, int32_t capacity) {
-  const float* logits = last_logits();
+                                                      float inv_t, float delta, int32_t capacity,
+                                                      int64_t row) {
+  const float* logits = logits_row(row);
   const int64_t words = mask ? mask_words : 0;
   // Device and host layout: pick, count (padded to 16 bytes), ids[capacity], values[capacity].
   const int64_t head = 32, results = head + int64_t(capacity) * 8;
@@ -338,8 +342,44 @@ DeviceForward::NearBest DeviceForward::near_best_last(const uint32_t* mask, int6
   return out;
 }
 
-void DeviceForward::copy_last_logits(float* out) {
-  const float* logits = last_logits();
+std::vector<MaskedPick> DeviceForward::pick_rows(std::span<const TokenMask> masks) {
+  const int64_t n = int64_t(masks.size());
+  if (n > last_wanted_)
+    throw std::logic_error("cuda sampling: " + std::to_string(n) + " picks but " +
+                           std::to_string(last_wanted_) + " logits rows on the device");
+  std::vector<MaskedPick> out(static_cast<size_t>(n));
+  if (n == 0) return out;
+  // Pinned layout: the picks (read back), then every mask at a common stride (uploaded once).
+  int64_t stride = 0;
+  for (const TokenMask& m : masks)
+    if (m.words) stride = std::max<int64_t>(stride, int64_t(m.num_words));
+  const int64_t head = (n * int64_t(sizeof(MaskedPick)) + 15) / 16 * 16;
+  char* host = staging(head + n * stride * 4);
+  auto* staged = reinterpret_cast<uint32_t*>(host + head);
+  for (int64_t i = 0; i < n; ++i)
+    if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
+  mask_.reserve(std::max<int64_t>(n * stride * 4, 4));
+  if (stride > 0)
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
+                                       cudaMemcpyHostToDevice, stream_));
+  pick_scratch_.reserve(masked_pick_scratch_bytes());
+  pick_.reserve(head);
+  auto* picks = pick_.as<MaskedPick>();
+  for (int64_t i = 0; i < n; ++i) {
+    const bool masked = masks[i].words != nullptr;
+    masked_pick(
+        logits_row(i), config_.vocab_size, masked ? mask_.as<uint32_t>() + i * stride : nullptr,
+        masked ? int64_t(masks[i].num_words) : 0, 1.0f, pick_scratch_.get(), picks + i, stream_);
+  }
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, picks, size_t(n) * sizeof(MaskedPick),
+                                     cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  std::memcpy(out.data(), host, size_t(n) * sizeof(MaskedPick));
+  return out;
+}
+
+void DeviceForward::copy_last_logits(float* out, int64_t row) {
+  const float* logits = logits_row(row);
   const int64_t bytes = config_.vocab_size * 4;
   char* host = staging(bytes);
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, logits, size_t(bytes), cudaMemcpyDeviceToHost, stream_));

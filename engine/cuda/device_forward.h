@@ -23,6 +23,7 @@
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/sampler.h"
 
 namespace agentrt::engine::cuda {
 
@@ -60,7 +61,7 @@ class DeviceForward {
   // After run(rows, nullptr): the greedy choice over the last wanted row's logits under a token
   // bitmask (mask_words words of host memory; nullptr allows every token), made on the device;
   // only the choice is read back.
-  MaskedPick pick_last(const uint32_t* mask, int64_t mask_words, float inv_t);
+  MaskedPick pick_last(const uint32_t* mask, int64_t mask_words, float inv_t, int64_t row = -1);
 
   // After run(rows, nullptr), for sampling at a temperature: the pick (z at 1 / inv_t) and the
   // allowed tokens within `delta` logits of the best as (logit, id), read back instead of the
@@ -71,9 +72,13 @@ class DeviceForward {
     std::vector<std::pair<float, int32_t>> cand;
   };
   NearBest near_best_last(const uint32_t* mask, int64_t mask_words, float inv_t, float delta,
-                          int32_t capacity);
+                          int32_t capacity, int64_t row = -1);
   // After run(rows, nullptr): the last wanted logits row, to host memory (vocab floats).
-  void copy_last_logits(float* out);
+  void copy_last_logits(float* out, int64_t row = -1);
+  // After run(rows, nullptr): the greedy choice (at temperature 1) for logits rows 0 .. n - 1
+  // under masks[i] each (no words: none), one launch per row and one read back for all.
+  // pick_last, near_best_last and copy_last_logits take a row too (-1: the last).
+  std::vector<MaskedPick> pick_rows(std::span<const TokenMask> masks);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
@@ -86,7 +91,7 @@ class DeviceForward {
   // Pinned staging of at least `bytes` (mask upload, results back).
   char* staging(int64_t bytes);
   // The last wanted logits row on the device; the mask copied to the device (nullptr: none).
-  const float* last_logits() const;
+  const float* logits_row(int64_t row) const;  // -1: the last
   const uint32_t* upload_mask(const uint32_t* mask, int64_t mask_words, char* staged);
   // A stream for work independent of what follows on stream_ until join(): the side stream
   // (after an event on stream_) or stream_ itself when not decoding.

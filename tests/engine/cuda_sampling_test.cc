@@ -1,7 +1,8 @@
 // Sampling on the GPU against the host Sampler: the masked pick kernel on random logits (ties,
 // non-finite values, masks shorter than the vocabulary, a mask that allows nothing), and
 // ModelSequence::forward_and_sample on a CUDA model (greedy; temperature, top-k, top-p, min-p)
-// against forward() + Sampler::sample on the same model. Skips without a GPU.
+// against forward() + Sampler::sample on the same model, and decode_batch_and_sample against
+// decode_batch + Sampler::sample. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -127,6 +128,70 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
   EXPECT_THROW(a->forward_and_sample(feed_a, sa, {none.data(), none.size()}),
                std::invalid_argument);
   EXPECT_EQ(a->length(), before + 1);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_batch_sampling";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 11;
+  write_random_model(dir, init);
+  cuda::CudaOptions options;
+  options.precision = cuda::GemmPrecision::f32;
+  const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+  std::mt19937 rng(3);
+  const int n = 5;
+  std::vector<std::unique_ptr<ModelSequence>> a, b;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int32_t> prompt(20 + 3 * i);
+    for (auto& t : prompt) t = int32_t(rng() % 3000);
+    a.push_back(gpu->new_sequence());
+    b.push_back(gpu->new_sequence());
+    a.back()->forward(prompt);
+    b.back()->forward(prompt);
+  }
+  std::vector<uint32_t> sparse((3000 + 31) / 32, 0), none(sparse.size(), 0u);
+  for (int64_t i = 0; i < 3000; ++i)
+    if (rng() % 5 == 0) sparse[i >> 5] |= 1u << (i & 31);
+  std::vector<ModelSequence*> sa, sb;
+  for (int i = 0; i < n; ++i) sa.push_back(a[i].get()), sb.push_back(b[i].get());
+  // Round 0: all greedy (one batched pick; row 3's mask allows nothing). Round 1: one row
+  // samples at a temperature, so each row is chosen on its own.
+  for (int round = 0; round < 2; ++round) {
+    std::vector<Sampler> samplers, host;
+    for (int i = 0; i < n; ++i) {
+      const SamplingParams p = round == 1 && i == 2 ? SamplingParams{.temperature = 0.9f, .seed = 7}
+                                                    : SamplingParams{.temperature = 0.0f};
+      samplers.emplace_back(p);
+      host.emplace_back(p);
+    }
+    std::vector<Sampler*> ptrs;
+    for (auto& x : samplers) ptrs.push_back(&x);
+    std::vector<TokenMask> masks(n);
+    masks[1] = {sparse.data(), sparse.size()};
+    masks[2] = {sparse.data(), sparse.size()};
+    if (round == 0) masks[3] = {none.data(), none.size()};
+    std::vector<int32_t> tokens(n);
+    for (auto& t : tokens) t = int32_t(rng() % 3000);
+    const auto got = gpu->decode_batch_and_sample(sa, tokens, ptrs, masks);
+    const auto rows = gpu->decode_batch(sb, tokens);
+    ASSERT_EQ(got.size(), size_t(n));
+    for (int i = 0; i < n; ++i) {
+      if (round == 0 && i == 3) {
+        EXPECT_TRUE(got[i].error) << "row " << i;
+        continue;
+      }
+      ASSERT_FALSE(got[i].error) << "round " << round << " row " << i;
+      const Sampler::Sample want = host[i].sample(rows[i], masks[i]);
+      EXPECT_EQ(got[i].sample.token, want.token) << "round " << round << " row " << i;
+      EXPECT_NEAR(got[i].sample.logprob, want.logprob, 1e-4) << "round " << round << " row " << i;
+    }
+    for (int i = 0; i < n; ++i) EXPECT_EQ(a[i]->length(), b[i]->length());
+  }
   std::filesystem::remove_all(dir);
 }
 

@@ -81,6 +81,43 @@ TEST(Model, DecodeBatchRejectsMismatchedOrRepeatedSequences) {
   EXPECT_THROW(model->decode_batch(foreign, one), std::invalid_argument);
 }
 
+// The default decode_batch_and_sample: decode_batch, then each sampler on its row; a row whose
+// mask allows nothing gets an error and the others their tokens; every token is fed.
+TEST(Model, DecodeBatchAndSampleChoosesEachRow) {
+  auto model = tiny();
+  const auto f = testing::GoldenFixture::load("tiny_b");
+  const int64_t V = model->vocab_size();
+  std::vector<std::unique_ptr<ModelSequence>> a, b;
+  for (int i = 0; i < 3; ++i) {
+    a.push_back(model->new_sequence());
+    b.push_back(model->new_sequence());
+    a.back()->forward(std::span(f.ids).first(10 + i));
+    b.back()->forward(std::span(f.ids).first(10 + i));
+  }
+  std::vector<uint32_t> odd(size_t((V + 31) / 32), 0xaaaaaaaau), none(odd.size(), 0u);
+  Sampler g0(SamplingParams{.temperature = 0.0f}), g1(SamplingParams{.temperature = 0.0f}),
+      g2(SamplingParams{.temperature = 0.0f});
+  std::vector<Sampler*> samplers = {&g0, &g1, &g2};
+  const std::vector<TokenMask> masks = {TokenMask{}, TokenMask{odd.data(), odd.size()},
+                                        TokenMask{none.data(), none.size()}};
+  std::vector<ModelSequence*> sa = {a[0].get(), a[1].get(), a[2].get()},
+                              sb = {b[0].get(), b[1].get(), b[2].get()};
+  const std::vector<int32_t> tokens = {3, 4, 5};
+  const auto got = model->decode_batch_and_sample(sa, tokens, samplers, masks);
+  const auto rows = model->decode_batch(sb, tokens);
+  ASSERT_EQ(got.size(), 3u);
+  Sampler host(SamplingParams{.temperature = 0.0f});
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_FALSE(got[i].error) << "row " << i;
+    EXPECT_EQ(got[i].sample.token, host.sample(rows[i], masks[i]).token) << "row " << i;
+  }
+  EXPECT_EQ(got[1].sample.token % 2, 1);  // the mask allows odd ids only
+  EXPECT_TRUE(got[2].error);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(a[i]->length(), 11 + i);
+  std::vector<Sampler*> too_few = {&g0};
+  EXPECT_THROW(model->decode_batch_and_sample(sa, tokens, too_few, masks), std::invalid_argument);
+}
+
 TEST(Model, SequencesOnSeveralThreadsShareOneModel) {
   auto model = tiny();
   const auto f = testing::GoldenFixture::load("tiny_b");
