@@ -11,7 +11,14 @@ struct DecodeBatcher::Request {
   std::vector<int32_t> tokens;
   size_t fed = 0;  // prefill progress
   std::vector<float> last_logits;
-  std::promise<std::vector<float>> done;
+  // Set for a one-token step whose token the pass chooses (mask: none when words is null).
+  engine::Sampler* sampler = nullptr;
+  engine::TokenMask mask;
+  struct Result {
+    std::vector<float> logits;  // without a sampler
+    engine::Sampler::Sample sample{};
+  };
+  std::promise<Result> done;
 };
 
 DecodeBatcher::DecodeBatcher(std::shared_ptr<const engine::Model> model,
@@ -68,7 +75,27 @@ std::vector<float> DecodeBatcher::forward(engine::ModelSequence& sequence,
     (tokens.size() == 1 ? decodes_ : prefills_).push_back(std::move(request));
   }
   wake_.notify_all();
-  return result.get();
+  return result.get().logits;
+}
+
+engine::Sampler::Sample DecodeBatcher::forward_and_sample(engine::ModelSequence& sequence,
+                                                          std::span<const int32_t> tokens,
+                                                          engine::Sampler& sampler,
+                                                          engine::TokenMask mask) {
+  if (tokens.size() != 1) return sampler.sample(forward(sequence, tokens), mask);
+  auto request = std::make_shared<Request>();
+  request->sequence = &sequence;
+  request->tokens.assign(tokens.begin(), tokens.end());
+  request->sampler = &sampler;
+  request->mask = mask;
+  auto result = request->done.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_) throw std::runtime_error("DecodeBatcher: stopped");
+    decodes_.push_back(std::move(request));
+  }
+  wake_.notify_all();
+  return result.get().sample;
 }
 
 DecodeBatcherStats DecodeBatcher::stats() const {
@@ -117,21 +144,52 @@ void DecodeBatcher::schedule() {
 }
 
 void DecodeBatcher::run_decode_pass(std::vector<std::shared_ptr<Request>>& batch) {
-  std::vector<engine::ModelSequence*> seqs;
-  std::vector<int32_t> tokens;
-  for (const auto& r : batch) {
-    seqs.push_back(r->sequence);
-    tokens.push_back(r->tokens[0]);
+  // Steps that bring their sampler are chosen in the pass; the others get their logits row.
+  std::vector<std::shared_ptr<Request>> rows_back, chosen;
+  for (auto& r : batch) (r->sampler ? chosen : rows_back).push_back(r);
+  const auto inputs = [](const std::vector<std::shared_ptr<Request>>& part) {
+    std::pair<std::vector<engine::ModelSequence*>, std::vector<int32_t>> in;
+    for (const auto& r : part) {
+      in.first.push_back(r->sequence);
+      in.second.push_back(r->tokens[0]);
+    }
+    return in;
+  };
+  if (!rows_back.empty()) {
+    const auto [seqs, tokens] = inputs(rows_back);
+    std::vector<std::vector<float>> rows;
+    try {
+      rows = model_->decode_batch(seqs, tokens);
+    } catch (...) {
+      // decode_batch rolls every cache back on failure; each step is reported to its generation.
+      for (auto& r : rows_back) r->done.set_exception(std::current_exception());
+      rows_back.clear();
+    }
+    for (size_t i = 0; i < rows_back.size(); ++i)
+      rows_back[i]->done.set_value({std::move(rows[i]), {}});
   }
-  std::vector<std::vector<float>> rows;
-  try {
-    rows = model_->decode_batch(seqs, tokens);
-  } catch (...) {
-    // decode_batch rolls every cache back on failure; each step is reported to its generation.
-    for (auto& r : batch) r->done.set_exception(std::current_exception());
-    return;
+  if (!chosen.empty()) {
+    const auto [seqs, tokens] = inputs(chosen);
+    std::vector<engine::Sampler*> samplers;
+    std::vector<engine::TokenMask> masks;
+    for (const auto& r : chosen) {
+      samplers.push_back(r->sampler);
+      masks.push_back(r->mask);
+    }
+    std::vector<engine::Model::BatchChoice> choices;
+    try {
+      choices = model_->decode_batch_and_sample(seqs, tokens, samplers, masks);
+    } catch (...) {
+      for (auto& r : chosen) r->done.set_exception(std::current_exception());
+      return;
+    }
+    for (size_t i = 0; i < chosen.size(); ++i) {
+      if (choices[i].error)
+        chosen[i]->done.set_exception(choices[i].error);
+      else
+        chosen[i]->done.set_value({{}, choices[i].sample});
+    }
   }
-  for (size_t i = 0; i < batch.size(); ++i) batch[i]->done.set_value(std::move(rows[i]));
 }
 
 void DecodeBatcher::run_prefill_chunk(const std::shared_ptr<Request>& r) {
@@ -144,7 +202,7 @@ void DecodeBatcher::run_prefill_chunk(const std::shared_ptr<Request>& r) {
     return;
   }
   r->fed += n;
-  if (r->fed == r->tokens.size()) r->done.set_value(std::move(r->last_logits));
+  if (r->fed == r->tokens.size()) r->done.set_value({std::move(r->last_logits), {}});
 }
 
 }  // namespace agentrt

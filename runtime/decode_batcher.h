@@ -1,8 +1,9 @@
 // Continuous batching for the native engine: every generation of a serving process hands its
 // model work (prompt prefill, one-token decode steps, jump-forward prefills) to one scheduler
 // thread, which runs the pending one-token steps of all sequences in one Model::decode_batch call
-// (one forward pass) and interleaves prefill chunks between those batches. Grammar masks and
-// sampling stay with each generation (they only need the logits row this returns).
+// (one forward pass) and interleaves prefill chunks between those batches. A step may carry its
+// sampler and grammar mask (forward_and_sample): the pass then chooses the tokens, on the GPU
+// for a CUDA model, and no logits row leaves the device.
 //
 // Fairness: decode steps are served first-come first-served up to max_batch per pass, so a step
 // waits at most ceil(waiting / max_batch) passes; prefills advance round-robin by one chunk per
@@ -63,6 +64,15 @@ class DecodeBatcher {
   // scheduler ran it. One token goes into a batched decode pass, more are prefilled in chunks.
   // The caller must not touch `sequence` meanwhile. Rethrows the engine's exception.
   std::vector<float> forward(engine::ModelSequence& sequence, std::span<const int32_t> tokens);
+
+  // forward() with the next token chosen by `sampler` under `mask`. One token joins the batched
+  // pass and is chosen there (Model::decode_batch_and_sample: a CUDA model picks greedy rows on
+  // the GPU and returns only the tokens); more tokens are prefilled as forward() does and the
+  // last row sampled here. Throws std::invalid_argument, with the tokens fed, when the mask
+  // allows no token; `sampler` and `mask` must outlive the call.
+  engine::Sampler::Sample forward_and_sample(engine::ModelSequence& sequence,
+                                             std::span<const int32_t> tokens,
+                                             engine::Sampler& sampler, engine::TokenMask mask);
 
   DecodeBatcherStats stats() const;
 

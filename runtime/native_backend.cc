@@ -339,6 +339,13 @@ GenerationResult NativeBackend::generate(const GenerationRequest& request,
     };
     try {
       if (batcher_) {
+        // One token: chosen in the batched pass (on the GPU for a CUDA model); a prompt or
+        // jump-forward prefill: its last row sampled here.
+        if (pending.size() == 1) {
+          const auto s = batcher_->forward_and_sample(seq, pending, sampler, tm);
+          fed_ok();
+          return s;
+        }
         const std::vector<float> logits = feed(seq, pending);
         fed_ok();
         return sampler.sample(logits, tm);

@@ -123,5 +123,38 @@ TEST_F(DecodeBatcherTest, ChunkedPrefillMatchesOnePassAndDecodeStepsRunMeanwhile
   EXPECT_GE(batcher.stats().prefill_chunks, 12);
 }
 
+// A step that brings its sampler is chosen in the pass: the same token as the logits row and a
+// host sample; a mask that allows nothing throws invalid_argument with the token fed.
+TEST_F(DecodeBatcherTest, ForwardAndSampleChoosesInThePass) {
+  const auto model = engine::Model::load(dir_);
+  DecodeBatcher batcher(model);
+  DecodeBatcher::Activity activity(batcher);
+  auto a = model->new_sequence(), b = model->new_sequence();
+  const std::vector<int32_t> prompt = {100, 200, 300, 400};
+  engine::Sampler sa(engine::SamplingParams{.temperature = 0.0f}),
+      sb(engine::SamplingParams{.temperature = 0.0f});
+  std::vector<uint32_t> odd(size_t((model->vocab_size() + 31) / 32), 0xaaaaaaaau);
+  const engine::TokenMask tm{odd.data(), odd.size()};
+  // A prompt (sampled on the host after the prefill), then one-token steps (chosen in the pass).
+  auto got = batcher.forward_and_sample(*a, prompt, sa, tm);
+  auto want = sb.sample(b->forward(prompt), tm);
+  EXPECT_EQ(got.token, want.token);
+  for (int step = 0; step < 3; ++step) {
+    const std::vector<int32_t> next = {got.token};
+    got = batcher.forward_and_sample(*a, next, sa, tm);
+    want = sb.sample(b->forward(next), tm);
+    ASSERT_EQ(got.token, want.token) << "step " << step;
+    EXPECT_EQ(got.token % 2, 1);
+    EXPECT_NEAR(got.logprob, want.logprob, 1e-5);
+  }
+  std::vector<uint32_t> none(odd.size(), 0u);
+  const int64_t before = a->length();
+  const std::vector<int32_t> next = {got.token};
+  EXPECT_THROW(batcher.forward_and_sample(*a, next, sa, {none.data(), none.size()}),
+               std::invalid_argument);
+  EXPECT_EQ(a->length(), before + 1);
+  EXPECT_GT(batcher.stats().decode_steps, 0);
+}
+
 }  // namespace
 }  // namespace agentrt
