@@ -1,5 +1,6 @@
 #include "engine/cuda/cuda_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <stdexcept>
@@ -99,18 +100,14 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     pass_.run(rows, nullptr);
     for (auto& r : rows) r.cache->length += 1;  // fed, whatever the choices do
-    // Greedy rows: one launch each, one read back for all.
-    std::vector<TokenMask> greedy_masks;
-    std::vector<size_t> greedy;
-    for (size_t i = 0; i < n; ++i)
-      if (samplers[i]->params().greedy()) {
-        greedy.push_back(i);
-        greedy_masks.push_back(masks.empty() ? TokenMask{} : masks[i]);
-      }
-    // pick_rows works on logits rows 0 .. k - 1: greedy rows first when all are greedy (the
-    // common serving case); otherwise each row on its own.
-    if (greedy.size() == n) {
-      const std::vector<cuda::MaskedPick> picks = pass_.pick_rows(greedy_masks);
+    // All greedy (the common serving case): one launch per row, one read back for the batch.
+    // Otherwise each row is chosen on its own.
+    const bool all_greedy = std::all_of(samplers.begin(), samplers.end(),
+                                        [](const Sampler* s) { return s->params().greedy(); });
+    if (all_greedy) {
+      std::vector<TokenMask> row_masks(masks.begin(), masks.end());
+      row_masks.resize(n);  // no masks: none for every row
+      const std::vector<cuda::MaskedPick> picks = pass_.pick_rows(row_masks);
       for (size_t i = 0; i < n; ++i) {
         if (picks[i].allowed == 0)
           out[i].error = std::make_exception_ptr(

@@ -2,17 +2,12 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/indexer_gemm.h"
 
 namespace agentrt::engine::cuda {
 namespace {
-
-void check_cublas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS ") + what +
-                             " (indexer scores) failed with status " + std::to_string(int(s)));
-}
 
 // scores[t][e] = sum_h w[t][h] * weight_scale * relu(products[t - r0][h][e]) * scale for each
 // entry e the row sees (scale = 1/sqrt(head_dim)); products: [rows][heads][entries].
@@ -59,7 +54,7 @@ void IndexerScoresGemm::run(const float* q, const float* head_weights, float wei
     check_cublas(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(max_visible), int(m * heads),
                              int(head_dim), &one, entries, int(head_dim), q + r0 * heads * head_dim,
                              int(head_dim), &zero, products, int(max_visible)),
-                 "cublasSgemm");
+                 "cublasSgemm (indexer scores)");
     const dim3 grid(unsigned((max_visible + 255) / 256), unsigned(m));
     head_sum_kernel<<<grid, 256, 0, stream>>>(products, max_visible, head_weights, weight_scale,
                                               head_dim, rows, heads, r0, scores, stride);

@@ -3,6 +3,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/linear.h"
@@ -10,12 +11,6 @@
 
 namespace agentrt::engine::cuda {
 namespace {
-
-void check_cublas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS ") + what + " failed with status " +
-                             std::to_string(int(s)));
-}
 
 __global__ void dequantize_kernel(WeightMatrix w, void* out, bool to_bf16) {
   const int64_t total = w.rows * w.cols;

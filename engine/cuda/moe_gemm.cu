@@ -5,18 +5,13 @@
 #include <string>
 #include <vector>
 
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
-
-void check_cublas(cublasStatus_t s, const char* what) {
-  if (s != CUBLAS_STATUS_SUCCESS)
-    throw std::runtime_error(std::string("cuBLAS ") + what +
-                             " (routed experts) failed with status " + std::to_string(int(s)));
-}
 
 unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 8192)); }
 
@@ -213,7 +208,7 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
                                    &one, w, CUDA_R_16BF, int(cols), w_stride, x, CUDA_R_16BF,
                                    int(cols), n * cols, &zero, y, CUDA_R_32F, int(rows), n * rows,
                                    int(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmStridedBatchedEx");
+        "cublasGemmStridedBatchedEx (routed experts)");
   };
   auto decode = [&](int64_t a0, int64_t count) {
     const int values = e.w1_type == WeightType::f4_e2m1   ? 32
