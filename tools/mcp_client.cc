@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <stdexcept>
 
@@ -74,13 +76,32 @@ void McpClient::stop() {
 void McpClient::send(const nlohmann::json& message) {
   const std::string line =
       message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+  // Writing to a server that has exited raises SIGPIPE, which would end the whole process: it is
+  // blocked on this thread for the writes, and the one a closed pipe raised is discarded.
+  sigset_t pipe_signal, previous;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, &previous);
   size_t off = 0;
+  int error = 0;
   while (off < line.size()) {
     const ssize_t n = ::write(to_server_, line.data() + off, line.size() - off);
-    if (n <= 0)
-      throw McpError("MCP server " + config_.command[0] + ": write failed (server gone?)");
+    if (n <= 0) {
+      error = n < 0 ? errno : EIO;
+      if (error == EINTR) continue;
+      break;
+    }
     off += static_cast<size_t>(n);
   }
+  if (error == EPIPE) {
+    const timespec now{0, 0};
+    sigtimedwait(&pipe_signal, nullptr, &now);
+  }
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  if (error == EPIPE)
+    throw McpError("MCP server " + config_.command[0] + " exited or closed its input");
+  if (error != 0)
+    throw McpError("MCP server " + config_.command[0] + ": write failed: " + std::strerror(error));
 }
 
 nlohmann::json McpClient::read_response(int64_t id, std::chrono::milliseconds timeout) {

@@ -65,5 +65,27 @@ TEST(McpClient, AMissingServerIsAClearError) {
   }
 }
 
+// A server that closes its input: the client's write may meet the closed pipe (a broken pipe,
+// which must not raise SIGPIPE and end the process; CI once lost the test binary to that race
+// with a server that failed to start) or land first and get no answer. Either way it is a clear
+// error naming the server.
+TEST(McpClient, AServerThatClosedItsInputIsAClearErrorNotASignal) {
+  McpServerConfig c;
+  c.command = {"/bin/sh", "-c", "exec 0<&-; sleep 1"};
+  c.startup_timeout = std::chrono::milliseconds(300);
+  for (int i = 0; i < 3; ++i) {
+    try {
+      McpClient client(c);
+      FAIL();
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("MCP server /bin/sh"), std::string::npos) << what;
+      EXPECT_TRUE(what.find("closed its input") != std::string::npos ||
+                  what.find("did not answer") != std::string::npos)
+          << what;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace agentrt::tools
