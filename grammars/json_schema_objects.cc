@@ -26,8 +26,6 @@ constexpr size_t kMaxOrderFree = 6;
 constexpr size_t kMaxTrackedRequired = 9;
 // ... and while the grammar stays this small (alternatives over all states).
 constexpr size_t kMaxOrderFreeAlternatives = 16384;
-// Members longer than this (EBNF characters) are rules of their own in order-free objects.
-constexpr size_t kMaxInlineMember = 60;
 
 bool is_false_schema(const SchemaJson& s) { return s.is_boolean() && !s.get<bool>(); }
 
@@ -60,12 +58,16 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
   }
   const size_t masks = size_t{1} << tracked;
   const size_t cap = max_props ? *max_props : std::max<size_t>(min_props, 1);
-  // Every state lists the members it may take next: long members become rules, written once
-  // instead of once per state (objects of Kubernetes schemas made megabytes of EBNF).
+  // Every state lists the members it may take next: each member is a rule, written and
+  // determinised once instead of once per state. A state is then a few automaton states (one
+  // rule call per member) instead of a trie of the remaining keys with each value's start; the
+  // parse holds one stack per candidate member until the key's bytes tell them apart (keys are
+  // distinct quoted strings, so none is a prefix of another). Halves the automaton of
+  // Kubernetes schemas (kb_240: 44K -> 22K states).
   std::vector<std::string> member(n);
   for (size_t j = 0; j < n; ++j) {
     member[j] = named[j].member;
-    if (masks * (cap + 1) >= 8 && member[j].size() > kMaxInlineMember) {
+    if (masks * (cap + 1) >= 8) {
       member[j] = new_rule(path + "-member" + std::to_string(j), member[j]);
     }
   }
