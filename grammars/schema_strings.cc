@@ -269,31 +269,56 @@ const CodepointSet& plain_ascii() {
 
 // `closing` empty: the content of the string (the end is where the caller puts the quote);
 // else the string's tail up to and including `closing`, and `any_rest` must include it too.
-// `other_rest` (may be empty): see json_string_tail_excluding.
-std::string trie_excluding(const TrieNode& node, const std::string& any_rest,
-                           const std::string& closing, const std::string& other_rest) {
-  std::vector<std::string> alts;
+// `other_rest` (may be empty): see json_string_tail_excluding. Appends to `out`: returning
+// each subtree's text copied it once per level above it (keys of 20 and more characters).
+void trie_excluding(const TrieNode& node, const std::string& any_rest, const std::string& closing,
+                    const std::string& other_rest, std::string& out) {
+  // Units of single plain ASCII characters, written once rather than at every trie node.
+  static const std::vector<std::string> kAsciiUnits = [] {
+    std::vector<std::string> units(128);
+    for (uint32_t cp = 0; cp < 128; ++cp) units[cp] = json_string_unit(CodepointSet::single(cp));
+    return units;
+  }();
+  out += '(';
+  bool first = true;
+  auto next_alt = [&] {
+    if (!first) out += " | ";
+    first = false;
+  };
   CodepointSet used;
+  bool all_plain = true;  // every child is a plain ASCII character
   for (const auto& [cp, child] : node.children) {
     used.add(cp, cp);
-    alts.push_back(json_string_unit(CodepointSet::single(cp)) + " " +
-                   trie_excluding(*child, any_rest, closing, other_rest));
+    all_plain = all_plain && plain_ascii().contains(cp);
+    next_alt();
+    out += cp < 128 ? kAsciiUnits[cp] : json_string_unit(CodepointSet::single(cp));
+    out += ' ';
+    trie_excluding(*child, any_rest, closing, other_rest, out);
   }
-  if (!other_rest.empty() && used.minus(plain_ascii()).empty()) {
+  if (!other_rest.empty() && all_plain) {
     const CodepointSet ascii = plain_ascii().minus(used);
-    if (!ascii.empty()) alts.push_back(ebnf_char_class(ascii) + " " + any_rest);
-    alts.push_back(other_rest);
+    if (!ascii.empty()) {
+      next_alt();
+      out += ebnf_char_class(ascii);
+      out += ' ';
+      out += any_rest;
+    }
+    next_alt();
+    out += other_rest;
   } else if (std::string other = json_string_unit(CodepointSet::all().minus(used));
              !other.empty()) {
-    alts.push_back(other + " " + any_rest);
+    next_alt();
+    out += other;
+    out += ' ';
+    out += any_rest;
   }
   // Ending here is allowed unless the string so far is one of the excluded.
-  if (!closing.empty() && !node.terminal) alts.push_back(closing);
-  std::string out = "(";
-  for (size_t i = 0; i < alts.size(); ++i) out += (i ? " | " : "") + alts[i];
-  out += ")";
-  if (closing.empty() && !node.terminal) out += "?";
-  return out;
+  if (!closing.empty() && !node.terminal) {
+    next_alt();
+    out += closing;
+  }
+  out += ')';
+  if (closing.empty() && !node.terminal) out += '?';
 }
 
 TrieNode excluded_trie(const std::vector<std::string>& excluded) {
@@ -317,14 +342,18 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
   const std::string any_rest =
       any_rest_rule.empty() ? json_string_unit(CodepointSet::all()) + "*" : any_rest_rule;
   if (excluded.empty()) return any_rest;
-  return trie_excluding(excluded_trie(excluded), any_rest, "", "");
+  std::string out;
+  trie_excluding(excluded_trie(excluded), any_rest, "", "", out);
+  return out;
 }
 
 std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
                                        const std::string& tail_rule,
                                        const std::string& other_tail_rule) {
   if (excluded.empty()) return tail_rule;
-  return trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule);
+  std::string out;
+  trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule, out);
+  return out;
 }
 
 std::string json_string_other_tail() {
