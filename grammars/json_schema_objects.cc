@@ -36,6 +36,15 @@ std::string join(const std::vector<std::string>& alts) {
   return out + ")";
 }
 
+// A state of an object: `lead` (the separator, or nothing before the first member) once, then
+// one of `alts` (each a member and the next state), optional where the object may end.
+std::string state_body(const std::string& lead, const std::vector<std::string>& alts,
+                       bool may_end) {
+  if (alts.empty()) return "\"\"";
+  std::string body = lead + join(alts);
+  return may_end ? "(" + body + ")?" : body;
+}
+
 SchemaJson all_of(std::vector<SchemaJson> parts) {
   if (parts.size() == 1) return parts[0];
   return SchemaJson{{"allOf", SchemaJson(parts)}};
@@ -64,16 +73,16 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
   // parse holds one stack per candidate member until the key's bytes tell them apart (keys are
   // distinct quoted strings, so none is a prefix of another). Halves the automaton of
   // Kubernetes schemas (kb_240: 44K -> 22K states).
+  const bool many_states = masks * (cap + 1) >= 8;
   std::vector<std::string> member(n);
   for (size_t j = 0; j < n; ++j) {
     member[j] = named[j].member;
-    if (masks * (cap + 1) >= 8) {
-      member[j] = new_rule(path + "-member" + std::to_string(j), member[j]);
-    }
+    if (many_states) member[j] = new_rule(path + "-member" + std::to_string(j), member[j]);
   }
   // The untracked members and additional properties may come in every state, each going to the
-  // state with one more member: one rule for all of them, written once instead of once per state
-  // (in large objects they were most of the text and automaton).
+  // state with one more member: one rule for all of them (also for the additional properties
+  // alone), written once instead of once per state (in large objects they were most of the text
+  // and automaton).
   std::optional<std::string> any_member;
   {
     std::vector<std::string> untracked;
@@ -81,7 +90,11 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
       if (!named[j].tracked) untracked.push_back(member[j]);
     }
     if (extra) untracked.push_back(*extra);
-    if (untracked.size() >= 2) any_member = new_rule(path + "-any-member", join(untracked));
+    const bool one_expression =
+        untracked.size() == 1 && many_states && untracked[0].find(' ') != std::string::npos;
+    if (untracked.size() >= 2 || one_expression) {
+      any_member = new_rule(path + "-any-member", join(untracked));
+    }
   }
   auto idx = [&](size_t mask, size_t c) { return mask * (cap + 1) + c; };
   auto next_count = [&](size_t c) -> std::optional<size_t> {
@@ -153,17 +166,8 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
     }
     const std::string lead = c == 0 ? "" : sep();
     std::vector<std::string> alts;
-    for (const auto& [next, members] : by_next) {
-      alts.push_back(lead + join(members) + " " + next);
-    }
-    std::string body;
-    if (alts.empty()) {
-      body = "\"\"";
-    } else {
-      body = join(alts);
-      if (can_end(mask, c)) body = (alts.size() == 1 ? "(" + body + ")" : body) + "?";
-    }
-    define(state_names[idx(mask, c)], body);
+    for (const auto& [next, members] : by_next) alts.push_back(join(members) + " " + next);
+    define(state_names[idx(mask, c)], state_body(lead, alts, can_end(mask, c)));
   }
   return "\"{\" " + ws() + start + " " + ws() + "\"}\"";
 }
@@ -409,20 +413,11 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
     auto nc = next_count(c);
     if (nc) {
       for (size_t j = i; j < n && j <= last_choice[i]; ++j) {
-        if (live[idx(j + 1, *nc)])
-          alts.push_back(lead + named[j].member + " " + state_ref(j + 1, *nc));
+        if (live[idx(j + 1, *nc)]) alts.push_back(named[j].member + " " + state_ref(j + 1, *nc));
       }
-      if (extra && live[idx(i, *nc)]) alts.push_back(lead + *extra + " " + state_ref(i, *nc));
+      if (extra && live[idx(i, *nc)]) alts.push_back(*extra + " " + state_ref(i, *nc));
     }
-    const bool eps = all_optional[i] && c >= min_props;
-    std::string body;
-    if (alts.empty()) {
-      body = "\"\"";
-    } else {
-      body = join(alts);
-      if (eps) body = (alts.size() == 1 ? "(" + body + ")" : body) + "?";
-    }
-    define(state_names[idx(i, c)], body);
+    define(state_names[idx(i, c)], state_body(lead, alts, all_optional[i] && c >= min_props));
   }
   return "\"{\" " + w + start + " " + w + "\"}\"";
 }
