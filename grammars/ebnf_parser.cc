@@ -1,6 +1,8 @@
 #include "grammars/ebnf_parser.h"
 
+#include <functional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 
 #include "grammars/grammar.h"
@@ -24,14 +26,16 @@ class EbnfParser {
     if (at_end()) fail("empty grammar");
     while (!at_end()) {
       size_t name_pos = pos_;
-      std::string name = parse_name();
+      std::string_view name = parse_name();
       skip_space();
-      if (t_.substr(pos_, 3) != "::=") fail("expected '::=' after rule name '" + name + "'");
+      if (t_.substr(pos_, 3) != "::=") {
+        fail("expected '::=' after rule name '" + std::string(name) + "'");
+      }
       pos_ += 3;
       int32_t id = rule_id(name, name_pos);
       if (defined_[id]) {
         pos_ = name_pos;
-        fail("rule '" + name + "' is defined twice");
+        fail("rule '" + std::string(name) + "' is defined twice");
       }
       defined_[id] = true;
       rules_[id].body = parse_alternation(false);
@@ -44,7 +48,7 @@ class EbnfParser {
         fail("undefined rule '" + rules_[i].name + "'");
       }
     }
-    auto it = ids_.find(std::string(root_rule));
+    auto it = ids_.find(root_rule);
     if (it == ids_.end()) {
       throw GrammarError("grammar has no root rule '" + std::string(root_rule) + "'");
     }
@@ -80,19 +84,20 @@ class EbnfParser {
     }
   }
 
-  std::string parse_name() {
+  std::string_view parse_name() {
     size_t start = pos_;
     while (!at_end() && is_name_char(peek())) ++pos_;
     if (pos_ == start) fail("expected a rule name");
-    return std::string(t_.substr(start, pos_ - start));
+    return t_.substr(start, pos_ - start);
   }
 
-  int32_t rule_id(const std::string& name, size_t use_pos) {
-    // find() first: emplace() would allocate a node for every reference.
+  int32_t rule_id(std::string_view name, size_t use_pos) {
+    // Looked up by view: a reference allocates nothing (names of schema grammars are longer
+    // than the short-string buffer).
     if (auto it = ids_.find(name); it != ids_.end()) return it->second;
     const auto id = static_cast<int32_t>(rules_.size());
-    ids_.emplace(name, id);
-    rules_.push_back(GrammarRule{name, Expr::sequence({})});
+    ids_.emplace(std::string(name), id);
+    rules_.push_back(GrammarRule{std::string(name), Expr::sequence({})});
     defined_.push_back(false);
     first_use_.push_back(use_pos);
     return id;
@@ -325,7 +330,7 @@ class EbnfParser {
     }
     if (is_name_char(c)) {
       size_t name_pos = pos_;
-      std::string name = parse_name();
+      std::string_view name = parse_name();
       return Expr::rule_ref(rule_id(name, name_pos));
     }
     (void)nested;
@@ -337,7 +342,11 @@ class EbnfParser {
   std::vector<GrammarRule> rules_;
   std::vector<bool> defined_;
   std::vector<size_t> first_use_;
-  std::unordered_map<std::string, int32_t> ids_;
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int32_t, NameHash, std::equal_to<>> ids_;
 };
 
 }  // namespace

@@ -565,6 +565,17 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
     rest.erase(key);
     std::vector<std::string> alts;
     const bool one_of = std::string(key) == "oneOf";
+    // oneOf: each branch with references inlined and allOf merged, made once rather than once
+    // per pair of branches (each a copy of a definition).
+    std::vector<SchemaJson> resolved;
+    for (size_t j = 0; one_of && j < s[key].size(); ++j) {
+      const std::string bpath = path + "/" + key + "/" + std::to_string(j);
+      resolved.push_back(inline_refs(s[key][j], bpath));
+      try {
+        resolved.back() = normalise(resolved.back(), bpath);
+      } catch (const GrammarError&) {
+      }
+    }
     for (size_t i = 0; i < s[key].size(); ++i) {
       const std::string bpath = path + "/" + key + "/" + std::to_string(i);
       const SchemaJson& branch = s[key][i];
@@ -574,22 +585,13 @@ std::optional<std::string> JsonSchemaCompiler::compile(const SchemaJson& schema,
       if (one_of) {
         // oneOf: this branch and none of the others that could overlap with it, when those
         // negations are supported.
-        SchemaJson mine = inline_refs(branch, bpath);
-        try {
-          mine = normalise(mine, bpath);
-        } catch (const GrammarError&) {
-        }
+        SchemaJson mine = resolved[i];
         SchemaJson parts = SchemaJson::array({mine});
         bool negatable = true;
         for (size_t j = 0; j < s[key].size(); ++j) {
           if (j == i) continue;
-          const std::string opath = path + "/" + key + "/" + std::to_string(j);
-          SchemaJson other = inline_refs(s[key][j], opath);
-          try {
-            // allOf members merged: their required names and types become visible.
-            other = normalise(other, opath);
-          } catch (const GrammarError&) {
-          }
+          // allOf members merged: their required names and types become visible.
+          const SchemaJson& other = resolved[j];
           // An other branch that only constrains objects accepts every non-object, which this
           // branch must then exclude: the rest of the comparison is between objects.
           if (constrains_only_objects(other) && type_names(mine).size() > 1) {

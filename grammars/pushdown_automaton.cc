@@ -125,6 +125,11 @@ class NfaBuilder {
         // automaton has one state per distinct rest instead of one per sequence.
         suffix_states_.clear();
         for (CodePointRange r : e.ranges) {
+          if (r.hi < 0x80) {
+            // ASCII: one byte range (most classes of schema grammars, e.g. object-key tries).
+            byte(s, static_cast<uint8_t>(r.lo), static_cast<uint8_t>(r.hi), t);
+            continue;
+          }
           for (const std::vector<ByteRange>& seq : utf8_sequences(r.lo, r.hi)) {
             int32_t next = t;
             for (size_t i = seq.size(); i-- > 1;) {

@@ -51,9 +51,11 @@ bool hoists_item(const Expr& e) {
   if (e.kind != Expr::Kind::kRepeat) return false;
   const Expr& item = e.children[0];
   const uint64_t copies = copies_of(e);
+  // Sized only when it matters: most repetitions are `x*`, and sizing each one walked the
+  // subtree below it again for every repetition above it.
+  if (copies <= 1 || item.kind == Expr::Kind::kRuleRef) return false;
   const size_t item_size = estimated_size(item);
-  return !(copies <= 1 || item.kind == Expr::Kind::kRuleRef ||
-           (item_size <= 512 && item_size * copies <= 400000));
+  return !(item_size <= 512 && item_size * copies <= 400000);
 }
 
 // Where an expression sits: a rule's whole body, an element of a sequence, or elsewhere.
