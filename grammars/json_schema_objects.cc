@@ -128,29 +128,33 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
     }
   }
   if (!live[idx(0, 0)]) return std::nullopt;
-  std::map<size_t, std::string> state_names;
+  // Names by state index (empty: not referenced yet), states in the order first referenced.
+  std::vector<std::string> state_names(masks * (cap + 1));
   std::vector<std::pair<size_t, size_t>> todo;
-  auto state_ref = [&](size_t mask, size_t c) {
-    auto [it, inserted] = state_names.emplace(idx(mask, c), "");
-    if (inserted) {
-      it->second = reserve_name(path + "-m" + std::to_string(mask) + "c" + std::to_string(c));
+  auto state_ref = [&](size_t mask, size_t c) -> const std::string& {
+    std::string& name = state_names[idx(mask, c)];
+    if (name.empty()) {
+      name = reserve_name(path + "-m" + std::to_string(mask) + "c" + std::to_string(c));
       todo.emplace_back(mask, c);
     }
-    return it->second;
+    return name;
   };
   const std::string start = state_ref(0, 0);
+  std::vector<std::pair<size_t, std::vector<const std::string*>>> by_next;
+  std::vector<std::string> alts;
   for (size_t t = 0; t < todo.size(); ++t) {
     const auto [mask, c] = todo[t];
     // Members going to the same state share the separator and the state: `lead (a | b) next`,
     // not `lead a next | lead b next` (the same language; in large objects the untracked
     // members all go to one state, and the repeats were much of the text and the automaton).
-    std::vector<std::pair<std::string, std::vector<std::string>>> by_next;
+    by_next.clear();
     auto add = [&](const std::string& what, size_t next_mask, size_t next_c) {
-      const std::string next = state_ref(next_mask, next_c);
+      const size_t next = idx(next_mask, next_c);
+      state_ref(next_mask, next_c);
       auto it = std::find_if(by_next.begin(), by_next.end(),
                              [&](const auto& group) { return group.first == next; });
       if (it == by_next.end()) it = by_next.insert(by_next.end(), {next, {}});
-      it->second.push_back(what);
+      it->second.push_back(&what);
     };
     if (auto nc = next_count(c)) {
       for (size_t j = 0; j < n; ++j) {
@@ -164,10 +168,19 @@ std::optional<std::string> JsonSchemaCompiler::order_free_object(
         add(*extra, mask, *nc);
       }
     }
-    const std::string lead = c == 0 ? "" : sep();
-    std::vector<std::string> alts;
-    for (const auto& [next, members] : by_next) alts.push_back(join(members) + " " + next);
-    define(state_names[idx(mask, c)], state_body(lead, alts, can_end(mask, c)));
+    alts.clear();
+    for (const auto& [next, members] : by_next) {
+      std::string alt = members.size() > 1 ? "(" : "";
+      for (size_t i = 0; i < members.size(); ++i) {
+        if (i) alt += " | ";
+        alt += *members[i];
+      }
+      if (members.size() > 1) alt += ')';
+      alt += ' ';
+      alt += state_names[next];
+      alts.push_back(std::move(alt));
+    }
+    define(state_names[idx(mask, c)], state_body(c == 0 ? "" : sep(), alts, can_end(mask, c)));
   }
   return "\"{\" " + ws() + start + " " + ws() + "\"}\"";
 }

@@ -296,10 +296,22 @@ void trie_excluding(const TrieNode& node, const std::string& any_rest, const std
     trie_excluding(*child, any_rest, closing, other_rest, out);
   }
   if (!other_rest.empty() && all_plain) {
-    const CodepointSet ascii = plain_ascii().minus(used);
-    if (!ascii.empty()) {
+    // The other plain characters; for the nodes with one child (most) from a table.
+    static const std::vector<std::string> kPlainExcept = [] {
+      std::vector<std::string> classes(128);
+      for (uint32_t cp = 0; cp < 128; ++cp) {
+        if (plain_ascii().contains(cp)) {
+          classes[cp] = ebnf_char_class(plain_ascii().minus(CodepointSet::single(cp)));
+        }
+      }
+      return classes;
+    }();
+    const CodepointSet ascii =
+        node.children.size() == 1 ? CodepointSet() : plain_ascii().minus(used);
+    if (node.children.size() == 1 || !ascii.empty()) {
       next_alt();
-      out += ebnf_char_class(ascii);
+      out += node.children.size() == 1 ? kPlainExcept[node.children.begin()->first]
+                                       : ebnf_char_class(ascii);
       out += ' ';
       out += any_rest;
     }
