@@ -112,9 +112,14 @@ class EbnfParser {
     return t_.substr(p, 3) == "::=";
   }
 
+  // One alternative or one element is returned as it is, without a vector around it (most
+  // groups and alternatives of schema grammars: each vector was an allocation and a copy).
   Expr parse_alternation(bool nested) {
+    Expr first = parse_sequence(nested);
+    if (at_end() || peek() != '|') return first;
     std::vector<Expr> alts;
-    alts.push_back(parse_sequence(nested));
+    alts.reserve(4);
+    alts.push_back(std::move(first));
     while (!at_end() && peek() == '|') {
       ++pos_;
       alts.push_back(parse_sequence(nested));
@@ -123,14 +128,17 @@ class EbnfParser {
   }
 
   Expr parse_sequence(bool nested) {
-    std::vector<Expr> items;
-    while (true) {
+    auto at_sequence_end = [&] {
       skip_space();
-      if (at_end() || peek() == '|' || peek() == ')') break;
-      if (!nested && at_rule_start()) break;
-      Expr e = parse_element(nested);
-      items.push_back(parse_quantifiers(std::move(e)));
-    }
+      return at_end() || peek() == '|' || peek() == ')' || (!nested && at_rule_start());
+    };
+    if (at_sequence_end()) return Expr::sequence({});
+    Expr first = parse_quantifiers(parse_element(nested));
+    if (at_sequence_end()) return first;
+    std::vector<Expr> items;
+    items.reserve(4);
+    items.push_back(std::move(first));
+    while (!at_sequence_end()) items.push_back(parse_quantifiers(parse_element(nested)));
     return Expr::sequence(std::move(items));
   }
 
