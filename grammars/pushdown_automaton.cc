@@ -673,7 +673,13 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   if (!productive[pda.root]) {
     throw GrammarError("grammar matches no string (rule '" + pda.rules[pda.root].name + "')");
   }
-  for (PdaState& st : pda.states) {
+  // Usually every state is live and every rule productive: then no edge goes (the walk over
+  // every state's edges was a tenth of this function).
+  const bool all_live =
+      std::all_of(live.begin(), live.end(), [](uint8_t l) { return l; }) &&
+      std::all_of(productive.begin(), productive.end(), [](uint8_t p) { return p; });
+  for (size_t s = 0; s < n && !all_live; ++s) {
+    PdaState& st = pda.states[s];
     std::erase_if(st.bytes, [&](const PdaByteEdge& e) { return !live[e.target]; });
     std::erase_if(st.refs,
                   [&](const PdaRefEdge& r) { return !productive[r.rule] || !live[r.target]; });
