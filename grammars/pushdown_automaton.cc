@@ -32,7 +32,9 @@ struct NfaState {
 class RuleNumbering {
  public:
   RuleNumbering(size_t grammar_rules, int32_t root) : index_(grammar_rules, -1) { number(root); }
+  // `grammar_rule` may be past the grammar's rules (one made by RepeatHoisting).
   int32_t number(int32_t grammar_rule) {
+    if (static_cast<size_t>(grammar_rule) >= index_.size()) index_.resize(grammar_rule + 1, -1);
     int32_t& i = index_[grammar_rule];
     if (i < 0) {
       i = static_cast<int32_t>(order_.size());
@@ -579,11 +581,8 @@ class PackedLists {
 }  // namespace
 
 PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
-  // Copied (a deep copy of every expression) only when some repetition is hoisted.
-  std::optional<std::vector<GrammarRule>> hoisted = hoist_repeats(grammar.rules());
-  const std::vector<GrammarRule>* lowered = hoisted ? &*hoisted : &grammar.rules();
-  const std::vector<GrammarRule>& rules = *lowered;
-
+  const std::vector<GrammarRule>& rules = grammar.rules();
+  RepeatHoisting hoisting(rules);
   // Only rules reachable from the root are lowered.
   RuleNumbering numbering(rules.size(), grammar.root());
   PushdownAutomaton pda;
@@ -594,7 +593,7 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
   NfaBuilder nfa(numbering);
   Determinizer determinizer(pda.states);
   for (size_t i = 0; i < numbering.grammar_rules().size(); ++i) {
-    const GrammarRule& rule = rules[numbering.grammar_rules()[i]];
+    const GrammarRule& rule = hoisting.rule(numbering.grammar_rules()[i]);
     const auto rule_id = static_cast<int32_t>(i);
     auto lower = [&](std::span<const Expr> items) {
       nfa.reset(rule.name);

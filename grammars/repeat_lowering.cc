@@ -1,6 +1,8 @@
 #include "grammars/repeat_lowering.h"
 
 #include <algorithm>
+#include <deque>
+#include <memory>
 #include <string>
 #include <unordered_map>
 
@@ -86,32 +88,28 @@ void append_key(const Expr& e, std::string& out) {
   out += ')';
 }
 
-class RepeatHoister {
+bool hoisting_needed(const Expr& e, Place place) {
+  if (hoists_item(e) || (place == Place::kElsewhere && is_stamped_repeat(e))) return true;
+  const Place child_place =
+      e.kind == Expr::Kind::kSequence ? Place::kInSequence : Place::kElsewhere;
+  for (size_t k = 0; k < e.children.size(); ++k) {
+    if (e.kind == Expr::Kind::kSequence && is_stamped_repeat(e.children[k]) &&
+        !(place == Place::kBody && k == 0)) {
+      return true;
+    }
+    if (hoisting_needed(e.children[k], child_place)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+class RepeatHoisting::Hoister {
  public:
-  explicit RepeatHoister(std::vector<GrammarRule>& rules) : rules_(rules) {}
+  Hoister(std::deque<GrammarRule>& added, size_t base) : added_(added), base_(base) {}
 
-  static bool needed(const Expr& e, Place place) {
-    if (hoists_item(e) || (place == Place::kElsewhere && is_stamped_repeat(e))) return true;
-    for (size_t k = 0; k < e.children.size(); ++k) {
-      if (e.kind == Expr::Kind::kSequence && is_stamped_repeat(e.children[k]) &&
-          !(place == Place::kBody && k == 0)) {
-        return true;
-      }
-      if (needed(e.children[k], child_place(e))) return true;
-    }
-    return false;
-  }
-
-  // Also visits the rules it appends (their bodies are already done, so nothing changes).
-  void run() {
-    for (size_t i = 0; i < rules_.size(); ++i) {
-      Expr body = std::move(rules_[i].body);
-      // A copy: hoisting appends to rules_, which may move the names.
-      std::string owner = rules_[i].name;
-      visit(body, owner, Place::kBody);
-      rules_[i].body = std::move(body);
-    }
-  }
+  // Rewrites `body` (of the rule named `owner`), appending the rules it makes.
+  void rewrite(Expr& body, const std::string& owner) { visit(body, owner, Place::kBody); }
 
  private:
   static Place child_place(const Expr& parent) {
@@ -144,16 +142,15 @@ class RepeatHoister {
   }
 
   int32_t add_rule(const std::string& owner, Expr body) {
-    rules_.push_back(GrammarRule{owner + "_rep" + std::to_string(counter_++), std::move(body)});
-    return static_cast<int32_t>(rules_.size() - 1);
+    added_.push_back(GrammarRule{owner + "_rep" + std::to_string(counter_++), std::move(body)});
+    return static_cast<int32_t>(base_ + added_.size() - 1);
   }
 
-  std::vector<GrammarRule>& rules_;
+  std::deque<GrammarRule>& added_;  // numbered from base_
+  size_t base_;
   std::unordered_map<std::string, int32_t> stamped_;  // body's key → its rule
   int counter_ = 0;
 };
-
-}  // namespace
 
 std::span<const Expr> stamped_sequence(const Expr& body) {
   if (is_stamped_repeat(body)) return {&body, 1};
@@ -164,15 +161,20 @@ std::span<const Expr> stamped_sequence(const Expr& body) {
   return {};
 }
 
-std::optional<std::vector<GrammarRule>> hoist_repeats(const std::vector<GrammarRule>& rules) {
-  if (std::none_of(rules.begin(), rules.end(), [](const GrammarRule& r) {
-        return RepeatHoister::needed(r.body, Place::kBody);
-      })) {
-    return std::nullopt;
-  }
-  std::vector<GrammarRule> out = rules;
-  RepeatHoister(out).run();
-  return out;
+RepeatHoisting::RepeatHoisting(const std::vector<GrammarRule>& rules)
+    : rules_(rules), hoister_(std::make_unique<Hoister>(added_, rules.size())) {}
+
+RepeatHoisting::~RepeatHoisting() = default;
+
+const GrammarRule& RepeatHoisting::rule(int32_t index) {
+  const auto i = static_cast<size_t>(index);
+  const GrammarRule& r = i < rules_.size() ? rules_[i] : added_[i - rules_.size()];
+  if (!hoisting_needed(r.body, Place::kBody)) return r;
+  // Only the grammar's own rules get here: the rules made by rewriting come from expressions
+  // already visited.
+  GrammarRule& copy = rewritten_.emplace_back(r);
+  hoister_->rewrite(copy.body, copy.name);
+  return copy;
 }
 
 std::optional<int32_t> stamp_repeat(std::vector<PdaState>& states, size_t item_base,

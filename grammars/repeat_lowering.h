@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -23,9 +25,27 @@ std::span<const Expr> stamped_sequence(const Expr& body);
 
 // Rules rewritten for lowering: large repeated items moved into rules of their own, and each
 // long repetition with the rest of its sequence into a rule of the stamped_sequence form (one
-// per distinct content). nullopt when nothing changes (the grammar's rules are then lowered as
-// they are, without a copy).
-std::optional<std::vector<GrammarRule>> hoist_repeats(const std::vector<GrammarRule>& rules);
+// per distinct content), numbered after the grammar's rules. Asked rule by rule as the
+// automaton builder meets them: a rule is checked right before it is lowered (its expressions
+// then in cache for both walks), and only the rules that change are copied.
+class RepeatHoisting {
+ public:
+  explicit RepeatHoisting(const std::vector<GrammarRule>& rules);  // must outlive this
+  ~RepeatHoisting();
+  RepeatHoisting(const RepeatHoisting&) = delete;
+  RepeatHoisting& operator=(const RepeatHoisting&) = delete;
+
+  // Rule `index` as it is to be lowered (the grammar's, or a rewritten copy); valid for the
+  // lifetime of this object. Indices past the grammar's are rules made by earlier calls.
+  const GrammarRule& rule(int32_t index);
+
+ private:
+  class Hoister;
+  const std::vector<GrammarRule>& rules_;
+  std::deque<GrammarRule> added_;      // made by rewriting, numbered from rules_.size()
+  std::deque<GrammarRule> rewritten_;  // copies of the grammar's rules that changed
+  std::unique_ptr<Hoister> hoister_;
+};
 
 // Replaces the item's automaton, states[item_base..] with start `item_start`, by `min`..`max`
 // (Expr::kUnbounded) stamped copies of it, followed by the rest's automaton (`rest_start`, kept
