@@ -1,8 +1,10 @@
 #include "grammars/compiled_grammar.h"
 
 #include <atomic>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
+#include <vector>
 
 #include "grammars/past_return_tokens.h"
 #include "grammars/position_masks.h"
@@ -10,24 +12,47 @@
 namespace agentrt::grammars {
 
 // Lazily filled, per-state slots: readers take an acquire load; builders work outside the lock
-// and publish under it.
+// and publish under it. The slots come in blocks allocated on first use: the first masks of a
+// grammar of 170K states (a long counted string) touch a few dozen of them, and zeroing a
+// table for every state at compile time was a megabyte of fresh pages per table.
 class MaskSlots {
  public:
-  explicit MaskSlots(size_t n) : slots_(new std::atomic<const PositionMasks*>[n]) {
-    for (size_t i = 0; i < n; ++i) slots_[i].store(nullptr, std::memory_order_relaxed);
+  explicit MaskSlots(size_t n) : num_blocks_((n + kBlock - 1) / kBlock) {
+    blocks_ = std::make_unique<std::atomic<Block*>[]>(num_blocks_);
+    for (size_t b = 0; b < num_blocks_; ++b) blocks_[b].store(nullptr, std::memory_order_relaxed);
   }
   // `resolve` returns a pointer that stays valid for the grammar's lifetime; if two threads
   // race, both results are valid and the slot keeps one.
   template <typename Resolve>
   const PositionMasks& get(size_t i, Resolve resolve) {
-    if (const PositionMasks* p = slots_[i].load(std::memory_order_acquire)) return *p;
+    std::atomic<const PositionMasks*>& slot = block(i / kBlock).slots[i % kBlock];
+    if (const PositionMasks* p = slot.load(std::memory_order_acquire)) return *p;
     const PositionMasks* p = resolve();
-    slots_[i].store(p, std::memory_order_release);
+    slot.store(p, std::memory_order_release);
     return *p;
   }
 
  private:
-  std::unique_ptr<std::atomic<const PositionMasks*>[]> slots_;
+  static constexpr size_t kBlock = 1024;
+  struct Block {
+    Block() {
+      for (auto& s : slots) s.store(nullptr, std::memory_order_relaxed);
+    }
+    std::atomic<const PositionMasks*> slots[kBlock];
+  };
+  Block& block(size_t b) {
+    if (Block* p = blocks_[b].load(std::memory_order_acquire)) return *p;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (Block* p = blocks_[b].load(std::memory_order_relaxed)) return *p;
+    owned_.push_back(std::make_unique<Block>());
+    blocks_[b].store(owned_.back().get(), std::memory_order_release);
+    return *owned_.back();
+  }
+
+  size_t num_blocks_;
+  std::unique_ptr<std::atomic<Block*>[]> blocks_;
+  std::mutex mu_;  // guards owned_
+  std::vector<std::unique_ptr<Block>> owned_;
 };
 
 // Entries are mostly short id lists (the tokens that fit after a return are few): a bound
