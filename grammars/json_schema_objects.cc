@@ -191,14 +191,17 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
   auto fail = [&](const std::string& what) -> std::optional<std::string> {
     throw GrammarError(where + ": " + what);
   };
-  auto object_at = [&](const char* key) {
+  // Read in place: a copy of `properties` at every object copied each subtree once per object
+  // above it.
+  const SchemaJson no_members = SchemaJson::object();
+  auto object_at = [&](const char* key) -> const SchemaJson& {
     auto it = s.find(key);
-    if (it == s.end()) return SchemaJson::object();
+    if (it == s.end()) return no_members;
     if (!it->is_object()) fail(std::string("'") + key + "' must be an object");
     return *it;
   };
-  const SchemaJson props = object_at("properties");
-  const SchemaJson pattern_props = object_at("patternProperties");
+  const SchemaJson& props = object_at("properties");
+  const SchemaJson& pattern_props = object_at("patternProperties");
   std::vector<std::string> required;
   if (s.contains("required")) {
     if (!s["required"].is_array()) fail("'required' must be an array");
