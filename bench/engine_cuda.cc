@@ -12,6 +12,8 @@
 //   bench_engine_cuda MODEL_DIR [--contexts 1024,16384,65536] [--steps 16]
 //                     [--batches 8,32,64] [--batch-context 1024] [--precision bf16x2|bf16|f32]
 //                     [--profile 1]   (GPU time per stage of a decode step, CUDA events)
+//                     [--ncu-steps N] (N decode steps at the first context between
+//                                      cudaProfilerStart/Stop, for ncu --profile-from-start off)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -25,6 +27,7 @@ int main() {
 #else
 
 #include <cublas_v2.h>
+#include <cuda_profiler_api.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -190,7 +193,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);  // lines survive a timeout kill
   const std::string dir = argv[1];
   std::vector<int64_t> contexts = {1024, 16384, 65536}, batches = {8, 32, 64};
-  int64_t steps = 16, batch_context = 1024;
+  int64_t steps = 16, batch_context = 1024, ncu_steps = 0;
   cuda::CudaOptions options;
   std::string precision = "bf16x2";
   for (int i = 2; i + 1 < argc; i += 2) {
@@ -205,6 +208,8 @@ int main(int argc, char** argv) {
       batch_context = std::stoll(v);
     else if (k == "--precision")
       precision = v;
+    else if (k == "--ncu-steps")
+      ncu_steps = std::stoll(v);
     else if (k == "--profile")
       options.profile = v == "1";
     else {
@@ -299,6 +304,13 @@ int main(int argc, char** argv) {
                       (ms - (it == before.end() ? 0.0 : it->second)) / double(steps));
         }
         std::printf(" (wall %.3f)\n", dt * 1e3);
+      }
+      if (ncu_steps > 0 && ctx == contexts.front()) {
+        AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+        cudaProfilerStart();
+        for (int64_t i = 0; i < ncu_steps; ++i) seq->forward(random_ids(1));
+        AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+        cudaProfilerStop();
       }
       double cache_bytes, f;
       attention_costs(config, ctx + 2 + steps / 2, &cache_bytes, &f);

@@ -11,6 +11,7 @@
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -38,6 +39,7 @@ __global__ void attend_kernel(const float* q, const LayerRow* rows, int64_t head
                               int64_t window, const float* sinks, bool use_entries,
                               const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                               float scale, float* out) {
+  pdl_begin();
   extern __shared__ float smem[];  // q [hd], then logits [keys]
   __shared__ float red[32];
   const int64_t t = blockIdx.y, h = blockIdx.x;
@@ -93,6 +95,7 @@ __global__ void attend_fast_kernel(const float* q, const LayerRow* rows, int64_t
                                    int64_t window, const float* sinks, bool use_entries,
                                    const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                                    float scale, float* out) {
+  pdl_begin();
   __shared__ float wm[kFastWarps], wl[kFastWarps];
   __shared__ float4 wacc[kFastWarps][32 * J];
   const int64_t t = blockIdx.y, h = blockIdx.x;
@@ -191,6 +194,7 @@ __global__ void attend_heads_kernel(const float* q, const LayerRow* rows, int64_
                                     int64_t window, const float* sinks, bool use_entries,
                                     const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                                     float scale, float* out) {
+  pdl_begin();
   __shared__ float4 tile[kTileKeys][32 * J];
   const int G = int(blockDim.x) >> 5;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -285,8 +289,8 @@ void attend_rows(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
   const float scale = 1.0f / sqrtf(float(head_dim));
   const int64_t J = (head_dim + 127) / 128;
   auto launch = [&](auto kernel) {
-    kernel<<<grid, kFastWarps * 32, 0, stream>>>(q, rows, heads, head_dim, window, sinks,
-                                                 use_entries, chosen, n_chosen, topk, scale, out);
+    launch_pdl(kernel, grid, kFastWarps * 32, 0, stream, q, rows, heads, head_dim, window, sinks,
+               use_entries, chosen, n_chosen, topk, scale, out);
   };
   if (J <= 1)
     launch(attend_fast_kernel<1>);
@@ -318,8 +322,8 @@ void attend_rows_by_row(const float* q, const LayerRow* rows, int64_t n, int64_t
     const int32_t* cs = chosen ? chosen + r0 * topk : nullptr;
     const int32_t* ns = n_chosen ? n_chosen + r0 : nullptr;
     auto launch = [&](auto kernel) {
-      kernel<<<grid, unsigned(32 * G), 0, stream>>>(qs, rows + r0, heads, head_dim, window, sinks,
-                                                    use_entries, cs, ns, topk, scale, os);
+      launch_pdl(kernel, grid, unsigned(32 * G), 0, stream, qs, rows + r0, heads, head_dim, window,
+                 sinks, use_entries, cs, ns, topk, scale, os);
     };
     if (J <= 1)
       launch(attend_heads_kernel<1>);
@@ -344,9 +348,8 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
     AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
         attend_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const dim3 grid{unsigned(heads), unsigned(n)};
-  attend_kernel<<<grid, kThreads, shared, stream>>>(q, rows, heads, head_dim, window, sinks,
-                                                    use_entries, chosen, n_chosen, topk,
-                                                    1.0f / sqrtf(float(head_dim)), out);
+  launch_pdl(attend_kernel, grid, kThreads, shared, stream, q, rows, heads, head_dim, window, sinks,
+             use_entries, chosen, n_chosen, topk, 1.0f / sqrtf(float(head_dim)), out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -4,12 +4,14 @@
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
 
 __global__ void compress_kernel(CompressorDevice c, const CompressJob* jobs, const int32_t* count,
                                 DeviceRope rope, float eps) {
+  pdl_begin();
   if (int(blockIdx.x) >= *count) return;  // padded slots (fixed grid for graph capture)
   extern __shared__ float out[];          // [dim]
   __shared__ float red[32];
@@ -65,8 +67,8 @@ __global__ void compress_kernel(CompressorDevice c, const CompressJob* jobs, con
 void compress_entries(const CompressorDevice& c, const CompressJob* jobs, const int32_t* count,
                       int64_t slots, const DeviceRope& rope, float rms_eps, cudaStream_t stream) {
   if (slots <= 0) return;
-  compress_kernel<<<unsigned(slots), 128, size_t(c.dim) * 4, stream>>>(c, jobs, count, rope,
-                                                                       rms_eps);
+  launch_pdl(compress_kernel, unsigned(slots), 128, size_t(c.dim) * 4, stream, c, jobs, count, rope,
+             rms_eps);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

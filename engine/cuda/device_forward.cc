@@ -486,11 +486,10 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
   linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
   linear_.run(lw.wkv->view(), x, n, kv, stream_);
-  rms_norm_rows(q, nullptr, n * heads, hd, c.rms_eps, q, stream_);
-  apply_rope(q, n, heads, hd, w.pos, rope, false, stream_);
-  rms_norm_rows(kv, lw.kv_norm.as<float>(), n, hd, c.rms_eps, kv, stream_);
-  apply_rope(kv, n, 1, hd, w.pos, rope, false, stream_);
-  append_rows(m.rows, CacheField::kv, kv, hd, n, stream_);
+  norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
+                 stream_);
+  norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
+                 CacheField::kv, stream_);
   stage("attn.qkv");
 
   // The compressors read only x and their own state: beside the query and KV path.

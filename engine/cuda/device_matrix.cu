@@ -4,6 +4,7 @@
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -18,6 +19,10 @@ struct RowGroups {
   int64_t x_offset = 0;
 };
 
+// Matrices up to this size have their rows prefetched into the L2 before the wait; larger ones
+// (the head: 1 GB) would evict their own prefetched rows before reading them.
+constexpr int64_t kPrefetchMaxBytes = int64_t(64) << 20;
+
 // Each group of `parts` lanes computes R consecutive rows (R rows share each activation load).
 template <int NT, int R>
 __global__ void __launch_bounds__(kThreads, 2)
@@ -25,6 +30,17 @@ __global__ void __launch_bounds__(kThreads, 2)
                 float* __restrict__ y, int64_t y_stride, int parts, RowGroups groups) {
   const int64_t group = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts;
   const int64_t row0 = group * R;
+  const int64_t row_bytes = w.cols * value_bytes_x2(w.type) / 2;
+  if (row0 < w.rows && (int(threadIdx.x) & (parts - 1)) == 0 &&
+      w.rows * row_bytes <= kPrefetchMaxBytes) {
+    // The group's rows are contiguous and the weights constant: fetch them while the kernel
+    // before this one finishes.
+    const int64_t bytes = (row0 + R <= w.rows ? R : w.rows - row0) * row_bytes;
+    const char* p = static_cast<const char*>(w.data) + row0 * row_bytes;
+    if ((reinterpret_cast<uintptr_t>(p) & 15) == 0 && bytes % 16 == 0 && bytes < (int64_t(1) << 31))
+      prefetch_l2(p, uint32_t(bytes));
+  }
+  pdl_begin();
   if (row0 >= w.rows) return;  // whole groups leave together (no shuffle partner missing)
   WeightMatrix ws[R];
   int64_t rows[R];
@@ -48,6 +64,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 }
 
 __global__ void gemv_reference_kernel(WeightMatrix w, const float* x, int64_t n, float* y) {
+  pdl_begin();
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * w.rows) return;
   const int64_t t = i / w.rows, row = i % w.rows;
@@ -62,7 +79,7 @@ void launch_rows(const WeightMatrix& w, const float* x, int64_t xs, float* y, in
   const int parts = rows_dot_parts(w.type, w.cols);
   const int64_t lane_groups = (w.rows + R - 1) / R;
   const unsigned blocks = unsigned((lane_groups * parts + kThreads - 1) / kThreads);
-  gemv_kernel<NT, R><<<blocks, kThreads, 0, stream>>>(w, x, xs, y, ys, parts, groups);
+  launch_pdl(gemv_kernel<NT, R>, blocks, kThreads, 0, stream, w, x, xs, y, ys, parts, groups);
 }
 
 // Several rows per lane group only where the matrix has rows enough to fill the GPU with them
@@ -173,8 +190,8 @@ void gemv_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t
 
 void gemv_reference(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream_ptr) {
   const int64_t total = n * w.rows;
-  gemv_reference_kernel<<<unsigned((total + 127) / 128), 128, 0,
-                          static_cast<cudaStream_t>(stream_ptr)>>>(w, x, n, y);
+  launch_pdl(gemv_reference_kernel, unsigned((total + 127) / 128), 128, 0,
+             static_cast<cudaStream_t>(stream_ptr), w, x, n, y);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -4,6 +4,7 @@
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
 #include "engine/hyper_connection.h"
 
 namespace agentrt::engine::cuda {
@@ -97,6 +98,7 @@ constexpr int kSplits = 8;  // the projection's width is split over this many bl
 // width: one block per (output, row, slice), so even a single decode row fills the GPU.
 __global__ void hyper_project_kernel(const float* fn, const float* streams, int64_t width,
                                      int64_t outputs, float* partial) {
+  pdl_begin();
   __shared__ float red[32];
   const int64_t o = blockIdx.x, row = blockIdx.y, slice = blockIdx.z;
   const int64_t len = (width + kSplits - 1) / kSplits, begin = slice * len;
@@ -132,6 +134,7 @@ constexpr int kRowMaxOutputs = 24;  // (2 + 4) * 4: hc = 4
 
 __global__ void hyper_project_rows_kernel(const float* fn, const float* streams, int64_t width,
                                           int64_t outputs, float* partial) {
+  pdl_begin();
   const int64_t row = blockIdx.x;
   const int lane = threadIdx.x & 31, slice = threadIdx.x >> 5;
   const int64_t len = width / kSplits, begin = slice * len;  // width % (4 * kSplits) == 0
@@ -163,6 +166,7 @@ __global__ void hyper_project_rows_kernel(const float* fn, const float* streams,
 __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const float* projected,
                                  int64_t hc, int64_t hidden, int iters, float hc_eps, float rms_eps,
                                  const float* norm, bool head, float* mix, float* x) {
+  pdl_begin();
   __shared__ float red[32];
   __shared__ float mixes[(2 + kMaxHcMult) * kMaxHcMult];
   __shared__ float weights[2 * kMaxHcMult + kMaxHcMult * kMaxHcMult];  // pre, post, comb
@@ -220,8 +224,127 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
   for (int64_t d = threadIdx.x; d < hidden; d += blockDim.x) xr[d] = xr[d] * inv2 * norm[d];
 }
 
+// The pre step for hc = HC and hidden <= kXThreads * kXDims (the checkpoint's 4 x 4096), split
+// so the Sinkhorn iterations are off the path to x: warp 0 turns the projection into the
+// mixing weights and hands `pre` to the other kXThreads threads through a named barrier, then
+// runs Sinkhorn and writes the mix while they combine the streams (loaded right after the wait,
+// their norm weights before it) and normalise x, all in registers.
+constexpr int kXThreads = 512;
+constexpr int kXDims = 8;
+constexpr int kSplitPreThreads = 32 + kXThreads;
+
+template <int HC>
+__device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
+  const int r = lane / HC, c = lane % HC;
+  const bool own = lane < HC * HC;
+  auto row_sum = [&](float x) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HC; ++j) s += __shfl_sync(0xffffffffu, x, own ? r * HC + j : 0);
+    return s;
+  };
+  auto col_sum = [&](float x) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HC; ++j) s += __shfl_sync(0xffffffffu, x, own ? j * HC + c : 0);
+    return s;
+  };
+  float mx = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < HC; ++j) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, own ? r * HC + j : 0));
+  v = expf(v - mx);
+  v = v / row_sum(v) + eps;
+  v = v / (col_sum(v) + eps);
+  for (int it = 1; it < iters; ++it) {
+    v = v / (row_sum(v) + eps);
+    v = v / (col_sum(v) + eps);
+  }
+}
+
+template <int HC>
+__global__ void __launch_bounds__(kSplitPreThreads)
+    hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected,
+                           int64_t hidden, int iters, float hc_eps, float rms_eps,
+                           const float* norm, bool head, float* mix, float* x) {
+  __shared__ float pre_shared[HC];
+  __shared__ float red[kXThreads / 32];
+  const int64_t row = blockIdx.x;
+  const int tid = int(threadIdx.x);
+  const int outputs = head ? HC : (2 + HC) * HC;
+  if (tid < 32) {
+    const int lane = tid;
+    const float base = lane < outputs ? w.base[lane] : 0.0f;
+    const float scale = w.scale[head || lane < HC ? 0 : lane < 2 * HC ? 1 : 2];  // head: one scale
+    pdl_begin();
+    const float* p = projected + row * (outputs + 1) * kSplits;
+    float ss = 0.0f, v = 0.0f;
+    for (int k = 0; k < kSplits; ++k) ss += p[outputs * kSplits + k];
+    if (lane < outputs)
+      for (int k = 0; k < kSplits; ++k) v += p[lane * kSplits + k];
+    const float m = v * rsqrtf(ss / float(HC * hidden) + rms_eps);
+    float weight = 0.0f;  // lane i of [pre, post, comb before Sinkhorn]
+    if (lane < HC)
+      weight = sigmoidf(m * scale + base) + hc_eps;
+    else if (lane < 2 * HC)
+      weight = 2.0f * sigmoidf(m * scale + base);
+    else if (lane < outputs)
+      weight = m * scale + base;
+    if (lane < HC) pre_shared[lane] = weight;
+    asm volatile("bar.arrive 1, %0;" ::"n"(kSplitPreThreads) : "memory");
+    if (head || !mix) return;
+    float comb = __shfl_sync(0xffffffffu, weight, (2 * HC + lane) & 31);
+    sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);
+    float* out = mix + row * hyper_mix_width(HC);
+    if (lane < 2 * HC) out[lane] = weight;
+    if (lane < HC * HC) out[2 * HC + lane] = comb;
+    return;
+  }
+  const int xt = tid - 32;
+  float nv[kXDims];
+#pragma unroll
+  for (int j = 0; j < kXDims; ++j) {
+    const int64_t d = xt + int64_t(j) * kXThreads;
+    nv[j] = d < hidden ? norm[d] : 0.0f;
+  }
+  pdl_begin();
+  const float* s = streams + row * HC * hidden;
+  float sv[kXDims][HC];
+#pragma unroll
+  for (int j = 0; j < kXDims; ++j) {
+    const int64_t d = xt + int64_t(j) * kXThreads;
+#pragma unroll
+    for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? s[i * hidden + d] : 0.0f;
+  }
+  asm volatile("bar.sync 1, %0;" ::"n"(kSplitPreThreads) : "memory");
+  float pre[HC];
+#pragma unroll
+  for (int i = 0; i < HC; ++i) pre[i] = pre_shared[i];
+  float v[kXDims], ss2 = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kXDims; ++j) {
+    v[j] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HC; ++i) v[j] = fmaf(pre[i], sv[j][i], v[j]);
+    ss2 = fmaf(v[j], v[j], ss2);
+  }
+  ss2 = warp_sum(ss2);
+  if ((xt & 31) == 0) red[xt >> 5] = ss2;
+  asm volatile("bar.sync 2, %0;" ::"n"(kXThreads) : "memory");
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kXThreads / 32; ++i) total += red[i];
+  const float inv2 = rsqrtf(total / float(hidden) + rms_eps);
+  float* xr = x + row * hidden;
+#pragma unroll
+  for (int j = 0; j < kXDims; ++j) {
+    const int64_t d = xt + int64_t(j) * kXThreads;
+    if (d < hidden) xr[d] = v[j] * inv2 * nv[j];
+  }
+}
+
 __global__ void hyper_post_kernel(const float* mix, const float* block_out, int64_t hc,
                                   int64_t hidden, float* streams) {
+  pdl_begin();
   const int64_t row = blockIdx.y;
   const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= hidden) return;
@@ -249,14 +372,19 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
   const int64_t width = hc * hidden;
   // Decode batches keep the per-output blocks: one block per row would leave the GPU idle.
   if (n >= 256 && outputs <= kRowMaxOutputs && width % (4 * kSplits) == 0)
-    hyper_project_rows_kernel<<<unsigned(n), 32 * kSplits, 0, stream>>>(w.fn, streams, width,
-                                                                        outputs, projected);
+    launch_pdl(hyper_project_rows_kernel, unsigned(n), 32 * kSplits, 0, stream, w.fn, streams,
+               width, outputs, projected);
   else
-    hyper_project_kernel<<<dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)}, kThreads, 0,
-                           stream>>>(w.fn, streams, width, outputs, projected);
+    launch_pdl(hyper_project_kernel, dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)},
+               kThreads, 0, stream, w.fn, streams, width, outputs, projected);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  hyper_pre_kernel<<<unsigned(n), kPreThreads, 0, stream>>>(
-      w, streams, projected, hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
+  if (hc == 4 && hidden <= int64_t(kXThreads) * kXDims) {
+    launch_pdl(hyper_pre_split_kernel<4>, unsigned(n), kSplitPreThreads, 0, stream, w, streams,
+               projected, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
+    return;
+  }
+  launch_pdl(hyper_pre_kernel, unsigned(n), kPreThreads, 0, stream, w, streams, projected, hc,
+             hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -264,7 +392,7 @@ void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc,
                 float* streams, cudaStream_t stream) {
   if (n <= 0) return;
   const dim3 grid(unsigned((hidden + 255) / 256), unsigned(n));
-  hyper_post_kernel<<<grid, 256, 0, stream>>>(mix, block_out, hc, hidden, streams);
+  launch_pdl(hyper_post_kernel, grid, 256, 0, stream, mix, block_out, hc, hidden, streams);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

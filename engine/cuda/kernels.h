@@ -28,6 +28,12 @@ void rms_norm_rows(const float* x, const float* weight, int64_t rows, int64_t di
 // (x: [rows][heads][head_dim]), at positions pos[row] (device).
 void apply_rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, const int64_t* pos,
                 const DeviceRope& rope, bool inverse, cudaStream_t stream);
+// rms_norm_rows in place on x ([rows][heads][head_dim], one head per norm row), then apply_rope
+// on the same rows, then (cache_rows not null, heads == 1) append_rows of the result to `field`:
+// the same values as the three calls, in one launch.
+void norm_rope_rows(float* x, const float* weight, int64_t rows, int64_t heads, int64_t head_dim,
+                    float eps, const int64_t* pos, const DeviceRope& rope,
+                    const LayerRow* cache_rows, CacheField field, cudaStream_t stream);
 // streams[t][i] = embed[tokens[t]] for every i < hc.
 void embed_rows(const WeightMatrix& embed, const int32_t* tokens, int64_t n, int64_t hc,
                 float* streams, cudaStream_t stream);

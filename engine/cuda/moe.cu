@@ -9,6 +9,7 @@
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -30,6 +31,7 @@ __device__ float score_of(ScoreFunc f, float x) {
 __global__ void route_kernel(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                              const float* bias, int64_t E, int64_t k, ScoreFunc func, float scaling,
                              int32_t* chosen, float* weights) {
+  pdl_begin();
   extern __shared__ float smem[];  // scores [E], biased [E]
   __shared__ float red[32];
   const int64_t t = blockIdx.x;
@@ -144,6 +146,7 @@ __device__ void block_scan2(int32_t& a, int32_t& b, int32_t* tot_a, int32_t* tot
 // Counts the pairs per expert, lays the used experts' segments out in expert order (a block scan
 // over the experts), then fills each segment in pair order (one thread: the order must be stable).
 __global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Groups g) {
+  pdl_begin();
   extern __shared__ int32_t counts[];  // [E]
   __shared__ int32_t tot_a[32], tot_b[32], carry[2];
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
@@ -182,6 +185,18 @@ __global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Group
 constexpr int kPairs = 2;
 constexpr int kDownRows = 4;
 constexpr int kThreads = 256;
+
+// The grid covers an expert's rows in several rounds (as many blocks as fit at once): the first
+// lane of each group asks the L2 for the rows it will read next round while it works on these.
+__device__ __forceinline__ void prefetch_next_rows(const WeightMatrix& w, int64_t row,
+                                                   int64_t count, int parts) {
+  if (row >= w.rows || (int(threadIdx.x) & (parts - 1)) != 0) return;
+  const int64_t row_bytes = w.cols * value_bytes_x2(w.type) / 2;
+  const int64_t bytes = (row + count <= w.rows ? count : w.rows - row) * row_bytes;
+  const char* p = static_cast<const char*>(w.data) + row * row_bytes;
+  if ((reinterpret_cast<uintptr_t>(p) & 15) == 0 && bytes % 16 == 0)
+    prefetch_l2(p, uint32_t(bytes));
+}
 
 // Gate/up rows r .. r + P - 1 of one expert for NT of its rows.
 template <int NT, int P>
@@ -235,27 +250,34 @@ template <int MaxNT>
 __global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1)
     up_kernel(ExpertsDevice e, Groups g, const float* h, int64_t hidden, int64_t k, int64_t inter,
               float limit, int parts) {
+  pdl_begin();
   const int64_t a = blockIdx.y;
   if (a >= *g.n_active) return;
-  const int64_t r = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts * kPairs;
-  if (r >= inter) return;  // whole groups leave together
   const int32_t ex = g.active[a];
   const WeightMatrix w1 = e.w1[ex], w3 = e.w3[ex];
   const int64_t s1 = g.seg_start[a + 1];
-  for (int64_t i = g.seg_start[a]; i < s1;) {
-    const int64_t left = s1 - i;
-    if (MaxNT >= 8 && left >= 8) {
-      up_chunk<8>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
-      i += 8;
-    } else if (MaxNT >= 4 && left >= 4) {
-      up_chunk<4>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
-      i += 4;
-    } else if (MaxNT >= 2 && left >= 2) {
-      up_chunk<2>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
-      i += 2;
-    } else {
-      up_chunk<1>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
-      i += 1;
+  const int64_t rows_per_block = kThreads / parts * kPairs;
+  for (int64_t r0 = int64_t(blockIdx.x) * rows_per_block; r0 < inter;
+       r0 += int64_t(gridDim.x) * rows_per_block) {
+    const int64_t r = r0 + int64_t(threadIdx.x) / parts * kPairs;
+    if (r >= inter) return;  // whole groups leave together
+    prefetch_next_rows(w1, r + int64_t(gridDim.x) * rows_per_block, kPairs, parts);
+    prefetch_next_rows(w3, r + int64_t(gridDim.x) * rows_per_block, kPairs, parts);
+    for (int64_t i = g.seg_start[a]; i < s1;) {
+      const int64_t left = s1 - i;
+      if (MaxNT >= 8 && left >= 8) {
+        up_chunk<8>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
+        i += 8;
+      } else if (MaxNT >= 4 && left >= 4) {
+        up_chunk<4>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
+        i += 4;
+      } else if (MaxNT >= 2 && left >= 2) {
+        up_chunk<2>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
+        i += 2;
+      } else {
+        up_chunk<1>(w1, w3, r, h, hidden, k, g.order, i, limit, g.act, inter, parts);
+        i += 1;
+      }
     }
   }
 }
@@ -298,31 +320,38 @@ template <int MaxNT>
 __global__ void __launch_bounds__(kThreads, MaxNT <= 2 ? 2 : 1)
     down_kernel(ExpertsDevice e, Groups g, const float* weights, int64_t hidden, int64_t inter,
                 int parts) {
+  pdl_begin();
   const int64_t a = blockIdx.y;
   if (a >= *g.n_active) return;
-  const int64_t r = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts * kDownRows;
-  if (r >= hidden) return;
   const WeightMatrix w2 = e.w2[g.active[a]];
   const int64_t s1 = g.seg_start[a + 1];
-  for (int64_t i = g.seg_start[a]; i < s1;) {
-    const int64_t left = s1 - i;
-    if (MaxNT >= 8 && left >= 8) {
-      down_chunk<8>(w2, r, g, weights, i, inter, hidden, parts);
-      i += 8;
-    } else if (MaxNT >= 4 && left >= 4) {
-      down_chunk<4>(w2, r, g, weights, i, inter, hidden, parts);
-      i += 4;
-    } else if (MaxNT >= 2 && left >= 2) {
-      down_chunk<2>(w2, r, g, weights, i, inter, hidden, parts);
-      i += 2;
-    } else {
-      down_chunk<1>(w2, r, g, weights, i, inter, hidden, parts);
-      i += 1;
+  const int64_t rows_per_block = kThreads / parts * kDownRows;
+  for (int64_t r0 = int64_t(blockIdx.x) * rows_per_block; r0 < hidden;
+       r0 += int64_t(gridDim.x) * rows_per_block) {
+    const int64_t r = r0 + int64_t(threadIdx.x) / parts * kDownRows;
+    if (r >= hidden) return;
+    prefetch_next_rows(w2, r + int64_t(gridDim.x) * rows_per_block, kDownRows, parts);
+    for (int64_t i = g.seg_start[a]; i < s1;) {
+      const int64_t left = s1 - i;
+      if (MaxNT >= 8 && left >= 8) {
+        down_chunk<8>(w2, r, g, weights, i, inter, hidden, parts);
+        i += 8;
+      } else if (MaxNT >= 4 && left >= 4) {
+        down_chunk<4>(w2, r, g, weights, i, inter, hidden, parts);
+        i += 4;
+      } else if (MaxNT >= 2 && left >= 2) {
+        down_chunk<2>(w2, r, g, weights, i, inter, hidden, parts);
+        i += 2;
+      } else {
+        down_chunk<1>(w2, r, g, weights, i, inter, hidden, parts);
+        i += 1;
+      }
     }
   }
 }
 
 __global__ void combine_kernel(Groups g, int64_t n, int64_t k, int64_t hidden, float* out) {
+  pdl_begin();
   const int64_t total = n * hidden;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -339,8 +368,8 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream) {
   if (n <= 0) return;
-  route_kernel<<<unsigned(n), 256, size_t(2 * experts) * 4, stream>>>(
-      logits, tokens, tid2eid, bias, experts, k, score, routed_scaling, chosen, weights);
+  launch_pdl(route_kernel, unsigned(n), 256, size_t(2 * experts) * 4, stream, logits, tokens,
+             tid2eid, bias, experts, k, score, routed_scaling, chosen, weights);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -364,17 +393,35 @@ void products(const ExpertsDevice& e, const Groups& g, const float* h, const flo
             down_parts = rows_dot_parts(e.w2_type, inter);
   const int64_t up_groups = (inter + kPairs - 1) / kPairs,
                 down_groups = (hidden + kDownRows - 1) / kDownRows;
-  const dim3 up_grid(unsigned((up_groups * up_parts + kThreads - 1) / kThreads), max_active),
-      down_grid(unsigned((down_groups * down_parts + kThreads - 1) / kThreads), max_active);
+  // At most the blocks that are resident at once (2 per SM) in x: each then loops over its rows
+  // with the next round's rows prefetched, instead of later waves starting cold.
+  int device = 0, sms = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  // Only for one row, where every one of the max_active experts is used; with more rows most of
+  // the max_active blocks in y find no expert and leave.
+  const int64_t resident_x =
+      n == 1 ? std::max<int64_t>(1, 2 * int64_t(sms) / int64_t(max_active)) : INT64_MAX;
+  auto blocks_x = [&](int64_t groups, int parts) {
+    return unsigned(std::min((groups * parts + kThreads - 1) / kThreads, resident_x));
+  };
+  const dim3 up_grid(blocks_x(up_groups, up_parts), max_active),
+      down_grid(blocks_x(down_groups, down_parts), max_active);
   if (n == 1) {  // one row: every expert sees it at most once
-    up_kernel<1><<<up_grid, kThreads, 0, stream>>>(e, g, h, hidden, k, inter, limit, up_parts);
-    down_kernel<1><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
+    launch_pdl(up_kernel<1>, up_grid, kThreads, 0, stream, e, g, h, hidden, k, inter, limit,
+               up_parts);
+    launch_pdl(down_kernel<1>, down_grid, kThreads, 0, stream, e, g, weights, hidden, inter,
+               down_parts);
   } else if (n <= 64) {  // batched decode: a few rows per expert
-    up_kernel<2><<<up_grid, kThreads, 0, stream>>>(e, g, h, hidden, k, inter, limit, up_parts);
-    down_kernel<2><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
+    launch_pdl(up_kernel<2>, up_grid, kThreads, 0, stream, e, g, h, hidden, k, inter, limit,
+               up_parts);
+    launch_pdl(down_kernel<2>, down_grid, kThreads, 0, stream, e, g, weights, hidden, inter,
+               down_parts);
   } else {
-    up_kernel<8><<<up_grid, kThreads, 0, stream>>>(e, g, h, hidden, k, inter, limit, up_parts);
-    down_kernel<8><<<down_grid, kThreads, 0, stream>>>(e, g, weights, hidden, inter, down_parts);
+    launch_pdl(up_kernel<8>, up_grid, kThreads, 0, stream, e, g, h, hidden, k, inter, limit,
+               up_parts);
+    launch_pdl(down_kernel<8>, down_grid, kThreads, 0, stream, e, g, weights, hidden, inter,
+               down_parts);
   }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
@@ -389,7 +436,7 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
   const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
-  group_kernel<<<1, group_threads, size_t(experts) * 4, stream>>>(chosen, P, experts, g);
+  launch_pdl(group_kernel, 1, group_threads, size_t(experts) * 4, stream, chosen, P, experts, g);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   if (gemm && gemm->applies(e, n, inter, hidden, stream))
     gemm->run(e, {g.order, g.active, g.seg_start, g.n_active, experts}, h, weights, k, inter,
@@ -398,8 +445,8 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
     products(e, g, h, weights, n, k, experts, inter, hidden, limit, stream);
   if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
   const int64_t total = n * hidden;
-  combine_kernel<<<unsigned(std::min<int64_t>((total + 255) / 256, 1 << 20)), 256, 0, stream>>>(
-      g, n, k, hidden, out);
+  launch_pdl(combine_kernel, unsigned(std::min<int64_t>((total + 255) / 256, 1 << 20)), 256, 0,
+             stream, g, n, k, hidden, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,7 +1,11 @@
 // RMSNorm, interleaved partial RoPE, embedding gather, SwiGLU and cache appends.
+#include <stdexcept>
+#include <string>
+
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -13,6 +17,7 @@ unsigned blocks_for(int64_t total, int threads) {
 
 __global__ void rms_norm_kernel(const float* x, const float* weight, int64_t dim, float eps,
                                 float* out) {
+  pdl_begin();
   __shared__ float red[32];
   const float* xr = x + blockIdx.x * dim;
   float* orow = out + blockIdx.x * dim;
@@ -26,6 +31,7 @@ __global__ void rms_norm_kernel(const float* x, const float* weight, int64_t dim
 
 __global__ void rope_kernel(float* x, int64_t rows, int64_t heads, int64_t head_dim,
                             const int64_t* pos, DeviceRope rope, float sign) {
+  pdl_begin();
   const int64_t half = rope.dim / 2;
   const int64_t total = rows * heads * half;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
@@ -44,6 +50,7 @@ __global__ void rope_kernel(float* x, int64_t rows, int64_t heads, int64_t head_
 
 __global__ void embed_kernel(WeightMatrix embed, const int32_t* tokens, int64_t n, int64_t hc,
                              float* streams) {
+  pdl_begin();
   const int64_t H = embed.cols, total = n * H;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -55,6 +62,7 @@ __global__ void embed_kernel(WeightMatrix embed, const int32_t* tokens, int64_t 
 
 __global__ void swiglu_kernel(const float* gate, const float* up, int64_t count, float limit,
                               float* out) {
+  pdl_begin();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += int64_t(gridDim.x) * blockDim.x) {
     float g = gate[i], u = up[i];
@@ -84,11 +92,45 @@ __device__ float* field_of(const LayerRow& r, CacheField f) {
 
 __global__ void append_kernel(const LayerRow* rows, CacheField field, const float* src,
                               int64_t width, int64_t n) {
+  pdl_begin();
   const int64_t total = n * width;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = i / width, d = i % width;
     field_of(rows[t], field)[rows[t].pos * width + d] = src[i];
+  }
+}
+
+// rms_norm_kernel, then rope_kernel's rotation of the row's trailing rope.dim channels, then the
+// cache append, for one norm row (one head) per block. The sum of squares runs in the same order
+// as rms_norm_kernel's with the same block size, so the values are the same.
+__global__ void norm_rope_kernel(float* x, const float* weight, int64_t dim, float eps,
+                                 int64_t heads, const int64_t* pos, DeviceRope rope,
+                                 const LayerRow* rows, CacheField field) {
+  pdl_begin();
+  __shared__ float red[32];
+  float* xr = x + blockIdx.x * dim;
+  const int64_t t = blockIdx.x / heads;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = block_sum(ss, red);
+  const float inv = rsqrtf(ss / float(dim) + eps);
+  const int64_t first = dim - rope.dim;
+  const float position = float(pos[t]);
+  float* cache = rows ? field_of(rows[t], field) + rows[t].pos * dim : nullptr;
+  for (int64_t i = 2 * threadIdx.x; i < dim; i += 2 * blockDim.x) {
+    float a = weight ? xr[i] * inv * weight[i] : xr[i] * inv;
+    float b = weight ? xr[i + 1] * inv * weight[i + 1] : xr[i + 1] * inv;
+    if (i >= first) {
+      const float angle = rope.inv_freq[(i - first) / 2] * position;
+      const float c = float(cos(double(angle))) * rope.scaling;
+      const float s = float(sin(double(angle))) * rope.scaling;
+      const float ra = a * c - b * s, rb = b * c + a * s;
+      a = ra, b = rb;
+    }
+    xr[i] = a;
+    xr[i + 1] = b;
+    if (cache) cache[i] = a, cache[i + 1] = b;
   }
 }
 
@@ -98,7 +140,7 @@ void rms_norm_rows(const float* x, const float* weight, int64_t rows, int64_t di
                    float* out, cudaStream_t stream) {
   if (rows <= 0) return;
   const int threads = dim >= 1024 ? 512 : dim >= 256 ? 256 : 64;
-  rms_norm_kernel<<<unsigned(rows), threads, 0, stream>>>(x, weight, dim, eps, out);
+  launch_pdl(rms_norm_kernel, unsigned(rows), threads, 0, stream, x, weight, dim, eps, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -106,28 +148,42 @@ void apply_rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, const i
                 const DeviceRope& rope, bool inverse, cudaStream_t stream) {
   const int64_t total = rows * heads * (rope.dim / 2);
   if (total <= 0) return;
-  rope_kernel<<<blocks_for(total, 256), 256, 0, stream>>>(x, rows, heads, head_dim, pos, rope,
-                                                          inverse ? -1.0f : 1.0f);
+  launch_pdl(rope_kernel, blocks_for(total, 256), 256, 0, stream, x, rows, heads, head_dim, pos,
+             rope, inverse ? -1.0f : 1.0f);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void norm_rope_rows(float* x, const float* weight, int64_t rows, int64_t heads, int64_t head_dim,
+                    float eps, const int64_t* pos, const DeviceRope& rope,
+                    const LayerRow* cache_rows, CacheField field, cudaStream_t stream) {
+  if (rows <= 0) return;
+  if (head_dim % 2 != 0 || rope.dim % 2 != 0 || rope.dim > head_dim)
+    throw std::runtime_error("norm_rope_rows: head_dim " + std::to_string(head_dim) +
+                             " and rope dim " + std::to_string(rope.dim) + " must be even");
+  const int threads = head_dim >= 1024 ? 512 : head_dim >= 256 ? 256 : 64;  // as rms_norm_rows
+  launch_pdl(norm_rope_kernel, unsigned(rows * heads), threads, 0, stream, x, weight, head_dim, eps,
+             heads, pos, rope, cache_rows, field);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void embed_rows(const WeightMatrix& embed, const int32_t* tokens, int64_t n, int64_t hc,
                 float* streams, cudaStream_t stream) {
-  embed_kernel<<<blocks_for(n * embed.cols, 256), 256, 0, stream>>>(embed, tokens, n, hc, streams);
+  launch_pdl(embed_kernel, blocks_for(n * embed.cols, 256), 256, 0, stream, embed, tokens, n, hc,
+             streams);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void swiglu(const float* gate, const float* up, int64_t count, float limit, float* out,
             cudaStream_t stream) {
   if (count <= 0) return;
-  swiglu_kernel<<<blocks_for(count, 256), 256, 0, stream>>>(gate, up, count, limit, out);
+  launch_pdl(swiglu_kernel, blocks_for(count, 256), 256, 0, stream, gate, up, count, limit, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void append_rows(const LayerRow* rows, CacheField field, const float* src, int64_t width, int64_t n,
                  cudaStream_t stream) {
   if (n <= 0) return;
-  append_kernel<<<blocks_for(n * width, 256), 256, 0, stream>>>(rows, field, src, width, n);
+  launch_pdl(append_kernel, blocks_for(n * width, 256), 256, 0, stream, rows, field, src, width, n);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -9,6 +9,7 @@
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -58,6 +59,7 @@ __device__ Partial block_combine(Partial p, float inv_t, Partial* shared) {
 
 __global__ void pick_blocks(const float* logits, int64_t vocab, const uint32_t* mask,
                             int64_t mask_words, float inv_t, Partial* partials) {
+  pdl_begin();
   __shared__ Partial shared[kThreads / 32];
   Partial p{-INFINITY, 0, 0, 0.0};
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
@@ -74,6 +76,7 @@ __global__ void pick_blocks(const float* logits, int64_t vocab, const uint32_t* 
 }
 
 __global__ void pick_final(const Partial* partials, int blocks, float inv_t, MaskedPick* out) {
+  pdl_begin();
   __shared__ Partial shared[kThreads / 32];
   Partial p{-INFINITY, 0, 0, 0.0};
   for (int i = threadIdx.x; i < blocks; i += blockDim.x) p = combine(p, partials[i], inv_t);
@@ -92,6 +95,7 @@ int pick_grid(int64_t vocab) {
 __global__ void collect_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
                                int64_t mask_words, const MaskedPick* pick, float delta,
                                int32_t capacity, int32_t* count, int32_t* ids, float* values) {
+  pdl_begin();
   const float threshold = pick->best - delta;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -114,8 +118,8 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
                        const MaskedPick* pick, float delta, int32_t capacity, int32_t* count,
                        int32_t* ids, float* values, cudaStream_t stream) {
   AGENTRT_CUDA_CHECK(cudaMemsetAsync(count, 0, sizeof(int32_t), stream));
-  collect_kernel<<<pick_grid(vocab), kThreads, 0, stream>>>(logits, vocab, mask, mask_words, pick,
-                                                            delta, capacity, count, ids, values);
+  launch_pdl(collect_kernel, pick_grid(vocab), kThreads, 0, stream, logits, vocab, mask, mask_words,
+             pick, delta, capacity, count, ids, values);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -125,9 +129,10 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream) {
   const int blocks = pick_grid(vocab);
   auto* partials = static_cast<Partial*>(scratch);
-  pick_blocks<<<blocks, kThreads, 0, stream>>>(logits, vocab, mask, mask_words, inv_t, partials);
+  launch_pdl(pick_blocks, blocks, kThreads, 0, stream, logits, vocab, mask, mask_words, inv_t,
+             partials);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  pick_final<<<1, kThreads, 0, stream>>>(partials, blocks, inv_t, out);
+  launch_pdl(pick_final, 1, kThreads, 0, stream, partials, blocks, inv_t, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

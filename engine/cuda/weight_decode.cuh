@@ -206,7 +206,8 @@ __device__ __forceinline__ void rows_dot_typed(const RowView (&rv)[R], bool f32_
                                                int part, int parts, const float* const (&x)[NT],
                                                float (&acc)[R][NT]) {
   constexpr int V = chunk_values<T>(), W = word_values<T>();
-  constexpr int kUnroll = R >= 4 ? 2 : 4;
+  // One row for one or two tokens (the small decode products, latency-bound): 8 chunks in flight.
+  constexpr int kUnroll = R >= 4 ? 2 : R == 1 && NT <= 2 ? 8 : 4;
   constexpr bool scaled = T == WeightType::f8_e4m3 || T == WeightType::f4_e2m1;
   for (int c0 = part; c0 < chunks; c0 += parts * kUnroll) {
     uint4 raw[kUnroll][R];

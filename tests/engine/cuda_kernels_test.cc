@@ -107,9 +107,22 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
   (void)dim;
 }
 
+void indexer_scores_case(int64_t heads, int64_t dim, int64_t n);
+
+// Small shapes go to the per-block kernel, head_dim 128 with at most 64 heads (the checkpoint's
+// shape) to the warp-per-entry kernel; both checked against the GEMM, for many rows and for one.
 TEST_F(CudaKernels, IndexerScoresByGemmMatchTheKernel) {
+  indexer_scores_case(6, 40, 70);
+  indexer_scores_case(64, 128, 70);
+  indexer_scores_case(64, 128, 1);
+  indexer_scores_case(37, 128, 5);
+}
+
+void indexer_scores_case(int64_t heads, int64_t dim, int64_t n) {
+  SCOPED_TRACE("heads " + std::to_string(heads) + " dim " + std::to_string(dim) + " rows " +
+               std::to_string(n));
   std::mt19937 rng(4);
-  const int64_t heads = 6, dim = 40, entries = 300, n = 70, stride = 301;
+  const int64_t entries = 300, stride = 301;
   const auto q = randn(n * heads * dim, rng), w = randn(n * heads, rng),
              ent = randn(entries * dim, rng);
   auto d_q = upload(q), d_w = upload(w), d_ent = upload(ent);
@@ -117,7 +130,7 @@ TEST_F(CudaKernels, IndexerScoresByGemmMatchTheKernel) {
   int64_t max_visible = 0;
   for (int64_t t = 0; t < n; ++t) {
     rows[t].idx_entries = d_ent.as<float>();
-    rows[t].visible = int32_t((t * 37) % (entries + 1));
+    rows[t].visible = int32_t(n == 1 ? entries : (t * 37) % (entries + 1));
     max_visible = std::max<int64_t>(max_visible, rows[t].visible);
   }
   auto d_rows = upload(rows);
@@ -203,8 +216,9 @@ void attention_case(int64_t hd, AttentionKernel kernel, int64_t heads) {
 }
 
 TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
-  // A few rows (one block per output and slice), then many (one block per row).
-  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{67, 3}, {96, 260}})
+  // A few rows (one block per output and slice), then many (one block per row); the split pre
+  // kernel (hidden <= 4096) for one decode row at the checkpoint's width, the plain one past it.
+  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{67, 3}, {96, 260}, {4096, 1}, {4100, 2}})
     hyper_connection_case(H, n);
 }
 

@@ -1,0 +1,51 @@
+// Programmatic dependent launch (sm_90): a kernel started with launch_pdl may be scheduled while
+// the kernel before it in the stream is still running, so its blocks are resident and waiting
+// when that one ends instead of being launched then (decode steps are chains of ~150 short
+// kernels; the gaps between them were a large part of a step). Every block of such a kernel
+// calls pdl_begin() before it touches memory: it waits until the previous kernel has finished
+// and its writes are visible, then lets the next kernel be scheduled. A block that left without
+// waiting could let its grid finish before the grid before it, so the wait comes first.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "engine/cuda/cuda_check.h"
+
+namespace agentrt::engine::cuda {
+
+__device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Asks the L2 to fetch [p, p + bytes) (16-byte aligned, a multiple of 16) without waiting for
+// it: one instruction for a whole weight row. Kernels issue it for memory no kernel writes
+// (weights) before pdl_begin(), so the fetch overlaps the previous kernel.
+__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...) with programmatic stream serialization.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+}  // namespace agentrt::engine::cuda
