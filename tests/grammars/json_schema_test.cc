@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "grammar_test_support.h"
 #include "grammars/compiled_grammar.h"
 #include "grammars/matcher.h"
@@ -165,6 +167,53 @@ TEST(JsonSchemaObjects, AdditionalKeysLeaveNamedOnesAnyWay) {
        R"({"q\"":1})", R"({"q":true})", R"({"q\\":true})", R"({"":true})"},
       {R"({"ab":true})", "{\"n\xc3\xa4\":true}", R"({"q\"":true})", R"({"a\u0022":true})",
        R"({"a\/":true})", R"({"a":1})", R"({"abc":1})"});
+}
+
+// Objects of at most six properties: every subset holding the required ones, in every order,
+// each property at most once (each state of the object calls its remaining members as rules).
+TEST(JsonSchemaObjects, SmallObjectsTakeEachPropertyOnceInAnyOrder) {
+  SchemaChecker c(R"({"type":"object","properties":{"a":{"type":"integer"},"b":{},"c":{},
+      "d":{"type":"string"}},"required":["a","c"],"additionalProperties":false})");
+  const std::vector<std::string> members = {R"("a":1)", R"("b":null)", R"("c":[])", R"("d":"x")"};
+  for (unsigned subset = 0; subset < 16; ++subset) {
+    std::vector<size_t> order;
+    for (size_t j = 0; j < 4; ++j) {
+      if (subset & (1u << j)) order.push_back(j);
+    }
+    const bool complete = (subset & 1u) && (subset & 4u);
+    do {
+      std::string text = "{";
+      for (size_t k = 0; k < order.size(); ++k) text += (k ? "," : "") + members[order[k]];
+      text += "}";
+      EXPECT_EQ(c.accepts(text), complete) << text;
+      if (!order.empty()) {
+        // The same property twice is refused wherever it comes.
+        EXPECT_FALSE(c.accepts(text.substr(0, text.size() - 1) + "," + members[order[0]] + "}"))
+            << text;
+      }
+    } while (std::next_permutation(order.begin(), order.end()));
+  }
+  EXPECT_FALSE(c.accepts(R"({"a":"1","c":1})"));
+  EXPECT_FALSE(c.accepts(R"({"a":1,"c":1,"e":1})"));
+}
+
+// Rule names keep the end of the schema path (the specific part), short: references are much
+// of a large schema's grammar.
+TEST(JsonSchemaObjects, RuleNamesKeepTheEndOfThePath) {
+  const std::string ebnf = json_schema_to_ebnf(ojson::parse(R"({"$defs":{
+      "https://kubernetesjsonschema.dev/v1.18.1/_definitions.json#/definitions/io.k8s.api.core.v1.PodSpec":
+      {"type":"object","properties":{"hostname":{"type":"string","maxLength":8},"x":{},"y":{}}}},
+      "$ref":"#/$defs/https:~1~1kubernetesjsonschema.dev~1v1.18.1~1_definitions.json#~1definitions~1io.k8s.api.core.v1.PodSpec"})"));
+  size_t rules = 0;
+  for (size_t pos = 0; (pos = ebnf.find(" ::= ", pos)) != std::string::npos; pos += 5) {
+    const size_t start = ebnf.rfind('\n', pos) == std::string::npos ? 0 : ebnf.rfind('\n', pos) + 1;
+    const std::string name = ebnf.substr(start, pos - start);
+    EXPECT_LE(name.size(), 40u) << name;
+    ++rules;
+  }
+  EXPECT_GT(rules, 4u);
+  EXPECT_NE(ebnf.find("v1-PodSpec"), std::string::npos) << ebnf;
+  EXPECT_NE(ebnf.find("hostname-string"), std::string::npos) << ebnf;
 }
 
 // Objects with more than six properties take them in any order when few are required

@@ -6,6 +6,7 @@
 
 #include "grammar_sampler.h"
 #include "grammar_test_support.h"
+#include "grammars/json_schema.h"
 
 namespace agentrt::grammars {
 namespace {
@@ -121,6 +122,19 @@ TEST_F(MatcherTest, MaskMatchesBruteForceOnStampedRepetitions) {
 str ::= "\"" ([^"\\] | "\\" ["\\nt]){0,300} "\""
 item ::= "\"" ([^"\\] | "\\" ["\\nt]){0,300} "\"" ", ")",
                 60, 7);
+}
+
+// Order-free objects (json_schema_objects.cc): each state calls every member it may take next
+// as a rule, so while a key is read the parse holds one stack per candidate member (keys that
+// share prefixes, and an additional-property key leaving them); masks against the brute-force
+// reference on documents sampled from the grammar and corrupted ones.
+TEST_F(MatcherTest, MaskMatchesBruteForceOnOrderFreeObjects) {
+  const auto schema = nlohmann::ordered_json::parse(R"({"type":"object","properties":{
+      "a":{"type":"integer"},"ab":{"type":"boolean"},"abc":{"enum":["x","yz"]},
+      "name":{"type":"string","maxLength":3},"age":{"type":"object","properties":{
+      "n":{"type":"null"},"na":{"type":"integer"}},"additionalProperties":false}},
+      "required":["ab","name"],"additionalProperties":{"type":"boolean"}})");
+  property_test(json_schema_to_ebnf(schema, JsonSchemaOptions{}), 80, 8);
 }
 
 TEST_F(MatcherTest, AcceptRollbackAndTermination) {

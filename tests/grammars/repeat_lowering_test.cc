@@ -151,5 +151,42 @@ TEST(RepeatLowering, ShortRepetitionsStayInline) {
   EXPECT_EQ(pda.rules.size(), 1u);
 }
 
+// Rules are rewritten one at a time as the automaton builder asks for them: unchanged ones are
+// the grammar's own, changed ones copies whose new rules are numbered after the grammar's.
+TEST(RepeatLowering, HoistsRuleByRule) {
+  Grammar g = Grammar::from_ebnf(R"(root ::= "{" x "}" z
+x ::= "<" [a-c]{0,300} ">"
+z ::= "." [a-c]{0,3})");
+  RepeatHoisting hoisting(g.rules());
+  const std::vector<GrammarRule>& rules = g.rules();
+  auto index_of = [&](const std::string& name) {
+    for (size_t i = 0; i < rules.size(); ++i) {
+      if (rules[i].name == name) return static_cast<int32_t>(i);
+    }
+    ADD_FAILURE() << "no rule " << name;
+    return int32_t{0};
+  };
+  EXPECT_EQ(&hoisting.rule(g.root()), &rules[g.root()]);
+  EXPECT_EQ(&hoisting.rule(index_of("z")), &rules[index_of("z")]);  // short: stays inline
+  // x's repetition and the rest of its sequence become a rule of their own, past the grammar's.
+  const GrammarRule& x = hoisting.rule(index_of("x"));
+  EXPECT_NE(&x, &rules[index_of("x")]);
+  EXPECT_EQ(x.name, "x");
+  ASSERT_EQ(x.body.kind, Expr::Kind::kSequence);
+  ASSERT_EQ(x.body.children.size(), 2u);
+  const Expr& ref = x.body.children[1];
+  ASSERT_EQ(ref.kind, Expr::Kind::kRuleRef);
+  EXPECT_EQ(ref.rule, static_cast<int32_t>(rules.size()));
+  const GrammarRule& stamped = hoisting.rule(ref.rule);
+  EXPECT_FALSE(stamped_sequence(stamped.body).empty());
+  EXPECT_EQ(&hoisting.rule(ref.rule), &stamped);  // asked again: the same rule
+  // The automaton built this way takes exactly the counts allowed.
+  auto cg = compile(g, testing::small_index());
+  EXPECT_TRUE(accepts(cg, "{<>}."));
+  EXPECT_TRUE(accepts(cg, "{<" + std::string(300, 'b') + ">}.abc"));
+  EXPECT_FALSE(accepts(cg, "{<" + std::string(301, 'b') + ">}."));
+  EXPECT_FALSE(accepts(cg, "{<>}.abca"));
+}
+
 }  // namespace
 }  // namespace agentrt::grammars
