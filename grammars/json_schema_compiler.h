@@ -88,6 +88,8 @@ class JsonSchemaCompiler {
   std::unordered_map<std::string, int> next_suffix_;  // base name → next number to try
   std::map<std::string, std::string> ref_rules_;      // JSON pointer → rule name
   std::set<std::string> generics_;
+  // Ways of leaving object-key tries (json_string_tail_excluding), body → rule.
+  std::unordered_map<std::string, std::string> key_exits_;
   int depth_ = 0;
 };
 

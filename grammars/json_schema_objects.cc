@@ -336,10 +336,15 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
       } else if (named_keys.empty()) {
         key = generic("string");
       } else {
+        auto shared_exit = [this](const std::string& body) {
+          auto [it, inserted] = key_exits_.try_emplace(body);
+          if (inserted) it->second = new_rule("key-exit", body);
+          return it->second;
+        };
         key = new_rule(path + "-key",
                        quote + " " +
                            json_string_tail_excluding(named_keys, generic("string-tail"),
-                                                      generic("string-other-tail")));
+                                                      generic("string-other-tail"), shared_exit));
       }
       if (key) extras.push_back(kv(*key, *value));
     }

@@ -272,7 +272,8 @@ const CodepointSet& plain_ascii() {
 // `other_rest` (may be empty): see json_string_tail_excluding. Appends to `out`: returning
 // each subtree's text copied it once per level above it (keys of 20 and more characters).
 void trie_excluding(const TrieNode& node, const std::string& any_rest, const std::string& closing,
-                    const std::string& other_rest, std::string& out) {
+                    const std::string& other_rest, const SharedRule& shared_rule,
+                    std::string& out) {
   // Units of single plain ASCII characters, written once rather than at every trie node.
   static const std::vector<std::string> kAsciiUnits = [] {
     std::vector<std::string> units(128);
@@ -293,8 +294,12 @@ void trie_excluding(const TrieNode& node, const std::string& any_rest, const std
     next_alt();
     out += cp < 128 ? kAsciiUnits[cp] : json_string_unit(CodepointSet::single(cp));
     out += ' ';
-    trie_excluding(*child, any_rest, closing, other_rest, out);
+    trie_excluding(*child, any_rest, closing, other_rest, shared_rule, out);
   }
+  // The ways of leaving the trie here, written in place or as a shared rule.
+  const size_t exits = out.size();
+  const bool was_first = first;
+  first = true;
   if (!other_rest.empty() && all_plain) {
     // The other plain characters; for the nodes with one child (most) from a table.
     static const std::vector<std::string> kPlainExcept = [] {
@@ -329,6 +334,14 @@ void trie_excluding(const TrieNode& node, const std::string& any_rest, const std
     next_alt();
     out += closing;
   }
+  if (shared_rule && all_plain && node.children.size() <= 1 && !first) {
+    // Depends only on the one next character and whether the node ends a key: the same at
+    // most nodes of every key trie of a grammar.
+    std::string rule = shared_rule(out.substr(exits));
+    out.resize(exits);
+    out += rule;
+  }
+  if (!was_first && !first) out.insert(exits, " | ");
   out += ')';
   if (closing.empty() && !node.terminal) out += '?';
 }
@@ -355,16 +368,17 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
       any_rest_rule.empty() ? json_string_unit(CodepointSet::all()) + "*" : any_rest_rule;
   if (excluded.empty()) return any_rest;
   std::string out;
-  trie_excluding(excluded_trie(excluded), any_rest, "", "", out);
+  trie_excluding(excluded_trie(excluded), any_rest, "", "", {}, out);
   return out;
 }
 
 std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
                                        const std::string& tail_rule,
-                                       const std::string& other_tail_rule) {
+                                       const std::string& other_tail_rule,
+                                       const SharedRule& shared_rule) {
   if (excluded.empty()) return tail_rule;
   std::string out;
-  trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule, out);
+  trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule, shared_rule, out);
   return out;
 }
 

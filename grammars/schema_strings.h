@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -71,9 +72,16 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
 // excluded strings go on with plain ASCII characters only, the grammar then writes the plain
 // characters that leave them and that one rule, instead of all of Unicode and the escapes at
 // every point (which was most of the text and automaton of schemas with many objects).
+// With `shared_rule` (and `other_tail_rule`), the ways of leaving the excluded strings at a
+// point where at most one plain ASCII character continues them (most points) are an EBNF body
+// handed to shared_rule, which returns the rule to write instead: the body depends only on that
+// character and whether an excluded string ends there, so a grammar needs a few dozen such
+// rules for all its key tries instead of the alternatives at every point.
+using SharedRule = std::function<std::string(const std::string& body)>;
 std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
                                        const std::string& tail_rule,
-                                       const std::string& other_tail_rule = "");
+                                       const std::string& other_tail_rule = "",
+                                       const SharedRule& shared_rule = {});
 // A string's tail (content and closing quote) whose first character is not plain ASCII: a
 // non-ASCII one, or one written as an escape. Written out in full (no rule references), so that
 // its positions are alike to those of the plain tail and shared between grammars.
