@@ -22,3 +22,11 @@ timeout 300 "$NCU" --profile-from-start off --clock-control ${NCU_CLOCK:-none} -
   "$CARRY/bench_engine_cuda" "$CKPT" --contexts 1024 --batches "" --steps 4 --ncu-steps 1 \
   > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
 echo "ncu rc $?"
+# NCU_DETAIL=regex: warp stall reasons, occupancy and issue rates of the first two launches of the
+# kernels whose names match (inside the profiled decode step) -> $OUT/ncu_detail.txt.
+if [[ -n ${NCU_DETAIL:-} ]]; then
+  timeout 200 "$NCU" --profile-from-start off --clock-control none -k "regex:${NCU_DETAIL}" --launch-count 2 \
+    --section WarpStateStats --section Occupancy --section SchedulerStats --section LaunchStats \
+    "$CARRY/bench_engine_cuda" "$CKPT" --contexts 1024 --batches "" --steps 4 --ncu-steps 1 \
+    > "$OUT/ncu_detail.txt" 2>&1
+fi

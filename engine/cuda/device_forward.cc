@@ -482,18 +482,17 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   float* q_res = w.f(w.q_res, n * c.q_lora_rank);
   float* q = w.f(w.q, n * heads * hd);
   float* kv = w.f(w.kv, n * hd);
-  linear_.run(lw.wq_a->view(), x, n, q_res, stream_);
-  rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
-  linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
-  linear_.run(lw.wkv->view(), x, n, kv, stream_);
-  norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
-                 stream_);
-  norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
-                 CacheField::kv, stream_);
-  stage("attn.qkv");
+  const int64_t ih = c.index_heads, ihd = c.index_head_dim;
+  float* iq = lw.indexer ? w.f(w.iq, n * ih * ihd) : nullptr;
+  float* iw = lw.indexer ? w.f(w.iw, n * ih) : nullptr;
 
-  // The compressors read only x and their own state: beside the query and KV path.
+  // What reads only x (the KV row, the compressors, the indexer's head weights) runs on the
+  // side stream beside the query path (wq_a, its norm, wq_b, the indexer's query), which is
+  // about as long; decode steps are a chain of short kernels, so two shorter chains are faster.
   const cudaStream_t cs = fork();
+  linear_.run(lw.wkv->view(), x, n, kv, cs);
+  norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
+                 CacheField::kv, cs);
   auto raw = [&](const CompressorOnDevice& comp, CacheField kv_field, CacheField gate_field,
                  const CompressJob* jobs, const int32_t* count) {
     const int64_t width = comp.wkv->view().rows;
@@ -507,21 +506,28 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   };
   if (lw.compressor)
     raw(*lw.compressor, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs, m.job_counts);
-  if (lw.indexer)
+  if (lw.indexer) {
     raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
         m.job_counts + 1);
-  join(cs);
+    linear_.run(lw.indexer->weights_proj->view(), x, n, iw, cs);
+  }
 
+  linear_.run(lw.wq_a->view(), x, n, q_res, stream_);
+  rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
+  linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
+  norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
+                 stream_);
+  if (lw.indexer) {
+    linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
+    apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_);
+  }
+  stage("attn.qkv");
+  join(cs);
   stage("attn.compress");
+
   const int32_t* chosen = nullptr;
   const int32_t* n_chosen = nullptr;
   if (lw.indexer) {
-    const int64_t ih = c.index_heads, ihd = c.index_head_dim;
-    float* iq = w.f(w.iq, n * ih * ihd);
-    float* iw = w.f(w.iw, n * ih);
-    linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
-    apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_);
-    linear_.run(lw.indexer->weights_proj->view(), x, n, iw, stream_);
     const int64_t stride = std::max<int64_t>(m.max_visible, 1);
     float* scores = w.f(w.scores, n * stride);
     w.grow(w.chosen, n * c.index_topk * 4);
