@@ -271,9 +271,15 @@ const CodepointSet& plain_ascii() {
 // else the string's tail up to and including `closing`, and `any_rest` must include it too.
 // `other_rest` (may be empty): see json_string_tail_excluding. Appends to `out`: returning
 // each subtree's text copied it once per level above it (keys of 20 and more characters).
+// Shared exit rules (json_string_tail_excluding): the function making them, and the ones met
+// in this trie by (next character, or 128 at a leaf) * 2 + whether a key ends there.
+struct TrieExits {
+  const SharedRule* shared = nullptr;
+  std::vector<std::string> names = std::vector<std::string>(129 * 2);
+};
+
 void trie_excluding(const TrieNode& node, const std::string& any_rest, const std::string& closing,
-                    const std::string& other_rest, const SharedRule& shared_rule,
-                    std::string& out) {
+                    const std::string& other_rest, TrieExits& shared_exits, std::string& out) {
   // Units of single plain ASCII characters, written once rather than at every trie node.
   static const std::vector<std::string> kAsciiUnits = [] {
     std::vector<std::string> units(128);
@@ -294,13 +300,21 @@ void trie_excluding(const TrieNode& node, const std::string& any_rest, const std
     next_alt();
     out += cp < 128 ? kAsciiUnits[cp] : json_string_unit(CodepointSet::single(cp));
     out += ' ';
-    trie_excluding(*child, any_rest, closing, other_rest, shared_rule, out);
+    trie_excluding(*child, any_rest, closing, other_rest, shared_exits, out);
   }
   // The ways of leaving the trie here, written in place or as a shared rule.
   const size_t exits = out.size();
   const bool was_first = first;
   first = true;
-  if (!other_rest.empty() && all_plain) {
+  std::string* shared = nullptr;
+  if (shared_exits.shared && all_plain && node.children.size() <= 1 && !other_rest.empty()) {
+    const uint32_t next = node.children.empty() ? 128 : node.children.begin()->first;
+    shared = &shared_exits.names[next * 2 + (node.terminal ? 1 : 0)];
+  }
+  if (shared && !shared->empty()) {
+    next_alt();
+    out += *shared;
+  } else if (!other_rest.empty() && all_plain) {
     // The other plain characters; for the nodes with one child (most) from a table.
     static const std::vector<std::string> kPlainExcept = [] {
       std::vector<std::string> classes(128);
@@ -330,16 +344,16 @@ void trie_excluding(const TrieNode& node, const std::string& any_rest, const std
     out += any_rest;
   }
   // Ending here is allowed unless the string so far is one of the excluded.
-  if (!closing.empty() && !node.terminal) {
+  if (!closing.empty() && !node.terminal && !(shared && !shared->empty())) {
     next_alt();
     out += closing;
   }
-  if (shared_rule && all_plain && node.children.size() <= 1 && !first) {
+  if (shared && shared->empty()) {
     // Depends only on the one next character and whether the node ends a key: the same at
     // most nodes of every key trie of a grammar.
-    std::string rule = shared_rule(out.substr(exits));
+    *shared = (*shared_exits.shared)(out.substr(exits));
     out.resize(exits);
-    out += rule;
+    out += *shared;
   }
   if (!was_first && !first) out.insert(exits, " | ");
   out += ')';
@@ -368,7 +382,8 @@ std::string json_string_content_excluding(const std::vector<std::string>& exclud
       any_rest_rule.empty() ? json_string_unit(CodepointSet::all()) + "*" : any_rest_rule;
   if (excluded.empty()) return any_rest;
   std::string out;
-  trie_excluding(excluded_trie(excluded), any_rest, "", "", {}, out);
+  TrieExits no_sharing;
+  trie_excluding(excluded_trie(excluded), any_rest, "", "", no_sharing, out);
   return out;
 }
 
@@ -378,7 +393,8 @@ std::string json_string_tail_excluding(const std::vector<std::string>& excluded,
                                        const SharedRule& shared_rule) {
   if (excluded.empty()) return tail_rule;
   std::string out;
-  trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule, shared_rule, out);
+  TrieExits exits{shared_rule ? &shared_rule : nullptr};
+  trie_excluding(excluded_trie(excluded), tail_rule, "\"\\\"\"", other_tail_rule, exits, out);
   return out;
 }
 
