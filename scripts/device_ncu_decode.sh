@@ -17,6 +17,7 @@ ARGS="--contexts ${CONTEXTS:-1024} --batches 8 --steps 32 ${BENCH_ARGS:-}"
 [[ -n ${COMPARE:-} ]] && timeout 200 "$CARRY/$COMPARE" "$CKPT" $ARGS > "$OUT/compare1.log" 2>&1
 timeout 200 "$CARRY/bench_engine_cuda" "$CKPT" $ARGS > "$OUT/bench.log" 2>&1
 [[ -n ${COMPARE:-} ]] && timeout 200 "$CARRY/$COMPARE" "$CKPT" $ARGS > "$OUT/compare2.log" 2>&1
+[[ -n ${SKIP_NCU:-} ]] && exit 0  # SKIP_NCU=1: only the benchmark runs above
 timeout 300 "$NCU" --profile-from-start off --clock-control ${NCU_CLOCK:-none} --cache-control ${NCU_CACHE:-none} --csv --metrics \
   gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size,launch__block_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
   "$CARRY/bench_engine_cuda" "$CKPT" --contexts 1024 --batches "" --steps 4 --ncu-steps 1 \

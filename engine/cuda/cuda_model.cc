@@ -100,27 +100,31 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     pass_.run(rows, nullptr);
     for (auto& r : rows) r.cache->length += 1;  // fed, whatever the choices do
-    // All greedy (the common serving case): one launch per row, one read back for the batch.
-    // Otherwise each row is chosen on its own.
-    const bool all_greedy = std::all_of(samplers.begin(), samplers.end(),
-                                        [](const Sampler* s) { return s->params().greedy(); });
-    if (all_greedy) {
-      std::vector<TokenMask> row_masks(masks.begin(), masks.end());
-      row_masks.resize(n);  // no masks: none for every row
-      const std::vector<cuda::MaskedPick> picks = pass_.pick_rows(row_masks);
-      for (size_t i = 0; i < n; ++i) {
-        if (picks[i].allowed == 0)
-          out[i].error = std::make_exception_ptr(
-              std::invalid_argument("sampler: the token mask allows no token"));
-        else
-          out[i].sample = {picks[i].token, float(-std::log(picks[i].z))};
-      }
-      return out;
+    // One launch per greedy row and two per sampling row (the pick, then the tokens near the
+    // best), one read back for the batch; a sampling row with more than kNearCapacity tokens
+    // that close reads its whole row back.
+    std::vector<TokenMask> row_masks(masks.begin(), masks.end());
+    row_masks.resize(n);  // no masks: none for every row
+    std::vector<cuda::DeviceForward::RowPick> how(n);
+    for (size_t i = 0; i < n; ++i) {
+      const SamplingParams& p = samplers[i]->params();
+      if (!p.greedy()) how[i] = {1.0f / p.temperature, kNearTemperatures * p.temperature};
     }
+    const auto near = pass_.near_best_rows(row_masks, how, kNearCapacity);
     for (size_t i = 0; i < n; ++i) {
       try {
-        out[i].sample = choose_on_row(pass_, int64_t(i), *samplers[i],
-                                      masks.empty() ? TokenMask{} : masks[i], vocab_size());
+        const cuda::DeviceForward::NearBest& r = near[i];
+        if (r.pick.allowed == 0)
+          throw std::invalid_argument("sampler: the token mask allows no token");
+        if (how[i].delta <= 0.0f) {
+          out[i].sample = {r.pick.token, float(-std::log(r.pick.z))};
+        } else if (r.total <= kNearCapacity) {
+          out[i].sample = samplers[i]->sample_candidates(r.cand, r.pick.z);
+        } else {
+          std::vector<float> logits(static_cast<size_t>(vocab_size()));
+          pass_.copy_last_logits(logits.data(), int64_t(i));
+          out[i].sample = samplers[i]->sample(logits, row_masks[i]);
+        }
       } catch (...) {
         out[i].error = std::current_exception();
       }

@@ -343,19 +343,36 @@ DeviceForward::NearBest DeviceForward::near_best_last(const uint32_t* mask, int6
 }
 
 std::vector<MaskedPick> DeviceForward::pick_rows(std::span<const TokenMask> masks) {
+  const std::vector<RowPick> greedy(masks.size());
+  std::vector<MaskedPick> out;
+  out.reserve(masks.size());
+  for (const NearBest& r : near_best_rows(masks, greedy, 0)) out.push_back(r.pick);
+  return out;
+}
+
+std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<const TokenMask> masks,
+                                                                   std::span<const RowPick> how,
+                                                                   int32_t capacity) {
   const int64_t n = int64_t(masks.size());
+  if (int64_t(how.size()) != n)
+    throw std::invalid_argument("cuda sampling: " + std::to_string(how.size()) +
+                                " row choices for " + std::to_string(n) + " masks");
   if (n > last_wanted_)
     throw std::logic_error("cuda sampling: " + std::to_string(n) + " picks but " +
                            std::to_string(last_wanted_) + " logits rows on the device");
-  std::vector<MaskedPick> out(static_cast<size_t>(n));
+  std::vector<NearBest> out(static_cast<size_t>(n));
   if (n == 0) return out;
-  // Pinned layout: the picks (read back), then every mask at a common stride (uploaded once).
+  const bool any_near =
+      std::any_of(how.begin(), how.end(), [](const RowPick& h) { return h.delta > 0.0f; });
+  // Pinned and device layout: one slot per row (pick, count at byte 24, then ids[capacity] and
+  // values[capacity] when some row samples), then every mask at a common stride (uploaded once).
+  const int64_t head = 32, slot = head + (any_near ? int64_t(capacity) * 8 : 0);
   int64_t stride = 0;
   for (const TokenMask& m : masks)
     if (m.words) stride = std::max<int64_t>(stride, int64_t(m.num_words));
-  const int64_t head = (n * int64_t(sizeof(MaskedPick)) + 15) / 16 * 16;
-  char* host = staging(head + n * stride * 4);
-  auto* staged = reinterpret_cast<uint32_t*>(host + head);
+  const int64_t results = n * slot;
+  char* host = staging(results + n * stride * 4);
+  auto* staged = reinterpret_cast<uint32_t*>(host + results);
   for (int64_t i = 0; i < n; ++i)
     if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
   mask_.reserve(std::max<int64_t>(n * stride * 4, 4));
@@ -363,18 +380,36 @@ std::vector<MaskedPick> DeviceForward::pick_rows(std::span<const TokenMask> mask
     AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
                                        cudaMemcpyHostToDevice, stream_));
   pick_scratch_.reserve(masked_pick_scratch_bytes());
-  pick_.reserve(head);
-  auto* picks = pick_.as<MaskedPick>();
+  near_.reserve(results);
+  char* dev = static_cast<char*>(near_.get());
   for (int64_t i = 0; i < n; ++i) {
     const bool masked = masks[i].words != nullptr;
-    masked_pick(
-        logits_row(i), config_.vocab_size, masked ? mask_.as<uint32_t>() + i * stride : nullptr,
-        masked ? int64_t(masks[i].num_words) : 0, 1.0f, pick_scratch_.get(), picks + i, stream_);
+    const uint32_t* mask = masked ? mask_.as<uint32_t>() + i * stride : nullptr;
+    const int64_t words = masked ? int64_t(masks[i].num_words) : 0;
+    char* s = dev + i * slot;
+    auto* pick = reinterpret_cast<MaskedPick*>(s);
+    masked_pick(logits_row(i), config_.vocab_size, mask, words, how[i].inv_t, pick_scratch_.get(),
+                pick, stream_);
+    if (how[i].delta > 0.0f)
+      collect_near_best(logits_row(i), config_.vocab_size, mask, words, pick, how[i].delta,
+                        capacity, reinterpret_cast<int32_t*>(s + 24),
+                        reinterpret_cast<int32_t*>(s + head),
+                        reinterpret_cast<float*>(s + head + int64_t(capacity) * 4), stream_);
   }
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, picks, size_t(n) * sizeof(MaskedPick),
-                                     cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, stream_));
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::memcpy(out.data(), host, size_t(n) * sizeof(MaskedPick));
+  for (int64_t i = 0; i < n; ++i) {
+    const char* s = host + i * slot;
+    NearBest& r = out[static_cast<size_t>(i)];
+    std::memcpy(&r.pick, s, sizeof(MaskedPick));
+    if (how[i].delta <= 0.0f) continue;
+    std::memcpy(&r.total, s + 24, 4);
+    const int32_t count = std::min(r.total, capacity);
+    const auto* ids = reinterpret_cast<const int32_t*>(s + head);
+    const auto* values = reinterpret_cast<const float*>(s + head + int64_t(capacity) * 4);
+    r.cand.reserve(size_t(count));
+    for (int32_t k = 0; k < count; ++k) r.cand.push_back({values[k], ids[k]});
+  }
   return out;
 }
 

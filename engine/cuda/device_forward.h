@@ -79,6 +79,16 @@ class DeviceForward {
   // under masks[i] each (no words: none), one launch per row and one read back for all.
   // pick_last, near_best_last and copy_last_logits take a row too (-1: the last).
   std::vector<MaskedPick> pick_rows(std::span<const TokenMask> masks);
+  // How near_best_rows treats one row: the softmax normaliser at inv_t and, when delta > 0, the
+  // allowed tokens within delta of the best (at most `capacity` of them) as near_best_last.
+  struct RowPick {
+    float inv_t = 1.0f;
+    float delta = 0.0f;
+  };
+  // pick_rows with near_best_last's candidates for the rows that sample: one launch (two for a
+  // sampling row) per row and one read back for the batch.
+  std::vector<NearBest> near_best_rows(std::span<const TokenMask> masks,
+                                       std::span<const RowPick> how, int32_t capacity);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }

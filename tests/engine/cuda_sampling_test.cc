@@ -160,12 +160,19 @@ TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
   std::vector<ModelSequence*> sa, sb;
   for (int i = 0; i < n; ++i) sa.push_back(a[i].get()), sb.push_back(b[i].get());
   // Round 0: all greedy (one batched pick; row 3's mask allows nothing). Round 1: one row
-  // samples at a temperature, so each row is chosen on its own.
-  for (int round = 0; round < 2; ++round) {
+  // samples at a temperature among greedy ones. Round 2: every row but one samples, with top-k,
+  // top-p and min-p, masked and not, and row 3's mask allows nothing again.
+  const std::vector<SamplingParams> sampling = {{.temperature = 0.7f, .seed = 1},
+                                                {.temperature = 1.3f, .top_k = 40, .seed = 2},
+                                                {.temperature = 0.9f, .top_p = 0.9f, .seed = 3},
+                                                {.temperature = 0.8f, .seed = 4},
+                                                {.temperature = 0.5f, .min_p = 0.05f, .seed = 5}};
+  for (int round = 0; round < 3; ++round) {
     std::vector<Sampler> samplers, host;
     for (int i = 0; i < n; ++i) {
-      const SamplingParams p = round == 1 && i == 2 ? SamplingParams{.temperature = 0.9f, .seed = 7}
-                                                    : SamplingParams{.temperature = 0.0f};
+      SamplingParams p = SamplingParams{.temperature = 0.0f};
+      if (round == 1 && i == 2) p = SamplingParams{.temperature = 0.9f, .seed = 7};
+      if (round == 2) p = sampling[i];
       samplers.emplace_back(p);
       host.emplace_back(p);
     }
@@ -174,14 +181,14 @@ TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
     std::vector<TokenMask> masks(n);
     masks[1] = {sparse.data(), sparse.size()};
     masks[2] = {sparse.data(), sparse.size()};
-    if (round == 0) masks[3] = {none.data(), none.size()};
+    if (round != 1) masks[3] = {none.data(), none.size()};
     std::vector<int32_t> tokens(n);
     for (auto& t : tokens) t = int32_t(rng() % 3000);
     const auto got = gpu->decode_batch_and_sample(sa, tokens, ptrs, masks);
     const auto rows = gpu->decode_batch(sb, tokens);
     ASSERT_EQ(got.size(), size_t(n));
     for (int i = 0; i < n; ++i) {
-      if (round == 0 && i == 3) {
+      if (round != 1 && i == 3) {
         EXPECT_TRUE(got[i].error) << "row " << i;
         continue;
       }
