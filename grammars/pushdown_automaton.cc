@@ -216,10 +216,11 @@ class NfaBuilder {
     for (const Edge& e : edges) ++out.offsets[e.first + 1];
     for (size_t s = 0; s < num_states_; ++s) out.offsets[s + 1] += out.offsets[s];
     out.items.resize(edges.size());
-    std::vector<uint32_t> next(out.offsets.begin(), out.offsets.end() - 1);
+    // Kept across rules (most rules are small: an allocation each was a cost of its own).
+    next_.assign(out.offsets.begin(), out.offsets.end() - 1);
     // Keeps the insertion order per state (the determinizer does not depend on it, but tests
     // and error messages stay stable).
-    for (const Edge& e : edges) out.items[next[e.first]++] = get(e);
+    for (const Edge& e : edges) out.items[next_[e.first]++] = get(e);
   }
   template <typename T>
   static std::span<const T> view(const Packed<T>& p, size_t s) {
@@ -240,6 +241,7 @@ class NfaBuilder {
   std::vector<std::pair<int32_t, int32_t>> eps_;
   std::vector<std::pair<int32_t, PdaByteEdge>> bytes_;
   std::vector<std::pair<int32_t, PdaRefEdge>> refs_;
+  std::vector<uint32_t> next_;  // pack's scratch
   Packed<int32_t> eps_packed_;
   Packed<PdaByteEdge> bytes_packed_;
   Packed<PdaRefEdge> refs_packed_;
