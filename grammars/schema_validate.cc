@@ -56,7 +56,9 @@ bool json_equal(const SchemaJson& a, const SchemaJson& b) {
   return a == b;
 }
 
-bool schema_accepts(const SchemaJson& schema, const SchemaJson& v) {
+namespace {
+
+bool accepts(const SchemaJson& schema, const SchemaJson& v) {
   if (schema.is_boolean()) return schema.get<bool>();
   if (!schema.is_object()) throw std::invalid_argument("schema is not an object");
   for (const auto& [k, s] : schema.items()) {
@@ -110,11 +112,12 @@ bool schema_accepts(const SchemaJson& schema, const SchemaJson& v) {
     } else if (k == "propertyNames") {
       if (!v.is_object()) continue;
       for (const auto& [pk, pv] : v.items()) {
-        if (!schema_accepts(s, SchemaJson(pk))) return false;
+        if (!accepts(s, SchemaJson(pk))) return false;
       }
     } else if (k == "minProperties" || k == "maxProperties") {
       if (!v.is_object()) continue;
-      if (k == "minProperties" ? v.size() < s.get<size_t>() : v.size() > s.get<size_t>()) return false;
+      if (k == "minProperties" ? v.size() < s.get<size_t>() : v.size() > s.get<size_t>())
+        return false;
     } else if (k == "items" || k == "prefixItems" || k == "additionalItems") {
       continue;  // checked together below
     } else if (k == "minItems" || k == "maxItems") {
@@ -130,22 +133,22 @@ bool schema_accepts(const SchemaJson& schema, const SchemaJson& v) {
     } else if (k == "contains") {
       if (!v.is_array()) continue;
       bool any = false;
-      for (const auto& e : v) any = any || schema_accepts(s, e);
+      for (const auto& e : v) any = any || accepts(s, e);
       if (!any) return false;
     } else if (k == "allOf") {
       for (const auto& sub : s) {
-        if (!schema_accepts(sub, v)) return false;
+        if (!accepts(sub, v)) return false;
       }
     } else if (k == "anyOf") {
       bool any = false;
-      for (const auto& sub : s) any = any || schema_accepts(sub, v);
+      for (const auto& sub : s) any = any || accepts(sub, v);
       if (!any) return false;
     } else if (k == "oneOf") {
       int n = 0;
-      for (const auto& sub : s) n += schema_accepts(sub, v) ? 1 : 0;
+      for (const auto& sub : s) n += accepts(sub, v) ? 1 : 0;
       if (n != 1) return false;
     } else if (k == "not") {
-      if (schema_accepts(s, v)) return false;
+      if (accepts(s, v)) return false;
     } else {
       throw std::invalid_argument("keyword '" + k + "' cannot be checked on a value");
     }
@@ -157,16 +160,16 @@ bool schema_accepts(const SchemaJson& schema, const SchemaJson& v) {
       bool matched = false;
       if (props.contains(pk)) {
         matched = true;
-        if (!schema_accepts(props[pk], pv)) return false;
+        if (!accepts(props[pk], pv)) return false;
       }
       for (const auto& [pat, ps] : patterns.items()) {
         if (pattern_ok(pat, pk)) {
           matched = true;
-          if (!schema_accepts(ps, pv)) return false;
+          if (!accepts(ps, pv)) return false;
         }
       }
       if (!matched && schema.contains("additionalProperties") &&
-          !schema_accepts(schema["additionalProperties"], pv)) {
+          !accepts(schema["additionalProperties"], pv)) {
         return false;
       }
     }
@@ -180,10 +183,21 @@ bool schema_accepts(const SchemaJson& schema, const SchemaJson& v) {
     }
     for (size_t i = 0; i < v.size(); ++i) {
       const SchemaJson& item_schema = i < prefix.size() ? prefix[i] : rest;
-      if (!schema_accepts(item_schema, v[i])) return false;
+      if (!accepts(item_schema, v[i])) return false;
     }
   }
   return true;
+}
+
+}  // namespace
+
+bool schema_accepts(const SchemaJson& schema, const SchemaJson& value) {
+  try {
+    return accepts(schema, value);
+  } catch (const SchemaJson::exception& e) {
+    // A keyword of the wrong JSON type ("type": 5, "required": "a"): the schema is malformed.
+    throw std::invalid_argument(std::string("malformed schema: ") + e.what());
+  }
 }
 
 }  // namespace agentrt::grammars

@@ -394,6 +394,12 @@ TEST(JsonSchemaErrors, UnsupportedKeywordsNameThePath) {
   EXPECT_NE(compile_error(R"({"unevaluatedProperties":false})")
                 .find("unsupported keyword 'unevaluatedProperties'"),
             std::string::npos);
+  // Keywords of the wrong JSON type next to enum values (found by fuzz/json_schema_grammar.cc):
+  // an error naming the schema, not an exception from the JSON library.
+  EXPECT_NE(compile_error(R"({"type":5,"enum":[1,2]})").find("/: cannot check enum/const values"),
+            std::string::npos);
+  EXPECT_NE(compile_error(R"({"enum":[{"a":1}],"required":[7]})").find("malformed schema"),
+            std::string::npos);
 }
 
 TEST(JsonSchemaWhitespace, FlexibleIsBounded) {
