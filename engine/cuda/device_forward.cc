@@ -342,14 +342,6 @@ DeviceForward::NearBest DeviceForward::near_best_last(const uint32_t* mask, int6
   return out;
 }
 
-std::vector<MaskedPick> DeviceForward::pick_rows(std::span<const TokenMask> masks) {
-  const std::vector<RowPick> greedy(masks.size());
-  std::vector<MaskedPick> out;
-  out.reserve(masks.size());
-  for (const NearBest& r : near_best_rows(masks, greedy, 0)) out.push_back(r.pick);
-  return out;
-}
-
 std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<const TokenMask> masks,
                                                                    std::span<const RowPick> how,
                                                                    int32_t capacity) {

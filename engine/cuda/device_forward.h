@@ -75,18 +75,16 @@ class DeviceForward {
                           int32_t capacity, int64_t row = -1);
   // After run(rows, nullptr): the last wanted logits row, to host memory (vocab floats).
   void copy_last_logits(float* out, int64_t row = -1);
-  // After run(rows, nullptr): the greedy choice (at temperature 1) for logits rows 0 .. n - 1
-  // under masks[i] each (no words: none), one launch per row and one read back for all.
   // pick_last, near_best_last and copy_last_logits take a row too (-1: the last).
-  std::vector<MaskedPick> pick_rows(std::span<const TokenMask> masks);
   // How near_best_rows treats one row: the softmax normaliser at inv_t and, when delta > 0, the
   // allowed tokens within delta of the best (at most `capacity` of them) as near_best_last.
   struct RowPick {
     float inv_t = 1.0f;
     float delta = 0.0f;
   };
-  // pick_rows with near_best_last's candidates for the rows that sample: one launch (two for a
-  // sampling row) per row and one read back for the batch.
+  // After run(rows, nullptr): the choice for logits rows 0 .. n - 1 under masks[i] each (no
+  // words: none), as pick_last for greedy rows (delta 0) and near_best_last for sampling ones;
+  // one launch (two for a sampling row) per row and one read back for the batch.
   std::vector<NearBest> near_best_rows(std::span<const TokenMask> masks,
                                        std::span<const RowPick> how, int32_t capacity);
 
