@@ -210,6 +210,8 @@ int main(int argc, char** argv) {
       precision = v;
     else if (k == "--ncu-steps")
       ncu_steps = std::stoll(v);
+    else if (k == "--prefill-rows")
+      options.prefill_rows = std::stoll(v);
     else if (k == "--profile")
       options.profile = v == "1";
     else {
@@ -240,9 +242,10 @@ int main(int argc, char** argv) {
     auto model = load_cuda_model(dir, {Device::cuda}, options);
     std::printf(
         "model: %zu layers, hidden %lld, %lld experts (%lld active), load %.1f s, "
-        "prefill GEMMs %s\n",
+        "prefill GEMMs %s, passes of %lld rows\n",
         config.layers.size(), (long long)config.hidden, (long long)config.experts,
-        (long long)config.experts_per_token, now() - t0, precision.c_str());
+        (long long)config.experts_per_token, now() - t0, precision.c_str(),
+        (long long)options.prefill_rows);
     mem.sample();
 
     std::mt19937 rng(1);

@@ -68,7 +68,12 @@ class CudaSequence final : public ModelSequence {
 class CudaModel final : public Model {
  public:
   CudaModel(ForwardConfig config, const ForwardWeights& weights, const cuda::CudaOptions& options)
-      : pass_(std::move(config), weights, options) {}
+      : pass_(std::move(config), weights, options), prefill_rows_(options.prefill_rows) {
+    if (prefill_rows_ < 1)
+      throw std::invalid_argument("cuda options: prefill_rows must be at least 1, got " +
+                                  std::to_string(prefill_rows_));
+  }
+  int64_t prefill_rows() const { return prefill_rows_; }
 
   const ForwardConfig& config() const override { return pass_.config(); }
   int32_t vocab_size() const override { return int32_t(pass_.config().vocab_size); }
@@ -175,12 +180,8 @@ class CudaModel final : public Model {
 
   mutable std::mutex mutex_;
   mutable cuda::DeviceForward pass_;
+  int64_t prefill_rows_;
 };
-
-// Rows per device pass when prefilling: bounds the activations (~0.6 MB a row for V4-Flash
-// shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
-// weight (every pass decodes the used experts again).
-constexpr int64_t kPassRows = 8192;
 
 std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {
   if (tokens.empty()) return {};
@@ -189,8 +190,8 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
   std::vector<float> logits((all_positions ? n : 1) * V);
   const int64_t start = cache_.length;
   try {
-    for (int64_t begin = 0; begin < n; begin += kPassRows) {
-      const int64_t end = std::min(n, begin + kPassRows);
+    for (int64_t begin = 0; begin < n; begin += model_.prefill_rows()) {
+      const int64_t end = std::min(n, begin + model_.prefill_rows());
       std::vector<cuda::DeviceRow> rows;
       for (int64_t i = begin; i < end; ++i)
         rows.push_back(
@@ -216,8 +217,8 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
   Sampler::Sample chosen{};
   bool fed = false;
   try {
-    for (int64_t begin = 0; begin < n; begin += kPassRows) {
-      const int64_t end = std::min(n, begin + kPassRows);
+    for (int64_t begin = 0; begin < n; begin += model_.prefill_rows()) {
+      const int64_t end = std::min(n, begin + model_.prefill_rows());
       std::vector<cuda::DeviceRow> rows;
       for (int64_t i = begin; i < end; ++i)
         rows.push_back({&cache_, cache_.length + (i - begin), tokens[i], i == n - 1});

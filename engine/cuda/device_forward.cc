@@ -48,6 +48,8 @@ namespace {
 
 // From this many rows of one sequence on, the indexer scores are a GEMM (indexer_gemm.h).
 constexpr int64_t kIndexerGemmRows = 256;
+// From this many rows on attention runs on tensor cores (attention_mma.cu) where the shapes allow.
+constexpr int64_t kMmaAttentionRows = 256;
 
 // Host-side packing of everything uploaded per call, 16-byte aligned pieces.
 struct MetaPacker {
@@ -71,10 +73,12 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       expert_gemm_(options.precision),
       indexer_gemm_(),
       ws_(std::make_unique<Workspace>()),
+      precision_(options.precision),
       profile_(options.profile),
       graphs_(options.graphs),
       gemv_max_rows_(options.gemv_max_rows) {
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
   if (options.side_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
@@ -559,7 +563,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     float* scores = w.f(w.scores, n * stride);
     w.grow(w.chosen, n * c.index_topk * 4);
     w.grow(w.n_chosen, n * 4);
-    if (n >= kIndexerGemmRows && m.shared_idx_entries)
+    // Prefill of one sequence: tensor cores unless float32 is asked for.
+    const bool mma = precision_ != GemmPrecision::f32 && indexer_scores_mma_supported(ih, ihd);
+    if (n >= kIndexerGemmRows && m.shared_idx_entries && mma)
+      indexer_scores_mma(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
+                         m.shared_idx_entries, m.max_visible, precision_ == GemmPrecision::bf16x2,
+                         scores, stride, stream_);
+    else if (n >= kIndexerGemmRows && m.shared_idx_entries)
       indexer_gemm_.run(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
                         m.shared_idx_entries, m.max_visible, scores, stride, stream_);
     else
@@ -573,9 +583,15 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
 
   stage("attn.indexer");
   float* attn = w.f(w.attn, n * heads * hd);
-  attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-              fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys, attn,
-              stream_);
+  if (n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
+      attend_rows_mma_supported(heads, hd))
+    attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                    fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
+                    precision_ == GemmPrecision::bf16x2, attn, stream_);
+  else
+    attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,
+                attn, stream_);
   apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
   stage("attn.core");
 

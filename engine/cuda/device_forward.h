@@ -33,6 +33,10 @@ struct CudaOptions {
   bool profile = false;        // time the stages with CUDA events (stage_ms); no graphs then
   bool graphs = true;          // replay decode steps (<= gemv_max_rows rows) as CUDA graphs
   bool side_stream = true;     // decode steps run independent products on a second stream
+  // Rows per device pass when prefilling: bounds the activations (~0.6 MB a row for V4-Flash
+  // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
+  // weight (every pass decodes the used experts again).
+  int64_t prefill_rows = 8192;
 };
 
 struct DeviceRow {
@@ -118,6 +122,7 @@ class DeviceForward {
   ExpertGemm expert_gemm_;          // routed experts of prefill-sized passes
   IndexerScoresGemm indexer_gemm_;  // indexer scores of prefill-sized passes of one sequence
   std::unique_ptr<Workspace> ws_;
+  GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;
   bool graphs_ = true;
   int64_t gemv_max_rows_ = 16;

@@ -99,6 +99,16 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
                            const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                            int64_t max_keys, float* out, cudaStream_t stream);
 
+// --- attention_mma.cu ---
+// attend_rows_by_row on tensor cores for prefill: one block per row and 64 heads (heads a
+// multiple of 64, head_dim 128, 256 or 512). split: float32-like (each operand as two bf16
+// parts, three products); otherwise plain bf16 products (~1e-3 relative), float32 softmax.
+bool attend_rows_mma_supported(int64_t heads, int64_t head_dim);
+void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                     int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                     const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
+                     float* out, cudaStream_t stream);
+
 // --- indexer.cu ---
 // indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].
 // head_weights are the raw weights_proj outputs; weight_scale (1/sqrt(heads)) multiplies them.
@@ -109,6 +119,15 @@ void indexer_scores(const float* q, const float* head_weights, float weight_scal
 // ascending index order; all visible entries when they are at most topk.
 void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
                  int32_t* chosen, int32_t* n_chosen, cudaStream_t stream);
+
+// --- indexer_mma.cu ---
+// indexer_scores for prefill rows that all read `entries` ([max_visible][head_dim]), fused on
+// tensor cores (64 heads of 128). split: float32-like products; otherwise plain bf16.
+bool indexer_scores_mma_supported(int64_t heads, int64_t head_dim);
+void indexer_scores_mma(const float* q, const float* head_weights, float weight_scale,
+                        const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                        const float* entries, int64_t max_visible, bool split, float* scores,
+                        int64_t stride, cudaStream_t stream);
 
 // --- sampling.cu ---
 // The greedy choice among allowed tokens (mask bit set, or no mask; logit finite): the largest

@@ -144,10 +144,15 @@ __device__ void block_scan2(int32_t& a, int32_t& b, int32_t* tot_a, int32_t* tot
 }
 
 // Counts the pairs per expert, lays the used experts' segments out in expert order (a block scan
-// over the experts), then fills each segment in pair order (one thread: the order must be stable).
-__global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Groups g) {
+// over the experts), then fills each segment in pair order (stable). The fill takes the pairs a
+// block-wide tile at a time: a pair's place is its expert's cursor plus the pairs of that expert
+// in earlier warps of the tile (per-warp counts, scanned over the warps) plus those in earlier
+// lanes of its warp (__match_any_sync). warp_counts = false (too little shared memory for the
+// per-warp counts): one thread fills.
+__global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, bool warp_counts,
+                             Groups g) {
   pdl_begin();
-  extern __shared__ int32_t counts[];  // [E]
+  extern __shared__ int32_t counts[];  // [E], then (warp_counts) [warps][E]
   __shared__ int32_t tot_a[32], tot_b[32], carry[2];
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x) counts[e] = 0;
   if (threadIdx.x == 0) carry[0] = carry[1] = 0;
@@ -170,13 +175,46 @@ __global__ void group_kernel(const int32_t* experts, int64_t P, int64_t E, Group
     if (threadIdx.x == blockDim.x - 1) carry[0] = start + c, carry[1] = slot + (c > 0);
     __syncthreads();
   }
-  if (threadIdx.x != 0) return;
-  g.seg_start[carry[1]] = carry[0];
-  *g.n_active = carry[1];
-  for (int64_t p = 0; p < P; ++p) {
-    const int32_t s = counts[experts[p]]++;
-    g.order[s] = int32_t(p);
-    g.slot[p] = s;
+  if (threadIdx.x == 0) {
+    g.seg_start[carry[1]] = carry[0];
+    *g.n_active = carry[1];
+  }
+  if (!warp_counts) {
+    if (threadIdx.x != 0) return;
+    for (int64_t p = 0; p < P; ++p) {
+      const int32_t s = counts[experts[p]]++;
+      g.order[s] = int32_t(p);
+      g.slot[p] = s;
+    }
+    return;
+  }
+  int32_t* before = counts + E;  // [warps][E]: pairs of the expert in earlier warps, then cursor
+  const int warps = int(blockDim.x) >> 5, warp = int(threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  for (int64_t base = 0; base < P; base += blockDim.x) {
+    for (int64_t i = threadIdx.x; i < warps * E; i += blockDim.x) before[i] = 0;
+    __syncthreads();
+    const int64_t p = base + threadIdx.x;
+    const int32_t e = p < P ? experts[p] : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int rank = __popc(same & ((1u << lane) - 1u));
+    if (e >= 0 && rank == 0) before[warp * E + e] = __popc(same);
+    __syncthreads();
+    for (int64_t x = threadIdx.x; x < E; x += blockDim.x) {
+      int32_t cursor = counts[x];
+      for (int w = 0; w < warps; ++w) {
+        const int32_t c = before[w * E + x];
+        before[w * E + x] = cursor;
+        cursor += c;
+      }
+      counts[x] = cursor;
+    }
+    __syncthreads();
+    if (e >= 0) {
+      const int32_t s = before[warp * E + e] + rank;
+      g.order[s] = int32_t(p);
+      g.slot[p] = s;
+    }
+    __syncthreads();  // `before` is read before the next tile clears it
   }
 }
 
@@ -436,7 +474,10 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
   const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
-  launch_pdl(group_kernel, 1, group_threads, size_t(experts) * 4, stream, chosen, P, experts, g);
+  const size_t fill_shared = size_t(group_threads / 32 + 1) * size_t(experts) * 4;
+  const bool warp_counts = fill_shared <= 48 * 1024;
+  launch_pdl(group_kernel, 1, group_threads, warp_counts ? fill_shared : size_t(experts) * 4,
+             stream, chosen, P, experts, warp_counts, g);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   if (gemm && gemm->applies(e, n, inter, hidden, stream))
     gemm->run(e, {g.order, g.active, g.seg_start, g.n_active, experts}, h, weights, k, inter,

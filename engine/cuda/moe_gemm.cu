@@ -66,6 +66,36 @@ __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, in
   }
 }
 
+// FP4 experts as decode_experts_kernel, one thread per stored 32-bit word (8 values, one
+// 16-byte store): a warp reads 128 contiguous bytes and writes 512, where a thread per 16-byte
+// chunk wrote 64 bytes at a 64-byte stride (partial sectors in every store instruction).
+__global__ void decode_fp4_experts_kernel(ExpertsDevice e, const int32_t* active, int64_t a0,
+                                          int64_t inter, int64_t hidden, __nv_bfloat16* w13,
+                                          __nv_bfloat16* w2) {
+  const int64_t j = blockIdx.y;
+  const int32_t ex = active[a0 + j];
+  const int which = int(blockIdx.z);
+  const WeightMatrix w = which == 0 ? e.w1[ex] : which == 1 ? e.w3[ex] : e.w2[ex];
+  const int64_t per = inter * hidden;
+  __nv_bfloat16* out = which == 2 ? w2 + j * per : w13 + (2 * j + which) * per;
+  const int64_t per_row = w.cols / 8, words = w.rows * per_row;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / per_row, c = i - row * per_row;
+    const RowView rv = row_view(w, row, w.cols / 2);
+    const uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(rv.chunks) + c);
+    const float scale = e8m0(__ldg(static_cast<const uint8_t*>(rv.scales) + c / 4));
+    float f[8];
+    decode_word<WeightType::f4_e2m1>(word, f);
+    // Unplace first (f * 2^126 is the stored value): 2^126 times a large scale would overflow.
+    __align__(16) __nv_bfloat162 v[4];
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+      v[r] = __floats2bfloat162_rn(f[2 * r] * 0x1p126f * scale, f[2 * r + 1] * 0x1p126f * scale);
+    *reinterpret_cast<uint4*>(out + row * w.cols + c * 8) = *reinterpret_cast<const uint4*>(v);
+  }
+}
+
 // Where each grouped pair of the chunk (local row r = pair s0 + r) sits in the padded, stacked
 // buffers: the chunk's j-th expert owns rows j * copies * slot .. (j + 1) * copies * slot - 1,
 // its pairs' bf16 high parts first, then (copies = 2) their low parts `slot` rows later, so one
@@ -149,11 +179,23 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes)
     : precision_(precision), min_rows_(min_rows), chunk_bytes_(chunk_bytes) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
+  AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&decode_stream_, cudaStreamNonBlocking));
+  AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
+  for (int b = 0; b < 2; ++b) {
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&decoded_[b], cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&consumed_[b], cudaEventDisableTiming));
+  }
 }
 
 ExpertGemm::~ExpertGemm() {
   if (handle_) cublasDestroy(handle_);
   if (host_) cudaFreeHost(host_);
+  for (int b = 0; b < 2; ++b) {
+    if (decoded_[b]) cudaEventDestroy(decoded_[b]);
+    if (consumed_[b]) cudaEventDestroy(consumed_[b]);
+  }
+  if (start_) cudaEventDestroy(start_);
+  if (decode_stream_) cudaStreamDestroy(decode_stream_);
 }
 
 bool ExpertGemm::applies(const ExpertsDevice& e, int64_t n, int64_t inter, int64_t hidden,
@@ -186,17 +228,25 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   AGENTRT_CUDA_CHECK(
       cudaMemcpyAsync(seg, s.seg_start, size_t(E + 1) * 4, cudaMemcpyDeviceToHost, stream));
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  auto mark = [&](const char* name) {
+    if (mark_) mark_(name);
+  };
+  mark("moe.experts.segments");
   const int64_t used = *n_active;
   if (used <= 0) return;
 
   const bool split = precision_ == GemmPrecision::bf16x2;
   const int copies = split ? 2 : 1;
   const int64_t per = inter * hidden;  // values per matrix
-  const int64_t chunk = std::clamp<int64_t>(chunk_bytes_ / (3 * per * 2), 1, used);
-  w13_.reserve(chunk * 2 * per * 2);
-  w2_.reserve(chunk * per * 2);
-  auto* w13 = w13_.as<__nv_bfloat16>();
-  auto* w2 = w2_.as<__nv_bfloat16>();
+  const int64_t chunk = std::clamp<int64_t>(chunk_bytes_ / 2 / (3 * per * 2), 1, used);
+  for (int b = 0; b < 2; ++b) {
+    w13_[b].reserve(chunk * 2 * per * 2);
+    w2_[b].reserve(chunk * per * 2);
+  }
+  // The decode stream starts after everything enqueued so far (the grouping, earlier runs'
+  // products on these buffers).
+  AGENTRT_CUDA_CHECK(cudaEventRecord(start_, stream));
+  AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(decode_stream_, start_, 0));
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
   const float one = 1.0f, zero = 0.0f;
   // For each of `count` experts j: y_j (rows x n column-major) = w_j^T x_j, w_j: [rows][cols]
@@ -210,34 +260,50 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
                                    int(count), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         "cublasGemmStridedBatchedEx (routed experts)");
   };
-  auto decode = [&](int64_t a0, int64_t count) {
+  auto decode = [&](int64_t a0, int64_t count, __nv_bfloat16* w13, __nv_bfloat16* w2) {
+    cudaStream_t ds = decode_stream_;
     const int values = e.w1_type == WeightType::f4_e2m1   ? 32
                        : e.w1_type == WeightType::f8_e4m3 ? 16
                                                           : 8;
     const dim3 grid(grid_for(per / values), unsigned(count), 3);
     switch (e.w1_type) {
-      case WeightType::f4_e2m1:
-        decode_experts_kernel<WeightType::f4_e2m1>
-            <<<grid, 256, 0, stream>>>(e, s.active, a0, inter, hidden, w13, w2);
+      case WeightType::f4_e2m1: {
+        const dim3 words(grid_for(per / 8), unsigned(count), 3);
+        decode_fp4_experts_kernel<<<words, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
         break;
+      }
       case WeightType::f8_e4m3:
         decode_experts_kernel<WeightType::f8_e4m3>
-            <<<grid, 256, 0, stream>>>(e, s.active, a0, inter, hidden, w13, w2);
+            <<<grid, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
         break;
       default:
         decode_experts_kernel<WeightType::bf16>
-            <<<grid, 256, 0, stream>>>(e, s.active, a0, inter, hidden, w13, w2);
+            <<<grid, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
     }
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   };
 
-  for (int64_t a0 = 0; a0 < used; a0 += chunk) {
-    const int64_t a1 = std::min(used, a0 + chunk), s0 = seg[a0], rows = seg[a1] - s0;
-    if (rows <= 0) continue;
+  // Chunk i decodes into buffer i % 2 once chunk i - 2's products are done with it.
+  auto enqueue_decode = [&](int64_t i) {
+    const int b = int(i % 2);
+    if (i >= 2) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(decode_stream_, consumed_[b], 0));
+    const int64_t a0 = i * chunk;
+    decode(a0, std::min(used, a0 + chunk) - a0, w13_[b].as<__nv_bfloat16>(),
+           w2_[b].as<__nv_bfloat16>());
+    AGENTRT_CUDA_CHECK(cudaEventRecord(decoded_[b], decode_stream_));
+  };
+  const int64_t chunks = (used + chunk - 1) / chunk;
+  enqueue_decode(0);
+  for (int64_t i = 0; i < chunks; ++i) {
+    const int64_t a0 = i * chunk, a1 = std::min(used, a0 + chunk), s0 = seg[a0],
+                  rows = seg[a1] - s0;
+    const int b = int(i % 2);
+    if (i + 1 < chunks) enqueue_decode(i + 1);
+    auto* w13 = w13_[b].as<__nv_bfloat16>();
+    auto* w2 = w2_[b].as<__nv_bfloat16>();
     int32_t most = 0;
     for (int64_t a = a0; a < a1; ++a) most = std::max(most, seg[a + 1] - seg[a]);
     const int64_t count = a1 - a0, slot_rows = copies * int64_t(most), stacked = count * slot_rows;
-    decode(a0, count);
     place_.reserve(rows * int64_t(sizeof(RowPlace)));
     auto* place = place_.as<RowPlace>();
     place_rows_kernel<<<unsigned((rows + 255) / 256), 256, 0, stream>>>(s.seg_start, a0, a1, rows,
@@ -250,20 +316,28 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     gather_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(h, s.order, s0, k, hidden, place, split,
                                                            x);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
+    mark("moe.experts.gather");
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, decoded_[b], 0));
+    mark("moe.experts.decode");  // what of the decode the products wait for
     gate_up_.reserve(stacked * 2 * inter * 4);
     float* gu = gate_up_.as<float>();
     gemm(w13, 2 * inter, hidden, 2 * per, x, slot_rows, gu, count);
+    mark("moe.experts.gemm");
     act_.reserve(stacked * inter * 2);
     auto* act = act_.as<__nv_bfloat16>();
     AGENTRT_CUDA_CHECK(cudaMemsetAsync(act, 0, size_t(stacked * inter * 2), stream));
     swiglu_pairs_kernel<<<unsigned(rows), 256, 0, stream>>>(gu, s.order, weights, s0, inter, limit,
                                                             place, split, act);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
+    mark("moe.experts.swiglu");
     down_.reserve(stacked * hidden * 4);
     float* y = down_.as<float>();
     gemm(w2, hidden, inter, per, act, slot_rows, y, count);
+    AGENTRT_CUDA_CHECK(cudaEventRecord(consumed_[b], stream));
+    mark("moe.experts.gemm");
     scatter_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(y, s0, hidden, place, split, pair_out);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
+    mark("moe.experts.scatter");
   }
 }
 

@@ -10,6 +10,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
+#include <utility>
 
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/kernels.h"
@@ -28,7 +30,9 @@ struct ExpertSegments {
 
 class ExpertGemm {
  public:
-  // chunk_bytes bounds the decoded weights held at once (whole experts, at least one).
+  // chunk_bytes bounds the decoded weights held at once: two buffers of half of it (whole
+  // experts, at least one each), so the next chunk decodes on a second stream while this one's
+  // products run.
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
                       int64_t chunk_bytes = int64_t(1) << 30);
   ~ExpertGemm();
@@ -47,11 +51,18 @@ class ExpertGemm {
            int64_t k, int64_t inter, int64_t hidden, float limit, float* pair_out,
            cudaStream_t stream);
 
+  // Profiling: called with a stage name after each phase of run() (decode, gather, GEMMs,
+  // SwiGLU, scatter), on run()'s stream; DeviceForward records its stage events there.
+  void set_stage_marker(std::function<void(const char*)> mark) { mark_ = std::move(mark); }
+
  private:
   GemmPrecision precision_;
+  std::function<void(const char*)> mark_;
   int64_t min_rows_, chunk_bytes_;
   cublasHandle_t handle_ = nullptr;
-  DeviceBuffer w13_, w2_, place_, x_, gate_up_, act_, down_;
+  DeviceBuffer w13_[2], w2_[2], place_, x_, gate_up_, act_, down_;
+  cudaStream_t decode_stream_ = nullptr;
+  cudaEvent_t start_ = nullptr, decoded_[2] = {}, consumed_[2] = {};
   int32_t* host_ = nullptr;  // pinned: n_active, seg_start
   int64_t host_ints_ = 0;
 };

@@ -319,7 +319,8 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance) {
 TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) { check_routed_experts(11, nullptr, 1e-5); }
 
 TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
-  // Two rows short of, then well past, one chunk of decoded experts (two experts per chunk).
+  // 160 and 700 rows (past the tensor-core threshold); one expert per decode buffer
+  // (two buffers), so the chunks alternate between them.
   const int64_t chunk_bytes = 2 * 3 * 64 * 96 * 2;
   cuda::ExpertGemm split(cuda::GemmPrecision::bf16x2, 128, chunk_bytes);
   check_routed_experts(160, &split, 1e-4);
@@ -331,6 +332,104 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
       nullptr, nullptr, nullptr, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
   EXPECT_FALSE(f32.applies(none, 1000, 64, 96, nullptr));
   EXPECT_FALSE(split.applies(none, 100, 64, 96, nullptr));  // too few rows
+}
+
+// Tensor-core prefill attention (attention_mma.cu) against the CPU's attend: 64 heads per block
+// (64 and 128 heads), several key tiles per row (window 40 plus up to 30 entries), CSA and HCA.
+void attention_mma_case(int64_t hd, int64_t heads, bool split) {
+  SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
+               (split ? " split" : " bf16"));
+  std::mt19937 rng(6);
+  const int64_t window = 40, topk = 24, positions = 130, entries = 30;
+  const std::vector<int64_t> pos = {0, 5, 129, 128, 47, 1, 77, 100, 39};
+  const int64_t n = int64_t(pos.size());
+  const auto kv = randn(positions * hd, rng), ent = randn(entries * hd, rng);
+  const auto q = randn(n * heads * hd, rng, 2.0f), sinks = randn(heads, rng);
+  auto d_kv = upload(kv), d_ent = upload(ent), d_q = upload(q), d_sinks = upload(sinks);
+  std::vector<cuda::LayerRow> rows(n);
+  std::vector<int32_t> chosen(n * topk), n_chosen(n);
+  for (int64_t t = 0; t < n; ++t) {
+    rows[t].kv = d_kv.as<float>();
+    rows[t].comp_entries = d_ent.as<float>();
+    rows[t].pos = pos[t];
+    rows[t].visible = int32_t(std::min<int64_t>(entries, pos[t] / 4));
+    n_chosen[t] = int32_t(std::min<int64_t>(rows[t].visible, topk));
+    for (int i = 0; i < n_chosen[t]; ++i)
+      chosen[t * topk + i] = int32_t((i * 7 + t) % rows[t].visible);
+  }
+  auto d_rows = upload(rows), d_chosen = upload(chosen), d_nc = upload(n_chosen);
+  DeviceBuffer out(n * heads * hd * 4);
+  for (bool csa : {true, false}) {
+    cuda::attend_rows_mma(d_q.as<float>(), d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
+                          d_sinks.as<float>(), !csa, csa ? d_chosen.as<int32_t>() : nullptr,
+                          csa ? d_nc.as<int32_t>() : nullptr, topk, split, out.as<float>(),
+                          nullptr);
+    const auto got = download<float>(out, n * heads * hd);
+    double worst = 0;
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<const float*> keys;
+      for (int64_t p = std::max<int64_t>(0, pos[t] - window + 1); p <= pos[t]; ++p)
+        keys.push_back(kv.data() + p * hd);
+      const int64_t n_ent = csa ? n_chosen[t] : rows[t].visible;
+      for (int i = 0; i < n_ent; ++i)
+        keys.push_back(ent.data() + (csa ? chosen[t * topk + i] : i) * hd);
+      for (int64_t h = 0; h < heads; ++h) {
+        std::vector<float> want(hd);
+        attend_reference(q.data() + (t * heads + h) * hd, hd, 1.0f / std::sqrt(float(hd)), sinks[h],
+                         keys.data(), int64_t(keys.size()), want.data());
+        worst =
+            std::max(worst, testing::rel_l2(got.data() + (t * heads + h) * hd, want.data(), hd));
+      }
+    }
+    EXPECT_LE(worst, split ? 1e-4 : 2e-2) << (csa ? "csa" : "hca") << " worst rel L2 " << worst;
+  }
+}
+
+TEST_F(CudaKernels, AttentionOnTensorCoresMatchesAttendReference) {
+  EXPECT_FALSE(cuda::attend_rows_mma_supported(32, 512));
+  EXPECT_FALSE(cuda::attend_rows_mma_supported(64, 72));
+  for (const bool split : {true, false}) {
+    attention_mma_case(512, 64, split);
+    attention_mma_case(128, 128, split);
+    attention_mma_case(256, 64, split);
+  }
+}
+
+// The fused tensor-core indexer (indexer_mma.cu) against indexer.cu's kernel: 64 heads of 128,
+// rows seeing from none to all of 1,300 entries (several 512-entry chunks, a partial last tile).
+TEST_F(CudaKernels, IndexerScoresOnTensorCoresMatchTheKernel) {
+  EXPECT_FALSE(cuda::indexer_scores_mma_supported(32, 128));
+  const int64_t heads = 64, dim = 128, entries = 1300, stride = 1301, n = 70;
+  std::mt19937 rng(8);
+  const auto q = randn(n * heads * dim, rng), w = randn(n * heads, rng),
+             ent = randn(entries * dim, rng);
+  auto d_q = upload(q), d_w = upload(w), d_ent = upload(ent);
+  std::vector<cuda::LayerRow> rows(n);
+  for (int64_t t = 0; t < n; ++t) {
+    rows[t].idx_entries = d_ent.as<float>();
+    rows[t].visible = int32_t(t == n - 1 ? entries : (t * 97) % (entries + 1));
+  }
+  auto d_rows = upload(rows);
+  std::vector<float> init(n * stride, -7.0f);  // entries a row does not see stay untouched
+  auto want = upload(init);
+  cuda::indexer_scores(d_q.as<float>(), d_w.as<float>(), 0.125f, d_rows.as<cuda::LayerRow>(), n,
+                       heads, dim, entries, want.as<float>(), stride, nullptr);
+  const auto a = download<float>(want, n * stride);
+  for (const bool split : {true, false}) {
+    auto got = upload(init);
+    cuda::indexer_scores_mma(d_q.as<float>(), d_w.as<float>(), 0.125f, d_rows.as<cuda::LayerRow>(),
+                             n, heads, dim, d_ent.as<float>(), entries, split, got.as<float>(),
+                             stride, nullptr);
+    const auto b = download<float>(got, n * stride);
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t vis = rows[t].visible;
+      for (int64_t e = vis; e < stride; ++e) ASSERT_EQ(b[t * stride + e], -7.0f) << "row " << t;
+      if (vis == 0) continue;
+      EXPECT_LE(testing::rel_l2(b.data() + t * stride, a.data() + t * stride, vis),
+                split ? 1e-5 : 2e-2)
+          << (split ? "split" : "bf16") << " row " << t << " of " << vis << " entries";
+    }
+  }
 }
 
 #endif

@@ -1,0 +1,310 @@
+// Prefill attention on tensor cores (attention.cu's by-row kernel does the same on CUDA cores).
+// Every head shares the one key/value row (shared-KV MQA), so for one query row the 64 heads
+// are the M side of a matrix product: scores [64 heads x keys] = Q [64 x head_dim] K^T, then
+// out = softmax(scores) K. One block per (row, 64 heads): the query is converted to bf16 once
+// into shared memory, each tile of the row's keys (window, then chosen or all compressed
+// entries) is loaded and converted once for every head, and each warp owns 16 heads and a slice
+// of at most 256 output channels; the warps of the same heads each take the scores' dot products
+// over their own channels and add up the partial scores in shared memory. Online softmax as the
+// CUDA-core kernels, starting from the sink. split = true keeps each float as bf16 hi + lo and
+// takes three products per product (float32-like); split = false rounds to bf16 once.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
+#include "engine/cuda/mma.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kBlockHeads = 64;
+
+template <int HD, bool kSplit>
+struct TileShape {
+  static constexpr int kChannels = HD < 256 ? HD : 256;  // output channels per warp
+  static constexpr int kSlices = HD / kChannels;         // warps per 16 heads
+  static constexpr int kWarps = (kBlockHeads / 16) * kSlices;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kKeys = kSplit ? 16 : 32;  // keys per tile
+  static constexpr int kStride = HD + 8;          // bf16 per shared row: ldmatrix conflict-free
+  static constexpr int kParts = kSplit ? 2 : 1;
+  static constexpr int kLoads = kKeys * (HD / 4) / kThreads;  // float4 per thread per tile
+  static constexpr size_t kScoreBytes = kSlices > 1 ? size_t(kWarps) * 16 * kKeys * 4 : 0;
+  static constexpr size_t kShared =
+      size_t(kParts) * (kBlockHeads + kKeys) * kStride * 2 + kScoreBytes;
+  static_assert(kKeys * (HD / 4) % kThreads == 0);
+};
+
+__device__ __forceinline__ uint32_t ld32(const uint16_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// Four floats into row `row`, channel `col` of the bf16 part planes (lo plane `plane` later).
+template <bool kSplit>
+__device__ __forceinline__ void store_parts(uint16_t* hi, int64_t plane, int64_t off, float4 v) {
+  if constexpr (kSplit) {
+    const Bf16Parts a = split_bf16(v.x, v.y), b = split_bf16(v.z, v.w);
+    *reinterpret_cast<uint2*>(hi + off) = make_uint2(a.hi, b.hi);
+    *reinterpret_cast<uint2*>(hi + plane + off) = make_uint2(a.lo, b.lo);
+  } else {
+    *reinterpret_cast<uint2*>(hi + off) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+  }
+}
+
+template <int HD, bool kSplit>
+__global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
+    attend_mma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
+                      const float* sinks, bool use_entries, const int32_t* chosen,
+                      const int32_t* n_chosen, int64_t topk, float scale, float* out) {
+  using S = TileShape<HD, kSplit>;
+  constexpr int kStride = S::kStride, kKeys = S::kKeys;
+  constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
+  pdl_begin();
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* qs = smem;                        // [parts][64 heads][kStride]
+  uint16_t* ks = smem + S::kParts * kQPlane;  // [parts][kKeys][kStride]
+  // [warp][score fragment]: the partial scores of each channel slice, summed by every slice
+  float* partial = reinterpret_cast<float*>(ks + S::kParts * kKPlane);
+
+  const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kBlockHeads;
+  const LayerRow row = rows[t];
+  const int64_t first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
+  const int64_t n_window = row.pos - first + 1;
+  const int32_t* row_chosen = chosen ? chosen + t * topk : nullptr;
+  const int64_t n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
+  const int64_t n_keys = n_window + n_entries;
+  auto key = [&](int64_t i) -> const float4* {
+    if (i < n_window) return reinterpret_cast<const float4*>(row.kv + (first + i) * HD);
+    const int64_t e = i - n_window;
+    return reinterpret_cast<const float4*>(row.comp_entries +
+                                           (row_chosen ? int64_t(row_chosen[e]) : e) * HD);
+  };
+
+  const float* q_rows = q + (t * heads + h_base) * HD;  // 64 heads, contiguous
+  for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
+    const int h = idx / (HD / 4), c4 = idx % (HD / 4);
+    store_parts<kSplit>(qs, kQPlane, int64_t(h) * kStride + 4 * c4,
+                        __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
+  }
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int h0 = 16 * (warp % (kBlockHeads / 16));            // the warp's 16 heads
+  const int d0 = S::kChannels * (warp / (kBlockHeads / 16));  // and output channels
+  // Rows g and g + 8 of the warp's heads; the sink only adds exp(sink - max) to the denominator,
+  // counted once per row (lane c == 0) until the quad's partial sums are added at the end.
+  float m0 = sinks[h_base + h0 + g], m1 = sinks[h_base + h0 + g + 8];
+  float l0 = c == 0 ? 1.0f : 0.0f, l1 = l0;
+  float o[S::kChannels / 8][4] = {};
+
+  for (int64_t base = 0; base < n_keys; base += kKeys) {
+    __syncthreads();  // the query is stored; the previous tile is consumed
+    float4 v[S::kLoads];
+#pragma unroll
+    for (int u = 0; u < S::kLoads; ++u) {
+      const int idx = threadIdx.x + u * S::kThreads, i = idx / (HD / 4), c4 = idx % (HD / 4);
+      v[u] = base + i < n_keys ? __ldg(key(base + i) + c4) : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < S::kLoads; ++u) {
+      const int idx = threadIdx.x + u * S::kThreads, i = idx / (HD / 4), c4 = idx % (HD / 4);
+      store_parts<kSplit>(ks, kKPlane, int64_t(i) * kStride + 4 * c4, v[u]);
+    }
+    __syncthreads();
+
+    // Scores of the warp's 16 heads against the tile's keys over its channel slice, then (more
+    // than one slice) summed with the other slices' through shared memory.
+    float s[kKeys / 8][4] = {};
+#pragma unroll 4
+    for (int k0 = d0; k0 < d0 + S::kChannels; k0 += 16) {
+      uint32_t a[S::kParts][4];
+#pragma unroll
+      for (int p = 0; p < S::kParts; ++p) {
+        const uint16_t* qa = qs + p * kQPlane + (h0 + g) * kStride + k0 + 2 * c;
+        a[p][0] = ld32(qa);
+        a[p][1] = ld32(qa + 8 * kStride);
+        a[p][2] = ld32(qa + 8);
+        a[p][3] = ld32(qa + 8 * kStride + 8);
+      }
+#pragma unroll
+      for (int j = 0; j < kKeys / 8; ++j) {
+        const uint16_t* kb = ks + (8 * j + g) * kStride + k0 + 2 * c;
+        const uint32_t b0 = ld32(kb), b1 = ld32(kb + 8);
+        mma_bf16_16x8x16(s[j], a[0], b0, b1);
+        if constexpr (kSplit) {
+          mma_bf16_16x8x16(s[j], a[0], ld32(kb + kKPlane), ld32(kb + kKPlane + 8));
+          mma_bf16_16x8x16(s[j], a[1], b0, b1);
+        }
+      }
+    }
+
+    if constexpr (S::kSlices > 1) {
+      constexpr int kFrag = kKeys / 8 * 4 * 32;  // floats of one warp's score fragments
+#pragma unroll
+      for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) partial[warp * kFrag + (j * 4 + i) * 32 + lane] = s[j][i];
+      __syncthreads();
+      const int ht = warp % (kBlockHeads / 16);
+#pragma unroll
+      for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float sum = 0.0f;  // in slice order, so every slice gets the same scores
+#pragma unroll
+          for (int sl = 0; sl < S::kSlices; ++sl)
+            sum += partial[(ht + sl * (kBlockHeads / 16)) * kFrag + (j * 4 + i) * 32 + lane];
+          s[j][i] = sum;
+        }
+    }
+
+    // Online softmax over the tile: the quad (lanes of one g) holds a row's scores.
+    float mx0 = m0, mx1 = m1;
+#pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool live = base + 8 * j + 2 * c + e < n_keys;
+        s[j][e] = live ? s[j][e] * scale : -INFINITY;
+        s[j][2 + e] = live ? s[j][2 + e] * scale : -INFINITY;
+        mx0 = fmaxf(mx0, s[j][e]);
+        mx1 = fmaxf(mx1, s[j][2 + e]);
+      }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float corr0 = expf(m0 - mx0), corr1 = expf(m1 - mx1);
+    m0 = mx0;
+    m1 = mx1;
+    l0 *= corr0;
+    l1 *= corr1;
+#pragma unroll
+    for (int n = 0; n < S::kChannels / 8; ++n) {
+      o[n][0] *= corr0;
+      o[n][1] *= corr0;
+      o[n][2] *= corr1;
+      o[n][3] *= corr1;
+    }
+#pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        l0 += (s[j][e] = expf(s[j][e] - m0));
+        l1 += (s[j][2 + e] = expf(s[j][2 + e] - m1));
+      }
+
+    // out += P K over the tile, 16 keys per step: P's A fragment is the scores' C fragments of
+    // two key groups; K's B fragments come transposed out of shared memory.
+    const int ld_key = (lane & 7) + 8 * ((lane >> 3) & 1), ld_col = 8 * (lane >> 4);
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      uint32_t pa[S::kParts][4];
+      const float* x0 = s[2 * kk];
+      const float* x1 = s[2 * kk + 1];
+      if constexpr (kSplit) {
+        const Bf16Parts r0 = split_bf16(x0[0], x0[1]), r1 = split_bf16(x0[2], x0[3]),
+                        r2 = split_bf16(x1[0], x1[1]), r3 = split_bf16(x1[2], x1[3]);
+        pa[0][0] = r0.hi, pa[0][1] = r1.hi, pa[0][2] = r2.hi, pa[0][3] = r3.hi;
+        pa[1][0] = r0.lo, pa[1][1] = r1.lo, pa[1][2] = r2.lo, pa[1][3] = r3.lo;
+      } else {
+        pa[0][0] = pack_bf16(x0[0], x0[1]), pa[0][1] = pack_bf16(x0[2], x0[3]);
+        pa[0][2] = pack_bf16(x1[0], x1[1]), pa[0][3] = pack_bf16(x1[2], x1[3]);
+      }
+      const uint16_t* kv = ks + (16 * kk + ld_key) * kStride + d0 + ld_col;
+#pragma unroll
+      for (int nn = 0; nn < S::kChannels / 16; ++nn) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, kv + 16 * nn);
+        mma_bf16_16x8x16(o[2 * nn], pa[0], b[0], b[1]);
+        mma_bf16_16x8x16(o[2 * nn + 1], pa[0], b[2], b[3]);
+        if constexpr (kSplit) {
+          uint32_t bl[4];
+          ldmatrix_x4_trans(bl, kv + kKPlane + 16 * nn);
+          mma_bf16_16x8x16(o[2 * nn], pa[0], bl[0], bl[1]);
+          mma_bf16_16x8x16(o[2 * nn + 1], pa[0], bl[2], bl[3]);
+          mma_bf16_16x8x16(o[2 * nn], pa[1], b[0], b[1]);
+          mma_bf16_16x8x16(o[2 * nn + 1], pa[1], b[2], b[3]);
+        }
+      }
+    }
+  }
+
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+  float* out0 = out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c;
+  float* out1 = out0 + 8 * HD;
+#pragma unroll
+  for (int n = 0; n < S::kChannels / 8; ++n) {
+    *reinterpret_cast<float2*>(out0 + 8 * n) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
+    *reinterpret_cast<float2*>(out1 + 8 * n) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+  }
+}
+
+template <int HD, bool kSplit>
+void launch_attend_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                       int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
+                       const int32_t* n_chosen, int64_t topk, float* out, cudaStream_t stream) {
+  using S = TileShape<HD, kSplit>;
+  auto kernel = attend_mma_kernel<HD, kSplit>;
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::kShared)));
+  const float scale = 1.0f / sqrtf(float(HD));
+  constexpr int64_t kMaxGridRows = 65535;
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
+    const int64_t m = std::min(kMaxGridRows, n - r0);
+    const dim3 grid{unsigned(heads / kBlockHeads), unsigned(m)};
+    launch_pdl(kernel, grid, S::kThreads, S::kShared, stream, q + r0 * heads * HD, rows + r0, heads,
+               window, sinks, use_entries, chosen ? chosen + r0 * topk : nullptr,
+               n_chosen ? n_chosen + r0 : nullptr, topk, scale, out + r0 * heads * HD);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+template <bool kSplit>
+void dispatch_head_dim(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
+                       int64_t heads, int64_t window, const float* sinks, bool use_entries,
+                       const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float* out,
+                       cudaStream_t stream) {
+  if (head_dim == 128)
+    launch_attend_mma<128, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
+                                   topk, out, stream);
+  else if (head_dim == 256)
+    launch_attend_mma<256, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
+                                   topk, out, stream);
+  else
+    launch_attend_mma<512, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
+                                   topk, out, stream);
+}
+
+}  // namespace
+
+bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
+  return heads > 0 && heads % kBlockHeads == 0 &&
+         (head_dim == 128 || head_dim == 256 || head_dim == 512);
+}
+
+void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                     int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                     const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
+                     float* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (!attend_rows_mma_supported(heads, head_dim))
+    throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
+                                " heads of " + std::to_string(head_dim) +
+                                " (needs a multiple of 64 heads of 128, 256 or 512)");
+  if (split)
+    dispatch_head_dim<true>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen,
+                            n_chosen, topk, out, stream);
+  else
+    dispatch_head_dim<false>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen,
+                             n_chosen, topk, out, stream);
+}
+
+}  // namespace agentrt::engine::cuda

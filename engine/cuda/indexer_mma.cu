@@ -1,0 +1,170 @@
+// The Lightning Indexer's prefill scores on tensor cores, fused: for each row t and visible
+// entry e, sum_h w[t][h] * relu(q[t][h] . k[e]) without writing the per-head products
+// (indexer_gemm.cu's cuBLAS path writes them: rows x heads x entries floats, which at 64K rows
+// is most of its time). One block per 4 rows and a chunk of entries; each warp holds one row's
+// 16 heads of the query as A fragments in registers for the whole chunk, each 64-entry tile is
+// converted to bf16 in shared memory once for the block, and the heads are summed through warp
+// shuffles and a small shared buffer. split = true: float32-like products (bf16 hi + lo, three
+// products), else plain bf16 (the checkpoint's own indexer runs in FP8).
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
+#include "engine/cuda/mma.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kHeads = 64, kDim = 128;
+constexpr int kRowsPerBlock = 4;
+constexpr int kWarps = kRowsPerBlock * (kHeads / 16);
+constexpr int kThreads = 32 * kWarps;
+constexpr int kTile = 64;          // entries per shared tile
+constexpr int kChunkTiles = 8;     // tiles per block
+constexpr int kStride = kDim + 8;  // bf16 per shared row: conflict-free fragment loads
+constexpr int kLoads = kTile * (kDim / 4) / kThreads;
+
+template <bool kSplit>
+__global__ void __launch_bounds__(kThreads, 1)
+    indexer_mma_kernel(const float* q, const float* head_weights, float weight_scale,
+                       const LayerRow* rows, int64_t n, const float* entries, float* scores,
+                       int64_t stride) {
+  constexpr int kParts = kSplit ? 2 : 1;
+  constexpr int64_t kPlane = int64_t(kTile) * kStride;
+  __shared__ __align__(16) uint16_t tile[kParts * kTile * kStride];
+  __shared__ float head_tile_sums[kRowsPerBlock][kHeads / 16][kTile];
+  pdl_begin();
+  const int64_t t0 = int64_t(blockIdx.y) * kRowsPerBlock;
+  int64_t visible_max = 0;
+  for (int r = 0; r < kRowsPerBlock; ++r)
+    if (t0 + r < n) visible_max = std::max<int64_t>(visible_max, rows[t0 + r].visible);
+  const int64_t chunk = int64_t(blockIdx.x) * kChunkTiles * kTile;
+  if (chunk >= visible_max) return;  // the whole block: no row sees these entries
+  const int64_t chunk_end = std::min<int64_t>(chunk + kChunkTiles * kTile, visible_max);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int rw = warp / (kHeads / 16), ht = warp % (kHeads / 16);
+  const int64_t t = t0 + rw;
+  const bool row_live = t < n;
+  // The row's 16 heads as A fragments (8 steps of 16 channels), relu weights for rows g, g + 8.
+  uint32_t a[kDim / 16][kParts][4];
+  {
+    const float* qh = q + ((row_live ? t : 0) * kHeads + 16 * ht + g) * kDim + 2 * c;
+#pragma unroll
+    for (int kk = 0; kk < kDim / 16; ++kk) {
+      const float2 x[4] = {*reinterpret_cast<const float2*>(qh + 16 * kk),
+                           *reinterpret_cast<const float2*>(qh + 8 * kDim + 16 * kk),
+                           *reinterpret_cast<const float2*>(qh + 16 * kk + 8),
+                           *reinterpret_cast<const float2*>(qh + 8 * kDim + 16 * kk + 8)};
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        if constexpr (kSplit) {
+          const Bf16Parts p = split_bf16(x[i].x, x[i].y);
+          a[kk][0][i] = p.hi;
+          a[kk][kParts - 1][i] = p.lo;
+        } else {
+          a[kk][0][i] = pack_bf16(x[i].x, x[i].y);
+        }
+      }
+    }
+  }
+  const float scale = rsqrtf(float(kDim)) * weight_scale;  // as indexer.cu
+  const float* w = head_weights + (row_live ? t : 0) * kHeads + 16 * ht + g;
+  const float w0 = row_live ? w[0] * scale : 0.0f, w1 = row_live ? w[8] * scale : 0.0f;
+
+  for (int64_t base = chunk; base < chunk_end; base += kTile) {
+    __syncthreads();  // the previous tile and its sums are consumed
+    float4 v[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int idx = threadIdx.x + u * kThreads, i = idx / (kDim / 4);
+      v[u] = base + i < visible_max
+                 ? __ldg(reinterpret_cast<const float4*>(entries + (base + i) * kDim) +
+                         idx % (kDim / 4))
+                 : make_float4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) {
+      const int idx = threadIdx.x + u * kThreads, i = idx / (kDim / 4), c4 = idx % (kDim / 4);
+      uint16_t* dst = tile + i * kStride + 4 * c4;
+      if constexpr (kSplit) {
+        const Bf16Parts p = split_bf16(v[u].x, v[u].y), r = split_bf16(v[u].z, v[u].w);
+        *reinterpret_cast<uint2*>(dst) = make_uint2(p.hi, r.hi);
+        *reinterpret_cast<uint2*>(dst + kPlane) = make_uint2(p.lo, r.lo);
+      } else {
+        *reinterpret_cast<uint2*>(dst) =
+            make_uint2(pack_bf16(v[u].x, v[u].y), pack_bf16(v[u].z, v[u].w));
+      }
+    }
+    __syncthreads();
+
+    float s[kTile / 8][4] = {};
+#pragma unroll
+    for (int kk = 0; kk < kDim / 16; ++kk)
+#pragma unroll
+      for (int j = 0; j < kTile / 8; ++j) {
+        const uint16_t* kb = tile + (8 * j + g) * kStride + 16 * kk + 2 * c;
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kb),
+                       b1 = *reinterpret_cast<const uint32_t*>(kb + 8);
+        mma_bf16_16x8x16(s[j], a[kk][0], b0, b1);
+        if constexpr (kSplit) {
+          mma_bf16_16x8x16(s[j], a[kk][0], *reinterpret_cast<const uint32_t*>(kb + kPlane),
+                           *reinterpret_cast<const uint32_t*>(kb + kPlane + 8));
+          mma_bf16_16x8x16(s[j], a[kk][kParts - 1], b0, b1);
+        }
+      }
+      // Sum over the warp's 16 heads: two per lane, then across the 8 lanes of one c.
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float x = w0 * fmaxf(s[j][e], 0.0f) + w1 * fmaxf(s[j][2 + e], 0.0f);
+        x += __shfl_xor_sync(0xffffffffu, x, 4);
+        x += __shfl_xor_sync(0xffffffffu, x, 8);
+        x += __shfl_xor_sync(0xffffffffu, x, 16);
+        if (g == 0) head_tile_sums[rw][ht][8 * j + 2 * c + e] = x;
+      }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < kRowsPerBlock * kTile; idx += kThreads) {
+      const int r = idx / kTile, i = idx % kTile;
+      const int64_t tr = t0 + r, e = base + i;
+      if (tr >= n || e >= rows[tr].visible) continue;
+      float sum = 0.0f;
+#pragma unroll
+      for (int h = 0; h < kHeads / 16; ++h) sum += head_tile_sums[r][h][i];
+      scores[tr * stride + e] = sum;
+    }
+  }
+}
+
+}  // namespace
+
+bool indexer_scores_mma_supported(int64_t heads, int64_t head_dim) {
+  return heads == kHeads && head_dim == kDim;
+}
+
+void indexer_scores_mma(const float* q, const float* head_weights, float weight_scale,
+                        const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                        const float* entries, int64_t max_visible, bool split, float* scores,
+                        int64_t stride, cudaStream_t stream) {
+  if (n <= 0 || max_visible <= 0) return;
+  if (!indexer_scores_mma_supported(heads, head_dim))
+    throw std::invalid_argument("cuda tensor-core indexer: " + std::to_string(heads) +
+                                " heads of " + std::to_string(head_dim) + " (needs 64 of 128)");
+  const int64_t chunks = (max_visible + kChunkTiles * kTile - 1) / (kChunkTiles * kTile);
+  constexpr int64_t kMaxGridY = 65535;
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridY * kRowsPerBlock) {
+    const int64_t m = std::min(kMaxGridY * kRowsPerBlock, n - r0);
+    const dim3 grid{unsigned(chunks), unsigned((m + kRowsPerBlock - 1) / kRowsPerBlock)};
+    launch_pdl(split ? indexer_mma_kernel<true> : indexer_mma_kernel<false>, grid, kThreads, 0,
+               stream, q + r0 * heads * head_dim, head_weights + r0 * heads, weight_scale,
+               rows + r0, m, entries, scores + r0 * stride, stride);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+}  // namespace agentrt::engine::cuda

@@ -1,0 +1,54 @@
+// Warp-level tensor-core helpers (sm_80+ mma.sync, bf16 inputs, float32 accumulation) for the
+// prefill kernels that are too irregular for cuBLAS (per-row key lists, fused epilogues).
+//
+// Fragment layout of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
+// g = lane / 4 and c = lane % 4:
+//   A 16x16 (row-major): a0 = A[g][2c, 2c+1], a1 = A[g+8][2c, 2c+1], a2 = A[g][2c+8, 2c+9],
+//                        a3 = A[g+8][2c+8, 2c+9]
+//   B 16x8 (k x n):      b0 = B[2c, 2c+1][g], b1 = B[2c+8, 2c+9][g]
+//   C 16x8:              c0, c1 = C[g][2c, 2c+1], c2, c3 = C[g+8][2c, 2c+1]
+// Two bf16 in one 32-bit register: the lower column (or k) index in the low half.
+#pragma once
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+namespace agentrt::engine::cuda {
+
+__device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                 uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Four 8x8 bf16 matrices from shared memory, transposed: lanes 8i..8i+7 give the addresses of
+// matrix i's eight rows (16-byte aligned); register i receives matrix i's [2c, 2c+1][g].
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// x as bf16 hi + bf16 lo (hi + lo carries ~16 significant bits of x): the split that makes
+// three bf16 products (hi*hi + hi*lo + lo*hi) about as accurate as one float32 product.
+struct Bf16Parts {
+  uint32_t hi, lo;
+};
+__device__ __forceinline__ Bf16Parts split_bf16(float x0, float x1) {
+  const __nv_bfloat162 hi = __floats2bfloat162_rn(x0, x1);
+  const float2 back = __bfloat1622float2(hi);
+  const __nv_bfloat162 lo = __floats2bfloat162_rn(x0 - back.x, x1 - back.y);
+  return {*reinterpret_cast<const uint32_t*>(&hi), *reinterpret_cast<const uint32_t*>(&lo)};
+}
+
+}  // namespace agentrt::engine::cuda
