@@ -14,9 +14,9 @@ namespace agentrt::engine::cuda {
 
 // Activations and per-call metadata, grown to the largest batch seen and reused.
 struct DeviceForward::Workspace {
-  DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, iq, iw, scores, chosen, n_chosen,
-      attn, grouped, router, route_experts, route_weights, gate, up, act, moe_scratch, head_streams,
-      head_x, logits, meta, projected;
+  DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
+      scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
+      moe_scratch, head_streams, head_x, logits, meta, projected;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -517,33 +517,49 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   float* iq = lw.indexer ? w.f(w.iq, n * ih * ihd) : nullptr;
   float* iw = lw.indexer ? w.f(w.iw, n * ih) : nullptr;
 
-  // What reads only x (the KV row, the compressors, the indexer's head weights) runs on the
-  // side stream beside the query path (wq_a, its norm, wq_b, the indexer's query), which is
-  // about as long; decode steps are a chain of short kernels, so two shorter chains are faster.
+  // Every product of x in one go (one launch while decoding: each alone is too small to fill
+  // the GPU); then the KV row, the compressors' cache rows and entries run on the side stream
+  // beside the query path (its norm, wq_b, the indexer's query): decode steps are a chain of
+  // short kernels, so two shorter chains are faster.
+  std::vector<LinearRunner::Product> from_x = {{lw.wq_a->view(), q_res}, {lw.wkv->view(), kv}};
+  struct RawRows {
+    float* kv = nullptr;
+    float* gate = nullptr;
+    int64_t width = 0;
+  };
+  auto raw_rows = [&](const CompressorOnDevice& comp, DeviceBuffer& kv_buf,
+                      DeviceBuffer& gate_buf) {
+    RawRows r{nullptr, nullptr, comp.wkv->view().rows};
+    r.kv = w.f(kv_buf, n * r.width);
+    r.gate = w.f(gate_buf, n * r.width);
+    from_x.push_back({comp.wkv->view(), r.kv});
+    from_x.push_back({comp.wgate->view(), r.gate});
+    return r;
+  };
+  RawRows comp_raw, idx_raw;
+  if (lw.compressor) comp_raw = raw_rows(*lw.compressor, w.raw_kv, w.raw_gate);
+  if (lw.indexer) {
+    idx_raw = raw_rows(lw.indexer->compressor, w.idx_raw_kv, w.idx_raw_gate);
+    from_x.push_back({lw.indexer->weights_proj->view(), iw});
+  }
+  linear_.run_same_input(from_x, x, n, stream_);
+
   const cudaStream_t cs = fork();
-  linear_.run(lw.wkv->view(), x, n, kv, cs);
   norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
                  CacheField::kv, cs);
-  auto raw = [&](const CompressorOnDevice& comp, CacheField kv_field, CacheField gate_field,
-                 const CompressJob* jobs, const int32_t* count) {
-    const int64_t width = comp.wkv->view().rows;
-    float* rkv = w.f(w.raw_kv, n * width);
-    float* rgate = w.f(w.raw_gate, n * width);
-    linear_.run(comp.wkv->view(), x, n, rkv, cs);
-    linear_.run(comp.wgate->view(), x, n, rgate, cs);
-    append_rows(m.rows, kv_field, rkv, width, n, cs);
-    append_rows(m.rows, gate_field, rgate, width, n, cs);
+  auto compress = [&](const CompressorOnDevice& comp, const RawRows& r, CacheField kv_field,
+                      CacheField gate_field, const CompressJob* jobs, const int32_t* count) {
+    append_rows(m.rows, kv_field, r.kv, r.width, n, cs);
+    append_rows(m.rows, gate_field, r.gate, r.width, n, cs);
     compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps, cs);
   };
   if (lw.compressor)
-    raw(*lw.compressor, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs, m.job_counts);
-  if (lw.indexer) {
-    raw(lw.indexer->compressor, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
-        m.job_counts + 1);
-    linear_.run(lw.indexer->weights_proj->view(), x, n, iw, cs);
-  }
+    compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
+             m.job_counts);
+  if (lw.indexer)
+    compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
+             m.job_counts + 1);
 
-  linear_.run(lw.wq_a->view(), x, n, q_res, stream_);
   rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
   linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
   norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,

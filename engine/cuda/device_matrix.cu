@@ -23,12 +23,14 @@ struct RowGroups {
 // (the head: 1 GB) would evict their own prefetched rows before reading them.
 constexpr int64_t kPrefetchMaxBytes = int64_t(64) << 20;
 
-// Each group of `parts` lanes computes R consecutive rows (R rows share each activation load).
+// Each group of `parts` lanes computes R consecutive rows (R rows share each activation load);
+// `block` is the block's index among the blocks of this matrix.
 template <int NT, int R>
-__global__ void __launch_bounds__(kThreads, 2)
-    gemv_kernel(WeightMatrix w, const float* __restrict__ x, int64_t x_stride,
-                float* __restrict__ y, int64_t y_stride, int parts, RowGroups groups) {
-  const int64_t group = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / parts;
+__device__ __forceinline__ void gemv_block(const WeightMatrix& w, const float* __restrict__ x,
+                                           int64_t x_stride, float* __restrict__ y,
+                                           int64_t y_stride, int parts, RowGroups groups,
+                                           int64_t block) {
+  const int64_t group = (block * kThreads + threadIdx.x) / parts;
   const int64_t row0 = group * R;
   const int64_t row_bytes = w.cols * value_bytes_x2(w.type) / 2;
   if (row0 < w.rows && (int(threadIdx.x) & (parts - 1)) == 0 &&
@@ -61,6 +63,35 @@ __global__ void __launch_bounds__(kThreads, 2)
       if (row0 + r < w.rows)
 #pragma unroll
         for (int t = 0; t < NT; ++t) y[t * y_stride + row0 + r] = acc[r][t];
+}
+
+template <int NT, int R>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemv_kernel(WeightMatrix w, const float* __restrict__ x, int64_t x_stride,
+                float* __restrict__ y, int64_t y_stride, int parts, RowGroups groups) {
+  gemv_block<NT, R>(w, x, x_stride, y, y_stride, parts, groups, blockIdx.x);
+}
+
+// Several matrices' products with the same activations in one launch: matrix m owns blocks
+// [first_block[m], first_block[m + 1]).
+constexpr int kMaxSetProducts = 8;
+struct ProductSet {
+  WeightMatrix w[kMaxSetProducts];
+  float* y[kMaxSetProducts];
+  int64_t y_stride[kMaxSetProducts];
+  int parts[kMaxSetProducts];
+  unsigned first_block[kMaxSetProducts + 1];
+  int count;
+};
+
+template <int NT>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemv_set_kernel(ProductSet set, const float* __restrict__ x, int64_t x_stride) {
+  int m = 0;
+  while (m + 1 < set.count && blockIdx.x >= set.first_block[m + 1]) ++m;
+  const WeightMatrix w = set.w[m];
+  gemv_block<NT, 1>(w, x, x_stride, set.y[m], set.y_stride[m], set.parts[m], {},
+                    int64_t(blockIdx.x - set.first_block[m]));
 }
 
 __global__ void gemv_reference_kernel(WeightMatrix w, const float* x, int64_t n, float* y) {
@@ -122,7 +153,57 @@ void gemv_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t 
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
+template <int NT>
+void launch_set(std::span<const GemvProduct> products, const float* x, int64_t x_stride, int64_t t0,
+                cudaStream_t stream) {
+  ProductSet set{};
+  unsigned blocks = 0;
+  for (size_t i = 0; i < products.size(); ++i) {
+    const GemvProduct& p = products[i];
+    set.w[i] = p.w;
+    set.y[i] = p.y + t0 * p.y_stride;
+    set.y_stride[i] = p.y_stride;
+    set.parts[i] = rows_dot_parts(p.w.type, p.w.cols);
+    set.first_block[i] = blocks;
+    blocks += unsigned((p.w.rows * set.parts[i] + kThreads - 1) / kThreads);
+  }
+  set.count = int(products.size());
+  set.first_block[set.count] = blocks;
+  launch_pdl(gemv_set_kernel<NT>, blocks, kThreads, 0, stream, set, x + t0 * x_stride, x_stride);
+}
+
 }  // namespace
+
+void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
+                     int64_t n, void* stream_ptr) {
+  if (products.empty() || n <= 0) return;
+  if (products.size() > size_t(kMaxSetProducts))
+    throw std::invalid_argument("gemv_same_input: " + std::to_string(products.size()) +
+                                " products, at most " + std::to_string(kMaxSetProducts));
+  for (const GemvProduct& p : products)
+    if (p.w.cols != products[0].w.cols || p.w.cols > x_stride)
+      throw std::invalid_argument("gemv_same_input: a matrix of " + std::to_string(p.w.cols) +
+                                  " columns beside one of " + std::to_string(products[0].w.cols) +
+                                  " (activation rows of " + std::to_string(x_stride) + ")");
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  for (int64_t t0 = 0; t0 < n;) {
+    const int64_t left = n - t0;
+    if (left >= 8) {
+      launch_set<8>(products, x, x_stride, t0, stream);
+      t0 += 8;
+    } else if (left >= 4) {
+      launch_set<4>(products, x, x_stride, t0, stream);
+      t0 += 4;
+    } else if (left >= 2) {
+      launch_set<2>(products, x, x_stride, t0, stream);
+      t0 += 2;
+    } else {
+      launch_set<1>(products, x, x_stride, t0, stream);
+      t0 += 1;
+    }
+  }
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
 
 bool device_available(std::string* why) {
   int count = 0;

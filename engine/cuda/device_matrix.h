@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "engine/matmul.h"
@@ -48,6 +49,17 @@ void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride
 // [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.
 void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,
                   int64_t n, float* y, int64_t y_stride, void* stream = nullptr);
+
+// Products of several matrices (at most 8, the same column count) with the same activations
+// in one launch: decode's products that read the layer input are each too small to fill the GPU
+// or hide a launch. y[t * y_stride + r] for each product.
+struct GemvProduct {
+  WeightMatrix w;  // device view
+  float* y;
+  int64_t y_stride;
+};
+void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
+                     int64_t n, void* stream = nullptr);
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <span>
 
 #include "engine/cuda/device_buffer.h"
 #include "engine/matmul.h"
@@ -34,6 +35,14 @@ class LinearRunner {
   void run(const WeightMatrix& w, const float* x, int64_t n, float* y, cudaStream_t stream) {
     run(w, x, w.cols, n, y, w.rows, stream);
   }
+  // Products of the same activations x [n][cols]: while n is decode-sized (and the matrices
+  // share their column count, at most 8 of them) one GEMV launch for all, else run() each.
+  struct Product {
+    WeightMatrix w;
+    float* y;  // [n][w.rows]
+  };
+  void run_same_input(std::span<const Product> products, const float* x, int64_t n,
+                      cudaStream_t stream);
   // Block-diagonal: w's rows in `groups` equal groups, group g reading columns [g * w.cols,
   // (g + 1) * w.cols) of x's rows and writing its rows of y (one launch when decoding).
   void run_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,

@@ -309,10 +309,10 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     place_rows_kernel<<<unsigned((rows + 255) / 256), 256, 0, stream>>>(s.seg_start, a0, a1, rows,
                                                                         copies, most, place);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
-    // Padding rows stay zero (their products are computed and never read).
+    // Padding rows hold whatever was there: each product column depends only on its own row,
+    // and the padding rows' products are never read.
     x_.reserve(stacked * hidden * 2);
     auto* x = x_.as<__nv_bfloat16>();
-    AGENTRT_CUDA_CHECK(cudaMemsetAsync(x, 0, size_t(stacked * hidden * 2), stream));
     gather_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(h, s.order, s0, k, hidden, place, split,
                                                            x);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
@@ -325,7 +325,6 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     mark("moe.experts.gemm");
     act_.reserve(stacked * inter * 2);
     auto* act = act_.as<__nv_bfloat16>();
-    AGENTRT_CUDA_CHECK(cudaMemsetAsync(act, 0, size_t(stacked * inter * 2), stream));
     swiglu_pairs_kernel<<<unsigned(rows), 256, 0, stream>>>(gu, s.order, weights, s0, inter, limit,
                                                             place, split, act);
     AGENTRT_CUDA_CHECK(cudaGetLastError());

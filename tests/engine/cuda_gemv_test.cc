@@ -182,6 +182,45 @@ TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
   EXPECT_THROW(cuda::gemv_grouped(dm.view(), 5, dx, stride, n, dy, 0), std::invalid_argument);
 }
 
+TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {
+  // Three stored types and row counts beside each other (block ranges of different sizes),
+  // for 1, 3 and 11 activation rows (the 8 + 2 + 1 launches).
+  const int64_t cols = 512;
+  const HostMatrix a = make(WeightType::f8_e4m3, 300, cols, 21),
+                   b = make(WeightType::bf16, 64, cols, 22),
+                   c = make(WeightType::f4_e2m1, 1030, cols, 23);
+  cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view);
+  for (int64_t n : {1, 3, 11}) {
+    std::mt19937 rng(n);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * cols);
+    for (float& v : x) v = dist(rng);
+    float* dx = cuda::device_floats(x.size());
+    cuda::copy_to_device(dx, x.data(), x.size() * 4);
+    std::vector<float*> ys;
+    std::vector<cuda::GemvProduct> set;
+    for (const cuda::DeviceMatrix* m : {&da, &db, &dc}) {
+      ys.push_back(cuda::device_floats(n * m->view().rows));
+      set.push_back({m->view(), ys.back(), m->view().rows});
+    }
+    cuda::gemv_same_input(set, dx, cols, n);
+    for (size_t i = 0; i < set.size(); ++i) {
+      const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
+      std::vector<float> got(n * host.rows), want(n * host.rows);
+      cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+      matmul_reference(x.data(), n, host, want.data());
+      EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << " n=" << n;
+      cuda::free_device(ys[i]);
+    }
+    cuda::free_device(dx);
+  }
+  const HostMatrix other = make(WeightType::bf16, 8, 256, 24);
+  cuda::DeviceMatrix dother(other.view);
+  const std::vector<cuda::GemvProduct> mixed = {{da.view(), nullptr, 300},
+                                                {dother.view(), nullptr, 8}};
+  EXPECT_THROW(cuda::gemv_same_input(mixed, nullptr, cols, 1), std::invalid_argument);
+}
+
 #endif  // AGENTRT_HAVE_CUDA
 
 }  // namespace
