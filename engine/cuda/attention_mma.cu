@@ -6,12 +6,15 @@
 // entries) is loaded and converted once for every head, and each warp owns 16 heads and a slice
 // of at most 256 output channels; the warps of the same heads each take the scores' dot products
 // over their own channels and add up the partial scores in shared memory. Online softmax as the
-// CUDA-core kernels, starting from the sink. split = true keeps each float as bf16 hi + lo and
-// takes three products per product (float32-like); split = false rounds to bf16 once.
+// CUDA-core kernels, starting from the sink. The next tile's keys are copied into a float32
+// staging buffer (cp.async) while the block computes on this one. split = true keeps each float
+// as bf16 hi + lo and takes three products per product (float32-like); split = false rounds to
+// bf16 once.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -33,8 +36,9 @@ struct TileShape {
   static constexpr int kParts = kSplit ? 2 : 1;
   static constexpr int kLoads = kKeys * (HD / 4) / kThreads;  // float4 per thread per tile
   static constexpr size_t kScoreBytes = kSlices > 1 ? size_t(kWarps) * 16 * kKeys * 4 : 0;
+  static constexpr size_t kStagingBytes = size_t(kKeys) * HD * 4;  // the next tile, float32
   static constexpr size_t kShared =
-      size_t(kParts) * (kBlockHeads + kKeys) * kStride * 2 + kScoreBytes;
+      size_t(kParts) * (kBlockHeads + kKeys) * kStride * 2 + kScoreBytes + kStagingBytes;
   static_assert(kKeys * (HD / 4) % kThreads == 0);
 };
 
@@ -68,6 +72,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   uint16_t* ks = smem + S::kParts * kQPlane;  // [parts][kKeys][kStride]
   // [warp][score fragment]: the partial scores of each channel slice, summed by every slice
   float* partial = reinterpret_cast<float*>(ks + S::kParts * kKPlane);
+  // [kKeys][HD]: the next tile's keys as stored, copied in while this tile is computed on
+  float* staging = partial + S::kScoreBytes / 4;
 
   const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kBlockHeads;
   const LayerRow row = rows[t];
@@ -100,20 +106,32 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   float l0 = c == 0 ? 1.0f : 0.0f, l1 = l0;
   float o[S::kChannels / 8][4] = {};
 
-  for (int64_t base = 0; base < n_keys; base += kKeys) {
-    __syncthreads();  // the query is stored; the previous tile is consumed
-    float4 v[S::kLoads];
+  // Keys past the row's last are zeros (their scores are masked below).
+  auto fetch = [&](int64_t base) {
 #pragma unroll
     for (int u = 0; u < S::kLoads; ++u) {
       const int idx = threadIdx.x + u * S::kThreads, i = idx / (HD / 4), c4 = idx % (HD / 4);
-      v[u] = base + i < n_keys ? __ldg(key(base + i) + c4) : make_float4(0, 0, 0, 0);
+      float4* dst = reinterpret_cast<float4*>(staging) + idx;
+      if (base + i < n_keys)
+        cp_async_16(dst, key(base + i) + c4);
+      else
+        *dst = make_float4(0, 0, 0, 0);
     }
+    cp_async_commit();
+  };
+  if (n_keys > 0) fetch(0);
+
+  for (int64_t base = 0; base < n_keys; base += kKeys) {
+    cp_async_wait_all();
+    __syncthreads();  // the staged tile and the query are stored; the previous tile is consumed
 #pragma unroll
     for (int u = 0; u < S::kLoads; ++u) {
       const int idx = threadIdx.x + u * S::kThreads, i = idx / (HD / 4), c4 = idx % (HD / 4);
-      store_parts<kSplit>(ks, kKPlane, int64_t(i) * kStride + 4 * c4, v[u]);
+      store_parts<kSplit>(ks, kKPlane, int64_t(i) * kStride + 4 * c4,
+                          reinterpret_cast<const float4*>(staging)[idx]);
     }
     __syncthreads();
+    if (base + kKeys < n_keys) fetch(base + kKeys);  // lands while this tile is computed on
 
     // Scores of the warp's 16 heads against the tile's keys over its channel slice, then (more
     // than one slice) summed with the other slices' through shared memory.

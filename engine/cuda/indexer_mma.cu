@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -27,6 +28,12 @@ constexpr int kChunkTiles = 8;     // tiles per block
 constexpr int kStride = kDim + 8;  // bf16 per shared row: conflict-free fragment loads
 constexpr int kLoads = kTile * (kDim / 4) / kThreads;
 
+// Staging tile (float32), head sums, then the bf16 tile (one or two parts).
+size_t shared_bytes(bool split) {
+  return size_t(kTile) * kDim * 4 + size_t(kRowsPerBlock) * (kHeads / 16) * kTile * 4 +
+         size_t(split ? 2 : 1) * kTile * kStride * 2;
+}
+
 template <bool kSplit>
 __global__ void __launch_bounds__(kThreads, 1)
     indexer_mma_kernel(const float* q, const float* head_weights, float weight_scale,
@@ -34,8 +41,11 @@ __global__ void __launch_bounds__(kThreads, 1)
                        int64_t stride) {
   constexpr int kParts = kSplit ? 2 : 1;
   constexpr int64_t kPlane = int64_t(kTile) * kStride;
-  __shared__ __align__(16) uint16_t tile[kParts * kTile * kStride];
-  __shared__ float head_tile_sums[kRowsPerBlock][kHeads / 16][kTile];
+  extern __shared__ __align__(16) float shared[];
+  float4* staging = reinterpret_cast<float4*>(shared);  // [kTile][kDim / 4]: the next tile
+  auto head_tile_sums = reinterpret_cast<float(*)[kHeads / 16][kTile]>(shared + kTile * kDim);
+  uint16_t* tile =
+      reinterpret_cast<uint16_t*>(shared + kTile * kDim + kRowsPerBlock * kHeads / 16 * kTile);
   pdl_begin();
   const int64_t t0 = int64_t(blockIdx.y) * kRowsPerBlock;
   int64_t visible_max = 0;
@@ -76,17 +86,27 @@ __global__ void __launch_bounds__(kThreads, 1)
   const float* w = head_weights + (row_live ? t : 0) * kHeads + 16 * ht + g;
   const float w0 = row_live ? w[0] * scale : 0.0f, w1 = row_live ? w[8] * scale : 0.0f;
 
-  for (int64_t base = chunk; base < chunk_end; base += kTile) {
-    __syncthreads();  // the previous tile and its sums are consumed
-    float4 v[kLoads];
+  // The next tile's entries are copied in (cp.async) while the block computes on this one;
+  // entries past the last visible are zeros.
+  auto fetch = [&](int64_t base) {
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       const int idx = threadIdx.x + u * kThreads, i = idx / (kDim / 4);
-      v[u] = base + i < visible_max
-                 ? __ldg(reinterpret_cast<const float4*>(entries + (base + i) * kDim) +
-                         idx % (kDim / 4))
-                 : make_float4(0, 0, 0, 0);
+      if (base + i < visible_max)
+        cp_async_16(staging + idx, reinterpret_cast<const float4*>(entries + (base + i) * kDim) +
+                                       idx % (kDim / 4));
+      else
+        staging[idx] = make_float4(0, 0, 0, 0);
     }
+    cp_async_commit();
+  };
+  fetch(chunk);
+  for (int64_t base = chunk; base < chunk_end; base += kTile) {
+    cp_async_wait_all();
+    __syncthreads();  // the staged tile is stored; the previous tile and its sums are consumed
+    float4 v[kLoads];
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) v[u] = staging[threadIdx.x + u * kThreads];
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       const int idx = threadIdx.x + u * kThreads, i = idx / (kDim / 4), c4 = idx % (kDim / 4);
@@ -101,6 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     __syncthreads();
+    if (base + kTile < chunk_end) fetch(base + kTile);
 
     float s[kTile / 8][4] = {};
 #pragma unroll
@@ -156,13 +177,17 @@ void indexer_scores_mma(const float* q, const float* head_weights, float weight_
     throw std::invalid_argument("cuda tensor-core indexer: " + std::to_string(heads) +
                                 " heads of " + std::to_string(head_dim) + " (needs 64 of 128)");
   const int64_t chunks = (max_visible + kChunkTiles * kTile - 1) / (kChunkTiles * kTile);
+  auto kernel = split ? indexer_mma_kernel<true> : indexer_mma_kernel<false>;
+  const size_t shared = shared_bytes(split);
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   constexpr int64_t kMaxGridY = 65535;
   for (int64_t r0 = 0; r0 < n; r0 += kMaxGridY * kRowsPerBlock) {
     const int64_t m = std::min(kMaxGridY * kRowsPerBlock, n - r0);
     const dim3 grid{unsigned(chunks), unsigned((m + kRowsPerBlock - 1) / kRowsPerBlock)};
-    launch_pdl(split ? indexer_mma_kernel<true> : indexer_mma_kernel<false>, grid, kThreads, 0,
-               stream, q + r0 * heads * head_dim, head_weights + r0 * heads, weight_scale,
-               rows + r0, m, entries, scores + r0 * stride, stride);
+    launch_pdl(kernel, grid, kThreads, shared, stream, q + r0 * heads * head_dim,
+               head_weights + r0 * heads, weight_scale, rows + r0, m, entries, scores + r0 * stride,
+               stride);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }

@@ -1,0 +1,22 @@
+// cp.async (sm_80+): 16-byte copies from global to shared memory that proceed while the thread
+// goes on, so a block can fetch its next tile while it computes on this one.
+#pragma once
+
+namespace agentrt::engine::cuda {
+
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(global) : "memory");
+}
+
+// Ends the group of copies issued so far.
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Waits for every copy this thread issued (a __syncthreads() then makes all threads' visible).
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
+
+}  // namespace agentrt::engine::cuda
