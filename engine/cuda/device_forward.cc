@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 
@@ -78,6 +79,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       graphs_(options.graphs),
       gemv_max_rows_(options.gemv_max_rows) {
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
   if (options.side_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
@@ -88,6 +90,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
 
 DeviceForward::~DeviceForward() {
   for (auto& [key, step] : graphs_by_shape_) cudaGraphExecDestroy(step.exec);
+  if (blas_) cublasDestroy(blas_);
   if (pinned_) cudaFreeHost(pinned_);
   if (pinned_mask_) cudaFreeHost(pinned_mask_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
@@ -432,13 +435,13 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   for (int64_t l = 0; l < L; ++l) {
     const LayerOnDevice& lw = weights_.layers[l];
     hyper_pre(lw.attn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-              lw.attn_norm.as<float>(), false, mix, x, projected, stream_);
+              lw.attn_norm.as<float>(), false, mix, x, projected, stream_, blas_);
     stage("mHC");
     attention(size_t(l), n, y);
     stage("attn.out");
     hyper_post(mix, y, n, hc, H, streams, stream_);
     hyper_pre(lw.ffn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-              lw.ffn_norm.as<float>(), false, mix, x, projected, stream_);
+              lw.ffn_norm.as<float>(), false, mix, x, projected, stream_, blas_);
     stage("mHC");
     moe(size_t(l), n, y);
     stage("moe.routed");
@@ -457,7 +460,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   }
   float* hx = w.f(w.head_x, m * H);
   hyper_pre(weights_.head_hyper(), head_in, m, hc, H, 0, c.hc_eps, c.rms_eps,
-            weights_.norm.as<float>(), true, nullptr, hx, projected, stream_);
+            weights_.norm.as<float>(), true, nullptr, hx, projected, stream_, blas_);
   float* out = w.f(w.logits, m * c.vocab_size);
   linear_.run(weights_.head, hx, m, out, stream_);
   stage("head");

@@ -121,6 +121,7 @@ class DeviceForward {
   LinearRunner linear_;
   ExpertGemm expert_gemm_;          // routed experts of prefill-sized passes
   IndexerScoresGemm indexer_gemm_;  // indexer scores of prefill-sized passes of one sequence
+  cublasHandle_t blas_ = nullptr;   // the mHC projection of prefill-sized passes
   std::unique_ptr<Workspace> ws_;
   GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;

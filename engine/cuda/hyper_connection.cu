@@ -2,6 +2,7 @@
 // (the projection of the RMS-normed streams, sigmoid gates, row softmax + Sinkhorn on the tiny
 // hc x hc matrix in shared memory), collapses the streams and normalises the block input.
 #include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -92,7 +93,8 @@ __device__ void sinkhorn_block(float* comb, int64_t hc, int iters, float eps) {
   }
 }
 
-constexpr int kSplits = 8;  // the projection's width is split over this many blocks
+constexpr int kSplits = 8;          // the projection's width is split over this many blocks
+constexpr int64_t kGemmRows = 256;  // from this many rows on (with a cuBLAS handle) a GEMM
 
 // Partial sums of fn[o] . streams[row] and of streams[row]^2 over one of kSplits slices of the
 // width: one block per (output, row, slice), so even a single decode row fills the GPU.
@@ -163,9 +165,23 @@ __global__ void hyper_project_rows_kernel(const float* fn, const float* streams,
   if (lane == 0) p[outputs * kSplits + slice] = ss;
 }
 
+// Each row's sum of squares into projected[row][outputs] (the GEMM path's last column).
+__global__ void sum_squares_kernel(const float* streams, int64_t width, int64_t outputs,
+                                   float* projected) {
+  pdl_begin();
+  __shared__ float red[32];
+  const int64_t row = blockIdx.x;
+  const float* s = streams + row * width;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x) ss = fmaf(s[i], s[i], ss);
+  ss = block_sum(ss, red);
+  if (threadIdx.x == 0) projected[row * (outputs + 1) + outputs] = ss;
+}
+
 __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const float* projected,
-                                 int64_t hc, int64_t hidden, int iters, float hc_eps, float rms_eps,
-                                 const float* norm, bool head, float* mix, float* x) {
+                                 int splits, int64_t hc, int64_t hidden, int iters, float hc_eps,
+                                 float rms_eps, const float* norm, bool head, float* mix,
+                                 float* x) {
   pdl_begin();
   __shared__ float red[32];
   __shared__ float mixes[(2 + kMaxHcMult) * kMaxHcMult];
@@ -174,13 +190,13 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
   const float* s = streams + row * width;
   const int64_t outputs = head ? hc : (2 + hc) * hc;
   {
-    const float* p = projected + row * (outputs + 1) * kSplits;
+    const float* p = projected + row * (outputs + 1) * splits;
     float ss = 0.0f;
-    for (int k = 0; k < kSplits; ++k) ss += p[outputs * kSplits + k];
+    for (int k = 0; k < splits; ++k) ss += p[outputs * splits + k];
     const float inv = rsqrtf(ss / float(width) + rms_eps);
     for (int64_t o = threadIdx.x; o < outputs; o += blockDim.x) {
       float v = 0.0f;
-      for (int k = 0; k < kSplits; ++k) v += p[o * kSplits + k];
+      for (int k = 0; k < splits; ++k) v += p[o * splits + k];
       mixes[o] = v * inv;
     }
   }
@@ -263,7 +279,7 @@ __device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
 
 template <int HC>
 __global__ void __launch_bounds__(kSplitPreThreads)
-    hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected,
+    hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected, int splits,
                            int64_t hidden, int iters, float hc_eps, float rms_eps,
                            const float* norm, bool head, float* mix, float* x) {
   __shared__ float pre_shared[HC];
@@ -276,11 +292,11 @@ __global__ void __launch_bounds__(kSplitPreThreads)
     const float base = lane < outputs ? w.base[lane] : 0.0f;
     const float scale = w.scale[head || lane < HC ? 0 : lane < 2 * HC ? 1 : 2];  // head: one scale
     pdl_begin();
-    const float* p = projected + row * (outputs + 1) * kSplits;
+    const float* p = projected + row * (outputs + 1) * splits;
     float ss = 0.0f, v = 0.0f;
-    for (int k = 0; k < kSplits; ++k) ss += p[outputs * kSplits + k];
+    for (int k = 0; k < splits; ++k) ss += p[outputs * splits + k];
     if (lane < outputs)
-      for (int k = 0; k < kSplits; ++k) v += p[lane * kSplits + k];
+      for (int k = 0; k < splits; ++k) v += p[lane * splits + k];
     const float m = v * rsqrtf(ss / float(HC * hidden) + rms_eps);
     float weight = 0.0f;  // lane i of [pre, post, comb before Sinkhorn]
     if (lane < HC)
@@ -366,25 +382,39 @@ __global__ void hyper_post_kernel(const float* mix, const float* block_out, int6
 
 void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
                int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
-               float* mix, float* x, float* projected, cudaStream_t stream) {
+               float* mix, float* x, float* projected, cudaStream_t stream, cublasHandle_t blas) {
   if (n <= 0) return;
   const int64_t outputs = head ? hc : (2 + hc) * hc;
   const int64_t width = hc * hidden;
+  // Many rows: one float32 GEMM (every row against all outputs; a kernel per row would read the
+  // whole fn, 1.5 MB at V4-Flash's width, from the L2 once per row) and the sums of squares.
   // Decode batches keep the per-output blocks: one block per row would leave the GPU idle.
-  if (n >= 256 && outputs <= kRowMaxOutputs && width % (4 * kSplits) == 0)
+  int splits = kSplits;
+  if (blas && n >= kGemmRows) {
+    splits = 1;  // projected: [n][outputs + 1]
+    check_cublas(cublasSetStream(blas, stream), "cublasSetStream");
+    const float one = 1.0f, zero = 0.0f;
+    check_cublas(
+        cublasSgemm(blas, CUBLAS_OP_T, CUBLAS_OP_N, int(outputs), int(n), int(width), &one, w.fn,
+                    int(width), streams, int(width), &zero, projected, int(outputs + 1)),
+        "cublasSgemm (mHC projection)");
+    launch_pdl(sum_squares_kernel, unsigned(n), kThreads, 0, stream, streams, width, outputs,
+               projected);
+  } else if (n >= 256 && outputs <= kRowMaxOutputs && width % (4 * kSplits) == 0) {
     launch_pdl(hyper_project_rows_kernel, unsigned(n), 32 * kSplits, 0, stream, w.fn, streams,
                width, outputs, projected);
-  else
+  } else {
     launch_pdl(hyper_project_kernel, dim3{unsigned(outputs), unsigned(n), unsigned(kSplits)},
                kThreads, 0, stream, w.fn, streams, width, outputs, projected);
+  }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   if (hc == 4 && hidden <= int64_t(kXThreads) * kXDims) {
     launch_pdl(hyper_pre_split_kernel<4>, unsigned(n), kSplitPreThreads, 0, stream, w, streams,
-               projected, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
+               projected, splits, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
     return;
   }
-  launch_pdl(hyper_pre_kernel, unsigned(n), kPreThreads, 0, stream, w, streams, projected, hc,
-             hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
+  launch_pdl(hyper_pre_kernel, unsigned(n), kPreThreads, 0, stream, w, streams, projected, splits,
+             hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

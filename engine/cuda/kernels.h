@@ -3,6 +3,7 @@
 // memory only; the tests in tests/engine/cuda_kernels_test.cc compare them with the CPU engine.
 #pragma once
 
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -57,10 +58,12 @@ struct HyperDevice {
 };
 // hyper_mix + hyper_collapse + rms_norm(norm) per row: x [n][hidden], mix [n][mix width].
 // head = true: hyper_head (pre only; mix may be null). projected: scratch of
-// hyper_projected_floats(n, hc) floats.
+// hyper_projected_floats(n, hc) floats. With a cuBLAS handle, 256 rows or more take the
+// projection as one float32 GEMM.
 void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc, int64_t hidden,
                int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
-               float* mix, float* x, float* projected, cudaStream_t stream);
+               float* mix, float* x, float* projected, cudaStream_t stream,
+               cublasHandle_t blas = nullptr);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);

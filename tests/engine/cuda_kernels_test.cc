@@ -148,7 +148,7 @@ void indexer_scores_case(int64_t heads, int64_t dim, int64_t n) {
 }
 
 enum class AttentionKernel { per_head, plain, by_row };
-void hyper_connection_case(int64_t H, int64_t n);
+void hyper_connection_case(int64_t H, int64_t n, cublasHandle_t blas);
 void attention_case(int64_t hd, AttentionKernel kernel, int64_t heads);
 
 TEST_F(CudaKernels, AttentionMatchesAttendReference) {
@@ -219,10 +219,16 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
   // A few rows (one block per output and slice), then many (one block per row); the split pre
   // kernel (hidden <= 4096) for one decode row at the checkpoint's width, the plain one past it.
   for (const auto& [H, n] : {std::pair<int64_t, int64_t>{67, 3}, {96, 260}, {4096, 1}, {4100, 2}})
-    hyper_connection_case(H, n);
+    hyper_connection_case(H, n, nullptr);
+  // Many rows with a cuBLAS handle: the projection as one GEMM (both pre kernels after it).
+  cublasHandle_t blas = nullptr;
+  ASSERT_EQ(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
+  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{96, 260}, {4100, 300}, {1024, 257}})
+    hyper_connection_case(H, n, blas);
+  cublasDestroy(blas);
 }
 
-void hyper_connection_case(int64_t H, int64_t n) {
+void hyper_connection_case(int64_t H, int64_t n, cublasHandle_t blas) {
   std::mt19937 rng(9);
   const int64_t hc = 4, mixn = (2 + hc) * hc;
   HyperWeights w{randn(mixn * hc * H, rng, 0.05f), randn(mixn, rng, 0.5f), randn(3, rng, 0.3f)};
@@ -234,7 +240,7 @@ void hyper_connection_case(int64_t H, int64_t n) {
       projected(cuda::hyper_projected_floats(n, hc) * 4);
   cuda::hyper_pre({d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()},
                   d_streams.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f, d_norm.as<float>(), false,
-                  mix.as<float>(), x.as<float>(), projected.as<float>(), nullptr);
+                  mix.as<float>(), x.as<float>(), projected.as<float>(), nullptr, blas);
   const auto got_x = download<float>(x, n * H);
   const auto got_mix = download<float>(mix, n * cuda::hyper_mix_width(hc));
   for (int64_t t = 0; t < n; ++t) {
@@ -244,7 +250,7 @@ void hyper_connection_case(int64_t H, int64_t n) {
     hyper_collapse(m.pre, streams.data() + t * hc * H, hc, H, want.data());
     rms_norm(want.data(), norm.data(), H, 1e-6f, want.data());
     EXPECT_LE(testing::rel_l2(got_x.data() + t * H, want.data(), H), 1e-5)
-        << "hidden " << H << " rows " << n << " row " << t;
+        << "hidden " << H << " rows " << n << " row " << t << (blas ? " (GEMM)" : "");
     const float* gm = got_mix.data() + t * cuda::hyper_mix_width(hc);
     for (int64_t i = 0; i < hc * hc; ++i) EXPECT_NEAR(gm[2 * hc + i], m.comb[i], 1e-5);
     for (int64_t i = 0; i < hc; ++i) EXPECT_NEAR(gm[hc + i], m.post[i], 1e-5);
