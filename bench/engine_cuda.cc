@@ -34,6 +34,7 @@ int main() {
 #include <chrono>
 #include <cmath>
 #include <random>
+#include <set>
 #include <sstream>
 
 #include "engine/cuda/cuda_check.h"
@@ -256,13 +257,18 @@ int main(int argc, char** argv) {
     };
 
     {
-      // One warm-up prefill long enough for every prefill path (cuBLAS loads its kernels on
-      // first use), not measured.
+      // Unmeasured warm-up prefills, one per pass length the measured prefills run (a context
+      // runs passes of prefill_rows and one remainder): cuBLAS loads each GEMM kernel on its
+      // first use (lazy module loading, milliseconds each), and a new pass length picks new ones.
+      std::set<int64_t> lengths;
+      for (int64_t ctx : contexts) {
+        lengths.insert(std::min(ctx, options.prefill_rows));
+        if (ctx > options.prefill_rows && ctx % options.prefill_rows != 0)
+          lengths.insert(ctx % options.prefill_rows);
+      }
       t0 = now();
-      auto warm = model->new_sequence();
-      warm->forward(
-          random_ids(std::min<int64_t>(4096, *std::max_element(contexts.begin(), contexts.end()))));
-      std::printf("warm-up prefill: %.1f s\n", now() - t0);
+      for (int64_t len : lengths) model->new_sequence()->forward(random_ids(len));
+      std::printf("warm-up prefills (%zu pass lengths): %.1f s\n", lengths.size(), now() - t0);
     }
 
     std::printf("\n%-28s %12s %12s %14s %12s\n", "measurement", "tokens/s", "TFLOP/s",

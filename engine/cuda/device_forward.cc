@@ -546,6 +546,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     from_x.push_back({lw.indexer->weights_proj->view(), iw});
   }
   linear_.run_same_input(from_x, x, n, stream_);
+  stage("attn.x_products");
 
   const cudaStream_t cs = fork();
   norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
@@ -562,6 +563,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   if (lw.indexer)
     compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
              m.job_counts + 1);
+  stage("attn.kv_rows");  // the KV row and the compressors' rows and entries (profiling: inline)
 
   rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
   linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
