@@ -20,20 +20,35 @@ bool exact_in_bf16(WeightType t, ScaleType s) {
          (t == WeightType::f8_e4m3 && s == ScaleType::e8m0);
 }
 
+// The matrix block (blockIdx.y, blockIdx.z) of decode_*_kernel reads, and where its bf16 copy
+// goes: the chunk's expert j = blockIdx.y, z = 0 and 1 writing gate (w1) and up (w3) as one
+// [2 * inter][hidden] matrix, 2 writing down (w2) [hidden][inter].
+struct DecodeTarget {
+  WeightMatrix w;
+  __nv_bfloat16* out;
+};
+__device__ __forceinline__ DecodeTarget decode_target(const ExpertsDevice& e, const int32_t* active,
+                                                      int64_t a0, int64_t inter, int64_t hidden,
+                                                      __nv_bfloat16* w13, __nv_bfloat16* w2) {
+  const int64_t j = blockIdx.y;
+  const int32_t ex = active[a0 + j];
+  const int which = int(blockIdx.z);
+  const int64_t per = inter * hidden;
+  return {which == 0   ? e.w1[ex]
+          : which == 1 ? e.w3[ex]
+                       : e.w2[ex],
+          which == 2 ? w2 + j * per : w13 + (2 * j + which) * per};
+}
+
 // Experts active[a0 + blockIdx.y] of the chunk to bf16, one stored 16-byte chunk per thread and
-// step (T: the experts' stored type, exact in bf16): blockIdx.z 0 and 1 write gate (w1) and up
-// (w3) as one [2 * inter][hidden] matrix, 2 writes down (w2) [hidden][inter].
+// step (T: bf16, or FP8 with power-of-two scales, exact in bf16).
 template <WeightType T>
 __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, int64_t a0,
                                       int64_t inter, int64_t hidden, __nv_bfloat16* w13,
                                       __nv_bfloat16* w2) {
+  static_assert(T == WeightType::bf16 || T == WeightType::f8_e4m3);
   constexpr int V = chunk_values<T>();
-  const int64_t j = blockIdx.y;
-  const int32_t ex = active[a0 + j];
-  const int which = int(blockIdx.z);
-  const WeightMatrix w = which == 0 ? e.w1[ex] : which == 1 ? e.w3[ex] : e.w2[ex];
-  const int64_t per = inter * hidden;
-  __nv_bfloat16* out = which == 2 ? w2 + j * per : w13 + (2 * j + which) * per;
+  const auto [w, out] = decode_target(e, active, a0, inter, hidden, w13, w2);
   const int64_t per_row = w.cols / V, chunks = w.rows * per_row;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < chunks;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -44,12 +59,9 @@ __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, in
     if constexpr (T == WeightType::bf16) {
       *dst = raw;
     } else {
-      // The placed values times 2^120 / 2^126 are the stored values; the ue8m0 block scale is a
-      // power of two, so every product is exact in bf16.
-      const float scale = T == WeightType::f4_e2m1
-                              ? e8m0(static_cast<const uint8_t*>(rv.scales)[c])
-                              : e8m0(static_cast<const uint8_t*>(rv.scales)[(c * V) / 128]);
-      constexpr float unplace = T == WeightType::f4_e2m1 ? 0x1p126f : 0x1p120f;
+      // The placed values times 2^120 are the stored values; the ue8m0 block scale is a power
+      // of two, so every product is exact in bf16.
+      const float scale = e8m0(static_cast<const uint8_t*>(rv.scales)[(c * V) / 128]);
       const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
       __align__(16) __nv_bfloat16 v[V];
 #pragma unroll
@@ -58,7 +70,7 @@ __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, in
         decode_word<T>(words[q], f);
 #pragma unroll
         for (int r = 0; r < word_values<T>(); ++r)
-          v[q * word_values<T>() + r] = __float2bfloat16(f[r] * unplace * scale);
+          v[q * word_values<T>() + r] = __float2bfloat16(f[r] * 0x1p120f * scale);
       }
 #pragma unroll
       for (int q = 0; q < V / 8; ++q) dst[q] = reinterpret_cast<const uint4*>(v)[q];
@@ -66,18 +78,13 @@ __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, in
   }
 }
 
-// FP4 experts as decode_experts_kernel, one thread per stored 32-bit word (8 values, one
-// 16-byte store): a warp reads 128 contiguous bytes and writes 512, where a thread per 16-byte
-// chunk wrote 64 bytes at a 64-byte stride (partial sectors in every store instruction).
+// FP4 experts, one thread per stored 32-bit word (8 values, one 16-byte store): a warp reads
+// 128 contiguous bytes and writes 512 (a thread per 16-byte chunk wrote 64 bytes at a 64-byte
+// stride, partial sectors in every store instruction).
 __global__ void decode_fp4_experts_kernel(ExpertsDevice e, const int32_t* active, int64_t a0,
                                           int64_t inter, int64_t hidden, __nv_bfloat16* w13,
                                           __nv_bfloat16* w2) {
-  const int64_t j = blockIdx.y;
-  const int32_t ex = active[a0 + j];
-  const int which = int(blockIdx.z);
-  const WeightMatrix w = which == 0 ? e.w1[ex] : which == 1 ? e.w3[ex] : e.w2[ex];
-  const int64_t per = inter * hidden;
-  __nv_bfloat16* out = which == 2 ? w2 + j * per : w13 + (2 * j + which) * per;
+  const auto [w, out] = decode_target(e, active, a0, inter, hidden, w13, w2);
   const int64_t per_row = w.cols / 8, words = w.rows * per_row;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
        i += int64_t(gridDim.x) * blockDim.x) {

@@ -161,57 +161,81 @@ TEST_F(CudaKernels, AttentionMatchesAttendReference) {
       attention_case(hd, AttentionKernel::by_row, heads);
 }
 
-void attention_case(int64_t hd, AttentionKernel kernel, int64_t heads) {
-  std::mt19937 rng(5);
-  const int64_t window = 9, topk = 6, positions = 40, entries = 10;
-  const std::vector<int64_t> pos = {0, 5, 39, 38, 17, 1, 12};
-  const int64_t n = int64_t(pos.size());
-  const auto kv = randn(positions * hd, rng), ent = randn(entries * hd, rng);
-  const auto q = randn(n * heads * hd, rng), sinks = randn(heads, rng);
-  auto d_kv = upload(kv), d_ent = upload(ent), d_q = upload(q), d_sinks = upload(sinks);
-  std::vector<cuda::LayerRow> rows(n);
-  std::vector<int32_t> chosen(n * topk), n_chosen(n);
-  for (int64_t t = 0; t < n; ++t) {
-    rows[t].kv = d_kv.as<float>();
-    rows[t].comp_entries = d_ent.as<float>();
-    rows[t].pos = pos[t];
-    rows[t].visible = int32_t(std::min<int64_t>(entries, pos[t] / 4));
-    n_chosen[t] = int32_t(std::min<int64_t>(rows[t].visible, 4));
-    for (int i = 0; i < n_chosen[t]; ++i)
-      chosen[t * topk + i] = int32_t((i * 7 + t) % rows[t].visible);
+// Rows of one sequence at positions `pos` over `positions` KV rows and `entries` compressed
+// entries: row t sees min(entries, pos / 4) entries and chooses min(that, max_chosen) of them
+// (CSA); HCA reads them all. The device copies and the CPU's attend for any (row, head).
+struct AttentionInputs {
+  int64_t hd, heads, window, topk;
+  std::vector<int64_t> pos;
+  std::vector<float> kv, ent, q, sinks;
+  std::vector<cuda::LayerRow> rows;
+  std::vector<int32_t> chosen, n_chosen;
+  DeviceBuffer d_kv, d_ent, d_q, d_sinks, d_rows, d_chosen, d_nc;
+
+  AttentionInputs(int64_t hd_, int64_t heads_, int64_t window_, int64_t topk_, int64_t max_chosen,
+                  int64_t positions, int64_t entries, std::vector<int64_t> pos_, float q_sd,
+                  uint32_t seed)
+      : hd(hd_), heads(heads_), window(window_), topk(topk_), pos(std::move(pos_)) {
+    std::mt19937 rng(seed);
+    const int64_t n = rows_count();
+    kv = randn(positions * hd, rng), ent = randn(entries * hd, rng);
+    q = randn(n * heads * hd, rng, q_sd), sinks = randn(heads, rng);
+    d_kv = upload(kv), d_ent = upload(ent), d_q = upload(q), d_sinks = upload(sinks);
+    rows.resize(n);
+    chosen.assign(n * topk, 0);
+    n_chosen.assign(n, 0);
+    for (int64_t t = 0; t < n; ++t) {
+      rows[t].kv = d_kv.as<float>();
+      rows[t].comp_entries = d_ent.as<float>();
+      rows[t].pos = pos[t];
+      rows[t].visible = int32_t(std::min<int64_t>(entries, pos[t] / 4));
+      n_chosen[t] = int32_t(std::min<int64_t>(rows[t].visible, max_chosen));
+      for (int i = 0; i < n_chosen[t]; ++i)
+        chosen[t * topk + i] = int32_t((i * 7 + t) % rows[t].visible);
+    }
+    d_rows = upload(rows), d_chosen = upload(chosen), d_nc = upload(n_chosen);
   }
-  auto d_rows = upload(rows), d_chosen = upload(chosen), d_nc = upload(n_chosen);
+  int64_t rows_count() const { return int64_t(pos.size()); }
+  const int32_t* chosen_on_device(bool csa) const { return csa ? d_chosen.as<int32_t>() : nullptr; }
+  const int32_t* n_chosen_on_device(bool csa) const { return csa ? d_nc.as<int32_t>() : nullptr; }
+  // The relative L2 error of got's (row, head) against the CPU's attend.
+  double error(const float* got, int64_t t, int64_t h, bool csa) const {
+    std::vector<const float*> keys;
+    for (int64_t p = std::max<int64_t>(0, pos[t] - window + 1); p <= pos[t]; ++p)
+      keys.push_back(kv.data() + p * hd);
+    const int64_t n_ent = csa ? n_chosen[t] : rows[t].visible;
+    for (int i = 0; i < n_ent; ++i)
+      keys.push_back(ent.data() + (csa ? chosen[t * topk + i] : i) * hd);
+    std::vector<float> want(hd);
+    attend_reference(q.data() + (t * heads + h) * hd, hd, 1.0f / std::sqrt(float(hd)), sinks[h],
+                     keys.data(), int64_t(keys.size()), want.data());
+    return testing::rel_l2(got + (t * heads + h) * hd, want.data(), hd);
+  }
+};
+
+void attention_case(int64_t hd, AttentionKernel kernel, int64_t heads) {
+  const int64_t window = 9, topk = 6, entries = 10;
+  const AttentionInputs in(hd, heads, window, topk, 4, 40, entries, {0, 5, 39, 38, 17, 1, 12}, 1.0f,
+                           5);
+  const int64_t n = in.rows_count();
   DeviceBuffer out(n * heads * hd * 4);
   for (bool csa : {true, false}) {
-    const int32_t* c = csa ? d_chosen.as<int32_t>() : nullptr;
-    const int32_t* nc = csa ? d_nc.as<int32_t>() : nullptr;
-    const auto* r = d_rows.as<cuda::LayerRow>();
+    const int32_t* c = in.chosen_on_device(csa);
+    const int32_t* nc = in.n_chosen_on_device(csa);
+    const auto* r = in.d_rows.as<cuda::LayerRow>();
     if (kernel == AttentionKernel::by_row)
-      cuda::attend_rows_by_row(d_q.as<float>(), r, n, heads, hd, window, d_sinks.as<float>(), !csa,
-                               c, nc, topk, out.as<float>(), nullptr);
+      cuda::attend_rows_by_row(in.d_q.as<float>(), r, n, heads, hd, window, in.d_sinks.as<float>(),
+                               !csa, c, nc, topk, out.as<float>(), nullptr);
     else
       (kernel == AttentionKernel::per_head ? cuda::attend_rows : cuda::attend_rows_reference)(
-          d_q.as<float>(), r, n, heads, hd, window, d_sinks.as<float>(), !csa, c, nc, topk,
+          in.d_q.as<float>(), r, n, heads, hd, window, in.d_sinks.as<float>(), !csa, c, nc, topk,
           window + entries, out.as<float>(), nullptr);
     const auto got = download<float>(out, n * heads * hd);
-    for (int64_t t = 0; t < n; ++t) {
-      std::vector<const float*> keys;
-      for (int64_t p = std::max<int64_t>(0, pos[t] - window + 1); p <= pos[t]; ++p)
-        keys.push_back(kv.data() + p * hd);
-      if (csa)
-        for (int i = 0; i < n_chosen[t]; ++i)
-          keys.push_back(ent.data() + chosen[t * topk + i] * hd);
-      else
-        for (int i = 0; i < rows[t].visible; ++i) keys.push_back(ent.data() + i * hd);
-      for (int64_t h = 0; h < heads; ++h) {
-        std::vector<float> want(hd);
-        attend_reference(q.data() + (t * heads + h) * hd, hd, 1.0f / std::sqrt(float(hd)), sinks[h],
-                         keys.data(), int64_t(keys.size()), want.data());
-        EXPECT_LE(testing::rel_l2(got.data() + (t * heads + h) * hd, want.data(), hd), 1e-5)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < heads; ++h)
+        EXPECT_LE(in.error(got.data(), t, h, csa), 1e-5)
             << (csa ? "csa" : "hca") << " kernel " << int(kernel) << " head_dim " << hd << " heads "
             << heads << " row " << t << " head " << h;
-      }
-    }
   }
 }
 
@@ -345,48 +369,19 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
 void attention_mma_case(int64_t hd, int64_t heads, bool split) {
   SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
                (split ? " split" : " bf16"));
-  std::mt19937 rng(6);
-  const int64_t window = 40, topk = 24, positions = 130, entries = 30;
-  const std::vector<int64_t> pos = {0, 5, 129, 128, 47, 1, 77, 100, 39};
-  const int64_t n = int64_t(pos.size());
-  const auto kv = randn(positions * hd, rng), ent = randn(entries * hd, rng);
-  const auto q = randn(n * heads * hd, rng, 2.0f), sinks = randn(heads, rng);
-  auto d_kv = upload(kv), d_ent = upload(ent), d_q = upload(q), d_sinks = upload(sinks);
-  std::vector<cuda::LayerRow> rows(n);
-  std::vector<int32_t> chosen(n * topk), n_chosen(n);
-  for (int64_t t = 0; t < n; ++t) {
-    rows[t].kv = d_kv.as<float>();
-    rows[t].comp_entries = d_ent.as<float>();
-    rows[t].pos = pos[t];
-    rows[t].visible = int32_t(std::min<int64_t>(entries, pos[t] / 4));
-    n_chosen[t] = int32_t(std::min<int64_t>(rows[t].visible, topk));
-    for (int i = 0; i < n_chosen[t]; ++i)
-      chosen[t * topk + i] = int32_t((i * 7 + t) % rows[t].visible);
-  }
-  auto d_rows = upload(rows), d_chosen = upload(chosen), d_nc = upload(n_chosen);
+  const int64_t window = 40, topk = 24;
+  const AttentionInputs in(hd, heads, window, topk, topk, 130, 30,
+                           {0, 5, 129, 128, 47, 1, 77, 100, 39}, 2.0f, 6);
+  const int64_t n = in.rows_count();
   DeviceBuffer out(n * heads * hd * 4);
   for (bool csa : {true, false}) {
-    cuda::attend_rows_mma(d_q.as<float>(), d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
-                          d_sinks.as<float>(), !csa, csa ? d_chosen.as<int32_t>() : nullptr,
-                          csa ? d_nc.as<int32_t>() : nullptr, topk, split, out.as<float>(),
-                          nullptr);
+    cuda::attend_rows_mma(in.d_q.as<float>(), in.d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
+                          in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                          in.n_chosen_on_device(csa), topk, split, out.as<float>(), nullptr);
     const auto got = download<float>(out, n * heads * hd);
     double worst = 0;
-    for (int64_t t = 0; t < n; ++t) {
-      std::vector<const float*> keys;
-      for (int64_t p = std::max<int64_t>(0, pos[t] - window + 1); p <= pos[t]; ++p)
-        keys.push_back(kv.data() + p * hd);
-      const int64_t n_ent = csa ? n_chosen[t] : rows[t].visible;
-      for (int i = 0; i < n_ent; ++i)
-        keys.push_back(ent.data() + (csa ? chosen[t * topk + i] : i) * hd);
-      for (int64_t h = 0; h < heads; ++h) {
-        std::vector<float> want(hd);
-        attend_reference(q.data() + (t * heads + h) * hd, hd, 1.0f / std::sqrt(float(hd)), sinks[h],
-                         keys.data(), int64_t(keys.size()), want.data());
-        worst =
-            std::max(worst, testing::rel_l2(got.data() + (t * heads + h) * hd, want.data(), hd));
-      }
-    }
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < heads; ++h) worst = std::max(worst, in.error(got.data(), t, h, csa));
     EXPECT_LE(worst, split ? 1e-4 : 2e-2) << (csa ? "csa" : "hca") << " worst rel L2 " << worst;
   }
 }
