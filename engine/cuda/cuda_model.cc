@@ -20,25 +20,34 @@ class CudaModel;
 constexpr float kNearTemperatures = 20.0f;
 constexpr int32_t kNearCapacity = 4096;
 
-// The sampler's choice on logits row `row` of the last run (-1: the last row), made on the
-// device where it can be: greedy picks there, sampling draws from the tokens near the best.
-Sampler::Sample choose_on_row(cuda::DeviceForward& pass, int64_t row, Sampler& sampler,
-                              TokenMask mask, int64_t vocab) {
-  const SamplingParams& params = sampler.params();
-  const int64_t words = mask.words ? int64_t(mask.num_words) : 0;
-  if (params.greedy()) {
-    const cuda::MaskedPick pick = pass.pick_last(mask.words, words, 1.0f, row);
-    if (pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
-    return {pick.token, float(-std::log(pick.z))};
-  }
-  const auto near = pass.near_best_last(mask.words, words, 1.0f / params.temperature,
-                                        kNearTemperatures * params.temperature, kNearCapacity, row);
-  if (near.pick.allowed == 0)
-    throw std::invalid_argument("sampler: the token mask allows no token");
-  if (near.total <= kNearCapacity) return sampler.sample_candidates(near.cand, near.pick.z);
+// How the device chooses for a sampler: greedy rows get the pick only, sampling rows also the
+// tokens within kNearTemperatures temperatures of the best.
+cuda::DeviceForward::RowPick row_pick(const SamplingParams& p) {
+  if (p.greedy()) return {};
+  return {1.0f / p.temperature, kNearTemperatures * p.temperature};
+}
+
+// The sampler's choice from what the device read back for logits row `row` of the last run: the
+// pick, or a draw among the candidates, or (more than kNearCapacity candidates) a draw over the
+// whole row read back.
+Sampler::Sample choose(const cuda::DeviceForward::NearBest& r, const SamplingParams& params,
+                       Sampler& sampler, TokenMask mask, cuda::DeviceForward& pass, int64_t row,
+                       int64_t vocab) {
+  if (r.pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
+  if (params.greedy()) return {r.pick.token, float(-std::log(r.pick.z))};
+  if (r.total <= kNearCapacity) return sampler.sample_candidates(r.cand, r.pick.z);
   std::vector<float> logits(static_cast<size_t>(vocab));
   pass.copy_last_logits(logits.data(), row);
   return sampler.sample(logits, mask);
+}
+
+// The sampler's choice on the last logits row of the last run, made on the device where it can
+// be.
+Sampler::Sample choose_on_last_row(cuda::DeviceForward& pass, Sampler& sampler, TokenMask mask,
+                                   int64_t vocab) {
+  const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
+  const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, kNearCapacity, -1);
+  return choose(near[0], sampler.params(), sampler, mask, pass, -1, vocab);
 }
 
 class CudaSequence final : public ModelSequence {
@@ -111,25 +120,12 @@ class CudaModel final : public Model {
     std::vector<TokenMask> row_masks(masks.begin(), masks.end());
     row_masks.resize(n);  // no masks: none for every row
     std::vector<cuda::DeviceForward::RowPick> how(n);
-    for (size_t i = 0; i < n; ++i) {
-      const SamplingParams& p = samplers[i]->params();
-      if (!p.greedy()) how[i] = {1.0f / p.temperature, kNearTemperatures * p.temperature};
-    }
+    for (size_t i = 0; i < n; ++i) how[i] = row_pick(samplers[i]->params());
     const auto near = pass_.near_best_rows(row_masks, how, kNearCapacity);
     for (size_t i = 0; i < n; ++i) {
       try {
-        const cuda::DeviceForward::NearBest& r = near[i];
-        if (r.pick.allowed == 0)
-          throw std::invalid_argument("sampler: the token mask allows no token");
-        if (how[i].delta <= 0.0f) {
-          out[i].sample = {r.pick.token, float(-std::log(r.pick.z))};
-        } else if (r.total <= kNearCapacity) {
-          out[i].sample = samplers[i]->sample_candidates(r.cand, r.pick.z);
-        } else {
-          std::vector<float> logits(static_cast<size_t>(vocab_size()));
-          pass_.copy_last_logits(logits.data(), int64_t(i));
-          out[i].sample = samplers[i]->sample(logits, row_masks[i]);
-        }
+        out[i].sample = choose(near[i], samplers[i]->params(), *samplers[i], row_masks[i], pass_,
+                               int64_t(i), vocab_size());
       } catch (...) {
         out[i].error = std::current_exception();
       }
@@ -210,9 +206,6 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
                                                  TokenMask mask) {
   if (tokens.empty()) return ModelSequence::forward_and_sample(tokens, sampler, mask);
   // The last slice's run and the choice on its logits (under the model's lock).
-  auto choose = [&](cuda::DeviceForward& pass) {
-    return choose_on_row(pass, -1, sampler, mask, model_.vocab_size());
-  };
   const int64_t n = int64_t(tokens.size()), start = cache_.length;
   Sampler::Sample chosen{};
   bool fed = false;
@@ -226,7 +219,7 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
         chosen = model_.run_then(rows, [&](cuda::DeviceForward& pass) {
           cache_.length += end - begin;  // fed, whatever the choice does
           fed = true;
-          return choose(pass);
+          return choose_on_last_row(pass, sampler, mask, model_.vocab_size());
         });
       } else {
         model_.run(rows, nullptr);

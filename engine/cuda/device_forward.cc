@@ -288,77 +288,19 @@ const float* DeviceForward::logits_row(int64_t row) const {
   return ws_->logits.as<float>() + row * config_.vocab_size;
 }
 
-// The mask goes through pinned memory (`staged`, mask_words * 4 bytes): an asynchronous copy.
-const uint32_t* DeviceForward::upload_mask(const uint32_t* mask, int64_t mask_words, char* staged) {
-  if (!mask) return nullptr;
-  std::memcpy(staged, mask, size_t(mask_words * 4));
-  mask_.reserve(std::max<int64_t>(mask_words * 4, 4));
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(mask_words * 4),
-                                     cudaMemcpyHostToDevice, stream_));
-  return mask_.as<uint32_t>();
-}
-
-MaskedPick DeviceForward::pick_last(const uint32_t* mask, int64_t mask_words, float inv_t,
-                                    int64_t row) {
-  const float* logits = logits_row(row);
-  const int64_t words = mask ? mask_words : 0;
-  char* host = staging(int64_t(sizeof(MaskedPick)) + words * 4);
-  const uint32_t* device_mask = upload_mask(mask, words, host + sizeof(MaskedPick));
-  pick_scratch_.reserve(masked_pick_scratch_bytes());
-  pick_.reserve(sizeof(MaskedPick));
-  masked_pick(logits, config_.vocab_size, device_mask, words, inv_t, pick_scratch_.get(),
-              pick_.as<MaskedPick>(), stream_);
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(host, pick_.get(), sizeof(MaskedPick), cudaMemcpyDeviceToHost, stream_));
-  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  MaskedPick out;
-  std::memcpy(&out, host, sizeof(out));
-  return out;
-}
-
-DeviceForward::NearBest DeviceForward::near_best_last(const uint32_t* mask, int64_t mask_words,
-                                                      float inv_t, float delta, int32_t capacity,
-                                                      int64_t row) {
-  const float* logits = logits_row(row);
-  const int64_t words = mask ? mask_words : 0;
-  // Device and host layout: pick, count (padded to 16 bytes), ids[capacity], values[capacity].
-  const int64_t head = 32, results = head + int64_t(capacity) * 8;
-  char* host = staging(results + words * 4);
-  const uint32_t* device_mask = upload_mask(mask, words, host + results);
-  pick_scratch_.reserve(masked_pick_scratch_bytes());
-  near_.reserve(results);
-  char* dev = static_cast<char*>(near_.get());
-  auto* pick = reinterpret_cast<MaskedPick*>(dev);
-  auto* count = reinterpret_cast<int32_t*>(dev + 24);
-  auto* ids = reinterpret_cast<int32_t*>(dev + head);
-  auto* values = reinterpret_cast<float*>(dev + head + int64_t(capacity) * 4);
-  masked_pick(logits, config_.vocab_size, device_mask, words, inv_t, pick_scratch_.get(), pick,
-              stream_);
-  collect_near_best(logits, config_.vocab_size, device_mask, words, pick, delta, capacity, count,
-                    ids, values, stream_);
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, stream_));
-  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  NearBest out;
-  std::memcpy(&out.pick, host, sizeof(MaskedPick));
-  std::memcpy(&out.total, host + 24, 4);
-  const int32_t n = std::min(out.total, capacity);
-  const auto* hid = reinterpret_cast<const int32_t*>(host + head);
-  const auto* hval = reinterpret_cast<const float*>(host + head + int64_t(capacity) * 4);
-  out.cand.reserve(size_t(n));
-  for (int32_t i = 0; i < n; ++i) out.cand.push_back({hval[i], hid[i]});
-  return out;
-}
-
 std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<const TokenMask> masks,
                                                                    std::span<const RowPick> how,
-                                                                   int32_t capacity) {
+                                                                   int32_t capacity,
+                                                                   int64_t first_row) {
   const int64_t n = int64_t(masks.size());
   if (int64_t(how.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(how.size()) +
                                 " row choices for " + std::to_string(n) + " masks");
-  if (n > last_wanted_)
-    throw std::logic_error("cuda sampling: " + std::to_string(n) + " picks but " +
-                           std::to_string(last_wanted_) + " logits rows on the device");
+  const int64_t first = first_row < 0 ? last_wanted_ - n : first_row;
+  if (first < 0 || first + n > last_wanted_)
+    throw std::logic_error("cuda sampling: " + std::to_string(n) + " picks from row " +
+                           std::to_string(first) + " but " + std::to_string(last_wanted_) +
+                           " logits rows on the device");
   std::vector<NearBest> out(static_cast<size_t>(n));
   if (n == 0) return out;
   const bool any_near =
@@ -387,10 +329,10 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
     const int64_t words = masked ? int64_t(masks[i].num_words) : 0;
     char* s = dev + i * slot;
     auto* pick = reinterpret_cast<MaskedPick*>(s);
-    masked_pick(logits_row(i), config_.vocab_size, mask, words, how[i].inv_t, pick_scratch_.get(),
-                pick, stream_);
+    masked_pick(logits_row(first + i), config_.vocab_size, mask, words, how[i].inv_t,
+                pick_scratch_.get(), pick, stream_);
     if (how[i].delta > 0.0f)
-      collect_near_best(logits_row(i), config_.vocab_size, mask, words, pick, how[i].delta,
+      collect_near_best(logits_row(first + i), config_.vocab_size, mask, words, pick, how[i].delta,
                         capacity, reinterpret_cast<int32_t*>(s + 24),
                         reinterpret_cast<int32_t*>(s + head),
                         reinterpret_cast<float*>(s + head + int64_t(capacity) * 4), stream_);

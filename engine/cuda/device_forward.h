@@ -59,38 +59,31 @@ class DeviceForward {
 
   // Runs the rows (caches reserved here; the caller bumps lengths) and writes one logits row per
   // row with want_logits into `logits` (host memory), in row order; logits = nullptr leaves them
-  // on the device for pick_last(). Not thread-safe.
+  // on the device for near_best_rows(). Not thread-safe.
   void run(std::span<const DeviceRow> rows, float* logits);
 
-  // After run(rows, nullptr): the greedy choice over the last wanted row's logits under a token
-  // bitmask (mask_words words of host memory; nullptr allows every token), made on the device;
-  // only the choice is read back.
-  MaskedPick pick_last(const uint32_t* mask, int64_t mask_words, float inv_t, int64_t row = -1);
-
-  // After run(rows, nullptr), for sampling at a temperature: the pick (z at 1 / inv_t) and the
-  // allowed tokens within `delta` logits of the best as (logit, id), read back instead of the
-  // row; `total` is how many there are (more than `capacity`: cand is incomplete).
+  // The choice made on the device for one logits row: the greedy pick under the row's token
+  // bitmask with the softmax normaliser z at inv_t, and for sampling the allowed tokens within
+  // `delta` logits of the best as (logit, id); `total` is how many there are (more than the
+  // capacity: cand is incomplete).
   struct NearBest {
     MaskedPick pick;
     int32_t total = 0;
     std::vector<std::pair<float, int32_t>> cand;
   };
-  NearBest near_best_last(const uint32_t* mask, int64_t mask_words, float inv_t, float delta,
-                          int32_t capacity, int64_t row = -1);
-  // After run(rows, nullptr): the last wanted logits row, to host memory (vocab floats).
-  void copy_last_logits(float* out, int64_t row = -1);
-  // pick_last, near_best_last and copy_last_logits take a row too (-1: the last).
-  // How near_best_rows treats one row: the softmax normaliser at inv_t and, when delta > 0, the
-  // allowed tokens within delta of the best (at most `capacity` of them) as near_best_last.
   struct RowPick {
     float inv_t = 1.0f;
-    float delta = 0.0f;
+    float delta = 0.0f;  // 0: greedy, the pick only
   };
-  // After run(rows, nullptr): the choice for logits rows 0 .. n - 1 under masks[i] each (no
-  // words: none), as pick_last for greedy rows (delta 0) and near_best_last for sampling ones;
-  // one launch (two for a sampling row) per row and one read back for the batch.
+  // After run(rows, nullptr): the choice for logits rows first_row .. first_row + n - 1 (-1: the
+  // last n rows) under masks[i] each (host memory; no words: every token allowed), with at most
+  // `capacity` candidates per sampling row; one launch per greedy row, two per sampling row, and
+  // one read back for all of them.
   std::vector<NearBest> near_best_rows(std::span<const TokenMask> masks,
-                                       std::span<const RowPick> how, int32_t capacity);
+                                       std::span<const RowPick> how, int32_t capacity,
+                                       int64_t first_row = 0);
+  // After run(rows, nullptr): logits row `row` (-1: the last), to host memory (vocab floats).
+  void copy_last_logits(float* out, int64_t row = -1);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
@@ -102,9 +95,8 @@ class DeviceForward {
   void enqueue(int64_t n, const std::vector<int64_t>& wanted);
   // Pinned staging of at least `bytes` (mask upload, results back).
   char* staging(int64_t bytes);
-  // The last wanted logits row on the device; the mask copied to the device (nullptr: none).
+  // A logits row the last run left on the device.
   const float* logits_row(int64_t row) const;  // -1: the last
-  const uint32_t* upload_mask(const uint32_t* mask, int64_t mask_words, char* staged);
   // A stream for work independent of what follows on stream_ until join(): the side stream
   // (after an event on stream_) or stream_ itself when not decoding.
   cudaStream_t fork();
