@@ -42,22 +42,6 @@ struct TileShape {
   static_assert(kKeys * (HD / 4) % kThreads == 0);
 };
 
-__device__ __forceinline__ uint32_t ld32(const uint16_t* p) {
-  return *reinterpret_cast<const uint32_t*>(p);
-}
-
-// Four floats into row `row`, channel `col` of the bf16 part planes (lo plane `plane` later).
-template <bool kSplit>
-__device__ __forceinline__ void store_parts(uint16_t* hi, int64_t plane, int64_t off, float4 v) {
-  if constexpr (kSplit) {
-    const Bf16Parts a = split_bf16(v.x, v.y), b = split_bf16(v.z, v.w);
-    *reinterpret_cast<uint2*>(hi + off) = make_uint2(a.hi, b.hi);
-    *reinterpret_cast<uint2*>(hi + plane + off) = make_uint2(a.lo, b.lo);
-  } else {
-    *reinterpret_cast<uint2*>(hi + off) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
-  }
-}
-
 template <int HD, bool kSplit>
 __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     attend_mma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
@@ -92,8 +76,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   const float* q_rows = q + (t * heads + h_base) * HD;  // 64 heads, contiguous
   for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
     const int h = idx / (HD / 4), c4 = idx % (HD / 4);
-    store_parts<kSplit>(qs, kQPlane, int64_t(h) * kStride + 4 * c4,
-                        __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
+    store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * kStride + 4 * c4,
+                             __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
   }
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -127,8 +111,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
 #pragma unroll
     for (int u = 0; u < S::kLoads; ++u) {
       const int idx = threadIdx.x + u * S::kThreads, i = idx / (HD / 4), c4 = idx % (HD / 4);
-      store_parts<kSplit>(ks, kKPlane, int64_t(i) * kStride + 4 * c4,
-                          reinterpret_cast<const float4*>(staging)[idx]);
+      store_bf16_parts<kSplit>(ks, kKPlane, int64_t(i) * kStride + 4 * c4,
+                               reinterpret_cast<const float4*>(staging)[idx]);
     }
     __syncthreads();
     if (base + kKeys < n_keys) fetch(base + kKeys);  // lands while this tile is computed on
@@ -142,18 +126,18 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
 #pragma unroll
       for (int p = 0; p < S::kParts; ++p) {
         const uint16_t* qa = qs + p * kQPlane + (h0 + g) * kStride + k0 + 2 * c;
-        a[p][0] = ld32(qa);
-        a[p][1] = ld32(qa + 8 * kStride);
-        a[p][2] = ld32(qa + 8);
-        a[p][3] = ld32(qa + 8 * kStride + 8);
+        a[p][0] = ld_bf16x2(qa);
+        a[p][1] = ld_bf16x2(qa + 8 * kStride);
+        a[p][2] = ld_bf16x2(qa + 8);
+        a[p][3] = ld_bf16x2(qa + 8 * kStride + 8);
       }
 #pragma unroll
       for (int j = 0; j < kKeys / 8; ++j) {
         const uint16_t* kb = ks + (8 * j + g) * kStride + k0 + 2 * c;
-        const uint32_t b0 = ld32(kb), b1 = ld32(kb + 8);
+        const uint32_t b0 = ld_bf16x2(kb), b1 = ld_bf16x2(kb + 8);
         mma_bf16_16x8x16(s[j], a[0], b0, b1);
         if constexpr (kSplit) {
-          mma_bf16_16x8x16(s[j], a[0], ld32(kb + kKPlane), ld32(kb + kKPlane + 8));
+          mma_bf16_16x8x16(s[j], a[0], ld_bf16x2(kb + kKPlane), ld_bf16x2(kb + kKPlane + 8));
           mma_bf16_16x8x16(s[j], a[1], b0, b1);
         }
       }

@@ -74,13 +74,12 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 // Several matrices' products with the same activations in one launch: matrix m owns blocks
 // [first_block[m], first_block[m + 1]).
-constexpr int kMaxSetProducts = 8;
 struct ProductSet {
-  WeightMatrix w[kMaxSetProducts];
-  float* y[kMaxSetProducts];
-  int64_t y_stride[kMaxSetProducts];
-  int parts[kMaxSetProducts];
-  unsigned first_block[kMaxSetProducts + 1];
+  WeightMatrix w[kMaxGemvProducts];
+  float* y[kMaxGemvProducts];
+  int64_t y_stride[kMaxGemvProducts];
+  int parts[kMaxGemvProducts];
+  unsigned first_block[kMaxGemvProducts + 1];
   int count;
 };
 
@@ -177,9 +176,9 @@ void launch_set(std::span<const GemvProduct> products, const float* x, int64_t x
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
                      int64_t n, void* stream_ptr) {
   if (products.empty() || n <= 0) return;
-  if (products.size() > size_t(kMaxSetProducts))
+  if (products.size() > size_t(kMaxGemvProducts))
     throw std::invalid_argument("gemv_same_input: " + std::to_string(products.size()) +
-                                " products, at most " + std::to_string(kMaxSetProducts));
+                                " products, at most " + std::to_string(kMaxGemvProducts));
   for (const GemvProduct& p : products)
     if (p.w.cols != products[0].w.cols || p.w.cols > x_stride)
       throw std::invalid_argument("gemv_same_input: a matrix of " + std::to_string(p.w.cols) +

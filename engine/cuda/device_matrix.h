@@ -50,9 +50,10 @@ void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride
 void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,
                   int64_t n, float* y, int64_t y_stride, void* stream = nullptr);
 
-// Products of several matrices (at most 8, the same column count) with the same activations
-// in one launch: decode's products that read the layer input are each too small to fill the GPU
-// or hide a launch. y[t * y_stride + r] for each product.
+// Products of several matrices (at most kMaxGemvProducts, the same column count) with the same
+// activations in one launch: decode's products that read the layer input are each too small to fill
+// the GPU or hide a launch. y[t * y_stride + r] for each product.
+constexpr int kMaxGemvProducts = 8;
 struct GemvProduct {
   WeightMatrix w;  // device view
   float* y;

@@ -110,15 +110,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) {
       const int idx = threadIdx.x + u * kThreads, i = idx / (kDim / 4), c4 = idx % (kDim / 4);
-      uint16_t* dst = tile + i * kStride + 4 * c4;
-      if constexpr (kSplit) {
-        const Bf16Parts p = split_bf16(v[u].x, v[u].y), r = split_bf16(v[u].z, v[u].w);
-        *reinterpret_cast<uint2*>(dst) = make_uint2(p.hi, r.hi);
-        *reinterpret_cast<uint2*>(dst + kPlane) = make_uint2(p.lo, r.lo);
-      } else {
-        *reinterpret_cast<uint2*>(dst) =
-            make_uint2(pack_bf16(v[u].x, v[u].y), pack_bf16(v[u].z, v[u].w));
-      }
+      store_bf16_parts<kSplit>(tile, kPlane, int64_t(i) * kStride + 4 * c4, v[u]);
     }
     __syncthreads();
     if (base + kTile < chunk_end) fetch(base + kTile);
@@ -129,12 +121,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int j = 0; j < kTile / 8; ++j) {
         const uint16_t* kb = tile + (8 * j + g) * kStride + 16 * kk + 2 * c;
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(kb),
-                       b1 = *reinterpret_cast<const uint32_t*>(kb + 8);
+        const uint32_t b0 = ld_bf16x2(kb), b1 = ld_bf16x2(kb + 8);
         mma_bf16_16x8x16(s[j], a[kk][0], b0, b1);
         if constexpr (kSplit) {
-          mma_bf16_16x8x16(s[j], a[kk][0], *reinterpret_cast<const uint32_t*>(kb + kPlane),
-                           *reinterpret_cast<const uint32_t*>(kb + kPlane + 8));
+          mma_bf16_16x8x16(s[j], a[kk][0], ld_bf16x2(kb + kPlane), ld_bf16x2(kb + kPlane + 8));
           mma_bf16_16x8x16(s[j], a[kk][kParts - 1], b0, b1);
         }
       }

@@ -130,13 +130,13 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
 void LinearRunner::run_same_input(std::span<const Product> products, const float* x, int64_t n,
                                   cudaStream_t stream) {
   if (n <= 0 || products.empty()) return;
-  bool one_launch = n <= gemv_max_rows_ && products.size() <= 8;
+  bool one_launch = n <= gemv_max_rows_ && products.size() <= size_t(kMaxGemvProducts);
   for (const Product& p : products) one_launch = one_launch && p.w.cols == products[0].w.cols;
   if (!one_launch) {
     for (const Product& p : products) run(p.w, x, n, p.y, stream);
     return;
   }
-  GemvProduct set[8];
+  GemvProduct set[kMaxGemvProducts];
   for (size_t i = 0; i < products.size(); ++i)
     set[i] = {products[i].w, products[i].y, products[i].w.rows};
   gemv_same_input(std::span<const GemvProduct>(set, products.size()), x, products[0].w.cols, n,

@@ -36,7 +36,8 @@ class LinearRunner {
     run(w, x, w.cols, n, y, w.rows, stream);
   }
   // Products of the same activations x [n][cols]: while n is decode-sized (and the matrices
-  // share their column count, at most 8 of them) one GEMV launch for all, else run() each.
+  // share their column count, at most kMaxGemvProducts of them) one GEMV launch for all, else run()
+  // each.
   struct Product {
     WeightMatrix w;
     float* y;  // [n][w.rows]

@@ -51,4 +51,23 @@ __device__ __forceinline__ Bf16Parts split_bf16(float x0, float x1) {
   return {*reinterpret_cast<const uint32_t*>(&hi), *reinterpret_cast<const uint32_t*>(&lo)};
 }
 
+// Two bf16 at p (4-byte aligned) as one fragment register.
+__device__ __forceinline__ uint32_t ld_bf16x2(const uint16_t* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+
+// Four floats as bf16 at hi + off (8-byte aligned); kSplit: their low parts `plane` values
+// further on.
+template <bool kSplit>
+__device__ __forceinline__ void store_bf16_parts(uint16_t* hi, int64_t plane, int64_t off,
+                                                 float4 v) {
+  if constexpr (kSplit) {
+    const Bf16Parts a = split_bf16(v.x, v.y), b = split_bf16(v.z, v.w);
+    *reinterpret_cast<uint2*>(hi + off) = make_uint2(a.hi, b.hi);
+    *reinterpret_cast<uint2*>(hi + plane + off) = make_uint2(a.lo, b.lo);
+  } else {
+    *reinterpret_cast<uint2*>(hi + off) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+  }
+}
+
 }  // namespace agentrt::engine::cuda
