@@ -269,16 +269,13 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   };
   auto decode = [&](int64_t a0, int64_t count, __nv_bfloat16* w13, __nv_bfloat16* w2) {
     cudaStream_t ds = decode_stream_;
-    const int values = e.w1_type == WeightType::f4_e2m1   ? 32
-                       : e.w1_type == WeightType::f8_e4m3 ? 16
-                                                          : 8;
+    // Values per thread and step: a 32-bit FP4 word or a 16-byte FP8 / bf16 chunk.
+    const int values = e.w1_type == WeightType::f8_e4m3 ? 16 : 8;
     const dim3 grid(grid_for(per / values), unsigned(count), 3);
     switch (e.w1_type) {
-      case WeightType::f4_e2m1: {
-        const dim3 words(grid_for(per / 8), unsigned(count), 3);
-        decode_fp4_experts_kernel<<<words, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
+      case WeightType::f4_e2m1:
+        decode_fp4_experts_kernel<<<grid, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
         break;
-      }
       case WeightType::f8_e4m3:
         decode_experts_kernel<WeightType::f8_e4m3>
             <<<grid, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
