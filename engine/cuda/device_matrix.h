@@ -45,6 +45,15 @@ void gemv(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
 void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
                   float* y, int64_t y_stride, void* stream = nullptr);
 
+// One activation row times a bf16 or FP8 matrix of at least 2 MB, streamed through shared
+// memory (gemv_stream.cu); group_rows > 0: rows [g * group_rows, (g + 1) * group_rows) read
+// x + g * x_offset. fits() says whether the matrix's type, shape and alignment allow it; the
+// plain gemv takes these products itself where it does.
+bool gemv_stream_fits(const WeightMatrix& device_w, const float* x, int64_t group_rows,
+                      int64_t x_offset);
+void gemv_stream(const WeightMatrix& device_w, const float* x, float* y, int64_t group_rows,
+                 int64_t x_offset, void* stream);
+
 // A block-diagonal product: the rows form `groups` equal groups, group g reading columns
 // [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.
 void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,

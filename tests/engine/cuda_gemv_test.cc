@@ -158,6 +158,25 @@ TEST_F(CudaGemv, TallMatricesShareActivationLoadsAcrossRows) {
   }
 }
 
+// One activation row and a matrix of 2 MB or more: streamed through shared memory
+// (gemv_stream.cu). Rows of 1, 4 and 8 KB (one warp a row, or two and four column slices),
+// enough tiles that each block's ring wraps, and a row slice with its scale offset.
+TEST_F(CudaGemv, LargeMatricesStreamedThroughSharedMemory) {
+  struct Case {
+    WeightType type;
+    int64_t rows, cols;
+  };
+  for (const Case c : {Case{WeightType::bf16, 4096, 512}, Case{WeightType::f8_e4m3, 1024, 4096},
+                       Case{WeightType::bf16, 16384, 512}, Case{WeightType::f8_e4m3, 4096, 8192}}) {
+    const HostMatrix m = make(c.type, c.rows, c.cols, 31);
+    cuda::DeviceMatrix dm(m.view);
+    EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), nullptr, 0, 0));  // no activations yet
+    check(m.view, 1, std::to_string(c.rows) + "x" + std::to_string(c.cols) + " streamed");
+  }
+  const HostMatrix fp8 = make(WeightType::f8_e4m3, 4096, 1024, 32);
+  check(fp8.view.slice_rows(64, 3072), 1, "fp8 slice streamed");
+}
+
 TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
   const int64_t groups = 4, rows = 96, cols = 128, n = 3, stride = groups * cols + 32;
   const HostMatrix m = make(WeightType::f8_e4m3, groups * rows, cols, 11);
@@ -180,6 +199,30 @@ TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
   cuda::free_device(dy);
   EXPECT_LE(rel_l2(got, want), 1e-5);
   EXPECT_THROW(cuda::gemv_grouped(dm.view(), 5, dx, stride, n, dy, 0), std::invalid_argument);
+}
+
+// The grouped product streamed: 4 groups of 1,024 rows (4 MB of FP8), tiles of 16 rows, so some
+// blocks' tile ranges cross a group boundary and stage the next group's activations.
+TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
+  const int64_t groups = 4, rows = 1024, cols = 1024, stride = groups * cols;
+  const HostMatrix m = make(WeightType::f8_e4m3, groups * rows, cols, 12);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(stride), got(groups * rows), want(groups * rows);
+  for (float& v : x) v = dist(rng);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t r = 0; r < rows; ++r)
+      want[g * rows + r] = dot_weight_row(m.view, g * rows + r, x.data() + g * cols);
+  cuda::DeviceMatrix dm(m.view);
+  float* dx = cuda::device_floats(x.size());
+  float* dy = cuda::device_floats(got.size());
+  cuda::copy_to_device(dx, x.data(), x.size() * 4);
+  EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), dx, rows, cols));
+  cuda::gemv_grouped(dm.view(), groups, dx, stride, 1, dy, groups * rows);
+  cuda::copy_to_host(got.data(), dy, got.size() * 4);
+  cuda::free_device(dx);
+  cuda::free_device(dy);
+  EXPECT_LE(rel_l2(got, want), 1e-5);
 }
 
 TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {

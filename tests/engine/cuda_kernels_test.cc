@@ -281,11 +281,17 @@ void hyper_connection_case(int64_t H, int64_t n, cublasHandle_t blas) {
   }
 }
 
+struct ExpertShape {
+  int64_t experts = 5, k = 2, hidden = 96, inter = 64;
+};
+
 // Routed experts with MXFP4 weights (quantised on the host the way the checkpoint writer does)
-// against the CPU's swiglu_expert, through the CUDA-core path (gemm = nullptr) or tensor cores.
-void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance) {
+// against the CPU's swiglu_expert, through the CUDA-core path (gemm = nullptr), tensor cores, or
+// for one row the streamed kernels (directly, with a capped grid, when stream_blocks > 0).
+void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
+                          ExpertShape shape = {}, int stream_blocks = 0) {
   std::mt19937 rng(13);
-  const int64_t E = 5, k = 2, H = 96, inter = 64;
+  const int64_t E = shape.experts, k = shape.k, H = shape.hidden, inter = shape.inter;
   const float limit = 0.7f;
   std::vector<QuantizedMatrix> stored;
   std::vector<ExpertWeights> host(E);
@@ -318,7 +324,7 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance) {
   std::vector<float> weights(n * k);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t j = 0; j < k; ++j) {
-      chosen[t * k + j] = int32_t((t + 2 * j) % 3);  // experts 3 and 4 unused
+      chosen[t * k + j] = int32_t((t + 2 * j) % (E - 2));  // the last two experts unused
       weights[t * k + j] = 0.3f + 0.1f * float(j);
     }
   auto d_views = upload(views), d_h = upload(h), d_chosen = upload(chosen),
@@ -332,8 +338,17 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance) {
   DeviceBuffer scratch(cuda::moe_scratch_bytes(n, k, E, inter, H));
   std::vector<float> zeros(n * H, 0.0f);
   auto out = upload(zeros);
-  cuda::routed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(), n,
-                       k, E, inter, H, limit, scratch.get(), out.as<float>(), nullptr, gemm);
+  if (stream_blocks > 0) {
+    ASSERT_EQ(n, 1);
+    ASSERT_TRUE(cuda::streamed_experts_fit(experts, k, inter, H));
+    DeviceBuffer act(k * inter * 4);
+    cuda::streamed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(),
+                           k, inter, H, limit, act.as<float>(), out.as<float>(), nullptr, nullptr,
+                           stream_blocks);
+  } else {
+    cuda::routed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(), n,
+                         k, E, inter, H, limit, scratch.get(), out.as<float>(), nullptr, gemm);
+  }
   const auto got = download<float>(out, n * H);
   Serial serial;
   for (int64_t t = 0; t < n; ++t) {
@@ -347,6 +362,15 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance) {
 }
 
 TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) { check_routed_experts(11, nullptr, 1e-5); }
+
+TEST_F(CudaKernels, StreamedExpertsOfOneRowMatchSwigluExpert) {
+  // Through routed_experts (one row takes the streamed kernels), with one block per tile.
+  check_routed_experts(1, nullptr, 1e-5);
+  check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256});
+  // Three blocks: each loops over many tiles, so its ring of stages wraps several times.
+  check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 3);
+  check_routed_experts(1, nullptr, 1e-5, {5, 2, 1024, 2048}, 2);
+}
 
 TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
   // 160 and 700 rows (past the tensor-core threshold); one expert per decode buffer

@@ -1,0 +1,237 @@
+// The routed experts of one row (batch-1 decode), streamed through shared memory. Each chosen
+// expert's FP4 weights are read once: a producer warp keeps a ring of stages (weight rows and
+// their block scales) in flight with bulk copies while 16 consumer warps decode and multiply the
+// oldest stage. One block per SM loops over the tiles. In moe.cu's CUDA-core kernels every warp
+// loads and then computes, so with the few warps that fit, the loads waited for the arithmetic;
+// those products ran at about 1 TB/s on the H200.
+#include <algorithm>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
+#include "engine/cuda/stream_ring.cuh"
+#include "engine/cuda/weight_decode.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+using stream::kConsumerWarps;
+using stream::kHeader;
+using stream::kThreads;
+constexpr int kUpRows = kConsumerWarps;        // per stage: one gate and one up row a warp
+constexpr int kDownRows = 2 * kConsumerWarps;  // per stage: two rows a warp
+constexpr int kMaxStages = 4;  // of stream::kMaxStages: deeper rings left no gain to find
+constexpr WeightType kFp4 = WeightType::f4_e2m1;
+
+// This lane's share of the dot products of M stored FP4 rows (in shared memory: `chunks`
+// 16-byte chunks each, one e8m0 scale per chunk) with the staged activations.
+template <int M>
+__device__ __forceinline__ void lane_dots(const uint4* const (&rows)[M],
+                                          const uint8_t* const (&scales)[M], int chunks,
+                                          const float4* xs, int lane, float (&acc)[M]) {
+  for (int c = lane; c < chunks; c += 32) {
+    uint4 q[M];
+    float sc[M], d[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) {
+      q[m] = rows[m][c];
+      sc[m] = e8m0(scales[m][c]) * out_scale<kFp4>();
+    }
+    stream::chunk_dots<kFp4, M>(q, xs, c, d);
+#pragma unroll
+    for (int m = 0; m < M; ++m) acc[m] = fmaf(d[m], sc[m], acc[m]);
+  }
+}
+
+// Copies rows [r0, r0 + rows) of an FP4 matrix and their scales into dst (data, then scales).
+// Device FP4 matrices own their scale rows (DeviceMatrix: row_offset 0).
+__device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char* dst,
+                          uint64_t* bar) {
+  const int64_t row_bytes = w.cols / 2, scale_bytes = w.cols / 32;
+  bulk_copy_to_shared(dst, static_cast<const char*>(w.data) + r0 * row_bytes,
+                      uint32_t(rows * row_bytes), bar);
+  bulk_copy_to_shared(dst + rows * row_bytes,
+                      static_cast<const uint8_t*>(w.scale) + (w.row_offset + r0) * scale_bytes,
+                      uint32_t(rows * scale_bytes), bar);
+}
+
+// act[j][inter] = SwiGLU of expert chosen[j]'s gate and up rows applied to h. A task is
+// kUpRows rows of one expert: one stage holding those rows of w1 and of w3.
+__global__ void __launch_bounds__(kThreads, 1)
+    stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t hidden,
+                     int64_t inter, int64_t k, float limit, int stages, float* act) {
+  extern __shared__ __align__(128) char smem[];
+  float4* xs = reinterpret_cast<float4*>(smem + kHeader);
+  const int64_t row_bytes = hidden / 2, scale_bytes = hidden / 32;
+  const int64_t matrix_bytes = kUpRows * (row_bytes + scale_bytes);  // one matrix's part
+  char* ring = smem + kHeader + stream::x_slots<kFp4>(hidden) * 16;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const stream::Ring bars = stream::init_ring(smem, stages);
+  pdl_begin();
+  const int64_t tiles = inter / kUpRows, tasks = k * tiles;
+  if (warp == kConsumerWarps) {
+    if (lane != 0) return;
+    uint32_t q = 0;
+    for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x, ++q) {
+      const stream::Slot s = stream::slot_of(q, stages);
+      mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+      const int32_t ex = chosen[t / tiles];
+      const int64_t r0 = (t % tiles) * kUpRows;
+      char* dst = ring + s.index * 2 * matrix_bytes;
+      mbarrier_arrive_expect(&bars.full[s.index], uint32_t(2 * matrix_bytes));
+      copy_rows(e.w1[ex], r0, kUpRows, dst, &bars.full[s.index]);
+      copy_rows(e.w3[ex], r0, kUpRows, dst + matrix_bytes, &bars.full[s.index]);
+    }
+    return;
+  }
+  stream::stage_x<kFp4>(h, hidden, xs);
+  stream::consumers_sync();
+  uint32_t q = 0;
+  for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x, ++q) {
+    const stream::Slot s = stream::slot_of(q, stages);
+    mbarrier_wait(&bars.full[s.index], s.parity);
+    const char* gate = ring + s.index * 2 * matrix_bytes;
+    const char* up = gate + matrix_bytes;
+    const uint4* rows[2] = {reinterpret_cast<const uint4*>(gate + warp * row_bytes),
+                            reinterpret_cast<const uint4*>(up + warp * row_bytes)};
+    const uint8_t* scales[2] = {
+        reinterpret_cast<const uint8_t*>(gate + kUpRows * row_bytes + warp * scale_bytes),
+        reinterpret_cast<const uint8_t*>(up + kUpRows * row_bytes + warp * scale_bytes)};
+    float acc[2] = {0.0f, 0.0f};
+    lane_dots<2>(rows, scales, int(row_bytes / 16), xs, lane, acc);
+    stream::release(bars, s);
+    float gv = stream::warp_sum(acc[0]), uv = stream::warp_sum(acc[1]);
+    if (lane == 0) {
+      if (limit > 0) {
+        gv = fminf(gv, limit);
+        uv = fminf(fmaxf(uv, -limit), limit);
+      }
+      act[(t / tiles) * inter + (t % tiles) * kUpRows + warp] = gv / (1.0f + expf(-gv)) * uv;
+    }
+  }
+}
+
+// out[r] += sum_j weights[j] * (w2 of expert chosen[j] row r) . act[j]. A task is kDownRows
+// rows of the output: k stages, one per chosen expert, summed in registers.
+__global__ void __launch_bounds__(kThreads, 1)
+    stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
+                       const float* act, int64_t hidden, int64_t inter, int64_t k, int stages,
+                       float* out) {
+  extern __shared__ __align__(128) char smem[];
+  float4* xs = reinterpret_cast<float4*>(smem + kHeader);
+  const int64_t row_bytes = inter / 2, scale_bytes = inter / 32;
+  const int64_t stage_bytes = kDownRows * (row_bytes + scale_bytes),
+                per_expert = stream::x_slots<kFp4>(inter);
+  char* ring = smem + kHeader + k * per_expert * 16;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const stream::Ring bars = stream::init_ring(smem, stages);
+  pdl_begin();
+  const int64_t tasks = hidden / kDownRows;
+  if (warp == kConsumerWarps) {
+    if (lane != 0) return;
+    uint32_t q = 0;
+    for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x)
+      for (int64_t j = 0; j < k; ++j, ++q) {
+        const stream::Slot s = stream::slot_of(q, stages);
+        mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+        mbarrier_arrive_expect(&bars.full[s.index], uint32_t(stage_bytes));
+        copy_rows(e.w2[chosen[j]], t * kDownRows, kDownRows, ring + s.index * stage_bytes,
+                  &bars.full[s.index]);
+      }
+    return;
+  }
+  for (int64_t j = 0; j < k; ++j)
+    stream::stage_x<kFp4>(act + j * inter, inter, xs + j * per_expert);
+  stream::consumers_sync();
+  uint32_t q = 0;
+  for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
+    float acc[2] = {0.0f, 0.0f};
+    for (int64_t j = 0; j < k; ++j, ++q) {
+      const stream::Slot s = stream::slot_of(q, stages);
+      mbarrier_wait(&bars.full[s.index], s.parity);
+      const char* src = ring + s.index * stage_bytes;
+      const char* sc = src + kDownRows * row_bytes;
+      const uint4* rows[2] = {
+          reinterpret_cast<const uint4*>(src + warp * row_bytes),
+          reinterpret_cast<const uint4*>(src + (warp + kConsumerWarps) * row_bytes)};
+      const uint8_t* scales[2] = {
+          reinterpret_cast<const uint8_t*>(sc + warp * scale_bytes),
+          reinterpret_cast<const uint8_t*>(sc + (warp + kConsumerWarps) * scale_bytes)};
+      float part[2] = {0.0f, 0.0f};
+      lane_dots<2>(rows, scales, int(row_bytes / 16), xs + j * per_expert, lane, part);
+      stream::release(bars, s);
+      const float wj = __ldg(weights + j);
+      acc[0] = fmaf(wj, part[0], acc[0]);
+      acc[1] = fmaf(wj, part[1], acc[1]);
+    }
+    const float y0 = stream::warp_sum(acc[0]), y1 = stream::warp_sum(acc[1]);
+    if (lane == 0) {
+      out[t * kDownRows + warp] += y0;
+      out[t * kDownRows + warp + kConsumerWarps] += y1;
+    }
+  }
+}
+
+struct StreamShapes {
+  int64_t up_shared = 0, down_shared = 0;
+  int up_stages = 0, down_stages = 0;
+};
+
+// The shared memory and ring depth of both kernels; stages 0 where they do not fit.
+StreamShapes stream_shapes(int64_t k, int64_t inter, int64_t hidden) {
+  int device = 0, max_shared = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  auto fit = [&](int64_t fixed, int64_t stage, int64_t& shared) {
+    const int stages = int(std::min<int64_t>(kMaxStages, (max_shared - fixed) / stage));
+    shared = fixed + std::max(stages, 0) * stage;
+    return stages >= 2 ? stages : 0;
+  };
+  StreamShapes s;
+  s.up_stages = fit(kHeader + stream::x_slots<kFp4>(hidden) * 16,
+                    2 * kUpRows * (hidden / 2 + hidden / 32), s.up_shared);
+  s.down_stages = fit(kHeader + k * stream::x_slots<kFp4>(inter) * 16,
+                      kDownRows * (inter / 2 + inter / 32), s.down_shared);
+  return s;
+}
+
+}  // namespace
+
+bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden) {
+  if (e.w1_type != kFp4 || e.w2_type != kFp4 || k <= 0) return false;
+  if (inter % kUpRows != 0 || hidden % kDownRows != 0 || inter % 32 != 0 || hidden % 32 != 0)
+    return false;
+  const StreamShapes s = stream_shapes(k, inter, hidden);
+  return s.up_stages > 0 && s.down_stages > 0;
+}
+
+void streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+                      const float* h, int64_t k, int64_t inter, int64_t hidden, float limit,
+                      float* act, float* out, cudaStream_t stream, cudaEvent_t before_sum,
+                      int max_blocks) {
+  const StreamShapes s = stream_shapes(k, inter, hidden);
+  if (s.up_stages == 0 || s.down_stages == 0)
+    throw std::runtime_error("streamed experts: " + std::to_string(k) + " experts of " +
+                             std::to_string(inter) + " x " + std::to_string(hidden) +
+                             " do not fit the shared-memory ring");
+  int device = 0, sms = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int64_t blocks = max_blocks > 0 ? max_blocks : sms;
+  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
+      stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s.up_shared)));
+  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
+      stream_down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s.down_shared)));
+  launch_pdl(stream_up_kernel, unsigned(std::min(blocks, k * (inter / kUpRows))), kThreads,
+             size_t(s.up_shared), stream, e, chosen, h, hidden, inter, k, limit, s.up_stages, act);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  // The down products add into `out`, which the shared expert (on another stream) writes.
+  if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
+  launch_pdl(stream_down_kernel, unsigned(std::min(blocks, hidden / kDownRows)), kThreads,
+             size_t(s.down_shared), stream, e, chosen, weights, act, hidden, inter, k,
+             s.down_stages, out);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace agentrt::engine::cuda
