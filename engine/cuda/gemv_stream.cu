@@ -4,6 +4,10 @@
 // consumer warps multiply the oldest. The producer asks for its first tiles before the kernel
 // before it has finished (weights are constants). Rows wider than 2 KB are split into column
 // slices over several warps, whose sums meet in shared memory.
+//
+// FP8 matrices take the tensor cores instead (gemv_stream_mma_kernel): decoding an FP8 value
+// for a float FMA costs about four instructions, which kept the CUDA-core consumers at 1.8 TB/s;
+// two FP8 bytes become a bf16 pair in three, and one mma.sync then takes 16 rows x 16 columns.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -11,6 +15,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/launch.cuh"
+#include "engine/cuda/mma.cuh"
 #include "engine/cuda/stream_ring.cuh"
 
 namespace agentrt::engine::cuda {
@@ -132,6 +137,165 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(StreamGemv g) 
   }
 }
 
+// ---- FP8 on tensor cores ----
+
+constexpr int kMmaRows = 16;           // weight rows of a tile: the mma's M
+constexpr int64_t kMmaMaxCols = 2048;  // FP8 columns of a stage (16 rows of 2 KB)
+constexpr int64_t kMmaRowPad = 16;     // bytes after each staged row: rows land 4 banks apart
+constexpr int kMmaMaxTiles = 2;        // 16-row tiles a stage: 2 for rows of 1,024 columns
+constexpr int64_t kMmaSums = 2 * stream::kRedBytes;  // two tasks' partial sums
+static_assert(kMmaMaxTiles * kMmaRows <= stream::kRedRows);
+
+struct MmaGemv {
+  WeightMatrix w;
+  const float* x;
+  float* y;
+  int64_t group_rows, x_offset;  // as in StreamGemv
+  int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
+  int stages;
+};
+
+// Two FP8 e4m3 bytes of w as a bf16 pair, exact, times 2^-120 (see e4m3_placed): bytes 0 and 2,
+// or 1 and 3. e4m3 subnormals become bf16 subnormals.
+__device__ __forceinline__ uint32_t e4m3_pair_02(uint32_t w) {
+  return ((w << 4) & 0x07F007F0u) | ((w << 8) & 0x80008000u);
+}
+__device__ __forceinline__ uint32_t e4m3_pair_13(uint32_t w) {
+  return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
+}
+
+// The mma's k slots 2t, 2t+1, 2t+8, 2t+9 of lane quad position t take columns 4t, 4t+2, 4t+1,
+// 4t+3 of each 16 (one 32-bit word of FP8 per row and lane). x becomes the B fragments for that
+// order: per 16 columns s, part n (0: bf16 high part, 1: low part; the mma's columns 0 and 1)
+// and t, the pairs (x[4t], x[4t+2]) and (x[4t+1], x[4t+3]), times x_scale.
+__device__ void stage_x_fragments(const float* x, int64_t cols, uint2* xb) {
+  constexpr float scale = x_scale<WeightType::f8_e4m3>();
+  for (int64_t i = threadIdx.x; i < cols / 4; i += kConsumerWarps * 32) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+    const Bf16Parts p02 = split_bf16(v.x * scale, v.z * scale),
+                    p13 = split_bf16(v.y * scale, v.w * scale);
+    const int64_t s = i / 4, t = i % 4;
+    xb[(s * 2) * 4 + t] = make_uint2(p02.hi, p13.hi);
+    xb[(s * 2 + 1) * 4 + t] = make_uint2(p02.lo, p13.lo);
+  }
+}
+
+// y = w x for FP8 w: a task is MT tiles of 16 rows (MT = 2 for rows of 1,024 columns, so a
+// stage still holds 32 KB), its stages their column blocks of stage_cols; warp i takes columns
+// [i, i + 1) * stage_cols / 16 of each stage (inside one 128-column scale block), and the
+// warps' sums meet in shared memory once per task.
+template <int MT>
+__global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g) {
+  constexpr int kTaskRows = MT * kMmaRows;
+  extern __shared__ __align__(128) char smem[];
+  float* sums = reinterpret_cast<float*>(smem + kHeader);  // [2][warps][kRedStride]
+  uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + kMmaSums);
+  const WeightMatrix& w = g.w;
+  const int64_t row_stride = g.stage_cols + kMmaRowPad, stage_bytes = kTaskRows * row_stride;
+  const int64_t col_tiles = w.cols / g.stage_cols, tasks = w.rows / kTaskRows;
+  char* ring = smem + kHeader + kMmaSums + w.cols * 4;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
+                t1 = int64_t(blockIdx.x + 1) * tasks / gridDim.x;
+  const stream::Ring bars = stream::init_ring(smem, g.stages);
+  if (warp == kConsumerWarps) {
+    if (lane != 0) return;
+    uint32_t q = 0;
+    for (int64_t t = t0; t < t1; ++t)
+      for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
+        const stream::Slot s = stream::slot_of(q, g.stages);
+        mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+        mbarrier_arrive_expect(&bars.full[s.index], uint32_t(kTaskRows * g.stage_cols));
+        const char* src =
+            static_cast<const char*>(w.data) + t * kTaskRows * w.cols + ct * g.stage_cols;
+        char* dst = ring + s.index * stage_bytes;
+        for (int r = 0; r < kTaskRows; ++r)
+          bulk_copy_to_shared(dst + r * row_stride, src + r * w.cols, uint32_t(g.stage_cols),
+                              &bars.full[s.index]);
+      }
+    return;
+  }
+  pdl_begin();
+  const int quad_row = lane / 4, t4 = lane % 4;
+  const int64_t warp_cols = g.stage_cols / kConsumerWarps, cb = (w.cols + 127) / 128;
+  int64_t group = -1;
+  uint32_t q = 0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row0 = t * kTaskRows;
+    const int64_t gi = g.group_rows > 0 ? row0 / g.group_rows : 0;
+    if (gi != group) {
+      if (group >= 0) stream::consumers_sync();
+      group = gi;
+      stage_x_fragments(g.x + gi * g.x_offset, w.cols, xb);
+      stream::consumers_sync();
+    }
+    float total[MT][4] = {};
+    for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
+      const stream::Slot s = stream::slot_of(q, g.stages);
+      mbarrier_wait(&bars.full[s.index], s.parity);
+      const int64_t c0 = warp * warp_cols;  // within the stage
+      const char* ra = ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
+      const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8;
+      float part[MT][4] = {};
+      for (int64_t ks = 0; ks < warp_cols / 16; ++ks) {
+        const uint2 b = quad_row < 2 ? xf[(ks * 2 + quad_row) * 4 + t4] : make_uint2(0u, 0u);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const char* rm = ra + m * kMmaRows * row_stride + 16 * ks;
+          const uint32_t wa = *reinterpret_cast<const uint32_t*>(rm),
+                         wb = *reinterpret_cast<const uint32_t*>(rm + 8 * row_stride);
+          const uint32_t a[4] = {e4m3_pair_02(wa), e4m3_pair_02(wb), e4m3_pair_13(wa),
+                                 e4m3_pair_13(wb)};
+          mma_bf16_16x8x16(part[m], a, b.x, b.y);
+        }
+      }
+      stream::release(bars, s);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        // A tile's 16 rows share one 128-row scale block (row_offset is a multiple of 16).
+        const int64_t si =
+            (w.row_offset + row0 + m * kMmaRows) / 128 * cb + (ct * g.stage_cols + c0) / 128;
+        const float sc = (w.scale_type == ScaleType::f32
+                              ? __ldg(static_cast<const float*>(w.scale) + si)
+                              : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + si))) *
+                         out_scale<WeightType::f8_e4m3>();
+#pragma unroll
+        for (int i = 0; i < 4; ++i) total[m][i] = fmaf(part[m][i], sc, total[m][i]);
+      }
+    }
+    // Lanes with t4 = 0 hold the mma's columns 0 and 1 (x's high and low parts) of rows
+    // quad_row and quad_row + 8 of each tile.
+    float* red = sums + (t & 1) * stream::kRedBytes / 4;
+    if (t4 == 0)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        float* r = red + warp * stream::kRedStride + m * kMmaRows;
+        r[quad_row] = total[m][0] + total[m][1];
+        r[quad_row + 8] = total[m][2] + total[m][3];
+      }
+    stream::consumers_sync();
+    const float y = stream::warps_total(red);  // rows warp and warp + 16
+    const int row = warp + (lane >> 4) * kMmaRows;
+    if ((lane & 15) == 0 && row < kTaskRows) g.y[row0 + row] = y;
+  }
+}
+
+int64_t mma_stage_cols(const WeightMatrix& w) { return std::min(w.cols, kMmaMaxCols); }
+int mma_stage_tiles(const WeightMatrix& w) { return int(kMmaMaxCols / mma_stage_cols(w)); }
+
+int64_t mma_shared_bytes(const WeightMatrix& w, int stages) {
+  return kHeader + kMmaSums + w.cols * 4 +
+         stages * mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + kMmaRowPad);
+}
+
+// Whether an FP8 matrix tiles for the tensor-core kernel (the caller checked size/alignment).
+bool mma_tiles(const WeightMatrix& w, int64_t group_rows) {
+  return w.type == WeightType::f8_e4m3 && w.cols % 1024 == 0 && w.cols % mma_stage_cols(w) == 0 &&
+         mma_stage_tiles(w) <= kMmaMaxTiles && w.rows % (mma_stage_tiles(w) * kMmaRows) == 0 &&
+         w.row_offset % kMmaRows == 0 &&
+         (group_rows == 0 || group_rows % (mma_stage_tiles(w) * kMmaRows) == 0);
+}
+
 int64_t row_bytes_of(const WeightMatrix& w) { return w.cols * value_bytes_x2(w.type) / 2; }
 
 int64_t shared_bytes(const WeightMatrix& w, int stages) {
@@ -148,12 +312,40 @@ int max_shared_bytes() {
   return bytes;
 }
 
-// The deepest ring that fits (0: not even two stages).
-int ring_stages(const WeightMatrix& w) {
+// The deepest ring that fits (0: not even two stages), for shared(stages) bytes.
+template <typename Shared>
+int ring_stages(Shared shared) {
   const int64_t max = max_shared_bytes();
   for (int stages = kMaxStages; stages >= 2; --stages)
-    if (shared_bytes(w, stages) <= max) return stages;
+    if (shared(stages) <= max) return stages;
   return 0;
+}
+
+int fma_stages(const WeightMatrix& w) {
+  return ring_stages([&](int stages) { return shared_bytes(w, stages); });
+}
+
+// The tensor-core kernel's ring depth, 0 where it does not apply.
+int mma_stages(const WeightMatrix& w, int64_t group_rows) {
+  if (!mma_tiles(w, group_rows)) return 0;
+  return ring_stages([&](int stages) { return mma_shared_bytes(w, stages); });
+}
+
+unsigned sm_count() {
+  int device = 0, sms = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return unsigned(sms);
+}
+
+template <typename Kernel, typename Args>
+void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, cudaStream_t stream,
+                     const Args& args) {
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  launch_pdl(kernel, unsigned(std::min<int64_t>(sm_count(), tasks)), kThreads, size_t(shared),
+             stream, args);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
 }  // namespace
@@ -165,30 +357,31 @@ bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows,
   if ((reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15) ||
       x_offset % 4 != 0)
     return false;
+  if (mma_stages(w, group_rows) > 0) return true;
   const TileShape t = tile_shape(row_bytes);
   if (w.rows % t.rows != 0 || (row_bytes / 16) % t.slices != 0) return false;
   if (group_rows > 0 && group_rows % t.rows != 0) return false;
-  return ring_stages(w) > 0;
+  return fma_stages(w) > 0;
 }
 
 void gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_rows,
-                 int64_t x_offset, void* stream) {
+                 int64_t x_offset, void* stream_ptr) {
   if (!gemv_stream_fits(w, x, group_rows, x_offset))
     throw std::invalid_argument("gemv_stream: a " + std::to_string(w.rows) + " x " +
                                 std::to_string(w.cols) + " matrix it does not cover");
-  StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, ring_stages(w)};
+  const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (const int stages = mma_stages(w, group_rows); stages > 0) {
+    const MmaGemv g{w, x, y, group_rows, x_offset, mma_stage_cols(w), stages};
+    const int tiles = mma_stage_tiles(w);
+    launch_streamed(tiles == 1 ? gemv_stream_mma_kernel<1> : gemv_stream_mma_kernel<2>,
+                    w.rows / (tiles * kMmaRows), mma_shared_bytes(w, stages), stream, g);
+    return;
+  }
+  StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, fma_stages(w)};
   g.tiles = w.rows / g.rows_per_tile;
-  int device = 0, sms = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const unsigned blocks = unsigned(std::min<int64_t>(sms, g.tiles));
-  const size_t shared = size_t(shared_bytes(w, g.stages));
-  auto kernel = w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
-                                           : gemv_stream_kernel<WeightType::f8_e4m3>;
-  AGENTRT_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  launch_pdl(kernel, blocks, kThreads, shared, static_cast<cudaStream_t>(stream), g);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  launch_streamed(w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
+                                             : gemv_stream_kernel<WeightType::f8_e4m3>,
+                  g.tiles, shared_bytes(w, g.stages), stream, g);
 }
 
 }  // namespace agentrt::engine::cuda

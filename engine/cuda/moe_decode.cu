@@ -4,6 +4,12 @@
 // oldest stage. One block per SM loops over the tiles. In moe.cu's CUDA-core kernels every warp
 // loads and then computes, so with the few warps that fit, the loads waited for the arithmetic;
 // those products ran at about 1 TB/s on the H200.
+//
+// The FP8 products (gemv_stream.cu) run on the tensor cores; for FP4 a tensor-core version
+// (nibble pairs placed as bf16 pairs, mma.sync, per-row scales every 32 columns, the warps'
+// sums meeting in shared memory) measured slower on the H200 (gate/up 34 against 27 us a
+// layer): decoding FP4 costs about the same either way, and the scales and cross-warp sums
+// cost more than the FMAs they save.
 #include <algorithm>
 
 #include "engine/cuda/cuda_check.h"

@@ -57,6 +57,21 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Partial sums of up to 32 rows from each consumer warp, in shared memory as
+// [kConsumerWarps][kRedStride] (the odd stride keeps a column's reads on distinct banks).
+constexpr int kRedRows = 2 * kConsumerWarps;
+constexpr int kRedStride = kRedRows + 1;
+constexpr int64_t kRedBytes = int64_t(kConsumerWarps) * kRedStride * 4;
+
+// The total over the consumer warps of rows `warp` (in lane 0) and `warp` + 16 (in lane 16):
+// every consumer warp adds up two rows, with 16 lanes each.
+__device__ __forceinline__ float warps_total(const float* red) {
+  const int lane = int(threadIdx.x) & 31, row = (int(threadIdx.x) >> 5) + (lane >> 4) * 16;
+  float v = red[(lane & 15) * kRedStride + row];
+  for (int off = 8; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
 // Activations in shared memory, times x_scale<T>() (weight_decode.cuh), laid out so that the
 // lanes reading float4 p of chunks 32 g .. 32 g + 31 (a 16-byte chunk of stored weights holds
 // chunk_values<T>() values, that many / 4 float4 of activations) read consecutive addresses.
