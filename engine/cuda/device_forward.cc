@@ -585,8 +585,8 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   float* g = w.f(w.gate, n * si);
   float* u = w.f(w.up, n * si);
   float* a = w.f(w.act, n * si);
-  linear_.run(lw.shared.w1->view(), x, n, g, ss);
-  linear_.run(lw.shared.w3->view(), x, n, u, ss);
+  const LinearRunner::Product gate_up[] = {{lw.shared.w1->view(), g}, {lw.shared.w3->view(), u}};
+  linear_.run_same_input(gate_up, x, n, ss);
   swiglu(g, u, n * si, c.swiglu_limit, a, ss);
   linear_.run(lw.shared.w2->view(), a, n, out, ss);
 

@@ -190,6 +190,7 @@ void gemv_same_input(std::span<const GemvProduct> products, const float* x, int6
                                   " columns beside one of " + std::to_string(products[0].w.cols) +
                                   " (activation rows of " + std::to_string(x_stride) + ")");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
+  if (n == 1 && gemv_stream_set(products, x, stream)) return;
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     if (left >= 8) {

@@ -71,6 +71,12 @@ struct GemvProduct {
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
                      int64_t n, void* stream = nullptr);
 
+// The same for one activation row, streamed through shared memory on the tensor cores
+// (gemv_stream.cu) where every matrix is FP8 of a width it tiles and together they hold 2 MB
+// or more; returns false, having launched nothing, where not. gemv_same_input takes this path
+// itself.
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream);
+
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
                     void* stream = nullptr);

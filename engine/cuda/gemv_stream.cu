@@ -146,14 +146,26 @@ constexpr int kMmaMaxTiles = 2;        // 16-row tiles a stage: 2 for rows of 1,
 constexpr int64_t kMmaSums = 2 * stream::kRedBytes;  // two tasks' partial sums
 static_assert(kMmaMaxTiles * kMmaRows <= stream::kRedRows);
 
+// One or more FP8 matrices of the same width times the same activations (the decode step's
+// products of the layer input, one launch): matrix m owns tasks [first_task[m],
+// first_task[m + 1]).
 struct MmaGemv {
-  WeightMatrix w;
+  WeightMatrix w[kMaxGemvProducts];
+  float* y[kMaxGemvProducts];
+  int64_t first_task[kMaxGemvProducts + 1];
+  int count;
   const float* x;
-  float* y;
-  int64_t group_rows, x_offset;  // as in StreamGemv
+  int64_t group_rows, x_offset;  // as in StreamGemv (one matrix only)
   int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
   int stages;
 };
+
+// The matrix of task t (sets hold at most kMaxGemvProducts).
+__device__ __forceinline__ int matrix_of(const MmaGemv& g, int64_t t) {
+  int m = 0;
+  while (m + 1 < g.count && t >= g.first_task[m + 1]) ++m;
+  return m;
+}
 
 // Two FP8 e4m3 bytes of w as a bf16 pair, exact, times 2^-120 (see e4m3_placed): bytes 0 and 2,
 // or 1 and 3. e4m3 subnormals become bf16 subnormals.
@@ -190,10 +202,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
   extern __shared__ __align__(128) char smem[];
   float* sums = reinterpret_cast<float*>(smem + kHeader);  // [2][warps][kRedStride]
   uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + kMmaSums);
-  const WeightMatrix& w = g.w;
+  const int64_t cols = g.w[0].cols;  // every matrix of a set
   const int64_t row_stride = g.stage_cols + kMmaRowPad, stage_bytes = kTaskRows * row_stride;
-  const int64_t col_tiles = w.cols / g.stage_cols, tasks = w.rows / kTaskRows;
-  char* ring = smem + kHeader + kMmaSums + w.cols * 4;
+  const int64_t col_tiles = cols / g.stage_cols, tasks = g.first_task[g.count];
+  char* ring = smem + kHeader + kMmaSums + cols * 4;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
                 t1 = int64_t(blockIdx.x + 1) * tasks / gridDim.x;
@@ -201,32 +213,37 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
     uint32_t q = 0;
-    for (int64_t t = t0; t < t1; ++t)
+    for (int64_t t = t0; t < t1; ++t) {
+      const int m = matrix_of(g, t);
+      const char* rows =
+          static_cast<const char*>(g.w[m].data) + (t - g.first_task[m]) * kTaskRows * cols;
       for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
         const stream::Slot s = stream::slot_of(q, g.stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(kTaskRows * g.stage_cols));
-        const char* src =
-            static_cast<const char*>(w.data) + t * kTaskRows * w.cols + ct * g.stage_cols;
+        const char* src = rows + ct * g.stage_cols;
         char* dst = ring + s.index * stage_bytes;
         for (int r = 0; r < kTaskRows; ++r)
-          bulk_copy_to_shared(dst + r * row_stride, src + r * w.cols, uint32_t(g.stage_cols),
+          bulk_copy_to_shared(dst + r * row_stride, src + r * cols, uint32_t(g.stage_cols),
                               &bars.full[s.index]);
       }
+    }
     return;
   }
   pdl_begin();
   const int quad_row = lane / 4, t4 = lane % 4;
-  const int64_t warp_cols = g.stage_cols / kConsumerWarps, cb = (w.cols + 127) / 128;
+  const int64_t warp_cols = g.stage_cols / kConsumerWarps, cb = (cols + 127) / 128;
   int64_t group = -1;
   uint32_t q = 0;
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t row0 = t * kTaskRows;
+    const int m = matrix_of(g, t);
+    const WeightMatrix& w = g.w[m];
+    const int64_t row0 = (t - g.first_task[m]) * kTaskRows;
     const int64_t gi = g.group_rows > 0 ? row0 / g.group_rows : 0;
     if (gi != group) {
       if (group >= 0) stream::consumers_sync();
       group = gi;
-      stage_x_fragments(g.x + gi * g.x_offset, w.cols, xb);
+      stage_x_fragments(g.x + gi * g.x_offset, cols, xb);
       stream::consumers_sync();
     }
     float total[MT][4] = {};
@@ -276,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
     stream::consumers_sync();
     const float y = stream::warps_total(red);  // rows warp and warp + 16
     const int row = warp + (lane >> 4) * kMmaRows;
-    if ((lane & 15) == 0 && row < kTaskRows) g.y[row0 + row] = y;
+    if ((lane & 15) == 0 && row < kTaskRows) g.y[m][row0 + row] = y;
   }
 }
 
@@ -348,7 +365,45 @@ void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, cudaStream_t 
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
+void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
+                int64_t x_offset, int stages, cudaStream_t stream) {
+  MmaGemv g{};
+  const WeightMatrix& w0 = products[0].w;
+  const int tiles = mma_stage_tiles(w0);
+  for (size_t i = 0; i < products.size(); ++i) {
+    g.w[i] = products[i].w;
+    g.y[i] = products[i].y;
+    g.first_task[i + 1] = g.first_task[i] + products[i].w.rows / (tiles * kMmaRows);
+  }
+  g.count = int(products.size());
+  g.x = x;
+  g.group_rows = group_rows;
+  g.x_offset = x_offset;
+  g.stage_cols = mma_stage_cols(w0);
+  g.stages = stages;
+  launch_streamed(tiles == 1 ? gemv_stream_mma_kernel<1> : gemv_stream_mma_kernel<2>,
+                  g.first_task[g.count], mma_shared_bytes(w0, stages), stream, g);
+}
+
 }  // namespace
+
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream) {
+  if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
+      (reinterpret_cast<uintptr_t>(x) & 15))
+    return false;
+  int64_t bytes = 0;
+  for (const GemvProduct& p : products) {
+    const WeightMatrix& w = p.w;
+    if (w.cols != products[0].w.cols || !mma_tiles(w, 0) ||
+        (reinterpret_cast<uintptr_t>(w.data) & 15))
+      return false;
+    bytes += w.rows * w.cols;
+  }
+  const int stages = mma_stages(products[0].w, 0);
+  if (bytes < kMinBytes || stages == 0) return false;
+  launch_mma(products, x, 0, 0, stages, static_cast<cudaStream_t>(stream));
+  return true;
+}
 
 bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset) {
   if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return false;
@@ -371,10 +426,8 @@ void gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
                                 std::to_string(w.cols) + " matrix it does not cover");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (const int stages = mma_stages(w, group_rows); stages > 0) {
-    const MmaGemv g{w, x, y, group_rows, x_offset, mma_stage_cols(w), stages};
-    const int tiles = mma_stage_tiles(w);
-    launch_streamed(tiles == 1 ? gemv_stream_mma_kernel<1> : gemv_stream_mma_kernel<2>,
-                    w.rows / (tiles * kMmaRows), mma_shared_bytes(w, stages), stream, g);
+    const GemvProduct one{w, y, w.rows};
+    launch_mma(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stages, stream);
     return;
   }
   StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, fma_stages(w)};

@@ -204,6 +204,41 @@ TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
   EXPECT_THROW(cuda::gemv_grouped(dm.view(), 5, dx, stride, n, dy, 0), std::invalid_argument);
 }
 
+// FP8 products of one activation row in one streamed launch: three matrices of 2,048 columns
+// (tasks of 16 rows from each in turn) against the CPU; a set with a bf16 member is declined.
+TEST_F(CudaGemv, SameInputSetsStreamedOnTensorCores) {
+  const int64_t cols = 2048;
+  const HostMatrix a = make(WeightType::f8_e4m3, 1024, cols, 41),
+                   b = make(WeightType::f8_e4m3, 512, cols, 42),
+                   c = make(WeightType::f8_e4m3, 64, cols, 43),
+                   d = make(WeightType::bf16, 1024, cols, 44);
+  cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view), dd(d.view);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(cols);
+  for (float& v : x) v = dist(rng);
+  float* dx = cuda::device_floats(cols);
+  cuda::copy_to_device(dx, x.data(), cols * 4);
+  std::vector<float*> ys;
+  std::vector<cuda::GemvProduct> set;
+  for (const cuda::DeviceMatrix* m : {&da, &db, &dc}) {
+    ys.push_back(cuda::device_floats(m->view().rows));
+    set.push_back({m->view(), ys.back(), m->view().rows});
+  }
+  ASSERT_TRUE(cuda::gemv_stream_set(set, dx, nullptr));
+  for (size_t i = 0; i < set.size(); ++i) {
+    const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
+    std::vector<float> got(host.rows), want(host.rows);
+    cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+    matmul_reference(x.data(), 1, host, want.data());
+    EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i;
+    cuda::free_device(ys[i]);
+  }
+  set.push_back({dd.view(), nullptr, 1024});
+  EXPECT_FALSE(cuda::gemv_stream_set(set, dx, nullptr));
+  cuda::free_device(dx);
+}
+
 // The grouped product streamed: 4 groups of 1,024 rows (4 MB of FP8), tiles of 16 rows, so some
 // blocks' tile ranges cross a group boundary and stage the next group's activations.
 TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
