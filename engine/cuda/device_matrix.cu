@@ -116,10 +116,10 @@ void launch_rows(const WeightMatrix& w, const float* x, int64_t xs, float* y, in
 // (the head, the query up-projection); smaller ones need every lane group they can get.
 template <int NT>
 void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
-            RowGroups groups, cudaStream_t stream) {
+            RowGroups groups, cudaStream_t stream, bool tensor_cores) {
   if constexpr (NT == 1)
-    if (gemv_stream_fits(w, x, groups.rows, groups.x_offset)) {
-      gemv_stream(w, x, y, groups.rows, groups.x_offset, stream);
+    if (gemv_stream_fits(w, x, groups.rows, groups.x_offset, tensor_cores)) {
+      gemv_stream(w, x, y, groups.rows, groups.x_offset, stream, tensor_cores);
       return;
     }
   constexpr int kMany = NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
@@ -134,23 +134,23 @@ void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t
 }
 
 void gemv_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
-               int64_t y_stride, RowGroups groups, cudaStream_t stream) {
+               int64_t y_stride, RowGroups groups, cudaStream_t stream, bool tensor_cores) {
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     const float* xt = x + t0 * x_stride;
     float* yt = y + t0 * y_stride;
     // Whole chunks of 8, then 4/2/1: every token set reads the matrix once.
     if (left >= 8) {
-      launch<8>(w, xt, x_stride, yt, y_stride, groups, stream);
+      launch<8>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
       t0 += 8;
     } else if (left >= 4) {
-      launch<4>(w, xt, x_stride, yt, y_stride, groups, stream);
+      launch<4>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
       t0 += 4;
     } else if (left >= 2) {
-      launch<2>(w, xt, x_stride, yt, y_stride, groups, stream);
+      launch<2>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
       t0 += 2;
     } else {
-      launch<1>(w, xt, x_stride, yt, y_stride, groups, stream);
+      launch<1>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
       t0 += 1;
     }
   }
@@ -179,7 +179,7 @@ void launch_set(std::span<const GemvProduct> products, const float* x, int64_t x
 }  // namespace
 
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
-                     int64_t n, void* stream_ptr) {
+                     int64_t n, void* stream_ptr, bool tensor_cores) {
   if (products.empty() || n <= 0) return;
   if (products.size() > size_t(kMaxGemvProducts))
     throw std::invalid_argument("gemv_same_input: " + std::to_string(products.size()) +
@@ -190,7 +190,7 @@ void gemv_same_input(std::span<const GemvProduct> products, const float* x, int6
                                   " columns beside one of " + std::to_string(products[0].w.cols) +
                                   " (activation rows of " + std::to_string(x_stride) + ")");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (n == 1 && gemv_stream_set(products, x, stream)) return;
+  if (n == 1 && tensor_cores && gemv_stream_set(products, x, stream)) return;
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     if (left >= 8) {
@@ -254,24 +254,25 @@ DeviceMatrix::~DeviceMatrix() {
   if (scale_) cudaFree(scale_);
 }
 
-void gemv(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream) {
-  gemv_strided(w, x, w.cols, n, y, w.rows, stream);
+void gemv(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream,
+          bool tensor_cores) {
+  gemv_strided(w, x, w.cols, n, y, w.rows, stream, tensor_cores);
 }
 
 void gemv_strided(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
-                  int64_t y_stride, void* stream) {
-  gemv_rows(w, x, x_stride, n, y, y_stride, {}, static_cast<cudaStream_t>(stream));
+                  int64_t y_stride, void* stream, bool tensor_cores) {
+  gemv_rows(w, x, x_stride, n, y, y_stride, {}, static_cast<cudaStream_t>(stream), tensor_cores);
 }
 
 void gemv_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
-                  int64_t n, float* y, int64_t y_stride, void* stream) {
+                  int64_t n, float* y, int64_t y_stride, void* stream, bool tensor_cores) {
   if (groups <= 0 || w.rows % groups != 0 || w.cols * groups > x_stride)
     throw std::invalid_argument("gemv_grouped: " + std::to_string(w.rows) + " rows in " +
                                 std::to_string(groups) + " groups of " + std::to_string(w.cols) +
                                 " columns do not fit an activation row of " +
                                 std::to_string(x_stride));
   gemv_rows(w, x, x_stride, n, y, y_stride, {w.rows / groups, w.cols},
-            static_cast<cudaStream_t>(stream));
+            static_cast<cudaStream_t>(stream), tensor_cores);
 }
 
 void gemv_reference(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream_ptr) {

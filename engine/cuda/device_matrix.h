@@ -37,27 +37,30 @@ class DeviceMatrix {
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
-// memory; runs on `stream` (a cudaStream_t, nullptr for the default stream).
-void gemv(const WeightMatrix& device_w, const float* x, int64_t n, float* y,
-          void* stream = nullptr);
+// memory; runs on `stream` (a cudaStream_t, nullptr for the default stream). tensor_cores:
+// one-row FP8 products of 2 MB or more may run on the tensor cores with x as bf16 high + low
+// parts (float32-like, ~1e-5 relative; gemv_stream.cu); false keeps every product in float32.
+void gemv(const WeightMatrix& device_w, const float* x, int64_t n, float* y, void* stream = nullptr,
+          bool tensor_cores = true);
 
 // The same with row strides (in floats) for x and y, e.g. a column slice of a wider activation.
 void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
-                  float* y, int64_t y_stride, void* stream = nullptr);
+                  float* y, int64_t y_stride, void* stream = nullptr, bool tensor_cores = true);
 
 // One activation row times a bf16 or FP8 matrix of at least 2 MB, streamed through shared
 // memory (gemv_stream.cu); group_rows > 0: rows [g * group_rows, (g + 1) * group_rows) read
 // x + g * x_offset. fits() says whether the matrix's type, shape and alignment allow it; the
 // plain gemv takes these products itself where it does.
 bool gemv_stream_fits(const WeightMatrix& device_w, const float* x, int64_t group_rows,
-                      int64_t x_offset);
+                      int64_t x_offset, bool tensor_cores);
 void gemv_stream(const WeightMatrix& device_w, const float* x, float* y, int64_t group_rows,
-                 int64_t x_offset, void* stream);
+                 int64_t x_offset, void* stream, bool tensor_cores);
 
 // A block-diagonal product: the rows form `groups` equal groups, group g reading columns
 // [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.
 void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,
-                  int64_t n, float* y, int64_t y_stride, void* stream = nullptr);
+                  int64_t n, float* y, int64_t y_stride, void* stream = nullptr,
+                  bool tensor_cores = true);
 
 // Products of several matrices (at most kMaxGemvProducts, the same column count) with the same
 // activations in one launch: decode's products that read the layer input are each too small to fill
@@ -69,12 +72,12 @@ struct GemvProduct {
   int64_t y_stride;
 };
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
-                     int64_t n, void* stream = nullptr);
+                     int64_t n, void* stream = nullptr, bool tensor_cores = true);
 
 // The same for one activation row, streamed through shared memory on the tensor cores
 // (gemv_stream.cu) where every matrix is FP8 of a width it tiles and together they hold 2 MB
 // or more; returns false, having launched nothing, where not. gemv_same_input takes this path
-// itself.
+// itself (unless told to keep float32).
 bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream);
 
 // The plain version it is tested against: one thread per output, scalar decoding.

@@ -405,14 +405,15 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void
   return true;
 }
 
-bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset) {
+bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
+                      bool tensor_cores) {
   if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return false;
   const int64_t row_bytes = row_bytes_of(w);
   if (w.rows * row_bytes < kMinBytes || row_bytes % 16 != 0) return false;
   if ((reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15) ||
       x_offset % 4 != 0)
     return false;
-  if (mma_stages(w, group_rows) > 0) return true;
+  if (tensor_cores && mma_stages(w, group_rows) > 0) return true;
   const TileShape t = tile_shape(row_bytes);
   if (w.rows % t.rows != 0 || (row_bytes / 16) % t.slices != 0) return false;
   if (group_rows > 0 && group_rows % t.rows != 0) return false;
@@ -420,12 +421,12 @@ bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows,
 }
 
 void gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_rows,
-                 int64_t x_offset, void* stream_ptr) {
-  if (!gemv_stream_fits(w, x, group_rows, x_offset))
+                 int64_t x_offset, void* stream_ptr, bool tensor_cores) {
+  if (!gemv_stream_fits(w, x, group_rows, x_offset, tensor_cores))
     throw std::invalid_argument("gemv_stream: a " + std::to_string(w.rows) + " x " +
                                 std::to_string(w.cols) + " matrix it does not cover");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (const int stages = mma_stages(w, group_rows); stages > 0) {
+  if (const int stages = tensor_cores ? mma_stages(w, group_rows) : 0; stages > 0) {
     const GemvProduct one{w, y, w.rows};
     launch_mma(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stages, stream);
     return;

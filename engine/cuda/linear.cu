@@ -72,7 +72,7 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
                        int64_t y_stride, cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
-    gemv_strided(w, x, x_stride, n, y, y_stride, stream);
+    gemv_strided(w, x, x_stride, n, y, y_stride, stream, precision_ != GemmPrecision::f32);
     return;
   }
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
@@ -140,7 +140,7 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
   for (size_t i = 0; i < products.size(); ++i)
     set[i] = {products[i].w, products[i].y, products[i].w.rows};
   gemv_same_input(std::span<const GemvProduct>(set, products.size()), x, products[0].w.cols, n,
-                  stream);
+                  stream, precision_ != GemmPrecision::f32);
 }
 
 void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const float* x,
@@ -148,7 +148,7 @@ void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const floa
                                cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
-    gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream);
+    gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream, precision_ != GemmPrecision::f32);
     return;
   }
   const int64_t r = w.rows / groups;

@@ -99,7 +99,8 @@ class CudaGemv : public ::testing::Test {
   }
 
   // Runs the fast and the reference kernel and the CPU reference; returns the worst error.
-  void check(const WeightMatrix& host, int64_t n, const std::string& what) {
+  void check(const WeightMatrix& host, int64_t n, const std::string& what,
+             bool tensor_cores = true) {
     std::mt19937 rng(n * 131 + host.rows);
     std::normal_distribution<float> dist;
     std::vector<float> x(n * host.cols), cpu(n * host.rows), fast(n * host.rows),
@@ -110,7 +111,7 @@ class CudaGemv : public ::testing::Test {
     float* dx = cuda::device_floats(x.size());
     float* dy = cuda::device_floats(fast.size());
     cuda::copy_to_device(dx, x.data(), x.size() * 4);
-    cuda::gemv(dm.view(), dx, n, dy);
+    cuda::gemv(dm.view(), dx, n, dy, nullptr, tensor_cores);
     cuda::copy_to_host(fast.data(), dy, fast.size() * 4);
     cuda::gemv_reference(dm.view(), dx, n, dy);
     cuda::copy_to_host(slow.data(), dy, slow.size() * 4);
@@ -173,8 +174,11 @@ TEST_F(CudaGemv, LargeMatricesStreamedThroughSharedMemory) {
                        Case{WeightType::f8_e4m3, 2048, 1536}}) {
     const HostMatrix m = make(c.type, c.rows, c.cols, 31);
     cuda::DeviceMatrix dm(m.view);
-    EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), nullptr, 0, 0));  // no activations yet
-    check(m.view, 1, std::to_string(c.rows) + "x" + std::to_string(c.cols) + " streamed");
+    EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), nullptr, 0, 0, true));  // no activations yet
+    const std::string what = std::to_string(c.rows) + "x" + std::to_string(c.cols) + " streamed";
+    check(m.view, 1, what);
+    // Told to keep float32 (GemmPrecision::f32), FP8 takes the CUDA-core consumers.
+    if (c.type == WeightType::f8_e4m3) check(m.view, 1, what + " in float32", false);
   }
   const HostMatrix fp8 = make(WeightType::f8_e4m3, 4096, 1024, 32);
   check(fp8.view.slice_rows(64, 3072), 1, "fp8 slice streamed");
@@ -255,7 +259,7 @@ TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
   float* dx = cuda::device_floats(x.size());
   float* dy = cuda::device_floats(got.size());
   cuda::copy_to_device(dx, x.data(), x.size() * 4);
-  EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), dx, rows, cols));
+  EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), dx, rows, cols, true));
   cuda::gemv_grouped(dm.view(), groups, dx, stride, 1, dy, groups * rows);
   cuda::copy_to_host(got.data(), dy, got.size() * 4);
   cuda::free_device(dx);
