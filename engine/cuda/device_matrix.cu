@@ -118,10 +118,7 @@ template <int NT>
 void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
             RowGroups groups, cudaStream_t stream, bool tensor_cores) {
   if constexpr (NT == 1)
-    if (gemv_stream_fits(w, x, groups.rows, groups.x_offset, tensor_cores)) {
-      gemv_stream(w, x, y, groups.rows, groups.x_offset, stream, tensor_cores);
-      return;
-    }
+    if (gemv_stream(w, x, y, groups.rows, groups.x_offset, stream, tensor_cores)) return;
   constexpr int kMany = NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
   constexpr int kSome = NT <= 4 ? 2 : 1;
   auto fits = [&](int r) { return groups.rows == 0 || groups.rows % r == 0; };

@@ -49,11 +49,12 @@ void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride
 
 // One activation row times a bf16 or FP8 matrix of at least 2 MB, streamed through shared
 // memory (gemv_stream.cu); group_rows > 0: rows [g * group_rows, (g + 1) * group_rows) read
-// x + g * x_offset. fits() says whether the matrix's type, shape and alignment allow it; the
-// plain gemv takes these products itself where it does.
+// x + g * x_offset. Returns false, having launched nothing, where the matrix's type, shape or
+// alignment do not allow it (fits() says so beforehand); the plain gemv takes these products
+// itself where they do.
 bool gemv_stream_fits(const WeightMatrix& device_w, const float* x, int64_t group_rows,
                       int64_t x_offset, bool tensor_cores);
-void gemv_stream(const WeightMatrix& device_w, const float* x, float* y, int64_t group_rows,
+bool gemv_stream(const WeightMatrix& device_w, const float* x, float* y, int64_t group_rows,
                  int64_t x_offset, void* stream, bool tensor_cores);
 
 // A block-diagonal product: the rows form `groups` equal groups, group g reading columns

@@ -9,8 +9,6 @@
 // for a float FMA costs about four instructions, which kept the CUDA-core consumers at 1.8 TB/s;
 // two FP8 bytes become a bf16 pair in three, and one mma.sync then takes 16 rows x 16 columns.
 #include <algorithm>
-#include <stdexcept>
-#include <string>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
@@ -304,11 +302,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
 int64_t mma_stage_cols(const WeightMatrix& w) { return std::min(w.cols, kMmaMaxCols); }
 int mma_stage_tiles(const WeightMatrix& w) { return int(kMmaMaxCols / mma_stage_cols(w)); }
 
-int64_t mma_shared_bytes(const WeightMatrix& w, int stages) {
-  return kHeader + kMmaSums + w.cols * 4 +
-         stages * mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + kMmaRowPad);
-}
-
 // Whether an FP8 matrix tiles for the tensor-core kernel (the caller checked size/alignment).
 bool mma_tiles(const WeightMatrix& w, int64_t group_rows) {
   return w.type == WeightType::f8_e4m3 && w.cols % 1024 == 0 && w.cols % mma_stage_cols(w) == 0 &&
@@ -319,44 +312,44 @@ bool mma_tiles(const WeightMatrix& w, int64_t group_rows) {
 
 int64_t row_bytes_of(const WeightMatrix& w) { return w.cols * value_bytes_x2(w.type) / 2; }
 
-int64_t shared_bytes(const WeightMatrix& w, int stages) {
-  const int64_t x = w.type == WeightType::bf16 ? stream::x_slots<WeightType::bf16>(w.cols)
-                                               : stream::x_slots<WeightType::f8_e4m3>(w.cols);
-  return kHeader + kSums + x * 16 + stages * tile_shape(row_bytes_of(w)).rows * row_bytes_of(w);
+// Which kernel takes a product and its ring: shared memory fixed + stages * stage bytes.
+struct StreamPlan {
+  bool mma = false;
+  int stages = 0;  // 0: neither kernel fits
+  int64_t fixed = 0, stage = 0;
+  int64_t shared() const { return fixed + stages * stage; }
+};
+
+StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows) {
+  StreamPlan p;
+  if (!mma_tiles(w, group_rows)) return p;
+  p.mma = true;
+  p.fixed = kHeader + kMmaSums + w.cols * 4;
+  p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + kMmaRowPad);
+  p.stages = stream::ring_stages(p.fixed, p.stage);
+  return p;
 }
 
-int max_shared_bytes() {
-  int device = 0, bytes = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return bytes;
-}
-
-// The deepest ring that fits (0: not even two stages), for shared(stages) bytes.
-template <typename Shared>
-int ring_stages(Shared shared) {
-  const int64_t max = max_shared_bytes();
-  for (int stages = kMaxStages; stages >= 2; --stages)
-    if (shared(stages) <= max) return stages;
-  return 0;
-}
-
-int fma_stages(const WeightMatrix& w) {
-  return ring_stages([&](int stages) { return shared_bytes(w, stages); });
-}
-
-// The tensor-core kernel's ring depth, 0 where it does not apply.
-int mma_stages(const WeightMatrix& w, int64_t group_rows) {
-  if (!mma_tiles(w, group_rows)) return 0;
-  return ring_stages([&](int stages) { return mma_shared_bytes(w, stages); });
-}
-
-unsigned sm_count() {
-  int device = 0, sms = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return unsigned(sms);
+StreamPlan plan(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
+                bool tensor_cores) {
+  if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return {};
+  const int64_t row_bytes = row_bytes_of(w);
+  if (w.rows * row_bytes < kMinBytes || row_bytes % 16 != 0) return {};
+  if ((reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15) ||
+      x_offset % 4 != 0)
+    return {};
+  if (tensor_cores)
+    if (const StreamPlan p = mma_plan(w, group_rows); p.stages > 0) return p;
+  const TileShape t = tile_shape(row_bytes);
+  if (w.rows % t.rows != 0 || (row_bytes / 16) % t.slices != 0) return {};
+  if (group_rows > 0 && group_rows % t.rows != 0) return {};
+  StreamPlan p;
+  const int64_t x_slots = w.type == WeightType::bf16 ? stream::x_slots<WeightType::bf16>(w.cols)
+                                                     : stream::x_slots<WeightType::f8_e4m3>(w.cols);
+  p.fixed = kHeader + kSums + x_slots * 16;
+  p.stage = t.rows * row_bytes;
+  p.stages = stream::ring_stages(p.fixed, p.stage);
+  return p;
 }
 
 template <typename Kernel, typename Args>
@@ -364,13 +357,13 @@ void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, cudaStream_t 
                      const Args& args) {
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  launch_pdl(kernel, unsigned(std::min<int64_t>(sm_count(), tasks)), kThreads, size_t(shared),
-             stream, args);
+  launch_pdl(kernel, unsigned(std::min<int64_t>(stream::sm_count(), tasks)), kThreads,
+             size_t(shared), stream, args);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
 void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                int64_t x_offset, int stages, cudaStream_t stream) {
+                int64_t x_offset, const StreamPlan& p, cudaStream_t stream) {
   MmaGemv g{};
   const WeightMatrix& w0 = products[0].w;
   const int tiles = mma_stage_tiles(w0);
@@ -384,9 +377,9 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t g
   g.group_rows = group_rows;
   g.x_offset = x_offset;
   g.stage_cols = mma_stage_cols(w0);
-  g.stages = stages;
+  g.stages = p.stages;
   launch_streamed(tiles == 1 ? gemv_stream_mma_kernel<1> : gemv_stream_mma_kernel<2>,
-                  g.first_task[g.count], mma_shared_bytes(w0, stages), stream, g);
+                  g.first_task[g.count], p.shared(), stream, g);
 }
 
 }  // namespace
@@ -403,43 +396,34 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void
       return false;
     bytes += w.rows * w.cols;
   }
-  const int stages = mma_stages(products[0].w, 0);
-  if (bytes < kMinBytes || stages == 0) return false;
-  launch_mma(products, x, 0, 0, stages, static_cast<cudaStream_t>(stream));
+  if (bytes < kMinBytes) return false;
+  const StreamPlan p = mma_plan(products[0].w, 0);
+  if (p.stages == 0) return false;
+  launch_mma(products, x, 0, 0, p, static_cast<cudaStream_t>(stream));
   return true;
 }
 
 bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
                       bool tensor_cores) {
-  if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return false;
-  const int64_t row_bytes = row_bytes_of(w);
-  if (w.rows * row_bytes < kMinBytes || row_bytes % 16 != 0) return false;
-  if ((reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15) ||
-      x_offset % 4 != 0)
-    return false;
-  if (tensor_cores && mma_stages(w, group_rows) > 0) return true;
-  const TileShape t = tile_shape(row_bytes);
-  if (w.rows % t.rows != 0 || (row_bytes / 16) % t.slices != 0) return false;
-  if (group_rows > 0 && group_rows % t.rows != 0) return false;
-  return fma_stages(w) > 0;
+  return plan(w, x, group_rows, x_offset, tensor_cores).stages > 0;
 }
 
-void gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_rows,
+bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_rows,
                  int64_t x_offset, void* stream_ptr, bool tensor_cores) {
-  if (!gemv_stream_fits(w, x, group_rows, x_offset, tensor_cores))
-    throw std::invalid_argument("gemv_stream: a " + std::to_string(w.rows) + " x " +
-                                std::to_string(w.cols) + " matrix it does not cover");
+  const StreamPlan p = plan(w, x, group_rows, x_offset, tensor_cores);
+  if (p.stages == 0) return false;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (const int stages = tensor_cores ? mma_stages(w, group_rows) : 0; stages > 0) {
+  if (p.mma) {
     const GemvProduct one{w, y, w.rows};
-    launch_mma(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stages, stream);
-    return;
+    launch_mma(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, p, stream);
+    return true;
   }
-  StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, fma_stages(w)};
+  StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, p.stages};
   g.tiles = w.rows / g.rows_per_tile;
   launch_streamed(w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
                                              : gemv_stream_kernel<WeightType::f8_e4m3>,
-                  g.tiles, shared_bytes(w, g.stages), stream, g);
+                  g.tiles, p.shared(), stream, g);
+  return true;
 }
 
 }  // namespace agentrt::engine::cuda

@@ -170,10 +170,11 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
 // One row's routed experts with every chosen expert's FP4 weights streamed through shared memory
 // (moe_decode.cu): act [k][inter] scratch, `out` [hidden] gets the weighted sum added once
-// before_sum (if set) has fired. fit() says whether the weights' type and shapes allow it;
-// max_blocks > 0 caps the grid (tests use it to make each block loop over its ring).
+// before_sum (if set) has fired. Returns false, having launched nothing, where the weights'
+// type and shapes do not allow it (fit() says so beforehand); max_blocks > 0 caps the grid
+// (tests use it to make each block loop over its ring).
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
-void streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t k, int64_t inter, int64_t hidden, float limit,
                       float* act, float* out, cudaStream_t stream, cudaEvent_t before_sum,
                       int max_blocks = 0);

@@ -473,11 +473,9 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
-  if (n == 1 && streamed_experts_fit(e, k, inter, hidden)) {  // batch-1 decode
-    streamed_experts(e, chosen, weights, h, k, inter, hidden, limit, g.act, out, stream,
-                     before_sum);
-    return;
-  }
+  if (n == 1 && streamed_experts(e, chosen, weights, h, k, inter, hidden, limit, g.act, out, stream,
+                                 before_sum))
+    return;  // batch-1 decode
   const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
   const size_t fill_shared = size_t(group_threads / 32 + 1) * size_t(experts) * 4;
   const bool warp_counts = fill_shared <= 48 * 1024;

@@ -178,66 +178,61 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
+// The shared memory of both kernels: fixed parts and one stage.
 struct StreamShapes {
-  int64_t up_shared = 0, down_shared = 0;
-  int up_stages = 0, down_stages = 0;
+  int64_t up_fixed, up_stage, down_fixed, down_stage;
+  int up_stages, down_stages;  // 0 where the ring does not fit
 };
 
-// The shared memory and ring depth of both kernels; stages 0 where they do not fit.
 StreamShapes stream_shapes(int64_t k, int64_t inter, int64_t hidden) {
-  int device = 0, max_shared = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  auto fit = [&](int64_t fixed, int64_t stage, int64_t& shared) {
-    const int stages = int(std::min<int64_t>(kMaxStages, (max_shared - fixed) / stage));
-    shared = fixed + std::max(stages, 0) * stage;
-    return stages >= 2 ? stages : 0;
-  };
-  StreamShapes s;
-  s.up_stages = fit(kHeader + stream::x_slots<kFp4>(hidden) * 16,
-                    2 * kUpRows * (hidden / 2 + hidden / 32), s.up_shared);
-  s.down_stages = fit(kHeader + k * stream::x_slots<kFp4>(inter) * 16,
-                      kDownRows * (inter / 2 + inter / 32), s.down_shared);
+  StreamShapes s{kHeader + stream::x_slots<kFp4>(hidden) * 16,
+                 2 * kUpRows * (hidden / 2 + hidden / 32),
+                 kHeader + k * stream::x_slots<kFp4>(inter) * 16,
+                 kDownRows * (inter / 2 + inter / 32),
+                 0,
+                 0};
+  s.up_stages = stream::ring_stages(s.up_fixed, s.up_stage, kMaxStages);
+  s.down_stages = stream::ring_stages(s.down_fixed, s.down_stage, kMaxStages);
   return s;
+}
+
+bool shapes_tile(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden) {
+  return e.w1_type == kFp4 && e.w2_type == kFp4 && k > 0 && inter % kUpRows == 0 &&
+         hidden % kDownRows == 0 && inter % 32 == 0 && hidden % 32 == 0;
 }
 
 }  // namespace
 
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden) {
-  if (e.w1_type != kFp4 || e.w2_type != kFp4 || k <= 0) return false;
-  if (inter % kUpRows != 0 || hidden % kDownRows != 0 || inter % 32 != 0 || hidden % 32 != 0)
-    return false;
+  if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   return s.up_stages > 0 && s.down_stages > 0;
 }
 
-void streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t k, int64_t inter, int64_t hidden, float limit,
                       float* act, float* out, cudaStream_t stream, cudaEvent_t before_sum,
                       int max_blocks) {
+  if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
-  if (s.up_stages == 0 || s.down_stages == 0)
-    throw std::runtime_error("streamed experts: " + std::to_string(k) + " experts of " +
-                             std::to_string(inter) + " x " + std::to_string(hidden) +
-                             " do not fit the shared-memory ring");
-  int device = 0, sms = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  const int64_t blocks = max_blocks > 0 ? max_blocks : sms;
+  if (s.up_stages == 0 || s.down_stages == 0) return false;
+  const int64_t blocks = max_blocks > 0 ? max_blocks : stream::sm_count();
+  const int64_t up_shared = s.up_fixed + s.up_stages * s.up_stage,
+                down_shared = s.down_fixed + s.down_stages * s.down_stage;
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s.up_shared)));
+      stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      stream_down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(s.down_shared)));
+      stream_down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(down_shared)));
   launch_pdl(stream_up_kernel, unsigned(std::min(blocks, k * (inter / kUpRows))), kThreads,
-             size_t(s.up_shared), stream, e, chosen, h, hidden, inter, k, limit, s.up_stages, act);
+             size_t(up_shared), stream, e, chosen, h, hidden, inter, k, limit, s.up_stages, act);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   // The down products add into `out`, which the shared expert (on another stream) writes.
   if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
   launch_pdl(stream_down_kernel, unsigned(std::min(blocks, hidden / kDownRows)), kThreads,
-             size_t(s.down_shared), stream, e, chosen, weights, act, hidden, inter, k,
-             s.down_stages, out);
+             size_t(down_shared), stream, e, chosen, weights, act, hidden, inter, k, s.down_stages,
+             out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+  return true;
 }
 
 }  // namespace agentrt::engine::cuda

@@ -4,9 +4,12 @@
 // activations held in shared memory.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 
 #include "engine/cuda/bulk_copy.cuh"
+#include "engine/cuda/cuda_check.h"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda::stream {
@@ -15,6 +18,26 @@ constexpr int kConsumerWarps = 16;
 constexpr int kThreads = (kConsumerWarps + 1) * 32;  // the last warp is the producer
 constexpr int kMaxStages = 6;
 constexpr int64_t kHeader = 128;  // the stages' full and empty barriers (2 * kMaxStages * 8)
+
+// The current device's SM count: a streamed kernel's grid is at most one block per SM.
+inline int sm_count() {
+  int device = 0, sms = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+// The deepest ring (at most max_stages) whose fixed + stages * stage_bytes of shared memory fit
+// the current device's opt-in limit; 0 where not even two stages do.
+inline int ring_stages(int64_t fixed, int64_t stage_bytes, int max_stages = kMaxStages) {
+  int device = 0, max_shared = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  for (int stages = max_stages; stages >= 2; --stages)
+    if (fixed + stages * stage_bytes <= max_shared) return stages;
+  return 0;
+}
 
 // The ring's slot and phase for the q-th stage a block handles.
 struct Slot {
