@@ -3,7 +3,9 @@
 // of the card's copy bandwidth measured in the same run (cudaMemcpy device-to-device, bytes read +
 // written). Each row cycles over enough matrices to defeat the L2 cache.
 //
-//   bench_engine_cuda_gemv [--reps 20]
+//   bench_engine_cuda_gemv [--reps 20] [--hot 1]
+// --hot 1: one copy of each matrix, so products of matrices that fit the L2 read it from there
+// (what a product costs when its weights were fetched into the L2 ahead of it).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -57,8 +59,11 @@ int main(int argc, char** argv) {
   return 2;
 #else
   int reps = 20;
-  for (int i = 1; i + 1 < argc; i += 2)
+  bool hot = false;
+  for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--reps") reps = std::stoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--hot") hot = std::stoi(argv[i + 1]) != 0;
+  }
   std::string why;
   if (!cuda::device_available(&why)) {
     std::fprintf(stderr, "bench_engine_cuda_gemv: %s\n", why.c_str());
@@ -79,6 +84,7 @@ int main(int argc, char** argv) {
   cuda::free_device(a);
   cuda::free_device(b);
   std::printf("copy bandwidth (device to device, read + written): %.0f GB/s\n", copy_best);
+  if (hot) std::printf("one copy of each matrix: those that fit the L2 are read from it\n");
   std::printf("%-34s %6s %6s %10s %9s %8s\n", "matrix (V4-Flash shape)", "dtype", "tokens",
               "us/product", "GB/s", "of copy");
 
@@ -99,7 +105,7 @@ int main(int argc, char** argv) {
     const WeightMatrix shape{row.type, row.rows, row.cols, nullptr, nullptr, ScaleType::e8m0, 0};
     const int64_t bytes = shape.bytes();
     // Enough copies to exceed the L2 (50-60 MB) several times over.
-    const int copies = int(std::clamp<int64_t>((int64_t(512) << 20) / bytes, 1, 64));
+    const int copies = hot ? 1 : int(std::clamp<int64_t>((int64_t(512) << 20) / bytes, 1, 64));
     std::vector<uint8_t> data(bytes), scales;
     if (row.type == WeightType::f8_e4m3)
       scales.resize(((row.rows + 127) / 128) * ((row.cols + 127) / 128));
