@@ -17,10 +17,18 @@ namespace agentrt::engine::cuda {
 struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
-      moe_scratch, head_streams, head_x, logits, meta, projected;
+      moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
+      hyper_partials, hyper_arrived;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
+  // grow() for buffers whose contents must start at zero (counters the kernels reset).
+  void* zeroed(DeviceBuffer& b, int64_t bytes, cudaStream_t stream) {
+    const uint64_t before = generation;
+    void* p = grow(b, bytes);
+    if (generation != before) AGENTRT_CUDA_CHECK(cudaMemsetAsync(p, 0, size_t(b.bytes()), stream));
+    return p;
+  }
   void* grow(DeviceBuffer& b, int64_t bytes) {
     bytes = std::max<int64_t>(bytes, 4);
     if (b.bytes() < bytes) {
@@ -49,6 +57,10 @@ namespace {
 
 // From this many rows of one sequence on, the indexer scores are a GEMM (indexer_gemm.h).
 constexpr int64_t kIndexerGemmRows = 256;
+// Below this many rows mHC runs as one launch per sublayer boundary (hyper_fused).
+constexpr int64_t kFusedHyperRows = 256;
+// Up to this many rows attention splits each row's keys over blocks (attention_decode.cu).
+constexpr int64_t kDecodeAttentionRows = 16;
 // From this many rows on attention runs on tensor cores (attention_mma.cu) where the shapes allow.
 constexpr int64_t kMmaAttentionRows = 256;
 
@@ -374,26 +386,45 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   float* y = w.f(w.y, n * H);
   float* projected = w.f(w.projected, hyper_projected_floats(n, hc));
   embed_rows(weights_.embed->view(), w.tokens, n, hc, streams, stream_);
+  // Decode batches take each sublayer's mHC post step, the next projection and pre step in one
+  // launch (hyper_fused); `pending` is the block output whose post step is still due.
+  const bool fused = n < kFusedHyperRows && hyper_fused_supported(n, hc, H);
+  float* fused_partial =
+      fused ? w.f(w.hyper_partials, hyper_fused_scratch_floats(n, hc, H)) : nullptr;
+  auto* fused_arrived =
+      fused ? static_cast<unsigned*>(w.zeroed(w.hyper_arrived, n * 4, stream_)) : nullptr;
+  const float* pending = nullptr;
+  auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
+                   const float* norm, bool head, float* xo) {
+    if (fused && rows == n && in == streams) {
+      hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
+                  fused_partial, fused_arrived, stream_);
+    } else {
+      if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
+      hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,
+                xo, projected, stream_, blas_);
+    }
+    pending = nullptr;
+  };
   for (int64_t l = 0; l < L; ++l) {
     const LayerOnDevice& lw = weights_.layers[l];
-    hyper_pre(lw.attn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-              lw.attn_norm.as<float>(), false, mix, x, projected, stream_, blas_);
+    hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x);
     stage("mHC");
     attention(size_t(l), n, y);
+    pending = y;
     stage("attn.out");
-    hyper_post(mix, y, n, hc, H, streams, stream_);
-    hyper_pre(lw.ffn_hc.view(), streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-              lw.ffn_norm.as<float>(), false, mix, x, projected, stream_, blas_);
+    hyper(lw.ffn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.ffn_norm.as<float>(), false, x);
     stage("mHC");
     moe(size_t(l), n, y);
+    pending = y;
     stage("moe.routed");
-    hyper_post(mix, y, n, hc, H, streams, stream_);
-    stage("mHC");
   }
   const int64_t m = int64_t(wanted.size());
-  if (m == 0) return;
+  if (m == 0) return;  // the last post step only feeds the head
   const float* head_in = streams;
   if (m < n) {
+    hyper_post(mix, pending, n, hc, H, streams, stream_);
+    pending = nullptr;
     float* hs = w.f(w.head_streams, m * hc * H);
     for (int64_t i = 0; i < m; ++i)
       AGENTRT_CUDA_CHECK(cudaMemcpyAsync(hs + i * hc * H, streams + wanted[i] * hc * H, hc * H * 4,
@@ -401,8 +432,8 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
     head_in = hs;
   }
   float* hx = w.f(w.head_x, m * H);
-  hyper_pre(weights_.head_hyper(), head_in, m, hc, H, 0, c.hc_eps, c.rms_eps,
-            weights_.norm.as<float>(), true, nullptr, hx, projected, stream_, blas_);
+  hyper(weights_.head_hyper(), m, head_in, 0, weights_.norm.as<float>(), true, hx);
+  stage("mHC");
   float* out = w.f(w.logits, m * c.vocab_size);
   linear_.run(weights_.head, hx, m, out, stream_);
   stage("head");
@@ -454,6 +485,9 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   const float* x = w.x.as<float>();
   const DeviceRope& rope =
       fl.attention == AttentionKind::sliding ? weights_.rope_main : weights_.rope_compress;
+  // Decode batches norm and rotate the query inside the attention kernel.
+  const bool decode_attention =
+      n <= kDecodeAttentionRows && attend_decode_supported(heads, hd, rope);
 
   float* q_res = w.f(w.q_res, n * c.q_lora_rank);
   float* q = w.f(w.q, n * heads * hd);
@@ -509,8 +543,9 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
 
   rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
   linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
-  norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
-                 stream_);
+  if (!decode_attention)
+    norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
+                   stream_);
   if (lw.indexer) {
     linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
     apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_);
@@ -546,16 +581,25 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
 
   stage("attn.indexer");
   float* attn = w.f(w.attn, n * heads * hd);
-  if (n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
-      attend_rows_mma_supported(heads, hd))
-    attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-                    fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
-                    precision_ == GemmPrecision::bf16x2, attn, stream_);
-  else
-    attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-                fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,
-                attn, stream_);
-  apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
+  if (decode_attention) {
+    const int splits = attend_decode_splits(m.max_keys);
+    float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
+    auto* arrived = static_cast<unsigned*>(w.zeroed(w.attn_arrived, n * heads * 4, stream_));
+    attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
+                       lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
+                       c.index_topk, splits, partials, arrived, attn, stream_);
+  } else {
+    if (n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
+        attend_rows_mma_supported(heads, hd))
+      attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                      fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
+                      precision_ == GemmPrecision::bf16x2, attn, stream_);
+    else
+      attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                  fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,
+                  attn, stream_);
+    apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
+  }
   stage("attn.core");
 
   // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.

@@ -1,6 +1,9 @@
 // mHC on the GPU (engine/hyper_connection.h): one block per row computes the mixing weights
 // (the projection of the RMS-normed streams, sigmoid gates, row softmax + Sinkhorn on the tiny
 // hc x hc matrix in shared memory), collapses the streams and normalises the block input.
+#include <stdexcept>
+#include <string>
+
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
@@ -282,26 +285,47 @@ __device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
   }
 }
 
-template <int HC>
-__global__ void __launch_bounds__(kSplitPreThreads)
-    hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected, int splits,
-                           int64_t hidden, int iters, float hc_eps, float rms_eps,
-                           const float* norm, bool head, float* mix, float* x) {
+// The pre step's work for one row once the projection's partial sums are in p ([outputs + 1]
+// [splits], the sum of squares last), by kSplitPreThreads threads: warp 0 turns them into the
+// mixing weights and hands `pre` to the other kXThreads threads through a named barrier, then
+// runs Sinkhorn and writes the mix while they combine the streams (loaded right after the wait,
+// their norm weights before it) and normalise x, all in registers. wait: call pdl_begin() (a
+// kernel of its own) where the inputs are first read. Loads bypass L1: in the fused kernel
+// below, other blocks of the grid have just written them.
+template <int HC, bool HEAD>
+__device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const float* s,
+                                                  const float* p, int splits, int64_t hidden,
+                                                  int iters, float hc_eps, float rms_eps,
+                                                  const float* norm, float* mix_row, float* xr,
+                                                  bool wait) {
   __shared__ float pre_shared[HC];
   __shared__ float red[kXThreads / 32];
-  const int64_t row = blockIdx.x;
   const int tid = int(threadIdx.x);
-  const int outputs = head ? HC : (2 + HC) * HC;
+  constexpr bool head = HEAD;
+  constexpr int outputs = HEAD ? HC : (2 + HC) * HC;
   if (tid < 32) {
     const int lane = tid;
     const float base = lane < outputs ? w.base[lane] : 0.0f;
     const float scale = w.scale[head || lane < HC ? 0 : lane < 2 * HC ? 1 : 2];  // head: one scale
-    pdl_begin();
-    const float* p = projected + row * (outputs + 1) * splits;
-    float ss = 0.0f, v = 0.0f;
-    for (int k = 0; k < splits; ++k) ss += p[outputs * splits + k];
-    if (lane < outputs)
-      for (int k = 0; k < splits; ++k) v += p[lane * splits + k];
+    if (wait) pdl_begin();
+    // Lane k loads slice k of every output (all loads in flight at once: one at a time, a sum
+    // over 8-32 slices waited on the L2 that many times), then the warp adds up each output,
+    // the outputs' shuffle chains interleaved.
+    float part[outputs + 1];
+#pragma unroll
+    for (int o = 0; o <= outputs; ++o) part[o] = 0.0f;
+    for (int k = lane; k < splits; k += 32)
+#pragma unroll
+      for (int o = 0; o <= outputs; ++o) part[o] += __ldcg(p + o * splits + k);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+      for (int o = 0; o <= outputs; ++o) part[o] += __shfl_xor_sync(0xffffffffu, part[o], off);
+    float v = 0.0f;
+#pragma unroll
+    for (int o = 0; o < outputs; ++o)
+      if (o == lane) v = part[o];
+    const float ss = part[outputs];
     const float m = v * rsqrtf(ss / float(HC * hidden) + rms_eps);
     float weight = 0.0f;  // lane i of [pre, post, comb before Sinkhorn]
     if (lane < HC)
@@ -312,12 +336,11 @@ __global__ void __launch_bounds__(kSplitPreThreads)
       weight = m * scale + base;
     if (lane < HC) pre_shared[lane] = weight;
     asm volatile("bar.arrive 1, %0;" ::"n"(kSplitPreThreads) : "memory");
-    if (head || !mix) return;
+    if (head || !mix_row) return;
     float comb = __shfl_sync(0xffffffffu, weight, (2 * HC + lane) & 31);
     sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);
-    float* out = mix + row * hyper_mix_width(HC);
-    if (lane < 2 * HC) out[lane] = weight;
-    if (lane < HC * HC) out[2 * HC + lane] = comb;
+    if (lane < 2 * HC) mix_row[lane] = weight;
+    if (lane < HC * HC) mix_row[2 * HC + lane] = comb;
     return;
   }
   const int xt = tid - 32;
@@ -327,14 +350,13 @@ __global__ void __launch_bounds__(kSplitPreThreads)
     const int64_t d = xt + int64_t(j) * kXThreads;
     nv[j] = d < hidden ? norm[d] : 0.0f;
   }
-  pdl_begin();
-  const float* s = streams + row * HC * hidden;
+  if (wait) pdl_begin();
   float sv[kXDims][HC];
 #pragma unroll
   for (int j = 0; j < kXDims; ++j) {
     const int64_t d = xt + int64_t(j) * kXThreads;
 #pragma unroll
-    for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? s[i * hidden + d] : 0.0f;
+    for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? __ldcg(s + i * hidden + d) : 0.0f;
   }
   asm volatile("bar.sync 1, %0;" ::"n"(kSplitPreThreads) : "memory");
   float pre[HC];
@@ -355,12 +377,94 @@ __global__ void __launch_bounds__(kSplitPreThreads)
 #pragma unroll
   for (int i = 0; i < kXThreads / 32; ++i) total += red[i];
   const float inv2 = rsqrtf(total / float(hidden) + rms_eps);
-  float* xr = x + row * hidden;
 #pragma unroll
   for (int j = 0; j < kXDims; ++j) {
     const int64_t d = xt + int64_t(j) * kXThreads;
     if (d < hidden) xr[d] = v[j] * inv2 * nv[j];
   }
+}
+
+template <int HC, bool HEAD>
+__global__ void __launch_bounds__(kSplitPreThreads)
+    hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected, int splits,
+                           int64_t hidden, int iters, float hc_eps, float rms_eps,
+                           const float* norm, float* mix, float* x) {
+  const int64_t row = blockIdx.x;
+  constexpr int outputs = HEAD ? HC : (2 + HC) * HC;
+  pre_from_partials<HC, HEAD>(
+      w, streams + row * HC * hidden, projected + row * (outputs + 1) * splits, splits, hidden,
+      iters, hc_eps, rms_eps, norm, mix ? mix + row * hyper_mix_width(HC) : nullptr,
+      x + row * hidden, true);
+}
+
+// The post step of the sublayer before, the projection and the pre step in one launch (decode
+// batches): block b of a row owns kFusedDims channels of every stream. It applies the post step
+// to them in place (streams = post * block_out + comb^T streams, with the mix the pre step
+// before left), adds their part of the projection onto the outputs and of the sum of squares,
+// and the last block of the row to finish runs the pre step over all of them.
+constexpr int kFusedDims = 128;
+
+template <int HC, bool HEAD>
+__global__ void __launch_bounds__(kSplitPreThreads)
+    hyper_fused_kernel(HyperDevice w, const float* block_out, float* streams, int64_t hidden,
+                       int iters, float hc_eps, float rms_eps, const float* norm, float* mix,
+                       float* x, float* partial, unsigned* arrived) {
+  constexpr int kOutputs = HEAD ? HC : (2 + HC) * HC;
+  static_assert(HC * kFusedDims == kXThreads);
+  __shared__ float red[kXThreads / 32][kOutputs + 1];
+  __shared__ bool last;
+  const int64_t row = blockIdx.y, width = HC * hidden;
+  const int tid = int(threadIdx.x), lane = tid & 31, wi = tid >> 5, splits = int(gridDim.x);
+  const int k = tid / kFusedDims;
+  const int64_t d = int64_t(blockIdx.x) * kFusedDims + tid % kFusedDims, i = k * hidden + d;
+  // fn is a constant: the block's columns are fetched into the L2 while the kernel before runs.
+  if (tid < kOutputs * HC)
+    prefetch_l2(w.fn + (tid / HC) * width + (tid % HC) * hidden + blockIdx.x * kFusedDims,
+                kFusedDims * 4);
+  pdl_begin();
+  float* s = streams + row * width;
+  float v = 0.0f;
+  if (tid < kXThreads) {
+    if (block_out) {
+      const float* m = mix + row * hyper_mix_width(HC);
+      float old[HC];
+#pragma unroll
+      for (int j = 0; j < HC; ++j) old[j] = s[j * hidden + d];
+      v = m[HC + k] * block_out[row * hidden + d];
+#pragma unroll
+      for (int j = 0; j < HC; ++j) v = fmaf(m[2 * HC + j * HC + k], old[j], v);
+    } else {
+      v = s[i];
+    }
+    float a[kOutputs];
+#pragma unroll
+    for (int o = 0; o < kOutputs; ++o) a[o] = __ldg(w.fn + o * width + i) * v;
+#pragma unroll
+    for (int o = 0; o < kOutputs; ++o) {
+      const float t = warp_sum(a[o]);
+      if (lane == 0) red[wi][o] = t;
+    }
+    const float ss = warp_sum(v * v);
+    if (lane == 0) red[wi][kOutputs] = ss;
+  }
+  __syncthreads();  // every read of the old streams is done: they may be overwritten
+  if (block_out && tid < kXThreads) s[i] = v;
+  if (tid <= kOutputs) {
+    float t = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kXThreads / 32; ++j) t += red[j][tid];
+    partial[(row * (kOutputs + 1) + tid) * splits + blockIdx.x] = t;
+  }
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(arrived + row, 1u) == unsigned(splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (tid == 0) arrived[row] = 0;  // ready for the next launch
+  pre_from_partials<HC, HEAD>(
+      w, s, partial + row * (kOutputs + 1) * splits, splits, hidden, iters, hc_eps, rms_eps, norm,
+      HEAD ? nullptr : mix + row * hyper_mix_width(HC), x + row * hidden, false);
 }
 
 __global__ void hyper_post_kernel(const float* mix, const float* block_out, int64_t hc,
@@ -414,12 +518,42 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
   }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   if (hc == 4 && hidden <= int64_t(kXThreads) * kXDims) {
-    launch_pdl(hyper_pre_split_kernel<4>, unsigned(n), kSplitPreThreads, 0, stream, w, streams,
-               projected, splits, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
+    launch_pdl(head ? hyper_pre_split_kernel<4, true> : hyper_pre_split_kernel<4, false>,
+               unsigned(n), kSplitPreThreads, 0, stream, w, streams, projected, splits, hidden,
+               sinkhorn_iters, hc_eps, rms_eps, norm, mix, x);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
     return;
   }
   launch_pdl(hyper_pre_kernel, unsigned(n), kPreThreads, 0, stream, w, streams, projected, splits,
              hc, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, head, mix, x);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+bool hyper_fused_supported(int64_t n, int64_t hc, int64_t hidden) {
+  return hc == 4 && n > 0 && n <= 65535 && hidden % kFusedDims == 0 &&
+         hidden <= int64_t(kXThreads) * kXDims;
+}
+
+int64_t hyper_fused_scratch_floats(int64_t n, int64_t hc, int64_t hidden) {
+  return n * ((2 + hc) * hc + 1) * (hidden / kFusedDims);
+}
+
+void hyper_fused(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
+                 int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
+                 const float* norm, bool head, float* mix, float* x, float* partial,
+                 unsigned* arrived, cudaStream_t stream) {
+  if (!hyper_fused_supported(n, hc, hidden))
+    throw std::invalid_argument("cuda mHC: the fused step needs hc 4 and hidden a multiple of " +
+                                std::to_string(kFusedDims) + " up to " +
+                                std::to_string(kXThreads * kXDims) + " (hc " + std::to_string(hc) +
+                                ", hidden " + std::to_string(hidden) + ")");
+  const dim3 grid{unsigned(hidden / kFusedDims), unsigned(n)};
+  if (head)
+    launch_pdl(hyper_fused_kernel<4, true>, grid, kSplitPreThreads, 0, stream, w, block_out,
+               streams, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived);
+  else
+    launch_pdl(hyper_fused_kernel<4, false>, grid, kSplitPreThreads, 0, stream, w, block_out,
+               streams, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -64,6 +64,16 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
                int sinkhorn_iters, float hc_eps, float rms_eps, const float* norm, bool head,
                float* mix, float* x, float* projected, cudaStream_t stream,
                cublasHandle_t blas = nullptr);
+// hyper_post of the sublayer before (block_out [n][hidden] with the mix its hyper_pre left in
+// mix; block_out null: none) and then hyper_pre, in one launch for decode batches: streams are
+// updated in place, x and (head = false) mix written. partial: hyper_fused_scratch_floats;
+// arrived: n counters, zero before the first launch (each launch leaves them at zero).
+bool hyper_fused_supported(int64_t n, int64_t hc, int64_t hidden);
+int64_t hyper_fused_scratch_floats(int64_t n, int64_t hc, int64_t hidden);
+void hyper_fused(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
+                 int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
+                 const float* norm, bool head, float* mix, float* x, float* partial,
+                 unsigned* arrived, cudaStream_t stream);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);
@@ -101,6 +111,21 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
                            int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                            const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                            int64_t max_keys, float* out, cudaStream_t stream);
+
+// --- attention_decode.cu ---
+// attend_rows for decode batches with the query's head RMSNorm (no weight, eps q_eps) and RoPE
+// (at pos[t]) done on the way in and the inverse RoPE on the output: q is the raw wq_b output.
+// Each row's keys are split into `splits` slices (attend_decode_splits of a bound on the keys).
+// partials: attend_decode_partial_floats; arrived: n * heads counters, zero before the first
+// launch (each launch leaves them at zero).
+bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
+int attend_decode_splits(int64_t max_keys);
+int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
+void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos,
+                        const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,
+                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
+                        float* partials, unsigned* arrived, float* out, cudaStream_t stream);
 
 // --- attention_mma.cu ---
 // attend_rows_by_row on tensor cores for prefill: one block per row and 64 heads (heads a

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "engine/attention.h"
@@ -252,6 +253,66 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
   cublasDestroy(blas);
 }
 
+// The fused decode step (post step of the sublayer before, projection, pre step in one launch)
+// against hyper_post then hyper_pre: streams, x and the mix; head and body, with and without a
+// pending block output, one row and several, launched twice (its counters reset themselves).
+TEST_F(CudaKernels, FusedHyperStepMatchesPostThenPre) {
+  std::mt19937 rng(10);
+  const int64_t hc = 4, mw = cuda::hyper_mix_width(hc);
+  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{4096, 1}, {256, 3}, {4096, 5}})
+    for (bool head : {false, true})
+      for (bool post : {true, false}) {
+        SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n) +
+                     (head ? " head" : " body") + (post ? " after a block" : ""));
+        ASSERT_TRUE(cuda::hyper_fused_supported(n, hc, H));
+        const int64_t outputs = head ? hc : (2 + hc) * hc;
+        auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
+             scale = randn(head ? 1 : 3, rng, 0.3f);
+        for (auto& v : scale) v += 1.0f;
+        const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f),
+                   y = randn(n * H, rng);
+        std::vector<float> mix(n * mw);
+        for (auto& v : mix) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+        auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_y = upload(y),
+             d_norm = upload(norm);
+        const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
+        auto s_want = upload(streams), s_got = upload(streams), m_want = upload(mix),
+             m_got = upload(mix);
+        DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
+            projected(cuda::hyper_projected_floats(n, hc) * 4),
+            partial(cuda::hyper_fused_scratch_floats(n, hc, H) * 4), arrived(n * 4);
+        cuda::zero_device(arrived.get(), arrived.bytes());
+        if (post)
+          cuda::hyper_post(m_want.as<float>(), d_y.as<float>(), n, hc, H, s_want.as<float>(),
+                           nullptr);
+        cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f, d_norm.as<float>(), head,
+                        head ? nullptr : m_want.as<float>(), x_want.as<float>(),
+                        projected.as<float>(), nullptr);
+        cuda::hyper_fused(w, post ? d_y.as<float>() : nullptr, s_got.as<float>(), n, hc, H, 20,
+                          1e-6f, 1e-6f, d_norm.as<float>(), head, m_got.as<float>(),
+                          x_got.as<float>(), partial.as<float>(), arrived.as<unsigned>(), nullptr);
+        const auto sw = download<float>(s_want, n * hc * H),
+                   sg = download<float>(s_got, n * hc * H);
+        const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
+        const auto mwant = download<float>(m_want, n * mw), mgot = download<float>(m_got, n * mw);
+        for (int64_t t = 0; t < n; ++t) {
+          EXPECT_LE(testing::rel_l2(sg.data() + t * hc * H, sw.data() + t * hc * H, hc * H), 1e-6)
+              << "streams of row " << t;
+          EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5) << "row " << t;
+          for (int64_t i = 0; i < mw; ++i)
+            EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+        }
+        // Again from the fused result: the arrival counters are back at zero.
+        cuda::hyper_fused(w, nullptr, s_got.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f,
+                          d_norm.as<float>(), head, m_got.as<float>(), x_got.as<float>(),
+                          partial.as<float>(), arrived.as<unsigned>(), nullptr);
+        const auto x2 = download<float>(x_got, n * H);
+        for (int64_t t = 0; t < n; ++t)
+          EXPECT_LE(testing::rel_l2(x2.data() + t * H, xw.data() + t * H, H), 1e-5)
+              << "second launch, row " << t;
+      }
+}
+
 void hyper_connection_case(int64_t H, int64_t n, cublasHandle_t blas) {
   std::mt19937 rng(9);
   const int64_t hc = 4, mixn = (2 + hc) * hc;
@@ -407,6 +468,56 @@ void attention_mma_case(int64_t hd, int64_t heads, bool split) {
     for (int64_t t = 0; t < n; ++t)
       for (int64_t h = 0; h < heads; ++h) worst = std::max(worst, in.error(got.data(), t, h, csa));
     EXPECT_LE(worst, split ? 1e-4 : 2e-2) << (csa ? "csa" : "hca") << " worst rel L2 " << worst;
+  }
+}
+
+// The decode kernel takes the raw query: it must equal the head RMSNorm + RoPE kernel, the
+// plain attention and the inverse RoPE, for one and several key slices (every slice of a row
+// with keys, and slices with none), CSA and HCA rows, head_dim 512 / 128 / 72 (rope 64 / 64 /
+// 20 channels: a float4 straddling the rope's first channel).
+TEST_F(CudaKernels, DecodeAttentionMatchesNormRopeAttendUnrope) {
+  for (const auto& [hd, heads, rope_dim] :
+       {std::tuple<int64_t, int64_t, int>{512, 64, 64}, {128, 12, 64}, {72, 3, 22}}) {
+    const AttentionInputs in(hd, heads, 9, 6, 4, 40, 10, {0, 5, 39, 38, 17, 1, 12}, 1.0f, 5);
+    const int64_t n = in.rows_count();
+    std::mt19937 rng(21);
+    std::vector<float> inv_freq(rope_dim / 2);
+    for (auto& f : inv_freq) f = 0.05f + std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+    auto d_freq = upload(inv_freq);
+    auto d_pos = upload(in.pos);
+    const cuda::DeviceRope rope{d_freq.as<float>(), rope_dim, 1.3f};
+    const auto* r = in.d_rows.as<cuda::LayerRow>();
+    for (bool csa : {true, false})
+      for (int splits : {1, 3, 16}) {
+        SCOPED_TRACE("head_dim " + std::to_string(hd) + (csa ? " csa" : " hca") + " splits " +
+                     std::to_string(splits));
+        DeviceBuffer q(n * heads * hd * 4), want(n * heads * hd * 4), got(n * heads * hd * 4);
+        cuda::copy_device_to_device(q.as<float>(), in.d_q.as<float>(), n * heads * hd * 4);
+        cuda::norm_rope_rows(q.as<float>(), nullptr, n, heads, hd, 1e-6f, d_pos.as<int64_t>(), rope,
+                             nullptr, cuda::CacheField::kv, nullptr);
+        cuda::attend_rows_reference(q.as<float>(), r, n, heads, hd, in.window,
+                                    in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                    in.n_chosen_on_device(csa), in.topk, in.window + 10,
+                                    want.as<float>(), nullptr);
+        cuda::apply_rope(want.as<float>(), n, heads, hd, d_pos.as<int64_t>(), rope, true, nullptr);
+        DeviceBuffer partials(cuda::attend_decode_partial_floats(n, heads, hd, splits) * 4),
+            arrived(n * heads * 4);
+        cuda::zero_device(arrived.get(), arrived.bytes());
+        for (int rep = 0; rep < 2; ++rep)  // the counters are back at zero after a launch
+          cuda::attend_rows_decode(in.d_q.as<float>(), r, d_pos.as<int64_t>(), rope, 1e-6f, n,
+                                   heads, hd, in.window, in.d_sinks.as<float>(), !csa,
+                                   in.chosen_on_device(csa), in.n_chosen_on_device(csa), in.topk,
+                                   splits, partials.as<float>(), arrived.as<unsigned>(),
+                                   got.as<float>(), nullptr);
+        const auto a = download<float>(want, n * heads * hd),
+                   b = download<float>(got, n * heads * hd);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t h = 0; h < heads; ++h)
+            EXPECT_LE(testing::rel_l2(b.data() + (t * heads + h) * hd,
+                                      a.data() + (t * heads + h) * hd, hd),
+                      1e-5)
+                << "row " << t << " head " << h;
+      }
   }
 }
 

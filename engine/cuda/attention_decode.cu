@@ -1,0 +1,312 @@
+// Decode attention (a few rows): the keys of each row are split over many blocks, each block
+// holding one slice of them in shared memory for a group of heads, so the 64 heads of one row
+// read the shared KV rows 8 times instead of 64 and the GPU has ~128 blocks at work instead of
+// one per head. The query's RMSNorm and RoPE are done on the way in and the inverse RoPE on the
+// way out (before, two kernels of their own around the attention). Each block leaves its heads'
+// partial softmax (max, sum, weighted keys); the last block of a (row, head group) to finish
+// merges the slices.
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda/async_copy.cuh"
+#include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/kernels.h"
+#include "engine/cuda/launch.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+constexpr int kGroupHeads = 8;   // heads per block, one warp each
+constexpr int kChunkKeys = 32;   // keys in shared memory at once: 64 KB at head_dim 512
+constexpr int kMaxSplits = 16;   // key slices per row
+constexpr int kKeysAtOnce = 4;   // keys a warp scores together
+constexpr int64_t kPartPad = 4;  // a partial: head_dim weighted-key sums, then max and sum
+
+struct DecodeParams {
+  const float* q;  // raw: before the head's RMSNorm and RoPE
+  const LayerRow* rows;
+  const int64_t* pos;
+  DeviceRope rope;
+  const float* sinks;
+  const int32_t* chosen;
+  const int32_t* n_chosen;
+  float* partials;    // [n][heads][splits][head_dim + kPartPad]
+  unsigned* arrived;  // [n][heads / group]: blocks done, reset by the last one
+  float* out;
+  int64_t heads, hd, window, topk;
+  float q_eps, scale;
+  bool use_entries;
+};
+
+__device__ __forceinline__ float dot4(float4 a, float4 b) {
+  return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+}
+
+// cos and sin (times the rope's scaling) of pair `pair` at `position`, as norm_rope.cu computes
+// them.
+__device__ __forceinline__ float2 rope_cs(const DeviceRope& rope, int64_t pair, float position) {
+  const float angle = rope.inv_freq[pair] * position;
+  return make_float2(float(cos(double(angle))) * rope.scaling,
+                     float(sin(double(angle))) * rope.scaling);
+}
+
+// Rotates the interleaved pairs of float4 chunk c that lie in the rope's channels; sign -1 is
+// the inverse rotation. cs holds the chunk's two pairs' (cos, sin).
+__device__ __forceinline__ float4 rotate(float4 v, int64_t c, int64_t first, const float2 (&cs)[2],
+                                         float sign) {
+  float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int p = 0; p < 2; ++p) {
+    if (4 * c + 2 * p < first) continue;
+    const float a = e[2 * p], b = e[2 * p + 1], s = sign * cs[p].y;
+    e[2 * p] = a * cs[p].x - b * s;
+    e[2 * p + 1] = b * cs[p].x + a * s;
+  }
+  return make_float4(e[0], e[1], e[2], e[3]);
+}
+
+template <int J>  // float4 chunks per lane: head_dim <= 128 * J
+__global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeParams p) {
+  extern __shared__ float4 keys_s[];  // [kChunkKeys][head_dim / 4]
+  __shared__ bool last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
+  const int64_t t = blockIdx.z, split = blockIdx.y, splits = gridDim.y, group = blockIdx.x;
+  const int64_t h = group * G + warp, hd = p.hd;
+  const int nchunk = int(hd / 4);
+  const int64_t first = hd - p.rope.dim;  // the rope's channels are the last rope.dim
+  pdl_begin();
+  const LayerRow row = p.rows[t];
+  const int64_t kv_first = row.pos - p.window + 1 > 0 ? row.pos - p.window + 1 : 0;
+  const int64_t n_window = row.pos - kv_first + 1;
+  const int32_t* chosen = p.chosen ? p.chosen + t * p.topk : nullptr;
+  const int64_t n_entries = p.chosen ? p.n_chosen[t] : p.use_entries ? row.visible : 0;
+  const int64_t n_keys = n_window + n_entries;
+  const int64_t per = (n_keys + splits - 1) / splits;
+  const int64_t k0 = min(n_keys, split * per), k1 = min(n_keys, k0 + per);
+  auto key = [&](int64_t i) -> const float4* {
+    if (i < n_window) return reinterpret_cast<const float4*>(row.kv + (kv_first + i) * hd);
+    const int64_t e = i - n_window;
+    return reinterpret_cast<const float4*>(row.comp_entries +
+                                           (chosen ? int64_t(chosen[e]) : e) * hd);
+  };
+  // The chunk's key rows are looked up once (a CSA key's row is an index read from memory) so
+  // the copies go out back to back; called by every thread (it synchronises the block).
+  __shared__ const float4* rows_s[kChunkKeys];
+  auto fetch = [&](int64_t base, int count) {
+    if (int(threadIdx.x) < count) rows_s[threadIdx.x] = key(base + threadIdx.x);
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < count * nchunk; idx += blockDim.x) {
+      const int i = idx / nchunk, c = idx - i * nchunk;
+      cp_async_16(&keys_s[idx], rows_s[i] + c);
+    }
+    cp_async_commit();
+  };
+  if (k0 < k1) fetch(k0, int(min(int64_t(kChunkKeys), k1 - k0)));
+
+  // The query while the first keys arrive: RMSNorm (no weight), RoPE, times the scale.
+  const float4 zero = make_float4(0, 0, 0, 0);
+  const float4* qv = reinterpret_cast<const float4*>(p.q + (t * p.heads + h) * hd);
+  float4 qr[J];
+  float2 cs[J][2];
+  float ss = 0.0f;
+  const float position = float(p.pos[t]);
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    qr[j] = c < nchunk ? qv[c] : zero;
+    ss += dot4(qr[j], qr[j]);
+#pragma unroll
+    for (int q = 0; q < 2; ++q) {
+      const int64_t d = 4 * int64_t(c) + 2 * q;
+      cs[j][q] = c < nchunk && d >= first ? rope_cs(p.rope, (d - first) / 2, position)
+                                          : make_float2(1.0f, 0.0f);
+    }
+  }
+  const float inv = rsqrtf(warp_sum(ss) / float(hd) + p.q_eps);
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    float4 v = make_float4(qr[j].x * inv, qr[j].y * inv, qr[j].z * inv, qr[j].w * inv);
+    v = rotate(v, lane + 32 * j, first, cs[j], 1.0f);
+    qr[j] = make_float4(v.x * p.scale, v.y * p.scale, v.z * p.scale, v.w * p.scale);
+  }
+
+  // The sink only adds exp(sink - max) to the denominator: slice 0 starts its softmax from it.
+  float m = split == 0 ? p.sinks[h] : -INFINITY, l = split == 0 ? 1.0f : 0.0f;
+  float4 acc[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) acc[j] = zero;
+  for (int64_t base = k0; base < k1; base += kChunkKeys) {
+    const int count = int(min(int64_t(kChunkKeys), k1 - base));
+    cp_async_wait_all();
+    __syncthreads();
+    // kKeysAtOnce keys at a time: their dot products and shuffle sums are independent chains.
+    for (int i = 0; i < count; i += kKeysAtOnce) {
+      float4 kr[kKeysAtOnce][J];
+      float sc[kKeysAtOnce];
+#pragma unroll
+      for (int u = 0; u < kKeysAtOnce; ++u) {
+        sc[u] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+          const int c = lane + 32 * j;
+          kr[u][j] = c < nchunk && i + u < count ? keys_s[(i + u) * nchunk + c] : zero;
+          sc[u] += dot4(qr[j], kr[u][j]);
+        }
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1)
+#pragma unroll
+        for (int u = 0; u < kKeysAtOnce; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
+      float top = m;
+#pragma unroll
+      for (int u = 0; u < kKeysAtOnce; ++u)
+        if (i + u < count) top = fmaxf(top, sc[u]);
+      const float corr = expf(m - top);  // m = -inf: 0, and l and acc are still 0
+      l *= corr;
+#pragma unroll
+      for (int j = 0; j < J; ++j)
+        acc[j].x *= corr, acc[j].y *= corr, acc[j].z *= corr, acc[j].w *= corr;
+      m = top;
+#pragma unroll
+      for (int u = 0; u < kKeysAtOnce; ++u) {
+        const float e = i + u < count ? expf(sc[u] - m) : 0.0f;
+        l += e;
+#pragma unroll
+        for (int j = 0; j < J; ++j) {
+          acc[j].x = fmaf(e, kr[u][j].x, acc[j].x);
+          acc[j].y = fmaf(e, kr[u][j].y, acc[j].y);
+          acc[j].z = fmaf(e, kr[u][j].z, acc[j].z);
+          acc[j].w = fmaf(e, kr[u][j].w, acc[j].w);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with the chunk
+    if (base + kChunkKeys < k1)
+      fetch(base + kChunkKeys, int(min(int64_t(kChunkKeys), k1 - base - kChunkKeys)));
+  }
+
+  const int64_t stride = hd + kPartPad;
+  float* part = p.partials + ((t * p.heads + h) * splits + split) * stride;
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < nchunk) reinterpret_cast<float4*>(part)[c] = acc[j];
+  }
+  if (lane == 0) part[hd] = m, part[hd + 1] = l;
+  // The last block of this (row, head group) merges the slices.
+  __threadfence();
+  __syncthreads();
+  unsigned* arrived = p.arrived + t * gridDim.x + group;
+  if (threadIdx.x == 0) last = atomicAdd(arrived, 1u) == unsigned(splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (threadIdx.x == 0) *arrived = 0;  // ready for the next launch
+  // Lane s holds slice s's max and sum (splits <= 32); every load is in flight at once.
+  const float* parts = p.partials + (t * p.heads + h) * splits * stride;
+  const float ms = lane < splits ? __ldcg(parts + lane * stride + hd) : -INFINITY;
+  const float ls = lane < splits ? __ldcg(parts + lane * stride + hd + 1) : 0.0f;
+  const float M = warp_max(ms);
+  const float fs = ms == -INFINITY ? 0.0f : expf(ms - M);
+  const float L = warp_sum(ls * fs);
+  float4 o[J];
+#pragma unroll
+  for (int j = 0; j < J; ++j) o[j] = zero;
+#pragma unroll 4
+  for (int64_t s = 0; s < splits; ++s) {
+    const float f = __shfl_sync(0xffffffffu, fs, int(s));
+    const float4* ps = reinterpret_cast<const float4*>(parts + s * stride);
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int c = lane + 32 * j;
+      if (c >= nchunk) continue;
+      const float4 a = __ldcg(ps + c);
+      o[j].x = fmaf(a.x, f, o[j].x);
+      o[j].y = fmaf(a.y, f, o[j].y);
+      o[j].z = fmaf(a.z, f, o[j].z);
+      o[j].w = fmaf(a.w, f, o[j].w);
+    }
+  }
+  const float inv_l = 1.0f / L;
+  float4* out = reinterpret_cast<float4*>(p.out + (t * p.heads + h) * hd);
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c >= nchunk) continue;
+    const float4 v = make_float4(o[j].x * inv_l, o[j].y * inv_l, o[j].z * inv_l, o[j].w * inv_l);
+    out[c] = rotate(v, c, first, cs[j], -1.0f);
+  }
+}
+
+int group_heads(int64_t heads) {
+  int G = kGroupHeads;
+  while (heads % G != 0) G /= 2;
+  return G;
+}
+
+}  // namespace
+
+bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope) {
+  return heads > 0 && head_dim % 4 == 0 && head_dim <= 512 && rope.dim % 2 == 0 &&
+         rope.dim <= head_dim;
+}
+
+int attend_decode_splits(int64_t max_keys) {
+  return int(std::clamp<int64_t>((max_keys + kChunkKeys - 1) / kChunkKeys, 1, kMaxSplits));
+}
+
+int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits) {
+  return n * heads * splits * (head_dim + kPartPad);
+}
+
+void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos,
+                        const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,
+                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
+                        float* partials, unsigned* arrived, float* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (!attend_decode_supported(heads, head_dim, rope) || splits < 1 || splits > kMaxSplits ||
+      n > 65535)
+    throw std::invalid_argument("cuda decode attention: " + std::to_string(heads) + " heads of " +
+                                std::to_string(head_dim) + " with rope dim " +
+                                std::to_string(rope.dim) + " in " + std::to_string(splits) +
+                                " slices is not supported");
+  DecodeParams p;
+  p.q = q;
+  p.rows = rows;
+  p.pos = pos;
+  p.rope = rope;
+  p.sinks = sinks;
+  p.chosen = chosen;
+  p.n_chosen = n_chosen;
+  p.partials = partials;
+  p.arrived = arrived;
+  p.out = out;
+  p.heads = heads;
+  p.hd = head_dim;
+  p.window = window;
+  p.topk = topk;
+  p.q_eps = q_eps;
+  p.scale = 1.0f / sqrtf(float(head_dim));
+  p.use_entries = use_entries;
+  const int G = group_heads(heads);
+  const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
+  const size_t shared = size_t(kChunkKeys) * size_t(head_dim) * 4;
+  auto launch = [&](auto kernel) {
+    AGENTRT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    launch_pdl(kernel, grid, unsigned(32 * G), shared, stream, p);
+  };
+  const int64_t J = (head_dim + 127) / 128;
+  if (J <= 1)
+    launch(attend_decode_kernel<1>);
+  else if (J == 2)
+    launch(attend_decode_kernel<2>);
+  else
+    launch(attend_decode_kernel<4>);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace agentrt::engine::cuda
