@@ -117,21 +117,26 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(StreamGemv g) 
     acc = stream::warp_sum(acc);
     if (S == 1) {
       if (lane == 0) g.y[row] = acc;
-    } else if (lane == 0) {
-      // The slices of a row meet in shared memory; the last warp done with the tile writes it.
-      // The slices add up in the order the warps finish, so the last bits of these rows may
-      // differ from run to run. Summing them in slice order with one lane of the last warp
-      // (16 dependent loads a tile; the bf16 head's rows take four slices) made decode @1K
-      // 917 tok/s against 1,020-1,026 on the H200; one lane a row is untested.
-      atomicAdd(&sums[s.index * kConsumerWarps + r], acc);
-      __threadfence_block();
-      if (atomicAdd(&done[s.index], 1) == kConsumerWarps - 1) {
+    } else {
+      // The slices of a row meet in shared memory; the last warp done with the tile adds each
+      // row's slices in slice order, one lane a row, so the sums do not depend on which warp
+      // finished first (adding them in arrival order left the head's logits differing in their
+      // last bits from run to run; one lane adding all 16 in order cost ~10% of a decode step).
+      int last = 0;
+      if (lane == 0) {
+        sums[s.index * kConsumerWarps + warp] = acc;  // warp = r * S + slice
         __threadfence_block();
-        for (int i = 0; i < R; ++i) {
-          g.y[row0 + i] = sums[s.index * kConsumerWarps + i];
-          sums[s.index * kConsumerWarps + i] = 0.0f;
+        last = atomicAdd(&done[s.index], 1) == kConsumerWarps - 1;
+      }
+      if (__shfl_sync(0xffffffffu, last, 0)) {
+        __threadfence_block();
+        if (lane < R) {
+          const volatile float* row_sums = sums + s.index * kConsumerWarps + lane * S;
+          float v = 0.0f;
+          for (int k = 0; k < S; ++k) v += row_sums[k];
+          g.y[row0 + lane] = v;
         }
-        done[s.index] = 0;
+        if (lane == 0) done[s.index] = 0;
       }
     }
     // After the sums: the slot's sums are reused only once every warp has released it.

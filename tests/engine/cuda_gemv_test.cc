@@ -184,6 +184,31 @@ TEST_F(CudaGemv, LargeMatricesStreamedThroughSharedMemory) {
   check(fp8.view.slice_rows(64, 3072), 1, "fp8 slice streamed");
 }
 
+// Rows wider than 2 KB are split over warps (bf16 rows of 4,096 columns, as the head's: 4 rows
+// of 4 slices a tile); their slices add up in slice order, so repeated products are bitwise
+// equal.
+TEST_F(CudaGemv, SplitRowsSumInTheSameOrderEveryTime) {
+  const HostMatrix m = make(WeightType::bf16, 4096, 4096, 33);
+  check(m.view, 1, "bf16 4096x4096 streamed, split rows");
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(m.view.cols), first(m.view.rows), again(m.view.rows);
+  for (float& v : x) v = dist(rng);
+  cuda::DeviceMatrix dm(m.view);
+  float* dx = cuda::device_floats(x.size());
+  float* dy = cuda::device_floats(first.size());
+  cuda::copy_to_device(dx, x.data(), x.size() * 4);
+  cuda::gemv(dm.view(), dx, 1, dy);
+  cuda::copy_to_host(first.data(), dy, first.size() * 4);
+  for (int rep = 0; rep < 30; ++rep) {
+    cuda::gemv(dm.view(), dx, 1, dy);
+    cuda::copy_to_host(again.data(), dy, again.size() * 4);
+    ASSERT_EQ(std::memcmp(first.data(), again.data(), first.size() * 4), 0) << "repeat " << rep;
+  }
+  cuda::free_device(dx);
+  cuda::free_device(dy);
+}
+
 TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
   const int64_t groups = 4, rows = 96, cols = 128, n = 3, stride = groups * cols + 32;
   const HostMatrix m = make(WeightType::f8_e4m3, groups * rows, cols, 11);
