@@ -12,6 +12,9 @@
 //   bench_engine_cuda MODEL_DIR [--contexts 1024,16384,65536] [--steps 16]
 //                     [--batches 8,32,64] [--batch-context 1024] [--precision bf16x2|bf16|f32]
 //                     [--profile 1]   (GPU time per stage of a decode step, CUDA events)
+//                     [--repeat-stage NAME] (launch that stage twice in every pass: the decode
+//                                      step's extra time is the stage's cost inside the graph;
+//                                      scripts/device_stage_costs.sh runs every stage)
 //                     [--ncu-steps N] (N decode steps at the first context between
 //                                      cudaProfilerStart/Stop, for ncu --profile-from-start off)
 #include <cstdio>
@@ -215,6 +218,8 @@ int main(int argc, char** argv) {
       options.prefill_rows = std::stoll(v);
     else if (k == "--profile")
       options.profile = v == "1";
+    else if (k == "--repeat-stage")
+      options.repeat_stage = v;
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -89,7 +90,16 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       precision_(options.precision),
       profile_(options.profile),
       graphs_(options.graphs),
-      gemv_max_rows_(options.gemv_max_rows) {
+      gemv_max_rows_(options.gemv_max_rows),
+      repeat_stage_(options.repeat_stage) {
+  if (!repeat_stage_.empty() &&
+      std::none_of(std::begin(kRepeatableStages), std::end(kRepeatableStages),
+                   [&](const char* s) { return repeat_stage_ == s; })) {
+    std::string known;
+    for (const char* s : kRepeatableStages) known += std::string(known.empty() ? "" : ", ") + s;
+    throw std::invalid_argument("cuda options: no stage \"" + repeat_stage_ +
+                                "\" to repeat (stages: " + known + ")");
+  }
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
@@ -396,14 +406,16 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   const float* pending = nullptr;
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
-    if (fused && rows == n && in == streams) {
-      hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
-                  fused_partial, fused_arrived, stream_);
-    } else {
-      if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
-      hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,
-                xo, projected, stream_, blas_);
-    }
+    repeatable("mhc", [&] {
+      if (fused && rows == n && in == streams) {
+        hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
+                    fused_partial, fused_arrived, stream_);
+      } else {
+        if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
+        hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,
+                  xo, projected, stream_, blas_);
+      }
+    });
     pending = nullptr;
   };
   for (int64_t l = 0; l < L; ++l) {
@@ -435,7 +447,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   hyper(weights_.head_hyper(), m, head_in, 0, weights_.norm.as<float>(), true, hx);
   stage("mHC");
   float* out = w.f(w.logits, m * c.vocab_size);
-  linear_.run(weights_.head, hx, m, out, stream_);
+  repeatable("head", [&] { linear_.run(weights_.head, hx, m, out, stream_); });
   stage("head");
 }
 
@@ -521,7 +533,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     idx_raw = raw_rows(lw.indexer->compressor, w.idx_raw_kv, w.idx_raw_gate);
     from_x.push_back({lw.indexer->weights_proj->view(), iw});
   }
-  linear_.run_same_input(from_x, x, n, stream_);
+  repeatable("x_products", [&] { linear_.run_same_input(from_x, x, n, stream_); });
   stage("attn.x_products");
 
   const cudaStream_t cs = fork();
@@ -541,14 +553,20 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
              m.job_counts + 1);
   stage("attn.kv_rows");  // the KV row and the compressors' rows and entries (profiling: inline)
 
-  rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
-  linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
-  if (!decode_attention)
-    norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
-                   stream_);
+  repeatable("q_norm", [&] {
+    rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
+  });
+  repeatable("wq_b", [&] { linear_.run(lw.wq_b->view(), q_res, n, q, stream_); });
+  repeatable("q_rope", [&] {
+    if (!decode_attention)
+      norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
+                     stream_);
+  });
   if (lw.indexer) {
-    linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
-    apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_);
+    repeatable("indexer_wq_b",
+               [&] { linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_); });
+    repeatable("indexer_rope",
+               [&] { apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_); });
   }
   stage("attn.qkv");
   join(cs);
@@ -563,18 +581,22 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     w.grow(w.n_chosen, n * 4);
     // Prefill of one sequence: tensor cores unless float32 is asked for.
     const bool mma = precision_ != GemmPrecision::f32 && indexer_scores_mma_supported(ih, ihd);
-    if (n >= kIndexerGemmRows && m.shared_idx_entries && mma)
-      indexer_scores_mma(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
-                         m.shared_idx_entries, m.max_visible, precision_ == GemmPrecision::bf16x2,
-                         scores, stride, stream_);
-    else if (n >= kIndexerGemmRows && m.shared_idx_entries)
-      indexer_gemm_.run(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
-                        m.shared_idx_entries, m.max_visible, scores, stride, stream_);
-    else
-      indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible, scores,
-                     stride, stream_);
-    select_topk(scores, stride, m.rows, n, c.index_topk, w.chosen.as<int32_t>(),
-                w.n_chosen.as<int32_t>(), stream_);
+    repeatable("indexer_scores", [&] {
+      if (n >= kIndexerGemmRows && m.shared_idx_entries && mma)
+        indexer_scores_mma(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
+                           m.shared_idx_entries, m.max_visible, precision_ == GemmPrecision::bf16x2,
+                           scores, stride, stream_);
+      else if (n >= kIndexerGemmRows && m.shared_idx_entries)
+        indexer_gemm_.run(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
+                          m.shared_idx_entries, m.max_visible, scores, stride, stream_);
+      else
+        indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible,
+                       scores, stride, stream_);
+    });
+    repeatable("top_k", [&] {
+      select_topk(scores, stride, m.rows, n, c.index_topk, w.chosen.as<int32_t>(),
+                  w.n_chosen.as<int32_t>(), stream_);
+    });
     chosen = w.chosen.as<int32_t>();
     n_chosen = w.n_chosen.as<int32_t>();
   }
@@ -585,20 +607,24 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     const int splits = attend_decode_splits(m.max_keys);
     float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
     auto* arrived = static_cast<unsigned*>(w.zeroed(w.attn_arrived, n * heads * 4, stream_));
-    attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
-                       lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
-                       c.index_topk, splits, partials, arrived, attn, stream_);
+    repeatable("attention", [&] {
+      attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
+                         lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
+                         c.index_topk, splits, partials, arrived, attn, stream_);
+    });
   } else {
-    if (n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
-        attend_rows_mma_supported(heads, hd))
-      attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-                      fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
-                      precision_ == GemmPrecision::bf16x2, attn, stream_);
-    else
-      attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-                  fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,
-                  attn, stream_);
-    apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
+    repeatable("attention", [&] {
+      if (n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
+          attend_rows_mma_supported(heads, hd))
+        attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                        fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
+                        precision_ == GemmPrecision::bf16x2, attn, stream_);
+      else
+        attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                    fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,
+                    attn, stream_);
+    });
+    repeatable("o_rope", [&] { apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_); });
   }
   stage("attn.core");
 
@@ -610,8 +636,10 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     throw std::runtime_error("attention output: wo_a is " + std::to_string(wo_a.rows) + " x " +
                              std::to_string(wo_a.cols) + ", expected " +
                              std::to_string(c.o_groups * r) + " x " + std::to_string(group_in));
-  linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
-  linear_.run(lw.wo_b->view(), grouped, n, out, stream_);
+  repeatable("wo_a", [&] {
+    linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
+  });
+  repeatable("wo_b", [&] { linear_.run(lw.wo_b->view(), grouped, n, out, stream_); });
 }
 
 void DeviceForward::moe(size_t l, int64_t n, float* out) {
@@ -630,25 +658,31 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   float* u = w.f(w.up, n * si);
   float* a = w.f(w.act, n * si);
   const LinearRunner::Product gate_up[] = {{lw.shared.w1->view(), g}, {lw.shared.w3->view(), u}};
-  linear_.run_same_input(gate_up, x, n, ss);
-  swiglu(g, u, n * si, c.swiglu_limit, a, ss);
-  linear_.run(lw.shared.w2->view(), a, n, out, ss);
+  repeatable("shared", [&] {
+    linear_.run_same_input(gate_up, x, n, ss);
+    swiglu(g, u, n * si, c.swiglu_limit, a, ss);
+    linear_.run(lw.shared.w2->view(), a, n, out, ss);
+  });
 
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaEventRecord(join_, ss));
   stage("moe.shared");
   float* router = w.f(w.router, n * E);
-  linear_.run(lw.gate->view(), x, n, router, stream_);
+  repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
   w.grow(w.route_experts, n * k * 4);
   float* rweights = w.f(w.route_weights, n * k);
-  route_rows(router, w.tokens, fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr,
-             lw.bias.as<float>(), n, E, k, c.score_func, c.routed_scaling,
-             w.route_experts.as<int32_t>(), rweights, stream_);
+  repeatable("route", [&] {
+    route_rows(router, w.tokens, fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr,
+               lw.bias.as<float>(), n, E, k, c.score_func, c.routed_scaling,
+               w.route_experts.as<int32_t>(), rweights, stream_);
+  });
 
   stage("moe.router");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
-  routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
-                 c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                 &expert_gemm_, ss != stream_ ? join_ : nullptr);
+  repeatable("experts", [&] {
+    routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
+                   c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
+                   &expert_gemm_, ss != stream_ ? join_ : nullptr);
+  });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }
 

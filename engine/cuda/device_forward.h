@@ -37,7 +37,18 @@ struct CudaOptions {
   // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
   // weight (every pass decodes the used experts again).
   int64_t prefill_rows = 8192;
+  // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
+  // here): every pass launches this stage's kernels twice, so the step's extra time is what the
+  // stage costs where it stands in the graph. The second launch reads the first one's outputs,
+  // so the values are wrong. One of kRepeatableStages, or empty.
+  std::string repeat_stage;
 };
+
+// The stages CudaOptions::repeat_stage accepts.
+inline constexpr const char* kRepeatableStages[] = {
+    "mhc",          "x_products",     "q_norm", "wq_b",      "q_rope", "indexer_wq_b",
+    "indexer_rope", "indexer_scores", "top_k",  "attention", "o_rope", "wo_a",
+    "wo_b",         "router",         "route",  "experts",   "shared", "head"};
 
 struct DeviceRow {
   DeviceSequenceCache* cache;
@@ -103,6 +114,12 @@ class DeviceForward {
   void join(cudaStream_t side);
   void stage(const char* name);
   void collect_stages();
+  // Runs launch(), and again where `name` is the stage to repeat (CudaOptions::repeat_stage).
+  template <typename Launch>
+  void repeatable(const char* name, Launch&& launch) {
+    launch();
+    if (repeat_stage_ == name) launch();
+  }
 
   ForwardConfig config_;
   WeightsOnDevice weights_;
@@ -119,6 +136,7 @@ class DeviceForward {
   bool profile_ = false;
   bool graphs_ = true;
   int64_t gemv_max_rows_ = 16;
+  std::string repeat_stage_;
   struct CapturedStep {
     cudaGraphExec_t exec = nullptr;
     uint64_t generation = 0;  // the workspace generation it was captured with

@@ -11,6 +11,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <random>
+#include <stdexcept>
+#include <string>
 
 #include "engine/model.h"
 #include "engine/model_init.h"
@@ -85,6 +87,33 @@ class CudaVsCpu : public ::testing::TestWithParam<Case> {
     }
   }
 };
+
+// The profiling option that repeats a stage says which stages there are when given another.
+TEST(CudaOptions, RepeatStageMustNameAStage) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_repeat_stage";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.seed = 7;
+  write_random_model(dir, init);
+  cuda::CudaOptions options;
+  options.repeat_stage = "wq_c";
+  try {
+    load_cuda_model(dir, {Device::cuda}, options);
+    ADD_FAILURE() << "an unknown stage was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("no stage \"wq_c\" to repeat (stages: mhc,"),
+              std::string::npos)
+        << e.what();
+  }
+  options.repeat_stage = "wq_b";
+  EXPECT_NO_THROW(load_cuda_model(dir, {Device::cuda}, options));
+  std::filesystem::remove_all(dir);
+#endif
+}
 
 TEST_P(CudaVsCpu, PrefillChunksAndDecode) {
   const int64_t V = cpu_->vocab_size();
