@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/attention_keys.cuh"
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
@@ -21,20 +22,6 @@ constexpr int kThreads = 256;
 // the GPU with each warp walking all of its row's keys; decode batches split the keys over warps.
 constexpr int64_t kHeadsKernelRows = 256;
 
-struct KeyList {
-  const float* kv;
-  const float* entries;
-  const int32_t* chosen;
-  int64_t first;      // first window position
-  int64_t n_window;   // window keys
-  int64_t n_entries;  // compressed keys
-  __device__ const float* key(int64_t i, int64_t hd) const {
-    if (i < n_window) return kv + (first + i) * hd;
-    const int64_t e = i - n_window;
-    return entries + (chosen ? int64_t(chosen[e]) : e) * hd;
-  }
-};
-
 __global__ void attend_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t hd,
                               int64_t window, const float* sinks, bool use_entries,
                               const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
@@ -44,14 +31,8 @@ __global__ void attend_kernel(const float* q, const LayerRow* rows, int64_t head
   __shared__ float red[32];
   const int64_t t = blockIdx.y, h = blockIdx.x;
   const LayerRow row = rows[t];
-  KeyList keys;
-  keys.kv = row.kv;
-  keys.entries = row.comp_entries;
-  keys.first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
-  keys.n_window = row.pos - keys.first + 1;
-  keys.chosen = chosen ? chosen + t * topk : nullptr;
-  keys.n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
-  const int64_t n_keys = keys.n_window + keys.n_entries;
+  const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
+  const int64_t n_keys = keys.n_keys();
 
   float* qs = smem;
   float* logits = smem + hd;
@@ -100,14 +81,8 @@ __global__ void attend_fast_kernel(const float* q, const LayerRow* rows, int64_t
   __shared__ float4 wacc[kFastWarps][32 * J];
   const int64_t t = blockIdx.y, h = blockIdx.x;
   const LayerRow row = rows[t];
-  KeyList keys;
-  keys.kv = row.kv;
-  keys.entries = row.comp_entries;
-  keys.first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
-  keys.n_window = row.pos - keys.first + 1;
-  keys.chosen = chosen ? chosen + t * topk : nullptr;
-  keys.n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
-  const int64_t n_keys = keys.n_window + keys.n_entries;
+  const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
+  const int64_t n_keys = keys.n_keys();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int nchunk = int(hd / 4);
   const float4 zero = make_float4(0, 0, 0, 0);
@@ -200,14 +175,8 @@ __global__ void attend_heads_kernel(const float* q, const LayerRow* rows, int64_
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t t = blockIdx.y, h = int64_t(blockIdx.x) * G + warp;
   const LayerRow row = rows[t];
-  KeyList keys;
-  keys.kv = row.kv;
-  keys.entries = row.comp_entries;
-  keys.first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
-  keys.n_window = row.pos - keys.first + 1;
-  keys.chosen = chosen ? chosen + t * topk : nullptr;
-  keys.n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
-  const int64_t n_keys = keys.n_window + keys.n_entries;
+  const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
+  const int64_t n_keys = keys.n_keys();
   const int nchunk = int(hd / 4);
   const float4 zero = make_float4(0, 0, 0, 0);
   const float4* qv = reinterpret_cast<const float4*>(q + (t * heads + h) * hd);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "engine/cuda/async_copy.cuh"
+#include "engine/cuda/attention_keys.cuh"
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
@@ -78,24 +79,16 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
   const int64_t first = hd - p.rope.dim;  // the rope's channels are the last rope.dim
   pdl_begin();
   const LayerRow row = p.rows[t];
-  const int64_t kv_first = row.pos - p.window + 1 > 0 ? row.pos - p.window + 1 : 0;
-  const int64_t n_window = row.pos - kv_first + 1;
-  const int32_t* chosen = p.chosen ? p.chosen + t * p.topk : nullptr;
-  const int64_t n_entries = p.chosen ? p.n_chosen[t] : p.use_entries ? row.visible : 0;
-  const int64_t n_keys = n_window + n_entries;
+  const KeyList keys = row_keys(row, t, p.window, p.use_entries, p.chosen, p.n_chosen, p.topk);
+  const int64_t n_keys = keys.n_keys();
   const int64_t per = (n_keys + splits - 1) / splits;
   const int64_t k0 = min(n_keys, split * per), k1 = min(n_keys, k0 + per);
-  auto key = [&](int64_t i) -> const float4* {
-    if (i < n_window) return reinterpret_cast<const float4*>(row.kv + (kv_first + i) * hd);
-    const int64_t e = i - n_window;
-    return reinterpret_cast<const float4*>(row.comp_entries +
-                                           (chosen ? int64_t(chosen[e]) : e) * hd);
-  };
   // The chunk's key rows are looked up once (a CSA key's row is an index read from memory) so
   // the copies go out back to back; called by every thread (it synchronises the block).
   __shared__ const float4* rows_s[kChunkKeys];
   auto fetch = [&](int64_t base, int count) {
-    if (int(threadIdx.x) < count) rows_s[threadIdx.x] = key(base + threadIdx.x);
+    if (int(threadIdx.x) < count)
+      rows_s[threadIdx.x] = reinterpret_cast<const float4*>(keys.key(base + threadIdx.x, hd));
     __syncthreads();
     for (int idx = threadIdx.x; idx < count * nchunk; idx += blockDim.x) {
       const int i = idx / nchunk, c = idx - i * nchunk;

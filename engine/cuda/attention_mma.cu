@@ -15,6 +15,7 @@
 #include <string>
 
 #include "engine/cuda/async_copy.cuh"
+#include "engine/cuda/attention_keys.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -61,17 +62,9 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
 
   const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kBlockHeads;
   const LayerRow row = rows[t];
-  const int64_t first = row.pos - window + 1 > 0 ? row.pos - window + 1 : 0;
-  const int64_t n_window = row.pos - first + 1;
-  const int32_t* row_chosen = chosen ? chosen + t * topk : nullptr;
-  const int64_t n_entries = chosen ? n_chosen[t] : use_entries ? row.visible : 0;
-  const int64_t n_keys = n_window + n_entries;
-  auto key = [&](int64_t i) -> const float4* {
-    if (i < n_window) return reinterpret_cast<const float4*>(row.kv + (first + i) * HD);
-    const int64_t e = i - n_window;
-    return reinterpret_cast<const float4*>(row.comp_entries +
-                                           (row_chosen ? int64_t(row_chosen[e]) : e) * HD);
-  };
+  const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
+  const int64_t n_keys = keys.n_keys();
+  auto key = [&](int64_t i) { return reinterpret_cast<const float4*>(keys.key(i, HD)); };
 
   const float* q_rows = q + (t * heads + h_base) * HD;  // 64 heads, contiguous
   for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {

@@ -64,7 +64,6 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(StreamGemv g) 
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t t0 = int64_t(blockIdx.x) * g.tiles / gridDim.x,
                 t1 = int64_t(blockIdx.x + 1) * g.tiles / gridDim.x;
-  if (threadIdx.x < kMaxStages * kConsumerWarps) sums[threadIdx.x] = 0.0f;
   if (threadIdx.x < kMaxStages) done[threadIdx.x] = 0;
   const stream::Ring bars = stream::init_ring(smem, g.stages);
   if (warp == kConsumerWarps) {

@@ -20,6 +20,7 @@
 #include "tests/engine/golden_fixture.h"
 
 #ifdef AGENTRT_HAVE_CUDA
+#include "engine/cuda/attention_keys.cuh"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/indexer_gemm.h"
@@ -146,6 +147,29 @@ void indexer_scores_case(int64_t heads, int64_t dim, int64_t n) {
   for (int64_t i = 0; i < n * stride; ++i)
     ASSERT_NEAR(b[i], a[i], 1e-4f * (1.0f + std::fabs(a[i])))
         << "row " << i / stride << " entry " << i % stride;
+}
+
+// The key list every attention kernel walks (no GPU needed): the window up to the position,
+// then the chosen entries (CSA), all visible ones (HCA) or none.
+TEST(AttentionKeys, WindowThenChosenOrVisibleEntries) {
+  std::vector<float> kv(40 * 2), ent(10 * 2);
+  cuda::LayerRow row;
+  row.kv = kv.data();
+  row.comp_entries = ent.data();
+  row.pos = 12;
+  row.visible = 3;
+  const std::vector<int32_t> chosen = {9, 9, 9, 7, 2, 0}, n_chosen = {9, 2};  // topk 3, row 1
+  const cuda::KeyList csa = cuda::row_keys(row, 1, 5, false, chosen.data(), n_chosen.data(), 3);
+  EXPECT_EQ(csa.n_keys(), 5 + 2);
+  EXPECT_EQ(csa.key(0, 2), kv.data() + 8 * 2);  // positions 8 .. 12
+  EXPECT_EQ(csa.key(4, 2), kv.data() + 12 * 2);
+  EXPECT_EQ(csa.key(5, 2), ent.data() + 7 * 2);
+  EXPECT_EQ(csa.key(6, 2), ent.data() + 2 * 2);
+  const cuda::KeyList hca = cuda::row_keys(row, 1, 20, true, nullptr, nullptr, 3);
+  EXPECT_EQ(hca.n_keys(), 13 + 3);  // the window starts at position 0
+  EXPECT_EQ(hca.key(0, 2), kv.data());
+  EXPECT_EQ(hca.key(15, 2), ent.data() + 2 * 2);
+  EXPECT_EQ(cuda::row_keys(row, 1, 5, false, nullptr, nullptr, 3).n_keys(), 5);  // sliding only
 }
 
 enum class AttentionKernel { per_head, plain, by_row };
