@@ -194,7 +194,8 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
 // One row's routed experts with every chosen expert's FP4 weights streamed through shared memory
-// (moe_decode.cu): act [k][inter] scratch, `out` [hidden] gets the weighted sum added once
+// (moe_decode.cu): act, k * inter floats of scratch, carries the SwiGLU values between the two
+// kernels (as int8 parts, fp4_int8.cuh); `out` [hidden] gets the weighted sum added once
 // before_sum (if set) has fired. Returns false, having launched nothing, where the weights'
 // type and shapes do not allow it (fit() says so beforehand); max_blocks > 0 caps the grid
 // (tests use it to make each block loop over its ring).
