@@ -365,9 +365,19 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < b; ++i) ptrs.push_back(seqs[i].get());
         model->decode_batch(ptrs, random_ids(b));
         const int64_t bsteps = std::max<int64_t>(4, steps / 2);
+        const auto before = cuda_stage_ms(*model);
         t0 = now();
         for (int64_t i = 0; i < bsteps; ++i) model->decode_batch(ptrs, random_ids(b));
         const double dt = (now() - t0) / double(bsteps);
+        if (options.profile) {
+          std::printf("  GPU ms per batch-%lld step:", static_cast<long long>(b));
+          for (const auto& [name, ms] : cuda_stage_ms(*model)) {
+            const auto it = before.find(name);
+            std::printf(" %s %.3f", name.c_str(),
+                        (ms - (it == before.end() ? 0.0 : it->second)) / double(bsteps));
+          }
+          std::printf(" (wall %.3f)\n", dt * 1e3);
+        }
         std::printf(
             "%-28s %12.1f %12s %14s %12s   (%.1f steps/s)\n",
             ("decode batch " + std::to_string(b) + " @ " + std::to_string(batch_context)).c_str(),

@@ -411,6 +411,9 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
+// Rows at most that many take the streamed kernels of one row, each row on its own.
+constexpr int64_t kStreamedRows = 64;
+
 int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden) {
   const int64_t P = n * k;
   return int64_t(align16(P * 4) * 2 + align16(experts * 4) + align16((experts + 1) * 4) + 16 +
@@ -473,9 +476,15 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
-  if (n == 1 && streamed_experts(e, chosen, weights, h, k, inter, hidden, limit, g.act, out, stream,
-                                 before_sum))
-    return;  // batch-1 decode
+  // Decode (up to kStreamedRows rows): each row through the streamed kernels of one row. An
+  // expert two rows share is read twice, but streamed it reads several times faster than the
+  // grouped CUDA-core kernels below read it once.
+  if (n <= kStreamedRows && streamed_experts_fit(e, k, inter, hidden)) {
+    for (int64_t t = 0; t < n; ++t)
+      streamed_experts(e, chosen + t * k, weights + t * k, h + t * hidden, k, inter, hidden, limit,
+                       g.act + t * k * inter, out + t * hidden, stream, before_sum);
+    return;
+  }
   const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
   const size_t fill_shared = size_t(group_threads / 32 + 1) * size_t(experts) * 4;
   const bool warp_counts = fill_shared <= 48 * 1024;
