@@ -44,6 +44,13 @@ Sampler::Sample Sampler::sample_candidates(std::vector<std::pair<float, int32_t>
   return sample_sorted(cand, z_all);
 }
 
+Sampler::Sample Sampler::sample_sorted_candidates(std::vector<std::pair<float, int32_t>> cand,
+                                                  double z_all) {
+  if (cand.empty()) throw std::invalid_argument("sampler: the token mask allows no token");
+  if (params_.greedy()) throw std::logic_error("sampler: sample_sorted_candidates is for sampling");
+  return sample_sorted(cand, z_all);
+}
+
 Sampler::Sample Sampler::sample_sorted(std::vector<std::pair<float, int32_t>>& cand, double z_all) {
   const double inv_t = 1.0 / params_.temperature;
   const bool truncated_by_k =

@@ -47,6 +47,8 @@ class Sampler {
   // exp((logit - best) / temperature), normalises the probabilities as sample() would over the
   // whole vocabulary (when top_k does not cut the list anyway). Draws like sample().
   Sample sample_candidates(std::vector<std::pair<float, int32_t>> cand, double z_all);
+  // The same for candidates already sorted best first, ties to the lower id (as on the device).
+  Sample sample_sorted_candidates(std::vector<std::pair<float, int32_t>> cand, double z_all);
   // The n most likely allowed tokens with their log-probabilities (temperature 1).
   static std::vector<std::pair<int32_t, float>> top_logprobs(std::span<const float> logits, int n,
                                                              TokenMask mask = {});

@@ -16,9 +16,8 @@ class CudaModel;
 
 // The allowed tokens within this many temperatures of the best are collected for sampling:
 // anything further has relative probability < e^-20 (2e-9) and is left out; if more than
-// kNearCapacity tokens are that close, the whole row comes to the host instead.
+// CudaOptions::near_capacity tokens are that close, the device sorts every allowed token instead.
 constexpr float kNearTemperatures = 20.0f;
-constexpr int32_t kNearCapacity = 4096;
 
 // How the device chooses for a sampler: greedy rows get the pick only, sampling rows also the
 // tokens within kNearTemperatures temperatures of the best.
@@ -28,26 +27,24 @@ cuda::DeviceForward::RowPick row_pick(const SamplingParams& p) {
 }
 
 // The sampler's choice from what the device read back for logits row `row` of the last run: the
-// pick, or a draw among the candidates, or (more than kNearCapacity candidates) a draw over the
-// whole row read back.
+// pick, or a draw among the candidates, or (more than `capacity` candidates) a draw among every
+// allowed token, sorted on the device: the same draw as Sampler::sample on the whole row.
 Sampler::Sample choose(const cuda::DeviceForward::NearBest& r, const SamplingParams& params,
                        Sampler& sampler, TokenMask mask, cuda::DeviceForward& pass, int64_t row,
-                       int64_t vocab) {
+                       int32_t capacity) {
   if (r.pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
   if (params.greedy()) return {r.pick.token, float(-std::log(r.pick.z))};
-  if (r.total <= kNearCapacity) return sampler.sample_candidates(r.cand, r.pick.z);
-  std::vector<float> logits(static_cast<size_t>(vocab));
-  pass.copy_last_logits(logits.data(), row);
-  return sampler.sample(logits, mask);
+  if (r.total <= capacity) return sampler.sample_candidates(r.cand, r.pick.z);
+  return sampler.sample_sorted_candidates(pass.sorted_allowed(row, mask, r.pick.allowed), 0.0);
 }
 
 // The sampler's choice on the last logits row of the last run, made on the device where it can
 // be.
 Sampler::Sample choose_on_last_row(cuda::DeviceForward& pass, Sampler& sampler, TokenMask mask,
-                                   int64_t vocab) {
+                                   int32_t capacity) {
   const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
-  const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, kNearCapacity, -1);
-  return choose(near[0], sampler.params(), sampler, mask, pass, -1, vocab);
+  const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, capacity, -1);
+  return choose(near[0], sampler.params(), sampler, mask, pass, -1, capacity);
 }
 
 class CudaSequence final : public ModelSequence {
@@ -77,12 +74,18 @@ class CudaSequence final : public ModelSequence {
 class CudaModel final : public Model {
  public:
   CudaModel(ForwardConfig config, const ForwardWeights& weights, const cuda::CudaOptions& options)
-      : pass_(std::move(config), weights, options), prefill_rows_(options.prefill_rows) {
+      : pass_(std::move(config), weights, options),
+        prefill_rows_(options.prefill_rows),
+        near_capacity_(options.near_capacity) {
     if (prefill_rows_ < 1)
       throw std::invalid_argument("cuda options: prefill_rows must be at least 1, got " +
                                   std::to_string(prefill_rows_));
+    if (near_capacity_ < 1)
+      throw std::invalid_argument("cuda options: near_capacity must be at least 1, got " +
+                                  std::to_string(near_capacity_));
   }
   int64_t prefill_rows() const { return prefill_rows_; }
+  int32_t near_capacity() const { return near_capacity_; }
 
   const ForwardConfig& config() const override { return pass_.config(); }
   int32_t vocab_size() const override { return int32_t(pass_.config().vocab_size); }
@@ -121,11 +124,11 @@ class CudaModel final : public Model {
     row_masks.resize(n);  // no masks: none for every row
     std::vector<cuda::DeviceForward::RowPick> how(n);
     for (size_t i = 0; i < n; ++i) how[i] = row_pick(samplers[i]->params());
-    const auto near = pass_.near_best_rows(row_masks, how, kNearCapacity);
+    const auto near = pass_.near_best_rows(row_masks, how, near_capacity_);
     for (size_t i = 0; i < n; ++i) {
       try {
         out[i].sample = choose(near[i], samplers[i]->params(), *samplers[i], row_masks[i], pass_,
-                               int64_t(i), vocab_size());
+                               int64_t(i), near_capacity_);
       } catch (...) {
         out[i].error = std::current_exception();
       }
@@ -177,6 +180,7 @@ class CudaModel final : public Model {
   mutable std::mutex mutex_;
   mutable cuda::DeviceForward pass_;
   int64_t prefill_rows_;
+  int32_t near_capacity_;
 };
 
 std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {
@@ -219,7 +223,7 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
         chosen = model_.run_then(rows, [&](cuda::DeviceForward& pass) {
           cache_.length += end - begin;  // fed, whatever the choice does
           fed = true;
-          return choose_on_last_row(pass, sampler, mask, model_.vocab_size());
+          return choose_on_last_row(pass, sampler, mask, model_.near_capacity());
         });
       } else {
         model_.run(rows, nullptr);

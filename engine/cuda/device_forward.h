@@ -42,6 +42,9 @@ struct CudaOptions {
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
   // so the values are wrong. One of kRepeatableStages, or empty.
   std::string repeat_stage;
+  // Sampling rows: up to this many allowed tokens near the best are collected on the device and
+  // drawn from on the host; a row with more sorts all its allowed tokens on the device.
+  int32_t near_capacity = 4096;
 };
 
 // The stages CudaOptions::repeat_stage accepts.
@@ -95,6 +98,11 @@ class DeviceForward {
                                        int64_t first_row = 0);
   // After run(rows, nullptr): logits row `row` (-1: the last), to host memory (vocab floats).
   void copy_last_logits(float* out, int64_t row = -1);
+  // After run(rows, nullptr): the `allowed` tokens that `mask` allows with finite logits in logits
+  // row `row` (-1: the last), as (logit, id) best first, ties to the lower id (sorted on the
+  // device: Sampler::sample's order).
+  std::vector<std::pair<float, int32_t>> sorted_allowed(int64_t row, TokenMask mask,
+                                                        int32_t allowed);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
@@ -147,7 +155,7 @@ class DeviceForward {
   void* pinned_ = nullptr;  // page-locked staging for the logits
   int64_t pinned_bytes_ = 0;
   int64_t last_wanted_ = 0;  // logits rows the last run left on the device
-  DeviceBuffer mask_, pick_scratch_, pick_, near_;
+  DeviceBuffer mask_, pick_scratch_, pick_, near_, sort_mask_, sort_scratch_;
   void* pinned_mask_ = nullptr;  // page-locked staging for the mask and the pick
   int64_t pinned_mask_bytes_ = 0;
 };

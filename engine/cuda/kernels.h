@@ -177,6 +177,14 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
                        int32_t* ids, float* values, cudaStream_t stream);
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
+// Every allowed token with a finite logit, best first (ties: lower id first, -0 as 0), as the
+// host Sampler orders its candidates: the first `allowed` (from masked_pick) entries of keys and
+// ids, which sort_allowed points into scratch (sort_allowed_scratch_bytes(vocab) bytes). For a
+// sampling row with too many tokens near the best to collect: a radix sort on the device instead
+// of the whole row's sort on the host.
+int64_t sort_allowed_scratch_bytes(int64_t vocab);
+void sort_allowed(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                  void* scratch, const float** keys, const int32_t** ids, cudaStream_t stream);
 
 // --- moe.cu ---
 struct ExpertsDevice {

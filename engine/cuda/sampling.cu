@@ -4,8 +4,10 @@
 // one small struct instead of the whole vocabulary's logits. One pass keeps an online
 // (max, sum) per thread, blocks combine them, and one block combines the blocks. Sampling: the
 // same normaliser at the temperature, plus the allowed tokens near the best (the only ones with a
-// chance to matter), collected for the host's Sampler::sample_candidates.
+// chance to matter), collected for the host's Sampler::sample_candidates; where too many are
+// that close, every allowed token sorted best first (a radix sort).
 #include <cmath>
+#include <cub/device/device_radix_sort.cuh>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
@@ -121,6 +123,59 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
   launch_pdl(collect_kernel, pick_grid(vocab), kThreads, 0, stream, logits, vocab, mask, mask_words,
              pick, delta, capacity, count, ids, values);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+namespace {
+
+// Sort keys: the logit where the token is allowed and finite (zero without its sign: the host's
+// comparison sees -0 == 0), otherwise -infinity, which sorts after every allowed token.
+__global__ void allowed_keys_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
+                                    int64_t mask_words, float* keys, int32_t* ids) {
+  pdl_begin();
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const float l = logits[i];
+    const int64_t wi = i >> 5;
+    const bool ok =
+        isfinite(l) && (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
+    keys[i] = ok ? (l == 0.0f ? 0.0f : l) : -INFINITY;
+    ids[i] = int32_t(i);
+  }
+}
+
+// Scratch: keys and ids in, keys and ids out (each vocab entries, 256-byte aligned), then CUB's.
+int64_t sort_array_bytes(int64_t vocab) { return (vocab * 4 + 255) / 256 * 256; }
+size_t cub_sort_bytes(int64_t vocab) {
+  size_t bytes = 0;
+  AGENTRT_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
+      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), int(vocab)));
+  return bytes;
+}
+
+}  // namespace
+
+int64_t sort_allowed_scratch_bytes(int64_t vocab) {
+  return 4 * sort_array_bytes(vocab) + int64_t(cub_sort_bytes(vocab));
+}
+
+void sort_allowed(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                  void* scratch, const float** keys, const int32_t** ids, cudaStream_t stream) {
+  char* p = static_cast<char*>(scratch);
+  const int64_t a = sort_array_bytes(vocab);
+  auto* keys_in = reinterpret_cast<float*>(p);
+  auto* ids_in = reinterpret_cast<int32_t*>(p + a);
+  auto* keys_out = reinterpret_cast<float*>(p + 2 * a);
+  auto* ids_out = reinterpret_cast<int32_t*>(p + 3 * a);
+  launch_pdl(allowed_keys_kernel, pick_grid(vocab), kThreads, 0, stream, logits, vocab, mask,
+             mask_words, keys_in, ids_in);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  size_t temp = cub_sort_bytes(vocab);
+  // The radix sort is stable: equal keys keep their ascending ids.
+  AGENTRT_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
+      p + 4 * a, temp, keys_in, keys_out, ids_in, ids_out, int(vocab), 0, 32, stream));
+  *keys = keys_out;
+  *ids = ids_out;
 }
 
 int64_t masked_pick_scratch_bytes() { return int64_t(sizeof(Partial)) * kMaxBlocks; }

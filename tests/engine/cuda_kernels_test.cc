@@ -446,7 +446,10 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
   }
 }
 
-TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) { check_routed_experts(11, nullptr, 1e-5); }
+TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) {
+  check_routed_experts(11, nullptr, 1e-5);   // up to 64 rows: each row streamed
+  check_routed_experts(100, nullptr, 1e-5);  // the grouped CUDA-core kernels
+}
 
 TEST_F(CudaKernels, StreamedExpertsOfOneRowMatchSwigluExpert) {
   // Through routed_experts (one row takes the streamed kernels), with one block per tile.

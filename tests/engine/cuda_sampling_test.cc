@@ -2,9 +2,11 @@
 // non-finite values, masks shorter than the vocabulary, a mask that allows nothing), and
 // ModelSequence::forward_and_sample on a CUDA model (greedy; temperature, top-k, top-p, min-p)
 // against forward() + Sampler::sample on the same model, and decode_batch_and_sample against
-// decode_batch + Sampler::sample. Skips without a GPU.
+// decode_batch + Sampler::sample (also with rows that sort every allowed token on the device,
+// and that sort against the host's order). Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -131,8 +133,11 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
   std::filesystem::remove_all(dir);
 }
 
-TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
-  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_batch_sampling";
+// decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
+// sampling row draws among all its allowed tokens sorted on the device.
+void check_batch_sampling(int32_t near_capacity) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("agentrt_cuda_batch_sampling_" + std::to_string(near_capacity));
   ModelInitOptions init;
   init.preset = "small";
   init.vocab_size = 3000;
@@ -142,6 +147,7 @@ TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
   write_random_model(dir, init);
   cuda::CudaOptions options;
   options.precision = cuda::GemmPrecision::f32;
+  options.near_capacity = near_capacity;
   const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
   std::mt19937 rng(3);
   const int n = 5;
@@ -200,6 +206,54 @@ TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
     for (int i = 0; i < n; ++i) EXPECT_EQ(a[i]->length(), b[i]->length());
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
+  check_batch_sampling(4096);
+}
+
+TEST_F(CudaSampling, RowsWithTooManyNearTokensSortOnTheDevice) { check_batch_sampling(8); }
+
+// sort_allowed against the host's order (logit descending, then id) on a vocabulary-sized row
+// with many ties, both zeros, non-finite values and masks of every kind.
+TEST_F(CudaSampling, SortAllowedOrdersAsTheHostSampler) {
+  std::mt19937 rng(8);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const int64_t V = 129280;
+  cuda::DeviceBuffer logits_d(V * 4), mask_d((V + 31) / 32 * 4),
+      scratch(cuda::sort_allowed_scratch_bytes(V));
+  for (int round = 0; round < 4; ++round) {
+    std::vector<float> logits(V);
+    for (auto& v : logits) v = std::round(dist(rng) * 8.0f) / 8.0f;  // ties, and zeros
+    for (int i = 0; i < 50; ++i) logits[rng() % V] = -0.0f;
+    logits[rng() % V] = std::numeric_limits<float>::infinity();
+    logits[rng() % V] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<uint32_t> mask((V + 31) / 32, 0);
+    int64_t words = round == 0 ? 0 : int64_t(mask.size()) / (round == 2 ? 3 : 1);
+    for (int64_t i = 0; i < words * 32; ++i)
+      if (rng() % (round == 3 ? 500 : 2) == 0) mask[i >> 5] |= 1u << (i & 31);
+    const TokenMask tm = words ? TokenMask{mask.data(), size_t(words)} : TokenMask{};
+    std::vector<std::pair<float, int32_t>> want;
+    for (int64_t i = 0; i < V; ++i)
+      if (std::isfinite(logits[i]) && tm.allows(i)) want.push_back({logits[i], int32_t(i)});
+    std::sort(want.begin(), want.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    cuda::copy_to_device(logits_d.get(), logits.data(), V * 4);
+    if (words) cuda::copy_to_device(mask_d.get(), mask.data(), words * 4);
+    const float* keys = nullptr;
+    const int32_t* ids = nullptr;
+    cuda::sort_allowed(logits_d.as<float>(), V, words ? mask_d.as<uint32_t>() : nullptr, words,
+                       scratch.get(), &keys, &ids, nullptr);
+    std::vector<float> got_keys(want.size());
+    std::vector<int32_t> got_ids(want.size());
+    cuda::copy_to_host(got_keys.data(), keys, int64_t(want.size()) * 4);
+    cuda::copy_to_host(got_ids.data(), ids, int64_t(want.size()) * 4);
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_EQ(got_ids[i], want[i].second) << "round " << round << " position " << i;
+      ASSERT_EQ(got_keys[i], want[i].first) << "round " << round << " position " << i;
+    }
+  }
 }
 
 #endif  // AGENTRT_HAVE_CUDA
