@@ -59,6 +59,14 @@ __device__ Partial block_combine(Partial p, float inv_t, Partial* shared) {
   return p;  // valid in thread 0
 }
 
+// Whether token i with logit l can be chosen: finite, and allowed by the bitmask (bit i of word
+// i / 32; words past mask_words allow nothing; no mask allows everything).
+__device__ __forceinline__ bool allowed(float l, int64_t i, const uint32_t* mask,
+                                        int64_t mask_words) {
+  const int64_t wi = i >> 5;
+  return isfinite(l) && (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
+}
+
 __global__ void pick_blocks(const float* logits, int64_t vocab, const uint32_t* mask,
                             int64_t mask_words, float inv_t, Partial* partials) {
   pdl_begin();
@@ -67,10 +75,7 @@ __global__ void pick_blocks(const float* logits, int64_t vocab, const uint32_t* 
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float l = logits[i];
-    const int64_t wi = i >> 5;
-    const bool ok =
-        isfinite(l) && (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
-    if (!ok) continue;
+    if (!allowed(l, i, mask, mask_words)) continue;
     p = combine(p, Partial{l, int32_t(i), 1, 1.0}, inv_t);
   }
   p = block_combine(p, inv_t, shared);
@@ -102,10 +107,7 @@ __global__ void collect_kernel(const float* logits, int64_t vocab, const uint32_
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float l = logits[i];
-    const int64_t wi = i >> 5;
-    const bool ok = isfinite(l) && l >= threshold &&
-                    (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
-    if (!ok) continue;
+    if (!(l >= threshold && allowed(l, i, mask, mask_words))) continue;
     const int32_t slot = atomicAdd(count, 1);
     if (slot < capacity) {
       ids[slot] = int32_t(i);
@@ -135,10 +137,7 @@ __global__ void allowed_keys_kernel(const float* logits, int64_t vocab, const ui
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
        i += int64_t(gridDim.x) * blockDim.x) {
     const float l = logits[i];
-    const int64_t wi = i >> 5;
-    const bool ok =
-        isfinite(l) && (!mask || (wi < mask_words && ((mask[wi] >> (i & 31)) & 1u) != 0));
-    keys[i] = ok ? (l == 0.0f ? 0.0f : l) : -INFINITY;
+    keys[i] = allowed(l, i, mask, mask_words) ? (l == 0.0f ? 0.0f : l) : -INFINITY;
     ids[i] = int32_t(i);
   }
 }
