@@ -84,9 +84,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   stream::stage_x_i8(h, hidden, xs);
   stream::consumers_sync();
-  uint32_t q = 0;
-  for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
-    float* task_values = values + (t & 1) * 32;  // warp 0 may still read the other task's
+  uint32_t q = 0, task = 0;  // task: this block's count (t steps by the grid, often even)
+  for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x, ++task) {
+    float* task_values = values + (task & 1) * 32;  // warp 0 may still read the other task's
     for (int half = 0; half < 2; ++half, ++q) {
       const stream::Slot s = stream::slot_of(q, stages);
       mbarrier_wait(&bars.full[s.index], s.parity);
