@@ -389,21 +389,23 @@ std::vector<std::pair<float, int32_t>> DeviceForward::sorted_allowed(int64_t row
                                                                      int32_t allowed) {
   const float* logits = logits_row(row);
   const int64_t vocab = config_.vocab_size;
-  const int64_t words = mask.words ? int64_t(mask.num_words) : 0;
+  // As in near_best_rows: a mask of no words allows nothing, no mask everything.
+  const bool masked = mask.words != nullptr;
+  const int64_t words = masked ? int64_t(mask.num_words) : 0;
   const int64_t count = std::clamp<int64_t>(allowed, 0, vocab);
   // One pinned buffer: the mask going up, then keys and ids coming back (stream order keeps the
   // upload's reads before the download's writes).
   char* host = staging(std::max<int64_t>(words * 4, count * 8));
+  if (masked) sort_mask_.reserve(std::max<int64_t>(words * 4, 4));
   if (words > 0) {
     std::memcpy(host, mask.words, size_t(words * 4));
-    sort_mask_.reserve(words * 4);
     AGENTRT_CUDA_CHECK(cudaMemcpyAsync(sort_mask_.get(), host, size_t(words * 4),
                                        cudaMemcpyHostToDevice, stream_));
   }
   sort_scratch_.reserve(sort_allowed_scratch_bytes(vocab));
   const float* keys = nullptr;
   const int32_t* ids = nullptr;
-  sort_allowed(logits, vocab, words > 0 ? sort_mask_.as<uint32_t>() : nullptr, words,
+  sort_allowed(logits, vocab, masked ? sort_mask_.as<uint32_t>() : nullptr, words,
                sort_scratch_.get(), &keys, &ids, stream_);
   AGENTRT_CUDA_CHECK(
       cudaMemcpyAsync(host, keys, size_t(count * 4), cudaMemcpyDeviceToHost, stream_));
