@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <random>
 #include <vector>
@@ -115,6 +116,46 @@ TEST(Sampler, CandidatesNearTheBestDrawLikeTheWholeRow) {
   }
   Sampler s({.temperature = 1.0f});
   EXPECT_THROW(s.sample_candidates({}, 1.0), std::invalid_argument);
+}
+
+// Every allowed token sorted best first, ties to the lower id (what the CUDA backend's sort
+// hands over when too many tokens are near the best), draws as the whole row does.
+TEST(Sampler, SortedCandidatesDrawLikeTheWholeRow) {
+  std::mt19937 rng(4);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<float> logits(6000);
+  for (auto& v : logits) v = std::round(dist(rng) * 4.0f) / 4.0f;  // many ties
+  logits[7] = -0.0f;
+  logits[8] = 0.0f;
+  logits[9] = std::numeric_limits<float>::quiet_NaN();
+  logits[10] = -std::numeric_limits<float>::infinity();
+  std::vector<uint32_t> mask((logits.size() + 31) / 32, 0);
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (rng() % 4) mask[i >> 5] |= 1u << (i & 31);
+  for (const TokenMask tm : {TokenMask{}, TokenMask{mask.data(), mask.size()}}) {
+    std::vector<std::pair<float, int32_t>> sorted;
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (std::isfinite(logits[i]) && tm.allows(int64_t(i)))
+        sorted.push_back({logits[i] == 0.0f ? 0.0f : logits[i], int32_t(i)});
+    std::stable_sort(sorted.begin(), sorted.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    const SamplingParams cases[] = {
+        {.temperature = 0.7f, .seed = 1},
+        {.temperature = 1.0f, .top_k = 50, .seed = 2},
+        {.temperature = 1.2f, .top_p = 0.8f, .min_p = 0.02f, .seed = 3}};
+    for (const SamplingParams& p : cases) {
+      Sampler whole(p), from_sorted(p);
+      for (int draw = 0; draw < 100; ++draw) {
+        const auto a = whole.sample(logits, tm);
+        const auto b = from_sorted.sample_sorted_candidates(sorted, 0.0);
+        ASSERT_EQ(a.token, b.token) << "temperature " << p.temperature << " draw " << draw;
+        EXPECT_EQ(a.logprob, b.logprob);
+      }
+    }
+  }
+  Sampler s({.temperature = 1.0f}), greedy({.temperature = 0.0f});
+  EXPECT_THROW(s.sample_sorted_candidates({}, 0.0), std::invalid_argument);
+  EXPECT_THROW(greedy.sample_sorted_candidates({{1.0f, 0}}, 0.0), std::logic_error);
 }
 
 }  // namespace
