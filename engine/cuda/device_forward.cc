@@ -376,15 +376,6 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
   return out;
 }
 
-void DeviceForward::copy_last_logits(float* out, int64_t row) {
-  const float* logits = logits_row(row);
-  const int64_t bytes = config_.vocab_size * 4;
-  char* host = staging(bytes);
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, logits, size_t(bytes), cudaMemcpyDeviceToHost, stream_));
-  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::memcpy(out, host, size_t(bytes));
-}
-
 std::vector<std::pair<float, int32_t>> DeviceForward::sorted_allowed(int64_t row, TokenMask mask,
                                                                      int32_t allowed) {
   const float* logits = logits_row(row);

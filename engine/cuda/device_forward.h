@@ -96,8 +96,6 @@ class DeviceForward {
   std::vector<NearBest> near_best_rows(std::span<const TokenMask> masks,
                                        std::span<const RowPick> how, int32_t capacity,
                                        int64_t first_row = 0);
-  // After run(rows, nullptr): logits row `row` (-1: the last), to host memory (vocab floats).
-  void copy_last_logits(float* out, int64_t row = -1);
   // After run(rows, nullptr): the `allowed` tokens that `mask` allows with finite logits in logits
   // row `row` (-1: the last), as (logit, id) best first, ties to the lower id (sorted on the
   // device: Sampler::sample's order).

@@ -44,6 +44,15 @@ __device__ __forceinline__ float* i8_scales(uint4* xs, int64_t cols) {
   return reinterpret_cast<float*>(xs + i8_blocks(cols) * kI8Quads);
 }
 
+// The smallest power of two s with amax / s <= 126 (at least 2^-100, so 1/s is a float).
+__device__ __forceinline__ float block_scale(float amax) {
+  const uint32_t bits = (__float_as_uint(amax * (1.0f / 126.0f)) + 0x7fffffu) & 0x7f800000u;
+  return fmaxf(__uint_as_float(bits), 0x1p-100f);
+}
+__device__ __forceinline__ float inverse_pow2(float s) {  // exactly 1/s for a power of two s
+  return __uint_as_float(0x7f000000u - __float_as_uint(s));
+}
+
 // A block of 32 columns as int8 parts, 4 columns a lane, in groups of 8 lanes (every lane of the
 // warp calls it): word[p] holds part p of this lane's 4 columns, one byte each; returns the
 // block's scale times 1/2 (the lookup's values are twice e2m1). A block holding a NaN or an
@@ -57,10 +66,7 @@ __device__ __forceinline__ float quantize_quad(float4 v, uint32_t (&word)[kI8Par
     for (int p = 0; p < kI8Parts; ++p) word[p] = 0;
     return __uint_as_float(0x7fc00000u);
   }
-  // The smallest power of two s with amax / s <= 126 (at least 2^-100, so 1/s is a float).
-  const uint32_t bits = (__float_as_uint(amax * (1.0f / 126.0f)) + 0x7fffffu) & 0x7f800000u;
-  const float s = fmaxf(__uint_as_float(bits), 0x1p-100f);
-  const float inv = __uint_as_float(0x7f000000u - __float_as_uint(s));  // exactly 1/s
+  const float s = block_scale(amax), inv = inverse_pow2(s);
   // |y| <= 126, so |a0| <= 127; each residual is at most 1/2, times 2^7 at most 64. Adding
   // 1.5 * 2^23 rounds to an integer, whose two's complement is then the float's low byte.
   constexpr float kMagic = 0x1.8p23f;
@@ -85,13 +91,12 @@ __device__ __forceinline__ float quantize_lane(float v, int8_t (&parts)[kI8Parts
   float amax = isfinite(v) ? fabsf(v) : __uint_as_float(0x7f800000u);
   for (int off = 16; off > 0; off >>= 1)
     amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, off));
-  if (amax > 0x1p127f) {
+  if (amax > 0x1p127f) {  // not finite
     for (int p = 0; p < kI8Parts; ++p) parts[p] = 0;
     return __uint_as_float(0x7fc00000u);
   }
-  const uint32_t bits = (__float_as_uint(amax * (1.0f / 126.0f)) + 0x7fffffu) & 0x7f800000u;
-  const float s = fmaxf(__uint_as_float(bits), 0x1p-100f);
-  float r = v * __uint_as_float(0x7f000000u - __float_as_uint(s));
+  const float s = block_scale(amax);
+  float r = v * inverse_pow2(s);
 #pragma unroll
   for (int p = 0; p < kI8Parts; ++p) {
     const float a = rintf(r);
@@ -197,12 +202,6 @@ __device__ __forceinline__ void fp4_word_to_i8(uint32_t w, const Fp4Table& t, in
   hi = int(prmt(prmt(t.pos0, t.pos1, mag_hi), prmt(t.neg0, t.neg1, mag_hi), pick_hi));
 }
 
-// e8m0() with selects instead of branches.
-__device__ __forceinline__ float e8m0_select(uint32_t e) {
-  const uint32_t bits = e == 0 ? 0x00400000u : e == 255 ? 0x7fc00000u : e << 23;
-  return __uint_as_float(bits);
-}
-
 // This lane's dot products of M stored FP4 rows with the staged activations over 32-column
 // blocks lane, lane + 32, ... < blocks: rows[m][c] is block c's 16 bytes of row m, scales[m][c]
 // its e8m0 scale.
@@ -218,7 +217,7 @@ __device__ __forceinline__ void lane_dots_i8(const uint4* const (&rows)[M],
 #pragma unroll
     for (int m = 0; m < M; ++m) {
       q[m] = rows[m][c];
-      sc[m] = e8m0_select(scales[m][c]);
+      sc[m] = e8m0(scales[m][c]);
     }
     uint4 a[kI8Quads];
 #pragma unroll

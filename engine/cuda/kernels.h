@@ -201,21 +201,22 @@ class ExpertGemm;  // moe_gemm.h
 void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
-// One row's routed experts with every chosen expert's FP4 weights streamed through shared memory
-// (moe_decode.cu): act, k * inter floats of scratch, carries the SwiGLU values between the two
-// kernels (as int8 parts, fp4_int8.cuh); `out` [hidden] gets the weighted sum added once
-// before_sum (if set) has fired. Returns false, having launched nothing, where the weights'
-// type and shapes do not allow it (fit() says so beforehand); max_blocks > 0 caps the grid
-// (tests use it to make each block loop over its ring).
+// The routed experts of n rows, each row's chosen experts' FP4 weights streamed through shared
+// memory on their own (moe_decode.cu; an expert two rows share is read twice): act, n * k *
+// inter floats of scratch, carries the SwiGLU values between the two kernels (as int8 parts,
+// fp4_int8.cuh); `out` [n][hidden] gets the weighted sums added once before_sum (if set) has
+// fired. Returns false, having launched nothing, where the weights' type and shapes do not allow
+// it (fit() says so beforehand); max_blocks > 0 caps the grid (tests use it to make each block
+// loop over its ring).
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
-                      const float* h, int64_t k, int64_t inter, int64_t hidden, float limit,
-                      float* act, float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                      int max_blocks = 0);
+                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
+                      float limit, float* act, float* out, cudaStream_t stream,
+                      cudaEvent_t before_sum, int max_blocks = 0);
 
 // Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows
 // (through `gemm`, on tensor cores, where it applies); the sum into `out` waits for
-// `before_sum` when set (another stream writing `out` first). One row takes streamed_experts
+// `before_sum` when set (another stream writing `out` first). Up to 64 rows take streamed_experts
 // where it fits:
 // out[t] += sum_j weights[t][j] * expert_{chosen[t][j]}(h[t]). scratch: see moe_scratch_bytes.
 int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden);

@@ -479,12 +479,9 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   // Decode (up to kStreamedRows rows): each row through the streamed kernels of one row. An
   // expert two rows share is read twice, but streamed it reads several times faster than the
   // grouped CUDA-core kernels below read it once.
-  if (n <= kStreamedRows && streamed_experts_fit(e, k, inter, hidden)) {
-    for (int64_t t = 0; t < n; ++t)
-      streamed_experts(e, chosen + t * k, weights + t * k, h + t * hidden, k, inter, hidden, limit,
-                       g.act + t * k * inter, out + t * hidden, stream, before_sum);
+  if (n <= kStreamedRows && streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit,
+                                             g.act, out, stream, before_sum))
     return;
-  }
   const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
   const size_t fill_shared = size_t(group_threads / 32 + 1) * size_t(experts) * 4;
   const bool warp_counts = fill_shared <= 48 * 1024;

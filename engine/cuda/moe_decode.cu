@@ -216,9 +216,9 @@ bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int6
 }
 
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
-                      const float* h, int64_t k, int64_t inter, int64_t hidden, float limit,
-                      float* act, float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                      int max_blocks) {
+                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
+                      float limit, float* act, float* out, cudaStream_t stream,
+                      cudaEvent_t before_sum, int max_blocks) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -229,16 +229,21 @@ bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float
       stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       stream_down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(down_shared)));
-  launch_pdl(stream_up_kernel, unsigned(std::min(blocks, k * (inter / 32))), kThreads,
-             size_t(up_shared), stream, e, chosen, h, hidden, inter, k, limit, s.up_stages,
-             reinterpret_cast<int8_t*>(act));
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
-  // The down products add into `out`, which the shared expert (on another stream) writes.
-  if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
-  launch_pdl(stream_down_kernel, unsigned(std::min(blocks, hidden / kDownRows)), kThreads,
-             size_t(down_shared), stream, e, chosen, weights, reinterpret_cast<const int8_t*>(act),
-             hidden, inter, k, s.down_stages, out);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  for (int64_t t = 0; t < n; ++t) {
+    const int32_t* row_chosen = chosen + t * k;
+    auto* row_act = reinterpret_cast<int8_t*>(act + t * k * inter);
+    launch_pdl(stream_up_kernel, unsigned(std::min(blocks, k * (inter / 32))), kThreads,
+               size_t(up_shared), stream, e, row_chosen, h + t * hidden, hidden, inter, k, limit,
+               s.up_stages, row_act);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    // The down products add into `out`, which the shared expert (on another stream) writes.
+    if (t == 0 && before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
+    launch_pdl(stream_down_kernel, unsigned(std::min(blocks, hidden / kDownRows)), kThreads,
+               size_t(down_shared), stream, e, row_chosen, weights + t * k,
+               static_cast<const int8_t*>(row_act), hidden, inter, k, s.down_stages,
+               out + t * hidden);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
   return true;
 }
 

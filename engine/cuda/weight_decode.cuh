@@ -30,10 +30,10 @@ __host__ __device__ inline int64_t value_bytes_x2(WeightType t) {
   return 8;
 }
 
+// Selects, not branches: a branch per scale cost the streamed FP4 experts' loop a sync pair.
 __device__ __forceinline__ float e8m0(uint8_t e) {
-  if (e == 255) return __uint_as_float(0x7fc00000u);
-  if (e == 0) return __uint_as_float(0x00400000u);  // 2^-127
-  return __uint_as_float(uint32_t(e) << 23);
+  const uint32_t bits = e == 0 ? 0x00400000u : e == 255 ? 0x7fc00000u : uint32_t(e) << 23;
+  return __uint_as_float(bits);  // 2^(e - 127); 0: 2^-127; 255: NaN
 }
 
 __device__ __forceinline__ float bf16_bits(uint16_t v) {

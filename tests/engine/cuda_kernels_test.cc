@@ -428,8 +428,8 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
     ASSERT_TRUE(cuda::streamed_experts_fit(experts, k, inter, H));
     DeviceBuffer act(k * inter * 4);
     cuda::streamed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(),
-                           k, inter, H, limit, act.as<float>(), out.as<float>(), nullptr, nullptr,
-                           stream_blocks);
+                           1, k, inter, H, limit, act.as<float>(), out.as<float>(), nullptr,
+                           nullptr, stream_blocks);
   } else {
     cuda::routed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(), n,
                          k, E, inter, H, limit, scratch.get(), out.as<float>(), nullptr, gemm);
