@@ -5,9 +5,11 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <unordered_set>
 
 #include "engine/cuda/device_matrix.h"
+#include "engine/parallel.h"
 
 namespace agentrt::engine {
 namespace {
@@ -26,16 +28,23 @@ cuda::DeviceForward::RowPick row_pick(const SamplingParams& p) {
   return {1.0f / p.temperature, kNearTemperatures * p.temperature};
 }
 
-// The sampler's choice from what the device read back for logits row `row` of the last run: the
-// pick, or a draw among the candidates, or (more than `capacity` candidates) a draw among every
-// allowed token, sorted on the device: the same draw as Sampler::sample on the whole row.
+// The sampler's choice from what the device read back for a logits row: the pick, or a draw
+// among the candidates, or (more than `capacity` candidates) a draw among every allowed token,
+// sorted on the device (`sorted`, read back by the caller): the same draw as Sampler::sample on
+// the whole row.
 Sampler::Sample choose(const cuda::DeviceForward::NearBest& r, const SamplingParams& params,
-                       Sampler& sampler, TokenMask mask, cuda::DeviceForward& pass, int64_t row,
+                       Sampler& sampler, std::vector<std::pair<float, int32_t>> sorted,
                        int32_t capacity) {
   if (r.pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
   if (params.greedy()) return {r.pick.token, float(-std::log(r.pick.z))};
   if (r.total <= capacity) return sampler.sample_candidates(r.cand, r.pick.z);
-  return sampler.sample_sorted_candidates(pass.sorted_allowed(row, mask, r.pick.allowed), 0.0);
+  return sampler.sample_sorted_candidates(std::move(sorted), 0.0);
+}
+
+// Whether choose() wants the row's allowed tokens sorted on the device.
+bool needs_sorted(const cuda::DeviceForward::NearBest& r, const SamplingParams& params,
+                  int32_t capacity) {
+  return r.pick.allowed > 0 && !params.greedy() && r.total > capacity;
 }
 
 // The sampler's choice on the last logits row of the last run, made on the device where it can
@@ -44,7 +53,10 @@ Sampler::Sample choose_on_last_row(cuda::DeviceForward& pass, Sampler& sampler, 
                                    int32_t capacity) {
   const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
   const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, capacity, -1);
-  return choose(near[0], sampler.params(), sampler, mask, pass, -1, capacity);
+  std::vector<std::pair<float, int32_t>> sorted;
+  if (needs_sorted(near[0], sampler.params(), capacity))
+    sorted = pass.sorted_allowed(-1, mask, near[0].pick.allowed);
+  return choose(near[0], sampler.params(), sampler, std::move(sorted), capacity);
 }
 
 class CudaSequence final : public ModelSequence {
@@ -76,7 +88,8 @@ class CudaModel final : public Model {
   CudaModel(ForwardConfig config, const ForwardWeights& weights, const cuda::CudaOptions& options)
       : pass_(std::move(config), weights, options),
         prefill_rows_(options.prefill_rows),
-        near_capacity_(options.near_capacity) {
+        near_capacity_(options.near_capacity),
+        parallel_draw_tokens_(options.parallel_draw_tokens) {
     if (prefill_rows_ < 1)
       throw std::invalid_argument("cuda options: prefill_rows must be at least 1, got " +
                                   std::to_string(prefill_rows_));
@@ -96,14 +109,15 @@ class CudaModel final : public Model {
   std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
                                                std::span<const int32_t> tokens) const override {
     std::vector<cuda::DeviceRow> rows = batch_rows(seqs, tokens);
-    const int64_t V = vocab_size();
-    std::vector<float> flat(rows.size() * V);
-    run(rows, flat.data());
-    std::vector<std::vector<float>> out;
-    for (size_t i = 0; i < rows.size(); ++i) {
-      rows[i].cache->length += 1;
-      out.emplace_back(flat.begin() + i * V, flat.begin() + (i + 1) * V);
+    std::vector<std::vector<float>> out(rows.size(), std::vector<float>(size_t(vocab_size())));
+    std::vector<float*> dst;
+    for (auto& row : out) dst.push_back(row.data());
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      pass_.run(rows, nullptr);
+      pass_.read_logits(dst);
     }
+    for (auto& r : rows) r.cache->length += 1;
     return out;
   }
 
@@ -118,20 +132,45 @@ class CudaModel final : public Model {
     pass_.run(rows, nullptr);
     for (auto& r : rows) r.cache->length += 1;  // fed, whatever the choices do
     // One launch per greedy row and two per sampling row (the pick, then the tokens near the
-    // best), one read back for the batch; a sampling row with more than kNearCapacity tokens
-    // that close reads its whole row back.
+    // best), one read back for the batch.
     std::vector<TokenMask> row_masks(masks.begin(), masks.end());
     row_masks.resize(n);  // no masks: none for every row
     std::vector<cuda::DeviceForward::RowPick> how(n);
     for (size_t i = 0; i < n; ++i) how[i] = row_pick(samplers[i]->params());
     const auto near = pass_.near_best_rows(row_masks, how, near_capacity_);
+    // Rows with too many near tokens read every allowed token back, sorted on the device (one
+    // at a time: they share the staging buffer), then every row draws; those draws are the
+    // step's host work (an exp per allowed token of a sorted row), spread over threads.
+    std::vector<std::vector<std::pair<float, int32_t>>> sorted(n);
+    int64_t host_work = 0;
     for (size_t i = 0; i < n; ++i) {
+      if (!needs_sorted(near[i], samplers[i]->params(), near_capacity_)) continue;
       try {
-        out[i].sample = choose(near[i], samplers[i]->params(), *samplers[i], row_masks[i], pass_,
-                               int64_t(i), near_capacity_);
+        sorted[i] = pass_.sorted_allowed(int64_t(i), row_masks[i], near[i].pick.allowed);
+        host_work += int64_t(sorted[i].size());
       } catch (...) {
         out[i].error = std::current_exception();
       }
+    }
+    auto draw = [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (out[i].error) continue;
+        try {
+          out[i].sample = choose(near[i], samplers[i]->params(), *samplers[i], std::move(sorted[i]),
+                                 near_capacity_);
+        } catch (...) {
+          out[i].error = std::current_exception();
+        }
+      }
+    };
+    // A sampler given for two rows draws for them in row order (its generator is shared).
+    const bool distinct =
+        std::unordered_set<Sampler*>(samplers.begin(), samplers.end()).size() == n;
+    if (host_work < parallel_draw_tokens_ || n < 2 || !distinct) {
+      draw(0, int64_t(n));
+    } else {
+      if (!draw_pool_) draw_pool_ = std::make_unique<WorkerPool>(draw_threads());
+      draw_pool_->for_range(int64_t(n), draw);
     }
     return out;
   }
@@ -177,10 +216,15 @@ class CudaModel final : public Model {
     return rows;
   }
 
+  // Threads for the host draws of a batch's sorted rows, made on first use.
+  static int draw_threads() { return int(std::clamp(std::thread::hardware_concurrency(), 1u, 8u)); }
+
   mutable std::mutex mutex_;
+  mutable std::unique_ptr<WorkerPool> draw_pool_;
   mutable cuda::DeviceForward pass_;
   int64_t prefill_rows_;
   int32_t near_capacity_;
+  int64_t parallel_draw_tokens_;
 };
 
 std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {

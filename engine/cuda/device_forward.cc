@@ -277,19 +277,33 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     collect_stages();
     return;
   }
+  std::vector<float*> dst(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) dst[size_t(i)] = logits + i * c.vocab_size;
+  read_logits(dst);
+  collect_stages();
+}
+
+void DeviceForward::read_logits(std::span<float* const> dst, int64_t first_row) {
+  const int64_t n = int64_t(dst.size()), V = config_.vocab_size;
+  if (first_row < 0 || first_row + n > last_wanted_)
+    throw std::logic_error("cuda logits: rows " + std::to_string(first_row) + " .. " +
+                           std::to_string(first_row + n - 1) +
+                           " asked for, but the last run left " + std::to_string(last_wanted_) +
+                           " logits rows on the device");
+  if (n == 0) return;
   // Through pinned memory: a pageable copy would stage through the driver's own buffer.
-  const int64_t bytes = m * c.vocab_size * 4;
+  const int64_t bytes = n * V * 4;
   if (pinned_bytes_ < bytes) {
     if (pinned_) cudaFreeHost(pinned_);
     pinned_ = nullptr;
     AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_, size_t(bytes)));
     pinned_bytes_ = bytes;
   }
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(pinned_, w.logits.get(), bytes, cudaMemcpyDeviceToHost, stream_));
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(pinned_, ws_->logits.as<float>() + first_row * V, bytes,
+                                     cudaMemcpyDeviceToHost, stream_));
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::memcpy(logits, pinned_, size_t(bytes));
-  collect_stages();
+  const auto* src = static_cast<const float*>(pinned_);
+  for (int64_t i = 0; i < n; ++i) std::memcpy(dst[size_t(i)], src + i * V, size_t(V) * 4);
 }
 
 char* DeviceForward::staging(int64_t bytes) {

@@ -45,6 +45,9 @@ struct CudaOptions {
   // Sampling rows: up to this many allowed tokens near the best are collected on the device and
   // drawn from on the host; a row with more sorts all its allowed tokens on the device.
   int32_t near_capacity = 4096;
+  // A batch whose sorted rows hold at least this many allowed tokens draws for its rows on
+  // several host threads (an exp per allowed token; ~0.5 ms a vocabulary-sized row).
+  int64_t parallel_draw_tokens = int64_t(1) << 18;
 };
 
 // The stages CudaOptions::repeat_stage accepts.
@@ -75,6 +78,10 @@ class DeviceForward {
   // row with want_logits into `logits` (host memory), in row order; logits = nullptr leaves them
   // on the device for near_best_rows(). Not thread-safe.
   void run(std::span<const DeviceRow> rows, float* logits);
+  // After run(rows, nullptr): logits rows first_row .. first_row + dst.size() - 1 of the last run
+  // into dst[i] (host memory, vocab floats each), through pinned memory in one copy (a batch's
+  // rows go straight to their vectors, not through one flat buffer first).
+  void read_logits(std::span<float* const> dst, int64_t first_row = 0);
 
   // The choice made on the device for one logits row: the greedy pick under the row's token
   // bitmask with the softmax normaliser z at inv_t, and for sampling the allowed tokens within

@@ -236,14 +236,33 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
     }
     return;
   }
-  pdl_begin();
   const int quad_row = lane / 4, t4 = lane % 4;
-  const int64_t warp_cols = g.stage_cols / kConsumerWarps, cb = (cols + 127) / 128;
-  int64_t group = -1;
-  uint32_t q = 0;
-  for (int64_t t = t0; t < t1; ++t) {
+  const int64_t warp_cols = g.stage_cols / kConsumerWarps, c0 = warp * warp_cols;
+  // The block scales of stage (t, ct) for this warp's tiles, asked for one stage ahead (and the
+  // first before the previous kernel has finished: scales are constants), so their round trip
+  // to memory overlaps a stage's products instead of following them.
+  auto load_scales = [&](int64_t t, int64_t ct, float(&sc)[MT]) {
     const int m = matrix_of(g, t);
     const WeightMatrix& w = g.w[m];
+    const int64_t row0 = (t - g.first_task[m]) * kTaskRows, cb = (cols + 127) / 128;
+#pragma unroll
+    for (int i = 0; i < MT; ++i) {
+      // A tile's 16 rows share one 128-row scale block (row_offset is a multiple of 16).
+      const int64_t si =
+          (w.row_offset + row0 + i * kMmaRows) / 128 * cb + (ct * g.stage_cols + c0) / 128;
+      sc[i] = w.scale_type == ScaleType::f32
+                  ? __ldg(static_cast<const float*>(w.scale) + si)
+                  : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + si));
+    }
+  };
+  float next_sc[MT];
+  if (t0 < t1) load_scales(t0, 0, next_sc);
+  pdl_begin();
+  int64_t group = -1;
+  int slot = 0;  // the ring slot and phase of this warp's next stage
+  uint32_t parity = 0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int m = matrix_of(g, t);
     const int64_t row0 = (t - g.first_task[m]) * kTaskRows;
     const int64_t gi = g.group_rows > 0 ? row0 / g.group_rows : 0;
     if (gi != group) {
@@ -253,37 +272,44 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
       stream::consumers_sync();
     }
     float total[MT][4] = {};
-    for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
-      const stream::Slot s = stream::slot_of(q, g.stages);
+    for (int64_t ct = 0; ct < col_tiles; ++ct) {
+      float sc[MT];
+#pragma unroll
+      for (int i = 0; i < MT; ++i) sc[i] = next_sc[i];
+      if (ct + 1 < col_tiles)
+        load_scales(t, ct + 1, next_sc);
+      else if (t + 1 < t1)
+        load_scales(t + 1, 0, next_sc);
+      const stream::Slot s{slot, parity};
+      if (++slot == g.stages) slot = 0, parity ^= 1u;
       mbarrier_wait(&bars.full[s.index], s.parity);
-      const int64_t c0 = warp * warp_cols;  // within the stage
       const char* ra = ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
       const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8;
-      float part[MT][4] = {};
-      for (int64_t ks = 0; ks < warp_cols / 16; ++ks) {
-        const uint2 b = quad_row < 2 ? xf[(ks * 2 + quad_row) * 4 + t4] : make_uint2(0u, 0u);
+      // Even and odd column steps accumulate apart: two independent chains of mma per tile.
+      float part[2][MT][4] = {};
+      for (int64_t ks = 0; ks < warp_cols / 16; ks += 2) {  // warp_cols: 64 or 128
 #pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          const char* rm = ra + m * kMmaRows * row_stride + 16 * ks;
-          const uint32_t wa = *reinterpret_cast<const uint32_t*>(rm),
-                         wb = *reinterpret_cast<const uint32_t*>(rm + 8 * row_stride);
-          const uint32_t a[4] = {e4m3_pair_02(wa), e4m3_pair_02(wb), e4m3_pair_13(wa),
-                                 e4m3_pair_13(wb)};
-          mma_bf16_16x8x16(part[m], a, b.x, b.y);
+        for (int h = 0; h < 2; ++h) {
+          const int64_t k = ks + h;
+          const uint2 b = quad_row < 2 ? xf[(k * 2 + quad_row) * 4 + t4] : make_uint2(0u, 0u);
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            const char* rm = ra + i * kMmaRows * row_stride + 16 * k;
+            const uint32_t wa = *reinterpret_cast<const uint32_t*>(rm),
+                           wb = *reinterpret_cast<const uint32_t*>(rm + 8 * row_stride);
+            const uint32_t a[4] = {e4m3_pair_02(wa), e4m3_pair_02(wb), e4m3_pair_13(wa),
+                                   e4m3_pair_13(wb)};
+            mma_bf16_16x8x16(part[h][i], a, b.x, b.y);
+          }
         }
       }
       stream::release(bars, s);
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        // A tile's 16 rows share one 128-row scale block (row_offset is a multiple of 16).
-        const int64_t si =
-            (w.row_offset + row0 + m * kMmaRows) / 128 * cb + (ct * g.stage_cols + c0) / 128;
-        const float sc = (w.scale_type == ScaleType::f32
-                              ? __ldg(static_cast<const float*>(w.scale) + si)
-                              : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + si))) *
-                         out_scale<WeightType::f8_e4m3>();
+      for (int i = 0; i < MT; ++i) {
+        const float f = sc[i] * out_scale<WeightType::f8_e4m3>();
 #pragma unroll
-        for (int i = 0; i < 4; ++i) total[m][i] = fmaf(part[m][i], sc, total[m][i]);
+        for (int j = 0; j < 4; ++j)
+          total[i][j] = fmaf(part[0][i][j] + part[1][i][j], f, total[i][j]);
       }
     }
     // Lanes with t4 = 0 hold the mma's columns 0 and 1 (x's high and low parts) of rows
@@ -291,10 +317,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
     float* red = sums + (t & 1) * stream::kRedBytes / 4;
     if (t4 == 0)
 #pragma unroll
-      for (int m = 0; m < MT; ++m) {
-        float* r = red + warp * stream::kRedStride + m * kMmaRows;
-        r[quad_row] = total[m][0] + total[m][1];
-        r[quad_row + 8] = total[m][2] + total[m][3];
+      for (int i = 0; i < MT; ++i) {
+        float* r = red + warp * stream::kRedStride + i * kMmaRows;
+        r[quad_row] = total[i][0] + total[i][1];
+        r[quad_row + 8] = total[i][2] + total[i][3];
       }
     stream::consumers_sync();
     const float y = stream::warps_total(red);  // rows warp and warp + 16

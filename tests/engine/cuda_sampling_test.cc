@@ -134,10 +134,12 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
-// sampling row draws among all its allowed tokens sorted on the device.
-void check_batch_sampling(int32_t near_capacity) {
+// sampling row draws among all its allowed tokens sorted on the device (on several host threads
+// when parallel_draw_tokens is small).
+void check_batch_sampling(int32_t near_capacity, int64_t parallel_draw_tokens = int64_t(1) << 18) {
   const auto dir = std::filesystem::temp_directory_path() /
-                   ("agentrt_cuda_batch_sampling_" + std::to_string(near_capacity));
+                   ("agentrt_cuda_batch_sampling_" + std::to_string(near_capacity) + "_" +
+                    std::to_string(parallel_draw_tokens));
   ModelInitOptions init;
   init.preset = "small";
   init.vocab_size = 3000;
@@ -148,6 +150,7 @@ void check_batch_sampling(int32_t near_capacity) {
   cuda::CudaOptions options;
   options.precision = cuda::GemmPrecision::f32;
   options.near_capacity = near_capacity;
+  options.parallel_draw_tokens = parallel_draw_tokens;
   const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
   std::mt19937 rng(3);
   const int n = 5;
@@ -213,6 +216,8 @@ TEST_F(CudaSampling, DecodeBatchAndSampleMatchesDecodeBatchThenSample) {
 }
 
 TEST_F(CudaSampling, RowsWithTooManyNearTokensSortOnTheDevice) { check_batch_sampling(8); }
+
+TEST_F(CudaSampling, SortedRowsDrawOnSeveralThreadsAsInOrder) { check_batch_sampling(8, 1); }
 
 // sort_allowed against the host's order (logit descending, then id) on a vocabulary-sized row
 // with many ties, both zeros, non-finite values and masks of every kind.
