@@ -17,6 +17,7 @@
 //                                      scripts/device_stage_costs.sh runs every stage)
 //                     [--ncu-steps N] (N decode steps at the first context between
 //                                      cudaProfilerStart/Stop, for ncu --profile-from-start off)
+//                     [--fp4-expert-gemm 1] (prefill's FP4 experts through fp4_gemm.cu)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -220,6 +221,8 @@ int main(int argc, char** argv) {
       options.profile = v == "1";
     else if (k == "--repeat-stage")
       options.repeat_stage = v;
+    else if (k == "--fp4-expert-gemm")
+      options.fp4_expert_gemm = v == "1";
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

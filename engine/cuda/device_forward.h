@@ -37,6 +37,9 @@ struct CudaOptions {
   // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
   // weight (every pass decodes the used experts again).
   int64_t prefill_rows = 8192;
+  // Prefill passes multiply FP4 experts with fp4_gemm.cu's kernel (weights decoded in its
+  // loader) instead of bf16 copies and cuBLAS. Off until measured on the GPU.
+  bool fp4_expert_gemm = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

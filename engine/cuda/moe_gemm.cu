@@ -1,12 +1,14 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/fp4_gemm.h"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -183,8 +185,12 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 
 }  // namespace
 
-ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes)
-    : precision_(precision), min_rows_(min_rows), chunk_bytes_(chunk_bytes) {
+ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes,
+                       bool fp4_kernel)
+    : precision_(precision),
+      min_rows_(min_rows),
+      chunk_bytes_(chunk_bytes),
+      fp4_kernel_(fp4_kernel) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&decode_stream_, cudaStreamNonBlocking));
   AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
@@ -197,6 +203,7 @@ ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_
 ExpertGemm::~ExpertGemm() {
   if (handle_) cublasDestroy(handle_);
   if (host_) cudaFreeHost(host_);
+  if (host_tiles_) cudaFreeHost(host_tiles_);
   for (int b = 0; b < 2; ++b) {
     if (decoded_[b]) cudaEventDestroy(decoded_[b]);
     if (consumed_[b]) cudaEventDestroy(consumed_[b]);
@@ -242,6 +249,10 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   const int64_t used = *n_active;
   if (used <= 0) return;
 
+  if (fp4_kernel_ && fp4_gemm_fits(e, inter, hidden)) {
+    run_fp4(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
+    return;
+  }
   const bool split = precision_ == GemmPrecision::bf16x2;
   const int copies = split ? 2 : 1;
   const int64_t per = inter * hidden;  // values per matrix
@@ -342,6 +353,76 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.scatter");
   }
+}
+
+bool ExpertGemm::fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden) {
+  return e.w1_type == WeightType::f4_e2m1 && e.w2_type == WeightType::f4_e2m1 &&
+         inter % kFp4GemmCols == 0 && hidden % kFp4GemmCols == 0 && inter % kFp4GemmDepth == 0 &&
+         hidden % kFp4GemmDepth == 0;
+}
+
+void ExpertGemm::run_fp4(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
+                         int64_t used, const float* h, const float* weights, int64_t k,
+                         int64_t inter, int64_t hidden, float limit, float* pair_out,
+                         cudaStream_t stream) {
+  auto mark = [&](const char* name) {
+    if (mark_) mark_(name);
+  };
+  // Tiles of each used expert, its pairs in kFp4GemmRows, expert by expert (its weights and
+  // activation rows stay in the L2 while its tiles run): first the gate/up product (2 * inter
+  // columns), then the down product (hidden).
+  std::vector<Fp4GemmTile> tiles;
+  auto add_tiles = [&](int64_t cols) {
+    for (int64_t a = 0; a < used; ++a)
+      for (int64_t n0 = 0; n0 < cols; n0 += kFp4GemmCols)
+        for (int32_t m0 = seg[a]; m0 < seg[a + 1]; m0 += kFp4GemmRows)
+          tiles.push_back(
+              {int32_t(a), m0, std::min<int32_t>(kFp4GemmRows, seg[a + 1] - m0), int32_t(n0)});
+  };
+  add_tiles(2 * inter);
+  const int64_t up_tiles = int64_t(tiles.size());
+  add_tiles(hidden);
+  const int64_t bytes = int64_t(tiles.size() * sizeof(Fp4GemmTile));
+  // run() synchronised the stream on entry, so the last call's upload from here has finished.
+  if (host_tile_bytes_ < bytes) {
+    if (host_tiles_) cudaFreeHost(host_tiles_);
+    host_tiles_ = nullptr;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&host_tiles_, size_t(bytes)));
+    host_tile_bytes_ = bytes;
+  }
+  std::memcpy(host_tiles_, tiles.data(), size_t(bytes));
+  tiles_.reserve(bytes);
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(tiles_.get(), host_tiles_, size_t(bytes), cudaMemcpyHostToDevice, stream));
+  const int64_t pairs = seg[used];  // positions 0 .. pairs - 1 of the grouped order
+  gate_up_.reserve(pairs * 2 * inter * 4);
+  act_.reserve(pairs * inter * 4);
+  const bool split = precision_ == GemmPrecision::bf16x2;
+  const auto* all = tiles_.as<Fp4GemmTile>();
+  Fp4GemmArgs up{e.w1,      e.w3,    inter,    s.active, h,
+                 hidden,    s.order, k,        hidden,   gate_up_.as<float>(),
+                 2 * inter, all,     up_tiles, split};
+  fp4_grouped_gemm(up, stream);
+  mark("moe.experts.gemm");
+  swiglu_grouped(gate_up_.as<float>(), s.order, weights, pairs, inter, limit, act_.as<float>(),
+                 stream);
+  mark("moe.experts.swiglu");
+  Fp4GemmArgs down{e.w2,
+                   nullptr,
+                   hidden,
+                   s.active,
+                   act_.as<float>(),
+                   inter,
+                   nullptr,
+                   1,
+                   inter,
+                   pair_out,
+                   hidden,
+                   all + up_tiles,
+                   int64_t(tiles.size()) - up_tiles,
+                   split};
+  fp4_grouped_gemm(down, stream);
+  mark("moe.experts.gemm");
 }
 
 }  // namespace agentrt::engine::cuda

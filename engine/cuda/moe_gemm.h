@@ -33,8 +33,10 @@ class ExpertGemm {
   // chunk_bytes bounds the decoded weights held at once: two buffers of half of it (whole
   // experts, at least one each), so the next chunk decodes on a second stream while this one's
   // products run.
+  // fp4_kernel: FP4 experts of suitable shapes (fp4_gemm_fits) take fp4_gemm.cu's grouped
+  // kernel, which decodes the stored weights in its loader, instead of bf16 copies and cuBLAS.
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
-                      int64_t chunk_bytes = int64_t(1) << 30);
+                      int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false);
   ~ExpertGemm();
   ExpertGemm(const ExpertGemm&) = delete;
   ExpertGemm& operator=(const ExpertGemm&) = delete;
@@ -55,10 +57,22 @@ class ExpertGemm {
   // SwiGLU, scatter), on run()'s stream; DeviceForward records its stage events there.
   void set_stage_marker(std::function<void(const char*)> mark) { mark_ = std::move(mark); }
 
+  // Whether fp4_gemm.cu's kernel takes these experts' shapes (when asked for).
+  static bool fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden);
+
  private:
+  // run() through fp4_gemm.cu: `seg` the segment starts read back, `used` experts.
+  void run_fp4(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg, int64_t used,
+               const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
+               float limit, float* pair_out, cudaStream_t stream);
+
   GemmPrecision precision_;
   std::function<void(const char*)> mark_;
   int64_t min_rows_, chunk_bytes_;
+  bool fp4_kernel_ = false;
+  DeviceBuffer tiles_;          // fp4_gemm.cu's tile lists
+  void* host_tiles_ = nullptr;  // pinned staging of them
+  int64_t host_tile_bytes_ = 0;
   cublasHandle_t handle_ = nullptr;
   DeviceBuffer w13_[2], w2_[2], place_, x_, gate_up_, act_, down_;
   cudaStream_t decode_stream_ = nullptr;

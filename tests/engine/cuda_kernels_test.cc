@@ -476,6 +476,23 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
   EXPECT_FALSE(split.applies(none, 100, 64, 96, nullptr));  // too few rows
 }
 
+TEST_F(CudaKernels, FourBitExpertGemmMatchesSwigluExpert) {
+  // fp4_gemm.cu: pairs per expert not a multiple of the 64-row tile, two gate/up column tiles
+  // and two down ones per expert; plain bf16 within its rounding.
+  const ExpertShape shape{9, 6, 256, 256};
+  ASSERT_TRUE(cuda::ExpertGemm::fp4_gemm_fits(
+      {nullptr, nullptr, nullptr, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0}, 256,
+      256));
+  cuda::ExpertGemm split(cuda::GemmPrecision::bf16x2, 128, int64_t(1) << 30, true);
+  check_routed_experts(300, &split, 1e-4, shape);
+  check_routed_experts(1000, &split, 1e-4, shape);
+  cuda::ExpertGemm plain(cuda::GemmPrecision::bf16, 128, int64_t(1) << 30, true);
+  check_routed_experts(300, &plain, 2e-2, shape);
+  EXPECT_FALSE(cuda::ExpertGemm::fp4_gemm_fits(
+      {nullptr, nullptr, nullptr, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0}, 64,
+      96));
+}
+
 // Tensor-core prefill attention (attention_mma.cu) against the CPU's attend: 64 heads per block
 // (64 and 128 heads), several key tiles per row (window 40 plus up to 30 entries), CSA and HCA.
 void attention_mma_case(int64_t hd, int64_t heads, bool split) {

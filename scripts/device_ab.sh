@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Back-to-back benchmark of two builds (or two option sets) on the GPU machine (docs/cuda.md):
+# runs are interleaved, ROUNDS each (default 2), so drifts of the card's clocks hit both alike,
+# and every measurement line is printed side by side -> $OUT/ab.txt (raw logs in $OUT/ab_*.log).
+#
+#   BASE=bench_base [BASE_ARGS=...] [NEW=bench_engine_cuda] [NEW_ARGS=...] [ARGS=...] \
+#     scripts/device_ab.sh
+#
+# BASE / NEW: binaries in .device-carry-cuda/ (NEW defaults to bench_engine_cuda; BASE to the
+# same, for comparing option sets: NEW_ARGS="--fp4-expert-gemm 1"). ARGS go to both (default:
+# decode at 1K and 16K, batches 8 and 64). Binaries come from the dev box as for
+# scripts/device_cuda.sh.
+set -uo pipefail
+OUT=${OUT:?set OUT}
+CARRY=.device-carry-cuda
+CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+if [[ ! -e /work/main ]]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
+CKPT=/tmp/v4flash
+[[ -e $CKPT/config.json ]] || python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$OUT/ckpt.log" 2>&1
+NEW=${NEW:-bench_engine_cuda}
+BASE=${BASE:-$NEW}
+ARGS=${ARGS:---contexts 1024,16384 --batches 8,64 --steps 32}
+for ((r = 1; r <= ${ROUNDS:-2}; ++r)); do
+  timeout "${RUN_TIMEOUT:-200}" "$CARRY/$BASE" "$CKPT" $ARGS ${BASE_ARGS:-} > "$OUT/ab_base_$r.log" 2>&1
+  timeout "${RUN_TIMEOUT:-200}" "$CARRY/$NEW" "$CKPT" $ARGS ${NEW_ARGS:-} > "$OUT/ab_new_$r.log" 2>&1
+done
+# Measurement lines: the name (up to the first number) and its first figure, per run.
+{
+  echo "base: $BASE ${BASE_ARGS:-}   new: $NEW ${NEW_ARGS:-}   args: $ARGS"
+  python3 - "$OUT" "${ROUNDS:-2}" <<'EOF'
+import re, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def rows(path):
+    got = {}
+    for line in open(path, errors="replace"):
+        # The benchmark prints "%-28s %12.1f ...": the name, then the figure.
+        if re.match(r"^(decode|prefill)", line) and len(line) > 29:
+            fields = line[28:].split()
+            if fields and re.match(r"^[\d.]+$", fields[0]):
+                got.setdefault(line[:28].strip(), fields[0])
+    return got
+runs = [(f"base{r}", rows(f"{out}/ab_base_{r}.log")) for r in range(1, rounds + 1)]
+runs += [(f"new{r}", rows(f"{out}/ab_new_{r}.log")) for r in range(1, rounds + 1)]
+names = []
+for _, got in runs:
+    names += [n for n in got if n not in names]
+print(f"{'measurement':32}" + "".join(f"{name:>12}" for name, _ in runs))
+for n in names:
+    print(f"{n:32}" + "".join(f"{got.get(n, '-'):>12}" for _, got in runs))
+EOF
+} | tee "$OUT/ab.txt"
