@@ -15,6 +15,7 @@
 
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/linear.h"
 #endif
 
 namespace agentrt::engine {
@@ -329,6 +330,36 @@ TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {
   const std::vector<cuda::GemvProduct> mixed = {{da.view(), nullptr, 300},
                                                 {dother.view(), nullptr, 8}};
   EXPECT_THROW(cuda::gemv_same_input(mixed, nullptr, cols, 1), std::invalid_argument);
+}
+
+// Prefill's FP8 dequantisation (linear.cu's chunk kernel) against the host's decode_weight_row:
+// the same floats bitwise, and their bf16 rounding; ue8m0 and float32 block scales, a row slice.
+TEST_F(CudaGemv, Fp8DequantizedAsTheHostDecodes) {
+  HostMatrix m = make(WeightType::f8_e4m3, 300, 384, 9);
+  std::vector<float> f32_scales(m.scales.size());
+  for (size_t i = 0; i < m.scales.size(); ++i)
+    f32_scales[i] = std::ldexp(1.0f, int(m.scales[i]) - 127);
+  WeightMatrix f32_view = m.view;
+  f32_view.scale = f32_scales.data();
+  f32_view.scale_type = ScaleType::f32;
+  for (const auto& [host, what] : {std::pair{m.view, "ue8m0"}, std::pair{f32_view, "f32 scales"},
+                                   std::pair{m.view.slice_rows(130, 150), "slice"}}) {
+    cuda::DeviceMatrix dm(host);
+    const int64_t count = host.rows * host.cols;
+    float* d = cuda::device_floats(count);
+    std::vector<float> got(count), want(count);
+    std::vector<uint16_t> got_bf16(count);
+    for (int64_t r = 0; r < host.rows; ++r) decode_weight_row(host, r, want.data() + r * host.cols);
+    cuda::dequantize(dm.view(), d, false, nullptr);
+    cuda::copy_to_host(got.data(), d, count * 4);
+    cuda::dequantize(dm.view(), d, true, nullptr);
+    cuda::copy_to_host(got_bf16.data(), d, count * 2);
+    cuda::free_device(d);
+    for (int64_t i = 0; i < count; ++i) {
+      ASSERT_EQ(got[i], want[i]) << what << " value " << i;
+      ASSERT_EQ(got_bf16[i], to_half_bits(want[i], true)) << what << " value " << i;
+    }
+  }
 }
 
 #endif  // AGENTRT_HAVE_CUDA
