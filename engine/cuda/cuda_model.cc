@@ -54,8 +54,11 @@ Sampler::Sample choose_on_last_row(cuda::DeviceForward& pass, Sampler& sampler, 
   const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
   const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, capacity, -1);
   std::vector<std::pair<float, int32_t>> sorted;
-  if (needs_sorted(near[0], sampler.params(), capacity))
-    sorted = pass.sorted_allowed(-1, mask, near[0].pick.allowed);
+  if (needs_sorted(near[0], sampler.params(), capacity)) {
+    const int64_t last = -1;
+    const int32_t allowed = near[0].pick.allowed;
+    sorted = std::move(pass.sorted_allowed({&last, 1}, {&mask, 1}, {&allowed, 1})[0]);
+  }
   return choose(near[0], sampler.params(), sampler, std::move(sorted), capacity);
 }
 
@@ -139,17 +142,28 @@ class CudaModel final : public Model {
     for (size_t i = 0; i < n; ++i) how[i] = row_pick(samplers[i]->params());
     const auto near = pass_.near_best_rows(row_masks, how, near_capacity_);
     // Rows with too many near tokens read every allowed token back, sorted on the device (one
-    // at a time: they share the staging buffer), then every row draws; those draws are the
-    // step's host work (an exp per allowed token of a sorted row), spread over threads.
+    // sort and one read back for all of them), then every row draws; those draws are the step's
+    // host work (an exp per allowed token of a sorted row), spread over threads.
     std::vector<std::vector<std::pair<float, int32_t>>> sorted(n);
+    std::vector<int64_t> sort_rows;
+    std::vector<TokenMask> sort_masks;
+    std::vector<int32_t> sort_counts;
+    for (size_t i = 0; i < n; ++i)
+      if (needs_sorted(near[i], samplers[i]->params(), near_capacity_)) {
+        sort_rows.push_back(int64_t(i));
+        sort_masks.push_back(row_masks[i]);
+        sort_counts.push_back(near[i].pick.allowed);
+      }
     int64_t host_work = 0;
-    for (size_t i = 0; i < n; ++i) {
-      if (!needs_sorted(near[i], samplers[i]->params(), near_capacity_)) continue;
+    if (!sort_rows.empty()) {
       try {
-        sorted[i] = pass_.sorted_allowed(int64_t(i), row_masks[i], near[i].pick.allowed);
-        host_work += int64_t(sorted[i].size());
+        auto lists = pass_.sorted_allowed(sort_rows, sort_masks, sort_counts);
+        for (size_t j = 0; j < sort_rows.size(); ++j) {
+          host_work += int64_t(lists[j].size());
+          sorted[size_t(sort_rows[j])] = std::move(lists[j]);
+        }
       } catch (...) {
-        out[i].error = std::current_exception();
+        for (int64_t r : sort_rows) out[size_t(r)].error = std::current_exception();
       }
     }
     auto draw = [&](int64_t begin, int64_t end) {

@@ -390,37 +390,74 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
   return out;
 }
 
-std::vector<std::pair<float, int32_t>> DeviceForward::sorted_allowed(int64_t row, TokenMask mask,
-                                                                     int32_t allowed) {
-  const float* logits = logits_row(row);
-  const int64_t vocab = config_.vocab_size;
-  // As in near_best_rows: a mask of no words allows nothing, no mask everything.
-  const bool masked = mask.words != nullptr;
-  const int64_t words = masked ? int64_t(mask.num_words) : 0;
-  const int64_t count = std::clamp<int64_t>(allowed, 0, vocab);
-  // One pinned buffer: the mask going up, then keys and ids coming back (stream order keeps the
-  // upload's reads before the download's writes).
-  char* host = staging(std::max<int64_t>(words * 4, count * 8));
-  if (masked) sort_mask_.reserve(std::max<int64_t>(words * 4, 4));
-  if (words > 0) {
-    std::memcpy(host, mask.words, size_t(words * 4));
-    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(sort_mask_.get(), host, size_t(words * 4),
-                                       cudaMemcpyHostToDevice, stream_));
+std::vector<DeviceForward::Sorted> DeviceForward::sorted_allowed(std::span<const int64_t> rows,
+                                                                 std::span<const TokenMask> masks,
+                                                                 std::span<const int32_t> allowed) {
+  const int64_t n = int64_t(rows.size()), vocab = config_.vocab_size;
+  if (int64_t(masks.size()) != n || int64_t(allowed.size()) != n)
+    throw std::invalid_argument("cuda sampling: " + std::to_string(n) + " rows to sort but " +
+                                std::to_string(masks.size()) + " masks and " +
+                                std::to_string(allowed.size()) + " counts");
+  std::vector<Sorted> out(static_cast<size_t>(n));
+  if (n == 0) return out;
+  // As in near_best_rows: a mask of no words allows nothing, no mask everything (-1 words).
+  int64_t stride = 1;
+  for (const TokenMask& m : masks)
+    if (m.words) stride = std::max<int64_t>(stride, int64_t(m.num_words));
+  std::vector<int64_t> counts(static_cast<size_t>(n));
+  int64_t total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    counts[size_t(i)] = std::clamp<int64_t>(allowed[size_t(i)], 0, vocab);
+    total += counts[size_t(i)];
   }
-  sort_scratch_.reserve(sort_allowed_scratch_bytes(vocab));
+  // One pinned buffer: row indices, mask word counts and masks going up, then the sorted logits
+  // and ids coming back (stream order keeps the upload's reads before the download's writes).
+  const int64_t up = 8 * n + 4 * n * stride;
+  char* host = staging(std::max(up, 8 * total));
+  auto* row_of = reinterpret_cast<int32_t*>(host);
+  auto* words = row_of + n;
+  auto* mask_words = reinterpret_cast<uint32_t*>(host + 8 * n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = rows[size_t(i)] < 0 ? last_wanted_ - 1 : rows[size_t(i)];
+    logits_row(r);  // throws where the last run left no such row
+    row_of[i] = int32_t(r);
+    const TokenMask& m = masks[size_t(i)];
+    words[i] = m.words ? int32_t(m.num_words) : -1;
+    if (m.words) std::memcpy(mask_words + i * stride, m.words, m.num_words * 4);
+  }
+  sort_mask_.reserve(up);
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(sort_mask_.get(), host, size_t(up), cudaMemcpyHostToDevice, stream_));
+  const auto* dev = static_cast<const char*>(sort_mask_.get());
+  const SortRows sort{reinterpret_cast<const int32_t*>(dev),
+                      reinterpret_cast<const uint32_t*>(dev + 8 * n), stride,
+                      reinterpret_cast<const int32_t*>(dev) + n, n};
+  sort_scratch_.reserve(sort_allowed_scratch_bytes(vocab, n));
   const float* keys = nullptr;
   const int32_t* ids = nullptr;
-  sort_allowed(logits, vocab, masked ? sort_mask_.as<uint32_t>() : nullptr, words,
-               sort_scratch_.get(), &keys, &ids, stream_);
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(host, keys, size_t(count * 4), cudaMemcpyDeviceToHost, stream_));
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(host + count * 4, ids, size_t(count * 4), cudaMemcpyDeviceToHost, stream_));
+  sort_allowed(ws_->logits.as<float>(), vocab, sort, sort_scratch_.get(), &keys, &ids, stream_);
+  // Row i's first counts[i] entries: logits, then ids, packed one row after another.
+  int64_t at = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = counts[size_t(i)];
+    if (c == 0) continue;
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host + 8 * at, keys + i * vocab, size_t(c * 4),
+                                       cudaMemcpyDeviceToHost, stream_));
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host + 8 * at + 4 * c, ids + i * vocab, size_t(c * 4),
+                                       cudaMemcpyDeviceToHost, stream_));
+    at += c;
+  }
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  std::vector<std::pair<float, int32_t>> out(static_cast<size_t>(count));
-  const auto* k = reinterpret_cast<const float*>(host);
-  const auto* id = reinterpret_cast<const int32_t*>(host + count * 4);
-  for (int64_t i = 0; i < count; ++i) out[size_t(i)] = {k[i], id[i]};
+  at = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t c = counts[size_t(i)];
+    const auto* k = reinterpret_cast<const float*>(host + 8 * at);
+    const auto* id = reinterpret_cast<const int32_t*>(host + 8 * at + 4 * c);
+    Sorted& o = out[size_t(i)];
+    o.resize(size_t(c));
+    for (int64_t j = 0; j < c; ++j) o[size_t(j)] = {k[j], id[j]};
+    at += c;
+  }
   return out;
 }
 

@@ -106,11 +106,13 @@ class DeviceForward {
   std::vector<NearBest> near_best_rows(std::span<const TokenMask> masks,
                                        std::span<const RowPick> how, int32_t capacity,
                                        int64_t first_row = 0);
-  // After run(rows, nullptr): the `allowed` tokens that `mask` allows with finite logits in logits
-  // row `row` (-1: the last), as (logit, id) best first, ties to the lower id (sorted on the
-  // device: Sampler::sample's order).
-  std::vector<std::pair<float, int32_t>> sorted_allowed(int64_t row, TokenMask mask,
-                                                        int32_t allowed);
+  // After run(rows, nullptr): for each logits row rows[i] (-1: the last), the `allowed[i]` tokens
+  // that masks[i] allows with finite logits, as (logit, id) best first, ties to the lower id
+  // (Sampler::sample's order): one sort on the device for all the rows, one read back.
+  using Sorted = std::vector<std::pair<float, int32_t>>;
+  std::vector<Sorted> sorted_allowed(std::span<const int64_t> rows,
+                                     std::span<const TokenMask> masks,
+                                     std::span<const int32_t> allowed);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }

@@ -177,14 +177,25 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
                        int32_t* ids, float* values, cudaStream_t stream);
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
-// Every allowed token with a finite logit, best first (ties: lower id first, -0 as 0), as the
-// host Sampler orders its candidates: the first `allowed` (from masked_pick) entries of keys and
-// ids, which sort_allowed points into scratch (sort_allowed_scratch_bytes(vocab) bytes). For a
-// sampling row with too many tokens near the best to collect: a radix sort on the device instead
-// of the whole row's sort on the host.
-int64_t sort_allowed_scratch_bytes(int64_t vocab);
-void sort_allowed(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
-                  void* scratch, const float** keys, const int32_t** ids, cudaStream_t stream);
+// Logits rows sorted on the device, for sampling rows with too many tokens near the best to
+// collect (instead of each whole row sorted on the host). Row i of a sort is logits row rows[i]
+// (device array) under the bitmask masks + i * mask_stride of words[i] words (-1: no mask, every
+// token allowed; 0: nothing allowed).
+struct SortRows {
+  const int32_t* rows = nullptr;
+  const uint32_t* masks = nullptr;
+  int64_t mask_stride = 0;
+  const int32_t* words = nullptr;
+  int64_t count = 0;
+};
+// Every allowed token with a finite logit of each row, best first (ties: lower id first, -0 as
+// 0), as the host Sampler orders its candidates: row i's first `allowed` (from masked_pick)
+// entries at keys + i * vocab and ids + i * vocab, which sort_allowed points into scratch
+// (sort_allowed_scratch_bytes(vocab, rows.count) bytes). One radix sort for all the rows (the
+// row index above each key's 32 bits).
+int64_t sort_allowed_scratch_bytes(int64_t vocab, int64_t count);
+void sort_allowed(const float* logits, int64_t vocab, const SortRows& rows, void* scratch,
+                  const float** keys, const int32_t** ids, cudaStream_t stream);
 
 // --- moe.cu ---
 struct ExpertsDevice {

@@ -6,8 +6,11 @@
 // same normaliser at the temperature, plus the allowed tokens near the best (the only ones with a
 // chance to matter), collected for the host's Sampler::sample_candidates; where too many are
 // that close, every allowed token sorted best first (a radix sort).
+#include <algorithm>
 #include <cmath>
 #include <cub/device/device_radix_sort.cuh>
+#include <stdexcept>
+#include <string>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
@@ -129,51 +132,97 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
 
 namespace {
 
-// Sort keys: the logit where the token is allowed and finite (zero without its sign: the host's
-// comparison sees -0 == 0), otherwise -infinity, which sorts after every allowed token.
-__global__ void allowed_keys_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
-                                    int64_t mask_words, float* keys, int32_t* ids) {
+// Sort keys: row i's index above the logit's bits, turned so that an ascending sort puts rows in
+// order and each row's logits best first. A token that is not allowed or not finite gets -inf,
+// which sorts after every allowed token; zero loses its sign (the host's comparison sees
+// -0 == 0). The radix sort is stable, so equal logits keep their ascending ids.
+__device__ __forceinline__ uint32_t descending_bits(float f) {
+  const uint32_t u = __float_as_uint(f);
+  return ~((u & 0x80000000u) ? ~u : (u | 0x80000000u));
+}
+__device__ __forceinline__ float from_descending_bits(uint32_t d) {
+  const uint32_t o = ~d;
+  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
+}
+
+__global__ void allowed_keys_kernel(const float* logits, int64_t vocab, SortRows r, uint64_t* keys,
+                                    int32_t* ids) {
   pdl_begin();
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < vocab;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float l = logits[i];
-    keys[i] = allowed(l, i, mask, mask_words) ? (l == 0.0f ? 0.0f : l) : -INFINITY;
-    ids[i] = int32_t(i);
+  const int64_t i = blockIdx.y;
+  const float* row = logits + int64_t(r.rows[i]) * vocab;
+  const int32_t words = r.words[i];
+  const uint32_t* mask = words < 0 ? nullptr : r.masks + i * r.mask_stride;
+  for (int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < vocab;
+       t += int64_t(gridDim.x) * blockDim.x) {
+    const float l = row[t];
+    const bool ok = allowed(l, t, mask, words < 0 ? 0 : words);
+    keys[i * vocab + t] =
+        (uint64_t(i) << 32) | descending_bits(ok ? (l == 0.0f ? 0.0f : l) : -INFINITY);
+    ids[i * vocab + t] = int32_t(t);
   }
 }
 
-// Scratch: keys and ids in, keys and ids out (each vocab entries, 256-byte aligned), then CUB's.
-int64_t sort_array_bytes(int64_t vocab) { return (vocab * 4 + 255) / 256 * 256; }
-size_t cub_sort_bytes(int64_t vocab) {
+__global__ void sorted_logits_kernel(const uint64_t* keys, int64_t total, float* out) {
+  pdl_begin();
+  for (int64_t j = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; j < total;
+       j += int64_t(gridDim.x) * blockDim.x)
+    out[j] = from_descending_bits(uint32_t(keys[j]));
+}
+
+// The key bits that vary: the logit's 32 and enough for the row index.
+int sort_end_bit(int64_t count) {
+  int bits = 32;
+  while ((int64_t(1) << (bits - 32)) < count) ++bits;
+  return bits;
+}
+
+// Scratch: keys in (the sorted logits later), keys out, ids in, ids out (each 256-byte aligned),
+// then CUB's.
+int64_t aligned(int64_t bytes) { return (bytes + 255) / 256 * 256; }
+size_t cub_sort_bytes(int64_t items, int end_bit) {
   size_t bytes = 0;
-  AGENTRT_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
-      nullptr, bytes, static_cast<const float*>(nullptr), static_cast<float*>(nullptr),
-      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), int(vocab)));
+  AGENTRT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const uint64_t*>(nullptr), static_cast<uint64_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), items, 0, end_bit));
   return bytes;
 }
 
 }  // namespace
 
-int64_t sort_allowed_scratch_bytes(int64_t vocab) {
-  return 4 * sort_array_bytes(vocab) + int64_t(cub_sort_bytes(vocab));
+int64_t sort_allowed_scratch_bytes(int64_t vocab, int64_t count) {
+  const int64_t items = vocab * count;
+  return 2 * aligned(items * 8) + 2 * aligned(items * 4) +
+         int64_t(cub_sort_bytes(items, sort_end_bit(count)));
 }
 
-void sort_allowed(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
-                  void* scratch, const float** keys, const int32_t** ids, cudaStream_t stream) {
+void sort_allowed(const float* logits, int64_t vocab, const SortRows& rows, void* scratch,
+                  const float** keys, const int32_t** ids, cudaStream_t stream) {
+  if (rows.count <= 0) return;
+  if (rows.count > 65535)
+    throw std::invalid_argument("sort_allowed: " + std::to_string(rows.count) +
+                                " rows, at most 65535 a call");
+  const int64_t items = vocab * rows.count;
   char* p = static_cast<char*>(scratch);
-  const int64_t a = sort_array_bytes(vocab);
-  auto* keys_in = reinterpret_cast<float*>(p);
-  auto* ids_in = reinterpret_cast<int32_t*>(p + a);
-  auto* keys_out = reinterpret_cast<float*>(p + 2 * a);
-  auto* ids_out = reinterpret_cast<int32_t*>(p + 3 * a);
-  launch_pdl(allowed_keys_kernel, pick_grid(vocab), kThreads, 0, stream, logits, vocab, mask,
-             mask_words, keys_in, ids_in);
+  auto* keys_in = reinterpret_cast<uint64_t*>(p);
+  auto* keys_out = reinterpret_cast<uint64_t*>(p + aligned(items * 8));
+  auto* ids_in = reinterpret_cast<int32_t*>(p + 2 * aligned(items * 8));
+  auto* ids_out = reinterpret_cast<int32_t*>(p + 2 * aligned(items * 8) + aligned(items * 4));
+  char* temp = p + 2 * aligned(items * 8) + 2 * aligned(items * 4);
+  launch_pdl(allowed_keys_kernel, dim3(unsigned(pick_grid(vocab)), unsigned(rows.count)),
+             dim3(kThreads), 0, stream, logits, vocab, rows, keys_in, ids_in);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  size_t temp = cub_sort_bytes(vocab);
-  // The radix sort is stable: equal keys keep their ascending ids.
-  AGENTRT_CUDA_CHECK(cub::DeviceRadixSort::SortPairsDescending(
-      p + 4 * a, temp, keys_in, keys_out, ids_in, ids_out, int(vocab), 0, 32, stream));
-  *keys = keys_out;
+  const int end_bit = sort_end_bit(rows.count);
+  size_t temp_bytes = cub_sort_bytes(items, end_bit);
+  // Stable: equal keys keep their ascending ids.
+  AGENTRT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, ids_in,
+                                                     ids_out, items, 0, end_bit, stream));
+  // The sorted logits as floats, where the input keys were (the sort leaves its input alone).
+  auto* sorted = reinterpret_cast<float*>(keys_in);
+  const unsigned grid = unsigned(std::min<int64_t>((items + kThreads - 1) / kThreads, 8192));
+  launch_pdl(sorted_logits_kernel, dim3(grid), dim3(kThreads), 0, stream,
+             static_cast<const uint64_t*>(keys_out), items, sorted);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  *keys = sorted;
   *ids = ids_out;
 }
 

@@ -36,20 +36,8 @@ TEST(CudaKernels, MatchTheCpuEngine) { GTEST_SKIP() << testing::cuda_skip_reason
 #else
 
 using cuda::DeviceBuffer;
-
-template <typename T>
-DeviceBuffer upload(const std::vector<T>& v) {
-  DeviceBuffer b(std::max<int64_t>(int64_t(v.size() * sizeof(T)), 4));
-  cuda::copy_to_device(b.get(), v.data(), int64_t(v.size() * sizeof(T)));
-  return b;
-}
-
-template <typename T>
-std::vector<T> download(const DeviceBuffer& b, size_t count) {
-  std::vector<T> v(count);
-  cuda::copy_to_host(v.data(), b.get(), int64_t(count * sizeof(T)));
-  return v;
-}
+using testing::download;
+using testing::upload;
 
 std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.0f) {
   std::normal_distribution<float> d(0.0f, sd);

@@ -219,46 +219,55 @@ TEST_F(CudaSampling, RowsWithTooManyNearTokensSortOnTheDevice) { check_batch_sam
 
 TEST_F(CudaSampling, SortedRowsDrawOnSeveralThreadsAsInOrder) { check_batch_sampling(8, 1); }
 
-// sort_allowed against the host's order (logit descending, then id) on a vocabulary-sized row
-// with many ties, both zeros, non-finite values and masks of every kind.
+// sort_allowed against the host's order (logit descending, then id) on vocabulary-sized rows
+// with many ties, both zeros, non-finite values and masks of every kind (none, whole, a third
+// of the words, sparse, no words: nothing allowed), all sorted in one call, the logits rows in
+// another order than the sort's.
 TEST_F(CudaSampling, SortAllowedOrdersAsTheHostSampler) {
   std::mt19937 rng(8);
   std::normal_distribution<float> dist(0.0f, 2.0f);
-  const int64_t V = 129280;
-  cuda::DeviceBuffer logits_d(V * 4), mask_d((V + 31) / 32 * 4),
-      scratch(cuda::sort_allowed_scratch_bytes(V));
-  for (int round = 0; round < 4; ++round) {
-    std::vector<float> logits(V);
-    for (auto& v : logits) v = std::round(dist(rng) * 8.0f) / 8.0f;  // ties, and zeros
-    for (int i = 0; i < 50; ++i) logits[rng() % V] = -0.0f;
-    logits[rng() % V] = std::numeric_limits<float>::infinity();
-    logits[rng() % V] = std::numeric_limits<float>::quiet_NaN();
-    std::vector<uint32_t> mask((V + 31) / 32, 0);
-    int64_t words = round == 0 ? 0 : int64_t(mask.size()) / (round == 2 ? 3 : 1);
-    for (int64_t i = 0; i < words * 32; ++i)
-      if (rng() % (round == 3 ? 500 : 2) == 0) mask[i >> 5] |= 1u << (i & 31);
-    const TokenMask tm = words ? TokenMask{mask.data(), size_t(words)} : TokenMask{};
-    std::vector<std::pair<float, int32_t>> want;
-    for (int64_t i = 0; i < V; ++i)
-      if (std::isfinite(logits[i]) && tm.allows(i)) want.push_back({logits[i], int32_t(i)});
-    std::sort(want.begin(), want.end(), [](const auto& a, const auto& b) {
+  const int64_t V = 129280, rows = 5, stride = (V + 31) / 32;
+  std::vector<float> logits(rows * V);
+  std::vector<uint32_t> masks(rows * stride, 0);
+  std::vector<int32_t> row_of(rows), words(rows);
+  std::vector<std::vector<std::pair<float, int32_t>>> want(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    row_of[i] = int32_t(rows - 1 - i);
+    float* l = logits.data() + row_of[i] * V;
+    for (int64_t t = 0; t < V; ++t) l[t] = std::round(dist(rng) * 8.0f) / 8.0f;  // ties, zeros
+    for (int k = 0; k < 50; ++k) l[rng() % V] = -0.0f;
+    l[rng() % V] = std::numeric_limits<float>::infinity();
+    l[rng() % V] = std::numeric_limits<float>::quiet_NaN();
+    uint32_t* mask = masks.data() + i * stride;
+    words[i] = i == 0 ? -1 : i == 4 ? 0 : int32_t(stride / (i == 2 ? 3 : 1));
+    for (int64_t t = 0; t < int64_t(std::max(words[i], 0)) * 32; ++t)
+      if (rng() % (i == 3 ? 500 : 2) == 0) mask[t >> 5] |= 1u << (t & 31);
+    const TokenMask tm = words[i] < 0 ? TokenMask{} : TokenMask{mask, size_t(words[i])};
+    for (int64_t t = 0; t < V; ++t)
+      if (std::isfinite(l[t]) && (words[i] < 0 || tm.allows(t)))
+        want[i].push_back({l[t], int32_t(t)});
+    std::sort(want[i].begin(), want[i].end(), [](const auto& a, const auto& b) {
       return a.first > b.first || (a.first == b.first && a.second < b.second);
     });
-    cuda::copy_to_device(logits_d.get(), logits.data(), V * 4);
-    if (words) cuda::copy_to_device(mask_d.get(), mask.data(), words * 4);
-    const float* keys = nullptr;
-    const int32_t* ids = nullptr;
-    cuda::sort_allowed(logits_d.as<float>(), V, words ? mask_d.as<uint32_t>() : nullptr, words,
-                       scratch.get(), &keys, &ids, nullptr);
-    std::vector<float> got_keys(want.size());
-    std::vector<int32_t> got_ids(want.size());
-    cuda::copy_to_host(got_keys.data(), keys, int64_t(want.size()) * 4);
-    cuda::copy_to_host(got_ids.data(), ids, int64_t(want.size()) * 4);
-    for (size_t i = 0; i < want.size(); ++i) {
-      ASSERT_EQ(got_ids[i], want[i].second) << "round " << round << " position " << i;
-      ASSERT_EQ(got_keys[i], want[i].first) << "round " << round << " position " << i;
-    }
   }
+  auto logits_d = testing::upload(logits), masks_d = testing::upload(masks),
+       row_of_d = testing::upload(row_of), words_d = testing::upload(words);
+  cuda::DeviceBuffer scratch(cuda::sort_allowed_scratch_bytes(V, rows));
+  const cuda::SortRows sort{row_of_d.as<int32_t>(), masks_d.as<uint32_t>(), stride,
+                            words_d.as<int32_t>(), rows};
+  const float* keys = nullptr;
+  const int32_t* ids = nullptr;
+  cuda::sort_allowed(logits_d.as<float>(), V, sort, scratch.get(), &keys, &ids, nullptr);
+  std::vector<float> got_keys(rows * V);
+  std::vector<int32_t> got_ids(rows * V);
+  cuda::copy_to_host(got_keys.data(), keys, rows * V * 4);
+  cuda::copy_to_host(got_ids.data(), ids, rows * V * 4);
+  EXPECT_TRUE(want[4].empty());
+  for (int64_t i = 0; i < rows; ++i)
+    for (size_t j = 0; j < want[i].size(); ++j) {
+      ASSERT_EQ(got_ids[i * V + j], want[i][j].second) << "row " << i << " position " << j;
+      ASSERT_EQ(got_keys[i * V + j], want[i][j].first) << "row " << i << " position " << j;
+    }
 }
 
 #endif  // AGENTRT_HAVE_CUDA
