@@ -197,8 +197,40 @@ void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const floa
     return;
   }
   const int64_t r = w.rows / groups;
-  for (int64_t g = 0; g < groups; ++g)
-    run(w.slice_rows(g * r, r), x + g * w.cols, x_stride, n, y + g * r, y_stride, stream);
+  if (precision_ == GemmPrecision::f32 || !exact_in_bf16(w)) {
+    for (int64_t g = 0; g < groups; ++g)
+      run(w.slice_rows(g * r, r), x + g * w.cols, x_stride, n, y + g * r, y_stride, stream);
+    return;
+  }
+  // One strided batched GEMM over the groups: the whole matrix dequantised once and the whole
+  // rows of x converted once (a run per group converted and launched `groups` times).
+  const void* wb = w.data;
+  if (w.type != WeightType::bf16) {
+    weight_scratch_.reserve(w.rows * w.cols * 2);
+    dequantize(w, weight_scratch_.get(), true, stream);
+    wb = weight_scratch_.get();
+  }
+  const int64_t cols = groups * w.cols, xcount = n * cols;
+  const bool split_x = precision_ == GemmPrecision::bf16x2;
+  act_scratch_.reserve(xcount * (split_x ? 4 : 2));
+  auto* xh = act_scratch_.as<__nv_bfloat16>();
+  auto* xl = split_x ? xh + xcount : nullptr;
+  rows_to_bf16<<<grid_for(xcount), 256, 0, stream>>>(x, x_stride, n, cols, xh, xl);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  const float one = 1.0f;
+  // Column-major, group g: C_g (r x n at y + g r, ld y_stride) = W_g^T (W_g: [r][w.cols] at
+  // g r w.cols) * X_g (w.cols x n at g w.cols, ld cols).
+  auto gemm = [&](const __nv_bfloat16* b, float beta) {
+    check_cublas(
+        cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(w.cols),
+                                   &one, wb, CUDA_R_16BF, int(w.cols), r * w.cols, b, CUDA_R_16BF,
+                                   int(cols), w.cols, &beta, y, CUDA_R_32F, int(y_stride), r,
+                                   int(groups), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx (grouped rows)");
+  };
+  gemm(xh, 0.0f);
+  if (xl) gemm(xl, 1.0f);
 }
 
 }  // namespace agentrt::engine::cuda

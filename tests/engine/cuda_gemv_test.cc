@@ -332,6 +332,40 @@ TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {
   EXPECT_THROW(cuda::gemv_same_input(mixed, nullptr, cols, 1), std::invalid_argument);
 }
 
+// LinearRunner::run_grouped for prefill-sized row counts (one strided batched GEMM over the
+// groups, or per group for float32): rows of x wider than the groups' columns, y's rows wider than
+// the groups' outputs, in every precision.
+TEST_F(CudaGemv, GroupedRowsOfManyTokensReadTheirOwnColumns) {
+  const int64_t groups = 4, rows = 96, cols = 128, n = 70, stride = groups * cols + 32,
+                y_stride = groups * rows + 8;
+  const HostMatrix m = make(WeightType::f8_e4m3, groups * rows, cols, 12);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * stride), want(n * y_stride, 0.0f);
+  for (float& v : x) v = dist(rng);
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < rows; ++r)
+        want[t * y_stride + g * rows + r] =
+            dot_weight_row(m.view, g * rows + r, x.data() + t * stride + g * cols);
+  cuda::DeviceMatrix dm(m.view);
+  float* dx = cuda::device_floats(x.size());
+  float* dy = cuda::device_floats(want.size());
+  cuda::copy_to_device(dx, x.data(), x.size() * 4);
+  for (const auto& [precision, tolerance] :
+       {std::pair{cuda::GemmPrecision::bf16x2, 1e-5}, std::pair{cuda::GemmPrecision::bf16, 1e-2},
+        std::pair{cuda::GemmPrecision::f32, 1e-6}}) {
+    std::vector<float> got(want.size(), 0.0f);
+    cuda::copy_to_device(dy, got.data(), got.size() * 4);  // the padding columns stay zero
+    cuda::LinearRunner runner(precision, 16);
+    runner.run_grouped(dm.view(), groups, dx, stride, n, dy, y_stride, nullptr);
+    cuda::copy_to_host(got.data(), dy, got.size() * 4);
+    EXPECT_LE(rel_l2(got, want), tolerance) << int(precision);
+  }
+  cuda::free_device(dx);
+  cuda::free_device(dy);
+}
+
 // Prefill's FP8 dequantisation (linear.cu's chunk kernel) against the host's decode_weight_row:
 // the same floats bitwise, and their bf16 rounding; ue8m0 and float32 block scales, a row slice.
 TEST_F(CudaGemv, Fp8DequantizedAsTheHostDecodes) {
