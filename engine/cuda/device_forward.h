@@ -49,7 +49,7 @@ struct CudaOptions {
   // drawn from on the host; a row with more sorts all its allowed tokens on the device.
   int32_t near_capacity = 4096;
   // A batch whose sorted rows hold at least this many allowed tokens draws for its rows on
-  // several host threads (an exp per allowed token; ~0.5 ms a vocabulary-sized row).
+  // several host threads (an exp per allowed token: 0.35 ms a row of 64,640 on the dev box).
   int64_t parallel_draw_tokens = int64_t(1) << 18;
 };
 
