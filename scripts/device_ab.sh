@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Back-to-back benchmark of two builds (or two option sets) on the GPU machine (docs/cuda.md):
 # runs are interleaved, ROUNDS each (default 2), so drifts of the card's clocks hit both alike,
-# and every measurement line is printed side by side -> $OUT/ab.txt (raw logs in $OUT/ab_*.log).
+# and every measurement line is printed side by side -> $OUT/ab$TAG.txt (raw logs in
+# $OUT/ab${TAG}_*.log; TAG tells several comparisons of one call apart).
 #
 #   BASE=bench_base [BASE_ARGS=...] [NEW=bench_engine_cuda] [NEW_ARGS=...] [ARGS=...] \
 #     scripts/device_ab.sh
@@ -22,15 +23,15 @@ NEW=${NEW:-bench_engine_cuda}
 BASE=${BASE:-$NEW}
 ARGS=${ARGS:---contexts 1024,16384 --batches 8,64 --steps 32}
 for ((r = 1; r <= ${ROUNDS:-2}; ++r)); do
-  timeout "${RUN_TIMEOUT:-200}" "$CARRY/$BASE" "$CKPT" $ARGS ${BASE_ARGS:-} > "$OUT/ab_base_$r.log" 2>&1
-  timeout "${RUN_TIMEOUT:-200}" "$CARRY/$NEW" "$CKPT" $ARGS ${NEW_ARGS:-} > "$OUT/ab_new_$r.log" 2>&1
+  timeout "${RUN_TIMEOUT:-200}" "$CARRY/$BASE" "$CKPT" $ARGS ${BASE_ARGS:-} > "$OUT/ab${TAG:-}_base_$r.log" 2>&1
+  timeout "${RUN_TIMEOUT:-200}" "$CARRY/$NEW" "$CKPT" $ARGS ${NEW_ARGS:-} > "$OUT/ab${TAG:-}_new_$r.log" 2>&1
 done
 # Measurement lines: the name (up to the first number) and its first figure, per run.
 {
   echo "base: $BASE ${BASE_ARGS:-}   new: $NEW ${NEW_ARGS:-}   args: $ARGS"
-  python3 - "$OUT" "${ROUNDS:-2}" <<'EOF'
+  python3 - "$OUT" "${ROUNDS:-2}" "${TAG:-}" <<'EOF'
 import re, sys
-out, rounds = sys.argv[1], int(sys.argv[2])
+out, rounds, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 def rows(path):
     got = {}
     for line in open(path, errors="replace"):
@@ -40,8 +41,8 @@ def rows(path):
             if fields and re.match(r"^[\d.]+$", fields[0]):
                 got.setdefault(line[:28].strip(), fields[0])
     return got
-runs = [(f"base{r}", rows(f"{out}/ab_base_{r}.log")) for r in range(1, rounds + 1)]
-runs += [(f"new{r}", rows(f"{out}/ab_new_{r}.log")) for r in range(1, rounds + 1)]
+runs = [(f"base{r}", rows(f"{out}/ab{tag}_base_{r}.log")) for r in range(1, rounds + 1)]
+runs += [(f"new{r}", rows(f"{out}/ab{tag}_new_{r}.log")) for r in range(1, rounds + 1)]
 names = []
 for _, got in runs:
     names += [n for n in got if n not in names]
@@ -49,4 +50,4 @@ print(f"{'measurement':32}" + "".join(f"{name:>12}" for name, _ in runs))
 for n in names:
     print(f"{n:32}" + "".join(f"{got.get(n, '-'):>12}" for _, got in runs))
 EOF
-} | tee "$OUT/ab.txt"
+} | tee "$OUT/ab${TAG:-}.txt"
