@@ -15,6 +15,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
+#include "engine/cuda/sort_keys.h"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -132,19 +133,10 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
 
 namespace {
 
-// Sort keys: row i's index above the logit's bits, turned so that an ascending sort puts rows in
-// order and each row's logits best first. A token that is not allowed or not finite gets -inf,
-// which sorts after every allowed token; zero loses its sign (the host's comparison sees
+// Sort keys: row i's index above the logit's bits, turned (sort_keys.h) so that an ascending sort
+// puts rows in order and each row's logits best first. A token that is not allowed or not finite
+// gets -inf, which sorts after every allowed token; zero loses its sign (the host's comparison sees
 // -0 == 0). The radix sort is stable, so equal logits keep their ascending ids.
-__device__ __forceinline__ uint32_t descending_bits(float f) {
-  const uint32_t u = __float_as_uint(f);
-  return ~((u & 0x80000000u) ? ~u : (u | 0x80000000u));
-}
-__device__ __forceinline__ float from_descending_bits(uint32_t d) {
-  const uint32_t o = ~d;
-  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
-}
-
 __global__ void allowed_keys_kernel(const float* logits, int64_t vocab, SortRows r, uint64_t* keys,
                                     int32_t* ids) {
   pdl_begin();

@@ -24,6 +24,7 @@
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/sort_keys.h"
 #endif
 
 namespace agentrt::engine {
@@ -38,6 +39,44 @@ class CudaSampling : public ::testing::Test {
 };
 
 #ifdef AGENTRT_HAVE_CUDA
+
+// The sort keys on the host (no GPU needed): sorting rows by (row << 32 | descending_bits) with a
+// stable sort gives each row best first, ties by id, -inf after every finite value, and
+// from_descending_bits returns every value (-0 comes back as 0, as sort_allowed maps it first).
+TEST(CudaSortKeys, OrderRowsBestFirstAndRoundTrip) {
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const int64_t rows = 3, V = 5000;
+  std::vector<std::pair<uint64_t, int32_t>> keys;
+  std::vector<std::vector<float>> values(rows);
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t t = 0; t < V; ++t) values[i].push_back(std::round(dist(rng) * 8.0f) / 8.0f);
+    for (float special : {0.0f, -0.0f, 1e-45f, -1e-45f, 3e38f, -3e38f, 1.0f, -1.0f})
+      values[i][rng() % V] = special;
+    values[i][rng() % V] = -std::numeric_limits<float>::infinity();  // a token not allowed
+    for (int64_t t = 0; t < V; ++t) {
+      const float v = values[i][t] == 0.0f ? 0.0f : values[i][t];
+      keys.push_back({(uint64_t(rows - 1 - i) << 32) | cuda::descending_bits(v), int32_t(t)});
+    }
+  }
+  std::stable_sort(keys.begin(), keys.end(),
+                   [](const auto& a, const auto& b) { return a.first < b.first; });
+  for (int64_t i = 0; i < rows; ++i) {
+    std::vector<std::pair<float, int32_t>> want;
+    for (int64_t t = 0; t < V; ++t) want.push_back({values[i][t], int32_t(t)});
+    std::sort(want.begin(), want.end(), [](const auto& a, const auto& b) {
+      return a.first > b.first || (a.first == b.first && a.second < b.second);
+    });
+    const int64_t at = (rows - 1 - i) * V;  // the row's place in the sort
+    for (int64_t j = 0; j < V; ++j) {
+      ASSERT_EQ(keys[at + j].first >> 32, uint64_t(rows - 1 - i)) << "row " << i;
+      ASSERT_EQ(keys[at + j].second, want[j].second) << "row " << i << " position " << j;
+      const float back = cuda::from_descending_bits(uint32_t(keys[at + j].first));
+      ASSERT_EQ(back, want[j].first) << "row " << i << " position " << j;
+      if (want[j].first == 0.0f) EXPECT_FALSE(std::signbit(back));
+    }
+  }
+}
 
 TEST_F(CudaSampling, MaskedPickMatchesTheHostSampler) {
   std::mt19937 rng(5);
