@@ -14,17 +14,19 @@
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp4_gemm.h"
+#include "engine/cuda/fp4_gemm_layout.h"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
 
-constexpr int kThreadsPerTile = 256;
-constexpr int kBM = kFp4GemmRows, kBN = kFp4GemmCols, kBK = kFp4GemmDepth;
-// bf16 per staged row: 8 past kBK puts consecutive rows 144 bytes apart, so the eight row
-// addresses of an ldmatrix land on distinct 16-byte bank groups.
-constexpr int kRow = kBK + 8;
+using fp4_gemm::kBK;
+using fp4_gemm::kBM;
+using fp4_gemm::kBN;
+using fp4_gemm::kRow;
+constexpr int kThreadsPerTile = fp4_gemm::kThreads;
+static_assert(kBM == kFp4GemmRows && kBN == kFp4GemmCols && kBK == kFp4GemmDepth);
 static_assert(kBM * (kBK / 16) == kThreadsPerTile, "one thread stages 16 activations");
 static_assert(kBN * 2 == kThreadsPerTile, "two threads stage a weight row");
 
@@ -60,8 +62,8 @@ __global__ void __launch_bounds__(kThreadsPerTile, 2) fp4_gemm_kernel(Fp4GemmArg
   const int tid = int(threadIdx.x), warp = tid / 32, lane = tid % 32;
   const int64_t K = g.k;
 
-  // Loader: activations row ar (16 columns from ac), weights row br (the 16 bytes of 32-block bq).
-  const int ar = tid / 4, ac = (tid % 4) * 16, br = tid / 2, bq = tid % 2;
+  const fp4_gemm::LoaderShare share = fp4_gemm::loader_share(tid);
+  const int ar = share.a_row, ac = share.a_col, br = share.b_row, bq = share.b_block;
   const bool a_live = ar < tile.rows;
   const float* a_row = g.a;
   if (a_live) {
@@ -94,7 +96,7 @@ __global__ void __launch_bounds__(kThreadsPerTile, 2) fp4_gemm_kernel(Fp4GemmArg
   };
 
   // Warp (wm, wn) owns rows wm * 32 .. + 31 and columns wn * 32 .. + 31 of the tile.
-  const int wm = warp / 4, wn = warp % 4, g4 = lane / 4, c4 = lane % 4;
+  const int wm = warp / 4, wn = warp % 4;
   float acc[2][4][4] = {};
   load(0);
   for (int64_t k0 = 0; k0 < K; k0 += kBK) {
@@ -107,17 +109,14 @@ __global__ void __launch_bounds__(kThreadsPerTile, 2) fp4_gemm_kernel(Fp4GemmArg
       uint32_t a[2][4], al[2][4], b[4][2];
 #pragma unroll
       for (int mt = 0; mt < 2; ++mt) {
-        const int off = (wm * 32 + mt * 16 + lane % 16) * kRow + ks * 16 + (lane / 16) * 8;
+        const int off = fp4_gemm::a_fragment_row(lane, wm, mt, ks);
         ldmatrix_x4(a[mt], as + off);
         if constexpr (kSplit) ldmatrix_x4(al[mt], as + kBM * kRow + off);
       }
 #pragma unroll
       for (int np = 0; np < 2; ++np) {
-        // Matrices: n-tile 2np (k 0-7, 8-15), n-tile 2np + 1 (k 0-7, 8-15).
-        const int i = lane / 8;
-        const int n = wn * 32 + np * 16 + (i / 2) * 8 + lane % 8;
         uint32_t r[4];
-        ldmatrix_x4(r, bs + n * kRow + ks * 16 + (i % 2) * 8);
+        ldmatrix_x4(r, bs + fp4_gemm::b_fragment_row(lane, wn, np, ks));
         b[2 * np][0] = r[0], b[2 * np][1] = r[1], b[2 * np + 1][0] = r[2], b[2 * np + 1][1] = r[3];
       }
 #pragma unroll
@@ -133,12 +132,12 @@ __global__ void __launch_bounds__(kThreadsPerTile, 2) fp4_gemm_kernel(Fp4GemmArg
   for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int r = wm * 32 + mt * 16 + g4 + half * 8;
+      const int r = fp4_gemm::out_row(lane, wm, mt, 2 * half);
       if (r >= tile.rows) continue;
-      float* out = g.c + (int64_t(tile.m0) + r) * g.ldc + tile.n0 + wn * 32 + 2 * c4;
+      float* out = g.c + (int64_t(tile.m0) + r) * g.ldc + tile.n0;
 #pragma unroll
-      for (int nt = 0; nt < 4; ++nt)
-        *reinterpret_cast<float2*>(out + nt * 8) =
+      for (int nt = 0; nt < 4; ++nt)  // values 2 half and 2 half + 1: adjacent columns
+        *reinterpret_cast<float2*>(out + fp4_gemm::out_col(lane, wn, nt, 0)) =
             make_float2(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
     }
 }

@@ -4,8 +4,10 @@
 // grouped routed-expert products with MXFP4 weights. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -23,6 +25,7 @@
 #include "engine/cuda/attention_keys.cuh"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/fp4_gemm_layout.h"
 #include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/moe_gemm.h"
@@ -462,6 +465,91 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
       nullptr, nullptr, nullptr, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
   EXPECT_FALSE(f32.applies(none, 1000, 64, 96, nullptr));
   EXPECT_FALSE(split.applies(none, 100, 64, 96, nullptr));  // too few rows
+}
+
+// fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share
+// of a K step, each warp loads its fragments through the ldmatrix rows of fp4_gemm_layout.h and
+// multiplies them with the mma.m16n8k16 fragment layout (mma.cuh), and the accumulators land on
+// the tile elements out_row/out_col name: the tile must be exactly A W^T, every element written
+// once.
+TEST(CudaFp4GemmLayout, FragmentsMultiplyTheTile) {
+  namespace L = cuda::fp4_gemm;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> small(-8, 8);
+  std::vector<double> a(L::kBM * L::kBK), w(L::kBN * L::kBK);
+  for (auto& v : a) v = small(rng);
+  for (auto& v : w) v = small(rng);
+  const double unset = std::numeric_limits<double>::quiet_NaN();
+  std::vector<double> as(L::kBM * L::kRow, unset), bs(L::kBN * L::kRow, unset);
+  for (int tid = 0; tid < L::kThreads; ++tid) {
+    const L::LoaderShare s = L::loader_share(tid);
+    for (int j = 0; j < 16; ++j) {
+      ASSERT_TRUE(std::isnan(as[s.a_row * L::kRow + s.a_col + j])) << "thread " << tid;
+      as[s.a_row * L::kRow + s.a_col + j] = a[s.a_row * L::kBK + s.a_col + j];
+    }
+    for (int j = 0; j < 32; ++j) {
+      ASSERT_TRUE(std::isnan(bs[s.b_row * L::kRow + s.b_block * 32 + j])) << "thread " << tid;
+      bs[s.b_row * L::kRow + s.b_block * 32 + j] = w[s.b_row * L::kBK + s.b_block * 32 + j];
+    }
+  }
+  // ldmatrix.x4: lanes 8i..8i+7 address matrix i's rows; lane t gets row t / 4, columns
+  // 2 (t % 4) and 2 (t % 4) + 1 of each matrix.
+  using Pair = std::array<double, 2>;
+  auto ldmatrix = [](const std::vector<double>& smem, auto row_of) {
+    std::array<std::array<Pair, 4>, 32> r;
+    for (int t = 0; t < 32; ++t)
+      for (int i = 0; i < 4; ++i) {
+        const int at = row_of(8 * i + t / 4) + 2 * (t % 4);
+        r[t][i] = {smem[at], smem[at + 1]};
+      }
+    return r;
+  };
+  std::vector<double> c(L::kBM * L::kBN, unset);
+  for (int warp = 0; warp < L::kThreads / 32; ++warp) {
+    const int wm = warp / 4, wn = warp % 4;
+    double acc[2][4][32][4] = {};
+    for (int ks = 0; ks < L::kBK / 16; ++ks) {
+      std::array<std::array<Pair, 4>, 32> af[2], bf[2];
+      for (int mt = 0; mt < 2; ++mt)
+        af[mt] = ldmatrix(as, [&](int lane) { return L::a_fragment_row(lane, wm, mt, ks); });
+      for (int np = 0; np < 2; ++np)
+        bf[np] = ldmatrix(bs, [&](int lane) { return L::b_fragment_row(lane, wn, np, ks); });
+      for (int mt = 0; mt < 2; ++mt)
+        for (int nt = 0; nt < 4; ++nt) {
+          // The 16 x 16 A and 16 x 8 B the lanes' fragments hold (mma.cuh's layout comment).
+          double am[16][16], bm[16][8];
+          for (int t = 0; t < 32; ++t) {
+            const int g = t / 4, q = t % 4;
+            const auto& f = af[mt][t];
+            for (int h = 0; h < 2; ++h) {
+              am[g][2 * q + h] = f[0][h], am[g + 8][2 * q + h] = f[1][h];
+              am[g][2 * q + 8 + h] = f[2][h], am[g + 8][2 * q + 8 + h] = f[3][h];
+              bm[2 * q + h][g] = bf[nt / 2][t][2 * (nt % 2)][h];
+              bm[2 * q + 8 + h][g] = bf[nt / 2][t][2 * (nt % 2) + 1][h];
+            }
+          }
+          for (int t = 0; t < 32; ++t)
+            for (int v = 0; v < 4; ++v) {
+              const int row = t / 4 + (v / 2) * 8, col = 2 * (t % 4) + v % 2;
+              for (int k = 0; k < 16; ++k) acc[mt][nt][t][v] += am[row][k] * bm[k][col];
+            }
+        }
+    }
+    for (int lane = 0; lane < 32; ++lane)
+      for (int mt = 0; mt < 2; ++mt)
+        for (int nt = 0; nt < 4; ++nt)
+          for (int v = 0; v < 4; ++v) {
+            double& out = c[L::out_row(lane, wm, mt, v) * L::kBN + L::out_col(lane, wn, nt, v)];
+            ASSERT_TRUE(std::isnan(out)) << "written twice";
+            out = acc[mt][nt][lane][v];
+          }
+  }
+  for (int r = 0; r < L::kBM; ++r)
+    for (int n = 0; n < L::kBN; ++n) {
+      double want = 0;
+      for (int k = 0; k < L::kBK; ++k) want += a[r * L::kBK + k] * w[n * L::kBK + k];
+      ASSERT_EQ(c[r * L::kBN + n], want) << "row " << r << " column " << n;
+    }
 }
 
 TEST_F(CudaKernels, FourBitExpertGemmMatchesSwigluExpert) {
