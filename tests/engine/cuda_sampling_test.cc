@@ -73,7 +73,9 @@ TEST(CudaSortKeys, OrderRowsBestFirstAndRoundTrip) {
       ASSERT_EQ(keys[at + j].second, want[j].second) << "row " << i << " position " << j;
       const float back = cuda::from_descending_bits(uint32_t(keys[at + j].first));
       ASSERT_EQ(back, want[j].first) << "row " << i << " position " << j;
-      if (want[j].first == 0.0f) EXPECT_FALSE(std::signbit(back));
+      if (want[j].first == 0.0f) {
+        EXPECT_FALSE(std::signbit(back));
+      }
     }
   }
 }
