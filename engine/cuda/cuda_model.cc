@@ -33,8 +33,7 @@ cuda::DeviceForward::RowPick row_pick(const SamplingParams& p) {
 // sorted on the device (`sorted`, read back by the caller): the same draw as Sampler::sample on
 // the whole row.
 Sampler::Sample choose(const cuda::DeviceForward::NearBest& r, const SamplingParams& params,
-                       Sampler& sampler, std::vector<std::pair<float, int32_t>> sorted,
-                       int32_t capacity) {
+                       Sampler& sampler, cuda::DeviceForward::Sorted sorted, int32_t capacity) {
   if (r.pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
   if (params.greedy()) return {r.pick.token, float(-std::log(r.pick.z))};
   if (r.total <= capacity) return sampler.sample_candidates(r.cand, r.pick.z);
@@ -53,7 +52,7 @@ Sampler::Sample choose_on_last_row(cuda::DeviceForward& pass, Sampler& sampler, 
                                    int32_t capacity) {
   const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
   const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, capacity, -1);
-  std::vector<std::pair<float, int32_t>> sorted;
+  cuda::DeviceForward::Sorted sorted;
   if (needs_sorted(near[0], sampler.params(), capacity)) {
     const int64_t last = -1;
     const int32_t allowed = near[0].pick.allowed;
@@ -109,17 +108,27 @@ class CudaModel final : public Model {
     return std::make_unique<CudaSequence>(*this, pass_.config());
   }
 
+  // One forward at a time: the workspace and the stream are shared.
+  void run(std::span<const cuda::DeviceRow> rows, float* logits) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pass_.run(rows, logits);
+  }
+  // run() with the logits left on the device, then `then(pass)` on them, under the same lock
+  // (another sequence's run would overwrite them).
+  template <class Then>
+  auto run_then(std::span<const cuda::DeviceRow> rows, Then then) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    pass_.run(rows, nullptr);
+    return then(pass_);
+  }
+
   std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
                                                std::span<const int32_t> tokens) const override {
     std::vector<cuda::DeviceRow> rows = batch_rows(seqs, tokens);
     std::vector<std::vector<float>> out(rows.size(), std::vector<float>(size_t(vocab_size())));
     std::vector<float*> dst;
     for (auto& row : out) dst.push_back(row.data());
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      pass_.run(rows, nullptr);
-      pass_.read_logits(dst);
-    }
+    run_then(rows, [&](cuda::DeviceForward& pass) { pass.read_logits(dst); });
     for (auto& r : rows) r.cache->length += 1;
     return out;
   }
@@ -144,7 +153,7 @@ class CudaModel final : public Model {
     // Rows with too many near tokens read every allowed token back, sorted on the device (one
     // sort and one read back for all of them), then every row draws; those draws are the step's
     // host work (an exp per allowed token of a sorted row), spread over threads.
-    std::vector<std::vector<std::pair<float, int32_t>>> sorted(n);
+    std::vector<cuda::DeviceForward::Sorted> sorted(n);
     std::vector<int64_t> sort_rows;
     std::vector<TokenMask> sort_masks;
     std::vector<int32_t> sort_counts;
@@ -192,20 +201,6 @@ class CudaModel final : public Model {
   std::map<std::string, double> stage_ms() const {
     std::lock_guard<std::mutex> lock(mutex_);
     return pass_.stage_ms();
-  }
-
-  // One forward at a time: the workspace and the stream are shared.
-  void run(std::span<const cuda::DeviceRow> rows, float* logits) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    pass_.run(rows, logits);
-  }
-  // run() with the logits left on the device, then `then(pass)` on them, under the same lock
-  // (another sequence's run would overwrite them).
-  template <class Then>
-  auto run_then(std::span<const cuda::DeviceRow> rows, Then then) const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    pass_.run(rows, nullptr);
-    return then(pass_);
   }
 
  private:

@@ -259,8 +259,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
   if (t0 < t1) load_scales(t0, 0, next_sc);
   pdl_begin();
   int64_t group = -1;
-  int slot = 0;  // the ring slot and phase of this warp's next stage
-  uint32_t parity = 0;
+  stream::SlotCursor ring_slot{g.stages};  // this warp's next stage
   for (int64_t t = t0; t < t1; ++t) {
     const int m = matrix_of(g, t);
     const int64_t row0 = (t - g.first_task[m]) * kTaskRows;
@@ -280,8 +279,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
         load_scales(t, ct + 1, next_sc);
       else if (t + 1 < t1)
         load_scales(t + 1, 0, next_sc);
-      const stream::Slot s{slot, parity};
-      if (++slot == g.stages) slot = 0, parity ^= 1u;
+      const stream::Slot s = ring_slot.next();
       mbarrier_wait(&bars.full[s.index], s.parity);
       const char* ra = ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
       const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8;

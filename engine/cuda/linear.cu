@@ -120,21 +120,26 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
     gemv_strided(w, x, x_stride, n, y, y_stride, stream, precision_ != GemmPrecision::f32);
     return;
   }
+  if (precision_ != GemmPrecision::f32) {
+    run_bf16(w, 1, x, x_stride, n, y, y_stride, stream);
+    return;
+  }
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
   const float one = 1.0f, zero = 0.0f;
   // Column-major view: C (rows x n, ld y_stride) = A^T (A: cols x rows, ld cols) * B (cols x n).
-  if (precision_ == GemmPrecision::f32) {
-    const float* wf = static_cast<const float*>(w.data);
-    if (w.type != WeightType::f32) {
-      weight_scratch_.reserve(w.rows * w.cols * 4);
-      dequantize(w, weight_scratch_.get(), false, stream);
-      wf = weight_scratch_.as<float>();
-    }
-    check_cublas(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols),
-                             &one, wf, int(w.cols), x, int(x_stride), &zero, y, int(y_stride)),
-                 "cublasSgemm");
-    return;
+  const float* wf = static_cast<const float*>(w.data);
+  if (w.type != WeightType::f32) {
+    weight_scratch_.reserve(w.rows * w.cols * 4);
+    dequantize(w, weight_scratch_.get(), false, stream);
+    wf = weight_scratch_.as<float>();
   }
+  check_cublas(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols),
+                           &one, wf, int(w.cols), x, int(x_stride), &zero, y, int(y_stride)),
+               "cublasSgemm");
+}
+
+void LinearRunner::run_bf16(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
+                            int64_t n, float* y, int64_t y_stride, cudaStream_t stream) {
   const bool split_x = precision_ == GemmPrecision::bf16x2;
   const bool split_w = split_x && !exact_in_bf16(w);
   const int64_t wcount = w.rows * w.cols;
@@ -153,23 +158,36 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
     }
     wb = hi;
   }
-  const int64_t xcount = n * w.cols;
+  const int64_t cols = groups * w.cols, xcount = n * cols;
   act_scratch_.reserve(xcount * (split_x ? 4 : 2));
   auto* xh = act_scratch_.as<__nv_bfloat16>();
   auto* xl = split_x ? xh + xcount : nullptr;
-  rows_to_bf16<<<grid_for(xcount), 256, 0, stream>>>(x, x_stride, n, w.cols, xh, xl);
+  rows_to_bf16<<<grid_for(xcount), 256, 0, stream>>>(x, x_stride, n, cols, xh, xl);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  const float one = 1.0f;
+  const int64_t r = w.rows / groups;
+  // Column-major, group g: C_g (r x n at y + g r, ld y_stride) = W_g^T (W_g: [r][w.cols] at
+  // g r w.cols) * X_g (w.cols x n at g w.cols, ld cols).
   auto gemm = [&](const void* a, const void* b, float beta) {
+    if (groups == 1) {
+      check_cublas(
+          cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(w.cols), &one, a,
+                       CUDA_R_16BF, int(w.cols), b, CUDA_R_16BF, int(cols), &beta, y, CUDA_R_32F,
+                       int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "cublasGemmEx(bf16)");
+      return;
+    }
     check_cublas(
-        cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols), &one, a,
-                     CUDA_R_16BF, int(w.cols), b, CUDA_R_16BF, int(w.cols), &beta, y, CUDA_R_32F,
-                     int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmEx(bf16)");
+        cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(w.cols),
+                                   &one, a, CUDA_R_16BF, int(w.cols), r * w.cols, b, CUDA_R_16BF,
+                                   int(cols), w.cols, &beta, y, CUDA_R_32F, int(y_stride), r,
+                                   int(groups), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmStridedBatchedEx (grouped rows)");
   };
   gemm(wb, xh, 0.0f);
   if (xl) gemm(wb, xl, 1.0f);
   if (wl) gemm(wl, xh, 1.0f);
-  (void)zero;
 }
 
 void LinearRunner::run_same_input(std::span<const Product> products, const float* x, int64_t n,
@@ -196,41 +214,15 @@ void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const floa
     gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream, precision_ != GemmPrecision::f32);
     return;
   }
-  const int64_t r = w.rows / groups;
-  if (precision_ == GemmPrecision::f32 || !exact_in_bf16(w)) {
-    for (int64_t g = 0; g < groups; ++g)
-      run(w.slice_rows(g * r, r), x + g * w.cols, x_stride, n, y + g * r, y_stride, stream);
+  if (precision_ != GemmPrecision::f32) {
+    // One strided batched GEMM per term over the groups: the whole matrix dequantised once and
+    // the whole rows of x converted once.
+    run_bf16(w, groups, x, x_stride, n, y, y_stride, stream);
     return;
   }
-  // One strided batched GEMM over the groups: the whole matrix dequantised once and the whole
-  // rows of x converted once (a run per group converted and launched `groups` times).
-  const void* wb = w.data;
-  if (w.type != WeightType::bf16) {
-    weight_scratch_.reserve(w.rows * w.cols * 2);
-    dequantize(w, weight_scratch_.get(), true, stream);
-    wb = weight_scratch_.get();
-  }
-  const int64_t cols = groups * w.cols, xcount = n * cols;
-  const bool split_x = precision_ == GemmPrecision::bf16x2;
-  act_scratch_.reserve(xcount * (split_x ? 4 : 2));
-  auto* xh = act_scratch_.as<__nv_bfloat16>();
-  auto* xl = split_x ? xh + xcount : nullptr;
-  rows_to_bf16<<<grid_for(xcount), 256, 0, stream>>>(x, x_stride, n, cols, xh, xl);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
-  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
-  const float one = 1.0f;
-  // Column-major, group g: C_g (r x n at y + g r, ld y_stride) = W_g^T (W_g: [r][w.cols] at
-  // g r w.cols) * X_g (w.cols x n at g w.cols, ld cols).
-  auto gemm = [&](const __nv_bfloat16* b, float beta) {
-    check_cublas(
-        cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(w.cols),
-                                   &one, wb, CUDA_R_16BF, int(w.cols), r * w.cols, b, CUDA_R_16BF,
-                                   int(cols), w.cols, &beta, y, CUDA_R_32F, int(y_stride), r,
-                                   int(groups), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmStridedBatchedEx (grouped rows)");
-  };
-  gemm(xh, 0.0f);
-  if (xl) gemm(xl, 1.0f);
+  const int64_t r = w.rows / groups;
+  for (int64_t g = 0; g < groups; ++g)
+    run(w.slice_rows(g * r, r), x + g * w.cols, x_stride, n, y + g * r, y_stride, stream);
 }
 
 }  // namespace agentrt::engine::cuda

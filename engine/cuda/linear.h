@@ -50,6 +50,12 @@ class LinearRunner {
                    int64_t n, float* y, int64_t y_stride, cudaStream_t stream);
 
  private:
+  // The tensor-core GEMMs of run() (groups = 1) and run_grouped(): w dequantised to bf16 (and its
+  // low part where not exact in bf16) and x's rows converted once, then one GEMM per term,
+  // strided batched over the groups.
+  void run_bf16(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
+                float* y, int64_t y_stride, cudaStream_t stream);
+
   GemmPrecision precision_;
   int64_t gemv_max_rows_;
   cublasHandle_t handle_ = nullptr;

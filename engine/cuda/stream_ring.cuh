@@ -48,6 +48,17 @@ __device__ __forceinline__ Slot slot_of(uint32_t q, int stages) {
   return {int(q % uint32_t(stages)), (q / uint32_t(stages)) & 1u};
 }
 
+// The same sequence stepped without dividing: next() returns the current slot and moves on.
+struct SlotCursor {
+  int stages, index = 0;
+  uint32_t parity = 0;
+  __device__ __forceinline__ Slot next() {
+    const Slot s{index, parity};
+    if (++index == stages) index = 0, parity ^= 1u;
+    return s;
+  }
+};
+
 struct Ring {
   uint64_t* full;   // [stages]: the producer's copies of the stage have landed
   uint64_t* empty;  // [stages]: every consumer warp is done with the stage
