@@ -144,7 +144,8 @@ std::shared_ptr<const Model> Model::load(const std::filesystem::path& dir,
     return load_cuda_model(dir, options);
 #else
     throw std::runtime_error("Model::load(" + dir.string() +
-                             "): CUDA backend not built/available in this build");
+                             "): device cuda: this build has no CUDA backend (nvcc was not "
+                             "found when it was configured, or -DAGENTRT_CUDA=OFF)");
 #endif
   }
   ForwardConfig fconfig = ForwardConfig::from_file(dir / "config.json");

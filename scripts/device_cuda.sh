@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Everything the CUDA backend runs on the GPU machine, in one call (docs/cuda.md):
-#   scripts/device_cuda.sh [tests|bench|all]
-# Binaries are built on the dev box (the device lacks our -dev libraries) and carried in
-# .device-carry-cuda/ (engine_tests, bench_engine_cuda); the working tree brings the fixtures.
+#   scripts/device_cuda.sh [build|tests|bench|all]     (all: build, tests, bench)
+#   build: the engine, its tests and benchmarks from this working tree, with the machine's CUDA
+#          toolkit, CMake and compiler (-DAGENTRT_ENGINE_ONLY=ON; nlohmann-json and GoogleTest
+#          from .device-carry-cuda/deps, which scripts/device_carry.sh fills) -> $OUT/build.log;
+#          the binaries replace those in .device-carry-cuda/. Where it fails (or is skipped),
+#          the binaries carried from the dev box run instead (scripts/device_carry.sh
+#          --binaries), and the log says so.
 #   tests: the GPU tests (golden fixtures on the GPU, GPU vs CPU, per-kernel) -> $OUT/tests.log
 #   bench: a V4-Flash-shaped random checkpoint written on the device (torch), our engine's
 #          benchmark, then transformers' DeepseekV4ForCausalLM on the same weights -> $OUT/bench.log
@@ -10,12 +14,39 @@ set -uo pipefail
 OUT=${OUT:?set OUT}
 MODE=${1:-all}
 CARRY=.device-carry-cuda
-# The test binary was compiled with AGENTRT_SOURCE_DIR=/work/main (fixture paths).
+# Binaries built on the dev box were compiled with AGENTRT_SOURCE_DIR=/work/main (fixture paths).
 if [[ ! -e /work/main ]]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
 CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 status=0
+if [[ $MODE == build || $MODE == all ]]; then
+  BUILD=/tmp/agentrt-build
+  NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  {
+    echo "build: $(cmake --version | head -1); $(c++ --version | head -1); $("$NVCC" --version | tail -1)"
+    if [[ ! -e $CARRY/deps/googletest/CMakeLists.txt ]]; then
+      echo "build: $CARRY/deps is missing (scripts/device_carry.sh on the dev box)"
+      false
+    else
+      cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DAGENTRT_ENGINE_ONLY=ON \
+        -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_PREFIX_PATH="$PWD/$CARRY/deps" \
+        -DAGENTRT_GTEST_SOURCE="$PWD/$CARRY/deps/googletest" &&
+        cmake --build "$BUILD" -j "$(nproc)" --target engine_tests bench_engine_cuda \
+          bench_engine_cuda_gemv
+    fi
+  } > "$OUT/build.log" 2>&1
+  built=$?
+  if [[ $built == 0 && -x $BUILD/bench/bench_engine_cuda ]]; then
+    cp "$BUILD/tests/engine/engine_tests" "$BUILD/bench/bench_engine_cuda" \
+      "$BUILD/bench/bench_engine_cuda_gemv" "$CARRY/"
+    echo "build: built here; $CARRY holds this build's binaries" | tee -a "$OUT/build.log"
+  else
+    echo "build: FAILED (tail of $OUT/build.log below); running the binaries carried from the dev box"
+    tail -20 "$OUT/build.log"
+    status=1
+  fi
+fi
 if [[ $MODE == tests || $MODE == all ]]; then
   "$CARRY/engine_tests" --gtest_filter='*Cuda*:Golden*' 2>&1 | tee "$OUT/tests.log" || status=1
 fi

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Fills .device-carry-cuda/ (untracked; the run tool's carry) for the GPU machine (docs/cuda.md):
+#   deps/   nlohmann-json's headers and CMake package and GoogleTest's sources, from this box's
+#           Debian 12 packages: all `scripts/device_cuda.sh build` needs beyond the machine's
+#           CUDA toolkit, CMake and compiler (the engine needs none of the runtime's libraries)
+#   with --binaries: this box's engine_tests, bench_engine_cuda, bench_engine_cuda_gemv (from
+#           BUILD, default build/) and libcudart, which device_cuda.sh runs when the build there
+#           fails or is skipped
+#   scripts/device_carry.sh [--binaries]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+CARRY=.device-carry-cuda
+BUILD=${BUILD:-build}
+mkdir -p "$CARRY/deps/include" "$CARRY/deps/share/cmake"
+
+need() {
+  [[ -e $1 ]] || { echo "device_carry: $1 is missing (install $2)" >&2; exit 1; }
+}
+need /usr/include/nlohmann/json.hpp nlohmann-json3-dev
+need /usr/share/cmake/nlohmann_json/nlohmann_jsonConfig.cmake nlohmann-json3-dev
+need /usr/src/googletest/CMakeLists.txt googletest
+rm -rf "$CARRY/deps/include/nlohmann" "$CARRY/deps/share/cmake/nlohmann_json" "$CARRY/deps/googletest"
+cp -r /usr/include/nlohmann "$CARRY/deps/include/"
+# The package's targets file finds the headers relative to itself (three folders up: deps/).
+cp -r /usr/share/cmake/nlohmann_json "$CARRY/deps/share/cmake/"
+cp -r /usr/src/googletest "$CARRY/deps/googletest"
+echo "device_carry: $CARRY/deps ($(du -sh "$CARRY/deps" | cut -f1))"
+
+if [[ ${1:-} == --binaries ]]; then
+  for f in tests/engine/engine_tests bench/bench_engine_cuda bench/bench_engine_cuda_gemv; do
+    need "$BUILD/$f" "a build with CUDA: cmake --build $BUILD --target $(basename "$f")"
+    cp "$BUILD/$f" "$CARRY/"
+  done
+  mkdir -p "$CARRY/lib"
+  cp -L /usr/local/cuda/lib64/libcudart.so.13 "$CARRY/lib/"
+  echo "device_carry: binaries of $(git rev-parse --short HEAD) from $BUILD"
+fi
