@@ -18,6 +18,8 @@
 //                     [--ncu-steps N] (N decode steps at the first context between
 //                                      cudaProfilerStart/Stop, for ncu --profile-from-start off)
 //                     [--fp4-expert-gemm 1] (prefill's FP4 experts through fp4_gemm.cu)
+//                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
+//                     a stage, CudaOptions::tensor_map_copies)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -223,6 +225,8 @@ int main(int argc, char** argv) {
       options.repeat_stage = v;
     else if (k == "--fp4-expert-gemm")
       options.fp4_expert_gemm = v == "1";
+    else if (k == "--tensor-map")
+      options.tensor_map_copies = v == "1";
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

@@ -3,9 +3,13 @@
 // of the card's copy bandwidth measured in the same run (cudaMemcpy device-to-device, bytes read +
 // written). Each row cycles over enough matrices to defeat the L2 cache.
 //
-//   bench_engine_cuda_gemv [--reps 20] [--hot 1]
+//   bench_engine_cuda_gemv [--reps 20] [--hot 1] [--copy-probe 1] [--tensor-map 1]
 // --hot 1: one copy of each matrix, so products of matrices that fit the L2 read it from there
 // (what a product costs when its weights were fetched into the L2 ahead of it).
+// --tensor-map 1: FP8 tensor-core products fill their stages by tensor copies (GemvMode).
+// --copy-probe 1: instead, the streamed products' copy pipeline alone (stream_probe.h) for
+// copies of 256 B to 32 KB, per 33.6 MB pass (a wo_b-sized product, cold and from the L2) and
+// over 512 MiB: whether the number of copies, rather than the bytes, limits the streamed kernels.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -18,6 +22,7 @@
 
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/stream_probe.h"
 #endif
 
 namespace {
@@ -47,6 +52,32 @@ struct Row {
   int64_t rows, cols;
 };
 
+// The copy pipeline alone (--copy-probe 1), per copy size: a 33.6 MB pass (wo_b's bytes) cold
+// (16 buffers side by side) and from the L2 (one buffer), and 512 MiB passes.
+void copy_probe_table(double copy_best, int reps) {
+  const int64_t product = int64_t(1024) * 32768;
+  const int buffers = 16;
+  char* src = reinterpret_cast<char*>(cuda::device_floats(buffers * product / 4));
+  cuda::zero_device(src, buffers * product);
+  std::printf("%-18s %12s %7s %12s %7s %12s %7s %8s\n", "copy bytes (+pad)", "33.6MB cold", "GB/s",
+              "33.6MB L2", "GB/s", "512MiB", "GB/s", "of copy");
+  for (const int64_t pad : {int64_t(0), int64_t(16)})
+    for (const int64_t copy : {256, 512, 1024, 2048, 4096, 8192, 32768}) {
+      if (pad != 0 && copy == 32768) continue;
+      const cuda::CopyProbe cold =
+          cuda::stream_copy_probe(src, product, buffers, copy, pad, reps * buffers);
+      const cuda::CopyProbe warm = cuda::stream_copy_probe(src, product, 1, copy, pad, reps);
+      const cuda::CopyProbe large =
+          cuda::stream_copy_probe(src, buffers * product, 1, copy, pad, 4);
+      char what[32];
+      std::snprintf(what, sizeof what, "%lld (+%lld)", (long long)copy, (long long)pad);
+      std::printf("%-18s %10.1fus %7.0f %10.1fus %7.0f %10.1fus %7.0f %7.0f%%\n", what,
+                  cold.us_per_pass, cold.gbps, warm.us_per_pass, warm.gbps, large.us_per_pass,
+                  large.gbps, 100.0 * large.gbps / copy_best);
+    }
+  cuda::free_device(src);
+}
+
 #endif
 
 }  // namespace
@@ -59,10 +90,12 @@ int main(int argc, char** argv) {
   return 2;
 #else
   int reps = 20;
-  bool hot = false;
+  bool hot = false, probe = false, tensor_map = false;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--reps") reps = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--hot") hot = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--copy-probe") probe = std::stoi(argv[i + 1]) != 0;
+    if (std::string(argv[i]) == "--tensor-map") tensor_map = std::stoi(argv[i + 1]) != 0;
   }
   std::string why;
   if (!cuda::device_available(&why)) {
@@ -84,6 +117,10 @@ int main(int argc, char** argv) {
   cuda::free_device(a);
   cuda::free_device(b);
   std::printf("copy bandwidth (device to device, read + written): %.0f GB/s\n", copy_best);
+  if (probe) {
+    copy_probe_table(copy_best, reps);
+    return 0;
+  }
   if (hot) std::printf("one copy of each matrix: those that fit the L2 are read from it\n");
   std::printf("%-34s %6s %6s %10s %9s %8s\n", "matrix (V4-Flash shape)", "dtype", "tokens",
               "us/product", "GB/s", "of copy");
@@ -122,11 +159,12 @@ int main(int argc, char** argv) {
       float* x = cuda::device_floats(n * row.cols);
       float* y = cuda::device_floats(n * row.rows);
       cuda::zero_device(x, n * row.cols * 4);
-      for (auto& m : mats) cuda::gemv(m->view(), x, n, y);  // warm up
+      const cuda::GemvMode mode(true, tensor_map);
+      for (auto& m : mats) cuda::gemv(m->view(), x, n, y, nullptr, mode);  // warm up
       cuda::synchronize();
       const double t0 = now();
       for (int r = 0; r < reps; ++r)
-        for (auto& m : mats) cuda::gemv(m->view(), x, n, y);
+        for (auto& m : mats) cuda::gemv(m->view(), x, n, y, nullptr, mode);
       cuda::synchronize();
       const double per = (now() - t0) / (double(reps) * copies);
       const double gbs = read / per / 1e9;

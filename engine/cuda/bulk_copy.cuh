@@ -61,6 +61,26 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
       : "memory");
 }
 
+// Tensor copies (tensor_map.h): the box of the tensor map `map` (a __grid_constant__ kernel
+// parameter's address) at the given coordinates, innermost first, into shared memory at `dst`;
+// its bytes count against `bar`'s announced bytes.
+__device__ __forceinline__ void tensor_copy_2d_to_shared(void* dst, const void* map, int c0, int c1,
+                                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3}], [%4];" ::"r"(shared_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(shared_address(bar))
+      : "memory");
+}
+__device__ __forceinline__ void tensor_copy_3d_to_shared(void* dst, const void* map, int c0, int c1,
+                                                         int c2, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, "
+      "%3, %4}], [%5];" ::"r"(shared_address(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(shared_address(bar))
+      : "memory");
+}
+
 // Synchronises the first `threads` threads of the block (whole warps) on named barrier `id`
 // (1..15; 0 is __syncthreads), leaving the other warps free.
 __device__ __forceinline__ void named_barrier(uint32_t id, uint32_t threads) {

@@ -83,7 +83,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                              const CudaOptions& options)
     : config_(std::move(config)),
       weights_(WeightsOnDevice::upload(config_, host)),
-      linear_(options.precision, options.gemv_max_rows),
+      linear_(options.precision, options.gemv_max_rows, options.tensor_map_copies),
       expert_gemm_(options.precision, 128, int64_t(1) << 30, options.fp4_expert_gemm),
       indexer_gemm_(),
       ws_(std::make_unique<Workspace>()),

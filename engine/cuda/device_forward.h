@@ -40,6 +40,9 @@ struct CudaOptions {
   // Prefill passes multiply FP4 experts with fp4_gemm.cu's kernel (weights decoded in its
   // loader) instead of bf16 copies and cuBLAS. Off until measured on the GPU.
   bool fp4_expert_gemm = false;
+  // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
+  // (GemvMode::tensor_map) instead of a bulk copy per row. Off until measured on the GPU.
+  bool tensor_map_copies = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

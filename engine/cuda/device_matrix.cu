@@ -116,9 +116,9 @@ void launch_rows(const WeightMatrix& w, const float* x, int64_t xs, float* y, in
 // (the head, the query up-projection); smaller ones need every lane group they can get.
 template <int NT>
 void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t ys,
-            RowGroups groups, cudaStream_t stream, bool tensor_cores) {
+            RowGroups groups, cudaStream_t stream, GemvMode mode) {
   if constexpr (NT == 1)
-    if (gemv_stream(w, x, y, groups.rows, groups.x_offset, stream, tensor_cores)) return;
+    if (gemv_stream(w, x, y, groups.rows, groups.x_offset, stream, mode)) return;
   constexpr int kMany = NT <= 2 ? 4 : NT <= 4 ? 2 : 1;
   constexpr int kSome = NT <= 4 ? 2 : 1;
   auto fits = [&](int r) { return groups.rows == 0 || groups.rows % r == 0; };
@@ -131,23 +131,23 @@ void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t
 }
 
 void gemv_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
-               int64_t y_stride, RowGroups groups, cudaStream_t stream, bool tensor_cores) {
+               int64_t y_stride, RowGroups groups, cudaStream_t stream, GemvMode mode) {
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     const float* xt = x + t0 * x_stride;
     float* yt = y + t0 * y_stride;
     // Whole chunks of 8, then 4/2/1: every token set reads the matrix once.
     if (left >= 8) {
-      launch<8>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
+      launch<8>(w, xt, x_stride, yt, y_stride, groups, stream, mode);
       t0 += 8;
     } else if (left >= 4) {
-      launch<4>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
+      launch<4>(w, xt, x_stride, yt, y_stride, groups, stream, mode);
       t0 += 4;
     } else if (left >= 2) {
-      launch<2>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
+      launch<2>(w, xt, x_stride, yt, y_stride, groups, stream, mode);
       t0 += 2;
     } else {
-      launch<1>(w, xt, x_stride, yt, y_stride, groups, stream, tensor_cores);
+      launch<1>(w, xt, x_stride, yt, y_stride, groups, stream, mode);
       t0 += 1;
     }
   }
@@ -176,7 +176,7 @@ void launch_set(std::span<const GemvProduct> products, const float* x, int64_t x
 }  // namespace
 
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
-                     int64_t n, void* stream_ptr, bool tensor_cores) {
+                     int64_t n, void* stream_ptr, GemvMode mode) {
   if (products.empty() || n <= 0) return;
   if (products.size() > size_t(kMaxGemvProducts))
     throw std::invalid_argument("gemv_same_input: " + std::to_string(products.size()) +
@@ -187,7 +187,7 @@ void gemv_same_input(std::span<const GemvProduct> products, const float* x, int6
                                   " columns beside one of " + std::to_string(products[0].w.cols) +
                                   " (activation rows of " + std::to_string(x_stride) + ")");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (n == 1 && tensor_cores && gemv_stream_set(products, x, stream)) return;
+  if (n == 1 && mode.tensor_cores && gemv_stream_set(products, x, stream, mode)) return;
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     if (left >= 8) {
@@ -251,25 +251,24 @@ DeviceMatrix::~DeviceMatrix() {
   if (scale_) cudaFree(scale_);
 }
 
-void gemv(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream,
-          bool tensor_cores) {
-  gemv_strided(w, x, w.cols, n, y, w.rows, stream, tensor_cores);
+void gemv(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream, GemvMode mode) {
+  gemv_strided(w, x, w.cols, n, y, w.rows, stream, mode);
 }
 
 void gemv_strided(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
-                  int64_t y_stride, void* stream, bool tensor_cores) {
-  gemv_rows(w, x, x_stride, n, y, y_stride, {}, static_cast<cudaStream_t>(stream), tensor_cores);
+                  int64_t y_stride, void* stream, GemvMode mode) {
+  gemv_rows(w, x, x_stride, n, y, y_stride, {}, static_cast<cudaStream_t>(stream), mode);
 }
 
 void gemv_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
-                  int64_t n, float* y, int64_t y_stride, void* stream, bool tensor_cores) {
+                  int64_t n, float* y, int64_t y_stride, void* stream, GemvMode mode) {
   if (groups <= 0 || w.rows % groups != 0 || w.cols * groups > x_stride)
     throw std::invalid_argument("gemv_grouped: " + std::to_string(w.rows) + " rows in " +
                                 std::to_string(groups) + " groups of " + std::to_string(w.cols) +
                                 " columns do not fit an activation row of " +
                                 std::to_string(x_stride));
   gemv_rows(w, x, x_stride, n, y, y_stride, {w.rows / groups, w.cols},
-            static_cast<cudaStream_t>(stream), tensor_cores);
+            static_cast<cudaStream_t>(stream), mode);
 }
 
 void gemv_reference(const WeightMatrix& w, const float* x, int64_t n, float* y, void* stream_ptr) {

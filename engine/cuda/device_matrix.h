@@ -36,16 +36,26 @@ class DeviceMatrix {
   int64_t scale_bytes_ = 0;
 };
 
+// How the one-row products may run. tensor_cores: FP8 products of 2 MB or more may run on the
+// tensor cores with x as bf16 high + low parts (float32-like, ~1e-5 relative; gemv_stream.cu);
+// false keeps every product in float32. tensor_map: those tensor-core products fill each stage
+// of their ring with one tensor copy (a TMA tensor map, rows swizzled in shared memory) instead
+// of one bulk copy per row (CudaOptions::tensor_map_copies; off until measured on the GPU).
+// A bool converts to the mode it names (tensor_map off).
+struct GemvMode {
+  bool tensor_cores = true;
+  bool tensor_map = false;
+  constexpr GemvMode(bool cores = true, bool map = false) : tensor_cores(cores), tensor_map(map) {}
+};
+
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
-// memory; runs on `stream` (a cudaStream_t, nullptr for the default stream). tensor_cores:
-// one-row FP8 products of 2 MB or more may run on the tensor cores with x as bf16 high + low
-// parts (float32-like, ~1e-5 relative; gemv_stream.cu); false keeps every product in float32.
+// memory; runs on `stream` (a cudaStream_t, nullptr for the default stream).
 void gemv(const WeightMatrix& device_w, const float* x, int64_t n, float* y, void* stream = nullptr,
-          bool tensor_cores = true);
+          GemvMode mode = {});
 
 // The same with row strides (in floats) for x and y, e.g. a column slice of a wider activation.
 void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
-                  float* y, int64_t y_stride, void* stream = nullptr, bool tensor_cores = true);
+                  float* y, int64_t y_stride, void* stream = nullptr, GemvMode mode = {});
 
 // One activation row times a bf16 or FP8 matrix of at least 2 MB, streamed through shared
 // memory (gemv_stream.cu); group_rows > 0: rows [g * group_rows, (g + 1) * group_rows) read
@@ -53,15 +63,15 @@ void gemv_strided(const WeightMatrix& device_w, const float* x, int64_t x_stride
 // alignment do not allow it (fits() says so beforehand); the plain gemv takes these products
 // itself where they do.
 bool gemv_stream_fits(const WeightMatrix& device_w, const float* x, int64_t group_rows,
-                      int64_t x_offset, bool tensor_cores);
+                      int64_t x_offset, GemvMode mode);
 bool gemv_stream(const WeightMatrix& device_w, const float* x, float* y, int64_t group_rows,
-                 int64_t x_offset, void* stream, bool tensor_cores);
+                 int64_t x_offset, void* stream, GemvMode mode);
 
 // A block-diagonal product: the rows form `groups` equal groups, group g reading columns
 // [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.
 void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,
                   int64_t n, float* y, int64_t y_stride, void* stream = nullptr,
-                  bool tensor_cores = true);
+                  GemvMode mode = {});
 
 // Products of several matrices (at most kMaxGemvProducts, the same column count) with the same
 // activations in one launch: decode's products that read the layer input are each too small to fill
@@ -73,13 +83,14 @@ struct GemvProduct {
   int64_t y_stride;
 };
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
-                     int64_t n, void* stream = nullptr, bool tensor_cores = true);
+                     int64_t n, void* stream = nullptr, GemvMode mode = {});
 
 // The same for one activation row, streamed through shared memory on the tensor cores
 // (gemv_stream.cu) where every matrix is FP8 of a width it tiles and together they hold 2 MB
 // or more; returns false, having launched nothing, where not. gemv_same_input takes this path
 // itself (unless told to keep float32).
-bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream);
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream,
+                     GemvMode mode = {});
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

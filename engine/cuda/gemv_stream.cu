@@ -15,6 +15,7 @@
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/stream_ring.cuh"
+#include "engine/cuda/tensor_map.h"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -156,6 +157,10 @@ static_assert(kMmaMaxTiles * kMmaRows <= stream::kRedRows);
 // products of the layer input, one launch): matrix m owns tasks [first_task[m],
 // first_task[m + 1]).
 struct MmaGemv {
+  // With tensor copies (GemvMode::tensor_map): matrix m's map, whose box is one stage (rank 3)
+  // or one 128-column chunk of it (rank 2); map_rank 0: one bulk copy per padded row.
+  CUtensorMap maps[kMaxGemvProducts];
+  int map_rank;
   WeightMatrix w[kMaxGemvProducts];
   float* y[kMaxGemvProducts];
   int64_t first_task[kMaxGemvProducts + 1];
@@ -198,20 +203,33 @@ __device__ void stage_x_fragments(const float* x, int64_t cols, uint2* xb) {
   }
 }
 
+// Where the ring starts: after the barriers, the sums and x's fragments; tensor copies want
+// their 128-byte swizzle atoms (8 lines) 1,024-byte aligned in the shared address space.
+constexpr int64_t kMapAlign = 1024;
+__device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, bool aligned) {
+  const int64_t fixed = kHeader + kMmaSums + cols * 4;
+  if (!aligned) return smem + fixed;
+  const uint32_t base = shared_address(smem);
+  return smem + ((base + fixed + kMapAlign - 1) & ~uint64_t(kMapAlign - 1)) - base;
+}
+
 // y = w x for FP8 w: a task is MT tiles of 16 rows (MT = 2 for rows of 1,024 columns, so a
 // stage still holds 32 KB), its stages their column blocks of stage_cols; warp i takes columns
 // [i, i + 1) * stage_cols / 16 of each stage (inside one 128-column scale block), and the
-// warps' sums meet in shared memory once per task.
-template <int MT>
-__global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g) {
+// warps' sums meet in shared memory once per task. kTma: stages come by tensor copies, laid out
+// as [128-column chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows.
+template <int MT, bool kTma>
+__global__ void __launch_bounds__(kThreads, 1)
+    gemv_stream_mma_kernel(const __grid_constant__ MmaGemv g) {
   constexpr int kTaskRows = MT * kMmaRows;
   extern __shared__ __align__(128) char smem[];
   float* sums = reinterpret_cast<float*>(smem + kHeader);  // [2][warps][kRedStride]
   uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + kMmaSums);
   const int64_t cols = g.w[0].cols;  // every matrix of a set
-  const int64_t row_stride = g.stage_cols + kMmaRowPad, stage_bytes = kTaskRows * row_stride;
+  const int64_t row_stride = kTma ? 128 : g.stage_cols + kMmaRowPad,
+                stage_bytes = kTaskRows * (kTma ? g.stage_cols : row_stride);
   const int64_t col_tiles = cols / g.stage_cols, tasks = g.first_task[g.count];
-  char* ring = smem + kHeader + kMmaSums + cols * 4;
+  char* ring = mma_ring(smem, cols, kTma);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
                 t1 = int64_t(blockIdx.x + 1) * tasks / gridDim.x;
@@ -221,17 +239,28 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
     uint32_t q = 0;
     for (int64_t t = t0; t < t1; ++t) {
       const int m = matrix_of(g, t);
-      const char* rows =
-          static_cast<const char*>(g.w[m].data) + (t - g.first_task[m]) * kTaskRows * cols;
       for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
         const stream::Slot s = stream::slot_of(q, g.stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(kTaskRows * g.stage_cols));
-        const char* src = rows + ct * g.stage_cols;
         char* dst = ring + s.index * stage_bytes;
-        for (int r = 0; r < kTaskRows; ++r)
-          bulk_copy_to_shared(dst + r * row_stride, src + r * cols, uint32_t(g.stage_cols),
-                              &bars.full[s.index]);
+        if constexpr (kTma) {
+          const int row0 = int((t - g.first_task[m]) * kTaskRows),
+                    chunk0 = int(ct * g.stage_cols / 128);
+          if (g.map_rank == 3) {
+            tensor_copy_3d_to_shared(dst, &g.maps[m], 0, row0, chunk0, &bars.full[s.index]);
+          } else {
+            for (int c = 0; c < int(g.stage_cols / 128); ++c)
+              tensor_copy_2d_to_shared(dst + c * (kTaskRows * 128), &g.maps[m], (chunk0 + c) * 128,
+                                       row0, &bars.full[s.index]);
+          }
+        } else {
+          const char* src = static_cast<const char*>(g.w[m].data) +
+                            (t - g.first_task[m]) * kTaskRows * cols + ct * g.stage_cols;
+          for (int r = 0; r < kTaskRows; ++r)
+            bulk_copy_to_shared(dst + r * row_stride, src + r * cols, uint32_t(g.stage_cols),
+                                &bars.full[s.index]);
+        }
       }
     }
     return;
@@ -281,7 +310,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
         load_scales(t + 1, 0, next_sc);
       const stream::Slot s = ring_slot.next();
       mbarrier_wait(&bars.full[s.index], s.parity);
-      const char* ra = ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
+      // Row quad_row of the stage's first tile, at the warp's first column (lane's word t4).
+      const char* ra = kTma ? ring + s.index * stage_bytes + (c0 / 128) * (kTaskRows * 128) +
+                                  quad_row * 128 + 4 * t4
+                            : ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
       const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8;
       // Even and odd column steps accumulate apart: two independent chains of mma per tile.
       float part[2][MT][4] = {};
@@ -292,7 +324,10 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_mma_kernel(MmaGemv g)
           const uint2 b = quad_row < 2 ? xf[(k * 2 + quad_row) * 4 + t4] : make_uint2(0u, 0u);
 #pragma unroll
           for (int i = 0; i < MT; ++i) {
-            const char* rm = ra + i * kMmaRows * row_stride + 16 * k;
+            // Swizzled: the 16-byte unit u of rows quad_row and quad_row + 8 (of any tile) sits
+            // at u ^ quad_row, so a fragment's 8 rows read 8 distinct units.
+            const char* rm = ra + i * kMmaRows * row_stride +
+                             (kTma ? stage_unit(int((c0 % 128) / 16 + k), quad_row) * 16 : 16 * k);
             const uint32_t wa = *reinterpret_cast<const uint32_t*>(rm),
                            wb = *reinterpret_cast<const uint32_t*>(rm + 8 * row_stride);
             const uint32_t a[4] = {e4m3_pair_02(wa), e4m3_pair_02(wb), e4m3_pair_13(wa),
@@ -343,31 +378,34 @@ int64_t row_bytes_of(const WeightMatrix& w) { return w.cols * value_bytes_x2(w.t
 // Which kernel takes a product and its ring: shared memory fixed + stages * stage bytes.
 struct StreamPlan {
   bool mma = false;
-  int stages = 0;  // 0: neither kernel fits
+  bool tensor_map = false;  // the mma kernel's stages by tensor copies
+  int stages = 0;           // 0: neither kernel fits
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
 
-StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows) {
+StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, bool tensor_map) {
   StreamPlan p;
   if (!mma_tiles(w, group_rows)) return p;
   p.mma = true;
-  p.fixed = kHeader + kMmaSums + w.cols * 4;
-  p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + kMmaRowPad);
+  p.tensor_map = tensor_map;
+  // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
+  p.fixed = kHeader + kMmaSums + w.cols * 4 + (tensor_map ? kMapAlign : 0);
+  p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + (tensor_map ? 0 : kMmaRowPad));
   p.stages = stream::ring_stages(p.fixed, p.stage);
   return p;
 }
 
 StreamPlan plan(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
-                bool tensor_cores) {
+                GemvMode mode) {
   if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return {};
   const int64_t row_bytes = row_bytes_of(w);
   if (w.rows * row_bytes < kMinBytes || row_bytes % 16 != 0) return {};
   if ((reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15) ||
       x_offset % 4 != 0)
     return {};
-  if (tensor_cores)
-    if (const StreamPlan p = mma_plan(w, group_rows); p.stages > 0) return p;
+  if (mode.tensor_cores)
+    if (const StreamPlan p = mma_plan(w, group_rows, mode.tensor_map); p.stages > 0) return p;
   const TileShape t = tile_shape(row_bytes);
   if (w.rows % t.rows != 0 || (row_bytes / 16) % t.slices != 0) return {};
   if (group_rows > 0 && group_rows % t.rows != 0) return {};
@@ -399,6 +437,14 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t g
     g.w[i] = products[i].w;
     g.y[i] = products[i].y;
     g.first_task[i + 1] = g.first_task[i] + products[i].w.rows / (tiles * kMmaRows);
+    if (p.tensor_map) {
+      // Host-side encoding only (no device work), so also inside a graph capture.
+      const StageTensorMap m =
+          stage_tensor_map(products[i].w.data, products[i].w.rows, products[i].w.cols,
+                           tiles * kMmaRows, int(mma_stage_cols(w0)));
+      g.maps[i] = m.map;
+      g.map_rank = i == 0 ? m.rank : std::min(g.map_rank, m.rank);
+    }
   }
   g.count = int(products.size());
   g.x = x;
@@ -406,13 +452,17 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t g
   g.x_offset = x_offset;
   g.stage_cols = mma_stage_cols(w0);
   g.stages = p.stages;
-  launch_streamed(tiles == 1 ? gemv_stream_mma_kernel<1> : gemv_stream_mma_kernel<2>,
-                  g.first_task[g.count], p.shared(), stream, g);
+  const auto kernel =
+      p.tensor_map
+          ? (tiles == 1 ? gemv_stream_mma_kernel<1, true> : gemv_stream_mma_kernel<2, true>)
+          : (tiles == 1 ? gemv_stream_mma_kernel<1, false> : gemv_stream_mma_kernel<2, false>);
+  launch_streamed(kernel, g.first_task[g.count], p.shared(), stream, g);
 }
 
 }  // namespace
 
-bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream) {
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream,
+                     GemvMode mode) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15))
     return false;
@@ -425,20 +475,20 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void
     bytes += w.rows * w.cols;
   }
   if (bytes < kMinBytes) return false;
-  const StreamPlan p = mma_plan(products[0].w, 0);
+  const StreamPlan p = mma_plan(products[0].w, 0, mode.tensor_map);
   if (p.stages == 0) return false;
   launch_mma(products, x, 0, 0, p, static_cast<cudaStream_t>(stream));
   return true;
 }
 
 bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
-                      bool tensor_cores) {
-  return plan(w, x, group_rows, x_offset, tensor_cores).stages > 0;
+                      GemvMode mode) {
+  return plan(w, x, group_rows, x_offset, mode).stages > 0;
 }
 
 bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_rows,
-                 int64_t x_offset, void* stream_ptr, bool tensor_cores) {
-  const StreamPlan p = plan(w, x, group_rows, x_offset, tensor_cores);
+                 int64_t x_offset, void* stream_ptr, GemvMode mode) {
+  const StreamPlan p = plan(w, x, group_rows, x_offset, mode);
   if (p.stages == 0) return false;
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.mma) {

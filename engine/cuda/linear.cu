@@ -104,8 +104,10 @@ void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t str
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows)
-    : precision_(precision), gemv_max_rows_(gemv_max_rows) {
+LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies)
+    : precision_(precision),
+      gemv_max_rows_(gemv_max_rows),
+      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
 }
 
@@ -117,7 +119,7 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
                        int64_t y_stride, cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
-    gemv_strided(w, x, x_stride, n, y, y_stride, stream, precision_ != GemmPrecision::f32);
+    gemv_strided(w, x, x_stride, n, y, y_stride, stream, gemv_mode_);
     return;
   }
   if (precision_ != GemmPrecision::f32) {
@@ -203,7 +205,7 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
   for (size_t i = 0; i < products.size(); ++i)
     set[i] = {products[i].w, products[i].y, products[i].w.rows};
   gemv_same_input(std::span<const GemvProduct>(set, products.size()), x, products[0].w.cols, n,
-                  stream, precision_ != GemmPrecision::f32);
+                  stream, gemv_mode_);
 }
 
 void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const float* x,
@@ -211,7 +213,7 @@ void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const floa
                                cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
-    gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream, precision_ != GemmPrecision::f32);
+    gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream, gemv_mode_);
     return;
   }
   if (precision_ != GemmPrecision::f32) {

@@ -10,6 +10,7 @@
 #include <span>
 
 #include "engine/cuda/device_buffer.h"
+#include "engine/cuda/device_matrix.h"
 #include "engine/matmul.h"
 
 namespace agentrt::engine::cuda {
@@ -25,7 +26,8 @@ enum class GemmPrecision {
 
 class LinearRunner {
  public:
-  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows);
+  // tensor_map_copies: GemvMode::tensor_map for the decode products.
+  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false);
   ~LinearRunner();
   LinearRunner(const LinearRunner&) = delete;
   LinearRunner& operator=(const LinearRunner&) = delete;
@@ -58,6 +60,7 @@ class LinearRunner {
 
   GemmPrecision precision_;
   int64_t gemv_max_rows_;
+  GemvMode gemv_mode_;
   cublasHandle_t handle_ = nullptr;
   DeviceBuffer weight_scratch_, act_scratch_;
 };

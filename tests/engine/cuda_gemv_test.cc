@@ -16,6 +16,7 @@
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/linear.h"
+#include "engine/cuda/tensor_map.h"
 #endif
 
 namespace agentrt::engine {
@@ -291,6 +292,121 @@ TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
   cuda::free_device(dx);
   cuda::free_device(dy);
   EXPECT_LE(rel_l2(got, want), 1e-5);
+}
+
+// GemvMode::tensor_map: the FP8 tensor-core products' stages filled by tensor copies (swizzled
+// in shared memory, tensor_map.h) multiply the same bytes in the same order as the padded rows
+// of bulk copies, so the results are bitwise equal: stages of 16 rows x 2,048 columns (1024 x
+// 4096, 4096 x 8192), of 32 rows x 1,024 (4096 x 1024, a row slice of it, 4 groups of 1,024
+// rows each reading its own columns), and a same-input set.
+TEST_F(CudaGemv, StagesByTensorCopiesMultiplyAsPaddedRows) {
+  struct Case {
+    int64_t rows, cols, groups;
+    bool slice;
+  };
+  for (const Case c :
+       {Case{1024, 4096, 1, false}, Case{4096, 8192, 1, false}, Case{4096, 1024, 1, false},
+        Case{4096, 1024, 1, true}, Case{4096, 1024, 4, false}}) {
+    const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 51);
+    const WeightMatrix host = c.slice ? m.view.slice_rows(64, 3072) : m.view;
+    const std::string what = std::to_string(host.rows) + "x" + std::to_string(host.cols) +
+                             (c.slice ? " slice" : "") +
+                             (c.groups > 1 ? " in " + std::to_string(c.groups) + " groups" : "");
+    cuda::DeviceMatrix dm(host);
+    const int64_t x_cols = host.cols * c.groups;
+    std::mt19937 rng(7);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(x_cols), want(host.rows), bulk(host.rows), tensor(host.rows);
+    for (float& v : x) v = dist(rng);
+    const int64_t group_rows = host.rows / c.groups;
+    for (int64_t r = 0; r < host.rows; ++r)
+      want[r] = dot_weight_row(host, r, x.data() + (r / group_rows) * host.cols);
+    float* dx = cuda::device_floats(x_cols);
+    float* dy = cuda::device_floats(host.rows);
+    cuda::copy_to_device(dx, x.data(), x_cols * 4);
+    for (const bool map : {false, true}) {
+      const cuda::GemvMode mode(true, map);
+      EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), dx, c.groups > 1 ? group_rows : 0,
+                                         c.groups > 1 ? host.cols : 0, mode))
+          << what;
+      cuda::zero_device(dy, host.rows * 4);
+      if (c.groups > 1)
+        cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
+      else
+        cuda::gemv(dm.view(), dx, 1, dy, nullptr, mode);
+      cuda::copy_to_host((map ? tensor : bulk).data(), dy, host.rows * 4);
+    }
+    cuda::free_device(dx);
+    cuda::free_device(dy);
+    EXPECT_LE(rel_l2(tensor, want), 1e-5) << what;
+    EXPECT_EQ(std::memcmp(tensor.data(), bulk.data(), host.rows * 4), 0) << what;
+  }
+  // A same-input set (three matrices of 2,048 columns, tasks from each in turn).
+  const int64_t cols = 2048;
+  const HostMatrix a = make(WeightType::f8_e4m3, 1024, cols, 52),
+                   b = make(WeightType::f8_e4m3, 512, cols, 53),
+                   c = make(WeightType::f8_e4m3, 64, cols, 54);
+  cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view);
+  std::vector<float> x(cols);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist;
+  for (float& v : x) v = dist(rng);
+  float* dx = cuda::device_floats(cols);
+  cuda::copy_to_device(dx, x.data(), cols * 4);
+  std::vector<float*> ys;
+  std::vector<cuda::GemvProduct> set;
+  for (const cuda::DeviceMatrix* m : {&da, &db, &dc}) {
+    ys.push_back(cuda::device_floats(m->view().rows));
+    set.push_back({m->view(), ys.back(), m->view().rows});
+  }
+  ASSERT_TRUE(cuda::gemv_stream_set(set, dx, nullptr, cuda::GemvMode(true, true)));
+  for (size_t i = 0; i < set.size(); ++i) {
+    const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
+    std::vector<float> got(host.rows), want(host.rows);
+    cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+    matmul_reference(x.data(), 1, host, want.data());
+    EXPECT_LE(rel_l2(got, want), 1e-5) << "set matrix " << i;
+    cuda::free_device(ys[i]);
+  }
+  cuda::free_device(dx);
+}
+
+// The tensor-copied stages' layout replayed on the host (no GPU needed): the copy engine puts
+// box element (byte b of 128-column chunk c, row r) at linear offset ((c * rows + r) * 128 + b)
+// with the 128-byte swizzle (address bits 4-6 XOR bits 7-9, within 1,024-byte aligned atoms);
+// gemv_stream_mma_kernel<MT, true> reads row r's word at columns c0 + 16 k + 4 t4 at
+// (c0 / 128) * rows * 128 + r * 128 + 4 t4 + stage_unit((c0 % 128) / 16 + k, r % 8) * 16. For
+// every warp, lane, tile and column step both must agree, and a warp's 32 reads must fall on 32
+// distinct banks.
+TEST(CudaTensorMapLayout, KernelReadsWhereTheCopyEnginePutsEachRow) {
+  auto placed = [](int64_t rows, int64_t row, int64_t col) {
+    const int64_t linear = ((col / 128) * rows + row) * 128 + col % 128;
+    return linear ^ (((linear >> 7) & 7) << 4);
+  };
+  for (const auto& [tiles, stage_cols] : {std::pair<int, int64_t>{1, 2048}, {2, 1024}}) {
+    const int rows = 16 * tiles;
+    const int64_t warp_cols = stage_cols / 16;
+    for (int warp = 0; warp < 16; ++warp) {
+      const int64_t c0 = warp * warp_cols;
+      for (int tile = 0; tile < tiles; ++tile)
+        for (int64_t k = 0; k < warp_cols / 16; ++k)
+          for (const int half : {0, 8}) {  // the fragment's rows quad_row and quad_row + 8
+            std::vector<bool> bank(32, false);
+            for (int lane = 0; lane < 32; ++lane) {
+              const int quad_row = lane / 4, t4 = lane % 4, row = tile * 16 + quad_row + half;
+              const int64_t got = (c0 / 128) * (rows * 128) + quad_row * 128 + 4 * t4 +
+                                  tile * 16 * 128 + half * 128 +
+                                  cuda::stage_unit(int((c0 % 128) / 16 + k), quad_row) * 16;
+              ASSERT_EQ(got, placed(rows, row, c0 + 16 * k + 4 * t4))
+                  << "stage " << rows << "x" << stage_cols << " warp " << warp << " lane " << lane
+                  << " k " << k;
+              const int b = int(got / 4 % 32);
+              EXPECT_FALSE(bank[b]) << "bank conflict: warp " << warp << " k " << k;
+              bank[b] = true;
+            }
+          }
+    }
+  }
 }
 
 TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {
