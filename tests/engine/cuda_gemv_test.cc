@@ -236,7 +236,8 @@ TEST_F(CudaGemv, GroupedRowsReadTheirOwnColumns) {
 }
 
 // FP8 products of one activation row in one streamed launch: three matrices of 2,048 columns
-// (tasks of 16 rows from each in turn) against the CPU; a set with a bf16 member is declined.
+// (tasks of 16 rows from each in turn) against the CPU, with stages by bulk and by tensor
+// copies; a set with a bf16 member is declined.
 TEST_F(CudaGemv, SameInputSetsStreamedOnTensorCores) {
   const int64_t cols = 2048;
   const HostMatrix a = make(WeightType::f8_e4m3, 1024, cols, 41),
@@ -256,15 +257,17 @@ TEST_F(CudaGemv, SameInputSetsStreamedOnTensorCores) {
     ys.push_back(cuda::device_floats(m->view().rows));
     set.push_back({m->view(), ys.back(), m->view().rows});
   }
-  ASSERT_TRUE(cuda::gemv_stream_set(set, dx, nullptr));
-  for (size_t i = 0; i < set.size(); ++i) {
-    const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
-    std::vector<float> got(host.rows), want(host.rows);
-    cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
-    matmul_reference(x.data(), 1, host, want.data());
-    EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i;
-    cuda::free_device(ys[i]);
+  for (const bool map : {false, true}) {
+    ASSERT_TRUE(cuda::gemv_stream_set(set, dx, nullptr, cuda::GemvMode(true, map)));
+    for (size_t i = 0; i < set.size(); ++i) {
+      const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
+      std::vector<float> got(host.rows), want(host.rows);
+      cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+      matmul_reference(x.data(), 1, host, want.data());
+      EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << (map ? " by tensor copies" : "");
+    }
   }
+  for (float* y : ys) cuda::free_device(y);
   set.push_back({dd.view(), nullptr, 1024});
   EXPECT_FALSE(cuda::gemv_stream_set(set, dx, nullptr));
   cuda::free_device(dx);
@@ -298,7 +301,7 @@ TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
 // in shared memory, tensor_map.h) multiply the same bytes in the same order as the padded rows
 // of bulk copies, so the results are bitwise equal: stages of 16 rows x 2,048 columns (1024 x
 // 4096, 4096 x 8192), of 32 rows x 1,024 (4096 x 1024, a row slice of it, 4 groups of 1,024
-// rows each reading its own columns), and a same-input set.
+// rows each reading its own columns). SameInputSetsStreamedOnTensorCores takes a set both ways.
 TEST_F(CudaGemv, StagesByTensorCopiesMultiplyAsPaddedRows) {
   struct Case {
     int64_t rows, cols, groups;
@@ -341,34 +344,6 @@ TEST_F(CudaGemv, StagesByTensorCopiesMultiplyAsPaddedRows) {
     EXPECT_LE(rel_l2(tensor, want), 1e-5) << what;
     EXPECT_EQ(std::memcmp(tensor.data(), bulk.data(), host.rows * 4), 0) << what;
   }
-  // A same-input set (three matrices of 2,048 columns, tasks from each in turn).
-  const int64_t cols = 2048;
-  const HostMatrix a = make(WeightType::f8_e4m3, 1024, cols, 52),
-                   b = make(WeightType::f8_e4m3, 512, cols, 53),
-                   c = make(WeightType::f8_e4m3, 64, cols, 54);
-  cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view);
-  std::vector<float> x(cols);
-  std::mt19937 rng(9);
-  std::normal_distribution<float> dist;
-  for (float& v : x) v = dist(rng);
-  float* dx = cuda::device_floats(cols);
-  cuda::copy_to_device(dx, x.data(), cols * 4);
-  std::vector<float*> ys;
-  std::vector<cuda::GemvProduct> set;
-  for (const cuda::DeviceMatrix* m : {&da, &db, &dc}) {
-    ys.push_back(cuda::device_floats(m->view().rows));
-    set.push_back({m->view(), ys.back(), m->view().rows});
-  }
-  ASSERT_TRUE(cuda::gemv_stream_set(set, dx, nullptr, cuda::GemvMode(true, true)));
-  for (size_t i = 0; i < set.size(); ++i) {
-    const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
-    std::vector<float> got(host.rows), want(host.rows);
-    cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
-    matmul_reference(x.data(), 1, host, want.data());
-    EXPECT_LE(rel_l2(got, want), 1e-5) << "set matrix " << i;
-    cuda::free_device(ys[i]);
-  }
-  cuda::free_device(dx);
 }
 
 // The tensor-copied stages' layout replayed on the host (no GPU needed): the copy engine puts
