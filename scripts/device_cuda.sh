@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything the CUDA backend runs on the GPU machine, in one call (docs/cuda.md):
-#   scripts/device_cuda.sh [build|tests|bench|all]     (all: build, tests, bench)
+#   scripts/device_cuda.sh [build|tests|bench|all]     (all: build, tests, bench; SKIP_BUILD=1
+#   leaves the build out and runs the carried binaries: a fresh machine's build takes minutes
+#   of the call)
 #   build: the engine, its tests and benchmarks from this working tree, with the machine's CUDA
 #          toolkit, CMake and compiler (-DAGENTRT_ENGINE_ONLY=ON; nlohmann-json and GoogleTest
 #          from .device-carry-cuda/deps, which scripts/device_carry.sh fills) -> $OUT/build.log;
@@ -20,7 +22,7 @@ CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/
 export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 status=0
-if [[ $MODE == build || $MODE == all ]]; then
+if [[ $MODE == build || ($MODE == all && -z ${SKIP_BUILD:-}) ]]; then
   BUILD=/tmp/agentrt-build
   NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
   {
