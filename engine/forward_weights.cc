@@ -32,6 +32,19 @@ std::string canonical_name(std::string n) {
 
 namespace {
 
+// The WeightType of a plain float safetensors dtype (F32, BF16, F16); false for any other.
+bool float_type(const std::string& dtype, WeightType& type) {
+  if (dtype == "F32")
+    type = WeightType::f32;
+  else if (dtype == "BF16")
+    type = WeightType::bf16;
+  else if (dtype == "F16")
+    type = WeightType::f16;
+  else
+    return false;
+  return true;
+}
+
 std::string shape_str(const std::vector<int64_t>& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
@@ -69,15 +82,9 @@ class Reader {
     w.rows = rows;
     w.cols = cols;
     w.data = t.data;
-    if (t.dtype == "F32")
-      w.type = WeightType::f32;
-    else if (t.dtype == "BF16")
-      w.type = WeightType::bf16;
-    else if (t.dtype == "F16")
-      w.type = WeightType::f16;
-    else if (t.dtype == "F8_E4M3")
+    if (t.dtype == "F8_E4M3")
       fp8_scales(name, t, w);
-    else
+    else if (!float_type(t.dtype, w.type))
       throw std::runtime_error(t.file + ": tensor '" + name + "' has dtype " + t.dtype +
                                "; the forward pass reads F32, BF16, F16, block-scaled F8_E4M3 or "
                                "MXFP4 (I8/U8/F4) matrices");
@@ -166,13 +173,7 @@ class Reader {
     w.rows = 1;
     w.cols = n;
     w.data = t.data;
-    if (t.dtype == "F32")
-      w.type = WeightType::f32;
-    else if (t.dtype == "BF16")
-      w.type = WeightType::bf16;
-    else if (t.dtype == "F16")
-      w.type = WeightType::f16;
-    else
+    if (!float_type(t.dtype, w.type))
       throw std::runtime_error(t.file + ": tensor '" + name + "' has non-float dtype " + t.dtype);
     decode_weight_row(w, 0, out.data());
     return out;

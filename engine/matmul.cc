@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "engine/matmul_fp4.h"
+#include "engine/simd.h"
 
 namespace agentrt::engine {
 namespace {
@@ -65,7 +66,7 @@ __m256 load_e4m3x8_div256(const uint8_t* p) {
   return _mm256_cvtph_ps(_mm_add_epi16(t, _mm_and_si128(t, _mm_set1_epi16(0x4000))));
 }
 
-float hsum(__m256 v);
+using simd::hsum;
 }  // namespace
 float dot_weight_row(const WeightMatrix& w, int64_t row, const float* x);
 namespace {
@@ -111,14 +112,6 @@ float bf16_to_f32(uint16_t v) {
   float f;
   std::memcpy(&f, &bits, 4);
   return f;
-}
-
-float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
 }
 
 __m256 load_bf16x8(const uint16_t* p) {

@@ -5,8 +5,12 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/simd.h"
+
 namespace agentrt::engine {
 namespace {
+
+using simd::hsum;
 
 float e8m0_to_float(uint8_t e) {
   if (e == 255) return NAN;
@@ -36,14 +40,6 @@ void load_group_x2(const uint8_t* p, __m256 out[4]) {
   out[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c0, 8)));
   out[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(c1));
   out[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(c1, 8)));
-}
-
-float hsum(__m256 v) {
-  __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-  lo = _mm_add_ps(lo, hi);
-  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
-  lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
-  return _mm_cvtss_f32(lo);
 }
 
 float nibble_value(const uint8_t* p, int64_t col) {

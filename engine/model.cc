@@ -52,21 +52,10 @@ class CpuModel final : public Model {
 
   std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
                                                std::span<const int32_t> tokens) const override {
-    if (seqs.size() != tokens.size())
-      throw std::invalid_argument("decode_batch: " + std::to_string(seqs.size()) +
-                                  " sequences but " + std::to_string(tokens.size()) + " tokens");
     std::vector<ForwardRow> rows;
-    std::unordered_set<const ModelSequence*> seen;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      auto* s = dynamic_cast<CpuSequence*>(seqs[i]);
-      if (!s || &s->model() != this)
-        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
-                                    " was not made by this model");
-      if (!seen.insert(s).second)
-        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
-                                    " appears twice");
-      rows.push_back({&s->cache(), s->cache().length, tokens[i], true});
-    }
+    const auto own = own_batch_sequences<CpuSequence>(*this, seqs, tokens.size());
+    for (size_t i = 0; i < own.size(); ++i)
+      rows.push_back({&own[i]->cache(), own[i]->cache().length, tokens[i], true});
     const int64_t V = pass_.config().vocab_size;
     std::vector<float> flat(rows.size() * V);
     run(rows, flat.data());
@@ -165,6 +154,17 @@ void check_batch_choice_args(size_t sequences, std::span<Sampler* const> sampler
     if (!samplers[i])
       throw std::invalid_argument("decode_batch_and_sample: sampler " + std::to_string(i) +
                                   " is null");
+}
+
+void check_batch_size(size_t sequences, size_t tokens) {
+  if (sequences != tokens)
+    throw std::invalid_argument("decode_batch: " + std::to_string(sequences) + " sequences but " +
+                                std::to_string(tokens) + " tokens");
+}
+
+void throw_bad_batch_sequence(size_t index, bool twice) {
+  throw std::invalid_argument("decode_batch: sequence " + std::to_string(index) +
+                              (twice ? " appears twice" : " was not made by this model"));
 }
 
 std::vector<Model::BatchChoice> Model::decode_batch_and_sample(

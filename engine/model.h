@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <unordered_set>
 #include <vector>
 
 #include "engine/forward_config.h"
@@ -81,5 +82,27 @@ class Model {
 // or one per sequence.
 void check_batch_choice_args(size_t sequences, std::span<Sampler* const> samplers,
                              std::span<const TokenMask> masks);
+
+// For decode_batch implementations: throws std::invalid_argument saying what is wrong with the
+// batch (as many sequences as tokens; sequence `index` made by this model, or seen twice).
+void check_batch_size(size_t sequences, size_t tokens);
+[[noreturn]] void throw_bad_batch_sequence(size_t index, bool twice);
+
+// The batch's sequences as the backend's own sequence type Seq, checked: as many as the tokens,
+// each made by `model` (Seq::model()), none twice.
+template <class Seq, class M>
+std::vector<Seq*> own_batch_sequences(const M& model, std::span<ModelSequence* const> seqs,
+                                      size_t tokens) {
+  check_batch_size(seqs.size(), tokens);
+  std::vector<Seq*> out;
+  std::unordered_set<const Seq*> seen;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    auto* s = dynamic_cast<Seq*>(seqs[i]);
+    if (!s || &s->model() != &model) throw_bad_batch_sequence(i, false);
+    if (!seen.insert(s).second) throw_bad_batch_sequence(i, true);
+    out.push_back(s);
+  }
+  return out;
+}
 
 }  // namespace agentrt::engine

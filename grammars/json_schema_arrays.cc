@@ -135,15 +135,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_array(const SchemaJson& s
   } else {
     rest = s.value("items", SchemaJson(true));
   }
-  auto count_at = [&](const char* key) -> std::optional<size_t> {
-    auto it = s.find(key);
-    if (it == s.end()) return std::nullopt;
-    if (!it->is_number() || it->get<double>() < 0)
-      fail(std::string("'") + key + "' must be a non-negative integer");
-    return static_cast<size_t>(it->get<double>());
-  };
-  const size_t min_items = count_at("minItems").value_or(0);
-  std::optional<size_t> max_items = count_at("maxItems");
+  const size_t min_items = schema_count(s, "minItems", path).value_or(0);
+  std::optional<size_t> max_items = schema_count(s, "maxItems", path);
   if (max_items && *max_items < min_items) return std::nullopt;
 
   std::vector<std::string> prefix_exprs;

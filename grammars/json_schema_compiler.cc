@@ -833,23 +833,25 @@ std::optional<std::string> JsonSchemaCompiler::compile_number(const SchemaJson& 
   return e;
 }
 
+std::optional<size_t> schema_count(const SchemaJson& s, const char* key, const std::string& path) {
+  auto it = s.find(key);
+  if (it == s.end()) return std::nullopt;
+  if (!it->is_number() || it->get<double>() < 0)
+    throw GrammarError(display_path(path) + ": '" + key + "' must be a non-negative integer");
+  return static_cast<size_t>(it->get<double>());
+}
+
 std::optional<std::string> JsonSchemaCompiler::compile_string(
     const SchemaJson& s, const std::string& path, const std::vector<SchemaJson>& excluded,
     StringEncoding encoding) {
   auto fail = [&](const std::string& what) -> std::optional<std::string> {
     throw GrammarError(display_path(path) + ": " + what);
   };
-  auto size_at = [&](const char* key) -> std::optional<int64_t> {
-    auto it = s.find(key);
-    if (it == s.end()) return std::nullopt;
-    if (!it->is_number() || it->get<double>() < 0)
-      fail(std::string("'") + key + "' must be a non-negative integer");
-    return static_cast<int64_t>(it->get<double>());
-  };
-  const auto min_len = size_at("minLength");
-  const auto max_len = size_at("maxLength");
-  int64_t lo = min_len.value_or(0);
-  std::optional<int64_t> hi = max_len;
+  const auto min_len = schema_count(s, "minLength", path);
+  const auto max_len = schema_count(s, "maxLength", path);
+  int64_t lo = int64_t(min_len.value_or(0));
+  std::optional<int64_t> hi;
+  if (max_len) hi = int64_t(*max_len);
   if (hi && *hi < lo) return std::nullopt;
   std::optional<std::string> pattern;
   if (s.contains("pattern")) {

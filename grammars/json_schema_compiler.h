@@ -96,4 +96,8 @@ class JsonSchemaCompiler {
 // "/" for the root, else the JSON pointer.
 inline std::string display_path(const std::string& path) { return path.empty() ? "/" : path; }
 
+// The count keyword `key` of schema s (minItems, maxLength, ...) where present; throws
+// GrammarError at `path` unless it is a non-negative number.
+std::optional<size_t> schema_count(const SchemaJson& s, const char* key, const std::string& path);
+
 }  // namespace agentrt::grammars

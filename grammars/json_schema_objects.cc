@@ -216,15 +216,8 @@ std::optional<std::string> JsonSchemaCompiler::compile_object(const SchemaJson& 
                               ? s["additionalProperties"]
                               : SchemaJson(options_.allow_additional_by_default);
   const SchemaJson names = s.value("propertyNames", SchemaJson(true));
-  auto count_at = [&](const char* key) -> std::optional<size_t> {
-    auto it = s.find(key);
-    if (it == s.end()) return std::nullopt;
-    if (!it->is_number() || it->get<double>() < 0)
-      fail(std::string("'") + key + "' must be a non-negative integer");
-    return static_cast<size_t>(it->get<double>());
-  };
-  const size_t min_props = count_at("minProperties").value_or(0);
-  const std::optional<size_t> max_props = count_at("maxProperties");
+  const size_t min_props = schema_count(s, "minProperties", path).value_or(0);
+  const std::optional<size_t> max_props = schema_count(s, "maxProperties", path);
   if (max_props && *max_props < min_props) return std::nullopt;
 
   struct Pattern {

@@ -11,6 +11,7 @@
 
 #include "grammars/compiled_grammar.h"
 #include "grammars/matcher.h"
+#include "grammars/python_json.h"
 
 namespace agentrt::grammars {
 namespace {
@@ -21,88 +22,6 @@ double us_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
 }
 
-void dump_string(const std::string& s, std::string& out) {
-  out += '"';
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  out += '"';
-}
-
-void dump(const nlohmann::ordered_json& v, std::string& out) {
-  switch (v.type()) {
-    case nlohmann::json::value_t::object: {
-      out += '{';
-      bool first = true;
-      for (auto it = v.begin(); it != v.end(); ++it) {
-        if (!first) out += ", ";
-        first = false;
-        dump_string(it.key(), out);
-        out += ": ";
-        dump(it.value(), out);
-      }
-      out += '}';
-      return;
-    }
-    case nlohmann::json::value_t::array: {
-      out += '[';
-      for (size_t i = 0; i < v.size(); ++i) {
-        if (i) out += ", ";
-        dump(v[i], out);
-      }
-      out += ']';
-      return;
-    }
-    case nlohmann::json::value_t::string:
-      dump_string(v.get_ref<const std::string&>(), out);
-      return;
-    case nlohmann::json::value_t::number_float: {
-      double d = v.get<double>();
-      if (std::isinf(d)) {
-        out += d > 0 ? "Infinity" : "-Infinity";
-      } else if (std::isnan(d)) {
-        out += "NaN";
-      } else {
-        out += v.dump();
-      }
-      return;
-    }
-    default:
-      out += v.dump();
-      return;
-  }
-}
-
 double percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
@@ -111,12 +30,6 @@ double percentile(std::vector<double> v, double p) {
 }
 
 }  // namespace
-
-std::string python_json_dumps(const nlohmann::ordered_json& value) {
-  std::string out;
-  dump(value, out);
-  return out;
-}
 
 std::vector<int32_t> longest_match_tokenize(const TokenizerIndex& tokenizer,
                                             std::string_view text) {

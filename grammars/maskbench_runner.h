@@ -80,9 +80,6 @@ MaskBenchReport run_maskbench(const std::vector<std::string>& files,
                               const std::shared_ptr<const TokenizerIndex>& tokenizer,
                               const TokenizeFn& tokenize, const MaskBenchOptions& options);
 
-// Python's json.dumps(value, indent=None, ensure_ascii=False).
-std::string python_json_dumps(const nlohmann::ordered_json& value);
-
 // Greedy longest-match tokenization over the index (a stand-in when no real tokenizer is at
 // hand: always a valid token sequence, close to but not the same as BPE's).
 std::vector<int32_t> longest_match_tokenize(const TokenizerIndex& tokenizer, std::string_view text);

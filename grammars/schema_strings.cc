@@ -6,6 +6,8 @@
 #include <memory>
 #include <stdexcept>
 
+#include "grammars/utf8.h"
+
 namespace agentrt::grammars {
 
 CodepointSet CodepointSet::range(uint32_t lo, uint32_t hi) {
@@ -63,26 +65,6 @@ bool CodepointSet::contains(uint32_t cp) const {
   return false;
 }
 
-std::string utf8_encode(uint32_t cp) {
-  std::string out;
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return out;
-}
-
 std::vector<uint32_t> utf8_codepoints(std::string_view text) {
   std::vector<uint32_t> out;
   size_t i = 0;
@@ -125,7 +107,9 @@ std::string class_char(uint32_t cp) {
     std::snprintf(buf, sizeof buf, "\\u%04X", cp);
     return buf;
   }
-  return utf8_encode(cp);
+  std::string out;
+  append_utf8(out, cp);
+  return out;
 }
 
 // The canonical escape of a control character (< 0x20), json.dumps style.

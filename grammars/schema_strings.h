@@ -56,7 +56,6 @@ std::string json_escape_content(std::string_view text);
 
 // Decodes UTF-8 into code points; throws std::invalid_argument on malformed input.
 std::vector<uint32_t> utf8_codepoints(std::string_view text);
-std::string utf8_encode(uint32_t cp);
 
 // EBNF for the content (without quotes) of any canonical JSON string whose decoded value is
 // not one of `excluded`; every string is allowed when `excluded` is empty. `any_rest` (when not

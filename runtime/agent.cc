@@ -17,14 +17,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::string new_session_id() {
-  std::random_device rd;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "sess_";
-  for (int i = 0; i < 16; ++i) id += kHex[rd() % 16];
-  return id;
-}
-
 AgentEvent from_parse_event(const chat::ParseEvent& e, int step) {
   AgentEvent out;
   out.step = step;
@@ -369,6 +361,14 @@ std::unique_ptr<Session> Agent::resume_session(const std::filesystem::path& tran
       std::move(loaded.messages), std::make_unique<TranscriptWriter>(transcript_path));
   session->answer_interrupted(loaded.unanswered_calls);
   return session;
+}
+
+std::string new_session_id() {
+  std::random_device rd;
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = "sess_";
+  for (int i = 0; i < 16; ++i) id += kHex[rd() % 16];
+  return id;
 }
 
 }  // namespace agentrt

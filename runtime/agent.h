@@ -20,6 +20,9 @@
 
 namespace agentrt {
 
+// A fresh session id, "sess_" and 16 random hex digits (agent sessions, server sessions).
+std::string new_session_id();
+
 struct AgentEvent {
   enum class Kind {
     text_delta,

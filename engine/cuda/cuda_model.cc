@@ -207,21 +207,10 @@ class CudaModel final : public Model {
   // One row per sequence, each fed one token; the sequences distinct and made by this model.
   std::vector<cuda::DeviceRow> batch_rows(std::span<ModelSequence* const> seqs,
                                           std::span<const int32_t> tokens) const {
-    if (seqs.size() != tokens.size())
-      throw std::invalid_argument("decode_batch: " + std::to_string(seqs.size()) +
-                                  " sequences but " + std::to_string(tokens.size()) + " tokens");
     std::vector<cuda::DeviceRow> rows;
-    std::unordered_set<const ModelSequence*> seen;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      auto* s = dynamic_cast<CudaSequence*>(seqs[i]);
-      if (!s || &s->model() != this)
-        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
-                                    " was not made by this model");
-      if (!seen.insert(s).second)
-        throw std::invalid_argument("decode_batch: sequence " + std::to_string(i) +
-                                    " appears twice");
-      rows.push_back({&s->cache(), s->cache().length, tokens[i], true});
-    }
+    const auto own = own_batch_sequences<CudaSequence>(*this, seqs, tokens.size());
+    for (size_t i = 0; i < own.size(); ++i)
+      rows.push_back({&own[i]->cache(), own[i]->cache().length, tokens[i], true});
     return rows;
   }
 

@@ -2,12 +2,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include "grammars/python_json.h"
 #include "runtime/chat/encode_v4.h"
-#include "runtime/chat/python_json.h"
 
 namespace agentrt::chat {
 
 namespace {
+
+using grammars::python_json_string;
 
 const std::string kBlockOpen = "<｜DSML｜tool_calls>";
 const std::string kBlockClose = "</｜DSML｜tool_calls>";
@@ -231,15 +233,11 @@ bool DsmlStreamParser::step(std::vector<ParseEvent>& events) {
       buf_.erase(0, kParamClose.size());
       if (param_is_string_) {
         emit_args(events, "\"");
-      } else {
-        try {
-          (void)nlohmann::json::parse(param_raw_);
-        } catch (const nlohmann::json::exception&) {
-          fail(events, "tool call '" + calls_.back().name + "': parameter '" + param_name_ +
-                           "' has string=\"false\" but its value is not JSON: '" +
-                           param_raw_.substr(0, 80) + "'");
-          return false;
-        }
+      } else if (!nlohmann::json::accept(param_raw_)) {
+        fail(events, "tool call '" + calls_.back().name + "': parameter '" + param_name_ +
+                         "' has string=\"false\" but its value is not JSON: '" +
+                         param_raw_.substr(0, 80) + "'");
+        return false;
       }
       state_ = State::invoke_body;
       return true;

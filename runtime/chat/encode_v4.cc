@@ -3,12 +3,13 @@
 #include <algorithm>
 #include <stdexcept>
 
-#include "runtime/chat/python_json.h"
+#include "grammars/python_json.h"
 
 namespace agentrt::chat {
 
 namespace {
 
+using grammars::python_json_dumps;
 using ojson = nlohmann::ordered_json;
 
 constexpr std::string_view kReasoningEffortMax =

@@ -1,19 +1,10 @@
 #include "runtime/server/session_directory.h"
 
 #include <fstream>
-#include <random>
 
 namespace agentrt::server {
 
 namespace {
-
-std::string new_session_id() {
-  std::random_device rd;
-  static constexpr char kHex[] = "0123456789abcdef";
-  std::string id = "sess_";
-  for (int i = 0; i < 16; ++i) id += kHex[rd() % 16];
-  return id;
-}
 
 std::filesystem::path checkpoint_path(const SessionState& s) {
   auto p = s.transcript;

@@ -5,10 +5,14 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "engine/model.h"
 
 namespace agentrt::engine::testing {
 
@@ -64,6 +68,22 @@ inline double rel_l2(const float* got, const float* want, int64_t n) {
     den += double(want[i]) * double(want[i]);
   }
   return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// Sequences of `model`, sequence i fed the first starts[i] of `ids` (the decode-batch tests).
+struct StartedSequences {
+  std::vector<std::unique_ptr<ModelSequence>> owned;
+  std::vector<ModelSequence*> ptrs;
+};
+inline StartedSequences start_sequences(const Model& model, std::span<const int32_t> ids,
+                                        std::span<const size_t> starts) {
+  StartedSequences out;
+  for (size_t s : starts) {
+    out.owned.push_back(model.new_sequence());
+    out.owned.back()->forward(ids.first(s));
+    out.ptrs.push_back(out.owned.back().get());
+  }
+  return out;
 }
 
 }  // namespace agentrt::engine::testing

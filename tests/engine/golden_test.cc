@@ -72,13 +72,7 @@ TEST_P(Golden, TruncateAndContinueMatchesTransformers) {
 TEST_P(Golden, DecodeBatchMatchesSingleSequences) {
   const int64_t V = fixture_.vocab;
   const size_t starts[3] = {3, 64, 150};
-  std::vector<std::unique_ptr<ModelSequence>> seqs;
-  std::vector<ModelSequence *> ptrs;
-  for (size_t s : starts) {
-    seqs.push_back(model_->new_sequence());
-    seqs.back()->forward(std::span(fixture_.ids).first(s));
-    ptrs.push_back(seqs.back().get());
-  }
+  auto [seqs, ptrs] = testing::start_sequences(*model_, fixture_.ids, starts);
   for (size_t step = 0; step < 5; ++step) {
     std::vector<int32_t> toks;
     for (size_t s : starts) toks.push_back(fixture_.ids[s + step]);

@@ -9,14 +9,6 @@
 namespace agentrt::grammars {
 namespace {
 
-TEST(MaskBenchRunner, PythonJsonDumps) {
-  auto v = nlohmann::ordered_json::parse(
-      R"({"b": [1, 2.5, "x\ny\u0001é"], "a": {"t": true, "n": null}, "e": {}, "f": []})");
-  EXPECT_EQ(python_json_dumps(v),
-            "{\"b\": [1, 2.5, \"x\\ny\\u0001é\"], \"a\": {\"t\": true, \"n\": null}, "
-            "\"e\": {}, \"f\": []}");
-}
-
 // A small spread-out subset of MaskBench, EBNF from the JSON-Schema compiler, the real
 // vocabulary and the longest-match tokenization (the full run is bench_maskbench).
 TEST(MaskBenchRunner, Subset) {

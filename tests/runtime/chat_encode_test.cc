@@ -4,7 +4,6 @@
 #include <fstream>
 
 #include "runtime/chat/encode_v4.h"
-#include "runtime/chat/python_json.h"
 
 namespace agentrt::chat {
 namespace {
@@ -46,17 +45,6 @@ TEST(EncodeV4, RequestToolsGoOnTheSystemMessage) {
     const auto typed = parse_messages(nlohmann::json::parse(messages.dump()));
     EXPECT_EQ(encode_v4(typed, tools, {}), c["expected"].get<std::string>());
   }
-}
-
-TEST(PythonJson, MatchesJsonDumps) {
-  EXPECT_EQ(python_json_dumps(ojson::parse(R"({"b": 1, "a": [1.5, true, null, "é\n\u0001"]})")),
-            "{\"b\": 1, \"a\": [1.5, true, null, \"é\\n\\u0001\"]}");
-  EXPECT_EQ(python_json_dumps(ojson(1e-7)), "1e-07");
-  EXPECT_EQ(python_json_dumps(ojson(1e16)), "1e+16");
-  EXPECT_EQ(python_json_dumps(ojson(1e15)), "1000000000000000.0");
-  EXPECT_EQ(python_json_dumps(ojson(0.0001)), "0.0001");
-  EXPECT_EQ(python_json_dumps(ojson(2.0)), "2.0");
-  EXPECT_EQ(python_json_dumps(ojson(123.456)), "123.456");
 }
 
 TEST(Messages, ErrorsNameTheIndexAndField) {

@@ -1,11 +1,11 @@
-#include "runtime/chat/python_json.h"
+#include "grammars/python_json.h"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 
-namespace agentrt::chat {
+namespace agentrt::grammars {
 
 namespace {
 
@@ -136,4 +136,4 @@ std::string python_json_dumps(const nlohmann::ordered_json& value) {
   return out;
 }
 
-}  // namespace agentrt::chat
+}  // namespace agentrt::grammars
