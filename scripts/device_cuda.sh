@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Everything the CUDA backend runs on the GPU machine, in one call (docs/cuda.md):
-#   scripts/device_cuda.sh [build|tests|bench|all]     (all: build, tests, bench; SKIP_BUILD=1
+#   scripts/device_cuda.sh [build|tests|gemv|bench|all]  (all: build, tests, bench; SKIP_BUILD=1
 #   leaves the build out and runs the carried binaries: a fresh machine's build takes minutes
 #   of the call)
 #   build: the engine, its tests and benchmarks from this working tree, with the machine's CUDA
@@ -10,6 +10,8 @@
 #          the binaries carried from the dev box run instead (scripts/device_carry.sh
 #          --binaries), and the log says so.
 #   tests: the GPU tests (golden fixtures on the GPU, GPU vs CPU, per-kernel) -> $OUT/tests.log
+#   gemv:  bench_engine_cuda_gemv as it is, with --tensor-map 1 and with --copy-probe 1 (the
+#          decode products one at a time, and their copy pipeline alone) -> $OUT/gemv.log
 #   bench: a V4-Flash-shaped random checkpoint written on the device (torch), our engine's
 #          benchmark, then transformers' DeepseekV4ForCausalLM on the same weights -> $OUT/bench.log
 set -uo pipefail
@@ -51,6 +53,13 @@ if [[ $MODE == build || ($MODE == all && -z ${SKIP_BUILD:-}) ]]; then
 fi
 if [[ $MODE == tests || $MODE == all ]]; then
   "$CARRY/engine_tests" --gtest_filter='*Cuda*:Golden*' 2>&1 | tee "$OUT/tests.log" || status=1
+fi
+if [[ $MODE == gemv ]]; then
+  for args in "" "--tensor-map 1" "--copy-probe 1"; do
+    echo "== bench_engine_cuda_gemv $args" | tee -a "$OUT/gemv.log"
+    timeout "${GEMV_TIMEOUT:-120}" "$CARRY/bench_engine_cuda_gemv" $args 2>&1 | tee -a "$OUT/gemv.log" ||
+      status=1
+  done
 fi
 if [[ $MODE == bench || $MODE == all ]]; then
   CKPT=/tmp/v4flash
