@@ -20,6 +20,8 @@
 //                     [--fp4-expert-gemm 1] (prefill's FP4 experts through fp4_gemm.cu)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
+//                     [--sum-group N] (those products' cross-warp sums: one barrier per N
+//                     tasks, CudaOptions::gemv_sum_group)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -227,6 +229,8 @@ int main(int argc, char** argv) {
       options.fp4_expert_gemm = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
+    else if (k == "--sum-group")
+      options.gemv_sum_group = std::stoi(v);
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

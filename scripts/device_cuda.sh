@@ -10,8 +10,9 @@
 #          the binaries carried from the dev box run instead (scripts/device_carry.sh
 #          --binaries), and the log says so.
 #   tests: the GPU tests (golden fixtures on the GPU, GPU vs CPU, per-kernel) -> $OUT/tests.log
-#   gemv:  bench_engine_cuda_gemv as it is, with --tensor-map 1 and with --copy-probe 1 (the
-#          decode products one at a time, and their copy pipeline alone) -> $OUT/gemv.log
+#   gemv:  bench_engine_cuda_gemv as it is, with --tensor-map 1, --sum-group 4, both, and with
+#          --copy-probe 1 (the decode products one at a time, and their copy pipeline alone)
+#          -> $OUT/gemv.log
 #   bench: a V4-Flash-shaped random checkpoint written on the device (torch), our engine's
 #          benchmark, then transformers' DeepseekV4ForCausalLM on the same weights -> $OUT/bench.log
 set -uo pipefail
@@ -55,7 +56,7 @@ if [[ $MODE == tests || $MODE == all ]]; then
   "$CARRY/engine_tests" --gtest_filter='*Cuda*:Golden*' 2>&1 | tee "$OUT/tests.log" || status=1
 fi
 if [[ $MODE == gemv ]]; then
-  for args in "" "--tensor-map 1" "--copy-probe 1"; do
+  for args in "" "--tensor-map 1" "--sum-group 4" "--tensor-map 1 --sum-group 4" "--copy-probe 1"; do
     echo "== bench_engine_cuda_gemv $args" | tee -a "$OUT/gemv.log"
     timeout "${GEMV_TIMEOUT:-120}" "$CARRY/bench_engine_cuda_gemv" $args 2>&1 | tee -a "$OUT/gemv.log" ||
       status=1

@@ -98,6 +98,9 @@ class CudaModel final : public Model {
     if (near_capacity_ < 1)
       throw std::invalid_argument("cuda options: near_capacity must be at least 1, got " +
                                   std::to_string(near_capacity_));
+    if (options.gemv_sum_group < 1 || options.gemv_sum_group > 4)
+      throw std::invalid_argument("cuda options: gemv_sum_group must be 1 to 4, got " +
+                                  std::to_string(options.gemv_sum_group));
   }
   int64_t prefill_rows() const { return prefill_rows_; }
   int32_t near_capacity() const { return near_capacity_; }

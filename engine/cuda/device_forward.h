@@ -43,6 +43,9 @@ struct CudaOptions {
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off until measured on the GPU.
   bool tensor_map_copies = false;
+  // Those products add up their warps' partial sums after one barrier per this many tasks
+  // (GemvMode::sum_group, 1..4; the same values). 1 until measured on the GPU.
+  int gemv_sum_group = 1;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

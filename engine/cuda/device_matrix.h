@@ -41,11 +41,15 @@ class DeviceMatrix {
 // false keeps every product in float32. tensor_map: those tensor-core products fill each stage
 // of their ring with one tensor copy (a TMA tensor map, rows swizzled in shared memory) instead
 // of one bulk copy per row (CudaOptions::tensor_map_copies; off until measured on the GPU).
-// A bool converts to the mode it names (tensor_map off).
+// sum_group: the tensor-core products add up their warps' partial sums after one barrier per
+// this many tasks (1..4) instead of one per task (CudaOptions::gemv_sum_group; the same values,
+// 1 until measured). A bool converts to the mode it names (the others as by default).
 struct GemvMode {
   bool tensor_cores = true;
   bool tensor_map = false;
-  constexpr GemvMode(bool cores = true, bool map = false) : tensor_cores(cores), tensor_map(map) {}
+  int sum_group = 1;
+  constexpr GemvMode(bool cores = true, bool map = false, int group = 1)
+      : tensor_cores(cores), tensor_map(map), sum_group(group) {}
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device

@@ -150,7 +150,10 @@ constexpr int kMmaRows = 16;           // weight rows of a tile: the mma's M
 constexpr int64_t kMmaMaxCols = 2048;  // FP8 columns of a stage (16 rows of 2 KB)
 constexpr int64_t kMmaRowPad = 16;     // bytes after each staged row: rows land 4 banks apart
 constexpr int kMmaMaxTiles = 2;        // 16-row tiles a stage: 2 for rows of 1,024 columns
-constexpr int64_t kMmaSums = 2 * stream::kRedBytes;  // two tasks' partial sums
+constexpr int kMaxSumGroup = 4;        // GemvMode::sum_group
+// The partial sums of two groups of `sum_group` tasks (one group is reduced while the warps
+// write the next).
+constexpr int64_t mma_sums_bytes(int sum_group) { return 2 * sum_group * stream::kRedBytes; }
 static_assert(kMmaMaxTiles * kMmaRows <= stream::kRedRows);
 
 // One or more FP8 matrices of the same width times the same activations (the decode step's
@@ -169,6 +172,7 @@ struct MmaGemv {
   int64_t group_rows, x_offset;  // as in StreamGemv (one matrix only)
   int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
   int stages;
+  int sum_group;  // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
 };
 
 // The matrix of task t (sets hold at most kMaxGemvProducts).
@@ -206,8 +210,8 @@ __device__ void stage_x_fragments(const float* x, int64_t cols, uint2* xb) {
 // Where the ring starts: after the barriers, the sums and x's fragments; tensor copies want
 // their 128-byte swizzle atoms (8 lines) 1,024-byte aligned in the shared address space.
 constexpr int64_t kMapAlign = 1024;
-__device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, bool aligned) {
-  const int64_t fixed = kHeader + kMmaSums + cols * 4;
+__device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_group, bool aligned) {
+  const int64_t fixed = kHeader + mma_sums_bytes(sum_group) + cols * 4;
   if (!aligned) return smem + fixed;
   const uint32_t base = shared_address(smem);
   return smem + ((base + fixed + kMapAlign - 1) & ~uint64_t(kMapAlign - 1)) - base;
@@ -216,20 +220,21 @@ __device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, bool aligned
 // y = w x for FP8 w: a task is MT tiles of 16 rows (MT = 2 for rows of 1,024 columns, so a
 // stage still holds 32 KB), its stages their column blocks of stage_cols; warp i takes columns
 // [i, i + 1) * stage_cols / 16 of each stage (inside one 128-column scale block), and the
-// warps' sums meet in shared memory once per task. kTma: stages come by tensor copies, laid out
-// as [128-column chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows.
+// warps' sums meet in shared memory once per task (written per task, added up after one barrier
+// per g.sum_group tasks). kTma: stages come by tensor copies, laid out as [128-column
+// chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows.
 template <int MT, bool kTma>
 __global__ void __launch_bounds__(kThreads, 1)
     gemv_stream_mma_kernel(const __grid_constant__ MmaGemv g) {
   constexpr int kTaskRows = MT * kMmaRows;
   extern __shared__ __align__(128) char smem[];
-  float* sums = reinterpret_cast<float*>(smem + kHeader);  // [2][warps][kRedStride]
-  uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + kMmaSums);
+  float* sums = reinterpret_cast<float*>(smem + kHeader);  // [2 groups][warps][kRedStride]
+  uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + mma_sums_bytes(g.sum_group));
   const int64_t cols = g.w[0].cols;  // every matrix of a set
   const int64_t row_stride = kTma ? 128 : g.stage_cols + kMmaRowPad,
                 stage_bytes = kTaskRows * (kTma ? g.stage_cols : row_stride);
   const int64_t col_tiles = cols / g.stage_cols, tasks = g.first_task[g.count];
-  char* ring = mma_ring(smem, cols, kTma);
+  char* ring = mma_ring(smem, cols, g.sum_group, kTma);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
                 t1 = int64_t(blockIdx.x + 1) * tasks / gridDim.x;
@@ -289,6 +294,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   pdl_begin();
   int64_t group = -1;
   stream::SlotCursor ring_slot{g.stages};  // this warp's next stage
+  int64_t done = 0;                        // this block's tasks so far
+  int pending = 0;                         // of them, those whose rows are not added up yet
   for (int64_t t = t0; t < t1; ++t) {
     const int m = matrix_of(g, t);
     const int64_t row0 = (t - g.first_task[m]) * kTaskRows;
@@ -347,7 +354,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // Lanes with t4 = 0 hold the mma's columns 0 and 1 (x's high and low parts) of rows
     // quad_row and quad_row + 8 of each tile.
-    float* red = sums + (t & 1) * stream::kRedBytes / 4;
+    const int slots = 2 * g.sum_group;
+    float* red = sums + int(done % slots) * stream::kRedBytes / 4;
     if (t4 == 0)
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
@@ -355,10 +363,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         r[quad_row] = total[i][0] + total[i][1];
         r[quad_row + 8] = total[i][2] + total[i][3];
       }
-    stream::consumers_sync();
-    const float y = stream::warps_total(red);  // rows warp and warp + 16
-    const int row = warp + (lane >> 4) * kMmaRows;
-    if ((lane & 15) == 0 && row < kTaskRows) g.y[m][row0 + row] = y;
+    ++done;
+    if (++pending == g.sum_group || t + 1 == t1) {
+      stream::consumers_sync();
+      const int row = warp + (lane >> 4) * kMmaRows;  // each warp adds up rows warp, warp + 16
+      for (int j = 0; j < pending; ++j) {
+        const int64_t tj = t - (pending - 1 - j);
+        const float y =
+            stream::warps_total(sums + int((done - pending + j) % slots) * stream::kRedBytes / 4);
+        const int mj = matrix_of(g, tj);
+        if ((lane & 15) == 0 && row < kTaskRows)
+          g.y[mj][(tj - g.first_task[mj]) * kTaskRows + row] = y;
+      }
+      pending = 0;
+    }
   }
 }
 
@@ -379,18 +397,21 @@ int64_t row_bytes_of(const WeightMatrix& w) { return w.cols * value_bytes_x2(w.t
 struct StreamPlan {
   bool mma = false;
   bool tensor_map = false;  // the mma kernel's stages by tensor copies
+  int sum_group = 1;        // the mma kernel's tasks a barrier
   int stages = 0;           // 0: neither kernel fits
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
 
-StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, bool tensor_map) {
+StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode) {
   StreamPlan p;
   if (!mma_tiles(w, group_rows)) return p;
   p.mma = true;
-  p.tensor_map = tensor_map;
+  p.tensor_map = mode.tensor_map;
+  p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
+  const bool tensor_map = mode.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
-  p.fixed = kHeader + kMmaSums + w.cols * 4 + (tensor_map ? kMapAlign : 0);
+  p.fixed = kHeader + mma_sums_bytes(p.sum_group) + w.cols * 4 + (tensor_map ? kMapAlign : 0);
   p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + (tensor_map ? 0 : kMmaRowPad));
   p.stages = stream::ring_stages(p.fixed, p.stage);
   return p;
@@ -405,7 +426,7 @@ StreamPlan plan(const WeightMatrix& w, const float* x, int64_t group_rows, int64
       x_offset % 4 != 0)
     return {};
   if (mode.tensor_cores)
-    if (const StreamPlan p = mma_plan(w, group_rows, mode.tensor_map); p.stages > 0) return p;
+    if (const StreamPlan p = mma_plan(w, group_rows, mode); p.stages > 0) return p;
   const TileShape t = tile_shape(row_bytes);
   if (w.rows % t.rows != 0 || (row_bytes / 16) % t.slices != 0) return {};
   if (group_rows > 0 && group_rows % t.rows != 0) return {};
@@ -452,6 +473,7 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t g
   g.x_offset = x_offset;
   g.stage_cols = mma_stage_cols(w0);
   g.stages = p.stages;
+  g.sum_group = p.sum_group;
   const auto kernel =
       p.tensor_map
           ? (tiles == 1 ? gemv_stream_mma_kernel<1, true> : gemv_stream_mma_kernel<2, true>)
@@ -475,7 +497,7 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void
     bytes += w.rows * w.cols;
   }
   if (bytes < kMinBytes) return false;
-  const StreamPlan p = mma_plan(products[0].w, 0, mode.tensor_map);
+  const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
   launch_mma(products, x, 0, 0, p, static_cast<cudaStream_t>(stream));
   return true;

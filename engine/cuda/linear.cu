@@ -104,10 +104,11 @@ void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t str
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies)
+LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies,
+                           int sum_group)
     : precision_(precision),
       gemv_max_rows_(gemv_max_rows),
-      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies) {
+      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
 }
 

@@ -26,8 +26,9 @@ enum class GemmPrecision {
 
 class LinearRunner {
  public:
-  // tensor_map_copies: GemvMode::tensor_map for the decode products.
-  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false);
+  // tensor_map_copies, sum_group: GemvMode's for the decode products.
+  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false,
+               int sum_group = 1);
   ~LinearRunner();
   LinearRunner(const LinearRunner&) = delete;
   LinearRunner& operator=(const LinearRunner&) = delete;

@@ -297,12 +297,13 @@ TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
   EXPECT_LE(rel_l2(got, want), 1e-5);
 }
 
-// GemvMode::tensor_map: the FP8 tensor-core products' stages filled by tensor copies (swizzled
-// in shared memory, tensor_map.h) multiply the same bytes in the same order as the padded rows
-// of bulk copies, so the results are bitwise equal: stages of 16 rows x 2,048 columns (1024 x
+// The FP8 tensor-core products' variants (GemvMode) add the same numbers in the same order, so
+// their results are bitwise equal: stages filled by tensor copies (swizzled in shared memory,
+// tensor_map.h) against padded rows of bulk copies, and the warps' partial sums added up after
+// one barrier per 3 or 4 tasks against one per task. Stages of 16 rows x 2,048 columns (1024 x
 // 4096, 4096 x 8192), of 32 rows x 1,024 (4096 x 1024, a row slice of it, 4 groups of 1,024
 // rows each reading its own columns). SameInputSetsStreamedOnTensorCores takes a set both ways.
-TEST_F(CudaGemv, StagesByTensorCopiesMultiplyAsPaddedRows) {
+TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
   struct Case {
     int64_t rows, cols, groups;
     bool slice;
@@ -319,7 +320,7 @@ TEST_F(CudaGemv, StagesByTensorCopiesMultiplyAsPaddedRows) {
     const int64_t x_cols = host.cols * c.groups;
     std::mt19937 rng(7);
     std::normal_distribution<float> dist;
-    std::vector<float> x(x_cols), want(host.rows), bulk(host.rows), tensor(host.rows);
+    std::vector<float> x(x_cols), want(host.rows), first(host.rows), got(host.rows);
     for (float& v : x) v = dist(rng);
     const int64_t group_rows = host.rows / c.groups;
     for (int64_t r = 0; r < host.rows; ++r)
@@ -327,22 +328,28 @@ TEST_F(CudaGemv, StagesByTensorCopiesMultiplyAsPaddedRows) {
     float* dx = cuda::device_floats(x_cols);
     float* dy = cuda::device_floats(host.rows);
     cuda::copy_to_device(dx, x.data(), x_cols * 4);
-    for (const bool map : {false, true}) {
-      const cuda::GemvMode mode(true, map);
+    for (const cuda::GemvMode mode :
+         {cuda::GemvMode(true, false, 1), cuda::GemvMode(true, true, 1),
+          cuda::GemvMode(true, false, 4), cuda::GemvMode(true, true, 3)}) {
+      const std::string how = what + (mode.tensor_map ? ", tensor copies" : ", bulk copies") +
+                              ", sums every " + std::to_string(mode.sum_group) + " tasks";
       EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), dx, c.groups > 1 ? group_rows : 0,
                                          c.groups > 1 ? host.cols : 0, mode))
-          << what;
+          << how;
       cuda::zero_device(dy, host.rows * 4);
       if (c.groups > 1)
         cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
       else
         cuda::gemv(dm.view(), dx, 1, dy, nullptr, mode);
-      cuda::copy_to_host((map ? tensor : bulk).data(), dy, host.rows * 4);
+      cuda::copy_to_host(got.data(), dy, host.rows * 4);
+      EXPECT_LE(rel_l2(got, want), 1e-5) << how;
+      if (mode.tensor_map || mode.sum_group > 1)
+        EXPECT_EQ(std::memcmp(got.data(), first.data(), host.rows * 4), 0) << how;
+      else
+        first = got;
     }
     cuda::free_device(dx);
     cuda::free_device(dy);
-    EXPECT_LE(rel_l2(tensor, want), 1e-5) << what;
-    EXPECT_EQ(std::memcmp(tensor.data(), bulk.data(), host.rows * 4), 0) << what;
   }
 }
 
