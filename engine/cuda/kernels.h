@@ -213,7 +213,8 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
                 float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
 // The routed experts of n rows, each row's chosen experts' FP4 weights streamed through shared
-// memory on their own (moe_decode.cu; an expert two rows share is read twice): act, n * k *
+// memory on their own (moe_decode.cu; an expert two rows share is read twice; all rows in one
+// launch of each kernel, a block's range of tasks running from row to row): act, n * k *
 // inter floats of scratch, carries the SwiGLU values between the two kernels (as int8 parts,
 // fp4_int8.cuh); `out` [n][hidden] gets the weighted sums added once before_sum (if set) has
 // fired. Returns false, having launched nothing, where the weights' type and shapes do not allow

@@ -476,7 +476,8 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
-  // Decode (up to kStreamedRows rows): each row through the streamed kernels of one row. An
+  // Decode (up to kStreamedRows rows): every row's experts streamed on their own (one launch of
+  // each kernel for the batch). An
   // expert two rows share is read twice, but streamed it reads several times faster than the
   // grouped CUDA-core kernels below read it once.
   if (n <= kStreamedRows && streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit,

@@ -1,9 +1,12 @@
 // The routed experts of one row (batch-1 decode), streamed through shared memory. Each chosen
 // expert's FP4 weights are read once: a producer warp keeps a ring of stages (weight rows and
 // their block scales) in flight with bulk copies while 16 consumer warps decode and multiply the
-// oldest stage. One block per SM loops over the tiles. In moe.cu's CUDA-core kernels every warp
-// loads and then computes, so with the few warps that fit, the loads waited for the arithmetic;
-// those products ran at about 1 TB/s on the H200.
+// oldest stage. One block per SM loops over the tiles. A decode batch's rows (up to 64) share one
+// launch of each kernel: each block takes a contiguous range of the rows' tasks and stages a
+// row's activations when its range reaches the row (one launch per row per kernel cost a ramp
+// and, for batches too large for a CUDA graph, a host launch each). In moe.cu's CUDA-core kernels
+// every warp loads and then computes, so with the few warps that fit, the loads waited for the
+// arithmetic; those products ran at about 1 TB/s on the H200.
 //
 // The FP8 products (gemv_stream.cu) run on the tensor cores; for FP4 a tensor-core version
 // (nibble pairs placed as bf16 pairs, mma.sync, per-row scales every 32 columns, the warps'
@@ -36,6 +39,36 @@ constexpr int kDownRows = 2 * kConsumerWarps;   // per stage: two rows a warp
 constexpr int kMaxStages = 4;  // of stream::kMaxStages: deeper rings left no gain to find
 constexpr WeightType kFp4 = WeightType::f4_e2m1;
 
+// A block's tasks of `rows` rows (per_row each, row-major): for one row, every gridDim.x-th task
+// from blockIdx.x, as always; for several a contiguous range, so a block moves to the next row
+// (and stages its activations) once or twice instead of at every task.
+// 32-bit: a batch has at most 64 rows of a few hundred tasks, and a 64-bit division is a
+// subroutine call.
+struct TaskRange {
+  uint32_t begin, end, step;
+};
+__device__ __forceinline__ TaskRange block_tasks(int64_t rows, int64_t per_row) {
+  const uint32_t total = uint32_t(rows * per_row);
+  if (rows == 1) return {blockIdx.x, total, gridDim.x};
+  return {blockIdx.x * total / gridDim.x, (blockIdx.x + 1) * total / gridDim.x, 1u};
+}
+// The row and the row's task of a range's tasks in turn, stepped without dividing.
+struct TaskCursor {
+  uint32_t row, task, per_row, step;
+  __device__ __forceinline__ void next() {
+    task += step;
+    while (task >= per_row) task -= per_row, ++row;
+  }
+};
+__device__ __forceinline__ TaskCursor task_cursor(const TaskRange& r, int64_t per_row) {
+  const uint32_t p = uint32_t(per_row);
+  return {r.begin / p, r.begin % p, p, r.step};
+}
+
+// Bytes of act (the up kernel's int8 parts) per row: k vectors of i8_plain_bytes(inter), in the
+// room of k * inter floats.
+__host__ __device__ inline int64_t act_row_bytes(int64_t k, int64_t inter) { return k * inter * 4; }
+
 // Copies rows [r0, r0 + rows) of an FP4 matrix and their scales into dst (data, then scales).
 // Device FP4 matrices own their scale rows (DeviceMatrix: row_offset 0).
 __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char* dst,
@@ -48,13 +81,15 @@ __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char*
                       uint32_t(rows * scale_bytes), bar);
 }
 
-// act[j] = SwiGLU of expert chosen[j]'s gate and up rows applied to h, as plain int8 parts
-// (fp4_int8.cuh) for the down kernel. A task is 32 rows of one expert (one block of act's
-// columns), in two stages of kUpRows rows of w1 and of w3; once both are summed, warp 0 turns the
-// task's 32 values into int8 parts.
+// For each of the `batch` rows r: act[r][j] = SwiGLU of expert chosen[r][j]'s gate and up rows
+// applied to h[r], as plain int8 parts (fp4_int8.cuh) for the down kernel. A task is 32 rows of
+// one expert (one block of act's columns), in two stages of kUpRows rows of w1 and of w3; once
+// both are summed, warp 0 turns the task's 32 values into int8 parts. The consumers stage a
+// row's activations when their tasks reach it.
 __global__ void __launch_bounds__(kThreads, 1)
-    stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t hidden,
-                     int64_t inter, int64_t k, float limit, int stages, int8_t* act) {
+    stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t batch,
+                     int64_t hidden, int64_t inter, int64_t k, float limit, int stages,
+                     int8_t* act) {
   extern __shared__ __align__(128) char smem[];
   uint4* xs = reinterpret_cast<uint4*>(smem + kHeader);
   const float* xscales = stream::i8_scales(xs, hidden);
@@ -65,15 +100,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
   pdl_begin();
-  const int64_t blocks = inter / 32, tasks = k * blocks;
+  const int64_t blocks = inter / 32, tasks = k * blocks;  // per row
+  const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
     uint32_t q = 0;
-    for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x)
+    TaskCursor c = task_cursor(range, tasks);
+    for (uint32_t rt = range.begin; rt < range.end; rt += range.step, c.next())
       for (int half = 0; half < 2; ++half, ++q) {
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-        const int32_t ex = chosen[t / blocks];
+        const int64_t t = c.task;  // the row's task
+        const int32_t ex = chosen[c.row * k + t / blocks];
         const int64_t r0 = (t % blocks) * 32 + half * kUpRows;
         char* dst = ring + s.index * 2 * matrix_bytes;
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(2 * matrix_bytes));
@@ -82,10 +120,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     return;
   }
-  stream::stage_x_i8(h, hidden, xs);
-  stream::consumers_sync();
   uint32_t q = 0, task = 0;  // task: this block's count (t steps by the grid, often even)
-  for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x, ++task) {
+  int64_t staged = -1;       // the row whose activations xs holds
+  TaskCursor c = task_cursor(range, tasks);
+  for (uint32_t rt = range.begin; rt < range.end; rt += range.step, ++task, c.next()) {
+    const int64_t row = c.row, t = c.task;
+    // Every warp is past the last task's barrier, done with the old row's activations.
+    if (row != staged) {
+      stream::stage_x_i8(h + row * hidden, hidden, xs);
+      stream::consumers_sync();
+      staged = row;
+    }
     float* task_values = values + (task & 1) * 32;  // warp 0 may still read the other task's
     for (int half = 0; half < 2; ++half, ++q) {
       const stream::Slot s = stream::slot_of(q, stages);
@@ -113,7 +158,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (warp == 0) {
       int8_t parts[stream::kI8Parts];
       const float scale = stream::quantize_lane(task_values[lane], parts);
-      int8_t* a = act + (t / blocks) * stream::i8_plain_bytes(inter);
+      int8_t* a =
+          act + row * act_row_bytes(k, inter) + (t / blocks) * stream::i8_plain_bytes(inter);
       const int64_t col = (t % blocks) * 32 + lane;
 #pragma unroll
       for (int p = 0; p < stream::kI8Parts; ++p) a[p * inter + col] = parts[p];
@@ -122,12 +168,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// out[r] += sum_j weights[j] * (w2 of expert chosen[j] row r) . act[j]. A task is kDownRows
-// rows of the output: k stages, one per chosen expert, summed in registers.
+// For each of the `batch` rows: out[i] += sum_j weights[j] * (w2 of expert chosen[j] row i) .
+// act[j]. A task is kDownRows rows of the output: k stages, one per chosen expert, summed in
+// registers. The consumers stage a row's k activation vectors when their tasks reach it.
 __global__ void __launch_bounds__(kThreads, 1)
     stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
-                       const int8_t* act, int64_t hidden, int64_t inter, int64_t k, int stages,
-                       float* out) {
+                       const int8_t* act, int64_t batch, int64_t hidden, int64_t inter, int64_t k,
+                       int stages, float* out) {
   extern __shared__ __align__(128) char smem[];
   char* xs = smem + kHeader;
   const int64_t row_bytes = inter / 2, scale_bytes = inter / 32;
@@ -137,24 +184,33 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
   pdl_begin();
-  const int64_t tasks = hidden / kDownRows;
+  const int64_t tasks = hidden / kDownRows;  // per row
+  const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
     uint32_t q = 0;
-    for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x)
+    TaskCursor c = task_cursor(range, tasks);
+    for (uint32_t rt = range.begin; rt < range.end; rt += range.step, c.next())
       for (int64_t j = 0; j < k; ++j, ++q) {
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(stage_bytes));
-        copy_rows(e.w2[chosen[j]], t * kDownRows, kDownRows, ring + s.index * stage_bytes,
-                  &bars.full[s.index]);
+        copy_rows(e.w2[chosen[c.row * k + j]], c.task * kDownRows, kDownRows,
+                  ring + s.index * stage_bytes, &bars.full[s.index]);
       }
     return;
   }
-  stream::stage_plain_i8(act, k, inter, xs, per_expert);
-  stream::consumers_sync();
   uint32_t q = 0;
-  for (int64_t t = blockIdx.x; t < tasks; t += gridDim.x) {
+  int64_t staged = -1;  // the row whose activation vectors xs holds
+  TaskCursor c = task_cursor(range, tasks);
+  for (uint32_t rt = range.begin; rt < range.end; rt += range.step, c.next()) {
+    const int64_t row = c.row, t = c.task;
+    if (row != staged) {
+      if (staged >= 0) stream::consumers_sync();  // every warp is done with the old row's
+      stream::stage_plain_i8(act + row * act_row_bytes(k, inter), k, inter, xs, per_expert);
+      stream::consumers_sync();
+      staged = row;
+    }
     float acc[2] = {0.0f, 0.0f};
     for (int64_t j = 0; j < k; ++j, ++q) {
       const stream::Slot s = stream::slot_of(q, stages);
@@ -172,14 +228,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       stream::lane_dots_i8<2>(rows, scales, int(row_bytes / 16), xj, stream::i8_scales(xj, inter),
                               lane, part);
       stream::release(bars, s);
-      const float wj = __ldg(weights + j);
+      const float wj = __ldg(weights + row * k + j);
       acc[0] = fmaf(wj, part[0], acc[0]);
       acc[1] = fmaf(wj, part[1], acc[1]);
     }
     const float y0 = stream::warp_sum(acc[0]), y1 = stream::warp_sum(acc[1]);
     if (lane == 0) {
-      out[t * kDownRows + warp] += y0;
-      out[t * kDownRows + warp + kConsumerWarps] += y1;
+      float* o = out + row * hidden + t * kDownRows;
+      o[warp] += y0;
+      o[warp + kConsumerWarps] += y1;
     }
   }
 }
@@ -229,21 +286,19 @@ bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float
       stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       stream_down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(down_shared)));
-  for (int64_t t = 0; t < n; ++t) {
-    const int32_t* row_chosen = chosen + t * k;
-    auto* row_act = reinterpret_cast<int8_t*>(act + t * k * inter);
-    launch_pdl(stream_up_kernel, unsigned(std::min(blocks, k * (inter / 32))), kThreads,
-               size_t(up_shared), stream, e, row_chosen, h + t * hidden, hidden, inter, k, limit,
-               s.up_stages, row_act);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-    // The down products add into `out`, which the shared expert (on another stream) writes.
-    if (t == 0 && before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
-    launch_pdl(stream_down_kernel, unsigned(std::min(blocks, hidden / kDownRows)), kThreads,
-               size_t(down_shared), stream, e, row_chosen, weights + t * k,
-               static_cast<const int8_t*>(row_act), hidden, inter, k, s.down_stages,
-               out + t * hidden);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-  }
+  // All rows in one launch of each kernel (each row's act: act_row_bytes(k, inter) bytes, the
+  // room of its k * inter floats).
+  auto* act_bytes = reinterpret_cast<int8_t*>(act);
+  launch_pdl(stream_up_kernel, unsigned(std::min(blocks, n * k * (inter / 32))), kThreads,
+             size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
+             act_bytes);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  // The down products add into `out`, which the shared expert (on another stream) writes.
+  if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
+  launch_pdl(stream_down_kernel, unsigned(std::min(blocks, n * (hidden / kDownRows))), kThreads,
+             size_t(down_shared), stream, e, chosen, weights, static_cast<const int8_t*>(act_bytes),
+             n, hidden, inter, k, s.down_stages, out);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
   return true;
 }
 

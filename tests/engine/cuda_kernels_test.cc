@@ -415,11 +415,10 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
   std::vector<float> zeros(n * H, 0.0f);
   auto out = upload(zeros);
   if (stream_blocks > 0) {
-    ASSERT_EQ(n, 1);
     ASSERT_TRUE(cuda::streamed_experts_fit(experts, k, inter, H));
-    DeviceBuffer act(k * inter * 4);
+    DeviceBuffer act(n * k * inter * 4);
     cuda::streamed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(),
-                           1, k, inter, H, limit, act.as<float>(), out.as<float>(), nullptr,
+                           n, k, inter, H, limit, act.as<float>(), out.as<float>(), nullptr,
                            nullptr, stream_blocks);
   } else {
     cuda::routed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(), n,
@@ -449,6 +448,13 @@ TEST_F(CudaKernels, StreamedExpertsOfOneRowMatchSwigluExpert) {
   // Three blocks: each loops over many tiles, so its ring of stages wraps several times.
   check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 3);
   check_routed_experts(1, nullptr, 1e-5, {5, 2, 1024, 2048}, 2);
+}
+
+// Several rows in one launch of each kernel: with 3 and 5 blocks every block's range of tasks
+// crosses from one row into the next (restaging its activations), its ring wrapping as well.
+TEST_F(CudaKernels, StreamedExpertsOfSeveralRowsInOneLaunch) {
+  check_routed_experts(5, nullptr, 1e-5, {9, 6, 512, 256}, 3);
+  check_routed_experts(4, nullptr, 1e-5, {5, 2, 1024, 2048}, 5);
 }
 
 TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
