@@ -12,6 +12,14 @@ function(agentrt_add_library name folder)
     $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}>
     $<INSTALL_INTERFACE:include/agentrt>)
   target_compile_features(${name} PUBLIC cxx_std_20)
+  # Static libraries built with sanitizers need the sanitizers' runtimes wherever they are
+  # linked, also by applications of the installed package.
+  if(AGENTRT_SANITIZE)
+    string(REPLACE "," ";" _san_list "${AGENTRT_SANITIZE}")
+    foreach(_san IN LISTS _san_list)
+      target_link_options(${name} INTERFACE -fsanitize=${_san})
+    endforeach()
+  endif()
 endfunction()
 
 # One GoogleTest executable per folder of tests/.

@@ -244,7 +244,11 @@ bool provably_disjoint(const SchemaJson& a, const SchemaJson& b) {
 // For a one-keyword bound schema, the type it applies to and the bound that negates it:
 // not {minimum: x} holds for numbers below x, not {minLength: n} for strings shorter than n.
 std::optional<std::pair<std::string, SchemaJson>> flipped_bound(const SchemaJson& n) {
-  const auto& [key, v] = *n.items().begin();
+  if (!n.is_object() || n.size() != 1) return std::nullopt;
+  // The object's own iterator: items() hands out proxies whose keys die with the statement.
+  const auto first = n.begin();
+  const std::string& key = first.key();
+  const SchemaJson& v = first.value();
   if (!v.is_number()) return std::nullopt;
   if (key == "minimum") return std::make_pair("number", SchemaJson{{"exclusiveMaximum", v}});
   if (key == "maximum") return std::make_pair("number", SchemaJson{{"exclusiveMinimum", v}});

@@ -357,6 +357,13 @@ TEST(JsonSchemaCombinators, AnyOfOneOfAllOfNot) {
                    {R"("a")", R"("b")"});
   expect_instances(R"({"type":"object","not":{"required":["a"]}})", {R"({"b":1})"}, {R"({"a":1})"});
   expect_instances(R"({"properties":{"a":{"not":{}}}})", {R"({"b":1})"}, {R"({"a":1})"});
+  // not {bound}: the flipped bound on its type, every other type as it is.
+  expect_instances(R"({"not":{"minimum":3}})", {"2", "-1.5", R"("x")", "null"}, {"3", "7"});
+  expect_instances(R"({"type":"string","not":{"maxLength":2}})", {R"("abc")"},
+                   {R"("ab")", R"("")"});
+  // A `not` that is no schema: a GrammarError at most, never another exception.
+  EXPECT_NO_THROW(compile_error(R"({"not":5})"));
+  EXPECT_NO_THROW(compile_error(R"({"not":[1]})"));
 }
 
 TEST(JsonSchemaRefs, DefsDefinitionsRecursionAndPointers) {
