@@ -87,21 +87,12 @@ class CudaSequence final : public ModelSequence {
 
 class CudaModel final : public Model {
  public:
+  // The options are checked before the weights go to the device.
   CudaModel(ForwardConfig config, const ForwardWeights& weights, const cuda::CudaOptions& options)
-      : pass_(std::move(config), weights, options),
+      : pass_(std::move(config), weights, checked(options)),
         prefill_rows_(options.prefill_rows),
         near_capacity_(options.near_capacity),
-        parallel_draw_tokens_(options.parallel_draw_tokens) {
-    if (prefill_rows_ < 1)
-      throw std::invalid_argument("cuda options: prefill_rows must be at least 1, got " +
-                                  std::to_string(prefill_rows_));
-    if (near_capacity_ < 1)
-      throw std::invalid_argument("cuda options: near_capacity must be at least 1, got " +
-                                  std::to_string(near_capacity_));
-    if (options.gemv_sum_group < 1 || options.gemv_sum_group > 4)
-      throw std::invalid_argument("cuda options: gemv_sum_group must be 1 to 4, got " +
-                                  std::to_string(options.gemv_sum_group));
-  }
+        parallel_draw_tokens_(options.parallel_draw_tokens) {}
   int64_t prefill_rows() const { return prefill_rows_; }
   int32_t near_capacity() const { return near_capacity_; }
 
@@ -207,6 +198,19 @@ class CudaModel final : public Model {
   }
 
  private:
+  static const cuda::CudaOptions& checked(const cuda::CudaOptions& options) {
+    if (options.prefill_rows < 1)
+      throw std::invalid_argument("cuda options: prefill_rows must be at least 1, got " +
+                                  std::to_string(options.prefill_rows));
+    if (options.near_capacity < 1)
+      throw std::invalid_argument("cuda options: near_capacity must be at least 1, got " +
+                                  std::to_string(options.near_capacity));
+    if (options.gemv_sum_group < 1 || options.gemv_sum_group > 4)
+      throw std::invalid_argument("cuda options: gemv_sum_group must be 1 to 4, got " +
+                                  std::to_string(options.gemv_sum_group));
+    return options;
+  }
+
   // One row per sequence, each fed one token; the sequences distinct and made by this model.
   std::vector<cuda::DeviceRow> batch_rows(std::span<ModelSequence* const> seqs,
                                           std::span<const int32_t> tokens) const {

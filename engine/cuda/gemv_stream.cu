@@ -294,8 +294,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   pdl_begin();
   int64_t group = -1;
   stream::SlotCursor ring_slot{g.stages};  // this warp's next stage
-  int64_t done = 0;                        // this block's tasks so far
-  int pending = 0;                         // of them, those whose rows are not added up yet
+  // The group of tasks whose sums are not added up yet: `pending` of them, in slots
+  // half * sum_group + 0, 1, ... (the two halves alternate, so one is read while the other fills).
+  int half = 0, pending = 0;
   for (int64_t t = t0; t < t1; ++t) {
     const int m = matrix_of(g, t);
     const int64_t row0 = (t - g.first_task[m]) * kTaskRows;
@@ -354,8 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // Lanes with t4 = 0 hold the mma's columns 0 and 1 (x's high and low parts) of rows
     // quad_row and quad_row + 8 of each tile.
-    const int slots = 2 * g.sum_group;
-    float* red = sums + int(done % slots) * stream::kRedBytes / 4;
+    float* red = sums + (half * g.sum_group + pending) * stream::kRedBytes / 4;
     if (t4 == 0)
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
@@ -363,19 +363,19 @@ __global__ void __launch_bounds__(kThreads, 1)
         r[quad_row] = total[i][0] + total[i][1];
         r[quad_row + 8] = total[i][2] + total[i][3];
       }
-    ++done;
     if (++pending == g.sum_group || t + 1 == t1) {
       stream::consumers_sync();
       const int row = warp + (lane >> 4) * kMmaRows;  // each warp adds up rows warp, warp + 16
       for (int j = 0; j < pending; ++j) {
         const int64_t tj = t - (pending - 1 - j);
         const float y =
-            stream::warps_total(sums + int((done - pending + j) % slots) * stream::kRedBytes / 4);
+            stream::warps_total(sums + (half * g.sum_group + j) * stream::kRedBytes / 4);
         const int mj = matrix_of(g, tj);
         if ((lane & 15) == 0 && row < kTaskRows)
           g.y[mj][(tj - g.first_task[mj]) * kTaskRows + row] = y;
       }
       pending = 0;
+      half ^= 1;
     }
   }
 }

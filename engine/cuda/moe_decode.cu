@@ -52,17 +52,20 @@ __device__ __forceinline__ TaskRange block_tasks(int64_t rows, int64_t per_row) 
   if (rows == 1) return {blockIdx.x, total, gridDim.x};
   return {blockIdx.x * total / gridDim.x, (blockIdx.x + 1) * total / gridDim.x, 1u};
 }
-// The row and the row's task of a range's tasks in turn, stepped without dividing.
+// A range's tasks in turn (at, until end), each as its row and the row's task, stepped without
+// dividing.
 struct TaskCursor {
-  uint32_t row, task, per_row, step;
+  uint32_t at, end, row, task, per_row, step;
+  __device__ __forceinline__ bool more() const { return at < end; }
   __device__ __forceinline__ void next() {
+    at += step;
     task += step;
     while (task >= per_row) task -= per_row, ++row;
   }
 };
 __device__ __forceinline__ TaskCursor task_cursor(const TaskRange& r, int64_t per_row) {
   const uint32_t p = uint32_t(per_row);
-  return {r.begin / p, r.begin % p, p, r.step};
+  return {r.begin, r.end, r.begin / p, r.begin % p, p, r.step};
 }
 
 // Bytes of act (the up kernel's int8 parts) per row: k vectors of i8_plain_bytes(inter), in the
@@ -105,8 +108,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
     uint32_t q = 0;
-    TaskCursor c = task_cursor(range, tasks);
-    for (uint32_t rt = range.begin; rt < range.end; rt += range.step, c.next())
+    for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
       for (int half = 0; half < 2; ++half, ++q) {
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
@@ -122,8 +124,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   uint32_t q = 0, task = 0;  // task: this block's count (t steps by the grid, often even)
   int64_t staged = -1;       // the row whose activations xs holds
-  TaskCursor c = task_cursor(range, tasks);
-  for (uint32_t rt = range.begin; rt < range.end; rt += range.step, ++task, c.next()) {
+  for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next(), ++task) {
     const int64_t row = c.row, t = c.task;
     // Every warp is past the last task's barrier, done with the old row's activations.
     if (row != staged) {
@@ -189,8 +190,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
     uint32_t q = 0;
-    TaskCursor c = task_cursor(range, tasks);
-    for (uint32_t rt = range.begin; rt < range.end; rt += range.step, c.next())
+    for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
       for (int64_t j = 0; j < k; ++j, ++q) {
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
@@ -202,8 +202,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   uint32_t q = 0;
   int64_t staged = -1;  // the row whose activation vectors xs holds
-  TaskCursor c = task_cursor(range, tasks);
-  for (uint32_t rt = range.begin; rt < range.end; rt += range.step, c.next()) {
+  for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
     const int64_t row = c.row, t = c.task;
     if (row != staged) {
       if (staged >= 0) stream::consumers_sync();  // every warp is done with the old row's
