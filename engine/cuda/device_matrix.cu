@@ -132,6 +132,9 @@ void launch(const WeightMatrix& w, const float* x, int64_t xs, float* y, int64_t
 
 void gemv_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
                int64_t y_stride, RowGroups groups, cudaStream_t stream, GemvMode mode) {
+  if (n >= 2 &&
+      gemv_stream_rows(w, x, x_stride, n, y, y_stride, groups.rows, groups.x_offset, stream, mode))
+    return;
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     const float* xt = x + t0 * x_stride;
@@ -187,7 +190,7 @@ void gemv_same_input(std::span<const GemvProduct> products, const float* x, int6
                                   " columns beside one of " + std::to_string(products[0].w.cols) +
                                   " (activation rows of " + std::to_string(x_stride) + ")");
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
-  if (n == 1 && mode.tensor_cores && gemv_stream_set(products, x, stream, mode)) return;
+  if (mode.tensor_cores && gemv_stream_set(products, x, x_stride, n, stream, mode)) return;
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     if (left >= 8) {

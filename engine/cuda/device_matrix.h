@@ -89,12 +89,20 @@ struct GemvProduct {
 void gemv_same_input(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
                      int64_t n, void* stream = nullptr, GemvMode mode = {});
 
-// The same for one activation row, streamed through shared memory on the tensor cores
-// (gemv_stream.cu) where every matrix is FP8 of a width it tiles and together they hold 2 MB
-// or more; returns false, having launched nothing, where not. gemv_same_input takes this path
-// itself (unless told to keep float32).
-bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream,
-                     GemvMode mode = {});
+// The same streamed through shared memory on the tensor cores (gemv_stream.cu) where every
+// matrix is FP8 of a width it tiles and together they hold 2 MB or more: one launch for one
+// activation row, one per 8 (or 4) for several, each decoding the weights once for its rows;
+// returns false, having launched nothing, where not. gemv_same_input takes this path itself
+// (unless told to keep float32).
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
+                     int64_t n, void* stream = nullptr, GemvMode mode = {});
+
+// gemv_strided / gemv_grouped's path for 2 or more activation rows and an FP8 matrix of 2 MB or
+// more: the tensor-core kernel for 8 (or 4) rows a launch; false, having launched nothing,
+// where it does not take the matrix.
+bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
+                      float* y, int64_t y_stride, int64_t group_rows, int64_t x_offset,
+                      void* stream = nullptr, GemvMode mode = {});
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

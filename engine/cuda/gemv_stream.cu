@@ -9,6 +9,7 @@
 // for a float FMA costs about four instructions, which kept the CUDA-core consumers at 1.8 TB/s;
 // two FP8 bytes become a bf16 pair in three, and one mma.sync then takes 16 rows x 16 columns.
 #include <algorithm>
+#include <vector>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
@@ -152,8 +153,12 @@ constexpr int64_t kMmaRowPad = 16;     // bytes after each staged row: rows land
 constexpr int kMmaMaxTiles = 2;        // 16-row tiles a stage: 2 for rows of 1,024 columns
 constexpr int kMaxSumGroup = 4;        // GemvMode::sum_group
 // The partial sums of two groups of `sum_group` tasks (one group is reduced while the warps
-// write the next).
-constexpr int64_t mma_sums_bytes(int sum_group) { return 2 * sum_group * stream::kRedBytes; }
+// write the next), per activation row.
+constexpr int64_t mma_sums_bytes(int sum_group, int nt) {
+  return 2 * sum_group * nt * stream::kRedBytes;
+}
+// Activation rows of one launch (NT): 1, or up to 4 or 8 (the mma's 8 columns hold 4 rows' high
+// and low parts; 8 rows take two mma per weight fragment).
 static_assert(kMmaMaxTiles * kMmaRows <= stream::kRedRows);
 
 // One or more FP8 matrices of the same width times the same activations (the decode step's
@@ -167,8 +172,11 @@ struct MmaGemv {
   WeightMatrix w[kMaxGemvProducts];
   float* y[kMaxGemvProducts];
   int64_t first_task[kMaxGemvProducts + 1];
+  int64_t y_stride[kMaxGemvProducts];  // between the activation rows' outputs
   int count;
   const float* x;
+  int64_t x_stride;              // between activation rows
+  int tokens;                    // activation rows (<= the kernel's NT)
   int64_t group_rows, x_offset;  // as in StreamGemv (one matrix only)
   int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
   int stages;
@@ -193,25 +201,32 @@ __device__ __forceinline__ uint32_t e4m3_pair_13(uint32_t w) {
 
 // The mma's k slots 2t, 2t+1, 2t+8, 2t+9 of lane quad position t take columns 4t, 4t+2, 4t+1,
 // 4t+3 of each 16 (one 32-bit word of FP8 per row and lane). x becomes the B fragments for that
-// order: per 16 columns s, part n (0: bf16 high part, 1: low part; the mma's columns 0 and 1)
-// and t, the pairs (x[4t], x[4t+2]) and (x[4t+1], x[4t+3]), times x_scale.
-__device__ void stage_x_fragments(const float* x, int64_t cols, uint2* xb) {
+// order: per 16 columns s, activation row j < NT and part p (0: bf16 high part, 1: low part; the
+// mma's column 2j + p, of the second mma for j >= 4) and t, the pairs (x[4t], x[4t+2]) and
+// (x[4t+1], x[4t+3]), times x_scale. Rows j >= tokens are zeros.
+template <int NT>
+__device__ void stage_x_fragments(const float* x, int64_t x_stride, int tokens, int64_t cols,
+                                  uint2* xb) {
   constexpr float scale = x_scale<WeightType::f8_e4m3>();
-  for (int64_t i = threadIdx.x; i < cols / 4; i += kConsumerWarps * 32) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+  const int64_t quads = cols / 4;
+  for (int64_t i = threadIdx.x; i < NT * quads; i += kConsumerWarps * 32) {
+    const int j = int(i / quads);
+    const int64_t q = i - j * quads, s = q / 4, t = q % 4;
+    const float4 v = j < tokens ? __ldg(reinterpret_cast<const float4*>(x + j * x_stride) + q)
+                                : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     const Bf16Parts p02 = split_bf16(v.x * scale, v.z * scale),
                     p13 = split_bf16(v.y * scale, v.w * scale);
-    const int64_t s = i / 4, t = i % 4;
-    xb[(s * 2) * 4 + t] = make_uint2(p02.hi, p13.hi);
-    xb[(s * 2 + 1) * 4 + t] = make_uint2(p02.lo, p13.lo);
+    xb[((s * NT + j) * 2) * 4 + t] = make_uint2(p02.hi, p13.hi);
+    xb[((s * NT + j) * 2 + 1) * 4 + t] = make_uint2(p02.lo, p13.lo);
   }
 }
 
 // Where the ring starts: after the barriers, the sums and x's fragments; tensor copies want
 // their 128-byte swizzle atoms (8 lines) 1,024-byte aligned in the shared address space.
 constexpr int64_t kMapAlign = 1024;
-__device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_group, bool aligned) {
-  const int64_t fixed = kHeader + mma_sums_bytes(sum_group) + cols * 4;
+__device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_group, int nt,
+                                          bool aligned) {
+  const int64_t fixed = kHeader + mma_sums_bytes(sum_group, nt) + cols * 4 * nt;
   if (!aligned) return smem + fixed;
   const uint32_t base = shared_address(smem);
   return smem + ((base + fixed + kMapAlign - 1) & ~uint64_t(kMapAlign - 1)) - base;
@@ -222,19 +237,23 @@ __device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_grou
 // [i, i + 1) * stage_cols / 16 of each stage (inside one 128-column scale block), and the
 // warps' sums meet in shared memory once per task (written per task, added up after one barrier
 // per g.sum_group tasks). kTma: stages come by tensor copies, laid out as [128-column
-// chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows.
-template <int MT, bool kTma>
+// chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows. NT: activation rows
+// (1, 4 or 8; g.tokens of them real), each weight fragment decoded once for all of them.
+template <int MT, bool kTma, int NT>
 __global__ void __launch_bounds__(kThreads, 1)
     gemv_stream_mma_kernel(const __grid_constant__ MmaGemv g) {
+  static_assert(NT == 1 || NT == 4 || NT == 8);
   constexpr int kTaskRows = MT * kMmaRows;
+  constexpr int NB = (NT + 3) / 4;  // mma per weight fragment
   extern __shared__ __align__(128) char smem[];
-  float* sums = reinterpret_cast<float*>(smem + kHeader);  // [2 groups][warps][kRedStride]
-  uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + mma_sums_bytes(g.sum_group));
+  // [2 groups][sum_group][NT][warps][kRedStride]
+  float* sums = reinterpret_cast<float*>(smem + kHeader);
+  uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + mma_sums_bytes(g.sum_group, NT));
   const int64_t cols = g.w[0].cols;  // every matrix of a set
   const int64_t row_stride = kTma ? 128 : g.stage_cols + kMmaRowPad,
                 stage_bytes = kTaskRows * (kTma ? g.stage_cols : row_stride);
   const int64_t col_tiles = cols / g.stage_cols, tasks = g.first_task[g.count];
-  char* ring = mma_ring(smem, cols, g.sum_group, kTma);
+  char* ring = mma_ring(smem, cols, g.sum_group, NT, kTma);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
                 t1 = int64_t(blockIdx.x + 1) * tasks / gridDim.x;
@@ -304,10 +323,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (gi != group) {
       if (group >= 0) stream::consumers_sync();
       group = gi;
-      stage_x_fragments(g.x + gi * g.x_offset, cols, xb);
+      stage_x_fragments<NT>(g.x + gi * g.x_offset, g.x_stride, g.tokens, cols, xb);
       stream::consumers_sync();
     }
-    float total[MT][4] = {};
+    float total[MT][NB][4] = {};
     for (int64_t ct = 0; ct < col_tiles; ++ct) {
       float sc[MT];
 #pragma unroll
@@ -322,14 +341,21 @@ __global__ void __launch_bounds__(kThreads, 1)
       const char* ra = kTma ? ring + s.index * stage_bytes + (c0 / 128) * (kTaskRows * 128) +
                                   quad_row * 128 + 4 * t4
                             : ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
-      const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8;
+      const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8 * NT;
       // Even and odd column steps accumulate apart: two independent chains of mma per tile.
-      float part[2][MT][4] = {};
+      float part[2][MT][NB][4] = {};
       for (int64_t ks = 0; ks < warp_cols / 16; ks += 2) {  // warp_cols: 64 or 128
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int64_t k = ks + h;
-          const uint2 b = quad_row < 2 ? xf[(k * 2 + quad_row) * 4 + t4] : make_uint2(0u, 0u);
+          // The B fragment of mma jb: column quad_row is row jb * 4 + quad_row / 2's part
+          // quad_row % 2.
+          uint2 b[NB];
+#pragma unroll
+          for (int jb = 0; jb < NB; ++jb) {
+            const int column = jb * 8 + quad_row;
+            b[jb] = column < 2 * NT ? xf[(k * 2 * NT + column) * 4 + t4] : make_uint2(0u, 0u);
+          }
 #pragma unroll
           for (int i = 0; i < MT; ++i) {
             // Swizzled: the 16-byte unit u of rows quad_row and quad_row + 8 (of any tile) sits
@@ -340,7 +366,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                            wb = *reinterpret_cast<const uint32_t*>(rm + 8 * row_stride);
             const uint32_t a[4] = {e4m3_pair_02(wa), e4m3_pair_02(wb), e4m3_pair_13(wa),
                                    e4m3_pair_13(wb)};
-            mma_bf16_16x8x16(part[h][i], a, b.x, b.y);
+#pragma unroll
+            for (int jb = 0; jb < NB; ++jb) mma_bf16_16x8x16(part[h][i][jb], a, b[jb].x, b[jb].y);
           }
         }
       }
@@ -349,30 +376,38 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < MT; ++i) {
         const float f = sc[i] * out_scale<WeightType::f8_e4m3>();
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-          total[i][j] = fmaf(part[0][i][j] + part[1][i][j], f, total[i][j]);
+        for (int jb = 0; jb < NB; ++jb)
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            total[i][jb][j] = fmaf(part[0][i][jb][j] + part[1][i][jb][j], f, total[i][jb][j]);
       }
     }
-    // Lanes with t4 = 0 hold the mma's columns 0 and 1 (x's high and low parts) of rows
-    // quad_row and quad_row + 8 of each tile.
-    float* red = sums + (half * g.sum_group + pending) * stream::kRedBytes / 4;
-    if (t4 == 0)
+    // Lane (quad_row, t4) holds the mma's columns 2 t4 and 2 t4 + 1 (activation row jb * 4 + t4's
+    // high and low parts) of rows quad_row and quad_row + 8 of each tile.
+    float* red = sums + (half * g.sum_group + pending) * NT * stream::kRedBytes / 4;
 #pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        float* r = red + warp * stream::kRedStride + i * kMmaRows;
-        r[quad_row] = total[i][0] + total[i][1];
-        r[quad_row + 8] = total[i][2] + total[i][3];
-      }
+    for (int jb = 0; jb < NB; ++jb) {
+      const int token = jb * 4 + t4;
+      if (token < NT)
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          float* r = red + token * stream::kRedBytes / 4 + warp * stream::kRedStride + i * kMmaRows;
+          r[quad_row] = total[i][jb][0] + total[i][jb][1];
+          r[quad_row + 8] = total[i][jb][2] + total[i][jb][3];
+        }
+    }
     if (++pending == g.sum_group || t + 1 == t1) {
       stream::consumers_sync();
       const int row = warp + (lane >> 4) * kMmaRows;  // each warp adds up rows warp, warp + 16
       for (int j = 0; j < pending; ++j) {
         const int64_t tj = t - (pending - 1 - j);
-        const float y =
-            stream::warps_total(sums + (half * g.sum_group + j) * stream::kRedBytes / 4);
         const int mj = matrix_of(g, tj);
-        if ((lane & 15) == 0 && row < kTaskRows)
-          g.y[mj][(tj - g.first_task[mj]) * kTaskRows + row] = y;
+        for (int token = 0; token < NT; ++token) {
+          const float y = stream::warps_total(sums + ((half * g.sum_group + j) * NT + token) *
+                                                         stream::kRedBytes / 4);
+          if ((lane & 15) == 0 && row < kTaskRows && token < g.tokens)
+            g.y[mj][token * g.y_stride[mj] + (tj - g.first_task[mj]) * kTaskRows + row] = y;
+        }
       }
       pending = 0;
       half ^= 1;
@@ -403,15 +438,17 @@ struct StreamPlan {
   int64_t shared() const { return fixed + stages * stage; }
 };
 
-StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode) {
+// nt: activation rows a launch (1, 4 or 8); tensor copies only for one.
+StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, int nt = 1) {
   StreamPlan p;
   if (!mma_tiles(w, group_rows)) return p;
   p.mma = true;
-  p.tensor_map = mode.tensor_map;
+  p.tensor_map = mode.tensor_map && nt == 1;
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
-  const bool tensor_map = mode.tensor_map;
+  const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
-  p.fixed = kHeader + mma_sums_bytes(p.sum_group) + w.cols * 4 + (tensor_map ? kMapAlign : 0);
+  p.fixed =
+      kHeader + mma_sums_bytes(p.sum_group, nt) + w.cols * 4 * nt + (tensor_map ? kMapAlign : 0);
   p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + (tensor_map ? 0 : kMmaRowPad));
   p.stages = stream::ring_stages(p.fixed, p.stage);
   return p;
@@ -449,14 +486,18 @@ void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, cudaStream_t 
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                int64_t x_offset, const StreamPlan& p, cudaStream_t stream) {
+// `tokens` activation rows (x_stride apart) on the kernel for nt of them; output row j of
+// product i at products[i].y + j * products[i].y_stride.
+void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t x_stride, int tokens,
+                int nt, int64_t group_rows, int64_t x_offset, const StreamPlan& p,
+                cudaStream_t stream) {
   MmaGemv g{};
   const WeightMatrix& w0 = products[0].w;
   const int tiles = mma_stage_tiles(w0);
   for (size_t i = 0; i < products.size(); ++i) {
     g.w[i] = products[i].w;
     g.y[i] = products[i].y;
+    g.y_stride[i] = products[i].y_stride;
     g.first_task[i + 1] = g.first_task[i] + products[i].w.rows / (tiles * kMmaRows);
     if (p.tensor_map) {
       // Host-side encoding only (no device work), so also inside a graph capture.
@@ -469,24 +510,52 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t g
   }
   g.count = int(products.size());
   g.x = x;
+  g.x_stride = x_stride;
+  g.tokens = tokens;
   g.group_rows = group_rows;
   g.x_offset = x_offset;
   g.stage_cols = mma_stage_cols(w0);
   g.stages = p.stages;
   g.sum_group = p.sum_group;
-  const auto kernel =
-      p.tensor_map
-          ? (tiles == 1 ? gemv_stream_mma_kernel<1, true> : gemv_stream_mma_kernel<2, true>)
-          : (tiles == 1 ? gemv_stream_mma_kernel<1, false> : gemv_stream_mma_kernel<2, false>);
+  auto kernel =
+      tiles == 1 ? gemv_stream_mma_kernel<1, false, 1> : gemv_stream_mma_kernel<2, false, 1>;
+  if (nt == 8)
+    kernel = tiles == 1 ? gemv_stream_mma_kernel<1, false, 8> : gemv_stream_mma_kernel<2, false, 8>;
+  else if (nt == 4)
+    kernel = tiles == 1 ? gemv_stream_mma_kernel<1, false, 4> : gemv_stream_mma_kernel<2, false, 4>;
+  else if (p.tensor_map)
+    kernel = tiles == 1 ? gemv_stream_mma_kernel<1, true, 1> : gemv_stream_mma_kernel<2, true, 1>;
   launch_streamed(kernel, g.first_task[g.count], p.shared(), stream, g);
+}
+
+// n activation rows in launches of up to 8 (or 4 where 8 rows' fragments leave no room for a
+// ring: the 8,192 columns of wo_b), each decoding the weights once for all of its rows. False,
+// having launched nothing, where not even 4 fit.
+bool launch_mma_rows(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
+                     int64_t n, int64_t group_rows, int64_t x_offset, GemvMode mode,
+                     cudaStream_t stream) {
+  const StreamPlan p4 = mma_plan(products[0].w, group_rows, mode, 4),
+                   p8 = mma_plan(products[0].w, group_rows, mode, 8);
+  if (p4.stages == 0) return false;
+  std::vector<GemvProduct> at(products.begin(), products.end());
+  for (int64_t t0 = 0; t0 < n;) {
+    const int64_t left = n - t0;
+    const int nt = left > 4 && p8.stages > 0 ? 8 : 4;
+    const int tokens = int(std::min<int64_t>(left, nt));
+    for (size_t i = 0; i < at.size(); ++i) at[i].y = products[i].y + t0 * products[i].y_stride;
+    launch_mma(at, x + t0 * x_stride, x_stride, tokens, nt, group_rows, x_offset, nt == 8 ? p8 : p4,
+               stream);
+    t0 += tokens;
+  }
+  return true;
 }
 
 }  // namespace
 
-bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void* stream,
-                     GemvMode mode) {
-  if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
-      (reinterpret_cast<uintptr_t>(x) & 15))
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
+                     int64_t n, void* stream, GemvMode mode) {
+  if (products.empty() || products.size() > size_t(kMaxGemvProducts) || n < 1 ||
+      (reinterpret_cast<uintptr_t>(x) & 15) || (n > 1 && x_stride % 4 != 0))
     return false;
   int64_t bytes = 0;
   for (const GemvProduct& p : products) {
@@ -497,10 +566,23 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, void
     bytes += w.rows * w.cols;
   }
   if (bytes < kMinBytes) return false;
+  if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
-  launch_mma(products, x, 0, 0, p, static_cast<cudaStream_t>(stream));
+  launch_mma(products, x, x_stride, 1, 1, 0, 0, p, static_cast<cudaStream_t>(stream));
   return true;
+}
+
+bool gemv_stream_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
+                      int64_t y_stride, int64_t group_rows, int64_t x_offset, void* stream,
+                      GemvMode mode) {
+  if (n < 2 || !mode.tensor_cores || w.type != WeightType::f8_e4m3 || x_stride % 4 != 0 ||
+      x_offset % 4 != 0 || w.rows * row_bytes_of(w) < kMinBytes ||
+      (reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
+    return false;
+  const GemvProduct one{w, y, y_stride};
+  return launch_mma_rows(std::span<const GemvProduct>(&one, 1), x, x_stride, n, group_rows,
+                         x_offset, mode, static_cast<cudaStream_t>(stream));
 }
 
 bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
@@ -515,7 +597,8 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.mma) {
     const GemvProduct one{w, y, w.rows};
-    launch_mma(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, p, stream);
+    launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
+               stream);
     return true;
   }
   StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, p.stages};

@@ -82,6 +82,17 @@ __global__ void split_bf16(const float* x, int64_t count, __nv_bfloat16* hi, __n
   }
 }
 
+// y[t][r] = c[t][r] + c[n + t][r]: the stacked GEMM's high and low parts of row t of x.
+__global__ void add_stacked_halves(const float* c, int64_t rows, int64_t n, float* y,
+                                   int64_t y_stride) {
+  const int64_t total = n * rows;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = i / rows, r = i - t * rows;
+    y[t * y_stride + r] = c[i] + c[total + i];
+  }
+}
+
 // Whether every decoded value of w is exactly a bf16.
 bool exact_in_bf16(const WeightMatrix& w) {
   return w.type == WeightType::bf16 || w.type == WeightType::f4_e2m1 ||
@@ -90,7 +101,15 @@ bool exact_in_bf16(const WeightMatrix& w) {
 
 unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 65536)); }
 
+constexpr int64_t kStackedMinBytes = int64_t(32) << 20;
+constexpr int64_t kWorkspaceBytes = int64_t(32) << 20;
+
 }  // namespace
+
+bool stacked_gemm_fits(const WeightMatrix& w, int64_t n, GemmPrecision precision) {
+  return n >= 2 && precision != GemmPrecision::f32 && w.type == WeightType::bf16 &&
+         w.rows * w.cols * 2 >= kStackedMinBytes;
+}
 
 void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t stream) {
   if (w.type == WeightType::f8_e4m3 && w.cols % 16 == 0 &&
@@ -108,8 +127,11 @@ LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool 
                            int sum_group)
     : precision_(precision),
       gemv_max_rows_(gemv_max_rows),
-      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group) {
+      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group),
+      workspace_(kWorkspaceBytes) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
+  check_cublas(cublasSetWorkspace(handle_, workspace_.get(), size_t(workspace_.bytes())),
+               "cublasSetWorkspace");
 }
 
 LinearRunner::~LinearRunner() {
@@ -120,7 +142,10 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
                        int64_t y_stride, cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
-    gemv_strided(w, x, x_stride, n, y, y_stride, stream, gemv_mode_);
+    if (stacked_gemm_fits(w, n, precision_))
+      run_stacked(w, x, x_stride, n, y, y_stride, stream);
+    else
+      gemv_strided(w, x, x_stride, n, y, y_stride, stream, gemv_mode_);
     return;
   }
   if (precision_ != GemmPrecision::f32) {
@@ -191,6 +216,36 @@ void LinearRunner::run_bf16(const WeightMatrix& w, int64_t groups, const float* 
   gemm(wb, xh, 0.0f);
   if (xl) gemm(wb, xl, 1.0f);
   if (wl) gemm(wl, xh, 1.0f);
+}
+
+void LinearRunner::run_stacked(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n,
+                               float* y, int64_t y_stride, cudaStream_t stream) {
+  const bool split = precision_ == GemmPrecision::bf16x2;
+  const int64_t xcount = n * w.cols, columns = split ? 2 * n : n;
+  act_scratch_.reserve(columns * w.cols * 2);
+  auto* xh = act_scratch_.as<__nv_bfloat16>();
+  // The low parts follow the high ones: x's rows as 2n columns of one operand.
+  rows_to_bf16<<<grid_for(xcount), 256, 0, stream>>>(x, x_stride, n, w.cols, xh,
+                                                     split ? xh + xcount : nullptr);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  float* c = y;
+  int64_t ldc = y_stride;
+  if (split) {
+    stacked_out_.reserve(columns * w.rows * 4);
+    c = stacked_out_.as<float>();
+    ldc = w.rows;
+  }
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  check_cublas(
+      cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(columns), int(w.cols), &one,
+                   w.data, CUDA_R_16BF, int(w.cols), xh, CUDA_R_16BF, int(w.cols), &zero, c,
+                   CUDA_R_32F, int(ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmEx (stacked rows)");
+  if (split) {
+    add_stacked_halves<<<grid_for(n * w.rows), 256, 0, stream>>>(c, w.rows, n, y, y_stride);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 void LinearRunner::run_same_input(std::span<const Product> products, const float* x, int64_t n,

@@ -58,13 +58,24 @@ class LinearRunner {
   // strided batched over the groups.
   void run_bf16(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
                 float* y, int64_t y_stride, cudaStream_t stream);
+  // A large bf16 matrix (the head) times a few rows: one cuBLAS GEMM reads it once for all of
+  // them, x's high and low bf16 parts stacked as 2n columns (bf16x2), their halves added after.
+  // The decode GEMV would read it once per 8 rows on CUDA cores (2.1 ms for the head at 8 rows,
+  // against 0.25 ms for one).
+  void run_stacked(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
+                   int64_t y_stride, cudaStream_t stream);
 
   GemmPrecision precision_;
   int64_t gemv_max_rows_;
   GemvMode gemv_mode_;
   cublasHandle_t handle_ = nullptr;
-  DeviceBuffer weight_scratch_, act_scratch_;
+  DeviceBuffer weight_scratch_, act_scratch_, stacked_out_;
+  // cuBLAS's workspace, ours: products captured into a decode step's graph must not allocate.
+  DeviceBuffer workspace_;
 };
+
+// Whether LinearRunner::run takes w times n (2 <= n <= its GEMV rows) through run_stacked.
+bool stacked_gemm_fits(const WeightMatrix& w, int64_t n, GemmPrecision precision);
 
 // Dequantises a whole weight matrix into bf16 (to_bf16) or float32; used by the GEMM path and
 // its test.

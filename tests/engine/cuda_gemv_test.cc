@@ -258,7 +258,7 @@ TEST_F(CudaGemv, SameInputSetsStreamedOnTensorCores) {
     set.push_back({m->view(), ys.back(), m->view().rows});
   }
   for (const bool map : {false, true}) {
-    ASSERT_TRUE(cuda::gemv_stream_set(set, dx, nullptr, cuda::GemvMode(true, map)));
+    ASSERT_TRUE(cuda::gemv_stream_set(set, dx, cols, 1, nullptr, cuda::GemvMode(true, map)));
     for (size_t i = 0; i < set.size(); ++i) {
       const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
       std::vector<float> got(host.rows), want(host.rows);
@@ -269,7 +269,7 @@ TEST_F(CudaGemv, SameInputSetsStreamedOnTensorCores) {
   }
   for (float* y : ys) cuda::free_device(y);
   set.push_back({dd.view(), nullptr, 1024});
-  EXPECT_FALSE(cuda::gemv_stream_set(set, dx, nullptr));
+  EXPECT_FALSE(cuda::gemv_stream_set(set, dx, cols, 1, nullptr));
   cuda::free_device(dx);
 }
 
@@ -492,6 +492,167 @@ TEST_F(CudaGemv, Fp8DequantizedAsTheHostDecodes) {
       ASSERT_EQ(got_bf16[i], to_half_bits(want[i], true)) << what << " value " << i;
     }
   }
+}
+
+// Several activation rows through the FP8 tensor-core kernel (gemv_stream_rows: 8 rows a launch,
+// or 4 where 8 rows' fragments leave no room for a ring; rows past the last are zeros): against
+// the CPU, and each row bitwise as the same row alone (the mma's columns are independent, the
+// sums added in the same order). Strided rows of x and y, 16-row and 32-row tiles, the 8,192
+// columns of wo_b (4 rows a launch), a row slice, and 4 groups each reading its own columns.
+TEST_F(CudaGemv, Fp8RowsOfABatchShareEachDecodedWeight) {
+  struct Case {
+    int64_t rows, cols, groups;
+    bool slice;
+  };
+  for (const Case c :
+       {Case{1024, 4096, 1, false}, Case{4096, 8192, 1, false}, Case{4096, 1024, 1, false},
+        Case{4096, 1024, 1, true}, Case{4096, 1024, 4, false}}) {
+    const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 61);
+    const WeightMatrix host = c.slice ? m.view.slice_rows(64, 3072) : m.view;
+    cuda::DeviceMatrix dm(host);
+    const int64_t x_cols = host.cols * c.groups, x_stride = x_cols + 64, y_stride = host.rows + 32,
+                  group_rows = host.rows / c.groups;
+    for (const int64_t n : {2, 3, 5, 8, 11, 16}) {
+      const std::string what = std::to_string(host.rows) + "x" + std::to_string(host.cols) +
+                               (c.slice ? " slice" : "") +
+                               (c.groups > 1 ? " in " + std::to_string(c.groups) + " groups" : "") +
+                               ", " + std::to_string(n) + " rows";
+      std::mt19937 rng(n);
+      std::normal_distribution<float> dist;
+      std::vector<float> x(n * x_stride, 0.0f), want(n * y_stride, 0.0f);
+      for (float& v : x) v = dist(rng);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = 0; r < host.rows; ++r)
+          want[t * y_stride + r] =
+              dot_weight_row(host, r, x.data() + t * x_stride + (r / group_rows) * host.cols);
+      float* dx = cuda::device_floats(x.size());
+      float* dy = cuda::device_floats(want.size());
+      float* dy1 = cuda::device_floats(host.rows);
+      cuda::copy_to_device(dx, x.data(), x.size() * 4);
+      cuda::zero_device(dy, want.size() * 4);
+      ASSERT_TRUE(cuda::gemv_stream_rows(dm.view(), dx, x_stride, n, dy, y_stride,
+                                         c.groups > 1 ? group_rows : 0,
+                                         c.groups > 1 ? host.cols : 0))
+          << what;
+      std::vector<float> got(want.size()), alone(host.rows);
+      cuda::copy_to_host(got.data(), dy, got.size() * 4);
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t r = host.rows; r < y_stride; ++r)
+          ASSERT_EQ(got[t * y_stride + r], 0.0f) << what << ": wrote past row " << t << "'s end";
+      EXPECT_LE(rel_l2(got, want), 1e-5) << what;
+      for (int64_t t = 0; t < n; t += 3) {
+        if (c.groups > 1)
+          cuda::gemv_grouped(dm.view(), c.groups, dx + t * x_stride, x_stride, 1, dy1, host.rows);
+        else
+          cuda::gemv(dm.view(), dx + t * x_stride, 1, dy1);
+        cuda::copy_to_host(alone.data(), dy1, host.rows * 4);
+        EXPECT_EQ(std::memcmp(alone.data(), got.data() + t * y_stride, host.rows * 4), 0)
+            << what << ": row " << t << " differs from the same row alone";
+      }
+      // gemv_strided and gemv_grouped take this path themselves.
+      cuda::zero_device(dy, want.size() * 4);
+      if (c.groups > 1)
+        cuda::gemv_grouped(dm.view(), c.groups, dx, x_stride, n, dy, y_stride);
+      else
+        cuda::gemv_strided(dm.view(), dx, x_stride, n, dy, y_stride);
+      std::vector<float> again(want.size());
+      cuda::copy_to_host(again.data(), dy, again.size() * 4);
+      EXPECT_EQ(std::memcmp(again.data(), got.data(), got.size() * 4), 0) << what;
+      cuda::free_device(dx);
+      cuda::free_device(dy);
+      cuda::free_device(dy1);
+    }
+  }
+  // A matrix under 2 MB is not this path's.
+  const HostMatrix small = make(WeightType::f8_e4m3, 512, 1024, 62);
+  cuda::DeviceMatrix ds(small.view);
+  float* dx = cuda::device_floats(8 * 1024);
+  EXPECT_FALSE(cuda::gemv_stream_rows(ds.view(), dx, 1024, 8, nullptr, 512, 0, 0));
+  cuda::free_device(dx);
+}
+
+// A set of FP8 products of the same rows (the products of x, the shared expert's gate and up)
+// for several rows: the same kernel, 8 (or 4) rows a launch, against the CPU.
+TEST_F(CudaGemv, SameInputSetsOfSeveralRowsStreamedOnTensorCores) {
+  const int64_t cols = 4096;
+  const HostMatrix a = make(WeightType::f8_e4m3, 1024, cols, 71),
+                   b = make(WeightType::f8_e4m3, 512, cols, 72);
+  cuda::DeviceMatrix da(a.view), db(b.view);
+  for (const int64_t n : {3, 8, 13}) {
+    std::mt19937 rng(n);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * cols);
+    for (float& v : x) v = dist(rng);
+    float* dx = cuda::device_floats(x.size());
+    cuda::copy_to_device(dx, x.data(), x.size() * 4);
+    std::vector<float*> ys;
+    std::vector<cuda::GemvProduct> set;
+    for (const cuda::DeviceMatrix* m : {&da, &db}) {
+      ys.push_back(cuda::device_floats(n * m->view().rows));
+      set.push_back({m->view(), ys.back(), m->view().rows});
+    }
+    ASSERT_TRUE(cuda::gemv_stream_set(set, dx, cols, n, nullptr)) << n << " rows";
+    for (size_t i = 0; i < set.size(); ++i) {
+      const WeightMatrix& host = i == 0 ? a.view : b.view;
+      std::vector<float> got(n * host.rows), want(n * host.rows);
+      cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+      matmul_reference(x.data(), n, host, want.data());
+      EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << ", " << n << " rows";
+      cuda::free_device(ys[i]);
+    }
+    cuda::free_device(dx);
+  }
+}
+
+// A bf16 matrix of 32 MB or more (the head) times 2-16 rows: one cuBLAS GEMM with x's high and
+// low bf16 parts stacked (LinearRunner::run_stacked), eagerly and replayed from a captured graph
+// (as a decode step runs it), against the CPU; strided rows of x and y.
+TEST_F(CudaGemv, LargeBf16MatricesOfAFewRowsInOneGemm) {
+  const int64_t rows = 8192, cols = 2048, x_stride = cols + 16, y_stride = rows + 8;
+  const HostMatrix m = make(WeightType::bf16, rows, cols, 81);
+  EXPECT_TRUE(cuda::stacked_gemm_fits(m.view, 2, cuda::GemmPrecision::bf16x2));
+  EXPECT_FALSE(cuda::stacked_gemm_fits(m.view, 1, cuda::GemmPrecision::bf16x2));
+  EXPECT_FALSE(cuda::stacked_gemm_fits(m.view, 2, cuda::GemmPrecision::f32));
+  EXPECT_FALSE(cuda::stacked_gemm_fits(m.view.slice_rows(0, 4096), 2, cuda::GemmPrecision::bf16));
+  cuda::DeviceMatrix dm(m.view);
+  cuda::LinearRunner runner(cuda::GemmPrecision::bf16x2, 16);
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  for (const int64_t n : {2, 5, 16}) {
+    std::mt19937 rng(n);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * x_stride), want(n * y_stride, 0.0f);
+    for (float& v : x) v = dist(rng);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t r = 0; r < rows; ++r)
+        want[t * y_stride + r] = dot_weight_row(m.view, r, x.data() + t * x_stride);
+    float* dx = cuda::device_floats(x.size());
+    float* dy = cuda::device_floats(want.size());
+    cuda::copy_to_device(dx, x.data(), x.size() * 4);
+    for (const bool graph : {false, true}) {
+      cuda::zero_device(dy, want.size() * 4);
+      if (graph) {
+        cudaGraph_t g = nullptr;
+        cudaGraphExec_t exec = nullptr;
+        ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+        runner.run(dm.view(), dx, x_stride, n, dy, y_stride, stream);
+        ASSERT_EQ(cudaStreamEndCapture(stream, &g), cudaSuccess) << n << " rows";
+        ASSERT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
+        ASSERT_EQ(cudaGraphLaunch(exec, stream), cudaSuccess);
+        cudaGraphExecDestroy(exec);
+        cudaGraphDestroy(g);
+      } else {
+        runner.run(dm.view(), dx, x_stride, n, dy, y_stride, stream);
+      }
+      ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+      std::vector<float> got(want.size());
+      cuda::copy_to_host(got.data(), dy, got.size() * 4);
+      EXPECT_LE(rel_l2(got, want), 1e-5) << n << " rows" << (graph ? ", graph" : "");
+    }
+    cuda::free_device(dx);
+    cuda::free_device(dy);
+  }
+  cudaStreamDestroy(stream);
 }
 
 #endif  // AGENTRT_HAVE_CUDA
