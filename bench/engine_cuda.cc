@@ -22,6 +22,8 @@
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
 //                     tasks, CudaOptions::gemv_sum_group)
+//                     [--batch-streams 0] (decode batches' products on the CUDA-core GEMV,
+//                     once per 8 rows, CudaOptions::batch_streams)
 //                     [--gemv-rows N] (decode batches of up to N rows stream the stored
 //                     weights and replay graphs, CudaOptions::gemv_max_rows; default 16)
 #include <cstdio>
@@ -233,6 +235,8 @@ int main(int argc, char** argv) {
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")
       options.gemv_sum_group = std::stoi(v);
+    else if (k == "--batch-streams")
+      options.batch_streams = v == "1";
     else if (k == "--gemv-rows")
       options.gemv_max_rows = std::stoll(v);
     else {

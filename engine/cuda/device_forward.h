@@ -46,6 +46,10 @@ struct CudaOptions {
   // Those products add up their warps' partial sums after one barrier per this many tasks
   // (GemvMode::sum_group, 1..4; the same values). 1 until measured on the GPU.
   int gemv_sum_group = 1;
+  // Decode batches (2 .. gemv_max_rows rows) read each large weight once for all their rows:
+  // FP8 products on the tensor-core stream kernel, 8 rows a launch, and the bf16 head as one
+  // cuBLAS GEMM (GemvMode::several_rows). Off: the CUDA-core GEMV, once per 8 rows.
+  bool batch_streams = true;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

@@ -48,8 +48,11 @@ struct GemvMode {
   bool tensor_cores = true;
   bool tensor_map = false;
   int sum_group = 1;
-  constexpr GemvMode(bool cores = true, bool map = false, int group = 1)
-      : tensor_cores(cores), tensor_map(map), sum_group(group) {}
+  // Several activation rows of an FP8 matrix on the tensor-core stream kernel (gemv_stream_rows),
+  // not the CUDA-core GEMV per 8 rows.
+  bool several_rows = true;
+  constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true)
+      : tensor_cores(cores), tensor_map(map), sum_group(group), several_rows(rows) {}
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device

@@ -565,7 +565,7 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
       return false;
     bytes += w.rows * w.cols;
   }
-  if (bytes < kMinBytes) return false;
+  if (bytes < kMinBytes || (n > 1 && !mode.several_rows)) return false;
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
@@ -576,8 +576,8 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
 bool gemv_stream_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
                       int64_t y_stride, int64_t group_rows, int64_t x_offset, void* stream,
                       GemvMode mode) {
-  if (n < 2 || !mode.tensor_cores || w.type != WeightType::f8_e4m3 || x_stride % 4 != 0 ||
-      x_offset % 4 != 0 || w.rows * row_bytes_of(w) < kMinBytes ||
+  if (n < 2 || !mode.tensor_cores || !mode.several_rows || w.type != WeightType::f8_e4m3 ||
+      x_stride % 4 != 0 || x_offset % 4 != 0 || w.rows * row_bytes_of(w) < kMinBytes ||
       (reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
     return false;
   const GemvProduct one{w, y, y_stride};

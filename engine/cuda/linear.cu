@@ -124,10 +124,10 @@ void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t str
 }
 
 LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies,
-                           int sum_group)
+                           int sum_group, bool several_rows)
     : precision_(precision),
       gemv_max_rows_(gemv_max_rows),
-      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group),
+      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group, several_rows),
       workspace_(kWorkspaceBytes) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   check_cublas(cublasSetWorkspace(handle_, workspace_.get(), size_t(workspace_.bytes())),
@@ -142,7 +142,7 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
                        int64_t y_stride, cudaStream_t stream) {
   if (n <= 0) return;
   if (n <= gemv_max_rows_) {
-    if (stacked_gemm_fits(w, n, precision_))
+    if (gemv_mode_.several_rows && stacked_gemm_fits(w, n, precision_))
       run_stacked(w, x, x_stride, n, y, y_stride, stream);
     else
       gemv_strided(w, x, x_stride, n, y, y_stride, stream, gemv_mode_);

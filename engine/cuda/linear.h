@@ -27,8 +27,10 @@ enum class GemmPrecision {
 class LinearRunner {
  public:
   // tensor_map_copies, sum_group: GemvMode's for the decode products.
+  // several_rows: decode batches' large products read each weight once for all their rows
+  // (GemvMode::several_rows; run_stacked for the head).
   LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false,
-               int sum_group = 1);
+               int sum_group = 1, bool several_rows = true);
   ~LinearRunner();
   LinearRunner(const LinearRunner&) = delete;
   LinearRunner& operator=(const LinearRunner&) = delete;
