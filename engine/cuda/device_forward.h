@@ -38,17 +38,20 @@ struct CudaOptions {
   // weight (every pass decodes the used experts again).
   int64_t prefill_rows = 8192;
   // Prefill passes multiply FP4 experts with fp4_gemm.cu's kernel (weights decoded in its
-  // loader) instead of bf16 copies and cuBLAS. Off until measured on the GPU.
+  // loader) instead of bf16 copies and cuBLAS. Off: slower at 16K on an H200 (routed experts'
+  // stages 205 ms against 176, docs/cuda.md, eleventh session).
   bool fp4_expert_gemm = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
-  // (GemvMode::tensor_map) instead of a bulk copy per row. Off until measured on the GPU.
+  // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
+  // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda.md, eleventh session).
   bool tensor_map_copies = false;
   // Those products add up their warps' partial sums after one barrier per this many tasks
-  // (GemvMode::sum_group, 1..4; the same values). 1 until measured on the GPU.
+  // (GemvMode::sum_group, 1..4; the same values). 1: 4 measured no faster on an H200.
   int gemv_sum_group = 1;
   // Decode batches (2 .. gemv_max_rows rows) read each large weight once for all their rows:
   // FP8 products on the tensor-core stream kernel, 8 rows a launch, and the bf16 head as one
-  // cuBLAS GEMM (GemvMode::several_rows). Off: the CUDA-core GEMV, once per 8 rows.
+  // cuBLAS GEMM (GemvMode::several_rows). Off: the CUDA-core GEMV, once per 8 rows (batch 8
+  // decoded 1,154 tok/s that way on an H200, 2,542 this way).
   bool batch_streams = true;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
