@@ -297,25 +297,36 @@ TEST_F(CudaGemv, GroupedRowsStreamedRestageTheirColumns) {
   EXPECT_LE(rel_l2(got, want), 1e-5);
 }
 
+// The FP8 matrices of the tensor-core stream tests: stages of 16 rows x 2,048 columns (1024 x
+// 4096, 4096 x 8192) and of 32 rows x 1,024 (4096 x 1024, a row slice of it, 4 groups of 1,024
+// rows each reading its own columns).
+struct StreamCase {
+  int64_t rows, cols, groups;
+  bool slice;
+  WeightMatrix view(const HostMatrix& m) const {
+    return slice ? m.view.slice_rows(64, 3072) : m.view;
+  }
+  std::string name(const WeightMatrix& host) const {
+    return std::to_string(host.rows) + "x" + std::to_string(host.cols) + (slice ? " slice" : "") +
+           (groups > 1 ? " in " + std::to_string(groups) + " groups" : "");
+  }
+};
+constexpr StreamCase kStreamCases[] = {{1024, 4096, 1, false},
+                                       {4096, 8192, 1, false},
+                                       {4096, 1024, 1, false},
+                                       {4096, 1024, 1, true},
+                                       {4096, 1024, 4, false}};
+
 // The FP8 tensor-core products' variants (GemvMode) add the same numbers in the same order, so
 // their results are bitwise equal: stages filled by tensor copies (swizzled in shared memory,
 // tensor_map.h) against padded rows of bulk copies, and the warps' partial sums added up after
-// one barrier per 3 or 4 tasks against one per task. Stages of 16 rows x 2,048 columns (1024 x
-// 4096, 4096 x 8192), of 32 rows x 1,024 (4096 x 1024, a row slice of it, 4 groups of 1,024
-// rows each reading its own columns). SameInputSetsStreamedOnTensorCores takes a set both ways.
+// one barrier per 3 or 4 tasks against one per task, for each of kStreamCases.
+// SameInputSetsStreamedOnTensorCores takes a set both ways.
 TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
-  struct Case {
-    int64_t rows, cols, groups;
-    bool slice;
-  };
-  for (const Case c :
-       {Case{1024, 4096, 1, false}, Case{4096, 8192, 1, false}, Case{4096, 1024, 1, false},
-        Case{4096, 1024, 1, true}, Case{4096, 1024, 4, false}}) {
+  for (const StreamCase& c : kStreamCases) {
     const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 51);
-    const WeightMatrix host = c.slice ? m.view.slice_rows(64, 3072) : m.view;
-    const std::string what = std::to_string(host.rows) + "x" + std::to_string(host.cols) +
-                             (c.slice ? " slice" : "") +
-                             (c.groups > 1 ? " in " + std::to_string(c.groups) + " groups" : "");
+    const WeightMatrix host = c.view(m);
+    const std::string what = c.name(host);
     cuda::DeviceMatrix dm(host);
     const int64_t x_cols = host.cols * c.groups;
     std::mt19937 rng(7);
@@ -391,6 +402,39 @@ TEST(CudaTensorMapLayout, KernelReadsWhereTheCopyEnginePutsEachRow) {
   }
 }
 
+// Products of the same n random activation rows: x on the host and the device, one output a
+// matrix; check() compares them with the CPU.
+struct SameInputRun {
+  std::vector<float> x;
+  float* dx = nullptr;
+  std::vector<float*> ys;
+  std::vector<cuda::GemvProduct> set;
+  int64_t n;
+  SameInputRun(std::initializer_list<const cuda::DeviceMatrix*> matrices, int64_t n_rows,
+               int64_t cols)
+      : x(n_rows * cols), n(n_rows) {
+    std::mt19937 rng(n);
+    std::normal_distribution<float> dist;
+    for (float& v : x) v = dist(rng);
+    dx = cuda::device_floats(x.size());
+    cuda::copy_to_device(dx, x.data(), x.size() * 4);
+    for (const cuda::DeviceMatrix* m : matrices) {
+      ys.push_back(cuda::device_floats(n * m->view().rows));
+      set.push_back({m->view(), ys.back(), m->view().rows});
+    }
+  }
+  ~SameInputRun() {
+    cuda::free_device(dx);
+    for (float* y : ys) cuda::free_device(y);
+  }
+  void check(size_t i, const WeightMatrix& host) const {
+    std::vector<float> got(n * host.rows), want(n * host.rows);
+    cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+    matmul_reference(x.data(), n, host, want.data());
+    EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << ", " << n << " rows";
+  }
+};
+
 TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {
   // Three stored types and row counts beside each other (block ranges of different sizes),
   // for 1, 3 and 11 activation rows (the 8 + 2 + 1 launches).
@@ -400,28 +444,10 @@ TEST_F(CudaGemv, ProductsOfTheSameInputInOneLaunch) {
                    c = make(WeightType::f4_e2m1, 1030, cols, 23);
   cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view);
   for (int64_t n : {1, 3, 11}) {
-    std::mt19937 rng(n);
-    std::normal_distribution<float> dist;
-    std::vector<float> x(n * cols);
-    for (float& v : x) v = dist(rng);
-    float* dx = cuda::device_floats(x.size());
-    cuda::copy_to_device(dx, x.data(), x.size() * 4);
-    std::vector<float*> ys;
-    std::vector<cuda::GemvProduct> set;
-    for (const cuda::DeviceMatrix* m : {&da, &db, &dc}) {
-      ys.push_back(cuda::device_floats(n * m->view().rows));
-      set.push_back({m->view(), ys.back(), m->view().rows});
-    }
-    cuda::gemv_same_input(set, dx, cols, n);
-    for (size_t i = 0; i < set.size(); ++i) {
-      const WeightMatrix& host = i == 0 ? a.view : i == 1 ? b.view : c.view;
-      std::vector<float> got(n * host.rows), want(n * host.rows);
-      cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
-      matmul_reference(x.data(), n, host, want.data());
-      EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << " n=" << n;
-      cuda::free_device(ys[i]);
-    }
-    cuda::free_device(dx);
+    const SameInputRun run({&da, &db, &dc}, n, cols);
+    cuda::gemv_same_input(run.set, run.dx, cols, n);
+    for (size_t i = 0; i < run.set.size(); ++i)
+      run.check(i, i == 0 ? a.view : i == 1 ? b.view : c.view);
   }
   const HostMatrix other = make(WeightType::bf16, 8, 256, 24);
   cuda::DeviceMatrix dother(other.view);
@@ -497,26 +523,17 @@ TEST_F(CudaGemv, Fp8DequantizedAsTheHostDecodes) {
 // Several activation rows through the FP8 tensor-core kernel (gemv_stream_rows: 8 rows a launch,
 // or 4 where 8 rows' fragments leave no room for a ring; rows past the last are zeros): against
 // the CPU, and each row bitwise as the same row alone (the mma's columns are independent, the
-// sums added in the same order). Strided rows of x and y, 16-row and 32-row tiles, the 8,192
-// columns of wo_b (4 rows a launch), a row slice, and 4 groups each reading its own columns.
+// sums added in the same order). Strided rows of x and y, each of kStreamCases (the 8,192
+// columns of wo_b take 4 rows a launch).
 TEST_F(CudaGemv, Fp8RowsOfABatchShareEachDecodedWeight) {
-  struct Case {
-    int64_t rows, cols, groups;
-    bool slice;
-  };
-  for (const Case c :
-       {Case{1024, 4096, 1, false}, Case{4096, 8192, 1, false}, Case{4096, 1024, 1, false},
-        Case{4096, 1024, 1, true}, Case{4096, 1024, 4, false}}) {
+  for (const StreamCase& c : kStreamCases) {
     const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 61);
-    const WeightMatrix host = c.slice ? m.view.slice_rows(64, 3072) : m.view;
+    const WeightMatrix host = c.view(m);
     cuda::DeviceMatrix dm(host);
     const int64_t x_cols = host.cols * c.groups, x_stride = x_cols + 64, y_stride = host.rows + 32,
                   group_rows = host.rows / c.groups;
     for (const int64_t n : {2, 3, 5, 8, 11, 16}) {
-      const std::string what = std::to_string(host.rows) + "x" + std::to_string(host.cols) +
-                               (c.slice ? " slice" : "") +
-                               (c.groups > 1 ? " in " + std::to_string(c.groups) + " groups" : "") +
-                               ", " + std::to_string(n) + " rows";
+      const std::string what = c.name(host) + ", " + std::to_string(n) + " rows";
       std::mt19937 rng(n);
       std::normal_distribution<float> dist;
       std::vector<float> x(n * x_stride, 0.0f), want(n * y_stride, 0.0f);
@@ -579,28 +596,9 @@ TEST_F(CudaGemv, SameInputSetsOfSeveralRowsStreamedOnTensorCores) {
                    b = make(WeightType::f8_e4m3, 512, cols, 72);
   cuda::DeviceMatrix da(a.view), db(b.view);
   for (const int64_t n : {3, 8, 13}) {
-    std::mt19937 rng(n);
-    std::normal_distribution<float> dist;
-    std::vector<float> x(n * cols);
-    for (float& v : x) v = dist(rng);
-    float* dx = cuda::device_floats(x.size());
-    cuda::copy_to_device(dx, x.data(), x.size() * 4);
-    std::vector<float*> ys;
-    std::vector<cuda::GemvProduct> set;
-    for (const cuda::DeviceMatrix* m : {&da, &db}) {
-      ys.push_back(cuda::device_floats(n * m->view().rows));
-      set.push_back({m->view(), ys.back(), m->view().rows});
-    }
-    ASSERT_TRUE(cuda::gemv_stream_set(set, dx, cols, n, nullptr)) << n << " rows";
-    for (size_t i = 0; i < set.size(); ++i) {
-      const WeightMatrix& host = i == 0 ? a.view : b.view;
-      std::vector<float> got(n * host.rows), want(n * host.rows);
-      cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
-      matmul_reference(x.data(), n, host, want.data());
-      EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << ", " << n << " rows";
-      cuda::free_device(ys[i]);
-    }
-    cuda::free_device(dx);
+    const SameInputRun run({&da, &db}, n, cols);
+    ASSERT_TRUE(cuda::gemv_stream_set(run.set, run.dx, cols, n, nullptr)) << n << " rows";
+    for (size_t i = 0; i < run.set.size(); ++i) run.check(i, i == 0 ? a.view : b.view);
   }
 }
 
