@@ -9,7 +9,6 @@
 // for a float FMA costs about four instructions, which kept the CUDA-core consumers at 1.8 TB/s;
 // two FP8 bytes become a bf16 pair in three, and one mma.sync then takes 16 rows x 16 columns.
 #include <algorithm>
-#include <vector>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
@@ -454,14 +453,20 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   return p;
 }
 
+// Whether w and x suit the streamed kernels at all: bf16 or FP8 of 2 MB or more in 16-byte
+// rows, the matrix and the activations (x, each group's x + g * x_offset) 16-byte aligned.
+bool streamable(const WeightMatrix& w, const float* x, int64_t x_offset) {
+  if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return false;
+  const int64_t row_bytes = row_bytes_of(w);
+  return w.rows * row_bytes >= kMinBytes && row_bytes % 16 == 0 &&
+         (reinterpret_cast<uintptr_t>(w.data) & 15) == 0 &&
+         (reinterpret_cast<uintptr_t>(x) & 15) == 0 && x_offset % 4 == 0;
+}
+
 StreamPlan plan(const WeightMatrix& w, const float* x, int64_t group_rows, int64_t x_offset,
                 GemvMode mode) {
-  if (w.type != WeightType::bf16 && w.type != WeightType::f8_e4m3) return {};
+  if (!streamable(w, x, x_offset)) return {};
   const int64_t row_bytes = row_bytes_of(w);
-  if (w.rows * row_bytes < kMinBytes || row_bytes % 16 != 0) return {};
-  if ((reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15) ||
-      x_offset % 4 != 0)
-    return {};
   if (mode.tensor_cores)
     if (const StreamPlan p = mma_plan(w, group_rows, mode); p.stages > 0) return p;
   const TileShape t = tile_shape(row_bytes);
@@ -535,16 +540,18 @@ bool launch_mma_rows(std::span<const GemvProduct> products, const float* x, int6
                      int64_t n, int64_t group_rows, int64_t x_offset, GemvMode mode,
                      cudaStream_t stream) {
   const StreamPlan p4 = mma_plan(products[0].w, group_rows, mode, 4),
-                   p8 = mma_plan(products[0].w, group_rows, mode, 8);
+                   p8 = n > 4 ? mma_plan(products[0].w, group_rows, mode, 8) : StreamPlan{};
   if (p4.stages == 0) return false;
-  std::vector<GemvProduct> at(products.begin(), products.end());
+  GemvProduct at[kMaxGemvProducts];  // the products' outputs from row t0 on
+  std::copy(products.begin(), products.end(), at);
   for (int64_t t0 = 0; t0 < n;) {
     const int64_t left = n - t0;
     const int nt = left > 4 && p8.stages > 0 ? 8 : 4;
     const int tokens = int(std::min<int64_t>(left, nt));
-    for (size_t i = 0; i < at.size(); ++i) at[i].y = products[i].y + t0 * products[i].y_stride;
-    launch_mma(at, x + t0 * x_stride, x_stride, tokens, nt, group_rows, x_offset, nt == 8 ? p8 : p4,
-               stream);
+    for (size_t i = 0; i < products.size(); ++i)
+      at[i].y = products[i].y + t0 * products[i].y_stride;
+    launch_mma(std::span<const GemvProduct>(at, products.size()), x + t0 * x_stride, x_stride,
+               tokens, nt, group_rows, x_offset, nt == 8 ? p8 : p4, stream);
     t0 += tokens;
   }
   return true;
@@ -577,8 +584,7 @@ bool gemv_stream_rows(const WeightMatrix& w, const float* x, int64_t x_stride, i
                       int64_t y_stride, int64_t group_rows, int64_t x_offset, void* stream,
                       GemvMode mode) {
   if (n < 2 || !mode.tensor_cores || !mode.several_rows || w.type != WeightType::f8_e4m3 ||
-      x_stride % 4 != 0 || x_offset % 4 != 0 || w.rows * row_bytes_of(w) < kMinBytes ||
-      (reinterpret_cast<uintptr_t>(w.data) & 15) || (reinterpret_cast<uintptr_t>(x) & 15))
+      x_stride % 4 != 0 || !streamable(w, x, x_offset))
     return false;
   const GemvProduct one{w, y, y_stride};
   return launch_mma_rows(std::span<const GemvProduct>(&one, 1), x, x_stride, n, group_rows,
