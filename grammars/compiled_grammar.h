@@ -3,6 +3,7 @@
 // (guarded internally) the first time a position is reached.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "grammars/grammar.h"

@@ -2,6 +2,7 @@
 // span lines freely (a superset of llama.cpp's GBNF, which loads unchanged).
 #pragma once
 
+#include <cstdint>
 #include <string_view>
 #include <vector>
 

@@ -2,6 +2,7 @@
 // then immutable. Compile it against a tokenizer with compile() (compiled_grammar.h).
 #pragma once
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <string_view>

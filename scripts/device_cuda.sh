@@ -38,7 +38,7 @@ if [[ $MODE == build || ($MODE == all && -z ${SKIP_BUILD:-}) ]]; then
         -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_PREFIX_PATH="$PWD/$CARRY/deps" \
         -DAGENTRT_GTEST_SOURCE="$PWD/$CARRY/deps/googletest" &&
         cmake --build "$BUILD" -j "$(nproc)" --target engine_tests bench_engine_cuda \
-          bench_engine_cuda_gemv
+          bench_engine_cuda_gemv -- -k 0  # every error in one log
     fi
   } > "$OUT/build.log" 2>&1
   built=$?

@@ -3,6 +3,7 @@
 // gathered into device arrays the expert kernels index by expert id, and the rope tables.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <vector>
