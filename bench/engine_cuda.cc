@@ -26,6 +26,8 @@
 //                     once per 8 rows, CudaOptions::batch_streams)
 //                     [--gemv-rows N] (decode batches of up to N rows stream the stored
 //                     weights and replay graphs, CudaOptions::gemv_max_rows; default 16)
+//                     [--warp-rows MB] (one-row FP8 products of MB megabytes or more with
+//                     each warp owning whole 16-row tiles, CudaOptions::warp_rows_bytes; 0: off)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -239,6 +241,8 @@ int main(int argc, char** argv) {
       options.batch_streams = v == "1";
     else if (k == "--gemv-rows")
       options.gemv_max_rows = std::stoll(v);
+    else if (k == "--warp-rows")
+      options.warp_rows_bytes = int64_t(std::stod(v) * (1 << 20));
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

@@ -53,6 +53,9 @@ struct CudaOptions {
   // cuBLAS GEMM (GemvMode::several_rows). Off: the CUDA-core GEMV, once per 8 rows (batch 8
   // decoded 1,154 tok/s that way on an H200, 2,542 this way).
   bool batch_streams = true;
+  // One-row FP8 products (or same-input sets) of at least this many bytes run with each warp
+  // owning whole 16-row tiles (GemvMode::warp_rows_bytes, gemv_warp_rows.cu); 0: never.
+  int64_t warp_rows_bytes = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

@@ -51,8 +51,16 @@ struct GemvMode {
   // Several activation rows of an FP8 matrix on the tensor-core stream kernel (gemv_stream_rows),
   // not the CUDA-core GEMV per 8 rows.
   bool several_rows = true;
-  constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true)
-      : tensor_cores(cores), tensor_map(map), sum_group(group), several_rows(rows) {}
+  // One-row FP8 products (or same-input sets) of at least this many bytes on gemv_warp_rows'
+  // kernel, each warp owning whole 16-row tiles; 0: never (CudaOptions::warp_rows_bytes).
+  int64_t warp_rows_bytes = 0;
+  constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
+                     int64_t warp_rows = 0)
+      : tensor_cores(cores),
+        tensor_map(map),
+        sum_group(group),
+        several_rows(rows),
+        warp_rows_bytes(warp_rows) {}
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
@@ -106,6 +114,14 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
 bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_stride, int64_t n,
                       float* y, int64_t y_stride, int64_t group_rows, int64_t x_offset,
                       void* stream = nullptr, GemvMode mode = {});
+
+// One activation row times FP8 matrices of the same width (a same-input set, or one matrix in
+// block-diagonal groups as gemv_stream's) on the tensor cores, each warp multiplying whole
+// 16-row tiles (gemv_warp_rows.cu): widths a multiple of 1,024, rows (and row_offset) of 16.
+// Returns false, having launched nothing, where the shapes do not allow it. gemv_stream and
+// gemv_stream_set take this path for products of GemvMode::warp_rows_bytes or more.
+bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
+                    int64_t x_offset, void* stream = nullptr);
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

@@ -189,15 +189,6 @@ __device__ __forceinline__ int matrix_of(const MmaGemv& g, int64_t t) {
   return m;
 }
 
-// Two FP8 e4m3 bytes of w as a bf16 pair, exact, times 2^-120 (see e4m3_placed): bytes 0 and 2,
-// or 1 and 3. e4m3 subnormals become bf16 subnormals.
-__device__ __forceinline__ uint32_t e4m3_pair_02(uint32_t w) {
-  return ((w << 4) & 0x07F007F0u) | ((w << 8) & 0x80008000u);
-}
-__device__ __forceinline__ uint32_t e4m3_pair_13(uint32_t w) {
-  return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
-}
-
 // The mma's k slots 2t, 2t+1, 2t+8, 2t+9 of lane quad position t take columns 4t, 4t+2, 4t+1,
 // 4t+3 of each 16 (one 32-bit word of FP8 per row and lane). x becomes the B fragments for that
 // order: per 16 columns s, activation row j < NT and part p (0: bf16 high part, 1: low part; the
@@ -574,6 +565,9 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   }
   if (bytes < kMinBytes || (n > 1 && !mode.several_rows)) return false;
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
+  if (mode.warp_rows_bytes > 0 && bytes >= mode.warp_rows_bytes &&
+      gemv_warp_rows(products, x, 0, 0, stream))
+    return true;
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
   launch_mma(products, x, x_stride, 1, 1, 0, 0, p, static_cast<cudaStream_t>(stream));
@@ -603,6 +597,9 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.mma) {
     const GemvProduct one{w, y, w.rows};
+    if (mode.warp_rows_bytes > 0 && w.bytes() >= mode.warp_rows_bytes &&
+        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream))
+      return true;
     launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
                stream);
     return true;

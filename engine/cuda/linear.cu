@@ -124,10 +124,11 @@ void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t str
 }
 
 LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies,
-                           int sum_group, bool several_rows)
+                           int sum_group, bool several_rows, int64_t warp_rows_bytes)
     : precision_(precision),
       gemv_max_rows_(gemv_max_rows),
-      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group, several_rows),
+      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group, several_rows,
+                 warp_rows_bytes),
       workspace_(kWorkspaceBytes) {
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   check_cublas(cublasSetWorkspace(handle_, workspace_.get(), size_t(workspace_.bytes())),

@@ -29,8 +29,9 @@ class LinearRunner {
   // tensor_map_copies, sum_group: GemvMode's for the decode products.
   // several_rows: decode batches' large products read each weight once for all their rows
   // (GemvMode::several_rows; run_stacked for the head).
+  // warp_rows_bytes: GemvMode's (one-row FP8 products of this many bytes on gemv_warp_rows).
   LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false,
-               int sum_group = 1, bool several_rows = true);
+               int sum_group = 1, bool several_rows = true, int64_t warp_rows_bytes = 0);
   ~LinearRunner();
   LinearRunner(const LinearRunner&) = delete;
   LinearRunner& operator=(const LinearRunner&) = delete;

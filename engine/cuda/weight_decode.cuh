@@ -113,6 +113,16 @@ __device__ __forceinline__ float e2m1_placed(uint32_t w) {  // nibble K of w
   return __int_as_float((t >> 6) & int32_t(0x81c00000u));
 }
 
+// Two FP8 e4m3 bytes of w as a bf16 pair, exact, times 2^-120 (as e4m3_placed): bytes 0 and 2,
+// or 1 and 3, the lower byte in the low half. e4m3 subnormals become bf16 subnormals. The
+// tensor-core products' weight fragments (gemv_stream.cu, gemv_warp_rows.cu).
+__device__ __forceinline__ uint32_t e4m3_pair_02(uint32_t w) {
+  return ((w << 4) & 0x07F007F0u) | ((w << 8) & 0x80008000u);
+}
+__device__ __forceinline__ uint32_t e4m3_pair_13(uint32_t w) {
+  return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
+}
+
 template <WeightType T>
 constexpr float x_scale() {
   return T == WeightType::f8_e4m3 ? 0x1p60f : T == WeightType::f4_e2m1 ? 0x1p63f : 1.0f;

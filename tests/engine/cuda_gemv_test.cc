@@ -17,6 +17,7 @@
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/tensor_map.h"
+#include "engine/cuda/warp_rows_layout.h"
 #endif
 
 namespace agentrt::engine {
@@ -651,6 +652,131 @@ TEST_F(CudaGemv, LargeBf16MatricesOfAFewRowsInOneGemm) {
     cuda::free_device(dy);
   }
   cudaStreamDestroy(stream);
+}
+
+// gemv_warp_rows (each warp multiplying whole 16-row tiles) against the CPU for kStreamCases and
+// wq_b's 32,768 x 1,024 (16 tiles a block over 6 warps), directly and through gemv / gemv_grouped
+// with GemvMode::warp_rows_bytes; the same values on a second run.
+TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
+  std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
+  cases.push_back({32768, 1024, 1, false});
+  const cuda::GemvMode mode(true, false, 1, true, 1);
+  for (const StreamCase& c : cases) {
+    const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 81);
+    const WeightMatrix host = c.view(m);
+    const std::string what = c.name(host);
+    cuda::DeviceMatrix dm(host);
+    const int64_t x_cols = host.cols * c.groups, group_rows = host.rows / c.groups;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(x_cols), want(host.rows), got(host.rows), again(host.rows);
+    for (float& v : x) v = dist(rng);
+    for (int64_t r = 0; r < host.rows; ++r)
+      want[r] = dot_weight_row(host, r, x.data() + (r / group_rows) * host.cols);
+    float* dx = cuda::device_floats(x_cols);
+    float* dy = cuda::device_floats(host.rows);
+    cuda::copy_to_device(dx, x.data(), x_cols * 4);
+    cuda::zero_device(dy, host.rows * 4);
+    const cuda::GemvProduct one{dm.view(), dy, host.rows};
+    ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
+                                     c.groups > 1 ? group_rows : 0, c.groups > 1 ? host.cols : 0))
+        << what;
+    cuda::copy_to_host(got.data(), dy, host.rows * 4);
+    EXPECT_LE(rel_l2(got, want), 1e-5) << what;
+    cuda::zero_device(dy, host.rows * 4);
+    if (c.groups > 1)
+      cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
+    else
+      cuda::gemv(dm.view(), dx, 1, dy, nullptr, mode);
+    cuda::copy_to_host(again.data(), dy, host.rows * 4);
+    EXPECT_EQ(std::memcmp(again.data(), got.data(), host.rows * 4), 0) << what;
+    cuda::free_device(dx);
+    cuda::free_device(dy);
+  }
+}
+
+// Same-input sets (row counts of 64 to 1,024, so tiles of different matrices share blocks), and
+// the shapes the kernel refuses: widths not a multiple of 1,024, bf16, rows not a multiple of 16.
+TEST_F(CudaGemv, WholeTilesPerWarpForSetsAndRefusals) {
+  const int64_t cols = 2048;
+  const HostMatrix a = make(WeightType::f8_e4m3, 1024, cols, 82),
+                   b = make(WeightType::f8_e4m3, 512, cols, 83),
+                   c = make(WeightType::f8_e4m3, 64, cols, 84);
+  cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view);
+  const SameInputRun run({&da, &db, &dc}, 1, cols);
+  ASSERT_TRUE(cuda::gemv_warp_rows(run.set, run.dx, 0, 0));
+  for (size_t i = 0; i < run.set.size(); ++i)
+    run.check(i, i == 0 ? a.view : i == 1 ? b.view : c.view);
+  const SameInputRun through({&da, &db, &dc}, 1, cols);
+  ASSERT_TRUE(cuda::gemv_stream_set(through.set, through.dx, cols, 1, nullptr,
+                                    cuda::GemvMode(true, false, 1, true, 1)));
+  for (size_t i = 0; i < through.set.size(); ++i)
+    through.check(i, i == 0 ? a.view : i == 1 ? b.view : c.view);
+
+  const HostMatrix narrow = make(WeightType::f8_e4m3, 1024, 1536, 85),
+                   half = make(WeightType::bf16, 1024, 2048, 86),
+                   odd = make(WeightType::f8_e4m3, 1032, 1024, 87);
+  for (const HostMatrix* h : {&narrow, &half, &odd}) {
+    cuda::DeviceMatrix d(h->view);
+    const SameInputRun r({&d}, 1, h->view.cols);
+    EXPECT_FALSE(cuda::gemv_warp_rows(r.set, r.dx, 0, 0)) << h->view.rows << "x" << h->view.cols;
+  }
+}
+
+// gemv_warp_rows' layout replayed on the host (no GPU needed): over a 64-column group's four
+// k-steps the mma k slots read every column once; the staged activations' units hold, for each
+// lane position and part, the columns its A words hold in the k slots b0 and b1 feed; and the
+// stage schedule gives every (tile, column slice) of a block once, each ring slot to one warp in
+// order, each warp its tiles' slices in order.
+TEST(CudaWarpRowsLayout, FragmentsAndScheduleCoverEveryStageOnce) {
+  namespace wr = cuda::warp_rows;
+  std::vector<int> seen(64, 0);
+  for (int j = 0; j < 4; ++j)
+    for (int kk = 0; kk < 16; ++kk) ++seen[wr::k_slot_column(kk, j)];
+  for (int c = 0; c < 64; ++c) EXPECT_EQ(seen[c], 1) << "column " << c;
+  for (int64_t g = 0; g < 3; ++g)
+    for (int j = 0; j < 4; ++j)
+      for (int t = 0; t < 4; ++t)
+        for (int p = 0; p < 2; ++p) {
+          // b0 = (x[c], x[c + 2]) feeds slots 2t, 2t + 1; b1 = (x[c + 1], x[c + 3]) 2t + 8, 2t + 9.
+          const int64_t c = g * 64 + wr::k_slot_column(2 * t, j);
+          EXPECT_EQ(wr::k_slot_column(2 * t + 1, j), c % 64 + 2);
+          EXPECT_EQ(wr::k_slot_column(2 * t + 8, j), c % 64 + 1);
+          EXPECT_EQ(wr::k_slot_column(2 * t + 9, j), c % 64 + 3);
+          const wr::XPlace at = wr::x_place(c, p);
+          EXPECT_EQ(at.unit, wr::x_unit(g, j / 2, p, t));
+          EXPECT_EQ(at.sub, j % 2);
+        }
+  struct Case {
+    int64_t tasks, grid, col_stages;
+    int max_slots;
+  };
+  for (const Case& c : {Case{2048, 132, 1, 13}, Case{256, 132, 8, 12}, Case{512, 132, 4, 11},
+                        Case{3, 1, 2, 16}, Case{100, 7, 3, 5}, Case{9, 2, 1, 2}}) {
+    const wr::Shape shape = wr::shape_for(c.tasks, c.grid, c.max_slots);
+    ASSERT_GT(shape.warps, 0);
+    ASSERT_EQ(shape.slots % shape.warps, 0);
+    ASSERT_LE(shape.slots, c.max_slots);
+    for (int64_t block = 0; block < c.grid; ++block) {
+      const int64_t nt = (block + 1) * c.tasks / c.grid - block * c.tasks / c.grid;
+      std::vector<int> covered(nt * c.col_stages, 0);
+      std::vector<int> slot_warp(shape.slots, -1);
+      std::vector<uint32_t> slot_uses(shape.slots, 0);
+      const int64_t warp_stages = (nt + shape.warps - 1) / shape.warps * c.col_stages;
+      for (int64_t jj = 0; jj < warp_stages; ++jj)
+        for (int i = 0; i < shape.warps; ++i) {
+          const wr::Stage s = wr::stage_of(jj, i, shape.warps, shape.slots, c.col_stages);
+          if (s.task >= nt) continue;
+          ASSERT_EQ(s.task % shape.warps, i);
+          ASSERT_EQ(s.slice, jj % c.col_stages);
+          ++covered[s.task * c.col_stages + s.slice];
+          if (slot_warp[s.slot] < 0) slot_warp[s.slot] = i;
+          ASSERT_EQ(slot_warp[s.slot], i) << "slot " << s.slot << " shared by warps";
+          ASSERT_EQ(s.parity, slot_uses[s.slot]++ & 1u) << "slot " << s.slot << " out of order";
+        }
+      for (int v : covered) ASSERT_EQ(v, 1);
+    }
+  }
 }
 
 #endif  // AGENTRT_HAVE_CUDA

@@ -1,0 +1,235 @@
+// One activation row times large FP8 matrices on the tensor cores, each consumer warp owning
+// whole 16-row tiles (GemvMode::warp_rows_bytes; layout in warp_rows_layout.h).
+//
+// Why: gemv_stream_mma_kernel splits each stage's columns over its 16 warps, whose partial sums
+// meet in shared memory once per task. For wq_b's rows of 1,024 columns a task is one stage, so
+// every 32 KB ended in a barrier and a cross-warp sum, and Nsight Compute counted more
+// instructions around the mma than in them (docs/cuda.md). Here a warp multiplies every column of
+// its 16 rows, keeps the sums in registers and writes its 16 outputs itself; the warps meet
+// once, to stage x. The producer gives each warp its own ring slots, so a slow warp holds up only
+// its own stages.
+#include <algorithm>
+
+#include "engine/cuda/bulk_copy.cuh"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/device_matrix.h"
+#include "engine/cuda/launch.cuh"
+#include "engine/cuda/mma.cuh"
+#include "engine/cuda/stream_ring.cuh"
+#include "engine/cuda/warp_rows_layout.h"
+#include "engine/cuda/weight_decode.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+namespace wr = warp_rows;
+constexpr int64_t kStageCols = 1024;  // columns of a stage: 16 rows of 1 KB of FP8
+constexpr int kScaleBlocks = int(kStageCols / 128);
+constexpr int kMaxThreads = (wr::kMaxWarps + 1) * 32;
+
+struct WarpRowsGemv {
+  WeightMatrix w[kMaxGemvProducts];
+  float* y[kMaxGemvProducts];
+  int64_t first_task[kMaxGemvProducts + 1];  // matrix m owns tasks [first_task[m], [m + 1])
+  int count;
+  const float* x;
+  int64_t group_rows, x_offset;  // block-diagonal groups (one matrix), as in gemv_stream
+  int x_groups;                  // groups of x a block stages: 1, or 2 where its tiles cross one
+  int warps, slots;              // consumer warps (the producer is warp `warps`), ring slots
+};
+
+__device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
+  int m = 0;
+  while (m + 1 < g.count && t >= g.first_task[m + 1]) ++m;
+  return m;
+}
+
+// x's group gi (x + gi * x_offset) as B fragments at xs (warp_rows::x_unit), times x_scale, split
+// into bf16 high and low parts; every consumer thread takes a share.
+__device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs) {
+  constexpr float scale = x_scale<WeightType::f8_e4m3>();
+  auto* units = reinterpret_cast<uint2*>(xs);
+  for (int64_t i = threadIdx.x; i < cols / 4; i += threads) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+    const Bf16Parts p02 = split_bf16(v.x * scale, v.z * scale),
+                    p13 = split_bf16(v.y * scale, v.w * scale);
+    const wr::XPlace hi = wr::x_place(4 * i, 0), lo = wr::x_place(4 * i, 1);
+    units[2 * hi.unit + hi.sub] = make_uint2(p02.hi, p13.hi);
+    units[2 * lo.unit + lo.sub] = make_uint2(p02.lo, p13.lo);
+  }
+}
+
+__global__ void __launch_bounds__(kMaxThreads, 1)
+    gemv_warp_rows_kernel(const __grid_constant__ WarpRowsGemv g) {
+  extern __shared__ __align__(128) char smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);
+  uint64_t* empty = full + wr::kMaxSlots;
+  const int64_t cols = g.w[0].cols, col_stages = cols / kStageCols;
+  const int64_t rs = wr::row_stride(kStageCols), stage_bytes = wr::stage_bytes(kStageCols);
+  uint4* xs = reinterpret_cast<uint4*>(smem + wr::kHeader);
+  char* ring = smem + wr::kHeader + g.x_groups * cols * 4;
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+  const int64_t tasks = g.first_task[g.count];
+  const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
+                nt = int64_t(blockIdx.x + 1) * tasks / gridDim.x - t0;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < g.slots; ++s) {
+      mbarrier_init(&full[s], 1);
+      mbarrier_init(&empty[s], 1);
+    }
+    mbarrier_init_fence();
+  }
+  __syncthreads();
+  const int64_t warp_stages = (nt + g.warps - 1) / g.warps * col_stages;  // per warp, at most
+  if (warp == g.warps) {
+    // The producer: weights are constants, so it starts before the kernel before this one ends.
+    if (lane != 0) return;
+    for (int64_t jj = 0; jj < warp_stages; ++jj)
+      for (int i = 0; i < g.warps; ++i) {
+        const wr::Stage s = wr::stage_of(jj, i, g.warps, g.slots, col_stages);
+        if (s.task >= nt) continue;
+        const int64_t t = t0 + s.task;
+        const int m = matrix_of(g, t);
+        mbarrier_wait(&empty[s.slot], s.parity ^ 1u);
+        mbarrier_arrive_expect(&full[s.slot], uint32_t(wr::kTileRows * kStageCols));
+        const char* src = static_cast<const char*>(g.w[m].data) +
+                          (t - g.first_task[m]) * wr::kTileRows * cols + s.slice * kStageCols;
+        char* dst = ring + s.slot * stage_bytes;
+        for (int r = 0; r < wr::kTileRows; ++r)
+          bulk_copy_to_shared(dst + r * rs, src + r * cols, uint32_t(kStageCols), &full[s.slot]);
+      }
+    return;
+  }
+  // Lane l < kScaleBlocks holds the block scale of the 128 columns l of its warp's stage jj,
+  // asked for one stage ahead (the first before the previous kernel ends: scales are constants).
+  auto stage_scale = [&](int64_t jj) {
+    const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, col_stages);
+    if (s.task >= nt || lane >= kScaleBlocks) return 0.0f;
+    const int64_t t = t0 + s.task;
+    const WeightMatrix& w = g.w[matrix_of(g, t)];
+    const int64_t row0 = (t - g.first_task[matrix_of(g, t)]) * wr::kTileRows;
+    // A tile's 16 rows share one 128-row scale block (row_offset is a multiple of 16).
+    const int64_t si =
+        (w.row_offset + row0) / 128 * ((cols + 127) / 128) + s.slice * kScaleBlocks + lane;
+    return w.scale_type == ScaleType::f32 ? __ldg(static_cast<const float*>(w.scale) + si)
+                                          : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + si));
+  };
+  float next_scale = stage_scale(0);
+  pdl_begin();
+  const int64_t first_group = g.group_rows > 0 ? t0 * wr::kTileRows / g.group_rows : 0;
+  const int64_t groups = g.group_rows > 0 ? g.w[0].rows / g.group_rows : 1;
+  for (int gi = 0; gi < g.x_groups && first_group + gi < groups; ++gi)
+    stage_x(g.x + (first_group + gi) * g.x_offset, cols, g.warps * 32, xs + gi * (cols / 4));
+  named_barrier(1, uint32_t(g.warps) * 32);
+
+  const int quad_row = lane / 4, t4 = lane % 4;
+  float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t jj = 0; jj < warp_stages; ++jj) {
+    const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, col_stages);
+    if (s.task >= nt) break;
+    const float scale = next_scale;
+    next_scale = stage_scale(jj + 1);
+    const int64_t t = t0 + s.task;
+    const int m = matrix_of(g, t);
+    const int64_t row0 = (t - g.first_task[m]) * wr::kTileRows;
+    const int64_t gi = g.group_rows > 0 ? row0 / g.group_rows - first_group : 0;
+    const uint4* xf = xs + gi * (cols / 4);
+    const int64_t group0 = s.slice * (kStageCols / wr::kGroupCols);  // x's 64-column groups
+    mbarrier_wait(&full[s.slot], s.parity);
+    // Row quad_row of the stage at lane t4's 16 bytes of each 64 columns; row quad_row + 8 below.
+    const char* ra = ring + s.slot * stage_bytes + quad_row * rs + 16 * t4;
+#pragma unroll 2
+    for (int b = 0; b < kScaleBlocks; ++b) {
+      // Four k-steps per 64 columns, each its own accumulator chain.
+      float part[4][4] = {};
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t group = 2 * b + half;
+        const uint4 wa = *reinterpret_cast<const uint4*>(ra + group * wr::kGroupCols),
+                    wb = *reinterpret_cast<const uint4*>(ra + 8 * rs + group * wr::kGroupCols);
+        // Only the mma's B columns 0 and 1 (x's high and low parts) are not zero.
+        uint4 x01 = make_uint4(0u, 0u, 0u, 0u), x23 = x01;
+        if (quad_row < 2) {
+          x01 = xf[wr::x_unit(group0 + group, 0, quad_row, t4)];
+          x23 = xf[wr::x_unit(group0 + group, 1, quad_row, t4)];
+        }
+        const uint32_t ka[4] = {wa.x, wa.y, wa.z, wa.w}, kb[4] = {wb.x, wb.y, wb.z, wb.w};
+        const uint32_t b0[4] = {x01.x, x01.z, x23.x, x23.z}, b1[4] = {x01.y, x01.w, x23.y, x23.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t a[4] = {e4m3_pair_02(ka[j]), e4m3_pair_02(kb[j]), e4m3_pair_13(ka[j]),
+                                 e4m3_pair_13(kb[j])};
+          mma_bf16_16x8x16(part[j], a, b0[j], b1[j]);
+        }
+      }
+      const float f = __shfl_sync(0xffffffffu, scale, b) * out_scale<WeightType::f8_e4m3>();
+#pragma unroll
+      for (int v = 0; v < 4; ++v)
+        total[v] = fmaf((part[0][v] + part[1][v]) + (part[2][v] + part[3][v]), f, total[v]);
+    }
+    __syncwarp();
+    if (lane == 0) mbarrier_arrive(&empty[s.slot]);
+    if (s.slice + 1 == col_stages) {
+      // Lane (quad_row, 0) holds B columns 0 and 1 (the high and low parts' products) of rows
+      // quad_row and quad_row + 8.
+      if (t4 == 0) {
+        float* y = g.y[m] + row0;
+        y[quad_row] = total[0] + total[1];
+        y[quad_row + 8] = total[2] + total[3];
+      }
+#pragma unroll
+      for (int v = 0; v < 4; ++v) total[v] = 0.0f;
+    }
+  }
+}
+
+}  // namespace
+
+bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
+                    int64_t x_offset, void* stream) {
+  if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
+      (reinterpret_cast<uintptr_t>(x) & 15))
+    return false;
+  if (group_rows > 0 && (products.size() != 1 || group_rows % wr::kTileRows != 0 ||
+                         x_offset % 4 != 0 || products[0].w.rows % group_rows != 0))
+    return false;
+  WarpRowsGemv g{};
+  const int64_t cols = products[0].w.cols;
+  for (size_t i = 0; i < products.size(); ++i) {
+    const WeightMatrix& w = products[i].w;
+    if (w.type != WeightType::f8_e4m3 || w.cols != cols || cols % kStageCols != 0 ||
+        w.rows % wr::kTileRows != 0 || w.row_offset % wr::kTileRows != 0 || w.scale == nullptr ||
+        (reinterpret_cast<uintptr_t>(w.data) & 15))
+      return false;
+    g.w[i] = w;
+    g.y[i] = products[i].y;
+    g.first_task[i + 1] = g.first_task[i] + w.rows / wr::kTileRows;
+  }
+  g.count = int(products.size());
+  g.x = x;
+  g.group_rows = group_rows;
+  g.x_offset = x_offset;
+  const int64_t tasks = g.first_task[g.count];
+  const int64_t grid = std::min<int64_t>(stream::sm_count(), tasks);
+  // A block's tiles span at most two groups when they are no more rows than a group.
+  g.x_groups = 1;
+  if (group_rows > 0) {
+    if ((tasks + grid - 1) / grid * wr::kTileRows > group_rows) return false;
+    g.x_groups = 2;
+  }
+  const int64_t fixed = wr::kHeader + g.x_groups * cols * 4;
+  const wr::Shape shape = wr::shape_for(
+      tasks, grid, stream::ring_stages(fixed, wr::stage_bytes(kStageCols), wr::kMaxSlots));
+  if (shape.warps == 0) return false;
+  g.warps = shape.warps;
+  g.slots = shape.slots;
+  const int64_t shared = fixed + shape.slots * wr::stage_bytes(kStageCols);
+  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
+      gemv_warp_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  launch_pdl(gemv_warp_rows_kernel, unsigned(grid), unsigned((shape.warps + 1) * 32),
+             size_t(shared), static_cast<cudaStream_t>(stream), g);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  return true;
+}
+
+}  // namespace agentrt::engine::cuda

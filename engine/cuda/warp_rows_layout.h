@@ -1,0 +1,102 @@
+// Where gemv_warp_rows.cu's kernel finds things, as host-callable functions so that a test
+// without a GPU (CudaWarpRowsLayout.*) can replay them: which columns each mma k slot reads,
+// where the staged activations' B fragments lie, and which warp and ring slot take each stage.
+//
+// The kernel gives each consumer warp whole 16-row tiles (every column of its rows), so no
+// partial sums cross warps. A lane loads 16 bytes of FP8 (16 columns) of each of its two rows
+// per 64 columns and feeds them to four mma k-steps: k-step j takes byte 4j..4j+3 of each lane's
+// 16, so its 16 k slots are the columns 16 t + 4 j + e (t: lane % 4, e: byte) of the 64.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace agentrt::engine::cuda::warp_rows {
+
+constexpr int kTileRows = 16;       // rows of a task: the mma's M
+constexpr int64_t kGroupCols = 64;  // columns of one 16-byte load per row and lane
+constexpr int64_t kRowPad = 64;     // bytes after each staged row (see below)
+constexpr int kMaxWarps = 16;
+constexpr int kMaxSlots = 16;
+constexpr int64_t kHeader = 2 * kMaxSlots * 8;  // full and empty barriers
+
+// The column (of a 64-column group) under mma k slot kk (0..15) of k-step j: slots 2t, 2t+1
+// are bytes 0 and 2 of lane t's word j (e4m3_pair_02), slots 2t+8, 2t+9 bytes 1 and 3
+// (e4m3_pair_13).
+__host__ __device__ inline int k_slot_column(int kk, int j) {
+  const int t = (kk % 8) / 2, e = (kk & 1) * 2 + (kk >= 8 ? 1 : 0);
+  return 16 * t + 4 * j + e;
+}
+
+// Staged activations: per 64-column group G, for half h (k-steps 2h and 2h+1), part p (0: bf16
+// high parts, 1: low parts; the mma's B column p) and lane position t, one 16-byte unit holding
+// the B fragments (b0, b1) of k-step 2h then of 2h+1. Lanes 0..7 (p = lane / 4) read 8
+// consecutive units: no bank conflicts. cols * 4 bytes in all.
+__host__ __device__ inline int64_t x_unit(int64_t group, int h, int p, int t) {
+  return ((group * 2 + h) * 2 + p) * 4 + t;
+}
+
+// Where the staging puts x's columns c .. c + 3 (c a multiple of 4), part p: the uint2 `sub` of
+// 16-byte unit `unit`, holding (x[c], x[c + 2]) then (x[c + 1], x[c + 3]), the b0 and b1 of the
+// k-step and lane position whose A words hold those columns.
+struct XPlace {
+  int64_t unit;
+  int sub;
+};
+__host__ __device__ inline XPlace x_place(int64_t c, int p) {
+  const int64_t group = c / kGroupCols, within = c % kGroupCols;
+  const int t = int(within / 16), j = int(within % 16) / 4;
+  return {x_unit(group, j / 2, p, t), j % 2};
+}
+
+// Staged rows are kRowPad bytes longer than their stage_cols: rows g and g + 1 then sit 16 banks
+// apart, so the 8 lanes of a 16-byte load's phase (rows g, g + 1, lanes t = 0..3) hit 32
+// distinct banks.
+__host__ __device__ inline int64_t row_stride(int64_t stage_cols) { return stage_cols + kRowPad; }
+__host__ __device__ inline int64_t stage_bytes(int64_t stage_cols) {
+  return kTileRows * row_stride(stage_cols);
+}
+
+// A block's stages: its tasks (16-row tiles) go round-robin to `warps` warps, warp i taking its
+// tasks' stages (column slices) in order. The producer issues stage q = jj * warps + i for warp
+// i's jj-th stage (jj = round * col_stages + slice), so consecutive copies feed different warps;
+// with slots = k * warps, warp i's stages cycle through its own slots i, warps + i, ... and
+// each slot has one consumer, taking it in order (what an mbarrier's parity wait needs).
+struct Stage {
+  int64_t task;  // the block's task index (0-based); >= the block's tasks: none
+  int64_t slice;
+  int slot;
+  uint32_t parity;
+};
+__host__ __device__ inline Stage stage_of(int64_t jj, int warp, int warps, int slots,
+                                          int64_t col_stages) {
+  const int k = slots / warps;
+  Stage s;
+  s.task = (jj / col_stages) * warps + warp;
+  s.slice = jj % col_stages;
+  s.slot = int(jj % k) * warps + warp;
+  s.parity = uint32_t((jj / k) & 1);
+  return s;
+}
+
+// Warps and ring slots for `tasks` tasks over `grid` blocks when `max_slots` stages fit: as many
+// warps as a block has tasks (up to half the slots, so each warp has two or more in flight), the
+// slots a multiple of them. warps == 0: not even two stages fit.
+struct Shape {
+  int warps = 0, slots = 0;
+};
+__host__ __device__ inline Shape shape_for(int64_t tasks, int64_t grid, int max_slots) {
+  Shape s;
+  if (max_slots > kMaxSlots) max_slots = kMaxSlots;
+  if (max_slots < 2 || tasks < 1 || grid < 1) return s;
+  const int64_t per_block = (tasks + grid - 1) / grid;
+  int64_t w = max_slots / 2;
+  if (per_block < w) w = per_block;
+  if (w > kMaxWarps) w = kMaxWarps;
+  s.warps = int(w);
+  s.slots = (max_slots / s.warps) * s.warps;
+  return s;
+}
+
+}  // namespace agentrt::engine::cuda::warp_rows
