@@ -28,6 +28,7 @@
 //                     weights and replay graphs, CudaOptions::gemv_max_rows; default 16)
 //                     [--warp-rows MB] (one-row FP8 products of MB megabytes or more with
 //                     each warp owning whole 16-row tiles, CudaOptions::warp_rows_bytes; 0: off)
+//                     [--warp-rows-cols 1024|2048] (their stages' columns; default 2048)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -243,6 +244,8 @@ int main(int argc, char** argv) {
       options.gemv_max_rows = std::stoll(v);
     else if (k == "--warp-rows")
       options.warp_rows_bytes = int64_t(std::stod(v) * (1 << 20));
+    else if (k == "--warp-rows-cols")
+      options.warp_rows_cols = std::stoll(v);
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

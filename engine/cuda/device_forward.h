@@ -56,6 +56,7 @@ struct CudaOptions {
   // One-row FP8 products (or same-input sets) of at least this many bytes run with each warp
   // owning whole 16-row tiles (GemvMode::warp_rows_bytes, gemv_warp_rows.cu); 0: never.
   int64_t warp_rows_bytes = 0;
+  int64_t warp_rows_cols = 2048;  // their stages' columns (GemvMode::warp_rows_cols)
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

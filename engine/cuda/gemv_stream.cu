@@ -566,7 +566,7 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   if (bytes < kMinBytes || (n > 1 && !mode.several_rows)) return false;
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
   if (mode.warp_rows_bytes > 0 && bytes >= mode.warp_rows_bytes &&
-      gemv_warp_rows(products, x, 0, 0, stream))
+      gemv_warp_rows(products, x, 0, 0, stream, mode.warp_rows_cols))
     return true;
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
@@ -598,7 +598,8 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   if (p.mma) {
     const GemvProduct one{w, y, w.rows};
     if (mode.warp_rows_bytes > 0 && w.bytes() >= mode.warp_rows_bytes &&
-        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream))
+        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream,
+                       mode.warp_rows_cols))
       return true;
     launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
                stream);

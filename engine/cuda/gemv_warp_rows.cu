@@ -23,8 +23,6 @@ namespace agentrt::engine::cuda {
 namespace {
 
 namespace wr = warp_rows;
-constexpr int64_t kStageCols = 1024;  // columns of a stage: 16 rows of 1 KB of FP8
-constexpr int kScaleBlocks = int(kStageCols / 128);
 constexpr int kMaxThreads = (wr::kMaxWarps + 1) * 32;
 
 struct WarpRowsGemv {
@@ -59,8 +57,11 @@ __device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs) {
   }
 }
 
+// kStageCols: columns of a stage (16 rows of 1 or 2 KB of FP8, one bulk copy each).
+template <int64_t kStageCols>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     gemv_warp_rows_kernel(const __grid_constant__ WarpRowsGemv g) {
+  constexpr int kScaleBlocks = int(kStageCols / 128);
   extern __shared__ __align__(128) char smem[];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);
   uint64_t* empty = full + wr::kMaxSlots;
@@ -186,7 +187,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 }  // namespace
 
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                    int64_t x_offset, void* stream) {
+                    int64_t x_offset, void* stream, int64_t stage_cols) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15))
     return false;
@@ -195,9 +196,11 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
     return false;
   WarpRowsGemv g{};
   const int64_t cols = products[0].w.cols;
+  if (stage_cols != 1024 && stage_cols != 2048) return false;
+  if (cols % stage_cols != 0) stage_cols = 1024;
   for (size_t i = 0; i < products.size(); ++i) {
     const WeightMatrix& w = products[i].w;
-    if (w.type != WeightType::f8_e4m3 || w.cols != cols || cols % kStageCols != 0 ||
+    if (w.type != WeightType::f8_e4m3 || w.cols != cols || cols % stage_cols != 0 ||
         w.rows % wr::kTileRows != 0 || w.row_offset % wr::kTileRows != 0 || w.scale == nullptr ||
         (reinterpret_cast<uintptr_t>(w.data) & 15))
       return false;
@@ -219,15 +222,17 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   }
   const int64_t fixed = wr::kHeader + g.x_groups * cols * 4;
   const wr::Shape shape = wr::shape_for(
-      tasks, grid, stream::ring_stages(fixed, wr::stage_bytes(kStageCols), wr::kMaxSlots));
+      tasks, grid, stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots));
   if (shape.warps == 0) return false;
   g.warps = shape.warps;
   g.slots = shape.slots;
-  const int64_t shared = fixed + shape.slots * wr::stage_bytes(kStageCols);
-  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      gemv_warp_rows_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  launch_pdl(gemv_warp_rows_kernel, unsigned(grid), unsigned((shape.warps + 1) * 32),
-             size_t(shared), static_cast<cudaStream_t>(stream), g);
+  const int64_t shared = fixed + shape.slots * wr::stage_bytes(stage_cols);
+  const auto kernel =
+      stage_cols == 2048 ? gemv_warp_rows_kernel<2048> : gemv_warp_rows_kernel<1024>;
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  launch_pdl(kernel, unsigned(grid), unsigned((shape.warps + 1) * 32), size_t(shared),
+             static_cast<cudaStream_t>(stream), g);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   return true;
 }

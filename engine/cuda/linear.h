@@ -31,7 +31,8 @@ class LinearRunner {
   // (GemvMode::several_rows; run_stacked for the head).
   // warp_rows_bytes: GemvMode's (one-row FP8 products of this many bytes on gemv_warp_rows).
   LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false,
-               int sum_group = 1, bool several_rows = true, int64_t warp_rows_bytes = 0);
+               int sum_group = 1, bool several_rows = true, int64_t warp_rows_bytes = 0,
+               int64_t warp_rows_cols = 2048);
   ~LinearRunner();
   LinearRunner(const LinearRunner&) = delete;
   LinearRunner& operator=(const LinearRunner&) = delete;

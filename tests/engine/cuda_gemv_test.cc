@@ -656,7 +656,8 @@ TEST_F(CudaGemv, LargeBf16MatricesOfAFewRowsInOneGemm) {
 
 // gemv_warp_rows (each warp multiplying whole 16-row tiles) against the CPU for kStreamCases and
 // wq_b's 32,768 x 1,024 (16 tiles a block over 6 warps), directly and through gemv / gemv_grouped
-// with GemvMode::warp_rows_bytes; the same values on a second run.
+// with GemvMode::warp_rows_bytes, stages of 1,024 and of 2,048 columns (where the width allows);
+// the same values again through gemv.
 TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
   std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
   cases.push_back({32768, 1024, 1, false});
@@ -676,13 +677,16 @@ TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
     float* dx = cuda::device_floats(x_cols);
     float* dy = cuda::device_floats(host.rows);
     cuda::copy_to_device(dx, x.data(), x_cols * 4);
-    cuda::zero_device(dy, host.rows * 4);
     const cuda::GemvProduct one{dm.view(), dy, host.rows};
-    ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
-                                     c.groups > 1 ? group_rows : 0, c.groups > 1 ? host.cols : 0))
-        << what;
-    cuda::copy_to_host(got.data(), dy, host.rows * 4);
-    EXPECT_LE(rel_l2(got, want), 1e-5) << what;
+    for (const int64_t stage_cols : {1024, 2048}) {
+      cuda::zero_device(dy, host.rows * 4);
+      ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
+                                       c.groups > 1 ? group_rows : 0, c.groups > 1 ? host.cols : 0,
+                                       nullptr, stage_cols))
+          << what << ", stages of " << stage_cols;
+      cuda::copy_to_host(got.data(), dy, host.rows * 4);
+      EXPECT_LE(rel_l2(got, want), 1e-5) << what << ", stages of " << stage_cols;
+    }
     cuda::zero_device(dy, host.rows * 4);
     if (c.groups > 1)
       cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
@@ -703,10 +707,12 @@ TEST_F(CudaGemv, WholeTilesPerWarpForSetsAndRefusals) {
                    b = make(WeightType::f8_e4m3, 512, cols, 83),
                    c = make(WeightType::f8_e4m3, 64, cols, 84);
   cuda::DeviceMatrix da(a.view), db(b.view), dc(c.view);
-  const SameInputRun run({&da, &db, &dc}, 1, cols);
-  ASSERT_TRUE(cuda::gemv_warp_rows(run.set, run.dx, 0, 0));
-  for (size_t i = 0; i < run.set.size(); ++i)
-    run.check(i, i == 0 ? a.view : i == 1 ? b.view : c.view);
+  for (const int64_t stage_cols : {1024, 2048}) {
+    const SameInputRun run({&da, &db, &dc}, 1, cols);
+    ASSERT_TRUE(cuda::gemv_warp_rows(run.set, run.dx, 0, 0, nullptr, stage_cols));
+    for (size_t i = 0; i < run.set.size(); ++i)
+      run.check(i, i == 0 ? a.view : i == 1 ? b.view : c.view);
+  }
   const SameInputRun through({&da, &db, &dc}, 1, cols);
   ASSERT_TRUE(cuda::gemv_stream_set(through.set, through.dx, cols, 1, nullptr,
                                     cuda::GemvMode(true, false, 1, true, 1)));
