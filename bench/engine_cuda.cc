@@ -26,9 +26,10 @@
 //                     once per 8 rows, CudaOptions::batch_streams)
 //                     [--gemv-rows N] (decode batches of up to N rows stream the stored
 //                     weights and replay graphs, CudaOptions::gemv_max_rows; default 16)
-//                     [--warp-rows MB] (one-row FP8 products of MB megabytes or more with
-//                     each warp owning whole 16-row tiles, CudaOptions::warp_rows_bytes; 0: off)
-//                     [--warp-rows-cols 1024|2048] (their stages' columns; default 2048)
+//                     [--warp-rows MB] (one-row FP8 products of MB megabytes or more, 8 tiles
+//                     a block or more, with each warp owning whole 16-row tiles,
+//                     CudaOptions::warp_rows_bytes; default 16, 0: off)
+//                     [--warp-rows-depth N] (their ring slots per warp, at least; default 2)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -244,8 +245,8 @@ int main(int argc, char** argv) {
       options.gemv_max_rows = std::stoll(v);
     else if (k == "--warp-rows")
       options.warp_rows_bytes = int64_t(std::stod(v) * (1 << 20));
-    else if (k == "--warp-rows-cols")
-      options.warp_rows_cols = std::stoll(v);
+    else if (k == "--warp-rows-depth")
+      options.warp_rows_depth = std::stoi(v);
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

@@ -53,10 +53,12 @@ struct CudaOptions {
   // cuBLAS GEMM (GemvMode::several_rows). Off: the CUDA-core GEMV, once per 8 rows (batch 8
   // decoded 1,154 tok/s that way on an H200, 2,542 this way).
   bool batch_streams = true;
-  // One-row FP8 products (or same-input sets) of at least this many bytes run with each warp
-  // owning whole 16-row tiles (GemvMode::warp_rows_bytes, gemv_warp_rows.cu); 0: never.
-  int64_t warp_rows_bytes = 0;
-  int64_t warp_rows_cols = 2048;  // their stages' columns (GemvMode::warp_rows_cols)
+  // One-row FP8 products (or same-input sets) of at least this many bytes, in enough 16-row
+  // tiles for 8 a block, run with each warp owning whole tiles (GemvMode::warp_rows_bytes,
+  // gemv_warp_rows.cu): on an H200 wq_b (32,768 x 1,024) took 16.1 us that way against 19.0;
+  // wo_a and wo_b, 2-4 wide tiles a block, were slower (docs/cuda.md, twelfth session). 0: never.
+  int64_t warp_rows_bytes = int64_t(16) << 20;
+  int warp_rows_depth = 2;  // ring slots per warp, at least (GemvMode::warp_rows_depth)
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

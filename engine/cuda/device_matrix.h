@@ -52,17 +52,18 @@ struct GemvMode {
   // not the CUDA-core GEMV per 8 rows.
   bool several_rows = true;
   // One-row FP8 products (or same-input sets) of at least this many bytes on gemv_warp_rows'
-  // kernel, each warp owning whole 16-row tiles; 0: never (CudaOptions::warp_rows_bytes).
+  // kernel, each warp owning whole 16-row tiles, where they make 8 tiles or more a block (with
+  // fewer, most of its warps idle); 0: never (CudaOptions::warp_rows_bytes).
   int64_t warp_rows_bytes = 0;
-  int64_t warp_rows_cols = 2048;  // columns of its stages: 2,048 where the width allows, or 1,024
+  int warp_rows_depth = 2;  // its ring slots per warp, at least (1: more warps, one slot each)
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
-                     int64_t warp_rows = 0, int64_t warp_cols = 2048)
+                     int64_t warp_rows = 0, int depth = 2)
       : tensor_cores(cores),
         tensor_map(map),
         sum_group(group),
         several_rows(rows),
         warp_rows_bytes(warp_rows),
-        warp_rows_cols(warp_cols) {}
+        warp_rows_depth(depth) {}
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
@@ -120,11 +121,13 @@ bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_st
 // One activation row times FP8 matrices of the same width (a same-input set, or one matrix in
 // block-diagonal groups as gemv_stream's) on the tensor cores, each warp multiplying whole
 // 16-row tiles (gemv_warp_rows.cu): widths a multiple of 1,024, rows (and row_offset) of 16;
-// stages of stage_cols columns (2,048 where the width is a multiple of it, else 1,024).
-// Returns false, having launched nothing, where the shapes do not allow it. gemv_stream and
-// gemv_stream_set take this path for products of GemvMode::warp_rows_bytes or more.
+// stages of stage_cols columns (2,048 where the width is a multiple of it, else 1,024), at
+// least `depth` ring slots per warp. Returns false, having launched nothing, where the shapes
+// do not allow it. gemv_stream and gemv_stream_set take this path for products of
+// GemvMode::warp_rows_bytes or more in 8 or more tiles a block.
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                    int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048);
+                    int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048,
+                    int depth = 2);
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

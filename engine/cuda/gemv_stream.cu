@@ -16,6 +16,7 @@
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/stream_ring.cuh"
 #include "engine/cuda/tensor_map.h"
+#include "engine/cuda/warp_rows_layout.h"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -548,6 +549,16 @@ bool launch_mma_rows(std::span<const GemvProduct> products, const float* x, int6
   return true;
 }
 
+// Whether gemv_warp_rows takes a one-row product of `bytes` in `rows` rows: where its blocks
+// get 8 or more 16-row tiles. On an H200 wq_b (32,768 x 1,024, 16 tiles a block) took 16.1 us
+// that way against 19.0 here; wo_b (4,096 x 8,192, 2 a block) 25.7 against 15.5 and wo_a
+// (8,192 x 4,096, 4) 20.1 against 15.1: a few warps multiplying wide tiles alone are slower
+// than 16 sharing each stage.
+bool warp_rows_pay(const GemvMode& mode, int64_t bytes, int64_t rows) {
+  return mode.warp_rows_bytes > 0 && bytes >= mode.warp_rows_bytes &&
+         rows / warp_rows::kTileRows >= 8 * int64_t(stream::sm_count());
+}
+
 }  // namespace
 
 bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
@@ -555,18 +566,19 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) || n < 1 ||
       (reinterpret_cast<uintptr_t>(x) & 15) || (n > 1 && x_stride % 4 != 0))
     return false;
-  int64_t bytes = 0;
+  int64_t bytes = 0, rows = 0;
   for (const GemvProduct& p : products) {
     const WeightMatrix& w = p.w;
     if (w.cols != products[0].w.cols || !mma_tiles(w, 0) ||
         (reinterpret_cast<uintptr_t>(w.data) & 15))
       return false;
     bytes += w.rows * w.cols;
+    rows += w.rows;
   }
   if (bytes < kMinBytes || (n > 1 && !mode.several_rows)) return false;
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
-  if (mode.warp_rows_bytes > 0 && bytes >= mode.warp_rows_bytes &&
-      gemv_warp_rows(products, x, 0, 0, stream, mode.warp_rows_cols))
+  if (warp_rows_pay(mode, bytes, rows) &&
+      gemv_warp_rows(products, x, 0, 0, stream, 2048, mode.warp_rows_depth))
     return true;
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
@@ -597,9 +609,9 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.mma) {
     const GemvProduct one{w, y, w.rows};
-    if (mode.warp_rows_bytes > 0 && w.bytes() >= mode.warp_rows_bytes &&
-        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream,
-                       mode.warp_rows_cols))
+    if (warp_rows_pay(mode, w.bytes(), w.rows) &&
+        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream, 2048,
+                       mode.warp_rows_depth))
       return true;
     launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
                stream);

@@ -187,7 +187,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 }  // namespace
 
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                    int64_t x_offset, void* stream, int64_t stage_cols) {
+                    int64_t x_offset, void* stream, int64_t stage_cols, int depth) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15))
     return false;
@@ -222,7 +222,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   }
   const int64_t fixed = wr::kHeader + g.x_groups * cols * 4;
   const wr::Shape shape = wr::shape_for(
-      tasks, grid, stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots));
+      tasks, grid, stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots), depth);
   if (shape.warps == 0) return false;
   g.warps = shape.warps;
   g.slots = shape.slots;

@@ -123,14 +123,12 @@ void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t str
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies,
-                           int sum_group, bool several_rows, int64_t warp_rows_bytes,
-                           int64_t warp_rows_cols)
+LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, GemvMode gemv_mode)
     : precision_(precision),
       gemv_max_rows_(gemv_max_rows),
-      gemv_mode_(precision != GemmPrecision::f32, tensor_map_copies, sum_group, several_rows,
-                 warp_rows_bytes, warp_rows_cols),
+      gemv_mode_(gemv_mode),
       workspace_(kWorkspaceBytes) {
+  gemv_mode_.tensor_cores = precision != GemmPrecision::f32;
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   check_cublas(cublasSetWorkspace(handle_, workspace_.get(), size_t(workspace_.bytes())),
                "cublasSetWorkspace");

@@ -26,13 +26,9 @@ enum class GemmPrecision {
 
 class LinearRunner {
  public:
-  // tensor_map_copies, sum_group: GemvMode's for the decode products.
-  // several_rows: decode batches' large products read each weight once for all their rows
-  // (GemvMode::several_rows; run_stacked for the head).
-  // warp_rows_bytes: GemvMode's (one-row FP8 products of this many bytes on gemv_warp_rows).
-  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, bool tensor_map_copies = false,
-               int sum_group = 1, bool several_rows = true, int64_t warp_rows_bytes = 0,
-               int64_t warp_rows_cols = 2048);
+  // gemv_mode: how the decode products run (GemvMode; tensor_cores is set from the precision:
+  // off for f32). Its several_rows also sends decode batches' bf16 head through run_stacked.
+  LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, GemvMode gemv_mode = {});
   ~LinearRunner();
   LinearRunner(const LinearRunner&) = delete;
   LinearRunner& operator=(const LinearRunner&) = delete;

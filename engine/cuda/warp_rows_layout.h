@@ -81,17 +81,19 @@ __host__ __device__ inline Stage stage_of(int64_t jj, int warp, int warps, int s
 }
 
 // Warps and ring slots for `tasks` tasks over `grid` blocks when `max_slots` stages fit: as many
-// warps as a block has tasks (up to half the slots, so each warp has two or more in flight), the
-// slots a multiple of them. warps == 0: not even two stages fit.
+// warps as a block has tasks, up to max_slots / depth (so each warp has `depth` or more stages
+// in flight), the slots a multiple of them. warps == 0: not even two stages fit.
 struct Shape {
   int warps = 0, slots = 0;
 };
-__host__ __device__ inline Shape shape_for(int64_t tasks, int64_t grid, int max_slots) {
+__host__ __device__ inline Shape shape_for(int64_t tasks, int64_t grid, int max_slots,
+                                           int depth = 2) {
   Shape s;
   if (max_slots > kMaxSlots) max_slots = kMaxSlots;
   if (max_slots < 2 || tasks < 1 || grid < 1) return s;
   const int64_t per_block = (tasks + grid - 1) / grid;
-  int64_t w = max_slots / 2;
+  int64_t w = max_slots / (depth < 1 ? 1 : depth);
+  if (w < 1) w = 1;
   if (per_block < w) w = per_block;
   if (w > kMaxWarps) w = kMaxWarps;
   s.warps = int(w);

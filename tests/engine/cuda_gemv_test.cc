@@ -656,8 +656,8 @@ TEST_F(CudaGemv, LargeBf16MatricesOfAFewRowsInOneGemm) {
 
 // gemv_warp_rows (each warp multiplying whole 16-row tiles) against the CPU for kStreamCases and
 // wq_b's 32,768 x 1,024 (16 tiles a block over 6 warps), directly and through gemv / gemv_grouped
-// with GemvMode::warp_rows_bytes, stages of 1,024 and of 2,048 columns (where the width allows);
-// the same values again through gemv.
+// with GemvMode::warp_rows_bytes, stages of 1,024 and of 2,048 columns (where the width allows),
+// one or two ring slots per warp; through gemv, the same values where it takes this kernel.
 TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
   std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
   cases.push_back({32768, 1024, 1, false});
@@ -678,22 +678,29 @@ TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
     float* dy = cuda::device_floats(host.rows);
     cuda::copy_to_device(dx, x.data(), x_cols * 4);
     const cuda::GemvProduct one{dm.view(), dy, host.rows};
-    for (const int64_t stage_cols : {1024, 2048}) {
-      cuda::zero_device(dy, host.rows * 4);
-      ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
-                                       c.groups > 1 ? group_rows : 0, c.groups > 1 ? host.cols : 0,
-                                       nullptr, stage_cols))
-          << what << ", stages of " << stage_cols;
-      cuda::copy_to_host(got.data(), dy, host.rows * 4);
-      EXPECT_LE(rel_l2(got, want), 1e-5) << what << ", stages of " << stage_cols;
-    }
+    for (const int64_t stage_cols : {1024, 2048})
+      for (const int depth : {1, 2}) {
+        const std::string how =
+            what + ", stages of " + std::to_string(stage_cols) + ", depth " + std::to_string(depth);
+        cuda::zero_device(dy, host.rows * 4);
+        ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
+                                         c.groups > 1 ? group_rows : 0,
+                                         c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth))
+            << how;
+        cuda::copy_to_host(got.data(), dy, host.rows * 4);
+        EXPECT_LE(rel_l2(got, want), 1e-5) << how;
+      }
     cuda::zero_device(dy, host.rows * 4);
     if (c.groups > 1)
       cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
     else
       cuda::gemv(dm.view(), dx, 1, dy, nullptr, mode);
     cuda::copy_to_host(again.data(), dy, host.rows * 4);
-    EXPECT_EQ(std::memcmp(again.data(), got.data(), host.rows * 4), 0) << what;
+    EXPECT_LE(rel_l2(again, want), 1e-5) << what << " through gemv";
+    // wq_b's shape (16 tiles a block on up to 256 SMs) is the one gemv gives this kernel.
+    if (c.rows == 32768) {
+      EXPECT_EQ(std::memcmp(again.data(), got.data(), host.rows * 4), 0) << what;
+    }
     cuda::free_device(dx);
     cuda::free_device(dy);
   }
@@ -758,31 +765,32 @@ TEST(CudaWarpRowsLayout, FragmentsAndScheduleCoverEveryStageOnce) {
     int max_slots;
   };
   for (const Case& c : {Case{2048, 132, 1, 13}, Case{256, 132, 8, 12}, Case{512, 132, 4, 11},
-                        Case{3, 1, 2, 16}, Case{100, 7, 3, 5}, Case{9, 2, 1, 2}}) {
-    const wr::Shape shape = wr::shape_for(c.tasks, c.grid, c.max_slots);
-    ASSERT_GT(shape.warps, 0);
-    ASSERT_EQ(shape.slots % shape.warps, 0);
-    ASSERT_LE(shape.slots, c.max_slots);
-    for (int64_t block = 0; block < c.grid; ++block) {
-      const int64_t nt = (block + 1) * c.tasks / c.grid - block * c.tasks / c.grid;
-      std::vector<int> covered(nt * c.col_stages, 0);
-      std::vector<int> slot_warp(shape.slots, -1);
-      std::vector<uint32_t> slot_uses(shape.slots, 0);
-      const int64_t warp_stages = (nt + shape.warps - 1) / shape.warps * c.col_stages;
-      for (int64_t jj = 0; jj < warp_stages; ++jj)
-        for (int i = 0; i < shape.warps; ++i) {
-          const wr::Stage s = wr::stage_of(jj, i, shape.warps, shape.slots, c.col_stages);
-          if (s.task >= nt) continue;
-          ASSERT_EQ(s.task % shape.warps, i);
-          ASSERT_EQ(s.slice, jj % c.col_stages);
-          ++covered[s.task * c.col_stages + s.slice];
-          if (slot_warp[s.slot] < 0) slot_warp[s.slot] = i;
-          ASSERT_EQ(slot_warp[s.slot], i) << "slot " << s.slot << " shared by warps";
-          ASSERT_EQ(s.parity, slot_uses[s.slot]++ & 1u) << "slot " << s.slot << " out of order";
-        }
-      for (int v : covered) ASSERT_EQ(v, 1);
+                        Case{3, 1, 2, 16}, Case{100, 7, 3, 5}, Case{9, 2, 1, 2}})
+    for (const int depth : {1, 2}) {
+      const wr::Shape shape = wr::shape_for(c.tasks, c.grid, c.max_slots, depth);
+      ASSERT_GT(shape.warps, 0);
+      ASSERT_EQ(shape.slots % shape.warps, 0);
+      ASSERT_LE(shape.slots, c.max_slots);
+      for (int64_t block = 0; block < c.grid; ++block) {
+        const int64_t nt = (block + 1) * c.tasks / c.grid - block * c.tasks / c.grid;
+        std::vector<int> covered(nt * c.col_stages, 0);
+        std::vector<int> slot_warp(shape.slots, -1);
+        std::vector<uint32_t> slot_uses(shape.slots, 0);
+        const int64_t warp_stages = (nt + shape.warps - 1) / shape.warps * c.col_stages;
+        for (int64_t jj = 0; jj < warp_stages; ++jj)
+          for (int i = 0; i < shape.warps; ++i) {
+            const wr::Stage s = wr::stage_of(jj, i, shape.warps, shape.slots, c.col_stages);
+            if (s.task >= nt) continue;
+            ASSERT_EQ(s.task % shape.warps, i);
+            ASSERT_EQ(s.slice, jj % c.col_stages);
+            ++covered[s.task * c.col_stages + s.slice];
+            if (slot_warp[s.slot] < 0) slot_warp[s.slot] = i;
+            ASSERT_EQ(slot_warp[s.slot], i) << "slot " << s.slot << " shared by warps";
+            ASSERT_EQ(s.parity, slot_uses[s.slot]++ & 1u) << "slot " << s.slot << " out of order";
+          }
+        for (int v : covered) ASSERT_EQ(v, 1);
+      }
     }
-  }
 }
 
 #endif  // AGENTRT_HAVE_CUDA
