@@ -30,6 +30,8 @@
 //                     a block or more, with each warp owning whole 16-row tiles,
 //                     CudaOptions::warp_rows_bytes; default 16, 0: off)
 //                     [--warp-rows-depth N] (their ring slots per warp, at least; default 2)
+//                     [--warp-rows-splits N] (column splits a tile may take, each another
+//                     warp's, so wide products with few tiles qualify too; default 1)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -247,6 +249,8 @@ int main(int argc, char** argv) {
       options.warp_rows_bytes = int64_t(std::stod(v) * (1 << 20));
     else if (k == "--warp-rows-depth")
       options.warp_rows_depth = std::stoi(v);
+    else if (k == "--warp-rows-splits")
+      options.warp_rows_splits = std::stoi(v);
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

@@ -83,9 +83,10 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                              const CudaOptions& options)
     : config_(std::move(config)),
       weights_(WeightsOnDevice::upload(config_, host)),
-      linear_(options.precision, options.gemv_max_rows,
-              GemvMode(true, options.tensor_map_copies, options.gemv_sum_group,
-                       options.batch_streams, options.warp_rows_bytes, options.warp_rows_depth)),
+      linear_(
+          options.precision, options.gemv_max_rows,
+          GemvMode(true, options.tensor_map_copies, options.gemv_sum_group, options.batch_streams,
+                   options.warp_rows_bytes, options.warp_rows_depth, options.warp_rows_splits)),
       expert_gemm_(options.precision, 128, int64_t(1) << 30, options.fp4_expert_gemm),
       indexer_gemm_(),
       ws_(std::make_unique<Workspace>()),

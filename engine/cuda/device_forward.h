@@ -58,7 +58,8 @@ struct CudaOptions {
   // gemv_warp_rows.cu): on an H200 wq_b (32,768 x 1,024) took 16.1 us that way against 19.0;
   // wo_a and wo_b, 2-4 wide tiles a block, were slower (docs/cuda.md, twelfth session). 0: never.
   int64_t warp_rows_bytes = int64_t(16) << 20;
-  int warp_rows_depth = 2;  // ring slots per warp, at least (GemvMode::warp_rows_depth)
+  int warp_rows_depth = 2;   // ring slots per warp, at least (GemvMode::warp_rows_depth)
+  int warp_rows_splits = 1;  // column splits a tile may take (GemvMode::warp_rows_splits)
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

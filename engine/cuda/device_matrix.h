@@ -56,14 +56,19 @@ struct GemvMode {
   // fewer, most of its warps idle); 0: never (CudaOptions::warp_rows_bytes).
   int64_t warp_rows_bytes = 0;
   int warp_rows_depth = 2;  // its ring slots per warp, at least (1: more warps, one slot each)
+  // Column splits a tile may take (powers of two, until a block has 8 tasks): each split another
+  // warp's, added up in order by the last; 1: whole tiles only, so wide products with few tiles
+  // keep gemv_stream_mma_kernel.
+  int warp_rows_splits = 1;
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
-                     int64_t warp_rows = 0, int depth = 2)
+                     int64_t warp_rows = 0, int depth = 2, int splits = 1)
       : tensor_cores(cores),
         tensor_map(map),
         sum_group(group),
         several_rows(rows),
         warp_rows_bytes(warp_rows),
-        warp_rows_depth(depth) {}
+        warp_rows_depth(depth),
+        warp_rows_splits(splits) {}
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
@@ -127,7 +132,7 @@ bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_st
 // GemvMode::warp_rows_bytes or more in 8 or more tiles a block.
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048,
-                    int depth = 2);
+                    int depth = 2, int max_splits = 1);
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

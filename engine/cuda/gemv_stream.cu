@@ -554,9 +554,17 @@ bool launch_mma_rows(std::span<const GemvProduct> products, const float* x, int6
 // that way against 19.0 here; wo_b (4,096 x 8,192, 2 a block) 25.7 against 15.5 and wo_a
 // (8,192 x 4,096, 4) 20.1 against 15.1: a few warps multiplying wide tiles alone are slower
 // than 16 sharing each stage.
-bool warp_rows_pay(const GemvMode& mode, int64_t bytes, int64_t rows) {
+// With column splits (GemvMode::warp_rows_splits), tasks are splits of tiles: a tile of a
+// matrix `cols` wide takes up to cols / 1,024 of them.
+bool warp_rows_pay(const GemvMode& mode, int64_t bytes, int64_t rows, int64_t cols) {
+  const int64_t splits =
+      std::clamp<int64_t>(std::min<int64_t>(mode.warp_rows_splits, cols / 1024), 1, 16);
   return mode.warp_rows_bytes > 0 && bytes >= mode.warp_rows_bytes &&
-         rows / warp_rows::kTileRows >= 8 * int64_t(stream::sm_count());
+         rows / warp_rows::kTileRows * splits >= 8 * int64_t(stream::sm_count());
+}
+// Stages of 2,048 columns for whole tiles, of 1,024 (twice the ring slots) where tiles split.
+int64_t warp_rows_stage_cols(const GemvMode& mode) {
+  return mode.warp_rows_splits > 1 ? 1024 : 2048;
 }
 
 }  // namespace
@@ -577,8 +585,9 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   }
   if (bytes < kMinBytes || (n > 1 && !mode.several_rows)) return false;
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
-  if (warp_rows_pay(mode, bytes, rows) &&
-      gemv_warp_rows(products, x, 0, 0, stream, 2048, mode.warp_rows_depth))
+  if (warp_rows_pay(mode, bytes, rows, products[0].w.cols) &&
+      gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
+                     mode.warp_rows_splits))
     return true;
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
@@ -609,9 +618,9 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   const auto stream = static_cast<cudaStream_t>(stream_ptr);
   if (p.mma) {
     const GemvProduct one{w, y, w.rows};
-    if (warp_rows_pay(mode, w.bytes(), w.rows) &&
-        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream, 2048,
-                       mode.warp_rows_depth))
+    if (warp_rows_pay(mode, w.bytes(), w.rows, w.cols) &&
+        gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream,
+                       warp_rows_stage_cols(mode), mode.warp_rows_depth, mode.warp_rows_splits))
       return true;
     launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
                stream);

@@ -34,6 +34,10 @@ struct WarpRowsGemv {
   int64_t group_rows, x_offset;  // block-diagonal groups (one matrix), as in gemv_stream
   int x_groups;                  // groups of x a block stages: 1, or 2 where its tiles cross one
   int warps, slots;              // consumer warps (the producer is warp `warps`), ring slots
+  // Column splits per tile: each split is a task of its own (another warp's), and the last warp
+  // done with a tile adds its splits' sums in split order. 1: a warp takes whole tiles.
+  int splits;
+  int max_tiles;  // tiles a block has at most (its split sums' room)
 };
 
 __device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
@@ -68,11 +72,16 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int64_t cols = g.w[0].cols, col_stages = cols / kStageCols;
   const int64_t rs = wr::row_stride(kStageCols), stage_bytes = wr::stage_bytes(kStageCols);
   uint4* xs = reinterpret_cast<uint4*>(smem + wr::kHeader);
-  char* ring = smem + wr::kHeader + g.x_groups * cols * 4;
+  float* split_sums = reinterpret_cast<float*>(smem + wr::kHeader + g.x_groups * cols * 4);
+  int* splits_done = reinterpret_cast<int*>(split_sums + g.max_tiles * g.splits * wr::kTileRows);
+  char* ring = smem + wr::kHeader + g.x_groups * cols * 4 + wr::split_bytes(g.max_tiles, g.splits);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t tasks = g.first_task[g.count];
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
                 nt = int64_t(blockIdx.x + 1) * tasks / gridDim.x - t0;
+  // Stages are scheduled over the block's nt * splits split tasks, each split_stages long.
+  const int64_t split_stages = col_stages / g.splits, nv = nt * g.splits;
+  if (g.splits > 1 && int(threadIdx.x) < g.max_tiles) splits_done[threadIdx.x] = 0;
   if (threadIdx.x == 0) {
     for (int s = 0; s < g.slots; ++s) {
       mbarrier_init(&full[s], 1);
@@ -81,20 +90,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     mbarrier_init_fence();
   }
   __syncthreads();
-  const int64_t warp_stages = (nt + g.warps - 1) / g.warps * col_stages;  // per warp, at most
+  const int64_t warp_stages = (nv + g.warps - 1) / g.warps * split_stages;  // per warp, at most
   if (warp == g.warps) {
     // The producer: weights are constants, so it starts before the kernel before this one ends.
     if (lane != 0) return;
     for (int64_t jj = 0; jj < warp_stages; ++jj)
       for (int i = 0; i < g.warps; ++i) {
-        const wr::Stage s = wr::stage_of(jj, i, g.warps, g.slots, col_stages);
-        if (s.task >= nt) continue;
-        const int64_t t = t0 + s.task;
+        const wr::Stage s = wr::stage_of(jj, i, g.warps, g.slots, split_stages);
+        if (s.task >= nv) continue;
+        const int64_t t = t0 + s.task / g.splits,
+                      slice = (s.task % g.splits) * split_stages + s.slice;
         const int m = matrix_of(g, t);
         mbarrier_wait(&empty[s.slot], s.parity ^ 1u);
         mbarrier_arrive_expect(&full[s.slot], uint32_t(wr::kTileRows * kStageCols));
         const char* src = static_cast<const char*>(g.w[m].data) +
-                          (t - g.first_task[m]) * wr::kTileRows * cols + s.slice * kStageCols;
+                          (t - g.first_task[m]) * wr::kTileRows * cols + slice * kStageCols;
         char* dst = ring + s.slot * stage_bytes;
         for (int r = 0; r < wr::kTileRows; ++r)
           bulk_copy_to_shared(dst + r * rs, src + r * cols, uint32_t(kStageCols), &full[s.slot]);
@@ -104,14 +114,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   // Lane l < kScaleBlocks holds the block scale of the 128 columns l of its warp's stage jj,
   // asked for one stage ahead (the first before the previous kernel ends: scales are constants).
   auto stage_scale = [&](int64_t jj) {
-    const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, col_stages);
-    if (s.task >= nt || lane >= kScaleBlocks) return 0.0f;
-    const int64_t t = t0 + s.task;
+    const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, split_stages);
+    if (s.task >= nv || lane >= kScaleBlocks) return 0.0f;
+    const int64_t t = t0 + s.task / g.splits, slice = (s.task % g.splits) * split_stages + s.slice;
     const WeightMatrix& w = g.w[matrix_of(g, t)];
     const int64_t row0 = (t - g.first_task[matrix_of(g, t)]) * wr::kTileRows;
     // A tile's 16 rows share one 128-row scale block (row_offset is a multiple of 16).
     const int64_t si =
-        (w.row_offset + row0) / 128 * ((cols + 127) / 128) + s.slice * kScaleBlocks + lane;
+        (w.row_offset + row0) / 128 * ((cols + 127) / 128) + slice * kScaleBlocks + lane;
     return w.scale_type == ScaleType::f32 ? __ldg(static_cast<const float*>(w.scale) + si)
                                           : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + si));
   };
@@ -126,16 +136,17 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int quad_row = lane / 4, t4 = lane % 4;
   float total[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t jj = 0; jj < warp_stages; ++jj) {
-    const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, col_stages);
-    if (s.task >= nt) break;
+    const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, split_stages);
+    if (s.task >= nv) break;
     const float scale = next_scale;
     next_scale = stage_scale(jj + 1);
-    const int64_t t = t0 + s.task;
+    const int64_t tile = s.task / g.splits, split = s.task % g.splits, t = t0 + tile;
     const int m = matrix_of(g, t);
     const int64_t row0 = (t - g.first_task[m]) * wr::kTileRows;
     const int64_t gi = g.group_rows > 0 ? row0 / g.group_rows - first_group : 0;
     const uint4* xf = xs + gi * (cols / 4);
-    const int64_t group0 = s.slice * (kStageCols / wr::kGroupCols);  // x's 64-column groups
+    // x's 64-column groups
+    const int64_t group0 = (split * split_stages + s.slice) * (kStageCols / wr::kGroupCols);
     mbarrier_wait(&full[s.slot], s.parity);
     // Row quad_row of the stage at lane t4's 16 bytes of each 64 columns; row quad_row + 8 below.
     const char* ra = ring + s.slot * stage_bytes + quad_row * rs + 16 * t4;
@@ -170,13 +181,36 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     }
     __syncwarp();
     if (lane == 0) mbarrier_arrive(&empty[s.slot]);
-    if (s.slice + 1 == col_stages) {
+    if (s.slice + 1 == split_stages) {
       // Lane (quad_row, 0) holds B columns 0 and 1 (the high and low parts' products) of rows
       // quad_row and quad_row + 8.
-      if (t4 == 0) {
-        float* y = g.y[m] + row0;
-        y[quad_row] = total[0] + total[1];
-        y[quad_row + 8] = total[2] + total[3];
+      if (g.splits == 1) {
+        if (t4 == 0) {
+          float* y = g.y[m] + row0;
+          y[quad_row] = total[0] + total[1];
+          y[quad_row + 8] = total[2] + total[3];
+        }
+      } else {
+        // The tile's splits meet in shared memory; the last warp done adds them in split order,
+        // so the sums do not depend on which warp finished first.
+        float* sums = split_sums + tile * g.splits * wr::kTileRows;
+        if (t4 == 0) {
+          sums[split * wr::kTileRows + quad_row] = total[0] + total[1];
+          sums[split * wr::kTileRows + quad_row + 8] = total[2] + total[3];
+        }
+        __threadfence_block();
+        __syncwarp();
+        int last = 0;
+        if (lane == 0) last = atomicAdd(&splits_done[tile], 1) == g.splits - 1;
+        if (__shfl_sync(0xffffffffu, last, 0)) {
+          __threadfence_block();
+          if (lane < wr::kTileRows) {
+            const volatile float* v = sums + lane;
+            float y = 0.0f;
+            for (int k = 0; k < g.splits; ++k) y += v[k * wr::kTileRows];
+            g.y[m][row0 + lane] = y;
+          }
+        }
       }
 #pragma unroll
       for (int v = 0; v < 4; ++v) total[v] = 0.0f;
@@ -187,7 +221,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 }  // namespace
 
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                    int64_t x_offset, void* stream, int64_t stage_cols, int depth) {
+                    int64_t x_offset, void* stream, int64_t stage_cols, int depth, int max_splits) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15))
     return false;
@@ -220,9 +254,17 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
     if ((tasks + grid - 1) / grid * wr::kTileRows > group_rows) return false;
     g.x_groups = 2;
   }
-  const int64_t fixed = wr::kHeader + g.x_groups * cols * 4;
-  const wr::Shape shape = wr::shape_for(
-      tasks, grid, stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots), depth);
+  // Split tiles until a block has 8 tasks or more (or max_splits).
+  g.max_tiles = int((tasks + grid - 1) / grid);
+  g.splits = 1;
+  while (g.splits * 2 <= max_splits && (cols / stage_cols) % (g.splits * 2) == 0 &&
+         g.max_tiles * g.splits < 8)
+    g.splits *= 2;
+  const int64_t fixed =
+      wr::kHeader + g.x_groups * cols * 4 + wr::split_bytes(g.max_tiles, g.splits);
+  const wr::Shape shape =
+      wr::shape_for(tasks * g.splits, grid,
+                    stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots), depth);
   if (shape.warps == 0) return false;
   g.warps = shape.warps;
   g.slots = shape.slots;

@@ -50,6 +50,12 @@ __host__ __device__ inline XPlace x_place(int64_t c, int p) {
   return {x_unit(group, j / 2, p, t), j % 2};
 }
 
+// Shared memory for the split sums of `tiles` tiles of `splits` splits and their counters, a
+// multiple of 16 bytes; none without splits.
+__host__ __device__ inline int64_t split_bytes(int64_t tiles, int splits) {
+  return splits > 1 ? (tiles * splits * kTileRows * 4 + tiles * 4 + 15) / 16 * 16 : 0;
+}
+
 // Staged rows are kRowPad bytes longer than their stage_cols: rows g and g + 1 then sit 16 banks
 // apart, so the 8 lanes of a 16-byte load's phase (rows g, g + 1, lanes t = 0..3) hit 32
 // distinct banks.

@@ -679,17 +679,27 @@ TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
     cuda::copy_to_device(dx, x.data(), x_cols * 4);
     const cuda::GemvProduct one{dm.view(), dy, host.rows};
     for (const int64_t stage_cols : {1024, 2048})
-      for (const int depth : {1, 2}) {
-        const std::string how =
-            what + ", stages of " + std::to_string(stage_cols) + ", depth " + std::to_string(depth);
-        cuda::zero_device(dy, host.rows * 4);
-        ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
-                                         c.groups > 1 ? group_rows : 0,
-                                         c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth))
-            << how;
-        cuda::copy_to_host(got.data(), dy, host.rows * 4);
-        EXPECT_LE(rel_l2(got, want), 1e-5) << how;
-      }
+      for (const int depth : {1, 2})
+        for (const int splits : {1, 8}) {
+          const std::string how = what + ", stages of " + std::to_string(stage_cols) + ", depth " +
+                                  std::to_string(depth) + ", splits up to " +
+                                  std::to_string(splits);
+          cuda::zero_device(dy, host.rows * 4);
+          ASSERT_TRUE(cuda::gemv_warp_rows(
+              std::span<const cuda::GemvProduct>(&one, 1), dx, c.groups > 1 ? group_rows : 0,
+              c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth, splits))
+              << how;
+          cuda::copy_to_host(got.data(), dy, host.rows * 4);
+          EXPECT_LE(rel_l2(got, want), 1e-5) << how;
+          if (splits > 1) {  // the splits add up in a fixed order: the same bits again
+            std::vector<float> twice(host.rows);
+            ASSERT_TRUE(cuda::gemv_warp_rows(
+                std::span<const cuda::GemvProduct>(&one, 1), dx, c.groups > 1 ? group_rows : 0,
+                c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth, splits));
+            cuda::copy_to_host(twice.data(), dy, host.rows * 4);
+            EXPECT_EQ(std::memcmp(twice.data(), got.data(), host.rows * 4), 0) << how;
+          }
+        }
     cuda::zero_device(dy, host.rows * 4);
     if (c.groups > 1)
       cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
