@@ -318,6 +318,16 @@ constexpr StreamCase kStreamCases[] = {{1024, 4096, 1, false},
                                        {4096, 1024, 1, true},
                                        {4096, 1024, 4, false}};
 
+// One activation row times a case's matrix through gemv (or gemv_grouped for its groups).
+void one_row(const StreamCase& c, const cuda::DeviceMatrix& dm, const float* dx, float* dy,
+             cuda::GemvMode mode) {
+  const WeightMatrix& w = dm.view();
+  if (c.groups > 1)
+    cuda::gemv_grouped(w, c.groups, dx, w.cols * c.groups, 1, dy, w.rows, nullptr, mode);
+  else
+    cuda::gemv(w, dx, 1, dy, nullptr, mode);
+}
+
 // The FP8 tensor-core products' variants (GemvMode) add the same numbers in the same order, so
 // their results are bitwise equal: stages filled by tensor copies (swizzled in shared memory,
 // tensor_map.h) against padded rows of bulk copies, and the warps' partial sums added up after
@@ -349,10 +359,7 @@ TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
                                          c.groups > 1 ? host.cols : 0, mode))
           << how;
       cuda::zero_device(dy, host.rows * 4);
-      if (c.groups > 1)
-        cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
-      else
-        cuda::gemv(dm.view(), dx, 1, dy, nullptr, mode);
+      one_row(c, dm, dx, dy, mode);
       cuda::copy_to_host(got.data(), dy, host.rows * 4);
       EXPECT_LE(rel_l2(got, want), 1e-5) << how;
       if (mode.tensor_map || mode.sum_group > 1)
@@ -684,27 +691,24 @@ TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
           const std::string how = what + ", stages of " + std::to_string(stage_cols) + ", depth " +
                                   std::to_string(depth) + ", splits up to " +
                                   std::to_string(splits);
-          cuda::zero_device(dy, host.rows * 4);
-          ASSERT_TRUE(cuda::gemv_warp_rows(
-              std::span<const cuda::GemvProduct>(&one, 1), dx, c.groups > 1 ? group_rows : 0,
-              c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth, splits))
-              << how;
-          cuda::copy_to_host(got.data(), dy, host.rows * 4);
+          auto run = [&](std::vector<float>& out) {
+            cuda::zero_device(dy, host.rows * 4);
+            ASSERT_TRUE(cuda::gemv_warp_rows(
+                std::span<const cuda::GemvProduct>(&one, 1), dx, c.groups > 1 ? group_rows : 0,
+                c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth, splits))
+                << how;
+            cuda::copy_to_host(out.data(), dy, host.rows * 4);
+          };
+          run(got);
           EXPECT_LE(rel_l2(got, want), 1e-5) << how;
           if (splits > 1) {  // the splits add up in a fixed order: the same bits again
             std::vector<float> twice(host.rows);
-            ASSERT_TRUE(cuda::gemv_warp_rows(
-                std::span<const cuda::GemvProduct>(&one, 1), dx, c.groups > 1 ? group_rows : 0,
-                c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth, splits));
-            cuda::copy_to_host(twice.data(), dy, host.rows * 4);
+            run(twice);
             EXPECT_EQ(std::memcmp(twice.data(), got.data(), host.rows * 4), 0) << how;
           }
         }
     cuda::zero_device(dy, host.rows * 4);
-    if (c.groups > 1)
-      cuda::gemv_grouped(dm.view(), c.groups, dx, x_cols, 1, dy, host.rows, nullptr, mode);
-    else
-      cuda::gemv(dm.view(), dx, 1, dy, nullptr, mode);
+    one_row(c, dm, dx, dy, mode);
     cuda::copy_to_host(again.data(), dy, host.rows * 4);
     EXPECT_LE(rel_l2(again, want), 1e-5) << what << " through gemv";
     // wq_b's shape (16 tiles a block on up to 256 SMs) is the one gemv gives this kernel.
