@@ -553,9 +553,8 @@ bool launch_mma_rows(std::span<const GemvProduct> products, const float* x, int6
 // get 8 or more 16-row tiles. On an H200 wq_b (32,768 x 1,024, 16 tiles a block) took 16.1 us
 // that way against 19.0 here; wo_b (4,096 x 8,192, 2 a block) 25.7 against 15.5 and wo_a
 // (8,192 x 4,096, 4) 20.1 against 15.1: a few warps multiplying wide tiles alone are slower
-// than 16 sharing each stage.
-// With column splits (GemvMode::warp_rows_splits), tasks are splits of tiles: a tile of a
-// matrix `cols` wide takes up to cols / 1,024 of them.
+// than 16 sharing each stage. With column splits (GemvMode::warp_rows_splits) the tasks are
+// splits of tiles: a tile of a matrix `cols` wide takes up to cols / 1,024 of them.
 bool warp_rows_pay(const GemvMode& mode, int64_t bytes, int64_t rows, int64_t cols) {
   const int64_t splits =
       std::clamp<int64_t>(std::min<int64_t>(mode.warp_rows_splits, cols / 1024), 1, 16);

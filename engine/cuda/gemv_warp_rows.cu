@@ -122,8 +122,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const wr::Stage s = wr::stage_of(jj, warp, g.warps, g.slots, split_stages);
     if (s.task >= nv || lane >= kScaleBlocks) return 0.0f;
     const int64_t t = t0 + s.task / g.splits, slice = (s.task % g.splits) * split_stages + s.slice;
-    const WeightMatrix& w = g.w[matrix_of(g, t)];
-    const int64_t row0 = (t - g.first_task[matrix_of(g, t)]) * wr::kTileRows;
+    const int m = matrix_of(g, t);
+    const WeightMatrix& w = g.w[m];
+    const int64_t row0 = (t - g.first_task[m]) * wr::kTileRows;
     // A tile's 16 rows share one 128-row scale block (row_offset is a multiple of 16).
     const int64_t si =
         (w.row_offset + row0) / 128 * ((cols + 127) / 128) + slice * kScaleBlocks + lane;
