@@ -7,11 +7,13 @@
 //
 // FP8 matrices take the tensor cores instead (gemv_stream_mma_kernel): decoding an FP8 value
 // for a float FMA costs about four instructions, which kept the CUDA-core consumers at 1.8 TB/s;
-// two FP8 bytes become a bf16 pair in three, and one mma.sync then takes 16 rows x 16 columns.
+// two FP8 bytes become an f16 pair in one (f16_fragments.h), and one mma.sync then takes 16 rows
+// x 16 columns.
 #include <algorithm>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/f16_fragments.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/stream_ring.cuh"
@@ -160,6 +162,10 @@ constexpr int64_t mma_sums_bytes(int sum_group, int nt) {
 // Activation rows of one launch (NT): 1, or up to 4 or 8 (the mma's 8 columns hold 4 rows' high
 // and low parts; 8 rows take two mma per weight fragment).
 static_assert(kMmaMaxTiles * kMmaRows <= stream::kRedRows);
+// x's B fragments (4 bytes per column and activation row) and each 128-column block's scale.
+constexpr int64_t mma_x_bytes(int64_t cols, int nt) {
+  return cols * 4 * nt + cols / f16_fragments::kBlockCols * 4 * nt;
+}
 
 // One or more FP8 matrices of the same width times the same activations (the decode step's
 // products of the layer input, one launch): matrix m owns tasks [first_task[m],
@@ -190,25 +196,31 @@ __device__ __forceinline__ int matrix_of(const MmaGemv& g, int64_t t) {
   return m;
 }
 
-// The mma's k slots 2t, 2t+1, 2t+8, 2t+9 of lane quad position t take columns 4t, 4t+2, 4t+1,
-// 4t+3 of each 16 (one 32-bit word of FP8 per row and lane). x becomes the B fragments for that
-// order: per 16 columns s, activation row j < NT and part p (0: bf16 high part, 1: low part; the
-// mma's column 2j + p, of the second mma for j >= 4) and t, the pairs (x[4t], x[4t+2]) and
-// (x[4t+1], x[4t+3]), times x_scale. Rows j >= tokens are zeros.
+// x as the B fragments of f16_fragments.h's k order: per 16 columns s, activation row j < NT and
+// part p (0: f16 high part, 1: low part; the mma's column 2j + p, of the second mma for j >= 4)
+// and lane position t, the pairs (x[4t], x[4t+1]) and (x[4t+2], x[4t+3]) of its 128-column
+// block scaled by 2^e (f16_fragments::block_exponent), and 2^-e in unscale[j * blocks + block].
+// Rows j >= tokens are zeros. A warp's 32 quads of columns are one block of one row (cols is a
+// multiple of 1,024), so a warp reduction finds the block's largest magnitude.
 template <int NT>
 __device__ void stage_x_fragments(const float* x, int64_t x_stride, int tokens, int64_t cols,
-                                  uint2* xb) {
-  constexpr float scale = x_scale<WeightType::f8_e4m3>();
-  const int64_t quads = cols / 4;
+                                  uint2* xb, float* unscale) {
+  namespace ff = f16_fragments;
+  const int64_t quads = cols / 4, blocks = cols / ff::kBlockCols;
   for (int64_t i = threadIdx.x; i < NT * quads; i += kConsumerWarps * 32) {
     const int j = int(i / quads);
     const int64_t q = i - j * quads, s = q / 4, t = q % 4;
     const float4 v = j < tokens ? __ldg(reinterpret_cast<const float4*>(x + j * x_stride) + q)
                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    const Bf16Parts p02 = split_bf16(v.x * scale, v.z * scale),
-                    p13 = split_bf16(v.y * scale, v.w * scale);
-    xb[((s * NT + j) * 2) * 4 + t] = make_uint2(p02.hi, p13.hi);
-    xb[((s * NT + j) * 2 + 1) * 4 + t] = make_uint2(p02.lo, p13.lo);
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const int e = ff::block_exponent(amax);
+    const float up = ff::power_of_two(e);
+    const F16Parts p01 = split_f16(v.x * up, v.y * up), p23 = split_f16(v.z * up, v.w * up);
+    xb[((s * NT + j) * 2) * 4 + t] = make_uint2(p01.hi, p23.hi);
+    xb[((s * NT + j) * 2 + 1) * 4 + t] = make_uint2(p01.lo, p23.lo);
+    if (threadIdx.x % 32 == 0) unscale[j * blocks + q / 32] = ff::power_of_two(-e);
   }
 }
 
@@ -217,7 +229,7 @@ __device__ void stage_x_fragments(const float* x, int64_t x_stride, int tokens, 
 constexpr int64_t kMapAlign = 1024;
 __device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_group, int nt,
                                           bool aligned) {
-  const int64_t fixed = kHeader + mma_sums_bytes(sum_group, nt) + cols * 4 * nt;
+  const int64_t fixed = kHeader + mma_sums_bytes(sum_group, nt) + mma_x_bytes(cols, nt);
   if (!aligned) return smem + fixed;
   const uint32_t base = shared_address(smem);
   return smem + ((base + fixed + kMapAlign - 1) & ~uint64_t(kMapAlign - 1)) - base;
@@ -241,6 +253,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   float* sums = reinterpret_cast<float*>(smem + kHeader);
   uint2* xb = reinterpret_cast<uint2*>(smem + kHeader + mma_sums_bytes(g.sum_group, NT));
   const int64_t cols = g.w[0].cols;  // every matrix of a set
+  // [NT][cols / 128], after the fragments' cols * 4 * NT bytes
+  float* x_unscale = reinterpret_cast<float*>(reinterpret_cast<char*>(xb) + cols * 4 * NT);
   const int64_t row_stride = kTma ? 128 : g.stage_cols + kMmaRowPad,
                 stage_bytes = kTaskRows * (kTma ? g.stage_cols : row_stride);
   const int64_t col_tiles = cols / g.stage_cols, tasks = g.first_task[g.count];
@@ -281,7 +295,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     return;
   }
   const int quad_row = lane / 4, t4 = lane % 4;
-  const int64_t warp_cols = g.stage_cols / kConsumerWarps, c0 = warp * warp_cols;
+  // Stages are kMmaMaxCols / MT columns (mma_stage_tiles), so a warp's share is known here and
+  // its k-step loop unrolls.
+  constexpr int64_t warp_cols = kMmaMaxCols / MT / kConsumerWarps;  // 128 or 64
+  const int64_t c0 = warp * warp_cols;
   // The block scales of stage (t, ct) for this warp's tiles, asked for one stage ahead (and the
   // first before the previous kernel has finished: scales are constants), so their round trip
   // to memory overlaps a stage's products instead of following them.
@@ -314,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (gi != group) {
       if (group >= 0) stream::consumers_sync();
       group = gi;
-      stage_x_fragments<NT>(g.x + gi * g.x_offset, g.x_stride, g.tokens, cols, xb);
+      stage_x_fragments<NT>(g.x + gi * g.x_offset, g.x_stride, g.tokens, cols, xb, x_unscale);
       stream::consumers_sync();
     }
     float total[MT][NB][4] = {};
@@ -335,7 +352,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8 * NT;
       // Even and odd column steps accumulate apart: two independent chains of mma per tile.
       float part[2][MT][NB][4] = {};
-      for (int64_t ks = 0; ks < warp_cols / 16; ks += 2) {  // warp_cols: 64 or 128
+#pragma unroll
+      for (int64_t ks = 0; ks < warp_cols / 16; ks += 2) {
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
           const int64_t k = ks + h;
@@ -355,23 +373,32 @@ __global__ void __launch_bounds__(kThreads, 1)
                              (kTma ? stage_unit(int((c0 % 128) / 16 + k), quad_row) * 16 : 16 * k);
             const uint32_t wa = *reinterpret_cast<const uint32_t*>(rm),
                            wb = *reinterpret_cast<const uint32_t*>(rm + 8 * row_stride);
-            const uint32_t a[4] = {e4m3_pair_02(wa), e4m3_pair_02(wb), e4m3_pair_13(wa),
-                                   e4m3_pair_13(wb)};
+            const uint32_t a[4] = {e4m3_low_pair(wa), e4m3_low_pair(wb), e4m3_high_pair(wa),
+                                   e4m3_high_pair(wb)};
 #pragma unroll
-            for (int jb = 0; jb < NB; ++jb) mma_bf16_16x8x16(part[h][i][jb], a, b[jb].x, b[jb].y);
+            for (int jb = 0; jb < NB; ++jb) mma_f16_16x8x16(part[h][i][jb], a, b[jb].x, b[jb].y);
           }
         }
       }
       stream::release(bars, s);
+      // The 128-column block of this warp's columns, and its scale for lane t4's activation rows.
+      const int64_t block = (ct * g.stage_cols + c0) / f16_fragments::kBlockCols;
+      float unscale[NB];
 #pragma unroll
-      for (int i = 0; i < MT; ++i) {
-        const float f = sc[i] * out_scale<WeightType::f8_e4m3>();
+      for (int jb = 0; jb < NB; ++jb) {
+        const int token = jb * 4 + t4;
+        unscale[jb] =
+            token < NT ? x_unscale[token * (cols / f16_fragments::kBlockCols) + block] : 0.0f;
+      }
 #pragma unroll
-        for (int jb = 0; jb < NB; ++jb)
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int jb = 0; jb < NB; ++jb) {
+          const float f = sc[i] * unscale[jb];
 #pragma unroll
           for (int j = 0; j < 4; ++j)
             total[i][jb][j] = fmaf(part[0][i][jb][j] + part[1][i][jb][j], f, total[i][jb][j]);
-      }
+        }
     }
     // Lane (quad_row, t4) holds the mma's columns 2 t4 and 2 t4 + 1 (activation row jb * 4 + t4's
     // high and low parts) of rows quad_row and quad_row + 8 of each tile.
@@ -438,8 +465,8 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
   const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
-  p.fixed =
-      kHeader + mma_sums_bytes(p.sum_group, nt) + w.cols * 4 * nt + (tensor_map ? kMapAlign : 0);
+  p.fixed = kHeader + mma_sums_bytes(p.sum_group, nt) + mma_x_bytes(w.cols, nt) +
+            (tensor_map ? kMapAlign : 0);
   p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + (tensor_map ? 0 : kMmaRowPad));
   p.stages = stream::ring_stages(p.fixed, p.stage);
   return p;

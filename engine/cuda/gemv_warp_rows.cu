@@ -18,6 +18,7 @@
 #include "engine/cuda/bulk_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/f16_fragments.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/stream_ring.cuh"
@@ -51,18 +52,26 @@ __device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
   return m;
 }
 
-// x's group gi (x + gi * x_offset) as B fragments at xs (warp_rows::x_unit), times x_scale, split
-// into bf16 high and low parts; every consumer thread takes a share.
-__device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs) {
-  constexpr float scale = x_scale<WeightType::f8_e4m3>();
+// x's group gi (x + gi * x_offset) as B fragments at xs (warp_rows::x_unit): each 128-column
+// block scaled by 2^e (f16_fragments::block_exponent) and split into f16 high and low parts, 2^-e
+// in unscale[block]; every consumer thread takes a share. A warp's 32 quads of columns are one
+// block (threads is a multiple of 32, cols of 1,024), so a warp reduction finds its largest
+// magnitude.
+__device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs, float* unscale) {
+  namespace ff = f16_fragments;
   auto* units = reinterpret_cast<uint2*>(xs);
   for (int64_t i = threadIdx.x; i < cols / 4; i += threads) {
     const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
-    const Bf16Parts p02 = split_bf16(v.x * scale, v.z * scale),
-                    p13 = split_bf16(v.y * scale, v.w * scale);
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const int e = ff::block_exponent(amax);
+    const float up = ff::power_of_two(e);
+    const F16Parts p01 = split_f16(v.x * up, v.y * up), p23 = split_f16(v.z * up, v.w * up);
     const wr::XPlace hi = wr::x_place(4 * i, 0), lo = wr::x_place(4 * i, 1);
-    units[2 * hi.unit + hi.sub] = make_uint2(p02.hi, p13.hi);
-    units[2 * lo.unit + lo.sub] = make_uint2(p02.lo, p13.lo);
+    units[2 * hi.unit + hi.sub] = make_uint2(p01.hi, p23.hi);
+    units[2 * lo.unit + lo.sub] = make_uint2(p01.lo, p23.lo);
+    if (threadIdx.x % 32 == 0) unscale[i / 32] = ff::power_of_two(-e);
   }
 }
 
@@ -77,9 +86,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int64_t cols = g.w[0].cols, col_stages = cols / kStageCols;
   const int64_t rs = wr::row_stride(kStageCols), stage_bytes = wr::stage_bytes(kStageCols);
   uint4* xs = reinterpret_cast<uint4*>(smem + wr::kHeader);
-  float* split_sums = reinterpret_cast<float*>(smem + wr::kHeader + g.x_groups * cols * 4);
+  // [x_groups][cols / 128]: each block's 2^-e
+  float* x_unscale = reinterpret_cast<float*>(smem + wr::kHeader + g.x_groups * cols * 4);
+  const int64_t x_bytes = g.x_groups * cols * 4 + wr::x_unscale_bytes(g.x_groups, cols);
+  float* split_sums = reinterpret_cast<float*>(smem + wr::kHeader + x_bytes);
   int* splits_done = reinterpret_cast<int*>(split_sums + g.max_tiles * g.splits * wr::kTileRows);
-  char* ring = smem + wr::kHeader + g.x_groups * cols * 4 + wr::split_bytes(g.max_tiles, g.splits);
+  char* ring = smem + wr::kHeader + x_bytes + wr::split_bytes(g.max_tiles, g.splits);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t tasks = g.first_task[g.count];
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
@@ -136,7 +148,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int64_t first_group = g.group_rows > 0 ? t0 * wr::kTileRows / g.group_rows : 0;
   const int64_t groups = g.group_rows > 0 ? g.w[0].rows / g.group_rows : 1;
   for (int gi = 0; gi < g.x_groups && first_group + gi < groups; ++gi)
-    stage_x(g.x + (first_group + gi) * g.x_offset, cols, g.warps * 32, xs + gi * (cols / 4));
+    stage_x(g.x + (first_group + gi) * g.x_offset, cols, g.warps * 32, xs + gi * (cols / 4),
+            x_unscale + gi * (cols / 128));
   named_barrier(1, uint32_t(g.warps) * 32);
 
   const int quad_row = lane / 4, t4 = lane % 4;
@@ -151,6 +164,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int64_t row0 = (t - g.first_task[m]) * wr::kTileRows;
     const int64_t gi = g.group_rows > 0 ? row0 / g.group_rows - first_group : 0;
     const uint4* xf = xs + gi * (cols / 4);
+    const float* unscale = x_unscale + gi * (cols / 128);
     // x's 64-column groups
     const int64_t group0 = (split * split_stages + s.slice) * (kStageCols / wr::kGroupCols);
     mbarrier_wait(&full[s.slot], s.parity);
@@ -175,12 +189,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         const uint32_t b0[4] = {x01.x, x01.z, x23.x, x23.z}, b1[4] = {x01.y, x01.w, x23.y, x23.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const uint32_t a[4] = {e4m3_pair_02(ka[j]), e4m3_pair_02(kb[j]), e4m3_pair_13(ka[j]),
-                                 e4m3_pair_13(kb[j])};
-          mma_bf16_16x8x16(part[j], a, b0[j], b1[j]);
+          const uint32_t a[4] = {e4m3_low_pair(ka[j]), e4m3_low_pair(kb[j]), e4m3_high_pair(ka[j]),
+                                 e4m3_high_pair(kb[j])};
+          mma_f16_16x8x16(part[j], a, b0[j], b1[j]);
         }
       }
-      const float f = __shfl_sync(0xffffffffu, scale, b) * out_scale<WeightType::f8_e4m3>();
+      // The weights' block scale times x's 2^-e for these 128 columns (group0 is even).
+      const float f = __shfl_sync(0xffffffffu, scale, b) * unscale[group0 / 2 + b];
 #pragma unroll
       for (int v = 0; v < 4; ++v)
         total[v] = fmaf((part[0][v] + part[1][v]) + (part[2][v] + part[3][v]), f, total[v]);
@@ -266,8 +281,9 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   while (g.splits * 2 <= max_splits && (cols / stage_cols) % (g.splits * 2) == 0 &&
          g.max_tiles * g.splits < 8)
     g.splits *= 2;
-  const int64_t fixed =
-      wr::kHeader + g.x_groups * cols * 4 + wr::split_bytes(g.max_tiles, g.splits);
+  const int64_t fixed = wr::kHeader + g.x_groups * cols * 4 +
+                        wr::x_unscale_bytes(g.x_groups, cols) +
+                        wr::split_bytes(g.max_tiles, g.splits);
   const wr::Shape shape =
       wr::shape_for(tasks * g.splits, grid,
                     stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots), depth);

@@ -1,5 +1,6 @@
-// Warp-level tensor-core helpers (sm_80+ mma.sync, bf16 inputs, float32 accumulation) for the
-// prefill kernels that are too irregular for cuBLAS (per-row key lists, fused epilogues).
+// Warp-level tensor-core helpers (sm_80+ mma.sync, bf16 or f16 inputs, float32 accumulation) for
+// the prefill kernels that are too irregular for cuBLAS (per-row key lists, fused epilogues) and
+// the decode step's FP8 products (f16: Hopper turns two FP8 bytes into an f16 pair in one cvt).
 //
 // Fragment layout of mma.m16n8k16 (PTX ISA, "Matrix Fragments for mma.m16n8k16"), with
 // g = lane / 4 and c = lane % 4:
@@ -11,6 +12,7 @@
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 #include <cstdint>
 
@@ -20,6 +22,15 @@ __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (
                                                  uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_f16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -57,6 +68,18 @@ __device__ __forceinline__ Bf16Parts split_bf16(float x0, float x1) {
   const __nv_bfloat162 hi = __floats2bfloat162_rn(x0, x1);
   const float2 back = __bfloat1622float2(hi);
   const __nv_bfloat162 lo = __floats2bfloat162_rn(x0 - back.x, x1 - back.y);
+  return {*reinterpret_cast<const uint32_t*>(&hi), *reinterpret_cast<const uint32_t*>(&lo)};
+}
+
+// x as f16 hi + f16 lo: ~22 significant bits of x where x's magnitude suits f16 (the FP8
+// products scale each block of x by a power of two first, f16_fragments.h).
+struct F16Parts {
+  uint32_t hi, lo;
+};
+__device__ __forceinline__ F16Parts split_f16(float x0, float x1) {
+  const __half2 hi = __floats2half2_rn(x0, x1);
+  const float2 back = __half22float2(hi);
+  const __half2 lo = __floats2half2_rn(x0 - back.x, x1 - back.y);
   return {*reinterpret_cast<const uint32_t*>(&hi), *reinterpret_cast<const uint32_t*>(&lo)};
 }
 

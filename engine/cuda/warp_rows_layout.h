@@ -22,14 +22,14 @@ constexpr int kMaxSlots = 16;
 constexpr int64_t kHeader = 2 * kMaxSlots * 8;  // full and empty barriers
 
 // The column (of a 64-column group) under mma k slot kk (0..15) of k-step j: slots 2t, 2t+1
-// are bytes 0 and 2 of lane t's word j (e4m3_pair_02), slots 2t+8, 2t+9 bytes 1 and 3
-// (e4m3_pair_13).
+// are bytes 0 and 1 of lane t's word j (e4m3_low_pair), slots 2t+8, 2t+9 bytes 2 and 3
+// (e4m3_high_pair), as in f16_fragments.h.
 __host__ __device__ inline int k_slot_column(int kk, int j) {
-  const int t = (kk % 8) / 2, e = (kk & 1) * 2 + (kk >= 8 ? 1 : 0);
+  const int t = (kk % 8) / 2, e = (kk & 1) + (kk >= 8 ? 2 : 0);
   return 16 * t + 4 * j + e;
 }
 
-// Staged activations: per 64-column group G, for half h (k-steps 2h and 2h+1), part p (0: bf16
+// Staged activations: per 64-column group G, for half h (k-steps 2h and 2h+1), part p (0: f16
 // high parts, 1: low parts; the mma's B column p) and lane position t, one 16-byte unit holding
 // the B fragments (b0, b1) of k-step 2h then of 2h+1. Lanes 0..7 (p = lane / 4) read 8
 // consecutive units: no bank conflicts. cols * 4 bytes in all.
@@ -38,7 +38,7 @@ __host__ __device__ inline int64_t x_unit(int64_t group, int h, int p, int t) {
 }
 
 // Where the staging puts x's columns c .. c + 3 (c a multiple of 4), part p: the uint2 `sub` of
-// 16-byte unit `unit`, holding (x[c], x[c + 2]) then (x[c + 1], x[c + 3]), the b0 and b1 of the
+// 16-byte unit `unit`, holding (x[c], x[c + 1]) then (x[c + 2], x[c + 3]), the b0 and b1 of the
 // k-step and lane position whose A words hold those columns.
 struct XPlace {
   int64_t unit;
@@ -48,6 +48,12 @@ __host__ __device__ inline XPlace x_place(int64_t c, int p) {
   const int64_t group = c / kGroupCols, within = c % kGroupCols;
   const int t = int(within / 16), j = int(within % 16) / 4;
   return {x_unit(group, j / 2, p, t), j % 2};
+}
+
+// Shared memory for x's per-128-column scales (f16_fragments.h) of `groups` staged groups of x:
+// a multiple of 16 bytes, as cols is of 1,024.
+__host__ __device__ inline int64_t x_unscale_bytes(int groups, int64_t cols) {
+  return groups * (cols / 128) * 4;
 }
 
 // Shared memory for the split sums of `tiles` tiles of `splits` splits and their counters, a

@@ -113,14 +113,27 @@ __device__ __forceinline__ float e2m1_placed(uint32_t w) {  // nibble K of w
   return __int_as_float((t >> 6) & int32_t(0x81c00000u));
 }
 
-// Two FP8 e4m3 bytes of w as a bf16 pair, exact, times 2^-120 (as e4m3_placed): bytes 0 and 2,
-// or 1 and 3, the lower byte in the low half. e4m3 subnormals become bf16 subnormals. The
-// tensor-core products' weight fragments (gemv_stream.cu, gemv_warp_rows.cu).
-__device__ __forceinline__ uint32_t e4m3_pair_02(uint32_t w) {
-  return ((w << 4) & 0x07F007F0u) | ((w << 8) & 0x80008000u);
+// Two FP8 e4m3 bytes of w as an f16 pair, the lower byte in the low half: bytes 0, 1
+// (e4m3_low_pair) or 2, 3 (e4m3_high_pair, the upper half read in place). Exact (every e4m3 value
+// is an f16, NaN stays NaN), one instruction each on sm_89 and later (Hopper's F2FP unpack): the
+// tensor-core products' weight fragments (gemv_stream.cu, gemv_warp_rows.cu, f16_fragments.h).
+// Building a bf16 pair from the bits took three to five integer instructions.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+#error "e4m3_low_pair and e4m3_high_pair need sm_89 or later (cvt.rn.f16x2.e4m3x2)"
+#endif
+__device__ __forceinline__ uint32_t e4m3_low_pair(uint32_t w) {
+  uint32_t r;
+  asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;}"
+      : "=r"(r)
+      : "r"(w));
+  return r;
 }
-__device__ __forceinline__ uint32_t e4m3_pair_13(uint32_t w) {
-  return ((w >> 4) & 0x07F007F0u) | (w & 0x80008000u);
+__device__ __forceinline__ uint32_t e4m3_high_pair(uint32_t w) {
+  uint32_t r;
+  asm("{.reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, hi;}"
+      : "=r"(r)
+      : "r"(w));
+  return r;
 }
 
 template <WeightType T>

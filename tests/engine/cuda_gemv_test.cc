@@ -4,8 +4,11 @@
 #include <gtest/gtest.h>
 #include <immintrin.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -15,6 +18,7 @@
 
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/f16_fragments.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/tensor_map.h"
 #include "engine/cuda/warp_rows_layout.h"
@@ -765,11 +769,15 @@ TEST(CudaWarpRowsLayout, FragmentsAndScheduleCoverEveryStageOnce) {
     for (int j = 0; j < 4; ++j)
       for (int t = 0; t < 4; ++t)
         for (int p = 0; p < 2; ++p) {
-          // b0 = (x[c], x[c + 2]) feeds slots 2t, 2t + 1; b1 = (x[c + 1], x[c + 3]) 2t + 8, 2t + 9.
+          // b0 = (x[c], x[c + 1]) feeds slots 2t, 2t + 1; b1 = (x[c + 2], x[c + 3]) 2t + 8, 2t + 9.
           const int64_t c = g * 64 + wr::k_slot_column(2 * t, j);
-          EXPECT_EQ(wr::k_slot_column(2 * t + 1, j), c % 64 + 2);
-          EXPECT_EQ(wr::k_slot_column(2 * t + 8, j), c % 64 + 1);
+          EXPECT_EQ(wr::k_slot_column(2 * t + 1, j), c % 64 + 1);
+          EXPECT_EQ(wr::k_slot_column(2 * t + 8, j), c % 64 + 2);
           EXPECT_EQ(wr::k_slot_column(2 * t + 9, j), c % 64 + 3);
+          for (int kk = 0; kk < 16; ++kk) {  // each lane's word in f16_fragments.h's order
+            EXPECT_EQ(wr::k_slot_column(kk, j) % 4, cuda::f16_fragments::k_column(kk) % 4);
+            EXPECT_EQ(wr::k_slot_column(kk, j) / 16, cuda::f16_fragments::k_column(kk) / 4);
+          }
           const wr::XPlace at = wr::x_place(c, p);
           EXPECT_EQ(at.unit, wr::x_unit(g, j / 2, p, t));
           EXPECT_EQ(at.sub, j % 2);
@@ -805,6 +813,169 @@ TEST(CudaWarpRowsLayout, FragmentsAndScheduleCoverEveryStageOnce) {
         for (int v : covered) ASSERT_EQ(v, 1);
       }
     }
+}
+
+// f16_fragments.h's activation scaling: each 128-column block's largest magnitude lands in
+// [2^14, 2^15) (f16 high parts stay finite, low parts of the larger values normal), exactly as a
+// power of two; zero and tiny blocks take the largest exponent, non-finite ones none. And the
+// k order: lane position t's word holds columns 4t .. 4t + 3, low pair first.
+TEST(CudaF16Fragments, BlockExponentKeepsPartsInF16Range) {
+  namespace ff = cuda::f16_fragments;
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> mantissa(1.0f, 2.0f);
+  for (int p = -149; p <= 127; ++p)
+    for (int i = 0; i < 4; ++i) {
+      const float amax = std::ldexp(i == 0 ? 1.0f : mantissa(rng), p);
+      const int e = ff::block_exponent(amax);
+      ASSERT_GE(e, -126) << amax;
+      ASSERT_LE(e, 126) << amax;
+      EXPECT_EQ(ff::power_of_two(e), std::ldexp(1.0f, e));
+      EXPECT_EQ(ff::power_of_two(-e), std::ldexp(1.0f, -e));
+      const double scaled = double(amax) * std::ldexp(1.0, e);
+      if (p >= -112) {
+        EXPECT_GE(scaled, 16384.0) << amax;
+        EXPECT_LT(scaled, 32768.0) << amax;
+      } else {
+        EXPECT_EQ(e, 126) << amax;
+      }
+    }
+  EXPECT_EQ(ff::block_exponent(0.0f), 126);
+  EXPECT_EQ(ff::block_exponent(std::numeric_limits<float>::max()), -113);
+  EXPECT_EQ(ff::block_exponent(std::numeric_limits<float>::infinity()), 0);
+  EXPECT_EQ(ff::block_exponent(std::numeric_limits<float>::quiet_NaN()), 0);
+  std::vector<int> seen(16, 0);
+  for (int kk = 0; kk < 16; ++kk) ++seen[ff::k_column(kk)];
+  for (int c = 0; c < 16; ++c) EXPECT_EQ(seen[c], 1) << "column " << c;
+  for (int t = 0; t < 4; ++t) {
+    EXPECT_EQ(ff::k_column(2 * t), 4 * t);
+    EXPECT_EQ(ff::k_column(2 * t + 1), 4 * t + 1);
+    EXPECT_EQ(ff::k_column(2 * t + 8), 4 * t + 2);
+    EXPECT_EQ(ff::k_column(2 * t + 9), 4 * t + 3);
+  }
+}
+
+// e4m3 as OCP FP8 defines it (bias 7, subnormals, no infinities); the NaN codes are not used.
+float e4m3_value(uint8_t b) {
+  const int e = (b >> 3) & 15, m = b & 7;
+  const float mag = e == 0 ? std::ldexp(float(m), -9) : std::ldexp(1.0f + float(m) / 8.0f, e - 7);
+  return (b & 0x80) ? -mag : mag;
+}
+float f16_rounded(float v) { return _cvtsh_ss(_cvtss_sh(v, 0)); }
+uint32_t f16_pair(float lo, float hi) {
+  return uint32_t(_cvtss_sh(lo, 0)) | (uint32_t(_cvtss_sh(hi, 0)) << 16);
+}
+float f16_half(uint32_t pair, int which) { return _cvtsh_ss(uint16_t(pair >> (16 * which))); }
+
+// One 16-row tile of gemv_warp_rows.cu replayed on the host, step by step as the kernel takes it:
+// x staged as stage_x stages it (each 128-column block scaled by 2^block_exponent, split into f16
+// high and low parts, put at warp_rows::x_place), each lane's A fragments built from its 16-byte
+// loads of rows g and g + 8 (bytes 0, 1 the low pair, 2, 3 the high pair), its B fragments read
+// from the staged units, the mma's sums by PTX's m16n8k16 fragment layout, then the weights'
+// block scale times the block's 2^-e. The 16 outputs match the float64 products to float32
+// accuracy although the activations span 60 binades.
+TEST(CudaF16Fragments, WarpRowsTileReplayMatchesTheProduct) {
+  namespace wr = cuda::warp_rows;
+  namespace ff = cuda::f16_fragments;
+  constexpr int64_t kCols = 256;  // two 128-column blocks
+  std::mt19937 rng(11);
+  std::vector<uint8_t> w(16 * kCols);
+  for (uint8_t& b : w) do
+      b = uint8_t(rng());
+    while ((b & 0x7f) == 0x7f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> binade(-20, 20);
+  std::vector<float> x(kCols);
+  for (int64_t c = 0; c < kCols; ++c)
+    x[c] = std::ldexp(normal(rng), binade(rng) + (c >= 128 ? 20 : 0));
+  const float weight_scale[2] = {0.125f, 4.0f};  // the FP8 block scale of each 128 columns
+
+  // stage_x: units[2 * unit + sub] = (b0, b1) of one part; unscale per block.
+  std::vector<std::array<uint32_t, 2> > units(kCols / 2);
+  float unscale[kCols / 128];
+  float amax_of[kCols / 128];
+  for (int64_t blk = 0; blk < kCols / 128; ++blk) {
+    float amax = 0.0f;
+    for (int64_t c = blk * 128; c < blk * 128 + 128; ++c) amax = std::max(amax, std::fabs(x[c]));
+    amax_of[blk] = amax;
+    const int e = ff::block_exponent(amax);
+    const float up = ff::power_of_two(e);
+    unscale[blk] = ff::power_of_two(-e);
+    for (int64_t c = blk * 128; c < blk * 128 + 128; c += 4) {
+      float hi[4], lo[4];
+      for (int i = 0; i < 4; ++i) {
+        hi[i] = f16_rounded(x[c + i] * up);
+        lo[i] = f16_rounded(x[c + i] * up - hi[i]);
+      }
+      const wr::XPlace ph = wr::x_place(c, 0), pl = wr::x_place(c, 1);
+      units[2 * ph.unit + ph.sub] = {f16_pair(hi[0], hi[1]), f16_pair(hi[2], hi[3])};
+      units[2 * pl.unit + pl.sub] = {f16_pair(lo[0], lo[1]), f16_pair(lo[2], lo[3])};
+    }
+  }
+
+  float total[16][8] = {};  // D of the tile: rows x the mma's 8 columns
+  for (int b = 0; b < int(kCols / 128); ++b) {
+    float part[4][16][8] = {};  // per k-step j
+    for (int half = 0; half < 2; ++half) {
+      const int64_t group = 2 * b + half;
+      for (int j = 0; j < 4; ++j) {
+        float a[16][16] = {}, bm[16][8] = {};
+        for (int lane = 0; lane < 32; ++lane) {
+          const int g = lane / 4, t = lane % 4;
+          auto word = [&](int row) {  // word j of the lane's 16 bytes of `row` in this group
+            uint32_t v;
+            std::memcpy(&v, &w[row * kCols + group * wr::kGroupCols + 16 * t + 4 * j], 4);
+            return v;
+          };
+          auto pair = [](uint32_t v, int first) {  // bytes first, first + 1 as two values
+            return std::array<float, 2>{e4m3_value(uint8_t(v >> (8 * first))),
+                                        e4m3_value(uint8_t(v >> (8 * first + 8)))};
+          };
+          const uint32_t wa = word(g), wb = word(g + 8);
+          // a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, +9], a3 = A[g+8][2t+8, +9]
+          const std::array<float, 2> a0 = pair(wa, 0), a1 = pair(wb, 0), a2 = pair(wa, 2),
+                                     a3 = pair(wb, 2);
+          for (int e = 0; e < 2; ++e) {
+            a[g][2 * t + e] = a0[e];
+            a[g + 8][2 * t + e] = a1[e];
+            a[g][2 * t + 8 + e] = a2[e];
+            a[g + 8][2 * t + 8 + e] = a3[e];
+          }
+          // b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g]; only columns 0 and 1 (quad_row < 2).
+          if (g < 2) {
+            const std::array<uint32_t, 2> u01a = units[2 * wr::x_unit(group, 0, g, t)],
+                                          u01b = units[2 * wr::x_unit(group, 0, g, t) + 1],
+                                          u23a = units[2 * wr::x_unit(group, 1, g, t)],
+                                          u23b = units[2 * wr::x_unit(group, 1, g, t) + 1];
+            const uint32_t b0[4] = {u01a[0], u01b[0], u23a[0], u23b[0]},
+                           b1[4] = {u01a[1], u01b[1], u23a[1], u23b[1]};
+            for (int e = 0; e < 2; ++e) {
+              bm[2 * t + e][g] = f16_half(b0[j], e);
+              bm[2 * t + 8 + e][g] = f16_half(b1[j], e);
+            }
+          }
+        }
+        for (int r = 0; r < 16; ++r)
+          for (int n = 0; n < 8; ++n)
+            for (int k = 0; k < 16; ++k) part[j][r][n] += a[r][k] * bm[k][n];
+      }
+    }
+    const float f = weight_scale[b] * unscale[b];
+    for (int r = 0; r < 16; ++r)
+      for (int n = 0; n < 8; ++n)
+        total[r][n] = std::fma((part[0][r][n] + part[1][r][n]) + (part[2][r][n] + part[3][r][n]), f,
+                               total[r][n]);
+  }
+  for (int r = 0; r < 16; ++r) {
+    double want = 0.0, bound = 0.0;
+    for (int64_t c = 0; c < kCols; ++c) {
+      const double wv = double(e4m3_value(w[r * kCols + c])) * weight_scale[c / 128];
+      want += wv * x[c];
+      bound += std::fabs(wv) * amax_of[c / 128];
+    }
+    const double got = double(total[r][0]) + double(total[r][1]);  // high + low parts' columns
+    EXPECT_NEAR(got, want, 1e-6 * bound) << "row " << r;
+    for (int n = 2; n < 8; ++n) EXPECT_EQ(total[r][n], 0.0f);
+  }
 }
 
 #endif  // AGENTRT_HAVE_CUDA
