@@ -130,20 +130,36 @@ __global__ void place_rows_kernel(const int32_t* seg_start, int64_t a0, int64_t 
   place[r] = {int32_t(lo - a0) * copies * slot + (pair - seg_start[lo]), slot};
 }
 
-// x rows of the chunk's pairs: h[order[s0 + r] / k] as bf16 (+ the low parts), one block a row.
+// Four floats as bf16 at dst (8-byte aligned); split: their low parts `low` values further on.
+__device__ __forceinline__ void store_bf16x4(float4 v, bool split, int64_t low,
+                                             __nv_bfloat16* dst) {
+  const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+  uint2 hi;
+  hi.x = *reinterpret_cast<const uint32_t*>(&a);
+  hi.y = *reinterpret_cast<const uint32_t*>(&b);
+  *reinterpret_cast<uint2*>(dst) = hi;
+  if (split) {
+    const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
+    const __nv_bfloat162 la = __floats2bfloat162_rn(v.x - fa.x, v.y - fa.y),
+                         lb = __floats2bfloat162_rn(v.z - fb.x, v.w - fb.y);
+    uint2 lo;
+    lo.x = *reinterpret_cast<const uint32_t*>(&la);
+    lo.y = *reinterpret_cast<const uint32_t*>(&lb);
+    *reinterpret_cast<uint2*>(dst + low) = lo;
+  }
+}
+
+// x rows of the chunk's pairs: h[order[s0 + r] / k] as bf16 (+ the low parts), one block a row,
+// 4 columns a thread (hidden is a multiple of 32, every row 16-byte aligned).
 __global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t s0, int64_t k,
                                    int64_t hidden, const RowPlace* place, bool split,
                                    __nv_bfloat16* x) {
   const int64_t r = blockIdx.x;
   const RowPlace p = place[r];
-  const float* src = h + int64_t(order[s0 + r] / k) * hidden;
+  const float4* src = reinterpret_cast<const float4*>(h + int64_t(order[s0 + r] / k) * hidden);
   __nv_bfloat16* hi = x + int64_t(p.hi) * hidden;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) {
-    const float v = src[c];
-    const __nv_bfloat16 b = __float2bfloat16(v);
-    hi[c] = b;
-    if (split) hi[int64_t(p.low) * hidden + c] = __float2bfloat16(v - __bfloat162float(b));
-  }
+  for (int64_t c = threadIdx.x; c < hidden / 4; c += blockDim.x)
+    store_bf16x4(src[c], split, int64_t(p.low) * hidden, hi + 4 * c);
 }
 
 // act = weight of the pair * silu(clamp(gate)) * clamp(up) from the stacked gate/up products
@@ -158,17 +174,26 @@ __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
   const float* gu_lo = split ? gu + int64_t(p.low) * 2 * inter : nullptr;
   const float weight = weights[order[s0 + r]];
   __nv_bfloat16* out = act + int64_t(p.hi) * inter;
-  for (int64_t c = threadIdx.x; c < inter; c += blockDim.x) {
-    float g = gu[c], u = gu[inter + c];
-    if (split) g += gu_lo[c], u += gu_lo[inter + c];
+  auto silu_times = [&](float g, float u) {
     if (limit > 0) {
       g = fminf(g, limit);
       u = fminf(fmaxf(u, -limit), limit);
     }
-    const float v = weight * (g / (1.0f + expf(-g)) * u);
-    const __nv_bfloat16 b = __float2bfloat16(v);
-    out[c] = b;
-    if (split) out[int64_t(p.low) * inter + c] = __float2bfloat16(v - __bfloat162float(b));
+    return weight * (g / (1.0f + expf(-g)) * u);
+  };
+  // 4 columns a thread (inter is a multiple of 32, every row 16-byte aligned).
+  for (int64_t c = threadIdx.x; c < inter / 4; c += blockDim.x) {
+    float4 g = reinterpret_cast<const float4*>(gu)[c],
+           u = reinterpret_cast<const float4*>(gu + inter)[c];
+    if (split) {
+      const float4 gl = reinterpret_cast<const float4*>(gu_lo)[c],
+                   ul = reinterpret_cast<const float4*>(gu_lo + inter)[c];
+      g.x += gl.x, g.y += gl.y, g.z += gl.z, g.w += gl.w;
+      u.x += ul.x, u.y += ul.y, u.z += ul.z, u.w += ul.w;
+    }
+    const float4 v = make_float4(silu_times(g.x, u.x), silu_times(g.y, u.y), silu_times(g.z, u.z),
+                                 silu_times(g.w, u.w));
+    store_bf16x4(v, split, int64_t(p.low) * inter, out + 4 * c);
   }
 }
 
@@ -177,10 +202,17 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
                                     const RowPlace* place, bool split, float* pair_out) {
   const int64_t r = blockIdx.x;
   const RowPlace p = place[r];
-  const float* hi = y + int64_t(p.hi) * hidden;
-  const float* lo = hi + int64_t(p.low) * hidden;
-  float* out = pair_out + (s0 + r) * hidden;
-  for (int64_t c = threadIdx.x; c < hidden; c += blockDim.x) out[c] = split ? hi[c] + lo[c] : hi[c];
+  const float4* hi = reinterpret_cast<const float4*>(y + int64_t(p.hi) * hidden);
+  const float4* lo = hi + int64_t(p.low) * hidden / 4;
+  float4* out = reinterpret_cast<float4*>(pair_out + (s0 + r) * hidden);
+  for (int64_t c = threadIdx.x; c < hidden / 4; c += blockDim.x) {
+    float4 v = hi[c];
+    if (split) {
+      const float4 l = lo[c];
+      v.x += l.x, v.y += l.y, v.z += l.z, v.w += l.w;
+    }
+    out[c] = v;
+  }
 }
 
 }  // namespace
