@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -58,6 +59,16 @@ class LinearRunner {
   // strided batched over the groups.
   void run_bf16(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
                 float* y, int64_t y_stride, cudaStream_t stream);
+  // run_bf16's two halves, so that products of the same x convert it once (run_same_input):
+  // x's n rows of cols as bf16 in act_scratch_ (lo: their low parts under bf16x2, else null),
+  // then w's GEMMs on them.
+  struct BfRows {
+    const __nv_bfloat16* hi;
+    const __nv_bfloat16* lo;
+  };
+  BfRows stage_rows(const float* x, int64_t x_stride, int64_t n, int64_t cols, cudaStream_t stream);
+  void gemm_bf16(const WeightMatrix& w, int64_t groups, const BfRows& x, int64_t n, float* y,
+                 int64_t y_stride, cudaStream_t stream);
   // A large bf16 matrix (the head) times a few rows: one cuBLAS GEMM reads it once for all of
   // them, x's high and low bf16 parts stacked as 2n columns (bf16x2), their halves added after.
   // The decode GEMV would read it once per 8 rows on CUDA cores (2.1 ms for the head at 8 rows,

@@ -15,8 +15,6 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 8192)); }
-
 bool exact_in_bf16(WeightType t, ScaleType s) {
   return t == WeightType::bf16 || t == WeightType::f4_e2m1 ||
          (t == WeightType::f8_e4m3 && s == ScaleType::e8m0);
@@ -51,33 +49,33 @@ __global__ void decode_experts_kernel(ExpertsDevice e, const int32_t* active, in
   static_assert(T == WeightType::bf16 || T == WeightType::f8_e4m3);
   constexpr int V = chunk_values<T>();
   const auto [w, out] = decode_target(e, active, a0, inter, hidden, w13, w2);
-  const int64_t per_row = w.cols / V, chunks = w.rows * per_row;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < chunks;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = i / per_row, c = i - row * per_row;
-    const RowView rv = row_view(w, row, w.cols * value_bytes_x2(T) / 2);
-    const uint4 raw = rv.chunks[c];
-    uint4* dst = reinterpret_cast<uint4*>(out + row * w.cols + c * V);
-    if constexpr (T == WeightType::bf16) {
-      *dst = raw;
-    } else {
-      // The placed values times 2^120 are the stored values; the ue8m0 block scale is a power
-      // of two, so every product is exact in bf16.
-      const float scale = e8m0(static_cast<const uint8_t*>(rv.scales)[(c * V) / 128]);
-      const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
-      __align__(16) __nv_bfloat16 v[V];
+  const int64_t per_row = w.cols / V;
+  // Rows by blocks, chunks by threads: no division per chunk.
+  for (int64_t row = blockIdx.x; row < w.rows; row += gridDim.x)
+    for (int64_t c = threadIdx.x; c < per_row; c += blockDim.x) {
+      const RowView rv = row_view(w, row, w.cols * value_bytes_x2(T) / 2);
+      const uint4 raw = rv.chunks[c];
+      uint4* dst = reinterpret_cast<uint4*>(out + row * w.cols + c * V);
+      if constexpr (T == WeightType::bf16) {
+        *dst = raw;
+      } else {
+        // The placed values times 2^120 are the stored values; the ue8m0 block scale is a power
+        // of two, so every product is exact in bf16.
+        const float scale = e8m0(static_cast<const uint8_t*>(rv.scales)[(c * V) / 128]);
+        const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+        __align__(16) __nv_bfloat16 v[V];
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        float f[word_values<T>()];
-        decode_word<T>(words[q], f);
+        for (int q = 0; q < 4; ++q) {
+          float f[word_values<T>()];
+          decode_word<T>(words[q], f);
 #pragma unroll
-        for (int r = 0; r < word_values<T>(); ++r)
-          v[q * word_values<T>() + r] = __float2bfloat16(f[r] * 0x1p120f * scale);
+          for (int r = 0; r < word_values<T>(); ++r)
+            v[q * word_values<T>() + r] = __float2bfloat16(f[r] * 0x1p120f * scale);
+        }
+#pragma unroll
+        for (int q = 0; q < V / 8; ++q) dst[q] = reinterpret_cast<const uint4*>(v)[q];
       }
-#pragma unroll
-      for (int q = 0; q < V / 8; ++q) dst[q] = reinterpret_cast<const uint4*>(v)[q];
     }
-  }
 }
 
 // FP4 experts, one thread per stored 32-bit word (8 values, one 16-byte store): a warp reads
@@ -87,22 +85,22 @@ __global__ void decode_fp4_experts_kernel(ExpertsDevice e, const int32_t* active
                                           int64_t inter, int64_t hidden, __nv_bfloat16* w13,
                                           __nv_bfloat16* w2) {
   const auto [w, out] = decode_target(e, active, a0, inter, hidden, w13, w2);
-  const int64_t per_row = w.cols / 8, words = w.rows * per_row;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < words;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t row = i / per_row, c = i - row * per_row;
-    const RowView rv = row_view(w, row, w.cols / 2);
-    const uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(rv.chunks) + c);
-    const float scale = e8m0(__ldg(static_cast<const uint8_t*>(rv.scales) + c / 4));
-    float f[8];
-    decode_word<WeightType::f4_e2m1>(word, f);
-    // Unplace first (f * 2^126 is the stored value): 2^126 times a large scale would overflow.
-    __align__(16) __nv_bfloat162 v[4];
+  const int64_t per_row = w.cols / 8;
+  // Rows by blocks, words by threads: no division per word.
+  for (int64_t row = blockIdx.x; row < w.rows; row += gridDim.x)
+    for (int64_t c = threadIdx.x; c < per_row; c += blockDim.x) {
+      const RowView rv = row_view(w, row, w.cols / 2);
+      const uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(rv.chunks) + c);
+      const float scale = e8m0(__ldg(static_cast<const uint8_t*>(rv.scales) + c / 4));
+      float f[8];
+      decode_word<WeightType::f4_e2m1>(word, f);
+      // Unplace first (f * 2^126 is the stored value): 2^126 times a large scale would overflow.
+      __align__(16) __nv_bfloat162 v[4];
 #pragma unroll
-    for (int r = 0; r < 4; ++r)
-      v[r] = __floats2bfloat162_rn(f[2 * r] * 0x1p126f * scale, f[2 * r + 1] * 0x1p126f * scale);
-    *reinterpret_cast<uint4*>(out + row * w.cols + c * 8) = *reinterpret_cast<const uint4*>(v);
-  }
+      for (int r = 0; r < 4; ++r)
+        v[r] = __floats2bfloat162_rn(f[2 * r] * 0x1p126f * scale, f[2 * r + 1] * 0x1p126f * scale);
+      *reinterpret_cast<uint4*>(out + row * w.cols + c * 8) = *reinterpret_cast<const uint4*>(v);
+    }
 }
 
 // Where each grouped pair of the chunk (local row r = pair s0 + r) sits in the padded, stacked
@@ -313,8 +311,8 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   auto decode = [&](int64_t a0, int64_t count, __nv_bfloat16* w13, __nv_bfloat16* w2) {
     cudaStream_t ds = decode_stream_;
     // Values per thread and step: a 32-bit FP4 word or a 16-byte FP8 / bf16 chunk.
-    const int values = e.w1_type == WeightType::f8_e4m3 ? 16 : 8;
-    const dim3 grid(grid_for(per / values), unsigned(count), 3);
+    // Blocks over the rows of the taller matrix (w1/w3: inter rows, w2: hidden).
+    const dim3 grid(unsigned(std::min<int64_t>(std::max(inter, hidden), 8192)), unsigned(count), 3);
     switch (e.w1_type) {
       case WeightType::f4_e2m1:
         decode_fp4_experts_kernel<<<grid, 256, 0, ds>>>(e, s.active, a0, inter, hidden, w13, w2);
