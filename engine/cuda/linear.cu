@@ -13,22 +13,31 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-__global__ void dequantize_kernel(WeightMatrix w, void* out, bool to_bf16) {
+// twice (bf16 only): output rows of 2 * cols holding each row twice ([W W], dequantize()).
+__global__ void dequantize_kernel(WeightMatrix w, void* out, bool to_bf16, bool twice) {
   const int64_t total = w.rows * w.cols;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const float v = decode_one(w, i / w.cols, i % w.cols);
-    if (to_bf16)
-      static_cast<__nv_bfloat16*>(out)[i] = __float2bfloat16(v);
-    else
+    const int64_t row = i / w.cols, col = i % w.cols;
+    const float v = decode_one(w, row, col);
+    if (to_bf16) {
+      auto* o = static_cast<__nv_bfloat16*>(out);
+      if (twice) {
+        o[row * 2 * w.cols + col] = __float2bfloat16(v);
+        o[row * 2 * w.cols + w.cols + col] = __float2bfloat16(v);
+      } else {
+        o[i] = __float2bfloat16(v);
+      }
+    } else {
       static_cast<float*>(out)[i] = v;
+    }
   }
 }
 
 // FP8 rows (columns a multiple of 16) one 16-byte chunk a thread: the same values as
 // dequantize_kernel (the e4m3 value times its block scale, then bf16's rounding), without its
 // per-value index arithmetic (a 64-bit division and the scale lookup for every value).
-__global__ void dequantize_fp8_kernel(WeightMatrix w, void* out, bool to_bf16) {
+__global__ void dequantize_fp8_kernel(WeightMatrix w, void* out, bool to_bf16, bool twice) {
   const int64_t per_row = w.cols / 16, chunks = w.rows * per_row, cb = (w.cols + 127) / 128;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < chunks;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -51,9 +60,14 @@ __global__ void dequantize_fp8_kernel(WeightMatrix w, void* out, bool to_bf16) {
       __align__(16) __nv_bfloat16 b[16];
 #pragma unroll
       for (int k = 0; k < 16; ++k) b[k] = __float2bfloat16(v[k]);
-      uint4* dst = static_cast<uint4*>(out) + 2 * i;
+      uint4* dst = reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(out) +
+                                            (twice ? row * 2 * w.cols + c * 16 : i * 16));
       dst[0] = reinterpret_cast<const uint4*>(b)[0];
       dst[1] = reinterpret_cast<const uint4*>(b)[1];
+      if (twice) {  // the row's second copy, w.cols values on (a multiple of 8: 16-byte units)
+        dst[w.cols / 8] = reinterpret_cast<const uint4*>(b)[0];
+        dst[w.cols / 8 + 1] = reinterpret_cast<const uint4*>(b)[1];
+      }
     } else {
       float4* dst = static_cast<float4*>(out) + 4 * i;
 #pragma unroll
@@ -63,55 +77,65 @@ __global__ void dequantize_fp8_kernel(WeightMatrix w, void* out, bool to_bf16) {
   }
 }
 
-// hi = bf16(x); lo = bf16(x - hi) when lo is set; rows by blocks. kVec4: 4 columns a thread
-// (cols and stride multiples of 4, x 16-byte aligned; hi and lo 8-byte aligned then). Before,
-// a thread an element paid a 64-bit division and remainder per element, for every prefill
-// product.
+// Where rows_to_bf16 puts row t's column c = b * block + e (b-th block of `block` columns):
+// hi[t * ld + b * block_stride + e], its low part lo_offset values further on. Separate planes:
+// ld = block = cols, lo_offset = n * cols. K-stacked ([hi lo] per block, LinearRunner::stage_rows):
+// ld = 2 * cols, block_stride = 2 * block, lo_offset = block.
+struct BfLayout {
+  int64_t ld, block, block_stride, lo_offset;
+};
+
+// hi = bf16(x); lo = bf16(x - hi) where split; rows by blocks of threads. kVec4: 4 columns a
+// thread (block and stride multiples of 4, x 16-byte aligned, hi 8-byte aligned). Before, a
+// thread an element paid a 64-bit division and remainder per element, for every prefill product.
 template <bool kVec4>
-__global__ void rows_to_bf16(const float* x, int64_t stride, int64_t n, int64_t cols,
-                             __nv_bfloat16* hi, __nv_bfloat16* lo) {
-  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
-    const float* xr = x + t * stride;
-    __nv_bfloat16* h = hi + t * cols;
-    __nv_bfloat16* l = lo ? lo + t * cols : nullptr;
-    if constexpr (kVec4) {
-      for (int64_t c = threadIdx.x; c < cols / 4; c += blockDim.x) {
-        const float4 v = reinterpret_cast<const float4*>(xr)[c];
-        const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y),
-                             b = __floats2bfloat162_rn(v.z, v.w);
-        reinterpret_cast<__nv_bfloat162*>(h)[2 * c] = a;
-        reinterpret_cast<__nv_bfloat162*>(h)[2 * c + 1] = b;
-        if (l) {
-          const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
-          reinterpret_cast<__nv_bfloat162*>(l)[2 * c] =
-              __floats2bfloat162_rn(v.x - fa.x, v.y - fa.y);
-          reinterpret_cast<__nv_bfloat162*>(l)[2 * c + 1] =
-              __floats2bfloat162_rn(v.z - fb.x, v.w - fb.y);
+__global__ void rows_to_bf16(const float* x, int64_t stride, int64_t n, int64_t cols, BfLayout at,
+                             bool split, __nv_bfloat16* hi) {
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x)
+    for (int64_t b = 0; b * at.block < cols; ++b) {
+      const float* xr = x + t * stride + b * at.block;
+      __nv_bfloat16* h = hi + t * at.ld + b * at.block_stride;
+      __nv_bfloat16* l = h + at.lo_offset;
+      if constexpr (kVec4) {
+        for (int64_t c = threadIdx.x; c < at.block / 4; c += blockDim.x) {
+          const float4 v = reinterpret_cast<const float4*>(xr)[c];
+          const __nv_bfloat162 p = __floats2bfloat162_rn(v.x, v.y),
+                               q = __floats2bfloat162_rn(v.z, v.w);
+          reinterpret_cast<__nv_bfloat162*>(h)[2 * c] = p;
+          reinterpret_cast<__nv_bfloat162*>(h)[2 * c + 1] = q;
+          if (split) {
+            const float2 fp = __bfloat1622float2(p), fq = __bfloat1622float2(q);
+            reinterpret_cast<__nv_bfloat162*>(l)[2 * c] =
+                __floats2bfloat162_rn(v.x - fp.x, v.y - fp.y);
+            reinterpret_cast<__nv_bfloat162*>(l)[2 * c + 1] =
+                __floats2bfloat162_rn(v.z - fq.x, v.w - fq.y);
+          }
+        }
+      } else {
+        for (int64_t c = threadIdx.x; c < at.block; c += blockDim.x) {
+          const float v = xr[c];
+          h[c] = __float2bfloat16(v);
+          if (split) l[c] = __float2bfloat16(v - __bfloat162float(h[c]));
         }
       }
-    } else {
-      for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-        const float v = xr[c];
-        h[c] = __float2bfloat16(v);
-        if (l) l[c] = __float2bfloat16(v - __bfloat162float(h[c]));
-      }
     }
-  }
 }
 
-// x's n rows (stride apart) as bf16 rows of cols at hi (and their low parts at lo).
-void convert_rows(const float* x, int64_t stride, int64_t n, int64_t cols, __nv_bfloat16* hi,
-                  __nv_bfloat16* lo, cudaStream_t stream) {
-  const bool vec4 =
-      cols % 4 == 0 && stride % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
-      (reinterpret_cast<uintptr_t>(hi) & 7) == 0 && (reinterpret_cast<uintptr_t>(lo) & 7) == 0;
+// x's n rows (stride apart) of cols as bf16 at hi (and, split, their low parts) in layout `at`.
+void convert_rows(const float* x, int64_t stride, int64_t n, int64_t cols, BfLayout at, bool split,
+                  __nv_bfloat16* hi, cudaStream_t stream) {
+  const bool vec4 = at.block % 4 == 0 && stride % 4 == 0 && at.ld % 4 == 0 &&
+                    at.block_stride % 4 == 0 && at.lo_offset % 4 == 0 &&
+                    (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
+                    (reinterpret_cast<uintptr_t>(hi) & 7) == 0;
   const unsigned grid = unsigned(std::min<int64_t>(n, 1 << 20));
   if (vec4)
-    rows_to_bf16<true><<<grid, 256, 0, stream>>>(x, stride, n, cols, hi, lo);
+    rows_to_bf16<true><<<grid, 256, 0, stream>>>(x, stride, n, cols, at, split, hi);
   else
-    rows_to_bf16<false><<<grid, 256, 0, stream>>>(x, stride, n, cols, hi, lo);
+    rows_to_bf16<false><<<grid, 256, 0, stream>>>(x, stride, n, cols, at, split, hi);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
+BfLayout planes(int64_t n, int64_t cols) { return {cols, cols, cols, n * cols}; }
 
 __global__ void split_bf16(const float* x, int64_t count, __nv_bfloat16* hi, __nv_bfloat16* lo) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
@@ -150,15 +174,17 @@ bool stacked_gemm_fits(const WeightMatrix& w, int64_t n, GemmPrecision precision
          w.rows * w.cols * 2 >= kStackedMinBytes;
 }
 
-void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t stream) {
+void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t stream, bool twice) {
+  if (twice && !to_bf16) throw std::invalid_argument("dequantize: twice is for bf16 output only");
   if (w.type == WeightType::f8_e4m3 && w.cols % 16 == 0 &&
       (reinterpret_cast<uintptr_t>(w.data) & 15) == 0 &&
       (reinterpret_cast<uintptr_t>(out) & 15) == 0) {
-    dequantize_fp8_kernel<<<grid_for(w.rows * w.cols / 16), 256, 0, stream>>>(w, out, to_bf16);
+    dequantize_fp8_kernel<<<grid_for(w.rows * w.cols / 16), 256, 0, stream>>>(w, out, to_bf16,
+                                                                              twice);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     return;
   }
-  dequantize_kernel<<<grid_for(w.rows * w.cols), 256, 0, stream>>>(w, out, to_bf16);
+  dequantize_kernel<<<grid_for(w.rows * w.cols), 256, 0, stream>>>(w, out, to_bf16, twice);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -205,25 +231,39 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
                "cublasSgemm");
 }
 
+bool LinearRunner::k_stacks(const WeightMatrix& w) const {
+  return precision_ == GemmPrecision::bf16x2 && w.type != WeightType::bf16 && exact_in_bf16(w) &&
+         w.cols % 16 == 0;
+}
+
 void LinearRunner::run_bf16(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
                             int64_t n, float* y, int64_t y_stride, cudaStream_t stream) {
-  const BfRows rows = stage_rows(x, x_stride, n, groups * w.cols, stream);
+  const BfRows rows = stage_rows(x, x_stride, n, groups * w.cols, k_stacks(w) ? w.cols : 0, stream);
   gemm_bf16(w, groups, rows, n, y, y_stride, stream);
 }
 
 LinearRunner::BfRows LinearRunner::stage_rows(const float* x, int64_t x_stride, int64_t n,
-                                              int64_t cols, cudaStream_t stream) {
+                                              int64_t cols, int64_t stack_block,
+                                              cudaStream_t stream) {
   const bool split_x = precision_ == GemmPrecision::bf16x2;
   const int64_t xcount = n * cols;
   act_scratch_.reserve(xcount * (split_x ? 4 : 2));
   auto* xh = act_scratch_.as<__nv_bfloat16>();
-  auto* xl = split_x ? xh + xcount : nullptr;
-  convert_rows(x, x_stride, n, cols, xh, xl, stream);
-  return {xh, xl};
+  if (split_x && stack_block > 0) {
+    convert_rows(x, x_stride, n, cols, {2 * cols, stack_block, 2 * stack_block, stack_block}, true,
+                 xh, stream);
+    return {xh, xh + stack_block, 2 * cols, stack_block};
+  }
+  convert_rows(x, x_stride, n, cols, planes(n, cols), split_x, xh, stream);
+  return {xh, split_x ? xh + xcount : nullptr, cols, 0};
 }
 
 void LinearRunner::gemm_bf16(const WeightMatrix& w, int64_t groups, const BfRows& x, int64_t n,
                              float* y, int64_t y_stride, cudaStream_t stream) {
+  if (x.stack_block > 0) {
+    gemm_k_stacked(w, groups, x, n, y, y_stride, stream);
+    return;
+  }
   const bool split_w = x.lo && !exact_in_bf16(w);
   const int64_t wcount = w.rows * w.cols;
   const void* wb = w.data;
@@ -241,7 +281,7 @@ void LinearRunner::gemm_bf16(const WeightMatrix& w, int64_t groups, const BfRows
     }
     wb = hi;
   }
-  const int64_t cols = groups * w.cols;
+  const int64_t cols = x.ld;
   const __nv_bfloat16 *xh = x.hi, *xl = x.lo;
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
   const float one = 1.0f;
@@ -269,14 +309,48 @@ void LinearRunner::gemm_bf16(const WeightMatrix& w, int64_t groups, const BfRows
   if (wl) gemm(wl, xh, 1.0f);
 }
 
+// bf16x2 as one GEMM over twice the depth: [W W] (each row dequantised twice) times x's rows
+// staged as [hi lo] per block of w.cols, so the high and low parts' products add up inside the
+// GEMM. Two GEMMs, the second adding into y (beta 1), read and wrote the float32 output twice:
+// for wq_b at 8,192 rows that is 1 GB more each way.
+void LinearRunner::gemm_k_stacked(const WeightMatrix& w, int64_t groups, const BfRows& x, int64_t n,
+                                  float* y, int64_t y_stride, cudaStream_t stream) {
+  if (x.stack_block != w.cols)
+    throw std::logic_error("gemm_k_stacked: x staged in blocks of " +
+                           std::to_string(x.stack_block) + " columns for a matrix of " +
+                           std::to_string(w.cols));
+  const int64_t depth = 2 * w.cols;
+  weight_scratch_.reserve(w.rows * depth * 2);
+  auto* ww = weight_scratch_.as<__nv_bfloat16>();
+  dequantize(w, ww, true, stream, /*twice=*/true);
+  check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
+  const float one = 1.0f, zero = 0.0f;
+  const int64_t r = w.rows / groups;
+  // Column-major, group g: C_g (r x n at y + g r, ld y_stride) = [W W]_g^T (depth x r at
+  // g r depth) * X_g (depth x n at g depth, ld x.ld).
+  if (groups == 1) {
+    check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(depth), &one,
+                              ww, CUDA_R_16BF, int(depth), x.hi, CUDA_R_16BF, int(x.ld), &zero, y,
+                              CUDA_R_32F, int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (bf16x2, K-stacked)");
+    return;
+  }
+  check_cublas(
+      cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(depth),
+                                 &one, ww, CUDA_R_16BF, int(depth), r * depth, x.hi, CUDA_R_16BF,
+                                 int(x.ld), depth, &zero, y, CUDA_R_32F, int(y_stride), r,
+                                 int(groups), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmStridedBatchedEx (bf16x2, K-stacked, grouped rows)");
+}
+
 void LinearRunner::run_stacked(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n,
                                float* y, int64_t y_stride, cudaStream_t stream) {
   const bool split = precision_ == GemmPrecision::bf16x2;
-  const int64_t xcount = n * w.cols, columns = split ? 2 * n : n;
+  const int64_t columns = split ? 2 * n : n;
   act_scratch_.reserve(columns * w.cols * 2);
   auto* xh = act_scratch_.as<__nv_bfloat16>();
   // The low parts follow the high ones: x's rows as 2n columns of one operand.
-  convert_rows(x, x_stride, n, w.cols, xh, split ? xh + xcount : nullptr, stream);
+  convert_rows(x, x_stride, n, w.cols, planes(n, w.cols), split, xh, stream);
   float* c = y;
   int64_t ldc = y_stride;
   if (split) {
@@ -303,8 +377,12 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
   bool same_cols = true;
   for (const Product& p : products) same_cols = same_cols && p.w.cols == products[0].w.cols;
   if (n > gemv_max_rows_ && precision_ != GemmPrecision::f32 && same_cols) {
-    // x's rows converted once for every product (each converted them again).
-    const BfRows rows = stage_rows(x, products[0].w.cols, n, products[0].w.cols, stream);
+    // x's rows converted once for every product (each converted them again); K-stacked where
+    // every product takes that path.
+    bool stacked = true;
+    for (const Product& p : products) stacked = stacked && k_stacks(p.w);
+    const int64_t cols = products[0].w.cols;
+    const BfRows rows = stage_rows(x, cols, n, cols, stacked ? cols : 0, stream);
     for (const Product& p : products) gemm_bf16(p.w, 1, rows, n, p.y, p.w.rows, stream);
     return;
   }

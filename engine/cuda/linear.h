@@ -62,13 +62,22 @@ class LinearRunner {
   // run_bf16's two halves, so that products of the same x convert it once (run_same_input):
   // x's n rows of cols as bf16 in act_scratch_ (lo: their low parts under bf16x2, else null),
   // then w's GEMMs on them.
+  // stack_block > 0 (bf16x2 only): each row as [hi lo] per block of that many columns (ld
+  // 2 * cols), for gemm_k_stacked; else hi and lo in planes of n rows of cols (ld cols).
   struct BfRows {
     const __nv_bfloat16* hi;
     const __nv_bfloat16* lo;
+    int64_t ld, stack_block;
   };
-  BfRows stage_rows(const float* x, int64_t x_stride, int64_t n, int64_t cols, cudaStream_t stream);
+  BfRows stage_rows(const float* x, int64_t x_stride, int64_t n, int64_t cols, int64_t stack_block,
+                    cudaStream_t stream);
   void gemm_bf16(const WeightMatrix& w, int64_t groups, const BfRows& x, int64_t n, float* y,
                  int64_t y_stride, cudaStream_t stream);
+  // Whether w's bf16x2 GEMM runs K-stacked: weights exact in bf16 that are dequantised anyway
+  // (FP8 with ue8m0 scales, FP4), columns a multiple of 16.
+  bool k_stacks(const WeightMatrix& w) const;
+  void gemm_k_stacked(const WeightMatrix& w, int64_t groups, const BfRows& x, int64_t n, float* y,
+                      int64_t y_stride, cudaStream_t stream);
   // A large bf16 matrix (the head) times a few rows: one cuBLAS GEMM reads it once for all of
   // them, x's high and low bf16 parts stacked as 2n columns (bf16x2), their halves added after.
   // The decode GEMV would read it once per 8 rows on CUDA cores (2.1 ms for the head at 8 rows,
@@ -90,6 +99,8 @@ bool stacked_gemm_fits(const WeightMatrix& w, int64_t n, GemmPrecision precision
 
 // Dequantises a whole weight matrix into bf16 (to_bf16) or float32; used by the GEMM path and
 // its test.
-void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t stream);
+// twice (bf16 only): rows of 2 * cols, each row's values twice ([W W], the K-stacked GEMM's).
+void dequantize(const WeightMatrix& w, void* out, bool to_bf16, cudaStream_t stream,
+                bool twice = false);
 
 }  // namespace agentrt::engine::cuda

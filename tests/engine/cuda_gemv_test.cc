@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -502,6 +503,52 @@ TEST_F(CudaGemv, GroupedRowsOfManyTokensReadTheirOwnColumns) {
   cuda::free_device(dy);
 }
 
+// LinearRunner::run_same_input for prefill-sized row counts: x's rows converted once for every
+// product (bf16x2: K-stacked, [W W] times [hi lo]), against the CPU in every precision, with a
+// bf16 matrix among FP8 ones (which takes separate planes and two GEMMs for all of them).
+TEST_F(CudaGemv, ProductsOfTheSameInputForManyTokens) {
+  const int64_t cols = 256, n = 70;
+  const HostMatrix a = make(WeightType::f8_e4m3, 160, cols, 31),
+                   b = make(WeightType::f8_e4m3, 48, cols, 32),
+                   c = make(WeightType::bf16, 80, cols, 33);
+  std::mt19937 rng(5);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = dist(rng);
+  float* dx = cuda::device_floats(x.size());
+  cuda::copy_to_device(dx, x.data(), x.size() * 4);
+  for (const bool with_bf16 : {false, true}) {
+    std::vector<const HostMatrix*> set = {&a, &b};
+    if (with_bf16) set.push_back(&c);
+    std::vector<std::unique_ptr<cuda::DeviceMatrix> > dms;
+    for (const HostMatrix* h : set) dms.push_back(std::make_unique<cuda::DeviceMatrix>(h->view));
+    for (const auto& [precision, tolerance] :
+         {std::pair{cuda::GemmPrecision::bf16x2, 1e-5}, std::pair{cuda::GemmPrecision::bf16, 1e-2},
+          std::pair{cuda::GemmPrecision::f32, 1e-6}}) {
+      std::vector<float*> ys;
+      std::vector<cuda::LinearRunner::Product> products;
+      for (size_t i = 0; i < set.size(); ++i) {
+        ys.push_back(cuda::device_floats(n * set[i]->view.rows));
+        products.push_back({dms[i]->view(), ys.back()});
+      }
+      cuda::LinearRunner runner(precision, 16);
+      runner.run_same_input(products, dx, n, nullptr);
+      for (size_t i = 0; i < set.size(); ++i) {
+        const WeightMatrix& w = set[i]->view;
+        std::vector<float> got(n * w.rows), want(n * w.rows);
+        cuda::copy_to_host(got.data(), ys[i], got.size() * 4);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t r = 0; r < w.rows; ++r)
+            want[t * w.rows + r] = dot_weight_row(w, r, x.data() + t * cols);
+        EXPECT_LE(rel_l2(got, want), tolerance)
+            << "product " << i << " precision " << int(precision) << " with bf16 " << with_bf16;
+        cuda::free_device(ys[i]);
+      }
+    }
+  }
+  cuda::free_device(dx);
+}
+
 // Prefill's FP8 dequantisation (linear.cu's chunk kernel) against the host's decode_weight_row:
 // the same floats bitwise, and their bf16 rounding; ue8m0 and float32 block scales, a row slice.
 TEST_F(CudaGemv, Fp8DequantizedAsTheHostDecodes) {
@@ -524,10 +571,18 @@ TEST_F(CudaGemv, Fp8DequantizedAsTheHostDecodes) {
     cuda::copy_to_host(got.data(), d, count * 4);
     cuda::dequantize(dm.view(), d, true, nullptr);
     cuda::copy_to_host(got_bf16.data(), d, count * 2);
+    // Twice: rows of 2 * cols holding each row's bf16 values twice (the K-stacked GEMM's [W W]).
+    std::vector<uint16_t> twice(2 * count);
+    cuda::dequantize(dm.view(), d, true, nullptr, true);
+    cuda::copy_to_host(twice.data(), d, count * 4);
     cuda::free_device(d);
     for (int64_t i = 0; i < count; ++i) {
       ASSERT_EQ(got[i], want[i]) << what << " value " << i;
       ASSERT_EQ(got_bf16[i], to_half_bits(want[i], true)) << what << " value " << i;
+      const int64_t r = i / host.cols, c = i % host.cols;
+      ASSERT_EQ(twice[r * 2 * host.cols + c], got_bf16[i]) << what << " twice, value " << i;
+      ASSERT_EQ(twice[r * 2 * host.cols + host.cols + c], got_bf16[i])
+          << what << " twice, value " << i;
     }
   }
 }
