@@ -635,15 +635,26 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   repeatable("q_norm", [&] {
     rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
   });
-  repeatable("wq_b", [&] { linear_.run(lw.wq_b->view(), q_res, n, q, stream_); });
+  // wq_b and the indexer's wq_b read the same normed q_res: one launch for both on the tensor
+  // cores (and, for prefill, x converted once). float32 keeps two, each on its streamed kernel.
+  const bool q_set = lw.indexer && precision_ != GemmPrecision::f32;
+  repeatable("wq_b", [&] {
+    if (q_set) {
+      const LinearRunner::Product both[] = {{lw.wq_b->view(), q}, {lw.indexer->wq_b->view(), iq}};
+      linear_.run_same_input(both, q_res, n, stream_);
+    } else {
+      linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
+    }
+  });
   repeatable("q_rope", [&] {
     if (!decode_attention)
       norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
                      stream_);
   });
   if (lw.indexer) {
-    repeatable("indexer_wq_b",
-               [&] { linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_); });
+    repeatable("indexer_wq_b", [&] {
+      if (!q_set) linear_.run(lw.indexer->wq_b->view(), q_res, n, iq, stream_);
+    });
     repeatable("indexer_rope",
                [&] { apply_rope(iq, n, ih, ihd, w.pos, weights_.rope_compress, false, stream_); });
   }
