@@ -201,7 +201,7 @@ __device__ __forceinline__ int matrix_of(const MmaGemv& g, int64_t t) {
 // and lane position t, the pairs (x[4t], x[4t+1]) and (x[4t+2], x[4t+3]) of its 128-column
 // block scaled by 2^e (f16_fragments::block_exponent), and 2^-e in unscale[j * blocks + block].
 // Rows j >= tokens are zeros. A warp's 32 quads of columns are one block of one row (cols is a
-// multiple of 1,024), so a warp reduction finds the block's largest magnitude.
+// multiple of 1,024), as f16_block_quad wants.
 template <int NT>
 __device__ void stage_x_fragments(const float* x, int64_t x_stride, int tokens, int64_t cols,
                                   uint2* xb, float* unscale) {
@@ -212,15 +212,10 @@ __device__ void stage_x_fragments(const float* x, int64_t x_stride, int tokens, 
     const int64_t q = i - j * quads, s = q / 4, t = q % 4;
     const float4 v = j < tokens ? __ldg(reinterpret_cast<const float4*>(x + j * x_stride) + q)
                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const int e = ff::block_exponent(amax);
-    const float up = ff::power_of_two(e);
-    const F16Parts p01 = split_f16(v.x * up, v.y * up), p23 = split_f16(v.z * up, v.w * up);
-    xb[((s * NT + j) * 2) * 4 + t] = make_uint2(p01.hi, p23.hi);
-    xb[((s * NT + j) * 2 + 1) * 4 + t] = make_uint2(p01.lo, p23.lo);
-    if (threadIdx.x % 32 == 0) unscale[j * blocks + q / 32] = ff::power_of_two(-e);
+    const F16Quad f = f16_block_quad(v);
+    xb[((s * NT + j) * 2) * 4 + t] = make_uint2(f.p01.hi, f.p23.hi);
+    xb[((s * NT + j) * 2 + 1) * 4 + t] = make_uint2(f.p01.lo, f.p23.lo);
+    if (threadIdx.x % 32 == 0) unscale[j * blocks + q / 32] = f.unscale;
   }
 }
 

@@ -55,23 +55,16 @@ __device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
 // x's group gi (x + gi * x_offset) as B fragments at xs (warp_rows::x_unit): each 128-column
 // block scaled by 2^e (f16_fragments::block_exponent) and split into f16 high and low parts, 2^-e
 // in unscale[block]; every consumer thread takes a share. A warp's 32 quads of columns are one
-// block (threads is a multiple of 32, cols of 1,024), so a warp reduction finds its largest
-// magnitude.
+// block (threads is a multiple of 32, cols of 1,024), as f16_block_quad wants.
 __device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs, float* unscale) {
-  namespace ff = f16_fragments;
   auto* units = reinterpret_cast<uint2*>(xs);
   for (int64_t i = threadIdx.x; i < cols / 4; i += threads) {
     const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const int e = ff::block_exponent(amax);
-    const float up = ff::power_of_two(e);
-    const F16Parts p01 = split_f16(v.x * up, v.y * up), p23 = split_f16(v.z * up, v.w * up);
+    const F16Quad f = f16_block_quad(v);
     const wr::XPlace hi = wr::x_place(4 * i, 0), lo = wr::x_place(4 * i, 1);
-    units[2 * hi.unit + hi.sub] = make_uint2(p01.hi, p23.hi);
-    units[2 * lo.unit + lo.sub] = make_uint2(p01.lo, p23.lo);
-    if (threadIdx.x % 32 == 0) unscale[i / 32] = ff::power_of_two(-e);
+    units[2 * hi.unit + hi.sub] = make_uint2(f.p01.hi, f.p23.hi);
+    units[2 * lo.unit + lo.sub] = make_uint2(f.p01.lo, f.p23.lo);
+    if (threadIdx.x % 32 == 0) unscale[i / 32] = f.unscale;
   }
 }
 

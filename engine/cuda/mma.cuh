@@ -16,6 +16,8 @@
 
 #include <cstdint>
 
+#include "engine/cuda/f16_fragments.h"
+
 namespace agentrt::engine::cuda {
 
 __device__ __forceinline__ void mma_bf16_16x8x16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
@@ -81,6 +83,23 @@ __device__ __forceinline__ F16Parts split_f16(float x0, float x1) {
   const float2 back = __half22float2(hi);
   const __half2 lo = __floats2half2_rn(x0 - back.x, x1 - back.y);
   return {*reinterpret_cast<const uint32_t*>(&hi), *reinterpret_cast<const uint32_t*>(&lo)};
+}
+
+// One lane's 4 columns of a 128-column block of activations, the warp holding the whole block (4
+// columns a lane; every lane calls it): the block scaled by 2^e (f16_fragments::block_exponent
+// of its largest magnitude) as f16 high and low pairs of columns (0, 1) and (2, 3), and 2^-e.
+struct F16Quad {
+  F16Parts p01, p23;
+  float unscale;
+};
+__device__ __forceinline__ F16Quad f16_block_quad(float4 v) {
+  float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  const int e = f16_fragments::block_exponent(amax);
+  const float up = f16_fragments::power_of_two(e);
+  return {split_f16(v.x * up, v.y * up), split_f16(v.z * up, v.w * up),
+          f16_fragments::power_of_two(-e)};
 }
 
 // Two bf16 at p (4-byte aligned) as one fragment register.
