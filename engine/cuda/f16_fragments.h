@@ -62,4 +62,11 @@ __host__ __device__ inline int block_exponent(float amax) {
   return e > 126 ? 126 : e;
 }
 
+// gemv_stream_mma_kernel's staged activations (nt rows a launch): the index of the uint2 (b0, b1)
+// of 16-column step s, activation row j, part p (0: high, 1: low) and lane position t. The
+// kernel's mma jb reads B column n = 8 jb + g (lane g = lane / 4) from row n / 2, part n % 2.
+__host__ __device__ inline int64_t stream_x_pair(int64_t s, int j, int p, int t, int nt) {
+  return ((s * nt + j) * 2 + p) * 4 + t;
+}
+
 }  // namespace agentrt::engine::cuda::f16_fragments

@@ -213,8 +213,8 @@ __device__ void stage_x_fragments(const float* x, int64_t x_stride, int tokens, 
     const float4 v = j < tokens ? __ldg(reinterpret_cast<const float4*>(x + j * x_stride) + q)
                                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     const F16Quad f = f16_block_quad(v);
-    xb[((s * NT + j) * 2) * 4 + t] = make_uint2(f.p01.hi, f.p23.hi);
-    xb[((s * NT + j) * 2 + 1) * 4 + t] = make_uint2(f.p01.lo, f.p23.lo);
+    xb[ff::stream_x_pair(s, j, 0, int(t), NT)] = make_uint2(f.p01.hi, f.p23.hi);
+    xb[ff::stream_x_pair(s, j, 1, int(t), NT)] = make_uint2(f.p01.lo, f.p23.lo);
     if (threadIdx.x % 32 == 0) unscale[j * blocks + q / 32] = f.unscale;
   }
 }
@@ -344,7 +344,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       const char* ra = kTma ? ring + s.index * stage_bytes + (c0 / 128) * (kTaskRows * 128) +
                                   quad_row * 128 + 4 * t4
                             : ring + s.index * stage_bytes + quad_row * row_stride + c0 + 4 * t4;
-      const uint2* xf = xb + ((ct * g.stage_cols + c0) / 16) * 8 * NT;
+      // x's fragments from this warp's first 16-column step on (stream_x_pair is linear, so
+      // xf[stream_x_pair(k, ...)] is step s0 + k's).
+      const uint2* xf =
+          xb + f16_fragments::stream_x_pair((ct * g.stage_cols + c0) / 16, 0, 0, 0, NT);
       // Even and odd column steps accumulate apart: two independent chains of mma per tile.
       float part[2][MT][NB][4] = {};
 #pragma unroll
@@ -358,7 +361,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int jb = 0; jb < NB; ++jb) {
             const int column = jb * 8 + quad_row;
-            b[jb] = column < 2 * NT ? xf[(k * 2 * NT + column) * 4 + t4] : make_uint2(0u, 0u);
+            b[jb] = column < 2 * NT
+                        ? xf[f16_fragments::stream_x_pair(k, column / 2, column % 2, t4, NT)]
+                        : make_uint2(0u, 0u);
           }
 #pragma unroll
           for (int i = 0; i < MT; ++i) {

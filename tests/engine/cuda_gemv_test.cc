@@ -1033,6 +1033,114 @@ TEST(CudaF16Fragments, WarpRowsTileReplayMatchesTheProduct) {
   }
 }
 
+// One 16-row tile of gemv_stream_mma_kernel replayed on the host for 1, 4 and 8 activation rows
+// a launch (some of them past the real rows): x staged as stage_x_fragments stages it (each row's
+// 128-column blocks scaled and split into f16 parts at f16_fragments::stream_x_pair), each lane's
+// A fragments from its 32-bit word of rows g and g + 8 per 16 columns (low pair, high pair), the B
+// fragments of mma jb from column 8 jb + g (row n / 2, part n % 2), PTX's fragment layout, and
+// each lane's rows' 2^-e with the weights' block scale. Every real row's 16 outputs match the
+// float64 products; rows past the real ones come out zero.
+TEST(CudaF16Fragments, StreamTileReplayMatchesTheProducts) {
+  namespace ff = cuda::f16_fragments;
+  constexpr int64_t kCols = 256, kBlocks = kCols / 128, kSteps = kCols / 16;
+  std::mt19937 rng(13);
+  std::vector<uint8_t> w(16 * kCols);
+  for (uint8_t& b : w) do
+      b = uint8_t(rng());
+    while ((b & 0x7f) == 0x7f);
+  const float weight_scale[kBlocks] = {2.0f, 0.0625f};
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> binade(-15, 15);
+  for (const auto& [nt, tokens] :
+       {std::pair{1, 1}, std::pair{4, 3}, std::pair{8, 8}, std::pair{8, 5}}) {
+    std::vector<float> x(nt * kCols, 0.0f);
+    for (int j = 0; j < tokens; ++j)
+      for (int64_t c = 0; c < kCols; ++c)
+        x[j * kCols + c] = std::ldexp(normal(rng), binade(rng) + 3 * j);
+    // stage_x_fragments
+    std::vector<std::array<uint32_t, 2> > xb(kSteps * nt * 2 * 4);
+    std::vector<float> unscale(nt * kBlocks), amax_of(nt * kBlocks, 0.0f);
+    for (int j = 0; j < nt; ++j)
+      for (int64_t blk = 0; blk < kBlocks; ++blk) {
+        float amax = 0.0f;
+        for (int64_t c = blk * 128; c < blk * 128 + 128; ++c)
+          amax = std::max(amax, std::fabs(x[j * kCols + c]));
+        amax_of[j * kBlocks + blk] = amax;
+        const int e = ff::block_exponent(amax);
+        unscale[j * kBlocks + blk] = ff::power_of_two(-e);
+        for (int64_t q = blk * 32; q < blk * 32 + 32; ++q) {
+          float hi[4], lo[4];
+          for (int i = 0; i < 4; ++i) {
+            const float v = x[j * kCols + 4 * q + i] * ff::power_of_two(e);
+            hi[i] = f16_rounded(v);
+            lo[i] = f16_rounded(v - hi[i]);
+          }
+          xb[ff::stream_x_pair(q / 4, j, 0, int(q % 4), nt)] = {f16_pair(hi[0], hi[1]),
+                                                                f16_pair(hi[2], hi[3])};
+          xb[ff::stream_x_pair(q / 4, j, 1, int(q % 4), nt)] = {f16_pair(lo[0], lo[1]),
+                                                                f16_pair(lo[2], lo[3])};
+        }
+      }
+    const int nb = (nt + 3) / 4;
+    std::vector<float> total(nb * 16 * 8, 0.0f);  // [jb][row][mma column]
+    for (int64_t blk = 0; blk < kBlocks; ++blk)
+      for (int jb = 0; jb < nb; ++jb) {
+        float d[16][8] = {};
+        for (int64_t s = blk * 8; s < blk * 8 + 8; ++s) {
+          float a[16][16] = {}, bm[16][8] = {};
+          for (int lane = 0; lane < 32; ++lane) {
+            const int g = lane / 4, t = lane % 4;
+            auto value = [&](int row, int e) {
+              return e4m3_value(w[row * kCols + 16 * s + 4 * t + e]);
+            };
+            for (int e = 0; e < 2; ++e) {
+              a[g][2 * t + e] = value(g, e);  // a0: low pair of row g's word
+              a[g + 8][2 * t + e] = value(g + 8, e);
+              a[g][2 * t + 8 + e] = value(g, 2 + e);  // a2: its high pair
+              a[g + 8][2 * t + 8 + e] = value(g + 8, 2 + e);
+            }
+            const int column = jb * 8 + g;
+            if (column < 2 * nt) {
+              const std::array<uint32_t, 2> b =
+                  xb[ff::stream_x_pair(s, column / 2, column % 2, t, nt)];
+              for (int e = 0; e < 2; ++e) {
+                bm[2 * t + e][g] = f16_half(b[0], e);
+                bm[2 * t + 8 + e][g] = f16_half(b[1], e);
+              }
+            }
+          }
+          for (int r = 0; r < 16; ++r)
+            for (int n = 0; n < 8; ++n)
+              for (int k = 0; k < 16; ++k) d[r][n] += a[r][k] * bm[k][n];
+        }
+        for (int r = 0; r < 16; ++r)
+          for (int n = 0; n < 8; ++n) {
+            const int token = jb * 4 + n / 2;  // lane t's columns 2t, 2t + 1: row jb * 4 + t
+            const float f = token < nt ? weight_scale[blk] * unscale[token * kBlocks + blk] : 0.0f;
+            float& acc = total[(jb * 16 + r) * 8 + n];
+            acc = std::fma(d[r][n], f, acc);
+          }
+      }
+    for (int j = 0; j < nt; ++j)
+      for (int r = 0; r < 16; ++r) {
+        const int jb = j / 4, t = j % 4;
+        const double got =
+            double(total[(jb * 16 + r) * 8 + 2 * t]) + double(total[(jb * 16 + r) * 8 + 2 * t + 1]);
+        double want = 0.0, bound = 0.0;
+        for (int64_t c = 0; c < kCols; ++c) {
+          const double wv = double(e4m3_value(w[r * kCols + c])) * weight_scale[c / 128];
+          want += wv * x[j * kCols + c];
+          bound += std::fabs(wv) * amax_of[j * kBlocks + c / 128];
+        }
+        if (j >= tokens) {
+          EXPECT_EQ(got, 0.0) << "nt " << nt << " row " << j;
+        } else {
+          EXPECT_NEAR(got, want, 1e-6 * bound) << "nt " << nt << " row " << j << " output " << r;
+        }
+      }
+  }
+}
+
 #endif  // AGENTRT_HAVE_CUDA
 
 }  // namespace
