@@ -467,9 +467,13 @@ __global__ void __launch_bounds__(kSplitPreThreads)
       HEAD ? nullptr : mix + row * hyper_mix_width(HC), x + row * hidden, false);
 }
 
-__global__ void hyper_post_kernel(const float* mix, const float* block_out, int64_t hc,
+// HC > 0: hc known at compile time (V4's 4), so the old streams stay in registers; 0: any hc up
+// to kMaxHcMult, through a local array. The same fmaf chain either way.
+template <int HC>
+__global__ void hyper_post_kernel(const float* mix, const float* block_out, int64_t hc_arg,
                                   int64_t hidden, float* streams) {
   pdl_begin();
+  const int64_t hc = HC > 0 ? HC : hc_arg;
   const int64_t row = blockIdx.y;
   const int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= hidden) return;
@@ -477,11 +481,14 @@ __global__ void hyper_post_kernel(const float* mix, const float* block_out, int6
   const float* post = m + hc;
   const float* comb = m + 2 * hc;
   float* s = streams + row * hc * hidden;
-  float old[kMaxHcMult];
+  float old[HC > 0 ? HC : kMaxHcMult];
+#pragma unroll
   for (int64_t j = 0; j < hc; ++j) old[j] = s[j * hidden + d];
   const float y = block_out[row * hidden + d];
+#pragma unroll
   for (int64_t k = 0; k < hc; ++k) {
     float v = post[k] * y;
+#pragma unroll
     for (int64_t j = 0; j < hc; ++j) v = fmaf(comb[j * hc + k], old[j], v);
     s[k * hidden + d] = v;
   }
@@ -561,7 +568,8 @@ void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc,
                 float* streams, cudaStream_t stream) {
   if (n <= 0) return;
   const dim3 grid(unsigned((hidden + 255) / 256), unsigned(n));
-  launch_pdl(hyper_post_kernel, grid, 256, 0, stream, mix, block_out, hc, hidden, streams);
+  launch_pdl(hc == 4 ? hyper_post_kernel<4> : hyper_post_kernel<0>, grid, 256, 0, stream, mix,
+             block_out, hc, hidden, streams);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
