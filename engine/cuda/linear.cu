@@ -8,6 +8,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/linear.h"
+#include "engine/cuda/mma.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -77,65 +78,68 @@ __global__ void dequantize_fp8_kernel(WeightMatrix w, void* out, bool to_bf16, b
   }
 }
 
-// Where rows_to_bf16 puts row t's column c = b * block + e (b-th block of `block` columns):
-// hi[t * ld + b * block_stride + e], its low part lo_offset values further on. Separate planes:
-// ld = block = cols, lo_offset = n * cols. K-stacked ([hi lo] per block, LinearRunner::stage_rows):
-// ld = 2 * cols, block_stride = 2 * block, lo_offset = block.
-struct BfLayout {
-  int64_t ld, block, block_stride, lo_offset;
-};
-
-// hi = bf16(x); lo = bf16(x - hi) where split; rows by blocks of threads. kVec4: 4 columns a
-// thread (block and stride multiples of 4, x 16-byte aligned, hi 8-byte aligned). Before, a
-// thread an element paid a 64-bit division and remainder per element, for every prefill product.
+// hi = bf16(x); lo = bf16(x - hi) where split; rows by blocks of threads. stack_block 0: hi and
+// lo in planes of n rows of cols; else each row as [hi lo] per block of stack_block columns (rows
+// of 2 * cols, LinearRunner::stage_rows). kVec4: 4 columns a thread (cols, stack_block and
+// stride multiples of 4, x 16-byte aligned, hi 8-byte aligned). Before, a thread an element
+// paid a 64-bit division and remainder per element, for every prefill product.
 template <bool kVec4>
-__global__ void rows_to_bf16(const float* x, int64_t stride, int64_t n, int64_t cols, BfLayout at,
-                             bool split, __nv_bfloat16* hi) {
+__global__ void rows_to_bf16(const float* x, int64_t stride, int64_t n, int64_t cols,
+                             int64_t stack_block, bool split, __nv_bfloat16* hi) {
+  const int64_t block = stack_block > 0 ? stack_block : cols;
+  const int64_t ld = stack_block > 0 ? 2 * cols : cols;
+  const int64_t lo_offset = stack_block > 0 ? stack_block : n * cols;
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x)
-    for (int64_t b = 0; b * at.block < cols; ++b) {
-      const float* xr = x + t * stride + b * at.block;
-      __nv_bfloat16* h = hi + t * at.ld + b * at.block_stride;
-      __nv_bfloat16* l = h + at.lo_offset;
+    for (int64_t b = 0; b * block < cols; ++b) {
+      const float* xr = x + t * stride + b * block;
+      __nv_bfloat16* h = hi + t * ld + b * 2 * block;  // b > 0 only when stacked
       if constexpr (kVec4) {
-        for (int64_t c = threadIdx.x; c < at.block / 4; c += blockDim.x) {
-          const float4 v = reinterpret_cast<const float4*>(xr)[c];
-          const __nv_bfloat162 p = __floats2bfloat162_rn(v.x, v.y),
-                               q = __floats2bfloat162_rn(v.z, v.w);
-          reinterpret_cast<__nv_bfloat162*>(h)[2 * c] = p;
-          reinterpret_cast<__nv_bfloat162*>(h)[2 * c + 1] = q;
-          if (split) {
-            const float2 fp = __bfloat1622float2(p), fq = __bfloat1622float2(q);
-            reinterpret_cast<__nv_bfloat162*>(l)[2 * c] =
-                __floats2bfloat162_rn(v.x - fp.x, v.y - fp.y);
-            reinterpret_cast<__nv_bfloat162*>(l)[2 * c + 1] =
-                __floats2bfloat162_rn(v.z - fq.x, v.w - fq.y);
-          }
-        }
+        for (int64_t c = threadIdx.x; c < block / 4; c += blockDim.x)
+          store_bf16_parts(split, reinterpret_cast<uint16_t*>(h), lo_offset, 4 * c,
+                           reinterpret_cast<const float4*>(xr)[c]);
       } else {
-        for (int64_t c = threadIdx.x; c < at.block; c += blockDim.x) {
+        for (int64_t c = threadIdx.x; c < block; c += blockDim.x) {
           const float v = xr[c];
           h[c] = __float2bfloat16(v);
-          if (split) l[c] = __float2bfloat16(v - __bfloat162float(h[c]));
+          if (split) h[lo_offset + c] = __float2bfloat16(v - __bfloat162float(h[c]));
         }
       }
     }
 }
 
-// x's n rows (stride apart) of cols as bf16 at hi (and, split, their low parts) in layout `at`.
-void convert_rows(const float* x, int64_t stride, int64_t n, int64_t cols, BfLayout at, bool split,
-                  __nv_bfloat16* hi, cudaStream_t stream) {
-  const bool vec4 = at.block % 4 == 0 && stride % 4 == 0 && at.ld % 4 == 0 &&
-                    at.block_stride % 4 == 0 && at.lo_offset % 4 == 0 &&
+// x's n rows (stride apart) of cols as bf16 at hi (and, split, their low parts), as rows_to_bf16.
+void convert_rows(const float* x, int64_t stride, int64_t n, int64_t cols, int64_t stack_block,
+                  bool split, __nv_bfloat16* hi, cudaStream_t stream) {
+  const bool vec4 = cols % 4 == 0 && stack_block % 4 == 0 && stride % 4 == 0 &&
                     (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
                     (reinterpret_cast<uintptr_t>(hi) & 7) == 0;
   const unsigned grid = unsigned(std::min<int64_t>(n, 1 << 20));
   if (vec4)
-    rows_to_bf16<true><<<grid, 256, 0, stream>>>(x, stride, n, cols, at, split, hi);
+    rows_to_bf16<true><<<grid, 256, 0, stream>>>(x, stride, n, cols, stack_block, split, hi);
   else
-    rows_to_bf16<false><<<grid, 256, 0, stream>>>(x, stride, n, cols, at, split, hi);
+    rows_to_bf16<false><<<grid, 256, 0, stream>>>(x, stride, n, cols, stack_block, split, hi);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
-BfLayout planes(int64_t n, int64_t cols) { return {cols, cols, cols, n * cols}; }
+
+// Column-major, group g < groups: C_g (r x n at y + g r, ld y_stride) = beta C_g + A_g^T X_g, A_g:
+// [r][depth] bf16 at a + g r depth, X_g: depth x n bf16 at x + g depth (ld ldx).
+void gemm_groups(cublasHandle_t handle, const void* a, const void* x, int64_t ldx, int64_t r,
+                 int64_t n, int64_t depth, int64_t groups, float beta, float* y, int64_t y_stride) {
+  const float one = 1.0f;
+  if (groups == 1) {
+    check_cublas(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(depth), &one, a,
+                              CUDA_R_16BF, int(depth), x, CUDA_R_16BF, int(ldx), &beta, y,
+                              CUDA_R_32F, int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                 "cublasGemmEx (bf16)");
+    return;
+  }
+  check_cublas(
+      cublasGemmStridedBatchedEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(depth), &one,
+                                 a, CUDA_R_16BF, int(depth), r * depth, x, CUDA_R_16BF, int(ldx),
+                                 depth, &beta, y, CUDA_R_32F, int(y_stride), r, int(groups),
+                                 CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+      "cublasGemmStridedBatchedEx (bf16, grouped rows)");
+}
 
 __global__ void split_bf16(const float* x, int64_t count, __nv_bfloat16* hi, __nv_bfloat16* lo) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
@@ -250,11 +254,10 @@ LinearRunner::BfRows LinearRunner::stage_rows(const float* x, int64_t x_stride, 
   act_scratch_.reserve(xcount * (split_x ? 4 : 2));
   auto* xh = act_scratch_.as<__nv_bfloat16>();
   if (split_x && stack_block > 0) {
-    convert_rows(x, x_stride, n, cols, {2 * cols, stack_block, 2 * stack_block, stack_block}, true,
-                 xh, stream);
+    convert_rows(x, x_stride, n, cols, stack_block, true, xh, stream);
     return {xh, xh + stack_block, 2 * cols, stack_block};
   }
-  convert_rows(x, x_stride, n, cols, planes(n, cols), split_x, xh, stream);
+  convert_rows(x, x_stride, n, cols, 0, split_x, xh, stream);
   return {xh, split_x ? xh + xcount : nullptr, cols, 0};
 }
 
@@ -281,32 +284,11 @@ void LinearRunner::gemm_bf16(const WeightMatrix& w, int64_t groups, const BfRows
     }
     wb = hi;
   }
-  const int64_t cols = x.ld;
-  const __nv_bfloat16 *xh = x.hi, *xl = x.lo;
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
-  const float one = 1.0f;
   const int64_t r = w.rows / groups;
-  // Column-major, group g: C_g (r x n at y + g r, ld y_stride) = W_g^T (W_g: [r][w.cols] at
-  // g r w.cols) * X_g (w.cols x n at g w.cols, ld cols).
-  auto gemm = [&](const void* a, const void* b, float beta) {
-    if (groups == 1) {
-      check_cublas(
-          cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(w.cols), &one, a,
-                       CUDA_R_16BF, int(w.cols), b, CUDA_R_16BF, int(cols), &beta, y, CUDA_R_32F,
-                       int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-          "cublasGemmEx(bf16)");
-      return;
-    }
-    check_cublas(
-        cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(w.cols),
-                                   &one, a, CUDA_R_16BF, int(w.cols), r * w.cols, b, CUDA_R_16BF,
-                                   int(cols), w.cols, &beta, y, CUDA_R_32F, int(y_stride), r,
-                                   int(groups), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "cublasGemmStridedBatchedEx (grouped rows)");
-  };
-  gemm(wb, xh, 0.0f);
-  if (xl) gemm(wb, xl, 1.0f);
-  if (wl) gemm(wl, xh, 1.0f);
+  gemm_groups(handle_, wb, x.hi, x.ld, r, n, w.cols, groups, 0.0f, y, y_stride);
+  if (x.lo) gemm_groups(handle_, wb, x.lo, x.ld, r, n, w.cols, groups, 1.0f, y, y_stride);
+  if (wl) gemm_groups(handle_, wl, x.hi, x.ld, r, n, w.cols, groups, 1.0f, y, y_stride);
 }
 
 // bf16x2 as one GEMM over twice the depth: [W W] (each row dequantised twice) times x's rows
@@ -324,23 +306,7 @@ void LinearRunner::gemm_k_stacked(const WeightMatrix& w, int64_t groups, const B
   auto* ww = weight_scratch_.as<__nv_bfloat16>();
   dequantize(w, ww, true, stream, /*twice=*/true);
   check_cublas(cublasSetStream(handle_, stream), "cublasSetStream");
-  const float one = 1.0f, zero = 0.0f;
-  const int64_t r = w.rows / groups;
-  // Column-major, group g: C_g (r x n at y + g r, ld y_stride) = [W W]_g^T (depth x r at
-  // g r depth) * X_g (depth x n at g depth, ld x.ld).
-  if (groups == 1) {
-    check_cublas(cublasGemmEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(depth), &one,
-                              ww, CUDA_R_16BF, int(depth), x.hi, CUDA_R_16BF, int(x.ld), &zero, y,
-                              CUDA_R_32F, int(y_stride), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-                 "cublasGemmEx (bf16x2, K-stacked)");
-    return;
-  }
-  check_cublas(
-      cublasGemmStridedBatchedEx(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(r), int(n), int(depth),
-                                 &one, ww, CUDA_R_16BF, int(depth), r * depth, x.hi, CUDA_R_16BF,
-                                 int(x.ld), depth, &zero, y, CUDA_R_32F, int(y_stride), r,
-                                 int(groups), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-      "cublasGemmStridedBatchedEx (bf16x2, K-stacked, grouped rows)");
+  gemm_groups(handle_, ww, x.hi, x.ld, w.rows / groups, n, depth, groups, 0.0f, y, y_stride);
 }
 
 void LinearRunner::run_stacked(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n,
@@ -350,7 +316,7 @@ void LinearRunner::run_stacked(const WeightMatrix& w, const float* x, int64_t x_
   act_scratch_.reserve(columns * w.cols * 2);
   auto* xh = act_scratch_.as<__nv_bfloat16>();
   // The low parts follow the high ones: x's rows as 2n columns of one operand.
-  convert_rows(x, x_stride, n, w.cols, planes(n, w.cols), split, xh, stream);
+  convert_rows(x, x_stride, n, w.cols, 0, split, xh, stream);
   float* c = y;
   int64_t ldc = y_stride;
   if (split) {

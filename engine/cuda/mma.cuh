@@ -120,5 +120,13 @@ __device__ __forceinline__ void store_bf16_parts(uint16_t* hi, int64_t plane, in
     *reinterpret_cast<uint2*>(hi + off) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
   }
 }
+// The same with the split chosen at run time.
+__device__ __forceinline__ void store_bf16_parts(bool split, uint16_t* hi, int64_t plane,
+                                                 int64_t off, float4 v) {
+  if (split)
+    store_bf16_parts<true>(hi, plane, off, v);
+  else
+    store_bf16_parts<false>(hi, plane, off, v);
+}
 
 }  // namespace agentrt::engine::cuda

@@ -9,6 +9,7 @@
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp4_gemm.h"
+#include "engine/cuda/mma.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -128,25 +129,6 @@ __global__ void place_rows_kernel(const int32_t* seg_start, int64_t a0, int64_t 
   place[r] = {int32_t(lo - a0) * copies * slot + (pair - seg_start[lo]), slot};
 }
 
-// Four floats as bf16 at dst (8-byte aligned); split: their low parts `low` values further on.
-__device__ __forceinline__ void store_bf16x4(float4 v, bool split, int64_t low,
-                                             __nv_bfloat16* dst) {
-  const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
-  uint2 hi;
-  hi.x = *reinterpret_cast<const uint32_t*>(&a);
-  hi.y = *reinterpret_cast<const uint32_t*>(&b);
-  *reinterpret_cast<uint2*>(dst) = hi;
-  if (split) {
-    const float2 fa = __bfloat1622float2(a), fb = __bfloat1622float2(b);
-    const __nv_bfloat162 la = __floats2bfloat162_rn(v.x - fa.x, v.y - fa.y),
-                         lb = __floats2bfloat162_rn(v.z - fb.x, v.w - fb.y);
-    uint2 lo;
-    lo.x = *reinterpret_cast<const uint32_t*>(&la);
-    lo.y = *reinterpret_cast<const uint32_t*>(&lb);
-    *reinterpret_cast<uint2*>(dst + low) = lo;
-  }
-}
-
 // x rows of the chunk's pairs: h[order[s0 + r] / k] as bf16 (+ the low parts), one block a row,
 // 4 columns a thread (hidden is a multiple of 32, every row 16-byte aligned).
 __global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t s0, int64_t k,
@@ -157,7 +139,8 @@ __global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t
   const float4* src = reinterpret_cast<const float4*>(h + int64_t(order[s0 + r] / k) * hidden);
   __nv_bfloat16* hi = x + int64_t(p.hi) * hidden;
   for (int64_t c = threadIdx.x; c < hidden / 4; c += blockDim.x)
-    store_bf16x4(src[c], split, int64_t(p.low) * hidden, hi + 4 * c);
+    store_bf16_parts(split, reinterpret_cast<uint16_t*>(hi), int64_t(p.low) * hidden, 4 * c,
+                     src[c]);
 }
 
 // act = weight of the pair * silu(clamp(gate)) * clamp(up) from the stacked gate/up products
@@ -191,7 +174,7 @@ __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
     }
     const float4 v = make_float4(silu_times(g.x, u.x), silu_times(g.y, u.y), silu_times(g.z, u.z),
                                  silu_times(g.w, u.w));
-    store_bf16x4(v, split, int64_t(p.low) * inter, out + 4 * c);
+    store_bf16_parts(split, reinterpret_cast<uint16_t*>(out), int64_t(p.low) * inter, 4 * c, v);
   }
 }
 
