@@ -10,7 +10,7 @@
 //   - peak GPU memory.
 //
 //   bench_engine_cuda MODEL_DIR [--contexts 1024,16384,65536] [--steps 16]
-//                     [--batches 8,32,64] [--batch-context 1024] [--precision bf16x2|bf16|f32]
+//                     [--batches 8,32,64] [--batch-context 1024] [--precision bf16x2|bf16|f32|fp8]
 //                     [--profile 1]   (GPU time per stage of a decode step, CUDA events)
 //                     [--repeat-stage NAME] (launch that stage twice in every pass: the decode
 //                                      step's extra time is the stage's cost inside the graph;
@@ -126,6 +126,50 @@ double gemm_peak() {
   cudaFree(b);
   cudaFree(c);
   return 2.0 * double(n) * n * n * reps / dt;
+}
+
+// cuBLASLt's block-scaled FP8 GEMM (GemmPrecision::fp8's, through cuda::Fp8Gemm: e4m3 weights
+// with 128 x 128 block scales times activations quantised per 128 columns) on 8192^3: FLOP/s,
+// or 0 where cuBLASLt has no algorithm for it. The activations' quantisation is timed with it.
+double fp8_gemm_peak() {
+  const int64_t n = 8192;
+  void *w, *x, *scales, *y;
+  AGENTRT_CUDA_CHECK(cudaMalloc(&w, size_t(n) * n));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&x, size_t(n) * n * 4));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&y, size_t(n) * n * 4));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&scales, size_t(n / 128) * (n / 128) * 4));
+  cudaMemset(w, 0x38, size_t(n) * n);                         // e4m3 1.0
+  cudaMemset(x, 0x3f, size_t(n) * n * 4);                     // ~0.75 as float32
+  cudaMemset(scales, 0x3c, size_t(n / 128) * (n / 128) * 4);  // small positive float32
+  WeightMatrix wm;
+  wm.type = WeightType::f8_e4m3;
+  wm.rows = n;
+  wm.cols = n;
+  wm.data = w;
+  wm.scale = scales;
+  wm.scale_type = ScaleType::f32;
+  double flops = 0;
+  {
+    cuda::Fp8Gemm gemm;
+    auto run = [&] {
+      return gemm.run(wm, 1, static_cast<const float*>(x), n, n, static_cast<float*>(y), n,
+                      nullptr);
+    };
+    if (run()) {
+      for (int i = 0; i < 2; ++i) run();
+      cudaDeviceSynchronize();
+      const int reps = 10;
+      const double t0 = now();
+      for (int i = 0; i < reps; ++i) run();
+      cudaDeviceSynchronize();
+      flops = 2.0 * double(n) * n * n * reps / (now() - t0);
+    }
+  }
+  cudaFree(w);
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(scales);
+  return flops;
 }
 
 int64_t stored_bytes(const WeightMatrix& w) {
@@ -256,10 +300,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  options.precision = precision == "f32"    ? cuda::GemmPrecision::f32
-                      : precision == "bf16" ? cuda::GemmPrecision::bf16
-                                            : cuda::GemmPrecision::bf16x2;
   try {
+    options.precision = cuda::parse_gemm_precision(precision);
     cudaDeviceProp prop{};
     cudaGetDeviceProperties(&prop, 0);
     Memory mem;
@@ -271,6 +313,11 @@ int main(int argc, char** argv) {
     std::printf(
         "measured: copy bandwidth %.0f GB/s (read + write), cuBLAS bf16 GEMM %.0f TFLOP/s\n",
         bw / 1e9, peak / 1e12);
+    // Under fp8 the products' peak is the FP8 GEMM's: each prefill row also says its share of it.
+    const double fp8_peak = options.precision == cuda::GemmPrecision::fp8 ? fp8_gemm_peak() : 0.0;
+    if (options.precision == cuda::GemmPrecision::fp8)
+      std::printf("measured: cuBLASLt block-scaled FP8 GEMM %.0f TFLOP/s%s\n", fp8_peak / 1e12,
+                  fp8_peak > 0 ? " (activations' quantisation included)" : " (no algorithm)");
 
     const ForwardConfig config = ForwardConfig::from_file(dir + "/config.json");
     const ForwardWeights host = ForwardWeights::load(dir, config);
@@ -336,6 +383,8 @@ int main(int argc, char** argv) {
       std::printf("%-28s %12.0f %12.1f %14s %11.1f%%\n", ("prefill " + std::to_string(ctx)).c_str(),
                   double(ctx) / prefill_s, prefill_tflops, "",
                   100.0 * prefill_tflops * 1e12 / peak);
+      if (fp8_peak > 0)
+        std::printf("  (%.1f%% of the FP8 GEMM peak)\n", 100.0 * prefill_tflops * 1e12 / fp8_peak);
       for (int i = 0; i < 2; ++i) seq->forward(random_ids(1));
       const auto before = cuda_stage_ms(*model);
       t0 = now();
@@ -445,6 +494,11 @@ int main(int argc, char** argv) {
         }
         mem.sample();
       }
+    }
+    if (options.precision == cuda::GemmPrecision::fp8) {
+      const auto counts = cuda_fp8_counts(*model);
+      std::printf("\nFP8 GEMMs: %lld prefill products, %lld FP8 ones fell back to bf16\n",
+                  (long long)counts.fp8, (long long)counts.fallbacks);
     }
     std::printf("\npeak GPU memory in use: %.1f GB (%.1f GB before loading)\n", mem.peak / 1e9,
                 baseline / 1e9);

@@ -196,6 +196,10 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     return pass_.stage_ms();
   }
+  cuda::LinearRunner::Fp8Counts fp8_counts() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pass_.fp8_counts();
+  }
 
  private:
   static const cuda::CudaOptions& checked(const cuda::CudaOptions& options) {
@@ -303,6 +307,11 @@ std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
 std::map<std::string, double> cuda_stage_ms(const Model& model) {
   const auto* m = dynamic_cast<const CudaModel*>(&model);
   return m ? m->stage_ms() : std::map<std::string, double>{};
+}
+
+cuda::LinearRunner::Fp8Counts cuda_fp8_counts(const Model& model) {
+  const auto* m = dynamic_cast<const CudaModel*>(&model);
+  return m ? m->fp8_counts() : cuda::LinearRunner::Fp8Counts{};
 }
 
 std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,

@@ -22,4 +22,8 @@ std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,
 // with CudaOptions::profile (empty otherwise). For benchmarks.
 std::map<std::string, double> cuda_stage_ms(const Model& model);
 
+// Under GemmPrecision::fp8: how many prefill products ran as FP8 GEMMs, and how many FP8 ones
+// fell back to bf16, since load. For benchmarks.
+cuda::LinearRunner::Fp8Counts cuda_fp8_counts(const Model& model);
+
 }  // namespace agentrt::engine

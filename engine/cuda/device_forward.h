@@ -136,6 +136,7 @@ class DeviceForward {
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
+  LinearRunner::Fp8Counts fp8_counts() const { return linear_.fp8_counts(); }
 
  private:
   struct Workspace;

@@ -173,6 +173,14 @@ constexpr int64_t kWorkspaceBytes = int64_t(32) << 20;
 
 }  // namespace
 
+GemmPrecision parse_gemm_precision(const std::string& name) {
+  if (name == "bf16x2") return GemmPrecision::bf16x2;
+  if (name == "bf16") return GemmPrecision::bf16;
+  if (name == "f32") return GemmPrecision::f32;
+  if (name == "fp8") return GemmPrecision::fp8;
+  throw std::invalid_argument("GEMM precision '" + name + "' is not one of bf16x2, bf16, f32, fp8");
+}
+
 bool stacked_gemm_fits(const WeightMatrix& w, int64_t n, GemmPrecision precision) {
   return n >= 2 && precision != GemmPrecision::f32 && w.type == WeightType::bf16 &&
          w.rows * w.cols * 2 >= kStackedMinBytes;
@@ -198,6 +206,7 @@ LinearRunner::LinearRunner(GemmPrecision precision, int64_t gemv_max_rows, GemvM
       gemv_mode_(gemv_mode),
       workspace_(kWorkspaceBytes) {
   gemv_mode_.tensor_cores = precision != GemmPrecision::f32;
+  if (precision == GemmPrecision::fp8) fp8_ = std::make_unique<Fp8Gemm>();
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   check_cublas(cublasSetWorkspace(handle_, workspace_.get(), size_t(workspace_.bytes())),
                "cublasSetWorkspace");
@@ -217,6 +226,7 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
       gemv_strided(w, x, x_stride, n, y, y_stride, stream, gemv_mode_);
     return;
   }
+  if (try_fp8(w, 1, x, x_stride, n, y, y_stride, stream)) return;
   if (precision_ != GemmPrecision::f32) {
     run_bf16(w, 1, x, x_stride, n, y, y_stride, stream);
     return;
@@ -233,6 +243,17 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
   check_cublas(cublasSgemm(handle_, CUBLAS_OP_T, CUBLAS_OP_N, int(w.rows), int(n), int(w.cols),
                            &one, wf, int(w.cols), x, int(x_stride), &zero, y, int(y_stride)),
                "cublasSgemm");
+}
+
+bool LinearRunner::try_fp8(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
+                           int64_t n, float* y, int64_t y_stride, cudaStream_t stream) {
+  if (!fp8_ || w.type != WeightType::f8_e4m3) return false;
+  if (Fp8Gemm::fits(w, groups) && fp8_->run(w, groups, x, x_stride, n, y, y_stride, stream)) {
+    ++fp8_counts_.fp8;
+    return true;
+  }
+  ++fp8_counts_.fallbacks;
+  return false;
 }
 
 bool LinearRunner::k_stacks(const WeightMatrix& w) const {
@@ -342,6 +363,22 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
   if (n <= 0 || products.empty()) return;
   bool same_cols = true;
   for (const Product& p : products) same_cols = same_cols && p.w.cols == products[0].w.cols;
+  if (n > gemv_max_rows_ && fp8_ && same_cols) {
+    // x quantised once for every product that takes an FP8 GEMM; the others as run() takes them.
+    const int64_t cols = products[0].w.cols;
+    bool any = false;
+    for (const Product& p : products) any = any || Fp8Gemm::fits(p.w);
+    const Fp8Gemm::Staged staged = any ? fp8_->stage(x, cols, n, cols, stream) : Fp8Gemm::Staged{};
+    for (const Product& p : products) {
+      if (any && Fp8Gemm::fits(p.w) && fp8_->multiply(p.w, 1, staged, p.y, p.w.rows, stream)) {
+        ++fp8_counts_.fp8;
+        continue;
+      }
+      if (p.w.type == WeightType::f8_e4m3) ++fp8_counts_.fallbacks;
+      run_bf16(p.w, 1, x, cols, n, p.y, p.w.rows, stream);
+    }
+    return;
+  }
   if (n > gemv_max_rows_ && precision_ != GemmPrecision::f32 && same_cols) {
     // x's rows converted once for every product (each converted them again); K-stacked where
     // every product takes that path.
@@ -371,6 +408,7 @@ void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const floa
     gemv_grouped(w, groups, x, x_stride, n, y, y_stride, stream, gemv_mode_);
     return;
   }
+  if (try_fp8(w, groups, x, x_stride, n, y, y_stride, stream)) return;
   if (precision_ != GemmPrecision::f32) {
     // One strided batched GEMM per term over the groups: the whole matrix dequantised once and
     // the whole rows of x converted once.

@@ -8,10 +8,13 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <string>
 
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/fp8_gemm.h"
 #include "engine/matmul.h"
 
 namespace agentrt::engine::cuda {
@@ -23,7 +26,16 @@ enum class GemmPrecision {
   bf16x2,
   bf16,  // one bf16 product: fastest, ~1e-2 relative on logits of small models
   f32,   // float32 SGEMM, no TF32
+  // Products of more rows than the GEMV takes (prefill, large decode batches) with FP8 weights
+  // (128 x 128 block scales) as cuBLASLt block-scaled FP8 GEMMs, the activations quantised to
+  // e4m3 per row and 128 columns (fp8_gemm.h, DeepSeek's own scheme): no dequantised weight copy
+  // and twice bf16's tensor-core rate, ~1e-2 relative error per product. Other weights, the
+  // experts' GEMMs and the prefill attention run as bf16; the GEMV's products as under bf16x2.
+  fp8,
 };
+
+// "bf16x2", "bf16", "f32" or "fp8"; throws std::invalid_argument naming the accepted ones.
+GemmPrecision parse_gemm_precision(const std::string& name);
 
 class LinearRunner {
  public:
@@ -52,6 +64,13 @@ class LinearRunner {
   // (g + 1) * w.cols) of x's rows and writing its rows of y (one launch when decoding).
   void run_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
                    int64_t n, float* y, int64_t y_stride, cudaStream_t stream);
+
+  // Under GemmPrecision::fp8: the prefill products that ran as FP8 GEMMs, and those of FP8 weights
+  // that fell back to bf16 (shapes cuBLASLt has no FP8 algorithm for).
+  struct Fp8Counts {
+    int64_t fp8 = 0, fallbacks = 0;
+  };
+  Fp8Counts fp8_counts() const { return fp8_counts_; }
 
  private:
   // The tensor-core GEMMs of run() (groups = 1) and run_grouped(): w dequantised to bf16 (and its
@@ -84,6 +103,10 @@ class LinearRunner {
   // against 0.25 ms for one).
   void run_stacked(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
                    int64_t y_stride, cudaStream_t stream);
+  // Under GemmPrecision::fp8, w (in `groups` row groups) times x as an FP8 GEMM; false where w
+  // does not take one (then nothing is written and the caller runs its bf16 path).
+  bool try_fp8(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
+               float* y, int64_t y_stride, cudaStream_t stream);
 
   GemmPrecision precision_;
   int64_t gemv_max_rows_;
@@ -92,6 +115,8 @@ class LinearRunner {
   DeviceBuffer weight_scratch_, act_scratch_, stacked_out_;
   // cuBLAS's workspace, ours: products captured into a decode step's graph must not allocate.
   DeviceBuffer workspace_;
+  std::unique_ptr<Fp8Gemm> fp8_;  // GemmPrecision::fp8 only
+  Fp8Counts fp8_counts_;
 };
 
 // Whether LinearRunner::run takes w times n (2 <= n <= its GEMV rows) through run_stacked.

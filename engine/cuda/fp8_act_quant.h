@@ -1,0 +1,71 @@
+// How GemmPrecision::fp8 quantises activations for cuBLASLt's block-scaled FP8 GEMMs
+// (fp8_gemm.cu), as host-callable functions so a test without a GPU (CudaFp8ActQuant.*) and the
+// GPU tests' host reference compute exactly what the kernel does.
+//
+// DeepSeek's own inference multiplies FP8 weights this way: each activation row is quantised to
+// e4m3 per block of 128 columns, with one float32 scale per block (cuBLASLt's VEC128_32F), and
+// the weights keep their e4m3 values and 128 x 128 block scales (BLK128x128_32F). The scale here
+// is the smallest power of two that keeps the block's largest magnitude within e4m3's 448 (as the
+// ue8m0 scales of V4's checkpoints), so dividing by it is exact and only e4m3's rounding loses.
+//
+// Scale layouts (cuBLASLt, Hopper; as PyTorch's torch._scaled_mm passes them): the activations'
+// scales are "outer-dimension major", [column block][row], rows contiguous, the GEMM's row count
+// a multiple of 4; the weights' are [row block][column block] (the checkpoint's order), each row
+// of column blocks padded to a multiple of 4 (16 bytes).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace agentrt::engine::cuda::fp8_act_quant {
+
+constexpr int64_t kBlock = 128;     // columns (and weight rows) per scale
+constexpr float kE4m3Max = 448.0f;  // the largest finite e4m3 magnitude
+
+// The exponent e of the smallest power of two with amax / 2^e <= 448, clamped to [-126, 127],
+// from amax's bits (amax >= 0): amax = m 2^(b - 127), m in [1, 2), so amax / 448 = (m / 1.75)
+// 2^(b - 135), and m / 1.75 is in (1/2, 1] exactly when m <= 1.75 (mantissa bits <= 0x600000).
+// kNotFinite where amax is infinite or NaN: the block's scale is then NaN, so its products are
+// NaN rather than silently saturated to +-448.
+constexpr int kNotFinite = 1000;
+__host__ __device__ inline int scale_exponent(uint32_t amax_bits) {
+  const int biased = int((amax_bits >> 23) & 0xff);
+  if (biased == 0xff) return kNotFinite;
+  if (biased == 0) return -126;  // zero or subnormal: every value stays below 448 * 2^-126
+  const int e = biased - 135 + ((amax_bits & 0x7fffff) > 0x600000 ? 1 : 0);
+  return e < -126 ? -126 : (e > 127 ? 127 : e);
+}
+
+// 2^e for -126 <= e <= 127, exactly; NaN for kNotFinite.
+__host__ __device__ inline float exp2_exact(int e) {
+  const uint32_t b = e == kNotFinite ? 0x7fc00000u : uint32_t(e + 127) << 23;
+#ifdef __CUDA_ARCH__
+  return __uint_as_float(b);
+#else
+  float v;
+  std::memcpy(&v, &b, 4);
+  return v;
+#endif
+}
+
+// Index of the scale of row m's column block kb among `rows` (a multiple of 4) GEMM rows.
+__host__ __device__ inline int64_t act_scale_index(int64_t m, int64_t kb, int64_t rows) {
+  return kb * rows + m;
+}
+
+// Column blocks of a weight row of `cols`, and the padded count each scale row takes.
+__host__ __device__ inline int64_t column_blocks(int64_t cols) {
+  return (cols + kBlock - 1) / kBlock;
+}
+__host__ __device__ inline int64_t weight_scale_ld(int64_t cols) {
+  return (column_blocks(cols) + 3) / 4 * 4;
+}
+
+// GEMM rows for n activation rows: cuBLASLt takes a multiple of 4 (the scales' rows are 16-byte
+// aligned), so the last n % 4 rows go through a padded GEMM of their own.
+__host__ __device__ inline int64_t whole_rows(int64_t n) { return n / 4 * 4; }
+
+}  // namespace agentrt::engine::cuda::fp8_act_quant

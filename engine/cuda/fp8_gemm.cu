@@ -1,0 +1,286 @@
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda/cublas_check.h"
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/fp8_act_quant.h"
+#include "engine/cuda/fp8_gemm.h"
+#include "engine/cuda/weight_decode.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+namespace aq = fp8_act_quant;
+
+// One warp per (row, 128-column block): the block's largest magnitude, its power-of-two scale,
+// and its 128 values as e4m3 (round to nearest even, saturating at +-448), 4 a lane. kVec4: x
+// 16-byte aligned with a stride a multiple of 4.
+template <bool kVec4>
+__global__ void quantize_rows_kernel(const float* x, int64_t stride, int64_t rows, int64_t blocks,
+                                     uint8_t* q, int64_t q_ld, float* scales, int64_t scale_rows) {
+  const int lane = int(threadIdx.x % 32);
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < rows * blocks;
+       w += warps) {
+    const int64_t m = w / blocks, kb = w - m * blocks;
+    const float* src = x + m * stride + kb * aq::kBlock + 4 * lane;
+    float4 v;
+    if constexpr (kVec4) {
+      v = __ldg(reinterpret_cast<const float4*>(src));
+    } else {
+      v = make_float4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
+    }
+    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    const int e = aq::scale_exponent(__float_as_uint(amax));
+    const float inv = e == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e);
+    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v.x * inv, v.y * inv), __NV_SATFINITE,
+                                                 __NV_E4M3),
+                   hi = __nv_cvt_float2_to_fp8x2(make_float2(v.z * inv, v.w * inv), __NV_SATFINITE,
+                                                 __NV_E4M3);
+    *reinterpret_cast<uint32_t*>(q + m * q_ld + kb * aq::kBlock + 4 * lane) = lo | (hi << 16);
+    if (lane == 0) scales[aq::act_scale_index(m, kb, scale_rows)] = aq::exp2_exact(e);
+  }
+}
+
+// w's 128 x 128 block scales as float32 rows of fp8_act_quant::weight_scale_ld(w.cols), zero
+// padded: cuBLASLt's BLK128x128_32F operand for w's rows (from w.row_offset, a multiple of 128).
+__global__ void weight_scales_kernel(WeightMatrix w, int64_t row_blocks, int64_t ld, float* out) {
+  const int64_t cb = aq::column_blocks(w.cols), first = w.row_offset / aq::kBlock;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < row_blocks * ld;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t rb = i / ld, c = i - rb * ld;
+    float s = 0.0f;
+    if (c < cb) {
+      const int64_t si = (first + rb) * cb + c;
+      s = w.scale_type == ScaleType::f32 ? static_cast<const float*>(w.scale)[si]
+                                         : e8m0(static_cast<const uint8_t*>(w.scale)[si]);
+    }
+    out[i] = s;
+  }
+}
+
+// The largest power of two (up to 256) dividing the address, the leading dimension's bytes and
+// the offset between groups' operands: what cuBLASLt may assume of an operand's alignment.
+uint32_t alignment(const void* p, int64_t ld_bytes, int64_t group_bytes = 0) {
+  const uint64_t bits =
+      reinterpret_cast<uintptr_t>(p) | uint64_t(ld_bytes) | uint64_t(group_bytes) | 256u;
+  return uint32_t(bits & (~bits + 1));
+}
+
+// Owners of cuBLASLt's descriptor objects for one call.
+struct Desc {
+  cublasLtMatmulDesc_t d = nullptr;
+  ~Desc() {
+    if (d) cublasLtMatmulDescDestroy(d);
+  }
+  template <typename T>
+  void set(cublasLtMatmulDescAttributes_t a, const T& v) {
+    check_cublas(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof(v)),
+                 "cublasLtMatmulDescSetAttribute (FP8 block-scaled GEMM)");
+  }
+};
+struct Layout {
+  cublasLtMatrixLayout_t l = nullptr;
+  Layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
+    check_cublas(cublasLtMatrixLayoutCreate(&l, type, uint64_t(rows), uint64_t(cols), ld),
+                 "cublasLtMatrixLayoutCreate (FP8 block-scaled GEMM)");
+  }
+  ~Layout() {
+    if (l) cublasLtMatrixLayoutDestroy(l);
+  }
+};
+struct Preference {
+  cublasLtMatmulPreference_t p = nullptr;
+  Preference() {
+    check_cublas(cublasLtMatmulPreferenceCreate(&p), "cublasLtMatmulPreferenceCreate");
+  }
+  ~Preference() {
+    if (p) cublasLtMatmulPreferenceDestroy(p);
+  }
+  template <typename T>
+  void set(cublasLtMatmulPreferenceAttributes_t a, const T& v) {
+    check_cublas(cublasLtMatmulPreferenceSetAttribute(p, a, &v, sizeof(v)),
+                 "cublasLtMatmulPreferenceSetAttribute");
+  }
+};
+
+// D = A^T B with A's 128 x 128 block scales and B's per-column 128-row block scales (column-major
+// terms: A is the weights, k x m; B the activations, k x n).
+void describe(Desc& desc, const float* a_scales, const float* b_scales) {
+  check_cublas(cublasLtMatmulDescCreate(&desc.d, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+               "cublasLtMatmulDescCreate (FP8 block-scaled GEMM)");
+  desc.set(CUBLASLT_MATMUL_DESC_TRANSA, int32_t(CUBLAS_OP_T));
+  desc.set(CUBLASLT_MATMUL_DESC_TRANSB, int32_t(CUBLAS_OP_N));
+  desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F));
+  desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F));
+  desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(a_scales));
+  desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(b_scales));
+}
+
+constexpr int64_t kWorkspaceBytes = int64_t(32) << 20;
+unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 65536)); }
+
+}  // namespace
+
+void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t cols, uint8_t* q,
+                        float* scales, int64_t scale_rows, cudaStream_t stream) {
+  if (cols % aq::kBlock != 0)
+    throw std::invalid_argument("quantize_rows_e4m3: " + std::to_string(cols) +
+                                " columns is not a multiple of 128");
+  if (rows <= 0) return;
+  const int64_t blocks = cols / aq::kBlock, warps = rows * blocks;
+  const unsigned grid = unsigned(std::min<int64_t>((warps + 7) / 8, 65536));
+  if (stride % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0)
+    quantize_rows_kernel<true>
+        <<<grid, 256, 0, stream>>>(x, stride, rows, blocks, q, cols, scales, scale_rows);
+  else
+    quantize_rows_kernel<false>
+        <<<grid, 256, 0, stream>>>(x, stride, rows, blocks, q, cols, scales, scale_rows);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+Fp8Gemm::Fp8Gemm() : workspace_(kWorkspaceBytes) {
+  check_cublas(cublasLtCreate(&handle_), "cublasLtCreate");
+}
+
+Fp8Gemm::~Fp8Gemm() {
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+bool Fp8Gemm::fits(const WeightMatrix& w, int64_t groups) {
+  if (w.type != WeightType::f8_e4m3 || !w.scale || groups < 1 || w.rows % groups != 0) return false;
+  const int64_t rows = w.rows / groups;
+  return rows % aq::kBlock == 0 && w.cols % aq::kBlock == 0 && w.row_offset % aq::kBlock == 0;
+}
+
+Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int64_t cols,
+                               cudaStream_t stream) {
+  const int64_t blocks = cols / aq::kBlock, whole = aq::whole_rows(n), tail = n - whole;
+  Staged s;
+  s.n = n;
+  s.cols = cols;
+  act_.reserve(std::max<int64_t>(whole, 1) * cols);
+  act_scales_.reserve(std::max<int64_t>(whole, 1) * blocks * 4);
+  quantize_rows_e4m3(x, x_stride, whole, cols, act_.as<uint8_t>(), act_scales_.as<float>(), whole,
+                     stream);
+  s.q = act_.as<uint8_t>();
+  s.scales = act_scales_.as<float>();
+  if (tail > 0) {
+    // The last rows padded to a GEMM of 4 with zeros (zero scales: the padding adds nothing).
+    tail_.reserve(4 * cols);
+    tail_scales_.reserve(4 * blocks * 4);
+    AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_.get(), 0, size_t(4 * cols), stream));
+    AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_scales_.get(), 0, size_t(4 * blocks * 4), stream));
+    quantize_rows_e4m3(x + whole * x_stride, x_stride, tail, cols, tail_.as<uint8_t>(),
+                       tail_scales_.as<float>(), 4, stream);
+    s.tail_q = tail_.as<uint8_t>();
+    s.tail_scales = tail_scales_.as<float>();
+  }
+  return s;
+}
+
+bool Fp8Gemm::ok(const Shape& s) {
+  const auto key = s.key();
+  if (algos_.count(key)) return true;
+  if (refused_.count(key)) return false;
+  // The heuristic sees the scale modes; the pointers it is given only need to be set.
+  const float* any = workspace_.as<float>();
+  Desc desc;
+  describe(desc, any, any);
+  Layout a(CUDA_R_8F_E4M3, s.k, s.m, s.k), b(CUDA_R_8F_E4M3, s.k, s.n, s.ldb),
+      d(CUDA_R_32F, s.m, s.n, s.ldd);
+  Preference pref;
+  pref.set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(workspace_.bytes()));
+  pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, s.a_align);
+  pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, s.b_align);
+  pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, s.d_align);
+  pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, s.d_align);
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, desc.d, a.l, b.l, d.l, d.l,
+                                                               pref.p, 1, &result, &found);
+  if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+    refused_[key] = true;
+    return false;
+  }
+  algos_[key] = result.algo;
+  return true;
+}
+
+void Fp8Gemm::gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
+                   const float* b_scales, float* d, cudaStream_t stream) {
+  Desc desc;
+  describe(desc, a_scales, b_scales);
+  Layout la(CUDA_R_8F_E4M3, s.k, s.m, s.k), lb(CUDA_R_8F_E4M3, s.k, s.n, s.ldb),
+      ld(CUDA_R_32F, s.m, s.n, s.ldd);
+  const float one = 1.0f, zero = 0.0f;
+  const cublasLtMatmulAlgo_t& algo = algos_.at(s.key());
+  const cublasStatus_t status =
+      cublasLtMatmul(handle_, desc.d, &one, a, la.l, b, lb.l, &zero, d, ld.l, d, ld.l, &algo,
+                     workspace_.get(), size_t(workspace_.bytes()), stream);
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error("cuBLASLt FP8 block-scaled GEMM of " + std::to_string(s.m) + " x " +
+                             std::to_string(s.k) + " weights by " + std::to_string(s.n) +
+                             " rows failed with status " + std::to_string(int(status)));
+}
+
+bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y,
+                       int64_t y_stride, cudaStream_t stream) {
+  if (!fits(w, groups)) return false;
+  if (x.cols != groups * w.cols)
+    throw std::logic_error("Fp8Gemm::multiply: staged rows of " + std::to_string(x.cols) +
+                           " columns for " + std::to_string(groups) + " groups of " +
+                           std::to_string(w.cols));
+  const int64_t rg = w.rows / groups, whole = aq::whole_rows(x.n), tail = x.n - whole;
+  if (whole + tail <= 0) return true;
+  const auto* wd = static_cast<const uint8_t*>(w.data);
+  if (tail > 0) tail_out_.reserve(4 * w.rows * 4);
+  float* tail_out = tail_out_.as<float>();
+  const uint32_t a_align = alignment(wd, w.cols, rg * w.cols);
+  const int64_t b_step = groups > 1 ? w.cols : 0;  // bytes between groups' columns of x
+  const Shape main{rg,
+                   whole,
+                   w.cols,
+                   x.cols,
+                   y_stride,
+                   a_align,
+                   alignment(x.q, x.cols, b_step),
+                   alignment(y, y_stride * 4, rg * 4)};
+  const Shape last{rg,
+                   4,
+                   w.cols,
+                   x.cols,
+                   w.rows,
+                   a_align,
+                   alignment(x.tail_q, x.cols, b_step),
+                   alignment(tail_out, w.rows * 4, rg * 4)};
+  // Every GEMM's algorithm before the first launch: all of y or none of it.
+  if ((whole > 0 && !ok(main)) || (tail > 0 && !ok(last))) return false;
+  const int64_t ld = aq::weight_scale_ld(w.cols), row_blocks = w.rows / aq::kBlock;
+  weight_scales_.reserve(row_blocks * ld * 4);
+  auto* ws = weight_scales_.as<float>();
+  weight_scales_kernel<<<grid_for(row_blocks * ld), 256, 0, stream>>>(w, row_blocks, ld, ws);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint8_t* a = wd + g * rg * w.cols;
+    const float* as = ws + (g * rg / aq::kBlock) * ld;
+    const int64_t col_block = g * w.cols / aq::kBlock;
+    if (whole > 0)
+      gemm(main, a, as, x.q + g * w.cols, x.scales + col_block * whole, y + g * rg, stream);
+    if (tail > 0)
+      gemm(last, a, as, x.tail_q + g * w.cols, x.tail_scales + col_block * 4, tail_out + g * rg,
+           stream);
+  }
+  if (tail > 0)
+    AGENTRT_CUDA_CHECK(cudaMemcpy2DAsync(y + whole * y_stride, size_t(y_stride * 4), tail_out,
+                                         size_t(w.rows * 4), size_t(w.rows * 4), size_t(tail),
+                                         cudaMemcpyDeviceToDevice, stream));
+  return true;
+}
+
+}  // namespace agentrt::engine::cuda

@@ -1,0 +1,80 @@
+// GemmPrecision::fp8: prefill-sized products of FP8 weights as cuBLASLt block-scaled FP8 GEMMs
+// (Hopper, cuBLAS 12.9 or later). The weights stay as stored (e4m3, 128 x 128 block scales) and
+// the activations are quantised to e4m3 per row and 128 columns (fp8_act_quant.h), as DeepSeek's
+// inference does: twice the bf16 tensor cores' rate, no dequantised weight copy, and about 1e-2
+// relative error on the products (e4m3 keeps 4 significant bits), against ~1e-5 for bf16x2.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "engine/cuda/device_buffer.h"
+#include "engine/matmul.h"
+
+namespace agentrt::engine::cuda {
+
+// x's `rows` rows (stride floats apart) of `cols` (a multiple of 128) as e4m3 at q ([rows][cols])
+// and their block scales at scales[fp8_act_quant::act_scale_index(m, kb, scale_rows)]. For tests
+// and Fp8Gemm.
+void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t cols, uint8_t* q,
+                        float* scales, int64_t scale_rows, cudaStream_t stream);
+
+class Fp8Gemm {
+ public:
+  Fp8Gemm();
+  ~Fp8Gemm();
+  Fp8Gemm(const Fp8Gemm&) = delete;
+  Fp8Gemm& operator=(const Fp8Gemm&) = delete;
+
+  // Whether w, as `groups` equal groups of rows (block-diagonal, LinearRunner::run_grouped), has
+  // the shapes these GEMMs take: FP8 e4m3, columns a multiple of 128, each group's rows a
+  // multiple of 128 starting on a scale block.
+  static bool fits(const WeightMatrix& w, int64_t groups = 1);
+
+  // x's n rows quantised once for several products (LinearRunner::run_same_input): valid until
+  // the next stage() or run().
+  struct Staged {
+    const uint8_t* q = nullptr;       // [n][cols]
+    const float* scales = nullptr;    // the first whole_rows(n) rows' scales
+    const uint8_t* tail_q = nullptr;  // the last n % 4 rows, zero-padded to 4
+    const float* tail_scales = nullptr;
+    int64_t n = 0, cols = 0;
+  };
+  Staged stage(const float* x, int64_t x_stride, int64_t n, int64_t cols, cudaStream_t stream);
+
+  // y (n rows, y_stride floats apart) = x W^T for staged x; group g of w's rows reads columns
+  // [g, g + 1) * w.cols of x. False, with nothing written to y, where cuBLASLt has no algorithm
+  // for these shapes (the caller then runs its bf16 path).
+  bool multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y, int64_t y_stride,
+                cudaStream_t stream);
+
+  bool run(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
+           float* y, int64_t y_stride, cudaStream_t stream) {
+    return multiply(w, groups, stage(x, x_stride, n, groups * w.cols, stream), y, y_stride, stream);
+  }
+
+ private:
+  // One GEMM: D (m x n, ld ldd, float32) = A^T B, A the weights (k x m, e4m3, ld k), B the
+  // activations (k x n, e4m3, ld ldb), scales as fp8_act_quant.h lays them out. ok() first
+  // asks cuBLASLt for an algorithm (cached per shape).
+  struct Shape {
+    int64_t m, n, k, ldb, ldd;
+    uint32_t a_align, b_align, d_align;  // bytes the operands' addresses and strides are aligned to
+    auto key() const { return std::make_tuple(m, n, k, ldb, ldd, a_align, b_align, d_align); }
+  };
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
+  bool ok(const Shape& s);
+  void gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
+            const float* b_scales, float* d, cudaStream_t stream);
+
+  cublasLtHandle_t handle_ = nullptr;
+  DeviceBuffer workspace_, act_, act_scales_, tail_, tail_scales_, tail_out_, weight_scales_;
+  std::map<Key, cublasLtMatmulAlgo_t> algos_;  // per shape, from cuBLASLt's heuristic
+  std::map<Key, bool> refused_;                // shapes it has no algorithm for
+};
+
+}  // namespace agentrt::engine::cuda

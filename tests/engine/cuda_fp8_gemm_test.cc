@@ -1,0 +1,389 @@
+// GemmPrecision::fp8 (engine/cuda/fp8_gemm.{h,cu}, fp8_act_quant.h): prefill products of FP8
+// weights as cuBLASLt block-scaled FP8 GEMMs with the activations quantised to e4m3 per row and
+// 128 columns. The host tests (CudaFp8ActQuant.*) run without a GPU; the GPU tests
+// (CudaFp8Gemm.*) check the device quantisation bitwise against the host's, and the GEMMs against
+// a host product of the same quantised activations, which pins down cuBLASLt's scale layouts.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/matmul.h"
+#include "engine/model.h"
+#include "engine/model_init.h"
+#include "engine/quantize.h"
+#include "tests/engine/cuda_test_util.h"
+#include "tests/engine/golden_fixture.h"
+
+#ifdef AGENTRT_HAVE_CUDA
+#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/device_matrix.h"
+#include "engine/cuda/fp8_act_quant.h"
+#include "engine/cuda/fp8_gemm.h"
+#include "engine/cuda/linear.h"
+#endif
+
+namespace agentrt::engine {
+namespace {
+
+#ifndef AGENTRT_HAVE_CUDA
+TEST(CudaFp8Gemm, MatchesTheHostQuantisedProduct) {
+  GTEST_SKIP() << "CUDA backend not built (no nvcc at configure time)";
+}
+#else
+
+namespace aq = cuda::fp8_act_quant;
+
+uint32_t bits_of(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, 4);
+  return b;
+}
+
+// The scale is the smallest power of two that keeps the block's largest magnitude within 448,
+// over every binade, at and around the boundaries 448 * 2^k, for zero, subnormals, the largest
+// float, infinity and NaN.
+TEST(CudaFp8ActQuant, ScaleIsTheSmallestPowerOfTwoThatFits) {
+  std::vector<float> amaxes = {0.0f,
+                               std::numeric_limits<float>::denorm_min(),
+                               std::numeric_limits<float>::min(),
+                               std::numeric_limits<float>::max(),
+                               1.0f,
+                               448.0f,
+                               449.0f};
+  for (int k = -140; k <= 119; ++k) {
+    const float edge = std::ldexp(448.0f, k);
+    if (edge == 0.0f || std::isinf(edge)) continue;
+    amaxes.push_back(edge);
+    amaxes.push_back(std::nextafter(edge, 0.0f));
+    amaxes.push_back(std::nextafter(edge, INFINITY));
+    amaxes.push_back(std::ldexp(1.0f, k));
+    amaxes.push_back(std::ldexp(1.9f, k));
+  }
+  for (const float amax : amaxes) {
+    const int e = aq::scale_exponent(bits_of(amax));
+    ASSERT_GE(e, -126) << amax;
+    ASSERT_LE(e, 127) << amax;
+    const double s = std::ldexp(1.0, e);
+    EXPECT_EQ(double(aq::exp2_exact(e)), s) << e;
+    EXPECT_LE(double(amax) / s, 448.0) << "amax " << amax << " e " << e;
+    if (e > -126) {
+      EXPECT_GT(double(amax) / (s / 2), 448.0) << "amax " << amax << " e " << e;
+    }
+  }
+  EXPECT_EQ(aq::scale_exponent(bits_of(INFINITY)), aq::kNotFinite);
+  EXPECT_EQ(aq::scale_exponent(bits_of(std::numeric_limits<float>::quiet_NaN())), aq::kNotFinite);
+  EXPECT_TRUE(std::isnan(aq::exp2_exact(aq::kNotFinite)));
+}
+
+TEST(CudaFp8ActQuant, ScaleLayouts) {
+  // Activations: a block's scales for consecutive rows are consecutive.
+  EXPECT_EQ(aq::act_scale_index(0, 0, 8), 0);
+  EXPECT_EQ(aq::act_scale_index(5, 0, 8), 5);
+  EXPECT_EQ(aq::act_scale_index(5, 2, 8), 21);
+  // Weights: column blocks padded to a multiple of 4 per row block.
+  EXPECT_EQ(aq::weight_scale_ld(128), 4);
+  EXPECT_EQ(aq::weight_scale_ld(512), 4);
+  EXPECT_EQ(aq::weight_scale_ld(640), 8);
+  EXPECT_EQ(aq::weight_scale_ld(4096), 32);
+  EXPECT_EQ(aq::whole_rows(37), 36);
+  EXPECT_EQ(aq::whole_rows(64), 64);
+  EXPECT_EQ(aq::whole_rows(3), 0);
+}
+
+// The host's quantisation of one row, as quantize_rows_e4m3 does it: codes and block scales.
+void quantise_row(const float* x, int64_t cols, uint8_t* q, float* scales) {
+  for (int64_t kb = 0; kb < cols / aq::kBlock; ++kb) {
+    const float* b = x + kb * aq::kBlock;
+    float amax = 0.0f;
+    for (int i = 0; i < aq::kBlock; ++i) amax = std::fmax(amax, std::fabs(b[i]));
+    const int e = aq::scale_exponent(bits_of(amax));
+    const float inv = e == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e);
+    for (int i = 0; i < aq::kBlock; ++i) q[kb * aq::kBlock + i] = float_to_e4m3(b[i] * inv);
+    scales[kb] = aq::exp2_exact(e);
+  }
+}
+
+// x's rows as the FP8 GEMM sees them: each quantised value times its block's scale.
+std::vector<double> quantised_rows(const std::vector<float>& x, int64_t n, int64_t cols) {
+  std::vector<uint8_t> q(n * cols);
+  std::vector<float> scales(cols / aq::kBlock);
+  // e4m3 codes decoded through a WeightMatrix with unit block scales.
+  std::vector<float> ones(((n + 127) / 128) * (cols / 128), 1.0f);
+  std::vector<double> out(n * cols);
+  std::vector<float> row(cols);
+  for (int64_t t = 0; t < n; ++t) {
+    quantise_row(&x[t * cols], cols, &q[t * cols], scales.data());
+    const WeightMatrix codes{WeightType::f8_e4m3, n, cols, q.data(), ones.data(),
+                             ScaleType::f32,      0};
+    decode_weight_row(codes, t, row.data());
+    for (int64_t c = 0; c < cols; ++c)
+      out[t * cols + c] = double(row[c]) * double(scales[c / aq::kBlock]);
+  }
+  return out;
+}
+
+// The host reference itself: each quantised value is within half an e4m3 step of the value
+// (2^-4 relative for normals, 2^-10 of the block's scale for e4m3's subnormals).
+TEST(CudaFp8ActQuant, QuantisedRowsStayWithinHalfAStep) {
+  const int64_t n = 5, cols = 256;
+  std::mt19937 rng(1);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * cols);
+  for (int64_t i = 0; i < n * cols; ++i) x[i] = dist(rng) * std::ldexp(1.0f, int(i % 40) - 20);
+  const std::vector<double> q = quantised_rows(x, n, cols);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t kb = 0; kb < cols / 128; ++kb) {
+      float amax = 0.0f;
+      for (int i = 0; i < 128; ++i) amax = std::fmax(amax, std::fabs(x[t * cols + kb * 128 + i]));
+      const double s = aq::exp2_exact(aq::scale_exponent(bits_of(amax)));
+      for (int i = 0; i < 128; ++i) {
+        const int64_t k = t * cols + kb * 128 + i;
+        EXPECT_LE(std::fabs(q[k] - x[k]), std::fabs(x[k]) / 16 + s * std::ldexp(1.0, -10)) << k;
+      }
+    }
+}
+
+struct Fp8Host {
+  std::vector<uint8_t> data, scales;
+  std::vector<float> f32_scales;
+  WeightMatrix view;
+};
+
+Fp8Host make_fp8(int64_t rows, int64_t cols, uint64_t seed, bool f32_scales) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 0.1f);
+  std::vector<float> v(rows * cols);
+  for (float& x : v) x = dist(rng);
+  // Blocks of different magnitudes, so that a scale read from the wrong block shows.
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) v[r * cols + c] *= float(1 + (r / 128 + 3 * (c / 128)) % 5);
+  QuantizedMatrix q = quantize_fp8_blocks(v.data(), rows, cols);
+  Fp8Host m;
+  m.data = std::move(q.data);
+  m.scales = std::move(q.scales);
+  for (uint8_t e : m.scales) m.f32_scales.push_back(std::ldexp(1.0f, int(e) - 127));
+  m.view = {WeightType::f8_e4m3,
+            rows,
+            cols,
+            m.data.data(),
+            f32_scales ? static_cast<const void*>(m.f32_scales.data()) : m.scales.data(),
+            f32_scales ? ScaleType::f32 : ScaleType::e8m0,
+            0};
+  return m;
+}
+
+double rel_l2(const std::vector<float>& got, const std::vector<double>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    num += (got[i] - want[i]) * (got[i] - want[i]);
+    den += want[i] * want[i];
+  }
+  return std::sqrt(num / std::max(den, 1e-30));
+}
+
+// y[t][g rows + r] for the block-diagonal product (group g reads columns g cols ..), from x as
+// given (quantised or exact).
+std::vector<double> host_product(const WeightMatrix& w, int64_t groups,
+                                 const std::vector<double>& x, int64_t n, int64_t y_stride) {
+  const int64_t rg = w.rows / groups, xc = groups * w.cols;
+  std::vector<double> y(n * y_stride, 0.0);
+  std::vector<float> row(w.cols);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    decode_weight_row(w, r, row.data());
+    const int64_t g = r / rg;
+    for (int64_t t = 0; t < n; ++t) {
+      double s = 0;
+      for (int64_t c = 0; c < w.cols; ++c) s += double(row[c]) * x[t * xc + g * w.cols + c];
+      y[t * y_stride + r] = s;
+    }
+  }
+  return y;
+}
+
+class CudaFp8Gemm : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string why = testing::cuda_skip_reason();
+    if (!why.empty()) GTEST_SKIP() << why;
+  }
+};
+
+// The device's codes and scales are the host's, bit for bit: strided rows, a block of zeros, one
+// holding an infinity (NaN scale), a NaN value, values that round to e4m3's subnormals.
+TEST_F(CudaFp8Gemm, QuantisesAsTheHost) {
+  const int64_t n = 13, cols = 384, stride = 388;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> dist;
+  std::vector<float> x(n * stride, 0.0f);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t c = 0; c < cols; ++c)
+      x[t * stride + c] = dist(rng) * std::ldexp(1.0f, int(t) * 9 - 60 + int(c / 128));
+  for (int64_t c = 128; c < 256; ++c) x[2 * stride + c] = 0.0f;
+  x[4 * stride + 7] = INFINITY;
+  x[5 * stride + 300] = std::numeric_limits<float>::quiet_NaN();
+  x[6 * stride + 1] = 1000.0f;  // the rest of its block falls to e4m3 subnormals or zero
+  auto dx = testing::upload(x);
+  // scale_rows 16 > n: the scales' row count need not be n.
+  cuda::DeviceBuffer dq(n * cols), ds16(16 * (cols / 128) * 4);
+  cuda::quantize_rows_e4m3(dx.as<float>(), stride, n, cols, dq.as<uint8_t>(), ds16.as<float>(), 16,
+                           nullptr);
+  AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+  const auto q = testing::download<uint8_t>(dq, n * cols);
+  const auto s = testing::download<float>(ds16, 16 * (cols / 128));
+  std::vector<uint8_t> want_q(cols);
+  std::vector<float> want_s(cols / 128);
+  for (int64_t t = 0; t < n; ++t) {
+    quantise_row(&x[t * stride], cols, want_q.data(), want_s.data());
+    for (int64_t c = 0; c < cols; ++c)
+      ASSERT_EQ(int(q[t * cols + c]), int(want_q[c])) << "row " << t << " column " << c;
+    for (int64_t kb = 0; kb < cols / 128; ++kb) {
+      const float got = s[aq::act_scale_index(t, kb, 16)];
+      if (std::isnan(want_s[kb]))
+        EXPECT_TRUE(std::isnan(got)) << "row " << t << " block " << kb;
+      else
+        EXPECT_EQ(got, want_s[kb]) << "row " << t << " block " << kb;
+    }
+  }
+}
+
+// LinearRunner under fp8 (run and run_grouped) against the host's product of the same quantised
+// activations: equal up to float32 accumulation, whatever the row count's remainder mod 4 (the
+// padded GEMM of the last rows), ue8m0 or float32 weight scales, column blocks per row a multiple
+// of 4 or not (the padded weight scales), groups, a row slice. Against the exact activations the
+// error is e4m3's (a few 1e-2).
+TEST_F(CudaFp8Gemm, MatchesTheHostQuantisedProduct) {
+  struct Case {
+    int64_t rows, cols, groups, n;
+    bool f32_scales;
+    int64_t slice_from;  // rows of a larger matrix from here (a multiple of 128), or -1
+  };
+  const Case cases[] = {{256, 1024, 1, 36, false, -1}, {256, 1024, 1, 37, true, -1},
+                        {384, 256, 1, 18, false, -1},  {384, 256, 1, 19, true, -1},
+                        {512, 384, 2, 21, false, -1},  {1024, 128, 8, 40, false, -1},
+                        {256, 512, 1, 17, false, 128}};
+  for (const Case& c : cases) {
+    const std::string what = std::to_string(c.rows) + "x" + std::to_string(c.cols) + " groups " +
+                             std::to_string(c.groups) + " n " + std::to_string(c.n) +
+                             (c.f32_scales ? " f32 scales" : " ue8m0 scales") +
+                             (c.slice_from >= 0 ? " slice" : "");
+    const int64_t full_rows = c.slice_from >= 0 ? c.slice_from + c.rows + 128 : c.rows;
+    const Fp8Host m = make_fp8(full_rows, c.cols, uint64_t(c.rows + c.n), c.f32_scales);
+    const WeightMatrix w = c.slice_from >= 0 ? m.view.slice_rows(c.slice_from, c.rows) : m.view;
+    const int64_t xc = c.groups * c.cols, y_stride = c.rows + 8;
+    std::mt19937 rng(uint32_t(c.n));
+    std::normal_distribution<float> dist;
+    std::vector<float> x(c.n * xc);
+    for (float& v : x) v = dist(rng);
+    const std::vector<double> want =
+        host_product(w, c.groups, quantised_rows(x, c.n, xc), c.n, y_stride);
+    const std::vector<double> exact =
+        host_product(w, c.groups, std::vector<double>(x.begin(), x.end()), c.n, y_stride);
+    // A slice of the matrix on the device (row_offset 128 there too).
+    cuda::DeviceMatrix dm(m.view);
+    const WeightMatrix dw =
+        c.slice_from >= 0 ? dm.view().slice_rows(c.slice_from, c.rows) : dm.view();
+    auto dx = testing::upload(x);
+    auto dy = testing::upload(std::vector<float>(c.n * y_stride, 0.0f));
+    cuda::LinearRunner runner(cuda::GemmPrecision::fp8, 16);
+    if (c.groups == 1)
+      runner.run(dw, dx.as<float>(), xc, c.n, dy.as<float>(), y_stride, nullptr);
+    else
+      runner.run_grouped(dw, c.groups, dx.as<float>(), xc, c.n, dy.as<float>(), y_stride, nullptr);
+    AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<float> got = testing::download<float>(dy, c.n * y_stride);
+    ASSERT_EQ(runner.fp8_counts().fp8, 1) << what << ": cuBLASLt gave no FP8 algorithm";
+    EXPECT_EQ(runner.fp8_counts().fallbacks, 0) << what;
+    EXPECT_LE(rel_l2(got, want), 1e-5) << what;
+    EXPECT_LE(rel_l2(got, exact), 6e-2) << what;
+    // The padding columns of y are untouched.
+    for (int64_t t = 0; t < c.n; ++t)
+      for (int64_t r = c.rows; r < y_stride; ++r) ASSERT_EQ(got[t * y_stride + r], 0.0f) << what;
+  }
+}
+
+// run_same_input quantises x once for the FP8 products; a bf16 matrix among them takes the bf16
+// GEMM.
+TEST_F(CudaFp8Gemm, ProductsOfTheSameInput) {
+  const int64_t cols = 512, n = 70;
+  const Fp8Host a = make_fp8(256, cols, 1, false), b = make_fp8(128, cols, 2, true);
+  std::vector<uint16_t> bf(64 * cols);
+  std::vector<float> bf_values(64 * cols);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> dist(0.0f, 0.1f);
+  for (size_t i = 0; i < bf.size(); ++i) {
+    const float v = dist(rng);
+    bf[i] = uint16_t(bits_of(v) >> 16);  // truncated: exactly a bf16
+    bf_values[i] = v;
+  }
+  const WeightMatrix c{WeightType::bf16, 64, cols, bf.data(), nullptr, ScaleType::f32, 0};
+  std::vector<float> x(n * cols);
+  for (float& v : x) v = dist(rng) * 10.0f;
+  const std::vector<double> xq = quantised_rows(x, n, cols), xe(x.begin(), x.end());
+  cuda::DeviceMatrix da(a.view), db(b.view), dc(c);
+  auto dx = testing::upload(x);
+  std::vector<cuda::DeviceBuffer> ys;
+  const WeightMatrix* ws[3] = {&a.view, &b.view, &c};
+  const cuda::DeviceMatrix* dms[3] = {&da, &db, &dc};
+  std::vector<cuda::LinearRunner::Product> products;
+  for (int i = 0; i < 3; ++i) {
+    ys.emplace_back(n * ws[i]->rows * 4);
+    products.push_back({dms[i]->view(), ys.back().as<float>()});
+  }
+  cuda::LinearRunner runner(cuda::GemmPrecision::fp8, 16);
+  runner.run_same_input(products, dx.as<float>(), n, nullptr);
+  AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+  EXPECT_EQ(runner.fp8_counts().fp8, 2);
+  EXPECT_EQ(runner.fp8_counts().fallbacks, 0);
+  for (int i = 0; i < 3; ++i) {
+    const auto got = testing::download<float>(ys[i], n * ws[i]->rows);
+    const auto want = host_product(*ws[i], 1, i < 2 ? xq : xe, n, ws[i]->rows);
+    EXPECT_LE(rel_l2(got, want), i < 2 ? 1e-5 : 1e-2) << "product " << i;
+  }
+}
+
+// A whole random model (FP8 linears, MXFP4 experts) prefilled under fp8 stays near the CPU's
+// float32 logits. e4m3 activations move each product by ~1e-2, and a near-tied expert or top-k
+// choice can flip, so this bounds the median only: a wrong scale or layout gives errors of order 1.
+TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fp8_prefill";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 7;
+  write_random_model(dir, init);
+  const auto cpu = Model::load(dir, {Device::cpu, 0});
+  cuda::CudaOptions options;
+  options.precision = cuda::GemmPrecision::fp8;
+  const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+  std::mt19937 rng(11);
+  std::vector<int32_t> ids(300);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  const int64_t V = cpu->vocab_size();
+  const auto want = cpu->new_sequence()->forward(ids, true);
+  const auto got = gpu->new_sequence()->forward(ids, true);
+  std::vector<double> errors;
+  for (size_t p = 0; p < ids.size(); ++p)
+    errors.push_back(testing::rel_l2(&got[p * V], &want[p * V], V));
+  std::sort(errors.begin(), errors.end());
+  const auto counts = cuda_fp8_counts(*gpu);
+  std::printf(
+      "[ fp8 prefill ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld fell back\n",
+      errors[errors.size() / 2], errors.back(), (long long)counts.fp8, (long long)counts.fallbacks);
+  EXPECT_GT(counts.fp8, 0);
+  EXPECT_LE(errors[errors.size() / 2], 0.1);
+  std::filesystem::remove_all(dir);
+}
+
+#endif  // AGENTRT_HAVE_CUDA
+
+}  // namespace
+}  // namespace agentrt::engine
