@@ -10,8 +10,8 @@
 //
 // Scale layouts (cuBLASLt, Hopper; as PyTorch's torch._scaled_mm passes them): the activations'
 // scales are "outer-dimension major", [column block][row], rows contiguous, the GEMM's row count
-// a multiple of 4; the weights' are [row block][column block] (the checkpoint's order), each row
-// of column blocks padded to a multiple of 4 (16 bytes).
+// a multiple of 4 (whole_rows); the weights' are [row block][column block] (the checkpoint's
+// order), each row of column blocks padded to a multiple of 4 (16 bytes).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -65,7 +65,10 @@ __host__ __device__ inline int64_t weight_scale_ld(int64_t cols) {
 }
 
 // GEMM rows for n activation rows: cuBLASLt takes a multiple of 4 (the scales' rows are 16-byte
-// aligned), so the last n % 4 rows go through a padded GEMM of their own.
-__host__ __device__ inline int64_t whole_rows(int64_t n) { return n / 4 * 4; }
+// aligned); the GEMMs take multiples of kTailRows, and the last n % kTailRows rows go through a
+// GEMM of their own, padded to kTailRows with zeros (16: a width cuBLASLt's FP8 kernels surely
+// have tiles for; the padding costs one more read of the weights, small beside a prefill's).
+constexpr int64_t kTailRows = 16;
+__host__ __device__ inline int64_t whole_rows(int64_t n) { return n / kTailRows * kTailRows; }
 
 }  // namespace agentrt::engine::cuda::fp8_act_quant

@@ -171,13 +171,15 @@ Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int6
   s.q = act_.as<uint8_t>();
   s.scales = act_scales_.as<float>();
   if (tail > 0) {
-    // The last rows padded to a GEMM of 4 with zeros (zero scales: the padding adds nothing).
-    tail_.reserve(4 * cols);
-    tail_scales_.reserve(4 * blocks * 4);
-    AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_.get(), 0, size_t(4 * cols), stream));
-    AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_scales_.get(), 0, size_t(4 * blocks * 4), stream));
+    // The last rows padded to a GEMM of kTailRows with zeros (zero scales: the padding adds
+    // nothing).
+    constexpr int64_t kTail = aq::kTailRows;
+    tail_.reserve(kTail * cols);
+    tail_scales_.reserve(kTail * blocks * 4);
+    AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_.get(), 0, size_t(kTail * cols), stream));
+    AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_scales_.get(), 0, size_t(kTail * blocks * 4), stream));
     quantize_rows_e4m3(x + whole * x_stride, x_stride, tail, cols, tail_.as<uint8_t>(),
-                       tail_scales_.as<float>(), 4, stream);
+                       tail_scales_.as<float>(), kTail, stream);
     s.tail_q = tail_.as<uint8_t>();
     s.tail_scales = tail_scales_.as<float>();
   }
@@ -239,7 +241,8 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
   const int64_t rg = w.rows / groups, whole = aq::whole_rows(x.n), tail = x.n - whole;
   if (whole + tail <= 0) return true;
   const auto* wd = static_cast<const uint8_t*>(w.data);
-  if (tail > 0) tail_out_.reserve(4 * w.rows * 4);
+  constexpr int64_t kTail = aq::kTailRows;
+  if (tail > 0) tail_out_.reserve(kTail * w.rows * 4);
   float* tail_out = tail_out_.as<float>();
   const uint32_t a_align = alignment(wd, w.cols, rg * w.cols);
   const int64_t b_step = groups > 1 ? w.cols : 0;  // bytes between groups' columns of x
@@ -273,7 +276,7 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
     if (whole > 0)
       gemm(main, a, as, x.q + g * w.cols, x.scales + col_block * whole, y + g * rg, stream);
     if (tail > 0)
-      gemm(last, a, as, x.tail_q + g * w.cols, x.tail_scales + col_block * 4, tail_out + g * rg,
+      gemm(last, a, as, x.tail_q + g * w.cols, x.tail_scales + col_block * kTail, tail_out + g * rg,
            stream);
   }
   if (tail > 0)

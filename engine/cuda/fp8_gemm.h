@@ -38,9 +38,10 @@ class Fp8Gemm {
   // x's n rows quantised once for several products (LinearRunner::run_same_input): valid until
   // the next stage() or run().
   struct Staged {
-    const uint8_t* q = nullptr;       // [n][cols]
-    const float* scales = nullptr;    // the first whole_rows(n) rows' scales
-    const uint8_t* tail_q = nullptr;  // the last n % 4 rows, zero-padded to 4
+    const uint8_t* q = nullptr;     // [n][cols]
+    const float* scales = nullptr;  // the first whole_rows(n) rows' scales
+    // the last n % kTailRows rows, zero-padded to kTailRows (fp8_act_quant.h)
+    const uint8_t* tail_q = nullptr;
     const float* tail_scales = nullptr;
     int64_t n = 0, cols = 0;
   };
