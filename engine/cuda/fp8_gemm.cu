@@ -20,7 +20,8 @@ namespace aq = fp8_act_quant;
 // 16-byte aligned with a stride a multiple of 4.
 template <bool kVec4>
 __global__ void quantize_rows_kernel(const float* x, int64_t stride, int64_t rows, int64_t blocks,
-                                     uint8_t* q, int64_t q_ld, float* scales, int64_t scale_rows) {
+                                     uint8_t* q, int64_t q_ld, float* scales, int64_t scale_rows,
+                                     bool rows_contiguous) {
   const int lane = int(threadIdx.x % 32);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < rows * blocks;
@@ -43,7 +44,9 @@ __global__ void quantize_rows_kernel(const float* x, int64_t stride, int64_t row
                    hi = __nv_cvt_float2_to_fp8x2(make_float2(v.z * inv, v.w * inv), __NV_SATFINITE,
                                                  __NV_E4M3);
     *reinterpret_cast<uint32_t*>(q + m * q_ld + kb * aq::kBlock + 4 * lane) = lo | (hi << 16);
-    if (lane == 0) scales[aq::act_scale_index(m, kb, scale_rows)] = aq::exp2_exact(e);
+    if (lane == 0)
+      scales[rows_contiguous ? aq::act_scale_index(m, kb, scale_rows) : m * blocks + kb] =
+          aq::exp2_exact(e);
   }
 }
 
@@ -128,7 +131,8 @@ unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 25
 }  // namespace
 
 void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t cols, uint8_t* q,
-                        float* scales, int64_t scale_rows, cudaStream_t stream) {
+                        float* scales, int64_t scale_rows, cudaStream_t stream,
+                        bool rows_contiguous) {
   if (cols % aq::kBlock != 0)
     throw std::invalid_argument("quantize_rows_e4m3: " + std::to_string(cols) +
                                 " columns is not a multiple of 128");
@@ -136,15 +140,15 @@ void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t co
   const int64_t blocks = cols / aq::kBlock, warps = rows * blocks;
   const unsigned grid = unsigned(std::min<int64_t>((warps + 7) / 8, 65536));
   if (stride % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0)
-    quantize_rows_kernel<true>
-        <<<grid, 256, 0, stream>>>(x, stride, rows, blocks, q, cols, scales, scale_rows);
+    quantize_rows_kernel<true><<<grid, 256, 0, stream>>>(x, stride, rows, blocks, q, cols, scales,
+                                                         scale_rows, rows_contiguous);
   else
-    quantize_rows_kernel<false>
-        <<<grid, 256, 0, stream>>>(x, stride, rows, blocks, q, cols, scales, scale_rows);
+    quantize_rows_kernel<false><<<grid, 256, 0, stream>>>(x, stride, rows, blocks, q, cols, scales,
+                                                          scale_rows, rows_contiguous);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-Fp8Gemm::Fp8Gemm() : workspace_(kWorkspaceBytes) {
+Fp8Gemm::Fp8Gemm(Fp8ScaleLayout layout) : layout_(layout), workspace_(kWorkspaceBytes) {
   check_cublas(cublasLtCreate(&handle_), "cublasLtCreate");
 }
 
@@ -167,7 +171,7 @@ Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int6
   act_.reserve(std::max<int64_t>(whole, 1) * cols);
   act_scales_.reserve(std::max<int64_t>(whole, 1) * blocks * 4);
   quantize_rows_e4m3(x, x_stride, whole, cols, act_.as<uint8_t>(), act_scales_.as<float>(), whole,
-                     stream);
+                     stream, layout_.act_rows_contiguous);
   s.q = act_.as<uint8_t>();
   s.scales = act_scales_.as<float>();
   if (tail > 0) {
@@ -179,7 +183,7 @@ Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int6
     AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_.get(), 0, size_t(kTail * cols), stream));
     AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_scales_.get(), 0, size_t(kTail * blocks * 4), stream));
     quantize_rows_e4m3(x + whole * x_stride, x_stride, tail, cols, tail_.as<uint8_t>(),
-                       tail_scales_.as<float>(), kTail, stream);
+                       tail_scales_.as<float>(), kTail, stream, layout_.act_rows_contiguous);
     s.tail_q = tail_.as<uint8_t>();
     s.tail_scales = tail_scales_.as<float>();
   }
@@ -233,7 +237,8 @@ void Fp8Gemm::gemm(const Shape& s, const void* a, const float* a_scales, const v
 
 bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y,
                        int64_t y_stride, cudaStream_t stream) {
-  if (!fits(w, groups)) return false;
+  // Scales by rows (the layout probe's alternative) leave a group's blocks strided.
+  if (!fits(w, groups) || (!layout_.act_rows_contiguous && groups > 1)) return false;
   if (x.cols != groups * w.cols)
     throw std::logic_error("Fp8Gemm::multiply: staged rows of " + std::to_string(x.cols) +
                            " columns for " + std::to_string(groups) + " groups of " +
@@ -264,7 +269,9 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
                    alignment(tail_out, w.rows * 4, rg * 4)};
   // Every GEMM's algorithm before the first launch: all of y or none of it.
   if ((whole > 0 && !ok(main)) || (tail > 0 && !ok(last))) return false;
-  const int64_t ld = aq::weight_scale_ld(w.cols), row_blocks = w.rows / aq::kBlock;
+  const int64_t ld = layout_.weight_rows_padded ? aq::weight_scale_ld(w.cols)
+                                                : aq::column_blocks(w.cols),
+                row_blocks = w.rows / aq::kBlock;
   weight_scales_.reserve(row_blocks * ld * 4);
   auto* ws = weight_scales_.as<float>();
   weight_scales_kernel<<<grid_for(row_blocks * ld), 256, 0, stream>>>(w, row_blocks, ld, ws);

@@ -18,14 +18,24 @@
 namespace agentrt::engine::cuda {
 
 // x's `rows` rows (stride floats apart) of `cols` (a multiple of 128) as e4m3 at q ([rows][cols])
-// and their block scales at scales[fp8_act_quant::act_scale_index(m, kb, scale_rows)]. For tests
-// and Fp8Gemm.
+// and their block scales at scales[fp8_act_quant::act_scale_index(m, kb, scale_rows)] (or, with
+// rows_contiguous false, scales[m * cols / 128 + kb]). For tests and Fp8Gemm.
 void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t cols, uint8_t* q,
-                        float* scales, int64_t scale_rows, cudaStream_t stream);
+                        float* scales, int64_t scale_rows, cudaStream_t stream,
+                        bool rows_contiguous = true);
+
+// The scale layouts Fp8Gemm hands cuBLASLt. The defaults are what torch._scaled_mm passes
+// (fp8_act_quant.h); the others exist so that one GPU run (CudaFp8Gemm.ScaleLayoutProbe) can say
+// which layout cuBLASLt reads, should the defaults be wrong. Rows not contiguous: one GEMM per
+// call only (no groups).
+struct Fp8ScaleLayout {
+  bool act_rows_contiguous = true;  // activation scales [block][row]; false: [row][block]
+  bool weight_rows_padded = true;   // weight scale rows of column blocks padded to 4
+};
 
 class Fp8Gemm {
  public:
-  Fp8Gemm();
+  explicit Fp8Gemm(Fp8ScaleLayout layout = {});
   ~Fp8Gemm();
   Fp8Gemm(const Fp8Gemm&) = delete;
   Fp8Gemm& operator=(const Fp8Gemm&) = delete;
@@ -72,6 +82,7 @@ class Fp8Gemm {
   void gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
             const float* b_scales, float* d, cudaStream_t stream);
 
+  Fp8ScaleLayout layout_;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_, act_, act_scales_, tail_, tail_scales_, tail_out_, weight_scales_;
   std::map<Key, cublasLtMatmulAlgo_t> algos_;  // per shape, from cuBLASLt's heuristic

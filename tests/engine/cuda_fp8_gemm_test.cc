@@ -309,6 +309,43 @@ TEST_F(CudaFp8Gemm, MatchesTheHostQuantisedProduct) {
   }
 }
 
+// Which scale layouts cuBLASLt reads: all four combinations of the activation scales' order and
+// the weight scale rows' padding on matrices of 2 and 8 column blocks (padding matters only for
+// the first), each against the host's product. The defaults (torch._scaled_mm's) must match;
+// the printed errors say which layout does where they do not.
+TEST_F(CudaFp8Gemm, ScaleLayoutProbe) {
+  const int64_t n = 32;
+  for (const int64_t cols : {int64_t(256), int64_t(1024)}) {
+    const Fp8Host m = make_fp8(256, cols, uint64_t(cols), false);
+    std::mt19937 rng{uint32_t(cols)};
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * cols);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = dist(rng) * float(1 + (i / 128) % 7);
+    const std::vector<double> want = host_product(m.view, 1, quantised_rows(x, n, cols), n, 256);
+    cuda::DeviceMatrix dm(m.view);
+    auto dx = testing::upload(x);
+    auto dy = testing::upload(std::vector<float>(n * 256, 0.0f));
+    double best = 1e30, default_error = 1e30;
+    for (const bool rows_contiguous : {true, false})
+      for (const bool padded : {true, false}) {
+        cuda::Fp8Gemm gemm(cuda::Fp8ScaleLayout{rows_contiguous, padded});
+        const bool ran =
+            gemm.run(dm.view(), 1, dx.as<float>(), cols, n, dy.as<float>(), 256, nullptr);
+        AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+        const double error = ran ? rel_l2(testing::download<float>(dy, n * 256), want) : 1e30;
+        std::printf(
+            "[ fp8 scale layout ] %lld columns, activation scales %s, weight scale rows %s: %s "
+            "%.3g\n",
+            (long long)cols, rows_contiguous ? "[block][row]" : "[row][block]",
+            padded ? "padded to 4" : "unpadded", ran ? "rel L2" : "no algorithm", error);
+        best = std::min(best, error);
+        if (rows_contiguous && padded) default_error = error;
+      }
+    EXPECT_LE(default_error, 1e-5) << cols << " columns: the default layout is not cuBLASLt's";
+    EXPECT_LE(best, 1e-5) << cols << " columns: no layout tried matches";
+  }
+}
+
 // run_same_input quantises x once for the FP8 products; a bf16 matrix among them takes the bf16
 // GEMM.
 TEST_F(CudaFp8Gemm, ProductsOfTheSameInput) {
