@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <functional>
 #include <map>
 #include <optional>
 #include <span>
@@ -729,25 +728,37 @@ PushdownAutomaton PushdownAutomaton::build(const Grammar& grammar) {
       for (const PdaRefEdge& e : pda.states[s].refs) left_calls[r].push_back(e.rule);
     });
   }
+  // Depth-first with an explicit stack: a chain of rules can be as long as the grammar.
   std::vector<int> color(pda.rules.size(), 0);
-  std::vector<int32_t> path;
-  std::function<void(int32_t)> dfs = [&](int32_t r) {
-    color[r] = 1;
-    path.push_back(r);
-    for (int32_t q : left_calls[r]) {
+  struct Visit {
+    int32_t rule;
+    size_t next_call;
+  };
+  std::vector<Visit> path;
+  for (size_t root = 0; root < pda.rules.size(); ++root) {
+    if (color[root] != 0) continue;
+    color[root] = 1;
+    path.push_back({static_cast<int32_t>(root), 0});
+    while (!path.empty()) {
+      Visit& v = path.back();
+      if (v.next_call == left_calls[v.rule].size()) {
+        color[v.rule] = 2;
+        path.pop_back();
+        continue;
+      }
+      const int32_t q = left_calls[v.rule][v.next_call++];
       if (color[q] == 1) {
         std::string cycle;
-        auto it = std::find(path.begin(), path.end(), q);
-        for (; it != path.end(); ++it) cycle += pda.rules[*it].name + " -> ";
+        auto it =
+            std::find_if(path.begin(), path.end(), [&](const Visit& p) { return p.rule == q; });
+        for (; it != path.end(); ++it) cycle += pda.rules[it->rule].name + " -> ";
         throw GrammarError("left recursion is not supported: " + cycle + pda.rules[q].name);
       }
-      if (color[q] == 0) dfs(q);
+      if (color[q] == 0) {
+        color[q] = 1;
+        path.push_back({q, 0});
+      }
     }
-    path.pop_back();
-    color[r] = 2;
-  };
-  for (size_t r = 0; r < pda.rules.size(); ++r) {
-    if (color[r] == 0) dfs(static_cast<int32_t>(r));
   }
   return pda;
 }

@@ -157,6 +157,18 @@ TEST(EbnfParser, RightRecursionIsFine) {
   EXPECT_FALSE(accepts(R"g(root ::= "(" root ")" | "")g", "(()"));
 }
 
+// A chain root ::= r0, r0 ::= r1, ... of 50,000 rules overflowed the stack in the
+// left-recursion check, which recursed once per rule of the chain.
+TEST(EbnfParser, LongChainOfRulesIsNotAStackOverflow) {
+  constexpr int kRules = 200'000;
+  std::string ebnf = "root ::= r0\n";
+  for (int i = 0; i < kRules; ++i)
+    ebnf += "r" + std::to_string(i) + " ::= r" + std::to_string(i + 1) + "\n";
+  ebnf += "r" + std::to_string(kRules) + " ::= \"a\"\n";
+  EXPECT_TRUE(accepts(ebnf, "a"));
+  EXPECT_FALSE(accepts(ebnf, "b"));
+}
+
 TEST(EbnfParser, ToEbnfRoundTrips) {
   for (const char* name : {"json.gbnf", "arithmetic.gbnf", "chess.gbnf", "list.gbnf"}) {
     Grammar g = Grammar::from_ebnf(read_fixture(name));
