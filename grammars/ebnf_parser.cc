@@ -143,6 +143,7 @@ class EbnfParser {
   }
 
   Expr parse_quantifiers(Expr e) {
+    int stacked = depth_;
     while (true) {
       size_t save = pos_;
       skip_space();
@@ -150,13 +151,13 @@ class EbnfParser {
       char c = peek();
       if (c == '*') {
         ++pos_;
-        e = Expr::repeat(std::move(e), 0, Expr::kUnbounded);
+        e = nested_repeat(std::move(e), stacked, 0, Expr::kUnbounded);
       } else if (c == '+') {
         ++pos_;
-        e = Expr::repeat(std::move(e), 1, Expr::kUnbounded);
+        e = nested_repeat(std::move(e), stacked, 1, Expr::kUnbounded);
       } else if (c == '?') {
         ++pos_;
-        e = Expr::repeat(std::move(e), 0, 1);
+        e = nested_repeat(std::move(e), stacked, 0, 1);
       } else if (c == '{') {
         ++pos_;
         uint32_t min = 0, max = 0;
@@ -175,13 +176,21 @@ class EbnfParser {
         if (at_end() || peek() != '}') fail("expected '}' to close {m,n}");
         ++pos_;
         if (max < min) fail("repetition {m,n} with n < m");
-        e = Expr::repeat(std::move(e), min, max);
+        e = nested_repeat(std::move(e), stacked, min, max);
       } else {
         pos_ = save;
         break;
       }
     }
     return e;
+  }
+
+  static std::string nesting_error() {
+    return "groups and quantifiers nested more than " + std::to_string(kMaxExprNesting) + " deep";
+  }
+  Expr nested_repeat(Expr e, int& stacked, uint32_t min, uint32_t max) {
+    if (++stacked > kMaxExprNesting) fail(nesting_error());
+    return Expr::repeat(std::move(e), min, max);
   }
 
   bool parse_number(uint32_t& out) {
@@ -303,11 +312,13 @@ class EbnfParser {
       return Expr::char_class({{0, kMaxCodePoint}});
     }
     if (c == '(') {
+      if (++depth_ > kMaxExprNesting) fail(nesting_error());
       ++pos_;
       Expr inner = parse_alternation(true);
       skip_space();
       if (at_end() || peek() != ')') fail("expected ')'");
       ++pos_;
+      --depth_;
       return inner;
     }
     if (c == '/') {
@@ -347,6 +358,7 @@ class EbnfParser {
 
   std::string_view t_;
   size_t pos_ = 0;
+  int depth_ = 0;  // open groups
   std::vector<GrammarRule> rules_;
   std::vector<bool> defined_;
   std::vector<size_t> first_use_;

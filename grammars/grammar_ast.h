@@ -40,6 +40,10 @@ struct Expr {
   static Expr repeat(Expr item, uint32_t min, uint32_t max);
 };
 
+// How deeply the parsers let groups and stacked quantifiers nest: every pass over an Expr tree
+// recurses, so deeper input must be a GrammarError, not a stack overflow.
+constexpr int kMaxExprNesting = 256;
+
 struct GrammarRule {
   std::string name;
   Expr body;

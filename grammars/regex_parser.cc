@@ -45,6 +45,9 @@ class RegexParser {
   }
   bool at_end() const { return pos_ >= p_.size(); }
   char peek() const { return p_[pos_]; }
+  static std::string nesting_error() {
+    return "groups and quantifiers nested more than " + std::to_string(kMaxExprNesting) + " deep";
+  }
 
   // at_start: nothing can have been matched before this point of the pattern.
   Expr parse_alternation(int depth, bool at_start) {
@@ -74,7 +77,7 @@ class RegexParser {
         continue;
       }
       Expr atom = parse_atom(depth, at_start && items.empty());
-      items.push_back(parse_quantifiers(std::move(atom)));
+      items.push_back(parse_quantifiers(std::move(atom), depth));
     }
     return Expr::sequence(std::move(items));
   }
@@ -112,7 +115,7 @@ class RegexParser {
     return true;
   }
 
-  Expr parse_quantifiers(Expr atom) {
+  Expr parse_quantifiers(Expr atom, int depth) {
     while (!at_end()) {
       char c = peek();
       uint32_t min = 0, max = 0;
@@ -127,6 +130,7 @@ class RegexParser {
         break;
       }
       if (!at_end() && peek() == '?') ++pos_;  // lazy: same language
+      if (++depth > kMaxExprNesting) fail(nesting_error());
       atom = Expr::repeat(std::move(atom), min, max);
     }
     return atom;
@@ -309,6 +313,7 @@ class RegexParser {
     char c = peek();
     switch (c) {
       case '(': {
+        if (depth + 1 > kMaxExprNesting) fail(nesting_error());
         ++pos_;
         if (!at_end() && peek() == '?') {
           ++pos_;

@@ -169,6 +169,22 @@ TEST(EbnfParser, LongChainOfRulesIsNotAStackOverflow) {
   EXPECT_FALSE(accepts(ebnf, "b"));
 }
 
+// 50,000 nested groups, or 50,000 stacked quantifiers, overflowed the stack in the parser and
+// the passes over the expression tree; past kMaxExprNesting they are an error with the position.
+TEST(EbnfParser, DeepNestingIsAnErrorNotAStackOverflow) {
+  const int n = kMaxExprNesting;
+  const std::string ok = "root ::= " + std::string(n, '(') + "\"a\"" + std::string(n, ')');
+  EXPECT_TRUE(accepts(ok, "a"));
+  const std::string groups =
+      "root ::= " + std::string(50'000, '(') + "\"a\"" + std::string(50'000, ')');
+  EXPECT_NE(error_of(groups).find("1:266: groups and quantifiers nested more than 256 deep"),
+            std::string::npos)
+      << error_of(groups);
+  const std::string stars = "root ::= \"a\"" + std::string(50'000, '*');
+  EXPECT_NE(error_of(stars).find("nested more than 256 deep"), std::string::npos)
+      << error_of(stars);
+}
+
 TEST(EbnfParser, ToEbnfRoundTrips) {
   for (const char* name : {"json.gbnf", "arithmetic.gbnf", "chess.gbnf", "list.gbnf"}) {
     Grammar g = Grammar::from_ebnf(read_fixture(name));

@@ -67,6 +67,20 @@ TEST(RegexParser, UnsupportedFeaturesAreClearErrors) {
   EXPECT_NE(error_of("[ab").find("offset 3"), std::string::npos);
 }
 
+// 50,000 nested groups or stacked quantifiers overflowed the stack; past kMaxExprNesting they
+// are an error with the offset.
+TEST(RegexParser, DeepNestingIsAnErrorNotAStackOverflow) {
+  const int n = kMaxExprNesting;
+  EXPECT_TRUE(full_match(std::string(n, '(') + "a" + std::string(n, ')'), "a"));
+  EXPECT_NE(error_of(std::string(50'000, '(') + "a" + std::string(50'000, ')'))
+                .find("at offset 256: groups and quantifiers nested more than 256 deep"),
+            std::string::npos);
+  EXPECT_NE(error_of("a" + std::string(50'000, '+')).find("nested more than 256 deep"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(50'000, '(') + "?:a)*").find("nested more than 256 deep"),
+            std::string::npos);
+}
+
 // Whole-string matches agree with std::regex (ECMAScript) on random ASCII strings.
 TEST(RegexParser, AgreesWithStdRegex) {
   const std::vector<std::string> patterns = {
