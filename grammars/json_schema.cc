@@ -13,6 +13,7 @@ std::string json_schema_to_ebnf(const nlohmann::ordered_json& schema,
 }
 
 std::string json_schema_to_ebnf(const nlohmann::json& schema, const JsonSchemaOptions& options) {
+  check_schema_nesting(schema);  // before dump(), which recurses
   return json_schema_to_ebnf(nlohmann::ordered_json::parse(schema.dump()), options);
 }
 

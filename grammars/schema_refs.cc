@@ -1,6 +1,10 @@
 #include "grammars/schema_refs.h"
 
+#include <utility>
+#include <vector>
+
 #include "grammars/grammar.h"
+#include "grammars/json_schema_compiler.h"
 
 namespace agentrt::grammars {
 namespace {
@@ -26,7 +30,38 @@ std::string percent_decode(const std::string& s) {
   return out;
 }
 
+template <typename Json>
+void check_nesting(const Json& schema) {
+  std::vector<std::pair<const Json*, std::string>> pending{{&schema, ""}};
+  std::vector<size_t> depths{0};
+  while (!pending.empty()) {
+    auto [node, path] = std::move(pending.back());
+    const size_t depth = depths.back();
+    pending.pop_back();
+    depths.pop_back();
+    if (!node->is_structured()) continue;
+    if (depth == kMaxSchemaNesting) {
+      throw GrammarError(display_path(path) + ": schema nested more than " +
+                         std::to_string(kMaxSchemaNesting) + " levels deep");
+    }
+    if (node->is_object()) {
+      for (auto it = node->begin(); it != node->end(); ++it) {
+        pending.emplace_back(&it.value(), path + "/" + pointer_token(it.key()));
+        depths.push_back(depth + 1);
+      }
+    } else {
+      for (size_t i = 0; i < node->size(); ++i) {
+        pending.emplace_back(&(*node)[i], path + "/" + std::to_string(i));
+        depths.push_back(depth + 1);
+      }
+    }
+  }
+}
+
 }  // namespace
+
+void check_schema_nesting(const nlohmann::ordered_json& schema) { check_nesting(schema); }
+void check_schema_nesting(const nlohmann::json& schema) { check_nesting(schema); }
 
 std::string pointer_token(const std::string& key) {
   std::string out;
@@ -42,7 +77,10 @@ std::string pointer_token(const std::string& key) {
   return out;
 }
 
-SchemaRefResolver::SchemaRefResolver(const SchemaJson& root) : root_(root) { index(root, ""); }
+SchemaRefResolver::SchemaRefResolver(const SchemaJson& root) : root_(root) {
+  check_schema_nesting(root);
+  index(root, "");
+}
 
 void SchemaRefResolver::index(const SchemaJson& node, const std::string& pointer) {
   if (node.is_object()) {
@@ -59,7 +97,8 @@ void SchemaRefResolver::index(const SchemaJson& node, const std::string& pointer
       }
     }
     auto anchor = node.find("$anchor");
-    if (anchor != node.end() && anchor->is_string()) add_anchor(anchor->get<std::string>(), pointer);
+    if (anchor != node.end() && anchor->is_string())
+      add_anchor(anchor->get<std::string>(), pointer);
     for (const auto& [k, v] : node.items()) {
       // Values of these keywords are data, not schemas.
       if (k == "enum" || k == "const" || k == "default" || k == "examples") continue;
@@ -83,8 +122,8 @@ const SchemaJson* SchemaRefResolver::at_pointer(const std::string& pointer) cons
   while (pos < pointer.size()) {
     if (pointer[pos] != '/') return nullptr;
     size_t next = pointer.find('/', pos + 1);
-    std::string token = pointer.substr(pos + 1, next == std::string::npos ? std::string::npos
-                                                                           : next - pos - 1);
+    std::string token =
+        pointer.substr(pos + 1, next == std::string::npos ? std::string::npos : next - pos - 1);
     std::string key;
     for (size_t i = 0; i < token.size(); ++i) {
       if (token[i] == '~' && i + 1 < token.size()) {
@@ -132,7 +171,8 @@ SchemaRefResolver::Target SchemaRefResolver::resolve(const std::string& ref,
         }
       }
     }
-    if (it == ids_.end()) fail("remote or unknown document (only references within the schema are supported)");
+    if (it == ids_.end())
+      fail("remote or unknown document (only references within the schema are supported)");
     doc = it->second;
   }
   std::string pointer;

@@ -3,9 +3,8 @@
 #pragma once
 
 #include <map>
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 namespace agentrt::grammars {
 
@@ -32,6 +31,12 @@ class SchemaRefResolver {
   std::map<std::string, std::string> ids_;      // $id / id → pointer
   std::map<std::string, std::string> anchors_;  // $anchor → pointer
 };
+
+// The compiler, the $ref index and nlohmann's dump() all recurse over a schema document: deeper
+// documents are a GrammarError naming the path where the limit is passed.
+constexpr size_t kMaxSchemaNesting = 512;
+void check_schema_nesting(const nlohmann::ordered_json& schema);
+void check_schema_nesting(const nlohmann::json& schema);
 
 // "/a~1b/c" style escaping of one pointer token.
 std::string pointer_token(const std::string& key);

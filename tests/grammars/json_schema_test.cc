@@ -382,6 +382,36 @@ TEST(JsonSchemaRefs, DefsDefinitionsRecursionAndPointers) {
             std::string::npos);
 }
 
+// 50,000 nested schemas (or a const value nested as deep) overflowed the stack in the $ref
+// index and in dump(); past kMaxSchemaNesting they are an error naming the path.
+TEST(JsonSchemaLimits, DeepNestingIsAnErrorNotAStackOverflow) {
+  auto nested = [](const std::string& open, const std::string& inner, const std::string& close,
+                   int n) {
+    std::string s;
+    for (int i = 0; i < n; ++i) s += open;
+    s += inner;
+    for (int i = 0; i < n; ++i) s += close;
+    return s;
+  };
+  const std::string items = nested(R"({"type":"array","items":)", "{}", "}", 50'000);
+  const std::string error = compile_error(items);
+  EXPECT_EQ(error.rfind("/items/items/items", 0), 0u) << error.substr(0, 80);
+  EXPECT_NE(error.find(": schema nested more than 512 levels deep"), std::string::npos);
+  EXPECT_NE(compile_error(nested(R"({"anyOf":[)", "{}", "]}", 50'000)).find("nested more than 512"),
+            std::string::npos);
+  const std::string deep_const = R"({"const":)" + nested("[", "", "]", 50'000) + "}";
+  EXPECT_EQ(compile_error(deep_const).rfind("/const/0/0/0", 0), 0u);
+  try {
+    json_schema_to_ebnf(nlohmann::json::parse(deep_const));
+    ADD_FAILURE() << "no error";
+  } catch (const GrammarError& e) {
+    EXPECT_NE(std::string(e.what()).find("nested more than 512"), std::string::npos);
+  }
+  // Within the limit the compiler's own depth bound still gives its error.
+  EXPECT_NE(compile_error(nested(R"({"type":"array","items":)", "{}", "}", 250)).find("too deep"),
+            std::string::npos);
+}
+
 // Drafts before 2019-09 ignore the keywords beside $ref (MaskBench Github_medium---o14421.json:
 // {"type": "string", "$ref": ...} under draft-04 is the referenced object schema).
 TEST(JsonSchemaRefs, OlderDraftsIgnoreSiblingsOfRef) {
