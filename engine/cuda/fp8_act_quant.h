@@ -8,10 +8,11 @@
 // is the smallest power of two that keeps the block's largest magnitude within e4m3's 448 (as the
 // ue8m0 scales of V4's checkpoints), so dividing by it is exact and only e4m3's rounding loses.
 //
-// Scale layouts (cuBLASLt, Hopper; as PyTorch's torch._scaled_mm passes them): the activations'
-// scales are "outer-dimension major", [column block][row], rows contiguous, the GEMM's row count
-// a multiple of 4 (whole_rows); the weights' are [row block][column block] (the checkpoint's
-// order), each row of column blocks padded to a multiple of 4 (16 bytes).
+// Scale layouts (cuBLAS documentation, "Scaling factors layouts" for VEC128_32F and
+// BLK128x128_32F; PyTorch's torch._scaled_mm passes the same): the activations' scales are
+// N-major, [column block][row], rows contiguous, the GEMM's row count a multiple of 4
+// (whole_rows); the weights' are K-major, [row block][column block] (the checkpoint's order),
+// each row of column blocks padded to a multiple of 4 (16 bytes). Scale pointers 16-byte aligned.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -28,8 +29,9 @@ constexpr float kE4m3Max = 448.0f;  // the largest finite e4m3 magnitude
 // The exponent e of the smallest power of two with amax / 2^e <= 448, clamped to [-126, 127],
 // from amax's bits (amax >= 0): amax = m 2^(b - 127), m in [1, 2), so amax / 448 = (m / 1.75)
 // 2^(b - 135), and m / 1.75 is in (1/2, 1] exactly when m <= 1.75 (mantissa bits <= 0x600000).
-// kNotFinite where amax is infinite or NaN: the block's scale is then NaN, so its products are
-// NaN rather than silently saturated to +-448.
+// kNotFinite where amax is infinite (or NaN): the block's scale is then NaN, so its products are
+// NaN rather than silently saturated to +-448. The largest magnitude is taken with fmax from 0,
+// which drops NaNs: a NaN value keeps its own NaN code, and so its products are NaN too.
 constexpr int kNotFinite = 1000;
 __host__ __device__ inline int scale_exponent(uint32_t amax_bits) {
   const int biased = int((amax_bits >> 23) & 0xff);

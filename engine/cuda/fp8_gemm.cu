@@ -34,7 +34,9 @@ __global__ void quantize_rows_kernel(const float* x, int64_t stride, int64_t row
     } else {
       v = make_float4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
     }
-    float amax = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+    // From 0: fmaxf drops NaNs, so the largest magnitude is that of the block's numbers (as the
+    // host reference takes it); a NaN value keeps its NaN code.
+    float amax = fmaxf(fmaxf(fmaxf(0.0f, fabsf(v.x)), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     const int e = aq::scale_exponent(__float_as_uint(amax));
@@ -260,7 +262,7 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
                    alignment(x.q, x.cols, b_step),
                    alignment(y, y_stride * 4, rg * 4)};
   const Shape last{rg,
-                   4,
+                   kTail,
                    w.cols,
                    x.cols,
                    w.rows,

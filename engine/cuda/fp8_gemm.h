@@ -24,10 +24,10 @@ void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t co
                         float* scales, int64_t scale_rows, cudaStream_t stream,
                         bool rows_contiguous = true);
 
-// The scale layouts Fp8Gemm hands cuBLASLt. The defaults are what torch._scaled_mm passes
-// (fp8_act_quant.h); the others exist so that one GPU run (CudaFp8Gemm.ScaleLayoutProbe) can say
-// which layout cuBLASLt reads, should the defaults be wrong. Rows not contiguous: one GEMM per
-// call only (no groups).
+// The scale layouts Fp8Gemm hands cuBLASLt. The defaults are the documented ones (and what
+// torch._scaled_mm passes; fp8_act_quant.h); the others exist so that one GPU run
+// (CudaFp8Gemm.ScaleLayoutProbe) confirms which layout cuBLASLt reads. Rows not contiguous: one
+// GEMM per call only (no groups).
 struct Fp8ScaleLayout {
   bool act_rows_contiguous = true;  // activation scales [block][row]; false: [row][block]
   bool weight_rows_padded = true;   // weight scale rows of column blocks padded to 4
@@ -65,6 +65,7 @@ class Fp8Gemm {
 
   bool run(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
            float* y, int64_t y_stride, cudaStream_t stream) {
+    if (!fits(w, groups)) return false;
     return multiply(w, groups, stage(x, x_stride, n, groups * w.cols, stream), y, y_stride, stream);
   }
 

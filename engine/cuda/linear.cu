@@ -1,6 +1,7 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -369,13 +370,15 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
     bool any = false;
     for (const Product& p : products) any = any || Fp8Gemm::fits(p.w);
     const Fp8Gemm::Staged staged = any ? fp8_->stage(x, cols, n, cols, stream) : Fp8Gemm::Staged{};
+    std::optional<BfRows> rows;  // x as bf16 once, for the products that take no FP8 GEMM
     for (const Product& p : products) {
       if (any && Fp8Gemm::fits(p.w) && fp8_->multiply(p.w, 1, staged, p.y, p.w.rows, stream)) {
         ++fp8_counts_.fp8;
         continue;
       }
       if (p.w.type == WeightType::f8_e4m3) ++fp8_counts_.fallbacks;
-      run_bf16(p.w, 1, x, cols, n, p.y, p.w.rows, stream);
+      if (!rows) rows = stage_rows(x, cols, n, cols, 0, stream);
+      gemm_bf16(p.w, 1, *rows, n, p.y, p.w.rows, stream);
     }
     return;
   }
