@@ -93,9 +93,13 @@ class Validator {
     const auto err = [&](const std::string& kw, const std::string& msg) {
       errors.push_back({path, kw, msg});
     };
-    if (schema.contains("$ref"))
+    if (schema.contains("$ref")) {
+      if (!schema["$ref"].is_string())
+        throw std::invalid_argument(spath + "/$ref: expected a string, got " +
+                                    shown(schema["$ref"]));
       check(resolve(schema["$ref"].get<std::string>(), spath), v, path, spath + "/$ref", errors,
             depth + 1);
+    }
     if (schema.contains("type")) {
       const json& t = schema["type"];
       bool ok = false;
@@ -138,7 +142,7 @@ class Validator {
       if (sub.empty()) err("not", "must not match the 'not' schema");
     }
     if (v.is_string()) strings(schema, v.get<std::string>(), err, spath);
-    if (v.is_number()) numbers(schema, v.get<double>(), err);
+    if (v.is_number()) numbers(schema, v.get<double>(), err, spath);
     if (v.is_array()) arrays(schema, v, path, spath, errors, depth, err);
     if (v.is_object()) objects(schema, v, path, spath, errors, depth, err);
   }
@@ -147,9 +151,9 @@ class Validator {
   template <typename Err>
   void strings(const json& s, const std::string& v, Err err, const std::string& spath) {
     const size_t n = code_points(v);
-    if (s.contains("minLength") && n < s["minLength"].get<size_t>())
+    if (s.contains("minLength") && n < count(s, "minLength", spath))
       err("minLength", "shorter than " + s["minLength"].dump() + " characters");
-    if (s.contains("maxLength") && n > s["maxLength"].get<size_t>())
+    if (s.contains("maxLength") && n > count(s, "maxLength", spath))
       err("maxLength", "longer than " + s["maxLength"].dump() + " characters");
     if (s.contains("pattern") && s["pattern"].is_string() &&
         !pattern_matches(s["pattern"], v, spath + "/pattern")) {
@@ -160,10 +164,10 @@ class Validator {
   }
 
   template <typename Err>
-  void numbers(const json& s, double v, Err err) {
-    if (s.contains("minimum") && v < s["minimum"].get<double>())
+  void numbers(const json& s, double v, Err err, const std::string& spath) {
+    if (s.contains("minimum") && v < number(s, "minimum", spath))
       err("minimum", "less than " + s["minimum"].dump());
-    if (s.contains("maximum") && v > s["maximum"].get<double>())
+    if (s.contains("maximum") && v > number(s, "maximum", spath))
       err("maximum", "greater than " + s["maximum"].dump());
     if (s.contains("exclusiveMinimum") && s["exclusiveMinimum"].is_number() &&
         v <= s["exclusiveMinimum"].get<double>())
@@ -182,9 +186,9 @@ class Validator {
   template <typename Err>
   void arrays(const json& s, const json& v, const std::string& path, const std::string& spath,
               std::vector<ValidationError>& errors, int depth, Err err) {
-    if (s.contains("minItems") && v.size() < s["minItems"].get<size_t>())
+    if (s.contains("minItems") && v.size() < count(s, "minItems", spath))
       err("minItems", "fewer than " + s["minItems"].dump() + " items");
-    if (s.contains("maxItems") && v.size() > s["maxItems"].get<size_t>())
+    if (s.contains("maxItems") && v.size() > count(s, "maxItems", spath))
       err("maxItems", "more than " + s["maxItems"].dump() + " items");
     size_t prefix = 0;
     if (s.contains("prefixItems") && s["prefixItems"].is_array()) {
@@ -204,6 +208,9 @@ class Validator {
                 depth + 1);
       }
     }
+    if (s.contains("uniqueItems") && !s["uniqueItems"].is_boolean())
+      throw std::invalid_argument(spath + "/uniqueItems: expected a boolean, got " +
+                                  shown(s["uniqueItems"]));
     if (s.value("uniqueItems", false)) {
       for (size_t i = 0; i < v.size(); ++i)
         for (size_t j = i + 1; j < v.size(); ++j)
@@ -221,10 +228,10 @@ class Validator {
         check(s["contains"], item, path, spath + "/contains", sub, depth + 1);
         hits += sub.empty();
       }
-      const size_t min = s.contains("minContains") ? s["minContains"].get<size_t>() : 1;
+      const size_t min = s.contains("minContains") ? count(s, "minContains", spath) : 1;
       if (hits < min)
         err("contains", "fewer than " + std::to_string(min) + " items match 'contains'");
-      if (s.contains("maxContains") && hits > s["maxContains"].get<size_t>())
+      if (s.contains("maxContains") && hits > count(s, "maxContains", spath))
         err("maxContains", "too many items match 'contains'");
     }
   }
@@ -239,9 +246,9 @@ class Validator {
               {path + "/" + r.get<std::string>(), "required", "required property missing"});
       }
     }
-    if (s.contains("minProperties") && v.size() < s["minProperties"].get<size_t>())
+    if (s.contains("minProperties") && v.size() < count(s, "minProperties", spath))
       err("minProperties", "fewer than " + s["minProperties"].dump() + " properties");
-    if (s.contains("maxProperties") && v.size() > s["maxProperties"].get<size_t>())
+    if (s.contains("maxProperties") && v.size() > count(s, "maxProperties", spath))
       err("maxProperties", "more than " + s["maxProperties"].dump() + " properties");
     for (const auto& [key, value] : v.items()) {
       const std::string child = path + "/" + key;
@@ -273,6 +280,31 @@ class Validator {
           errors.push_back({child, "propertyNames", "property name '" + key + "' is not allowed"});
       }
     }
+  }
+
+  // Keyword values read as numbers: anything else is a schema the validator cannot evaluate,
+  // reported at its path (nlohmann's type_error would name neither).
+  // A scalar as written; an array or object by its type (dump() of a deep one would recurse).
+  static std::string shown(const json& n) {
+    return n.is_structured() ? std::string("an ") + n.type_name() : n.dump();
+  }
+  static size_t count(const json& s, const char* kw, const std::string& spath) {
+    const json& n = s[kw];
+    if (n.is_number_unsigned()) return n.get<size_t>();
+    if (n.is_number_integer() && n.get<int64_t>() >= 0)
+      return static_cast<size_t>(n.get<int64_t>());
+    // 2.0 is an integer in JSON Schema; past 2^53 a double is no exact count anyway.
+    if (n.is_number_float() && n.get<double>() >= 0 && n.get<double>() <= 9007199254740992.0 &&
+        std::floor(n.get<double>()) == n.get<double>())
+      return static_cast<size_t>(n.get<double>());
+    throw std::invalid_argument(spath + "/" + kw + ": expected a non-negative integer, got " +
+                                shown(n));
+  }
+  static double number(const json& s, const char* kw, const std::string& spath) {
+    const json& n = s[kw];
+    if (!n.is_number())
+      throw std::invalid_argument(spath + "/" + kw + ": expected a number, got " + shown(n));
+    return n.get<double>();
   }
 
   static bool equal(const json& a, const json& b) {
