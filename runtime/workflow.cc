@@ -25,7 +25,7 @@ class Reader {
   void only(const YAML::Node& node, const std::string& path, std::set<std::string> allowed) const {
     if (!node.IsMap()) fail(path, "expected a mapping");
     for (const auto& kv : node) {
-      const std::string key = kv.first.as<std::string>();
+      const std::string key = key_of(kv.first, path);
       if (!allowed.count(key)) fail(path.empty() ? key : path + "." + key, "unknown key");
     }
   }
@@ -42,16 +42,28 @@ class Reader {
     if (p.is_relative()) p = file_.parent_path() / p;
     return p.lexically_normal();
   }
-  nlohmann::json to_json(const YAML::Node& node) const {
+  // YAML allows a mapping or a list as a key ("{a: 1}: x"); a workflow's keys are names.
+  std::string key_of(const YAML::Node& key, const std::string& path) const {
+    if (!key.IsScalar()) {
+      fail(path.empty() ? "(top level)" : path,
+           "line " + std::to_string(key.Mark().line + 1) + ": a key must be a plain string");
+    }
+    return key.Scalar();
+  }
+  nlohmann::json to_json(const YAML::Node& node, const std::string& path) const {
     switch (node.Type()) {
       case YAML::NodeType::Map: {
         nlohmann::json j = nlohmann::json::object();
-        for (const auto& kv : node) j[kv.first.as<std::string>()] = to_json(kv.second);
+        for (const auto& kv : node) {
+          const std::string key = key_of(kv.first, path);
+          j[key] = to_json(kv.second, path + "." + key);
+        }
         return j;
       }
       case YAML::NodeType::Sequence: {
         nlohmann::json j = nlohmann::json::array();
-        for (const auto& v : node) j.push_back(to_json(v));
+        for (const auto& v : node)
+          j.push_back(to_json(v, path + "[" + std::to_string(j.size()) + "]"));
         return j;
       }
       case YAML::NodeType::Scalar: {
@@ -208,7 +220,7 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
   }
   const auto tool_choice = [&](const YAML::Node& n, const std::string& path) {
     try {
-      return ToolChoice::from_json(r.to_json(n));
+      return ToolChoice::from_json(r.to_json(n, path));
     } catch (const std::exception& e) {
       r.fail(path, e.what());
     }
@@ -237,7 +249,7 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
       if (!steps[i]["prompt"]) r.fail(path + ".prompt", "missing");
       step.prompt = r.get<std::string>(steps[i]["prompt"], path + ".prompt");
       if (steps[i]["response_format"])
-        step.response_format = r.to_json(steps[i]["response_format"]);
+        step.response_format = r.to_json(steps[i]["response_format"], path + ".response_format");
       if (steps[i]["tool_choice"])
         step.tool_choice = tool_choice(steps[i]["tool_choice"], path + ".tool_choice");
     }

@@ -62,6 +62,12 @@ TEST(Workflow, ErrorsNameTheFileAndKeyPath) {
   expect_error("model: {backend: native, path: m}\nsteps: [a]\nlimits: {max_steps: many}",
                "limits.max_steps");
   expect_error("model: [unclosed", "invalid YAML");
+  // Found by fuzz_workflow: a mapping used as a key ("{{steps.0.output}}" at the start of a
+  // line) threw yaml-cpp's TypedBadConversion out of parse_workflow.
+  expect_error("model: {backend: native, path: m}\n{{steps.0.output}}: x\nsteps: [a]",
+               "(top level): line 2: a key must be a plain string");
+  expect_error("model: {backend: native, path: m}\nsteps: [{prompt: a, response_format: {[1]: x}}]",
+               "steps[0].response_format: line 2: a key must be a plain string");
 }
 
 }  // namespace
