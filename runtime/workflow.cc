@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
+#include <iomanip>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -15,6 +16,9 @@ namespace agentrt {
 namespace {
 
 namespace fs = std::filesystem;
+
+constexpr double kMaxSeconds = 7 * 24 * 3600;  // a week
+constexpr double kMaxMb = 1 << 24;             // 16 TiB
 
 class Reader {
  public:
@@ -36,6 +40,17 @@ class Reader {
     } catch (const YAML::Exception&) {
       fail(path, "wrong type");
     }
+  }
+  // Seconds and sizes that become integers: outside [lo, hi] (or NaN) the conversion would be
+  // undefined or nonsensical.
+  double in_range(const YAML::Node& node, const std::string& path, double lo, double hi) const {
+    const double v = get<double>(node, path);
+    if (!(v >= lo && v <= hi)) {
+      std::ostringstream range;
+      range << std::setprecision(15) << "must be a number from " << lo << " to " << hi;
+      fail(path, range.str());
+    }
+    return v;
   }
   fs::path path_value(const YAML::Node& node, const std::string& path) const {
     fs::path p = get<std::string>(node, path);
@@ -147,7 +162,7 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
                             : "mcp" + std::to_string(i);
         if (t["mcp"][i]["timeout"])
           server.call_timeout = std::chrono::milliseconds(static_cast<int64_t>(
-              r.get<double>(t["mcp"][i]["timeout"], path + ".timeout") * 1000));
+              r.in_range(t["mcp"][i]["timeout"], path + ".timeout", 0, kMaxSeconds) * 1000));
         w.mcp_servers.push_back(std::move(server));
       }
     }
@@ -175,19 +190,20 @@ Workflow parse_workflow(const std::string& text, const fs::path& file) {
     r.only(s, "sandbox", {"timeout", "memory_mb", "cpu_seconds", "max_processes", "file_size_mb"});
     auto& l = w.options.tool_context.limits;
     if (s["timeout"]) {
-      l.wall_seconds = r.get<double>(s["timeout"], "sandbox.timeout");
+      l.wall_seconds = r.in_range(s["timeout"], "sandbox.timeout", 0, kMaxSeconds);
       w.options.tool_context.timeout =
           std::chrono::milliseconds(static_cast<int64_t>(l.wall_seconds * 1000));
     }
     if (s["memory_mb"])
-      l.memory_bytes =
-          static_cast<uint64_t>(r.get<double>(s["memory_mb"], "sandbox.memory_mb") * (1 << 20));
-    if (s["cpu_seconds"]) l.cpu_seconds = r.get<double>(s["cpu_seconds"], "sandbox.cpu_seconds");
+      l.memory_bytes = static_cast<uint64_t>(
+          r.in_range(s["memory_mb"], "sandbox.memory_mb", 0, kMaxMb) * (1 << 20));
+    if (s["cpu_seconds"])
+      l.cpu_seconds = r.in_range(s["cpu_seconds"], "sandbox.cpu_seconds", 0, kMaxSeconds);
     if (s["max_processes"])
       l.max_processes = r.get<int>(s["max_processes"], "sandbox.max_processes");
     if (s["file_size_mb"])
       l.file_size_bytes = static_cast<uint64_t>(
-          r.get<double>(s["file_size_mb"], "sandbox.file_size_mb") * (1 << 20));
+          r.in_range(s["file_size_mb"], "sandbox.file_size_mb", 0, kMaxMb) * (1 << 20));
   }
   if (root["workspace"])
     w.options.tool_context.workspace = r.path_value(root["workspace"], "workspace");

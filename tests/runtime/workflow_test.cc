@@ -68,6 +68,13 @@ TEST(Workflow, ErrorsNameTheFileAndKeyPath) {
                "(top level): line 2: a key must be a plain string");
   expect_error("model: {backend: native, path: m}\nsteps: [{prompt: a, response_format: {[1]: x}}]",
                "steps[0].response_format: line 2: a key must be a plain string");
+  // Found by fuzz_workflow (UBSan): memory_mb: 2.6e82 overflowed the conversion to bytes.
+  expect_error("model: {backend: native, path: m}\nsteps: [a]\nsandbox: {memory_mb: 2.6e82}",
+               "sandbox.memory_mb: must be a number from 0 to 16777216");
+  expect_error("model: {backend: native, path: m}\nsteps: [a]\nsandbox: {timeout: -1}",
+               "sandbox.timeout: must be a number from 0 to 604800");
+  expect_error("model: {backend: native, path: m}\nsteps: [a]\nsandbox: {file_size_mb: .nan}",
+               "sandbox.file_size_mb: must be a number");
 }
 
 }  // namespace
