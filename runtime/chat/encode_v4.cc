@@ -4,6 +4,7 @@
 #include <stdexcept>
 
 #include "grammars/python_json.h"
+#include "runtime/json_nesting.h"
 
 namespace agentrt::chat {
 
@@ -316,6 +317,10 @@ std::string render_dsml_invoke(std::string_view name, std::string_view arguments
   if (!args.is_object())
     throw std::invalid_argument("tool call '" + std::string(name) +
                                 "': arguments must be a JSON object");
+  if (nests_deeper_than(args))
+    throw std::invalid_argument("tool call '" + std::string(name) +
+                                "': arguments nested more than " + std::to_string(kMaxJsonNesting) +
+                                " levels deep");
   const std::string d(kDsml);
   std::string params;
   bool first = true;

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "runtime/json_nesting.h"
+
 namespace agentrt::chat {
 
 namespace {
@@ -60,6 +62,8 @@ Message::Role parse_role(std::string_view role, std::string_view where) {
 
 Message parse_message(const nlohmann::json& m, size_t index) {
   if (!m.is_object()) fail(index, "", "expected an object");
+  if (nests_deeper_than(m))
+    fail(index, "", "nested more than " + std::to_string(kMaxJsonNesting) + " levels deep");
   if (!m.contains("role") || !m["role"].is_string()) fail(index, "role", "missing or not a string");
   Message msg;
   msg.role =

@@ -6,6 +6,8 @@
 #include <random>
 #include <sstream>
 
+#include "runtime/json_nesting.h"
+
 namespace agentrt::server {
 
 namespace beast = boost::beast;
@@ -62,6 +64,9 @@ GenerationRequest parse_chat_request(const std::string& body, bool& stream, bool
     throw std::invalid_argument(std::string("request body is not JSON: ") + e.what());
   }
   if (!j.is_object()) throw std::invalid_argument("request body must be a JSON object");
+  if (nests_deeper_than(j))
+    throw std::invalid_argument("request body nests more than " + std::to_string(kMaxJsonNesting) +
+                                " levels deep");
   GenerationRequest r;
   if (!j.contains("messages")) throw std::invalid_argument("'messages' is required");
   r.messages = chat::parse_messages(nlohmann::json::parse(j["messages"].dump()));

@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "runtime/json_nesting.h"
+
 namespace agentrt::server {
 
 namespace {
@@ -28,6 +30,9 @@ int positive_int(const nlohmann::json& j, const char* key) {
 ClientEvent parse_client_event(const std::string& text) {
   auto j = nlohmann::json::parse(text, nullptr, false);
   if (j.is_discarded()) fail("invalid_json", "the message is not JSON");
+  if (nests_deeper_than(j))
+    fail("invalid_json",
+         "the message nests more than " + std::to_string(kMaxJsonNesting) + " levels deep");
   if (!j.is_object() || !j.contains("type") || !j["type"].is_string())
     fail("invalid_event", "an event needs a string 'type'");
   ClientEvent e;

@@ -62,6 +62,34 @@ TEST(Messages, ErrorsNameTheIndexAndField) {
   EXPECT_EQ(m[0].tool_calls[0].arguments_json, "{\"a\":1}");
 }
 
+// A message nested 50,000 deep (tool-call arguments as an object) overflowed the stack in
+// dump(); arguments given as a string of JSON that deep overflowed in encode_v4. Found by
+// deep-input probes of fuzz_chat_messages (ASan).
+TEST(Messages, DeepNestingIsAnErrorNotAStackOverflow) {
+  const std::string deep = std::string(50'000, '[') + std::string(50'000, ']');
+  const std::string call = R"([{"role":"assistant","content":"x","tool_calls":[{"type":"function",)"
+                           R"("function":{"name":"f","arguments":)";
+  try {
+    parse_messages(nlohmann::json::parse(call + R"({"a":)" + deep + "}}}]}]"));
+    FAIL() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "messages[0]: nested more than 128 levels deep");
+  }
+  const auto as_string = parse_messages(
+      nlohmann::json::parse(call + nlohmann::json(R"({"a":)" + deep + "}").dump() + "}}]}]"));
+  try {
+    encode_v4(as_string, ojson::array(), {});
+    FAIL() << "no error";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_STREQ(e.what(), "tool call 'f': arguments nested more than 128 levels deep");
+  }
+  // The message, tool_calls, the call, function and arguments are 5 levels; 123 more are fine.
+  const std::string ok = std::string(123, '[') + std::string(123, ']');
+  EXPECT_NO_THROW(
+      encode_v4(parse_messages(nlohmann::json::parse(call + R"({"a":)" + ok + "}}}]}]")),
+                ojson::array(), {}));
+}
+
 }  // namespace
 }  // namespace agentrt::chat
 
