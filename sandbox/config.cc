@@ -1,3 +1,4 @@
+#include <limits>
 #include <stdexcept>
 
 #include "sandbox/sandbox.h"
@@ -40,6 +41,14 @@ double non_negative(const nlohmann::json& j, const std::string& field) {
   const double v = j.get<double>();
   if (!(v >= 0) || v > 1e12) bad(field, "must be a non-negative number");
   return v;
+}
+
+// Counts stored as int: 1e12 passes non_negative() but is past int's range.
+int non_negative_int(const nlohmann::json& j, const std::string& field) {
+  const double v = non_negative(j, field);
+  if (v > std::numeric_limits<int>::max())
+    bad(field, "must be at most " + std::to_string(std::numeric_limits<int>::max()));
+  return static_cast<int>(v);
 }
 
 }  // namespace
@@ -136,9 +145,9 @@ SandboxConfig parse_config(const nlohmann::json& j) {
         else if (lk == "file_size_bytes")
           c.limits.file_size_bytes = static_cast<uint64_t>(non_negative(lv, f));
         else if (lk == "max_processes")
-          c.limits.max_processes = static_cast<int>(non_negative(lv, f));
+          c.limits.max_processes = non_negative_int(lv, f);
         else if (lk == "max_open_files")
-          c.limits.max_open_files = static_cast<int>(non_negative(lv, f));
+          c.limits.max_open_files = non_negative_int(lv, f);
         else if (lk == "stdout_cap")
           c.limits.stdout_cap = static_cast<size_t>(non_negative(lv, f));
         else if (lk == "stderr_cap")

@@ -59,6 +59,23 @@ TEST(SandboxConfigParse, FieldsAndErrors) {
   EXPECT_THROW(parse_layer("teleport"), SandboxError);
 }
 
+// A deep-input probe of fuzz_sandbox_config (UBSan): max_processes 1e12 passed the 1e12 bound
+// of non_negative() and overflowed the conversion to int.
+TEST(SandboxConfigParse, CountsPastIntAreAnError) {
+  for (const char* field : {"max_processes", "max_open_files"}) {
+    try {
+      parse_config(nlohmann::json{{"argv", {"ls"}}, {"limits", {{field, 1e12}}}});
+      FAIL() << field;
+    } catch (const SandboxError& e) {
+      EXPECT_EQ(std::string(e.what()),
+                std::string("sandbox config: limits.") + field + ": must be at most 2147483647");
+    }
+  }
+  EXPECT_EQ(parse_config(nlohmann::json{{"argv", {"ls"}}, {"limits", {{"max_processes", 64}}}})
+                .limits.max_processes,
+            64);
+}
+
 TEST(SandboxConfigParse, RandomMutationsNeverCrash) {
   std::mt19937 rng(17);
   const nlohmann::json values[] = {nullptr,
