@@ -5,6 +5,7 @@
 #include <cmath>
 #include <set>
 #include <stdexcept>
+#include <utility>
 
 namespace agentrt::tools {
 
@@ -76,6 +77,22 @@ bool pattern_matches(const std::string& pattern, const std::string& s, const std
     throw std::invalid_argument(where + ": pattern '" + pattern +
                                 "' is not supported: " + re.error());
   return RE2::PartialMatch(s, re);
+}
+
+// equal() and the dump() in error messages recurse over const, enum and instance values: deeper
+// documents are refused before validation starts.
+constexpr size_t kMaxNesting = 128;
+
+bool nests_deeper_than(const json& value, size_t limit) {
+  std::vector<std::pair<const json*, size_t>> pending{{&value, 1}};
+  while (!pending.empty()) {
+    const auto [node, depth] = pending.back();
+    pending.pop_back();
+    if (!node->is_structured()) continue;
+    if (depth > limit) return true;
+    for (const auto& child : *node) pending.emplace_back(&child, depth + 1);
+  }
+  return false;
 }
 
 class Validator {
@@ -345,7 +362,14 @@ class Validator {
 
 std::vector<ValidationError> validate(const nlohmann::json& schema,
                                       const nlohmann::json& instance) {
+  const std::string too_deep = "nested more than " + std::to_string(kMaxNesting) + " levels deep";
+  if (nests_deeper_than(schema, kMaxNesting))
+    throw std::invalid_argument("#: the schema is " + too_deep);
   std::vector<ValidationError> errors;
+  if (nests_deeper_than(instance, kMaxNesting)) {
+    errors.push_back({"", "nesting", too_deep});
+    return errors;
+  }
   Validator(schema).check(schema, instance, "", "#", errors);
   return errors;
 }

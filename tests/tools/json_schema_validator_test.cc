@@ -44,5 +44,21 @@ TEST(JsonSchemaValidator, NonNumericCountsAreSchemaErrorsWithThePath) {
             "maxItems");
 }
 
+// Deep-input probes (ASan): a const, enum or instance nested 50,000 deep overflowed the stack in
+// equal() and in the dump() of the error message.
+TEST(JsonSchemaValidator, DeepNestingIsAnErrorNotAStackOverflow) {
+  const std::string deep = std::string(50'000, '[') + std::string(50'000, ']');
+  EXPECT_EQ(schema_error(R"({"const": )" + deep + "}", "1"),
+            "#: the schema is nested more than 128 levels deep");
+  const auto errors =
+      validate(nlohmann::json::parse(R"({"uniqueItems": true})"), nlohmann::json::parse(deep));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].keyword, "nesting");
+  EXPECT_EQ(describe(errors), "arguments: nested more than 128 levels deep");
+  const std::string ok = std::string(127, '[') + std::string(127, ']');
+  EXPECT_TRUE(validate(nlohmann::json::parse(R"({"const": )" + ok + "}"), nlohmann::json::parse(ok))
+                  .empty());
+}
+
 }  // namespace
 }  // namespace agentrt::tools
