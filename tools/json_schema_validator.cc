@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <utility>
 
+#include "tools/json_nesting.h"
+
 namespace agentrt::tools {
 
 namespace {
@@ -80,20 +82,8 @@ bool pattern_matches(const std::string& pattern, const std::string& s, const std
 }
 
 // equal() and the dump() in error messages recurse over const, enum and instance values: deeper
-// documents are refused before validation starts.
-constexpr size_t kMaxNesting = 128;
-
-bool nests_deeper_than(const json& value, size_t limit) {
-  std::vector<std::pair<const json*, size_t>> pending{{&value, 1}};
-  while (!pending.empty()) {
-    const auto [node, depth] = pending.back();
-    pending.pop_back();
-    if (!node->is_structured()) continue;
-    if (depth > limit) return true;
-    for (const auto& child : *node) pending.emplace_back(&child, depth + 1);
-  }
-  return false;
-}
+// documents are refused before validation starts (tools/json_nesting.h).
+constexpr size_t kMaxNesting = kMaxJsonNesting;
 
 class Validator {
  public:

@@ -17,7 +17,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstring>
+
+#include "engine/cuda/float_bits.h"
 
 namespace agentrt::engine::cuda::f16_fragments {
 
@@ -29,27 +30,8 @@ __host__ __device__ inline int k_column(int kk) {
   return 4 * ((kk % 8) / 2) + (kk & 1) + (kk >= 8 ? 2 : 0);
 }
 
-__host__ __device__ inline uint32_t float_bits(float v) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(v);
-#else
-  uint32_t b;
-  std::memcpy(&b, &v, 4);
-  return b;
-#endif
-}
-
-// 2^e for -126 <= e <= 127, exactly.
-__host__ __device__ inline float power_of_two(int e) {
-  const uint32_t b = uint32_t(e + 127) << 23;
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(b);
-#else
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-#endif
-}
+using cuda::float_bits;
+using cuda::power_of_two;  // 2^e, exactly (float_bits.h)
 
 // The exponent e of a block whose largest magnitude is amax: amax * 2^e in [2^14, 2^15) (so its
 // f16 high part stays below 65,504 and its low part is a normal f16 above 2^-14 for the block's

@@ -17,9 +17,9 @@
 
 #include <cuda_runtime.h>
 
-#include <cmath>
 #include <cstdint>
-#include <cstring>
+
+#include "engine/cuda/float_bits.h"
 
 namespace agentrt::engine::cuda::fp8_act_quant {
 
@@ -43,14 +43,7 @@ __host__ __device__ inline int scale_exponent(uint32_t amax_bits) {
 
 // 2^e for -126 <= e <= 127, exactly; NaN for kNotFinite.
 __host__ __device__ inline float exp2_exact(int e) {
-  const uint32_t b = e == kNotFinite ? 0x7fc00000u : uint32_t(e + 127) << 23;
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(b);
-#else
-  float v;
-  std::memcpy(&v, &b, 4);
-  return v;
-#endif
+  return e == kNotFinite ? bits_float(0x7fc00000u) : power_of_two(e);
 }
 
 // Index of the scale of row m's column block kb among `rows` (a multiple of 4) GEMM rows.

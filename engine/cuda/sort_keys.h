@@ -6,29 +6,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstring>
+
+#include "engine/cuda/float_bits.h"
 
 namespace agentrt::engine::cuda {
-
-__host__ __device__ inline uint32_t float_bits(float f) {
-#ifdef __CUDA_ARCH__
-  return __float_as_uint(f);
-#else
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return u;
-#endif
-}
-
-__host__ __device__ inline float bits_float(uint32_t u) {
-#ifdef __CUDA_ARCH__
-  return __uint_as_float(u);
-#else
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-#endif
-}
 
 // Negative floats order by their complemented bits, others by their bits with the sign set;
 // complementing that order makes it descending.

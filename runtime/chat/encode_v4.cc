@@ -4,7 +4,7 @@
 #include <stdexcept>
 
 #include "grammars/python_json.h"
-#include "runtime/json_nesting.h"
+#include "tools/json_nesting.h"
 
 namespace agentrt::chat {
 

@@ -6,7 +6,7 @@
 #include <random>
 #include <sstream>
 
-#include "runtime/json_nesting.h"
+#include "tools/json_nesting.h"
 
 namespace agentrt::server {
 

@@ -2,7 +2,7 @@
 
 #include <stdexcept>
 
-#include "runtime/json_nesting.h"
+#include "tools/json_nesting.h"
 
 namespace agentrt::server {
 

@@ -1,6 +1,8 @@
 // Nesting of JSON values from outside (client events, request bodies, chat messages, tool-call
-// arguments), measured without recursion: nlohmann's dump(), copies and our own walks recurse, so
-// a value nested thousands deep is rejected before any of them runs.
+// arguments, tool schemas and the values checked against them), measured without recursion:
+// nlohmann's dump(), copies and our own walks recurse, so a value nested thousands deep is
+// rejected before any of them runs. In tools/ so that the validator (tools) and the runtime share
+// it.
 #pragma once
 
 #include <cstddef>
