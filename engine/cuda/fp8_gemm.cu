@@ -8,6 +8,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/fp8_gemm.h"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -128,7 +129,6 @@ void describe(Desc& desc, const float* a_scales, const float* b_scales) {
 }
 
 constexpr int64_t kWorkspaceBytes = int64_t(32) << 20;
-unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 65536)); }
 
 }  // namespace
 
@@ -213,7 +213,7 @@ bool Fp8Gemm::ok(const Shape& s) {
   const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, desc.d, a.l, b.l, d.l, d.l,
                                                                pref.p, 1, &result, &found);
   if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
-    refused_[key] = true;
+    refused_.insert(key);
     return false;
   }
   algos_[key] = result.algo;

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <map>
+#include <set>
 #include <tuple>
 
 #include "engine/cuda/device_buffer.h"
@@ -87,7 +88,7 @@ class Fp8Gemm {
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_, act_, act_scales_, tail_, tail_scales_, tail_out_, weight_scales_;
   std::map<Key, cublasLtMatmulAlgo_t> algos_;  // per shape, from cuBLASLt's heuristic
-  std::map<Key, bool> refused_;                // shapes it has no algorithm for
+  std::set<Key> refused_;                      // shapes it has no algorithm for
 };
 
 }  // namespace agentrt::engine::cuda

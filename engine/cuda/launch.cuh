@@ -9,6 +9,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <utility>
 
@@ -47,6 +48,11 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
   config.attrs = &attribute;
   config.numAttrs = 1;
   AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+// Blocks of 256 threads for a grid-stride loop over `total` items, at most 65,536 of them.
+inline unsigned grid_for(int64_t total) {
+  return unsigned(std::min<int64_t>((total + 255) / 256, 65536));
 }
 
 }  // namespace agentrt::engine::cuda

@@ -8,6 +8,7 @@
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/launch.cuh"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/weight_decode.cuh"
@@ -167,8 +168,6 @@ bool exact_in_bf16(const WeightMatrix& w) {
          (w.type == WeightType::f8_e4m3 && w.scale_type == ScaleType::e8m0);
 }
 
-unsigned grid_for(int64_t total) { return unsigned(std::min<int64_t>((total + 255) / 256, 65536)); }
-
 constexpr int64_t kStackedMinBytes = int64_t(32) << 20;
 constexpr int64_t kWorkspaceBytes = int64_t(32) << 20;
 
@@ -249,7 +248,7 @@ void LinearRunner::run(const WeightMatrix& w, const float* x, int64_t x_stride, 
 bool LinearRunner::try_fp8(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
                            int64_t n, float* y, int64_t y_stride, cudaStream_t stream) {
   if (!fp8_ || w.type != WeightType::f8_e4m3) return false;
-  if (Fp8Gemm::fits(w, groups) && fp8_->run(w, groups, x, x_stride, n, y, y_stride, stream)) {
+  if (fp8_->run(w, groups, x, x_stride, n, y, y_stride, stream)) {
     ++fp8_counts_.fp8;
     return true;
   }
@@ -372,7 +371,7 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
     const Fp8Gemm::Staged staged = any ? fp8_->stage(x, cols, n, cols, stream) : Fp8Gemm::Staged{};
     std::optional<BfRows> rows;  // x as bf16 once, for the products that take no FP8 GEMM
     for (const Product& p : products) {
-      if (any && Fp8Gemm::fits(p.w) && fp8_->multiply(p.w, 1, staged, p.y, p.w.rows, stream)) {
+      if (Fp8Gemm::fits(p.w) && fp8_->multiply(p.w, 1, staged, p.y, p.w.rows, stream)) {
         ++fp8_counts_.fp8;
         continue;
       }
