@@ -18,6 +18,11 @@ namespace {
 // Limits that keep hostile grammars from exhausting memory; errors name them.
 constexpr size_t kMaxNfaStates = 4'000'000;
 constexpr size_t kMaxDfaStatesPerRule = 400'000;
+// The NFA states all of a rule's DFA states hold, summed: the determinization's work and
+// memory. Subsets of ~80 members reach it 8 times sooner than the state limit (a pattern like
+// ^(?:\S.+\s+){0,99}\S+- took 4.4 s to be refused, now 1.0 s); MaskBench's largest rule holds
+// 0.7 M.
+constexpr size_t kMaxDfaMembersPerRule = 4'000'000;
 
 // A state's edges, as views into the builder's packed arrays (see NfaBuilder::finish).
 struct NfaState {
@@ -423,6 +428,11 @@ class Determinizer {
     if (offsets_.size() >= kMaxDfaStatesPerRule) {
       throw GrammarError("rule '" + *rule_name_ + "' is too large (over " +
                          std::to_string(kMaxDfaStatesPerRule) + " automaton states)");
+    }
+    if (pool_.size() + set_.size() > kMaxDfaMembersPerRule) {
+      throw GrammarError("rule '" + *rule_name_ +
+                         "' is too large (its automaton states hold over " +
+                         std::to_string(kMaxDfaMembersPerRule) + " NFA states in all)");
     }
     size_t k = offsets_.size();
     offsets_.push_back(pool_.size());

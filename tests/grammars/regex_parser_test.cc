@@ -81,6 +81,20 @@ TEST(RegexParser, DeepNestingIsAnErrorNotAStackOverflow) {
             std::string::npos);
 }
 
+// An ambiguous repetition whose DFA states each hold ~80 NFA states is refused by the bound on
+// their sum, long before the bound on the state count (which took seconds to reach).
+TEST(RegexParser, AmbiguousRepetitionIsRefusedByTheDeterminizationBound) {
+  std::string what;
+  try {
+    compile(Grammar::from_regex("^(?:\\S.+\\s+){0,99}\\S+-"), testing::small_index());
+  } catch (const GrammarError& e) {
+    what = e.what();
+  }
+  EXPECT_NE(what.find("too large (its automaton states hold over 4000000 NFA states in all)"),
+            std::string::npos)
+      << what;
+}
+
 // Whole-string matches agree with std::regex (ECMAScript) on random ASCII strings.
 TEST(RegexParser, AgreesWithStdRegex) {
   const std::vector<std::string> patterns = {
