@@ -499,6 +499,8 @@ int main(int argc, char** argv) {
       const auto counts = cuda_fp8_counts(*model);
       std::printf("\nFP8 GEMMs: %lld prefill products, %lld FP8 ones fell back to bf16\n",
                   (long long)counts.fp8, (long long)counts.fallbacks);
+      std::printf("FP8 routed experts: %lld passes, %lld fell back to bf16\n",
+                  (long long)counts.experts, (long long)counts.expert_fallbacks);
     }
     std::printf("\npeak GPU memory in use: %.1f GB (%.1f GB before loading)\n", mem.peak / 1e9,
                 baseline / 1e9);

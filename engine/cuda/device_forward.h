@@ -136,7 +136,13 @@ class DeviceForward {
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
-  LinearRunner::Fp8Counts fp8_counts() const { return linear_.fp8_counts(); }
+  LinearRunner::Fp8Counts fp8_counts() const {
+    LinearRunner::Fp8Counts c = linear_.fp8_counts();
+    const LinearRunner::Fp8Counts e = expert_gemm_.fp8_counts();
+    c.experts = e.experts;
+    c.expert_fallbacks = e.expert_fallbacks;
+    return c;
+  }
 
  private:
   struct Workspace;

@@ -1,5 +1,3 @@
-#include <cuda_fp8.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -8,6 +6,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/fp8_gemm.h"
+#include "engine/cuda/fp8_quant_warp.cuh"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -35,21 +34,11 @@ __global__ void quantize_rows_kernel(const float* x, int64_t stride, int64_t row
     } else {
       v = make_float4(__ldg(src), __ldg(src + 1), __ldg(src + 2), __ldg(src + 3));
     }
-    // From 0: fmaxf drops NaNs, so the largest magnitude is that of the block's numbers (as the
-    // host reference takes it); a NaN value keeps its NaN code.
-    float amax = fmaxf(fmaxf(fmaxf(0.0f, fabsf(v.x)), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    const int e = aq::scale_exponent(__float_as_uint(amax));
-    const float inv = e == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e);
-    const uint32_t lo = __nv_cvt_float2_to_fp8x2(make_float2(v.x * inv, v.y * inv), __NV_SATFINITE,
-                                                 __NV_E4M3),
-                   hi = __nv_cvt_float2_to_fp8x2(make_float2(v.z * inv, v.w * inv), __NV_SATFINITE,
-                                                 __NV_E4M3);
-    *reinterpret_cast<uint32_t*>(q + m * q_ld + kb * aq::kBlock + 4 * lane) = lo | (hi << 16);
+    float scale;
+    *reinterpret_cast<uint32_t*>(q + m * q_ld + kb * aq::kBlock + 4 * lane) =
+        quantize_block_e4m3(v, &scale);
     if (lane == 0)
-      scales[rows_contiguous ? aq::act_scale_index(m, kb, scale_rows) : m * blocks + kb] =
-          aq::exp2_exact(e);
+      scales[rows_contiguous ? aq::act_scale_index(m, kb, scale_rows) : m * blocks + kb] = scale;
   }
 }
 
@@ -271,9 +260,7 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
                    alignment(tail_out, w.rows * 4, rg * 4)};
   // Every GEMM's algorithm before the first launch: all of y or none of it.
   if ((whole > 0 && !ok(main)) || (tail > 0 && !ok(last))) return false;
-  const int64_t ld = layout_.weight_rows_padded ? aq::weight_scale_ld(w.cols)
-                                                : aq::column_blocks(w.cols),
-                row_blocks = w.rows / aq::kBlock;
+  const int64_t ld = weight_scale_ld(w.cols), row_blocks = w.rows / aq::kBlock;
   weight_scales_.reserve(row_blocks * ld * 4);
   auto* ws = weight_scales_.as<float>();
   weight_scales_kernel<<<grid_for(row_blocks * ld), 256, 0, stream>>>(w, row_blocks, ld, ws);
@@ -293,6 +280,37 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
                                          size_t(w.rows * 4), size_t(w.rows * 4), size_t(tail),
                                          cudaMemcpyDeviceToDevice, stream));
   return true;
+}
+
+int64_t Fp8Gemm::weight_scale_ld(int64_t cols) const {
+  return layout_.weight_rows_padded ? aq::weight_scale_ld(cols) : aq::column_blocks(cols);
+}
+
+Fp8Gemm::Shape Fp8Gemm::prepared_shape(const Prepared& p) {
+  return {p.m,
+          p.n,
+          p.k,
+          p.k,
+          p.ldd,
+          alignment(p.a, p.k),
+          alignment(p.b, p.k),
+          alignment(p.d, p.ldd * 4)};
+}
+
+bool Fp8Gemm::prepared_ok(const Prepared& p) {
+  if (!takes_prepared() || p.m % aq::kBlock != 0 || p.k % aq::kBlock != 0 || p.n % 4 != 0 ||
+      p.n <= 0)
+    return false;
+  return ok(prepared_shape(p));
+}
+
+void Fp8Gemm::prepared_gemm(const Prepared& p, cudaStream_t stream) {
+  const Shape s = prepared_shape(p);
+  if (!algos_.count(s.key()))
+    throw std::logic_error("Fp8Gemm::prepared_gemm: shape " + std::to_string(p.m) + " x " +
+                           std::to_string(p.k) + " by " + std::to_string(p.n) +
+                           " rows not accepted by prepared_ok");
+  gemm(s, p.a, p.a_scales, p.b, p.b_scales, p.d, stream);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -70,6 +70,26 @@ class Fp8Gemm {
     return multiply(w, groups, stage(x, x_stride, n, groups * w.cols, stream), y, y_stride, stream);
   }
 
+  // One GEMM of operands already in cuBLASLt's forms (the routed experts, moe_fp8.cu):
+  // d (n rows, ldd floats apart) = b a^T for a: m rows of k e4m3 (m and k multiples of 128) with
+  // BLK128x128 scales in rows of weight_scale_ld(k) floats, and b: n rows of k e4m3 (n a
+  // multiple of 4) with VEC128 scales [k / 128][n]. Ask prepared_ok for every shape of a pass
+  // before its first launch (all of it on FP8 or none).
+  struct Prepared {
+    int64_t m = 0, n = 0, k = 0, ldd = 0;
+    const uint8_t* a = nullptr;
+    const float* a_scales = nullptr;
+    const uint8_t* b = nullptr;
+    const float* b_scales = nullptr;
+    float* d = nullptr;
+  };
+  bool prepared_ok(const Prepared& p);
+  void prepared_gemm(const Prepared& p, cudaStream_t stream);
+  // Floats per row of a matrix's block scales, as this layout hands them to cuBLASLt.
+  int64_t weight_scale_ld(int64_t cols) const;
+  // Prepared activations need their scales [block][row] (the default layout).
+  bool takes_prepared() const { return layout_.act_rows_contiguous; }
+
  private:
   // One GEMM: D (m x n, ld ldd, float32) = A^T B, A the weights (k x m, e4m3, ld k), B the
   // activations (k x n, e4m3, ld ldb), scales as fp8_act_quant.h lays them out. ok() first
@@ -81,6 +101,7 @@ class Fp8Gemm {
   };
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
   bool ok(const Shape& s);
+  static Shape prepared_shape(const Prepared& p);
   void gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
             const float* b_scales, float* d, cudaStream_t stream);
 

@@ -69,6 +69,7 @@ class LinearRunner {
   // that fell back to bf16 (shapes cuBLASLt has no FP8 algorithm for).
   struct Fp8Counts {
     int64_t fp8 = 0, fallbacks = 0;
+    int64_t experts = 0, expert_fallbacks = 0;  // routed experts' passes (ExpertGemm)
   };
   Fp8Counts fp8_counts() const { return fp8_counts_; }
 

@@ -11,6 +11,7 @@
 #include "engine/cuda/fp4_gemm.h"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/swiglu.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -144,8 +145,7 @@ __global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t
 }
 
 // act = weight of the pair * silu(clamp(gate)) * clamp(up) from the stacked gate/up products
-// (high + low parts summed), stacked the same way. The routing weight goes in here: the down
-// product is linear, so scaling its input scales its output.
+// (high + low parts summed), stacked the same way (swiglu.cuh).
 __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
                                     const float* weights, int64_t s0, int64_t inter, float limit,
                                     const RowPlace* place, bool split, __nv_bfloat16* act) {
@@ -155,13 +155,7 @@ __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
   const float* gu_lo = split ? gu + int64_t(p.low) * 2 * inter : nullptr;
   const float weight = weights[order[s0 + r]];
   __nv_bfloat16* out = act + int64_t(p.hi) * inter;
-  auto silu_times = [&](float g, float u) {
-    if (limit > 0) {
-      g = fminf(g, limit);
-      u = fminf(fmaxf(u, -limit), limit);
-    }
-    return weight * (g / (1.0f + expf(-g)) * u);
-  };
+  auto silu_times = [&](float g, float u) { return swiglu_weighted(g, u, limit, weight); };
   // 4 columns a thread (inter is a multiple of 32, every row 16-byte aligned).
   for (int64_t c = threadIdx.x; c < inter / 4; c += blockDim.x) {
     float4 g = reinterpret_cast<const float4*>(gu)[c],
@@ -204,6 +198,7 @@ ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
       fp4_kernel_(fp4_kernel) {
+  if (precision == GemmPrecision::fp8) fp8_ = std::make_unique<Fp8Gemm>();
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&decode_stream_, cudaStreamNonBlocking));
   AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
@@ -243,11 +238,12 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
                      const float* weights, int64_t k, int64_t inter, int64_t hidden, float limit,
                      float* pair_out, cudaStream_t stream) {
   const int64_t E = s.experts;
-  if (host_ints_ < E + 2) {
+  // n_active, the segment starts and (run_fp8) the padded row starts.
+  if (host_ints_ < 2 * E + 3) {
     if (host_) cudaFreeHost(host_);
     host_ = nullptr;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&host_, size_t(E + 2) * 4));
-    host_ints_ = E + 2;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&host_, size_t(2 * E + 3) * 4));
+    host_ints_ = 2 * E + 3;
   }
   int32_t* n_active = host_;
   int32_t* seg = host_ + 1;
@@ -262,6 +258,9 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   const int64_t used = *n_active;
   if (used <= 0) return;
 
+  if (precision_ == GemmPrecision::fp8 && fp8_fits(e, inter, hidden) &&
+      run_fp8(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream))
+    return;
   if (fp4_kernel_ && fp4_gemm_fits(e, inter, hidden)) {
     run_fp4(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
     return;

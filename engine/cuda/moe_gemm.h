@@ -11,9 +11,11 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <utility>
 
 #include "engine/cuda/device_buffer.h"
+#include "engine/cuda/fp8_gemm.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/linear.h"
 
@@ -27,6 +29,11 @@ struct ExpertSegments {
   const int32_t* n_active;   // [1]
   int64_t experts = 0;
 };
+
+// An MXFP4 matrix of whole 128 x 128 blocks as e4m3 at q ([rows][cols]) with float32 block
+// scales in rows of ld floats (padding zeroed): moe_fp8.cu's conversion (fp4_e4m3.h), for tests.
+void convert_fp4_e4m3(const WeightMatrix& w, uint8_t* q, float* scales, int64_t ld,
+                      cudaStream_t stream);
 
 class ExpertGemm {
  public:
@@ -60,13 +67,29 @@ class ExpertGemm {
   // Whether fp4_gemm.cu's kernel takes these experts' shapes (when asked for).
   static bool fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden);
 
+  // GemmPrecision::fp8: runs on FP8 GEMMs (experts) and runs refused for want of a cuBLASLt
+  // algorithm, which took the bf16 path (expert_fallbacks).
+  LinearRunner::Fp8Counts fp8_counts() const { return fp8_counts_; }
+
  private:
   // run() through fp4_gemm.cu: `seg` the segment starts read back, `used` experts.
   void run_fp4(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg, int64_t used,
                const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
                float limit, float* pair_out, cudaStream_t stream);
 
+  // GemmPrecision::fp8 (moe_fp8.cu): MXFP4 experts as e4m3 with 128 x 128 block scales and one
+  // block-scaled FP8 GEMM per expert and matrix. False, with nothing launched, where cuBLASLt
+  // has no algorithm for one of the pass's shapes (run() then takes the bf16 path).
+  bool fp8_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden) const;
+  bool run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg, int64_t used,
+               const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
+               float limit, float* pair_out, cudaStream_t stream);
+
   GemmPrecision precision_;
+  std::unique_ptr<Fp8Gemm> fp8_;  // GemmPrecision::fp8 only
+  LinearRunner::Fp8Counts fp8_counts_;
+  // run_fp8's converted weights (two chunks' worth), activation scales and padded row starts
+  DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
   std::function<void(const char*)> mark_;
   int64_t min_rows_, chunk_bytes_;
   bool fp4_kernel_ = false;

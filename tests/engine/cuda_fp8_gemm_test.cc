@@ -24,9 +24,11 @@
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/cuda_model.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/fp4_e4m3.h"
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/fp8_gemm.h"
 #include "engine/cuda/linear.h"
+#include "engine/cuda/moe_gemm.h"
 #endif
 
 namespace agentrt::engine {
@@ -432,6 +434,110 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   EXPECT_GT(counts.fp8, 0);
   EXPECT_LE(errors[errors.size() / 2], 0.1);
   std::filesystem::remove_all(dir);
+}
+
+// ---- MXFP4 experts as e4m3 with 128 x 128 block scales (fp4_e4m3.h, moe_fp8.cu) ----
+
+namespace fe = cuda::fp4_e4m3;
+
+// An e4m3 code's value (OCP FP8: bias 7, S.1111.111 NaN).
+double e4m3_value(uint8_t b) {
+  const int exp = (b >> 3) & 15, man = b & 7;
+  if (exp == 15 && man == 7) return std::numeric_limits<double>::quiet_NaN();
+  const double mag =
+      exp == 0 ? std::ldexp(double(man) / 8.0, -6) : std::ldexp(1.0 + double(man) / 8.0, exp - 7);
+  return (b & 0x80) ? -mag : mag;
+}
+
+// The stored value of a nibble under a ue8m0 code: e2m1 times 2^(code - 127).
+double mxfp4_value(uint32_t nibble, uint8_t code) {
+  static constexpr double kMag[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
+  const double mag = std::ldexp(kMag[nibble & 7], int(code) - 127);
+  return (nibble & 8) ? -mag : mag;
+}
+
+// Every nibble under every code up to 14 binades below the block's largest converts exactly
+// (e4m3 code times the block's float32 scale); farther below, within half of e4m3's smallest
+// step (2^-10 of the block's scale); a NaN code gives NaN; extreme block codes (0, 254) included.
+TEST(CudaFp4E4m3, ConversionIsExactWithinFourteenBinades) {
+  for (int emax : {0, 20, 127, 200, 254})
+    for (int code = std::max(0, emax - 30); code <= emax; ++code)
+      for (uint32_t nibble = 0; nibble < 16; ++nibble) {
+        const double want = mxfp4_value(nibble, uint8_t(code)),
+                     scale = double(fe::block_scale(emax));
+        const uint8_t q = float_to_e4m3(fe::scaled_value(nibble, uint8_t(code), emax));
+        const double got = e4m3_value(q) * scale;
+        SCOPED_TRACE("emax " + std::to_string(emax) + " code " + std::to_string(code) + " nibble " +
+                     std::to_string(nibble));
+        if (emax - code <= fe::kExactSpan)
+          ASSERT_EQ(got, want);
+        else
+          ASSERT_LE(std::fabs(got - want), std::ldexp(scale, -10));
+        ASSERT_EQ(std::signbit(got), bool(nibble & 8));
+      }
+  EXPECT_TRUE(std::isnan(e4m3_value(float_to_e4m3(fe::scaled_value(3, fe::kNanCode, 127)))));
+  // The largest code among finite ones; a block of NaN codes keeps scale 1.
+  int emax = fe::kNoCode;
+  for (uint8_t c : {uint8_t(130), fe::kNanCode, uint8_t(140), uint8_t(2)})
+    emax = fe::max_finite_code(emax, c);
+  EXPECT_EQ(emax, 140);
+  EXPECT_EQ(fe::block_scale(fe::kNoCode), 1.0f);
+  EXPECT_EQ(double(fe::block_scale(0)), std::ldexp(1.0, -133));  // a float subnormal, exact
+}
+
+// The host's conversion of an MXFP4 matrix (the reference for the kernel): codes and scales.
+void convert_on_host(const QuantizedMatrix& m, int64_t rows, int64_t cols, int64_t ld,
+                     std::vector<uint8_t>& q, std::vector<float>& scales) {
+  q.assign(rows * cols, 0);
+  scales.assign((rows / 128) * ld, 0.0f);
+  const int64_t codes_per_row = cols / 32;
+  for (int64_t rb = 0; rb < rows / 128; ++rb)
+    for (int64_t cb = 0; cb < cols / 128; ++cb) {
+      int emax = fe::kNoCode;
+      for (int64_t r = rb * 128; r < rb * 128 + 128; ++r)
+        for (int64_t i = 0; i < 4; ++i)
+          emax = fe::max_finite_code(emax, m.scales[r * codes_per_row + cb * 4 + i]);
+      scales[rb * ld + cb] = fe::block_scale(emax);
+      for (int64_t r = rb * 128; r < rb * 128 + 128; ++r)
+        for (int64_t c = cb * 128; c < cb * 128 + 128; ++c) {
+          const uint8_t byte = m.data[r * (cols / 2) + c / 2];
+          const uint32_t nibble = (c & 1) ? byte >> 4 : byte & 15;
+          q[r * cols + c] =
+              float_to_e4m3(fe::scaled_value(nibble, m.scales[r * codes_per_row + c / 32], emax));
+        }
+    }
+}
+
+// The kernel's codes and scales are the host's, bit for bit: rows of very different sizes, a
+// block whose codes span more than 14 binades (rounding), a NaN code, padded scale rows.
+TEST_F(CudaFp8Gemm, ConvertsMxfp4WeightsAsTheHost) {
+  const int64_t rows = 256, cols = 384, ld = aq::weight_scale_ld(cols);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> v(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) v[r * cols + c] = normal(rng) * std::ldexp(1.0f, int(r % 9));
+  QuantizedMatrix m = quantize_mxfp4(v.data(), rows, cols);
+  m.scales[5 * (cols / 32) + 1] = uint8_t(m.scales[5 * (cols / 32) + 1] - 20);  // 20 binades down
+  m.scales[200 * (cols / 32) + 7] = fe::kNanCode;
+  const WeightMatrix w{WeightType::f4_e2m1, rows, cols, m.data.data(), m.scales.data(),
+                       ScaleType::e8m0,     0};
+  cuda::DeviceMatrix dm(w);
+  cuda::DeviceBuffer dq(rows * cols);
+  // NaN beforehand: the kernel must zero the scale rows' padding itself.
+  auto ds = testing::upload(
+      std::vector<float>((rows / 128) * ld, std::numeric_limits<float>::quiet_NaN()));
+  cuda::convert_fp4_e4m3(dm.view(), dq.as<uint8_t>(), ds.as<float>(), ld, nullptr);
+  const auto q = testing::download<uint8_t>(dq, rows * cols);
+  const auto s = testing::download<float>(ds, (rows / 128) * ld);
+  std::vector<uint8_t> want_q;
+  std::vector<float> want_s;
+  convert_on_host(m, rows, cols, ld, want_q, want_s);
+  for (int64_t i = 0; i < rows * cols; ++i)
+    ASSERT_EQ(int(q[i]), int(want_q[i])) << "row " << i / cols << " column " << i % cols;
+  for (size_t i = 0; i < s.size(); ++i)
+    ASSERT_EQ(bits_of(s[i]), bits_of(want_s[i])) << "scale " << i;
+  EXPECT_EQ(q[200 * cols + 7 * 32] & 0x7f, 0x7f);  // the NaN code's values are NaNs
 }
 
 #endif  // AGENTRT_HAVE_CUDA

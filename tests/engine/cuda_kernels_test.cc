@@ -473,6 +473,24 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
   EXPECT_FALSE(split.applies(none, 100, 64, 96, nullptr));  // too few rows
 }
 
+// GemmPrecision::fp8 (moe_fp8.cu): MXFP4 experts converted to e4m3 with 128 x 128 block scales
+// (exact here), the pairs' rows and their SwiGLU quantised to e4m3 per 128 columns, one
+// block-scaled FP8 GEMM per expert and matrix. Two experts per chunk, so the conversions alternate
+// between both buffers; experts' pair counts not multiples of 16 (zero padding rows). e4m3 keeps
+// 4 significant bits: ~2.5% error per quantisation, two in series; a wrong scale or row gives
+// errors of order 1.
+TEST_F(CudaKernels, RoutedExpertsOnFp8GemmsMatchSwigluExpert) {
+  const ExpertShape shape{9, 6, 256, 256};
+  cuda::ExpertGemm fp8(cuda::GemmPrecision::fp8, 128, 2 * 2 * 3 * 256 * 256);
+  check_routed_experts(300, &fp8, 8e-2, shape);
+  check_routed_experts(701, &fp8, 8e-2, shape);
+  const auto counts = fp8.fp8_counts();
+  EXPECT_EQ(counts.experts, 2) << counts.expert_fallbacks << " passes fell back to bf16";
+  // Widths of FP4 experts that are not whole 128-column blocks take the bf16 path.
+  check_routed_experts(300, &fp8, 2e-2, {9, 6, 192, 256});
+  EXPECT_EQ(fp8.fp8_counts().experts, 2);
+}
+
 // fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share
 // of a K step, each warp loads its fragments through the ldmatrix rows of fp4_gemm_layout.h and
 // multiplies them with the mma.m16n8k16 fragment layout (mma.cuh), and the accumulators land on

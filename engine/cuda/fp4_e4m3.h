@@ -1,0 +1,65 @@
+// MXFP4 expert weights (e2m1 values, one ue8m0 scale per 32 columns of a row) as e4m3 with one
+// float32 scale per 128 x 128 block: the form cuBLASLt's block-scaled FP8 GEMMs take
+// (BLK128x128_32F), for the routed experts of prefill under GemmPrecision::fp8 (moe_fp8.cu).
+// Host-callable, so a test without a GPU (CudaFp4E4m3.*) and the GPU tests' host reference
+// compute exactly what the kernel does.
+//
+// A block's scale is 2^(emax - 127 - 6), emax its largest finite ue8m0 code: a value v * 2^(code
+// - 127) is stored as v * 2^(6 - (emax - code)), at most 6 * 2^6 = 384 (e4m3 reaches 448). Every
+// e2m1 value (0, 0.5, 1, 1.5, 2, 3, 4, 6) times 2^d is an e4m3 number for d >= -8 (1.5 * 2^-8 is
+// 3 steps of e4m3's smallest subnormal, 2^-9), so the conversion is exact wherever a block's
+// codes span at most 14 binades; farther below the block's largest they round to the nearest
+// e4m3 (to zero under 2^-10), values 2^14 times smaller than the block's largest scale's.
+// A NaN scale (code 255) makes its 32 values e4m3 NaNs, as the bf16 path makes them NaN.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/float_bits.h"
+
+namespace agentrt::engine::cuda::fp4_e4m3 {
+
+constexpr int kBlock = 128;         // rows and columns per float32 scale
+constexpr int kScaleColumns = 32;   // columns per ue8m0 scale of the stored weights
+constexpr uint8_t kNanCode = 255;   // ue8m0 NaN
+constexpr int kExactSpan = 14;      // binades below the block's largest code that stay exact
+constexpr uint8_t kE4m3Nan = 0x7f;  // e4m3 NaN (sign bit added)
+
+// The largest of two codes, NaN codes ignored (start from kNoCode).
+constexpr int kNoCode = -1;
+__host__ __device__ inline int max_finite_code(int acc, uint8_t code) {
+  return code == kNanCode ? acc : (int(code) > acc ? int(code) : acc);
+}
+
+// 2^e for -149 <= e <= 127 (float subnormals below -126), exactly.
+__host__ __device__ inline float exp2_any(int e) {
+  return e >= -126 ? power_of_two(e) : bits_float(1u << (e + 149));
+}
+
+// The block's float32 scale from its largest finite code (kNoCode: every scale NaN, scale 1).
+__host__ __device__ inline float block_scale(int emax) {
+  return emax == kNoCode ? 1.0f : exp2_any(emax - 127 - 6);
+}
+
+// The e2m1 value of a nibble (sign in bit 3), exactly.
+__host__ __device__ inline float e2m1_value(uint32_t nibble) {
+  const uint32_t e = (nibble >> 1) & 3, m = nibble & 1;
+  // e = 0: 0 or 0.5 (subnormal); else (1 + m / 2) 2^(e - 1).
+  const float mag = e == 0 ? 0.5f * float(m) : (1.0f + 0.5f * float(m)) * power_of_two(int(e) - 1);
+  return (nibble & 8) ? -mag : mag;
+}
+
+// The value to store as e4m3 for one nibble under `code`, in a block whose largest finite code is
+// emax: exact in float32 (the e4m3 conversion then rounds only past kExactSpan); NaN for a NaN
+// code.
+__host__ __device__ inline float scaled_value(uint32_t nibble, uint8_t code, int emax) {
+  if (code == kNanCode) return bits_float(0x7fc00000u);
+  const int d = 6 - (emax - int(code));
+  const float v = e2m1_value(nibble);
+  // Below 2^-141 every e2m1 value rounds to a signed zero in e4m3 anyway.
+  return d < -140 ? v * 0.0f : v * exp2_any(d);
+}
+
+}  // namespace agentrt::engine::cuda::fp4_e4m3

@@ -1,0 +1,349 @@
+// The routed experts of prefill-sized passes under GemmPrecision::fp8 (ExpertGemm::run_fp8):
+// MXFP4 weights converted to e4m3 with 128 x 128 block scales (fp4_e4m3.h; exact for real
+// checkpoints), the pairs' activation rows quantised to e4m3 per 128 columns (fp8_act_quant.h),
+// and one cuBLASLt block-scaled FP8 GEMM per expert and matrix (Fp8Gemm::prepared_gemm). Each
+// expert's rows are padded to a multiple of 16 with zero rows (zero scales), so its GEMM needs no
+// tail and its activation scales are a block of their own ([column block][row], as cuBLASLt's
+// VEC128 layout wants). The bf16 path's converted weights took 2 bytes a value and its GEMMs ran
+// at the bf16 rate; these take 1 byte and run at twice the rate.
+#include <cuda_fp8.h>
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/fp4_e4m3.h"
+#include "engine/cuda/fp8_act_quant.h"
+#include "engine/cuda/fp8_gemm.h"
+#include "engine/cuda/fp8_quant_warp.cuh"
+#include "engine/cuda/launch.cuh"
+#include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/swiglu.cuh"
+
+namespace agentrt::engine::cuda {
+namespace {
+
+namespace fe = fp4_e4m3;
+namespace aq = fp8_act_quant;
+
+constexpr int64_t kSlotRows = 16;  // each expert's rows padded to a multiple of this
+
+// Blocks of 256 threads for one warp per item (grid-stride beyond 65,536 blocks).
+unsigned warp_grid(int64_t items) { return unsigned(std::min<int64_t>((items + 7) / 8, 65536)); }
+
+// One 128 x 128 block (rb, cb) of an MXFP4 matrix w ([rows][cols], cols a multiple of 128) as
+// e4m3 into q ([rows][cols]) and its float32 scale into scales (rows of ld floats; a row's last
+// block also zeroes the padding up to ld). 128 threads: first the block's largest finite code
+// (a thread's row: 4 codes), then each warp converts 32 rows, half a warp a row (a lane's 32-bit
+// word is 8 values, stored as 8 bytes: a row's 128 bytes in one coalesced store).
+__device__ void convert_block(const WeightMatrix& w, int64_t rb, int64_t cb, uint8_t* q,
+                              float* scales, int64_t ld) {
+  __shared__ int warp_max[4];
+  const int t = int(threadIdx.x), lane = t % 32, warp = t / 32;
+  const int64_t codes_per_row = w.cols / fe::kScaleColumns;
+  const auto* codes =
+      static_cast<const uint8_t*>(w.scale) + (w.row_offset + rb * fe::kBlock) * codes_per_row;
+  const uint32_t mine =
+      __ldg(reinterpret_cast<const uint32_t*>(codes + t * codes_per_row + cb * 4));
+  int emax = fe::kNoCode;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) emax = fe::max_finite_code(emax, uint8_t(mine >> (8 * i)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
+  if (lane == 0) warp_max[warp] = emax;
+  __syncthreads();
+  emax = max(max(warp_max[0], warp_max[1]), max(warp_max[2], warp_max[3]));
+
+  const int64_t row_bytes = w.cols / 2;
+  const auto* data = static_cast<const uint8_t*>(w.data);
+  const int half = lane / 16, word = lane % 16;  // a row's 16 words of 8 values
+  for (int r = warp * 32 + half; r < warp * 32 + 32; r += 2) {
+    const int64_t row = rb * fe::kBlock + r;
+    const uint32_t bits = __ldg(
+        reinterpret_cast<const uint32_t*>(data + row * row_bytes + cb * (fe::kBlock / 2)) + word);
+    const uint8_t code = __ldg(codes + r * codes_per_row + cb * 4 + word / 4);
+    uint32_t packed[2];
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+      const float a = fe::scaled_value((bits >> (8 * p)) & 15, code, emax),
+                  b = fe::scaled_value((bits >> (8 * p + 4)) & 15, code, emax);
+      const uint32_t pair =
+          __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3) & 0xffffu;
+      if (p % 2 == 0)
+        packed[p / 2] = pair;
+      else
+        packed[p / 2] |= pair << 16;
+    }
+    *reinterpret_cast<uint2*>(q + row * w.cols + cb * fe::kBlock + word * 8) =
+        make_uint2(packed[0], packed[1]);
+  }
+  const int64_t blocks = w.cols / fe::kBlock;
+  if (t == 0) scales[rb * ld + cb] = fe::block_scale(emax);
+  if (cb == blocks - 1)
+    for (int64_t c = blocks + t; c < ld; c += blockDim.x) scales[rb * ld + c] = 0.0f;
+}
+
+__global__ void __launch_bounds__(128)
+    convert_matrix_kernel(WeightMatrix w, uint8_t* q, float* scales, int64_t ld) {
+  const int64_t blocks = w.cols / fe::kBlock;
+  convert_block(w, blockIdx.x / blocks, blockIdx.x % blocks, q, scales, ld);
+}
+
+// The chunk's experts active[a0 + blockIdx.y]: z = 0 and 1 convert gate (w1) and up (w3) into one
+// [2 inter][hidden] matrix (scales in rows of ld13), z = 2 down (w2, [hidden][inter], rows of
+// ld2).
+__global__ void __launch_bounds__(128)
+    convert_experts_kernel(ExpertsDevice e, const int32_t* active, int64_t a0, int64_t inter,
+                           int64_t hidden, uint8_t* q13, float* s13, int64_t ld13, uint8_t* q2,
+                           float* s2, int64_t ld2) {
+  const int64_t j = blockIdx.y, z = blockIdx.z, per = inter * hidden;
+  const int32_t ex = active[a0 + j];
+  const WeightMatrix w = z == 0 ? e.w1[ex] : z == 1 ? e.w3[ex] : e.w2[ex];
+  const int64_t blocks = w.cols / fe::kBlock;
+  if (int64_t(blockIdx.x) >= (w.rows / fe::kBlock) * blocks) return;
+  uint8_t* q = z == 2 ? q2 + j * per : q13 + (2 * j + z) * per;
+  float* s = z == 2 ? s2 + j * (hidden / fe::kBlock) * ld2
+                    : s13 + (2 * j + z) * (inter / fe::kBlock) * ld13;
+  convert_block(w, blockIdx.x / blocks, blockIdx.x % blocks, q, s, z == 2 ? ld2 : ld13);
+}
+
+// Where slot `slot` of the chunk (its padded rows, counted from pad[a0]) belongs: the expert a
+// whose padded rows hold it, the row within them, and the pair it holds (-1: a padding row).
+struct Slot {
+  int64_t a, local, rows;  // rows: the expert's padded row count
+  int32_t pair;
+};
+__device__ __forceinline__ Slot find_slot(const int32_t* pad, const int32_t* seg, int64_t a0,
+                                          int64_t a1, int64_t slot) {
+  const int32_t at = pad[a0] + int32_t(slot);
+  int64_t lo = a0, hi = a1 - 1;  // the last a with pad[a] <= at
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (pad[mid] <= at)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  Slot s;
+  s.a = lo;
+  s.local = at - pad[lo];
+  s.rows = pad[lo + 1] - pad[lo];
+  s.pair = s.local < seg[lo + 1] - seg[lo] ? seg[lo] + int32_t(s.local) : -1;
+  return s;
+}
+
+// Block kb of a slot's row as e4m3 (one warp): values v (zeros for padding rows, whose scale is
+// then 0 too), into q's row and the expert's own scale block [column block][row].
+__device__ __forceinline__ void store_quantised(float4 v, bool padding, const Slot& s, int64_t slot,
+                                                int64_t kb, int64_t blocks, int64_t first_slot,
+                                                int64_t cols, uint8_t* q, float* scales) {
+  const int lane = int(threadIdx.x % 32);
+  float scale;
+  const uint32_t codes = quantize_block_e4m3(v, &scale);
+  *reinterpret_cast<uint32_t*>(q + slot * cols + kb * aq::kBlock + 4 * lane) = padding ? 0 : codes;
+  if (lane == 0) scales[first_slot * blocks + kb * s.rows + s.local] = padding ? 0.0f : scale;
+}
+
+// The chunk's slots' rows of h (the pair's token row), quantised: one warp per (slot, block).
+__global__ void gather_quantize_kernel(const float* h, const int32_t* order, const int32_t* seg,
+                                       const int32_t* pad, int64_t a0, int64_t a1, int64_t slots,
+                                       int64_t k, int64_t hidden, uint8_t* xq, float* xs) {
+  const int lane = int(threadIdx.x % 32);
+  const int64_t blocks = hidden / aq::kBlock, warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * blocks;
+       w += warps) {
+    const int64_t slot = w / blocks, kb = w - slot * blocks;
+    const Slot s = find_slot(pad, seg, a0, a1, slot);
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (s.pair >= 0)
+      v = __ldg(reinterpret_cast<const float4*>(h + int64_t(order[s.pair] / k) * hidden +
+                                                kb * aq::kBlock) +
+                lane);
+    store_quantised(v, s.pair < 0, s, slot, kb, blocks, slot - s.local, hidden, xq, xs);
+  }
+}
+
+// The slots' SwiGLU of their gate/up products (gu: [slot][2 inter]), weighted by the pair's
+// routing weight and quantised as the down product's activations.
+__global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, const float* weights,
+                                       const int32_t* seg, const int32_t* pad, int64_t a0,
+                                       int64_t a1, int64_t slots, int64_t inter, float limit,
+                                       uint8_t* aq_out, float* as_out) {
+  const int lane = int(threadIdx.x % 32);
+  const int64_t blocks = inter / aq::kBlock, warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * blocks;
+       w += warps) {
+    const int64_t slot = w / blocks, kb = w - slot * blocks;
+    const Slot s = find_slot(pad, seg, a0, a1, slot);
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (s.pair >= 0) {
+      const float* row = gu + slot * 2 * inter + kb * aq::kBlock;
+      const float4 g = __ldg(reinterpret_cast<const float4*>(row) + lane),
+                   u = __ldg(reinterpret_cast<const float4*>(row + inter) + lane);
+      const float weight = weights[order[s.pair]];
+      v = make_float4(
+          swiglu_weighted(g.x, u.x, limit, weight), swiglu_weighted(g.y, u.y, limit, weight),
+          swiglu_weighted(g.z, u.z, limit, weight), swiglu_weighted(g.w, u.w, limit, weight));
+    }
+    store_quantised(v, s.pair < 0, s, slot, kb, blocks, slot - s.local, inter, aq_out, as_out);
+  }
+}
+
+// pair_out[s0 + r] = the down product of the chunk's pair s0 + r, from its slot; one block a row.
+__global__ void scatter_slots_kernel(const float* y, const int32_t* seg, const int32_t* pad,
+                                     int64_t a0, int64_t a1, int64_t hidden, float* pair_out) {
+  const int32_t pair = seg[a0] + int32_t(blockIdx.x);
+  int64_t lo = a0, hi = a1 - 1;  // the last a with seg[a] <= pair
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (seg[mid] <= pair)
+      lo = mid;
+    else
+      hi = mid - 1;
+  }
+  const int64_t slot = pad[lo] - pad[a0] + (pair - seg[lo]);
+  const float4* src = reinterpret_cast<const float4*>(y + slot * hidden);
+  float4* dst = reinterpret_cast<float4*>(pair_out + int64_t(pair) * hidden);
+  for (int64_t c = threadIdx.x; c < hidden / 4; c += blockDim.x) dst[c] = src[c];
+}
+
+}  // namespace
+
+void convert_fp4_e4m3(const WeightMatrix& w, uint8_t* q, float* scales, int64_t ld,
+                      cudaStream_t stream) {
+  if (w.type != WeightType::f4_e2m1 || w.rows % fe::kBlock != 0 || w.cols % fe::kBlock != 0)
+    throw std::invalid_argument("convert_fp4_e4m3: an FP4 matrix of whole 128 x 128 blocks, not " +
+                                std::to_string(w.rows) + " x " + std::to_string(w.cols));
+  const int64_t blocks = (w.rows / fe::kBlock) * (w.cols / fe::kBlock);
+  if (blocks == 0) return;
+  convert_matrix_kernel<<<unsigned(blocks), 128, 0, stream>>>(w, q, scales, ld);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+bool ExpertGemm::fp8_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden) const {
+  return fp8_ && fp8_->takes_prepared() && e.w1_type == WeightType::f4_e2m1 &&
+         e.w2_type == WeightType::f4_e2m1 && inter % fe::kBlock == 0 && hidden % fe::kBlock == 0;
+}
+
+bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
+                         int64_t used, const float* h, const float* weights, int64_t k,
+                         int64_t inter, int64_t hidden, float limit, float* pair_out,
+                         cudaStream_t stream) {
+  auto mark = [&](const char* name) {
+    if (mark_) mark_(name);
+  };
+  // Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their
+  // total. In pinned memory after the segment starts (run() sized it), uploaded once.
+  int32_t* pad = host_ + 1 + (s.experts + 1);
+  pad[0] = 0;
+  for (int64_t a = 0; a < used; ++a)
+    pad[a + 1] = pad[a] + int32_t((seg[a + 1] - seg[a] + kSlotRows - 1) / kSlotRows * kSlotRows);
+  const int64_t per = inter * hidden;  // values per matrix, one byte each as e4m3
+  const int64_t chunk = std::clamp<int64_t>(chunk_bytes_ / 2 / (3 * per), 1, used);
+  const int64_t chunks = (used + chunk - 1) / chunk;
+  int64_t most_slots = 0;
+  for (int64_t i = 0; i < chunks; ++i)
+    most_slots =
+        std::max<int64_t>(most_slots, pad[std::min(used, (i + 1) * chunk)] - pad[i * chunk]);
+  const int64_t ld13 = fp8_->weight_scale_ld(hidden), ld2 = fp8_->weight_scale_ld(inter),
+                s13 = 2 * (inter / fe::kBlock) * ld13, s2 = (hidden / fe::kBlock) * ld2;
+  for (int b = 0; b < 2; ++b) {
+    q13_[b].reserve(chunk * 2 * per);
+    q2_[b].reserve(chunk * per);
+    s13_[b].reserve(chunk * s13 * 4);
+    s2_[b].reserve(chunk * s2 * 4);
+  }
+  x_.reserve(most_slots * hidden);
+  xs_.reserve(most_slots * (hidden / aq::kBlock) * 4);
+  gate_up_.reserve(most_slots * 2 * inter * 4);
+  act_.reserve(most_slots * inter);
+  as_.reserve(most_slots * (inter / aq::kBlock) * 4);
+  down_.reserve(most_slots * hidden * 4);
+  pad_.reserve((used + 1) * 4);
+
+  // Every expert's two GEMMs, checked before the first launch: all of them on FP8 or none.
+  auto up_gemm = [&](int64_t a, int64_t a0, int b) {
+    const int64_t j = a - a0, first = pad[a] - pad[a0];
+    return Fp8Gemm::Prepared{2 * inter,
+                             pad[a + 1] - pad[a],
+                             hidden,
+                             2 * inter,
+                             q13_[b].as<uint8_t>() + j * 2 * per,
+                             s13_[b].as<float>() + j * s13,
+                             x_.as<uint8_t>() + first * hidden,
+                             xs_.as<float>() + first * (hidden / aq::kBlock),
+                             gate_up_.as<float>() + first * 2 * inter};
+  };
+  auto down_gemm = [&](int64_t a, int64_t a0, int b) {
+    const int64_t j = a - a0, first = pad[a] - pad[a0];
+    return Fp8Gemm::Prepared{hidden,
+                             pad[a + 1] - pad[a],
+                             inter,
+                             hidden,
+                             q2_[b].as<uint8_t>() + j * per,
+                             s2_[b].as<float>() + j * s2,
+                             act_.as<uint8_t>() + first * inter,
+                             as_.as<float>() + first * (inter / aq::kBlock),
+                             down_.as<float>() + first * hidden};
+  };
+  for (int64_t i = 0; i < chunks; ++i)
+    for (int64_t a = i * chunk; a < std::min(used, (i + 1) * chunk); ++a)
+      if (!fp8_->prepared_ok(up_gemm(a, i * chunk, int(i % 2))) ||
+          !fp8_->prepared_ok(down_gemm(a, i * chunk, int(i % 2)))) {
+        ++fp8_counts_.expert_fallbacks;
+        return false;
+      }
+  ++fp8_counts_.experts;
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(pad_.get(), pad, size_t(used + 1) * 4, cudaMemcpyHostToDevice, stream));
+  const int32_t* d_pad = pad_.as<int32_t>();
+
+  // Chunk i converts into buffer i % 2 on the decode stream once chunk i - 2's GEMMs are done
+  // with it, as run()'s bf16 path does.
+  AGENTRT_CUDA_CHECK(cudaEventRecord(start_, stream));
+  AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(decode_stream_, start_, 0));
+  const int64_t grid_x = std::max((inter / fe::kBlock) * (hidden / fe::kBlock),
+                                  (hidden / fe::kBlock) * (inter / fe::kBlock));
+  auto enqueue_convert = [&](int64_t i) {
+    const int b = int(i % 2);
+    if (i >= 2) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(decode_stream_, consumed_[b], 0));
+    const int64_t a0 = i * chunk, count = std::min(used, a0 + chunk) - a0;
+    convert_experts_kernel<<<dim3(unsigned(grid_x), unsigned(count), 3), 128, 0, decode_stream_>>>(
+        e, s.active, a0, inter, hidden, q13_[b].as<uint8_t>(), s13_[b].as<float>(), ld13,
+        q2_[b].as<uint8_t>(), s2_[b].as<float>(), ld2);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    AGENTRT_CUDA_CHECK(cudaEventRecord(decoded_[b], decode_stream_));
+  };
+  enqueue_convert(0);
+  for (int64_t i = 0; i < chunks; ++i) {
+    const int64_t a0 = i * chunk, a1 = std::min(used, a0 + chunk), slots = pad[a1] - pad[a0],
+                  rows = seg[a1] - seg[a0];
+    const int b = int(i % 2);
+    if (i + 1 < chunks) enqueue_convert(i + 1);
+    gather_quantize_kernel<<<warp_grid(slots * (hidden / aq::kBlock)), 256, 0, stream>>>(
+        h, s.order, s.seg_start, d_pad, a0, a1, slots, k, hidden, x_.as<uint8_t>(),
+        xs_.as<float>());
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    mark("moe.experts.gather");
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, decoded_[b], 0));
+    mark("moe.experts.decode");
+    for (int64_t a = a0; a < a1; ++a) fp8_->prepared_gemm(up_gemm(a, a0, b), stream);
+    mark("moe.experts.gemm");
+    swiglu_quantize_kernel<<<warp_grid(slots * (inter / aq::kBlock)), 256, 0, stream>>>(
+        gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, a0, a1, slots, inter, limit,
+        act_.as<uint8_t>(), as_.as<float>());
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    mark("moe.experts.swiglu");
+    for (int64_t a = a0; a < a1; ++a) fp8_->prepared_gemm(down_gemm(a, a0, b), stream);
+    AGENTRT_CUDA_CHECK(cudaEventRecord(consumed_[b], stream));
+    mark("moe.experts.gemm");
+    scatter_slots_kernel<<<unsigned(rows), 256, 0, stream>>>(down_.as<float>(), s.seg_start, d_pad,
+                                                             a0, a1, hidden, pair_out);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    mark("moe.experts.scatter");
+  }
+  return true;
+}
+
+}  // namespace agentrt::engine::cuda
