@@ -67,28 +67,17 @@ uint32_t alignment(const void* p, int64_t ld_bytes, int64_t group_bytes = 0) {
   return uint32_t(bits & (~bits + 1));
 }
 
-// Owners of cuBLASLt's descriptor objects for one call.
-struct Desc {
-  cublasLtMatmulDesc_t d = nullptr;
-  ~Desc() {
-    if (d) cublasLtMatmulDescDestroy(d);
-  }
-  template <typename T>
-  void set(cublasLtMatmulDescAttributes_t a, const T& v) {
-    check_cublas(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof(v)),
-                 "cublasLtMatmulDescSetAttribute (FP8 block-scaled GEMM)");
-  }
-};
-struct Layout {
+template <typename T>
+void set_attribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t a, const T& v) {
+  check_cublas(cublasLtMatmulDescSetAttribute(d, a, &v, sizeof(v)),
+               "cublasLtMatmulDescSetAttribute (FP8 block-scaled GEMM)");
+}
+cublasLtMatrixLayout_t make_layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
   cublasLtMatrixLayout_t l = nullptr;
-  Layout(cudaDataType_t type, int64_t rows, int64_t cols, int64_t ld) {
-    check_cublas(cublasLtMatrixLayoutCreate(&l, type, uint64_t(rows), uint64_t(cols), ld),
-                 "cublasLtMatrixLayoutCreate (FP8 block-scaled GEMM)");
-  }
-  ~Layout() {
-    if (l) cublasLtMatrixLayoutDestroy(l);
-  }
-};
+  check_cublas(cublasLtMatrixLayoutCreate(&l, type, uint64_t(rows), uint64_t(cols), ld),
+               "cublasLtMatrixLayoutCreate (FP8 block-scaled GEMM)");
+  return l;
+}
 struct Preference {
   cublasLtMatmulPreference_t p = nullptr;
   Preference() {
@@ -105,16 +94,23 @@ struct Preference {
 };
 
 // D = A^T B with A's 128 x 128 block scales and B's per-column 128-row block scales (column-major
-// terms: A is the weights, k x m; B the activations, k x n).
-void describe(Desc& desc, const float* a_scales, const float* b_scales) {
-  check_cublas(cublasLtMatmulDescCreate(&desc.d, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+// terms: A is the weights, k x m; B the activations, k x n). The scale pointers are set per GEMM.
+cublasLtMatmulDesc_t describe() {
+  cublasLtMatmulDesc_t d = nullptr;
+  check_cublas(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F),
                "cublasLtMatmulDescCreate (FP8 block-scaled GEMM)");
-  desc.set(CUBLASLT_MATMUL_DESC_TRANSA, int32_t(CUBLAS_OP_T));
-  desc.set(CUBLASLT_MATMUL_DESC_TRANSB, int32_t(CUBLAS_OP_N));
-  desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_MODE, int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F));
-  desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_MODE, int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F));
-  desc.set(CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(a_scales));
-  desc.set(CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(b_scales));
+  set_attribute(d, CUBLASLT_MATMUL_DESC_TRANSA, int32_t(CUBLAS_OP_T));
+  set_attribute(d, CUBLASLT_MATMUL_DESC_TRANSB, int32_t(CUBLAS_OP_N));
+  set_attribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F));
+  set_attribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F));
+  return d;
+}
+
+void set_scales(cublasLtMatmulDesc_t d, const float* a_scales, const float* b_scales) {
+  set_attribute(d, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, static_cast<const void*>(a_scales));
+  set_attribute(d, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, static_cast<const void*>(b_scales));
 }
 
 constexpr int64_t kWorkspaceBytes = int64_t(32) << 20;
@@ -141,10 +137,19 @@ void quantize_rows_e4m3(const float* x, int64_t stride, int64_t rows, int64_t co
 
 Fp8Gemm::Fp8Gemm(Fp8ScaleLayout layout) : layout_(layout), workspace_(kWorkspaceBytes) {
   check_cublas(cublasLtCreate(&handle_), "cublasLtCreate");
+  desc_ = describe();
 }
 
 Fp8Gemm::~Fp8Gemm() {
+  for (auto& [key, plan] : plans_) plan.release();
+  if (desc_) cublasLtMatmulDescDestroy(desc_);
   if (handle_) cublasLtDestroy(handle_);
+}
+
+void Fp8Gemm::Plan::release() {
+  for (cublasLtMatrixLayout_t l : {a, b, d})
+    if (l) cublasLtMatrixLayoutDestroy(l);
+  a = b = d = nullptr;
 }
 
 bool Fp8Gemm::fits(const WeightMatrix& w, int64_t groups) {
@@ -183,14 +188,15 @@ Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int6
 
 bool Fp8Gemm::ok(const Shape& s) {
   const auto key = s.key();
-  if (algos_.count(key)) return true;
+  if (plans_.count(key)) return true;
   if (refused_.count(key)) return false;
   // The heuristic sees the scale modes; the pointers it is given only need to be set.
   const float* any = workspace_.as<float>();
-  Desc desc;
-  describe(desc, any, any);
-  Layout a(CUDA_R_8F_E4M3, s.k, s.m, s.k), b(CUDA_R_8F_E4M3, s.k, s.n, s.ldb),
-      d(CUDA_R_32F, s.m, s.n, s.ldd);
+  set_scales(desc_, any, any);
+  Plan plan;
+  plan.a = make_layout(CUDA_R_8F_E4M3, s.k, s.m, s.k);
+  plan.b = make_layout(CUDA_R_8F_E4M3, s.k, s.n, s.ldb);
+  plan.d = make_layout(CUDA_R_32F, s.m, s.n, s.ldd);
   Preference pref;
   pref.set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(workspace_.bytes()));
   pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, s.a_align);
@@ -199,27 +205,27 @@ bool Fp8Gemm::ok(const Shape& s) {
   pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, s.d_align);
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
-  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(handle_, desc.d, a.l, b.l, d.l, d.l,
-                                                               pref.p, 1, &result, &found);
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      handle_, desc_, plan.a, plan.b, plan.d, plan.d, pref.p, 1, &result, &found);
   if (status != CUBLAS_STATUS_SUCCESS || found == 0) {
+    plan.release();
     refused_.insert(key);
     return false;
   }
-  algos_[key] = result.algo;
+  plan.algo = result.algo;
+  plans_.emplace(key, plan);
   return true;
 }
 
 void Fp8Gemm::gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
                    const float* b_scales, float* d, cudaStream_t stream) {
-  Desc desc;
-  describe(desc, a_scales, b_scales);
-  Layout la(CUDA_R_8F_E4M3, s.k, s.m, s.k), lb(CUDA_R_8F_E4M3, s.k, s.n, s.ldb),
-      ld(CUDA_R_32F, s.m, s.n, s.ldd);
+  const Plan& plan = plans_.at(s.key());
+  // cublasLtMatmul reads the descriptor when called, so the next GEMM may change its pointers.
+  set_scales(desc_, a_scales, b_scales);
   const float one = 1.0f, zero = 0.0f;
-  const cublasLtMatmulAlgo_t& algo = algos_.at(s.key());
   const cublasStatus_t status =
-      cublasLtMatmul(handle_, desc.d, &one, a, la.l, b, lb.l, &zero, d, ld.l, d, ld.l, &algo,
-                     workspace_.get(), size_t(workspace_.bytes()), stream);
+      cublasLtMatmul(handle_, desc_, &one, a, plan.a, b, plan.b, &zero, d, plan.d, d, plan.d,
+                     &plan.algo, workspace_.get(), size_t(workspace_.bytes()), stream);
   if (status != CUBLAS_STATUS_SUCCESS)
     throw std::runtime_error("cuBLASLt FP8 block-scaled GEMM of " + std::to_string(s.m) + " x " +
                              std::to_string(s.k) + " weights by " + std::to_string(s.n) +
@@ -306,7 +312,7 @@ bool Fp8Gemm::prepared_ok(const Prepared& p) {
 
 void Fp8Gemm::prepared_gemm(const Prepared& p, cudaStream_t stream) {
   const Shape s = prepared_shape(p);
-  if (!algos_.count(s.key()))
+  if (!plans_.count(s.key()))
     throw std::logic_error("Fp8Gemm::prepared_gemm: shape " + std::to_string(p.m) + " x " +
                            std::to_string(p.k) + " by " + std::to_string(p.n) +
                            " rows not accepted by prepared_ok");

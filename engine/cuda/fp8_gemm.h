@@ -108,8 +108,17 @@ class Fp8Gemm {
   Fp8ScaleLayout layout_;
   cublasLtHandle_t handle_ = nullptr;
   DeviceBuffer workspace_, act_, act_scales_, tail_, tail_scales_, tail_out_, weight_scales_;
-  std::map<Key, cublasLtMatmulAlgo_t> algos_;  // per shape, from cuBLASLt's heuristic
-  std::set<Key> refused_;                      // shapes it has no algorithm for
+  // Per shape: cuBLASLt's algorithm and the operands' layouts, made once (a prefill's routed
+  // experts take hundreds of GEMMs a layer; making descriptors for each cost host time the GPU
+  // would wait for). Owned: release() in the destructor.
+  struct Plan {
+    cublasLtMatmulAlgo_t algo{};
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    void release();
+  };
+  std::map<Key, Plan> plans_;
+  std::set<Key> refused_;                // shapes cuBLASLt has no algorithm for
+  cublasLtMatmulDesc_t desc_ = nullptr;  // operations and scale modes; scale pointers per GEMM
 };
 
 }  // namespace agentrt::engine::cuda
