@@ -41,6 +41,9 @@ struct CudaOptions {
   // loader) instead of bf16 copies and cuBLAS. Off: slower at 16K on an H200 (routed experts'
   // stages 205 ms against 176, docs/cuda.md, eleventh session).
   bool fp4_expert_gemm = false;
+  // GemmPrecision::fp8: prefill's routed experts' FP8 GEMMs (one per expert and matrix) alternate
+  // between this many streams (1 or 2), so small ones run side by side. Unmeasured.
+  int fp8_expert_streams = 2;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda.md, eleventh session).

@@ -21,11 +21,10 @@
 
 namespace agentrt::engine::cuda::fp4_e4m3 {
 
-constexpr int kBlock = 128;         // rows and columns per float32 scale
-constexpr int kScaleColumns = 32;   // columns per ue8m0 scale of the stored weights
-constexpr uint8_t kNanCode = 255;   // ue8m0 NaN
-constexpr int kExactSpan = 14;      // binades below the block's largest code that stay exact
-constexpr uint8_t kE4m3Nan = 0x7f;  // e4m3 NaN (sign bit added)
+constexpr int kBlock = 128;        // rows and columns per float32 scale
+constexpr int kScaleColumns = 32;  // columns per ue8m0 scale of the stored weights
+constexpr uint8_t kNanCode = 255;  // ue8m0 NaN
+constexpr int kExactSpan = 14;     // binades below the block's largest code that stay exact
 
 // The largest of two codes, NaN codes ignored (start from kNoCode).
 constexpr int kNoCode = -1;

@@ -222,7 +222,7 @@ void convert_fp4_e4m3(const WeightMatrix& w, uint8_t* q, float* scales, int64_t 
 }
 
 bool ExpertGemm::fp8_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden) const {
-  return fp8_ && fp8_->takes_prepared() && e.w1_type == WeightType::f4_e2m1 &&
+  return fp8_[0] && fp8_[0]->takes_prepared() && e.w1_type == WeightType::f4_e2m1 &&
          e.w2_type == WeightType::f4_e2m1 && inter % fe::kBlock == 0 && hidden % fe::kBlock == 0;
 }
 
@@ -246,7 +246,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
   for (int64_t i = 0; i < chunks; ++i)
     most_slots =
         std::max<int64_t>(most_slots, pad[std::min(used, (i + 1) * chunk)] - pad[i * chunk]);
-  const int64_t ld13 = fp8_->weight_scale_ld(hidden), ld2 = fp8_->weight_scale_ld(inter),
+  const int64_t ld13 = fp8_[0]->weight_scale_ld(hidden), ld2 = fp8_[0]->weight_scale_ld(inter),
                 s13 = 2 * (inter / fe::kBlock) * ld13, s2 = (hidden / fe::kBlock) * ld2;
   for (int b = 0; b < 2; ++b) {
     q13_[b].reserve(chunk * 2 * per);
@@ -287,10 +287,13 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
                              as_.as<float>() + first * (inter / aq::kBlock),
                              down_.as<float>() + first * hidden};
   };
+  // Expert a's GEMMs run on stream (a - a0) % fp8_streams_ of its chunk, with that stream's
+  // Fp8Gemm (its own workspace and algorithm cache).
+  auto gemm_of = [&](int64_t a, int64_t a0) { return fp8_[(a - a0) % fp8_streams_].get(); };
   for (int64_t i = 0; i < chunks; ++i)
     for (int64_t a = i * chunk; a < std::min(used, (i + 1) * chunk); ++a)
-      if (!fp8_->prepared_ok(up_gemm(a, i * chunk, int(i % 2))) ||
-          !fp8_->prepared_ok(down_gemm(a, i * chunk, int(i % 2)))) {
+      if (!gemm_of(a, i * chunk)->prepared_ok(up_gemm(a, i * chunk, int(i % 2))) ||
+          !gemm_of(a, i * chunk)->prepared_ok(down_gemm(a, i * chunk, int(i % 2)))) {
         ++fp8_counts_.expert_fallbacks;
         return false;
       }
@@ -303,8 +306,8 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
   // with it, as run()'s bf16 path does.
   AGENTRT_CUDA_CHECK(cudaEventRecord(start_, stream));
   AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(decode_stream_, start_, 0));
-  const int64_t grid_x = std::max((inter / fe::kBlock) * (hidden / fe::kBlock),
-                                  (hidden / fe::kBlock) * (inter / fe::kBlock));
+  // Every matrix has (inter / 128) * (hidden / 128) blocks.
+  const int64_t grid_x = (inter / fe::kBlock) * (hidden / fe::kBlock);
   auto enqueue_convert = [&](int64_t i) {
     const int b = int(i % 2);
     if (i >= 2) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(decode_stream_, consumed_[b], 0));
@@ -314,6 +317,21 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
         q2_[b].as<uint8_t>(), s2_[b].as<float>(), ld2);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     AGENTRT_CUDA_CHECK(cudaEventRecord(decoded_[b], decode_stream_));
+  };
+  // The chunk's experts' GEMMs of one matrix: the side stream starts after what stream has
+  // enqueued, and stream goes on once the side stream's are done.
+  auto gemms = [&](auto prepared, int64_t a0, int64_t a1) {
+    const bool two = fp8_streams_ == 2 && a1 - a0 > 1;
+    if (two) {
+      AGENTRT_CUDA_CHECK(cudaEventRecord(fp8_fork_, stream));
+      AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(fp8_side_, fp8_fork_, 0));
+    }
+    for (int64_t a = a0; a < a1; ++a)
+      gemm_of(a, a0)->prepared_gemm(prepared(a), two && (a - a0) % 2 == 1 ? fp8_side_ : stream);
+    if (two) {
+      AGENTRT_CUDA_CHECK(cudaEventRecord(fp8_join_, fp8_side_));
+      AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, fp8_join_, 0));
+    }
   };
   enqueue_convert(0);
   for (int64_t i = 0; i < chunks; ++i) {
@@ -328,14 +346,14 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     mark("moe.experts.gather");
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, decoded_[b], 0));
     mark("moe.experts.decode");
-    for (int64_t a = a0; a < a1; ++a) fp8_->prepared_gemm(up_gemm(a, a0, b), stream);
+    gemms([&](int64_t a) { return up_gemm(a, a0, b); }, a0, a1);
     mark("moe.experts.gemm");
     swiglu_quantize_kernel<<<warp_grid(slots * (inter / aq::kBlock)), 256, 0, stream>>>(
         gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, a0, a1, slots, inter, limit,
         act_.as<uint8_t>(), as_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.swiglu");
-    for (int64_t a = a0; a < a1; ++a) fp8_->prepared_gemm(down_gemm(a, a0, b), stream);
+    gemms([&](int64_t a) { return down_gemm(a, a0, b); }, a0, a1);
     AGENTRT_CUDA_CHECK(cudaEventRecord(consumed_[b], stream));
     mark("moe.experts.gemm");
     scatter_slots_kernel<<<unsigned(rows), 256, 0, stream>>>(down_.as<float>(), s.seg_start, d_pad,

@@ -193,12 +193,20 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 }  // namespace
 
 ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes,
-                       bool fp4_kernel)
+                       bool fp4_kernel, int fp8_streams)
     : precision_(precision),
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
       fp4_kernel_(fp4_kernel) {
-  if (precision == GemmPrecision::fp8) fp8_ = std::make_unique<Fp8Gemm>();
+  if (precision == GemmPrecision::fp8) {
+    fp8_streams_ = std::clamp(fp8_streams, 1, 2);
+    for (int i = 0; i < fp8_streams_; ++i) fp8_[i] = std::make_unique<Fp8Gemm>();
+    if (fp8_streams_ == 2) {
+      AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&fp8_side_, cudaStreamNonBlocking));
+      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_fork_, cudaEventDisableTiming));
+      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_join_, cudaEventDisableTiming));
+    }
+  }
   check_cublas(cublasCreate(&handle_), "cublasCreate");
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&decode_stream_, cudaStreamNonBlocking));
   AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&start_, cudaEventDisableTiming));
@@ -217,6 +225,9 @@ ExpertGemm::~ExpertGemm() {
     if (consumed_[b]) cudaEventDestroy(consumed_[b]);
   }
   if (start_) cudaEventDestroy(start_);
+  if (fp8_fork_) cudaEventDestroy(fp8_fork_);
+  if (fp8_join_) cudaEventDestroy(fp8_join_);
+  if (fp8_side_) cudaStreamDestroy(fp8_side_);
   if (decode_stream_) cudaStreamDestroy(decode_stream_);
 }
 
@@ -240,6 +251,8 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   const int64_t E = s.experts;
   // n_active, the segment starts and (run_fp8) the padded row starts.
   if (host_ints_ < 2 * E + 3) {
+    // The last pass's uploads from it (run_fp8's padded starts) must be done.
+    AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
     if (host_) cudaFreeHost(host_);
     host_ = nullptr;
     AGENTRT_CUDA_CHECK(cudaMallocHost(&host_, size_t(2 * E + 3) * 4));

@@ -42,8 +42,11 @@ class ExpertGemm {
   // products run.
   // fp4_kernel: FP4 experts of suitable shapes (fp4_gemm_fits) take fp4_gemm.cu's grouped
   // kernel, which decodes the stored weights in its loader, instead of bf16 copies and cuBLAS.
+  // fp8_streams (GemmPrecision::fp8): 2 alternates the experts' GEMMs between two streams, so
+  // one expert's GEMM (a few dozen thread blocks) runs beside the next one's.
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
-                      int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false);
+                      int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false,
+                      int fp8_streams = 2);
   ~ExpertGemm();
   ExpertGemm(const ExpertGemm&) = delete;
   ExpertGemm& operator=(const ExpertGemm&) = delete;
@@ -86,7 +89,12 @@ class ExpertGemm {
                float limit, float* pair_out, cudaStream_t stream);
 
   GemmPrecision precision_;
-  std::unique_ptr<Fp8Gemm> fp8_;  // GemmPrecision::fp8 only
+  // GemmPrecision::fp8 only: one per stream the experts' GEMMs alternate between (each its own
+  // workspace), the second stream's, and the events that join it to run()'s stream.
+  std::unique_ptr<Fp8Gemm> fp8_[2];
+  int fp8_streams_ = 1;
+  cudaStream_t fp8_side_ = nullptr;
+  cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
   LinearRunner::Fp8Counts fp8_counts_;
   // run_fp8's converted weights (two chunks' worth), activation scales and padded row starts
   DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
@@ -100,7 +108,7 @@ class ExpertGemm {
   DeviceBuffer w13_[2], w2_[2], place_, x_, gate_up_, act_, down_;
   cudaStream_t decode_stream_ = nullptr;
   cudaEvent_t start_ = nullptr, decoded_[2] = {}, consumed_[2] = {};
-  int32_t* host_ = nullptr;  // pinned: n_active, seg_start
+  int32_t* host_ = nullptr;  // pinned: n_active, seg_start, run_fp8's padded starts
   int64_t host_ints_ = 0;
 };
 

@@ -486,6 +486,10 @@ TEST_F(CudaKernels, RoutedExpertsOnFp8GemmsMatchSwigluExpert) {
   check_routed_experts(701, &fp8, 8e-2, shape);
   const auto counts = fp8.fp8_counts();
   EXPECT_EQ(counts.experts, 2) << counts.expert_fallbacks << " passes fell back to bf16";
+  // One stream for all the GEMMs (the default alternates between two).
+  cuda::ExpertGemm one_stream(cuda::GemmPrecision::fp8, 128, 2 * 2 * 3 * 256 * 256, false, 1);
+  check_routed_experts(300, &one_stream, 8e-2, shape);
+  EXPECT_EQ(one_stream.fp8_counts().experts, 1);
   // Widths of FP4 experts that are not whole 128-column blocks take the bf16 path.
   check_routed_experts(300, &fp8, 2e-2, {9, 6, 192, 256});
   EXPECT_EQ(fp8.fp8_counts().experts, 2);
