@@ -505,6 +505,8 @@ int main(int argc, char** argv) {
                   (long long)counts.fp8, (long long)counts.fallbacks);
       std::printf("FP8 routed experts: %lld passes, %lld fell back to bf16\n",
                   (long long)counts.experts, (long long)counts.expert_fallbacks);
+      for (const std::string& shape : counts.refused)
+        std::printf("  refused by cuBLASLt: %s\n", shape.c_str());
     }
     std::printf("\npeak GPU memory in use: %.1f GB (%.1f GB before loading)\n", mem.peak / 1e9,
                 baseline / 1e9);

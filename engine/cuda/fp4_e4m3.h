@@ -42,23 +42,29 @@ __host__ __device__ inline float block_scale(int emax) {
   return emax == kNoCode ? 1.0f : exp2_any(emax - 127 - 6);
 }
 
-// The e2m1 value of a nibble (sign in bit 3), exactly.
+// The e2m1 value of a nibble (sign in bit 3), exactly, built as float bits: e = 0 is 0 or 0.5
+// (subnormal), else (1 + m / 2) 2^(e - 1), i.e. exponent field e + 126 and m as the top mantissa
+// bit. A handful of integer instructions, no table (the conversion kernel is instruction-bound).
 __host__ __device__ inline float e2m1_value(uint32_t nibble) {
   const uint32_t e = (nibble >> 1) & 3, m = nibble & 1;
-  // e = 0: 0 or 0.5 (subnormal); else (1 + m / 2) 2^(e - 1).
-  const float mag = e == 0 ? 0.5f * float(m) : (1.0f + 0.5f * float(m)) * power_of_two(int(e) - 1);
-  return (nibble & 8) ? -mag : mag;
+  const uint32_t mag = e != 0 ? ((e + 126) << 23) | (m << 22) : (m != 0 ? 0x3f000000u : 0u);
+  return bits_float(mag | ((nibble & 8) << 28));
+}
+
+// What a code's values are multiplied by in a block whose largest finite code is emax: 2^(6 -
+// (emax - code)), exact; 0 below 2^-140 (every e2m1 value then rounds to a signed zero in e4m3
+// anyway); NaN for a NaN code. The conversion is e2m1_value(nibble) * code_factor(code, emax).
+__host__ __device__ inline float code_factor(uint8_t code, int emax) {
+  if (code == kNanCode) return bits_float(0x7fc00000u);
+  const int d = 6 - (emax - int(code));
+  return d < -140 ? 0.0f : exp2_any(d);
 }
 
 // The value to store as e4m3 for one nibble under `code`, in a block whose largest finite code is
 // emax: exact in float32 (the e4m3 conversion then rounds only past kExactSpan); NaN for a NaN
 // code.
 __host__ __device__ inline float scaled_value(uint32_t nibble, uint8_t code, int emax) {
-  if (code == kNanCode) return bits_float(0x7fc00000u);
-  const int d = 6 - (emax - int(code));
-  const float v = e2m1_value(nibble);
-  // Below 2^-141 every e2m1 value rounds to a signed zero in e4m3 anyway.
-  return d < -140 ? v * 0.0f : v * exp2_any(d);
+  return e2m1_value(nibble) * code_factor(code, emax);
 }
 
 }  // namespace agentrt::engine::cuda::fp4_e4m3

@@ -288,6 +288,16 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
   return true;
 }
 
+std::vector<std::string> Fp8Gemm::refused_shapes() const {
+  std::vector<std::string> out;
+  for (const auto& [m, n, k, ldb, ldd, a_align, b_align, d_align] : refused_)
+    out.push_back(std::to_string(m) + " x " + std::to_string(k) + " weights by " +
+                  std::to_string(n) + " rows (ldb " + std::to_string(ldb) + ", ldd " +
+                  std::to_string(ldd) + ", alignment a/b/d " + std::to_string(a_align) + "/" +
+                  std::to_string(b_align) + "/" + std::to_string(d_align) + " bytes)");
+  return out;
+}
+
 int64_t Fp8Gemm::weight_scale_ld(int64_t cols) const {
   return layout_.weight_rows_padded ? aq::weight_scale_ld(cols) : aq::column_blocks(cols);
 }

@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <map>
 #include <set>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "engine/cuda/device_buffer.h"
 #include "engine/matmul.h"
@@ -87,6 +89,8 @@ class Fp8Gemm {
   void prepared_gemm(const Prepared& p, cudaStream_t stream);
   // Floats per row of a matrix's block scales, as this layout hands them to cuBLASLt.
   int64_t weight_scale_ld(int64_t cols) const;
+  // The shapes cuBLASLt's heuristic refused so far, one line each (the benchmark prints them).
+  std::vector<std::string> refused_shapes() const;
   // Prepared activations need their scales [block][row] (the default layout).
   bool takes_prepared() const { return layout_.act_rows_contiguous; }
 

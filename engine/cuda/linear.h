@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
@@ -70,8 +71,13 @@ class LinearRunner {
   struct Fp8Counts {
     int64_t fp8 = 0, fallbacks = 0;
     int64_t experts = 0, expert_fallbacks = 0;  // routed experts' passes (ExpertGemm)
+    std::vector<std::string> refused;           // the products' shapes cuBLASLt refused
   };
-  Fp8Counts fp8_counts() const { return fp8_counts_; }
+  Fp8Counts fp8_counts() const {
+    Fp8Counts c = fp8_counts_;
+    if (fp8_) c.refused = fp8_->refused_shapes();
+    return c;
+  }
 
  private:
   // The tensor-core GEMMs of run() (groups = 1) and run_grouped(): w dequantised to bf16 (and its

@@ -62,12 +62,13 @@ __device__ void convert_block(const WeightMatrix& w, int64_t rb, int64_t cb, uin
     const int64_t row = rb * fe::kBlock + r;
     const uint32_t bits = __ldg(
         reinterpret_cast<const uint32_t*>(data + row * row_bytes + cb * (fe::kBlock / 2)) + word);
-    const uint8_t code = __ldg(codes + r * codes_per_row + cb * 4 + word / 4);
+    const float factor =
+        fe::code_factor(__ldg(codes + r * codes_per_row + cb * 4 + word / 4), emax);
     uint32_t packed[2];
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
-      const float a = fe::scaled_value((bits >> (8 * p)) & 15, code, emax),
-                  b = fe::scaled_value((bits >> (8 * p + 4)) & 15, code, emax);
+      const float a = fe::e2m1_value((bits >> (8 * p)) & 15) * factor,
+                  b = fe::e2m1_value((bits >> (8 * p + 4)) & 15) * factor;
       const uint32_t pair =
           __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3) & 0xffffu;
       if (p % 2 == 0)

@@ -402,8 +402,10 @@ TEST_F(CudaFp8Gemm, ProductsOfTheSameInput) {
 }
 
 // A whole random model (FP8 linears, MXFP4 experts) prefilled under fp8 stays near the CPU's
-// float32 logits. e4m3 activations move each product by ~1e-2, and a near-tied expert or top-k
-// choice can flip, so this bounds the median only: a wrong scale or layout gives errors of order 1.
+// float32 logits. e4m3 activations move each product by ~3e-2 and each routed expert's output by
+// ~8e-2 (two quantisations in series; CudaKernels.RoutedExpertsOnFp8GemmsMatchSwigluExpert), and
+// a near-tied expert or top-k choice can flip, so this bounds the median only, loosely (the H200
+// measured 0.21, worst 0.89): the products' and experts' own tests pin down their arithmetic.
 TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fp8_prefill";
   ModelInitOptions init;
@@ -429,10 +431,14 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   std::sort(errors.begin(), errors.end());
   const auto counts = cuda_fp8_counts(*gpu);
   std::printf(
-      "[ fp8 prefill ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld fell back\n",
-      errors[errors.size() / 2], errors.back(), (long long)counts.fp8, (long long)counts.fallbacks);
+      "[ fp8 prefill ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld fell back; "
+      "%lld expert passes, %lld fell back\n",
+      errors[errors.size() / 2], errors.back(), (long long)counts.fp8, (long long)counts.fallbacks,
+      (long long)counts.experts, (long long)counts.expert_fallbacks);
+  for (const std::string& shape : counts.refused) std::printf("  refused: %s\n", shape.c_str());
   EXPECT_GT(counts.fp8, 0);
-  EXPECT_LE(errors[errors.size() / 2], 0.1);
+  EXPECT_GT(counts.experts, 0);
+  EXPECT_LE(errors[errors.size() / 2], 0.35);
   std::filesystem::remove_all(dir);
 }
 

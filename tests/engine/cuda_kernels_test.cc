@@ -364,8 +364,38 @@ struct ExpertShape {
 // Routed experts with MXFP4 weights (quantised on the host the way the checkpoint writer does)
 // against the CPU's swiglu_expert, through the CUDA-core path (gemm = nullptr), tensor cores, or
 // for one row the streamed kernels (directly, with a capped grid, when stream_blocks > 0).
+// The routed experts of one row as GemmPrecision::fp8 computes them (moe_fp8.cu): x and each
+// expert's SwiGLU quantised to e4m3 per 128 columns, the weights exact, products in float64.
+std::vector<float> fp8_experts_row(const std::vector<ExpertWeights>& experts, const int32_t* chosen,
+                                   const float* weights, int64_t k, const float* x, int64_t H,
+                                   int64_t inter, float limit) {
+  const std::vector<double> xq = testing::e4m3_block_values(x, H);
+  std::vector<double> y(H, 0.0);
+  std::vector<float> row(std::max(H, inter)), act(inter);
+  auto dot = [&](const WeightMatrix& w, int64_t r, const auto& v) {
+    decode_weight_row(w, r, row.data());
+    double s = 0;
+    for (int64_t c = 0; c < w.cols; ++c) s += double(row[c]) * v[c];
+    return s;
+  };
+  for (int64_t j = 0; j < k; ++j) {
+    const ExpertWeights& e = experts[chosen[j]];
+    for (int64_t i = 0; i < inter; ++i) {
+      float g = float(dot(e.w1, i, xq)), u = float(dot(e.w3, i, xq));
+      if (limit > 0) {
+        g = std::fmin(g, limit);
+        u = std::fmin(std::fmax(u, -limit), limit);
+      }
+      act[i] = weights[j] * (g / (1.0f + std::exp(-g)) * u);
+    }
+    const std::vector<double> aq = testing::e4m3_block_values(act.data(), inter);
+    for (int64_t d = 0; d < H; ++d) y[d] += dot(e.w2, d, aq);
+  }
+  return std::vector<float>(y.begin(), y.end());
+}
+
 void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
-                          ExpertShape shape = {}, int stream_blocks = 0) {
+                          ExpertShape shape = {}, int stream_blocks = 0, double fp8_tolerance = 0) {
   std::mt19937 rng(13);
   const int64_t E = shape.experts, k = shape.k, H = shape.hidden, inter = shape.inter;
   const float limit = 0.7f;
@@ -426,14 +456,31 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
   }
   const auto got = download<float>(out, n * H);
   Serial serial;
+  double worst = 0, worst_fp8 = 0;
   for (int64_t t = 0; t < n; ++t) {
     std::vector<float> want(H, 0.0f), y(H);
     for (int64_t j = 0; j < k; ++j) {
       swiglu_expert(host[chosen[t * k + j]], limit, h.data() + t * H, 1, y.data(), serial);
       for (int64_t d = 0; d < H; ++d) want[d] += weights[t * k + j] * y[d];
     }
-    EXPECT_LE(testing::rel_l2(got.data() + t * H, want.data(), H), tolerance) << "row " << t;
+    const double error = testing::rel_l2(got.data() + t * H, want.data(), H);
+    worst = std::max(worst, error);
+    EXPECT_LE(error, tolerance) << "row " << t;
+    // fp8: against the same computation's host replay, which pins down the quantisation, the
+    // scale layouts and the padding rows far below e4m3's own error.
+    if (fp8_tolerance > 0 && t % 7 == 0) {
+      const auto q = fp8_experts_row(host, &chosen[t * k], &weights[t * k], k, h.data() + t * H, H,
+                                     inter, limit);
+      const double e8 = testing::rel_l2(got.data() + t * H, q.data(), H);
+      worst_fp8 = std::max(worst_fp8, e8);
+      EXPECT_LE(e8, fp8_tolerance) << "row " << t << " against the host's e4m3 replay";
+    }
   }
+  if (fp8_tolerance > 0)
+    std::printf(
+        "[ fp8 experts ] %lld rows: worst rel L2 %.3g against float32, %.3g against the "
+        "host's e4m3 replay\n",
+        (long long)n, worst, worst_fp8);
 }
 
 TEST_F(CudaKernels, RoutedExpertsMatchSwigluExpert) {
@@ -476,19 +523,21 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
 // GemmPrecision::fp8 (moe_fp8.cu): MXFP4 experts converted to e4m3 with 128 x 128 block scales
 // (exact here), the pairs' rows and their SwiGLU quantised to e4m3 per 128 columns, one
 // block-scaled FP8 GEMM per expert and matrix. Two experts per chunk, so the conversions alternate
-// between both buffers; experts' pair counts not multiples of 16 (zero padding rows). e4m3 keeps
-// 4 significant bits: ~2.5% error per quantisation, two in series; a wrong scale or row gives
-// errors of order 1.
+// between both buffers; experts' pair counts not multiples of 16 (zero padding rows). Against
+// the float32 experts the two e4m3 quantisations in series cost 7-10% per row (the host's replay
+// of the same arithmetic measures 0.068-0.101 on these rows; the H200 0.080-0.105), so the
+// check that matters is against that replay: cuBLASLt's FP8 accumulation and an occasional
+// SwiGLU value rounding the other way, where a wrong scale, row or padding gives order 1.
 TEST_F(CudaKernels, RoutedExpertsOnFp8GemmsMatchSwigluExpert) {
   const ExpertShape shape{9, 6, 256, 256};
   cuda::ExpertGemm fp8(cuda::GemmPrecision::fp8, 128, 2 * 2 * 3 * 256 * 256);
-  check_routed_experts(300, &fp8, 8e-2, shape);
-  check_routed_experts(701, &fp8, 8e-2, shape);
+  check_routed_experts(300, &fp8, 0.15, shape, 0, 1e-2);
+  check_routed_experts(701, &fp8, 0.15, shape, 0, 1e-2);
   const auto counts = fp8.fp8_counts();
   EXPECT_EQ(counts.experts, 2) << counts.expert_fallbacks << " passes fell back to bf16";
   // One stream for all the GEMMs (the default alternates between two).
   cuda::ExpertGemm one_stream(cuda::GemmPrecision::fp8, 128, 2 * 2 * 3 * 256 * 256, false, 1);
-  check_routed_experts(300, &one_stream, 8e-2, shape);
+  check_routed_experts(300, &one_stream, 0.15, shape, 0, 1e-2);
   EXPECT_EQ(one_stream.fp8_counts().experts, 1);
   // Widths of FP4 experts that are not whole 128-column blocks take the bf16 path.
   check_routed_experts(300, &fp8, 2e-2, {9, 6, 192, 256});
