@@ -34,16 +34,31 @@ unsigned warp_grid(int64_t items) { return unsigned(std::min<int64_t>((items + 7
 
 // One 128 x 128 block (rb, cb) of an MXFP4 matrix w ([rows][cols], cols a multiple of 128) as
 // e4m3 into q ([rows][cols]) and its float32 scale into scales (rows of ld floats; a row's last
-// block also zeroes the padding up to ld). 128 threads: first the block's largest finite code
-// (a thread's row: 4 codes), then each warp converts 32 rows, half a warp a row (a lane's 32-bit
-// word is 8 values, stored as 8 bytes: a row's 128 bytes in one coalesced store).
+// block also zeroes the padding up to ld). 128 threads: each warp converts 32 rows, half a warp a
+// row (a lane's 32-bit word is 8 values, stored as 8 bytes: a row's 128 bytes in one coalesced
+// store). Every load is issued first (a lane's 16 words and their codes, and the 4 codes of the
+// thread's row for the block's largest), then the block's largest code is reduced, then the
+// values converted: loading, reducing and converting row by row left the kernel waiting on
+// memory (the 16K prefill's profile, fifteenth session).
 __device__ void convert_block(const WeightMatrix& w, int64_t rb, int64_t cb, uint8_t* q,
                               float* scales, int64_t ld) {
   __shared__ int warp_max[4];
   const int t = int(threadIdx.x), lane = t % 32, warp = t / 32;
-  const int64_t codes_per_row = w.cols / fe::kScaleColumns;
+  const int64_t codes_per_row = w.cols / fe::kScaleColumns, row_bytes = w.cols / 2;
   const auto* codes =
       static_cast<const uint8_t*>(w.scale) + (w.row_offset + rb * fe::kBlock) * codes_per_row;
+  const auto* data =
+      static_cast<const uint8_t*>(w.data) + rb * fe::kBlock * row_bytes + cb * (fe::kBlock / 2);
+  const int half = lane / 16, word = lane % 16;  // a row's 16 words of 8 values
+  constexpr int kRows = 16;                      // rows a lane converts: warp * 32 + half + 2 i
+  uint32_t bits[kRows];
+  uint8_t code[kRows];
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int r = warp * 32 + half + 2 * i;
+    bits[i] = __ldg(reinterpret_cast<const uint32_t*>(data + r * row_bytes) + word);
+    code[i] = __ldg(codes + r * codes_per_row + cb * 4 + word / 4);
+  }
   const uint32_t mine =
       __ldg(reinterpret_cast<const uint32_t*>(codes + t * codes_per_row + cb * 4));
   int emax = fe::kNoCode;
@@ -55,20 +70,15 @@ __device__ void convert_block(const WeightMatrix& w, int64_t rb, int64_t cb, uin
   __syncthreads();
   emax = max(max(warp_max[0], warp_max[1]), max(warp_max[2], warp_max[3]));
 
-  const int64_t row_bytes = w.cols / 2;
-  const auto* data = static_cast<const uint8_t*>(w.data);
-  const int half = lane / 16, word = lane % 16;  // a row's 16 words of 8 values
-  for (int r = warp * 32 + half; r < warp * 32 + 32; r += 2) {
-    const int64_t row = rb * fe::kBlock + r;
-    const uint32_t bits = __ldg(
-        reinterpret_cast<const uint32_t*>(data + row * row_bytes + cb * (fe::kBlock / 2)) + word);
-    const float factor =
-        fe::code_factor(__ldg(codes + r * codes_per_row + cb * 4 + word / 4), emax);
+#pragma unroll
+  for (int i = 0; i < kRows; ++i) {
+    const int64_t row = rb * fe::kBlock + warp * 32 + half + 2 * i;
+    const float factor = fe::code_factor(code[i], emax);
     uint32_t packed[2];
 #pragma unroll
     for (int p = 0; p < 4; ++p) {
-      const float a = fe::e2m1_value((bits >> (8 * p)) & 15) * factor,
-                  b = fe::e2m1_value((bits >> (8 * p + 4)) & 15) * factor;
+      const float a = fe::e2m1_value((bits[i] >> (8 * p)) & 15) * factor,
+                  b = fe::e2m1_value((bits[i] >> (8 * p + 4)) & 15) * factor;
       const uint32_t pair =
           __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3) & 0xffffu;
       if (p % 2 == 0)
