@@ -240,10 +240,19 @@ bool ExpertGemm::fp8_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden)
 bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
                          int64_t used, const float* h, const float* weights, int64_t k,
                          int64_t inter, int64_t hidden, float limit, float* pair_out,
-                         cudaStream_t stream) {
+                         cudaStream_t caller) {
   auto mark = [&](const char* name) {
     if (mark_) mark_(name);
   };
+  // The pass runs on a stream of the highest priority, joined to the caller's, so that the GPU
+  // dispatches its blocks ahead of the next chunk's conversion (default priority) queued before
+  // them: on one priority the gathers waited for whole conversions (the 16K prefill's profile,
+  // fifteenth session). Profiling marks the caller's stream, so it keeps the pass there.
+  const cudaStream_t stream = mark_ || !fp8_work_ ? caller : fp8_work_;
+  if (stream != caller) {
+    AGENTRT_CUDA_CHECK(cudaEventRecord(fp8_enter_, caller));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, fp8_enter_, 0));
+  }
   // Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their
   // total. In pinned memory after the segment starts (run() sized it), uploaded once.
   int32_t* pad = host_ + 1 + (s.experts + 1);
@@ -371,6 +380,10 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
                                                              a0, a1, hidden, pair_out);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.scatter");
+  }
+  if (stream != caller) {
+    AGENTRT_CUDA_CHECK(cudaEventRecord(fp8_leave_, stream));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(caller, fp8_leave_, 0));
   }
   return true;
 }

@@ -201,8 +201,13 @@ ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_
   if (precision == GemmPrecision::fp8) {
     fp8_streams_ = std::clamp(fp8_streams, 1, 2);
     for (int i = 0; i < fp8_streams_; ++i) fp8_[i] = std::make_unique<Fp8Gemm>();
+    int least = 0, greatest = 0;
+    AGENTRT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+    AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&fp8_work_, cudaStreamNonBlocking, greatest));
+    for (cudaEvent_t* e : {&fp8_enter_, &fp8_leave_})
+      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     if (fp8_streams_ == 2) {
-      AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&fp8_side_, cudaStreamNonBlocking));
+      AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&fp8_side_, cudaStreamNonBlocking, greatest));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_fork_, cudaEventDisableTiming));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_join_, cudaEventDisableTiming));
     }
@@ -225,9 +230,10 @@ ExpertGemm::~ExpertGemm() {
     if (consumed_[b]) cudaEventDestroy(consumed_[b]);
   }
   if (start_) cudaEventDestroy(start_);
-  if (fp8_fork_) cudaEventDestroy(fp8_fork_);
-  if (fp8_join_) cudaEventDestroy(fp8_join_);
+  for (cudaEvent_t e : {fp8_fork_, fp8_join_, fp8_enter_, fp8_leave_})
+    if (e) cudaEventDestroy(e);
   if (fp8_side_) cudaStreamDestroy(fp8_side_);
+  if (fp8_work_) cudaStreamDestroy(fp8_work_);
   if (decode_stream_) cudaStreamDestroy(decode_stream_);
 }
 

@@ -94,7 +94,8 @@ class ExpertGemm {
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
   cudaStream_t fp8_side_ = nullptr;
-  cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
+  cudaStream_t fp8_work_ = nullptr;  // the pass's own stream, of the highest priority
+  cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr, fp8_enter_ = nullptr, fp8_leave_ = nullptr;
   LinearRunner::Fp8Counts fp8_counts_;
   // run_fp8's converted weights (two chunks' worth), activation scales and padded row starts
   DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
