@@ -244,15 +244,8 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
   auto mark = [&](const char* name) {
     if (mark_) mark_(name);
   };
-  // The pass runs on a stream of the highest priority, joined to the caller's, so that the GPU
-  // dispatches its blocks ahead of the next chunk's conversion (default priority) queued before
-  // them: on one priority the gathers waited for whole conversions (the 16K prefill's profile,
-  // fifteenth session). Profiling marks the caller's stream, so it keeps the pass there.
-  const cudaStream_t stream = mark_ || !fp8_work_ ? caller : fp8_work_;
-  if (stream != caller) {
-    AGENTRT_CUDA_CHECK(cudaEventRecord(fp8_enter_, caller));
-    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, fp8_enter_, 0));
-  }
+  // On a stream of the highest priority, joined to the caller's (enter()).
+  const cudaStream_t stream = enter(caller);
   // Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their
   // total. In pinned memory after the segment starts (run() sized it), uploaded once.
   int32_t* pad = host_ + 1 + (s.experts + 1);
@@ -315,6 +308,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
       if (!gemm_of(a, i * chunk)->prepared_ok(up_gemm(a, i * chunk, int(i % 2))) ||
           !gemm_of(a, i * chunk)->prepared_ok(down_gemm(a, i * chunk, int(i % 2)))) {
         ++fp8_counts_.expert_fallbacks;
+        leave(stream, caller);
         return false;
       }
   ++fp8_counts_.experts;
@@ -381,10 +375,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.scatter");
   }
-  if (stream != caller) {
-    AGENTRT_CUDA_CHECK(cudaEventRecord(fp8_leave_, stream));
-    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(caller, fp8_leave_, 0));
-  }
+  leave(stream, caller);
   return true;
 }
 

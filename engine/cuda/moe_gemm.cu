@@ -198,14 +198,14 @@ ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
       fp4_kernel_(fp4_kernel) {
+  int least = 0, greatest = 0;
+  AGENTRT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&work_stream_, cudaStreamNonBlocking, greatest));
+  for (cudaEvent_t* e : {&enter_, &leave_})
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   if (precision == GemmPrecision::fp8) {
     fp8_streams_ = std::clamp(fp8_streams, 1, 2);
     for (int i = 0; i < fp8_streams_; ++i) fp8_[i] = std::make_unique<Fp8Gemm>();
-    int least = 0, greatest = 0;
-    AGENTRT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-    AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&fp8_work_, cudaStreamNonBlocking, greatest));
-    for (cudaEvent_t* e : {&fp8_enter_, &fp8_leave_})
-      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     if (fp8_streams_ == 2) {
       AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&fp8_side_, cudaStreamNonBlocking, greatest));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_fork_, cudaEventDisableTiming));
@@ -230,10 +230,10 @@ ExpertGemm::~ExpertGemm() {
     if (consumed_[b]) cudaEventDestroy(consumed_[b]);
   }
   if (start_) cudaEventDestroy(start_);
-  for (cudaEvent_t e : {fp8_fork_, fp8_join_, fp8_enter_, fp8_leave_})
+  for (cudaEvent_t e : {fp8_fork_, fp8_join_, enter_, leave_})
     if (e) cudaEventDestroy(e);
   if (fp8_side_) cudaStreamDestroy(fp8_side_);
-  if (fp8_work_) cudaStreamDestroy(fp8_work_);
+  if (work_stream_) cudaStreamDestroy(work_stream_);
   if (decode_stream_) cudaStreamDestroy(decode_stream_);
 }
 
@@ -284,6 +284,19 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     run_fp4(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
     return;
   }
+  // The bf16 path on a stream of the highest priority (see enter()).
+  const cudaStream_t work = enter(stream);
+  run_bf16(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, work);
+  leave(work, stream);
+}
+
+void ExpertGemm::run_bf16(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
+                          int64_t used, const float* h, const float* weights, int64_t k,
+                          int64_t inter, int64_t hidden, float limit, float* pair_out,
+                          cudaStream_t stream) {
+  auto mark = [&](const char* name) {
+    if (mark_) mark_(name);
+  };
   const bool split = precision_ == GemmPrecision::bf16x2;
   const int copies = split ? 2 : 1;
   const int64_t per = inter * hidden;  // values per matrix
@@ -384,6 +397,19 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.scatter");
   }
+}
+
+cudaStream_t ExpertGemm::enter(cudaStream_t caller) {
+  if (mark_) return caller;
+  AGENTRT_CUDA_CHECK(cudaEventRecord(enter_, caller));
+  AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(work_stream_, enter_, 0));
+  return work_stream_;
+}
+
+void ExpertGemm::leave(cudaStream_t work, cudaStream_t caller) {
+  if (work == caller) return;
+  AGENTRT_CUDA_CHECK(cudaEventRecord(leave_, work));
+  AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(caller, leave_, 0));
 }
 
 bool ExpertGemm::fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden) {

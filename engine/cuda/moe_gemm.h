@@ -94,8 +94,20 @@ class ExpertGemm {
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
   cudaStream_t fp8_side_ = nullptr;
-  cudaStream_t fp8_work_ = nullptr;  // the pass's own stream, of the highest priority
-  cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr, fp8_enter_ = nullptr, fp8_leave_ = nullptr;
+  cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
+  // A pass's gathers, GEMMs and scatters run on work_stream_, of the highest priority, joined to
+  // the caller's stream by enter_ / leave_: the GPU then dispatches their blocks ahead of the
+  // next chunk's weight conversion on decode_stream_ (default priority), queued before them. On
+  // one priority the gathers waited for whole conversions (the 16K prefill's profile, fifteenth
+  // session). Profiling marks the caller's stream, so a profiled pass stays on it.
+  cudaStream_t work_stream_ = nullptr;
+  cudaEvent_t enter_ = nullptr, leave_ = nullptr;
+  cudaStream_t enter(cudaStream_t caller);
+  void leave(cudaStream_t work, cudaStream_t caller);
+  // run()'s bf16 path (the weights decoded to bf16 chunk by chunk, strided batched cuBLAS GEMMs).
+  void run_bf16(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg, int64_t used,
+                const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
+                float limit, float* pair_out, cudaStream_t stream);
   LinearRunner::Fp8Counts fp8_counts_;
   // run_fp8's converted weights (two chunks' worth), activation scales and padded row starts
   DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
