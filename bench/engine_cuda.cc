@@ -20,6 +20,8 @@
 //                     [--fp4-expert-gemm 1] (prefill's FP4 experts through fp4_gemm.cu)
 //                     [--fp8-expert-streams 1|2] (under --precision fp8, the streams the
 //                     routed experts' FP8 GEMMs alternate between; default 2)
+//                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
+//                     highest priority, CudaOptions::expert_priority_stream; unmeasured)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -285,6 +287,8 @@ int main(int argc, char** argv) {
       options.fp4_expert_gemm = v == "1";
     else if (k == "--fp8-expert-streams")
       options.fp8_expert_streams = std::stoi(v);
+    else if (k == "--expert-priority-stream")
+      options.expert_priority_stream = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

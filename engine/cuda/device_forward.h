@@ -44,6 +44,10 @@ struct CudaOptions {
   // GemmPrecision::fp8: prefill's routed experts' FP8 GEMMs (one per expert and matrix) alternate
   // between this many streams (1 or 2), so small ones run side by side. Unmeasured.
   int fp8_expert_streams = 2;
+  // Prefill's routed experts run their gathers, GEMMs and scatters on a stream of the highest
+  // priority, ahead of the next chunk's weight conversion (ExpertGemm's priority_stream). Off:
+  // written after the fifteenth session's last GPU run, unmeasured.
+  bool expert_priority_stream = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda.md, eleventh session).

@@ -244,7 +244,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
   auto mark = [&](const char* name) {
     if (mark_) mark_(name);
   };
-  // On a stream of the highest priority, joined to the caller's (enter()).
+  // On a stream of the highest priority where asked for, joined to the caller's (enter()).
   const cudaStream_t stream = enter(caller);
   // Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their
   // total. In pinned memory after the segment starts (run() sized it), uploaded once.

@@ -193,21 +193,26 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 }  // namespace
 
 ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes,
-                       bool fp4_kernel, int fp8_streams)
+                       bool fp4_kernel, int fp8_streams, bool priority_stream)
     : precision_(precision),
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
       fp4_kernel_(fp4_kernel) {
   int least = 0, greatest = 0;
   AGENTRT_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
-  AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&work_stream_, cudaStreamNonBlocking, greatest));
-  for (cudaEvent_t* e : {&enter_, &leave_})
-    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  if (priority_stream) {
+    AGENTRT_CUDA_CHECK(
+        cudaStreamCreateWithPriority(&work_stream_, cudaStreamNonBlocking, greatest));
+    for (cudaEvent_t* e : {&enter_, &leave_})
+      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+  }
   if (precision == GemmPrecision::fp8) {
     fp8_streams_ = std::clamp(fp8_streams, 1, 2);
     for (int i = 0; i < fp8_streams_; ++i) fp8_[i] = std::make_unique<Fp8Gemm>();
     if (fp8_streams_ == 2) {
-      AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&fp8_side_, cudaStreamNonBlocking, greatest));
+      // The side stream shares the pass's priority.
+      AGENTRT_CUDA_CHECK(cudaStreamCreateWithPriority(&fp8_side_, cudaStreamNonBlocking,
+                                                      priority_stream ? greatest : least));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_fork_, cudaEventDisableTiming));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fp8_join_, cudaEventDisableTiming));
     }
@@ -284,7 +289,7 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
     run_fp4(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
     return;
   }
-  // The bf16 path on a stream of the highest priority (see enter()).
+  // The bf16 path, on a stream of the highest priority where asked for (enter()).
   const cudaStream_t work = enter(stream);
   run_bf16(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, work);
   leave(work, stream);
@@ -400,7 +405,7 @@ void ExpertGemm::run_bf16(const ExpertsDevice& e, const ExpertSegments& s, const
 }
 
 cudaStream_t ExpertGemm::enter(cudaStream_t caller) {
-  if (mark_) return caller;
+  if (mark_ || !work_stream_) return caller;
   AGENTRT_CUDA_CHECK(cudaEventRecord(enter_, caller));
   AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(work_stream_, enter_, 0));
   return work_stream_;

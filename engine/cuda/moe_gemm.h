@@ -44,9 +44,11 @@ class ExpertGemm {
   // kernel, which decodes the stored weights in its loader, instead of bf16 copies and cuBLAS.
   // fp8_streams (GemmPrecision::fp8): 2 alternates the experts' GEMMs between two streams, so
   // one expert's GEMM (a few dozen thread blocks) runs beside the next one's.
+  // priority_stream: a pass's gathers, GEMMs and scatters run on a stream of the highest
+  // priority (work_stream_ below). Off by default: written after the last GPU run, unmeasured.
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
                       int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false,
-                      int fp8_streams = 2);
+                      int fp8_streams = 2, bool priority_stream = false);
   ~ExpertGemm();
   ExpertGemm(const ExpertGemm&) = delete;
   ExpertGemm& operator=(const ExpertGemm&) = delete;
@@ -99,7 +101,8 @@ class ExpertGemm {
   // the caller's stream by enter_ / leave_: the GPU then dispatches their blocks ahead of the
   // next chunk's weight conversion on decode_stream_ (default priority), queued before them. On
   // one priority the gathers waited for whole conversions (the 16K prefill's profile, fifteenth
-  // session). Profiling marks the caller's stream, so a profiled pass stays on it.
+  // session). Profiling marks the caller's stream, so a profiled pass stays on it. Null (the
+  // pass on the caller's stream) unless asked for.
   cudaStream_t work_stream_ = nullptr;
   cudaEvent_t enter_ = nullptr, leave_ = nullptr;
   cudaStream_t enter(cudaStream_t caller);

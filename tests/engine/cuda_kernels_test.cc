@@ -511,6 +511,9 @@ TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
   cuda::ExpertGemm split(cuda::GemmPrecision::bf16x2, 128, chunk_bytes);
   check_routed_experts(160, &split, 1e-4);
   check_routed_experts(700, &split, 1e-4);
+  // On the highest-priority work stream (CudaOptions::expert_priority_stream).
+  cuda::ExpertGemm priority(cuda::GemmPrecision::bf16x2, 128, chunk_bytes, false, 2, true);
+  check_routed_experts(700, &priority, 1e-4);
   cuda::ExpertGemm plain(cuda::GemmPrecision::bf16, 128, chunk_bytes);
   check_routed_experts(300, &plain, 2e-2);
   cuda::ExpertGemm f32(cuda::GemmPrecision::f32, 128);
@@ -539,6 +542,10 @@ TEST_F(CudaKernels, RoutedExpertsOnFp8GemmsMatchSwigluExpert) {
   cuda::ExpertGemm one_stream(cuda::GemmPrecision::fp8, 128, 2 * 2 * 3 * 256 * 256, false, 1);
   check_routed_experts(300, &one_stream, 0.15, shape, 0, 1e-2);
   EXPECT_EQ(one_stream.fp8_counts().experts, 1);
+  // On the highest-priority work stream (CudaOptions::expert_priority_stream).
+  cuda::ExpertGemm priority(cuda::GemmPrecision::fp8, 128, 2 * 2 * 3 * 256 * 256, false, 2, true);
+  check_routed_experts(701, &priority, 0.15, shape, 0, 1e-2);
+  EXPECT_EQ(priority.fp8_counts().experts, 1);
   // Widths of FP4 experts that are not whole 128-column blocks take the bf16 path.
   check_routed_experts(300, &fp8, 2e-2, {9, 6, 192, 256});
   EXPECT_EQ(fp8.fp8_counts().experts, 2);
