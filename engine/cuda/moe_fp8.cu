@@ -19,6 +19,7 @@
 #include "engine/cuda/fp8_quant_warp.cuh"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/segment_search.cuh"
 #include "engine/cuda/swiglu.cuh"
 
 namespace agentrt::engine::cuda {
@@ -128,14 +129,7 @@ struct Slot {
 __device__ __forceinline__ Slot find_slot(const int32_t* pad, const int32_t* seg, int64_t a0,
                                           int64_t a1, int64_t slot) {
   const int32_t at = pad[a0] + int32_t(slot);
-  int64_t lo = a0, hi = a1 - 1;  // the last a with pad[a] <= at
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (pad[mid] <= at)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
+  const int64_t lo = segment_of(pad, a0, a1, at);
   Slot s;
   s.a = lo;
   s.local = at - pad[lo];
@@ -205,14 +199,7 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
 __global__ void scatter_slots_kernel(const float* y, const int32_t* seg, const int32_t* pad,
                                      int64_t a0, int64_t a1, int64_t hidden, float* pair_out) {
   const int32_t pair = seg[a0] + int32_t(blockIdx.x);
-  int64_t lo = a0, hi = a1 - 1;  // the last a with seg[a] <= pair
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (seg[mid] <= pair)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
+  const int64_t lo = segment_of(seg, a0, a1, pair);
   const int64_t slot = pad[lo] - pad[a0] + (pair - seg[lo]);
   const float4* src = reinterpret_cast<const float4*>(y + slot * hidden);
   float4* dst = reinterpret_cast<float4*>(pair_out + int64_t(pair) * hidden);
@@ -241,9 +228,6 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
                          int64_t used, const float* h, const float* weights, int64_t k,
                          int64_t inter, int64_t hidden, float limit, float* pair_out,
                          cudaStream_t caller) {
-  auto mark = [&](const char* name) {
-    if (mark_) mark_(name);
-  };
   // On a stream of the highest priority where asked for, joined to the caller's (enter()).
   const cudaStream_t stream = enter(caller);
   // Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their

@@ -11,6 +11,7 @@
 #include "engine/cuda/fp4_gemm.h"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/segment_search.cuh"
 #include "engine/cuda/swiglu.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -119,14 +120,7 @@ __global__ void place_rows_kernel(const int32_t* seg_start, int64_t a0, int64_t 
   const int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= rows) return;
   const int32_t s0 = seg_start[a0], pair = s0 + int32_t(r);
-  int64_t lo = a0, hi = a1 - 1;  // the last a with seg_start[a] <= pair
-  while (lo < hi) {
-    const int64_t mid = (lo + hi + 1) / 2;
-    if (seg_start[mid] <= pair)
-      lo = mid;
-    else
-      hi = mid - 1;
-  }
+  const int64_t lo = segment_of(seg_start, a0, a1, pair);
   place[r] = {int32_t(lo - a0) * copies * slot + (pair - seg_start[lo]), slot};
 }
 
@@ -275,9 +269,6 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   AGENTRT_CUDA_CHECK(
       cudaMemcpyAsync(seg, s.seg_start, size_t(E + 1) * 4, cudaMemcpyDeviceToHost, stream));
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
-  auto mark = [&](const char* name) {
-    if (mark_) mark_(name);
-  };
   mark("moe.experts.segments");
   const int64_t used = *n_active;
   if (used <= 0) return;
@@ -299,9 +290,6 @@ void ExpertGemm::run_bf16(const ExpertsDevice& e, const ExpertSegments& s, const
                           int64_t used, const float* h, const float* weights, int64_t k,
                           int64_t inter, int64_t hidden, float limit, float* pair_out,
                           cudaStream_t stream) {
-  auto mark = [&](const char* name) {
-    if (mark_) mark_(name);
-  };
   const bool split = precision_ == GemmPrecision::bf16x2;
   const int copies = split ? 2 : 1;
   const int64_t per = inter * hidden;  // values per matrix
@@ -427,9 +415,6 @@ void ExpertGemm::run_fp4(const ExpertsDevice& e, const ExpertSegments& s, const 
                          int64_t used, const float* h, const float* weights, int64_t k,
                          int64_t inter, int64_t hidden, float limit, float* pair_out,
                          cudaStream_t stream) {
-  auto mark = [&](const char* name) {
-    if (mark_) mark_(name);
-  };
   // Tiles of each used expert, its pairs in kFp4GemmRows, expert by expert (its weights and
   // activation rows stay in the L2 while its tiles run): first the gate/up product (2 * inter
   // columns), then the down product (hidden).

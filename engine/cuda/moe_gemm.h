@@ -90,6 +90,10 @@ class ExpertGemm {
                const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
                float limit, float* pair_out, cudaStream_t stream);
 
+  void mark(const char* name) const {  // a profiling stage ends (set_stage_marker)
+    if (mark_) mark_(name);
+  }
+
   GemmPrecision precision_;
   // GemmPrecision::fp8 only: one per stream the experts' GEMMs alternate between (each its own
   // workspace), the second stream's, and the events that join it to run()'s stream.
