@@ -505,8 +505,10 @@ int main(int argc, char** argv) {
     }
     if (options.precision == cuda::GemmPrecision::fp8) {
       const auto counts = cuda_fp8_counts(*model);
-      std::printf("\nFP8 GEMMs: %lld prefill products, %lld FP8 ones fell back to bf16\n",
-                  (long long)counts.fp8, (long long)counts.fallbacks);
+      std::printf(
+          "\nFP8 GEMMs: %lld products; %lld refused by cuBLASLt and %lld of shapes they do "
+          "not take ran as bf16\n",
+          (long long)counts.fp8, (long long)counts.fallbacks, (long long)counts.unfit);
       std::printf("FP8 routed experts: %lld passes, %lld fell back to bf16\n",
                   (long long)counts.experts, (long long)counts.expert_fallbacks);
       for (const std::string& shape : counts.refused)

@@ -252,7 +252,7 @@ bool LinearRunner::try_fp8(const WeightMatrix& w, int64_t groups, const float* x
     ++fp8_counts_.fp8;
     return true;
   }
-  ++fp8_counts_.fallbacks;
+  ++(Fp8Gemm::fits(w, groups) ? fp8_counts_.fallbacks : fp8_counts_.unfit);
   return false;
 }
 
@@ -375,7 +375,8 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
         ++fp8_counts_.fp8;
         continue;
       }
-      if (p.w.type == WeightType::f8_e4m3) ++fp8_counts_.fallbacks;
+      if (p.w.type == WeightType::f8_e4m3)
+        ++(Fp8Gemm::fits(p.w) ? fp8_counts_.fallbacks : fp8_counts_.unfit);
       if (!rows) rows = stage_rows(x, cols, n, cols, 0, stream);
       gemm_bf16(p.w, 1, *rows, n, p.y, p.w.rows, stream);
     }

@@ -69,7 +69,9 @@ class LinearRunner {
   // Under GemmPrecision::fp8: the prefill products that ran as FP8 GEMMs, and those of FP8 weights
   // that fell back to bf16 (shapes cuBLASLt has no FP8 algorithm for).
   struct Fp8Counts {
-    int64_t fp8 = 0, fallbacks = 0;
+    // FP8 weights' products: as FP8 GEMMs, refused by cuBLASLt's heuristic (bf16 instead), and
+    // of shapes the FP8 GEMMs do not take (Fp8Gemm::fits: rows not whole 128-row blocks; bf16).
+    int64_t fp8 = 0, fallbacks = 0, unfit = 0;
     int64_t experts = 0, expert_fallbacks = 0;  // routed experts' passes (ExpertGemm)
     std::vector<std::string> refused;           // the products' shapes cuBLASLt refused
   };

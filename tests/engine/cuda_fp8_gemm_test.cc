@@ -431,10 +431,10 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   std::sort(errors.begin(), errors.end());
   const auto counts = cuda_fp8_counts(*gpu);
   std::printf(
-      "[ fp8 prefill ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld fell back; "
-      "%lld expert passes, %lld fell back\n",
+      "[ fp8 prefill ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld refused, %lld "
+      "of other shapes; %lld expert passes, %lld fell back\n",
       errors[errors.size() / 2], errors.back(), (long long)counts.fp8, (long long)counts.fallbacks,
-      (long long)counts.experts, (long long)counts.expert_fallbacks);
+      (long long)counts.unfit, (long long)counts.experts, (long long)counts.expert_fallbacks);
   for (const std::string& shape : counts.refused) std::printf("  refused: %s\n", shape.c_str());
   EXPECT_GT(counts.fp8, 0);
   EXPECT_GT(counts.experts, 0);
