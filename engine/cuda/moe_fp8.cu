@@ -20,7 +20,7 @@
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/segment_search.cuh"
-#include "engine/cuda/swiglu.cuh"
+#include "engine/cuda/swiglu.h"
 
 namespace agentrt::engine::cuda {
 namespace {

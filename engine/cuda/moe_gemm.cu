@@ -12,7 +12,7 @@
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/segment_search.cuh"
-#include "engine/cuda/swiglu.cuh"
+#include "engine/cuda/swiglu.h"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -139,7 +139,7 @@ __global__ void gather_rows_kernel(const float* h, const int32_t* order, int64_t
 }
 
 // act = weight of the pair * silu(clamp(gate)) * clamp(up) from the stacked gate/up products
-// (high + low parts summed), stacked the same way (swiglu.cuh).
+// (high + low parts summed), stacked the same way (swiglu.h).
 __global__ void swiglu_pairs_kernel(const float* gate_up, const int32_t* order,
                                     const float* weights, int64_t s0, int64_t inter, float limit,
                                     const RowPlace* place, bool split, __nv_bfloat16* act) {

@@ -100,34 +100,13 @@ TEST(CudaFp8ActQuant, ScaleLayouts) {
   EXPECT_EQ(aq::whole_rows(3), 0);
 }
 
-// The host's quantisation of one row, as quantize_rows_e4m3 does it: codes and block scales.
-void quantise_row(const float* x, int64_t cols, uint8_t* q, float* scales) {
-  for (int64_t kb = 0; kb < cols / aq::kBlock; ++kb) {
-    const float* b = x + kb * aq::kBlock;
-    float amax = 0.0f;
-    for (int i = 0; i < aq::kBlock; ++i) amax = std::fmax(amax, std::fabs(b[i]));
-    const int e = aq::scale_exponent(bits_of(amax));
-    const float inv = e == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e);
-    for (int i = 0; i < aq::kBlock; ++i) q[kb * aq::kBlock + i] = float_to_e4m3(b[i] * inv);
-    scales[kb] = aq::exp2_exact(e);
-  }
-}
-
 // x's rows as the FP8 GEMM sees them: each quantised value times its block's scale.
 std::vector<double> quantised_rows(const std::vector<float>& x, int64_t n, int64_t cols) {
-  std::vector<uint8_t> q(n * cols);
-  std::vector<float> scales(cols / aq::kBlock);
-  // e4m3 codes decoded through a WeightMatrix with unit block scales.
-  std::vector<float> ones(((n + 127) / 128) * (cols / 128), 1.0f);
-  std::vector<double> out(n * cols);
-  std::vector<float> row(cols);
+  std::vector<double> out;
+  out.reserve(n * cols);
   for (int64_t t = 0; t < n; ++t) {
-    quantise_row(&x[t * cols], cols, &q[t * cols], scales.data());
-    const WeightMatrix codes{WeightType::f8_e4m3, n, cols, q.data(), ones.data(),
-                             ScaleType::f32,      0};
-    decode_weight_row(codes, t, row.data());
-    for (int64_t c = 0; c < cols; ++c)
-      out[t * cols + c] = double(row[c]) * double(scales[c / aq::kBlock]);
+    const std::vector<double> row = testing::e4m3_block_values(&x[t * cols], cols);
+    out.insert(out.end(), row.begin(), row.end());
   }
   return out;
 }
@@ -251,7 +230,7 @@ TEST_F(CudaFp8Gemm, QuantisesAsTheHost) {
   std::vector<uint8_t> want_q(cols);
   std::vector<float> want_s(cols / 128);
   for (int64_t t = 0; t < n; ++t) {
-    quantise_row(&x[t * stride], cols, want_q.data(), want_s.data());
+    testing::quantise_row_e4m3(&x[t * stride], cols, want_q.data(), want_s.data());
     for (int64_t c = 0; c < cols; ++c)
       ASSERT_EQ(int(q[t * cols + c]), int(want_q[c])) << "row " << t << " column " << c;
     for (int64_t kb = 0; kb < cols / 128; ++kb) {
@@ -446,15 +425,6 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
 
 namespace fe = cuda::fp4_e4m3;
 
-// An e4m3 code's value (OCP FP8: bias 7, S.1111.111 NaN).
-double e4m3_value(uint8_t b) {
-  const int exp = (b >> 3) & 15, man = b & 7;
-  if (exp == 15 && man == 7) return std::numeric_limits<double>::quiet_NaN();
-  const double mag =
-      exp == 0 ? std::ldexp(double(man) / 8.0, -6) : std::ldexp(1.0 + double(man) / 8.0, exp - 7);
-  return (b & 0x80) ? -mag : mag;
-}
-
 // The stored value of a nibble under a ue8m0 code: e2m1 times 2^(code - 127).
 double mxfp4_value(uint32_t nibble, uint8_t code) {
   static constexpr double kMag[8] = {0, 0.5, 1, 1.5, 2, 3, 4, 6};
@@ -472,7 +442,7 @@ TEST(CudaFp4E4m3, ConversionIsExactWithinFourteenBinades) {
         const double want = mxfp4_value(nibble, uint8_t(code)),
                      scale = double(fe::block_scale(emax));
         const uint8_t q = float_to_e4m3(fe::scaled_value(nibble, uint8_t(code), emax));
-        const double got = e4m3_value(q) * scale;
+        const double got = testing::e4m3_value(q) * scale;
         SCOPED_TRACE("emax " + std::to_string(emax) + " code " + std::to_string(code) + " nibble " +
                      std::to_string(nibble));
         if (emax - code <= fe::kExactSpan)
@@ -481,7 +451,8 @@ TEST(CudaFp4E4m3, ConversionIsExactWithinFourteenBinades) {
           ASSERT_LE(std::fabs(got - want), std::ldexp(scale, -10));
         ASSERT_EQ(std::signbit(got), bool(nibble & 8));
       }
-  EXPECT_TRUE(std::isnan(e4m3_value(float_to_e4m3(fe::scaled_value(3, fe::kNanCode, 127)))));
+  EXPECT_TRUE(
+      std::isnan(testing::e4m3_value(float_to_e4m3(fe::scaled_value(3, fe::kNanCode, 127)))));
   // The largest code among finite ones; a block of NaN codes keeps scale 1.
   int emax = fe::kNoCode;
   for (uint8_t c : {uint8_t(130), fe::kNanCode, uint8_t(140), uint8_t(2)})

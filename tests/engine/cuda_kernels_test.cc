@@ -29,6 +29,7 @@
 #include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/swiglu.h"
 #endif
 
 namespace agentrt::engine {
@@ -380,14 +381,9 @@ std::vector<float> fp8_experts_row(const std::vector<ExpertWeights>& experts, co
   };
   for (int64_t j = 0; j < k; ++j) {
     const ExpertWeights& e = experts[chosen[j]];
-    for (int64_t i = 0; i < inter; ++i) {
-      float g = float(dot(e.w1, i, xq)), u = float(dot(e.w3, i, xq));
-      if (limit > 0) {
-        g = std::fmin(g, limit);
-        u = std::fmin(std::fmax(u, -limit), limit);
-      }
-      act[i] = weights[j] * (g / (1.0f + std::exp(-g)) * u);
-    }
+    for (int64_t i = 0; i < inter; ++i)
+      act[i] = cuda::swiglu_weighted(float(dot(e.w1, i, xq)), float(dot(e.w3, i, xq)), limit,
+                                     weights[j]);
     const std::vector<double> aq = testing::e4m3_block_values(act.data(), inter);
     for (int64_t d = 0; d < H; ++d) y[d] += dot(e.w2, d, aq);
   }

@@ -7,11 +7,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/float_bits.h"
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/quantize.h"
 #endif
@@ -38,29 +38,38 @@ cuda::DeviceBuffer upload(const std::vector<T>& v) {
   return b;
 }
 
-// x's `cols` values (a multiple of 128) as GemmPrecision::fp8 quantises activations
-// (fp8_act_quant.h): each e4m3 code's value times its 128-column block's power-of-two scale.
-inline std::vector<double> e4m3_block_values(const float* x, int64_t cols) {
+// One row of `cols` values (a multiple of 128) as GemmPrecision::fp8 quantises activations
+// (fp8_act_quant.h, quantize_rows_e4m3): e4m3 codes and one power-of-two scale per 128 columns.
+inline void quantise_row_e4m3(const float* x, int64_t cols, uint8_t* q, float* scales) {
   namespace aq = cuda::fp8_act_quant;
-  std::vector<double> out(cols);
   for (int64_t kb = 0; kb < cols / aq::kBlock; ++kb) {
     const float* b = x + kb * aq::kBlock;
     float amax = 0.0f;
     for (int i = 0; i < aq::kBlock; ++i) amax = std::fmax(amax, std::fabs(b[i]));
-    uint32_t bits;
-    std::memcpy(&bits, &amax, 4);
-    const int e = aq::scale_exponent(bits);
+    const int e = aq::scale_exponent(cuda::float_bits(amax));
     const float inv = e == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e);
-    for (int i = 0; i < aq::kBlock; ++i) {
-      const uint8_t q = float_to_e4m3(b[i] * inv);
-      const int exp = (q >> 3) & 15, man = q & 7;
-      double v = exp == 15 && man == 7 ? std::nan("")
-                 : exp == 0            ? std::ldexp(man / 8.0, -6)
-                                       : std::ldexp(1.0 + man / 8.0, exp - 7);
-      if (q & 0x80) v = -v;
-      out[kb * aq::kBlock + i] = v * double(aq::exp2_exact(e));
-    }
+    for (int i = 0; i < aq::kBlock; ++i) q[kb * aq::kBlock + i] = float_to_e4m3(b[i] * inv);
+    scales[kb] = aq::exp2_exact(e);
   }
+}
+
+// An e4m3 code's value (OCP FP8: bias 7, S.1111.111 NaN).
+inline double e4m3_value(uint8_t b) {
+  const int exp = (b >> 3) & 15, man = b & 7;
+  if (exp == 15 && man == 7) return std::nan("");
+  const double mag =
+      exp == 0 ? std::ldexp(double(man) / 8.0, -6) : std::ldexp(1.0 + double(man) / 8.0, exp - 7);
+  return (b & 0x80) ? -mag : mag;
+}
+
+// The row as the FP8 GEMMs see it: each code's value times its block's scale.
+inline std::vector<double> e4m3_block_values(const float* x, int64_t cols) {
+  std::vector<uint8_t> q(cols);
+  std::vector<float> scales(cols / cuda::fp8_act_quant::kBlock);
+  quantise_row_e4m3(x, cols, q.data(), scales.data());
+  std::vector<double> out(cols);
+  for (int64_t c = 0; c < cols; ++c)
+    out[c] = e4m3_value(q[c]) * double(scales[c / cuda::fp8_act_quant::kBlock]);
   return out;
 }
 
