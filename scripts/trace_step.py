@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""One replay of a captured CUDA graph, kernel by kernel, from bench/trace/cupti_trace.cc's CSV.
+
+  python3 scripts/trace_step.py trace.csv [--graph 0] [--launch -1] [--top 25]
+
+Graphs are numbered by their first launch in the run (0: the first graph launched, which in
+`bench_engine_cuda --contexts 1024 ...` is the batch-1 decode step at 1K); --launch picks the
+replay (-1: the last, warm one). Prints every kernel and memset of that replay in start order
+with its duration and the idle time before it (no other work of the replay running), then the
+replay's wall time, its idle total, and the kernels summed by name.
+"""
+import argparse
+import csv
+import shutil
+import subprocess
+import sys
+from collections import defaultdict
+
+
+def demangle(names):
+    if not shutil.which("c++filt"):
+        return {n: n for n in names}
+    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout
+    return dict(zip(names, out.splitlines()))
+
+
+def short(name, width):
+    # "void ns::kernel<T, 1>(args)" -> "kernel<T, 1>"
+    head = name.replace("(anonymous namespace)::", "").replace("agentrt::engine::cuda::", "")
+    head = head.split("(")[0]
+    if head.startswith("void "):
+        head = head[5:]
+    return head[:width]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("csv")
+    p.add_argument("--graph", type=int, default=0)
+    p.add_argument("--launch", type=int, default=-1)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--width", type=int, default=70)
+    p.add_argument("--quiet", action="store_true", help="summary only")
+    a = p.parse_args()
+
+    with open(a.csv, newline="") as f:
+        rows = [r for r in csv.DictReader(f)]
+    if not rows:
+        sys.exit(f"trace_step: {a.csv} holds no records")
+    for r in rows:
+        for k in ("start_ns", "end_ns", "correlation", "stream", "graph", "grid", "block"):
+            r[k] = int(r[k])
+
+    # graph id -> {correlation (one launch) -> records}
+    graphs = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["graph"]:
+            graphs[r["graph"]][r["correlation"]].append(r)
+    if not graphs:
+        sys.exit("trace_step: no graph launches in the trace")
+    order = sorted(graphs, key=lambda g: min(r["start_ns"] for l in graphs[g].values() for r in l))
+    print(f"{len(order)} graphs: " + ", ".join(
+        f"#{i} ({len(graphs[g])} launches, {len(next(iter(graphs[g].values())))} nodes)"
+        for i, g in enumerate(order)))
+    if not -len(order) <= a.graph < len(order):
+        sys.exit(f"trace_step: --graph {a.graph} is out of range")
+    launches = sorted(graphs[order[a.graph]].values(), key=lambda l: min(r["start_ns"] for r in l))
+    if not -len(launches) <= a.launch < len(launches):
+        sys.exit(f"trace_step: --launch {a.launch} is out of range ({len(launches)} launches)")
+    recs = sorted(launches[a.launch], key=lambda r: r["start_ns"])
+    names = demangle(sorted({r["name"] for r in recs}))
+
+    t0 = recs[0]["start_ns"]
+    busy_until = t0
+    idle_total = 0
+    by_name = defaultdict(lambda: [0, 0.0, 0.0])  # count, duration, idle before
+    streams = sorted({r["stream"] for r in recs})
+    if not a.quiet:
+        print(f"{'start us':>9} {'dur us':>7} {'idle us':>7} {'st':>2} {'grid':>6}  kernel")
+    for r in recs:
+        idle = max(0, r["start_ns"] - busy_until)
+        idle_total += idle
+        busy_until = max(busy_until, r["end_ns"])
+        dur = r["end_ns"] - r["start_ns"]
+        n = short(names[r["name"]], a.width)
+        s = by_name[n]
+        s[0] += 1
+        s[1] += dur / 1e3
+        s[2] += idle / 1e3
+        if not a.quiet:
+            print(f"{(r['start_ns'] - t0) / 1e3:9.1f} {dur / 1e3:7.1f} {idle / 1e3:7.1f} "
+                  f"{streams.index(r['stream']):2d} {r['grid']:6d}  {n}")
+    wall = busy_until - t0
+    print(f"\nreplay {a.launch} of graph #{a.graph}: {len(recs)} nodes, wall {wall / 1e3:.1f} us, "
+          f"idle (nothing running) {idle_total / 1e3:.1f} us, {len(streams)} streams")
+    print(f"\n{'count':>5} {'sum us':>8} {'idle before':>11}  kernel (by total duration)")
+    for n, (cnt, dur, idle) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:a.top]:
+        print(f"{cnt:5d} {dur:8.1f} {idle:11.1f}  {n}")
+
+
+if __name__ == "__main__":
+    main()
