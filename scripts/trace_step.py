@@ -2,6 +2,7 @@
 """One replay of a captured CUDA graph, kernel by kernel, from bench/trace/cupti_trace.cc's CSV.
 
   python3 scripts/trace_step.py trace.csv [--graph 0] [--launch -1] [--top 25]
+  python3 scripts/trace_step.py trace.csv --eager     # everything outside graphs (prefill), by name
 
 Graphs are numbered by their first launch in the run (0: the first graph launched, which in
 `bench_engine_cuda --contexts 1024 ...` is the batch-1 decode step at 1K); --launch picks the
@@ -33,6 +34,27 @@ def short(name, width):
     return head[:width]
 
 
+def eager_summary(rows, a):
+    recs = sorted((r for r in rows if not r["graph"]), key=lambda r: r["start_ns"])
+    if not recs:
+        sys.exit("trace_step: no records outside graphs")
+    names = demangle(sorted({r["name"] for r in recs}))
+    by_name = defaultdict(lambda: [0, 0.0])
+    busy, until = 0, recs[0]["start_ns"]
+    for r in recs:
+        s = by_name[short(names[r["name"]], a.width)]
+        s[0] += 1
+        s[1] += (r["end_ns"] - r["start_ns"]) / 1e6
+        busy += max(0, r["end_ns"] - max(r["start_ns"], until))
+        until = max(until, r["end_ns"])
+    wall = until - recs[0]["start_ns"]
+    print(f"{len(recs)} records outside graphs: wall {wall / 1e6:.1f} ms, "
+          f"some kernel running {busy / 1e6:.1f} ms")
+    print(f"\n{'count':>6} {'sum ms':>9}  kernel (by total duration; streams overlap)")
+    for n, (cnt, dur) in sorted(by_name.items(), key=lambda kv: -kv[1][1])[:a.top]:
+        print(f"{cnt:6d} {dur:9.2f}  {n}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("csv")
@@ -41,6 +63,8 @@ def main():
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--width", type=int, default=70)
     p.add_argument("--quiet", action="store_true", help="summary only")
+    p.add_argument("--eager", action="store_true",
+                   help="sum the kernels launched outside graphs by name, with their busy time")
     a = p.parse_args()
 
     with open(a.csv, newline="") as f:
@@ -51,6 +75,9 @@ def main():
         for k in ("start_ns", "end_ns", "correlation", "stream", "graph", "grid", "block"):
             r[k] = int(r[k])
 
+    if a.eager:
+        eager_summary(rows, a)
+        return
     # graph id -> {correlation (one launch) -> records}
     graphs = defaultdict(lambda: defaultdict(list))
     for r in rows:
