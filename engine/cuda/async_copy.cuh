@@ -19,4 +19,11 @@ __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 
+// Waits until at most N of this thread's committed groups are still in flight (a pipeline of
+// N + 1 tiles: the oldest has landed, the N after it may still be coming).
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 }  // namespace agentrt::engine::cuda

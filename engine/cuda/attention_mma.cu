@@ -43,6 +43,185 @@ struct TileShape {
   static_assert(kKeys * (HD / 4) % kThreads == 0);
 };
 
+// A warp's online-softmax state for its rows g and g + 8 (two of its 16 heads) and its output
+// fragments over its channel slice. The sink only adds exp(sink - max) to the denominator,
+// counted once per row (lane c == 0) until the quad's partial sums are added at the end.
+template <int HD, bool kSplit>
+struct WarpRows {
+  float m0, m1, l0, l1;
+  float o[TileShape<HD, kSplit>::kChannels / 8][4];
+
+  __device__ __forceinline__ WarpRows(const float* sinks, int64_t h_base, int h0, int g, int c) {
+    m0 = sinks[h_base + h0 + g];
+    m1 = sinks[h_base + h0 + g + 8];
+    l0 = c == 0 ? 1.0f : 0.0f;
+    l1 = l0;
+#pragma unroll
+    for (int n = 0; n < TileShape<HD, kSplit>::kChannels / 8; ++n)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) o[n][i] = 0.0f;
+  }
+
+  // The rows' outputs: the quad's partial denominators added up, each channel divided by them.
+  __device__ __forceinline__ void store(float* out0, int g, int c) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
+    float* out1 = out0 + 8 * HD;
+#pragma unroll
+    for (int n = 0; n < TileShape<HD, kSplit>::kChannels / 8; ++n) {
+      *reinterpret_cast<float2*>(out0 + 8 * n) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
+      *reinterpret_cast<float2*>(out1 + 8 * n) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+    }
+  }
+};
+
+// One tile of keys (ks: [parts][kKeys][kStride] bf16, the tile's first key is key `base` of
+// n_keys) for a warp's 16 heads (h0) and channel slice (d0): scores over the slice (more than
+// one slice: added up with the other slices' through `partial`, which takes a __syncthreads),
+// the online softmax, then out += P K. Both kernels below run exactly this per tile.
+template <int HD, bool kSplit>
+__device__ __forceinline__ void attend_tile(const uint16_t* qs, const uint16_t* ks, float* partial,
+                                            int64_t base, int64_t n_keys, float scale, int warp,
+                                            int lane, WarpRows<HD, kSplit>& st) {
+  using S = TileShape<HD, kSplit>;
+  constexpr int kStride = S::kStride, kKeys = S::kKeys;
+  constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
+  const int g = lane >> 2, c = lane & 3;
+  const int h0 = 16 * (warp % (kBlockHeads / 16));
+  const int d0 = S::kChannels * (warp / (kBlockHeads / 16));
+
+  // Scores of the warp's 16 heads against the tile's keys over its channel slice.
+  float s[kKeys / 8][4] = {};
+#pragma unroll 4
+  for (int k0 = d0; k0 < d0 + S::kChannels; k0 += 16) {
+    uint32_t a[S::kParts][4];
+#pragma unroll
+    for (int p = 0; p < S::kParts; ++p) {
+      const uint16_t* qa = qs + p * kQPlane + (h0 + g) * kStride + k0 + 2 * c;
+      a[p][0] = ld_bf16x2(qa);
+      a[p][1] = ld_bf16x2(qa + 8 * kStride);
+      a[p][2] = ld_bf16x2(qa + 8);
+      a[p][3] = ld_bf16x2(qa + 8 * kStride + 8);
+    }
+#pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j) {
+      const uint16_t* kb = ks + (8 * j + g) * kStride + k0 + 2 * c;
+      const uint32_t b0 = ld_bf16x2(kb), b1 = ld_bf16x2(kb + 8);
+      mma_bf16_16x8x16(s[j], a[0], b0, b1);
+      if constexpr (kSplit) {
+        mma_bf16_16x8x16(s[j], a[0], ld_bf16x2(kb + kKPlane), ld_bf16x2(kb + kKPlane + 8));
+        mma_bf16_16x8x16(s[j], a[1], b0, b1);
+      }
+    }
+  }
+
+  if constexpr (S::kSlices > 1) {
+    constexpr int kFrag = kKeys / 8 * 4 * 32;  // floats of one warp's score fragments
+#pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) partial[warp * kFrag + (j * 4 + i) * 32 + lane] = s[j][i];
+    __syncthreads();
+    const int ht = warp % (kBlockHeads / 16);
+#pragma unroll
+    for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        float sum = 0.0f;  // in slice order, so every slice gets the same scores
+#pragma unroll
+        for (int sl = 0; sl < S::kSlices; ++sl)
+          sum += partial[(ht + sl * (kBlockHeads / 16)) * kFrag + (j * 4 + i) * 32 + lane];
+        s[j][i] = sum;
+      }
+  }
+
+  // Online softmax over the tile: the quad (lanes of one g) holds a row's scores.
+  float mx0 = st.m0, mx1 = st.m1;
+#pragma unroll
+  for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      const bool live = base + 8 * j + 2 * c + e < n_keys;
+      s[j][e] = live ? s[j][e] * scale : -INFINITY;
+      s[j][2 + e] = live ? s[j][2 + e] * scale : -INFINITY;
+      mx0 = fmaxf(mx0, s[j][e]);
+      mx1 = fmaxf(mx1, s[j][2 + e]);
+    }
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+  mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+  mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+  const float corr0 = expf(st.m0 - mx0), corr1 = expf(st.m1 - mx1);
+  st.m0 = mx0;
+  st.m1 = mx1;
+  st.l0 *= corr0;
+  st.l1 *= corr1;
+#pragma unroll
+  for (int n = 0; n < S::kChannels / 8; ++n) {
+    st.o[n][0] *= corr0;
+    st.o[n][1] *= corr0;
+    st.o[n][2] *= corr1;
+    st.o[n][3] *= corr1;
+  }
+#pragma unroll
+  for (int j = 0; j < kKeys / 8; ++j)
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+      st.l0 += (s[j][e] = expf(s[j][e] - st.m0));
+      st.l1 += (s[j][2 + e] = expf(s[j][2 + e] - st.m1));
+    }
+
+  // out += P K over the tile, 16 keys per step: P's A fragment is the scores' C fragments of
+  // two key groups; K's B fragments come transposed out of shared memory.
+  const int ld_key = (lane & 7) + 8 * ((lane >> 3) & 1), ld_col = 8 * (lane >> 4);
+#pragma unroll
+  for (int kk = 0; kk < kKeys / 16; ++kk) {
+    uint32_t pa[S::kParts][4];
+    const float* x0 = s[2 * kk];
+    const float* x1 = s[2 * kk + 1];
+    if constexpr (kSplit) {
+      const Bf16Parts r0 = split_bf16(x0[0], x0[1]), r1 = split_bf16(x0[2], x0[3]),
+                      r2 = split_bf16(x1[0], x1[1]), r3 = split_bf16(x1[2], x1[3]);
+      pa[0][0] = r0.hi, pa[0][1] = r1.hi, pa[0][2] = r2.hi, pa[0][3] = r3.hi;
+      pa[1][0] = r0.lo, pa[1][1] = r1.lo, pa[1][2] = r2.lo, pa[1][3] = r3.lo;
+    } else {
+      pa[0][0] = pack_bf16(x0[0], x0[1]), pa[0][1] = pack_bf16(x0[2], x0[3]);
+      pa[0][2] = pack_bf16(x1[0], x1[1]), pa[0][3] = pack_bf16(x1[2], x1[3]);
+    }
+    const uint16_t* kv = ks + (16 * kk + ld_key) * kStride + d0 + ld_col;
+#pragma unroll
+    for (int nn = 0; nn < S::kChannels / 16; ++nn) {
+      uint32_t b[4];
+      ldmatrix_x4_trans(b, kv + 16 * nn);
+      mma_bf16_16x8x16(st.o[2 * nn], pa[0], b[0], b[1]);
+      mma_bf16_16x8x16(st.o[2 * nn + 1], pa[0], b[2], b[3]);
+      if constexpr (kSplit) {
+        uint32_t bl[4];
+        ldmatrix_x4_trans(bl, kv + kKPlane + 16 * nn);
+        mma_bf16_16x8x16(st.o[2 * nn], pa[0], bl[0], bl[1]);
+        mma_bf16_16x8x16(st.o[2 * nn + 1], pa[0], bl[2], bl[3]);
+        mma_bf16_16x8x16(st.o[2 * nn], pa[1], b[0], b[1]);
+        mma_bf16_16x8x16(st.o[2 * nn + 1], pa[1], b[2], b[3]);
+      }
+    }
+  }
+}
+
+// The block's 64 heads of query row t as bf16 parts into qs ([parts][64][kStride]).
+template <int HD, bool kSplit>
+__device__ __forceinline__ void stage_query(const float* q_rows, uint16_t* qs) {
+  using S = TileShape<HD, kSplit>;
+  constexpr int64_t kQPlane = int64_t(kBlockHeads) * S::kStride;
+  for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
+    const int h = idx / (HD / 4), c4 = idx % (HD / 4);
+    store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + 4 * c4,
+                             __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
+  }
+}
+
 template <int HD, bool kSplit>
 __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     attend_mma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
@@ -65,23 +244,13 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
   const int64_t n_keys = keys.n_keys();
   auto key = [&](int64_t i) { return reinterpret_cast<const float4*>(keys.key(i, HD)); };
-
-  const float* q_rows = q + (t * heads + h_base) * HD;  // 64 heads, contiguous
-  for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
-    const int h = idx / (HD / 4), c4 = idx % (HD / 4);
-    store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * kStride + 4 * c4,
-                             __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
-  }
+  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs);  // 64 heads, contiguous
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int h0 = 16 * (warp % (kBlockHeads / 16));            // the warp's 16 heads
   const int d0 = S::kChannels * (warp / (kBlockHeads / 16));  // and output channels
-  // Rows g and g + 8 of the warp's heads; the sink only adds exp(sink - max) to the denominator,
-  // counted once per row (lane c == 0) until the quad's partial sums are added at the end.
-  float m0 = sinks[h_base + h0 + g], m1 = sinks[h_base + h0 + g + 8];
-  float l0 = c == 0 ? 1.0f : 0.0f, l1 = l0;
-  float o[S::kChannels / 8][4] = {};
+  WarpRows<HD, kSplit> st(sinks, h_base, h0, g, c);
 
   // Keys past the row's last are zeros (their scores are masked below).
   auto fetch = [&](int64_t base) {
@@ -109,137 +278,118 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     }
     __syncthreads();
     if (base + kKeys < n_keys) fetch(base + kKeys);  // lands while this tile is computed on
-
-    // Scores of the warp's 16 heads against the tile's keys over its channel slice, then (more
-    // than one slice) summed with the other slices' through shared memory.
-    float s[kKeys / 8][4] = {};
-#pragma unroll 4
-    for (int k0 = d0; k0 < d0 + S::kChannels; k0 += 16) {
-      uint32_t a[S::kParts][4];
-#pragma unroll
-      for (int p = 0; p < S::kParts; ++p) {
-        const uint16_t* qa = qs + p * kQPlane + (h0 + g) * kStride + k0 + 2 * c;
-        a[p][0] = ld_bf16x2(qa);
-        a[p][1] = ld_bf16x2(qa + 8 * kStride);
-        a[p][2] = ld_bf16x2(qa + 8);
-        a[p][3] = ld_bf16x2(qa + 8 * kStride + 8);
-      }
-#pragma unroll
-      for (int j = 0; j < kKeys / 8; ++j) {
-        const uint16_t* kb = ks + (8 * j + g) * kStride + k0 + 2 * c;
-        const uint32_t b0 = ld_bf16x2(kb), b1 = ld_bf16x2(kb + 8);
-        mma_bf16_16x8x16(s[j], a[0], b0, b1);
-        if constexpr (kSplit) {
-          mma_bf16_16x8x16(s[j], a[0], ld_bf16x2(kb + kKPlane), ld_bf16x2(kb + kKPlane + 8));
-          mma_bf16_16x8x16(s[j], a[1], b0, b1);
-        }
-      }
-    }
-
-    if constexpr (S::kSlices > 1) {
-      constexpr int kFrag = kKeys / 8 * 4 * 32;  // floats of one warp's score fragments
-#pragma unroll
-      for (int j = 0; j < kKeys / 8; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) partial[warp * kFrag + (j * 4 + i) * 32 + lane] = s[j][i];
-      __syncthreads();
-      const int ht = warp % (kBlockHeads / 16);
-#pragma unroll
-      for (int j = 0; j < kKeys / 8; ++j)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float sum = 0.0f;  // in slice order, so every slice gets the same scores
-#pragma unroll
-          for (int sl = 0; sl < S::kSlices; ++sl)
-            sum += partial[(ht + sl * (kBlockHeads / 16)) * kFrag + (j * 4 + i) * 32 + lane];
-          s[j][i] = sum;
-        }
-    }
-
-    // Online softmax over the tile: the quad (lanes of one g) holds a row's scores.
-    float mx0 = m0, mx1 = m1;
-#pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const bool live = base + 8 * j + 2 * c + e < n_keys;
-        s[j][e] = live ? s[j][e] * scale : -INFINITY;
-        s[j][2 + e] = live ? s[j][2 + e] * scale : -INFINITY;
-        mx0 = fmaxf(mx0, s[j][e]);
-        mx1 = fmaxf(mx1, s[j][2 + e]);
-      }
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-    const float corr0 = expf(m0 - mx0), corr1 = expf(m1 - mx1);
-    m0 = mx0;
-    m1 = mx1;
-    l0 *= corr0;
-    l1 *= corr1;
-#pragma unroll
-    for (int n = 0; n < S::kChannels / 8; ++n) {
-      o[n][0] *= corr0;
-      o[n][1] *= corr0;
-      o[n][2] *= corr1;
-      o[n][3] *= corr1;
-    }
-#pragma unroll
-    for (int j = 0; j < kKeys / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        l0 += (s[j][e] = expf(s[j][e] - m0));
-        l1 += (s[j][2 + e] = expf(s[j][2 + e] - m1));
-      }
-
-    // out += P K over the tile, 16 keys per step: P's A fragment is the scores' C fragments of
-    // two key groups; K's B fragments come transposed out of shared memory.
-    const int ld_key = (lane & 7) + 8 * ((lane >> 3) & 1), ld_col = 8 * (lane >> 4);
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      uint32_t pa[S::kParts][4];
-      const float* x0 = s[2 * kk];
-      const float* x1 = s[2 * kk + 1];
-      if constexpr (kSplit) {
-        const Bf16Parts r0 = split_bf16(x0[0], x0[1]), r1 = split_bf16(x0[2], x0[3]),
-                        r2 = split_bf16(x1[0], x1[1]), r3 = split_bf16(x1[2], x1[3]);
-        pa[0][0] = r0.hi, pa[0][1] = r1.hi, pa[0][2] = r2.hi, pa[0][3] = r3.hi;
-        pa[1][0] = r0.lo, pa[1][1] = r1.lo, pa[1][2] = r2.lo, pa[1][3] = r3.lo;
-      } else {
-        pa[0][0] = pack_bf16(x0[0], x0[1]), pa[0][1] = pack_bf16(x0[2], x0[3]);
-        pa[0][2] = pack_bf16(x1[0], x1[1]), pa[0][3] = pack_bf16(x1[2], x1[3]);
-      }
-      const uint16_t* kv = ks + (16 * kk + ld_key) * kStride + d0 + ld_col;
-#pragma unroll
-      for (int nn = 0; nn < S::kChannels / 16; ++nn) {
-        uint32_t b[4];
-        ldmatrix_x4_trans(b, kv + 16 * nn);
-        mma_bf16_16x8x16(o[2 * nn], pa[0], b[0], b[1]);
-        mma_bf16_16x8x16(o[2 * nn + 1], pa[0], b[2], b[3]);
-        if constexpr (kSplit) {
-          uint32_t bl[4];
-          ldmatrix_x4_trans(bl, kv + kKPlane + 16 * nn);
-          mma_bf16_16x8x16(o[2 * nn], pa[0], bl[0], bl[1]);
-          mma_bf16_16x8x16(o[2 * nn + 1], pa[0], bl[2], bl[3]);
-          mma_bf16_16x8x16(o[2 * nn], pa[1], b[0], b[1]);
-          mma_bf16_16x8x16(o[2 * nn + 1], pa[1], b[2], b[3]);
-        }
-      }
-    }
+    attend_tile<HD, kSplit>(qs, ks, partial, base, n_keys, scale, warp, lane, st);
   }
+  st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
+}
 
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-  const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
-  float* out0 = out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c;
-  float* out1 = out0 + 8 * HD;
-#pragma unroll
-  for (int n = 0; n < S::kChannels / 8; ++n) {
-    *reinterpret_cast<float2*>(out0 + 8 * n) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
-    *reinterpret_cast<float2*>(out1 + 8 * n) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+// ---- keys mirrored as bf16 ----
+//
+// The kernel above reads each tile of float32 keys into a staging buffer, converts it into the
+// bf16 tile and only then asks for the next: one tile in flight, two barriers and a conversion
+// per tile, and every block converts the same window and entries again. Where the rows are of
+// one sequence (prefill), the keys the pass can reach (its window rows and the entries) are
+// converted once (mirror_keys_kernel), and the kernel below copies bf16 tiles straight into a
+// ring of kStages tiles (cp.async), kStages - 1 of them in flight while it computes on the
+// oldest. Each tile then holds the same bf16 values as above and goes through the same
+// attend_tile, so the outputs are the same bits.
+
+template <int HD, bool kSplit>
+struct MirrorShape {
+  using S = TileShape<HD, kSplit>;
+  static constexpr int kStages = kSplit ? 2 : 3;
+  static constexpr int kChunks = S::kParts * S::kKeys * (HD / 8);  // 16-byte copies a tile
+  static constexpr int kCopies = kChunks / S::kThreads;            // per thread
+  static constexpr size_t kShared = size_t(S::kParts) * kBlockHeads * S::kStride * 2 +
+                                    size_t(kStages) * S::kParts * S::kKeys * S::kStride * 2 +
+                                    S::kScoreBytes;
+  static_assert(kChunks % S::kThreads == 0);
+};
+
+// Rows [0, kv_rows) of the mirror are the cache's window rows from kv_first on, rows kv_rows +
+// e its entries e; parts planes of (kv_rows + entries) * hd bf16 (split: high, then low parts).
+__global__ void mirror_keys_kernel(const float* kv, int64_t kv_first, int64_t kv_rows,
+                                   const float* entries, int64_t n_entries, int64_t hd, bool split,
+                                   uint16_t* mirror) {
+  pdl_begin();
+  const int64_t quads = hd / 4, rows = kv_rows + n_entries, plane = rows * hd;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * quads; i += stride) {
+    const int64_t r = i / quads, c4 = i - r * quads;
+    const float* src = r < kv_rows ? kv + (kv_first + r) * hd : entries + (r - kv_rows) * hd;
+    store_bf16_parts(split, mirror, plane, r * hd + 4 * c4,
+                     __ldg(reinterpret_cast<const float4*>(src) + c4));
   }
+}
+
+template <int HD, bool kSplit>
+__global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
+    attend_mma_mirror_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
+                             const float* sinks, bool use_entries, const int32_t* chosen,
+                             const int32_t* n_chosen, int64_t topk, float scale, KeyMirror mirror,
+                             float* out) {
+  using S = TileShape<HD, kSplit>;
+  using M = MirrorShape<HD, kSplit>;
+  constexpr int kStride = S::kStride, kKeys = S::kKeys;
+  constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
+  constexpr int64_t kTile = S::kParts * kKPlane;  // one ring slot: [parts][kKeys][kStride]
+  pdl_begin();
+  extern __shared__ __align__(16) uint16_t smem[];
+  uint16_t* qs = smem;                          // [parts][64 heads][kStride]
+  uint16_t* ring = smem + S::kParts * kQPlane;  // [kStages] tiles
+  float* partial = reinterpret_cast<float*>(ring + M::kStages * kTile);
+
+  const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kBlockHeads;
+  const LayerRow row = rows[t];
+  const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
+  const int64_t n_keys = keys.n_keys(), tiles = (n_keys + kKeys - 1) / kKeys;
+  const int64_t plane = (mirror.kv_rows + mirror.entries) * HD;
+  // Key i's row of the mirror.
+  auto mirror_row = [&](int64_t i) {
+    if (i < keys.n_window) return keys.first + i - mirror.kv_first;
+    const int64_t e = i - keys.n_window;
+    return mirror.kv_rows + (keys.chosen ? int64_t(keys.chosen[e]) : e);
+  };
+  // Tile j into ring slot j % kStages: each thread's kCopies 16-byte pieces (part, key, 8
+  // channels); keys past the row's last are zeros (their scores are masked).
+  auto fetch = [&](int64_t j) {
+    uint16_t* slot = ring + (j % M::kStages) * kTile;
+#pragma unroll
+    for (int u = 0; u < M::kCopies; ++u) {
+      const int idx = threadIdx.x + u * S::kThreads;
+      const int p = idx / (kKeys * (HD / 8)), rest = idx % (kKeys * (HD / 8));
+      const int i = rest / (HD / 8), c8 = rest % (HD / 8);
+      uint16_t* dst = slot + p * kKPlane + int64_t(i) * kStride + 8 * c8;
+      const int64_t key = j * kKeys + i;
+      if (key < n_keys)
+        cp_async_16(dst, mirror.keys + p * plane + mirror_row(key) * HD + 8 * c8);
+      else
+        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+    }
+  };
+#pragma unroll
+  for (int j = 0; j < M::kStages - 1; ++j) {
+    if (j < tiles) fetch(j);
+    cp_async_commit();  // empty groups too: every wait below counts the same groups
+  }
+  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int h0 = 16 * (warp % (kBlockHeads / 16));
+  const int d0 = S::kChannels * (warp / (kBlockHeads / 16));
+  WarpRows<HD, kSplit> st(sinks, h_base, h0, g, c);
+  for (int64_t j = 0; j < tiles; ++j) {
+    cp_async_wait<M::kStages - 2>();  // this thread's pieces of tile j have landed
+    // Every thread's pieces of tile j (and the query) are visible, and every warp is done with
+    // tile j - 1, whose slot the next fetch refills.
+    __syncthreads();
+    if (j + M::kStages - 1 < tiles) fetch(j + M::kStages - 1);
+    cp_async_commit();
+    attend_tile<HD, kSplit>(qs, ring + (j % M::kStages) * kTile, partial, j * kKeys, n_keys, scale,
+                            warp, lane, st);
+  }
+  st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
 }
 
 template <int HD, bool kSplit>
@@ -262,6 +412,28 @@ void launch_attend_mma(const float* q, const LayerRow* rows, int64_t n, int64_t 
   }
 }
 
+template <int HD, bool kSplit>
+void launch_attend_mma_mirror(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                              int64_t window, const float* sinks, bool use_entries,
+                              const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                              const KeyMirror& mirror, float* out, cudaStream_t stream) {
+  using M = MirrorShape<HD, kSplit>;
+  auto kernel = attend_mma_mirror_kernel<HD, kSplit>;
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(M::kShared)));
+  const float scale = 1.0f / sqrtf(float(HD));
+  constexpr int64_t kMaxGridRows = 65535;
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
+    const int64_t m = std::min(kMaxGridRows, n - r0);
+    const dim3 grid{unsigned(heads / kBlockHeads), unsigned(m)};
+    launch_pdl(kernel, grid, TileShape<HD, kSplit>::kThreads, M::kShared, stream,
+               q + r0 * heads * HD, rows + r0, heads, window, sinks, use_entries,
+               chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
+               scale, mirror, out + r0 * heads * HD);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
 template <bool kSplit>
 void dispatch_head_dim(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
                        int64_t heads, int64_t window, const float* sinks, bool use_entries,
@@ -278,7 +450,59 @@ void dispatch_head_dim(int64_t head_dim, const float* q, const LayerRow* rows, i
                                    topk, out, stream);
 }
 
+template <bool kSplit>
+void dispatch_mirror(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
+                     int64_t heads, int64_t window, const float* sinks, bool use_entries,
+                     const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                     const KeyMirror& mirror, float* out, cudaStream_t stream) {
+  if (head_dim == 128)
+    launch_attend_mma_mirror<128, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                          n_chosen, topk, mirror, out, stream);
+  else if (head_dim == 256)
+    launch_attend_mma_mirror<256, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                          n_chosen, topk, mirror, out, stream);
+  else
+    launch_attend_mma_mirror<512, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                          n_chosen, topk, mirror, out, stream);
+}
+
 }  // namespace
+
+int64_t key_mirror_bytes(int64_t head_dim, int64_t kv_rows, int64_t entries, bool split) {
+  return (split ? 2 : 1) * (kv_rows + entries) * head_dim * 2;
+}
+
+void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                              int64_t head_dim, int64_t window, const float* sinks,
+                              bool use_entries, const int32_t* chosen, const int32_t* n_chosen,
+                              int64_t topk, bool split, const float* kv, int64_t kv_first,
+                              int64_t kv_rows, const float* entries, int64_t n_entries,
+                              void* mirror, float* out, cudaStream_t stream) {
+  if (n <= 0) return;
+  if (!attend_rows_mma_supported(heads, head_dim))
+    throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
+                                " heads of " + std::to_string(head_dim) +
+                                " (needs a multiple of 64 heads of 128, 256 or 512)");
+  if (kv_first < 0 || kv_rows < 0 || n_entries < 0 || (n_entries > 0 && !entries))
+    throw std::invalid_argument("cuda tensor-core attention: a key mirror of " +
+                                std::to_string(kv_rows) + " KV rows from " +
+                                std::to_string(kv_first) + " and " + std::to_string(n_entries) +
+                                " entries");
+  auto* keys = static_cast<uint16_t*>(mirror);
+  const int64_t quads = (kv_rows + n_entries) * (head_dim / 4);
+  if (quads > 0) {
+    launch_pdl(mirror_keys_kernel, unsigned(std::min<int64_t>((quads + 255) / 256, 8192)), 256, 0,
+               stream, kv, kv_first, kv_rows, entries, n_entries, head_dim, split, keys);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
+  const KeyMirror m{keys, kv_first, kv_rows, n_entries};
+  if (split)
+    dispatch_mirror<true>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
+                          topk, m, out, stream);
+  else
+    dispatch_mirror<false>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen,
+                           n_chosen, topk, m, out, stream);
+}
 
 bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
   return heads > 0 && heads % kBlockHeads == 0 &&

@@ -19,7 +19,7 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived;
+      hyper_partials, hyper_arrived, key_mirror;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -50,6 +50,11 @@ struct DeviceForward::Workspace {
     int64_t max_keys = 0, max_visible = 0;
     // The indexer entries every row reads when the rows are of one sequence, else nullptr.
     const float* shared_idx_entries = nullptr;
+    // Rows of one sequence: its KV rows and compressed entries, and the positions the rows'
+    // windows reach, [kv_first, kv_first + kv_rows) (attend_rows_mma_mirrored).
+    const float* shared_kv = nullptr;
+    const float* shared_comp_entries = nullptr;
+    int64_t kv_first = 0, kv_rows = 0;
   };
   std::vector<LayerMeta> layers;
 };
@@ -94,6 +99,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       precision_(options.precision),
       profile_(options.profile),
       graphs_(options.graphs),
+      attention_mirror_(options.attention_mirror),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
   if (!repeat_stage_.empty() &&
@@ -203,7 +209,15 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       m.max_keys = std::max(m.max_keys, keys);
       m.max_visible = std::max<int64_t>(m.max_visible, r.visible);
     }
-    if (order.size() == 1) m.shared_idx_entries = order[0]->layer(l).idx_entries.as<float>();
+    if (order.size() == 1) {
+      DeviceLayerCache& lc = order[0]->layer(l);
+      m.shared_idx_entries = lc.idx_entries.as<float>();
+      m.shared_kv = lc.kv.as<float>();
+      m.shared_comp_entries = lc.comp_entries.as<float>();
+      // One cache's rows are consecutive positions from its length on (checked above).
+      m.kv_first = std::max<int64_t>(0, pos[0] - c.sliding_window + 1);
+      m.kv_rows = pos[n - 1] + 1 - m.kv_first;
+    }
     std::vector<CompressJob> comp, idx;
     if (rate)
       for (auto* cache : order) {
@@ -705,8 +719,18 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     });
   } else {
     repeatable("attention", [&] {
-      if (n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
-          attend_rows_mma_supported(heads, hd))
+      const bool mma = n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
+                       attend_rows_mma_supported(heads, hd);
+      if (mma && attention_mirror_ && m.shared_kv) {
+        // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
+        const int64_t entries = fl.compress_rate ? m.max_visible : 0;
+        const bool split = precision_ == GemmPrecision::bf16x2;
+        void* mirror = w.grow(w.key_mirror, key_mirror_bytes(hd, m.kv_rows, entries, split));
+        attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                                 fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
+                                 split, m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries,
+                                 entries, mirror, attn, stream_);
+      } else if (mma)
         attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                         fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
                         precision_ == GemmPrecision::bf16x2, attn, stream_);

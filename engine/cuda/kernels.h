@@ -138,6 +138,28 @@ void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t he
                      const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
                      float* out, cudaStream_t stream);
 
+// The keys of rows of one sequence, as bf16 (attend_rows_mma_mirrored): rows [0, kv_rows) are
+// the cache's KV rows from position kv_first on, rows kv_rows + e its compressed entries e <
+// entries; one plane of (kv_rows + entries) * head_dim values (split: the high parts, then the low
+// parts).
+struct KeyMirror {
+  const uint16_t* keys = nullptr;
+  int64_t kv_first = 0, kv_rows = 0, entries = 0;
+};
+// Bytes of a mirror of kv_rows + entries keys.
+int64_t key_mirror_bytes(int64_t head_dim, int64_t kv_rows, int64_t entries, bool split);
+// attend_rows_mma for rows whose keys all come from one cache (kv: its KV rows, entries: its
+// compressed entries, as in every row's LayerRow): the reachable keys (every row's window within
+// [kv_first, kv_first + kv_rows), its entries below `entries`) are converted to bf16 once into
+// `mirror` (key_mirror_bytes), and each block copies bf16 tiles straight from it, several in
+// flight. The same outputs, bit for bit, as attend_rows_mma.
+void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                              int64_t head_dim, int64_t window, const float* sinks,
+                              bool use_entries, const int32_t* chosen, const int32_t* n_chosen,
+                              int64_t topk, bool split, const float* kv, int64_t kv_first,
+                              int64_t kv_rows, const float* entries, int64_t n_entries,
+                              void* mirror, float* out, cudaStream_t stream);
+
 // --- indexer.cu ---
 // indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].
 // head_weights are the raw weights_proj outputs; weight_scale (1/sqrt(heads)) multiplies them.

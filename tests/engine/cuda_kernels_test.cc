@@ -671,6 +671,46 @@ void attention_mma_case(int64_t hd, int64_t heads, bool split) {
   }
 }
 
+// attend_rows_mma_mirrored: the rows' keys converted to bf16 once, tiles streamed from there
+// (several in flight) through the same per-tile arithmetic, so the outputs must be
+// attend_rows_mma's bit for bit. Rows whose windows start at 0 and rows whose earliest window
+// starts later (the mirror's first KV row is not the cache's first), CSA and HCA, both precisions.
+void attention_mirror_case(int64_t hd, int64_t heads, bool split, std::vector<int64_t> positions) {
+  SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
+               (split ? " split" : " bf16") + " first position " +
+               std::to_string(*std::min_element(positions.begin(), positions.end())));
+  const int64_t window = 40, topk = 24, entries = 30;
+  const AttentionInputs in(hd, heads, window, topk, topk, 130, entries, std::move(positions), 2.0f,
+                           7);
+  const int64_t n = in.rows_count();
+  const int64_t kv_first =
+      std::max<int64_t>(0, *std::min_element(in.pos.begin(), in.pos.end()) - window + 1);
+  const int64_t kv_rows = *std::max_element(in.pos.begin(), in.pos.end()) + 1 - kv_first;
+  DeviceBuffer want(n * heads * hd * 4), got(n * heads * hd * 4),
+      mirror(cuda::key_mirror_bytes(hd, kv_rows, entries, split));
+  for (bool csa : {true, false}) {
+    cuda::attend_rows_mma(in.d_q.as<float>(), in.d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
+                          in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                          in.n_chosen_on_device(csa), topk, split, want.as<float>(), nullptr);
+    cuda::attend_rows_mma_mirrored(in.d_q.as<float>(), in.d_rows.as<cuda::LayerRow>(), n, heads, hd,
+                                   window, in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                   in.n_chosen_on_device(csa), topk, split, in.d_kv.as<float>(),
+                                   kv_first, kv_rows, in.d_ent.as<float>(), entries, mirror.get(),
+                                   got.as<float>(), nullptr);
+    const auto a = download<float>(want, n * heads * hd), b = download<float>(got, n * heads * hd);
+    int64_t differ = 0;
+    double worst = 0;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t at = (t * heads + h) * hd;
+        differ += std::memcmp(a.data() + at, b.data() + at, size_t(hd) * 4) != 0;
+        worst = std::max(worst, in.error(b.data(), t, h, csa));
+      }
+    EXPECT_EQ(differ, 0) << (csa ? "csa" : "hca") << ": (row, head) outputs not bitwise equal";
+    EXPECT_LE(worst, split ? 1e-4 : 2e-2) << (csa ? "csa" : "hca") << " worst rel L2 " << worst;
+  }
+}
+
 // The decode kernel takes the raw query: it must equal the head RMSNorm + RoPE kernel, the
 // plain attention and the inverse RoPE, for one and several key slices (every slice of a row
 // with keys, and slices with none), CSA and HCA rows, head_dim 512 / 128 / 72 (rope 64 / 64 /
@@ -729,6 +769,14 @@ TEST_F(CudaKernels, AttentionOnTensorCoresMatchesAttendReference) {
     attention_mma_case(128, 128, split);
     attention_mma_case(256, 64, split);
   }
+}
+
+TEST_F(CudaKernels, AttentionFromMirroredKeysIsTheSameBits) {
+  for (const bool split : {true, false})
+    for (int64_t hd : {512, 128, 256}) {
+      attention_mirror_case(hd, hd == 128 ? 128 : 64, split, {0, 5, 129, 128, 47, 1, 77, 100, 39});
+      attention_mirror_case(hd, 64, split, {100, 129, 77, 64, 90});
+    }
 }
 
 // The fused tensor-core indexer (indexer_mma.cu) against indexer.cu's kernel: 64 heads of 128,
