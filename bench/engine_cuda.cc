@@ -22,8 +22,8 @@
 //                     routed experts' FP8 GEMMs alternate between; default 2)
 //                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
 //                     highest priority, CudaOptions::expert_priority_stream; unmeasured)
-//                     [--attention-mirror 1] (prefill attention from bf16 keys converted once
-//                     a pass, several tiles in flight, CudaOptions::attention_mirror)
+//                     [--key-mirrors 1] (prefill attention and indexer from bf16 keys
+//                     converted once a pass, several tiles in flight, CudaOptions::key_mirrors)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -291,8 +291,8 @@ int main(int argc, char** argv) {
       options.fp8_expert_streams = std::stoi(v);
     else if (k == "--expert-priority-stream")
       options.expert_priority_stream = v == "1";
-    else if (k == "--attention-mirror")
-      options.attention_mirror = v == "1";
+    else if (k == "--key-mirrors")
+      options.key_mirrors = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

@@ -472,6 +472,17 @@ int64_t key_mirror_bytes(int64_t head_dim, int64_t kv_rows, int64_t entries, boo
   return (split ? 2 : 1) * (kv_rows + entries) * head_dim * 2;
 }
 
+void mirror_keys(const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
+                 int64_t n_entries, int64_t head_dim, bool split, void* mirror,
+                 cudaStream_t stream) {
+  const int64_t quads = (kv_rows + n_entries) * (head_dim / 4);
+  if (quads <= 0) return;
+  launch_pdl(mirror_keys_kernel, unsigned(std::min<int64_t>((quads + 255) / 256, 8192)), 256, 0,
+             stream, kv, kv_first, kv_rows, entries, n_entries, head_dim, split,
+             static_cast<uint16_t*>(mirror));
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
 void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                               int64_t head_dim, int64_t window, const float* sinks,
                               bool use_entries, const int32_t* chosen, const int32_t* n_chosen,
@@ -489,12 +500,7 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                                 std::to_string(kv_first) + " and " + std::to_string(n_entries) +
                                 " entries");
   auto* keys = static_cast<uint16_t*>(mirror);
-  const int64_t quads = (kv_rows + n_entries) * (head_dim / 4);
-  if (quads > 0) {
-    launch_pdl(mirror_keys_kernel, unsigned(std::min<int64_t>((quads + 255) / 256, 8192)), 256, 0,
-               stream, kv, kv_first, kv_rows, entries, n_entries, head_dim, split, keys);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-  }
+  mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, split, keys, stream);
   const KeyMirror m{keys, kv_first, kv_rows, n_entries};
   if (split)
     dispatch_mirror<true>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,

@@ -19,7 +19,7 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived, key_mirror;
+      hyper_partials, hyper_arrived, key_mirror, idx_mirror;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -99,7 +99,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       precision_(options.precision),
       profile_(options.profile),
       graphs_(options.graphs),
-      attention_mirror_(options.attention_mirror),
+      key_mirrors_(options.key_mirrors),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
   if (!repeat_stage_.empty() &&
@@ -687,7 +687,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     // Prefill of one sequence: tensor cores unless float32 is asked for.
     const bool mma = precision_ != GemmPrecision::f32 && indexer_scores_mma_supported(ih, ihd);
     repeatable("indexer_scores", [&] {
-      if (n >= kIndexerGemmRows && m.shared_idx_entries && mma)
+      if (n >= kIndexerGemmRows && m.shared_idx_entries && mma && key_mirrors_) {
+        const bool split = precision_ == GemmPrecision::bf16x2;
+        void* mirror = w.grow(w.idx_mirror, key_mirror_bytes(ihd, 0, m.max_visible, split));
+        indexer_scores_mma_mirrored(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
+                                    m.shared_idx_entries, m.max_visible, split, mirror, scores,
+                                    stride, stream_);
+      } else if (n >= kIndexerGemmRows && m.shared_idx_entries && mma)
         indexer_scores_mma(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
                            m.shared_idx_entries, m.max_visible, precision_ == GemmPrecision::bf16x2,
                            scores, stride, stream_);
@@ -721,7 +727,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     repeatable("attention", [&] {
       const bool mma = n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
                        attend_rows_mma_supported(heads, hd);
-      if (mma && attention_mirror_ && m.shared_kv) {
+      if (mma && key_mirrors_ && m.shared_kv) {
         // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
         const int64_t entries = fl.compress_rate ? m.max_visible : 0;
         const bool split = precision_ == GemmPrecision::bf16x2;

@@ -48,11 +48,12 @@ struct CudaOptions {
   // priority, ahead of the next chunk's weight conversion (ExpertGemm's priority_stream). Off:
   // written after the fifteenth session's last GPU run, unmeasured.
   bool expert_priority_stream = false;
-  // Prefill attention of one sequence's rows (tensor cores) converts the keys the pass reaches to
-  // bf16 once and streams bf16 tiles, several in flight (attend_rows_mma_mirrored; the same
+  // Prefill of one sequence's rows: the tensor-core attention and indexer convert the keys the
+  // pass reaches (window KV rows, compressed and indexer entries) to bf16 once and stream bf16
+  // tiles, several in flight (attend_rows_mma_mirrored, indexer_scores_mma_mirrored; the same
   // outputs), instead of converting each float32 tile in every block with one in flight. Off:
   // written in the sixteenth session without a GPU, unmeasured.
-  bool attention_mirror = false;
+  bool key_mirrors = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda.md, eleventh session).
@@ -192,7 +193,7 @@ class DeviceForward {
   GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;
   bool graphs_ = true;
-  bool attention_mirror_ = false;  // CudaOptions::attention_mirror
+  bool key_mirrors_ = false;  // CudaOptions::key_mirrors
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

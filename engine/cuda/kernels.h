@@ -148,6 +148,11 @@ struct KeyMirror {
 };
 // Bytes of a mirror of kv_rows + entries keys.
 int64_t key_mirror_bytes(int64_t head_dim, int64_t kv_rows, int64_t entries, bool split);
+// Fills a mirror (key_mirror_bytes) from a cache's KV rows [kv_first, kv_first + kv_rows) and its
+// first n_entries entries.
+void mirror_keys(const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
+                 int64_t n_entries, int64_t head_dim, bool split, void* mirror,
+                 cudaStream_t stream);
 // attend_rows_mma for rows whose keys all come from one cache (kv: its KV rows, entries: its
 // compressed entries, as in every row's LayerRow): the reachable keys (every row's window within
 // [kv_first, kv_first + kv_rows), its entries below `entries`) are converted to bf16 once into
@@ -179,6 +184,13 @@ void indexer_scores_mma(const float* q, const float* head_weights, float weight_
                         const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
                         const float* entries, int64_t max_visible, bool split, float* scores,
                         int64_t stride, cudaStream_t stream);
+// The same scores, bit for bit, with the entries converted to bf16 once into `mirror`
+// (key_mirror_bytes(head_dim, 0, max_visible, split)) and bf16 tiles streamed from there, several
+// in flight (attend_rows_mma_mirrored's scheme).
+void indexer_scores_mma_mirrored(const float* q, const float* head_weights, float weight_scale,
+                                 const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                                 const float* entries, int64_t max_visible, bool split,
+                                 void* mirror, float* scores, int64_t stride, cudaStream_t stream);
 
 // --- sampling.cu ---
 // The greedy choice among allowed tokens (mask bit set, or no mask; logit finite): the largest

@@ -675,7 +675,7 @@ void attention_mma_case(int64_t hd, int64_t heads, bool split) {
 // (several in flight) through the same per-tile arithmetic, so the outputs must be
 // attend_rows_mma's bit for bit. Rows whose windows start at 0 and rows whose earliest window
 // starts later (the mirror's first KV row is not the cache's first), CSA and HCA, both precisions.
-void attention_mirror_case(int64_t hd, int64_t heads, bool split, std::vector<int64_t> positions) {
+void key_mirrors_case(int64_t hd, int64_t heads, bool split, std::vector<int64_t> positions) {
   SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
                (split ? " split" : " bf16") + " first position " +
                std::to_string(*std::min_element(positions.begin(), positions.end())));
@@ -774,8 +774,8 @@ TEST_F(CudaKernels, AttentionOnTensorCoresMatchesAttendReference) {
 TEST_F(CudaKernels, AttentionFromMirroredKeysIsTheSameBits) {
   for (const bool split : {true, false})
     for (int64_t hd : {512, 128, 256}) {
-      attention_mirror_case(hd, hd == 128 ? 128 : 64, split, {0, 5, 129, 128, 47, 1, 77, 100, 39});
-      attention_mirror_case(hd, 64, split, {100, 129, 77, 64, 90});
+      key_mirrors_case(hd, hd == 128 ? 128 : 64, split, {0, 5, 129, 128, 47, 1, 77, 100, 39});
+      key_mirrors_case(hd, 64, split, {100, 129, 77, 64, 90});
     }
 }
 
@@ -813,6 +813,16 @@ TEST_F(CudaKernels, IndexerScoresOnTensorCoresMatchTheKernel) {
                 split ? 1e-5 : 2e-2)
           << (split ? "split" : "bf16") << " row " << t << " of " << vis << " entries";
     }
+    // From entries mirrored as bf16 (CudaOptions::key_mirrors): the same bits, the same entries
+    // left untouched.
+    auto mirrored = upload(init);
+    DeviceBuffer mirror(cuda::key_mirror_bytes(dim, 0, entries, split));
+    cuda::indexer_scores_mma_mirrored(
+        d_q.as<float>(), d_w.as<float>(), 0.125f, d_rows.as<cuda::LayerRow>(), n, heads, dim,
+        d_ent.as<float>(), entries, split, mirror.get(), mirrored.as<float>(), stride, nullptr);
+    const auto m = download<float>(mirrored, n * stride);
+    EXPECT_EQ(std::memcmp(m.data(), b.data(), size_t(n * stride) * 4), 0)
+        << (split ? "split" : "bf16") << ": mirrored scores differ from indexer_scores_mma's";
   }
 }
 
