@@ -21,9 +21,10 @@
 //                     [--fp8-expert-streams 1|2] (under --precision fp8, the streams the
 //                     routed experts' FP8 GEMMs alternate between; default 2)
 //                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
-//                     highest priority, CudaOptions::expert_priority_stream; unmeasured)
-//                     [--key-mirrors 1] (prefill attention and indexer from bf16 keys
-//                     converted once a pass, several tiles in flight, CudaOptions::key_mirrors)
+//                     highest priority, CudaOptions::expert_priority_stream; no faster)
+//                     [--key-mirrors 0] (prefill attention and indexer convert each float32
+//                     tile of keys in every block instead of streaming bf16 keys converted
+//                     once a pass, CudaOptions::key_mirrors)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
