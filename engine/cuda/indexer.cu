@@ -127,17 +127,50 @@ __device__ __forceinline__ uint32_t order_key(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-__device__ int block_count(int v, int* shared) {
-  return int(block_sum(float(v), reinterpret_cast<float*>(shared)));  // counts < 2^24: exact
+// Warp 0 finds the bin of hist (256 bins, highest digit first) where the wanted rank falls: lane l
+// holds bins 255 - 8l .. 248 - 8l, a warp scan gives the counts above each lane's bins, and the
+// lane whose bins hold the rank walks them. The same bin and rank as walking all 256 bins from the
+// top in one thread (which, for a 16K-entry row, took a few microseconds a pass).
+__device__ void find_bin(const int* hist, int shift, uint32_t prefix, int want, uint32_t* found) {
+  const int lane = int(threadIdx.x);
+  int c[8], mine = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) mine += (c[j] = hist[255 - 8 * lane - j]);
+  int upto = mine;  // inclusive: bins of lanes 0..lane
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const int o = __shfl_up_sync(0xffffffffu, upto, off);
+    if (lane >= off) upto += o;
+  }
+  const int above0 = upto - mine;
+  const unsigned hit = __ballot_sync(0xffffffffu, above0 < want && want <= upto);
+  if (hit == 0) {  // counts short of the rank (cannot happen): bin 0, as the one-thread walk
+    if (lane == 31) {
+      found[0] = prefix;
+      found[1] = uint32_t(want - (upto - c[7]));
+    }
+    return;
+  }
+  if (lane != __ffs(hit) - 1) return;
+  int above = above0, d = 255 - 8 * lane;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    if (above + c[j] >= want) {
+      d = 255 - 8 * lane - j;
+      break;
+    }
+    above += c[j];
+  }
+  found[0] = prefix | (uint32_t(d) << shift);
+  found[1] = uint32_t(want - above);
 }
 
-__global__ void select_kernel(const float* scores, int64_t stride, const LayerRow* rows,
-                              int64_t topk, int32_t* chosen, int32_t* n_chosen) {
+__global__ void __launch_bounds__(kSelectThreads)
+    select_kernel(const float* scores, int64_t stride, const LayerRow* rows, int64_t topk,
+                  int32_t* chosen, int32_t* n_chosen) {
   pdl_begin();
-  using Scan = cub::BlockScan<int, kSelectThreads>;
+  using Scan = cub::BlockScan<long long, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  __shared__ int red[32];
-  __shared__ int running[2];
   const int64_t t = blockIdx.x;
   const int64_t visible = rows[t].visible;
   int32_t* out = chosen + t * topk;
@@ -162,40 +195,33 @@ __global__ void select_kernel(const float* scores, int64_t stride, const LayerRo
       if ((key & high) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      int above = 0, d = 255;
-      for (; d > 0 && above + hist[d] < want; --d) above += hist[d];
-      found[0] = prefix | (uint32_t(d) << shift);
-      found[1] = uint32_t(want - above);
-    }
+    if (threadIdx.x < 32) find_bin(hist, shift, prefix, want, found);
     __syncthreads();
     prefix = found[0];
     want = int(found[1]);
   }
   const uint32_t T = prefix;
-  int gt = 0;
-  for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) gt += order_key(s[i]) > T;
-  const int need = int(topk) - block_count(gt, red);  // ties at T to take, lowest index first
-  if (threadIdx.x == 0) running[0] = running[1] = 0;  // ties seen, outputs written
-  __syncthreads();
-  for (int64_t base = 0; base < visible; base += blockDim.x) {
-    const int64_t i = base + threadIdx.x;
-    const uint32_t key = i < visible ? order_key(s[i]) : 0;
-    const int is_gt = i < visible && key > T;
-    const int is_eq = i < visible && key == T;
-    int tie_before, ties;
-    Scan(scan_tmp).ExclusiveSum(is_eq, tie_before, ties);
-    __syncthreads();
-    const int take = is_gt || (is_eq && running[0] + tie_before < need);
-    int out_before, taken;
-    Scan(scan_tmp).ExclusiveSum(take, out_before, taken);
-    if (take) out[running[1] + out_before] = int32_t(i);
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      running[0] += ties;
-      running[1] += taken;
-    }
-    __syncthreads();
+  // Each thread takes a contiguous run of entries: it counts its keys above T and equal to T,
+  // one block scan of both counts (packed: each < 2^31) gives every run its place in the output
+  // and its ties before it, and each run writes its chosen entries in index order. The ties at T
+  // taken are the lowest-indexed ones, `need` of them. (Before: a block-wide step per 1,024
+  // entries, two scans and three barriers each.)
+  const int64_t per = (visible + kSelectThreads - 1) / kSelectThreads;
+  const int64_t r0 = min(visible, int64_t(threadIdx.x) * per), r1 = min(visible, r0 + per);
+  long long gt = 0, eq = 0;
+  for (int64_t i = r0; i < r1; ++i) {
+    const uint32_t key = order_key(s[i]);
+    gt += key > T;
+    eq += key == T;
+  }
+  long long before, total;
+  Scan(scan_tmp).ExclusiveSum(gt | (eq << 32), before, total);
+  const long long need = topk - (total & 0xffffffffll);  // ties at T to take
+  const long long gt_before = before & 0xffffffffll, eq_before = before >> 32;
+  long long at = gt_before + min(eq_before, need), ties = eq_before;
+  for (int64_t i = r0; i < r1; ++i) {
+    const uint32_t key = order_key(s[i]);
+    if (key > T || (key == T && ties++ < need)) out[at++] = int32_t(i);
   }
   if (threadIdx.x == 0) n_chosen[t] = int32_t(topk);
 }

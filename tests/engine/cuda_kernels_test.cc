@@ -60,45 +60,49 @@ class CudaKernels : public ::testing::Test {
 
 TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
   std::mt19937 rng(3);
-  const int64_t topk = 37, heads = 5, dim = 24;
   // Rows with few (all taken), many, and many tied entries; scores via indexer_scores on the CPU
-  // side are replaced by quantised random values so ties are common.
-  const std::vector<int64_t> visible = {5, 37, 38, 1000, 3001};
-  const int64_t n = int64_t(visible.size()), stride = 3001;
+  // side are replaced by quantised random values so ties are common. The last two rows (16K and
+  // 16K + 5 entries, more than one per thread of the block) take scores of either sign with
+  // fewer ties: the last one normal values rounded to 1/64. Top 37 and the checkpoint's 512.
+  const std::vector<int64_t> visible = {5, 37, 38, 1000, 3001, 16384, 16389};
+  const int64_t n = int64_t(visible.size()), stride = 16389;
   std::vector<float> scores(n * stride, 0.0f);
   std::vector<cuda::LayerRow> rows(n);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
   for (int64_t t = 0; t < n; ++t) {
     rows[t].visible = int32_t(visible[t]);
-    for (int64_t s = 0; s < visible[t]; ++s) scores[t * stride + s] = float(int(rng() % 7)) - 3;
+    for (int64_t s = 0; s < visible[t]; ++s)
+      scores[t * stride + s] = t < 5    ? float(int(rng() % 7)) - 3
+                               : t == 5 ? float(int(rng() % 4001)) - 2000
+                                        : std::round(normal(rng) * 64.0f) / 64.0f;
   }
   auto d_scores = upload(scores), d_rows = upload(rows);
-  DeviceBuffer chosen(n * topk * 4), n_chosen(n * 4);
-  cuda::select_topk(d_scores.as<float>(), stride, d_rows.as<cuda::LayerRow>(), n, topk,
-                    chosen.as<int32_t>(), n_chosen.as<int32_t>(), nullptr);
-  const auto got = download<int32_t>(chosen, n * topk);
-  const auto got_n = download<int32_t>(n_chosen, n);
-  for (int64_t t = 0; t < n; ++t) {
-    // The CPU reference needs keys; score ranking only depends on scores, so rank directly with
-    // the same comparator as indexer_select.
-    std::vector<int64_t> order(visible[t]);
-    for (int64_t s = 0; s < visible[t]; ++s) order[s] = s;
-    const float* sc = scores.data() + t * stride;
-    std::vector<int64_t> want;
-    if (visible[t] <= topk) {
-      want = order;
-    } else {
-      std::partial_sort(
-          order.begin(), order.begin() + topk, order.end(),
-          [&](int64_t a, int64_t b) { return sc[a] != sc[b] ? sc[a] > sc[b] : a < b; });
-      want.assign(order.begin(), order.begin() + topk);
-      std::sort(want.begin(), want.end());
+  for (const int64_t topk : {37, 512}) {
+    DeviceBuffer chosen(n * topk * 4), n_chosen(n * 4);
+    cuda::select_topk(d_scores.as<float>(), stride, d_rows.as<cuda::LayerRow>(), n, topk,
+                      chosen.as<int32_t>(), n_chosen.as<int32_t>(), nullptr);
+    const auto got = download<int32_t>(chosen, n * topk);
+    const auto got_n = download<int32_t>(n_chosen, n);
+    for (int64_t t = 0; t < n; ++t) {
+      // Ranked with indexer_select's comparator (the ranking depends on the scores alone).
+      std::vector<int64_t> order(visible[t]);
+      for (int64_t s = 0; s < visible[t]; ++s) order[s] = s;
+      const float* sc = scores.data() + t * stride;
+      std::vector<int64_t> want;
+      if (visible[t] <= topk) {
+        want = order;
+      } else {
+        std::partial_sort(
+            order.begin(), order.begin() + topk, order.end(),
+            [&](int64_t a, int64_t b) { return sc[a] != sc[b] ? sc[a] > sc[b] : a < b; });
+        want.assign(order.begin(), order.begin() + topk);
+        std::sort(want.begin(), want.end());
+      }
+      ASSERT_EQ(got_n[t], int32_t(want.size())) << "top " << topk << " row " << t;
+      for (size_t i = 0; i < want.size(); ++i)
+        ASSERT_EQ(got[t * topk + i], want[i]) << "top " << topk << " row " << t << " slot " << i;
     }
-    ASSERT_EQ(got_n[t], int32_t(want.size())) << "row " << t;
-    for (size_t i = 0; i < want.size(); ++i)
-      EXPECT_EQ(got[t * topk + i], want[i]) << "row " << t << " slot " << i;
   }
-  (void)heads;
-  (void)dim;
 }
 
 void indexer_scores_case(int64_t heads, int64_t dim, int64_t n);
