@@ -392,78 +392,64 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
 }
 
-template <int HD, bool kSplit>
-void launch_attend_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
-                       int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
-                       const int32_t* n_chosen, int64_t topk, float* out, cudaStream_t stream) {
-  using S = TileShape<HD, kSplit>;
-  auto kernel = attend_mma_kernel<HD, kSplit>;
+// Either kernel over n rows: grid (groups of 64 heads, rows), one launch per 65,535 rows; `keys`
+// are the arguments between the scale and the output (the mirrored kernel's mirror).
+template <int HD, bool kSplit, typename Kernel, typename... Keys>
+void launch_rows(Kernel kernel, size_t shared, const float* q, const LayerRow* rows, int64_t n,
+                 int64_t heads, int64_t window, const float* sinks, bool use_entries,
+                 const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float* out,
+                 cudaStream_t stream, Keys... keys) {
   AGENTRT_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(S::kShared)));
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const float scale = 1.0f / sqrtf(float(HD));
   constexpr int64_t kMaxGridRows = 65535;
   for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
     const int64_t m = std::min(kMaxGridRows, n - r0);
     const dim3 grid{unsigned(heads / kBlockHeads), unsigned(m)};
-    launch_pdl(kernel, grid, S::kThreads, S::kShared, stream, q + r0 * heads * HD, rows + r0, heads,
-               window, sinks, use_entries, chosen ? chosen + r0 * topk : nullptr,
-               n_chosen ? n_chosen + r0 : nullptr, topk, scale, out + r0 * heads * HD);
+    launch_pdl(kernel, grid, TileShape<HD, kSplit>::kThreads, shared, stream, q + r0 * heads * HD,
+               rows + r0, heads, window, sinks, use_entries, chosen ? chosen + r0 * topk : nullptr,
+               n_chosen ? n_chosen + r0 : nullptr, topk, scale, keys..., out + r0 * heads * HD);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }
 
+// mirror: the keys as bf16 (attend_mma_mirror_kernel); null: the float32 cache rows.
 template <int HD, bool kSplit>
-void launch_attend_mma_mirror(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
-                              int64_t window, const float* sinks, bool use_entries,
-                              const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
-                              const KeyMirror& mirror, float* out, cudaStream_t stream) {
-  using M = MirrorShape<HD, kSplit>;
-  auto kernel = attend_mma_mirror_kernel<HD, kSplit>;
-  AGENTRT_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(M::kShared)));
-  const float scale = 1.0f / sqrtf(float(HD));
-  constexpr int64_t kMaxGridRows = 65535;
-  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
-    const int64_t m = std::min(kMaxGridRows, n - r0);
-    const dim3 grid{unsigned(heads / kBlockHeads), unsigned(m)};
-    launch_pdl(kernel, grid, TileShape<HD, kSplit>::kThreads, M::kShared, stream,
-               q + r0 * heads * HD, rows + r0, heads, window, sinks, use_entries,
-               chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
-               scale, mirror, out + r0 * heads * HD);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-  }
+void launch_attend_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                       int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
+                       const int32_t* n_chosen, int64_t topk, const KeyMirror* mirror, float* out,
+                       cudaStream_t stream) {
+  if (mirror)
+    launch_rows<HD, kSplit>(attend_mma_mirror_kernel<HD, kSplit>, MirrorShape<HD, kSplit>::kShared,
+                            q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen, topk,
+                            out, stream, *mirror);
+  else
+    launch_rows<HD, kSplit>(attend_mma_kernel<HD, kSplit>, TileShape<HD, kSplit>::kShared, q, rows,
+                            n, heads, window, sinks, use_entries, chosen, n_chosen, topk, out,
+                            stream);
 }
 
 template <bool kSplit>
 void dispatch_head_dim(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
                        int64_t heads, int64_t window, const float* sinks, bool use_entries,
-                       const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float* out,
-                       cudaStream_t stream) {
+                       const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                       const KeyMirror* mirror, float* out, cudaStream_t stream) {
   if (head_dim == 128)
     launch_attend_mma<128, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, out, stream);
+                                   topk, mirror, out, stream);
   else if (head_dim == 256)
     launch_attend_mma<256, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, out, stream);
+                                   topk, mirror, out, stream);
   else
     launch_attend_mma<512, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, out, stream);
+                                   topk, mirror, out, stream);
 }
 
-template <bool kSplit>
-void dispatch_mirror(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
-                     int64_t heads, int64_t window, const float* sinks, bool use_entries,
-                     const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
-                     const KeyMirror& mirror, float* out, cudaStream_t stream) {
-  if (head_dim == 128)
-    launch_attend_mma_mirror<128, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen,
-                                          n_chosen, topk, mirror, out, stream);
-  else if (head_dim == 256)
-    launch_attend_mma_mirror<256, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen,
-                                          n_chosen, topk, mirror, out, stream);
-  else
-    launch_attend_mma_mirror<512, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen,
-                                          n_chosen, topk, mirror, out, stream);
+void check_shape(int64_t heads, int64_t head_dim) {
+  if (!attend_rows_mma_supported(heads, head_dim))
+    throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
+                                " heads of " + std::to_string(head_dim) +
+                                " (needs a multiple of 64 heads of 128, 256 or 512)");
 }
 
 }  // namespace
@@ -490,10 +476,7 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                               int64_t kv_rows, const float* entries, int64_t n_entries,
                               void* mirror, float* out, cudaStream_t stream) {
   if (n <= 0) return;
-  if (!attend_rows_mma_supported(heads, head_dim))
-    throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
-                                " heads of " + std::to_string(head_dim) +
-                                " (needs a multiple of 64 heads of 128, 256 or 512)");
+  check_shape(heads, head_dim);
   if (kv_first < 0 || kv_rows < 0 || n_entries < 0 || (n_entries > 0 && !entries))
     throw std::invalid_argument("cuda tensor-core attention: a key mirror of " +
                                 std::to_string(kv_rows) + " KV rows from " +
@@ -502,12 +485,9 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
   auto* keys = static_cast<uint16_t*>(mirror);
   mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, split, keys, stream);
   const KeyMirror m{keys, kv_first, kv_rows, n_entries};
-  if (split)
-    dispatch_mirror<true>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                          topk, m, out, stream);
-  else
-    dispatch_mirror<false>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen,
-                           n_chosen, topk, m, out, stream);
+  (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
+                                                               sinks, use_entries, chosen, n_chosen,
+                                                               topk, &m, out, stream);
 }
 
 bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
@@ -520,16 +500,10 @@ void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t he
                      const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
                      float* out, cudaStream_t stream) {
   if (n <= 0) return;
-  if (!attend_rows_mma_supported(heads, head_dim))
-    throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
-                                " heads of " + std::to_string(head_dim) +
-                                " (needs a multiple of 64 heads of 128, 256 or 512)");
-  if (split)
-    dispatch_head_dim<true>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen,
-                            n_chosen, topk, out, stream);
-  else
-    dispatch_head_dim<false>(head_dim, q, rows, n, heads, window, sinks, use_entries, chosen,
-                             n_chosen, topk, out, stream);
+  check_shape(heads, head_dim);
+  (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
+                                                               sinks, use_entries, chosen, n_chosen,
+                                                               topk, nullptr, out, stream);
 }
 
 }  // namespace agentrt::engine::cuda

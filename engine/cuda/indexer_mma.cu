@@ -251,21 +251,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-}  // namespace
-
-void indexer_scores_mma_mirrored(const float* q, const float* head_weights, float weight_scale,
-                                 const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
-                                 const float* entries, int64_t max_visible, bool split,
-                                 void* mirror, float* scores, int64_t stride, cudaStream_t stream) {
-  if (n <= 0 || max_visible <= 0) return;
+void check_shape(int64_t heads, int64_t head_dim) {
   if (!indexer_scores_mma_supported(heads, head_dim))
     throw std::invalid_argument("cuda tensor-core indexer: " + std::to_string(heads) +
                                 " heads of " + std::to_string(head_dim) + " (needs 64 of 128)");
-  auto* keys = static_cast<uint16_t*>(mirror);
-  mirror_keys(nullptr, 0, 0, entries, max_visible, head_dim, split, keys, stream);
+}
+
+// Either kernel over every row: grid (chunks of entries, blocks of kRowsPerBlock rows), one
+// launch per 65,535 blocks of rows; `keys` are the kernel's arguments for the entries.
+template <typename Kernel, typename... Keys>
+void launch_rows(Kernel kernel, size_t shared, const float* q, const float* head_weights,
+                 float weight_scale, const LayerRow* rows, int64_t n, int64_t heads,
+                 int64_t head_dim, int64_t max_visible, float* scores, int64_t stride,
+                 cudaStream_t stream, Keys... keys) {
   const int64_t chunks = (max_visible + kChunkTiles * kTile - 1) / (kChunkTiles * kTile);
-  auto kernel = split ? indexer_mma_mirror_kernel<true> : indexer_mma_mirror_kernel<false>;
-  const size_t shared = mirror_shared_bytes(split);
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   constexpr int64_t kMaxGridY = 65535;
@@ -273,11 +272,13 @@ void indexer_scores_mma_mirrored(const float* q, const float* head_weights, floa
     const int64_t m = std::min(kMaxGridY * kRowsPerBlock, n - r0);
     const dim3 grid{unsigned(chunks), unsigned((m + kRowsPerBlock - 1) / kRowsPerBlock)};
     launch_pdl(kernel, grid, kThreads, shared, stream, q + r0 * heads * head_dim,
-               head_weights + r0 * heads, weight_scale, rows + r0, m, keys, max_visible,
-               scores + r0 * stride, stride);
+               head_weights + r0 * heads, weight_scale, rows + r0, m, keys..., scores + r0 * stride,
+               stride);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }
+
+}  // namespace
 
 bool indexer_scores_mma_supported(int64_t heads, int64_t head_dim) {
   return heads == kHeads && head_dim == kDim;
@@ -288,23 +289,23 @@ void indexer_scores_mma(const float* q, const float* head_weights, float weight_
                         const float* entries, int64_t max_visible, bool split, float* scores,
                         int64_t stride, cudaStream_t stream) {
   if (n <= 0 || max_visible <= 0) return;
-  if (!indexer_scores_mma_supported(heads, head_dim))
-    throw std::invalid_argument("cuda tensor-core indexer: " + std::to_string(heads) +
-                                " heads of " + std::to_string(head_dim) + " (needs 64 of 128)");
-  const int64_t chunks = (max_visible + kChunkTiles * kTile - 1) / (kChunkTiles * kTile);
-  auto kernel = split ? indexer_mma_kernel<true> : indexer_mma_kernel<false>;
-  const size_t shared = shared_bytes(split);
-  AGENTRT_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  constexpr int64_t kMaxGridY = 65535;
-  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridY * kRowsPerBlock) {
-    const int64_t m = std::min(kMaxGridY * kRowsPerBlock, n - r0);
-    const dim3 grid{unsigned(chunks), unsigned((m + kRowsPerBlock - 1) / kRowsPerBlock)};
-    launch_pdl(kernel, grid, kThreads, shared, stream, q + r0 * heads * head_dim,
-               head_weights + r0 * heads, weight_scale, rows + r0, m, entries, scores + r0 * stride,
-               stride);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-  }
+  check_shape(heads, head_dim);
+  launch_rows(split ? indexer_mma_kernel<true> : indexer_mma_kernel<false>, shared_bytes(split), q,
+              head_weights, weight_scale, rows, n, heads, head_dim, max_visible, scores, stride,
+              stream, entries);
+}
+
+void indexer_scores_mma_mirrored(const float* q, const float* head_weights, float weight_scale,
+                                 const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
+                                 const float* entries, int64_t max_visible, bool split,
+                                 void* mirror, float* scores, int64_t stride, cudaStream_t stream) {
+  if (n <= 0 || max_visible <= 0) return;
+  check_shape(heads, head_dim);
+  auto* keys = static_cast<uint16_t*>(mirror);
+  mirror_keys(nullptr, 0, 0, entries, max_visible, head_dim, split, keys, stream);
+  launch_rows(split ? indexer_mma_mirror_kernel<true> : indexer_mma_mirror_kernel<false>,
+              mirror_shared_bytes(split), q, head_weights, weight_scale, rows, n, heads, head_dim,
+              max_visible, scores, stride, stream, static_cast<const uint16_t*>(keys), max_visible);
 }
 
 }  // namespace agentrt::engine::cuda
