@@ -594,6 +594,8 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   // Decode batches norm and rotate the query inside the attention kernel.
   const bool decode_attention =
       n <= kDecodeAttentionRows && attend_decode_supported(heads, hd, rope);
+  // The tensor-core prefill kernels' precision: bf16 high + low parts, or plain bf16.
+  const bool split = precision_ == GemmPrecision::bf16x2;
 
   float* q_res = w.f(w.q_res, n * c.q_lora_rank);
   float* q = w.f(w.q, n * heads * hd);
@@ -688,15 +690,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     const bool mma = precision_ != GemmPrecision::f32 && indexer_scores_mma_supported(ih, ihd);
     repeatable("indexer_scores", [&] {
       if (n >= kIndexerGemmRows && m.shared_idx_entries && mma && key_mirrors_) {
-        const bool split = precision_ == GemmPrecision::bf16x2;
         void* mirror = w.grow(w.idx_mirror, key_mirror_bytes(ihd, 0, m.max_visible, split));
         indexer_scores_mma_mirrored(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
                                     m.shared_idx_entries, m.max_visible, split, mirror, scores,
                                     stride, stream_);
       } else if (n >= kIndexerGemmRows && m.shared_idx_entries && mma)
         indexer_scores_mma(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
-                           m.shared_idx_entries, m.max_visible, precision_ == GemmPrecision::bf16x2,
-                           scores, stride, stream_);
+                           m.shared_idx_entries, m.max_visible, split, scores, stride, stream_);
       else if (n >= kIndexerGemmRows && m.shared_idx_entries)
         indexer_gemm_.run(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
                           m.shared_idx_entries, m.max_visible, scores, stride, stream_);
@@ -730,7 +730,6 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
       if (mma && key_mirrors_ && m.shared_kv) {
         // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
         const int64_t entries = fl.compress_rate ? m.max_visible : 0;
-        const bool split = precision_ == GemmPrecision::bf16x2;
         void* mirror = w.grow(w.key_mirror, key_mirror_bytes(hd, m.kv_rows, entries, split));
         attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                  fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
@@ -738,8 +737,8 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                                  entries, mirror, attn, stream_);
       } else if (mma)
         attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-                        fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
-                        precision_ == GemmPrecision::bf16x2, attn, stream_);
+                        fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, split,
+                        attn, stream_);
       else
         attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                     fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,

@@ -54,9 +54,7 @@ __global__ void route_kernel(const float* logits, const int32_t* tokens, const i
     for (int64_t e = threadIdx.x; e < E; e += blockDim.x) biased[e] = scores[e] + bias[e];
   __syncthreads();
   // One warp chooses; lane i < k keeps the i-th choice, and the lanes write the choices and
-  // weights side by side. Before, thread 0 read each choice back from memory one after another
-  // to weigh it, and the kernel held a layer's critical path ~8 us on an H100 (sixteenth
-  // session's trace).
+  // weights side by side (no thread reads the choices back from memory to weigh them).
   if (threadIdx.x >= 32) return;
   const int lane = threadIdx.x;
   int32_t mine = 0;
