@@ -39,6 +39,8 @@
 //                     [--warp-rows-depth N] (their ring slots per warp, at least; default 2)
 //                     [--warp-rows-splits N] (column splits a tile may take, each another
 //                     warp's, so wide products with few tiles qualify too; default 1)
+//                     [--attention-splits N] (decode attention: at most N key slices a row,
+//                     CudaOptions::decode_attention_splits; default 0, up to 16)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -308,6 +310,8 @@ int main(int argc, char** argv) {
       options.warp_rows_depth = std::stoi(v);
     else if (k == "--warp-rows-splits")
       options.warp_rows_splits = std::stoi(v);
+    else if (k == "--attention-splits")
+      options.decode_attention_splits = std::stoi(v);
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;

@@ -246,8 +246,9 @@ bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& 
          rope.dim <= head_dim;
 }
 
-int attend_decode_splits(int64_t max_keys) {
-  return int(std::clamp<int64_t>((max_keys + kChunkKeys - 1) / kChunkKeys, 1, kMaxSplits));
+int attend_decode_splits(int64_t max_keys, int cap) {
+  const int64_t most = cap > 0 ? std::min<int64_t>(cap, kMaxSplits) : kMaxSplits;
+  return int(std::clamp<int64_t>((max_keys + kChunkKeys - 1) / kChunkKeys, 1, most));
 }
 
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits) {

@@ -100,8 +100,12 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       profile_(options.profile),
       graphs_(options.graphs),
       key_mirrors_(options.key_mirrors),
+      decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
+  if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
+    throw std::invalid_argument("cuda options: decode_attention_splits " +
+                                std::to_string(decode_attention_splits_) + " is outside 0..16");
   if (!repeat_stage_.empty() &&
       std::none_of(std::begin(kRepeatableStages), std::end(kRepeatableStages),
                    [&](const char* s) { return repeat_stage_ == s; })) {
@@ -715,7 +719,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   stage("attn.indexer");
   float* attn = w.f(w.attn, n * heads * hd);
   if (decode_attention) {
-    const int splits = attend_decode_splits(m.max_keys);
+    const int splits = attend_decode_splits(m.max_keys, decode_attention_splits_);
     float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
     auto* arrived = static_cast<unsigned*>(w.zeroed(w.attn_arrived, n * heads * 4, stream_));
     repeatable("attention", [&] {

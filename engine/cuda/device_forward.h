@@ -77,6 +77,10 @@ struct CudaOptions {
   int64_t warp_rows_bytes = int64_t(16) << 20;
   int warp_rows_depth = 2;   // ring slots per warp, at least (GemvMode::warp_rows_depth)
   int warp_rows_splits = 1;  // column splits a tile may take (GemvMode::warp_rows_splits)
+  // Decode attention splits each row's keys into at most this many slices, one block each
+  // (attention_decode.cu; 1..16, fixed when a step's graph is captured, so sized by the cache's
+  // capacity, not the keys a step has). 0: as many as the capacity calls for, up to 16.
+  int decode_attention_splits = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -197,7 +201,8 @@ class DeviceForward {
   GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;
   bool graphs_ = true;
-  bool key_mirrors_ = true;  // CudaOptions::key_mirrors
+  bool key_mirrors_ = true;          // CudaOptions::key_mirrors
+  int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

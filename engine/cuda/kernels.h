@@ -115,11 +115,12 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
 // --- attention_decode.cu ---
 // attend_rows for decode batches with the query's head RMSNorm (no weight, eps q_eps) and RoPE
 // (at pos[t]) done on the way in and the inverse RoPE on the output: q is the raw wq_b output.
-// Each row's keys are split into `splits` slices (attend_decode_splits of a bound on the keys).
+// Each row's keys are split into `splits` slices (attend_decode_splits of a bound on the keys,
+// at most `cap` of them where cap > 0).
 // partials: attend_decode_partial_floats; arrived: n * heads counters, zero before the first
 // launch (each launch leaves them at zero).
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
-int attend_decode_splits(int64_t max_keys);
+int attend_decode_splits(int64_t max_keys, int cap = 0);
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
 void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos,
                         const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,

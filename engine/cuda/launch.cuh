@@ -3,8 +3,12 @@
 // when that one ends instead of being launched then (decode steps are chains of ~150 short
 // kernels; the gaps between them were a large part of a step). Every block of such a kernel
 // calls pdl_begin() before it touches memory: it waits until the previous kernel has finished
-// and its writes are visible, then lets the next kernel be scheduled. A block that left without
-// waiting could let its grid finish before the grid before it, so the wait comes first.
+// and its writes are visible, and lets the next kernel be scheduled. Every block waits, so a
+// grid never finishes before the grid before it. By default the next kernel is let in after
+// the wait; built with AGENTRT_PDL_EARLY_TRIGGER it is let in before, so a chain of kernels
+// becomes resident as far as shared memory and registers allow (a streamed product's blocks
+// then land on each SM as the product before it leaves, and start copying their weights).
+// Either way the code before pdl_begin() may only read memory no kernel writes (weights).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -19,8 +23,13 @@ namespace agentrt::engine::cuda {
 
 __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#ifdef AGENTRT_PDL_EARLY_TRIGGER
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#else
   asm volatile("griddepcontrol.wait;" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
 #endif
 }
 
