@@ -129,6 +129,11 @@ DeviceForward::~DeviceForward() {
   if (blas_) cublasDestroy(blas_);
   if (pinned_) cudaFreeHost(pinned_);
   if (pinned_mask_) cudaFreeHost(pinned_mask_);
+  if (meta_copied_) {
+    cudaEventSynchronize(meta_copied_);
+    cudaEventDestroy(meta_copied_);
+  }
+  if (pinned_meta_) cudaFreeHost(pinned_meta_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
   if (side_) {
     cudaStreamSynchronize(side_);
@@ -251,8 +256,9 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     }
   stage("start");
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.bytes.size())));
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(meta, pack.bytes.data(), pack.bytes.size(), cudaMemcpyHostToDevice, stream_));
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(meta, pinned_metadata(pack.bytes), pack.bytes.size(),
+                                     cudaMemcpyHostToDevice, stream_));
+  AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
   w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
   for (int64_t l = 0; l < L; ++l) {
@@ -328,9 +334,32 @@ void DeviceForward::read_logits(std::span<float* const> dst, int64_t first_row) 
   for (int64_t i = 0; i < n; ++i) std::memcpy(dst[size_t(i)], src + i * V, size_t(V) * 4);
 }
 
+const char* DeviceForward::pinned_metadata(const std::vector<char>& bytes) {
+  if (!meta_copied_)
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
+  // The last call's upload may still be reading the buffer (a call that wanted no results does
+  // not wait for its work); it has long finished by the time the next call comes, as a rule.
+  AGENTRT_CUDA_CHECK(cudaEventSynchronize(meta_copied_));
+  const int64_t n = int64_t(bytes.size());
+  if (pinned_meta_bytes_ < n) {
+    if (pinned_meta_) cudaFreeHost(pinned_meta_);
+    pinned_meta_ = nullptr;
+    pinned_meta_bytes_ = 0;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_meta_, size_t(n)));
+    pinned_meta_bytes_ = n;
+  }
+  std::memcpy(pinned_meta_, bytes.data(), bytes.size());
+  return static_cast<const char*>(pinned_meta_);
+}
+
 char* DeviceForward::staging(int64_t bytes) {
   if (pinned_mask_bytes_ < bytes) {
     if (pinned_mask_) cudaFreeHost(pinned_mask_);
+    if (meta_copied_) {
+      cudaEventSynchronize(meta_copied_);
+      cudaEventDestroy(meta_copied_);
+    }
+    if (pinned_meta_) cudaFreeHost(pinned_meta_);
     pinned_mask_ = nullptr;
     AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_mask_, size_t(bytes)));
     pinned_mask_bytes_ = bytes;
@@ -378,7 +407,11 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
   if (stride > 0)
     AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
                                        cudaMemcpyHostToDevice, stream_));
-  pick_scratch_.reserve(masked_pick_scratch_bytes());
+  if (pick_scratch_.bytes() < masked_pick_scratch_bytes()) {
+    pick_scratch_.reserve(masked_pick_scratch_bytes());
+    AGENTRT_CUDA_CHECK(
+        cudaMemsetAsync(pick_scratch_.get(), 0, size_t(pick_scratch_.bytes()), stream_));
+  }
   near_.reserve(results);
   char* dev = static_cast<char*>(near_.get());
   for (int64_t i = 0; i < n; ++i) {

@@ -172,6 +172,8 @@ class DeviceForward {
   void enqueue(int64_t n, const std::vector<int64_t>& wanted);
   // Pinned staging of at least `bytes` (mask upload, results back).
   char* staging(int64_t bytes);
+  // The call's metadata in pinned memory, for its upload.
+  const char* pinned_metadata(const std::vector<char>& bytes);
   // A logits row the last run left on the device.
   const float* logits_row(int64_t row) const;  // -1: the last
   // A stream for work independent of what follows on stream_ until join(): the side stream
@@ -218,6 +220,11 @@ class DeviceForward {
   DeviceBuffer mask_, pick_scratch_, pick_, near_, sort_mask_, sort_scratch_;
   void* pinned_mask_ = nullptr;  // page-locked staging for the mask and the pick
   int64_t pinned_mask_bytes_ = 0;
+  // Page-locked staging for each call's metadata upload (a pageable copy goes through the
+  // driver's own buffer first, and returns only once it has), and the event after its copy.
+  void* pinned_meta_ = nullptr;
+  int64_t pinned_meta_bytes_ = 0;
+  cudaEvent_t meta_copied_ = nullptr;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -196,7 +196,8 @@ void indexer_scores_mma_mirrored(const float* q, const float* head_weights, floa
 // --- sampling.cu ---
 // The greedy choice among allowed tokens (mask bit set, or no mask; logit finite): the largest
 // logit (ties: lower id), and z = sum over allowed of exp((logit - best) * inv_t). allowed = 0:
-// nothing allowed (token and z meaningless). scratch: masked_pick_scratch_bytes().
+// nothing allowed (token and z meaningless). scratch: masked_pick_scratch_bytes(), zero before
+// the first call (each call leaves it so; calls sharing a scratch run one after another).
 struct MaskedPick {
   int32_t token;
   int32_t allowed;

@@ -86,6 +86,7 @@ TEST_F(CudaSampling, MaskedPickMatchesTheHostSampler) {
   const int64_t V = 129280 + 37;
   cuda::DeviceBuffer logits_d(V * 4), mask_d((V + 31) / 32 * 4),
       scratch(cuda::masked_pick_scratch_bytes()), out_d(sizeof(cuda::MaskedPick));
+  AGENTRT_CUDA_CHECK(cudaMemset(scratch.get(), 0, size_t(scratch.bytes())));
   for (int round = 0; round < 12; ++round) {
     std::vector<float> logits(V);
     for (auto& v : logits) v = std::round(dist(rng) * 4.0f) / 4.0f;  // many exact ties
