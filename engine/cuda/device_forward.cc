@@ -355,11 +355,6 @@ const char* DeviceForward::pinned_metadata(const std::vector<char>& bytes) {
 char* DeviceForward::staging(int64_t bytes) {
   if (pinned_mask_bytes_ < bytes) {
     if (pinned_mask_) cudaFreeHost(pinned_mask_);
-    if (meta_copied_) {
-      cudaEventSynchronize(meta_copied_);
-      cudaEventDestroy(meta_copied_);
-    }
-    if (pinned_meta_) cudaFreeHost(pinned_meta_);
     pinned_mask_ = nullptr;
     AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_mask_, size_t(bytes)));
     pinned_mask_bytes_ = bytes;
