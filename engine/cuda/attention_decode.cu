@@ -33,8 +33,9 @@ struct DecodeParams {
   const float* sinks;
   const int32_t* chosen;
   const int32_t* n_chosen;
-  float* partials;    // [n][heads][splits][head_dim + kPartPad]
-  unsigned* arrived;  // [n][heads / group]: blocks done, reset by the last one
+  const float2* rope_cs;  // [n][rope.dim / 2] (cos, sin), or null: computed here
+  float* partials;        // [n][heads][splits][head_dim + kPartPad]
+  unsigned* arrived;      // [n][heads / group]: blocks done, reset by the last one
   float* out;
   int64_t heads, hd, window, topk;
   float q_eps, scale;
@@ -47,7 +48,8 @@ __device__ __forceinline__ float dot4(float4 a, float4 b) {
 
 // cos and sin (times the rope's scaling) of pair `pair` at `position`, as norm_rope.cu computes
 // them.
-__device__ __forceinline__ float2 rope_cs(const DeviceRope& rope, int64_t pair, float position) {
+__device__ __forceinline__ float2 rope_cos_sin(const DeviceRope& rope, int64_t pair,
+                                               float position) {
   const float angle = rope.inv_freq[pair] * position;
   return make_float2(float(cos(double(angle))) * rope.scaling,
                      float(sin(double(angle))) * rope.scaling);
@@ -113,8 +115,10 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
 #pragma unroll
     for (int q = 0; q < 2; ++q) {
       const int64_t d = 4 * int64_t(c) + 2 * q;
-      cs[j][q] = c < nchunk && d >= first ? rope_cs(p.rope, (d - first) / 2, position)
-                                          : make_float2(1.0f, 0.0f);
+      const int64_t pair = (d - first) / 2;
+      cs[j][q] = !(c < nchunk && d >= first) ? make_float2(1.0f, 0.0f)
+                 : p.rope_cs                 ? p.rope_cs[t * (p.rope.dim / 2) + pair]
+                                             : rope_cos_sin(p.rope, pair, position);
     }
   }
   const float inv = rsqrtf(warp_sum(ss) / float(hd) + p.q_eps);
@@ -259,7 +263,8 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                         const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
-                        float* partials, unsigned* arrived, float* out, cudaStream_t stream) {
+                        float* partials, unsigned* arrived, float* out, cudaStream_t stream,
+                        const float2* rope_cs) {
   if (n <= 0) return;
   if (!attend_decode_supported(heads, head_dim, rope) || splits < 1 || splits > kMaxSplits ||
       n > 65535)
@@ -275,6 +280,7 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.sinks = sinks;
   p.chosen = chosen;
   p.n_chosen = n_chosen;
+  p.rope_cs = rope_cs;
   p.partials = partials;
   p.arrived = arrived;
   p.out = out;

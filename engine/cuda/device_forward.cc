@@ -19,7 +19,7 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived, key_mirror, idx_mirror;
+      hyper_partials, hyper_arrived, key_mirror, idx_mirror, rope_cs;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -664,9 +664,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   repeatable("x_products", [&] { linear_.run_same_input(from_x, x, n, stream_); });
   stage("attn.x_products");
 
+  // Decode: the KV row's rope (cos, sin) go to a table the attention reads, so it does not
+  // compute the same double-precision sin and cos again.
+  float2* rope_cs =
+      decode_attention ? static_cast<float2*>(w.grow(w.rope_cs, n * (rope.dim / 2) * 8)) : nullptr;
   const cudaStream_t cs = fork();
   norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
-                 CacheField::kv, cs);
+                 CacheField::kv, cs, rope_cs);
   auto compress = [&](const CompressorOnDevice& comp, const RawRows& r, CacheField kv_field,
                       CacheField gate_field, const CompressJob* jobs, const int32_t* count) {
     append_rows(m.rows, kv_field, r.kv, r.width, n, cs);
@@ -753,7 +757,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     repeatable("attention", [&] {
       attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
                          lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
-                         c.index_topk, splits, partials, arrived, attn, stream_);
+                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs);
     });
   } else {
     repeatable("attention", [&] {

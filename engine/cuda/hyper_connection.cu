@@ -286,12 +286,14 @@ __device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
 }
 
 // The pre step's work for one row once the projection's partial sums are in p ([outputs + 1]
-// [splits], the sum of squares last), by kSplitPreThreads threads: warp 0 turns them into the
-// mixing weights and hands `pre` to the other kXThreads threads through a named barrier, then
-// runs Sinkhorn and writes the mix while they combine the streams (loaded right after the wait,
-// their norm weights before it) and normalise x, all in registers. wait: call pdl_begin() (a
-// kernel of its own) where the inputs are first read. Loads bypass L1: in the fused kernel
-// below, other blocks of the grid have just written them.
+// [splits], the sum of squares last), by kSplitPreThreads threads (the whole block): every warp
+// first adds up some of the outputs' slices (one warp adding all 25 was ~125 dependent shuffles
+// on the step's critical path), then warp 0 turns the sums into the mixing weights and hands
+// `pre` to the other kXThreads threads through a named barrier, then runs Sinkhorn and writes
+// the mix while they combine the streams (loaded right after the wait, their norm weights
+// before it) and normalise x, all in registers. wait: call pdl_begin() (a kernel of its own)
+// where the inputs are first read. Loads bypass L1: in the fused kernel below, other blocks of
+// the grid have just written them.
 template <int HC, bool HEAD>
 __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const float* s,
                                                   const float* p, int splits, int64_t hidden,
@@ -300,32 +302,46 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
                                                   bool wait) {
   __shared__ float pre_shared[HC];
   __shared__ float red[kXThreads / 32];
-  const int tid = int(threadIdx.x);
   constexpr bool head = HEAD;
   constexpr int outputs = HEAD ? HC : (2 + HC) * HC;
+  __shared__ float sums[outputs + 1];
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int xt = tid - 32;
+  float base = 0.0f, scale = 0.0f;
+  float nv[kXDims];
   if (tid < 32) {
-    const int lane = tid;
-    const float base = lane < outputs ? w.base[lane] : 0.0f;
-    const float scale = w.scale[head || lane < HC ? 0 : lane < 2 * HC ? 1 : 2];  // head: one scale
-    if (wait) pdl_begin();
-    // Lane k loads slice k of every output (all loads in flight at once: one at a time, a sum
-    // over 8-32 slices waited on the L2 that many times), then the warp adds up each output,
-    // the outputs' shuffle chains interleaved.
-    float part[outputs + 1];
+    base = lane < outputs ? w.base[lane] : 0.0f;
+    scale = w.scale[head || lane < HC ? 0 : lane < 2 * HC ? 1 : 2];  // head: one scale
+  } else {
 #pragma unroll
-    for (int o = 0; o <= outputs; ++o) part[o] = 0.0f;
-    for (int k = lane; k < splits; k += 32)
+    for (int j = 0; j < kXDims; ++j) {
+      const int64_t d = xt + int64_t(j) * kXThreads;
+      nv[j] = d < hidden ? norm[d] : 0.0f;
+    }
+  }
+  if (wait) pdl_begin();
+  float sv[kXDims][HC];
+  if (tid >= 32) {
 #pragma unroll
-      for (int o = 0; o <= outputs; ++o) part[o] += __ldcg(p + o * splits + k);
+    for (int j = 0; j < kXDims; ++j) {
+      const int64_t d = xt + int64_t(j) * kXThreads;
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1)
+      for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? __ldcg(s + i * hidden + d) : 0.0f;
+    }
+  }
+  // Output o's slices: lane k adds slices k, k + 32, ..., then the warp's butterfly (the order
+  // one warp used for all of them, so the same sums).
+  for (int o = warp; o <= outputs; o += kSplitPreThreads / 32) {
+    float part = 0.0f;
+    for (int k = lane; k < splits; k += 32) part += __ldcg(p + o * splits + k);
 #pragma unroll
-      for (int o = 0; o <= outputs; ++o) part[o] += __shfl_xor_sync(0xffffffffu, part[o], off);
-    float v = 0.0f;
-#pragma unroll
-    for (int o = 0; o < outputs; ++o)
-      if (o == lane) v = part[o];
-    const float ss = part[outputs];
+    for (int off = 16; off > 0; off >>= 1) part += __shfl_xor_sync(0xffffffffu, part, off);
+    if (lane == 0) sums[o] = part;
+  }
+  __syncthreads();
+  if (tid < 32) {
+    const float v = lane < outputs ? sums[lane] : 0.0f;
+    const float ss = sums[outputs];
     const float m = v * rsqrtf(ss / float(HC * hidden) + rms_eps);
     float weight = 0.0f;  // lane i of [pre, post, comb before Sinkhorn]
     if (lane < HC)
@@ -342,21 +358,6 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
     if (lane < 2 * HC) mix_row[lane] = weight;
     if (lane < HC * HC) mix_row[2 * HC + lane] = comb;
     return;
-  }
-  const int xt = tid - 32;
-  float nv[kXDims];
-#pragma unroll
-  for (int j = 0; j < kXDims; ++j) {
-    const int64_t d = xt + int64_t(j) * kXThreads;
-    nv[j] = d < hidden ? norm[d] : 0.0f;
-  }
-  if (wait) pdl_begin();
-  float sv[kXDims][HC];
-#pragma unroll
-  for (int j = 0; j < kXDims; ++j) {
-    const int64_t d = xt + int64_t(j) * kXThreads;
-#pragma unroll
-    for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? __ldcg(s + i * hidden + d) : 0.0f;
   }
   asm volatile("bar.sync 1, %0;" ::"n"(kSplitPreThreads) : "memory");
   float pre[HC];

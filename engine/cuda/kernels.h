@@ -31,10 +31,13 @@ void apply_rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, const i
                 const DeviceRope& rope, bool inverse, cudaStream_t stream);
 // rms_norm_rows in place on x ([rows][heads][head_dim], one head per norm row), then apply_rope
 // on the same rows, then (cache_rows not null, heads == 1) append_rows of the result to `field`:
-// the same values as the three calls, in one launch.
+// the same values as the three calls, in one launch. rope_cs (heads == 1): row t's (cos, sin)
+// times the rope's scaling for each of its rope.dim / 2 pairs, [rows][rope.dim / 2], for
+// attend_rows_decode at the same positions.
 void norm_rope_rows(float* x, const float* weight, int64_t rows, int64_t heads, int64_t head_dim,
                     float eps, const int64_t* pos, const DeviceRope& rope,
-                    const LayerRow* cache_rows, CacheField field, cudaStream_t stream);
+                    const LayerRow* cache_rows, CacheField field, cudaStream_t stream,
+                    float2* rope_cs = nullptr);
 // streams[t][i] = embed[tokens[t]] for every i < hc.
 void embed_rows(const WeightMatrix& embed, const int32_t* tokens, int64_t n, int64_t hc,
                 float* streams, cudaStream_t stream);
@@ -115,10 +118,12 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
 // --- attention_decode.cu ---
 // attend_rows for decode batches with the query's head RMSNorm (no weight, eps q_eps) and RoPE
 // (at pos[t]) done on the way in and the inverse RoPE on the output: q is the raw wq_b output.
-// Each row's keys are split into `splits` slices (attend_decode_splits of a bound on the keys,
-// at most `cap` of them where cap > 0).
-// partials: attend_decode_partial_floats; arrived: n * heads counters, zero before the first
-// launch (each launch leaves them at zero).
+// rope_cs: the rows' (cos, sin) table from norm_rope_rows at the same positions (the KV row's
+// call), read instead of computed (the same values; double-precision sin and cos in every block
+// were a long part of the kernel); null: computed. Each row's keys are split into `splits` slices
+// (attend_decode_splits of a bound on the keys, at most `cap` of them where cap > 0). partials:
+// attend_decode_partial_floats; arrived: n * heads counters, zero before the first launch (each
+// launch leaves them at zero).
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
 int attend_decode_splits(int64_t max_keys, int cap = 0);
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
@@ -126,7 +131,8 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                         const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
-                        float* partials, unsigned* arrived, float* out, cudaStream_t stream);
+                        float* partials, unsigned* arrived, float* out, cudaStream_t stream,
+                        const float2* rope_cs = nullptr);
 
 // --- attention_mma.cu ---
 // attend_rows_by_row on tensor cores for prefill: one block per row and 64 heads (heads a

@@ -104,9 +104,10 @@ __global__ void append_kernel(const LayerRow* rows, CacheField field, const floa
 // rms_norm_kernel, then rope_kernel's rotation of the row's trailing rope.dim channels, then the
 // cache append, for one norm row (one head) per block. The sum of squares runs in the same order
 // as rms_norm_kernel's with the same block size, so the values are the same.
+// rope_cs (not null, one head per row): row t's (cos, sin) of each rope pair, as rotated here.
 __global__ void norm_rope_kernel(float* x, const float* weight, int64_t dim, float eps,
                                  int64_t heads, const int64_t* pos, DeviceRope rope,
-                                 const LayerRow* rows, CacheField field) {
+                                 const LayerRow* rows, CacheField field, float2* rope_cs) {
   pdl_begin();
   __shared__ float red[32];
   float* xr = x + blockIdx.x * dim;
@@ -127,6 +128,7 @@ __global__ void norm_rope_kernel(float* x, const float* weight, int64_t dim, flo
       const float s = float(sin(double(angle))) * rope.scaling;
       const float ra = a * c - b * s, rb = b * c + a * s;
       a = ra, b = rb;
+      if (rope_cs) rope_cs[t * (rope.dim / 2) + (i - first) / 2] = make_float2(c, s);
     }
     xr[i] = a;
     xr[i + 1] = b;
@@ -155,14 +157,18 @@ void apply_rope(float* x, int64_t rows, int64_t heads, int64_t head_dim, const i
 
 void norm_rope_rows(float* x, const float* weight, int64_t rows, int64_t heads, int64_t head_dim,
                     float eps, const int64_t* pos, const DeviceRope& rope,
-                    const LayerRow* cache_rows, CacheField field, cudaStream_t stream) {
+                    const LayerRow* cache_rows, CacheField field, cudaStream_t stream,
+                    float2* rope_cs) {
   if (rows <= 0) return;
+  if (rope_cs && heads != 1)
+    throw std::invalid_argument(
+        "norm_rope_rows: the rope's (cos, sin) table is for one head a row");
   if (head_dim % 2 != 0 || rope.dim % 2 != 0 || rope.dim > head_dim)
     throw std::runtime_error("norm_rope_rows: head_dim " + std::to_string(head_dim) +
                              " and rope dim " + std::to_string(rope.dim) + " must be even");
   const int threads = head_dim >= 1024 ? 512 : head_dim >= 256 ? 256 : 64;  // as rms_norm_rows
   launch_pdl(norm_rope_kernel, unsigned(rows * heads), threads, 0, stream, x, weight, head_dim, eps,
-             heads, pos, rope, cache_rows, field);
+             heads, pos, rope, cache_rows, field, rope_cs);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -761,6 +761,20 @@ TEST_F(CudaKernels, DecodeAttentionMatchesNormRopeAttendUnrope) {
                                       a.data() + (t * heads + h) * hd, hd),
                       1e-5)
                 << "row " << t << " head " << h;
+        // With the rope's (cos, sin) from the KV row's norm_rope_rows call at the same
+        // positions: the same bits.
+        DeviceBuffer kv_row(n * hd * 4), table(n * (rope_dim / 2) * 8), got_t(n * heads * hd * 4);
+        cuda::copy_device_to_device(kv_row.as<float>(), in.d_q.as<float>(), n * hd * 4);
+        cuda::norm_rope_rows(kv_row.as<float>(), nullptr, n, 1, hd, 1e-6f, d_pos.as<int64_t>(),
+                             rope, nullptr, cuda::CacheField::kv, nullptr, table.as<float2>());
+        cuda::attend_rows_decode(in.d_q.as<float>(), r, d_pos.as<int64_t>(), rope, 1e-6f, n, heads,
+                                 hd, in.window, in.d_sinks.as<float>(), !csa,
+                                 in.chosen_on_device(csa), in.n_chosen_on_device(csa), in.topk,
+                                 splits, partials.as<float>(), arrived.as<unsigned>(),
+                                 got_t.as<float>(), nullptr, table.as<float2>());
+        const auto c2 = download<float>(got_t, n * heads * hd);
+        EXPECT_EQ(std::memcmp(b.data(), c2.data(), b.size() * 4), 0)
+            << "the rope table changed the output";
       }
   }
 }
