@@ -39,6 +39,9 @@
 //                     [--warp-rows-depth N] (their ring slots per warp, at least; default 2)
 //                     [--warp-rows-splits N] (column splits a tile may take, each another
 //                     warp's, so wide products with few tiles qualify too; default 1)
+//                     [--early-stages N] (streamed one-row products copy at most N stages
+//                     of weights each before the kernel before ends, CudaOptions::early_stages;
+//                     default 0: as many as their ring holds)
 //                     [--attention-splits N] (decode attention: at most N key slices a row,
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
 #include <cstdio>
@@ -310,6 +313,8 @@ int main(int argc, char** argv) {
       options.warp_rows_depth = std::stoi(v);
     else if (k == "--warp-rows-splits")
       options.warp_rows_splits = std::stoi(v);
+    else if (k == "--early-stages")
+      options.early_stages = std::stoi(v);
     else if (k == "--attention-splits")
       options.decode_attention_splits = std::stoi(v);
     else {

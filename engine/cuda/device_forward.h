@@ -81,6 +81,9 @@ struct CudaOptions {
   // (attention_decode.cu; 1..16, fixed when a step's graph is captured, so sized by the cache's
   // capacity, not the keys a step has). 0: as many as the capacity calls for, up to 16.
   int decode_attention_splits = 0;
+  // The streamed one-row products copy at most this many stages of their weights each before
+  // the kernel before them has finished (GemvMode::early_stages; 0: as many as the ring holds).
+  int early_stages = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,

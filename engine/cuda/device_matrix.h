@@ -60,15 +60,20 @@ struct GemvMode {
   // warp's, added up in order by the last; 1: whole tiles only, so wide products with few tiles
   // keep gemv_stream_mma_kernel.
   int warp_rows_splits = 1;
+  // The streamed products' producers copy at most this many stages of weights before the
+  // kernel before them has finished, then wait for it (0: as many as the ring holds). Their
+  // copies compete for memory with that kernel's loads.
+  int early_stages = 0;
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
-                     int64_t warp_rows = 0, int depth = 2, int splits = 1)
+                     int64_t warp_rows = 0, int depth = 2, int splits = 1, int early = 0)
       : tensor_cores(cores),
         tensor_map(map),
         sum_group(group),
         several_rows(rows),
         warp_rows_bytes(warp_rows),
         warp_rows_depth(depth),
-        warp_rows_splits(splits) {}
+        warp_rows_splits(splits),
+        early_stages(early) {}
 };
 
 // y[t][r] = sum_c x[t][c] * w[r][c] for t < n, with x [n][cols] and y [n][rows] in device
@@ -132,7 +137,7 @@ bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_st
 // GemvMode::warp_rows_bytes or more in 8 or more tiles a block.
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048,
-                    int depth = 2, int max_splits = 1);
+                    int depth = 2, int max_splits = 1, int early_stages = 0);
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

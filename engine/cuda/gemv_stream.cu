@@ -40,6 +40,7 @@ struct StreamGemv {
   int64_t tiles;
   int rows_per_tile;  // R; kConsumerWarps / R warps (column slices) per row
   int stages;
+  int early = 0;  // stages copied before the kernel before has finished (0: the ring's)
 };
 
 struct TileShape {
@@ -74,6 +75,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(StreamGemv g) 
     if (lane != 0) return;
     uint32_t q = 0;
     for (int64_t t = t0; t < t1; ++t, ++q) {
+      if (q == uint32_t(g.early) && g.early > 0) pdl_wait();
       const stream::Slot s = stream::slot_of(q, g.stages);
       mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
       mbarrier_arrive_expect(&bars.full[s.index], uint32_t(tile_bytes));
@@ -187,6 +189,7 @@ struct MmaGemv {
   int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
   int stages;
   int sum_group;  // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
+  int early;      // stages copied before the kernel before has finished (0: the ring's)
 };
 
 // The matrix of task t (sets hold at most kMaxGemvProducts).
@@ -264,6 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int64_t t = t0; t < t1; ++t) {
       const int m = matrix_of(g, t);
       for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
+        if (q == uint32_t(g.early) && g.early > 0) pdl_wait();
         const stream::Slot s = stream::slot_of(q, g.stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(kTaskRows * g.stage_cols));
@@ -452,6 +456,7 @@ struct StreamPlan {
   bool tensor_map = false;  // the mma kernel's stages by tensor copies
   int sum_group = 1;        // the mma kernel's tasks a barrier
   int stages = 0;           // 0: neither kernel fits
+  int early = 0;            // GemvMode::early_stages
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
@@ -463,6 +468,7 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   p.mma = true;
   p.tensor_map = mode.tensor_map && nt == 1;
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
+  p.early = std::max(mode.early_stages, 0);
   const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
   p.fixed = kHeader + mma_sums_bytes(p.sum_group, nt) + mma_x_bytes(w.cols, nt) +
@@ -541,6 +547,7 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t x
   g.stage_cols = mma_stage_cols(w0);
   g.stages = p.stages;
   g.sum_group = p.sum_group;
+  g.early = p.early;
   auto kernel =
       tiles == 1 ? gemv_stream_mma_kernel<1, false, 1> : gemv_stream_mma_kernel<2, false, 1>;
   if (nt == 8)
@@ -613,7 +620,7 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
   if (warp_rows_pay(mode, bytes, rows, products[0].w.cols) &&
       gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
-                     mode.warp_rows_splits))
+                     mode.warp_rows_splits, mode.early_stages))
     return true;
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
@@ -646,7 +653,8 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
     const GemvProduct one{w, y, w.rows};
     if (warp_rows_pay(mode, w.bytes(), w.rows, w.cols) &&
         gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream,
-                       warp_rows_stage_cols(mode), mode.warp_rows_depth, mode.warp_rows_splits))
+                       warp_rows_stage_cols(mode), mode.warp_rows_depth, mode.warp_rows_splits,
+                       mode.early_stages))
       return true;
     launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
                stream);
@@ -654,6 +662,7 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   }
   StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, p.stages};
   g.tiles = w.rows / g.rows_per_tile;
+  g.early = std::max(mode.early_stages, 0);
   launch_streamed(w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
                                              : gemv_stream_kernel<WeightType::f8_e4m3>,
                   g.tiles, p.shared(), stream, g);

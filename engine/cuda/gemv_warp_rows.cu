@@ -44,6 +44,7 @@ struct WarpRowsGemv {
   // done with a tile adds its splits' sums in split order. 1: a warp takes whole tiles.
   int splits;
   int max_tiles;  // tiles a block has at most (its split sums' room)
+  int early;      // stages copied before the kernel before has finished (0: the ring's)
 };
 
 __device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
@@ -104,10 +105,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   if (warp == g.warps) {
     // The producer: weights are constants, so it starts before the kernel before this one ends.
     if (lane != 0) return;
+    int issued = 0;
     for (int64_t jj = 0; jj < warp_stages; ++jj)
       for (int i = 0; i < g.warps; ++i) {
         const wr::Stage s = wr::stage_of(jj, i, g.warps, g.slots, split_stages);
         if (s.task >= nv) continue;
+        if (issued++ == g.early && g.early > 0) pdl_wait();
         const int64_t t = t0 + s.task / g.splits,
                       slice = (s.task % g.splits) * split_stages + s.slice;
         const int m = matrix_of(g, t);
@@ -235,7 +238,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 }  // namespace
 
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
-                    int64_t x_offset, void* stream, int64_t stage_cols, int depth, int max_splits) {
+                    int64_t x_offset, void* stream, int64_t stage_cols, int depth, int max_splits,
+                    int early_stages) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15))
     return false;
@@ -257,6 +261,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
     g.first_task[i + 1] = g.first_task[i] + w.rows / wr::kTileRows;
   }
   g.count = int(products.size());
+  g.early = std::max(early_stages, 0);
   g.x = x;
   g.group_rows = group_rows;
   g.x_offset = x_offset;

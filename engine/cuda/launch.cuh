@@ -33,6 +33,14 @@ __device__ __forceinline__ void pdl_begin() {
 #endif
 }
 
+// Waits for the previous kernel and its writes without letting the next one in (a block's
+// pdl_begin() does that): for a producer that holds back its weight copies until then.
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Asks the L2 to fetch [p, p + bytes) (16-byte aligned, a multiple of 16) without waiting for
 // it: one instruction for a whole weight row. Kernels issue it for memory no kernel writes
 // (weights) before pdl_begin(), so the fetch overlaps the previous kernel.
