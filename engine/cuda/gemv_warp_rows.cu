@@ -79,6 +79,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   uint64_t* empty = full + wr::kMaxSlots;
   const int64_t cols = g.w[0].cols, col_stages = cols / kStageCols;
   const int64_t rs = wr::row_stride(kStageCols), stage_bytes = wr::stage_bytes(kStageCols);
+  // Rows as wide as a stage come in pairs (warp_rows_layout.h's pair_stride).
+  const bool paired = cols == kStageCols;
+  const int64_t ps = wr::pair_stride(kStageCols);
   uint4* xs = reinterpret_cast<uint4*>(smem + wr::kHeader);
   // [x_groups][cols / 128]: each block's 2^-e
   float* x_unscale = reinterpret_cast<float*>(smem + wr::kHeader + g.x_groups * cols * 4);
@@ -119,8 +122,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
         const char* src = static_cast<const char*>(g.w[m].data) +
                           (t - g.first_task[m]) * wr::kTileRows * cols + slice * kStageCols;
         char* dst = ring + s.slot * stage_bytes;
-        for (int r = 0; r < wr::kTileRows; ++r)
-          bulk_copy_to_shared(dst + r * rs, src + r * cols, uint32_t(kStageCols), &full[s.slot]);
+        if (paired) {
+          for (int r = 0; r < wr::kTileRows / 2; ++r)
+            bulk_copy_to_shared(dst + r * ps, src + 2 * r * cols, uint32_t(2 * kStageCols),
+                                &full[s.slot]);
+        } else {
+          for (int r = 0; r < wr::kTileRows; ++r)
+            bulk_copy_to_shared(dst + r * rs, src + r * cols, uint32_t(kStageCols), &full[s.slot]);
+        }
       }
     return;
   }
@@ -164,8 +173,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     // x's 64-column groups
     const int64_t group0 = (split * split_stages + s.slice) * (kStageCols / wr::kGroupCols);
     mbarrier_wait(&full[s.slot], s.parity);
-    // Row quad_row of the stage at lane t4's 16 bytes of each 64 columns; row quad_row + 8 below.
-    const char* ra = ring + s.slot * stage_bytes + quad_row * rs + 16 * t4;
+    // Row quad_row of the stage at lane t4's 16 bytes of each 64 columns, and row quad_row + 8
+    // (paired: the stage's rows 2 quad_row and 2 quad_row + 1).
+    const char* ra = ring + s.slot * stage_bytes + quad_row * (paired ? ps : rs) + 16 * t4;
+    const int64_t below = paired ? kStageCols : 8 * rs;
 #pragma unroll 2
     for (int b = 0; b < kScaleBlocks; ++b) {
       // Four k-steps per 64 columns, each its own accumulator chain.
@@ -174,7 +185,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
       for (int half = 0; half < 2; ++half) {
         const int64_t group = 2 * b + half;
         const uint4 wa = *reinterpret_cast<const uint4*>(ra + group * wr::kGroupCols),
-                    wb = *reinterpret_cast<const uint4*>(ra + 8 * rs + group * wr::kGroupCols);
+                    wb = *reinterpret_cast<const uint4*>(ra + below + group * wr::kGroupCols);
         // Only the mma's B columns 0 and 1 (x's high and low parts) are not zero.
         uint4 x01 = make_uint4(0u, 0u, 0u, 0u), x23 = x01;
         if (quad_row < 2) {
@@ -200,20 +211,21 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     if (lane == 0) mbarrier_arrive(&empty[s.slot]);
     if (s.slice + 1 == split_stages) {
       // Lane (quad_row, 0) holds B columns 0 and 1 (the high and low parts' products) of rows
-      // quad_row and quad_row + 8.
+      // quad_row and quad_row + 8 (paired: 2 quad_row and 2 quad_row + 1).
+      const int row_a = paired ? 2 * quad_row : quad_row, row_b = paired ? row_a + 1 : quad_row + 8;
       if (g.splits == 1) {
         if (t4 == 0) {
           float* y = g.y[m] + row0;
-          y[quad_row] = total[0] + total[1];
-          y[quad_row + 8] = total[2] + total[3];
+          y[row_a] = total[0] + total[1];
+          y[row_b] = total[2] + total[3];
         }
       } else {
         // The tile's splits meet in shared memory; the last warp done adds them in split order,
         // so the sums do not depend on which warp finished first.
         float* sums = split_sums + tile * g.splits * wr::kTileRows;
         if (t4 == 0) {
-          sums[split * wr::kTileRows + quad_row] = total[0] + total[1];
-          sums[split * wr::kTileRows + quad_row + 8] = total[2] + total[3];
+          sums[split * wr::kTileRows + row_a] = total[0] + total[1];
+          sums[split * wr::kTileRows + row_b] = total[2] + total[3];
         }
         __threadfence_block();
         __syncwarp();

@@ -70,6 +70,17 @@ __host__ __device__ inline int64_t stage_bytes(int64_t stage_cols) {
   return kTileRows * row_stride(stage_cols);
 }
 
+// Rows as wide as a stage (the stage's 16 rows are one contiguous run of the matrix) are staged
+// in pairs: rows 2g and 2g + 1 in one bulk copy of 2 * stage_cols bytes at g * pair_stride, so a
+// stage takes 8 copies instead of 16 (copies of one 1 KB row each capped wq_b's stream, docs/
+// cuda.md). The mma fragment's row g is then row 2g and its row g + 8 row 2g + 1, stage_cols
+// bytes further on: 0 mod 128, so both loads keep row_stride's bank pattern (pair g at 16 g banks).
+__host__ __device__ inline int64_t pair_stride(int64_t stage_cols) {
+  return 2 * stage_cols + kRowPad;
+}
+static_assert(kTileRows * (1024 + kRowPad) >= kTileRows / 2 * (2 * 1024 + kRowPad),
+              "paired rows fit a stage's bytes");
+
 // A block's stages: its tasks (16-row tiles) go round-robin to `warps` warps, warp i taking its
 // tasks' stages (column slices) in order. The producer issues stage q = jj * warps + i for warp
 // i's jj-th stage (jj = round * col_stages + slice), so consecutive copies feed different warps;
