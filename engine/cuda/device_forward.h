@@ -219,6 +219,10 @@ class DeviceForward {
   std::map<std::string, double> stage_ms_;
   void* pinned_ = nullptr;  // page-locked staging for the logits
   int64_t pinned_bytes_ = 0;
+  // One event per piece of a logits read (read_logits): the host copies each piece out of the
+  // staging while the next ones are still on their way.
+  static constexpr int kLogitsPieces = 8;
+  cudaEvent_t logits_landed_[kLogitsPieces] = {};
   int64_t last_wanted_ = 0;  // logits rows the last run left on the device
   DeviceBuffer mask_, pick_scratch_, pick_, near_, sort_mask_, sort_scratch_;
   void* pinned_mask_ = nullptr;  // page-locked staging for the mask and the pick
