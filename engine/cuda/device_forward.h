@@ -79,10 +79,15 @@ struct CudaOptions {
   int warp_rows_splits = 1;  // column splits a tile may take (GemvMode::warp_rows_splits)
   // Decode attention splits each row's keys into at most this many slices, one block each
   // (attention_decode.cu; 1..16, fixed when a step's graph is captured, so sized by the cache's
-  // capacity, not the keys a step has). 0: as many as the capacity calls for, up to 16.
+  // capacity, not the keys a step has). 0: as many as the capacity calls for, up to 16. Fewer
+  // were slower on an H100 (seventeenth session, decode @1K 904.0 -> 877.7 tok/s with 4, 906.8
+  // -> 896.8 with 8).
   int decode_attention_splits = 0;
   // The streamed one-row products copy at most this many stages of their weights each before
   // the kernel before them has finished (GemvMode::early_stages; 0: as many as the ring holds).
+  // On an H100 (seventeenth session) 1, 2 and 4 decoded within the spread of 0: the attention
+  // and mHC kernels before a product ran 4-5 us faster without its copies competing, and the
+  // product that much slower after them.
   int early_stages = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
