@@ -377,6 +377,52 @@ TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
   }
 }
 
+// GemvMode::early_stages only holds a producer's copies back until the kernel before has
+// finished: the same products, bit for bit, on the tensor-core stream kernel, the CUDA-core one
+// and the warp-rows kernel (wq_b's shape: rows copied in pairs), with 1 and 2 stages
+// copied early against the whole ring.
+TEST_F(CudaGemv, EarlyStagesChangeNoBits) {
+  std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
+  cases.push_back({32768, 1024, 1, false});  // wq_b: 16 tiles a block, so warp rows take it
+  for (const StreamCase& c : cases) {
+    const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 52);
+    const WeightMatrix host = c.view(m);
+    cuda::DeviceMatrix dm(host);
+    const int64_t x_cols = host.cols * c.groups;
+    std::mt19937 rng(9);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(x_cols), want(host.rows), base(host.rows), got(host.rows);
+    for (float& v : x) v = dist(rng);
+    const int64_t group_rows = host.rows / c.groups;
+    for (int64_t r = 0; r < host.rows; ++r)
+      want[r] = dot_weight_row(host, r, x.data() + (r / group_rows) * host.cols);
+    float* dx = cuda::device_floats(x_cols);
+    float* dy = cuda::device_floats(host.rows);
+    cuda::copy_to_device(dx, x.data(), x_cols * 4);
+    struct Kernel {
+      const char* name;
+      bool cores;
+      int64_t warp_rows;
+    };
+    for (const Kernel& k : {Kernel{"tensor-core stream", true, 0},
+                            Kernel{"CUDA-core stream", false, 0}, Kernel{"warp rows", true, 1}})
+      for (const int early : {0, 1, 2}) {
+        const std::string how =
+            c.name(host) + ", " + k.name + ", early stages " + std::to_string(early);
+        cuda::zero_device(dy, host.rows * 4);
+        one_row(c, dm, dx, dy, cuda::GemvMode(k.cores, false, 1, true, k.warp_rows, 2, 1, early));
+        cuda::copy_to_host(got.data(), dy, host.rows * 4);
+        EXPECT_LE(rel_l2(got, want), 1e-5) << how;
+        if (early == 0)
+          base = got;
+        else
+          EXPECT_EQ(std::memcmp(got.data(), base.data(), host.rows * 4), 0) << how;
+      }
+    cuda::free_device(dx);
+    cuda::free_device(dy);
+  }
+}
+
 // The tensor-copied stages' layout replayed on the host (no GPU needed): the copy engine puts
 // box element (byte b of 128-column chunk c, row r) at linear offset ((c * rows + r) * 128 + b)
 // with the 128-byte swizzle (address bits 4-6 XOR bits 7-9, within 1,024-byte aligned atoms);
