@@ -62,4 +62,32 @@ class DeviceBuffer {
   int64_t bytes_ = 0;
 };
 
+// Page-locked host memory (RAII over cudaMallocHost/cudaFreeHost), grown on demand: staging for
+// copies the GPU runs asynchronously, which a pageable buffer would stage once more through the
+// driver's own. Growing drops the contents; copies still reading it must have finished.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  ~PinnedBuffer() {
+    if (ptr_) cudaFreeHost(ptr_);
+  }
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  char* reserve(int64_t bytes) {
+    if (bytes > bytes_) {
+      if (ptr_) cudaFreeHost(ptr_);
+      ptr_ = nullptr;
+      bytes_ = 0;
+      AGENTRT_CUDA_CHECK(cudaMallocHost(&ptr_, size_t(bytes)));
+      bytes_ = bytes;
+    }
+    return static_cast<char*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  int64_t bytes_ = 0;
+};
+
 }  // namespace agentrt::engine::cuda

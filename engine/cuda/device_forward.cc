@@ -127,15 +127,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
 DeviceForward::~DeviceForward() {
   for (auto& [key, step] : graphs_by_shape_) cudaGraphExecDestroy(step.exec);
   if (blas_) cublasDestroy(blas_);
-  if (pinned_) cudaFreeHost(pinned_);
   for (cudaEvent_t e : logits_landed_)
     if (e) cudaEventDestroy(e);
-  if (pinned_mask_) cudaFreeHost(pinned_mask_);
-  if (meta_copied_) {
-    cudaEventSynchronize(meta_copied_);
-    cudaEventDestroy(meta_copied_);
-  }
-  if (pinned_meta_) cudaFreeHost(pinned_meta_);
+  if (meta_copied_) cudaEventDestroy(meta_copied_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
   if (side_) {
     cudaStreamSynchronize(side_);
@@ -323,12 +317,7 @@ void DeviceForward::read_logits(std::span<float* const> dst, int64_t first_row) 
   if (n == 0) return;
   // Through pinned memory: a pageable copy would stage through the driver's own buffer.
   const int64_t bytes = n * V * 4;
-  if (pinned_bytes_ < bytes) {
-    if (pinned_) cudaFreeHost(pinned_);
-    pinned_ = nullptr;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_, size_t(bytes)));
-    pinned_bytes_ = bytes;
-  }
+  auto* staged = reinterpret_cast<float*>(pinned_logits_.reserve(bytes));
   // In up to kLogitsPieces pieces of at least 64 KB, each with an event: the host copies a piece
   // into the rows while the copy engine brings the next (one copy, then one memcpy of the whole
   // row, left both waiting on each other: ~20 + ~25 us a row of 129K logits).
@@ -339,7 +328,6 @@ void DeviceForward::read_logits(std::span<float* const> dst, int64_t first_row) 
   const int64_t piece =
       std::max<int64_t>((values + kLogitsPieces - 1) / kLogitsPieces, int64_t(16) << 10);
   const float* from = ws_->logits.as<float>() + first_row * V;
-  auto* staged = static_cast<float*>(pinned_);
   int pieces = 0;
   for (int64_t at = 0; at < values; at += piece, ++pieces) {
     const int64_t count = std::min(piece, values - at);
@@ -365,26 +353,9 @@ const char* DeviceForward::pinned_metadata(const std::vector<char>& bytes) {
   // The last call's upload may still be reading the buffer (a call that wanted no results does
   // not wait for its work); it has long finished by the time the next call comes, as a rule.
   AGENTRT_CUDA_CHECK(cudaEventSynchronize(meta_copied_));
-  const int64_t n = int64_t(bytes.size());
-  if (pinned_meta_bytes_ < n) {
-    if (pinned_meta_) cudaFreeHost(pinned_meta_);
-    pinned_meta_ = nullptr;
-    pinned_meta_bytes_ = 0;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_meta_, size_t(n)));
-    pinned_meta_bytes_ = n;
-  }
-  std::memcpy(pinned_meta_, bytes.data(), bytes.size());
-  return static_cast<const char*>(pinned_meta_);
-}
-
-char* DeviceForward::staging(int64_t bytes) {
-  if (pinned_mask_bytes_ < bytes) {
-    if (pinned_mask_) cudaFreeHost(pinned_mask_);
-    pinned_mask_ = nullptr;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&pinned_mask_, size_t(bytes)));
-    pinned_mask_bytes_ = bytes;
-  }
-  return static_cast<char*>(pinned_mask_);
+  char* staged = pinned_meta_.reserve(int64_t(bytes.size()));
+  std::memcpy(staged, bytes.data(), bytes.size());
+  return staged;
 }
 
 const float* DeviceForward::logits_row(int64_t row) const {
@@ -419,7 +390,7 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
   for (const TokenMask& m : masks)
     if (m.words) stride = std::max<int64_t>(stride, int64_t(m.num_words));
   const int64_t results = n * slot;
-  char* host = staging(results + n * stride * 4);
+  char* host = pinned_mask_.reserve(results + n * stride * 4);
   auto* staged = reinterpret_cast<uint32_t*>(host + results);
   for (int64_t i = 0; i < n; ++i)
     if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
@@ -488,7 +459,7 @@ std::vector<DeviceForward::Sorted> DeviceForward::sorted_allowed(std::span<const
   // One pinned buffer: row indices, mask word counts and masks going up, then the sorted logits
   // and ids coming back (stream order keeps the upload's reads before the download's writes).
   const int64_t up = 8 * n + 4 * n * stride;
-  char* host = staging(std::max(up, 8 * total));
+  char* host = pinned_mask_.reserve(std::max(up, 8 * total));
   auto* row_of = reinterpret_cast<int32_t*>(host);
   auto* words = row_of + n;
   auto* mask_words = reinterpret_cast<uint32_t*>(host + 8 * n);

@@ -178,8 +178,6 @@ class DeviceForward {
   void attention(size_t l, int64_t n, float* out);
   void moe(size_t l, int64_t n, float* out);
   void enqueue(int64_t n, const std::vector<int64_t>& wanted);
-  // Pinned staging of at least `bytes` (mask upload, results back).
-  char* staging(int64_t bytes);
   // The call's metadata in pinned memory, for its upload.
   const char* pinned_metadata(const std::vector<char>& bytes);
   // A logits row the last run left on the device.
@@ -222,20 +220,17 @@ class DeviceForward {
   std::map<std::pair<int64_t, int64_t>, CapturedStep> graphs_by_shape_;
   std::vector<std::pair<std::string, cudaEvent_t>> marks_;
   std::map<std::string, double> stage_ms_;
-  void* pinned_ = nullptr;  // page-locked staging for the logits
-  int64_t pinned_bytes_ = 0;
+  PinnedBuffer pinned_logits_;  // staging for the logits
   // One event per piece of a logits read (read_logits): the host copies each piece out of the
   // staging while the next ones are still on their way.
   static constexpr int kLogitsPieces = 8;
   cudaEvent_t logits_landed_[kLogitsPieces] = {};
   int64_t last_wanted_ = 0;  // logits rows the last run left on the device
   DeviceBuffer mask_, pick_scratch_, pick_, near_, sort_mask_, sort_scratch_;
-  void* pinned_mask_ = nullptr;  // page-locked staging for the mask and the pick
-  int64_t pinned_mask_bytes_ = 0;
-  // Page-locked staging for each call's metadata upload (a pageable copy goes through the
-  // driver's own buffer first, and returns only once it has), and the event after its copy.
-  void* pinned_meta_ = nullptr;
-  int64_t pinned_meta_bytes_ = 0;
+  PinnedBuffer pinned_mask_;  // staging for the mask and the pick
+  // Staging for each call's metadata upload (a pageable copy returns only once the driver has
+  // staged it), and the event after its copy.
+  PinnedBuffer pinned_meta_;
   cudaEvent_t meta_copied_ = nullptr;
 };
 

@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(StreamGemv g) 
     if (lane != 0) return;
     uint32_t q = 0;
     for (int64_t t = t0; t < t1; ++t, ++q) {
-      if (q == uint32_t(g.early) && g.early > 0) pdl_wait();
+      pdl_hold_copies(q, g.early);
       const stream::Slot s = stream::slot_of(q, g.stages);
       mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
       mbarrier_arrive_expect(&bars.full[s.index], uint32_t(tile_bytes));
@@ -267,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int64_t t = t0; t < t1; ++t) {
       const int m = matrix_of(g, t);
       for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
-        if (q == uint32_t(g.early) && g.early > 0) pdl_wait();
+        pdl_hold_copies(q, g.early);
         const stream::Slot s = stream::slot_of(q, g.stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(kTaskRows * g.stage_cols));
@@ -468,7 +468,7 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   p.mma = true;
   p.tensor_map = mode.tensor_map && nt == 1;
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
-  p.early = std::max(mode.early_stages, 0);
+  p.early = mode.early_stages;
   const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
   p.fixed = kHeader + mma_sums_bytes(p.sum_group, nt) + mma_x_bytes(w.cols, nt) +
@@ -662,7 +662,7 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   }
   StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, p.stages};
   g.tiles = w.rows / g.rows_per_tile;
-  g.early = std::max(mode.early_stages, 0);
+  g.early = mode.early_stages;
   launch_streamed(w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
                                              : gemv_stream_kernel<WeightType::f8_e4m3>,
                   g.tiles, p.shared(), stream, g);

@@ -108,12 +108,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   if (warp == g.warps) {
     // The producer: weights are constants, so it starts before the kernel before this one ends.
     if (lane != 0) return;
-    int issued = 0;
+    int64_t issued = 0;
     for (int64_t jj = 0; jj < warp_stages; ++jj)
       for (int i = 0; i < g.warps; ++i) {
         const wr::Stage s = wr::stage_of(jj, i, g.warps, g.slots, split_stages);
         if (s.task >= nv) continue;
-        if (issued++ == g.early && g.early > 0) pdl_wait();
+        pdl_hold_copies(issued++, g.early);
         const int64_t t = t0 + s.task / g.splits,
                       slice = (s.task % g.splits) * split_stages + s.slice;
         const int m = matrix_of(g, t);
@@ -273,7 +273,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
     g.first_task[i + 1] = g.first_task[i] + w.rows / wr::kTileRows;
   }
   g.count = int(products.size());
-  g.early = std::max(early_stages, 0);
+  g.early = early_stages;
   g.x = x;
   g.group_rows = group_rows;
   g.x_offset = x_offset;

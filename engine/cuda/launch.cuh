@@ -35,11 +35,13 @@ __device__ __forceinline__ void pdl_begin() {
 #endif
 }
 
-// Waits for the previous kernel and its writes without letting the next one in (a block's
-// pdl_begin() does that): for a producer that holds back its weight copies until then.
-__device__ __forceinline__ void pdl_wait() {
+// For a producer about to issue its copy number `issued` (0, 1, ...) of constant weights: after
+// `early` of them (none if early <= 0) it waits for the previous kernel and its writes, without
+// letting the next kernel in (its block's pdl_begin() does that), so that the copies before that
+// kernel ends compete with it for memory no more than `early` do (GemvMode::early_stages).
+__device__ __forceinline__ void pdl_hold_copies(int64_t issued, int early) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  if (early > 0 && issued == early) asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 }
 

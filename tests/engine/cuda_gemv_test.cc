@@ -333,6 +333,40 @@ void one_row(const StreamCase& c, const cuda::DeviceMatrix& dm, const float* dx,
     cuda::gemv(w, dx, 1, dy, nullptr, mode);
 }
 
+// One random activation row (from `seed`) for a case's matrix, the CPU's products of it, and x
+// and y on the device; run() multiplies through one_row and brings y back.
+struct OneRowRun {
+  std::vector<float> want;
+  float* dx = nullptr;
+  float* dy = nullptr;
+  OneRowRun(const StreamCase& c, const WeightMatrix& host, unsigned seed) : want(host.rows) {
+    const int64_t x_cols = host.cols * c.groups, group_rows = host.rows / c.groups;
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist;
+    std::vector<float> x(x_cols);
+    for (float& v : x) v = dist(rng);
+    for (int64_t r = 0; r < host.rows; ++r)
+      want[r] = dot_weight_row(host, r, x.data() + (r / group_rows) * host.cols);
+    dx = cuda::device_floats(x_cols);
+    dy = cuda::device_floats(host.rows);
+    cuda::copy_to_device(dx, x.data(), x_cols * 4);
+  }
+  ~OneRowRun() {
+    cuda::free_device(dx);
+    cuda::free_device(dy);
+  }
+  OneRowRun(const OneRowRun&) = delete;
+  OneRowRun& operator=(const OneRowRun&) = delete;
+  std::vector<float> run(const StreamCase& c, const cuda::DeviceMatrix& dm,
+                         cuda::GemvMode mode) const {
+    std::vector<float> got(want.size());
+    cuda::zero_device(dy, int64_t(got.size()) * 4);
+    one_row(c, dm, dx, dy, mode);
+    cuda::copy_to_host(got.data(), dy, int64_t(got.size()) * 4);
+    return got;
+  }
+};
+
 // The FP8 tensor-core products' variants (GemvMode) add the same numbers in the same order, so
 // their results are bitwise equal: stages filled by tensor copies (swizzled in shared memory,
 // tensor_map.h) against padded rows of bulk copies, and the warps' partial sums added up after
@@ -344,36 +378,24 @@ TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
     const WeightMatrix host = c.view(m);
     const std::string what = c.name(host);
     cuda::DeviceMatrix dm(host);
-    const int64_t x_cols = host.cols * c.groups;
-    std::mt19937 rng(7);
-    std::normal_distribution<float> dist;
-    std::vector<float> x(x_cols), want(host.rows), first(host.rows), got(host.rows);
-    for (float& v : x) v = dist(rng);
+    const OneRowRun one(c, host, 7);
     const int64_t group_rows = host.rows / c.groups;
-    for (int64_t r = 0; r < host.rows; ++r)
-      want[r] = dot_weight_row(host, r, x.data() + (r / group_rows) * host.cols);
-    float* dx = cuda::device_floats(x_cols);
-    float* dy = cuda::device_floats(host.rows);
-    cuda::copy_to_device(dx, x.data(), x_cols * 4);
+    std::vector<float> first;
     for (const cuda::GemvMode mode :
          {cuda::GemvMode(true, false, 1), cuda::GemvMode(true, true, 1),
           cuda::GemvMode(true, false, 4), cuda::GemvMode(true, true, 3)}) {
       const std::string how = what + (mode.tensor_map ? ", tensor copies" : ", bulk copies") +
                               ", sums every " + std::to_string(mode.sum_group) + " tasks";
-      EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), dx, c.groups > 1 ? group_rows : 0,
+      EXPECT_TRUE(cuda::gemv_stream_fits(dm.view(), one.dx, c.groups > 1 ? group_rows : 0,
                                          c.groups > 1 ? host.cols : 0, mode))
           << how;
-      cuda::zero_device(dy, host.rows * 4);
-      one_row(c, dm, dx, dy, mode);
-      cuda::copy_to_host(got.data(), dy, host.rows * 4);
-      EXPECT_LE(rel_l2(got, want), 1e-5) << how;
+      const std::vector<float> got = one.run(c, dm, mode);
+      EXPECT_LE(rel_l2(got, one.want), 1e-5) << how;
       if (mode.tensor_map || mode.sum_group > 1)
         EXPECT_EQ(std::memcmp(got.data(), first.data(), host.rows * 4), 0) << how;
       else
         first = got;
     }
-    cuda::free_device(dx);
-    cuda::free_device(dy);
   }
 }
 
@@ -388,17 +410,8 @@ TEST_F(CudaGemv, EarlyStagesChangeNoBits) {
     const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 52);
     const WeightMatrix host = c.view(m);
     cuda::DeviceMatrix dm(host);
-    const int64_t x_cols = host.cols * c.groups;
-    std::mt19937 rng(9);
-    std::normal_distribution<float> dist;
-    std::vector<float> x(x_cols), want(host.rows), base(host.rows), got(host.rows);
-    for (float& v : x) v = dist(rng);
-    const int64_t group_rows = host.rows / c.groups;
-    for (int64_t r = 0; r < host.rows; ++r)
-      want[r] = dot_weight_row(host, r, x.data() + (r / group_rows) * host.cols);
-    float* dx = cuda::device_floats(x_cols);
-    float* dy = cuda::device_floats(host.rows);
-    cuda::copy_to_device(dx, x.data(), x_cols * 4);
+    const OneRowRun one(c, host, 9);
+    std::vector<float> base;
     struct Kernel {
       const char* name;
       bool cores;
@@ -409,17 +422,14 @@ TEST_F(CudaGemv, EarlyStagesChangeNoBits) {
       for (const int early : {0, 1, 2}) {
         const std::string how =
             c.name(host) + ", " + k.name + ", early stages " + std::to_string(early);
-        cuda::zero_device(dy, host.rows * 4);
-        one_row(c, dm, dx, dy, cuda::GemvMode(k.cores, false, 1, true, k.warp_rows, 2, 1, early));
-        cuda::copy_to_host(got.data(), dy, host.rows * 4);
-        EXPECT_LE(rel_l2(got, want), 1e-5) << how;
+        const std::vector<float> got =
+            one.run(c, dm, cuda::GemvMode(k.cores, false, 1, true, k.warp_rows, 2, 1, early));
+        EXPECT_LE(rel_l2(got, one.want), 1e-5) << how;
         if (early == 0)
           base = got;
         else
           EXPECT_EQ(std::memcmp(got.data(), base.data(), host.rows * 4), 0) << how;
       }
-    cuda::free_device(dx);
-    cuda::free_device(dy);
   }
 }
 
