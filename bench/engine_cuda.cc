@@ -44,6 +44,9 @@
 //                     default 0: as many as their ring holds)
 //                     [--attention-splits N] (decode attention: at most N key slices a row,
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
+//                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
+//                     step, fed with the picked token on the device, before the host reads
+//                     the pick, CudaOptions::decode_ahead; default 1)
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -239,8 +242,10 @@ void attention_costs(const ForwardConfig& c, int64_t pos, double* bytes, double*
     const int64_t visible = l.compress_rate ? (pos + 1) / l.compress_rate : 0;
     if (l.attention == AttentionKind::csa) {
       keys += double(std::min<int64_t>(visible, c.index_topk));
-      *bytes += double(visible) * double(c.index_head_dim) * 4;  // indexer scan
-      *flops += 2.0 * double(visible) * double(c.index_heads * c.index_head_dim);
+      if (visible > c.index_topk) {  // indexer scan; up to top-k entries are all taken unscored
+        *bytes += double(visible) * double(c.index_head_dim) * 4;
+        *flops += 2.0 * double(visible) * double(c.index_heads * c.index_head_dim);
+      }
     } else if (l.attention == AttentionKind::hca) {
       keys += double(visible);
     }
@@ -317,6 +322,8 @@ int main(int argc, char** argv) {
       options.early_stages = std::stoi(v);
     else if (k == "--attention-splits")
       options.decode_attention_splits = std::stoi(v);
+    else if (k == "--decode-ahead")
+      options.decode_ahead = v == "1";
     else {
       std::fprintf(stderr, "bench_engine_cuda: unknown option %s\n", k.c_str());
       return 2;
@@ -436,7 +443,9 @@ int main(int argc, char** argv) {
                   100.0 * bytes / dt / bw);
       {
         // The generation loop's step: decode + greedy pick under a grammar mask on the GPU
-        // (only the token comes back), against decode + the whole logits row to the host.
+        // (only the token comes back), against decode + the whole logits row to the host. Each
+        // choice queues the next step on the device first (CudaOptions::decode_ahead), which
+        // this loop then feeds.
         std::vector<uint32_t> mask(size_t((config.vocab_size + 31) / 32), 0x5555'5555u);
         Sampler greedy(SamplingParams{.temperature = 0.0f});
         int32_t next = random_ids(1)[0];
@@ -444,7 +453,9 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < steps; ++i)
           next = seq->forward_and_sample({&next, 1}, greedy, {mask.data(), mask.size()}).token;
         const double dts = (now() - t0) / double(steps);
-        std::printf("%-28s %12.1f\n", ("decode+pick @ " + std::to_string(ctx)).c_str(), 1.0 / dts);
+        std::printf("%-28s %12.1f %12s %12.0f MB %11.1f%%\n",
+                    ("decode+pick @ " + std::to_string(ctx)).c_str(), 1.0 / dts, "", bytes / 1e6,
+                    100.0 * bytes / dts / bw);
       }
       mem.sample();
     }

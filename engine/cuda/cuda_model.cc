@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -46,21 +47,6 @@ bool needs_sorted(const cuda::DeviceForward::NearBest& r, const SamplingParams& 
   return r.pick.allowed > 0 && !params.greedy() && r.total > capacity;
 }
 
-// The sampler's choice on the last logits row of the last run, made on the device where it can
-// be.
-Sampler::Sample choose_on_last_row(cuda::DeviceForward& pass, Sampler& sampler, TokenMask mask,
-                                   int32_t capacity) {
-  const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
-  const auto near = pass.near_best_rows({&mask, 1}, {&how, 1}, capacity, -1);
-  cuda::DeviceForward::Sorted sorted;
-  if (needs_sorted(near[0], sampler.params(), capacity)) {
-    const int64_t last = -1;
-    const int32_t allowed = near[0].pick.allowed;
-    sorted = std::move(pass.sorted_allowed({&last, 1}, {&mask, 1}, {&allowed, 1})[0]);
-  }
-  return choose(near[0], sampler.params(), sampler, std::move(sorted), capacity);
-}
-
 class CudaSequence final : public ModelSequence {
  public:
   CudaSequence(const CudaModel& model, const ForwardConfig& config)
@@ -74,6 +60,7 @@ class CudaSequence final : public ModelSequence {
     if (new_length < 0 || new_length > cache_.length)
       throw std::out_of_range("ModelSequence::truncate: length " + std::to_string(new_length) +
                               " outside [0, " + std::to_string(cache_.length) + "]");
+    ahead_.reset();
     cache_.length = new_length;  // later rows overwrite; entries derive from raw rows only
   }
 
@@ -81,8 +68,23 @@ class CudaSequence final : public ModelSequence {
   cuda::DeviceSequenceCache& cache() { return cache_; }
 
  private:
+  // The choice on the last logits row of the last run (under the model's lock), made on the
+  // device where it can be; a greedy choice also queues the next step, fed with the picked token
+  // on the device, before the host waits for the pick (CudaOptions::decode_ahead).
+  Sampler::Sample choose_and_queue(cuda::DeviceForward& pass, Sampler& sampler, TokenMask mask);
+
+  // A step queued by the last choice: `token` fed at position `pos` by the model's run number
+  // `run`. Not counted in cache_.length until a call feeds that token (its rows are overwritten
+  // otherwise, as after truncate). Valid only while no other run has come since.
+  struct Ahead {
+    int32_t token = 0;
+    int64_t pos = 0;
+    uint64_t run = 0;
+  };
+
   const CudaModel& model_;
   cuda::DeviceSequenceCache cache_;
+  std::optional<Ahead> ahead_;
 };
 
 class CudaModel final : public Model {
@@ -92,9 +94,11 @@ class CudaModel final : public Model {
       : pass_(std::move(config), weights, checked(options)),
         prefill_rows_(options.prefill_rows),
         near_capacity_(options.near_capacity),
-        parallel_draw_tokens_(options.parallel_draw_tokens) {}
+        parallel_draw_tokens_(options.parallel_draw_tokens),
+        decode_ahead_(options.decode_ahead) {}
   int64_t prefill_rows() const { return prefill_rows_; }
   int32_t near_capacity() const { return near_capacity_; }
+  bool decode_ahead() const { return decode_ahead_; }
 
   const ForwardConfig& config() const override { return pass_.config(); }
   int32_t vocab_size() const override { return int32_t(pass_.config().vocab_size); }
@@ -113,6 +117,12 @@ class CudaModel final : public Model {
   auto run_then(std::span<const cuda::DeviceRow> rows, Then then) const {
     std::lock_guard<std::mutex> lock(mutex_);
     pass_.run(rows, nullptr);
+    return then(pass_);
+  }
+  // then(pass) under the lock, no run first.
+  template <class Then>
+  auto locked(Then then) const {
+    std::lock_guard<std::mutex> lock(mutex_);
     return then(pass_);
   }
 
@@ -234,9 +244,11 @@ class CudaModel final : public Model {
   int64_t prefill_rows_;
   int32_t near_capacity_;
   int64_t parallel_draw_tokens_;
+  bool decode_ahead_;
 };
 
 std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {
+  ahead_.reset();  // its rows are overwritten
   if (tokens.empty()) return {};
   // Slices bound the activations; the caches make the result the same as one pass.
   const int64_t n = int64_t(tokens.size()), V = model_.vocab_size();
@@ -259,9 +271,50 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
   return logits;
 }
 
+Sampler::Sample CudaSequence::choose_and_queue(cuda::DeviceForward& pass, Sampler& sampler,
+                                               TokenMask mask) {
+  const int32_t capacity = model_.near_capacity();
+  const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
+  ahead_.reset();
+  pass.enqueue_picks({&mask, 1}, {&how, 1}, capacity, -1);
+  if (model_.decode_ahead() && sampler.params().greedy()) {
+    // The next step, fed on the device: it runs while the host reads the pick back, returns it
+    // and works out the next mask; the next call finds it done if it feeds the picked token.
+    const cuda::DeviceRow row{&cache_, cache_.length, 0, true, pass.device_pick(0)};
+    pass.run({&row, 1}, nullptr);
+    ahead_ = Ahead{0, cache_.length, pass.runs()};
+  }
+  const auto near = pass.collect_picks();
+  if (ahead_) {
+    if (near[0].pick.allowed > 0)
+      ahead_->token = near[0].pick.token;
+    else
+      ahead_.reset();  // no token: the queued step fed a placeholder
+  }
+  cuda::DeviceForward::Sorted sorted;
+  if (needs_sorted(near[0], sampler.params(), capacity)) {
+    const int64_t last = -1;
+    const int32_t allowed = near[0].pick.allowed;
+    sorted = std::move(pass.sorted_allowed({&last, 1}, {&mask, 1}, {&allowed, 1})[0]);
+  }
+  return choose(near[0], sampler.params(), sampler, std::move(sorted), capacity);
+}
+
 Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
                                                  TokenMask mask) {
   if (tokens.empty()) return ModelSequence::forward_and_sample(tokens, sampler, mask);
+  if (ahead_ && tokens.size() == 1 && tokens[0] == ahead_->token && ahead_->pos == cache_.length) {
+    // The token is fed already if no other run has overwritten the queued step's logits since.
+    const Ahead queued = *ahead_;
+    std::optional<Sampler::Sample> chosen = model_.locked(
+        [&](cuda::DeviceForward& pass) -> std::optional<Sampler::Sample> {
+          if (pass.runs() != queued.run) return std::nullopt;
+          cache_.length += 1;  // fed, whatever the choice does
+          return choose_and_queue(pass, sampler, mask);
+        });
+    if (chosen) return *chosen;
+  }
+  ahead_.reset();
   // The last slice's run and the choice on its logits (under the model's lock).
   const int64_t n = int64_t(tokens.size()), start = cache_.length;
   Sampler::Sample chosen{};
@@ -276,7 +329,7 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
         chosen = model_.run_then(rows, [&](cuda::DeviceForward& pass) {
           cache_.length += end - begin;  // fed, whatever the choice does
           fed = true;
-          return choose_on_last_row(pass, sampler, mask, model_.near_capacity());
+          return choose_and_queue(pass, sampler, mask);
         });
       } else {
         model_.run(rows, nullptr);

@@ -130,6 +130,7 @@ DeviceForward::~DeviceForward() {
   for (cudaEvent_t e : logits_landed_)
     if (e) cudaEventDestroy(e);
   if (meta_copied_) cudaEventDestroy(meta_copied_);
+  if (picks_landed_) cudaEventDestroy(picks_landed_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
   if (side_) {
     cudaStreamSynchronize(side_);
@@ -156,7 +157,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   std::vector<int64_t> pos(n);
   for (int64_t t = 0; t < n; ++t) {
     const DeviceRow& r = rows[t];
-    if (r.token < 0 || r.token >= c.vocab_size)
+    if (!r.picked && (r.token < 0 || r.token >= c.vocab_size))
       throw std::out_of_range("cuda forward: token id " + std::to_string(r.token) +
                               " outside the vocabulary [0, " + std::to_string(c.vocab_size) + ")");
     auto [it, fresh] = next.try_emplace(r.cache, r.cache->length);
@@ -165,7 +166,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       throw std::logic_error("cuda forward: row at position " + std::to_string(r.pos) +
                              " does not extend a cache at position " + std::to_string(it->second));
     ++it->second;
-    tokens[t] = r.token;
+    tokens[t] = r.picked ? 0 : r.token;
     pos[t] = r.pos;
   }
   for (auto* cache : order) cache->reserve(next[cache], stream_);
@@ -255,6 +256,11 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(meta, pinned_metadata(pack.bytes), pack.bytes.size(),
                                      cudaMemcpyHostToDevice, stream_));
   AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+  for (int64_t t = 0; t < n; ++t)
+    if (rows[t].picked)
+      feed_picked_token(rows[t].picked, reinterpret_cast<int32_t*>(meta + tokens_off) + t,
+                        stream_);
+  ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
   w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
   for (int64_t l = 0; l < L; ++l) {
@@ -370,6 +376,12 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
                                                                    std::span<const RowPick> how,
                                                                    int32_t capacity,
                                                                    int64_t first_row) {
+  enqueue_picks(masks, how, capacity, first_row);
+  return collect_picks();
+}
+
+void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<const RowPick> how,
+                                  int32_t capacity, int64_t first_row) {
   const int64_t n = int64_t(masks.size());
   if (int64_t(how.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(how.size()) +
@@ -379,18 +391,24 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
     throw std::logic_error("cuda sampling: " + std::to_string(n) + " picks from row " +
                            std::to_string(first) + " but " + std::to_string(last_wanted_) +
                            " logits rows on the device");
-  std::vector<NearBest> out(static_cast<size_t>(n));
-  if (n == 0) return out;
+  queued_ = QueuedPicks{std::vector<RowPick>(how.begin(), how.end()), capacity};
+  if (n == 0) {
+    queued_.pending = true;
+    return;
+  }
   const bool any_near =
       std::any_of(how.begin(), how.end(), [](const RowPick& h) { return h.delta > 0.0f; });
   // Pinned and device layout: one slot per row (pick, count at byte 24, then ids[capacity] and
   // values[capacity] when some row samples), then every mask at a common stride (uploaded once).
   const int64_t head = 32, slot = head + (any_near ? int64_t(capacity) * 8 : 0);
+  queued_.head = head;
+  queued_.slot = slot;
   int64_t stride = 0;
   for (const TokenMask& m : masks)
     if (m.words) stride = std::max<int64_t>(stride, int64_t(m.num_words));
   const int64_t results = n * slot;
   char* host = pinned_mask_.reserve(results + n * stride * 4);
+  queued_.host = host;
   auto* staged = reinterpret_cast<uint32_t*>(host + results);
   for (int64_t i = 0; i < n; ++i)
     if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
@@ -420,7 +438,30 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
                         reinterpret_cast<float*>(s + head + int64_t(capacity) * 4), stream_);
   }
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, stream_));
-  AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (!picks_landed_)
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picks_landed_, cudaEventDisableTiming));
+  AGENTRT_CUDA_CHECK(cudaEventRecord(picks_landed_, stream_));
+  queued_.pending = true;
+}
+
+const MaskedPick* DeviceForward::device_pick(int64_t i) const {
+  if (i < 0 || i >= int64_t(queued_.how.size()))
+    throw std::logic_error("cuda sampling: pick " + std::to_string(i) + " of " +
+                           std::to_string(queued_.how.size()) + " queued");
+  return reinterpret_cast<const MaskedPick*>(static_cast<const char*>(near_.get()) +
+                                             i * queued_.slot);
+}
+
+std::vector<DeviceForward::NearBest> DeviceForward::collect_picks() {
+  if (!queued_.pending) throw std::logic_error("cuda sampling: no picks queued to collect");
+  queued_.pending = false;
+  const std::span<const RowPick> how = queued_.how;
+  const int64_t n = int64_t(how.size()), slot = queued_.slot, head = queued_.head;
+  const int32_t capacity = queued_.capacity;
+  std::vector<NearBest> out(static_cast<size_t>(n));
+  if (n == 0) return out;
+  AGENTRT_CUDA_CHECK(cudaEventSynchronize(picks_landed_));
+  const char* host = queued_.host;
   for (int64_t i = 0; i < n; ++i) {
     const char* s = host + i * slot;
     NearBest& r = out[static_cast<size_t>(i)];
@@ -720,7 +761,11 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     w.grow(w.n_chosen, n * 4);
     // Prefill of one sequence: tensor cores unless float32 is asked for.
     const bool mma = precision_ != GemmPrecision::f32 && indexer_scores_mma_supported(ih, ihd);
+    // Rows that see at most top-k entries take them all (select_topk) and need no scores (the CPU
+    // engine's indexer_select computes none either): no launch when no row sees more (short
+    // prefills; decode steps whose cache holds no more), else decode's kernel skips those rows.
     repeatable("indexer_scores", [&] {
+      if (m.max_visible <= c.index_topk) return;
       if (n >= kIndexerGemmRows && m.shared_idx_entries && mma && key_mirrors_) {
         void* mirror = w.grow(w.idx_mirror, key_mirror_bytes(ihd, 0, m.max_visible, split));
         indexer_scores_mma_mirrored(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd,
@@ -734,7 +779,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                           m.shared_idx_entries, m.max_visible, scores, stride, stream_);
       else
         indexer_scores(iq, iw, 1.0f / std::sqrt(float(ih)), m.rows, n, ih, ihd, m.max_visible,
-                       scores, stride, stream_);
+                       scores, stride, stream_, c.index_topk);
     });
     repeatable("top_k", [&] {
       select_topk(scores, stride, m.rows, n, c.index_topk, w.chosen.as<int32_t>(),

@@ -94,6 +94,12 @@ struct CudaOptions {
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
   // so the values are wrong. One of kRepeatableStages, or empty.
   std::string repeat_stage;
+  // A greedy choice on the device (ModelSequence::forward_and_sample) queues the next decode
+  // step, fed with the picked token on the device, before the host reads the pick back: the GPU
+  // goes on while the host returns the token and works out the next grammar mask. A call that
+  // feeds another token, or a run of another sequence in between, discards that step (one step
+  // of GPU time lost).
+  bool decode_ahead = true;
   // Sampling rows: up to this many allowed tokens near the best are collected on the device and
   // drawn from on the host; a row with more sorts all its allowed tokens on the device.
   int32_t near_capacity = 4096;
@@ -113,6 +119,9 @@ struct DeviceRow {
   int64_t pos;
   int32_t token;
   bool want_logits;
+  // Set: the row's token is this pick's, on the device (DeviceForward::device_pick), and `token`
+  // is ignored: the step is queued behind the pick without the host waiting for it.
+  const MaskedPick* picked = nullptr;
 };
 
 class DeviceForward {
@@ -155,6 +164,17 @@ class DeviceForward {
   std::vector<NearBest> near_best_rows(std::span<const TokenMask> masks,
                                        std::span<const RowPick> how, int32_t capacity,
                                        int64_t first_row = 0);
+  // near_best_rows in two halves: queue the choices (and their read back), then wait for that
+  // read back alone, so work queued in between (a decode step fed with device_pick) runs on the
+  // GPU while the host waits and then goes on. collect_picks() once per enqueue_picks().
+  void enqueue_picks(std::span<const TokenMask> masks, std::span<const RowPick> how,
+                     int32_t capacity, int64_t first_row = 0);
+  std::vector<NearBest> collect_picks();
+  // Row i's pick of the last enqueue_picks, on the device, until the next enqueue_picks.
+  const MaskedPick* device_pick(int64_t i) const;
+  // How many runs have been queued: a sequence that queued a step ahead checks that no other run
+  // has overwritten its logits since.
+  uint64_t runs() const { return runs_; }
   // After run(rows, nullptr): for each logits row rows[i] (-1: the last), the `allowed[i]` tokens
   // that masks[i] allows with finite logits, as (logit, id) best first, ties to the lower id
   // (Sampler::sample's order): one sort on the device for all the rows, one read back.
@@ -227,6 +247,16 @@ class DeviceForward {
   cudaEvent_t logits_landed_[kLogitsPieces] = {};
   int64_t last_wanted_ = 0;  // logits rows the last run left on the device
   DeviceBuffer mask_, pick_scratch_, pick_, near_, sort_mask_, sort_scratch_;
+  // The queued choices (enqueue_picks) that collect_picks reads back once picks_landed_ is done.
+  struct QueuedPicks {
+    std::vector<RowPick> how;
+    int32_t capacity = 0;
+    int64_t slot = 0, head = 0;
+    const char* host = nullptr;  // pinned: where the read back lands
+    bool pending = false;
+  } queued_;
+  cudaEvent_t picks_landed_ = nullptr;
+  uint64_t runs_ = 0;
   PinnedBuffer pinned_mask_;  // staging for the mask and the pick
   // Staging for each call's metadata upload (a pageable copy returns only once the driver has
   // staged it), and the event after its copy.

@@ -19,13 +19,13 @@ constexpr int kSelectThreads = 1024;
 
 __global__ void scores_kernel(const float* q, const float* head_weights, float weight_scale,
                               const LayerRow* rows, int64_t heads, int64_t hd, float* scores,
-                              int64_t stride) {
+                              int64_t stride, int64_t unscored) {
   pdl_begin();
   extern __shared__ float smem[];  // q [heads][hd + 1], keys [warps][hd]
   const int64_t t = blockIdx.y;
   const LayerRow row = rows[t];
   const int64_t e0 = int64_t(blockIdx.x) * kEntriesPerBlock;
-  if (e0 >= row.visible) return;
+  if (e0 >= row.visible || row.visible <= unscored) return;
   const int64_t qs_stride = hd + 1;  // padding: lanes read different heads' rows
   float* qs = smem;
   float* kbuf = smem + heads * qs_stride;
@@ -112,11 +112,12 @@ __device__ __forceinline__ void score_entry(const float* q, const float* head_we
 
 __global__ void scores_warp_kernel(const float* q, const float* head_weights, float weight_scale,
                                    const LayerRow* rows, int64_t heads, float* scores,
-                                   int64_t stride) {
+                                   int64_t stride, int64_t unscored) {
   pdl_begin();
   const int lane = int(threadIdx.x & 31);
   const int64_t t = blockIdx.y;
   const LayerRow row = rows[t];
+  if (row.visible <= unscored) return;
   for (int64_t e = int64_t(blockIdx.x) * kWarpScoreWarps + (threadIdx.x >> 5); e < row.visible;
        e += int64_t(gridDim.x) * kWarpScoreWarps)
     score_entry(q, head_weights, weight_scale, row, t, e, heads, lane, scores, stride);
@@ -230,8 +231,9 @@ __global__ void __launch_bounds__(kSelectThreads)
 
 void indexer_scores(const float* q, const float* head_weights, float weight_scale,
                     const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
-                    int64_t max_visible, float* scores, int64_t stride, cudaStream_t stream) {
-  if (n <= 0 || max_visible <= 0) return;
+                    int64_t max_visible, float* scores, int64_t stride, cudaStream_t stream,
+                    int64_t unscored) {
+  if (n <= 0 || max_visible <= unscored) return;
   if (head_dim == kWarpScoreDim && heads <= kWarpScoreHeads) {
     // Graph-captured decode sizes max_visible by the cache's capacity, far above what the rows
     // see: a bounded grid whose warps stride over the entries.
@@ -239,7 +241,7 @@ void indexer_scores(const float* q, const float* head_weights, float weight_scal
                                              std::max<int64_t>(1, 1024 / n));
     const dim3 grid{unsigned(blocks), unsigned(n)};
     launch_pdl(scores_warp_kernel, grid, kWarpScoreWarps * 32, 0, stream, q, head_weights,
-               weight_scale, rows, heads, scores, stride);
+               weight_scale, rows, heads, scores, stride, unscored);
     return;
   }
   const size_t shared = size_t(heads * (head_dim + 1) + kScoreWarps * head_dim) * 4;
@@ -248,7 +250,7 @@ void indexer_scores(const float* q, const float* head_weights, float weight_scal
         scores_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const dim3 grid(unsigned((max_visible + kEntriesPerBlock - 1) / kEntriesPerBlock), unsigned(n));
   launch_pdl(scores_kernel, grid, kScoreWarps * 32, shared, stream, q, head_weights, weight_scale,
-             rows, heads, head_dim, scores, stride);
+             rows, heads, head_dim, scores, stride, unscored);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

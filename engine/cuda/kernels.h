@@ -175,9 +175,12 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
 // --- indexer.cu ---
 // indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].
 // head_weights are the raw weights_proj outputs; weight_scale (1/sqrt(heads)) multiplies them.
+// Rows with at most `unscored` visible entries get no scores: select_topk takes all of them
+// without reading any (pass the top-k; a decode step's rows learn their counts on the device).
 void indexer_scores(const float* q, const float* head_weights, float weight_scale,
                     const LayerRow* rows, int64_t n, int64_t heads, int64_t head_dim,
-                    int64_t max_visible, float* scores, int64_t stride, cudaStream_t stream);
+                    int64_t max_visible, float* scores, int64_t stride, cudaStream_t stream,
+                    int64_t unscored = 0);
 // indexer_select: the topk best of each row's visible scores (ties: lower index first), in
 // ascending index order; all visible entries when they are at most topk.
 void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
@@ -219,6 +222,9 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
                        int32_t* ids, float* values, cudaStream_t stream);
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
+// *token = the pick's token (0 where the mask allowed nothing): a decode step fed from the device
+// (DeviceRow::picked), queued before the host has read the pick back.
+void feed_picked_token(const MaskedPick* pick, int32_t* token, cudaStream_t stream);
 // Logits rows sorted on the device, for sampling rows with too many tokens near the best to
 // collect (instead of each whole row sorted on the host). Row i of a sort is logits row rows[i]
 // (device array) under the bitmask masks + i * mask_stride of words[i] words (-1: no mask, every

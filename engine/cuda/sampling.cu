@@ -281,4 +281,15 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
+__global__ void feed_picked_token_kernel(const MaskedPick* pick, int32_t* token) {
+  // A pick that allowed nothing has no token (INT32_MAX): feed 0, a valid row of the embedding,
+  // for a step whose result the host discards when it reads the pick.
+  *token = pick->allowed > 0 ? pick->token : 0;
+}
+
+void feed_picked_token(const MaskedPick* pick, int32_t* token, cudaStream_t stream) {
+  feed_picked_token_kernel<<<1, 1, 0, stream>>>(pick, token);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
 }  // namespace agentrt::engine::cuda

@@ -108,7 +108,8 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
 void indexer_scores_case(int64_t heads, int64_t dim, int64_t n);
 
 // Small shapes go to the per-block kernel, head_dim 128 with at most 64 heads (the checkpoint's
-// shape) to the warp-per-entry kernel; both checked against the GEMM, for many rows and for one.
+// shape) to the warp-per-entry kernel; both checked against the GEMM, for many rows and for one,
+// and with the rows that see few entries left unscored.
 TEST_F(CudaKernels, IndexerScoresByGemmMatchTheKernel) {
   indexer_scores_case(6, 40, 70);
   indexer_scores_case(64, 128, 70);
@@ -143,6 +144,17 @@ void indexer_scores_case(int64_t heads, int64_t dim, int64_t n) {
   for (int64_t i = 0; i < n * stride; ++i)
     ASSERT_NEAR(b[i], a[i], 1e-4f * (1.0f + std::fabs(a[i])))
         << "row " << i / stride << " entry " << i % stride;
+  // Rows that see at most `unscored` entries get no scores (select_topk takes them all); the
+  // others the same values as before.
+  const int64_t unscored = 150;
+  auto part = upload(init);
+  cuda::indexer_scores(d_q.as<float>(), d_w.as<float>(), 0.4f, d_rows.as<cuda::LayerRow>(), n,
+                       heads, dim, max_visible, part.as<float>(), stride, nullptr, unscored);
+  const auto c = download<float>(part, n * stride);
+  for (int64_t i = 0; i < n * stride; ++i) {
+    const bool skipped = rows[i / stride].visible <= unscored;
+    ASSERT_EQ(c[i], skipped ? -7.0f : a[i]) << "row " << i / stride << " entry " << i % stride;
+  }
 }
 
 // The key list every attention kernel walks (no GPU needed): the window up to the position,

@@ -3,7 +3,7 @@
 // ModelSequence::forward_and_sample on a CUDA model (greedy; temperature, top-k, top-p, min-p)
 // against forward() + Sampler::sample on the same model, and decode_batch_and_sample against
 // decode_batch + Sampler::sample (also with rows that sort every allowed token on the device,
-// and that sort against the host's order). Skips without a GPU.
+// and that sort against the host's order); decode ahead against none. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include <limits>
 #include <random>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "engine/model.h"
@@ -172,6 +173,78 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
   EXPECT_THROW(a->forward_and_sample(feed_a, sa, {none.data(), none.size()}),
                std::invalid_argument);
   EXPECT_EQ(a->length(), before + 1);
+  std::filesystem::remove_all(dir);
+}
+
+// CudaOptions::decode_ahead: each greedy choice queues the next step fed with the picked token on
+// the device. A model with it gives the same tokens, log-probabilities and logits as one without,
+// through every way the queued step is used or discarded: fed (the picked token), another token
+// fed, a truncate, another sequence's run in between, a mask that allows nothing, a sampling
+// step, a prefill, and a forward() of logits.
+TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) {
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_decode_ahead";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 13;
+  write_random_model(dir, init);
+  cuda::CudaOptions with, without;
+  with.decode_ahead = true;
+  without.decode_ahead = false;
+  const auto on = load_cuda_model(dir, {Device::cuda}, with);
+  const auto off = load_cuda_model(dir, {Device::cuda}, without);
+  auto a = on->new_sequence(), b = off->new_sequence(), other = on->new_sequence();
+  std::mt19937 rng(5);
+  std::vector<int32_t> prompt(37);
+  for (auto& t : prompt) t = int32_t(rng() % 3000);
+  std::vector<uint32_t> mask((3000 + 31) / 32, 0), none(mask.size(), 0u);
+  for (int64_t i = 0; i < 3000; ++i)
+    if (rng() % 3 == 0) mask[i >> 5] |= 1u << (i & 31);
+  const TokenMask masked{mask.data(), mask.size()};
+  Sampler ga(SamplingParams{.temperature = 0.0f}), gb(SamplingParams{.temperature = 0.0f});
+  // One step on both models; the tokens and log-probabilities must agree.
+  auto step = [&](std::vector<int32_t> feed, TokenMask tm, const std::string& what) {
+    const Sampler::Sample x = a->forward_and_sample(feed, ga, tm);
+    const Sampler::Sample y = b->forward_and_sample(feed, gb, tm);
+    EXPECT_EQ(x.token, y.token) << what;
+    EXPECT_NEAR(x.logprob, y.logprob, 1e-6) << what;
+    EXPECT_EQ(a->length(), b->length()) << what;
+    return x.token;
+  };
+  int32_t t = step(prompt, {}, "prompt");
+  for (int i = 0; i < 12; ++i)  // fed as picked: every step found queued
+    t = step({t}, i % 2 ? masked : TokenMask{}, "fed " + std::to_string(i));
+  t = step({int32_t((t + 1) % 3000)}, masked, "another token");
+  t = step({t}, {}, "after another token");
+  a->truncate(a->length() - 3);
+  b->truncate(b->length() - 3);
+  t = step({t}, masked, "after truncate");
+  t = step({t}, {}, "after truncate, fed");
+  std::vector<int32_t> side = {int32_t(rng() % 3000), int32_t(rng() % 3000)};
+  Sampler gs(SamplingParams{.temperature = 0.0f});
+  other->forward_and_sample(side, gs, {});  // overwrites the queued step's logits
+  t = step({t}, {}, "after another sequence");
+  t = step({t}, masked, "after another sequence, fed");
+  EXPECT_THROW(a->forward_and_sample({&t, 1}, ga, {none.data(), none.size()}),
+               std::invalid_argument);
+  EXPECT_THROW(b->forward_and_sample({&t, 1}, gb, {none.data(), none.size()}),
+               std::invalid_argument);
+  EXPECT_EQ(a->length(), b->length());
+  t = step({int32_t(rng() % 3000)}, {}, "after no token");
+  Sampler wa(SamplingParams{.temperature = 0.8f, .seed = 3}),
+      wb(SamplingParams{.temperature = 0.8f, .seed = 3});
+  const Sampler::Sample x = a->forward_and_sample({&t, 1}, wa, masked);
+  const Sampler::Sample y = b->forward_and_sample({&t, 1}, wb, masked);
+  EXPECT_EQ(x.token, y.token) << "sampling";
+  t = step({x.token}, {}, "after sampling");
+  t = step({t, int32_t(rng() % 3000), int32_t(rng() % 3000)}, masked, "three tokens");
+  t = step({t}, {}, "after three tokens");
+  const std::vector<float> la = a->forward({&t, 1}), lb = b->forward({&t, 1});
+  ASSERT_EQ(la.size(), lb.size());
+  for (size_t i = 0; i < la.size(); ++i) ASSERT_EQ(la[i], lb[i]) << "logit " << i;
+  EXPECT_EQ(a->length(), b->length());
   std::filesystem::remove_all(dir);
 }
 
