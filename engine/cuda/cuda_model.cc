@@ -306,8 +306,8 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
   if (ahead_ && tokens.size() == 1 && tokens[0] == ahead_->token && ahead_->pos == cache_.length) {
     // The token is fed already if no other run has overwritten the queued step's logits since.
     const Ahead queued = *ahead_;
-    std::optional<Sampler::Sample> chosen = model_.locked(
-        [&](cuda::DeviceForward& pass) -> std::optional<Sampler::Sample> {
+    std::optional<Sampler::Sample> chosen =
+        model_.locked([&](cuda::DeviceForward& pass) -> std::optional<Sampler::Sample> {
           if (pass.runs() != queued.run) return std::nullopt;
           cache_.length += 1;  // fed, whatever the choice does
           return choose_and_queue(pass, sampler, mask);

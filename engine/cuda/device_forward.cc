@@ -258,8 +258,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
   for (int64_t t = 0; t < n; ++t)
     if (rows[t].picked)
-      feed_picked_token(rows[t].picked, reinterpret_cast<int32_t*>(meta + tokens_off) + t,
-                        stream_);
+      feed_picked_token(rows[t].picked, reinterpret_cast<int32_t*>(meta + tokens_off) + t, stream_);
   ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
   w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
