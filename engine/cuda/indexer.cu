@@ -278,10 +278,10 @@ void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int6
   if (n <= 0) return;
   // A row holds at most `stride` scores.
   cached = std::clamp<int64_t>(cached < 0 ? stride : std::min(cached, stride), 0, kSelectCached);
+  // The opt-in always: past 48 KB with the kernel's own static shared memory counted.
   const size_t shared = size_t(cached) * 4;
-  if (shared > 48 * 1024)
-    AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-        select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
+      select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSelectCached * 4)));
   launch_pdl(select_kernel, unsigned(n), kSelectThreads, shared, stream, scores, stride, rows,
              topk, cached, chosen, n_chosen);
   AGENTRT_CUDA_CHECK(cudaGetLastError());

@@ -80,7 +80,9 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
   auto d_scores = upload(scores), d_rows = upload(rows);
   // Every key in shared memory (the default), and only the first 1,000 (the rest read from
   // memory in each pass, as for rows longer than the cache).
-  const std::pair<int64_t, int64_t> cases[] = {{37, -1}, {512, -1}, {37, 1000}, {512, 1000}};
+  // 12,288 keys: 48 KB, the most a kernel takes without opting in, before its static memory.
+  const std::pair<int64_t, int64_t> cases[] = {{37, -1},   {512, -1},   {37, 1000},
+                                               {512, 1000}, {37, 12288}, {512, 12288}};
   for (const auto& c : cases) {
     const int64_t topk = c.first, cached = c.second;
     SCOPED_TRACE("cached " + std::to_string(cached));
