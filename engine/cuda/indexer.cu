@@ -16,7 +16,6 @@ namespace {
 constexpr int kScoreWarps = 8;
 constexpr int kEntriesPerBlock = 64;
 constexpr int kSelectThreads = 1024;
-constexpr int64_t kSelectCached = 40960;  // keys select_kernel holds in shared memory (160 KB)
 
 __global__ void scores_kernel(const float* q, const float* head_weights, float weight_scale,
                               const LayerRow* rows, int64_t heads, int64_t hd, float* scores,
@@ -167,16 +166,12 @@ __device__ void find_bin(const int* hist, int shift, uint32_t prefix, int want, 
   found[1] = uint32_t(want - above);
 }
 
-// One block per row. The row's first `cached` keys go to shared memory once (order_key'd), so
-// the four radix passes and the two output passes read them there, not from the L2 each time;
-// keys past them (rows longer than the cache) are read from memory in every pass.
 __global__ void __launch_bounds__(kSelectThreads)
     select_kernel(const float* scores, int64_t stride, const LayerRow* rows, int64_t topk,
-                  int64_t cached, int32_t* chosen, int32_t* n_chosen) {
+                  int32_t* chosen, int32_t* n_chosen) {
   pdl_begin();
   using Scan = cub::BlockScan<long long, kSelectThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
-  extern __shared__ uint32_t keys_s[];  // [cached]
   const int64_t t = blockIdx.x;
   const int64_t visible = rows[t].visible;
   int32_t* out = chosen + t * topk;
@@ -186,33 +181,19 @@ __global__ void __launch_bounds__(kSelectThreads)
     return;
   }
   const float* s = scores + t * stride;
-  const int64_t in_smem = min(visible, cached);
-  for (int64_t i = threadIdx.x; i < in_smem; i += blockDim.x) keys_s[i] = order_key(s[i]);
-  auto key_at = [&](int64_t i) { return i < in_smem ? keys_s[i] : order_key(s[i]); };
   // T = the topk-th largest key, one 8-bit digit per pass: a histogram of the digit among the
-  // keys that share the digits found so far, then the bin where the wanted rank falls. A warp's
-  // lanes with the same bin add to it once (__match_any_sync): the first digit (sign and
-  // exponent) puts nearly every key in a few bins, where one atomic per key serialised.
+  // keys that share the digits found so far, then the bin where the wanted rank falls.
   __shared__ int hist[256];
   __shared__ uint32_t found[2];  // prefix, wanted rank within it (1 = largest)
-  const int lane = int(threadIdx.x & 31);
   uint32_t prefix = 0;
   int want = int(topk);
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
     __syncthreads();
     const uint32_t high = shift == 24 ? 0u : 0xffffffffu << (shift + 8);
-    // The same entries per thread as a stride of blockDim (i = threadIdx.x + k * blockDim.x),
-    // with every lane of a warp in each round.
-    for (int64_t base = int64_t(threadIdx.x) - lane; base < visible; base += blockDim.x) {
-      const int64_t i = base + lane;
-      unsigned bin = 256;  // none
-      if (i < visible) {
-        const uint32_t key = key_at(i);
-        if ((key & high) == prefix) bin = (key >> shift) & 255u;
-      }
-      const unsigned peers = __match_any_sync(0xffffffffu, bin);
-      if (bin < 256 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
+    for (int64_t i = threadIdx.x; i < visible; i += blockDim.x) {
+      const uint32_t key = order_key(s[i]);
+      if ((key & high) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1);
     }
     __syncthreads();
     if (threadIdx.x < 32) find_bin(hist, shift, prefix, want, found);
@@ -230,7 +211,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   const int64_t r0 = min(visible, int64_t(threadIdx.x) * per), r1 = min(visible, r0 + per);
   long long gt = 0, eq = 0;
   for (int64_t i = r0; i < r1; ++i) {
-    const uint32_t key = key_at(i);
+    const uint32_t key = order_key(s[i]);
     gt += key > T;
     eq += key == T;
   }
@@ -240,7 +221,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   const long long gt_before = before & 0xffffffffll, eq_before = before >> 32;
   long long at = gt_before + min(eq_before, need), ties = eq_before;
   for (int64_t i = r0; i < r1; ++i) {
-    const uint32_t key = key_at(i);
+    const uint32_t key = order_key(s[i]);
     if (key > T || (key == T && ties++ < need)) out[at++] = int32_t(i);
   }
   if (threadIdx.x == 0) n_chosen[t] = int32_t(topk);
@@ -274,16 +255,10 @@ void indexer_scores(const float* q, const float* head_weights, float weight_scal
 }
 
 void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
-                 int32_t* chosen, int32_t* n_chosen, cudaStream_t stream, int64_t cached) {
+                 int32_t* chosen, int32_t* n_chosen, cudaStream_t stream) {
   if (n <= 0) return;
-  // A row holds at most `stride` scores.
-  cached = std::clamp<int64_t>(cached < 0 ? stride : std::min(cached, stride), 0, kSelectCached);
-  // The opt-in always: past 48 KB with the kernel's own static shared memory counted.
-  const size_t shared = size_t(cached) * 4;
-  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSelectCached * 4)));
-  launch_pdl(select_kernel, unsigned(n), kSelectThreads, shared, stream, scores, stride, rows,
-             topk, cached, chosen, n_chosen);
+  launch_pdl(select_kernel, unsigned(n), kSelectThreads, 0, stream, scores, stride, rows, topk,
+             chosen, n_chosen);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

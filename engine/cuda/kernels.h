@@ -183,9 +183,8 @@ void indexer_scores(const float* q, const float* head_weights, float weight_scal
                     int64_t unscored = 0);
 // indexer_select: the topk best of each row's visible scores (ties: lower index first), in
 // ascending index order; all visible entries when they are at most topk.
-// Each row's first `cached` keys (-1: as many as fit, up to stride) are read from memory once.
 void select_topk(const float* scores, int64_t stride, const LayerRow* rows, int64_t n, int64_t topk,
-                 int32_t* chosen, int32_t* n_chosen, cudaStream_t stream, int64_t cached = -1);
+                 int32_t* chosen, int32_t* n_chosen, cudaStream_t stream);
 
 // --- indexer_mma.cu ---
 // indexer_scores for prefill rows that all read `entries` ([max_visible][head_dim]), fused on
