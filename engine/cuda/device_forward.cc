@@ -100,6 +100,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       profile_(options.profile),
       graphs_(options.graphs),
       key_mirrors_(options.key_mirrors),
+      cluster_mhc_(options.cluster_mhc),
       decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
@@ -569,7 +570,11 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
-      if (fused && rows == n && in == streams) {
+      if (fused && rows == n && in == streams && cluster_mhc_ &&
+          hyper_cluster_supported(n, hc, H)) {
+        hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
+                            mix, xo, stream_);
+      } else if (fused && rows == n && in == streams) {
         hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
                     fused_partial, fused_arrived, stream_);
       } else {

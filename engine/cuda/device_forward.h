@@ -94,6 +94,10 @@ struct CudaOptions {
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
   // so the values are wrong. One of kRepeatableStages, or empty.
   std::string repeat_stage;
+  // Decode steps' mHC boundaries (hyper_fused) run as a cluster of 8 blocks per row exchanging
+  // their partial sums in distributed shared memory (hyper_fused_cluster) instead of the last
+  // block to arrive finishing the row alone.
+  bool cluster_mhc = true;
   // A greedy choice on the device (ModelSequence::forward_and_sample) queues the next decode
   // step, fed with the picked token on the device, before the host reads the pick back: the GPU
   // goes on while the host returns the token and works out the next grammar mask. A call that
@@ -230,6 +234,7 @@ class DeviceForward {
   bool profile_ = false;
   bool graphs_ = true;
   bool key_mirrors_ = true;          // CudaOptions::key_mirrors
+  bool cluster_mhc_ = true;          // CudaOptions::cluster_mhc
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;

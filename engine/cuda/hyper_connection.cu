@@ -7,6 +7,7 @@
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/hyper_math.cuh"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/hyper_connection.h"
@@ -17,8 +18,6 @@ namespace {
 constexpr int kThreads = 256;
 // One block per row combines the streams: wide, so one decode row's loads go out at once.
 constexpr int kPreThreads = 1024;
-
-__device__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // transformers DeepseekV4HyperConnection: row softmax (+eps), then Sinkhorn starting with a
 // column normalisation, alternating rows/columns, each with + eps in the denominator. Lane i <
@@ -256,34 +255,6 @@ __global__ void hyper_pre_kernel(HyperDevice w, const float* streams, const floa
 constexpr int kXThreads = 512;
 constexpr int kXDims = 8;
 constexpr int kSplitPreThreads = 32 + kXThreads;
-
-template <int HC>
-__device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
-  const int r = lane / HC, c = lane % HC;
-  const bool own = lane < HC * HC;
-  auto row_sum = [&](float x) {
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < HC; ++j) s += __shfl_sync(0xffffffffu, x, own ? r * HC + j : 0);
-    return s;
-  };
-  auto col_sum = [&](float x) {
-    float s = 0.0f;
-#pragma unroll
-    for (int j = 0; j < HC; ++j) s += __shfl_sync(0xffffffffu, x, own ? j * HC + c : 0);
-    return s;
-  };
-  float mx = -INFINITY;
-#pragma unroll
-  for (int j = 0; j < HC; ++j) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, own ? r * HC + j : 0));
-  v = expf(v - mx);
-  v = v / row_sum(v) + eps;
-  v = v / (col_sum(v) + eps);
-  for (int it = 1; it < iters; ++it) {
-    v = v / (row_sum(v) + eps);
-    v = v / (col_sum(v) + eps);
-  }
-}
 
 // The pre step's work for one row once the projection's partial sums are in p ([outputs + 1]
 // [splits], the sum of squares last), by kSplitPreThreads threads (the whole block): every warp

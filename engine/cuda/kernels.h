@@ -77,6 +77,13 @@ void hyper_fused(const HyperDevice& w, const float* block_out, float* streams, i
                  int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                  const float* norm, bool head, float* mix, float* x, float* partial,
                  unsigned* arrived, cudaStream_t stream);
+// hyper_fused as one cluster of 8 blocks per row exchanging partial sums in distributed shared
+// memory (hyper_cluster.cu; sm_90): no scratch, no counters. hc 4, hidden 1,024, 2,048 or 4,096.
+bool hyper_cluster_supported(int64_t n, int64_t hc, int64_t hidden);
+void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
+                         int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps,
+                         float rms_eps, const float* norm, bool head, float* mix, float* x,
+                         cudaStream_t stream);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);

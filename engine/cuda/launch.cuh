@@ -71,6 +71,28 @@ void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
   AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
+// launch_pdl for a kernel whose blocks work in clusters of `cluster` along x (sm_90: they are
+// resident together and share their shared memory).
+template <typename... Params, typename... Args>
+void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                        cudaStream_t stream, unsigned cluster, Args&&... args) {
+  cudaLaunchAttribute attributes[2]{};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = 1;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = cluster;
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = 2;
+  AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
 // Blocks of 256 threads for a grid-stride loop over `total` items, at most 65,536 of them.
 inline unsigned grid_for(int64_t total) {
   return unsigned(std::min<int64_t>((total + 255) / 256, 65536));

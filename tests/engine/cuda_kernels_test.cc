@@ -288,61 +288,74 @@ TEST_F(CudaKernels, HyperConnectionMatchesCpu) {
 // The fused decode step (post step of the sublayer before, projection, pre step in one launch)
 // against hyper_post then hyper_pre: streams, x and the mix; head and body, with and without a
 // pending block output, one row and several, launched twice (its counters reset themselves).
+// The cluster kernel (hyper_fused_cluster: 8 blocks a row, partial sums through distributed
+// shared memory) the same way, where its shapes allow.
 TEST_F(CudaKernels, FusedHyperStepMatchesPostThenPre) {
   std::mt19937 rng(10);
   const int64_t hc = 4, mw = cuda::hyper_mix_width(hc);
-  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{4096, 1}, {256, 3}, {4096, 5}})
-    for (bool head : {false, true})
-      for (bool post : {true, false}) {
-        SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n) +
-                     (head ? " head" : " body") + (post ? " after a block" : ""));
-        ASSERT_TRUE(cuda::hyper_fused_supported(n, hc, H));
-        const int64_t outputs = head ? hc : (2 + hc) * hc;
-        auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
-             scale = randn(head ? 1 : 3, rng, 0.3f);
-        for (auto& v : scale) v += 1.0f;
-        const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f),
-                   y = randn(n * H, rng);
-        std::vector<float> mix(n * mw);
-        for (auto& v : mix) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
-        auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_y = upload(y),
-             d_norm = upload(norm);
-        const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
-        auto s_want = upload(streams), s_got = upload(streams), m_want = upload(mix),
-             m_got = upload(mix);
-        DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
-            projected(cuda::hyper_projected_floats(n, hc) * 4),
-            partial(cuda::hyper_fused_scratch_floats(n, hc, H) * 4), arrived(n * 4);
-        cuda::zero_device(arrived.get(), arrived.bytes());
-        if (post)
-          cuda::hyper_post(m_want.as<float>(), d_y.as<float>(), n, hc, H, s_want.as<float>(),
-                           nullptr);
-        cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f, d_norm.as<float>(), head,
-                        head ? nullptr : m_want.as<float>(), x_want.as<float>(),
-                        projected.as<float>(), nullptr);
-        cuda::hyper_fused(w, post ? d_y.as<float>() : nullptr, s_got.as<float>(), n, hc, H, 20,
-                          1e-6f, 1e-6f, d_norm.as<float>(), head, m_got.as<float>(),
-                          x_got.as<float>(), partial.as<float>(), arrived.as<unsigned>(), nullptr);
-        const auto sw = download<float>(s_want, n * hc * H),
-                   sg = download<float>(s_got, n * hc * H);
-        const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
-        const auto mwant = download<float>(m_want, n * mw), mgot = download<float>(m_got, n * mw);
-        for (int64_t t = 0; t < n; ++t) {
-          EXPECT_LE(testing::rel_l2(sg.data() + t * hc * H, sw.data() + t * hc * H, hc * H), 1e-6)
-              << "streams of row " << t;
-          EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5) << "row " << t;
-          for (int64_t i = 0; i < mw; ++i)
-            EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+  for (const auto& [H, n] :
+       {std::pair<int64_t, int64_t>{4096, 1}, {256, 3}, {4096, 5}, {2048, 2}, {1024, 3}})
+    for (bool cluster : {false, true})
+      for (bool head : {false, true})
+        for (bool post : {true, false}) {
+          if (cluster && !cuda::hyper_cluster_supported(n, hc, H)) continue;
+          SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n) +
+                       (cluster ? " cluster" : "") + (head ? " head" : " body") +
+                       (post ? " after a block" : ""));
+          ASSERT_TRUE(cuda::hyper_fused_supported(n, hc, H));
+          const int64_t outputs = head ? hc : (2 + hc) * hc;
+          auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
+               scale = randn(head ? 1 : 3, rng, 0.3f);
+          for (auto& v : scale) v += 1.0f;
+          const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f),
+                     y = randn(n * H, rng);
+          std::vector<float> mix(n * mw);
+          for (auto& v : mix) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+          auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_y = upload(y),
+               d_norm = upload(norm);
+          const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
+          auto s_want = upload(streams), s_got = upload(streams), m_want = upload(mix),
+               m_got = upload(mix);
+          DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
+              projected(cuda::hyper_projected_floats(n, hc) * 4),
+              partial(cuda::hyper_fused_scratch_floats(n, hc, H) * 4), arrived(n * 4);
+          cuda::zero_device(arrived.get(), arrived.bytes());
+          if (post)
+            cuda::hyper_post(m_want.as<float>(), d_y.as<float>(), n, hc, H, s_want.as<float>(),
+                             nullptr);
+          cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f, d_norm.as<float>(),
+                          head, head ? nullptr : m_want.as<float>(), x_want.as<float>(),
+                          projected.as<float>(), nullptr);
+          auto fused = [&](const float* block_out) {
+            if (cluster)
+              cuda::hyper_fused_cluster(w, block_out, s_got.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f,
+                                        d_norm.as<float>(), head, m_got.as<float>(),
+                                        x_got.as<float>(), nullptr);
+            else
+              cuda::hyper_fused(w, block_out, s_got.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f,
+                                d_norm.as<float>(), head, m_got.as<float>(), x_got.as<float>(),
+                                partial.as<float>(), arrived.as<unsigned>(), nullptr);
+          };
+          fused(post ? d_y.as<float>() : nullptr);
+          const auto sw = download<float>(s_want, n * hc * H),
+                     sg = download<float>(s_got, n * hc * H);
+          const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
+          const auto mwant = download<float>(m_want, n * mw), mgot = download<float>(m_got, n * mw);
+          for (int64_t t = 0; t < n; ++t) {
+            EXPECT_LE(testing::rel_l2(sg.data() + t * hc * H, sw.data() + t * hc * H, hc * H), 1e-6)
+                << "streams of row " << t;
+            EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5)
+                << "row " << t;
+            for (int64_t i = 0; i < mw; ++i)
+              EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+          }
+          // Again from the fused result: the arrival counters are back at zero.
+          fused(nullptr);
+          const auto x2 = download<float>(x_got, n * H);
+          for (int64_t t = 0; t < n; ++t)
+            EXPECT_LE(testing::rel_l2(x2.data() + t * H, xw.data() + t * H, H), 1e-5)
+                << "second launch, row " << t;
         }
-        // Again from the fused result: the arrival counters are back at zero.
-        cuda::hyper_fused(w, nullptr, s_got.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f,
-                          d_norm.as<float>(), head, m_got.as<float>(), x_got.as<float>(),
-                          partial.as<float>(), arrived.as<unsigned>(), nullptr);
-        const auto x2 = download<float>(x_got, n * H);
-        for (int64_t t = 0; t < n; ++t)
-          EXPECT_LE(testing::rel_l2(x2.data() + t * H, xw.data() + t * H, H), 1e-5)
-              << "second launch, row " << t;
-      }
 }
 
 void hyper_connection_case(int64_t H, int64_t n, cublasHandle_t blas) {

@@ -1,0 +1,43 @@
+// Device helpers shared by the mHC kernels (hyper_connection.cu, hyper_cluster.cu): the gate's
+// sigmoid and Sinkhorn on the hc x hc mixing matrix held one element per lane.
+#pragma once
+
+#include <cuda_runtime.h>
+
+namespace agentrt::engine::cuda {
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// transformers DeepseekV4HyperConnection's comb: row softmax (+eps), then Sinkhorn starting with
+// a column normalisation, alternating rows and columns, each with + eps in the denominator, on
+// the element v of lane i < HC * HC (row i / HC, column i % HC), in the CPU's order. Every lane
+// of the warp calls it.
+template <int HC>
+__device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
+  const int r = lane / HC, c = lane % HC;
+  const bool own = lane < HC * HC;
+  auto row_sum = [&](float x) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HC; ++j) s += __shfl_sync(0xffffffffu, x, own ? r * HC + j : 0);
+    return s;
+  };
+  auto col_sum = [&](float x) {
+    float s = 0.0f;
+#pragma unroll
+    for (int j = 0; j < HC; ++j) s += __shfl_sync(0xffffffffu, x, own ? j * HC + c : 0);
+    return s;
+  };
+  float mx = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < HC; ++j) mx = fmaxf(mx, __shfl_sync(0xffffffffu, v, own ? r * HC + j : 0));
+  v = expf(v - mx);
+  v = v / row_sum(v) + eps;
+  v = v / (col_sum(v) + eps);
+  for (int it = 1; it < iters; ++it) {
+    v = v / (row_sum(v) + eps);
+    v = v / (col_sum(v) + eps);
+  }
+}
+
+}  // namespace agentrt::engine::cuda
