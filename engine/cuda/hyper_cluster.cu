@@ -146,10 +146,10 @@ __global__ void __launch_bounds__(kClusterThreads)
   }
   cluster_wait();  // every block has started
   // The block's partials, pushed into every block of the cluster.
-  if (warp < kSums) {
-    float t = lane < kWarps ? warp_part[lane][warp] : 0.0f;
+  for (int o = warp; o < kSums; o += kWarps + 1) {
+    float t = lane < kWarps ? warp_part[lane][o] : 0.0f;
     t = warp_sum(t);
-    if (lane < kClusterBlocks) *cluster.map_shared_rank(&block_part[rank][warp], lane) = t;
+    if (lane < kClusterBlocks) *cluster.map_shared_rank(&block_part[rank][o], lane) = t;
   }
   cluster_arrive();
   cluster_wait();
