@@ -570,7 +570,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
-      if (fused && rows == n && in == streams && cluster_mhc_ &&
+      if (fused && rows == n && in == streams && cluster_mhc_ && n >= 2 &&
           hyper_cluster_supported(n, hc, H)) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);

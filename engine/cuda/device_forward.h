@@ -94,9 +94,12 @@ struct CudaOptions {
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
   // so the values are wrong. One of kRepeatableStages, or empty.
   std::string repeat_stage;
-  // Decode steps' mHC boundaries (hyper_fused) run as a cluster of 8 blocks per row exchanging
+  // Decode batches' mHC boundaries (hyper_fused) run as a cluster of 8 blocks per row exchanging
   // their partial sums in distributed shared memory (hyper_fused_cluster) instead of the last
-  // block to arrive finishing the row alone.
+  // block to arrive finishing each row alone. On an H100 (eighteenth session, three rounds
+  // each) batch 8 decoded 2,567-2,621 tok/s against 2,547-2,556 (greedy pick 3,087-3,101
+  // against 2,992-2,994), batch 32's pick 3,845-3,858 against 3,787-3,795; one row measured no
+  // faster (decode+pick @1K 959.7-961.0 against 962.7-965.1), so a single row keeps hyper_fused.
   bool cluster_mhc = true;
   // A greedy choice on the device (ModelSequence::forward_and_sample) queues the next decode
   // step, fed with the picked token on the device, before the host reads the pick back: the GPU
