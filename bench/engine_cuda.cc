@@ -47,9 +47,9 @@
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
-//                     [--cluster-mhc 0] (decode's mHC boundaries as the one-block-per-128-
-//                     channels kernel instead of a cluster of 8 blocks a row,
-//                     CudaOptions::cluster_mhc; default 1)
+//                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks
+//                     a row: 0 never, 1 batches of 2+ rows (default), 2 one row too,
+//                     CudaOptions::cluster_mhc)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
 //                     each step, as a grammar matcher's next mask would take; default 0)
 #include <cstdio>
@@ -331,7 +331,7 @@ int main(int argc, char** argv) {
     else if (k == "--attention-splits")
       options.decode_attention_splits = std::stoi(v);
     else if (k == "--cluster-mhc")
-      options.cluster_mhc = v == "1";
+      options.cluster_mhc = std::stoi(v);
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
     else {

@@ -566,12 +566,14 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
       fused ? w.f(w.hyper_partials, hyper_fused_scratch_floats(n, hc, H)) : nullptr;
   auto* fused_arrived =
       fused ? static_cast<unsigned*>(w.zeroed(w.hyper_arrived, n * 4, stream_)) : nullptr;
+  // ... or as a cluster of blocks a row (CudaOptions::cluster_mhc: 1 for batches, 2 always).
+  const bool cluster = fused && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
+                       hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
-      if (fused && rows == n && in == streams && cluster_mhc_ && n >= 2 &&
-          hyper_cluster_supported(n, hc, H)) {
+      if (fused && rows == n && in == streams && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);
       } else if (fused && rows == n && in == streams) {

@@ -100,7 +100,8 @@ struct CudaOptions {
   // each) batch 8 decoded 2,567-2,621 tok/s against 2,547-2,556 (greedy pick 3,087-3,101
   // against 2,992-2,994), batch 32's pick 3,845-3,858 against 3,787-3,795; one row measured no
   // faster (decode+pick @1K 959.7-961.0 against 962.7-965.1), so a single row keeps hyper_fused.
-  bool cluster_mhc = true;
+  // 0: never; 1: batches of 2+ rows; 2: every decode pass, one row too.
+  int cluster_mhc = 1;
   // A greedy choice on the device (ModelSequence::forward_and_sample) queues the next decode
   // step, fed with the picked token on the device, before the host reads the pick back: the GPU
   // goes on while the host returns the token and works out the next grammar mask. A call that
@@ -237,7 +238,7 @@ class DeviceForward {
   bool profile_ = false;
   bool graphs_ = true;
   bool key_mirrors_ = true;          // CudaOptions::key_mirrors
-  bool cluster_mhc_ = true;          // CudaOptions::cluster_mhc
+  int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;

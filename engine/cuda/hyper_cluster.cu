@@ -69,7 +69,33 @@ __device__ __forceinline__ float warp_reduce_scatter(float (&v)[32], int lane) {
   return v[0];
 }
 
-// P channels per stream and thread: hidden = kClusterBlocks * kLanesPerStream * P.
+// P consecutive floats (16-byte aligned for 4, 8-byte for 2) as one load or store; CONSTANT
+// loads (weights) go through the read-only cache.
+template <bool CONSTANT, int P>
+__device__ __forceinline__ void load_vec(const float* p, float (&out)[P]) {
+  if constexpr (P == 4) {
+    const auto* q = reinterpret_cast<const float4*>(p);
+    const float4 t = CONSTANT ? __ldg(q) : *q;
+    out[0] = t.x, out[1] = t.y, out[2] = t.z, out[3] = t.w;
+  } else if constexpr (P == 2) {
+    const auto* q = reinterpret_cast<const float2*>(p);
+    const float2 t = CONSTANT ? __ldg(q) : *q;
+    out[0] = t.x, out[1] = t.y;
+  } else {
+    out[0] = CONSTANT ? __ldg(p) : *p;
+  }
+}
+template <int P>
+__device__ __forceinline__ void store_vec(float* p, const float (&v)[P]) {
+  if constexpr (P == 4)
+    *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+  else if constexpr (P == 2)
+    *reinterpret_cast<float2*>(p) = make_float2(v[0], v[1]);
+  else
+    *p = v[0];
+}
+
+// P consecutive channels per stream and thread: hidden = kClusterBlocks * kLanesPerStream * P.
 template <bool HEAD, int P>
 __global__ void __launch_bounds__(kClusterThreads)
     hyper_cluster_kernel(HyperDevice w, const float* block_out, float* streams, int64_t hidden,
@@ -104,45 +130,54 @@ __global__ void __launch_bounds__(kClusterThreads)
   pdl_begin();
   float* s = streams + row * width;
   if (!mixer) {
+    // The thread's P consecutive channels, each stream row read as one vector.
+    const int64_t d = first + int64_t(P) * c;
     float v[P];
+    if (block_out) {
+      // The post step, as hyper_post_kernel: post * block_out + comb^T streams.
+      const float* m = mix + row * hyper_mix_width(HC);
+      float old[HC][P], y[P];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t d = first + c + int64_t(p) * kLanesPerStream;
-      if (block_out) {
-        // The post step, as hyper_post_kernel: post * block_out + comb^T streams.
-        const float* m = mix + row * hyper_mix_width(HC);
-        float old[HC];
+      for (int j = 0; j < HC; ++j) load_vec<false>(s + j * hidden + d, old[j]);
+      load_vec<false>(block_out + row * hidden + d, y);
+      const float post = m[HC + k];
+      float comb[HC];
 #pragma unroll
-        for (int j = 0; j < HC; ++j) old[j] = s[j * hidden + d];
-        v[p] = m[HC + k] * block_out[row * hidden + d];
+      for (int j = 0; j < HC; ++j) comb[j] = m[2 * HC + j * HC + k];
 #pragma unroll
-        for (int j = 0; j < HC; ++j) v[p] = fmaf(m[2 * HC + j * HC + k], old[j], v[p]);
-      } else {
-        v[p] = s[k * hidden + d];
+      for (int p = 0; p < P; ++p) {
+        v[p] = post * y[p];
+#pragma unroll
+        for (int j = 0; j < HC; ++j) v[p] = fmaf(comb[j], old[j][p], v[p]);
       }
-      sv[k][c + p * kLanesPerStream] = v[p];
+    } else {
+      load_vec<false>(s + k * hidden + d, v);
     }
+#pragma unroll
+    for (int p = 0; p < P; ++p) sv[k][P * c + p] = v[p];
     // This thread's share of the projections and of the sum of squares, then the warp's.
     float a[32];
 #pragma unroll
     for (int o = 0; o < 32; ++o) a[o] = 0.0f;
+    // Every load first, so they are in flight together (in L2 since the prefetch above).
+    float f[kOut][P];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t i = k * hidden + first + c + int64_t(p) * kLanesPerStream;
+    for (int o = 0; o < kOut; ++o) load_vec<true>(w.fn + o * width + k * hidden + d, f[o]);
 #pragma unroll
-      for (int o = 0; o < kOut; ++o) a[o] = fmaf(__ldg(w.fn + o * width + i), v[p], a[o]);
-      a[kOut] = fmaf(v[p], v[p], a[kOut]);
-    }
+    for (int o = 0; o < kOut; ++o)
+#pragma unroll
+      for (int p = 0; p < P; ++p) a[o] = fmaf(f[o][p], v[p], a[o]);
+#pragma unroll
+    for (int p = 0; p < P; ++p) a[kOut] = fmaf(v[p], v[p], a[kOut]);
     warp_part[warp][lane] = warp_reduce_scatter(a, lane);
   }
   // Every read of this row's old streams and mix in this block is done.
   __syncthreads();
   if (block_out && !mixer) {
+    float v[P];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t d = first + c + int64_t(p) * kLanesPerStream;
-      s[k * hidden + d] = sv[k][c + p * kLanesPerStream];
-    }
+    for (int p = 0; p < P; ++p) v[p] = sv[k][P * c + p];
+    store_vec(s + k * hidden + first + int64_t(P) * c, v);
   }
   cluster_wait();  // every block has started
   // The block's partials, pushed into every block of the cluster.
