@@ -512,16 +512,25 @@ int main(int argc, char** argv) {
             double(b) / dt, "", "", "", 1.0 / dt);
         {
           // The serving step: every row's greedy pick under a grammar mask on the GPU (only the
-          // tokens come back) instead of every logits row.
+          // tokens come back) instead of every logits row, each row fed its choice, the next
+          // step queued ahead (expect_same_batch; CudaOptions::decode_ahead), --host-work-us
+          // of host time after each step.
           std::vector<Sampler> greedy;
           for (int64_t i = 0; i < b; ++i) greedy.emplace_back(SamplingParams{.temperature = 0.0f});
           std::vector<Sampler*> sp;
           for (auto& g : greedy) sp.push_back(&g);
           std::vector<uint32_t> mask(size_t((config.vocab_size + 31) / 32), 0x5555'5555u);
           const std::vector<TokenMask> masks(size_t(b), TokenMask{mask.data(), mask.size()});
+          std::vector<int32_t> fed = random_ids(b);
           t0 = now();
-          for (int64_t i = 0; i < bsteps; ++i)
-            model->decode_batch_and_sample(ptrs, random_ids(b), sp, masks);
+          for (int64_t i = 0; i < bsteps; ++i) {
+            const auto choices =
+                model->decode_batch_and_sample(ptrs, fed, sp, masks, {.expect_same_batch = true});
+            for (int64_t j = 0; j < b; ++j)
+              if (!choices[size_t(j)].error) fed[size_t(j)] = choices[size_t(j)].sample.token;
+            for (const double until = now() + host_work_us * 1e-6; now() < until;) {
+            }
+          }
           const double dtp = (now() - t0) / double(bsteps);
           std::printf("%-28s %12.1f %12s %14s %12s   (%.1f steps/s)\n",
                       ("decode+pick batch " + std::to_string(b)).c_str(), double(b) / dtp, "", "",

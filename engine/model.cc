@@ -169,7 +169,8 @@ void throw_bad_batch_sequence(size_t index, bool twice) {
 
 std::vector<Model::BatchChoice> Model::decode_batch_and_sample(
     std::span<ModelSequence* const> seqs, std::span<const int32_t> tokens,
-    std::span<Sampler* const> samplers, std::span<const TokenMask> masks) const {
+    std::span<Sampler* const> samplers, std::span<const TokenMask> masks,
+    const BatchChoiceOptions& /*options: a hint this implementation has no use for*/) const {
   check_batch_choice_args(seqs.size(), samplers, masks);
   const std::vector<std::vector<float>> rows = decode_batch(seqs, tokens);
   std::vector<BatchChoice> out(rows.size());

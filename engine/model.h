@@ -46,6 +46,14 @@ class ModelSequence {
   virtual void truncate(int64_t new_length) = 0;
 };
 
+// Model::decode_batch_and_sample's options.
+struct BatchChoiceOptions {
+  // The caller expects to feed the same sequences their chosen tokens next (a steady decode
+  // batch, no other work in between): the backend may start that step before returning (the
+  // CUDA backend does for a batch of greedy rows; a next call that differs discards it).
+  bool expect_same_batch = false;
+};
+
 class Model {
  public:
   virtual ~Model() = default;
@@ -72,10 +80,11 @@ class Model {
     Sampler::Sample sample{};
     std::exception_ptr error;
   };
-  virtual std::vector<BatchChoice> decode_batch_and_sample(std::span<ModelSequence* const> seqs,
-                                                           std::span<const int32_t> tokens,
-                                                           std::span<Sampler* const> samplers,
-                                                           std::span<const TokenMask> masks) const;
+  using BatchChoiceOptions = agentrt::engine::BatchChoiceOptions;
+  virtual std::vector<BatchChoice> decode_batch_and_sample(
+      std::span<ModelSequence* const> seqs, std::span<const int32_t> tokens,
+      std::span<Sampler* const> samplers, std::span<const TokenMask> masks,
+      const BatchChoiceOptions& options = {}) const;
 };
 
 // Throws std::invalid_argument unless there is one sampler (non-null) per sequence and no masks

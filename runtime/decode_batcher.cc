@@ -134,8 +134,10 @@ void DecodeBatcher::schedule() {
       stats_.max_batch_seen = std::max<int64_t>(stats_.max_batch_seen, batch.size());
     }
     if (prefill) ++stats_.prefill_chunks;
+    const bool steady =
+        !prefill && prefills_.empty() && static_cast<int64_t>(batch.size()) >= active_;
     lock.unlock();
-    if (!batch.empty()) run_decode_pass(batch);
+    if (!batch.empty()) run_decode_pass(batch, steady);
     if (prefill) run_prefill_chunk(prefill);
     lock.lock();
     // Unfinished prompts go to the back: prefills advance round-robin.
@@ -143,7 +145,7 @@ void DecodeBatcher::schedule() {
   }
 }
 
-void DecodeBatcher::run_decode_pass(std::vector<std::shared_ptr<Request>>& batch) {
+void DecodeBatcher::run_decode_pass(std::vector<std::shared_ptr<Request>>& batch, bool steady) {
   // Steps that bring their sampler are chosen in the pass; the others get their logits row.
   std::vector<std::shared_ptr<Request>> rows_back, chosen;
   for (auto& r : batch) (r->sampler ? chosen : rows_back).push_back(r);
@@ -178,7 +180,10 @@ void DecodeBatcher::run_decode_pass(std::vector<std::shared_ptr<Request>>& batch
     }
     std::vector<engine::Model::BatchChoice> choices;
     try {
-      choices = model_->decode_batch_and_sample(seqs, tokens, samplers, masks);
+      // A pass that also brought logits rows back is not steady: their decode_batch would come
+      // between this choice and the next.
+      choices = model_->decode_batch_and_sample(seqs, tokens, samplers, masks,
+                                                {.expect_same_batch = steady && rows_back.empty()});
     } catch (...) {
       for (auto& r : chosen) r->done.set_exception(std::current_exception());
       return;

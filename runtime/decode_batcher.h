@@ -79,7 +79,9 @@ class DecodeBatcher {
  private:
   struct Request;
   void schedule();
-  void run_decode_pass(std::vector<std::shared_ptr<Request>>& batch);
+  // steady: every active generation is in this batch and no prompt waits, so the next pass is
+  // likely the same sequences (the model may start it early: BatchChoiceOptions).
+  void run_decode_pass(std::vector<std::shared_ptr<Request>>& batch, bool steady);
   void run_prefill_chunk(const std::shared_ptr<Request>& request);
 
   std::shared_ptr<const engine::Model> model_;

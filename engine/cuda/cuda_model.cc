@@ -139,21 +139,49 @@ class CudaModel final : public Model {
 
   std::vector<BatchChoice> decode_batch_and_sample(
       std::span<ModelSequence* const> seqs, std::span<const int32_t> tokens,
-      std::span<Sampler* const> samplers, std::span<const TokenMask> masks) const override {
+      std::span<Sampler* const> samplers, std::span<const TokenMask> masks,
+      const BatchChoiceOptions& options) const override {
     check_batch_choice_args(seqs.size(), samplers, masks);
-    std::vector<cuda::DeviceRow> rows = batch_rows(seqs, tokens);
+    const auto own = own_batch_sequences<CudaSequence>(*this, seqs, tokens.size());
+    std::vector<cuda::DeviceRow> rows = batch_rows(own, tokens);
     const size_t n = rows.size();
     std::vector<BatchChoice> out(n);
     std::lock_guard<std::mutex> lock(mutex_);
-    pass_.run(rows, nullptr);
+    // The step queued by the last call, if it fed these sequences these tokens: its logits row
+    // of each sequence; else run the step.
+    std::optional<std::vector<int64_t>> queued = queued_batch_rows(own, tokens);
+    batch_ahead_.reset();
+    if (!queued) pass_.run(rows, nullptr);
     for (auto& r : rows) r.cache->length += 1;  // fed, whatever the choices do
     // One launch per greedy row and two per sampling row (the pick, then the tokens near the
     // best), one read back for the batch.
     std::vector<TokenMask> row_masks(masks.begin(), masks.end());
     row_masks.resize(n);  // no masks: none for every row
     std::vector<cuda::DeviceForward::RowPick> how(n);
-    for (size_t i = 0; i < n; ++i) how[i] = row_pick(samplers[i]->params());
-    const auto near = pass_.near_best_rows(row_masks, how, near_capacity_);
+    bool greedy = true;
+    for (size_t i = 0; i < n; ++i) {
+      how[i] = row_pick(samplers[i]->params());
+      greedy = greedy && samplers[i]->params().greedy();
+    }
+    pass_.enqueue_picks(row_masks, how, near_capacity_, 0,
+                        queued ? std::span<const int64_t>(*queued) : std::span<const int64_t>());
+    if (decode_ahead_ && options.expect_same_batch && greedy) {
+      // The next step, each row fed its pick on the device, before waiting for the picks.
+      std::vector<cuda::DeviceRow> next;
+      BatchAhead ahead;
+      for (size_t i = 0; i < n; ++i) {
+        next.push_back({&own[i]->cache(), own[i]->cache().length, 0, true, pass_.device_pick(i)});
+        ahead.seqs.push_back(own[i]);
+        ahead.pos.push_back(own[i]->cache().length);
+      }
+      pass_.run(next, nullptr);
+      ahead.run = pass_.runs();
+      batch_ahead_ = std::move(ahead);
+    }
+    const auto near = pass_.collect_picks();
+    if (batch_ahead_)
+      for (size_t i = 0; i < n; ++i)  // a row without a token fed a placeholder: never matches
+        batch_ahead_->tokens.push_back(near[i].pick.allowed > 0 ? near[i].pick.token : -1);
     // Rows with too many near tokens read every allowed token back, sorted on the device (one
     // sort and one read back for all of them), then every row draws; those draws are the step's
     // host work (an exp per allowed token of a sorted row), spread over threads.
@@ -228,10 +256,40 @@ class CudaModel final : public Model {
   // One row per sequence, each fed one token; the sequences distinct and made by this model.
   std::vector<cuda::DeviceRow> batch_rows(std::span<ModelSequence* const> seqs,
                                           std::span<const int32_t> tokens) const {
+    return batch_rows(own_batch_sequences<CudaSequence>(*this, seqs, tokens.size()), tokens);
+  }
+  static std::vector<cuda::DeviceRow> batch_rows(const std::vector<CudaSequence*>& own,
+                                                 std::span<const int32_t> tokens) {
     std::vector<cuda::DeviceRow> rows;
-    const auto own = own_batch_sequences<CudaSequence>(*this, seqs, tokens.size());
     for (size_t i = 0; i < own.size(); ++i)
       rows.push_back({&own[i]->cache(), own[i]->cache().length, tokens[i], true});
+    return rows;
+  }
+
+  // A batch step queued by decode_batch_and_sample (expect_same_batch): the sequences in its
+  // rows' order, the positions and the tokens it fed them (-1: none), and its run number.
+  struct BatchAhead {
+    std::vector<const CudaSequence*> seqs;
+    std::vector<int64_t> pos;
+    std::vector<int32_t> tokens;
+    uint64_t run = 0;
+  };
+  // With the lock held: the queued step's logits row of each of `own` if it fed exactly these
+  // sequences these tokens at their current lengths and no run came since, else nothing.
+  std::optional<std::vector<int64_t>> queued_batch_rows(const std::vector<CudaSequence*>& own,
+                                                        std::span<const int32_t> tokens) const {
+    if (!batch_ahead_ || batch_ahead_->run != pass_.runs() ||
+        batch_ahead_->seqs.size() != own.size())
+      return std::nullopt;
+    const BatchAhead& a = *batch_ahead_;
+    std::vector<int64_t> rows(own.size());
+    for (size_t i = 0; i < own.size(); ++i) {
+      const auto at = std::find(a.seqs.begin(), a.seqs.end(), own[i]);
+      if (at == a.seqs.end()) return std::nullopt;
+      const size_t j = size_t(at - a.seqs.begin());
+      if (a.tokens[j] != tokens[i] || a.pos[j] != own[i]->cache().length) return std::nullopt;
+      rows[i] = int64_t(j);
+    }
     return rows;
   }
 
@@ -240,6 +298,7 @@ class CudaModel final : public Model {
 
   mutable std::mutex mutex_;
   mutable std::unique_ptr<WorkerPool> draw_pool_;
+  mutable std::optional<BatchAhead> batch_ahead_;
   mutable cuda::DeviceForward pass_;
   int64_t prefill_rows_;
   int32_t near_capacity_;

@@ -381,13 +381,17 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
 }
 
 void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<const RowPick> how,
-                                  int32_t capacity, int64_t first_row) {
+                                  int32_t capacity, int64_t first_row,
+                                  std::span<const int64_t> logits_rows) {
   const int64_t n = int64_t(masks.size());
   if (int64_t(how.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(how.size()) +
                                 " row choices for " + std::to_string(n) + " masks");
+  if (!logits_rows.empty() && int64_t(logits_rows.size()) != n)
+    throw std::invalid_argument("cuda sampling: " + std::to_string(logits_rows.size()) +
+                                " logits rows for " + std::to_string(n) + " masks");
   const int64_t first = first_row < 0 ? last_wanted_ - n : first_row;
-  if (first < 0 || first + n > last_wanted_)
+  if (logits_rows.empty() && (first < 0 || first + n > last_wanted_))
     throw std::logic_error("cuda sampling: " + std::to_string(n) + " picks from row " +
                            std::to_string(first) + " but " + std::to_string(last_wanted_) +
                            " logits rows on the device");
@@ -429,12 +433,12 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
     const int64_t words = masked ? int64_t(masks[i].num_words) : 0;
     char* s = dev + i * slot;
     auto* pick = reinterpret_cast<MaskedPick*>(s);
-    masked_pick(logits_row(first + i), config_.vocab_size, mask, words, how[i].inv_t,
-                pick_scratch_.get(), pick, stream_);
+    const float* logits = logits_row(logits_rows.empty() ? first + i : logits_rows[i]);
+    masked_pick(logits, config_.vocab_size, mask, words, how[i].inv_t, pick_scratch_.get(), pick,
+                stream_);
     if (how[i].delta > 0.0f)
-      collect_near_best(logits_row(first + i), config_.vocab_size, mask, words, pick, how[i].delta,
-                        capacity, reinterpret_cast<int32_t*>(s + 24),
-                        reinterpret_cast<int32_t*>(s + head),
+      collect_near_best(logits, config_.vocab_size, mask, words, pick, how[i].delta, capacity,
+                        reinterpret_cast<int32_t*>(s + 24), reinterpret_cast<int32_t*>(s + head),
                         reinterpret_cast<float*>(s + head + int64_t(capacity) * 4), stream_);
   }
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, stream_));

@@ -175,8 +175,10 @@ class DeviceForward {
   // near_best_rows in two halves: queue the choices (and their read back), then wait for that
   // read back alone, so work queued in between (a decode step fed with device_pick) runs on the
   // GPU while the host waits and then goes on. collect_picks() once per enqueue_picks().
+  // logits_rows, if given: pick i reads logits row logits_rows[i] (else first_row + i).
   void enqueue_picks(std::span<const TokenMask> masks, std::span<const RowPick> how,
-                     int32_t capacity, int64_t first_row = 0);
+                     int32_t capacity, int64_t first_row = 0,
+                     std::span<const int64_t> logits_rows = {});
   std::vector<NearBest> collect_picks();
   // Row i's pick of the last enqueue_picks, on the device, until the next enqueue_picks.
   const MaskedPick* device_pick(int64_t i) const;

@@ -248,6 +248,104 @@ TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) {
   std::filesystem::remove_all(dir);
 }
 
+// decode_batch_and_sample with expect_same_batch: a batch of greedy rows queues the next step,
+// each row fed its pick on the device. The same tokens and log-probabilities as a model without
+// decode ahead, through every way the queued step is used or discarded: the same batch in
+// another order (used), a row fed another token, a batch without one of the sequences, a
+// sampling row, a mask that allows nothing for one row, another sequence's run in between,
+// and a truncate.
+TEST_F(CudaSampling, DecodeBatchAheadGivesTheSameResultsAsWithout) {
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_batch_ahead";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 17;
+  write_random_model(dir, init);
+  cuda::CudaOptions with, without;
+  with.decode_ahead = true;
+  without.decode_ahead = false;
+  const auto on = load_cuda_model(dir, {Device::cuda}, with);
+  const auto off = load_cuda_model(dir, {Device::cuda}, without);
+  std::mt19937 rng(8);
+  const int n = 4;
+  std::vector<std::unique_ptr<ModelSequence>> a, b;
+  for (int i = 0; i < n; ++i) {
+    std::vector<int32_t> prompt(15 + 4 * i);
+    for (auto& t : prompt) t = int32_t(rng() % 3000);
+    a.push_back(on->new_sequence());
+    b.push_back(off->new_sequence());
+    a.back()->forward(prompt);
+    b.back()->forward(prompt);
+  }
+  std::vector<uint32_t> mask((3000 + 31) / 32, 0), none(mask.size(), 0u);
+  for (int64_t i = 0; i < 3000; ++i)
+    if (rng() % 3 == 0) mask[i >> 5] |= 1u << (i & 31);
+  std::vector<Sampler> ga, gb;
+  for (int i = 0; i < n; ++i) {
+    ga.emplace_back(SamplingParams{.temperature = 0.0f});
+    gb.emplace_back(SamplingParams{.temperature = 0.0f});
+  }
+  std::vector<int32_t> next(n);
+  for (auto& t : next) t = int32_t(rng() % 3000);
+  // One step over the sequences `which` (in that order) on both models; the choices must agree.
+  // `sampler` replaces row 0's samplers when given; `masks` per row of `which`.
+  auto step = [&](const std::vector<int>& which, std::vector<TokenMask> masks,
+                  const std::string& what, Sampler* sa0 = nullptr, Sampler* sb0 = nullptr) {
+    std::vector<ModelSequence*> sa, sb;
+    std::vector<Sampler*> pa, pb;
+    std::vector<int32_t> tokens;
+    for (int i : which) {
+      sa.push_back(a[i].get());
+      sb.push_back(b[i].get());
+      pa.push_back(&ga[i]);
+      pb.push_back(&gb[i]);
+      tokens.push_back(next[i]);
+    }
+    if (sa0) pa[0] = sa0, pb[0] = sb0;
+    const auto x = on->decode_batch_and_sample(sa, tokens, pa, masks, {.expect_same_batch = true});
+    const auto y = off->decode_batch_and_sample(sb, tokens, pb, masks, {.expect_same_batch = true});
+    for (size_t r = 0; r < which.size(); ++r) {
+      const int i = which[r];
+      ASSERT_EQ(bool(x[r].error), bool(y[r].error)) << what << " row " << r;
+      EXPECT_EQ(a[i]->length(), b[i]->length()) << what << " row " << r;
+      if (x[r].error) {
+        next[i] = int32_t(rng() % 3000);  // no choice: the caller feeds something else
+        continue;
+      }
+      EXPECT_EQ(x[r].sample.token, y[r].sample.token) << what << " row " << r;
+      EXPECT_NEAR(x[r].sample.logprob, y[r].sample.logprob, 1e-6) << what << " row " << r;
+      next[i] = x[r].sample.token;
+    }
+  };
+  const TokenMask m{mask.data(), mask.size()};
+  const std::vector<int> all = {0, 1, 2, 3};
+  for (int s = 0; s < 6; ++s)  // steady: every step found queued
+    step(all, {m, {}, m, {}}, "steady " + std::to_string(s));
+  step({2, 0, 3, 1}, {{}, m, {}, m}, "another order");
+  next[1] = (next[1] + 7) % 3000;
+  step(all, {m, m, m, m}, "row 1 fed another token");
+  step(all, {}, "after another token");
+  step({0, 1, 3}, {}, "without sequence 2");
+  step(all, {}, "all again");
+  Sampler wa(SamplingParams{.temperature = 0.9f, .seed = 2}),
+      wb(SamplingParams{.temperature = 0.9f, .seed = 2});
+  step(all, {m, {}, {}, {}}, "a sampling row", &wa, &wb);
+  step(all, {}, "after a sampling row");
+  step(all, {{}, {none.data(), none.size()}, {}, {}}, "row 1 allows nothing");
+  step(all, {}, "after no token");
+  auto other = on->new_sequence();
+  other->forward(std::vector<int32_t>{5, 6, 7});
+  step(all, {}, "after another sequence's run");
+  step(all, {}, "steady again");
+  a[3]->truncate(a[3]->length() - 2);
+  b[3]->truncate(b[3]->length() - 2);
+  step(all, {}, "after a truncate");
+  step(all, {}, "last");
+  std::filesystem::remove_all(dir);
+}
+
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
 // sampling row draws among all its allowed tokens sorted on the device (on several host threads
 // when parallel_draw_tokens is small).
