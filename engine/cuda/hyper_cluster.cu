@@ -198,13 +198,7 @@ __global__ void __launch_bounds__(kClusterThreads)
     const float m = t * rsqrtf(ss / float(HC * hidden) + rms_eps);
     const float scale = w.scale[HEAD || lane < HC ? 0 : lane < 2 * HC ? 1 : 2];
     const float base = lane < kOut ? w.base[lane] : 0.0f;
-    float weight = 0.0f;  // lane i of [pre, post, comb before Sinkhorn]
-    if (lane < HC)
-      weight = sigmoidf(m * scale + base) + hc_eps;
-    else if (lane < 2 * HC)
-      weight = 2.0f * sigmoidf(m * scale + base);
-    else if (lane < kOut)
-      weight = m * scale + base;
+    const float weight = mix_weight<HC>(lane, m * scale + base, kOut, hc_eps);
     if (lane < HC) pre_s[lane] = weight;
     asm volatile("bar.arrive 1, %0;" ::"n"(kClusterThreads) : "memory");
     cluster_arrive();  // x's sum of squares: this warp pushes none and reads none

@@ -314,13 +314,7 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
     const float v = lane < outputs ? sums[lane] : 0.0f;
     const float ss = sums[outputs];
     const float m = v * rsqrtf(ss / float(HC * hidden) + rms_eps);
-    float weight = 0.0f;  // lane i of [pre, post, comb before Sinkhorn]
-    if (lane < HC)
-      weight = sigmoidf(m * scale + base) + hc_eps;
-    else if (lane < 2 * HC)
-      weight = 2.0f * sigmoidf(m * scale + base);
-    else if (lane < outputs)
-      weight = m * scale + base;
+    const float weight = mix_weight<HC>(lane, m * scale + base, outputs, hc_eps);
     if (lane < HC) pre_shared[lane] = weight;
     asm volatile("bar.arrive 1, %0;" ::"n"(kSplitPreThreads) : "memory");
     if (head || !mix_row) return;

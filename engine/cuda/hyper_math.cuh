@@ -8,6 +8,16 @@ namespace agentrt::engine::cuda {
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+// Lane's mixing weight from its normalised projection m = scale * projection / rms + base:
+// lanes [0, HC) pre (sigmoid + eps), [HC, 2 HC) post (2 sigmoid), [2 HC, outputs) comb before
+// Sinkhorn (as is), 0 beyond.
+template <int HC>
+__device__ __forceinline__ float mix_weight(int lane, float m, int outputs, float hc_eps) {
+  if (lane < HC) return sigmoidf(m) + hc_eps;
+  if (lane < 2 * HC) return 2.0f * sigmoidf(m);
+  return lane < outputs ? m : 0.0f;
+}
+
 // transformers DeepseekV4HyperConnection's comb: row softmax (+eps), then Sinkhorn starting with
 // a column normalisation, alternating rows and columns, each with + eps in the denominator, on
 // the element v of lane i < HC * HC (row i / HC, column i % HC), in the CPU's order. Every lane

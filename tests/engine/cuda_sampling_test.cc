@@ -10,9 +10,11 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/model.h"
@@ -176,6 +178,39 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
   std::filesystem::remove_all(dir);
 }
 
+// A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
+// CudaOptions::decode_ahead and without.
+std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair(
+    const std::filesystem::path& dir, uint64_t seed) {
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = seed;
+  write_random_model(dir, init);
+  cuda::CudaOptions with, without;
+  with.decode_ahead = true;
+  without.decode_ahead = false;
+  return {load_cuda_model(dir, {Device::cuda}, with),
+          load_cuda_model(dir, {Device::cuda}, without)};
+}
+
+// n pairs of sequences, a[i] of model ma and b[i] of mb, both fed the same random prompt of
+// first + step * i tokens (ids below 3,000).
+void prompted_pairs(const Model& ma, const Model& mb, int n, int first, int step, std::mt19937& rng,
+                    std::vector<std::unique_ptr<ModelSequence>>& a,
+                    std::vector<std::unique_ptr<ModelSequence>>& b) {
+  for (int i = 0; i < n; ++i) {
+    std::vector<int32_t> prompt(size_t(first + step * i));
+    for (auto& t : prompt) t = int32_t(rng() % 3000);
+    a.push_back(ma.new_sequence());
+    b.push_back(mb.new_sequence());
+    a.back()->forward(prompt);
+    b.back()->forward(prompt);
+  }
+}
+
 // CudaOptions::decode_ahead: each greedy choice queues the next step fed with the picked token on
 // the device. A model with it gives the same tokens, log-probabilities and logits as one without,
 // through every way the queued step is used or discarded: fed (the picked token), another token
@@ -183,18 +218,7 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 // step, a prefill, and a forward() of logits.
 TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_decode_ahead";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 13;
-  write_random_model(dir, init);
-  cuda::CudaOptions with, without;
-  with.decode_ahead = true;
-  without.decode_ahead = false;
-  const auto on = load_cuda_model(dir, {Device::cuda}, with);
-  const auto off = load_cuda_model(dir, {Device::cuda}, without);
+  const auto [on, off] = ahead_pair(dir, 13);
   auto a = on->new_sequence(), b = off->new_sequence(), other = on->new_sequence();
   std::mt19937 rng(5);
   std::vector<int32_t> prompt(37);
@@ -256,29 +280,11 @@ TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) {
 // and a truncate.
 TEST_F(CudaSampling, DecodeBatchAheadGivesTheSameResultsAsWithout) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_batch_ahead";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 17;
-  write_random_model(dir, init);
-  cuda::CudaOptions with, without;
-  with.decode_ahead = true;
-  without.decode_ahead = false;
-  const auto on = load_cuda_model(dir, {Device::cuda}, with);
-  const auto off = load_cuda_model(dir, {Device::cuda}, without);
+  const auto [on, off] = ahead_pair(dir, 17);
   std::mt19937 rng(8);
   const int n = 4;
   std::vector<std::unique_ptr<ModelSequence>> a, b;
-  for (int i = 0; i < n; ++i) {
-    std::vector<int32_t> prompt(15 + 4 * i);
-    for (auto& t : prompt) t = int32_t(rng() % 3000);
-    a.push_back(on->new_sequence());
-    b.push_back(off->new_sequence());
-    a.back()->forward(prompt);
-    b.back()->forward(prompt);
-  }
+  prompted_pairs(*on, *off, n, 15, 4, rng, a, b);
   std::vector<uint32_t> mask((3000 + 31) / 32, 0), none(mask.size(), 0u);
   for (int64_t i = 0; i < 3000; ++i)
     if (rng() % 3 == 0) mask[i >> 5] |= 1u << (i & 31);
@@ -368,14 +374,7 @@ void check_batch_sampling(int32_t near_capacity, int64_t parallel_draw_tokens = 
   std::mt19937 rng(3);
   const int n = 5;
   std::vector<std::unique_ptr<ModelSequence>> a, b;
-  for (int i = 0; i < n; ++i) {
-    std::vector<int32_t> prompt(20 + 3 * i);
-    for (auto& t : prompt) t = int32_t(rng() % 3000);
-    a.push_back(gpu->new_sequence());
-    b.push_back(gpu->new_sequence());
-    a.back()->forward(prompt);
-    b.back()->forward(prompt);
-  }
+  prompted_pairs(*gpu, *gpu, n, 20, 3, rng, a, b);
   std::vector<uint32_t> sparse((3000 + 31) / 32, 0), none(sparse.size(), 0u);
   for (int64_t i = 0; i < 3000; ++i)
     if (rng() % 5 == 0) sparse[i >> 5] |= 1u << (i & 31);
