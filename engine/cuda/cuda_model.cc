@@ -165,6 +165,7 @@ class CudaModel final : public Model {
     }
     pass_.enqueue_picks(row_masks, how, near_capacity_, 0,
                         queued ? std::span<const int64_t>(*queued) : std::span<const int64_t>());
+    std::optional<BatchAhead> queued_ahead;
     if (decode_ahead_ && options.expect_same_batch && greedy) {
       // The next step, each row fed its pick on the device, before waiting for the picks.
       std::vector<cuda::DeviceRow> next;
@@ -176,12 +177,14 @@ class CudaModel final : public Model {
       }
       pass_.run(next, nullptr);
       ahead.run = pass_.runs();
-      batch_ahead_ = std::move(ahead);
+      queued_ahead = std::move(ahead);
     }
     const auto near = pass_.collect_picks();
-    if (batch_ahead_)
+    if (queued_ahead) {               // known once the picks are back
       for (size_t i = 0; i < n; ++i)  // a row without a token fed a placeholder: never matches
-        batch_ahead_->tokens.push_back(near[i].pick.allowed > 0 ? near[i].pick.token : -1);
+        queued_ahead->tokens.push_back(near[i].pick.allowed > 0 ? near[i].pick.token : -1);
+      batch_ahead_ = std::move(queued_ahead);
+    }
     // Rows with too many near tokens read every allowed token back, sorted on the device (one
     // sort and one read back for all of them), then every row draws; those draws are the step's
     // host work (an exp per allowed token of a sorted row), spread over threads.
@@ -336,19 +339,18 @@ Sampler::Sample CudaSequence::choose_and_queue(cuda::DeviceForward& pass, Sample
   const cuda::DeviceForward::RowPick how = row_pick(sampler.params());
   ahead_.reset();
   pass.enqueue_picks({&mask, 1}, {&how, 1}, capacity, -1);
+  std::optional<Ahead> queued;
   if (model_.decode_ahead() && sampler.params().greedy()) {
     // The next step, fed on the device: it runs while the host reads the pick back, returns it
     // and works out the next mask; the next call finds it done if it feeds the picked token.
     const cuda::DeviceRow row{&cache_, cache_.length, 0, true, pass.device_pick(0)};
     pass.run({&row, 1}, nullptr);
-    ahead_ = Ahead{0, cache_.length, pass.runs()};
+    queued = Ahead{0, cache_.length, pass.runs()};
   }
   const auto near = pass.collect_picks();
-  if (ahead_) {
-    if (near[0].pick.allowed > 0)
-      ahead_->token = near[0].pick.token;
-    else
-      ahead_.reset();  // no token: the queued step fed a placeholder
+  if (queued && near[0].pick.allowed > 0) {  // no token: the queued step fed a placeholder
+    queued->token = near[0].pick.token;
+    ahead_ = queued;
   }
   cuda::DeviceForward::Sorted sorted;
   if (needs_sorted(near[0], sampler.params(), capacity)) {
