@@ -189,19 +189,20 @@ class CudaModel final : public Model {
     // sort and one read back for all of them), then every row draws; those draws are the step's
     // host work (an exp per allowed token of a sorted row), spread over threads.
     std::vector<cuda::DeviceForward::Sorted> sorted(n);
-    std::vector<int64_t> sort_rows;
+    std::vector<int64_t> sort_rows, sort_logits;  // the batch's rows, their logits rows
     std::vector<TokenMask> sort_masks;
     std::vector<int32_t> sort_counts;
     for (size_t i = 0; i < n; ++i)
       if (needs_sorted(near[i], samplers[i]->params(), near_capacity_)) {
         sort_rows.push_back(int64_t(i));
+        sort_logits.push_back(queued ? (*queued)[i] : int64_t(i));
         sort_masks.push_back(row_masks[i]);
         sort_counts.push_back(near[i].pick.allowed);
       }
     int64_t host_work = 0;
     if (!sort_rows.empty()) {
       try {
-        auto lists = pass_.sorted_allowed(sort_rows, sort_masks, sort_counts);
+        auto lists = pass_.sorted_allowed(sort_logits, sort_masks, sort_counts);
         for (size_t j = 0; j < sort_rows.size(); ++j) {
           host_work += int64_t(lists[j].size());
           sorted[size_t(sort_rows[j])] = std::move(lists[j]);

@@ -179,9 +179,9 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 }
 
 // A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
-// CudaOptions::decode_ahead and without.
+// CudaOptions::decode_ahead and without (both with the given near_capacity).
 std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair(
-    const std::filesystem::path& dir, uint64_t seed) {
+    const std::filesystem::path& dir, uint64_t seed, int32_t near_capacity = 4096) {
   ModelInitOptions init;
   init.preset = "small";
   init.vocab_size = 3000;
@@ -192,6 +192,7 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
   without.decode_ahead = false;
+  with.near_capacity = without.near_capacity = near_capacity;
   return {load_cuda_model(dir, {Device::cuda}, with),
           load_cuda_model(dir, {Device::cuda}, without)};
 }
@@ -276,11 +277,13 @@ TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) {
 // each row fed its pick on the device. The same tokens and log-probabilities as a model without
 // decode ahead, through every way the queued step is used or discarded: the same batch in
 // another order (used), a row fed another token, a batch without one of the sequences, a
-// sampling row, a mask that allows nothing for one row, another sequence's run in between,
-// and a truncate.
+// sampling row in another order (used; its sort reads the queued step's row), a mask that
+// allows nothing for one row, another sequence's run in between, and a truncate.
 TEST_F(CudaSampling, DecodeBatchAheadGivesTheSameResultsAsWithout) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_batch_ahead";
-  const auto [on, off] = ahead_pair(dir, 17);
+  // near_capacity 8: a sampling row sorts its allowed tokens on the device, reading its logits
+  // row of the queued step.
+  const auto [on, off] = ahead_pair(dir, 17, 8);
   std::mt19937 rng(8);
   const int n = 4;
   std::vector<std::unique_ptr<ModelSequence>> a, b;
@@ -337,7 +340,8 @@ TEST_F(CudaSampling, DecodeBatchAheadGivesTheSameResultsAsWithout) {
   step(all, {}, "all again");
   Sampler wa(SamplingParams{.temperature = 0.9f, .seed = 2}),
       wb(SamplingParams{.temperature = 0.9f, .seed = 2});
-  step(all, {m, {}, {}, {}}, "a sampling row", &wa, &wb);
+  step(all, {}, "before a sampling row");
+  step({3, 2, 1, 0}, {m, {}, {}, {}}, "a sampling row, another order", &wa, &wb);
   step(all, {}, "after a sampling row");
   step(all, {{}, {none.data(), none.size()}, {}, {}}, "row 1 allows nothing");
   step(all, {}, "after no token");
