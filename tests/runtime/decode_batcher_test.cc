@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include "engine/model_init.h"
@@ -154,6 +156,65 @@ TEST_F(DecodeBatcherTest, ForwardAndSampleChoosesInThePass) {
                std::invalid_argument);
   EXPECT_EQ(a->length(), before + 1);
   EXPECT_GT(batcher.stats().decode_steps, 0);
+}
+
+// A model that records the hint each decode_batch_and_sample call carries, the work done by the
+// model it wraps.
+class HintRecordingModel final : public engine::Model {
+ public:
+  explicit HintRecordingModel(std::shared_ptr<const engine::Model> inner)
+      : inner_(std::move(inner)) {}
+  const engine::ModelConfig& config() const override { return inner_->config(); }
+  int32_t vocab_size() const override { return inner_->vocab_size(); }
+  std::unique_ptr<engine::ModelSequence> new_sequence() const override {
+    return inner_->new_sequence();
+  }
+  std::vector<std::vector<float>> decode_batch(std::span<engine::ModelSequence* const> seqs,
+                                               std::span<const int32_t> tokens) const override {
+    return inner_->decode_batch(seqs, tokens);
+  }
+  std::vector<BatchChoice> decode_batch_and_sample(
+      std::span<engine::ModelSequence* const> seqs, std::span<const int32_t> tokens,
+      std::span<engine::Sampler* const> samplers, std::span<const engine::TokenMask> masks,
+      const BatchChoiceOptions& options) const override {
+    {
+      std::lock_guard lock(mutex_);
+      hints_.push_back(options.expect_same_batch);
+    }
+    return inner_->decode_batch_and_sample(seqs, tokens, samplers, masks, options);
+  }
+  std::vector<bool> hints() const {
+    std::lock_guard lock(mutex_);
+    return hints_;
+  }
+
+ private:
+  std::shared_ptr<const engine::Model> inner_;
+  mutable std::mutex mutex_;
+  mutable std::vector<bool> hints_;
+};
+
+// The batcher tells a pass to expect the same batch next (a CUDA model then queues that step
+// ahead) only when every active generation is in it and no prompt waits.
+TEST_F(DecodeBatcherTest, PassesExpectTheSameBatchOnlyWhenEveryActiveGenerationIsInThem) {
+  const auto model = std::make_shared<HintRecordingModel>(engine::Model::load(dir_));
+  DecodeBatcherOptions options;
+  options.gather_window = std::chrono::microseconds(200);
+  DecodeBatcher batcher(model, options);
+  auto a = model->new_sequence();
+  engine::Sampler greedy(engine::SamplingParams{.temperature = 0.0f});
+  int32_t token = 100;
+  {
+    DecodeBatcher::Activity only(batcher);
+    a->forward(std::vector<int32_t>{1, 2, 3});
+    for (int step = 0; step < 3; ++step)
+      token = batcher.forward_and_sample(*a, {&token, 1}, greedy, {}).token;
+    // A second generation is active but submits nothing: the passes are partial.
+    DecodeBatcher::Activity idle(batcher);
+    for (int step = 0; step < 2; ++step)
+      token = batcher.forward_and_sample(*a, {&token, 1}, greedy, {}).token;
+  }
+  EXPECT_EQ(model->hints(), (std::vector<bool>{true, true, true, false, false}));
 }
 
 }  // namespace
