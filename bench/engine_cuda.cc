@@ -3,9 +3,9 @@
 // the card's limits measured in the same run: device-to-device copy bandwidth and cuBLAS's bf16
 // GEMM rate. Prints one table:
 //   - batch-1 decode at each context (the logits row back; then decode+pick, the generation
-//     loop's step: the greedy pick on the GPU, the next step queued ahead): tokens/s, the bytes a decode step must read (weights of
-//     the dense parts and of the 6 + 1 active experts, lm_head, the KV rows attended and the
-//     indexer keys scanned), and that traffic over the copy bandwidth;
+//     loop's step: the greedy pick on the GPU, the next step queued ahead): tokens/s, the bytes a
+//     decode step must read (weights of the dense parts and of the 6 + 1 active experts, lm_head,
+//     the KV rows attended and the indexer keys scanned), and that traffic over the copy bandwidth;
 //   - prefill of each context: tokens/s and matrix + attention TFLOP/s against the GEMM peak;
 //   - batched decode (8, 32, 64 sequences at --batch-context) throughput: logits rows back, the
 //     greedy pick on the GPU (each row fed its choice, the next step queued ahead), sampling;
