@@ -89,6 +89,13 @@ double now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The host's own work between decode steps (a grammar matcher's next mask, the detokenizer):
+// a spin of --host-work-us, which a step queued ahead hides.
+void spin_us(double us) {
+  for (const double until = now() + us * 1e-6; now() < until;) {
+  }
+}
+
 std::vector<int64_t> parse_list(const std::string& s) {
   std::vector<int64_t> out;
   std::stringstream in(s);
@@ -464,10 +471,7 @@ int main(int argc, char** argv) {
         t0 = now();
         for (int64_t i = 0; i < steps; ++i) {
           next = seq->forward_and_sample({&next, 1}, greedy, {mask.data(), mask.size()}).token;
-          // The host's own work between steps (a grammar matcher's next mask, the detokenizer):
-          // a spin of --host-work-us, which a step queued ahead hides.
-          for (const double until = now() + host_work_us * 1e-6; now() < until;) {
-          }
+          spin_us(host_work_us);
         }
         const double dts = (now() - t0) / double(steps);
         std::printf("%-28s %12.1f %12s %12.0f MB %11.1f%%\n",
@@ -530,8 +534,7 @@ int main(int argc, char** argv) {
                 model->decode_batch_and_sample(ptrs, fed, sp, masks, {.expect_same_batch = true});
             for (int64_t j = 0; j < b; ++j)
               if (!choices[size_t(j)].error) fed[size_t(j)] = choices[size_t(j)].sample.token;
-            for (const double until = now() + host_work_us * 1e-6; now() < until;) {
-            }
+            spin_us(host_work_us);
           }
           const double dtp = (now() - t0) / double(bsteps);
           std::printf("%-28s %12.1f %12s %14s %12s   (%.1f steps/s)\n",

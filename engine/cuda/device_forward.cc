@@ -61,6 +61,9 @@ struct DeviceForward::Workspace {
 
 namespace {
 
+// A pick's slot in near_best_rows' layout: the pick, the near tokens' count at byte 24, then from
+// here the near tokens' ids and values.
+constexpr int64_t kPickSlotHead = 32;
 // From this many rows of one sequence on, the indexer scores are a GEMM (indexer_gemm.h).
 constexpr int64_t kIndexerGemmRows = 256;
 // Below this many rows mHC runs as one launch per sublayer boundary (hyper_fused).
@@ -156,6 +159,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   std::vector<DeviceSequenceCache*> order;       // distinct caches, first-seen order
   std::vector<int32_t> tokens(n);
   std::vector<int64_t> pos(n);
+  std::vector<PickFeed> feeds;  // rows whose token is a pick on the device
   for (int64_t t = 0; t < n; ++t) {
     const DeviceRow& r = rows[t];
     if (!r.picked && (r.token < 0 || r.token >= c.vocab_size))
@@ -168,6 +172,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
                              " does not extend a cache at position " + std::to_string(it->second));
     ++it->second;
     tokens[t] = r.picked ? 0 : r.token;
+    if (r.picked) feeds.push_back({r.picked, t});
     pos[t] = r.pos;
   }
   for (auto* cache : order) cache->reserve(next[cache], stream_);
@@ -187,7 +192,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
 
   // Per-layer row views and compressed entries to emit.
   MetaPacker pack;
-  const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos);
+  const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos), feeds_off = pack.add(feeds);
   struct LayerOffsets {
     size_t rows, comp, idx, counts;
   };
@@ -257,9 +262,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(meta, pinned_metadata(pack.bytes), pack.bytes.size(),
                                      cudaMemcpyHostToDevice, stream_));
   AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
-  for (int64_t t = 0; t < n; ++t)
-    if (rows[t].picked)
-      feed_picked_token(rows[t].picked, reinterpret_cast<int32_t*>(meta + tokens_off) + t, stream_);
+  feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                     reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
   ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
   w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
@@ -404,8 +408,7 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
       std::any_of(how.begin(), how.end(), [](const RowPick& h) { return h.delta > 0.0f; });
   // Pinned and device layout: one slot per row (pick, count at byte 24, then ids[capacity] and
   // values[capacity] when some row samples), then every mask at a common stride (uploaded once).
-  const int64_t head = 32, slot = head + (any_near ? int64_t(capacity) * 8 : 0);
-  queued_.head = head;
+  const int64_t head = kPickSlotHead, slot = head + (any_near ? int64_t(capacity) * 8 : 0);
   queued_.slot = slot;
   int64_t stride = 0;
   for (const TokenMask& m : masks)
@@ -460,7 +463,7 @@ std::vector<DeviceForward::NearBest> DeviceForward::collect_picks() {
   if (!queued_.pending) throw std::logic_error("cuda sampling: no picks queued to collect");
   queued_.pending = false;
   const std::span<const RowPick> how = queued_.how;
-  const int64_t n = int64_t(how.size()), slot = queued_.slot, head = queued_.head;
+  const int64_t n = int64_t(how.size()), slot = queued_.slot, head = kPickSlotHead;
   const int32_t capacity = queued_.capacity;
   std::vector<NearBest> out(static_cast<size_t>(n));
   if (n == 0) return out;
@@ -577,10 +580,11 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
-      if (fused && rows == n && in == streams && cluster) {
+      const bool whole = fused && rows == n && in == streams;
+      if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);
-      } else if (fused && rows == n && in == streams) {
+      } else if (whole) {
         hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
                     fused_partial, fused_arrived, stream_);
       } else {

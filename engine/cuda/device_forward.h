@@ -265,7 +265,7 @@ class DeviceForward {
   struct QueuedPicks {
     std::vector<RowPick> how;
     int32_t capacity = 0;
-    int64_t slot = 0, head = 0;
+    int64_t slot = 0;
     const char* host = nullptr;  // pinned: where the read back lands
     bool pending = false;
   } queued_;

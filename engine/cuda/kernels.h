@@ -229,9 +229,14 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
                        int32_t* ids, float* values, cudaStream_t stream);
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
-// *token = the pick's token (0 where the mask allowed nothing): a decode step fed from the device
-// (DeviceRow::picked), queued before the host has read the pick back.
-void feed_picked_token(const MaskedPick* pick, int32_t* token, cudaStream_t stream);
+// A decode step's row fed from a pick on the device (DeviceRow::picked).
+struct PickFeed {
+  const MaskedPick* pick;
+  int64_t row;
+};
+// tokens[feeds[i].row] = feeds[i].pick's token (0 where the mask allowed nothing) for i < n, one
+// launch (feeds in device memory): the step is queued before the host has read the picks back.
+void feed_picked_tokens(const PickFeed* feeds, int64_t n, int32_t* tokens, cudaStream_t stream);
 // Logits rows sorted on the device, for sampling rows with too many tokens near the best to
 // collect (instead of each whole row sorted on the host). Row i of a sort is logits row rows[i]
 // (device array) under the bitmask masks + i * mask_stride of words[i] words (-1: no mask, every

@@ -54,25 +54,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #endif
 }
 
-// kernel<<<grid, block, shared, stream>>>(args...) with programmatic stream serialization.
-template <typename... Params, typename... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
-                cudaStream_t stream, Args&&... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-}
-
 // launch_pdl for a kernel whose blocks work in clusters of `cluster` along x (sm_90: they are
-// resident together and share their shared memory).
+// resident together and share their shared memory); cluster 0: no clusters.
 template <typename... Params, typename... Args>
 void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
                         cudaStream_t stream, unsigned cluster, Args&&... args) {
@@ -89,8 +72,15 @@ void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t
   config.dynamicSmemBytes = shared;
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = 2;
+  config.numAttrs = cluster > 0 ? 2 : 1;
   AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+}
+
+// kernel<<<grid, block, shared, stream>>>(args...) with programmatic stream serialization.
+template <typename... Params, typename... Args>
+void launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                cudaStream_t stream, Args&&... args) {
+  launch_pdl_cluster(kernel, grid, block, shared, stream, 0u, std::forward<Args>(args)...);
 }
 
 // Blocks of 256 threads for a grid-stride loop over `total` items, at most 65,536 of them.

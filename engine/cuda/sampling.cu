@@ -281,14 +281,18 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-__global__ void feed_picked_token_kernel(const MaskedPick* pick, int32_t* token) {
+__global__ void feed_picked_tokens_kernel(const PickFeed* feeds, int64_t n, int32_t* tokens) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
   // A pick that allowed nothing has no token (INT32_MAX): feed 0, a valid row of the embedding,
   // for a step whose result the host discards when it reads the pick.
-  *token = pick->allowed > 0 ? pick->token : 0;
+  const MaskedPick* p = feeds[i].pick;
+  tokens[feeds[i].row] = p->allowed > 0 ? p->token : 0;
 }
 
-void feed_picked_token(const MaskedPick* pick, int32_t* token, cudaStream_t stream) {
-  feed_picked_token_kernel<<<1, 1, 0, stream>>>(pick, token);
+void feed_picked_tokens(const PickFeed* feeds, int64_t n, int32_t* tokens, cudaStream_t stream) {
+  if (n <= 0) return;
+  feed_picked_tokens_kernel<<<unsigned((n + 63) / 64), 64, 0, stream>>>(feeds, n, tokens);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
