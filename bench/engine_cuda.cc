@@ -52,6 +52,8 @@
 //                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks
 //                     a row: 0 never, 1 batches of 2+ rows (default), 2 one row too,
 //                     CudaOptions::cluster_mhc)
+//                     [--fused-routing 0] (decode rows: routing in a kernel of its own before
+//                                      the routed experts, CudaOptions::fused_routing; default 1)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
 //                     each step, as a grammar matcher's next mask would take; default 0)
 #include <cstdio>
@@ -341,6 +343,8 @@ int main(int argc, char** argv) {
       options.decode_attention_splits = std::stoi(v);
     else if (k == "--cluster-mhc")
       options.cluster_mhc = std::stoi(v);
+    else if (k == "--fused-routing")
+      options.fused_routing = v == "1";
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
     else {

@@ -104,6 +104,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       graphs_(options.graphs),
       key_mirrors_(options.key_mirrors),
       cluster_mhc_(options.cluster_mhc),
+      fused_routing_(options.fused_routing),
       decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
@@ -881,18 +882,33 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
   w.grow(w.route_experts, n * k * 4);
   float* rweights = w.f(w.route_weights, n * k);
-  repeatable("route", [&] {
-    route_rows(router, w.tokens, fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr,
-               lw.bias.as<float>(), n, E, k, c.score_func, c.routed_scaling,
-               w.route_experts.as<int32_t>(), rweights, stream_);
-  });
+  RouteInputs route;
+  route.logits = router;
+  route.tokens = w.tokens;
+  route.tid2eid = fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr;
+  route.bias = lw.bias.as<float>();
+  route.func = c.score_func;
+  route.scaling = c.routed_scaling;
+  // Decode rows route inside the streamed experts' kernel (CudaOptions::fused_routing), which
+  // takes routing's launch off the step's path; --repeat-stage route keeps it apart to measure.
+  const bool fuse = fused_routing_ && repeat_stage_ != "route";
+  if (!fuse)
+    repeatable("route", [&] {
+      route_rows(router, route.tokens, route.tid2eid, route.bias, n, E, k, c.score_func,
+                 c.routed_scaling, w.route_experts.as<int32_t>(), rweights, stream_);
+    });
 
   stage("moe.router");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
   repeatable("experts", [&] {
-    routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
-                   c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                   &expert_gemm_, ss != stream_ ? join_ : nullptr);
+    if (fuse)
+      route_and_run_experts(route, w.route_experts.as<int32_t>(), rweights, lw.experts_view, x, n,
+                            k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out,
+                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr, true);
+    else
+      routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
+                     c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
+                     &expert_gemm_, ss != stream_ ? join_ : nullptr);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

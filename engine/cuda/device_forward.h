@@ -102,6 +102,11 @@ struct CudaOptions {
   // faster (decode+pick @1K 959.7-961.0 against 962.7-965.1), so a single row keeps hyper_fused.
   // 0: never; 1: batches of 2+ rows; 2: every decode pass, one row too.
   int cluster_mhc = 1;
+  // Decode rows (up to 64, the streamed experts' rows) are routed by the routed experts' up
+  // kernel (its producer warps, before they ask for the chosen experts' weights) instead of a
+  // routing kernel of their own before it: one launch and one round trip fewer on a step's path.
+  // The same choices and weights (RoutingMatchesTheCpu, RoutedExpertsRoutingThemselves).
+  bool fused_routing = true;
   // A greedy choice on the device (ModelSequence::forward_and_sample; decode_batch_and_sample
   // of greedy rows with expect_same_batch) queues the next decode step, fed with the picked
   // tokens on the device, before the host reads the picks back: the GPU goes on while the host
@@ -244,6 +249,7 @@ class DeviceForward {
   bool graphs_ = true;
   bool key_mirrors_ = true;          // CudaOptions::key_mirrors
   int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
+  bool fused_routing_ = true;        // CudaOptions::fused_routing
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;

@@ -286,6 +286,25 @@ bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float
                       float limit, float* act, float* out, cudaStream_t stream,
                       cudaEvent_t before_sum, int max_blocks = 0);
 
+// What route_rows reads, for the kernels that route rows themselves.
+struct RouteInputs {
+  const float* logits = nullptr;     // [n][experts]
+  const int32_t* tokens = nullptr;   // [n], for hash routing
+  const int32_t* tid2eid = nullptr;  // hash routing: [vocab][k]; null: top-k of the biased scores
+  const float* bias = nullptr;       // [experts]
+  ScoreFunc func = ScoreFunc::sqrtsoftplus;
+  float scaling = 1.0f;
+};
+// streamed_experts whose up kernel's producer warps route their rows themselves (route_warp.cuh:
+// the same choices and weights as route_rows, written to chosen and weights [n][k] for the down
+// kernel), so a decode step has no routing launch on its path. Returns false, having launched
+// nothing, where streamed_experts would or one warp does not route such a row (route_fits_warp).
+bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
+                             float* weights, const ExpertsDevice& e, const float* h, int64_t n,
+                             int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
+                             float* out, cudaStream_t stream, cudaEvent_t before_sum,
+                             int max_blocks = 0);
+
 // Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows
 // (through `gemm`, on tensor cores, where it applies); the sum into `out` waits for
 // `before_sum` when set (another stream writing `out` first). Up to 64 rows take streamed_experts
@@ -296,5 +315,12 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr);
+// route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
+// take the rows, inside them (streamed_experts_routed) unless fuse is false.
+void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,
+                           const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
+                           int64_t experts, int64_t inter, int64_t hidden, float limit,
+                           void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
+                           cudaEvent_t before_sum, bool fuse);
 
 }  // namespace agentrt::engine::cuda

@@ -13,30 +13,61 @@
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/route_warp.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
 
-__device__ float score_of(ScoreFunc f, float x) {
-  switch (f) {
-    case ScoreFunc::sqrtsoftplus:
-      return sqrtf(x > 20.0f ? x : log1pf(expf(x)));  // torch softplus threshold 20
-    case ScoreFunc::sigmoid:
-      return 1.0f / (1.0f + expf(-x));
-    case ScoreFunc::softmax:
-      return x;
+// The choices of rows route_row_warp does not take, through shared memory: k rounds of a warp
+// argmax. Chosen experts are marked by -inf in `biased` (read only for selection).
+__device__ int choose_in_shared(float* biased, int64_t E, int64_t k, int lane) {
+  int mine = 0;
+  for (int64_t i = 0; i < k; ++i) {
+    float bv = -INFINITY;
+    int be = INT_MAX;
+    for (int64_t e = lane; e < E; e += 32)
+      if (biased[e] > bv || (biased[e] == bv && int(e) < be)) {
+        bv = biased[e];
+        be = int(e);
+      }
+    for (int off = 16; off > 0; off >>= 1) {  // every lane ends with the winner
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+      const int oe = __shfl_xor_sync(0xffffffffu, be, off);
+      if (ov > bv || (ov == bv && oe < be)) {
+        bv = ov;
+        be = oe;
+      }
+    }
+    if (be == INT_MAX) be = 0;  // every remaining score NaN or -inf: stay in bounds
+    if (lane == i) mine = be;
+    __syncwarp();  // every lane has read `biased` before the winner is marked
+    if (lane == 0) biased[be] = -INFINITY;
+    __syncwarp();
   }
-  return x;
+  return mine;
 }
 
+// One block a row. Rows one warp routes (route_fits_warp: launched with 32 threads) go through
+// route_row_warp; the others compute their scores with every thread into shared memory (softmax
+// needs the row's sum), then one warp chooses.
 __global__ void route_kernel(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                              const float* bias, int64_t E, int64_t k, ScoreFunc func, float scaling,
                              int32_t* chosen, float* weights) {
   pdl_begin();
+  const int64_t t = blockIdx.x;
+  if (route_fits_warp(E, k, func)) {
+    const int lane = int(threadIdx.x);
+    const WarpChoice c = route_row_warp(logits + t * E, tid2eid ? tokens[t] : 0, tid2eid, bias, E,
+                                        k, func, scaling, lane);
+    if (lane < k) {
+      chosen[t * k + lane] = c.expert;
+      weights[t * k + lane] = c.weight;
+    }
+    return;
+  }
   extern __shared__ float smem[];  // scores [E], biased [E]
   __shared__ float red[32];
-  const int64_t t = blockIdx.x;
   float* scores = smem;
   float* biased = smem + E;
   for (int64_t e = threadIdx.x; e < E; e += blockDim.x)
@@ -61,31 +92,9 @@ __global__ void route_kernel(const float* logits, const int32_t* tokens, const i
   if (tid2eid) {
     if (lane < k) mine = tid2eid[int64_t(tokens[t]) * k + lane];
   } else {
-    // k rounds of a warp argmax; ties go to the lower index (the CPU comparator). Chosen
-    // experts are marked by -inf in `biased` (read only for selection).
-    for (int64_t i = 0; i < k; ++i) {
-      float bv = -INFINITY;
-      int be = INT_MAX;
-      for (int64_t e = lane; e < E; e += 32)
-        if (biased[e] > bv || (biased[e] == bv && int(e) < be)) {
-          bv = biased[e];
-          be = int(e);
-        }
-      for (int off = 16; off > 0; off >>= 1) {  // every lane ends with the winner
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
-        const int oe = __shfl_xor_sync(0xffffffffu, be, off);
-        if (ov > bv || (ov == bv && oe < be)) {
-          bv = ov;
-          be = oe;
-        }
-      }
-      if (lane == i) mine = be;
-      __syncwarp();  // every lane has read `biased` before the winner is marked
-      if (lane == 0) biased[be] = -INFINITY;
-      __syncwarp();
-    }
+    mine = choose_in_shared(biased, E, k, lane);
   }
-  const float score = lane < k ? scores[mine] : 0.0f;
+  const float score = lane < k && mine >= 0 && mine < E ? scores[mine] : 0.0f;
   // The choices' scores added in choice order, as the CPU does.
   float sum = 0.0f;
   for (int64_t i = 0; i < k; ++i) sum += __shfl_sync(0xffffffffu, score, int(i));
@@ -431,8 +440,10 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
   if (k < 1 || k > 32 || k > experts)
     throw std::invalid_argument("cuda routing: " + std::to_string(k) + " experts a token of " +
                                 std::to_string(experts) + " (one warp chooses: at most 32)");
-  launch_pdl(route_kernel, unsigned(n), 256, size_t(2 * experts) * 4, stream, logits, tokens,
-             tid2eid, bias, experts, k, score, routed_scaling, chosen, weights);
+  const bool warp = route_fits_warp(experts, k, score);
+  launch_pdl(route_kernel, unsigned(n), warp ? 32u : 256u, warp ? 0 : size_t(2 * experts) * 4,
+             stream, logits, tokens, tid2eid, bias, experts, k, score, routed_scaling, chosen,
+             weights);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -525,6 +536,22 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   launch_pdl(vec4 ? combine_kernel<true> : combine_kernel<false>,
              unsigned(std::min<int64_t>(n, 1 << 20)), 256, 0, stream, g, n, k, hidden, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,
+                           const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
+                           int64_t experts, int64_t inter, int64_t hidden, float limit,
+                           void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
+                           cudaEvent_t before_sum, bool fuse) {
+  if (n <= 0) return;
+  if (fuse && n <= kStreamedRows &&
+      streamed_experts_routed(route, experts, chosen, weights, e, h, n, k, inter, hidden, limit,
+                              carve(scratch, n * k, experts, inter).act, out, stream, before_sum))
+    return;
+  route_rows(route.logits, route.tokens, route.tid2eid, route.bias, n, experts, k, route.func,
+             route.scaling, chosen, weights, stream);
+  routed_experts(e, chosen, weights, h, n, k, experts, inter, hidden, limit, scratch, out, stream,
+                 gemm, before_sum);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -24,6 +24,7 @@
 #include "engine/cuda/fp4_int8.cuh"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
+#include "engine/cuda/route_warp.cuh"
 #include "engine/cuda/stream_ring.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -72,6 +73,20 @@ __device__ __forceinline__ TaskCursor task_cursor(const TaskRange& r, int64_t pe
 // room of k * inter floats.
 __host__ __device__ inline int64_t act_row_bytes(int64_t k, int64_t inter) { return k * inter * 4; }
 
+// Routing the up kernel's producers do themselves (streamed_experts with RouteInputs): logits
+// null = chosen is given.
+struct KernelRoute {
+  const float* logits;
+  const int32_t* tokens;
+  const int32_t* tid2eid;
+  const float* bias;
+  int64_t experts;
+  ScoreFunc func;
+  float scaling;
+  int32_t* chosen;  // written: [batch][k], for the down kernel
+  float* weights;
+};
+
 // Copies rows [r0, r0 + rows) of an FP4 matrix and their scales into dst (data, then scales).
 // Device FP4 matrices own their scale rows (DeviceMatrix: row_offset 0).
 __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char* dst,
@@ -91,8 +106,8 @@ __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char*
 // row's activations when their tasks reach it.
 __global__ void __launch_bounds__(kThreads, 1)
     stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t batch,
-                     int64_t hidden, int64_t inter, int64_t k, float limit, int stages,
-                     int8_t* act) {
+                     int64_t hidden, int64_t inter, int64_t k, float limit, int stages, int8_t* act,
+                     KernelRoute route) {
   extern __shared__ __align__(128) char smem[];
   uint4* xs = reinterpret_cast<uint4*>(smem + kHeader);
   const float* xscales = stream::i8_scales(xs, hidden);
@@ -106,6 +121,44 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t blocks = inter / 32, tasks = k * blocks;  // per row
   const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
+    if (route.logits) {
+      // The whole warp routes each row as the block's tasks reach it (route_row_warp), the
+      // block holding a row's first task writes the choices for the down kernel, and lane 0
+      // issues the copies.
+      __shared__ int32_t row_experts[32];
+      uint32_t q = 0;
+      int64_t routed = -1;
+      for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
+        if (int64_t(c.row) != routed) {
+          const WarpChoice w = route_row_warp(
+              route.logits + c.row * route.experts, route.tid2eid ? route.tokens[c.row] : 0,
+              route.tid2eid, route.bias, route.experts, k, route.func, route.scaling, lane);
+          if (lane < k) {
+            row_experts[lane] = w.expert;
+            if (c.task == 0) {
+              route.chosen[c.row * k + lane] = w.expert;
+              route.weights[c.row * k + lane] = w.weight;
+            }
+          }
+          __syncwarp();
+          routed = c.row;
+        }
+        if (lane == 0)
+          for (int half = 0; half < 2; ++half, ++q) {
+            const stream::Slot s = stream::slot_of(q, stages);
+            mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+            const int64_t t = c.task;
+            const int32_t ex = row_experts[t / blocks];
+            const int64_t r0 = (t % blocks) * 32 + half * kUpRows;
+            char* dst = ring + s.index * 2 * matrix_bytes;
+            mbarrier_arrive_expect(&bars.full[s.index], uint32_t(2 * matrix_bytes));
+            copy_rows(e.w1[ex], r0, kUpRows, dst, &bars.full[s.index]);
+            copy_rows(e.w3[ex], r0, kUpRows, dst + matrix_bytes, &bars.full[s.index]);
+          }
+        __syncwarp();  // lane 0 is done with row_experts before the next row's routing
+      }
+      return;
+    }
     if (lane != 0) return;
     uint32_t q = 0;
     for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
@@ -271,10 +324,12 @@ bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int6
   return s.up_stages > 0 && s.down_stages > 0;
 }
 
-bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
-                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
-                      float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks) {
+namespace {
+
+bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+                     const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
+                     float limit, float* act, float* out, cudaStream_t stream,
+                     cudaEvent_t before_sum, int max_blocks, const KernelRoute& route) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -290,7 +345,7 @@ bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float
   auto* act_bytes = reinterpret_cast<int8_t*>(act);
   launch_pdl(stream_up_kernel, unsigned(std::min(blocks, n * k * (inter / 32))), kThreads,
              size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
-             act_bytes);
+             act_bytes, route);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   // The down products add into `out`, which the shared expert (on another stream) writes.
   if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
@@ -299,6 +354,30 @@ bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float
              n, hidden, inter, k, s.down_stages, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   return true;
+}
+
+}  // namespace
+
+bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
+                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
+                      float limit, float* act, float* out, cudaStream_t stream,
+                      cudaEvent_t before_sum, int max_blocks) {
+  return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
+                         before_sum, max_blocks, KernelRoute{});
+}
+
+bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
+                             float* weights, const ExpertsDevice& e, const float* h, int64_t n,
+                             int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
+                             float* out, cudaStream_t stream, cudaEvent_t before_sum,
+                             int max_blocks) {
+  if (!route.logits || !route_fits_warp(experts, k, route.func) ||
+      (route.tid2eid ? !route.tokens : !route.bias))
+    return false;
+  const KernelRoute r{route.logits, route.tokens,  route.tid2eid, route.bias, experts,
+                      route.func,   route.scaling, chosen,        weights};
+  return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
+                         before_sum, max_blocks, r);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -16,6 +16,7 @@
 #include "engine/hyper_connection.h"
 #include "engine/indexer.h"
 #include "engine/moe.h"
+#include "engine/parallel.h"
 #include "engine/quantize.h"
 #include "engine/rmsnorm.h"
 #include "tests/engine/cuda_test_util.h"
@@ -103,6 +104,68 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
         ASSERT_EQ(got[t * topk + i], want[i]) << "top " << topk << " row " << t << " slot " << i;
     }
   }
+}
+
+// route_rows against the CPU's route() (engine/moe.cc) on logits given straight to both (the
+// CPU's router is an identity matrix): experts of 256 and fewer (chosen in registers), of more
+// (through shared memory), each score function, rows whose logits repeat (ties go to the lower
+// index), -0 beside +0 (equal), and hash routing.
+void routing_case(int64_t E, int64_t k, ScoreFunc func, bool hash, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message()
+               << E << " experts, top " << k << ", score " << int(func) << (hash ? ", hash" : ""));
+  std::mt19937 rng(seed);
+  const int64_t n = 7, vocab = 50;
+  std::vector<float> logits = randn(n * E, rng, 2.0f);
+  for (int64_t e = 0; e < E; ++e) logits[1 * E + e] = float(int(rng() % 5)) * 0.25f;  // ties
+  for (int64_t e = 0; e < E; ++e) logits[2 * E + e] = logits[2 * E + e % 3];  // repeats of 3
+  for (int64_t e = 0; e < E; ++e) logits[3 * E + e] = e % 2 ? 0.0f : -0.0f;   // all equal
+  std::vector<float> bias = randn(E, rng, 0.1f);
+  if (func == ScoreFunc::softmax || func == ScoreFunc::sigmoid)
+    for (int64_t e = 0; e < E; ++e) bias[e] = e % 4 ? 0.0f : -0.0f;  // ties survive the bias
+  else
+    for (int64_t e = 0; e < E; ++e) bias[e] = (e % 5 == 0) ? 0.0f : bias[e];
+  std::vector<int32_t> tokens(n), tid2eid(vocab * k);
+  for (auto& t : tokens) t = int32_t(rng() % vocab);
+  for (auto& e : tid2eid) e = int32_t(rng() % E);
+
+  ForwardConfig c;
+  c.hidden = E;
+  c.experts = E;
+  c.experts_per_token = k;
+  c.score_func = func;
+  c.routed_scaling = 2.5f;
+  ForwardLayer layer;
+  layer.router = hash ? RouterKind::hash : RouterKind::topk;
+  std::vector<float> identity(E * E, 0.0f);
+  for (int64_t e = 0; e < E; ++e) identity[e * E + e] = 1.0f;
+  MoeWeights w;
+  w.gate = WeightMatrix{WeightType::f32, E, E, identity.data()};
+  w.bias = bias;
+  w.tid2eid = tid2eid;
+  const Routing want = route(c, layer, w, logits.data(), tokens, Serial());
+
+  auto d_logits = upload(logits), d_bias = upload(bias), d_tokens = upload(tokens),
+       d_tid2eid = upload(tid2eid);
+  DeviceBuffer chosen(n * k * 4), weights(n * k * 4);
+  cuda::route_rows(d_logits.as<float>(), d_tokens.as<int32_t>(),
+                   hash ? d_tid2eid.as<int32_t>() : nullptr, d_bias.as<float>(), n, E, k, func,
+                   c.routed_scaling, chosen.as<int32_t>(), weights.as<float>(), nullptr);
+  const auto got = download<int32_t>(chosen, n * k);
+  const auto got_w = download<float>(weights, n * k);
+  for (int64_t i = 0; i < n * k; ++i) {
+    ASSERT_EQ(got[i], want.experts[i]) << "row " << i / k << " choice " << i % k;
+    EXPECT_NEAR(got_w[i], want.weights[i], 1e-5 * std::abs(want.weights[i]) + 1e-7)
+        << "row " << i / k << " choice " << i % k;
+  }
+}
+
+TEST_F(CudaKernels, RoutingMatchesTheCpu) {
+  routing_case(256, 6, ScoreFunc::sqrtsoftplus, false, 1);  // V4's router
+  routing_case(256, 6, ScoreFunc::sqrtsoftplus, true, 2);
+  routing_case(9, 6, ScoreFunc::softmax, false, 3);
+  routing_case(64, 8, ScoreFunc::sigmoid, false, 4);
+  routing_case(255, 32, ScoreFunc::sqrtsoftplus, false, 5);
+  routing_case(300, 6, ScoreFunc::sqrtsoftplus, false, 6);  // more than the registers hold
 }
 
 void indexer_scores_case(int64_t heads, int64_t dim, int64_t n);
@@ -419,8 +482,13 @@ std::vector<float> fp8_experts_row(const std::vector<ExpertWeights>& experts, co
   return std::vector<float>(y.begin(), y.end());
 }
 
+// How check_routed_experts's rows find their experts: given, or routed from random logits by the
+// streamed kernels themselves (streamed_experts_routed; top-k of the biased scores or hash).
+enum class RowRouting { given, top_k, hash };
+
 void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
-                          ExpertShape shape = {}, int stream_blocks = 0, double fp8_tolerance = 0) {
+                          ExpertShape shape = {}, int stream_blocks = 0, double fp8_tolerance = 0,
+                          RowRouting routing = RowRouting::given) {
   std::mt19937 rng(13);
   const int64_t E = shape.experts, k = shape.k, H = shape.hidden, inter = shape.inter;
   const float limit = 0.7f;
@@ -469,7 +537,37 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
   DeviceBuffer scratch(cuda::moe_scratch_bytes(n, k, E, inter, H));
   std::vector<float> zeros(n * H, 0.0f);
   auto out = upload(zeros);
-  if (stream_blocks > 0) {
+  if (routing != RowRouting::given) {
+    // route_rows (RoutingMatchesTheCpu) gives the choices the host checks against; the kernels
+    // routing themselves must write the same ones and compute with them.
+    const int64_t vocab = 40;
+    const auto logits = randn(n * E, rng), bias = randn(E, rng, 0.1f);
+    std::vector<int32_t> tokens(n), tid2eid(vocab * k);
+    for (auto& t : tokens) t = int32_t(rng() % vocab);
+    for (auto& e : tid2eid) e = int32_t(rng() % E);
+    auto d_logits = upload(logits), d_bias = upload(bias), d_tokens = upload(tokens),
+         d_tid2eid = upload(tid2eid);
+    cuda::RouteInputs route;
+    route.logits = d_logits.as<float>();
+    route.tokens = d_tokens.as<int32_t>();
+    route.tid2eid = routing == RowRouting::hash ? d_tid2eid.as<int32_t>() : nullptr;
+    route.bias = d_bias.as<float>();
+    route.scaling = 1.5f;
+    cuda::route_rows(route.logits, route.tokens, route.tid2eid, route.bias, n, E, k, route.func,
+                     route.scaling, d_chosen.as<int32_t>(), d_weights.as<float>(), nullptr);
+    chosen = download<int32_t>(d_chosen, n * k);
+    weights = download<float>(d_weights, n * k);
+    DeviceBuffer act(n * k * inter * 4), own_chosen(n * k * 4), own_weights(n * k * 4);
+    ASSERT_TRUE(cuda::streamed_experts_routed(
+        route, E, own_chosen.as<int32_t>(), own_weights.as<float>(), experts, d_h.as<float>(), n, k,
+        inter, H, limit, act.as<float>(), out.as<float>(), nullptr, nullptr, stream_blocks));
+    const auto got_chosen = download<int32_t>(own_chosen, n * k);
+    const auto got_weights = download<float>(own_weights, n * k);
+    for (int64_t i = 0; i < n * k; ++i) {
+      ASSERT_EQ(got_chosen[i], chosen[i]) << "row " << i / k << " choice " << i % k;
+      ASSERT_EQ(got_weights[i], weights[i]) << "row " << i / k << " choice " << i % k;
+    }
+  } else if (stream_blocks > 0) {
     ASSERT_TRUE(cuda::streamed_experts_fit(experts, k, inter, H));
     DeviceBuffer act(n * k * inter * 4);
     cuda::streamed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(),
@@ -527,6 +625,15 @@ TEST_F(CudaKernels, StreamedExpertsOfOneRowMatchSwigluExpert) {
 TEST_F(CudaKernels, StreamedExpertsOfSeveralRowsInOneLaunch) {
   check_routed_experts(5, nullptr, 1e-5, {9, 6, 512, 256}, 3);
   check_routed_experts(4, nullptr, 1e-5, {5, 2, 1024, 2048}, 5);
+}
+
+// The up kernel's producers routing their rows themselves: one row over the whole grid, and
+// rows whose block ranges cross from one row into the next (3 and 5 blocks), top-k and hash.
+TEST_F(CudaKernels, RoutedExpertsRoutingThemselves) {
+  check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 0, 0, RowRouting::top_k);
+  check_routed_experts(5, nullptr, 1e-5, {9, 6, 512, 256}, 3, 0, RowRouting::top_k);
+  check_routed_experts(4, nullptr, 1e-5, {12, 6, 256, 512}, 5, 0, RowRouting::top_k);
+  check_routed_experts(6, nullptr, 1e-5, {9, 6, 512, 256}, 4, 0, RowRouting::hash);
 }
 
 TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
