@@ -298,7 +298,8 @@ struct RouteInputs {
 // streamed_experts whose up kernel's producer warps route their rows themselves (route_warp.cuh:
 // the same choices and weights as route_rows, written to chosen and weights [n][k] for the down
 // kernel), so a decode step has no routing launch on its path. Returns false, having launched
-// nothing, where streamed_experts would or one warp does not route such a row (route_fits_warp).
+// nothing, where streamed_experts would, one warp does not route such a row (route_fits_warp) or
+// a row takes more than 8 experts.
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,

@@ -39,6 +39,11 @@ constexpr int64_t kUpValuesBytes = 2 * 32 * 4;  // two tasks' SwiGLU values, bef
 constexpr int kDownRows = 2 * kConsumerWarps;   // per stage: two rows a warp
 constexpr int kMaxStages = 4;  // of stream::kMaxStages: deeper rings left no gain to find
 constexpr WeightType kFp4 = WeightType::f4_e2m1;
+// A routing producer's row of choices sits in the header after the ring's barriers: at most
+// kRouteChoices (no static shared memory beside the ring sized to the opt-in limit).
+constexpr int64_t kRouteSlots = 2 * stream::kMaxStages * 8;
+constexpr int64_t kRouteChoices = (kHeader - kRouteSlots) / 4;
+static_assert(kRouteChoices >= 8, "the header holds a row's choices");
 
 // A block's tasks of `rows` rows (per_row each, row-major): for one row, every gridDim.x-th task
 // from blockIdx.x, as always; for several a contiguous range, so a block moves to the next row
@@ -125,7 +130,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The whole warp routes each row as the block's tasks reach it (route_row_warp), the
       // block holding a row's first task writes the choices for the down kernel, and lane 0
       // issues the copies.
-      __shared__ int32_t row_experts[32];
+      int32_t* row_experts = reinterpret_cast<int32_t*>(smem + kRouteSlots);  // [k]
       uint32_t q = 0;
       int64_t routed = -1;
       for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
@@ -371,7 +376,7 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
                              int max_blocks) {
-  if (!route.logits || !route_fits_warp(experts, k, route.func) ||
+  if (!route.logits || !route_fits_warp(experts, k, route.func) || k > kRouteChoices ||
       (route.tid2eid ? !route.tokens : !route.bias))
     return false;
   const KernelRoute r{route.logits, route.tokens,  route.tid2eid, route.bias, experts,
