@@ -52,8 +52,9 @@
 //                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks
 //                     a row: 0 never, 1 batches of 2+ rows (default), 2 one row too,
 //                     CudaOptions::cluster_mhc)
-//                     [--fused-routing 0] (decode rows: routing in a kernel of its own before
-//                                      the routed experts, CudaOptions::fused_routing; default 1)
+//                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
+//                                      kernel instead of a kernel of its own before it,
+//                                      CudaOptions::fused_routing; default 0)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
 //                     each step, as a grammar matcher's next mask would take; default 0)
 #include <cstdio>

@@ -19,8 +19,8 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-// The choices of rows route_row_warp does not take, through shared memory: k rounds of a warp
-// argmax. Chosen experts are marked by -inf in `biased` (read only for selection).
+// The choices through shared memory: k rounds of a warp argmax. Chosen experts are marked by -inf
+// in `biased` (read only for selection).
 __device__ int choose_in_shared(float* biased, int64_t E, int64_t k, int lane) {
   int mine = 0;
   for (int64_t i = 0; i < k; ++i) {
@@ -48,24 +48,14 @@ __device__ int choose_in_shared(float* biased, int64_t E, int64_t k, int lane) {
   return mine;
 }
 
-// One block a row. Rows one warp routes (route_fits_warp: launched with 32 threads) go through
-// route_row_warp; the others compute their scores with every thread into shared memory (softmax
-// needs the row's sum), then one warp chooses.
+// One block a row: every thread computes scores into shared memory (softmax needs the row's
+// sum), then one warp chooses. (Under CudaOptions::fused_routing the streamed experts route their
+// rows in one warp instead: route_warp.cuh.)
 __global__ void route_kernel(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                              const float* bias, int64_t E, int64_t k, ScoreFunc func, float scaling,
                              int32_t* chosen, float* weights) {
   pdl_begin();
   const int64_t t = blockIdx.x;
-  if (route_fits_warp(E, k, func)) {
-    const int lane = int(threadIdx.x);
-    const WarpChoice c = route_row_warp(logits + t * E, tid2eid ? tokens[t] : 0, tid2eid, bias, E,
-                                        k, func, scaling, lane);
-    if (lane < k) {
-      chosen[t * k + lane] = c.expert;
-      weights[t * k + lane] = c.weight;
-    }
-    return;
-  }
   extern __shared__ float smem[];  // scores [E], biased [E]
   __shared__ float red[32];
   float* scores = smem;
@@ -440,10 +430,8 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
   if (k < 1 || k > 32 || k > experts)
     throw std::invalid_argument("cuda routing: " + std::to_string(k) + " experts a token of " +
                                 std::to_string(experts) + " (one warp chooses: at most 32)");
-  const bool warp = route_fits_warp(experts, k, score);
-  launch_pdl(route_kernel, unsigned(n), warp ? 32u : 256u, warp ? 0 : size_t(2 * experts) * 4,
-             stream, logits, tokens, tid2eid, bias, experts, k, score, routed_scaling, chosen,
-             weights);
+  launch_pdl(route_kernel, unsigned(n), 256, size_t(2 * experts) * 4, stream, logits, tokens,
+             tid2eid, bias, experts, k, score, routed_scaling, chosen, weights);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "engine/cuda/route_keys.h"
 #include "engine/forward_config.h"
 
 namespace agentrt::engine::cuda {
@@ -33,15 +34,6 @@ constexpr int kLaneExperts = 8;
 __host__ __device__ inline bool route_fits_warp(int64_t experts, int64_t k, ScoreFunc func) {
   return experts > 0 && experts <= 32 * kLaneExperts && k >= 1 && k <= 32 && k <= experts &&
          func != ScoreFunc::softmax;
-}
-
-// Orders biased scores as unsigned keys: a larger float has a larger key, -0 ties with +0 (the
-// CPU's comparator finds them equal), a NaN is below every number (the comparator never prefers
-// one) and 0 marks an expert already chosen.
-__device__ __forceinline__ uint32_t choice_key(float v) {
-  if (v != v) return 1u;
-  const uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
 // The k largest keys (lane holds experts lane + 32 j), ties to the lower expert: lane i < k

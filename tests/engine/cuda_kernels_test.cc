@@ -30,6 +30,7 @@
 #include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/route_keys.h"
 #include "engine/cuda/swiglu.h"
 #endif
 
@@ -104,6 +105,34 @@ TEST_F(CudaKernels, TopKMatchesIndexerSelectWithTies) {
         ASSERT_EQ(got[t * topk + i], want[i]) << "top " << topk << " row " << t << " slot " << i;
     }
   }
+}
+
+// The streamed experts' routing orders biased scores by choice_key: for every pair of numbers
+// the keys compare as the floats do (so -0 and +0 tie, and ties go to the lower index as in the
+// CPU's comparator); NaN sits below every number and above a chosen expert (0). No GPU needed.
+TEST(CudaRouteKeys, OrderAsTheCpuComparator) {
+  std::mt19937 rng(9);
+  std::vector<float> v = {0.0f,
+                          -0.0f,
+                          1.0f,
+                          -1.0f,
+                          std::numeric_limits<float>::infinity(),
+                          -std::numeric_limits<float>::infinity(),
+                          std::numeric_limits<float>::denorm_min(),
+                          -std::numeric_limits<float>::denorm_min(),
+                          std::numeric_limits<float>::max(),
+                          std::numeric_limits<float>::lowest(),
+                          std::nextafter(1.0f, 2.0f)};
+  for (float x : randn(200, rng, 3.0f)) v.push_back(x);
+  for (float a : v)
+    for (float b : v) {
+      ASSERT_EQ(a > b, cuda::choice_key(a) > cuda::choice_key(b)) << a << " vs " << b;
+      ASSERT_EQ(a == b, cuda::choice_key(a) == cuda::choice_key(b)) << a << " vs " << b;
+    }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(cuda::choice_key(nan), 1u);
+  EXPECT_EQ(cuda::choice_key(-nan), 1u);
+  for (float a : v) EXPECT_GT(cuda::choice_key(a), 1u) << a;
 }
 
 // route_rows against the CPU's route() (engine/moe.cc) on logits given straight to both (the

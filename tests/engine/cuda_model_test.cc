@@ -10,9 +10,12 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <random>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "engine/model.h"
 #include "engine/model_init.h"
@@ -116,6 +119,66 @@ TEST(CudaOptions, RepeatStageMustNameAStage) {
   }
   options.repeat_stage = "wq_b";
   EXPECT_NO_THROW(load_cuda_model(dir, {Device::cuda}, options));
+  std::filesystem::remove_all(dir);
+#endif
+}
+
+// Decode rows routed inside the routed experts' up kernel (CudaOptions::fused_routing) make the
+// same choices with the same weights as the routing kernel, so the logits are the same bits: one
+// row's decode steps and a batch of three, on the small model's MXFP4 experts (the streamed
+// kernels' path), hash-routed layers included.
+TEST(CudaOptions, FusedRoutingGivesTheSameLogits) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fused_routing";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 5;
+  write_random_model(dir, init);
+  cuda::CudaOptions options;
+  options.fused_routing = false;
+  const auto apart = load_cuda_model(dir, {Device::cuda}, options);
+  options.fused_routing = true;
+  const auto fused = load_cuda_model(dir, {Device::cuda}, options);
+  std::mt19937 rng(3);
+  std::vector<int32_t> ids(300);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const char* what,
+                 size_t step) {
+    ASSERT_EQ(a.size(), b.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+    EXPECT_EQ(differ, 0u) << what << " step " << step << ": " << differ << " logits differ";
+  };
+  // One row: a prefill, then decode steps.
+  auto sa = apart->new_sequence(), sf = fused->new_sequence();
+  sa->forward(std::span(ids).first(200));
+  sf->forward(std::span(ids).first(200));
+  for (size_t p = 200; p < 216; ++p)
+    same(sa->forward(std::span(ids).subspan(p, 1)), sf->forward(std::span(ids).subspan(p, 1)),
+         "one row", p);
+  // A batch of three rows at different positions.
+  const size_t starts[3] = {5, 90, 160};
+  std::vector<std::unique_ptr<ModelSequence>> qa, qf;
+  std::vector<ModelSequence*> pa, pf;
+  for (size_t st : starts) {
+    qa.push_back(apart->new_sequence());
+    qf.push_back(fused->new_sequence());
+    qa.back()->forward(std::span(ids).first(st));
+    qf.back()->forward(std::span(ids).first(st));
+    pa.push_back(qa.back().get());
+    pf.push_back(qf.back().get());
+  }
+  for (size_t step = 0; step < 6; ++step) {
+    std::vector<int32_t> toks;
+    for (size_t st : starts) toks.push_back(ids[st + step]);
+    const auto oa = apart->decode_batch(pa, toks), of = fused->decode_batch(pf, toks);
+    for (size_t i = 0; i < 3; ++i) same(oa[i], of[i], "batch row", step);
+  }
   std::filesystem::remove_all(dir);
 #endif
 }
