@@ -55,6 +55,8 @@
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
+//                     [--fused-q-norm 1] (one decode row: the query norm inside wq_b's launch,
+//                                      CudaOptions::fused_q_norm; default 0)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
 //                     each step, as a grammar matcher's next mask would take; default 0)
 #include <cstdio>
@@ -346,6 +348,8 @@ int main(int argc, char** argv) {
       options.cluster_mhc = std::stoi(v);
     else if (k == "--fused-routing")
       options.fused_routing = v == "1";
+    else if (k == "--fused-q-norm")
+      options.fused_q_norm = v == "1";
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
     else {

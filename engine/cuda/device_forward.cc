@@ -105,6 +105,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       key_mirrors_(options.key_mirrors),
       cluster_mhc_(options.cluster_mhc),
       fused_routing_(options.fused_routing),
+      fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
@@ -737,16 +738,22 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
              m.job_counts + 1);
   stage("attn.kv_rows");  // the KV row and the compressors' rows and entries (profiling: inline)
 
-  repeatable("q_norm", [&] {
-    rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
-  });
   // wq_b and the indexer's wq_b read the same normed q_res: one launch for both on the tensor
   // cores (and, for prefill, x converted once). float32 keeps two, each on its streamed kernel.
+  // Under CudaOptions::fused_q_norm one row's set norms q_res on its way in instead.
   const bool q_set = lw.indexer && precision_ != GemmPrecision::f32;
+  const bool norm_in_wq_b = fused_q_norm_ && q_set && n == 1;
+  if (!norm_in_wq_b)
+    repeatable("q_norm", [&] {
+      rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
+    });
   repeatable("wq_b", [&] {
     if (q_set) {
       const LinearRunner::Product both[] = {{lw.wq_b->view(), q}, {lw.indexer->wq_b->view(), iq}};
-      linear_.run_same_input(both, q_res, n, stream_);
+      if (norm_in_wq_b)
+        linear_.run_same_input_normed(both, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
+      else
+        linear_.run_same_input(both, q_res, n, stream_);
     } else {
       linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
     }

@@ -108,6 +108,12 @@ struct CudaOptions {
   // The same choices and weights (RoutingMatchesTheCpu, RoutedExpertsRoutingThemselves). Off
   // until it has run on a GPU: written in the nineteenth session, which was lent none.
   bool fused_routing = false;
+  // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
+  // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
+  // fewer on each layer's path. Values within float32 rounding of the separate norm
+  // (WarpRowsNormedAsRmsNormThenProduct, FusedQNormStaysWithinRounding). Off until it has run on
+  // a GPU (nineteenth session: none was lent).
+  bool fused_q_norm = false;
   // A greedy choice on the device (ModelSequence::forward_and_sample; decode_batch_and_sample
   // of greedy rows with expect_same_batch) queues the next decode step, fed with the picked
   // tokens on the device, before the host reads the picks back: the GPU goes on while the host
@@ -251,6 +257,7 @@ class DeviceForward {
   bool key_mirrors_ = true;          // CudaOptions::key_mirrors
   int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
   bool fused_routing_ = false;       // CudaOptions::fused_routing
+  bool fused_q_norm_ = false;        // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;

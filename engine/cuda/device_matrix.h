@@ -135,9 +135,17 @@ bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_st
 // least `depth` ring slots per warp. Returns false, having launched nothing, where the shapes
 // do not allow it. gemv_stream and gemv_stream_set take this path for products of
 // GemvMode::warp_rows_bytes or more in 8 or more tiles a block.
+// x_norm set: x is RMSNormed with that weight and eps on its way in (refused for groups).
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048,
-                    int depth = 2, int max_splits = 1, int early_stages = 0);
+                    int depth = 2, int max_splits = 1, int early_stages = 0,
+                    const float* x_norm = nullptr, float x_norm_eps = 0.0f);
+
+// gemv_stream_set's path for one activation row where it takes gemv_warp_rows (GemvMode's
+// warp_rows_bytes and a block of 8 tiles or more), with x RMSNormed (weight, eps) on its way in,
+// as rms_norm_rows would first; false, having launched nothing, where that path does not apply.
+bool gemv_warp_rows_normed(std::span<const GemvProduct> products, const float* x,
+                           const float* weight, float eps, void* stream, GemvMode mode);
 
 // The plain version it is tested against: one thread per output, scalar decoding.
 void gemv_reference(const WeightMatrix& device_w, const float* x, int64_t n, float* y,

@@ -628,6 +628,25 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   return true;
 }
 
+bool gemv_warp_rows_normed(std::span<const GemvProduct> products, const float* x,
+                           const float* weight, float eps, void* stream, GemvMode mode) {
+  if (!mode.tensor_cores || products.empty() || products.size() > size_t(kMaxGemvProducts) ||
+      (reinterpret_cast<uintptr_t>(x) & 15))
+    return false;
+  int64_t bytes = 0, rows = 0;
+  for (const GemvProduct& p : products) {
+    const WeightMatrix& w = p.w;
+    if (w.cols != products[0].w.cols || !mma_tiles(w, 0) ||
+        (reinterpret_cast<uintptr_t>(w.data) & 15))
+      return false;
+    bytes += w.rows * w.cols;
+    rows += w.rows;
+  }
+  return bytes >= kMinBytes && warp_rows_pay(mode, bytes, rows, products[0].w.cols) &&
+         gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
+                        mode.warp_rows_splits, mode.early_stages, weight, eps);
+}
+
 bool gemv_stream_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
                       int64_t y_stride, int64_t group_rows, int64_t x_offset, void* stream,
                       GemvMode mode) {

@@ -45,6 +45,10 @@ struct WarpRowsGemv {
   int splits;
   int max_tiles;  // tiles a block has at most (its split sums' room)
   int early;      // stages copied before the kernel before has finished (0: the ring's)
+  // Set: x is RMSNormed (this weight, eps) on its way into shared memory, as rms_norm_rows
+  // would first (decode's query norm folded into wq_b's launch; one group of x only).
+  const float* x_norm;
+  float x_norm_eps;
 };
 
 __device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
@@ -56,17 +60,42 @@ __device__ __forceinline__ int matrix_of(const WarpRowsGemv& g, int64_t t) {
 // x's group gi (x + gi * x_offset) as B fragments at xs (warp_rows::x_unit): each 128-column
 // block scaled by 2^e (f16_fragments::block_exponent) and split into f16 high and low parts, 2^-e
 // in unscale[block]; every consumer thread takes a share. A warp's 32 quads of columns are one
-// block (threads is a multiple of 32, cols of 1,024), as f16_block_quad wants.
-__device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs, float* unscale) {
+// block (threads is a multiple of 32, cols of 1,024), as f16_block_quad wants. With a norm
+// weight, x is first normed as rms_norm_kernel does it: x * inv * weight.
+__device__ void stage_x(const float* x, int64_t cols, int threads, uint4* xs, float* unscale,
+                        const float* weight = nullptr, float inv = 1.0f) {
   auto* units = reinterpret_cast<uint2*>(xs);
   for (int64_t i = threadIdx.x; i < cols / 4; i += threads) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+    float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+    if (weight) {
+      const float4 w = __ldg(reinterpret_cast<const float4*>(weight) + i);
+      v = make_float4(v.x * inv * w.x, v.y * inv * w.y, v.z * inv * w.z, v.w * inv * w.w);
+    }
     const F16Quad f = f16_block_quad(v);
     const wr::XPlace hi = wr::x_place(4 * i, 0), lo = wr::x_place(4 * i, 1);
     units[2 * hi.unit + hi.sub] = make_uint2(f.p01.hi, f.p23.hi);
     units[2 * lo.unit + lo.sub] = make_uint2(f.p01.lo, f.p23.lo);
     if (threadIdx.x % 32 == 0) unscale[i / 32] = f.unscale;
   }
+}
+
+// RMSNorm's 1 / rms of x[0, cols): every consumer thread adds its squares, the warps' sums meet
+// in red (one barrier of the consumers, who all return the same value).
+__device__ float rms_inverse(const float* x, int64_t cols, int threads, float* red, float eps) {
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < cols / 4; i += threads) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+    ss = fmaf(v.x, v.x, ss);
+    ss = fmaf(v.y, v.y, ss);
+    ss = fmaf(v.z, v.z, ss);
+    ss = fmaf(v.w, v.w, ss);
+  }
+  ss = stream::warp_sum(ss);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = ss;
+  named_barrier(1, uint32_t(threads));
+  float total = 0.0f;
+  for (int w = 0; w < threads / 32; ++w) total += red[w];
+  return rsqrtf(total / float(cols) + eps);
 }
 
 // kStageCols: columns of a stage (16 rows of 1 or 2 KB of FP8, one bulk copy each).
@@ -88,7 +117,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   const int64_t x_bytes = g.x_groups * cols * 4 + wr::x_unscale_bytes(g.x_groups, cols);
   float* split_sums = reinterpret_cast<float*>(smem + wr::kHeader + x_bytes);
   int* splits_done = reinterpret_cast<int*>(split_sums + g.max_tiles * g.splits * wr::kTileRows);
-  char* ring = smem + wr::kHeader + x_bytes + wr::split_bytes(g.max_tiles, g.splits);
+  float* norm_red = reinterpret_cast<float*>(smem + wr::kHeader + x_bytes +
+                                             wr::split_bytes(g.max_tiles, g.splits));
+  char* ring = reinterpret_cast<char*>(norm_red) + (g.x_norm ? wr::kNormRedBytes : 0);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const int64_t tasks = g.first_task[g.count];
   const int64_t t0 = int64_t(blockIdx.x) * tasks / gridDim.x,
@@ -152,9 +183,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   pdl_begin();
   const int64_t first_group = g.group_rows > 0 ? t0 * wr::kTileRows / g.group_rows : 0;
   const int64_t groups = g.group_rows > 0 ? g.w[0].rows / g.group_rows : 1;
+  const float inv = g.x_norm ? rms_inverse(g.x, cols, g.warps * 32, norm_red, g.x_norm_eps) : 1.0f;
   for (int gi = 0; gi < g.x_groups && first_group + gi < groups; ++gi)
     stage_x(g.x + (first_group + gi) * g.x_offset, cols, g.warps * 32, xs + gi * (cols / 4),
-            x_unscale + gi * (cols / 128));
+            x_unscale + gi * (cols / 128), g.x_norm, inv);
   named_barrier(1, uint32_t(g.warps) * 32);
 
   const int quad_row = lane / 4, t4 = lane % 4;
@@ -251,9 +283,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream, int64_t stage_cols, int depth, int max_splits,
-                    int early_stages) {
+                    int early_stages, const float* x_norm, float x_norm_eps) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
-      (reinterpret_cast<uintptr_t>(x) & 15))
+      (reinterpret_cast<uintptr_t>(x) & 15) ||
+      (x_norm && (group_rows > 0 || (reinterpret_cast<uintptr_t>(x_norm) & 15))))
     return false;
   if (group_rows > 0 && (products.size() != 1 || group_rows % wr::kTileRows != 0 ||
                          x_offset % 4 != 0 || products[0].w.rows % group_rows != 0))
@@ -274,6 +307,8 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   }
   g.count = int(products.size());
   g.early = early_stages;
+  g.x_norm = x_norm;
+  g.x_norm_eps = x_norm_eps;
   g.x = x;
   g.group_rows = group_rows;
   g.x_offset = x_offset;
@@ -293,7 +328,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
     g.splits *= 2;
   const int64_t fixed = wr::kHeader + g.x_groups * cols * 4 +
                         wr::x_unscale_bytes(g.x_groups, cols) +
-                        wr::split_bytes(g.max_tiles, g.splits);
+                        wr::split_bytes(g.max_tiles, g.splits) + (x_norm ? wr::kNormRedBytes : 0);
   const wr::Shape shape =
       wr::shape_for(tasks * g.splits, grid,
                     stream::ring_stages(fixed, wr::stage_bytes(stage_cols), wr::kMaxSlots), depth);

@@ -8,6 +8,7 @@
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/device_matrix.h"
+#include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/mma.cuh"
@@ -401,6 +402,22 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
     set[i] = {products[i].w, products[i].y, products[i].w.rows};
   gemv_same_input(std::span<const GemvProduct>(set, products.size()), x, products[0].w.cols, n,
                   stream, gemv_mode_);
+}
+
+void LinearRunner::run_same_input_normed(std::span<const Product> products, float* x,
+                                         const float* weight, float eps, int64_t n,
+                                         cudaStream_t stream) {
+  if (n <= 0 || products.empty()) return;
+  if (n == 1 && products.size() <= size_t(kMaxGemvProducts)) {
+    GemvProduct set[kMaxGemvProducts];
+    for (size_t i = 0; i < products.size(); ++i)
+      set[i] = {products[i].w, products[i].y, products[i].w.rows};
+    if (gemv_warp_rows_normed(std::span<const GemvProduct>(set, products.size()), x, weight, eps,
+                              stream, gemv_mode_))
+      return;
+  }
+  rms_norm_rows(x, weight, n, products[0].w.cols, eps, x, stream);
+  run_same_input(products, x, n, stream);
 }
 
 void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const float* x,

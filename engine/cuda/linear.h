@@ -61,6 +61,11 @@ class LinearRunner {
   };
   void run_same_input(std::span<const Product> products, const float* x, int64_t n,
                       cudaStream_t stream);
+  // run_same_input of x RMSNormed (weight, eps) first: one row on gemv_warp_rows has it normed
+  // on its way into shared memory (no launch of its own; x is left as it was); otherwise
+  // rms_norm_rows writes the normed rows over x first.
+  void run_same_input_normed(std::span<const Product> products, float* x, const float* weight,
+                             float eps, int64_t n, cudaStream_t stream);
   // Block-diagonal: w's rows in `groups` equal groups, group g reading columns [g * w.cols,
   // (g + 1) * w.cols) of x's rows and writing its rows of y (one launch when decoding).
   void run_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,

@@ -19,7 +19,8 @@ constexpr int64_t kGroupCols = 64;  // columns of one 16-byte load per row and l
 constexpr int64_t kRowPad = 64;     // bytes after each staged row (see below)
 constexpr int kMaxWarps = 16;
 constexpr int kMaxSlots = 16;
-constexpr int64_t kHeader = 2 * kMaxSlots * 8;  // full and empty barriers
+constexpr int64_t kHeader = 2 * kMaxSlots * 8;    // full and empty barriers
+constexpr int64_t kNormRedBytes = kMaxWarps * 4;  // the warps' sums of squares (x_norm only)
 
 // The column (of a 64-column group) under mma k slot kk (0..15) of k-step j: slots 2t, 2t+1
 // are bytes 0 and 1 of lane t's word j (e4m3_low_pair), slots 2t+8, 2t+9 bytes 2 and 3

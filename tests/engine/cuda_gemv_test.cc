@@ -16,10 +16,12 @@
 
 #include "engine/matmul.h"
 #include "engine/quantize.h"
+#include "engine/rmsnorm.h"
 
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/f16_fragments.h"
+#include "engine/cuda/kernels.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/tensor_map.h"
 #include "engine/cuda/warp_rows_layout.h"
@@ -863,6 +865,45 @@ TEST_F(CudaGemv, WholeTilesPerWarpForSetsAndRefusals) {
     const SameInputRun r({&d}, 1, h->view.cols);
     EXPECT_FALSE(cuda::gemv_warp_rows(r.set, r.dx, 0, 0)) << h->view.rows << "x" << h->view.cols;
   }
+}
+
+// decode's query norm folded into wq_b's launch (gemv_warp_rows_normed, CudaOptions::
+// fused_q_norm) against rms_norm_rows then the same product: within float32 rounding (only the
+// order of the sum of squares differs), and against the CPU's rms_norm then products. wq_b's and
+// the indexer's wq_b's shapes; the grouped form is refused.
+TEST_F(CudaGemv, WarpRowsNormedAsRmsNormThenProduct) {
+  const int64_t cols = 1024;
+  const HostMatrix a = make(WeightType::f8_e4m3, 32768, cols, 91),
+                   b = make(WeightType::f8_e4m3, 8192, cols, 92);
+  cuda::DeviceMatrix da(a.view), db(b.view);
+  std::mt19937 rng(4);
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  std::vector<float> weight(cols);
+  for (float& v : weight) v = 1.0f + 0.1f * dist(rng);
+  float* dw = cuda::device_floats(cols);
+  cuda::copy_to_device(dw, weight.data(), cols * 4);
+  const float eps = 1e-6f;
+  const cuda::GemvMode mode(true, false, 1, true, 16 << 20);
+  const SameInputRun fused({&da, &db}, 1, cols), apart({&da, &db}, 1, cols);
+  ASSERT_TRUE(cuda::gemv_warp_rows_normed(fused.set, fused.dx, dw, eps, nullptr, mode));
+  cuda::rms_norm_rows(apart.dx, dw, 1, cols, eps, apart.dx, nullptr);
+  ASSERT_TRUE(cuda::gemv_stream_set(apart.set, apart.dx, cols, 1, nullptr, mode));
+  std::vector<float> normed(cols);
+  rms_norm(fused.x.data(), weight.data(), cols, eps, normed.data());
+  for (size_t i = 0; i < 2; ++i) {
+    const WeightMatrix& host = i == 0 ? a.view : b.view;
+    std::vector<float> got(host.rows), ref(host.rows), want(host.rows);
+    cuda::copy_to_host(got.data(), fused.ys[i], host.rows * 4);
+    cuda::copy_to_host(ref.data(), apart.ys[i], host.rows * 4);
+    matmul_reference(normed.data(), 1, host, want.data());
+    EXPECT_LE(rel_l2(got, ref), 1e-6) << "matrix " << i << " against the separate norm";
+    EXPECT_LE(rel_l2(got, want), 1e-5) << "matrix " << i << " against the CPU";
+  }
+  // The x staged for block-diagonal groups (wo_a) takes no norm.
+  const cuda::GemvProduct one{da.view(), fused.ys[0], 32768};
+  EXPECT_FALSE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), fused.dx, 4096,
+                                    256, nullptr, 1024, 2, 1, 0, dw, eps));
+  cuda::free_device(dw);
 }
 
 // gemv_warp_rows' layout replayed on the host (no GPU needed): over a 64-column group's four
