@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # A session's first call on the GPU machine (docs/cuda.md), everything the nineteenth session
-# (lent no device) left to run, in one call of ~6-8 minutes -> $OUT/summary.txt and $OUT/r.tgz:
-#   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*'): the fused routing's
-#      RoutingMatchesTheCpu, RoutedExpertsRoutingThemselves and FusedRoutingGivesTheSameLogits
-#      have never run on a GPU;
-#   2. decode @1K and batch 8, interleaved, three rounds: the defaults against
-#      --fused-routing 1 (CudaOptions::fused_routing; make it the default if it wins and the
-#      tests pass);
-#   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) with --fused-routing 1;
+# (lent no device) left to run, in one call of ~8-9 minutes -> $OUT/summary.txt and $OUT/r.tgz:
+#   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*'): five of them have never
+#      run on a GPU (below);
+#   2. decode @1K and batch 8, interleaved, two rounds: the defaults against --fused-routing 1
+#      and --fused-q-norm 1 (CudaOptions::fused_routing, fused_q_norm), each alone and both
+#      (make one the default where it wins and its tests pass: RoutingMatchesTheCpu,
+#      RoutedExpertsRoutingThemselves, FusedRoutingGivesTheSameLogits,
+#      WarpRowsNormedAsRmsNormThenProduct);
+#   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) with both options on;
 #   4. prefill 16K and 64K with passes of 8,192 (the default) and 16,384 rows, and the peak
 #      memory of each;
 #   5. Nsight Compute (eager, --profile 1) on the decode step's latency-bound kernels, with
@@ -39,19 +40,21 @@ echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
 tail -3 "$R/tests.log" >> "$S"
 grep -E "FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
 wait
-for r in 1 2 3; do
-  for fused in 0 1; do
-    timeout 90 "$BENCH" "$CKPT" --contexts 1024 --batches 8 --steps 32 --fused-routing $fused \
-      > "$R/fused${fused}_$r.log" 2>&1
+# Option sets: the defaults, each opt-in option alone, both.
+SETS=("" "--fused-routing 1" "--fused-q-norm 1" "--fused-routing 1 --fused-q-norm 1")
+for r in 1 2; do
+  for i in "${!SETS[@]}"; do
+    timeout 90 "$BENCH" "$CKPT" --contexts 1024 --batches 8 --steps 32 ${SETS[$i]} \
+      > "$R/set${i}_$r.log" 2>&1
   done
 done
-for fused in 0 1; do
-  echo "== --fused-routing $fused"
-  grep -h -E "^decode" "$R"/fused${fused}_*.log
+for i in "${!SETS[@]}"; do
+  echo "== options: ${SETS[$i]:-(defaults)}"
+  grep -h -E "^decode" "$R"/set${i}_*.log
 done >> "$S"
 echo "a/b: $((SECONDS - T0)) s" >> "$S"
 CUDA_INJECTION64_PATH=$CARRY/lib/libcupti_trace.so CUPTI_TRACE_OUT=$R/trace.csv \
-  timeout 90 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 16 --fused-routing 1 \
+  timeout 90 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 16 --fused-routing 1 --fused-q-norm 1 \
   > "$R/trace.log" 2>&1
 python3 scripts/trace_step.py "$R/trace.csv" --graph 0 > "$R/step1k.txt" 2>&1
 rm -f "$R/trace.csv"
@@ -63,7 +66,7 @@ for rows in 8192 16384; do
 done >> "$S"
 echo "prefill: $((SECONDS - T0)) s" >> "$S"
 if [[ -n $NCU ]]; then
-  timeout 200 "$NCU" --profile-from-start off --clock-control none \
+  timeout 150 "$NCU" --profile-from-start off --clock-control none \
     -k "regex:attend_decode|gemv_warp_rows|hyper_fused" --launch-count 3 \
     --section SpeedOfLight --section WarpStateStats --section Occupancy --section SchedulerStats \
     --section LaunchStats --section SourceCounters --section InstructionStats --import-source no \
