@@ -602,23 +602,38 @@ int64_t warp_rows_stage_cols(const GemvMode& mode) {
 
 }  // namespace
 
-bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
-                     int64_t n, void* stream, GemvMode mode) {
-  if (products.empty() || products.size() > size_t(kMaxGemvProducts) || n < 1 ||
-      (reinterpret_cast<uintptr_t>(x) & 15) || (n > 1 && x_stride % 4 != 0))
-    return false;
+namespace {
+
+// A same-input set the tensor-core stream kernels take (every matrix FP8 of a width they tile,
+// the same width, 2 MB or more in all): its bytes and rows, or bytes 0 where not.
+struct SetShape {
   int64_t bytes = 0, rows = 0;
+};
+SetShape stream_set_shape(std::span<const GemvProduct> products, const float* x) {
+  if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
+      (reinterpret_cast<uintptr_t>(x) & 15))
+    return {};
+  SetShape shape;
   for (const GemvProduct& p : products) {
     const WeightMatrix& w = p.w;
     if (w.cols != products[0].w.cols || !mma_tiles(w, 0) ||
         (reinterpret_cast<uintptr_t>(w.data) & 15))
-      return false;
-    bytes += w.rows * w.cols;
-    rows += w.rows;
+      return {};
+    shape.bytes += w.rows * w.cols;
+    shape.rows += w.rows;
   }
-  if (bytes < kMinBytes || (n > 1 && !mode.several_rows)) return false;
+  return shape.bytes >= kMinBytes ? shape : SetShape{};
+}
+
+}  // namespace
+
+bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int64_t x_stride,
+                     int64_t n, void* stream, GemvMode mode) {
+  if (n < 1 || (n > 1 && (x_stride % 4 != 0 || !mode.several_rows))) return false;
+  const SetShape shape = stream_set_shape(products, x);
+  if (shape.bytes == 0) return false;
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
-  if (warp_rows_pay(mode, bytes, rows, products[0].w.cols) &&
+  if (warp_rows_pay(mode, shape.bytes, shape.rows, products[0].w.cols) &&
       gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
                      mode.warp_rows_splits, mode.early_stages))
     return true;
@@ -630,19 +645,9 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
 
 bool gemv_warp_rows_normed(std::span<const GemvProduct> products, const float* x,
                            const float* weight, float eps, void* stream, GemvMode mode) {
-  if (!mode.tensor_cores || products.empty() || products.size() > size_t(kMaxGemvProducts) ||
-      (reinterpret_cast<uintptr_t>(x) & 15))
-    return false;
-  int64_t bytes = 0, rows = 0;
-  for (const GemvProduct& p : products) {
-    const WeightMatrix& w = p.w;
-    if (w.cols != products[0].w.cols || !mma_tiles(w, 0) ||
-        (reinterpret_cast<uintptr_t>(w.data) & 15))
-      return false;
-    bytes += w.rows * w.cols;
-    rows += w.rows;
-  }
-  return bytes >= kMinBytes && warp_rows_pay(mode, bytes, rows, products[0].w.cols) &&
+  if (!mode.tensor_cores) return false;
+  const SetShape shape = stream_set_shape(products, x);
+  return shape.bytes > 0 && warp_rows_pay(mode, shape.bytes, shape.rows, products[0].w.cols) &&
          gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
                         mode.warp_rows_splits, mode.early_stages, weight, eps);
 }
