@@ -911,7 +911,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
     if (fuse)
       route_and_run_experts(route, w.route_experts.as<int32_t>(), rweights, lw.experts_view, x, n,
                             k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out,
-                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr, true);
+                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr);
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,

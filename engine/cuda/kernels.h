@@ -317,11 +317,11 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
-// take the rows, inside them (streamed_experts_routed) unless fuse is false.
+// take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,
                            const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
                            int64_t experts, int64_t inter, int64_t hidden, float limit,
                            void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
-                           cudaEvent_t before_sum, bool fuse);
+                           cudaEvent_t before_sum);
 
 }  // namespace agentrt::engine::cuda

@@ -19,7 +19,8 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-// The choices through shared memory: k rounds of a warp argmax. Chosen experts are marked by -inf
+// The k choices of one warp through shared memory (lane i < k returns the i-th): k rounds of a
+// warp argmax, ties to the lower index (the CPU's comparator). Chosen experts are marked by -inf
 // in `biased` (read only for selection).
 __device__ int choose_in_shared(float* biased, int64_t E, int64_t k, int lane) {
   int mine = 0;
@@ -530,9 +531,9 @@ void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* wei
                            const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
                            int64_t experts, int64_t inter, int64_t hidden, float limit,
                            void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
-                           cudaEvent_t before_sum, bool fuse) {
+                           cudaEvent_t before_sum) {
   if (n <= 0) return;
-  if (fuse && n <= kStreamedRows &&
+  if (n <= kStreamedRows &&
       streamed_experts_routed(route, experts, chosen, weights, e, h, n, k, inter, hidden, limit,
                               carve(scratch, n * k, experts, inter).act, out, stream, before_sum))
     return;
