@@ -111,8 +111,8 @@ struct CudaOptions {
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path. Values within float32 rounding of the separate norm
-  // (WarpRowsNormedAsRmsNormThenProduct, FusedQNormStaysWithinRounding). Off until it has run on
-  // a GPU (nineteenth session: none was lent).
+  // (WarpRowsNormedAsRmsNormThenProduct). Off until it has run on a GPU (nineteenth session: none
+  // was lent).
   bool fused_q_norm = false;
   // A greedy choice on the device (ModelSequence::forward_and_sample; decode_batch_and_sample
   // of greedy rows with expect_same_batch) queues the next decode step, fed with the picked

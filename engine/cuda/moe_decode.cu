@@ -78,16 +78,11 @@ __device__ __forceinline__ TaskCursor task_cursor(const TaskRange& r, int64_t pe
 // room of k * inter floats.
 __host__ __device__ inline int64_t act_row_bytes(int64_t k, int64_t inter) { return k * inter * 4; }
 
-// Routing the up kernel's producers do themselves (streamed_experts with RouteInputs): logits
-// null = chosen is given.
+// Routing the up kernel's producers do themselves (streamed_experts_routed): in.logits null =
+// chosen is given.
 struct KernelRoute {
-  const float* logits;
-  const int32_t* tokens;
-  const int32_t* tid2eid;
-  const float* bias;
+  RouteInputs in;
   int64_t experts;
-  ScoreFunc func;
-  float scaling;
   int32_t* chosen;  // written: [batch][k], for the down kernel
   float* weights;
 };
@@ -126,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t blocks = inter / 32, tasks = k * blocks;  // per row
   const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
-    if (route.logits) {
+    if (route.in.logits) {
       // The whole warp routes each row as the block's tasks reach it (route_row_warp), the
       // block holding a row's first task writes the choices for the down kernel, and lane 0
       // issues the copies.
@@ -135,9 +130,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       int64_t routed = -1;
       for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
         if (int64_t(c.row) != routed) {
-          const WarpChoice w = route_row_warp(
-              route.logits + c.row * route.experts, route.tid2eid ? route.tokens[c.row] : 0,
-              route.tid2eid, route.bias, route.experts, k, route.func, route.scaling, lane);
+          const RouteInputs& in = route.in;
+          const WarpChoice w =
+              route_row_warp(in.logits + c.row * route.experts, in.tid2eid ? in.tokens[c.row] : 0,
+                             in.tid2eid, in.bias, route.experts, k, in.func, in.scaling, lane);
           if (lane < k) {
             row_experts[lane] = w.expert;
             if (c.task == 0) {
@@ -379,10 +375,8 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
   if (!route.logits || !route_fits_warp(experts, k, route.func) || k > kRouteChoices ||
       (route.tid2eid ? !route.tokens : !route.bias))
     return false;
-  const KernelRoute r{route.logits, route.tokens,  route.tid2eid, route.bias, experts,
-                      route.func,   route.scaling, chosen,        weights};
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, r);
+                         before_sum, max_blocks, KernelRoute{route, experts, chosen, weights});
 }
 
 }  // namespace agentrt::engine::cuda

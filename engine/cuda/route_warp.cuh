@@ -1,6 +1,6 @@
-// One row's expert routing by one warp, in registers (route_kernel in moe.cu, and the streamed
-// experts' producer warps in moe_decode.cu, which route their rows themselves so that a decode
-// step has no routing launch of its own on its path). The same arithmetic as the CPU's route()
+// One row's expert routing by one warp, in registers: the streamed experts' producer warps
+// (moe_decode.cu) route their rows themselves, so that a decode step has no routing launch of its
+// own on its path; route_kernel (moe.cu) shares score_of. The same arithmetic as the CPU's route()
 // (engine/moe.cc): scores, biased choice with ties to the lower index, weights normalised over
 // the choices in choice order.
 #pragma once

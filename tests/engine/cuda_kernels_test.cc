@@ -136,9 +136,9 @@ TEST(CudaRouteKeys, OrderAsTheCpuComparator) {
 }
 
 // route_rows against the CPU's route() (engine/moe.cc) on logits given straight to both (the
-// CPU's router is an identity matrix): experts of 256 and fewer (chosen in registers), of more
-// (through shared memory), each score function, rows whose logits repeat (ties go to the lower
-// index), -0 beside +0 (equal), and hash routing.
+// CPU's router is an identity matrix): 256 experts and more, each score function, rows whose
+// logits repeat (ties go to the lower index), -0 beside +0 (equal), and hash routing. The
+// streamed experts' own routing is checked against route_rows (RoutedExpertsRoutingThemselves).
 void routing_case(int64_t E, int64_t k, ScoreFunc func, bool hash, uint32_t seed) {
   SCOPED_TRACE(::testing::Message()
                << E << " experts, top " << k << ", score " << int(func) << (hash ? ", hash" : ""));
@@ -194,7 +194,7 @@ TEST_F(CudaKernels, RoutingMatchesTheCpu) {
   routing_case(9, 6, ScoreFunc::softmax, false, 3);
   routing_case(64, 8, ScoreFunc::sigmoid, false, 4);
   routing_case(255, 32, ScoreFunc::sqrtsoftplus, false, 5);
-  routing_case(300, 6, ScoreFunc::sqrtsoftplus, false, 6);  // more than the registers hold
+  routing_case(300, 6, ScoreFunc::sqrtsoftplus, false, 6);
 }
 
 void indexer_scores_case(int64_t heads, int64_t dim, int64_t n);
