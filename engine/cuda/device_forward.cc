@@ -194,7 +194,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
 
   // Per-layer row views and compressed entries to emit.
   MetaPacker pack;
-  const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos), feeds_off = pack.add(feeds);
+  const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos);
   struct LayerOffsets {
     size_t rows, comp, idx, counts;
   };
@@ -254,6 +254,10 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     }
     offs[l] = {pack.add(lrows), pack.add(comp), pack.add(idx), pack.add(counts)};
   }
+  // A captured graph reads the layers' metadata at the offsets it was captured with, so
+  // everything a graph reads sits at offsets fixed by the row count; the feeds, read before the
+  // graph by their own launch, come last (a step fed from picks must not move the layers' rows).
+  const size_t layout_bytes = pack.bytes.size(), feeds_off = pack.add(feeds);
   if (graph)
     for (int64_t l = 0; l < L; ++l) {
       w.layers[l].max_visible = visible_bound;
@@ -280,7 +284,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   if (graph) {
     const std::pair<int64_t, int64_t> key{n, visible_bound};
     auto it = graphs_by_shape_.find(key);
-    if (it != graphs_by_shape_.end() && it->second.generation == w.generation) {
+    if (it != graphs_by_shape_.end() && it->second.generation == w.generation &&
+        it->second.layout_bytes == layout_bytes) {
       AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
@@ -298,6 +303,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       AGENTRT_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
       CapturedStep step;
       step.generation = w.generation;
+      step.layout_bytes = layout_bytes;
       const cudaError_t err = cudaGraphInstantiate(&step.exec, g, 0);
       cudaGraphDestroy(g);
       AGENTRT_CUDA_CHECK(err);

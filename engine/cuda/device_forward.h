@@ -264,6 +264,7 @@ class DeviceForward {
   struct CapturedStep {
     cudaGraphExec_t exec = nullptr;
     uint64_t generation = 0;  // the workspace generation it was captured with
+    size_t layout_bytes = 0;  // the metadata it reads, up to the feeds (a check of its offsets)
   };
   std::map<std::pair<int64_t, int64_t>, CapturedStep> graphs_by_shape_;
   std::vector<std::pair<std::string, cudaEvent_t>> marks_;
