@@ -55,8 +55,8 @@
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
-//                     [--fused-q-norm 1] (one decode row: the query norm inside wq_b's launch,
-//                                      CudaOptions::fused_q_norm; default 0)
+//                     [--fused-q-norm 0|1] (one decode row: the query norm inside wq_b's
+//                                      launch, CudaOptions::fused_q_norm; default 1)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
 //                     each step, as a grammar matcher's next mask would take; default 0)
 #include <cstdio>

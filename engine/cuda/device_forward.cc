@@ -748,7 +748,8 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   // cores (and, for prefill, x converted once). float32 keeps two, each on its streamed kernel.
   // Under CudaOptions::fused_q_norm one row's set norms q_res on its way in instead.
   const bool q_set = lw.indexer && precision_ != GemmPrecision::f32;
-  const bool norm_in_wq_b = fused_q_norm_ && q_set && n == 1;
+  // Without the indexer's product wq_b alone takes the norm the same way (one row, tensor cores).
+  const bool norm_in_wq_b = fused_q_norm_ && n == 1 && precision_ != GemmPrecision::f32;
   if (!norm_in_wq_b)
     repeatable("q_norm", [&] {
       rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
@@ -760,6 +761,9 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
         linear_.run_same_input_normed(both, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
       else
         linear_.run_same_input(both, q_res, n, stream_);
+    } else if (norm_in_wq_b) {
+      const LinearRunner::Product one[] = {{lw.wq_b->view(), q}};
+      linear_.run_same_input_normed(one, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
     } else {
       linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
     }

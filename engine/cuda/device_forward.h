@@ -35,8 +35,10 @@ struct CudaOptions {
   bool side_stream = true;     // decode steps run independent products on a second stream
   // Rows per device pass when prefilling: bounds the activations (~0.6 MB a row for V4-Flash
   // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
-  // weight (every pass decodes the used experts again).
-  int64_t prefill_rows = 8192;
+  // weight (every pass decodes the used experts again). On an H100 (twentieth session) passes
+  // of 16,384 rows prefilled 16K at 15.4% of cuBLAS's peak against 14.2% with 8,192, and 64K at
+  // 15.0% against 13.7%, for 38.2 GB of peak memory against 30.5 GB (V4-Flash shapes, 4 layers).
+  int64_t prefill_rows = 16384;
   // Prefill passes multiply FP4 experts with fp4_gemm.cu's kernel (weights decoded in its
   // loader) instead of bf16 copies and cuBLAS. Off: slower at 16K on an H200 (routed experts'
   // stages 205 ms against 176, docs/cuda.md, eleventh session).
@@ -105,15 +107,18 @@ struct CudaOptions {
   // Decode rows (up to 64, the streamed experts' rows) are routed by the routed experts' up
   // kernel (its producer warps, before they ask for the chosen experts' weights) instead of a
   // routing kernel of their own before it: one launch and one round trip fewer on a step's path.
-  // The same choices and weights (RoutingMatchesTheCpu, RoutedExpertsRoutingThemselves). Off
-  // until it has run on a GPU: written in the nineteenth session, which was lent none.
+  // The same choices and weights (RoutingMatchesTheCpu, RoutedExpertsRoutingThemselves pass on
+  // an H100). Off: slower there (twentieth session, two rounds each, decode @1K 948.4-954.8
+  // tok/s against 971.8-972.0): the producer's routing delays the first weight copies more than
+  // the routing launch it saves.
   bool fused_routing = false;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
-  // fewer on each layer's path. Values within float32 rounding of the separate norm
-  // (WarpRowsNormedAsRmsNormThenProduct). Off until it has run on a GPU (nineteenth session: none
-  // was lent).
-  bool fused_q_norm = false;
+  // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values
+  // within float32 rounding of the separate norm (WarpRowsNormedAsRmsNormThenProduct). On an
+  // H100 (twentieth session, the set only, two rounds each) decode @1K 963.9-973.8 tok/s against
+  // 961.5-962.9, decode+pick 983.8-988.9 against 977.5-978.4.
+  bool fused_q_norm = true;
   // A greedy choice on the device (ModelSequence::forward_and_sample; decode_batch_and_sample
   // of greedy rows with expect_same_batch) queues the next decode step, fed with the picked
   // tokens on the device, before the host reads the picks back: the GPU goes on while the host

@@ -417,7 +417,10 @@ void LinearRunner::run_same_input_normed(std::span<const Product> products, floa
       return;
   }
   rms_norm_rows(x, weight, n, products[0].w.cols, eps, x, stream);
-  run_same_input(products, x, n, stream);
+  if (products.size() == 1)
+    run(products[0].w, x, n, products[0].y, stream);  // the kernel run() would take
+  else
+    run_same_input(products, x, n, stream);
 }
 
 void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const float* x,
