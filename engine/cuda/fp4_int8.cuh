@@ -17,12 +17,7 @@
 
 namespace agentrt::engine::cuda::stream {
 
-// Three parts by default; AGENTRT_I8_PARTS=2 (a build for measuring) keeps about 14 bits.
-#ifndef AGENTRT_I8_PARTS
-#define AGENTRT_I8_PARTS 3
-#endif
-constexpr int kI8Parts = AGENTRT_I8_PARTS;
-static_assert(kI8Parts == 2 || kI8Parts == 3, "two or three int8 parts");
+constexpr int kI8Parts = 3;
 constexpr int kI8Quads = 2 * kI8Parts;  // uint4s of activation parts per 32 columns
 constexpr float kI8Step = 0x1p-7f;      // each part holds the previous one's residual * 2^7
 
@@ -230,7 +225,7 @@ __device__ __forceinline__ void lane_dots_i8(const uint4* const (&rows)[M],
     const float xs_c = xscales[c];
 #pragma unroll
     for (int m = 0; m < M; ++m) {
-      int d[kI8Parts] = {};
+      int d[kI8Parts] = {0, 0, 0};
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         int lo, hi;
@@ -243,8 +238,7 @@ __device__ __forceinline__ void lane_dots_i8(const uint4* const (&rows)[M],
           d[p] = __dp4a(hi, int(j % 2 == 0 ? u.y : u.w), d[p]);
         }
       }
-      float f = fmaf(float(d[1]), kI8Step, float(d[0]));
-      if constexpr (kI8Parts == 3) f = fmaf(float(d[2]), kI8Step * kI8Step, f);
+      const float f = fmaf(float(d[2]), kI8Step * kI8Step, fmaf(float(d[1]), kI8Step, float(d[0])));
       acc[m] = fmaf(f, sc[m] * xs_c, acc[m]);
     }
   }
