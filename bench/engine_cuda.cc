@@ -57,8 +57,6 @@
 //                                      CudaOptions::fused_routing; default 0)
 //                     [--fused-q-norm 0|1] (one decode row: the query norm inside wq_b's
 //                                      launch, CudaOptions::fused_q_norm; default 1)
-//                     [--deferred-sinkhorn 0|1] (decode's mHC steps leave Sinkhorn to a side
-//                                      stream, CudaOptions::deferred_sinkhorn; default 0)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
 //                     each step, as a grammar matcher's next mask would take; default 0)
 #include <cstdio>
@@ -352,8 +350,6 @@ int main(int argc, char** argv) {
       options.fused_routing = v == "1";
     else if (k == "--fused-q-norm")
       options.fused_q_norm = v == "1";
-    else if (k == "--deferred-sinkhorn")
-      options.deferred_sinkhorn = v == "1";
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
     else {

@@ -106,7 +106,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       cluster_mhc_(options.cluster_mhc),
       fused_routing_(options.fused_routing),
       fused_q_norm_(options.fused_q_norm),
-      deferred_sinkhorn_(options.deferred_sinkhorn),
       decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
@@ -122,7 +121,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                                 "\" to repeat (stages: " + known + ")");
   }
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&sinkhorn_done_, cudaEventDisableTiming));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
   if (options.side_stream) {
@@ -146,7 +144,6 @@ DeviceForward::~DeviceForward() {
   }
   if (fork_) cudaEventDestroy(fork_);
   if (join_) cudaEventDestroy(join_);
-  if (sinkhorn_done_) cudaEventDestroy(sinkhorn_done_);
   if (stream_) {
     cudaStreamSynchronize(stream_);
     cudaStreamDestroy(stream_);
@@ -588,33 +585,17 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   const bool cluster = fused && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
                        hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
-  // CudaOptions::deferred_sinkhorn: a fused step leaves its comb raw and a side stream runs the
-  // Sinkhorn while the sublayer runs; the next step that reads the mix waits for it.
-  bool sinkhorn_due = false;
-  auto await_sinkhorn = [&] {
-    if (sinkhorn_due) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, sinkhorn_done_, 0));
-    sinkhorn_due = false;
-  };
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
-      await_sinkhorn();
       const bool whole = fused && rows == n && in == streams;
-      const bool defer = whole && deferred_sinkhorn_ && !head;
       if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
-                            mix, xo, stream_, defer);
+                            mix, xo, stream_);
       } else if (whole) {
         hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
-                    fused_partial, fused_arrived, stream_, defer);
-      }
-      if (defer) {
-        const cudaStream_t side = fork();
-        hyper_sinkhorn(mix, n, hc, iters, c.hc_eps, side);
-        AGENTRT_CUDA_CHECK(cudaEventRecord(sinkhorn_done_, side));
-        sinkhorn_due = true;
-      }
-      if (!whole) {
+                    fused_partial, fused_arrived, stream_);
+      } else {
         if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
         hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,
                   xo, projected, stream_, blas_);
@@ -636,7 +617,6 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
     stage("moe.routed");
   }
   const int64_t m = int64_t(wanted.size());
-  await_sinkhorn();    // a captured graph joins every side branch
   if (m == 0) return;  // the last post step only feeds the head
   const float* head_in = streams;
   if (m < n) {

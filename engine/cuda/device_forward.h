@@ -119,12 +119,6 @@ struct CudaOptions {
   // H100 (twentieth session, the set only, two rounds each) decode @1K 963.9-973.8 tok/s against
   // 961.5-962.9, decode+pick 983.8-988.9 against 977.5-978.4.
   bool fused_q_norm = true;
-  // Decode's fused mHC steps (hyper_fused, hyper_fused_cluster) leave the mixing matrix before
-  // Sinkhorn, and a one-warp kernel on the side stream runs its 20 iterations while the sublayer
-  // after the step runs; the next step waits for it. Sinkhorn was the step's last block's tail
-  // (an estimate: ~2 us of dependent divisions and shuffles, 8 steps a token). The same bits
-  // (DeferredSinkhornGivesTheSameLogits).
-  bool deferred_sinkhorn = false;
   // A greedy choice on the device (ModelSequence::forward_and_sample; decode_batch_and_sample
   // of greedy rows with expect_same_batch) queues the next decode step, fed with the picked
   // tokens on the device, before the host reads the picks back: the GPU goes on while the host
@@ -256,8 +250,7 @@ class DeviceForward {
   cudaStream_t stream_ = nullptr;
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
-  cudaEvent_t sinkhorn_done_ = nullptr;  // the last deferred Sinkhorn (deferred_sinkhorn)
-  int64_t current_rows_ = 0;             // rows of the pass being enqueued
+  int64_t current_rows_ = 0;  // rows of the pass being enqueued
   LinearRunner linear_;
   ExpertGemm expert_gemm_;          // routed experts of prefill-sized passes
   IndexerScoresGemm indexer_gemm_;  // indexer scores of prefill-sized passes of one sequence
@@ -270,7 +263,6 @@ class DeviceForward {
   int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
   bool fused_routing_ = false;       // CudaOptions::fused_routing
   bool fused_q_norm_ = false;        // CudaOptions::fused_q_norm
-  bool deferred_sinkhorn_ = false;   // CudaOptions::deferred_sinkhorn
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;

@@ -100,7 +100,7 @@ template <bool HEAD, int P>
 __global__ void __launch_bounds__(kClusterThreads)
     hyper_cluster_kernel(HyperDevice w, const float* block_out, float* streams, int64_t hidden,
                          int iters, float hc_eps, float rms_eps, const float* norm, float* mix,
-                         float* x, bool raw_comb) {
+                         float* x) {
   constexpr int HC = kHc;
   constexpr int kOut = HEAD ? HC : (2 + HC) * HC;  // projections
   constexpr int kSums = kOut + 1;                  // and the sum of squares
@@ -206,7 +206,7 @@ __global__ void __launch_bounds__(kClusterThreads)
     // The mix for the next post step (every block has read this row's mix before the barrier
     // above), while the other warps make x.
     float comb = __shfl_sync(0xffffffffu, weight, (2 * HC + lane) & 31);
-    if (!raw_comb) sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);  // else hyper_sinkhorn's
+    sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);
     float* mix_row = mix + row * hyper_mix_width(HC);
     if (lane < 2 * HC) mix_row[lane] = weight;
     if (lane < HC * HC) mix_row[2 * HC + lane] = comb;
@@ -239,10 +239,10 @@ __global__ void __launch_bounds__(kClusterThreads)
 template <bool HEAD>
 void launch_cluster(int P, dim3 grid, cudaStream_t stream, const HyperDevice& w,
                     const float* block_out, float* streams, int64_t hidden, int iters, float hc_eps,
-                    float rms_eps, const float* norm, float* mix, float* x, bool raw_comb) {
+                    float rms_eps, const float* norm, float* mix, float* x) {
   auto go = [&](auto kernel) {
     launch_pdl_cluster(kernel, grid, kClusterThreads, 0, stream, kClusterBlocks, w, block_out,
-                       streams, hidden, iters, hc_eps, rms_eps, norm, mix, x, raw_comb);
+                       streams, hidden, iters, hc_eps, rms_eps, norm, mix, x);
   };
   if (P == 1)
     go(hyper_cluster_kernel<HEAD, 1>);
@@ -264,7 +264,7 @@ bool hyper_cluster_supported(int64_t n, int64_t hc, int64_t hidden) {
 void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                          int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps,
                          float rms_eps, const float* norm, bool head, float* mix, float* x,
-                         cudaStream_t stream, bool raw_comb) {
+                         cudaStream_t stream) {
   if (!hyper_cluster_supported(n, hc, hidden))
     throw std::invalid_argument(
         "cuda mHC: the cluster step needs hc 4 and hidden 1,024, 2,048 "
@@ -274,10 +274,10 @@ void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* st
   const dim3 grid{unsigned(kClusterBlocks), unsigned(n)};
   if (head)
     launch_cluster<true>(P, grid, stream, w, block_out, streams, hidden, sinkhorn_iters, hc_eps,
-                         rms_eps, norm, mix, x, false);
+                         rms_eps, norm, mix, x);
   else
     launch_cluster<false>(P, grid, stream, w, block_out, streams, hidden, sinkhorn_iters, hc_eps,
-                          rms_eps, norm, mix, x, raw_comb);
+                          rms_eps, norm, mix, x);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -270,7 +270,7 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
                                                   const float* p, int splits, int64_t hidden,
                                                   int iters, float hc_eps, float rms_eps,
                                                   const float* norm, float* mix_row, float* xr,
-                                                  bool wait, bool raw_comb = false) {
+                                                  bool wait) {
   __shared__ float pre_shared[HC];
   __shared__ float red[kXThreads / 32];
   constexpr bool head = HEAD;
@@ -319,7 +319,7 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
     asm volatile("bar.arrive 1, %0;" ::"n"(kSplitPreThreads) : "memory");
     if (head || !mix_row) return;
     float comb = __shfl_sync(0xffffffffu, weight, (2 * HC + lane) & 31);
-    if (!raw_comb) sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);  // else hyper_sinkhorn's
+    sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);
     if (lane < 2 * HC) mix_row[lane] = weight;
     if (lane < HC * HC) mix_row[2 * HC + lane] = comb;
     return;
@@ -374,7 +374,7 @@ template <int HC, bool HEAD>
 __global__ void __launch_bounds__(kSplitPreThreads)
     hyper_fused_kernel(HyperDevice w, const float* block_out, float* streams, int64_t hidden,
                        int iters, float hc_eps, float rms_eps, const float* norm, float* mix,
-                       float* x, float* partial, unsigned* arrived, bool raw_comb) {
+                       float* x, float* partial, unsigned* arrived) {
   constexpr int kOutputs = HEAD ? HC : (2 + HC) * HC;
   static_assert(HC * kFusedDims == kXThreads);
   __shared__ float red[kXThreads / 32][kOutputs + 1];
@@ -430,18 +430,7 @@ __global__ void __launch_bounds__(kSplitPreThreads)
   if (tid == 0) arrived[row] = 0;  // ready for the next launch
   pre_from_partials<HC, HEAD>(
       w, s, partial + row * (kOutputs + 1) * splits, splits, hidden, iters, hc_eps, rms_eps, norm,
-      HEAD ? nullptr : mix + row * hyper_mix_width(HC), x + row * hidden, false, raw_comb);
-}
-
-// Sinkhorn on the comb that a fused step left raw (raw_comb), one warp a row: the same
-// arithmetic as in the step (sinkhorn_lanes), so the same bits, off the step's critical path.
-template <int HC>
-__global__ void hyper_sinkhorn_kernel(float* mix, int iters, float hc_eps) {
-  float* comb_row = mix + int64_t(blockIdx.x) * hyper_mix_width(HC) + 2 * HC;
-  const int lane = int(threadIdx.x);
-  float comb = lane < HC * HC ? comb_row[lane] : 0.0f;
-  sinkhorn_lanes<HC>(comb, lane, iters, hc_eps);
-  if (lane < HC * HC) comb_row[lane] = comb;
+      HEAD ? nullptr : mix + row * hyper_mix_width(HC), x + row * hidden, false);
 }
 
 // HC > 0: hc known at compile time (V4's 4), so the old streams stay in registers; 0: any hc up
@@ -525,7 +514,7 @@ int64_t hyper_fused_scratch_floats(int64_t n, int64_t hc, int64_t hidden) {
 void hyper_fused(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                  int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                  const float* norm, bool head, float* mix, float* x, float* partial,
-                 unsigned* arrived, cudaStream_t stream, bool raw_comb) {
+                 unsigned* arrived, cudaStream_t stream) {
   if (!hyper_fused_supported(n, hc, hidden))
     throw std::invalid_argument("cuda mHC: the fused step needs hc 4 and hidden a multiple of " +
                                 std::to_string(kFusedDims) + " up to " +
@@ -534,22 +523,10 @@ void hyper_fused(const HyperDevice& w, const float* block_out, float* streams, i
   const dim3 grid{unsigned(hidden / kFusedDims), unsigned(n)};
   if (head)
     launch_pdl(hyper_fused_kernel<4, true>, grid, kSplitPreThreads, 0, stream, w, block_out,
-               streams, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived,
-               false);
+               streams, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived);
   else
     launch_pdl(hyper_fused_kernel<4, false>, grid, kSplitPreThreads, 0, stream, w, block_out,
-               streams, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived,
-               raw_comb);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
-}
-
-void hyper_sinkhorn(float* mix, int64_t n, int64_t hc, int sinkhorn_iters, float hc_eps,
-                    cudaStream_t stream) {
-  if (hc != 4 || n <= 0 || n > 65535)
-    throw std::invalid_argument(
-        "cuda mHC: the deferred Sinkhorn needs hc 4 and 1 .. 65535 rows (hc " + std::to_string(hc) +
-        ", rows " + std::to_string(n) + ")");
-  hyper_sinkhorn_kernel<4><<<unsigned(n), 32, 0, stream>>>(mix, sinkhorn_iters, hc_eps);
+               streams, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -71,25 +71,19 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
 // mix; block_out null: none) and then hyper_pre, in one launch for decode batches: streams are
 // updated in place, x and (head = false) mix written. partial: hyper_fused_scratch_floats;
 // arrived: n counters, zero before the first launch (each launch leaves them at zero).
-// raw_comb: the comb part of the mix is left before Sinkhorn, for hyper_sinkhorn to finish
-// (off the step's path) before the next post step reads it.
 bool hyper_fused_supported(int64_t n, int64_t hc, int64_t hidden);
 int64_t hyper_fused_scratch_floats(int64_t n, int64_t hc, int64_t hidden);
 void hyper_fused(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                  int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                  const float* norm, bool head, float* mix, float* x, float* partial,
-                 unsigned* arrived, cudaStream_t stream, bool raw_comb = false);
-// Sinkhorn on each row's comb that hyper_fused / hyper_fused_cluster left raw: the same bits
-// as the step taking it itself. hc 4.
-void hyper_sinkhorn(float* mix, int64_t n, int64_t hc, int sinkhorn_iters, float hc_eps,
-                    cudaStream_t stream);
+                 unsigned* arrived, cudaStream_t stream);
 // hyper_fused as one cluster of 8 blocks per row exchanging partial sums in distributed shared
 // memory (hyper_cluster.cu; sm_90): no scratch, no counters. hc 4, hidden 1,024, 2,048 or 4,096.
 bool hyper_cluster_supported(int64_t n, int64_t hc, int64_t hidden);
 void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                          int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps,
                          float rms_eps, const float* norm, bool head, float* mix, float* x,
-                         cudaStream_t stream, bool raw_comb = false);
+                         cudaStream_t stream);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);

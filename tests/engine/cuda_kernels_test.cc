@@ -441,25 +441,6 @@ TEST_F(CudaKernels, FusedHyperStepMatchesPostThenPre) {
             for (int64_t i = 0; i < mw; ++i)
               EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
           }
-          // The comb left raw and finished by hyper_sinkhorn (CudaOptions::deferred_sinkhorn):
-          // the same bits as the step taking Sinkhorn itself.
-          if (!head) {
-            auto s_raw = upload(streams), m_raw = upload(mix);
-            DeviceBuffer x_raw(n * H * 4);
-            const float* block_out = post ? d_y.as<float>() : nullptr;
-            if (cluster)
-              cuda::hyper_fused_cluster(w, block_out, s_raw.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f,
-                                        d_norm.as<float>(), false, m_raw.as<float>(),
-                                        x_raw.as<float>(), nullptr, true);
-            else
-              cuda::hyper_fused(w, block_out, s_raw.as<float>(), n, hc, H, 20, 1e-6f, 1e-6f,
-                                d_norm.as<float>(), false, m_raw.as<float>(), x_raw.as<float>(),
-                                partial.as<float>(), arrived.as<unsigned>(), nullptr, true);
-            cuda::hyper_sinkhorn(m_raw.as<float>(), n, hc, 20, 1e-6f, nullptr);
-            EXPECT_EQ(download<float>(s_raw, n * hc * H), sg) << "streams, Sinkhorn deferred";
-            EXPECT_EQ(download<float>(x_raw, n * H), xg) << "x, Sinkhorn deferred";
-            EXPECT_EQ(download<float>(m_raw, n * mw), mgot) << "mix, Sinkhorn deferred";
-          }
           // Again from the fused result: the arrival counters are back at zero.
           fused(nullptr);
           const auto x2 = download<float>(x_got, n * H);

@@ -20,7 +20,6 @@
 
 #include "engine/model.h"
 #include "engine/model_init.h"
-#include "engine/sampler.h"
 #include "tests/engine/cuda_test_util.h"
 #include "tests/engine/golden_fixture.h"
 
@@ -223,73 +222,6 @@ TEST(CudaOptions, FusedQNormGivesTheLogitsOfTheSeparateNorm) {
       den += double(a[i]) * a[i];
     }
     EXPECT_LE(std::sqrt(num / den), 1e-5) << "step " << p;
-  }
-  std::filesystem::remove_all(dir);
-#endif
-}
-
-// Decode's mHC steps leaving Sinkhorn to the side stream (CudaOptions::deferred_sinkhorn) give
-// the same logits, bit for bit: one row (hyper_fused, CUDA graphs) and a batch of three
-// (hyper_fused_cluster), with decode ahead's picks in between.
-TEST(CudaOptions, DeferredSinkhornGivesTheSameLogits) {
-  const std::string why = testing::cuda_skip_reason();
-  if (!why.empty()) GTEST_SKIP() << why;
-#ifdef AGENTRT_HAVE_CUDA
-  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_deferred_sinkhorn";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 6;
-  write_random_model(dir, init);
-  cuda::CudaOptions options;
-  options.deferred_sinkhorn = false;
-  const auto inline_model = load_cuda_model(dir, {Device::cuda}, options);
-  options.deferred_sinkhorn = true;
-  const auto deferred = load_cuda_model(dir, {Device::cuda}, options);
-  std::mt19937 rng(5);
-  std::vector<int32_t> ids(260);
-  for (auto& t : ids) t = int32_t(rng() % 3000);
-  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const char* what,
-                 size_t step) {
-    ASSERT_EQ(a.size(), b.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
-    EXPECT_EQ(differ, 0u) << what << " step " << step << ": " << differ << " logits differ";
-  };
-  auto si = inline_model->new_sequence(), sd = deferred->new_sequence();
-  si->forward(std::span(ids).first(200));
-  sd->forward(std::span(ids).first(200));
-  for (size_t p = 200; p < 220; ++p)
-    same(si->forward(std::span(ids).subspan(p, 1)), sd->forward(std::span(ids).subspan(p, 1)),
-         "one row", p);
-  // Greedy picks on the device (the next step queued ahead, fed from the pick).
-  Sampler gi(SamplingParams{.temperature = 0.0f}), gd(SamplingParams{.temperature = 0.0f});
-  std::vector<int32_t> fi = {ids[220]}, fd = {ids[220]};
-  for (int step = 0; step < 8; ++step) {
-    const auto a = si->forward_and_sample(fi, gi, {}), b = sd->forward_and_sample(fd, gd, {});
-    ASSERT_EQ(a.token, b.token) << "pick " << step;
-    EXPECT_EQ(a.logprob, b.logprob) << "pick " << step;
-    fi = {a.token};
-    fd = {b.token};
-  }
-  const size_t starts[3] = {7, 80, 150};
-  std::vector<std::unique_ptr<ModelSequence>> qi, qd;
-  std::vector<ModelSequence*> pi, pd;
-  for (size_t st : starts) {
-    qi.push_back(inline_model->new_sequence());
-    qd.push_back(deferred->new_sequence());
-    qi.back()->forward(std::span(ids).first(st));
-    qd.back()->forward(std::span(ids).first(st));
-    pi.push_back(qi.back().get());
-    pd.push_back(qd.back().get());
-  }
-  for (size_t step = 0; step < 6; ++step) {
-    std::vector<int32_t> toks;
-    for (size_t st : starts) toks.push_back(ids[st + step]);
-    const auto oi = inline_model->decode_batch(pi, toks), od = deferred->decode_batch(pd, toks);
-    for (size_t i = 0; i < 3; ++i) same(oi[i], od[i], "batch row", step);
   }
   std::filesystem::remove_all(dir);
 #endif
