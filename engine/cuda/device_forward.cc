@@ -755,18 +755,15 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
       rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
     });
   repeatable("wq_b", [&] {
-    if (q_set) {
-      const LinearRunner::Product both[] = {{lw.wq_b->view(), q}, {lw.indexer->wq_b->view(), iq}};
-      if (norm_in_wq_b)
-        linear_.run_same_input_normed(both, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
-      else
-        linear_.run_same_input(both, q_res, n, stream_);
-    } else if (norm_in_wq_b) {
-      const LinearRunner::Product one[] = {{lw.wq_b->view(), q}};
-      linear_.run_same_input_normed(one, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
-    } else {
+    LinearRunner::Product set[2] = {{lw.wq_b->view(), q}};
+    if (q_set) set[1] = {lw.indexer->wq_b->view(), iq};
+    const std::span<const LinearRunner::Product> products(set, q_set ? 2 : 1);
+    if (norm_in_wq_b)
+      linear_.run_same_input_normed(products, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
+    else if (q_set)
+      linear_.run_same_input(products, q_res, n, stream_);
+    else
       linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
-    }
   });
   repeatable("q_rope", [&] {
     if (!decode_attention)
