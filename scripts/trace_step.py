@@ -3,6 +3,7 @@
 
   python3 scripts/trace_step.py trace.csv [--graph 0] [--launch -1] [--top 25]
   python3 scripts/trace_step.py trace.csv --eager     # everything outside graphs (prefill), by name
+  python3 scripts/trace_step.py trace.csv --gaps      # what runs between consecutive replays
 
 Graphs are numbered by their first launch in the run (0: the first graph launched, which in
 `bench_engine_cuda --contexts 1024 ...` is the batch-1 decode step at 1K); --launch picks the
@@ -55,6 +56,35 @@ def eager_summary(rows, a):
         print(f"{cnt:6d} {dur:9.2f}  {n}")
 
 
+def gap_summary(rows, graphs, order, a):
+    """Between two replays of one graph the GPU runs the host's work of a step (picks, copies,
+    the metadata upload): its wall is the step's time beyond the graph's."""
+    outside = sorted((r for r in rows if not r["graph"]), key=lambda r: r["start_ns"])
+    names = demangle(sorted({r["name"] for r in outside}))
+    for gi, g in enumerate(order):
+        spans = sorted((min(r["start_ns"] for r in l), max(r["end_ns"] for r in l))
+                       for l in graphs[g].values())
+        if len(spans) < 3:
+            continue
+        walls = [(e - s) / 1e3 for s, e in spans]
+        gaps = [(spans[i + 1][0] - spans[i][1]) / 1e3 for i in range(len(spans) - 1)]
+        # Replays far apart belong to different phases of the run (another batch, a prefill).
+        step = sorted(gaps)[len(gaps) // 2]
+        near = [x for x in gaps if x < 4 * step + 50]
+        print(f"graph #{gi}: {len(spans)} replays, wall median {sorted(walls)[len(walls) // 2]:.1f} "
+              f"us, gap to the next median {step:.1f} us (mean {sum(near) / len(near):.1f} over "
+              f"{len(near)} near pairs)")
+        pairs = [i for i in range(len(gaps)) if gaps[i] < 4 * step + 50][-a.show:]
+        for i in pairs:
+            end, nxt = spans[i][1], spans[i + 1][0]
+            print(f"  between replay {i} and {i + 1} (gap {(nxt - end) / 1e3:.1f} us):")
+            for r in outside:
+                if r["end_ns"] <= end - 20000 or r["start_ns"] >= nxt:
+                    continue
+                print(f"    {(r['start_ns'] - end) / 1e3:8.1f} {(r['end_ns'] - r['start_ns']) / 1e3:7.1f}"
+                      f" st{r['stream']:<3d} {short(names[r['name']], a.width)}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("csv")
@@ -65,6 +95,10 @@ def main():
     p.add_argument("--quiet", action="store_true", help="summary only")
     p.add_argument("--eager", action="store_true",
                    help="sum the kernels launched outside graphs by name, with their busy time")
+    p.add_argument("--gaps", action="store_true",
+                   help="for every graph: the time between consecutive replays and, for the "
+                        "last --show pairs, what ran outside graphs in between")
+    p.add_argument("--show", type=int, default=2)
     a = p.parse_args()
 
     with open(a.csv, newline="") as f:
@@ -86,6 +120,9 @@ def main():
     if not graphs:
         sys.exit("trace_step: no graph launches in the trace")
     order = sorted(graphs, key=lambda g: min(r["start_ns"] for l in graphs[g].values() for r in l))
+    if a.gaps:
+        gap_summary(rows, graphs, order, a)
+        return
     print(f"{len(order)} graphs: " + ", ".join(
         f"#{i} ({len(graphs[g])} launches, {len(next(iter(graphs[g].values())))} nodes)"
         for i, g in enumerate(order)))

@@ -1,5 +1,5 @@
-// A CUPTI injection library that records every kernel and memset the GPU runs, with its GPU start
-// and end, and writes them as CSV when the program exits:
+// A CUPTI injection library that records every kernel, memset and memcpy the GPU runs, with its GPU
+// start and end, and writes them as CSV when the program exits:
 //
 //   CUDA_INJECTION64_PATH=libcupti_trace.so CUPTI_TRACE_OUT=trace.csv bench_engine_cuda ...
 //   python3 scripts/trace_step.py trace.csv     # one graph-replayed decode step, kernel by kernel
@@ -87,6 +87,19 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
       r.graph = m->graphId;
       r.graph_node = m->graphNodeId;
       r.name = "memset " + std::to_string(m->bytes) + " B";
+    } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
+      // Copies between decode steps (logits back, metadata up) are part of a step's wall.
+      const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(a);
+      r.start = m->start;
+      r.end = m->end;
+      r.correlation = m->correlationId;
+      r.stream = m->streamId;
+      r.graph = m->graphId;
+      r.graph_node = m->graphNodeId;
+      const char* kinds[] = {"?",    "HtoD", "DtoH", "HtoA", "AtoH", "AtoA",
+                             "AtoD", "DtoA", "DtoD", "HtoH", "PtoP"};
+      r.name = std::string("memcpy ") + (m->copyKind < 11 ? kinds[m->copyKind] : "?") + " " +
+               std::to_string(m->bytes) + " B";
     } else {
       continue;
     }
@@ -134,6 +147,7 @@ extern "C" int InitializeInjection() {
   check(cuptiActivityRegisterCallbacks(buffer_requested, buffer_completed), "register callbacks");
   check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL), "enable kernels");
   check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMSET), "enable memsets");
+  check(cuptiActivityEnable(CUPTI_ACTIVITY_KIND_MEMCPY), "enable memcpys");
   std::atexit(write_records);
   return 1;
 }
