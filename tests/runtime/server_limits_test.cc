@@ -74,12 +74,28 @@ class Streaming : public Backend {
   std::string system_prompt_;
 };
 
+std::filesystem::path sessions_dir() {
+  return std::filesystem::temp_directory_path() /
+         ("agentrt-limits-test-" + std::to_string(::getpid()));
+}
+
+// The sessions directory these tests share (one a process) goes when the process's tests end,
+// however they end: CTest runs each test in its own process, so it would leave one a test.
+class RemoveSessionsDir : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    std::filesystem::remove_all(sessions_dir(), ec);
+  }
+};
+[[maybe_unused]] const auto* const kRemoveSessionsDir =
+    ::testing::AddGlobalTestEnvironment(new RemoveSessionsDir);
+
 ServerOptions quiet_options() {
   ServerOptions o;
   o.port = 0;
   o.log = false;
-  o.sessions_dir = std::filesystem::temp_directory_path() /
-                   ("agentrt-limits-test-" + std::to_string(::getpid()));
+  o.sessions_dir = sessions_dir();
   return o;
 }
 
