@@ -123,6 +123,12 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
+  if (options.pick_copy_stream) {
+    AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&mask_up_, cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picked_, cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));  // no picks yet: complete
+  }
   if (options.side_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
@@ -138,6 +144,12 @@ DeviceForward::~DeviceForward() {
   if (meta_copied_) cudaEventDestroy(meta_copied_);
   if (picks_landed_) cudaEventDestroy(picks_landed_);
   for (auto& m : marks_) cudaEventDestroy(m.second);
+  if (copy_) {
+    cudaStreamSynchronize(copy_);
+    cudaStreamDestroy(copy_);
+  }
+  if (mask_up_) cudaEventDestroy(mask_up_);
+  if (picked_) cudaEventDestroy(picked_);
   if (side_) {
     cudaStreamSynchronize(side_);
     cudaStreamDestroy(side_);
@@ -428,9 +440,18 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   for (int64_t i = 0; i < n; ++i)
     if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
   mask_.reserve(std::max<int64_t>(n * stride * 4, 4));
-  if (stride > 0)
+  if (stride > 0 && copy_) {
+    // Up on the copy stream once the last picks are done with mask_, while the pass's stream
+    // still runs the step before; the picks wait for it.
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(copy_, picked_, 0));
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
+                                       cudaMemcpyHostToDevice, copy_));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(mask_up_, copy_));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, mask_up_, 0));
+  } else if (stride > 0) {
     AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
                                        cudaMemcpyHostToDevice, stream_));
+  }
   if (pick_scratch_.bytes() < masked_pick_scratch_bytes()) {
     pick_scratch_.reserve(masked_pick_scratch_bytes());
     AGENTRT_CUDA_CHECK(
@@ -452,10 +473,17 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
                         reinterpret_cast<int32_t*>(s + 24), reinterpret_cast<int32_t*>(s + head),
                         reinterpret_cast<float*>(s + head + int64_t(capacity) * 4), stream_);
   }
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, stream_));
+  // The read back on the copy stream: the pass's stream goes on to the next step at once.
+  cudaStream_t back = stream_;
+  if (copy_) {
+    AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(copy_, picked_, 0));
+    back = copy_;
+  }
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, back));
   if (!picks_landed_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picks_landed_, cudaEventDisableTiming));
-  AGENTRT_CUDA_CHECK(cudaEventRecord(picks_landed_, stream_));
+  AGENTRT_CUDA_CHECK(cudaEventRecord(picks_landed_, back));
   queued_.pending = true;
 }
 

@@ -128,6 +128,11 @@ struct CudaOptions {
   // against 730.9-745.3 without, batch 8 3,057-3,061 against 2,741-2,779; with none, +1% for
   // one row and the same for batches.
   bool decode_ahead = true;
+  // The picks' grammar masks go up and their results come back on a copy stream of their own,
+  // so the pass's stream runs only the pick kernels between two decode steps: the masks' upload
+  // overlaps the step before, and the read back overlaps the next step's metadata upload and
+  // launch.
+  bool pick_copy_stream = true;
   // Sampling rows: up to this many allowed tokens near the best are collected on the device and
   // drawn from on the host; a row with more sorts all its allowed tokens on the device.
   int32_t near_capacity = 4096;
@@ -290,6 +295,10 @@ class DeviceForward {
     bool pending = false;
   } queued_;
   cudaEvent_t picks_landed_ = nullptr;
+  // CudaOptions::pick_copy_stream: the masks' upload and the picks' read back, ordered against
+  // the pick kernels by mask_up_ and picked_.
+  cudaStream_t copy_ = nullptr;
+  cudaEvent_t mask_up_ = nullptr, picked_ = nullptr;
   uint64_t runs_ = 0;
   PinnedBuffer pinned_mask_;  // staging for the mask and the pick
   // Staging for each call's metadata upload (a pageable copy returns only once the driver has

@@ -179,7 +179,8 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 }
 
 // A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
-// CudaOptions::decode_ahead and without (both with the given near_capacity).
+// CudaOptions::decode_ahead and pick_copy_stream, and without either (both with the given
+// near_capacity).
 std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair(
     const std::filesystem::path& dir, uint64_t seed, int32_t near_capacity = 4096) {
   ModelInitOptions init;
@@ -192,6 +193,7 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
   without.decode_ahead = false;
+  without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
   return {load_cuda_model(dir, {Device::cuda}, with),
           load_cuda_model(dir, {Device::cuda}, without)};
