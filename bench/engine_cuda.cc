@@ -49,8 +49,6 @@
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
-//                     [--attention-cluster 1] (decode attention: a row's key slices merge
-//                     in a thread-block cluster, CudaOptions::decode_attention_cluster; default 0)
 //                     [--pick-copy-stream 0|1] (the picks' masks up and results back on
 //                     a copy stream of their own, CudaOptions::pick_copy_stream; default 1)
 //                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks
@@ -356,8 +354,6 @@ int main(int argc, char** argv) {
       options.fused_q_norm = v == "1";
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
-    else if (k == "--attention-cluster")
-      options.decode_attention_cluster = v == "1";
     else if (k == "--pick-copy-stream")
       options.pick_copy_stream = v == "1";
     else {

@@ -5,8 +5,6 @@
 // way out (before, two kernels of their own around the attention). Each block leaves its heads'
 // partial softmax (max, sum, weighted keys); the last block of a (row, head group) to finish
 // merges the slices.
-#include <cooperative_groups.h>
-
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -72,26 +70,16 @@ __device__ __forceinline__ float4 rotate(float4 v, int64_t c, int64_t first, con
   return make_float4(e[0], e[1], e[2], e[3]);
 }
 
-// One block's share of a row's attention: slice `split` of `splits` of row t's keys for the
-// heads of `group` (one warp each), left as the slice's softmax state (max m, sum l, the
-// exp-weighted keys acc, in float4 chunks lane + 32 j) and the query's rope (cos, sin) per chunk.
-template <int J>
-struct SliceState {
-  float m, l;
-  float4 acc[J];
-  float2 cs[J][2];
-};
-
-template <int J>
-__device__ __forceinline__ void attend_slice(const DecodeParams& p, int64_t t, int64_t split,
-                                             int64_t splits, int64_t group, float4* keys_s,
-                                             SliceState<J>& st) {
+template <int J>  // float4 chunks per lane: head_dim <= 128 * J
+__global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeParams p) {
+  extern __shared__ float4 keys_s[];  // [kChunkKeys][head_dim / 4]
+  __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
+  const int64_t t = blockIdx.z, split = blockIdx.y, splits = gridDim.y, group = blockIdx.x;
   const int64_t h = group * G + warp, hd = p.hd;
   const int nchunk = int(hd / 4);
   const int64_t first = hd - p.rope.dim;  // the rope's channels are the last rope.dim
-  float2(&cs)[J][2] = st.cs;
-  float4(&acc)[J] = st.acc;
+  pdl_begin();
   const LayerRow row = p.rows[t];
   const KeyList keys = row_keys(row, t, p.window, p.use_entries, p.chosen, p.n_chosen, p.topk);
   const int64_t n_keys = keys.n_keys();
@@ -116,7 +104,9 @@ __device__ __forceinline__ void attend_slice(const DecodeParams& p, int64_t t, i
   const float4 zero = make_float4(0, 0, 0, 0);
   const float4* qv = reinterpret_cast<const float4*>(p.q + (t * p.heads + h) * hd);
   float4 qr[J];
+  float2 cs[J][2];
   float ss = 0.0f;
+  const float position = float(p.pos[t]);
 #pragma unroll
   for (int j = 0; j < J; ++j) {
     const int c = lane + 32 * j;
@@ -128,7 +118,7 @@ __device__ __forceinline__ void attend_slice(const DecodeParams& p, int64_t t, i
       const int64_t pair = (d - first) / 2;
       cs[j][q] = !(c < nchunk && d >= first) ? make_float2(1.0f, 0.0f)
                  : p.rope_cs                 ? p.rope_cs[t * (p.rope.dim / 2) + pair]
-                                             : rope_cos_sin(p.rope, pair, float(p.pos[t]));
+                                             : rope_cos_sin(p.rope, pair, position);
     }
   }
   const float inv = rsqrtf(warp_sum(ss) / float(hd) + p.q_eps);
@@ -141,6 +131,7 @@ __device__ __forceinline__ void attend_slice(const DecodeParams& p, int64_t t, i
 
   // The sink only adds exp(sink - max) to the denominator: slice 0 starts its softmax from it.
   float m = split == 0 ? p.sinks[h] : -INFINITY, l = split == 0 ? 1.0f : 0.0f;
+  float4 acc[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) acc[j] = zero;
   for (int64_t base = k0; base < k1; base += kChunkKeys) {
@@ -192,26 +183,6 @@ __device__ __forceinline__ void attend_slice(const DecodeParams& p, int64_t t, i
     if (base + kChunkKeys < k1)
       fetch(base + kChunkKeys, int(min(int64_t(kChunkKeys), k1 - base - kChunkKeys)));
   }
-  st.m = m;
-  st.l = l;
-}
-
-template <int J>  // float4 chunks per lane: head_dim <= 128 * J
-__global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeParams p) {
-  extern __shared__ float4 keys_s[];  // [kChunkKeys][head_dim / 4]
-  __shared__ bool last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
-  const int64_t t = blockIdx.z, split = blockIdx.y, splits = gridDim.y, group = blockIdx.x;
-  const int64_t h = group * G + warp, hd = p.hd;
-  const int nchunk = int(hd / 4);
-  const int64_t first = hd - p.rope.dim;
-  pdl_begin();
-  SliceState<J> st;
-  attend_slice<J>(p, t, split, splits, group, keys_s, st);
-  const float m = st.m, l = st.l;
-  const float4(&acc)[J] = st.acc;
-  const float2(&cs)[J][2] = st.cs;
-  const float4 zero = make_float4(0, 0, 0, 0);
 
   const int64_t stride = hd + kPartPad;
   float* part = p.partials + ((t * p.heads + h) * splits + split) * stride;
@@ -266,78 +237,6 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
   }
 }
 
-// attend_decode_kernel with a row's slices as one thread-block cluster (x: the slice), merged
-// through distributed shared memory instead of global partials, a fence, an arrival counter and
-// the last block merging every slice alone: each block leaves its heads' partials in its own
-// shared memory (where its keys were), and after a cluster barrier block r merges chunks
-// [r per, (r + 1) per) of every head from all the slices, in the same order and arithmetic as
-// the last block does there (the same bits). A second barrier keeps every block's shared memory
-// alive until the others have read it.
-template <int J>
-__global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_cluster_kernel(DecodeParams p) {
-  extern __shared__ float4 keys_s[];  // the keys, then [G][head_dim + kPartPad] partials
-  namespace cg = cooperative_groups;
-  cg::cluster_group cluster = cg::this_cluster();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
-  const int64_t t = blockIdx.z, split = blockIdx.x, splits = gridDim.x, group = blockIdx.y;
-  const int64_t h = group * G + warp, hd = p.hd;
-  const int nchunk = int(hd / 4);
-  const int64_t first = hd - p.rope.dim;
-  pdl_begin();
-  {
-    SliceState<J> st;
-    attend_slice<J>(p, t, split, splits, group, keys_s, st);
-    // attend_slice ends on a barrier with no copy in flight: the keys' room is free.
-    float* part = reinterpret_cast<float*>(keys_s) + warp * (hd + kPartPad);
-#pragma unroll
-    for (int j = 0; j < J; ++j) {
-      const int c = lane + 32 * j;
-      if (c < nchunk) reinterpret_cast<float4*>(part)[c] = st.acc[j];
-    }
-    if (lane == 0) part[hd] = st.m, part[hd + 1] = st.l;
-  }
-  cluster.sync();
-  const int64_t stride = hd + kPartPad;
-  float* mine = reinterpret_cast<float*>(keys_s) + warp * stride;
-  const float ms = lane < splits ? cluster.map_shared_rank(mine, lane)[hd] : -INFINITY;
-  const float ls = lane < splits ? cluster.map_shared_rank(mine, lane)[hd + 1] : 0.0f;
-  const float M = warp_max(ms);
-  const float fs = ms == -INFINITY ? 0.0f : expf(ms - M);
-  const float L = warp_sum(ls * fs);
-  const float inv_l = 1.0f / L;
-  float f[kMaxSplits];  // every slice's factor, taken while every lane is here
-#pragma unroll
-  for (int s = 0; s < kMaxSplits; ++s) f[s] = __shfl_sync(0xffffffffu, fs, s);
-  const int per = int((nchunk + splits - 1) / splits);
-  const int c_end = min(nchunk, int(split + 1) * per);
-  float4* out = reinterpret_cast<float4*>(p.out + (t * p.heads + h) * hd);
-  for (int c = int(split) * per + lane; c < c_end; c += 32) {
-    float4 o = make_float4(0, 0, 0, 0);
-#pragma unroll
-    for (int s = 0; s < kMaxSplits; ++s) {
-      if (s >= splits) break;
-      const float4 a = reinterpret_cast<const float4*>(cluster.map_shared_rank(mine, s))[c];
-      o.x = fmaf(a.x, f[s], o.x);
-      o.y = fmaf(a.y, f[s], o.y);
-      o.z = fmaf(a.z, f[s], o.z);
-      o.w = fmaf(a.w, f[s], o.w);
-    }
-    // The chunk's two pairs' (cos, sin), as attend_slice takes them for the query.
-    float2 cs[2];
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const int64_t d = 4 * int64_t(c) + 2 * q;
-      const int64_t pair = (d - first) / 2;
-      cs[q] = d < first   ? make_float2(1.0f, 0.0f)
-              : p.rope_cs ? p.rope_cs[t * (p.rope.dim / 2) + pair]
-                          : rope_cos_sin(p.rope, pair, float(p.pos[t]));
-    }
-    const float4 v = make_float4(o.x * inv_l, o.y * inv_l, o.z * inv_l, o.w * inv_l);
-    out[c] = rotate(v, c, first, cs, -1.0f);
-  }
-  cluster.sync();  // the other blocks are done reading this one's partials
-}
-
 int group_heads(int64_t heads) {
   int G = kGroupHeads;
   while (heads % G != 0) G /= 2;
@@ -365,7 +264,7 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
                         float* partials, unsigned* arrived, float* out, cudaStream_t stream,
-                        const float2* rope_cs, bool cluster) {
+                        const float2* rope_cs) {
   if (n <= 0) return;
   if (!attend_decode_supported(heads, head_dim, rope) || splits < 1 || splits > kMaxSplits ||
       n > 65535)
@@ -393,35 +292,14 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.scale = 1.0f / sqrtf(float(head_dim));
   p.use_entries = use_entries;
   const int G = group_heads(heads);
-  const size_t shared = size_t(kChunkKeys) * size_t(head_dim) * 4;
-  const int64_t J = (head_dim + 127) / 128;
-  if (cluster) {
-    // The partials take the keys' room: G rows of head_dim + kPartPad floats.
-    static_assert(kGroupHeads <= kChunkKeys, "a block's partials fit where its keys were");
-    const dim3 grid{unsigned(splits), unsigned(heads / G), unsigned(n)};
-    auto launch = [&](auto kernel) {
-      AGENTRT_CUDA_CHECK(
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-      if (splits > 8)  // beyond the portable cluster size
-        AGENTRT_CUDA_CHECK(
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
-      launch_pdl_cluster(kernel, grid, dim3(unsigned(32 * G)), shared, stream, unsigned(splits), p);
-    };
-    if (J <= 1)
-      launch(attend_decode_cluster_kernel<1>);
-    else if (J == 2)
-      launch(attend_decode_cluster_kernel<2>);
-    else
-      launch(attend_decode_cluster_kernel<4>);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
   const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
+  const size_t shared = size_t(kChunkKeys) * size_t(head_dim) * 4;
   auto launch = [&](auto kernel) {
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
     launch_pdl(kernel, grid, unsigned(32 * G), shared, stream, p);
   };
+  const int64_t J = (head_dim + 127) / 128;
   if (J <= 1)
     launch(attend_decode_kernel<1>);
   else if (J == 2)

@@ -107,7 +107,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_routing_(options.fused_routing),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
-      decode_attention_cluster_(options.decode_attention_cluster),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
   if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
@@ -856,8 +855,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     repeatable("attention", [&] {
       attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
                          lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
-                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs,
-                         decode_attention_cluster_);
+                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs);
     });
   } else {
     repeatable("attention", [&] {

@@ -85,10 +85,6 @@ struct CudaOptions {
   // were slower on an H100 (seventeenth session, decode @1K 904.0 -> 877.7 tok/s with 4, 906.8
   // -> 896.8 with 8).
   int decode_attention_splits = 0;
-  // Decode attention merges a row's slices inside a thread-block cluster (one block a slice,
-  // distributed shared memory) instead of through global partials, a fence, an arrival counter
-  // and the last block alone (attention_decode.cu; the same bits). Off until measured.
-  bool decode_attention_cluster = false;
   // The streamed one-row products copy at most this many stages of their weights each before
   // the kernel before them has finished (GemvMode::early_stages; 0: as many as the ring holds).
   // On an H100 (seventeenth session) 1, 2 and 4 decoded within the spread of 0: the attention
@@ -273,7 +269,6 @@ class DeviceForward {
   bool fused_routing_ = false;       // CudaOptions::fused_routing
   bool fused_q_norm_ = false;        // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
-  bool decode_attention_cluster_ = false;
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

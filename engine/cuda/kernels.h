@@ -130,8 +130,7 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
 // were a long part of the kernel); null: computed. Each row's keys are split into `splits` slices
 // (attend_decode_splits of a bound on the keys, at most `cap` of them where cap > 0). partials:
 // attend_decode_partial_floats; arrived: n * heads counters, zero before the first launch (each
-// launch leaves them at zero). cluster: each row's slices as one thread-block cluster merging
-// through distributed shared memory (partials and arrived unused, may be null; the same bits).
+// launch leaves them at zero).
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
 int attend_decode_splits(int64_t max_keys, int cap = 0);
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
@@ -140,7 +139,7 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
                         float* partials, unsigned* arrived, float* out, cudaStream_t stream,
-                        const float2* rope_cs = nullptr, bool cluster = false);
+                        const float2* rope_cs = nullptr);
 
 // --- attention_mma.cu ---
 // attend_rows_by_row on tensor cores for prefill: one block per row and 64 heads (heads a

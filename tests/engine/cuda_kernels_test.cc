@@ -936,18 +936,6 @@ TEST_F(CudaKernels, DecodeAttentionMatchesNormRopeAttendUnrope) {
         const auto c2 = download<float>(got_t, n * heads * hd);
         EXPECT_EQ(std::memcmp(b.data(), c2.data(), b.size() * 4), 0)
             << "the rope table changed the output";
-        // The slices merged in a thread-block cluster: the same bits, with the table and without.
-        for (const bool table_too : {false, true}) {
-          DeviceBuffer got_c(n * heads * hd * 4);
-          cuda::attend_rows_decode(in.d_q.as<float>(), r, d_pos.as<int64_t>(), rope, 1e-6f, n,
-                                   heads, hd, in.window, in.d_sinks.as<float>(), !csa,
-                                   in.chosen_on_device(csa), in.n_chosen_on_device(csa), in.topk,
-                                   splits, nullptr, nullptr, got_c.as<float>(), nullptr,
-                                   table_too ? table.as<float2>() : nullptr, true);
-          const auto c3 = download<float>(got_c, n * heads * hd);
-          EXPECT_EQ(std::memcmp(b.data(), c3.data(), b.size() * 4), 0)
-              << "the cluster's merge changed the output" << (table_too ? " (rope table)" : "");
-        }
       }
   }
 }
