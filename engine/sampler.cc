@@ -44,20 +44,22 @@ Sampler::Sample Sampler::sample_candidates(std::vector<std::pair<float, int32_t>
   return sample_sorted(cand, z_all);
 }
 
-Sampler::Sample Sampler::sample_sorted_candidates(std::vector<std::pair<float, int32_t>> cand,
+Sampler::Sample Sampler::sample_sorted_candidates(std::span<const std::pair<float, int32_t>> cand,
                                                   double z_all) {
   if (cand.empty()) throw std::invalid_argument("sampler: the token mask allows no token");
   if (params_.greedy()) throw std::logic_error("sampler: sample_sorted_candidates is for sampling");
   return sample_sorted(cand, z_all);
 }
 
-Sampler::Sample Sampler::sample_sorted(std::vector<std::pair<float, int32_t>>& cand, double z_all) {
+Sampler::Sample Sampler::sample_sorted(std::span<const std::pair<float, int32_t>> cand,
+                                       double z_all) {
   const double inv_t = 1.0 / params_.temperature;
   const bool truncated_by_k =
       params_.top_k > 0 && cand.size() >= static_cast<size_t>(params_.top_k);
   if (params_.top_k > 0 && cand.size() > static_cast<size_t>(params_.top_k))
-    cand.resize(params_.top_k);
-  std::vector<double> p(cand.size());
+    cand = cand.first(static_cast<size_t>(params_.top_k));
+  p_.resize(cand.size());
+  const std::span<double> p(p_);
   double z = 0;
   for (size_t i = 0; i < cand.size(); ++i)
     z += p[i] = std::exp((cand[i].first - cand[0].first) * inv_t);

@@ -48,7 +48,7 @@ class Sampler {
   // whole vocabulary (when top_k does not cut the list anyway). Draws like sample().
   Sample sample_candidates(std::vector<std::pair<float, int32_t>> cand, double z_all);
   // The same for candidates already sorted best first, ties to the lower id (as on the device).
-  Sample sample_sorted_candidates(std::vector<std::pair<float, int32_t>> cand, double z_all);
+  Sample sample_sorted_candidates(std::span<const std::pair<float, int32_t>> cand, double z_all);
   // The n most likely allowed tokens with their log-probabilities (temperature 1).
   static std::vector<std::pair<int32_t, float>> top_logprobs(std::span<const float> logits, int n,
                                                              TokenMask mask = {});
@@ -56,8 +56,11 @@ class Sampler {
 
  private:
   // The sampling steps after the candidates are sorted (best first); z_all > 0 as above.
-  Sample sample_sorted(std::vector<std::pair<float, int32_t>>& cand, double z_all);
+  Sample sample_sorted(std::span<const std::pair<float, int32_t>> cand, double z_all);
   SamplingParams params_;
+  // sample_sorted's probabilities, kept between calls: a draw over a whole vocabulary's allowed
+  // tokens (the GPU path's sorted rows) would otherwise allocate and fault in ~0.5-1 MB a call.
+  std::vector<double> p_;
   std::mt19937_64 rng_;
 };
 

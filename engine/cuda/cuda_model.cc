@@ -34,11 +34,12 @@ cuda::DeviceForward::RowPick row_pick(const SamplingParams& p) {
 // sorted on the device (`sorted`, read back by the caller): the same draw as Sampler::sample on
 // the whole row.
 Sampler::Sample choose(const cuda::DeviceForward::NearBest& r, const SamplingParams& params,
-                       Sampler& sampler, cuda::DeviceForward::Sorted sorted, int32_t capacity) {
+                       Sampler& sampler, std::span<const std::pair<float, int32_t>> sorted,
+                       int32_t capacity) {
   if (r.pick.allowed == 0) throw std::invalid_argument("sampler: the token mask allows no token");
   if (params.greedy()) return {r.pick.token, float(-std::log(r.pick.z))};
   if (r.total <= capacity) return sampler.sample_candidates(r.cand, r.pick.z);
-  return sampler.sample_sorted_candidates(std::move(sorted), 0.0);
+  return sampler.sample_sorted_candidates(sorted, 0.0);
 }
 
 // Whether choose() wants the row's allowed tokens sorted on the device.
@@ -192,7 +193,8 @@ class CudaModel final : public Model {
     // Rows with too many near tokens read every allowed token back, sorted on the device (one
     // sort and one read back for all of them), then every row draws; those draws are the step's
     // host work (an exp per allowed token of a sorted row), spread over threads.
-    std::vector<cuda::DeviceForward::Sorted> sorted(n);
+    // Each row's sorted list, held by pass_ until its next sort (the lock is held throughout).
+    std::vector<std::span<const std::pair<float, int32_t>>> sorted(n);
     std::vector<int64_t> sort_rows, sort_logits;  // the batch's rows, their logits rows
     std::vector<TokenMask> sort_masks;
     std::vector<int32_t> sort_counts;
@@ -206,10 +208,10 @@ class CudaModel final : public Model {
     int64_t host_work = 0;
     if (!sort_rows.empty()) {
       try {
-        auto lists = pass_.sorted_allowed(sort_logits, sort_masks, sort_counts);
+        const auto lists = pass_.sorted_allowed(sort_logits, sort_masks, sort_counts);
         for (size_t j = 0; j < sort_rows.size(); ++j) {
           host_work += int64_t(lists[j].size());
-          sorted[size_t(sort_rows[j])] = std::move(lists[j]);
+          sorted[size_t(sort_rows[j])] = lists[j];
         }
       } catch (...) {
         for (int64_t r : sort_rows) out[size_t(r)].error = std::current_exception();
@@ -219,8 +221,8 @@ class CudaModel final : public Model {
       for (int64_t i = begin; i < end; ++i) {
         if (out[i].error) continue;
         try {
-          out[i].sample = choose(near[i], samplers[i]->params(), *samplers[i], std::move(sorted[i]),
-                                 near_capacity_);
+          out[i].sample =
+              choose(near[i], samplers[i]->params(), *samplers[i], sorted[i], near_capacity_);
         } catch (...) {
           out[i].error = std::current_exception();
         }
@@ -366,13 +368,13 @@ Sampler::Sample CudaSequence::choose_and_queue(cuda::DeviceForward& pass, Sample
     queued->token = near[0].pick.token;
     ahead_ = queued;
   }
-  cuda::DeviceForward::Sorted sorted;
+  std::span<const std::pair<float, int32_t>> sorted;  // held by pass until its next sort
   if (needs_sorted(near[0], sampler.params(), capacity)) {
     const int64_t last = -1;
     const int32_t allowed = near[0].pick.allowed;
-    sorted = std::move(pass.sorted_allowed({&last, 1}, {&mask, 1}, {&allowed, 1})[0]);
+    sorted = pass.sorted_allowed({&last, 1}, {&mask, 1}, {&allowed, 1})[0];
   }
-  return choose(near[0], sampler.params(), sampler, std::move(sorted), capacity);
+  return choose(near[0], sampler.params(), sampler, sorted, capacity);
 }
 
 Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,

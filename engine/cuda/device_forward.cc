@@ -520,15 +520,16 @@ std::vector<DeviceForward::NearBest> DeviceForward::collect_picks() {
   return out;
 }
 
-std::vector<DeviceForward::Sorted> DeviceForward::sorted_allowed(std::span<const int64_t> rows,
-                                                                 std::span<const TokenMask> masks,
-                                                                 std::span<const int32_t> allowed) {
+std::span<const DeviceForward::Sorted> DeviceForward::sorted_allowed(
+    std::span<const int64_t> rows, std::span<const TokenMask> masks,
+    std::span<const int32_t> allowed) {
   const int64_t n = int64_t(rows.size()), vocab = config_.vocab_size;
   if (int64_t(masks.size()) != n || int64_t(allowed.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(n) + " rows to sort but " +
                                 std::to_string(masks.size()) + " masks and " +
                                 std::to_string(allowed.size()) + " counts");
-  std::vector<Sorted> out(static_cast<size_t>(n));
+  if (sorted_.size() < size_t(n)) sorted_.resize(size_t(n));
+  const std::span<Sorted> out(sorted_.data(), size_t(n));
   if (n == 0) return out;
   // As in near_best_rows: a mask of no words allows nothing, no mask everything (-1 words).
   int64_t stride = 1;

@@ -212,11 +212,13 @@ class DeviceForward {
   uint64_t runs() const { return runs_; }
   // After run(rows, nullptr): for each logits row rows[i] (-1: the last), the `allowed[i]` tokens
   // that masks[i] allows with finite logits, as (logit, id) best first, ties to the lower id
-  // (Sampler::sample's order): one sort on the device for all the rows, one read back.
+  // (Sampler::sample's order): one sort on the device for all the rows, one read back. The lists
+  // live in this object until the next call (a batch's rows of a whole vocabulary are tens of MB
+  // of host memory, allocated and faulted in again at every step before).
   using Sorted = std::vector<std::pair<float, int32_t>>;
-  std::vector<Sorted> sorted_allowed(std::span<const int64_t> rows,
-                                     std::span<const TokenMask> masks,
-                                     std::span<const int32_t> allowed);
+  std::span<const Sorted> sorted_allowed(std::span<const int64_t> rows,
+                                         std::span<const TokenMask> masks,
+                                         std::span<const int32_t> allowed);
 
   // GPU milliseconds per stage (mHC, attention, MoE, head) summed over runs, when profiling.
   const std::map<std::string, double>& stage_ms() const { return stage_ms_; }
@@ -300,7 +302,8 @@ class DeviceForward {
   cudaStream_t copy_ = nullptr;
   cudaEvent_t mask_up_ = nullptr, picked_ = nullptr;
   uint64_t runs_ = 0;
-  PinnedBuffer pinned_mask_;  // staging for the mask and the pick
+  PinnedBuffer pinned_mask_;    // staging for the mask and the pick
+  std::vector<Sorted> sorted_;  // sorted_allowed's lists, their room kept between calls
   // Staging for each call's metadata upload (a pageable copy returns only once the driver has
   // staged it), and the event after its copy.
   PinnedBuffer pinned_meta_;

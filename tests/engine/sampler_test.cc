@@ -155,7 +155,8 @@ TEST(Sampler, SortedCandidatesDrawLikeTheWholeRow) {
   }
   Sampler s({.temperature = 1.0f}), greedy({.temperature = 0.0f});
   EXPECT_THROW(s.sample_sorted_candidates({}, 0.0), std::invalid_argument);
-  EXPECT_THROW(greedy.sample_sorted_candidates({{1.0f, 0}}, 0.0), std::logic_error);
+  const std::vector<std::pair<float, int32_t>> one = {{1.0f, 0}};
+  EXPECT_THROW(greedy.sample_sorted_candidates(one, 0.0), std::logic_error);
 }
 
 }  // namespace
