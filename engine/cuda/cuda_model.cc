@@ -130,14 +130,10 @@ class CudaModel final : public Model {
   std::vector<std::vector<float>> decode_batch(std::span<ModelSequence* const> seqs,
                                                std::span<const int32_t> tokens) const override {
     std::vector<cuda::DeviceRow> rows = batch_rows(seqs, tokens);
-    std::vector<std::vector<float>> out;
-    run_then(rows, [&](cuda::DeviceForward& pass) {
-      // Allocated and zeroed while the step runs (64 rows: 33 MB of zeroing before the launch).
-      out.assign(rows.size(), std::vector<float>(size_t(vocab_size())));
-      std::vector<float*> dst;
-      for (auto& row : out) dst.push_back(row.data());
-      pass.read_logits(dst);
-    });
+    std::vector<std::vector<float>> out(rows.size(), std::vector<float>(size_t(vocab_size())));
+    std::vector<float*> dst;
+    for (auto& row : out) dst.push_back(row.data());
+    run_then(rows, [&](cuda::DeviceForward& pass) { pass.read_logits(dst); });
     for (auto& r : rows) r.cache->length += 1;
     return out;
   }
@@ -321,7 +317,7 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
   if (tokens.empty()) return {};
   // Slices bound the activations; the caches make the result the same as one pass.
   const int64_t n = int64_t(tokens.size()), V = model_.vocab_size();
-  std::vector<float> logits;
+  std::vector<float> logits((all_positions ? n : 1) * V);
   const int64_t start = cache_.length;
   try {
     for (int64_t begin = 0; begin < n; begin += model_.prefill_rows()) {
@@ -330,16 +326,7 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
       for (int64_t i = begin; i < end; ++i)
         rows.push_back(
             {&cache_, cache_.length + (i - begin), tokens[i], all_positions || i == n - 1});
-      const int64_t wanted = all_positions ? end - begin : end == n ? 1 : 0;
-      model_.run_then(rows, [&](cuda::DeviceForward& pass) {
-        // The result is allocated (and zeroed) while the pass runs: before the launch, a row of
-        // V4's vocabulary (517 KB) put its zeroing between two decode steps.
-        if (logits.empty()) logits.resize(size_t((all_positions ? n : 1) * V));
-        std::vector<float*> dst(static_cast<size_t>(wanted));
-        for (int64_t i = 0; i < wanted; ++i)
-          dst[size_t(i)] = logits.data() + (all_positions ? (begin + i) * V : 0);
-        pass.read_logits(dst);
-      });
+      model_.run(rows, all_positions ? logits.data() + begin * V : logits.data());
       cache_.length += end - begin;
     }
   } catch (...) {
