@@ -60,6 +60,20 @@ void CUPTIAPI buffer_requested(uint8_t** buffer, size_t* size, size_t* max_recor
   *max_records = 0;
 }
 
+// A memset's or memcpy's record: the fields both activity kinds share.
+template <typename Activity>
+Record copy_record(const Activity& m, std::string name) {
+  Record r;
+  r.start = m.start;
+  r.end = m.end;
+  r.correlation = m.correlationId;
+  r.stream = m.streamId;
+  r.graph = m.graphId;
+  r.graph_node = m.graphNodeId;
+  r.name = std::move(name);
+  return r;
+}
+
 void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, size_t valid) {
   Tracer& t = tracer();
   CUpti_Activity* a = nullptr;
@@ -80,26 +94,14 @@ void CUPTIAPI buffer_completed(CUcontext, uint32_t, uint8_t* buffer, size_t, siz
            k->name ? k->name : "?"};
     } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMSET) {
       const auto* m = reinterpret_cast<const CUpti_ActivityMemset4*>(a);
-      r.start = m->start;
-      r.end = m->end;
-      r.correlation = m->correlationId;
-      r.stream = m->streamId;
-      r.graph = m->graphId;
-      r.graph_node = m->graphNodeId;
-      r.name = "memset " + std::to_string(m->bytes) + " B";
+      r = copy_record(*m, "memset " + std::to_string(m->bytes) + " B");
     } else if (a->kind == CUPTI_ACTIVITY_KIND_MEMCPY) {
       // Copies between decode steps (logits back, metadata up) are part of a step's wall.
       const auto* m = reinterpret_cast<const CUpti_ActivityMemcpy6*>(a);
-      r.start = m->start;
-      r.end = m->end;
-      r.correlation = m->correlationId;
-      r.stream = m->streamId;
-      r.graph = m->graphId;
-      r.graph_node = m->graphNodeId;
       const char* kinds[] = {"?",    "HtoD", "DtoH", "HtoA", "AtoH", "AtoA",
                              "AtoD", "DtoA", "DtoD", "HtoH", "PtoP"};
-      r.name = std::string("memcpy ") + (m->copyKind < 11 ? kinds[m->copyKind] : "?") + " " +
-               std::to_string(m->bytes) + " B";
+      r = copy_record(*m, std::string("memcpy ") + (m->copyKind < 11 ? kinds[m->copyKind] : "?") +
+                              " " + std::to_string(m->bytes) + " B");
     } else {
       continue;
     }
