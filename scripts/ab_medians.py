@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Medians of bench_engine_cuda runs, one set of logs per configuration.
 
-  python3 scripts/ab_medians.py DIR NAME...   # reads DIR/ab_NAME_*.log
+  python3 scripts/ab_medians.py [--prefix ab] DIR NAME...   # reads DIR/PREFIX_NAME_*.log
 
 Prints, for every measurement line the logs share (decode @ 1024, decode+pick, batches), each
 configuration's median tokens/s and its spread, and the change of each configuration's median
-against the first one's. Used by the device call scripts to compare interleaved runs.
+against the first one's. Used by scripts/device_ab.sh and the device call scripts to compare
+interleaved runs.
 """
 import glob
 import re
@@ -14,20 +15,24 @@ import sys
 
 
 def read(path):
-    # "decode+pick @ 1024      978.4    1974 MB ...": the name, then two spaces or more, then tok/s.
+    # The benchmark prints "%-28s %12.1f ...": the name, then tokens/s.
     out = {}
     for line in open(path, errors="replace"):
-        m = re.match(r"^((?:decode|prefill)\S*(?: \S+)*?)\s{2,}([0-9.]+)", line)
-        if m:
-            out[m.group(1)] = float(m.group(2))
+        if re.match(r"^(decode|prefill)", line) and len(line) > 29:
+            fields = line[28:].split()
+            if fields and re.match(r"^[\d.]+$", fields[0]):
+                out.setdefault(line[:28].strip(), float(fields[0]))
     return out
 
 
 def main():
-    if len(sys.argv) < 3:
+    args, prefix = sys.argv[1:], "ab"
+    if args[:1] == ["--prefix"] and len(args) > 1:
+        prefix, args = args[1], args[2:]
+    if len(args) < 2:
         sys.exit(__doc__)
-    d, names = sys.argv[1], sys.argv[2:]
-    runs = {n: [read(p) for p in sorted(glob.glob(f"{d}/ab_{n}_*.log"))] for n in names}
+    d, names = args[0], args[1:]
+    runs = {n: [read(p) for p in sorted(glob.glob(f"{d}/{prefix}_{n}_*.log"))] for n in names}
     keys = []
     for n in names:
         for r in runs[n]:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Back-to-back benchmark of two builds (or two option sets) on the GPU machine (docs/cuda.md):
 # runs are interleaved, ROUNDS each (default 2), so drifts of the card's clocks hit both alike,
-# and every measurement line is printed side by side -> $OUT/ab$TAG.txt (raw logs in
-# $OUT/ab${TAG}_*.log; TAG tells several comparisons of one call apart).
+# and each measurement's median, range and change are printed (scripts/ab_medians.py) ->
+# $OUT/ab$TAG.txt (raw logs in $OUT/ab${TAG}_*.log; TAG tells several comparisons of one call
+# apart).
 #
 #   BASE=bench_base [BASE_ARGS=...] [NEW=bench_engine_cuda] [NEW_ARGS=...] [ARGS=...] \
 #     scripts/device_ab.sh
@@ -26,28 +27,8 @@ for ((r = 1; r <= ${ROUNDS:-2}; ++r)); do
   timeout "${RUN_TIMEOUT:-200}" "$CARRY/$BASE" "$CKPT" $ARGS ${BASE_ARGS:-} > "$OUT/ab${TAG:-}_base_$r.log" 2>&1
   timeout "${RUN_TIMEOUT:-200}" "$CARRY/$NEW" "$CKPT" $ARGS ${NEW_ARGS:-} > "$OUT/ab${TAG:-}_new_$r.log" 2>&1
 done
-# Measurement lines: the name (up to the first number) and its first figure, per run.
+# Each measurement's median over the rounds, its range, and the new build's change.
 {
   echo "base: $BASE ${BASE_ARGS:-}   new: $NEW ${NEW_ARGS:-}   args: $ARGS"
-  python3 - "$OUT" "${ROUNDS:-2}" "${TAG:-}" <<'EOF'
-import re, sys
-out, rounds, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def rows(path):
-    got = {}
-    for line in open(path, errors="replace"):
-        # The benchmark prints "%-28s %12.1f ...": the name, then the figure.
-        if re.match(r"^(decode|prefill)", line) and len(line) > 29:
-            fields = line[28:].split()
-            if fields and re.match(r"^[\d.]+$", fields[0]):
-                got.setdefault(line[:28].strip(), fields[0])
-    return got
-runs = [(f"base{r}", rows(f"{out}/ab{tag}_base_{r}.log")) for r in range(1, rounds + 1)]
-runs += [(f"new{r}", rows(f"{out}/ab{tag}_new_{r}.log")) for r in range(1, rounds + 1)]
-names = []
-for _, got in runs:
-    names += [n for n in got if n not in names]
-print(f"{'measurement':32}" + "".join(f"{name:>12}" for name, _ in runs))
-for n in names:
-    print(f"{n:32}" + "".join(f"{got.get(n, '-'):>12}" for _, got in runs))
-EOF
+  python3 scripts/ab_medians.py --prefix "ab${TAG:-}" "$OUT" base new
 } | tee "$OUT/ab${TAG:-}.txt"

@@ -440,17 +440,17 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   for (int64_t i = 0; i < n; ++i)
     if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
   mask_.reserve(std::max<int64_t>(n * stride * 4, 4));
-  if (stride > 0 && copy_) {
-    // Up on the copy stream once the last picks are done with mask_, while the pass's stream
+  if (stride > 0) {
+    // On the copy stream: up once the last picks are done with mask_, while the pass's stream
     // still runs the step before; the picks wait for it.
-    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(copy_, picked_, 0));
-    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
-                                       cudaMemcpyHostToDevice, copy_));
-    AGENTRT_CUDA_CHECK(cudaEventRecord(mask_up_, copy_));
-    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, mask_up_, 0));
-  } else if (stride > 0) {
-    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4),
-                                       cudaMemcpyHostToDevice, stream_));
+    cudaStream_t up = copy_ ? copy_ : stream_;
+    if (copy_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(copy_, picked_, 0));
+    AGENTRT_CUDA_CHECK(
+        cudaMemcpyAsync(mask_.get(), staged, size_t(n * stride * 4), cudaMemcpyHostToDevice, up));
+    if (copy_) {
+      AGENTRT_CUDA_CHECK(cudaEventRecord(mask_up_, copy_));
+      AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, mask_up_, 0));
+    }
   }
   if (pick_scratch_.bytes() < masked_pick_scratch_bytes()) {
     pick_scratch_.reserve(masked_pick_scratch_bytes());
