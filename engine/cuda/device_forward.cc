@@ -19,7 +19,7 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived, key_mirror, idx_mirror, rope_cs;
+      hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror, rope_cs;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -104,6 +104,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       graphs_(options.graphs),
       key_mirrors_(options.key_mirrors),
       cluster_mhc_(options.cluster_mhc),
+      grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
@@ -606,19 +607,31 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   // Decode batches take each sublayer's mHC post step, the next projection and pre step in one
   // launch (hyper_fused); `pending` is the block output whose post step is still due.
   const bool fused = n < kFusedHyperRows && hyper_fused_supported(n, hc, H);
+  // ... with every block finishing its own channels (CudaOptions::grid_mhc): its mix is not
+  // hyper_post's, so only where the head takes every row through it too ...
+  const bool grid = fused && grid_mhc_ && (wanted.empty() || int64_t(wanted.size()) == n) &&
+                    hyper_grid_supported(n, hc, H);
   float* fused_partial =
-      fused ? w.f(w.hyper_partials, hyper_fused_scratch_floats(n, hc, H)) : nullptr;
+      fused ? w.f(w.hyper_partials,
+                  std::max(hyper_fused_scratch_floats(n, hc, H), hyper_grid_scratch_floats(n, hc)))
+            : nullptr;
   auto* fused_arrived =
       fused ? static_cast<unsigned*>(w.zeroed(w.hyper_arrived, n * 4, stream_)) : nullptr;
+  auto* grid_arrived =
+      grid ? static_cast<unsigned*>(w.zeroed(w.hyper_grid_arrived, n * 8, stream_)) : nullptr;
   // ... or as a cluster of blocks a row (CudaOptions::cluster_mhc: 1 for batches, 2 always).
-  const bool cluster = fused && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
+  const bool cluster = fused && !grid && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
                        hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
       const bool whole = fused && rows == n && in == streams;
-      if (whole && cluster) {
+      if (whole && grid) {
+        // Its Sinkhorn is the mix's it reads (the head's own iters are 0).
+        hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
+                         norm, head, mix, xo, fused_partial, grid_arrived, stream_);
+      } else if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);
       } else if (whole) {

@@ -84,6 +84,19 @@ void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* st
                          int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps,
                          float rms_eps, const float* norm, bool head, float* mix, float* x,
                          cudaStream_t stream);
+// hyper_fused with every block finishing its own channels after a barrier of the row's blocks
+// in global memory (hyper_grid.cu): hc 4, 1-4 rows, hidden a multiple of 128 up to 4,096. Its
+// mix differs from hyper_fused's: comb is left before Sinkhorn, and the next call's block_out
+// step runs the iterations on it (sinkhorn_iters: those of the boundary whose mix it reads,
+// the head's call too), so a pass takes every boundary through this kernel.
+// partial: hyper_grid_scratch_floats; arrived: 2 counters a row (2 * n), zero before the first
+// launch, not shared with hyper_fused.
+bool hyper_grid_supported(int64_t n, int64_t hc, int64_t hidden);
+int64_t hyper_grid_scratch_floats(int64_t n, int64_t hc);
+void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
+                      int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
+                      const float* norm, bool head, float* mix, float* x, float* partial,
+                      unsigned* arrived, cudaStream_t stream);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);

@@ -1,0 +1,205 @@
+// hyper_fused_grid (engine/cuda/hyper_grid.cu): the decode step's mHC boundary with every block
+// finishing its own channels, against hyper_post then hyper_pre; and a model whose one-row
+// passes take it against one that takes hyper_fused.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engine/model.h"
+#include "engine/model_init.h"
+#include "engine/sampler.h"
+#include "tests/engine/cuda_test_util.h"
+#include "tests/engine/golden_fixture.h"
+
+#ifdef AGENTRT_HAVE_CUDA
+#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/device_buffer.h"
+#include "engine/cuda/kernels.h"
+#endif
+
+namespace agentrt::engine {
+namespace {
+
+#ifdef AGENTRT_HAVE_CUDA
+using cuda::DeviceBuffer;
+using testing::download;
+using testing::upload;
+
+std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.0f) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+// The CPU engine's comb (hyper_mix): row softmax + eps, then Sinkhorn from a column
+// normalisation, on a row's mix whose comb is still the raw projection.
+void finish_comb(float* mix, int64_t hc, int iters, float eps) {
+  float* comb = mix + 2 * hc;
+  for (int64_t r = 0; r < hc; ++r) {
+    float* row = comb + r * hc;
+    float mx = -INFINITY, s = 0.0f;
+    for (int64_t c = 0; c < hc; ++c) mx = std::max(mx, row[c]);
+    for (int64_t c = 0; c < hc; ++c) s += (row[c] = std::exp(row[c] - mx));
+    for (int64_t c = 0; c < hc; ++c) row[c] = row[c] / s + eps;
+  }
+  auto columns = [&] {
+    for (int64_t c = 0; c < hc; ++c) {
+      float s = 0.0f;
+      for (int64_t r = 0; r < hc; ++r) s += comb[r * hc + c];
+      for (int64_t r = 0; r < hc; ++r) comb[r * hc + c] /= s + eps;
+    }
+  };
+  auto rows = [&] {
+    for (int64_t r = 0; r < hc; ++r) {
+      float s = 0.0f;
+      for (int64_t c = 0; c < hc; ++c) s += comb[r * hc + c];
+      for (int64_t c = 0; c < hc; ++c) comb[r * hc + c] /= s + eps;
+    }
+  };
+  columns();
+  for (int it = 1; it < iters; ++it) {
+    rows();
+    columns();
+  }
+}
+#endif
+
+// Streams, x and the mix against hyper_post then hyper_pre; head and body, with and without a
+// pending block output, one row and several; launched twice (the row barrier's counters).
+TEST(CudaHyperGrid, StepMatchesPostThenPre) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  std::mt19937 rng(12);
+  const int64_t hc = 4, mw = cuda::hyper_mix_width(hc);
+  const int iters = 20;
+  const float eps = 1e-6f;
+  EXPECT_FALSE(cuda::hyper_grid_supported(5, hc, 4096));
+  EXPECT_FALSE(cuda::hyper_grid_supported(1, hc, 4224));
+  EXPECT_FALSE(cuda::hyper_grid_supported(1, 2, 4096));
+  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{4096, 1}, {256, 3}, {1024, 4}, {2048, 2}})
+    for (bool head : {false, true})
+      for (bool post : {true, false}) {
+        SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n) +
+                     (head ? " head" : " body") + (post ? " after a block" : ""));
+        ASSERT_TRUE(cuda::hyper_grid_supported(n, hc, H));
+        const int64_t outputs = head ? hc : (2 + hc) * hc;
+        auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
+             scale = randn(head ? 1 : 3, rng, 0.3f);
+        for (auto& v : scale) v += 1.0f;
+        const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f),
+                   y = randn(n * H, rng);
+        // The mix the boundary before left: pre and post final, comb raw (grid) or finished.
+        std::vector<float> raw(n * mw);
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t i = 0; i < mw; ++i)
+            raw[t * mw + i] = i < 2 * hc ? std::uniform_real_distribution<float>(0.0f, 1.0f)(rng)
+                                         : std::normal_distribution<float>(0.0f, 1.0f)(rng);
+        auto finished = raw;
+        for (int64_t t = 0; t < n; ++t) finish_comb(finished.data() + t * mw, hc, iters, eps);
+        auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_y = upload(y),
+             d_norm = upload(norm);
+        const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
+        auto s_want = upload(streams), s_got = upload(streams), m_want = upload(finished),
+             m_got = upload(raw);
+        DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
+            projected(cuda::hyper_projected_floats(n, hc) * 4),
+            partial(cuda::hyper_grid_scratch_floats(n, hc) * 4), arrived(n * 8);
+        cuda::zero_device(arrived.get(), arrived.bytes());
+        if (post)
+          cuda::hyper_post(m_want.as<float>(), d_y.as<float>(), n, hc, H, s_want.as<float>(),
+                           nullptr);
+        cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, iters, eps, eps, d_norm.as<float>(), head,
+                        head ? nullptr : m_want.as<float>(), x_want.as<float>(),
+                        projected.as<float>(), nullptr);
+        auto grid = [&](const float* block_out) {
+          cuda::hyper_fused_grid(w, block_out, s_got.as<float>(), n, hc, H, iters, eps, eps,
+                                 d_norm.as<float>(), head, m_got.as<float>(), x_got.as<float>(),
+                                 partial.as<float>(), arrived.as<unsigned>(), nullptr);
+        };
+        grid(post ? d_y.as<float>() : nullptr);
+        const auto sw = download<float>(s_want, n * hc * H),
+                   sg = download<float>(s_got, n * hc * H);
+        const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
+        const auto mwant = download<float>(m_want, n * mw);
+        auto mgot = download<float>(m_got, n * mw);
+        for (int64_t t = 0; t < n; ++t) {
+          EXPECT_LE(testing::rel_l2(sg.data() + t * hc * H, sw.data() + t * hc * H, hc * H), 1e-6)
+              << "streams of row " << t;
+          EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5) << "row " << t;
+          if (head) continue;  // the head leaves the mix as it found it
+          finish_comb(mgot.data() + t * mw, hc, iters, eps);
+          for (int64_t i = 0; i < mw; ++i)
+            EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+        }
+        // Again from its own result, without a block output: the barrier's counters work twice.
+        grid(nullptr);
+        const auto x2 = download<float>(x_got, n * H);
+        for (int64_t t = 0; t < n; ++t)
+          EXPECT_LE(testing::rel_l2(x2.data() + t * H, xw.data() + t * H, H), 1e-5)
+              << "second launch, row " << t;
+      }
+  // More rows than the barrier allows are refused with the shape.
+  DeviceBuffer any(4096);
+  const cuda::HyperDevice none{any.as<float>(), any.as<float>(), any.as<float>()};
+  EXPECT_THROW(cuda::hyper_fused_grid(none, nullptr, any.as<float>(), 5, hc, 256, iters, eps, eps,
+                                      any.as<float>(), false, any.as<float>(), any.as<float>(),
+                                      any.as<float>(), any.as<unsigned>(), nullptr),
+               std::invalid_argument);
+#endif
+}
+
+// A model decoding with every one-row boundary through the grid step gives the logits of the
+// same model with hyper_fused (the Gram matrix's norm adds its sums in another order).
+TEST(CudaHyperGrid, ModelGivesTheLogitsOfTheFusedStep) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_grid_mhc";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 9;
+  write_random_model(dir, init);
+  cuda::CudaOptions options;
+  options.grid_mhc = false;
+  const auto fused = load_cuda_model(dir, {Device::cuda}, options);
+  options.grid_mhc = true;
+  const auto grid = load_cuda_model(dir, {Device::cuda}, options);
+  std::mt19937 rng(5);
+  std::vector<int32_t> ids(240);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  auto sf = fused->new_sequence(), sg = grid->new_sequence();
+  sf->forward(std::span(ids).first(200));
+  sg->forward(std::span(ids).first(200));
+  for (size_t p = 200; p < 240; ++p) {
+    const auto f = sf->forward(std::span(ids).subspan(p, 1));
+    const auto g = sg->forward(std::span(ids).subspan(p, 1));
+    ASSERT_EQ(f.size(), g.size());
+    EXPECT_LE(testing::rel_l2(g.data(), f.data(), int64_t(f.size())), 1e-5) << "step " << p;
+  }
+  // Greedy picks on the device (decode ahead: the next step queued behind the pick) agree too.
+  sf->truncate(200);
+  sg->truncate(200);
+  Sampler pf(SamplingParams{.temperature = 0.0f}), pg(SamplingParams{.temperature = 0.0f});
+  std::vector<int32_t> tf{ids[200]}, tg{ids[200]};
+  for (int i = 0; i < 16; ++i) {
+    tf = {sf->forward_and_sample(tf, pf).token};
+    tg = {sg->forward_and_sample(tg, pg).token};
+    EXPECT_EQ(tg[0], tf[0]) << "pick " << i;
+  }
+  std::filesystem::remove_all(dir);
+#endif
+}
+
+}  // namespace
+}  // namespace agentrt::engine
