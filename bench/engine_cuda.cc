@@ -57,8 +57,6 @@
 //                     [--grid-mhc 0|1] (passes of 1-4 rows: every mHC block finishes its
 //                                      own channels after a row barrier, Sinkhorn before
 //                                      the next boundary's wait, CudaOptions::grid_mhc)
-//                     [--warp-routing 0|1] (routing a warp a row instead of a block,
-//                                      CudaOptions::warp_routing; default 1)
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
@@ -355,8 +353,6 @@ int main(int argc, char** argv) {
       options.cluster_mhc = std::stoi(v);
     else if (k == "--grid-mhc")
       options.grid_mhc = v == "1";
-    else if (k == "--warp-routing")
-      options.warp_routing = v == "1";
     else if (k == "--fused-routing")
       options.fused_routing = v == "1";
     else if (k == "--fused-q-norm")

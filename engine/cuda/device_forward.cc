@@ -106,7 +106,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
-      warp_routing_(options.warp_routing),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
@@ -952,7 +951,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   if (!fuse)
     repeatable("route", [&] {
       route_rows(router, route.tokens, route.tid2eid, route.bias, n, E, k, c.score_func,
-                 c.routed_scaling, w.route_experts.as<int32_t>(), rweights, stream_, warp_routing_);
+                 c.routed_scaling, w.route_experts.as<int32_t>(), rweights, stream_);
     });
 
   stage("moe.router");

@@ -117,9 +117,6 @@ struct CudaOptions {
   // tok/s against 971.8-972.0): the producer's routing delays the first weight copies more than
   // the routing launch it saves.
   bool fused_routing = false;
-  // Routing a warp a row (route_rows' route_warp_kernel: choices by redux in registers) instead
-  // of a block a row choosing from shared memory; the same choices and weights.
-  bool warp_routing = true;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values
@@ -279,7 +276,6 @@ class DeviceForward {
   int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
   bool grid_mhc_ = false;            // CudaOptions::grid_mhc
   bool fused_routing_ = false;       // CudaOptions::fused_routing
-  bool warp_routing_ = true;         // CudaOptions::warp_routing
   bool fused_q_norm_ = false;        // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;

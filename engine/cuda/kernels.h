@@ -282,11 +282,9 @@ struct ExpertsDevice {
 };
 class ExpertGemm;  // moe_gemm.h
 // route(): logits [n][experts] -> experts [n][k], weights [n][k]. tid2eid set: hash routing.
-// one_warp: a warp a row where route_fits_warp (else, and for softmax, a block a row).
 void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
-                float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream,
-                bool one_warp = true);
+                float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream);
 // The routed experts of n rows, each row's chosen experts' FP4 weights streamed through shared
 // memory on their own (moe_decode.cu; an expert two rows share is read twice; all rows in one
 // launch of each kernel, a block's range of tasks running from row to row): act, n * k *

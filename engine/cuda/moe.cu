@@ -95,23 +95,6 @@ __global__ void route_kernel(const float* logits, const int32_t* tokens, const i
   }
 }
 
-// One warp a row (route_fits_warp): route_row_warp's registers and redux rounds, the same
-// choices and weights as route_kernel (RoutingMatchesTheCpu runs both), in one round trip to
-// the logits and no shared memory; route_kernel took 5.0-5.4 us a decode step on an H100.
-__global__ void route_warp_kernel(const float* logits, const int32_t* tokens,
-                                  const int32_t* tid2eid, const float* bias, int64_t E, int64_t k,
-                                  ScoreFunc func, float scaling, int32_t* chosen, float* weights) {
-  pdl_begin();
-  const int64_t t = blockIdx.x;
-  const int lane = int(threadIdx.x);
-  const WarpChoice c = route_row_warp(logits + t * E, tid2eid ? tokens[t] : 0, tid2eid, bias, E, k,
-                                      func, scaling, lane);
-  if (lane < k) {
-    chosen[t * k + lane] = c.expert;
-    weights[t * k + lane] = c.weight;
-  }
-}
-
 struct Groups {
   int32_t* order;      // [P] pair indices sorted by expert (stable)
   int32_t* slot;       // [P] position of each pair in `order`
@@ -443,18 +426,11 @@ __global__ void combine_kernel(Groups g, int64_t n, int64_t k, int64_t hidden, f
 
 void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                 const float* bias, int64_t n, int64_t experts, int64_t k, ScoreFunc score,
-                float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream,
-                bool one_warp) {
+                float routed_scaling, int32_t* chosen, float* weights, cudaStream_t stream) {
   if (n <= 0) return;
   if (k < 1 || k > 32 || k > experts)
     throw std::invalid_argument("cuda routing: " + std::to_string(k) + " experts a token of " +
                                 std::to_string(experts) + " (one warp chooses: at most 32)");
-  if (one_warp && route_fits_warp(experts, k, score)) {
-    launch_pdl(route_warp_kernel, unsigned(n), 32, 0, stream, logits, tokens, tid2eid, bias,
-               experts, k, score, routed_scaling, chosen, weights);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
   launch_pdl(route_kernel, unsigned(n), 256, size_t(2 * experts) * 4, stream, logits, tokens,
              tid2eid, bias, experts, k, score, routed_scaling, chosen, weights);
   AGENTRT_CUDA_CHECK(cudaGetLastError());

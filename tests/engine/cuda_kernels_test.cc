@@ -175,27 +175,16 @@ void routing_case(int64_t E, int64_t k, ScoreFunc func, bool hash, uint32_t seed
 
   auto d_logits = upload(logits), d_bias = upload(bias), d_tokens = upload(tokens),
        d_tid2eid = upload(tid2eid);
-  // A warp a row (where it fits) and a block a row: the same choices and weights.
-  std::vector<float> first_w;
-  for (bool one_warp : {true, false}) {
-    SCOPED_TRACE(one_warp ? "a warp a row" : "a block a row");
-    DeviceBuffer chosen(n * k * 4), weights(n * k * 4);
-    cuda::route_rows(d_logits.as<float>(), d_tokens.as<int32_t>(),
-                     hash ? d_tid2eid.as<int32_t>() : nullptr, d_bias.as<float>(), n, E, k, func,
-                     c.routed_scaling, chosen.as<int32_t>(), weights.as<float>(), nullptr,
-                     one_warp);
-    const auto got = download<int32_t>(chosen, n * k);
-    const auto got_w = download<float>(weights, n * k);
-    for (int64_t i = 0; i < n * k; ++i) {
-      ASSERT_EQ(got[i], want.experts[i]) << "row " << i / k << " choice " << i % k;
-      EXPECT_NEAR(got_w[i], want.weights[i], 1e-5 * std::abs(want.weights[i]) + 1e-7)
-          << "row " << i / k << " choice " << i % k;
-    }
-    if (first_w.empty())
-      first_w = got_w;
-    else
-      for (int64_t i = 0; i < n * k; ++i)
-        EXPECT_EQ(got_w[i], first_w[i]) << "the two kernels' weights differ at " << i;
+  DeviceBuffer chosen(n * k * 4), weights(n * k * 4);
+  cuda::route_rows(d_logits.as<float>(), d_tokens.as<int32_t>(),
+                   hash ? d_tid2eid.as<int32_t>() : nullptr, d_bias.as<float>(), n, E, k, func,
+                   c.routed_scaling, chosen.as<int32_t>(), weights.as<float>(), nullptr);
+  const auto got = download<int32_t>(chosen, n * k);
+  const auto got_w = download<float>(weights, n * k);
+  for (int64_t i = 0; i < n * k; ++i) {
+    ASSERT_EQ(got[i], want.experts[i]) << "row " << i / k << " choice " << i % k;
+    EXPECT_NEAR(got_w[i], want.weights[i], 1e-5 * std::abs(want.weights[i]) + 1e-7)
+        << "row " << i / k << " choice " << i % k;
   }
 }
 
