@@ -54,9 +54,11 @@
 //                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks
 //                     a row: 0 never, 1 batches of 2+ rows (default), 2 one row too,
 //                     CudaOptions::cluster_mhc)
-//                     [--grid-mhc 0|1] (passes of 1-4 rows: every mHC block finishes its
+//                     [--grid-mhc 0|1|2] (passes of 1-4 rows: every mHC block finishes its
 //                                      own channels after a row barrier, Sinkhorn before
-//                                      the next boundary's wait, CudaOptions::grid_mhc)
+//                                      the next boundary's wait; 2: the embedding inside
+//                                      the first boundary too, CudaOptions::grid_mhc;
+//                                      default 1)
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
@@ -352,7 +354,7 @@ int main(int argc, char** argv) {
     else if (k == "--cluster-mhc")
       options.cluster_mhc = std::stoi(v);
     else if (k == "--grid-mhc")
-      options.grid_mhc = v == "1";
+      options.grid_mhc = std::stoi(v);
     else if (k == "--fused-routing")
       options.fused_routing = v == "1";
     else if (k == "--fused-q-norm")

@@ -603,14 +603,17 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   float* x = w.f(w.x, n * H);
   float* y = w.f(w.y, n * H);
   float* projected = w.f(w.projected, hyper_projected_floats(n, hc));
-  embed_rows(weights_.embed->view(), w.tokens, n, hc, streams, stream_);
   // Decode batches take each sublayer's mHC post step, the next projection and pre step in one
   // launch (hyper_fused); `pending` is the block output whose post step is still due.
   const bool fused = n < kFusedHyperRows && hyper_fused_supported(n, hc, H);
   // ... with every block finishing its own channels (CudaOptions::grid_mhc): its mix is not
   // hyper_post's, so only where the head takes every row through it too ...
-  const bool grid = fused && grid_mhc_ && (wanted.empty() || int64_t(wanted.size()) == n) &&
+  const bool grid = fused && grid_mhc_ > 0 && (wanted.empty() || int64_t(wanted.size()) == n) &&
                     hyper_grid_supported(n, hc, H);
+  // ... whose first boundary may take the embedding itself.
+  const WeightMatrix embed = weights_.embed->view();
+  const bool embed_in_grid = grid && grid_mhc_ >= 2 && embed.cols == H;
+  if (!embed_in_grid) embed_rows(embed, w.tokens, n, hc, streams, stream_);
   float* fused_partial =
       fused ? w.f(w.hyper_partials,
                   std::max(hyper_fused_scratch_floats(n, hc, H), hyper_grid_scratch_floats(n, hc)))
@@ -623,14 +626,18 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   const bool cluster = fused && !grid && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
                        hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
+  bool embedded = false;  // the streams hold the embeddings (embed_in_grid: after boundary 0)
   auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
                    const float* norm, bool head, float* xo) {
     repeatable("mhc", [&] {
       const bool whole = fused && rows == n && in == streams;
       if (whole && grid) {
         // Its Sinkhorn is the mix's it reads (the head's own iters are 0).
+        const bool first = embed_in_grid && !embedded;
         hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
-                         norm, head, mix, xo, fused_partial, grid_arrived, stream_);
+                         norm, head, mix, xo, fused_partial, grid_arrived, stream_,
+                         first ? &embed : nullptr, first ? w.tokens : nullptr);
+        embedded = true;
       } else if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);

@@ -11,6 +11,9 @@
 //   a generation word it bumps; one row is 32 blocks, all resident at once), then each block
 //   adds up the same partials in the same order, so all hold the same weights, and writes x
 //   for its 128 channels from the streams it still holds in shared memory;
+// - the pass's first boundary may take the embedding itself (tokens set): each block decodes
+//   its channels of the rows' embeddings and writes them to every stream, so a decode step's
+//   graph no longer starts with a kernel of its own for that;
 // - Sinkhorn moves to the consumer: the mix keeps comb before Sinkhorn, and the next boundary's
 //   spare warp runs the iterations on it before that launch's wait, while the kernel before it
 //   still runs. The mix was written by a launch that finished before the kernel before this
@@ -24,6 +27,7 @@
 #include "engine/cuda/hyper_math.cuh"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
+#include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -72,7 +76,8 @@ template <bool HEAD>
 __global__ void __launch_bounds__(kThreads)
     hyper_grid_kernel(HyperDevice w, const float* block_out, float* streams, int64_t hidden,
                       int iters, float hc_eps, float rms_eps, const float* norm, float* mix,
-                      float* x, float* partial, unsigned* arrived) {
+                      float* x, float* partial, unsigned* arrived, WeightMatrix embed,
+                      const int32_t* tokens) {
   constexpr int kOut = HEAD ? kHc : (2 + kHc) * kHc;  // projections
   constexpr int kSums = kOut + kGram;                 // and the Gram matrix
   constexpr int kWarps = kStreamThreads / 32;
@@ -118,6 +123,8 @@ __global__ void __launch_bounds__(kThreads)
       v = post_s[k] * y;
 #pragma unroll
       for (int j = 0; j < kHc; ++j) v = fmaf(comb_s[j * kHc + k], old[j], v);
+    } else if (tokens) {
+      v = decode_one(embed, tokens[row], d);  // the pass's first boundary: every stream a copy
     } else {
       v = s[k * hidden + d];
     }
@@ -142,7 +149,7 @@ __global__ void __launch_bounds__(kThreads)
       }
   }
   __syncthreads();  // every read of the old streams is done: they may be overwritten
-  if (block_out && !spare) streams[row * width + k * hidden + d] = sv[k][c];
+  if ((block_out || tokens) && !spare) streams[row * width + k * hidden + d] = sv[k][c];
   float* p = partial + row * kSums * kMaxSplits;
   if (tid < kSums) {
     float t = 0.0f;
@@ -204,7 +211,8 @@ int64_t hyper_grid_scratch_floats(int64_t n, int64_t hc) {
 void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
-                      unsigned* arrived, cudaStream_t stream) {
+                      unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed,
+                      const int32_t* tokens) {
   if (!hyper_grid_supported(n, hc, hidden))
     throw std::invalid_argument(
         "cuda mHC: the grid step needs hc 4, 1-" + std::to_string(kMaxRows) +
@@ -222,8 +230,14 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
     throw std::invalid_argument("cuda mHC: the grid step's " + std::to_string(grid.x * grid.y) +
                                 " blocks do not fit on the GPU at once (" + std::to_string(sms) +
                                 " SMs x " + std::to_string(per_sm) + ")");
+  if (embed && (block_out || !tokens || embed->cols != hidden))
+    throw std::invalid_argument("cuda mHC: the grid step takes the embedding (" +
+                                std::to_string(embed->cols) + " columns) only as the first " +
+                                "boundary's streams, with tokens, for hidden " +
+                                std::to_string(hidden));
   launch_pdl(kernel, grid, kThreads, 0, stream, w, block_out, streams, hidden, sinkhorn_iters,
-             hc_eps, rms_eps, norm, mix, x, partial, arrived);
+             hc_eps, rms_eps, norm, mix, x, partial, arrived, embed ? *embed : WeightMatrix{},
+             embed ? tokens : nullptr);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -3,6 +3,7 @@
 // passes take it against one that takes hyper_fused.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/matmul.h"
 #include "engine/model.h"
 #include "engine/model_init.h"
 #include "engine/sampler.h"
@@ -156,8 +158,67 @@ TEST(CudaHyperGrid, StepMatchesPostThenPre) {
 #endif
 }
 
-// A model decoding with every one-row boundary through the grid step gives the logits of the
-// same model with hyper_fused (the Gram matrix's norm adds its sums in another order).
+// The first boundary of a pass taking the embedding itself: the streams become hc copies of
+// each row's embedding, and x and the mix are hyper_pre's of those streams.
+TEST(CudaHyperGrid, FirstBoundaryTakesTheEmbedding) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  std::mt19937 rng(13);
+  const int64_t hc = 4, mw = cuda::hyper_mix_width(hc), vocab = 11;
+  const int iters = 20;
+  const float eps = 1e-6f;
+  for (const auto& [H, n] : {std::pair<int64_t, int64_t>{4096, 1}, {512, 3}}) {
+    SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n));
+    const int64_t outputs = (2 + hc) * hc;
+    auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
+         scale = randn(3, rng, 0.3f);
+    for (auto& v : scale) v += 1.0f;
+    const auto table = randn(vocab * H, rng), norm = randn(H, rng, 0.1f);
+    std::vector<int32_t> tokens(n);
+    for (auto& t : tokens) t = int32_t(rng() % vocab);
+    std::vector<float> streams(n * hc * H);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t k = 0; k < hc; ++k)
+        std::copy_n(table.begin() + tokens[t] * H, H, streams.begin() + (t * hc + k) * H);
+    auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_norm = upload(norm),
+         d_table = upload(table), d_tokens = upload(tokens), s_want = upload(streams);
+    const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
+    const WeightMatrix embed{WeightType::f32, vocab, H, d_table.as<float>()};
+    DeviceBuffer s_got(n * hc * H * 4), x_want(n * H * 4), x_got(n * H * 4), m_want(n * mw * 4),
+        m_got(n * mw * 4), projected(cuda::hyper_projected_floats(n, hc) * 4),
+        partial(cuda::hyper_grid_scratch_floats(n, hc) * 4), arrived(n * 8);
+    cuda::zero_device(arrived.get(), arrived.bytes());
+    cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, iters, eps, eps, d_norm.as<float>(), false,
+                    m_want.as<float>(), x_want.as<float>(), projected.as<float>(), nullptr);
+    cuda::hyper_fused_grid(w, nullptr, s_got.as<float>(), n, hc, H, iters, eps, eps,
+                           d_norm.as<float>(), false, m_got.as<float>(), x_got.as<float>(),
+                           partial.as<float>(), arrived.as<unsigned>(), nullptr, &embed,
+                           d_tokens.as<int32_t>());
+    EXPECT_EQ(download<float>(s_got, n * hc * H), streams);
+    const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
+    const auto mwant = download<float>(m_want, n * mw);
+    auto mgot = download<float>(m_got, n * mw);
+    for (int64_t t = 0; t < n; ++t) {
+      EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5) << "row " << t;
+      finish_comb(mgot.data() + t * mw, hc, iters, eps);
+      for (int64_t i = 0; i < mw; ++i)
+        EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+    }
+    // A block output with the embedding is refused.
+    EXPECT_THROW(
+        cuda::hyper_fused_grid(w, x_got.as<float>(), s_got.as<float>(), n, hc, H, iters, eps, eps,
+                               d_norm.as<float>(), false, m_got.as<float>(), x_got.as<float>(),
+                               partial.as<float>(), arrived.as<unsigned>(), nullptr, &embed,
+                               d_tokens.as<int32_t>()),
+        std::invalid_argument);
+  }
+#endif
+}
+
+// A model decoding with every one-row boundary through the grid step (and with the embedding
+// inside the first) gives the logits of the same model with hyper_fused (the Gram matrix's
+// norm adds its sums in another order).
 TEST(CudaHyperGrid, ModelGivesTheLogitsOfTheFusedStep) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -170,32 +231,35 @@ TEST(CudaHyperGrid, ModelGivesTheLogitsOfTheFusedStep) {
   init.expert_dtype = "fp4";
   init.seed = 9;
   write_random_model(dir, init);
-  cuda::CudaOptions options;
-  options.grid_mhc = false;
-  const auto fused = load_cuda_model(dir, {Device::cuda}, options);
-  options.grid_mhc = true;
-  const auto grid = load_cuda_model(dir, {Device::cuda}, options);
-  std::mt19937 rng(5);
-  std::vector<int32_t> ids(240);
-  for (auto& t : ids) t = int32_t(rng() % 3000);
-  auto sf = fused->new_sequence(), sg = grid->new_sequence();
-  sf->forward(std::span(ids).first(200));
-  sg->forward(std::span(ids).first(200));
-  for (size_t p = 200; p < 240; ++p) {
-    const auto f = sf->forward(std::span(ids).subspan(p, 1));
-    const auto g = sg->forward(std::span(ids).subspan(p, 1));
-    ASSERT_EQ(f.size(), g.size());
-    EXPECT_LE(testing::rel_l2(g.data(), f.data(), int64_t(f.size())), 1e-5) << "step " << p;
-  }
-  // Greedy picks on the device (decode ahead: the next step queued behind the pick) agree too.
-  sf->truncate(200);
-  sg->truncate(200);
-  Sampler pf(SamplingParams{.temperature = 0.0f}), pg(SamplingParams{.temperature = 0.0f});
-  std::vector<int32_t> tf{ids[200]}, tg{ids[200]};
-  for (int i = 0; i < 16; ++i) {
-    tf = {sf->forward_and_sample(tf, pf).token};
-    tg = {sg->forward_and_sample(tg, pg).token};
-    EXPECT_EQ(tg[0], tf[0]) << "pick " << i;
+  for (int grid_mhc : {1, 2}) {
+    SCOPED_TRACE("grid_mhc " + std::to_string(grid_mhc));
+    cuda::CudaOptions options;
+    options.grid_mhc = 0;
+    const auto fused = load_cuda_model(dir, {Device::cuda}, options);
+    options.grid_mhc = grid_mhc;
+    const auto grid = load_cuda_model(dir, {Device::cuda}, options);
+    std::mt19937 rng(5);
+    std::vector<int32_t> ids(240);
+    for (auto& t : ids) t = int32_t(rng() % 3000);
+    auto sf = fused->new_sequence(), sg = grid->new_sequence();
+    sf->forward(std::span(ids).first(200));
+    sg->forward(std::span(ids).first(200));
+    for (size_t p = 200; p < 240; ++p) {
+      const auto f = sf->forward(std::span(ids).subspan(p, 1));
+      const auto g = sg->forward(std::span(ids).subspan(p, 1));
+      ASSERT_EQ(f.size(), g.size());
+      EXPECT_LE(testing::rel_l2(g.data(), f.data(), int64_t(f.size())), 1e-5) << "step " << p;
+    }
+    // Greedy picks on the device (decode ahead: the next step queued behind the pick) agree too.
+    sf->truncate(200);
+    sg->truncate(200);
+    Sampler pf(SamplingParams{.temperature = 0.0f}), pg(SamplingParams{.temperature = 0.0f});
+    std::vector<int32_t> tf{ids[200]}, tg{ids[200]};
+    for (int i = 0; i < 16; ++i) {
+      tf = {sf->forward_and_sample(tf, pf).token};
+      tg = {sg->forward_and_sample(tg, pg).token};
+      EXPECT_EQ(tg[0], tf[0]) << "pick " << i;
+    }
   }
   std::filesystem::remove_all(dir);
 #endif
