@@ -92,10 +92,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t d = int64_t(blockIdx.x) * kDims + c;
   const bool spare = wi == kWarps;  // the Sinkhorn warp
   float* mix_row = mix + row * hyper_mix_width(kHc);
-  // fn and the norm are constants: fetched while the kernel before runs.
-  if (tid < kOut * kHc)
-    prefetch_l2(w.fn + (tid / kHc) * width + (tid % kHc) * hidden + blockIdx.x * kDims, kDims * 4);
+  // Constants are read into registers before the wait, off the path: the norm, the mixes' bases
+  // and scales (warp 0 turns the sums into weights), each thread's column of fn.
   const float nv = tid < kDims ? norm[d] : 0.0f;
+  const float mix_scale = wi == 0 ? w.scale[HEAD || lane < kHc ? 0 : lane < 2 * kHc ? 1 : 2] : 0.0f;
+  const float mix_base = wi == 0 && lane < kOut ? w.base[lane] : 0.0f;
+  float f[kOut];
+  if (!spare) {
+#pragma unroll
+    for (int o = 0; o < kOut; ++o) f[o] = __ldg(w.fn + o * width + k * hidden + d);
+  }
   if (spare) {
     if (block_out) {
 #ifdef AGENTRT_PDL_EARLY_TRIGGER
@@ -131,7 +137,7 @@ __global__ void __launch_bounds__(kThreads)
     sv[k][c] = v;
     float a[kOut];
 #pragma unroll
-    for (int o = 0; o < kOut; ++o) a[o] = __ldg(w.fn + o * width + k * hidden + d) * v;
+    for (int o = 0; o < kOut; ++o) a[o] = f[o] * v;
 #pragma unroll
     for (int o = 0; o < kOut; ++o) {
       const float t = warp_sum(a[o]);
@@ -171,9 +177,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < kHc; ++j) ss += sums[kOut + gram_index(j, j)];
     const float m = (lane < kOut ? sums[lane] : 0.0f) * rsqrtf(ss / float(width) + rms_eps);
-    const float scale = w.scale[HEAD || lane < kHc ? 0 : lane < 2 * kHc ? 1 : 2];
-    const float base = lane < kOut ? w.base[lane] : 0.0f;
-    const float weight = mix_weight<kHc>(lane, m * scale + base, kOut, hc_eps);
+    const float weight = mix_weight<kHc>(lane, m * mix_scale + mix_base, kOut, hc_eps);
     if (lane < kHc) pre_s[lane] = weight;
     // pre and post final, comb before Sinkhorn (the next boundary's spare warp runs it).
     if (!HEAD && blockIdx.x == 0 && lane < kOut) mix_row[lane] = weight;
