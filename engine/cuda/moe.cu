@@ -55,8 +55,6 @@ __device__ int choose_in_shared(float* biased, int64_t E, int64_t k, int lane) {
 __global__ void route_kernel(const float* logits, const int32_t* tokens, const int32_t* tid2eid,
                              const float* bias, int64_t E, int64_t k, ScoreFunc func, float scaling,
                              int32_t* chosen, float* weights) {
-  // The bias is a constant: a thread's first one is read before the wait, off the path.
-  const float bias0 = !tid2eid && int64_t(threadIdx.x) < E ? bias[threadIdx.x] : 0.0f;
   pdl_begin();
   const int64_t t = blockIdx.x;
   extern __shared__ float smem[];  // scores [E], biased [E]
@@ -75,8 +73,7 @@ __global__ void route_kernel(const float* logits, const int32_t* tokens, const i
     for (int64_t e = threadIdx.x; e < E; e += blockDim.x) scores[e] /= s;
   }
   if (!tid2eid)
-    for (int64_t e = threadIdx.x; e < E; e += blockDim.x)
-      biased[e] = scores[e] + (e == threadIdx.x ? bias0 : bias[e]);
+    for (int64_t e = threadIdx.x; e < E; e += blockDim.x) biased[e] = scores[e] + bias[e];
   __syncthreads();
   // One warp chooses; lane i < k keeps the i-th choice, and the lanes write the choices and
   // weights side by side (no thread reads the choices back from memory to weigh them).
@@ -85,17 +82,6 @@ __global__ void route_kernel(const float* logits, const int32_t* tokens, const i
   int32_t mine = 0;
   if (tid2eid) {
     if (lane < k) mine = tid2eid[int64_t(tokens[t]) * k + lane];
-  } else if (E <= 32 * kLaneExperts) {
-    // Each lane's experts as keys in registers, a round one redux max and min (route_warp.cuh,
-    // the same choices as choose_in_shared; its 6 rounds of 8 loads and 10 dependent shuffles
-    // were most of this kernel's 5 us on an H100).
-    uint32_t key[kLaneExperts];
-#pragma unroll
-    for (int j = 0; j < kLaneExperts; ++j) {
-      const int64_t e = lane + 32 * j;
-      key[j] = e < E ? choice_key(biased[e]) : 0u;
-    }
-    mine = choose_from_keys(key, k, lane);
   } else {
     mine = choose_in_shared(biased, E, k, lane);
   }
