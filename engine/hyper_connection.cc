@@ -33,15 +33,17 @@ void hyper_mix(const HyperWeights& w, const float* streams, int64_t hc, int64_t 
     out.post[i] = 2.0f * sigmoid(mixes[hc + i] * w.scale[1] + base[hc + i]);
   }
   float* comb = out.comb;
+  for (int64_t i = 0; i < hc * hc; ++i) comb[i] = mixes[2 * hc + i] * w.scale[2] + base[2 * hc + i];
+  hyper_sinkhorn(comb, hc, sinkhorn_iters, hc_eps);
+}
+
+void hyper_sinkhorn(float* comb, int64_t hc, int sinkhorn_iters, float hc_eps) {
   // Row softmax, then Sinkhorn: transformers starts with a column normalisation and alternates
   // row/column for the remaining iterations, each with + eps in the denominator.
   for (int64_t r = 0; r < hc; ++r) {
     float* row = comb + r * hc;
     float mx = -INFINITY;
-    for (int64_t c = 0; c < hc; ++c) {
-      row[c] = mixes[2 * hc + r * hc + c] * w.scale[2] + base[2 * hc + r * hc + c];
-      mx = std::max(mx, row[c]);
-    }
+    for (int64_t c = 0; c < hc; ++c) mx = std::max(mx, row[c]);
     float s = 0;
     for (int64_t c = 0; c < hc; ++c) s += (row[c] = std::exp(row[c] - mx));
     for (int64_t c = 0; c < hc; ++c) row[c] = row[c] / s + hc_eps;

@@ -23,6 +23,10 @@ constexpr int64_t kMaxHcMult = 16;
 void hyper_mix(const HyperWeights& w, const float* streams, int64_t hc, int64_t hidden,
                int sinkhorn_iters, float hc_eps, float rms_eps, HyperMix& out);
 
+// The comb matrix [hc][hc] from its raw projections, in place: row softmax (+ eps), then
+// Sinkhorn's alternating normalisations (hyper_mix's last step).
+void hyper_sinkhorn(float* comb, int64_t hc, int sinkhorn_iters, float hc_eps);
+
 // collapsed[d] = sum_i pre[i] * streams[i][d]
 void hyper_collapse(const float* pre, const float* streams, int64_t hc, int64_t hidden,
                     float* collapsed);

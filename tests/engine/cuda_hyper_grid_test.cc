@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/hyper_connection.h"
 #include "engine/matmul.h"
 #include "engine/model.h"
 #include "engine/model_init.h"
@@ -31,45 +32,12 @@ namespace {
 #ifdef AGENTRT_HAVE_CUDA
 using cuda::DeviceBuffer;
 using testing::download;
+using testing::randn;
 using testing::upload;
 
-std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-// The CPU engine's comb (hyper_mix): row softmax + eps, then Sinkhorn from a column
-// normalisation, on a row's mix whose comb is still the raw projection.
+// The CPU engine's comb (hyper_sinkhorn) on a row's mix whose comb is still the raw projection.
 void finish_comb(float* mix, int64_t hc, int iters, float eps) {
-  float* comb = mix + 2 * hc;
-  for (int64_t r = 0; r < hc; ++r) {
-    float* row = comb + r * hc;
-    float mx = -INFINITY, s = 0.0f;
-    for (int64_t c = 0; c < hc; ++c) mx = std::max(mx, row[c]);
-    for (int64_t c = 0; c < hc; ++c) s += (row[c] = std::exp(row[c] - mx));
-    for (int64_t c = 0; c < hc; ++c) row[c] = row[c] / s + eps;
-  }
-  auto columns = [&] {
-    for (int64_t c = 0; c < hc; ++c) {
-      float s = 0.0f;
-      for (int64_t r = 0; r < hc; ++r) s += comb[r * hc + c];
-      for (int64_t r = 0; r < hc; ++r) comb[r * hc + c] /= s + eps;
-    }
-  };
-  auto rows = [&] {
-    for (int64_t r = 0; r < hc; ++r) {
-      float s = 0.0f;
-      for (int64_t c = 0; c < hc; ++c) s += comb[r * hc + c];
-      for (int64_t c = 0; c < hc; ++c) comb[r * hc + c] /= s + eps;
-    }
-  };
-  columns();
-  for (int it = 1; it < iters; ++it) {
-    rows();
-    columns();
-  }
+  hyper_sinkhorn(mix + 2 * hc, hc, iters, eps);
 }
 #endif
 

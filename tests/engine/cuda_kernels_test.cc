@@ -43,14 +43,8 @@ TEST(CudaKernels, MatchTheCpuEngine) { GTEST_SKIP() << testing::cuda_skip_reason
 
 using cuda::DeviceBuffer;
 using testing::download;
+using testing::randn;
 using testing::upload;
-
-std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.0f) {
-  std::normal_distribution<float> d(0.0f, sd);
-  std::vector<float> v(n);
-  for (auto& x : v) x = d(rng);
-  return v;
-}
 
 class CudaKernels : public ::testing::Test {
  protected:

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <random>
 #include <vector>
 
 #include "engine/cuda/device_buffer.h"
@@ -30,6 +31,14 @@ inline std::string cuda_skip_reason() {
 }
 
 #ifdef AGENTRT_HAVE_CUDA
+// n values drawn from N(0, sd^2).
+inline std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.0f) {
+  std::normal_distribution<float> d(0.0f, sd);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
 // A host vector copied into a new device buffer (at least 4 bytes), and back.
 template <typename T>
 cuda::DeviceBuffer upload(const std::vector<T>& v) {
