@@ -387,13 +387,7 @@ TEST_F(CudaFp8Gemm, ProductsOfTheSameInput) {
 // measured 0.21, worst 0.89): the products' and experts' own tests pin down their arithmetic.
 TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fp8_prefill";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 7;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, 7);
   const auto cpu = Model::load(dir, {Device::cpu, 0});
   cuda::CudaOptions options;
   options.precision = cuda::GemmPrecision::fp8;

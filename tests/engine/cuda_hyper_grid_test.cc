@@ -61,11 +61,7 @@ TEST(CudaHyperGrid, StepMatchesPostThenPre) {
                      (head ? " head" : " body") + (post ? " after a block" : ""));
         ASSERT_TRUE(cuda::hyper_grid_supported(n, hc, H));
         const int64_t outputs = head ? hc : (2 + hc) * hc;
-        auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
-             scale = randn(head ? 1 : 3, rng, 0.3f);
-        for (auto& v : scale) v += 1.0f;
-        const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f),
-                   y = randn(n * H, rng);
+        const testing::RandomHyperCase r(outputs, hc, H, n, head, rng);
         // The mix the boundary before left: pre and post final, comb raw (grid) or finished.
         std::vector<float> raw(n * mw);
         for (int64_t t = 0; t < n; ++t)
@@ -74,10 +70,10 @@ TEST(CudaHyperGrid, StepMatchesPostThenPre) {
                                          : std::normal_distribution<float>(0.0f, 1.0f)(rng);
         auto finished = raw;
         for (int64_t t = 0; t < n; ++t) finish_comb(finished.data() + t * mw, hc, iters, eps);
-        auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_y = upload(y),
-             d_norm = upload(norm);
+        auto d_fn = upload(r.fn), d_base = upload(r.base), d_scale = upload(r.scale),
+             d_y = upload(r.y), d_norm = upload(r.norm);
         const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
-        auto s_want = upload(streams), s_got = upload(streams), m_want = upload(finished),
+        auto s_want = upload(r.streams), s_got = upload(r.streams), m_want = upload(finished),
              m_got = upload(raw);
         DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
             projected(cuda::hyper_projected_floats(n, hc) * 4),
@@ -192,13 +188,7 @@ TEST(CudaHyperGrid, ModelGivesTheLogitsOfTheFusedStep) {
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_grid_mhc";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 9;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, 9);
   for (int grid_mhc : {1, 2}) {
     SCOPED_TRACE("grid_mhc " + std::to_string(grid_mhc));
     cuda::CudaOptions options;

@@ -390,17 +390,13 @@ TEST_F(CudaKernels, FusedHyperStepMatchesPostThenPre) {
                        (post ? " after a block" : ""));
           ASSERT_TRUE(cuda::hyper_fused_supported(n, hc, H));
           const int64_t outputs = head ? hc : (2 + hc) * hc;
-          auto fn = randn(outputs * hc * H, rng, 0.05f), base = randn(outputs, rng, 0.5f),
-               scale = randn(head ? 1 : 3, rng, 0.3f);
-          for (auto& v : scale) v += 1.0f;
-          const auto streams = randn(n * hc * H, rng), norm = randn(H, rng, 0.1f),
-                     y = randn(n * H, rng);
+          const testing::RandomHyperCase r(outputs, hc, H, n, head, rng);
           std::vector<float> mix(n * mw);
           for (auto& v : mix) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
-          auto d_fn = upload(fn), d_base = upload(base), d_scale = upload(scale), d_y = upload(y),
-               d_norm = upload(norm);
+          auto d_fn = upload(r.fn), d_base = upload(r.base), d_scale = upload(r.scale),
+               d_y = upload(r.y), d_norm = upload(r.norm);
           const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
-          auto s_want = upload(streams), s_got = upload(streams), m_want = upload(mix),
+          auto s_want = upload(r.streams), s_got = upload(r.streams), m_want = upload(mix),
                m_got = upload(mix);
           DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
               projected(cuda::hyper_projected_floats(n, hc) * 4),

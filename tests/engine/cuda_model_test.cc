@@ -133,13 +133,7 @@ TEST(CudaOptions, FusedRoutingGivesTheSameLogits) {
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fused_routing";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 5;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, 5);
   cuda::CudaOptions options;
   options.fused_routing = false;
   const auto apart = load_cuda_model(dir, {Device::cuda}, options);
@@ -194,13 +188,7 @@ TEST(CudaOptions, FusedQNormGivesTheLogitsOfTheSeparateNorm) {
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fused_q_norm";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 8;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, 8);
   cuda::CudaOptions options;
   options.fused_q_norm = false;
   const auto apart = load_cuda_model(dir, {Device::cuda}, options);

@@ -125,13 +125,7 @@ TEST_F(CudaSampling, MaskedPickMatchesTheHostSampler) {
 
 TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_sampling";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 9;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, 9);
   cuda::CudaOptions options;
   options.precision = cuda::GemmPrecision::f32;
   const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
@@ -183,13 +177,7 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 // near_capacity).
 std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair(
     const std::filesystem::path& dir, uint64_t seed, int32_t near_capacity = 4096) {
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = seed;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, seed);
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
   without.decode_ahead = false;
@@ -365,13 +353,7 @@ void check_batch_sampling(int32_t near_capacity, int64_t parallel_draw_tokens = 
   const auto dir = std::filesystem::temp_directory_path() /
                    ("agentrt_cuda_batch_sampling_" + std::to_string(near_capacity) + "_" +
                     std::to_string(parallel_draw_tokens));
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 11;
-  write_random_model(dir, init);
+  testing::write_small_fp8_model(dir, 11);
   cuda::CudaOptions options;
   options.precision = cuda::GemmPrecision::f32;
   options.near_capacity = near_capacity;

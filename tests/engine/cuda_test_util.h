@@ -1,7 +1,11 @@
 // Shared by the GPU tests: whether they can run here, and a message saying why not.
 #pragma once
 
+#include <cstdint>
+#include <filesystem>
 #include <string>
+
+#include "engine/model_init.h"
 
 #ifdef AGENTRT_HAVE_CUDA
 #include <algorithm>
@@ -18,6 +22,18 @@
 #endif
 
 namespace agentrt::engine::testing {
+
+// The GPU tests' usual random model: the small preset, vocabulary 3,000, FP8 linears and FP4
+// experts.
+inline void write_small_fp8_model(const std::filesystem::path& dir, uint32_t seed) {
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = seed;
+  write_random_model(dir, init);
+}
 
 // Empty when a CUDA device is usable; otherwise why the GPU tests skip.
 inline std::string cuda_skip_reason() {
@@ -38,6 +54,22 @@ inline std::vector<float> randn(size_t n, std::mt19937& rng, float sd = 1.0f) {
   for (auto& x : v) x = d(rng);
   return v;
 }
+
+// One mHC boundary's random weights (fn [outputs][hc * hidden], base, scale: 1 for the head, else
+// 3) and inputs (streams [n][hc][hidden], the norm's weight, a block output [n][hidden]).
+struct RandomHyperCase {
+  std::vector<float> fn, base, scale, streams, norm, y;
+  RandomHyperCase(int64_t outputs, int64_t hc, int64_t hidden, int64_t n, bool head,
+                  std::mt19937& rng)
+      : fn(randn(outputs * hc * hidden, rng, 0.05f)),
+        base(randn(outputs, rng, 0.5f)),
+        scale(randn(head ? 1 : 3, rng, 0.3f)) {
+    for (auto& v : scale) v += 1.0f;
+    streams = randn(n * hc * hidden, rng);
+    norm = randn(hidden, rng, 0.1f);
+    y = randn(n * hidden, rng);
+  }
+};
 
 // A host vector copied into a new device buffer (at least 4 bytes), and back.
 template <typename T>
