@@ -54,6 +54,9 @@
 //                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks
 //                     a row: 0 never, 1 batches of 2+ rows (default), 2 one row too,
 //                     CudaOptions::cluster_mhc)
+//                     [--shared-expert-blocks N] (one-row decode: the shared expert's
+//                                      products on N blocks, the routed experts' on the
+//                                      other SMs, CudaOptions::shared_expert_blocks; 0)
 //                     [--grid-mhc 0|1|2] (passes of 1-4 rows: every mHC block finishes its
 //                                      own channels after a row barrier, Sinkhorn before
 //                                      the next boundary's wait; 2: the embedding inside
@@ -353,6 +356,8 @@ int main(int argc, char** argv) {
       options.decode_attention_splits = std::stoi(v);
     else if (k == "--cluster-mhc")
       options.cluster_mhc = std::stoi(v);
+    else if (k == "--shared-expert-blocks")
+      options.shared_expert_blocks = std::stoi(v);
     else if (k == "--grid-mhc")
       options.grid_mhc = std::stoi(v);
     else if (k == "--fused-routing")

@@ -106,6 +106,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
+      shared_expert_blocks_(options.shared_expert_blocks),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       gemv_max_rows_(options.gemv_max_rows),
@@ -928,15 +929,25 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   // The shared expert runs beside the routing and the routed products; the routed sum waits for
   // it before adding to `out`, which the shared expert writes.
   const cudaStream_t ss = fork();
+  // One row: the shared expert and the routed experts on disjoint SMs (shared_expert_blocks).
+  int routed_blocks = 0;
+  if (shared_expert_blocks_ > 0 && n == 1 && ss != stream_) {
+    int device = 0, sms = 0;
+    AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+    AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    if (shared_expert_blocks_ < sms) routed_blocks = sms - shared_expert_blocks_;
+  }
   const int64_t si = lw.shared.w1->view().rows;
   float* g = w.f(w.gate, n * si);
   float* u = w.f(w.up, n * si);
   float* a = w.f(w.act, n * si);
   const LinearRunner::Product gate_up[] = {{lw.shared.w1->view(), g}, {lw.shared.w3->view(), u}};
   repeatable("shared", [&] {
+    if (routed_blocks > 0) linear_.set_max_blocks(shared_expert_blocks_);
     linear_.run_same_input(gate_up, x, n, ss);
     swiglu(g, u, n * si, c.swiglu_limit, a, ss);
     linear_.run(lw.shared.w2->view(), a, n, out, ss);
+    linear_.set_max_blocks(0);
   });
 
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaEventRecord(join_, ss));
@@ -971,7 +982,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                     &expert_gemm_, ss != stream_ ? join_ : nullptr);
+                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

@@ -120,6 +120,12 @@ struct CudaOptions {
   // tok/s against 971.8-972.0): the producer's routing delays the first weight copies more than
   // the routing launch it saves.
   bool fused_routing = false;
+  // One-row decode: the shared expert's streamed products take at most this many blocks and the
+  // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
+  // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
+  // held every SM while the routing ran, and the routed up kernel's blocks landed as they left:
+  // twenty-second session's H100 trace). 0: both take every SM. Only compiled so far.
+  int shared_expert_blocks = 0;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values
@@ -279,6 +285,7 @@ class DeviceForward {
   int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                 // CudaOptions::grid_mhc
   bool fused_routing_ = false;       // CudaOptions::fused_routing
+  int shared_expert_blocks_ = 0;     // CudaOptions::shared_expert_blocks
   bool fused_q_norm_ = false;        // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
   int64_t gemv_max_rows_ = 16;

@@ -64,6 +64,9 @@ struct GemvMode {
   // kernel before them has finished, then wait for it (0: as many as the ring holds). Their
   // copies compete for memory with that kernel's loads.
   int early_stages = 0;
+  // The streamed one-row products' grid: at most this many blocks (0: one per SM), so a product
+  // run beside another leaves it SMs (CudaOptions::shared_expert_blocks).
+  int max_blocks = 0;
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
                      int64_t warp_rows = 0, int depth = 2, int splits = 1, int early = 0)
       : tensor_cores(cores),

@@ -457,6 +457,7 @@ struct StreamPlan {
   int sum_group = 1;        // the mma kernel's tasks a barrier
   int stages = 0;           // 0: neither kernel fits
   int early = 0;            // GemvMode::early_stages
+  int max_blocks = 0;       // GemvMode::max_blocks
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
@@ -469,6 +470,7 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   p.tensor_map = mode.tensor_map && nt == 1;
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
   p.early = mode.early_stages;
+  p.max_blocks = mode.max_blocks;
   const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
   p.fixed = kHeader + mma_sums_bytes(p.sum_group, nt) + mma_x_bytes(w.cols, nt) +
@@ -503,16 +505,18 @@ StreamPlan plan(const WeightMatrix& w, const float* x, int64_t group_rows, int64
   p.fixed = kHeader + kSums + x_slots * 16;
   p.stage = t.rows * row_bytes;
   p.stages = stream::ring_stages(p.fixed, p.stage);
+  p.max_blocks = mode.max_blocks;
   return p;
 }
 
 template <typename Kernel, typename Args>
-void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, cudaStream_t stream,
-                     const Args& args) {
+void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, int max_blocks,
+                     cudaStream_t stream, const Args& args) {
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  launch_pdl(kernel, unsigned(std::min<int64_t>(stream::sm_count(), tasks)), kThreads,
-             size_t(shared), stream, args);
+  const int64_t blocks = max_blocks > 0 ? max_blocks : stream::sm_count();
+  launch_pdl(kernel, unsigned(std::min<int64_t>(blocks, tasks)), kThreads, size_t(shared), stream,
+             args);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -556,7 +560,7 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t x
     kernel = tiles == 1 ? gemv_stream_mma_kernel<1, false, 4> : gemv_stream_mma_kernel<2, false, 4>;
   else if (p.tensor_map)
     kernel = tiles == 1 ? gemv_stream_mma_kernel<1, true, 1> : gemv_stream_mma_kernel<2, true, 1>;
-  launch_streamed(kernel, g.first_task[g.count], p.shared(), stream, g);
+  launch_streamed(kernel, g.first_task[g.count], p.shared(), p.max_blocks, stream, g);
 }
 
 // n activation rows in launches of up to 8 (or 4 where 8 rows' fragments leave no room for a
@@ -689,7 +693,7 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   g.early = mode.early_stages;
   launch_streamed(w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
                                              : gemv_stream_kernel<WeightType::f8_e4m3>,
-                  g.tiles, p.shared(), stream, g);
+                  g.tiles, p.shared(), p.max_blocks, stream, g);
   return true;
 }
 

@@ -330,7 +330,8 @@ int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, 
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
-                    ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr);
+                    ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr,
+                    int max_blocks = 0);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
 // take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,

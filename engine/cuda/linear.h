@@ -86,6 +86,10 @@ class LinearRunner {
     return c;
   }
 
+  // The streamed one-row products' grid cap from now on (GemvMode::max_blocks; 0: one block
+  // per SM): DeviceForward sets it around products it runs beside others.
+  void set_max_blocks(int blocks) { gemv_mode_.max_blocks = blocks; }
+
  private:
   // The tensor-core GEMMs of run() (groups = 1) and run_grouped(): w dequantised to bf16 (and its
   // low part where not exact in bf16) and x's rows converted once, then one GEMM per term,

@@ -215,6 +215,32 @@ TEST(CudaOptions, FusedQNormGivesTheLogitsOfTheSeparateNorm) {
 #endif
 }
 
+// The shared expert and the routed experts on disjoint SMs (CudaOptions::shared_expert_blocks)
+// give the same logits, bit for bit: each block's tasks are computed the same way whatever the
+// grid.
+TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_shared_expert_blocks";
+  testing::write_small_fp8_model(dir, 12);
+  cuda::CudaOptions options;
+  const auto every = load_cuda_model(dir, {Device::cuda}, options);
+  options.shared_expert_blocks = 24;
+  const auto apart = load_cuda_model(dir, {Device::cuda}, options);
+  std::mt19937 rng(6);
+  std::vector<int32_t> ids(120);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  auto se = every->new_sequence(), sa = apart->new_sequence();
+  se->forward(std::span(ids).first(100));
+  sa->forward(std::span(ids).first(100));
+  for (size_t p = 100; p < 120; ++p)
+    EXPECT_EQ(sa->forward(std::span(ids).subspan(p, 1)), se->forward(std::span(ids).subspan(p, 1)))
+        << "step " << p;
+  std::filesystem::remove_all(dir);
+#endif
+}
+
 TEST_P(CudaVsCpu, PrefillChunksAndDecode) {
   const int64_t V = cpu_->vocab_size();
   auto cs = cpu_->new_sequence();
