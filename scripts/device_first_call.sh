@@ -1,20 +1,15 @@
 #!/usr/bin/env bash
-# A session's first call on the GPU machine (docs/cuda.md), everything the nineteenth session
-# (lent no device) left to run, in one call of ~8-9 minutes -> $OUT/summary.txt and $OUT/r.tgz:
-#   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*'): five of them have never
-#      run on a GPU (below);
-#   2. decode @1K and batch 8, interleaved, two rounds: the defaults against --fused-routing 1
-#      and --fused-q-norm 1 (CudaOptions::fused_routing, fused_q_norm), each alone and both
-#      (make one the default where it wins and its tests pass: RoutingMatchesTheCpu,
-#      RoutedExpertsRoutingThemselves, FusedRoutingGivesTheSameLogits,
-#      WarpRowsNormedAsRmsNormThenProduct);
-#   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) with both options on;
-#   4. prefill 16K and 64K with passes of 8,192 (the default) and 16,384 rows, and the peak
-#      memory of each;
-#   5. Nsight Compute (eager, --profile 1) on the decode step's latency-bound kernels, with
-#      SASS-level source counters (r/sass_*.csv: instructions executed and stall samples per
-#      instruction): the decode attention takes ~17-21 us a layer whatever its key count, and
-#      nothing measured so far says where.
+# A session's first call on the GPU machine (docs/cuda.md): what the twenty-second session left
+# to run, in one call of ~4 minutes -> $OUT/summary.txt and $OUT/r.tgz:
+#   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*'): the shared GPU-test helpers
+#      and CudaOptions.SharedExpertOnItsOwnSmsGivesTheSameLogits have only compiled;
+#   2. decode @1K, interleaved, three rounds: --shared-expert-blocks 0 (the default) against 16,
+#      32 and 48 (CudaOptions::shared_expert_blocks: the shared expert's products on that many
+#      blocks, the routed experts' kernels on the other SMs; make the best the default where it
+#      wins and its test passes);
+#   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) with 32;
+#   4. the issue's table (bench_engine_cuda --contexts 1024,16384,65536 --batches 8,32,64) and
+#      transformers on the same weights.
 # Binaries from the dev box (scripts/device_carry.sh --binaries: engine_tests and
 # bench_engine_cuda in .device-carry-cuda/, plus lib/libcupti_trace.so for the trace).
 set -uo pipefail
@@ -23,7 +18,6 @@ CARRY=.device-carry-cuda
 [[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-NCU=$(command -v ncu || find / -name ncu -type f -perm -u+x -not -path '*/proc/*' 2>/dev/null | head -1)
 BENCH=$CARRY/bench_engine_cuda
 CKPT=/tmp/v4flash
 T0=$SECONDS
@@ -33,51 +27,37 @@ finish() { cd "$OUT" && tar czf r.tgz r && rm -rf r; }
 trap finish EXIT
 S=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$S"
-[[ -e $CKPT/config.json ]] ||
-  python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$R/ckpt.log" 2>&1 &
+python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$R/ckpt.log" 2>&1 &
 timeout 200 "$CARRY/engine_tests" --gtest_filter='*Cuda*:Golden*' > "$R/tests.log" 2>&1
 echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
 tail -3 "$R/tests.log" >> "$S"
-grep -E "FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
+grep -E "^\[  FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
 wait
-# Option sets: the defaults, each opt-in option alone, both.
-SETS=("" "--fused-routing 1" "--fused-q-norm 1" "--fused-routing 1 --fused-q-norm 1")
-for r in 1 2; do
-  for i in "${!SETS[@]}"; do
-    timeout 90 "$BENCH" "$CKPT" --contexts 1024 --batches 8 --steps 32 ${SETS[$i]} \
-      > "$R/set${i}_$r.log" 2>&1
+BLOCKS=(0 16 32 48)
+NAMES=(s0 s16 s32 s48)
+for r in 1 2 3; do
+  for i in 0 1 2 3; do
+    timeout 40 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 \
+      --shared-expert-blocks "${BLOCKS[$i]}" > "$R/ab_${NAMES[$i]}_$r.log" 2>&1
   done
 done
-for i in "${!SETS[@]}"; do
-  echo "== options: ${SETS[$i]:-(defaults)}"
-  grep -h -E "^decode" "$R"/set${i}_*.log
-done >> "$S"
+grep -h -E "error|failed|what\(\)" "$R"/ab_*.log | sort | uniq -c | head >> "$S"
+python3 scripts/ab_medians.py "$R" "${NAMES[@]}" >> "$S"
 echo "a/b: $((SECONDS - T0)) s" >> "$S"
-CUDA_INJECTION64_PATH=$CARRY/lib/libcupti_trace.so CUPTI_TRACE_OUT=$R/trace.csv \
-  timeout 90 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 16 --fused-routing 1 --fused-q-norm 1 \
-  > "$R/trace.log" 2>&1
-python3 scripts/trace_step.py "$R/trace.csv" --graph 0 > "$R/step1k.txt" 2>&1
-rm -f "$R/trace.csv"
-for rows in 8192 16384; do
-  timeout 120 "$BENCH" "$CKPT" --contexts 16384,65536 --batches "" --steps 2 --prefill-rows $rows \
-    > "$R/prefill_$rows.log" 2>&1
-  echo "== --prefill-rows $rows"
-  grep -h -E "^prefill|peak" "$R/prefill_$rows.log"
-done >> "$S"
-echo "prefill: $((SECONDS - T0)) s" >> "$S"
-if [[ -n $NCU ]]; then
-  timeout 150 "$NCU" --profile-from-start off --clock-control none \
-    -k "regex:attend_decode|gemv_warp_rows|hyper_fused" --launch-count 3 \
-    --section SpeedOfLight --section WarpStateStats --section Occupancy --section SchedulerStats \
-    --section LaunchStats --section SourceCounters --section InstructionStats --import-source no \
-    -o "$R/decode" "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 4 --ncu-steps 1 \
-    --profile 1 > "$R/ncu_run.txt" 2>&1
-  echo "ncu rc $? ($((SECONDS - T0)) s)" >> "$S"
-  "$NCU" -i "$R/decode.ncu-rep" --print-details all > "$R/ncu_detail.txt" 2>&1
-  for k in attend_decode gemv_warp_rows hyper_fused; do
-    "$NCU" -i "$R/decode.ncu-rep" -k "regex:$k" --launch-count 1 --page source --csv \
-      --print-source sass > "$R/sass_$k.csv" 2>&1
-  done
-  rm -f "$R/decode.ncu-rep"
+if [[ -f $CARRY/lib/libcupti_trace.so ]]; then
+  CUDA_INJECTION64_PATH=$CARRY/lib/libcupti_trace.so CUPTI_TRACE_OUT=$R/trace.csv \
+    timeout 60 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 16 \
+    --shared-expert-blocks 32 > "$R/trace.log" 2>&1
+  python3 scripts/trace_step.py "$R/trace.csv" --graph 0 --launch 27 > "$R/step_27.txt" 2>&1
+  gzip "$R/trace.csv"
+  grep -h "^replay" "$R/step_27.txt" >> "$S"
 fi
-echo "done: $((SECONDS - T0)) s" >> "$S"
+echo "trace: $((SECONDS - T0)) s" >> "$S"
+timeout 150 "$BENCH" "$CKPT" --contexts 1024,16384,65536 --batches 8,32,64 --steps 16 \
+  > "$R/bench.log" 2>&1
+echo "bench rc $? ($((SECONDS - T0)) s)" >> "$S"
+cat "$R/bench.log" >> "$S"
+PYTHONUNBUFFERED=1 timeout $((585 - (SECONDS - T0))) python3 scripts/bench_transformers_v4.py \
+  "$CKPT" --contexts 1024 --batches 8 --budget-s 50 > "$R/hf.log" 2>&1
+echo "transformers rc $? ($((SECONDS - T0)) s)" >> "$S"
+tail -8 "$R/hf.log" >> "$S"
