@@ -932,9 +932,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   // One row: the shared expert and the routed experts on disjoint SMs (shared_expert_blocks).
   int routed_blocks = 0;
   if (shared_expert_blocks_ > 0 && n == 1 && ss != stream_) {
-    int device = 0, sms = 0;
-    AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-    AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    const int sms = sm_count();
     if (shared_expert_blocks_ < sms) routed_blocks = sms - shared_expert_blocks_;
   }
   const int64_t si = lw.shared.w1->view().rows;

@@ -514,7 +514,7 @@ void launch_streamed(Kernel kernel, int64_t tasks, int64_t shared, int max_block
                      cudaStream_t stream, const Args& args) {
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  const int64_t blocks = max_blocks > 0 ? max_blocks : stream::sm_count();
+  const int64_t blocks = max_blocks > 0 ? max_blocks : sm_count();
   launch_pdl(kernel, unsigned(std::min<int64_t>(blocks, tasks)), kThreads, size_t(shared), stream,
              args);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
@@ -597,7 +597,7 @@ bool warp_rows_pay(const GemvMode& mode, int64_t bytes, int64_t rows, int64_t co
   const int64_t splits =
       std::clamp<int64_t>(std::min<int64_t>(mode.warp_rows_splits, cols / 1024), 1, 16);
   return mode.warp_rows_bytes > 0 && bytes >= mode.warp_rows_bytes &&
-         rows / warp_rows::kTileRows * splits >= 8 * int64_t(stream::sm_count());
+         rows / warp_rows::kTileRows * splits >= 8 * int64_t(sm_count());
 }
 // Stages of 2,048 columns for whole tiles, of 1,024 (twice the ring slots) where tiles split.
 int64_t warp_rows_stage_cols(const GemvMode& mode) {

@@ -313,7 +313,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   g.group_rows = group_rows;
   g.x_offset = x_offset;
   const int64_t tasks = g.first_task[g.count];
-  const int64_t grid = std::min<int64_t>(stream::sm_count(), tasks);
+  const int64_t grid = std::min<int64_t>(sm_count(), tasks);
   // A block's tiles span at most two groups when they are no more rows than a group.
   g.x_groups = 1;
   if (group_rows > 0) {

@@ -225,9 +225,8 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
         std::to_string(n) + ", hidden " + std::to_string(hidden) + ")");
   const dim3 grid{unsigned(hidden / kDims), unsigned(n)};
   // The row barrier needs every block of the launch resident at once.
-  int device = 0, sms = 0, per_sm = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = sm_count();
+  int per_sm = 0;
   auto kernel = head ? hyper_grid_kernel<true> : hyper_grid_kernel<false>;
   AGENTRT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   if (int64_t(sms) * per_sm < int64_t(grid.x) * grid.y)

@@ -461,9 +461,7 @@ void products(const ExpertsDevice& e, const Groups& g, const float* h, const flo
                 down_groups = (hidden + kDownRows - 1) / kDownRows;
   // At most the blocks that are resident at once (2 per SM) in x: each then loops over its rows
   // with the next round's rows prefetched, instead of later waves starting cold.
-  int device = 0, sms = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  const int sms = sm_count();
   // Only for one row, where every one of the max_active experts is used; with more rows most of
   // the max_active blocks in y find no expert and leave.
   const int64_t resident_x =

@@ -334,7 +334,7 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
-  const int64_t blocks = max_blocks > 0 ? max_blocks : stream::sm_count();
+  const int64_t blocks = max_blocks > 0 ? max_blocks : sm_count();
   const int64_t up_shared = s.up_fixed + s.up_stages * s.up_stage,
                 down_shared = s.down_fixed + s.down_stages * s.down_stage;
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(

@@ -31,16 +31,6 @@ struct Partial {
   double z;  // relative to best
 };
 
-// A float's bits turned so that larger floats give larger unsigned keys (for the warp's
-// max reduction; allowed logits are finite, and 0 is below every finite float's key).
-__device__ __forceinline__ uint32_t ascending_bits(float f) {
-  const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
-}
-__device__ __forceinline__ float from_ascending_bits(uint32_t k) {
-  return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
-
 // Partial p of every lane of the warp, combined (in every lane): the largest best (ties: the
 // lower token), the counts added, each lane's z rescaled to that best by one exp and added.
 // The best, the token and the count are one warp reduction each (redux.sync) where a butterfly
@@ -48,9 +38,11 @@ __device__ __forceinline__ float from_ascending_bits(uint32_t k) {
 // kept in double, and the log-probability needs ~1e-6, not the double exp's 1e-16).
 __device__ Partial warp_combine(Partial p, float inv_t) {
   constexpr unsigned kAll = 0xffffffffu;
-  const uint32_t key = p.allowed > 0 ? ascending_bits(p.best) : 0u;
+  // Larger floats give larger keys (sort_keys.h's order, reversed); 0 is below every finite
+  // float's key, and allowed logits are finite.
+  const uint32_t key = p.allowed > 0 ? ~descending_bits(p.best) : 0u;
   const uint32_t top = __reduce_max_sync(kAll, key);
-  const float best = top == 0u ? -INFINITY : from_ascending_bits(top);
+  const float best = top == 0u ? -INFINITY : from_descending_bits(~top);
   const uint32_t low =
       __reduce_min_sync(kAll, p.allowed > 0 && key == top ? uint32_t(p.token) : 0xffffffffu);
   const int32_t token = low == 0xffffffffu ? INT32_MAX : int32_t(low);

@@ -84,7 +84,7 @@ CopyProbe stream_copy_probe(const void* src, int64_t bytes, int buffers, int64_t
   AGENTRT_CUDA_CHECK(cudaMalloc(&sink, kThreads * sizeof(float)));
   ProbeArgs a{
       static_cast<const char*>(src), bytes / kStageBytes, copy_bytes, row_pad, stages, sink};
-  const unsigned grid = unsigned(stream::sm_count());
+  const unsigned grid = unsigned(sm_count());
   cudaEvent_t start, stop;
   AGENTRT_CUDA_CHECK(cudaEventCreate(&start));
   AGENTRT_CUDA_CHECK(cudaEventCreate(&stop));

@@ -19,14 +19,6 @@ constexpr int kThreads = (kConsumerWarps + 1) * 32;  // the last warp is the pro
 constexpr int kMaxStages = 6;
 constexpr int64_t kHeader = 128;  // the stages' full and empty barriers (2 * kMaxStages * 8)
 
-// The current device's SM count: a streamed kernel's grid is at most one block per SM.
-inline int sm_count() {
-  int device = 0, sms = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
-
 // The deepest ring (at most max_stages) whose fixed + stages * stage_bytes of shared memory fit
 // the current device's opt-in limit; 0 where not even two stages do.
 inline int ring_stages(int64_t fixed, int64_t stage_bytes, int max_stages = kMaxStages) {
