@@ -19,8 +19,8 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-constexpr int kGroupHeads = 8;   // heads per block, one warp each
-constexpr int kChunkKeys = 32;   // keys in shared memory at once: 64 KB at head_dim 512
+constexpr int kGroupHeads = 8;   // heads per block, one warp each (DecodeAttentionShape's most)
+constexpr int kChunkKeys = 32;   // keys in shared memory at once, at most: 64 KB at head_dim 512
 constexpr int kMaxSplits = 16;   // key slices per row
 constexpr int kKeysAtOnce = 4;   // keys a warp scores together
 constexpr int64_t kPartPad = 4;  // a partial: head_dim weighted-key sums, then max and sum
@@ -40,6 +40,7 @@ struct DecodeParams {
   int64_t heads, hd, window, topk;
   float q_eps, scale;
   bool use_entries;
+  int chunk_keys;  // keys in shared memory at once (<= kChunkKeys)
 };
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) {
@@ -72,12 +73,12 @@ __device__ __forceinline__ float4 rotate(float4 v, int64_t c, int64_t first, con
 
 template <int J>  // float4 chunks per lane: head_dim <= 128 * J
 __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeParams p) {
-  extern __shared__ float4 keys_s[];  // [kChunkKeys][head_dim / 4]
+  extern __shared__ float4 keys_s[];  // [chunk_keys][head_dim / 4]
   __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
   const int64_t t = blockIdx.z, split = blockIdx.y, splits = gridDim.y, group = blockIdx.x;
   const int64_t h = group * G + warp, hd = p.hd;
-  const int nchunk = int(hd / 4);
+  const int nchunk = int(hd / 4), chunk_keys = p.chunk_keys;
   const int64_t first = hd - p.rope.dim;  // the rope's channels are the last rope.dim
   pdl_begin();
   const LayerRow row = p.rows[t];
@@ -98,7 +99,7 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
     }
     cp_async_commit();
   };
-  if (k0 < k1) fetch(k0, int(min(int64_t(kChunkKeys), k1 - k0)));
+  if (k0 < k1) fetch(k0, int(min(int64_t(chunk_keys), k1 - k0)));
 
   // The query while the first keys arrive: RMSNorm (no weight), RoPE, times the scale.
   const float4 zero = make_float4(0, 0, 0, 0);
@@ -134,8 +135,8 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
   float4 acc[J];
 #pragma unroll
   for (int j = 0; j < J; ++j) acc[j] = zero;
-  for (int64_t base = k0; base < k1; base += kChunkKeys) {
-    const int count = int(min(int64_t(kChunkKeys), k1 - base));
+  for (int64_t base = k0; base < k1; base += chunk_keys) {
+    const int count = int(min(int64_t(chunk_keys), k1 - base));
     cp_async_wait_all();
     __syncthreads();
     // kKeysAtOnce keys at a time: their dot products and shuffle sums are independent chains.
@@ -180,8 +181,8 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
       }
     }
     __syncthreads();  // every warp is done with the chunk
-    if (base + kChunkKeys < k1)
-      fetch(base + kChunkKeys, int(min(int64_t(kChunkKeys), k1 - base - kChunkKeys)));
+    if (base + chunk_keys < k1)
+      fetch(base + chunk_keys, int(min(int64_t(chunk_keys), k1 - base - chunk_keys)));
   }
 
   const int64_t stride = hd + kPartPad;
@@ -237,10 +238,15 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
   }
 }
 
-int group_heads(int64_t heads) {
-  int G = kGroupHeads;
+int group_heads(int64_t heads, int most) {
+  int G = std::clamp(most, 1, kGroupHeads);
   while (heads % G != 0) G /= 2;
   return G;
+}
+
+bool shape_valid(const DecodeAttentionShape& s) {
+  return s.heads_per_block >= 1 && s.heads_per_block <= kGroupHeads && s.chunk_keys >= 1 &&
+         s.chunk_keys <= kChunkKeys;
 }
 
 }  // namespace
@@ -250,9 +256,14 @@ bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& 
          rope.dim <= head_dim;
 }
 
-int attend_decode_splits(int64_t max_keys, int cap) {
+int attend_decode_splits(int64_t max_keys, int cap, const DecodeAttentionShape& shape) {
   const int64_t most = cap > 0 ? std::min<int64_t>(cap, kMaxSplits) : kMaxSplits;
-  return int(std::clamp<int64_t>((max_keys + kChunkKeys - 1) / kChunkKeys, 1, most));
+  const int64_t chunk = std::clamp(shape.chunk_keys, 1, kChunkKeys);
+  return int(std::clamp<int64_t>((max_keys + chunk - 1) / chunk, 1, most));
+}
+
+int64_t attend_decode_shared_bytes(int64_t head_dim, const DecodeAttentionShape& shape) {
+  return int64_t(std::clamp(shape.chunk_keys, 1, kChunkKeys)) * head_dim * 4;
 }
 
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits) {
@@ -264,14 +275,16 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
                         float* partials, unsigned* arrived, float* out, cudaStream_t stream,
-                        const float2* rope_cs) {
+                        const float2* rope_cs, const DecodeAttentionShape& shape) {
   if (n <= 0) return;
   if (!attend_decode_supported(heads, head_dim, rope) || splits < 1 || splits > kMaxSplits ||
-      n > 65535)
+      n > 65535 || !shape_valid(shape))
     throw std::invalid_argument("cuda decode attention: " + std::to_string(heads) + " heads of " +
                                 std::to_string(head_dim) + " with rope dim " +
                                 std::to_string(rope.dim) + " in " + std::to_string(splits) +
-                                " slices is not supported");
+                                " slices, " + std::to_string(shape.heads_per_block) +
+                                " heads a block and " + std::to_string(shape.chunk_keys) +
+                                " keys a chunk is not supported");
   DecodeParams p;
   p.q = q;
   p.rows = rows;
@@ -291,12 +304,19 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.q_eps = q_eps;
   p.scale = 1.0f / sqrtf(float(head_dim));
   p.use_entries = use_entries;
-  const int G = group_heads(heads);
+  p.chunk_keys = shape.chunk_keys;
+  const int G = group_heads(heads, shape.heads_per_block);
   const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
-  const size_t shared = size_t(kChunkKeys) * size_t(head_dim) * 4;
+  const size_t shared = size_t(attend_decode_shared_bytes(head_dim, shape));
   auto launch = [&](auto kernel) {
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+    // Blocks meant to sit beside a streamed product's want the SM's whole carveout as shared
+    // memory (an SM changes its carveout only when idle; a smaller one leaves the product out).
+    AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            shape.heads_per_block < kGroupHeads
+                                                ? int(cudaSharedmemCarveoutMaxShared)
+                                                : int(cudaSharedmemCarveoutDefault)));
     launch_pdl(kernel, grid, unsigned(32 * G), shared, stream, p);
   };
   const int64_t J = (head_dim + 127) / 128;

@@ -61,6 +61,18 @@ struct DeviceForward::Workspace {
 
 namespace {
 
+// The shared memory a block may take and still share an SM with one block of `beside` bytes of
+// dynamic shared memory (each block also holds the device's reserved bytes; up to 1 KB static).
+int64_t shared_room_beside(int64_t beside) {
+  int device = 0, per_sm = 0, reserved = 0;
+  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+  AGENTRT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  AGENTRT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device));
+  return int64_t(per_sm) - beside - 1024 - 2 * int64_t(reserved);
+}
+
 // A pick's slot in near_best_rows' layout: the pick, the near tokens' count at byte 24, then from
 // here the near tokens' ids and values.
 constexpr int64_t kPickSlotHead = 32;
@@ -109,11 +121,18 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       shared_expert_blocks_(options.shared_expert_blocks),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
+      attention_beside_wo_a_(options.attention_beside_wo_a),
+      prefetch_rest_(options.prefetch_rest),
+      prefetch_down_(options.prefetch_down),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
   if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
     throw std::invalid_argument("cuda options: decode_attention_splits " +
                                 std::to_string(decode_attention_splits_) + " is outside 0..16");
+  if (prefetch_rest_ < 0 || prefetch_rest_ > 2)
+    throw std::invalid_argument("cuda options: prefetch_rest " + std::to_string(prefetch_rest_) +
+                                " is outside 0..2");
+  linear_.set_prefetch_rest(prefetch_rest_ == 2);
   if (!repeat_stage_.empty() &&
       std::none_of(std::begin(kRepeatableStages), std::end(kRepeatableStages),
                    [&](const char* s) { return repeat_stage_ == s; })) {
@@ -870,14 +889,23 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
 
   stage("attn.indexer");
   float* attn = w.f(w.attn, n * heads * hd);
+  int64_t wo_a_room = 0;  // wo_a's shared memory a block, where it runs beside the attention
   if (decode_attention) {
-    const int splits = attend_decode_splits(m.max_keys, decode_attention_splits_);
+    DecodeAttentionShape shape;
+    int cap = decode_attention_splits_;
+    if (attention_beside_wo_a_ && n == 1) {
+      // 16 head groups x 8 slices: 128 blocks, as 8 groups x 16.
+      shape = {4, 16};
+      cap = cap > 0 ? std::min(cap, 8) : 8;
+      wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
+    }
+    const int splits = attend_decode_splits(m.max_keys, cap, shape);
     float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
     auto* arrived = static_cast<unsigned*>(w.zeroed(w.attn_arrived, n * heads * 4, stream_));
     repeatable("attention", [&] {
       attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
                          lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
-                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs);
+                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs, shape);
     });
   } else {
     repeatable("attention", [&] {
@@ -913,7 +941,11 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                              std::to_string(wo_a.cols) + ", expected " +
                              std::to_string(c.o_groups * r) + " x " + std::to_string(group_in));
   repeatable("wo_a", [&] {
+    linear_.set_max_shared(wo_a_room);
+    linear_.set_prefetch_rest(prefetch_rest_ >= 1);
     linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
+    linear_.set_max_shared(0);
+    linear_.set_prefetch_rest(prefetch_rest_ == 2);
   });
   repeatable("wo_b", [&] { linear_.run(lw.wo_b->view(), grouped, n, out, stream_); });
 }
@@ -980,7 +1012,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks);
+                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks, prefetch_down_);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

@@ -124,8 +124,23 @@ struct CudaOptions {
   // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
   // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
   // held every SM while the routing ran, and the routed up kernel's blocks landed as they left:
-  // twenty-second session's H100 trace). 0: both take every SM. Only compiled so far.
+  // twenty-second session's H100 trace). 0: both take every SM. Slower on an H100
+  // (twenty-third session, three rounds each, decode+pick @1K): 16 blocks 887.5 tok/s, 32 984.0,
+  // 48 990.8, against 1,038.5 with 0.
   int shared_expert_blocks = 0;
+  // One-row decode: the attention kernel takes 4 heads and 16 keys a block (32 KB of shared
+  // memory, 128 threads) and the attention output's wo_a a ring that leaves room for it, so
+  // wo_a's blocks sit beside the attention's and copy their first stages while it runs (at 8
+  // heads and 32 keys a block, 64 KB and 160 registers a thread took the room wo_a's block
+  // needs, and the memory idled for the attention's ~17-21 us in every layer).
+  bool attention_beside_wo_a = false;
+  // The tensor-core streamed products ask the L2 for their weight rows past the ring before the
+  // kernel before them ends (GemvMode::prefetch_rest): 0 never, 1 wo_a only (the product after
+  // the attention, whose memory is otherwise idle), 2 every such product.
+  int prefetch_rest = 0;
+  // One-row decode: the routed experts' up kernel asks the L2 for the down kernel's weights once
+  // its own copies are out (the down kernel's blocks land only as the up kernel's leave).
+  bool prefetch_down = false;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values
@@ -281,13 +296,16 @@ class DeviceForward {
   GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;
   bool graphs_ = true;
-  bool key_mirrors_ = true;          // CudaOptions::key_mirrors
-  int cluster_mhc_ = 1;              // CudaOptions::cluster_mhc
-  int grid_mhc_ = 1;                 // CudaOptions::grid_mhc
-  bool fused_routing_ = false;       // CudaOptions::fused_routing
-  int shared_expert_blocks_ = 0;     // CudaOptions::shared_expert_blocks
-  bool fused_q_norm_ = false;        // CudaOptions::fused_q_norm
-  int decode_attention_splits_ = 0;  // CudaOptions::decode_attention_splits
+  bool key_mirrors_ = true;             // CudaOptions::key_mirrors
+  int cluster_mhc_ = 1;                 // CudaOptions::cluster_mhc
+  int grid_mhc_ = 1;                    // CudaOptions::grid_mhc
+  bool fused_routing_ = false;          // CudaOptions::fused_routing
+  int shared_expert_blocks_ = 0;        // CudaOptions::shared_expert_blocks
+  bool fused_q_norm_ = false;           // CudaOptions::fused_q_norm
+  int decode_attention_splits_ = 0;     // CudaOptions::decode_attention_splits
+  bool attention_beside_wo_a_ = false;  // CudaOptions::attention_beside_wo_a
+  int prefetch_rest_ = 0;               // CudaOptions::prefetch_rest
+  bool prefetch_down_ = false;          // CudaOptions::prefetch_down
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

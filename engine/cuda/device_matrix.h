@@ -67,6 +67,15 @@ struct GemvMode {
   // The streamed one-row products' grid: at most this many blocks (0: one per SM), so a product
   // run beside another leaves it SMs (CudaOptions::shared_expert_blocks).
   int max_blocks = 0;
+  // The streamed one-row products' shared memory a block: at most this many bytes (0: the
+  // device's opt-in limit), a shallower ring leaving room on each SM for the blocks of the
+  // kernel before it (CudaOptions::attention_beside_wo_a), so the product's blocks start copying
+  // while that kernel runs instead of after its blocks leave.
+  int64_t max_shared = 0;
+  // The tensor-core streamed products' producers ask the L2 for their tasks' weight rows past
+  // the ring before the kernel before them has finished (weights are constants), so the whole
+  // matrix is on its way while that kernel runs (CudaOptions::prefetch_rest).
+  bool prefetch_rest = false;
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
                      int64_t warp_rows = 0, int depth = 2, int splits = 1, int early = 0)
       : tensor_cores(cores),

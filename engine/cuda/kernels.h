@@ -146,15 +146,25 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
 // (attend_decode_splits of a bound on the keys, at most `cap` of them where cap > 0). partials:
 // attend_decode_partial_floats; arrived: n * heads counters, zero before the first launch (each
 // launch leaves them at zero).
+// shape: heads a block (a warp each; at most 8, halved until it divides heads) and keys in
+// shared memory at once (at most 32). The default takes 8 heads and 32 keys (64 KB at head_dim
+// 512, 160 registers a thread); 4 and 16 leave a streamed product's block room beside each block
+// (CudaOptions::attention_beside_wo_a).
+struct DecodeAttentionShape {
+  int heads_per_block = 8;
+  int chunk_keys = 32;
+};
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
-int attend_decode_splits(int64_t max_keys, int cap = 0);
+int attend_decode_splits(int64_t max_keys, int cap = 0, const DecodeAttentionShape& shape = {});
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
+// The dynamic shared memory of one block.
+int64_t attend_decode_shared_bytes(int64_t head_dim, const DecodeAttentionShape& shape = {});
 void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos,
                         const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
                         float* partials, unsigned* arrived, float* out, cudaStream_t stream,
-                        const float2* rope_cs = nullptr);
+                        const float2* rope_cs = nullptr, const DecodeAttentionShape& shape = {});
 
 // --- attention_mma.cu ---
 // attend_rows_by_row on tensor cores for prefill: one block per row and 64 heads (heads a
@@ -294,12 +304,13 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
 // fp4_int8.cuh); `out` [n][hidden] gets the weighted sums added once before_sum (if set) has
 // fired. Returns false, having launched nothing, where the weights' type and shapes do not allow
 // it (fit() says so beforehand); max_blocks > 0 caps the grid (tests use it to make each block
-// loop over its ring).
+// loop over its ring). prefetch_down (one row): the up kernel's producers ask the L2 for the
+// down kernel's weights once their own copies are out (CudaOptions::prefetch_down).
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks = 0);
+                      cudaEvent_t before_sum, int max_blocks = 0, bool prefetch_down = false);
 
 // What route_rows reads, for the kernels that route rows themselves.
 struct RouteInputs {
@@ -331,7 +342,7 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr,
-                    int max_blocks = 0);
+                    int max_blocks = 0, bool prefetch_down = false);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
 // take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,

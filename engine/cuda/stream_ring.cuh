@@ -6,6 +6,7 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "engine/cuda/bulk_copy.cuh"
@@ -20,12 +21,14 @@ constexpr int kMaxStages = 6;
 constexpr int64_t kHeader = 128;  // the stages' full and empty barriers (2 * kMaxStages * 8)
 
 // The deepest ring (at most max_stages) whose fixed + stages * stage_bytes of shared memory fit
-// the current device's opt-in limit; 0 where not even two stages do.
-inline int ring_stages(int64_t fixed, int64_t stage_bytes, int max_stages = kMaxStages) {
-  int device = 0, max_shared = 0;
+// the current device's opt-in limit (and cap, where cap > 0); 0 where not even two stages do.
+inline int ring_stages(int64_t fixed, int64_t stage_bytes, int max_stages = kMaxStages,
+                       int64_t cap = 0) {
+  int device = 0, optin = 0;
   AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
   AGENTRT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int64_t max_shared = cap > 0 ? std::min<int64_t>(cap, optin) : optin;
   for (int stages = max_stages; stages >= 2; --stages)
     if (fixed + stages * stage_bytes <= max_shared) return stages;
   return 0;

@@ -883,50 +883,54 @@ TEST_F(CudaKernels, DecodeAttentionMatchesNormRopeAttendUnrope) {
     const cuda::DeviceRope rope{d_freq.as<float>(), rope_dim, 1.3f};
     const auto* r = in.d_rows.as<cuda::LayerRow>();
     for (bool csa : {true, false})
-      for (int splits : {1, 3, 16}) {
-        SCOPED_TRACE("head_dim " + std::to_string(hd) + (csa ? " csa" : " hca") + " splits " +
-                     std::to_string(splits));
-        DeviceBuffer q(n * heads * hd * 4), want(n * heads * hd * 4), got(n * heads * hd * 4);
-        cuda::copy_device_to_device(q.as<float>(), in.d_q.as<float>(), n * heads * hd * 4);
-        cuda::norm_rope_rows(q.as<float>(), nullptr, n, heads, hd, 1e-6f, d_pos.as<int64_t>(), rope,
-                             nullptr, cuda::CacheField::kv, nullptr);
-        cuda::attend_rows_reference(q.as<float>(), r, n, heads, hd, in.window,
-                                    in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
-                                    in.n_chosen_on_device(csa), in.topk, in.window + 10,
-                                    want.as<float>(), nullptr);
-        cuda::apply_rope(want.as<float>(), n, heads, hd, d_pos.as<int64_t>(), rope, true, nullptr);
-        DeviceBuffer partials(cuda::attend_decode_partial_floats(n, heads, hd, splits) * 4),
-            arrived(n * heads * 4);
-        cuda::zero_device(arrived.get(), arrived.bytes());
-        for (int rep = 0; rep < 2; ++rep)  // the counters are back at zero after a launch
+      for (int splits : {1, 3, 16})
+        for (const cuda::DecodeAttentionShape shape :
+             {cuda::DecodeAttentionShape{}, cuda::DecodeAttentionShape{4, 16}}) {
+          SCOPED_TRACE("head_dim " + std::to_string(hd) + (csa ? " csa" : " hca") + " splits " +
+                       std::to_string(splits) + " heads a block " +
+                       std::to_string(shape.heads_per_block));
+          DeviceBuffer q(n * heads * hd * 4), want(n * heads * hd * 4), got(n * heads * hd * 4);
+          cuda::copy_device_to_device(q.as<float>(), in.d_q.as<float>(), n * heads * hd * 4);
+          cuda::norm_rope_rows(q.as<float>(), nullptr, n, heads, hd, 1e-6f, d_pos.as<int64_t>(),
+                               rope, nullptr, cuda::CacheField::kv, nullptr);
+          cuda::attend_rows_reference(q.as<float>(), r, n, heads, hd, in.window,
+                                      in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                      in.n_chosen_on_device(csa), in.topk, in.window + 10,
+                                      want.as<float>(), nullptr);
+          cuda::apply_rope(want.as<float>(), n, heads, hd, d_pos.as<int64_t>(), rope, true,
+                           nullptr);
+          DeviceBuffer partials(cuda::attend_decode_partial_floats(n, heads, hd, splits) * 4),
+              arrived(n * heads * 4);
+          cuda::zero_device(arrived.get(), arrived.bytes());
+          for (int rep = 0; rep < 2; ++rep)  // the counters are back at zero after a launch
+            cuda::attend_rows_decode(in.d_q.as<float>(), r, d_pos.as<int64_t>(), rope, 1e-6f, n,
+                                     heads, hd, in.window, in.d_sinks.as<float>(), !csa,
+                                     in.chosen_on_device(csa), in.n_chosen_on_device(csa), in.topk,
+                                     splits, partials.as<float>(), arrived.as<unsigned>(),
+                                     got.as<float>(), nullptr, nullptr, shape);
+          const auto a = download<float>(want, n * heads * hd),
+                     b = download<float>(got, n * heads * hd);
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t h = 0; h < heads; ++h)
+              EXPECT_LE(testing::rel_l2(b.data() + (t * heads + h) * hd,
+                                        a.data() + (t * heads + h) * hd, hd),
+                        1e-5)
+                  << "row " << t << " head " << h;
+          // With the rope's (cos, sin) from the KV row's norm_rope_rows call at the same
+          // positions: the same bits.
+          DeviceBuffer kv_row(n * hd * 4), table(n * (rope_dim / 2) * 8), got_t(n * heads * hd * 4);
+          cuda::copy_device_to_device(kv_row.as<float>(), in.d_q.as<float>(), n * hd * 4);
+          cuda::norm_rope_rows(kv_row.as<float>(), nullptr, n, 1, hd, 1e-6f, d_pos.as<int64_t>(),
+                               rope, nullptr, cuda::CacheField::kv, nullptr, table.as<float2>());
           cuda::attend_rows_decode(in.d_q.as<float>(), r, d_pos.as<int64_t>(), rope, 1e-6f, n,
                                    heads, hd, in.window, in.d_sinks.as<float>(), !csa,
                                    in.chosen_on_device(csa), in.n_chosen_on_device(csa), in.topk,
                                    splits, partials.as<float>(), arrived.as<unsigned>(),
-                                   got.as<float>(), nullptr);
-        const auto a = download<float>(want, n * heads * hd),
-                   b = download<float>(got, n * heads * hd);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t h = 0; h < heads; ++h)
-            EXPECT_LE(testing::rel_l2(b.data() + (t * heads + h) * hd,
-                                      a.data() + (t * heads + h) * hd, hd),
-                      1e-5)
-                << "row " << t << " head " << h;
-        // With the rope's (cos, sin) from the KV row's norm_rope_rows call at the same
-        // positions: the same bits.
-        DeviceBuffer kv_row(n * hd * 4), table(n * (rope_dim / 2) * 8), got_t(n * heads * hd * 4);
-        cuda::copy_device_to_device(kv_row.as<float>(), in.d_q.as<float>(), n * hd * 4);
-        cuda::norm_rope_rows(kv_row.as<float>(), nullptr, n, 1, hd, 1e-6f, d_pos.as<int64_t>(),
-                             rope, nullptr, cuda::CacheField::kv, nullptr, table.as<float2>());
-        cuda::attend_rows_decode(in.d_q.as<float>(), r, d_pos.as<int64_t>(), rope, 1e-6f, n, heads,
-                                 hd, in.window, in.d_sinks.as<float>(), !csa,
-                                 in.chosen_on_device(csa), in.n_chosen_on_device(csa), in.topk,
-                                 splits, partials.as<float>(), arrived.as<unsigned>(),
-                                 got_t.as<float>(), nullptr, table.as<float2>());
-        const auto c2 = download<float>(got_t, n * heads * hd);
-        EXPECT_EQ(std::memcmp(b.data(), c2.data(), b.size() * 4), 0)
-            << "the rope table changed the output";
-      }
+                                   got_t.as<float>(), nullptr, table.as<float2>(), shape);
+          const auto c2 = download<float>(got_t, n * heads * hd);
+          EXPECT_EQ(std::memcmp(b.data(), c2.data(), b.size() * 4), 0)
+              << "the rope table changed the output";
+        }
   }
 }
 
