@@ -71,8 +71,9 @@ __device__ __forceinline__ float4 rotate(float4 v, int64_t c, int64_t first, con
   return make_float4(e[0], e[1], e[2], e[3]);
 }
 
-template <int J>  // float4 chunks per lane: head_dim <= 128 * J
-__global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeParams p) {
+// J: float4 chunks per lane (head_dim <= 128 * J); KA: keys a warp scores together.
+template <int J, int KA>
+__device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
   extern __shared__ float4 keys_s[];  // [chunk_keys][head_dim / 4]
   __shared__ bool last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
@@ -139,12 +140,12 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
     const int count = int(min(int64_t(chunk_keys), k1 - base));
     cp_async_wait_all();
     __syncthreads();
-    // kKeysAtOnce keys at a time: their dot products and shuffle sums are independent chains.
-    for (int i = 0; i < count; i += kKeysAtOnce) {
-      float4 kr[kKeysAtOnce][J];
-      float sc[kKeysAtOnce];
+    // KA keys at a time: their dot products and shuffle sums are independent chains.
+    for (int i = 0; i < count; i += KA) {
+      float4 kr[KA][J];
+      float sc[KA];
 #pragma unroll
-      for (int u = 0; u < kKeysAtOnce; ++u) {
+      for (int u = 0; u < KA; ++u) {
         sc[u] = 0.0f;
 #pragma unroll
         for (int j = 0; j < J; ++j) {
@@ -156,10 +157,10 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1)
 #pragma unroll
-        for (int u = 0; u < kKeysAtOnce; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
+        for (int u = 0; u < KA; ++u) sc[u] += __shfl_xor_sync(0xffffffffu, sc[u], off);
       float top = m;
 #pragma unroll
-      for (int u = 0; u < kKeysAtOnce; ++u)
+      for (int u = 0; u < KA; ++u)
         if (i + u < count) top = fmaxf(top, sc[u]);
       const float corr = expf(m - top);  // m = -inf: 0, and l and acc are still 0
       l *= corr;
@@ -168,7 +169,7 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
         acc[j].x *= corr, acc[j].y *= corr, acc[j].z *= corr, acc[j].w *= corr;
       m = top;
 #pragma unroll
-      for (int u = 0; u < kKeysAtOnce; ++u) {
+      for (int u = 0; u < KA; ++u) {
         const float e = i + u < count ? expf(sc[u] - m) : 0.0f;
         l += e;
 #pragma unroll
@@ -236,6 +237,19 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
     const float4 v = make_float4(o[j].x * inv_l, o[j].y * inv_l, o[j].z * inv_l, o[j].w * inv_l);
     out[c] = rotate(v, c, first, cs[j], -1.0f);
   }
+}
+
+template <int J>
+__global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeParams p) {
+  attend_decode_block<J, kKeysAtOnce>(p);
+}
+
+// head_dim 384-512 in blocks of at most 4 warps with at most 112 registers a thread (two keys
+// at once instead of four): an SM's four schedulers each hold 16,384 registers, and a streamed
+// product's 17 warps of 80 take up to 5 x 2,560 of one, so a warp beside them may take 3,584
+// (160 registers, the other kernel's, left wo_a's blocks out; CudaOptions::attention_beside_wo_a).
+__global__ void __maxnreg__(112) attend_decode_lean_kernel(DecodeParams p) {
+  attend_decode_block<4, 2>(p);
 }
 
 int group_heads(int64_t heads, int most) {
@@ -324,6 +338,8 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
     launch(attend_decode_kernel<1>);
   else if (J == 2)
     launch(attend_decode_kernel<2>);
+  else if (G <= 4)
+    launch(attend_decode_lean_kernel);
   else
     launch(attend_decode_kernel<4>);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
