@@ -10,8 +10,7 @@
 // then land on each SM as the product before it leaves, and start copying their weights). On
 // an H100 that measured the same (seventeenth session: decode @1K 902.3 against 908.2 tok/s,
 // three rounds each), so it is off. Either way the code before pdl_begin() may only read memory
-// no kernel writes (weights). Built with AGENTRT_MAX_CARVEOUT every launch asks for the largest
-// shared-memory carveout (an experiment: an SM changes its L1 / shared split only while idle).
+// no kernel writes (weights).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -60,30 +59,20 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 template <typename... Params, typename... Args>
 void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
                         cudaStream_t stream, unsigned cluster, Args&&... args) {
-  cudaLaunchAttribute attributes[3]{};
-  unsigned count = 0;
-  attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[count++].val.programmaticStreamSerializationAllowed = 1;
-  if (cluster > 0) {
-    attributes[count].id = cudaLaunchAttributeClusterDimension;
-    attributes[count].val.clusterDim.x = cluster;
-    attributes[count].val.clusterDim.y = 1;
-    attributes[count++].val.clusterDim.z = 1;
-  }
-#ifdef AGENTRT_MAX_CARVEOUT
-  // Every kernel asks for the SM's whole carveout as shared memory, so an SM never changes its
-  // L1 / shared split between two kernels of a step (it can only while idle) and any kernel's
-  // blocks may sit beside a streamed product's.
-  attributes[count].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
-  attributes[count++].val.sharedMemCarveout = unsigned(cudaSharedmemCarveoutMaxShared);
-#endif
+  cudaLaunchAttribute attributes[2]{};
+  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attributes[0].val.programmaticStreamSerializationAllowed = 1;
+  attributes[1].id = cudaLaunchAttributeClusterDimension;
+  attributes[1].val.clusterDim.x = cluster;
+  attributes[1].val.clusterDim.y = 1;
+  attributes[1].val.clusterDim.z = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared;
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = count;
+  config.numAttrs = cluster > 0 ? 2 : 1;
   AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
