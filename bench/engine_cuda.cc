@@ -48,11 +48,6 @@
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
 //                     [--attention-beside 0|1] (one decode row: the attention's blocks leave
 //                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a)
-//                     [--prefetch-rest 0|1|2] (streamed FP8 products ask the L2 for their
-//                     rows past the ring early: never, wo_a only, every one;
-//                     CudaOptions::prefetch_rest)
-//                     [--prefetch-down 0|1] (one decode row: the routed experts' up kernel
-//                     asks the L2 for the down kernel's weights, CudaOptions::prefetch_down)
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
@@ -363,10 +358,6 @@ int main(int argc, char** argv) {
       options.decode_attention_splits = std::stoi(v);
     else if (k == "--attention-beside")
       options.attention_beside_wo_a = v == "1";
-    else if (k == "--prefetch-rest")
-      options.prefetch_rest = std::stoi(v);
-    else if (k == "--prefetch-down")
-      options.prefetch_down = v == "1";
     else if (k == "--cluster-mhc")
       options.cluster_mhc = std::stoi(v);
     else if (k == "--shared-expert-blocks")

@@ -122,17 +122,11 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
-      prefetch_rest_(options.prefetch_rest),
-      prefetch_down_(options.prefetch_down),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
   if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
     throw std::invalid_argument("cuda options: decode_attention_splits " +
                                 std::to_string(decode_attention_splits_) + " is outside 0..16");
-  if (prefetch_rest_ < 0 || prefetch_rest_ > 2)
-    throw std::invalid_argument("cuda options: prefetch_rest " + std::to_string(prefetch_rest_) +
-                                " is outside 0..2");
-  linear_.set_prefetch_rest(prefetch_rest_ == 2);
   if (!repeat_stage_.empty() &&
       std::none_of(std::begin(kRepeatableStages), std::end(kRepeatableStages),
                    [&](const char* s) { return repeat_stage_ == s; })) {
@@ -942,10 +936,8 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                              std::to_string(c.o_groups * r) + " x " + std::to_string(group_in));
   repeatable("wo_a", [&] {
     linear_.set_max_shared(wo_a_room);
-    linear_.set_prefetch_rest(prefetch_rest_ >= 1);
     linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
     linear_.set_max_shared(0);
-    linear_.set_prefetch_rest(prefetch_rest_ == 2);
   });
   repeatable("wo_b", [&] { linear_.run(lw.wo_b->view(), grouped, n, out, stream_); });
 }
@@ -1012,7 +1004,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks, prefetch_down_);
+                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

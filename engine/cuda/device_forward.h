@@ -129,18 +129,15 @@ struct CudaOptions {
   // 48 990.8, against 1,038.5 with 0.
   int shared_expert_blocks = 0;
   // One-row decode: the attention kernel takes 4 heads and 16 keys a block (32 KB of shared
-  // memory, 128 threads) and the attention output's wo_a a ring that leaves room for it, so
-  // wo_a's blocks sit beside the attention's and copy their first stages while it runs (at 8
-  // heads and 32 keys a block, 64 KB and 160 registers a thread took the room wo_a's block
-  // needs, and the memory idled for the attention's ~17-21 us in every layer).
+  // memory, 128 threads of at most 112 registers: attend_decode_lean_kernel) and the attention
+  // output's wo_a a ring that leaves room for it, so wo_a's blocks may sit beside the
+  // attention's and copy their first stages while it runs (at 8 heads and 32 keys a block, 64 KB
+  // and 160 registers a thread took the room wo_a's block needs, and the memory idles for the
+  // attention's ~16-21 us in every layer). No faster on an H100 (twenty-third session, three
+  // rounds each): decode+pick @1K 1,031.6 tok/s against 1,038.1 (1,041.2 against 1,040.6 with
+  // 160 registers, when a scheduler's 16,384 could not hold wo_a's warps beside it); traced,
+  // wo_a still ended ~12 us after the attention.
   bool attention_beside_wo_a = false;
-  // The tensor-core streamed products ask the L2 for their weight rows past the ring before the
-  // kernel before them ends (GemvMode::prefetch_rest): 0 never, 1 wo_a only (the product after
-  // the attention, whose memory is otherwise idle), 2 every such product.
-  int prefetch_rest = 0;
-  // One-row decode: the routed experts' up kernel asks the L2 for the down kernel's weights once
-  // its own copies are out (the down kernel's blocks land only as the up kernel's leave).
-  bool prefetch_down = false;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values
@@ -304,8 +301,6 @@ class DeviceForward {
   bool fused_q_norm_ = false;           // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;     // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = false;  // CudaOptions::attention_beside_wo_a
-  int prefetch_rest_ = 0;               // CudaOptions::prefetch_rest
-  bool prefetch_down_ = false;          // CudaOptions::prefetch_down
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

@@ -72,10 +72,6 @@ struct GemvMode {
   // kernel before it (CudaOptions::attention_beside_wo_a), so the product's blocks start copying
   // while that kernel runs instead of after its blocks leave.
   int64_t max_shared = 0;
-  // The tensor-core streamed products' producers ask the L2 for their tasks' weight rows past
-  // the ring before the kernel before them has finished (weights are constants), so the whole
-  // matrix is on its way while that kernel runs (CudaOptions::prefetch_rest).
-  bool prefetch_rest = false;
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
                      int64_t warp_rows = 0, int depth = 2, int splits = 1, int early = 0)
       : tensor_cores(cores),

@@ -188,9 +188,8 @@ struct MmaGemv {
   int64_t group_rows, x_offset;  // as in StreamGemv (one matrix only)
   int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
   int stages;
-  int sum_group;       // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
-  int early;           // stages copied before the kernel before has finished (0: the ring's)
-  bool prefetch_rest;  // GemvMode::prefetch_rest
+  int sum_group;  // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
+  int early;      // stages copied before the kernel before has finished (0: the ring's)
 };
 
 // The matrix of task t (sets hold at most kMaxGemvProducts).
@@ -264,17 +263,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const stream::Ring bars = stream::init_ring(smem, g.stages);
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
-    if (!kTma && g.prefetch_rest && g.early == 0) {
-      // The tasks whose last stage the ring cannot take before the wait: each task's rows are
-      // kTaskRows * cols consecutive bytes, asked of the L2 in one instruction.
-      for (int64_t t = t0; t < t1; ++t) {
-        if ((t - t0 + 1) * col_tiles <= g.stages) continue;
-        const int m = matrix_of(g, t);
-        prefetch_l2(
-            static_cast<const char*>(g.w[m].data) + (t - g.first_task[m]) * kTaskRows * cols,
-            uint32_t(kTaskRows * cols));
-      }
-    }
     uint32_t q = 0;
     for (int64_t t = t0; t < t1; ++t) {
       const int m = matrix_of(g, t);
@@ -465,12 +453,11 @@ int64_t row_bytes_of(const WeightMatrix& w) { return w.cols * value_bytes_x2(w.t
 // Which kernel takes a product and its ring: shared memory fixed + stages * stage bytes.
 struct StreamPlan {
   bool mma = false;
-  bool tensor_map = false;     // the mma kernel's stages by tensor copies
-  int sum_group = 1;           // the mma kernel's tasks a barrier
-  int stages = 0;              // 0: neither kernel fits
-  int early = 0;               // GemvMode::early_stages
-  int max_blocks = 0;          // GemvMode::max_blocks
-  bool prefetch_rest = false;  // GemvMode::prefetch_rest
+  bool tensor_map = false;  // the mma kernel's stages by tensor copies
+  int sum_group = 1;        // the mma kernel's tasks a barrier
+  int stages = 0;           // 0: neither kernel fits
+  int early = 0;            // GemvMode::early_stages
+  int max_blocks = 0;       // GemvMode::max_blocks
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
@@ -484,7 +471,6 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
   p.early = mode.early_stages;
   p.max_blocks = mode.max_blocks;
-  p.prefetch_rest = mode.prefetch_rest;
   const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
   p.fixed = kHeader + mma_sums_bytes(p.sum_group, nt) + mma_x_bytes(w.cols, nt) +
@@ -566,7 +552,6 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t x
   g.stages = p.stages;
   g.sum_group = p.sum_group;
   g.early = p.early;
-  g.prefetch_rest = p.prefetch_rest;
   auto kernel =
       tiles == 1 ? gemv_stream_mma_kernel<1, false, 1> : gemv_stream_mma_kernel<2, false, 1>;
   if (nt == 8)

@@ -89,10 +89,8 @@ class LinearRunner {
   // The streamed one-row products' grid cap from now on (GemvMode::max_blocks; 0: one block
   // per SM): DeviceForward sets it around products it runs beside others.
   void set_max_blocks(int blocks) { gemv_mode_.max_blocks = blocks; }
-  // The streamed one-row products' shared memory cap (GemvMode::max_shared; 0: none) and L2
-  // prefetch of the rows past the ring (GemvMode::prefetch_rest), from now on.
+  // The streamed one-row products' shared memory cap from now on (GemvMode::max_shared; 0: none).
   void set_max_shared(int64_t bytes) { gemv_mode_.max_shared = bytes; }
-  void set_prefetch_rest(bool on) { gemv_mode_.prefetch_rest = on; }
 
  private:
   // The tensor-core GEMMs of run() (groups = 1) and run_grouped(): w dequantised to bf16 (and its

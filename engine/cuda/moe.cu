@@ -495,7 +495,7 @@ void products(const ExpertsDevice& e, const Groups& g, const float* h, const flo
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
-                    ExpertGemm* gemm, cudaEvent_t before_sum, int max_blocks, bool prefetch_down) {
+                    ExpertGemm* gemm, cudaEvent_t before_sum, int max_blocks) {
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
@@ -503,9 +503,8 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   // each kernel for the batch). An
   // expert two rows share is read twice, but streamed it reads several times faster than the
   // grouped CUDA-core kernels below read it once.
-  if (n <= kStreamedRows &&
-      streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit, g.act, out, stream,
-                       before_sum, max_blocks, prefetch_down))
+  if (n <= kStreamedRows && streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit,
+                                             g.act, out, stream, before_sum, max_blocks))
     return;
   const unsigned group_threads = unsigned(std::clamp<int64_t>((experts + 31) / 32 * 32, 32, 1024));
   const size_t fill_shared = size_t(group_threads / 32 + 1) * size_t(experts) * 4;

@@ -99,24 +99,6 @@ __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char*
                       uint32_t(rows * scale_bytes), bar);
 }
 
-// Asks the L2 for the down kernel's weight rows (and scales) of one row's down tasks blockIdx.x,
-// blockIdx.x + gridDim.x, ... (each kDownRows rows of its k experts' w2), once this block's own
-// copies are out: the down kernel's blocks can only land when the up kernel's leave, and then
-// find their first stages in the L2 instead of waiting for memory.
-__device__ void prefetch_down_rows(const ExpertsDevice& e, const int32_t* chosen, int64_t hidden,
-                                   int64_t inter, int64_t k) {
-  const int64_t row_bytes = inter / 2, scale_bytes = inter / 32;
-  for (int64_t t = blockIdx.x; t < hidden / kDownRows; t += gridDim.x)
-    for (int64_t j = 0; j < k; ++j) {
-      const WeightMatrix& w = e.w2[chosen[j]];
-      prefetch_l2(static_cast<const char*>(w.data) + t * kDownRows * row_bytes,
-                  uint32_t(kDownRows * row_bytes));
-      prefetch_l2(
-          static_cast<const uint8_t*>(w.scale) + (w.row_offset + t * kDownRows) * scale_bytes,
-          uint32_t(kDownRows * scale_bytes));
-    }
-}
-
 // For each of the `batch` rows r: act[r][j] = SwiGLU of expert chosen[r][j]'s gate and up rows
 // applied to h[r], as plain int8 parts (fp4_int8.cuh) for the down kernel. A task is 32 rows of
 // one expert (one block of act's columns), in two stages of kUpRows rows of w1 and of w3; once
@@ -125,7 +107,7 @@ __device__ void prefetch_down_rows(const ExpertsDevice& e, const int32_t* chosen
 __global__ void __launch_bounds__(kThreads, 1)
     stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t batch,
                      int64_t hidden, int64_t inter, int64_t k, float limit, int stages, int8_t* act,
-                     KernelRoute route, bool prefetch_down) {
+                     KernelRoute route) {
   extern __shared__ __align__(128) char smem[];
   uint4* xs = reinterpret_cast<uint4*>(smem + kHeader);
   const float* xscales = stream::i8_scales(xs, hidden);
@@ -192,7 +174,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         copy_rows(e.w1[ex], r0, kUpRows, dst, &bars.full[s.index]);
         copy_rows(e.w3[ex], r0, kUpRows, dst + matrix_bytes, &bars.full[s.index]);
       }
-    if (prefetch_down && batch == 1) prefetch_down_rows(e, chosen, hidden, inter, k);
     return;
   }
   uint32_t q = 0, task = 0;  // task: this block's count (t steps by the grid, often even)
@@ -349,8 +330,7 @@ namespace {
 bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                      float limit, float* act, float* out, cudaStream_t stream,
-                     cudaEvent_t before_sum, int max_blocks, const KernelRoute& route,
-                     bool prefetch_down) {
+                     cudaEvent_t before_sum, int max_blocks, const KernelRoute& route) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -366,7 +346,7 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
   auto* act_bytes = reinterpret_cast<int8_t*>(act);
   launch_pdl(stream_up_kernel, unsigned(std::min(blocks, n * k * (inter / 32))), kThreads,
              size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
-             act_bytes, route, prefetch_down);
+             act_bytes, route);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   // The down products add into `out`, which the shared expert (on another stream) writes.
   if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
@@ -382,9 +362,9 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks, bool prefetch_down) {
+                      cudaEvent_t before_sum, int max_blocks) {
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, KernelRoute{}, prefetch_down);
+                         before_sum, max_blocks, KernelRoute{});
 }
 
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
@@ -396,8 +376,7 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
       (route.tid2eid ? !route.tokens : !route.bias))
     return false;
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, KernelRoute{route, experts, chosen, weights},
-                         false);
+                         before_sum, max_blocks, KernelRoute{route, experts, chosen, weights});
 }
 
 }  // namespace agentrt::engine::cuda
