@@ -48,6 +48,9 @@
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
 //                     [--attention-beside 0|1] (one decode row: the attention's blocks leave
 //                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a)
+//                     [--attention-cluster 0|1] (one decode row: each head group's key
+//                     slices a cluster merging in distributed shared memory,
+//                     CudaOptions::attention_cluster)
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
@@ -358,6 +361,8 @@ int main(int argc, char** argv) {
       options.decode_attention_splits = std::stoi(v);
     else if (k == "--attention-beside")
       options.attention_beside_wo_a = v == "1";
+    else if (k == "--attention-cluster")
+      options.attention_cluster = v == "1";
     else if (k == "--cluster-mhc")
       options.cluster_mhc = std::stoi(v);
     else if (k == "--shared-expert-blocks")

@@ -5,6 +5,8 @@
 // way out (before, two kernels of their own around the attention). Each block leaves its heads'
 // partial softmax (max, sum, weighted keys); the last block of a (row, head group) to finish
 // merges the slices.
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -19,11 +21,12 @@
 namespace agentrt::engine::cuda {
 namespace {
 
-constexpr int kGroupHeads = 8;   // heads per block, one warp each (DecodeAttentionShape's most)
-constexpr int kChunkKeys = 32;   // keys in shared memory at once, at most: 64 KB at head_dim 512
-constexpr int kMaxSplits = 16;   // key slices per row
-constexpr int kKeysAtOnce = 4;   // keys a warp scores together
-constexpr int64_t kPartPad = 4;  // a partial: head_dim weighted-key sums, then max and sum
+constexpr int kGroupHeads = 8;  // heads per block, one warp each (DecodeAttentionShape's most)
+constexpr int kChunkKeys = 32;  // keys in shared memory at once, at most: 64 KB at head_dim 512
+constexpr int kMaxSplits = 16;  // key slices per row
+constexpr int kMaxClusterSplits = 8;  // key slices per row as one (portable) cluster
+constexpr int kKeysAtOnce = 4;        // keys a warp scores together
+constexpr int64_t kPartPad = 4;       // a partial: head_dim weighted-key sums, then max and sum
 
 struct DecodeParams {
   const float* q;  // raw: before the head's RMSNorm and RoPE
@@ -71,14 +74,38 @@ __device__ __forceinline__ float4 rotate(float4 v, int64_t c, int64_t first, con
   return make_float4(e[0], e[1], e[2], e[3]);
 }
 
-// J: float4 chunks per lane (head_dim <= 128 * J); KA: keys a warp scores together.
+// The (cos, sin) of float4 chunk c's two pairs at row t (identity outside the rope's channels,
+// the last rope.dim of head_dim from `first` on).
+__device__ __forceinline__ void chunk_cos_sin(const DecodeParams& p, int64_t t, int c, int nchunk,
+                                              int64_t first, float position, float2 (&cs)[2]) {
+#pragma unroll
+  for (int q = 0; q < 2; ++q) {
+    const int64_t d = 4 * int64_t(c) + 2 * q;
+    const int64_t pair = (d - first) / 2;
+    cs[q] = !(c < nchunk && d >= first) ? make_float2(1.0f, 0.0f)
+            : p.rope_cs                 ? p.rope_cs[t * (p.rope.dim / 2) + pair]
+                                        : rope_cos_sin(p.rope, pair, position);
+  }
+}
+
+// One warp's head over one slice of row t's keys: the online softmax's max m and sum l (slice 0
+// starting from the sink) and the weighted keys in acc (lane + 32 j's float4 chunks), with the
+// (cos, sin) of those chunks for the inverse rotation on the way out.
+template <int J>
+struct SlicePartial {
+  float4 acc[J];
+  float m, l;
+  float2 cs[J][2];
+};
+
+// J: float4 chunks per lane (head_dim <= 128 * J); KA: keys a warp scores together. Every
+// thread of the block calls it (it synchronises the block); keys_s is free again after it.
 template <int J, int KA>
-__device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
+__device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, int64_t t,
+                                                        int64_t split, int64_t splits, int64_t h) {
   extern __shared__ float4 keys_s[];  // [chunk_keys][head_dim / 4]
-  __shared__ bool last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
-  const int64_t t = blockIdx.z, split = blockIdx.y, splits = gridDim.y, group = blockIdx.x;
-  const int64_t h = group * G + warp, hd = p.hd;
+  const int lane = threadIdx.x & 31;
+  const int64_t hd = p.hd;
   const int nchunk = int(hd / 4), chunk_keys = p.chunk_keys;
   const int64_t first = hd - p.rope.dim;  // the rope's channels are the last rope.dim
   pdl_begin();
@@ -106,7 +133,8 @@ __device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
   const float4 zero = make_float4(0, 0, 0, 0);
   const float4* qv = reinterpret_cast<const float4*>(p.q + (t * p.heads + h) * hd);
   float4 qr[J];
-  float2 cs[J][2];
+  SlicePartial<J> r;
+  float2(&cs)[J][2] = r.cs;
   float ss = 0.0f;
   const float position = float(p.pos[t]);
 #pragma unroll
@@ -114,14 +142,7 @@ __device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
     const int c = lane + 32 * j;
     qr[j] = c < nchunk ? qv[c] : zero;
     ss += dot4(qr[j], qr[j]);
-#pragma unroll
-    for (int q = 0; q < 2; ++q) {
-      const int64_t d = 4 * int64_t(c) + 2 * q;
-      const int64_t pair = (d - first) / 2;
-      cs[j][q] = !(c < nchunk && d >= first) ? make_float2(1.0f, 0.0f)
-                 : p.rope_cs                 ? p.rope_cs[t * (p.rope.dim / 2) + pair]
-                                             : rope_cos_sin(p.rope, pair, position);
-    }
+    chunk_cos_sin(p, t, c, nchunk, first, position, cs[j]);
   }
   const float inv = rsqrtf(warp_sum(ss) / float(hd) + p.q_eps);
 #pragma unroll
@@ -132,8 +153,10 @@ __device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
   }
 
   // The sink only adds exp(sink - max) to the denominator: slice 0 starts its softmax from it.
-  float m = split == 0 ? p.sinks[h] : -INFINITY, l = split == 0 ? 1.0f : 0.0f;
-  float4 acc[J];
+  float& m = r.m;
+  float& l = r.l;
+  m = split == 0 ? p.sinks[h] : -INFINITY, l = split == 0 ? 1.0f : 0.0f;
+  float4(&acc)[J] = r.acc;
 #pragma unroll
   for (int j = 0; j < J; ++j) acc[j] = zero;
   for (int64_t base = k0; base < k1; base += chunk_keys) {
@@ -186,6 +209,25 @@ __device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
       fetch(base + chunk_keys, int(min(int64_t(chunk_keys), k1 - base - chunk_keys)));
   }
 
+  return r;
+}
+
+// attend_slice, then the slices meet in global memory: each block writes its heads' partials,
+// and the last block of its (row, head group) to arrive merges them. Grid: (head groups,
+// slices, rows).
+template <int J, int KA>
+__device__ __forceinline__ void attend_decode_block(const DecodeParams& p) {
+  __shared__ bool last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
+  const int64_t t = blockIdx.z, split = blockIdx.y, splits = gridDim.y, group = blockIdx.x;
+  const int64_t h = group * G + warp, hd = p.hd;
+  const int nchunk = int(hd / 4);
+  const int64_t first = hd - p.rope.dim;
+  const float4 zero = make_float4(0, 0, 0, 0);
+  const SlicePartial<J> r = attend_slice<J, KA>(p, t, split, splits, h);
+  const float4(&acc)[J] = r.acc;
+  const float2(&cs)[J][2] = r.cs;
+  const float m = r.m, l = r.l;
   const int64_t stride = hd + kPartPad;
   float* part = p.partials + ((t * p.heads + h) * splits + split) * stride;
 #pragma unroll
@@ -250,6 +292,66 @@ __global__ void __launch_bounds__(kGroupHeads * 32) attend_decode_kernel(DecodeP
 // (160 registers, the other kernel's, left wo_a's blocks out; CudaOptions::attention_beside_wo_a).
 __global__ void __maxnreg__(112) attend_decode_lean_kernel(DecodeParams p) {
   attend_decode_block<4, 2>(p);
+}
+
+// attend_slice, then the slices meet in distributed shared memory: the blocks of one (row, head
+// group) are a thread-block cluster, one slice each (grid: slices, head groups, rows; the
+// cluster along x). Each block leaves its heads' partials in its own shared memory, and after a
+// cluster barrier block r merges float4 chunks [r, r + 1) * nchunk / slices of every head of
+// the group from all the blocks' partials: no fence, arrival counter or reload through the L2
+// on the path (the global merge's chain of round trips was a large part of the kernel's
+// ~16 us alone, twenty-third session). Needs nchunk % slices == 0 and slices <= 8.
+template <int J>
+__global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
+  namespace cg = cooperative_groups;
+  extern __shared__ float4 keys_s[];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = int(blockDim.x) >> 5;
+  const int64_t t = blockIdx.z, split = blockIdx.x, splits = gridDim.x, group = blockIdx.y;
+  const int64_t h = group * G + warp, hd = p.hd;
+  const int nchunk = int(hd / 4);
+  const int64_t first = hd - p.rope.dim;
+  const SlicePartial<J> r = attend_slice<J, 2>(p, t, split, splits, h);
+  // This warp's partial in this block's shared memory (attend_slice is done with keys_s).
+  const int64_t stride = hd + kPartPad;
+  float* mine = reinterpret_cast<float*>(keys_s);  // [G][stride]
+#pragma unroll
+  for (int j = 0; j < J; ++j) {
+    const int c = lane + 32 * j;
+    if (c < nchunk) reinterpret_cast<float4*>(mine + warp * stride)[c] = r.acc[j];
+  }
+  if (lane == 0) mine[warp * stride + hd] = r.m, mine[warp * stride + hd + 1] = r.l;
+  cluster.sync();
+  // Lane s holds slice s's max and sum; every lane gets each slice's factor.
+  const float* own = mine + warp * stride;
+  const float ms = lane < splits ? *(cluster.map_shared_rank(own, lane) + hd) : -INFINITY;
+  const float ls = lane < splits ? *(cluster.map_shared_rank(own, lane) + hd + 1) : 0.0f;
+  const float M = warp_max(ms);
+  const float fs = ms == -INFINITY ? 0.0f : expf(ms - M);
+  const float inv_l = 1.0f / warp_sum(ls * fs);
+  float f[kMaxClusterSplits];
+#pragma unroll
+  for (int s = 0; s < kMaxClusterSplits; ++s) f[s] = __shfl_sync(0xffffffffu, fs, s);
+  const int per = nchunk / int(splits), c0 = int(split) * per;
+  const float position = float(p.pos[t]);
+  float4* out = reinterpret_cast<float4*>(p.out + (t * p.heads + h) * hd);
+  for (int c = c0 + lane; c < c0 + per; c += 32) {
+    float4 o = make_float4(0, 0, 0, 0);
+#pragma unroll
+    for (int s = 0; s < kMaxClusterSplits; ++s) {  // unrolled: f stays in registers
+      if (s >= int(splits)) break;
+      const float4 a = reinterpret_cast<const float4*>(cluster.map_shared_rank(own, s))[c];
+      o.x = fmaf(a.x, f[s], o.x);
+      o.y = fmaf(a.y, f[s], o.y);
+      o.z = fmaf(a.z, f[s], o.z);
+      o.w = fmaf(a.w, f[s], o.w);
+    }
+    float2 cs[2];
+    chunk_cos_sin(p, t, c, nchunk, first, position, cs);
+    out[c] = rotate(make_float4(o.x * inv_l, o.y * inv_l, o.z * inv_l, o.w * inv_l), c, first, cs,
+                    -1.0f);
+  }
+  cluster.sync();  // no block leaves while another still reads its shared memory
 }
 
 int group_heads(int64_t heads, int most) {
@@ -334,7 +436,17 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
     launch_pdl(kernel, grid, unsigned(32 * G), shared, stream, p);
   };
   const int64_t J = (head_dim + 127) / 128;
-  if (J <= 1)
+  if (shape.cluster && splits <= kMaxClusterSplits && (head_dim / 4) % splits == 0) {
+    const size_t room =
+        std::max(shared, size_t(G) * size_t(head_dim + kPartPad) * sizeof(float));  // partials
+    auto kernel = J <= 1   ? attend_decode_cluster_kernel<1>
+                  : J == 2 ? attend_decode_cluster_kernel<2>
+                           : attend_decode_cluster_kernel<4>;
+    AGENTRT_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(room)));
+    launch_pdl_cluster(kernel, dim3(unsigned(splits), unsigned(heads / G), unsigned(n)),
+                       dim3(unsigned(32 * G)), room, stream, unsigned(splits), p);
+  } else if (J <= 1)
     launch(attend_decode_kernel<1>);
   else if (J == 2)
     launch(attend_decode_kernel<2>);

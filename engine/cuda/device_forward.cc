@@ -122,6 +122,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
+      attention_cluster_(options.attention_cluster),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
   if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
@@ -887,7 +888,11 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   if (decode_attention) {
     DecodeAttentionShape shape;
     int cap = decode_attention_splits_;
-    if (attention_beside_wo_a_ && n == 1) {
+    if (attention_cluster_ && n == 1) {
+      // 16 head groups x 8 slices, each group's slices one cluster: 128 blocks.
+      shape = {4, 32, true};
+      cap = cap > 0 ? std::min(cap, 8) : 8;
+    } else if (attention_beside_wo_a_ && n == 1) {
       // 16 head groups x 8 slices: 128 blocks, as 8 groups x 16.
       shape = {4, 16};
       cap = cap > 0 ? std::min(cap, 8) : 8;

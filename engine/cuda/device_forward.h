@@ -138,6 +138,11 @@ struct CudaOptions {
   // 160 registers, when a scheduler's 16,384 could not hold wo_a's warps beside it); traced,
   // wo_a still ended ~12 us after the attention.
   bool attention_beside_wo_a = false;
+  // One-row decode: the attention's key slices of a head group (8 of them, 4 heads and 32 keys
+  // a block) as a thread-block cluster merging their partials in distributed shared memory
+  // (DecodeAttentionShape::cluster) instead of a fence, an arrival counter and the last block
+  // reading every slice back through the L2. Takes precedence over attention_beside_wo_a.
+  bool attention_cluster = false;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values
@@ -301,6 +306,7 @@ class DeviceForward {
   bool fused_q_norm_ = false;           // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;     // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = false;  // CudaOptions::attention_beside_wo_a
+  bool attention_cluster_ = false;      // CudaOptions::attention_cluster
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

@@ -153,6 +153,9 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
 struct DecodeAttentionShape {
   int heads_per_block = 8;
   int chunk_keys = 32;
+  // The slices of one (row, head group) as a thread-block cluster merging their partials in
+  // distributed shared memory (at most 8 slices dividing head_dim / 4; else the global merge).
+  bool cluster = false;
 };
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
 int attend_decode_splits(int64_t max_keys, int cap = 0, const DecodeAttentionShape& shape = {});

@@ -883,12 +883,13 @@ TEST_F(CudaKernels, DecodeAttentionMatchesNormRopeAttendUnrope) {
     const cuda::DeviceRope rope{d_freq.as<float>(), rope_dim, 1.3f};
     const auto* r = in.d_rows.as<cuda::LayerRow>();
     for (bool csa : {true, false})
-      for (int splits : {1, 3, 16})
+      for (int splits : {1, 2, 3, 8, 16})
         for (const cuda::DecodeAttentionShape shape :
-             {cuda::DecodeAttentionShape{}, cuda::DecodeAttentionShape{4, 16}}) {
+             {cuda::DecodeAttentionShape{}, cuda::DecodeAttentionShape{4, 16},
+              cuda::DecodeAttentionShape{4, 32, true}, cuda::DecodeAttentionShape{8, 8, true}}) {
           SCOPED_TRACE("head_dim " + std::to_string(hd) + (csa ? " csa" : " hca") + " splits " +
                        std::to_string(splits) + " heads a block " +
-                       std::to_string(shape.heads_per_block));
+                       std::to_string(shape.heads_per_block) + (shape.cluster ? " cluster" : ""));
           DeviceBuffer q(n * heads * hd * 4), want(n * heads * hd * 4), got(n * heads * hd * 4);
           cuda::copy_device_to_device(q.as<float>(), in.d_q.as<float>(), n * heads * hd * 4);
           cuda::norm_rope_rows(q.as<float>(), nullptr, n, heads, hd, 1e-6f, d_pos.as<int64_t>(),
