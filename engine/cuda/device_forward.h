@@ -141,7 +141,13 @@ struct CudaOptions {
   // One-row decode: the attention's key slices of a head group (8 of them, 4 heads and 32 keys
   // a block) as a thread-block cluster merging their partials in distributed shared memory
   // (DecodeAttentionShape::cluster) instead of a fence, an arrival counter and the last block
-  // reading every slice back through the L2. Takes precedence over attention_beside_wo_a.
+  // reading every slice back through the L2. Takes precedence over attention_beside_wo_a. On an
+  // H100 (twenty-third session, three rounds each) decode+pick @1K 1,040.9 tok/s against
+  // 1,039.3, decode 987.0 against 989.5: no change. Traced, the sliding and HCA layers'
+  // attention took 10.9-11.2 us against 16.3-16.6, the CSA layers' (48 keys a block instead of
+  // 24) 20.7-21.3 as before, and wo_a ended later after it: every block now stays for the
+  // cluster's last barrier, where the global merge let all but the last block of each group
+  // leave early and wo_a's blocks land on those SMs.
   bool attention_cluster = false;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
