@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
-# A session's first call on the GPU machine (docs/cuda.md): what the twenty-second session left
-# to run, in one call of ~4 minutes -> $OUT/summary.txt and $OUT/r.tgz:
-#   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*'): the shared GPU-test helpers
-#      and CudaOptions.SharedExpertOnItsOwnSmsGivesTheSameLogits have only compiled;
-#   2. decode @1K, interleaved, three rounds: --shared-expert-blocks 0 (the default) against 16,
-#      32 and 48 (CudaOptions::shared_expert_blocks: the shared expert's products on that many
-#      blocks, the routed experts' kernels on the other SMs; make the best the default where it
-#      wins and its test passes);
-#   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) with 32;
+# A session's first call on the GPU machine (docs/cuda.md), ~4 minutes -> $OUT/summary.txt and
+# $OUT/r.tgz:
+#   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*');
+#   2. decode @1K, interleaved, three rounds: the default against --attention-cluster 1 and
+#      --attention-beside 1 (the twenty-third session's options, both no faster there; a
+#      change to either kernel is measured here);
+#   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) of the default;
 #   4. the issue's table (bench_engine_cuda --contexts 1024,16384,65536 --batches 8,32,64) and
 #      transformers on the same weights.
 # Binaries from the dev box (scripts/device_carry.sh --binaries: engine_tests and
@@ -33,12 +31,12 @@ echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
 tail -3 "$R/tests.log" >> "$S"
 grep -E "^\[  FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
 wait
-BLOCKS=(0 16 32 48)
-NAMES=(s0 s16 s32 s48)
+NAMES=(base cl bs)
+ARGS=("" "--attention-cluster 1" "--attention-beside 1")
 for r in 1 2 3; do
-  for i in 0 1 2 3; do
-    timeout 40 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 \
-      --shared-expert-blocks "${BLOCKS[$i]}" > "$R/ab_${NAMES[$i]}_$r.log" 2>&1
+  for i in "${!NAMES[@]}"; do
+    timeout 40 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 ${ARGS[$i]} \
+      > "$R/ab_${NAMES[$i]}_$r.log" 2>&1
   done
 done
 grep -h -E "error|failed|what\(\)" "$R"/ab_*.log | sort | uniq -c | head >> "$S"
@@ -46,8 +44,7 @@ python3 scripts/ab_medians.py "$R" "${NAMES[@]}" >> "$S"
 echo "a/b: $((SECONDS - T0)) s" >> "$S"
 if [[ -f $CARRY/lib/libcupti_trace.so ]]; then
   CUDA_INJECTION64_PATH=$CARRY/lib/libcupti_trace.so CUPTI_TRACE_OUT=$R/trace.csv \
-    timeout 60 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 16 \
-    --shared-expert-blocks 32 > "$R/trace.log" 2>&1
+    timeout 60 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 16 > "$R/trace.log" 2>&1
   python3 scripts/trace_step.py "$R/trace.csv" --graph 0 --launch 27 > "$R/step_27.txt" 2>&1
   gzip "$R/trace.csv"
   grep -h "^replay" "$R/step_27.txt" >> "$S"
