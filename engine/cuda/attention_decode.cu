@@ -4,7 +4,8 @@
 // one per head. The query's RMSNorm and RoPE are done on the way in and the inverse RoPE on the
 // way out (before, two kernels of their own around the attention). Each block leaves its heads'
 // partial softmax (max, sum, weighted keys); the last block of a (row, head group) to finish
-// merges the slices.
+// merges the slices (or, with DecodeAttentionShape::cluster, the slices of a group are one
+// thread-block cluster and merge through distributed shared memory).
 #include <cooperative_groups.h>
 
 #include <algorithm>
