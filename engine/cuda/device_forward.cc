@@ -888,15 +888,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   if (decode_attention) {
     DecodeAttentionShape shape;
     int cap = decode_attention_splits_;
-    if (attention_cluster_ && n == 1) {
-      // 16 head groups x 8 slices, each group's slices one cluster: 128 blocks.
-      shape = {4, 32, true};
+    if (n == 1 && (attention_cluster_ || attention_beside_wo_a_)) {
+      // 16 head groups x 8 slices: 128 blocks, as 8 groups x 16; with the cluster, each
+      // group's slices one cluster.
+      shape = attention_cluster_ ? DecodeAttentionShape{4, 32, true} : DecodeAttentionShape{4, 16};
       cap = cap > 0 ? std::min(cap, 8) : 8;
-    } else if (attention_beside_wo_a_ && n == 1) {
-      // 16 head groups x 8 slices: 128 blocks, as 8 groups x 16.
-      shape = {4, 16};
-      cap = cap > 0 ? std::min(cap, 8) : 8;
-      wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
+      if (!attention_cluster_)
+        wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
     }
     const int splits = attend_decode_splits(m.max_keys, cap, shape);
     float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
