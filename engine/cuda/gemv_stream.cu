@@ -315,8 +315,21 @@ __global__ void __launch_bounds__(kThreads, 1)
                   : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + si));
     }
   };
+  // Every stage's scales at once where the block's stages fit a warp (lane j * MT + i holds
+  // stage j's tile i), before the wait: asked for one stage ahead, each stage waited for its
+  // scales' round trip to memory (~1 us under the other blocks' copies, longer than a stage's
+  // products; twenty-fourth session's block stamps). Otherwise one stage ahead, as before.
+  const int64_t block_stages = (t1 - t0) * col_tiles;
+  const bool lane_scales = block_stages * MT <= 32;
+  float lane_sc = 0.0f;
+  if (lane_scales && lane < block_stages * MT) {
+    const int64_t j = lane / MT;
+    float sc[MT];
+    load_scales(t0 + j / col_tiles, j % col_tiles, sc);
+    lane_sc = sc[lane % MT];
+  }
   float next_sc[MT];
-  if (t0 < t1) load_scales(t0, 0, next_sc);
+  if (!lane_scales && t0 < t1) load_scales(t0, 0, next_sc);
   pdl_begin();
   int64_t group = -1;
   stream::SlotCursor ring_slot{g.stages};  // this warp's next stage
@@ -336,12 +349,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     float total[MT][NB][4] = {};
     for (int64_t ct = 0; ct < col_tiles; ++ct) {
       float sc[MT];
+      if (lane_scales) {
+        const int j = int((t - t0) * col_tiles + ct);
 #pragma unroll
-      for (int i = 0; i < MT; ++i) sc[i] = next_sc[i];
-      if (ct + 1 < col_tiles)
-        load_scales(t, ct + 1, next_sc);
-      else if (t + 1 < t1)
-        load_scales(t + 1, 0, next_sc);
+        for (int i = 0; i < MT; ++i) sc[i] = __shfl_sync(0xffffffffu, lane_sc, j * MT + i);
+      } else {
+#pragma unroll
+        for (int i = 0; i < MT; ++i) sc[i] = next_sc[i];
+        if (ct + 1 < col_tiles)
+          load_scales(t, ct + 1, next_sc);
+        else if (t + 1 < t1)
+          load_scales(t + 1, 0, next_sc);
+      }
       const stream::Slot s = ring_slot.next();
       mbarrier_wait(&bars.full[s.index], s.parity);
       // Row quad_row of the stage's first tile, at the warp's first column (lane's word t4).
