@@ -890,10 +890,11 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     int cap = decode_attention_splits_;
     if (n == 1 && (attention_cluster_ || attention_beside_wo_a_)) {
       // 16 head groups x 8 slices: 128 blocks, as 8 groups x 16; with the cluster, each
-      // group's slices one cluster.
-      shape = attention_cluster_ ? DecodeAttentionShape{4, 32, true} : DecodeAttentionShape{4, 16};
+      // group's slices one cluster. Beside wo_a (with or without the cluster) a block holds 16
+      // keys at once (32 KB) and wo_a's ring leaves it room.
+      shape = {4, attention_beside_wo_a_ ? 16 : 32, attention_cluster_};
       cap = cap > 0 ? std::min(cap, 8) : 8;
-      if (!attention_cluster_)
+      if (attention_beside_wo_a_)
         wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
     }
     const int splits = attend_decode_splits(m.max_keys, cap, shape);

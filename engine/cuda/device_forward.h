@@ -141,7 +141,9 @@ struct CudaOptions {
   // One-row decode: the attention's key slices of a head group (8 of them, 4 heads and 32 keys
   // a block) as a thread-block cluster merging their partials in distributed shared memory
   // (DecodeAttentionShape::cluster) instead of a fence, an arrival counter and the last block
-  // reading every slice back through the L2. Takes precedence over attention_beside_wo_a. On an
+  // reading every slice back through the L2. With attention_beside_wo_a too, the cluster's blocks
+  // take 16 keys at once (32 KB) and wo_a's ring leaves them room, so wo_a's blocks may land
+  // beside them while they run (the cluster keeps every block to its last barrier). On an
   // H100 (twenty-third session, three rounds each) decode+pick @1K 1,040.9 tok/s against
   // 1,039.3, decode 987.0 against 989.5: no change. Traced, the sliding and HCA layers'
   // attention took 10.9-11.2 us against 16.3-16.6, the CSA layers' (48 keys a block instead of

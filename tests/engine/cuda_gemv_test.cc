@@ -906,6 +906,33 @@ TEST_F(CudaGemv, WarpRowsNormedAsRmsNormThenProduct) {
   cuda::free_device(dw);
 }
 
+// Every e4m3 byte but NaN (each row a different rotation of them, unit block scales) through the
+// FP8 tensor-core products: the streamed kernel (one, 4 and 8 activation rows) and the warp-rows
+// kernel, against the CPU. Random weights quantised from a normal distribution leave the
+// subnormals and the largest exponents rare.
+TEST_F(CudaGemv, Fp8ProductsDecodeEveryByte) {
+  auto every_byte = [](int64_t rows, int64_t cols) {
+    HostMatrix m;
+    m.data.resize(rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const uint8_t b = uint8_t((c + 37 * r) % 256);
+        m.data[r * cols + c] = (b & 0x7f) == 0x7f ? uint8_t(b - 1) : b;  // no NaN
+      }
+    m.scales.assign(((rows + 127) / 128) * ((cols + 127) / 128), 127);  // ue8m0 1.0
+    m.view = {WeightType::f8_e4m3, rows, cols, m.data.data(), m.scales.data(), ScaleType::e8m0, 0};
+    return m;
+  };
+  const HostMatrix streamed = every_byte(1024, 4096);
+  for (int64_t n : {1, 4, 8}) check(streamed.view, n, "every byte, streamed");
+  const HostMatrix tall = every_byte(8192, 1024);
+  cuda::DeviceMatrix dt(tall.view);
+  const SameInputRun run({&dt}, 1, 1024);
+  ASSERT_TRUE(cuda::gemv_stream_set(run.set, run.dx, 1024, 1, nullptr,
+                                    cuda::GemvMode(true, false, 1, true, 16 << 20)));
+  run.check(0, tall.view);
+}
+
 // gemv_warp_rows' layout replayed on the host (no GPU needed): over a 64-column group's four
 // k-steps the mma k slots read every column once; the staged activations' units hold, for each
 // lane position and part, the columns its A words hold in the k slots b0 and b1 feed; and the

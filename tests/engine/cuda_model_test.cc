@@ -242,8 +242,8 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 }
 
 // One decode row's attention in blocks of 4 heads and 16 keys beside wo_a's
-// (CudaOptions::attention_beside_wo_a) or with each head group's slices one cluster
-// (attention_cluster): other key slices, so float32 rounding apart.
+// (CudaOptions::attention_beside_wo_a), with each head group's slices one cluster
+// (attention_cluster), or both: other key slices, so float32 rounding apart.
 TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -257,13 +257,17 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
   options.attention_beside_wo_a = false;
   options.attention_cluster = true;
   const auto clustered = load_cuda_model(dir, {Device::cuda}, options);
+  options.attention_beside_wo_a = true;
+  const auto both = load_cuda_model(dir, {Device::cuda}, options);
   std::mt19937 rng(7);
   std::vector<int32_t> ids(120);
   for (auto& t : ids) t = int32_t(rng() % 3000);
-  auto sp = plain->new_sequence(), sb = beside->new_sequence(), sc = clustered->new_sequence();
+  auto sp = plain->new_sequence(), sb = beside->new_sequence(), sc = clustered->new_sequence(),
+       sbc = both->new_sequence();
   sp->forward(std::span(ids).first(100));
   sb->forward(std::span(ids).first(100));
   sc->forward(std::span(ids).first(100));
+  sbc->forward(std::span(ids).first(100));
   for (size_t p = 100; p < 120; ++p) {
     const auto one = std::span(ids).subspan(p, 1);
     const auto want = sp->forward(one);
@@ -274,6 +278,10 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
     ASSERT_EQ(got_c.size(), want.size());
     EXPECT_LE(rel_l2(got_c.data(), want.data(), int64_t(want.size())), 1e-5)
         << "cluster, step " << p;
+    const auto got_bc = sbc->forward(one);
+    ASSERT_EQ(got_bc.size(), want.size());
+    EXPECT_LE(rel_l2(got_bc.data(), want.data(), int64_t(want.size())), 1e-5)
+        << "cluster beside wo_a, step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
