@@ -2,9 +2,9 @@
 # A session's first call on the GPU machine (docs/cuda.md), ~4 minutes -> $OUT/summary.txt and
 # $OUT/r.tgz:
 #   1. the GPU tests (engine_tests --gtest_filter='*Cuda*:Golden*');
-#   2. decode @1K, interleaved, three rounds: the default against --attention-cluster 1 and
-#      --attention-beside 1 (the twenty-third session's options, both no faster there; a
-#      change to either kernel is measured here);
+#   2. decode @1K, interleaved, three rounds: the default against --attention-cluster 1
+#      --attention-beside 1 (+0.6% in the twenty-fourth session's last call: make it the
+#      default if it holds) and --attention-cluster 1;
 #   3. one traced decode step at 1K (CUPTI, scripts/trace_step.py) of the default;
 #   4. the table (bench_engine_cuda --contexts 1024,16384,65536 --batches 8,32,64) and
 #      transformers on the same weights.
@@ -31,8 +31,8 @@ echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
 tail -3 "$R/tests.log" >> "$S"
 grep -E "^\[  FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
 wait
-NAMES=(base cl bs)
-ARGS=("" "--attention-cluster 1" "--attention-beside 1")
+NAMES=(base cb cl)
+ARGS=("" "--attention-cluster 1 --attention-beside 1" "--attention-cluster 1")
 for r in 1 2 3; do
   for i in "${!NAMES[@]}"; do
     timeout 40 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 ${ARGS[$i]} \
