@@ -47,10 +47,11 @@
 //                     [--attention-splits N] (decode attention: at most N key slices a row,
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
 //                     [--attention-beside 0|1] (one decode row: the attention's blocks leave
-//                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a)
+//                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a;
+//                     default 1)
 //                     [--attention-cluster 0|1] (one decode row: each head group's key
 //                     slices a cluster merging in distributed shared memory,
-//                     CudaOptions::attention_cluster)
+//                     CudaOptions::attention_cluster; default 1)
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)

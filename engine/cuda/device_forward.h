@@ -136,8 +136,9 @@ struct CudaOptions {
   // attention's ~16-21 us in every layer). No faster on an H100 (twenty-third session, three
   // rounds each): decode+pick @1K 1,031.6 tok/s against 1,038.1 (1,041.2 against 1,040.6 with
   // 160 registers, when a scheduler's 16,384 could not hold wo_a's warps beside it); traced,
-  // wo_a still ended ~12 us after the attention.
-  bool attention_beside_wo_a = false;
+  // wo_a still ended ~12 us after the attention. With attention_cluster (both on by default
+  // since the twenty-fourth session): see there.
+  bool attention_beside_wo_a = true;
   // One-row decode: the attention's key slices of a head group (8 of them, 4 heads and 32 keys
   // a block) as a thread-block cluster merging their partials in distributed shared memory
   // (DecodeAttentionShape::cluster) instead of a fence, an arrival counter and the last block
@@ -149,8 +150,12 @@ struct CudaOptions {
   // attention took 10.9-11.2 us against 16.3-16.6, the CSA layers' (48 keys a block instead of
   // 24) 20.7-21.3 as before, and wo_a ended later after it: every block now stays for the
   // cluster's last barrier, where the global merge let all but the last block of each group
-  // leave early and wo_a's blocks land on those SMs.
-  bool attention_cluster = false;
+  // leave early and wo_a's blocks land on those SMs. Both on (the default since the
+  // twenty-fourth session): decode+pick @1K +0.6% and +0.7% against neither in two H100 calls
+  // (1,041.6 against 1,035.5; 1,041.0 against 1,033.5; three rounds each); stamped, the
+  // attention's blocks all leave ~2 us before the global merge's last ones did and wo_a's wait
+  // ends ~4 us sooner, though most of wo_a's blocks still land only as the attention's leave.
+  bool attention_cluster = true;
   // One decode row's query norm (q_norm) folded into the launch of wq_b and the indexer's wq_b
   // (gemv_warp_rows norms q_res on its way into shared memory): one launch and one round trip
   // fewer on each layer's path; layers without an indexer fold it into wq_b alone. Values

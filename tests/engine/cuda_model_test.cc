@@ -251,6 +251,8 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_beside";
   testing::write_small_fp8_model(dir, 13);
   cuda::CudaOptions options;
+  options.attention_beside_wo_a = false;
+  options.attention_cluster = false;
   const auto plain = load_cuda_model(dir, {Device::cuda}, options);
   options.attention_beside_wo_a = true;
   const auto beside = load_cuda_model(dir, {Device::cuda}, options);
