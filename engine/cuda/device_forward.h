@@ -311,15 +311,15 @@ class DeviceForward {
   GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;
   bool graphs_ = true;
-  bool key_mirrors_ = true;             // CudaOptions::key_mirrors
-  int cluster_mhc_ = 1;                 // CudaOptions::cluster_mhc
-  int grid_mhc_ = 1;                    // CudaOptions::grid_mhc
-  bool fused_routing_ = false;          // CudaOptions::fused_routing
-  int shared_expert_blocks_ = 0;        // CudaOptions::shared_expert_blocks
-  bool fused_q_norm_ = false;           // CudaOptions::fused_q_norm
-  int decode_attention_splits_ = 0;     // CudaOptions::decode_attention_splits
-  bool attention_beside_wo_a_ = false;  // CudaOptions::attention_beside_wo_a
-  bool attention_cluster_ = false;      // CudaOptions::attention_cluster
+  bool key_mirrors_ = true;            // CudaOptions::key_mirrors
+  int cluster_mhc_ = 1;                // CudaOptions::cluster_mhc
+  int grid_mhc_ = 1;                   // CudaOptions::grid_mhc
+  bool fused_routing_ = false;         // CudaOptions::fused_routing
+  int shared_expert_blocks_ = 0;       // CudaOptions::shared_expert_blocks
+  bool fused_q_norm_ = false;          // CudaOptions::fused_q_norm
+  int decode_attention_splits_ = 0;    // CudaOptions::decode_attention_splits
+  bool attention_beside_wo_a_ = true;  // CudaOptions::attention_beside_wo_a
+  bool attention_cluster_ = true;      // CudaOptions::attention_cluster
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

@@ -250,40 +250,39 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_beside";
   testing::write_small_fp8_model(dir, 13);
-  cuda::CudaOptions options;
-  options.attention_beside_wo_a = false;
-  options.attention_cluster = false;
-  const auto plain = load_cuda_model(dir, {Device::cuda}, options);
-  options.attention_beside_wo_a = true;
-  const auto beside = load_cuda_model(dir, {Device::cuda}, options);
-  options.attention_beside_wo_a = false;
-  options.attention_cluster = true;
-  const auto clustered = load_cuda_model(dir, {Device::cuda}, options);
-  options.attention_beside_wo_a = true;
-  const auto both = load_cuda_model(dir, {Device::cuda}, options);
+  auto load = [&](bool beside, bool cluster) {
+    cuda::CudaOptions options;
+    options.attention_beside_wo_a = beside;
+    options.attention_cluster = cluster;
+    return load_cuda_model(dir, {Device::cuda}, options);
+  };
+  const auto plain = load(false, false);
+  struct Variant {
+    const char* name;
+    std::shared_ptr<const Model> model;
+  };
+  Variant variants[] = {{"beside wo_a", load(true, false)},
+                        {"cluster", load(false, true)},
+                        {"cluster beside wo_a", load(true, true)}};
   std::mt19937 rng(7);
   std::vector<int32_t> ids(120);
   for (auto& t : ids) t = int32_t(rng() % 3000);
-  auto sp = plain->new_sequence(), sb = beside->new_sequence(), sc = clustered->new_sequence(),
-       sbc = both->new_sequence();
+  auto sp = plain->new_sequence();
   sp->forward(std::span(ids).first(100));
-  sb->forward(std::span(ids).first(100));
-  sc->forward(std::span(ids).first(100));
-  sbc->forward(std::span(ids).first(100));
+  std::vector<std::unique_ptr<ModelSequence>> seqs;
+  for (const Variant& v : variants) {
+    seqs.push_back(v.model->new_sequence());
+    seqs.back()->forward(std::span(ids).first(100));
+  }
   for (size_t p = 100; p < 120; ++p) {
     const auto one = std::span(ids).subspan(p, 1);
     const auto want = sp->forward(one);
-    const auto got = sb->forward(one);
-    ASSERT_EQ(got.size(), want.size());
-    EXPECT_LE(rel_l2(got.data(), want.data(), int64_t(want.size())), 1e-5) << "step " << p;
-    const auto got_c = sc->forward(one);
-    ASSERT_EQ(got_c.size(), want.size());
-    EXPECT_LE(rel_l2(got_c.data(), want.data(), int64_t(want.size())), 1e-5)
-        << "cluster, step " << p;
-    const auto got_bc = sbc->forward(one);
-    ASSERT_EQ(got_bc.size(), want.size());
-    EXPECT_LE(rel_l2(got_bc.data(), want.data(), int64_t(want.size())), 1e-5)
-        << "cluster beside wo_a, step " << p;
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const auto got = seqs[i]->forward(one);
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_LE(rel_l2(got.data(), want.data(), int64_t(want.size())), 1e-5)
+          << variants[i].name << ", step " << p;
+    }
   }
   std::filesystem::remove_all(dir);
 #endif
