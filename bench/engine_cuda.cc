@@ -71,6 +71,8 @@
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
+//                     [--side-stream 0|1] (decode: independent products on a second stream,
+//                                      CudaOptions::side_stream; default 1)
 //                     [--fused-q-norm 0|1] (one decode row: the query norm inside wq_b's
 //                                      launch, CudaOptions::fused_q_norm; default 1)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
@@ -372,6 +374,8 @@ int main(int argc, char** argv) {
       options.grid_mhc = std::stoi(v);
     else if (k == "--fused-routing")
       options.fused_routing = v == "1";
+    else if (k == "--side-stream")
+      options.side_stream = v == "1";
     else if (k == "--fused-q-norm")
       options.fused_q_norm = v == "1";
     else if (k == "--decode-ahead")
