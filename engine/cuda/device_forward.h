@@ -41,7 +41,7 @@ struct CudaOptions {
   int64_t prefill_rows = 16384;
   // Prefill passes multiply FP4 experts with fp4_gemm.cu's kernel (weights decoded in its
   // loader) instead of bf16 copies and cuBLAS. Off: slower at 16K on an H200 (routed experts'
-  // stages 205 ms against 176, docs/cuda.md, eleventh session).
+  // stages 205 ms against 176, docs/cuda_sessions.md, eleventh session).
   bool fp4_expert_gemm = false;
   // GemmPrecision::fp8: prefill's routed experts' FP8 GEMMs (one per expert and matrix) alternate
   // between this many streams (1 or 2), so small ones run side by side. Unmeasured.
@@ -62,7 +62,7 @@ struct CudaOptions {
   bool key_mirrors = true;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
-  // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda.md, eleventh session).
+  // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
   bool tensor_map_copies = false;
   // Those products add up their warps' partial sums after one barrier per this many tasks
   // (GemvMode::sum_group, 1..4; the same values). 1: 4 measured no faster on an H200.
@@ -75,7 +75,8 @@ struct CudaOptions {
   // One-row FP8 products (or same-input sets) of at least this many bytes, in enough 16-row
   // tiles for 8 a block, run with each warp owning whole tiles (GemvMode::warp_rows_bytes,
   // gemv_warp_rows.cu): on an H200 wq_b (32,768 x 1,024) took 16.1 us that way against 19.0;
-  // wo_a and wo_b, 2-4 wide tiles a block, were slower (docs/cuda.md, twelfth session). 0: never.
+  // wo_a and wo_b, 2-4 wide tiles a block, were slower (docs/cuda_sessions.md, twelfth
+  // session). 0: never.
   int64_t warp_rows_bytes = int64_t(16) << 20;
   int warp_rows_depth = 2;   // ring slots per warp, at least (GemvMode::warp_rows_depth)
   int warp_rows_splits = 1;  // column splits a tile may take (GemvMode::warp_rows_splits)

@@ -4,10 +4,10 @@
 // Why: gemv_stream_mma_kernel splits each stage's columns over its 16 warps, whose partial sums
 // meet in shared memory once per task. For wq_b's rows of 1,024 columns a task is one stage, so
 // every 32 KB ended in a barrier and a cross-warp sum, and Nsight Compute counted more
-// instructions around the mma than in them (docs/cuda.md). Here a warp multiplies every column of
-// its 16 rows, keeps the sums in registers and writes its 16 outputs itself; the warps meet
-// once, to stage x. The producer gives each warp its own ring slots, so a slow warp holds up only
-// its own stages.
+// instructions around the mma than in them (docs/cuda_sessions.md). Here a warp multiplies
+// every column of its 16 rows, keeps the sums in registers and writes its 16 outputs itself;
+// the warps meet once, to stage x. The producer gives each warp its own ring slots, so a slow
+// warp holds up only its own stages.
 //
 // On an H200 that made wq_b (16 tiles a block) 15% faster, but a warp alone on a wide tile is
 // slow (its chain of loads, conversions and mma has little to overlap with): wo_b, 2 tiles a
