@@ -73,9 +73,10 @@ __host__ __device__ inline int64_t stage_bytes(int64_t stage_cols) {
 
 // Rows as wide as a stage (the stage's 16 rows are one contiguous run of the matrix) are staged
 // in pairs: rows 2g and 2g + 1 in one bulk copy of 2 * stage_cols bytes at g * pair_stride, so a
-// stage takes 8 copies instead of 16 (copies of one 1 KB row each capped wq_b's stream, docs/
-// cuda.md). The mma fragment's row g is then row 2g and its row g + 8 row 2g + 1, stage_cols
-// bytes further on: 0 mod 128, so both loads keep row_stride's bank pattern (pair g at 16 g banks).
+// stage takes 8 copies instead of 16 (copies of one 1 KB row each capped wq_b's stream,
+// docs/cuda_sessions.md). The mma fragment's row g is then row 2g and its row g + 8 row 2g + 1,
+// stage_cols bytes further on: 0 mod 128, so both loads keep row_stride's bank pattern (pair g
+// at 16 g banks).
 __host__ __device__ inline int64_t pair_stride(int64_t stage_cols) {
   return 2 * stage_cols + kRowPad;
 }
