@@ -425,15 +425,15 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   const int G = group_heads(heads, shape.heads_per_block);
   const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
   const size_t shared = size_t(attend_decode_shared_bytes(head_dim, shape));
-  // Blocks meant to sit beside a streamed product's want the SM's whole carveout as shared
-  // memory (an SM changes its carveout only when idle; a smaller one leaves the product out).
-  const int carveout = shape.heads_per_block < kGroupHeads ? int(cudaSharedmemCarveoutMaxShared)
-                                                           : int(cudaSharedmemCarveoutDefault);
   auto launch = [&](auto kernel) {
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-    AGENTRT_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
+    // Blocks meant to sit beside a streamed product's want the SM's whole carveout as shared
+    // memory (an SM changes its carveout only when idle; a smaller one leaves the product out).
+    AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            shape.heads_per_block < kGroupHeads
+                                                ? int(cudaSharedmemCarveoutMaxShared)
+                                                : int(cudaSharedmemCarveoutDefault)));
     launch_pdl(kernel, grid, unsigned(32 * G), shared, stream, p);
   };
   const int64_t J = (head_dim + 127) / 128;
@@ -445,8 +445,6 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                            : attend_decode_cluster_kernel<4>;
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(room)));
-    AGENTRT_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, carveout));
     launch_pdl_cluster(kernel, dim3(unsigned(splits), unsigned(heads / G), unsigned(n)),
                        dim3(unsigned(32 * G)), room, stream, unsigned(splits), p);
   } else if (J <= 1)
