@@ -240,14 +240,8 @@ __device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_grou
 // per g.sum_group tasks). kTma: stages come by tensor copies, laid out as [128-column
 // chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows. NT: activation rows
 // (1, 4 or 8; g.tokens of them real), each weight fragment decoded once for all of them.
-//
-// One row's kernels keep to 80 registers a thread: the block's 17 warps put 5 on one of the SM's
-// four schedulers, whose 16,384 registers then hold them (5 x 2,560) beside one warp of a
-// decode attention block (attend_decode_cluster_kernel, 112 registers: 3,584). At 86-91
-// registers (2,816 a warp) they did not, so wo_a's blocks landed only as the attention's left
-// (attention_beside_wo_a planned the shared memory for both; the registers kept them apart).
 template <int MT, bool kTma, int NT>
-__global__ void __launch_bounds__(kThreads, 1) __maxnreg__(NT == 1 ? 80 : 128)
+__global__ void __launch_bounds__(kThreads, 1)
     gemv_stream_mma_kernel(const __grid_constant__ MmaGemv g) {
   static_assert(NT == 1 || NT == 4 || NT == 8);
   constexpr int kTaskRows = MT * kMmaRows;
