@@ -71,12 +71,6 @@
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
-//                     [--expert-claims 0|1] (one-row decode: the routed experts' up kernel
-//                                      hands out its tasks from a counter,
-//                                      CudaOptions::expert_claims; default 1)
-//                     [--early-expert-copies 0|1] (decode: the routed experts' down kernel
-//                                      fills its ring before the up kernel ends,
-//                                      CudaOptions::early_expert_copies; default 1)
 //                     [--side-stream 0|1] (decode: independent products on a second stream,
 //                                      CudaOptions::side_stream; default 1)
 //                     [--fused-q-norm 0|1] (one decode row: the query norm inside wq_b's
@@ -380,10 +374,6 @@ int main(int argc, char** argv) {
       options.grid_mhc = std::stoi(v);
     else if (k == "--fused-routing")
       options.fused_routing = v == "1";
-    else if (k == "--expert-claims")
-      options.expert_claims = v == "1";
-    else if (k == "--early-expert-copies")
-      options.early_expert_copies = v == "1";
     else if (k == "--side-stream")
       options.side_stream = v == "1";
     else if (k == "--fused-q-norm")

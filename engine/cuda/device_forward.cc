@@ -19,8 +19,7 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror, rope_cs,
-      expert_claim;
+      hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror, rope_cs;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -120,8 +119,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
       shared_expert_blocks_(options.shared_expert_blocks),
-      expert_claims_(options.expert_claims),
-      early_expert_copies_(options.early_expert_copies),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -1003,20 +1000,15 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
 
   stage("moe.router");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
-  // Every layer's launch shares the claim counter: each leaves it zero, and the next layer's up
-  // kernel starts long after this one has finished.
-  StreamedExpertsSchedule schedule;
-  if (expert_claims_) schedule.claim = static_cast<unsigned*>(w.zeroed(w.expert_claim, 4, stream_));
-  schedule.early_down = early_expert_copies_;
   repeatable("experts", [&] {
     if (fuse)
       route_and_run_experts(route, w.route_experts.as<int32_t>(), rweights, lw.experts_view, x, n,
                             k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out,
-                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr, schedule);
+                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr);
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks, schedule);
+                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

@@ -129,15 +129,6 @@ struct CudaOptions {
   // (twenty-third session, three rounds each, decode+pick @1K): 16 blocks 887.5 tok/s, 32 984.0,
   // 48 990.8, against 1,038.5 with 0.
   int shared_expert_blocks = 0;
-  // One-row decode: the routed experts' up kernel hands out its tasks from a counter
-  // (StreamedExpertsSchedule::claim) instead of a fixed set a block: its blocks land over
-  // several microseconds as the shared expert's blocks leave their SMs, and with fixed sets
-  // the last to land ended last.
-  bool expert_claims = true;
-  // Decode: the routed experts' down kernel fills its ring of weights before the up kernel has
-  // finished (StreamedExpertsSchedule::early_down; not with fused_routing, whose choices the up
-  // kernel writes).
-  bool early_expert_copies = true;
   // One-row decode: the attention kernel takes 4 heads and 16 keys a block (32 KB of shared
   // memory, 128 threads of at most 112 registers: attend_decode_lean_kernel) and the attention
   // output's wo_a a ring that leaves room for it, so wo_a's blocks may sit beside the
@@ -326,8 +317,6 @@ class DeviceForward {
   int grid_mhc_ = 1;                   // CudaOptions::grid_mhc
   bool fused_routing_ = false;         // CudaOptions::fused_routing
   int shared_expert_blocks_ = 0;       // CudaOptions::shared_expert_blocks
-  bool expert_claims_ = true;          // CudaOptions::expert_claims
-  bool early_expert_copies_ = true;    // CudaOptions::early_expert_copies
   bool fused_q_norm_ = false;          // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;    // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;  // CudaOptions::attention_beside_wo_a

@@ -308,22 +308,11 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
 // fired. Returns false, having launched nothing, where the weights' type and shapes do not allow
 // it (fit() says so beforehand); max_blocks > 0 caps the grid (tests use it to make each block
 // loop over its ring).
-struct StreamedExpertsSchedule {
-  // One row: the up kernel's blocks take their tasks from this counter (zero before the first
-  // launch; each launch leaves it zero), so a block that lands late, as the kernel before
-  // leaves its SM, takes fewer instead of ending last. Null: each block a fixed set of tasks.
-  unsigned* claim = nullptr;
-  // The down kernel's blocks copy their first stages of weights before the up kernel has
-  // finished. Only where `chosen` was written before the up kernel started (not by a kernel
-  // waited for through before_sum); ignored where the up kernel routes the rows itself.
-  bool early_down = false;
-};
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks = 0,
-                      const StreamedExpertsSchedule& schedule = {});
+                      cudaEvent_t before_sum, int max_blocks = 0);
 
 // What route_rows reads, for the kernels that route rows themselves.
 struct RouteInputs {
@@ -343,7 +332,7 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                             int max_blocks = 0, const StreamedExpertsSchedule& schedule = {});
+                             int max_blocks = 0);
 
 // Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows
 // (through `gemm`, on tensor cores, where it applies); the sum into `out` waits for
@@ -355,13 +344,13 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr,
-                    int max_blocks = 0, const StreamedExpertsSchedule& schedule = {});
+                    int max_blocks = 0);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
 // take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,
                            const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
                            int64_t experts, int64_t inter, int64_t hidden, float limit,
                            void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
-                           cudaEvent_t before_sum, const StreamedExpertsSchedule& schedule = {});
+                           cudaEvent_t before_sum);
 
 }  // namespace agentrt::engine::cuda

@@ -38,9 +38,6 @@ constexpr int kUpRows = kConsumerWarps;         // per stage: one gate and one u
 constexpr int64_t kUpValuesBytes = 2 * 32 * 4;  // two tasks' SwiGLU values, before int8
 constexpr int kDownRows = 2 * kConsumerWarps;   // per stage: two rows a warp
 constexpr int kMaxStages = 4;  // of stream::kMaxStages: deeper rings left no gain to find
-// The up kernel's claimed tasks: the task whose rows each ring slot holds (-1: no more tasks).
-constexpr int64_t kSlotTaskBytes = 16;
-static_assert(kMaxStages * 4 <= kSlotTaskBytes);
 constexpr WeightType kFp4 = WeightType::f4_e2m1;
 // A routing producer's row of choices sits in the header after the ring's barriers: at most
 // kRouteChoices (no static shared memory beside the ring sized to the opt-in limit).
@@ -110,66 +107,19 @@ __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char*
 __global__ void __launch_bounds__(kThreads, 1)
     stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t batch,
                      int64_t hidden, int64_t inter, int64_t k, float limit, int stages, int8_t* act,
-                     KernelRoute route, unsigned* claim) {
+                     KernelRoute route) {
   extern __shared__ __align__(128) char smem[];
   uint4* xs = reinterpret_cast<uint4*>(smem + kHeader);
   const float* xscales = stream::i8_scales(xs, hidden);
   float* values = reinterpret_cast<float*>(smem + kHeader + stream::i8_bytes(hidden));  // [2][32]
-  int* slot_task = reinterpret_cast<int*>(reinterpret_cast<char*>(values) + kUpValuesBytes);
   const int64_t row_bytes = hidden / 2, scale_bytes = hidden / 32;
   const int64_t matrix_bytes = kUpRows * (row_bytes + scale_bytes);  // one matrix's part
-  char* ring = smem + kHeader + stream::i8_bytes(hidden) + kUpValuesBytes + kSlotTaskBytes;
+  char* ring = smem + kHeader + stream::i8_bytes(hidden) + kUpValuesBytes;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
   pdl_begin();
   const int64_t blocks = inter / 32, tasks = k * blocks;  // per row
   const TaskRange range = block_tasks(batch, tasks);
-  // One row with a claim counter: each block's producer takes the next task from the counter
-  // until none is left, so blocks that land late (as the shared expert's blocks leave their SMs)
-  // take fewer tasks instead of ending last; it tells the consumers each stage's task in
-  // slot_task. Every block's last claim is past the end; the one that draws the last of those
-  // values sets the counter back to zero for the next launch.
-  const bool claimed = claim != nullptr && batch == 1;
-  if (warp == kConsumerWarps && claimed) {
-    int32_t* row_experts = reinterpret_cast<int32_t*>(smem + kRouteSlots);  // [k]
-    if (route.in.logits) {
-      const RouteInputs& in = route.in;
-      const WarpChoice w = route_row_warp(in.logits, in.tid2eid ? in.tokens[0] : 0, in.tid2eid,
-                                          in.bias, route.experts, k, in.func, in.scaling, lane);
-      if (lane < k) {
-        row_experts[lane] = w.expert;
-        if (blockIdx.x == 0) route.chosen[lane] = w.expert, route.weights[lane] = w.weight;
-      }
-    } else if (lane < k) {
-      row_experts[lane] = chosen[lane];
-    }
-    __syncwarp();
-    if (lane != 0) return;
-    uint32_t q = 0;
-    for (;;) {
-      const unsigned t = atomicAdd(claim, 1u);
-      if (t >= unsigned(tasks)) {
-        if (t == unsigned(tasks) + gridDim.x - 1) atomicExch(claim, 0u);
-        break;
-      }
-      const int32_t ex = row_experts[t / blocks];
-      for (int half = 0; half < 2; ++half, ++q) {
-        const stream::Slot s = stream::slot_of(q, stages);
-        mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-        slot_task[s.index] = int(t);  // before the arrival that completes the stage
-        const int64_t r0 = (t % blocks) * 32 + half * kUpRows;
-        char* dst = ring + s.index * 2 * matrix_bytes;
-        mbarrier_arrive_expect(&bars.full[s.index], uint32_t(2 * matrix_bytes));
-        copy_rows(e.w1[ex], r0, kUpRows, dst, &bars.full[s.index]);
-        copy_rows(e.w3[ex], r0, kUpRows, dst + matrix_bytes, &bars.full[s.index]);
-      }
-    }
-    const stream::Slot s = stream::slot_of(q, stages);  // no more tasks: a stage without copies
-    mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-    slot_task[s.index] = -1;
-    mbarrier_arrive(&bars.full[s.index]);
-    return;
-  }
   if (warp == kConsumerWarps) {
     if (route.in.logits) {
       // The whole warp routes each row as the block's tasks reach it (route_row_warp), the
@@ -228,24 +178,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   uint32_t q = 0, task = 0;  // task: this block's count (t steps by the grid, often even)
   int64_t staged = -1;       // the row whose activations xs holds
-  TaskCursor c = task_cursor(range, tasks);
-  for (;; ++task) {
-    int64_t row = 0, t = 0;
-    if (claimed) {
-      if (staged < 0) {  // before the first stage lands
-        stream::stage_x_i8(h, hidden, xs);
-        stream::consumers_sync();
-        staged = 0;
-      }
-      const stream::Slot s = stream::slot_of(q, stages);
-      mbarrier_wait(&bars.full[s.index], s.parity);
-      t = slot_task[s.index];
-      if (t < 0) break;
-    } else {
-      if (!c.more()) break;
-      row = c.row, t = c.task;
-      c.next();
-    }
+  for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next(), ++task) {
+    const int64_t row = c.row, t = c.task;
     // Every warp is past the last task's barrier, done with the old row's activations.
     if (row != staged) {
       stream::stage_x_i8(h + row * hidden, hidden, xs);
@@ -295,7 +229,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 __global__ void __launch_bounds__(kThreads, 1)
     stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
                        const int8_t* act, int64_t batch, int64_t hidden, int64_t inter, int64_t k,
-                       int stages, float* out, bool chosen_ahead) {
+                       int stages, float* out) {
   extern __shared__ __align__(128) char smem[];
   char* xs = smem + kHeader;
   const int64_t row_bytes = inter / 2, scale_bytes = inter / 32;
@@ -304,28 +238,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   char* ring = xs + k * per_expert;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
+  pdl_begin();
   const int64_t tasks = hidden / kDownRows;  // per row
   const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
-    // With chosen_ahead the choices were written by a kernel that finished before the up kernel
-    // before this one started (every kernel waits for its predecessor before it lets the next
-    // one in), so the producer reads them and fills its ring while the up kernel's last blocks
-    // still run; read through the L2 (__ldcg), since this SM's L1 may hold a line of them from
-    // an earlier layer.
-    if (!chosen_ahead) pdl_begin();
     uint32_t q = 0;
     for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
       for (int64_t j = 0; j < k; ++j, ++q) {
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(stage_bytes));
-        copy_rows(e.w2[__ldcg(chosen + c.row * k + j)], c.task * kDownRows, kDownRows,
+        copy_rows(e.w2[chosen[c.row * k + j]], c.task * kDownRows, kDownRows,
                   ring + s.index * stage_bytes, &bars.full[s.index]);
       }
     return;
   }
-  pdl_begin();
   uint32_t q = 0;
   int64_t staged = -1;  // the row whose activation vectors xs holds
   for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
@@ -373,7 +301,7 @@ struct StreamShapes {
 };
 
 StreamShapes stream_shapes(int64_t k, int64_t inter, int64_t hidden) {
-  StreamShapes s{kHeader + stream::i8_bytes(hidden) + kUpValuesBytes + kSlotTaskBytes,
+  StreamShapes s{kHeader + stream::i8_bytes(hidden) + kUpValuesBytes,
                  2 * kUpRows * (hidden / 2 + hidden / 32),
                  kHeader + k * stream::i8_bytes(inter),
                  kDownRows * (inter / 2 + inter / 32),
@@ -402,8 +330,7 @@ namespace {
 bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                      float limit, float* act, float* out, cudaStream_t stream,
-                     cudaEvent_t before_sum, int max_blocks, const KernelRoute& route,
-                     const StreamedExpertsSchedule& schedule) {
+                     cudaEvent_t before_sum, int max_blocks, const KernelRoute& route) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -419,19 +346,13 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
   auto* act_bytes = reinterpret_cast<int8_t*>(act);
   launch_pdl(stream_up_kernel, unsigned(std::min(blocks, n * k * (inter / 32))), kThreads,
              size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
-             act_bytes, route, schedule.claim);
+             act_bytes, route);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   // The down products add into `out`, which the shared expert (on another stream) writes.
   if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
-    // Choices the up kernel routes are written by it, so the down kernel's copies wait for it.
-#ifdef AGENTRT_PDL_EARLY_TRIGGER
-  const bool chosen_ahead = false;  // a kernel lets the next one in before it waits
-#else
-  const bool chosen_ahead = schedule.early_down && !route.in.logits;
-#endif
   launch_pdl(stream_down_kernel, unsigned(std::min(blocks, n * (hidden / kDownRows))), kThreads,
              size_t(down_shared), stream, e, chosen, weights, static_cast<const int8_t*>(act_bytes),
-             n, hidden, inter, k, s.down_stages, out, chosen_ahead);
+             n, hidden, inter, k, s.down_stages, out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   return true;
 }
@@ -441,23 +362,21 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks,
-                      const StreamedExpertsSchedule& schedule) {
+                      cudaEvent_t before_sum, int max_blocks) {
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, KernelRoute{}, schedule);
+                         before_sum, max_blocks, KernelRoute{});
 }
 
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                             int max_blocks, const StreamedExpertsSchedule& schedule) {
+                             int max_blocks) {
   if (!route.logits || !route_fits_warp(experts, k, route.func) || k > kRouteChoices ||
       (route.tid2eid ? !route.tokens : !route.bias))
     return false;
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, KernelRoute{route, experts, chosen, weights},
-                         schedule);
+                         before_sum, max_blocks, KernelRoute{route, experts, chosen, weights});
 }
 
 }  // namespace agentrt::engine::cuda

@@ -507,8 +507,7 @@ enum class RowRouting { given, top_k, hash };
 
 void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
                           ExpertShape shape = {}, int stream_blocks = 0, double fp8_tolerance = 0,
-                          RowRouting routing = RowRouting::given,
-                          const cuda::StreamedExpertsSchedule& schedule = {}) {
+                          RowRouting routing = RowRouting::given) {
   std::mt19937 rng(13);
   const int64_t E = shape.experts, k = shape.k, H = shape.hidden, inter = shape.inter;
   const float limit = 0.7f;
@@ -578,10 +577,9 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
     chosen = download<int32_t>(d_chosen, n * k);
     weights = download<float>(d_weights, n * k);
     DeviceBuffer act(n * k * inter * 4), own_chosen(n * k * 4), own_weights(n * k * 4);
-    ASSERT_TRUE(cuda::streamed_experts_routed(route, E, own_chosen.as<int32_t>(),
-                                              own_weights.as<float>(), experts, d_h.as<float>(), n,
-                                              k, inter, H, limit, act.as<float>(), out.as<float>(),
-                                              nullptr, nullptr, stream_blocks, schedule));
+    ASSERT_TRUE(cuda::streamed_experts_routed(
+        route, E, own_chosen.as<int32_t>(), own_weights.as<float>(), experts, d_h.as<float>(), n, k,
+        inter, H, limit, act.as<float>(), out.as<float>(), nullptr, nullptr, stream_blocks));
     const auto got_chosen = download<int32_t>(own_chosen, n * k);
     const auto got_weights = download<float>(own_weights, n * k);
     for (int64_t i = 0; i < n * k; ++i) {
@@ -593,11 +591,10 @@ void check_routed_experts(int64_t n, cuda::ExpertGemm* gemm, double tolerance,
     DeviceBuffer act(n * k * inter * 4);
     cuda::streamed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(),
                            n, k, inter, H, limit, act.as<float>(), out.as<float>(), nullptr,
-                           nullptr, stream_blocks, schedule);
+                           nullptr, stream_blocks);
   } else {
     cuda::routed_experts(experts, d_chosen.as<int32_t>(), d_weights.as<float>(), d_h.as<float>(), n,
-                         k, E, inter, H, limit, scratch.get(), out.as<float>(), nullptr, gemm,
-                         nullptr, 0, schedule);
+                         k, E, inter, H, limit, scratch.get(), out.as<float>(), nullptr, gemm);
   }
   const auto got = download<float>(out, n * H);
   Serial serial;
@@ -656,27 +653,6 @@ TEST_F(CudaKernels, RoutedExpertsRoutingThemselves) {
   check_routed_experts(5, nullptr, 1e-5, {9, 6, 512, 256}, 3, 0, RowRouting::top_k);
   check_routed_experts(4, nullptr, 1e-5, {12, 6, 256, 512}, 5, 0, RowRouting::top_k);
   check_routed_experts(6, nullptr, 1e-5, {9, 6, 512, 256}, 4, 0, RowRouting::hash);
-}
-
-// The up kernel's blocks taking one row's tasks from a counter, and the down kernel copying its
-// first stages before the up kernel ends (StreamedExpertsSchedule): the same products, with 3
-// blocks each claiming many tasks (its ring wrapping) and with a block per task, routed by the
-// kernel too; several rows keep fixed ranges with the early copies. Each launch leaves the
-// counter at zero for the next, which the second round and the last check rely on.
-TEST_F(CudaKernels, StreamedExpertsClaimingTheirTasks) {
-  DeviceBuffer claim(4);
-  ASSERT_EQ(cudaMemset(claim.get(), 0, 4), cudaSuccess);
-  const cuda::StreamedExpertsSchedule schedule{claim.as<unsigned>(), true};
-  for (int round = 0; round < 2; ++round) {
-    check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 3, 0, RowRouting::given, schedule);
-    check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 0, 0, RowRouting::given, schedule);
-    check_routed_experts(1, nullptr, 1e-5, {5, 2, 1024, 2048}, 2, 0, RowRouting::given, schedule);
-    check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 0, 0, RowRouting::top_k, schedule);
-    check_routed_experts(1, nullptr, 1e-5, {9, 6, 512, 256}, 3, 0, RowRouting::hash, schedule);
-    check_routed_experts(5, nullptr, 1e-5, {9, 6, 512, 256}, 3, 0, RowRouting::given, schedule);
-    check_routed_experts(11, nullptr, 1e-5, {}, 0, 0, RowRouting::given, schedule);
-  }
-  EXPECT_EQ(download<unsigned>(claim, 1)[0], 0u) << "the claim counter is left at zero";
 }
 
 TEST_F(CudaKernels, RoutedExpertsOnTensorCoresMatchSwigluExpert) {
