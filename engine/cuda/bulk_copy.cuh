@@ -51,13 +51,18 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 }
 
 // Copies `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared
-// memory; their arrival counts against `bar`'s announced bytes.
+// memory; their arrival counts against `bar`'s announced bytes. Every caller streams weights,
+// each byte read once a decode step (~2 GB against the L2's 50 MB), so the copies ask the L2 to
+// evict their lines first: what the latency-bound kernels between the products read (the KV
+// cache, activations, scales) then stays in the L2 instead of being pushed out by them.
 __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes,
                                                     uint64_t* bar) {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
-          "r"(shared_address(dst)),
-      "l"(src), "r"(bytes), "r"(shared_address(bar))
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], "
+      "[%1], %2, [%3], %4;" ::"r"(shared_address(dst)),
+      "l"(src), "r"(bytes), "r"(shared_address(bar)), "l"(policy)
       : "memory");
 }
 
