@@ -17,6 +17,7 @@
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/fp8_gemm.h"
 #include "engine/cuda/fp8_quant_warp.cuh"
+#include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/segment_search.cuh"
@@ -361,6 +362,78 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
   }
   leave(stream, caller);
   return true;
+}
+
+void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s,
+                                 const int32_t* seg, int64_t used, const float* h,
+                                 const float* weights, int64_t k, int64_t inter, int64_t hidden,
+                                 float limit, float* pair_out, cudaStream_t caller) {
+  const cudaStream_t stream = enter(caller);
+  // Pinned, after the segment starts (run() sized it): the padded row starts, then both
+  // products' tile starts, uploaded in one copy.
+  int32_t* pad = host_ + 1 + (s.experts + 1);
+  int32_t* up_tiles = pad + (used + 1);
+  int32_t* down_tiles = up_tiles + (used + 1);
+  pad[0] = 0;
+  for (int64_t a = 0; a < used; ++a)
+    pad[a + 1] = pad[a] + int32_t((seg[a + 1] - seg[a] + kSlotRows - 1) / kSlotRows * kSlotRows);
+  const int64_t slots = pad[used], rows = seg[used] - seg[0];
+  const int64_t up_count = grouped_expert_tiles(pad, used, 2 * inter, up_tiles),
+                down_count = grouped_expert_tiles(pad, used, hidden, down_tiles);
+  x_.reserve(slots * hidden);
+  xs_.reserve(slots * (hidden / aq::kBlock) * 4);
+  gate_up_.reserve(slots * 2 * inter * 4);
+  act_.reserve(slots * inter);
+  as_.reserve(slots * (inter / aq::kBlock) * 4);
+  down_.reserve(slots * hidden * 4);
+  pad_.reserve(3 * (used + 1) * 4);
+  ++fp8_counts_.experts;
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4,
+                                     cudaMemcpyHostToDevice, stream));
+  const int32_t* d_pad = pad_.as<int32_t>();
+
+  gather_quantize_kernel<<<warp_grid(slots * (hidden / aq::kBlock)), 256, 0, stream>>>(
+      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(),
+      xs_.as<float>());
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  mark("moe.experts.gather");
+  GroupedExpertProduct up;
+  up.x = x_.as<uint8_t>();
+  up.x_scales = xs_.as<float>();
+  up.pad = d_pad;
+  up.tile_start = d_pad + (used + 1);
+  up.active = s.active;
+  up.experts = e;
+  up.used = used;
+  up.n = 2 * inter;
+  up.k = hidden;
+  up.tiles = up_count;
+  up.out = gate_up_.as<float>();
+  up.ld_out = 2 * inter;
+  grouped_expert_product(up, sms_, stream);
+  mark("moe.experts.gemm");
+  swiglu_quantize_kernel<<<warp_grid(slots * (inter / aq::kBlock)), 256, 0, stream>>>(
+      gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit,
+      act_.as<uint8_t>(), as_.as<float>());
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  mark("moe.experts.swiglu");
+  GroupedExpertProduct down = up;
+  down.x = act_.as<uint8_t>();
+  down.x_scales = as_.as<float>();
+  down.tile_start = d_pad + 2 * (used + 1);
+  down.down = true;
+  down.n = hidden;
+  down.k = inter;
+  down.tiles = down_count;
+  down.out = down_.as<float>();
+  down.ld_out = hidden;
+  grouped_expert_product(down, sms_, stream);
+  mark("moe.experts.gemm");
+  scatter_slots_kernel<<<unsigned(rows), 256, 0, stream>>>(down_.as<float>(), s.seg_start, d_pad,
+                                                           0, used, hidden, pair_out);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  mark("moe.experts.scatter");
+  leave(stream, caller);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -9,6 +9,7 @@
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp4_gemm.h"
+#include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/mma.cuh"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/segment_search.cuh"
@@ -187,7 +188,8 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 }  // namespace
 
 ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes,
-                       bool fp4_kernel, int fp8_streams, bool priority_stream)
+                       bool fp4_kernel, int fp8_streams, bool priority_stream,
+                       bool fp8_grouped)
     : precision_(precision),
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
@@ -201,6 +203,10 @@ ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
   }
   if (precision == GemmPrecision::fp8) {
+    int device = 0;
+    AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+    AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device));
+    fp8_grouped_ = fp8_grouped && grouped_expert_product_runs(device);
     fp8_streams_ = std::clamp(fp8_streams, 1, 2);
     for (int i = 0; i < fp8_streams_; ++i) fp8_[i] = std::make_unique<Fp8Gemm>();
     if (fp8_streams_ == 2) {
@@ -255,13 +261,13 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
                      float* pair_out, cudaStream_t stream) {
   const int64_t E = s.experts;
   // n_active, the segment starts and (run_fp8) the padded row starts.
-  if (host_ints_ < 2 * E + 3) {
+  if (host_ints_ < 4 * E + 5) {
     // The last pass's uploads from it (run_fp8's padded starts) must be done.
     AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
     if (host_) cudaFreeHost(host_);
     host_ = nullptr;
-    AGENTRT_CUDA_CHECK(cudaMallocHost(&host_, size_t(2 * E + 3) * 4));
-    host_ints_ = 2 * E + 3;
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&host_, size_t(4 * E + 5) * 4));
+    host_ints_ = 4 * E + 5;
   }
   int32_t* n_active = host_;
   int32_t* seg = host_ + 1;
@@ -273,6 +279,10 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   const int64_t used = *n_active;
   if (used <= 0) return;
 
+  if (precision_ == GemmPrecision::fp8 && fp8_grouped_ && fp8_fits(e, inter, hidden)) {
+    run_fp8_grouped(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
+    return;
+  }
   if (precision_ == GemmPrecision::fp8 && fp8_fits(e, inter, hidden) &&
       run_fp8(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream))
     return;

@@ -46,9 +46,12 @@ class ExpertGemm {
   // one expert's GEMM (a few dozen thread blocks) runs beside the next one's.
   // priority_stream: a pass's gathers, GEMMs and scatters run on a stream of the highest
   // priority (work_stream_ below). Off by default: written after the last GPU run, unmeasured.
+  // fp8_grouped (GemmPrecision::fp8, sm_90): every used expert's gate/up and down products as
+  // one launch each of grouped_fp8_gemm.cu's kernel, which reads the FP4 weights as stored,
+  // instead of converted copies and one cuBLASLt GEMM per expert.
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
                       int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false,
-                      int fp8_streams = 2, bool priority_stream = false);
+                      int fp8_streams = 2, bool priority_stream = false, bool fp8_grouped = false);
   ~ExpertGemm();
   ExpertGemm(const ExpertGemm&) = delete;
   ExpertGemm& operator=(const ExpertGemm&) = delete;
@@ -89,6 +92,12 @@ class ExpertGemm {
   bool run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg, int64_t used,
                const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
                float limit, float* pair_out, cudaStream_t stream);
+  // fp8_grouped's path (moe_fp8.cu): the same quantised activations and weights as run_fp8, in
+  // two grouped launches over all used experts.
+  void run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
+                       int64_t used, const float* h, const float* weights, int64_t k,
+                       int64_t inter, int64_t hidden, float limit, float* pair_out,
+                       cudaStream_t stream);
 
   void mark(const char* name) const {  // a profiling stage ends (set_stage_marker)
     if (mark_) mark_(name);
@@ -99,6 +108,8 @@ class ExpertGemm {
   // workspace), the second stream's, and the events that join it to run()'s stream.
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
+  bool fp8_grouped_ = false;  // the constructor's fp8_grouped, where the device runs the kernel
+  int sms_ = 0;               // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
   // A pass's gathers, GEMMs and scatters run on work_stream_, of the highest priority, joined to
@@ -128,7 +139,8 @@ class ExpertGemm {
   DeviceBuffer w13_[2], w2_[2], place_, x_, gate_up_, act_, down_;
   cudaStream_t decode_stream_ = nullptr;
   cudaEvent_t start_ = nullptr, decoded_[2] = {}, consumed_[2] = {};
-  int32_t* host_ = nullptr;  // pinned: n_active, seg_start, run_fp8's padded starts
+  // pinned: n_active, seg_start, run_fp8's padded starts (and run_fp8_grouped's tile starts)
+  int32_t* host_ = nullptr;
   int64_t host_ints_ = 0;
 };
 

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -27,6 +28,7 @@
 #include "engine/cuda/fp4_e4m3.h"
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/fp8_gemm.h"
+#include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/moe_gemm.h"
 #endif
@@ -509,6 +511,133 @@ TEST_F(CudaFp8Gemm, ConvertsMxfp4WeightsAsTheHost) {
   for (size_t i = 0; i < s.size(); ++i)
     ASSERT_EQ(bits_of(s[i]), bits_of(want_s[i])) << "scale " << i;
   EXPECT_EQ(q[200 * cols + 7 * 32] & 0x7f, 0x7f);  // the NaN code's values are NaNs
+}
+
+// grouped_fp8_gemm.cu's kernel against the host's float64 product of the same e4m3 values (the
+// activations quantised per 128 columns, the FP4 weights converted as convert_on_host does):
+// three experts of 16, 144 and 272 padded rows (one, two and three row tiles, the last ones part
+// full), both products (gate and up stacked from w1 and w3, and down), a weight block whose codes
+// span 20 binades. A wrong swizzle, fragment layout, scale or row gives errors of order 1; the
+// tensor cores' FP8 accumulation ~1e-4.
+TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  const int64_t E = 3, hidden = 384, inter = 256;
+  const std::vector<int32_t> active = {2, 0, 1}, pad = {0, 16, 160, 432};
+  const int64_t used = 3, slots = pad[used];
+  std::mt19937 rng(21);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<QuantizedMatrix> stored;
+  stored.reserve(3 * E);
+  std::vector<std::unique_ptr<cuda::DeviceMatrix>> dev;
+  std::vector<WeightMatrix> views(3 * E);
+  auto make = [&](int64_t rows, int64_t cols) {
+    std::vector<float> v(rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        v[r * cols + c] = normal(rng) * std::ldexp(1.0f, int(r % 5) - int(c / 128));
+    stored.push_back(quantize_mxfp4(v.data(), rows, cols));
+    if (stored.size() == 2) stored.back().scales[3 * (cols / 32) + 2] -= 20;
+    const WeightMatrix w{WeightType::f4_e2m1, rows, cols, stored.back().data.data(),
+                         stored.back().scales.data(), ScaleType::e8m0, 0};
+    dev.push_back(std::make_unique<cuda::DeviceMatrix>(w));
+    return dev.back()->view();
+  };
+  for (int64_t e = 0; e < E; ++e) {
+    views[e] = make(inter, hidden);           // w1
+    views[E + e] = make(hidden, inter);       // w2
+    views[2 * E + e] = make(inter, hidden);   // w3
+  }
+  auto d_views = testing::upload(views);
+  const WeightMatrix* v = d_views.as<WeightMatrix>();
+  const cuda::ExpertsDevice experts{
+      v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
+  // The host's e4m3 weights and block scales of every matrix.
+  std::vector<std::vector<uint8_t>> wq(3 * E);
+  std::vector<std::vector<float>> ws(3 * E);
+  for (int64_t e = 0; e < E; ++e)
+    for (int m = 0; m < 3; ++m) {
+      const int64_t rows = m == 1 ? hidden : inter, cols = m == 1 ? inter : hidden;
+      convert_on_host(stored[3 * e + m], rows, cols, aq::weight_scale_ld(cols), wq[m * E + e],
+                      ws[m * E + e]);
+    }
+
+  auto run = [&](bool down) {
+    const int64_t n = down ? hidden : 2 * inter, k = down ? inter : hidden, kbs = k / 128;
+    // Activations: each slot row quantised per 128 columns, scales in each expert's
+    // [column block][row] layout.
+    std::vector<uint8_t> x(slots * k);
+    std::vector<float> xs(slots * kbs), row(k), row_scales(kbs);
+    for (int64_t a = 0; a < used; ++a)
+      for (int64_t r = 0; r < pad[a + 1] - pad[a]; ++r) {
+        for (int64_t c = 0; c < k; ++c) row[c] = normal(rng) * float(1 + (r + c / 128) % 3);
+        testing::quantise_row_e4m3(row.data(), k, x.data() + (pad[a] + r) * k,
+                                   row_scales.data());
+        for (int64_t kb = 0; kb < kbs; ++kb)
+          xs[pad[a] * kbs + kb * (pad[a + 1] - pad[a]) + r] = row_scales[kb];
+      }
+    std::vector<int32_t> ints(pad.begin(), pad.end());
+    ints.resize(2 * (used + 1));
+    const int64_t tiles = cuda::grouped_expert_tiles(pad.data(), used, n, ints.data() + used + 1);
+    EXPECT_EQ(tiles, (1 + 2 + 3) * (n / 128));
+    ints.insert(ints.end(), active.begin(), active.end());
+    auto d_x = testing::upload(x);
+    auto d_xs = testing::upload(xs);
+    auto d_ints = testing::upload(ints);
+    auto d_out = testing::upload(std::vector<float>(slots * n, std::nanf("")));
+    cuda::GroupedExpertProduct p;
+    p.x = d_x.as<uint8_t>();
+    p.x_scales = d_xs.as<float>();
+    p.pad = d_ints.as<int32_t>();
+    p.tile_start = p.pad + used + 1;
+    p.active = p.pad + 2 * (used + 1);
+    p.experts = experts;
+    p.down = down;
+    p.used = used;
+    p.n = n;
+    p.k = k;
+    p.tiles = tiles;
+    p.out = d_out.as<float>();
+    p.ld_out = n;
+    cuda::grouped_expert_product(p, 5, nullptr);  // 5 blocks: each takes several tiles
+    const auto out = testing::download<float>(d_out, slots * n);
+    int64_t bad = 0, first_bad = -1;
+    double worst = 0;
+    for (int64_t a = 0; a < used; ++a)
+      for (int64_t r = pad[a]; r < pad[a + 1]; ++r) {
+        std::vector<double> want(n, 0.0);
+        double norm = 0, err = 0;
+        for (int64_t c = 0; c < n; ++c) {
+          const int m = down ? 1 : (c < inter ? 0 : 2);
+          const int64_t wr = down ? c : c % inter;
+          const auto& q = wq[m * E + active[a]];
+          const auto& s = ws[m * E + active[a]];
+          for (int64_t kb = 0; kb < kbs; ++kb) {
+            double part = 0;
+            for (int64_t i = kb * 128; i < kb * 128 + 128; ++i)
+              part += testing::e4m3_value(x[r * k + i]) * testing::e4m3_value(q[wr * k + i]);
+            want[c] += part * double(xs[pad[a] * kbs + kb * (pad[a + 1] - pad[a]) + r - pad[a]]) *
+                       double(s[(wr / 128) * aq::weight_scale_ld(k) + kb]);
+          }
+          norm += want[c] * want[c];
+        }
+        const double rms = std::sqrt(norm / double(n));
+        for (int64_t c = 0; c < n; ++c) {
+          const double d = double(out[r * n + c]) - want[c];
+          err += d * d;
+          if (!(std::fabs(d) <= 1e-2 * rms)) {
+            if (first_bad < 0) first_bad = r * n + c;
+            ++bad;
+          }
+        }
+        worst = std::max(worst, std::sqrt(err / norm));
+      }
+    EXPECT_EQ(bad, 0) << (down ? "down" : "gate/up") << ": first wrong at row "
+                      << first_bad / std::max<int64_t>(n, 1) << " column " << first_bad % n
+                      << " of " << slots << " x " << n;
+    EXPECT_LT(worst, kAccumulation) << (down ? "down" : "gate/up");
+  };
+  run(false);
+  run(true);
 }
 
 #endif  // AGENTRT_HAVE_CUDA

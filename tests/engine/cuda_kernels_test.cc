@@ -29,6 +29,7 @@
 #include "engine/cuda/fp4_gemm_layout.h"
 #include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/route_keys.h"
 #include "engine/cuda/swiglu.h"
@@ -700,6 +701,19 @@ TEST_F(CudaKernels, RoutedExpertsOnFp8GemmsMatchSwigluExpert) {
   // Widths of FP4 experts that are not whole 128-column blocks take the bf16 path.
   check_routed_experts(300, &fp8, 2e-2, {9, 6, 192, 256});
   EXPECT_EQ(fp8.fp8_counts().experts, 2);
+}
+
+// The same experts through grouped_fp8_gemm.cu's two launches (ExpertGemm's fp8_grouped): the
+// same quantised activations and weights as the per-expert cuBLASLt GEMMs, so the same checks;
+// also a hidden width other than the intermediate one.
+TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8MatchSwigluExpert) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  cuda::ExpertGemm grouped(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30, false, 2, false,
+                           true);
+  check_routed_experts(300, &grouped, 0.15, {9, 6, 256, 256}, 0, 1e-2);
+  check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 1e-2);
+  check_routed_experts(701, &grouped, 0.15, {9, 6, 384, 256}, 0, 1e-2);
+  EXPECT_EQ(grouped.fp8_counts().experts, 3) << grouped.fp8_counts().expert_fallbacks;
 }
 
 // fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share

@@ -1,0 +1,55 @@
+// Every used routed expert's rows times its MXFP4 weights in one launch, on the Hopper tensor
+// cores' FP8 path (wgmma): GemmPrecision::fp8's routed experts of prefill passes (moe_fp8.cu,
+// ExpertGemm with fp8_grouped). The weights are read as stored: a producer warpgroup copies each
+// 128 x 128 block's FP4 bytes and ue8m0 codes into shared memory and turns them into e4m3 there
+// (fp4_e4m3.h's block scale, the same values the chunked path's conversion writes to global
+// memory), while two consumer warpgroups multiply the stage before with the activations' e4m3
+// rows and add each 128-deep block's product into float32 accumulators times its two scales (one
+// per activation row, one per weight block). No converted copy of the experts, one launch per
+// matrix for all experts instead of one cuBLASLt GEMM per expert.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/kernels.h"
+
+namespace agentrt::engine::cuda {
+
+namespace grouped_fp8 {
+constexpr int kTileRows = 128;  // an expert's rows a tile (two warpgroups of 64)
+constexpr int kTileCols = 128;  // output columns a tile: one 128-row block of the weight
+constexpr int kDepth = 128;     // K a stage: one activation scale and one weight block scale
+}  // namespace grouped_fp8
+
+// One product of every used expert: out[pad[a] + r][c] = sum over K of x[pad[a] + r] * W_a[c],
+// W_a expert active[a]'s matrix, for every padded row r of expert a and c < n.
+struct GroupedExpertProduct {
+  const uint8_t* x = nullptr;          // e4m3 [slots][k]; expert a's rows pad[a] .. pad[a + 1]
+  const float* x_scales = nullptr;     // expert a's: [k / 128][its rows] from pad[a] * (k / 128)
+  const int32_t* pad = nullptr;        // [used + 1] (device) row starts, multiples of 16
+  const int32_t* tile_start = nullptr; // [used + 1] (device) expert a's first tile
+  const int32_t* active = nullptr;     // [used] (device) the experts' ids
+  ExpertsDevice experts;
+  // false: the gate and up products stacked (rows [0, n / 2) of w1, then of w3); true: w2.
+  bool down = false;
+  int64_t used = 0, n = 0, k = 0, tiles = 0;
+  float* out = nullptr;  // [slots][ld_out] float32
+  int64_t ld_out = 0;
+};
+
+// Expert a's tiles: ceil(rows / 128) row tiles times n / 128 column tiles, column-major (an
+// expert's row tiles of one weight block run side by side and share it through the L2). Fills
+// starts[0 .. used] from the padded row starts; returns the total.
+int64_t grouped_expert_tiles(const int32_t* pad, int64_t used, int64_t n, int32_t* starts);
+
+// Whether `device` runs the kernel (compute capability 9.0: built for sm_90a), and whether a
+// matrix of these shapes fits it (multiples of 128).
+bool grouped_expert_product_runs(int device);
+bool grouped_expert_product_fits(int64_t n, int64_t k);
+
+// One launch of at most `blocks` resident blocks (one an SM), each taking tiles in turn.
+void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStream_t stream);
+
+}  // namespace agentrt::engine::cuda
