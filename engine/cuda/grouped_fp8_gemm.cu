@@ -34,22 +34,22 @@ using grouped_fp8::kDepth;
 using grouped_fp8::kTileCols;
 using grouped_fp8::kTileRows;
 
-constexpr int kStages = 6;
+constexpr int kStages = 4;
 constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
-// Byte offsets within a stage; a starts on a 1024-byte boundary (the swizzle's period).
+// Byte offsets within a stage; a and b start on 1024-byte boundaries (the swizzle's period).
 constexpr int kStageA = 0;
+constexpr int kStageB = kStageA + kTileRows * kDepth;
 constexpr int kRawRow = 80;  // bytes a stored FP4 row takes in a stage (64, padded: no bank
-                             // conflicts when threads read their rows)
-constexpr int kStageRaw = kStageA + kTileRows * kDepth;
+                             // conflicts when each thread reads its own row)
+constexpr int kStageRaw = kStageB + kTileCols * kDepth;
 constexpr int kStageCodes = kStageRaw + kTileCols * kRawRow;
 constexpr int kStageAScale = kStageCodes + kTileCols * 4;
-constexpr int kStageMaxes = kStageAScale + kTileRows * 4;  // the producer warps' largest codes
-constexpr int kStageBytes = (kStageMaxes + 16 + 1023) / 1024 * 1024;
-constexpr int kWeightBytes = kTileCols * kDepth;  // a step's weights as e4m3 (two buffers)
-constexpr int kSharedBytes = kStages * kStageBytes + 2 * kWeightBytes + 1024;  // + alignment
+constexpr int kStageBScale = kStageAScale + kTileRows * 4;
+constexpr int kStageBytes = (kStageBScale + 16 + 1023) / 1024 * 1024;
+constexpr int kSharedBytes = kStages * kStageBytes + 1024;  // + room to align the base
 
 #ifndef AGENTRT_NO_WGMMA
-constexpr int kLead = 4;        // the producer's copies run this many steps ahead
+constexpr int kLead = 2;        // the producer's copies run this many steps ahead of its conversion
 constexpr int kZeroShift = 28;  // table entries 0..27: shifts 6 .. -21; 28: zeros; 29: NaNs
 constexpr int kNanEntry = 29;
 constexpr int kTable = 30;
@@ -77,9 +77,9 @@ template <int N>
 __device__ __forceinline__ void copies_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// The consumer warpgroups' own barrier (barrier 0 is __syncthreads).
-__device__ __forceinline__ void consumer_sync() {
-  asm volatile("bar.sync 1, 256;\n" ::: "memory");
+// The producer warpgroup's own barrier (barrier 0 is __syncthreads).
+__device__ __forceinline__ void producer_sync() {
+  asm volatile("bar.sync 1, 128;\n" ::: "memory");
 }
 
 // Eight FP4 values (a 32-bit word, value j in nibble j) as eight e4m3 bytes: each nibble's
@@ -164,8 +164,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint8_t shared_raw[];
   __shared__ uint64_t full[kStages], empty[kStages];
   __shared__ uint2 table[kTable];
+  __shared__ int warp_max[8];
   uint8_t* stages = shared_raw + ((1024 - (shared_address(shared_raw) & 1023)) & 1023);
-  uint8_t* weights = stages + kStages * kStageBytes;  // two buffers, 1024-aligned
   const int tid = int(threadIdx.x), wg = tid / 128, lane = tid % 32, warp = (tid % 128) / 32;
   const int64_t depth_steps = p.k / kDepth;
   if (tid == 0) {
@@ -220,19 +220,35 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       copies_commit();
     };
-    // Step j's copies are in (this thread's; the barrier's count waits for the others'): each
-    // warp leaves the largest code of its 32 weight rows for the consumers.
-    auto complete = [&](int64_t j) {
+    auto convert = [&](int64_t j) {
       const int s = int(j % kStages);
       uint8_t* st = stages + s * kStageBytes;
+      producer_sync();  // every producer's copies of step j have landed
       const uint32_t codes = *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * tid);
       int emax = fe::kNoCode;
 #pragma unroll
       for (int i = 0; i < 4; ++i) emax = fe::max_finite_code(emax, uint8_t(codes >> (8 * i)));
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
-      if (lane == 0) reinterpret_cast<int*>(st + kStageMaxes)[warp] = emax;
-      // The tensor cores read the activations through the async proxy.
+      int* maxes = warp_max + 4 * (j & 1);  // alternate halves: no barrier between reuses
+      if (lane == 0) maxes[warp] = emax;
+      producer_sync();
+      emax = max(max(maxes[0], maxes[1]), max(maxes[2], maxes[3]));
+      if (tid == 0) *reinterpret_cast<float*>(st + kStageBScale) = fe::block_scale(emax);
+      const uint8_t* raw = st + kStageRaw + tid * kRawRow;
+      uint8_t* row = st + kStageB;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {  // 32 values under one code
+        const uint4 v = *reinterpret_cast<const uint4*>(raw + 16 * q);
+        const uint8_t code = uint8_t(codes >> (8 * q));
+        const uint2 tab =
+            table[code == fe::kNanCode ? kNanEntry : min(emax - int(code), kZeroShift)];
+        const uint2 a = fp4_to_e4m3(v.x, tab), b = fp4_to_e4m3(v.y, tab),
+                    c = fp4_to_e4m3(v.z, tab), d = fp4_to_e4m3(v.w, tab);
+        *reinterpret_cast<uint4*>(row + swizzled(tid, 2 * q)) = make_uint4(a.x, a.y, b.x, b.y);
+        *reinterpret_cast<uint4*>(row + swizzled(tid, 2 * q + 1)) = make_uint4(c.x, c.y, d.x, d.y);
+      }
+      // The tensor cores read the stage through the async proxy.
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       mbarrier_arrive(&full[s]);
     };
@@ -244,48 +260,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         issue(j, tile, w, kb);
         if (j >= kLead) {
           copies_wait<kLead>();  // this thread's copies of step j - kLead are in
-          complete(j - kLead);
+          convert(j - kLead);
         }
       }
     }
     copies_wait<0>();
-    for (int64_t i = std::max<int64_t>(0, j - kLead); i < j; ++i) complete(i);
+    for (int64_t i = std::max<int64_t>(0, j - kLead); i < j; ++i) convert(i);
   } else {
-    // Consumers: warpgroup wg multiplies the tile's rows 64 (wg - 1) .. 64 wg - 1. Both turn the
-    // next step's FP4 weights into e4m3 (thread ct: half ct % 2 of row ct / 2) while the tensor
-    // cores work on this step's.
-    const int half = wg - 1, ct = tid - 128, crow = ct / 2, chalf = ct % 2;
-    const int64_t steps = (p.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x * depth_steps;
-    auto convert = [&](int64_t j) {
-      const int s = int(j % kStages);
-      const uint8_t* st = stages + s * kStageBytes;
-      mbarrier_wait(&full[s], uint32_t((j / kStages) & 1));
-      const int* maxes = reinterpret_cast<const int*>(st + kStageMaxes);
-      const int emax = max(max(maxes[0], maxes[1]), max(maxes[2], maxes[3]));
-      const uint32_t codes = *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * crow);
-      const uint8_t* raw = st + kStageRaw + crow * kRawRow;
-      uint8_t* row = weights + (j % 2) * kWeightBytes;
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {  // 32 values under one code
-        const int q = 2 * chalf + i;
-        const uint4 v = *reinterpret_cast<const uint4*>(raw + 16 * q);
-        const uint8_t code = uint8_t(codes >> (8 * q));
-        const uint2 tab =
-            table[code == fe::kNanCode ? kNanEntry : min(emax - int(code), kZeroShift)];
-        const uint2 a = fp4_to_e4m3(v.x, tab), b = fp4_to_e4m3(v.y, tab),
-                    c = fp4_to_e4m3(v.z, tab), d = fp4_to_e4m3(v.w, tab);
-        *reinterpret_cast<uint4*>(row + swizzled(crow, 2 * q)) = make_uint4(a.x, a.y, b.x, b.y);
-        *reinterpret_cast<uint4*>(row + swizzled(crow, 2 * q + 1)) =
-            make_uint4(c.x, c.y, d.x, d.y);
-      }
-      // The tensor cores read the weights through the async proxy.
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    };
+    // Consumers: warpgroup wg takes the tile's rows 64 (wg - 1) .. 64 wg - 1.
+    const int half = wg - 1;
     float acc[64], part[64];
-    if (steps > 0) {
-      convert(0);
-      consumer_sync();
-    }
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       const Tile tile = tile_at(p, t);
@@ -294,31 +278,24 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
         const int s = int(j % kStages);
+        mbarrier_wait(&full[s], uint32_t((j / kStages) & 1));
         const uint8_t* st = stages + s * kStageBytes;
-        const int* maxes = reinterpret_cast<const int*>(st + kStageMaxes);
-        const float b_scale =
-            fe::block_scale(max(max(maxes[0], maxes[1]), max(maxes[2], maxes[3])));
         const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
+        const float b_scale = *reinterpret_cast<const float*>(st + kStageBScale);
         const int r = 64 * half + 16 * warp + lane / 4;
         const float f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale;
         if (busy) {
           asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-          const uint8_t* b = weights + (j % 2) * kWeightBytes;
 #pragma unroll
           for (int kk = 0; kk < kDepth / 32; ++kk)
             wgmma_64x128x32(part, operand(st + kStageA + 64 * half * 128 + 32 * kk),
-                            operand(b + 32 * kk), kk > 0);
+                            operand(st + kStageB + 32 * kk), kk > 0);
           asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        }
-        if (j + 1 < steps) convert(j + 1);
-        if (busy) {
           asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
           // Keeps the compiler from reading the products before the wait.
 #pragma unroll
           for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(part[i])::"memory");
         }
-        // Both warpgroups' products of step j are done and step j + 1's weights are written.
-        consumer_sync();
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&empty[s]);
         if (busy) {
