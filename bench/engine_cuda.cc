@@ -22,8 +22,9 @@
 //                     [--fp4-expert-gemm 1] (prefill's FP4 experts through fp4_gemm.cu)
 //                     [--fp8-expert-streams 1|2] (under --precision fp8, the streams the
 //                     routed experts' FP8 GEMMs alternate between; default 2)
-//                     [--fp8-grouped-experts 1] (under --precision fp8, the routed experts
-//                     as two grouped wgmma launches reading the FP4 weights as stored)
+//                     [--fp8-grouped-rows N] (under --precision fp8, passes of at most N rows
+//                     run the routed experts as two grouped wgmma launches reading the FP4
+//                     weights as stored; 0 never)
 //                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
 //                     highest priority, CudaOptions::expert_priority_stream; no faster)
 //                     [--key-mirrors 0] (prefill attention and indexer convert each float32
@@ -342,8 +343,8 @@ int main(int argc, char** argv) {
       options.fp4_expert_gemm = v == "1";
     else if (k == "--fp8-expert-streams")
       options.fp8_expert_streams = std::stoi(v);
-    else if (k == "--fp8-grouped-experts")
-      options.fp8_grouped_experts = v == "1";
+    else if (k == "--fp8-grouped-rows")
+      options.fp8_grouped_rows = std::stoll(v);
     else if (k == "--expert-priority-stream")
       options.expert_priority_stream = v == "1";
     else if (k == "--key-mirrors")

@@ -46,10 +46,11 @@ struct CudaOptions {
   // GemmPrecision::fp8: prefill's routed experts' FP8 GEMMs (one per expert and matrix) alternate
   // between this many streams (1 or 2), so small ones run side by side. Unmeasured.
   int fp8_expert_streams = 2;
-  // GemmPrecision::fp8 on an sm_90 GPU: prefill's routed experts as two grouped launches over all
-  // used experts (grouped_fp8_gemm.cu: the FP4 weights turned into e4m3 in shared memory, wgmma)
-  // instead of converted copies and one cuBLASLt GEMM per expert. Off until measured.
-  bool fp8_grouped_experts = false;
+  // GemmPrecision::fp8 on an sm_90 GPU: prefill passes of at most this many rows run the routed
+  // experts as two grouped launches over all used experts (grouped_fp8_gemm.cu: the FP4 weights
+  // turned into e4m3 in shared memory, wgmma) instead of converted copies of every used expert
+  // and one cuBLASLt GEMM per expert (0: never).
+  int64_t fp8_grouped_rows = 0;
   // Prefill's routed experts run their gathers, GEMMs and scatters on a stream of the highest
   // priority, ahead of the next chunk's weight conversion (ExpertGemm's priority_stream). Off: no
   // faster on an H100 (sixteenth session, fp8 prefill 16K 72,248 tok/s without, 71,052 with;

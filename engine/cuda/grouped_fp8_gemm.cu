@@ -1,14 +1,17 @@
-// grouped_fp8_gemm.h's kernel. A persistent block of three warpgroups per SM walks its tiles'
-// 128-deep steps through a ring of four shared-memory stages:
+// grouped_fp8_gemm.h's kernel. A persistent block of three warpgroups per SM walks its tiles
+// (64 of an expert's rows times 256 output columns, two 128-row blocks of the weight) in
+// 128-deep steps through a ring of five shared-memory stages:
 //  - warpgroup 0 (producer) copies a step's activation rows (e4m3, 128-byte swizzled rows, the
-//    layout wgmma reads), the weight block's FP4 bytes and ue8m0 codes and the rows' scales with
-//    cp.async, two steps ahead; then, for the step two back, reduces the block's largest code and
-//    turns each FP4 row into e4m3 rows of the same swizzle (a byte permutation per 4 values from
-//    an 8-entry table of the scaled e2m1 magnitudes), and marks the stage full;
-//  - warpgroups 1 and 2 (consumers) each multiply 64 of the tile's rows by the block (four
-//    wgmma m64n128k32), then add the product into their accumulators times the row's scale and
-//    the block's, and give the stage back.
-// The conversion and the copies so run beside the tensor cores' work on the stage before.
+//    layout wgmma reads), both weight blocks' FP4 bytes and ue8m0 codes and the rows' scales
+//    with cp.async, three steps ahead, and for each block the largest code of each warp's rows;
+//  - warpgroups 1 and 2 (consumers) each own one weight block: they turn the next step's FP4
+//    rows into e4m3 (a byte permutation per 4 values from an 8-entry table of the scaled e2m1
+//    magnitudes, fp4_e4m3.h's values) while the tensor cores multiply this step's (four wgmma
+//    m64n128k32), then add the product into float32 accumulators times the row's scale and the
+//    block's.
+// The conversion, spread over the 256 consumer threads with no barrier between the two
+// warpgroups, runs beside the tensor cores; a producer that converted (one warp a scheduler)
+// held the first version to ~360 TFLOP/s.
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -34,22 +37,24 @@ using grouped_fp8::kDepth;
 using grouped_fp8::kTileCols;
 using grouped_fp8::kTileRows;
 
-constexpr int kStages = 4;
+constexpr int kStages = 5;
 constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
-// Byte offsets within a stage; a and b start on 1024-byte boundaries (the swizzle's period).
+constexpr int kBlockRows = 128;  // weight rows a consumer warpgroup owns (one block)
+// Byte offsets within a stage; a starts on a 1024-byte boundary (the swizzle's period).
 constexpr int kStageA = 0;
-constexpr int kStageB = kStageA + kTileRows * kDepth;
 constexpr int kRawRow = 80;  // bytes a stored FP4 row takes in a stage (64, padded: no bank
                              // conflicts when each thread reads its own row)
-constexpr int kStageRaw = kStageB + kTileCols * kDepth;
+constexpr int kStageRaw = kStageA + kTileRows * kDepth;
 constexpr int kStageCodes = kStageRaw + kTileCols * kRawRow;
 constexpr int kStageAScale = kStageCodes + kTileCols * 4;
-constexpr int kStageBScale = kStageAScale + kTileRows * 4;
-constexpr int kStageBytes = (kStageBScale + 16 + 1023) / 1024 * 1024;
-constexpr int kSharedBytes = kStages * kStageBytes + 1024;  // + room to align the base
+constexpr int kStageMaxes = kStageAScale + kTileRows * 4;  // each producer warp's largest codes
+constexpr int kStageBytes = (kStageMaxes + 32 + 1023) / 1024 * 1024;
+constexpr int kWeightBytes = kBlockRows * kDepth;  // a block's step as e4m3
+// The stages, then two e4m3 buffers per consumer warpgroup, + room to align the base.
+constexpr int kSharedBytes = kStages * kStageBytes + 4 * kWeightBytes + 1024;
 
 #ifndef AGENTRT_NO_WGMMA
-constexpr int kLead = 2;        // the producer's copies run this many steps ahead of its conversion
+constexpr int kLead = 3;        // the producer's copies run this many steps ahead
 constexpr int kZeroShift = 28;  // table entries 0..27: shifts 6 .. -21; 28: zeros; 29: NaNs
 constexpr int kNanEntry = 29;
 constexpr int kTable = 30;
@@ -77,9 +82,9 @@ template <int N>
 __device__ __forceinline__ void copies_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// The producer warpgroup's own barrier (barrier 0 is __syncthreads).
-__device__ __forceinline__ void producer_sync() {
-  asm volatile("bar.sync 1, 128;\n" ::: "memory");
+// A consumer warpgroup's own barrier (barrier 0 is __syncthreads): 1 or 2.
+__device__ __forceinline__ void warpgroup_sync(int id) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
 }
 
 // Eight FP4 values (a 32-bit word, value j in nibble j) as eight e4m3 bytes: each nibble's
@@ -139,22 +144,23 @@ __device__ __forceinline__ Tile tile_at(const GroupedExpertProduct& p, int64_t t
   return x;
 }
 
-// The tile's 128 weight rows: their FP4 bytes and their ue8m0 codes.
-struct TileWeight {
+// A block of 128 weight rows: their FP4 bytes and their ue8m0 codes.
+struct BlockWeight {
   const uint8_t* data;
   const uint8_t* codes;
 };
-__device__ __forceinline__ TileWeight weight_of(const GroupedExpertProduct& p, const Tile& t) {
-  const int32_t ex = p.active[t.a];
-  int64_t r0 = t.n0;
+// Rows n0 .. n0 + 127 of expert a's matrix (the gate and up rows stacked for the up product).
+__device__ __forceinline__ BlockWeight weight_of(const GroupedExpertProduct& p, int64_t a,
+                                                 int64_t n0) {
+  const int32_t ex = p.active[a];
   const WeightMatrix* w = p.down ? &p.experts.w2[ex] : &p.experts.w1[ex];
-  if (!p.down && r0 >= p.n / 2) {
+  if (!p.down && n0 >= p.n / 2) {
     w = &p.experts.w3[ex];
-    r0 -= p.n / 2;
+    n0 -= p.n / 2;
   }
   const auto* data = static_cast<const uint8_t*>(w->data);
   const auto* codes = static_cast<const uint8_t*>(w->scale);
-  return {data + r0 * (p.k / 2), codes + (w->row_offset + r0) * (p.k / fe::kScaleColumns)};
+  return {data + n0 * (p.k / 2), codes + (w->row_offset + n0) * (p.k / fe::kScaleColumns)};
 }
 #endif  // AGENTRT_NO_WGMMA
 
@@ -164,8 +170,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint8_t shared_raw[];
   __shared__ uint64_t full[kStages], empty[kStages];
   __shared__ uint2 table[kTable];
-  __shared__ int warp_max[8];
   uint8_t* stages = shared_raw + ((1024 - (shared_address(shared_raw) & 1023)) & 1023);
+  uint8_t* weights = stages + kStages * kStageBytes;  // [warpgroup][2], 1024-aligned
   const int tid = int(threadIdx.x), wg = tid / 128, lane = tid % 32, warp = (tid % 128) / 32;
   const int64_t depth_steps = p.k / kDepth;
   if (tid == 0) {
@@ -191,111 +197,167 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
 
   if (wg == 0) {
-    // Producer. Step j of this block (its tiles' depth steps in turn) lives in stage j % kStages.
-    auto issue = [&](int64_t j, const Tile& t, const TileWeight& w, int64_t kb) {
+    // Producer: few registers, the consumers take the rest.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 80;\n" ::: "memory");
+    // Step j of this block (its tiles' depth steps in turn) lives in stage j % kStages.
+    const int c = tid % 8, q = tid % 4;
+    const uint8_t* a_rows[4];  // this thread's activation rows' chunks at depth 0
+    bool a_valid[4];
+    const uint8_t* w_rows[8];  // and weight rows'
+    const uint8_t* w_codes[2];
+    const float* a_scales = p.x_scales;
+    bool scale_valid = false;
+    int64_t tile_rows = 0;
+    auto start_tile = [&](const Tile& t) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = tid / 8 + 16 * i;
+        a_valid[i] = t.m0 + r < t.rows;
+        a_rows[i] = p.x + (t.first + (a_valid[i] ? t.m0 + r : 0)) * p.k + c * 16;
+      }
+      // The second block, where the matrix has no more rows, repeats the first (unused).
+      const BlockWeight b0 = weight_of(p, t.a, t.n0),
+                        b1 = t.n0 + kBlockRows < p.n ? weight_of(p, t.a, t.n0 + kBlockRows) : b0;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int r = tid / 4 + 32 * i;
+        w_rows[i] = (i < 4 ? b0.data : b1.data) + (r % kBlockRows) * (p.k / 2) + q * 16;
+      }
+      w_codes[0] = b0.codes + tid * (p.k / fe::kScaleColumns);
+      w_codes[1] = b1.codes + tid * (p.k / fe::kScaleColumns);
+      scale_valid = t.m0 + 4 * tid < t.rows;  // rows come in 16s
+      a_scales = p.x_scales + t.first * depth_steps + (scale_valid ? t.m0 + 4 * tid : 0);
+      tile_rows = t.rows;
+    };
+    auto issue = [&](int64_t j, int64_t kb) {
       const int s = int(j % kStages);
       if (j >= kStages) mbarrier_wait(&empty[s], uint32_t((j / kStages - 1) & 1));
       uint8_t* st = stages + s * kStageBytes;
-      const int c = tid % 8;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int r = tid / 8 + 16 * i;
-        const bool valid = t.m0 + r < t.rows;
-        copy_16(st + kStageA + swizzled(r, c),
-                p.x + (t.first + (valid ? t.m0 + r : 0)) * p.k + kb * kDepth + c * 16, valid);
-      }
+      for (int i = 0; i < 4; ++i)
+        copy_16(st + kStageA + swizzled(tid / 8 + 16 * i, c), a_rows[i] + kb * kDepth,
+                a_valid[i]);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = tid / 4 + 32 * i, q = tid % 4;
-        copy_16(st + kStageRaw + r * kRawRow + q * 16,
-                w.data + r * (p.k / 2) + kb * (kDepth / 2) + q * 16, true);
-      }
-      copy_4(st + kStageCodes + 4 * tid,
-             w.codes + tid * (p.k / fe::kScaleColumns) + kb * (kDepth / fe::kScaleColumns));
-      if (tid < kTileRows / 4) {
-        const bool valid = t.m0 + 4 * tid < t.rows;  // rows come in 16s
-        copy_16(st + kStageAScale + 16 * tid,
-                p.x_scales + t.first * depth_steps + kb * t.rows + (valid ? t.m0 + 4 * tid : 0),
-                valid);
-      }
+      for (int i = 0; i < 8; ++i)
+        copy_16(st + kStageRaw + (tid / 4 + 32 * i) * kRawRow + q * 16,
+                w_rows[i] + kb * (kDepth / 2), true);
+      const int64_t code_offset = kb * (kDepth / fe::kScaleColumns);
+      copy_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
+      copy_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
+      if (tid < kTileRows / 4)
+        copy_16(st + kStageAScale + 16 * tid, a_scales + kb * tile_rows, scale_valid);
       copies_commit();
     };
-    auto convert = [&](int64_t j) {
+    // Step j's copies are in (this thread's; the barrier's count waits for the others'): each
+    // warp leaves the largest code of its 32 rows of each block for the consumers.
+    auto complete = [&](int64_t j) {
       const int s = int(j % kStages);
       uint8_t* st = stages + s * kStageBytes;
-      producer_sync();  // every producer's copies of step j have landed
-      const uint32_t codes = *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * tid);
-      int emax = fe::kNoCode;
+      int emax[2];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) emax = fe::max_finite_code(emax, uint8_t(codes >> (8 * i)));
+      for (int b = 0; b < 2; ++b) {
+        const uint32_t codes =
+            *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * (b * kBlockRows + tid));
+        emax[b] = fe::kNoCode;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
-      int* maxes = warp_max + 4 * (j & 1);  // alternate halves: no barrier between reuses
-      if (lane == 0) maxes[warp] = emax;
-      producer_sync();
-      emax = max(max(maxes[0], maxes[1]), max(maxes[2], maxes[3]));
-      if (tid == 0) *reinterpret_cast<float*>(st + kStageBScale) = fe::block_scale(emax);
-      const uint8_t* raw = st + kStageRaw + tid * kRawRow;
-      uint8_t* row = st + kStageB;
+        for (int i = 0; i < 4; ++i)
+          emax[b] = fe::max_finite_code(emax[b], uint8_t(codes >> (8 * i)));
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {  // 32 values under one code
-        const uint4 v = *reinterpret_cast<const uint4*>(raw + 16 * q);
-        const uint8_t code = uint8_t(codes >> (8 * q));
-        const uint2 tab =
-            table[code == fe::kNanCode ? kNanEntry : min(emax - int(code), kZeroShift)];
-        const uint2 a = fp4_to_e4m3(v.x, tab), b = fp4_to_e4m3(v.y, tab),
-                    c = fp4_to_e4m3(v.z, tab), d = fp4_to_e4m3(v.w, tab);
-        *reinterpret_cast<uint4*>(row + swizzled(tid, 2 * q)) = make_uint4(a.x, a.y, b.x, b.y);
-        *reinterpret_cast<uint4*>(row + swizzled(tid, 2 * q + 1)) = make_uint4(c.x, c.y, d.x, d.y);
+        for (int o = 16; o > 0; o >>= 1)
+          emax[b] = max(emax[b], __shfl_xor_sync(0xffffffffu, emax[b], o));
       }
-      // The tensor cores read the stage through the async proxy.
+      if (lane == 0) {
+        reinterpret_cast<int*>(st + kStageMaxes)[warp] = emax[0];
+        reinterpret_cast<int*>(st + kStageMaxes)[4 + warp] = emax[1];
+      }
+      // The tensor cores read the activations through the async proxy.
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       mbarrier_arrive(&full[s]);
     };
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-      const Tile tile = tile_at(p, t);
-      const TileWeight w = weight_of(p, tile);
+      start_tile(tile_at(p, t));
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
-        issue(j, tile, w, kb);
+        issue(j, kb);
         if (j >= kLead) {
           copies_wait<kLead>();  // this thread's copies of step j - kLead are in
-          convert(j - kLead);
+          complete(j - kLead);
         }
       }
     }
     copies_wait<0>();
-    for (int64_t i = std::max<int64_t>(0, j - kLead); i < j; ++i) convert(i);
+    for (int64_t i = std::max<int64_t>(0, j - kLead); i < j; ++i) complete(i);
   } else {
-    // Consumers: warpgroup wg takes the tile's rows 64 (wg - 1) .. 64 wg - 1.
-    const int half = wg - 1;
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 216;\n" ::: "memory");
+    // Consumer warpgroup wg owns the tile's weight rows 128 (wg - 1) .. 128 wg - 1: it turns
+    // them into e4m3 (its thread ct converts row ct), one step ahead, and multiplies all 64 of
+    // the tile's activation rows by them.
+    const int b = wg - 1, ct = tid % 128;
+    const int64_t steps = (p.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x * depth_steps;
+    uint8_t* mine = weights + 2 * b * kWeightBytes;
+    auto block_max = [&](const uint8_t* st) {
+      const int* maxes = reinterpret_cast<const int*>(st + kStageMaxes) + 4 * b;
+      return max(max(maxes[0], maxes[1]), max(maxes[2], maxes[3]));
+    };
+    auto convert = [&](int64_t j) {
+      const int s = int(j % kStages);
+      const uint8_t* st = stages + s * kStageBytes;
+      mbarrier_wait(&full[s], uint32_t((j / kStages) & 1));
+      const int emax = block_max(st);
+      const uint32_t codes =
+          *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * (b * kBlockRows + ct));
+      const uint8_t* raw = st + kStageRaw + (b * kBlockRows + ct) * kRawRow;
+      uint8_t* row = mine + (j % 2) * kWeightBytes;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {  // 32 values under one code
+        const uint4 v = *reinterpret_cast<const uint4*>(raw + 16 * q);
+        const int code = int((codes >> (8 * q)) & 0xff);
+        const uint2 tab =
+            table[code == fe::kNanCode ? kNanEntry : min(max(emax - code, 0), kZeroShift)];
+        const uint2 w0 = fp4_to_e4m3(v.x, tab), w1 = fp4_to_e4m3(v.y, tab),
+                    w2 = fp4_to_e4m3(v.z, tab), w3 = fp4_to_e4m3(v.w, tab);
+        *reinterpret_cast<uint4*>(row + swizzled(ct, 2 * q)) = make_uint4(w0.x, w0.y, w1.x, w1.y);
+        *reinterpret_cast<uint4*>(row + swizzled(ct, 2 * q + 1)) =
+            make_uint4(w2.x, w2.y, w3.x, w3.y);
+      }
+      // The tensor cores read the weights through the async proxy.
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    };
     float acc[64], part[64];
+    if (steps > 0) {
+      convert(0);
+      warpgroup_sync(1 + b);
+    }
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       const Tile tile = tile_at(p, t);
-      const bool busy = tile.m0 + 64 * half < tile.rows;  // warpgroup-uniform
+      const bool busy = tile.n0 + b * kBlockRows < p.n;  // warpgroup-uniform
 #pragma unroll
       for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
         const int s = int(j % kStages);
-        mbarrier_wait(&full[s], uint32_t((j / kStages) & 1));
         const uint8_t* st = stages + s * kStageBytes;
-        const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
-        const float b_scale = *reinterpret_cast<const float*>(st + kStageBScale);
-        const int r = 64 * half + 16 * warp + lane / 4;
-        const float f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale;
         if (busy) {
           asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+          const uint8_t* w = mine + (j % 2) * kWeightBytes;
 #pragma unroll
           for (int kk = 0; kk < kDepth / 32; ++kk)
-            wgmma_64x128x32(part, operand(st + kStageA + 64 * half * 128 + 32 * kk),
-                            operand(st + kStageB + 32 * kk), kk > 0);
+            wgmma_64x128x32(part, operand(st + kStageA + 32 * kk), operand(w + 32 * kk), kk > 0);
           asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        }
+        if (j + 1 < steps) convert(j + 1);
+        const float b_scale = fe::block_scale(block_max(st));
+        const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
+        const int r = 16 * warp + lane / 4;
+        const float f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale;
+        if (busy) {
           asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
           // Keeps the compiler from reading the products before the wait.
 #pragma unroll
           for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(part[i])::"memory");
         }
+        // The warpgroup's products of step j are done and its weights of step j + 1 written.
+        warpgroup_sync(1 + b);
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&empty[s]);
         if (busy) {
@@ -306,8 +368,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (!busy) continue;
       // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
       // 8 (i / 4) + 2 (lane % 4) + i % 2 of the warpgroup's 64 x 128.
-      const int64_t r0 = tile.m0 + 64 * half + 16 * warp + lane / 4, r1 = r0 + 8;
-      float* out0 = p.out + (tile.first + r0) * p.ld_out + tile.n0 + 2 * (lane % 4);
+      const int64_t r0 = tile.m0 + 16 * warp + lane / 4, r1 = r0 + 8;
+      float* out0 =
+          p.out + (tile.first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
       float* out1 = out0 + 8 * p.ld_out;
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
@@ -329,8 +392,8 @@ int64_t grouped_expert_tiles(const int32_t* pad, int64_t used, int64_t n, int32_
   starts[0] = 0;
   for (int64_t a = 0; a < used; ++a) {
     const int64_t rows = pad[a + 1] - pad[a];
-    starts[a + 1] =
-        starts[a] + int32_t((rows + kTileRows - 1) / kTileRows * (n / kTileCols));
+    starts[a + 1] = starts[a] + int32_t((rows + kTileRows - 1) / kTileRows *
+                                        ((n + kTileCols - 1) / kTileCols));
   }
   return starts[used];
 }
@@ -343,11 +406,11 @@ bool grouped_expert_product_runs(int device) {
 }
 
 bool grouped_expert_product_fits(int64_t n, int64_t k) {
-  return n > 0 && k > 0 && n % kTileCols == 0 && k % kDepth == 0;
+  return n > 0 && k > 0 && n % kBlockRows == 0 && k % kDepth == 0;
 }
 
 void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStream_t stream) {
-  if (!grouped_expert_product_fits(p.n, p.k) || (!p.down && p.n % (2 * kTileCols) != 0))
+  if (!grouped_expert_product_fits(p.n, p.k) || (!p.down && p.n % (2 * kBlockRows) != 0))
     throw std::invalid_argument("grouped_expert_product: n " + std::to_string(p.n) + " and k " +
                                 std::to_string(p.k) + " must be multiples of 128" +
                                 (p.down ? "" : " (n of 256: gate and up stacked)"));

@@ -18,8 +18,8 @@
 namespace agentrt::engine::cuda {
 
 namespace grouped_fp8 {
-constexpr int kTileRows = 128;  // an expert's rows a tile (two warpgroups of 64)
-constexpr int kTileCols = 128;  // output columns a tile: one 128-row block of the weight
+constexpr int kTileRows = 64;   // an expert's rows a tile
+constexpr int kTileCols = 256;  // output columns a tile: two 128-row blocks of the weight
 constexpr int kDepth = 128;     // K a stage: one activation scale and one weight block scale
 }  // namespace grouped_fp8
 
@@ -39,8 +39,8 @@ struct GroupedExpertProduct {
   int64_t ld_out = 0;
 };
 
-// Expert a's tiles: ceil(rows / 128) row tiles times n / 128 column tiles, column-major (an
-// expert's row tiles of one weight block run side by side and share it through the L2). Fills
+// Expert a's tiles: ceil(rows / 64) row tiles times ceil(n / 256) column tiles, column-major (an
+// expert's row tiles of the same weight rows run side by side and share them through the L2). Fills
 // starts[0 .. used] from the padded row starts; returns the total.
 int64_t grouped_expert_tiles(const int32_t* pad, int64_t used, int64_t n, int32_t* starts);
 

@@ -189,7 +189,7 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 
 ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes,
                        bool fp4_kernel, int fp8_streams, bool priority_stream,
-                       bool fp8_grouped)
+                       int64_t fp8_grouped_rows)
     : precision_(precision),
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
@@ -206,7 +206,7 @@ ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_
     int device = 0;
     AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
     AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device));
-    fp8_grouped_ = fp8_grouped && grouped_expert_product_runs(device);
+    fp8_grouped_rows_ = grouped_expert_product_runs(device) ? fp8_grouped_rows : 0;
     fp8_streams_ = std::clamp(fp8_streams, 1, 2);
     for (int i = 0; i < fp8_streams_; ++i) fp8_[i] = std::make_unique<Fp8Gemm>();
     if (fp8_streams_ == 2) {
@@ -279,7 +279,9 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   const int64_t used = *n_active;
   if (used <= 0) return;
 
-  if (precision_ == GemmPrecision::fp8 && fp8_grouped_ && fp8_fits(e, inter, hidden)) {
+  const int64_t rows = (seg[used] - seg[0]) / std::max<int64_t>(k, 1);
+  if (precision_ == GemmPrecision::fp8 && rows <= fp8_grouped_rows_ &&
+      fp8_fits(e, inter, hidden)) {
     run_fp8_grouped(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
     return;
   }

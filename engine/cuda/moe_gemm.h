@@ -46,12 +46,14 @@ class ExpertGemm {
   // one expert's GEMM (a few dozen thread blocks) runs beside the next one's.
   // priority_stream: a pass's gathers, GEMMs and scatters run on a stream of the highest
   // priority (work_stream_ below). Off by default: written after the last GPU run, unmeasured.
-  // fp8_grouped (GemmPrecision::fp8, sm_90): every used expert's gate/up and down products as
-  // one launch each of grouped_fp8_gemm.cu's kernel, which reads the FP4 weights as stored,
-  // instead of converted copies and one cuBLASLt GEMM per expert.
+  // fp8_grouped_rows (GemmPrecision::fp8, sm_90): passes of at most this many rows take every
+  // used expert's gate/up and down products as one launch each of grouped_fp8_gemm.cu's kernel,
+  // which reads the FP4 weights as stored, instead of converted copies of all used experts and
+  // one cuBLASLt GEMM per expert (0: never).
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
                       int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false,
-                      int fp8_streams = 2, bool priority_stream = false, bool fp8_grouped = false);
+                      int fp8_streams = 2, bool priority_stream = false,
+                      int64_t fp8_grouped_rows = 0);
   ~ExpertGemm();
   ExpertGemm(const ExpertGemm&) = delete;
   ExpertGemm& operator=(const ExpertGemm&) = delete;
@@ -108,7 +110,7 @@ class ExpertGemm {
   // workspace), the second stream's, and the events that join it to run()'s stream.
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
-  bool fp8_grouped_ = false;  // the constructor's fp8_grouped, where the device runs the kernel
+  int64_t fp8_grouped_rows_ = 0;  // the constructor's, 0 where the device lacks the kernel
   int sms_ = 0;               // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
