@@ -1,9 +1,9 @@
 // grouped_fp8_gemm.h's kernel. A persistent block of three warpgroups per SM walks its tiles
 // (64 of an expert's rows times 256 output columns, two 128-row blocks of the weight) in
-// 128-deep steps through a ring of five shared-memory stages:
+// 128-deep steps through a ring of six shared-memory stages:
 //  - warpgroup 0 (producer) copies a step's activation rows (e4m3, 128-byte swizzled rows, the
 //    layout wgmma reads), both weight blocks' FP4 bytes and ue8m0 codes and the rows' scales
-//    with cp.async, three steps ahead, and for each block the largest code of each warp's rows;
+//    with cp.async, and for each block the largest code of each warp's rows;
 //  - warpgroups 1 and 2 (consumers) each own one weight block: they turn the next step's FP4
 //    rows into e4m3 (a byte permutation per 4 values from an 8-entry table of the scaled e2m1
 //    magnitudes, fp4_e4m3.h's values) while the tensor cores multiply this step's (four wgmma
@@ -37,13 +37,12 @@ using grouped_fp8::kDepth;
 using grouped_fp8::kTileCols;
 using grouped_fp8::kTileRows;
 
-constexpr int kStages = 5;
+constexpr int kStages = 6;
 constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
 constexpr int kBlockRows = 128;  // weight rows a consumer warpgroup owns (one block)
 // Byte offsets within a stage; a starts on a 1024-byte boundary (the swizzle's period).
 constexpr int kStageA = 0;
-constexpr int kRawRow = 80;  // bytes a stored FP4 row takes in a stage (64, padded: no bank
-                             // conflicts when each thread reads its own row)
+constexpr int kRawRow = 64;  // bytes a stored FP4 row takes in a stage (raw_chunk's order)
 constexpr int kStageRaw = kStageA + kTileRows * kDepth;
 constexpr int kStageCodes = kStageRaw + kTileCols * kRawRow;
 constexpr int kStageAScale = kStageCodes + kTileCols * 4;
@@ -54,15 +53,27 @@ constexpr int kWeightBytes = kBlockRows * kDepth;  // a block's step as e4m3
 constexpr int kSharedBytes = kStages * kStageBytes + 4 * kWeightBytes + 1024;
 
 #ifndef AGENTRT_NO_WGMMA
-constexpr int kLead = 3;        // the producer's copies run this many steps ahead
+// The producer's copies run this many steps ahead of its completing a step. Step j + 1, which
+// the consumers convert during step j, is completed in the producer's iteration j + 1 + kLead,
+// whose copies wait for the stage of step j + 1 + kLead - kStages to be given back: kStages -
+// kLead - 2 consumer steps of slack (with 5 and 3 there was none: the producer's iteration sat
+// on the consumers' path every step).
+constexpr int kLead = 2;
 constexpr int kZeroShift = 28;  // table entries 0..27: shifts 6 .. -21; 28: zeros; 29: NaNs
 constexpr int kNanEntry = 29;
 constexpr int kTable = 30;
+constexpr int kSharedExperts = 256;  // experts whose tile and row starts the block keeps in shared
 
 // A 128-byte row's 16-byte chunk c in the 128-byte swizzle (TMA's SWIZZLE_128B, wgmma's layout
 // 1): chunk c of row r sits at chunk c ^ (r % 8).
 __device__ __forceinline__ int swizzled(int row, int chunk) {
   return row * 128 + ((chunk ^ (row & 7)) << 4);
+}
+
+// A stored FP4 row's 16-byte chunk q in a stage: rotated by the row so that 8 threads reading
+// chunk q of 8 consecutive rows hit 8 different bank groups.
+__device__ __forceinline__ int raw_chunk(int row, int q) {
+  return row * kRawRow + ((q ^ ((row >> 1) & 3)) << 4);
 }
 
 // cp.async of 16 bytes, zero-filled (nothing read) where !valid.
@@ -133,12 +144,14 @@ __device__ __forceinline__ void wgmma_64x128x32(float* d, uint64_t a, uint64_t b
 struct Tile {
   int64_t a, first, rows, m0, n0;
 };
-__device__ __forceinline__ Tile tile_at(const GroupedExpertProduct& p, int64_t t) {
+// tile_start and pad: the block's shared copies (or p's where there are more experts).
+__device__ __forceinline__ Tile tile_at(const GroupedExpertProduct& p, const int32_t* tile_start,
+                                        const int32_t* pad, int64_t t) {
   Tile x;
-  x.a = segment_of(p.tile_start, 0, p.used, int32_t(t));
-  x.first = p.pad[x.a];
-  x.rows = p.pad[x.a + 1] - x.first;
-  const int64_t row_tiles = (x.rows + kTileRows - 1) / kTileRows, local = t - p.tile_start[x.a];
+  x.a = segment_of(tile_start, 0, p.used, int32_t(t));
+  x.first = pad[x.a];
+  x.rows = pad[x.a + 1] - x.first;
+  const int64_t row_tiles = (x.rows + kTileRows - 1) / kTileRows, local = t - tile_start[x.a];
   x.n0 = local / row_tiles * kTileCols;
   x.m0 = local % row_tiles * kTileRows;
   return x;
@@ -170,6 +183,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ uint8_t shared_raw[];
   __shared__ uint64_t full[kStages], empty[kStages];
   __shared__ uint2 table[kTable];
+  // The tile search reads these once per tile in every warp: from shared memory, not the L2.
+  __shared__ int32_t shared_tiles[kSharedExperts + 1], shared_pad[kSharedExperts + 1];
+  const bool in_shared = p.used <= kSharedExperts;
+  const int32_t* tile_start = in_shared ? shared_tiles : p.tile_start;
+  const int32_t* pad = in_shared ? shared_pad : p.pad;
   uint8_t* stages = shared_raw + ((1024 - (shared_address(shared_raw) & 1023)) & 1023);
   uint8_t* weights = stages + kStages * kStageBytes;  // [warpgroup][2], 1024-aligned
   const int tid = int(threadIdx.x), wg = tid / 128, lane = tid % 32, warp = (tid % 128) / 32;
@@ -194,6 +212,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     table[tid] = make_uint2(bytes[0], bytes[1]);
   }
+  if (in_shared)
+    for (int64_t a = tid; a <= p.used; a += kThreads) {
+      shared_tiles[a] = p.tile_start[a];
+      shared_pad[a] = p.pad[a];
+    }
   __syncthreads();
 
   if (wg == 0) {
@@ -241,8 +264,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                 a_valid[i]);
 #pragma unroll
       for (int i = 0; i < 8; ++i)
-        copy_16(st + kStageRaw + (tid / 4 + 32 * i) * kRawRow + q * 16,
-                w_rows[i] + kb * (kDepth / 2), true);
+        copy_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q), w_rows[i] + kb * (kDepth / 2),
+                true);
       const int64_t code_offset = kb * (kDepth / fe::kScaleColumns);
       copy_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
       copy_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
@@ -278,7 +301,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-      start_tile(tile_at(p, t));
+      start_tile(tile_at(p, tile_start, pad, t));
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
         issue(j, kb);
         if (j >= kLead) {
@@ -308,11 +331,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int emax = block_max(st);
       const uint32_t codes =
           *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * (b * kBlockRows + ct));
-      const uint8_t* raw = st + kStageRaw + (b * kBlockRows + ct) * kRawRow;
+      const uint8_t* raw = st + kStageRaw;
+      const int raw_row = b * kBlockRows + ct;
       uint8_t* row = mine + (j % 2) * kWeightBytes;
 #pragma unroll
       for (int q = 0; q < 4; ++q) {  // 32 values under one code
-        const uint4 v = *reinterpret_cast<const uint4*>(raw + 16 * q);
+        const uint4 v = *reinterpret_cast<const uint4*>(raw + raw_chunk(raw_row, q));
         const int code = int((codes >> (8 * q)) & 0xff);
         const uint2 tab =
             table[code == fe::kNanCode ? kNanEntry : min(max(emax - code, 0), kZeroShift)];
@@ -332,7 +356,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
-      const Tile tile = tile_at(p, t);
+      const Tile tile = tile_at(p, tile_start, pad, t);
       const bool busy = tile.n0 + b * kBlockRows < p.n;  // warpgroup-uniform
 #pragma unroll
       for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
@@ -358,14 +382,16 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
           for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(part[i])::"memory");
         }
-        // The warpgroup's products of step j are done and its weights of step j + 1 written.
-        warpgroup_sync(1 + b);
+        // The stage's activations and scales are read: give it back before the sums.
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&empty[s]);
         if (busy) {
 #pragma unroll
           for (int i = 0; i < 64; ++i) acc[i] = fmaf(part[i], (i & 2) ? f1 : f0, acc[i]);
         }
+        // Every thread's weights of step j + 1 are written (and the products of step j, which
+        // read the other buffer, done).
+        warpgroup_sync(1 + b);
       }
       if (!busy) continue;
       // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
