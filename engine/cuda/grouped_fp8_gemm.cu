@@ -2,8 +2,10 @@
 // (64 of an expert's rows times 256 output columns, two 128-row blocks of the weight) in
 // 128-deep steps through a ring of six shared-memory stages:
 //  - warpgroup 0 (producer) copies a step's activation rows (e4m3, 128-byte swizzled rows, the
-//    layout wgmma reads), both weight blocks' FP4 bytes and ue8m0 codes and the rows' scales
-//    with cp.async, and for each block the largest code of each warp's rows;
+//    layout wgmma reads), both weight blocks' FP4 bytes, ue8m0 codes and largest code (from a
+//    table a small kernel fills first) and the rows' scales with cp.async, as soon as the stage
+//    is free; the copies themselves mark the stage full when they land (no thread waits for
+//    them, so the ring's six stages are all in flight);
 //  - warpgroups 1 and 2 (consumers) each own one weight block: they turn the next step's FP4
 //    rows into e4m3 (a byte permutation per 4 values from an 8-entry table of the scaled e2m1
 //    magnitudes, fp4_e4m3.h's values) while the tensor cores multiply this step's (four wgmma
@@ -46,19 +48,13 @@ constexpr int kRawRow = 64;  // bytes a stored FP4 row takes in a stage (raw_chu
 constexpr int kStageRaw = kStageA + kTileRows * kDepth;
 constexpr int kStageCodes = kStageRaw + kTileCols * kRawRow;
 constexpr int kStageAScale = kStageCodes + kTileCols * 4;
-constexpr int kStageMaxes = kStageAScale + kTileRows * 4;  // each producer warp's largest codes
+constexpr int kStageMaxes = kStageAScale + kTileRows * 4;  // both blocks' largest codes
 constexpr int kStageBytes = (kStageMaxes + 32 + 1023) / 1024 * 1024;
 constexpr int kWeightBytes = kBlockRows * kDepth;  // a block's step as e4m3
 // The stages, then two e4m3 buffers per consumer warpgroup, + room to align the base.
 constexpr int kSharedBytes = kStages * kStageBytes + 4 * kWeightBytes + 1024;
 
 #ifndef AGENTRT_NO_WGMMA
-// The producer's copies run this many steps ahead of its completing a step. Step j + 1, which
-// the consumers convert during step j, is completed in the producer's iteration j + 1 + kLead,
-// whose copies wait for the stage of step j + 1 + kLead - kStages to be given back: kStages -
-// kLead - 2 consumer steps of slack (with 5 and 3 there was none: the producer's iteration sat
-// on the consumers' path every step).
-constexpr int kLead = 2;
 constexpr int kZeroShift = 28;  // table entries 0..27: shifts 6 .. -21; 28: zeros; 29: NaNs
 constexpr int kNanEntry = 29;
 constexpr int kTable = 30;
@@ -86,12 +82,13 @@ __device__ __forceinline__ void copy_4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)), "l"(src)
                : "memory");
 }
-__device__ __forceinline__ void copies_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
+// The barrier gets one arrival once every cp.async this thread issued so far has landed.
+__device__ __forceinline__ void copies_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(shared_address(bar))
+               : "memory");
 }
-template <int N>
-__device__ __forceinline__ void copies_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+__device__ __forceinline__ void copies_wait_all() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 // A consumer warpgroup's own barrier (barrier 0 is __syncthreads): 1 or 2.
 __device__ __forceinline__ void warpgroup_sync(int id) {
@@ -177,6 +174,35 @@ __device__ __forceinline__ BlockWeight weight_of(const GroupedExpertProduct& p, 
 }
 #endif  // AGENTRT_NO_WGMMA
 
+// p.block_max[a][nb][kb]: the largest finite ue8m0 code of weight block (nb, kb) of expert a
+// (fp4_e4m3.h's block scale), for the product kernel's copies. One block of 128 threads (a row
+// each) per (nb, a).
+__global__ void __launch_bounds__(128)
+    block_max_kernel(const __grid_constant__ GroupedExpertProduct p) {
+#ifndef AGENTRT_NO_WGMMA
+  __shared__ int warp_max[4];
+  const int64_t a = blockIdx.y, nb = blockIdx.x, depth_steps = p.k / kDepth;
+  const int t = int(threadIdx.x), lane = t % 32, warp = t / 32;
+  const BlockWeight w = weight_of(p, a, nb * kBlockRows);
+  const uint8_t* row = w.codes + t * (p.k / fe::kScaleColumns);
+  int32_t* out = p.block_max + (a * (p.n / kBlockRows) + nb) * depth_steps;
+  for (int64_t kb = 0; kb < depth_steps; ++kb) {
+    const uint32_t codes = __ldg(reinterpret_cast<const uint32_t*>(row) + kb);
+    int emax = fe::kNoCode;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) emax = fe::max_finite_code(emax, uint8_t(codes >> (8 * i)));
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
+    if (lane == 0) warp_max[warp] = emax;
+    __syncthreads();
+    if (t == 0) out[kb] = max(max(warp_max[0], warp_max[1]), max(warp_max[2], warp_max[3]));
+    __syncthreads();
+  }
+#else
+  __trap();
+#endif
+}
+
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_expert_kernel(const __grid_constant__ GroupedExpertProduct p) {
 #ifndef AGENTRT_NO_WGMMA
@@ -194,7 +220,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t depth_steps = p.k / kDepth;
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(&full[s], 128);  // every producer thread
+      mbarrier_init(&full[s], 128);  // every producer thread's copies
       mbarrier_init(&empty[s], 8);   // one lane of every consumer warp
     }
     mbarrier_init_fence();
@@ -221,9 +247,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wg == 0) {
     // Producer: few registers, the consumers take the rest. The block's 384 x 168 registers are
-    // all there is to move: 128 x 80 + 256 x 208 fits them (asking the consumers for more than
+    // all there is to move: 128 x 88 + 256 x 200 fits them (asking the consumers for more than
     // the producer gives back waits forever: 80 + 216 hung on the H100).
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 80;\n" ::: "memory");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
     // Step j of this block (its tiles' depth steps in turn) lives in stage j % kStages.
     const int c = tid % 8, q = tid % 4;
     const uint8_t* a_rows[4];  // this thread's activation rows' chunks at depth 0
@@ -231,6 +257,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint8_t* w_rows[8];  // and weight rows'
     const uint8_t* w_codes[2];
     const float* a_scales = p.x_scales;
+    const int32_t* maxes = p.block_max;  // thread 0 and 1: their block's largest codes
     bool scale_valid = false;
     int64_t tile_rows = 0;
     auto start_tile = [&](const Tile& t) {
@@ -248,6 +275,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int r = tid / 4 + 32 * i;
         w_rows[i] = (i < 4 ? b0.data : b1.data) + (r % kBlockRows) * (p.k / 2) + q * 16;
       }
+      const int64_t nb = t.n0 / kBlockRows + (tid == 1 && t.n0 + kBlockRows < p.n ? 1 : 0);
+      maxes = p.block_max + (t.a * (p.n / kBlockRows) + nb) * depth_steps;
       w_codes[0] = b0.codes + tid * (p.k / fe::kScaleColumns);
       w_codes[1] = b1.codes + tid * (p.k / fe::kScaleColumns);
       scale_valid = t.m0 + 4 * tid < t.rows;  // rows come in 16s
@@ -271,49 +300,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       copy_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
       if (tid < kTileRows / 4)
         copy_16(st + kStageAScale + 16 * tid, a_scales + kb * tile_rows, scale_valid);
-      copies_commit();
-    };
-    // Step j's copies are in (this thread's; the barrier's count waits for the others'): each
-    // warp leaves the largest code of its 32 rows of each block for the consumers.
-    auto complete = [&](int64_t j) {
-      const int s = int(j % kStages);
-      uint8_t* st = stages + s * kStageBytes;
-      int emax[2];
-#pragma unroll
-      for (int b = 0; b < 2; ++b) {
-        const uint32_t codes =
-            *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * (b * kBlockRows + tid));
-        emax[b] = fe::kNoCode;
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          emax[b] = fe::max_finite_code(emax[b], uint8_t(codes >> (8 * i)));
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1)
-          emax[b] = max(emax[b], __shfl_xor_sync(0xffffffffu, emax[b], o));
-      }
-      if (lane == 0) {
-        reinterpret_cast<int*>(st + kStageMaxes)[warp] = emax[0];
-        reinterpret_cast<int*>(st + kStageMaxes)[4 + warp] = emax[1];
-      }
-      // The tensor cores read the activations through the async proxy.
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-      mbarrier_arrive(&full[s]);
+      if (tid < 2) copy_4(st + kStageMaxes + 4 * tid, maxes + kb);
+      copies_arrive(&full[s]);
     };
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       start_tile(tile_at(p, tile_start, pad, t));
-      for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
-        issue(j, kb);
-        if (j >= kLead) {
-          copies_wait<kLead>();  // this thread's copies of step j - kLead are in
-          complete(j - kLead);
-        }
-      }
+      for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) issue(j, kb);
     }
-    copies_wait<0>();
-    for (int64_t i = std::max<int64_t>(0, j - kLead); i < j; ++i) complete(i);
+    copies_wait_all();  // leaves only once its copies are in
   } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 208;\n" ::: "memory");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 200;\n" ::: "memory");
     // Consumer warpgroup wg owns the tile's weight rows 128 (wg - 1) .. 128 wg - 1: it turns
     // them into e4m3 (its thread ct converts row ct), one step ahead, and multiplies all 64 of
     // the tile's activation rows by them.
@@ -321,8 +318,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int64_t steps = (p.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x * depth_steps;
     uint8_t* mine = weights + 2 * b * kWeightBytes;
     auto block_max = [&](const uint8_t* st) {
-      const int* maxes = reinterpret_cast<const int*>(st + kStageMaxes) + 4 * b;
-      return max(max(maxes[0], maxes[1]), max(maxes[2], maxes[3]));
+      return reinterpret_cast<const int*>(st + kStageMaxes)[b];
     };
     auto convert = [&](int64_t j) {
       const int s = int(j % kStages);
@@ -433,6 +429,10 @@ bool grouped_expert_product_runs(int device) {
   return major == 9 && minor == 0;
 }
 
+int64_t grouped_expert_scratch_ints(int64_t used, int64_t n, int64_t k) {
+  return used * (n / kBlockRows) * (k / kDepth);
+}
+
 bool grouped_expert_product_fits(int64_t n, int64_t k) {
   return n > 0 && k > 0 && n % kBlockRows == 0 && k % kDepth == 0;
 }
@@ -443,6 +443,10 @@ void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStrea
                                 std::to_string(p.k) + " must be multiples of 128" +
                                 (p.down ? "" : " (n of 256: gate and up stacked)"));
   if (p.tiles <= 0) return;
+  if (p.block_max == nullptr)
+    throw std::invalid_argument("grouped_expert_product: no block_max scratch");
+  block_max_kernel<<<dim3(unsigned(p.n / kBlockRows), unsigned(p.used)), 128, 0, stream>>>(p);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       grouped_expert_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
   const int grid = int(std::min<int64_t>(std::max(blocks, 1), p.tiles));

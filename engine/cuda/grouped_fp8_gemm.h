@@ -37,7 +37,12 @@ struct GroupedExpertProduct {
   int64_t used = 0, n = 0, k = 0, tiles = 0;
   float* out = nullptr;  // [slots][ld_out] float32
   int64_t ld_out = 0;
+  // Scratch of grouped_expert_scratch_ints: each weight block's largest ue8m0 code.
+  int32_t* block_max = nullptr;
 };
+
+// The ints block_max holds for `used` experts' n x k matrices.
+int64_t grouped_expert_scratch_ints(int64_t used, int64_t n, int64_t k);
 
 // Expert a's tiles: ceil(rows / 64) row tiles times ceil(n / 256) column tiles, column-major (an
 // expert's row tiles of the same weight rows run side by side and share them through the L2). Fills

@@ -387,6 +387,9 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   as_.reserve(slots * (inter / aq::kBlock) * 4);
   down_.reserve(slots * hidden * 4);
   pad_.reserve(3 * (used + 1) * 4);
+  block_max_.reserve(std::max(grouped_expert_scratch_ints(used, 2 * inter, hidden),
+                              grouped_expert_scratch_ints(used, hidden, inter)) *
+                     4);
   ++fp8_counts_.experts;
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4,
                                      cudaMemcpyHostToDevice, stream));
@@ -410,6 +413,7 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   up.tiles = up_count;
   up.out = gate_up_.as<float>();
   up.ld_out = 2 * inter;
+  up.block_max = block_max_.as<int32_t>();
   grouped_expert_product(up, sms_, stream);
   mark("moe.experts.gemm");
   swiglu_quantize_kernel<<<warp_grid(slots * (inter / aq::kBlock)), 256, 0, stream>>>(

@@ -598,6 +598,8 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     p.tiles = tiles;
     p.out = d_out.as<float>();
     p.ld_out = n;
+    cuda::DeviceBuffer scratch(cuda::grouped_expert_scratch_ints(used, n, k) * 4);
+    p.block_max = scratch.as<int32_t>();
     cuda::grouped_expert_product(p, 5, nullptr);  // 5 blocks: each takes several tiles
     const auto out = testing::download<float>(d_out, slots * n);
     int64_t bad = 0, first_bad = -1;
