@@ -1,19 +1,20 @@
 // grouped_fp8_gemm.h's kernel. A persistent block of three warpgroups per SM walks its tiles
-// (64 of an expert's rows times 256 output columns, two 128-row blocks of the weight) in
-// 128-deep steps through a ring of six shared-memory stages:
+// (128 of an expert's rows times 256 output columns, two 128-row blocks of the weight) in
+// 128-deep steps through a ring of four shared-memory stages:
 //  - warpgroup 0 (producer) copies a step's activation rows (e4m3, 128-byte swizzled rows, the
 //    layout wgmma reads), both weight blocks' FP4 bytes, ue8m0 codes and largest code (from a
 //    table a small kernel fills first) and the rows' scales with cp.async, as soon as the stage
 //    is free; the copies themselves mark the stage full when they land (no thread waits for
-//    them, so the ring's six stages are all in flight);
+//    them, so the ring's stages are all in flight);
 //  - warpgroups 1 and 2 (consumers) each own one weight block: they turn the next step's FP4
 //    rows into e4m3 (a byte permutation per 4 values from an 8-entry table of the scaled e2m1
 //    magnitudes, fp4_e4m3.h's values) while the tensor cores multiply this step's (four wgmma
-//    m64n128k32), then add the product into float32 accumulators times the row's scale and the
-//    block's.
+//    m64n128k32 for each 64-row half of the tile), then add each half's product into float32
+//    accumulators times the row's scale and the block's.
 // The conversion, spread over the 256 consumer threads with no barrier between the two
-// warpgroups, runs beside the tensor cores; a producer that converted (one warp a scheduler)
-// held the first version to ~360 TFLOP/s.
+// warpgroups, runs beside the tensor cores, and each converted block serves 128 rows (tiles of
+// 64 rows took 9.4 ms for a 16K prefill's gate/up product, 350 TFLOP/s; a producer that
+// converted, one warp a scheduler, ~360).
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -39,7 +40,7 @@ using grouped_fp8::kDepth;
 using grouped_fp8::kTileCols;
 using grouped_fp8::kTileRows;
 
-constexpr int kStages = 6;
+constexpr int kStages = 4;
 constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
 constexpr int kBlockRows = 128;  // weight rows a consumer warpgroup owns (one block)
 // Byte offsets within a stage; a starts on a 1024-byte boundary (the swizzle's period).
@@ -247,34 +248,27 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (wg == 0) {
     // Producer: few registers, the consumers take the rest. The block's 384 x 168 registers are
-    // all there is to move: 128 x 88 + 256 x 200 fits them (asking the consumers for more than
+    // all there is to move: 128 x 56 + 256 x 224 fits them (asking the consumers for more than
     // the producer gives back waits forever: 80 + 216 hung on the H100).
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 88;\n" ::: "memory");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 56;\n" ::: "memory");
     // Step j of this block (its tiles' depth steps in turn) lives in stage j % kStages.
     const int c = tid % 8, q = tid % 4;
-    const uint8_t* a_rows[4];  // this thread's activation rows' chunks at depth 0
-    bool a_valid[4];
-    const uint8_t* w_rows[8];  // and weight rows'
-    const uint8_t* w_codes[2];
+    const uint8_t* a_row = p.x;  // this thread's first activation row's chunk at depth 0
+    int a_rows = 0;              // how many of its 8 rows (16 apart) the expert has
+    const uint8_t* w_block[2] = {nullptr, nullptr};  // the two blocks' FP4 rows
+    const uint8_t* w_codes[2] = {nullptr, nullptr};  // this thread's row's codes in both
     const float* a_scales = p.x_scales;
     const int32_t* maxes = p.block_max;  // thread 0 and 1: their block's largest codes
     bool scale_valid = false;
     int64_t tile_rows = 0;
     auto start_tile = [&](const Tile& t) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int r = tid / 8 + 16 * i;
-        a_valid[i] = t.m0 + r < t.rows;
-        a_rows[i] = p.x + (t.first + (a_valid[i] ? t.m0 + r : 0)) * p.k + c * 16;
-      }
+      a_row = p.x + (t.first + t.m0 + tid / 8) * p.k + c * 16;
+      a_rows = int(std::min<int64_t>(8, (t.rows - t.m0 - tid / 8 + 15) / 16));
       // The second block, where the matrix has no more rows, repeats the first (unused).
       const BlockWeight b0 = weight_of(p, t.a, t.n0),
                         b1 = t.n0 + kBlockRows < p.n ? weight_of(p, t.a, t.n0 + kBlockRows) : b0;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int r = tid / 4 + 32 * i;
-        w_rows[i] = (i < 4 ? b0.data : b1.data) + (r % kBlockRows) * (p.k / 2) + q * 16;
-      }
+      w_block[0] = b0.data + (tid / 4) * (p.k / 2) + q * 16;
+      w_block[1] = b1.data + (tid / 4) * (p.k / 2) + q * 16;
       const int64_t nb = t.n0 / kBlockRows + (tid == 1 && t.n0 + kBlockRows < p.n ? 1 : 0);
       maxes = p.block_max + (t.a * (p.n / kBlockRows) + nb) * depth_steps;
       w_codes[0] = b0.codes + tid * (p.k / fe::kScaleColumns);
@@ -288,13 +282,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (j >= kStages) mbarrier_wait(&empty[s], uint32_t((j / kStages - 1) & 1));
       uint8_t* st = stages + s * kStageBytes;
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-        copy_16(st + kStageA + swizzled(tid / 8 + 16 * i, c), a_rows[i] + kb * kDepth,
-                a_valid[i]);
+      for (int i = 0; i < 8; ++i)
+        copy_16(st + kStageA + swizzled(tid / 8 + 16 * i, c),
+                a_row + (i < a_rows ? 16 * i * p.k : 0) + kb * kDepth, i < a_rows);
 #pragma unroll
       for (int i = 0; i < 8; ++i)
-        copy_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q), w_rows[i] + kb * (kDepth / 2),
-                true);
+        copy_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q),
+                w_block[i / 4] + (32 * (i % 4)) * (p.k / 2) + kb * (kDepth / 2), true);
       const int64_t code_offset = kb * (kDepth / fe::kScaleColumns);
       copy_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
       copy_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
@@ -310,10 +304,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     copies_wait_all();  // leaves only once its copies are in
   } else {
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 200;\n" ::: "memory");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
     // Consumer warpgroup wg owns the tile's weight rows 128 (wg - 1) .. 128 wg - 1: it turns
-    // them into e4m3 (its thread ct converts row ct), one step ahead, and multiplies all 64 of
-    // the tile's activation rows by them.
+    // them into e4m3 (its thread ct converts row ct), one step ahead, and multiplies all 128 of
+    // the tile's activation rows by them, 64 at a time.
     const int b = wg - 1, ct = tid % 128;
     const int64_t steps = (p.tiles - blockIdx.x + gridDim.x - 1) / gridDim.x * depth_steps;
     uint8_t* mine = weights + 2 * b * kWeightBytes;
@@ -345,63 +339,81 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The tensor cores read the weights through the async proxy.
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
-    float acc[64], part[64];
+    float acc[2][64], part[64];
     if (steps > 0) {
       convert(0);
       warpgroup_sync(1 + b);
     }
+    // The step's product of one 64-row half into part (asynchronous: wait before reading it).
+    auto multiply = [&](const uint8_t* st, const uint8_t* w, int h) {
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int kk = 0; kk < kDepth / 32; ++kk)
+        wgmma_64x128x32(part, operand(st + kStageA + h * 64 * 128 + 32 * kk),
+                        operand(w + 32 * kk), kk > 0);
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    };
+    auto product_done = [&]() {
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      // Keeps the compiler from reading the products before the wait.
+#pragma unroll
+      for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(part[i])::"memory");
+    };
     int64_t j = 0;
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       const Tile tile = tile_at(p, tile_start, pad, t);
-      const bool busy = tile.n0 + b * kBlockRows < p.n;  // warpgroup-uniform
+      // Warpgroup-uniform: whether its block exists, and the tile's second half any rows.
+      const bool busy = tile.n0 + b * kBlockRows < p.n,
+                 second = busy && tile.m0 + 64 < tile.rows;
 #pragma unroll
-      for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+      for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
         const int s = int(j % kStages);
         const uint8_t* st = stages + s * kStageBytes;
-        if (busy) {
-          asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-          const uint8_t* w = mine + (j % 2) * kWeightBytes;
-#pragma unroll
-          for (int kk = 0; kk < kDepth / 32; ++kk)
-            wgmma_64x128x32(part, operand(st + kStageA + 32 * kk), operand(w + 32 * kk), kk > 0);
-          asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        }
+        const uint8_t* w = mine + (j % 2) * kWeightBytes;
+        if (busy) multiply(st, w, 0);
         if (j + 1 < steps) convert(j + 1);
         const float b_scale = fe::block_scale(block_max(st));
         const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
         const int r = 16 * warp + lane / 4;
-        const float f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale;
+        const float f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale,
+                    g0 = a_scale[64 + r] * b_scale, g1 = a_scale[64 + r + 8] * b_scale;
         if (busy) {
-          asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-          // Keeps the compiler from reading the products before the wait.
+          product_done();
 #pragma unroll
-          for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(part[i])::"memory");
+          for (int i = 0; i < 64; ++i) acc[0][i] = fmaf(part[i], (i & 2) ? f1 : f0, acc[0][i]);
         }
-        // The stage's activations and scales are read: give it back before the sums.
+        if (second) {
+          multiply(st, w, 1);
+          product_done();
+#pragma unroll
+          for (int i = 0; i < 64; ++i) acc[1][i] = fmaf(part[i], (i & 2) ? g1 : g0, acc[1][i]);
+        }
+        // The stage's activations and scales are read: give it back.
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&empty[s]);
-        if (busy) {
-#pragma unroll
-          for (int i = 0; i < 64; ++i) acc[i] = fmaf(part[i], (i & 2) ? f1 : f0, acc[i]);
-        }
         // Every thread's weights of step j + 1 are written (and the products of step j, which
         // read the other buffer, done).
         warpgroup_sync(1 + b);
       }
       if (!busy) continue;
       // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
-      // 8 (i / 4) + 2 (lane % 4) + i % 2 of the warpgroup's 64 x 128.
-      const int64_t r0 = tile.m0 + 16 * warp + lane / 4, r1 = r0 + 8;
-      float* out0 =
-          p.out + (tile.first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
-      float* out1 = out0 + 8 * p.ld_out;
+      // 8 (i / 4) + 2 (lane % 4) + i % 2 of the half's 64 x 128.
 #pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        if (r0 < tile.rows)
-          *reinterpret_cast<float2*>(out0 + 8 * i) = make_float2(acc[4 * i], acc[4 * i + 1]);
-        if (r1 < tile.rows)
-          *reinterpret_cast<float2*>(out1 + 8 * i) = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r0 = tile.m0 + 64 * h + 16 * warp + lane / 4, r1 = r0 + 8;
+        float* out0 =
+            p.out + (tile.first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
+        float* out1 = out0 + 8 * p.ld_out;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          if (r0 < tile.rows)
+            *reinterpret_cast<float2*>(out0 + 8 * i) =
+                make_float2(acc[h][4 * i], acc[h][4 * i + 1]);
+          if (r1 < tile.rows)
+            *reinterpret_cast<float2*>(out1 + 8 * i) =
+                make_float2(acc[h][4 * i + 2], acc[h][4 * i + 3]);
+        }
       }
     }
   }

@@ -18,7 +18,7 @@
 namespace agentrt::engine::cuda {
 
 namespace grouped_fp8 {
-constexpr int kTileRows = 64;   // an expert's rows a tile
+constexpr int kTileRows = 128;  // an expert's rows a tile (two halves of 64)
 constexpr int kTileCols = 256;  // output columns a tile: two 128-row blocks of the weight
 constexpr int kDepth = 128;     // K a stage: one activation scale and one weight block scale
 }  // namespace grouped_fp8
@@ -44,7 +44,7 @@ struct GroupedExpertProduct {
 // The ints block_max holds for `used` experts' n x k matrices.
 int64_t grouped_expert_scratch_ints(int64_t used, int64_t n, int64_t k);
 
-// Expert a's tiles: ceil(rows / 64) row tiles times ceil(n / 256) column tiles, column-major (an
+// Expert a's tiles: ceil(rows / 128) row tiles times ceil(n / 256) column tiles, column-major (an
 // expert's row tiles of the same weight rows run side by side and share them through the L2). Fills
 // starts[0 .. used] from the padded row starts; returns the total.
 int64_t grouped_expert_tiles(const int32_t* pad, int64_t used, int64_t n, int32_t* starts);
