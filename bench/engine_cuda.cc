@@ -24,7 +24,8 @@
 //                     routed experts' FP8 GEMMs alternate between; default 2)
 //                     [--fp8-grouped-rows N] (under --precision fp8, passes of at most N rows
 //                     run the routed experts as two grouped wgmma launches reading the FP4
-//                     weights as stored; 0 never)
+//                     weights as stored, CudaOptions::fp8_grouped_rows; default every pass, 0
+//                     never: converted copies and one cuBLASLt GEMM per expert)
 //                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
 //                     highest priority, CudaOptions::expert_priority_stream; no faster)
 //                     [--key-mirrors 0] (prefill attention and indexer convert each float32

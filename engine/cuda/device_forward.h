@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <memory>
 #include <span>
@@ -49,8 +50,10 @@ struct CudaOptions {
   // GemmPrecision::fp8 on an sm_90 GPU: prefill passes of at most this many rows run the routed
   // experts as two grouped launches over all used experts (grouped_fp8_gemm.cu: the FP4 weights
   // turned into e4m3 in shared memory, wgmma) instead of converted copies of every used expert
-  // and one cuBLASLt GEMM per expert (0: never).
-  int64_t fp8_grouped_rows = 0;
+  // and one cuBLASLt GEMM per expert (0: never). Every pass by default: faster at every length
+  // measured on an H100 (twenty-seventh session: fp8 prefill 1K 50.5K tok/s against 22.1K, 4K
+  // 89.7K against 59.2K, 8K 92.9K against 78.4K, 16K 96.6K against 91.7K).
+  int64_t fp8_grouped_rows = std::numeric_limits<int64_t>::max();
   // Prefill's routed experts run their gathers, GEMMs and scatters on a stream of the highest
   // priority, ahead of the next chunk's weight conversion (ExpertGemm's priority_stream). Off: no
   // faster on an H100 (sixteenth session, fp8 prefill 16K 72,248 tok/s without, 71,052 with;

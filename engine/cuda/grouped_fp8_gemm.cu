@@ -41,7 +41,7 @@ using grouped_fp8::kTileCols;
 using grouped_fp8::kTileRows;
 
 constexpr int kStages = 4;
-constexpr int kThreads = 384;  // warpgroup 0 produces, 1 and 2 consume
+constexpr int kThreads = 384;    // warpgroup 0 produces, 1 and 2 consume
 constexpr int kBlockRows = 128;  // weight rows a consumer warpgroup owns (one block)
 // Byte offsets within a stage; a starts on a 1024-byte boundary (the swizzle's period).
 constexpr int kStageA = 0;
@@ -125,15 +125,14 @@ __device__ __forceinline__ void wgmma_64x128x32(float* d, uint64_t a, uint64_t b
       "%55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]),
-        "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]),
-        "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]),
-        "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-        "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
-        "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]),
-        "+f"(d[62]), "+f"(d[63])
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63])
       : "l"(a), "l"(b), "r"(int(add)));
 }
 
@@ -349,8 +348,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
       for (int kk = 0; kk < kDepth / 32; ++kk)
-        wgmma_64x128x32(part, operand(st + kStageA + h * 64 * 128 + 32 * kk),
-                        operand(w + 32 * kk), kk > 0);
+        wgmma_64x128x32(part, operand(st + kStageA + h * 64 * 128 + 32 * kk), operand(w + 32 * kk),
+                        kk > 0);
       asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     };
     auto product_done = [&]() {
@@ -363,8 +362,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       const Tile tile = tile_at(p, tile_start, pad, t);
       // Warpgroup-uniform: whether its block exists, and the tile's second half any rows.
-      const bool busy = tile.n0 + b * kBlockRows < p.n,
-                 second = busy && tile.m0 + 64 < tile.rows;
+      const bool busy = tile.n0 + b * kBlockRows < p.n, second = busy && tile.m0 + 64 < tile.rows;
 #pragma unroll
       for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
@@ -397,8 +395,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         warpgroup_sync(1 + b);
       }
       if (!busy) continue;
-      // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
-      // 8 (i / 4) + 2 (lane % 4) + i % 2 of the half's 64 x 128.
+        // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
+        // 8 (i / 4) + 2 (lane % 4) + i % 2 of the half's 64 x 128.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t r0 = tile.m0 + 64 * h + 16 * warp + lane / 4, r1 = r0 + 8;
@@ -428,8 +426,8 @@ int64_t grouped_expert_tiles(const int32_t* pad, int64_t used, int64_t n, int32_
   starts[0] = 0;
   for (int64_t a = 0; a < used; ++a) {
     const int64_t rows = pad[a + 1] - pad[a];
-    starts[a + 1] = starts[a] + int32_t((rows + kTileRows - 1) / kTileRows *
-                                        ((n + kTileCols - 1) / kTileCols));
+    starts[a + 1] =
+        starts[a] + int32_t((rows + kTileRows - 1) / kTileRows * ((n + kTileCols - 1) / kTileCols));
   }
   return starts[used];
 }

@@ -26,11 +26,11 @@ constexpr int kDepth = 128;     // K a stage: one activation scale and one weigh
 // One product of every used expert: out[pad[a] + r][c] = sum over K of x[pad[a] + r] * W_a[c],
 // W_a expert active[a]'s matrix, for every padded row r of expert a and c < n.
 struct GroupedExpertProduct {
-  const uint8_t* x = nullptr;          // e4m3 [slots][k]; expert a's rows pad[a] .. pad[a + 1]
-  const float* x_scales = nullptr;     // expert a's: [k / 128][its rows] from pad[a] * (k / 128)
-  const int32_t* pad = nullptr;        // [used + 1] (device) row starts, multiples of 16
-  const int32_t* tile_start = nullptr; // [used + 1] (device) expert a's first tile
-  const int32_t* active = nullptr;     // [used] (device) the experts' ids
+  const uint8_t* x = nullptr;           // e4m3 [slots][k]; expert a's rows pad[a] .. pad[a + 1]
+  const float* x_scales = nullptr;      // expert a's: [k / 128][its rows] from pad[a] * (k / 128)
+  const int32_t* pad = nullptr;         // [used + 1] (device) row starts, multiples of 16
+  const int32_t* tile_start = nullptr;  // [used + 1] (device) expert a's first tile
+  const int32_t* active = nullptr;      // [used] (device) the experts' ids
   ExpertsDevice experts;
   // false: the gate and up products stacked (rows [0, n / 2) of w1, then of w3); true: w2.
   bool down = false;

@@ -391,13 +391,12 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
                               grouped_expert_scratch_ints(used, hidden, inter)) *
                      4);
   ++fp8_counts_.experts;
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4,
-                                     cudaMemcpyHostToDevice, stream));
+  AGENTRT_CUDA_CHECK(
+      cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4, cudaMemcpyHostToDevice, stream));
   const int32_t* d_pad = pad_.as<int32_t>();
 
   gather_quantize_kernel<<<warp_grid(slots * (hidden / aq::kBlock)), 256, 0, stream>>>(
-      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(),
-      xs_.as<float>());
+      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(), xs_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
   GroupedExpertProduct up;
@@ -433,8 +432,8 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   down.ld_out = hidden;
   grouped_expert_product(down, sms_, stream);
   mark("moe.experts.gemm");
-  scatter_slots_kernel<<<unsigned(rows), 256, 0, stream>>>(down_.as<float>(), s.seg_start, d_pad,
-                                                           0, used, hidden, pair_out);
+  scatter_slots_kernel<<<unsigned(rows), 256, 0, stream>>>(down_.as<float>(), s.seg_start, d_pad, 0,
+                                                           used, hidden, pair_out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.scatter");
   leave(stream, caller);

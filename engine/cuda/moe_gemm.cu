@@ -280,8 +280,7 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   if (used <= 0) return;
 
   const int64_t rows = (seg[used] - seg[0]) / std::max<int64_t>(k, 1);
-  if (precision_ == GemmPrecision::fp8 && rows <= fp8_grouped_rows_ &&
-      fp8_fits(e, inter, hidden)) {
+  if (precision_ == GemmPrecision::fp8 && rows <= fp8_grouped_rows_ && fp8_fits(e, inter, hidden)) {
     run_fp8_grouped(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
     return;
   }

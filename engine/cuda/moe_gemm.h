@@ -97,9 +97,8 @@ class ExpertGemm {
   // fp8_grouped's path (moe_fp8.cu): the same quantised activations and weights as run_fp8, in
   // two grouped launches over all used experts.
   void run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
-                       int64_t used, const float* h, const float* weights, int64_t k,
-                       int64_t inter, int64_t hidden, float limit, float* pair_out,
-                       cudaStream_t stream);
+                       int64_t used, const float* h, const float* weights, int64_t k, int64_t inter,
+                       int64_t hidden, float limit, float* pair_out, cudaStream_t stream);
 
   void mark(const char* name) const {  // a profiling stage ends (set_stage_marker)
     if (mark_) mark_(name);
@@ -111,7 +110,7 @@ class ExpertGemm {
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
   int64_t fp8_grouped_rows_ = 0;  // the constructor's, 0 where the device lacks the kernel
-  int sms_ = 0;               // the device's multiprocessors (the grouped kernel's grid)
+  int sms_ = 0;                   // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
   // A pass's gathers, GEMMs and scatters run on work_stream_, of the highest priority, joined to

@@ -516,9 +516,10 @@ TEST_F(CudaFp8Gemm, ConvertsMxfp4WeightsAsTheHost) {
 // grouped_fp8_gemm.cu's kernel against the host's float64 product of the same e4m3 values (the
 // activations quantised per 128 columns, the FP4 weights converted as convert_on_host does):
 // three experts of 16, 144 and 272 padded rows (one, two and three row tiles of 128, the last
-// ones part full, one with an empty second half), both products (gate and up stacked from w1 and w3; down, whose 384 columns leave the
-// second half of its last column tile empty), a weight block whose codes span 20 binades. A wrong swizzle, fragment layout, scale or row gives errors of order 1; the
-// tensor cores' FP8 accumulation ~1e-4.
+// ones part full, one with an empty second half), both products (gate and up stacked from w1 and
+// w3; down, whose 384 columns leave the second half of its last column tile empty), a weight block
+// whose codes span 20 binades. A wrong swizzle, fragment layout, scale or row gives errors of order
+// 1; the tensor cores' FP8 accumulation ~1e-4.
 TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
   if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
   const int64_t E = 3, hidden = 384, inter = 256;
@@ -528,7 +529,7 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<QuantizedMatrix> stored;
   stored.reserve(3 * E);
-  std::vector<std::unique_ptr<cuda::DeviceMatrix>> dev;
+  std::vector<std::unique_ptr<cuda::DeviceMatrix> > dev;
   std::vector<WeightMatrix> views(3 * E);
   auto make = [&](int64_t rows, int64_t cols) {
     std::vector<float> v(rows * cols);
@@ -537,23 +538,24 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
         v[r * cols + c] = normal(rng) * std::ldexp(1.0f, int(r % 5) - int(c / 128));
     stored.push_back(quantize_mxfp4(v.data(), rows, cols));
     if (stored.size() == 2) stored.back().scales[3 * (cols / 32) + 2] -= 20;
-    const WeightMatrix w{WeightType::f4_e2m1, rows, cols, stored.back().data.data(),
-                         stored.back().scales.data(), ScaleType::e8m0, 0};
+    const WeightMatrix w{
+        WeightType::f4_e2m1, rows, cols, stored.back().data.data(), stored.back().scales.data(),
+        ScaleType::e8m0,     0};
     dev.push_back(std::make_unique<cuda::DeviceMatrix>(w));
     return dev.back()->view();
   };
   for (int64_t e = 0; e < E; ++e) {
-    views[e] = make(inter, hidden);           // w1
-    views[E + e] = make(hidden, inter);       // w2
-    views[2 * E + e] = make(inter, hidden);   // w3
+    views[e] = make(inter, hidden);          // w1
+    views[E + e] = make(hidden, inter);      // w2
+    views[2 * E + e] = make(inter, hidden);  // w3
   }
   auto d_views = testing::upload(views);
   const WeightMatrix* v = d_views.as<WeightMatrix>();
   const cuda::ExpertsDevice experts{
       v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
   // The host's e4m3 weights and block scales of every matrix.
-  std::vector<std::vector<uint8_t>> wq(3 * E);
-  std::vector<std::vector<float>> ws(3 * E);
+  std::vector<std::vector<uint8_t> > wq(3 * E);
+  std::vector<std::vector<float> > ws(3 * E);
   for (int64_t e = 0; e < E; ++e)
     for (int m = 0; m < 3; ++m) {
       const int64_t rows = m == 1 ? hidden : inter, cols = m == 1 ? inter : hidden;
@@ -570,8 +572,7 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     for (int64_t a = 0; a < used; ++a)
       for (int64_t r = 0; r < pad[a + 1] - pad[a]; ++r) {
         for (int64_t c = 0; c < k; ++c) row[c] = normal(rng) * float(1 + (r + c / 128) % 3);
-        testing::quantise_row_e4m3(row.data(), k, x.data() + (pad[a] + r) * k,
-                                   row_scales.data());
+        testing::quantise_row_e4m3(row.data(), k, x.data() + (pad[a] + r) * k, row_scales.data());
         for (int64_t kb = 0; kb < kbs; ++kb)
           xs[pad[a] * kbs + kb * (pad[a + 1] - pad[a]) + r] = row_scales[kb];
       }
