@@ -207,7 +207,23 @@ __global__ void scatter_slots_kernel(const float* y, const int32_t* seg, const i
   for (int64_t c = threadIdx.x; c < hidden / 4; c += blockDim.x) dst[c] = src[c];
 }
 
+// Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their total.
+void padded_starts(const int32_t* seg, int64_t used, int32_t* pad) {
+  pad[0] = 0;
+  for (int64_t a = 0; a < used; ++a)
+    pad[a + 1] = pad[a] + int32_t((seg[a + 1] - seg[a] + kSlotRows - 1) / kSlotRows * kSlotRows);
+}
+
 }  // namespace
+
+void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden) {
+  x_.reserve(slots * hidden);
+  xs_.reserve(slots * (hidden / aq::kBlock) * 4);
+  gate_up_.reserve(slots * 2 * inter * 4);
+  act_.reserve(slots * inter);
+  as_.reserve(slots * (inter / aq::kBlock) * 4);
+  down_.reserve(slots * hidden * 4);
+}
 
 void convert_fp4_e4m3(const WeightMatrix& w, uint8_t* q, float* scales, int64_t ld,
                       cudaStream_t stream) {
@@ -231,12 +247,10 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
                          cudaStream_t caller) {
   // On a stream of the highest priority where asked for, joined to the caller's (enter()).
   const cudaStream_t stream = enter(caller);
-  // Each expert's rows padded to kSlotRows: pad[a] is the first of expert a's, pad[used] their
-  // total. In pinned memory after the segment starts (run() sized it), uploaded once.
+  // The padded row starts, in pinned memory after the segment starts (run() sized it), uploaded
+  // once.
   int32_t* pad = host_ + 1 + (s.experts + 1);
-  pad[0] = 0;
-  for (int64_t a = 0; a < used; ++a)
-    pad[a + 1] = pad[a] + int32_t((seg[a + 1] - seg[a] + kSlotRows - 1) / kSlotRows * kSlotRows);
+  padded_starts(seg, used, pad);
   const int64_t per = inter * hidden;  // values per matrix, one byte each as e4m3
   const int64_t chunk = std::clamp<int64_t>(chunk_bytes_ / 2 / (3 * per), 1, used);
   const int64_t chunks = (used + chunk - 1) / chunk;
@@ -252,12 +266,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     s13_[b].reserve(chunk * s13 * 4);
     s2_[b].reserve(chunk * s2 * 4);
   }
-  x_.reserve(most_slots * hidden);
-  xs_.reserve(most_slots * (hidden / aq::kBlock) * 4);
-  gate_up_.reserve(most_slots * 2 * inter * 4);
-  act_.reserve(most_slots * inter);
-  as_.reserve(most_slots * (inter / aq::kBlock) * 4);
-  down_.reserve(most_slots * hidden * 4);
+  reserve_fp8_slots(most_slots, inter, hidden);
   pad_.reserve((used + 1) * 4);
 
   // Every expert's two GEMMs, checked before the first launch: all of them on FP8 or none.
@@ -374,18 +383,11 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   int32_t* pad = host_ + 1 + (s.experts + 1);
   int32_t* up_tiles = pad + (used + 1);
   int32_t* down_tiles = up_tiles + (used + 1);
-  pad[0] = 0;
-  for (int64_t a = 0; a < used; ++a)
-    pad[a + 1] = pad[a] + int32_t((seg[a + 1] - seg[a] + kSlotRows - 1) / kSlotRows * kSlotRows);
+  padded_starts(seg, used, pad);
   const int64_t slots = pad[used], rows = seg[used] - seg[0];
   const int64_t up_count = grouped_expert_tiles(pad, used, 2 * inter, up_tiles),
                 down_count = grouped_expert_tiles(pad, used, hidden, down_tiles);
-  x_.reserve(slots * hidden);
-  xs_.reserve(slots * (hidden / aq::kBlock) * 4);
-  gate_up_.reserve(slots * 2 * inter * 4);
-  act_.reserve(slots * inter);
-  as_.reserve(slots * (inter / aq::kBlock) * 4);
-  down_.reserve(slots * hidden * 4);
+  reserve_fp8_slots(slots, inter, hidden);
   pad_.reserve(3 * (used + 1) * 4);
   block_max_.reserve(std::max(grouped_expert_scratch_ints(used, 2 * inter, hidden),
                               grouped_expert_scratch_ints(used, hidden, inter)) *
