@@ -31,6 +31,9 @@
 //                     [--key-mirrors 0] (prefill attention and indexer convert each float32
 //                     tile of keys in every block instead of streaming bf16 keys converted
 //                     once a pass, CudaOptions::key_mirrors)
+//                     [--query-rope-in-attention 0] (prefill: the query's per-head norm and
+//                     RoPE as a pass of their own over the float32 query instead of in the
+//                     tensor-core attention's load, CudaOptions::query_rope_in_attention)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -350,6 +353,8 @@ int main(int argc, char** argv) {
       options.expert_priority_stream = v == "1";
     else if (k == "--key-mirrors")
       options.key_mirrors = v == "1";
+    else if (k == "--query-rope-in-attention")
+      options.query_rope_in_attention = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

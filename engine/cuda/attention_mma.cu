@@ -210,15 +210,65 @@ __device__ __forceinline__ void attend_tile(const uint16_t* qs, const uint16_t* 
   }
 }
 
-// The block's 64 heads of query row t as bf16 parts into qs ([parts][64][kStride]).
+// The block's 64 heads of query row t as bf16 parts into qs ([parts][64][kStride]). With
+// norm.pos set the rows are wq_b's raw output: each head is RMS-normed (no weight) and its
+// trailing rope.dim channels rotated on the way in, as norm_rope_rows would in place (a separate
+// pass over the float32 query, 2 GB a layer at 16K rows, ~3.4 ms of a 16K prefill's layer on an
+// H100). One warp a head; the row's (cos, sin) pairs are computed once into rope_cs.
 template <int HD, bool kSplit>
-__device__ __forceinline__ void stage_query(const float* q_rows, uint16_t* qs) {
+__device__ __forceinline__ void stage_query(const float* q_rows, uint16_t* qs,
+                                            const QueryNormRope& norm, int64_t t, float2* rope_cs) {
   using S = TileShape<HD, kSplit>;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * S::kStride;
-  for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
-    const int h = idx / (HD / 4), c4 = idx % (HD / 4);
-    store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + 4 * c4,
-                             __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
+  if (norm.pos == nullptr) {
+    for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
+      const int h = idx / (HD / 4), c4 = idx % (HD / 4);
+      store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + 4 * c4,
+                               __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
+    }
+    return;
+  }
+  const int pairs = norm.rope.dim / 2, first = HD - norm.rope.dim;
+  const float position = float(norm.pos[t]);
+  for (int i = threadIdx.x; i < pairs; i += S::kThreads) {
+    // transformers: float32 angle, then cos/sin (norm_rope_kernel's values).
+    const float angle = norm.rope.inv_freq[i] * position;
+    rope_cs[i] = make_float2(float(cos(double(angle))) * norm.rope.scaling,
+                             float(sin(double(angle))) * norm.rope.scaling);
+  }
+  __syncthreads();
+  constexpr int kPer = HD / 128;  // float4 of a head per lane
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int h = warp; h < kBlockHeads; h += S::kWarps) {
+    const float4* src = reinterpret_cast<const float4*>(q_rows + int64_t(h) * HD);
+    float4 v[kPer];
+    float ss = 0.0f;
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      v[u] = __ldg(src + lane + 32 * u);
+      ss = fmaf(v[u].x, v[u].x, ss);
+      ss = fmaf(v[u].y, v[u].y, ss);
+      ss = fmaf(v[u].z, v[u].z, ss);
+      ss = fmaf(v[u].w, v[u].w, ss);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+    const float inv = rsqrtf(ss / float(HD) + norm.eps);
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int c = 4 * (lane + 32 * u);  // the float4's first channel
+      float a[4] = {v[u].x * inv, v[u].y * inv, v[u].z * inv, v[u].w * inv};
+#pragma unroll
+      for (int e = 0; e < 4; e += 2)
+        if (c + e >= first) {
+          const float2 cs = rope_cs[(c + e - first) / 2];
+          const float x0 = a[e], x1 = a[e + 1];
+          a[e] = x0 * cs.x - x1 * cs.y;
+          a[e + 1] = x1 * cs.x + x0 * cs.y;
+        }
+      store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + c,
+                               make_float4(a[0], a[1], a[2], a[3]));
+    }
   }
 }
 
@@ -226,7 +276,8 @@ template <int HD, bool kSplit>
 __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     attend_mma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
                       const float* sinks, bool use_entries, const int32_t* chosen,
-                      const int32_t* n_chosen, int64_t topk, float scale, float* out) {
+                      const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
+                      float* out) {
   using S = TileShape<HD, kSplit>;
   constexpr int kStride = S::kStride, kKeys = S::kKeys;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
@@ -244,7 +295,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
   const int64_t n_keys = keys.n_keys();
   auto key = [&](int64_t i) { return reinterpret_cast<const float4*>(keys.key(i, HD)); };
-  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs);  // 64 heads, contiguous
+  __shared__ float2 rope_cs[HD / 2];
+  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs, norm, t, rope_cs);  // 64 heads
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
@@ -326,8 +378,8 @@ template <int HD, bool kSplit>
 __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     attend_mma_mirror_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
                              const float* sinks, bool use_entries, const int32_t* chosen,
-                             const int32_t* n_chosen, int64_t topk, float scale, KeyMirror mirror,
-                             float* out) {
+                             const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
+                             KeyMirror mirror, float* out) {
   using S = TileShape<HD, kSplit>;
   using M = MirrorShape<HD, kSplit>;
   constexpr int kStride = S::kStride, kKeys = S::kKeys;
@@ -372,7 +424,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     if (j < tiles) fetch(j);
     cp_async_commit();  // empty groups too: every wait below counts the same groups
   }
-  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs);
+  __shared__ float2 rope_cs[HD / 2];
+  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs, norm, t, rope_cs);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
@@ -393,12 +446,12 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
 }
 
 // Either kernel over n rows: grid (groups of 64 heads, rows), one launch per 65,535 rows; `keys`
-// are the arguments between the scale and the output (the mirrored kernel's mirror).
+// are the arguments between the query norm and the output (the mirrored kernel's mirror).
 template <int HD, bool kSplit, typename Kernel, typename... Keys>
 void launch_rows(Kernel kernel, size_t shared, const float* q, const LayerRow* rows, int64_t n,
                  int64_t heads, int64_t window, const float* sinks, bool use_entries,
-                 const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float* out,
-                 cudaStream_t stream, Keys... keys) {
+                 const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                 const QueryNormRope& norm, float* out, cudaStream_t stream, Keys... keys) {
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const float scale = 1.0f / sqrtf(float(HD));
@@ -406,9 +459,12 @@ void launch_rows(Kernel kernel, size_t shared, const float* q, const LayerRow* r
   for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
     const int64_t m = std::min(kMaxGridRows, n - r0);
     const dim3 grid{unsigned(heads / kBlockHeads), unsigned(m)};
+    QueryNormRope part = norm;
+    if (part.pos) part.pos += r0;
     launch_pdl(kernel, grid, TileShape<HD, kSplit>::kThreads, shared, stream, q + r0 * heads * HD,
                rows + r0, heads, window, sinks, use_entries, chosen ? chosen + r0 * topk : nullptr,
-               n_chosen ? n_chosen + r0 : nullptr, topk, scale, keys..., out + r0 * heads * HD);
+               n_chosen ? n_chosen + r0 : nullptr, topk, scale, part, keys...,
+               out + r0 * heads * HD);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -417,15 +473,15 @@ void launch_rows(Kernel kernel, size_t shared, const float* q, const LayerRow* r
 template <int HD, bool kSplit>
 void launch_attend_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                        int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
-                       const int32_t* n_chosen, int64_t topk, const KeyMirror* mirror, float* out,
-                       cudaStream_t stream) {
+                       const int32_t* n_chosen, int64_t topk, const KeyMirror* mirror,
+                       const QueryNormRope& norm, float* out, cudaStream_t stream) {
   if (mirror)
     launch_rows<HD, kSplit>(attend_mma_mirror_kernel<HD, kSplit>, MirrorShape<HD, kSplit>::kShared,
                             q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen, topk,
-                            out, stream, *mirror);
+                            norm, out, stream, *mirror);
   else
     launch_rows<HD, kSplit>(attend_mma_kernel<HD, kSplit>, TileShape<HD, kSplit>::kShared, q, rows,
-                            n, heads, window, sinks, use_entries, chosen, n_chosen, topk, out,
+                            n, heads, window, sinks, use_entries, chosen, n_chosen, topk, norm, out,
                             stream);
 }
 
@@ -433,16 +489,17 @@ template <bool kSplit>
 void dispatch_head_dim(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
                        int64_t heads, int64_t window, const float* sinks, bool use_entries,
                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
-                       const KeyMirror* mirror, float* out, cudaStream_t stream) {
+                       const KeyMirror* mirror, const QueryNormRope& norm, float* out,
+                       cudaStream_t stream) {
   if (head_dim == 128)
     launch_attend_mma<128, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, mirror, out, stream);
+                                   topk, mirror, norm, out, stream);
   else if (head_dim == 256)
     launch_attend_mma<256, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, mirror, out, stream);
+                                   topk, mirror, norm, out, stream);
   else
     launch_attend_mma<512, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, mirror, out, stream);
+                                   topk, mirror, norm, out, stream);
 }
 
 void check_shape(int64_t heads, int64_t head_dim) {
@@ -450,6 +507,13 @@ void check_shape(int64_t heads, int64_t head_dim) {
     throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
                                 " heads of " + std::to_string(head_dim) +
                                 " (needs a multiple of 64 heads of 128, 256 or 512)");
+}
+
+void check_norm(const QueryNormRope& norm, int64_t head_dim) {
+  if (norm.pos && (norm.rope.dim % 2 != 0 || norm.rope.dim > head_dim || !norm.rope.inv_freq))
+    throw std::invalid_argument("cuda tensor-core attention: a query RoPE of " +
+                                std::to_string(norm.rope.dim) + " channels for heads of " +
+                                std::to_string(head_dim) + " (needs an even count, at most that)");
 }
 
 }  // namespace
@@ -474,9 +538,11 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                               bool use_entries, const int32_t* chosen, const int32_t* n_chosen,
                               int64_t topk, bool split, const float* kv, int64_t kv_first,
                               int64_t kv_rows, const float* entries, int64_t n_entries,
-                              void* mirror, float* out, cudaStream_t stream) {
+                              void* mirror, float* out, cudaStream_t stream,
+                              const QueryNormRope& norm) {
   if (n <= 0) return;
   check_shape(heads, head_dim);
+  check_norm(norm, head_dim);
   if (kv_first < 0 || kv_rows < 0 || n_entries < 0 || (n_entries > 0 && !entries))
     throw std::invalid_argument("cuda tensor-core attention: a key mirror of " +
                                 std::to_string(kv_rows) + " KV rows from " +
@@ -487,7 +553,7 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
   const KeyMirror m{keys, kv_first, kv_rows, n_entries};
   (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
                                                                sinks, use_entries, chosen, n_chosen,
-                                                               topk, &m, out, stream);
+                                                               topk, &m, norm, out, stream);
 }
 
 bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
@@ -498,12 +564,13 @@ bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
 void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                      int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                      const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
-                     float* out, cudaStream_t stream) {
+                     float* out, cudaStream_t stream, const QueryNormRope& norm) {
   if (n <= 0) return;
   check_shape(heads, head_dim);
+  check_norm(norm, head_dim);
   (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
                                                                sinks, use_entries, chosen, n_chosen,
-                                                               topk, nullptr, out, stream);
+                                                               topk, nullptr, norm, out, stream);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -116,6 +116,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       profile_(options.profile),
       graphs_(options.graphs),
       key_mirrors_(options.key_mirrors),
+      query_rope_in_attention_(options.query_rope_in_attention),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
@@ -830,8 +831,14 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     else
       linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
   });
+  // Prefill on the tensor-core attention: the attention norms and rotates the query as it loads
+  // it (CudaOptions::query_rope_in_attention).
+  const bool mma_attention = !decode_attention && n >= kMmaAttentionRows &&
+                             precision_ != GemmPrecision::f32 &&
+                             attend_rows_mma_supported(heads, hd);
+  const bool rope_in_attention = mma_attention && query_rope_in_attention_;
   repeatable("q_rope", [&] {
-    if (!decode_attention)
+    if (!decode_attention && !rope_in_attention)
       norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
                      stream_);
   });
@@ -907,9 +914,10 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                          c.index_topk, splits, partials, arrived, attn, stream_, rope_cs, shape);
     });
   } else {
+    QueryNormRope query_norm;
+    if (rope_in_attention) query_norm = {w.pos, rope, c.rms_eps};
     repeatable("attention", [&] {
-      const bool mma = n >= kMmaAttentionRows && precision_ != GemmPrecision::f32 &&
-                       attend_rows_mma_supported(heads, hd);
+      const bool mma = mma_attention;
       if (mma && key_mirrors_ && m.shared_kv) {
         // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
         const int64_t entries = fl.compress_rate ? m.max_visible : 0;
@@ -917,11 +925,11 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
         attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                  fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
                                  split, m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries,
-                                 entries, mirror, attn, stream_);
+                                 entries, mirror, attn, stream_, query_norm);
       } else if (mma)
         attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                         fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, split,
-                        attn, stream_);
+                        attn, stream_, query_norm);
       else
         attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                     fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,

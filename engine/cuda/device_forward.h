@@ -68,6 +68,10 @@ struct CudaOptions {
   // under bf16x2; whole prefills moved within the run-to-run spread (fp8 16K +2.0%, bf16x2 16K
   // -1.4%, 64K +0.6%).
   bool key_mirrors = true;
+  // Prefill passes on the tensor-core attention leave wq_b's output as it is and the attention
+  // norms and rotates each head as it loads the query (QueryNormRope), instead of a pass of
+  // norm_rope_rows over the float32 query (2 GB a layer at 16K rows). Off: that pass.
+  bool query_rope_in_attention = true;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
@@ -320,15 +324,16 @@ class DeviceForward {
   GemmPrecision precision_ = GemmPrecision::bf16x2;  // also of the tensor-core prefill kernels
   bool profile_ = false;
   bool graphs_ = true;
-  bool key_mirrors_ = true;            // CudaOptions::key_mirrors
-  int cluster_mhc_ = 1;                // CudaOptions::cluster_mhc
-  int grid_mhc_ = 1;                   // CudaOptions::grid_mhc
-  bool fused_routing_ = false;         // CudaOptions::fused_routing
-  int shared_expert_blocks_ = 0;       // CudaOptions::shared_expert_blocks
-  bool fused_q_norm_ = false;          // CudaOptions::fused_q_norm
-  int decode_attention_splits_ = 0;    // CudaOptions::decode_attention_splits
-  bool attention_beside_wo_a_ = true;  // CudaOptions::attention_beside_wo_a
-  bool attention_cluster_ = true;      // CudaOptions::attention_cluster
+  bool key_mirrors_ = true;              // CudaOptions::key_mirrors
+  bool query_rope_in_attention_ = true;  // CudaOptions::query_rope_in_attention
+  int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
+  int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
+  bool fused_routing_ = false;           // CudaOptions::fused_routing
+  int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
+  bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
+  int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
+  bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
+  bool attention_cluster_ = true;        // CudaOptions::attention_cluster
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {

@@ -175,10 +175,18 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
 // parts, three products); otherwise plain bf16 products (within 2e-2 relative L2 in the test),
 // float32 softmax.
 bool attend_rows_mma_supported(int64_t heads, int64_t head_dim);
+// norm_rope_rows' query step (one head a norm row, no weight, then RoPE at pos[row]) for the
+// tensor-core attention to apply as it loads each row's query, so q is not rewritten in a pass
+// of its own; pos null: q is already normed and rotated.
+struct QueryNormRope {
+  const int64_t* pos = nullptr;  // [n] (device)
+  DeviceRope rope;
+  float eps = 0.0f;
+};
 void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                      int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                      const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
-                     float* out, cudaStream_t stream);
+                     float* out, cudaStream_t stream, const QueryNormRope& norm = {});
 
 // The keys of rows of one sequence, as bf16 (attend_rows_mma_mirrored): rows [0, kv_rows) are
 // the cache's KV rows from position kv_first on, rows kv_rows + e its compressed entries e <
@@ -205,7 +213,8 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                               bool use_entries, const int32_t* chosen, const int32_t* n_chosen,
                               int64_t topk, bool split, const float* kv, int64_t kv_first,
                               int64_t kv_rows, const float* entries, int64_t n_entries,
-                              void* mirror, float* out, cudaStream_t stream);
+                              void* mirror, float* out, cudaStream_t stream,
+                              const QueryNormRope& norm = {});
 
 // --- indexer.cu ---
 // indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].

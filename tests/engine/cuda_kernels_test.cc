@@ -967,6 +967,72 @@ TEST_F(CudaKernels, AttentionFromMirroredKeysIsTheSameBits) {
     }
 }
 
+// The tensor-core attention norming and rotating the raw query as it loads it (QueryNormRope)
+// against norm_rope_rows' pass and then the same attention, plain and mirrored: the same values
+// up to the sums of squares' order (float32 ulps before the bf16 rounding). Rope widths of 64 and
+// 22 channels (a float4 holding one rotated and one plain pair), rows past a launch's first.
+void query_rope_case(int64_t hd, int64_t heads, bool split, int rope_dim) {
+  SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
+               (split ? " split" : " bf16") + " rope " + std::to_string(rope_dim));
+  const int64_t window = 40, topk = 24, entries = 30;
+  // q_sd 30: the norm changes the query's scale, so a missing norm cannot pass.
+  const AttentionInputs in(hd, heads, window, topk, topk, 130, entries,
+                           {0, 5, 129, 128, 47, 1, 77, 100, 39}, 30.0f, 8);
+  const int64_t n = in.rows_count();
+  std::mt19937 rng(23);
+  std::vector<float> inv_freq(rope_dim / 2);
+  for (auto& f : inv_freq) f = 0.05f + std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+  auto d_freq = upload(inv_freq);
+  auto d_pos = upload(in.pos);
+  const cuda::DeviceRope rope{d_freq.as<float>(), rope_dim, 1.3f};
+  const cuda::QueryNormRope norm{d_pos.as<int64_t>(), rope, 1e-6f};
+  DeviceBuffer normed(n * heads * hd * 4), want(n * heads * hd * 4), got(n * heads * hd * 4),
+      mirror(cuda::key_mirror_bytes(hd, 130, entries, split));
+  cuda::copy_device_to_device(normed.as<float>(), in.d_q.as<float>(), n * heads * hd * 4);
+  cuda::norm_rope_rows(normed.as<float>(), nullptr, n, heads, hd, 1e-6f, d_pos.as<int64_t>(), rope,
+                       nullptr, cuda::CacheField::kv, nullptr);
+  const auto* rows = in.d_rows.as<cuda::LayerRow>();
+  for (bool csa : {true, false})
+    for (bool mirrored : {false, true}) {
+      auto attend = [&](const float* q, DeviceBuffer& out, const cuda::QueryNormRope& qn) {
+        if (mirrored)
+          cuda::attend_rows_mma_mirrored(
+              q, rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+              in.n_chosen_on_device(csa), topk, split, in.d_kv.as<float>(), 0, 130,
+              in.d_ent.as<float>(), entries, mirror.get(), out.as<float>(), nullptr, qn);
+        else
+          cuda::attend_rows_mma(q, rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa,
+                                in.chosen_on_device(csa), in.n_chosen_on_device(csa), topk, split,
+                                out.as<float>(), nullptr, qn);
+      };
+      attend(normed.as<float>(), want, {});
+      attend(in.d_q.as<float>(), got, norm);
+      const auto a = download<float>(want, n * heads * hd),
+                 b = download<float>(got, n * heads * hd);
+      double worst = 0;
+      for (int64_t t = 0; t < n; ++t)
+        for (int64_t h = 0; h < heads; ++h) {
+          const int64_t at = (t * heads + h) * hd;
+          worst = std::max(worst, testing::rel_l2(b.data() + at, a.data() + at, hd));
+        }
+      EXPECT_LE(worst, split ? 1e-5 : 1e-2)
+          << (csa ? "csa" : "hca") << (mirrored ? " mirrored" : "") << " worst rel L2 " << worst;
+    }
+  EXPECT_THROW(
+      cuda::attend_rows_mma(in.d_q.as<float>(), rows, n, heads, hd, window, in.d_sinks.as<float>(),
+                            true, nullptr, nullptr, topk, split, got.as<float>(), nullptr,
+                            {d_pos.as<int64_t>(), {d_freq.as<float>(), 3, 1.0f}, 1e-6f}),
+      std::invalid_argument);
+}
+
+TEST_F(CudaKernels, AttentionNormsAndRotatesTheRawQuery) {
+  for (const bool split : {true, false}) {
+    query_rope_case(512, 64, split, 64);
+    query_rope_case(128, 128, split, 22);
+    query_rope_case(256, 64, split, 64);
+  }
+}
+
 // The fused tensor-core indexer (indexer_mma.cu) against indexer.cu's kernel: 64 heads of 128,
 // rows seeing from none to all of 1,300 entries (several 512-entry chunks, a partial last tile).
 TEST_F(CudaKernels, IndexerScoresOnTensorCoresMatchTheKernel) {
