@@ -395,20 +395,26 @@ __global__ void __launch_bounds__(kThreads, 1)
         warpgroup_sync(1 + b);
       }
       if (!busy) continue;
-        // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
-        // 8 (i / 4) + 2 (lane % 4) + i % 2 of the half's 64 x 128.
+      // Where the expert's rows go: its padded slot rows, or its rows of out_start.
+      int64_t out_first = tile.first, out_rows = tile.rows;
+      if (p.out_start) {
+        out_first = p.out_start[tile.a];
+        out_rows = p.out_start[tile.a + 1] - out_first;
+      }
+      // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
+      // 8 (i / 4) + 2 (lane % 4) + i % 2 of the half's 64 x 128.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int64_t r0 = tile.m0 + 64 * h + 16 * warp + lane / 4, r1 = r0 + 8;
         float* out0 =
-            p.out + (tile.first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
+            p.out + (out_first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
         float* out1 = out0 + 8 * p.ld_out;
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
-          if (r0 < tile.rows)
+          if (r0 < out_rows)
             *reinterpret_cast<float2*>(out0 + 8 * i) =
                 make_float2(acc[h][4 * i], acc[h][4 * i + 1]);
-          if (r1 < tile.rows)
+          if (r1 < out_rows)
             *reinterpret_cast<float2*>(out1 + 8 * i) =
                 make_float2(acc[h][4 * i + 2], acc[h][4 * i + 3]);
         }

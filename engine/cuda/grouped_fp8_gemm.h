@@ -37,6 +37,10 @@ struct GroupedExpertProduct {
   int64_t used = 0, n = 0, k = 0, tiles = 0;
   float* out = nullptr;  // [slots][ld_out] float32
   int64_t ld_out = 0;
+  // Set (device, [used + 1]): expert a's row r < out_start[a + 1] - out_start[a] goes to out row
+  // out_start[a] + r instead, and its padding rows nowhere (the down product straight into the
+  // pairs' rows, ExpertSegments::seg_start).
+  const int32_t* out_start = nullptr;
   // Scratch of grouped_expert_scratch_ints: each weight block's largest ue8m0 code.
   int32_t* block_max = nullptr;
 };

@@ -151,48 +151,80 @@ __device__ __forceinline__ void store_quantised(float4 v, bool padding, const Sl
   if (lane == 0) scales[first_slot * blocks + kb * s.rows + s.local] = padding ? 0.0f : scale;
 }
 
-// The chunk's slots' rows of h (the pair's token row), quantised: one warp per (slot, block).
+// Blocks of a slot's row one warp takes: the slot's search (find_slot: a binary search over the
+// experts' padded starts, ~8 dependent loads) once for all of them and their loads in flight
+// together. One warp per (slot, block), as before, spent most of a 16K prefill's 10 ms gather
+// waiting on the search.
+constexpr int64_t kWarpBlocks = 8;
+// warp_grid for one warp per group of kWarpBlocks of each slot's `blocks` blocks.
+unsigned slot_group_grid(int64_t slots, int64_t blocks) {
+  return warp_grid(slots * ((blocks + kWarpBlocks - 1) / kWarpBlocks));
+}
+
+// The chunk's slots' rows of h (the pair's token row), quantised: one warp per (slot, group of
+// kWarpBlocks blocks).
 __global__ void gather_quantize_kernel(const float* h, const int32_t* order, const int32_t* seg,
                                        const int32_t* pad, int64_t a0, int64_t a1, int64_t slots,
                                        int64_t k, int64_t hidden, uint8_t* xq, float* xs) {
   const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = hidden / aq::kBlock, warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * blocks;
+  const int64_t blocks = hidden / aq::kBlock, groups = (blocks + kWarpBlocks - 1) / kWarpBlocks;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * groups;
        w += warps) {
-    const int64_t slot = w / blocks, kb = w - slot * blocks;
+    const int64_t slot = w / groups, kb0 = (w - slot * groups) * kWarpBlocks;
     const Slot s = find_slot(pad, seg, a0, a1, slot);
-    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (s.pair >= 0)
-      v = __ldg(reinterpret_cast<const float4*>(h + int64_t(order[s.pair] / k) * hidden +
-                                                kb * aq::kBlock) +
-                lane);
-    store_quantised(v, s.pair < 0, s, slot, kb, blocks, slot - s.local, hidden, xq, xs);
+    const float* row = s.pair >= 0 ? h + int64_t(order[s.pair] / k) * hidden : nullptr;
+    float4 v[kWarpBlocks];
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i)
+      v[i] = row && kb0 + i < blocks
+                 ? __ldg(reinterpret_cast<const float4*>(row + (kb0 + i) * aq::kBlock) + lane)
+                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i)
+      if (kb0 + i < blocks)
+        store_quantised(v[i], s.pair < 0, s, slot, kb0 + i, blocks, slot - s.local, hidden, xq, xs);
   }
 }
 
 // The slots' SwiGLU of their gate/up products (gu: [slot][2 inter]), weighted by the pair's
-// routing weight and quantised as the down product's activations.
+// routing weight and quantised as the down product's activations: one warp per (slot, group of
+// kWarpBlocks blocks).
 __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, const float* weights,
                                        const int32_t* seg, const int32_t* pad, int64_t a0,
                                        int64_t a1, int64_t slots, int64_t inter, float limit,
                                        uint8_t* aq_out, float* as_out) {
   const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = inter / aq::kBlock, warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * blocks;
+  const int64_t blocks = inter / aq::kBlock, groups = (blocks + kWarpBlocks - 1) / kWarpBlocks;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * groups;
        w += warps) {
-    const int64_t slot = w / blocks, kb = w - slot * blocks;
+    const int64_t slot = w / groups, kb0 = (w - slot * groups) * kWarpBlocks;
     const Slot s = find_slot(pad, seg, a0, a1, slot);
-    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    if (s.pair >= 0) {
-      const float* row = gu + slot * 2 * inter + kb * aq::kBlock;
-      const float4 g = __ldg(reinterpret_cast<const float4*>(row) + lane),
-                   u = __ldg(reinterpret_cast<const float4*>(row + inter) + lane);
-      const float weight = weights[order[s.pair]];
-      v = make_float4(
-          swiglu_weighted(g.x, u.x, limit, weight), swiglu_weighted(g.y, u.y, limit, weight),
-          swiglu_weighted(g.z, u.z, limit, weight), swiglu_weighted(g.w, u.w, limit, weight));
+    const float* row = gu + slot * 2 * inter;
+    const float weight = s.pair >= 0 ? weights[order[s.pair]] : 0.0f;
+    float4 g[kWarpBlocks], u[kWarpBlocks];
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i) {
+      const bool live = s.pair >= 0 && kb0 + i < blocks;
+      const float* at = row + (kb0 + i) * aq::kBlock;
+      g[i] = live ? __ldg(reinterpret_cast<const float4*>(at) + lane)
+                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      u[i] = live ? __ldg(reinterpret_cast<const float4*>(at + inter) + lane)
+                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-    store_quantised(v, s.pair < 0, s, slot, kb, blocks, slot - s.local, inter, aq_out, as_out);
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i) {
+      if (kb0 + i >= blocks) continue;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (s.pair >= 0)
+        v = make_float4(swiglu_weighted(g[i].x, u[i].x, limit, weight),
+                        swiglu_weighted(g[i].y, u[i].y, limit, weight),
+                        swiglu_weighted(g[i].z, u[i].z, limit, weight),
+                        swiglu_weighted(g[i].w, u[i].w, limit, weight));
+      store_quantised(v, s.pair < 0, s, slot, kb0 + i, blocks, slot - s.local, inter, aq_out,
+                      as_out);
+    }
   }
 }
 
@@ -216,13 +248,14 @@ void padded_starts(const int32_t* seg, int64_t used, int32_t* pad) {
 
 }  // namespace
 
-void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden) {
+void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden,
+                                   bool slot_outputs) {
   x_.reserve(slots * hidden);
   xs_.reserve(slots * (hidden / aq::kBlock) * 4);
   gate_up_.reserve(slots * 2 * inter * 4);
   act_.reserve(slots * inter);
   as_.reserve(slots * (inter / aq::kBlock) * 4);
-  down_.reserve(slots * hidden * 4);
+  if (slot_outputs) down_.reserve(slots * hidden * 4);
 }
 
 void convert_fp4_e4m3(const WeightMatrix& w, uint8_t* q, float* scales, int64_t ld,
@@ -266,7 +299,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     s13_[b].reserve(chunk * s13 * 4);
     s2_[b].reserve(chunk * s2 * 4);
   }
-  reserve_fp8_slots(most_slots, inter, hidden);
+  reserve_fp8_slots(most_slots, inter, hidden, true);
   pad_.reserve((used + 1) * 4);
 
   // Every expert's two GEMMs, checked before the first launch: all of them on FP8 or none.
@@ -347,7 +380,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
                   rows = seg[a1] - seg[a0];
     const int b = int(i % 2);
     if (i + 1 < chunks) enqueue_convert(i + 1);
-    gather_quantize_kernel<<<warp_grid(slots * (hidden / aq::kBlock)), 256, 0, stream>>>(
+    gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock), 256, 0, stream>>>(
         h, s.order, s.seg_start, d_pad, a0, a1, slots, k, hidden, x_.as<uint8_t>(),
         xs_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
@@ -356,7 +389,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     mark("moe.experts.decode");
     gemms([&](int64_t a) { return up_gemm(a, a0, b); }, a0, a1);
     mark("moe.experts.gemm");
-    swiglu_quantize_kernel<<<warp_grid(slots * (inter / aq::kBlock)), 256, 0, stream>>>(
+    swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock), 256, 0, stream>>>(
         gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, a0, a1, slots, inter, limit,
         act_.as<uint8_t>(), as_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
@@ -384,10 +417,10 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   int32_t* up_tiles = pad + (used + 1);
   int32_t* down_tiles = up_tiles + (used + 1);
   padded_starts(seg, used, pad);
-  const int64_t slots = pad[used], rows = seg[used] - seg[0];
+  const int64_t slots = pad[used];
   const int64_t up_count = grouped_expert_tiles(pad, used, 2 * inter, up_tiles),
                 down_count = grouped_expert_tiles(pad, used, hidden, down_tiles);
-  reserve_fp8_slots(slots, inter, hidden);
+  reserve_fp8_slots(slots, inter, hidden, false);  // the down product writes the pairs' rows
   pad_.reserve(3 * (used + 1) * 4);
   block_max_.reserve(std::max(grouped_expert_scratch_ints(used, 2 * inter, hidden),
                               grouped_expert_scratch_ints(used, hidden, inter)) *
@@ -397,7 +430,7 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
       cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4, cudaMemcpyHostToDevice, stream));
   const int32_t* d_pad = pad_.as<int32_t>();
 
-  gather_quantize_kernel<<<warp_grid(slots * (hidden / aq::kBlock)), 256, 0, stream>>>(
+  gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock), 256, 0, stream>>>(
       h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(), xs_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
@@ -417,7 +450,7 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   up.block_max = block_max_.as<int32_t>();
   grouped_expert_product(up, sms_, stream);
   mark("moe.experts.gemm");
-  swiglu_quantize_kernel<<<warp_grid(slots * (inter / aq::kBlock)), 256, 0, stream>>>(
+  swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock), 256, 0, stream>>>(
       gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit,
       act_.as<uint8_t>(), as_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
@@ -430,14 +463,12 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   down.n = hidden;
   down.k = inter;
   down.tiles = down_count;
-  down.out = down_.as<float>();
+  // Straight into the pairs' rows (no slot rows, no scatter pass: 1.6 GB a layer at 16K rows).
+  down.out = pair_out;
   down.ld_out = hidden;
+  down.out_start = s.seg_start;
   grouped_expert_product(down, sms_, stream);
   mark("moe.experts.gemm");
-  scatter_slots_kernel<<<unsigned(rows), 256, 0, stream>>>(down_.as<float>(), s.seg_start, d_pad, 0,
-                                                           used, hidden, pair_out);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
-  mark("moe.experts.scatter");
   leave(stream, caller);
 }
 

@@ -100,8 +100,9 @@ class ExpertGemm {
                        int64_t used, const float* h, const float* weights, int64_t k, int64_t inter,
                        int64_t hidden, float limit, float* pair_out, cudaStream_t stream);
 
-  // run_fp8's and run_fp8_grouped's activation, scale and product buffers for `slots` rows.
-  void reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden);
+  // run_fp8's and run_fp8_grouped's activation, scale and product buffers for `slots` rows;
+  // slot_outputs: also the down product's rows by slot (run_fp8 scatters them to the pairs).
+  void reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs);
 
   void mark(const char* name) const {  // a profiling stage ends (set_stage_marker)
     if (mark_) mark_(name);

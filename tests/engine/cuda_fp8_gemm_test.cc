@@ -638,6 +638,22 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
                       << first_bad / std::max<int64_t>(n, 1) << " column " << first_bad % n
                       << " of " << slots << " x " << n;
     EXPECT_LT(worst, kAccumulation) << (down ? "down" : "gate/up");
+
+    // With out_start: each expert's first rows (10, 130 and 260 of its 16, 144 and 272 padded
+    // ones) into consecutive rows, the same bits, every row written and no padding row.
+    const std::vector<int32_t> starts = {0, 10, 140, 400};
+    auto d_starts = testing::upload(starts);
+    auto d_direct = testing::upload(std::vector<float>(starts[used] * n, std::nanf("")));
+    p.out = d_direct.as<float>();
+    p.out_start = d_starts.as<int32_t>();
+    cuda::grouped_expert_product(p, 5, nullptr);
+    const auto direct = testing::download<float>(d_direct, starts[used] * n);
+    int64_t differ = 0;
+    for (int64_t a = 0; a < used; ++a)
+      for (int64_t r = 0; r < starts[a + 1] - starts[a]; ++r)
+        differ += std::memcmp(direct.data() + (starts[a] + r) * n, out.data() + (pad[a] + r) * n,
+                              size_t(n) * 4) != 0;
+    EXPECT_EQ(differ, 0) << (down ? "down" : "gate/up") << ": rows by out_start differ";
   };
   run(false);
   run(true);
