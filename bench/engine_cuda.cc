@@ -34,6 +34,10 @@
 //                     [--query-rope-in-attention 0] (prefill: the query's per-head norm and
 //                     RoPE as a pass of their own over the float32 query instead of in the
 //                     tensor-core attention's load, CudaOptions::query_rope_in_attention)
+//                     [--attention-channels 128|256] (output channels a warp of the prefill
+//                     tensor-core attention owns, CudaOptions::attention_warp_channels)
+//                     [--prefill-mhc-pass 0] (prefill mHC: post step, GEMM and sum of squares
+//                     as three passes, not one, CudaOptions::prefill_mhc_pass)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -355,6 +359,10 @@ int main(int argc, char** argv) {
       options.key_mirrors = v == "1";
     else if (k == "--query-rope-in-attention")
       options.query_rope_in_attention = v == "1";
+    else if (k == "--attention-channels")
+      options.attention_warp_channels = std::stoi(v);
+    else if (k == "--prefill-mhc-pass")
+      options.prefill_mhc_pass = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

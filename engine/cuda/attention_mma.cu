@@ -26,9 +26,9 @@ namespace {
 
 constexpr int kBlockHeads = 64;
 
-template <int HD, bool kSplit>
+template <int HD, bool kSplit, int kCh>
 struct TileShape {
-  static constexpr int kChannels = HD < 256 ? HD : 256;  // output channels per warp
+  static constexpr int kChannels = HD < kCh ? HD : kCh;  // output channels per warp
   static constexpr int kSlices = HD / kChannels;         // warps per 16 heads
   static constexpr int kWarps = (kBlockHeads / 16) * kSlices;
   static constexpr int kThreads = 32 * kWarps;
@@ -46,10 +46,10 @@ struct TileShape {
 // A warp's online-softmax state for its rows g and g + 8 (two of its 16 heads) and its output
 // fragments over its channel slice. The sink only adds exp(sink - max) to the denominator,
 // counted once per row (lane c == 0) until the quad's partial sums are added at the end.
-template <int HD, bool kSplit>
+template <int HD, bool kSplit, int kCh>
 struct WarpRows {
   float m0, m1, l0, l1;
-  float o[TileShape<HD, kSplit>::kChannels / 8][4];
+  float o[TileShape<HD, kSplit, kCh>::kChannels / 8][4];
 
   __device__ __forceinline__ WarpRows(const float* sinks, int64_t h_base, int h0, int g, int c) {
     m0 = sinks[h_base + h0 + g];
@@ -57,7 +57,7 @@ struct WarpRows {
     l0 = c == 0 ? 1.0f : 0.0f;
     l1 = l0;
 #pragma unroll
-    for (int n = 0; n < TileShape<HD, kSplit>::kChannels / 8; ++n)
+    for (int n = 0; n < TileShape<HD, kSplit, kCh>::kChannels / 8; ++n)
 #pragma unroll
       for (int i = 0; i < 4; ++i) o[n][i] = 0.0f;
   }
@@ -71,7 +71,7 @@ struct WarpRows {
     const float inv0 = 1.0f / l0, inv1 = 1.0f / l1;
     float* out1 = out0 + 8 * HD;
 #pragma unroll
-    for (int n = 0; n < TileShape<HD, kSplit>::kChannels / 8; ++n) {
+    for (int n = 0; n < TileShape<HD, kSplit, kCh>::kChannels / 8; ++n) {
       *reinterpret_cast<float2*>(out0 + 8 * n) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
       *reinterpret_cast<float2*>(out1 + 8 * n) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
     }
@@ -82,11 +82,11 @@ struct WarpRows {
 // n_keys) for a warp's 16 heads (h0) and channel slice (d0): scores over the slice (more than
 // one slice: added up with the other slices' through `partial`, which takes a __syncthreads),
 // the online softmax, then out += P K. Both kernels below run exactly this per tile.
-template <int HD, bool kSplit>
+template <int HD, bool kSplit, int kCh>
 __device__ __forceinline__ void attend_tile(const uint16_t* qs, const uint16_t* ks, float* partial,
                                             int64_t base, int64_t n_keys, float scale, int warp,
-                                            int lane, WarpRows<HD, kSplit>& st) {
-  using S = TileShape<HD, kSplit>;
+                                            int lane, WarpRows<HD, kSplit, kCh>& st) {
+  using S = TileShape<HD, kSplit, kCh>;
   constexpr int kStride = S::kStride, kKeys = S::kKeys;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
   const int g = lane >> 2, c = lane & 3;
@@ -215,10 +215,10 @@ __device__ __forceinline__ void attend_tile(const uint16_t* qs, const uint16_t* 
 // trailing rope.dim channels rotated on the way in, as norm_rope_rows would in place (a separate
 // pass over the float32 query, 2 GB a layer at 16K rows, ~3.4 ms of a 16K prefill's layer on an
 // H100). One warp a head; the row's (cos, sin) pairs are computed once into rope_cs.
-template <int HD, bool kSplit>
+template <int HD, bool kSplit, int kCh>
 __device__ __forceinline__ void stage_query(const float* q_rows, uint16_t* qs,
                                             const QueryNormRope& norm, int64_t t, float2* rope_cs) {
-  using S = TileShape<HD, kSplit>;
+  using S = TileShape<HD, kSplit, kCh>;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * S::kStride;
   if (norm.pos == nullptr) {
     for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
@@ -272,13 +272,13 @@ __device__ __forceinline__ void stage_query(const float* q_rows, uint16_t* qs,
   }
 }
 
-template <int HD, bool kSplit>
-__global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
+template <int HD, bool kSplit, int kCh>
+__global__ void __launch_bounds__(TileShape<HD, kSplit, kCh>::kThreads, 1)
     attend_mma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
                       const float* sinks, bool use_entries, const int32_t* chosen,
                       const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
                       float* out) {
-  using S = TileShape<HD, kSplit>;
+  using S = TileShape<HD, kSplit, kCh>;
   constexpr int kStride = S::kStride, kKeys = S::kKeys;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
   pdl_begin();
@@ -296,13 +296,13 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
   const int64_t n_keys = keys.n_keys();
   auto key = [&](int64_t i) { return reinterpret_cast<const float4*>(keys.key(i, HD)); };
   __shared__ float2 rope_cs[HD / 2];
-  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs, norm, t, rope_cs);  // 64 heads
+  stage_query<HD, kSplit, kCh>(q + (t * heads + h_base) * HD, qs, norm, t, rope_cs);  // 64 heads
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int h0 = 16 * (warp % (kBlockHeads / 16));            // the warp's 16 heads
   const int d0 = S::kChannels * (warp / (kBlockHeads / 16));  // and output channels
-  WarpRows<HD, kSplit> st(sinks, h_base, h0, g, c);
+  WarpRows<HD, kSplit, kCh> st(sinks, h_base, h0, g, c);
 
   // Keys past the row's last are zeros (their scores are masked below).
   auto fetch = [&](int64_t base) {
@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     }
     __syncthreads();
     if (base + kKeys < n_keys) fetch(base + kKeys);  // lands while this tile is computed on
-    attend_tile<HD, kSplit>(qs, ks, partial, base, n_keys, scale, warp, lane, st);
+    attend_tile<HD, kSplit, kCh>(qs, ks, partial, base, n_keys, scale, warp, lane, st);
   }
   st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
 }
@@ -346,9 +346,9 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
 // oldest. Each tile then holds the same bf16 values as above and goes through the same
 // attend_tile, so the outputs are the same bits.
 
-template <int HD, bool kSplit>
+template <int HD, bool kSplit, int kCh>
 struct MirrorShape {
-  using S = TileShape<HD, kSplit>;
+  using S = TileShape<HD, kSplit, kCh>;
   static constexpr int kStages = kSplit ? 2 : 3;
   static constexpr int kChunks = S::kParts * S::kKeys * (HD / 8);  // 16-byte copies a tile
   static constexpr int kCopies = kChunks / S::kThreads;            // per thread
@@ -374,14 +374,14 @@ __global__ void mirror_keys_kernel(const float* kv, int64_t kv_first, int64_t kv
   }
 }
 
-template <int HD, bool kSplit>
-__global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
+template <int HD, bool kSplit, int kCh>
+__global__ void __launch_bounds__(TileShape<HD, kSplit, kCh>::kThreads, 1)
     attend_mma_mirror_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
                              const float* sinks, bool use_entries, const int32_t* chosen,
                              const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
                              KeyMirror mirror, float* out) {
-  using S = TileShape<HD, kSplit>;
-  using M = MirrorShape<HD, kSplit>;
+  using S = TileShape<HD, kSplit, kCh>;
+  using M = MirrorShape<HD, kSplit, kCh>;
   constexpr int kStride = S::kStride, kKeys = S::kKeys;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * kStride, kKPlane = int64_t(kKeys) * kStride;
   constexpr int64_t kTile = S::kParts * kKPlane;  // one ring slot: [parts][kKeys][kStride]
@@ -425,13 +425,13 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     cp_async_commit();  // empty groups too: every wait below counts the same groups
   }
   __shared__ float2 rope_cs[HD / 2];
-  stage_query<HD, kSplit>(q + (t * heads + h_base) * HD, qs, norm, t, rope_cs);
+  stage_query<HD, kSplit, kCh>(q + (t * heads + h_base) * HD, qs, norm, t, rope_cs);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int h0 = 16 * (warp % (kBlockHeads / 16));
   const int d0 = S::kChannels * (warp / (kBlockHeads / 16));
-  WarpRows<HD, kSplit> st(sinks, h_base, h0, g, c);
+  WarpRows<HD, kSplit, kCh> st(sinks, h_base, h0, g, c);
   for (int64_t j = 0; j < tiles; ++j) {
     cp_async_wait<M::kStages - 2>();  // this thread's pieces of tile j have landed
     // Every thread's pieces of tile j (and the query) are visible, and every warp is done with
@@ -439,15 +439,15 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit>::kThreads, 1)
     __syncthreads();
     if (j + M::kStages - 1 < tiles) fetch(j + M::kStages - 1);
     cp_async_commit();
-    attend_tile<HD, kSplit>(qs, ring + (j % M::kStages) * kTile, partial, j * kKeys, n_keys, scale,
-                            warp, lane, st);
+    attend_tile<HD, kSplit, kCh>(qs, ring + (j % M::kStages) * kTile, partial, j * kKeys, n_keys,
+                                 scale, warp, lane, st);
   }
   st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
 }
 
 // Either kernel over n rows: grid (groups of 64 heads, rows), one launch per 65,535 rows; `keys`
 // are the arguments between the query norm and the output (the mirrored kernel's mirror).
-template <int HD, bool kSplit, typename Kernel, typename... Keys>
+template <int HD, bool kSplit, int kCh, typename Kernel, typename... Keys>
 void launch_rows(Kernel kernel, size_t shared, const float* q, const LayerRow* rows, int64_t n,
                  int64_t heads, int64_t window, const float* sinks, bool use_entries,
                  const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
@@ -461,45 +461,52 @@ void launch_rows(Kernel kernel, size_t shared, const float* q, const LayerRow* r
     const dim3 grid{unsigned(heads / kBlockHeads), unsigned(m)};
     QueryNormRope part = norm;
     if (part.pos) part.pos += r0;
-    launch_pdl(kernel, grid, TileShape<HD, kSplit>::kThreads, shared, stream, q + r0 * heads * HD,
-               rows + r0, heads, window, sinks, use_entries, chosen ? chosen + r0 * topk : nullptr,
-               n_chosen ? n_chosen + r0 : nullptr, topk, scale, part, keys...,
-               out + r0 * heads * HD);
+    launch_pdl(kernel, grid, TileShape<HD, kSplit, kCh>::kThreads, shared, stream,
+               q + r0 * heads * HD, rows + r0, heads, window, sinks, use_entries,
+               chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
+               scale, part, keys..., out + r0 * heads * HD);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }
 
 // mirror: the keys as bf16 (attend_mma_mirror_kernel); null: the float32 cache rows.
-template <int HD, bool kSplit>
+template <int HD, bool kSplit, int kCh>
 void launch_attend_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                        int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
                        const int32_t* n_chosen, int64_t topk, const KeyMirror* mirror,
                        const QueryNormRope& norm, float* out, cudaStream_t stream) {
   if (mirror)
-    launch_rows<HD, kSplit>(attend_mma_mirror_kernel<HD, kSplit>, MirrorShape<HD, kSplit>::kShared,
-                            q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen, topk,
-                            norm, out, stream, *mirror);
+    launch_rows<HD, kSplit, kCh>(
+        attend_mma_mirror_kernel<HD, kSplit, kCh>, MirrorShape<HD, kSplit, kCh>::kShared, q, rows,
+        n, heads, window, sinks, use_entries, chosen, n_chosen, topk, norm, out, stream, *mirror);
   else
-    launch_rows<HD, kSplit>(attend_mma_kernel<HD, kSplit>, TileShape<HD, kSplit>::kShared, q, rows,
-                            n, heads, window, sinks, use_entries, chosen, n_chosen, topk, norm, out,
-                            stream);
+    launch_rows<HD, kSplit, kCh>(attend_mma_kernel<HD, kSplit, kCh>,
+                                 TileShape<HD, kSplit, kCh>::kShared, q, rows, n, heads, window,
+                                 sinks, use_entries, chosen, n_chosen, topk, norm, out, stream);
 }
 
 template <bool kSplit>
 void dispatch_head_dim(int64_t head_dim, const float* q, const LayerRow* rows, int64_t n,
                        int64_t heads, int64_t window, const float* sinks, bool use_entries,
                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
-                       const KeyMirror* mirror, const QueryNormRope& norm, float* out,
-                       cudaStream_t stream) {
+                       const KeyMirror* mirror, const QueryNormRope& norm, int warp_channels,
+                       float* out, cudaStream_t stream) {
+  const bool narrow = warp_channels == 128;
   if (head_dim == 128)
-    launch_attend_mma<128, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, mirror, norm, out, stream);
+    launch_attend_mma<128, kSplit, 128>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                        n_chosen, topk, mirror, norm, out, stream);
+  else if (head_dim == 256 && narrow)
+    launch_attend_mma<256, kSplit, 128>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                        n_chosen, topk, mirror, norm, out, stream);
   else if (head_dim == 256)
-    launch_attend_mma<256, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, mirror, norm, out, stream);
+    launch_attend_mma<256, kSplit, 256>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                        n_chosen, topk, mirror, norm, out, stream);
+  else if (narrow)
+    launch_attend_mma<512, kSplit, 128>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                        n_chosen, topk, mirror, norm, out, stream);
   else
-    launch_attend_mma<512, kSplit>(q, rows, n, heads, window, sinks, use_entries, chosen, n_chosen,
-                                   topk, mirror, norm, out, stream);
+    launch_attend_mma<512, kSplit, 256>(q, rows, n, heads, window, sinks, use_entries, chosen,
+                                        n_chosen, topk, mirror, norm, out, stream);
 }
 
 void check_shape(int64_t heads, int64_t head_dim) {
@@ -507,6 +514,12 @@ void check_shape(int64_t heads, int64_t head_dim) {
     throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(heads) +
                                 " heads of " + std::to_string(head_dim) +
                                 " (needs a multiple of 64 heads of 128, 256 or 512)");
+}
+
+void check_channels(int warp_channels) {
+  if (warp_channels != 128 && warp_channels != 256)
+    throw std::invalid_argument("cuda tensor-core attention: " + std::to_string(warp_channels) +
+                                " channels a warp (128 or 256)");
 }
 
 void check_norm(const QueryNormRope& norm, int64_t head_dim) {
@@ -539,10 +552,11 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                               int64_t topk, bool split, const float* kv, int64_t kv_first,
                               int64_t kv_rows, const float* entries, int64_t n_entries,
                               void* mirror, float* out, cudaStream_t stream,
-                              const QueryNormRope& norm) {
+                              const QueryNormRope& norm, int warp_channels) {
   if (n <= 0) return;
   check_shape(heads, head_dim);
   check_norm(norm, head_dim);
+  check_channels(warp_channels);
   if (kv_first < 0 || kv_rows < 0 || n_entries < 0 || (n_entries > 0 && !entries))
     throw std::invalid_argument("cuda tensor-core attention: a key mirror of " +
                                 std::to_string(kv_rows) + " KV rows from " +
@@ -551,9 +565,9 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
   auto* keys = static_cast<uint16_t*>(mirror);
   mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, split, keys, stream);
   const KeyMirror m{keys, kv_first, kv_rows, n_entries};
-  (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
-                                                               sinks, use_entries, chosen, n_chosen,
-                                                               topk, &m, norm, out, stream);
+  (split ? dispatch_head_dim<true>
+         : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window, sinks, use_entries,
+                                     chosen, n_chosen, topk, &m, norm, warp_channels, out, stream);
 }
 
 bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
@@ -564,13 +578,16 @@ bool attend_rows_mma_supported(int64_t heads, int64_t head_dim) {
 void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                      int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                      const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
-                     float* out, cudaStream_t stream, const QueryNormRope& norm) {
+                     float* out, cudaStream_t stream, const QueryNormRope& norm,
+                     int warp_channels) {
   if (n <= 0) return;
   check_shape(heads, head_dim);
   check_norm(norm, head_dim);
+  check_channels(warp_channels);
   (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
                                                                sinks, use_entries, chosen, n_chosen,
-                                                               topk, nullptr, norm, out, stream);
+                                                               topk, nullptr, norm, warp_channels,
+                                                               out, stream);
 }
 
 }  // namespace agentrt::engine::cuda

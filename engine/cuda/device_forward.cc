@@ -1,5 +1,4 @@
 #include "engine/cuda/device_forward.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,6 +9,7 @@
 
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/hyper_prefill.h"
 #include "engine/cuda/kernels.h"
 
 namespace agentrt::engine::cuda {
@@ -19,7 +19,8 @@ struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror, rope_cs;
+      hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror, rope_cs,
+      slice_sums;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -117,6 +118,8 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       graphs_(options.graphs),
       key_mirrors_(options.key_mirrors),
       query_rope_in_attention_(options.query_rope_in_attention),
+      attention_warp_channels_(options.attention_warp_channels),
+      prefill_mhc_pass_(options.prefill_mhc_pass),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
@@ -644,8 +647,12 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
                        hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
   bool embedded = false;  // the streams hold the embeddings (embed_in_grid: after boundary 0)
-  auto hyper = [&](const HyperDevice& hw, int64_t rows, const float* in, int iters,
-                   const float* norm, bool head, float* xo) {
+  // Prefill passes: the post step, projection and sum of squares in one pass over the streams
+  // (CudaOptions::prefill_mhc_pass).
+  const bool one_pass =
+      !fused && prefill_mhc_pass_ && n >= kFusedHyperRows && hyper_post_project_supported(n, hc, H);
+  auto hyper = [&](const HyperDevice& hw, int64_t rows, float* in, int iters, const float* norm,
+                   bool head, float* xo) {
     repeatable("mhc", [&] {
       const bool whole = fused && rows == n && in == streams;
       if (whole && grid) {
@@ -661,6 +668,12 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
       } else if (whole) {
         hyper_fused(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, mix, xo,
                     fused_partial, fused_arrived, stream_);
+      } else if (one_pass && rows >= kFusedHyperRows &&
+                 (!pending || (in == streams && rows == n))) {
+        float* sums = w.f(w.slice_sums, hyper_post_project_floats(rows, hc, H));
+        hyper_post_project(hw, mix, pending, in, rows, hc, H, head, sums, stream_);
+        hyper_pre_projected(hw, in, sums, hyper_post_project_splits(H), rows, hc, H, iters,
+                            c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix, xo, stream_);
       } else {
         if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
         hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,
@@ -684,7 +697,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
   }
   const int64_t m = int64_t(wanted.size());
   if (m == 0) return;  // the last post step only feeds the head
-  const float* head_in = streams;
+  float* head_in = streams;
   if (m < n) {
     hyper_post(mix, pending, n, hc, H, streams, stream_);
     pending = nullptr;
@@ -925,11 +938,12 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
         attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                  fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
                                  split, m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries,
-                                 entries, mirror, attn, stream_, query_norm);
+                                 entries, mirror, attn, stream_, query_norm,
+                                 attention_warp_channels_);
       } else if (mma)
         attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                         fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, split,
-                        attn, stream_, query_norm);
+                        attn, stream_, query_norm, attention_warp_channels_);
       else
         attend_rows(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                     fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,

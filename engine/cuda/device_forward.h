@@ -72,6 +72,13 @@ struct CudaOptions {
   // norms and rotates each head as it loads the query (QueryNormRope), instead of a pass of
   // norm_rope_rows over the float32 query (2 GB a layer at 16K rows). Off: that pass.
   bool query_rope_in_attention = true;
+  // Output channels each warp of the prefill tensor-core attention owns (heads of 512: 256 is 8
+  // warps a block with 128 accumulators each, 128 is 16 warps with 64).
+  int attention_warp_channels = 256;
+  // Prefill passes (256 rows or more) take mHC's post step, its projection and the sum of squares
+  // in one pass over the streams (hyper_post_project), where hyper_post, a float32 GEMM and a
+  // sum-of-squares kernel read them three times. Off: those three.
+  bool prefill_mhc_pass = true;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
@@ -326,6 +333,8 @@ class DeviceForward {
   bool graphs_ = true;
   bool key_mirrors_ = true;              // CudaOptions::key_mirrors
   bool query_rope_in_attention_ = true;  // CudaOptions::query_rope_in_attention
+  int attention_warp_channels_ = 256;    // CudaOptions::attention_warp_channels
+  bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing

@@ -362,31 +362,31 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
       const Tile tile = tile_at(p, tile_start, pad, t);
       // Warpgroup-uniform: whether its block exists, and the tile's second half any rows.
-      const bool busy = tile.n0 + b * kBlockRows < p.n, second = busy && tile.m0 + 64 < tile.rows;
+      // Whether the warpgroup's block exists (the matrix has rows there). The products run
+      // either way: a wgmma under a branch the compiler cannot prove uniform is serialised
+      // (ptxas C7518: each waits for the one before), which cost more than the products of
+      // an empty block or an empty second half (zero rows, their results never stored).
+      const bool busy = tile.n0 + b * kBlockRows < p.n;
 #pragma unroll
       for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
         const int s = int(j % kStages);
         const uint8_t* st = stages + s * kStageBytes;
         const uint8_t* w = mine + (j % 2) * kWeightBytes;
-        if (busy) multiply(st, w, 0);
+        multiply(st, w, 0);
         if (j + 1 < steps) convert(j + 1);
         const float b_scale = fe::block_scale(block_max(st));
         const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
         const int r = 16 * warp + lane / 4;
         const float f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale,
                     g0 = a_scale[64 + r] * b_scale, g1 = a_scale[64 + r + 8] * b_scale;
-        if (busy) {
-          product_done();
+        product_done();
 #pragma unroll
-          for (int i = 0; i < 64; ++i) acc[0][i] = fmaf(part[i], (i & 2) ? f1 : f0, acc[0][i]);
-        }
-        if (second) {
-          multiply(st, w, 1);
-          product_done();
+        for (int i = 0; i < 64; ++i) acc[0][i] = fmaf(part[i], (i & 2) ? f1 : f0, acc[0][i]);
+        multiply(st, w, 1);
+        product_done();
 #pragma unroll
-          for (int i = 0; i < 64; ++i) acc[1][i] = fmaf(part[i], (i & 2) ? g1 : g0, acc[1][i]);
-        }
+        for (int i = 0; i < 64; ++i) acc[1][i] = fmaf(part[i], (i & 2) ? g1 : g0, acc[1][i]);
         // The stage's activations and scales are read: give it back.
         __syncwarp();
         if (lane == 0) mbarrier_arrive(&empty[s]);

@@ -8,6 +8,7 @@
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/hyper_math.cuh"
+#include "engine/cuda/hyper_prefill.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/hyper_connection.h"
@@ -490,6 +491,15 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
                kThreads, 0, stream, w.fn, streams, width, outputs, projected);
   }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+  hyper_pre_projected(w, streams, projected, splits, n, hc, hidden, sinkhorn_iters, hc_eps, rms_eps,
+                      norm, head, mix, x, stream);
+}
+
+void hyper_pre_projected(const HyperDevice& w, const float* streams, const float* projected,
+                         int splits, int64_t n, int64_t hc, int64_t hidden, int sinkhorn_iters,
+                         float hc_eps, float rms_eps, const float* norm, bool head, float* mix,
+                         float* x, cudaStream_t stream) {
+  if (n <= 0) return;
   if (hc == 4 && hidden <= int64_t(kXThreads) * kXDims) {
     launch_pdl(head ? hyper_pre_split_kernel<4, true> : hyper_pre_split_kernel<4, false>,
                unsigned(n), kSplitPreThreads, 0, stream, w, streams, projected, splits, hidden,

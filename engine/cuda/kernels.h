@@ -175,6 +175,8 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
 // parts, three products); otherwise plain bf16 products (within 2e-2 relative L2 in the test),
 // float32 softmax.
 bool attend_rows_mma_supported(int64_t heads, int64_t head_dim);
+// warp_channels (attend_rows_mma*): output channels a warp owns, 256 or 128 (heads of 256 and
+// 512: twice the warps, each with half the accumulators; 128-channel heads take 128 either way).
 // norm_rope_rows' query step (one head a norm row, no weight, then RoPE at pos[row]) for the
 // tensor-core attention to apply as it loads each row's query, so q is not rewritten in a pass
 // of its own; pos null: q is already normed and rotated.
@@ -186,7 +188,8 @@ struct QueryNormRope {
 void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                      int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                      const int32_t* chosen, const int32_t* n_chosen, int64_t topk, bool split,
-                     float* out, cudaStream_t stream, const QueryNormRope& norm = {});
+                     float* out, cudaStream_t stream, const QueryNormRope& norm = {},
+                     int warp_channels = 256);
 
 // The keys of rows of one sequence, as bf16 (attend_rows_mma_mirrored): rows [0, kv_rows) are
 // the cache's KV rows from position kv_first on, rows kv_rows + e its compressed entries e <
@@ -214,7 +217,7 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                               int64_t topk, bool split, const float* kv, int64_t kv_first,
                               int64_t kv_rows, const float* entries, int64_t n_entries,
                               void* mirror, float* out, cudaStream_t stream,
-                              const QueryNormRope& norm = {});
+                              const QueryNormRope& norm = {}, int warp_channels = 256);
 
 // --- indexer.cu ---
 // indexer_scores (engine/indexer.h) per row over its visible entries: scores [n][stride].

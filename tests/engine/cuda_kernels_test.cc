@@ -820,9 +820,9 @@ TEST_F(CudaKernels, FourBitExpertGemmMatchesSwigluExpert) {
 
 // Tensor-core prefill attention (attention_mma.cu) against the CPU's attend: 64 heads per block
 // (64 and 128 heads), several key tiles per row (window 40 plus up to 30 entries), CSA and HCA.
-void attention_mma_case(int64_t hd, int64_t heads, bool split) {
+void attention_mma_case(int64_t hd, int64_t heads, bool split, int channels = 256) {
   SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
-               (split ? " split" : " bf16"));
+               (split ? " split" : " bf16") + " channels " + std::to_string(channels));
   const int64_t window = 40, topk = 24;
   const AttentionInputs in(hd, heads, window, topk, topk, 130, 30,
                            {0, 5, 129, 128, 47, 1, 77, 100, 39}, 2.0f, 6);
@@ -831,7 +831,8 @@ void attention_mma_case(int64_t hd, int64_t heads, bool split) {
   for (bool csa : {true, false}) {
     cuda::attend_rows_mma(in.d_q.as<float>(), in.d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
                           in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
-                          in.n_chosen_on_device(csa), topk, split, out.as<float>(), nullptr);
+                          in.n_chosen_on_device(csa), topk, split, out.as<float>(), nullptr, {},
+                          channels);
     const auto got = download<float>(out, n * heads * hd);
     double worst = 0;
     for (int64_t t = 0; t < n; ++t)
@@ -844,9 +845,11 @@ void attention_mma_case(int64_t hd, int64_t heads, bool split) {
 // (several in flight) through the same per-tile arithmetic, so the outputs must be
 // attend_rows_mma's bit for bit. Rows whose windows start at 0 and rows whose earliest window
 // starts later (the mirror's first KV row is not the cache's first), CSA and HCA, both precisions.
-void key_mirrors_case(int64_t hd, int64_t heads, bool split, std::vector<int64_t> positions) {
+void key_mirrors_case(int64_t hd, int64_t heads, bool split, std::vector<int64_t> positions,
+                      int channels = 256) {
   SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
-               (split ? " split" : " bf16") + " first position " +
+               (split ? " split" : " bf16") + " channels " + std::to_string(channels) +
+               " first position " +
                std::to_string(*std::min_element(positions.begin(), positions.end())));
   const int64_t window = 40, topk = 24, entries = 30;
   const AttentionInputs in(hd, heads, window, topk, topk, 130, entries, std::move(positions), 2.0f,
@@ -860,12 +863,13 @@ void key_mirrors_case(int64_t hd, int64_t heads, bool split, std::vector<int64_t
   for (bool csa : {true, false}) {
     cuda::attend_rows_mma(in.d_q.as<float>(), in.d_rows.as<cuda::LayerRow>(), n, heads, hd, window,
                           in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
-                          in.n_chosen_on_device(csa), topk, split, want.as<float>(), nullptr);
+                          in.n_chosen_on_device(csa), topk, split, want.as<float>(), nullptr, {},
+                          channels);
     cuda::attend_rows_mma_mirrored(in.d_q.as<float>(), in.d_rows.as<cuda::LayerRow>(), n, heads, hd,
                                    window, in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
                                    in.n_chosen_on_device(csa), topk, split, in.d_kv.as<float>(),
                                    kv_first, kv_rows, in.d_ent.as<float>(), entries, mirror.get(),
-                                   got.as<float>(), nullptr);
+                                   got.as<float>(), nullptr, {}, channels);
     const auto a = download<float>(want, n * heads * hd), b = download<float>(got, n * heads * hd);
     int64_t differ = 0;
     double worst = 0;
@@ -952,17 +956,20 @@ TEST_F(CudaKernels, DecodeAttentionMatchesNormRopeAttendUnrope) {
 TEST_F(CudaKernels, AttentionOnTensorCoresMatchesAttendReference) {
   EXPECT_FALSE(cuda::attend_rows_mma_supported(32, 512));
   EXPECT_FALSE(cuda::attend_rows_mma_supported(64, 72));
-  for (const bool split : {true, false}) {
-    attention_mma_case(512, 64, split);
-    attention_mma_case(128, 128, split);
-    attention_mma_case(256, 64, split);
-  }
+  for (const bool split : {true, false})
+    for (const int channels : {256, 128}) {
+      attention_mma_case(512, 64, split, channels);
+      attention_mma_case(128, 128, split, channels);
+      attention_mma_case(256, 64, split, channels);
+    }
 }
 
 TEST_F(CudaKernels, AttentionFromMirroredKeysIsTheSameBits) {
   for (const bool split : {true, false})
     for (int64_t hd : {512, 128, 256}) {
-      key_mirrors_case(hd, hd == 128 ? 128 : 64, split, {0, 5, 129, 128, 47, 1, 77, 100, 39});
+      for (const int channels : {256, 128})
+        key_mirrors_case(hd, hd == 128 ? 128 : 64, split, {0, 5, 129, 128, 47, 1, 77, 100, 39},
+                         channels);
       key_mirrors_case(hd, 64, split, {100, 129, 77, 64, 90});
     }
 }
@@ -971,9 +978,10 @@ TEST_F(CudaKernels, AttentionFromMirroredKeysIsTheSameBits) {
 // against norm_rope_rows' pass and then the same attention, plain and mirrored: the same values
 // up to the sums of squares' order (float32 ulps before the bf16 rounding). Rope widths of 64 and
 // 22 channels (a float4 holding one rotated and one plain pair), rows past a launch's first.
-void query_rope_case(int64_t hd, int64_t heads, bool split, int rope_dim) {
+void query_rope_case(int64_t hd, int64_t heads, bool split, int rope_dim, int channels = 256) {
   SCOPED_TRACE("head_dim " + std::to_string(hd) + " heads " + std::to_string(heads) +
-               (split ? " split" : " bf16") + " rope " + std::to_string(rope_dim));
+               (split ? " split" : " bf16") + " rope " + std::to_string(rope_dim) + " channels " +
+               std::to_string(channels));
   const int64_t window = 40, topk = 24, entries = 30;
   // q_sd 30: the norm changes the query's scale, so a missing norm cannot pass.
   const AttentionInputs in(hd, heads, window, topk, topk, 130, entries,
@@ -999,11 +1007,11 @@ void query_rope_case(int64_t hd, int64_t heads, bool split, int rope_dim) {
           cuda::attend_rows_mma_mirrored(
               q, rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
               in.n_chosen_on_device(csa), topk, split, in.d_kv.as<float>(), 0, 130,
-              in.d_ent.as<float>(), entries, mirror.get(), out.as<float>(), nullptr, qn);
+              in.d_ent.as<float>(), entries, mirror.get(), out.as<float>(), nullptr, qn, channels);
         else
           cuda::attend_rows_mma(q, rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa,
                                 in.chosen_on_device(csa), in.n_chosen_on_device(csa), topk, split,
-                                out.as<float>(), nullptr, qn);
+                                out.as<float>(), nullptr, qn, channels);
       };
       attend(normed.as<float>(), want, {});
       attend(in.d_q.as<float>(), got, norm);
@@ -1028,6 +1036,7 @@ void query_rope_case(int64_t hd, int64_t heads, bool split, int rope_dim) {
 TEST_F(CudaKernels, AttentionNormsAndRotatesTheRawQuery) {
   for (const bool split : {true, false}) {
     query_rope_case(512, 64, split, 64);
+    query_rope_case(512, 64, split, 64, 128);
     query_rope_case(128, 128, split, 22);
     query_rope_case(256, 64, split, 64);
   }
