@@ -63,7 +63,10 @@ struct WarpRows {
   }
 
   // The rows' outputs: the quad's partial denominators added up, each channel divided by them.
-  __device__ __forceinline__ void store(float* out0, int g, int c) {
+  // unrope (not null): the output's pairs from channel `first` on rotated back by the row's
+  // (cos, sin) pairs (apply_rope's inverse); ch0: the thread's first channel in the head.
+  __device__ __forceinline__ void store(float* out0, int g, int c, const float2* unrope = nullptr,
+                                        int first = 0, int ch0 = 0) {
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
@@ -72,8 +75,15 @@ struct WarpRows {
     float* out1 = out0 + 8 * HD;
 #pragma unroll
     for (int n = 0; n < TileShape<HD, kSplit, kCh>::kChannels / 8; ++n) {
-      *reinterpret_cast<float2*>(out0 + 8 * n) = make_float2(o[n][0] * inv0, o[n][1] * inv0);
-      *reinterpret_cast<float2*>(out1 + 8 * n) = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+      float2 a = make_float2(o[n][0] * inv0, o[n][1] * inv0),
+             b = make_float2(o[n][2] * inv1, o[n][3] * inv1);
+      if (unrope && ch0 + 8 * n >= first) {
+        const float2 cs = unrope[(ch0 + 8 * n - first) / 2];
+        a = make_float2(a.x * cs.x + a.y * cs.y, a.y * cs.x - a.x * cs.y);
+        b = make_float2(b.x * cs.x + b.y * cs.y, b.y * cs.x - b.x * cs.y);
+      }
+      *reinterpret_cast<float2*>(out0 + 8 * n) = a;
+      *reinterpret_cast<float2*>(out1 + 8 * n) = b;
     }
   }
 };
@@ -332,7 +342,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit, kCh>::kThreads, 1)
     if (base + kKeys < n_keys) fetch(base + kKeys);  // lands while this tile is computed on
     attend_tile<HD, kSplit, kCh>(qs, ks, partial, base, n_keys, scale, warp, lane, st);
   }
-  st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
+  st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c,
+           norm.pos && norm.unrope_output ? rope_cs : nullptr, HD - norm.rope.dim, d0 + 2 * c);
 }
 
 // ---- keys mirrored as bf16 ----
@@ -442,7 +453,8 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit, kCh>::kThreads, 1)
     attend_tile<HD, kSplit, kCh>(qs, ring + (j % M::kStages) * kTile, partial, j * kKeys, n_keys,
                                  scale, warp, lane, st);
   }
-  st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c);
+  st.store(out + (t * heads + h_base + h0 + g) * HD + d0 + 2 * c, g, c,
+           norm.pos && norm.unrope_output ? rope_cs : nullptr, HD - norm.rope.dim, d0 + 2 * c);
 }
 
 // Either kernel over n rows: grid (groups of 64 heads, rows), one launch per 65,535 rows; `keys`

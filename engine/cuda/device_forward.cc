@@ -1,4 +1,5 @@
 #include "engine/cuda/device_forward.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -928,7 +929,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     });
   } else {
     QueryNormRope query_norm;
-    if (rope_in_attention) query_norm = {w.pos, rope, c.rms_eps};
+    if (rope_in_attention) query_norm = {w.pos, rope, c.rms_eps, true};
     repeatable("attention", [&] {
       const bool mma = mma_attention;
       if (mma && key_mirrors_ && m.shared_kv) {
@@ -949,7 +950,9 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                     fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, m.max_keys,
                     attn, stream_);
     });
-    repeatable("o_rope", [&] { apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_); });
+    repeatable("o_rope", [&] {
+      if (!rope_in_attention) apply_rope(attn, n, heads, hd, w.pos, rope, true, stream_);
+    });
   }
   stage("attn.core");
 

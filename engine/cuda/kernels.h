@@ -184,6 +184,9 @@ struct QueryNormRope {
   const int64_t* pos = nullptr;  // [n] (device)
   DeviceRope rope;
   float eps = 0.0f;
+  // Also apply_rope's inverse to the output (out's rope channels rotated back), so the caller
+  // needs no pass of its own over it.
+  bool unrope_output = false;
 };
 void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                      int64_t head_dim, int64_t window, const float* sinks, bool use_entries,

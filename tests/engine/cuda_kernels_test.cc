@@ -1014,17 +1014,26 @@ void query_rope_case(int64_t hd, int64_t heads, bool split, int rope_dim, int ch
                                 out.as<float>(), nullptr, qn, channels);
       };
       attend(normed.as<float>(), want, {});
-      attend(in.d_q.as<float>(), got, norm);
-      const auto a = download<float>(want, n * heads * hd),
-                 b = download<float>(got, n * heads * hd);
-      double worst = 0;
-      for (int64_t t = 0; t < n; ++t)
-        for (int64_t h = 0; h < heads; ++h) {
-          const int64_t at = (t * heads + h) * hd;
-          worst = std::max(worst, testing::rel_l2(b.data() + at, a.data() + at, hd));
-        }
-      EXPECT_LE(worst, split ? 1e-5 : 1e-2)
-          << (csa ? "csa" : "hca") << (mirrored ? " mirrored" : "") << " worst rel L2 " << worst;
+      // Then the output rotated back, by apply_rope or by the attention's store.
+      for (const bool unrope : {false, true}) {
+        cuda::QueryNormRope qn = norm;
+        qn.unrope_output = unrope;
+        attend(in.d_q.as<float>(), got, qn);
+        if (unrope)
+          cuda::apply_rope(want.as<float>(), n, heads, hd, d_pos.as<int64_t>(), rope, true,
+                           nullptr);
+        const auto a = download<float>(want, n * heads * hd),
+                   b = download<float>(got, n * heads * hd);
+        double worst = 0;
+        for (int64_t t = 0; t < n; ++t)
+          for (int64_t h = 0; h < heads; ++h) {
+            const int64_t at = (t * heads + h) * hd;
+            worst = std::max(worst, testing::rel_l2(b.data() + at, a.data() + at, hd));
+          }
+        EXPECT_LE(worst, split ? 1e-5 : 1e-2)
+            << (csa ? "csa" : "hca") << (mirrored ? " mirrored" : "") << (unrope ? " unrope" : "")
+            << " worst rel L2 " << worst;
+      }
     }
   EXPECT_THROW(
       cuda::attend_rows_mma(in.d_q.as<float>(), rows, n, heads, hd, window, in.d_sinks.as<float>(),
