@@ -38,8 +38,6 @@
 //                     tensor-core attention owns, CudaOptions::attention_warp_channels)
 //                     [--prefill-mhc-pass 0] (prefill mHC: post step, GEMM and sum of squares
 //                     as three passes, not one, CudaOptions::prefill_mhc_pass)
-//                     [--fp8-fused-swiglu 0] (fp8 grouped experts: the SwiGLU as a pass of its
-//                     own over float32 gate/up rows, CudaOptions::fp8_fused_swiglu)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -365,8 +363,6 @@ int main(int argc, char** argv) {
       options.attention_warp_channels = std::stoi(v);
     else if (k == "--prefill-mhc-pass")
       options.prefill_mhc_pass = v == "1";
-    else if (k == "--fp8-fused-swiglu")
-      options.fp8_fused_swiglu = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

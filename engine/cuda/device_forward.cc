@@ -131,7 +131,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       attention_cluster_(options.attention_cluster),
       gemv_max_rows_(options.gemv_max_rows),
       repeat_stage_(options.repeat_stage) {
-  expert_gemm_.set_fused_swiglu(options.fp8_fused_swiglu);
   if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
     throw std::invalid_argument("cuda options: decode_attention_splits " +
                                 std::to_string(decode_attention_splits_) + " is outside 0..16");

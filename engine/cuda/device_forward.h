@@ -79,9 +79,6 @@ struct CudaOptions {
   // in one pass over the streams (hyper_post_project), where hyper_post, a float32 GEMM and a
   // sum-of-squares kernel read them three times. Off: those three.
   bool prefill_mhc_pass = true;
-  // Under fp8, the grouped experts' gate/up product applies the SwiGLU and the down product's
-  // quantisation in its epilogue (no float32 gate/up rows, no SwiGLU pass). Off: that pass.
-  bool fp8_fused_swiglu = true;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).

@@ -24,10 +24,8 @@
 #include "engine/cuda/bulk_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp4_e4m3.h"
-#include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/segment_search.cuh"
-#include "engine/cuda/swiglu.h"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -174,85 +172,6 @@ __device__ __forceinline__ BlockWeight weight_of(const GroupedExpertProduct& p, 
   const auto* codes = static_cast<const uint8_t*>(w->scale);
   return {data + n0 * (p.k / 2), codes + (w->row_offset + n0) * (p.k / fe::kScaleColumns)};
 }
-// Row t of weight block nb of expert a: rows 128 nb + t of the matrix, or with p.swiglu the gate
-// (t < 64) and up rows of the block's 64 intermediate columns.
-__device__ __forceinline__ BlockWeight block_row(const GroupedExpertProduct& p, int64_t a,
-                                                 int64_t nb, int64_t t) {
-  int64_t row = nb * kBlockRows + t;
-  if (p.swiglu) {
-    constexpr int64_t kHalf = kBlockRows / 2;
-    const int64_t first = nb * kHalf;  // the block's first intermediate column
-    row = t < kHalf ? first + t : p.n / 2 + first + (t - kHalf);
-  }
-  return weight_of(p, a, row);
-}
-
-// p.swiglu: the tile's SwiGLU rows quantised (grouped_fp8_gemm.h), from the consumer warpgroup
-// b's accumulators: the thread's rows 16 warp + lane / 4 (+ 8) of each 64-row half, its columns
-// 8 i + 2 (lane % 4) + e of the warpgroup's 128, the gate's for i < 8 and the same intermediate
-// column's up at i + 8. A row's 128 intermediate columns (one quantisation block) are the two
-// warpgroups' 64 each: their largest magnitudes meet in row_max ([2][kTileRows], shared) behind
-// a barrier of both warpgroups (barrier 3). The values are computed twice (once for the largest,
-// once to store), which keeps 64 more registers free.
-__device__ __forceinline__ void store_swiglu(const GroupedExpertProduct& p, const Tile& tile,
-                                             const float (&acc)[2][64], int b, int warp, int lane,
-                                             float* row_max) {
-  namespace aq = fp8_act_quant;
-  const GroupedExpertProduct::Swiglu& q = p.act;
-  const int64_t inter = p.n / 2, c = tile.n0 / kTileCols;  // the down product's K block
-  const int32_t seg0 = q.seg[tile.a], count = q.seg[tile.a + 1] - seg0;
-  auto value = [&](int h, int rr, int i, int e, float weight) {
-    return swiglu_weighted(acc[h][4 * i + 2 * rr + e], acc[h][4 * (i + 8) + 2 * rr + e], q.limit,
-                           weight);
-  };
-  float weight[2][2], amax[2][2];
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const int local = 64 * h + 16 * warp + lane / 4 + 8 * rr;
-      const int64_t r = tile.m0 + local;
-      weight[h][rr] = r < count ? __ldg(q.weights + __ldg(q.order + seg0 + r)) : 0.0f;
-      float m = 0.0f;  // from 0, as quantize_block_e4m3: fmaxf drops NaNs
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) m = fmaxf(m, fabsf(value(h, rr, i, e, weight[h][rr])));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-      m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));
-      amax[h][rr] = m;
-      if (lane % 4 == 0) row_max[b * kTileRows + local] = m;
-    }
-  asm volatile("bar.sync 3, 256;\n" ::: "memory");
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-      const int local = 64 * h + 16 * warp + lane / 4 + 8 * rr;
-      const int64_t r = tile.m0 + local;
-      if (r >= tile.rows) continue;
-      const bool live = r < count;
-      const float m = fmaxf(amax[h][rr], row_max[(1 - b) * kTileRows + local]);
-      const int ex = aq::scale_exponent(__float_as_uint(m));
-      const float inv = ex == aq::kNotFinite ? 1.0f : aq::exp2_exact(-ex);
-      uint8_t* dst =
-          q.act + (tile.first + r) * inter + c * kBlockRows + b * (kBlockRows / 2) + 2 * (lane % 4);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const uint32_t pair =
-            __nv_cvt_float2_to_fp8x2(make_float2(value(h, rr, i, 0, weight[h][rr]) * inv,
-                                                 value(h, rr, i, 1, weight[h][rr]) * inv),
-                                     __NV_SATFINITE, __NV_E4M3) &
-            0xffffu;
-        *reinterpret_cast<uint16_t*>(dst + 8 * i) = live ? uint16_t(pair) : uint16_t(0);
-      }
-      if (b == 0 && lane % 4 == 0)
-        q.act_scales[tile.first * (inter / kBlockRows) + c * tile.rows + r] =
-            live ? aq::exp2_exact(ex) : 0.0f;
-    }
-  // Both warpgroups have read row_max before either writes the next tile's.
-  asm volatile("bar.sync 3, 256;\n" ::: "memory");
-}
 #endif  // AGENTRT_NO_WGMMA
 
 // p.block_max[a][nb][kb]: the largest finite ue8m0 code of weight block (nb, kb) of expert a
@@ -264,7 +183,8 @@ __global__ void __launch_bounds__(128)
   __shared__ int warp_max[4];
   const int64_t a = blockIdx.y, nb = blockIdx.x, depth_steps = p.k / kDepth;
   const int t = int(threadIdx.x), lane = t % 32, warp = t / 32;
-  const uint8_t* row = block_row(p, a, nb, t).codes;
+  const BlockWeight w = weight_of(p, a, nb * kBlockRows);
+  const uint8_t* row = w.codes + t * (p.k / fe::kScaleColumns);
   int32_t* out = p.block_max + (a * (p.n / kBlockRows) + nb) * depth_steps;
   for (int64_t kb = 0; kb < depth_steps; ++kb) {
     const uint32_t codes = __ldg(reinterpret_cast<const uint32_t*>(row) + kb);
@@ -291,7 +211,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ uint2 table[kTable];
   // The tile search reads these once per tile in every warp: from shared memory, not the L2.
   __shared__ int32_t shared_tiles[kSharedExperts + 1], shared_pad[kSharedExperts + 1];
-  __shared__ float row_max[2 * kTileRows];  // p.swiglu: store_swiglu's rows' largest values
   const bool in_shared = p.used <= kSharedExperts;
   const int32_t* tile_start = in_shared ? shared_tiles : p.tile_start;
   const int32_t* pad = in_shared ? shared_pad : p.pad;
@@ -335,11 +254,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int c = tid % 8, q = tid % 4;
     const uint8_t* a_row = p.x;  // this thread's first activation row's chunk at depth 0
     int a_rows = 0;              // how many of its 8 rows (16 apart) the expert has
-    // The two blocks' FP4 rows of this thread: tid / 4 (+ 32) from w_lo, 64 + tid / 4 (+ 32)
-    // hi_delta bytes further (64 rows; with p.swiglu the up matrix's rows, as far from the gate
-    // matrix's in both blocks).
-    const uint8_t* w_lo[2] = {nullptr, nullptr};
-    int64_t hi_delta = 0;
+    const uint8_t* w_block[2] = {nullptr, nullptr};  // the two blocks' FP4 rows
     const uint8_t* w_codes[2] = {nullptr, nullptr};  // this thread's row's codes in both
     const float* a_scales = p.x_scales;
     const int32_t* maxes = p.block_max;  // thread 0 and 1: their block's largest codes
@@ -349,13 +264,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       a_row = p.x + (t.first + t.m0 + tid / 8) * p.k + c * 16;
       a_rows = int(std::min<int64_t>(8, (t.rows - t.m0 - tid / 8 + 15) / 16));
       // The second block, where the matrix has no more rows, repeats the first (unused).
-      const int64_t nb0 = t.n0 / kBlockRows, nb1 = t.n0 + kBlockRows < p.n ? nb0 + 1 : nb0;
-      w_lo[0] = block_row(p, t.a, nb0, tid / 4).data + q * 16;
-      w_lo[1] = block_row(p, t.a, nb1, tid / 4).data + q * 16;
-      hi_delta = block_row(p, t.a, nb0, kBlockRows / 2 + tid / 4).data + q * 16 - w_lo[0];
-      maxes = p.block_max + (t.a * (p.n / kBlockRows) + (tid == 1 ? nb1 : nb0)) * depth_steps;
-      w_codes[0] = block_row(p, t.a, nb0, tid).codes;
-      w_codes[1] = block_row(p, t.a, nb1, tid).codes;
+      const BlockWeight b0 = weight_of(p, t.a, t.n0),
+                        b1 = t.n0 + kBlockRows < p.n ? weight_of(p, t.a, t.n0 + kBlockRows) : b0;
+      w_block[0] = b0.data + (tid / 4) * (p.k / 2) + q * 16;
+      w_block[1] = b1.data + (tid / 4) * (p.k / 2) + q * 16;
+      const int64_t nb = t.n0 / kBlockRows + (tid == 1 && t.n0 + kBlockRows < p.n ? 1 : 0);
+      maxes = p.block_max + (t.a * (p.n / kBlockRows) + nb) * depth_steps;
+      w_codes[0] = b0.codes + tid * (p.k / fe::kScaleColumns);
+      w_codes[1] = b1.codes + tid * (p.k / fe::kScaleColumns);
       scale_valid = t.m0 + 4 * tid < t.rows;  // rows come in 16s
       a_scales = p.x_scales + t.first * depth_steps + (scale_valid ? t.m0 + 4 * tid : 0);
       tile_rows = t.rows;
@@ -371,9 +287,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         copy_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q),
-                w_lo[i / 4] + (i % 4 < 2 ? 0 : hi_delta) + (32 * (i % 4 % 2)) * (p.k / 2) +
-                    kb * (kDepth / 2),
-                true);
+                w_block[i / 4] + (32 * (i % 4)) * (p.k / 2) + kb * (kDepth / 2), true);
       const int64_t code_offset = kb * (kDepth / fe::kScaleColumns);
       copy_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
       copy_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
@@ -480,10 +394,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         // read the other buffer, done).
         warpgroup_sync(1 + b);
       }
-      if (p.swiglu) {  // both blocks exist (n a multiple of 256): both warpgroups get here
-        store_swiglu(p, tile, acc, b, warp, lane, row_max);
-        continue;
-      }
       if (!busy) continue;
       // Where the expert's rows go: its padded slot rows, or its rows of out_start.
       int64_t out_first = tile.first, out_rows = tile.rows;
@@ -548,11 +458,6 @@ void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStrea
     throw std::invalid_argument("grouped_expert_product: n " + std::to_string(p.n) + " and k " +
                                 std::to_string(p.k) + " must be multiples of 128" +
                                 (p.down ? "" : " (n of 256: gate and up stacked)"));
-  if (p.swiglu && (p.down || p.n % kTileCols != 0 || !p.act.act || !p.act.act_scales ||
-                   !p.act.seg || !p.act.order || !p.act.weights))
-    throw std::invalid_argument(
-        "grouped_expert_product: the SwiGLU epilogue is for the gate/up "
-        "product with n a multiple of 256 and every output pointer set");
   if (p.tiles <= 0) return;
   if (p.block_max == nullptr)
     throw std::invalid_argument("grouped_expert_product: no block_max scratch");

@@ -41,23 +41,6 @@ struct GroupedExpertProduct {
   // out_start[a] + r instead, and its padding rows nowhere (the down product straight into the
   // pairs' rows, ExpertSegments::seg_start).
   const int32_t* out_start = nullptr;
-  // The gate/up product only (down false, n = 2 inter): set, each tile's weight blocks are the
-  // gate and up rows of the same 64 intermediate columns each (block b of tile column c: w1 and
-  // w3 rows 128 c + 64 b ..), and the tile writes SwiGLU(gate, up) times the pair's routing
-  // weight, quantised per 128 columns as the down product's activations (act, act_scales in each
-  // expert's [column block][row] layout; padding rows zeros with zero scales): the float32
-  // gate/up rows are never written (moe_fp8.cu's swiglu_quantize_kernel's values, up to the
-  // products' last bits).
-  struct Swiglu {
-    uint8_t* act = nullptr;          // [slots][n / 2] e4m3
-    float* act_scales = nullptr;     // per expert: [n / 256][its padded rows] from pad[a]
-    const int32_t* seg = nullptr;    // [used + 1] (device) expert a's pairs in `order`
-    const int32_t* order = nullptr;  // pair -> row * k + j
-    const float* weights = nullptr;  // [rows * k] routing weights
-    float limit = 0.0f;
-  };
-  bool swiglu = false;
-  Swiglu act;
   // Scratch of grouped_expert_scratch_ints: each weight block's largest ue8m0 code.
   int32_t* block_max = nullptr;
 };

@@ -187,59 +187,6 @@ __global__ void gather_quantize_kernel(const float* h, const int32_t* order, con
   }
 }
 
-// Every token's row of h quantised once (xq: [tokens][hidden] e4m3, xs: [tokens][blocks]), one
-// warp per (token, group of kWarpBlocks blocks): the grouped path's slots then copy bytes
-// (gather_slots_kernel) where gather_quantize_kernel quantised each token's row once per pair.
-__global__ void quantize_tokens_kernel(const float* h, int64_t tokens, int64_t hidden, uint8_t* xq,
-                                       float* xs) {
-  const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = hidden / aq::kBlock, groups = (blocks + kWarpBlocks - 1) / kWarpBlocks;
-  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < tokens * groups;
-       w += warps) {
-    const int64_t t = w / groups, kb0 = (w - t * groups) * kWarpBlocks;
-    const float* row = h + t * hidden;
-    float4 v[kWarpBlocks];
-#pragma unroll
-    for (int i = 0; i < kWarpBlocks; ++i)
-      v[i] = kb0 + i < blocks
-                 ? __ldg(reinterpret_cast<const float4*>(row + (kb0 + i) * aq::kBlock) + lane)
-                 : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-    for (int i = 0; i < kWarpBlocks; ++i) {
-      if (kb0 + i >= blocks) continue;
-      float scale;
-      const uint32_t codes = quantize_block_e4m3(v[i], &scale);
-      *reinterpret_cast<uint32_t*>(xq + t * hidden + (kb0 + i) * aq::kBlock + 4 * lane) = codes;
-      if (lane == 0) xs[t * blocks + kb0 + i] = scale;
-    }
-  }
-}
-
-// The slots' rows from the quantised token rows (gather_quantize_kernel's bytes and scales): one
-// warp per slot, its row's bytes 16 a lane at a time, its scales into the expert's [block][row]
-// layout; padding rows zeros with zero scales.
-__global__ void gather_slots_kernel(const uint8_t* tq, const float* ts, const int32_t* order,
-                                    const int32_t* seg, const int32_t* pad, int64_t used,
-                                    int64_t slots, int64_t k, int64_t hidden, uint8_t* xq,
-                                    float* xs) {
-  const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = hidden / aq::kBlock, warps = int64_t(gridDim.x) * (blockDim.x / 32);
-  for (int64_t slot = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; slot < slots;
-       slot += warps) {
-    const Slot s = find_slot(pad, seg, 0, used, slot);
-    const int64_t token = s.pair >= 0 ? int64_t(order[s.pair] / k) : -1;
-    const uint4* src = reinterpret_cast<const uint4*>(tq + token * hidden);
-    uint4* dst = reinterpret_cast<uint4*>(xq + slot * hidden);
-    for (int64_t c = lane; c < hidden / 16; c += 32)
-      dst[c] = token >= 0 ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
-    const int64_t first = slot - s.local;
-    for (int64_t kb = lane; kb < blocks; kb += 32)
-      xs[first * blocks + kb * s.rows + s.local] =
-          token >= 0 ? __ldg(ts + token * blocks + kb) : 0.0f;
-  }
-}
-
 // The slots' SwiGLU of their gate/up products (gu: [slot][2 inter]), weighted by the pair's
 // routing weight and quantised as the down product's activations: one warp per (slot, group of
 // kWarpBlocks blocks).
@@ -301,11 +248,11 @@ void padded_starts(const int32_t* seg, int64_t used, int32_t* pad) {
 
 }  // namespace
 
-void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs,
-                                   bool gate_up) {
+void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden,
+                                   bool slot_outputs) {
   x_.reserve(slots * hidden);
   xs_.reserve(slots * (hidden / aq::kBlock) * 4);
-  if (gate_up) gate_up_.reserve(slots * 2 * inter * 4);
+  gate_up_.reserve(slots * 2 * inter * 4);
   act_.reserve(slots * inter);
   as_.reserve(slots * (inter / aq::kBlock) * 4);
   if (slot_outputs) down_.reserve(slots * hidden * 4);
@@ -352,7 +299,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     s13_[b].reserve(chunk * s13 * 4);
     s2_[b].reserve(chunk * s2 * 4);
   }
-  reserve_fp8_slots(most_slots, inter, hidden, true, true);
+  reserve_fp8_slots(most_slots, inter, hidden, true);
   pad_.reserve((used + 1) * 4);
 
   // Every expert's two GEMMs, checked before the first launch: all of them on FP8 or none.
@@ -473,9 +420,7 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   const int64_t slots = pad[used];
   const int64_t up_count = grouped_expert_tiles(pad, used, 2 * inter, up_tiles),
                 down_count = grouped_expert_tiles(pad, used, hidden, down_tiles);
-  // The down product writes the pairs' rows; the fused SwiGLU leaves no float32 gate/up rows.
-  const bool fused = fused_swiglu_ && (2 * inter) % grouped_fp8::kTileCols == 0;
-  reserve_fp8_slots(slots, inter, hidden, false, !fused);
+  reserve_fp8_slots(slots, inter, hidden, false);  // the down product writes the pairs' rows
   pad_.reserve(3 * (used + 1) * 4);
   block_max_.reserve(std::max(grouped_expert_scratch_ints(used, 2 * inter, hidden),
                               grouped_expert_scratch_ints(used, hidden, inter)) *
@@ -485,17 +430,8 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
       cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4, cudaMemcpyHostToDevice, stream));
   const int32_t* d_pad = pad_.as<int32_t>();
 
-  // Every token's row quantised once, then each slot's bytes copied (every row's k pairs are in
-  // the segments, as run() counts the rows).
-  const int64_t tokens = (seg[used] - seg[0]) / k;
-  tokens_x_.reserve(tokens * hidden);
-  tokens_xs_.reserve(tokens * (hidden / aq::kBlock) * 4);
-  quantize_tokens_kernel<<<slot_group_grid(tokens, hidden / aq::kBlock), 256, 0, stream>>>(
-      h, tokens, hidden, tokens_x_.as<uint8_t>(), tokens_xs_.as<float>());
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
-  gather_slots_kernel<<<warp_grid(slots), 256, 0, stream>>>(
-      tokens_x_.as<uint8_t>(), tokens_xs_.as<float>(), s.order, s.seg_start, d_pad, used, slots, k,
-      hidden, x_.as<uint8_t>(), xs_.as<float>());
+  gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock), 256, 0, stream>>>(
+      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(), xs_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
   GroupedExpertProduct up;
@@ -512,22 +448,14 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   up.out = gate_up_.as<float>();
   up.ld_out = 2 * inter;
   up.block_max = block_max_.as<int32_t>();
-  if (fused) {  // the SwiGLU and its quantisation in the product's epilogue
-    up.out = nullptr;
-    up.swiglu = true;
-    up.act = {act_.as<uint8_t>(), as_.as<float>(), s.seg_start, s.order, weights, limit};
-  }
   grouped_expert_product(up, sms_, stream);
   mark("moe.experts.gemm");
-  if (!fused) {
-    swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock), 256, 0, stream>>>(
-        gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit,
-        act_.as<uint8_t>(), as_.as<float>());
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-    mark("moe.experts.swiglu");
-  }
+  swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock), 256, 0, stream>>>(
+      gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit,
+      act_.as<uint8_t>(), as_.as<float>());
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  mark("moe.experts.swiglu");
   GroupedExpertProduct down = up;
-  down.swiglu = false;
   down.x = act_.as<uint8_t>();
   down.x_scales = as_.as<float>();
   down.tile_start = d_pad + 2 * (used + 1);

@@ -73,9 +73,6 @@ class ExpertGemm {
   // Profiling: called with a stage name after each phase of run() (decode, gather, GEMMs,
   // SwiGLU, scatter), on run()'s stream; DeviceForward records its stage events there.
   void set_stage_marker(std::function<void(const char*)> mark) { mark_ = std::move(mark); }
-  // The grouped path's gate/up product writes the SwiGLU's quantised rows itself
-  // (GroupedExpertProduct::swiglu; CudaOptions::fp8_fused_swiglu), not float32 gate/up rows.
-  void set_fused_swiglu(bool on) { fused_swiglu_ = on; }
 
   // Whether fp4_gemm.cu's kernel takes these experts' shapes (when asked for).
   static bool fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden);
@@ -104,10 +101,8 @@ class ExpertGemm {
                        int64_t hidden, float limit, float* pair_out, cudaStream_t stream);
 
   // run_fp8's and run_fp8_grouped's activation, scale and product buffers for `slots` rows;
-  // slot_outputs: also the down product's rows by slot (run_fp8 scatters them to the pairs);
-  // gate_up: the gate/up products' float32 rows (all but the grouped path's fused SwiGLU).
-  void reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs,
-                         bool gate_up);
+  // slot_outputs: also the down product's rows by slot (run_fp8 scatters them to the pairs).
+  void reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs);
 
   void mark(const char* name) const {  // a profiling stage ends (set_stage_marker)
     if (mark_) mark_(name);
@@ -119,7 +114,6 @@ class ExpertGemm {
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
   int64_t fp8_grouped_rows_ = 0;  // the constructor's, 0 where the device lacks the kernel
-  bool fused_swiglu_ = true;      // set_fused_swiglu
   int sms_ = 0;                   // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
@@ -140,8 +134,7 @@ class ExpertGemm {
   LinearRunner::Fp8Counts fp8_counts_;
   // run_fp8's converted weights (two chunks' worth), activation scales and padded row starts
   DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
-  DeviceBuffer block_max_;             // run_fp8_grouped's weight blocks' largest codes
-  DeviceBuffer tokens_x_, tokens_xs_;  // run_fp8_grouped's token rows quantised once
+  DeviceBuffer block_max_;  // run_fp8_grouped's weight blocks' largest codes
   std::function<void(const char*)> mark_;
   int64_t min_rows_, chunk_bytes_;
   bool fp4_kernel_ = false;
