@@ -392,13 +392,10 @@ TEST_F(CudaKernels, FusedHyperStepMatchesPostThenPre) {
           ASSERT_TRUE(cuda::hyper_fused_supported(n, hc, H));
           const int64_t outputs = head ? hc : (2 + hc) * hc;
           const testing::RandomHyperCase r(outputs, hc, H, n, head, rng);
-          std::vector<float> mix(n * mw);
-          for (auto& v : mix) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
-          auto d_fn = upload(r.fn), d_base = upload(r.base), d_scale = upload(r.scale),
-               d_y = upload(r.y), d_norm = upload(r.norm);
-          const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
-          auto s_want = upload(r.streams), s_got = upload(r.streams), m_want = upload(mix),
-               m_got = upload(mix);
+          testing::HyperCaseOnDevice d(r, n, mw, rng);
+          const cuda::HyperDevice& w = d.w;
+          auto &s_want = d.s_want, &s_got = d.s_got, &m_want = d.m_want, &m_got = d.m_got;
+          const auto &d_y = d.y, &d_norm = d.norm;
           DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
               projected(cuda::hyper_projected_floats(n, hc) * 4),
               partial(cuda::hyper_fused_scratch_floats(n, hc, H) * 4), arrived(n * 4);

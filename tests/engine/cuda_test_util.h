@@ -18,6 +18,7 @@
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/float_bits.h"
 #include "engine/cuda/fp8_act_quant.h"
+#include "engine/cuda/kernels.h"
 #include "engine/quantize.h"
 #endif
 
@@ -78,6 +79,24 @@ cuda::DeviceBuffer upload(const std::vector<T>& v) {
   cuda::copy_to_device(b.get(), v.data(), int64_t(v.size() * sizeof(T)));
   return b;
 }
+
+// A RandomHyperCase on the device with a random mix of the sublayer before (mix_width floats a
+// row): its weights, block output and norm, and two copies of the streams and of the mix, one
+// for the reference path (want) and one for the path under test (got).
+struct HyperCaseOnDevice {
+  std::vector<float> mix;
+  cuda::DeviceBuffer fn, base, scale, y, norm, s_want, s_got, m_want, m_got;
+  cuda::HyperDevice w;
+  HyperCaseOnDevice(const RandomHyperCase& r, int64_t n, int64_t mix_width, std::mt19937& rng)
+      : mix(n * mix_width) {
+    for (auto& v : mix) v = std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+    fn = upload(r.fn), base = upload(r.base), scale = upload(r.scale), y = upload(r.y),
+    norm = upload(r.norm);
+    s_want = upload(r.streams), s_got = upload(r.streams), m_want = upload(mix),
+    m_got = upload(mix);
+    w = {fn.as<float>(), base.as<float>(), scale.as<float>()};
+  }
+};
 
 // One row of `cols` values (a multiple of 128) as GemmPrecision::fp8 quantises activations
 // (fp8_act_quant.h, quantize_rows_e4m3): e4m3 codes and one power-of-two scale per 128 columns.
