@@ -9,7 +9,9 @@
 // CUDA-core kernels, starting from the sink. The next tile's keys are copied into a float32
 // staging buffer (cp.async) while the block computes on this one. split = true keeps each float
 // as bf16 hi + lo and takes three products per product (float32-like); split = false rounds to
-// bf16 once.
+// bf16 once. Prefill hands the kernels wq_b's raw output with a QueryNormRope: each head is
+// RMS-normed and its RoPE channels rotated as the query is staged, and the output's rotated back
+// as it is stored, so neither the query nor the output takes a pass of its own.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
