@@ -931,8 +931,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     QueryNormRope query_norm;
     if (rope_in_attention) query_norm = {w.pos, rope, c.rms_eps, true};
     repeatable("attention", [&] {
-      const bool mma = mma_attention;
-      if (mma && key_mirrors_ && m.shared_kv) {
+      if (mma_attention && key_mirrors_ && m.shared_kv) {
         // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
         const int64_t entries = fl.compress_rate ? m.max_visible : 0;
         void* mirror = w.grow(w.key_mirror, key_mirror_bytes(hd, m.kv_rows, entries, split));
@@ -941,7 +940,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                                  split, m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries,
                                  entries, mirror, attn, stream_, query_norm,
                                  attention_warp_channels_);
-      } else if (mma)
+      } else if (mma_attention)
         attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                         fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, split,
                         attn, stream_, query_norm, attention_warp_channels_);

@@ -67,4 +67,20 @@ __host__ __device__ inline float scaled_value(uint32_t nibble, uint8_t code, int
   return e2m1_value(nibble) * code_factor(code, emax);
 }
 
+#ifdef __CUDACC__
+// The largest finite code of one 128 x 128 block, from a block of 128 threads holding 4 codes
+// each (a row's 4 codes of the block): every thread gets it. warp_max: 4 ints of shared memory;
+// one __syncthreads inside, so a caller reusing warp_max synchronises before calling again.
+__device__ __forceinline__ int block_largest_code(uint32_t codes, int* warp_max) {
+  int emax = kNoCode;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) emax = max_finite_code(emax, uint8_t(codes >> (8 * i)));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
+  if (threadIdx.x % 32 == 0) warp_max[threadIdx.x / 32] = emax;
+  __syncthreads();
+  return max(max(warp_max[0], warp_max[1]), max(warp_max[2], warp_max[3]));
+}
+#endif
+
 }  // namespace agentrt::engine::cuda::fp4_e4m3

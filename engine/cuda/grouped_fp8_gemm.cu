@@ -21,6 +21,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/bulk_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/fp4_e4m3.h"
@@ -73,23 +74,10 @@ __device__ __forceinline__ int raw_chunk(int row, int q) {
   return row * kRawRow + ((q ^ ((row >> 1) & 3)) << 4);
 }
 
-// cp.async of 16 bytes, zero-filled (nothing read) where !valid.
-__device__ __forceinline__ void copy_16(void* dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(dst)),
-               "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
-}
-__device__ __forceinline__ void copy_4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(shared_address(dst)), "l"(src)
-               : "memory");
-}
 // The barrier gets one arrival once every cp.async this thread issued so far has landed.
 __device__ __forceinline__ void copies_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(shared_address(bar))
                : "memory");
-}
-__device__ __forceinline__ void copies_wait_all() {
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
 }
 // A consumer warpgroup's own barrier (barrier 0 is __syncthreads): 1 or 2.
 __device__ __forceinline__ void warpgroup_sync(int id) {
@@ -182,21 +170,15 @@ __global__ void __launch_bounds__(128)
 #ifndef AGENTRT_NO_WGMMA
   __shared__ int warp_max[4];
   const int64_t a = blockIdx.y, nb = blockIdx.x, depth_steps = p.k / kDepth;
-  const int t = int(threadIdx.x), lane = t % 32, warp = t / 32;
+  const int t = int(threadIdx.x);
   const BlockWeight w = weight_of(p, a, nb * kBlockRows);
   const uint8_t* row = w.codes + t * (p.k / fe::kScaleColumns);
   int32_t* out = p.block_max + (a * (p.n / kBlockRows) + nb) * depth_steps;
   for (int64_t kb = 0; kb < depth_steps; ++kb) {
-    const uint32_t codes = __ldg(reinterpret_cast<const uint32_t*>(row) + kb);
-    int emax = fe::kNoCode;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) emax = fe::max_finite_code(emax, uint8_t(codes >> (8 * i)));
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
-    if (lane == 0) warp_max[warp] = emax;
-    __syncthreads();
-    if (t == 0) out[kb] = max(max(warp_max[0], warp_max[1]), max(warp_max[2], warp_max[3]));
-    __syncthreads();
+    const int emax =
+        fe::block_largest_code(__ldg(reinterpret_cast<const uint32_t*>(row) + kb), warp_max);
+    if (t == 0) out[kb] = emax;
+    __syncthreads();  // every thread has read warp_max before the next block's
   }
 #else
   __trap();
@@ -282,18 +264,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint8_t* st = stages + s * kStageBytes;
 #pragma unroll
       for (int i = 0; i < 8; ++i)
-        copy_16(st + kStageA + swizzled(tid / 8 + 16 * i, c),
-                a_row + (i < a_rows ? 16 * i * p.k : 0) + kb * kDepth, i < a_rows);
+        cp_async_16(st + kStageA + swizzled(tid / 8 + 16 * i, c),
+                    a_row + (i < a_rows ? 16 * i * p.k : 0) + kb * kDepth, i < a_rows);
 #pragma unroll
       for (int i = 0; i < 8; ++i)
-        copy_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q),
-                w_block[i / 4] + (32 * (i % 4)) * (p.k / 2) + kb * (kDepth / 2), true);
+        cp_async_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q),
+                    w_block[i / 4] + (32 * (i % 4)) * (p.k / 2) + kb * (kDepth / 2), true);
       const int64_t code_offset = kb * (kDepth / fe::kScaleColumns);
-      copy_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
-      copy_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
+      cp_async_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
+      cp_async_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
       if (tid < kTileRows / 4)
-        copy_16(st + kStageAScale + 16 * tid, a_scales + kb * tile_rows, scale_valid);
-      if (tid < 2) copy_4(st + kStageMaxes + 4 * tid, maxes + kb);
+        cp_async_16(st + kStageAScale + 16 * tid, a_scales + kb * tile_rows, scale_valid);
+      if (tid < 2) cp_async_4(st + kStageMaxes + 4 * tid, maxes + kb);
       copies_arrive(&full[s]);
     };
     int64_t j = 0;
@@ -301,7 +283,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       start_tile(tile_at(p, tile_start, pad, t));
       for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) issue(j, kb);
     }
-    copies_wait_all();  // leaves only once its copies are in
+    cp_async_wait_all();  // leaves only once its copies are in
   } else {
     asm volatile("setmaxnreg.inc.sync.aligned.u32 224;\n" ::: "memory");
     // Consumer warpgroup wg owns the tile's weight rows 128 (wg - 1) .. 128 wg - 1: it turns

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/hyper_prefill.h"
 #include "engine/cuda/launch.cuh"
@@ -30,19 +31,6 @@ constexpr int kBatchRows = 8;  // rows whose warp partials the block adds up aft
 // against loads one row ahead in registers (~7 KB in flight an SM); a ring of 4-row batches
 // filled by bulk copies, one barrier a batch, measured 1.20 ms.
 constexpr int kStages = 8;
-
-__device__ __forceinline__ void copy_float_async(float* shared, const float* global) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(global) : "memory");
-}
-__device__ __forceinline__ void copies_commit() {
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-// Waits until at most N of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void copies_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 
 // A warp's reduce-scatter of OUT outputs: kSteps halving steps over lane bits 4, 3, ... leave
 // lane l with kRun consecutive outputs, kRun * turn(l) + r (turn = l's top kSteps bits), added
@@ -120,10 +108,10 @@ __global__ void __launch_bounds__(kSlice, kBlocksPerSm)
     if (fetched < r1) {
       float* r = column + slot * kRow;
 #pragma unroll
-      for (int k = 0; k < kHc; ++k) copy_float_async(r + k * kSlice, from + k * hidden);
-      if (post) copy_float_async(r + kHc * kSlice, y_from);
+      for (int k = 0; k < kHc; ++k) cp_async_4(r + k * kSlice, from + k * hidden);
+      if (post) cp_async_4(r + kHc * kSlice, y_from);
     }
-    copies_commit();
+    cp_async_commit();
     ++fetched;
     from += width;
     if (post) y_from += hidden;
@@ -148,7 +136,7 @@ __global__ void __launch_bounds__(kSlice, kBlocksPerSm)
     for (int j = 0; j < rows; ++j, ++at) {
       // Into the slot the row before read (its values long used), then wait for this row's.
       fetch((at + kStages - 1) % kStages);
-      copies_wait<kStages - 1>();
+      cp_async_wait<kStages - 1>();
       const float* r = column + (at % kStages) * kRow;
       float cur[kHc + 1];
 #pragma unroll

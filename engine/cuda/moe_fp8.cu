@@ -63,14 +63,7 @@ __device__ void convert_block(const WeightMatrix& w, int64_t rb, int64_t cb, uin
   }
   const uint32_t mine =
       __ldg(reinterpret_cast<const uint32_t*>(codes + t * codes_per_row + cb * 4));
-  int emax = fe::kNoCode;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) emax = fe::max_finite_code(emax, uint8_t(mine >> (8 * i)));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) emax = max(emax, __shfl_xor_sync(0xffffffffu, emax, o));
-  if (lane == 0) warp_max[warp] = emax;
-  __syncthreads();
-  emax = max(max(warp_max[0], warp_max[1]), max(warp_max[2], warp_max[3]));
+  const int emax = fe::block_largest_code(mine, warp_max);
 
 #pragma unroll
   for (int i = 0; i < kRows; ++i) {
