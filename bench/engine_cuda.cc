@@ -36,6 +36,8 @@
 //                     tensor-core attention's load, CudaOptions::query_rope_in_attention)
 //                     [--attention-channels 128|256] (output channels a warp of the prefill
 //                     tensor-core attention owns, CudaOptions::attention_warp_channels)
+//                     [--wgmma-attention 0|1] (the prefill attention on warpgroup MMA where the
+//                     GPU is sm_90 and the products plain bf16, CudaOptions::wgmma_attention)
 //                     [--prefill-mhc-pass 0] (prefill mHC: post step, GEMM and sum of squares
 //                     as three passes, not one, CudaOptions::prefill_mhc_pass)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
@@ -361,6 +363,8 @@ int main(int argc, char** argv) {
       options.query_rope_in_attention = v == "1";
     else if (k == "--attention-channels")
       options.attention_warp_channels = std::stoi(v);
+    else if (k == "--wgmma-attention")
+      options.wgmma_attention = std::stoi(v) != 0;
     else if (k == "--prefill-mhc-pass")
       options.prefill_mhc_pass = v == "1";
     else if (k == "--tensor-map")

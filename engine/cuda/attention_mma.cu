@@ -18,6 +18,7 @@
 
 #include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/attention_keys.cuh"
+#include "engine/cuda/attention_query.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -222,66 +223,17 @@ __device__ __forceinline__ void attend_tile(const uint16_t* qs, const uint16_t* 
   }
 }
 
-// The block's 64 heads of query row t as bf16 parts into qs ([parts][64][kStride]). With
-// norm.pos set the rows are wq_b's raw output: each head is RMS-normed (no weight) and its
-// trailing rope.dim channels rotated on the way in, as norm_rope_rows would in place (a separate
-// pass over the float32 query, 2 GB a layer at 16K rows, ~3.4 ms of a 16K prefill's layer on an
-// H100). One warp a head; the row's (cos, sin) pairs are computed once into rope_cs.
+// The block's 64 heads of query row t as bf16 parts into qs ([parts][64][kStride]), normed and
+// rotated on the way in where norm.pos is set (stage_query_heads).
 template <int HD, bool kSplit, int kCh>
 __device__ __forceinline__ void stage_query(const float* q_rows, uint16_t* qs,
                                             const QueryNormRope& norm, int64_t t, float2* rope_cs) {
   using S = TileShape<HD, kSplit, kCh>;
   constexpr int64_t kQPlane = int64_t(kBlockHeads) * S::kStride;
-  if (norm.pos == nullptr) {
-    for (int idx = threadIdx.x; idx < kBlockHeads * HD / 4; idx += S::kThreads) {
-      const int h = idx / (HD / 4), c4 = idx % (HD / 4);
-      store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + 4 * c4,
-                               __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
-    }
-    return;
-  }
-  const int pairs = norm.rope.dim / 2, first = HD - norm.rope.dim;
-  const float position = float(norm.pos[t]);
-  for (int i = threadIdx.x; i < pairs; i += S::kThreads) {
-    // transformers: float32 angle, then cos/sin (norm_rope_kernel's values).
-    const float angle = norm.rope.inv_freq[i] * position;
-    rope_cs[i] = make_float2(float(cos(double(angle))) * norm.rope.scaling,
-                             float(sin(double(angle))) * norm.rope.scaling);
-  }
-  __syncthreads();
-  constexpr int kPer = HD / 128;  // float4 of a head per lane
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  for (int h = warp; h < kBlockHeads; h += S::kWarps) {
-    const float4* src = reinterpret_cast<const float4*>(q_rows + int64_t(h) * HD);
-    float4 v[kPer];
-    float ss = 0.0f;
-#pragma unroll
-    for (int u = 0; u < kPer; ++u) {
-      v[u] = __ldg(src + lane + 32 * u);
-      ss = fmaf(v[u].x, v[u].x, ss);
-      ss = fmaf(v[u].y, v[u].y, ss);
-      ss = fmaf(v[u].z, v[u].z, ss);
-      ss = fmaf(v[u].w, v[u].w, ss);
-    }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-    const float inv = rsqrtf(ss / float(HD) + norm.eps);
-#pragma unroll
-    for (int u = 0; u < kPer; ++u) {
-      const int c = 4 * (lane + 32 * u);  // the float4's first channel
-      float a[4] = {v[u].x * inv, v[u].y * inv, v[u].z * inv, v[u].w * inv};
-#pragma unroll
-      for (int e = 0; e < 4; e += 2)
-        if (c + e >= first) {
-          const float2 cs = rope_cs[(c + e - first) / 2];
-          const float x0 = a[e], x1 = a[e + 1];
-          a[e] = x0 * cs.x - x1 * cs.y;
-          a[e + 1] = x1 * cs.x + x0 * cs.y;
-        }
-      store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + c,
-                               make_float4(a[0], a[1], a[2], a[3]));
-    }
-  }
+  stage_query_heads<HD, kBlockHeads, S::kThreads>(
+      q_rows, norm, t, rope_cs, [&](int h, int c, float4 v) {
+        store_bf16_parts<kSplit>(qs, kQPlane, int64_t(h) * S::kStride + c, v);
+      });
 }
 
 template <int HD, bool kSplit, int kCh>

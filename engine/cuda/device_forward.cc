@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/attention_wgmma.h"
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/hyper_prefill.h"
@@ -120,6 +121,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       key_mirrors_(options.key_mirrors),
       query_rope_in_attention_(options.query_rope_in_attention),
       attention_warp_channels_(options.attention_warp_channels),
+      wgmma_attention_(options.wgmma_attention),
       prefill_mhc_pass_(options.prefill_mhc_pass),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
@@ -141,6 +143,11 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     for (const char* s : kRepeatableStages) known += std::string(known.empty() ? "" : ", ") + s;
     throw std::invalid_argument("cuda options: no stage \"" + repeat_stage_ +
                                 "\" to repeat (stages: " + known + ")");
+  }
+  if (wgmma_attention_) {
+    int device = 0;
+    AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
+    wgmma_attention_ = attend_rows_wgmma_runs(device);
   }
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
@@ -935,11 +942,17 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
         // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
         const int64_t entries = fl.compress_rate ? m.max_visible : 0;
         void* mirror = w.grow(w.key_mirror, key_mirror_bytes(hd, m.kv_rows, entries, split));
-        attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
-                                 fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
-                                 split, m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries,
-                                 entries, mirror, attn, stream_, query_norm,
-                                 attention_warp_channels_);
+        if (!split && wgmma_attention_ && attend_rows_wgmma_supported(heads, hd))
+          attend_rows_wgmma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                            fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
+                            m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries, entries,
+                            mirror, attn, stream_, query_norm);
+        else
+          attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
+                                   fl.attention == AttentionKind::hca, chosen, n_chosen,
+                                   c.index_topk, split, m.shared_kv, m.kv_first, m.kv_rows,
+                                   m.shared_comp_entries, entries, mirror, attn, stream_,
+                                   query_norm, attention_warp_channels_);
       } else if (mma_attention)
         attend_rows_mma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                         fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk, split,

@@ -75,6 +75,10 @@ struct CudaOptions {
   // Output channels each warp of the prefill tensor-core attention owns (heads of 512: 256 is 8
   // warps a block with 128 accumulators each, 128 is 16 warps with 64).
   int attention_warp_channels = 256;
+  // Prefill passes of one sequence under a plain-bf16 attention (every precision but bf16x2 and
+  // f32), heads of 512, on an sm_90 GPU: the attention on Hopper's warpgroup MMA
+  // (attend_rows_wgmma) instead of attend_rows_mma_mirrored's mma.sync kernel. Off: that kernel.
+  bool wgmma_attention = true;
   // Prefill passes (256 rows or more) take mHC's post step, its projection and the sum of squares
   // in one pass over the streams (hyper_post_project), where hyper_post, a float32 GEMM and a
   // sum-of-squares kernel read them three times. Off: those three.
@@ -334,6 +338,7 @@ class DeviceForward {
   bool key_mirrors_ = true;              // CudaOptions::key_mirrors
   bool query_rope_in_attention_ = true;  // CudaOptions::query_rope_in_attention
   int attention_warp_channels_ = 256;    // CudaOptions::attention_warp_channels
+  bool wgmma_attention_ = false;         // CudaOptions::wgmma_attention, where the GPU has it
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc

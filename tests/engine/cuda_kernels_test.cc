@@ -24,6 +24,7 @@
 
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/attention_keys.cuh"
+#include "engine/cuda/attention_wgmma.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/fp4_gemm_layout.h"
@@ -1046,6 +1047,70 @@ TEST_F(CudaKernels, AttentionNormsAndRotatesTheRawQuery) {
     query_rope_case(128, 128, split, 22);
     query_rope_case(256, 64, split, 64);
   }
+}
+
+// attend_rows_wgmma (attention_wgmma.cu, sm_90a) against attend_rows_mma_mirrored's plain bf16
+// products (the same roundings of the query, the keys and P, added up in another order) and
+// against the CPU's attend: rows of 1 to 5 tiles of 64 keys (window 128, up to 64 chosen or 170
+// visible entries; partial last tiles), CSA and HCA, 64 and 128 heads, the raw query normed and
+// rotated on the way in and the output rotated back, and a mirror whose first KV row is not the
+// cache's first.
+TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
+  EXPECT_FALSE(cuda::attend_rows_wgmma_supported(32, 512));
+  EXPECT_FALSE(cuda::attend_rows_wgmma_supported(64, 256));
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  if (!cuda::attend_rows_wgmma_runs(device))
+    GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
+  const int64_t hd = 512, window = 128, topk = 64, positions = 700, entries = 170;
+  for (const int64_t heads : {64, 128})
+    for (const auto& pos : {std::vector<int64_t>{0, 5, 699, 128, 300, 1, 64, 500, 127, 650},
+                            std::vector<int64_t>{400, 699, 455, 520}}) {
+      SCOPED_TRACE("heads " + std::to_string(heads) + " first position " +
+                   std::to_string(*std::min_element(pos.begin(), pos.end())));
+      const AttentionInputs in(hd, heads, window, topk, topk, positions, entries, pos, 2.0f, 9);
+      const int64_t n = in.rows_count();
+      const int64_t kv_first =
+          std::max<int64_t>(0, *std::min_element(pos.begin(), pos.end()) - window + 1);
+      const int64_t kv_rows = *std::max_element(pos.begin(), pos.end()) + 1 - kv_first;
+      std::mt19937 rng(31);
+      std::vector<float> inv_freq(32);
+      for (auto& f : inv_freq) f = 0.05f + std::uniform_real_distribution<float>(0.0f, 1.0f)(rng);
+      auto d_freq = upload(inv_freq);
+      auto d_pos = upload(in.pos);
+      const cuda::QueryNormRope norm{
+          d_pos.as<int64_t>(), {d_freq.as<float>(), 64, 1.3f}, 1e-6f, true};
+      DeviceBuffer want(n * heads * hd * 4), got(n * heads * hd * 4),
+          mirror(cuda::key_mirror_bytes(hd, kv_rows, entries, false));
+      const auto* rows = in.d_rows.as<cuda::LayerRow>();
+      for (const bool csa : {true, false})
+        for (const bool normed : {false, true}) {
+          const cuda::QueryNormRope qn = normed ? norm : cuda::QueryNormRope{};
+          cuda::attend_rows_mma_mirrored(
+              in.d_q.as<float>(), rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa,
+              in.chosen_on_device(csa), in.n_chosen_on_device(csa), topk, false,
+              in.d_kv.as<float>(), kv_first, kv_rows, in.d_ent.as<float>(), entries, mirror.get(),
+              want.as<float>(), nullptr, qn);
+          cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
+                                  in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                  in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
+                                  kv_rows, in.d_ent.as<float>(), entries, mirror.get(),
+                                  got.as<float>(), nullptr, qn);
+          const auto a = download<float>(want, n * heads * hd),
+                     b = download<float>(got, n * heads * hd);
+          double worst = 0, worst_cpu = 0;
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t h = 0; h < heads; ++h) {
+              const int64_t at = (t * heads + h) * hd;
+              worst = std::max(worst, testing::rel_l2(b.data() + at, a.data() + at, hd));
+              if (!normed) worst_cpu = std::max(worst_cpu, in.error(b.data(), t, h, csa));
+            }
+          EXPECT_LE(worst, 5e-3) << (csa ? "csa" : "hca") << (normed ? " normed" : "")
+                                 << ": worst rel L2 against the mma kernel " << worst;
+          EXPECT_LE(worst_cpu, 2e-2)
+              << (csa ? "csa" : "hca") << ": worst rel L2 against attend " << worst_cpu;
+        }
+    }
 }
 
 // The fused tensor-core indexer (indexer_mma.cu) against indexer.cu's kernel: 64 heads of 128,

@@ -1,0 +1,26 @@
+// The prefill attention on Hopper's warpgroup MMA (attention_wgmma.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "engine/cuda/kernels.h"
+
+namespace agentrt::engine::cuda {
+
+// attend_rows_mma_mirrored's plain bf16 products (split false) on Hopper's warpgroup MMA, for
+// heads of 512 (a multiple of 64 heads): one block a row's 64 heads on two warpgroups, 64-key
+// tiles of the bf16 mirror, the scores split by keys and the output by channels between the
+// warpgroups. The same roundings (query, keys, P to bf16; float32 softmax and sums) in another
+// order. Runs only where attend_rows_wgmma_runs (compute capability 9.0, built for sm_90a).
+bool attend_rows_wgmma_runs(int device);
+bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim);
+void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
+                       int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                       const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
+                       const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
+                       int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
+                       const QueryNormRope& norm = {});
+
+}  // namespace agentrt::engine::cuda
