@@ -369,17 +369,27 @@ __global__ void __launch_bounds__(TileShape<HD, kSplit, kCh>::kThreads, 1)
   };
   // Tile j into ring slot j % kStages: each thread's kCopies 16-byte pieces (part, key, 8
   // channels); keys past the row's last are zeros (their scores are masked).
+  // The pieces' source rows are looked up first and the copies issued after, so the lookups'
+  // loads (the chosen entries) are in flight together rather than one before each copy.
   auto fetch = [&](int64_t j) {
     uint16_t* slot = ring + (j % M::kStages) * kTile;
+    int64_t src[M::kCopies];
+#pragma unroll
+    for (int u = 0; u < M::kCopies; ++u) {
+      const int idx = threadIdx.x + u * S::kThreads;
+      const int p = idx / (kKeys * (HD / 8)), rest = idx % (kKeys * (HD / 8));
+      const int i = rest / (HD / 8), c8 = rest % (HD / 8);
+      const int64_t key = j * kKeys + i;
+      src[u] = key < n_keys ? p * plane + mirror_row(key) * HD + 8 * c8 : -1;
+    }
 #pragma unroll
     for (int u = 0; u < M::kCopies; ++u) {
       const int idx = threadIdx.x + u * S::kThreads;
       const int p = idx / (kKeys * (HD / 8)), rest = idx % (kKeys * (HD / 8));
       const int i = rest / (HD / 8), c8 = rest % (HD / 8);
       uint16_t* dst = slot + p * kKPlane + int64_t(i) * kStride + 8 * c8;
-      const int64_t key = j * kKeys + i;
-      if (key < n_keys)
-        cp_async_16(dst, mirror.keys + p * plane + mirror_row(key) * HD + 8 * c8);
+      if (src[u] >= 0)
+        cp_async_16(dst, mirror.keys + src[u]);
       else
         *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
     }

@@ -38,6 +38,8 @@ __device__ __forceinline__ void stage_query_heads(const float* q_rows, const Que
   __syncthreads();
   constexpr int kPer = HD / 128;  // float4 of a head per lane
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // Unrolled so that several heads' loads are in flight at once (one latency each otherwise).
+#pragma unroll 4
   for (int h = warp; h < kHeads; h += kThreads / 32) {
     const float4* src = reinterpret_cast<const float4*>(q_rows + int64_t(h) * HD);
     float4 v[kPer];

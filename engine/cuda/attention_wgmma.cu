@@ -47,9 +47,11 @@ constexpr int kOperand = (kDim / 64) * kChunk;  // 64 rows of 512 channels (64 K
 // Byte offsets of the dynamic shared memory, from a 1024-byte boundary (the swizzle's period).
 constexpr int kQuery = 0;
 constexpr int kTiles = kQuery + kOperand;
-constexpr int kProbs = kTiles + kStages * kOperand;          // P: 64 heads x 64 keys, bf16
-constexpr int kSwap = kProbs + kHeads * kKeys * 2;           // float [2 warpgroups][64 heads]
-constexpr int kSharedBytes = kSwap + 2 * kHeads * 4 + 1024;  // + room to align the base
+constexpr int kProbs = kTiles + kStages * kOperand;  // P: 64 heads x 64 keys, bf16
+constexpr int kSwap = kProbs + kHeads * kKeys * 2;   // float [2 warpgroups][64 heads]
+constexpr int kChosen = kSwap + 2 * kHeads * 4;      // int32 [topk]: the row's chosen entries (CSA)
+constexpr int kSharedBytes = kChosen + 1024;         // + room to align the base; + topk * 4 (CSA)
+constexpr int kMaxShared = 227 * 1024;  // an sm_90 block's largest dynamic shared memory
 
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
 constexpr int kCopies = kKeys * (kDim / 8) / kThreads;  // 16-byte copies a thread a tile
@@ -78,22 +80,36 @@ __global__ void __launch_bounds__(kThreads, 1)
   const LayerRow row = rows[t];
   const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
   const int64_t n_keys = keys.n_keys(), tiles = (n_keys + kKeys - 1) / kKeys;
-  auto mirror_row = [&](int64_t i) {
+  // The row's chosen entries, read once: the copies below look a key's row up for each of
+  // their 16-byte pieces, and a global load there (its latency before each copy) made the
+  // kernel wait ~10 us a tile on an H100.
+  int32_t* chosen_rows = reinterpret_cast<int32_t*>(smem + kChosen);
+  if (keys.chosen) {
+    for (int64_t e = threadIdx.x; e < keys.n_entries; e += kThreads)
+      chosen_rows[e] = keys.chosen[e];
+    __syncthreads();
+  }
+  auto mirror_row = [&](int64_t i) -> int64_t {
     if (i < keys.n_window) return keys.first + i - mirror.kv_first;
     const int64_t e = i - keys.n_window;
-    return mirror.kv_rows + (keys.chosen ? int64_t(keys.chosen[e]) : e);
+    return mirror.kv_rows + (keys.chosen ? int64_t(chosen_rows[e]) : e);
   };
   // Tile j into stage j % kStages; keys past the row's last are zero-filled (scores masked).
+  // A thread copies piece threadIdx.x % 64 of keys threadIdx.x / 64 + 4 u: their rows first,
+  // then the copies.
   auto fetch = [&](int64_t j) {
     uint8_t* stage = smem + kTiles + (j % kStages) * kOperand;
+    const int c8 = threadIdx.x & 63;
+    int64_t src[kCopies];
 #pragma unroll
     for (int u = 0; u < kCopies; ++u) {
-      const int idx = threadIdx.x + u * kThreads, i = idx >> 6, c8 = idx & 63;
-      const int64_t key = j * kKeys + i;
-      const bool live = key < n_keys;
-      cp_async_16(stage + operand_byte(i, 8 * c8),
-                  mirror.keys + (live ? mirror_row(key) * kDim + 8 * c8 : 0), live);
+      const int64_t key = j * kKeys + (threadIdx.x >> 6) + 4 * u;
+      src[u] = key < n_keys ? mirror_row(key) * kDim + 8 * c8 : -1;
     }
+#pragma unroll
+    for (int u = 0; u < kCopies; ++u)
+      cp_async_16(stage + operand_byte((threadIdx.x >> 6) + 4 * u, 8 * c8),
+                  mirror.keys + (src[u] < 0 ? 0 : src[u]), src[u] >= 0);
     cp_async_commit();
   };
   if (tiles > 0) fetch(0);
@@ -268,8 +284,12 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
   auto* keys = static_cast<uint16_t*>(mirror);
   mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, false, keys, stream);
   const KeyMirror m{keys, kv_first, kv_rows, n_entries};
+  const int64_t shared = kSharedBytes + (chosen ? topk * 4 : 0);
+  if (shared > kMaxShared)
+    throw std::invalid_argument("cuda wgmma attention: a top-k of " + std::to_string(topk) +
+                                " chosen entries does not fit in shared memory");
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      attend_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
+      attend_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const float scale = 1.0f / sqrtf(float(head_dim));
   constexpr int64_t kMaxGridRows = 65535;
   for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
@@ -277,7 +297,7 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
     QueryNormRope part = norm;
     if (part.pos) part.pos += r0;
     launch_pdl(attend_wgmma_kernel, dim3(unsigned(heads / kHeads), unsigned(rows_now)), kThreads,
-               kSharedBytes, stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks,
+               size_t(shared), stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks,
                use_entries, chosen ? chosen + r0 * topk : nullptr,
                n_chosen ? n_chosen + r0 : nullptr, topk, scale, part, m,
                out + r0 * heads * head_dim);
