@@ -2,6 +2,8 @@
 // goes on, so a block can fetch its next tile while it computes on this one.
 #pragma once
 
+#include <cstdint>
+
 namespace agentrt::engine::cuda {
 
 __device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
@@ -15,6 +17,37 @@ __device__ __forceinline__ void cp_async_16(void* shared, const void* global, bo
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(global),
                "r"(valid ? 16 : 0)
                : "memory");
+}
+
+// L2 cache policies (sm_80+) for the hinted copies and loads below: every line they touch is
+// marked evict-first (data read once, streamed past what stays) or evict-last (data read again).
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+__device__ __forceinline__ uint64_t l2_evict_last_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+// cp_async_16 (zero-filled where !valid) under an L2 cache policy.
+__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid,
+                                            uint64_t policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(s),
+               "l"(global), "r"(valid ? 16 : 0), "l"(policy)
+               : "memory");
+}
+
+// A read-only float4 load (as __ldg) under an L2 cache policy.
+__device__ __forceinline__ float4 ldg_hinted(const float4* p, uint64_t policy) {
+  float4 v;
+  asm("ld.global.nc.L2::cache_hint.v4.f32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+      : "l"(p), "l"(policy));
+  return v;
 }
 
 // 4 bytes (through the L1).
