@@ -19,26 +19,14 @@ __device__ __forceinline__ void cp_async_16(void* shared, const void* global, bo
                : "memory");
 }
 
-// L2 cache policies (sm_80+) for the hinted copies and loads below: every line they touch is
-// marked evict-first (data read once, streamed past what stays) or evict-last (data read again).
+// An L2 cache policy (sm_80+) for ldg_hinted: every line it touches marked evict-first (data
+// read once, streamed past what stays). volatile: with plain asm, ptxas folded the policy away
+// (its loads took the default descriptor) and left a cp.async's policy register unset (an
+// illegal instruction on an H100, twenty-ninth session).
 __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   return policy;
-}
-__device__ __forceinline__ uint64_t l2_evict_last_policy() {
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-  return policy;
-}
-
-// cp_async_16 (zero-filled where !valid) under an L2 cache policy.
-__device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid,
-                                            uint64_t policy) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(s),
-               "l"(global), "r"(valid ? 16 : 0), "l"(policy)
-               : "memory");
 }
 
 // A read-only float4 load (as __ldg) under an L2 cache policy.

@@ -80,9 +80,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int64_t h_base = int64_t(blockIdx.x) * kHeads;
   __shared__ float2 rope_cs[kDim / 2];
   int32_t* chosen_rows = reinterpret_cast<int32_t*>(smem + kChosen);
-  // The keys are read by many rows (the window by 128, an entry by every row choosing it):
-  // their lines are marked evict-last against the queries and outputs streaming past.
-  const uint64_t keep = l2_evict_last_policy();
 
   // Rows blockIdx.y, + gridDim.y, ...: the block stays resident, and while it works on one
   // row the next row's query is fetched into the L2 (at one row a block, each block waited
@@ -124,7 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int u = 0; u < kCopies; ++u)
         cp_async_16(stage + operand_byte((threadIdx.x >> 6) + 4 * u, 8 * c8),
-                    mirror.keys + (src[u] < 0 ? 0 : src[u]), src[u] >= 0, keep);
+                    mirror.keys + (src[u] < 0 ? 0 : src[u]), src[u] >= 0);
       cp_async_commit();
     };
     if (tiles > 0) fetch(0);
