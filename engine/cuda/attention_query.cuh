@@ -10,7 +10,6 @@
 
 #include <cstdint>
 
-#include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/kernels.h"
 
 namespace agentrt::engine::cuda {
@@ -22,13 +21,10 @@ namespace agentrt::engine::cuda {
 template <int HD, int kHeads, int kThreads, typename Put>
 __device__ __forceinline__ void stage_query_heads(const float* q_rows, const QueryNormRope& norm,
                                                   int64_t t, float2* rope_cs, Put put) {
-  // Each query is read once: its lines are marked evict-first, so that the keys every row
-  // reads stay in the L2 (16K rows' queries are 2 GB a layer against the L2's 50 MB).
-  const uint64_t policy = l2_evict_first_policy();
   if (norm.pos == nullptr) {
     for (int idx = threadIdx.x; idx < kHeads * HD / 4; idx += kThreads)
       put(idx / (HD / 4), 4 * (idx % (HD / 4)),
-          ldg_hinted(reinterpret_cast<const float4*>(q_rows) + idx, policy));
+          __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
     return;
   }
   const int pairs = norm.rope.dim / 2, first = HD - norm.rope.dim;
@@ -50,7 +46,7 @@ __device__ __forceinline__ void stage_query_heads(const float* q_rows, const Que
     float ss = 0.0f;
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
-      v[u] = ldg_hinted(src + lane + 32 * u, policy);
+      v[u] = __ldg(src + lane + 32 * u);
       ss = fmaf(v[u].x, v[u].x, ss);
       ss = fmaf(v[u].y, v[u].y, ss);
       ss = fmaf(v[u].z, v[u].z, ss);

@@ -55,7 +55,6 @@ constexpr int kMaxShared = 227 * 1024;  // an sm_90 block's largest dynamic shar
 
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
 constexpr int kCopies = kKeys * (kDim / 8) / kThreads;  // 16-byte copies a thread a tile
-constexpr int kQueryBytes = kHeads * kDim * 4;          // a row's query (its 64 heads), float32
 
 // (row, channel)'s byte in a 64-row operand of 64-channel chunks, each chunk's 128-byte rows in
 // the 128-byte swizzle (16-byte piece p of row r at piece p ^ (r % 8)).
@@ -65,8 +64,8 @@ __device__ __forceinline__ int operand_byte(int row, int ch) {
 #endif
 
 __global__ void __launch_bounds__(kThreads, 1)
-    attend_wgmma_kernel(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
-                        int64_t window, const float* sinks, bool use_entries, const int32_t* chosen,
+    attend_wgmma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
+                        const float* sinks, bool use_entries, const int32_t* chosen,
                         const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
                         KeyMirror mirror, float* out) {
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
@@ -77,184 +76,173 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t query_at = shared_address(smem + kQuery), tiles_at = shared_address(smem + kTiles),
                  probs_at = shared_address(smem + kProbs);
 
-  const int64_t h_base = int64_t(blockIdx.x) * kHeads;
-  __shared__ float2 rope_cs[kDim / 2];
+  const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kHeads;
+  const LayerRow row = rows[t];
+  const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
+  const int64_t n_keys = keys.n_keys(), tiles = (n_keys + kKeys - 1) / kKeys;
+  // The row's chosen entries, read once: the copies below look a key's row up for each of
+  // their 16-byte pieces, and a global load there (its latency before each copy) made the
+  // kernel wait ~10 us a tile on an H100.
   int32_t* chosen_rows = reinterpret_cast<int32_t*>(smem + kChosen);
-
-  // Rows blockIdx.y, + gridDim.y, ...: the block stays resident, and while it works on one
-  // row the next row's query is fetched into the L2 (at one row a block, each block waited
-  // for its 128 KB of query before its first product).
-  for (int64_t t = blockIdx.y; t < n; t += gridDim.y) {
-    __syncthreads();  // the previous row is done with the query, rope_cs, swap and chosen_rows
-    if (t + gridDim.y < n)
-      prefetch_l2(q + ((t + gridDim.y) * heads + h_base) * kDim +
-                      threadIdx.x * (kQueryBytes / kThreads / 4),
-                  kQueryBytes / kThreads);
-    const LayerRow row = rows[t];
-    const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
-    const int64_t n_keys = keys.n_keys(), tiles = (n_keys + kKeys - 1) / kKeys;
-    // The row's chosen entries, read once: the copies below look a key's row up for each of
-    // their 16-byte pieces, and a global load there (its latency before each copy) made the
-    // kernel wait ~10 us a tile on an H100.
-    if (keys.chosen) {
-      for (int64_t e = threadIdx.x; e < keys.n_entries; e += kThreads)
-        chosen_rows[e] = keys.chosen[e];
-      __syncthreads();
+  if (keys.chosen) {
+    for (int64_t e = threadIdx.x; e < keys.n_entries; e += kThreads)
+      chosen_rows[e] = keys.chosen[e];
+    __syncthreads();
+  }
+  auto mirror_row = [&](int64_t i) -> int64_t {
+    if (i < keys.n_window) return keys.first + i - mirror.kv_first;
+    const int64_t e = i - keys.n_window;
+    return mirror.kv_rows + (keys.chosen ? int64_t(chosen_rows[e]) : e);
+  };
+  // Tile j into stage j % kStages; keys past the row's last are zero-filled (scores masked).
+  // A thread copies piece threadIdx.x % 64 of keys threadIdx.x / 64 + 4 u: their rows first,
+  // then the copies.
+  auto fetch = [&](int64_t j) {
+    uint8_t* stage = smem + kTiles + (j % kStages) * kOperand;
+    const int c8 = threadIdx.x & 63;
+    int64_t src[kCopies];
+#pragma unroll
+    for (int u = 0; u < kCopies; ++u) {
+      const int64_t key = j * kKeys + (threadIdx.x >> 6) + 4 * u;
+      src[u] = key < n_keys ? mirror_row(key) * kDim + 8 * c8 : -1;
     }
-    auto mirror_row = [&](int64_t i) -> int64_t {
-      if (i < keys.n_window) return keys.first + i - mirror.kv_first;
-      const int64_t e = i - keys.n_window;
-      return mirror.kv_rows + (keys.chosen ? int64_t(chosen_rows[e]) : e);
-    };
-    // Tile j into stage j % kStages; keys past the row's last are zero-filled (scores masked).
-    // A thread copies piece threadIdx.x % 64 of keys threadIdx.x / 64 + 4 u: their rows first,
-    // then the copies.
-    auto fetch = [&](int64_t j) {
-      uint8_t* stage = smem + kTiles + (j % kStages) * kOperand;
-      const int c8 = threadIdx.x & 63;
-      int64_t src[kCopies];
 #pragma unroll
-      for (int u = 0; u < kCopies; ++u) {
-        const int64_t key = j * kKeys + (threadIdx.x >> 6) + 4 * u;
-        src[u] = key < n_keys ? mirror_row(key) * kDim + 8 * c8 : -1;
-      }
-#pragma unroll
-      for (int u = 0; u < kCopies; ++u)
-        cp_async_16(stage + operand_byte((threadIdx.x >> 6) + 4 * u, 8 * c8),
-                    mirror.keys + (src[u] < 0 ? 0 : src[u]), src[u] >= 0);
-      cp_async_commit();
-    };
-    if (tiles > 0) fetch(0);
-    stage_query_heads<kDim, kHeads, kThreads>(
-        q + (t * heads + h_base) * kDim, norm, t, rope_cs, [&](int h, int c, float4 v) {
-          *reinterpret_cast<uint2*>(smem + kQuery + operand_byte(h, c)) =
-              make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
-        });
+    for (int u = 0; u < kCopies; ++u)
+      cp_async_16(stage + operand_byte((threadIdx.x >> 6) + 4 * u, 8 * c8),
+                  mirror.keys + (src[u] < 0 ? 0 : src[u]), src[u] >= 0);
+    cp_async_commit();
+  };
+  if (tiles > 0) fetch(0);
+  __shared__ float2 rope_cs[kDim / 2];
+  stage_query_heads<kDim, kHeads, kThreads>(
+      q + (t * heads + h_base) * kDim, norm, t, rope_cs, [&](int h, int c, float4 v) {
+        *reinterpret_cast<uint2*>(smem + kQuery + operand_byte(h, c)) =
+            make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+      });
 
-    const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-    const int g = lane >> 2, c = lane & 3;
-    const int r0 = 16 * warp + g, r1 = r0 + 8;               // the thread's two heads of the block
-    float m0 = sinks[h_base + r0], m1 = sinks[h_base + r1];  // running maxima, from the sinks
-    float l0 = 0.0f, l1 = 0.0f;  // this thread's part of the rows' sums of exponentials
-    float o[128];                // the warpgroup's 64 x 256 output fragment
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int g = lane >> 2, c = lane & 3;
+  const int r0 = 16 * warp + g, r1 = r0 + 8;               // the thread's two heads of the block
+  float m0 = sinks[h_base + r0], m1 = sinks[h_base + r1];  // running maxima, from the sinks
+  float l0 = 0.0f, l1 = 0.0f;  // this thread's part of the rows' sums of exponentials
+  float o[128];                // the warpgroup's 64 x 256 output fragment
 #pragma unroll
-    for (int i = 0; i < 128; ++i) o[i] = 0.0f;
+  for (int i = 0; i < 128; ++i) o[i] = 0.0f;
 
-    for (int64_t j = 0; j < tiles; ++j) {
-      cp_async_wait_all();
-      fence_proxy_async();
-      // Tile j (and the query) are in place for the tensor cores; both warpgroups are done with
-      // tile j - 1's stage and with P.
-      __syncthreads();
-      if (j + 1 < tiles) fetch(j + 1);
-      const uint32_t tile_at = tiles_at + uint32_t(j % kStages) * kOperand;
+  for (int64_t j = 0; j < tiles; ++j) {
+    cp_async_wait_all();
+    fence_proxy_async();
+    // Tile j (and the query) are in place for the tensor cores; both warpgroups are done with
+    // tile j - 1's stage and with P.
+    __syncthreads();
+    if (j + 1 < tiles) fetch(j + 1);
+    const uint32_t tile_at = tiles_at + uint32_t(j % kStages) * kOperand;
 
-      // Scores of the 64 heads against this warpgroup's 32 keys.
-      float s[16] = {};
-      wgmma_fence();
+    // Scores of the 64 heads against this warpgroup's 32 keys.
+    float s[16] = {};
+    wgmma_fence();
 #pragma unroll
-      for (int k = 0; k < kDim / 16; ++k) {
-        const uint32_t at = (k >> 2) * kChunk + (k & 3) * 32;
-        wgmma_bf16_64x32(s, wgmma_descriptor(query_at + at, 16, 1024),
-                         wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
-
-      // Online softmax: s[4 i + e] is head r0's score against key 8 i + 2 c + e of the half,
-      // s[4 i + 2 + e] head r1's.
-      const int64_t half = j * kKeys + 32 * wg;
-      float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const bool live = half + 8 * i + 2 * c + e < n_keys;
-          s[4 * i + e] = live ? s[4 * i + e] * scale : -INFINITY;
-          s[4 * i + 2 + e] = live ? s[4 * i + 2 + e] * scale : -INFINITY;
-          mx0 = fmaxf(mx0, s[4 * i + e]);
-          mx1 = fmaxf(mx1, s[4 * i + 2 + e]);
-        }
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-      if (c == 0) {
-        swap[wg * kHeads + r0] = mx0;
-        swap[wg * kHeads + r1] = mx1;
-      }
-      __syncthreads();
-      const float n0 = fmaxf(m0, fmaxf(mx0, swap[(1 - wg) * kHeads + r0])),
-                  n1 = fmaxf(m1, fmaxf(mx1, swap[(1 - wg) * kHeads + r1]));
-      const float corr0 = expf(m0 - n0), corr1 = expf(m1 - n1);
-      m0 = n0;
-      m1 = n1;
-      l0 *= corr0;
-      l1 *= corr1;
-      uint8_t* probs = smem + kProbs;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float p0 = expf(s[4 * i] - m0), p1 = expf(s[4 * i + 1] - m0);
-        const float p2 = expf(s[4 * i + 2] - m1), p3 = expf(s[4 * i + 3] - m1);
-        l0 += p0 + p1;
-        l1 += p2 + p3;
-        // Keys 32 wg + 8 i + 2 c, + 1 of rows r0 and r1: piece 4 wg + i of each 128-byte row.
-        *reinterpret_cast<uint32_t*>(probs + r0 * 128 + (((4 * wg + i) ^ (r0 & 7)) << 4) + 4 * c) =
-            pack_bf16(p0, p1);
-        *reinterpret_cast<uint32_t*>(probs + r1 * 128 + (((4 * wg + i) ^ (r1 & 7)) << 4) + 4 * c) =
-            pack_bf16(p2, p3);
-      }
-      fence_proxy_async();
-      __syncthreads();  // both halves of P are in place
-
-      // out = out * corr + P V over this warpgroup's 256 channels.
-#pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        o[4 * i] *= corr0;
-        o[4 * i + 1] *= corr0;
-        o[4 * i + 2] *= corr1;
-        o[4 * i + 3] *= corr1;
-      }
-      wgmma_fence();
-#pragma unroll
-      for (int k = 0; k < kKeys / 16; ++k)
-        wgmma_bf16_64x256_nb(
-            o, wgmma_descriptor(probs_at + k * 32, 16, 1024),
-            wgmma_descriptor(tile_at + 4 * wg * kChunk + k * 16 * 128, kChunk, 1024), true);
-      wgmma_commit();
-      wgmma_wait<0>();
+    for (int k = 0; k < kDim / 16; ++k) {
+      const uint32_t at = (k >> 2) * kChunk + (k & 3) * 32;
+      wgmma_bf16_64x32(s, wgmma_descriptor(query_at + at, 16, 1024),
+                       wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
     }
+    wgmma_commit();
+    wgmma_wait<0>();
 
-    // The rows' sums: the quad's parts, the other warpgroup's, and the sink's term.
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    __syncthreads();  // every read of the maxima is done
+    // Online softmax: s[4 i + e] is head r0's score against key 8 i + 2 c + e of the half,
+    // s[4 i + 2 + e] head r1's.
+    const int64_t half = j * kKeys + 32 * wg;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool live = half + 8 * i + 2 * c + e < n_keys;
+        s[4 * i + e] = live ? s[4 * i + e] * scale : -INFINITY;
+        s[4 * i + 2 + e] = live ? s[4 * i + 2 + e] * scale : -INFINITY;
+        mx0 = fmaxf(mx0, s[4 * i + e]);
+        mx1 = fmaxf(mx1, s[4 * i + 2 + e]);
+      }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
     if (c == 0) {
-      swap[wg * kHeads + r0] = l0;
-      swap[wg * kHeads + r1] = l1;
+      swap[wg * kHeads + r0] = mx0;
+      swap[wg * kHeads + r1] = mx1;
     }
     __syncthreads();
-    const float inv0 = 1.0f / (l0 + swap[(1 - wg) * kHeads + r0] + expf(sinks[h_base + r0] - m0));
-    const float inv1 = 1.0f / (l1 + swap[(1 - wg) * kHeads + r1] + expf(sinks[h_base + r1] - m1));
-    const bool unrope = norm.pos && norm.unrope_output;
-    const int first = kDim - norm.rope.dim;
-    float* out0 = out + (t * heads + h_base + r0) * kDim;
-    float* out1 = out0 + 8 * kDim;
+    const float n0 = fmaxf(m0, fmaxf(mx0, swap[(1 - wg) * kHeads + r0])),
+                n1 = fmaxf(m1, fmaxf(mx1, swap[(1 - wg) * kHeads + r1]));
+    const float corr0 = expf(m0 - n0), corr1 = expf(m1 - n1);
+    m0 = n0;
+    m1 = n1;
+    l0 *= corr0;
+    l1 *= corr1;
+    uint8_t* probs = smem + kProbs;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float p0 = expf(s[4 * i] - m0), p1 = expf(s[4 * i + 1] - m0);
+      const float p2 = expf(s[4 * i + 2] - m1), p3 = expf(s[4 * i + 3] - m1);
+      l0 += p0 + p1;
+      l1 += p2 + p3;
+      // Keys 32 wg + 8 i + 2 c, + 1 of rows r0 and r1: piece 4 wg + i of each 128-byte row.
+      *reinterpret_cast<uint32_t*>(probs + r0 * 128 + (((4 * wg + i) ^ (r0 & 7)) << 4) + 4 * c) =
+          pack_bf16(p0, p1);
+      *reinterpret_cast<uint32_t*>(probs + r1 * 128 + (((4 * wg + i) ^ (r1 & 7)) << 4) + 4 * c) =
+          pack_bf16(p2, p3);
+    }
+    fence_proxy_async();
+    __syncthreads();  // both halves of P are in place
+
+    // out = out * corr + P V over this warpgroup's 256 channels.
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
-      const int ch = 256 * wg + 8 * i + 2 * c;
-      float2 a = make_float2(o[4 * i] * inv0, o[4 * i + 1] * inv0),
-             b = make_float2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
-      if (unrope && ch >= first) {  // apply_rope's inverse
-        const float2 cs = rope_cs[(ch - first) / 2];
-        a = make_float2(a.x * cs.x + a.y * cs.y, a.y * cs.x - a.x * cs.y);
-        b = make_float2(b.x * cs.x + b.y * cs.y, b.y * cs.x - b.x * cs.y);
-      }
-      *reinterpret_cast<float2*>(out0 + ch) = a;
-      *reinterpret_cast<float2*>(out1 + ch) = b;
+      o[4 * i] *= corr0;
+      o[4 * i + 1] *= corr0;
+      o[4 * i + 2] *= corr1;
+      o[4 * i + 3] *= corr1;
     }
+    wgmma_fence();
+#pragma unroll
+    for (int k = 0; k < kKeys / 16; ++k)
+      wgmma_bf16_64x256_nb(o, wgmma_descriptor(probs_at + k * 32, 16, 1024),
+                           wgmma_descriptor(tile_at + 4 * wg * kChunk + k * 16 * 128, kChunk, 1024),
+                           true);
+    wgmma_commit();
+    wgmma_wait<0>();
+  }
+
+  // The rows' sums: the quad's parts, the other warpgroup's, and the sink's term.
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  __syncthreads();  // every read of the maxima is done
+  if (c == 0) {
+    swap[wg * kHeads + r0] = l0;
+    swap[wg * kHeads + r1] = l1;
+  }
+  __syncthreads();
+  const float inv0 = 1.0f / (l0 + swap[(1 - wg) * kHeads + r0] + expf(sinks[h_base + r0] - m0));
+  const float inv1 = 1.0f / (l1 + swap[(1 - wg) * kHeads + r1] + expf(sinks[h_base + r1] - m1));
+  const bool unrope = norm.pos && norm.unrope_output;
+  const int first = kDim - norm.rope.dim;
+  float* out0 = out + (t * heads + h_base + r0) * kDim;
+  float* out1 = out0 + 8 * kDim;
+#pragma unroll
+  for (int i = 0; i < 32; ++i) {
+    const int ch = 256 * wg + 8 * i + 2 * c;
+    float2 a = make_float2(o[4 * i] * inv0, o[4 * i + 1] * inv0),
+           b = make_float2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1);
+    if (unrope && ch >= first) {  // apply_rope's inverse
+      const float2 cs = rope_cs[(ch - first) / 2];
+      a = make_float2(a.x * cs.x + a.y * cs.y, a.y * cs.x - a.x * cs.y);
+      b = make_float2(b.x * cs.x + b.y * cs.y, b.y * cs.x - b.x * cs.y);
+    }
+    *reinterpret_cast<float2*>(out0 + ch) = a;
+    *reinterpret_cast<float2*>(out1 + ch) = b;
   }
 #else
   __trap();  // built without sm_90a: attend_rows_wgmma_runs() keeps the host from here
@@ -303,16 +291,18 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       attend_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const float scale = 1.0f / sqrtf(float(head_dim));
-  int device = 0, sms = 0;
-  AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  // One resident block an SM (its shared memory), each taking rows in turn.
-  const int64_t groups = heads / kHeads;
-  const int64_t row_blocks = std::min<int64_t>(n, std::max<int64_t>(1, sms / groups));
-  launch_pdl(attend_wgmma_kernel, dim3(unsigned(groups), unsigned(row_blocks)), kThreads,
-             size_t(shared), stream, q, rows, n, heads, window, sinks, use_entries, chosen,
-             n_chosen, topk, scale, norm, m, out);
-  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  constexpr int64_t kMaxGridRows = 65535;
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
+    const int64_t rows_now = std::min(kMaxGridRows, n - r0);
+    QueryNormRope part = norm;
+    if (part.pos) part.pos += r0;
+    launch_pdl(attend_wgmma_kernel, dim3(unsigned(heads / kHeads), unsigned(rows_now)), kThreads,
+               size_t(shared), stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks,
+               use_entries, chosen ? chosen + r0 * topk : nullptr,
+               n_chosen ? n_chosen + r0 : nullptr, topk, scale, part, m,
+               out + r0 * heads * head_dim);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace agentrt::engine::cuda
