@@ -81,8 +81,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const KeyList keys = row_keys(row, t, window, use_entries, chosen, n_chosen, topk);
   const int64_t n_keys = keys.n_keys(), tiles = (n_keys + kKeys - 1) / kKeys;
   // The row's chosen entries, read once: the copies below look a key's row up for each of
-  // their 16-byte pieces, and a global load there (its latency before each copy) made the
-  // kernel wait ~10 us a tile on an H100.
+  // their 16-byte pieces, and with a global load there (its latency before each copy) the 16K
+  // fp8 prefill's attention core took 23.5 ms on an H100, against 19.4 this way (with the rows
+  // looked up before the copies are issued).
   int32_t* chosen_rows = reinterpret_cast<int32_t*>(smem + kChosen);
   if (keys.chosen) {
     for (int64_t e = threadIdx.x; e < keys.n_entries; e += kThreads)
