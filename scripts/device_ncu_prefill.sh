@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Nsight Compute on a 16K fp8 prefill's two largest kernels, on the GPU machine (docs/cuda.md):
+# the prefill attention (attend_wgmma_kernel) and the grouped FP8 experts
+# (grouped_expert_kernel), their first two launches each, with the sections that say where a
+# kernel's time goes (speed of light, memory, warp stalls, scheduler, occupancy)
+#   scripts/device_ncu_prefill.sh -> $OUT/ncu_prefill.txt, $OUT/bench.log
+# KERNELS=regex picks other kernels; BENCH_ARGS are added to the benchmark's arguments.
+# Binaries come from the dev box in .device-carry-cuda/ as for scripts/device_cuda.sh.
+set -uo pipefail
+OUT=${OUT:?set OUT}
+CARRY=.device-carry-cuda
+CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
+export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+if [[ ! -e /work/main ]]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
+NCU=$(command -v ncu || find / -name ncu -type f -perm -u+x -not -path '*/proc/*' 2>/dev/null | head -1)
+CKPT=/tmp/v4flash
+[[ -e $CKPT/config.json ]] || python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$OUT/ckpt.log" 2>&1
+ARGS=(--contexts 16384 --batches "" --steps 2 --precision fp8 ${BENCH_ARGS:-})
+timeout 120 "$CARRY/bench_engine_cuda" "$CKPT" "${ARGS[@]}" --profile 1 > "$OUT/bench.log" 2>&1
+echo "bench rc $?"
+for k in ${KERNELS:-attend_wgmma_kernel grouped_expert_kernel}; do
+  timeout 240 "$NCU" --clock-control none -k "regex:$k" --launch-count 2 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+    --section SchedulerStats --section Occupancy --section LaunchStats \
+    "$CARRY/bench_engine_cuda" "$CKPT" "${ARGS[@]}" >> "$OUT/ncu_prefill.txt" 2>&1
+  echo "ncu $k rc $?"
+done
