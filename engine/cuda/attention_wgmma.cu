@@ -27,7 +27,7 @@
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/mma.cuh"
-#include "engine/cuda/wgmma_bf16.cuh"
+#include "engine/cuda/wgmma.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {

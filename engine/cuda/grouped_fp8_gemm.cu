@@ -27,6 +27,7 @@
 #include "engine/cuda/fp4_e4m3.h"
 #include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/segment_search.cuh"
+#include "engine/cuda/wgmma.cuh"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -97,31 +98,7 @@ __device__ __forceinline__ uint2 fp4_to_e4m3(uint32_t w, uint2 table) {
 
 // A K-major operand of 128-byte rows in the 128-byte swizzle: 8-row groups 1024 bytes apart.
 __device__ __forceinline__ uint64_t operand(const void* p) {
-  const uint64_t a = shared_address(p);
-  return ((a & 0x3ffff) >> 4) | (uint64_t(1) << 16) | (uint64_t(1024 >> 4) << 32) |
-         (uint64_t(1) << 62);
-}
-
-// d (+)= A (64 x 32 e4m3) B^T (128 x 32 e4m3), d the warpgroup's 64 x 128 float32 fragment.
-__device__ __forceinline__ void wgmma_64x128x32(float* d, uint64_t a, uint64_t b, bool add) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, "
-      "%37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, "
-      "%55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63])
-      : "l"(a), "l"(b), "r"(int(add)));
+  return wgmma_descriptor(shared_address(p), 16, 1024);
 }
 
 // Where tile t lies: expert a (local index), its first padded row and row count, the tile's
@@ -318,7 +295,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             make_uint4(w2.x, w2.y, w3.x, w3.y);
       }
       // The tensor cores read the weights through the async proxy.
-      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      fence_proxy_async();
     };
     float acc[2][64], part[64];
     if (steps > 0) {
@@ -327,15 +304,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // The step's product of one 64-row half into part (asynchronous: wait before reading it).
     auto multiply = [&](const uint8_t* st, const uint8_t* w, int h) {
-      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+      wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kDepth / 32; ++kk)
-        wgmma_64x128x32(part, operand(st + kStageA + h * 64 * 128 + 32 * kk), operand(w + 32 * kk),
-                        kk > 0);
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        wgmma_e4m3_64x128x32(part, operand(st + kStageA + h * 64 * 128 + 32 * kk),
+                             operand(w + 32 * kk), kk > 0);
+      wgmma_commit();
     };
     auto product_done = [&]() {
-      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+      wgmma_wait<0>();
       // Keeps the compiler from reading the products before the wait.
 #pragma unroll
       for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(part[i])::"memory");
