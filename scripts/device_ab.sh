@@ -14,10 +14,7 @@
 # scripts/device_cuda.sh.
 set -uo pipefail
 OUT=${OUT:?set OUT}
-CARRY=.device-carry-cuda
-CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-if [[ ! -e /work/main ]]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 CKPT=/tmp/v4flash
 [[ -e $CKPT/config.json ]] || python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$OUT/ckpt.log" 2>&1
 NEW=${NEW:-bench_engine_cuda}

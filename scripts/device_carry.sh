@@ -6,7 +6,10 @@
 #   with --binaries: this box's engine_tests, bench_engine_cuda, bench_engine_cuda_gemv (from
 #           BUILD, default build/) and libcudart, which device_cuda.sh runs when the build there
 #           fails or is skipped
-#   scripts/device_carry.sh [--binaries]
+#   with --pack too: those binaries xz-packed into bins.tar.xz (a fifth of their size; the carry
+#           holds 64 MiB), which scripts/device_env.sh unpacks on the device; BINARIES="..."
+#           packs more files already in the carry (e.g. a baseline's bench copied in as bench_base)
+#   scripts/device_carry.sh [--binaries [--pack]]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CARRY=.device-carry-cuda
@@ -34,4 +37,10 @@ if [[ ${1:-} == --binaries ]]; then
   mkdir -p "$CARRY/lib"
   cp -L /usr/local/cuda/lib64/libcudart.so.13 "$CARRY/lib/"
   echo "device_carry: binaries of $(git rev-parse --short HEAD) from $BUILD"
+  if [[ ${2:-} == --pack ]]; then
+    names=(engine_tests bench_engine_cuda bench_engine_cuda_gemv ${BINARIES:-})
+    tar cf - -C "$CARRY" "${names[@]}" | xz -T0 -6 > "$CARRY/bins.tar.xz"
+    (cd "$CARRY" && rm -f "${names[@]}")
+    echo "device_carry: packed into $CARRY/bins.tar.xz ($(du -h "$CARRY/bins.tar.xz" | cut -f1))"
+  fi
 fi

@@ -18,11 +18,7 @@
 set -uo pipefail
 OUT=${OUT:?set OUT}
 MODE=${1:-all}
-CARRY=.device-carry-cuda
-# Binaries built on the dev box were compiled with AGENTRT_SOURCE_DIR=/work/main (fixture paths).
-if [[ ! -e /work/main ]]; then mkdir -p /work && ln -s "$PWD" /work/main; fi
-CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 status=0
 if [[ $MODE == build || ($MODE == all && -z ${SKIP_BUILD:-}) ]]; then

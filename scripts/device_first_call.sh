@@ -17,10 +17,7 @@
 #                             default -> $OUT/r/stamps.csv.gz and the per-kernel summary.
 set -uo pipefail
 OUT=${OUT:?set OUT}
-CARRY=.device-carry-cuda
-[[ -e /work/main ]] || { mkdir -p /work && ln -s "$PWD" /work/main; }
-CUDA_LIBS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$CARRY/lib:${CUDA_LIBS}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
 BENCH=$CARRY/bench_engine_cuda
 CKPT=/tmp/v4flash
 T0=$SECONDS
