@@ -282,13 +282,13 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
     throw std::invalid_argument("cuda wgmma attention: a key mirror of " + std::to_string(kv_rows) +
                                 " KV rows from " + std::to_string(kv_first) + " and " +
                                 std::to_string(n_entries) + " entries");
-  auto* keys = static_cast<uint16_t*>(mirror);
-  mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, false, keys, stream);
-  const KeyMirror m{keys, kv_first, kv_rows, n_entries};
   const int64_t shared = kSharedBytes + (chosen ? topk * 4 : 0);
   if (shared > kMaxShared)
     throw std::invalid_argument("cuda wgmma attention: a top-k of " + std::to_string(topk) +
                                 " chosen entries does not fit in shared memory");
+  auto* keys = static_cast<uint16_t*>(mirror);
+  mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, false, keys, stream);
+  const KeyMirror m{keys, kv_first, kv_rows, n_entries};
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       attend_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const float scale = 1.0f / sqrtf(float(head_dim));
