@@ -498,13 +498,6 @@ void check_channels(int warp_channels) {
                                 " channels a warp (128 or 256)");
 }
 
-void check_norm(const QueryNormRope& norm, int64_t head_dim) {
-  if (norm.pos && (norm.rope.dim % 2 != 0 || norm.rope.dim > head_dim || !norm.rope.inv_freq))
-    throw std::invalid_argument("cuda tensor-core attention: a query RoPE of " +
-                                std::to_string(norm.rope.dim) + " channels for heads of " +
-                                std::to_string(head_dim) + " (needs an even count, at most that)");
-}
-
 }  // namespace
 
 int64_t key_mirror_bytes(int64_t head_dim, int64_t kv_rows, int64_t entries, bool split) {
@@ -531,7 +524,7 @@ void attend_rows_mma_mirrored(const float* q, const LayerRow* rows, int64_t n, i
                               const QueryNormRope& norm, int warp_channels) {
   if (n <= 0) return;
   check_shape(heads, head_dim);
-  check_norm(norm, head_dim);
+  check_query_norm(norm, head_dim, "cuda tensor-core attention");
   check_channels(warp_channels);
   if (kv_first < 0 || kv_rows < 0 || n_entries < 0 || (n_entries > 0 && !entries))
     throw std::invalid_argument("cuda tensor-core attention: a key mirror of " +
@@ -558,7 +551,7 @@ void attend_rows_mma(const float* q, const LayerRow* rows, int64_t n, int64_t he
                      int warp_channels) {
   if (n <= 0) return;
   check_shape(heads, head_dim);
-  check_norm(norm, head_dim);
+  check_query_norm(norm, head_dim, "cuda tensor-core attention");
   check_channels(warp_channels);
   (split ? dispatch_head_dim<true> : dispatch_head_dim<false>)(head_dim, q, rows, n, heads, window,
                                                                sinks, use_entries, chosen, n_chosen,

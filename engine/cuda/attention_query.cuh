@@ -9,10 +9,21 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 
 #include "engine/cuda/kernels.h"
 
 namespace agentrt::engine::cuda {
+
+// Throws where a QueryNormRope cannot apply to heads of head_dim (`who`: the kernel, for the
+// message).
+inline void check_query_norm(const QueryNormRope& norm, int64_t head_dim, const char* who) {
+  if (norm.pos && (norm.rope.dim % 2 != 0 || norm.rope.dim > head_dim || !norm.rope.inv_freq))
+    throw std::invalid_argument(std::string(who) + ": a query RoPE of " +
+                                std::to_string(norm.rope.dim) + " channels for heads of " +
+                                std::to_string(head_dim) + " (needs an even count, at most that)");
+}
 
 // The kHeads heads of HD channels at q_rows, by the block's kThreads threads: put(head, channel,
 // float4) for every 4 channels. rope_cs ([HD / 2], shared) receives the row's (cos, sin) pairs

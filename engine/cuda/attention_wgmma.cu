@@ -246,18 +246,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     *reinterpret_cast<float2*>(out1 + ch) = b;
   }
 #else
-  __trap();  // built without sm_90a: attend_rows_wgmma_runs() keeps the host from here
+  __trap();  // built without sm_90a: wgmma_kernels_run() keeps the host from here
 #endif
 }
 
 }  // namespace
-
-bool attend_rows_wgmma_runs(int device) {
-  int major = 0, minor = 0;
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
-}
 
 bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim) {
   return heads > 0 && heads % kHeads == 0 && head_dim == kDim;
@@ -274,10 +267,7 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
     throw std::invalid_argument("cuda wgmma attention: " + std::to_string(heads) + " heads of " +
                                 std::to_string(head_dim) + " (needs a multiple of 64 heads of " +
                                 std::to_string(kDim) + ")");
-  if (norm.pos && (norm.rope.dim % 2 != 0 || norm.rope.dim > head_dim || !norm.rope.inv_freq))
-    throw std::invalid_argument("cuda wgmma attention: a query RoPE of " +
-                                std::to_string(norm.rope.dim) + " channels for heads of " +
-                                std::to_string(head_dim) + " (needs an even count, at most that)");
+  check_query_norm(norm, head_dim, "cuda wgmma attention");
   if (kv_first < 0 || kv_rows < 0 || n_entries < 0 || (n_entries > 0 && !entries))
     throw std::invalid_argument("cuda wgmma attention: a key mirror of " + std::to_string(kv_rows) +
                                 " KV rows from " + std::to_string(kv_first) + " and " +

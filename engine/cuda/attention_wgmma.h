@@ -13,8 +13,7 @@ namespace agentrt::engine::cuda {
 // heads of 512 (a multiple of 64 heads): one block a row's 64 heads on two warpgroups, 64-key
 // tiles of the bf16 mirror, the scores split by keys and the output by channels between the
 // warpgroups. The same roundings (query, keys, P to bf16; float32 softmax and sums) in another
-// order. Runs only where attend_rows_wgmma_runs (compute capability 9.0, built for sm_90a).
-bool attend_rows_wgmma_runs(int device);
+// order. Runs only where wgmma_kernels_run (wgmma_runs.h).
 bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim);
 void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,

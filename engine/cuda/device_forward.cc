@@ -13,6 +13,7 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/hyper_prefill.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/wgmma_runs.h"
 
 namespace agentrt::engine::cuda {
 
@@ -147,7 +148,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   if (wgmma_attention_) {
     int device = 0;
     AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
-    wgmma_attention_ = attend_rows_wgmma_runs(device);
+    wgmma_attention_ = wgmma_kernels_run(device);
   }
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");

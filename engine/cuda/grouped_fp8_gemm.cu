@@ -28,6 +28,7 @@
 #include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/segment_search.cuh"
 #include "engine/cuda/wgmma.cuh"
+#include "engine/cuda/wgmma_runs.h"
 
 namespace agentrt::engine::cuda {
 namespace {
@@ -397,12 +398,7 @@ int64_t grouped_expert_tiles(const int32_t* pad, int64_t used, int64_t n, int32_
   return starts[used];
 }
 
-bool grouped_expert_product_runs(int device) {
-  int major = 0, minor = 0;
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  AGENTRT_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-  return major == 9 && minor == 0;
-}
+bool grouped_expert_product_runs(int device) { return wgmma_kernels_run(device); }
 
 int64_t grouped_expert_scratch_ints(int64_t used, int64_t n, int64_t k) {
   return used * (n / kBlockRows) * (k / kDepth);

@@ -34,6 +34,7 @@
 #include "engine/cuda/moe_gemm.h"
 #include "engine/cuda/route_keys.h"
 #include "engine/cuda/swiglu.h"
+#include "engine/cuda/wgmma_runs.h"
 #endif
 
 namespace agentrt::engine {
@@ -1060,7 +1061,7 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
   EXPECT_FALSE(cuda::attend_rows_wgmma_supported(64, 256));
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  if (!cuda::attend_rows_wgmma_runs(device))
+  if (!cuda::wgmma_kernels_run(device))
     GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
   const int64_t hd = 512, window = 128, topk = 64, positions = 700, entries = 170;
   for (const int64_t heads : {64, 128})
