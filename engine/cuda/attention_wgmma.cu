@@ -52,6 +52,7 @@ constexpr int kSwap = kProbs + kHeads * kKeys * 2;   // float [2 warpgroups][64 
 constexpr int kChosen = kSwap + 2 * kHeads * 4;      // int32 [topk]: the row's chosen entries (CSA)
 constexpr int kSharedBytes = kChosen + 1024;         // + room to align the base; + topk * 4 (CSA)
 constexpr int kMaxShared = 227 * 1024;  // an sm_90 block's largest dynamic shared memory
+constexpr float kLazyMax = 8.0f;        // how far a score may pass the running maximum
 
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
 constexpr int kCopies = kKeys * (kDim / 8) / kThreads;  // 16-byte copies a thread a tile
@@ -136,7 +137,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tile j (and the query) are in place for the tensor cores; both warpgroups are done with
     // tile j - 1's stage and with P.
     __syncthreads();
-    if (j + 1 < tiles) fetch(j + 1);
     const uint32_t tile_at = tiles_at + uint32_t(j % kStages) * kOperand;
 
     // Scores of the 64 heads against this warpgroup's 32 keys.
@@ -149,6 +149,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                        wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
     }
     wgmma_commit();
+    // The next tile's copies are issued while the tensor cores work out the scores: their row
+    // lookups and addresses are off the tile's critical path.
+    if (j + 1 < tiles) fetch(j + 1);
     wgmma_wait<0>();
 
     // Online softmax: s[4 i + e] is head r0's score against key 8 i + 2 c + e of the half,
@@ -176,11 +179,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     const float n0 = fmaxf(m0, fmaxf(mx0, swap[(1 - wg) * kHeads + r0])),
                 n1 = fmaxf(m1, fmaxf(mx1, swap[(1 - wg) * kHeads + r1]));
-    const float corr0 = expf(m0 - n0), corr1 = expf(m1 - n1);
-    m0 = n0;
-    m1 = n1;
+    // The running maxima move only when a score passes them by more than kLazyMax, so most
+    // tiles leave the output unscaled (exponentials up to e^8 are well inside float's range).
+    const bool up0 = n0 > m0 + kLazyMax, up1 = n1 > m1 + kLazyMax;
+    const float corr0 = up0 ? expf(m0 - n0) : 1.0f, corr1 = up1 ? expf(m1 - n1) : 1.0f;
+    m0 = up0 ? n0 : m0;
+    m1 = up1 ? n1 : m1;
     l0 *= corr0;
     l1 *= corr1;
+    const bool rescale = __any_sync(0xffffffffu, up0 || up1);
     uint8_t* probs = smem + kProbs;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -198,13 +205,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // both halves of P are in place
 
     // out = out * corr + P V over this warpgroup's 256 channels.
+    if (rescale)
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      o[4 * i] *= corr0;
-      o[4 * i + 1] *= corr0;
-      o[4 * i + 2] *= corr1;
-      o[4 * i + 3] *= corr1;
-    }
+      for (int i = 0; i < 32; ++i) {
+        o[4 * i] *= corr0;
+        o[4 * i + 1] *= corr0;
+        o[4 * i + 2] *= corr1;
+        o[4 * i + 3] *= corr1;
+      }
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kKeys / 16; ++k)
