@@ -273,12 +273,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto block_max = [&](const uint8_t* st) {
       return reinterpret_cast<const int*>(st + kStageMaxes)[b];
     };
-    // Half `part` of step j's conversion (16-byte chunks 2 part, 2 part + 1 of the row): each
-    // half runs beside one of the step before's two products.
-    auto convert = [&](int64_t j, int part) {
+    auto convert = [&](int64_t j) {
       const int s = int(j % kStages);
       const uint8_t* st = stages + s * kStageBytes;
-      if (part == 0) mbarrier_wait(&full[s], uint32_t((j / kStages) & 1));
+      mbarrier_wait(&full[s], uint32_t((j / kStages) & 1));
       const int emax = block_max(st);
       const uint32_t codes =
           *reinterpret_cast<const uint32_t*>(st + kStageCodes + 4 * (b * kBlockRows + ct));
@@ -286,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int raw_row = b * kBlockRows + ct;
       uint8_t* row = mine + (j % 2) * kWeightBytes;
 #pragma unroll
-      for (int q = 2 * part; q < 2 * part + 2; ++q) {  // 32 values under one code
+      for (int q = 0; q < 4; ++q) {  // 32 values under one code
         const uint4 v = *reinterpret_cast<const uint4*>(raw + raw_chunk(raw_row, q));
         const int code = int((codes >> (8 * q)) & 0xff);
         const uint2 tab =
@@ -302,8 +300,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     float acc[2][64], part[64];
     if (steps > 0) {
-      convert(0, 0);
-      convert(0, 1);
+      convert(0);
       warpgroup_sync(1 + b);
     }
     // The step's product of one 64-row half into part (asynchronous: wait before reading it).
@@ -337,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const uint8_t* st = stages + s * kStageBytes;
         const uint8_t* w = mine + (j % 2) * kWeightBytes;
         multiply(st, w, 0);
-        if (j + 1 < steps) convert(j + 1, 0);
+        if (j + 1 < steps) convert(j + 1);
         const float b_scale = fe::block_scale(block_max(st));
         const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
         const int r = 16 * warp + lane / 4;
@@ -347,7 +344,6 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
         for (int i = 0; i < 64; ++i) acc[0][i] = fmaf(part[i], (i & 2) ? f1 : f0, acc[0][i]);
         multiply(st, w, 1);
-        if (j + 1 < steps) convert(j + 1, 1);
         product_done();
 #pragma unroll
         for (int i = 0; i < 64; ++i) acc[1][i] = fmaf(part[i], (i & 2) ? g1 : g0, acc[1][i]);
