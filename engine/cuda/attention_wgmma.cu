@@ -74,8 +74,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   float* swap = reinterpret_cast<float*>(smem + kSwap);
-  const uint32_t query_at = shared_address(smem + kQuery), tiles_at = shared_address(smem + kTiles),
-                 probs_at = shared_address(smem + kProbs);
+  const uint32_t tiles_at = shared_address(smem + kTiles);
+  const uint64_t query_desc = wgmma_descriptor(shared_address(smem + kQuery), 16, 1024),
+                 probs_desc = wgmma_descriptor(shared_address(smem + kProbs), 16, 1024);
 
   const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kHeads;
   const LayerRow row = rows[t];
@@ -122,7 +123,10 @@ __global__ void __launch_bounds__(kThreads, 1)
             make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
       });
 
-  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  // The warpgroup, broadcast from lane 0 so that the compiler knows it warp-uniform (the
+  // descriptors below then stay in uniform registers).
+  const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x >> 7), 0);
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
   const int r0 = 16 * warp + g, r1 = r0 + 8;               // the thread's two heads of the block
   float m0 = sinks[h_base + r0], m1 = sinks[h_base + r1];  // running maxima, from the sinks
@@ -138,6 +142,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     // tile j - 1's stage and with P.
     __syncthreads();
     const uint32_t tile_at = tiles_at + uint32_t(j % kStages) * kOperand;
+    // The products' operands, each moved on by a constant per product (wgmma_advance).
+    const uint64_t keys_desc = wgmma_descriptor(tile_at + wg * 32 * 128, 16, 1024),
+                   values_desc = wgmma_descriptor(tile_at + 4 * wg * kChunk, kChunk, 1024);
 
     // Scores of the 64 heads against this warpgroup's 32 keys.
     float s[16] = {};
@@ -145,8 +152,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int k = 0; k < kDim / 16; ++k) {
       const uint32_t at = (k >> 2) * kChunk + (k & 3) * 32;
-      wgmma_bf16_64x32(s, wgmma_descriptor(query_at + at, 16, 1024),
-                       wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
+      wgmma_bf16_64x32(s, wgmma_advance(query_desc, at), wgmma_advance(keys_desc, at), k > 0);
     }
     wgmma_commit();
     // The next tile's copies are issued while the tensor cores work out the scores: their row
@@ -216,9 +222,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kKeys / 16; ++k)
-      wgmma_bf16_64x256_nb(o, wgmma_descriptor(probs_at + k * 32, 16, 1024),
-                           wgmma_descriptor(tile_at + 4 * wg * kChunk + k * 16 * 128, kChunk, 1024),
-                           true);
+      wgmma_bf16_64x256_nb(o, wgmma_advance(probs_desc, k * 32),
+                           wgmma_advance(values_desc, k * 16 * 128), true);
     wgmma_commit();
     wgmma_wait<0>();
   }
