@@ -52,7 +52,6 @@ constexpr int kSwap = kProbs + kHeads * kKeys * 2;   // float [2 warpgroups][64 
 constexpr int kChosen = kSwap + 2 * kHeads * 4;      // int32 [topk]: the row's chosen entries (CSA)
 constexpr int kSharedBytes = kChosen + 1024;         // + room to align the base; + topk * 4 (CSA)
 constexpr int kMaxShared = 227 * 1024;  // an sm_90 block's largest dynamic shared memory
-constexpr float kLazyMax = 8.0f;        // how far a score may pass the running maximum
 
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
 constexpr int kCopies = kKeys * (kDim / 8) / kThreads;  // 16-byte copies a thread a tile
@@ -74,9 +73,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   float* swap = reinterpret_cast<float*>(smem + kSwap);
-  const uint32_t tiles_at = shared_address(smem + kTiles);
-  const uint64_t query_desc = wgmma_descriptor(shared_address(smem + kQuery), 16, 1024),
-                 probs_desc = wgmma_descriptor(shared_address(smem + kProbs), 16, 1024);
+  const uint32_t query_at = shared_address(smem + kQuery), tiles_at = shared_address(smem + kTiles),
+                 probs_at = shared_address(smem + kProbs);
 
   const int64_t t = blockIdx.y, h_base = int64_t(blockIdx.x) * kHeads;
   const LayerRow row = rows[t];
@@ -123,10 +121,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
       });
 
-  // The warpgroup, broadcast from lane 0 so that the compiler knows it warp-uniform (the
-  // descriptors below then stay in uniform registers).
-  const int wg = __shfl_sync(0xffffffffu, int(threadIdx.x >> 7), 0);
-  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
   const int r0 = 16 * warp + g, r1 = r0 + 8;               // the thread's two heads of the block
   float m0 = sinks[h_base + r0], m1 = sinks[h_base + r1];  // running maxima, from the sinks
@@ -141,10 +136,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Tile j (and the query) are in place for the tensor cores; both warpgroups are done with
     // tile j - 1's stage and with P.
     __syncthreads();
+    if (j + 1 < tiles) fetch(j + 1);
     const uint32_t tile_at = tiles_at + uint32_t(j % kStages) * kOperand;
-    // The products' operands, each moved on by a constant per product (wgmma_advance).
-    const uint64_t keys_desc = wgmma_descriptor(tile_at + wg * 32 * 128, 16, 1024),
-                   values_desc = wgmma_descriptor(tile_at + 4 * wg * kChunk, kChunk, 1024);
 
     // Scores of the 64 heads against this warpgroup's 32 keys.
     float s[16] = {};
@@ -152,12 +145,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int k = 0; k < kDim / 16; ++k) {
       const uint32_t at = (k >> 2) * kChunk + (k & 3) * 32;
-      wgmma_bf16_64x32(s, wgmma_advance(query_desc, at), wgmma_advance(keys_desc, at), k > 0);
+      wgmma_bf16_64x32(s, wgmma_descriptor(query_at + at, 16, 1024),
+                       wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
     }
     wgmma_commit();
-    // The next tile's copies are issued while the tensor cores work out the scores: their row
-    // lookups and addresses are off the tile's critical path.
-    if (j + 1 < tiles) fetch(j + 1);
     wgmma_wait<0>();
 
     // Online softmax: s[4 i + e] is head r0's score against key 8 i + 2 c + e of the half,
@@ -185,15 +176,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     const float n0 = fmaxf(m0, fmaxf(mx0, swap[(1 - wg) * kHeads + r0])),
                 n1 = fmaxf(m1, fmaxf(mx1, swap[(1 - wg) * kHeads + r1]));
-    // The running maxima move only when a score passes them by more than kLazyMax, so most
-    // tiles leave the output unscaled (exponentials up to e^8 are well inside float's range).
-    const bool up0 = n0 > m0 + kLazyMax, up1 = n1 > m1 + kLazyMax;
-    const float corr0 = up0 ? expf(m0 - n0) : 1.0f, corr1 = up1 ? expf(m1 - n1) : 1.0f;
-    m0 = up0 ? n0 : m0;
-    m1 = up1 ? n1 : m1;
+    const float corr0 = expf(m0 - n0), corr1 = expf(m1 - n1);
+    m0 = n0;
+    m1 = n1;
     l0 *= corr0;
     l1 *= corr1;
-    const bool rescale = __any_sync(0xffffffffu, up0 || up1);
     uint8_t* probs = smem + kProbs;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -211,19 +198,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();  // both halves of P are in place
 
     // out = out * corr + P V over this warpgroup's 256 channels.
-    if (rescale)
 #pragma unroll
-      for (int i = 0; i < 32; ++i) {
-        o[4 * i] *= corr0;
-        o[4 * i + 1] *= corr0;
-        o[4 * i + 2] *= corr1;
-        o[4 * i + 3] *= corr1;
-      }
+    for (int i = 0; i < 32; ++i) {
+      o[4 * i] *= corr0;
+      o[4 * i + 1] *= corr0;
+      o[4 * i + 2] *= corr1;
+      o[4 * i + 3] *= corr1;
+    }
     wgmma_fence();
 #pragma unroll
     for (int k = 0; k < kKeys / 16; ++k)
-      wgmma_bf16_64x256_nb(o, wgmma_advance(probs_desc, k * 32),
-                           wgmma_advance(values_desc, k * 16 * 128), true);
+      wgmma_bf16_64x256_nb(o, wgmma_descriptor(probs_at + k * 32, 16, 1024),
+                           wgmma_descriptor(tile_at + 4 * wg * kChunk + k * 16 * 128, kChunk, 1024),
+                           true);
     wgmma_commit();
     wgmma_wait<0>();
   }

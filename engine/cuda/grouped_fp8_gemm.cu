@@ -305,11 +305,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     // The step's product of one 64-row half into part (asynchronous: wait before reading it).
     auto multiply = [&](const uint8_t* st, const uint8_t* w, int h) {
-      const uint64_t a = operand(st + kStageA + h * 64 * 128), b = operand(w);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < kDepth / 32; ++kk)
-        wgmma_e4m3_64x128x32(part, wgmma_advance(a, 32 * kk), wgmma_advance(b, 32 * kk), kk > 0);
+        wgmma_e4m3_64x128x32(part, operand(st + kStageA + h * 64 * 128 + 32 * kk),
+                             operand(w + 32 * kk), kk > 0);
       wgmma_commit();
     };
     auto product_done = [&]() {

@@ -17,14 +17,6 @@ __device__ __forceinline__ uint64_t wgmma_descriptor(uint32_t addr, uint32_t lbo
          (uint64_t((sbo >> 4) & 0x3fff) << 32) | (uint64_t(1) << 62);
 }
 
-// desc's operand moved on by `bytes` (a multiple of 16). The start address is the low word's
-// address / 16 and shared memory ends below 256 KB, so the sum never carries out of the low word:
-// one 32-bit add per product where the kernel's offsets are constants, against the ~20
-// instructions a descriptor built from its address took in the attention's score loop.
-__device__ __forceinline__ uint64_t wgmma_advance(uint64_t desc, uint32_t bytes) {
-  return (desc & 0xffffffff00000000ull) | uint32_t(uint32_t(desc) + (bytes >> 4));
-}
-
 // Orders this warpgroup's register writes before the wgmma that read them (accumulators too).
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
