@@ -4,8 +4,8 @@
 #           Debian 12 packages: all `scripts/device_cuda.sh build` needs beyond the machine's
 #           CUDA toolkit, CMake and compiler (the engine needs none of the runtime's libraries)
 #   with --binaries: this box's engine_tests, bench_engine_cuda, bench_engine_cuda_gemv (from
-#           BUILD, default build/) and libcudart, which device_cuda.sh runs when the build there
-#           fails or is skipped
+#           BUILD, default build/), libcudart and (where built) the CUPTI tracer: device_cuda.sh
+#           runs them when the build there fails or is skipped
 #   with --pack too: those binaries xz-packed into bins.tar.xz (a fifth of their size; the carry
 #           holds 64 MiB), which scripts/device_env.sh unpacks on the device; BINARIES="..."
 #           packs more files already in the carry (e.g. a baseline's bench copied in as bench_base)
@@ -36,6 +36,10 @@ if [[ ${1:-} == --binaries ]]; then
   done
   mkdir -p "$CARRY/lib"
   cp -L /usr/local/cuda/lib64/libcudart.so.13 "$CARRY/lib/"
+  # The CUPTI tracer (scripts/device_trace_prefill.sh, device_first_call.sh), where built.
+  if [[ -e $BUILD/bench/libcupti_trace.so ]]; then
+    cp "$BUILD/bench/libcupti_trace.so" "$CARRY/lib/"
+  fi
   echo "device_carry: binaries of $(git rev-parse --short HEAD) from $BUILD"
   if [[ ${2:-} == --pack ]]; then
     names=(engine_tests bench_engine_cuda bench_engine_cuda_gemv ${BINARIES:-})

@@ -4,6 +4,9 @@
   python3 scripts/trace_step.py trace.csv [--graph 0] [--launch -1] [--top 25]
   python3 scripts/trace_step.py trace.csv --eager     # everything outside graphs (prefill), by name
   python3 scripts/trace_step.py trace.csv --gaps      # what runs between consecutive replays
+  python3 scripts/trace_step.py trace.csv --overlap [--burst -1] [--gap-ms 2]
+      # one burst of work outside graphs (a prefill: bursts are split by --gap-ms of no kernel),
+      # each kernel's time alone on the GPU against its time beside other streams' kernels
 
 Graphs are numbered by their first launch in the run (0: the first graph launched, which in
 `bench_engine_cuda --contexts 1024 ...` is the batch-1 decode step at 1K); --launch picks the
@@ -56,6 +59,79 @@ def eager_summary(rows, a):
         print(f"{cnt:6d} {dur:9.2f}  {n}")
 
 
+def bursts(recs, gap_ns):
+    """Start-ordered records split where nothing runs for gap_ns: a benchmark's prefills (its
+    warm-up passes and the measured ones) are bursts of eager work with host time between."""
+    out, until = [], None
+    for r in recs:
+        if until is None or r["start_ns"] - until > gap_ns:
+            out.append([])
+            until = r["start_ns"]
+        out[-1].append(r)
+        until = max(until, r["end_ns"])
+    return out
+
+
+def overlap_summary(rows, a):
+    """Which kernels the wall time of a burst is made of. A sweep over the burst's start and end
+    events: an interval with one kernel running counts to that kernel as alone; one with several
+    counts to each as beside (split evenly, so the columns add up to the busy time), and to the
+    pair. A kernel's alone time is what the wall loses if it vanishes; time beside others is
+    what a faster kernel may not return."""
+    recs = sorted((r for r in rows if not r["graph"]), key=lambda r: r["start_ns"])
+    if not recs:
+        sys.exit("trace_step: no records outside graphs")
+    groups = bursts(recs, int(a.gap_ms * 1e6))
+    print(f"{len(groups)} bursts of work outside graphs (split at {a.gap_ms} ms of no kernel): " +
+          ", ".join(f"#{i} {len(g)} kernels {(max(r['end_ns'] for r in g) - g[0]['start_ns']) / 1e6:.1f} ms"
+                    for i, g in enumerate(groups[:12])) + (" ..." if len(groups) > 12 else ""))
+    if not -len(groups) <= a.burst < len(groups):
+        sys.exit(f"trace_step: --burst {a.burst} is out of range")
+    burst = groups[a.burst]
+    names = demangle(sorted({r["name"] for r in burst}))
+    label = [short(names[r["name"]], a.width) for r in burst]
+    events = sorted([(r["start_ns"], 1, i) for i, r in enumerate(burst)] +
+                    [(r["end_ns"], 0, i) for i, r in enumerate(burst)])
+    alone, beside = defaultdict(float), defaultdict(float)
+    pairs = defaultdict(float)
+    running, last, idle = set(), events[0][0], 0.0
+    for t, kind, i in events:
+        span = (t - last) / 1e6
+        if span > 0:
+            if not running:
+                idle += span
+            elif len(running) == 1:
+                alone[label[next(iter(running))]] += span
+            else:
+                now = sorted({label[j] for j in running})
+                for j in running:
+                    beside[label[j]] += span / len(running)
+                for x in range(len(now)):
+                    for y in range(x + 1, len(now)):
+                        pairs[(now[x], now[y])] += span
+        last = t
+        if kind:
+            running.add(i)
+        else:
+            running.discard(i)
+    wall = (max(r["end_ns"] for r in burst) - burst[0]["start_ns"]) / 1e6
+    streams = sorted({r["stream"] for r in burst})
+    print(f"\nburst {a.burst}: {len(burst)} kernels on {len(streams)} streams, wall {wall:.2f} ms: "
+          f"one kernel alone {sum(alone.values()):.2f}, several at once "
+          f"{wall - idle - sum(alone.values()):.2f}, nothing {idle:.2f}")
+    total = defaultdict(float)
+    count = defaultdict(int)
+    for i, r in enumerate(burst):
+        total[label[i]] += (r["end_ns"] - r["start_ns"]) / 1e6
+        count[label[i]] += 1
+    print(f"\n{'count':>5} {'sum ms':>8} {'alone':>8} {'beside':>8}  kernel (by alone time)")
+    for n in sorted(total, key=lambda n: -alone[n])[:a.top]:
+        print(f"{count[n]:5d} {total[n]:8.2f} {alone[n]:8.2f} {beside[n]:8.2f}  {n}")
+    print(f"\n{'ms':>8}  kernels running at once (pairs, by time)")
+    for (x, y), v in sorted(pairs.items(), key=lambda kv: -kv[1])[:a.top]:
+        print(f"{v:8.2f}  {x}  |  {y}")
+
+
 def gap_summary(rows, graphs, order, a):
     """Between two replays of one graph the GPU runs the host's work of a step (picks, copies,
     the metadata upload): its wall is the step's time beyond the graph's."""
@@ -99,6 +175,12 @@ def main():
                    help="for every graph: the time between consecutive replays and, for the "
                         "last --show pairs, what ran outside graphs in between")
     p.add_argument("--show", type=int, default=2)
+    p.add_argument("--overlap", action="store_true",
+                   help="one burst of work outside graphs: each kernel's time alone against "
+                        "its time beside other streams' kernels")
+    p.add_argument("--burst", type=int, default=-1, help="--overlap's burst (-1: the last)")
+    p.add_argument("--gap-ms", type=float, default=2.0,
+                   help="--overlap: bursts are split where no kernel runs for this long")
     a = p.parse_args()
 
     with open(a.csv, newline="") as f:
@@ -111,6 +193,9 @@ def main():
 
     if a.eager:
         eager_summary(rows, a)
+        return
+    if a.overlap:
+        overlap_summary(rows, a)
         return
     # graph id -> {correlation (one launch) -> records}
     graphs = defaultdict(lambda: defaultdict(list))
