@@ -59,16 +59,19 @@ def opcode(source):
     return words[0].split(".")[0] if words else "?"
 
 
-def runs(rows):
-    # Consecutive instructions with the same execution count (to 1%): straight-line code of
-    # one loop level. Zero-count code (never executed) is its own run.
+def regions(rows):
+    # Neighbouring instructions of one loop level: execution counts within a factor of 2 of the
+    # region's largest (a branch inside a loop body halves a count, a loop level multiplies it);
+    # never-executed code forms regions of its own.
     out = []
     for i, r in enumerate(rows):
-        e = r["executed"]
-        if out and abs(e - out[-1]["count"]) <= 0.01 * max(e, 1):
-            out[-1]["last"] = i
+        c = r["executed"]
+        g = out[-1] if out else None
+        if g and (c == 0) == (g["count"] == 0) and (c == 0 or 0.5 <= c / g["count"] <= 2.0):
+            g["last"] = i
+            g["count"] = max(g["count"], c)
         else:
-            out.append({"first": i, "last": i, "count": e})
+            out.append({"first": i, "last": i, "count": c})
     return out
 
 
@@ -92,20 +95,9 @@ def main():
     for name, v in reasons.most_common(12):
         print(f"  {name:<20} {100 * v / total:5.1f}")
 
-    # Merge runs into regions of one loop level: neighbours whose execution counts are within a
-    # factor of 2 (a branch inside a loop body halves a count, a loop level multiplies it).
-    regions = []
-    for run in runs(rows):
-        c = run["count"]
-        if regions and (c == 0) == (regions[-1]["count"] == 0) and \
-                (c == 0 or 0.5 <= c / regions[-1]["count"] <= 2.0):
-            regions[-1]["last"] = run["last"]
-            regions[-1]["count"] = max(regions[-1]["count"], c)
-        else:
-            regions.append({"first": run["first"], "last": run["last"], "count": c})
     print("\ncode regions by loop level (instructions per unit: executed / the region's largest "
           "count, or --per):")
-    for g in regions:
+    for g in regions(rows):
         body = rows[g["first"]:g["last"] + 1]
         share = sum(r["samples"] for r in body) / total
         if share < a.regions:

@@ -38,10 +38,15 @@ def short(name, width):
     return head[:width]
 
 
-def eager_summary(rows, a):
+def eager_records(rows):
     recs = sorted((r for r in rows if not r["graph"]), key=lambda r: r["start_ns"])
     if not recs:
         sys.exit("trace_step: no records outside graphs")
+    return recs
+
+
+def eager_summary(rows, a):
+    recs = eager_records(rows)
     names = demangle(sorted({r["name"] for r in recs}))
     by_name = defaultdict(lambda: [0, 0.0])
     busy, until = 0, recs[0]["start_ns"]
@@ -78,10 +83,7 @@ def overlap_summary(rows, a):
     counts to each as beside (split evenly, so the columns add up to the busy time), and to the
     pair. A kernel's alone time is what the wall loses if it vanishes; time beside others is
     what a faster kernel may not return."""
-    recs = sorted((r for r in rows if not r["graph"]), key=lambda r: r["start_ns"])
-    if not recs:
-        sys.exit("trace_step: no records outside graphs")
-    groups = bursts(recs, int(a.gap_ms * 1e6))
+    groups = bursts(eager_records(rows), int(a.gap_ms * 1e6))
     print(f"{len(groups)} bursts of work outside graphs (split at {a.gap_ms} ms of no kernel): " +
           ", ".join(f"#{i} {len(g)} kernels {(max(r['end_ns'] for r in g) - g[0]['start_ns']) / 1e6:.1f} ms"
                     for i, g in enumerate(groups[:12])) + (" ..." if len(groups) > 12 else ""))
