@@ -26,6 +26,9 @@
 //                     run the routed experts as two grouped wgmma launches reading the FP4
 //                     weights as stored, CudaOptions::fp8_grouped_rows; default every pass, 0
 //                     never: converted copies and one cuBLASLt GEMM per expert)
+//                     [--fp8-row-scales 1] (that grouped path with one scale per activation
+//                     row and per weight block's whole rows: no promotion in the kernel,
+//                     CudaOptions::fp8_row_scales)
 //                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
 //                     highest priority, CudaOptions::expert_priority_stream; no faster)
 //                     [--key-mirrors 0] (prefill attention and indexer convert each float32
@@ -355,6 +358,8 @@ int main(int argc, char** argv) {
       options.fp8_expert_streams = std::stoi(v);
     else if (k == "--fp8-grouped-rows")
       options.fp8_grouped_rows = std::stoll(v);
+    else if (k == "--fp8-row-scales")
+      options.fp8_row_scales = v == "1";
     else if (k == "--expert-priority-stream")
       options.expert_priority_stream = v == "1";
     else if (k == "--key-mirrors")

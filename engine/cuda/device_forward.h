@@ -54,6 +54,12 @@ struct CudaOptions {
   // measured on an H100 (twenty-seventh session: fp8 prefill 1K 50.5K tok/s against 22.1K, 4K
   // 89.7K against 59.2K, 8K 92.9K against 78.4K, 16K 96.6K against 91.7K).
   int64_t fp8_grouped_rows = std::numeric_limits<int64_t>::max();
+  // That grouped path with one scale per activation row and each weight block's scale taken over
+  // its whole rows (GroupedExpertProduct::row_scales): the kernel adds a tile's whole depth in
+  // the tensor cores' accumulators, with no per-step promotion into float32 (fewer instructions
+  // and the products overlapping the next step's conversion; Hopper's FP8 accumulation keeps
+  // fewer mantissa bits). Off: not yet measured on a GPU.
+  bool fp8_row_scales = false;
   // Prefill's routed experts run their gathers, GEMMs and scatters on a stream of the highest
   // priority, ahead of the next chunk's weight conversion (ExpertGemm's priority_stream). Off: no
   // faster on an H100 (sixteenth session, fp8 prefill 16K 72,248 tok/s without, 71,052 with;

@@ -152,17 +152,24 @@ __global__ void __launch_bounds__(128)
   const BlockWeight w = weight_of(p, a, nb * kBlockRows);
   const uint8_t* row = w.codes + t * (p.k / fe::kScaleColumns);
   int32_t* out = p.block_max + (a * (p.n / kBlockRows) + nb) * depth_steps;
+  int all = fe::kNoCode;  // the largest over the block's whole rows
   for (int64_t kb = 0; kb < depth_steps; ++kb) {
     const int emax =
         fe::block_largest_code(__ldg(reinterpret_cast<const uint32_t*>(row) + kb), warp_max);
     if (t == 0) out[kb] = emax;
+    all = max(all, emax);
     __syncthreads();  // every thread has read warp_max before the next block's
   }
+  // Row scales: every depth step of the block takes the same scale.
+  if (p.row_scales && t == 0)
+    for (int64_t kb = 0; kb < depth_steps; ++kb) out[kb] = all;
 #else
   __trap();
 #endif
 }
 
+// kRowScales: p.row_scales (no promotion; the accumulators span a tile's whole depth).
+template <bool kRowScales>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_expert_kernel(const __grid_constant__ GroupedExpertProduct p) {
 #ifndef AGENTRT_NO_WGMMA
@@ -298,11 +305,93 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The tensor cores read the weights through the async proxy.
       fence_proxy_async();
     };
-    float acc[2][64], part[64];
     if (steps > 0) {
       convert(0);
       warpgroup_sync(1 + b);
     }
+    // A tile's outputs: acc[h] (the fragment: element i of the thread is row 16 warp + lane / 4
+    // + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (lane % 4) + i % 2 of half h's 64 x 128) times the
+    // factor of its row (f0 / f1 for half 0's rows r and r + 8, g0 / g1 for half 1's), into the
+    // expert's padded slot rows or its rows of out_start.
+    auto store = [&](const Tile& tile, float(&acc)[2][64], float f0, float f1, float g0, float g1) {
+      int64_t out_first = tile.first, out_rows = tile.rows;
+      if (p.out_start) {
+        out_first = p.out_start[tile.a];
+        out_rows = p.out_start[tile.a + 1] - out_first;
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r0 = tile.m0 + 64 * h + 16 * warp + lane / 4, r1 = r0 + 8;
+        const float e0 = h == 0 ? f0 : g0, e1 = h == 0 ? f1 : g1;
+        float* out0 =
+            p.out + (out_first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
+        float* out1 = out0 + 8 * p.ld_out;
+#pragma unroll
+        for (int i = 0; i < 16; ++i) {
+          if (r0 < out_rows)
+            *reinterpret_cast<float2*>(out0 + 8 * i) =
+                make_float2(acc[h][4 * i] * e0, acc[h][4 * i + 1] * e0);
+          if (r1 < out_rows)
+            *reinterpret_cast<float2*>(out1 + 8 * i) =
+                make_float2(acc[h][4 * i + 2] * e1, acc[h][4 * i + 3] * e1);
+        }
+      }
+    };
+    if constexpr (kRowScales) {
+      // The whole depth in the accumulators: a step issues both halves' products and leaves
+      // them running while it converts the next step's weights; the wait for the step before
+      // (wait_group 1) frees that step's stage and the weight buffer the conversion writes.
+      float acc[2][64];
+#pragma unroll
+      for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.0f;
+      int held = -1;  // the stage the tensor cores may still read
+      int64_t j = 0;
+      for (int64_t t = blockIdx.x; t < p.tiles; t += gridDim.x) {
+        const Tile tile = tile_at(p, tile_start, pad, t);
+        const bool busy = tile.n0 + b * kBlockRows < p.n;  // as below: products run either way
+        float f0 = 0.0f, f1 = 0.0f, g0 = 0.0f, g1 = 0.0f;
+        for (int64_t kb = 0; kb < depth_steps; ++kb, ++j) {
+          const int s = int(j % kStages);
+          const uint8_t* st = stages + s * kStageBytes;
+          const uint8_t* w = mine + (j % 2) * kWeightBytes;
+          wgmma_fence();
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int kk = 0; kk < kDepth / 32; ++kk)
+              wgmma_e4m3_64x128x32(acc[h], operand(st + kStageA + h * 64 * 128 + 32 * kk),
+                                   operand(w + 32 * kk), kb > 0 || kk > 0);
+          wgmma_commit();
+          if (kb == 0) {
+            // Every step of the tile has the same scales: the first step's.
+            const float b_scale = fe::block_scale(block_max(st));
+            const float* a_scale = reinterpret_cast<const float*>(st + kStageAScale);
+            const int r = 16 * warp + lane / 4;
+            f0 = a_scale[r] * b_scale, f1 = a_scale[r + 8] * b_scale;
+            g0 = a_scale[64 + r] * b_scale, g1 = a_scale[64 + r + 8] * b_scale;
+          }
+          wgmma_wait<1>();
+          if (held >= 0) {
+            __syncwarp();
+            if (lane == 0) mbarrier_arrive(&empty[held]);
+          }
+          held = s;
+          if (j + 1 < steps) convert(j + 1);
+          // Every thread's weights of step j + 1 are written.
+          warpgroup_sync(1 + b);
+        }
+        wgmma_wait<0>();
+        // Keeps the compiler from reading the accumulators before the wait.
+#pragma unroll
+        for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(acc[0][i]), "+f"(acc[1][i])::"memory");
+        __syncwarp();
+        if (lane == 0) mbarrier_arrive(&empty[held]);
+        held = -1;
+        if (busy) store(tile, acc, f0, f1, g0, g1);
+      }
+      return;
+    }
+    float acc[2][64], part[64];
     // The step's product of one 64-row half into part (asynchronous: wait before reading it).
     auto multiply = [&](const uint8_t* st, const uint8_t* w, int h) {
       wgmma_fence();
@@ -354,31 +443,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // read the other buffer, done).
         warpgroup_sync(1 + b);
       }
-      if (!busy) continue;
-      // Where the expert's rows go: its padded slot rows, or its rows of out_start.
-      int64_t out_first = tile.first, out_rows = tile.rows;
-      if (p.out_start) {
-        out_first = p.out_start[tile.a];
-        out_rows = p.out_start[tile.a + 1] - out_first;
-      }
-      // The fragment: element i of the thread is row 16 warp + lane / 4 + 8 ((i / 2) % 2), column
-      // 8 (i / 4) + 2 (lane % 4) + i % 2 of the half's 64 x 128.
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int64_t r0 = tile.m0 + 64 * h + 16 * warp + lane / 4, r1 = r0 + 8;
-        float* out0 =
-            p.out + (out_first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
-        float* out1 = out0 + 8 * p.ld_out;
-#pragma unroll
-        for (int i = 0; i < 16; ++i) {
-          if (r0 < out_rows)
-            *reinterpret_cast<float2*>(out0 + 8 * i) =
-                make_float2(acc[h][4 * i], acc[h][4 * i + 1]);
-          if (r1 < out_rows)
-            *reinterpret_cast<float2*>(out1 + 8 * i) =
-                make_float2(acc[h][4 * i + 2], acc[h][4 * i + 3]);
-        }
-      }
+      if (busy) store(tile, acc, 1.0f, 1.0f, 1.0f, 1.0f);
     }
   }
 #else
@@ -418,10 +483,11 @@ void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStrea
     throw std::invalid_argument("grouped_expert_product: no block_max scratch");
   block_max_kernel<<<dim3(unsigned(p.n / kBlockRows), unsigned(p.used)), 128, 0, stream>>>(p);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      grouped_expert_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
+  auto kernel = p.row_scales ? grouped_expert_kernel<true> : grouped_expert_kernel<false>;
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
   const int grid = int(std::min<int64_t>(std::max(blocks, 1), p.tiles));
-  grouped_expert_kernel<<<grid, kThreads, kSharedBytes, stream>>>(p);
+  kernel<<<grid, kThreads, kSharedBytes, stream>>>(p);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

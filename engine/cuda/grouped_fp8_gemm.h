@@ -43,6 +43,14 @@ struct GroupedExpertProduct {
   const int32_t* out_start = nullptr;
   // Scratch of grouped_expert_scratch_ints: each weight block's largest ue8m0 code.
   int32_t* block_max = nullptr;
+  // Scales uniform along the depth: x_scales holds one scale per row (the same value in each of
+  // its column blocks), and each 128-row block of the weight takes the largest code of its whole
+  // rows (block_max the same for every depth step), so the product needs no per-step promotion:
+  // the tensor cores add the whole depth in their float32 accumulators (Hopper's FP8 wgmma adds
+  // with fewer mantissa bits than float32: the error this adds is measured by the tests), and the
+  // two scales multiply each output once. false: per-block scales, each 128-deep step's product
+  // added into float32 accumulators times its two scales (DeepSeek's promotion).
+  bool row_scales = false;
 };
 
 // The ints block_max holds for `used` experts' n x k matrices.

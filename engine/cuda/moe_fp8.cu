@@ -149,24 +149,76 @@ __device__ __forceinline__ void store_quantised(float4 v, bool padding, const Sl
 // together. One warp per (slot, block), as before, spent most of a 16K prefill's 10 ms gather
 // waiting on the search.
 constexpr int64_t kWarpBlocks = 8;
-// warp_grid for one warp per group of kWarpBlocks of each slot's `blocks` blocks.
-unsigned slot_group_grid(int64_t slots, int64_t blocks) {
-  return warp_grid(slots * ((blocks + kWarpBlocks - 1) / kWarpBlocks));
+// Groups of blocks a slot's row is split into: kWarpBlocks each, or the whole row under row
+// scales (GroupedExpertProduct::row_scales: one scale for all of them).
+__host__ __device__ inline int64_t slot_groups(int64_t blocks, bool row_scale) {
+  return row_scale ? 1 : (blocks + kWarpBlocks - 1) / kWarpBlocks;
+}
+// warp_grid for one warp per group of each slot's `blocks` blocks.
+unsigned slot_group_grid(int64_t slots, int64_t blocks, bool row_scale) {
+  return warp_grid(slots * slot_groups(blocks, row_scale));
+}
+
+// Under row scales, a slot's whole row quantised by one warp under one scale, its largest
+// magnitude's: a first pass over the row takes it, a second quantises (values(kb): the lane's 4
+// values of block kb; the second read comes from the caches). Each block's scale slot gets the
+// row's scale, so the layout is per-block scales' ([column block][row] per expert).
+template <class Values>
+__device__ void store_row_quantised(Values values, bool padding, const Slot& s, int64_t slot,
+                                    int64_t blocks, int64_t first_slot, int64_t cols, uint8_t* q,
+                                    float* scales) {
+  const int lane = int(threadIdx.x % 32);
+  auto load = [&](int64_t kb0, float4(&v)[kWarpBlocks]) {
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i)
+      v[i] = kb0 + i < blocks ? values(kb0 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  };
+  float amax = 0.0f;
+  for (int64_t kb0 = 0; kb0 < blocks; kb0 += kWarpBlocks) {
+    float4 v[kWarpBlocks];
+    load(kb0, v);
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i) amax = fmaxf(amax, lane_amax(v[i]));
+  }
+  const int e = warp_scale_exponent(amax);
+  const float scale = padding ? 0.0f : aq::exp2_exact(e);
+  for (int64_t kb0 = 0; kb0 < blocks; kb0 += kWarpBlocks) {
+    float4 v[kWarpBlocks];
+    load(kb0, v);
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i) {
+      const int64_t kb = kb0 + i;
+      if (kb >= blocks) break;
+      *reinterpret_cast<uint32_t*>(q + slot * cols + kb * aq::kBlock + 4 * lane) =
+          padding ? 0u : e4m3_codes(v[i], e);
+      if (lane == 0) scales[first_slot * blocks + kb * s.rows + s.local] = scale;
+    }
+  }
 }
 
 // The chunk's slots' rows of h (the pair's token row), quantised: one warp per (slot, group of
 // kWarpBlocks blocks).
 __global__ void gather_quantize_kernel(const float* h, const int32_t* order, const int32_t* seg,
                                        const int32_t* pad, int64_t a0, int64_t a1, int64_t slots,
-                                       int64_t k, int64_t hidden, uint8_t* xq, float* xs) {
+                                       int64_t k, int64_t hidden, bool row_scale, uint8_t* xq,
+                                       float* xs) {
   const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = hidden / aq::kBlock, groups = (blocks + kWarpBlocks - 1) / kWarpBlocks;
+  const int64_t blocks = hidden / aq::kBlock, groups = slot_groups(blocks, row_scale);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * groups;
        w += warps) {
     const int64_t slot = w / groups, kb0 = (w - slot * groups) * kWarpBlocks;
     const Slot s = find_slot(pad, seg, a0, a1, slot);
     const float* row = s.pair >= 0 ? h + int64_t(order[s.pair] / k) * hidden : nullptr;
+    if (row_scale) {
+      store_row_quantised(
+          [&](int64_t kb) {
+            return row ? __ldg(reinterpret_cast<const float4*>(row + kb * aq::kBlock) + lane)
+                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          },
+          s.pair < 0, s, slot, blocks, slot - s.local, hidden, xq, xs);
+      continue;
+    }
     float4 v[kWarpBlocks];
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i)
@@ -186,9 +238,9 @@ __global__ void gather_quantize_kernel(const float* h, const int32_t* order, con
 __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, const float* weights,
                                        const int32_t* seg, const int32_t* pad, int64_t a0,
                                        int64_t a1, int64_t slots, int64_t inter, float limit,
-                                       uint8_t* aq_out, float* as_out) {
+                                       bool row_scale, uint8_t* aq_out, float* as_out) {
   const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = inter / aq::kBlock, groups = (blocks + kWarpBlocks - 1) / kWarpBlocks;
+  const int64_t blocks = inter / aq::kBlock, groups = slot_groups(blocks, row_scale);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * groups;
        w += warps) {
@@ -196,6 +248,20 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
     const Slot s = find_slot(pad, seg, a0, a1, slot);
     const float* row = gu + slot * 2 * inter;
     const float weight = s.pair >= 0 ? weights[order[s.pair]] : 0.0f;
+    if (row_scale) {
+      store_row_quantised(
+          [&](int64_t kb) {
+            if (s.pair < 0) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            const float* at = row + kb * aq::kBlock;
+            const float4 g = __ldg(reinterpret_cast<const float4*>(at) + lane),
+                         u = __ldg(reinterpret_cast<const float4*>(at + inter) + lane);
+            return make_float4(
+                swiglu_weighted(g.x, u.x, limit, weight), swiglu_weighted(g.y, u.y, limit, weight),
+                swiglu_weighted(g.z, u.z, limit, weight), swiglu_weighted(g.w, u.w, limit, weight));
+          },
+          s.pair < 0, s, slot, blocks, slot - s.local, inter, aq_out, as_out);
+      continue;
+    }
     float4 g[kWarpBlocks], u[kWarpBlocks];
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i) {
@@ -373,8 +439,8 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
                   rows = seg[a1] - seg[a0];
     const int b = int(i % 2);
     if (i + 1 < chunks) enqueue_convert(i + 1);
-    gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock), 256, 0, stream>>>(
-        h, s.order, s.seg_start, d_pad, a0, a1, slots, k, hidden, x_.as<uint8_t>(),
+    gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock, false), 256, 0, stream>>>(
+        h, s.order, s.seg_start, d_pad, a0, a1, slots, k, hidden, false, x_.as<uint8_t>(),
         xs_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.gather");
@@ -382,9 +448,9 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     mark("moe.experts.decode");
     gemms([&](int64_t a) { return up_gemm(a, a0, b); }, a0, a1);
     mark("moe.experts.gemm");
-    swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock), 256, 0, stream>>>(
+    swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock, false), 256, 0, stream>>>(
         gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, a0, a1, slots, inter, limit,
-        act_.as<uint8_t>(), as_.as<float>());
+        false, act_.as<uint8_t>(), as_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.swiglu");
     gemms([&](int64_t a) { return down_gemm(a, a0, b); }, a0, a1);
@@ -423,8 +489,10 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
       cudaMemcpyAsync(pad_.get(), pad, size_t(3 * (used + 1)) * 4, cudaMemcpyHostToDevice, stream));
   const int32_t* d_pad = pad_.as<int32_t>();
 
-  gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock), 256, 0, stream>>>(
-      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(), xs_.as<float>());
+  const bool rs = fp8_row_scales_;
+  gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock, rs), 256, 0, stream>>>(
+      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, rs, x_.as<uint8_t>(),
+      xs_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
   GroupedExpertProduct up;
@@ -441,10 +509,11 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   up.out = gate_up_.as<float>();
   up.ld_out = 2 * inter;
   up.block_max = block_max_.as<int32_t>();
+  up.row_scales = rs;
   grouped_expert_product(up, sms_, stream);
   mark("moe.experts.gemm");
-  swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock), 256, 0, stream>>>(
-      gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit,
+  swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock, rs), 256, 0, stream>>>(
+      gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit, rs,
       act_.as<uint8_t>(), as_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.swiglu");

@@ -189,8 +189,9 @@ __global__ void scatter_rows_kernel(const float* y, int64_t s0, int64_t hidden,
 
 ExpertGemm::ExpertGemm(GemmPrecision precision, int64_t min_rows, int64_t chunk_bytes,
                        bool fp4_kernel, int fp8_streams, bool priority_stream,
-                       int64_t fp8_grouped_rows)
+                       int64_t fp8_grouped_rows, bool fp8_row_scales)
     : precision_(precision),
+      fp8_row_scales_(fp8_row_scales),
       min_rows_(min_rows),
       chunk_bytes_(chunk_bytes),
       fp4_kernel_(fp4_kernel) {

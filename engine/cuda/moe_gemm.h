@@ -50,10 +50,13 @@ class ExpertGemm {
   // used expert's gate/up and down products as one launch each of grouped_fp8_gemm.cu's kernel,
   // which reads the FP4 weights as stored, instead of converted copies of all used experts and
   // one cuBLASLt GEMM per expert (0: never).
+  // fp8_row_scales: that grouped path quantises each activation row under one scale and takes
+  // each weight block's scale over its whole rows (GroupedExpertProduct::row_scales): no
+  // per-step promotion in the kernel.
   explicit ExpertGemm(GemmPrecision precision, int64_t min_rows = 128,
                       int64_t chunk_bytes = int64_t(1) << 30, bool fp4_kernel = false,
                       int fp8_streams = 2, bool priority_stream = false,
-                      int64_t fp8_grouped_rows = 0);
+                      int64_t fp8_grouped_rows = 0, bool fp8_row_scales = false);
   ~ExpertGemm();
   ExpertGemm(const ExpertGemm&) = delete;
   ExpertGemm& operator=(const ExpertGemm&) = delete;
@@ -114,6 +117,7 @@ class ExpertGemm {
   std::unique_ptr<Fp8Gemm> fp8_[2];
   int fp8_streams_ = 1;
   int64_t fp8_grouped_rows_ = 0;  // the constructor's, 0 where the device lacks the kernel
+  bool fp8_row_scales_ = false;   // the constructor's
   int sms_ = 0;                   // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;

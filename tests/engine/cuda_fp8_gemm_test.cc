@@ -391,29 +391,34 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_fp8_prefill";
   testing::write_small_fp8_model(dir, 7);
   const auto cpu = Model::load(dir, {Device::cpu, 0});
-  cuda::CudaOptions options;
-  options.precision = cuda::GemmPrecision::fp8;
-  const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
   std::mt19937 rng(11);
   std::vector<int32_t> ids(300);
   for (auto& t : ids) t = int32_t(rng() % 3000);
   const int64_t V = cpu->vocab_size();
   const auto want = cpu->new_sequence()->forward(ids, true);
-  const auto got = gpu->new_sequence()->forward(ids, true);
-  std::vector<double> errors;
-  for (size_t p = 0; p < ids.size(); ++p)
-    errors.push_back(testing::rel_l2(&got[p * V], &want[p * V], V));
-  std::sort(errors.begin(), errors.end());
-  const auto counts = cuda_fp8_counts(*gpu);
-  std::printf(
-      "[ fp8 prefill ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld refused, %lld "
-      "of other shapes; %lld expert passes, %lld fell back\n",
-      errors[errors.size() / 2], errors.back(), (long long)counts.fp8, (long long)counts.fallbacks,
-      (long long)counts.unfit, (long long)counts.experts, (long long)counts.expert_fallbacks);
-  for (const std::string& shape : counts.refused) std::printf("  refused: %s\n", shape.c_str());
-  EXPECT_GT(counts.fp8, 0);
-  EXPECT_GT(counts.experts, 0);
-  EXPECT_LE(errors[errors.size() / 2], 0.35);
+  // Also with row scales (CudaOptions::fp8_row_scales), under the same bound.
+  for (bool row_scales : {false, true}) {
+    cuda::CudaOptions options;
+    options.precision = cuda::GemmPrecision::fp8;
+    options.fp8_row_scales = row_scales;
+    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+    const auto got = gpu->new_sequence()->forward(ids, true);
+    std::vector<double> errors;
+    for (size_t p = 0; p < ids.size(); ++p)
+      errors.push_back(testing::rel_l2(&got[p * V], &want[p * V], V));
+    std::sort(errors.begin(), errors.end());
+    const auto counts = cuda_fp8_counts(*gpu);
+    std::printf(
+        "[ fp8 prefill%s ] rel L2 vs CPU median %.3g worst %.3g; %lld FP8 GEMMs, %lld refused, "
+        "%lld of other shapes; %lld expert passes, %lld fell back\n",
+        row_scales ? ", row scales" : "", errors[errors.size() / 2], errors.back(),
+        (long long)counts.fp8, (long long)counts.fallbacks, (long long)counts.unfit,
+        (long long)counts.experts, (long long)counts.expert_fallbacks);
+    for (const std::string& shape : counts.refused) std::printf("  refused: %s\n", shape.c_str());
+    EXPECT_GT(counts.fp8, 0);
+    EXPECT_GT(counts.experts, 0);
+    EXPECT_LE(errors[errors.size() / 2], 0.35);
+  }
   std::filesystem::remove_all(dir);
 }
 
@@ -459,17 +464,20 @@ TEST(CudaFp4E4m3, ConversionIsExactWithinFourteenBinades) {
 }
 
 // The host's conversion of an MXFP4 matrix (the reference for the kernel): codes and scales.
+// whole_rows: each block takes the largest code of its 128 rows' whole width (the grouped
+// kernel's row scales, GroupedExpertProduct::row_scales).
 void convert_on_host(const QuantizedMatrix& m, int64_t rows, int64_t cols, int64_t ld,
-                     std::vector<uint8_t>& q, std::vector<float>& scales) {
+                     std::vector<uint8_t>& q, std::vector<float>& scales, bool whole_rows = false) {
   q.assign(rows * cols, 0);
   scales.assign((rows / 128) * ld, 0.0f);
   const int64_t codes_per_row = cols / 32;
   for (int64_t rb = 0; rb < rows / 128; ++rb)
     for (int64_t cb = 0; cb < cols / 128; ++cb) {
       int emax = fe::kNoCode;
+      const int64_t first = whole_rows ? 0 : cb * 4, last = whole_rows ? codes_per_row : first + 4;
       for (int64_t r = rb * 128; r < rb * 128 + 128; ++r)
-        for (int64_t i = 0; i < 4; ++i)
-          emax = fe::max_finite_code(emax, m.scales[r * codes_per_row + cb * 4 + i]);
+        for (int64_t i = first; i < last; ++i)
+          emax = fe::max_finite_code(emax, m.scales[r * codes_per_row + i]);
       scales[rb * ld + cb] = fe::block_scale(emax);
       for (int64_t r = rb * 128; r < rb * 128 + 128; ++r)
         for (int64_t c = cb * 128; c < cb * 128 + 128; ++c) {
@@ -520,9 +528,17 @@ TEST_F(CudaFp8Gemm, ConvertsMxfp4WeightsAsTheHost) {
 // w3; down, whose 384 columns leave the second half of its last column tile empty), a weight block
 // whose codes span 20 binades. A wrong swizzle, fragment layout, scale or row gives errors of order
 // 1; the tensor cores' FP8 accumulation ~1e-4.
-TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
-  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
-  const int64_t E = 3, hidden = 384, inter = 256;
+// row_scales: GroupedExpertProduct::row_scales (each activation row under one scale, each weight
+// block's scale over its whole rows, no promotion in the kernel). deep: weights whose column
+// blocks differ by at most 4x, so every block of a deep product counts (the accumulation over the
+// whole depth is what row scales change; every 9th row is checked there, the host's float64
+// product being slow); `tolerance` bounds each output's error as a fraction of its row's RMS,
+// worst_bound the worst row's relative L2 error, which the test prints.
+void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool deep,
+                            double tolerance, double worst_bound) {
+  SCOPED_TRACE("hidden " + std::to_string(hidden) + " inter " + std::to_string(inter) +
+               (row_scales ? ", row scales" : ", block scales"));
+  const int64_t E = 3;
   const std::vector<int32_t> active = {2, 0, 1}, pad = {0, 16, 160, 432};
   const int64_t used = 3, slots = pad[used];
   std::mt19937 rng(21);
@@ -535,7 +551,8 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     std::vector<float> v(rows * cols);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c = 0; c < cols; ++c)
-        v[r * cols + c] = normal(rng) * std::ldexp(1.0f, int(r % 5) - int(c / 128));
+        v[r * cols + c] =
+            normal(rng) * std::ldexp(1.0f, int(r % 5) - (deep ? int(c / 128) % 3 : int(c / 128)));
     stored.push_back(quantize_mxfp4(v.data(), rows, cols));
     if (stored.size() == 2) stored.back().scales[3 * (cols / 32) + 2] -= 20;
     const WeightMatrix w{
@@ -560,7 +577,7 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     for (int m = 0; m < 3; ++m) {
       const int64_t rows = m == 1 ? hidden : inter, cols = m == 1 ? inter : hidden;
       convert_on_host(stored[3 * e + m], rows, cols, aq::weight_scale_ld(cols), wq[m * E + e],
-                      ws[m * E + e]);
+                      ws[m * E + e], row_scales);
     }
 
   auto run = [&](bool down) {
@@ -568,13 +585,17 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     // Activations: each slot row quantised per 128 columns, scales in each expert's
     // [column block][row] layout.
     std::vector<uint8_t> x(slots * k);
-    std::vector<float> xs(slots * kbs), row(k), row_scales(kbs);
+    std::vector<float> xs(slots * kbs), row(k), scales(kbs);
     for (int64_t a = 0; a < used; ++a)
       for (int64_t r = 0; r < pad[a + 1] - pad[a]; ++r) {
         for (int64_t c = 0; c < k; ++c) row[c] = normal(rng) * float(1 + (r + c / 128) % 3);
-        testing::quantise_row_e4m3(row.data(), k, x.data() + (pad[a] + r) * k, row_scales.data());
+        if (row_scales)
+          testing::quantise_row_e4m3_uniform(row.data(), k, x.data() + (pad[a] + r) * k,
+                                             scales.data());
+        else
+          testing::quantise_row_e4m3(row.data(), k, x.data() + (pad[a] + r) * k, scales.data());
         for (int64_t kb = 0; kb < kbs; ++kb)
-          xs[pad[a] * kbs + kb * (pad[a + 1] - pad[a]) + r] = row_scales[kb];
+          xs[pad[a] * kbs + kb * (pad[a + 1] - pad[a]) + r] = scales[kb];
       }
     std::vector<int32_t> ints(pad.begin(), pad.end());
     ints.resize(2 * (used + 1));
@@ -601,12 +622,15 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     p.ld_out = n;
     cuda::DeviceBuffer scratch(cuda::grouped_expert_scratch_ints(used, n, k) * 4);
     p.block_max = scratch.as<int32_t>();
+    p.row_scales = row_scales;
     cuda::grouped_expert_product(p, 5, nullptr);  // 5 blocks: each takes several tiles
     const auto out = testing::download<float>(d_out, slots * n);
     int64_t bad = 0, first_bad = -1;
     double worst = 0;
+    double value[256];  // each e4m3 code's
+    for (int b = 0; b < 256; ++b) value[b] = testing::e4m3_value(uint8_t(b));
     for (int64_t a = 0; a < used; ++a)
-      for (int64_t r = pad[a]; r < pad[a + 1]; ++r) {
+      for (int64_t r = pad[a]; r < pad[a + 1]; r += deep ? 9 : 1) {
         std::vector<double> want(n, 0.0);
         double norm = 0, err = 0;
         for (int64_t c = 0; c < n; ++c) {
@@ -617,7 +641,7 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
           for (int64_t kb = 0; kb < kbs; ++kb) {
             double part = 0;
             for (int64_t i = kb * 128; i < kb * 128 + 128; ++i)
-              part += testing::e4m3_value(x[r * k + i]) * testing::e4m3_value(q[wr * k + i]);
+              part += value[x[r * k + i]] * value[q[wr * k + i]];
             want[c] += part * double(xs[pad[a] * kbs + kb * (pad[a + 1] - pad[a]) + r - pad[a]]) *
                        double(s[(wr / 128) * aq::weight_scale_ld(k) + kb]);
           }
@@ -627,7 +651,7 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
         for (int64_t c = 0; c < n; ++c) {
           const double d = double(out[r * n + c]) - want[c];
           err += d * d;
-          if (!(std::fabs(d) <= 1e-2 * rms)) {
+          if (!(std::fabs(d) <= tolerance * rms)) {
             if (first_bad < 0) first_bad = r * n + c;
             ++bad;
           }
@@ -637,7 +661,10 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
     EXPECT_EQ(bad, 0) << (down ? "down" : "gate/up") << ": first wrong at row "
                       << first_bad / std::max<int64_t>(n, 1) << " column " << first_bad % n
                       << " of " << slots << " x " << n;
-    EXPECT_LT(worst, kAccumulation) << (down ? "down" : "gate/up");
+    EXPECT_LT(worst, worst_bound) << (down ? "down" : "gate/up");
+    std::printf("[ grouped %s k %lld, %s ] worst row's relative L2 error %.3g\n",
+                down ? "down" : "gate/up", static_cast<long long>(k),
+                row_scales ? "row scales" : "block scales", worst);
 
     // With out_start: each expert's first rows (10, 130 and 260 of its 16, 144 and 272 padded
     // ones) into consecutive rows, the same bits, every row written and no padding row.
@@ -657,6 +684,21 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
   };
   run(false);
   run(true);
+}
+
+TEST_F(CudaFp8Gemm, GroupedExpertProductMatchesTheHost) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  check_grouped_products(384, 256, false, false, 1e-2, kAccumulation);
+}
+
+// Row scales: the same shapes and bounds, then V4-Flash's depths (hidden 4,096 for gate/up,
+// inter 2,048 for down), where the whole depth adds up in the tensor cores' accumulators; the
+// printed errors are what row scales cost in accumulation.
+TEST_F(CudaFp8Gemm, GroupedExpertProductWithRowScalesMatchesTheHost) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  check_grouped_products(384, 256, true, false, 1e-2, kAccumulation);
+  check_grouped_products(4096, 2048, false, true, 1e-2, kAccumulation);
+  check_grouped_products(4096, 2048, true, true, 5e-2, 2e-2);
 }
 
 #endif  // AGENTRT_HAVE_CUDA

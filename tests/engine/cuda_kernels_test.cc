@@ -713,6 +713,14 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8MatchSwigluExpert) {
   check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 1e-2);
   check_routed_experts(701, &grouped, 0.15, {9, 6, 384, 256}, 0, 1e-2);
   EXPECT_EQ(grouped.fp8_counts().experts, 3) << grouped.fp8_counts().expert_fallbacks;
+  // Row scales (CudaOptions::fp8_row_scales): against float32 with the same bound. The host's
+  // replay quantises per 128 columns, so its second figure here also holds the difference
+  // between the two quantisations, bounded as loosely as the first.
+  cuda::ExpertGemm rows(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30, false, 2, false, 1 << 20,
+                        true);
+  check_routed_experts(701, &rows, 0.15, {9, 6, 256, 256}, 0, 0.15);
+  check_routed_experts(701, &rows, 0.15, {9, 6, 384, 256}, 0, 0.15);
+  EXPECT_EQ(rows.fp8_counts().experts, 2) << rows.fp8_counts().expert_fallbacks;
 }
 
 // fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share

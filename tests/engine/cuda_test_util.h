@@ -113,6 +113,18 @@ inline void quantise_row_e4m3(const float* x, int64_t cols, uint8_t* q, float* s
   }
 }
 
+// The same row under one scale, its largest magnitude's (the grouped expert kernel's row scales,
+// moe_fp8.cu's store_row_quantised): each column block's scale slot gets it.
+inline void quantise_row_e4m3_uniform(const float* x, int64_t cols, uint8_t* q, float* scales) {
+  namespace aq = cuda::fp8_act_quant;
+  float amax = 0.0f;
+  for (int64_t i = 0; i < cols; ++i) amax = std::fmax(amax, std::fabs(x[i]));
+  const int e = aq::scale_exponent(cuda::float_bits(amax));
+  const float inv = e == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e);
+  for (int64_t i = 0; i < cols; ++i) q[i] = float_to_e4m3(x[i] * inv);
+  for (int64_t kb = 0; kb < cols / aq::kBlock; ++kb) scales[kb] = aq::exp2_exact(e);
+}
+
 // An e4m3 code's value (OCP FP8: bias 7, S.1111.111 NaN).
 inline double e4m3_value(uint8_t b) {
   const int exp = (b >> 3) & 15, man = b & 7;
