@@ -67,6 +67,44 @@ __host__ __device__ inline float scaled_value(uint32_t nibble, uint8_t code, int
   return e2m1_value(nibble) * code_factor(code, emax);
 }
 
+// prmt.b32 in its default mode (__byte_perm): byte i of the result is byte (sel >> 4i) & 7 of
+// {a, b} (a's bytes 0-3, b's 4-7), or 0xff / 0x00 by that byte's top bit where bit 4i + 3 of
+// sel is set (sign replication). On the host, an emulation for the tests.
+__host__ __device__ inline uint32_t byte_perm(uint32_t a, uint32_t b, uint32_t sel) {
+#ifdef __CUDA_ARCH__
+  uint32_t d;
+  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+  return d;
+#else
+  const uint64_t bytes = uint64_t(a) | (uint64_t(b) << 32);
+  uint32_t d = 0;
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t n = (sel >> (4 * i)) & 15, byte = uint32_t(bytes >> (8 * (n & 7))) & 0xff;
+    d |= ((n & 8) ? ((byte & 0x80) ? 0xffu : 0u) : byte) << (8 * i);
+  }
+  return d;
+#endif
+}
+
+// Eight FP4 values (a 32-bit word, value j in nibble j) as eight e4m3 bytes (.x values 0-3,
+// .y 4-7, value j in byte j % 4): each nibble's magnitude (its low 3 bits) picks a byte of the
+// table (table_lo's bytes 0-3, table_hi's 4-7: the block's scaled e2m1 magnitudes, each below
+// 0x80), its sign bit sets bit 7. The sign comes from the same permute in its sign-replication
+// mode: with 0x7f in every byte, a positive nibble picks 0x7f and a negative one 0x00, whose bit
+// 6, moved to bit 7 and inverted, is the sign. 11 instructions a word where selecting 0x80 or 0
+// by the sign bit shifted into a selector took 13 (the grouped FP8 kernel converts every weight
+// it multiplies: 16 words a thread a step).
+__host__ __device__ inline uint2 e4m3_of_fp4_word(uint32_t w, uint32_t table_lo,
+                                                  uint32_t table_hi) {
+  constexpr uint32_t kPositive = 0x7f7f7f7fu, kSign = 0x80808080u;
+  const uint32_t mag = w & 0x77777777u;
+  const uint32_t m0 = byte_perm(table_lo, table_hi, mag),
+                 m1 = byte_perm(table_lo, table_hi, mag >> 16);
+  const uint32_t p0 = byte_perm(kPositive, kPositive, w),
+                 p1 = byte_perm(kPositive, kPositive, w >> 16);
+  return make_uint2(m0 | (~(p0 << 1) & kSign), m1 | (~(p1 << 1) & kSign));
+}
+
 #ifdef __CUDACC__
 // The largest finite code of one 128 x 128 block, from a block of 128 threads holding 4 codes
 // each (a row's 4 codes of the block): every thread gets it. warp_max: 4 ints of shared memory;

@@ -86,15 +86,9 @@ __device__ __forceinline__ void warpgroup_sync(int id) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory");
 }
 
-// Eight FP4 values (a 32-bit word, value j in nibble j) as eight e4m3 bytes: each nibble's
-// magnitude (its low 3 bits) picks a byte of the table (the block's scaled e2m1 magnitudes), its
-// sign bit picks 0x80 or 0.
+// Eight FP4 values as eight e4m3 bytes from the block's table (fp4_e4m3.h).
 __device__ __forceinline__ uint2 fp4_to_e4m3(uint32_t w, uint2 table) {
-  const uint32_t m0 = __byte_perm(table.x, table.y, w & 0x7777u),
-                 m1 = __byte_perm(table.x, table.y, (w >> 16) & 0x7777u),
-                 s0 = __byte_perm(0u, 0x80808080u, (w >> 1) & 0x4444u),
-                 s1 = __byte_perm(0u, 0x80808080u, (w >> 17) & 0x4444u);
-  return make_uint2(m0 | s0, m1 | s1);
+  return fe::e4m3_of_fp4_word(w, table.x, table.y);
 }
 
 // A K-major operand of 128-byte rows in the 128-byte swizzle: 8-row groups 1024 bytes apart.

@@ -351,8 +351,11 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
   }
 }
 
+// Two blocks an SM (56 registers, a few spilled): with its 74 registers one block of 544 threads
+// filled the register file, so each SM had one row's loads in flight and waited out each row's
+// chain of reductions and barriers alone.
 template <int HC, bool HEAD>
-__global__ void __launch_bounds__(kSplitPreThreads)
+__global__ void __launch_bounds__(kSplitPreThreads, 2)
     hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected, int splits,
                            int64_t hidden, int iters, float hc_eps, float rms_eps,
                            const float* norm, float* mix, float* x) {

@@ -463,6 +463,41 @@ TEST(CudaFp4E4m3, ConversionIsExactWithinFourteenBinades) {
   EXPECT_EQ(double(fe::block_scale(0)), std::ldexp(1.0, -133));  // a float subnormal, exact
 }
 
+// The grouped kernel's word conversion (e4m3_of_fp4_word, through the host's emulation of the
+// byte permute) against a byte per nibble: the table's byte for its magnitude, 0x80 added for
+// its sign. Every nibble in every position of the word, under tables of every shift the kernel
+// builds (plus NaN bytes), other nibbles random.
+TEST(CudaFp4E4m3, WordConversionPicksTheTablesBytes) {
+  // The permute's own rules first: plain selection and sign replication.
+  EXPECT_EQ(fe::byte_perm(0x44332211u, 0x88776655u, 0x7654u), 0x88776655u);
+  EXPECT_EQ(fe::byte_perm(0x44332211u, 0x88776655u, 0x8f0fu), 0x00ff11ffu);
+  std::mt19937 rng(3);
+  for (int shift = 0; shift < 30; ++shift) {
+    uint8_t table[8];
+    for (int m = 0; m < 8; ++m)
+      table[m] = shift == 29 ? uint8_t(0x7f)
+                 : shift == 28
+                     ? uint8_t(0)
+                     : float_to_e4m3(fe::e2m1_value(uint32_t(m)) * std::ldexp(1.0f, 6 - shift));
+    uint32_t lo = 0, hi = 0;
+    for (int m = 0; m < 4; ++m) {
+      lo |= uint32_t(table[m]) << (8 * m);
+      hi |= uint32_t(table[m + 4]) << (8 * m);
+    }
+    for (int pos = 0; pos < 8; ++pos)
+      for (uint32_t nibble = 0; nibble < 16; ++nibble) {
+        const uint32_t w = (uint32_t(rng()) & ~(15u << (4 * pos))) | (nibble << (4 * pos));
+        const uint2 got = fe::e4m3_of_fp4_word(w, lo, hi);
+        for (int j = 0; j < 8; ++j) {
+          const uint32_t n = (w >> (4 * j)) & 15;
+          const uint32_t want = table[n & 7] | ((n & 8) ? 0x80u : 0u);
+          const uint32_t byte = ((j < 4 ? got.x : got.y) >> (8 * (j % 4))) & 0xff;
+          ASSERT_EQ(byte, want) << "shift " << shift << " word " << w << " value " << j;
+        }
+      }
+  }
+}
+
 // The host's conversion of an MXFP4 matrix (the reference for the kernel): codes and scales.
 // whole_rows: each block takes the largest code of its 128 rows' whole width (the grouped
 // kernel's row scales, GroupedExpertProduct::row_scales).
