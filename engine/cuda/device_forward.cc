@@ -1,6 +1,7 @@
 #include "engine/cuda/device_forward.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -197,6 +198,13 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   Workspace& w = *ws_;
   const int64_t n = int64_t(rows.size()), L = int64_t(c.layers.size());
   if (n == 0) return;
+  // Profiling: the host's time before the pass's first upload (cache growth, metadata), which
+  // the GPU stages' events do not see: host.reserve and host.metadata in stage_ms, in ms.
+  using Clock = std::chrono::steady_clock;
+  auto host_ms = [](Clock::time_point from) {
+    return std::chrono::duration<double, std::milli>(Clock::now() - from).count();
+  };
+  const Clock::time_point host_start = Clock::now();
 
   // Rows of one cache must extend it in order; reserve room for them.
   std::map<DeviceSequenceCache*, int64_t> next;  // cache -> next expected position
@@ -220,6 +228,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     pos[t] = r.pos;
   }
   for (auto* cache : order) cache->reserve(next[cache], stream_);
+  const Clock::time_point reserved = Clock::now();
+  if (profile_) stage_ms_["host.reserve"] += host_ms(host_start);
 
   // A decode-sized batch that wants every row's logits replays a captured CUDA graph: its
   // shapes are fixed by the row count and an upper bound on the compressed entries visible
@@ -305,6 +315,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       w.layers[l].max_visible = visible_bound;
       w.layers[l].max_keys = c.sliding_window + visible_bound;
     }
+  if (profile_) stage_ms_["host.metadata"] += host_ms(reserved);
   stage("start");
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.bytes.size())));
   AGENTRT_CUDA_CHECK(cudaMemcpyAsync(meta, pinned_metadata(pack.bytes), pack.bytes.size(),

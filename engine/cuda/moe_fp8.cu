@@ -159,21 +159,35 @@ unsigned slot_group_grid(int64_t slots, int64_t blocks, bool row_scale) {
   return warp_grid(slots * slot_groups(blocks, row_scale));
 }
 
-// Under row scales, a slot's whole row quantised by one warp under one scale, its largest
-// magnitude's: a first pass over the row takes it, a second quantises (values(kb): the lane's 4
-// values of block kb; the second read comes from the caches). Each block's scale slot gets the
-// row's scale, so the layout is per-block scales' ([column block][row] per expert).
+// Under row scales, one warp quantises a whole row of `blocks` blocks into q_row under one
+// scale, its largest magnitude's, and returns that scale (values(kb): the lane's 4 values of
+// block kb). Rows of up to kHeldBlocks blocks (V4-Flash's SwiGLU rows: 16) stay in registers
+// between taking the largest magnitude and quantising; longer ones are read twice, the second
+// time from the caches (reading a row twice made the SwiGLU pass 5.0 -> 8.4 ms in a 16K prefill).
+constexpr int kHeldBlocks = 16;
 template <class Values>
-__device__ void store_row_quantised(Values values, bool padding, const Slot& s, int64_t slot,
-                                    int64_t blocks, int64_t first_slot, int64_t cols, uint8_t* q,
-                                    float* scales) {
+__device__ float quantise_row_warp(Values values, int64_t blocks, uint8_t* q_row) {
   const int lane = int(threadIdx.x % 32);
+  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  float amax = 0.0f;
+  if (blocks <= kHeldBlocks) {
+    float4 v[kHeldBlocks];
+#pragma unroll
+    for (int i = 0; i < kHeldBlocks; ++i) {
+      v[i] = i < blocks ? values(i) : zero;
+      amax = fmaxf(amax, lane_amax(v[i]));
+    }
+    const int e = warp_scale_exponent(amax);
+#pragma unroll
+    for (int i = 0; i < kHeldBlocks; ++i)
+      if (i < blocks)
+        *reinterpret_cast<uint32_t*>(q_row + i * aq::kBlock + 4 * lane) = e4m3_codes(v[i], e);
+    return aq::exp2_exact(e);
+  }
   auto load = [&](int64_t kb0, float4(&v)[kWarpBlocks]) {
 #pragma unroll
-    for (int i = 0; i < kWarpBlocks; ++i)
-      v[i] = kb0 + i < blocks ? values(kb0 + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int i = 0; i < kWarpBlocks; ++i) v[i] = kb0 + i < blocks ? values(kb0 + i) : zero;
   };
-  float amax = 0.0f;
   for (int64_t kb0 = 0; kb0 < blocks; kb0 += kWarpBlocks) {
     float4 v[kWarpBlocks];
     load(kb0, v);
@@ -181,18 +195,62 @@ __device__ void store_row_quantised(Values values, bool padding, const Slot& s, 
     for (int i = 0; i < kWarpBlocks; ++i) amax = fmaxf(amax, lane_amax(v[i]));
   }
   const int e = warp_scale_exponent(amax);
-  const float scale = padding ? 0.0f : aq::exp2_exact(e);
   for (int64_t kb0 = 0; kb0 < blocks; kb0 += kWarpBlocks) {
     float4 v[kWarpBlocks];
     load(kb0, v);
 #pragma unroll
-    for (int i = 0; i < kWarpBlocks; ++i) {
-      const int64_t kb = kb0 + i;
-      if (kb >= blocks) break;
-      *reinterpret_cast<uint32_t*>(q + slot * cols + kb * aq::kBlock + 4 * lane) =
-          padding ? 0u : e4m3_codes(v[i], e);
-      if (lane == 0) scales[first_slot * blocks + kb * s.rows + s.local] = scale;
-    }
+    for (int i = 0; i < kWarpBlocks; ++i)
+      if (kb0 + i < blocks)
+        *reinterpret_cast<uint32_t*>(q_row + (kb0 + i) * aq::kBlock + 4 * lane) =
+            e4m3_codes(v[i], e);
+  }
+  return aq::exp2_exact(e);
+}
+
+// A slot's row scale into each of its column blocks' scale slots (the per-block layout,
+// [column block][row] per expert), one lane a block; 0 for padding rows.
+__device__ __forceinline__ void store_row_scale(float scale, const Slot& s, int64_t blocks,
+                                                int64_t first_slot, float* scales) {
+  for (int64_t kb = threadIdx.x % 32; kb < blocks; kb += 32)
+    scales[first_slot * blocks + kb * s.rows + s.local] = s.pair < 0 ? 0.0f : scale;
+}
+
+// Row scales: each token's row of h quantised once (a token's slots all hold its row, under the
+// same scale), one warp a row, into tq ([n][hidden] e4m3) and ts ([n]).
+__global__ void quantize_tokens_kernel(const float* h, int64_t n, int64_t hidden, uint8_t* tq,
+                                       float* ts) {
+  const int lane = int(threadIdx.x % 32);
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t t = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; t < n; t += warps) {
+    const float* row = h + t * hidden;
+    const float scale = quantise_row_warp(
+        [&](int64_t kb) {
+          return __ldg(reinterpret_cast<const float4*>(row + kb * aq::kBlock) + lane);
+        },
+        hidden / aq::kBlock, tq + t * hidden);
+    if (lane == 0) ts[t] = scale;
+  }
+}
+
+// Row scales: the slots' rows copied from their tokens' quantised rows (zeros and scale 0 for
+// padding rows), one warp a slot: 1 byte a value read, where quantising each slot's row read
+// its token's float32 row once per slot (k = 6 times a token).
+__global__ void gather_rows_kernel(const uint8_t* tq, const float* ts, const int32_t* order,
+                                   const int32_t* seg, const int32_t* pad, int64_t a0, int64_t a1,
+                                   int64_t slots, int64_t k, int64_t hidden, uint8_t* xq,
+                                   float* xs) {
+  const int lane = int(threadIdx.x % 32);
+  const int64_t blocks = hidden / aq::kBlock, chunks = hidden / 16;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
+  for (int64_t slot = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; slot < slots;
+       slot += warps) {
+    const Slot s = find_slot(pad, seg, a0, a1, slot);
+    const int64_t token = s.pair >= 0 ? int64_t(order[s.pair] / k) : -1;
+    const uint4* from = reinterpret_cast<const uint4*>(tq + token * hidden);
+    uint4* to = reinterpret_cast<uint4*>(xq + slot * hidden);
+    for (int64_t c = lane; c < chunks; c += 32)
+      to[c] = token >= 0 ? __ldg(from + c) : make_uint4(0u, 0u, 0u, 0u);
+    store_row_scale(token >= 0 ? ts[token] : 0.0f, s, blocks, slot - s.local, xs);
   }
 }
 
@@ -200,25 +258,15 @@ __device__ void store_row_quantised(Values values, bool padding, const Slot& s, 
 // kWarpBlocks blocks).
 __global__ void gather_quantize_kernel(const float* h, const int32_t* order, const int32_t* seg,
                                        const int32_t* pad, int64_t a0, int64_t a1, int64_t slots,
-                                       int64_t k, int64_t hidden, bool row_scale, uint8_t* xq,
-                                       float* xs) {
+                                       int64_t k, int64_t hidden, uint8_t* xq, float* xs) {
   const int lane = int(threadIdx.x % 32);
-  const int64_t blocks = hidden / aq::kBlock, groups = slot_groups(blocks, row_scale);
+  const int64_t blocks = hidden / aq::kBlock, groups = slot_groups(blocks, false);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
   for (int64_t w = int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32; w < slots * groups;
        w += warps) {
     const int64_t slot = w / groups, kb0 = (w - slot * groups) * kWarpBlocks;
     const Slot s = find_slot(pad, seg, a0, a1, slot);
     const float* row = s.pair >= 0 ? h + int64_t(order[s.pair] / k) * hidden : nullptr;
-    if (row_scale) {
-      store_row_quantised(
-          [&](int64_t kb) {
-            return row ? __ldg(reinterpret_cast<const float4*>(row + kb * aq::kBlock) + lane)
-                       : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-          },
-          s.pair < 0, s, slot, blocks, slot - s.local, hidden, xq, xs);
-      continue;
-    }
     float4 v[kWarpBlocks];
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i)
@@ -249,7 +297,7 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
     const float* row = gu + slot * 2 * inter;
     const float weight = s.pair >= 0 ? weights[order[s.pair]] : 0.0f;
     if (row_scale) {
-      store_row_quantised(
+      const float scale = quantise_row_warp(
           [&](int64_t kb) {
             if (s.pair < 0) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             const float* at = row + kb * aq::kBlock;
@@ -259,7 +307,8 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
                 swiglu_weighted(g.x, u.x, limit, weight), swiglu_weighted(g.y, u.y, limit, weight),
                 swiglu_weighted(g.z, u.z, limit, weight), swiglu_weighted(g.w, u.w, limit, weight));
           },
-          s.pair < 0, s, slot, blocks, slot - s.local, inter, aq_out, as_out);
+          blocks, aq_out + slot * inter);
+      store_row_scale(scale, s, blocks, slot - s.local, as_out);
       continue;
     }
     float4 g[kWarpBlocks], u[kWarpBlocks];
@@ -440,7 +489,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     const int b = int(i % 2);
     if (i + 1 < chunks) enqueue_convert(i + 1);
     gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock, false), 256, 0, stream>>>(
-        h, s.order, s.seg_start, d_pad, a0, a1, slots, k, hidden, false, x_.as<uint8_t>(),
+        h, s.order, s.seg_start, d_pad, a0, a1, slots, k, hidden, x_.as<uint8_t>(),
         xs_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     mark("moe.experts.gather");
@@ -479,10 +528,16 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   const int64_t slots = pad[used];
   const int64_t up_count = grouped_expert_tiles(pad, used, 2 * inter, up_tiles),
                 down_count = grouped_expert_tiles(pad, used, hidden, down_tiles);
-  reserve_fp8_slots(slots, inter, hidden, false);  // the down product writes the pairs' rows
-  pad_.reserve(3 * (used + 1) * 4);
-  block_max_.reserve(std::max(grouped_expert_scratch_ints(used, 2 * inter, hidden),
-                              grouped_expert_scratch_ints(used, hidden, inter)) *
+  // Sized for the most any pass of this many pairs can need (every expert used, each padding
+  // 15 rows), not this pass's: a buffer grown mid-prefill is a cudaFree and cudaMalloc of up to
+  // gigabytes, which waits for the GPU and left it idle 2.8 ms in a 16K prefill (CUPTI trace,
+  // thirty-first session).
+  const int64_t most_slots = (seg[used] - seg[0]) + s.experts * (kSlotRows - 1);
+  reserve_fp8_slots(std::max(slots, most_slots), inter, hidden, false);  // the down product
+                                                                         // writes the pairs' rows
+  pad_.reserve(3 * (s.experts + 1) * 4);
+  block_max_.reserve(std::max(grouped_expert_scratch_ints(s.experts, 2 * inter, hidden),
+                              grouped_expert_scratch_ints(s.experts, hidden, inter)) *
                      4);
   ++fp8_counts_.experts;
   AGENTRT_CUDA_CHECK(
@@ -490,9 +545,23 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   const int32_t* d_pad = pad_.as<int32_t>();
 
   const bool rs = fp8_row_scales_;
-  gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock, rs), 256, 0, stream>>>(
-      h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, rs, x_.as<uint8_t>(),
-      xs_.as<float>());
+  if (rs) {
+    // Each token's row quantised once, then copied into its slots (every token has k pairs:
+    // the routing picks k experts a row).
+    const int64_t tokens = (seg[used] - seg[0]) / std::max<int64_t>(k, 1);
+    tq_.reserve(tokens * hidden);
+    ts_.reserve(tokens * 4);
+    quantize_tokens_kernel<<<warp_grid(tokens), 256, 0, stream>>>(
+        h, tokens, hidden, tq_.as<uint8_t>(), ts_.as<float>());
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    gather_rows_kernel<<<warp_grid(slots), 256, 0, stream>>>(
+        tq_.as<uint8_t>(), ts_.as<float>(), s.order, s.seg_start, d_pad, 0, used, slots, k, hidden,
+        x_.as<uint8_t>(), xs_.as<float>());
+  } else {
+    gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock, false), 256, 0, stream>>>(
+        h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(),
+        xs_.as<float>());
+  }
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
   GroupedExpertProduct up;

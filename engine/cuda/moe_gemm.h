@@ -139,6 +139,7 @@ class ExpertGemm {
   // run_fp8's converted weights (two chunks' worth), activation scales and padded row starts
   DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
   DeviceBuffer block_max_;  // run_fp8_grouped's weight blocks' largest codes
+  DeviceBuffer tq_, ts_;    // its tokens' rows quantised once under row scales, their scales
   std::function<void(const char*)> mark_;
   int64_t min_rows_, chunk_bytes_;
   bool fp4_kernel_ = false;
