@@ -26,9 +26,9 @@
 //                     run the routed experts as two grouped wgmma launches reading the FP4
 //                     weights as stored, CudaOptions::fp8_grouped_rows; default every pass, 0
 //                     never: converted copies and one cuBLASLt GEMM per expert)
-//                     [--fp8-row-scales 1] (that grouped path with one scale per activation
-//                     row and per weight block's whole rows: no promotion in the kernel,
-//                     CudaOptions::fp8_row_scales)
+//                     [--fp8-row-scales 0|1] (that grouped path with one scale per activation
+//                     row and per weight block's whole rows, no promotion in the kernel,
+//                     CudaOptions::fp8_row_scales; default 1, 0: per-128-column scales)
 //                     [--expert-priority-stream 1] (prefill's routed experts on a stream of the
 //                     highest priority, CudaOptions::expert_priority_stream; no faster)
 //                     [--key-mirrors 0] (prefill attention and indexer convert each float32

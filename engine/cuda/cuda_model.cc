@@ -323,6 +323,7 @@ std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool a
     for (int64_t begin = 0; begin < n; begin += model_.prefill_rows()) {
       const int64_t end = std::min(n, begin + model_.prefill_rows());
       std::vector<cuda::DeviceRow> rows;
+      rows.reserve(size_t(end - begin));
       for (int64_t i = begin; i < end; ++i)
         rows.push_back(
             {&cache_, cache_.length + (i - begin), tokens[i], all_positions || i == n - 1});
@@ -387,6 +388,7 @@ Sampler::Sample CudaSequence::forward_and_sample(std::span<const int32_t> tokens
     for (int64_t begin = 0; begin < n; begin += model_.prefill_rows()) {
       const int64_t end = std::min(n, begin + model_.prefill_rows());
       std::vector<cuda::DeviceRow> rows;
+      rows.reserve(size_t(end - begin));
       for (int64_t i = begin; i < end; ++i)
         rows.push_back({&cache_, cache_.length + (i - begin), tokens[i], i == n - 1});
       if (end == n) {

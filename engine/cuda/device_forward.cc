@@ -90,9 +90,11 @@ constexpr int64_t kDecodeAttentionRows = 16;
 // From this many rows on attention runs on tensor cores (attention_mma.cu) where the shapes allow.
 constexpr int64_t kMmaAttentionRows = 256;
 
-// Host-side packing of everything uploaded per call, 16-byte aligned pieces.
+// Host-side packing of everything uploaded per call, 16-byte aligned pieces, into `bytes`
+// (cleared first; its room is kept).
 struct MetaPacker {
-  std::vector<char> bytes;
+  explicit MetaPacker(std::vector<char>& into) : bytes(into) { bytes.clear(); }
+  std::vector<char>& bytes;
   template <typename T>
   size_t add(const std::vector<T>& v) {
     const size_t off = (bytes.size() + 15) / 16 * 16;
@@ -245,7 +247,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
         visible_bound = std::max(visible_bound, cache->capacity() / fl.compress_rate + 1);
 
   // Per-layer row views and compressed entries to emit.
-  MetaPacker pack;
+  MetaPacker pack(meta_bytes_);
   const size_t tokens_off = pack.add(tokens), pos_off = pack.add(pos);
   struct LayerOffsets {
     size_t rows, comp, idx, counts;
@@ -255,7 +257,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   for (int64_t l = 0; l < L; ++l) {
     const ForwardLayer& fl = c.layers[l];
     const int64_t rate = fl.compress_rate;
-    std::vector<LayerRow> lrows(n);
+    std::vector<LayerRow>& lrows = layer_rows_;  // every field of every row set below
+    lrows.resize(n);
     Workspace::LayerMeta& m = w.layers[l];
     for (int64_t t = 0; t < n; ++t) {
       DeviceLayerCache& lc = rows[t].cache->layer(l);

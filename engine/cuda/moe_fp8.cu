@@ -160,21 +160,29 @@ unsigned slot_group_grid(int64_t slots, int64_t blocks, bool row_scale) {
 }
 
 // Under row scales, one warp quantises a whole row of `blocks` blocks into q_row under one
-// scale, its largest magnitude's, and returns that scale (values(kb): the lane's 4 values of
-// block kb). Rows of up to kHeldBlocks blocks (V4-Flash's SwiGLU rows: 16) stay in registers
-// between taking the largest magnitude and quantising; longer ones are read twice, the second
-// time from the caches (reading a row twice made the SwiGLU pass 5.0 -> 8.4 ms in a 16K prefill).
+// scale, its largest magnitude's, and returns that scale: load(kb) reads the lane's inputs for
+// block kb, value(loaded) makes its 4 values. Rows of up to kHeldBlocks blocks (V4-Flash's
+// SwiGLU rows: 16) are read once, every load issued before the first value is made, and stay
+// in registers until quantised; longer ones are read twice, the second time from the caches
+// (reading the SwiGLU rows twice made their pass 5.0 -> 8.4 ms in a 16K prefill).
 constexpr int kHeldBlocks = 16;
-template <class Values>
-__device__ float quantise_row_warp(Values values, int64_t blocks, uint8_t* q_row) {
+struct Float4Pair {  // a SwiGLU block's gate and up values of one lane
+  float4 a, b;
+};
+__device__ __forceinline__ Float4Pair float4_pair(float4 a, float4 b) { return {a, b}; }
+template <class Load, class Value>
+__device__ float quantise_row_warp(Load load, Value value, int64_t blocks, uint8_t* q_row) {
   const int lane = int(threadIdx.x % 32);
-  const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   float amax = 0.0f;
   if (blocks <= kHeldBlocks) {
+    decltype(load(0)) in[kHeldBlocks];
+#pragma unroll
+    for (int i = 0; i < kHeldBlocks; ++i)
+      if (i < blocks) in[i] = load(i);
     float4 v[kHeldBlocks];
 #pragma unroll
     for (int i = 0; i < kHeldBlocks; ++i) {
-      v[i] = i < blocks ? values(i) : zero;
+      v[i] = i < blocks ? value(in[i]) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       amax = fmaxf(amax, lane_amax(v[i]));
     }
     const int e = warp_scale_exponent(amax);
@@ -184,20 +192,25 @@ __device__ float quantise_row_warp(Values values, int64_t blocks, uint8_t* q_row
         *reinterpret_cast<uint32_t*>(q_row + i * aq::kBlock + 4 * lane) = e4m3_codes(v[i], e);
     return aq::exp2_exact(e);
   }
-  auto load = [&](int64_t kb0, float4(&v)[kWarpBlocks]) {
+  auto values = [&](int64_t kb0, float4(&v)[kWarpBlocks]) {
+    decltype(load(0)) in[kWarpBlocks];
 #pragma unroll
-    for (int i = 0; i < kWarpBlocks; ++i) v[i] = kb0 + i < blocks ? values(kb0 + i) : zero;
+    for (int i = 0; i < kWarpBlocks; ++i)
+      if (kb0 + i < blocks) in[i] = load(kb0 + i);
+#pragma unroll
+    for (int i = 0; i < kWarpBlocks; ++i)
+      v[i] = kb0 + i < blocks ? value(in[i]) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   };
   for (int64_t kb0 = 0; kb0 < blocks; kb0 += kWarpBlocks) {
     float4 v[kWarpBlocks];
-    load(kb0, v);
+    values(kb0, v);
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i) amax = fmaxf(amax, lane_amax(v[i]));
   }
   const int e = warp_scale_exponent(amax);
   for (int64_t kb0 = 0; kb0 < blocks; kb0 += kWarpBlocks) {
     float4 v[kWarpBlocks];
-    load(kb0, v);
+    values(kb0, v);
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i)
       if (kb0 + i < blocks)
@@ -227,7 +240,7 @@ __global__ void quantize_tokens_kernel(const float* h, int64_t n, int64_t hidden
         [&](int64_t kb) {
           return __ldg(reinterpret_cast<const float4*>(row + kb * aq::kBlock) + lane);
         },
-        hidden / aq::kBlock, tq + t * hidden);
+        [](float4 v) { return v; }, hidden / aq::kBlock, tq + t * hidden);
     if (lane == 0) ts[t] = scale;
   }
 }
@@ -297,12 +310,18 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
     const float* row = gu + slot * 2 * inter;
     const float weight = s.pair >= 0 ? weights[order[s.pair]] : 0.0f;
     if (row_scale) {
+      // Padding rows load nothing: their values are zeros (codes 0; scale 0 stored below).
       const float scale = quantise_row_warp(
           [&](int64_t kb) {
-            if (s.pair < 0) return make_float4(0.0f, 0.0f, 0.0f, 0.0f);
             const float* at = row + kb * aq::kBlock;
-            const float4 g = __ldg(reinterpret_cast<const float4*>(at) + lane),
-                         u = __ldg(reinterpret_cast<const float4*>(at + inter) + lane);
+            const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            return s.pair < 0
+                       ? float4_pair(zero, zero)
+                       : float4_pair(__ldg(reinterpret_cast<const float4*>(at) + lane),
+                                     __ldg(reinterpret_cast<const float4*>(at + inter) + lane));
+          },
+          [&](const Float4Pair& gu) {
+            const float4 g = gu.a, u = gu.b;
             return make_float4(
                 swiglu_weighted(g.x, u.x, limit, weight), swiglu_weighted(g.y, u.y, limit, weight),
                 swiglu_weighted(g.z, u.z, limit, weight), swiglu_weighted(g.w, u.w, limit, weight));

@@ -396,7 +396,8 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   for (auto& t : ids) t = int32_t(rng() % 3000);
   const int64_t V = cpu->vocab_size();
   const auto want = cpu->new_sequence()->forward(ids, true);
-  // Also with row scales (CudaOptions::fp8_row_scales), under the same bound.
+  // With per-block scales and with row scales (CudaOptions::fp8_row_scales, the default), under
+  // the same bound.
   for (bool row_scales : {false, true}) {
     cuda::CudaOptions options;
     options.precision = cuda::GemmPrecision::fp8;

