@@ -259,10 +259,10 @@ __global__ void gather_rows_kernel(const uint8_t* tq, const float* ts, const int
        slot += warps) {
     const Slot s = find_slot(pad, seg, a0, a1, slot);
     const int64_t token = s.pair >= 0 ? int64_t(order[s.pair] / k) : -1;
-    const uint4* from = reinterpret_cast<const uint4*>(tq + token * hidden);
+    const uint4* from = token >= 0 ? reinterpret_cast<const uint4*>(tq + token * hidden) : nullptr;
     uint4* to = reinterpret_cast<uint4*>(xq + slot * hidden);
     for (int64_t c = lane; c < chunks; c += 32)
-      to[c] = token >= 0 ? __ldg(from + c) : make_uint4(0u, 0u, 0u, 0u);
+      to[c] = from ? __ldg(from + c) : make_uint4(0u, 0u, 0u, 0u);
     store_row_scale(token >= 0 ? ts[token] : 0.0f, s, blocks, slot - s.local, xs);
   }
 }
