@@ -10,7 +10,10 @@
 //    rows into e4m3 (a byte permutation per 4 values from an 8-entry table of the scaled e2m1
 //    magnitudes, fp4_e4m3.h's values) while the tensor cores multiply this step's (four wgmma
 //    m64n128k32 for each 64-row half of the tile), then add each half's product into float32
-//    accumulators times the row's scale and the block's.
+//    accumulators times the row's scale and the block's; under row scales
+//    (GroupedExpertProduct::row_scales) the halves' products go straight into the tile's
+//    accumulators, left running while the next step converts, and the scales multiply each
+//    output once at the tile's end (half the instructions a step: no promotion).
 // The conversion, spread over the 256 consumer threads with no barrier between the two
 // warpgroups, runs beside the tensor cores, and each converted block serves 128 rows (tiles of
 // 64 rows took 9.4 ms for a 16K prefill's gate/up product, 350 TFLOP/s; a producer that

@@ -5,8 +5,9 @@
 // (fp4_e4m3.h's block scale, the same values the chunked path's conversion writes to global
 // memory), while two consumer warpgroups multiply the stage before with the activations' e4m3
 // rows and add each 128-deep block's product into float32 accumulators times its two scales (one
-// per activation row, one per weight block). No converted copy of the experts, one launch per
-// matrix for all experts instead of one cuBLASLt GEMM per expert.
+// per activation row, one per weight block), or under row scales add the whole depth in the
+// tensor cores' accumulators and apply the two scales once. No converted copy of the experts, one
+// launch per matrix for all experts instead of one cuBLASLt GEMM per expert.
 #pragma once
 
 #include <cuda_runtime.h>
