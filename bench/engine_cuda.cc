@@ -43,6 +43,9 @@
 //                     GPU is sm_90 and the products plain bf16, CudaOptions::wgmma_attention)
 //                     [--prefill-mhc-pass 0] (prefill mHC: post step, GEMM and sum of squares
 //                     as three passes, not one, CudaOptions::prefill_mhc_pass)
+//                     [--prefill-pre-staged 1] (prefill mHC: the pre step's streams through
+//                     shared memory, three blocks an SM, CudaOptions::prefill_pre_staged; not
+//                     yet run on a GPU)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -372,6 +375,8 @@ int main(int argc, char** argv) {
       options.wgmma_attention = std::stoi(v) != 0;
     else if (k == "--prefill-mhc-pass")
       options.prefill_mhc_pass = v == "1";
+    else if (k == "--prefill-pre-staged")
+      options.prefill_pre_staged = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

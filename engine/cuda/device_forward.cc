@@ -127,6 +127,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       attention_warp_channels_(options.attention_warp_channels),
       wgmma_attention_(options.wgmma_attention),
       prefill_mhc_pass_(options.prefill_mhc_pass),
+      prefill_pre_staged_(options.prefill_pre_staged),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
@@ -696,7 +697,8 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
         float* sums = w.f(w.slice_sums, hyper_post_project_floats(rows, hc, H));
         hyper_post_project(hw, mix, pending, in, rows, hc, H, head, sums, stream_);
         hyper_pre_projected(hw, in, sums, hyper_post_project_splits(H), rows, hc, H, iters,
-                            c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix, xo, stream_);
+                            c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix, xo, stream_,
+                            prefill_pre_staged_);
       } else {
         if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
         hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,

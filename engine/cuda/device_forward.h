@@ -94,6 +94,10 @@ struct CudaOptions {
   // in one pass over the streams (hyper_post_project), where hyper_post, a float32 GEMM and a
   // sum-of-squares kernel read them three times. Off: those three.
   bool prefill_mhc_pass = true;
+  // That pass's pre step with each row's streams staged in shared memory (three blocks an SM)
+  // instead of registers (two, a few spilled); the same values. Off: not yet run on a GPU
+  // (written after the thirty-first session's device time ran out).
+  bool prefill_pre_staged = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
@@ -351,6 +355,7 @@ class DeviceForward {
   int attention_warp_channels_ = 256;    // CudaOptions::attention_warp_channels
   bool wgmma_attention_ = false;         // CudaOptions::wgmma_attention, where the GPU has it
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
+  bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing

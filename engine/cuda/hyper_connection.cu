@@ -4,6 +4,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cublas_check.h"
 #include "engine/cuda/cuda_check.h"
@@ -266,7 +267,10 @@ constexpr int kSplitPreThreads = 32 + kXThreads;
 // before it) and normalise x, all in registers. wait: call pdl_begin() (a kernel of its own)
 // where the inputs are first read. Loads bypass L1: in the fused kernel below, other blocks of
 // the grid have just written them.
-template <int HC, bool HEAD>
+// STAGED (prefill's split kernel): the row's streams come into dynamic shared memory
+// ([HC][hidden]) by cp.async, each thread copying the values it later mixes and waiting for its
+// own copies, so they hold no registers while the slices are summed and the weights made.
+template <int HC, bool HEAD, bool STAGED = false>
 __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const float* s,
                                                   const float* p, int splits, int64_t hidden,
                                                   int iters, float hc_eps, float rms_eps,
@@ -293,13 +297,21 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
   }
   if (wait) pdl_begin();
   float sv[kXDims][HC];
+  extern __shared__ float staged[];  // STAGED: [HC][hidden]
   if (tid >= 32) {
 #pragma unroll
     for (int j = 0; j < kXDims; ++j) {
       const int64_t d = xt + int64_t(j) * kXThreads;
 #pragma unroll
-      for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? __ldcg(s + i * hidden + d) : 0.0f;
+      for (int i = 0; i < HC; ++i) {
+        if constexpr (STAGED) {
+          if (d < hidden) cp_async_4(staged + i * hidden + d, s + i * hidden + d);
+        } else {
+          sv[j][i] = d < hidden ? __ldcg(s + i * hidden + d) : 0.0f;
+        }
+      }
     }
+    if constexpr (STAGED) cp_async_commit();
   }
   // Output o's slices: lane k adds slices k, k + 32, ..., then the warp's butterfly (the order
   // one warp used for all of them, so the same sums).
@@ -329,6 +341,15 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
   float pre[HC];
 #pragma unroll
   for (int i = 0; i < HC; ++i) pre[i] = pre_shared[i];
+  if constexpr (STAGED) {
+    cp_async_wait_all();  // this thread's own copies: it reads only what it copied
+#pragma unroll
+    for (int j = 0; j < kXDims; ++j) {
+      const int64_t d = xt + int64_t(j) * kXThreads;
+#pragma unroll
+      for (int i = 0; i < HC; ++i) sv[j][i] = d < hidden ? staged[i * hidden + d] : 0.0f;
+    }
+  }
   float v[kXDims], ss2 = 0.0f;
 #pragma unroll
   for (int j = 0; j < kXDims; ++j) {
@@ -351,17 +372,22 @@ __device__ __forceinline__ void pre_from_partials(const HyperDevice& w, const fl
   }
 }
 
-// Two blocks an SM (56 registers, a few spilled): with its 74 registers one block of 544 threads
-// filled the register file, so each SM had one row's loads in flight and waited out each row's
-// chain of reductions and barriers alone.
-template <int HC, bool HEAD>
-__global__ void __launch_bounds__(kSplitPreThreads, 2)
+// One block a row. Not STAGED (the default): two blocks an SM (56 registers, a few spilled):
+// with its 74 registers one block of 544 threads filled the register file, so each SM had one
+// row's loads in flight and waited out each row's chain of reductions and barriers alone (on an
+// H100 the 16K fp8 prefill's mHC 17.1 -> 15.6 ms, thirty-first session). STAGED
+// (CudaOptions::prefill_pre_staged, off: not yet run on a GPU): the row's streams come through
+// shared memory (64 KB a block at V4-Flash's width), not registers, so three blocks fit an SM;
+// at two blocks the kernel's spill stores waited on the stream loads (~25% of its stall
+// samples, thirty-first session).
+template <int HC, bool HEAD, bool STAGED>
+__global__ void __launch_bounds__(kSplitPreThreads, STAGED ? 3 : 2)
     hyper_pre_split_kernel(HyperDevice w, const float* streams, const float* projected, int splits,
                            int64_t hidden, int iters, float hc_eps, float rms_eps,
                            const float* norm, float* mix, float* x) {
   const int64_t row = blockIdx.x;
   constexpr int outputs = HEAD ? HC : (2 + HC) * HC;
-  pre_from_partials<HC, HEAD>(
+  pre_from_partials<HC, HEAD, STAGED>(
       w, streams + row * HC * hidden, projected + row * (outputs + 1) * splits, splits, hidden,
       iters, hc_eps, rms_eps, norm, mix ? mix + row * hyper_mix_width(HC) : nullptr,
       x + row * hidden, true);
@@ -501,12 +527,23 @@ void hyper_pre(const HyperDevice& w, const float* streams, int64_t n, int64_t hc
 void hyper_pre_projected(const HyperDevice& w, const float* streams, const float* projected,
                          int splits, int64_t n, int64_t hc, int64_t hidden, int sinkhorn_iters,
                          float hc_eps, float rms_eps, const float* norm, bool head, float* mix,
-                         float* x, cudaStream_t stream) {
+                         float* x, cudaStream_t stream, bool staged) {
   if (n <= 0) return;
   if (hc == 4 && hidden <= int64_t(kXThreads) * kXDims) {
-    launch_pdl(head ? hyper_pre_split_kernel<4, true> : hyper_pre_split_kernel<4, false>,
-               unsigned(n), kSplitPreThreads, 0, stream, w, streams, projected, splits, hidden,
-               sinkhorn_iters, hc_eps, rms_eps, norm, mix, x);
+    if (staged) {
+      auto kernel =
+          head ? hyper_pre_split_kernel<4, true, true> : hyper_pre_split_kernel<4, false, true>;
+      const size_t bytes = size_t(4 * hidden) * sizeof(float);
+      AGENTRT_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+      launch_pdl(kernel, unsigned(n), kSplitPreThreads, bytes, stream, w, streams, projected,
+                 splits, hidden, sinkhorn_iters, hc_eps, rms_eps, norm, mix, x);
+    } else {
+      launch_pdl(
+          head ? hyper_pre_split_kernel<4, true, false> : hyper_pre_split_kernel<4, false, false>,
+          unsigned(n), kSplitPreThreads, 0, stream, w, streams, projected, splits, hidden,
+          sinkhorn_iters, hc_eps, rms_eps, norm, mix, x);
+    }
     AGENTRT_CUDA_CHECK(cudaGetLastError());
     return;
   }

@@ -29,10 +29,11 @@ void hyper_post_project(const HyperDevice& w, const float* mix, const float* blo
 
 // hyper_pre's work after the projection (hyper_connection.cu): the mixing weights from the
 // `splits` partial sums per output in projected (added in slice order), x [n][hidden] and
-// (head = false) mix.
+// (head = false) mix. staged: the row's streams through shared memory, three blocks an SM
+// (CudaOptions::prefill_pre_staged; the same values).
 void hyper_pre_projected(const HyperDevice& w, const float* streams, const float* projected,
                          int splits, int64_t n, int64_t hc, int64_t hidden, int sinkhorn_iters,
                          float hc_eps, float rms_eps, const float* norm, bool head, float* mix,
-                         float* x, cudaStream_t stream);
+                         float* x, cudaStream_t stream, bool staged = false);
 
 }  // namespace agentrt::engine::cuda

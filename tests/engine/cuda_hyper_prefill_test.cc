@@ -109,6 +109,17 @@ TEST(CudaHyperPrefill, PostProjectThenPreMatchesPostThenPre) {
           EXPECT_LE(testing::rel_l2(mgot.data() + t * mw, mwant.data() + t * mw, mw), 1e-5)
               << "mix of row " << t;
         }
+        // The pre step with the streams staged in shared memory (CudaOptions::prefill_pre_staged):
+        // the same arithmetic in the same order, so the same bits.
+        DeviceBuffer x_staged(n * H * 4), m_staged(n * mw * 4);
+        cuda::hyper_pre_projected(w, s_got.as<float>(), sums.as<float>(), splits, n, hc, H, iters,
+                                  eps, eps, d_norm.as<float>(), head,
+                                  head ? nullptr : m_staged.as<float>(), x_staged.as<float>(),
+                                  nullptr, true);
+        EXPECT_EQ(differing_bits(download<float>(x_staged, n * H), xg), 0) << "staged x";
+        if (!head) {
+          EXPECT_EQ(differing_bits(download<float>(m_staged, n * mw), mgot), 0) << "staged mix";
+        }
         // The partial sums are added in a fixed order: projecting the same streams again (from
         // memory, not from the post step's registers) gives the same bits.
         const auto first = download<float>(sums, cuda::hyper_post_project_floats(n, hc, H));
