@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "engine/cuda/fp4_e4m3.h"
 #include "engine/cuda/stream_ring.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -21,13 +22,9 @@ constexpr int kI8Parts = 3;
 constexpr int kI8Quads = 2 * kI8Parts;  // uint4s of activation parts per 32 columns
 constexpr float kI8Step = 0x1p-7f;      // each part holds the previous one's residual * 2^7
 
-// prmt.b32 in its default mode: byte i of the result is byte (sel >> 4i) & 7 of {b, a}, or that
-// byte's sign replicated where bit 4i + 3 is set. (__byte_perm masks every selector first.)
-__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
-  return d;
-}
+// prmt.b32 in its default mode, sign replication included (__byte_perm masks every selector
+// first): fp4_e4m3.h's byte_perm.
+using fp4_e4m3::byte_perm;
 
 // Staged int8 activations: for every block of 32 columns, kI8Quads uint4s (part p in quads 2p
 // and 2p + 1) laid out so that lanes reading quad q of blocks 32 g .. 32 g + 31 read consecutive
@@ -80,7 +77,7 @@ __device__ __forceinline__ float quantize_quad(float4 v, uint32_t (&word)[kI8Par
       t[i] = __float_as_uint(m);
       r[i] = (r[i] - (m - kMagic)) * (1.0f / kI8Step);
     }
-    word[p] = prmt(prmt(t[0], t[1], 0x0040u), prmt(t[2], t[3], 0x0040u), 0x5410u);
+    word[p] = byte_perm(byte_perm(t[0], t[1], 0x0040u), byte_perm(t[2], t[3], 0x0040u), 0x5410u);
   }
   return 0.5f * s;
 }
@@ -198,8 +195,9 @@ __device__ __forceinline__ void fp4_word_to_i8(uint32_t w, const Fp4Table& t, in
   // Byte i of the result from byte i of the positive (selector i) or negative (i + 4) lookup.
   const uint32_t pick = ((w >> 1) & 0x44444444u) | t.pick;
   const uint32_t mag_hi = mag >> 16, pick_hi = pick >> 16;
-  lo = int(prmt(prmt(t.pos0, t.pos1, mag), prmt(t.neg0, t.neg1, mag), pick));
-  hi = int(prmt(prmt(t.pos0, t.pos1, mag_hi), prmt(t.neg0, t.neg1, mag_hi), pick_hi));
+  lo = int(byte_perm(byte_perm(t.pos0, t.pos1, mag), byte_perm(t.neg0, t.neg1, mag), pick));
+  hi =
+      int(byte_perm(byte_perm(t.pos0, t.pos1, mag_hi), byte_perm(t.neg0, t.neg1, mag_hi), pick_hi));
 }
 
 // This lane's dot products of M stored FP4 rows with the staged activations over 32-column

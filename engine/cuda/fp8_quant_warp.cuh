@@ -11,10 +11,6 @@
 
 namespace agentrt::engine::cuda {
 
-// Lane's 4 values v (columns 4 lane .. 4 lane + 3 of the block) as 4 e4m3 codes, lowest column in
-// the lowest byte (round to nearest even, saturating at +-448); *scale the block's scale, the
-// same in every lane. From 0: fmaxf drops NaNs, so the largest magnitude is that of the block's
-// numbers (as the host reference takes it); a NaN value keeps its NaN code.
 // The largest magnitude of the lane's 4 values (from 0: fmaxf drops NaNs).
 __device__ __forceinline__ float lane_amax(float4 v) {
   return fmaxf(fmaxf(fmaxf(0.0f, fabsf(v.x)), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
@@ -39,6 +35,10 @@ __device__ __forceinline__ uint32_t e4m3_codes(float4 v, int e) {
   return lo | (hi << 16);
 }
 
+// Lane's 4 values v (columns 4 lane .. 4 lane + 3 of the block) as 4 e4m3 codes, lowest column in
+// the lowest byte (round to nearest even, saturating at +-448); *scale the block's scale, the
+// same in every lane. From 0: fmaxf drops NaNs, so the largest magnitude is that of the block's
+// numbers (as the host reference takes it); a NaN value keeps its NaN code.
 __device__ __forceinline__ uint32_t quantize_block_e4m3(float4 v, float* scale) {
   const int e = warp_scale_exponent(lane_amax(v));
   *scale = fp8_act_quant::exp2_exact(e);
