@@ -46,6 +46,8 @@
 //                     [--prefill-pre-staged 1] (prefill mHC: the pre step's streams through
 //                     shared memory, three blocks an SM, CudaOptions::prefill_pre_staged; not
 //                     yet run on a GPU)
+//                     [--attention-fp8-out 1] (fp8 prefill: the wgmma attention writes wo_a's
+//                     e4m3 rows itself, CudaOptions::attention_fp8_out)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -377,6 +379,8 @@ int main(int argc, char** argv) {
       options.prefill_mhc_pass = v == "1";
     else if (k == "--prefill-pre-staged")
       options.prefill_pre_staged = v == "1";
+    else if (k == "--attention-fp8-out")
+      options.attention_fp8_out = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

@@ -187,7 +187,13 @@ void write_random_model(const std::filesystem::path& out_dir, const ModelInitOpt
   // Matrices in the chosen dtype; fp8 keeps embedding and head in bf16, as real checkpoints do.
   const std::string linear = options.dtype == "fp8" ? "fp8" : "";
   int64_t vocab = options.vocab_size > 0 ? options.vocab_size : 129280;
-  const nlohmann::json c = preset_config(options.preset, vocab);
+  nlohmann::json c = preset_config(options.preset, vocab);
+  for (const auto& [key, value] : options.config_overrides.items()) {
+    if (!c.contains(key))
+      throw std::invalid_argument("model init: config override '" + key +
+                                  "' is not a key of the '" + options.preset + "' preset");
+    c[key] = value;
+  }
   const int64_t H = get(c, "hidden_size"), L = get(c, "num_hidden_layers"),
                 heads = get(c, "num_attention_heads");
   const int64_t hd = get(c, "head_dim"), qr = get(c, "q_lora_rank"), og = get(c, "o_groups"),

@@ -19,6 +19,9 @@ struct ModelInitOptions {
   std::string dtype = "bf16";           // "bf16", "f32" or "fp8" (block-scaled linears)
   std::string expert_dtype;             // routed experts: "" (as dtype), "fp4" (MXFP4), "fp8", ...
   uint64_t seed = 0;
+  // Config keys set over the preset's (tests that need other shapes, e.g. the GPU's 64 heads of
+  // 512); each must be a key the preset has.
+  nlohmann::json config_overrides = nlohmann::json::object();
 };
 
 // The config.json of a preset (transformers DeepseekV4Config spelling).

@@ -14,6 +14,8 @@
 //    (4 wgmma of 64 x 256 x 16) by the tile read as an N-major operand (the keys are the values).
 // The next tile's copies land while this one is multiplied. Each row's sum of exponentials is
 // added up across the warpgroups at the end, with the sink's term (exp(sink - max)).
+#include <cuda_fp8.h>
+
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -24,6 +26,7 @@
 #include "engine/cuda/attention_wgmma.h"
 #include "engine/cuda/bulk_copy.cuh"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/mma.cuh"
@@ -63,11 +66,69 @@ __device__ __forceinline__ int operand_byte(int row, int ch) {
 }
 #endif
 
+#ifndef AGENTRT_NO_WGMMA_ATTENTION
+// kFp8Out's epilogue: the block's outputs (o: the warpgroup's fragment, as the float32 path
+// would store them) as e4m3 codes with one power-of-two scale a head's 128 channels, the values
+// and roundings of quantize_rows_e4m3 on the float32 rows. The tiles' shared memory is free by
+// now (every product waited for, no copy in flight): the codes gather there, heads kCodeRow bytes
+// apart (a warp's 8 heads' 2-byte stores in different banks), and leave as whole 16-byte pieces
+// of the row.
+constexpr int kCodeRow = kDim + 16;
+__device__ __forceinline__ void store_e4m3(const float (&o)[128], uint8_t* codes, int wg, int r0,
+                                           int c, int64_t h_base, int64_t row,
+                                           const fp8_act_quant::RowsOut& out8) {
+  namespace aq = fp8_act_quant;
+  const int r1 = r0 + 8;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {  // the warpgroup's two 128-channel blocks
+    float a0 = 0.0f, a1 = 0.0f;
+#pragma unroll
+    for (int i = 16 * half; i < 16 * half + 16; ++i) {
+      a0 = fmaxf(fmaxf(a0, fabsf(o[4 * i])), fabsf(o[4 * i + 1]));
+      a1 = fmaxf(fmaxf(a1, fabsf(o[4 * i + 2])), fabsf(o[4 * i + 3]));
+    }
+    // The quad holds the block's 128 channels.
+    a0 = fmaxf(a0, __shfl_xor_sync(0xffffffffu, a0, 1));
+    a0 = fmaxf(a0, __shfl_xor_sync(0xffffffffu, a0, 2));
+    a1 = fmaxf(a1, __shfl_xor_sync(0xffffffffu, a1, 1));
+    a1 = fmaxf(a1, __shfl_xor_sync(0xffffffffu, a1, 2));
+    const int e0 = aq::scale_exponent(__float_as_uint(a0)),
+              e1 = aq::scale_exponent(__float_as_uint(a1));
+    const float inv0 = e0 == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e0),
+                inv1 = e1 == aq::kNotFinite ? 1.0f : aq::exp2_exact(-e1);
+#pragma unroll
+    for (int i = 16 * half; i < 16 * half + 16; ++i) {
+      const int ch = 256 * wg + 8 * i + 2 * c;
+      *reinterpret_cast<uint16_t*>(codes + r0 * kCodeRow + ch) = uint16_t(__nv_cvt_float2_to_fp8x2(
+          make_float2(o[4 * i] * inv0, o[4 * i + 1] * inv0), __NV_SATFINITE, __NV_E4M3));
+      *reinterpret_cast<uint16_t*>(codes + r1 * kCodeRow + ch) = uint16_t(__nv_cvt_float2_to_fp8x2(
+          make_float2(o[4 * i + 2] * inv1, o[4 * i + 3] * inv1), __NV_SATFINITE, __NV_E4M3));
+    }
+    if (c == 0) {
+      const int64_t kb = (h_base + r0) * (kDim / aq::kBlock) + 2 * wg + half;
+      *out8.scale(row, kb) = aq::exp2_exact(e0);
+      *out8.scale(row, kb + 8 * (kDim / aq::kBlock)) = aq::exp2_exact(e1);
+    }
+  }
+  __syncthreads();
+  uint8_t* dst = out8.row(row) + h_base * kDim;
+#pragma unroll
+  for (int u = 0; u < kHeads * kDim / 16 / kThreads; ++u) {
+    const int piece = int(threadIdx.x) + kThreads * u, h = piece / (kDim / 16),
+              p = piece % (kDim / 16);
+    *reinterpret_cast<uint4*>(dst + h * kDim + 16 * p) =
+        *reinterpret_cast<const uint4*>(codes + h * kCodeRow + 16 * p);
+  }
+}
+#endif
+
+// kFp8Out: the outputs as out8's e4m3 rows (row0 + blockIdx.y) instead of float32 at out.
+template <bool kFp8Out>
 __global__ void __launch_bounds__(kThreads, 1)
     attend_wgmma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
                         const float* sinks, bool use_entries, const int32_t* chosen,
                         const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
-                        KeyMirror mirror, float* out) {
+                        KeyMirror mirror, float* out, fp8_act_quant::RowsOut out8, int64_t row0) {
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
   pdl_begin();
   extern __shared__ __align__(16) uint8_t smem_raw[];
@@ -242,9 +303,17 @@ __global__ void __launch_bounds__(kThreads, 1)
       a = make_float2(a.x * cs.x + a.y * cs.y, a.y * cs.x - a.x * cs.y);
       b = make_float2(b.x * cs.x + b.y * cs.y, b.y * cs.x - b.x * cs.y);
     }
-    *reinterpret_cast<float2*>(out0 + ch) = a;
-    *reinterpret_cast<float2*>(out1 + ch) = b;
+    if constexpr (kFp8Out) {
+      o[4 * i] = a.x;
+      o[4 * i + 1] = a.y;
+      o[4 * i + 2] = b.x;
+      o[4 * i + 3] = b.y;
+    } else {
+      *reinterpret_cast<float2*>(out0 + ch) = a;
+      *reinterpret_cast<float2*>(out1 + ch) = b;
+    }
   }
+  if constexpr (kFp8Out) store_e4m3(o, smem + kTiles, wg, r0, c, h_base, row0 + t, out8);
 #else
   __trap();  // built without sm_90a: wgmma_kernels_run() keeps the host from here
 #endif
@@ -261,7 +330,7 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                        const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
                        int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
-                       const QueryNormRope& norm) {
+                       const QueryNormRope& norm, const fp8_act_quant::RowsOut* out8) {
   if (n <= 0) return;
   if (!attend_rows_wgmma_supported(heads, head_dim))
     throw std::invalid_argument("cuda wgmma attention: " + std::to_string(heads) + " heads of " +
@@ -279,19 +348,25 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
   auto* keys = static_cast<uint16_t*>(mirror);
   mirror_keys(kv, kv_first, kv_rows, entries, n_entries, head_dim, false, keys, stream);
   const KeyMirror m{keys, kv_first, kv_rows, n_entries};
-  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      attend_wgmma_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  if (out8 && (out8->cols != heads * head_dim || !out8->q))
+    throw std::invalid_argument("cuda wgmma attention: e4m3 rows of " + std::to_string(out8->cols) +
+                                " columns for " + std::to_string(heads) + " heads of " +
+                                std::to_string(head_dim));
+  const auto kernel = out8 ? attend_wgmma_kernel<true> : attend_wgmma_kernel<false>;
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  const fp8_act_quant::RowsOut no_rows;
   const float scale = 1.0f / sqrtf(float(head_dim));
   constexpr int64_t kMaxGridRows = 65535;
   for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
     const int64_t rows_now = std::min(kMaxGridRows, n - r0);
     QueryNormRope part = norm;
     if (part.pos) part.pos += r0;
-    launch_pdl(attend_wgmma_kernel, dim3(unsigned(heads / kHeads), unsigned(rows_now)), kThreads,
-               size_t(shared), stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks,
-               use_entries, chosen ? chosen + r0 * topk : nullptr,
-               n_chosen ? n_chosen + r0 : nullptr, topk, scale, part, m,
-               out + r0 * heads * head_dim);
+    launch_pdl(kernel, dim3(unsigned(heads / kHeads), unsigned(rows_now)), kThreads, size_t(shared),
+               stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks, use_entries,
+               chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
+               scale, part, m, out8 ? nullptr : out + r0 * heads * head_dim, out8 ? *out8 : no_rows,
+               r0);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -128,6 +129,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       wgmma_attention_(options.wgmma_attention),
       prefill_mhc_pass_(options.prefill_mhc_pass),
       prefill_pre_staged_(options.prefill_pre_staged),
+      attention_fp8_out_(options.attention_fp8_out),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
@@ -929,6 +931,13 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   }
 
   stage("attn.indexer");
+  // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
+  const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;
+  float* grouped = w.f(w.grouped, n * c.o_groups * r);
+  const WeightMatrix wo_a = lw.wo_a->view();
+  const bool wo_a_fits = wo_a.cols == group_in && wo_a.rows == c.o_groups * r;
+  std::optional<fp8_act_quant::RowsOut>
+      attn8;  // wo_a's input as e4m3, where the attention writes it
   float* attn = w.f(w.attn, n * heads * hd);
   int64_t wo_a_room = 0;  // wo_a's shared memory a block, where it runs beside the attention
   if (decode_attention) {
@@ -954,16 +963,23 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   } else {
     QueryNormRope query_norm;
     if (rope_in_attention) query_norm = {w.pos, rope, c.rms_eps, true};
+    const bool wgmma = mma_attention && key_mirrors_ && m.shared_kv && !split && wgmma_attention_ &&
+                       attend_rows_wgmma_supported(heads, hd);
+    // wo_a's FP8 GEMMs read the attention's outputs as e4m3 rows it writes itself
+    // (CudaOptions::attention_fp8_out): 2 GB of float32 rows a layer at 16K neither written nor
+    // read back by the quantiser. Its outputs are then final (the query rotated inside it).
+    if (wgmma && rope_in_attention && attention_fp8_out_ && wo_a_fits)
+      attn8 = linear_.fp8_rows_room(wo_a, c.o_groups, n, grouped, c.o_groups * r, stream_);
     repeatable("attention", [&] {
       if (mma_attention && key_mirrors_ && m.shared_kv) {
         // Chosen (CSA) and visible (HCA) entries are below the rows' largest visible count.
         const int64_t entries = fl.compress_rate ? m.max_visible : 0;
         void* mirror = w.grow(w.key_mirror, key_mirror_bytes(hd, m.kv_rows, entries, split));
-        if (!split && wgmma_attention_ && attend_rows_wgmma_supported(heads, hd))
+        if (wgmma)
           attend_rows_wgmma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                             fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
                             m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries, entries,
-                            mirror, attn, stream_, query_norm);
+                            mirror, attn, stream_, query_norm, attn8 ? &*attn8 : nullptr);
         else
           attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                    fl.attention == AttentionKind::hca, chosen, n_chosen,
@@ -985,17 +1001,16 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   }
   stage("attn.core");
 
-  // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
-  const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;
-  float* grouped = w.f(w.grouped, n * c.o_groups * r);
-  const WeightMatrix wo_a = lw.wo_a->view();
-  if (wo_a.cols != group_in || wo_a.rows != c.o_groups * r)
+  if (!wo_a_fits)
     throw std::runtime_error("attention output: wo_a is " + std::to_string(wo_a.rows) + " x " +
                              std::to_string(wo_a.cols) + ", expected " +
                              std::to_string(c.o_groups * r) + " x " + std::to_string(group_in));
   repeatable("wo_a", [&] {
     linear_.set_max_shared(wo_a_room);
-    linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
+    if (attn8)
+      linear_.run_grouped_quantised(wo_a, c.o_groups, *attn8, n, grouped, c.o_groups * r, stream_);
+    else
+      linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
     linear_.set_max_shared(0);
   });
   repeatable("wo_b", [&] { linear_.run(lw.wo_b->view(), grouped, n, out, stream_); });

@@ -98,6 +98,10 @@ struct CudaOptions {
   // instead of registers (two, a few spilled); the same values. Off: not yet run on a GPU
   // (written after the thirty-first session's device time ran out).
   bool prefill_pre_staged = false;
+  // GemmPrecision::fp8 prefill on the wgmma attention: the attention writes its outputs as the
+  // e4m3 rows and block scales of wo_a's FP8 GEMMs (the values the quantiser would write from
+  // float32 rows). Off: float32 rows, quantised by the GEMM's own pass.
+  bool attention_fp8_out = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
@@ -356,6 +360,7 @@ class DeviceForward {
   bool wgmma_attention_ = false;         // CudaOptions::wgmma_attention, where the GPU has it
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
+  bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing

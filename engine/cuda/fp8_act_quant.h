@@ -66,4 +66,25 @@ __host__ __device__ inline int64_t weight_scale_ld(int64_t cols) {
 constexpr int64_t kTailRows = 16;
 __host__ __device__ inline int64_t whole_rows(int64_t n) { return n / kTailRows * kTailRows; }
 
+// Where a kernel other than Fp8Gemm's quantiser writes activation rows for an Fp8Gemm product
+// (Fp8Gemm::room; the prefill attention's epilogue writes wo_a's input this way): row m of `cols`
+// e4m3 codes at row(m) and its column block kb's scale at *scale(m, kb), in Fp8Gemm::stage's
+// layout: the first `whole` rows in one GEMM's operand, the rest in the tail's (kTailRows rows,
+// zero-padded).
+struct RowsOut {
+  uint8_t* q = nullptr;
+  float* scales = nullptr;
+  int64_t whole = 0;
+  uint8_t* tail_q = nullptr;
+  float* tail_scales = nullptr;
+  int64_t cols = 0;
+  __host__ __device__ uint8_t* row(int64_t m) const {
+    return m < whole ? q + m * cols : tail_q + (m - whole) * cols;
+  }
+  __host__ __device__ float* scale(int64_t m, int64_t kb) const {
+    return m < whole ? scales + act_scale_index(m, kb, whole)
+                     : tail_scales + act_scale_index(m - whole, kb, kTailRows);
+  }
+};
+
 }  // namespace agentrt::engine::cuda::fp8_act_quant

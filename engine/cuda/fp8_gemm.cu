@@ -158,18 +158,18 @@ bool Fp8Gemm::fits(const WeightMatrix& w, int64_t groups) {
   return rows % aq::kBlock == 0 && w.cols % aq::kBlock == 0 && w.row_offset % aq::kBlock == 0;
 }
 
-Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int64_t cols,
-                               cudaStream_t stream) {
+aq::RowsOut Fp8Gemm::room(int64_t n, int64_t cols, cudaStream_t stream) {
+  if (cols % aq::kBlock != 0)
+    throw std::invalid_argument("Fp8Gemm::room: " + std::to_string(cols) +
+                                " columns is not a multiple of 128");
   const int64_t blocks = cols / aq::kBlock, whole = aq::whole_rows(n), tail = n - whole;
-  Staged s;
-  s.n = n;
-  s.cols = cols;
   act_.reserve(std::max<int64_t>(whole, 1) * cols);
   act_scales_.reserve(std::max<int64_t>(whole, 1) * blocks * 4);
-  quantize_rows_e4m3(x, x_stride, whole, cols, act_.as<uint8_t>(), act_scales_.as<float>(), whole,
-                     stream, layout_.act_rows_contiguous);
-  s.q = act_.as<uint8_t>();
-  s.scales = act_scales_.as<float>();
+  aq::RowsOut r;
+  r.q = act_.as<uint8_t>();
+  r.scales = act_scales_.as<float>();
+  r.whole = whole;
+  r.cols = cols;
   if (tail > 0) {
     // The last rows padded to a GEMM of kTailRows with zeros (zero scales: the padding adds
     // nothing).
@@ -178,12 +178,34 @@ Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int6
     tail_scales_.reserve(kTail * blocks * 4);
     AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_.get(), 0, size_t(kTail * cols), stream));
     AGENTRT_CUDA_CHECK(cudaMemsetAsync(tail_scales_.get(), 0, size_t(kTail * blocks * 4), stream));
-    quantize_rows_e4m3(x + whole * x_stride, x_stride, tail, cols, tail_.as<uint8_t>(),
-                       tail_scales_.as<float>(), kTail, stream, layout_.act_rows_contiguous);
-    s.tail_q = tail_.as<uint8_t>();
-    s.tail_scales = tail_scales_.as<float>();
+    r.tail_q = tail_.as<uint8_t>();
+    r.tail_scales = tail_scales_.as<float>();
+  }
+  return r;
+}
+
+Fp8Gemm::Staged Fp8Gemm::staged(const aq::RowsOut& rows, int64_t n) {
+  Staged s;
+  s.n = n;
+  s.cols = rows.cols;
+  s.q = rows.q;
+  s.scales = rows.scales;
+  if (n > rows.whole) {
+    s.tail_q = rows.tail_q;
+    s.tail_scales = rows.tail_scales;
   }
   return s;
+}
+
+Fp8Gemm::Staged Fp8Gemm::stage(const float* x, int64_t x_stride, int64_t n, int64_t cols,
+                               cudaStream_t stream) {
+  const aq::RowsOut r = room(n, cols, stream);
+  quantize_rows_e4m3(x, x_stride, r.whole, cols, r.q, r.scales, r.whole, stream,
+                     layout_.act_rows_contiguous);
+  if (n > r.whole)
+    quantize_rows_e4m3(x + r.whole * x_stride, x_stride, n - r.whole, cols, r.tail_q, r.tail_scales,
+                       aq::kTailRows, stream, layout_.act_rows_contiguous);
+  return staged(r, n);
 }
 
 bool Fp8Gemm::ok(const Shape& s) {
@@ -232,24 +254,17 @@ void Fp8Gemm::gemm(const Shape& s, const void* a, const float* a_scales, const v
                              " rows failed with status " + std::to_string(int(status)));
 }
 
-bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y,
-                       int64_t y_stride, cudaStream_t stream) {
-  // Scales by rows (the layout probe's alternative) leave a group's blocks strided.
-  if (!fits(w, groups) || (!layout_.act_rows_contiguous && groups > 1)) return false;
-  if (x.cols != groups * w.cols)
-    throw std::logic_error("Fp8Gemm::multiply: staged rows of " + std::to_string(x.cols) +
-                           " columns for " + std::to_string(groups) + " groups of " +
-                           std::to_string(w.cols));
-  const int64_t rg = w.rows / groups, whole = aq::whole_rows(x.n), tail = x.n - whole;
-  if (whole + tail <= 0) return true;
-  const auto* wd = static_cast<const uint8_t*>(w.data);
+std::pair<Fp8Gemm::Shape, Fp8Gemm::Shape> Fp8Gemm::shapes(const WeightMatrix& w, int64_t groups,
+                                                          const Staged& x, const float* y,
+                                                          int64_t y_stride) {
+  const int64_t rg = w.rows / groups;
   constexpr int64_t kTail = aq::kTailRows;
-  if (tail > 0) tail_out_.reserve(kTail * w.rows * 4);
-  float* tail_out = tail_out_.as<float>();
+  const auto* wd = static_cast<const uint8_t*>(w.data);
+  if (x.n > aq::whole_rows(x.n)) tail_out_.reserve(kTail * w.rows * 4);
   const uint32_t a_align = alignment(wd, w.cols, rg * w.cols);
   const int64_t b_step = groups > 1 ? w.cols : 0;  // bytes between groups' columns of x
   const Shape main{rg,
-                   whole,
+                   aq::whole_rows(x.n),
                    w.cols,
                    x.cols,
                    y_stride,
@@ -263,9 +278,33 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
                    w.rows,
                    a_align,
                    alignment(x.tail_q, x.cols, b_step),
-                   alignment(tail_out, w.rows * 4, rg * 4)};
+                   alignment(tail_out_.get(), w.rows * 4, rg * 4)};
+  return {main, last};
+}
+
+bool Fp8Gemm::accepts(const WeightMatrix& w, int64_t groups, const Staged& x, const float* y,
+                      int64_t y_stride) {
+  // Scales by rows (the layout probe's alternative) leave a group's blocks strided.
+  if (!fits(w, groups) || (!layout_.act_rows_contiguous && groups > 1)) return false;
+  if (x.cols != groups * w.cols)
+    throw std::logic_error("Fp8Gemm::multiply: staged rows of " + std::to_string(x.cols) +
+                           " columns for " + std::to_string(groups) + " groups of " +
+                           std::to_string(w.cols));
+  const int64_t whole = aq::whole_rows(x.n), tail = x.n - whole;
+  const auto [main, last] = shapes(w, groups, x, y, y_stride);
+  return (whole == 0 || ok(main)) && (tail == 0 || ok(last));
+}
+
+bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y,
+                       int64_t y_stride, cudaStream_t stream) {
   // Every GEMM's algorithm before the first launch: all of y or none of it.
-  if ((whole > 0 && !ok(main)) || (tail > 0 && !ok(last))) return false;
+  if (!accepts(w, groups, x, y, y_stride)) return false;
+  const int64_t rg = w.rows / groups, whole = aq::whole_rows(x.n), tail = x.n - whole;
+  if (whole + tail <= 0) return true;
+  const auto* wd = static_cast<const uint8_t*>(w.data);
+  constexpr int64_t kTail = aq::kTailRows;
+  const auto [main, last] = shapes(w, groups, x, y, y_stride);
+  float* tail_out = tail_out_.as<float>();
   const int64_t ld = weight_scale_ld(w.cols), row_blocks = w.rows / aq::kBlock;
   weight_scales_.reserve(row_blocks * ld * 4);
   auto* ws = weight_scales_.as<float>();

@@ -13,9 +13,11 @@
 #include <set>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "engine/cuda/device_buffer.h"
+#include "engine/cuda/fp8_act_quant.h"
 #include "engine/matmul.h"
 
 namespace agentrt::engine::cuda {
@@ -59,6 +61,16 @@ class Fp8Gemm {
     int64_t n = 0, cols = 0;
   };
   Staged stage(const float* x, int64_t x_stride, int64_t n, int64_t cols, cudaStream_t stream);
+  // Room for n rows of `cols` (a multiple of 128) that the caller's kernel quantises, in
+  // stage()'s layout with the tail's padding zeroed; staged(room, n) is then what multiply takes.
+  // Valid until the next stage(), room() or run().
+  fp8_act_quant::RowsOut room(int64_t n, int64_t cols, cudaStream_t stream);
+  static Staged staged(const fp8_act_quant::RowsOut& rows, int64_t n);
+
+  // Whether multiply(w, groups, x, y, y_stride) runs as FP8 GEMMs: w fits and cuBLASLt has an
+  // algorithm for each of its shapes.
+  bool accepts(const WeightMatrix& w, int64_t groups, const Staged& x, const float* y,
+               int64_t y_stride);
 
   // y (n rows, y_stride floats apart) = x W^T for staged x; group g of w's rows reads columns
   // [g, g + 1) * w.cols of x. False, with nothing written to y, where cuBLASLt has no algorithm
@@ -105,6 +117,9 @@ class Fp8Gemm {
   };
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
   bool ok(const Shape& s);
+  // multiply's two GEMM shapes: the whole rows' and the tail's (tail_out_ reserved for it).
+  std::pair<Shape, Shape> shapes(const WeightMatrix& w, int64_t groups, const Staged& x,
+                                 const float* y, int64_t y_stride);
   static Shape prepared_shape(const Prepared& p);
   void gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
             const float* b_scales, float* d, cudaStream_t stream);

@@ -443,4 +443,24 @@ void LinearRunner::run_grouped(const WeightMatrix& w, int64_t groups, const floa
     run(w.slice_rows(g * r, r), x + g * w.cols, x_stride, n, y + g * r, y_stride, stream);
 }
 
+std::optional<fp8_act_quant::RowsOut> LinearRunner::fp8_rows_room(const WeightMatrix& w,
+                                                                  int64_t groups, int64_t n,
+                                                                  const float* y, int64_t y_stride,
+                                                                  cudaStream_t stream) {
+  if (!fp8_ || n <= gemv_max_rows_ || !Fp8Gemm::fits(w, groups)) return std::nullopt;
+  const fp8_act_quant::RowsOut rows = fp8_->room(n, groups * w.cols, stream);
+  if (!fp8_->accepts(w, groups, Fp8Gemm::staged(rows, n), y, y_stride)) return std::nullopt;
+  return rows;
+}
+
+void LinearRunner::run_grouped_quantised(const WeightMatrix& w, int64_t groups,
+                                         const fp8_act_quant::RowsOut& rows, int64_t n, float* y,
+                                         int64_t y_stride, cudaStream_t stream) {
+  if (!fp8_ || !fp8_->multiply(w, groups, Fp8Gemm::staged(rows, n), y, y_stride, stream))
+    throw std::logic_error("LinearRunner::run_grouped_quantised: a " + std::to_string(w.rows) +
+                           " x " + std::to_string(w.cols) + " product of " + std::to_string(n) +
+                           " rows that fp8_rows_room did not offer FP8 GEMMs for");
+  ++fp8_counts_.fp8;
+}
+
 }  // namespace agentrt::engine::cuda

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -70,6 +71,17 @@ class LinearRunner {
   // (g + 1) * w.cols) of x's rows and writing its rows of y (one launch when decoding).
   void run_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
                    int64_t n, float* y, int64_t y_stride, cudaStream_t stream);
+  // run_grouped's product of n rows that a kernel of the caller's quantises (the prefill
+  // attention's epilogue writes wo_a's input so: CudaOptions::attention_fp8_out): where it runs as
+  // FP8 GEMMs (GemmPrecision::fp8, more than gemv_max_rows rows, shapes cuBLASLt takes), room
+  // for the rows, valid until the next product; else nullopt (then run_grouped on float rows).
+  std::optional<fp8_act_quant::RowsOut> fp8_rows_room(const WeightMatrix& w, int64_t groups,
+                                                      int64_t n, const float* y, int64_t y_stride,
+                                                      cudaStream_t stream);
+  // The product of the rows the caller wrote into that room.
+  void run_grouped_quantised(const WeightMatrix& w, int64_t groups,
+                             const fp8_act_quant::RowsOut& rows, int64_t n, float* y,
+                             int64_t y_stride, cudaStream_t stream);
 
   // Under GemmPrecision::fp8: the prefill products that ran as FP8 GEMMs, and those of FP8 weights
   // that fell back to bf16 (shapes cuBLASLt has no FP8 algorithm for).

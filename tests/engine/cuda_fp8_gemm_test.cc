@@ -31,6 +31,7 @@
 #include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/moe_gemm.h"
+#include "engine/cuda/wgmma_runs.h"
 #endif
 
 namespace agentrt::engine {
@@ -420,6 +421,62 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
     EXPECT_GT(counts.experts, 0);
     EXPECT_LE(errors[errors.size() / 2], 0.35);
   }
+  std::filesystem::remove_all(dir);
+}
+
+// The wgmma attention writing wo_a's e4m3 rows itself (CudaOptions::attention_fp8_out) gives
+// the prefill's logits bit for bit: it writes the bytes the GEMM's quantiser would (that
+// kernel's own test, CudaKernels.AttentionOnWarpgroupMmaMatchesTheMmaKernel). A model with the
+// GPU attention's shapes (64 heads of 512, wo_a in 8 groups of 128 rows), 300 rows (a whole-rows
+// GEMM and a tail).
+TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  if (!cuda::wgmma_kernels_run(device))
+    GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_fp8_out";
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = 5;
+  init.config_overrides = {{"num_attention_heads", 64},
+                           {"head_dim", 512},
+                           {"qk_rope_head_dim", 64},
+                           {"index_head_dim", 64},
+                           {"o_groups", 8},
+                           {"o_lora_rank", 128},
+                           {"num_hidden_layers", 2},
+                           {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
+                           {"mlp_layer_types", {"hash_moe", "moe"}}};
+  write_random_model(dir, init);
+  std::mt19937 rng(13);
+  std::vector<int32_t> ids(300);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  std::vector<std::vector<float>> logits;
+  std::vector<int64_t> fp8_products;
+  for (bool fp8_out : {false, true}) {
+    cuda::CudaOptions options;
+    options.precision = cuda::GemmPrecision::fp8;
+    options.attention_fp8_out = fp8_out;
+    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+    logits.push_back(gpu->new_sequence()->forward(ids, true));
+    fp8_products.push_back(cuda_fp8_counts(*gpu).fp8);
+  }
+  EXPECT_GT(fp8_products[0], 0);
+  EXPECT_EQ(fp8_products[0], fp8_products[1]) << "wo_a left the FP8 GEMMs";
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  // Bit for bit where the rest of the pass is deterministic; bounded tightly either way.
+  int64_t differ = 0;
+  for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[1][i];
+  const int64_t V = int64_t(logits[0].size() / ids.size());
+  double worst = 0;
+  for (size_t p = 0; p < ids.size(); ++p)
+    worst = std::max(worst, testing::rel_l2(&logits[1][p * V], &logits[0][p * V], V));
+  std::printf("[ attention fp8 out ] %lld of %zu logits differ, worst rel L2 %.3g\n",
+              (long long)differ, logits[0].size(), worst);
+  EXPECT_LE(worst, 1e-6) << "the logits moved with the attention writing wo_a's rows";
   std::filesystem::remove_all(dir);
 }
 

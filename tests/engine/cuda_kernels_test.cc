@@ -28,6 +28,7 @@
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/fp4_gemm_layout.h"
+#include "engine/cuda/fp8_gemm.h"
 #include "engine/cuda/grouped_fp8_gemm.h"
 #include "engine/cuda/indexer_gemm.h"
 #include "engine/cuda/kernels.h"
@@ -1121,6 +1122,41 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
                                  << ": worst rel L2 against the mma kernel " << worst;
           EXPECT_LE(worst_cpu, 2e-2)
               << (csa ? "csa" : "hca") << ": worst rel L2 against attend " << worst_cpu;
+
+          // The outputs as e4m3 rows (CudaOptions::attention_fp8_out): the bytes
+          // quantize_rows_e4m3 writes for the float32 outputs, rows split between the whole
+          // rows' operand and the tail's as Fp8Gemm::room lays them out.
+          const int64_t cols = heads * hd, blocks = cols / 128, whole = n / 2, tail = n - whole;
+          const int64_t kTail = cuda::fp8_act_quant::kTailRows;
+          DeviceBuffer q8(n * cols), s8(blocks * whole * 4 + 4), tq8(kTail * cols),
+              ts8(blocks * kTail * 4), rq8(n * cols), rs8(blocks * whole * 4 + 4),
+              rtq8(kTail * cols), rts8(blocks * kTail * 4);
+          for (DeviceBuffer* b : {&q8, &s8, &tq8, &ts8, &rq8, &rs8, &rtq8, &rts8})
+            ASSERT_EQ(cudaMemset(b->get(), 0, size_t(b->bytes())), cudaSuccess);
+          cuda::fp8_act_quant::RowsOut out8;
+          out8.q = q8.as<uint8_t>();
+          out8.scales = s8.as<float>();
+          out8.whole = whole;
+          out8.tail_q = tq8.as<uint8_t>();
+          out8.tail_scales = ts8.as<float>();
+          out8.cols = cols;
+          cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
+                                  in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                  in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
+                                  kv_rows, in.d_ent.as<float>(), entries, mirror.get(), nullptr,
+                                  nullptr, qn, &out8);
+          cuda::quantize_rows_e4m3(got.as<float>(), cols, whole, cols, rq8.as<uint8_t>(),
+                                   rs8.as<float>(), whole, nullptr);
+          cuda::quantize_rows_e4m3(got.as<float>() + whole * cols, cols, tail, cols,
+                                   rtq8.as<uint8_t>(), rts8.as<float>(), kTail, nullptr);
+          for (const auto& [mine, theirs, what] :
+               {std::tuple{&q8, &rq8, "whole rows' codes"}, {&s8, &rs8, "whole rows' scales"},
+                {&tq8, &rtq8, "tail's codes"}, {&ts8, &rts8, "tail's scales"}}) {
+            const auto x = download<uint8_t>(*mine, mine->bytes()),
+                       y = download<uint8_t>(*theirs, theirs->bytes());
+            EXPECT_EQ(x, y) << (csa ? "csa" : "hca") << (normed ? " normed" : "") << ": the "
+                            << what << " differ from quantize_rows_e4m3's";
+          }
         }
     }
 }

@@ -60,6 +60,45 @@ TEST(ModelInit, UnknownPresetOrDtypeIsAnError) {
                std::invalid_argument);
 }
 
+// Config overrides reshape the preset (the GPU tests' 64 heads of 512 in two layers); a key the
+// preset lacks is an error naming it.
+TEST(ModelInit, ConfigOverridesReshapeThePreset) {
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_model_init_overrides";
+  ModelInitOptions options;
+  options.preset = "small";
+  options.vocab_size = 512;
+  options.dtype = "fp8";
+  options.config_overrides = {{"num_attention_heads", 64},
+                              {"head_dim", 512},
+                              {"qk_rope_head_dim", 64},
+                              {"index_head_dim", 64},
+                              {"o_groups", 8},
+                              {"o_lora_rank", 128},
+                              {"num_hidden_layers", 2},
+                              {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
+                              {"mlp_layer_types", {"hash_moe", "moe"}}};
+  write_random_model(dir, options);
+  std::ifstream in(dir / "config.json");
+  const auto config = nlohmann::json::parse(in);
+  EXPECT_EQ(config.at("num_attention_heads"), 64);
+  EXPECT_EQ(config.at("head_dim"), 512);
+  EXPECT_EQ(config.at("hidden_size"), 256);  // the preset's
+  const auto model = Model::load(dir);
+  const auto logits = model->new_sequence()->forward(std::vector<int32_t>{3, 9}, true);
+  ASSERT_EQ(logits.size(), 2u * 512);
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+  std::filesystem::remove_all(dir);
+
+  options.config_overrides = {{"num_attention_head", 64}};
+  try {
+    write_random_model(dir, options);
+    ADD_FAILURE() << "an unknown override key was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("num_attention_head"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace agentrt::engine
 
