@@ -48,6 +48,10 @@
 //                     yet run on a GPU)
 //                     [--attention-fp8-out 1] (fp8 prefill: the wgmma attention writes wo_a's
 //                     e4m3 rows itself, CudaOptions::attention_fp8_out)
+//                     [--spare-caches N] (retired sequences' caches kept for new ones,
+//                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)
+//                     [--gate-up-bf16 1] (fp8 prefill's grouped experts: the gate/up product in
+//                     bf16 for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -381,6 +385,10 @@ int main(int argc, char** argv) {
       options.prefill_pre_staged = v == "1";
     else if (k == "--attention-fp8-out")
       options.attention_fp8_out = v == "1";
+    else if (k == "--spare-caches")
+      options.spare_caches = std::stoi(v);
+    else if (k == "--gate-up-bf16")
+      options.gate_up_bf16 = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

@@ -50,8 +50,12 @@ bool needs_sorted(const cuda::DeviceForward::NearBest& r, const SamplingParams& 
 
 class CudaSequence final : public ModelSequence {
  public:
-  CudaSequence(const CudaModel& model, const ForwardConfig& config)
-      : model_(model), cache_(config) {}
+  // Takes a retired sequence's caches where the model keeps one (CudaModel::take_cache) and
+  // hands its own back when it goes.
+  explicit CudaSequence(const CudaModel& model);
+  ~CudaSequence() override;
+  CudaSequence(const CudaSequence&) = delete;
+  CudaSequence& operator=(const CudaSequence&) = delete;
 
   std::vector<float> forward(std::span<const int32_t> tokens, bool all_positions) override;
   Sampler::Sample forward_and_sample(std::span<const int32_t> tokens, Sampler& sampler,
@@ -93,6 +97,7 @@ class CudaModel final : public Model {
   // The options are checked before the weights go to the device.
   CudaModel(ForwardConfig config, const ForwardWeights& weights, const cuda::CudaOptions& options)
       : pass_(std::move(config), weights, checked(options)),
+        spare_caches_(size_t(options.spare_caches)),
         prefill_rows_(options.prefill_rows),
         near_capacity_(options.near_capacity),
         parallel_draw_tokens_(options.parallel_draw_tokens),
@@ -104,7 +109,30 @@ class CudaModel final : public Model {
   const ForwardConfig& config() const override { return pass_.config(); }
   int32_t vocab_size() const override { return int32_t(pass_.config().vocab_size); }
   std::unique_ptr<ModelSequence> new_sequence() const override {
-    return std::make_unique<CudaSequence>(*this, pass_.config());
+    return std::make_unique<CudaSequence>(*this);
+  }
+
+  // A new sequence's caches: the largest retired one's, emptied, where one is kept
+  // (CudaOptions::spare_caches), else new ones. A 16K prefill's first pass spent 2 ms in the
+  // cudaMallocs of a new sequence's ~20 buffers (host.reserve, H100). Reuse is safe in stream
+  // order: every pass runs on the model's stream, so a new sequence's work follows whatever the
+  // old one queued, and the new one reads no row before writing it (length 0).
+  cuda::DeviceSequenceCache take_cache() const {
+    std::lock_guard<std::mutex> lock(spare_mutex_);
+    if (spares_.empty()) return cuda::DeviceSequenceCache(pass_.config());
+    cuda::DeviceSequenceCache cache = std::move(spares_.back());
+    spares_.pop_back();
+    cache.length = 0;
+    return cache;
+  }
+  // A going sequence's caches, kept if fewer than spare_caches are (the largest ones kept).
+  void retire_cache(cuda::DeviceSequenceCache&& cache) const {
+    if (spare_caches_ == 0 || cache.capacity() == 0) return;
+    std::lock_guard<std::mutex> lock(spare_mutex_);
+    spares_.push_back(std::move(cache));
+    std::sort(spares_.begin(), spares_.end(),
+              [](const auto& a, const auto& b) { return a.capacity() < b.capacity(); });
+    if (spares_.size() > spare_caches_) spares_.erase(spares_.begin());
   }
 
   // One forward at a time: the workspace and the stream are shared.
@@ -253,6 +281,9 @@ class CudaModel final : public Model {
     if (options.near_capacity < 1)
       throw std::invalid_argument("cuda options: near_capacity must be at least 1, got " +
                                   std::to_string(options.near_capacity));
+    if (options.spare_caches < 0 || options.spare_caches > 64)
+      throw std::invalid_argument("cuda options: spare_caches must be 0 to 64, got " +
+                                  std::to_string(options.spare_caches));
     if (options.gemv_sum_group < 1 || options.gemv_sum_group > 4)
       throw std::invalid_argument("cuda options: gemv_sum_group must be 1 to 4, got " +
                                   std::to_string(options.gemv_sum_group));
@@ -306,11 +337,18 @@ class CudaModel final : public Model {
   mutable std::unique_ptr<WorkerPool> draw_pool_;
   mutable std::optional<BatchAhead> batch_ahead_;
   mutable cuda::DeviceForward pass_;
+  mutable std::mutex spare_mutex_;  // spares_ only (sequences come and go outside runs)
+  mutable std::vector<cuda::DeviceSequenceCache> spares_;  // by capacity, largest last
+  size_t spare_caches_;
   int64_t prefill_rows_;
   int32_t near_capacity_;
   int64_t parallel_draw_tokens_;
   bool decode_ahead_;
 };
+
+CudaSequence::CudaSequence(const CudaModel& model) : model_(model), cache_(model.take_cache()) {}
+
+CudaSequence::~CudaSequence() { model_.retire_cache(std::move(cache_)); }
 
 std::vector<float> CudaSequence::forward(std::span<const int32_t> tokens, bool all_positions) {
   ahead_.reset();  // its rows are overwritten

@@ -159,6 +159,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
+  expert_gemm_.set_gate_up_bf16(options.gate_up_bf16);
   if (options.pick_copy_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&mask_up_, cudaEventDisableTiming));

@@ -40,6 +40,10 @@ struct CudaOptions {
   // of 16,384 rows prefilled 16K at 15.4% of cuBLAS's peak against 14.2% with 8,192, and 64K at
   // 15.0% against 13.7%, for 38.2 GB of peak memory against 30.5 GB (V4-Flash shapes, 4 layers).
   int64_t prefill_rows = 16384;
+  // Retired sequences' caches the model keeps for new sequences (the largest ones; CudaModel's
+  // take_cache): a new sequence then allocates nothing on the device until it outgrows them.
+  // Their device memory stays held while no sequence uses it; 0 frees each sequence's at once.
+  int spare_caches = 1;
   // Prefill passes multiply FP4 experts with fp4_gemm.cu's kernel (weights decoded in its
   // loader) instead of bf16 copies and cuBLAS. Off: slower at 16K on an H200 (routed experts'
   // stages 205 ms against 176, docs/cuda_sessions.md, eleventh session).
@@ -102,6 +106,9 @@ struct CudaOptions {
   // e4m3 rows and block scales of wo_a's FP8 GEMMs (the values the quantiser would write from
   // float32 rows). Off: float32 rows, quantised by the GEMM's own pass.
   bool attention_fp8_out = false;
+  // GemmPrecision::fp8's grouped routed experts: the gate/up product writes bf16 instead of
+  // float32 for the SwiGLU pass (ExpertGemm::set_gate_up_bf16; its e4m3 quantisation follows).
+  bool gate_up_bf16 = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).

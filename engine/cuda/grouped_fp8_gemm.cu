@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/bulk_copy.cuh"
@@ -92,6 +93,23 @@ __device__ __forceinline__ void warpgroup_sync(int id) {
 // Eight FP4 values as eight e4m3 bytes from the block's table (fp4_e4m3.h).
 __device__ __forceinline__ uint2 fp4_to_e4m3(uint32_t w, uint2 table) {
   return fe::e4m3_of_fp4_word(w, table.x, table.y);
+}
+
+// The outputs (float32, or bf16 under GroupedExpertProduct::out_bf16) and a pair of adjacent
+// columns stored there.
+template <bool kBf16Out>
+__device__ __forceinline__ std::conditional_t<kBf16Out, __nv_bfloat16, float>* output_of(
+    const GroupedExpertProduct& p) {
+  if constexpr (kBf16Out)
+    return p.out_bf16;
+  else
+    return p.out;
+}
+__device__ __forceinline__ void store_pair(float* at, float x, float y) {
+  *reinterpret_cast<float2*>(at) = make_float2(x, y);
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* at, float x, float y) {
+  *reinterpret_cast<__nv_bfloat162*>(at) = __floats2bfloat162_rn(x, y);
 }
 
 // A K-major operand of 128-byte rows in the 128-byte swizzle: 8-row groups 1024 bytes apart.
@@ -166,7 +184,8 @@ __global__ void __launch_bounds__(128)
 }
 
 // kRowScales: p.row_scales (no promotion; the accumulators span a tile's whole depth).
-template <bool kRowScales>
+// kBf16Out: p.out_bf16 set (a template parameter: the float32 kernels stay the code they were).
+template <bool kRowScales, bool kBf16Out>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_expert_kernel(const __grid_constant__ GroupedExpertProduct p) {
 #ifndef AGENTRT_NO_WGMMA
@@ -309,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // A tile's outputs: acc[h] (the fragment: element i of the thread is row 16 warp + lane / 4
     // + 8 ((i / 2) % 2), column 8 (i / 4) + 2 (lane % 4) + i % 2 of half h's 64 x 128) times the
     // factor of its row (f0 / f1 for half 0's rows r and r + 8, g0 / g1 for half 1's), into the
-    // expert's padded slot rows or its rows of out_start.
+    // expert's padded slot rows or its rows of out_start, as float32 or (kBf16Out) bf16 pairs.
     auto store = [&](const Tile& tile, float(&acc)[2][64], float f0, float f1, float g0, float g1) {
       int64_t out_first = tile.first, out_rows = tile.rows;
       if (p.out_start) {
@@ -320,17 +339,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int h = 0; h < 2; ++h) {
         const int64_t r0 = tile.m0 + 64 * h + 16 * warp + lane / 4, r1 = r0 + 8;
         const float e0 = h == 0 ? f0 : g0, e1 = h == 0 ? f1 : g1;
-        float* out0 =
-            p.out + (out_first + r0) * p.ld_out + tile.n0 + b * kBlockRows + 2 * (lane % 4);
-        float* out1 = out0 + 8 * p.ld_out;
+        auto* out0 = output_of<kBf16Out>(p) + (out_first + r0) * p.ld_out + tile.n0 +
+                     b * kBlockRows + 2 * (lane % 4);
+        auto* out1 = out0 + 8 * p.ld_out;
 #pragma unroll
         for (int i = 0; i < 16; ++i) {
-          if (r0 < out_rows)
-            *reinterpret_cast<float2*>(out0 + 8 * i) =
-                make_float2(acc[h][4 * i] * e0, acc[h][4 * i + 1] * e0);
+          if (r0 < out_rows) store_pair(out0 + 8 * i, acc[h][4 * i] * e0, acc[h][4 * i + 1] * e0);
           if (r1 < out_rows)
-            *reinterpret_cast<float2*>(out1 + 8 * i) =
-                make_float2(acc[h][4 * i + 2] * e1, acc[h][4 * i + 3] * e1);
+            store_pair(out1 + 8 * i, acc[h][4 * i + 2] * e1, acc[h][4 * i + 3] * e1);
         }
       }
     };
@@ -475,12 +491,25 @@ void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStrea
     throw std::invalid_argument("grouped_expert_product: n " + std::to_string(p.n) + " and k " +
                                 std::to_string(p.k) + " must be multiples of 128" +
                                 (p.down ? "" : " (n of 256: gate and up stacked)"));
+  const bool bf16 = p.out_bf16 != nullptr;
+  if (bf16 == (p.out != nullptr))
+    throw std::invalid_argument(
+        "grouped_expert_product: exactly one of out (float32) and out_bf16 must be set");
+  // bf16 serves the gate/up product's slot rows (the SwiGLU pass reads them); the down product
+  // writes the pairs' float32 rows.
+  if (bf16 && (p.down || p.out_start != nullptr))
+    throw std::invalid_argument(
+        "grouped_expert_product: out_bf16 is for the gate/up product's slot rows only, not with " +
+        std::string(p.down ? "down" : "out_start"));
   if (p.tiles <= 0) return;
   if (p.block_max == nullptr)
     throw std::invalid_argument("grouped_expert_product: no block_max scratch");
   block_max_kernel<<<dim3(unsigned(p.n / kBlockRows), unsigned(p.used)), 128, 0, stream>>>(p);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  auto kernel = p.row_scales ? grouped_expert_kernel<true> : grouped_expert_kernel<false>;
+  auto kernel =
+      p.row_scales
+          ? (bf16 ? grouped_expert_kernel<true, true> : grouped_expert_kernel<true, false>)
+          : (bf16 ? grouped_expert_kernel<false, true> : grouped_expert_kernel<false, false>);
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
   const int grid = int(std::min<int64_t>(std::max(blocks, 1), p.tiles));

@@ -6,6 +6,7 @@
 // tail and its activation scales are a block of their own ([column block][row], as cuBLASLt's
 // VEC128 layout wants). The bf16 path's converted weights took 2 bytes a value and its GEMMs ran
 // at the bf16 rate; these take 1 byte and run at twice the rate.
+#include <cuda_bf16.h>
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -166,10 +167,14 @@ unsigned slot_group_grid(int64_t slots, int64_t blocks, bool row_scale) {
 // in registers until quantised; longer ones are read twice, the second time from the caches
 // (reading the SwiGLU rows twice made their pass 5.0 -> 8.4 ms in a 16K prefill).
 constexpr int kHeldBlocks = 16;
-struct Float4Pair {  // a SwiGLU block's gate and up values of one lane
-  float4 a, b;
+template <class Lane>
+struct GateUpPair {  // a SwiGLU block's gate and up values of one lane, as loaded (load_lane4)
+  Lane a, b;
 };
-__device__ __forceinline__ Float4Pair float4_pair(float4 a, float4 b) { return {a, b}; }
+template <class Lane>
+__device__ __forceinline__ GateUpPair<Lane> gate_up_pair(Lane a, Lane b) {
+  return {a, b};
+}
 template <class Load, class Value>
 __device__ float quantise_row_warp(Load load, Value value, int64_t blocks, uint8_t* q_row) {
   const int lane = int(threadIdx.x % 32);
@@ -293,13 +298,30 @@ __global__ void gather_quantize_kernel(const float* h, const int32_t* order, con
   }
 }
 
-// The slots' SwiGLU of their gate/up products (gu: [slot][2 inter]), weighted by the pair's
-// routing weight and quantised as the down product's activations: one warp per (slot, group of
-// kWarpBlocks blocks).
-__global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, const float* weights,
+// A lane's 4 values of a 128-value block at `at` as stored: float32 (a float4), or bf16
+// (GroupedExpertProduct::out_bf16: 4 in a uint2, half the bytes); as_float4 widens them.
+__device__ __forceinline__ float4 load_lane4(const float* at, int lane) {
+  return __ldg(reinterpret_cast<const float4*>(at) + lane);
+}
+__device__ __forceinline__ uint2 load_lane4(const __nv_bfloat16* at, int lane) {
+  return __ldg(reinterpret_cast<const uint2*>(at) + lane);
+}
+__device__ __forceinline__ float4 as_float4(float4 v) { return v; }
+// A bf16 is the top half of its float32 (the lower address the lower half of each word).
+__device__ __forceinline__ float4 as_float4(uint2 v) {
+  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                     __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+}
+
+// The slots' SwiGLU of their gate/up products (gu: [slot][2 inter] of GateUp, float or
+// __nv_bfloat16), weighted by the pair's routing weight and quantised as the down product's
+// activations: one warp per (slot, group of kWarpBlocks blocks).
+template <class GateUp>
+__global__ void swiglu_quantize_kernel(const GateUp* gu, const int32_t* order, const float* weights,
                                        const int32_t* seg, const int32_t* pad, int64_t a0,
                                        int64_t a1, int64_t slots, int64_t inter, float limit,
                                        bool row_scale, uint8_t* aq_out, float* as_out) {
+  using Lane = decltype(load_lane4(gu, 0));
   const int lane = int(threadIdx.x % 32);
   const int64_t blocks = inter / aq::kBlock, groups = slot_groups(blocks, row_scale);
   const int64_t warps = int64_t(gridDim.x) * (blockDim.x / 32);
@@ -307,21 +329,19 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
        w += warps) {
     const int64_t slot = w / groups, kb0 = (w - slot * groups) * kWarpBlocks;
     const Slot s = find_slot(pad, seg, a0, a1, slot);
-    const float* row = gu + slot * 2 * inter;
+    const GateUp* row = gu + slot * 2 * inter;
     const float weight = s.pair >= 0 ? weights[order[s.pair]] : 0.0f;
     if (row_scale) {
       // Padding rows load nothing: their values are zeros (codes 0; scale 0 stored below).
       const float scale = quantise_row_warp(
           [&](int64_t kb) {
-            const float* at = row + kb * aq::kBlock;
-            const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            return s.pair < 0
-                       ? float4_pair(zero, zero)
-                       : float4_pair(__ldg(reinterpret_cast<const float4*>(at) + lane),
-                                     __ldg(reinterpret_cast<const float4*>(at + inter) + lane));
+            const GateUp* at = row + kb * aq::kBlock;
+            const Lane zero{};
+            return s.pair < 0 ? gate_up_pair(zero, zero)
+                              : gate_up_pair(load_lane4(at, lane), load_lane4(at + inter, lane));
           },
-          [&](const Float4Pair& gu) {
-            const float4 g = gu.a, u = gu.b;
+          [&](const GateUpPair<Lane>& gu) {
+            const float4 g = as_float4(gu.a), u = as_float4(gu.b);
             return make_float4(
                 swiglu_weighted(g.x, u.x, limit, weight), swiglu_weighted(g.y, u.y, limit, weight),
                 swiglu_weighted(g.z, u.z, limit, weight), swiglu_weighted(g.w, u.w, limit, weight));
@@ -334,11 +354,9 @@ __global__ void swiglu_quantize_kernel(const float* gu, const int32_t* order, co
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i) {
       const bool live = s.pair >= 0 && kb0 + i < blocks;
-      const float* at = row + (kb0 + i) * aq::kBlock;
-      g[i] = live ? __ldg(reinterpret_cast<const float4*>(at) + lane)
-                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      u[i] = live ? __ldg(reinterpret_cast<const float4*>(at + inter) + lane)
-                  : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const GateUp* at = row + (kb0 + i) * aq::kBlock;
+      g[i] = live ? as_float4(load_lane4(at, lane)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      u[i] = live ? as_float4(load_lane4(at + inter, lane)) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 #pragma unroll
     for (int i = 0; i < kWarpBlocks; ++i) {
@@ -375,11 +393,11 @@ void padded_starts(const int32_t* seg, int64_t used, int32_t* pad) {
 
 }  // namespace
 
-void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden,
-                                   bool slot_outputs) {
+void ExpertGemm::reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs,
+                                   int64_t gate_up_value_bytes) {
   x_.reserve(slots * hidden);
   xs_.reserve(slots * (hidden / aq::kBlock) * 4);
-  gate_up_.reserve(slots * 2 * inter * 4);
+  gate_up_.reserve(slots * 2 * inter * gate_up_value_bytes);
   act_.reserve(slots * inter);
   as_.reserve(slots * (inter / aq::kBlock) * 4);
   if (slot_outputs) down_.reserve(slots * hidden * 4);
@@ -426,7 +444,7 @@ bool ExpertGemm::run_fp8(const ExpertsDevice& e, const ExpertSegments& s, const 
     s13_[b].reserve(chunk * s13 * 4);
     s2_[b].reserve(chunk * s2 * 4);
   }
-  reserve_fp8_slots(most_slots, inter, hidden, true);
+  reserve_fp8_slots(most_slots, inter, hidden, true, 4);
   pad_.reserve((used + 1) * 4);
 
   // Every expert's two GEMMs, checked before the first launch: all of them on FP8 or none.
@@ -552,8 +570,9 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   // gigabytes, which waits for the GPU and left it idle 2.8 ms in a 16K prefill (CUPTI trace,
   // thirty-first session).
   const int64_t most_slots = (seg[used] - seg[0]) + s.experts * (kSlotRows - 1);
-  reserve_fp8_slots(std::max(slots, most_slots), inter, hidden, false);  // the down product
-                                                                         // writes the pairs' rows
+  // The down product writes the pairs' rows (no slot outputs); the gate/up products take 2 or 4
+  // bytes a value (set_gate_up_bf16).
+  reserve_fp8_slots(std::max(slots, most_slots), inter, hidden, false, gate_up_bf16_ ? 2 : 4);
   pad_.reserve(3 * (s.experts + 1) * 4);
   block_max_.reserve(std::max(grouped_expert_scratch_ints(s.experts, 2 * inter, hidden),
                               grouped_expert_scratch_ints(s.experts, hidden, inter)) *
@@ -594,18 +613,28 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   up.n = 2 * inter;
   up.k = hidden;
   up.tiles = up_count;
-  up.out = gate_up_.as<float>();
+  if (gate_up_bf16_)
+    up.out_bf16 = gate_up_.as<__nv_bfloat16>();
+  else
+    up.out = gate_up_.as<float>();
   up.ld_out = 2 * inter;
   up.block_max = block_max_.as<int32_t>();
   up.row_scales = rs;
   grouped_expert_product(up, sms_, stream);
   mark("moe.experts.gemm");
-  swiglu_quantize_kernel<<<slot_group_grid(slots, inter / aq::kBlock, rs), 256, 0, stream>>>(
-      gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit, rs,
-      act_.as<uint8_t>(), as_.as<float>());
+  const unsigned swiglu_grid = slot_group_grid(slots, inter / aq::kBlock, rs);
+  if (gate_up_bf16_)
+    swiglu_quantize_kernel<<<swiglu_grid, 256, 0, stream>>>(
+        gate_up_.as<__nv_bfloat16>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter,
+        limit, rs, act_.as<uint8_t>(), as_.as<float>());
+  else
+    swiglu_quantize_kernel<<<swiglu_grid, 256, 0, stream>>>(
+        gate_up_.as<float>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter, limit,
+        rs, act_.as<uint8_t>(), as_.as<float>());
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.swiglu");
   GroupedExpertProduct down = up;
+  down.out_bf16 = nullptr;
   down.x = act_.as<uint8_t>();
   down.x_scales = as_.as<float>();
   down.tile_start = d_pad + 2 * (used + 1);

@@ -77,6 +77,13 @@ class ExpertGemm {
   // SwiGLU, scatter), on run()'s stream; DeviceForward records its stage events there.
   void set_stage_marker(std::function<void(const char*)> mark) { mark_ = std::move(mark); }
 
+  // fp8_grouped's path: the gate/up product writes bf16 instead of float32
+  // (GroupedExpertProduct::out_bf16), halving the bytes it writes and the SwiGLU pass reads (that
+  // pass took ~1.3 ms a layer of a 16K prefill on an H100, bound by reading the float32 pairs);
+  // its e4m3 quantisation makes bf16's rounding immaterial. Off by default; the other paths
+  // ignore it. Written without a GPU: its time is unmeasured.
+  void set_gate_up_bf16(bool on) { gate_up_bf16_ = on; }
+
   // Whether fp4_gemm.cu's kernel takes these experts' shapes (when asked for).
   static bool fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden);
 
@@ -104,8 +111,10 @@ class ExpertGemm {
                        int64_t hidden, float limit, float* pair_out, cudaStream_t stream);
 
   // run_fp8's and run_fp8_grouped's activation, scale and product buffers for `slots` rows;
-  // slot_outputs: also the down product's rows by slot (run_fp8 scatters them to the pairs).
-  void reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs);
+  // slot_outputs: also the down product's rows by slot (run_fp8 scatters them to the pairs);
+  // gate_up_value_bytes: 4 (float32) or 2 (bf16, set_gate_up_bf16) a gate/up product value.
+  void reserve_fp8_slots(int64_t slots, int64_t inter, int64_t hidden, bool slot_outputs,
+                         int64_t gate_up_value_bytes);
 
   void mark(const char* name) const {  // a profiling stage ends (set_stage_marker)
     if (mark_) mark_(name);
@@ -118,6 +127,7 @@ class ExpertGemm {
   int fp8_streams_ = 1;
   int64_t fp8_grouped_rows_ = 0;  // the constructor's, 0 where the device lacks the kernel
   bool fp8_row_scales_ = false;   // the constructor's
+  bool gate_up_bf16_ = false;     // set_gate_up_bf16's
   int sms_ = 0;                   // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;

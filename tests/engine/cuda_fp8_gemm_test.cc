@@ -19,6 +19,7 @@
 #include "engine/model.h"
 #include "engine/model_init.h"
 #include "engine/quantize.h"
+#include "engine/safetensors_writer.h"
 #include "tests/engine/cuda_test_util.h"
 #include "tests/engine/golden_fixture.h"
 
@@ -454,7 +455,7 @@ TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
   std::mt19937 rng(13);
   std::vector<int32_t> ids(300);
   for (auto& t : ids) t = int32_t(rng() % 3000);
-  std::vector<std::vector<float>> logits;
+  std::vector<std::vector<float> > logits;
   std::vector<int64_t> fp8_products;
   for (bool fp8_out : {false, true}) {
     cuda::CudaOptions options;
@@ -627,6 +628,9 @@ TEST_F(CudaFp8Gemm, ConvertsMxfp4WeightsAsTheHost) {
 // whole depth is what row scales change; every 9th row is checked there, the host's float64
 // product being slow); `tolerance` bounds each output's error as a fraction of its row's RMS,
 // worst_bound the worst row's relative L2 error, which the test prints.
+// The gate/up product also runs with bf16 outputs (GroupedExpertProduct::out_bf16): each is the
+// float32 output rounded to nearest even (the two kernels differ only in their stores), and
+// within the same bound plus 2^-8 of its value.
 void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool deep,
                             double tolerance, double worst_bound) {
   SCOPED_TRACE("hidden " + std::to_string(hidden) + " inter " + std::to_string(inter) +
@@ -718,7 +722,24 @@ void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool
     p.row_scales = row_scales;
     cuda::grouped_expert_product(p, 5, nullptr);  // 5 blocks: each takes several tiles
     const auto out = testing::download<float>(d_out, slots * n);
-    int64_t bad = 0, first_bad = -1;
+    std::vector<uint16_t> out_bf16;  // the gate/up product's as bf16 bits
+    if (!down) {
+      auto d_bf16 = testing::upload(std::vector<uint16_t>(slots * n, 0x7fc0));  // NaNs
+      cuda::GroupedExpertProduct as_bf16 = p;
+      as_bf16.out = nullptr;
+      as_bf16.out_bf16 = d_bf16.as<__nv_bfloat16>();
+      cuda::grouped_expert_product(as_bf16, 5, nullptr);
+      out_bf16 = testing::download<uint16_t>(d_bf16, slots * n);
+      int64_t differ = 0, first = -1;
+      for (int64_t i = 0; i < slots * n; ++i)
+        if (out_bf16[i] != float_to_bf16(out[i])) {
+          if (first < 0) first = i;
+          ++differ;
+        }
+      EXPECT_EQ(differ, 0) << "bf16 outputs other than the float32 ones rounded: first at row "
+                           << first / n << " column " << first % n;
+    }
+    int64_t bad = 0, first_bad = -1, bad_bf16 = 0;
     double worst = 0;
     double value[256];  // each e4m3 code's
     for (int b = 0; b < 256; ++b) value[b] = testing::e4m3_value(uint8_t(b));
@@ -748,6 +769,13 @@ void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool
             if (first_bad < 0) first_bad = r * n + c;
             ++bad;
           }
+          if (!out_bf16.empty()) {
+            uint32_t bits = uint32_t(out_bf16[r * n + c]) << 16;
+            float got;
+            std::memcpy(&got, &bits, 4);
+            bad_bf16 += !(std::fabs(double(got) - want[c]) <=
+                          tolerance * rms + std::ldexp(std::fabs(want[c]), -8));
+          }
         }
         worst = std::max(worst, std::sqrt(err / norm));
       }
@@ -755,6 +783,7 @@ void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool
                       << first_bad / std::max<int64_t>(n, 1) << " column " << first_bad % n
                       << " of " << slots << " x " << n;
     EXPECT_LT(worst, worst_bound) << (down ? "down" : "gate/up");
+    EXPECT_EQ(bad_bf16, 0) << "gate/up as bf16: outputs past the bound";
     std::printf("[ grouped %s k %lld, %s ] worst row's relative L2 error %.3g\n",
                 down ? "down" : "gate/up", static_cast<long long>(k),
                 row_scales ? "row scales" : "block scales", worst);
@@ -792,6 +821,32 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductWithRowScalesMatchesTheHost) {
   check_grouped_products(384, 256, true, false, 1e-2, kAccumulation);
   check_grouped_products(4096, 2048, false, true, 1e-2, kAccumulation);
   check_grouped_products(4096, 2048, true, true, 5e-2, 2e-2);
+}
+
+// The launcher refuses outputs the kernel does not write: neither or both of out and out_bf16,
+// bf16 for the down product or for rows by out_start. It checks before touching the device (and
+// a product of no tiles launches nothing), so this runs without a GPU.
+TEST(CudaGroupedExpertProduct, RefusesOutputsItDoesNotWrite) {
+  float out = 0.0f;
+  __nv_bfloat16 out_bf16[2] = {};
+  const int32_t starts[2] = {0, 0};
+  cuda::GroupedExpertProduct p;
+  p.n = 256;
+  p.k = 128;
+  p.out_bf16 = out_bf16;
+  EXPECT_NO_THROW(cuda::grouped_expert_product(p, 1, nullptr));
+  p.out = &out;
+  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
+  p.out_bf16 = nullptr;
+  EXPECT_NO_THROW(cuda::grouped_expert_product(p, 1, nullptr));
+  p.out = nullptr;
+  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
+  p.out_bf16 = out_bf16;
+  p.down = true;
+  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
+  p.down = false;
+  p.out_start = starts;
+  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
 }
 
 #endif  // AGENTRT_HAVE_CUDA

@@ -727,6 +727,34 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8MatchSwigluExpert) {
   EXPECT_EQ(rows.fp8_counts().experts, 3) << rows.fp8_counts().expert_fallbacks;
 }
 
+// The grouped path with bf16 gate/up products (ExpertGemm::set_gate_up_bf16): the same cases,
+// block and row scales. Against float32 the same bounds (a host simulation of these rows: 0.084
+// mean either way); against the host's replay, which rounds the exact SwiGLU values to e4m3, a
+// value within bf16's 2^-8 of a rounding boundary may take the other code: the simulation's worst
+// row 0.008 (0.005 with float32 products), so 2e-2 where float32 has 1e-2.
+TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WithBf16GateUpMatchSwigluExpert) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  cuda::ExpertGemm grouped(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30, false, 2, false,
+                           1 << 20);
+  grouped.set_gate_up_bf16(true);
+  check_routed_experts(300, &grouped, 0.15, {9, 6, 256, 256}, 0, 2e-2);
+  check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 2e-2);
+  check_routed_experts(701, &grouped, 0.15, {9, 6, 384, 256}, 0, 2e-2);
+  EXPECT_EQ(grouped.fp8_counts().experts, 3) << grouped.fp8_counts().expert_fallbacks;
+  cuda::ExpertGemm rows(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30, false, 2, false, 1 << 20,
+                        true);
+  rows.set_gate_up_bf16(true);
+  check_routed_experts(701, &rows, 0.15, {9, 6, 256, 256}, 0, 0.15);
+  check_routed_experts(701, &rows, 0.15, {9, 6, 384, 256}, 0, 0.15);
+  check_routed_experts(128, &rows, 0.2, {5, 1, 2176, 2176}, 0, 0.2);
+  EXPECT_EQ(rows.fp8_counts().experts, 3) << rows.fp8_counts().expert_fallbacks;
+  // A pass in float32 after bf16 ones (the buffer sized for bf16 grows), then bf16 again.
+  grouped.set_gate_up_bf16(false);
+  check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 1e-2);
+  grouped.set_gate_up_bf16(true);
+  check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 2e-2);
+}
+
 // fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share
 // of a K step, each warp loads its fragments through the ldmatrix rows of fp4_gemm_layout.h and
 // multiplies them with the mma.m16n8k16 fragment layout (mma.cuh), and the accumulators land on
@@ -1149,9 +1177,10 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
                                    rs8.as<float>(), whole, nullptr);
           cuda::quantize_rows_e4m3(got.as<float>() + whole * cols, cols, tail, cols,
                                    rtq8.as<uint8_t>(), rts8.as<float>(), kTail, nullptr);
-          for (const auto& [mine, theirs, what] :
-               {std::tuple{&q8, &rq8, "whole rows' codes"}, {&s8, &rs8, "whole rows' scales"},
-                {&tq8, &rtq8, "tail's codes"}, {&ts8, &rts8, "tail's scales"}}) {
+          for (const auto& [mine, theirs, what] : {std::tuple{&q8, &rq8, "whole rows' codes"},
+                                                   {&s8, &rs8, "whole rows' scales"},
+                                                   {&tq8, &rtq8, "tail's codes"},
+                                                   {&ts8, &rts8, "tail's scales"}}) {
             const auto x = download<uint8_t>(*mine, mine->bytes()),
                        y = download<uint8_t>(*theirs, theirs->bytes());
             EXPECT_EQ(x, y) << (csa ? "csa" : "hca") << (normed ? " normed" : "") << ": the "

@@ -124,6 +124,48 @@ TEST(CudaOptions, RepeatStageMustNameAStage) {
 #endif
 }
 
+// A new sequence on a retired one's caches (CudaOptions::spare_caches) computes what one on new
+// caches does: the old rows (a longer prefill and decode steps, whose compressed entries and
+// indexer rows lie past the new sequence's) are never read. Its caches are the retired ones (no
+// allocation), and with spare_caches 0 they are not.
+TEST(CudaOptions, SpareCachesGiveTheLogitsOfNewOnes) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_spare_caches";
+  testing::write_small_fp8_model(dir, 9);
+  std::mt19937 rng(4);
+  std::vector<int32_t> ids(400);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  std::vector<std::vector<float>> logits;
+  for (const int spares : {0, 1}) {
+    cuda::CudaOptions options;
+    options.spare_caches = spares;
+    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+    {
+      auto old = gpu->new_sequence();
+      old->forward(std::span(ids).first(350));
+      for (size_t p = 350; p < 360; ++p) old->forward(std::span(ids).subspan(p, 1));
+    }
+    auto fresh = gpu->new_sequence();
+    std::vector<float> got = fresh->forward(std::span(ids).subspan(100, 120), true);
+    for (size_t p = 220; p < 226; ++p) {
+      const auto step = fresh->forward(std::span(ids).subspan(p, 1));
+      got.insert(got.end(), step.begin(), step.end());
+    }
+    logits.push_back(std::move(got));
+  }
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  size_t differ = 0;
+  for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[1][i];
+  EXPECT_EQ(differ, 0u) << differ << " logits differ on a retired sequence's caches";
+  cuda::CudaOptions bad;
+  bad.spare_caches = -1;
+  EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
+  std::filesystem::remove_all(dir);
+#endif
+}
+
 // Decode rows routed inside the routed experts' up kernel (CudaOptions::fused_routing) make the
 // same choices with the same weights as the routing kernel, so the logits are the same bits: one
 // row's decode steps and a batch of three, on the small model's MXFP4 experts (the streamed
