@@ -43,15 +43,15 @@
 //                     GPU is sm_90 and the products plain bf16, CudaOptions::wgmma_attention)
 //                     [--prefill-mhc-pass 0] (prefill mHC: post step, GEMM and sum of squares
 //                     as three passes, not one, CudaOptions::prefill_mhc_pass)
-//                     [--prefill-pre-staged 1] (prefill mHC: the pre step's streams through
-//                     shared memory, three blocks an SM, CudaOptions::prefill_pre_staged; not
-//                     yet run on a GPU)
-//                     [--attention-fp8-out 1] (fp8 prefill: the wgmma attention writes wo_a's
-//                     e4m3 rows itself, CudaOptions::attention_fp8_out)
+//                     [--prefill-pre-staged 0] (prefill mHC: the pre step's streams in
+//                     registers, not staged in shared memory, CudaOptions::prefill_pre_staged)
+//                     [--attention-fp8-out 0] (fp8 prefill: float32 attention outputs that wo_a's
+//                     GEMM quantises, not e4m3 rows from the attention,
+//                     CudaOptions::attention_fp8_out)
 //                     [--spare-caches N] (retired sequences' caches kept for new ones,
 //                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)
-//                     [--gate-up-bf16 1] (fp8 prefill's grouped experts: the gate/up product in
-//                     bf16 for the SwiGLU pass, CudaOptions::gate_up_bf16)
+//                     [--gate-up-bf16 0] (fp8 prefill's grouped experts: the gate/up product in
+//                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
