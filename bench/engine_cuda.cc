@@ -48,6 +48,10 @@
 //                     [--attention-fp8-out 0] (fp8 prefill: float32 attention outputs that wo_a's
 //                     GEMM quantises, not e4m3 rows from the attention,
 //                     CudaOptions::attention_fp8_out)
+//                     [--query-bf16 1] (fp8 prefill: wq_b's GEMMs write the query as bf16 rows
+//                     for the wgmma attention, CudaOptions::query_bf16)
+//                     [--pair-out-bf16 1] (fp8 prefill's grouped experts: the down product's
+//                     pair rows in bf16 for the sum, CudaOptions::pair_out_bf16)
 //                     [--spare-caches N] (retired sequences' caches kept for new ones,
 //                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)
 //                     [--gate-up-bf16 0] (fp8 prefill's grouped experts: the gate/up product in
@@ -385,6 +389,10 @@ int main(int argc, char** argv) {
       options.prefill_pre_staged = v == "1";
     else if (k == "--attention-fp8-out")
       options.attention_fp8_out = v == "1";
+    else if (k == "--query-bf16")
+      options.query_bf16 = v == "1";
+    else if (k == "--pair-out-bf16")
+      options.pair_out_bf16 = v == "1";
     else if (k == "--spare-caches")
       options.spare_caches = std::stoi(v);
     else if (k == "--gate-up-bf16")

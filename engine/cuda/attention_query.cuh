@@ -6,6 +6,7 @@
 // rows, ~3.4 ms of a 16K prefill's layer on an H100).
 #pragma once
 
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,17 +26,27 @@ inline void check_query_norm(const QueryNormRope& norm, int64_t head_dim, const 
                                 std::to_string(head_dim) + " (needs an even count, at most that)");
 }
 
-// The kHeads heads of HD channels at q_rows, by the block's kThreads threads: put(head, channel,
-// float4) for every 4 channels. rope_cs ([HD / 2], shared) receives the row's (cos, sin) pairs
-// when norm.pos is set (one __syncthreads() inside); the caller syncs before reading what put
-// stored.
-template <int HD, int kHeads, int kThreads, typename Put>
-__device__ __forceinline__ void stage_query_heads(const float* q_rows, const QueryNormRope& norm,
+// The 4 values from 4 i of a query row: float32, or bf16 (wq_b's FP8 GEMM writing bf16 rows,
+// CudaOptions::query_bf16) widened exactly.
+__device__ __forceinline__ float4 query_quad(const float* q, int i) {
+  return __ldg(reinterpret_cast<const float4*>(q) + i);
+}
+__device__ __forceinline__ float4 query_quad(const __nv_bfloat16* q, int i) {
+  const uint2 v = __ldg(reinterpret_cast<const uint2*>(q) + i);
+  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
+                     __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+}
+
+// The kHeads heads of HD channels at q_rows (float or __nv_bfloat16), by the block's kThreads
+// threads: put(head, channel, float4) for every 4 channels. rope_cs ([HD / 2], shared) receives
+// the row's (cos, sin) pairs when norm.pos is set (one __syncthreads() inside); the caller syncs
+// before reading what put stored.
+template <int HD, int kHeads, int kThreads, typename T, typename Put>
+__device__ __forceinline__ void stage_query_heads(const T* q_rows, const QueryNormRope& norm,
                                                   int64_t t, float2* rope_cs, Put put) {
   if (norm.pos == nullptr) {
     for (int idx = threadIdx.x; idx < kHeads * HD / 4; idx += kThreads)
-      put(idx / (HD / 4), 4 * (idx % (HD / 4)),
-          __ldg(reinterpret_cast<const float4*>(q_rows) + idx));
+      put(idx / (HD / 4), 4 * (idx % (HD / 4)), query_quad(q_rows, idx));
     return;
   }
   const int pairs = norm.rope.dim / 2, first = HD - norm.rope.dim;
@@ -52,12 +63,12 @@ __device__ __forceinline__ void stage_query_heads(const float* q_rows, const Que
   // Unrolled so that several heads' loads are in flight at once (one latency each otherwise).
 #pragma unroll 4
   for (int h = warp; h < kHeads; h += kThreads / 32) {
-    const float4* src = reinterpret_cast<const float4*>(q_rows + int64_t(h) * HD);
+    const T* src = q_rows + int64_t(h) * HD;
     float4 v[kPer];
     float ss = 0.0f;
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
-      v[u] = __ldg(src + lane + 32 * u);
+      v[u] = query_quad(src, lane + 32 * u);
       ss = fmaf(v[u].x, v[u].x, ss);
       ss = fmaf(v[u].y, v[u].y, ss);
       ss = fmaf(v[u].z, v[u].z, ss);

@@ -122,10 +122,11 @@ __device__ __forceinline__ void store_e4m3(const float (&o)[128], uint8_t* codes
 }
 #endif
 
-// kFp8Out: the outputs as out8's e4m3 rows (row0 + blockIdx.y) instead of float32 at out.
-template <bool kFp8Out>
+// kFp8Out: the outputs as out8's e4m3 rows (row0 + blockIdx.y) instead of float32 at out. Q: the
+// query rows' type (float, or bf16 from wq_b's FP8 GEMM).
+template <bool kFp8Out, typename Q>
 __global__ void __launch_bounds__(kThreads, 1)
-    attend_wgmma_kernel(const float* q, const LayerRow* rows, int64_t heads, int64_t window,
+    attend_wgmma_kernel(const Q* q, const LayerRow* rows, int64_t heads, int64_t window,
                         const float* sinks, bool use_entries, const int32_t* chosen,
                         const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
                         KeyMirror mirror, float* out, fp8_act_quant::RowsOut out8, int64_t row0) {
@@ -319,6 +320,30 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+// The kernel over every row, one launch per 65,535 rows.
+template <typename Q, typename Kernel>
+void launch_rows(Kernel kernel, const Q* q, const LayerRow* rows, int64_t n, int64_t heads,
+                 int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
+                 const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float scale,
+                 const QueryNormRope& norm, const KeyMirror& m, float* out,
+                 const fp8_act_quant::RowsOut* out8, int64_t shared, cudaStream_t stream) {
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
+  const fp8_act_quant::RowsOut no_rows;
+  constexpr int64_t kMaxGridRows = 65535;
+  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
+    const int64_t rows_now = std::min(kMaxGridRows, n - r0);
+    QueryNormRope part = norm;
+    if (part.pos) part.pos += r0;
+    launch_pdl(kernel, dim3(unsigned(heads / kHeads), unsigned(rows_now)), kThreads, size_t(shared),
+               stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks, use_entries,
+               chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
+               scale, part, m, out8 ? nullptr : out + r0 * heads * head_dim, out8 ? *out8 : no_rows,
+               r0);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
 }  // namespace
 
 bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim) {
@@ -330,7 +355,8 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                        const int32_t* chosen, const int32_t* n_chosen, int64_t topk,
                        const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
                        int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
-                       const QueryNormRope& norm, const fp8_act_quant::RowsOut* out8) {
+                       const QueryNormRope& norm, const fp8_act_quant::RowsOut* out8,
+                       const __nv_bfloat16* q_bf16) {
   if (n <= 0) return;
   if (!attend_rows_wgmma_supported(heads, head_dim))
     throw std::invalid_argument("cuda wgmma attention: " + std::to_string(heads) + " heads of " +
@@ -352,23 +378,16 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
     throw std::invalid_argument("cuda wgmma attention: e4m3 rows of " + std::to_string(out8->cols) +
                                 " columns for " + std::to_string(heads) + " heads of " +
                                 std::to_string(head_dim));
-  const auto kernel = out8 ? attend_wgmma_kernel<true> : attend_wgmma_kernel<false>;
-  AGENTRT_CUDA_CHECK(
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
-  const fp8_act_quant::RowsOut no_rows;
   const float scale = 1.0f / sqrtf(float(head_dim));
-  constexpr int64_t kMaxGridRows = 65535;
-  for (int64_t r0 = 0; r0 < n; r0 += kMaxGridRows) {
-    const int64_t rows_now = std::min(kMaxGridRows, n - r0);
-    QueryNormRope part = norm;
-    if (part.pos) part.pos += r0;
-    launch_pdl(kernel, dim3(unsigned(heads / kHeads), unsigned(rows_now)), kThreads, size_t(shared),
-               stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks, use_entries,
-               chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
-               scale, part, m, out8 ? nullptr : out + r0 * heads * head_dim, out8 ? *out8 : no_rows,
-               r0);
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-  }
+  if (q_bf16)
+    launch_rows(
+        out8 ? attend_wgmma_kernel<true, __nv_bfloat16> : attend_wgmma_kernel<false, __nv_bfloat16>,
+        q_bf16, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen, topk, scale,
+        norm, m, out, out8, shared, stream);
+  else
+    launch_rows(out8 ? attend_wgmma_kernel<true, float> : attend_wgmma_kernel<false, float>, q,
+                rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen, topk, scale,
+                norm, m, out, out8, shared, stream);
 }
 
 }  // namespace agentrt::engine::cuda

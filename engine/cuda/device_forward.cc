@@ -130,6 +130,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       prefill_mhc_pass_(options.prefill_mhc_pass),
       prefill_pre_staged_(options.prefill_pre_staged),
       attention_fp8_out_(options.attention_fp8_out),
+      query_bf16_(options.query_bf16),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
@@ -160,6 +161,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
   expert_gemm_.set_gate_up_bf16(options.gate_up_bf16);
+  expert_gemm_.set_pair_out_bf16(options.pair_out_bf16);
   if (options.pick_copy_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&mask_up_, cudaEventDisableTiming));
@@ -861,23 +863,30 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     repeatable("q_norm", [&] {
       rms_norm_rows(q_res, lw.q_norm.as<float>(), n, c.q_lora_rank, c.rms_eps, q_res, stream_);
     });
-  repeatable("wq_b", [&] {
-    LinearRunner::Product set[2] = {{lw.wq_b->view(), q}};
-    if (q_set) set[1] = {lw.indexer->wq_b->view(), iq};
-    const std::span<const LinearRunner::Product> products(set, q_set ? 2 : 1);
-    if (norm_in_wq_b)
-      linear_.run_same_input_normed(products, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
-    else if (q_set)
-      linear_.run_same_input(products, q_res, n, stream_);
-    else
-      linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
-  });
   // Prefill on the tensor-core attention: the attention norms and rotates the query as it loads
   // it (CudaOptions::query_rope_in_attention).
   const bool mma_attention = !decode_attention && n >= kMmaAttentionRows &&
                              precision_ != GemmPrecision::f32 &&
                              attend_rows_mma_supported(heads, hd);
   const bool rope_in_attention = mma_attention && query_rope_in_attention_;
+  const bool wgmma = mma_attention && key_mirrors_ && m.shared_kv && !split && wgmma_attention_ &&
+                     attend_rows_wgmma_supported(heads, hd);
+  // wq_b's FP8 GEMMs write the query as bf16 rows that the wgmma attention reads
+  // (CudaOptions::query_bf16): it rounds them to bf16 after its norm and rotation anyway, and
+  // float32 rows are 2 GB a layer at 16K rows, written and read back.
+  const bool q_bf16 = query_bf16_ && wgmma && rope_in_attention &&
+                      linear_.fp8_writes_bf16(lw.wq_b->view(), n, q, stream_);
+  repeatable("wq_b", [&] {
+    LinearRunner::Product set[2] = {{lw.wq_b->view(), q, q_bf16}};
+    if (q_set) set[1] = {lw.indexer->wq_b->view(), iq};
+    const std::span<const LinearRunner::Product> products(set, q_set ? 2 : 1);
+    if (norm_in_wq_b)
+      linear_.run_same_input_normed(products, q_res, lw.q_norm.as<float>(), c.rms_eps, n, stream_);
+    else if (q_set || q_bf16)
+      linear_.run_same_input(products, q_res, n, stream_);
+    else
+      linear_.run(lw.wq_b->view(), q_res, n, q, stream_);
+  });
   repeatable("q_rope", [&] {
     if (!decode_attention && !rope_in_attention)
       norm_rope_rows(q, nullptr, n, heads, hd, c.rms_eps, w.pos, rope, nullptr, CacheField::kv,
@@ -964,8 +973,6 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   } else {
     QueryNormRope query_norm;
     if (rope_in_attention) query_norm = {w.pos, rope, c.rms_eps, true};
-    const bool wgmma = mma_attention && key_mirrors_ && m.shared_kv && !split && wgmma_attention_ &&
-                       attend_rows_wgmma_supported(heads, hd);
     // wo_a's FP8 GEMMs read the attention's outputs as e4m3 rows it writes itself
     // (CudaOptions::attention_fp8_out): 2 GB of float32 rows a layer at 16K neither written nor
     // read back by the quantiser. Its outputs are then final (the query rotated inside it).
@@ -980,7 +987,8 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
           attend_rows_wgmma(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                             fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
                             m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries, entries,
-                            mirror, attn, stream_, query_norm, attn8 ? &*attn8 : nullptr);
+                            mirror, attn, stream_, query_norm, attn8 ? &*attn8 : nullptr,
+                            q_bf16 ? reinterpret_cast<const __nv_bfloat16*>(q) : nullptr);
         else
           attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                    fl.attention == AttentionKind::hca, chosen, n_chosen,

@@ -112,6 +112,13 @@ struct CudaOptions {
   // float32 for the SwiGLU pass (ExpertGemm::set_gate_up_bf16; its e4m3 quantisation follows).
   // H100, 16K fp8 prefill: 145.6K tok/s against 143.5K (SwiGLU 5.3 -> 3.5 ms). Off: float32.
   bool gate_up_bf16 = true;
+  // GemmPrecision::fp8 prefill on the wgmma attention: wq_b's FP8 GEMMs write the query as bf16
+  // rows (the attention rounds it to bf16 after its norm and rotation anyway). Off: float32.
+  bool query_bf16 = false;
+  // GemmPrecision::fp8's grouped routed experts: the down product writes the pair rows as bf16
+  // for the sum into each row's output (ExpertGemm::set_pair_out_bf16; the outputs carry e4m3's
+  // error already). Off: float32.
+  bool pair_out_bf16 = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
@@ -371,6 +378,7 @@ class DeviceForward {
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
+  bool query_bf16_ = false;              // CudaOptions::query_bf16
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing

@@ -218,7 +218,7 @@ bool Fp8Gemm::ok(const Shape& s) {
   Plan plan;
   plan.a = make_layout(CUDA_R_8F_E4M3, s.k, s.m, s.k);
   plan.b = make_layout(CUDA_R_8F_E4M3, s.k, s.n, s.ldb);
-  plan.d = make_layout(CUDA_R_32F, s.m, s.n, s.ldd);
+  plan.d = make_layout(s.d_bf16 ? CUDA_R_16BF : CUDA_R_32F, s.m, s.n, s.ldd);
   Preference pref;
   pref.set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, uint64_t(workspace_.bytes()));
   pref.set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, s.a_align);
@@ -240,7 +240,7 @@ bool Fp8Gemm::ok(const Shape& s) {
 }
 
 void Fp8Gemm::gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
-                   const float* b_scales, float* d, cudaStream_t stream) {
+                   const float* b_scales, void* d, cudaStream_t stream) {
   const Plan& plan = plans_.at(s.key());
   // cublasLtMatmul reads the descriptor when called, so the next GEMM may change its pointers.
   set_scales(desc_, a_scales, b_scales);
@@ -255,12 +255,12 @@ void Fp8Gemm::gemm(const Shape& s, const void* a, const float* a_scales, const v
 }
 
 std::pair<Fp8Gemm::Shape, Fp8Gemm::Shape> Fp8Gemm::shapes(const WeightMatrix& w, int64_t groups,
-                                                          const Staged& x, const float* y,
-                                                          int64_t y_stride) {
-  const int64_t rg = w.rows / groups;
+                                                          const Staged& x, const void* y,
+                                                          int64_t y_stride, bool y_bf16) {
+  const int64_t rg = w.rows / groups, elt = y_bf16 ? 2 : 4;
   constexpr int64_t kTail = aq::kTailRows;
   const auto* wd = static_cast<const uint8_t*>(w.data);
-  if (x.n > aq::whole_rows(x.n)) tail_out_.reserve(kTail * w.rows * 4);
+  if (x.n > aq::whole_rows(x.n)) tail_out_.reserve(kTail * w.rows * elt);
   const uint32_t a_align = alignment(wd, w.cols, rg * w.cols);
   const int64_t b_step = groups > 1 ? w.cols : 0;  // bytes between groups' columns of x
   const Shape main{rg,
@@ -270,7 +270,8 @@ std::pair<Fp8Gemm::Shape, Fp8Gemm::Shape> Fp8Gemm::shapes(const WeightMatrix& w,
                    y_stride,
                    a_align,
                    alignment(x.q, x.cols, b_step),
-                   alignment(y, y_stride * 4, rg * 4)};
+                   alignment(y, y_stride * elt, rg * elt),
+                   y_bf16};
   const Shape last{rg,
                    kTail,
                    w.cols,
@@ -278,12 +279,13 @@ std::pair<Fp8Gemm::Shape, Fp8Gemm::Shape> Fp8Gemm::shapes(const WeightMatrix& w,
                    w.rows,
                    a_align,
                    alignment(x.tail_q, x.cols, b_step),
-                   alignment(tail_out_.get(), w.rows * 4, rg * 4)};
+                   alignment(tail_out_.get(), w.rows * elt, rg * elt),
+                   y_bf16};
   return {main, last};
 }
 
-bool Fp8Gemm::accepts(const WeightMatrix& w, int64_t groups, const Staged& x, const float* y,
-                      int64_t y_stride) {
+bool Fp8Gemm::accepts(const WeightMatrix& w, int64_t groups, const Staged& x, const void* y,
+                      int64_t y_stride, bool y_bf16) {
   // Scales by rows (the layout probe's alternative) leave a group's blocks strided.
   if (!fits(w, groups) || (!layout_.act_rows_contiguous && groups > 1)) return false;
   if (x.cols != groups * w.cols)
@@ -291,20 +293,22 @@ bool Fp8Gemm::accepts(const WeightMatrix& w, int64_t groups, const Staged& x, co
                            " columns for " + std::to_string(groups) + " groups of " +
                            std::to_string(w.cols));
   const int64_t whole = aq::whole_rows(x.n), tail = x.n - whole;
-  const auto [main, last] = shapes(w, groups, x, y, y_stride);
+  const auto [main, last] = shapes(w, groups, x, y, y_stride, y_bf16);
   return (whole == 0 || ok(main)) && (tail == 0 || ok(last));
 }
 
-bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y,
-                       int64_t y_stride, cudaStream_t stream) {
+bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, void* y,
+                       int64_t y_stride, cudaStream_t stream, bool y_bf16) {
   // Every GEMM's algorithm before the first launch: all of y or none of it.
-  if (!accepts(w, groups, x, y, y_stride)) return false;
+  if (!accepts(w, groups, x, y, y_stride, y_bf16)) return false;
   const int64_t rg = w.rows / groups, whole = aq::whole_rows(x.n), tail = x.n - whole;
   if (whole + tail <= 0) return true;
   const auto* wd = static_cast<const uint8_t*>(w.data);
   constexpr int64_t kTail = aq::kTailRows;
-  const auto [main, last] = shapes(w, groups, x, y, y_stride);
-  float* tail_out = tail_out_.as<float>();
+  const int64_t elt = y_bf16 ? 2 : 4;
+  const auto [main, last] = shapes(w, groups, x, y, y_stride, y_bf16);
+  auto* tail_out = static_cast<char*>(tail_out_.get());
+  auto* out = static_cast<char*>(y);
   const int64_t ld = weight_scale_ld(w.cols), row_blocks = w.rows / aq::kBlock;
   weight_scales_.reserve(row_blocks * ld * 4);
   auto* ws = weight_scales_.as<float>();
@@ -315,25 +319,26 @@ bool Fp8Gemm::multiply(const WeightMatrix& w, int64_t groups, const Staged& x, f
     const float* as = ws + (g * rg / aq::kBlock) * ld;
     const int64_t col_block = g * w.cols / aq::kBlock;
     if (whole > 0)
-      gemm(main, a, as, x.q + g * w.cols, x.scales + col_block * whole, y + g * rg, stream);
+      gemm(main, a, as, x.q + g * w.cols, x.scales + col_block * whole, out + g * rg * elt, stream);
     if (tail > 0)
-      gemm(last, a, as, x.tail_q + g * w.cols, x.tail_scales + col_block * kTail, tail_out + g * rg,
-           stream);
+      gemm(last, a, as, x.tail_q + g * w.cols, x.tail_scales + col_block * kTail,
+           tail_out + g * rg * elt, stream);
   }
   if (tail > 0)
-    AGENTRT_CUDA_CHECK(cudaMemcpy2DAsync(y + whole * y_stride, size_t(y_stride * 4), tail_out,
-                                         size_t(w.rows * 4), size_t(w.rows * 4), size_t(tail),
-                                         cudaMemcpyDeviceToDevice, stream));
+    AGENTRT_CUDA_CHECK(cudaMemcpy2DAsync(out + whole * y_stride * elt, size_t(y_stride * elt),
+                                         tail_out, size_t(w.rows * elt), size_t(w.rows * elt),
+                                         size_t(tail), cudaMemcpyDeviceToDevice, stream));
   return true;
 }
 
 std::vector<std::string> Fp8Gemm::refused_shapes() const {
   std::vector<std::string> out;
-  for (const auto& [m, n, k, ldb, ldd, a_align, b_align, d_align] : refused_)
+  for (const auto& [m, n, k, ldb, ldd, a_align, b_align, d_align, d_bf16] : refused_)
     out.push_back(std::to_string(m) + " x " + std::to_string(k) + " weights by " +
                   std::to_string(n) + " rows (ldb " + std::to_string(ldb) + ", ldd " +
                   std::to_string(ldd) + ", alignment a/b/d " + std::to_string(a_align) + "/" +
-                  std::to_string(b_align) + "/" + std::to_string(d_align) + " bytes)");
+                  std::to_string(b_align) + "/" + std::to_string(d_align) + " bytes" +
+                  (d_bf16 ? ", bf16 out" : "") + ")");
   return out;
 }
 

@@ -69,14 +69,20 @@ class Fp8Gemm {
 
   // Whether multiply(w, groups, x, y, y_stride) runs as FP8 GEMMs: w fits and cuBLASLt has an
   // algorithm for each of its shapes.
-  bool accepts(const WeightMatrix& w, int64_t groups, const Staged& x, const float* y,
-               int64_t y_stride);
+  bool accepts(const WeightMatrix& w, int64_t groups, const Staged& x, const void* y,
+               int64_t y_stride, bool y_bf16 = false);
 
   // y (n rows, y_stride floats apart) = x W^T for staged x; group g of w's rows reads columns
   // [g, g + 1) * w.cols of x. False, with nothing written to y, where cuBLASLt has no algorithm
   // for these shapes (the caller then runs its bf16 path).
   bool multiply(const WeightMatrix& w, int64_t groups, const Staged& x, float* y, int64_t y_stride,
-                cudaStream_t stream);
+                cudaStream_t stream) {
+    return multiply(w, groups, x, static_cast<void*>(y), y_stride, stream, false);
+  }
+  // y_bf16: y is bf16 rows (y_stride elements apart) that the GEMMs write directly (half the
+  // bytes of float32 for a consumer that rounds to bf16 anyway: the prefill attention's query).
+  bool multiply(const WeightMatrix& w, int64_t groups, const Staged& x, void* y, int64_t y_stride,
+                cudaStream_t stream, bool y_bf16);
 
   bool run(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride, int64_t n,
            float* y, int64_t y_stride, cudaStream_t stream) {
@@ -113,16 +119,20 @@ class Fp8Gemm {
   struct Shape {
     int64_t m, n, k, ldb, ldd;
     uint32_t a_align, b_align, d_align;  // bytes the operands' addresses and strides are aligned to
-    auto key() const { return std::make_tuple(m, n, k, ldb, ldd, a_align, b_align, d_align); }
+    bool d_bf16 = false;                 // D as bf16 (multiply's y_bf16), else float32
+    auto key() const {
+      return std::make_tuple(m, n, k, ldb, ldd, a_align, b_align, d_align, d_bf16);
+    }
   };
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t>;
+  using Key =
+      std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, uint32_t, uint32_t, bool>;
   bool ok(const Shape& s);
   // multiply's two GEMM shapes: the whole rows' and the tail's (tail_out_ reserved for it).
   std::pair<Shape, Shape> shapes(const WeightMatrix& w, int64_t groups, const Staged& x,
-                                 const float* y, int64_t y_stride);
+                                 const void* y, int64_t y_stride, bool y_bf16);
   static Shape prepared_shape(const Prepared& p);
   void gemm(const Shape& s, const void* a, const float* a_scales, const void* b,
-            const float* b_scales, float* d, cudaStream_t stream);
+            const float* b_scales, void* d, cudaStream_t stream);
 
   Fp8ScaleLayout layout_;
   cublasLtHandle_t handle_ = nullptr;

@@ -495,12 +495,6 @@ void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStrea
   if (bf16 == (p.out != nullptr))
     throw std::invalid_argument(
         "grouped_expert_product: exactly one of out (float32) and out_bf16 must be set");
-  // bf16 serves the gate/up product's slot rows (the SwiGLU pass reads them); the down product
-  // writes the pairs' float32 rows.
-  if (bf16 && (p.down || p.out_start != nullptr))
-    throw std::invalid_argument(
-        "grouped_expert_product: out_bf16 is for the gate/up product's slot rows only, not with " +
-        std::string(p.down ? "down" : "out_start"));
   if (p.tiles <= 0) return;
   if (p.block_max == nullptr)
     throw std::invalid_argument("grouped_expert_product: no block_max scratch");

@@ -53,13 +53,16 @@ struct GroupedExpertProduct {
   // two scales multiply each output once. false: per-block scales, each 128-deep step's product
   // added into float32 accumulators times its two scales (DeepSeek's promotion).
   bool row_scales = false;
-  // Set instead of out (the gate/up product only: no down, no out_start): the outputs as bf16
-  // here, [slots][ld_out], half the bytes the product writes and the SwiGLU pass reads back
-  // (ExpertGemm::set_gate_up_bf16). That pass quantises its results to e4m3, 4 significant bits
-  // (errors up to 2^-4 of a value); bf16's 8 move the gate and up values by at most 2^-9 each,
-  // their SwiGLU by about 2^-8: a value near a rounding boundary may take the other e4m3 code,
-  // but the error against the exact result stays what it was (a host simulation of the routed
-  // expert tests' rows: 0.084 mean relative L2 either way). Last in the struct: the fields above
+  // Set instead of out: the outputs as bf16 here, in out's rows (padded slot rows, or out_start's
+  // with the padding rows dropped), each the float32 output rounded to nearest even; half the
+  // bytes the product writes and its reader reads back. The gate/up product's slot rows
+  // (ExpertGemm::set_gate_up_bf16): the SwiGLU pass quantises its results to e4m3, 4 significant
+  // bits (errors up to 2^-4 of a value); bf16's 8 move the gate and up values by at most 2^-9
+  // each, their SwiGLU by about 2^-8: a value near a rounding boundary may take the other e4m3
+  // code, but the error against the exact result stays what it was (a host simulation of the
+  // routed expert tests' rows: 0.084 mean relative L2 either way). The down product's pair rows
+  // (ExpertGemm::set_pair_out_bf16): products of e4m3 activations, already 3-8% off the exact
+  // ones, so bf16's 2^-9 of a value adds nothing that shows. Last in the struct: the fields above
   // keep their offsets in the kernel's parameters (the float32 kernels' code unchanged).
   __nv_bfloat16* out_bf16 = nullptr;
 };
@@ -79,7 +82,7 @@ bool grouped_expert_product_fits(int64_t n, int64_t k);
 
 // One launch of at most `blocks` resident blocks (one an SM), each taking tiles in turn. Throws
 // std::invalid_argument for shapes the kernel does not take, or an output other than exactly one
-// of out and out_bf16 (out_bf16 with down or out_start).
+// of out and out_bf16 (either serves both products, with or without out_start).
 void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStream_t stream);
 
 }  // namespace agentrt::engine::cuda

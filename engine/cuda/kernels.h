@@ -349,6 +349,16 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
                              int max_blocks = 0);
 
+// routed_experts' grouping of P (row, expert) pairs (chosen: each pair's expert) for tests:
+// order[P] the pairs stably sorted by expert, slot[P] each pair's place in it, the used experts
+// in active[] with their segments' starts in seg_start[] (one more at the end), their count in
+// *n_active. hist: group_expert_pairs_hist_ints(P, experts) ints of scratch. one_block: the one-
+// block kernel (decode batches') whatever P, else many pairs take the multi-block kernels.
+void group_expert_pairs(const int32_t* chosen, int64_t P, int64_t experts, int32_t* order,
+                        int32_t* slot, int32_t* active, int32_t* seg_start, int32_t* n_active,
+                        int32_t* hist, bool one_block, cudaStream_t stream);
+int64_t group_expert_pairs_hist_ints(int64_t P, int64_t experts);
+
 // Groups the n*k (row, expert) pairs by expert and runs each used expert once over its rows
 // (through `gemm`, on tensor cores, where it applies); the sum into `out` waits for
 // `before_sum` when set (another stream writing `out` first). Up to 64 rows take streamed_experts

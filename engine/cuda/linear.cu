@@ -359,11 +359,31 @@ void LinearRunner::run_stacked(const WeightMatrix& w, const float* x, int64_t x_
   }
 }
 
+namespace {
+
+[[noreturn]] void refuse_bf16_out(const WeightMatrix& w, int64_t n) {
+  throw std::logic_error("LinearRunner: bf16 output asked of a " + std::to_string(w.rows) + " x " +
+                         std::to_string(w.cols) + " product of " + std::to_string(n) +
+                         " rows that fp8_writes_bf16 did not offer");
+}
+
+}  // namespace
+
+bool LinearRunner::fp8_writes_bf16(const WeightMatrix& w, int64_t n, const void* y,
+                                   cudaStream_t stream) {
+  if (!fp8_ || n <= gemv_max_rows_ || !Fp8Gemm::fits(w)) return false;
+  return fp8_->accepts(w, 1, Fp8Gemm::staged(fp8_->room(n, w.cols, stream), n), y, w.rows, true);
+}
+
 void LinearRunner::run_same_input(std::span<const Product> products, const float* x, int64_t n,
                                   cudaStream_t stream) {
   if (n <= 0 || products.empty()) return;
-  bool same_cols = true;
-  for (const Product& p : products) same_cols = same_cols && p.w.cols == products[0].w.cols;
+  bool same_cols = true, bf16_out = false;
+  for (const Product& p : products) {
+    same_cols = same_cols && p.w.cols == products[0].w.cols;
+    bf16_out = bf16_out || p.bf16_out;
+  }
+  if (bf16_out && !(n > gemv_max_rows_ && fp8_ && same_cols)) refuse_bf16_out(products[0].w, n);
   if (n > gemv_max_rows_ && fp8_ && same_cols) {
     // x quantised once for every product that takes an FP8 GEMM; the others as run() takes them.
     const int64_t cols = products[0].w.cols;
@@ -372,10 +392,12 @@ void LinearRunner::run_same_input(std::span<const Product> products, const float
     const Fp8Gemm::Staged staged = any ? fp8_->stage(x, cols, n, cols, stream) : Fp8Gemm::Staged{};
     std::optional<BfRows> rows;  // x as bf16 once, for the products that take no FP8 GEMM
     for (const Product& p : products) {
-      if (Fp8Gemm::fits(p.w) && fp8_->multiply(p.w, 1, staged, p.y, p.w.rows, stream)) {
+      if (Fp8Gemm::fits(p.w) &&
+          fp8_->multiply(p.w, 1, staged, static_cast<void*>(p.y), p.w.rows, stream, p.bf16_out)) {
         ++fp8_counts_.fp8;
         continue;
       }
+      if (p.bf16_out) refuse_bf16_out(p.w, n);
       if (p.w.type == WeightType::f8_e4m3)
         ++(Fp8Gemm::fits(p.w) ? fp8_counts_.fallbacks : fp8_counts_.unfit);
       if (!rows) rows = stage_rows(x, cols, n, cols, 0, stream);

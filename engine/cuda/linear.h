@@ -59,6 +59,9 @@ class LinearRunner {
   struct Product {
     WeightMatrix w;
     float* y;  // [n][w.rows]
+    // y holds bf16 rows [n][w.rows] instead, written by the FP8 GEMM (run_same_input only, and
+    // only where fp8_writes_bf16 said the product takes it).
+    bool bf16_out = false;
   };
   void run_same_input(std::span<const Product> products, const float* x, int64_t n,
                       cudaStream_t stream);
@@ -71,6 +74,10 @@ class LinearRunner {
   // (g + 1) * w.cols) of x's rows and writing its rows of y (one launch when decoding).
   void run_grouped(const WeightMatrix& w, int64_t groups, const float* x, int64_t x_stride,
                    int64_t n, float* y, int64_t y_stride, cudaStream_t stream);
+  // Whether run_same_input can write w's product of n rows as bf16 rows at y (Product::bf16_out):
+  // GemmPrecision::fp8, more than gemv_max_rows rows, and cuBLASLt has FP8 GEMMs with bf16
+  // output for the shapes.
+  bool fp8_writes_bf16(const WeightMatrix& w, int64_t n, const void* y, cudaStream_t stream);
   // run_grouped's product of n rows that a kernel of the caller's quantises (the prefill
   // attention's epilogue writes wo_a's input so: CudaOptions::attention_fp8_out): where it runs as
   // FP8 GEMMs (GemmPrecision::fp8, more than gemv_max_rows rows, shapes cuBLASLt takes), room

@@ -634,7 +634,6 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.swiglu");
   GroupedExpertProduct down = up;
-  down.out_bf16 = nullptr;
   down.x = act_.as<uint8_t>();
   down.x_scales = as_.as<float>();
   down.tile_start = d_pad + 2 * (used + 1);
@@ -642,8 +641,10 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   down.n = hidden;
   down.k = inter;
   down.tiles = down_count;
-  // Straight into the pairs' rows (no slot rows, no scatter pass: 1.6 GB a layer at 16K rows).
-  down.out = pair_out;
+  // Straight into the pairs' rows (no slot rows, no scatter pass: 1.6 GB a layer at 16K rows),
+  // or their bf16 rows in the first half of that memory (set_pair_out_bf16: half the bytes).
+  down.out = pair_out_bf16_ ? nullptr : pair_out;
+  down.out_bf16 = pair_out_bf16_ ? reinterpret_cast<__nv_bfloat16*>(pair_out) : nullptr;
   down.ld_out = hidden;
   down.out_start = s.seg_start;
   grouped_expert_product(down, sms_, stream);

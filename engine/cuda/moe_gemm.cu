@@ -257,7 +257,7 @@ bool ExpertGemm::applies(const ExpertsDevice& e, int64_t n, int64_t inter, int64
   return capturing == cudaStreamCaptureStatusNone;
 }
 
-void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const float* h,
+bool ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const float* h,
                      const float* weights, int64_t k, int64_t inter, int64_t hidden, float limit,
                      float* pair_out, cudaStream_t stream) {
   const int64_t E = s.experts;
@@ -278,24 +278,25 @@ void ExpertGemm::run(const ExpertsDevice& e, const ExpertSegments& s, const floa
   AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream));
   mark("moe.experts.segments");
   const int64_t used = *n_active;
-  if (used <= 0) return;
+  if (used <= 0) return false;  // no pairs, no rows written: either answer is harmless
 
   const int64_t rows = (seg[used] - seg[0]) / std::max<int64_t>(k, 1);
   if (precision_ == GemmPrecision::fp8 && rows <= fp8_grouped_rows_ && fp8_fits(e, inter, hidden)) {
     run_fp8_grouped(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
-    return;
+    return pair_out_bf16_;
   }
   if (precision_ == GemmPrecision::fp8 && fp8_fits(e, inter, hidden) &&
       run_fp8(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream))
-    return;
+    return false;
   if (fp4_kernel_ && fp4_gemm_fits(e, inter, hidden)) {
     run_fp4(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, stream);
-    return;
+    return false;
   }
   // The bf16 path, on a stream of the highest priority where asked for (enter()).
   const cudaStream_t work = enter(stream);
   run_bf16(e, s, seg, used, h, weights, k, inter, hidden, limit, pair_out, work);
   leave(work, stream);
+  return false;
 }
 
 void ExpertGemm::run_bf16(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,

@@ -69,7 +69,11 @@ class ExpertGemm {
 
   // pair_out[i] = weights[order[i]] * expert(h[order[i] / k]) for every grouped pair i, with the
   // SwiGLU clamps of `limit` (0: none). Synchronises the stream once (segment sizes).
-  void run(const ExpertsDevice& e, const ExpertSegments& s, const float* h, const float* weights,
+  // Returns how the rows were written: true as bf16 (set_pair_out_bf16, fp8_grouped's path only:
+  // pair i's hidden values at reinterpret_cast<__nv_bfloat16*>(pair_out) + i * hidden, in the
+  // first half of the float32 rows' memory), false as float32 (every other path; also a pass
+  // with no pairs, which writes no rows).
+  bool run(const ExpertsDevice& e, const ExpertSegments& s, const float* h, const float* weights,
            int64_t k, int64_t inter, int64_t hidden, float limit, float* pair_out,
            cudaStream_t stream);
 
@@ -83,6 +87,13 @@ class ExpertGemm {
   // its e4m3 quantisation makes bf16's rounding immaterial. Off by default; the other paths
   // ignore it. Written without a GPU: its time is unmeasured.
   void set_gate_up_bf16(bool on) { gate_up_bf16_ = on; }
+
+  // fp8_grouped's path: the down product writes the pairs' rows as bf16 (run() returns true)
+  // instead of float32, halving the bytes it writes and the combine reads back (16K tokens x 6
+  // pairs x 4,096 values: 1.6 GB a layer as float32). The products come from e4m3 activations,
+  // already 3-8% off the exact ones: bf16's rounding (2^-9 of a value) is immaterial. Off by
+  // default; the other paths ignore it (and return false). Written without a GPU: unmeasured.
+  void set_pair_out_bf16(bool on) { pair_out_bf16_ = on; }
 
   // Whether fp4_gemm.cu's kernel takes these experts' shapes (when asked for).
   static bool fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden);
@@ -105,7 +116,7 @@ class ExpertGemm {
                const float* h, const float* weights, int64_t k, int64_t inter, int64_t hidden,
                float limit, float* pair_out, cudaStream_t stream);
   // fp8_grouped's path (moe_fp8.cu): the same quantised activations and weights as run_fp8, in
-  // two grouped launches over all used experts.
+  // two grouped launches over all used experts; the pairs' rows as bf16 under pair_out_bf16_.
   void run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s, const int32_t* seg,
                        int64_t used, const float* h, const float* weights, int64_t k, int64_t inter,
                        int64_t hidden, float limit, float* pair_out, cudaStream_t stream);
@@ -128,6 +139,7 @@ class ExpertGemm {
   int64_t fp8_grouped_rows_ = 0;  // the constructor's, 0 where the device lacks the kernel
   bool fp8_row_scales_ = false;   // the constructor's
   bool gate_up_bf16_ = false;     // set_gate_up_bf16's
+  bool pair_out_bf16_ = false;    // set_pair_out_bf16's
   int sms_ = 0;                   // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;

@@ -425,6 +425,101 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   std::filesystem::remove_all(dir);
 }
 
+// A random fp8 model (MXFP4 experts) with the wgmma attention's shapes: 64 heads of 512, wo_a in
+// 8 groups of 128 rows; two layers (sliding, CSA) of the small preset otherwise.
+void write_wgmma_shaped_model(const std::filesystem::path& dir, uint64_t seed) {
+  ModelInitOptions init;
+  init.preset = "small";
+  init.vocab_size = 3000;
+  init.dtype = "fp8";
+  init.expert_dtype = "fp4";
+  init.seed = seed;
+  init.config_overrides = {{"num_attention_heads", 64},
+                           {"head_dim", 512},
+                           {"qk_rope_head_dim", 64},
+                           {"index_head_dim", 64},
+                           {"o_groups", 8},
+                           {"o_lora_rank", 128},
+                           {"num_hidden_layers", 2},
+                           {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
+                           {"mlp_layer_types", {"hash_moe", "moe"}}};
+  write_random_model(dir, init);
+}
+
+// FP8 GEMMs writing bf16 rows (LinearRunner::Product::bf16_out, the prefill query's
+// CudaOptions::query_bf16): each value the float32 product's rounded to bf16, within one bf16
+// step (cuBLASLt's epilogue rounds its float32 sums), whole rows and a tail; a product the
+// runner was not offered bf16 for is refused.
+TEST_F(CudaFp8Gemm, ProductsWrittenAsBf16AreTheFloatProductsRounded) {
+  const int64_t rows = 512, cols = 1024;
+  const Fp8Host m = make_fp8(rows, cols, 77, false);
+  cuda::DeviceMatrix dm(m.view);
+  for (const int64_t n : {int64_t(48), int64_t(301)}) {
+    SCOPED_TRACE(std::to_string(n) + " rows");
+    std::mt19937 rng(uint32_t(n));
+    std::normal_distribution<float> dist;
+    std::vector<float> x(n * cols);
+    for (float& v : x) v = dist(rng);
+    auto dx = testing::upload(x);
+    cuda::DeviceBuffer dy(n * rows * 4), dh(n * rows * 2);
+    cuda::LinearRunner runner(cuda::GemmPrecision::fp8, 16);
+    runner.run(dm.view(), dx.as<float>(), cols, n, dy.as<float>(), rows, nullptr);
+    if (!runner.fp8_writes_bf16(dm.view(), n, dh.get(), nullptr))
+      GTEST_SKIP() << "cuBLASLt offers no FP8 GEMM with bf16 output for these shapes";
+    const cuda::LinearRunner::Product p{dm.view(), dh.as<float>(), true};
+    runner.run_same_input(std::span(&p, 1), dx.as<float>(), n, nullptr);
+    AGENTRT_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto f = testing::download<float>(dy, n * rows);
+    const auto h = testing::download<uint16_t>(dh, n * rows);
+    int64_t off = 0;
+    for (int64_t i = 0; i < n * rows; ++i) {
+      const float got = cuda::bits_float(uint32_t(h[i]) << 16);
+      const float step = f[i] == 0.0f ? 0.0f : std::ldexp(1.0f, std::ilogb(f[i]) - 7);  // bf16's
+      off += std::fabs(got - f[i]) > step;
+    }
+    EXPECT_EQ(off, 0) << off << " bf16 values more than a step from the float32 product";
+    // Not offered: decode-sized rows (the GEMV's) are refused with a message.
+    const cuda::LinearRunner::Product few{dm.view(), dh.as<float>(), true};
+    EXPECT_THROW(runner.run_same_input(std::span(&few, 1), dx.as<float>(), 4, nullptr),
+                 std::logic_error);
+  }
+}
+
+// The prefill's bf16 intermediates (CudaOptions::query_bf16: wq_b's output; pair_out_bf16: the
+// routed experts' pair rows) stay near the float32 ones' logits: bf16 keeps 8 significant bits
+// where e4m3's products keep 4 (a model with the wgmma attention's shapes, as below).
+TEST_F(CudaFp8Gemm, Bf16IntermediatesStayNearFloat32) {
+  int device = 0;
+  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
+  if (!cuda::wgmma_kernels_run(device))
+    GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_bf16_intermediates";
+  write_wgmma_shaped_model(dir, 6);
+  std::mt19937 rng(14);
+  std::vector<int32_t> ids(300);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  std::vector<std::vector<float> > logits;
+  for (int mode = 0; mode < 3; ++mode) {
+    cuda::CudaOptions options;
+    options.precision = cuda::GemmPrecision::fp8;
+    options.query_bf16 = mode == 1;
+    options.pair_out_bf16 = mode == 2;
+    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+    logits.push_back(gpu->new_sequence()->forward(ids, true));
+  }
+  const int64_t V = int64_t(logits[0].size() / ids.size());
+  for (int mode = 1; mode < 3; ++mode) {
+    std::vector<double> errors;
+    for (size_t p = 0; p < ids.size(); ++p)
+      errors.push_back(testing::rel_l2(&logits[mode][p * V], &logits[0][p * V], V));
+    std::sort(errors.begin(), errors.end());
+    std::printf("[ bf16 %s ] rel L2 vs float32 median %.3g worst %.3g\n",
+                mode == 1 ? "query" : "pair rows", errors[errors.size() / 2], errors.back());
+    EXPECT_LE(errors[errors.size() / 2], 2e-2) << (mode == 1 ? "query" : "pair rows");
+  }
+  std::filesystem::remove_all(dir);
+}
+
 // The wgmma attention writing wo_a's e4m3 rows itself (CudaOptions::attention_fp8_out) gives
 // the prefill's logits bit for bit: it writes the bytes the GEMM's quantiser would (that
 // kernel's own test, CudaKernels.AttentionOnWarpgroupMmaMatchesTheMmaKernel). A model with the
@@ -436,22 +531,7 @@ TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
   if (!cuda::wgmma_kernels_run(device))
     GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_fp8_out";
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = 5;
-  init.config_overrides = {{"num_attention_heads", 64},
-                           {"head_dim", 512},
-                           {"qk_rope_head_dim", 64},
-                           {"index_head_dim", 64},
-                           {"o_groups", 8},
-                           {"o_lora_rank", 128},
-                           {"num_hidden_layers", 2},
-                           {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
-                           {"mlp_layer_types", {"hash_moe", "moe"}}};
-  write_random_model(dir, init);
+  write_wgmma_shaped_model(dir, 5);
   std::mt19937 rng(13);
   std::vector<int32_t> ids(300);
   for (auto& t : ids) t = int32_t(rng() % 3000);
@@ -628,9 +708,9 @@ TEST_F(CudaFp8Gemm, ConvertsMxfp4WeightsAsTheHost) {
 // whole depth is what row scales change; every 9th row is checked there, the host's float64
 // product being slow); `tolerance` bounds each output's error as a fraction of its row's RMS,
 // worst_bound the worst row's relative L2 error, which the test prints.
-// The gate/up product also runs with bf16 outputs (GroupedExpertProduct::out_bf16): each is the
-// float32 output rounded to nearest even (the two kernels differ only in their stores), and
-// within the same bound plus 2^-8 of its value.
+// Both products also run with bf16 outputs (GroupedExpertProduct::out_bf16), into the slot rows
+// and by out_start: each is the float32 output rounded to nearest even (the two kernels differ
+// only in their stores), and within the same bound plus 2^-8 of its value.
 void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool deep,
                             double tolerance, double worst_bound) {
   SCOPED_TRACE("hidden " + std::to_string(hidden) + " inter " + std::to_string(inter) +
@@ -722,21 +802,23 @@ void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool
     p.row_scales = row_scales;
     cuda::grouped_expert_product(p, 5, nullptr);  // 5 blocks: each takes several tiles
     const auto out = testing::download<float>(d_out, slots * n);
-    std::vector<uint16_t> out_bf16;  // the gate/up product's as bf16 bits
-    if (!down) {
-      auto d_bf16 = testing::upload(std::vector<uint16_t>(slots * n, 0x7fc0));  // NaNs
-      cuda::GroupedExpertProduct as_bf16 = p;
-      as_bf16.out = nullptr;
-      as_bf16.out_bf16 = d_bf16.as<__nv_bfloat16>();
-      cuda::grouped_expert_product(as_bf16, 5, nullptr);
-      out_bf16 = testing::download<uint16_t>(d_bf16, slots * n);
+    // The same product as bf16 bits.
+    constexpr uint16_t kUnwritten = 0x7fc0;  // a bf16 NaN
+    auto d_bf16 = testing::upload(std::vector<uint16_t>(slots * n, kUnwritten));
+    cuda::GroupedExpertProduct as_bf16 = p;
+    as_bf16.out = nullptr;
+    as_bf16.out_bf16 = d_bf16.as<__nv_bfloat16>();
+    cuda::grouped_expert_product(as_bf16, 5, nullptr);
+    const auto out_bf16 = testing::download<uint16_t>(d_bf16, slots * n);
+    {
       int64_t differ = 0, first = -1;
       for (int64_t i = 0; i < slots * n; ++i)
         if (out_bf16[i] != float_to_bf16(out[i])) {
           if (first < 0) first = i;
           ++differ;
         }
-      EXPECT_EQ(differ, 0) << "bf16 outputs other than the float32 ones rounded: first at row "
+      EXPECT_EQ(differ, 0) << (down ? "down" : "gate/up")
+                           << ": bf16 outputs other than the float32 ones rounded: first at row "
                            << first / n << " column " << first % n;
     }
     int64_t bad = 0, first_bad = -1, bad_bf16 = 0;
@@ -769,13 +851,11 @@ void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool
             if (first_bad < 0) first_bad = r * n + c;
             ++bad;
           }
-          if (!out_bf16.empty()) {
-            uint32_t bits = uint32_t(out_bf16[r * n + c]) << 16;
-            float got;
-            std::memcpy(&got, &bits, 4);
-            bad_bf16 += !(std::fabs(double(got) - want[c]) <=
-                          tolerance * rms + std::ldexp(std::fabs(want[c]), -8));
-          }
+          uint32_t bits = uint32_t(out_bf16[r * n + c]) << 16;
+          float got;
+          std::memcpy(&got, &bits, 4);
+          bad_bf16 += !(std::fabs(double(got) - want[c]) <=
+                        tolerance * rms + std::ldexp(std::fabs(want[c]), -8));
         }
         worst = std::max(worst, std::sqrt(err / norm));
       }
@@ -783,26 +863,41 @@ void check_grouped_products(int64_t hidden, int64_t inter, bool row_scales, bool
                       << first_bad / std::max<int64_t>(n, 1) << " column " << first_bad % n
                       << " of " << slots << " x " << n;
     EXPECT_LT(worst, worst_bound) << (down ? "down" : "gate/up");
-    EXPECT_EQ(bad_bf16, 0) << "gate/up as bf16: outputs past the bound";
+    EXPECT_EQ(bad_bf16, 0) << (down ? "down" : "gate/up") << " as bf16: outputs past the bound";
     std::printf("[ grouped %s k %lld, %s ] worst row's relative L2 error %.3g\n",
                 down ? "down" : "gate/up", static_cast<long long>(k),
                 row_scales ? "row scales" : "block scales", worst);
 
-    // With out_start: each expert's first rows (10, 130 and 260 of its 16, 144 and 272 padded
-    // ones) into consecutive rows, the same bits, every row written and no padding row.
+    // With out_start (the down product's pair rows): each expert's first rows (10, 130 and 260
+    // of its 16, 144 and 272 padded ones) into consecutive rows with the bits of its slot rows,
+    // float32 and bf16 alike, every row written and no padding row: the last expert's would
+    // land in the 16 rows past the last one, which keep their NaNs.
     const std::vector<int32_t> starts = {0, 10, 140, 400};
+    const int64_t direct_rows = starts[used] + 16;
     auto d_starts = testing::upload(starts);
-    auto d_direct = testing::upload(std::vector<float>(starts[used] * n, std::nanf("")));
+    auto d_direct = testing::upload(std::vector<float>(direct_rows * n, std::nanf("")));
+    auto d_direct_bf16 = testing::upload(std::vector<uint16_t>(direct_rows * n, kUnwritten));
     p.out = d_direct.as<float>();
     p.out_start = d_starts.as<int32_t>();
     cuda::grouped_expert_product(p, 5, nullptr);
-    const auto direct = testing::download<float>(d_direct, starts[used] * n);
-    int64_t differ = 0;
+    as_bf16.out_bf16 = d_direct_bf16.as<__nv_bfloat16>();
+    as_bf16.out_start = p.out_start;
+    cuda::grouped_expert_product(as_bf16, 5, nullptr);
+    const auto direct = testing::download<float>(d_direct, direct_rows * n);
+    const auto direct_bf16 = testing::download<uint16_t>(d_direct_bf16, direct_rows * n);
+    int64_t differ = 0, differ_bf16 = 0, written_past = 0;
     for (int64_t a = 0; a < used; ++a)
-      for (int64_t r = 0; r < starts[a + 1] - starts[a]; ++r)
+      for (int64_t r = 0; r < starts[a + 1] - starts[a]; ++r) {
         differ += std::memcmp(direct.data() + (starts[a] + r) * n, out.data() + (pad[a] + r) * n,
                               size_t(n) * 4) != 0;
+        differ_bf16 += std::memcmp(direct_bf16.data() + (starts[a] + r) * n,
+                                   out_bf16.data() + (pad[a] + r) * n, size_t(n) * 2) != 0;
+      }
+    for (int64_t i = starts[used] * n; i < direct_rows * n; ++i)
+      written_past += !std::isnan(direct[i]) + (direct_bf16[i] != kUnwritten);
     EXPECT_EQ(differ, 0) << (down ? "down" : "gate/up") << ": rows by out_start differ";
+    EXPECT_EQ(differ_bf16, 0) << (down ? "down" : "gate/up") << ": bf16 rows by out_start differ";
+    EXPECT_EQ(written_past, 0) << (down ? "down" : "gate/up") << ": padding rows stored";
   };
   run(false);
   run(true);
@@ -823,9 +918,9 @@ TEST_F(CudaFp8Gemm, GroupedExpertProductWithRowScalesMatchesTheHost) {
   check_grouped_products(4096, 2048, true, true, 5e-2, 2e-2);
 }
 
-// The launcher refuses outputs the kernel does not write: neither or both of out and out_bf16,
-// bf16 for the down product or for rows by out_start. It checks before touching the device (and
-// a product of no tiles launches nothing), so this runs without a GPU.
+// The launcher takes exactly one of out and out_bf16, for either product, with or without rows
+// by out_start, and refuses neither or both. It checks before touching the device (and a product
+// of no tiles launches nothing), so this runs without a GPU.
 TEST(CudaGroupedExpertProduct, RefusesOutputsItDoesNotWrite) {
   float out = 0.0f;
   __nv_bfloat16 out_bf16[2] = {};
@@ -833,20 +928,21 @@ TEST(CudaGroupedExpertProduct, RefusesOutputsItDoesNotWrite) {
   cuda::GroupedExpertProduct p;
   p.n = 256;
   p.k = 128;
-  p.out_bf16 = out_bf16;
-  EXPECT_NO_THROW(cuda::grouped_expert_product(p, 1, nullptr));
-  p.out = &out;
-  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
-  p.out_bf16 = nullptr;
-  EXPECT_NO_THROW(cuda::grouped_expert_product(p, 1, nullptr));
-  p.out = nullptr;
-  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
-  p.out_bf16 = out_bf16;
-  p.down = true;
-  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
-  p.down = false;
-  p.out_start = starts;
-  EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
+  for (const bool down : {false, true})
+    for (const int32_t* out_start : {static_cast<const int32_t*>(nullptr), starts}) {
+      SCOPED_TRACE(std::string(down ? "down" : "gate/up") + (out_start ? ", out_start" : ""));
+      p.down = down;
+      p.out_start = out_start;
+      p.out = nullptr;
+      p.out_bf16 = out_bf16;
+      EXPECT_NO_THROW(cuda::grouped_expert_product(p, 1, nullptr));
+      p.out = &out;
+      EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
+      p.out_bf16 = nullptr;
+      EXPECT_NO_THROW(cuda::grouped_expert_product(p, 1, nullptr));
+      p.out = nullptr;
+      EXPECT_THROW(cuda::grouped_expert_product(p, 1, nullptr), std::invalid_argument);
+    }
 }
 
 #endif  // AGENTRT_HAVE_CUDA

@@ -4,10 +4,12 @@
 // grouped routed-expert products with MXFP4 weights. Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <random>
 #include <tuple>
 #include <vector>
@@ -19,6 +21,7 @@
 #include "engine/parallel.h"
 #include "engine/quantize.h"
 #include "engine/rmsnorm.h"
+#include "engine/safetensors_writer.h"
 #include "tests/engine/cuda_test_util.h"
 #include "tests/engine/golden_fixture.h"
 
@@ -755,6 +758,120 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WithBf16GateUpMatchSwigluExpert) {
   check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 2e-2);
 }
 
+// ExpertGemm::set_pair_out_bf16, through run() itself (routed_experts combines float32 rows):
+// on fp8_grouped's path run() writes pair i's row as bf16 at element i * hidden of pair_out
+// and returns true; each value is the float32 pass's rounded to nearest even (the same products,
+// only the down product's store differs) and the second half of the memory keeps what it held.
+// Block and row scales, float32 and bf16 gate/up products. The per-expert FP8 path and a pass
+// with no pairs ignore the option: float32 rows (all of them written) or none, and false.
+TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WriteBf16PairRows) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  std::mt19937 rng(17);
+  const int64_t E = 9, k = 6, H = 384, inter = 256, n = 300, P = n * k;
+  const float limit = 0.7f;
+  std::vector<QuantizedMatrix> stored;
+  stored.reserve(3 * E);  // the views point into it
+  std::vector<std::unique_ptr<cuda::DeviceMatrix> > dev;
+  std::vector<WeightMatrix> views(3 * E);
+  for (int m = 0; m < 3; ++m)  // w1, w2, w3
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t rows = m == 1 ? H : inter, cols = m == 1 ? inter : H;
+      const auto v = randn(rows * cols, rng, 0.2f);
+      stored.push_back(quantize_mxfp4(v.data(), rows, cols));
+      const WeightMatrix w{
+          WeightType::f4_e2m1, rows, cols, stored.back().data.data(), stored.back().scales.data(),
+          ScaleType::e8m0,     0};
+      dev.push_back(std::make_unique<cuda::DeviceMatrix>(w));
+      views[m * E + e] = dev.back()->view();
+    }
+  auto d_views = upload(views);
+  const WeightMatrix* v = d_views.as<WeightMatrix>();
+  const cuda::ExpertsDevice experts{
+      v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
+  // The pairs grouped as moe.cu's group_kernel groups them: stably by expert, the last two
+  // experts unused.
+  std::vector<int32_t> expert_of(P), order(P), active, seg_start;
+  std::vector<float> weights(P);
+  for (int64_t p = 0; p < P; ++p) {
+    expert_of[p] = int32_t((p / k + 2 * (p % k)) % (E - 2));
+    weights[p] = 0.3f + 0.1f * float(p % k);
+  }
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return expert_of[a] < expert_of[b]; });
+  for (int64_t i = 0; i < P; ++i)
+    if (i == 0 || expert_of[order[i]] != expert_of[order[i - 1]]) {
+      active.push_back(expert_of[order[i]]);
+      seg_start.push_back(int32_t(i));
+    }
+  const int32_t used = int32_t(active.size());
+  seg_start.resize(E + 1, int32_t(P));
+  const auto h = randn(n * H, rng);
+  auto d_h = upload(h), d_weights = upload(weights), d_order = upload(order),
+       d_active = upload(active), d_seg = upload(seg_start),
+       d_counts = upload(std::vector<int32_t>{used, 0});
+  const cuda::ExpertSegments segments{d_order.as<int32_t>(), d_active.as<int32_t>(),
+                                      d_seg.as<int32_t>(), d_counts.as<int32_t>(), E};
+  const cuda::ExpertSegments no_pairs{d_order.as<int32_t>(), d_active.as<int32_t>(),
+                                      d_seg.as<int32_t>(), d_counts.as<int32_t>() + 1, E};
+  constexpr uint16_t kUnwritten = 0x7fc0;  // a bf16 NaN; two of them a float32 NaN
+  // A pass into fresh memory of P float32 rows filled with kUnwritten: what run() returned, and
+  // the memory as bf16 bits.
+  auto pass = [&](cuda::ExpertGemm& gemm, const cuda::ExpertSegments& s) {
+    auto pair_out = upload(std::vector<uint16_t>(2 * P * H, kUnwritten));
+    const bool bf16 = gemm.run(experts, s, d_h.as<float>(), d_weights.as<float>(), k, inter, H,
+                               limit, pair_out.as<float>(), nullptr);
+    return std::make_pair(bf16, download<uint16_t>(pair_out, 2 * P * H));
+  };
+  auto as_float = [](const std::vector<uint16_t>& bits, int64_t i) {
+    const uint32_t word = uint32_t(bits[2 * i]) | uint32_t(bits[2 * i + 1]) << 16;
+    float f;
+    std::memcpy(&f, &word, 4);
+    return f;
+  };
+  for (const bool row_scales : {false, true})
+    for (const bool gate_up_bf16 : {false, true}) {
+      SCOPED_TRACE(std::string(row_scales ? "row scales" : "block scales") +
+                   (gate_up_bf16 ? ", bf16 gate/up" : ""));
+      cuda::ExpertGemm grouped(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30, false, 2, false,
+                               1 << 20, row_scales);
+      ASSERT_TRUE(grouped.applies(experts, n, inter, H, nullptr));
+      grouped.set_gate_up_bf16(gate_up_bf16);
+      const auto [float_said_bf16, float_rows] = pass(grouped, segments);
+      EXPECT_FALSE(float_said_bf16);
+      grouped.set_pair_out_bf16(true);
+      const auto [said_bf16, bf16_rows] = pass(grouped, segments);
+      EXPECT_TRUE(said_bf16);
+      int64_t unwritten = 0, differ = 0, first = -1, written_past = 0;
+      for (int64_t i = 0; i < P * H; ++i) {
+        const float f = as_float(float_rows, i);
+        unwritten += std::isnan(f);
+        if (bf16_rows[i] != float_to_bf16(f)) {
+          if (first < 0) first = i;
+          ++differ;
+        }
+      }
+      for (int64_t i = P * H; i < 2 * P * H; ++i) written_past += bf16_rows[i] != kUnwritten;
+      EXPECT_EQ(unwritten, 0) << "float32 values not written";
+      EXPECT_EQ(differ, 0) << "bf16 values other than the float32 ones rounded: first at pair "
+                           << first / H << " column " << first % H;
+      EXPECT_EQ(written_past, 0) << "values written past the bf16 rows";
+      // No pairs: nothing written, false.
+      const auto [none_said_bf16, none_rows] = pass(grouped, no_pairs);
+      EXPECT_FALSE(none_said_bf16);
+      EXPECT_EQ(std::count(none_rows.begin(), none_rows.end(), kUnwritten), 2 * P * H);
+      EXPECT_EQ(grouped.fp8_counts().experts, 2) << grouped.fp8_counts().expert_fallbacks;
+    }
+  // The per-expert FP8 path (no grouped rows): float32 rows, every one written.
+  cuda::ExpertGemm per_expert(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30);
+  per_expert.set_pair_out_bf16(true);
+  const auto [per_expert_said_bf16, per_expert_rows] = pass(per_expert, segments);
+  EXPECT_FALSE(per_expert_said_bf16);
+  int64_t unwritten = 0;
+  for (int64_t i = 0; i < P * H; ++i) unwritten += std::isnan(as_float(per_expert_rows, i));
+  EXPECT_EQ(unwritten, 0) << "float32 values not written";
+}
+
 // fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share
 // of a K step, each warp loads its fragments through the ldmatrix rows of fp4_gemm_layout.h and
 // multiplies them with the mma.m16n8k16 fragment layout (mma.cuh), and the accumulators land on
@@ -1186,6 +1303,33 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
             EXPECT_EQ(x, y) << (csa ? "csa" : "hca") << (normed ? " normed" : "") << ": the "
                             << what << " differ from quantize_rows_e4m3's";
           }
+
+          // The query as bf16 rows (CudaOptions::query_bf16): the outputs of the float32 query
+          // holding the same bf16 values, bit for bit (the kernel widens them exactly).
+          std::vector<float> q_rounded(in.q.size());
+          std::vector<uint16_t> q_bf16(in.q.size());
+          for (size_t i = 0; i < in.q.size(); ++i) {
+            const uint32_t b = cuda::float_bits(in.q[i]);
+            const uint32_t r = (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;  // nearest even
+            q_rounded[i] = cuda::bits_float(r);
+            q_bf16[i] = uint16_t(r >> 16);
+          }
+          auto d_qr = upload(q_rounded);
+          auto d_qb = upload(q_bf16);
+          DeviceBuffer from_float(n * heads * hd * 4), from_bf16(n * heads * hd * 4);
+          for (DeviceBuffer* b : {&from_float, &from_bf16}) {
+            const bool bf16 = b == &from_bf16;
+            cuda::attend_rows_wgmma(
+                d_qr.as<float>(), rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa,
+                in.chosen_on_device(csa), in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(),
+                kv_first, kv_rows, in.d_ent.as<float>(), entries, mirror.get(), b->as<float>(),
+                nullptr, qn, nullptr,
+                bf16 ? reinterpret_cast<const __nv_bfloat16*>(d_qb.get()) : nullptr);
+          }
+          EXPECT_EQ(download<float>(from_float, n * heads * hd),
+                    download<float>(from_bf16, n * heads * hd))
+              << (csa ? "csa" : "hca") << (normed ? " normed" : "")
+              << ": a bf16 query's outputs differ from its float32 values'";
         }
     }
 }
