@@ -52,6 +52,8 @@
 //                     for the wgmma attention, CudaOptions::query_bf16)
 //                     [--pair-out-bf16 1] (fp8 prefill's grouped experts: the down product's
 //                     pair rows in bf16 for the sum, CudaOptions::pair_out_bf16)
+//                     [--indexer-wgmma 1] (prefill's indexer scores on warpgroup MMA,
+//                     CudaOptions::indexer_wgmma)
 //                     [--spare-caches N] (retired sequences' caches kept for new ones,
 //                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)
 //                     [--gate-up-bf16 0] (fp8 prefill's grouped experts: the gate/up product in
@@ -393,6 +395,8 @@ int main(int argc, char** argv) {
       options.query_bf16 = v == "1";
     else if (k == "--pair-out-bf16")
       options.pair_out_bf16 = v == "1";
+    else if (k == "--indexer-wgmma")
+      options.indexer_wgmma = v == "1";
     else if (k == "--spare-caches")
       options.spare_caches = std::stoi(v);
     else if (k == "--gate-up-bf16")

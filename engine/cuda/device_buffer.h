@@ -4,7 +4,9 @@
 
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <utility>
 
 #include "engine/cuda/cuda_check.h"
@@ -84,6 +86,21 @@ class PinnedBuffer {
     }
     return static_cast<char*>(ptr_);
   }
+  // reserve() keeping the first `keep` bytes (at least doubling, so packing grows it rarely).
+  char* grow(int64_t bytes, int64_t keep) {
+    if (bytes <= bytes_) return static_cast<char*>(ptr_);
+    void* bigger = nullptr;
+    const int64_t size = std::max(bytes, 2 * bytes_);
+    AGENTRT_CUDA_CHECK(cudaMallocHost(&bigger, size_t(size)));
+    if (ptr_) {
+      if (keep > 0) std::memcpy(bigger, ptr_, size_t(std::min(keep, bytes_)));
+      cudaFreeHost(ptr_);
+    }
+    ptr_ = bigger;
+    bytes_ = size;
+    return static_cast<char*>(ptr_);
+  }
+  const char* data() const { return static_cast<const char*>(ptr_); }
 
  private:
   void* ptr_ = nullptr;

@@ -119,6 +119,10 @@ struct CudaOptions {
   // for the sum into each row's output (ExpertGemm::set_pair_out_bf16; the outputs carry e4m3's
   // error already). Off: float32.
   bool pair_out_bf16 = false;
+  // Prefill's Lightning Indexer scores under plain bf16 products (every precision but bf16x2 and
+  // f32) on Hopper's warpgroup MMA (indexer_scores_wgmma) instead of mma.sync
+  // (indexer_scores_mma_mirrored), where the GPU runs wgmma (CudaOptions::wgmma_attention).
+  bool indexer_wgmma = false;
   // One-row FP8 products on the tensor cores fill each stage of their ring with one tensor copy
   // (GemvMode::tensor_map) instead of a bulk copy per row. Off: no faster on an H200 (wq_b 19.3
   // against 18.6 us, wo_b 16.3 against 13.9; docs/cuda_sessions.md, eleventh session).
@@ -379,6 +383,7 @@ class DeviceForward {
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
   bool query_bf16_ = false;              // CudaOptions::query_bf16
+  bool indexer_wgmma_ = false;           // CudaOptions::indexer_wgmma
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing
@@ -420,15 +425,12 @@ class DeviceForward {
   uint64_t runs_ = 0;
   PinnedBuffer pinned_mask_;    // staging for the mask and the pick
   std::vector<Sorted> sorted_;  // sorted_allowed's lists, their room kept between calls
-  // Staging for each call's metadata upload (a pageable copy returns only once the driver has
-  // staged it), and the event after its copy.
+  // Each call's metadata, packed here for its upload (a pageable copy returns only once the
+  // driver has staged it) and kept between calls (buffers allocated afresh each call touched
+  // ~6 MB of new pages for a 16K prefill: 8.9 ms of page faults before the pass's first upload,
+  // thirty-first session), and the event after its copy.
   PinnedBuffer pinned_meta_;
   cudaEvent_t meta_copied_ = nullptr;
-  // The host's metadata of a call, built here and kept between calls: vectors allocated afresh
-  // each call touched ~6 MB of new pages for a 16K prefill, 8.9 ms of page faults before the
-  // pass's first upload (profile's host.metadata, thirty-first session).
-  std::vector<char> meta_bytes_;
-  std::vector<LayerRow> layer_rows_;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -456,7 +456,7 @@ TEST_F(CudaFp8Gemm, ProductsWrittenAsBf16AreTheFloatProductsRounded) {
   cuda::DeviceMatrix dm(m.view);
   for (const int64_t n : {int64_t(48), int64_t(301)}) {
     SCOPED_TRACE(std::to_string(n) + " rows");
-    std::mt19937 rng(uint32_t(n));
+    std::mt19937 rng{uint32_t(n)};
     std::normal_distribution<float> dist;
     std::vector<float> x(n * cols);
     for (float& v : x) v = dist(rng);
