@@ -48,11 +48,11 @@
 //                     [--attention-fp8-out 0] (fp8 prefill: float32 attention outputs that wo_a's
 //                     GEMM quantises, not e4m3 rows from the attention,
 //                     CudaOptions::attention_fp8_out)
-//                     [--query-bf16 1] (fp8 prefill: wq_b's GEMMs write the query as bf16 rows
-//                     for the wgmma attention, CudaOptions::query_bf16)
-//                     [--pair-out-bf16 1] (fp8 prefill's grouped experts: the down product's
-//                     pair rows in bf16 for the sum, CudaOptions::pair_out_bf16)
-//                     [--indexer-wgmma 1] (prefill's indexer scores on warpgroup MMA,
+//                     [--query-bf16 0] (fp8 prefill: wq_b's GEMMs write the query as float32 rows,
+//                     not bf16, CudaOptions::query_bf16)
+//                     [--pair-out-bf16 0] (fp8 prefill's grouped experts: the down product's pair
+//                     rows in float32, not bf16, CudaOptions::pair_out_bf16)
+//                     [--indexer-wgmma 0] (prefill's indexer scores on mma.sync, not warpgroup MMA,
 //                     CudaOptions::indexer_wgmma)
 //                     [--spare-caches N] (retired sequences' caches kept for new ones,
 //                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)

@@ -486,9 +486,12 @@ TEST_F(CudaFp8Gemm, ProductsWrittenAsBf16AreTheFloatProductsRounded) {
 }
 
 // The prefill's bf16 intermediates (CudaOptions::query_bf16: wq_b's output; pair_out_bf16: the
-// routed experts' pair rows) stay near the float32 ones' logits: bf16 keeps 8 significant bits
-// where e4m3's products keep 4 (a model with the wgmma attention's shapes, as below).
-TEST_F(CudaFp8Gemm, Bf16IntermediatesStayNearFloat32) {
+// routed experts' pair rows) keep the fp8 prefill as near the CPU's float32 logits as float32
+// intermediates do: bf16 keeps 8 significant bits where e4m3's products keep 4. Against each
+// other the two differ more than either's own rounding (the H200 measured a median of 0.10 for
+// the query): in a random model a small change flips near-tied indexer and expert choices, so
+// the bound is on each one's distance from the CPU (a model with the wgmma attention's shapes).
+TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
   int device = 0;
   ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
   if (!cuda::wgmma_kernels_run(device))
@@ -498,25 +501,29 @@ TEST_F(CudaFp8Gemm, Bf16IntermediatesStayNearFloat32) {
   std::mt19937 rng(14);
   std::vector<int32_t> ids(300);
   for (auto& t : ids) t = int32_t(rng() % 3000);
-  std::vector<std::vector<float> > logits;
+  const auto cpu = Model::load(dir, {Device::cpu, 0});
+  const auto want = cpu->new_sequence()->forward(ids, true);
+  const int64_t V = cpu->vocab_size();
+  double medians[3] = {};
+  const char* names[3] = {"float32 intermediates", "bf16 query", "bf16 pair rows"};
   for (int mode = 0; mode < 3; ++mode) {
     cuda::CudaOptions options;
     options.precision = cuda::GemmPrecision::fp8;
     options.query_bf16 = mode == 1;
     options.pair_out_bf16 = mode == 2;
     const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
-    logits.push_back(gpu->new_sequence()->forward(ids, true));
-  }
-  const int64_t V = int64_t(logits[0].size() / ids.size());
-  for (int mode = 1; mode < 3; ++mode) {
+    const auto got = gpu->new_sequence()->forward(ids, true);
     std::vector<double> errors;
     for (size_t p = 0; p < ids.size(); ++p)
-      errors.push_back(testing::rel_l2(&logits[mode][p * V], &logits[0][p * V], V));
+      errors.push_back(testing::rel_l2(&got[p * V], &want[p * V], V));
     std::sort(errors.begin(), errors.end());
-    std::printf("[ bf16 %s ] rel L2 vs float32 median %.3g worst %.3g\n",
-                mode == 1 ? "query" : "pair rows", errors[errors.size() / 2], errors.back());
-    EXPECT_LE(errors[errors.size() / 2], 2e-2) << (mode == 1 ? "query" : "pair rows");
+    medians[mode] = errors[errors.size() / 2];
+    std::printf("[ fp8 prefill, %s ] rel L2 vs CPU median %.3g worst %.3g\n", names[mode],
+                medians[mode], errors.back());
   }
+  for (int mode = 1; mode < 3; ++mode)
+    EXPECT_LE(medians[mode], 1.25 * medians[0] + 0.02)
+        << names[mode] << " moved the logits away from the CPU's";
   std::filesystem::remove_all(dir);
 }
 
