@@ -425,25 +425,10 @@ TEST_F(CudaFp8Gemm, RandomModelPrefillStaysNearTheCpu) {
   std::filesystem::remove_all(dir);
 }
 
-// A random fp8 model (MXFP4 experts) with the wgmma attention's shapes: 64 heads of 512, wo_a in
-// 8 groups of 128 rows; two layers (sliding, CSA) of the small preset otherwise.
-void write_wgmma_shaped_model(const std::filesystem::path& dir, uint64_t seed) {
-  ModelInitOptions init;
-  init.preset = "small";
-  init.vocab_size = 3000;
-  init.dtype = "fp8";
-  init.expert_dtype = "fp4";
-  init.seed = seed;
-  init.config_overrides = {{"num_attention_heads", 64},
-                           {"head_dim", 512},
-                           {"qk_rope_head_dim", 64},
-                           {"index_head_dim", 64},
-                           {"o_groups", 8},
-                           {"o_lora_rank", 128},
-                           {"num_hidden_layers", 2},
-                           {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
-                           {"mlp_layer_types", {"hash_moe", "moe"}}};
-  write_random_model(dir, init);
+// Whether this GPU runs the wgmma kernels (compute capability 9.0).
+bool wgmma_runs_here() {
+  int device = 0;
+  return cudaGetDevice(&device) == cudaSuccess && cuda::wgmma_kernels_run(device);
 }
 
 // FP8 GEMMs writing bf16 rows (LinearRunner::Product::bf16_out, the prefill query's
@@ -492,15 +477,11 @@ TEST_F(CudaFp8Gemm, ProductsWrittenAsBf16AreTheFloatProductsRounded) {
 // the query): in a random model a small change flips near-tied indexer and expert choices, so
 // the bound is on each one's distance from the CPU (a model with the wgmma attention's shapes).
 TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
-  int device = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  if (!cuda::wgmma_kernels_run(device))
+  if (!wgmma_runs_here())
     GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_bf16_intermediates";
-  write_wgmma_shaped_model(dir, 6);
-  std::mt19937 rng(14);
-  std::vector<int32_t> ids(300);
-  for (auto& t : ids) t = int32_t(rng() % 3000);
+  testing::write_wgmma_shaped_model(dir, 6);
+  const std::vector<int32_t> ids = testing::random_ids(300, 14);
   const auto cpu = Model::load(dir, {Device::cpu, 0});
   const auto want = cpu->new_sequence()->forward(ids, true);
   const int64_t V = cpu->vocab_size();
@@ -533,15 +514,11 @@ TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
 // GPU attention's shapes (64 heads of 512, wo_a in 8 groups of 128 rows), 300 rows (a whole-rows
 // GEMM and a tail).
 TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
-  int device = 0;
-  ASSERT_EQ(cudaGetDevice(&device), cudaSuccess);
-  if (!cuda::wgmma_kernels_run(device))
+  if (!wgmma_runs_here())
     GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_fp8_out";
-  write_wgmma_shaped_model(dir, 5);
-  std::mt19937 rng(13);
-  std::vector<int32_t> ids(300);
-  for (auto& t : ids) t = int32_t(rng() % 3000);
+  testing::write_wgmma_shaped_model(dir, 5);
+  const std::vector<int32_t> ids = testing::random_ids(300, 13);
   std::vector<std::vector<float> > logits;
   std::vector<int64_t> fp8_products;
   for (bool fp8_out : {false, true}) {

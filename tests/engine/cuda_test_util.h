@@ -3,7 +3,10 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "engine/model_init.h"
 
@@ -26,14 +29,44 @@ namespace agentrt::engine::testing {
 
 // The GPU tests' usual random model: the small preset, vocabulary 3,000, FP8 linears and FP4
 // experts.
-inline void write_small_fp8_model(const std::filesystem::path& dir, uint32_t seed) {
+inline ModelInitOptions small_fp8_init(uint64_t seed) {
   ModelInitOptions init;
   init.preset = "small";
   init.vocab_size = 3000;
   init.dtype = "fp8";
   init.expert_dtype = "fp4";
   init.seed = seed;
+  return init;
+}
+inline void write_small_fp8_model(const std::filesystem::path& dir, uint32_t seed) {
+  write_random_model(dir, small_fp8_init(seed));
+}
+
+// The small preset reshaped to the shapes the GPU's wgmma attention takes (64 heads of 512, wo_a
+// in 8 groups of 128 rows), in two layers (sliding, CSA).
+inline nlohmann::json wgmma_shaped_overrides() {
+  return {{"num_attention_heads", 64},
+          {"head_dim", 512},
+          {"qk_rope_head_dim", 64},
+          {"index_head_dim", 64},
+          {"o_groups", 8},
+          {"o_lora_rank", 128},
+          {"num_hidden_layers", 2},
+          {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
+          {"mlp_layer_types", {"hash_moe", "moe"}}};
+}
+inline void write_wgmma_shaped_model(const std::filesystem::path& dir, uint64_t seed) {
+  ModelInitOptions init = small_fp8_init(seed);
+  init.config_overrides = wgmma_shaped_overrides();
   write_random_model(dir, init);
+}
+
+// n token ids below `vocab`, from seed.
+inline std::vector<int32_t> random_ids(size_t n, uint32_t seed, int32_t vocab = 3000) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& t : ids) t = int32_t(rng() % uint32_t(vocab));
+  return ids;
 }
 
 // Empty when a CUDA device is usable; otherwise why the GPU tests skip.

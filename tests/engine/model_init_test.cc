@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model.h"
+#include "tests/engine/cuda_test_util.h"
 
 namespace agentrt::engine {
 namespace {
@@ -68,15 +69,7 @@ TEST(ModelInit, ConfigOverridesReshapeThePreset) {
   options.preset = "small";
   options.vocab_size = 512;
   options.dtype = "fp8";
-  options.config_overrides = {{"num_attention_heads", 64},
-                              {"head_dim", 512},
-                              {"qk_rope_head_dim", 64},
-                              {"index_head_dim", 64},
-                              {"o_groups", 8},
-                              {"o_lora_rank", 128},
-                              {"num_hidden_layers", 2},
-                              {"layer_types", {"sliding_attention", "compressed_sparse_attention"}},
-                              {"mlp_layer_types", {"hash_moe", "moe"}}};
+  options.config_overrides = testing::wgmma_shaped_overrides();
   write_random_model(dir, options);
   std::ifstream in(dir / "config.json");
   const auto config = nlohmann::json::parse(in);
