@@ -68,24 +68,6 @@ __device__ __forceinline__ int operand_byte(int line, int ch, int chunk) {
   return (ch >> 6) * chunk + line * kLine + ((((ch & 63) >> 3) ^ (line & 7)) << 4) + (ch & 7) * 2;
 }
 
-// d (+)= A (64 x 16, registers: mma.sync's A fragment in each warp's 16 lines) B^T (64 x 16,
-// K-major in shared memory), d the warpgroup's 64 x 64 float32 fragment.
-__device__ __forceinline__ void wgmma_bf16_64x64_rs(float (&d)[32], const uint32_t (&a)[4],
-                                                    uint64_t b, bool add) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, "
-      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, "
-      "%36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(int(add)));
-}
-
 // Keeps the compiler from reading an accumulator before the wgmma_wait that completes it (its
 // registers look written at the wgmma's issue).
 __device__ __forceinline__ void hold_accumulator(float (&d)[32]) {
