@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/float_bits.h"
 #include "engine/cuda/kernels.h"
 
 namespace agentrt::engine::cuda {
@@ -32,9 +33,7 @@ __device__ __forceinline__ float4 query_quad(const float* q, int i) {
   return __ldg(reinterpret_cast<const float4*>(q) + i);
 }
 __device__ __forceinline__ float4 query_quad(const __nv_bfloat16* q, int i) {
-  const uint2 v = __ldg(reinterpret_cast<const uint2*>(q) + i);
-  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
-                     __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
+  return bf16x4_as_float4(__ldg(reinterpret_cast<const uint2*>(q) + i));
 }
 
 // The kHeads heads of HD channels at q_rows (float or __nv_bfloat16), by the block's kThreads

@@ -29,6 +29,13 @@ __host__ __device__ inline float bits_float(uint32_t u) {
 #endif
 }
 
+// Four bf16 values packed in a uint2 (the lower address in the lower half of each word) widened
+// to float32, exactly: a bf16 is the top half of its float32.
+__host__ __device__ inline float4 bf16x4_as_float4(uint2 v) {
+  return make_float4(bits_float(v.x << 16), bits_float(v.x & 0xffff0000u), bits_float(v.y << 16),
+                     bits_float(v.y & 0xffff0000u));
+}
+
 // 2^e for -126 <= e <= 127, exactly.
 __host__ __device__ inline float power_of_two(int e) { return bits_float(uint32_t(e + 127) << 23); }
 

@@ -12,6 +12,7 @@
 
 #include "engine/cuda/block_reduce.cuh"
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/float_bits.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/moe_gemm.h"
@@ -506,10 +507,9 @@ __global__ void combine_bf16_kernel(Groups g, int64_t n, int64_t k, int64_t hidd
     for (int64_t c = threadIdx.x; c < hidden / 4; c += blockDim.x) {
       float4 v = reinterpret_cast<const float4*>(o)[c];
       for (int64_t j = 0; j < k; ++j) {
-        const uint2 p =
-            reinterpret_cast<const uint2*>(pairs + int64_t(g.slot[t * k + j]) * hidden)[c];
-        v.x += __uint_as_float(p.x << 16), v.y += __uint_as_float(p.x & 0xffff0000u);
-        v.z += __uint_as_float(p.y << 16), v.w += __uint_as_float(p.y & 0xffff0000u);
+        const float4 p = bf16x4_as_float4(
+            reinterpret_cast<const uint2*>(pairs + int64_t(g.slot[t * k + j]) * hidden)[c]);
+        v.x += p.x, v.y += p.y, v.z += p.z, v.w += p.w;
       }
       reinterpret_cast<float4*>(o)[c] = v;
     }

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "engine/cuda/cuda_check.h"
+#include "engine/cuda/float_bits.h"
 #include "engine/cuda/fp4_e4m3.h"
 #include "engine/cuda/fp8_act_quant.h"
 #include "engine/cuda/fp8_gemm.h"
@@ -307,11 +308,7 @@ __device__ __forceinline__ uint2 load_lane4(const __nv_bfloat16* at, int lane) {
   return __ldg(reinterpret_cast<const uint2*>(at) + lane);
 }
 __device__ __forceinline__ float4 as_float4(float4 v) { return v; }
-// A bf16 is the top half of its float32 (the lower address the lower half of each word).
-__device__ __forceinline__ float4 as_float4(uint2 v) {
-  return make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u),
-                     __uint_as_float(v.y << 16), __uint_as_float(v.y & 0xffff0000u));
-}
+__device__ __forceinline__ float4 as_float4(uint2 v) { return bf16x4_as_float4(v); }
 
 // The slots' SwiGLU of their gate/up products (gu: [slot][2 inter] of GateUp, float or
 // __nv_bfloat16), weighted by the pair's routing weight and quantised as the down product's
