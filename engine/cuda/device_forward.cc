@@ -172,6 +172,8 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
   expert_gemm_.set_gate_up_bf16(options.gate_up_bf16);
   expert_gemm_.set_pair_out_bf16(options.pair_out_bf16);
+  expert_gemm_.set_token_rows(options.fp8_token_rows);
+  expert_gemm_.set_block_rows(options.fp8_block_rows);
   if (options.pick_copy_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&mask_up_, cudaEventDisableTiming));

@@ -121,6 +121,13 @@ struct CudaOptions {
   // error already). H200, 16K fp8 prefill: the routed sum 2.0 -> 1.3 ms, the whole prefill
   // within noise (162.7K tok/s against 162.5K). Off: float32.
   bool pair_out_bf16 = true;
+  // GemmPrecision::fp8's grouped routed experts under row scales: the gate/up product reads each
+  // slot's activations from its token's quantised row (ExpertGemm::set_token_rows) instead of a
+  // copy in the slot's row (the gather). Off: the copies. Written without a GPU: unmeasured.
+  bool fp8_token_rows = false;
+  // The same path's SwiGLU and token quantisation with a block of 128 threads a row
+  // (ExpertGemm::set_block_rows; the same bytes). Off: a warp a row. Written without a GPU.
+  bool fp8_block_rows = false;
   // Prefill's Lightning Indexer scores under plain bf16 products (every precision but bf16x2 and
   // f32) on Hopper's warpgroup MMA (indexer_scores_wgmma) instead of mma.sync
   // (indexer_scores_mma_mirrored), where the GPU runs wgmma (CudaOptions::wgmma_attention).

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/float_bits.h"
@@ -370,6 +371,170 @@ __global__ void swiglu_quantize_kernel(const GateUp* gu, const int32_t* order, c
   }
 }
 
+// Row scales with a block a row (ExpertGemm::set_block_rows): thread t of kRowThreads holds runs
+// of 8 values t, t + kRowThreads, ... (kRuns of them), loaded before any is used; the row's
+// largest magnitude meets in shared memory behind one barrier, then each thread writes its codes.
+// A value's code depends only on it and the row's scale exponent, and the largest magnitude on
+// no order, so these are the warp kernels' bytes: a warp holding a whole row took 180-216
+// registers, one block of 8 warps an SM, and waited on each row's loads in turn.
+constexpr int kRowThreads = 128;
+constexpr int kMostRowRuns = 4;  // rows of up to 4 x 128 x 8 values (4,096) take these kernels
+
+// 8 stored values (float32 or bf16) as loaded, then widened.
+template <class T>
+struct Run8;
+template <>
+struct Run8<float> {
+  float4 a, b;
+};
+template <>
+struct Run8<__nv_bfloat16> {
+  uint4 a;
+};
+__device__ __forceinline__ Run8<float> load_run8(const float* at) {
+  return {__ldg(reinterpret_cast<const float4*>(at)),
+          __ldg(reinterpret_cast<const float4*>(at) + 1)};
+}
+__device__ __forceinline__ Run8<__nv_bfloat16> load_run8(const __nv_bfloat16* at) {
+  return {__ldg(reinterpret_cast<const uint4*>(at))};
+}
+__device__ __forceinline__ float4 run_low(const Run8<float>& r) { return r.a; }
+__device__ __forceinline__ float4 run_high(const Run8<float>& r) { return r.b; }
+__device__ __forceinline__ float4 run_low(const Run8<__nv_bfloat16>& r) {
+  return bf16x4_as_float4(make_uint2(r.a.x, r.a.y));
+}
+__device__ __forceinline__ float4 run_high(const Run8<__nv_bfloat16>& r) {
+  return bf16x4_as_float4(make_uint2(r.a.z, r.a.w));
+}
+
+// The block's largest magnitude (every thread passing its own) as a scale exponent.
+__device__ __forceinline__ int block_scale_exponent(float amax, float* warp_amax) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+  if (threadIdx.x % 32 == 0) warp_amax[threadIdx.x / 32] = amax;
+  __syncthreads();
+  amax = warp_amax[0];
+#pragma unroll
+  for (int w = 1; w < kRowThreads / 32; ++w) amax = fmaxf(amax, warp_amax[w]);
+  return aq::scale_exponent(__float_as_uint(amax));
+}
+
+// Thread t's runs of 8 values (v[2 i], v[2 i + 1]: run t + kRowThreads i) as e4m3 into q_row.
+template <int kRuns>
+__device__ __forceinline__ void store_runs(const float4 (&v)[2 * kRuns], int e, int64_t runs,
+                                           uint8_t* q_row) {
+#pragma unroll
+  for (int i = 0; i < kRuns; ++i) {
+    const int64_t r = threadIdx.x + kRowThreads * i;
+    if (r < runs)
+      *reinterpret_cast<uint2*>(q_row + 8 * r) =
+          make_uint2(e4m3_codes(v[2 * i], e), e4m3_codes(v[2 * i + 1], e));
+  }
+}
+
+// quantize_tokens_kernel's rows, one block a token.
+template <int kRuns>
+__global__ void __launch_bounds__(kRowThreads)
+    quantize_token_rows_kernel(const float* h, int64_t hidden, uint8_t* tq, float* ts) {
+  __shared__ float warp_amax[kRowThreads / 32];
+  const int64_t t = blockIdx.x, runs = hidden / 8;
+  const float* row = h + t * hidden;
+  Run8<float> in[kRuns];
+#pragma unroll
+  for (int i = 0; i < kRuns; ++i) {
+    const int64_t r = threadIdx.x + kRowThreads * i;
+    in[i] = r < runs ? load_run8(row + 8 * r) : Run8<float>{};
+  }
+  float4 v[2 * kRuns];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRuns; ++i) {
+    v[2 * i] = run_low(in[i]);
+    v[2 * i + 1] = run_high(in[i]);
+    amax = fmaxf(amax, fmaxf(lane_amax(v[2 * i]), lane_amax(v[2 * i + 1])));
+  }
+  const int e = block_scale_exponent(amax, warp_amax);
+  store_runs<kRuns>(v, e, runs, tq + t * hidden);
+  if (threadIdx.x == 0) ts[t] = aq::exp2_exact(e);
+}
+
+// swiglu_quantize_kernel's rows under row scales, one block a slot.
+template <class GateUp, int kRuns>
+__global__ void __launch_bounds__(kRowThreads)
+    swiglu_rows_kernel(const GateUp* gu, const int32_t* order, const float* weights,
+                       const int32_t* seg, const int32_t* pad, int64_t used, int64_t inter,
+                       float limit, uint8_t* aq_out, float* as_out) {
+  __shared__ float warp_amax[kRowThreads / 32];
+  const int64_t slot = blockIdx.x, runs = inter / 8;
+  const Slot s = find_slot(pad, seg, 0, used, slot);
+  const GateUp* row = gu + slot * 2 * inter;
+  const float weight = s.pair >= 0 ? weights[order[s.pair]] : 0.0f;
+  // Padding rows load nothing: their values are zeros (codes 0; scale 0 stored below).
+  Run8<GateUp> g[kRuns], u[kRuns];
+#pragma unroll
+  for (int i = 0; i < kRuns; ++i) {
+    const int64_t r = threadIdx.x + kRowThreads * i;
+    const bool live = s.pair >= 0 && r < runs;
+    g[i] = live ? load_run8(row + 8 * r) : Run8<GateUp>{};
+    u[i] = live ? load_run8(row + inter + 8 * r) : Run8<GateUp>{};
+  }
+  auto swiglu4 = [&](float4 a, float4 b) {
+    return make_float4(
+        swiglu_weighted(a.x, b.x, limit, weight), swiglu_weighted(a.y, b.y, limit, weight),
+        swiglu_weighted(a.z, b.z, limit, weight), swiglu_weighted(a.w, b.w, limit, weight));
+  };
+  float4 v[2 * kRuns];
+  float amax = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kRuns; ++i) {
+    v[2 * i] = swiglu4(run_low(g[i]), run_low(u[i]));
+    v[2 * i + 1] = swiglu4(run_high(g[i]), run_high(u[i]));
+    amax = fmaxf(amax, fmaxf(lane_amax(v[2 * i]), lane_amax(v[2 * i + 1])));
+  }
+  const int e = block_scale_exponent(amax, warp_amax);
+  store_runs<kRuns>(v, e, runs, aq_out + slot * inter);
+  if (threadIdx.x < 32)
+    store_row_scale(aq::exp2_exact(e), s, inter / aq::kBlock, slot - s.local, as_out);
+}
+
+// set_token_rows: each padded slot row's token (GroupedExpertProduct::x_rows), -1 for padding.
+__global__ void slot_tokens_kernel(const int32_t* order, const int32_t* seg, const int32_t* pad,
+                                   int64_t used, int64_t slots, int64_t k, int32_t* rows) {
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (slot >= slots) return;
+  const Slot s = find_slot(pad, seg, 0, used, slot);
+  rows[slot] = s.pair >= 0 ? int32_t(order[s.pair] / k) : -1;
+}
+
+// The runs a thread of a row block takes for rows of `cols` values (8 | cols), 0 where more than
+// kMostRowRuns.
+int row_runs(int64_t cols) {
+  const int64_t runs = (cols / 8 + kRowThreads - 1) / kRowThreads;
+  return cols % 8 == 0 && runs <= kMostRowRuns ? int(runs) : 0;
+}
+
+// f(std::integral_constant<int, runs>{}) for runs 1 .. kMostRowRuns (row_runs' non-zero values).
+template <class F>
+void with_runs(int runs, F f) {
+  static_assert(kMostRowRuns == 4, "a case per run count");
+  switch (runs) {
+    case 1:
+      f(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      f(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      f(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      f(std::integral_constant<int, 4>{});
+      break;
+    default:
+      throw std::logic_error("with_runs: " + std::to_string(runs) + " runs a thread");
+  }
+}
+
 // pair_out[s0 + r] = the down product of the chunk's pair s0 + r, from its slot; one block a row.
 __global__ void scatter_slots_kernel(const float* y, const int32_t* seg, const int32_t* pad,
                                      int64_t a0, int64_t a1, int64_t hidden, float* pair_out) {
@@ -586,12 +751,26 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
     const int64_t tokens = (seg[used] - seg[0]) / std::max<int64_t>(k, 1);
     tq_.reserve(tokens * hidden);
     ts_.reserve(tokens * 4);
-    quantize_tokens_kernel<<<warp_grid(tokens), 256, 0, stream>>>(
-        h, tokens, hidden, tq_.as<uint8_t>(), ts_.as<float>());
+    if (block_rows_ && row_runs(hidden) > 0 && tokens > 0)
+      with_runs(row_runs(hidden), [&](auto runs) {
+        quantize_token_rows_kernel<decltype(runs)::value>
+            <<<unsigned(tokens), kRowThreads, 0, stream>>>(h, hidden, tq_.as<uint8_t>(),
+                                                           ts_.as<float>());
+      });
+    else
+      quantize_tokens_kernel<<<warp_grid(tokens), 256, 0, stream>>>(
+          h, tokens, hidden, tq_.as<uint8_t>(), ts_.as<float>());
     AGENTRT_CUDA_CHECK(cudaGetLastError());
-    gather_rows_kernel<<<warp_grid(slots), 256, 0, stream>>>(
-        tq_.as<uint8_t>(), ts_.as<float>(), s.order, s.seg_start, d_pad, 0, used, slots, k, hidden,
-        x_.as<uint8_t>(), xs_.as<float>());
+    if (token_rows_) {
+      // The product reads the tokens' rows where they are: only each slot's token is written.
+      x_rows_.reserve(std::max(slots, most_slots) * 4);
+      slot_tokens_kernel<<<unsigned((slots + 255) / 256), 256, 0, stream>>>(
+          s.order, s.seg_start, d_pad, used, slots, k, x_rows_.as<int32_t>());
+    } else {
+      gather_rows_kernel<<<warp_grid(slots), 256, 0, stream>>>(
+          tq_.as<uint8_t>(), ts_.as<float>(), s.order, s.seg_start, d_pad, 0, used, slots, k,
+          hidden, x_.as<uint8_t>(), xs_.as<float>());
+    }
   } else {
     gather_quantize_kernel<<<slot_group_grid(slots, hidden / aq::kBlock, false), 256, 0, stream>>>(
         h, s.order, s.seg_start, d_pad, 0, used, slots, k, hidden, x_.as<uint8_t>(),
@@ -600,8 +779,10 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
   GroupedExpertProduct up;
-  up.x = x_.as<uint8_t>();
-  up.x_scales = xs_.as<float>();
+  const bool token_rows = rs && token_rows_;
+  up.x = token_rows ? tq_.as<uint8_t>() : x_.as<uint8_t>();
+  up.x_scales = token_rows ? ts_.as<float>() : xs_.as<float>();
+  up.x_rows = token_rows ? x_rows_.as<int32_t>() : nullptr;
   up.pad = d_pad;
   up.tile_start = d_pad + (used + 1);
   up.active = s.active;
@@ -620,7 +801,20 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   grouped_expert_product(up, sms_, stream);
   mark("moe.experts.gemm");
   const unsigned swiglu_grid = slot_group_grid(slots, inter / aq::kBlock, rs);
-  if (gate_up_bf16_)
+  if (rs && block_rows_ && row_runs(inter) > 0 && slots > 0)
+    with_runs(row_runs(inter), [&](auto runs) {
+      if (gate_up_bf16_)
+        swiglu_rows_kernel<__nv_bfloat16, decltype(runs)::value>
+            <<<unsigned(slots), kRowThreads, 0, stream>>>(
+                gate_up_.as<__nv_bfloat16>(), s.order, weights, s.seg_start, d_pad, used, inter,
+                limit, act_.as<uint8_t>(), as_.as<float>());
+      else
+        swiglu_rows_kernel<float, decltype(runs)::value>
+            <<<unsigned(slots), kRowThreads, 0, stream>>>(gate_up_.as<float>(), s.order, weights,
+                                                          s.seg_start, d_pad, used, inter, limit,
+                                                          act_.as<uint8_t>(), as_.as<float>());
+    });
+  else if (gate_up_bf16_)
     swiglu_quantize_kernel<<<swiglu_grid, 256, 0, stream>>>(
         gate_up_.as<__nv_bfloat16>(), s.order, weights, s.seg_start, d_pad, 0, used, slots, inter,
         limit, rs, act_.as<uint8_t>(), as_.as<float>());

@@ -758,6 +758,65 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WithBf16GateUpMatchSwigluExpert) {
   check_routed_experts(701, &grouped, 0.15, {9, 6, 256, 256}, 0, 2e-2);
 }
 
+// E FP4 experts of hidden H and width inter on the GPU, and n rows' k pairs grouped as moe.cu's
+// group_kernel groups them (stably by expert, the last two experts unused), with their rows h and
+// routing weights: ExpertGemm::run's inputs.
+struct GroupedPairs {
+  int64_t E, k, H, inter, n, P;
+  std::vector<QuantizedMatrix> stored;
+  std::vector<std::unique_ptr<cuda::DeviceMatrix> > dev;
+  DeviceBuffer d_views, d_h, d_weights, d_order, d_active, d_seg, d_counts;
+  cuda::ExpertsDevice experts;
+  cuda::ExpertSegments segments, no_pairs;
+
+  GroupedPairs(uint32_t seed, int64_t E_, int64_t k_, int64_t H_, int64_t inter_, int64_t n_)
+      : E(E_), k(k_), H(H_), inter(inter_), n(n_), P(n_ * k_) {
+    std::mt19937 rng(seed);
+    stored.reserve(3 * E);  // the views point into it
+    std::vector<WeightMatrix> views(3 * E);
+    for (int m = 0; m < 3; ++m)  // w1, w2, w3
+      for (int64_t e = 0; e < E; ++e) {
+        const int64_t rows = m == 1 ? H : inter, cols = m == 1 ? inter : H;
+        const auto v = randn(rows * cols, rng, 0.2f);
+        stored.push_back(quantize_mxfp4(v.data(), rows, cols));
+        const WeightMatrix w{
+            WeightType::f4_e2m1, rows, cols, stored.back().data.data(), stored.back().scales.data(),
+            ScaleType::e8m0,     0};
+        dev.push_back(std::make_unique<cuda::DeviceMatrix>(w));
+        views[m * E + e] = dev.back()->view();
+      }
+    d_views = upload(views);
+    const WeightMatrix* v = d_views.as<WeightMatrix>();
+    experts = {v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
+    std::vector<int32_t> expert_of(P), order(P), active, seg_start;
+    std::vector<float> weights(P);
+    for (int64_t p = 0; p < P; ++p) {
+      expert_of[p] = int32_t((p / k + 2 * (p % k)) % (E - 2));
+      weights[p] = 0.3f + 0.1f * float(p % k);
+    }
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return expert_of[a] < expert_of[b]; });
+    for (int64_t i = 0; i < P; ++i)
+      if (i == 0 || expert_of[order[i]] != expert_of[order[i - 1]]) {
+        active.push_back(expert_of[order[i]]);
+        seg_start.push_back(int32_t(i));
+      }
+    const int32_t used = int32_t(active.size());
+    seg_start.resize(E + 1, int32_t(P));
+    d_h = upload(randn(n * H, rng));
+    d_weights = upload(weights);
+    d_order = upload(order);
+    d_active = upload(active);
+    d_seg = upload(seg_start);
+    d_counts = upload(std::vector<int32_t>{used, 0});
+    segments = {d_order.as<int32_t>(), d_active.as<int32_t>(), d_seg.as<int32_t>(),
+                d_counts.as<int32_t>(), E};
+    no_pairs = {d_order.as<int32_t>(), d_active.as<int32_t>(), d_seg.as<int32_t>(),
+                d_counts.as<int32_t>() + 1, E};
+  }
+};
+
 // ExpertGemm::set_pair_out_bf16, through run() itself (routed_experts combines float32 rows):
 // on fp8_grouped's path run() writes pair i's row as bf16 at element i * hidden of pair_out
 // and returns true; each value is the float32 pass's rounded to nearest even (the same products,
@@ -766,61 +825,18 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WithBf16GateUpMatchSwigluExpert) {
 // with no pairs ignore the option: float32 rows (all of them written) or none, and false.
 TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WriteBf16PairRows) {
   if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
-  std::mt19937 rng(17);
   const int64_t E = 9, k = 6, H = 384, inter = 256, n = 300, P = n * k;
   const float limit = 0.7f;
-  std::vector<QuantizedMatrix> stored;
-  stored.reserve(3 * E);  // the views point into it
-  std::vector<std::unique_ptr<cuda::DeviceMatrix> > dev;
-  std::vector<WeightMatrix> views(3 * E);
-  for (int m = 0; m < 3; ++m)  // w1, w2, w3
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t rows = m == 1 ? H : inter, cols = m == 1 ? inter : H;
-      const auto v = randn(rows * cols, rng, 0.2f);
-      stored.push_back(quantize_mxfp4(v.data(), rows, cols));
-      const WeightMatrix w{
-          WeightType::f4_e2m1, rows, cols, stored.back().data.data(), stored.back().scales.data(),
-          ScaleType::e8m0,     0};
-      dev.push_back(std::make_unique<cuda::DeviceMatrix>(w));
-      views[m * E + e] = dev.back()->view();
-    }
-  auto d_views = upload(views);
-  const WeightMatrix* v = d_views.as<WeightMatrix>();
-  const cuda::ExpertsDevice experts{
-      v, v + E, v + 2 * E, WeightType::f4_e2m1, WeightType::f4_e2m1, ScaleType::e8m0};
-  // The pairs grouped as moe.cu's group_kernel groups them: stably by expert, the last two
-  // experts unused.
-  std::vector<int32_t> expert_of(P), order(P), active, seg_start;
-  std::vector<float> weights(P);
-  for (int64_t p = 0; p < P; ++p) {
-    expert_of[p] = int32_t((p / k + 2 * (p % k)) % (E - 2));
-    weights[p] = 0.3f + 0.1f * float(p % k);
-  }
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t a, int32_t b) { return expert_of[a] < expert_of[b]; });
-  for (int64_t i = 0; i < P; ++i)
-    if (i == 0 || expert_of[order[i]] != expert_of[order[i - 1]]) {
-      active.push_back(expert_of[order[i]]);
-      seg_start.push_back(int32_t(i));
-    }
-  const int32_t used = int32_t(active.size());
-  seg_start.resize(E + 1, int32_t(P));
-  const auto h = randn(n * H, rng);
-  auto d_h = upload(h), d_weights = upload(weights), d_order = upload(order),
-       d_active = upload(active), d_seg = upload(seg_start),
-       d_counts = upload(std::vector<int32_t>{used, 0});
-  const cuda::ExpertSegments segments{d_order.as<int32_t>(), d_active.as<int32_t>(),
-                                      d_seg.as<int32_t>(), d_counts.as<int32_t>(), E};
-  const cuda::ExpertSegments no_pairs{d_order.as<int32_t>(), d_active.as<int32_t>(),
-                                      d_seg.as<int32_t>(), d_counts.as<int32_t>() + 1, E};
+  const GroupedPairs pairs(17, E, k, H, inter, n);
+  const cuda::ExpertsDevice& experts = pairs.experts;
+  const cuda::ExpertSegments &segments = pairs.segments, &no_pairs = pairs.no_pairs;
   constexpr uint16_t kUnwritten = 0x7fc0;  // a bf16 NaN; two of them a float32 NaN
   // A pass into fresh memory of P float32 rows filled with kUnwritten: what run() returned, and
   // the memory as bf16 bits.
   auto pass = [&](cuda::ExpertGemm& gemm, const cuda::ExpertSegments& s) {
     auto pair_out = upload(std::vector<uint16_t>(2 * P * H, kUnwritten));
-    const bool bf16 = gemm.run(experts, s, d_h.as<float>(), d_weights.as<float>(), k, inter, H,
-                               limit, pair_out.as<float>(), nullptr);
+    const bool bf16 = gemm.run(experts, s, pairs.d_h.as<float>(), pairs.d_weights.as<float>(), k,
+                               inter, H, limit, pair_out.as<float>(), nullptr);
     return std::make_pair(bf16, download<uint16_t>(pair_out, 2 * P * H));
   };
   auto as_float = [](const std::vector<uint16_t>& bits, int64_t i) {
@@ -870,6 +886,47 @@ TEST_F(CudaKernels, RoutedExpertsOnGroupedFp8WriteBf16PairRows) {
   int64_t unwritten = 0;
   for (int64_t i = 0; i < P * H; ++i) unwritten += std::isnan(as_float(per_expert_rows, i));
   EXPECT_EQ(unwritten, 0) << "float32 values not written";
+}
+
+// ExpertGemm::set_token_rows (the gate/up product reads the tokens' rows: no gather) and
+// set_block_rows (the SwiGLU and the tokens' quantisation a block a row) write the pair rows of
+// the warp kernels and the slot copies, bit for bit: the same codes and scales reach the same
+// products. Rows of one and of two runs a thread (hidden 384 and 1,152, inter 256 and 1,152),
+// float32 and bf16 gate/up products, float32 and bf16 pair rows.
+TEST_F(CudaKernels, RoutedExpertsFromTokenRowsAndRowBlocksWriteTheSameRows) {
+  if (!cuda::grouped_expert_product_runs(0)) GTEST_SKIP() << "the grouped kernel needs sm_90";
+  for (const auto& [H, inter] : {std::pair<int64_t, int64_t>{384, 256}, {1152, 1152}}) {
+    const int64_t k = 6, n = 300, P = n * k;
+    const GroupedPairs pairs(23, 9, k, H, inter, n);
+    for (const bool gate_up_bf16 : {false, true})
+      for (const bool pair_out_bf16 : {false, true}) {
+        auto pass = [&](bool token_rows, bool block_rows) {
+          cuda::ExpertGemm gemm(cuda::GemmPrecision::fp8, 128, int64_t(1) << 30, false, 2, false,
+                                1 << 20, true);
+          gemm.set_gate_up_bf16(gate_up_bf16);
+          gemm.set_pair_out_bf16(pair_out_bf16);
+          gemm.set_token_rows(token_rows);
+          gemm.set_block_rows(block_rows);
+          auto pair_out = upload(std::vector<float>(P * H, 0.0f));
+          gemm.run(pairs.experts, pairs.segments, pairs.d_h.as<float>(),
+                   pairs.d_weights.as<float>(), k, inter, H, 0.7f, pair_out.as<float>(), nullptr);
+          EXPECT_EQ(gemm.fp8_counts().experts, 1) << gemm.fp8_counts().expert_fallbacks;
+          return download<float>(pair_out, P * H);
+        };
+        const auto base = pass(false, false);
+        for (const auto& [token_rows, block_rows] :
+             {std::pair{true, false}, {false, true}, {true, true}}) {
+          SCOPED_TRACE("hidden " + std::to_string(H) + (gate_up_bf16 ? ", bf16 gate/up" : "") +
+                       (pair_out_bf16 ? ", bf16 pairs" : "") + (token_rows ? ", token rows" : "") +
+                       (block_rows ? ", block rows" : ""));
+          const auto rows = pass(token_rows, block_rows);
+          int64_t differ = 0, first = -1;
+          for (int64_t i = 0; i < P * H; ++i)
+            if (std::memcmp(&rows[i], &base[i], 4) != 0 && differ++ == 0) first = i;
+          EXPECT_EQ(differ, 0) << "first at float " << first;
+        }
+      }
+  }
 }
 
 // fp4_gemm.cu's data layout replayed on the host (no GPU needed): every thread stages its share
