@@ -58,6 +58,8 @@
 //                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)
 //                     [--gate-up-bf16 0] (fp8 prefill's grouped experts: the gate/up product in
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
+//                     [--mhc-chunk N] (prefill's mHC pass and pre step N rows at a time,
+//                     CudaOptions::prefill_mhc_chunk; default 0: all rows)
 //                     [--fp8-token-rows 1] (fp8 prefill's grouped experts: the gate/up
 //                     product reads the tokens' rows, no gather, CudaOptions::fp8_token_rows)
 //                     [--fp8-block-rows 1] (fp8 prefill's grouped experts: the SwiGLU and token
@@ -405,6 +407,8 @@ int main(int argc, char** argv) {
       options.spare_caches = std::stoi(v);
     else if (k == "--gate-up-bf16")
       options.gate_up_bf16 = v == "1";
+    else if (k == "--mhc-chunk")
+      options.prefill_mhc_chunk = std::stoll(v);
     else if (k == "--fp8-token-rows")
       options.fp8_token_rows = v == "1";
     else if (k == "--fp8-block-rows")

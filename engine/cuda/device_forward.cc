@@ -137,6 +137,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       attention_warp_channels_(options.attention_warp_channels),
       wgmma_attention_(options.wgmma_attention),
       prefill_mhc_pass_(options.prefill_mhc_pass),
+      prefill_mhc_chunk_(options.prefill_mhc_chunk),
       prefill_pre_staged_(options.prefill_pre_staged),
       attention_fp8_out_(options.attention_fp8_out),
       query_bf16_(options.query_bf16),
@@ -708,11 +709,20 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
                     fused_partial, fused_arrived, stream_);
       } else if (one_pass && rows >= kFusedHyperRows &&
                  (!pending || (in == streams && rows == n))) {
-        float* sums = w.f(w.slice_sums, hyper_post_project_floats(rows, hc, H));
-        hyper_post_project(hw, mix, pending, in, rows, hc, H, head, sums, stream_);
-        hyper_pre_projected(hw, in, sums, hyper_post_project_splits(H), rows, hc, H, iters,
-                            c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix, xo, stream_,
-                            prefill_pre_staged_);
+        // CudaOptions::prefill_mhc_chunk: a chunk of rows at a time, so the pre step reads
+        // the streams the post step has just written from the L2.
+        const int64_t chunk = prefill_mhc_chunk_ > 0 ? std::min(prefill_mhc_chunk_, rows) : rows;
+        float* sums = w.f(w.slice_sums, hyper_post_project_floats(chunk, hc, H));
+        const int64_t mw = hyper_mix_width(hc);
+        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
+          const int64_t r = std::min(chunk, rows - r0);
+          float* chunk_in = in + r0 * hc * H;
+          hyper_post_project(hw, mix + r0 * mw, pending ? pending + r0 * H : nullptr, chunk_in, r,
+                             hc, H, head, sums, stream_);
+          hyper_pre_projected(hw, chunk_in, sums, hyper_post_project_splits(H), r, hc, H, iters,
+                              c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix + r0 * mw,
+                              xo + r0 * H, stream_, prefill_pre_staged_);
+        }
       } else {
         if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
         hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,

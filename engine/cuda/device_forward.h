@@ -98,6 +98,11 @@ struct CudaOptions {
   // in one pass over the streams (hyper_post_project), where hyper_post, a float32 GEMM and a
   // sum-of-squares kernel read them three times. Off: those three.
   bool prefill_mhc_pass = true;
+  // That pass and its pre step a chunk of this many rows at a time (0: all rows at once), so the
+  // pre step reads the streams the post step has just written from the L2 (a 16K prefill's
+  // streams are 1 GB a boundary, read back from memory); the same values (each row's sums are
+  // added in a fixed order). Written without a GPU: unmeasured.
+  int64_t prefill_mhc_chunk = 0;
   // That pass's pre step with each row's streams staged in shared memory (three blocks an SM)
   // instead of registers (two, a few spilled); the same values. H100, 16K fp8 prefill: 145.1K
   // tok/s against 143.5K (medians of three interleaved runs, thirty-second session). Off: the
@@ -390,6 +395,7 @@ class DeviceForward {
   int attention_warp_channels_ = 256;    // CudaOptions::attention_warp_channels
   bool wgmma_attention_ = false;         // CudaOptions::wgmma_attention, where the GPU has it
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
+  int64_t prefill_mhc_chunk_ = 0;        // CudaOptions::prefill_mhc_chunk
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
   bool query_bf16_ = false;              // CudaOptions::query_bf16

@@ -166,6 +166,44 @@ TEST(CudaOptions, SpareCachesGiveTheLogitsOfNewOnes) {
 #endif
 }
 
+// The prefill's mHC pass a chunk of rows at a time (CudaOptions::prefill_mhc_chunk) gives the
+// logits of all rows at once, bit for bit: a 400-row prefill (past the fused path's 256 rows) in
+// chunks of 96 (the last one short) and of 400, then decode steps; a negative chunk is refused.
+TEST(CudaOptions, MhcChunksGiveTheSameLogits) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_mhc_chunks";
+  testing::write_small_fp8_model(dir, 11);
+  std::mt19937 rng(6);
+  std::vector<int32_t> ids(404);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  std::vector<std::vector<float>> logits;
+  for (const int64_t chunk : {0, 96, 400}) {
+    cuda::CudaOptions options;
+    options.prefill_mhc_chunk = chunk;
+    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+    auto seq = gpu->new_sequence();
+    std::vector<float> got = seq->forward(std::span(ids).first(400), true);
+    for (size_t p = 400; p < 404; ++p) {
+      const auto step = seq->forward(std::span(ids).subspan(p, 1));
+      got.insert(got.end(), step.begin(), step.end());
+    }
+    logits.push_back(std::move(got));
+  }
+  for (size_t m = 1; m < logits.size(); ++m) {
+    ASSERT_EQ(logits[0].size(), logits[m].size());
+    size_t differ = 0;
+    for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[m][i];
+    EXPECT_EQ(differ, 0u) << differ << " logits differ in chunks (mode " << m << ")";
+  }
+  cuda::CudaOptions bad;
+  bad.prefill_mhc_chunk = -1;
+  EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
+  std::filesystem::remove_all(dir);
+#endif
+}
+
 // Decode rows routed inside the routed experts' up kernel (CudaOptions::fused_routing) make the
 // same choices with the same weights as the routing kernel, so the logits are the same bits: one
 // row's decode steps and a batch of three, on the small model's MXFP4 experts (the streamed
