@@ -282,16 +282,23 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     const int64_t rate = fl.compress_rate;
     const auto [rows_off, lrows] = pack.alloc<LayerRow>(size_t(n));  // every field set below
     Workspace::LayerMeta& m = w.layers[l];
+    // A prefill's rows all share one cache: its pointers are looked up once per run of rows.
+    const DeviceSequenceCache* cache_of_base = nullptr;
+    LayerRow base;
     for (int64_t t = 0; t < n; ++t) {
-      DeviceLayerCache& lc = rows[t].cache->layer(l);
+      if (rows[t].cache != cache_of_base) {
+        cache_of_base = rows[t].cache;
+        DeviceLayerCache& lc = rows[t].cache->layer(l);
+        base.kv = lc.kv.as<float>();
+        base.comp_kv = lc.comp_kv.as<float>();
+        base.comp_gate = lc.comp_gate.as<float>();
+        base.comp_entries = lc.comp_entries.as<float>();
+        base.idx_kv = lc.idx_kv.as<float>();
+        base.idx_gate = lc.idx_gate.as<float>();
+        base.idx_entries = lc.idx_entries.as<float>();
+      }
       LayerRow& r = lrows[t];
-      r.kv = lc.kv.as<float>();
-      r.comp_kv = lc.comp_kv.as<float>();
-      r.comp_gate = lc.comp_gate.as<float>();
-      r.comp_entries = lc.comp_entries.as<float>();
-      r.idx_kv = lc.idx_kv.as<float>();
-      r.idx_gate = lc.idx_gate.as<float>();
-      r.idx_entries = lc.idx_entries.as<float>();
+      r = base;
       r.pos = pos[t];
       r.visible = rate ? int32_t((pos[t] + 1) / rate) : 0;
       int64_t keys = std::min(pos[t] + 1, c.sliding_window);
