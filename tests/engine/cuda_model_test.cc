@@ -169,6 +169,7 @@ TEST(CudaOptions, SpareCachesGiveTheLogitsOfNewOnes) {
 // The prefill's mHC pass a chunk of rows at a time (CudaOptions::prefill_mhc_chunk) gives the
 // logits of all rows at once, bit for bit: a 400-row prefill (past the fused path's 256 rows) in
 // chunks of 96 (the last one short) and of 400, then decode steps; a negative chunk is refused.
+// Each also checks a prefill wanting only its last row's logits against the all-rows pass.
 TEST(CudaOptions, MhcChunksGiveTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -185,6 +186,16 @@ TEST(CudaOptions, MhcChunksGiveTheSameLogits) {
     const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
     auto seq = gpu->new_sequence();
     std::vector<float> got = seq->forward(std::span(ids).first(400), true);
+    // Only the last row wanted: the final post step runs on that row alone (its streams), the
+    // head on one row: within the head's own rounding of the all-rows pass's last row.
+    const std::vector<float> last = gpu->new_sequence()->forward(std::span(ids).first(400));
+    const std::span<const float> all_last = std::span(got).last(last.size());
+    float most = 0.0f, off = 0.0f;
+    for (size_t i = 0; i < last.size(); ++i) {
+      most = std::max(most, std::fabs(all_last[i]));
+      off = std::max(off, std::fabs(last[i] - all_last[i]));
+    }
+    EXPECT_LE(off, 1e-3f * most) << "the last row's logits alone, chunk " << chunk;
     for (size_t p = 400; p < 404; ++p) {
       const auto step = seq->forward(std::span(ids).subspan(p, 1));
       got.insert(got.end(), step.begin(), step.end());
