@@ -58,12 +58,12 @@
 //                     CudaOptions::spare_caches; default 1, 0: each sequence allocates its own)
 //                     [--gate-up-bf16 0] (fp8 prefill's grouped experts: the gate/up product in
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
-//                     [--mhc-chunk N] (prefill's mHC pass and pre step N rows at a time,
-//                     CudaOptions::prefill_mhc_chunk; default 0: all rows)
-//                     [--fp8-token-rows 1] (fp8 prefill's grouped experts: the gate/up
-//                     product reads the tokens' rows, no gather, CudaOptions::fp8_token_rows)
-//                     [--fp8-block-rows 1] (fp8 prefill's grouped experts: the SwiGLU and token
-//                     quantisation a block a row, CudaOptions::fp8_block_rows)
+//                     [--fp8-block-rows 0] (fp8 prefill's grouped experts: the SwiGLU and token
+//                     quantisation a warp a row, not a block, CudaOptions::fp8_block_rows)
+//                     [--defer-metadata 1] (the layers' metadata packed and uploaded after the
+//                     first kernels are enqueued, CudaOptions::defer_layer_metadata)
+//                     [--fp8-scatter-rows 1] (with block rows: tokens' rows quantised straight
+//                     into their slots, CudaOptions::fp8_scatter_rows)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
@@ -407,12 +407,12 @@ int main(int argc, char** argv) {
       options.spare_caches = std::stoi(v);
     else if (k == "--gate-up-bf16")
       options.gate_up_bf16 = v == "1";
-    else if (k == "--mhc-chunk")
-      options.prefill_mhc_chunk = std::stoll(v);
-    else if (k == "--fp8-token-rows")
-      options.fp8_token_rows = v == "1";
     else if (k == "--fp8-block-rows")
       options.fp8_block_rows = v == "1";
+    else if (k == "--defer-metadata")
+      options.defer_layer_metadata = v == "1";
+    else if (k == "--fp8-scatter-rows")
+      options.fp8_scatter_rows = v == "1";
     else if (k == "--tensor-map")
       options.tensor_map_copies = v == "1";
     else if (k == "--sum-group")

@@ -23,14 +23,6 @@ __device__ __forceinline__ void cp_async_4(void* shared, const void* global) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(global) : "memory");
 }
 
-// The same, zero-filled (nothing read) where !valid.
-__device__ __forceinline__ void cp_async_4(void* shared, const void* global, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(global),
-               "r"(valid ? 4 : 0)
-               : "memory");
-}
-
 // Ends the group of copies issued so far.
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");

@@ -281,10 +281,6 @@ class CudaModel final : public Model {
     if (options.near_capacity < 1)
       throw std::invalid_argument("cuda options: near_capacity must be at least 1, got " +
                                   std::to_string(options.near_capacity));
-    if (options.prefill_mhc_chunk < 0)
-      throw std::invalid_argument(
-          "cuda options: prefill_mhc_chunk must be 0 (all rows) or more, got " +
-          std::to_string(options.prefill_mhc_chunk));
     if (options.spare_caches < 0 || options.spare_caches > 64)
       throw std::invalid_argument("cuda options: spare_caches must be 0 to 64, got " +
                                   std::to_string(options.spare_caches));

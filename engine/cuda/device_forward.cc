@@ -24,9 +24,9 @@ namespace agentrt::engine::cuda {
 struct DeviceForward::Workspace {
   DeviceBuffer streams, mix, x, y, q_res, q, kv, raw_kv, raw_gate, idx_raw_kv, idx_raw_gate, iq, iw,
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
-      moe_scratch, head_streams, head_x, logits, meta, projected, attn_partials, attn_arrived,
-      hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror, rope_cs,
-      slice_sums;
+      moe_scratch, head_streams, head_x, logits, meta, layer_meta, projected, attn_partials,
+      attn_arrived, hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror,
+      rope_cs, slice_sums;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -137,7 +137,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       attention_warp_channels_(options.attention_warp_channels),
       wgmma_attention_(options.wgmma_attention),
       prefill_mhc_pass_(options.prefill_mhc_pass),
-      prefill_mhc_chunk_(options.prefill_mhc_chunk),
+      defer_layer_metadata_(options.defer_layer_metadata),
       prefill_pre_staged_(options.prefill_pre_staged),
       attention_fp8_out_(options.attention_fp8_out),
       query_bf16_(options.query_bf16),
@@ -173,8 +173,8 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
   expert_gemm_.set_gate_up_bf16(options.gate_up_bf16);
   expert_gemm_.set_pair_out_bf16(options.pair_out_bf16);
-  expert_gemm_.set_token_rows(options.fp8_token_rows);
   expert_gemm_.set_block_rows(options.fp8_block_rows);
+  expert_gemm_.set_scatter_rows(options.fp8_scatter_rows);
   if (options.pick_copy_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&copy_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&mask_up_, cudaEventDisableTiming));
@@ -277,70 +277,79 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   };
   std::vector<LayerOffsets> offs(L);
   w.layers.assign(L, {});
-  for (int64_t l = 0; l < L; ++l) {
-    const ForwardLayer& fl = c.layers[l];
-    const int64_t rate = fl.compress_rate;
-    const auto [rows_off, lrows] = pack.alloc<LayerRow>(size_t(n));  // every field set below
-    Workspace::LayerMeta& m = w.layers[l];
-    // A prefill's rows all share one cache: its pointers are looked up once per run of rows.
-    const DeviceSequenceCache* cache_of_base = nullptr;
-    LayerRow base;
-    for (int64_t t = 0; t < n; ++t) {
-      if (rows[t].cache != cache_of_base) {
-        cache_of_base = rows[t].cache;
-        DeviceLayerCache& lc = rows[t].cache->layer(l);
-        base.kv = lc.kv.as<float>();
-        base.comp_kv = lc.comp_kv.as<float>();
-        base.comp_gate = lc.comp_gate.as<float>();
-        base.comp_entries = lc.comp_entries.as<float>();
-        base.idx_kv = lc.idx_kv.as<float>();
-        base.idx_gate = lc.idx_gate.as<float>();
-        base.idx_entries = lc.idx_entries.as<float>();
-      }
-      LayerRow& r = lrows[t];
-      r = base;
-      r.pos = pos[t];
-      r.visible = rate ? int32_t((pos[t] + 1) / rate) : 0;
-      int64_t keys = std::min(pos[t] + 1, c.sliding_window);
-      if (fl.attention == AttentionKind::csa) keys += std::min<int64_t>(r.visible, c.index_topk);
-      if (fl.attention == AttentionKind::hca) keys += r.visible;
-      m.max_keys = std::max(m.max_keys, keys);
-      m.max_visible = std::max<int64_t>(m.max_visible, r.visible);
-    }
-    if (order.size() == 1) {
-      DeviceLayerCache& lc = order[0]->layer(l);
-      m.shared_idx_entries = lc.idx_entries.as<float>();
-      m.shared_kv = lc.kv.as<float>();
-      m.shared_comp_entries = lc.comp_entries.as<float>();
-      // One cache's rows are consecutive positions from its length on (checked above).
-      m.kv_first = std::max<int64_t>(0, pos[0] - c.sliding_window + 1);
-      m.kv_rows = pos[n - 1] + 1 - m.kv_first;
-    }
-    std::vector<CompressJob> comp, idx;
-    if (rate)
-      for (auto* cache : order) {
-        DeviceLayerCache& lc = cache->layer(l);
-        for (int64_t e = cache->length / rate; e < next[cache] / rate; ++e) {
-          comp.push_back(
-              {lc.comp_kv.as<float>(), lc.comp_gate.as<float>(), lc.comp_entries.as<float>(), e});
-          if (fl.attention == AttentionKind::csa)
-            idx.push_back(
-                {lc.idx_kv.as<float>(), lc.idx_gate.as<float>(), lc.idx_entries.as<float>(), e});
+  // The layers' row views and compressed entries to emit, packed by `into`.
+  auto pack_layers = [&](MetaPacker& into) {
+    for (int64_t l = 0; l < L; ++l) {
+      const ForwardLayer& fl = c.layers[l];
+      const int64_t rate = fl.compress_rate;
+      const auto [rows_off, lrows] = into.alloc<LayerRow>(size_t(n));  // every field set below
+      Workspace::LayerMeta& m = w.layers[l];
+      // A prefill's rows all share one cache: its pointers are looked up once per run of rows.
+      const DeviceSequenceCache* cache_of_base = nullptr;
+      LayerRow base;
+      for (int64_t t = 0; t < n; ++t) {
+        if (rows[t].cache != cache_of_base) {
+          cache_of_base = rows[t].cache;
+          DeviceLayerCache& lc = rows[t].cache->layer(l);
+          base.kv = lc.kv.as<float>();
+          base.comp_kv = lc.comp_kv.as<float>();
+          base.comp_gate = lc.comp_gate.as<float>();
+          base.comp_entries = lc.comp_entries.as<float>();
+          base.idx_kv = lc.idx_kv.as<float>();
+          base.idx_gate = lc.idx_gate.as<float>();
+          base.idx_entries = lc.idx_entries.as<float>();
         }
+        LayerRow& r = lrows[t];
+        r = base;
+        r.pos = pos[t];
+        r.visible = rate ? int32_t((pos[t] + 1) / rate) : 0;
+        int64_t keys = std::min(pos[t] + 1, c.sliding_window);
+        if (fl.attention == AttentionKind::csa) keys += std::min<int64_t>(r.visible, c.index_topk);
+        if (fl.attention == AttentionKind::hca) keys += r.visible;
+        m.max_keys = std::max(m.max_keys, keys);
+        m.max_visible = std::max<int64_t>(m.max_visible, r.visible);
       }
-    const std::vector<int32_t> counts = {int32_t(comp.size()), int32_t(idx.size())};
-    m.job_slots = int64_t(std::max(comp.size(), idx.size()));
-    if (graph) {
-      if (m.job_slots > n) graph = false;  // cannot happen with rates >= 2; stay eager if so
-      m.job_slots = n;
-      comp.resize(n, CompressJob{});
-      idx.resize(n, CompressJob{});
+      if (order.size() == 1) {
+        DeviceLayerCache& lc = order[0]->layer(l);
+        m.shared_idx_entries = lc.idx_entries.as<float>();
+        m.shared_kv = lc.kv.as<float>();
+        m.shared_comp_entries = lc.comp_entries.as<float>();
+        // One cache's rows are consecutive positions from its length on (checked above).
+        m.kv_first = std::max<int64_t>(0, pos[0] - c.sliding_window + 1);
+        m.kv_rows = pos[n - 1] + 1 - m.kv_first;
+      }
+      std::vector<CompressJob> comp, idx;
+      if (rate)
+        for (auto* cache : order) {
+          DeviceLayerCache& lc = cache->layer(l);
+          for (int64_t e = cache->length / rate; e < next[cache] / rate; ++e) {
+            comp.push_back(
+                {lc.comp_kv.as<float>(), lc.comp_gate.as<float>(), lc.comp_entries.as<float>(), e});
+            if (fl.attention == AttentionKind::csa)
+              idx.push_back(
+                  {lc.idx_kv.as<float>(), lc.idx_gate.as<float>(), lc.idx_entries.as<float>(), e});
+          }
+        }
+      const std::vector<int32_t> counts = {int32_t(comp.size()), int32_t(idx.size())};
+      m.job_slots = int64_t(std::max(comp.size(), idx.size()));
+      if (graph) {
+        if (m.job_slots > n) graph = false;  // cannot happen with rates >= 2; stay eager if so
+        m.job_slots = n;
+        comp.resize(n, CompressJob{});
+        idx.resize(n, CompressJob{});
+      }
+      offs[l].rows = rows_off;
+      offs[l].comp = into.add(comp);
+      offs[l].idx = into.add(idx);
+      offs[l].counts = into.add(counts);
     }
-    offs[l].rows = rows_off;
-    offs[l].comp = pack.add(comp);
-    offs[l].idx = pack.add(idx);
-    offs[l].counts = pack.add(counts);
-  }
+  };
+  // CudaOptions::defer_layer_metadata: a pass that is not a graph's packs and uploads these once
+  // its first kernels are enqueued (the embedding and the first mHC step need only the tokens),
+  // so the GPU runs them while the host packs (a 16K prefill's 1.1 ms of packing left the GPU
+  // idle at the pass's start).
+  const bool defer = defer_layer_metadata_ && !graph;
+  if (!defer) pack_layers(pack);
   // A captured graph reads the layers' metadata at the offsets it was captured with, so
   // everything a graph reads sits at offsets fixed by the row count; the feeds, read before the
   // graph by their own launch, come last (a step fed from picks must not move the layers' rows).
@@ -363,12 +372,36 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
   w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
-  for (int64_t l = 0; l < L; ++l) {
-    w.layers[l].rows = reinterpret_cast<const LayerRow*>(meta + offs[l].rows);
-    w.layers[l].comp_jobs = reinterpret_cast<const CompressJob*>(meta + offs[l].comp);
-    w.layers[l].idx_jobs = reinterpret_cast<const CompressJob*>(meta + offs[l].idx);
-    w.layers[l].job_counts = reinterpret_cast<const int32_t*>(meta + offs[l].counts);
+  auto point_layers = [&](const char* base) {
+    for (int64_t l = 0; l < L; ++l) {
+      w.layers[l].rows = reinterpret_cast<const LayerRow*>(base + offs[l].rows);
+      w.layers[l].comp_jobs = reinterpret_cast<const CompressJob*>(base + offs[l].comp);
+      w.layers[l].idx_jobs = reinterpret_cast<const CompressJob*>(base + offs[l].idx);
+      w.layers[l].job_counts = reinterpret_cast<const int32_t*>(base + offs[l].counts);
+    }
+  };
+  if (!defer) {
+    point_layers(meta);
+  } else {
+    // A second page-locked buffer: the first one's upload may not have run yet.
+    layer_metadata_ = [&] {
+      const Clock::time_point packing = Clock::now();
+      MetaPacker layers(pinned_layer_meta_);
+      pack_layers(layers);
+      char* at = static_cast<char*>(w.grow(w.layer_meta, int64_t(layers.size)));
+      AGENTRT_CUDA_CHECK(cudaMemcpyAsync(at, pinned_layer_meta_.data(), layers.size,
+                                         cudaMemcpyHostToDevice, stream_));
+      // The next call waits for this one before packing into either buffer.
+      AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+      point_layers(at);
+      if (profile_) stage_ms_["host.metadata"] += host_ms(packing);
+    };
   }
+  // The hook captures this call's locals: gone when the call is, whatever happens.
+  struct ClearHook {
+    std::function<void()>& hook;
+    ~ClearHook() { hook = nullptr; }
+  } clear_hook{layer_metadata_};
 
   const int64_t m = int64_t(wanted.size());
   if (graph) {
@@ -716,20 +749,11 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
                     fused_partial, fused_arrived, stream_);
       } else if (one_pass && rows >= kFusedHyperRows &&
                  (!pending || (in == streams && rows == n))) {
-        // CudaOptions::prefill_mhc_chunk: a chunk of rows at a time, so the pre step reads
-        // the streams the post step has just written from the L2.
-        const int64_t chunk = prefill_mhc_chunk_ > 0 ? std::min(prefill_mhc_chunk_, rows) : rows;
-        float* sums = w.f(w.slice_sums, hyper_post_project_floats(chunk, hc, H));
-        const int64_t mw = hyper_mix_width(hc);
-        for (int64_t r0 = 0; r0 < rows; r0 += chunk) {
-          const int64_t r = std::min(chunk, rows - r0);
-          float* chunk_in = in + r0 * hc * H;
-          hyper_post_project(hw, mix + r0 * mw, pending ? pending + r0 * H : nullptr, chunk_in, r,
-                             hc, H, head, sums, stream_);
-          hyper_pre_projected(hw, chunk_in, sums, hyper_post_project_splits(H), r, hc, H, iters,
-                              c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix + r0 * mw,
-                              xo + r0 * H, stream_, prefill_pre_staged_);
-        }
+        float* sums = w.f(w.slice_sums, hyper_post_project_floats(rows, hc, H));
+        hyper_post_project(hw, mix, pending, in, rows, hc, H, head, sums, stream_);
+        hyper_pre_projected(hw, in, sums, hyper_post_project_splits(H), rows, hc, H, iters,
+                            c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix, xo, stream_,
+                            prefill_pre_staged_);
       } else {
         if (pending) hyper_post(mix, pending, n, hc, H, streams, stream_);
         hyper_pre(hw, in, rows, hc, H, iters, c.hc_eps, c.rms_eps, norm, head, head ? nullptr : mix,
@@ -742,6 +766,11 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
     const LayerOnDevice& lw = weights_.layers[l];
     hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x);
     stage("mHC");
+    if (layer_metadata_) {  // the layers' metadata, deferred by run() until now
+      const auto pack_and_upload = std::move(layer_metadata_);
+      layer_metadata_ = nullptr;
+      pack_and_upload();
+    }
     attention(size_t(l), n, y);
     pending = y;
     stage("attn.out");

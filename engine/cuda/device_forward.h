@@ -10,6 +10,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <map>
 #include <memory>
@@ -98,11 +99,6 @@ struct CudaOptions {
   // in one pass over the streams (hyper_post_project), where hyper_post, a float32 GEMM and a
   // sum-of-squares kernel read them three times. Off: those three.
   bool prefill_mhc_pass = true;
-  // That pass and its pre step a chunk of this many rows at a time (0: all rows at once), so the
-  // pre step reads the streams the post step has just written from the L2 (a 16K prefill's
-  // streams are 1 GB a boundary, read back from memory); the same values (each row's sums are
-  // added in a fixed order). Written without a GPU: unmeasured.
-  int64_t prefill_mhc_chunk = 0;
   // That pass's pre step with each row's streams staged in shared memory (three blocks an SM)
   // instead of registers (two, a few spilled); the same values. H100, 16K fp8 prefill: 145.1K
   // tok/s against 143.5K (medians of three interleaved runs, thirty-second session). Off: the
@@ -126,13 +122,20 @@ struct CudaOptions {
   // error already). H200, 16K fp8 prefill: the routed sum 2.0 -> 1.3 ms, the whole prefill
   // within noise (162.7K tok/s against 162.5K). Off: float32.
   bool pair_out_bf16 = true;
-  // GemmPrecision::fp8's grouped routed experts under row scales: the gate/up product reads each
-  // slot's activations from its token's quantised row (ExpertGemm::set_token_rows) instead of a
-  // copy in the slot's row (the gather). Off: the copies. Written without a GPU: unmeasured.
-  bool fp8_token_rows = false;
   // The same path's SwiGLU and token quantisation with a block of 128 threads a row
-  // (ExpertGemm::set_block_rows; the same bytes). Off: a warp a row. Written without a GPU.
-  bool fp8_block_rows = false;
+  // (ExpertGemm::set_block_rows; the same bytes). H100, 16K fp8 prefill: SwiGLU 3.5 -> 1.6 ms,
+  // 169.3K tok/s against 166.5K (means of three interleaved rounds, thirty-third session, call
+  // 2). Off: a warp a row.
+  bool fp8_block_rows = true;
+  // With fp8_block_rows: each token's quantised row written straight into its slots' rows
+  // (ExpertGemm::set_scatter_rows; the same bytes), no copy pass. Off: token rows, then the
+  // copy. Written without a GPU: unmeasured.
+  bool fp8_scatter_rows = false;
+  // Passes that are not CUDA graphs pack and upload the layers' metadata (each row's cache
+  // views, the compressed entries to emit) after enqueueing the embedding and the first mHC
+  // step, which need only the tokens, so the GPU runs those while the host packs. Off: all of
+  // it before the first kernel. Written without a GPU: unmeasured.
+  bool defer_layer_metadata = false;
   // Prefill's Lightning Indexer scores under plain bf16 products (every precision but bf16x2 and
   // f32) on Hopper's warpgroup MMA (indexer_scores_wgmma) instead of mma.sync
   // (indexer_scores_mma_mirrored), where the GPU runs wgmma (CudaOptions::wgmma_attention).
@@ -395,7 +398,7 @@ class DeviceForward {
   int attention_warp_channels_ = 256;    // CudaOptions::attention_warp_channels
   bool wgmma_attention_ = false;         // CudaOptions::wgmma_attention, where the GPU has it
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
-  int64_t prefill_mhc_chunk_ = 0;        // CudaOptions::prefill_mhc_chunk
+  bool defer_layer_metadata_ = false;    // CudaOptions::defer_layer_metadata
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
   bool query_bf16_ = false;              // CudaOptions::query_bf16
@@ -446,6 +449,10 @@ class DeviceForward {
   // ~6 MB of new pages for a 16K prefill: 8.9 ms of page faults before the pass's first upload,
   // thirty-first session), and the event after its copy.
   PinnedBuffer pinned_meta_;
+  // CudaOptions::defer_layer_metadata: the layers' metadata's own page-locked buffer, and run()'s
+  // packing and upload of it, which enqueue() calls before the first attention.
+  PinnedBuffer pinned_layer_meta_;
+  std::function<void()> layer_metadata_;
   cudaEvent_t meta_copied_ = nullptr;
 };
 

@@ -185,9 +185,7 @@ __global__ void __launch_bounds__(128)
 
 // kRowScales: p.row_scales (no promotion; the accumulators span a tile's whole depth).
 // kBf16Out: p.out_bf16 set (a template parameter: the float32 kernels stay the code they were).
-// kXRows: p.x_rows set (row scales only): the producer reads each slot row's activations and
-// scale from its token's row.
-template <bool kRowScales, bool kBf16Out, bool kXRows = false>
+template <bool kRowScales, bool kBf16Out>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_expert_kernel(const __grid_constant__ GroupedExpertProduct p) {
 #ifndef AGENTRT_NO_WGMMA
@@ -245,18 +243,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int32_t* maxes = p.block_max;  // thread 0 and 1: their block's largest codes
     bool scale_valid = false;
     int64_t tile_rows = 0;
-    // kXRows: the x rows of this thread's 8 activation rows (-1: none) and of its scale's row.
-    int32_t x_row[kXRows ? 8 : 1];
-    int32_t scale_row = -1;
     auto start_tile = [&](const Tile& t) {
       a_row = p.x + (t.first + t.m0 + tid / 8) * p.k + c * 16;
       a_rows = int(std::min<int64_t>(8, (t.rows - t.m0 - tid / 8 + 15) / 16));
-      if constexpr (kXRows) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-          x_row[i] = i < a_rows ? __ldg(p.x_rows + t.first + t.m0 + tid / 8 + 16 * i) : -1;
-        scale_row = t.m0 + tid < t.rows ? __ldg(p.x_rows + t.first + t.m0 + tid) : -1;
-      }
       // The second block, where the matrix has no more rows, repeats the first (unused).
       const BlockWeight b0 = weight_of(p, t.a, t.n0),
                         b1 = t.n0 + kBlockRows < p.n ? weight_of(p, t.a, t.n0 + kBlockRows) : b0;
@@ -274,17 +263,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int s = int(j % kStages);
       if (j >= kStages) mbarrier_wait(&empty[s], uint32_t((j / kStages - 1) & 1));
       uint8_t* st = stages + s * kStageBytes;
-      if constexpr (kXRows) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i)
-          cp_async_16(st + kStageA + swizzled(tid / 8 + 16 * i, c),
-                      p.x + int64_t(max(x_row[i], 0)) * p.k + c * 16 + kb * kDepth, x_row[i] >= 0);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i)
-          cp_async_16(st + kStageA + swizzled(tid / 8 + 16 * i, c),
-                      a_row + (i < a_rows ? 16 * i * p.k : 0) + kb * kDepth, i < a_rows);
-      }
+      for (int i = 0; i < 8; ++i)
+        cp_async_16(st + kStageA + swizzled(tid / 8 + 16 * i, c),
+                    a_row + (i < a_rows ? 16 * i * p.k : 0) + kb * kDepth, i < a_rows);
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         cp_async_16(st + kStageRaw + raw_chunk(tid / 4 + 32 * i, q),
@@ -292,9 +274,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t code_offset = kb * (kDepth / fe::kScaleColumns);
       cp_async_4(st + kStageCodes + 4 * tid, w_codes[0] + code_offset);
       cp_async_4(st + kStageCodes + 4 * (kBlockRows + tid), w_codes[1] + code_offset);
-      if constexpr (kXRows)
-        cp_async_4(st + kStageAScale + 4 * tid, p.x_scales + max(scale_row, 0), scale_row >= 0);
-      else if (tid < kTileRows / 4)
+      if (tid < kTileRows / 4)
         cp_async_16(st + kStageAScale + 16 * tid, a_scales + kb * tile_rows, scale_valid);
       if (tid < 2) cp_async_4(st + kStageMaxes + 4 * tid, maxes + kb);
       copies_arrive(&full[s]);
@@ -515,19 +495,13 @@ void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStrea
   if (bf16 == (p.out != nullptr))
     throw std::invalid_argument(
         "grouped_expert_product: exactly one of out (float32) and out_bf16 must be set");
-  if (p.x_rows && !p.row_scales)
-    throw std::invalid_argument(
-        "grouped_expert_product: x_rows (activations read from the tokens' rows) needs row "
-        "scales");
   if (p.tiles <= 0) return;
   if (p.block_max == nullptr)
     throw std::invalid_argument("grouped_expert_product: no block_max scratch");
   block_max_kernel<<<dim3(unsigned(p.n / kBlockRows), unsigned(p.used)), 128, 0, stream>>>(p);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   auto kernel =
-      p.x_rows ? (bf16 ? grouped_expert_kernel<true, true, true>
-                       : grouped_expert_kernel<true, false, true>)
-      : p.row_scales
+      p.row_scales
           ? (bf16 ? grouped_expert_kernel<true, true> : grouped_expert_kernel<true, false>)
           : (bf16 ? grouped_expert_kernel<false, true> : grouped_expert_kernel<false, false>);
   AGENTRT_CUDA_CHECK(

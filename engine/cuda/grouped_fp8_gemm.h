@@ -65,11 +65,6 @@ struct GroupedExpertProduct {
   // ones, so bf16's 2^-9 of a value adds nothing that shows. Last in the struct: the fields above
   // keep their offsets in the kernel's parameters (the float32 kernels' code unchanged).
   __nv_bfloat16* out_bf16 = nullptr;
-  // Set (device, [padded slot rows]): slot row r's activations are row x_rows[r] of x (the
-  // tokens' rows, each quantised once), -1 for a padding row (zeros), and x_scales holds one
-  // scale per x row; row scales only. The producer reads each row where it is, so no copy of the
-  // tokens' rows into their slots (0.8 GB a layer at 16K rows) is made first.
-  const int32_t* x_rows = nullptr;
 };
 
 // The ints block_max holds for `used` experts' n x k matrices.
@@ -86,9 +81,8 @@ bool grouped_expert_product_runs(int device);
 bool grouped_expert_product_fits(int64_t n, int64_t k);
 
 // One launch of at most `blocks` resident blocks (one an SM), each taking tiles in turn. Throws
-// std::invalid_argument for shapes the kernel does not take, an output other than exactly one
-// of out and out_bf16 (either serves both products, with or without out_start), or x_rows
-// without row scales.
+// std::invalid_argument for shapes the kernel does not take, or an output other than exactly one
+// of out and out_bf16 (either serves both products, with or without out_start).
 void grouped_expert_product(const GroupedExpertProduct& p, int blocks, cudaStream_t stream);
 
 }  // namespace agentrt::engine::cuda

@@ -432,10 +432,18 @@ __device__ __forceinline__ void store_runs(const float4 (&v)[2 * kRuns], int e, 
   }
 }
 
-// quantize_tokens_kernel's rows, one block a token.
-template <int kRuns>
+// quantize_tokens_kernel's rows, one block a token. kScatter (ExpertGemm::set_scatter_rows): the
+// codes go straight to the token's k slot rows of xq (pair_slot: each pair's slot) and the scale
+// to those slots' scale entries (store_row_scale's layout), which gather_rows_kernel would copy
+// them to: no token rows, no copy (reading and writing the slots' rows again, 0.8 GB a layer at
+// 16K rows). Padding slot rows are left as they are: their products are never read (the SwiGLU
+// writes zeros for them, the down product stores none).
+template <int kRuns, bool kScatter = false>
 __global__ void __launch_bounds__(kRowThreads)
-    quantize_token_rows_kernel(const float* h, int64_t hidden, uint8_t* tq, float* ts) {
+    quantize_token_rows_kernel(const float* h, int64_t hidden, uint8_t* tq, float* ts,
+                               int64_t k = 0, const int32_t* pair_slot = nullptr,
+                               const int32_t* pad = nullptr, const int32_t* seg = nullptr,
+                               int64_t used = 0) {
   __shared__ float warp_amax[kRowThreads / 32];
   const int64_t t = blockIdx.x, runs = hidden / 8;
   const float* row = h + t * hidden;
@@ -454,8 +462,30 @@ __global__ void __launch_bounds__(kRowThreads)
     amax = fmaxf(amax, fmaxf(lane_amax(v[2 * i]), lane_amax(v[2 * i + 1])));
   }
   const int e = block_scale_exponent(amax, warp_amax);
-  store_runs<kRuns>(v, e, runs, tq + t * hidden);
-  if (threadIdx.x == 0) ts[t] = aq::exp2_exact(e);
+  if constexpr (!kScatter) {
+    store_runs<kRuns>(v, e, runs, tq + t * hidden);
+    if (threadIdx.x == 0) ts[t] = aq::exp2_exact(e);
+  } else {
+    uint2 codes[kRuns];
+#pragma unroll
+    for (int i = 0; i < kRuns; ++i)
+      codes[i] = make_uint2(e4m3_codes(v[2 * i], e), e4m3_codes(v[2 * i + 1], e));
+    for (int64_t j = 0; j < k; ++j) {
+      uint8_t* q_row = tq + int64_t(pair_slot[t * k + j]) * hidden;
+#pragma unroll
+      for (int i = 0; i < kRuns; ++i) {
+        const int64_t r = threadIdx.x + kRowThreads * i;
+        if (r < runs) *reinterpret_cast<uint2*>(q_row + 8 * r) = codes[i];
+      }
+    }
+    // Warp w writes the scales of the token's slots j = w, w + 4, ...
+    const int64_t blocks = hidden / aq::kBlock;
+    for (int64_t j = threadIdx.x / 32; j < k; j += kRowThreads / 32) {
+      const int64_t slot = pair_slot[t * k + j];
+      const Slot sl = find_slot(pad, seg, 0, used, slot);
+      store_row_scale(aq::exp2_exact(e), sl, blocks, slot - sl.local, ts);
+    }
+  }
 }
 
 // swiglu_quantize_kernel's rows under row scales, one block a slot.
@@ -497,13 +527,13 @@ __global__ void __launch_bounds__(kRowThreads)
     store_row_scale(aq::exp2_exact(e), s, inter / aq::kBlock, slot - s.local, as_out);
 }
 
-// set_token_rows: each padded slot row's token (GroupedExpertProduct::x_rows), -1 for padding.
-__global__ void slot_tokens_kernel(const int32_t* order, const int32_t* seg, const int32_t* pad,
-                                   int64_t used, int64_t slots, int64_t k, int32_t* rows) {
+// set_scatter_rows: pair_slot[order[s.pair]] = slot for every pair's slot.
+__global__ void pair_slots_kernel(const int32_t* order, const int32_t* seg, const int32_t* pad,
+                                  int64_t used, int64_t slots, int32_t* pair_slot) {
   const int64_t slot = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (slot >= slots) return;
   const Slot s = find_slot(pad, seg, 0, used, slot);
-  rows[slot] = s.pair >= 0 ? int32_t(order[s.pair] / k) : -1;
+  if (s.pair >= 0) pair_slot[order[s.pair]] = int32_t(slot);
 }
 
 // The runs a thread of a row block takes for rows of `cols` values (8 | cols), 0 where more than
@@ -751,22 +781,30 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
     const int64_t tokens = (seg[used] - seg[0]) / std::max<int64_t>(k, 1);
     tq_.reserve(tokens * hidden);
     ts_.reserve(tokens * 4);
-    if (block_rows_ && row_runs(hidden) > 0 && tokens > 0)
+    const bool blocks = block_rows_ && row_runs(hidden) > 0 && tokens > 0;
+    if (blocks && scatter_rows_) {
+      // Each token's codes and scale written straight into its slots.
+      pair_slot_.reserve(tokens * k * 4);
+      pair_slots_kernel<<<unsigned((slots + 255) / 256), 256, 0, stream>>>(
+          s.order, s.seg_start, d_pad, used, slots, pair_slot_.as<int32_t>());
+      AGENTRT_CUDA_CHECK(cudaGetLastError());
       with_runs(row_runs(hidden), [&](auto runs) {
-        quantize_token_rows_kernel<decltype(runs)::value>
-            <<<unsigned(tokens), kRowThreads, 0, stream>>>(h, hidden, tq_.as<uint8_t>(),
-                                                           ts_.as<float>());
+        quantize_token_rows_kernel<decltype(runs)::value, true>
+            <<<unsigned(tokens), kRowThreads, 0, stream>>>(
+                h, hidden, x_.as<uint8_t>(), xs_.as<float>(), k, pair_slot_.as<int32_t>(), d_pad,
+                s.seg_start, used);
       });
-    else
-      quantize_tokens_kernel<<<warp_grid(tokens), 256, 0, stream>>>(
-          h, tokens, hidden, tq_.as<uint8_t>(), ts_.as<float>());
-    AGENTRT_CUDA_CHECK(cudaGetLastError());
-    if (token_rows_) {
-      // The product reads the tokens' rows where they are: only each slot's token is written.
-      x_rows_.reserve(std::max(slots, most_slots) * 4);
-      slot_tokens_kernel<<<unsigned((slots + 255) / 256), 256, 0, stream>>>(
-          s.order, s.seg_start, d_pad, used, slots, k, x_rows_.as<int32_t>());
     } else {
+      if (blocks)
+        with_runs(row_runs(hidden), [&](auto runs) {
+          quantize_token_rows_kernel<decltype(runs)::value>
+              <<<unsigned(tokens), kRowThreads, 0, stream>>>(h, hidden, tq_.as<uint8_t>(),
+                                                             ts_.as<float>());
+        });
+      else
+        quantize_tokens_kernel<<<warp_grid(tokens), 256, 0, stream>>>(
+            h, tokens, hidden, tq_.as<uint8_t>(), ts_.as<float>());
+      AGENTRT_CUDA_CHECK(cudaGetLastError());
       gather_rows_kernel<<<warp_grid(slots), 256, 0, stream>>>(
           tq_.as<uint8_t>(), ts_.as<float>(), s.order, s.seg_start, d_pad, 0, used, slots, k,
           hidden, x_.as<uint8_t>(), xs_.as<float>());
@@ -779,10 +817,8 @@ void ExpertGemm::run_fp8_grouped(const ExpertsDevice& e, const ExpertSegments& s
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   mark("moe.experts.gather");
   GroupedExpertProduct up;
-  const bool token_rows = rs && token_rows_;
-  up.x = token_rows ? tq_.as<uint8_t>() : x_.as<uint8_t>();
-  up.x_scales = token_rows ? ts_.as<float>() : xs_.as<float>();
-  up.x_rows = token_rows ? x_rows_.as<int32_t>() : nullptr;
+  up.x = x_.as<uint8_t>();
+  up.x_scales = xs_.as<float>();
   up.pad = d_pad;
   up.tile_start = d_pad + (used + 1);
   up.active = s.active;

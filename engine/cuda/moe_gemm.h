@@ -95,17 +95,17 @@ class ExpertGemm {
   // default; the other paths ignore it (and return false). Written without a GPU: unmeasured.
   void set_pair_out_bf16(bool on) { pair_out_bf16_ = on; }
 
-  // fp8_grouped's path under row scales: the gate/up product reads each slot's activations from
-  // its token's quantised row (GroupedExpertProduct::x_rows) instead of a copy of it in the
-  // slot's row (the gather, 0.8 GB a layer at 16K rows); the same bytes reach the tensor cores.
-  // Off by default. Written without a GPU: unmeasured.
-  void set_token_rows(bool on) { token_rows_ = on; }
-
   // fp8_grouped's path under row scales: the SwiGLU and the tokens' quantisation take a block of
   // 128 threads a row (16 or 32 values a thread) instead of one warp holding the whole row (216
   // and 180 registers, one block of 8 warps an SM: the SwiGLU took 3.5 ms of a 16K prefill for
   // ~1 GB a layer); the same codes and scales. Off by default. Written without a GPU: unmeasured.
   void set_block_rows(bool on) { block_rows_ = on; }
+
+  // With set_block_rows: each token's quantised row goes straight into its slots' rows (and its
+  // scale into theirs) instead of a token row that a second pass copies into the slots (0.8 GB
+  // read and written a layer at 16K rows); the same bytes in every pair's slot row. Off by
+  // default. Written without a GPU: unmeasured.
+  void set_scatter_rows(bool on) { scatter_rows_ = on; }
 
   // Whether fp4_gemm.cu's kernel takes these experts' shapes (when asked for).
   static bool fp4_gemm_fits(const ExpertsDevice& e, int64_t inter, int64_t hidden);
@@ -152,8 +152,8 @@ class ExpertGemm {
   bool fp8_row_scales_ = false;   // the constructor's
   bool gate_up_bf16_ = false;     // set_gate_up_bf16's
   bool pair_out_bf16_ = false;    // set_pair_out_bf16's
-  bool token_rows_ = false;       // set_token_rows's
   bool block_rows_ = false;       // set_block_rows's
+  bool scatter_rows_ = false;     // set_scatter_rows's
   int sms_ = 0;                   // the device's multiprocessors (the grouped kernel's grid)
   cudaStream_t fp8_side_ = nullptr;
   cudaEvent_t fp8_fork_ = nullptr, fp8_join_ = nullptr;
@@ -176,7 +176,7 @@ class ExpertGemm {
   DeviceBuffer q13_[2], q2_[2], s13_[2], s2_[2], xs_, as_, pad_;
   DeviceBuffer block_max_;  // run_fp8_grouped's weight blocks' largest codes
   DeviceBuffer tq_, ts_;    // its tokens' rows quantised once under row scales, their scales
-  DeviceBuffer x_rows_;     // set_token_rows: each padded slot row's token (-1: padding)
+  DeviceBuffer pair_slot_;  // set_scatter_rows: each pair's slot row
   std::function<void(const char*)> mark_;
   int64_t min_rows_, chunk_bytes_;
   bool fp4_kernel_ = false;

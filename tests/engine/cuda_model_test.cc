@@ -166,51 +166,72 @@ TEST(CudaOptions, SpareCachesGiveTheLogitsOfNewOnes) {
 #endif
 }
 
-// The prefill's mHC pass a chunk of rows at a time (CudaOptions::prefill_mhc_chunk) gives the
-// logits of all rows at once, bit for bit: a 400-row prefill (past the fused path's 256 rows) in
-// chunks of 96 (the last one short) and of 400, then decode steps; a negative chunk is refused.
-// Each also checks a prefill wanting only its last row's logits against the all-rows pass.
-TEST(CudaOptions, MhcChunksGiveTheSameLogits) {
+// A prefill wanting only its last row's logits runs the last post step on that row alone (its
+// streams) and the head on one row: the logits of the all-rows pass's last row, within the
+// head's own rounding (400 rows: past the fused mHC path's 256).
+TEST(CudaModel, PrefillOfItsLastRowMatchesTheAllRowsPass) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
-  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_mhc_chunks";
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_last_row";
   testing::write_small_fp8_model(dir, 11);
   std::mt19937 rng(6);
-  std::vector<int32_t> ids(404);
+  std::vector<int32_t> ids(400);
+  for (auto& t : ids) t = int32_t(rng() % 3000);
+  const auto gpu = load_cuda_model(dir, {Device::cuda}, {});
+  const std::vector<float> all = gpu->new_sequence()->forward(ids, true);
+  const std::vector<float> last = gpu->new_sequence()->forward(ids);
+  ASSERT_EQ(all.size(), 400 * last.size());
+  const std::span<const float> all_last = std::span(all).last(last.size());
+  float most = 0.0f, off = 0.0f;
+  for (size_t i = 0; i < last.size(); ++i) {
+    most = std::max(most, std::fabs(all_last[i]));
+    off = std::max(off, std::fabs(last[i] - all_last[i]));
+  }
+  EXPECT_LE(off, 1e-3f * most);
+  std::filesystem::remove_all(dir);
+#endif
+}
+
+// The layers' metadata packed and uploaded after the first kernels are enqueued
+// (CudaOptions::defer_layer_metadata) gives the same logits, bit for bit: two prefills of 300
+// and 100 rows on one sequence, a second sequence's prefill, and decode steps (graphs, whose
+// metadata is never deferred, and eager steps with graphs off).
+TEST(CudaOptions, DeferredLayerMetadataGivesTheSameLogits) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_deferred_metadata";
+  testing::write_small_fp8_model(dir, 12);
+  std::mt19937 rng(8);
+  std::vector<int32_t> ids(410);
   for (auto& t : ids) t = int32_t(rng() % 3000);
   std::vector<std::vector<float>> logits;
-  for (const int64_t chunk : {0, 96, 400}) {
-    cuda::CudaOptions options;
-    options.prefill_mhc_chunk = chunk;
-    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
-    auto seq = gpu->new_sequence();
-    std::vector<float> got = seq->forward(std::span(ids).first(400), true);
-    // Only the last row wanted: the final post step runs on that row alone (its streams), the
-    // head on one row: within the head's own rounding of the all-rows pass's last row.
-    const std::vector<float> last = gpu->new_sequence()->forward(std::span(ids).first(400));
-    const std::span<const float> all_last = std::span(got).last(last.size());
-    float most = 0.0f, off = 0.0f;
-    for (size_t i = 0; i < last.size(); ++i) {
-      most = std::max(most, std::fabs(all_last[i]));
-      off = std::max(off, std::fabs(last[i] - all_last[i]));
+  for (const bool graphs : {true, false})
+    for (const bool defer : {false, true}) {
+      cuda::CudaOptions options;
+      options.defer_layer_metadata = defer;
+      options.graphs = graphs;
+      const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+      auto seq = gpu->new_sequence();
+      std::vector<float> got = seq->forward(std::span(ids).first(300), true);
+      const auto more = seq->forward(std::span(ids).subspan(300, 100), true);
+      got.insert(got.end(), more.begin(), more.end());
+      for (size_t p = 400; p < 410; ++p) {
+        const auto step = seq->forward(std::span(ids).subspan(p, 1));
+        got.insert(got.end(), step.begin(), step.end());
+      }
+      const auto other = gpu->new_sequence()->forward(std::span(ids).first(200));
+      got.insert(got.end(), other.begin(), other.end());
+      logits.push_back(std::move(got));
     }
-    EXPECT_LE(off, 1e-3f * most) << "the last row's logits alone, chunk " << chunk;
-    for (size_t p = 400; p < 404; ++p) {
-      const auto step = seq->forward(std::span(ids).subspan(p, 1));
-      got.insert(got.end(), step.begin(), step.end());
-    }
-    logits.push_back(std::move(got));
-  }
-  for (size_t m = 1; m < logits.size(); ++m) {
-    ASSERT_EQ(logits[0].size(), logits[m].size());
+  for (size_t m : {1, 3}) {
+    ASSERT_EQ(logits[m - 1].size(), logits[m].size());
     size_t differ = 0;
-    for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[m][i];
-    EXPECT_EQ(differ, 0u) << differ << " logits differ in chunks (mode " << m << ")";
+    for (size_t i = 0; i < logits[m].size(); ++i) differ += logits[m - 1][i] != logits[m][i];
+    EXPECT_EQ(differ, 0u) << differ << " logits differ with the metadata deferred (graphs "
+                          << (m == 1) << ")";
   }
-  cuda::CudaOptions bad;
-  bad.prefill_mhc_chunk = -1;
-  EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
   std::filesystem::remove_all(dir);
 #endif
 }
