@@ -60,10 +60,10 @@
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--fp8-block-rows 0] (fp8 prefill's grouped experts: the SwiGLU and token
 //                     quantisation a warp a row, not a block, CudaOptions::fp8_block_rows)
-//                     [--defer-metadata 1] (the layers' metadata packed and uploaded after the
-//                     first kernels are enqueued, CudaOptions::defer_layer_metadata)
-//                     [--fp8-scatter-rows 1] (with block rows: tokens' rows quantised straight
-//                     into their slots, CudaOptions::fp8_scatter_rows)
+//                     [--defer-metadata 0] (the layers' metadata packed and uploaded before the
+//                     first kernel, not after the first ones, CudaOptions::defer_layer_metadata)
+//                     [--fp8-scatter-rows 0] (with block rows: tokens' rows quantised into
+//                     token rows and copied to their slots, CudaOptions::fp8_scatter_rows)
 //                     [--tensor-map 1] (decode's FP8 tensor-core products: one tensor copy
 //                     a stage, CudaOptions::tensor_map_copies)
 //                     [--sum-group N] (those products' cross-warp sums: one barrier per N
