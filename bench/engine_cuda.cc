@@ -60,6 +60,10 @@
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--fp8-block-rows 0] (fp8 prefill's grouped experts: the SwiGLU and token
 //                     quantisation a warp a row, not a block, CudaOptions::fp8_block_rows)
+//                     [--shared-fp8-rows 1] (fp8 prefill's shared expert: the SwiGLU writes the
+//                     down product's e4m3 rows, CudaOptions::shared_fp8_rows)
+//                     [--shared-gate-up-bf16 1] (with it: the gate and up products as bf16,
+//                     CudaOptions::shared_gate_up_bf16)
 //                     [--defer-metadata 0] (the layers' metadata packed and uploaded before the
 //                     first kernel, not after the first ones, CudaOptions::defer_layer_metadata)
 //                     [--fp8-scatter-rows 0] (with block rows: tokens' rows quantised into
@@ -409,6 +413,10 @@ int main(int argc, char** argv) {
       options.gate_up_bf16 = v == "1";
     else if (k == "--fp8-block-rows")
       options.fp8_block_rows = v == "1";
+    else if (k == "--shared-fp8-rows")
+      options.shared_fp8_rows = v == "1";
+    else if (k == "--shared-gate-up-bf16")
+      options.shared_gate_up_bf16 = v == "1";
     else if (k == "--defer-metadata")
       options.defer_layer_metadata = v == "1";
     else if (k == "--fp8-scatter-rows")

@@ -16,6 +16,7 @@
 #include "engine/cuda/hyper_prefill.h"
 #include "engine/cuda/indexer_wgmma.h"
 #include "engine/cuda/kernels.h"
+#include "engine/cuda/swiglu_rows.h"
 #include "engine/cuda/wgmma_runs.h"
 
 namespace agentrt::engine::cuda {
@@ -138,6 +139,8 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       wgmma_attention_(options.wgmma_attention),
       prefill_mhc_pass_(options.prefill_mhc_pass),
       defer_layer_metadata_(options.defer_layer_metadata),
+      shared_fp8_rows_(options.shared_fp8_rows),
+      shared_gate_up_bf16_(options.shared_gate_up_bf16),
       prefill_pre_staged_(options.prefill_pre_staged),
       attention_fp8_out_(options.attention_fp8_out),
       query_bf16_(options.query_bf16),
@@ -1116,12 +1119,32 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   float* g = w.f(w.gate, n * si);
   float* u = w.f(w.up, n * si);
   float* a = w.f(w.act, n * si);
-  const LinearRunner::Product gate_up[] = {{lw.shared.w1->view(), g}, {lw.shared.w3->view(), u}};
+  const WeightMatrix w1 = lw.shared.w1->view(), w2 = lw.shared.w2->view(),
+                     w3 = lw.shared.w3->view();
   repeatable("shared", [&] {
     if (routed_blocks > 0) linear_.set_max_blocks(shared_expert_blocks_);
+    // CudaOptions::shared_fp8_rows: the SwiGLU writes w2's e4m3 rows (the room is asked for
+    // once before the gate/up products, whose input staging it would share, to know it is
+    // there), from bf16 gate and up rows where their FP8 GEMMs write bf16.
+    const bool rows8 = shared_fp8_rows_ && linear_.fp8_rows_room(w2, 1, n, out, H, ss);
+    const bool bf16 = rows8 && shared_gate_up_bf16_ && linear_.fp8_writes_bf16(w1, n, g, ss) &&
+                      linear_.fp8_writes_bf16(w3, n, u, ss);
+    const LinearRunner::Product gate_up[] = {{w1, g, bf16}, {w3, u, bf16}};
     linear_.run_same_input(gate_up, x, n, ss);
-    swiglu(g, u, n * si, c.swiglu_limit, a, ss);
-    linear_.run(lw.shared.w2->view(), a, n, out, ss);
+    if (rows8) {
+      const auto room = linear_.fp8_rows_room(w2, 1, n, out, H, ss);
+      if (!room) throw std::logic_error("cuda shared expert: w2's FP8 rows went away");
+      if (bf16)
+        swiglu_quantize_rows(reinterpret_cast<const __nv_bfloat16*>(g),
+                             reinterpret_cast<const __nv_bfloat16*>(u), n, si, c.swiglu_limit,
+                             *room, ss);
+      else
+        swiglu_quantize_rows(g, u, n, si, c.swiglu_limit, *room, ss);
+      linear_.run_grouped_quantised(w2, 1, *room, n, out, H, ss);
+    } else {
+      swiglu(g, u, n * si, c.swiglu_limit, a, ss);
+      linear_.run(w2, a, n, out, ss);
+    }
     linear_.set_max_blocks(0);
   });
 

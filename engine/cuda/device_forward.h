@@ -138,6 +138,14 @@ struct CudaOptions {
   // it before the first kernel. H200, 16K fp8 prefill: 175.7K tok/s against 173.7K (means of
   // three interleaved rounds, thirty-third session, call 3). Off: all of it first.
   bool defer_layer_metadata = true;
+  // GemmPrecision::fp8 prefill's shared expert: the SwiGLU writes the down product's e4m3 rows
+  // and scales (swiglu_rows.h: the bytes its quantiser would write from swiglu()'s float32
+  // rows) instead of float32 rows the quantiser reads back. Off: float32 rows. Written without a
+  // GPU: unmeasured.
+  bool shared_fp8_rows = false;
+  // With shared_fp8_rows: the gate and up products written as bf16 (LinearRunner's bf16_out),
+  // half the bytes the SwiGLU reads; e4m3's 4 significant bits follow. Off: float32.
+  bool shared_gate_up_bf16 = false;
   // Prefill's Lightning Indexer scores under plain bf16 products (every precision but bf16x2 and
   // f32) on Hopper's warpgroup MMA (indexer_scores_wgmma) instead of mma.sync
   // (indexer_scores_mma_mirrored), where the GPU runs wgmma (CudaOptions::wgmma_attention).
@@ -401,6 +409,8 @@ class DeviceForward {
   bool wgmma_attention_ = false;         // CudaOptions::wgmma_attention, where the GPU has it
   bool prefill_mhc_pass_ = true;         // CudaOptions::prefill_mhc_pass
   bool defer_layer_metadata_ = false;    // CudaOptions::defer_layer_metadata
+  bool shared_fp8_rows_ = false;         // CudaOptions::shared_fp8_rows
+  bool shared_gate_up_bf16_ = false;     // CudaOptions::shared_gate_up_bf16
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
   bool query_bf16_ = false;              // CudaOptions::query_bf16

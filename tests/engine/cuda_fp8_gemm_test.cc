@@ -471,11 +471,12 @@ TEST_F(CudaFp8Gemm, ProductsWrittenAsBf16AreTheFloatProductsRounded) {
 }
 
 // The prefill's bf16 intermediates (CudaOptions::query_bf16: wq_b's output; pair_out_bf16: the
-// routed experts' pair rows) keep the fp8 prefill as near the CPU's float32 logits as float32
-// intermediates do: bf16 keeps 8 significant bits where e4m3's products keep 4. Against each
-// other the two differ more than either's own rounding (the H200 measured a median of 0.10 for
-// the query): in a random model a small change flips near-tied indexer and expert choices, so
-// the bound is on each one's distance from the CPU (a model with the wgmma attention's shapes).
+// routed experts' pair rows; shared_gate_up_bf16: the shared expert's gate and up rows) keep the
+// fp8 prefill as near the CPU's float32 logits as float32 intermediates do: bf16 keeps 8
+// significant bits where e4m3's products keep 4. Against each other the two differ more than
+// either's own rounding (the H200 measured a median of 0.10 for the query): in a random model a
+// small change flips near-tied indexer and expert choices, so the bound is on each one's distance
+// from the CPU (a model with the wgmma attention's shapes).
 TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
   if (!wgmma_runs_here())
     GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
@@ -485,13 +486,16 @@ TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
   const auto cpu = Model::load(dir, {Device::cpu, 0});
   const auto want = cpu->new_sequence()->forward(ids, true);
   const int64_t V = cpu->vocab_size();
-  double medians[3] = {};
-  const char* names[3] = {"float32 intermediates", "bf16 query", "bf16 pair rows"};
-  for (int mode = 0; mode < 3; ++mode) {
+  double medians[4] = {};
+  const char* names[4] = {"float32 intermediates", "bf16 query", "bf16 pair rows",
+                          "bf16 shared gate/up"};
+  for (int mode = 0; mode < 4; ++mode) {
     cuda::CudaOptions options;
     options.precision = cuda::GemmPrecision::fp8;
     options.query_bf16 = mode == 1;
     options.pair_out_bf16 = mode == 2;
+    options.shared_fp8_rows = mode == 3;
+    options.shared_gate_up_bf16 = mode == 3;
     const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
     const auto got = gpu->new_sequence()->forward(ids, true);
     std::vector<double> errors;
@@ -502,7 +506,7 @@ TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
     std::printf("[ fp8 prefill, %s ] rel L2 vs CPU median %.3g worst %.3g\n", names[mode],
                 medians[mode], errors.back());
   }
-  for (int mode = 1; mode < 3; ++mode)
+  for (int mode = 1; mode < 4; ++mode)
     EXPECT_LE(medians[mode], 1.25 * medians[0] + 0.02)
         << names[mode] << " moved the logits away from the CPU's";
   std::filesystem::remove_all(dir);
@@ -542,6 +546,40 @@ TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
   std::printf("[ attention fp8 out ] %lld of %zu logits differ, worst rel L2 %.3g\n",
               (long long)differ, logits[0].size(), worst);
   EXPECT_LE(worst, 1e-6) << "the logits moved with the attention writing wo_a's rows";
+  std::filesystem::remove_all(dir);
+}
+
+// The shared expert's SwiGLU writing w2's e4m3 rows itself (CudaOptions::shared_fp8_rows, float32
+// gate and up rows) gives the prefill's logits bit for bit: swiglu_rows.h writes the bytes
+// swiglu() and the GEMM's quantiser would. 300 rows (a whole-rows GEMM and a tail).
+TEST_F(CudaFp8Gemm, SharedExpertWritingW2sRowsGivesTheSameLogits) {
+  if (!wgmma_runs_here()) GTEST_SKIP() << "the fp8 prefill's paths need compute capability 9.0";
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_shared_fp8_rows";
+  testing::write_wgmma_shaped_model(dir, 7);
+  const std::vector<int32_t> ids = testing::random_ids(300, 15);
+  std::vector<std::vector<float> > logits;
+  std::vector<int64_t> fp8_products;
+  for (bool rows8 : {false, true}) {
+    cuda::CudaOptions options;
+    options.precision = cuda::GemmPrecision::fp8;
+    options.shared_fp8_rows = rows8;
+    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
+    logits.push_back(gpu->new_sequence()->forward(ids, true));
+    fp8_products.push_back(cuda_fp8_counts(*gpu).fp8);
+  }
+  EXPECT_GT(fp8_products[0], 0);
+  EXPECT_EQ(fp8_products[0], fp8_products[1]) << "w2 left the FP8 GEMMs";
+  ASSERT_EQ(logits[0].size(), logits[1].size());
+  // Bit for bit where the rest of the pass is deterministic; bounded tightly either way.
+  int64_t differ = 0;
+  for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[1][i];
+  const int64_t V = int64_t(logits[0].size() / ids.size());
+  double worst = 0;
+  for (size_t p = 0; p < ids.size(); ++p)
+    worst = std::max(worst, testing::rel_l2(&logits[1][p * V], &logits[0][p * V], V));
+  std::printf("[ shared fp8 rows ] %lld of %zu logits differ, worst rel L2 %.3g\n",
+              (long long)differ, logits[0].size(), worst);
+  EXPECT_LE(worst, 1e-6) << "the logits moved with the SwiGLU writing w2's rows";
   std::filesystem::remove_all(dir);
 }
 
