@@ -512,75 +512,56 @@ TEST_F(CudaFp8Gemm, Bf16IntermediatesStayAsNearTheCpu) {
   std::filesystem::remove_all(dir);
 }
 
-// The wgmma attention writing wo_a's e4m3 rows itself (CudaOptions::attention_fp8_out) gives
-// the prefill's logits bit for bit: it writes the bytes the GEMM's quantiser would (that
-// kernel's own test, CudaKernels.AttentionOnWarpgroupMmaMatchesTheMmaKernel). A model with the
-// GPU attention's shapes (64 heads of 512, wo_a in 8 groups of 128 rows), 300 rows (a whole-rows
-// GEMM and a tail).
-TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
-  if (!wgmma_runs_here())
-    GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
-  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_fp8_out";
-  testing::write_wgmma_shaped_model(dir, 5);
-  const std::vector<int32_t> ids = testing::random_ids(300, 13);
+// A 300-row fp8 prefill's logits (a whole-rows GEMM and a tail) of a model with the GPU
+// attention's shapes (64 heads of 512, wo_a in 8 groups of 128 rows), with a path that writes a
+// GEMM's e4m3 rows itself off and on (set(options, on)): bit for bit where the rest of the pass
+// is deterministic, bounded tightly either way, and as many FP8 products.
+void expect_same_fp8_logits(const char* tag, uint32_t seed, void (*set)(cuda::CudaOptions&, bool)) {
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("agentrt_cuda_fp8_logits_" + std::to_string(seed));
+  testing::write_wgmma_shaped_model(dir, seed);
+  const std::vector<int32_t> ids = testing::random_ids(300, seed + 8);
   std::vector<std::vector<float> > logits;
   std::vector<int64_t> fp8_products;
-  for (bool fp8_out : {false, true}) {
+  for (bool on : {false, true}) {
     cuda::CudaOptions options;
     options.precision = cuda::GemmPrecision::fp8;
-    options.attention_fp8_out = fp8_out;
+    set(options, on);
     const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
     logits.push_back(gpu->new_sequence()->forward(ids, true));
     fp8_products.push_back(cuda_fp8_counts(*gpu).fp8);
   }
   EXPECT_GT(fp8_products[0], 0);
-  EXPECT_EQ(fp8_products[0], fp8_products[1]) << "wo_a left the FP8 GEMMs";
+  EXPECT_EQ(fp8_products[0], fp8_products[1]) << "a product left the FP8 GEMMs";
   ASSERT_EQ(logits[0].size(), logits[1].size());
-  // Bit for bit where the rest of the pass is deterministic; bounded tightly either way.
   int64_t differ = 0;
   for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[1][i];
   const int64_t V = int64_t(logits[0].size() / ids.size());
   double worst = 0;
   for (size_t p = 0; p < ids.size(); ++p)
     worst = std::max(worst, testing::rel_l2(&logits[1][p * V], &logits[0][p * V], V));
-  std::printf("[ attention fp8 out ] %lld of %zu logits differ, worst rel L2 %.3g\n",
-              (long long)differ, logits[0].size(), worst);
-  EXPECT_LE(worst, 1e-6) << "the logits moved with the attention writing wo_a's rows";
+  std::printf("[ %s ] %lld of %zu logits differ, worst rel L2 %.3g\n", tag, (long long)differ,
+              logits[0].size(), worst);
+  EXPECT_LE(worst, 1e-6) << "the logits moved with " << tag;
   std::filesystem::remove_all(dir);
 }
 
+// The wgmma attention writing wo_a's e4m3 rows itself (CudaOptions::attention_fp8_out) gives
+// the prefill's logits bit for bit: it writes the bytes the GEMM's quantiser would (that
+// kernel's own test, CudaKernels.AttentionOnWarpgroupMmaMatchesTheMmaKernel).
+TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
+  if (!wgmma_runs_here())
+    GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
+  expect_same_fp8_logits("attention fp8 out", 5,
+                         [](cuda::CudaOptions& o, bool on) { o.attention_fp8_out = on; });
+}
+
 // The shared expert's SwiGLU writing w2's e4m3 rows itself (CudaOptions::shared_fp8_rows, float32
-// gate and up rows) gives the prefill's logits bit for bit: swiglu_rows.h writes the bytes
-// swiglu() and the GEMM's quantiser would. 300 rows (a whole-rows GEMM and a tail).
+// gate and up rows) likewise: swiglu_rows.h writes the bytes swiglu() and the quantiser would.
 TEST_F(CudaFp8Gemm, SharedExpertWritingW2sRowsGivesTheSameLogits) {
   if (!wgmma_runs_here()) GTEST_SKIP() << "the fp8 prefill's paths need compute capability 9.0";
-  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_shared_fp8_rows";
-  testing::write_wgmma_shaped_model(dir, 7);
-  const std::vector<int32_t> ids = testing::random_ids(300, 15);
-  std::vector<std::vector<float> > logits;
-  std::vector<int64_t> fp8_products;
-  for (bool rows8 : {false, true}) {
-    cuda::CudaOptions options;
-    options.precision = cuda::GemmPrecision::fp8;
-    options.shared_fp8_rows = rows8;
-    const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
-    logits.push_back(gpu->new_sequence()->forward(ids, true));
-    fp8_products.push_back(cuda_fp8_counts(*gpu).fp8);
-  }
-  EXPECT_GT(fp8_products[0], 0);
-  EXPECT_EQ(fp8_products[0], fp8_products[1]) << "w2 left the FP8 GEMMs";
-  ASSERT_EQ(logits[0].size(), logits[1].size());
-  // Bit for bit where the rest of the pass is deterministic; bounded tightly either way.
-  int64_t differ = 0;
-  for (size_t i = 0; i < logits[0].size(); ++i) differ += logits[0][i] != logits[1][i];
-  const int64_t V = int64_t(logits[0].size() / ids.size());
-  double worst = 0;
-  for (size_t p = 0; p < ids.size(); ++p)
-    worst = std::max(worst, testing::rel_l2(&logits[1][p * V], &logits[0][p * V], V));
-  std::printf("[ shared fp8 rows ] %lld of %zu logits differ, worst rel L2 %.3g\n",
-              (long long)differ, logits[0].size(), worst);
-  EXPECT_LE(worst, 1e-6) << "the logits moved with the SwiGLU writing w2's rows";
-  std::filesystem::remove_all(dir);
+  expect_same_fp8_logits("shared fp8 rows", 7,
+                         [](cuda::CudaOptions& o, bool on) { o.shared_fp8_rows = on; });
 }
 
 // ---- MXFP4 experts as e4m3 with 128 x 128 block scales (fp4_e4m3.h, moe_fp8.cu) ----
