@@ -383,28 +383,21 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       w.layers[l].job_counts = reinterpret_cast<const int32_t*>(base + offs[l].counts);
     }
   };
-  if (!defer) {
-    point_layers(meta);
-  } else {
-    // A second page-locked buffer: the first one's upload may not have run yet.
-    layer_metadata_ = [&] {
-      const Clock::time_point packing = Clock::now();
-      MetaPacker layers(pinned_layer_meta_);
-      pack_layers(layers);
-      char* at = static_cast<char*>(w.grow(w.layer_meta, int64_t(layers.size)));
-      AGENTRT_CUDA_CHECK(cudaMemcpyAsync(at, pinned_layer_meta_.data(), layers.size,
-                                         cudaMemcpyHostToDevice, stream_));
-      // The next call waits for this one before packing into either buffer.
-      AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
-      point_layers(at);
-      if (profile_) stage_ms_["host.metadata"] += host_ms(packing);
-    };
-  }
-  // The hook captures this call's locals: gone when the call is, whatever happens.
-  struct ClearHook {
-    std::function<void()>& hook;
-    ~ClearHook() { hook = nullptr; }
-  } clear_hook{layer_metadata_};
+  if (!defer) point_layers(meta);
+  // The deferred packing and upload, which enqueue() calls before the first attention; into a
+  // second page-locked buffer: the first one's upload may not have run yet.
+  const std::function<void()> layer_metadata = [&] {
+    const Clock::time_point packing = Clock::now();
+    MetaPacker layers(pinned_layer_meta_);
+    pack_layers(layers);
+    char* at = static_cast<char*>(w.grow(w.layer_meta, int64_t(layers.size)));
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(at, pinned_layer_meta_.data(), layers.size,
+                                       cudaMemcpyHostToDevice, stream_));
+    // The next call waits for this one before packing into either buffer.
+    AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+    point_layers(at);
+    if (profile_) stage_ms_["host.metadata"] += host_ms(packing);
+  };
 
   const int64_t m = int64_t(wanted.size());
   if (graph) {
@@ -437,7 +430,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       graphs_by_shape_[key] = step;
     }
   } else {
-    enqueue(n, wanted);
+    enqueue(n, wanted, defer ? &layer_metadata : nullptr);
   }
   last_wanted_ = m;
   if (m == 0 || !logits) {
@@ -695,7 +688,8 @@ std::span<const DeviceForward::Sorted> DeviceForward::sorted_allowed(
   return out;
 }
 
-void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
+void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
+                            const std::function<void()>* layer_metadata) {
   current_rows_ = n;
   const ForwardConfig& c = config_;
   Workspace& w = *ws_;
@@ -769,11 +763,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted) {
     const LayerOnDevice& lw = weights_.layers[l];
     hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x);
     stage("mHC");
-    if (layer_metadata_) {  // the layers' metadata, deferred by run() until now
-      const auto pack_and_upload = std::move(layer_metadata_);
-      layer_metadata_ = nullptr;
-      pack_and_upload();
-    }
+    if (l == 0 && layer_metadata) (*layer_metadata)();  // deferred by run() until now
     attention(size_t(l), n, y);
     pending = y;
     stage("attn.out");

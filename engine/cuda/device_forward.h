@@ -371,7 +371,10 @@ class DeviceForward {
   struct Workspace;
   void attention(size_t l, int64_t n, float* out);
   void moe(size_t l, int64_t n, float* out);
-  void enqueue(int64_t n, const std::vector<int64_t>& wanted);
+  // layer_metadata (CudaOptions::defer_layer_metadata): run() packs and uploads the layers'
+  // metadata there, called before the first attention.
+  void enqueue(int64_t n, const std::vector<int64_t>& wanted,
+               const std::function<void()>* layer_metadata = nullptr);
   // The call's metadata in pinned memory, for its upload.
   const char* pinned_metadata(const std::vector<char>& bytes);
   // A logits row the last run left on the device.
@@ -461,10 +464,8 @@ class DeviceForward {
   // ~6 MB of new pages for a 16K prefill: 8.9 ms of page faults before the pass's first upload,
   // thirty-first session), and the event after its copy.
   PinnedBuffer pinned_meta_;
-  // CudaOptions::defer_layer_metadata: the layers' metadata's own page-locked buffer, and run()'s
-  // packing and upload of it, which enqueue() calls before the first attention.
+  // CudaOptions::defer_layer_metadata: the layers' metadata's own page-locked buffer.
   PinnedBuffer pinned_layer_meta_;
-  std::function<void()> layer_metadata_;
   cudaEvent_t meta_copied_ = nullptr;
 };
 
