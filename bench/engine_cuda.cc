@@ -60,8 +60,9 @@
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--fp8-block-rows 0] (fp8 prefill's grouped experts: the SwiGLU and token
 //                     quantisation a warp a row, not a block, CudaOptions::fp8_block_rows)
-//                     [--shared-fp8-rows 1] (fp8 prefill's shared expert: the SwiGLU writes the
-//                     down product's e4m3 rows, CudaOptions::shared_fp8_rows)
+//                     [--shared-fp8-rows 0] (fp8 prefill's shared expert: float32 SwiGLU rows
+//                     for the down product's quantiser, not its e4m3 rows written by the
+//                     SwiGLU, CudaOptions::shared_fp8_rows)
 //                     [--shared-gate-up-bf16 1] (with it: the gate and up products as bf16,
 //                     CudaOptions::shared_gate_up_bf16)
 //                     [--defer-metadata 0] (the layers' metadata packed and uploaded before the
