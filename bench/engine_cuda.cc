@@ -60,6 +60,9 @@
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--fp8-block-rows 0] (fp8 prefill's grouped experts: the SwiGLU and token
 //                     quantisation a warp a row, not a block, CudaOptions::fp8_block_rows)
+//                     [--attention-lean 1] (the wgmma attention with fewer instructions a
+//                     tile, CudaOptions::attention_lean) [--attention-query-ahead N] (with it:
+//                     the L2 asked for the query N rows on; -1, the default: the SM count)
 //                     [--shared-fp8-rows 0] (fp8 prefill's shared expert: float32 SwiGLU rows
 //                     for the down product's quantiser, not its e4m3 rows written by the
 //                     SwiGLU, CudaOptions::shared_fp8_rows)
@@ -414,6 +417,10 @@ int main(int argc, char** argv) {
       options.gate_up_bf16 = v == "1";
     else if (k == "--fp8-block-rows")
       options.fp8_block_rows = v == "1";
+    else if (k == "--attention-lean")
+      options.attention_lean = v == "1";
+    else if (k == "--attention-query-ahead")
+      options.attention_query_ahead = std::stoi(v);
     else if (k == "--shared-fp8-rows")
       options.shared_fp8_rows = v == "1";
     else if (k == "--shared-gate-up-bf16")

@@ -9,6 +9,12 @@ __device__ __forceinline__ void cp_async_16(void* shared, const void* global) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(global) : "memory");
 }
 
+// The same to a shared address (__cvta_generic_to_shared's), so a run of copies can add constant
+// offsets to one address.
+__device__ __forceinline__ void cp_async_16_at(unsigned shared, const void* global) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(shared), "l"(global) : "memory");
+}
+
 // The same, zero-filled (nothing read) where !valid.
 __device__ __forceinline__ void cp_async_16(void* shared, const void* global, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(shared));

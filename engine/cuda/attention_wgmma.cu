@@ -14,6 +14,16 @@
 //    (4 wgmma of 64 x 256 x 16) by the tile read as an N-major operand (the keys are the values).
 // The next tile's copies land while this one is multiplied. Each row's sum of exponentials is
 // added up across the warpgroups at the end, with the sink's term (exp(sink - max)).
+//
+// kLean (CudaOptions::attention_lean) computes the same values with fewer instructions a tile
+// (Nsight Compute, thirtieth session: ~1,490 a warp a 64-key tile, issue slots 38% busy with two
+// warps a scheduler, so the instructions themselves are the kernel's time): the descriptors made
+// once and moved on by constants (each of the 32 score wgmma rebuilt both from addresses, ~13
+// instructions); a tile wholly inside the window or wholly among the entries copied from
+// consecutive rows (or the chosen rows) with the destinations' swizzle worked out once, where
+// each copy looked its key up; the scores masked only in a row's last tile. It also asks the L2
+// for the query of the row query_ahead rows on (~one wave of blocks later): a block's first
+// instructions wait on its 64 KB query from DRAM with nothing else to run on the SM.
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -123,15 +133,24 @@ __device__ __forceinline__ void store_e4m3(const float (&o)[128], uint8_t* codes
 #endif
 
 // kFp8Out: the outputs as out8's e4m3 rows (row0 + blockIdx.y) instead of float32 at out. Q: the
-// query rows' type (float, or bf16 from wq_b's FP8 GEMM).
-template <bool kFp8Out, typename Q>
+// query rows' type (float, or bf16 from wq_b's FP8 GEMM). kLean: above (query_ahead is read only
+// there).
+template <bool kFp8Out, typename Q, bool kLean>
 __global__ void __launch_bounds__(kThreads, 1)
     attend_wgmma_kernel(const Q* q, const LayerRow* rows, int64_t heads, int64_t window,
                         const float* sinks, bool use_entries, const int32_t* chosen,
                         const int32_t* n_chosen, int64_t topk, float scale, QueryNormRope norm,
-                        KeyMirror mirror, float* out, fp8_act_quant::RowsOut out8, int64_t row0) {
+                        KeyMirror mirror, float* out, fp8_act_quant::RowsOut out8, int64_t row0,
+                        int query_ahead) {
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
   pdl_begin();
+  if constexpr (kLean) {
+    // The query rows are written by the kernels before this one: asked for after the wait.
+    if (threadIdx.x == 0 && query_ahead > 0 && blockIdx.y + int64_t(query_ahead) < gridDim.y)
+      prefetch_l2(
+          q + ((int64_t(blockIdx.y) + query_ahead) * heads + int64_t(blockIdx.x) * kHeads) * kDim,
+          uint32_t(kHeads * kDim * sizeof(Q)));
+  }
   extern __shared__ __align__(16) uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (shared_address(smem_raw) & 1023)) & 1023);
   float* swap = reinterpret_cast<float*>(smem + kSwap);
@@ -160,8 +179,45 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Tile j into stage j % kStages; keys past the row's last are zero-filled (scores masked).
   // A thread copies piece threadIdx.x % 64 of keys threadIdx.x / 64 + 4 u: their rows first,
   // then the copies.
+  // kLean: this thread's 16 destinations are (even u) copy_even + 512 u, (odd u) copy_odd + 512 u
+  // from the stage's start: key row r = threadIdx.x / 64 + 4 u has r % 8 = r0 + 4 (u % 2), so its
+  // piece's swizzle is (p ^ r0) ^ 4 (u % 2).
+  const int copy_row = threadIdx.x >> 6, copy_piece = threadIdx.x & 63;
+  const uint32_t copy_even = (copy_piece >> 3) * kChunk + copy_row * 128 +
+                             (((copy_piece & 7) ^ copy_row) << 4),
+                 copy_odd = copy_even ^ (4 << 4);
   auto fetch = [&](int64_t j) {
     uint8_t* stage = smem + kTiles + (j % kStages) * kOperand;
+    if constexpr (kLean) {
+      const int64_t k0 = j * kKeys;
+      const uint32_t stage_at = tiles_at + uint32_t(j % kStages) * kOperand;
+      const uint16_t* src = nullptr;  // key row copy_row's piece when the rows are consecutive
+      if (k0 + kKeys <= keys.n_window)
+        src = mirror.keys + (keys.first + k0 + copy_row - mirror.kv_first) * kDim + 8 * copy_piece;
+      else if (k0 >= keys.n_window && k0 + kKeys <= n_keys) {
+        const int64_t e0 = k0 - keys.n_window + copy_row;
+        if (keys.chosen) {
+          int64_t at[kCopies];
+#pragma unroll
+          for (int u = 0; u < kCopies; ++u)
+            at[u] = (mirror.kv_rows + chosen_rows[e0 + 4 * u]) * kDim + 8 * copy_piece;
+#pragma unroll
+          for (int u = 0; u < kCopies; ++u)
+            cp_async_16_at(stage_at + (u & 1 ? copy_odd : copy_even) + 512 * u,
+                           mirror.keys + at[u]);
+          cp_async_commit();
+          return;
+        }
+        src = mirror.keys + (mirror.kv_rows + e0) * kDim + 8 * copy_piece;
+      }
+      if (src) {
+#pragma unroll
+        for (int u = 0; u < kCopies; ++u)
+          cp_async_16_at(stage_at + (u & 1 ? copy_odd : copy_even) + 512 * u, src + 4 * u * kDim);
+        cp_async_commit();
+        return;
+      }
+    }
     const int c8 = threadIdx.x & 63;
     int64_t src[kCopies];
 #pragma unroll
@@ -204,11 +260,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Scores of the 64 heads against this warpgroup's 32 keys.
     float s[16] = {};
     wgmma_fence();
+    if constexpr (kLean) {
+      // A descriptor's address field is the shared address / 16 (below 2^18 bytes: no carry).
+      const uint64_t query_desc = wgmma_descriptor(query_at, 16, 1024),
+                     keys_desc = wgmma_descriptor(tile_at + wg * 32 * 128, 16, 1024);
 #pragma unroll
-    for (int k = 0; k < kDim / 16; ++k) {
-      const uint32_t at = (k >> 2) * kChunk + (k & 3) * 32;
-      wgmma_bf16_64x32(s, wgmma_descriptor(query_at + at, 16, 1024),
-                       wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
+      for (int k = 0; k < kDim / 16; ++k) {
+        const uint32_t at = ((k >> 2) * kChunk + (k & 3) * 32) >> 4;
+        wgmma_bf16_64x32(s, query_desc + at, keys_desc + at, k > 0);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kDim / 16; ++k) {
+        const uint32_t at = (k >> 2) * kChunk + (k & 3) * 32;
+        wgmma_bf16_64x32(s, wgmma_descriptor(query_at + at, 16, 1024),
+                         wgmma_descriptor(tile_at + at + wg * 32 * 128, 16, 1024), k > 0);
+      }
     }
     wgmma_commit();
     wgmma_wait<0>();
@@ -217,16 +284,28 @@ __global__ void __launch_bounds__(kThreads, 1)
     // s[4 i + 2 + e] head r1's.
     const int64_t half = j * kKeys + 32 * wg;
     float mx0 = -INFINITY, mx1 = -INFINITY;
+    if (!kLean || half + 32 > n_keys) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < 4; ++i)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const bool live = half + 8 * i + 2 * c + e < n_keys;
-        s[4 * i + e] = live ? s[4 * i + e] * scale : -INFINITY;
-        s[4 * i + 2 + e] = live ? s[4 * i + 2 + e] * scale : -INFINITY;
-        mx0 = fmaxf(mx0, s[4 * i + e]);
-        mx1 = fmaxf(mx1, s[4 * i + 2 + e]);
-      }
+        for (int e = 0; e < 2; ++e) {
+          const bool live = half + 8 * i + 2 * c + e < n_keys;
+          s[4 * i + e] = live ? s[4 * i + e] * scale : -INFINITY;
+          s[4 * i + 2 + e] = live ? s[4 * i + 2 + e] * scale : -INFINITY;
+          mx0 = fmaxf(mx0, s[4 * i + e]);
+          mx1 = fmaxf(mx1, s[4 * i + 2 + e]);
+        }
+    } else {  // every key of the half is the row's: the same values, no masks
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          s[4 * i + e] *= scale;
+          s[4 * i + 2 + e] *= scale;
+          mx0 = fmaxf(mx0, s[4 * i + e]);
+          mx1 = fmaxf(mx1, s[4 * i + 2 + e]);
+        }
+    }
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
     mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
     mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
@@ -268,11 +347,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       o[4 * i + 3] *= corr1;
     }
     wgmma_fence();
+    if constexpr (kLean) {
+      const uint64_t probs_desc = wgmma_descriptor(probs_at, 16, 1024),
+                     values_desc = wgmma_descriptor(tile_at + 4 * wg * kChunk, kChunk, 1024);
 #pragma unroll
-    for (int k = 0; k < kKeys / 16; ++k)
-      wgmma_bf16_64x256_nb(o, wgmma_descriptor(probs_at + k * 32, 16, 1024),
-                           wgmma_descriptor(tile_at + 4 * wg * kChunk + k * 16 * 128, kChunk, 1024),
-                           true);
+      for (int k = 0; k < kKeys / 16; ++k)
+        wgmma_bf16_64x256_nb(o, probs_desc + ((k * 32) >> 4), values_desc + ((k * 16 * 128) >> 4),
+                             true);
+    } else {
+#pragma unroll
+      for (int k = 0; k < kKeys / 16; ++k)
+        wgmma_bf16_64x256_nb(
+            o, wgmma_descriptor(probs_at + k * 32, 16, 1024),
+            wgmma_descriptor(tile_at + 4 * wg * kChunk + k * 16 * 128, kChunk, 1024), true);
+    }
     wgmma_commit();
     wgmma_wait<0>();
   }
@@ -326,7 +414,8 @@ void launch_rows(Kernel kernel, const Q* q, const LayerRow* rows, int64_t n, int
                  int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                  const int32_t* chosen, const int32_t* n_chosen, int64_t topk, float scale,
                  const QueryNormRope& norm, const KeyMirror& m, float* out,
-                 const fp8_act_quant::RowsOut* out8, int64_t shared, cudaStream_t stream) {
+                 const fp8_act_quant::RowsOut* out8, int64_t shared, int query_ahead,
+                 cudaStream_t stream) {
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   const fp8_act_quant::RowsOut no_rows;
@@ -339,7 +428,7 @@ void launch_rows(Kernel kernel, const Q* q, const LayerRow* rows, int64_t n, int
                stream, q + r0 * heads * head_dim, rows + r0, heads, window, sinks, use_entries,
                chosen ? chosen + r0 * topk : nullptr, n_chosen ? n_chosen + r0 : nullptr, topk,
                scale, part, m, out8 ? nullptr : out + r0 * heads * head_dim, out8 ? *out8 : no_rows,
-               r0);
+               r0, query_ahead);
     AGENTRT_CUDA_CHECK(cudaGetLastError());
   }
 }
@@ -356,7 +445,7 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                        const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
                        int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
                        const QueryNormRope& norm, const fp8_act_quant::RowsOut* out8,
-                       const __nv_bfloat16* q_bf16) {
+                       const __nv_bfloat16* q_bf16, bool lean, int query_ahead) {
   if (n <= 0) return;
   if (!attend_rows_wgmma_supported(heads, head_dim))
     throw std::invalid_argument("cuda wgmma attention: " + std::to_string(heads) + " heads of " +
@@ -379,15 +468,22 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                                 " columns for " + std::to_string(heads) + " heads of " +
                                 std::to_string(head_dim));
   const float scale = 1.0f / sqrtf(float(head_dim));
-  if (q_bf16)
-    launch_rows(
-        out8 ? attend_wgmma_kernel<true, __nv_bfloat16> : attend_wgmma_kernel<false, __nv_bfloat16>,
-        q_bf16, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen, topk, scale,
-        norm, m, out, out8, shared, stream);
-  else
-    launch_rows(out8 ? attend_wgmma_kernel<true, float> : attend_wgmma_kernel<false, float>, q,
-                rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen, topk, scale,
-                norm, m, out, out8, shared, stream);
+  const int ahead = lean ? std::max(query_ahead, 0) : 0;
+  auto launch = [&]<typename Q, bool kLean>(const Q* query) {
+    launch_rows(out8 ? attend_wgmma_kernel<true, Q, kLean> : attend_wgmma_kernel<false, Q, kLean>,
+                query, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen, topk,
+                scale, norm, m, out, out8, shared, ahead, stream);
+  };
+  if (q_bf16) {
+    if (lean)
+      launch.operator()<__nv_bfloat16, true>(q_bf16);
+    else
+      launch.operator()<__nv_bfloat16, false>(q_bf16);
+  } else if (lean) {
+    launch.operator()<float, true>(q);
+  } else {
+    launch.operator()<float, false>(q);
+  }
 }
 
 }  // namespace agentrt::engine::cuda

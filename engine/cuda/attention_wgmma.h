@@ -19,6 +19,8 @@ namespace agentrt::engine::cuda {
 // with block scales there (Fp8Gemm::room's layout; the values quantize_rows_e4m3 writes for the
 // float32 outputs) instead of float32 at out (CudaOptions::attention_fp8_out: wo_a's input).
 // q_bf16 set: the query rows as bf16 there instead of float32 at q (CudaOptions::query_bf16).
+// lean: the same values with fewer instructions a tile, and the L2 asked for the query of the row
+// query_ahead rows on (CudaOptions::attention_lean, attention_query_ahead; the kernel's comment).
 bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim);
 void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
@@ -26,6 +28,7 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                        const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
                        int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
                        const QueryNormRope& norm = {}, const fp8_act_quant::RowsOut* out8 = nullptr,
-                       const __nv_bfloat16* q_bf16 = nullptr);
+                       const __nv_bfloat16* q_bf16 = nullptr, bool lean = false,
+                       int query_ahead = 0);
 
 }  // namespace agentrt::engine::cuda

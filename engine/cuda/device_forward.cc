@@ -143,6 +143,8 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       shared_gate_up_bf16_(options.shared_gate_up_bf16),
       prefill_pre_staged_(options.prefill_pre_staged),
       attention_fp8_out_(options.attention_fp8_out),
+      attention_lean_(options.attention_lean),
+      attention_query_ahead_(options.attention_query_ahead),
       query_bf16_(options.query_bf16),
       indexer_wgmma_(options.indexer_wgmma),
       cluster_mhc_(options.cluster_mhc),
@@ -171,6 +173,11 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaGetDevice(&device));
     wgmma_attention_ = wgmma_kernels_run(device);
   }
+  if (attention_query_ahead_ < -1)
+    throw std::invalid_argument("cuda options: attention_query_ahead " +
+                                std::to_string(attention_query_ahead_) +
+                                " (rows; -1 for the GPU's SM count, 0 for none)");
+  if (attention_query_ahead_ == -1) attention_query_ahead_ = sm_count();
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
@@ -1051,7 +1058,8 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                             fl.attention == AttentionKind::hca, chosen, n_chosen, c.index_topk,
                             m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries, entries,
                             mirror, attn, stream_, query_norm, attn8 ? &*attn8 : nullptr,
-                            q_bf16 ? reinterpret_cast<const __nv_bfloat16*>(q) : nullptr);
+                            q_bf16 ? reinterpret_cast<const __nv_bfloat16*>(q) : nullptr,
+                            attention_lean_, attention_query_ahead_);
         else
           attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                    fl.attention == AttentionKind::hca, chosen, n_chosen,

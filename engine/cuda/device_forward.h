@@ -109,6 +109,13 @@ struct CudaOptions {
   // float32 rows; the same logits). H100, 16K fp8 prefill: 151.6K tok/s against 143.5K (attn.out
   // 11.5 -> 8.0 ms). Off: float32 rows, quantised by the GEMM's own pass.
   bool attention_fp8_out = true;
+  // The wgmma attention with fewer instructions a tile (attention_wgmma.cu's kLean: descriptors
+  // moved on by constants, runs of consecutive key rows copied without a lookup each, masks only
+  // in a row's last tile; the same values) and the L2 asked for the query of the row
+  // attention_query_ahead rows on (-1: the GPU's SM count, about the blocks of one wave; 0:
+  // none). Written without a GPU: unmeasured. Off: the kernel as it was.
+  bool attention_lean = false;
+  int attention_query_ahead = -1;
   // GemmPrecision::fp8's grouped routed experts: the gate/up product writes bf16 instead of
   // float32 for the SwiGLU pass (ExpertGemm::set_gate_up_bf16; its e4m3 quantisation follows).
   // H100, 16K fp8 prefill: 145.6K tok/s against 143.5K (SwiGLU 5.3 -> 3.5 ms). Off: float32.
@@ -418,6 +425,8 @@ class DeviceForward {
   bool shared_gate_up_bf16_ = false;     // CudaOptions::shared_gate_up_bf16
   bool prefill_pre_staged_ = false;      // CudaOptions::prefill_pre_staged
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
+  bool attention_lean_ = false;          // CudaOptions::attention_lean
+  int attention_query_ahead_ = 0;        // CudaOptions::attention_query_ahead (-1: the SMs)
   bool query_bf16_ = false;              // CudaOptions::query_bf16
   bool indexer_wgmma_ = false;           // CudaOptions::indexer_wgmma
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc

@@ -556,6 +556,16 @@ TEST_F(CudaFp8Gemm, AttentionWritingWoAsRowsGivesTheSameLogits) {
                          [](cuda::CudaOptions& o, bool on) { o.attention_fp8_out = on; });
 }
 
+// The wgmma attention's lean kernel (CudaOptions::attention_lean: fewer instructions a tile, the
+// query asked for ahead) gives the prefill's logits bit for bit, on the model's real key lists
+// (the sliding window, CSA's chosen entries, HCA's visible ones).
+TEST_F(CudaFp8Gemm, LeanAttentionGivesTheSameLogits) {
+  if (!wgmma_runs_here())
+    GTEST_SKIP() << "attention_wgmma.cu needs a GPU of compute capability 9.0 (wgmma)";
+  expect_same_fp8_logits("attention lean", 11,
+                         [](cuda::CudaOptions& o, bool on) { o.attention_lean = on; });
+}
+
 // The shared expert's SwiGLU writing w2's e4m3 rows itself (CudaOptions::shared_fp8_rows, float32
 // gate and up rows) likewise: swiglu_rows.h writes the bytes swiglu() and the quantiser would.
 TEST_F(CudaFp8Gemm, SharedExpertWritingW2sRowsGivesTheSameLogits) {

@@ -1315,6 +1315,17 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
                                   got.as<float>(), nullptr, qn);
           const auto a = download<float>(want, n * heads * hd),
                      b = download<float>(got, n * heads * hd);
+          // The lean kernel (CudaOptions::attention_lean) computes the same values, bit for bit;
+          // its query prefetch runs 3 rows on (rows near the last have none to ask for).
+          DeviceBuffer lean(n * heads * hd * 4);
+          cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
+                                  in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                  in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
+                                  kv_rows, in.d_ent.as<float>(), entries, mirror.get(),
+                                  lean.as<float>(), nullptr, qn, nullptr, nullptr, true, 3);
+          EXPECT_EQ(download<float>(lean, n * heads * hd), b)
+              << (csa ? "csa" : "hca") << (normed ? " normed" : "")
+              << ": the lean kernel's outputs differ";
           double worst = 0, worst_cpu = 0;
           for (int64_t t = 0; t < n; ++t)
             for (int64_t h = 0; h < heads; ++h) {
@@ -1353,10 +1364,29 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
                                    rs8.as<float>(), whole, nullptr);
           cuda::quantize_rows_e4m3(got.as<float>() + whole * cols, cols, tail, cols,
                                    rtq8.as<uint8_t>(), rts8.as<float>(), kTail, nullptr);
+          // And the lean kernel's e4m3 rows.
+          DeviceBuffer lq8(n * cols), ls8(blocks * whole * 4 + 4), ltq8(kTail * cols),
+              lts8(blocks * kTail * 4);
+          for (DeviceBuffer* b : {&lq8, &ls8, &ltq8, &lts8})
+            ASSERT_EQ(cudaMemset(b->get(), 0, size_t(b->bytes())), cudaSuccess);
+          cuda::fp8_act_quant::RowsOut lean8 = out8;
+          lean8.q = lq8.as<uint8_t>();
+          lean8.scales = ls8.as<float>();
+          lean8.tail_q = ltq8.as<uint8_t>();
+          lean8.tail_scales = lts8.as<float>();
+          cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
+                                  in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                  in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
+                                  kv_rows, in.d_ent.as<float>(), entries, mirror.get(), nullptr,
+                                  nullptr, qn, &lean8, nullptr, true, 3);
           for (const auto& [mine, theirs, what] : {std::tuple{&q8, &rq8, "whole rows' codes"},
                                                    {&s8, &rs8, "whole rows' scales"},
                                                    {&tq8, &rtq8, "tail's codes"},
-                                                   {&ts8, &rts8, "tail's scales"}}) {
+                                                   {&ts8, &rts8, "tail's scales"},
+                                                   {&lq8, &rq8, "lean kernel's whole rows' codes"},
+                                                   {&ls8, &rs8, "lean kernel's whole rows' scales"},
+                                                   {&ltq8, &rtq8, "lean kernel's tail's codes"},
+                                                   {&lts8, &rts8, "lean kernel's tail's scales"}}) {
             const auto x = download<uint8_t>(*mine, mine->bytes()),
                        y = download<uint8_t>(*theirs, theirs->bytes());
             EXPECT_EQ(x, y) << (csa ? "csa" : "hca") << (normed ? " normed" : "") << ": the "
@@ -1375,20 +1405,24 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
           }
           auto d_qr = upload(q_rounded);
           auto d_qb = upload(q_bf16);
-          DeviceBuffer from_float(n * heads * hd * 4), from_bf16(n * heads * hd * 4);
-          for (DeviceBuffer* b : {&from_float, &from_bf16}) {
-            const bool bf16 = b == &from_bf16;
+          DeviceBuffer from_float(n * heads * hd * 4), from_bf16(n * heads * hd * 4),
+              from_bf16_lean(n * heads * hd * 4);
+          for (DeviceBuffer* b : {&from_float, &from_bf16, &from_bf16_lean}) {
+            const bool bf16 = b != &from_float, lean = b == &from_bf16_lean;
             cuda::attend_rows_wgmma(
                 d_qr.as<float>(), rows, n, heads, hd, window, in.d_sinks.as<float>(), !csa,
                 in.chosen_on_device(csa), in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(),
                 kv_first, kv_rows, in.d_ent.as<float>(), entries, mirror.get(), b->as<float>(),
                 nullptr, qn, nullptr,
-                bf16 ? reinterpret_cast<const __nv_bfloat16*>(d_qb.get()) : nullptr);
+                bf16 ? reinterpret_cast<const __nv_bfloat16*>(d_qb.get()) : nullptr, lean, 3);
           }
-          EXPECT_EQ(download<float>(from_float, n * heads * hd),
-                    download<float>(from_bf16, n * heads * hd))
+          const auto float_out = download<float>(from_float, n * heads * hd);
+          EXPECT_EQ(float_out, download<float>(from_bf16, n * heads * hd))
               << (csa ? "csa" : "hca") << (normed ? " normed" : "")
               << ": a bf16 query's outputs differ from its float32 values'";
+          EXPECT_EQ(float_out, download<float>(from_bf16_lean, n * heads * hd))
+              << (csa ? "csa" : "hca") << (normed ? " normed" : "")
+              << ": the lean kernel's outputs of a bf16 query differ";
         }
     }
 }
