@@ -60,9 +60,10 @@
 //                     float32, not bf16, for the SwiGLU pass, CudaOptions::gate_up_bf16)
 //                     [--fp8-block-rows 0] (fp8 prefill's grouped experts: the SwiGLU and token
 //                     quantisation a warp a row, not a block, CudaOptions::fp8_block_rows)
-//                     [--attention-lean 1] (the wgmma attention with fewer instructions a
-//                     tile, CudaOptions::attention_lean) [--attention-query-ahead N] (with it:
-//                     the L2 asked for the query N rows on; -1, the default: the SM count)
+//                     [--attention-lean 0] (the wgmma attention as it was, not with fewer
+//                     instructions a tile, CudaOptions::attention_lean) [--attention-query-ahead
+//                     N] (lean: the L2 asked for the query N rows on; -1, the default: the SM
+//                     count; 0: none)
 //                     [--shared-fp8-rows 0] (fp8 prefill's shared expert: float32 SwiGLU rows
 //                     for the down product's quantiser, not its e4m3 rows written by the
 //                     SwiGLU, CudaOptions::shared_fp8_rows)
