@@ -63,8 +63,7 @@
 //                     [--attention-lean 0] (the wgmma attention as it was, not with fewer
 //                     instructions a tile, CudaOptions::attention_lean) [--attention-query-ahead
 //                     N] (lean: the L2 asked for the query N rows on; -1, the default: the SM
-//                     count; 0: none) [--attention-fast-exp 1] (lean: the softmax in base 2
-//                     on ex2.approx, CudaOptions::attention_fast_exp)
+//                     count; 0: none)
 //                     [--shared-fp8-rows 0] (fp8 prefill's shared expert: float32 SwiGLU rows
 //                     for the down product's quantiser, not its e4m3 rows written by the
 //                     SwiGLU, CudaOptions::shared_fp8_rows)
@@ -421,8 +420,6 @@ int main(int argc, char** argv) {
       options.fp8_block_rows = v == "1";
     else if (k == "--attention-lean")
       options.attention_lean = v == "1";
-    else if (k == "--attention-fast-exp")
-      options.attention_fast_exp = v == "1";
     else if (k == "--attention-query-ahead")
       options.attention_query_ahead = std::stoi(v);
     else if (k == "--shared-fp8-rows")

@@ -24,9 +24,6 @@
 // each copy looked its key up; the scores masked only in a row's last tile. It also asks the L2
 // for the query of the row query_ahead rows on (~one wave of blocks later): a block's first
 // instructions wait on its 64 KB query from DRAM with nothing else to run on the SM.
-// kLean 2 (CudaOptions::attention_fast_exp) also takes the softmax in base 2: the scores scaled
-// by log2(e) / sqrt(d) and each exponential one ex2.approx (~2 ulp) where expf takes ~8
-// instructions: not the same bits, the same values to float32's rounding (P is rounded to bf16).
 #include <cuda_fp8.h>
 
 #include <algorithm>
@@ -71,19 +68,6 @@ constexpr int kMaxShared = 227 * 1024;  // an sm_90 block's largest dynamic shar
 
 #ifndef AGENTRT_NO_WGMMA_ATTENTION
 constexpr int kCopies = kKeys * (kDim / 8) / kThreads;  // 16-byte copies a thread a tile
-constexpr float kLog2e = 1.4426950408889634f;
-
-// The softmax's exponential: expf, or (kFast: arguments in base 2) one ex2.approx.
-template <bool kFast>
-__device__ __forceinline__ float softmax_exp(float x) {
-  if constexpr (kFast) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-  } else {
-    return expf(x);
-  }
-}
 
 // (row, channel)'s byte in a 64-row operand of 64-channel chunks, each chunk's 128-byte rows in
 // the 128-byte swizzle (16-byte piece p of row r at piece p ^ (r % 8)).
@@ -151,7 +135,7 @@ __device__ __forceinline__ void store_e4m3(const float (&o)[128], uint8_t* codes
 // kFp8Out: the outputs as out8's e4m3 rows (row0 + blockIdx.y) instead of float32 at out. Q: the
 // query rows' type (float, or bf16 from wq_b's FP8 GEMM). kLean: above (query_ahead is read only
 // there).
-template <bool kFp8Out, typename Q, int kLean>
+template <bool kFp8Out, typename Q, bool kLean>
 __global__ void __launch_bounds__(kThreads, 1)
     attend_wgmma_kernel(const Q* q, const LayerRow* rows, int64_t heads, int64_t window,
                         const float* sinks, bool use_entries, const int32_t* chosen,
@@ -257,14 +241,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int wg = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int g = lane >> 2, c = lane & 3;
-  const int r0 = 16 * warp + g, r1 = r0 + 8;  // the thread's two heads of the block
-  // Running maxima, from the sinks (kFast: in base 2, as the scores are).
-  constexpr bool kFast = kLean == 2;
-  float m0 = sinks[h_base + r0], m1 = sinks[h_base + r1];
-  if constexpr (kFast) {
-    m0 *= kLog2e;
-    m1 *= kLog2e;
-  }
+  const int r0 = 16 * warp + g, r1 = r0 + 8;               // the thread's two heads of the block
+  float m0 = sinks[h_base + r0], m1 = sinks[h_base + r1];  // running maxima, from the sinks
   float l0 = 0.0f, l1 = 0.0f;  // this thread's part of the rows' sums of exponentials
   float o[128];                // the warpgroup's 64 x 256 output fragment
 #pragma unroll
@@ -339,7 +317,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
     const float n0 = fmaxf(m0, fmaxf(mx0, swap[(1 - wg) * kHeads + r0])),
                 n1 = fmaxf(m1, fmaxf(mx1, swap[(1 - wg) * kHeads + r1]));
-    const float corr0 = softmax_exp<kFast>(m0 - n0), corr1 = softmax_exp<kFast>(m1 - n1);
+    const float corr0 = expf(m0 - n0), corr1 = expf(m1 - n1);
     m0 = n0;
     m1 = n1;
     l0 *= corr0;
@@ -347,10 +325,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint8_t* probs = smem + kProbs;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      const float p0 = softmax_exp<kFast>(s[4 * i] - m0),
-                  p1 = softmax_exp<kFast>(s[4 * i + 1] - m0);
-      const float p2 = softmax_exp<kFast>(s[4 * i + 2] - m1),
-                  p3 = softmax_exp<kFast>(s[4 * i + 3] - m1);
+      const float p0 = expf(s[4 * i] - m0), p1 = expf(s[4 * i + 1] - m0);
+      const float p2 = expf(s[4 * i + 2] - m1), p3 = expf(s[4 * i + 3] - m1);
       l0 += p0 + p1;
       l1 += p2 + p3;
       // Keys 32 wg + 8 i + 2 c, + 1 of rows r0 and r1: piece 4 wg + i of each 128-byte row.
@@ -400,16 +376,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     swap[wg * kHeads + r1] = l1;
   }
   __syncthreads();
-  float inv0, inv1;  // 1 / the rows' sums, with exp(sink - max) in the softmax's base
-  if constexpr (kFast) {
-    inv0 = 1.0f / (l0 + swap[(1 - wg) * kHeads + r0] +
-                   softmax_exp<true>(sinks[h_base + r0] * kLog2e - m0));
-    inv1 = 1.0f / (l1 + swap[(1 - wg) * kHeads + r1] +
-                   softmax_exp<true>(sinks[h_base + r1] * kLog2e - m1));
-  } else {
-    inv0 = 1.0f / (l0 + swap[(1 - wg) * kHeads + r0] + expf(sinks[h_base + r0] - m0));
-    inv1 = 1.0f / (l1 + swap[(1 - wg) * kHeads + r1] + expf(sinks[h_base + r1] - m1));
-  }
+  const float inv0 = 1.0f / (l0 + swap[(1 - wg) * kHeads + r0] + expf(sinks[h_base + r0] - m0));
+  const float inv1 = 1.0f / (l1 + swap[(1 - wg) * kHeads + r1] + expf(sinks[h_base + r1] - m1));
   const bool unrope = norm.pos && norm.unrope_output;
   const int first = kDim - norm.rope.dim;
   float* out0 = out + (t * heads + h_base + r0) * kDim;
@@ -467,8 +435,6 @@ void launch_rows(Kernel kernel, const Q* q, const LayerRow* rows, int64_t n, int
 
 }  // namespace
 
-constexpr float kHostLog2e = 1.4426950408889634f;  // kLog2e, outside device-only code
-
 bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim) {
   return heads > 0 && heads % kHeads == 0 && head_dim == kDim;
 }
@@ -479,7 +445,7 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                        const float* kv, int64_t kv_first, int64_t kv_rows, const float* entries,
                        int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
                        const QueryNormRope& norm, const fp8_act_quant::RowsOut* out8,
-                       const __nv_bfloat16* q_bf16, bool lean, int query_ahead, bool fast_exp) {
+                       const __nv_bfloat16* q_bf16, bool lean, int query_ahead) {
   if (n <= 0) return;
   if (!attend_rows_wgmma_supported(heads, head_dim))
     throw std::invalid_argument("cuda wgmma attention: " + std::to_string(heads) + " heads of " +
@@ -501,27 +467,22 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
     throw std::invalid_argument("cuda wgmma attention: e4m3 rows of " + std::to_string(out8->cols) +
                                 " columns for " + std::to_string(heads) + " heads of " +
                                 std::to_string(head_dim));
-  const bool fast = lean && fast_exp;
-  const float scale = (fast ? kHostLog2e : 1.0f) / sqrtf(float(head_dim));
+  const float scale = 1.0f / sqrtf(float(head_dim));
   const int ahead = lean ? std::max(query_ahead, 0) : 0;
-  auto launch = [&]<typename Q, int kLean>(const Q* query) {
+  auto launch = [&]<typename Q, bool kLean>(const Q* query) {
     launch_rows(out8 ? attend_wgmma_kernel<true, Q, kLean> : attend_wgmma_kernel<false, Q, kLean>,
                 query, rows, n, heads, head_dim, window, sinks, use_entries, chosen, n_chosen, topk,
                 scale, norm, m, out, out8, shared, ahead, stream);
   };
   if (q_bf16) {
-    if (fast)
-      launch.operator()<__nv_bfloat16, 2>(q_bf16);
-    else if (lean)
-      launch.operator()<__nv_bfloat16, 1>(q_bf16);
+    if (lean)
+      launch.operator()<__nv_bfloat16, true>(q_bf16);
     else
-      launch.operator()<__nv_bfloat16, 0>(q_bf16);
-  } else if (fast) {
-    launch.operator()<float, 2>(q);
+      launch.operator()<__nv_bfloat16, false>(q_bf16);
   } else if (lean) {
-    launch.operator()<float, 1>(q);
+    launch.operator()<float, true>(q);
   } else {
-    launch.operator()<float, 0>(q);
+    launch.operator()<float, false>(q);
   }
 }
 

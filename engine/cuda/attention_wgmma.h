@@ -21,7 +21,6 @@ namespace agentrt::engine::cuda {
 // q_bf16 set: the query rows as bf16 there instead of float32 at q (CudaOptions::query_bf16).
 // lean: the same values with fewer instructions a tile, and the L2 asked for the query of the row
 // query_ahead rows on (CudaOptions::attention_lean, attention_query_ahead; the kernel's comment).
-// fast_exp (with lean): the softmax in base 2 on ex2.approx (CudaOptions::attention_fast_exp).
 bool attend_rows_wgmma_supported(int64_t heads, int64_t head_dim);
 void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t heads,
                        int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
@@ -30,6 +29,6 @@ void attend_rows_wgmma(const float* q, const LayerRow* rows, int64_t n, int64_t 
                        int64_t n_entries, void* mirror, float* out, cudaStream_t stream,
                        const QueryNormRope& norm = {}, const fp8_act_quant::RowsOut* out8 = nullptr,
                        const __nv_bfloat16* q_bf16 = nullptr, bool lean = false,
-                       int query_ahead = 0, bool fast_exp = false);
+                       int query_ahead = 0);
 
 }  // namespace agentrt::engine::cuda

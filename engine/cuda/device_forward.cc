@@ -145,7 +145,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       attention_fp8_out_(options.attention_fp8_out),
       attention_lean_(options.attention_lean),
       attention_query_ahead_(options.attention_query_ahead),
-      attention_fast_exp_(options.attention_fast_exp),
       query_bf16_(options.query_bf16),
       indexer_wgmma_(options.indexer_wgmma),
       cluster_mhc_(options.cluster_mhc),
@@ -1060,7 +1059,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
                             m.shared_kv, m.kv_first, m.kv_rows, m.shared_comp_entries, entries,
                             mirror, attn, stream_, query_norm, attn8 ? &*attn8 : nullptr,
                             q_bf16 ? reinterpret_cast<const __nv_bfloat16*>(q) : nullptr,
-                            attention_lean_, attention_query_ahead_, attention_fast_exp_);
+                            attention_lean_, attention_query_ahead_);
         else
           attend_rows_mma_mirrored(q, m.rows, n, heads, hd, c.sliding_window, lw.sinks.as<float>(),
                                    fl.attention == AttentionKind::hca, chosen, n_chosen,

@@ -118,10 +118,6 @@ struct CudaOptions {
   // call 2). Off: the kernel as it was.
   bool attention_lean = true;
   int attention_query_ahead = -1;
-  // With attention_lean: the softmax in base 2, each exponential one ex2.approx (~2 ulp) where
-  // expf takes ~8 instructions; not the same bits (the same values to float32's rounding).
-  // Written without a GPU: unmeasured. Off: expf.
-  bool attention_fast_exp = false;
   // GemmPrecision::fp8's grouped routed experts: the gate/up product writes bf16 instead of
   // float32 for the SwiGLU pass (ExpertGemm::set_gate_up_bf16; its e4m3 quantisation follows).
   // H100, 16K fp8 prefill: 145.6K tok/s against 143.5K (SwiGLU 5.3 -> 3.5 ms). Off: float32.
@@ -433,7 +429,6 @@ class DeviceForward {
   bool attention_fp8_out_ = false;       // CudaOptions::attention_fp8_out
   bool attention_lean_ = false;          // CudaOptions::attention_lean
   int attention_query_ahead_ = 0;        // CudaOptions::attention_query_ahead (-1: the SMs)
-  bool attention_fast_exp_ = false;      // CudaOptions::attention_fast_exp
   bool query_bf16_ = false;              // CudaOptions::query_bf16
   bool indexer_wgmma_ = false;           // CudaOptions::indexer_wgmma
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
