@@ -143,9 +143,9 @@ struct CudaOptions {
   bool fp8_scatter_rows = true;
   // Passes that are not CUDA graphs pack and upload the layers' metadata (each row's cache
   // views, the compressed entries to emit) after enqueueing the embedding and the first mHC
-  // step, which need only the tokens, so the GPU runs those while the host packs. Off: all of
-  // it before the first kernel. H200, 16K fp8 prefill: 175.7K tok/s against 173.7K (means of
-  // three interleaved rounds, thirty-third session, call 3). Off: all of it first.
+  // step, which need only the tokens, so the GPU runs those while the host packs. H200, 16K fp8
+  // prefill: 175.7K tok/s against 173.7K (means of three interleaved rounds, thirty-third
+  // session, call 3). Off: all of it before the first kernel.
   bool defer_layer_metadata = true;
   // GemmPrecision::fp8 prefill's shared expert: the SwiGLU writes the down product's e4m3 rows
   // and scales (swiglu_rows.h: the bytes its quantiser would write from swiglu()'s float32

@@ -1343,54 +1343,52 @@ TEST_F(CudaKernels, AttentionOnWarpgroupMmaMatchesTheMmaKernel) {
           // rows' operand and the tail's as Fp8Gemm::room lays them out.
           const int64_t cols = heads * hd, blocks = cols / 128, whole = n / 2, tail = n - whole;
           const int64_t kTail = cuda::fp8_act_quant::kTailRows;
-          DeviceBuffer q8(n * cols), s8(blocks * whole * 4 + 4), tq8(kTail * cols),
-              ts8(blocks * kTail * 4), rq8(n * cols), rs8(blocks * whole * 4 + 4),
-              rtq8(kTail * cols), rts8(blocks * kTail * 4);
-          for (DeviceBuffer* b : {&q8, &s8, &tq8, &ts8, &rq8, &rs8, &rtq8, &rts8})
-            ASSERT_EQ(cudaMemset(b->get(), 0, size_t(b->bytes())), cudaSuccess);
-          cuda::fp8_act_quant::RowsOut out8;
-          out8.q = q8.as<uint8_t>();
-          out8.scales = s8.as<float>();
-          out8.whole = whole;
-          out8.tail_q = tq8.as<uint8_t>();
-          out8.tail_scales = ts8.as<float>();
-          out8.cols = cols;
-          cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
-                                  in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
-                                  in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
-                                  kv_rows, in.d_ent.as<float>(), entries, mirror.get(), nullptr,
-                                  nullptr, qn, &out8);
-          cuda::quantize_rows_e4m3(got.as<float>(), cols, whole, cols, rq8.as<uint8_t>(),
-                                   rs8.as<float>(), whole, nullptr);
+          // Zeroed rows of Fp8Gemm::room's layout: the whole rows' codes and scales, the tail's.
+          struct E4m3Rows {
+            DeviceBuffer q, s, tail_q, tail_s;
+            cuda::fp8_act_quant::RowsOut out;
+          };
+          auto e4m3_rows = [&] {
+            auto r = std::make_unique<E4m3Rows>(E4m3Rows{DeviceBuffer(n * cols),
+                                                         DeviceBuffer(blocks * whole * 4 + 4),
+                                                         DeviceBuffer(kTail * cols),
+                                                         DeviceBuffer(blocks * kTail * 4),
+                                                         {}});
+            for (DeviceBuffer* b : {&r->q, &r->s, &r->tail_q, &r->tail_s})
+              EXPECT_EQ(cudaMemset(b->get(), 0, size_t(b->bytes())), cudaSuccess);
+            r->out.q = r->q.as<uint8_t>();
+            r->out.scales = r->s.as<float>();
+            r->out.whole = whole;
+            r->out.tail_q = r->tail_q.as<uint8_t>();
+            r->out.tail_scales = r->tail_s.as<float>();
+            r->out.cols = cols;
+            return r;
+          };
+          const auto want8 = e4m3_rows();
+          cuda::quantize_rows_e4m3(got.as<float>(), cols, whole, cols, want8->q.as<uint8_t>(),
+                                   want8->s.as<float>(), whole, nullptr);
           cuda::quantize_rows_e4m3(got.as<float>() + whole * cols, cols, tail, cols,
-                                   rtq8.as<uint8_t>(), rts8.as<float>(), kTail, nullptr);
-          // And the lean kernel's e4m3 rows.
-          DeviceBuffer lq8(n * cols), ls8(blocks * whole * 4 + 4), ltq8(kTail * cols),
-              lts8(blocks * kTail * 4);
-          for (DeviceBuffer* b : {&lq8, &ls8, &ltq8, &lts8})
-            ASSERT_EQ(cudaMemset(b->get(), 0, size_t(b->bytes())), cudaSuccess);
-          cuda::fp8_act_quant::RowsOut lean8 = out8;
-          lean8.q = lq8.as<uint8_t>();
-          lean8.scales = ls8.as<float>();
-          lean8.tail_q = ltq8.as<uint8_t>();
-          lean8.tail_scales = lts8.as<float>();
-          cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
-                                  in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
-                                  in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
-                                  kv_rows, in.d_ent.as<float>(), entries, mirror.get(), nullptr,
-                                  nullptr, qn, &lean8, nullptr, true, 3);
-          for (const auto& [mine, theirs, what] : {std::tuple{&q8, &rq8, "whole rows' codes"},
-                                                   {&s8, &rs8, "whole rows' scales"},
-                                                   {&tq8, &rtq8, "tail's codes"},
-                                                   {&ts8, &rts8, "tail's scales"},
-                                                   {&lq8, &rq8, "lean kernel's whole rows' codes"},
-                                                   {&ls8, &rs8, "lean kernel's whole rows' scales"},
-                                                   {&ltq8, &rtq8, "lean kernel's tail's codes"},
-                                                   {&lts8, &rts8, "lean kernel's tail's scales"}}) {
-            const auto x = download<uint8_t>(*mine, mine->bytes()),
-                       y = download<uint8_t>(*theirs, theirs->bytes());
-            EXPECT_EQ(x, y) << (csa ? "csa" : "hca") << (normed ? " normed" : "") << ": the "
-                            << what << " differ from quantize_rows_e4m3's";
+                                   want8->tail_q.as<uint8_t>(), want8->tail_s.as<float>(), kTail,
+                                   nullptr);
+          // The default kernel's and the lean kernel's.
+          for (const bool lean : {false, true}) {
+            const auto got8 = e4m3_rows();
+            cuda::attend_rows_wgmma(in.d_q.as<float>(), rows, n, heads, hd, window,
+                                    in.d_sinks.as<float>(), !csa, in.chosen_on_device(csa),
+                                    in.n_chosen_on_device(csa), topk, in.d_kv.as<float>(), kv_first,
+                                    kv_rows, in.d_ent.as<float>(), entries, mirror.get(), nullptr,
+                                    nullptr, qn, &got8->out, nullptr, lean, 3);
+            for (const auto& [mine, theirs, what] :
+                 {std::tuple{&got8->q, &want8->q, "whole rows' codes"},
+                  {&got8->s, &want8->s, "whole rows' scales"},
+                  {&got8->tail_q, &want8->tail_q, "tail's codes"},
+                  {&got8->tail_s, &want8->tail_s, "tail's scales"}}) {
+              const auto x = download<uint8_t>(*mine, mine->bytes()),
+                         y = download<uint8_t>(*theirs, theirs->bytes());
+              EXPECT_EQ(x, y) << (csa ? "csa" : "hca") << (normed ? " normed" : "") << ": the "
+                              << (lean ? "lean kernel's " : "") << what
+                              << " differ from quantize_rows_e4m3's";
+            }
           }
 
           // The query as bf16 rows (CudaOptions::query_bf16): the outputs of the float32 query
