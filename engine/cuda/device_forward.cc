@@ -115,16 +115,22 @@ struct MetaPacker {
   }
 };
 
+// The decode products' GemvMode under these options.
+GemvMode gemv_mode_of(const CudaOptions& options) {
+  GemvMode mode(true, options.tensor_map_copies, options.gemv_sum_group, options.batch_streams,
+                options.warp_rows_bytes, options.warp_rows_depth, options.warp_rows_splits,
+                options.early_stages);
+  mode.in_flight_bytes = options.ring_in_flight_bytes;
+  return mode;
+}
+
 }  // namespace
 
 DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                              const CudaOptions& options)
     : config_(std::move(config)),
       weights_(WeightsOnDevice::upload(config_, host)),
-      linear_(options.precision, options.gemv_max_rows,
-              GemvMode(true, options.tensor_map_copies, options.gemv_sum_group,
-                       options.batch_streams, options.warp_rows_bytes, options.warp_rows_depth,
-                       options.warp_rows_splits, options.early_stages)),
+      linear_(options.precision, options.gemv_max_rows, gemv_mode_of(options)),
       expert_gemm_(options.precision, 128, int64_t(1) << 30, options.fp4_expert_gemm,
                    options.fp8_expert_streams, options.expert_priority_stream,
                    options.fp8_grouped_rows, options.fp8_row_scales),
@@ -151,6 +157,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
       shared_expert_blocks_(options.shared_expert_blocks),
+      ring_in_flight_bytes_(options.ring_in_flight_bytes),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -1174,11 +1181,13 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
     if (fuse)
       route_and_run_experts(route, w.route_experts.as<int32_t>(), rweights, lw.experts_view, x, n,
                             k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out,
-                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr);
+                            stream_, &expert_gemm_, ss != stream_ ? join_ : nullptr,
+                            ring_in_flight_bytes_);
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks);
+                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks,
+                     ring_in_flight_bytes_);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

@@ -194,6 +194,12 @@ struct CudaOptions {
   // and mHC kernels before a product ran 4-5 us faster without its copies competing, and the
   // product that much slower after them.
   int early_stages = 0;
+  // The streamed one-row products (not the head) and the routed experts' streamed kernels keep
+  // at most this many bytes of weight copies asked for and not yet landed, in whole stages (0:
+  // as many as the ring holds; GemvMode::in_flight_bytes). A product whose blocks land only as
+  // the kernel before leaves asks for every block's whole ring at once, and the memory serves
+  // those copies side by side, so each block's first stage lands late.
+  int64_t ring_in_flight_bytes = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -435,6 +441,7 @@ class DeviceForward {
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
+  int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a

@@ -64,6 +64,11 @@ struct GemvMode {
   // kernel before them has finished, then wait for it (0: as many as the ring holds). Their
   // copies compete for memory with that kernel's loads.
   int early_stages = 0;
+  // The streamed one-row products' producers keep at most this many bytes of copies asked for
+  // and not yet landed, in whole stages, at least one (0: as many as the ring holds;
+  // CudaOptions::ring_in_flight_bytes). The warp-rows kernel and matrices of 256 MB or more (the
+  // head) keep their whole ring.
+  int64_t in_flight_bytes = 0;
   // The streamed one-row products' grid: at most this many blocks (0: one per SM), so a product
   // run beside another leaves it SMs (CudaOptions::shared_expert_blocks).
   int max_blocks = 0;

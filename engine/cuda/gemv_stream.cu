@@ -40,7 +40,8 @@ struct StreamGemv {
   int64_t tiles;
   int rows_per_tile;  // R; kConsumerWarps / R warps (column slices) per row
   int stages;
-  int early = 0;  // stages copied before the kernel before has finished (0: the ring's)
+  int early = 0;      // stages copied before the kernel before has finished (0: the ring's)
+  int in_flight = 0;  // stages asked for and not yet landed, at most (0: the ring's)
 };
 
 struct TileShape {
@@ -76,6 +77,7 @@ __global__ void __launch_bounds__(kThreads, 1) gemv_stream_kernel(StreamGemv g) 
     uint32_t q = 0;
     for (int64_t t = t0; t < t1; ++t, ++q) {
       pdl_hold_copies(q, g.early);
+      stream::hold_in_flight(bars, q, g.in_flight, g.stages);
       const stream::Slot s = stream::slot_of(q, g.stages);
       mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
       mbarrier_arrive_expect(&bars.full[s.index], uint32_t(tile_bytes));
@@ -190,6 +192,7 @@ struct MmaGemv {
   int stages;
   int sum_group;  // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
   int early;      // stages copied before the kernel before has finished (0: the ring's)
+  int in_flight;  // stages asked for and not yet landed, at most (0: the ring's)
 };
 
 // The matrix of task t (sets hold at most kMaxGemvProducts).
@@ -268,6 +271,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int m = matrix_of(g, t);
       for (int64_t ct = 0; ct < col_tiles; ++ct, ++q) {
         pdl_hold_copies(q, g.early);
+        stream::hold_in_flight(bars, q, g.in_flight, g.stages);
         const stream::Slot s = stream::slot_of(q, g.stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(kTaskRows * g.stage_cols));
@@ -476,10 +480,20 @@ struct StreamPlan {
   int sum_group = 1;        // the mma kernel's tasks a barrier
   int stages = 0;           // 0: neither kernel fits
   int early = 0;            // GemvMode::early_stages
+  int in_flight = 0;        // GemvMode::in_flight_bytes in stages
   int max_blocks = 0;       // GemvMode::max_blocks
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
+
+// GemvMode::in_flight_bytes as stages of plan p. Not for a matrix the size of the head: it
+// streams for hundreds of microseconds, so its first stages' wait is noise there, and fewer
+// copies in flight could only cost it bandwidth.
+constexpr int64_t kInFlightMaxBytes = int64_t(256) << 20;
+int in_flight_of(const WeightMatrix& w, GemvMode mode, const StreamPlan& p) {
+  if (w.bytes() >= kInFlightMaxBytes) return 0;
+  return stream::in_flight_stages(mode.in_flight_bytes, p.stage, p.stages);
+}
 
 // nt: activation rows a launch (1, 4 or 8); tensor copies only for one.
 StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, int nt = 1) {
@@ -496,6 +510,7 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
             (tensor_map ? kMapAlign : 0);
   p.stage = mma_stage_tiles(w) * kMmaRows * (mma_stage_cols(w) + (tensor_map ? 0 : kMmaRowPad));
   p.stages = stream::ring_stages(p.fixed, p.stage, stream::kMaxStages, mode.max_shared);
+  p.in_flight = in_flight_of(w, mode, p);
   return p;
 }
 
@@ -525,6 +540,7 @@ StreamPlan plan(const WeightMatrix& w, const float* x, int64_t group_rows, int64
   p.stage = t.rows * row_bytes;
   p.stages = stream::ring_stages(p.fixed, p.stage, stream::kMaxStages, mode.max_shared);
   p.max_blocks = mode.max_blocks;
+  p.in_flight = in_flight_of(w, mode, p);
   return p;
 }
 
@@ -571,6 +587,7 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t x
   g.stages = p.stages;
   g.sum_group = p.sum_group;
   g.early = p.early;
+  g.in_flight = p.in_flight;
   auto kernel =
       tiles == 1 ? gemv_stream_mma_kernel<1, false, 1> : gemv_stream_mma_kernel<2, false, 1>;
   if (nt == 8)
@@ -710,6 +727,7 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
   StreamGemv g{w, x, y, group_rows, x_offset, 0, tile_shape(row_bytes_of(w)).rows, p.stages};
   g.tiles = w.rows / g.rows_per_tile;
   g.early = mode.early_stages;
+  g.in_flight = p.in_flight;
   launch_streamed(w.type == WeightType::bf16 ? gemv_stream_kernel<WeightType::bf16>
                                              : gemv_stream_kernel<WeightType::f8_e4m3>,
                   g.tiles, p.shared(), p.max_blocks, stream, g);

@@ -322,12 +322,13 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
 // fp4_int8.cuh); `out` [n][hidden] gets the weighted sums added once before_sum (if set) has
 // fired. Returns false, having launched nothing, where the weights' type and shapes do not allow
 // it (fit() says so beforehand); max_blocks > 0 caps the grid (tests use it to make each block
-// loop over its ring).
+// loop over its ring); in_flight_bytes > 0 caps each block's weight copies in flight
+// (CudaOptions::ring_in_flight_bytes).
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks = 0);
+                      cudaEvent_t before_sum, int max_blocks = 0, int64_t in_flight_bytes = 0);
 
 // What route_rows reads, for the kernels that route rows themselves.
 struct RouteInputs {
@@ -347,7 +348,7 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                             int max_blocks = 0);
+                             int max_blocks = 0, int64_t in_flight_bytes = 0);
 
 // routed_experts' grouping of P (row, expert) pairs (chosen: each pair's expert) for tests:
 // order[P] the pairs stably sorted by expert, slot[P] each pair's place in it, the used experts
@@ -369,13 +370,13 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr,
-                    int max_blocks = 0);
+                    int max_blocks = 0, int64_t in_flight_bytes = 0);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
 // take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,
                            const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
                            int64_t experts, int64_t inter, int64_t hidden, float limit,
                            void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
-                           cudaEvent_t before_sum);
+                           cudaEvent_t before_sum, int64_t in_flight_bytes = 0);
 
 }  // namespace agentrt::engine::cuda

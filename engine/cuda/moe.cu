@@ -628,7 +628,8 @@ void products(const ExpertsDevice& e, const Groups& g, const float* h, const flo
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
-                    ExpertGemm* gemm, cudaEvent_t before_sum, int max_blocks) {
+                    ExpertGemm* gemm, cudaEvent_t before_sum, int max_blocks,
+                    int64_t in_flight_bytes) {
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
@@ -636,8 +637,9 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   // each kernel for the batch). An
   // expert two rows share is read twice, but streamed it reads several times faster than the
   // grouped CUDA-core kernels below read it once.
-  if (n <= kStreamedRows && streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit,
-                                             g.act, out, stream, before_sum, max_blocks))
+  if (n <= kStreamedRows &&
+      streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit, g.act, out, stream,
+                       before_sum, max_blocks, in_flight_bytes))
     return;
   group_pairs(chosen, P, experts, g, stream);
   bool pairs_bf16 = false;  // the pair rows as bf16 (ExpertGemm::set_pair_out_bf16)
@@ -662,16 +664,17 @@ void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* wei
                            const ExpertsDevice& e, const float* h, int64_t n, int64_t k,
                            int64_t experts, int64_t inter, int64_t hidden, float limit,
                            void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
-                           cudaEvent_t before_sum) {
+                           cudaEvent_t before_sum, int64_t in_flight_bytes) {
   if (n <= 0) return;
   if (n <= kStreamedRows &&
       streamed_experts_routed(route, experts, chosen, weights, e, h, n, k, inter, hidden, limit,
-                              carve(scratch, n * k, experts, inter).act, out, stream, before_sum))
+                              carve(scratch, n * k, experts, inter).act, out, stream, before_sum, 0,
+                              in_flight_bytes))
     return;
   route_rows(route.logits, route.tokens, route.tid2eid, route.bias, n, experts, k, route.func,
              route.scaling, chosen, weights, stream);
   routed_experts(e, chosen, weights, h, n, k, experts, inter, hidden, limit, scratch, out, stream,
-                 gemm, before_sum);
+                 gemm, before_sum, 0, in_flight_bytes);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -106,8 +106,8 @@ __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char*
 // row's activations when their tasks reach it.
 __global__ void __launch_bounds__(kThreads, 1)
     stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t batch,
-                     int64_t hidden, int64_t inter, int64_t k, float limit, int stages, int8_t* act,
-                     KernelRoute route) {
+                     int64_t hidden, int64_t inter, int64_t k, float limit, int stages,
+                     int in_flight, int8_t* act, KernelRoute route) {
   extern __shared__ __align__(128) char smem[];
   uint4* xs = reinterpret_cast<uint4*>(smem + kHeader);
   const float* xscales = stream::i8_scales(xs, hidden);
@@ -146,6 +146,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         if (lane == 0)
           for (int half = 0; half < 2; ++half, ++q) {
+            stream::hold_in_flight(bars, q, in_flight, stages);
             const stream::Slot s = stream::slot_of(q, stages);
             mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
             const int64_t t = c.task;
@@ -164,6 +165,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint32_t q = 0;
     for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
       for (int half = 0; half < 2; ++half, ++q) {
+        stream::hold_in_flight(bars, q, in_flight, stages);
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         const int64_t t = c.task;  // the row's task
@@ -229,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 __global__ void __launch_bounds__(kThreads, 1)
     stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
                        const int8_t* act, int64_t batch, int64_t hidden, int64_t inter, int64_t k,
-                       int stages, float* out) {
+                       int stages, int in_flight, float* out) {
   extern __shared__ __align__(128) char smem[];
   char* xs = smem + kHeader;
   const int64_t row_bytes = inter / 2, scale_bytes = inter / 32;
@@ -246,6 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     uint32_t q = 0;
     for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
       for (int64_t j = 0; j < k; ++j, ++q) {
+        stream::hold_in_flight(bars, q, in_flight, stages);
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(stage_bytes));
@@ -330,7 +333,8 @@ namespace {
 bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                      float limit, float* act, float* out, cudaStream_t stream,
-                     cudaEvent_t before_sum, int max_blocks, const KernelRoute& route) {
+                     cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes,
+                     const KernelRoute& route) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -346,13 +350,14 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
   auto* act_bytes = reinterpret_cast<int8_t*>(act);
   launch_pdl(stream_up_kernel, unsigned(std::min(blocks, n * k * (inter / 32))), kThreads,
              size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
-             act_bytes, route);
+             stream::in_flight_stages(in_flight_bytes, s.up_stage, s.up_stages), act_bytes, route);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   // The down products add into `out`, which the shared expert (on another stream) writes.
   if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
   launch_pdl(stream_down_kernel, unsigned(std::min(blocks, n * (hidden / kDownRows))), kThreads,
              size_t(down_shared), stream, e, chosen, weights, static_cast<const int8_t*>(act_bytes),
-             n, hidden, inter, k, s.down_stages, out);
+             n, hidden, inter, k, s.down_stages,
+             stream::in_flight_stages(in_flight_bytes, s.down_stage, s.down_stages), out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   return true;
 }
@@ -362,21 +367,22 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks) {
+                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes) {
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, KernelRoute{});
+                         before_sum, max_blocks, in_flight_bytes, KernelRoute{});
 }
 
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                             int max_blocks) {
+                             int max_blocks, int64_t in_flight_bytes) {
   if (!route.logits || !route_fits_warp(experts, k, route.func) || k > kRouteChoices ||
       (route.tid2eid ? !route.tokens : !route.bias))
     return false;
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, KernelRoute{route, experts, chosen, weights});
+                         before_sum, max_blocks, in_flight_bytes,
+                         KernelRoute{route, experts, chosen, weights});
 }
 
 }  // namespace agentrt::engine::cuda

@@ -73,6 +73,26 @@ __device__ __forceinline__ Ring init_ring(char* smem, int stages) {
   return r;
 }
 
+// Stages a producer keeps in flight (asked for, not yet landed) under a limit of `bytes` (0: no
+// limit, the ring's): at least one stage, and 0 (no limit) where the ring holds no more.
+inline int in_flight_stages(int64_t bytes, int64_t stage_bytes, int stages) {
+  if (bytes <= 0 || stage_bytes <= 0) return 0;
+  const int64_t n = std::max<int64_t>(1, (bytes + stage_bytes - 1) / stage_bytes);
+  return n >= stages ? 0 : int(n);
+}
+
+// Before the producer asks for its q-th stage: with a limit (in_flight_stages), waits until stage
+// q - limit has landed. Every block asking for its whole ring at once (a product whose blocks
+// land only as the kernel before leaves the SMs) has the memory serve all their stages side by
+// side, so each block's first stage lands only near the end of that burst and its consumers
+// wait; a few stages a block in flight still keep the memory busy.
+__device__ __forceinline__ void hold_in_flight(Ring r, uint32_t q, int limit, int stages) {
+  if (limit > 0 && q >= uint32_t(limit)) {
+    const Slot s = slot_of(q - uint32_t(limit), stages);
+    mbarrier_wait(&r.full[s.index], s.parity);
+  }
+}
+
 // A consumer warp is done with a stage (its reads of it happened before).
 __device__ __forceinline__ void release(Ring r, Slot s) {
   __syncwarp();

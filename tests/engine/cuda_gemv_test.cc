@@ -435,6 +435,33 @@ TEST_F(CudaGemv, EarlyStagesChangeNoBits) {
   }
 }
 
+// GemvMode::in_flight_bytes only holds a producer's next copies back until earlier stages have
+// landed: the same products, bit for bit, with one, two and three stages in flight against the
+// whole ring, on the tensor-core stream kernel and the CUDA-core one.
+TEST_F(CudaGemv, CopiesInFlightLimitChangesNoBits) {
+  for (const StreamCase& c : kStreamCases) {
+    const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 53);
+    const WeightMatrix host = c.view(m);
+    cuda::DeviceMatrix dm(host);
+    const OneRowRun one(c, host, 10);
+    for (const bool cores : {true, false}) {
+      std::vector<float> base;
+      for (const int64_t bytes : {int64_t(0), int64_t(1), int64_t(40000), int64_t(80000)}) {
+        const std::string how = c.name(host) + (cores ? ", tensor-core" : ", CUDA-core") +
+                                " stream, " + std::to_string(bytes) + " bytes in flight";
+        cuda::GemvMode mode(cores);
+        mode.in_flight_bytes = bytes;
+        const std::vector<float> got = one.run(c, dm, mode);
+        EXPECT_LE(rel_l2(got, one.want), 1e-5) << how;
+        if (bytes == 0)
+          base = got;
+        else
+          EXPECT_EQ(std::memcmp(got.data(), base.data(), host.rows * 4), 0) << how;
+      }
+    }
+  }
+}
+
 // The tensor-copied stages' layout replayed on the host (no GPU needed): the copy engine puts
 // box element (byte b of 128-column chunk c, row r) at linear offset ((c * rows + r) * 128 + b)
 // with the 128-byte swizzle (address bits 4-6 XOR bits 7-9, within 1,024-byte aligned atoms);

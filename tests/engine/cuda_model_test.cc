@@ -353,6 +353,35 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 #endif
 }
 
+// Streamed products and routed experts keeping one stage, or 64 KB, of copies in flight a block
+// (CudaOptions::ring_in_flight_bytes) give the same logits, bit for bit: only when each copy
+// is asked for changes.
+TEST(CudaOptions, CopiesInFlightLimitGivesTheSameLogits) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_ring_in_flight";
+  testing::write_small_fp8_model(dir, 14);
+  cuda::CudaOptions options;
+  const auto whole = load_cuda_model(dir, {Device::cuda}, options);
+  const std::vector<int32_t> ids = testing::random_ids(120, 7);
+  auto sw = whole->new_sequence();
+  sw->forward(std::span(ids).first(100));
+  std::vector<std::vector<float>> want;
+  for (size_t p = 100; p < 120; ++p) want.push_back(sw->forward(std::span(ids).subspan(p, 1)));
+  for (const int64_t bytes : {int64_t(1), int64_t(64) << 10}) {
+    options.ring_in_flight_bytes = bytes;
+    const auto held = load_cuda_model(dir, {Device::cuda}, options);
+    auto sh = held->new_sequence();
+    sh->forward(std::span(ids).first(100));
+    for (size_t p = 100; p < 120; ++p)
+      EXPECT_EQ(sh->forward(std::span(ids).subspan(p, 1)), want[p - 100])
+          << bytes << " bytes in flight, step " << p;
+  }
+  std::filesystem::remove_all(dir);
+#endif
+}
+
 // One decode row's attention in blocks of 4 heads and 16 keys beside wo_a's
 // (CudaOptions::attention_beside_wo_a), with each head group's slices one cluster
 // (attention_cluster), or both: other key slices, so float32 rounding apart.
