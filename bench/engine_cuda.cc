@@ -101,10 +101,10 @@
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
-//                     [--ring-in-flight KB] (streamed one-row products but the head, and
-//                     the routed experts' streamed kernels: at most KB of weight copies in
-//                     flight a block, in whole stages, CudaOptions::ring_in_flight_bytes;
-//                     default 0: the whole ring)
+//                     [--ring-in-flight KB] (streamed one-row products but the head, wq_b's
+//                     warp rows and the routed experts' streamed kernels: at most KB of
+//                     weight copies in flight a block, in whole stages,
+//                     CudaOptions::ring_in_flight_bytes; default 0: the whole ring)
 //                     [--pick-copy-stream 0|1] (the picks' masks up and results back on
 //                     a copy stream of their own, CudaOptions::pick_copy_stream; default 1)
 //                     [--cluster-mhc 0|1|2] (decode's mHC boundaries as a cluster of 8 blocks

@@ -194,11 +194,12 @@ struct CudaOptions {
   // and mHC kernels before a product ran 4-5 us faster without its copies competing, and the
   // product that much slower after them.
   int early_stages = 0;
-  // The streamed one-row products (not the head) and the routed experts' streamed kernels keep
-  // at most this many bytes of weight copies asked for and not yet landed, in whole stages (0:
-  // as many as the ring holds; GemvMode::in_flight_bytes). A product whose blocks land only as
-  // the kernel before leaves asks for every block's whole ring at once, and the memory serves
-  // those copies side by side, so each block's first stage lands late.
+  // The streamed one-row products (not the head), wq_b's warp-rows kernel and the routed
+  // experts' streamed kernels keep at most this many bytes of weight copies asked for and not
+  // yet landed, in whole stages (0: as many as the ring holds; GemvMode::in_flight_bytes). A
+  // product whose blocks land only as the kernel before leaves asks for every block's whole
+  // ring at once, and the memory serves those copies side by side, so each block's first stage
+  // lands late.
   int64_t ring_in_flight_bytes = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the

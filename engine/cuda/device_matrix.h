@@ -66,8 +66,8 @@ struct GemvMode {
   int early_stages = 0;
   // The streamed one-row products' producers keep at most this many bytes of copies asked for
   // and not yet landed, in whole stages, at least one (0: as many as the ring holds;
-  // CudaOptions::ring_in_flight_bytes). The warp-rows kernel and matrices of 256 MB or more (the
-  // head) keep their whole ring.
+  // CudaOptions::ring_in_flight_bytes). Matrices of 256 MB or more (the head) keep their whole
+  // ring.
   int64_t in_flight_bytes = 0;
   // The streamed one-row products' grid: at most this many blocks (0: one per SM), so a product
   // run beside another leaves it SMs (CudaOptions::shared_expert_blocks).
@@ -149,10 +149,12 @@ bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_st
 // do not allow it. gemv_stream and gemv_stream_set take this path for products of
 // GemvMode::warp_rows_bytes or more in 8 or more tiles a block.
 // x_norm set: x is RMSNormed with that weight and eps on its way in (refused for groups).
+// in_flight_bytes: GemvMode::in_flight_bytes.
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048,
                     int depth = 2, int max_splits = 1, int early_stages = 0,
-                    const float* x_norm = nullptr, float x_norm_eps = 0.0f);
+                    const float* x_norm = nullptr, float x_norm_eps = 0.0f,
+                    int64_t in_flight_bytes = 0);
 
 // gemv_stream_set's path for one activation row where it takes gemv_warp_rows (GemvMode's
 // warp_rows_bytes and a block of 8 tiles or more), with x RMSNormed (weight, eps) on its way in,

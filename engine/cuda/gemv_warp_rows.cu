@@ -45,6 +45,7 @@ struct WarpRowsGemv {
   int splits;
   int max_tiles;  // tiles a block has at most (its split sums' room)
   int early;      // stages copied before the kernel before has finished (0: the ring's)
+  int in_flight;  // stages asked for and not yet landed, at most (0: the ring's; < slots)
   // Set: x is RMSNormed (this weight, eps) on its way into shared memory, as rms_norm_rows
   // would first (decode's query norm folded into wq_b's launch; one group of x only).
   const float* x_norm;
@@ -140,11 +141,22 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     // The producer: weights are constants, so it starts before the kernel before this one ends.
     if (lane != 0) return;
     int64_t issued = 0;
+    // The slots and phases of the last stages asked for, the oldest waited for before the next
+    // (in_flight < slots, so none of them has been asked for again since).
+    uint32_t asked[wr::kMaxSlots];
     for (int64_t jj = 0; jj < warp_stages; ++jj)
       for (int i = 0; i < g.warps; ++i) {
         const wr::Stage s = wr::stage_of(jj, i, g.warps, g.slots, split_stages);
         if (s.task >= nv) continue;
-        pdl_hold_copies(issued++, g.early);
+        pdl_hold_copies(issued, g.early);
+        if (g.in_flight > 0) {
+          if (issued >= g.in_flight) {
+            const uint32_t a = asked[(issued - g.in_flight) % wr::kMaxSlots];
+            mbarrier_wait(&full[a >> 1], a & 1u);
+          }
+          asked[issued % wr::kMaxSlots] = uint32_t(s.slot) << 1 | s.parity;
+        }
+        ++issued;
         const int64_t t = t0 + s.task / g.splits,
                       slice = (s.task % g.splits) * split_stages + s.slice;
         const int m = matrix_of(g, t);
@@ -283,7 +295,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream, int64_t stage_cols, int depth, int max_splits,
-                    int early_stages, const float* x_norm, float x_norm_eps) {
+                    int early_stages, const float* x_norm, float x_norm_eps,
+                    int64_t in_flight_bytes) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15) ||
       (x_norm && (group_rows > 0 || (reinterpret_cast<uintptr_t>(x_norm) & 15))))
@@ -335,6 +348,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   if (shape.warps == 0) return false;
   g.warps = shape.warps;
   g.slots = shape.slots;
+  g.in_flight = stream::in_flight_stages(in_flight_bytes, wr::stage_bytes(stage_cols), g.slots);
   const int64_t shared = fixed + shape.slots * wr::stage_bytes(stage_cols);
   const auto kernel =
       stage_cols == 2048 ? gemv_warp_rows_kernel<2048> : gemv_warp_rows_kernel<1024>;

@@ -437,19 +437,23 @@ TEST_F(CudaGemv, EarlyStagesChangeNoBits) {
 
 // GemvMode::in_flight_bytes only holds a producer's next copies back until earlier stages have
 // landed: the same products, bit for bit, with one, two and three stages in flight against the
-// whole ring, on the tensor-core stream kernel and the CUDA-core one.
+// whole ring, on the tensor-core stream kernel, the CUDA-core one and the warp-rows kernel (wq_b's
+// shape).
 TEST_F(CudaGemv, CopiesInFlightLimitChangesNoBits) {
-  for (const StreamCase& c : kStreamCases) {
+  std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
+  cases.push_back({32768, 1024, 1, false});  // wq_b: 16 tiles a block, so warp rows take it
+  for (const StreamCase& c : cases) {
     const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 53);
     const WeightMatrix host = c.view(m);
     cuda::DeviceMatrix dm(host);
     const OneRowRun one(c, host, 10);
-    for (const bool cores : {true, false}) {
+    for (const int kernel : {0, 1, 2}) {
       std::vector<float> base;
       for (const int64_t bytes : {int64_t(0), int64_t(1), int64_t(40000), int64_t(80000)}) {
-        const std::string how = c.name(host) + (cores ? ", tensor-core" : ", CUDA-core") +
-                                " stream, " + std::to_string(bytes) + " bytes in flight";
-        cuda::GemvMode mode(cores);
+        const char* names[] = {"tensor-core stream", "CUDA-core stream", "warp rows"};
+        const std::string how =
+            c.name(host) + ", " + names[kernel] + ", " + std::to_string(bytes) + " bytes in flight";
+        cuda::GemvMode mode(kernel != 1, false, 1, true, kernel == 2 ? 1 : 0);
         mode.in_flight_bytes = bytes;
         const std::vector<float> got = one.run(c, dm, mode);
         EXPECT_LE(rel_l2(got, one.want), 1e-5) << how;
