@@ -101,6 +101,9 @@
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
+//                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
+//                     layer's query weights asked into the L2 beside the step's first kernel,
+//                     CudaOptions::lead_prefetch_bytes; default 0: none)
 //                     [--ring-in-flight KB] (streamed one-row products but the head, wq_b's
 //                     warp rows and the routed experts' streamed kernels: at most KB of
 //                     weight copies in flight a block, in whole stages,
@@ -470,6 +473,8 @@ int main(int argc, char** argv) {
       options.fused_q_norm = v == "1";
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
+    else if (k == "--lead-prefetch")
+      options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
     else if (k == "--ring-in-flight")
       options.ring_in_flight_bytes = int64_t(std::stoll(v)) << 10;
     else if (k == "--pick-copy-stream")

@@ -158,6 +158,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_routing_(options.fused_routing),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
+      lead_prefetch_bytes_(options.lead_prefetch_bytes),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -723,6 +724,12 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   // ... whose first boundary may take the embedding itself.
   const WeightMatrix embed = weights_.embed->view();
   const bool embed_in_grid = grid && grid_mhc_ >= 2 && embed.cols == H;
+  // CudaOptions::lead_prefetch_bytes: forked before anything else is enqueued, so in a captured
+  // step the prefetch has no dependency and runs beside the first kernel.
+  // The side stream is joined back by the first layer's own forks (the attention's KV rows).
+  if (lead_prefetch_bytes_ > 0 && n <= gemv_max_rows_ && L > 0)
+    if (const cudaStream_t lead = fork(); lead != stream_)
+      prefetch_to_l2(lead_ranges(weights_.layers[0]), lead);
   if (!embed_in_grid) embed_rows(embed, w.tokens, n, hc, streams, stream_);
   float* fused_partial =
       fused ? w.f(w.hyper_partials,
@@ -818,6 +825,30 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
 // Decode-sized passes run independent work on a side stream (captured into the same graph as
 // parallel branches): small products alone cannot fill the GPU. Prefill-sized passes stay on one
 // stream, as their cuBLAS products share the LinearRunner's scratch.
+L2Ranges DeviceForward::lead_ranges(const LayerOnDevice& lw) const {
+  // The first layer's query weights in the order its products read them: the products of x,
+  // then wq_b and the indexer's (device_forward's attention), up to lead_prefetch_bytes_.
+  std::vector<const DeviceMatrixPtr*> order = {&lw.wq_a, &lw.wkv};
+  if (lw.compressor) order.insert(order.end(), {&lw.compressor->wkv, &lw.compressor->wgate});
+  if (lw.indexer)
+    order.insert(order.end(), {&lw.indexer->compressor.wkv, &lw.indexer->compressor.wgate,
+                               &lw.indexer->weights_proj});
+  order.push_back(&lw.wq_b);
+  if (lw.indexer) order.push_back(&lw.indexer->wq_b);
+  L2Ranges r;
+  int64_t left = lead_prefetch_bytes_;
+  for (const DeviceMatrixPtr* m : order) {
+    if (r.count == kMaxL2Ranges || left < 16) break;
+    const WeightMatrix v = (*m)->view();
+    if (reinterpret_cast<uintptr_t>(v.data) % 16 != 0) continue;
+    const int64_t bytes = std::min(v.bytes(), left) / 16 * 16;
+    r.data[r.count] = v.data;
+    r.bytes[r.count++] = bytes;
+    left -= bytes;
+  }
+  return r;
+}
+
 cudaStream_t DeviceForward::fork() {
   // Profiling times stages in stream order, so it keeps everything on one stream.
   if (!side_ || profile_ || current_rows_ > gemv_max_rows_) return stream_;

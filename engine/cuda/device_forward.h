@@ -201,6 +201,12 @@ struct CudaOptions {
   // ring at once, and the memory serves those copies side by side, so each block's first stage
   // lands late.
   int64_t ring_in_flight_bytes = 0;
+  // Decode-sized passes ask up to this many bytes of the first layer's query weights (the
+  // products of x, then wq_b) into the L2 from a kernel beside the embedding with no dependency
+  // (a root of the step's graph), for the products to find there (l2_prefetch.cu; 0: none). In a
+  // replayed step the kernel after the embedding started ~11 us after it on an H100, with
+  // nothing running in between.
+  int64_t lead_prefetch_bytes = 0;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -400,6 +406,8 @@ class DeviceForward {
   // A stream for work independent of what follows on stream_ until join(): the side stream
   // (after an event on stream_) or stream_ itself when not decoding.
   cudaStream_t fork();
+  // CudaOptions::lead_prefetch_bytes of layer lw's query weights, in the order they are read.
+  L2Ranges lead_ranges(const LayerOnDevice& lw) const;
   void join(cudaStream_t side);
   void stage(const char* name);
   void collect_stages();
@@ -443,6 +451,7 @@ class DeviceForward {
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
+  int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a

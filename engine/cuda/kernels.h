@@ -252,6 +252,17 @@ void indexer_scores_mma_mirrored(const float* q, const float* head_weights, floa
                                  const float* entries, int64_t max_visible, bool split,
                                  void* mirror, float* scores, int64_t stride, cudaStream_t stream);
 
+// --- l2_prefetch.cu ---
+// Up to kMaxL2Ranges device ranges (16-byte aligned, sizes multiples of 16) asked into the L2
+// by one launch on `stream`, without waiting for them to land (CudaOptions::lead_prefetch).
+constexpr int kMaxL2Ranges = 8;
+struct L2Ranges {
+  const void* data[kMaxL2Ranges] = {};
+  int64_t bytes[kMaxL2Ranges] = {};
+  int count = 0;
+};
+void prefetch_to_l2(const L2Ranges& ranges, cudaStream_t stream);
+
 // --- sampling.cu ---
 // The greedy choice among allowed tokens (mask bit set, or no mask; logit finite): the largest
 // logit (ties: lower id), and z = sum over allowed of exp((logit - best) * inv_t). allowed = 0:

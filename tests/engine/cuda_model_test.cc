@@ -354,8 +354,9 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 }
 
 // Streamed products and routed experts keeping one stage, or 64 KB, of copies in flight a block
-// (CudaOptions::ring_in_flight_bytes) give the same logits, bit for bit: only when each copy
-// is asked for changes.
+// (CudaOptions::ring_in_flight_bytes), and the first layer's weights asked into the L2 beside
+// the step's first kernel (lead_prefetch_bytes), give the same logits, bit for bit: only when
+// weights are asked for changes.
 TEST(CudaOptions, CopiesInFlightLimitGivesTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -369,14 +370,18 @@ TEST(CudaOptions, CopiesInFlightLimitGivesTheSameLogits) {
   sw->forward(std::span(ids).first(100));
   std::vector<std::vector<float>> want;
   for (size_t p = 100; p < 120; ++p) want.push_back(sw->forward(std::span(ids).subspan(p, 1)));
-  for (const int64_t bytes : {int64_t(1), int64_t(64) << 10}) {
-    options.ring_in_flight_bytes = bytes;
+  struct Case {
+    int64_t in_flight, lead;
+  };
+  for (const Case& k : {Case{1, 0}, Case{64 << 10, 0}, Case{0, 64 << 20}}) {
+    options.ring_in_flight_bytes = k.in_flight;
+    options.lead_prefetch_bytes = k.lead;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
     for (size_t p = 100; p < 120; ++p)
       EXPECT_EQ(sh->forward(std::span(ids).subspan(p, 1)), want[p - 100])
-          << bytes << " bytes in flight, step " << p;
+          << k.in_flight << " bytes in flight, " << k.lead << " prefetched, step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
