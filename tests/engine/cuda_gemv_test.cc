@@ -401,63 +401,41 @@ TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
   }
 }
 
-// GemvMode::early_stages only holds a producer's copies back until the kernel before has
-// finished: the same products, bit for bit, on the tensor-core stream kernel, the CUDA-core one
-// and the warp-rows kernel (wq_b's shape: rows copied in pairs), with 1 and 2 stages
-// copied early against the whole ring.
-TEST_F(CudaGemv, EarlyStagesChangeNoBits) {
+// GemvMode::early_stages (1 and 2 stages copied before the kernel before has finished) and
+// in_flight_bytes (one, two and three stages asked for and not yet landed) only hold a
+// producer's copies back: the same products, bit for bit, as the whole ring asked for at once,
+// on the tensor-core stream kernel, the CUDA-core one and the warp-rows kernel (wq_b's shape:
+// rows copied in pairs).
+TEST_F(CudaGemv, HoldingCopiesBackChangesNoBits) {
   std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
   cases.push_back({32768, 1024, 1, false});  // wq_b: 16 tiles a block, so warp rows take it
+  struct Kernel {
+    const char* name;
+    bool cores;
+    int64_t warp_rows;
+  };
+  struct Hold {
+    int early;
+    int64_t in_flight;
+  };
   for (const StreamCase& c : cases) {
     const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 52);
     const WeightMatrix host = c.view(m);
     cuda::DeviceMatrix dm(host);
     const OneRowRun one(c, host, 9);
-    std::vector<float> base;
-    struct Kernel {
-      const char* name;
-      bool cores;
-      int64_t warp_rows;
-    };
     for (const Kernel& k : {Kernel{"tensor-core stream", true, 0},
-                            Kernel{"CUDA-core stream", false, 0}, Kernel{"warp rows", true, 1}})
-      for (const int early : {0, 1, 2}) {
-        const std::string how =
-            c.name(host) + ", " + k.name + ", early stages " + std::to_string(early);
-        const std::vector<float> got =
-            one.run(c, dm, cuda::GemvMode(k.cores, false, 1, true, k.warp_rows, 2, 1, early));
-        EXPECT_LE(rel_l2(got, one.want), 1e-5) << how;
-        if (early == 0)
-          base = got;
-        else
-          EXPECT_EQ(std::memcmp(got.data(), base.data(), host.rows * 4), 0) << how;
-      }
-  }
-}
-
-// GemvMode::in_flight_bytes only holds a producer's next copies back until earlier stages have
-// landed: the same products, bit for bit, with one, two and three stages in flight against the
-// whole ring, on the tensor-core stream kernel, the CUDA-core one and the warp-rows kernel (wq_b's
-// shape).
-TEST_F(CudaGemv, CopiesInFlightLimitChangesNoBits) {
-  std::vector<StreamCase> cases(std::begin(kStreamCases), std::end(kStreamCases));
-  cases.push_back({32768, 1024, 1, false});  // wq_b: 16 tiles a block, so warp rows take it
-  for (const StreamCase& c : cases) {
-    const HostMatrix m = make(WeightType::f8_e4m3, c.rows, c.cols, 53);
-    const WeightMatrix host = c.view(m);
-    cuda::DeviceMatrix dm(host);
-    const OneRowRun one(c, host, 10);
-    for (const int kernel : {0, 1, 2}) {
+                            Kernel{"CUDA-core stream", false, 0}, Kernel{"warp rows", true, 1}}) {
       std::vector<float> base;
-      for (const int64_t bytes : {int64_t(0), int64_t(1), int64_t(40000), int64_t(80000)}) {
-        const char* names[] = {"tensor-core stream", "CUDA-core stream", "warp rows"};
-        const std::string how =
-            c.name(host) + ", " + names[kernel] + ", " + std::to_string(bytes) + " bytes in flight";
-        cuda::GemvMode mode(kernel != 1, false, 1, true, kernel == 2 ? 1 : 0);
-        mode.in_flight_bytes = bytes;
+      for (const Hold& h :
+           {Hold{0, 0}, Hold{1, 0}, Hold{2, 0}, Hold{0, 1}, Hold{0, 40000}, Hold{0, 80000}}) {
+        const std::string how = c.name(host) + ", " + k.name + ", early stages " +
+                                std::to_string(h.early) + ", " + std::to_string(h.in_flight) +
+                                " bytes in flight";
+        cuda::GemvMode mode(k.cores, false, 1, true, k.warp_rows, 2, 1, h.early);
+        mode.in_flight_bytes = h.in_flight;
         const std::vector<float> got = one.run(c, dm, mode);
         EXPECT_LE(rel_l2(got, one.want), 1e-5) << how;
-        if (bytes == 0)
+        if (base.empty())
           base = got;
         else
           EXPECT_EQ(std::memcmp(got.data(), base.data(), host.rows * 4), 0) << how;
