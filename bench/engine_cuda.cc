@@ -101,6 +101,9 @@
 //                     [--decode-ahead 0] (decode+pick: each greedy choice queues the next
 //                     step, fed with the picked token on the device, before the host reads
 //                     the pick, CudaOptions::decode_ahead; default 1)
+//                     [--split-graph 1] (a captured decode step as two graphs: the
+//                     embedding and the first mHC boundary, then the rest,
+//                     CudaOptions::split_step_graph; default 0)
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
@@ -473,6 +476,8 @@ int main(int argc, char** argv) {
       options.fused_q_norm = v == "1";
     else if (k == "--decode-ahead")
       options.decode_ahead = v == "1";
+    else if (k == "--split-graph")
+      options.split_step_graph = v == "1";
     else if (k == "--lead-prefetch")
       options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
     else if (k == "--ring-in-flight")

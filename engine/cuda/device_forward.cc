@@ -159,6 +159,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
+      split_step_graph_(options.split_step_graph),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -207,7 +208,10 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
 }
 
 DeviceForward::~DeviceForward() {
-  for (auto& [key, step] : graphs_by_shape_) cudaGraphExecDestroy(step.exec);
+  for (auto& [key, step] : graphs_by_shape_) {
+    if (step.prologue) cudaGraphExecDestroy(step.prologue);
+    cudaGraphExecDestroy(step.exec);
+  }
   if (blas_) cublasDestroy(blas_);
   for (cudaEvent_t e : logits_landed_)
     if (e) cudaEventDestroy(e);
@@ -420,28 +424,43 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     auto it = graphs_by_shape_.find(key);
     if (it != graphs_by_shape_.end() && it->second.generation == w.generation &&
         it->second.layout_bytes == layout_bytes) {
+      if (it->second.prologue) AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.prologue, stream_));
       AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
       enqueue(n, wanted);
       AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      cudaGraph_t g = nullptr;
+      cudaGraph_t g = nullptr, g0 = nullptr;
+      // CudaOptions::split_step_graph: the capture so far becomes the prologue's graph.
+      const std::function<void()> split = [&] {
+        AGENTRT_CUDA_CHECK(cudaStreamEndCapture(stream_, &g0));
+        AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      };
+      const bool split_graph = split_step_graph_ && lead_prefetch_bytes_ == 0;
       AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        enqueue(n, wanted);
+        enqueue(n, wanted, nullptr, split_graph ? &split : nullptr);
       } catch (...) {
         cudaStreamEndCapture(stream_, &g);
         if (g) cudaGraphDestroy(g);
+        if (g0) cudaGraphDestroy(g0);
         throw;
       }
-      AGENTRT_CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
+      const cudaError_t ended = cudaStreamEndCapture(stream_, &g);
       CapturedStep step;
       step.generation = w.generation;
       step.layout_bytes = layout_bytes;
-      const cudaError_t err = cudaGraphInstantiate(&step.exec, g, 0);
-      cudaGraphDestroy(g);
+      cudaError_t err = ended;
+      if (err == cudaSuccess && g0) err = cudaGraphInstantiate(&step.prologue, g0, 0);
+      if (err == cudaSuccess) err = cudaGraphInstantiate(&step.exec, g, 0);
+      if (g0) cudaGraphDestroy(g0);
+      if (g) cudaGraphDestroy(g);
+      if (err != cudaSuccess && step.prologue) cudaGraphExecDestroy(step.prologue);
       AGENTRT_CUDA_CHECK(err);
-      if (it != graphs_by_shape_.end()) cudaGraphExecDestroy(it->second.exec);
+      if (it != graphs_by_shape_.end()) {
+        if (it->second.prologue) cudaGraphExecDestroy(it->second.prologue);
+        cudaGraphExecDestroy(it->second.exec);
+      }
       graphs_by_shape_[key] = step;
     }
   } else {
@@ -704,7 +723,8 @@ std::span<const DeviceForward::Sorted> DeviceForward::sorted_allowed(
 }
 
 void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
-                            const std::function<void()>* layer_metadata) {
+                            const std::function<void()>* layer_metadata,
+                            const std::function<void()>* at_split) {
   current_rows_ = n;
   const ForwardConfig& c = config_;
   Workspace& w = *ws_;
@@ -784,6 +804,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     const LayerOnDevice& lw = weights_.layers[l];
     hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x);
     stage("mHC");
+    if (l == 0 && at_split) (*at_split)();
     if (l == 0 && layer_metadata) (*layer_metadata)();  // deferred by run() until now
     attention(size_t(l), n, y);
     pending = y;

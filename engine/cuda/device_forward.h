@@ -207,6 +207,14 @@ struct CudaOptions {
   // replayed step the kernel after the embedding started ~11 us after it on an H100, with
   // nothing running in between.
   int64_t lead_prefetch_bytes = 0;
+  // A captured decode step as two graphs launched one after the other: the embedding and the
+  // first mHC boundary (one stream), then the rest (the side stream's branches). In a replayed
+  // step of one graph on 12 internal streams the second kernel started ~12.7 us after the first
+  // (thirty-fifth session's traces; 2.3 us in a graph of one stream), so the second graph's
+  // first kernel, the products of x, might hide that wait, at the cost of its early start.
+  // Ignored with lead_prefetch_bytes (its branch would cross the split). Written after the
+  // thirty-fifth session's device time ran out: not measured.
+  bool split_step_graph = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -396,9 +404,11 @@ class DeviceForward {
   void attention(size_t l, int64_t n, float* out);
   void moe(size_t l, int64_t n, float* out);
   // layer_metadata (CudaOptions::defer_layer_metadata): run() packs and uploads the layers'
-  // metadata there, called before the first attention.
+  // metadata there, called before the first attention. at_split (CudaOptions::split_step_graph):
+  // called after the first mHC boundary, where run() ends one capture and begins the next.
   void enqueue(int64_t n, const std::vector<int64_t>& wanted,
-               const std::function<void()>* layer_metadata = nullptr);
+               const std::function<void()>* layer_metadata = nullptr,
+               const std::function<void()>* at_split = nullptr);
   // The call's metadata in pinned memory, for its upload.
   const char* pinned_metadata(const std::vector<char>& bytes);
   // A logits row the last run left on the device.
@@ -452,6 +462,7 @@ class DeviceForward {
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes
+  bool split_step_graph_ = false;        // CudaOptions::split_step_graph
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
@@ -459,6 +470,7 @@ class DeviceForward {
   int64_t gemv_max_rows_ = 16;
   std::string repeat_stage_;
   struct CapturedStep {
+    cudaGraphExec_t prologue = nullptr;  // CudaOptions::split_step_graph: launched before exec
     cudaGraphExec_t exec = nullptr;
     uint64_t generation = 0;  // the workspace generation it was captured with
     size_t layout_bytes = 0;  // the metadata it reads, up to the feeds (a check of its offsets)

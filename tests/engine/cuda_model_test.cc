@@ -354,10 +354,10 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 }
 
 // Streamed products and routed experts keeping one stage, or 64 KB, of copies in flight a block
-// (CudaOptions::ring_in_flight_bytes), and the first layer's weights asked into the L2 beside
-// the step's first kernel (lead_prefetch_bytes), give the same logits, bit for bit: only when
-// weights are asked for changes.
-TEST(CudaOptions, CopiesInFlightLimitGivesTheSameLogits) {
+// (CudaOptions::ring_in_flight_bytes), the first layer's weights asked into the L2 beside the
+// step's first kernel (lead_prefetch_bytes), and a captured step as two graphs
+// (split_step_graph) give the same logits, bit for bit: only when work is asked for changes.
+TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
@@ -372,16 +372,20 @@ TEST(CudaOptions, CopiesInFlightLimitGivesTheSameLogits) {
   for (size_t p = 100; p < 120; ++p) want.push_back(sw->forward(std::span(ids).subspan(p, 1)));
   struct Case {
     int64_t in_flight, lead;
+    bool split;
   };
-  for (const Case& k : {Case{1, 0}, Case{64 << 10, 0}, Case{0, 64 << 20}}) {
+  for (const Case& k :
+       {Case{1, 0, false}, Case{64 << 10, 0, false}, Case{0, 64 << 20, false}, Case{0, 0, true}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
+    options.split_step_graph = k.split;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
     for (size_t p = 100; p < 120; ++p)
       EXPECT_EQ(sh->forward(std::span(ids).subspan(p, 1)), want[p - 100])
-          << k.in_flight << " bytes in flight, " << k.lead << " prefetched, step " << p;
+          << k.in_flight << " bytes in flight, " << k.lead << " prefetched, split " << k.split
+          << ", step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
