@@ -209,7 +209,7 @@ struct CudaOptions {
   int64_t lead_prefetch_bytes = 0;
   // A captured decode step as two graphs launched one after the other: the embedding and the
   // first mHC boundary (one stream), then the rest (the side stream's branches). In a replayed
-  // step of one graph on 12 internal streams the second kernel started ~12.7 us after the first
+  // step of one graph on 12 internal streams the second kernel started 12.7-13.8 us after the first
   // (thirty-fifth session's traces; 2.3 us in a graph of one stream), so the second graph's
   // first kernel, the products of x, might hide that wait, at the cost of its early start.
   // Ignored with lead_prefetch_bytes (its branch would cross the split). Written after the
