@@ -843,9 +843,6 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   stage("head");
 }
 
-// Decode-sized passes run independent work on a side stream (captured into the same graph as
-// parallel branches): small products alone cannot fill the GPU. Prefill-sized passes stay on one
-// stream, as their cuBLAS products share the LinearRunner's scratch.
 L2Ranges DeviceForward::lead_ranges(const LayerOnDevice& lw) const {
   // The first layer's query weights in the order its products read them: the products of x,
   // then wq_b and the indexer's (device_forward's attention), up to lead_prefetch_bytes_.
@@ -870,6 +867,9 @@ L2Ranges DeviceForward::lead_ranges(const LayerOnDevice& lw) const {
   return r;
 }
 
+// Decode-sized passes run independent work on a side stream (captured into the same graph as
+// parallel branches): small products alone cannot fill the GPU. Prefill-sized passes stay on one
+// stream, as their cuBLAS products share the LinearRunner's scratch.
 cudaStream_t DeviceForward::fork() {
   // Profiling times stages in stream order, so it keeps everything on one stream.
   if (!side_ || profile_ || current_rows_ > gemv_max_rows_) return stream_;
