@@ -104,6 +104,11 @@
 //                     [--split-graph 1] (a captured decode step as two graphs: the
 //                     embedding and the first mHC boundary, then the rest,
 //                     CudaOptions::split_step_graph; default 0)
+//                     [--staged-meta 1] (replayed steps' metadata uploaded to a device
+//                     staging on its own stream and copied into place by the feed kernel,
+//                     CudaOptions::staged_step_metadata; default 0)
+//                     [--graph-device-launch 1] (step graphs instantiated for device launch,
+//                     CudaOptions::graph_device_launch; default 0)
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
@@ -478,6 +483,10 @@ int main(int argc, char** argv) {
       options.decode_ahead = v == "1";
     else if (k == "--split-graph")
       options.split_step_graph = v == "1";
+    else if (k == "--staged-meta")
+      options.staged_step_metadata = v == "1";
+    else if (k == "--graph-device-launch")
+      options.graph_device_launch = v == "1";
     else if (k == "--lead-prefetch")
       options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
     else if (k == "--ring-in-flight")

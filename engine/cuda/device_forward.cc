@@ -160,6 +160,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
       split_step_graph_(options.split_step_graph),
+      graph_device_launch_(options.graph_device_launch),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -200,6 +201,12 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picked_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));  // no picks yet: complete
   }
+  if (options.staged_step_metadata && graphs_) {
+    AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_, cudaStreamNonBlocking));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_up_, cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_read_, cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));  // nothing staged yet: complete
+  }
   if (options.side_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
@@ -224,6 +231,12 @@ DeviceForward::~DeviceForward() {
   }
   if (mask_up_) cudaEventDestroy(mask_up_);
   if (picked_) cudaEventDestroy(picked_);
+  if (upload_) {
+    cudaStreamSynchronize(upload_);
+    cudaStreamDestroy(upload_);
+  }
+  if (staged_up_) cudaEventDestroy(staged_up_);
+  if (staged_read_) cudaEventDestroy(staged_read_);
   if (side_) {
     cudaStreamSynchronize(side_);
     cudaStreamDestroy(side_);
@@ -386,11 +399,27 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.size)));
   if (!meta_copied_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
-  AGENTRT_CUDA_CHECK(
-      cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
-  AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
-  feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
-                     reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+  if (graph && upload_) {
+    // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
+    // (while the step before still runs), then copied into place by the feed kernel.
+    meta_stage_.reserve(int64_t(pack.size));
+    char* stage = static_cast<char*>(meta_stage_.get());
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(upload_, staged_read_, 0));
+    AGENTRT_CUDA_CHECK(
+        cudaMemcpyAsync(stage, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, upload_));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, upload_));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(staged_up_, upload_));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, staged_up_, 0));
+    feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off), int64_t(feeds.size()),
+                         int64_t(tokens_off), stream_);
+    AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
+  } else {
+    AGENTRT_CUDA_CHECK(
+        cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+    feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                       reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+  }
   ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
   w.pos = reinterpret_cast<const int64_t*>(meta + pos_off);
@@ -451,8 +480,14 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       step.generation = w.generation;
       step.layout_bytes = layout_bytes;
       cudaError_t err = ended;
-      if (err == cudaSuccess && g0) err = cudaGraphInstantiate(&step.prologue, g0, 0);
-      if (err == cudaSuccess) err = cudaGraphInstantiate(&step.exec, g, 0);
+      const unsigned long long flags =
+          graph_device_launch_ ? cudaGraphInstantiateFlagDeviceLaunch : 0;
+      if (err == cudaSuccess && g0) err = cudaGraphInstantiate(&step.prologue, g0, flags);
+      if (err == cudaSuccess) err = cudaGraphInstantiate(&step.exec, g, flags);
+      // A device-launch graph must be uploaded before its first launch.
+      if (err == cudaSuccess && graph_device_launch_ && step.prologue)
+        err = cudaGraphUpload(step.prologue, stream_);
+      if (err == cudaSuccess && graph_device_launch_) err = cudaGraphUpload(step.exec, stream_);
       if (g0) cudaGraphDestroy(g0);
       if (g) cudaGraphDestroy(g);
       if (err != cudaSuccess && step.prologue) cudaGraphExecDestroy(step.prologue);

@@ -215,6 +215,16 @@ struct CudaOptions {
   // Ignored with lead_prefetch_bytes (its branch would cross the split). Written after the
   // thirty-fifth session's device time ran out: not measured.
   bool split_step_graph = false;
+  // Replayed decode steps (captured graphs) take their metadata from a device staging buffer,
+  // uploaded on a stream of its own while the step before runs; the token-feeding kernel copies
+  // it into place. Between two replays the pass's stream then runs the picks and that one
+  // kernel instead of the picks, the upload and the feed (the thirty-fifth session's traces:
+  // the 688-byte upload took 1.2-1.4 us plus ~1.5 us of launch gap, after the pick).
+  bool staged_step_metadata = false;
+  // Step graphs instantiated for device launch (cudaGraphInstantiateFlagDeviceLaunch), still
+  // launched from the host: another way the driver schedules a graph's branches, for the ~11 us
+  // a replayed step of 12 internal streams waited after its first kernel.
+  bool graph_device_launch = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -463,6 +473,7 @@ class DeviceForward {
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph
+  bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
@@ -509,6 +520,12 @@ class DeviceForward {
   // CudaOptions::defer_layer_metadata: the layers' metadata's own page-locked buffer.
   PinnedBuffer pinned_layer_meta_;
   cudaEvent_t meta_copied_ = nullptr;
+  // CudaOptions::staged_step_metadata: the graph passes' metadata's device staging, its upload
+  // stream, and the events ordering the upload before the feed kernel that reads the staging
+  // (staged_up_) and the next upload after it (staged_read_).
+  DeviceBuffer meta_stage_;
+  cudaStream_t upload_ = nullptr;
+  cudaEvent_t staged_up_ = nullptr, staged_read_ = nullptr;
 };
 
 }  // namespace agentrt::engine::cuda

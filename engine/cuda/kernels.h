@@ -291,6 +291,11 @@ struct PickFeed {
 // tokens[feeds[i].row] = feeds[i].pick's token (0 where the mask allowed nothing) for i < n, one
 // launch (feeds in device memory): the step is queued before the host has read the picks back.
 void feed_picked_tokens(const PickFeed* feeds, int64_t n, int32_t* tokens, cudaStream_t stream);
+// CudaOptions::staged_step_metadata: copies `bytes` of a pass's metadata from `stage` to `meta`
+// (device buffers, 16-byte aligned), then feeds the picks as feed_picked_tokens does, with the
+// feeds at stage + feeds_off (n of them) and the tokens at meta + tokens_off; one launch.
+void feed_staged_metadata(const char* stage, char* meta, int64_t bytes, int64_t feeds_off,
+                          int64_t n, int64_t tokens_off, cudaStream_t stream);
 // Logits rows sorted on the device, for sampling rows with too many tokens near the best to
 // collect (instead of each whole row sorted on the host). Row i of a sort is logits row rows[i]
 // (device array) under the bitmask masks + i * mask_stride of words[i] words (-1: no mask, every

@@ -301,4 +301,29 @@ void feed_picked_tokens(const PickFeed* feeds, int64_t n, int32_t* tokens, cudaS
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
+// One block: the copy, a barrier (global writes of one block are visible to its threads after
+// __syncthreads), then the feeds over the copied tokens.
+__global__ void feed_staged_metadata_kernel(const char* stage, char* meta, int64_t bytes,
+                                            int64_t feeds_off, int64_t n, int64_t tokens_off) {
+  const int64_t words = bytes / 16;
+  for (int64_t i = threadIdx.x; i < words; i += blockDim.x)
+    reinterpret_cast<int4*>(meta)[i] = reinterpret_cast<const int4*>(stage)[i];
+  for (int64_t i = words * 16 + threadIdx.x; i < bytes; i += blockDim.x) meta[i] = stage[i];
+  __syncthreads();
+  const auto* feeds = reinterpret_cast<const PickFeed*>(stage + feeds_off);
+  auto* tokens = reinterpret_cast<int32_t*>(meta + tokens_off);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const MaskedPick* p = feeds[i].pick;
+    tokens[feeds[i].row] = p->allowed > 0 ? p->token : 0;  // as feed_picked_tokens_kernel
+  }
+}
+
+void feed_staged_metadata(const char* stage, char* meta, int64_t bytes, int64_t feeds_off,
+                          int64_t n, int64_t tokens_off, cudaStream_t stream) {
+  if (reinterpret_cast<uintptr_t>(stage) % 16 || reinterpret_cast<uintptr_t>(meta) % 16)
+    throw std::invalid_argument("feed_staged_metadata: buffers not 16-byte aligned");
+  feed_staged_metadata_kernel<<<1, 256, 0, stream>>>(stage, meta, bytes, feeds_off, n, tokens_off);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
 }  // namespace agentrt::engine::cuda

@@ -356,7 +356,9 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 // Streamed products and routed experts keeping one stage, or 64 KB, of copies in flight a block
 // (CudaOptions::ring_in_flight_bytes), the first layer's weights asked into the L2 beside the
 // step's first kernel (lead_prefetch_bytes), and a captured step as two graphs
-// (split_step_graph) give the same logits, bit for bit: only when work is asked for changes.
+// (split_step_graph), replayed steps' metadata staged on the device (staged_step_metadata) and
+// step graphs instantiated for device launch (graph_device_launch) give the same logits, bit
+// for bit: only when work is asked for changes.
 TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -372,20 +374,24 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   for (size_t p = 100; p < 120; ++p) want.push_back(sw->forward(std::span(ids).subspan(p, 1)));
   struct Case {
     int64_t in_flight, lead;
-    bool split;
+    bool split, staged, device_launch;
   };
-  for (const Case& k :
-       {Case{1, 0, false}, Case{64 << 10, 0, false}, Case{0, 64 << 20, false}, Case{0, 0, true}}) {
+  for (const Case& k : {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
+                        Case{0, 64 << 20, false, false, false}, Case{0, 0, true, false, false},
+                        Case{0, 0, false, true, false}, Case{0, 0, false, false, true},
+                        Case{0, 0, true, true, true}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
     options.split_step_graph = k.split;
+    options.staged_step_metadata = k.staged;
+    options.graph_device_launch = k.device_launch;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
     for (size_t p = 100; p < 120; ++p)
       EXPECT_EQ(sh->forward(std::span(ids).subspan(p, 1)), want[p - 100])
           << k.in_flight << " bytes in flight, " << k.lead << " prefetched, split " << k.split
-          << ", step " << p;
+          << ", staged " << k.staged << ", device launch " << k.device_launch << ", step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
