@@ -109,6 +109,8 @@
 //                     CudaOptions::staged_step_metadata; default 0)
 //                     [--graph-device-launch 1] (step graphs instantiated for device launch,
 //                     CudaOptions::graph_device_launch; default 0)
+//                     [--pick-in-graph 1] (decode+pick: the greedy pick as the first node of
+//                     the next step's graph, CudaOptions::pick_in_step_graph; default 0)
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
@@ -487,6 +489,8 @@ int main(int argc, char** argv) {
       options.staged_step_metadata = v == "1";
     else if (k == "--graph-device-launch")
       options.graph_device_launch = v == "1";
+    else if (k == "--pick-in-graph")
+      options.pick_in_step_graph = v == "1";
     else if (k == "--lead-prefetch")
       options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
     else if (k == "--ring-in-flight")

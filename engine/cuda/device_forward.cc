@@ -161,6 +161,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
       split_step_graph_(options.split_step_graph),
       graph_device_launch_(options.graph_device_launch),
+      pick_in_step_graph_(options.pick_in_step_graph && options.pick_copy_stream && options.graphs),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -201,7 +202,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picked_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));  // no picks yet: complete
   }
-  if (options.staged_step_metadata && graphs_) {
+  if ((options.staged_step_metadata || pick_in_step_graph_) && graphs_) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_up_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_read_, cudaEventDisableTiming));
@@ -389,6 +390,12 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   // everything a graph reads sits at offsets fixed by the row count; the feeds, read before the
   // graph by their own launch, come last (a step fed from picks must not move the layers' rows).
   const size_t layout_bytes = pack.size, feeds_off = pack.add(feeds);
+  // CudaOptions::pick_in_step_graph: a step fed with the deferred pick alone starts with it;
+  // any other run launches it first (it reads the last run's logits).
+  const bool take_pick = deferred_ && graph && upload_ && n == 1 && feeds.size() == 1 &&
+                         feeds[0].pick == deferred_->args.out;
+  if (!take_pick) launch_deferred_pick();
+  const size_t pick_off = take_pick ? pack.add(std::vector<PickArgs>{deferred_->args}) : 0;
   if (graph)
     for (int64_t l = 0; l < L; ++l) {
       w.layers[l].max_visible = visible_bound;
@@ -399,20 +406,33 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.size)));
   if (!meta_copied_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
+  char* stage = nullptr;
+  // CudaOptions::pick_in_step_graph: the deferred pick, then the feed (both captured into the
+  // step's graph); the events are graph nodes there (external records).
+  const std::function<void()> pick_and_feed = [&] {
+    masked_pick_from(reinterpret_cast<const PickArgs*>(stage + pick_off), config_.vocab_size,
+                     stream_);
+    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(picked_, stream_, cudaEventRecordExternal));
+    feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off), int64_t(feeds.size()),
+                         int64_t(tokens_off), stream_);
+    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(staged_read_, stream_, cudaEventRecordExternal));
+  };
   if (graph && upload_) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
     // (while the step before still runs), then copied into place by the feed kernel.
     meta_stage_.reserve(int64_t(pack.size));
-    char* stage = static_cast<char*>(meta_stage_.get());
+    stage = static_cast<char*>(meta_stage_.get());
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(upload_, staged_read_, 0));
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(stage, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, upload_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, upload_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(staged_up_, upload_));
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, staged_up_, 0));
-    feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off), int64_t(feeds.size()),
-                         int64_t(tokens_off), stream_);
-    AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
+    if (!take_pick) {
+      feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off),
+                           int64_t(feeds.size()), int64_t(tokens_off), stream_);
+      AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
+    }
   } else {
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
@@ -449,14 +469,20 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
 
   const int64_t m = int64_t(wanted.size());
   if (graph) {
-    const std::pair<int64_t, int64_t> key{n, visible_bound};
+    const std::tuple<int64_t, int64_t, bool> key{n, visible_bound, take_pick};
     auto it = graphs_by_shape_.find(key);
     if (it != graphs_by_shape_.end() && it->second.generation == w.generation &&
-        it->second.layout_bytes == layout_bytes) {
+        it->second.layout_bytes == layout_bytes && it->second.stage == stage) {
       if (it->second.prologue) AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.prologue, stream_));
       AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
+      if (take_pick) {
+        pick_and_feed();
+        // Before the capture: waits on picked_ then refer to this record, not the graph's.
+        read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
+        deferred_.reset();
+      }
       enqueue(n, wanted);
       AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
       cudaGraph_t g = nullptr, g0 = nullptr;
@@ -468,6 +494,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       const bool split_graph = split_step_graph_ && lead_prefetch_bytes_ == 0;
       AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
+        if (take_pick) pick_and_feed();
         enqueue(n, wanted, nullptr, split_graph ? &split : nullptr);
       } catch (...) {
         cudaStreamEndCapture(stream_, &g);
@@ -477,6 +504,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       }
       const cudaError_t ended = cudaStreamEndCapture(stream_, &g);
       CapturedStep step;
+      step.stage = stage;
       step.generation = w.generation;
       step.layout_bytes = layout_bytes;
       cudaError_t err = ended;
@@ -498,6 +526,10 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       }
       graphs_by_shape_[key] = step;
     }
+    if (deferred_) {  // taken into the replayed graph
+      read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
+      deferred_.reset();
+    }
   } else {
     enqueue(n, wanted, defer ? &layer_metadata : nullptr);
   }
@@ -514,6 +546,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
 }
 
 void DeviceForward::read_logits(std::span<float* const> dst, int64_t first_row) {
+  launch_deferred_pick();
   const int64_t n = int64_t(dst.size()), V = config_.vocab_size;
   if (first_row < 0 || first_row + n > last_wanted_)
     throw std::logic_error("cuda logits: rows " + std::to_string(first_row) + " .. " +
@@ -572,6 +605,7 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
 void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<const RowPick> how,
                                   int32_t capacity, int64_t first_row,
                                   std::span<const int64_t> logits_rows) {
+  launch_deferred_pick();
   const int64_t n = int64_t(masks.size());
   if (int64_t(how.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(how.size()) +
@@ -624,6 +658,17 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   }
   near_.reserve(results);
   char* dev = static_cast<char*>(near_.get());
+  if (pick_in_step_graph_ && n == 1 && how[0].delta <= 0.0f) {
+    // Deferred: the next run takes it into its step's graph if that step is fed with it.
+    const bool masked = masks[0].words != nullptr;
+    deferred_ = DeferredPick{
+        PickArgs{logits_row(logits_rows.empty() ? first : logits_rows[0]),
+                 masked ? mask_.as<uint32_t>() : nullptr, masked ? int64_t(masks[0].num_words) : 0,
+                 pick_scratch_.get(), reinterpret_cast<MaskedPick*>(dev), how[0].inv_t},
+        host, dev, results};
+    queued_.pending = true;
+    return;
+  }
   for (int64_t i = 0; i < n; ++i) {
     const bool masked = masks[i].words != nullptr;
     const uint32_t* mask = masked ? mask_.as<uint32_t>() + i * stride : nullptr;
@@ -638,18 +683,32 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
                         reinterpret_cast<int32_t*>(s + 24), reinterpret_cast<int32_t*>(s + head),
                         reinterpret_cast<float*>(s + head + int64_t(capacity) * 4), stream_);
   }
-  // The read back on the copy stream: the pass's stream goes on to the next step at once.
+  read_back_picks(host, dev, results, false);
+  queued_.pending = true;
+}
+
+void DeviceForward::read_back_picks(char* host, const char* dev, int64_t bytes,
+                                    bool picked_recorded) {
+  // On the copy stream: the pass's stream goes on to the next step at once.
   cudaStream_t back = stream_;
   if (copy_) {
-    AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));
+    if (!picked_recorded) AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(copy_, picked_, 0));
     back = copy_;
   }
-  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(results), cudaMemcpyDeviceToHost, back));
+  AGENTRT_CUDA_CHECK(cudaMemcpyAsync(host, dev, size_t(bytes), cudaMemcpyDeviceToHost, back));
   if (!picks_landed_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picks_landed_, cudaEventDisableTiming));
   AGENTRT_CUDA_CHECK(cudaEventRecord(picks_landed_, back));
-  queued_.pending = true;
+}
+
+void DeviceForward::launch_deferred_pick() {
+  if (!deferred_) return;
+  const DeferredPick d = *deferred_;
+  deferred_.reset();
+  masked_pick(d.args.logits, config_.vocab_size, d.args.mask, d.args.mask_words, d.args.inv_t,
+              d.args.scratch, d.args.out, stream_);
+  read_back_picks(d.host, d.dev, d.bytes, false);
 }
 
 const MaskedPick* DeviceForward::device_pick(int64_t i) const {
@@ -661,6 +720,7 @@ const MaskedPick* DeviceForward::device_pick(int64_t i) const {
 }
 
 std::vector<DeviceForward::NearBest> DeviceForward::collect_picks() {
+  launch_deferred_pick();
   if (!queued_.pending) throw std::logic_error("cuda sampling: no picks queued to collect");
   queued_.pending = false;
   const std::span<const RowPick> how = queued_.how;
@@ -688,6 +748,7 @@ std::vector<DeviceForward::NearBest> DeviceForward::collect_picks() {
 std::span<const DeviceForward::Sorted> DeviceForward::sorted_allowed(
     std::span<const int64_t> rows, std::span<const TokenMask> masks,
     std::span<const int32_t> allowed) {
+  launch_deferred_pick();
   const int64_t n = int64_t(rows.size()), vocab = config_.vocab_size;
   if (int64_t(masks.size()) != n || int64_t(allowed.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(n) + " rows to sort but " +

@@ -14,8 +14,10 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -225,6 +227,13 @@ struct CudaOptions {
   // launched from the host: another way the driver schedules a graph's branches, for the ~11 us
   // a replayed step of 12 internal streams waited after its first kernel.
   bool graph_device_launch = false;
+  // A greedy one-row pick queued for a decode step fed with it (decode_ahead) runs as the first
+  // node of that step's captured graph, from arguments staged with the step's metadata, instead
+  // of as its own launch between two graphs; the feed kernel follows it in the graph. A replayed
+  // step's second kernel started ~12.7 us after its first whatever the first was (thirty-fifth
+  // session's traces: 7 us of hyper_grid, then 5.7 us of nothing), so the pick's 7.5 us may hide
+  // there. Implies staged_step_metadata; needs pick_copy_stream.
+  bool pick_in_step_graph = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -429,6 +438,11 @@ class DeviceForward {
   // CudaOptions::lead_prefetch_bytes of layer lw's query weights, in the order they are read.
   L2Ranges lead_ranges(const LayerOnDevice& lw) const;
   void join(cudaStream_t side);
+  // The picks' read back on the copy stream (or stream_) once picked_ is recorded after them;
+  // recorded here unless a captured step's graph records it (pick_in_step_graph).
+  void read_back_picks(char* host, const char* dev, int64_t bytes, bool picked_recorded);
+  // Launches a deferred pick (pick_in_step_graph) on its own, and its read back; no-op if none.
+  void launch_deferred_pick();
   void stage(const char* name);
   void collect_stages();
   // Runs launch(), and again where `name` is the stage to repeat (CudaOptions::repeat_stage).
@@ -474,6 +488,7 @@ class DeviceForward {
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph
   bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
+  bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
@@ -483,10 +498,12 @@ class DeviceForward {
   struct CapturedStep {
     cudaGraphExec_t prologue = nullptr;  // CudaOptions::split_step_graph: launched before exec
     cudaGraphExec_t exec = nullptr;
-    uint64_t generation = 0;  // the workspace generation it was captured with
-    size_t layout_bytes = 0;  // the metadata it reads, up to the feeds (a check of its offsets)
+    const void* stage = nullptr;  // the metadata staging it reads (pick_in_step_graph)
+    uint64_t generation = 0;      // the workspace generation it was captured with
+    size_t layout_bytes = 0;      // the metadata it reads, up to the feeds (a check of its offsets)
   };
-  std::map<std::pair<int64_t, int64_t>, CapturedStep> graphs_by_shape_;
+  // By rows, the visible compressed entries' bound, and whether the step starts with a pick.
+  std::map<std::tuple<int64_t, int64_t, bool>, CapturedStep> graphs_by_shape_;
   std::vector<std::pair<std::string, cudaEvent_t>> marks_;
   std::map<std::string, double> stage_ms_;
   PinnedBuffer pinned_logits_;  // staging for the logits
@@ -526,6 +543,16 @@ class DeviceForward {
   DeviceBuffer meta_stage_;
   cudaStream_t upload_ = nullptr;
   cudaEvent_t staged_up_ = nullptr, staged_read_ = nullptr;
+  // CudaOptions::pick_in_step_graph: a queued pick not launched yet, for the next run to take
+  // into its step's graph or launch_deferred_pick() to launch alone; with where its read back
+  // goes (pinned), from where (device) and how many bytes.
+  struct DeferredPick {
+    PickArgs args;
+    char* host = nullptr;
+    const char* dev = nullptr;
+    int64_t bytes = 0;
+  };
+  std::optional<DeferredPick> deferred_;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -283,6 +283,18 @@ void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask,
                        int32_t* ids, float* values, cudaStream_t stream);
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
+// masked_pick's arguments in device memory (CudaOptions::pick_in_step_graph: a captured step's
+// first node picks the token the step is fed with, from arguments uploaded with its metadata).
+struct PickArgs {
+  const float* logits;
+  const uint32_t* mask;
+  int64_t mask_words;
+  void* scratch;
+  MaskedPick* out;
+  float inv_t;
+};
+// masked_pick reading its arguments from `args` (device memory) when it runs; the same results.
+void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream);
 // A decode step's row fed from a pick on the device (DeviceRow::picked).
 struct PickFeed {
   const MaskedPick* pick;

@@ -82,12 +82,11 @@ __device__ __forceinline__ bool allowed(float l, int64_t i, const uint32_t* mask
 // then one launch with double exps and shuffle butterflies (11.0-11.8 us on an H100).
 constexpr int kPerThread = 8;
 
-__global__ void __launch_bounds__(kThreads)
-    pick_kernel(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
-                float inv_t, Partial* partials, unsigned* arrived, MaskedPick* out) {
+__device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, const uint32_t* mask,
+                                           int64_t mask_words, float inv_t, Partial* partials,
+                                           unsigned* arrived, MaskedPick* out) {
   __shared__ Partial shared[kThreads / 32];
   __shared__ bool last;
-  pdl_begin();
   Partial p{-INFINITY, INT32_MAX, 0, 0.0};
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; base < vocab;
@@ -146,6 +145,26 @@ __global__ void __launch_bounds__(kThreads)
     *out = MaskedPick{q.token, q.allowed, q.best, q.z};
     *arrived = 0;  // ready for the next launch
   }
+}
+
+__global__ void __launch_bounds__(kThreads)
+    pick_kernel(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
+                float inv_t, Partial* partials, unsigned* arrived, MaskedPick* out) {
+  pdl_begin();
+  pick_block(logits, vocab, mask, mask_words, inv_t, partials, arrived, out);
+}
+
+// The scratch's layout (masked_pick_scratch_bytes): the blocks' partials, then the counter.
+__device__ __host__ inline unsigned* arrival_counter(void* scratch) {
+  return reinterpret_cast<unsigned*>(static_cast<char*>(scratch) +
+                                     int64_t(sizeof(Partial)) * kMaxBlocks);
+}
+
+__global__ void __launch_bounds__(kThreads) pick_from_kernel(const PickArgs* args, int64_t vocab) {
+  pdl_begin();
+  const PickArgs a = *args;
+  pick_block(a.logits, vocab, a.mask, a.mask_words, a.inv_t, static_cast<Partial*>(a.scratch),
+             arrival_counter(a.scratch), a.out);
 }
 
 int pick_grid(int64_t vocab) {
@@ -278,11 +297,13 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
                  float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream) {
   const int blocks = pick_grid(vocab);
   static_assert(kMaxBlocks <= kThreads, "the last block loads one partial a thread");
-  auto* partials = static_cast<Partial*>(scratch);
-  auto* arrived = reinterpret_cast<unsigned*>(static_cast<char*>(scratch) +
-                                              int64_t(sizeof(Partial)) * kMaxBlocks);
   launch_pdl(pick_kernel, blocks, kThreads, 0, stream, logits, vocab, mask, mask_words, inv_t,
-             partials, arrived, out);
+             static_cast<Partial*>(scratch), arrival_counter(scratch), out);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream) {
+  pick_from_kernel<<<pick_grid(vocab), kThreads, 0, stream>>>(args, vocab);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -173,15 +173,20 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 }
 
 // A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
-// CudaOptions::decode_ahead and pick_copy_stream (and staged_step_metadata where `staged`), and
-// without any (both with the given near_capacity).
+// How the step queued ahead gets its metadata and its pick: as by default, staged on the device
+// (CudaOptions::staged_step_metadata), or also picked inside its graph (pick_in_step_graph).
+enum class Staging { none, metadata, pick };
+
+// CudaOptions::decode_ahead and pick_copy_stream (and `staging`), and without any (both with the
+// given near_capacity).
 std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair(
     const std::filesystem::path& dir, uint64_t seed, int32_t near_capacity = 4096,
-    bool staged = false) {
+    Staging staging = Staging::none) {
   testing::write_small_fp8_model(dir, seed);
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
-  with.staged_step_metadata = staged;
+  with.staged_step_metadata = staging != Staging::none;
+  with.pick_in_step_graph = staging == Staging::pick;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -208,11 +213,11 @@ void prompted_pairs(const Model& ma, const Model& mb, int n, int first, int step
 // the device. A model with it gives the same tokens, log-probabilities and logits as one without,
 // through every way the queued step is used or discarded: fed (the picked token), another token
 // fed, a truncate, another sequence's run in between, a mask that allows nothing, a sampling
-// step, a prefill, and a forward() of logits. `staged`: with CudaOptions::staged_step_metadata.
-void check_decode_ahead(bool staged) {
+// step, a prefill, and a forward() of logits.
+void check_decode_ahead(Staging staging) {
   const auto dir = std::filesystem::temp_directory_path() /
-                   ("agentrt_cuda_decode_ahead" + std::string(staged ? "_staged" : ""));
-  const auto [on, off] = ahead_pair(dir, 13, 4096, staged);
+                   ("agentrt_cuda_decode_ahead_" + std::to_string(int(staging)));
+  const auto [on, off] = ahead_pair(dir, 13, 4096, staging);
   auto a = on->new_sequence(), b = off->new_sequence(), other = on->new_sequence();
   std::mt19937 rng(5);
   std::vector<int32_t> prompt(37);
@@ -271,14 +276,13 @@ void check_decode_ahead(bool staged) {
 // decode ahead, through every way the queued step is used or discarded: the same batch in
 // another order (used), a row fed another token, a batch without one of the sequences, a
 // sampling row in another order (used; its sort reads the queued step's row), a mask that
-// allows nothing for one row, another sequence's run in between, and a truncate. `staged`: with
-// CudaOptions::staged_step_metadata.
-void check_batch_ahead(bool staged) {
+// allows nothing for one row, another sequence's run in between, and a truncate.
+void check_batch_ahead(Staging staging) {
   const auto dir = std::filesystem::temp_directory_path() /
-                   ("agentrt_cuda_batch_ahead" + std::string(staged ? "_staged" : ""));
+                   ("agentrt_cuda_batch_ahead_" + std::to_string(int(staging)));
   // near_capacity 8: a sampling row sorts its allowed tokens on the device, reading its logits
   // row of the queued step.
-  const auto [on, off] = ahead_pair(dir, 17, 8, staged);
+  const auto [on, off] = ahead_pair(dir, 17, 8, staging);
   std::mt19937 rng(8);
   const int n = 4;
   std::vector<std::unique_ptr<ModelSequence>> a, b;
@@ -351,15 +355,22 @@ void check_batch_ahead(bool staged) {
   std::filesystem::remove_all(dir);
 }
 
-TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) { check_decode_ahead(false); }
+TEST_F(CudaSampling, DecodeAheadGivesTheSameResultsAsWithout) { check_decode_ahead(Staging::none); }
 
-TEST_F(CudaSampling, DecodeBatchAheadGivesTheSameResultsAsWithout) { check_batch_ahead(false); }
+TEST_F(CudaSampling, DecodeBatchAheadGivesTheSameResultsAsWithout) {
+  check_batch_ahead(Staging::none);
+}
 
-// The same with the replayed steps' metadata staged on the device: the feed kernel that copies
-// it into place also feeds the picks.
+// The same with the replayed steps' metadata staged on the device (the feed kernel that copies
+// it into place also feeds the picks), and with one row's greedy pick inside its step's graph.
 TEST_F(CudaSampling, StagedStepMetadataDecodesAheadAsWithout) {
-  check_decode_ahead(true);
-  check_batch_ahead(true);
+  check_decode_ahead(Staging::metadata);
+  check_batch_ahead(Staging::metadata);
+}
+
+TEST_F(CudaSampling, PickInStepGraphDecodesAheadAsWithout) {
+  check_decode_ahead(Staging::pick);
+  check_batch_ahead(Staging::pick);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
