@@ -202,7 +202,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picked_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));  // no picks yet: complete
   }
-  if ((options.staged_step_metadata || pick_in_step_graph_) && graphs_) {
+  if (options.staged_step_metadata && graphs_) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&upload_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_up_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_read_, cudaEventDisableTiming));
@@ -392,8 +392,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   const size_t layout_bytes = pack.size, feeds_off = pack.add(feeds);
   // CudaOptions::pick_in_step_graph: a step fed with the deferred pick alone starts with it;
   // any other run launches it first (it reads the last run's logits).
-  const bool take_pick = deferred_ && graph && upload_ && n == 1 && feeds.size() == 1 &&
-                         feeds[0].pick == deferred_->args.out;
+  const bool take_pick =
+      deferred_ && graph && n == 1 && feeds.size() == 1 && feeds[0].pick == deferred_->args.out;
   if (!take_pick) launch_deferred_pick();
   const size_t pick_off = take_pick ? pack.add(std::vector<PickArgs>{deferred_->args}) : 0;
   if (graph)
@@ -406,16 +406,23 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.size)));
   if (!meta_copied_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
-  char* stage = nullptr;
-  // CudaOptions::pick_in_step_graph: the deferred pick, then the feed (both captured into the
-  // step's graph); the events are graph nodes there (external records).
-  const std::function<void()> pick_and_feed = [&] {
-    masked_pick_from(reinterpret_cast<const PickArgs*>(stage + pick_off), config_.vocab_size,
-                     stream_);
-    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(picked_, stream_, cudaEventRecordExternal));
-    feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off), int64_t(feeds.size()),
-                         int64_t(tokens_off), stream_);
-    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(staged_read_, stream_, cudaEventRecordExternal));
+  char* stage = nullptr;  // CudaOptions::staged_step_metadata
+  // CudaOptions::pick_in_step_graph: the deferred pick (its arguments uploaded with the
+  // metadata, or staged), then the feed, captured into the step's graph when `capturing`; the
+  // events are graph nodes there (external records, which only a capture may ask for).
+  const auto pick_and_feed = [&](bool capturing) {
+    const unsigned record = capturing ? cudaEventRecordExternal : cudaEventRecordDefault;
+    const char* args = (stage ? stage : meta) + pick_off;
+    masked_pick_from(reinterpret_cast<const PickArgs*>(args), config_.vocab_size, stream_);
+    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(picked_, stream_, record));
+    if (stage) {
+      feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off),
+                           int64_t(feeds.size()), int64_t(tokens_off), stream_);
+      AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(staged_read_, stream_, record));
+    } else {
+      feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                         reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+    }
   };
   if (graph && upload_) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
@@ -437,8 +444,9 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
-    feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
-                       reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+    if (!take_pick)
+      feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                         reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
   }
   ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
@@ -478,7 +486,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
       if (take_pick) {
-        pick_and_feed();
+        pick_and_feed(false);
         // Before the capture: waits on picked_ then refer to this record, not the graph's.
         read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
         deferred_.reset();
@@ -494,7 +502,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       const bool split_graph = split_step_graph_ && lead_prefetch_bytes_ == 0;
       AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        if (take_pick) pick_and_feed();
+        if (take_pick) pick_and_feed(true);
         enqueue(n, wanted, nullptr, split_graph ? &split : nullptr);
       } catch (...) {
         cudaStreamEndCapture(stream_, &g);
