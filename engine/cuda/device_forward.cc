@@ -392,10 +392,21 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   const size_t layout_bytes = pack.size, feeds_off = pack.add(feeds);
   // CudaOptions::pick_in_step_graph: a step fed with the deferred pick alone starts with it;
   // any other run launches it first (it reads the last run's logits).
-  const bool take_pick =
-      deferred_ && graph && n == 1 && feeds.size() == 1 && feeds[0].pick == deferred_->args.out;
+  const bool take_pick = deferred_ && graph && !upload_ && n == 1 && feeds.size() == 1 &&
+                         feeds[0].pick == deferred_->args.out;
   if (!take_pick) launch_deferred_pick();
-  const size_t pick_off = take_pick ? pack.add(std::vector<PickArgs>{deferred_->args}) : 0;
+  // Its arguments, then its mask (from the pick's staging): up with the metadata, so nothing
+  // but this stream's own work comes before the step (a wait on another stream's upload right
+  // before the step cost 4.4%: staged_step_metadata).
+  size_t pick_off = 0, mask_off = 0;
+  if (take_pick) {
+    pick_off = pack.add(std::vector<PickArgs>{deferred_->args});
+    if (deferred_->staged_mask) {
+      const auto [off, at] = pack.alloc<uint32_t>(size_t(deferred_->args.mask_words));
+      std::memcpy(at, deferred_->staged_mask, size_t(deferred_->args.mask_words) * 4);
+      mask_off = off;
+    }
+  }
   if (graph)
     for (int64_t l = 0; l < L; ++l) {
       w.layers[l].max_visible = visible_bound;
@@ -406,23 +417,24 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.size)));
   if (!meta_copied_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
-  char* stage = nullptr;  // CudaOptions::staged_step_metadata
-  // CudaOptions::pick_in_step_graph: the deferred pick (its arguments uploaded with the
-  // metadata, or staged), then the feed, captured into the step's graph when `capturing`; the
-  // events are graph nodes there (external records, which only a capture may ask for).
+  if (take_pick && deferred_->staged_mask) {
+    // The mask's device address, now that meta is known, into the packed arguments (grow()
+    // only hands back the packed buffer: it holds pack.size already).
+    char* packed = pinned_meta_.grow(int64_t(pack.size), int64_t(pack.size));
+    reinterpret_cast<PickArgs*>(packed + pick_off)->mask =
+        reinterpret_cast<const uint32_t*>(meta + mask_off);
+  }
+  char* stage = nullptr;  // CudaOptions::staged_step_metadata (never with a pick taken)
+  // CudaOptions::pick_in_step_graph: the deferred pick (its arguments in the metadata), then the
+  // feed, captured into the step's graph when `capturing`; picked_'s record is a graph node
+  // there (an external record, which only a capture may ask for).
   const auto pick_and_feed = [&](bool capturing) {
-    const unsigned record = capturing ? cudaEventRecordExternal : cudaEventRecordDefault;
-    const char* args = (stage ? stage : meta) + pick_off;
-    masked_pick_from(reinterpret_cast<const PickArgs*>(args), config_.vocab_size, stream_);
-    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(picked_, stream_, record));
-    if (stage) {
-      feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off),
-                           int64_t(feeds.size()), int64_t(tokens_off), stream_);
-      AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(staged_read_, stream_, record));
-    } else {
-      feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
-                         reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
-    }
+    masked_pick_from(reinterpret_cast<const PickArgs*>(meta + pick_off), config_.vocab_size,
+                     stream_);
+    AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(
+        picked_, stream_, capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
+    feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                       reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
   };
   if (graph && upload_) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
@@ -435,11 +447,9 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, upload_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(staged_up_, upload_));
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, staged_up_, 0));
-    if (!take_pick) {
-      feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off),
-                           int64_t(feeds.size()), int64_t(tokens_off), stream_);
-      AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
-    }
+    feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off), int64_t(feeds.size()),
+                         int64_t(tokens_off), stream_);
+    AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
   } else {
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
@@ -647,7 +657,10 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   for (int64_t i = 0; i < n; ++i)
     if (masks[i].words) std::memcpy(staged + i * stride, masks[i].words, masks[i].num_words * 4);
   mask_.reserve(std::max<int64_t>(n * stride * 4, 4));
-  if (stride > 0) {
+  // CudaOptions::pick_in_step_graph: a greedy row alone is deferred; its mask stays staged for
+  // the next run to pack into the step's metadata (or launch_deferred_pick to upload).
+  const bool defer = pick_in_step_graph_ && n == 1 && how[0].delta <= 0.0f;
+  if (stride > 0 && !defer) {
     // On the copy stream: up once the last picks are done with mask_, while the pass's stream
     // still runs the step before; the picks wait for it.
     cudaStream_t up = copy_ ? copy_ : stream_;
@@ -666,14 +679,15 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   }
   near_.reserve(results);
   char* dev = static_cast<char*>(near_.get());
-  if (pick_in_step_graph_ && n == 1 && how[0].delta <= 0.0f) {
-    // Deferred: the next run takes it into its step's graph if that step is fed with it.
+  if (defer) {
+    // The next run takes it into its step's graph if that step is fed with it. The mask's
+    // device address is set where it goes up.
     const bool masked = masks[0].words != nullptr;
-    deferred_ = DeferredPick{
-        PickArgs{logits_row(logits_rows.empty() ? first : logits_rows[0]),
-                 masked ? mask_.as<uint32_t>() : nullptr, masked ? int64_t(masks[0].num_words) : 0,
-                 pick_scratch_.get(), reinterpret_cast<MaskedPick*>(dev), how[0].inv_t},
-        host, dev, results};
+    deferred_ =
+        DeferredPick{PickArgs{logits_row(logits_rows.empty() ? first : logits_rows[0]), nullptr,
+                              masked ? int64_t(masks[0].num_words) : 0, pick_scratch_.get(),
+                              reinterpret_cast<MaskedPick*>(dev), how[0].inv_t},
+                     masked ? staged : nullptr, host, dev, results};
     queued_.pending = true;
     return;
   }
@@ -712,8 +726,15 @@ void DeviceForward::read_back_picks(char* host, const char* dev, int64_t bytes,
 
 void DeviceForward::launch_deferred_pick() {
   if (!deferred_) return;
-  const DeferredPick d = *deferred_;
+  DeferredPick d = *deferred_;
   deferred_.reset();
+  if (d.staged_mask) {
+    // On the pass's stream, after every earlier pick that read mask_ (enqueue_picks' uploads on
+    // the copy stream wait for those, and this pick's picked_ orders the next one after it).
+    AGENTRT_CUDA_CHECK(cudaMemcpyAsync(mask_.get(), d.staged_mask, size_t(d.args.mask_words) * 4,
+                                       cudaMemcpyHostToDevice, stream_));
+    d.args.mask = mask_.as<uint32_t>();
+  }
   masked_pick(d.args.logits, config_.vocab_size, d.args.mask, d.args.mask_words, d.args.inv_t,
               d.args.scratch, d.args.out, stream_);
   read_back_picks(d.host, d.dev, d.bytes, false);

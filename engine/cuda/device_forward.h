@@ -234,7 +234,9 @@ struct CudaOptions {
   // of as its own launch between two graphs; the feed kernel follows it in the graph. A replayed
   // step's second kernel started ~12.7 us after its first whatever the first was (thirty-fifth
   // session's traces: 7 us of hyper_grid, then 5.7 us of nothing), so the pick's 7.5 us may hide
-  // there. Its arguments go up with the step's metadata. Needs pick_copy_stream.
+  // there. Its arguments and grammar mask go up with the step's metadata, so the pass's stream
+  // waits on no other stream before the step. Needs pick_copy_stream (the read back); ignored
+  // with staged_step_metadata.
   bool pick_in_step_graph = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
@@ -550,6 +552,7 @@ class DeviceForward {
   // goes (pinned), from where (device) and how many bytes.
   struct DeferredPick {
     PickArgs args;
+    const uint32_t* staged_mask = nullptr;  // its mask in pinned_mask_ (args.mask_words), if any
     char* host = nullptr;
     const char* dev = nullptr;
     int64_t bytes = 0;
