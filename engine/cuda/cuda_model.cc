@@ -272,6 +272,10 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     return pass_.fp8_counts();
   }
+  int64_t picks_in_step_graphs() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return pass_.picks_in_step_graphs();
+  }
 
  private:
   static const cuda::CudaOptions& checked(const cuda::CudaOptions& options) {
@@ -469,6 +473,11 @@ std::map<std::string, double> cuda_stage_ms(const Model& model) {
 cuda::LinearRunner::Fp8Counts cuda_fp8_counts(const Model& model) {
   const auto* m = dynamic_cast<const CudaModel*>(&model);
   return m ? m->fp8_counts() : cuda::LinearRunner::Fp8Counts{};
+}
+
+int64_t cuda_picks_in_step_graphs(const Model& model) {
+  const auto* m = dynamic_cast<const CudaModel*>(&model);
+  return m ? m->picks_in_step_graphs() : 0;
 }
 
 std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,

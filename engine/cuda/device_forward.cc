@@ -161,7 +161,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
       split_step_graph_(options.split_step_graph),
       graph_device_launch_(options.graph_device_launch),
-      pick_in_step_graph_(options.pick_in_step_graph && options.pick_copy_stream && options.graphs),
+      pick_in_step_graph_(options.pick_in_step_graph && options.pick_copy_stream &&
+                          options.graphs && !options.staged_step_metadata &&
+                          !options.graph_device_launch),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -392,8 +394,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   const size_t layout_bytes = pack.size, feeds_off = pack.add(feeds);
   // CudaOptions::pick_in_step_graph: a step fed with the deferred pick alone starts with it;
   // any other run launches it first (it reads the last run's logits).
-  const bool take_pick = deferred_ && graph && !upload_ && n == 1 && feeds.size() == 1 &&
-                         feeds[0].pick == deferred_->args.out;
+  const bool take_pick =
+      deferred_ && graph && n == 1 && feeds.size() == 1 && feeds[0].pick == deferred_->args.out;
   if (!take_pick) launch_deferred_pick();
   // Its arguments, then its mask (from the pick's staging): up with the metadata, so nothing
   // but this stream's own work comes before the step (a wait on another stream's upload right
@@ -537,6 +539,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       if (g0) cudaGraphDestroy(g0);
       if (g) cudaGraphDestroy(g);
       if (err != cudaSuccess && step.prologue) cudaGraphExecDestroy(step.prologue);
+      if (err != cudaSuccess && step.exec) cudaGraphExecDestroy(step.exec);
       AGENTRT_CUDA_CHECK(err);
       if (it != graphs_by_shape_.end()) {
         if (it->second.prologue) cudaGraphExecDestroy(it->second.prologue);
@@ -548,6 +551,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
       deferred_.reset();
     }
+    if (take_pick) ++picks_in_step_graphs_;
   } else {
     enqueue(n, wanted, defer ? &layer_metadata : nullptr);
   }
@@ -623,7 +627,7 @@ std::vector<DeviceForward::NearBest> DeviceForward::near_best_rows(std::span<con
 void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<const RowPick> how,
                                   int32_t capacity, int64_t first_row,
                                   std::span<const int64_t> logits_rows) {
-  launch_deferred_pick();
+  flush_deferred_pick();
   const int64_t n = int64_t(masks.size());
   if (int64_t(how.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(how.size()) +
@@ -740,6 +744,12 @@ void DeviceForward::launch_deferred_pick() {
   read_back_picks(d.host, d.dev, d.bytes, false);
 }
 
+void DeviceForward::flush_deferred_pick() {
+  if (!deferred_) return;
+  launch_deferred_pick();
+  AGENTRT_CUDA_CHECK(cudaEventSynchronize(picks_landed_));
+}
+
 const MaskedPick* DeviceForward::device_pick(int64_t i) const {
   if (i < 0 || i >= int64_t(queued_.how.size()))
     throw std::logic_error("cuda sampling: pick " + std::to_string(i) + " of " +
@@ -777,7 +787,7 @@ std::vector<DeviceForward::NearBest> DeviceForward::collect_picks() {
 std::span<const DeviceForward::Sorted> DeviceForward::sorted_allowed(
     std::span<const int64_t> rows, std::span<const TokenMask> masks,
     std::span<const int32_t> allowed) {
-  launch_deferred_pick();
+  flush_deferred_pick();
   const int64_t n = int64_t(rows.size()), vocab = config_.vocab_size;
   if (int64_t(masks.size()) != n || int64_t(allowed.size()) != n)
     throw std::invalid_argument("cuda sampling: " + std::to_string(n) + " rows to sort but " +

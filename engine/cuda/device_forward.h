@@ -236,7 +236,8 @@ struct CudaOptions {
   // session's traces: 7 us of hyper_grid, then 5.7 us of nothing), so the pick's 7.5 us may hide
   // there. Its arguments and grammar mask go up with the step's metadata, so the pass's stream
   // waits on no other stream before the step. Needs pick_copy_stream (the read back); ignored
-  // with staged_step_metadata.
+  // with staged_step_metadata and with graph_device_launch (a device-launch graph may not hold
+  // the event record the read back waits for).
   bool pick_in_step_graph = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
@@ -402,6 +403,8 @@ class DeviceForward {
   // How many runs have been queued: a sequence that queued a step ahead checks that no other run
   // has overwritten its logits since.
   uint64_t runs() const { return runs_; }
+  // CudaOptions::pick_in_step_graph: picks that ran inside a step's graph so far.
+  int64_t picks_in_step_graphs() const { return picks_in_step_graphs_; }
   // After run(rows, nullptr): for each logits row rows[i] (-1: the last), the `allowed[i]` tokens
   // that masks[i] allows with finite logits, as (logit, id) best first, ties to the lower id
   // (Sampler::sample's order): one sort on the device for all the rows, one read back. The lists
@@ -447,6 +450,9 @@ class DeviceForward {
   void read_back_picks(char* host, const char* dev, int64_t bytes, bool picked_recorded);
   // Launches a deferred pick (pick_in_step_graph) on its own, and its read back; no-op if none.
   void launch_deferred_pick();
+  // launch_deferred_pick(), then waits for its read back: for callers about to write the pinned
+  // staging its mask is uploaded from (a pick still deferred there was never collected).
+  void flush_deferred_pick();
   void stage(const char* name);
   void collect_stages();
   // Runs launch(), and again where `name` is the stage to repeat (CudaOptions::repeat_stage).
@@ -558,6 +564,7 @@ class DeviceForward {
     int64_t bytes = 0;
   };
   std::optional<DeferredPick> deferred_;
+  int64_t picks_in_step_graphs_ = 0;
 };
 
 }  // namespace agentrt::engine::cuda

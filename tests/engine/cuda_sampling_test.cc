@@ -174,8 +174,9 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 
 // A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
 // How the step queued ahead gets its metadata and its pick: as by default, staged on the device
-// (CudaOptions::staged_step_metadata), or also picked inside its graph (pick_in_step_graph).
-enum class Staging { none, metadata, pick };
+// (CudaOptions::staged_step_metadata), or with the pick inside its graph (pick_in_step_graph),
+// also with the step as two graphs (split_step_graph: the pick in the first).
+enum class Staging { none, metadata, pick, pick_split };
 
 // CudaOptions::decode_ahead and pick_copy_stream (and `staging`), and without any (both with the
 // given near_capacity).
@@ -185,8 +186,9 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   testing::write_small_fp8_model(dir, seed);
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
-  with.staged_step_metadata = staging != Staging::none;
-  with.pick_in_step_graph = staging == Staging::pick;
+  with.staged_step_metadata = staging == Staging::metadata;
+  with.pick_in_step_graph = staging == Staging::pick || staging == Staging::pick_split;
+  with.split_step_graph = staging == Staging::pick_split;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -268,6 +270,10 @@ void check_decode_ahead(Staging staging) {
   ASSERT_EQ(la.size(), lb.size());
   for (size_t i = 0; i < la.size(); ++i) ASSERT_EQ(la[i], lb[i]) << "logit " << i;
   EXPECT_EQ(a->length(), b->length());
+  // Every step fed as picked took its pick into its graph, and only with the option.
+  const bool in_graph = staging == Staging::pick || staging == Staging::pick_split;
+  if (in_graph) EXPECT_GE(cuda_picks_in_step_graphs(*on), 12);
+  if (!in_graph) EXPECT_EQ(cuda_picks_in_step_graphs(*on), 0);
   std::filesystem::remove_all(dir);
 }
 
@@ -336,6 +342,8 @@ void check_batch_ahead(Staging staging) {
   step(all, {m, m, m, m}, "row 1 fed another token");
   step(all, {}, "after another token");
   step({0, 1, 3}, {}, "without sequence 2");
+  step({2}, {m}, "sequence 2 alone");  // one greedy row: its pick may go into the next graph
+  step({2}, {}, "sequence 2 alone, fed");
   step(all, {}, "all again");
   Sampler wa(SamplingParams{.temperature = 0.9f, .seed = 2}),
       wb(SamplingParams{.temperature = 0.9f, .seed = 2});
@@ -352,6 +360,8 @@ void check_batch_ahead(Staging staging) {
   b[3]->truncate(b[3]->length() - 2);
   step(all, {}, "after a truncate");
   step(all, {}, "last");
+  const bool in_graph = staging == Staging::pick || staging == Staging::pick_split;
+  if (in_graph) EXPECT_GE(cuda_picks_in_step_graphs(*on), 1);  // sequence 2 alone, fed
   std::filesystem::remove_all(dir);
 }
 
@@ -371,6 +381,7 @@ TEST_F(CudaSampling, StagedStepMetadataDecodesAheadAsWithout) {
 TEST_F(CudaSampling, PickInStepGraphDecodesAheadAsWithout) {
   check_decode_ahead(Staging::pick);
   check_batch_ahead(Staging::pick);
+  check_decode_ahead(Staging::pick_split);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
