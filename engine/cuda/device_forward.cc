@@ -426,7 +426,6 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     reinterpret_cast<PickArgs*>(packed + pick_off)->mask =
         reinterpret_cast<const uint32_t*>(meta + mask_off);
   }
-  char* stage = nullptr;  // CudaOptions::staged_step_metadata (never with a pick taken)
   // CudaOptions::pick_in_step_graph: the deferred pick (its arguments in the metadata), then the
   // feed, captured into the step's graph when `capturing`; picked_'s record is a graph node
   // there (an external record, which only a capture may ask for).
@@ -442,7 +441,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
     // (while the step before still runs), then copied into place by the feed kernel.
     meta_stage_.reserve(int64_t(pack.size));
-    stage = static_cast<char*>(meta_stage_.get());
+    char* stage = static_cast<char*>(meta_stage_.get());
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(upload_, staged_read_, 0));
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(stage, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, upload_));
@@ -492,7 +491,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     const std::tuple<int64_t, int64_t, bool> key{n, visible_bound, take_pick};
     auto it = graphs_by_shape_.find(key);
     if (it != graphs_by_shape_.end() && it->second.generation == w.generation &&
-        it->second.layout_bytes == layout_bytes && it->second.stage == stage) {
+        it->second.layout_bytes == layout_bytes) {
       if (it->second.prologue) AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.prologue, stream_));
       AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
     } else {
@@ -524,7 +523,6 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       }
       const cudaError_t ended = cudaStreamEndCapture(stream_, &g);
       CapturedStep step;
-      step.stage = stage;
       step.generation = w.generation;
       step.layout_bytes = layout_bytes;
       cudaError_t err = ended;

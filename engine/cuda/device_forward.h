@@ -214,8 +214,9 @@ struct CudaOptions {
   // step of one graph on 12 internal streams the second kernel started 12.7-13.8 us after the first
   // (thirty-fifth session's traces; 2.3 us in a graph of one stream), so the second graph's
   // first kernel, the products of x, might hide that wait, at the cost of its early start.
-  // Ignored with lead_prefetch_bytes (its branch would cross the split). Written after the
-  // thirty-fifth session's device time ran out: not measured.
+  // Ignored with lead_prefetch_bytes (its branch would cross the split). On an H100 (thirty-sixth
+  // session, five interleaved rounds) decode + pick @1K 1,057.4 tok/s against 1,063.9 without:
+  // off.
   bool split_step_graph = false;
   // Replayed decode steps (captured graphs) take their metadata from a device staging buffer,
   // uploaded on a stream of its own while the step before runs; the token-feeding kernel copies
@@ -230,7 +231,7 @@ struct CudaOptions {
   // a replayed step of 12 internal streams waited after its first kernel.
   bool graph_device_launch = false;
   // A greedy one-row pick queued for a decode step fed with it (decode_ahead) runs as the first
-  // node of that step's captured graph, from arguments staged with the step's metadata, instead
+  // node of that step's captured graph, from arguments uploaded with the step's metadata, instead
   // of as its own launch between two graphs; the feed kernel follows it in the graph. A replayed
   // step's second kernel started ~12.7 us after its first whatever the first was (thirty-fifth
   // session's traces: 7 us of hyper_grid, then 5.7 us of nothing), so the pick's 7.5 us may hide
@@ -508,9 +509,8 @@ class DeviceForward {
   struct CapturedStep {
     cudaGraphExec_t prologue = nullptr;  // CudaOptions::split_step_graph: launched before exec
     cudaGraphExec_t exec = nullptr;
-    const void* stage = nullptr;  // the metadata staging it reads (pick_in_step_graph)
-    uint64_t generation = 0;      // the workspace generation it was captured with
-    size_t layout_bytes = 0;      // the metadata it reads, up to the feeds (a check of its offsets)
+    uint64_t generation = 0;  // the workspace generation it was captured with
+    size_t layout_bytes = 0;  // the metadata it reads, up to the feeds (a check of its offsets)
   };
   // By rows, the visible compressed entries' bound, and whether the step starts with a pick.
   std::map<std::tuple<int64_t, int64_t, bool>, CapturedStep> graphs_by_shape_;
