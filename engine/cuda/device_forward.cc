@@ -164,6 +164,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       pick_in_step_graph_(options.pick_in_step_graph && options.pick_copy_stream &&
                           options.graphs && !options.staged_step_metadata &&
                           !options.graph_device_launch),
+      pick_feeds_step_(options.pick_feeds_step),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -419,12 +420,15 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.size)));
   if (!meta_copied_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
-  if (take_pick && deferred_->staged_mask) {
-    // The mask's device address, now that meta is known, into the packed arguments (grow()
-    // only hands back the packed buffer: it holds pack.size already).
+  // CudaOptions::pick_feeds_step: the pick writes the step's token itself (no feed kernel).
+  const bool pick_feeds = take_pick && pick_feeds_step_;
+  if (take_pick && (deferred_->staged_mask || pick_feeds)) {
+    // Device addresses, now that meta is known, into the packed arguments (grow() only hands
+    // back the packed buffer: it holds pack.size already).
     char* packed = pinned_meta_.grow(int64_t(pack.size), int64_t(pack.size));
-    reinterpret_cast<PickArgs*>(packed + pick_off)->mask =
-        reinterpret_cast<const uint32_t*>(meta + mask_off);
+    auto* args = reinterpret_cast<PickArgs*>(packed + pick_off);
+    if (deferred_->staged_mask) args->mask = reinterpret_cast<const uint32_t*>(meta + mask_off);
+    if (pick_feeds) args->feed = reinterpret_cast<int32_t*>(meta + tokens_off) + feeds[0].row;
   }
   // CudaOptions::pick_in_step_graph: the deferred pick (its arguments in the metadata), then the
   // feed, captured into the step's graph when `capturing`; picked_'s record is a graph node
@@ -434,8 +438,9 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
                      stream_);
     AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(
         picked_, stream_, capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
-    feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
-                       reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+    if (!pick_feeds)
+      feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                         reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
   };
   if (graph && upload_) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
@@ -688,7 +693,7 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
     deferred_ =
         DeferredPick{PickArgs{logits_row(logits_rows.empty() ? first : logits_rows[0]), nullptr,
                               masked ? int64_t(masks[0].num_words) : 0, pick_scratch_.get(),
-                              reinterpret_cast<MaskedPick*>(dev), how[0].inv_t},
+                              reinterpret_cast<MaskedPick*>(dev), how[0].inv_t, nullptr},
                      masked ? staged : nullptr, host, dev, results};
     queued_.pending = true;
     return;

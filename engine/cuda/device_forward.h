@@ -240,6 +240,9 @@ struct CudaOptions {
   // with staged_step_metadata and with graph_device_launch (a device-launch graph may not hold
   // the event record the read back waits for).
   bool pick_in_step_graph = false;
+  // With pick_in_step_graph: the pick's last block writes the step's token itself, so the feed
+  // kernel (one more node and its launch gap before the step's first kernel) goes.
+  bool pick_feeds_step = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -500,6 +503,7 @@ class DeviceForward {
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph
   bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
   bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)
+  bool pick_feeds_step_ = false;         // CudaOptions::pick_feeds_step
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a

@@ -292,6 +292,9 @@ struct PickArgs {
   void* scratch;
   MaskedPick* out;
   float inv_t;
+  // CudaOptions::pick_feeds_step: where the pick's last block also writes the picked token (0
+  // when it allowed nothing, as feed_picked_tokens); nullptr: nowhere.
+  int32_t* feed;
 };
 // masked_pick reading its arguments from `args` (device memory) when it runs; the same results.
 void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream);

@@ -84,7 +84,8 @@ constexpr int kPerThread = 8;
 
 __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, const uint32_t* mask,
                                            int64_t mask_words, float inv_t, Partial* partials,
-                                           unsigned* arrived, MaskedPick* out) {
+                                           unsigned* arrived, MaskedPick* out,
+                                           int32_t* feed = nullptr) {
   __shared__ Partial shared[kThreads / 32];
   __shared__ bool last;
   Partial p{-INFINITY, INT32_MAX, 0, 0.0};
@@ -143,7 +144,8 @@ __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, c
   q = block_combine(q, inv_t, shared);
   if (threadIdx.x == 0) {
     *out = MaskedPick{q.token, q.allowed, q.best, q.z};
-    *arrived = 0;  // ready for the next launch
+    if (feed) *feed = q.allowed > 0 ? q.token : 0;  // as feed_picked_tokens_kernel
+    *arrived = 0;                                   // ready for the next launch
   }
 }
 
@@ -164,7 +166,7 @@ __global__ void __launch_bounds__(kThreads) pick_from_kernel(const PickArgs* arg
   pdl_begin();
   const PickArgs a = *args;
   pick_block(a.logits, vocab, a.mask, a.mask_words, a.inv_t, static_cast<Partial*>(a.scratch),
-             arrival_counter(a.scratch), a.out);
+             arrival_counter(a.scratch), a.out, a.feed);
 }
 
 int pick_grid(int64_t vocab) {

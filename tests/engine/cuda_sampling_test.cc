@@ -175,8 +175,9 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 // A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
 // How the step queued ahead gets its metadata and its pick: as by default, staged on the device
 // (CudaOptions::staged_step_metadata), or with the pick inside its graph (pick_in_step_graph),
-// also with the step as two graphs (split_step_graph: the pick in the first).
-enum class Staging { none, metadata, pick, pick_split };
+// also with the step as two graphs (split_step_graph: the pick in the first) or with the pick
+// writing the step's token itself (pick_feeds_step).
+enum class Staging { none, metadata, pick, pick_split, pick_feed };
 
 // CudaOptions::decode_ahead and pick_copy_stream (and `staging`), and without any (both with the
 // given near_capacity).
@@ -187,8 +188,10 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
   with.staged_step_metadata = staging == Staging::metadata;
-  with.pick_in_step_graph = staging == Staging::pick || staging == Staging::pick_split;
+  with.pick_in_step_graph =
+      staging == Staging::pick || staging == Staging::pick_split || staging == Staging::pick_feed;
   with.split_step_graph = staging == Staging::pick_split;
+  with.pick_feeds_step = staging == Staging::pick_feed;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -271,7 +274,8 @@ void check_decode_ahead(Staging staging) {
   for (size_t i = 0; i < la.size(); ++i) ASSERT_EQ(la[i], lb[i]) << "logit " << i;
   EXPECT_EQ(a->length(), b->length());
   // Every step fed as picked took its pick into its graph, and only with the option.
-  const bool in_graph = staging == Staging::pick || staging == Staging::pick_split;
+  const bool in_graph =
+      staging == Staging::pick || staging == Staging::pick_split || staging == Staging::pick_feed;
   if (in_graph) EXPECT_GE(cuda_picks_in_step_graphs(*on), 12);
   if (!in_graph) EXPECT_EQ(cuda_picks_in_step_graphs(*on), 0);
   std::filesystem::remove_all(dir);
@@ -360,7 +364,8 @@ void check_batch_ahead(Staging staging) {
   b[3]->truncate(b[3]->length() - 2);
   step(all, {}, "after a truncate");
   step(all, {}, "last");
-  const bool in_graph = staging == Staging::pick || staging == Staging::pick_split;
+  const bool in_graph =
+      staging == Staging::pick || staging == Staging::pick_split || staging == Staging::pick_feed;
   if (in_graph) EXPECT_GE(cuda_picks_in_step_graphs(*on), 1);  // sequence 2 alone, fed
   std::filesystem::remove_all(dir);
 }
@@ -382,6 +387,12 @@ TEST_F(CudaSampling, PickInStepGraphDecodesAheadAsWithout) {
   check_decode_ahead(Staging::pick);
   check_batch_ahead(Staging::pick);
   check_decode_ahead(Staging::pick_split);
+}
+
+// With the pick writing the step's token itself (CudaOptions::pick_feeds_step): no feed kernel.
+TEST_F(CudaSampling, PickFeedingItsStepDecodesAheadAsWithout) {
+  check_decode_ahead(Staging::pick_feed);
+  check_batch_ahead(Staging::pick_feed);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
