@@ -626,6 +626,10 @@ int main(int argc, char** argv) {
         std::vector<uint32_t> mask(size_t((config.vocab_size + 31) / 32), 0x5555'5555u);
         Sampler greedy(SamplingParams{.temperature = 0.0f});
         int32_t next = random_ids(1)[0];
+        // Unmeasured, as the decode's: the loop's first step has none queued ahead, and a
+        // step graph of its own (CudaOptions::pick_in_step_graph) is captured here.
+        for (int i = 0; i < 2; ++i)
+          next = seq->forward_and_sample({&next, 1}, greedy, {mask.data(), mask.size()}).token;
         t0 = now();
         for (int64_t i = 0; i < steps; ++i) {
           next = seq->forward_and_sample({&next, 1}, greedy, {mask.data(), mask.size()}).token;
