@@ -113,6 +113,8 @@
 //                     the next step's graph, CudaOptions::pick_in_step_graph; default 0)
 //                     [--pick-feeds 1] (with --pick-in-graph 1: the pick writes the step's
 //                     token, no feed kernel, CudaOptions::pick_feeds_step; default 0)
+//                     [--pick-before 1] (with --pick-in-graph 1: the pick launched on its own
+//                     right before the step's graph, CudaOptions::pick_before_step; default 0)
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
@@ -495,6 +497,8 @@ int main(int argc, char** argv) {
       options.pick_in_step_graph = v == "1";
     else if (k == "--pick-feeds")
       options.pick_feeds_step = v == "1";
+    else if (k == "--pick-before")
+      options.pick_before_step = v == "1";
     else if (k == "--lead-prefetch")
       options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
     else if (k == "--ring-in-flight")

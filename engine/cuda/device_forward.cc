@@ -165,6 +165,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                           options.graphs && !options.staged_step_metadata &&
                           !options.graph_device_launch),
       pick_feeds_step_(options.pick_feeds_step),
+      pick_before_step_(options.pick_before_step),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -398,6 +399,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   const bool take_pick =
       deferred_ && graph && n == 1 && feeds.size() == 1 && feeds[0].pick == deferred_->args.out;
   if (!take_pick) launch_deferred_pick();
+  // CudaOptions::pick_before_step: taken, but launched after the upload rather than captured.
+  const bool pick_in_graph = take_pick && !pick_before_step_;
   // Its arguments, then its mask (from the pick's staging): up with the metadata, so nothing
   // but this stream's own work comes before the step (a wait on another stream's upload right
   // before the step cost 4.4%: staged_step_metadata).
@@ -460,6 +463,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+    if (take_pick && !pick_in_graph) pick_and_feed(false);
     if (!take_pick)
       feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
                          reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
@@ -493,7 +497,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
 
   const int64_t m = int64_t(wanted.size());
   if (graph) {
-    const std::tuple<int64_t, int64_t, bool> key{n, visible_bound, take_pick};
+    const std::tuple<int64_t, int64_t, bool> key{n, visible_bound, pick_in_graph};
     auto it = graphs_by_shape_.find(key);
     if (it != graphs_by_shape_.end() && it->second.generation == w.generation &&
         it->second.layout_bytes == layout_bytes) {
@@ -501,7 +505,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
-      if (take_pick) {
+      if (pick_in_graph) {
         pick_and_feed(false);
         // Before the capture: waits on picked_ then refer to this record, not the graph's.
         read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
@@ -518,7 +522,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       const bool split_graph = split_step_graph_ && lead_prefetch_bytes_ == 0;
       AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
       try {
-        if (take_pick) pick_and_feed(true);
+        if (pick_in_graph) pick_and_feed(true);
         enqueue(n, wanted, nullptr, split_graph ? &split : nullptr);
       } catch (...) {
         cudaStreamEndCapture(stream_, &g);
@@ -550,11 +554,11 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       }
       graphs_by_shape_[key] = step;
     }
-    if (deferred_) {  // taken into the replayed graph
+    if (deferred_) {  // taken into the replayed graph, or launched right before it
       read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
       deferred_.reset();
     }
-    if (take_pick) ++picks_in_step_graphs_;
+    if (take_pick) ++picks_taken_by_steps_;
   } else {
     enqueue(n, wanted, defer ? &layer_metadata : nullptr);
   }

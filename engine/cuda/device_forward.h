@@ -243,6 +243,12 @@ struct CudaOptions {
   // With pick_in_step_graph: the pick's last block writes the step's token itself, so the feed
   // kernel (one more node and its launch gap before the step's first kernel) goes.
   bool pick_feeds_step = false;
+  // With pick_in_step_graph: the deferred pick runs on its own right before the step's graph
+  // (after the metadata upload that carries its arguments and mask) instead of inside it, so the
+  // step replays the plain decode graph (no graph of its own to capture). Against the defaults
+  // the pass's stream no longer waits on the copy stream's mask upload, and with
+  // pick_feeds_step no feed kernel runs: graph, upload, pick, graph.
+  bool pick_before_step = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -407,8 +413,9 @@ class DeviceForward {
   // How many runs have been queued: a sequence that queued a step ahead checks that no other run
   // has overwritten its logits since.
   uint64_t runs() const { return runs_; }
-  // CudaOptions::pick_in_step_graph: picks that ran inside a step's graph so far.
-  int64_t picks_in_step_graphs() const { return picks_in_step_graphs_; }
+  // CudaOptions::pick_in_step_graph: deferred picks their step took so far (in its graph, or
+  // right before it with pick_before_step).
+  int64_t picks_taken_by_steps() const { return picks_taken_by_steps_; }
   // After run(rows, nullptr): for each logits row rows[i] (-1: the last), the `allowed[i]` tokens
   // that masks[i] allows with finite logits, as (logit, id) best first, ties to the lower id
   // (Sampler::sample's order): one sort on the device for all the rows, one read back. The lists
@@ -504,6 +511,7 @@ class DeviceForward {
   bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
   bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)
   bool pick_feeds_step_ = false;         // CudaOptions::pick_feeds_step
+  bool pick_before_step_ = false;        // CudaOptions::pick_before_step
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
@@ -568,7 +576,7 @@ class DeviceForward {
     int64_t bytes = 0;
   };
   std::optional<DeferredPick> deferred_;
-  int64_t picks_in_step_graphs_ = 0;
+  int64_t picks_taken_by_steps_ = 0;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -176,8 +176,12 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 // How the step queued ahead gets its metadata and its pick: as by default, staged on the device
 // (CudaOptions::staged_step_metadata), or with the pick inside its graph (pick_in_step_graph),
 // also with the step as two graphs (split_step_graph: the pick in the first) or with the pick
-// writing the step's token itself (pick_feeds_step).
-enum class Staging { none, metadata, pick, pick_split, pick_feed };
+// writing the step's token itself (pick_feeds_step), or with the pick taken from the step's
+// metadata but launched right before its graph (pick_before_step; also with pick_feeds_step).
+enum class Staging { none, metadata, pick, pick_split, pick_feed, pick_before, pick_before_feed };
+
+// Whether the step queued ahead takes its deferred pick (CudaOptions::pick_in_step_graph).
+bool takes_pick(Staging s) { return s != Staging::none && s != Staging::metadata; }
 
 // CudaOptions::decode_ahead and pick_copy_stream (and `staging`), and without any (both with the
 // given near_capacity).
@@ -188,10 +192,10 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   cuda::CudaOptions with, without;
   with.decode_ahead = true;
   with.staged_step_metadata = staging == Staging::metadata;
-  with.pick_in_step_graph =
-      staging == Staging::pick || staging == Staging::pick_split || staging == Staging::pick_feed;
+  with.pick_in_step_graph = takes_pick(staging);
   with.split_step_graph = staging == Staging::pick_split;
-  with.pick_feeds_step = staging == Staging::pick_feed;
+  with.pick_feeds_step = staging == Staging::pick_feed || staging == Staging::pick_before_feed;
+  with.pick_before_step = staging == Staging::pick_before || staging == Staging::pick_before_feed;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -273,11 +277,14 @@ void check_decode_ahead(Staging staging) {
   ASSERT_EQ(la.size(), lb.size());
   for (size_t i = 0; i < la.size(); ++i) ASSERT_EQ(la[i], lb[i]) << "logit " << i;
   EXPECT_EQ(a->length(), b->length());
-  // Every step fed as picked took its pick into its graph, and only with the option.
-  const bool in_graph =
-      staging == Staging::pick || staging == Staging::pick_split || staging == Staging::pick_feed;
-  if (in_graph) EXPECT_GE(cuda_picks_in_step_graphs(*on), 12);
-  if (!in_graph) EXPECT_EQ(cuda_picks_in_step_graphs(*on), 0);
+  // Every step fed as picked took its pick (into its graph, or right before it), and only with
+  // the option.
+  const bool taken = takes_pick(staging);
+  if (taken) {
+    EXPECT_GE(cuda_picks_taken_by_steps(*on), 12);
+  } else {
+    EXPECT_EQ(cuda_picks_taken_by_steps(*on), 0);
+  }
   std::filesystem::remove_all(dir);
 }
 
@@ -364,9 +371,10 @@ void check_batch_ahead(Staging staging) {
   b[3]->truncate(b[3]->length() - 2);
   step(all, {}, "after a truncate");
   step(all, {}, "last");
-  const bool in_graph =
-      staging == Staging::pick || staging == Staging::pick_split || staging == Staging::pick_feed;
-  if (in_graph) EXPECT_GE(cuda_picks_in_step_graphs(*on), 1);  // sequence 2 alone, fed
+  const bool taken = takes_pick(staging);
+  if (taken) {
+    EXPECT_GE(cuda_picks_taken_by_steps(*on), 1);  // sequence 2 alone, fed
+  }
   std::filesystem::remove_all(dir);
 }
 
@@ -393,6 +401,14 @@ TEST_F(CudaSampling, PickInStepGraphDecodesAheadAsWithout) {
 TEST_F(CudaSampling, PickFeedingItsStepDecodesAheadAsWithout) {
   check_decode_ahead(Staging::pick_feed);
   check_batch_ahead(Staging::pick_feed);
+}
+
+// With the pick launched right before the step's graph (CudaOptions::pick_before_step), with and
+// without writing the step's token itself.
+TEST_F(CudaSampling, PickBeforeItsStepDecodesAheadAsWithout) {
+  check_decode_ahead(Staging::pick_before);
+  check_batch_ahead(Staging::pick_before);
+  check_decode_ahead(Staging::pick_before_feed);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
