@@ -510,6 +510,10 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  if ((options.pick_feeds_step || options.pick_before_step) && !options.pick_in_step_graph)
+    std::fprintf(stderr,
+                 "bench_engine_cuda: --pick-feeds and --pick-before do nothing without "
+                 "--pick-in-graph 1\n");
   try {
     options.precision = cuda::parse_gemm_precision(precision);
     cudaDeviceProp prop{};
@@ -643,6 +647,11 @@ int main(int argc, char** argv) {
         std::printf("%-28s %12.1f %12s %12.0f MB %11.1f%%\n",
                     ("decode+pick @ " + std::to_string(ctx)).c_str(), 1.0 / dts, "", bytes / 1e6,
                     100.0 * bytes / dts / bw);
+        if (options.pick_in_step_graph) {
+          const cuda::TakenPicks taken = cuda_taken_picks(*model);
+          std::printf("  picks taken by their steps so far: %lld in graphs, %lld before them\n",
+                      (long long)taken.in_graph, (long long)taken.before_step);
+        }
       }
       mem.sample();
     }

@@ -272,9 +272,9 @@ class CudaModel final : public Model {
     std::lock_guard<std::mutex> lock(mutex_);
     return pass_.fp8_counts();
   }
-  int64_t picks_taken_by_steps() const {
+  cuda::TakenPicks taken_picks() const {
     std::lock_guard<std::mutex> lock(mutex_);
-    return pass_.picks_taken_by_steps();
+    return pass_.taken_picks();
   }
 
  private:
@@ -475,9 +475,9 @@ cuda::LinearRunner::Fp8Counts cuda_fp8_counts(const Model& model) {
   return m ? m->fp8_counts() : cuda::LinearRunner::Fp8Counts{};
 }
 
-int64_t cuda_picks_taken_by_steps(const Model& model) {
+cuda::TakenPicks cuda_taken_picks(const Model& model) {
   const auto* m = dynamic_cast<const CudaModel*>(&model);
-  return m ? m->picks_taken_by_steps() : 0;
+  return m ? m->taken_picks() : cuda::TakenPicks{};
 }
 
 std::shared_ptr<const Model> load_cuda_model(const std::filesystem::path& dir,

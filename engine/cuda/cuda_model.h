@@ -26,8 +26,8 @@ std::map<std::string, double> cuda_stage_ms(const Model& model);
 // fell back to bf16, since load. For benchmarks.
 cuda::LinearRunner::Fp8Counts cuda_fp8_counts(const Model& model);
 
-// CudaOptions::pick_in_step_graph: how many deferred picks their decode step took (inside its
-// graph, or right before it with pick_before_step) since load. For tests and benchmarks.
-int64_t cuda_picks_taken_by_steps(const Model& model);
+// CudaOptions::pick_in_step_graph: how many deferred picks their decode step took since load,
+// inside its graph or right before it (pick_before_step). For tests and benchmarks.
+cuda::TakenPicks cuda_taken_picks(const Model& model);
 
 }  // namespace agentrt::engine

@@ -463,7 +463,13 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
-    if (take_pick && !pick_in_graph) pick_and_feed(false);
+    if (take_pick && !pick_in_graph) {
+      pick_and_feed(false);
+      // Read back and cleared now: a run that throws later must not leave it to run again.
+      read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
+      deferred_.reset();
+      ++taken_picks_.before_step;
+    }
     if (!take_pick)
       feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
                          reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
@@ -554,11 +560,11 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       }
       graphs_by_shape_[key] = step;
     }
-    if (deferred_) {  // taken into the replayed graph, or launched right before it
+    if (deferred_) {  // taken into the replayed graph
       read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
       deferred_.reset();
     }
-    if (take_pick) ++picks_taken_by_steps_;
+    if (pick_in_graph) ++taken_picks_.in_graph;
   } else {
     enqueue(n, wanted, defer ? &layer_metadata : nullptr);
   }

@@ -350,6 +350,12 @@ inline constexpr const char* kRepeatableStages[] = {
     "indexer_rope", "indexer_scores", "top_k",  "attention", "o_rope", "wo_a",
     "wo_b",         "router",         "route",  "experts",   "shared", "head"};
 
+// CudaOptions::pick_in_step_graph: deferred picks their decode step took, inside its graph or
+// launched right before it (pick_before_step).
+struct TakenPicks {
+  int64_t in_graph = 0, before_step = 0;
+};
+
 struct DeviceRow {
   DeviceSequenceCache* cache;
   int64_t pos;
@@ -413,9 +419,8 @@ class DeviceForward {
   // How many runs have been queued: a sequence that queued a step ahead checks that no other run
   // has overwritten its logits since.
   uint64_t runs() const { return runs_; }
-  // CudaOptions::pick_in_step_graph: deferred picks their step took so far (in its graph, or
-  // right before it with pick_before_step).
-  int64_t picks_taken_by_steps() const { return picks_taken_by_steps_; }
+  // CudaOptions::pick_in_step_graph: deferred picks their step took so far.
+  TakenPicks taken_picks() const { return taken_picks_; }
   // After run(rows, nullptr): for each logits row rows[i] (-1: the last), the `allowed[i]` tokens
   // that masks[i] allows with finite logits, as (logit, id) best first, ties to the lower id
   // (Sampler::sample's order): one sort on the device for all the rows, one read back. The lists
@@ -576,7 +581,7 @@ class DeviceForward {
     int64_t bytes = 0;
   };
   std::optional<DeferredPick> deferred_;
-  int64_t picks_taken_by_steps_ = 0;
+  TakenPicks taken_picks_;
 };
 
 }  // namespace agentrt::engine::cuda

@@ -180,8 +180,18 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 // metadata but launched right before its graph (pick_before_step; also with pick_feeds_step).
 enum class Staging { none, metadata, pick, pick_split, pick_feed, pick_before, pick_before_feed };
 
-// Whether the step queued ahead takes its deferred pick (CudaOptions::pick_in_step_graph).
+// Whether the step queued ahead takes its deferred pick (CudaOptions::pick_in_step_graph), and
+// whether it launches it before its graph (pick_before_step) rather than inside.
 bool takes_pick(Staging s) { return s != Staging::none && s != Staging::metadata; }
+bool picks_before(Staging s) { return s == Staging::pick_before || s == Staging::pick_before_feed; }
+
+// The picks `model` took by the route `staging` gives (CudaOptions::pick_in_step_graph), and that
+// it took none by the other route.
+int64_t taken_picks(const Model& model, Staging staging) {
+  const cuda::TakenPicks taken = cuda_taken_picks(model);
+  EXPECT_EQ(picks_before(staging) ? taken.in_graph : taken.before_step, 0);
+  return picks_before(staging) ? taken.before_step : taken.in_graph;
+}
 
 // CudaOptions::decode_ahead and pick_copy_stream (and `staging`), and without any (both with the
 // given near_capacity).
@@ -279,11 +289,10 @@ void check_decode_ahead(Staging staging) {
   EXPECT_EQ(a->length(), b->length());
   // Every step fed as picked took its pick (into its graph, or right before it), and only with
   // the option.
-  const bool taken = takes_pick(staging);
-  if (taken) {
-    EXPECT_GE(cuda_picks_taken_by_steps(*on), 12);
+  if (takes_pick(staging)) {
+    EXPECT_GE(taken_picks(*on, staging), 12);
   } else {
-    EXPECT_EQ(cuda_picks_taken_by_steps(*on), 0);
+    EXPECT_EQ(taken_picks(*on, staging), 0);
   }
   std::filesystem::remove_all(dir);
 }
@@ -371,9 +380,10 @@ void check_batch_ahead(Staging staging) {
   b[3]->truncate(b[3]->length() - 2);
   step(all, {}, "after a truncate");
   step(all, {}, "last");
-  const bool taken = takes_pick(staging);
-  if (taken) {
-    EXPECT_GE(cuda_picks_taken_by_steps(*on), 1);  // sequence 2 alone, fed
+  if (takes_pick(staging)) {
+    EXPECT_GE(taken_picks(*on, staging), 1);  // sequence 2 alone, fed
+  } else {
+    EXPECT_EQ(taken_picks(*on, staging), 0);
   }
   std::filesystem::remove_all(dir);
 }
@@ -409,6 +419,7 @@ TEST_F(CudaSampling, PickBeforeItsStepDecodesAheadAsWithout) {
   check_decode_ahead(Staging::pick_before);
   check_batch_ahead(Staging::pick_before);
   check_decode_ahead(Staging::pick_before_feed);
+  check_batch_ahead(Staging::pick_before_feed);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
