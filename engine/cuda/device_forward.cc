@@ -433,6 +433,11 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     if (deferred_->staged_mask) args->mask = reinterpret_cast<const uint32_t*>(meta + mask_off);
     if (pick_feeds) args->feed = reinterpret_cast<int32_t*>(meta + tokens_off) + feeds[0].row;
   }
+  // The rows fed from picks get their tokens (in the uploaded metadata).
+  const auto feed_tokens = [&] {
+    feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
+                       reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+  };
   // CudaOptions::pick_in_step_graph: the deferred pick (its arguments in the metadata), then the
   // feed, captured into the step's graph when `capturing`; picked_'s record is a graph node
   // there (an external record, which only a capture may ask for).
@@ -441,9 +446,13 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
                      stream_);
     AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(
         picked_, stream_, capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
-    if (!pick_feeds)
-      feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
-                         reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+    if (!pick_feeds) feed_tokens();
+  };
+  // The deferred pick launched now (not captured), its read back queued, and no longer deferred.
+  const auto pick_now = [&] {
+    pick_and_feed(false);
+    read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
+    deferred_.reset();
   };
   if (graph && upload_) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
@@ -464,15 +473,10 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
     if (take_pick && !pick_in_graph) {
-      pick_and_feed(false);
-      // Read back and cleared now: a run that throws later must not leave it to run again.
-      read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
-      deferred_.reset();
+      pick_now();  // cleared now: a run that throws later must not leave it to run again
       ++taken_picks_.before_step;
     }
-    if (!take_pick)
-      feed_picked_tokens(reinterpret_cast<const PickFeed*>(meta + feeds_off), int64_t(feeds.size()),
-                         reinterpret_cast<int32_t*>(meta + tokens_off), stream_);
+    if (!take_pick) feed_tokens();
   }
   ++runs_;
   w.tokens = reinterpret_cast<const int32_t*>(meta + tokens_off);
@@ -511,12 +515,8 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
-      if (pick_in_graph) {
-        pick_and_feed(false);
-        // Before the capture: waits on picked_ then refer to this record, not the graph's.
-        read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
-        deferred_.reset();
-      }
+      // Before the capture: waits on picked_ then refer to this record, not the graph's.
+      if (pick_in_graph) pick_now();
       enqueue(n, wanted);
       AGENTRT_CUDA_CHECK(cudaStreamSynchronize(stream_));
       cudaGraph_t g = nullptr, g0 = nullptr;

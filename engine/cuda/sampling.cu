@@ -82,6 +82,13 @@ __device__ __forceinline__ bool allowed(float l, int64_t i, const uint32_t* mask
 // then one launch with double exps and shuffle butterflies (11.0-11.8 us on an H100).
 constexpr int kPerThread = 8;
 
+// The token a decode step is fed from a pick: a pick that allowed nothing has none (INT32_MAX),
+// so 0, a valid row of the embedding, for a step whose result the host discards when it reads
+// the pick.
+__device__ __forceinline__ int32_t fed_token(const MaskedPick& p) {
+  return p.allowed > 0 ? p.token : 0;
+}
+
 __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, const uint32_t* mask,
                                            int64_t mask_words, float inv_t, Partial* partials,
                                            unsigned* arrived, MaskedPick* out,
@@ -143,9 +150,10 @@ __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, c
   }
   q = block_combine(q, inv_t, shared);
   if (threadIdx.x == 0) {
-    *out = MaskedPick{q.token, q.allowed, q.best, q.z};
-    if (feed) *feed = q.allowed > 0 ? q.token : 0;  // as feed_picked_tokens_kernel
-    *arrived = 0;                                   // ready for the next launch
+    const MaskedPick pick{q.token, q.allowed, q.best, q.z};
+    *out = pick;
+    if (feed) *feed = fed_token(pick);
+    *arrived = 0;  // ready for the next launch
   }
 }
 
@@ -312,10 +320,7 @@ void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream) 
 __global__ void feed_picked_tokens_kernel(const PickFeed* feeds, int64_t n, int32_t* tokens) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  // A pick that allowed nothing has no token (INT32_MAX): feed 0, a valid row of the embedding,
-  // for a step whose result the host discards when it reads the pick.
-  const MaskedPick* p = feeds[i].pick;
-  tokens[feeds[i].row] = p->allowed > 0 ? p->token : 0;
+  tokens[feeds[i].row] = fed_token(*feeds[i].pick);
 }
 
 void feed_picked_tokens(const PickFeed* feeds, int64_t n, int32_t* tokens, cudaStream_t stream) {
@@ -335,10 +340,8 @@ __global__ void feed_staged_metadata_kernel(const char* stage, char* meta, int64
   __syncthreads();
   const auto* feeds = reinterpret_cast<const PickFeed*>(stage + feeds_off);
   auto* tokens = reinterpret_cast<int32_t*>(meta + tokens_off);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const MaskedPick* p = feeds[i].pick;
-    tokens[feeds[i].row] = p->allowed > 0 ? p->token : 0;  // as feed_picked_tokens_kernel
-  }
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    tokens[feeds[i].row] = fed_token(*feeds[i].pick);
 }
 
 void feed_staged_metadata(const char* stage, char* meta, int64_t bytes, int64_t feeds_off,
