@@ -118,6 +118,12 @@
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
+//                     [--head-prefetch MB] (one-row decode: MB of the head's weights, each
+//                     block's first bytes, asked into the L2 during the last layer,
+//                     CudaOptions::head_prefetch_bytes; default 0: none)
+//                     [--head-prefetch-from K] (forked K sublayers before the head: 1 the last
+//                     MoE section, 2 the last attention, ...; default 1)
+//                     [--head-prefetch-last 1] (under an evict-last policy; default 0)
 //                     [--ring-in-flight KB] (streamed one-row products but the head, wq_b's
 //                     warp rows and the routed experts' streamed kernels: at most KB of
 //                     weight copies in flight a block, in whole stages,
@@ -501,6 +507,12 @@ int main(int argc, char** argv) {
       options.pick_before_step = v == "1";
     else if (k == "--lead-prefetch")
       options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
+    else if (k == "--head-prefetch")
+      options.head_prefetch_bytes = int64_t(std::stod(v) * double(1 << 20)) / 16 * 16;
+    else if (k == "--head-prefetch-from")
+      options.head_prefetch_from = std::stoi(v);
+    else if (k == "--head-prefetch-last")
+      options.head_prefetch_evict_last = v == "1";
     else if (k == "--ring-in-flight")
       options.ring_in_flight_bytes = int64_t(std::stoll(v)) << 10;
     else if (k == "--pick-copy-stream")

@@ -159,6 +159,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
+      head_prefetch_bytes_(options.head_prefetch_bytes),
+      head_prefetch_from_(options.head_prefetch_from),
+      head_prefetch_last_(options.head_prefetch_evict_last),
       split_step_graph_(options.split_step_graph),
       graph_device_launch_(options.graph_device_launch),
       pick_in_step_graph_(options.pick_in_step_graph && options.pick_copy_stream &&
@@ -193,6 +196,11 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                                 std::to_string(attention_query_ahead_) +
                                 " (rows; -1 for the GPU's SM count, 0 for none)");
   if (attention_query_ahead_ == -1) attention_query_ahead_ = sm_count();
+  if (head_prefetch_bytes_ < 0 || head_prefetch_bytes_ % 16 != 0 || head_prefetch_from_ < 1)
+    throw std::invalid_argument("cuda options: head_prefetch_bytes " +
+                                std::to_string(head_prefetch_bytes_) + " (a multiple of 16) from " +
+                                std::to_string(head_prefetch_from_) +
+                                " sublayers before the head (at least 1)");
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
@@ -211,6 +219,11 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_up_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&staged_read_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));  // nothing staged yet: complete
+  }
+  if (head_prefetch_bytes_ > 0) {
+    AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&head_side_, cudaStreamNonBlocking));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&head_fork_, cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&head_join_, cudaEventDisableTiming));
   }
   if (options.side_stream) {
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
@@ -246,6 +259,12 @@ DeviceForward::~DeviceForward() {
     cudaStreamSynchronize(side_);
     cudaStreamDestroy(side_);
   }
+  if (head_side_) {
+    cudaStreamSynchronize(head_side_);
+    cudaStreamDestroy(head_side_);
+  }
+  if (head_fork_) cudaEventDestroy(head_fork_);
+  if (head_join_) cudaEventDestroy(head_join_);
   if (fork_) cudaEventDestroy(fork_);
   if (join_) cudaEventDestroy(join_);
   if (stream_) {
@@ -948,8 +967,34 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     });
     pending = nullptr;
   };
+  // CudaOptions::head_prefetch_bytes: one row's head slices asked into the L2 on a branch of
+  // its own, forked head_prefetch_from sublayers before the head and joined after it (so the
+  // head's own launch keeps its programmatic edge).
+  const int64_t m = int64_t(wanted.size());
+  const bool head_prefetch = head_prefetch_bytes_ > 0 && head_side_ && !profile_ && n == 1 &&
+                             m == 1 && n <= gemv_max_rows_;
+  bool head_forked = false;
+  auto fork_head_prefetch = [&](int64_t sublayers_left) {
+    if (!head_prefetch || head_forked || sublayers_left > head_prefetch_from_) return;
+    StreamSlices s = gemv_stream_slices(weights_.head, w.f(w.head_x, m * H), linear_.gemv_mode());
+    if (s.parts == 0) {
+      // Another kernel takes the head: its first bytes, as one slice.
+      const int64_t bytes = weights_.head.bytes() / 16 * 16;
+      if (bytes == 0) return;
+      s = StreamSlices{weights_.head.data, 1, 1, bytes};
+    }
+    const int64_t per_part = head_prefetch_bytes_ / s.parts / 16 * 16;
+    if (per_part == 0) return;
+    AGENTRT_CUDA_CHECK(cudaEventRecord(head_fork_, stream_));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(head_side_, head_fork_, 0));
+    prefetch_slices_to_l2(s, per_part, head_prefetch_last_, head_side_);
+    AGENTRT_CUDA_CHECK(cudaEventRecord(head_join_, head_side_));
+    head_forked = true;
+  };
   for (int64_t l = 0; l < L; ++l) {
     const LayerOnDevice& lw = weights_.layers[l];
+    // Not across a split step graph's first part (its branch would cross the split).
+    fork_head_prefetch(l == 0 && at_split ? INT64_MAX : 2 * (L - l));
     hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x);
     stage("mHC");
     if (l == 0 && at_split) (*at_split)();
@@ -957,13 +1002,13 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     attention(size_t(l), n, y);
     pending = y;
     stage("attn.out");
+    fork_head_prefetch(2 * (L - l) - 1);
     hyper(lw.ffn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.ffn_norm.as<float>(), false, x);
     stage("mHC");
     moe(size_t(l), n, y);
     pending = y;
     stage("moe.routed");
   }
-  const int64_t m = int64_t(wanted.size());
   if (m == 0) return;  // the last post step only feeds the head
   float* head_in = streams;
   if (m < n) {
@@ -988,6 +1033,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   stage("mHC");
   float* out = w.f(w.logits, m * c.vocab_size);
   repeatable("head", [&] { linear_.run(weights_.head, hx, m, out, stream_); });
+  if (head_forked) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, head_join_, 0));
   stage("head");
 }
 

@@ -209,6 +209,18 @@ struct CudaOptions {
   // replayed step the kernel after the embedding started ~11 us after it on an H100, with
   // nothing running in between.
   int64_t lead_prefetch_bytes = 0;
+  // One-row decode passes ask this many bytes of the head's weights into the L2 from a kernel
+  // forked during the last layer, in the order the head's blocks read them (the first bytes of
+  // each block's slice; l2_prefetch.cu; 0: none). The layers read memory at about half the copy
+  // bandwidth and the head at all of it, so what the head finds in the L2 comes off the step
+  // at the copy bandwidth's rate: ~10 us a step for 32 MB on an H100, if the L2 keeps it.
+  int64_t head_prefetch_bytes = 0;
+  // Where that kernel is forked, in sublayers before the head: 1 as the last layer's MoE
+  // section starts, 2 as its attention starts, 3 the MoE before that, and so on.
+  int head_prefetch_from = 1;
+  // The prefetched lines asked for under an evict-last policy (bulk_copy.cuh's streamed weights
+  // are evict-first either way).
+  bool head_prefetch_evict_last = false;
   // A captured decode step as two graphs launched one after the other: the embedding and the
   // first mHC boundary (one stream), then the rest (the side stream's branches). In a replayed
   // step of one graph on 12 internal streams the second kernel started 12.7-13.8 us after the first
@@ -483,6 +495,9 @@ class DeviceForward {
   cudaStream_t stream_ = nullptr;
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  // CudaOptions::head_prefetch_bytes's branch: its stream and the events around it.
+  cudaStream_t head_side_ = nullptr;
+  cudaEvent_t head_fork_ = nullptr, head_join_ = nullptr;
   int64_t current_rows_ = 0;  // rows of the pass being enqueued
   LinearRunner linear_;
   ExpertGemm expert_gemm_;          // routed experts of prefill-sized passes
@@ -512,6 +527,9 @@ class DeviceForward {
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes
+  int64_t head_prefetch_bytes_ = 0;      // CudaOptions::head_prefetch_bytes
+  int head_prefetch_from_ = 1;           // CudaOptions::head_prefetch_from
+  bool head_prefetch_last_ = false;      // CudaOptions::head_prefetch_evict_last
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph
   bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
   bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)

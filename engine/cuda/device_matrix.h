@@ -108,6 +108,16 @@ bool gemv_stream_fits(const WeightMatrix& device_w, const float* x, int64_t grou
 bool gemv_stream(const WeightMatrix& device_w, const float* x, float* y, int64_t group_rows,
                  int64_t x_offset, void* stream, GemvMode mode);
 
+// How gemv_stream's one-row kernel reads a matrix: block p of `parts` streams units (tiles of
+// unit_bytes) [p * units / parts, (p + 1) * units / parts) in order.
+struct StreamSlices {
+  const void* data = nullptr;
+  int64_t parts = 0, units = 0, unit_bytes = 0;
+};
+// gemv_stream's slices of w for activations x (no row groups); parts 0 where gemv_stream would
+// not take w on that kernel (another kernel, or none).
+StreamSlices gemv_stream_slices(const WeightMatrix& device_w, const float* x, GemvMode mode);
+
 // A block-diagonal product: the rows form `groups` equal groups, group g reading columns
 // [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.
 void gemv_grouped(const WeightMatrix& device_w, int64_t groups, const float* x, int64_t x_stride,

@@ -709,6 +709,14 @@ bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows,
   return plan(w, x, group_rows, x_offset, mode).stages > 0;
 }
 
+StreamSlices gemv_stream_slices(const WeightMatrix& w, const float* x, GemvMode mode) {
+  const StreamPlan p = plan(w, x, 0, 0, mode);
+  if (p.stages == 0 || p.mma) return {};
+  const int64_t rows = tile_shape(row_bytes_of(w)).rows, tiles = w.rows / rows;
+  const int64_t blocks = p.max_blocks > 0 ? p.max_blocks : sm_count();
+  return {w.data, std::min(blocks, tiles), tiles, rows * row_bytes_of(w)};  // launch_streamed's
+}
+
 bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_rows,
                  int64_t x_offset, void* stream_ptr, GemvMode mode) {
   const StreamPlan p = plan(w, x, group_rows, x_offset, mode);

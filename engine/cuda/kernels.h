@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "engine/cuda/device_matrix.h"
 #include "engine/cuda/layer_rows.h"
 #include "engine/forward_config.h"
 #include "engine/matmul.h"
@@ -262,6 +263,12 @@ struct L2Ranges {
   int count = 0;
 };
 void prefetch_to_l2(const L2Ranges& ranges, cudaStream_t stream);
+// The first bytes_per_part of each slice of `slices` (gemv_stream_slices: what the head's
+// blocks read first) asked into the L2 by one launch without waiting
+// (CudaOptions::head_prefetch_bytes). evict_last marks the lines to be kept over the streamed
+// weights' evict-first ones.
+void prefetch_slices_to_l2(const StreamSlices& slices, int64_t bytes_per_part, bool evict_last,
+                           cudaStream_t stream);
 
 // --- sampling.cu ---
 // The greedy choice among allowed tokens (mask bit set, or no mask; logit finite): the largest

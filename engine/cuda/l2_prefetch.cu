@@ -4,6 +4,9 @@
 // A prefetch launched beside the first kernel, with no dependency, fills that time with the
 // first layer's query weights, for its products to find in the L2. The step measured no faster
 // with 24 or 40 MB asked for (thirty-fifth session), so CudaOptions leave it off.
+// The head's first bytes asked in during the last layer (prefetch_slices_to_l2): the layers read
+// memory at about half the copy bandwidth, the head at all of it, so what the head finds in the
+// L2 comes off the step's time at the copy bandwidth's rate.
 #include <algorithm>
 #include <stdexcept>
 #include <string>
@@ -34,7 +37,51 @@ __global__ void __launch_bounds__(kThreads) prefetch_kernel(L2Ranges r) {
   }
 }
 
+// Chunk c of slice blockIdx.x's first `bytes` (or the slice's, if shorter), one thread a chunk.
+// evict_last: the lines are asked for under an evict-last policy, so the streamed weights'
+// evict-first lines (bulk_copy.cuh) go before them.
+template <bool kEvictLast>
+__global__ void __launch_bounds__(kThreads) prefetch_slices_kernel(StreamSlices s, int64_t bytes) {
+  const int64_t p = blockIdx.x;
+  const int64_t u0 = p * s.units / s.parts, u1 = (p + 1) * s.units / s.parts;
+  const int64_t whole = (u1 - u0) * s.unit_bytes, len = bytes < whole ? bytes : whole;
+  const char* base = static_cast<const char*>(s.data) + u0 * s.unit_bytes;
+  for (int64_t off = int64_t(threadIdx.x) * kChunk; off < len; off += int64_t(kThreads) * kChunk) {
+    const auto n = uint32_t(len - off < kChunk ? len - off : kChunk);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (kEvictLast) {
+      uint64_t policy;
+      asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+      asm volatile(
+          "cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(base + off), "r"(n),
+          "l"(policy)
+          : "memory");
+    } else {
+      prefetch_l2(base + off, n);
+    }
+#endif
+  }
+}
+
 }  // namespace
+
+void prefetch_slices_to_l2(const StreamSlices& s, int64_t bytes_per_part, bool evict_last,
+                           cudaStream_t stream) {
+  if (s.parts <= 0 || bytes_per_part <= 0) return;
+  if ((reinterpret_cast<uintptr_t>(s.data) & 15) || s.unit_bytes % 16 != 0 ||
+      bytes_per_part % 16 != 0 || s.units < s.parts || s.parts > (int64_t(1) << 31) - 1)
+    throw std::invalid_argument("prefetch_slices_to_l2: " + std::to_string(s.parts) +
+                                " slices of " + std::to_string(s.units) + " units of " +
+                                std::to_string(s.unit_bytes) + " bytes (" +
+                                std::to_string(bytes_per_part) +
+                                " a slice) are not 16-byte aligned and sized, or fewer units "
+                                "than slices");
+  if (evict_last)
+    prefetch_slices_kernel<true><<<unsigned(s.parts), kThreads, 0, stream>>>(s, bytes_per_part);
+  else
+    prefetch_slices_kernel<false><<<unsigned(s.parts), kThreads, 0, stream>>>(s, bytes_per_part);
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
 
 void prefetch_to_l2(const L2Ranges& ranges, cudaStream_t stream) {
   int64_t total = 0;

@@ -105,6 +105,8 @@ class LinearRunner {
     return c;
   }
 
+  // How the decode products run now (GemvMode).
+  GemvMode gemv_mode() const { return gemv_mode_; }
   // The streamed one-row products' grid cap from now on (GemvMode::max_blocks; 0: one block
   // per SM): DeviceForward sets it around products it runs beside others.
   void set_max_blocks(int blocks) { gemv_mode_.max_blocks = blocks; }

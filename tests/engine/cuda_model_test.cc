@@ -356,9 +356,11 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 // Streamed products and routed experts keeping one stage, or 64 KB, of copies in flight a block
 // (CudaOptions::ring_in_flight_bytes), the first layer's weights asked into the L2 beside the
 // step's first kernel (lead_prefetch_bytes), and a captured step as two graphs
-// (split_step_graph), replayed steps' metadata staged on the device (staged_step_metadata) and
-// step graphs instantiated for device launch (graph_device_launch) give the same logits, bit
-// for bit: only when work is asked for changes.
+// (split_step_graph), replayed steps' metadata staged on the device (staged_step_metadata),
+// step graphs instantiated for device launch (graph_device_launch) and the head's first bytes
+// asked into the L2 during the last layers (head_prefetch_bytes; from 100 sublayers: at the
+// first layer, or after a split graph's first part) give the same logits, bit for bit: only
+// when work is asked for changes.
 TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -375,23 +377,33 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   struct Case {
     int64_t in_flight, lead;
     bool split, staged, device_launch;
+    int64_t head = 0;  // head_prefetch_bytes
+    int head_from = 1;
+    bool head_last = false;
   };
-  for (const Case& k : {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
-                        Case{0, 64 << 20, false, false, false}, Case{0, 0, true, false, false},
-                        Case{0, 0, false, true, false}, Case{0, 0, false, false, true},
-                        Case{0, 0, true, true, true}}) {
+  for (const Case& k :
+       {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
+        Case{0, 64 << 20, false, false, false}, Case{0, 0, true, false, false},
+        Case{0, 0, false, true, false}, Case{0, 0, false, false, true},
+        Case{0, 0, true, true, true}, Case{0, 0, false, false, false, 32 << 20, 1, false},
+        Case{0, 0, false, false, false, 1 << 20, 2, true},
+        Case{0, 0, true, false, false, 32 << 20, 100, false}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
     options.split_step_graph = k.split;
     options.staged_step_metadata = k.staged;
     options.graph_device_launch = k.device_launch;
+    options.head_prefetch_bytes = k.head;
+    options.head_prefetch_from = k.head_from;
+    options.head_prefetch_evict_last = k.head_last;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
     for (size_t p = 100; p < 120; ++p)
       EXPECT_EQ(sh->forward(std::span(ids).subspan(p, 1)), want[p - 100])
           << k.in_flight << " bytes in flight, " << k.lead << " prefetched, split " << k.split
-          << ", staged " << k.staged << ", device launch " << k.device_launch << ", step " << p;
+          << ", staged " << k.staged << ", device launch " << k.device_launch << ", head " << k.head
+          << " from " << k.head_from << (k.head_last ? " evict-last" : "") << ", step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
