@@ -146,6 +146,11 @@
 //                                      CudaOptions::fused_routing; default 0)
 //                     [--side-stream 0|1] (decode: independent products on a second stream,
 //                                      CudaOptions::side_stream; default 1)
+//                     [--side-attention 0|1] [--side-moe 0|1] (which of them: the KV rows
+//                     beside the query path, the shared expert beside the routed experts;
+//                     CudaOptions::side_attention / side_moe; default 1)
+//                     [--graph-copies 2] (two instances of each step graph, launched in
+//                     turn, CudaOptions::step_graph_copies; default 1)
 //                     [--fused-q-norm 0|1] (one decode row: the query norm inside wq_b's
 //                                      launch, CudaOptions::fused_q_norm; default 1)
 //                     [--host-work-us US] (decode+pick: the host spins US microseconds after
@@ -489,6 +494,12 @@ int main(int argc, char** argv) {
       options.fused_routing = v == "1";
     else if (k == "--side-stream")
       options.side_stream = v == "1";
+    else if (k == "--side-attention")
+      options.side_attention = v == "1";
+    else if (k == "--side-moe")
+      options.side_moe = v == "1";
+    else if (k == "--graph-copies")
+      options.step_graph_copies = std::stoi(v);
     else if (k == "--fused-q-norm")
       options.fused_q_norm = v == "1";
     else if (k == "--decode-ahead")

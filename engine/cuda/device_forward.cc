@@ -161,6 +161,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
       head_prefetch_bytes_(options.head_prefetch_bytes),
       head_prefetch_from_(options.head_prefetch_from),
+      side_attention_(options.side_attention),
+      side_moe_(options.side_moe),
+      step_graph_copies_(options.step_graph_copies),
       head_prefetch_last_(options.head_prefetch_evict_last),
       split_step_graph_(options.split_step_graph),
       graph_device_launch_(options.graph_device_launch),
@@ -196,6 +199,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                                 std::to_string(attention_query_ahead_) +
                                 " (rows; -1 for the GPU's SM count, 0 for none)");
   if (attention_query_ahead_ == -1) attention_query_ahead_ = sm_count();
+  if (step_graph_copies_ < 1 || step_graph_copies_ > 2)
+    throw std::invalid_argument("cuda options: step_graph_copies " +
+                                std::to_string(step_graph_copies_) + " (1 or 2)");
   if (head_prefetch_bytes_ < 0 || head_prefetch_bytes_ % 16 != 0 || head_prefetch_from_ < 1)
     throw std::invalid_argument("cuda options: head_prefetch_bytes " +
                                 std::to_string(head_prefetch_bytes_) + " (a multiple of 16) from " +
@@ -235,6 +241,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
 DeviceForward::~DeviceForward() {
   for (auto& [key, step] : graphs_by_shape_) {
     if (step.prologue) cudaGraphExecDestroy(step.prologue);
+    if (step.spare) cudaGraphExecDestroy(step.spare);
     cudaGraphExecDestroy(step.exec);
   }
   if (blas_) cublasDestroy(blas_);
@@ -530,8 +537,11 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     auto it = graphs_by_shape_.find(key);
     if (it != graphs_by_shape_.end() && it->second.generation == w.generation &&
         it->second.layout_bytes == layout_bytes) {
-      if (it->second.prologue) AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.prologue, stream_));
-      AGENTRT_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+      CapturedStep& step = it->second;
+      if (step.prologue) AGENTRT_CUDA_CHECK(cudaGraphLaunch(step.prologue, stream_));
+      const bool spare = step.spare && step.spare_next;
+      AGENTRT_CUDA_CHECK(cudaGraphLaunch(spare ? step.spare : step.exec, stream_));
+      step.spare_next = !spare;
     } else {
       // Run eagerly (sizing every buffer), then capture the same work for the next steps.
       // Before the capture: waits on picked_ then refer to this record, not the graph's.
@@ -564,17 +574,23 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
           graph_device_launch_ ? cudaGraphInstantiateFlagDeviceLaunch : 0;
       if (err == cudaSuccess && g0) err = cudaGraphInstantiate(&step.prologue, g0, flags);
       if (err == cudaSuccess) err = cudaGraphInstantiate(&step.exec, g, flags);
+      if (err == cudaSuccess && step_graph_copies_ == 2)
+        err = cudaGraphInstantiate(&step.spare, g, flags);
       // A device-launch graph must be uploaded before its first launch.
       if (err == cudaSuccess && graph_device_launch_ && step.prologue)
         err = cudaGraphUpload(step.prologue, stream_);
       if (err == cudaSuccess && graph_device_launch_) err = cudaGraphUpload(step.exec, stream_);
+      if (err == cudaSuccess && graph_device_launch_ && step.spare)
+        err = cudaGraphUpload(step.spare, stream_);
       if (g0) cudaGraphDestroy(g0);
       if (g) cudaGraphDestroy(g);
       if (err != cudaSuccess && step.prologue) cudaGraphExecDestroy(step.prologue);
       if (err != cudaSuccess && step.exec) cudaGraphExecDestroy(step.exec);
+      if (err != cudaSuccess && step.spare) cudaGraphExecDestroy(step.spare);
       AGENTRT_CUDA_CHECK(err);
       if (it != graphs_by_shape_.end()) {
         if (it->second.prologue) cudaGraphExecDestroy(it->second.prologue);
+        if (it->second.spare) cudaGraphExecDestroy(it->second.spare);
         cudaGraphExecDestroy(it->second.exec);
       }
       graphs_by_shape_[key] = step;
@@ -1152,7 +1168,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   // compute the same double-precision sin and cos again.
   float2* rope_cs =
       decode_attention ? static_cast<float2*>(w.grow(w.rope_cs, n * (rope.dim / 2) * 8)) : nullptr;
-  const cudaStream_t cs = fork();
+  const cudaStream_t cs = side_attention_ ? fork() : stream_;
   norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
                  CacheField::kv, cs, rope_cs);
   auto compress = [&](const CompressorOnDevice& comp, const RawRows& r, CacheField kv_field,
@@ -1359,7 +1375,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
 
   // The shared expert runs beside the routing and the routed products; the routed sum waits for
   // it before adding to `out`, which the shared expert writes.
-  const cudaStream_t ss = fork();
+  const cudaStream_t ss = side_moe_ ? fork() : stream_;
   // One row: the shared expert and the routed experts on disjoint SMs (shared_expert_blocks).
   int routed_blocks = 0;
   if (shared_expert_blocks_ > 0 && n == 1 && ss != stream_) {

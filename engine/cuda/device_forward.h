@@ -37,6 +37,17 @@ struct CudaOptions {
   bool profile = false;        // time the stages with CUDA events (stage_ms); no graphs then
   bool graphs = true;          // replay decode steps (<= gemv_max_rows rows) as CUDA graphs
   bool side_stream = true;     // decode steps run independent products on a second stream
+  // Which of them (with side_stream): the attention's KV rows and compressors beside its query
+  // path, and the shared expert beside the routed experts. A captured step's graph runs on an
+  // internal stream for each branch (12 in a 4-layer step), and its second kernel starts only
+  // ~13 us after its first (2.3 us in a graph of one stream): fewer branches, fewer streams.
+  bool side_attention = true;
+  bool side_moe = true;
+  // Instances of each captured step graph, launched in turn (1 or 2). Back-to-back launches of
+  // one multi-stream graph: its second kernel starts ~13 us after its first (3.6 us in a graph
+  // of one stream, thirty-eighth session); a second instance of the same graph is launched
+  // without waiting on the first instance's resources, if that is the cause.
+  int step_graph_copies = 1;
   // Rows per device pass when prefilling: bounds the activations (~0.6 MB a row for V4-Flash
   // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
   // weight (every pass decodes the used experts again). On an H100 (twentieth session) passes
@@ -530,6 +541,9 @@ class DeviceForward {
   int64_t head_prefetch_bytes_ = 0;      // CudaOptions::head_prefetch_bytes
   int head_prefetch_from_ = 1;           // CudaOptions::head_prefetch_from
   bool head_prefetch_last_ = false;      // CudaOptions::head_prefetch_evict_last
+  bool side_attention_ = true;           // CudaOptions::side_attention
+  bool side_moe_ = true;                 // CudaOptions::side_moe
+  int step_graph_copies_ = 1;            // CudaOptions::step_graph_copies
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph
   bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
   bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)
@@ -544,6 +558,8 @@ class DeviceForward {
   struct CapturedStep {
     cudaGraphExec_t prologue = nullptr;  // CudaOptions::split_step_graph: launched before exec
     cudaGraphExec_t exec = nullptr;
+    cudaGraphExec_t spare = nullptr;  // CudaOptions::step_graph_copies 2: launched every other step
+    bool spare_next = false;
     uint64_t generation = 0;  // the workspace generation it was captured with
     size_t layout_bytes = 0;  // the metadata it reads, up to the feeds (a check of its offsets)
   };

@@ -359,8 +359,10 @@ TEST(CudaOptions, SharedExpertOnItsOwnSmsGivesTheSameLogits) {
 // (split_step_graph), replayed steps' metadata staged on the device (staged_step_metadata),
 // step graphs instantiated for device launch (graph_device_launch) and the head's first bytes
 // asked into the L2 during the last layers (head_prefetch_bytes; from 100 sublayers: at the
-// first layer, or after a split graph's first part) give the same logits, bit for bit: only
-// when work is asked for changes.
+// first layer, or after a split graph's first part) and the attention's or the MoE's side
+// branch kept on the pass's stream (side_attention, side_moe) and two instances of each step
+// graph launched in turn (step_graph_copies) give the same logits, bit for bit: only when work
+// is asked for changes.
 TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -380,6 +382,8 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     int64_t head = 0;  // head_prefetch_bytes
     int head_from = 1;
     bool head_last = false;
+    bool side_attention = true, side_moe = true;
+    int graph_copies = 1;
   };
   for (const Case& k :
        {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
@@ -387,7 +391,11 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
         Case{0, 0, false, true, false}, Case{0, 0, false, false, true},
         Case{0, 0, true, true, true}, Case{0, 0, false, false, false, 32 << 20, 1, false},
         Case{0, 0, false, false, false, 1 << 20, 2, true},
-        Case{0, 0, true, false, false, 32 << 20, 100, false}}) {
+        Case{0, 0, true, false, false, 32 << 20, 100, false},
+        Case{0, 0, false, false, false, 0, 1, false, false, true},
+        Case{0, 0, false, false, false, 0, 1, false, true, false},
+        Case{0, 0, false, false, false, 0, 1, false, true, true, 2},
+        Case{0, 0, true, false, true, 0, 1, false, true, true, 2}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
     options.split_step_graph = k.split;
@@ -396,6 +404,9 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     options.head_prefetch_bytes = k.head;
     options.head_prefetch_from = k.head_from;
     options.head_prefetch_evict_last = k.head_last;
+    options.side_attention = k.side_attention;
+    options.side_moe = k.side_moe;
+    options.step_graph_copies = k.graph_copies;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
@@ -403,7 +414,9 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
       EXPECT_EQ(sh->forward(std::span(ids).subspan(p, 1)), want[p - 100])
           << k.in_flight << " bytes in flight, " << k.lead << " prefetched, split " << k.split
           << ", staged " << k.staged << ", device launch " << k.device_launch << ", head " << k.head
-          << " from " << k.head_from << (k.head_last ? " evict-last" : "") << ", step " << p;
+          << " from " << k.head_from << (k.head_last ? " evict-last" : "") << ", side attention "
+          << k.side_attention << ", side moe " << k.side_moe << ", graph copies " << k.graph_copies
+          << ", step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
