@@ -115,6 +115,8 @@
 //                     token, no feed kernel, CudaOptions::pick_feeds_step; default 0)
 //                     [--pick-before 1] (with --pick-in-graph 1: the pick launched on its own
 //                     right before the step's graph, CudaOptions::pick_before_step; default 0)
+//                     [--pick-mask-early 1] (with --pick-in-graph 1: the pick's mask up on
+//                     the copy stream when queued, CudaOptions::pick_mask_early; default 0)
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
@@ -516,6 +518,8 @@ int main(int argc, char** argv) {
       options.pick_feeds_step = v == "1";
     else if (k == "--pick-before")
       options.pick_before_step = v == "1";
+    else if (k == "--pick-mask-early")
+      options.pick_mask_early = v == "1";
     else if (k == "--lead-prefetch")
       options.lead_prefetch_bytes = int64_t(std::stoll(v)) << 20;
     else if (k == "--head-prefetch")

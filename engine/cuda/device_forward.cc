@@ -172,6 +172,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                           !options.graph_device_launch),
       pick_feeds_step_(options.pick_feeds_step),
       pick_before_step_(options.pick_before_step),
+      pick_mask_early_(options.pick_mask_early),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
       attention_beside_wo_a_(options.attention_beside_wo_a),
@@ -712,7 +713,9 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   // CudaOptions::pick_in_step_graph: a greedy row alone is deferred; its mask stays staged for
   // the next run to pack into the step's metadata (or launch_deferred_pick to upload).
   const bool defer = pick_in_step_graph_ && n == 1 && how[0].delta <= 0.0f;
-  if (stride > 0 && !defer) {
+  // CudaOptions::pick_mask_early: a deferred pick's mask goes up now all the same.
+  const bool mask_up_now = !defer || pick_mask_early_;
+  if (stride > 0 && mask_up_now) {
     // On the copy stream: up once the last picks are done with mask_, while the pass's stream
     // still runs the step before; the picks wait for it.
     cudaStream_t up = copy_ ? copy_ : stream_;
@@ -733,13 +736,13 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
   char* dev = static_cast<char*>(near_.get());
   if (defer) {
     // The next run takes it into its step's graph if that step is fed with it. The mask's
-    // device address is set where it goes up.
+    // device address is set where it goes up (already here under pick_mask_early).
     const bool masked = masks[0].words != nullptr;
-    deferred_ =
-        DeferredPick{PickArgs{logits_row(logits_rows.empty() ? first : logits_rows[0]), nullptr,
-                              masked ? int64_t(masks[0].num_words) : 0, pick_scratch_.get(),
-                              reinterpret_cast<MaskedPick*>(dev), how[0].inv_t, nullptr},
-                     masked ? staged : nullptr, host, dev, results};
+    deferred_ = DeferredPick{PickArgs{logits_row(logits_rows.empty() ? first : logits_rows[0]),
+                                      masked && mask_up_now ? mask_.as<uint32_t>() : nullptr,
+                                      masked ? int64_t(masks[0].num_words) : 0, pick_scratch_.get(),
+                                      reinterpret_cast<MaskedPick*>(dev), how[0].inv_t, nullptr},
+                             masked && !mask_up_now ? staged : nullptr, host, dev, results};
     queued_.pending = true;
     return;
   }

@@ -272,6 +272,12 @@ struct CudaOptions {
   // the pass's stream no longer waits on the copy stream's mask upload, and with
   // pick_feeds_step no feed kernel runs: graph, upload, pick, graph.
   bool pick_before_step = false;
+  // With pick_in_step_graph: the deferred pick's grammar mask goes up on the copy stream as soon
+  // as it is queued (as every other pick's), while the step before runs, instead of with the
+  // next step's metadata. That upload is 16.9 KB with a vocabulary's mask, and on an H100 the
+  // pass's stream started its next work 6-11 us after such a copy ended, against ~1.6 us after
+  // the 688-byte metadata alone (thirty-eighth session's traces).
+  bool pick_mask_early = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -549,6 +555,7 @@ class DeviceForward {
   bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)
   bool pick_feeds_step_ = false;         // CudaOptions::pick_feeds_step
   bool pick_before_step_ = false;        // CudaOptions::pick_before_step
+  bool pick_mask_early_ = false;         // CudaOptions::pick_mask_early
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a

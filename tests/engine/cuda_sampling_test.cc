@@ -178,7 +178,17 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
 // also with the step as two graphs (split_step_graph: the pick in the first) or with the pick
 // writing the step's token itself (pick_feeds_step), or with the pick taken from the step's
 // metadata but launched right before its graph (pick_before_step; also with pick_feeds_step).
-enum class Staging { none, metadata, pick, pick_split, pick_feed, pick_before, pick_before_feed };
+enum class Staging {
+  none,
+  metadata,
+  pick,
+  pick_split,
+  pick_feed,
+  pick_before,
+  pick_before_feed,
+  pick_mask_early,       // pick_in_step_graph with pick_mask_early
+  pick_feed_mask_early,  // and pick_feeds_step
+};
 
 // Whether the step queued ahead takes its deferred pick (CudaOptions::pick_in_step_graph), and
 // whether it launches it before its graph (pick_before_step) rather than inside.
@@ -204,8 +214,11 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   with.staged_step_metadata = staging == Staging::metadata;
   with.pick_in_step_graph = takes_pick(staging);
   with.split_step_graph = staging == Staging::pick_split;
-  with.pick_feeds_step = staging == Staging::pick_feed || staging == Staging::pick_before_feed;
+  with.pick_feeds_step = staging == Staging::pick_feed || staging == Staging::pick_before_feed ||
+                         staging == Staging::pick_feed_mask_early;
   with.pick_before_step = staging == Staging::pick_before || staging == Staging::pick_before_feed;
+  with.pick_mask_early =
+      staging == Staging::pick_mask_early || staging == Staging::pick_feed_mask_early;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -420,6 +433,15 @@ TEST_F(CudaSampling, PickBeforeItsStepDecodesAheadAsWithout) {
   check_batch_ahead(Staging::pick_before);
   check_decode_ahead(Staging::pick_before_feed);
   check_batch_ahead(Staging::pick_before_feed);
+}
+
+// With the pick's mask up on the copy stream when the pick is queued (CudaOptions::
+// pick_mask_early), with and without the pick writing the step's token.
+TEST_F(CudaSampling, PickWithItsMaskUpEarlyDecodesAheadAsWithout) {
+  check_decode_ahead(Staging::pick_mask_early);
+  check_batch_ahead(Staging::pick_mask_early);
+  check_decode_ahead(Staging::pick_feed_mask_early);
+  check_batch_ahead(Staging::pick_feed_mask_early);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
