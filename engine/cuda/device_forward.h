@@ -40,13 +40,16 @@ struct CudaOptions {
   // Which of them (with side_stream): the attention's KV rows and compressors beside its query
   // path, and the shared expert beside the routed experts. A captured step's graph runs on an
   // internal stream for each branch (12 in a 4-layer step), and its second kernel starts only
-  // ~13 us after its first (2.3 us in a graph of one stream): fewer branches, fewer streams.
+  // ~13 us after its first (3.6 us in a graph of one stream). On an H100 (thirty-eighth session)
+  // without the attention's branch (8 streams) decode + pick was 3.3% slower, without the MoE's
+  // (5 streams) 2.9%, and the second kernel still started 13-14 us in: on.
   bool side_attention = true;
   bool side_moe = true;
   // Instances of each captured step graph, launched in turn (1 or 2). Back-to-back launches of
   // one multi-stream graph: its second kernel starts ~13 us after its first (3.6 us in a graph
   // of one stream, thirty-eighth session); a second instance of the same graph is launched
-  // without waiting on the first instance's resources, if that is the cause.
+  // without waiting on the first instance's resources, if that were the cause. It is not: with
+  // 2 the second kernel started 11 us in and decode + pick measured 0.1-0.2% slower. 1.
   int step_graph_copies = 1;
   // Rows per device pass when prefilling: bounds the activations (~0.6 MB a row for V4-Flash
   // shapes) while giving the routed experts' GEMMs enough rows per expert to reuse each decoded
@@ -223,8 +226,10 @@ struct CudaOptions {
   // One-row decode passes ask this many bytes of the head's weights into the L2 from a kernel
   // forked during the last layer, in the order the head's blocks read them (the first bytes of
   // each block's slice; l2_prefetch.cu; 0: none). The layers read memory at about half the copy
-  // bandwidth and the head at all of it, so what the head finds in the L2 comes off the step
-  // at the copy bandwidth's rate: ~10 us a step for 32 MB on an H100, if the L2 keeps it.
+  // bandwidth and the head at all of it, so what the head finds in the L2 should come off the
+  // step. On an H100 (thirty-eighth session) 16-48 MB made decode + pick 0.2-1.4% slower: 32 MB
+  // took the head 3.5 us shorter, the layers beside the prefetch ~3.5 us longer and the next
+  // pick 1.6 us longer (its logits pushed out of the L2). Off.
   int64_t head_prefetch_bytes = 0;
   // Where that kernel is forked, in sublayers before the head: 1 as the last layer's MoE
   // section starts, 2 as its attention starts, 3 the MoE before that, and so on.
@@ -276,7 +281,9 @@ struct CudaOptions {
   // as it is queued (as every other pick's), while the step before runs, instead of with the
   // next step's metadata. That upload is 16.9 KB with a vocabulary's mask, and on an H100 the
   // pass's stream started its next work 6-11 us after such a copy ended, against ~1.6 us after
-  // the 688-byte metadata alone (thirty-eighth session's traces).
+  // the 688-byte metadata alone (thirty-eighth session's traces). With it the traced gap between
+  // two replays fell from 16.6 to 4.4 us, but a graph that starts with the pick ran its layers
+  // ~1 us a sublayer longer: decode + pick -0.1 to +0.4% on an H100. Off.
   bool pick_mask_early = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
