@@ -990,8 +990,8 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   // its own, forked head_prefetch_from sublayers before the head and joined after it (so the
   // head's own launch keeps its programmatic edge).
   const int64_t m = int64_t(wanted.size());
-  const bool head_prefetch = head_prefetch_bytes_ > 0 && head_side_ && !profile_ && n == 1 &&
-                             m == 1 && n <= gemv_max_rows_;
+  const bool head_prefetch =
+      head_prefetch_bytes_ > 0 && !profile_ && n == 1 && m == 1 && n <= gemv_max_rows_;
   bool head_forked = false;
   auto fork_head_prefetch = [&](int64_t sublayers_left) {
     if (!head_prefetch || head_forked || sublayers_left > head_prefetch_from_) return;
