@@ -92,6 +92,13 @@
 //                     default 0: as many as their ring holds)
 //                     [--attention-splits N] (decode attention: at most N key slices a row,
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
+//                     [--attention-chunk N] (one decode row: the attention's blocks hold N
+//                     keys at once, CudaOptions::decode_attention_chunk_keys; default 48;
+//                     0: the shape's 16)
+//                     [--attention-ka 2|4] (one decode row, cluster attention: keys a warp
+//                     scores together, CudaOptions::decode_attention_keys_at_once; default 4)
+//                     [--attention-bulk 0|1] (one decode row: each key row by one bulk
+//                     copy, CudaOptions::decode_attention_bulk_keys; default 1)
 //                     [--attention-beside 0|1] (one decode row: the attention's blocks leave
 //                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a;
 //                     default 1)
@@ -482,6 +489,12 @@ int main(int argc, char** argv) {
       options.early_stages = std::stoi(v);
     else if (k == "--attention-splits")
       options.decode_attention_splits = std::stoi(v);
+    else if (k == "--attention-chunk")
+      options.decode_attention_chunk_keys = std::stoi(v);
+    else if (k == "--attention-ka")
+      options.decode_attention_keys_at_once = std::stoi(v);
+    else if (k == "--attention-bulk")
+      options.decode_attention_bulk_keys = v == "1";
     else if (k == "--attention-beside")
       options.attention_beside_wo_a = v == "1";
     else if (k == "--attention-cluster")

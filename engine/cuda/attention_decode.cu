@@ -15,6 +15,7 @@
 #include "engine/cuda/async_copy.cuh"
 #include "engine/cuda/attention_keys.cuh"
 #include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/bulk_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -23,7 +24,7 @@ namespace agentrt::engine::cuda {
 namespace {
 
 constexpr int kGroupHeads = 8;  // heads per block, one warp each (DecodeAttentionShape's most)
-constexpr int kChunkKeys = 32;  // keys in shared memory at once, at most: 64 KB at head_dim 512
+constexpr int kChunkKeys = 64;  // keys in shared memory at once, at most: 128 KB at head_dim 512
 constexpr int kMaxSplits = 16;  // key slices per row
 constexpr int kMaxClusterSplits = 8;  // key slices per row as one (portable) cluster
 constexpr int kKeysAtOnce = 4;        // keys a warp scores together
@@ -45,6 +46,7 @@ struct DecodeParams {
   float q_eps, scale;
   bool use_entries;
   int chunk_keys;  // keys in shared memory at once (<= kChunkKeys)
+  bool bulk_keys;  // DecodeAttentionShape::bulk_keys
 };
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) {
@@ -118,10 +120,27 @@ __device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, i
   // The chunk's key rows are looked up once (a CSA key's row is an index read from memory) so
   // the copies go out back to back; called by every thread (it synchronises the block).
   __shared__ const float4* rows_s[kChunkKeys];
+  // DecodeAttentionShape::bulk_keys: one bulk copy a key row (warp 0's lanes), landing on
+  // keys_bar, instead of every thread's 16-byte copies.
+  __shared__ uint64_t keys_bar;
+  uint32_t keys_phase = 0;
+  if (p.bulk_keys && threadIdx.x == 0) {
+    mbarrier_init(&keys_bar, 1);
+    mbarrier_init_fence();
+  }
   auto fetch = [&](int64_t base, int count) {
-    if (int(threadIdx.x) < count)
-      rows_s[threadIdx.x] = reinterpret_cast<const float4*>(keys.key(base + threadIdx.x, hd));
+    for (int i = int(threadIdx.x); i < count; i += int(blockDim.x))
+      rows_s[i] = reinterpret_cast<const float4*>(keys.key(base + i, hd));
     __syncthreads();
+    if (p.bulk_keys) {
+      if (threadIdx.x < 32) {
+        if (lane == 0) mbarrier_arrive_expect(&keys_bar, uint32_t(count * hd * 4));
+        __syncwarp();
+        for (int i = lane; i < count; i += 32)
+          bulk_copy_to_shared_kept(&keys_s[i * nchunk], rows_s[i], uint32_t(hd * 4), &keys_bar);
+      }
+      return;
+    }
     for (int idx = threadIdx.x; idx < count * nchunk; idx += blockDim.x) {
       const int i = idx / nchunk, c = idx - i * nchunk;
       cp_async_16(&keys_s[idx], rows_s[i] + c);
@@ -162,8 +181,13 @@ __device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, i
   for (int j = 0; j < J; ++j) acc[j] = zero;
   for (int64_t base = k0; base < k1; base += chunk_keys) {
     const int count = int(min(int64_t(chunk_keys), k1 - base));
-    cp_async_wait_all();
-    __syncthreads();
+    if (p.bulk_keys) {
+      mbarrier_wait(&keys_bar, keys_phase);
+      keys_phase ^= 1u;
+    } else {
+      cp_async_wait_all();
+      __syncthreads();
+    }
     // KA keys at a time: their dot products and shuffle sums are independent chains.
     for (int i = 0; i < count; i += KA) {
       float4 kr[KA][J];
@@ -302,8 +326,9 @@ __global__ void __maxnreg__(112) attend_decode_lean_kernel(DecodeParams p) {
 // the group from all the blocks' partials: no fence, arrival counter or reload through the L2
 // on the path (the global merge's chain of round trips was a large part of the kernel's
 // ~16 us alone, twenty-third session). Needs nchunk % slices == 0 and slices <= 8.
-template <int J>
-__global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
+// KA: keys a warp scores together (attend_slice).
+template <int J, int KA>
+__device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
   namespace cg = cooperative_groups;
   extern __shared__ float4 keys_s[];
   cg::cluster_group cluster = cg::this_cluster();
@@ -312,7 +337,7 @@ __global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
   const int64_t h = group * G + warp, hd = p.hd;
   const int nchunk = int(hd / 4);
   const int64_t first = hd - p.rope.dim;
-  const SlicePartial<J> r = attend_slice<J, 2>(p, t, split, splits, h);
+  const SlicePartial<J> r = attend_slice<J, KA>(p, t, split, splits, h);
   // This warp's partial in this block's shared memory (attend_slice is done with keys_s).
   const int64_t stride = hd + kPartPad;
   float* mine = reinterpret_cast<float*>(keys_s);  // [G][stride]
@@ -353,6 +378,22 @@ __global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
                     -1.0f);
   }
   cluster.sync();  // no block leaves while another still reads its shared memory
+}
+
+// Two keys at a time in at most 112 registers, so a streamed product's warps fit beside it
+// (CudaOptions::attention_beside_wo_a).
+template <int J>
+__global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
+  attend_cluster_block<J, 2>(p);
+}
+
+// Four keys at a time (DecodeAttentionShape::keys_at_once): each warp's chain of dependent
+// steps a key (its dot product, the shuffles summing it, the running maximum, the exponentials)
+// runs for four keys side by side instead of two, with the registers that takes.
+template <int J>
+__global__ void __launch_bounds__(kGroupHeads * 32)
+    attend_decode_cluster_wide_kernel(DecodeParams p) {
+  attend_cluster_block<J, 4>(p);
 }
 
 int group_heads(int64_t heads, int most) {
@@ -422,6 +463,7 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.scale = 1.0f / sqrtf(float(head_dim));
   p.use_entries = use_entries;
   p.chunk_keys = shape.chunk_keys;
+  p.bulk_keys = shape.bulk_keys;
   const int G = group_heads(heads, shape.heads_per_block);
   const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
   const size_t shared = size_t(attend_decode_shared_bytes(head_dim, shape));
@@ -440,9 +482,11 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   if (shape.cluster && splits <= kMaxClusterSplits && (head_dim / 4) % splits == 0) {
     const size_t room =
         std::max(shared, size_t(G) * size_t(head_dim + kPartPad) * sizeof(float));  // partials
-    auto kernel = J <= 1   ? attend_decode_cluster_kernel<1>
-                  : J == 2 ? attend_decode_cluster_kernel<2>
-                           : attend_decode_cluster_kernel<4>;
+    const bool wide = shape.keys_at_once >= 4;
+    auto kernel =
+        J <= 1   ? (wide ? attend_decode_cluster_wide_kernel<1> : attend_decode_cluster_kernel<1>)
+        : J == 2 ? (wide ? attend_decode_cluster_wide_kernel<2> : attend_decode_cluster_kernel<2>)
+                 : (wide ? attend_decode_cluster_wide_kernel<4> : attend_decode_cluster_kernel<4>);
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(room)));
     launch_pdl_cluster(kernel, dim3(unsigned(splits), unsigned(heads / G), unsigned(n)),

@@ -66,6 +66,17 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
       : "memory");
 }
 
+// The same without the evict-first hint, for data read again soon (the decode attention's keys:
+// the KV cache rows and compressed entries every step reads).
+__device__ __forceinline__ void bulk_copy_to_shared_kept(void* dst, const void* src, uint32_t bytes,
+                                                         uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
+          "r"(shared_address(dst)),
+      "l"(src), "r"(bytes), "r"(shared_address(bar))
+      : "memory");
+}
+
 // Tensor copies (tensor_map.h): the box of the tensor map `map` (a __grid_constant__ kernel
 // parameter's address) at the given coordinates, innermost first, into shared memory at `dst`;
 // its bytes count against `bar`'s announced bytes.

@@ -175,6 +175,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       pick_mask_early_(options.pick_mask_early),
       fused_q_norm_(options.fused_q_norm),
       decode_attention_splits_(options.decode_attention_splits),
+      attention_chunk_keys_(options.decode_attention_chunk_keys),
+      attention_keys_at_once_(options.decode_attention_keys_at_once),
+      attention_bulk_keys_(options.decode_attention_bulk_keys),
       attention_beside_wo_a_(options.attention_beside_wo_a),
       attention_cluster_(options.attention_cluster),
       gemv_max_rows_(options.gemv_max_rows),
@@ -182,6 +185,12 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   if (decode_attention_splits_ < 0 || decode_attention_splits_ > 16)
     throw std::invalid_argument("cuda options: decode_attention_splits " +
                                 std::to_string(decode_attention_splits_) + " is outside 0..16");
+  if (attention_chunk_keys_ < 0 || attention_chunk_keys_ > 64)
+    throw std::invalid_argument("cuda options: decode_attention_chunk_keys " +
+                                std::to_string(attention_chunk_keys_) + " is outside 0..64");
+  if (attention_keys_at_once_ != 2 && attention_keys_at_once_ != 4)
+    throw std::invalid_argument("cuda options: decode_attention_keys_at_once " +
+                                std::to_string(attention_keys_at_once_) + " is not 2 or 4");
   if (!repeat_stage_.empty() &&
       std::none_of(std::begin(kRepeatableStages), std::end(kRepeatableStages),
                    [&](const char* s) { return repeat_stage_ == s; })) {
@@ -1305,6 +1314,14 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
         wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
     }
     const int splits = attend_decode_splits(m.max_keys, cap, shape);
+    // One row: the same slices, copied in fewer chunks (decode_attention_chunk_keys), scored
+    // more keys at once and copied a row at a time (decode_attention_keys_at_once, _bulk_keys).
+    // Decode batches keep their shape.
+    if (n == 1) {
+      if (attention_chunk_keys_ > 0) shape.chunk_keys = attention_chunk_keys_;
+      shape.keys_at_once = attention_keys_at_once_;
+      shape.bulk_keys = attention_bulk_keys_;
+    }
     float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
     auto* arrived = static_cast<unsigned*>(w.zeroed(w.attn_arrived, n * heads * 4, stream_));
     repeatable("attention", [&] {

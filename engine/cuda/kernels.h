@@ -148,7 +148,7 @@ void attend_rows_reference(const float* q, const LayerRow* rows, int64_t n, int6
 // attend_decode_partial_floats; arrived: n * heads counters, zero before the first launch (each
 // launch leaves them at zero).
 // shape: heads a block (a warp each; at most 8, halved until it divides heads) and keys in
-// shared memory at once (at most 32). The default takes 8 heads and 32 keys (64 KB at head_dim
+// shared memory at once (at most 64). The default takes 8 heads and 32 keys (64 KB at head_dim
 // 512, 160 registers a thread); 4 and 16 leave a streamed product's block room beside each block
 // (CudaOptions::attention_beside_wo_a).
 struct DecodeAttentionShape {
@@ -157,6 +157,10 @@ struct DecodeAttentionShape {
   // The slices of one (row, head group) as a thread-block cluster merging their partials in
   // distributed shared memory (at most 8 slices dividing head_dim / 4; else the global merge).
   bool cluster = false;
+  // Keys a warp scores together in the cluster kernel: 2 (at most 112 registers a thread) or 4.
+  int keys_at_once = 2;
+  // Each key row comes by one bulk copy (the TMA engine) instead of 16-byte copies.
+  bool bulk_keys = false;
 };
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
 int attend_decode_splits(int64_t max_keys, int cap = 0, const DecodeAttentionShape& shape = {});

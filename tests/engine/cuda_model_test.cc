@@ -431,20 +431,34 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_beside";
   testing::write_small_fp8_model(dir, 13);
-  auto load = [&](bool beside, bool cluster) {
+  auto load = [&](bool beside, bool cluster, int chunk_keys = 0, int keys_at_once = 2,
+                  bool bulk = false) {
     cuda::CudaOptions options;
     options.attention_beside_wo_a = beside;
     options.attention_cluster = cluster;
+    options.decode_attention_chunk_keys = chunk_keys;
+    options.decode_attention_keys_at_once = keys_at_once;
+    options.decode_attention_bulk_keys = bulk;
     return load_cuda_model(dir, {Device::cuda}, options);
   };
-  const auto plain = load(false, false);
+  const auto plain = load(false, false);  // the attention as before the thirty-ninth session
   struct Variant {
     const char* name;
     std::shared_ptr<const Model> model;
   };
-  Variant variants[] = {{"beside wo_a", load(true, false)},
-                        {"cluster", load(false, true)},
-                        {"cluster beside wo_a", load(true, true)}};
+  Variant variants[] = {
+      {"beside wo_a", load(true, false)},
+      {"cluster", load(false, true)},
+      {"cluster beside wo_a", load(true, true)},
+      {"cluster beside wo_a, 3 keys a chunk", load(true, true, 3)},
+      {"cluster beside wo_a, 64 keys a chunk", load(true, true, 64)},
+      {"global merge, 48 keys a chunk", load(false, false, 48)},
+      {"cluster beside wo_a, 4 keys at once", load(true, true, 0, 4)},
+      {"cluster, 48 keys a chunk, 4 keys at once", load(false, true, 48, 4)},
+      {"cluster beside wo_a, bulk copies", load(true, true, 0, 2, true)},
+      {"cluster, 3 keys a chunk, bulk copies", load(false, true, 3, 4, true)},
+      {"global merge, bulk copies", load(false, false, 0, 2, true)},
+      {"the defaults", load_cuda_model(dir, {Device::cuda}, cuda::CudaOptions{})}};
   std::mt19937 rng(7);
   std::vector<int32_t> ids(120);
   for (auto& t : ids) t = int32_t(rng() % 3000);
