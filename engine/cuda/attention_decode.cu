@@ -45,8 +45,7 @@ struct DecodeParams {
   int64_t heads, hd, window, topk;
   float q_eps, scale;
   bool use_entries;
-  int chunk_keys;  // keys in shared memory at once (<= kChunkKeys)
-  bool bulk_keys;  // DecodeAttentionShape::bulk_keys
+  int chunk_keys;  // keys in shared memory at once (<= kChunkKeys and the block's threads)
 };
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) {
@@ -101,9 +100,10 @@ struct SlicePartial {
   float2 cs[J][2];
 };
 
-// J: float4 chunks per lane (head_dim <= 128 * J); KA: keys a warp scores together. Every
-// thread of the block calls it (it synchronises the block); keys_s is free again after it.
-template <int J, int KA>
+// J: float4 chunks per lane (head_dim <= 128 * J); KA: keys a warp scores together; kBulk: each
+// key row comes by one bulk copy (DecodeAttentionShape::bulk_keys). Every thread of the block
+// calls it (it synchronises the block); keys_s is free again after it.
+template <int J, int KA, bool kBulk = false>
 __device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, int64_t t,
                                                         int64_t split, int64_t splits, int64_t h) {
   extern __shared__ float4 keys_s[];  // [chunk_keys][head_dim / 4]
@@ -120,32 +120,32 @@ __device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, i
   // The chunk's key rows are looked up once (a CSA key's row is an index read from memory) so
   // the copies go out back to back; called by every thread (it synchronises the block).
   __shared__ const float4* rows_s[kChunkKeys];
-  // DecodeAttentionShape::bulk_keys: one bulk copy a key row (warp 0's lanes), landing on
-  // keys_bar, instead of every thread's 16-byte copies.
+  // kBulk: one bulk copy a key row (warp 0's lanes), landing on keys_bar, instead of every
+  // thread's 16-byte copies.
   __shared__ uint64_t keys_bar;
   uint32_t keys_phase = 0;
-  if (p.bulk_keys && threadIdx.x == 0) {
+  if (kBulk && threadIdx.x == 0) {
     mbarrier_init(&keys_bar, 1);
     mbarrier_init_fence();
   }
   auto fetch = [&](int64_t base, int count) {
-    for (int i = int(threadIdx.x); i < count; i += int(blockDim.x))
-      rows_s[i] = reinterpret_cast<const float4*>(keys.key(base + i, hd));
+    if (int(threadIdx.x) < count)
+      rows_s[threadIdx.x] = reinterpret_cast<const float4*>(keys.key(base + threadIdx.x, hd));
     __syncthreads();
-    if (p.bulk_keys) {
+    if constexpr (kBulk) {
       if (threadIdx.x < 32) {
         if (lane == 0) mbarrier_arrive_expect(&keys_bar, uint32_t(count * hd * 4));
         __syncwarp();
         for (int i = lane; i < count; i += 32)
           bulk_copy_to_shared_kept(&keys_s[i * nchunk], rows_s[i], uint32_t(hd * 4), &keys_bar);
       }
-      return;
+    } else {
+      for (int idx = threadIdx.x; idx < count * nchunk; idx += blockDim.x) {
+        const int i = idx / nchunk, c = idx - i * nchunk;
+        cp_async_16(&keys_s[idx], rows_s[i] + c);
+      }
+      cp_async_commit();
     }
-    for (int idx = threadIdx.x; idx < count * nchunk; idx += blockDim.x) {
-      const int i = idx / nchunk, c = idx - i * nchunk;
-      cp_async_16(&keys_s[idx], rows_s[i] + c);
-    }
-    cp_async_commit();
   };
   if (k0 < k1) fetch(k0, int(min(int64_t(chunk_keys), k1 - k0)));
 
@@ -181,7 +181,7 @@ __device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, i
   for (int j = 0; j < J; ++j) acc[j] = zero;
   for (int64_t base = k0; base < k1; base += chunk_keys) {
     const int count = int(min(int64_t(chunk_keys), k1 - base));
-    if (p.bulk_keys) {
+    if constexpr (kBulk) {
       mbarrier_wait(&keys_bar, keys_phase);
       keys_phase ^= 1u;
     } else {
@@ -326,8 +326,8 @@ __global__ void __maxnreg__(112) attend_decode_lean_kernel(DecodeParams p) {
 // the group from all the blocks' partials: no fence, arrival counter or reload through the L2
 // on the path (the global merge's chain of round trips was a large part of the kernel's
 // ~16 us alone, twenty-third session). Needs nchunk % slices == 0 and slices <= 8.
-// KA: keys a warp scores together (attend_slice).
-template <int J, int KA>
+// KA, kBulk: as attend_slice's.
+template <int J, int KA, bool kBulk>
 __device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
   namespace cg = cooperative_groups;
   extern __shared__ float4 keys_s[];
@@ -337,7 +337,7 @@ __device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
   const int64_t h = group * G + warp, hd = p.hd;
   const int nchunk = int(hd / 4);
   const int64_t first = hd - p.rope.dim;
-  const SlicePartial<J> r = attend_slice<J, KA>(p, t, split, splits, h);
+  const SlicePartial<J> r = attend_slice<J, KA, kBulk>(p, t, split, splits, h);
   // This warp's partial in this block's shared memory (attend_slice is done with keys_s).
   const int64_t stride = hd + kPartPad;
   float* mine = reinterpret_cast<float*>(keys_s);  // [G][stride]
@@ -382,18 +382,18 @@ __device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
 
 // Two keys at a time in at most 112 registers, so a streamed product's warps fit beside it
 // (CudaOptions::attention_beside_wo_a).
-template <int J>
+template <int J, bool kBulk>
 __global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
-  attend_cluster_block<J, 2>(p);
+  attend_cluster_block<J, 2, kBulk>(p);
 }
 
 // Four keys at a time (DecodeAttentionShape::keys_at_once): each warp's chain of dependent
 // steps a key (its dot product, the shuffles summing it, the running maximum, the exponentials)
 // runs for four keys side by side instead of two, with the registers that takes.
-template <int J>
+template <int J, bool kBulk>
 __global__ void __launch_bounds__(kGroupHeads * 32)
     attend_decode_cluster_wide_kernel(DecodeParams p) {
-  attend_cluster_block<J, 4>(p);
+  attend_cluster_block<J, 4, kBulk>(p);
 }
 
 int group_heads(int64_t heads, int most) {
@@ -402,9 +402,10 @@ int group_heads(int64_t heads, int most) {
   return G;
 }
 
+// A chunk's key rows are looked up one a thread (chunk_keys <= 32 * heads a block).
 bool shape_valid(const DecodeAttentionShape& s) {
   return s.heads_per_block >= 1 && s.heads_per_block <= kGroupHeads && s.chunk_keys >= 1 &&
-         s.chunk_keys <= kChunkKeys;
+         s.chunk_keys <= kChunkKeys && s.chunk_keys <= 32 * s.heads_per_block;
 }
 
 }  // namespace
@@ -463,7 +464,6 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.scale = 1.0f / sqrtf(float(head_dim));
   p.use_entries = use_entries;
   p.chunk_keys = shape.chunk_keys;
-  p.bulk_keys = shape.bulk_keys;
   const int G = group_heads(heads, shape.heads_per_block);
   const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
   const size_t shared = size_t(attend_decode_shared_bytes(head_dim, shape));
@@ -482,11 +482,23 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   if (shape.cluster && splits <= kMaxClusterSplits && (head_dim / 4) % splits == 0) {
     const size_t room =
         std::max(shared, size_t(G) * size_t(head_dim + kPartPad) * sizeof(float));  // partials
-    const bool wide = shape.keys_at_once >= 4;
-    auto kernel =
-        J <= 1   ? (wide ? attend_decode_cluster_wide_kernel<1> : attend_decode_cluster_kernel<1>)
-        : J == 2 ? (wide ? attend_decode_cluster_wide_kernel<2> : attend_decode_cluster_kernel<2>)
-                 : (wide ? attend_decode_cluster_wide_kernel<4> : attend_decode_cluster_kernel<4>);
+    // The kernel for J, keys at once and bulk copies.
+    auto pick = [&](auto wide_kernel, auto kernel, auto wide_bulk, auto bulk) {
+      if (shape.bulk_keys) return shape.keys_at_once >= 4 ? wide_bulk : bulk;
+      return shape.keys_at_once >= 4 ? wide_kernel : kernel;
+    };
+    auto kernel = J <= 1   ? pick(attend_decode_cluster_wide_kernel<1, false>,
+                                  attend_decode_cluster_kernel<1, false>,
+                                  attend_decode_cluster_wide_kernel<1, true>,
+                                  attend_decode_cluster_kernel<1, true>)
+                  : J == 2 ? pick(attend_decode_cluster_wide_kernel<2, false>,
+                                  attend_decode_cluster_kernel<2, false>,
+                                  attend_decode_cluster_wide_kernel<2, true>,
+                                  attend_decode_cluster_kernel<2, true>)
+                           : pick(attend_decode_cluster_wide_kernel<4, false>,
+                                  attend_decode_cluster_kernel<4, false>,
+                                  attend_decode_cluster_wide_kernel<4, true>,
+                                  attend_decode_cluster_kernel<4, true>);
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(room)));
     launch_pdl_cluster(kernel, dim3(unsigned(splits), unsigned(heads / G), unsigned(n)),

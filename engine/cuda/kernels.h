@@ -159,7 +159,8 @@ struct DecodeAttentionShape {
   bool cluster = false;
   // Keys a warp scores together in the cluster kernel: 2 (at most 112 registers a thread) or 4.
   int keys_at_once = 2;
-  // Each key row comes by one bulk copy (the TMA engine) instead of 16-byte copies.
+  // Each key row comes by one bulk copy (the TMA engine) instead of 16-byte copies; the cluster
+  // kernel only.
   bool bulk_keys = false;
 };
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);

@@ -457,7 +457,8 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
       {"cluster, 48 keys a chunk, 4 keys at once", load(false, true, 48, 4)},
       {"cluster beside wo_a, bulk copies", load(true, true, 0, 2, true)},
       {"cluster, 3 keys a chunk, bulk copies", load(false, true, 3, 4, true)},
-      {"global merge, bulk copies", load(false, false, 0, 2, true)},
+      {"cluster beside wo_a, 48 keys a chunk, 4 at once, bulk copies",
+       load(true, true, 48, 4, true)},
       {"the defaults", load_cuda_model(dir, {Device::cuda}, cuda::CudaOptions{})}};
   std::mt19937 rng(7);
   std::vector<int32_t> ids(120);

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One device call (docs/cuda.md): every GPU test, the issue's table (decode @1K/16K/64K with and
+# without the greedy pick, prefill, batches 8/32/64, peak memory) and transformers on the same
+# checkpoint, each under a time limit, results in $OUT/summary.txt and $OUT/r.tgz. ARGS go to the
+# table's bench_engine_cuda (e.g. options not yet the defaults); AB="NAME:FLAGS;NAME:FLAGS" adds,
+# before the table, an interleaved decode + pick @1K comparison of the defaults against each
+# named flag set (ROUNDS of them, default 3).
+#   OUT=... [ARGS=...] [AB="attn:--attention-chunk 48 --attention-ka 4 --attention-bulk 1"] \
+#     bash scripts/device_table.sh
+set -uo pipefail
+OUT=${OUT:?set OUT}
+source "$(dirname "${BASH_SOURCE[0]}")/device_env.sh"
+BENCH=$CARRY/bench_engine_cuda
+CKPT=/tmp/v4flash
+T0=$SECONDS
+R=$OUT/r
+mkdir -p "$R"
+finish() { cd "$OUT" && tar czf r.tgz r && rm -rf r; }
+trap finish EXIT
+S=$OUT/summary.txt
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$S"
+[[ -e $CKPT/config.json ]] ||
+  python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$R/ckpt.log" 2>&1 &
+timeout 150 "$CARRY/engine_tests" --gtest_filter='*Cuda*:*Golden*:*Attention*:ModelInit.*' \
+  > "$R/tests.log" 2>&1
+echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
+grep -E "^\[  PASSED|^\[  FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
+wait
+if [[ -n ${AB:-} ]]; then
+  names=(def) flags=("")
+  IFS=';' read -r -a arms <<< "$AB"
+  for arm in "${arms[@]}"; do
+    names+=("${arm%%:*}")
+    flags+=("${arm#*:}")
+  done
+  for ((r = 1; r <= ${ROUNDS:-3}; ++r)); do
+    for i in "${!names[@]}"; do
+      timeout 60 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 ${flags[$i]} \
+        > "$R/ab_${names[$i]}_$r.log" 2>&1
+    done
+  done
+  python3 scripts/ab_medians.py "$R" "${names[@]}" >> "$S" 2>&1
+  echo "a/b ($((SECONDS - T0)) s)" >> "$S"
+fi
+timeout 120 "$BENCH" "$CKPT" --contexts 1024,16384,65536 --batches 8,32,64 --steps 16 ${ARGS:-} \
+  > "$R/table.log" 2>&1
+echo "table rc $? ($((SECONDS - T0)) s)" >> "$S"
+cat "$R/table.log" >> "$S"
+timeout 90 python3 scripts/bench_transformers_v4.py "$CKPT" --contexts 1024 --batches 8 \
+  --budget-s 30 > "$R/transformers.log" 2>&1
+echo "transformers rc $? ($((SECONDS - T0)) s)" >> "$S"
+tail -15 "$R/transformers.log" >> "$S"
+cat "$S"
