@@ -402,10 +402,9 @@ int group_heads(int64_t heads, int most) {
   return G;
 }
 
-// A chunk's key rows are looked up one a thread (chunk_keys <= 32 * heads a block).
 bool shape_valid(const DecodeAttentionShape& s) {
   return s.heads_per_block >= 1 && s.heads_per_block <= kGroupHeads && s.chunk_keys >= 1 &&
-         s.chunk_keys <= kChunkKeys && s.chunk_keys <= 32 * s.heads_per_block;
+         s.chunk_keys <= kChunkKeys;
 }
 
 }  // namespace
@@ -465,6 +464,11 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.use_entries = use_entries;
   p.chunk_keys = shape.chunk_keys;
   const int G = group_heads(heads, shape.heads_per_block);
+  // A chunk's key rows are looked up one a thread of the block's 32 G.
+  if (shape.chunk_keys > 32 * G)
+    throw std::invalid_argument("cuda decode attention: " + std::to_string(shape.chunk_keys) +
+                                " keys a chunk for blocks of " + std::to_string(G) + " heads (" +
+                                std::to_string(32 * G) + " threads) is not supported");
   const dim3 grid{unsigned(heads / G), unsigned(splits), unsigned(n)};
   const size_t shared = size_t(attend_decode_shared_bytes(head_dim, shape));
   auto launch = [&](auto kernel) {
