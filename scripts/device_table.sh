@@ -26,6 +26,11 @@ timeout 150 "$CARRY/engine_tests" --gtest_filter='*Cuda*:*Golden*:*Attention*:Mo
 echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
 grep -E "^\[  PASSED|^\[  FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
 wait
+# The SM clock and power while the benchmarks run (a power-capped clock would slow every
+# latency-bound kernel of a decode step alike; docs/cuda.md, "For the next session").
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu --format=csv \
+  -lms 100 > "$R/clocks.csv" 2>&1 &
+CLOCKS=$!
 if [[ -n ${AB:-} ]]; then
   names=(def) flags=("")
   IFS=';' read -r -a arms <<< "$AB"
@@ -46,6 +51,16 @@ timeout 120 "$BENCH" "$CKPT" --contexts 1024,16384,65536 --batches 8,32,64 --ste
   > "$R/table.log" 2>&1
 echo "table rc $? ($((SECONDS - T0)) s)" >> "$S"
 cat "$R/table.log" >> "$S"
+kill "$CLOCKS" 2>/dev/null
+# The clocks' spread over the run (MHz, W): min / median / max.
+python3 - "$R/clocks.csv" >> "$S" 2>&1 <<'PY'
+import csv, statistics, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) >= 4 and r[1].strip()[:1].isdigit()]
+for name, col in (("SM MHz", 1), ("power W", 3)):
+    v = sorted(float(r[col].split()[0]) for r in rows)
+    if v:
+        print(f"{name}: {v[0]:.0f} / {statistics.median(v):.0f} / {v[-1]:.0f} ({len(v)} samples)")
+PY
 timeout 90 python3 scripts/bench_transformers_v4.py "$CKPT" --contexts 1024 --batches 8 \
   --budget-s 30 > "$R/transformers.log" 2>&1
 echo "transformers rc $? ($((SECONDS - T0)) s)" >> "$S"
