@@ -17,19 +17,16 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
+#include "engine/cuda/launch.cuh"
+
 namespace {
 
-#define CHECK(x)                                                                         \
-  do {                                                                                   \
-    cudaError_t e_ = (x);                                                                \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
+using agentrt::engine::cuda::launch_pdl;
+using agentrt::engine::cuda::pdl_begin;
 
 __device__ __forceinline__ uint64_t global_ns() {
   uint64_t t;
@@ -40,12 +37,10 @@ __device__ __forceinline__ uint64_t global_ns() {
 // side == 0: wait for the kernel before, let the next one in, work. side == 1: let the next one
 // in, work, then wait for the kernel before (so this grid ends after it).
 __global__ void spin_kernel(int node, uint64_t* stamps, int64_t spin_ns, int side) {
-  if (side) {
+  if (side)
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  } else {
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-  }
+  else
+    pdl_begin();
   const uint64_t t0 = global_ns();
   if (blockIdx.x == 0 && threadIdx.x == 0) stamps[2 * node] = t0;
   while (int64_t(global_ns() - t0) < spin_ns) {
@@ -61,23 +56,14 @@ struct Shape {
 };
 
 void launch(int node, uint64_t* stamps, int64_t ns, int blocks, int side, cudaStream_t s) {
-  cudaLaunchAttribute a[1]{};
-  a[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  a[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t c{};
-  c.gridDim = dim3(blocks);
-  c.blockDim = dim3(128);
-  c.stream = s;
-  c.attrs = a;
-  c.numAttrs = 1;
-  CHECK(cudaLaunchKernelEx(&c, spin_kernel, node, stamps, ns, side));
+  launch_pdl(spin_kernel, dim3(blocks), dim3(128), 0, s, node, stamps, ns, side);
 }
 
 // A layer: the first main kernel, then three main kernels beside a chain of three side kernels.
 // Returns the next node's number; appends the main chain's nodes to `mains`.
-int capture_layer(const std::string& kind, int node, uint64_t* st, const Shape& sh,
-                  cudaStream_t s, cudaStream_t side, cudaEvent_t fork, cudaEvent_t join,
-                  const cudaStream_t* sides, const cudaEvent_t* joins, std::vector<int>& mains) {
+int capture_layer(const std::string& kind, int node, uint64_t* st, const Shape& sh, cudaStream_t s,
+                  cudaStream_t side, cudaEvent_t fork, cudaEvent_t join, const cudaStream_t* sides,
+                  const cudaEvent_t* joins, std::vector<int>& mains) {
   auto main_kernel = [&] {
     mains.push_back(node);
     launch(node++, st, sh.main_ns, sh.main_blocks, 0, s);
@@ -87,22 +73,22 @@ int capture_layer(const std::string& kind, int node, uint64_t* st, const Shape& 
     for (int i = 0; i < 3; ++i) launch(node++, st, sh.side_ns, sh.side_blocks, 0, s);
     for (int i = 0; i < 3; ++i) main_kernel();
   } else if (kind == "fork") {
-    CHECK(cudaEventRecord(fork, s));
-    CHECK(cudaStreamWaitEvent(side, fork, 0));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(fork, s));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(side, fork, 0));
     for (int i = 0; i < 3; ++i) launch(node++, st, sh.side_ns, sh.side_blocks, 0, side);
     for (int i = 0; i < 3; ++i) main_kernel();
-    CHECK(cudaEventRecord(join, side));
-    CHECK(cudaStreamWaitEvent(s, join, 0));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(join, side));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(s, join, 0));
   } else if (kind == "wide") {
-    CHECK(cudaEventRecord(fork, s));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(fork, s));
     for (int b = 0; b < 3; ++b) {
-      CHECK(cudaStreamWaitEvent(sides[b], fork, 0));
+      AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(sides[b], fork, 0));
       launch(node++, st, sh.side_ns, sh.side_blocks, 0, sides[b]);
     }
     for (int i = 0; i < 3; ++i) main_kernel();
     for (int b = 0; b < 3; ++b) {
-      CHECK(cudaEventRecord(joins[b], sides[b]));
-      CHECK(cudaStreamWaitEvent(s, joins[b], 0));
+      AGENTRT_CUDA_CHECK(cudaEventRecord(joins[b], sides[b]));
+      AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(s, joins[b], 0));
     }
   } else {  // pdl
     for (int i = 0; i < 3; ++i) {
@@ -118,26 +104,25 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The table; CUDA errors throw (AGENTRT_CUDA_CHECK).
+int run(int argc, char** argv) {
   const int replays = argc > 1 ? std::atoi(argv[1]) : 200;
   const int layers = argc > 2 ? std::atoi(argv[2]) : 8;
   cudaStream_t s, side;
-  CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
   cudaStream_t sides[3];
   cudaEvent_t joins[3];
   for (int b = 0; b < 3; ++b) {
-    CHECK(cudaStreamCreateWithFlags(&sides[b], cudaStreamNonBlocking));
-    CHECK(cudaEventCreateWithFlags(&joins[b], cudaEventDisableTiming));
+    AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&sides[b], cudaStreamNonBlocking));
+    AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&joins[b], cudaEventDisableTiming));
   }
   cudaEvent_t fork, join;
-  CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
-  CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
   const int max_nodes = layers * 7 + 8;
   uint64_t* stamps;
-  CHECK(cudaMalloc(&stamps, max_nodes * 2 * sizeof(uint64_t)));
+  AGENTRT_CUDA_CHECK(cudaMalloc(&stamps, max_nodes * 2 * sizeof(uint64_t)));
   std::vector<uint64_t> host(max_nodes * 2);
   std::printf(
       "| shape | side blocks | nodes | 2nd main kernel start (us) | any 2nd kernel start (us) | "
@@ -148,7 +133,7 @@ int main(int argc, char** argv) {
       Shape sh;
       sh.side_blocks = side_blocks;
       cudaGraph_t g;
-      CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+      AGENTRT_CUDA_CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
       int nodes = 0;
       std::vector<int> mains;
       // The step's first kernels (the embedding, the first mHC boundary) come before any fork.
@@ -161,16 +146,17 @@ int main(int argc, char** argv) {
         nodes = capture_layer(kind, nodes, stamps, sh, s, side, fork, join, sides, joins, mains);
       mains.push_back(nodes);
       launch(nodes++, stamps, sh.main_ns, sh.main_blocks, 0, s);
-      CHECK(cudaStreamEndCapture(s, &g));
+      AGENTRT_CUDA_CHECK(cudaStreamEndCapture(s, &g));
       cudaGraphExec_t exec;
-      CHECK(cudaGraphInstantiate(&exec, g, 0));
+      AGENTRT_CUDA_CHECK(cudaGraphInstantiate(&exec, g, 0));
       std::vector<double> second, any, span, wall;
       for (int r = 0; r < replays + 10; ++r) {
         const auto t0 = std::chrono::steady_clock::now();
-        CHECK(cudaGraphLaunch(exec, s));
-        CHECK(cudaStreamSynchronize(s));
+        AGENTRT_CUDA_CHECK(cudaGraphLaunch(exec, s));
+        AGENTRT_CUDA_CHECK(cudaStreamSynchronize(s));
         const auto t1 = std::chrono::steady_clock::now();
-        CHECK(cudaMemcpy(host.data(), stamps, nodes * 2 * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+        AGENTRT_CUDA_CHECK(
+            cudaMemcpy(host.data(), stamps, nodes * 2 * sizeof(uint64_t), cudaMemcpyDeviceToHost));
         if (r < 10) continue;
         uint64_t first = host[0], last = 0;
         for (int i = 0; i < nodes; ++i) {
@@ -186,9 +172,20 @@ int main(int argc, char** argv) {
       }
       std::printf("| %s | %d | %d | %.2f | %.2f | %.1f | %.1f |\n", kind.c_str(), side_blocks,
                   nodes, median(second), median(any), median(span), median(wall));
-      CHECK(cudaGraphExecDestroy(exec));
-      CHECK(cudaGraphDestroy(g));
+      AGENTRT_CUDA_CHECK(cudaGraphExecDestroy(exec));
+      AGENTRT_CUDA_CHECK(cudaGraphDestroy(g));
     }
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "graph_probe: %s\n", e.what());
+    return 1;
+  }
 }

@@ -396,6 +396,17 @@ __global__ void __launch_bounds__(kGroupHeads * 32)
   attend_cluster_block<J, 4, kBulk>(p);
 }
 
+// The cluster kernel for J and the shape's keys at once and bulk copies.
+template <int J>
+auto cluster_kernel(const DecodeAttentionShape& shape) {
+  const bool wide = shape.keys_at_once >= 4;
+  if (shape.bulk_keys)
+    return wide ? attend_decode_cluster_wide_kernel<J, true>
+                : attend_decode_cluster_kernel<J, true>;
+  return wide ? attend_decode_cluster_wide_kernel<J, false>
+              : attend_decode_cluster_kernel<J, false>;
+}
+
 int group_heads(int64_t heads, int most) {
   int G = std::clamp(most, 1, kGroupHeads);
   while (heads % G != 0) G /= 2;
@@ -486,23 +497,9 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   if (shape.cluster && splits <= kMaxClusterSplits && (head_dim / 4) % splits == 0) {
     const size_t room =
         std::max(shared, size_t(G) * size_t(head_dim + kPartPad) * sizeof(float));  // partials
-    // The kernel for J, keys at once and bulk copies.
-    auto pick = [&](auto wide_kernel, auto kernel, auto wide_bulk, auto bulk) {
-      if (shape.bulk_keys) return shape.keys_at_once >= 4 ? wide_bulk : bulk;
-      return shape.keys_at_once >= 4 ? wide_kernel : kernel;
-    };
-    auto kernel = J <= 1   ? pick(attend_decode_cluster_wide_kernel<1, false>,
-                                  attend_decode_cluster_kernel<1, false>,
-                                  attend_decode_cluster_wide_kernel<1, true>,
-                                  attend_decode_cluster_kernel<1, true>)
-                  : J == 2 ? pick(attend_decode_cluster_wide_kernel<2, false>,
-                                  attend_decode_cluster_kernel<2, false>,
-                                  attend_decode_cluster_wide_kernel<2, true>,
-                                  attend_decode_cluster_kernel<2, true>)
-                           : pick(attend_decode_cluster_wide_kernel<4, false>,
-                                  attend_decode_cluster_kernel<4, false>,
-                                  attend_decode_cluster_wide_kernel<4, true>,
-                                  attend_decode_cluster_kernel<4, true>);
+    auto kernel = J <= 1   ? cluster_kernel<1>(shape)
+                  : J == 2 ? cluster_kernel<2>(shape)
+                           : cluster_kernel<4>(shape);
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(room)));
     launch_pdl_cluster(kernel, dim3(unsigned(splits), unsigned(heads / G), unsigned(n)),
