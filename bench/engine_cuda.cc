@@ -93,12 +93,12 @@
 //                     [--attention-splits N] (decode attention: at most N key slices a row,
 //                     CudaOptions::decode_attention_splits; default 0, up to 16)
 //                     [--attention-chunk N] (one decode row: the attention's blocks hold N
-//                     keys at once, CudaOptions::decode_attention_chunk_keys; default 0:
-//                     the shape's 16)
+//                     keys at once, CudaOptions::decode_attention_chunk_keys; default 48;
+//                     0: the shape's 16)
 //                     [--attention-ka 2|4] (one decode row, cluster attention: keys a warp
-//                     scores together, CudaOptions::decode_attention_keys_at_once; default 2)
+//                     scores together, CudaOptions::decode_attention_keys_at_once; default 4)
 //                     [--attention-bulk 0|1] (one decode row: each key row by one bulk
-//                     copy, CudaOptions::decode_attention_bulk_keys; default 0)
+//                     copy, CudaOptions::decode_attention_bulk_keys; default 1)
 //                     [--attention-beside 0|1] (one decode row: the attention's blocks leave
 //                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a;
 //                     default 1)

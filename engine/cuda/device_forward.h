@@ -210,11 +210,11 @@ struct CudaOptions {
   // round. wo_a's ring keeps the room it leaves a 16-key block: its blocks do not land beside
   // the attention's anyway (86 registers a thread, docs/cuda_sessions.md). Decode batches keep
   // their shape. Measured with the next two (thirty-ninth session, below).
-  int decode_attention_chunk_keys = 0;
+  int decode_attention_chunk_keys = 48;
   // One-row decode attention with attention_cluster: keys each warp scores together, 2 (the
   // kernel at 112 registers, for attention_beside_wo_a) or 4 (more independent work in each
   // warp's chain of dependent steps a key).
-  int decode_attention_keys_at_once = 2;
+  int decode_attention_keys_at_once = 4;
   // One-row decode attention with attention_cluster: each key row into shared memory by one
   // bulk copy (the copy engine, landing on an mbarrier) instead of 128 threads' 16-byte copies. The
   // CSA layers' attention grows ~0.4 us a key a block (traced: 12.4 / 20.5 / 35.5 us for 21 / 49 /
@@ -222,10 +222,10 @@ struct CudaOptions {
   // (thirty-ninth session, three or four interleaved rounds each, decode + pick @1K): 48 keys a
   // chunk +0.3%; 4 keys at once +0.3%; both +0.6%, +0.5%, +1.0% (three calls); bulk copies +1.3%;
   // all three +1.9% (1,099.9 against 1,079.0 tok/s), the CSA layers' attention 22.5 -> 18.8 us and
-  // the sliding layers' 11.2 -> 9.6 traced. Each ran in the GPU tests (CudaOptions.
-  // DecodeAttentionShapesKeepTheLogits), but the three together only in that benchmark: they
-  // become the defaults (48, 4, true) once the tests pass with them on a GPU.
-  bool decode_attention_bulk_keys = false;
+  // the sliding layers' 11.2 -> 9.6 traced. Fortieth session: the three together passed the GPU
+  // tests (CudaOptions.DecodeAttentionShapesKeepTheLogits) and measured +0.7% (decode + pick
+  // @1K, 1,089.1 -> 1,096.3 tok/s) and +2.0% without the pick, so they are the defaults.
+  bool decode_attention_bulk_keys = true;
   // The streamed one-row products copy at most this many stages of their weights each before
   // the kernel before them has finished (GemvMode::early_stages; 0: as many as the ring holds).
   // On an H100 (seventeenth session) 1, 2 and 4 decoded within the spread of 0: the attention
@@ -587,9 +587,9 @@ class DeviceForward {
   bool pick_mask_early_ = false;         // CudaOptions::pick_mask_early
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
-  int attention_chunk_keys_ = 0;         // CudaOptions::decode_attention_chunk_keys
-  int attention_keys_at_once_ = 2;       // CudaOptions::decode_attention_keys_at_once
-  bool attention_bulk_keys_ = false;     // CudaOptions::decode_attention_bulk_keys
+  int attention_chunk_keys_ = 48;        // CudaOptions::decode_attention_chunk_keys
+  int attention_keys_at_once_ = 4;       // CudaOptions::decode_attention_keys_at_once
+  bool attention_bulk_keys_ = true;      // CudaOptions::decode_attention_bulk_keys
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
   bool attention_cluster_ = true;        // CudaOptions::attention_cluster
   int64_t gemv_max_rows_ = 16;
