@@ -99,6 +99,9 @@
 //                     scores together, CudaOptions::decode_attention_keys_at_once; default 4)
 //                     [--attention-bulk 0|1] (one decode row: each key row by one bulk
 //                     copy, CudaOptions::decode_attention_bulk_keys; default 1)
+//                     [--attention-slices 8|16] (one decode row, cluster attention: the
+//                     most key slices of a head group, CudaOptions::
+//                     decode_attention_cluster_slices; default 8)
 //                     [--attention-beside 0|1] (one decode row: the attention's blocks leave
 //                     room for wo_a's beside them, CudaOptions::attention_beside_wo_a;
 //                     default 1)
@@ -495,6 +498,8 @@ int main(int argc, char** argv) {
       options.decode_attention_keys_at_once = std::stoi(v);
     else if (k == "--attention-bulk")
       options.decode_attention_bulk_keys = v == "1";
+    else if (k == "--attention-slices")
+      options.decode_attention_cluster_slices = std::stoi(v);
     else if (k == "--attention-beside")
       options.attention_beside_wo_a = v == "1";
     else if (k == "--attention-cluster")

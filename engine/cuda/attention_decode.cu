@@ -26,9 +26,11 @@ namespace {
 constexpr int kGroupHeads = 8;  // heads per block, one warp each (DecodeAttentionShape's most)
 constexpr int kChunkKeys = 64;  // keys in shared memory at once, at most: 128 KB at head_dim 512
 constexpr int kMaxSplits = 16;  // key slices per row
-constexpr int kMaxClusterSplits = 8;  // key slices per row as one (portable) cluster
-constexpr int kKeysAtOnce = 4;        // keys a warp scores together
-constexpr int64_t kPartPad = 4;       // a partial: head_dim weighted-key sums, then max and sum
+constexpr int kPortableSplits = 8;  // key slices per row as one portable cluster
+constexpr int kMaxClusterSplits =
+    16;                          // and as a non-portable one (cudaFuncAttributeNonPortable...)
+constexpr int kKeysAtOnce = 4;   // keys a warp scores together
+constexpr int64_t kPartPad = 4;  // a partial: head_dim weighted-key sums, then max and sum
 
 struct DecodeParams {
   const float* q;  // raw: before the head's RMSNorm and RoPE
@@ -325,9 +327,9 @@ __global__ void __maxnreg__(112) attend_decode_lean_kernel(DecodeParams p) {
 // cluster barrier block r merges float4 chunks [r, r + 1) * nchunk / slices of every head of
 // the group from all the blocks' partials: no fence, arrival counter or reload through the L2
 // on the path (the global merge's chain of round trips was a large part of the kernel's
-// ~16 us alone, twenty-third session). Needs nchunk % slices == 0 and slices <= 8.
-// KA, kBulk: as attend_slice's.
-template <int J, int KA, bool kBulk>
+// ~16 us alone, twenty-third session). Needs nchunk % slices == 0 and slices <= kSlices (8, a
+// portable cluster, or 16). KA, kBulk: as attend_slice's.
+template <int J, int KA, bool kBulk, int kSlices = kPortableSplits>
 __device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
   namespace cg = cooperative_groups;
   extern __shared__ float4 keys_s[];
@@ -355,16 +357,16 @@ __device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
   const float M = warp_max(ms);
   const float fs = ms == -INFINITY ? 0.0f : expf(ms - M);
   const float inv_l = 1.0f / warp_sum(ls * fs);
-  float f[kMaxClusterSplits];
+  float f[kSlices];
 #pragma unroll
-  for (int s = 0; s < kMaxClusterSplits; ++s) f[s] = __shfl_sync(0xffffffffu, fs, s);
+  for (int s = 0; s < kSlices; ++s) f[s] = __shfl_sync(0xffffffffu, fs, s);
   const int per = nchunk / int(splits), c0 = int(split) * per;
   const float position = float(p.pos[t]);
   float4* out = reinterpret_cast<float4*>(p.out + (t * p.heads + h) * hd);
   for (int c = c0 + lane; c < c0 + per; c += 32) {
     float4 o = make_float4(0, 0, 0, 0);
 #pragma unroll
-    for (int s = 0; s < kMaxClusterSplits; ++s) {  // unrolled: f stays in registers
+    for (int s = 0; s < kSlices; ++s) {  // unrolled: f stays in registers
       if (s >= int(splits)) break;
       const float4 a = reinterpret_cast<const float4*>(cluster.map_shared_rank(own, s))[c];
       o.x = fmaf(a.x, f[s], o.x);
@@ -382,29 +384,36 @@ __device__ __forceinline__ void attend_cluster_block(const DecodeParams& p) {
 
 // Two keys at a time in at most 112 registers, so a streamed product's warps fit beside it
 // (CudaOptions::attention_beside_wo_a).
-template <int J, bool kBulk>
+template <int J, bool kBulk, int kSlices = kPortableSplits>
 __global__ void __maxnreg__(112) attend_decode_cluster_kernel(DecodeParams p) {
-  attend_cluster_block<J, 2, kBulk>(p);
+  attend_cluster_block<J, 2, kBulk, kSlices>(p);
 }
 
 // Four keys at a time (DecodeAttentionShape::keys_at_once): each warp's chain of dependent
 // steps a key (its dot product, the shuffles summing it, the running maximum, the exponentials)
 // runs for four keys side by side instead of two, with the registers that takes.
-template <int J, bool kBulk>
+template <int J, bool kBulk, int kSlices = kPortableSplits>
 __global__ void __launch_bounds__(kGroupHeads * 32)
     attend_decode_cluster_wide_kernel(DecodeParams p) {
-  attend_cluster_block<J, 4, kBulk>(p);
+  attend_cluster_block<J, 4, kBulk, kSlices>(p);
 }
 
-// The cluster kernel for J and the shape's keys at once and bulk copies.
-template <int J>
+// The cluster kernel for J, the shape's keys at once and bulk copies, and clusters of at most
+// kSlices blocks.
+template <int J, int kSlices>
 auto cluster_kernel(const DecodeAttentionShape& shape) {
   const bool wide = shape.keys_at_once >= 4;
   if (shape.bulk_keys)
-    return wide ? attend_decode_cluster_wide_kernel<J, true>
-                : attend_decode_cluster_kernel<J, true>;
-  return wide ? attend_decode_cluster_wide_kernel<J, false>
-              : attend_decode_cluster_kernel<J, false>;
+    return wide ? attend_decode_cluster_wide_kernel<J, true, kSlices>
+                : attend_decode_cluster_kernel<J, true, kSlices>;
+  return wide ? attend_decode_cluster_wide_kernel<J, false, kSlices>
+              : attend_decode_cluster_kernel<J, false, kSlices>;
+}
+
+template <int J>
+auto cluster_kernel(const DecodeAttentionShape& shape, int splits) {
+  return splits <= kPortableSplits ? cluster_kernel<J, kPortableSplits>(shape)
+                                   : cluster_kernel<J, kMaxClusterSplits>(shape);
 }
 
 int group_heads(int64_t heads, int most) {
@@ -497,11 +506,14 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   if (shape.cluster && splits <= kMaxClusterSplits && (head_dim / 4) % splits == 0) {
     const size_t room =
         std::max(shared, size_t(G) * size_t(head_dim + kPartPad) * sizeof(float));  // partials
-    auto kernel = J <= 1   ? cluster_kernel<1>(shape)
-                  : J == 2 ? cluster_kernel<2>(shape)
-                           : cluster_kernel<4>(shape);
+    auto kernel = J <= 1   ? cluster_kernel<1>(shape, splits)
+                  : J == 2 ? cluster_kernel<2>(shape, splits)
+                           : cluster_kernel<4>(shape, splits);
     AGENTRT_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(room)));
+    if (splits > kPortableSplits)
+      AGENTRT_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
     launch_pdl_cluster(kernel, dim3(unsigned(splits), unsigned(heads / G), unsigned(n)),
                        dim3(unsigned(32 * G)), room, stream, unsigned(splits), p);
   } else if (J <= 1)

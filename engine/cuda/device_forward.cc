@@ -178,6 +178,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       attention_chunk_keys_(options.decode_attention_chunk_keys),
       attention_keys_at_once_(options.decode_attention_keys_at_once),
       attention_bulk_keys_(options.decode_attention_bulk_keys),
+      attention_cluster_slices_(options.decode_attention_cluster_slices),
       attention_beside_wo_a_(options.attention_beside_wo_a),
       attention_cluster_(options.attention_cluster),
       gemv_max_rows_(options.gemv_max_rows),
@@ -188,6 +189,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
   if (attention_chunk_keys_ < 0 || attention_chunk_keys_ > 64)
     throw std::invalid_argument("cuda options: decode_attention_chunk_keys " +
                                 std::to_string(attention_chunk_keys_) + " is outside 0..64");
+  if (attention_cluster_slices_ != 8 && attention_cluster_slices_ != 16)
+    throw std::invalid_argument("cuda options: decode_attention_cluster_slices " +
+                                std::to_string(attention_cluster_slices_) + " is not 8 or 16");
   if (attention_keys_at_once_ != 2 && attention_keys_at_once_ != 4)
     throw std::invalid_argument("cuda options: decode_attention_keys_at_once " +
                                 std::to_string(attention_keys_at_once_) + " is not 2 or 4");
@@ -1309,11 +1313,14 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
       // group's slices one cluster. Beside wo_a (with or without the cluster) a block holds 16
       // keys at once (32 KB) and wo_a's ring leaves it room.
       shape = {4, attention_beside_wo_a_ ? 16 : 32, attention_cluster_};
-      cap = cap > 0 ? std::min(cap, 8) : 8;
+      const int most = attention_cluster_ ? attention_cluster_slices_ : 8;
+      cap = cap > 0 ? std::min(cap, most) : most;
       if (attention_beside_wo_a_)
         wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
     }
-    const int splits = attend_decode_splits(m.max_keys, cap, shape);
+    int splits = attend_decode_splits(m.max_keys, cap, shape);
+    // A cluster's slices divide the head's 128 float4 chunks: more than 8 are 16.
+    if (n == 1 && attention_cluster_ && splits > 8) splits = 16;
     // One row: the same slices, copied in fewer chunks (decode_attention_chunk_keys), scored
     // more keys at once and copied a row at a time (decode_attention_keys_at_once, _bulk_keys).
     // Decode batches keep their shape.

@@ -226,6 +226,12 @@ struct CudaOptions {
   // tests (CudaOptions.DecodeAttentionShapesKeepTheLogits) and measured +0.7% (decode + pick
   // @1K, 1,089.1 -> 1,096.3 tok/s) and +2.0% without the pick, so they are the defaults.
   bool decode_attention_bulk_keys = true;
+  // One-row decode attention with attention_cluster: the most key slices of a head group, as one
+  // cluster: 8 (a portable cluster; 16 head groups x 8 = 128 blocks) or 16 (a non-portable
+  // cluster; layers with more than 8 chunks of keys take 16 slices, 256 blocks). At 1K the CSA
+  // layers' 392 keys are 49 a block in 8 slices, their attention ~19 us against ~10 for the
+  // sliding layers' 16 keys a block (thirty-ninth session's traces).
+  int decode_attention_cluster_slices = 8;
   // The streamed one-row products copy at most this many stages of their weights each before
   // the kernel before them has finished (GemvMode::early_stages; 0: as many as the ring holds).
   // On an H100 (seventeenth session) 1, 2 and 4 decoded within the spread of 0: the attention
@@ -590,6 +596,7 @@ class DeviceForward {
   int attention_chunk_keys_ = 48;        // CudaOptions::decode_attention_chunk_keys
   int attention_keys_at_once_ = 4;       // CudaOptions::decode_attention_keys_at_once
   bool attention_bulk_keys_ = true;      // CudaOptions::decode_attention_bulk_keys
+  int attention_cluster_slices_ = 8;     // CudaOptions::decode_attention_cluster_slices
   bool attention_beside_wo_a_ = true;    // CudaOptions::attention_beside_wo_a
   bool attention_cluster_ = true;        // CudaOptions::attention_cluster
   int64_t gemv_max_rows_ = 16;

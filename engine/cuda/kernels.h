@@ -155,7 +155,8 @@ struct DecodeAttentionShape {
   int heads_per_block = 8;
   int chunk_keys = 32;
   // The slices of one (row, head group) as a thread-block cluster merging their partials in
-  // distributed shared memory (at most 8 slices dividing head_dim / 4; else the global merge).
+  // distributed shared memory (at most 16 slices dividing head_dim / 4, more than 8 as a
+  // non-portable cluster; else the global merge).
   bool cluster = false;
   // Keys a warp scores together in the cluster kernel: 2 (at most 112 registers a thread) or 4.
   int keys_at_once = 2;

@@ -432,8 +432,9 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_attention_beside";
   testing::write_small_fp8_model(dir, 13);
   auto load = [&](bool beside, bool cluster, int chunk_keys = 0, int keys_at_once = 2,
-                  bool bulk = false) {
+                  bool bulk = false, int slices = 8) {
     cuda::CudaOptions options;
+    options.decode_attention_cluster_slices = slices;
     options.attention_beside_wo_a = beside;
     options.attention_cluster = cluster;
     options.decode_attention_chunk_keys = chunk_keys;
@@ -459,6 +460,8 @@ TEST(CudaOptions, DecodeAttentionShapesKeepTheLogits) {
       {"cluster, 3 keys a chunk, bulk copies", load(false, true, 3, 4, true)},
       {"cluster beside wo_a, 48 keys a chunk, 4 at once, bulk copies",
        load(true, true, 48, 4, true)},
+      {"cluster beside wo_a, 16 slices, 4 at once, bulk copies", load(true, true, 48, 4, true, 16)},
+      {"cluster, 16 slices, 3 keys a chunk", load(false, true, 3, 2, false, 16)},
       {"the defaults", load_cuda_model(dir, {Device::cuda}, cuda::CudaOptions{})}};
   std::mt19937 rng(7);
   std::vector<int32_t> ids(120);
