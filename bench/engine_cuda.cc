@@ -99,6 +99,9 @@
 //                     scores together, CudaOptions::decode_attention_keys_at_once; default 4)
 //                     [--attention-bulk 0|1] (one decode row: each key row by one bulk
 //                     copy, CudaOptions::decode_attention_bulk_keys; default 1)
+//                     [--moe-separate-sum 0|1] (one decode row: the routed experts' sum
+//                     in a buffer of its own, not waiting for the shared expert's,
+//                     CudaOptions::moe_separate_sum; default 0)
 //                     [--attention-slices 8|16] (one decode row, cluster attention: the
 //                     most key slices of a head group, CudaOptions::
 //                     decode_attention_cluster_slices; default 8)
@@ -498,6 +501,8 @@ int main(int argc, char** argv) {
       options.decode_attention_keys_at_once = std::stoi(v);
     else if (k == "--attention-bulk")
       options.decode_attention_bulk_keys = v == "1";
+    else if (k == "--moe-separate-sum")
+      options.moe_separate_sum = v == "1";
     else if (k == "--attention-slices")
       options.decode_attention_cluster_slices = std::stoi(v);
     else if (k == "--attention-beside")

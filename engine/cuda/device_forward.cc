@@ -27,7 +27,7 @@ struct DeviceForward::Workspace {
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, layer_meta, projected, attn_partials,
       attn_arrived, hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror,
-      rope_cs, slice_sums;
+      rope_cs, slice_sums, routed_y;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -156,6 +156,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
+      moe_separate_sum_(options.moe_separate_sum),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
@@ -962,6 +963,12 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   const bool cluster = fused && !grid && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
                        hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
+  // The routed experts' own sum, added to pending by the next boundary (moe_separate_sum: one
+  // row through the grid boundaries only, which take a second output).
+  const float* pending_routed = nullptr;
+  float* routed_y = grid && n == 1 && moe_separate_sum_ && side_moe_ && !fused_routing_
+                        ? w.f(w.routed_y, n * H)
+                        : nullptr;
   bool embedded = false;  // the streams hold the embeddings (embed_in_grid: after boundary 0)
   // Prefill passes: the post step, projection and sum of squares in one pass over the streams
   // (CudaOptions::prefill_mhc_pass).
@@ -976,7 +983,11 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
         const bool first = embed_in_grid && !embedded;
         hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
                          norm, head, mix, xo, fused_partial, grid_arrived, stream_,
-                         first ? &embed : nullptr, first ? w.tokens : nullptr);
+                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed);
+      } else if (pending_routed) {
+        throw std::logic_error(
+            "cuda forward: a separate routed sum reached a boundary that is "
+            "not the grid step's");
         embedded = true;
       } else if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
@@ -998,6 +1009,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
       }
     });
     pending = nullptr;
+    pending_routed = nullptr;
   };
   // CudaOptions::head_prefetch_bytes: one row's head slices asked into the L2 on a branch of
   // its own, forked head_prefetch_from sublayers before the head and joined after it (so the
@@ -1037,8 +1049,9 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     fork_head_prefetch(2 * (L - l) - 1);
     hyper(lw.ffn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.ffn_norm.as<float>(), false, x);
     stage("mHC");
-    moe(size_t(l), n, y);
+    moe(size_t(l), n, y, routed_y);
     pending = y;
+    pending_routed = routed_y;
     stage("moe.routed");
   }
   if (m == 0) return;  // the last post step only feeds the head
@@ -1392,7 +1405,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   repeatable("wo_b", [&] { linear_.run(lw.wo_b->view(), grouped, n, out, stream_); });
 }
 
-void DeviceForward::moe(size_t l, int64_t n, float* out) {
+void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
   const ForwardConfig& c = config_;
   const ForwardLayer& fl = c.layers[l];
   const LayerOnDevice& lw = weights_.layers[l];
@@ -1467,6 +1480,8 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
   stage("moe.router");
   w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
   repeatable("experts", [&] {
+    if (fuse && routed_out)
+      throw std::logic_error("cuda moe: fused routing adds into the shared expert's output");
     if (fuse)
       route_and_run_experts(route, w.route_experts.as<int32_t>(), rweights, lw.experts_view, x, n,
                             k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out,
@@ -1474,9 +1489,10 @@ void DeviceForward::moe(size_t l, int64_t n, float* out) {
                             ring_in_flight_bytes_);
     else
       routed_experts(lw.experts_view, w.route_experts.as<int32_t>(), rweights, x, n, k, E,
-                     c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(), out, stream_,
-                     &expert_gemm_, ss != stream_ ? join_ : nullptr, routed_blocks,
-                     ring_in_flight_bytes_);
+                     c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(),
+                     routed_out ? routed_out : out, stream_, &expert_gemm_,
+                     ss != stream_ ? join_ : nullptr, routed_blocks, ring_in_flight_bytes_,
+                     routed_out != nullptr);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

@@ -342,6 +342,14 @@ struct CudaOptions {
   // tok/s against 971.8-972.0): the producer's routing delays the first weight copies more than
   // the routing launch it saves.
   bool fused_routing = false;
+  // One-row decode with the grid mHC boundaries (grid_mhc) and the shared expert on its own
+  // stream (side_moe): the routed experts' down kernel writes its sums to a buffer of its own
+  // instead of adding them to the shared expert's output, so it no longer waits for the shared
+  // expert's down product to end (its blocks land as the SMs free up), and the next boundary
+  // adds the two as it reads them (the same float sum, shared + routed). Traced (thirty-ninth
+  // session) the shared down product ran in the routed up kernel's tail and the routed down
+  // kernel started only after it ended: 13.3 us for 25 MB after that.
+  bool moe_separate_sum = false;
   // One-row decode: the shared expert's streamed products take at most this many blocks and the
   // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
   // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
@@ -508,7 +516,9 @@ class DeviceForward {
  private:
   struct Workspace;
   void attention(size_t l, int64_t n, float* out);
-  void moe(size_t l, int64_t n, float* out);
+  // routed_out: the routed experts' sum goes there, written, not added to out (the shared
+  // expert's), and does not wait for it (CudaOptions::moe_separate_sum).
+  void moe(size_t l, int64_t n, float* out, float* routed_out = nullptr);
   // layer_metadata (CudaOptions::defer_layer_metadata): run() packs and uploads the layers'
   // metadata there, called before the first attention. at_split (CudaOptions::split_step_graph):
   // called after the first mHC boundary, where run() ends one capture and begins the next.
@@ -576,6 +586,7 @@ class DeviceForward {
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing
+  bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes

@@ -72,12 +72,14 @@ __device__ __forceinline__ void row_barrier(unsigned* count, unsigned* gen, unsi
   __syncthreads();
 }
 
-template <bool HEAD>
+// kTwo: the sublayer's output is block_out + block_out2 (the shared and the routed experts'
+// sums, each written by its own kernels: CudaOptions::moe_separate_sum).
+template <bool HEAD, bool kTwo = false>
 __global__ void __launch_bounds__(kThreads)
-    hyper_grid_kernel(HyperDevice w, const float* block_out, float* streams, int64_t hidden,
-                      int iters, float hc_eps, float rms_eps, const float* norm, float* mix,
-                      float* x, float* partial, unsigned* arrived, WeightMatrix embed,
-                      const int32_t* tokens) {
+    hyper_grid_kernel(HyperDevice w, const float* block_out, const float* block_out2,
+                      float* streams, int64_t hidden, int iters, float hc_eps, float rms_eps,
+                      const float* norm, float* mix, float* x, float* partial, unsigned* arrived,
+                      WeightMatrix embed, const int32_t* tokens) {
   constexpr int kOut = HEAD ? kHc : (2 + kHc) * kHc;  // projections
   constexpr int kSums = kOut + kGram;                 // and the Gram matrix
   constexpr int kWarps = kStreamThreads / 32;
@@ -124,7 +126,8 @@ __global__ void __launch_bounds__(kThreads)
       float old[kHc];
 #pragma unroll
       for (int j = 0; j < kHc; ++j) old[j] = s[j * hidden + d];
-      const float y = block_out[row * hidden + d];
+      float y = block_out[row * hidden + d];
+      if constexpr (kTwo) y += block_out2[row * hidden + d];
       asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory");  // comb_s, post_s
       v = post_s[k] * y;
 #pragma unroll
@@ -216,7 +219,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed,
-                      const int32_t* tokens) {
+                      const int32_t* tokens, const float* block_out2) {
   if (!hyper_grid_supported(n, hc, hidden))
     throw std::invalid_argument(
         "cuda mHC: the grid step needs hc 4, 1-" + std::to_string(kMaxRows) +
@@ -227,7 +230,10 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
   // The row barrier needs every block of the launch resident at once.
   const int sms = sm_count();
   int per_sm = 0;
-  auto kernel = head ? hyper_grid_kernel<true> : hyper_grid_kernel<false>;
+  if (block_out2 && !block_out)
+    throw std::invalid_argument("cuda mHC: the grid step's second sublayer output needs a first");
+  auto kernel = block_out2 ? (head ? hyper_grid_kernel<true, true> : hyper_grid_kernel<false, true>)
+                           : (head ? hyper_grid_kernel<true> : hyper_grid_kernel<false>);
   AGENTRT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   if (int64_t(sms) * per_sm < int64_t(grid.x) * grid.y)
     throw std::invalid_argument("cuda mHC: the grid step's " + std::to_string(grid.x * grid.y) +
@@ -238,9 +244,9 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                                 std::to_string(embed->cols) + " columns) only as the first " +
                                 "boundary's streams, with tokens, for hidden " +
                                 std::to_string(hidden));
-  launch_pdl(kernel, grid, kThreads, 0, stream, w, block_out, streams, hidden, sinkhorn_iters,
-             hc_eps, rms_eps, norm, mix, x, partial, arrived, embed ? *embed : WeightMatrix{},
-             embed ? tokens : nullptr);
+  launch_pdl(kernel, grid, kThreads, 0, stream, w, block_out, block_out2, streams, hidden,
+             sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived,
+             embed ? *embed : WeightMatrix{}, embed ? tokens : nullptr);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

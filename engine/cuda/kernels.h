@@ -99,7 +99,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed = nullptr,
-                      const int32_t* tokens = nullptr);
+                      const int32_t* tokens = nullptr, const float* block_out2 = nullptr);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);
@@ -367,12 +367,14 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
 // fired. Returns false, having launched nothing, where the weights' type and shapes do not allow
 // it (fit() says so beforehand); max_blocks > 0 caps the grid (tests use it to make each block
 // loop over its ring); in_flight_bytes > 0 caps each block's weight copies in flight
-// (CudaOptions::ring_in_flight_bytes).
+// (CudaOptions::ring_in_flight_bytes). store: `out` gets the sums written, not added, and
+// before_sum is not waited for (routed_experts' store).
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks = 0, int64_t in_flight_bytes = 0);
+                      cudaEvent_t before_sum, int max_blocks = 0, int64_t in_flight_bytes = 0,
+                      bool store = false);
 
 // What route_rows reads, for the kernels that route rows themselves.
 struct RouteInputs {
@@ -409,12 +411,13 @@ int64_t group_expert_pairs_hist_ints(int64_t P, int64_t experts);
 // `before_sum` when set (another stream writing `out` first). Up to 64 rows take streamed_experts
 // where it fits:
 // out[t] += sum_j weights[t][j] * expert_{chosen[t][j]}(h[t]). scratch: see moe_scratch_bytes.
+// store: out[t] = that sum instead (out is the routed experts' own; before_sum ignored).
 int64_t moe_scratch_bytes(int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden);
 void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr,
-                    int max_blocks = 0, int64_t in_flight_bytes = 0);
+                    int max_blocks = 0, int64_t in_flight_bytes = 0, bool store = false);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
 // take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,

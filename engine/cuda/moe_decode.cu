@@ -226,8 +226,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // For each of the `batch` rows: out[i] += sum_j weights[j] * (w2 of expert chosen[j] row i) .
-// act[j]. A task is kDownRows rows of the output: k stages, one per chosen expert, summed in
-// registers. The consumers stage a row's k activation vectors when their tasks reach it.
+// act[j] (kStore: out[i] = that sum). A task is kDownRows rows of the output: k stages, one per
+// chosen expert, summed in registers. The consumers stage a row's k activation vectors when their
+// tasks reach it.
+template <bool kStore>
 __global__ void __launch_bounds__(kThreads, 1)
     stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
                        const int8_t* act, int64_t batch, int64_t hidden, int64_t inter, int64_t k,
@@ -291,8 +293,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     const float y0 = stream::warp_sum(acc[0]), y1 = stream::warp_sum(acc[1]);
     if (lane == 0) {
       float* o = out + row * hidden + t * kDownRows;
-      o[warp] += y0;
-      o[warp + kConsumerWarps] += y1;
+      if constexpr (kStore) {
+        o[warp] = y0;
+        o[warp + kConsumerWarps] = y1;
+      } else {
+        o[warp] += y0;
+        o[warp + kConsumerWarps] += y1;
+      }
     }
   }
 }
@@ -334,7 +341,7 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                      float limit, float* act, float* out, cudaStream_t stream,
                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes,
-                     const KernelRoute& route) {
+                     const KernelRoute& route, bool store = false) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -343,8 +350,9 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
                 down_shared = s.down_fixed + s.down_stages * s.down_stage;
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
-  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      stream_down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(down_shared)));
+  auto down_kernel = store ? stream_down_kernel<true> : stream_down_kernel<false>;
+  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          int(down_shared)));
   // All rows in one launch of each kernel (each row's act: act_row_bytes(k, inter) bytes, the
   // room of its k * inter floats).
   auto* act_bytes = reinterpret_cast<int8_t*>(act);
@@ -352,9 +360,10 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
              size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
              stream::in_flight_stages(in_flight_bytes, s.up_stage, s.up_stages), act_bytes, route);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
-  // The down products add into `out`, which the shared expert (on another stream) writes.
-  if (before_sum) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
-  launch_pdl(stream_down_kernel, unsigned(std::min(blocks, n * (hidden / kDownRows))), kThreads,
+  // The down products add into `out`, which the shared expert (on another stream) writes
+  // (store: `out` is theirs alone).
+  if (before_sum && !store) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
+  launch_pdl(down_kernel, unsigned(std::min(blocks, n * (hidden / kDownRows))), kThreads,
              size_t(down_shared), stream, e, chosen, weights, static_cast<const int8_t*>(act_bytes),
              n, hidden, inter, k, s.down_stages,
              stream::in_flight_stages(in_flight_bytes, s.down_stage, s.down_stages), out);
@@ -367,9 +376,9 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes) {
+                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes, bool store) {
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, in_flight_bytes, KernelRoute{});
+                         before_sum, max_blocks, in_flight_bytes, KernelRoute{}, store);
 }
 
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,

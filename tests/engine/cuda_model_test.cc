@@ -236,6 +236,36 @@ TEST(CudaOptions, DeferredLayerMetadataGivesTheSameLogits) {
 #endif
 }
 
+// One row's routed experts summed into a buffer of their own, added to the shared expert's by
+// the next mHC boundary (CudaOptions::moe_separate_sum): the same float sum (shared + routed), so
+// the same bits, on the small model's streamed FP4 experts and grid boundaries.
+TEST(CudaOptions, MoeSeparateSumGivesTheSameLogits) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_moe_separate_sum";
+  testing::write_small_fp8_model(dir, 9);
+  cuda::CudaOptions options;
+  const auto added = load_cuda_model(dir, {Device::cuda}, options);
+  options.moe_separate_sum = true;
+  const auto apart = load_cuda_model(dir, {Device::cuda}, options);
+  const auto ids = testing::random_ids(240, 4);
+  auto sa = added->new_sequence(), sb = apart->new_sequence();
+  const auto pa = sa->forward(std::span(ids).first(200));
+  const auto pb = sb->forward(std::span(ids).first(200));
+  ASSERT_EQ(pa, pb) << "the prefill does not take the option";
+  for (size_t p = 200; p < 240; ++p) {
+    const auto a = sa->forward(std::span(ids).subspan(p, 1));
+    const auto b = sb->forward(std::span(ids).subspan(p, 1));
+    ASSERT_EQ(a.size(), b.size());
+    size_t differ = 0;
+    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
+    EXPECT_EQ(differ, 0u) << "step " << p << ": " << differ << " logits differ";
+  }
+  std::filesystem::remove_all(dir);
+#endif
+}
+
 // Decode rows routed inside the routed experts' up kernel (CudaOptions::fused_routing) make the
 // same choices with the same weights as the routing kernel, so the logits are the same bits: one
 // row's decode steps and a batch of three, on the small model's MXFP4 experts (the streamed
