@@ -5,7 +5,8 @@
 # table's bench_engine_cuda (e.g. options not yet the defaults); AB="NAME:FLAGS;NAME:FLAGS" adds,
 # before the table, an interleaved decode + pick @1K comparison of the defaults against each
 # named flag set (ROUNDS of them, default 3).
-#   OUT=... [ARGS=...] [AB="attn:--attention-chunk 48 --attention-ka 4 --attention-bulk 1"] \
+# TABLE=0 stops after the A/B.
+#   OUT=... [ARGS=...] [TABLE=0] [AB="attn:--attention-chunk 48 --attention-ka 4 --attention-bulk 1"] \
 #     bash scripts/device_table.sh
 set -uo pipefail
 OUT=${OUT:?set OUT}
@@ -46,6 +47,11 @@ if [[ -n ${AB:-} ]]; then
   done
   python3 scripts/ab_medians.py "$R" "${names[@]}" >> "$S" 2>&1
   echo "a/b ($((SECONDS - T0)) s)" >> "$S"
+fi
+if [[ ${TABLE:-1} == 0 ]]; then  # the A/B alone
+  kill "$CLOCKS" 2>/dev/null
+  cat "$S"
+  exit 0
 fi
 timeout 120 "$BENCH" "$CKPT" --contexts 1024,16384,65536 --batches 8,32,64 --steps 16 ${ARGS:-} \
   > "$R/table.log" 2>&1
