@@ -102,6 +102,9 @@
 //                     [--moe-separate-sum 0|1] (one decode row: the routed experts' sum
 //                     in a buffer of its own, not waiting for the shared expert's,
 //                     CudaOptions::moe_separate_sum; default 0)
+//                     [--moe-early-down 0|1] (decode rows: the routed down kernel's
+//                     weights copied before the up kernel ends, CudaOptions::
+//                     moe_early_down; default 0)
 //                     [--attention-slices 8|16] (one decode row, cluster attention: the
 //                     most key slices of a head group, CudaOptions::
 //                     decode_attention_cluster_slices; default 8)
@@ -503,6 +506,8 @@ int main(int argc, char** argv) {
       options.decode_attention_bulk_keys = v == "1";
     else if (k == "--moe-separate-sum")
       options.moe_separate_sum = v == "1";
+    else if (k == "--moe-early-down")
+      options.moe_early_down = v == "1";
     else if (k == "--attention-slices")
       options.decode_attention_cluster_slices = std::stoi(v);
     else if (k == "--attention-beside")

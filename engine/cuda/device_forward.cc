@@ -157,6 +157,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       grid_mhc_(options.grid_mhc),
       fused_routing_(options.fused_routing),
       moe_separate_sum_(options.moe_separate_sum),
+      moe_early_down_(options.moe_early_down),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
@@ -1492,7 +1493,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
                      c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(),
                      routed_out ? routed_out : out, stream_, &expert_gemm_,
                      ss != stream_ ? join_ : nullptr, routed_blocks, ring_in_flight_bytes_,
-                     routed_out != nullptr);
+                     routed_out != nullptr, moe_early_down_);
   });
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join_, 0));
 }

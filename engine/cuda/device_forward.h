@@ -350,6 +350,11 @@ struct CudaOptions {
   // session) the shared down product ran in the routed up kernel's tail and the routed down
   // kernel started only after it ended: 13.3 us for 25 MB after that.
   bool moe_separate_sum = false;
+  // Decode rows' routed experts (the streamed kernels, routing launched on its own): the down
+  // kernel's producer copies its weights as soon as its block lands, before the up kernel has
+  // ended, instead of after its wait (the routing launch wrote the choices it reads before the
+  // up kernel began).
+  bool moe_early_down = false;
   // One-row decode: the shared expert's streamed products take at most this many blocks and the
   // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
   // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
@@ -587,6 +592,7 @@ class DeviceForward {
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
+  bool moe_early_down_ = false;          // CudaOptions::moe_early_down
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes

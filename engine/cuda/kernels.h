@@ -368,13 +368,14 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
 // it (fit() says so beforehand); max_blocks > 0 caps the grid (tests use it to make each block
 // loop over its ring); in_flight_bytes > 0 caps each block's weight copies in flight
 // (CudaOptions::ring_in_flight_bytes). store: `out` gets the sums written, not added, and
-// before_sum is not waited for (routed_experts' store).
+// before_sum is not waited for (routed_experts' store). early_down: the down kernel's producer
+// copies its weights before the up kernel has ended (chosen must come from an earlier launch).
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
                       cudaEvent_t before_sum, int max_blocks = 0, int64_t in_flight_bytes = 0,
-                      bool store = false);
+                      bool store = false, bool early_down = false);
 
 // What route_rows reads, for the kernels that route rows themselves.
 struct RouteInputs {
@@ -417,7 +418,8 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm = nullptr, cudaEvent_t before_sum = nullptr,
-                    int max_blocks = 0, int64_t in_flight_bytes = 0, bool store = false);
+                    int max_blocks = 0, int64_t in_flight_bytes = 0, bool store = false,
+                    bool early_down = false);
 // route_rows into chosen and weights [n][k], then routed_experts; where the streamed kernels
 // take the rows, the routing runs inside them (streamed_experts_routed).
 void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* weights,

@@ -629,7 +629,7 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
                     const float* h, int64_t n, int64_t k, int64_t experts, int64_t inter,
                     int64_t hidden, float limit, void* scratch, float* out, cudaStream_t stream,
                     ExpertGemm* gemm, cudaEvent_t before_sum, int max_blocks,
-                    int64_t in_flight_bytes, bool store) {
+                    int64_t in_flight_bytes, bool store, bool early_down) {
   if (n <= 0) return;
   const int64_t P = n * k;
   const Groups g = carve(scratch, P, experts, inter);
@@ -639,7 +639,7 @@ void routed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* 
   // grouped CUDA-core kernels below read it once.
   if (n <= kStreamedRows &&
       streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit, g.act, out, stream,
-                       before_sum, max_blocks, in_flight_bytes, store))
+                       before_sum, max_blocks, in_flight_bytes, store, early_down))
     return;
   // The grouped path adds into `out`: as its own, it starts at zero.
   if (store) {

@@ -228,8 +228,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 // For each of the `batch` rows: out[i] += sum_j weights[j] * (w2 of expert chosen[j] row i) .
 // act[j] (kStore: out[i] = that sum). A task is kDownRows rows of the output: k stages, one per
 // chosen expert, summed in registers. The consumers stage a row's k activation vectors when their
-// tasks reach it.
-template <bool kStore>
+// tasks reach it. kEarly: the producer does not wait for the up kernel (only the consumers read
+// what it writes), so a block that lands while the up kernel's last blocks still run has its
+// ring filling by then; it reads chosen from the L2, written by a routing launch that finished
+// before the up kernel let this one in (pdl_begin waits before it lets the next kernel in).
+template <bool kStore, bool kEarly>
 __global__ void __launch_bounds__(kThreads, 1)
     stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
                        const int8_t* act, int64_t batch, int64_t hidden, int64_t inter, int64_t k,
@@ -242,7 +245,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   char* ring = xs + k * per_expert;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
-  pdl_begin();
+  if constexpr (!kEarly) pdl_begin();
   const int64_t tasks = hidden / kDownRows;  // per row
   const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
@@ -254,11 +257,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
         mbarrier_arrive_expect(&bars.full[s.index], uint32_t(stage_bytes));
-        copy_rows(e.w2[chosen[c.row * k + j]], c.task * kDownRows, kDownRows,
-                  ring + s.index * stage_bytes, &bars.full[s.index]);
+        const int32_t ex = kEarly ? __ldcg(chosen + c.row * k + j) : chosen[c.row * k + j];
+        copy_rows(e.w2[ex], c.task * kDownRows, kDownRows, ring + s.index * stage_bytes,
+                  &bars.full[s.index]);
       }
     return;
   }
+  if constexpr (kEarly) pdl_begin();
   uint32_t q = 0;
   int64_t staged = -1;  // the row whose activation vectors xs holds
   for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
@@ -341,7 +346,7 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                      float limit, float* act, float* out, cudaStream_t stream,
                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes,
-                     const KernelRoute& route, bool store = false) {
+                     const KernelRoute& route, bool store = false, bool early_down = false) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
   const StreamShapes s = stream_shapes(k, inter, hidden);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
@@ -350,7 +355,12 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
                 down_shared = s.down_fixed + s.down_stages * s.down_stage;
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
       stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
-  auto down_kernel = store ? stream_down_kernel<true> : stream_down_kernel<false>;
+  // The down kernel's producer may read chosen before its wait only where a launch before the
+  // up kernel wrote it (not the up kernel's own routing).
+  const bool early = early_down && !route.in.logits;
+  auto down_kernel =
+      store ? (early ? stream_down_kernel<true, true> : stream_down_kernel<true, false>)
+            : (early ? stream_down_kernel<false, true> : stream_down_kernel<false, false>);
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(down_shared)));
   // All rows in one launch of each kernel (each row's act: act_row_bytes(k, inter) bytes, the
@@ -376,9 +386,10 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
-                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes, bool store) {
+                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes, bool store,
+                      bool early_down) {
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, in_flight_bytes, KernelRoute{}, store);
+                         before_sum, max_blocks, in_flight_bytes, KernelRoute{}, store, early_down);
 }
 
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,

@@ -237,30 +237,67 @@ TEST(CudaOptions, DeferredLayerMetadataGivesTheSameLogits) {
 }
 
 // One row's routed experts summed into a buffer of their own, added to the shared expert's by
-// the next mHC boundary (CudaOptions::moe_separate_sum): the same float sum (shared + routed), so
-// the same bits, on the small model's streamed FP4 experts and grid boundaries.
-TEST(CudaOptions, MoeSeparateSumGivesTheSameLogits) {
+// the next mHC boundary (CudaOptions::moe_separate_sum), and the routed down kernel's weights
+// copied before the up kernel ends (moe_early_down): the same float sums, so the same bits, on
+// the small model's streamed FP4 experts and grid boundaries; a batch of three too.
+TEST(CudaOptions, MoeSeparateSumAndEarlyDownGiveTheSameLogits) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_moe_separate_sum";
   testing::write_small_fp8_model(dir, 9);
-  cuda::CudaOptions options;
-  const auto added = load_cuda_model(dir, {Device::cuda}, options);
-  options.moe_separate_sum = true;
-  const auto apart = load_cuda_model(dir, {Device::cuda}, options);
+  auto load = [&](bool separate, bool early) {
+    cuda::CudaOptions options;
+    options.moe_separate_sum = separate;
+    options.moe_early_down = early;
+    return load_cuda_model(dir, {Device::cuda}, options);
+  };
+  const auto base = load(false, false);
+  struct Variant {
+    const char* name;
+    std::shared_ptr<const Model> model;
+  };
+  const Variant variants[] = {{"separate sum", load(true, false)},
+                              {"early down", load(false, true)},
+                              {"separate sum, early down", load(true, true)}};
   const auto ids = testing::random_ids(240, 4);
-  auto sa = added->new_sequence(), sb = apart->new_sequence();
-  const auto pa = sa->forward(std::span(ids).first(200));
-  const auto pb = sb->forward(std::span(ids).first(200));
-  ASSERT_EQ(pa, pb) << "the prefill does not take the option";
-  for (size_t p = 200; p < 240; ++p) {
-    const auto a = sa->forward(std::span(ids).subspan(p, 1));
-    const auto b = sb->forward(std::span(ids).subspan(p, 1));
+  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const char* what,
+                 size_t step) {
     ASSERT_EQ(a.size(), b.size());
     size_t differ = 0;
     for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
-    EXPECT_EQ(differ, 0u) << "step " << p << ": " << differ << " logits differ";
+    EXPECT_EQ(differ, 0u) << what << ", step " << step << ": " << differ << " logits differ";
+  };
+  auto sb = base->new_sequence();
+  std::vector<std::unique_ptr<ModelSequence>> seqs;
+  const auto want = sb->forward(std::span(ids).first(200));
+  for (const Variant& v : variants) {
+    seqs.push_back(v.model->new_sequence());
+    same(seqs.back()->forward(std::span(ids).first(200)), want, v.name, 0);
+  }
+  for (size_t p = 200; p < 232; ++p) {
+    const auto one = std::span(ids).subspan(p, 1);
+    const auto w = sb->forward(one);
+    for (size_t i = 0; i < seqs.size(); ++i) same(seqs[i]->forward(one), w, variants[i].name, p);
+  }
+  // A batch of three rows at different positions (early down applies to batches too).
+  const size_t starts[3] = {5, 90, 160};
+  const auto& early = variants[1];
+  std::vector<std::unique_ptr<ModelSequence>> qa, qe;
+  std::vector<ModelSequence*> pa, pe;
+  for (size_t st : starts) {
+    qa.push_back(base->new_sequence());
+    qe.push_back(early.model->new_sequence());
+    qa.back()->forward(std::span(ids).first(st));
+    qe.back()->forward(std::span(ids).first(st));
+    pa.push_back(qa.back().get());
+    pe.push_back(qe.back().get());
+  }
+  for (size_t step = 0; step < 6; ++step) {
+    std::vector<int32_t> toks;
+    for (size_t st : starts) toks.push_back(ids[st + step]);
+    const auto oa = base->decode_batch(pa, toks), oe = early.model->decode_batch(pe, toks);
+    for (size_t i = 0; i < 3; ++i) same(oe[i], oa[i], "batch row, early down", step);
   }
   std::filesystem::remove_all(dir);
 #endif
