@@ -5,7 +5,7 @@
 # table's bench_engine_cuda (e.g. options not yet the defaults); AB="NAME:FLAGS;NAME:FLAGS" adds,
 # before the table, an interleaved decode + pick @1K comparison of the defaults against each
 # named flag set (ROUNDS of them, default 3).
-# TABLE=0 stops after the A/B.
+# TABLE=0 stops after the A/B, TRANSFORMERS=0 after the table; TESTS=FILTER runs those tests.
 #   OUT=... [ARGS=...] [TABLE=0] [AB="attn:--attention-chunk 48 --attention-ka 4 --attention-bulk 1"] \
 #     bash scripts/device_table.sh
 set -uo pipefail
@@ -22,7 +22,7 @@ S=$OUT/summary.txt
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$S"
 [[ -e $CKPT/config.json ]] ||
   python3 scripts/make_v4_flash_checkpoint.py --out "$CKPT" > "$R/ckpt.log" 2>&1 &
-timeout 150 "$CARRY/engine_tests" --gtest_filter='*Cuda*:*Golden*:*Attention*:ModelInit.*' \
+timeout 150 "$CARRY/engine_tests" --gtest_filter="${TESTS:-*Cuda*:*Golden*:*Attention*:ModelInit.*}" \
   > "$R/tests.log" 2>&1
 echo "tests rc $? ($((SECONDS - T0)) s)" >> "$S"
 grep -E "^\[  PASSED|^\[  FAILED|Failure" "$R/tests.log" | head -20 >> "$S"
@@ -67,6 +67,7 @@ for name, col in (("SM MHz", 1), ("power W", 3)):
     if v:
         print(f"{name}: {v[0]:.0f} / {statistics.median(v):.0f} / {v[-1]:.0f} ({len(v)} samples)")
 PY
+[[ ${TRANSFORMERS:-1} == 0 ]] && { cat "$S"; exit 0; }
 timeout 90 python3 scripts/bench_transformers_v4.py "$CKPT" --contexts 1024 --batches 8 \
   --budget-s 30 > "$R/transformers.log" 2>&1
 echo "transformers rc $? ($((SECONDS - T0)) s)" >> "$S"
