@@ -32,6 +32,40 @@ namespace {
 
 using testing::rel_l2;
 
+#ifdef AGENTRT_HAVE_CUDA
+// Whether two options give the same bits: every logit equal.
+void expect_same_logits(const std::vector<float>& got, const std::vector<float>& want,
+                        const char* what, size_t step) {
+  ASSERT_EQ(got.size(), want.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < got.size(); ++i) differ += got[i] != want[i];
+  EXPECT_EQ(differ, 0u) << what << ", step " << step << ": " << differ << " logits differ";
+}
+
+// A decode batch of three rows at different positions of ids, six steps, on both models: the
+// same bits row by row.
+void expect_same_batch_logits(const Model& a, const Model& b, const std::vector<int32_t>& ids,
+                              const char* what) {
+  const size_t starts[3] = {5, 90, 160};
+  std::vector<std::unique_ptr<ModelSequence>> qa, qb;
+  std::vector<ModelSequence*> pa, pb;
+  for (size_t st : starts) {
+    qa.push_back(a.new_sequence());
+    qb.push_back(b.new_sequence());
+    qa.back()->forward(std::span(ids).first(st));
+    qb.back()->forward(std::span(ids).first(st));
+    pa.push_back(qa.back().get());
+    pb.push_back(qb.back().get());
+  }
+  for (size_t step = 0; step < 6; ++step) {
+    std::vector<int32_t> toks;
+    for (size_t st : starts) toks.push_back(ids[st + step]);
+    const auto oa = a.decode_batch(pa, toks), ob = b.decode_batch(pb, toks);
+    for (size_t i = 0; i < 3; ++i) expect_same_logits(ob[i], oa[i], what, step);
+  }
+}
+#endif
+
 struct Case {
   std::string dtype, expert_dtype;
   std::string precision;  // prefill GEMMs: f32 or bf16x2
@@ -261,44 +295,21 @@ TEST(CudaOptions, MoeSeparateSumAndEarlyDownGiveTheSameLogits) {
                               {"early down", load(false, true)},
                               {"separate sum, early down", load(true, true)}};
   const auto ids = testing::random_ids(240, 4);
-  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const char* what,
-                 size_t step) {
-    ASSERT_EQ(a.size(), b.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
-    EXPECT_EQ(differ, 0u) << what << ", step " << step << ": " << differ << " logits differ";
-  };
   auto sb = base->new_sequence();
   std::vector<std::unique_ptr<ModelSequence>> seqs;
   const auto want = sb->forward(std::span(ids).first(200));
   for (const Variant& v : variants) {
     seqs.push_back(v.model->new_sequence());
-    same(seqs.back()->forward(std::span(ids).first(200)), want, v.name, 0);
+    expect_same_logits(seqs.back()->forward(std::span(ids).first(200)), want, v.name, 0);
   }
   for (size_t p = 200; p < 232; ++p) {
     const auto one = std::span(ids).subspan(p, 1);
     const auto w = sb->forward(one);
-    for (size_t i = 0; i < seqs.size(); ++i) same(seqs[i]->forward(one), w, variants[i].name, p);
+    for (size_t i = 0; i < seqs.size(); ++i)
+      expect_same_logits(seqs[i]->forward(one), w, variants[i].name, p);
   }
-  // A batch of three rows at different positions (early down applies to batches too).
-  const size_t starts[3] = {5, 90, 160};
-  const auto& early = variants[1];
-  std::vector<std::unique_ptr<ModelSequence>> qa, qe;
-  std::vector<ModelSequence*> pa, pe;
-  for (size_t st : starts) {
-    qa.push_back(base->new_sequence());
-    qe.push_back(early.model->new_sequence());
-    qa.back()->forward(std::span(ids).first(st));
-    qe.back()->forward(std::span(ids).first(st));
-    pa.push_back(qa.back().get());
-    pe.push_back(qe.back().get());
-  }
-  for (size_t step = 0; step < 6; ++step) {
-    std::vector<int32_t> toks;
-    for (size_t st : starts) toks.push_back(ids[st + step]);
-    const auto oa = base->decode_batch(pa, toks), oe = early.model->decode_batch(pe, toks);
-    for (size_t i = 0; i < 3; ++i) same(oe[i], oa[i], "batch row, early down", step);
-  }
+  // A batch of three rows (early down applies to batches too).
+  expect_same_batch_logits(*base, *variants[1].model, ids, "batch row, early down");
   std::filesystem::remove_all(dir);
 #endif
 }
@@ -321,38 +332,15 @@ TEST(CudaOptions, FusedRoutingGivesTheSameLogits) {
   std::mt19937 rng(3);
   std::vector<int32_t> ids(300);
   for (auto& t : ids) t = int32_t(rng() % 3000);
-  auto same = [](const std::vector<float>& a, const std::vector<float>& b, const char* what,
-                 size_t step) {
-    ASSERT_EQ(a.size(), b.size());
-    size_t differ = 0;
-    for (size_t i = 0; i < a.size(); ++i) differ += a[i] != b[i];
-    EXPECT_EQ(differ, 0u) << what << " step " << step << ": " << differ << " logits differ";
-  };
   // One row: a prefill, then decode steps.
   auto sa = apart->new_sequence(), sf = fused->new_sequence();
   sa->forward(std::span(ids).first(200));
   sf->forward(std::span(ids).first(200));
   for (size_t p = 200; p < 216; ++p)
-    same(sa->forward(std::span(ids).subspan(p, 1)), sf->forward(std::span(ids).subspan(p, 1)),
-         "one row", p);
+    expect_same_logits(sf->forward(std::span(ids).subspan(p, 1)),
+                       sa->forward(std::span(ids).subspan(p, 1)), "one row", p);
   // A batch of three rows at different positions.
-  const size_t starts[3] = {5, 90, 160};
-  std::vector<std::unique_ptr<ModelSequence>> qa, qf;
-  std::vector<ModelSequence*> pa, pf;
-  for (size_t st : starts) {
-    qa.push_back(apart->new_sequence());
-    qf.push_back(fused->new_sequence());
-    qa.back()->forward(std::span(ids).first(st));
-    qf.back()->forward(std::span(ids).first(st));
-    pa.push_back(qa.back().get());
-    pf.push_back(qf.back().get());
-  }
-  for (size_t step = 0; step < 6; ++step) {
-    std::vector<int32_t> toks;
-    for (size_t st : starts) toks.push_back(ids[st + step]);
-    const auto oa = apart->decode_batch(pa, toks), of = fused->decode_batch(pf, toks);
-    for (size_t i = 0; i < 3; ++i) same(oa[i], of[i], "batch row", step);
-  }
+  expect_same_batch_logits(*apart, *fused, ids, "batch row");
   std::filesystem::remove_all(dir);
 #endif
 }
