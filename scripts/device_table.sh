@@ -5,7 +5,8 @@
 # table's bench_engine_cuda (e.g. options not yet the defaults); AB="NAME:FLAGS;NAME:FLAGS" adds,
 # before the table, an interleaved decode + pick @1K comparison of the defaults against each
 # named flag set (ROUNDS of them, default 3).
-# TABLE=0 stops after the A/B, TRANSFORMERS=0 after the table; TESTS=FILTER runs those tests.
+# TABLE=0 skips the table and transformers, TRANSFORMERS=0 transformers; TESTS=FILTER picks the
+# tests.
 #   OUT=... [ARGS=...] [TABLE=0] [AB="attn:--attention-chunk 48 --attention-ka 4 --attention-bulk 1"] \
 #     bash scripts/device_table.sh
 set -uo pipefail
@@ -48,15 +49,12 @@ if [[ -n ${AB:-} ]]; then
   python3 scripts/ab_medians.py "$R" "${names[@]}" >> "$S" 2>&1
   echo "a/b ($((SECONDS - T0)) s)" >> "$S"
 fi
-if [[ ${TABLE:-1} == 0 ]]; then  # the A/B alone
-  kill "$CLOCKS" 2>/dev/null
-  cat "$S"
-  exit 0
+if [[ ${TABLE:-1} != 0 ]]; then
+  timeout 120 "$BENCH" "$CKPT" --contexts 1024,16384,65536 --batches 8,32,64 --steps 16 ${ARGS:-} \
+    > "$R/table.log" 2>&1
+  echo "table rc $? ($((SECONDS - T0)) s)" >> "$S"
+  cat "$R/table.log" >> "$S"
 fi
-timeout 120 "$BENCH" "$CKPT" --contexts 1024,16384,65536 --batches 8,32,64 --steps 16 ${ARGS:-} \
-  > "$R/table.log" 2>&1
-echo "table rc $? ($((SECONDS - T0)) s)" >> "$S"
-cat "$R/table.log" >> "$S"
 kill "$CLOCKS" 2>/dev/null
 # The clocks' spread over the run (MHz, W): min / median / max.
 python3 - "$R/clocks.csv" >> "$S" 2>&1 <<'PY'
@@ -67,9 +65,10 @@ for name, col in (("SM MHz", 1), ("power W", 3)):
     if v:
         print(f"{name}: {v[0]:.0f} / {statistics.median(v):.0f} / {v[-1]:.0f} ({len(v)} samples)")
 PY
-[[ ${TRANSFORMERS:-1} == 0 ]] && { cat "$S"; exit 0; }
-timeout 90 python3 scripts/bench_transformers_v4.py "$CKPT" --contexts 1024 --batches 8 \
-  --budget-s 30 > "$R/transformers.log" 2>&1
-echo "transformers rc $? ($((SECONDS - T0)) s)" >> "$S"
-tail -15 "$R/transformers.log" >> "$S"
+if [[ ${TABLE:-1} != 0 && ${TRANSFORMERS:-1} != 0 ]]; then
+  timeout 90 python3 scripts/bench_transformers_v4.py "$CKPT" --contexts 1024 --batches 8 \
+    --budget-s 30 > "$R/transformers.log" 2>&1
+  echo "transformers rc $? ($((SECONDS - T0)) s)" >> "$S"
+  tail -15 "$R/transformers.log" >> "$S"
+fi
 cat "$S"

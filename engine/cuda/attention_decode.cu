@@ -26,11 +26,10 @@ namespace {
 constexpr int kGroupHeads = 8;  // heads per block, one warp each (DecodeAttentionShape's most)
 constexpr int kChunkKeys = 64;  // keys in shared memory at once, at most: 128 KB at head_dim 512
 constexpr int kMaxSplits = 16;  // key slices per row
-constexpr int kPortableSplits = 8;  // key slices per row as one portable cluster
-constexpr int kMaxClusterSplits =
-    16;                          // and as a non-portable one (cudaFuncAttributeNonPortable...)
-constexpr int kKeysAtOnce = 4;   // keys a warp scores together
-constexpr int64_t kPartPad = 4;  // a partial: head_dim weighted-key sums, then max and sum
+constexpr int kPortableSplits = 8;     // key slices per row as one portable cluster
+constexpr int kMaxClusterSplits = 16;  // and as one non-portable cluster
+constexpr int kKeysAtOnce = 4;         // keys a warp scores together
+constexpr int64_t kPartPad = 4;        // a partial: head_dim weighted-key sums, then max and sum
 
 struct DecodeParams {
   const float* q;  // raw: before the head's RMSNorm and RoPE
@@ -437,7 +436,9 @@ bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& 
 int attend_decode_splits(int64_t max_keys, int cap, const DecodeAttentionShape& shape) {
   const int64_t most = cap > 0 ? std::min<int64_t>(cap, kMaxSplits) : kMaxSplits;
   const int64_t chunk = std::clamp(shape.chunk_keys, 1, kChunkKeys);
-  return int(std::clamp<int64_t>((max_keys + chunk - 1) / chunk, 1, most));
+  const int splits = int(std::clamp<int64_t>((max_keys + chunk - 1) / chunk, 1, most));
+  // A cluster's slices divide the head's float4 chunks: more than a portable cluster's are 16.
+  return shape.cluster && splits > kPortableSplits ? kMaxClusterSplits : splits;
 }
 
 int64_t attend_decode_shared_bytes(int64_t head_dim, const DecodeAttentionShape& shape) {

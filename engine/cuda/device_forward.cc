@@ -1332,9 +1332,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
       if (attention_beside_wo_a_)
         wo_a_room = shared_room_beside(attend_decode_shared_bytes(hd, shape));
     }
-    int splits = attend_decode_splits(m.max_keys, cap, shape);
-    // A cluster's slices divide the head's 128 float4 chunks: more than 8 are 16.
-    if (n == 1 && attention_cluster_ && splits > 8) splits = 16;
+    const int splits = attend_decode_splits(m.max_keys, cap, shape);
     // One row: the same slices, copied in fewer chunks (decode_attention_chunk_keys), scored
     // more keys at once and copied a row at a time (decode_attention_keys_at_once, _bulk_keys).
     // Decode batches keep their shape.

@@ -165,6 +165,7 @@ struct DecodeAttentionShape {
   bool bulk_keys = false;
 };
 bool attend_decode_supported(int64_t heads, int64_t head_dim, const DeviceRope& rope);
+// Key slices a row for max_keys keys (at most cap; 0: 16). A cluster's more than 8 are 16.
 int attend_decode_splits(int64_t max_keys, int cap = 0, const DecodeAttentionShape& shape = {});
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
 // The dynamic shared memory of one block.
