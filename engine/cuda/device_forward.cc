@@ -985,11 +985,11 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
         hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
                          norm, head, mix, xo, fused_partial, grid_arrived, stream_,
                          first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed);
+        embedded = true;
       } else if (pending_routed) {
         throw std::logic_error(
             "cuda forward: a separate routed sum reached a boundary that is "
             "not the grid step's");
-        embedded = true;
       } else if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);
