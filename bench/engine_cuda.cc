@@ -99,6 +99,8 @@
 //                     scores together, CudaOptions::decode_attention_keys_at_once; default 4)
 //                     [--attention-bulk 0|1] (one decode row: each key row by one bulk
 //                     copy, CudaOptions::decode_attention_bulk_keys; default 1)
+//                     [--pick-cluster 0|1] (greedy picks on their own as one cluster of 8
+//                     blocks, CudaOptions::pick_cluster; default 0)
 //                     [--moe-separate-sum 0|1] (one decode row: the routed experts' sum
 //                     in a buffer of its own, not waiting for the shared expert's,
 //                     CudaOptions::moe_separate_sum; default 0)
@@ -504,6 +506,8 @@ int main(int argc, char** argv) {
       options.decode_attention_keys_at_once = std::stoi(v);
     else if (k == "--attention-bulk")
       options.decode_attention_bulk_keys = v == "1";
+    else if (k == "--pick-cluster")
+      options.pick_cluster = v == "1";
     else if (k == "--moe-separate-sum")
       options.moe_separate_sum = v == "1";
     else if (k == "--moe-early-down")

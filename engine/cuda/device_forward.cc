@@ -158,6 +158,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_routing_(options.fused_routing),
       moe_separate_sum_(options.moe_separate_sum),
       moe_early_down_(options.moe_early_down),
+      pick_cluster_(options.pick_cluster),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
@@ -769,7 +770,7 @@ void DeviceForward::enqueue_picks(std::span<const TokenMask> masks, std::span<co
     auto* pick = reinterpret_cast<MaskedPick*>(s);
     const float* logits = logits_row(logits_rows.empty() ? first + i : logits_rows[i]);
     masked_pick(logits, config_.vocab_size, mask, words, how[i].inv_t, pick_scratch_.get(), pick,
-                stream_);
+                stream_, pick_cluster_);
     if (how[i].delta > 0.0f)
       collect_near_best(logits, config_.vocab_size, mask, words, pick, how[i].delta, capacity,
                         reinterpret_cast<int32_t*>(s + 24), reinterpret_cast<int32_t*>(s + head),
@@ -806,7 +807,7 @@ void DeviceForward::launch_deferred_pick() {
     d.args.mask = mask_.as<uint32_t>();
   }
   masked_pick(d.args.logits, config_.vocab_size, d.args.mask, d.args.mask_words, d.args.inv_t,
-              d.args.scratch, d.args.out, stream_);
+              d.args.scratch, d.args.out, stream_, pick_cluster_);
   read_back_picks(d.host, d.dev, d.bytes, false);
 }
 

@@ -313,6 +313,12 @@ struct CudaOptions {
   // two replays fell from 16.6 to 4.4 us, but a graph that starts with the pick ran its layers
   // ~1 us a sublayer longer: decode + pick -0.1 to +0.4% on an H100. Off.
   bool pick_mask_early = false;
+  // Greedy picks launched on their own (not pick_in_step_graph's) as one cluster of 8 blocks that
+  // combine their partials through shared memory, instead of 64 blocks meeting through the L2
+  // (a fence, an arrival counter and the last block reading every partial back): the same token,
+  // z summed in another order. Traced (thirty-ninth session) the pick took 7.6 us of the ~16.5 us
+  // between two replayed steps.
+  bool pick_cluster = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -593,6 +599,7 @@ class DeviceForward {
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
   bool moe_early_down_ = false;          // CudaOptions::moe_early_down
+  bool pick_cluster_ = false;            // CudaOptions::pick_cluster
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes

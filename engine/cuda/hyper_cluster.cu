@@ -14,6 +14,7 @@
 #include <string>
 
 #include "engine/cuda/block_reduce.cuh"
+#include "engine/cuda/cluster_barrier.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/hyper_math.cuh"
 #include "engine/cuda/kernels.h"
@@ -31,19 +32,6 @@ constexpr int kStreamThreads = kHc * kLanesPerStream;
 // One more warp turns the cluster's sums into the mixing weights and runs Sinkhorn (its result
 // is the next post step's, off the path to x), like hyper_connection.cu's split pre step.
 constexpr int kClusterThreads = kStreamThreads + 32;
-
-// The cluster barrier in its two halves (PTX barrier.cluster): arrive releases this thread's
-// writes (to its own and other blocks' shared memory), wait acquires everyone's. The relaxed
-// arrive orders nothing: it only says the block has started.
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_arrive() {
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
-}
-__device__ __forceinline__ void cluster_wait() {
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
 
 // One step of warp_reduce_scatter: lanes with bit HALF set keep values HALF .. 2 HALF - 1 (as
 // 0 .. HALF - 1), the others 0 .. HALF - 1, each added to its partner's copy.

@@ -295,8 +295,11 @@ int64_t masked_pick_scratch_bytes();
 void collect_near_best(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
                        const MaskedPick* pick, float delta, int32_t capacity, int32_t* count,
                        int32_t* ids, float* values, cudaStream_t stream);
+// cluster: one cluster of 8 blocks combining through shared memory (CudaOptions::pick_cluster;
+// scratch unused): the same token, count and best, z summed in another order.
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
-                 float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream);
+                 float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream,
+                 bool cluster = false);
 // masked_pick's arguments in device memory (CudaOptions::pick_in_step_graph: a captured step's
 // first node picks the token the step is fed with, from arguments uploaded with its metadata).
 struct PickArgs {

@@ -7,12 +7,15 @@
 // same normaliser at the temperature, plus the allowed tokens near the best (the only ones with a
 // chance to matter), collected for the host's Sampler::sample_candidates; where too many are
 // that close, every allowed token sorted best first (a radix sort).
+#include <cooperative_groups.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cub/device/device_radix_sort.cuh>
 #include <stdexcept>
 #include <string>
 
+#include "engine/cuda/cluster_barrier.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 #include "engine/cuda/launch.cuh"
@@ -20,6 +23,8 @@
 
 namespace agentrt::engine::cuda {
 namespace {
+
+namespace cg = cooperative_groups;
 
 constexpr int kThreads = 256;
 constexpr int kMaxBlocks = 256;
@@ -89,20 +94,18 @@ __device__ __forceinline__ int32_t fed_token(const MaskedPick& p) {
   return p.allowed > 0 ? p.token : 0;
 }
 
-__device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, const uint32_t* mask,
-                                           int64_t mask_words, float inv_t, Partial* partials,
-                                           unsigned* arrived, MaskedPick* out,
-                                           int32_t* feed = nullptr) {
-  __shared__ Partial shared[kThreads / 32];
-  __shared__ bool last;
+// One thread's partial over logits first, first + stride, ... (< vocab), PER of them loaded at
+// once (independent loads, then their best, then the sum of their exps against it).
+template <int PER>
+__device__ __forceinline__ Partial thread_partial(const float* logits, int64_t vocab,
+                                                  const uint32_t* mask, int64_t mask_words,
+                                                  float inv_t, int64_t first, int64_t stride) {
   Partial p{-INFINITY, INT32_MAX, 0, 0.0};
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  for (int64_t base = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; base < vocab;
-       base += stride * kPerThread) {
-    float l[kPerThread];
-    bool ok[kPerThread];
+  for (int64_t base = first; base < vocab; base += stride * PER) {
+    float l[PER];
+    bool ok[PER];
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
+    for (int j = 0; j < PER; ++j) {
       const int64_t i = base + j * stride;
       l[j] = i < vocab ? logits[i] : -INFINITY;
       ok[j] = i < vocab && allowed(l[j], i, mask, mask_words);
@@ -110,7 +113,7 @@ __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, c
     float best = -INFINITY;
     int32_t token = INT32_MAX, count = 0;
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j)
+    for (int j = 0; j < PER; ++j)
       if (ok[j]) {
         ++count;
         if (l[j] > best) best = l[j], token = int32_t(base + j * stride);  // ascending ids
@@ -118,7 +121,7 @@ __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, c
     if (count == 0) continue;
     float zf = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j)
+    for (int j = 0; j < PER; ++j)
       if (ok[j]) zf += expf((l[j] - best) * inv_t);
     const double z = zf;
     // Merge into the thread's running partial (ids grow with j and with base, so a tie keeps
@@ -133,6 +136,18 @@ __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, c
       p.allowed += count;
     }
   }
+  return p;
+}
+
+__device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, const uint32_t* mask,
+                                           int64_t mask_words, float inv_t, Partial* partials,
+                                           unsigned* arrived, MaskedPick* out,
+                                           int32_t* feed = nullptr) {
+  __shared__ Partial shared[kThreads / 32];
+  __shared__ bool last;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  Partial p = thread_partial<kPerThread>(logits, vocab, mask, mask_words, inv_t,
+                                         int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride);
   p = block_combine(p, inv_t, shared);
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = p;
@@ -162,6 +177,41 @@ __global__ void __launch_bounds__(kThreads)
                 float inv_t, Partial* partials, unsigned* arrived, MaskedPick* out) {
   pdl_begin();
   pick_block(logits, vocab, mask, mask_words, inv_t, partials, arrived, out);
+}
+
+// The pick as one cluster of kPickCluster blocks (CudaOptions::pick_cluster): each thread holds
+// up to kClusterPerThread logits (the vocabulary's 129,280 in one round), each block pushes its
+// partial into block 0's shared memory, and block 0 combines them after one cluster barrier,
+// where pick_kernel's blocks went through the L2 (a fence, an arrival counter, the last block
+// reading every partial back). The same token, count and best; z summed in another order.
+constexpr int kPickCluster = 8;
+constexpr int kClusterPickThreads = 1024;
+constexpr int kClusterPerThread = 16;
+
+__global__ void __launch_bounds__(kClusterPickThreads)
+    pick_cluster_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
+                        int64_t mask_words, float inv_t, MaskedPick* out) {
+  __shared__ Partial shared[kClusterPickThreads / 32];
+  __shared__ Partial blocks[kPickCluster];  // block 0's: every block's partial
+  cg::cluster_group cluster = cg::this_cluster();
+  const unsigned rank = cluster.block_rank();
+  cluster_arrive_relaxed();  // this block has started
+  pdl_begin();
+  Partial p = thread_partial<kClusterPerThread>(logits, vocab, mask, mask_words, inv_t,
+                                                int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
+                                                int64_t(gridDim.x) * blockDim.x);
+  p = block_combine(p, inv_t, shared);
+  cluster_wait();  // block 0 has started: its shared memory takes the push
+  if (threadIdx.x == 0) *cluster.map_shared_rank(&blocks[rank], 0) = p;
+  cluster_arrive();
+  if (rank != 0) return;  // block 0 alone reads, its own shared memory
+  cluster_wait();
+  if (threadIdx.x < 32) {
+    Partial q =
+        threadIdx.x < kPickCluster ? blocks[threadIdx.x] : Partial{-INFINITY, INT32_MAX, 0, 0.0};
+    q = warp_combine(q, inv_t);
+    if (threadIdx.x == 0) *out = MaskedPick{q.token, q.allowed, q.best, q.z};
+  }
 }
 
 // The scratch's layout (masked_pick_scratch_bytes): the blocks' partials, then the counter.
@@ -304,7 +354,13 @@ void sort_allowed(const float* logits, int64_t vocab, const SortRows& rows, void
 int64_t masked_pick_scratch_bytes() { return int64_t(sizeof(Partial)) * kMaxBlocks + 16; }
 
 void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64_t mask_words,
-                 float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream) {
+                 float inv_t, void* scratch, MaskedPick* out, cudaStream_t stream, bool cluster) {
+  if (cluster) {
+    launch_pdl_cluster(pick_cluster_kernel, dim3(kPickCluster), dim3(kClusterPickThreads), 0,
+                       stream, kPickCluster, logits, vocab, mask, mask_words, inv_t, out);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   const int blocks = pick_grid(vocab);
   static_assert(kMaxBlocks <= kThreads, "the last block loads one partial a thread");
   launch_pdl(pick_kernel, blocks, kThreads, 0, stream, logits, vocab, mask, mask_words, inv_t,

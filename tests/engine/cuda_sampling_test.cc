@@ -106,28 +106,41 @@ TEST_F(CudaSampling, MaskedPickMatchesTheHostSampler) {
     if (round == 11) std::fill(mask.begin(), mask.end(), 0u);
     cuda::copy_to_device(logits_d.get(), logits.data(), V * 4);
     cuda::copy_to_device(mask_d.get(), mask.data(), int64_t(mask.size()) * 4);
-    cuda::masked_pick(logits_d.as<float>(), V, use_mask ? mask_d.as<uint32_t>() : nullptr, words,
-                      1.0f, scratch.get(), out_d.as<cuda::MaskedPick>(), nullptr);
-    cuda::MaskedPick got{};
-    cuda::copy_to_host(&got, out_d.get(), sizeof(got));
+    // The 64 blocks meeting through the L2, and one cluster (CudaOptions::pick_cluster).
+    cuda::MaskedPick got[2]{};
+    for (int cluster = 0; cluster < 2; ++cluster) {
+      cuda::masked_pick(logits_d.as<float>(), V, use_mask ? mask_d.as<uint32_t>() : nullptr, words,
+                        1.0f, scratch.get(), out_d.as<cuda::MaskedPick>(), nullptr, cluster == 1);
+      cuda::copy_to_host(&got[cluster], out_d.get(), sizeof(got[cluster]));
+    }
     Sampler host(SamplingParams{.temperature = 0.0f});
     const TokenMask tm = use_mask ? TokenMask{mask.data(), size_t(words)} : TokenMask{};
-    if (round == 11) {
-      EXPECT_EQ(got.allowed, 0);
-      EXPECT_THROW(host.sample(logits, tm), std::invalid_argument);
-      continue;
+    for (const cuda::MaskedPick& g : got) {
+      const bool cluster = &g == &got[1];
+      if (round == 11) {
+        EXPECT_EQ(g.allowed, 0) << "cluster " << cluster;
+        continue;
+      }
+      const Sampler::Sample want = host.sample(logits, tm);
+      EXPECT_EQ(g.token, want.token) << "round " << round << " cluster " << cluster;
+      EXPECT_NEAR(-std::log(g.z), want.logprob, 1e-4)
+          << "round " << round << " cluster " << cluster;
     }
-    const Sampler::Sample want = host.sample(logits, tm);
-    EXPECT_EQ(got.token, want.token) << "round " << round;
-    EXPECT_NEAR(-std::log(got.z), want.logprob, 1e-4) << "round " << round;
+    if (round == 11) {
+      EXPECT_THROW(host.sample(logits, tm), std::invalid_argument);
+    }
+    EXPECT_EQ(got[1].allowed, got[0].allowed) << "round " << round;
+    EXPECT_EQ(got[1].best, got[0].best) << "round " << round;
   }
 }
 
-TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
+// pick_cluster: the picks as one cluster of blocks (CudaOptions::pick_cluster).
+void check_forward_and_sample(bool pick_cluster) {
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_sampling";
   testing::write_small_fp8_model(dir, 9);
   cuda::CudaOptions options;
   options.precision = cuda::GemmPrecision::f32;
+  options.pick_cluster = pick_cluster;
   const auto gpu = load_cuda_model(dir, {Device::cuda}, options);
   auto a = gpu->new_sequence(), b = gpu->new_sequence();
   std::mt19937 rng(2);
@@ -171,6 +184,10 @@ TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) {
   EXPECT_EQ(a->length(), before + 1);
   std::filesystem::remove_all(dir);
 }
+
+TEST_F(CudaSampling, ForwardAndSampleMatchesForwardThenSample) { check_forward_and_sample(false); }
+
+TEST_F(CudaSampling, ClusterPickMatchesForwardThenSample) { check_forward_and_sample(true); }
 
 // A small random FP8 + FP4 checkpoint (vocabulary 3,000) written to dir, loaded twice: with
 // How the step queued ahead gets its metadata and its pick: as by default, staged on the device
