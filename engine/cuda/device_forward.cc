@@ -486,7 +486,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   // there (an external record, which only a capture may ask for).
   const auto pick_and_feed = [&](bool capturing) {
     masked_pick_from(reinterpret_cast<const PickArgs*>(meta + pick_off), config_.vocab_size,
-                     stream_);
+                     stream_, pick_cluster_);
     AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(
         picked_, stream_, capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
     if (!pick_feeds) feed_tokens();

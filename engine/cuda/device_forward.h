@@ -313,7 +313,7 @@ struct CudaOptions {
   // two replays fell from 16.6 to 4.4 us, but a graph that starts with the pick ran its layers
   // ~1 us a sublayer longer: decode + pick -0.1 to +0.4% on an H100. Off.
   bool pick_mask_early = false;
-  // Greedy picks launched on their own (not pick_in_step_graph's) as one cluster of 8 blocks that
+  // Greedy picks (pick_in_step_graph's too) as one cluster of 8 blocks that
   // combine their partials through shared memory, instead of 64 blocks meeting through the L2
   // (a fence, an arrival counter and the last block reading every partial back): the same token,
   // z summed in another order. Traced (thirty-ninth session) the pick took 7.6 us of the ~16.5 us

@@ -314,7 +314,9 @@ struct PickArgs {
   int32_t* feed;
 };
 // masked_pick reading its arguments from `args` (device memory) when it runs; the same results.
-void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream);
+// cluster: as masked_pick's.
+void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream,
+                      bool cluster = false);
 // A decode step's row fed from a pick on the device (DeviceRow::picked).
 struct PickFeed {
   const MaskedPick* pick;

@@ -188,15 +188,13 @@ constexpr int kPickCluster = 8;
 constexpr int kClusterPickThreads = 1024;
 constexpr int kClusterPerThread = 16;
 
-__global__ void __launch_bounds__(kClusterPickThreads)
-    pick_cluster_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
-                        int64_t mask_words, float inv_t, MaskedPick* out) {
+__device__ __forceinline__ void pick_cluster_block(const float* logits, int64_t vocab,
+                                                   const uint32_t* mask, int64_t mask_words,
+                                                   float inv_t, MaskedPick* out, int32_t* feed) {
   __shared__ Partial shared[kClusterPickThreads / 32];
   __shared__ Partial blocks[kPickCluster];  // block 0's: every block's partial
   cg::cluster_group cluster = cg::this_cluster();
   const unsigned rank = cluster.block_rank();
-  cluster_arrive_relaxed();  // this block has started
-  pdl_begin();
   Partial p = thread_partial<kClusterPerThread>(logits, vocab, mask, mask_words, inv_t,
                                                 int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
                                                 int64_t(gridDim.x) * blockDim.x);
@@ -210,8 +208,27 @@ __global__ void __launch_bounds__(kClusterPickThreads)
     Partial q =
         threadIdx.x < kPickCluster ? blocks[threadIdx.x] : Partial{-INFINITY, INT32_MAX, 0, 0.0};
     q = warp_combine(q, inv_t);
-    if (threadIdx.x == 0) *out = MaskedPick{q.token, q.allowed, q.best, q.z};
+    if (threadIdx.x == 0) {
+      const MaskedPick pick{q.token, q.allowed, q.best, q.z};
+      *out = pick;
+      if (feed) *feed = fed_token(pick);
+    }
   }
+}
+
+__global__ void __launch_bounds__(kClusterPickThreads)
+    pick_cluster_kernel(const float* logits, int64_t vocab, const uint32_t* mask,
+                        int64_t mask_words, float inv_t, MaskedPick* out) {
+  cluster_arrive_relaxed();  // this block has started
+  pdl_begin();
+  pick_cluster_block(logits, vocab, mask, mask_words, inv_t, out, nullptr);
+}
+
+__global__ void __launch_bounds__(kClusterPickThreads)
+    pick_from_cluster_kernel(const PickArgs* args, int64_t vocab) {
+  cluster_arrive_relaxed();
+  const PickArgs a = *args;
+  pick_cluster_block(a.logits, vocab, a.mask, a.mask_words, a.inv_t, a.out, a.feed);
 }
 
 // The scratch's layout (masked_pick_scratch_bytes): the blocks' partials, then the counter.
@@ -368,7 +385,13 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 
-void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream) {
+void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream, bool cluster) {
+  if (cluster) {
+    launch_cluster(pick_from_cluster_kernel, dim3(kPickCluster), dim3(kClusterPickThreads), 0,
+                   stream, kPickCluster, args, vocab);
+    AGENTRT_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   pick_from_kernel<<<pick_grid(vocab), kThreads, 0, stream>>>(args, vocab);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }

@@ -205,12 +205,18 @@ enum class Staging {
   pick_before_feed,
   pick_mask_early,       // pick_in_step_graph with pick_mask_early
   pick_feed_mask_early,  // and pick_feeds_step
+  pick_cluster,          // pick_in_step_graph with pick_feeds_step and pick_cluster
+  pick_before_cluster,   // pick_in_step_graph, pick_before_step, pick_feeds_step,
+                         // pick_mask_early and pick_cluster
 };
 
 // Whether the step queued ahead takes its deferred pick (CudaOptions::pick_in_step_graph), and
 // whether it launches it before its graph (pick_before_step) rather than inside.
 bool takes_pick(Staging s) { return s != Staging::none && s != Staging::metadata; }
-bool picks_before(Staging s) { return s == Staging::pick_before || s == Staging::pick_before_feed; }
+bool picks_before(Staging s) {
+  return s == Staging::pick_before || s == Staging::pick_before_feed ||
+         s == Staging::pick_before_cluster;
+}
 
 // The picks `model` took by the route `staging` gives (CudaOptions::pick_in_step_graph), and that
 // it took none by the other route.
@@ -231,11 +237,13 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   with.staged_step_metadata = staging == Staging::metadata;
   with.pick_in_step_graph = takes_pick(staging);
   with.split_step_graph = staging == Staging::pick_split;
+  with.pick_cluster = staging == Staging::pick_cluster || staging == Staging::pick_before_cluster;
   with.pick_feeds_step = staging == Staging::pick_feed || staging == Staging::pick_before_feed ||
-                         staging == Staging::pick_feed_mask_early;
-  with.pick_before_step = staging == Staging::pick_before || staging == Staging::pick_before_feed;
-  with.pick_mask_early =
-      staging == Staging::pick_mask_early || staging == Staging::pick_feed_mask_early;
+                         staging == Staging::pick_feed_mask_early || with.pick_cluster;
+  with.pick_before_step = picks_before(staging);
+  with.pick_mask_early = staging == Staging::pick_mask_early ||
+                         staging == Staging::pick_feed_mask_early ||
+                         staging == Staging::pick_before_cluster;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -459,6 +467,15 @@ TEST_F(CudaSampling, PickWithItsMaskUpEarlyDecodesAheadAsWithout) {
   check_batch_ahead(Staging::pick_mask_early);
   check_decode_ahead(Staging::pick_feed_mask_early);
   check_batch_ahead(Staging::pick_feed_mask_early);
+}
+
+// With the picks as one cluster of blocks (CudaOptions::pick_cluster): inside the step's graph,
+// and launched right before it with its mask up early, both writing the step's token.
+TEST_F(CudaSampling, ClusterPickDecodesAheadAsWithout) {
+  check_decode_ahead(Staging::pick_cluster);
+  check_batch_ahead(Staging::pick_cluster);
+  check_decode_ahead(Staging::pick_before_cluster);
+  check_batch_ahead(Staging::pick_before_cluster);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
