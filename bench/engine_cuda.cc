@@ -106,7 +106,7 @@
 //                     CudaOptions::moe_separate_sum; default 0)
 //                     [--moe-early-down 0|1] (decode rows: the routed down kernel's
 //                     weights copied before the up kernel ends, CudaOptions::
-//                     moe_early_down; default 0)
+//                     moe_early_down; default 1)
 //                     [--attention-slices 8|16] (one decode row, cluster attention: the
 //                     most key slices of a head group, CudaOptions::
 //                     decode_attention_cluster_slices; default 8)
@@ -127,14 +127,15 @@
 //                     CudaOptions::staged_step_metadata; default 0)
 //                     [--graph-device-launch 1] (step graphs instantiated for device launch,
 //                     CudaOptions::graph_device_launch; default 0)
-//                     [--pick-in-graph 1] (decode+pick: the greedy pick as the first node of
-//                     the next step's graph, CudaOptions::pick_in_step_graph; default 0)
-//                     [--pick-feeds 1] (with --pick-in-graph 1: the pick writes the step's
-//                     token, no feed kernel, CudaOptions::pick_feeds_step; default 0)
-//                     [--pick-before 1] (with --pick-in-graph 1: the pick launched on its own
-//                     right before the step's graph, CudaOptions::pick_before_step; default 0)
-//                     [--pick-mask-early 1] (with --pick-in-graph 1: the pick's mask up on
-//                     the copy stream when queued, CudaOptions::pick_mask_early; default 0)
+//                     [--pick-in-graph 0|1] (decode+pick: the greedy pick as the first node of
+//                     the next step's graph, CudaOptions::pick_in_step_graph; default 1)
+//                     [--pick-feeds 0|1] (with --pick-in-graph 1: the pick writes the step's
+//                     token, no feed kernel, CudaOptions::pick_feeds_step; default 1)
+//                     [--pick-before 0|1] (with --pick-in-graph 1: the pick launched on its
+//                     own right before the step's graph, CudaOptions::pick_before_step;
+//                     default 1)
+//                     [--pick-mask-early 0|1] (with --pick-in-graph 1: the pick's mask up on
+//                     the copy stream when queued, CudaOptions::pick_mask_early; default 1)
 //                     [--lead-prefetch MB] (decode-sized passes: up to MB of the first
 //                     layer's query weights asked into the L2 beside the step's first kernel,
 //                     CudaOptions::lead_prefetch_bytes; default 0: none)
@@ -569,7 +570,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if ((options.pick_feeds_step || options.pick_before_step) && !options.pick_in_step_graph)
+  // Said only where asked for: both are on by default, so --pick-in-graph 0 alone turns them off.
+  bool pick_options_given = false;
+  for (int i = 2; i + 1 < argc; i += 2)
+    pick_options_given |=
+        std::string(argv[i]) == "--pick-feeds" || std::string(argv[i]) == "--pick-before";
+  if (pick_options_given && (options.pick_feeds_step || options.pick_before_step) &&
+      !options.pick_in_step_graph)
     std::fprintf(stderr,
                  "bench_engine_cuda: --pick-feeds and --pick-before do nothing without "
                  "--pick-in-graph 1\n");

@@ -294,30 +294,37 @@ struct CudaOptions {
   // there. Its arguments and grammar mask go up with the step's metadata, so the pass's stream
   // waits on no other stream before the step. Needs pick_copy_stream (the read back); ignored
   // with staged_step_metadata and with graph_device_launch (a device-launch graph may not hold
-  // the event record the read back waits for).
-  bool pick_in_step_graph = false;
+  // the event record the read back waits for). With pick_feeds_step, pick_before_step and
+  // pick_mask_early (the four are the defaults since the forty-first session): on H100s with a
+  // copy bandwidth of 3,028 GB/s, decode + pick @1K +0.2% alone (five interleaved rounds,
+  // 1,080.8 against 1,078.6 tok/s) and +0.5% with moe_early_down (1,083.1 against 1,078.2);
+  // +0.4% in the thirty-eighth session (3,046 GB/s).
+  bool pick_in_step_graph = true;
   // With pick_in_step_graph: the pick's last block writes the step's token itself, so the feed
   // kernel (one more node and its launch gap before the step's first kernel) goes.
-  bool pick_feeds_step = false;
+  bool pick_feeds_step = true;
   // With pick_in_step_graph: the deferred pick runs on its own right before the step's graph
   // (after the metadata upload that carries its arguments and mask) instead of inside it, so the
   // step replays the plain decode graph (no graph of its own to capture). Against the defaults
   // the pass's stream no longer waits on the copy stream's mask upload, and with
   // pick_feeds_step no feed kernel runs: graph, upload, pick, graph.
-  bool pick_before_step = false;
+  bool pick_before_step = true;
   // With pick_in_step_graph: the deferred pick's grammar mask goes up on the copy stream as soon
   // as it is queued (as every other pick's), while the step before runs, instead of with the
   // next step's metadata. That upload is 16.9 KB with a vocabulary's mask, and on an H100 the
   // pass's stream started its next work 6-11 us after such a copy ended, against ~1.6 us after
   // the 688-byte metadata alone (thirty-eighth session's traces). With it the traced gap between
   // two replays fell from 16.6 to 4.4 us, but a graph that starts with the pick ran its layers
-  // ~1 us a sublayer longer: decode + pick -0.1 to +0.4% on an H100. Off.
-  bool pick_mask_early = false;
+  // ~1 us a sublayer longer: decode + pick -0.1 to +0.4% on an H100 (with pick_before_step,
+  // which runs the pick outside the graph, the +0.4%). On.
+  bool pick_mask_early = true;
   // Greedy picks (pick_in_step_graph's too) as one cluster of 8 blocks that
   // combine their partials through shared memory, instead of 64 blocks meeting through the L2
   // (a fence, an arrival counter and the last block reading every partial back): the same token,
   // z summed in another order. Traced (thirty-ninth session) the pick took 7.6 us of the ~16.5 us
-  // between two replayed steps.
+  // between two replayed steps. On an H100 (forty-first session, five interleaved rounds) decode
+  // + pick @1K -0.6% (1,071.8 against 1,078.6 tok/s), -0.5% with the deferred pick's options:
+  // 8 SMs read the logits slower than 64 blocks meet through the L2. Off.
   bool pick_cluster = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
@@ -359,8 +366,9 @@ struct CudaOptions {
   // Decode rows' routed experts (the streamed kernels, routing launched on its own): the down
   // kernel's producer copies its weights as soon as its block lands, before the up kernel has
   // ended, instead of after its wait (the routing launch wrote the choices it reads before the
-  // up kernel began).
-  bool moe_early_down = false;
+  // up kernel began). On H100s with a copy bandwidth of 3,028 GB/s (forty-first session, three
+  // calls, interleaved rounds) decode + pick @1K +0.2%, +0.2% and +0.3%. On.
+  bool moe_early_down = true;
   // One-row decode: the shared expert's streamed products take at most this many blocks and the
   // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
   // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
@@ -598,7 +606,7 @@ class DeviceForward {
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
-  bool moe_early_down_ = false;          // CudaOptions::moe_early_down
+  bool moe_early_down_ = true;           // CudaOptions::moe_early_down
   bool pick_cluster_ = false;            // CudaOptions::pick_cluster
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
@@ -611,10 +619,10 @@ class DeviceForward {
   int step_graph_copies_ = 1;            // CudaOptions::step_graph_copies
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph
   bool graph_device_launch_ = false;     // CudaOptions::graph_device_launch
-  bool pick_in_step_graph_ = false;      // CudaOptions::pick_in_step_graph (with copy_, graphs)
-  bool pick_feeds_step_ = false;         // CudaOptions::pick_feeds_step
-  bool pick_before_step_ = false;        // CudaOptions::pick_before_step
-  bool pick_mask_early_ = false;         // CudaOptions::pick_mask_early
+  bool pick_in_step_graph_ = true;       // CudaOptions::pick_in_step_graph (with copy_, graphs)
+  bool pick_feeds_step_ = true;          // CudaOptions::pick_feeds_step
+  bool pick_before_step_ = true;         // CudaOptions::pick_before_step
+  bool pick_mask_early_ = true;          // CudaOptions::pick_mask_early
   bool fused_q_norm_ = false;            // CudaOptions::fused_q_norm
   int decode_attention_splits_ = 0;      // CudaOptions::decode_attention_splits
   int attention_chunk_keys_ = 48;        // CudaOptions::decode_attention_chunk_keys
