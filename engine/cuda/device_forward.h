@@ -361,7 +361,9 @@ struct CudaOptions {
   // expert's down product to end (its blocks land as the SMs free up), and the next boundary
   // adds the two as it reads them (the same float sum, shared + routed). Traced (thirty-ninth
   // session) the shared down product ran in the routed up kernel's tail and the routed down
-  // kernel started only after it ended: 13.3 us for 25 MB after that.
+  // kernel started only after it ended: 13.3 us for 25 MB after that. On H100s (forty-first
+  // session, interleaved rounds) decode + pick @1K -0.3%, and -0.1 to 0.0% beside
+  // moe_early_down: both down products need every SM, so the wait was not what held it. Off.
   bool moe_separate_sum = false;
   // Decode rows' routed experts (the streamed kernels, routing launched on its own): the down
   // kernel's producer copies its weights as soon as its block lands, before the up kernel has
