@@ -413,6 +413,9 @@ int main(int argc, char** argv) {
   double host_work_us = 0;  // --host-work-us: host time per step of the decode+pick loop
   cuda::CudaOptions options;
   std::string precision = "bf16x2";
+  // --pick-feeds / --pick-before given: the warning below is said only where asked for (both
+  // are on by default, so --pick-in-graph 0 alone turns them off).
+  bool pick_options_given = false;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i], v = argv[i + 1];
     if (k == "--contexts")
@@ -548,9 +551,9 @@ int main(int argc, char** argv) {
     else if (k == "--pick-in-graph")
       options.pick_in_step_graph = v == "1";
     else if (k == "--pick-feeds")
-      options.pick_feeds_step = v == "1";
+      options.pick_feeds_step = v == "1", pick_options_given = true;
     else if (k == "--pick-before")
-      options.pick_before_step = v == "1";
+      options.pick_before_step = v == "1", pick_options_given = true;
     else if (k == "--pick-mask-early")
       options.pick_mask_early = v == "1";
     else if (k == "--lead-prefetch")
@@ -570,11 +573,6 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  // Said only where asked for: both are on by default, so --pick-in-graph 0 alone turns them off.
-  bool pick_options_given = false;
-  for (int i = 2; i + 1 < argc; i += 2)
-    pick_options_given |=
-        std::string(argv[i]) == "--pick-feeds" || std::string(argv[i]) == "--pick-before";
   if (pick_options_given && (options.pick_feeds_step || options.pick_before_step) &&
       !options.pick_in_step_graph)
     std::fprintf(stderr,

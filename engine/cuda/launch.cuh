@@ -54,46 +54,45 @@ __device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
 #endif
 }
 
-// launch_pdl for a kernel whose blocks work in clusters of `cluster` along x (sm_90: they are
-// resident together and share their shared memory); cluster 0: no clusters.
+// kernel<<<grid, block, shared, stream>>>(args...), with programmatic stream serialization
+// where `pdl`, its blocks in clusters of `cluster` along x where cluster > 0 (sm_90: they are
+// resident together and share their shared memory).
 template <typename... Params, typename... Args>
-void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
-                        cudaStream_t stream, unsigned cluster, Args&&... args) {
+void launch_ex(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared, cudaStream_t stream,
+               bool pdl, unsigned cluster, Args&&... args) {
   cudaLaunchAttribute attributes[2]{};
-  attributes[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attributes[0].val.programmaticStreamSerializationAllowed = 1;
-  attributes[1].id = cudaLaunchAttributeClusterDimension;
-  attributes[1].val.clusterDim.x = cluster;
-  attributes[1].val.clusterDim.y = 1;
-  attributes[1].val.clusterDim.z = 1;
+  unsigned count = 0;
+  if (pdl) {
+    attributes[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attributes[count++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster > 0) {
+    attributes[count].id = cudaLaunchAttributeClusterDimension;
+    attributes[count++].val.clusterDim = {cluster, 1, 1};
+  }
   cudaLaunchConfig_t config{};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = shared;
   config.stream = stream;
   config.attrs = attributes;
-  config.numAttrs = cluster > 0 ? 2 : 1;
+  config.numAttrs = count;
   AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
 }
 
-// kernel<<<grid, block, shared, stream>>>(args...) in clusters of `cluster` blocks along x,
-// without programmatic serialization (a graph's first node, or after a copy).
+// launch_pdl for a kernel whose blocks work in clusters of `cluster` along x; cluster 0: no
+// clusters.
+template <typename... Params, typename... Args>
+void launch_pdl_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
+                        cudaStream_t stream, unsigned cluster, Args&&... args) {
+  launch_ex(kernel, grid, block, shared, stream, true, cluster, std::forward<Args>(args)...);
+}
+
+// In clusters without programmatic serialization (a graph's first node, or after a copy).
 template <typename... Params, typename... Args>
 void launch_cluster(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared,
                     cudaStream_t stream, unsigned cluster, Args&&... args) {
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = cluster;
-  attribute.val.clusterDim.y = 1;
-  attribute.val.clusterDim.z = 1;
-  cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = shared;
-  config.stream = stream;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  AGENTRT_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
+  launch_ex(kernel, grid, block, shared, stream, false, cluster, std::forward<Args>(args)...);
 }
 
 // kernel<<<grid, block, shared, stream>>>(args...) with programmatic stream serialization.
