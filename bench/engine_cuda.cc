@@ -107,12 +107,6 @@
 //                     [--moe-early-down 0|1] (decode rows: the routed down kernel's
 //                     weights copied before the up kernel ends, CudaOptions::
 //                     moe_early_down; default 1)
-//                     [--ahead-wo-a KB] [--ahead-shared KB] [--ahead-wq-b KB] (one decode
-//                     row: the attention asks the L2 for KB of each block's slice of wo_a,
-//                     the boundary before the MoE for the shared expert's gate and up, the
-//                     one before the attention for wq_b; CudaOptions::ahead_*_bytes; default
-//                     0, none; 1024: all of it) [--ahead-early 0|1] (asked for before those
-//                     kernels' wait, CudaOptions::ahead_early; default 0)
 //                     [--attention-slices 8|16] (one decode row, cluster attention: the
 //                     most key slices of a head group, CudaOptions::
 //                     decode_attention_cluster_slices; default 8)
@@ -522,14 +516,6 @@ int main(int argc, char** argv) {
       options.moe_separate_sum = v == "1";
     else if (k == "--moe-early-down")
       options.moe_early_down = v == "1";
-    else if (k == "--ahead-wo-a")
-      options.ahead_wo_a_bytes = std::stoll(v) << 10;
-    else if (k == "--ahead-shared")
-      options.ahead_shared_bytes = std::stoll(v) << 10;
-    else if (k == "--ahead-wq-b")
-      options.ahead_wq_b_bytes = std::stoll(v) << 10;
-    else if (k == "--ahead-early")
-      options.ahead_early = v == "1";
     else if (k == "--attention-slices")
       options.decode_attention_cluster_slices = std::stoi(v);
     else if (k == "--attention-beside")

@@ -18,7 +18,6 @@
 #include "engine/cuda/bulk_copy.cuh"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
-#include "engine/cuda/l2_ahead.cuh"
 #include "engine/cuda/launch.cuh"
 
 namespace agentrt::engine::cuda {
@@ -48,16 +47,7 @@ struct DecodeParams {
   float q_eps, scale;
   bool use_entries;
   int chunk_keys;  // keys in shared memory at once (<= kChunkKeys and the block's threads)
-  L2Ahead ahead;   // the next product's weights, asked into the L2 (count 0: none)
 };
-
-// The block's share of p.ahead: thread i of block b is worker i * blocks + b.
-__device__ __forceinline__ void attention_ahead(const DecodeParams& p) {
-  const int64_t blocks = int64_t(gridDim.x) * gridDim.y * gridDim.z;
-  const int64_t b =
-      blockIdx.x + int64_t(gridDim.x) * (blockIdx.y + int64_t(gridDim.y) * blockIdx.z);
-  l2_ahead(p.ahead, int64_t(threadIdx.x) * blocks + b, blocks * blockDim.x);
-}
 
 __device__ __forceinline__ float dot4(float4 a, float4 b) {
   return a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
@@ -122,9 +112,7 @@ __device__ __forceinline__ SlicePartial<J> attend_slice(const DecodeParams& p, i
   const int64_t hd = p.hd;
   const int nchunk = int(hd / 4), chunk_keys = p.chunk_keys;
   const int64_t first = hd - p.rope.dim;  // the rope's channels are the last rope.dim
-  if (p.ahead.count > 0 && p.ahead.early) attention_ahead(p);
   pdl_begin();
-  if (p.ahead.count > 0 && !p.ahead.early) attention_ahead(p);
   const LayerRow row = p.rows[t];
   const KeyList keys = row_keys(row, t, p.window, p.use_entries, p.chosen, p.n_chosen, p.topk);
   const int64_t n_keys = keys.n_keys();
@@ -466,8 +454,7 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
                         float* partials, unsigned* arrived, float* out, cudaStream_t stream,
-                        const float2* rope_cs, const DecodeAttentionShape& shape,
-                        const L2Ahead* ahead) {
+                        const float2* rope_cs, const DecodeAttentionShape& shape) {
   if (n <= 0) return;
   if (!attend_decode_supported(heads, head_dim, rope) || splits < 1 || splits > kMaxSplits ||
       n > 65535 || !shape_valid(shape))
@@ -497,7 +484,6 @@ void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos
   p.scale = 1.0f / sqrtf(float(head_dim));
   p.use_entries = use_entries;
   p.chunk_keys = shape.chunk_keys;
-  if (ahead) p.ahead = *ahead;
   const int G = group_heads(heads, shape.heads_per_block);
   // A chunk's key rows are looked up one a thread of the block's 32 G.
   if (shape.chunk_keys > 32 * G)

@@ -158,10 +158,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_routing_(options.fused_routing),
       moe_separate_sum_(options.moe_separate_sum),
       moe_early_down_(options.moe_early_down),
-      ahead_wo_a_bytes_(options.ahead_wo_a_bytes),
-      ahead_shared_bytes_(options.ahead_shared_bytes),
-      ahead_wq_b_bytes_(options.ahead_wq_b_bytes),
-      ahead_early_(options.ahead_early),
       pick_cluster_(options.pick_cluster),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
@@ -228,10 +224,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                                 std::to_string(head_prefetch_bytes_) + " (a multiple of 16) from " +
                                 std::to_string(head_prefetch_from_) +
                                 " sublayers before the head (at least 1)");
-  for (const int64_t bytes : {ahead_wo_a_bytes_, ahead_shared_bytes_, ahead_wq_b_bytes_})
-    if (bytes < 0)
-      throw std::invalid_argument("cuda options: an ahead_* option of " + std::to_string(bytes) +
-                                  " bytes (0 for none)");
   AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   check_cublas(cublasCreate(&blas_), "cublasCreate");
   if (profile_) expert_gemm_.set_stage_marker([this](const char* name) { stage(name); });
@@ -932,30 +924,6 @@ std::span<const DeviceForward::Sorted> DeviceForward::sorted_allowed(
   return out;
 }
 
-namespace {
-
-// The products' weights as L2Ahead sets, the SMs shared out among them by their 16-row tiles as
-// one launch of the set shares its tiles out among its blocks (CudaOptions::ahead_*).
-L2Ahead ahead_of(std::initializer_list<WeightMatrix> products, int64_t part_bytes, bool early) {
-  L2Ahead a;
-  if (part_bytes < 16) return a;
-  int64_t tiles = 0;
-  for (const WeightMatrix& w : products) tiles += w.rows / 16;
-  if (tiles == 0) return a;
-  for (const WeightMatrix& w : products) {
-    if (a.count == L2Ahead::kMaxSets) break;
-    if (reinterpret_cast<uintptr_t>(w.data) & 15) continue;
-    const StreamSlices s =
-        row_tile_slices(w, std::max<int64_t>(1, int64_t(sm_count()) * (w.rows / 16) / tiles));
-    if (s.parts > 0) a.sets[a.count++] = s;
-  }
-  a.part_bytes = part_bytes / 16 * 16;
-  a.early = early;
-  return a;
-}
-
-}  // namespace
-
 void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
                             const std::function<void()>* layer_metadata,
                             const std::function<void()>* at_split) {
@@ -1009,7 +977,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   const bool one_pass =
       !fused && prefill_mhc_pass_ && n >= kFusedHyperRows && hyper_post_project_supported(n, hc, H);
   auto hyper = [&](const HyperDevice& hw, int64_t rows, float* in, int iters, const float* norm,
-                   bool head, float* xo, const L2Ahead& ahead = {}) {
+                   bool head, float* xo) {
     repeatable("mhc", [&] {
       const bool whole = fused && rows == n && in == streams;
       if (whole && grid) {
@@ -1017,8 +985,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
         const bool first = embed_in_grid && !embedded;
         hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
                          norm, head, mix, xo, fused_partial, grid_arrived, stream_,
-                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed,
-                         n == 1 && ahead.count > 0 ? &ahead : nullptr);
+                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed);
         embedded = true;
       } else if (pending_routed) {
         throw std::logic_error(
@@ -1074,14 +1041,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     const LayerOnDevice& lw = weights_.layers[l];
     // Not across a split step graph's first part (its branch would cross the split).
     fork_head_prefetch(l == 0 && at_split ? INT64_MAX : 2 * (L - l));
-    // CudaOptions::ahead_wq_b_bytes, ahead_shared_bytes: the boundaries ask for the weights of
-    // the query's and the shared expert's products.
-    const L2Ahead query_ahead =
-        lw.indexer
-            ? ahead_of({lw.wq_b->view(), lw.indexer->wq_b->view()}, ahead_wq_b_bytes_, ahead_early_)
-            : ahead_of({lw.wq_b->view()}, ahead_wq_b_bytes_, ahead_early_);
-    hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x,
-          query_ahead);
+    hyper(lw.attn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.attn_norm.as<float>(), false, x);
     stage("mHC");
     if (l == 0 && at_split) (*at_split)();
     if (l == 0 && layer_metadata) (*layer_metadata)();  // deferred by run() until now
@@ -1089,9 +1049,7 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     pending = y;
     stage("attn.out");
     fork_head_prefetch(2 * (L - l) - 1);
-    hyper(
-        lw.ffn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.ffn_norm.as<float>(), false, x,
-        ahead_of({lw.shared.w1->view(), lw.shared.w3->view()}, ahead_shared_bytes_, ahead_early_));
+    hyper(lw.ffn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.ffn_norm.as<float>(), false, x);
     stage("mHC");
     moe(size_t(l), n, y, routed_y);
     pending = y;
@@ -1386,13 +1344,10 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     }
     float* partials = w.f(w.attn_partials, attend_decode_partial_floats(n, heads, hd, splits));
     auto* arrived = static_cast<unsigned*>(w.zeroed(w.attn_arrived, n * heads * 4, stream_));
-    // CudaOptions::ahead_wo_a_bytes: the attention asks for wo_a's weights.
-    const L2Ahead ahead = n == 1 ? ahead_of({wo_a}, ahead_wo_a_bytes_, ahead_early_) : L2Ahead{};
     repeatable("attention", [&] {
       attend_rows_decode(q, m.rows, w.pos, rope, c.rms_eps, n, heads, hd, c.sliding_window,
                          lw.sinks.as<float>(), fl.attention == AttentionKind::hca, chosen, n_chosen,
-                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs, shape,
-                         ahead.count > 0 ? &ahead : nullptr);
+                         c.index_topk, splits, partials, arrived, attn, stream_, rope_cs, shape);
     });
   } else {
     QueryNormRope query_norm;

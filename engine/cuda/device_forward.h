@@ -371,21 +371,6 @@ struct CudaOptions {
   // up kernel began). On H100s with a copy bandwidth of 3,028 GB/s (forty-first session, three
   // calls, interleaved rounds) decode + pick @1K +0.2%, +0.2% and +0.3%. On.
   bool moe_early_down = true;
-  // One-row decode with the grid mHC boundaries: latency-bound kernels ask the L2 for the
-  // weights of the streamed product after them (l2_ahead.cuh), this many bytes of each block's
-  // slice of it (more than a slice has: all of it; 0: none). The memory is otherwise idle while
-  // they run, and the product's blocks cannot land beside them to start their copies.
-  //  - ahead_wo_a_bytes: the attention, for wo_a (32 MB at V4-Flash's shapes; slices of ~254 KB
-  //    over 132 blocks);
-  //  - ahead_shared_bytes: the boundary before the MoE, for the shared expert's gate and up
-  //    (17 MB);
-  //  - ahead_wq_b_bytes: the boundary before the attention, for wq_b (and the indexer's wq_b).
-  int64_t ahead_wo_a_bytes = 0;
-  int64_t ahead_shared_bytes = 0;
-  int64_t ahead_wq_b_bytes = 0;
-  // The ahead_* requests go out before the asking kernel's wait for the kernel before it (while
-  // that one still runs) instead of after.
-  bool ahead_early = false;
   // One-row decode: the shared expert's streamed products take at most this many blocks and the
   // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
   // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
@@ -624,10 +609,6 @@ class DeviceForward {
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
   bool moe_early_down_ = true;           // CudaOptions::moe_early_down
-  int64_t ahead_wo_a_bytes_ = 0;         // CudaOptions::ahead_wo_a_bytes
-  int64_t ahead_shared_bytes_ = 0;       // CudaOptions::ahead_shared_bytes
-  int64_t ahead_wq_b_bytes_ = 0;         // CudaOptions::ahead_wq_b_bytes
-  bool ahead_early_ = false;             // CudaOptions::ahead_early
   bool pick_cluster_ = false;            // CudaOptions::pick_cluster
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes

@@ -117,23 +117,6 @@ struct StreamSlices {
 // gemv_stream's slices of w for activations x (no row groups); parts 0 where gemv_stream would
 // not take w on that kernel (another kernel, or none).
 StreamSlices gemv_stream_slices(const WeightMatrix& device_w, const float* x, GemvMode mode);
-// w's rows in 16-row tiles (units), split into `parts` slices as the streamed kernels split a
-// one-row product's tiles over their blocks (gemv_stream_mma_kernel, gemv_warp_rows: block p
-// of min(parts, tiles) takes [p * tiles / parts, (p + 1) * tiles / parts)); parts 0 where the
-// rows are not whole tiles.
-StreamSlices row_tile_slices(const WeightMatrix& device_w, int64_t parts);
-
-// Weights a latency-bound kernel asks into the L2 for the streamed product after it, while the
-// memory is otherwise idle (l2_ahead.cuh; CudaOptions::ahead_*): the first part_bytes of every
-// part of each slice set, first chunks of all parts first, the chunks dealt out over the
-// kernel's blocks.
-struct L2Ahead {
-  static constexpr int kMaxSets = 2;
-  StreamSlices sets[kMaxSets];
-  int64_t part_bytes = 0;  // of each part (more than a part has: the whole part)
-  int count = 0;
-  bool early = false;  // asked for before the kernel's wait for the one before it
-};
 
 // A block-diagonal product: the rows form `groups` equal groups, group g reading columns
 // [g * cols, (g + 1) * cols) of each activation row (x_stride >= groups * cols); one launch.

@@ -709,13 +709,6 @@ bool gemv_stream_fits(const WeightMatrix& w, const float* x, int64_t group_rows,
   return plan(w, x, group_rows, x_offset, mode).stages > 0;
 }
 
-StreamSlices row_tile_slices(const WeightMatrix& w, int64_t parts) {
-  const int64_t row_bytes = row_bytes_of(w);
-  if (parts < 1 || w.rows < kMmaRows || w.rows % kMmaRows != 0 || row_bytes % 16 != 0) return {};
-  const int64_t tiles = w.rows / kMmaRows;
-  return {w.data, std::min(parts, tiles), tiles, kMmaRows * row_bytes};
-}
-
 StreamSlices gemv_stream_slices(const WeightMatrix& w, const float* x, GemvMode mode) {
   const StreamPlan p = plan(w, x, 0, 0, mode);
   if (p.stages == 0 || p.mma) return {};

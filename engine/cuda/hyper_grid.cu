@@ -26,7 +26,6 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/hyper_math.cuh"
 #include "engine/cuda/kernels.h"
-#include "engine/cuda/l2_ahead.cuh"
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/weight_decode.cuh"
 
@@ -80,7 +79,7 @@ __global__ void __launch_bounds__(kThreads)
     hyper_grid_kernel(HyperDevice w, const float* block_out, const float* block_out2,
                       float* streams, int64_t hidden, int iters, float hc_eps, float rms_eps,
                       const float* norm, float* mix, float* x, float* partial, unsigned* arrived,
-                      WeightMatrix embed, const int32_t* tokens, L2Ahead ahead) {
+                      WeightMatrix embed, const int32_t* tokens) {
   constexpr int kOut = HEAD ? kHc : (2 + kHc) * kHc;  // projections
   constexpr int kSums = kOut + kGram;                 // and the Gram matrix
   constexpr int kWarps = kStreamThreads / 32;
@@ -118,13 +117,7 @@ __global__ void __launch_bounds__(kThreads)
       if (lane < kHc) post_s[lane] = post;
       asm volatile("bar.arrive 1, %0;" ::"n"(kThreads) : "memory");
     }
-    // The next product's weights into the L2 (row 0's blocks; lane l of block b is worker
-    // l * blocks + b), while this boundary's chain of round trips leaves the memory idle.
-    const bool asks = ahead.count > 0 && blockIdx.y == 0;
-    const int64_t worker = int64_t(lane) * splits + blockIdx.x, workers = 32 * int64_t(splits);
-    if (asks && ahead.early) l2_ahead(ahead, worker, workers);
     pdl_begin();
-    if (asks && !ahead.early) l2_ahead(ahead, worker, workers);
   } else {
     pdl_begin();
     float* s = streams + row * width;
@@ -226,7 +219,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed,
-                      const int32_t* tokens, const float* block_out2, const L2Ahead* ahead) {
+                      const int32_t* tokens, const float* block_out2) {
   if (!hyper_grid_supported(n, hc, hidden))
     throw std::invalid_argument(
         "cuda mHC: the grid step needs hc 4, 1-" + std::to_string(kMaxRows) +
@@ -253,7 +246,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                                 std::to_string(hidden));
   launch_pdl(kernel, grid, kThreads, 0, stream, w, block_out, block_out2, streams, hidden,
              sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived,
-             embed ? *embed : WeightMatrix{}, embed ? tokens : nullptr, ahead ? *ahead : L2Ahead{});
+             embed ? *embed : WeightMatrix{}, embed ? tokens : nullptr);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

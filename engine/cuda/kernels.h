@@ -92,16 +92,14 @@ void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* st
 // the head's call too), so a pass takes every boundary through this kernel.
 // partial: hyper_grid_scratch_floats; arrived: 2 counters a row (2 * n), zero before the first
 // launch, not shared with hyper_fused. embed and tokens (device, [n]) set, block_out null: the
-// streams are first written with each row's embedding (embed_rows' work, hc copies). ahead:
-// weights its first row's blocks ask into the L2 for the product after it (l2_ahead.cuh).
+// streams are first written with each row's embedding (embed_rows' work, hc copies).
 bool hyper_grid_supported(int64_t n, int64_t hc, int64_t hidden);
 int64_t hyper_grid_scratch_floats(int64_t n, int64_t hc);
 void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed = nullptr,
-                      const int32_t* tokens = nullptr, const float* block_out2 = nullptr,
-                      const L2Ahead* ahead = nullptr);
+                      const int32_t* tokens = nullptr, const float* block_out2 = nullptr);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);
@@ -172,14 +170,12 @@ int attend_decode_splits(int64_t max_keys, int cap = 0, const DecodeAttentionSha
 int64_t attend_decode_partial_floats(int64_t n, int64_t heads, int64_t head_dim, int splits);
 // The dynamic shared memory of one block.
 int64_t attend_decode_shared_bytes(int64_t head_dim, const DecodeAttentionShape& shape = {});
-// ahead: weights the blocks ask into the L2 for the product after it (l2_ahead.cuh).
 void attend_rows_decode(const float* q, const LayerRow* rows, const int64_t* pos,
                         const DeviceRope& rope, float q_eps, int64_t n, int64_t heads,
                         int64_t head_dim, int64_t window, const float* sinks, bool use_entries,
                         const int32_t* chosen, const int32_t* n_chosen, int64_t topk, int splits,
                         float* partials, unsigned* arrived, float* out, cudaStream_t stream,
-                        const float2* rope_cs = nullptr, const DecodeAttentionShape& shape = {},
-                        const L2Ahead* ahead = nullptr);
+                        const float2* rope_cs = nullptr, const DecodeAttentionShape& shape = {});
 
 // --- attention_mma.cu ---
 // attend_rows_by_row on tensor cores for prefill: one block per row and 64 heads (heads a

@@ -22,7 +22,6 @@
 #include "engine/cuda/device_matrix.h"
 #include "engine/cuda/f16_fragments.h"
 #include "engine/cuda/kernels.h"
-#include "engine/cuda/l2_ahead_layout.h"
 #include "engine/cuda/linear.h"
 #include "engine/cuda/tensor_map.h"
 #include "engine/cuda/warp_rows_layout.h"
@@ -948,76 +947,6 @@ TEST_F(CudaGemv, Fp8ProductsDecodeEveryByte) {
 // lane position and part, the columns its A words hold in the k slots b0 and b1 feed; and the
 // stage schedule gives every (tile, column slice) of a block once, each ring slot to one warp in
 // order, each warp its tiles' slices in order.
-// An L2Ahead's chunks replayed on the host (no GPU needed), as l2_ahead.cuh's workers take
-// them: every byte of each part's first part_bytes (all of a shorter part) is asked for once and
-// nothing else; each chunk is 16-byte aligned and sized, at most kAheadChunk; a part's chunks
-// come in order, every part's first before any part's second; and row_tile_slices splits the
-// 16-row tiles as the streamed kernels split them over their blocks.
-TEST(CudaL2Ahead, ChunksCoverEachPartsFirstBytesOnce) {
-  using cuda::StreamSlices;
-  const int64_t tile = 16 * 4096;
-  const StreamSlices sets[][2] = {
-      {{nullptr, 132, 512, tile}, {}},                       // wo_a: 512 tiles, 132 blocks
-      {{nullptr, 66, 128, tile}, {nullptr, 66, 128, tile}},  // the shared gate and up
-      {{nullptr, 106, 2048, 16 * 1024}, {nullptr, 26, 512, 16 * 1024}},  // wq_b, the indexer's
-      {{nullptr, 5, 7, 48}, {nullptr, 3, 3, 32 << 10}}};                 // odd sizes
-  for (const auto& pair : sets)
-    for (const int64_t part_bytes :
-         {int64_t(16), int64_t(48 << 10), int64_t(100000) / 16 * 16, int64_t(1) << 40})
-      for (const int64_t workers : {int64_t(1), int64_t(7), int64_t(1024), int64_t(32768)}) {
-        int64_t first = 0;
-        for (const StreamSlices& s : pair) {
-          if (s.parts == 0) continue;
-          const std::string what =
-              std::to_string(s.parts) + " parts of " + std::to_string(s.units) + " units, " +
-              std::to_string(part_bytes) + " a part, " + std::to_string(workers) + " workers";
-          std::vector<uint8_t> seen(size_t(s.units * s.unit_bytes / 16), 0);
-          std::vector<int64_t> next(size_t(s.parts), 0);  // each part's next offset
-          const int64_t total = cuda::ahead_chunks(s, part_bytes);
-          int64_t last_round = 0;
-          for (int64_t c = 0; c < total; ++c) {
-            // The device loop's worker for c takes exactly this c.
-            const int64_t wk = cuda::ahead_worker(first, c, workers);
-            EXPECT_EQ(((wk - first) % workers + workers) % workers, c % workers) << what;
-            const cuda::AheadRange r = cuda::ahead_chunk(s, part_bytes, c);
-            if (r.bytes == 0) continue;
-            const int64_t p = c % s.parts;
-            EXPECT_GE(c / s.parts, last_round) << what;
-            last_round = c / s.parts;
-            EXPECT_EQ(r.offset % 16, 0) << what;
-            EXPECT_EQ(r.bytes % 16, 0) << what;
-            EXPECT_LE(r.bytes, cuda::kAheadChunk) << what;
-            EXPECT_EQ(r.offset, p * s.units / s.parts * s.unit_bytes + next[size_t(p)]) << what;
-            next[size_t(p)] += r.bytes;
-            for (int64_t g = r.offset / 16; g < (r.offset + r.bytes) / 16; ++g) ++seen[size_t(g)];
-          }
-          for (int64_t p = 0; p < s.parts; ++p) {
-            const int64_t u0 = p * s.units / s.parts, u1 = (p + 1) * s.units / s.parts;
-            const int64_t whole = (u1 - u0) * s.unit_bytes;
-            const int64_t want = std::min(part_bytes, whole);
-            EXPECT_EQ(next[size_t(p)], want) << what << ", part " << p;
-            for (int64_t g = u0 * s.unit_bytes / 16; g < u1 * s.unit_bytes / 16; ++g)
-              ASSERT_EQ(seen[size_t(g)], g * 16 < u0 * s.unit_bytes + want ? 1 : 0)
-                  << what << ", part " << p << ", byte " << g * 16;
-          }
-          first += total;
-        }
-      }
-  // wo_a's shape: the mma kernel's 16-row tasks, block b of 132 taking [b * 512 / 132, ...).
-  WeightMatrix w;
-  w.type = WeightType::f8_e4m3;
-  w.rows = 8192;
-  w.cols = 4096;
-  const StreamSlices s = cuda::row_tile_slices(w, 132);
-  EXPECT_EQ(s.parts, 132);
-  EXPECT_EQ(s.units, 512);
-  EXPECT_EQ(s.unit_bytes, 16 * 4096);
-  w.rows = 40;  // not whole tiles
-  EXPECT_EQ(cuda::row_tile_slices(w, 132).parts, 0);
-  w.rows = 32;  // fewer tiles than parts
-  EXPECT_EQ(cuda::row_tile_slices(w, 132).parts, 2);
-}
-
 TEST(CudaWarpRowsLayout, FragmentsAndScheduleCoverEveryStageOnce) {
   namespace wr = cuda::warp_rows;
   std::vector<int> seen(64, 0);

@@ -314,52 +314,6 @@ TEST(CudaOptions, MoeSeparateSumAndEarlyDownGiveTheSameLogits) {
 #endif
 }
 
-// Weights asked into the L2 ahead of their products (CudaOptions::ahead_*) are hints: the same
-// logits, bit for bit, in one row's decode steps (the attention asking for wo_a, the boundaries
-// for wq_b and the shared expert's gate and up), asked for after or before the kernels' wait,
-// on the model shaped for the one-row cluster attention (sliding and CSA layers).
-TEST(CudaOptions, L2AheadGivesTheSameLogits) {
-  const std::string why = testing::cuda_skip_reason();
-  if (!why.empty()) GTEST_SKIP() << why;
-#ifdef AGENTRT_HAVE_CUDA
-  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_l2_ahead";
-  testing::write_wgmma_shaped_model(dir, 12);
-  auto load = [&](int64_t bytes, bool early) {
-    cuda::CudaOptions options;
-    options.ahead_wo_a_bytes = bytes;
-    options.ahead_shared_bytes = bytes;
-    options.ahead_wq_b_bytes = bytes;
-    options.ahead_early = early;
-    return load_cuda_model(dir, {Device::cuda}, options);
-  };
-  const auto base = load(0, false);
-  struct Variant {
-    const char* name;
-    std::shared_ptr<const Model> model;
-  };
-  const Variant variants[] = {{"whole slices", load(int64_t(1) << 30, false)},
-                              {"first 48 KB, early", load(48 << 10, true)}};
-  const auto ids = testing::random_ids(180, 6);
-  auto sb = base->new_sequence();
-  std::vector<std::unique_ptr<ModelSequence>> seqs;
-  const auto want = sb->forward(std::span(ids).first(150));
-  for (const Variant& v : variants) {
-    seqs.push_back(v.model->new_sequence());
-    expect_same_logits(seqs.back()->forward(std::span(ids).first(150)), want, v.name, 0);
-  }
-  for (size_t p = 150; p < 170; ++p) {
-    const auto one = std::span(ids).subspan(p, 1);
-    const auto w = sb->forward(one);
-    for (size_t i = 0; i < seqs.size(); ++i)
-      expect_same_logits(seqs[i]->forward(one), w, variants[i].name, p);
-  }
-  cuda::CudaOptions bad;
-  bad.ahead_wo_a_bytes = -16;
-  EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
-  std::filesystem::remove_all(dir);
-#endif
-}
-
 // Decode rows routed inside the routed experts' up kernel (CudaOptions::fused_routing) make the
 // same choices with the same weights as the routing kernel, so the logits are the same bits: one
 // row's decode steps and a batch of three, on the small model's MXFP4 experts (the streamed
