@@ -5,7 +5,7 @@
 //
 //   bench_engine_cuda_gemv [--reps 20] [--hot 1] [--copy-probe 1] [--tensor-map 1]
 //                          [--sum-group N] [--warp-rows MB] [--warp-rows-depth N]
-//                          [--warp-rows-splits N]
+//                          [--warp-rows-splits N] [--warp-rows-copy 2|8]
 // --hot 1: one copy of each matrix, so products of matrices that fit the L2 read it from there
 // (what a product costs when its weights were fetched into the L2 ahead of it).
 // --tensor-map 1: FP8 tensor-core products fill their stages by tensor copies (GemvMode).
@@ -14,6 +14,7 @@
 // each warp owning whole tiles (gemv_warp_rows.cu); 0: off (the default here).
 // --warp-rows-depth N: their ring slots per warp, at least (1: more warps).
 // --warp-rows-splits N: column splits a tile may take (wide products with few tiles).
+// --warp-rows-copy R: rows a bulk copy where rows are as wide as a stage (2 or 8).
 // --copy-probe 1: instead, the streamed products' copy pipeline alone (stream_probe.h) for
 // copies of 256 B to 32 KB, per 33.6 MB pass (a wo_b-sized product, cold and from the L2) and
 // over 512 MiB: whether the number of copies, rather than the bytes, limits the streamed kernels.
@@ -100,7 +101,7 @@ int main(int argc, char** argv) {
   bool hot = false, probe = false, tensor_map = false;
   int sum_group = 1;
   int64_t warp_rows = 0;
-  int warp_depth = 2, warp_splits = 1;
+  int warp_depth = 2, warp_splits = 1, warp_copy = 2;
   for (int i = 1; i + 1 < argc; i += 2) {
     if (std::string(argv[i]) == "--reps") reps = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--hot") hot = std::stoi(argv[i + 1]) != 0;
@@ -111,6 +112,7 @@ int main(int argc, char** argv) {
       warp_rows = int64_t(std::stod(argv[i + 1]) * (1 << 20));
     if (std::string(argv[i]) == "--warp-rows-depth") warp_depth = std::stoi(argv[i + 1]);
     if (std::string(argv[i]) == "--warp-rows-splits") warp_splits = std::stoi(argv[i + 1]);
+    if (std::string(argv[i]) == "--warp-rows-copy") warp_copy = std::stoi(argv[i + 1]);
   }
   std::string why;
   if (!cuda::device_available(&why)) {
@@ -174,8 +176,8 @@ int main(int argc, char** argv) {
       float* x = cuda::device_floats(n * row.cols);
       float* y = cuda::device_floats(n * row.rows);
       cuda::zero_device(x, n * row.cols * 4);
-      const cuda::GemvMode mode(true, tensor_map, sum_group, true, warp_rows, warp_depth,
-                                warp_splits);
+      cuda::GemvMode mode(true, tensor_map, sum_group, true, warp_rows, warp_depth, warp_splits);
+      mode.warp_rows_copy_rows = warp_copy;
       for (auto& m : mats) cuda::gemv(m->view(), x, n, y, nullptr, mode);  // warm up
       cuda::synchronize();
       const double t0 = now();

@@ -121,6 +121,7 @@ GemvMode gemv_mode_of(const CudaOptions& options) {
                 options.warp_rows_bytes, options.warp_rows_depth, options.warp_rows_splits,
                 options.early_stages);
   mode.in_flight_bytes = options.ring_in_flight_bytes;
+  mode.warp_rows_copy_rows = options.warp_rows_copy_rows;
   return mode;
 }
 

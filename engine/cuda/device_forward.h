@@ -198,6 +198,10 @@ struct CudaOptions {
   int64_t warp_rows_bytes = int64_t(16) << 20;
   int warp_rows_depth = 2;   // ring slots per warp, at least (GemvMode::warp_rows_depth)
   int warp_rows_splits = 1;  // column splits a tile may take (GemvMode::warp_rows_splits)
+  // Rows a bulk copy for rows as wide as a stage, 2 or 8 (GemvMode::warp_rows_copy_rows): wq_b's
+  // 1 KB rows went 1 -> 2 a copy in the seventeenth session (its set 27.1 -> 22.8 us in a CSA
+  // layer), and traced it still streams at ~1.85 TB/s against ~2.6 for wo_a and wo_b.
+  int warp_rows_copy_rows = 2;
   // Decode attention splits each row's keys into at most this many slices, one block each
   // (attention_decode.cu; 1..16, fixed when a step's graph is captured, so sized by the cache's
   // capacity, not the keys a step has). 0: as many as the capacity calls for, up to 16. Fewer

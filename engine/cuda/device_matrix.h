@@ -60,6 +60,9 @@ struct GemvMode {
   // warp's, added up in order by the last; 1: whole tiles only, so wide products with few tiles
   // keep gemv_stream_mma_kernel.
   int warp_rows_splits = 1;
+  // Rows a bulk copy where a matrix's rows are as wide as a stage (wq_b's 1,024 columns): 2 (8
+  // copies of 2 KB a 16-row stage) or 8 (2 of 8 KB; warp_rows_layout.h's staged_row).
+  int warp_rows_copy_rows = 2;
   // The streamed products' producers copy at most this many stages of weights before the
   // kernel before them has finished, then wait for it (0: as many as the ring holds). Their
   // copies compete for memory with that kernel's loads.
@@ -159,12 +162,12 @@ bool gemv_stream_rows(const WeightMatrix& device_w, const float* x, int64_t x_st
 // do not allow it. gemv_stream and gemv_stream_set take this path for products of
 // GemvMode::warp_rows_bytes or more in 8 or more tiles a block.
 // x_norm set: x is RMSNormed with that weight and eps on its way in (refused for groups).
-// in_flight_bytes: GemvMode::in_flight_bytes.
+// in_flight_bytes: GemvMode::in_flight_bytes; copy_rows: GemvMode::warp_rows_copy_rows.
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream = nullptr, int64_t stage_cols = 2048,
                     int depth = 2, int max_splits = 1, int early_stages = 0,
                     const float* x_norm = nullptr, float x_norm_eps = 0.0f,
-                    int64_t in_flight_bytes = 0);
+                    int64_t in_flight_bytes = 0, int copy_rows = 2);
 
 // gemv_stream_set's path for one activation row where it takes gemv_warp_rows (GemvMode's
 // warp_rows_bytes and a block of 8 tiles or more), with x RMSNormed (weight, eps) on its way in,

@@ -675,7 +675,8 @@ bool gemv_stream_set(std::span<const GemvProduct> products, const float* x, int6
   if (n > 1) return launch_mma_rows(products, x, x_stride, n, 0, 0, mode, cudaStream_t(stream));
   if (warp_rows_pay(mode, shape.bytes, shape.rows, products[0].w.cols) &&
       gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
-                     mode.warp_rows_splits, mode.early_stages, nullptr, 0.0f, mode.in_flight_bytes))
+                     mode.warp_rows_splits, mode.early_stages, nullptr, 0.0f, mode.in_flight_bytes,
+                     mode.warp_rows_copy_rows))
     return true;
   const StreamPlan p = mma_plan(products[0].w, 0, mode);
   if (p.stages == 0) return false;
@@ -689,8 +690,8 @@ bool gemv_warp_rows_normed(std::span<const GemvProduct> products, const float* x
   const SetShape shape = stream_set_shape(products, x);
   return shape.bytes > 0 && warp_rows_pay(mode, shape.bytes, shape.rows, products[0].w.cols) &&
          gemv_warp_rows(products, x, 0, 0, stream, warp_rows_stage_cols(mode), mode.warp_rows_depth,
-                        mode.warp_rows_splits, mode.early_stages, weight, eps,
-                        mode.in_flight_bytes);
+                        mode.warp_rows_splits, mode.early_stages, weight, eps, mode.in_flight_bytes,
+                        mode.warp_rows_copy_rows);
 }
 
 bool gemv_stream_rows(const WeightMatrix& w, const float* x, int64_t x_stride, int64_t n, float* y,
@@ -727,7 +728,8 @@ bool gemv_stream(const WeightMatrix& w, const float* x, float* y, int64_t group_
     if (warp_rows_pay(mode, w.bytes(), w.rows, w.cols) &&
         gemv_warp_rows(std::span<const GemvProduct>(&one, 1), x, group_rows, x_offset, stream,
                        warp_rows_stage_cols(mode), mode.warp_rows_depth, mode.warp_rows_splits,
-                       mode.early_stages, nullptr, 0.0f, mode.in_flight_bytes))
+                       mode.early_stages, nullptr, 0.0f, mode.in_flight_bytes,
+                       mode.warp_rows_copy_rows))
       return true;
     launch_mma(std::span<const GemvProduct>(&one, 1), x, w.cols, 1, 1, group_rows, x_offset, p,
                stream);

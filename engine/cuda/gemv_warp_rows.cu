@@ -99,8 +99,9 @@ __device__ float rms_inverse(const float* x, int64_t cols, int threads, float* r
   return rsqrtf(total / float(cols) + eps);
 }
 
-// kStageCols: columns of a stage (16 rows of 1 or 2 KB of FP8, one bulk copy each).
-template <int64_t kStageCols>
+// kStageCols: columns of a stage (16 rows of 1 or 2 KB of FP8, one bulk copy each). kCopy: rows
+// a bulk copy where rows are as wide as a stage (2 or 8; warp_rows_layout.h's staged_row).
+template <int64_t kStageCols, int kCopy>
 __global__ void __launch_bounds__(kMaxThreads, 1)
     gemv_warp_rows_kernel(const __grid_constant__ WarpRowsGemv g) {
   constexpr int kScaleBlocks = int(kStageCols / 128);
@@ -109,9 +110,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
   uint64_t* empty = full + wr::kMaxSlots;
   const int64_t cols = g.w[0].cols, col_stages = cols / kStageCols;
   const int64_t rs = wr::row_stride(kStageCols), stage_bytes = wr::stage_bytes(kStageCols);
-  // Rows as wide as a stage come in pairs (warp_rows_layout.h's pair_stride).
+  // Rows as wide as a stage come kCopy a bulk copy (warp_rows_layout.h's copy_stride).
   const bool paired = cols == kStageCols;
-  const int64_t ps = wr::pair_stride(kStageCols);
+  constexpr int64_t kCopyStride = wr::copy_stride(kCopy, kStageCols);
   uint4* xs = reinterpret_cast<uint4*>(smem + wr::kHeader);
   // [x_groups][cols / 128]: each block's 2^-e
   float* x_unscale = reinterpret_cast<float*>(smem + wr::kHeader + g.x_groups * cols * 4);
@@ -166,9 +167,9 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
                           (t - g.first_task[m]) * wr::kTileRows * cols + slice * kStageCols;
         char* dst = ring + s.slot * stage_bytes;
         if (paired) {
-          for (int r = 0; r < wr::kTileRows / 2; ++r)
-            bulk_copy_to_shared(dst + r * ps, src + 2 * r * cols, uint32_t(2 * kStageCols),
-                                &full[s.slot]);
+          for (int q = 0; q < wr::kTileRows / kCopy; ++q)
+            bulk_copy_to_shared(dst + q * kCopyStride, src + q * kCopy * cols,
+                                uint32_t(kCopy * kStageCols), &full[s.slot]);
         } else {
           for (int r = 0; r < wr::kTileRows; ++r)
             bulk_copy_to_shared(dst + r * rs, src + r * cols, uint32_t(kStageCols), &full[s.slot]);
@@ -218,9 +219,23 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     const int64_t group0 = (split * split_stages + s.slice) * (kStageCols / wr::kGroupCols);
     mbarrier_wait(&full[s.slot], s.parity);
     // Row quad_row of the stage at lane t4's 16 bytes of each 64 columns, and row quad_row + 8
-    // (paired: the stage's rows 2 quad_row and 2 quad_row + 1).
-    const char* ra = ring + s.slot * stage_bytes + quad_row * (paired ? ps : rs) + 16 * t4;
-    const int64_t below = paired ? kStageCols : 8 * rs;
+    // (paired: the stage rows staged_row puts under those fragment rows; with 2 a copy, rows
+    // 2 quad_row and 2 quad_row + 1).
+    const char* ra;
+    int64_t below;
+    if constexpr (kCopy == 2) {
+      ra = ring + s.slot * stage_bytes + quad_row * (paired ? kCopyStride : rs) + 16 * t4;
+      below = paired ? kStageCols : 8 * rs;
+    } else {
+      const int64_t own =
+          paired ? wr::staged_row_offset(wr::staged_row(quad_row, kCopy), kCopy, kStageCols)
+                 : quad_row * rs;
+      ra = ring + s.slot * stage_bytes + own + 16 * t4;
+      below =
+          paired
+              ? wr::staged_row_offset(wr::staged_row(quad_row + 8, kCopy), kCopy, kStageCols) - own
+              : 8 * rs;
+    }
 #pragma unroll 2
     for (int b = 0; b < kScaleBlocks; ++b) {
       // Four k-steps per 64 columns, each its own accumulator chain.
@@ -255,8 +270,14 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
     if (lane == 0) mbarrier_arrive(&empty[s.slot]);
     if (s.slice + 1 == split_stages) {
       // Lane (quad_row, 0) holds B columns 0 and 1 (the high and low parts' products) of rows
-      // quad_row and quad_row + 8 (paired: 2 quad_row and 2 quad_row + 1).
-      const int row_a = paired ? 2 * quad_row : quad_row, row_b = paired ? row_a + 1 : quad_row + 8;
+      // quad_row and quad_row + 8 (paired: the stage rows staged_row puts there).
+      int row_a, row_b;
+      if constexpr (kCopy == 2) {
+        row_a = paired ? 2 * quad_row : quad_row, row_b = paired ? row_a + 1 : quad_row + 8;
+      } else {
+        row_a = paired ? wr::staged_row(quad_row, kCopy) : quad_row;
+        row_b = paired ? wr::staged_row(quad_row + 8, kCopy) : quad_row + 8;
+      }
       if (g.splits == 1) {
         if (t4 == 0) {
           float* y = g.y[m] + row0;
@@ -296,7 +317,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1)
 bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64_t group_rows,
                     int64_t x_offset, void* stream, int64_t stage_cols, int depth, int max_splits,
                     int early_stages, const float* x_norm, float x_norm_eps,
-                    int64_t in_flight_bytes) {
+                    int64_t in_flight_bytes, int copy_rows) {
   if (products.empty() || products.size() > size_t(kMaxGemvProducts) ||
       (reinterpret_cast<uintptr_t>(x) & 15) ||
       (x_norm && (group_rows > 0 || (reinterpret_cast<uintptr_t>(x_norm) & 15))))
@@ -307,6 +328,7 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   WarpRowsGemv g{};
   const int64_t cols = products[0].w.cols;
   if (stage_cols != 1024 && stage_cols != 2048) return false;
+  if (copy_rows != 2 && copy_rows != 8) return false;
   if (cols % stage_cols != 0) stage_cols = 1024;
   for (size_t i = 0; i < products.size(); ++i) {
     const WeightMatrix& w = products[i].w;
@@ -351,7 +373,9 @@ bool gemv_warp_rows(std::span<const GemvProduct> products, const float* x, int64
   g.in_flight = stream::in_flight_stages(in_flight_bytes, wr::stage_bytes(stage_cols), g.slots);
   const int64_t shared = fixed + shape.slots * wr::stage_bytes(stage_cols);
   const auto kernel =
-      stage_cols == 2048 ? gemv_warp_rows_kernel<2048> : gemv_warp_rows_kernel<1024>;
+      copy_rows == 8
+          ? (stage_cols == 2048 ? gemv_warp_rows_kernel<2048, 8> : gemv_warp_rows_kernel<1024, 8>)
+          : (stage_cols == 2048 ? gemv_warp_rows_kernel<2048, 2> : gemv_warp_rows_kernel<1024, 2>);
   AGENTRT_CUDA_CHECK(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)));
   launch_pdl(kernel, unsigned(grid), unsigned((shape.warps + 1) * 32), size_t(shared),

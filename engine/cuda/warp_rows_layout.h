@@ -83,6 +83,26 @@ __host__ __device__ inline int64_t pair_stride(int64_t stage_cols) {
 static_assert(kTileRows * (1024 + kRowPad) >= kTileRows / 2 * (2 * 1024 + kRowPad),
               "paired rows fit a stage's bytes");
 
+// More rows a bulk copy (GemvMode::warp_rows_copy_rows: 2, the pairs above, or 8): copy q holds
+// the stage's rows q * copy_rows .. + copy_rows - 1, stage_cols apart, at q * copy_stride, so
+// rows of consecutive copies sit 16 banks apart. A 16-byte load's phase (8 lanes) reads mma
+// fragment rows g and g + 1 (g even) of one half, which must then lie in copies of different
+// parity: with 8 rows a copy, fragment row g (< 8) is stage row 8 (g % 2) + g / 2 and fragment
+// row g + 8 the row 4 below it; with 2, rows 2g and 2g + 1 (pair_stride's layout).
+__host__ __device__ constexpr int64_t copy_stride(int copy_rows, int64_t stage_cols) {
+  return copy_rows * stage_cols + kRowPad;
+}
+__host__ __device__ inline int staged_row(int fragment_row, int copy_rows) {
+  const int g = fragment_row % 8, h = fragment_row / 8;
+  return copy_rows == 8 ? 8 * (g % 2) + 4 * h + g / 2 : 2 * g + h;
+}
+// Where stage row `row` starts in its ring slot.
+__host__ __device__ inline int64_t staged_row_offset(int row, int copy_rows, int64_t stage_cols) {
+  return (row / copy_rows) * copy_stride(copy_rows, stage_cols) + (row % copy_rows) * stage_cols;
+}
+static_assert(kTileRows * (1024 + kRowPad) >= kTileRows / 8 * (8 * 1024 + kRowPad),
+              "rows copied 8 at a time fit a stage's bytes");
+
 // A block's stages: its tasks (16-row tiles) go round-robin to `warps` warps, warp i taking its
 // tasks' stages (column slices) in order. The producer issues stage q = jj * warps + i for warp
 // i's jj-th stage (jj = round * col_stages + slice), so consecutive copies feed different warps;

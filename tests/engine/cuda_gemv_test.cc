@@ -817,21 +817,28 @@ TEST_F(CudaGemv, WholeTilesPerWarpMatchTheCpu) {
           const std::string how = what + ", stages of " + std::to_string(stage_cols) + ", depth " +
                                   std::to_string(depth) + ", splits up to " +
                                   std::to_string(splits);
-          auto run = [&](std::vector<float>& out) {
+          auto run = [&](std::vector<float>& out, int copy_rows) {
             cuda::zero_device(dy, host.rows * 4);
-            ASSERT_TRUE(cuda::gemv_warp_rows(
-                std::span<const cuda::GemvProduct>(&one, 1), dx, c.groups > 1 ? group_rows : 0,
-                c.groups > 1 ? host.cols : 0, nullptr, stage_cols, depth, splits))
+            ASSERT_TRUE(cuda::gemv_warp_rows(std::span<const cuda::GemvProduct>(&one, 1), dx,
+                                             c.groups > 1 ? group_rows : 0,
+                                             c.groups > 1 ? host.cols : 0, nullptr, stage_cols,
+                                             depth, splits, 0, nullptr, 0.0f, 0, copy_rows))
                 << how;
             cuda::copy_to_host(out.data(), dy, host.rows * 4);
           };
-          run(got);
+          run(got, 2);
           EXPECT_LE(rel_l2(got, want), 1e-5) << how;
           if (splits > 1) {  // the splits add up in a fixed order: the same bits again
             std::vector<float> twice(host.rows);
-            run(twice);
+            run(twice, 2);
             EXPECT_EQ(std::memcmp(twice.data(), got.data(), host.rows * 4), 0) << how;
           }
+          // Rows copied 8 at a time (where rows are as wide as a stage): the same products from
+          // other places in shared memory, so the same bits.
+          std::vector<float> eight(host.rows);
+          run(eight, 8);
+          EXPECT_EQ(std::memcmp(eight.data(), got.data(), host.rows * 4), 0)
+              << how << ", 8 rows a copy";
         }
     cuda::zero_device(dy, host.rows * 4);
     one_row(c, dm, dx, dy, mode);
@@ -947,6 +954,45 @@ TEST_F(CudaGemv, Fp8ProductsDecodeEveryByte) {
 // lane position and part, the columns its A words hold in the k slots b0 and b1 feed; and the
 // stage schedule gives every (tile, column slice) of a block once, each ring slot to one warp in
 // order, each warp its tiles' slices in order.
+// Rows as wide as a stage, staged 2 or 8 rows a bulk copy (warp_rows_layout.h): the fragment
+// rows take every stage row once, the copies fit the stage's bytes, and each 16-byte load's
+// phase (8 lanes: fragment rows g and g + 1 of one half, g even, 16 bytes t of a 64-byte
+// group) hits 32 distinct banks.
+TEST(CudaWarpRowsLayout, RowsCopiedTogetherKeepTheBanksApart) {
+  namespace wr = cuda::warp_rows;
+  for (const int copy_rows : {2, 8})
+    for (const int64_t stage_cols : {int64_t(1024), int64_t(2048)}) {
+      const std::string what =
+          std::to_string(copy_rows) + " rows a copy, stages of " + std::to_string(stage_cols);
+      std::vector<int> seen(wr::kTileRows, 0);
+      for (int r = 0; r < wr::kTileRows; ++r) ++seen[size_t(wr::staged_row(r, copy_rows))];
+      for (int r = 0; r < wr::kTileRows; ++r) EXPECT_EQ(seen[size_t(r)], 1) << what;
+      EXPECT_LE(wr::kTileRows / copy_rows * wr::copy_stride(copy_rows, stage_cols),
+                wr::stage_bytes(stage_cols))
+          << what;
+      for (int half = 0; half < 2; ++half)
+        for (int g = 0; g < 8; g += 2)
+          for (int64_t group = 0; group < 3; ++group) {
+            std::vector<int> banks(32, 0);
+            for (int q = 0; q < 2; ++q)
+              for (int t = 0; t < 4; ++t) {
+                const int64_t at =
+                    wr::staged_row_offset(wr::staged_row(g + q + 8 * half, copy_rows), copy_rows,
+                                          stage_cols) +
+                    group * wr::kGroupCols + 16 * t;
+                for (int b = 0; b < 4; ++b) ++banks[size_t((at / 4 + b) % 32)];
+              }
+            for (int b = 0; b < 32; ++b)
+              EXPECT_EQ(banks[size_t(b)], 1) << what << ", rows " << g << ", bank " << b;
+          }
+    }
+  // 2 rows a copy is pair_stride's layout.
+  EXPECT_EQ(wr::copy_stride(2, 1024), wr::pair_stride(1024));
+  EXPECT_EQ(wr::staged_row_offset(wr::staged_row(3, 2), 2, 1024), 3 * wr::pair_stride(1024));
+  EXPECT_EQ(wr::staged_row_offset(wr::staged_row(11, 2), 2, 1024),
+            3 * wr::pair_stride(1024) + 1024);
+}
+
 TEST(CudaWarpRowsLayout, FragmentsAndScheduleCoverEveryStageOnce) {
   namespace wr = cuda::warp_rows;
   std::vector<int> seen(64, 0);
