@@ -167,6 +167,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       head_prefetch_from_(options.head_prefetch_from),
       head_prefetch_last_(options.head_prefetch_evict_last),
       side_attention_(options.side_attention),
+      split_kv_chains_(options.split_kv_chains),
       side_moe_(options.side_moe),
       step_graph_copies_(options.step_graph_copies),
       split_step_graph_(options.split_step_graph),
@@ -253,6 +254,11 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
+    if (split_kv_chains_) {
+      AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side2_, cudaStreamNonBlocking));
+      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork2_, cudaEventDisableTiming));
+      AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&join2_, cudaEventDisableTiming));
+    }
   }
 }
 
@@ -284,6 +290,12 @@ DeviceForward::~DeviceForward() {
     cudaStreamSynchronize(side_);
     cudaStreamDestroy(side_);
   }
+  if (side2_) {
+    cudaStreamSynchronize(side2_);
+    cudaStreamDestroy(side2_);
+  }
+  if (fork2_) cudaEventDestroy(fork2_);
+  if (join2_) cudaEventDestroy(join2_);
   if (head_side_) {
     cudaStreamSynchronize(head_side_);
     cudaStreamDestroy(head_side_);
@@ -1201,20 +1213,43 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   float2* rope_cs =
       decode_attention ? static_cast<float2*>(w.grow(w.rope_cs, n * (rope.dim / 2) * 8)) : nullptr;
   const cudaStream_t cs = side_attention_ ? fork() : stream_;
-  norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
-                 CacheField::kv, cs, rope_cs);
+  // CudaOptions::split_kv_chains: the indexer's compressor (or, without one, the compressor) on
+  // the first branch, the KV row and the other compressor on a second.
+  cudaStream_t cs2 = cs;
+  if (split_kv_chains_ && side2_ && cs != stream_ && (lw.compressor || lw.indexer)) {
+    AGENTRT_CUDA_CHECK(cudaEventRecord(fork2_, stream_));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(side2_, fork2_, 0));
+    cs2 = side2_;
+  }
   auto compress = [&](const CompressorOnDevice& comp, const RawRows& r, CacheField kv_field,
-                      CacheField gate_field, const CompressJob* jobs, const int32_t* count) {
-    append_rows(m.rows, kv_field, r.kv, r.width, n, cs);
-    append_rows(m.rows, gate_field, r.gate, r.width, n, cs);
-    compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps, cs);
+                      CacheField gate_field, const CompressJob* jobs, const int32_t* count,
+                      cudaStream_t on) {
+    append_rows(m.rows, kv_field, r.kv, r.width, n, on);
+    append_rows(m.rows, gate_field, r.gate, r.width, n, on);
+    compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps, on);
   };
-  if (lw.compressor)
+  if (cs2 != cs) {
+    if (lw.indexer)
+      compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate,
+               m.idx_jobs, m.job_counts + 1, cs);
+    else
+      compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
+               m.job_counts, cs);
+  }
+  norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
+                 CacheField::kv, cs2, rope_cs);
+  if (cs2 == cs) {
+    if (lw.compressor)
+      compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
+               m.job_counts, cs);
+    if (lw.indexer)
+      compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate,
+               m.idx_jobs, m.job_counts + 1, cs);
+  } else if (lw.indexer && lw.compressor) {
     compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
-             m.job_counts);
-  if (lw.indexer)
-    compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
-             m.job_counts + 1);
+             m.job_counts, cs2);
+  }
+
   stage("attn.kv_rows");  // the KV row and the compressors' rows and entries (profiling: inline)
 
   // wq_b and the indexer's wq_b read the same normed q_res: one launch for both on the tensor
@@ -1265,6 +1300,10 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   }
   stage("attn.qkv");
   join(cs);
+  if (cs2 != cs) {
+    AGENTRT_CUDA_CHECK(cudaEventRecord(join2_, cs2));
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join2_, 0));
+  }
   stage("attn.compress");
 
   const int32_t* chosen = nullptr;

@@ -44,6 +44,12 @@ struct CudaOptions {
   // without the attention's branch (8 streams) decode + pick was 3.3% slower, without the MoE's
   // (5 streams) 2.9%, and the second kernel still started 13-14 us in: on.
   bool side_attention = true;
+  // With side_attention, in layers with compressors: the KV row and the compressor's rows and
+  // entries on a second branch beside the indexer's compressor, instead of all three one after
+  // another on one branch. Traced (forty-second session) the CSA layers' branch (the KV row,
+  // then two appends and a compression for each compressor, then the indexer's scores and
+  // top-k) reached the attention ~5 us after wq_b had ended, the HCA layers' ~5 us.
+  bool split_kv_chains = false;
   bool side_moe = true;
   // Instances of each captured step graph, launched in turn (1 or 2). Back-to-back launches of
   // one multi-stream graph: its second kernel starts ~13 us after its first (3.6 us in a graph
@@ -582,6 +588,9 @@ class DeviceForward {
   cudaStream_t stream_ = nullptr;
   cudaStream_t side_ = nullptr;
   cudaEvent_t fork_ = nullptr, join_ = nullptr;
+  // CudaOptions::split_kv_chains's second branch.
+  cudaStream_t side2_ = nullptr;
+  cudaEvent_t fork2_ = nullptr, join2_ = nullptr;
   // CudaOptions::head_prefetch_bytes's branch: its stream and the events around it.
   cudaStream_t head_side_ = nullptr;
   cudaEvent_t head_fork_ = nullptr, head_join_ = nullptr;
@@ -621,6 +630,7 @@ class DeviceForward {
   int head_prefetch_from_ = 1;           // CudaOptions::head_prefetch_from
   bool head_prefetch_last_ = false;      // CudaOptions::head_prefetch_evict_last
   bool side_attention_ = true;           // CudaOptions::side_attention
+  bool split_kv_chains_ = false;         // CudaOptions::split_kv_chains
   bool side_moe_ = true;                 // CudaOptions::side_moe
   int step_graph_copies_ = 1;            // CudaOptions::step_graph_copies
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph

@@ -439,6 +439,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     bool head_last = false;
     bool side_attention = true, side_moe = true;
     int graph_copies = 1;
+    bool split_chains = false;
   };
   for (const Case& k :
        {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
@@ -450,7 +451,8 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
         Case{0, 0, false, false, false, 0, 1, false, false, true},
         Case{0, 0, false, false, false, 0, 1, false, true, false},
         Case{0, 0, false, false, false, 0, 1, false, true, true, 2},
-        Case{0, 0, true, false, true, 0, 1, false, true, true, 2}}) {
+        Case{0, 0, true, false, true, 0, 1, false, true, true, 2},
+        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, true}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
     options.split_step_graph = k.split;
@@ -462,6 +464,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     options.side_attention = k.side_attention;
     options.side_moe = k.side_moe;
     options.step_graph_copies = k.graph_copies;
+    options.split_kv_chains = k.split_chains;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
@@ -471,7 +474,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
           << ", staged " << k.staged << ", device launch " << k.device_launch << ", head " << k.head
           << " from " << k.head_from << (k.head_last ? " evict-last" : "") << ", side attention "
           << k.side_attention << ", side moe " << k.side_moe << ", graph copies " << k.graph_copies
-          << ", step " << p;
+          << ", split chains " << k.split_chains << ", step " << p;
   }
   std::filesystem::remove_all(dir);
 #endif
