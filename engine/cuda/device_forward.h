@@ -48,7 +48,11 @@ struct CudaOptions {
   // entries on a second branch beside the indexer's compressor, instead of all three one after
   // another on one branch. Traced (forty-second session) the CSA layers' branch (the KV row,
   // then two appends and a compression for each compressor, then the indexer's scores and
-  // top-k) reached the attention ~5 us after wq_b had ended, the HCA layers' ~5 us.
+  // top-k) reached the attention ~5 us after wq_b had ended, the HCA layers' ~5 us. On an H100
+  // (3,044 GB/s; forty-second session, two calls of 5 and 8 interleaved rounds) decode + pick
+  // @1K +0.2% in both (1,104.7 against 1,102.8 and 1,104.9 against 1,102.7 tok/s), and its case
+  // of CudaOptions.StepSchedulingGivesTheSameLogits passes; off until the whole GPU suite has
+  // run with it on.
   bool split_kv_chains = false;
   bool side_moe = true;
   // Instances of each captured step graph, launched in turn (1 or 2). Back-to-back launches of
@@ -206,7 +210,11 @@ struct CudaOptions {
   int warp_rows_splits = 1;  // column splits a tile may take (GemvMode::warp_rows_splits)
   // Rows a bulk copy for rows as wide as a stage, 2 or 8 (GemvMode::warp_rows_copy_rows): wq_b's
   // 1 KB rows went 1 -> 2 a copy in the seventeenth session (its set 27.1 -> 22.8 us in a CSA
-  // layer), and traced it still streams at ~1.85 TB/s against ~2.6 for wo_a and wo_b.
+  // layer), and traced it still streamed at ~1.85 TB/s against ~2.6 for wo_a and wo_b. With 8
+  // (forty-second session, H100): wq_b alone 15.3 -> 14.0 us (bench_engine_cuda_gemv), but
+  // decode + pick @1K -0.7% (seven interleaved rounds; -0.6% with warp_rows_depth 1, -0.6% in
+  // three more): traced, the latency-bound kernels beside its start (the KV row's norm, the
+  // compressors' appends) ran longer and wq_b no shorter. 2.
   int warp_rows_copy_rows = 2;
   // Decode attention splits each row's keys into at most this many slices, one block each
   // (attention_decode.cu; 1..16, fixed when a step's graph is captured, so sized by the cache's
