@@ -218,6 +218,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                                 std::to_string(attention_query_ahead_) +
                                 " (rows; -1 for the GPU's SM count, 0 for none)");
   if (attention_query_ahead_ == -1) attention_query_ahead_ = sm_count();
+  if (options.warp_rows_copy_rows != 2 && options.warp_rows_copy_rows != 8)
+    throw std::invalid_argument("cuda options: warp_rows_copy_rows " +
+                                std::to_string(options.warp_rows_copy_rows) + " (2 or 8)");
   if (step_graph_copies_ < 1 || step_graph_copies_ > 2)
     throw std::invalid_argument("cuda options: step_graph_copies " +
                                 std::to_string(step_graph_copies_) + " (1 or 2)");
@@ -1249,7 +1252,6 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
              m.job_counts, cs2);
   }
-
   stage("attn.kv_rows");  // the KV row and the compressors' rows and entries (profiling: inline)
 
   // wq_b and the indexer's wq_b read the same normed q_res: one launch for both on the tensor

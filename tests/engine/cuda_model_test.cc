@@ -476,6 +476,9 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
           << k.side_attention << ", side moe " << k.side_moe << ", graph copies " << k.graph_copies
           << ", split chains " << k.split_chains << ", step " << p;
   }
+  cuda::CudaOptions bad;
+  bad.warp_rows_copy_rows = 4;  // 2 or 8
+  EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
   std::filesystem::remove_all(dir);
 #endif
 }
