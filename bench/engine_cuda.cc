@@ -87,8 +87,9 @@
 //                     [--warp-rows-depth N] (their ring slots per warp, at least; default 2)
 //                     [--warp-rows-splits N] (column splits a tile may take, each another
 //                     warp's, so wide products with few tiles qualify too; default 1)
-//                     [--split-chains 0|1] (the KV row and the compressors' chains on two
-//                     branches, CudaOptions::split_kv_chains; default 0)
+//                     [--split-chains 0|1|2] (the KV row and the compressors' chains on two
+//                     branches, CudaOptions::split_kv_chains; 2: the second joins only before
+//                     the attention; default 0)
 //                     [--warp-rows-copy 2|8] (rows a bulk copy where rows are as wide as a
 //                     stage, wq_b's; CudaOptions::warp_rows_copy_rows; default 2)
 //                     [--early-stages N] (streamed one-row products copy at most N stages
@@ -505,7 +506,7 @@ int main(int argc, char** argv) {
     else if (k == "--warp-rows-splits")
       options.warp_rows_splits = std::stoi(v);
     else if (k == "--split-chains")
-      options.split_kv_chains = v == "1";
+      options.split_kv_chains = std::stoi(v);
     else if (k == "--warp-rows-copy")
       options.warp_rows_copy_rows = std::stoi(v);
     else if (k == "--early-stages")

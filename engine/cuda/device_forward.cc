@@ -218,6 +218,9 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
                                 std::to_string(attention_query_ahead_) +
                                 " (rows; -1 for the GPU's SM count, 0 for none)");
   if (attention_query_ahead_ == -1) attention_query_ahead_ = sm_count();
+  if (split_kv_chains_ < 0 || split_kv_chains_ > 2)
+    throw std::invalid_argument("cuda options: split_kv_chains " +
+                                std::to_string(split_kv_chains_) + " (0, 1 or 2)");
   if (options.warp_rows_copy_rows != 2 && options.warp_rows_copy_rows != 8)
     throw std::invalid_argument("cuda options: warp_rows_copy_rows " +
                                 std::to_string(options.warp_rows_copy_rows) + " (2 or 8)");
@@ -257,7 +260,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
     AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_, cudaStreamNonBlocking));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&join_, cudaEventDisableTiming));
-    if (split_kv_chains_) {
+    if (split_kv_chains_ > 0) {
       AGENTRT_CUDA_CHECK(cudaStreamCreateWithFlags(&side2_, cudaStreamNonBlocking));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&fork2_, cudaEventDisableTiming));
       AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&join2_, cudaEventDisableTiming));
@@ -1219,7 +1222,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   // CudaOptions::split_kv_chains: the indexer's compressor (or, without one, the compressor) on
   // the first branch, the KV row and the other compressor on a second.
   cudaStream_t cs2 = cs;
-  if (split_kv_chains_ && side2_ && cs != stream_ && (lw.compressor || lw.indexer)) {
+  if (split_kv_chains_ > 0 && side2_ && cs != stream_ && (lw.compressor || lw.indexer)) {
     AGENTRT_CUDA_CHECK(cudaEventRecord(fork2_, stream_));
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(side2_, fork2_, 0));
     cs2 = side2_;
@@ -1302,10 +1305,14 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
   }
   stage("attn.qkv");
   join(cs);
-  if (cs2 != cs) {
+  // The second branch (CudaOptions::split_kv_chains) holds the KV row and the main compressor's
+  // entries: the indexer reads neither, the attention both.
+  auto join_second = [&] {
+    if (cs2 == cs) return;
     AGENTRT_CUDA_CHECK(cudaEventRecord(join2_, cs2));
     AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream_, join2_, 0));
-  }
+  };
+  if (split_kv_chains_ < 2) join_second();
   stage("attn.compress");
 
   const int32_t* chosen = nullptr;
@@ -1352,6 +1359,7 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     n_chosen = w.n_chosen.as<int32_t>();
   }
 
+  if (split_kv_chains_ >= 2) join_second();
   stage("attn.indexer");
   // Grouped low-rank output projection: group g's heads -> o_lora_rank, then all -> hidden.
   const int64_t group_in = heads * hd / c.o_groups, r = c.o_lora_rank;

@@ -52,8 +52,10 @@ struct CudaOptions {
   // (3,044 GB/s; forty-second session, two calls of 5 and 8 interleaved rounds) decode + pick
   // @1K +0.2% in both (1,104.7 against 1,102.8 and 1,104.9 against 1,102.7 tok/s), and its case
   // of CudaOptions.StepSchedulingGivesTheSameLogits passes; off until the whole GPU suite has
-  // run with it on.
-  bool split_kv_chains = false;
+  // run with it on. 0: off; 1: the second branch joins where the first does (what was
+  // measured); 2: it joins only before the attention, so the indexer's scores and top-k may run
+  // beside it (the main compressor's chain was the CSA layers' last link: not yet run on a GPU).
+  int split_kv_chains = 0;
   bool side_moe = true;
   // Instances of each captured step graph, launched in turn (1 or 2). Back-to-back launches of
   // one multi-stream graph: its second kernel starts ~13 us after its first (3.6 us in a graph
@@ -638,7 +640,7 @@ class DeviceForward {
   int head_prefetch_from_ = 1;           // CudaOptions::head_prefetch_from
   bool head_prefetch_last_ = false;      // CudaOptions::head_prefetch_evict_last
   bool side_attention_ = true;           // CudaOptions::side_attention
-  bool split_kv_chains_ = false;         // CudaOptions::split_kv_chains
+  int split_kv_chains_ = 0;              // CudaOptions::split_kv_chains
   bool side_moe_ = true;                 // CudaOptions::side_moe
   int step_graph_copies_ = 1;            // CudaOptions::step_graph_copies
   bool split_step_graph_ = false;        // CudaOptions::split_step_graph

@@ -439,7 +439,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     bool head_last = false;
     bool side_attention = true, side_moe = true;
     int graph_copies = 1;
-    bool split_chains = false;
+    int split_chains = 0;
   };
   for (const Case& k :
        {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
@@ -452,7 +452,8 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
         Case{0, 0, false, false, false, 0, 1, false, true, false},
         Case{0, 0, false, false, false, 0, 1, false, true, true, 2},
         Case{0, 0, true, false, true, 0, 1, false, true, true, 2},
-        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, true}}) {
+        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, 1},
+        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, 2}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
     options.split_step_graph = k.split;
@@ -478,6 +479,9 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
   }
   cuda::CudaOptions bad;
   bad.warp_rows_copy_rows = 4;  // 2 or 8
+  EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
+  bad.warp_rows_copy_rows = 2;
+  bad.split_kv_chains = 3;  // 0, 1 or 2
   EXPECT_THROW(load_cuda_model(dir, {Device::cuda}, bad), std::invalid_argument);
   std::filesystem::remove_all(dir);
 #endif
