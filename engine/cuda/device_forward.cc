@@ -1234,27 +1234,16 @@ void DeviceForward::attention(size_t l, int64_t n, float* out) {
     append_rows(m.rows, gate_field, r.gate, r.width, n, on);
     compress_entries(comp.view, jobs, count, m.job_slots, weights_.rope_compress, c.rms_eps, on);
   };
-  if (cs2 != cs) {
-    if (lw.indexer)
-      compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate,
-               m.idx_jobs, m.job_counts + 1, cs);
-    else
-      compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
-               m.job_counts, cs);
-  }
+  // One branch: the KV row, the compressor, the indexer's compressor, in that order. Split: the
+  // KV row and (beside an indexer) the compressor on the second.
   norm_rope_rows(kv, lw.kv_norm.as<float>(), n, 1, hd, c.rms_eps, w.pos, rope, m.rows,
                  CacheField::kv, cs2, rope_cs);
-  if (cs2 == cs) {
-    if (lw.compressor)
-      compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
-               m.job_counts, cs);
-    if (lw.indexer)
-      compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate,
-               m.idx_jobs, m.job_counts + 1, cs);
-  } else if (lw.indexer && lw.compressor) {
+  if (lw.compressor)
     compress(*lw.compressor, comp_raw, CacheField::comp_kv, CacheField::comp_gate, m.comp_jobs,
-             m.job_counts, cs2);
-  }
+             m.job_counts, lw.indexer ? cs2 : cs);
+  if (lw.indexer)
+    compress(lw.indexer->compressor, idx_raw, CacheField::idx_kv, CacheField::idx_gate, m.idx_jobs,
+             m.job_counts + 1, cs);
   stage("attn.kv_rows");  // the KV row and the compressors' rows and entries (profiling: inline)
 
   // wq_b and the indexer's wq_b read the same normed q_res: one launch for both on the tensor
