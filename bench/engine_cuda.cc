@@ -89,7 +89,7 @@
 //                     warp's, so wide products with few tiles qualify too; default 1)
 //                     [--split-chains 0|1|2] (the KV row and the compressors' chains on two
 //                     branches, CudaOptions::split_kv_chains; 2: the second joins only before
-//                     the attention; default 0)
+//                     the attention; default 1)
 //                     [--warp-rows-copy 2|8] (rows a bulk copy where rows are as wide as a
 //                     stage, wq_b's; CudaOptions::warp_rows_copy_rows; default 2)
 //                     [--early-stages N] (streamed one-row products copy at most N stages

@@ -439,7 +439,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     bool head_last = false;
     bool side_attention = true, side_moe = true;
     int graph_copies = 1;
-    int split_chains = 0;
+    int split_chains = 0;  // not the default (1), so the other cases check 0 as well
   };
   for (const Case& k :
        {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
