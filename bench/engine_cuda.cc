@@ -106,6 +106,8 @@
 //                     copy, CudaOptions::decode_attention_bulk_keys; default 1)
 //                     [--pick-cluster 0|1] (greedy picks on their own as one cluster of 8
 //                     blocks, CudaOptions::pick_cluster; default 0)
+//                     [--pick-uploads 0|1] (the pick before a step copies the step's metadata
+//                     up itself, CudaOptions::pick_uploads_step; default 0)
 //                     [--moe-separate-sum 0|1] (one decode row: the routed experts' sum
 //                     in a buffer of its own, not waiting for the shared expert's,
 //                     CudaOptions::moe_separate_sum; default 0)
@@ -521,6 +523,8 @@ int main(int argc, char** argv) {
       options.decode_attention_bulk_keys = v == "1";
     else if (k == "--pick-cluster")
       options.pick_cluster = v == "1";
+    else if (k == "--pick-uploads")
+      options.pick_uploads_step = v == "1";
     else if (k == "--moe-separate-sum")
       options.moe_separate_sum = v == "1";
     else if (k == "--moe-early-down")

@@ -160,6 +160,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       moe_separate_sum_(options.moe_separate_sum),
       moe_early_down_(options.moe_early_down),
       pick_cluster_(options.pick_cluster),
+      pick_uploads_step_(options.pick_uploads_step),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
@@ -482,7 +483,10 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     }
   if (profile_) stage_ms_["host.metadata"] += host_ms(reserved);
   stage("start");
-  char* meta = static_cast<char*>(w.grow(w.meta, int64_t(pack.size)));
+  // CudaOptions::pick_uploads_step copies whole 16-byte words.
+  const int64_t meta_room =
+      pick_uploads_step_ ? int64_t(pack.size + 15) / 16 * 16 : int64_t(pack.size);
+  char* meta = static_cast<char*>(w.grow(w.meta, meta_room));
   if (!meta_copied_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&meta_copied_, cudaEventDisableTiming));
   // CudaOptions::pick_feeds_step: the pick writes the step's token itself (no feed kernel).
@@ -530,6 +534,17 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     feed_staged_metadata(stage, meta, int64_t(pack.size), int64_t(feeds_off), int64_t(feeds.size()),
                          int64_t(tokens_off), stream_);
     AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
+  } else if (take_pick && !pick_in_graph && pick_uploads_step_ && !pick_cluster_ &&
+             !deferred_->staged_mask &&
+             pick_uploads(meta, pack.size, feeds[0].row, tokens_off, pick_feeds)) {
+    // CudaOptions::pick_uploads_step: the pick copied the metadata up itself (and fed the
+    // token where pick_feeds); the rest of pick_now().
+    AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
+    AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));
+    if (!pick_feeds) feed_tokens();
+    read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
+    deferred_.reset();
+    ++taken_picks_.before_step;
   } else {
     AGENTRT_CUDA_CHECK(
         cudaMemcpyAsync(meta, pinned_meta_.data(), pack.size, cudaMemcpyHostToDevice, stream_));
@@ -812,6 +827,23 @@ void DeviceForward::read_back_picks(char* host, const char* dev, int64_t bytes,
   if (!picks_landed_)
     AGENTRT_CUDA_CHECK(cudaEventCreateWithFlags(&picks_landed_, cudaEventDisableTiming));
   AGENTRT_CUDA_CHECK(cudaEventRecord(picks_landed_, back));
+}
+
+bool DeviceForward::pick_uploads(char* meta, size_t bytes, int64_t fed_row, size_t tokens_off,
+                                 bool feed) {
+  // Whole 16-byte words: the packed buffers' room is rounded up to them (their tails are
+  // padding), the device's without moving it (the captured graphs read it where it is).
+  const int64_t words = int64_t(bytes + 15) / 16 * 16;
+  if (ws_->meta.bytes() < words) return false;
+  char* host = pinned_meta_.grow(words, int64_t(bytes));
+  void* from = nullptr;
+  if (cudaHostGetDevicePointer(&from, host, 0) != cudaSuccess) {
+    (void)cudaGetLastError();  // not mapped: the copy of its own
+    return false;
+  }
+  PickArgs args = deferred_->args;
+  args.feed = feed ? reinterpret_cast<int32_t*>(meta + tokens_off) + fed_row : nullptr;
+  return masked_pick_uploading(args, config_.vocab_size, from, meta, words, stream_);
 }
 
 void DeviceForward::launch_deferred_pick() {

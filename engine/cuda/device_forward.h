@@ -347,6 +347,13 @@ struct CudaOptions {
   // + pick @1K -0.6% (1,071.8 against 1,078.6 tok/s), -0.5% with the deferred pick's options:
   // 8 SMs read the logits slower than 64 blocks meet through the L2. Off.
   bool pick_cluster = false;
+  // With pick_before_step (the deferred pick launched right before the step it feeds): that
+  // pick takes its arguments by value and its threads copy the step's metadata up from the
+  // page-locked packing buffer as it runs, instead of a 744-byte copy before it that the pick
+  // then read its arguments from. Between two replayed steps (forty-second session's trace) the
+  // copy took 1.2 us, 1.3 us after the step before ended, and the pick started 1.7 us after it.
+  // Not yet run on a GPU: off.
+  bool pick_uploads_step = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -582,6 +589,10 @@ class DeviceForward {
   void read_back_picks(char* host, const char* dev, int64_t bytes, bool picked_recorded);
   // Launches a deferred pick (pick_in_step_graph) on its own, and its read back; no-op if none.
   void launch_deferred_pick();
+  // CudaOptions::pick_uploads_step: launches the deferred pick copying `bytes` of packed
+  // metadata up to `meta` (feeding row fed_row's token where `feed`); false, having launched
+  // nothing, where it cannot (the copy is then the caller's).
+  bool pick_uploads(char* meta, size_t bytes, int64_t fed_row, size_t tokens_off, bool feed);
   // launch_deferred_pick(), then waits for its read back: for callers about to write the pinned
   // staging its mask is uploaded from (a pick still deferred there was never collected).
   void flush_deferred_pick();
@@ -634,6 +645,7 @@ class DeviceForward {
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
   bool moe_early_down_ = true;           // CudaOptions::moe_early_down
   bool pick_cluster_ = false;            // CudaOptions::pick_cluster
+  bool pick_uploads_step_ = false;       // CudaOptions::pick_uploads_step
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes

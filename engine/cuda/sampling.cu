@@ -139,15 +139,34 @@ __device__ __forceinline__ Partial thread_partial(const float* logits, int64_t v
   return p;
 }
 
+// CudaOptions::pick_uploads_step: 16-byte words the pick's threads copy from page-locked host
+// memory (one word a thread, in launch order), each before its block arrives, so before the
+// last block writes the fed token (which the copy may hold a stale value for).
+struct StepCopy {
+  const int4* from = nullptr;
+  int4* to = nullptr;
+  int64_t words = 0;
+};
+
+template <bool kCopy = false>
 __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, const uint32_t* mask,
                                            int64_t mask_words, float inv_t, Partial* partials,
                                            unsigned* arrived, MaskedPick* out,
-                                           int32_t* feed = nullptr) {
+                                           int32_t* feed = nullptr, StepCopy copy = {}) {
   __shared__ Partial shared[kThreads / 32];
   __shared__ bool last;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  Partial p = thread_partial<kPerThread>(logits, vocab, mask, mask_words, inv_t,
-                                         int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride);
+  const int64_t slot = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  // The host word's read (a PCIe round trip) is asked for first and lands beside the logits'.
+  int4 word{};
+  if constexpr (kCopy)
+    if (slot < copy.words) word = copy.from[slot];
+  Partial p = thread_partial<kPerThread>(logits, vocab, mask, mask_words, inv_t, slot, stride);
+  if constexpr (kCopy)
+    if (slot < copy.words) {
+      copy.to[slot] = word;
+      __threadfence();
+    }
   p = block_combine(p, inv_t, shared);
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = p;
@@ -242,6 +261,14 @@ __global__ void __launch_bounds__(kThreads) pick_from_kernel(const PickArgs* arg
   const PickArgs a = *args;
   pick_block(a.logits, vocab, a.mask, a.mask_words, a.inv_t, static_cast<Partial*>(a.scratch),
              arrival_counter(a.scratch), a.out, a.feed);
+}
+
+// The pick with its arguments by value (launched outside any graph) and the step's metadata
+// copied from host memory on the way (CudaOptions::pick_uploads_step).
+__global__ void __launch_bounds__(kThreads)
+    pick_uploading_kernel(PickArgs a, int64_t vocab, StepCopy copy) {
+  pick_block<true>(a.logits, vocab, a.mask, a.mask_words, a.inv_t, static_cast<Partial*>(a.scratch),
+                   arrival_counter(a.scratch), a.out, a.feed, copy);
 }
 
 int pick_grid(int64_t vocab) {
@@ -383,6 +410,19 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
   launch_pdl(pick_kernel, blocks, kThreads, 0, stream, logits, vocab, mask, mask_words, inv_t,
              static_cast<Partial*>(scratch), arrival_counter(scratch), out);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
+}
+
+bool masked_pick_uploading(const PickArgs& args, int64_t vocab, const void* from, void* to,
+                           int64_t bytes, cudaStream_t stream) {
+  const int blocks = pick_grid(vocab);
+  const auto f = reinterpret_cast<uintptr_t>(from), t = reinterpret_cast<uintptr_t>(to);
+  if (bytes < 0 || bytes % 16 != 0 || f % 16 != 0 || t % 16 != 0 ||
+      bytes / 16 > int64_t(blocks) * kThreads)
+    return false;
+  pick_uploading_kernel<<<blocks, kThreads, 0, stream>>>(
+      args, vocab, StepCopy{static_cast<const int4*>(from), static_cast<int4*>(to), bytes / 16});
+  AGENTRT_CUDA_CHECK(cudaGetLastError());
+  return true;
 }
 
 void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream, bool cluster) {

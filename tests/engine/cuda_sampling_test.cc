@@ -208,6 +208,9 @@ enum class Staging {
   pick_cluster,          // pick_in_step_graph with pick_feeds_step and pick_cluster
   pick_before_cluster,   // pick_in_step_graph, pick_before_step, pick_feeds_step,
                          // pick_mask_early and pick_cluster
+  pick_uploads,          // pick_in_step_graph, pick_before_step and pick_uploads_step (a
+                         // masked step's mask staged with its metadata: the copy of its own)
+  pick_uploads_feed,     // and pick_feeds_step and pick_mask_early (today's defaults)
 };
 
 // Whether the step queued ahead takes its deferred pick (CudaOptions::pick_in_step_graph), and
@@ -215,7 +218,8 @@ enum class Staging {
 bool takes_pick(Staging s) { return s != Staging::none && s != Staging::metadata; }
 bool picks_before(Staging s) {
   return s == Staging::pick_before || s == Staging::pick_before_feed ||
-         s == Staging::pick_before_cluster;
+         s == Staging::pick_before_cluster || s == Staging::pick_uploads ||
+         s == Staging::pick_uploads_feed;
 }
 
 // The picks `model` took by the route `staging` gives (CudaOptions::pick_in_step_graph), and that
@@ -239,11 +243,14 @@ std::pair<std::shared_ptr<const Model>, std::shared_ptr<const Model>> ahead_pair
   with.split_step_graph = staging == Staging::pick_split;
   with.pick_cluster = staging == Staging::pick_cluster || staging == Staging::pick_before_cluster;
   with.pick_feeds_step = staging == Staging::pick_feed || staging == Staging::pick_before_feed ||
-                         staging == Staging::pick_feed_mask_early || with.pick_cluster;
+                         staging == Staging::pick_feed_mask_early || with.pick_cluster ||
+                         staging == Staging::pick_uploads_feed;
   with.pick_before_step = picks_before(staging);
-  with.pick_mask_early = staging == Staging::pick_mask_early ||
-                         staging == Staging::pick_feed_mask_early ||
-                         staging == Staging::pick_before_cluster;
+  with.pick_mask_early =
+      staging == Staging::pick_mask_early || staging == Staging::pick_feed_mask_early ||
+      staging == Staging::pick_before_cluster || staging == Staging::pick_uploads_feed;
+  with.pick_uploads_step =
+      staging == Staging::pick_uploads || staging == Staging::pick_uploads_feed;
   without.decode_ahead = false;
   without.pick_copy_stream = false;
   with.near_capacity = without.near_capacity = near_capacity;
@@ -476,6 +483,16 @@ TEST_F(CudaSampling, ClusterPickDecodesAheadAsWithout) {
   check_batch_ahead(Staging::pick_cluster);
   check_decode_ahead(Staging::pick_before_cluster);
   check_batch_ahead(Staging::pick_before_cluster);
+}
+
+// With the pick before the step copying the step's metadata up itself (CudaOptions::
+// pick_uploads_step): with a masked step's mask staged with the metadata (such steps take the
+// copy of their own) and with today's defaults (the mask up early, the pick feeding the step).
+TEST_F(CudaSampling, PickUploadingItsStepDecodesAheadAsWithout) {
+  check_decode_ahead(Staging::pick_uploads);
+  check_batch_ahead(Staging::pick_uploads);
+  check_decode_ahead(Staging::pick_uploads_feed);
+  check_batch_ahead(Staging::pick_uploads_feed);
 }
 
 // decode_batch_and_sample against decode_batch + Sampler::sample; near_capacity small: every
