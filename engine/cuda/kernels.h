@@ -317,12 +317,12 @@ struct PickArgs {
 // cluster: as masked_pick's.
 void masked_pick_from(const PickArgs* args, int64_t vocab, cudaStream_t stream,
                       bool cluster = false);
-// masked_pick_from with the arguments by value, whose threads also copy `bytes` (a multiple of
-// 16) from `from` (page-locked host memory, as the device addresses it) to `to` (device
-// memory; both 16-byte aligned), each word before the last block writes args.feed, which may
-// lie inside them: a decode step's metadata goes up with the pick that feeds it, without a
-// copy of its own before the pick (CudaOptions::pick_uploads_step). Launches nothing and
-// returns false where the words outnumber the pick's threads or are not aligned.
+// masked_pick_from with the arguments by value, and a block more that copies `bytes` (a
+// multiple of 16) from `from` (page-locked host memory, as the device addresses it) to `to`
+// (device memory; both 16-byte aligned) before the last block writes args.feed, which may lie
+// inside them: a decode step's metadata goes up with the pick that feeds it, without a copy of
+// its own before the pick (CudaOptions::pick_uploads_step). Launches nothing and returns false
+// where the words are not aligned or the vocabulary takes every block the pick may have.
 bool masked_pick_uploading(const PickArgs& args, int64_t vocab, const void* from, void* to,
                            int64_t bytes, cudaStream_t stream);
 // A decode step's row fed from a pick on the device (DeviceRow::picked).

@@ -139,9 +139,10 @@ __device__ __forceinline__ Partial thread_partial(const float* logits, int64_t v
   return p;
 }
 
-// CudaOptions::pick_uploads_step: 16-byte words the pick's threads copy from page-locked host
-// memory (one word a thread, in launch order), each before its block arrives, so before the
-// last block writes the fed token (which the copy may hold a stale value for).
+// CudaOptions::pick_uploads_step: 16-byte words one extra block (the grid's last) copies from
+// page-locked host memory instead of reducing logits, before it arrives, so before the last
+// block to arrive writes the fed token (which the copy may hold a stale value for). Its PCIe
+// round trip so overlaps the other blocks' reductions.
 struct StepCopy {
   const int4* from = nullptr;
   int4* to = nullptr;
@@ -155,18 +156,16 @@ __device__ __forceinline__ void pick_block(const float* logits, int64_t vocab, c
                                            int32_t* feed = nullptr, StepCopy copy = {}) {
   __shared__ Partial shared[kThreads / 32];
   __shared__ bool last;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const int64_t slot = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  // The host word's read (a PCIe round trip) is asked for first and lands beside the logits'.
-  int4 word{};
-  if constexpr (kCopy)
-    if (slot < copy.words) word = copy.from[slot];
-  Partial p = thread_partial<kPerThread>(logits, vocab, mask, mask_words, inv_t, slot, stride);
-  if constexpr (kCopy)
-    if (slot < copy.words) {
-      copy.to[slot] = word;
-      __threadfence();
-    }
+  const unsigned reducing = kCopy ? gridDim.x - 1 : gridDim.x;
+  const int64_t stride = int64_t(reducing) * blockDim.x;
+  Partial p{-INFINITY, INT32_MAX, 0, 0.0};
+  if (!kCopy || blockIdx.x < reducing) {
+    p = thread_partial<kPerThread>(logits, vocab, mask, mask_words, inv_t,
+                                   int64_t(blockIdx.x) * blockDim.x + threadIdx.x, stride);
+  } else {
+    for (int64_t i = threadIdx.x; i < copy.words; i += blockDim.x) copy.to[i] = copy.from[i];
+    __threadfence();
+  }
   p = block_combine(p, inv_t, shared);
   if (threadIdx.x == 0) {
     partials[blockIdx.x] = p;
@@ -414,10 +413,9 @@ void masked_pick(const float* logits, int64_t vocab, const uint32_t* mask, int64
 
 bool masked_pick_uploading(const PickArgs& args, int64_t vocab, const void* from, void* to,
                            int64_t bytes, cudaStream_t stream) {
-  const int blocks = pick_grid(vocab);
+  const int blocks = pick_grid(vocab) + 1;  // and the copying block
   const auto f = reinterpret_cast<uintptr_t>(from), t = reinterpret_cast<uintptr_t>(to);
-  if (bytes < 0 || bytes % 16 != 0 || f % 16 != 0 || t % 16 != 0 ||
-      bytes / 16 > int64_t(blocks) * kThreads)
+  if (bytes < 0 || bytes % 16 != 0 || f % 16 != 0 || t % 16 != 0 || blocks > kMaxBlocks)
     return false;
   pick_uploading_kernel<<<blocks, kThreads, 0, stream>>>(
       args, vocab, StepCopy{static_cast<const int4*>(from), static_cast<int4*>(to), bytes / 16});
