@@ -1065,8 +1065,8 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
         embedded = true;
       } else if (pending_routed || pending_handoff) {
         throw std::logic_error(
-            "cuda forward: a separate routed sum reached a boundary that is "
-            "not the grid step's");
+            "cuda forward: a separate routed sum or an arrival count reached a boundary that "
+            "is not the grid step's");
       } else if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);
