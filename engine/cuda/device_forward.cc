@@ -509,18 +509,25 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
   // CudaOptions::pick_in_step_graph: the deferred pick (its arguments in the metadata), then the
   // feed, captured into the step's graph when `capturing`; picked_'s record is a graph node
   // there (an external record, which only a capture may ask for).
-  const auto pick_and_feed = [&](bool capturing) {
-    masked_pick_from(reinterpret_cast<const PickArgs*>(meta + pick_off), config_.vocab_size,
-                     stream_, pick_cluster_);
+  const auto picked_and_fed = [&](bool capturing) {
     AGENTRT_CUDA_CHECK(cudaEventRecordWithFlags(
         picked_, stream_, capturing ? cudaEventRecordExternal : cudaEventRecordDefault));
     if (!pick_feeds) feed_tokens();
   };
-  // The deferred pick launched now (not captured), its read back queued, and no longer deferred.
-  const auto pick_now = [&] {
-    pick_and_feed(false);
+  const auto pick_and_feed = [&](bool capturing) {
+    masked_pick_from(reinterpret_cast<const PickArgs*>(meta + pick_off), config_.vocab_size,
+                     stream_, pick_cluster_);
+    picked_and_fed(capturing);
+  };
+  // The deferred pick's read back queued, and no longer deferred.
+  const auto pick_taken = [&] {
     read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
     deferred_.reset();
+  };
+  // The deferred pick launched now (not captured).
+  const auto pick_now = [&] {
+    pick_and_feed(false);
+    pick_taken();
   };
   if (graph && upload_) {
     // CudaOptions::staged_step_metadata: up on upload_ once the last feed has read the staging
@@ -538,14 +545,12 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
     AGENTRT_CUDA_CHECK(cudaEventRecord(staged_read_, stream_));
   } else if (take_pick && !pick_in_graph && pick_uploads_step_ && !pick_cluster_ &&
              !deferred_->staged_mask &&
-             pick_uploads(meta, pack.size, feeds[0].row, tokens_off, pick_feeds)) {
-    // CudaOptions::pick_uploads_step: the pick copied the metadata up itself (and fed the
-    // token where pick_feeds); the rest of pick_now().
+             pick_uploads(*reinterpret_cast<const PickArgs*>(pinned_meta_.data() + pick_off), meta,
+                          pack.size)) {
+    // CudaOptions::pick_uploads_step: the pick (its packed arguments) copied the metadata up.
     AGENTRT_CUDA_CHECK(cudaEventRecord(meta_copied_, stream_));
-    AGENTRT_CUDA_CHECK(cudaEventRecord(picked_, stream_));
-    if (!pick_feeds) feed_tokens();
-    read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
-    deferred_.reset();
+    picked_and_fed(false);
+    pick_taken();
     ++taken_picks_.before_step;
   } else {
     AGENTRT_CUDA_CHECK(
@@ -648,10 +653,7 @@ void DeviceForward::run(std::span<const DeviceRow> rows, float* logits) {
       }
       graphs_by_shape_[key] = step;
     }
-    if (deferred_) {  // taken into the replayed graph
-      read_back_picks(deferred_->host, deferred_->dev, deferred_->bytes, true);
-      deferred_.reset();
-    }
+    if (deferred_) pick_taken();  // taken into the replayed graph
     if (pick_in_graph) ++taken_picks_.in_graph;
   } else {
     enqueue(n, wanted, defer ? &layer_metadata : nullptr);
@@ -831,21 +833,18 @@ void DeviceForward::read_back_picks(char* host, const char* dev, int64_t bytes,
   AGENTRT_CUDA_CHECK(cudaEventRecord(picks_landed_, back));
 }
 
-bool DeviceForward::pick_uploads(char* meta, size_t bytes, int64_t fed_row, size_t tokens_off,
-                                 bool feed) {
-  // Whole 16-byte words: the packed buffers' room is rounded up to them (their tails are
-  // padding), the device's without moving it (the captured graphs read it where it is).
-  const int64_t words = int64_t(bytes + 15) / 16 * 16;
-  if (ws_->meta.bytes() < words) return false;
-  char* host = pinned_meta_.grow(words, int64_t(bytes));
+bool DeviceForward::pick_uploads(PickArgs args, char* meta, size_t bytes) {
+  // Whole 16-byte words: the packed buffer's room is rounded up to them (its tail is padding),
+  // the device's was by run() (without moving it: the captured graphs read it where it is).
+  const int64_t padded = int64_t(bytes + 15) / 16 * 16;
+  if (ws_->meta.bytes() < padded) return false;
+  char* host = pinned_meta_.grow(padded, int64_t(bytes));
   void* from = nullptr;
   if (cudaHostGetDevicePointer(&from, host, 0) != cudaSuccess) {
     (void)cudaGetLastError();  // not mapped: the copy of its own
     return false;
   }
-  PickArgs args = deferred_->args;
-  args.feed = feed ? reinterpret_cast<int32_t*>(meta + tokens_off) + fed_row : nullptr;
-  return masked_pick_uploading(args, config_.vocab_size, from, meta, words, stream_);
+  return masked_pick_uploading(args, config_.vocab_size, from, meta, padded, stream_);
 }
 
 void DeviceForward::launch_deferred_pick() {

@@ -596,10 +596,10 @@ class DeviceForward {
   void read_back_picks(char* host, const char* dev, int64_t bytes, bool picked_recorded);
   // Launches a deferred pick (pick_in_step_graph) on its own, and its read back; no-op if none.
   void launch_deferred_pick();
-  // CudaOptions::pick_uploads_step: launches the deferred pick copying `bytes` of packed
-  // metadata up to `meta` (feeding row fed_row's token where `feed`); false, having launched
-  // nothing, where it cannot (the copy is then the caller's).
-  bool pick_uploads(char* meta, size_t bytes, int64_t fed_row, size_t tokens_off, bool feed);
+  // CudaOptions::pick_uploads_step: launches the deferred pick (args as packed, by value: the
+  // packing buffer may move) copying `bytes` of packed metadata up to `meta`; false, having
+  // launched nothing, where it cannot (the copy is then the caller's).
+  bool pick_uploads(PickArgs args, char* meta, size_t bytes);
   // launch_deferred_pick(), then waits for its read back: for callers about to write the pinned
   // staging its mask is uploaded from (a pick still deferred there was never collected).
   void flush_deferred_pick();

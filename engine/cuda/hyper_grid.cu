@@ -85,12 +85,6 @@ __device__ __forceinline__ void spin_for_handoff(const unsigned* handoff) {
   }
 }
 
-__device__ __forceinline__ void let_dependents_in() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 // kTwo: the sublayer's output is block_out + block_out2 (the shared and the routed experts'
 // sums, each written by its own kernels: CudaOptions::moe_separate_sum). kSpin: spin_for_handoff
 // on `handoff` before reading block_out, which the last block past the row barrier resets.
@@ -138,13 +132,13 @@ __global__ void __launch_bounds__(kThreads)
       asm volatile("bar.arrive 1, %0;" ::"n"(kThreads) : "memory");
     }
     if constexpr (kSpin)
-      let_dependents_in();
+      pdl_let_dependents_in();
     else
       pdl_begin();
   } else {
     if constexpr (kSpin) {
       spin_for_handoff(handoff);
-      let_dependents_in();
+      pdl_let_dependents_in();
     } else {
       pdl_begin();
     }
