@@ -5,7 +5,8 @@
 # table's bench_engine_cuda (e.g. options not yet the defaults); AB="NAME:FLAGS;NAME:FLAGS" adds,
 # before the table, an interleaved decode + pick @1K comparison of the defaults against each
 # named flag set (ROUNDS of them, default 3).
-# TABLE=0 skips the table and transformers, TRANSFORMERS=0 transformers; TESTS=FILTER picks the
+# TABLE=0 skips the table and transformers, TRANSFORMERS=0 transformers; AB_TIMEOUT (s, default
+# 60) limits each comparison run; TESTS=FILTER picks the
 # tests.
 #   OUT=... [ARGS=...] [TABLE=0] [AB="attn:--attention-chunk 48 --attention-ka 4 --attention-bulk 1"] \
 #     bash scripts/device_table.sh
@@ -42,7 +43,7 @@ if [[ -n ${AB:-} ]]; then
   done
   for ((r = 1; r <= ${ROUNDS:-3}; ++r)); do
     for i in "${!names[@]}"; do
-      timeout 60 "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 ${flags[$i]} \
+      timeout "${AB_TIMEOUT:-60}" "$BENCH" "$CKPT" --contexts 1024 --batches "" --steps 32 ${flags[$i]} \
         > "$R/ab_${names[$i]}_$r.log" 2>&1
     done
   done
