@@ -108,8 +108,6 @@
 //                     blocks, CudaOptions::pick_cluster; default 0)
 //                     [--pick-uploads 0|1] (the pick before a step copies the step's metadata
 //                     up itself, CudaOptions::pick_uploads_step; default 0)
-//                     [--spin-handoff 0|1] (wo_b's boundary spins on its arrival count,
-//                     CudaOptions::spin_handoff; default 0)
 //                     [--moe-separate-sum 0|1] (one decode row: the routed experts' sum
 //                     in a buffer of its own, not waiting for the shared expert's,
 //                     CudaOptions::moe_separate_sum; default 0)
@@ -527,8 +525,6 @@ int main(int argc, char** argv) {
       options.pick_cluster = v == "1";
     else if (k == "--pick-uploads")
       options.pick_uploads_step = v == "1";
-    else if (k == "--spin-handoff")
-      options.spin_handoff = v == "1";
     else if (k == "--moe-separate-sum")
       options.moe_separate_sum = v == "1";
     else if (k == "--moe-early-down")

@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
-#include <exception>
 #include <iterator>
 #include <map>
 #include <optional>
@@ -28,7 +27,7 @@ struct DeviceForward::Workspace {
       scores, chosen, n_chosen, attn, grouped, router, route_experts, route_weights, gate, up, act,
       moe_scratch, head_streams, head_x, logits, meta, layer_meta, projected, attn_partials,
       attn_arrived, hyper_partials, hyper_arrived, hyper_grid_arrived, key_mirror, idx_mirror,
-      rope_cs, slice_sums, routed_y, handoff;
+      rope_cs, slice_sums, routed_y;
   // Bumped whenever a buffer moves: captured decode graphs hold the old addresses.
   uint64_t generation = 0;
   float* f(DeviceBuffer& b, int64_t count) { return static_cast<float*>(grow(b, count * 4)); }
@@ -162,7 +161,6 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       moe_early_down_(options.moe_early_down),
       pick_cluster_(options.pick_cluster),
       pick_uploads_step_(options.pick_uploads_step),
-      spin_handoff_(options.spin_handoff),
       shared_expert_blocks_(options.shared_expert_blocks),
       ring_in_flight_bytes_(options.ring_in_flight_bytes),
       lead_prefetch_bytes_(options.lead_prefetch_bytes),
@@ -1017,28 +1015,6 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   const bool cluster = fused && !grid && cluster_mhc_ > 0 && (n >= 2 || cluster_mhc_ >= 2) &&
                        hyper_cluster_supported(n, hc, H);
   const float* pending = nullptr;
-  // CudaOptions::spin_handoff: one row's attention output reaches its boundary through an
-  // arrival count (one pair of counters: every boundary zeroes them after its spin, before the
-  // next layer's wo_b can run). Not with repeated stages: a second wo_b would count twice.
-  unsigned* handoff = spin_handoff_ && grid && n == 1 && repeat_stage_.empty()
-                          ? static_cast<unsigned*>(w.zeroed(w.handoff, 8, stream_))
-                          : nullptr;
-  unsigned* pending_handoff = nullptr;  // where pending's kernel counted its arrivals
-  // A pass that throws between a counting wo_b and its boundary leaves the counts set, and the
-  // next boundary would wait for more arrivals than its product makes: they go back to zero
-  // (not in a capture, whose work never runs).
-  struct HandoffGuard {
-    unsigned* counts;
-    cudaStream_t stream;
-    int exceptions = std::uncaught_exceptions();
-    ~HandoffGuard() {
-      if (!counts || std::uncaught_exceptions() <= exceptions) return;
-      cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-      if (cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
-          status == cudaStreamCaptureStatusNone)
-        (void)cudaMemsetAsync(counts, 0, 8, stream);
-    }
-  } handoff_guard{handoff, stream_};
   // The routed experts' own sum, added to pending by the next boundary (moe_separate_sum: one
   // row through the grid boundaries only, which take a second output).
   const float* pending_routed = nullptr;
@@ -1059,13 +1035,12 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
         const bool first = embed_in_grid && !embedded;
         hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
                          norm, head, mix, xo, fused_partial, grid_arrived, stream_,
-                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed,
-                         pending_handoff);
+                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed);
         embedded = true;
-      } else if (pending_routed || pending_handoff) {
+      } else if (pending_routed) {
         throw std::logic_error(
-            "cuda forward: a separate routed sum or an arrival count reached a boundary that "
-            "is not the grid step's");
+            "cuda forward: a separate routed sum reached a boundary that is "
+            "not the grid step's");
       } else if (whole && cluster) {
         hyper_fused_cluster(hw, pending, streams, n, hc, H, iters, c.hc_eps, c.rms_eps, norm, head,
                             mix, xo, stream_);
@@ -1087,7 +1062,6 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     });
     pending = nullptr;
     pending_routed = nullptr;
-    pending_handoff = nullptr;
   };
   // CudaOptions::head_prefetch_bytes: one row's head slices asked into the L2 on a branch of
   // its own, forked head_prefetch_from sublayers before the head and joined after it (so the
@@ -1121,9 +1095,8 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
     stage("mHC");
     if (l == 0 && at_split) (*at_split)();
     if (l == 0 && layer_metadata) (*layer_metadata)();  // deferred by run() until now
-    const bool counted = attention(size_t(l), n, y, handoff);
+    attention(size_t(l), n, y);
     pending = y;
-    pending_handoff = counted ? handoff : nullptr;
     stage("attn.out");
     fork_head_prefetch(2 * (L - l) - 1);
     hyper(lw.ffn_hc.view(), n, streams, c.hc_sinkhorn_iters, lw.ffn_norm.as<float>(), false, x);
@@ -1221,7 +1194,7 @@ void DeviceForward::collect_stages() {
   marks_.clear();
 }
 
-bool DeviceForward::attention(size_t l, int64_t n, float* out, unsigned* handoff) {
+void DeviceForward::attention(size_t l, int64_t n, float* out) {
   const ForwardConfig& c = config_;
   const ForwardLayer& fl = c.layers[l];
   const LayerOnDevice& lw = weights_.layers[l];
@@ -1499,12 +1472,7 @@ bool DeviceForward::attention(size_t l, int64_t n, float* out, unsigned* handoff
       linear_.run_grouped(wo_a, c.o_groups, attn, heads * hd, n, grouped, c.o_groups * r, stream_);
     linear_.set_max_shared(0);
   });
-  // CudaOptions::spin_handoff: wo_b's blocks count their arrivals for the boundary after it.
-  bool sent = false;
-  if (handoff) linear_.set_handoff(handoff, &sent);
   repeatable("wo_b", [&] { linear_.run(lw.wo_b->view(), grouped, n, out, stream_); });
-  linear_.set_handoff(nullptr, nullptr);
-  return sent;
 }
 
 void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {

@@ -352,14 +352,12 @@ struct CudaOptions {
   // page-locked packing buffer as it runs, instead of a 744-byte copy before it that the pick
   // then read its arguments from. Between two replayed steps (forty-second session's trace) the
   // copy took 1.2 us, 1.3 us after the step before ended, and the pick started 1.7 us after it.
-  // Not yet run on a GPU: off.
+  // One extra block does the copy, so its PCIe round trip overlaps the other blocks' reductions
+  // (block 0's threads copying first: the gap between two replays 13.6 -> 11.5 us traced).
+  // decode + pick @1K on H100s: +0.2% (forty-third session, seven interleaved rounds, the first
+  // form), +0.1% (forty-fourth, five rounds, 1,106.9 against 1,105.7 tok/s). Off until every GPU
+  // test has run with it.
   bool pick_uploads_step = false;
-  // One-row decode with the grid mHC boundaries: wo_b's blocks count their arrivals after their
-  // last stores and the boundary after it spins on that count instead of the programmatic
-  // launch's wait, which released a kernel 1.9-3 us after the last store of the one before it
-  // (twenty-fourth session's block stamps); bench/trace/handoff_probe.cu measures the two.
-  // Not yet run on a GPU: off.
-  bool spin_handoff = false;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -570,8 +568,7 @@ class DeviceForward {
 
  private:
   struct Workspace;
-  // True where wo_b counted its blocks' arrivals at `handoff` (CudaOptions::spin_handoff).
-  bool attention(size_t l, int64_t n, float* out, unsigned* handoff = nullptr);
+  void attention(size_t l, int64_t n, float* out);
   // routed_out: the routed experts' sum goes there, written, not added to out (the shared
   // expert's), and does not wait for it (CudaOptions::moe_separate_sum).
   void moe(size_t l, int64_t n, float* out, float* routed_out = nullptr);
@@ -653,7 +650,6 @@ class DeviceForward {
   bool moe_early_down_ = true;           // CudaOptions::moe_early_down
   bool pick_cluster_ = false;            // CudaOptions::pick_cluster
   bool pick_uploads_step_ = false;       // CudaOptions::pick_uploads_step
-  bool spin_handoff_ = false;            // CudaOptions::spin_handoff
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes

@@ -80,12 +80,6 @@ struct GemvMode {
   // kernel before it (CudaOptions::attention_beside_wo_a), so the product's blocks start copying
   // while that kernel runs instead of after its blocks leave.
   int64_t max_shared = 0;
-  // CudaOptions::spin_handoff: a one-row product on the tensor-core stream kernel counts its
-  // blocks' arrivals after their last stores at handoff[0] (block 0 writes the grid's block
-  // count to handoff[1]) for the kernel after it to spin on instead of the programmatic launch's
-  // wait, and sets *handoff_sent; other kernels leave both alone. nullptr: none.
-  unsigned* handoff = nullptr;
-  bool* handoff_sent = nullptr;
   constexpr GemvMode(bool cores = true, bool map = false, int group = 1, bool rows = true,
                      int64_t warp_rows = 0, int depth = 2, int splits = 1, int early = 0)
       : tensor_cores(cores),

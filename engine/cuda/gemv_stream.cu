@@ -190,10 +190,9 @@ struct MmaGemv {
   int64_t group_rows, x_offset;  // as in StreamGemv (one matrix only)
   int64_t stage_cols;            // 1,024 or 2,048: each warp takes 64 or 128 of them
   int stages;
-  int sum_group;      // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
-  int early;          // stages copied before the kernel before has finished (0: the ring's)
-  int in_flight;      // stages asked for and not yet landed, at most (0: the ring's)
-  unsigned* handoff;  // GemvMode::handoff (the kernel's kHandoff instantiation)
+  int sum_group;  // tasks whose cross-warp sums wait for one barrier (GemvMode::sum_group)
+  int early;      // stages copied before the kernel before has finished (0: the ring's)
+  int in_flight;  // stages asked for and not yet landed, at most (0: the ring's)
 };
 
 // The matrix of task t (sets hold at most kMaxGemvProducts).
@@ -244,8 +243,7 @@ __device__ __forceinline__ char* mma_ring(char* smem, int64_t cols, int sum_grou
 // per g.sum_group tasks). kTma: stages come by tensor copies, laid out as [128-column
 // chunk][row][128 bytes, swizzled] (tensor_map.h) instead of padded rows. NT: activation rows
 // (1, 4 or 8; g.tokens of them real), each weight fragment decoded once for all of them.
-// kHandoff: the blocks' arrivals counted at g.handoff after their last stores (GemvMode::handoff).
-template <int MT, bool kTma, int NT, bool kHandoff = false>
+template <int MT, bool kTma, int NT>
 __global__ void __launch_bounds__(kThreads, 1)
     gemv_stream_mma_kernel(const __grid_constant__ MmaGemv g) {
   static_assert(NT == 1 || NT == 4 || NT == 8);
@@ -337,9 +335,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   float next_sc[MT];
   if (!lane_scales && t0 < t1) load_scales(t0, 0, next_sc);
   pdl_begin();
-  // After the wait: the kernel that spun on the last count has reset it.
-  if constexpr (kHandoff)
-    if (blockIdx.x == 0 && threadIdx.x == 0) atomicExch(g.handoff + 1, gridDim.x);
   int64_t group = -1;
   stream::SlotCursor ring_slot{g.stages};  // this warp's next stage
   // The group of tasks whose sums are not added up yet: `pending` of them, in slots
@@ -463,12 +458,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       half ^= 1;
     }
   }
-  if constexpr (kHandoff) {
-    // As the mHC grid step's row barrier: every consumer's stores fenced, then one arrival.
-    __threadfence();
-    stream::consumers_sync();
-    if (threadIdx.x == 0) atomicAdd(g.handoff, 1u);
-  }
 }
 
 int64_t mma_stage_cols(const WeightMatrix& w) { return std::min(w.cols, kMmaMaxCols); }
@@ -487,14 +476,12 @@ int64_t row_bytes_of(const WeightMatrix& w) { return w.cols * value_bytes_x2(w.t
 // Which kernel takes a product and its ring: shared memory fixed + stages * stage bytes.
 struct StreamPlan {
   bool mma = false;
-  bool tensor_map = false;       // the mma kernel's stages by tensor copies
-  int sum_group = 1;             // the mma kernel's tasks a barrier
-  int stages = 0;                // 0: neither kernel fits
-  int early = 0;                 // GemvMode::early_stages
-  int in_flight = 0;             // GemvMode::in_flight_bytes in stages
-  int max_blocks = 0;            // GemvMode::max_blocks
-  unsigned* handoff = nullptr;   // GemvMode::handoff (the mma kernel, one row)
-  bool* handoff_sent = nullptr;  // GemvMode::handoff_sent
+  bool tensor_map = false;  // the mma kernel's stages by tensor copies
+  int sum_group = 1;        // the mma kernel's tasks a barrier
+  int stages = 0;           // 0: neither kernel fits
+  int early = 0;            // GemvMode::early_stages
+  int in_flight = 0;        // GemvMode::in_flight_bytes in stages
+  int max_blocks = 0;       // GemvMode::max_blocks
   int64_t fixed = 0, stage = 0;
   int64_t shared() const { return fixed + stages * stage; }
 };
@@ -517,8 +504,6 @@ StreamPlan mma_plan(const WeightMatrix& w, int64_t group_rows, GemvMode mode, in
   p.sum_group = std::clamp(mode.sum_group, 1, kMaxSumGroup);
   p.early = mode.early_stages;
   p.max_blocks = mode.max_blocks;
-  p.handoff = mode.handoff;
-  p.handoff_sent = mode.handoff_sent;
   const bool tensor_map = p.tensor_map;
   // Tensor copies: unpadded stages, and room to align the ring (mma_ring).
   p.fixed = kHeader + mma_sums_bytes(p.sum_group, nt) + mma_x_bytes(w.cols, nt) +
@@ -611,12 +596,6 @@ void launch_mma(std::span<const GemvProduct> products, const float* x, int64_t x
     kernel = tiles == 1 ? gemv_stream_mma_kernel<1, false, 4> : gemv_stream_mma_kernel<2, false, 4>;
   else if (p.tensor_map)
     kernel = tiles == 1 ? gemv_stream_mma_kernel<1, true, 1> : gemv_stream_mma_kernel<2, true, 1>;
-  else if (p.handoff) {
-    g.handoff = p.handoff;
-    kernel = tiles == 1 ? gemv_stream_mma_kernel<1, false, 1, true>
-                        : gemv_stream_mma_kernel<2, false, 1, true>;
-    if (p.handoff_sent) *p.handoff_sent = true;
-  }
   launch_streamed(kernel, g.first_task[g.count], p.shared(), p.max_blocks, stream, g);
 }
 

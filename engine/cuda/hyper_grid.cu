@@ -72,28 +72,14 @@ __device__ __forceinline__ void row_barrier(unsigned* count, unsigned* gen, unsi
   __syncthreads();
 }
 
-// CudaOptions::spin_handoff: instead of the programmatic launch's wait, every thread that reads
-// the sublayer's output spins until the kernel before has counted all its blocks' arrivals
-// (handoff[0] == handoff[1] != 0; gemv_stream.cu's kHandoff), each with its own acquire load
-// (a warp's loads are one request), and reads what earlier kernels wrote from the L2 (L1 may
-// hold lines older than them: no wait flushed them). The kernel before is then still in the
-// grid's bookkeeping, not in its work, and every kernel before it had ended before it began.
-__device__ __forceinline__ void spin_for_handoff(const unsigned* handoff) {
-  for (;;) {
-    const unsigned blocks = load_acquire(handoff + 1);
-    if (blocks != 0 && load_acquire(handoff) == blocks) return;
-  }
-}
-
 // kTwo: the sublayer's output is block_out + block_out2 (the shared and the routed experts'
-// sums, each written by its own kernels: CudaOptions::moe_separate_sum). kSpin: spin_for_handoff
-// on `handoff` before reading block_out, which the last block past the row barrier resets.
-template <bool HEAD, bool kTwo = false, bool kSpin = false>
+// sums, each written by its own kernels: CudaOptions::moe_separate_sum).
+template <bool HEAD, bool kTwo = false>
 __global__ void __launch_bounds__(kThreads)
     hyper_grid_kernel(HyperDevice w, const float* block_out, const float* block_out2,
                       float* streams, int64_t hidden, int iters, float hc_eps, float rms_eps,
                       const float* norm, float* mix, float* x, float* partial, unsigned* arrived,
-                      WeightMatrix embed, const int32_t* tokens, unsigned* handoff) {
+                      WeightMatrix embed, const int32_t* tokens) {
   constexpr int kOut = HEAD ? kHc : (2 + kHc) * kHc;  // projections
   constexpr int kSums = kOut + kGram;                 // and the Gram matrix
   constexpr int kWarps = kStreamThreads / 32;
@@ -131,24 +117,16 @@ __global__ void __launch_bounds__(kThreads)
       if (lane < kHc) post_s[lane] = post;
       asm volatile("bar.arrive 1, %0;" ::"n"(kThreads) : "memory");
     }
-    if constexpr (kSpin)
-      pdl_let_dependents_in();
-    else
-      pdl_begin();
+    pdl_begin();
   } else {
-    if constexpr (kSpin) {
-      spin_for_handoff(handoff);
-      pdl_let_dependents_in();
-    } else {
-      pdl_begin();
-    }
+    pdl_begin();
     float* s = streams + row * width;
     float v;
     if (block_out) {
       float old[kHc];
 #pragma unroll
-      for (int j = 0; j < kHc; ++j) old[j] = kSpin ? __ldcg(s + j * hidden + d) : s[j * hidden + d];
-      float y = kSpin ? __ldcg(block_out + row * hidden + d) : block_out[row * hidden + d];
+      for (int j = 0; j < kHc; ++j) old[j] = s[j * hidden + d];
+      float y = block_out[row * hidden + d];
       if constexpr (kTwo) y += block_out2[row * hidden + d];
       asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory");  // comb_s, post_s
       v = post_s[k] * y;
@@ -189,12 +167,6 @@ __global__ void __launch_bounds__(kThreads)
     p[tid * kMaxSplits + blockIdx.x] = t;
   }
   row_barrier(arrived + 2 * row, arrived + 2 * row + 1, splits);
-  // Every block has spun and read: the count is ready for the next product that signals.
-  if constexpr (kSpin)
-    if (blockIdx.x == 0 && blockIdx.y == 0 && tid == 0) {
-      handoff[0] = 0;
-      handoff[1] = 0;
-    }
   // Every block adds the row's partials in the same order: lane l slice l, then a butterfly.
   for (int o = wi; o < kSums; o += kThreads / 32) {
     float t = lane < int(splits) ? __ldcg(p + o * kMaxSplits + lane) : 0.0f;
@@ -247,7 +219,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed,
-                      const int32_t* tokens, const float* block_out2, unsigned* handoff) {
+                      const int32_t* tokens, const float* block_out2) {
   if (!hyper_grid_supported(n, hc, hidden))
     throw std::invalid_argument(
         "cuda mHC: the grid step needs hc 4, 1-" + std::to_string(kMaxRows) +
@@ -260,13 +232,8 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
   int per_sm = 0;
   if (block_out2 && !block_out)
     throw std::invalid_argument("cuda mHC: the grid step's second sublayer output needs a first");
-  if (handoff && (!block_out || block_out2 || head || n != 1))
-    throw std::invalid_argument(
-        "cuda mHC: the grid step spins for one row's single sublayer output before a layer's "
-        "second sublayer only");
   auto kernel = block_out2 ? (head ? hyper_grid_kernel<true, true> : hyper_grid_kernel<false, true>)
                            : (head ? hyper_grid_kernel<true> : hyper_grid_kernel<false>);
-  if (handoff) kernel = hyper_grid_kernel<false, false, true>;
   AGENTRT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   if (int64_t(sms) * per_sm < int64_t(grid.x) * grid.y)
     throw std::invalid_argument("cuda mHC: the grid step's " + std::to_string(grid.x * grid.y) +
@@ -279,7 +246,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                                 std::to_string(hidden));
   launch_pdl(kernel, grid, kThreads, 0, stream, w, block_out, block_out2, streams, hidden,
              sinkhorn_iters, hc_eps, rms_eps, norm, mix, x, partial, arrived,
-             embed ? *embed : WeightMatrix{}, embed ? tokens : nullptr, handoff);
+             embed ? *embed : WeightMatrix{}, embed ? tokens : nullptr);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -35,14 +35,6 @@ __device__ __forceinline__ void pdl_begin() {
 #endif
 }
 
-// Lets the next kernel be scheduled without waiting for the previous one (a kernel that
-// learns its predecessor's results are ready some other way: CudaOptions::spin_handoff).
-__device__ __forceinline__ void pdl_let_dependents_in() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
 // For a producer about to issue its copy number `issued` (0, 1, ...) of constant weights: after
 // `early` of them (none if early <= 0) it waits for the previous kernel and its writes, without
 // letting the next kernel in (its block's pdl_begin() does that), so that the copies before that

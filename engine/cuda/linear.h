@@ -112,12 +112,6 @@ class LinearRunner {
   void set_max_blocks(int blocks) { gemv_mode_.max_blocks = blocks; }
   // The streamed one-row products' shared memory cap from now on (GemvMode::max_shared; 0: none).
   void set_max_shared(int64_t bytes) { gemv_mode_.max_shared = bytes; }
-  // The one-row products' GemvMode::handoff from now on (nullptr: none), and where a product
-  // that counts its arrivals there says so (GemvMode::handoff_sent).
-  void set_handoff(unsigned* counts, bool* sent) {
-    gemv_mode_.handoff = counts;
-    gemv_mode_.handoff_sent = sent;
-  }
 
  private:
   // The tensor-core GEMMs of run() (groups = 1) and run_grouped(): w dequantised to bf16 (and its

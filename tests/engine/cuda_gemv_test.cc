@@ -383,7 +383,7 @@ TEST_F(CudaGemv, TensorCoreVariantsAgreeBitwise) {
     const OneRowRun one(c, host, 7);
     const int64_t group_rows = host.rows / c.groups;
     std::vector<float> first;
-    for (const cuda::GemvMode& mode :
+    for (const cuda::GemvMode mode :
          {cuda::GemvMode(true, false, 1), cuda::GemvMode(true, true, 1),
           cuda::GemvMode(true, false, 4), cuda::GemvMode(true, true, 3)}) {
       const std::string how = what + (mode.tensor_map ? ", tensor copies" : ", bulk copies") +

@@ -23,9 +23,7 @@
 #ifdef AGENTRT_HAVE_CUDA
 #include "engine/cuda/cuda_model.h"
 #include "engine/cuda/device_buffer.h"
-#include "engine/cuda/device_matrix.h"
 #include "engine/cuda/kernels.h"
-#include "engine/quantize.h"
 #endif
 
 namespace agentrt::engine {
@@ -179,69 +177,6 @@ TEST(CudaHyperGrid, FirstBoundaryTakesTheEmbedding) {
                                d_tokens.as<int32_t>()),
         std::invalid_argument);
   }
-#endif
-}
-
-// CudaOptions::spin_handoff: a one-row FP8 product on the tensor-core stream kernel counts its
-// blocks' arrivals and the boundary after it spins on them instead of the programmatic
-// launch's wait: the same streams, x and mix, bit for bit, as the product and boundary without
-// (three times over: the boundary zeroes the counts for the next product). A head's boundary,
-// several rows or a second output are refused with a handoff.
-TEST(CudaHyperGrid, StepSpinsOnItsProductsArrivals) {
-  const std::string why = testing::cuda_skip_reason();
-  if (!why.empty()) GTEST_SKIP() << why;
-#ifdef AGENTRT_HAVE_CUDA
-  std::mt19937 rng(14);
-  const int64_t hc = 4, H = 4096, cols = 1024, mw = cuda::hyper_mix_width(hc);
-  const int iters = 20;
-  const float eps = 1e-6f;
-  const auto values = randn(H * cols, rng, 0.05f);
-  QuantizedMatrix q = quantize_fp8_blocks(values.data(), H, cols);
-  const WeightMatrix host{WeightType::f8_e4m3, H, cols, q.data.data(), q.scales.data(),
-                          ScaleType::e8m0,     0};
-  const cuda::DeviceMatrix wo(host);
-  const testing::RandomHyperCase r((2 + hc) * hc, hc, H, 1, false, rng);
-  std::vector<float> raw(mw);
-  for (int64_t i = 0; i < mw; ++i)
-    raw[i] = i < 2 * hc ? std::uniform_real_distribution<float>(0.0f, 1.0f)(rng)
-                        : std::normal_distribution<float>(0.0f, 1.0f)(rng);
-  auto d_fn = upload(r.fn), d_base = upload(r.base), d_scale = upload(r.scale),
-       d_norm = upload(r.norm), d_in = upload(randn(cols, rng));
-  const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
-  DeviceBuffer partial(cuda::hyper_grid_scratch_floats(1, hc) * 4), arrived(8), handoff(8),
-      y(H * 4), x(H * 4);
-  cuda::zero_device(arrived.get(), arrived.bytes());
-  cuda::zero_device(handoff.get(), handoff.bytes());
-  // The product into y, then the boundary over fresh streams and mix: what it leaves.
-  auto run = [&](bool spin) {
-    auto streams = upload(r.streams), mix = upload(raw);
-    cuda::GemvMode mode;
-    bool sent = false;
-    if (spin) {
-      mode.handoff = handoff.as<unsigned>();
-      mode.handoff_sent = &sent;
-    }
-    cuda::gemv(wo.view(), d_in.as<float>(), 1, y.as<float>(), nullptr, mode);
-    EXPECT_EQ(sent, spin);
-    cuda::hyper_fused_grid(w, y.as<float>(), streams.as<float>(), 1, hc, H, iters, eps, eps,
-                           d_norm.as<float>(), false, mix.as<float>(), x.as<float>(),
-                           partial.as<float>(), arrived.as<unsigned>(), nullptr, nullptr, nullptr,
-                           nullptr, spin ? handoff.as<unsigned>() : nullptr);
-    std::vector<float> out = download<float>(streams, hc * H);
-    for (float v : download<float>(x, H)) out.push_back(v);
-    for (float v : download<float>(mix, mw)) out.push_back(v);
-    return out;
-  };
-  const std::vector<float> want = run(false);
-  for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(run(true), want) << "handoff " << i;
-    EXPECT_EQ(download<unsigned>(handoff, 2), (std::vector<unsigned>{0u, 0u})) << "handoff " << i;
-  }
-  EXPECT_THROW(cuda::hyper_fused_grid(w, y.as<float>(), x.as<float>(), 1, hc, H, iters, eps, eps,
-                                      d_norm.as<float>(), true, x.as<float>(), x.as<float>(),
-                                      partial.as<float>(), arrived.as<unsigned>(), nullptr, nullptr,
-                                      nullptr, nullptr, handoff.as<unsigned>()),
-               std::invalid_argument);
 #endif
 }
 

@@ -440,7 +440,6 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     bool side_attention = true, side_moe = true;
     int graph_copies = 1;
     int split_chains = 0;  // not the default (1), so the other cases check 0 as well
-    bool spin = false;     // CudaOptions::spin_handoff
   };
   for (const Case& k :
        {Case{1, 0, false, false, false}, Case{64 << 10, 0, false, false, false},
@@ -454,8 +453,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
         Case{0, 0, false, false, false, 0, 1, false, true, true, 2},
         Case{0, 0, true, false, true, 0, 1, false, true, true, 2},
         Case{0, 0, false, false, false, 0, 1, false, true, true, 1, 1},
-        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, 2},
-        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, 1, true}}) {
+        Case{0, 0, false, false, false, 0, 1, false, true, true, 1, 2}}) {
     options.ring_in_flight_bytes = k.in_flight;
     options.lead_prefetch_bytes = k.lead;
     options.split_step_graph = k.split;
@@ -468,7 +466,6 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
     options.side_moe = k.side_moe;
     options.step_graph_copies = k.graph_copies;
     options.split_kv_chains = k.split_chains;
-    options.spin_handoff = k.spin;
     const auto held = load_cuda_model(dir, {Device::cuda}, options);
     auto sh = held->new_sequence();
     sh->forward(std::span(ids).first(100));
@@ -478,7 +475,7 @@ TEST(CudaOptions, StepSchedulingGivesTheSameLogits) {
           << ", staged " << k.staged << ", device launch " << k.device_launch << ", head " << k.head
           << " from " << k.head_from << (k.head_last ? " evict-last" : "") << ", side attention "
           << k.side_attention << ", side moe " << k.side_moe << ", graph copies " << k.graph_copies
-          << ", split chains " << k.split_chains << ", spin " << k.spin << ", step " << p;
+          << ", split chains " << k.split_chains << ", step " << p;
   }
   cuda::CudaOptions bad;
   bad.warp_rows_copy_rows = 4;  // 2 or 8
