@@ -107,13 +107,16 @@
 //                     [--pick-cluster 0|1] (greedy picks on their own as one cluster of 8
 //                     blocks, CudaOptions::pick_cluster; default 0)
 //                     [--pick-uploads 0|1] (the pick before a step copies the step's metadata
-//                     up itself, CudaOptions::pick_uploads_step; default 0)
+//                     up itself, CudaOptions::pick_uploads_step; default 1)
 //                     [--moe-separate-sum 0|1] (one decode row: the routed experts' sum
 //                     in a buffer of its own, not waiting for the shared expert's,
 //                     CudaOptions::moe_separate_sum; default 0)
 //                     [--moe-early-down 0|1] (decode rows: the routed down kernel's
 //                     weights copied before the up kernel ends, CudaOptions::
 //                     moe_early_down; default 1)
+//                     [--shared-in-experts 0|1|2] (decode rows: the shared expert's products
+//                     as tasks of the routed experts' streamed kernels, 2: its down product
+//                     only, CudaOptions::shared_in_experts; default 0)
 //                     [--attention-slices 8|16] (one decode row, cluster attention: the
 //                     most key slices of a head group, CudaOptions::
 //                     decode_attention_cluster_slices; default 8)
@@ -529,6 +532,8 @@ int main(int argc, char** argv) {
       options.moe_separate_sum = v == "1";
     else if (k == "--moe-early-down")
       options.moe_early_down = v == "1";
+    else if (k == "--shared-in-experts")
+      options.shared_in_experts = std::stoi(v);
     else if (k == "--attention-slices")
       options.decode_attention_cluster_slices = std::stoi(v);
     else if (k == "--attention-beside")

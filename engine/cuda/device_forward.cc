@@ -159,6 +159,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       fused_routing_(options.fused_routing),
       moe_separate_sum_(options.moe_separate_sum),
       moe_early_down_(options.moe_early_down),
+      shared_in_experts_(options.shared_in_experts),
       pick_cluster_(options.pick_cluster),
       pick_uploads_step_(options.pick_uploads_step),
       shared_expert_blocks_(options.shared_expert_blocks),
@@ -1018,9 +1019,10 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
   // The routed experts' own sum, added to pending by the next boundary (moe_separate_sum: one
   // row through the grid boundaries only, which take a second output).
   const float* pending_routed = nullptr;
-  float* routed_y = grid && n == 1 && moe_separate_sum_ && side_moe_ && !fused_routing_
-                        ? w.f(w.routed_y, n * H)
-                        : nullptr;
+  float* routed_y =
+      grid && n == 1 && moe_separate_sum_ && side_moe_ && !fused_routing_ && !shared_in_experts_
+          ? w.f(w.routed_y, n * H)
+          : nullptr;
   bool embedded = false;  // the streams hold the embeddings (embed_in_grid: after boundary 0)
   // Prefill passes: the post step, projection and sum of squares in one pass over the streams
   // (CudaOptions::prefill_mhc_pass).
@@ -1483,6 +1485,54 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
   const float* x = w.x.as<float>();
   const int64_t E = c.experts, k = c.experts_per_token, H = c.hidden;
 
+  const int64_t si = lw.shared.w1->view().rows;
+  // CudaOptions::shared_in_experts: the shared expert's products (1: all three; 2: the down
+  // product, its gate and up staying beside the routing) as tasks of the routed experts'
+  // streamed kernels, which write `out`; a routed_out of its own does not apply.
+  SharedExpertDevice folded{lw.shared.w1->view(), lw.shared.w3->view(), lw.shared.w2->view(),
+                            w.f(w.act, n * si)};
+  folded.in_up = shared_in_experts_ == 1;
+  if (shared_in_experts_ > 0 && !routed_out &&
+      experts_with_shared_fit(lw.experts_view, folded, n, k, c.moe_intermediate, H)) {
+    cudaEvent_t before_down = nullptr;  // 2: the shared SwiGLU's values are in folded.act
+    if (!folded.in_up) {
+      const cudaStream_t ss = side_moe_ ? fork() : stream_;
+      float* g = w.f(w.gate, n * si);
+      float* u = w.f(w.up, n * si);
+      repeatable("shared", [&] {
+        const LinearRunner::Product gate_up[] = {{folded.w1, g, false}, {folded.w3, u, false}};
+        linear_.run_same_input(gate_up, x, n, ss);
+        swiglu(g, u, n * si, c.swiglu_limit, folded.act, ss);
+      });
+      if (ss != stream_) {
+        AGENTRT_CUDA_CHECK(cudaEventRecord(join_, ss));
+        before_down = join_;
+      }
+      stage("moe.shared");
+    }
+    float* router = w.f(w.router, n * E);
+    repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
+    w.grow(w.route_experts, n * k * 4);
+    RouteInputs route;
+    route.logits = router;
+    route.tokens = w.tokens;
+    route.tid2eid = fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr;
+    route.bias = lw.bias.as<float>();
+    route.func = c.score_func;
+    route.scaling = c.routed_scaling;
+    stage("moe.router");
+    w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
+    float* rweights = w.f(w.route_weights, n * k);
+    repeatable("experts", [&] {
+      if (!experts_with_shared(route, fused_routing_ && repeat_stage_ != "route",
+                               w.route_experts.as<int32_t>(), rweights, lw.experts_view, folded, x,
+                               n, k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(),
+                               out, stream_, before_down, ring_in_flight_bytes_, moe_early_down_))
+        throw std::logic_error("cuda moe: the folded shared expert's kernels refused their rows");
+    });
+    return;
+  }
+
   // The shared expert runs beside the routing and the routed products; the routed sum waits for
   // it before adding to `out`, which the shared expert writes.
   const cudaStream_t ss = side_moe_ ? fork() : stream_;
@@ -1492,7 +1542,6 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
     const int sms = sm_count();
     if (shared_expert_blocks_ < sms) routed_blocks = sms - shared_expert_blocks_;
   }
-  const int64_t si = lw.shared.w1->view().rows;
   float* g = w.f(w.gate, n * si);
   float* u = w.f(w.up, n * si);
   float* a = w.f(w.act, n * si);

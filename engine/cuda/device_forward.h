@@ -355,9 +355,9 @@ struct CudaOptions {
   // One extra block does the copy, so its PCIe round trip overlaps the other blocks' reductions
   // (block 0's threads copying first: the gap between two replays 13.6 -> 11.5 us traced).
   // decode + pick @1K on H100s: +0.2% (forty-third session, seven interleaved rounds, the first
-  // form), +0.1% (forty-fourth, five rounds, 1,106.9 against 1,105.7 tok/s). Off until every GPU
-  // test has run with it.
-  bool pick_uploads_step = false;
+  // form), +0.1% (forty-fourth, five rounds, 1,106.9 against 1,105.7 tok/s). On since the
+  // forty-fifth session, with every GPU test passing.
+  bool pick_uploads_step = true;
   // Profiling inside captured decode steps (Nsight Compute cannot take a whole replayed step
   // here): every pass launches this stage's kernels twice, so the step's extra time is what the
   // stage costs where it stands in the graph. The second launch reads the first one's outputs,
@@ -403,6 +403,19 @@ struct CudaOptions {
   // up kernel began). On H100s with a copy bandwidth of 3,028 GB/s (forty-first session, three
   // calls, interleaved rounds) decode + pick @1K +0.2%, +0.2% and +0.3%. On.
   bool moe_early_down = true;
+  // Decode rows (up to 64; FP4 routed experts on the streamed kernels, an FP8 shared expert):
+  // the shared expert's products as tasks of the routed experts' two streamed kernels
+  // (moe_decode.cu: its gate and up rows ahead of the routed ones in the up kernel, its down rows
+  // two more stages of every down task, in float32 on the CUDA cores), so the MoE section is a
+  // routing launch and two streamed kernels on one stream instead of the shared expert's three
+  // launches beside them taking the SMs in turn (each streamed kernel holds every SM; the
+  // shared expert's 25 MB took ~13 us of SM time a layer for ~8 at the copy bandwidth). The
+  // shared expert's products in float32 instead of the tensor cores' float32-like f16 parts:
+  // the logits move in their last bits. 2: only the down product folded (its gate and up stay
+  // beside the routing on the side stream, the down kernel waits for their SwiGLU). H100
+  // (forty-fifth session, call 1, five interleaved rounds, decode + pick @1K): 1 -0.7% (1,100.8
+  // against 1,108.8 tok/s), with fused_routing -1.2%. 0: off.
+  int shared_in_experts = 0;
   // One-row decode: the shared expert's streamed products take at most this many blocks and the
   // routed experts' streamed kernels the other SMs, so the two run side by side on disjoint SMs
   // (at one block an SM each, with every SM's shared memory, the shared expert's gate and up
@@ -648,8 +661,9 @@ class DeviceForward {
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
   bool moe_early_down_ = true;           // CudaOptions::moe_early_down
+  int shared_in_experts_ = 0;            // CudaOptions::shared_in_experts
   bool pick_cluster_ = false;            // CudaOptions::pick_cluster
-  bool pick_uploads_step_ = false;       // CudaOptions::pick_uploads_step
+  bool pick_uploads_step_ = true;        // CudaOptions::pick_uploads_step
   int shared_expert_blocks_ = 0;         // CudaOptions::shared_expert_blocks
   int64_t ring_in_flight_bytes_ = 0;     // CudaOptions::ring_in_flight_bytes
   int64_t lead_prefetch_bytes_ = 0;      // CudaOptions::lead_prefetch_bytes

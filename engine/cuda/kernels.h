@@ -384,12 +384,29 @@ void route_rows(const float* logits, const int32_t* tokens, const int32_t* tid2e
 // (CudaOptions::ring_in_flight_bytes). store: `out` gets the sums written, not added, and
 // before_sum is not waited for (routed_experts' store). early_down: the down kernel's producer
 // copies its weights before the up kernel has ended (chosen must come from an earlier launch).
+// shared (CudaOptions::shared_in_experts): the shared expert's FP8 products as tasks of the same
+// two kernels, so that the MoE section is two launches that hold the SMs in turn instead of five
+// (gate/up, SwiGLU, down beside the routed up and down) taking turns: its gate and up rows as
+// tasks of the up kernel ahead of the routed ones (their SwiGLU values written to shared->act,
+// [n][w1.rows] floats), its down rows as two more stages of each down task; `out` gets the
+// whole sum written (store). in_up false: only the down product is folded in; act holds the
+// SwiGLU values once before_sum fires (launches of the caller's), which the down kernel waits
+// for (with in_up, before_sum is not waited for). Returns false, having launched nothing, where
+// the shared expert's shapes do not fit (streamed_shared_fits).
+struct SharedExpertDevice {
+  // FP8 e4m3, device views: w1 and w3 [inter][hidden], w2 [hidden][inter].
+  WeightMatrix w1, w3, w2;
+  float* act = nullptr;  // [n][inter] scratch
+  bool in_up = true;     // the gate and up rows as tasks of the up kernel
+};
+bool streamed_shared_fits(const SharedExpertDevice& s, int64_t hidden);
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden);
 bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float* weights,
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
                       cudaEvent_t before_sum, int max_blocks = 0, int64_t in_flight_bytes = 0,
-                      bool store = false, bool early_down = false);
+                      bool store = false, bool early_down = false,
+                      const SharedExpertDevice* shared = nullptr);
 
 // What route_rows reads, for the kernels that route rows themselves.
 struct RouteInputs {
@@ -409,7 +426,8 @@ bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t*
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                             int max_blocks = 0, int64_t in_flight_bytes = 0);
+                             int max_blocks = 0, int64_t in_flight_bytes = 0,
+                             const SharedExpertDevice* shared = nullptr);
 
 // routed_experts' grouping of P (row, expert) pairs (chosen: each pair's expert) for tests:
 // order[P] the pairs stably sorted by expert, slot[P] each pair's place in it, the used experts
@@ -441,5 +459,18 @@ void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* wei
                            int64_t experts, int64_t inter, int64_t hidden, float limit,
                            void* scratch, float* out, cudaStream_t stream, ExpertGemm* gemm,
                            cudaEvent_t before_sum, int64_t in_flight_bytes = 0);
+bool experts_with_shared_fit(const ExpertsDevice& e, const SharedExpertDevice& shared, int64_t n,
+                             int64_t k, int64_t inter, int64_t hidden);
+// Decode rows (up to 64) through the streamed kernels with the shared expert folded in
+// (streamed_experts' shared): routed by a route_rows launch first or, with fused, inside the up
+// kernel (where a warp routes such rows); `out` gets the whole MoE output written, the down
+// kernel waiting for before_down where set (shared.in_up false: the SwiGLU values). Returns
+// false, having launched nothing, where the streamed kernels do not take the rows or the shared
+// expert (experts_with_shared_fit says so beforehand; the caller then runs both apart).
+bool experts_with_shared(const RouteInputs& route, bool fused, int32_t* chosen, float* weights,
+                         const ExpertsDevice& e, const SharedExpertDevice& shared, const float* h,
+                         int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden,
+                         float limit, void* scratch, float* out, cudaStream_t stream,
+                         cudaEvent_t before_down, int64_t in_flight_bytes, bool early_down);
 
 }  // namespace agentrt::engine::cuda

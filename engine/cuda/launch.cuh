@@ -45,6 +45,15 @@ __device__ __forceinline__ void pdl_hold_copies(int64_t issued, int early) {
 #endif
 }
 
+// Waits until the previous kernel has finished and its writes are visible, without letting the
+// next kernel in: for a producer that copied constant weights first and now needs what that
+// kernel wrote (its block's other threads call pdl_begin()).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Asks the L2 to fetch [p, p + bytes) (16-byte aligned, a multiple of 16) without waiting for
 // it: one instruction for a whole weight row. Kernels issue it for memory no kernel writes
 // (weights) before pdl_begin(), so the fetch overlaps the previous kernel.

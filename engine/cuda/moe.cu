@@ -682,4 +682,29 @@ void route_and_run_experts(const RouteInputs& route, int32_t* chosen, float* wei
                  gemm, before_sum, 0, in_flight_bytes);
 }
 
+bool experts_with_shared_fit(const ExpertsDevice& e, const SharedExpertDevice& shared, int64_t n,
+                             int64_t k, int64_t inter, int64_t hidden) {
+  return n > 0 && n <= kStreamedRows && streamed_experts_fit(e, k, inter, hidden) &&
+         streamed_shared_fits(shared, hidden);
+}
+
+bool experts_with_shared(const RouteInputs& route, bool fused, int32_t* chosen, float* weights,
+                         const ExpertsDevice& e, const SharedExpertDevice& shared, const float* h,
+                         int64_t n, int64_t k, int64_t experts, int64_t inter, int64_t hidden,
+                         float limit, void* scratch, float* out, cudaStream_t stream,
+                         cudaEvent_t before_down, int64_t in_flight_bytes, bool early_down) {
+  if (!experts_with_shared_fit(e, shared, n, k, inter, hidden)) return false;
+  float* act = carve(scratch, n * k, experts, inter).act;
+  if (fused &&
+      streamed_experts_routed(route, experts, chosen, weights, e, h, n, k, inter, hidden, limit,
+                              act, out, stream, before_down, 0, in_flight_bytes, &shared))
+    return true;
+  route_rows(route.logits, route.tokens, route.tid2eid, route.bias, n, experts, k, route.func,
+             route.scaling, chosen, weights, stream);
+  if (!streamed_experts(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
+                        before_down, 0, in_flight_bytes, true, early_down, &shared))
+    throw std::logic_error("cuda experts_with_shared: the streamed kernels refused rows they fit");
+  return true;
+}
+
 }  // namespace agentrt::engine::cuda

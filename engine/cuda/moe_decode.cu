@@ -26,6 +26,7 @@
 #include "engine/cuda/launch.cuh"
 #include "engine/cuda/route_warp.cuh"
 #include "engine/cuda/stream_ring.cuh"
+#include "engine/cuda/swiglu.h"
 #include "engine/cuda/weight_decode.cuh"
 
 namespace agentrt::engine::cuda {
@@ -99,28 +100,110 @@ __device__ void copy_rows(const WeightMatrix& w, int64_t r0, int64_t rows, char*
                       uint32_t(rows * scale_bytes), bar);
 }
 
+// The shared expert's FP8 rows (CudaOptions::shared_in_experts) on the CUDA cores, in float32:
+// kSharedRows rows a stage, one a consumer warp, against activations staged by
+// stream::stage_x<f8_e4m3> (times 2^60; each chunk's bytes placed into floats, exact). A lane
+// takes chunks lane, lane + 32, ... of its row, each times its 128-column block's scale; the
+// scales of a group of kF8Group chunks are read from global memory, the first group's before the
+// stage is waited for.
+constexpr int kSharedRows = kConsumerWarps;
+constexpr int kF8Group = 8;  // a lane's chunks a group: one group for rows of 4,096 columns
+constexpr WeightType kFp8 = WeightType::f8_e4m3;
+
+// A lane's scales of group g of row `row`'s chunks (0 past the row's end).
+__device__ __forceinline__ void f8_group_scales(const WeightMatrix& w, int64_t row, int g, int lane,
+                                                float (&sc)[kF8Group]) {
+  const int chunks = int(w.cols / 16);
+  const int64_t base = (row / 128) * ((w.cols + 127) / 128);
+#pragma unroll
+  for (int i = 0; i < kF8Group; ++i) {
+    const int c = lane + 32 * (g * kF8Group + i);
+    sc[i] = 0.0f;
+    if (c < chunks)
+      sc[i] = w.scale_type == ScaleType::f32
+                  ? __ldg(static_cast<const float*>(w.scale) + base + c / 8)
+                  : e8m0(__ldg(static_cast<const uint8_t*>(w.scale) + base + c / 8));
+  }
+}
+
+// This lane's part of row `row`'s dot product (its chunks in shared memory at `chunks_at`), not
+// yet times out_scale<f8_e4m3>(); sc holds its first group's scales.
+__device__ __forceinline__ float f8_lane_dot(const WeightMatrix& w, int64_t row,
+                                             const uint4* chunks_at, const float4* xs, int lane,
+                                             float (&sc)[kF8Group]) {
+  const int chunks = int(w.cols / 16);
+  float acc = 0.0f;
+  for (int g = 0; g * 32 * kF8Group < chunks; ++g) {
+    if (g > 0) f8_group_scales(w, row, g, lane, sc);
+#pragma unroll
+    for (int i = 0; i < kF8Group; ++i) {
+      const int c = lane + 32 * (g * kF8Group + i);
+      if (c < chunks) {
+        const uint4 q[1] = {chunks_at[c]};
+        float d[1];
+        stream::chunk_dots<kFp8, 1>(q, xs, c, d);
+        acc = fmaf(d[0], sc[i], acc);
+      }
+    }
+  }
+  return acc;
+}
+
+// Bytes of the up kernel's staged activations: int8 parts for the FP4 rows and, with the shared
+// expert, float32 for its FP8 rows in the same room (a block stages one or the other at a time).
+__host__ __device__ inline int64_t up_x_bytes(int64_t hidden, bool shared) {
+  const int64_t parts = stream::i8_bytes(hidden),
+                floats = stream::x_slots<kFp8>(hidden) * int64_t(sizeof(float4));
+  return shared && floats > parts ? floats : parts;
+}
+// Bytes of the down kernel's staged shared-expert activations (0 without it).
+__host__ __device__ inline int64_t down_shared_x_bytes(int64_t shared_inter, bool shared) {
+  return shared ? stream::x_slots<kFp8>(shared_inter) * int64_t(sizeof(float4)) : 0;
+}
+
 // For each of the `batch` rows r: act[r][j] = SwiGLU of expert chosen[r][j]'s gate and up rows
 // applied to h[r], as plain int8 parts (fp4_int8.cuh) for the down kernel. A task is 32 rows of
 // one expert (one block of act's columns), in two stages of kUpRows rows of w1 and of w3; once
 // both are summed, warp 0 turns the task's 32 values into int8 parts. The consumers stage a
 // row's activations when their tasks reach it.
+// kShared: each row's first tasks are the shared expert's (sh.w1.rows / kSharedRows of them, a
+// stage of its w1 rows then one of its w3 rows, each warp's SwiGLU value to sh.act), whose
+// copies the producer issues before it waits for the kernel before (weights are constants).
+template <bool kShared>
 __global__ void __launch_bounds__(kThreads, 1)
     stream_up_kernel(ExpertsDevice e, const int32_t* chosen, const float* h, int64_t batch,
                      int64_t hidden, int64_t inter, int64_t k, float limit, int stages,
-                     int in_flight, int8_t* act, KernelRoute route) {
+                     int in_flight, int8_t* act, KernelRoute route, SharedExpertDevice sh) {
   extern __shared__ __align__(128) char smem[];
   uint4* xs = reinterpret_cast<uint4*>(smem + kHeader);
   const float* xscales = stream::i8_scales(xs, hidden);
-  float* values = reinterpret_cast<float*>(smem + kHeader + stream::i8_bytes(hidden));  // [2][32]
+  const int64_t x_bytes = up_x_bytes(hidden, kShared);
+  float* values = reinterpret_cast<float*>(smem + kHeader + x_bytes);  // [2][32]
   const int64_t row_bytes = hidden / 2, scale_bytes = hidden / 32;
   const int64_t matrix_bytes = kUpRows * (row_bytes + scale_bytes);  // one matrix's part
-  char* ring = smem + kHeader + stream::i8_bytes(hidden) + kUpValuesBytes;
+  char* ring = smem + kHeader + x_bytes + kUpValuesBytes;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
-  pdl_begin();
-  const int64_t blocks = inter / 32, tasks = k * blocks;  // per row
+  if (!kShared || warp != kConsumerWarps) pdl_begin();
+  const int64_t shared_tasks = kShared ? sh.w1.rows / kSharedRows : 0;
+  const int64_t blocks = inter / 32, tasks = shared_tasks + k * blocks;  // per row
   const TaskRange range = block_tasks(batch, tasks);
   if (warp == kConsumerWarps) {
+    // kShared: a shared-expert task's two stages (w1's rows, then w3's).
+    bool waited = !kShared;
+    auto copy_shared = [&](uint32_t& q, int64_t task) {
+      for (int m = 0; m < 2; ++m, ++q) {
+        stream::hold_in_flight(bars, q, in_flight, stages);
+        const stream::Slot s = stream::slot_of(q, stages);
+        mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+        const WeightMatrix& w = m == 0 ? sh.w1 : sh.w3;
+        const uint32_t bytes = uint32_t(kSharedRows * hidden);
+        mbarrier_arrive_expect(&bars.full[s.index], bytes);
+        bulk_copy_to_shared(ring + s.index * 2 * matrix_bytes,
+                            static_cast<const char*>(w.data) + task * bytes, bytes,
+                            &bars.full[s.index]);
+      }
+    };
     if (route.in.logits) {
       // The whole warp routes each row as the block's tasks reach it (route_row_warp), the
       // block holding a row's first task writes the choices for the down kernel, and lane 0
@@ -129,6 +212,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       uint32_t q = 0;
       int64_t routed = -1;
       for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
+        if (kShared && int64_t(c.task) < shared_tasks) {
+          if (lane == 0) copy_shared(q, c.task);
+          __syncwarp();
+          continue;
+        }
+        if (!waited) pdl_wait(), waited = true;
+        const int64_t t = c.task - shared_tasks;  // the row's routed task
         if (int64_t(c.row) != routed) {
           const RouteInputs& in = route.in;
           const WarpChoice w =
@@ -136,7 +226,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                              in.tid2eid, in.bias, route.experts, k, in.func, in.scaling, lane);
           if (lane < k) {
             row_experts[lane] = w.expert;
-            if (c.task == 0) {
+            if (t == 0) {
               route.chosen[c.row * k + lane] = w.expert;
               route.weights[c.row * k + lane] = w.weight;
             }
@@ -149,7 +239,6 @@ __global__ void __launch_bounds__(kThreads, 1)
             stream::hold_in_flight(bars, q, in_flight, stages);
             const stream::Slot s = stream::slot_of(q, stages);
             mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-            const int64_t t = c.task;
             const int32_t ex = row_experts[t / blocks];
             const int64_t r0 = (t % blocks) * 32 + half * kUpRows;
             char* dst = ring + s.index * 2 * matrix_bytes;
@@ -159,16 +248,22 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         __syncwarp();  // lane 0 is done with row_experts before the next row's routing
       }
+      if (!waited) pdl_wait();
       return;
     }
     if (lane != 0) return;
     uint32_t q = 0;
-    for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
+    for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
+      if (kShared && int64_t(c.task) < shared_tasks) {
+        copy_shared(q, c.task);
+        continue;
+      }
+      if (!waited) pdl_wait(), waited = true;
       for (int half = 0; half < 2; ++half, ++q) {
         stream::hold_in_flight(bars, q, in_flight, stages);
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-        const int64_t t = c.task;  // the row's task
+        const int64_t t = c.task - shared_tasks;  // the row's routed task
         const int32_t ex = chosen[c.row * k + t / blocks];
         const int64_t r0 = (t % blocks) * 32 + half * kUpRows;
         char* dst = ring + s.index * 2 * matrix_bytes;
@@ -176,18 +271,52 @@ __global__ void __launch_bounds__(kThreads, 1)
         copy_rows(e.w1[ex], r0, kUpRows, dst, &bars.full[s.index]);
         copy_rows(e.w3[ex], r0, kUpRows, dst + matrix_bytes, &bars.full[s.index]);
       }
+    }
+    if (!waited) pdl_wait();
     return;
   }
-  uint32_t q = 0, task = 0;  // task: this block's count (t steps by the grid, often even)
-  int64_t staged = -1;       // the row whose activations xs holds
+  uint32_t q = 0, task = 0;    // task: this block's count (t steps by the grid, often even)
+  int64_t staged = -1;         // the row whose activations xs holds
+  bool staged_floats = false;  // kShared: as floats for the shared expert's rows
   for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next(), ++task) {
-    const int64_t row = c.row, t = c.task;
-    // Every warp is past the last task's barrier, done with the old row's activations.
-    if (row != staged) {
+    const int64_t row = c.row;
+    const bool shared_task = kShared && int64_t(c.task) < shared_tasks;
+    if constexpr (kShared) {
+      if (row != staged || shared_task != staged_floats) {
+        if (staged >= 0) stream::consumers_sync();  // every warp is done with the old staging
+        if (shared_task)
+          stream::stage_x<kFp8>(h + row * hidden, hidden, reinterpret_cast<float4*>(xs));
+        else
+          stream::stage_x_i8(h + row * hidden, hidden, xs);
+        stream::consumers_sync();
+        staged = row;
+        staged_floats = shared_task;
+      }
+      if (shared_task) {
+        const int64_t r = int64_t(c.task) * kSharedRows + warp;  // this warp's row
+        float gu[2];
+        for (int m = 0; m < 2; ++m, ++q) {
+          const WeightMatrix& w = m == 0 ? sh.w1 : sh.w3;
+          float sc[kF8Group];
+          f8_group_scales(w, r, 0, lane, sc);
+          const stream::Slot s = stream::slot_of(q, stages);
+          mbarrier_wait(&bars.full[s.index], s.parity);
+          const auto* at = reinterpret_cast<const uint4*>(ring + s.index * 2 * matrix_bytes +
+                                                          int64_t(warp) * hidden);
+          const float part = f8_lane_dot(w, r, at, reinterpret_cast<const float4*>(xs), lane, sc);
+          stream::release(bars, s);
+          gu[m] = stream::warp_sum(part) * out_scale<kFp8>();
+        }
+        if (lane == 0) sh.act[row * sh.w1.rows + r] = swiglu_weighted(gu[0], gu[1], limit, 1.0f);
+        continue;
+      }
+    } else if (row != staged) {
+      // Every warp is past the last task's barrier, done with the old row's activations.
       stream::stage_x_i8(h + row * hidden, hidden, xs);
       stream::consumers_sync();
       staged = row;
     }
+    const int64_t t = c.task - shared_tasks;        // the row's routed task
     float* task_values = values + (task & 1) * 32;  // warp 0 may still read the other task's
     for (int half = 0; half < 2; ++half, ++q) {
       const stream::Slot s = stream::slot_of(q, stages);
@@ -232,17 +361,26 @@ __global__ void __launch_bounds__(kThreads, 1)
 // what it writes), so a block that lands while the up kernel's last blocks still run has its
 // ring filling by then; it reads chosen from the L2, written by a routing launch that finished
 // before the up kernel let this one in (pdl_begin waits before it lets the next kernel in).
-template <bool kStore, bool kEarly>
+// kShared (with kStore): two more stages a task, the shared expert's w2 rows of the task's
+// outputs (kSharedRows each, one a warp) against its SwiGLU values sh.act, added to the sums.
+template <bool kStore, bool kEarly, bool kShared = false>
 __global__ void __launch_bounds__(kThreads, 1)
     stream_down_kernel(ExpertsDevice e, const int32_t* chosen, const float* weights,
                        const int8_t* act, int64_t batch, int64_t hidden, int64_t inter, int64_t k,
-                       int stages, int in_flight, float* out) {
+                       int stages, int in_flight, float* out, SharedExpertDevice sh) {
+  static_assert(!kShared || kStore, "the shared expert's sum is written, not added");
   extern __shared__ __align__(128) char smem[];
   char* xs = smem + kHeader;
   const int64_t row_bytes = inter / 2, scale_bytes = inter / 32;
-  const int64_t stage_bytes = kDownRows * (row_bytes + scale_bytes),
-                per_expert = stream::i8_bytes(inter);
-  char* ring = xs + k * per_expert;
+  const int64_t per_expert = stream::i8_bytes(inter);
+  const int64_t shared_inter = kShared ? sh.w2.cols : 0;
+  // A stage: the FP4 rows' or (kShared) the shared expert's FP8 rows, whichever is larger.
+  const int64_t fp4_stage = kDownRows * (row_bytes + scale_bytes),
+                stage_bytes = kShared && kSharedRows * shared_inter > fp4_stage
+                                  ? kSharedRows * shared_inter
+                                  : fp4_stage;
+  float4* shared_x = reinterpret_cast<float4*>(xs + k * per_expert);
+  char* ring = xs + k * per_expert + down_shared_x_bytes(shared_inter, kShared);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
   if constexpr (!kEarly) pdl_begin();
@@ -251,16 +389,29 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (warp == kConsumerWarps) {
     if (lane != 0) return;
     uint32_t q = 0;
-    for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next())
+    for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next()) {
       for (int64_t j = 0; j < k; ++j, ++q) {
         stream::hold_in_flight(bars, q, in_flight, stages);
         const stream::Slot s = stream::slot_of(q, stages);
         mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-        mbarrier_arrive_expect(&bars.full[s.index], uint32_t(stage_bytes));
+        mbarrier_arrive_expect(&bars.full[s.index], uint32_t(fp4_stage));
         const int32_t ex = kEarly ? __ldcg(chosen + c.row * k + j) : chosen[c.row * k + j];
         copy_rows(e.w2[ex], c.task * kDownRows, kDownRows, ring + s.index * stage_bytes,
                   &bars.full[s.index]);
       }
+      if constexpr (kShared)
+        for (int m = 0; m < 2; ++m, ++q) {
+          stream::hold_in_flight(bars, q, in_flight, stages);
+          const stream::Slot s = stream::slot_of(q, stages);
+          mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+          const uint32_t bytes = uint32_t(kSharedRows * shared_inter);
+          mbarrier_arrive_expect(&bars.full[s.index], bytes);
+          bulk_copy_to_shared(ring + s.index * stage_bytes,
+                              static_cast<const char*>(sh.w2.data) +
+                                  (int64_t(c.task) * kDownRows + m * kSharedRows) * shared_inter,
+                              bytes, &bars.full[s.index]);
+        }
+    }
     return;
   }
   if constexpr (kEarly) pdl_begin();
@@ -271,6 +422,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (row != staged) {
       if (staged >= 0) stream::consumers_sync();  // every warp is done with the old row's
       stream::stage_plain_i8(act + row * act_row_bytes(k, inter), k, inter, xs, per_expert);
+      if constexpr (kShared)
+        stream::stage_x<kFp8>(sh.act + row * shared_inter, shared_inter, shared_x);
       stream::consumers_sync();
       staged = row;
     }
@@ -295,6 +448,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       acc[0] = fmaf(wj, part[0], acc[0]);
       acc[1] = fmaf(wj, part[1], acc[1]);
     }
+    if constexpr (kShared)
+      for (int m = 0; m < 2; ++m, ++q) {
+        const int64_t r = t * kDownRows + m * kSharedRows + warp;  // this warp's output
+        float sc[kF8Group];
+        f8_group_scales(sh.w2, r, 0, lane, sc);
+        const stream::Slot s = stream::slot_of(q, stages);
+        mbarrier_wait(&bars.full[s.index], s.parity);
+        const auto* at =
+            reinterpret_cast<const uint4*>(ring + s.index * stage_bytes + warp * shared_inter);
+        const float part = f8_lane_dot(sh.w2, r, at, shared_x, lane, sc);
+        stream::release(bars, s);
+        acc[m] = fmaf(part, out_scale<kFp8>(), acc[m]);
+      }
     const float y0 = stream::warp_sum(acc[0]), y1 = stream::warp_sum(acc[1]);
     if (lane == 0) {
       float* o = out + row * hidden + t * kDownRows;
@@ -309,19 +475,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 }
 
-// The shared memory of both kernels: fixed parts and one stage.
+// The shared memory of both kernels: fixed parts and one stage (shared_inter > 0: with the shared
+// expert's rows, shared_in_experts).
 struct StreamShapes {
   int64_t up_fixed, up_stage, down_fixed, down_stage;
   int up_stages, down_stages;  // 0 where the ring does not fit
 };
 
-StreamShapes stream_shapes(int64_t k, int64_t inter, int64_t hidden) {
-  StreamShapes s{kHeader + stream::i8_bytes(hidden) + kUpValuesBytes,
-                 2 * kUpRows * (hidden / 2 + hidden / 32),
-                 kHeader + k * stream::i8_bytes(inter),
-                 kDownRows * (inter / 2 + inter / 32),
-                 0,
-                 0};
+StreamShapes stream_shapes(int64_t k, int64_t inter, int64_t hidden, int64_t shared_inter = 0,
+                           bool shared_up = false) {
+  const bool shared = shared_inter > 0;
+  StreamShapes s{
+      kHeader + up_x_bytes(hidden, shared_up) + kUpValuesBytes,
+      2 * kUpRows * (hidden / 2 + hidden / 32),
+      kHeader + k * stream::i8_bytes(inter) + down_shared_x_bytes(shared_inter, shared),
+      std::max<int64_t>(kDownRows * (inter / 2 + inter / 32), kSharedRows * shared_inter),
+      0,
+      0};
+  s.up_stage = std::max<int64_t>(s.up_stage, kSharedRows * (shared_up ? hidden : 0));
   s.up_stages = stream::ring_stages(s.up_fixed, s.up_stage, kMaxStages);
   s.down_stages = stream::ring_stages(s.down_fixed, s.down_stage, kMaxStages);
   return s;
@@ -332,7 +503,25 @@ bool shapes_tile(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidde
          inter % 32 == 0 && hidden % 32 == 0;
 }
 
+// The shared expert's rows as the kernels take them: FP8 with their own scale grids, whole
+// stages of kSharedRows rows inside one 128-row scale block, rows of at most 8,192 columns
+// (f8_lane_dot's groups) in 16-byte chunks.
+bool shared_tiles(const SharedExpertDevice& s, int64_t hidden) {
+  const int64_t si = s.w1.rows;
+  auto fp8 = [](const WeightMatrix& w) {
+    return w.type == kFp8 && w.row_offset == 0 && w.data && w.scale;
+  };
+  return s.act && fp8(s.w1) && fp8(s.w3) && fp8(s.w2) && s.w3.rows == si && s.w2.cols == si &&
+         s.w1.cols == hidden && s.w3.cols == hidden && s.w2.rows == hidden && si > 0 &&
+         si % kSharedRows == 0 && 128 % kSharedRows == 0 && hidden % 16 == 0 && si % 16 == 0 &&
+         hidden <= 8192 && si <= 8192;
+}
+
 }  // namespace
+
+bool streamed_shared_fits(const SharedExpertDevice& s, int64_t hidden) {
+  return shared_tiles(s, hidden);
+}
 
 bool streamed_experts_fit(const ExpertsDevice& e, int64_t k, int64_t inter, int64_t hidden) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
@@ -346,37 +535,49 @@ bool launch_streamed(const ExpertsDevice& e, const int32_t* chosen, const float*
                      const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                      float limit, float* act, float* out, cudaStream_t stream,
                      cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes,
-                     const KernelRoute& route, bool store = false, bool early_down = false) {
+                     const KernelRoute& route, bool store = false, bool early_down = false,
+                     const SharedExpertDevice* shared = nullptr) {
   if (!shapes_tile(e, k, inter, hidden)) return false;
-  const StreamShapes s = stream_shapes(k, inter, hidden);
+  if (shared && !shared_tiles(*shared, hidden)) return false;
+  const bool shared_up = shared && shared->in_up;
+  const StreamShapes s = stream_shapes(k, inter, hidden, shared ? shared->w1.rows : 0, shared_up);
   if (s.up_stages == 0 || s.down_stages == 0) return false;
+  const SharedExpertDevice sh = shared ? *shared : SharedExpertDevice{};
+  if (shared) store = true;  // the down kernel writes the whole sum
   const int64_t blocks = max_blocks > 0 ? max_blocks : sm_count();
   const int64_t up_shared = s.up_fixed + s.up_stages * s.up_stage,
                 down_shared = s.down_fixed + s.down_stages * s.down_stage;
-  AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(
-      stream_up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
+  auto up_kernel = shared_up ? stream_up_kernel<true> : stream_up_kernel<false>;
+  AGENTRT_CUDA_CHECK(
+      cudaFuncSetAttribute(up_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(up_shared)));
   // The down kernel's producer may read chosen before its wait only where a launch before the
   // up kernel wrote it (not the up kernel's own routing).
   const bool early = early_down && !route.in.logits;
   auto down_kernel =
-      store ? (early ? stream_down_kernel<true, true> : stream_down_kernel<true, false>)
-            : (early ? stream_down_kernel<false, true> : stream_down_kernel<false, false>);
+      shared
+          ? (early ? stream_down_kernel<true, true, true> : stream_down_kernel<true, false, true>)
+      : store ? (early ? stream_down_kernel<true, true> : stream_down_kernel<true, false>)
+              : (early ? stream_down_kernel<false, true> : stream_down_kernel<false, false>);
   AGENTRT_CUDA_CHECK(cudaFuncSetAttribute(down_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           int(down_shared)));
   // All rows in one launch of each kernel (each row's act: act_row_bytes(k, inter) bytes, the
   // room of its k * inter floats).
   auto* act_bytes = reinterpret_cast<int8_t*>(act);
-  launch_pdl(stream_up_kernel, unsigned(std::min(blocks, n * k * (inter / 32))), kThreads,
-             size_t(up_shared), stream, e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
-             stream::in_flight_stages(in_flight_bytes, s.up_stage, s.up_stages), act_bytes, route);
+  const int64_t up_tasks = n * (k * (inter / 32) + (shared_up ? sh.w1.rows / kSharedRows : 0));
+  launch_pdl(up_kernel, unsigned(std::min(blocks, up_tasks)), kThreads, size_t(up_shared), stream,
+             e, chosen, h, n, hidden, inter, k, limit, s.up_stages,
+             stream::in_flight_stages(in_flight_bytes, s.up_stage, s.up_stages), act_bytes, route,
+             sh);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   // The down products add into `out`, which the shared expert (on another stream) writes
-  // (store: `out` is theirs alone).
-  if (before_sum && !store) AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
+  // (store: `out` is theirs alone), or (the shared expert's down product folded in) read its
+  // SwiGLU values, which launches on another stream write.
+  if (before_sum && (!store || shared))
+    AGENTRT_CUDA_CHECK(cudaStreamWaitEvent(stream, before_sum, 0));
   launch_pdl(down_kernel, unsigned(std::min(blocks, n * (hidden / kDownRows))), kThreads,
              size_t(down_shared), stream, e, chosen, weights, static_cast<const int8_t*>(act_bytes),
              n, hidden, inter, k, s.down_stages,
-             stream::in_flight_stages(in_flight_bytes, s.down_stage, s.down_stages), out);
+             stream::in_flight_stages(in_flight_bytes, s.down_stage, s.down_stages), out, sh);
   AGENTRT_CUDA_CHECK(cudaGetLastError());
   return true;
 }
@@ -387,22 +588,24 @@ bool streamed_experts(const ExpertsDevice& e, const int32_t* chosen, const float
                       const float* h, int64_t n, int64_t k, int64_t inter, int64_t hidden,
                       float limit, float* act, float* out, cudaStream_t stream,
                       cudaEvent_t before_sum, int max_blocks, int64_t in_flight_bytes, bool store,
-                      bool early_down) {
+                      bool early_down, const SharedExpertDevice* shared) {
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
-                         before_sum, max_blocks, in_flight_bytes, KernelRoute{}, store, early_down);
+                         before_sum, max_blocks, in_flight_bytes, KernelRoute{}, store, early_down,
+                         shared);
 }
 
 bool streamed_experts_routed(const RouteInputs& route, int64_t experts, int32_t* chosen,
                              float* weights, const ExpertsDevice& e, const float* h, int64_t n,
                              int64_t k, int64_t inter, int64_t hidden, float limit, float* act,
                              float* out, cudaStream_t stream, cudaEvent_t before_sum,
-                             int max_blocks, int64_t in_flight_bytes) {
+                             int max_blocks, int64_t in_flight_bytes,
+                             const SharedExpertDevice* shared) {
   if (!route.logits || !route_fits_warp(experts, k, route.func) || k > kRouteChoices ||
       (route.tid2eid ? !route.tokens : !route.bias))
     return false;
   return launch_streamed(e, chosen, weights, h, n, k, inter, hidden, limit, act, out, stream,
                          before_sum, max_blocks, in_flight_bytes,
-                         KernelRoute{route, experts, chosen, weights});
+                         KernelRoute{route, experts, chosen, weights}, false, false, shared);
 }
 
 }  // namespace agentrt::engine::cuda

@@ -16,6 +16,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/model.h"
@@ -310,6 +311,75 @@ TEST(CudaOptions, MoeSeparateSumAndEarlyDownGiveTheSameLogits) {
   }
   // A batch of three rows (early down applies to batches too).
   expect_same_batch_logits(*base, *variants[1].model, ids, "batch row, early down");
+  std::filesystem::remove_all(dir);
+#endif
+}
+
+// The shared expert's products as tasks of the routed experts' streamed kernels
+// (CudaOptions::shared_in_experts: 1 all three products, 2 the down product), routed by a launch
+// of their own or inside the up kernel (fused_routing): decode steps of one row and a batch of
+// three match the CPU engine as closely as the default path does, and differ from the default's
+// bits (float32 on the CUDA cores instead of the tensor cores' f16 parts), which shows the folded
+// kernels ran. The small model: FP8 shared expert (256 x 256, one 128-row scale block per two
+// stages), FP4 experts.
+TEST(CudaOptions, SharedInExpertsMatchesTheCpu) {
+  const std::string why = testing::cuda_skip_reason();
+  if (!why.empty()) GTEST_SKIP() << why;
+#ifdef AGENTRT_HAVE_CUDA
+  const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_shared_in_experts";
+  testing::write_small_fp8_model(dir, 12);
+  const auto cpu = Model::load(dir, {Device::cpu, 0});
+  const auto ids = testing::random_ids(240, 6);
+  const auto want = cpu->new_sequence()->forward(ids, true);
+  const int64_t V = cpu->vocab_size();
+  const auto base = load_cuda_model(dir, {Device::cuda}, cuda::CudaOptions{});
+  const std::pair<int, bool> modes[] = {{1, false}, {1, true}, {2, false}, {2, true}};
+  for (const auto& [mode, fused] : modes) {
+    cuda::CudaOptions options;
+    options.shared_in_experts = mode;
+    options.fused_routing = fused;
+    const auto folded = load_cuda_model(dir, {Device::cuda}, options);
+    auto fs = folded->new_sequence();
+    auto bs = base->new_sequence();
+    fs->forward(std::span(ids).first(200));
+    bs->forward(std::span(ids).first(200));
+    std::vector<double> errors, base_errors;
+    size_t differ = 0;
+    for (size_t p = 200; p < 232; ++p) {
+      const auto one = std::span(ids).subspan(p, 1);
+      const auto got = fs->forward(one), apart = bs->forward(one);
+      errors.push_back(rel_l2(got.data(), &want[p * V], V));
+      base_errors.push_back(rel_l2(apart.data(), &want[p * V], V));
+      for (int64_t i = 0; i < V; ++i) differ += got[size_t(i)] != apart[size_t(i)];
+    }
+    // A batch of three rows at different positions.
+    const size_t starts[3] = {5, 90, 160};
+    std::vector<std::unique_ptr<ModelSequence>> rows;
+    std::vector<ModelSequence*> ptrs;
+    for (size_t st : starts) {
+      rows.push_back(folded->new_sequence());
+      rows.back()->forward(std::span(ids).first(st));
+      ptrs.push_back(rows.back().get());
+    }
+    for (size_t step = 0; step < 4; ++step) {
+      std::vector<int32_t> toks;
+      for (size_t st : starts) toks.push_back(ids[st + step]);
+      const auto out = folded->decode_batch(ptrs, toks);
+      for (size_t i = 0; i < 3; ++i)
+        errors.push_back(rel_l2(out[i].data(), &want[(starts[i] + step) * V], V));
+    }
+    std::sort(errors.begin(), errors.end());
+    std::sort(base_errors.begin(), base_errors.end());
+    std::printf(
+        "[ shared in experts %d, fused routing %d ] rel L2 vs CPU median %.3g worst %.3g "
+        "(the default path: median %.3g worst %.3g); %zu logits differ from it\n",
+        mode, int(fused), errors[errors.size() / 2], errors.back(),
+        base_errors[base_errors.size() / 2], base_errors.back(), differ);
+    // As CudaVsCpu: float32-like, one near-tie choice flipping at most at a position.
+    EXPECT_LE(errors[errors.size() / 2], 1e-4) << "mode " << mode << ", fused " << fused;
+    EXPECT_LE(errors[errors.size() - 2], 1e-3) << "mode " << mode << ", fused " << fused;
+    EXPECT_GT(differ, 0u) << "the folded kernels gave the default path's bits: did they run?";
+  }
   std::filesystem::remove_all(dir);
 #endif
 }
