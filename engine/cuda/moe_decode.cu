@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   char* ring = smem + kHeader + x_bytes + kUpValuesBytes;
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
-  if (!kShared || warp != kConsumerWarps) pdl_begin();
+  if (!kShared) pdl_begin();
   const int64_t shared_tasks = kShared ? sh.w1.rows / kSharedRows : 0;
   const int64_t blocks = inter / 32, tasks = shared_tasks + k * blocks;  // per row
   const TaskRange range = block_tasks(batch, tasks);
@@ -278,14 +278,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t q = 0, task = 0;    // task: this block's count (t steps by the grid, often even)
   int64_t staged = -1;         // the row whose activations xs holds
   bool staged_floats = false;  // kShared: as floats for the shared expert's rows
+  // kShared: the shared expert's tasks run before the wait for the kernel before (the routing,
+  // which wrote chosen): h comes from a kernel before that one, whose writes that kernel's own
+  // wait made visible before it let this one in (read past the L1 all the same).
+  bool waited = !kShared;
   for (TaskCursor c = task_cursor(range, tasks); c.more(); c.next(), ++task) {
     const int64_t row = c.row;
     const bool shared_task = kShared && int64_t(c.task) < shared_tasks;
     if constexpr (kShared) {
+      if (!shared_task && !waited) pdl_begin(), waited = true;
       if (row != staged || shared_task != staged_floats) {
         if (staged >= 0) stream::consumers_sync();  // every warp is done with the old staging
         if (shared_task)
-          stream::stage_x<kFp8>(h + row * hidden, hidden, reinterpret_cast<float4*>(xs));
+          stream::stage_x<kFp8, true>(h + row * hidden, hidden, reinterpret_cast<float4*>(xs));
         else
           stream::stage_x_i8(h + row * hidden, hidden, xs);
         stream::consumers_sync();
@@ -352,6 +357,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lane == 0) reinterpret_cast<float*>(a + stream::kI8Parts * inter)[t % blocks] = scale;
     }
   }
+  if (!waited) pdl_begin();  // a block of shared-expert tasks only still lets the next kernel in
 }
 
 // For each of the `batch` rows: out[i] += sum_j weights[j] * (w2 of expert chosen[j] row i) .

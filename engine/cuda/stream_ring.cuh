@@ -138,12 +138,15 @@ __device__ __forceinline__ int64_t x_slot(int64_t chunk, int p) {
   return ((chunk / 32) * x_quads<T>() + p) * 32 + chunk % 32;
 }
 
-// Consumer threads copy x[0, cols) (cols a multiple of chunk_values<T>()) into xs.
-template <WeightType T>
+// Consumer threads copy x[0, cols) (cols a multiple of chunk_values<T>()) into xs. kL2: loads
+// that skip the L1 (for a kernel reading x before its programmatic wait: x comes from an earlier
+// kernel, and no line of it may be an old one cached on this SM).
+template <WeightType T, bool kL2 = false>
 __device__ void stage_x(const float* x, int64_t cols, float4* xs) {
   constexpr float s = x_scale<T>();
   for (int64_t i = threadIdx.x; i < cols / 4; i += kConsumerWarps * 32) {
-    const float4 v = __ldg(reinterpret_cast<const float4*>(x) + i);
+    const float4 v = kL2 ? __ldcg(reinterpret_cast<const float4*>(x) + i)
+                         : __ldg(reinterpret_cast<const float4*>(x) + i);
     xs[x_slot<T>(i / x_quads<T>(), int(i % x_quads<T>()))] =
         make_float4(v.x * s, v.y * s, v.z * s, v.w * s);
   }
