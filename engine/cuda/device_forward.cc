@@ -1485,6 +1485,17 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
   const float* x = w.x.as<float>();
   const int64_t E = c.experts, k = c.experts_per_token, H = c.hidden;
 
+  // What the routing reads, the router's logits at `router`.
+  auto route_of = [&](const float* router) {
+    RouteInputs r;
+    r.logits = router;
+    r.tokens = w.tokens;
+    r.tid2eid = fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr;
+    r.bias = lw.bias.as<float>();
+    r.func = c.score_func;
+    r.scaling = c.routed_scaling;
+    return r;
+  };
   const int64_t si = lw.shared.w1->view().rows;
   // CudaOptions::shared_in_experts: the shared expert's products (1: all three; 2: the down
   // product, its gate and up staying beside the routing) as tasks of the routed experts'
@@ -1513,13 +1524,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
     float* router = w.f(w.router, n * E);
     repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
     w.grow(w.route_experts, n * k * 4);
-    RouteInputs route;
-    route.logits = router;
-    route.tokens = w.tokens;
-    route.tid2eid = fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr;
-    route.bias = lw.bias.as<float>();
-    route.func = c.score_func;
-    route.scaling = c.routed_scaling;
+    const RouteInputs route = route_of(router);
     stage("moe.router");
     w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
     float* rweights = w.f(w.route_weights, n * k);
@@ -1580,13 +1585,7 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
   repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
   w.grow(w.route_experts, n * k * 4);
   float* rweights = w.f(w.route_weights, n * k);
-  RouteInputs route;
-  route.logits = router;
-  route.tokens = w.tokens;
-  route.tid2eid = fl.router == RouterKind::hash ? lw.tid2eid.as<int32_t>() : nullptr;
-  route.bias = lw.bias.as<float>();
-  route.func = c.score_func;
-  route.scaling = c.routed_scaling;
+  const RouteInputs route = route_of(router);
   // Decode rows route inside the streamed experts' kernel (CudaOptions::fused_routing), which
   // takes routing's launch off the step's path; --repeat-stage route keeps it apart to measure.
   const bool fuse = fused_routing_ && repeat_stage_ != "route";
