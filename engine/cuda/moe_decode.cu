@@ -149,6 +149,21 @@ __device__ __forceinline__ float f8_lane_dot(const WeightMatrix& w, int64_t row,
   return acc;
 }
 
+// The producer's q-th stage: kSharedRows FP8 rows of w from row r0 (whole rows, their scales
+// read by the consumers), into the ring slot at ring + index * slot_bytes.
+__device__ __forceinline__ void copy_shared_stage(const stream::Ring& bars, uint32_t q,
+                                                  int in_flight, int stages, char* ring,
+                                                  int64_t slot_bytes, const WeightMatrix& w,
+                                                  int64_t r0) {
+  stream::hold_in_flight(bars, q, in_flight, stages);
+  const stream::Slot s = stream::slot_of(q, stages);
+  mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
+  const uint32_t bytes = uint32_t(kSharedRows * w.cols);
+  mbarrier_arrive_expect(&bars.full[s.index], bytes);
+  bulk_copy_to_shared(ring + s.index * slot_bytes, static_cast<const char*>(w.data) + r0 * w.cols,
+                      bytes, &bars.full[s.index]);
+}
+
 // Bytes of the up kernel's staged activations: int8 parts for the FP4 rows and, with the shared
 // expert, float32 for its FP8 rows in the same room (a block stages one or the other at a time).
 __host__ __device__ inline int64_t up_x_bytes(int64_t hidden, bool shared) {
@@ -156,9 +171,9 @@ __host__ __device__ inline int64_t up_x_bytes(int64_t hidden, bool shared) {
                 floats = stream::x_slots<kFp8>(hidden) * int64_t(sizeof(float4));
   return shared && floats > parts ? floats : parts;
 }
-// Bytes of the down kernel's staged shared-expert activations (0 without it).
-__host__ __device__ inline int64_t down_shared_x_bytes(int64_t shared_inter, bool shared) {
-  return shared ? stream::x_slots<kFp8>(shared_inter) * int64_t(sizeof(float4)) : 0;
+// Bytes of the down kernel's staged shared-expert activations (shared_inter 0: none).
+__host__ __device__ inline int64_t down_shared_x_bytes(int64_t shared_inter) {
+  return stream::x_slots<kFp8>(shared_inter) * int64_t(sizeof(float4));
 }
 
 // For each of the `batch` rows r: act[r][j] = SwiGLU of expert chosen[r][j]'s gate and up rows
@@ -192,17 +207,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     // kShared: a shared-expert task's two stages (w1's rows, then w3's).
     bool waited = !kShared;
     auto copy_shared = [&](uint32_t& q, int64_t task) {
-      for (int m = 0; m < 2; ++m, ++q) {
-        stream::hold_in_flight(bars, q, in_flight, stages);
-        const stream::Slot s = stream::slot_of(q, stages);
-        mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-        const WeightMatrix& w = m == 0 ? sh.w1 : sh.w3;
-        const uint32_t bytes = uint32_t(kSharedRows * hidden);
-        mbarrier_arrive_expect(&bars.full[s.index], bytes);
-        bulk_copy_to_shared(ring + s.index * 2 * matrix_bytes,
-                            static_cast<const char*>(w.data) + task * bytes, bytes,
-                            &bars.full[s.index]);
-      }
+      copy_shared_stage(bars, q++, in_flight, stages, ring, 2 * matrix_bytes, sh.w1,
+                        task * kSharedRows);
+      copy_shared_stage(bars, q++, in_flight, stages, ring, 2 * matrix_bytes, sh.w3,
+                        task * kSharedRows);
     };
     if (route.in.logits) {
       // The whole warp routes each row as the block's tasks reach it (route_row_warp), the
@@ -386,7 +394,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                   ? kSharedRows * shared_inter
                                   : fp4_stage;
   float4* shared_x = reinterpret_cast<float4*>(xs + k * per_expert);
-  char* ring = xs + k * per_expert + down_shared_x_bytes(shared_inter, kShared);
+  char* ring = xs + k * per_expert + down_shared_x_bytes(shared_inter);
   const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
   const stream::Ring bars = stream::init_ring(smem, stages);
   if constexpr (!kEarly) pdl_begin();
@@ -406,17 +414,9 @@ __global__ void __launch_bounds__(kThreads, 1)
                   &bars.full[s.index]);
       }
       if constexpr (kShared)
-        for (int m = 0; m < 2; ++m, ++q) {
-          stream::hold_in_flight(bars, q, in_flight, stages);
-          const stream::Slot s = stream::slot_of(q, stages);
-          mbarrier_wait(&bars.empty[s.index], s.parity ^ 1u);
-          const uint32_t bytes = uint32_t(kSharedRows * shared_inter);
-          mbarrier_arrive_expect(&bars.full[s.index], bytes);
-          bulk_copy_to_shared(ring + s.index * stage_bytes,
-                              static_cast<const char*>(sh.w2.data) +
-                                  (int64_t(c.task) * kDownRows + m * kSharedRows) * shared_inter,
-                              bytes, &bars.full[s.index]);
-        }
+        for (int m = 0; m < 2; ++m, ++q)
+          copy_shared_stage(bars, q, in_flight, stages, ring, stage_bytes, sh.w2,
+                            int64_t(c.task) * kDownRows + m * kSharedRows);
     }
     return;
   }
@@ -490,15 +490,14 @@ struct StreamShapes {
 
 StreamShapes stream_shapes(int64_t k, int64_t inter, int64_t hidden, int64_t shared_inter = 0,
                            bool shared_up = false) {
-  const bool shared = shared_inter > 0;
+  // An up stage (17 bytes a column) always holds a shared-expert stage (kSharedRows * hidden).
   StreamShapes s{
       kHeader + up_x_bytes(hidden, shared_up) + kUpValuesBytes,
       2 * kUpRows * (hidden / 2 + hidden / 32),
-      kHeader + k * stream::i8_bytes(inter) + down_shared_x_bytes(shared_inter, shared),
+      kHeader + k * stream::i8_bytes(inter) + down_shared_x_bytes(shared_inter),
       std::max<int64_t>(kDownRows * (inter / 2 + inter / 32), kSharedRows * shared_inter),
       0,
       0};
-  s.up_stage = std::max<int64_t>(s.up_stage, kSharedRows * (shared_up ? hidden : 0));
   s.up_stages = stream::ring_stages(s.up_fixed, s.up_stage, kMaxStages);
   s.down_stages = stream::ring_stages(s.down_fixed, s.down_stage, kMaxStages);
   return s;
