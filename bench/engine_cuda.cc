@@ -172,6 +172,8 @@
 //                                      the next boundary's wait; 2: the embedding inside
 //                                      the first boundary too, CudaOptions::grid_mhc;
 //                                      default 1)
+//                     [--mhc-scatter 1] (the grid boundaries' sums by one reduce-scatter a
+//                                      warp, CudaOptions::mhc_scatter; default 0)
 //                     [--fused-routing 1] (decode rows: routing inside the routed experts' up
 //                                      kernel instead of a kernel of its own before it,
 //                                      CudaOptions::fused_routing; default 0)
@@ -546,6 +548,8 @@ int main(int argc, char** argv) {
       options.shared_expert_blocks = std::stoi(v);
     else if (k == "--grid-mhc")
       options.grid_mhc = std::stoi(v);
+    else if (k == "--mhc-scatter")
+      options.mhc_scatter = v == "1";
     else if (k == "--fused-routing")
       options.fused_routing = v == "1";
     else if (k == "--side-stream")

@@ -156,6 +156,7 @@ DeviceForward::DeviceForward(ForwardConfig config, const ForwardWeights& host,
       indexer_wgmma_(options.indexer_wgmma),
       cluster_mhc_(options.cluster_mhc),
       grid_mhc_(options.grid_mhc),
+      mhc_scatter_(options.mhc_scatter),
       fused_routing_(options.fused_routing),
       moe_separate_sum_(options.moe_separate_sum),
       moe_early_down_(options.moe_early_down),
@@ -1037,7 +1038,8 @@ void DeviceForward::enqueue(int64_t n, const std::vector<int64_t>& wanted,
         const bool first = embed_in_grid && !embedded;
         hyper_fused_grid(hw, pending, streams, n, hc, H, c.hc_sinkhorn_iters, c.hc_eps, c.rms_eps,
                          norm, head, mix, xo, fused_partial, grid_arrived, stream_,
-                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed);
+                         first ? &embed : nullptr, first ? w.tokens : nullptr, pending_routed,
+                         mhc_scatter_);
         embedded = true;
       } else if (pending_routed) {
         throw std::logic_error(

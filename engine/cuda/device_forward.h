@@ -379,6 +379,12 @@ struct CudaOptions {
   // second session, three rounds) 1 decoded 961.5 tok/s at 1K against 956.0 with 0, and
   // decode+pick 1,003.3 against 995.8.
   int grid_mhc = 1;
+  // The grid boundaries of the layers (hyper_grid.cu's kScatter, not the head's): each warp adds
+  // up its 28 sums (24 projections, 4 Gram entries) by one reduce-scatter, 31 shuffles, instead
+  // of a butterfly each (~130 shuffles a warp, ~2,100 an SM: ~1 us of each boundary's critical
+  // path at one shuffle a clock). The same pairs added in the same order. Off: written in the
+  // forty-sixth session, not yet run on a GPU.
+  bool mhc_scatter = false;
   // Decode rows (up to 64, the streamed experts' rows) are routed by the routed experts' up
   // kernel (its producer warps, before they ask for the chosen experts' weights) instead of a
   // routing kernel of their own before it: one launch and one round trip fewer on a step's path.
@@ -658,6 +664,7 @@ class DeviceForward {
   bool indexer_wgmma_ = false;           // CudaOptions::indexer_wgmma
   int cluster_mhc_ = 1;                  // CudaOptions::cluster_mhc
   int grid_mhc_ = 1;                     // CudaOptions::grid_mhc
+  bool mhc_scatter_ = false;             // CudaOptions::mhc_scatter
   bool fused_routing_ = false;           // CudaOptions::fused_routing
   bool moe_separate_sum_ = false;        // CudaOptions::moe_separate_sum
   bool moe_early_down_ = true;           // CudaOptions::moe_early_down

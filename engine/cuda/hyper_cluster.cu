@@ -33,30 +33,6 @@ constexpr int kStreamThreads = kHc * kLanesPerStream;
 // is the next post step's, off the path to x), like hyper_connection.cu's split pre step.
 constexpr int kClusterThreads = kStreamThreads + 32;
 
-// One step of warp_reduce_scatter: lanes with bit HALF set keep values HALF .. 2 HALF - 1 (as
-// 0 .. HALF - 1), the others 0 .. HALF - 1, each added to its partner's copy.
-template <int HALF>
-__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
-  const bool upper = (lane & HALF) != 0;
-#pragma unroll
-  for (int i = 0; i < HALF; ++i) {
-    const float send = upper ? v[i] : v[i + HALF];
-    const float keep = upper ? v[i + HALF] : v[i];
-    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
-  }
-}
-
-// Lane l ends with the warp's sum of v[l] (reduce-scatter: 16 + 8 + 4 + 2 + 1 shuffles for 32
-// values, where a butterfly per value takes 5 each).
-__device__ __forceinline__ float warp_reduce_scatter(float (&v)[32], int lane) {
-  reduce_scatter_step<16>(v, lane);
-  reduce_scatter_step<8>(v, lane);
-  reduce_scatter_step<4>(v, lane);
-  reduce_scatter_step<2>(v, lane);
-  reduce_scatter_step<1>(v, lane);
-  return v[0];
-}
-
 // P consecutive floats (16-byte aligned for 4, 8-byte for 2) as one load or store; CONSTANT
 // loads (weights) go through the read-only cache.
 template <bool CONSTANT, int P>

@@ -74,7 +74,12 @@ __device__ __forceinline__ void row_barrier(unsigned* count, unsigned* gen, unsi
 
 // kTwo: the sublayer's output is block_out + block_out2 (the shared and the routed experts'
 // sums, each written by its own kernels: CudaOptions::moe_separate_sum).
-template <bool HEAD, bool kTwo = false>
+// kScatter (CudaOptions::mhc_scatter; not the head, whose 4 projections and Gram sums take
+// fewer shuffles as butterflies): each warp's 24 projections and its stream's 4 Gram sums in
+// one reduce-scatter (hyper_math.cuh: 31 shuffles) instead of a butterfly each (5 per sum, ~130
+// a warp). The 16 warps' ~2,100 shuffles took ~1 us of the boundary's critical path at one a
+// clock an SM; the scatter adds the same pairs in the same order as the butterflies.
+template <bool HEAD, bool kTwo = false, bool kScatter = false>
 __global__ void __launch_bounds__(kThreads)
     hyper_grid_kernel(HyperDevice w, const float* block_out, const float* block_out2,
                       float* streams, int64_t hidden, int iters, float hc_eps, float rms_eps,
@@ -138,24 +143,44 @@ __global__ void __launch_bounds__(kThreads)
       v = s[k * hidden + d];
     }
     sv[k][c] = v;
-    float a[kOut];
+    if constexpr (kScatter && !HEAD) {
+      static_assert(kOut + kHc <= 32, "a warp's sums fit one reduce-scatter");
+      asm volatile("bar.sync 2, %0;" ::"n"(kStreamThreads) : "memory");  // sv complete
+      float a[32];
 #pragma unroll
-    for (int o = 0; o < kOut; ++o) a[o] = f[o] * v;
+      for (int o = 0; o < kOut; ++o) a[o] = f[o] * v;
 #pragma unroll
-    for (int o = 0; o < kOut; ++o) {
-      const float t = warp_sum(a[o]);
-      if (lane == 0) red[wi][o] = t;
-    }
-    // The Gram entries of this warp's stream k: G[k][j] for j >= k, the others 0.
-    asm volatile("bar.sync 2, %0;" ::"n"(kStreamThreads) : "memory");  // sv complete
+      for (int j = 0; j < kHc; ++j) a[kOut + j] = v * sv[j][c];  // G[k][j]
 #pragma unroll
-    for (int j = 0; j < kHc; ++j)
-#pragma unroll
-      for (int i = 0; i <= j; ++i) {
-        float t = 0.0f;
-        if (i == k) t = warp_sum(v * sv[j][c]);
-        if (lane == 0) red[wi][kOut + gram_index(i, j)] = t;
+      for (int o = kOut + kHc; o < 32; ++o) a[o] = 0.0f;
+      const float t = warp_reduce_scatter(a, lane);  // lane o: sum o
+      if (lane < kOut) {
+        red[wi][lane] = t;
+      } else if (lane < kOut + kHc) {
+        // As below: this warp's stream k gives the entries G[k][j] for j >= k, the others 0.
+        const int j = lane - kOut;
+        for (int i = 0; i <= j; ++i) red[wi][kOut + gram_index(i, j)] = i == k ? t : 0.0f;
       }
+    } else {
+      float a[kOut];
+#pragma unroll
+      for (int o = 0; o < kOut; ++o) a[o] = f[o] * v;
+#pragma unroll
+      for (int o = 0; o < kOut; ++o) {
+        const float t = warp_sum(a[o]);
+        if (lane == 0) red[wi][o] = t;
+      }
+      // The Gram entries of this warp's stream k: G[k][j] for j >= k, the others 0.
+      asm volatile("bar.sync 2, %0;" ::"n"(kStreamThreads) : "memory");  // sv complete
+#pragma unroll
+      for (int j = 0; j < kHc; ++j)
+#pragma unroll
+        for (int i = 0; i <= j; ++i) {
+          float t = 0.0f;
+          if (i == k) t = warp_sum(v * sv[j][c]);
+          if (lane == 0) red[wi][kOut + gram_index(i, j)] = t;
+        }
+    }
   }
   __syncthreads();  // every read of the old streams is done: they may be overwritten
   if ((block_out || tokens) && !spare) streams[row * width + k * hidden + d] = sv[k][c];
@@ -219,7 +244,7 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed,
-                      const int32_t* tokens, const float* block_out2) {
+                      const int32_t* tokens, const float* block_out2, bool scatter) {
   if (!hyper_grid_supported(n, hc, hidden))
     throw std::invalid_argument(
         "cuda mHC: the grid step needs hc 4, 1-" + std::to_string(kMaxRows) +
@@ -232,8 +257,11 @@ void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* strea
   int per_sm = 0;
   if (block_out2 && !block_out)
     throw std::invalid_argument("cuda mHC: the grid step's second sublayer output needs a first");
-  auto kernel = block_out2 ? (head ? hyper_grid_kernel<true, true> : hyper_grid_kernel<false, true>)
-                           : (head ? hyper_grid_kernel<true> : hyper_grid_kernel<false>);
+  auto kernel = head ? (block_out2 ? hyper_grid_kernel<true, true> : hyper_grid_kernel<true>)
+                : !scatter
+                    ? (block_out2 ? hyper_grid_kernel<false, true> : hyper_grid_kernel<false>)
+                : block_out2 ? hyper_grid_kernel<false, true, true>
+                             : hyper_grid_kernel<false, false, true>;
   AGENTRT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   if (int64_t(sms) * per_sm < int64_t(grid.x) * grid.y)
     throw std::invalid_argument("cuda mHC: the grid step's " + std::to_string(grid.x * grid.y) +

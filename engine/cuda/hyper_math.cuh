@@ -1,5 +1,6 @@
-// Device helpers shared by the mHC kernels (hyper_connection.cu, hyper_cluster.cu): the gate's
-// sigmoid and Sinkhorn on the hc x hc mixing matrix held one element per lane.
+// Device helpers shared by the mHC kernels (hyper_connection.cu, hyper_cluster.cu, hyper_grid.cu):
+// the gate's sigmoid, Sinkhorn on the hc x hc mixing matrix held one element per lane, and a
+// warp's reduce-scatter of 32 sums.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -48,6 +49,30 @@ __device__ void sinkhorn_lanes(float& v, int lane, int iters, float eps) {
     v = v / (row_sum(v) + eps);
     v = v / (col_sum(v) + eps);
   }
+}
+
+// One step of warp_reduce_scatter: lanes with bit HALF set keep values HALF .. 2 HALF - 1 (as
+// 0 .. HALF - 1), the others 0 .. HALF - 1, each added to its partner's copy.
+template <int HALF>
+__device__ __forceinline__ void reduce_scatter_step(float (&v)[32], int lane) {
+  const bool upper = (lane & HALF) != 0;
+#pragma unroll
+  for (int i = 0; i < HALF; ++i) {
+    const float send = upper ? v[i] : v[i + HALF];
+    const float keep = upper ? v[i + HALF] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, HALF);
+  }
+}
+
+// Lane l ends with the warp's sum of v[l] (reduce-scatter: 16 + 8 + 4 + 2 + 1 shuffles for 32
+// values, where a butterfly per value takes 5 each).
+__device__ __forceinline__ float warp_reduce_scatter(float (&v)[32], int lane) {
+  reduce_scatter_step<16>(v, lane);
+  reduce_scatter_step<8>(v, lane);
+  reduce_scatter_step<4>(v, lane);
+  reduce_scatter_step<2>(v, lane);
+  reduce_scatter_step<1>(v, lane);
+  return v[0];
 }
 
 }  // namespace agentrt::engine::cuda

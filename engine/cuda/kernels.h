@@ -92,14 +92,16 @@ void hyper_fused_cluster(const HyperDevice& w, const float* block_out, float* st
 // the head's call too), so a pass takes every boundary through this kernel.
 // partial: hyper_grid_scratch_floats; arrived: 2 counters a row (2 * n), zero before the first
 // launch, not shared with hyper_fused. embed and tokens (device, [n]) set, block_out null: the
-// streams are first written with each row's embedding (embed_rows' work, hc copies).
+// streams are first written with each row's embedding (embed_rows' work, hc copies). scatter:
+// the blocks' sums by a reduce-scatter a warp (CudaOptions::mhc_scatter).
 bool hyper_grid_supported(int64_t n, int64_t hc, int64_t hidden);
 int64_t hyper_grid_scratch_floats(int64_t n, int64_t hc);
 void hyper_fused_grid(const HyperDevice& w, const float* block_out, float* streams, int64_t n,
                       int64_t hc, int64_t hidden, int sinkhorn_iters, float hc_eps, float rms_eps,
                       const float* norm, bool head, float* mix, float* x, float* partial,
                       unsigned* arrived, cudaStream_t stream, const WeightMatrix* embed = nullptr,
-                      const int32_t* tokens = nullptr, const float* block_out2 = nullptr);
+                      const int32_t* tokens = nullptr, const float* block_out2 = nullptr,
+                      bool scatter = false);
 // hyper_expand per row, in place on streams [n][hc][hidden].
 void hyper_post(const float* mix, const float* block_out, int64_t n, int64_t hc, int64_t hidden,
                 float* streams, cudaStream_t stream);

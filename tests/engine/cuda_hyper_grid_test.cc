@@ -42,7 +42,8 @@ void finish_comb(float* mix, int64_t hc, int iters, float eps) {
 #endif
 
 // Streams, x and the mix against hyper_post then hyper_pre; head and body, with and without a
-// pending block output, one row and several; launched twice (the row barrier's counters).
+// pending block output, one row and several, the sums by butterflies and by a reduce-scatter
+// (CudaOptions::mhc_scatter); launched twice (the row barrier's counters).
 TEST(CudaHyperGrid, StepMatchesPostThenPre) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
@@ -56,62 +57,66 @@ TEST(CudaHyperGrid, StepMatchesPostThenPre) {
   EXPECT_FALSE(cuda::hyper_grid_supported(1, 2, 4096));
   for (const auto& [H, n] : {std::pair<int64_t, int64_t>{4096, 1}, {256, 3}, {1024, 4}, {2048, 2}})
     for (bool head : {false, true})
-      for (bool post : {true, false}) {
-        SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n) +
-                     (head ? " head" : " body") + (post ? " after a block" : ""));
-        ASSERT_TRUE(cuda::hyper_grid_supported(n, hc, H));
-        const int64_t outputs = head ? hc : (2 + hc) * hc;
-        const testing::RandomHyperCase r(outputs, hc, H, n, head, rng);
-        // The mix the boundary before left: pre and post final, comb raw (grid) or finished.
-        std::vector<float> raw(n * mw);
-        for (int64_t t = 0; t < n; ++t)
-          for (int64_t i = 0; i < mw; ++i)
-            raw[t * mw + i] = i < 2 * hc ? std::uniform_real_distribution<float>(0.0f, 1.0f)(rng)
-                                         : std::normal_distribution<float>(0.0f, 1.0f)(rng);
-        auto finished = raw;
-        for (int64_t t = 0; t < n; ++t) finish_comb(finished.data() + t * mw, hc, iters, eps);
-        auto d_fn = upload(r.fn), d_base = upload(r.base), d_scale = upload(r.scale),
-             d_y = upload(r.y), d_norm = upload(r.norm);
-        const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
-        auto s_want = upload(r.streams), s_got = upload(r.streams), m_want = upload(finished),
-             m_got = upload(raw);
-        DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
-            projected(cuda::hyper_projected_floats(n, hc) * 4),
-            partial(cuda::hyper_grid_scratch_floats(n, hc) * 4), arrived(n * 8);
-        cuda::zero_device(arrived.get(), arrived.bytes());
-        if (post)
-          cuda::hyper_post(m_want.as<float>(), d_y.as<float>(), n, hc, H, s_want.as<float>(),
-                           nullptr);
-        cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, iters, eps, eps, d_norm.as<float>(), head,
-                        head ? nullptr : m_want.as<float>(), x_want.as<float>(),
-                        projected.as<float>(), nullptr);
-        auto grid = [&](const float* block_out) {
-          cuda::hyper_fused_grid(w, block_out, s_got.as<float>(), n, hc, H, iters, eps, eps,
-                                 d_norm.as<float>(), head, m_got.as<float>(), x_got.as<float>(),
-                                 partial.as<float>(), arrived.as<unsigned>(), nullptr);
-        };
-        grid(post ? d_y.as<float>() : nullptr);
-        const auto sw = download<float>(s_want, n * hc * H),
-                   sg = download<float>(s_got, n * hc * H);
-        const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
-        const auto mwant = download<float>(m_want, n * mw);
-        auto mgot = download<float>(m_got, n * mw);
-        for (int64_t t = 0; t < n; ++t) {
-          EXPECT_LE(testing::rel_l2(sg.data() + t * hc * H, sw.data() + t * hc * H, hc * H), 1e-6)
-              << "streams of row " << t;
-          EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5) << "row " << t;
-          if (head) continue;  // the head leaves the mix as it found it
-          finish_comb(mgot.data() + t * mw, hc, iters, eps);
-          for (int64_t i = 0; i < mw; ++i)
-            EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+      for (bool post : {true, false})
+        for (bool scatter : {false, true}) {
+          SCOPED_TRACE("hidden " + std::to_string(H) + " rows " + std::to_string(n) +
+                       (head ? " head" : " body") + (post ? " after a block" : "") +
+                       (scatter ? " scatter" : ""));
+          ASSERT_TRUE(cuda::hyper_grid_supported(n, hc, H));
+          const int64_t outputs = head ? hc : (2 + hc) * hc;
+          const testing::RandomHyperCase r(outputs, hc, H, n, head, rng);
+          // The mix the boundary before left: pre and post final, comb raw (grid) or finished.
+          std::vector<float> raw(n * mw);
+          for (int64_t t = 0; t < n; ++t)
+            for (int64_t i = 0; i < mw; ++i)
+              raw[t * mw + i] = i < 2 * hc ? std::uniform_real_distribution<float>(0.0f, 1.0f)(rng)
+                                           : std::normal_distribution<float>(0.0f, 1.0f)(rng);
+          auto finished = raw;
+          for (int64_t t = 0; t < n; ++t) finish_comb(finished.data() + t * mw, hc, iters, eps);
+          auto d_fn = upload(r.fn), d_base = upload(r.base), d_scale = upload(r.scale),
+               d_y = upload(r.y), d_norm = upload(r.norm);
+          const cuda::HyperDevice w{d_fn.as<float>(), d_base.as<float>(), d_scale.as<float>()};
+          auto s_want = upload(r.streams), s_got = upload(r.streams), m_want = upload(finished),
+               m_got = upload(raw);
+          DeviceBuffer x_want(n * H * 4), x_got(n * H * 4),
+              projected(cuda::hyper_projected_floats(n, hc) * 4),
+              partial(cuda::hyper_grid_scratch_floats(n, hc) * 4), arrived(n * 8);
+          cuda::zero_device(arrived.get(), arrived.bytes());
+          if (post)
+            cuda::hyper_post(m_want.as<float>(), d_y.as<float>(), n, hc, H, s_want.as<float>(),
+                             nullptr);
+          cuda::hyper_pre(w, s_want.as<float>(), n, hc, H, iters, eps, eps, d_norm.as<float>(),
+                          head, head ? nullptr : m_want.as<float>(), x_want.as<float>(),
+                          projected.as<float>(), nullptr);
+          auto grid = [&](const float* block_out) {
+            cuda::hyper_fused_grid(w, block_out, s_got.as<float>(), n, hc, H, iters, eps, eps,
+                                   d_norm.as<float>(), head, m_got.as<float>(), x_got.as<float>(),
+                                   partial.as<float>(), arrived.as<unsigned>(), nullptr, nullptr,
+                                   nullptr, nullptr, scatter);
+          };
+          grid(post ? d_y.as<float>() : nullptr);
+          const auto sw = download<float>(s_want, n * hc * H),
+                     sg = download<float>(s_got, n * hc * H);
+          const auto xw = download<float>(x_want, n * H), xg = download<float>(x_got, n * H);
+          const auto mwant = download<float>(m_want, n * mw);
+          auto mgot = download<float>(m_got, n * mw);
+          for (int64_t t = 0; t < n; ++t) {
+            EXPECT_LE(testing::rel_l2(sg.data() + t * hc * H, sw.data() + t * hc * H, hc * H), 1e-6)
+                << "streams of row " << t;
+            EXPECT_LE(testing::rel_l2(xg.data() + t * H, xw.data() + t * H, H), 1e-5)
+                << "row " << t;
+            if (head) continue;  // the head leaves the mix as it found it
+            finish_comb(mgot.data() + t * mw, hc, iters, eps);
+            for (int64_t i = 0; i < mw; ++i)
+              EXPECT_NEAR(mgot[t * mw + i], mwant[t * mw + i], 1e-5) << "row " << t << " mix " << i;
+          }
+          // Again from its own result, without a block output: the barrier's counters work twice.
+          grid(nullptr);
+          const auto x2 = download<float>(x_got, n * H);
+          for (int64_t t = 0; t < n; ++t)
+            EXPECT_LE(testing::rel_l2(x2.data() + t * H, xw.data() + t * H, H), 1e-5)
+                << "second launch, row " << t;
         }
-        // Again from its own result, without a block output: the barrier's counters work twice.
-        grid(nullptr);
-        const auto x2 = download<float>(x_got, n * H);
-        for (int64_t t = 0; t < n; ++t)
-          EXPECT_LE(testing::rel_l2(x2.data() + t * H, xw.data() + t * H, H), 1e-5)
-              << "second launch, row " << t;
-      }
   // More rows than the barrier allows are refused with the shape.
   DeviceBuffer any(4096);
   const cuda::HyperDevice none{any.as<float>(), any.as<float>(), any.as<float>()};
@@ -181,20 +186,21 @@ TEST(CudaHyperGrid, FirstBoundaryTakesTheEmbedding) {
 }
 
 // A model decoding with every one-row boundary through the grid step (and with the embedding
-// inside the first) gives the logits of the same model with hyper_fused (the Gram matrix's
-// norm adds its sums in another order).
+// inside the first, or with the sums by a reduce-scatter) gives the logits of the same model
+// with hyper_fused (the Gram matrix's norm adds its sums in another order).
 TEST(CudaHyperGrid, ModelGivesTheLogitsOfTheFusedStep) {
   const std::string why = testing::cuda_skip_reason();
   if (!why.empty()) GTEST_SKIP() << why;
 #ifdef AGENTRT_HAVE_CUDA
   const auto dir = std::filesystem::temp_directory_path() / "agentrt_cuda_grid_mhc";
   testing::write_small_fp8_model(dir, 9);
-  for (int grid_mhc : {1, 2}) {
+  for (int grid_mhc : {1, 2, 3}) {  // 3: 1 with mhc_scatter
     SCOPED_TRACE("grid_mhc " + std::to_string(grid_mhc));
     cuda::CudaOptions options;
     options.grid_mhc = 0;
     const auto fused = load_cuda_model(dir, {Device::cuda}, options);
-    options.grid_mhc = grid_mhc;
+    options.grid_mhc = grid_mhc == 3 ? 1 : grid_mhc;
+    options.mhc_scatter = grid_mhc == 3;
     const auto grid = load_cuda_model(dir, {Device::cuda}, options);
     std::mt19937 rng(5);
     std::vector<int32_t> ids(240);
