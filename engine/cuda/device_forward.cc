@@ -1487,8 +1487,11 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
   const float* x = w.x.as<float>();
   const int64_t E = c.experts, k = c.experts_per_token, H = c.hidden;
 
-  // What the routing reads, the router's logits at `router`.
-  auto route_of = [&](const float* router) {
+  // The router's product on the pass's stream, and what the routing reads.
+  auto run_router = [&] {
+    float* router = w.f(w.router, n * E);
+    repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
+    w.grow(w.route_experts, n * k * 4);
     RouteInputs r;
     r.logits = router;
     r.tokens = w.tokens;
@@ -1498,6 +1501,9 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
     r.scaling = c.routed_scaling;
     return r;
   };
+  // Decode rows route inside the streamed experts' kernel (CudaOptions::fused_routing), which
+  // takes routing's launch off the step's path; --repeat-stage route keeps it apart to measure.
+  const bool fuse = fused_routing_ && repeat_stage_ != "route";
   const int64_t si = lw.shared.w1->view().rows;
   // CudaOptions::shared_in_experts: the shared expert's products (1: all three; 2: the down
   // product, its gate and up staying beside the routing) as tasks of the routed experts'
@@ -1523,18 +1529,15 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
       }
       stage("moe.shared");
     }
-    float* router = w.f(w.router, n * E);
-    repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
-    w.grow(w.route_experts, n * k * 4);
-    const RouteInputs route = route_of(router);
+    const RouteInputs route = run_router();
     stage("moe.router");
     w.grow(w.moe_scratch, moe_scratch_bytes(n, k, E, c.moe_intermediate, H));
     float* rweights = w.f(w.route_weights, n * k);
     repeatable("experts", [&] {
-      if (!experts_with_shared(route, fused_routing_ && repeat_stage_ != "route",
-                               w.route_experts.as<int32_t>(), rweights, lw.experts_view, folded, x,
-                               n, k, E, c.moe_intermediate, H, c.swiglu_limit, w.moe_scratch.get(),
-                               out, stream_, before_down, ring_in_flight_bytes_, moe_early_down_))
+      if (!experts_with_shared(route, fuse, w.route_experts.as<int32_t>(), rweights,
+                               lw.experts_view, folded, x, n, k, E, c.moe_intermediate, H,
+                               c.swiglu_limit, w.moe_scratch.get(), out, stream_, before_down,
+                               ring_in_flight_bytes_, moe_early_down_))
         throw std::logic_error("cuda moe: the folded shared expert's kernels refused their rows");
     });
     return;
@@ -1583,17 +1586,11 @@ void DeviceForward::moe(size_t l, int64_t n, float* out, float* routed_out) {
 
   if (ss != stream_) AGENTRT_CUDA_CHECK(cudaEventRecord(join_, ss));
   stage("moe.shared");
-  float* router = w.f(w.router, n * E);
-  repeatable("router", [&] { linear_.run(lw.gate->view(), x, n, router, stream_); });
-  w.grow(w.route_experts, n * k * 4);
+  const RouteInputs route = run_router();
   float* rweights = w.f(w.route_weights, n * k);
-  const RouteInputs route = route_of(router);
-  // Decode rows route inside the streamed experts' kernel (CudaOptions::fused_routing), which
-  // takes routing's launch off the step's path; --repeat-stage route keeps it apart to measure.
-  const bool fuse = fused_routing_ && repeat_stage_ != "route";
   if (!fuse)
     repeatable("route", [&] {
-      route_rows(router, route.tokens, route.tid2eid, route.bias, n, E, k, c.score_func,
+      route_rows(route.logits, route.tokens, route.tid2eid, route.bias, n, E, k, c.score_func,
                  c.routed_scaling, w.route_experts.as<int32_t>(), rweights, stream_);
     });
 
